@@ -1,0 +1,93 @@
+/* fastipc: the C API, declared once.
+ *
+ * Every function is plain C (no Python.h) named fipc_<mechanism>_<verb>. It returns >= 0 on
+ * success and -errno on failure, or one of the FIPC_* status codes below, which never collide
+ * with an errno. Timeouts are seconds as a double: negative waits forever, 0 tries once.
+ * EINTR is returned, never retried here, so that Python can run its signal handlers and retry
+ * with the remaining time (PEP 475).
+ *
+ * The part between the CDEF markers is read by src/fastipc/_build.py as the cffi cdef, so it
+ * holds only declarations cffi understands.
+ */
+#ifndef FASTIPC_H
+#define FASTIPC_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+/* CDEF BEGIN */
+
+/* ---- status codes shared by every mechanism ---- */
+enum {
+    FIPC_EOF = -1000,       /* the peer closed: end of stream */
+    FIPC_TOOBIG = -1001,    /* a length read from the peer exceeds the allowed maximum */
+    FIPC_CORRUPT = -1002    /* a header or frame read from shared memory is inconsistent */
+};
+
+/* ---- pipe.c: anonymous pipes, FIFOs, framed messages ---- */
+typedef struct fipc_rbuf {
+    char *data;         /* read-ahead buffer, owned by C (fipc_rbuf_free) */
+    size_t cap;
+    size_t start;       /* first unread byte */
+    size_t end;         /* one past the last byte read from the fd */
+    size_t base_cap;    /* capacity to shrink back to after a large message */
+} fipc_rbuf;
+
+int fipc_pipe_open(int fds[2], int size);
+int fipc_pipe_set_size(int fd, int size);
+int fipc_pipe_get_size(int fd);
+fipc_rbuf *fipc_rbuf_new(size_t cap);
+void fipc_rbuf_free(fipc_rbuf *rb);
+/* Write all of buf (pipe_write) or one frame, a 4-byte big-endian length then buf
+ * (pipe_send), starting at byte `offset` of what is to be written, so that a call
+ * interrupted by EINTR resumes where it stopped. Progress is stored in *written.
+ * guard: 0 trusts that SIGPIPE is ignored, 1 checks its disposition and blocks it only
+ * when it is not ignored, 2 always blocks it around the write. */
+int64_t fipc_pipe_write(int fd, const char *buf, size_t len, size_t offset, double timeout,
+                        int guard, size_t *written);
+int64_t fipc_pipe_send(int fd, const char *buf, size_t len, size_t offset, double timeout,
+                       int guard, size_t *written);
+/* Raw read: up to n bytes, read ahead into rb; *data points at them (valid until the next
+ * call). 0 at end of stream. */
+int64_t fipc_pipe_read(int fd, fipc_rbuf *rb, size_t n, double timeout, char **data);
+/* One frame: its length, with *msg pointing at its payload inside rb (valid until the next
+ * call); FIPC_EOF at end of stream (a frame cut short is dropped), FIPC_TOOBIG for a length
+ * over max_size. Before sleeping for input, spin for up to `spin` seconds. */
+int64_t fipc_pipe_recv(int fd, fipc_rbuf *rb, uint32_t max_size, double timeout, double spin,
+                       char **msg);
+int fipc_fifo_writer_present(int fd);
+
+/* ---- signals.c: signals carrying a value ---- */
+typedef struct fipc_siginfo {
+    int signo;
+    int code;
+    int pid;
+    int uid;
+    int value;
+    int has_value;
+} fipc_siginfo;
+
+int fipc_signal_send(int pid, int signum, int has_value, int value);
+int fipc_signal_wait(const int *signums, int count, double timeout, fipc_siginfo *info);
+
+/* ---- mq.c: POSIX message queues ---- */
+
+/* ---- sem.c: POSIX semaphores ---- */
+
+/* ---- shm.c: shared memory and the ring channel ---- */
+
+/* ---- server.c: the epoll event loop ---- */
+
+/* CDEF END */
+
+/* ---- internal helpers shared by the C files (common.c); not visible to Python ---- */
+int64_t fipc_now_ns(void);
+/* absolute CLOCK_MONOTONIC deadline in ns for a timeout in seconds; -1 means never */
+int64_t fipc_deadline(double timeout);
+/* remaining time until deadline as a timespec; returns NULL for "forever" */
+struct timespec *fipc_remaining(int64_t deadline, struct timespec *ts);
+/* wait until fd is ready for events or the deadline passes: 0, -ETIMEDOUT or -errno */
+int fipc_wait_fd(int fd, short events, int64_t deadline);
+
+#endif

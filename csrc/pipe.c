@@ -1,0 +1,340 @@
+/* Anonymous and named pipes: whole writes with timeouts, SIGPIPE turned into EPIPE, and a
+ * reader that reads ahead in large chunks and splits length-prefixed frames here in C. */
+#include "fastipc.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+
+#define FRAME_HEADER 4
+
+int fipc_pipe_open(int fds[2], int size)
+{
+    if (pipe2(fds, O_CLOEXEC | O_NONBLOCK) < 0)
+        return -errno;
+    if (size > 0) {
+        int rc = fipc_pipe_set_size(fds[1], size);
+        if (rc < 0) {
+            close(fds[0]);
+            close(fds[1]);
+            return rc;
+        }
+    }
+    return 0;
+}
+
+int fipc_pipe_set_size(int fd, int size)
+{
+    int rc = fcntl(fd, F_SETPIPE_SZ, size);
+    return rc < 0 ? -errno : rc;
+}
+
+int fipc_pipe_get_size(int fd)
+{
+    int rc = fcntl(fd, F_GETPIPE_SZ);
+    return rc < 0 ? -errno : rc;
+}
+
+/* ---- SIGPIPE: a write to a pipe without readers must fail with EPIPE, never kill us.
+ * SIGPIPE raised by write() is directed at the writing thread, so blocking it in this
+ * thread for the duration of the write and consuming the pending instance afterwards
+ * keeps the process alive whatever its disposition. */
+
+typedef struct {
+    sigset_t old;
+    int active;
+} sigpipe_guard;
+
+static int sigpipe_ignored(void)
+{
+    struct sigaction sa;
+    if (sigaction(SIGPIPE, NULL, &sa) < 0)
+        return 0;
+    return !(sa.sa_flags & SA_SIGINFO) && sa.sa_handler == SIG_IGN;
+}
+
+static void guard_enter(sigpipe_guard *g, int mode)
+{
+    g->active = 0;
+    if (mode == 0 || (mode == 1 && sigpipe_ignored()))
+        return;
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGPIPE);
+    if (pthread_sigmask(SIG_BLOCK, &set, &g->old) == 0)
+        g->active = 1;
+}
+
+static void guard_leave(sigpipe_guard *g, int got_epipe)
+{
+    if (!g->active)
+        return;
+    /* If SIGPIPE was already blocked before us, a pending one may be the caller's: leave it. */
+    if (got_epipe && !sigismember(&g->old, SIGPIPE)) {
+        sigset_t set;
+        struct timespec zero = {0, 0};
+        sigemptyset(&set);
+        sigaddset(&set, SIGPIPE);
+        while (sigtimedwait(&set, NULL, &zero) < 0 && errno == EINTR)
+            ;
+    }
+    pthread_sigmask(SIG_SETMASK, &g->old, NULL);
+}
+
+/* Write iov[0..cnt) completely, skipping the first `offset` bytes. */
+static int64_t write_iov(int fd, struct iovec *iov, int cnt, size_t offset, double timeout,
+                         int guard, size_t *written)
+{
+    size_t total = 0;
+    for (int i = 0; i < cnt; i++)
+        total += iov[i].iov_len;
+    size_t done = offset;
+    /* skip what an earlier, interrupted call already wrote */
+    int first = 0;
+    size_t skip = offset;
+    while (first < cnt && skip >= iov[first].iov_len) {
+        skip -= iov[first].iov_len;
+        first++;
+    }
+    if (first < cnt) {
+        iov[first].iov_base = (char *)iov[first].iov_base + skip;
+        iov[first].iov_len -= skip;
+    }
+
+    int64_t deadline = -2; /* computed on the first wait only: the fast path needs no clock */
+    int64_t rc = 0;
+    sigpipe_guard g;
+    guard_enter(&g, guard);
+    while (done < total) {
+        ssize_t n = writev(fd, iov + first, cnt - first);
+        if (n > 0) {
+            done += (size_t)n;
+            size_t adv = (size_t)n;
+            while (first < cnt && adv >= iov[first].iov_len) {
+                adv -= iov[first].iov_len;
+                first++;
+            }
+            if (first < cnt) {
+                iov[first].iov_base = (char *)iov[first].iov_base + adv;
+                iov[first].iov_len -= adv;
+            }
+            continue;
+        }
+        if (n < 0 && errno == EAGAIN) {
+            if (deadline == -2)
+                deadline = fipc_deadline(timeout);
+            rc = fipc_wait_fd(fd, POLLOUT, deadline);
+            if (rc < 0)
+                break;
+            continue;
+        }
+        rc = n < 0 ? -errno : -EIO;
+        break;
+    }
+    guard_leave(&g, rc == -EPIPE);
+    *written = done;
+    return rc < 0 ? rc : (int64_t)done;
+}
+
+int64_t fipc_pipe_write(int fd, const char *buf, size_t len, size_t offset, double timeout,
+                        int guard, size_t *written)
+{
+    struct iovec iov[1] = {{(void *)buf, len}};
+    return write_iov(fd, iov, 1, offset, timeout, guard, written);
+}
+
+int64_t fipc_pipe_send(int fd, const char *buf, size_t len, size_t offset, double timeout,
+                       int guard, size_t *written)
+{
+    if (len > UINT32_MAX)
+        return -EMSGSIZE;
+    unsigned char header[FRAME_HEADER] = {
+        (unsigned char)(len >> 24), (unsigned char)(len >> 16),
+        (unsigned char)(len >> 8), (unsigned char)len};
+    struct iovec iov[2] = {{header, FRAME_HEADER}, {(void *)buf, len}};
+    return write_iov(fd, iov, len ? 2 : 1, offset, timeout, guard, written);
+}
+
+/* ---- the reading side ---- */
+
+fipc_rbuf *fipc_rbuf_new(size_t cap)
+{
+    if (cap < 4096)
+        cap = 4096;
+    fipc_rbuf *rb = calloc(1, sizeof *rb);
+    if (!rb)
+        return NULL;
+    rb->data = malloc(cap);
+    if (!rb->data) {
+        free(rb);
+        return NULL;
+    }
+    rb->cap = rb->base_cap = cap;
+    return rb;
+}
+
+void fipc_rbuf_free(fipc_rbuf *rb)
+{
+    if (rb) {
+        free(rb->data);
+        free(rb);
+    }
+}
+
+/* Make room for `need` bytes from rb->start on: move the unread bytes to the front, and
+ * grow the buffer if that is not enough. */
+static int rbuf_reserve(fipc_rbuf *rb, size_t need)
+{
+    size_t avail = rb->end - rb->start;
+    if (rb->start > 0 && rb->cap - rb->start < need) {
+        memmove(rb->data, rb->data + rb->start, avail);
+        rb->start = 0;
+        rb->end = avail;
+    }
+    if (rb->cap - rb->start >= need)
+        return 0;
+    size_t cap = rb->cap;
+    while (cap < need)
+        cap = cap > SIZE_MAX / 2 ? need : cap * 2;
+    char *data = realloc(rb->data, cap);
+    if (!data)
+        return -ENOMEM;
+    rb->data = data;
+    rb->cap = cap;
+    return 0;
+}
+
+/* An empty buffer that grew for one large message goes back to its normal size. */
+static void rbuf_settle(fipc_rbuf *rb)
+{
+    if (rb->start != rb->end)
+        return;
+    rb->start = rb->end = 0;
+    if (rb->cap > 4 * rb->base_cap) {
+        char *data = realloc(rb->data, rb->base_cap);
+        if (data) {
+            rb->data = data;
+            rb->cap = rb->base_cap;
+        }
+    }
+}
+
+/* One read() into the free space: >0 bytes, 0 at EOF, or -errno (EAGAIN: nothing yet). */
+static ssize_t rbuf_fill(int fd, fipc_rbuf *rb)
+{
+    if (rb->end == rb->cap && rbuf_reserve(rb, rb->end - rb->start + 1) < 0)
+        return -ENOMEM;
+    ssize_t n = read(fd, rb->data + rb->end, rb->cap - rb->end);
+    if (n < 0)
+        return -errno;
+    rb->end += (size_t)n;
+    return n;
+}
+
+/* Wait for input: spin on non-blocking reads for up to `spin` seconds (a sleeping reader
+ * costs the writer a wake-up on every write), then sleep in ppoll until the deadline. */
+static int wait_readable(int fd, fipc_rbuf *rb, double timeout, double spin, int64_t *deadline,
+                         ssize_t *got)
+{
+    if (*deadline == -2)
+        *deadline = fipc_deadline(timeout);
+    if (spin > 0) {
+        int64_t spin_end = fipc_now_ns() + (int64_t)(spin * 1e9);
+        if (*deadline >= 0 && spin_end > *deadline)
+            spin_end = *deadline;
+        while (fipc_now_ns() < spin_end) {
+            ssize_t n = rbuf_fill(fd, rb);
+            if (n != -EAGAIN) {
+                *got = n;
+                return 1;
+            }
+        }
+    }
+    return fipc_wait_fd(fd, POLLIN, *deadline);
+}
+
+int64_t fipc_pipe_recv(int fd, fipc_rbuf *rb, uint32_t max_size, double timeout, double spin,
+                       char **msg)
+{
+    int64_t deadline = -2;
+    rbuf_settle(rb);
+    for (;;) {
+        size_t avail = rb->end - rb->start;
+        if (avail >= FRAME_HEADER) {
+            const unsigned char *h = (const unsigned char *)rb->data + rb->start;
+            uint32_t len = (uint32_t)h[0] << 24 | (uint32_t)h[1] << 16 | (uint32_t)h[2] << 8 | h[3];
+            if (len > max_size)
+                return FIPC_TOOBIG;
+            size_t frame = FRAME_HEADER + (size_t)len;
+            if (avail >= frame) {
+                *msg = rb->data + rb->start + FRAME_HEADER;
+                rb->start += frame;
+                return len;
+            }
+            if (rb->cap - rb->start < frame && rbuf_reserve(rb, frame) < 0)
+                return -ENOMEM;
+        }
+        ssize_t n = rbuf_fill(fd, rb);
+        while (n == -EAGAIN) {
+            int rc = wait_readable(fd, rb, timeout, spin, &deadline, &n);
+            if (rc < 0)
+                return rc;
+            if (rc == 0)
+                n = rbuf_fill(fd, rb);
+        }
+        if (n == 0)
+            return FIPC_EOF; /* a frame cut short by the writer's end is dropped */
+        if (n < 0)
+            return n;
+    }
+}
+
+int64_t fipc_pipe_read(int fd, fipc_rbuf *rb, size_t n, double timeout, char **data)
+{
+    int64_t deadline = -2;
+    rbuf_settle(rb);
+    while (rb->start == rb->end) {
+        ssize_t got = rbuf_fill(fd, rb);
+        if (got == 0)
+            return 0;
+        if (got == -EAGAIN) {
+            if (deadline == -2)
+                deadline = fipc_deadline(timeout);
+            int rc = fipc_wait_fd(fd, POLLIN, deadline);
+            if (rc < 0)
+                return rc;
+        } else if (got < 0) {
+            return got;
+        }
+    }
+    size_t avail = rb->end - rb->start;
+    size_t take = avail < n ? avail : n;
+    *data = rb->data + rb->start;
+    rb->start += take;
+    return (int64_t)take;
+}
+
+/* Does a FIFO opened for reading have a writer? tee() on an empty pipe answers without
+ * consuming anything: EAGAIN while a writer holds it open, 0 once none does. */
+int fipc_fifo_writer_present(int fd)
+{
+    int p[2];
+    if (pipe2(p, O_CLOEXEC | O_NONBLOCK) < 0)
+        return -errno;
+    ssize_t n = tee(fd, p[1], 1, SPLICE_F_NONBLOCK);
+    int err = errno;
+    close(p[0]);
+    close(p[1]);
+    if (n > 0)
+        return 1; /* data is waiting */
+    if (n == 0)
+        return 0;
+    return err == EAGAIN ? 1 : -err;
+}

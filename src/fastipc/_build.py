@@ -1,0 +1,61 @@
+"""cffi builder for ``fastipc._fastipc`` (out-of-line API mode).
+
+The C API is declared once in ``csrc/fastipc.h``; the part between its CDEF markers is the
+cdef.  Every ``csrc/*.c`` file is compiled into the one extension module.
+
+Build knobs (environment): ``FASTIPC_DEBUG=1`` builds with ``-O0 -g`` and without ``-Werror``;
+``FASTIPC_SANITIZE=1`` adds ``-fsanitize=address,undefined``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from cffi import FFI
+
+# setuptools runs this file from the project root; ffi.compile() changes directory, so the
+# header is read through an absolute path and the sources are given relative to the root.
+ROOT = Path(__file__).resolve().parents[2]
+CSRC = ROOT / "csrc"
+
+
+def _cdef() -> str:
+    header = (CSRC / "fastipc.h").read_text()
+    start = header.index("/* CDEF BEGIN */")
+    end = header.index("/* CDEF END */")
+    return header[start:end]
+
+
+def _flags() -> list[str]:
+    flags = ["-std=gnu11", "-Wall", "-Wextra", "-D_GNU_SOURCE", "-fvisibility=hidden"]
+    if os.environ.get("FASTIPC_DEBUG") == "1":
+        flags += ["-O0", "-g"]
+    else:
+        flags += ["-O2", "-Werror"]
+    if os.environ.get("FASTIPC_SANITIZE") == "1":
+        flags += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-g"]
+    return flags
+
+
+def _sources() -> list[str]:
+    return sorted(os.path.relpath(p, os.getcwd()) for p in CSRC.glob("*.c"))
+
+
+ffibuilder = FFI()
+ffibuilder.cdef(_cdef())
+ffibuilder.set_source(
+    "fastipc._fastipc",
+    '#include "fastipc.h"',
+    sources=_sources(),
+    include_dirs=[str(CSRC)],
+    libraries=["rt", "pthread"],
+    extra_compile_args=_flags(),
+    extra_link_args=(
+        ["-fsanitize=address,undefined"] if os.environ.get("FASTIPC_SANITIZE") == "1" else []
+    ),
+)
+
+if __name__ == "__main__":
+    ffibuilder.compile(tmpdir=sys.argv[1] if len(sys.argv) > 1 else ".", verbose=True)

@@ -1,0 +1,1 @@
+"""Backend operations that call into the compiled module ``fastipc._fastipc``."""

@@ -1,0 +1,134 @@
+"""Pipe operations backed by ``csrc/pipe.c``: one C call per user operation."""
+
+from __future__ import annotations
+
+import errno
+import time
+from typing import Any
+
+from fastipc._core import check, ffi, lib, raise_errno
+
+__all__ = ["Reader", "Writer", "get_size", "open_pipe", "set_size", "writer_present"]
+
+_EINTR = -errno.EINTR
+_monotonic = time.monotonic
+_write = lib.fipc_pipe_write
+_send = lib.fipc_pipe_send
+_read = lib.fipc_pipe_read
+_recv = lib.fipc_pipe_recv
+_unpack = ffi.unpack
+
+# SIGPIPE guard of csrc/pipe.c: 1 = ask the kernel for the disposition on every write and
+# block SIGPIPE around the write unless it is ignored.
+GUARD = 1
+
+
+def open_pipe(size: int) -> tuple[int, int]:
+    fds = ffi.new("int[2]")
+    check(lib.fipc_pipe_open(fds, size))
+    return fds[0], fds[1]
+
+
+def set_size(fd: int, size: int) -> int:
+    return check(lib.fipc_pipe_set_size(fd, size))
+
+
+def get_size(fd: int) -> int:
+    return check(lib.fipc_pipe_get_size(fd))
+
+
+def writer_present(fd: int) -> bool:
+    return bool(check(lib.fipc_fifo_writer_present(fd)))
+
+
+def as_buffer(data: Any) -> tuple[Any, int]:
+    """bytes pass to C as they are; other bytes-like objects without a copy."""
+    if type(data) is bytes:
+        return data, len(data)
+    if isinstance(data, str):
+        raise TypeError("a bytes-like object is required, not 'str' (encode it first)")
+    try:
+        buf = ffi.from_buffer(data)
+    except (TypeError, BufferError) as exc:
+        raise TypeError(
+            f"a contiguous bytes-like object is required, not {type(data).__name__!r}"
+        ) from exc
+    return buf, len(buf)
+
+
+def _left(timeout: float, t0: float) -> float:
+    return max(0.0, t0 + timeout - _monotonic()) if timeout > 0 else timeout
+
+
+class Writer:
+    __slots__ = ("_written", "fd")
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._written = ffi.new("size_t *")
+
+    def write(self, data: Any, timeout: float) -> int:
+        buf, n = as_buffer(data)
+        t0 = _monotonic() if timeout > 0 else 0.0
+        rc = _write(self.fd, buf, n, 0, timeout, GUARD, self._written)
+        if rc < 0:
+            self._slow(_write, buf, n, rc, timeout, t0)
+        return n
+
+    def send(self, data: Any, timeout: float) -> None:
+        buf, n = as_buffer(data)
+        t0 = _monotonic() if timeout > 0 else 0.0
+        rc = _send(self.fd, buf, n, 0, timeout, GUARD, self._written)
+        if rc < 0:
+            self._slow(_send, buf, n, rc, timeout, t0)
+
+    def _slow(self, fn: Any, buf: Any, n: int, rc: int, timeout: float, t0: float) -> None:
+        # EINTR: signal handlers run here (a handler that raises ends the call), then the
+        # write resumes where it stopped with the time that is left (PEP 475).
+        while rc == _EINTR:
+            rc = fn(self.fd, buf, n, self._written[0], _left(timeout, t0), GUARD, self._written)
+        if rc < 0:
+            try:
+                raise_errno(-rc, timeout=timeout)
+            except OSError as exc:
+                exc.characters_written = self._written[0]
+                raise
+
+    def close(self) -> None:
+        pass
+
+
+class Reader:
+    __slots__ = ("_msg", "_rb", "fd", "max_message_size", "spin")
+
+    def __init__(self, fd: int, max_message_size: int, spin: float) -> None:
+        self.fd = fd
+        self.max_message_size = max_message_size
+        self.spin = spin
+        rb = lib.fipc_rbuf_new(65536)
+        if rb == ffi.NULL:
+            raise MemoryError("cannot allocate the pipe's read buffer")
+        self._rb = ffi.gc(rb, lib.fipc_rbuf_free)
+        self._msg = ffi.new("char **")
+
+    def recv(self, timeout: float) -> bytes:
+        t0 = _monotonic() if timeout > 0 else 0.0
+        n = _recv(self.fd, self._rb, self.max_message_size, timeout, self.spin, self._msg)
+        while n == _EINTR:
+            n = _recv(self.fd, self._rb, self.max_message_size, _left(timeout, t0), self.spin,
+                      self._msg)
+        if n < 0:
+            check(n, timeout=timeout)
+        return _unpack(self._msg[0], n)  # type: ignore[no-any-return]
+
+    def read(self, size: int, timeout: float) -> bytes:
+        t0 = _monotonic() if timeout > 0 else 0.0
+        n = _read(self.fd, self._rb, size, timeout, self._msg)
+        while n == _EINTR:
+            n = _read(self.fd, self._rb, size, _left(timeout, t0), self._msg)
+        if n < 0:
+            check(n, timeout=timeout)
+        return _unpack(self._msg[0], n) if n else b""  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        ffi.release(self._rb)

@@ -1,0 +1,1 @@
+"""Backend operations in pure Python (os, mmap, selectors, posix_ipc, ctypes)."""

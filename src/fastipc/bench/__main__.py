@@ -1,0 +1,5 @@
+import sys
+
+from fastipc.bench import main
+
+sys.exit(main())

@@ -1,0 +1,70 @@
+"""Shared fixtures: both backends, unique names, and a leak check around every test."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fastipc import _core
+
+BACKENDS = ["native", "pure"]
+SHM_DIR = Path("/dev/shm")
+MQUEUE_DIR = Path("/dev/mqueue")  # listed only where the mqueue filesystem is mounted
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """Every API test runs once per backend."""
+    if request.param == "native" and _core.NATIVE_ERROR is not None:
+        pytest.fail(f"native backend unavailable: {_core.NATIVE_ERROR}")
+    return str(request.param)
+
+
+@pytest.fixture(params=[("native", "pure"), ("pure", "native")], ids=["native-pure", "pure-native"])
+def cross(request: pytest.FixtureRequest) -> tuple[str, str]:
+    """(sender backend, receiver backend) for data that crosses between the two."""
+    return tuple(request.param)  # type: ignore[return-value]
+
+
+@pytest.fixture
+def name() -> str:
+    """A fresh name for a named object (shm segment, queue, semaphore)."""
+    return f"fastipc-test-{uuid.uuid4().hex[:12]}"
+
+
+def _open_fds() -> dict[int, str]:
+    fds = {}
+    for entry in os.listdir("/proc/self/fd"):
+        try:
+            fds[int(entry)] = os.readlink(f"/proc/self/fd/{entry}")
+        except OSError:
+            pass  # the directory's own fd, closed by now
+    return fds
+
+
+def _entries(directory: Path) -> set[str]:
+    try:
+        return {p.name for p in directory.iterdir() if p.name.startswith("fastipc")}
+    except OSError:
+        return set()
+
+
+@pytest.fixture(autouse=True)
+def no_leaks() -> Iterator[None]:
+    """Each test must leave no fd, /dev/shm entry or message queue behind."""
+    fds = _open_fds()
+    shm = _entries(SHM_DIR)
+    mqs = _entries(MQUEUE_DIR)
+    yield
+    leaked_fds = {fd: target for fd, target in _open_fds().items() if fds.get(fd) != target}
+    leaked_shm = _entries(SHM_DIR) - shm
+    leaked_mqs = _entries(MQUEUE_DIR) - mqs
+    for entry in leaked_shm:  # clean up so that one leak does not fail every later test
+        (SHM_DIR / entry).unlink(missing_ok=True)
+    assert not leaked_fds, f"leaked file descriptors: {leaked_fds}"
+    assert not leaked_shm, f"leaked /dev/shm entries: {sorted(leaked_shm)}"
+    assert not leaked_mqs, f"leaked message queues: {sorted(leaked_mqs)}"
