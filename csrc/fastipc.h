@@ -78,6 +78,45 @@ int fipc_signal_wait(const int *signums, int count, double timeout, fipc_siginfo
 /* ---- shm.c: shared memory and the ring channel ---- */
 
 /* ---- server.c: the epoll event loop ---- */
+typedef struct fipc_srv fipc_srv;   /* opaque: one event loop (epoll + connections) */
+enum {
+    FIPC_SRV_RAW = 0,           /* framing: bytes as they arrive */
+    FIPC_SRV_LENGTH = 1,        /* framing: 4-byte big-endian length, then the payload */
+    FIPC_EV_CONNECT = 1,        /* event kinds reported by fipc_srv_poll */
+    FIPC_EV_MESSAGE = 2,
+    FIPC_EV_CLOSE = 3,
+    FIPC_EV_FIELDS = 5          /* int64 fields per event: kind, fd, id, offset, length */
+};
+/* A loop; NULL with errno set on failure. high_water: unsent bytes past which a
+ * connection stops being read until its output drains. */
+fipc_srv *fipc_srv_new(int framing, uint32_t max_message_size, size_t high_water);
+void fipc_srv_free(fipc_srv *s);
+/* Watch a listening socket (non-blocking; owned by the caller, who closes it after
+ * fipc_srv_free). */
+int fipc_srv_listen(fipc_srv *s, int fd);
+/* One loop turn: flush queued output, reap closed connections, wait up to `timeout`
+ * seconds, accept and read. Returns the number of events; *meta points at
+ * FIPC_EV_FIELDS int64 per event (kind, fd, id, offset, length) and *data at the payloads
+ * (*data_len bytes); both stay valid until the next call. CONNECT's payload is the peer's
+ * sockaddr; CLOSE's offset field is the errno that ended the connection (0: closed
+ * cleanly). */
+int fipc_srv_poll(fipc_srv *s, double timeout, int64_t **meta, char **data, size_t *data_len);
+/* Queue (or write at once, outside a turn's dispatch) data on a connection; one frame with
+ * length framing. -EPIPE if the connection is gone. */
+int fipc_srv_send(fipc_srv *s, int fd, uint64_t id, const char *buf, size_t len);
+/* Close a connection after its queued output; its CLOSE event comes with the next poll. */
+int fipc_srv_close(fipc_srv *s, int fd, uint64_t id);
+/* Write out everything queued that the kernel takes now. */
+int fipc_srv_flush(fipc_srv *s);
+/* Wake a poll() sleeping in another thread (async-signal-safe). */
+int fipc_srv_wake(fipc_srv *s);
+/* Unsent bytes queued on a connection, or -EPIPE. */
+int64_t fipc_srv_pending(fipc_srv *s, int fd, uint64_t id);
+int fipc_srv_count(fipc_srv *s);
+/* A blocking client's send: all of buf (framed: as one frame) from byte `offset` of what
+ * is to be written, MSG_NOSIGNAL; progress in *written (resume after EINTR). */
+int64_t fipc_sock_send(int fd, const char *buf, size_t len, int framed, size_t offset,
+                       double timeout, size_t *written);
 
 /* CDEF END */
 

@@ -1,0 +1,858 @@
+/* TCP and Unix-domain servers on one epoll loop, and the blocking client's send.
+ *
+ * Python calls fipc_srv_poll() once per loop turn. A turn writes out what the handlers
+ * queued during the previous turn (one send() per connection), closes the connections that
+ * were finished, waits in epoll_wait (GIL released), accepts new connections and reads
+ * every ready one once. It returns a batch of events (connect, message, close) laid out as
+ * int64 fields plus one buffer of payloads, so that Python touches only the handler calls.
+ *
+ * Framing is done here: "length" frames are a 4-byte big-endian length and the payload; a
+ * length over max_message_size closes the connection before anything is buffered for it.
+ * Every byte count coming from a socket is checked against what was really read.
+ *
+ * Connections are indexed by fd; each also has a 64-bit id that is never reused, so that a
+ * stale handle held by Python cannot write to a later connection that got the same fd. A
+ * connection's fd is closed only at the start of the turn after its CLOSE event was
+ * returned, so an fd number is never reused within one batch.
+ *
+ * A mutex guards the loop's state: the loop thread holds it except while it sleeps in
+ * epoll_wait, so that fipc_srv_send / fipc_srv_close from another thread are safe.
+ */
+#include "fastipc.h"
+
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#define HEADER 4
+#define READ_CHUNK (64 * 1024)      /* one read() per ready connection per turn */
+#define BATCH_LIMIT (4 * 1024 * 1024) /* stop reading in a turn past this many bytes */
+#define BIG_FRAME (64 * 1024)       /* frames past this are read straight into their buffer */
+#define MAX_EVENTS 512
+#define MAX_LISTENERS 16
+#define ACCEPT_BURST 64
+#define PAUSE_NS 100000000LL        /* listeners rest 100 ms after EMFILE */
+
+#define TAG_CONN 0ULL
+#define TAG_LISTEN 1ULL
+#define TAG_WAKE 2ULL
+#define MAKE_TAG(tag, fd) (((tag) << 32) | (uint32_t)(fd))
+
+enum { ST_OPEN = 0, ST_DOOMED = 1 };
+
+typedef struct conn {
+    int fd;
+    int state;          /* ST_OPEN, or ST_DOOMED: CLOSE reported, closing after output */
+    int dead;           /* the socket failed: drop output, close at the next turn */
+    int paused;         /* not reading: output over the high-water mark */
+    int dirty;          /* on the dirty list (output queued during dispatch) */
+    int reaping;        /* on the reap list */
+    int want_out;       /* a write was cut short: wait for EPOLLOUT */
+    uint32_t mask;      /* events registered with epoll */
+    uint64_t id;
+    char *in;           /* a partial frame carried over to the next read */
+    size_t in_len, in_cap;
+    char *out;          /* queued output: out[out_start, out_end) */
+    size_t out_start, out_end, out_cap;
+} conn;
+
+typedef struct intvec {
+    int *v;
+    size_t n, cap;
+} intvec;
+
+struct fipc_srv {
+    int ep;
+    int wakefd;
+    int framing;
+    uint32_t max_msg;
+    size_t high_water;
+    pthread_mutex_t mu;
+    conn **conns;       /* indexed by fd */
+    size_t conns_cap;
+    int count;
+    uint64_t next_id;
+    int listeners[MAX_LISTENERS];
+    int nlisteners;
+    int listen_paused;
+    int64_t paused_until;
+    int deferring;      /* a batch is being dispatched: queue sends, flush next turn */
+    int sleeping;       /* the loop thread waits in epoll_wait without the mutex */
+    intvec dirty;       /* fds with output queued */
+    intvec reap;        /* fds of doomed connections to close */
+    intvec pend;        /* CLOSE events raised between turns: (fd, errno) pairs */
+    int64_t *meta;      /* the batch: FIPC_EV_FIELDS per event */
+    size_t nev, meta_cap;
+    char *data;
+    size_t data_len, data_cap;
+    struct epoll_event evs[MAX_EVENTS];
+};
+
+/* ------------------------------------------------------------------ small helpers */
+
+static int vec_push(intvec *v, int x)
+{
+    if (v->n == v->cap) {
+        size_t cap = v->cap ? v->cap * 2 : 64;
+        int *p = realloc(v->v, cap * sizeof *p);
+        if (!p)
+            return -ENOMEM;
+        v->v = p;
+        v->cap = cap;
+    }
+    v->v[v->n++] = x;
+    return 0;
+}
+
+static int reserve(char **buf, size_t *cap, size_t need)
+{
+    if (need <= *cap)
+        return 0;
+    size_t c = *cap ? *cap : 4096;
+    while (c < need)
+        c = c > SIZE_MAX / 2 ? need : c * 2;
+    char *p = realloc(*buf, c);
+    if (!p)
+        return -ENOMEM;
+    *buf = p;
+    *cap = c;
+    return 0;
+}
+
+static int data_reserve(fipc_srv *s, size_t extra)
+{
+    if (extra > SIZE_MAX - s->data_len)
+        return -ENOMEM;
+    return reserve(&s->data, &s->data_cap, s->data_len + extra);
+}
+
+static int emit(fipc_srv *s, int kind, int fd, uint64_t id, int64_t off, int64_t len)
+{
+    if (s->nev == s->meta_cap) {
+        size_t cap = s->meta_cap ? s->meta_cap * 2 : 256;
+        int64_t *p = realloc(s->meta, cap * FIPC_EV_FIELDS * sizeof *p);
+        if (!p)
+            return -ENOMEM;
+        s->meta = p;
+        s->meta_cap = cap;
+    }
+    int64_t *m = s->meta + s->nev * FIPC_EV_FIELDS;
+    m[0] = kind;
+    m[1] = fd;
+    m[2] = (int64_t)id;
+    m[3] = off;
+    m[4] = len;
+    s->nev++;
+    return 0;
+}
+
+static conn *lookup(fipc_srv *s, int fd, uint64_t id)
+{
+    if (fd < 0 || (size_t)fd >= s->conns_cap)
+        return NULL;
+    conn *c = s->conns[fd];
+    return c && c->id == id ? c : NULL;
+}
+
+static uint32_t be32(const char *p)
+{
+    const unsigned char *u = (const unsigned char *)p;
+    return (uint32_t)u[0] << 24 | (uint32_t)u[1] << 16 | (uint32_t)u[2] << 8 | u[3];
+}
+
+/* Register the events this connection wants now: input unless paused or doomed, output
+ * while some is queued. */
+static void update_mask(fipc_srv *s, conn *c)
+{
+    uint32_t want = 0;
+    if (!c->dead) {
+        if (c->state == ST_OPEN && !c->paused)
+            want |= EPOLLIN | EPOLLRDHUP;
+        if (c->want_out)
+            want |= EPOLLOUT;
+    }
+    if (want == c->mask)
+        return;
+    struct epoll_event ev = {.events = want, .data.u64 = MAKE_TAG(TAG_CONN, c->fd)};
+    if (epoll_ctl(s->ep, EPOLL_CTL_MOD, c->fd, &ev) == 0)
+        c->mask = want;
+    else
+        c->dead = 1; /* cannot happen for a registered fd; treat it as a broken socket */
+}
+
+/* Report a connection as closed (once) and schedule its fd for closing. `err` is the errno
+ * that ended it, 0 for a clean close. Inside a turn the event joins the batch; between
+ * turns it waits on the pending list. */
+static void doom(fipc_srv *s, conn *c, int err, int in_turn)
+{
+    if (c->state == ST_DOOMED)
+        return;
+    c->state = ST_DOOMED;
+    free(c->in);
+    c->in = NULL;
+    c->in_len = c->in_cap = 0;
+    if (in_turn) {
+        if (emit(s, FIPC_EV_CLOSE, c->fd, c->id, err, 0) < 0)
+            c->dead = 1;
+    } else if (vec_push(&s->pend, c->fd) < 0 || vec_push(&s->pend, err) < 0) {
+        c->dead = 1; /* out of memory: the event is lost, the connection still closes */
+    }
+    if (!c->reaping && vec_push(&s->reap, c->fd) == 0)
+        c->reaping = 1;
+    update_mask(s, c);
+}
+
+static void conn_free(fipc_srv *s, conn *c)
+{
+    /* epoll forgets an fd when it is closed; removing it first keeps the set exact even if
+     * the fd was duplicated elsewhere */
+    epoll_ctl(s->ep, EPOLL_CTL_DEL, c->fd, NULL);
+    close(c->fd);
+    s->conns[c->fd] = NULL;
+    s->count--;
+    free(c->in);
+    free(c->out);
+    free(c);
+}
+
+/* ------------------------------------------------------------------ output */
+
+/* One send() of the queued output. 0 when it all went, 1 when some is left, <0 on error. */
+static int conn_write(fipc_srv *s, conn *c)
+{
+    size_t n = c->out_end - c->out_start;
+    c->want_out = 0;
+    if (n == 0 || c->dead)
+        return 0;
+    ssize_t w = send(c->fd, c->out + c->out_start, n, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (w < 0) {
+        if (errno == EAGAIN || errno == EINTR) {
+            c->want_out = 1;
+            return 1;
+        }
+        return -errno;
+    }
+    c->out_start += (size_t)w;
+    if (c->out_start == c->out_end) {
+        c->out_start = c->out_end = 0;
+        if (c->out_cap > 4 * READ_CHUNK) {
+            free(c->out);
+            c->out = NULL;
+            c->out_cap = 0;
+        }
+    }
+    if (c->paused && c->out_end - c->out_start <= s->high_water / 2)
+        c->paused = 0;
+    c->want_out = c->out_end > c->out_start;
+    return c->want_out;
+}
+
+/* Write what is queued; on failure the connection is reported closed. */
+static void conn_flush(fipc_srv *s, conn *c, int in_turn)
+{
+    int rc = conn_write(s, c);
+    if (rc < 0) {
+        c->dead = 1;
+        c->out_start = c->out_end = 0;
+        doom(s, c, -rc, in_turn);
+    }
+    update_mask(s, c);
+}
+
+static int append(conn *c, const char *a, size_t alen, const char *b, size_t blen)
+{
+    size_t used = c->out_end - c->out_start;
+    if (alen + blen > SIZE_MAX - used)
+        return -ENOMEM;
+    if (c->out_start > 0 && c->out_cap - c->out_end < alen + blen) {
+        memmove(c->out, c->out + c->out_start, used);
+        c->out_start = 0;
+        c->out_end = used;
+    }
+    int rc = reserve(&c->out, &c->out_cap, c->out_end + alen + blen);
+    if (rc < 0)
+        return rc;
+    memcpy(c->out + c->out_end, a, alen);
+    c->out_end += alen;
+    if (blen) {
+        memcpy(c->out + c->out_end, b, blen);
+        c->out_end += blen;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------ input */
+
+static void pause_listeners(fipc_srv *s)
+{
+    if (s->listen_paused)
+        return;
+    for (int i = 0; i < s->nlisteners; i++)
+        epoll_ctl(s->ep, EPOLL_CTL_DEL, s->listeners[i], NULL);
+    s->listen_paused = 1;
+    s->paused_until = fipc_now_ns() + PAUSE_NS;
+}
+
+static void resume_listeners(fipc_srv *s)
+{
+    if (!s->listen_paused)
+        return;
+    for (int i = 0; i < s->nlisteners; i++) {
+        struct epoll_event ev = {.events = EPOLLIN,
+                                 .data.u64 = MAKE_TAG(TAG_LISTEN, s->listeners[i])};
+        epoll_ctl(s->ep, EPOLL_CTL_ADD, s->listeners[i], &ev);
+    }
+    s->listen_paused = 0;
+}
+
+static int conns_reserve(fipc_srv *s, int fd)
+{
+    if ((size_t)fd < s->conns_cap)
+        return 0;
+    size_t cap = s->conns_cap ? s->conns_cap : 256;
+    while (cap <= (size_t)fd)
+        cap *= 2;
+    conn **p = realloc(s->conns, cap * sizeof *p);
+    if (!p)
+        return -ENOMEM;
+    memset(p + s->conns_cap, 0, (cap - s->conns_cap) * sizeof *p);
+    s->conns = p;
+    s->conns_cap = cap;
+    return 0;
+}
+
+static void do_accept(fipc_srv *s, int lfd)
+{
+    for (int i = 0; i < ACCEPT_BURST; i++) {
+        struct sockaddr_storage ss;
+        socklen_t slen = sizeof ss;
+        int fd = accept4(lfd, (struct sockaddr *)&ss, &slen, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM)
+                pause_listeners(s);
+            /* EAGAIN: drained; ECONNABORTED, EPROTO, EINTR...: that client is gone */
+            if (errno == EAGAIN || errno == EMFILE || errno == ENFILE || errno == ENOBUFS ||
+                errno == ENOMEM || errno == EINTR)
+                return;
+            continue;
+        }
+        if (slen > sizeof ss)
+            slen = sizeof ss;
+        if (ss.ss_family == AF_INET || ss.ss_family == AF_INET6) {
+            int one = 1;
+            /* latency of small replies; a failure only costs speed */
+            if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) < 0)
+                errno = 0;
+        }
+        conn *c = NULL;
+        if (conns_reserve(s, fd) < 0 || data_reserve(s, slen) < 0 ||
+            !(c = calloc(1, sizeof *c))) {
+            close(fd);
+            pause_listeners(s);
+            return;
+        }
+        c->fd = fd;
+        c->id = ++s->next_id;
+        c->mask = EPOLLIN | EPOLLRDHUP;
+        struct epoll_event ev = {.events = c->mask, .data.u64 = MAKE_TAG(TAG_CONN, fd)};
+        if (epoll_ctl(s->ep, EPOLL_CTL_ADD, fd, &ev) < 0) {
+            free(c);
+            close(fd);
+            continue;
+        }
+        s->conns[fd] = c;
+        s->count++;
+        memcpy(s->data + s->data_len, &ss, slen);
+        if (emit(s, FIPC_EV_CONNECT, fd, c->id, (int64_t)s->data_len, slen) < 0) {
+            conn_free(s, c);
+            return;
+        }
+        s->data_len += slen;
+    }
+}
+
+/* Keep the tail [p, end) of the batch as the connection's partial frame. */
+static int keep_partial(conn *c, const char *p, size_t n)
+{
+    if (n == 0) {
+        c->in_len = 0;
+        if (c->in_cap > READ_CHUNK) {
+            free(c->in);
+            c->in = NULL;
+            c->in_cap = 0;
+        }
+        return 0;
+    }
+    size_t want = n;
+    if (n >= HEADER) {
+        /* reserve the whole frame now: big frames are then read straight into it */
+        size_t frame = HEADER + (size_t)be32(p);
+        if (frame > want)
+            want = frame;
+    }
+    if (want > c->in_cap) {
+        char *q = realloc(c->in, want);
+        if (!q)
+            return -ENOMEM;
+        c->in = q;
+        c->in_cap = want;
+    }
+    memmove(c->in, p, n);
+    c->in_len = n;
+    return 0;
+}
+
+/* Split the frames of batch[base, base + n): emit every whole one, keep the rest. */
+static int split_frames(fipc_srv *s, conn *c, size_t base, size_t n)
+{
+    size_t pos = base, end = base + n;
+    while (end - pos >= HEADER) {
+        uint32_t len = be32(s->data + pos);
+        if (len > s->max_msg)
+            return FIPC_TOOBIG;
+        if (end - pos - HEADER < len)
+            break;
+        if (emit(s, FIPC_EV_MESSAGE, c->fd, c->id, (int64_t)(pos + HEADER), len) < 0)
+            return -ENOMEM;
+        pos += HEADER + (size_t)len;
+    }
+    int rc = keep_partial(c, s->data + pos, end - pos);
+    s->data_len = pos; /* the partial tail lives on in c->in */
+    return rc;
+}
+
+/* Read a connection once. Returns 0, or the errno / status that ends it (EOF: FIPC_EOF). */
+static int conn_read(fipc_srv *s, conn *c)
+{
+    if (s->framing == FIPC_SRV_LENGTH && c->in_len >= HEADER) {
+        size_t frame = HEADER + (size_t)be32(c->in);
+        if (frame - HEADER > s->max_msg)
+            return FIPC_TOOBIG;
+        if (frame > BIG_FRAME) {
+            /* a big frame under way: read straight into its own buffer, no more than it */
+            if (reserve(&c->in, &c->in_cap, frame) < 0)
+                return ENOMEM;
+            ssize_t n = read(c->fd, c->in + c->in_len, frame - c->in_len);
+            if (n < 0)
+                return errno == EAGAIN || errno == EINTR ? 0 : errno;
+            if (n == 0)
+                return FIPC_EOF;
+            c->in_len += (size_t)n;
+            if (c->in_len < frame)
+                return 0;
+            if (data_reserve(s, frame) < 0)
+                return ENOMEM;
+            size_t base = s->data_len;
+            memcpy(s->data + base, c->in, frame);
+            s->data_len += frame;
+            c->in_len = 0;
+            return split_frames(s, c, base, frame) == 0 ? 0 : ENOMEM;
+        }
+    }
+    size_t keep = c->in_len;
+    if (data_reserve(s, keep + READ_CHUNK) < 0)
+        return ENOMEM;
+    size_t base = s->data_len;
+    if (keep)
+        memcpy(s->data + base, c->in, keep);
+    ssize_t n = read(c->fd, s->data + base + keep, READ_CHUNK);
+    if (n < 0)
+        return errno == EAGAIN || errno == EINTR ? 0 : errno;
+    if (n == 0)
+        return FIPC_EOF; /* a partial frame is dropped with the connection */
+    if (s->framing == FIPC_SRV_RAW) {
+        if (emit(s, FIPC_EV_MESSAGE, c->fd, c->id, (int64_t)base, n) < 0)
+            return ENOMEM;
+        s->data_len = base + (size_t)n;
+        return 0;
+    }
+    s->data_len = base + keep + (size_t)n;
+    c->in_len = 0;
+    int rc = split_frames(s, c, base, keep + (size_t)n);
+    if (rc == FIPC_TOOBIG)
+        return rc;
+    return rc < 0 ? -rc : 0;
+}
+
+static void on_conn_event(fipc_srv *s, conn *c, uint32_t events)
+{
+    if (events & EPOLLOUT)
+        conn_flush(s, c, 1);
+    if (c->state != ST_OPEN || c->dead) {
+        if (!c->dead && (events & (EPOLLHUP | EPOLLERR))) {
+            c->dead = 1; /* a doomed connection draining its output lost its peer */
+            update_mask(s, c);
+        }
+        return;
+    }
+    if (events & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) {
+        if (c->paused)
+            return;
+        if (s->data_len > BATCH_LIMIT)
+            return; /* level-triggered: it comes back next turn */
+        int rc = conn_read(s, c);
+        if (rc == 0)
+            return;
+        if (rc == FIPC_EOF)
+            doom(s, c, 0, 1);
+        else if (rc == FIPC_TOOBIG)
+            doom(s, c, EMSGSIZE, 1);
+        else {
+            c->dead = 1;
+            c->out_start = c->out_end = 0;
+            doom(s, c, rc, 1);
+        }
+    }
+}
+
+/* ------------------------------------------------------------------ the loop */
+
+fipc_srv *fipc_srv_new(int framing, uint32_t max_message_size, size_t high_water)
+{
+    if (framing != FIPC_SRV_RAW && framing != FIPC_SRV_LENGTH) {
+        errno = EINVAL;
+        return NULL;
+    }
+    fipc_srv *s = calloc(1, sizeof *s);
+    if (!s)
+        return NULL;
+    s->framing = framing;
+    s->max_msg = max_message_size;
+    s->high_water = high_water ? high_water : 1;
+    s->ep = s->wakefd = -1;
+    int err = 0;
+    s->ep = epoll_create1(EPOLL_CLOEXEC);
+    if (s->ep < 0)
+        goto fail;
+    s->wakefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (s->wakefd < 0)
+        goto fail;
+    struct epoll_event ev = {.events = EPOLLIN, .data.u64 = MAKE_TAG(TAG_WAKE, s->wakefd)};
+    if (epoll_ctl(s->ep, EPOLL_CTL_ADD, s->wakefd, &ev) < 0)
+        goto fail;
+    err = pthread_mutex_init(&s->mu, NULL);
+    if (err == 0)
+        return s;
+    errno = err;
+fail:
+    err = errno;
+    if (s->wakefd >= 0)
+        close(s->wakefd);
+    if (s->ep >= 0)
+        close(s->ep);
+    free(s);
+    errno = err;
+    return NULL;
+}
+
+void fipc_srv_free(fipc_srv *s)
+{
+    if (!s)
+        return;
+    for (size_t fd = 0; fd < s->conns_cap; fd++)
+        if (s->conns[fd])
+            conn_free(s, s->conns[fd]);
+    close(s->wakefd);
+    close(s->ep);
+    pthread_mutex_destroy(&s->mu);
+    free(s->conns);
+    free(s->dirty.v);
+    free(s->reap.v);
+    free(s->pend.v);
+    free(s->meta);
+    free(s->data);
+    free(s);
+}
+
+int fipc_srv_listen(fipc_srv *s, int fd)
+{
+    pthread_mutex_lock(&s->mu);
+    int rc = 0;
+    if (s->nlisteners == MAX_LISTENERS) {
+        rc = -ENOSPC;
+    } else {
+        struct epoll_event ev = {.events = EPOLLIN, .data.u64 = MAKE_TAG(TAG_LISTEN, fd)};
+        if (!s->listen_paused && epoll_ctl(s->ep, EPOLL_CTL_ADD, fd, &ev) < 0)
+            rc = -errno;
+        else
+            s->listeners[s->nlisteners++] = fd;
+    }
+    pthread_mutex_unlock(&s->mu);
+    return rc;
+}
+
+/* Flush the connections that got output during the last dispatch. */
+static void flush_dirty(fipc_srv *s, int in_turn)
+{
+    for (size_t i = 0; i < s->dirty.n; i++) {
+        int fd = s->dirty.v[i];
+        conn *c = (size_t)fd < s->conns_cap ? s->conns[fd] : NULL;
+        if (!c)
+            continue;
+        c->dirty = 0;
+        conn_flush(s, c, in_turn);
+    }
+    s->dirty.n = 0;
+    s->deferring = 0;
+}
+
+/* Close the doomed connections whose output is out (or can never go). */
+static void reap(fipc_srv *s)
+{
+    size_t keep = 0;
+    for (size_t i = 0; i < s->reap.n; i++) {
+        int fd = s->reap.v[i];
+        conn *c = (size_t)fd < s->conns_cap ? s->conns[fd] : NULL;
+        if (!c)
+            continue;
+        if (c->dead || c->out_end == c->out_start) {
+            conn_free(s, c);
+            if (s->listen_paused)
+                resume_listeners(s);
+        } else {
+            s->reap.v[keep++] = fd; /* still draining: EPOLLOUT brings it back */
+        }
+    }
+    s->reap.n = keep;
+}
+
+int fipc_srv_poll(fipc_srv *s, double timeout, int64_t **meta, char **data, size_t *data_len)
+{
+    pthread_mutex_lock(&s->mu);
+    s->nev = 0;
+    s->data_len = 0;
+    if (s->data_cap > 4 * BATCH_LIMIT) {
+        free(s->data);
+        s->data = NULL;
+        s->data_cap = 0;
+    }
+    /* closes requested between turns come first, before any new use of their fds */
+    for (size_t i = 0; i + 1 < s->pend.n; i += 2) {
+        int fd = s->pend.v[i];
+        conn *c = (size_t)fd < s->conns_cap ? s->conns[fd] : NULL;
+        if (c && emit(s, FIPC_EV_CLOSE, fd, c->id, s->pend.v[i + 1], 0) < 0)
+            break;
+    }
+    s->pend.n = 0;
+    flush_dirty(s, 1);
+    reap(s);
+    if (s->listen_paused && fipc_now_ns() >= s->paused_until)
+        resume_listeners(s);
+
+    int ms;
+    if (s->nev > 0 || timeout == 0) {
+        ms = 0;
+    } else if (timeout < 0 || timeout > 86400.0) {
+        ms = -1;
+    } else {
+        double m = timeout * 1000.0;
+        ms = (int)m;
+        if (ms < m)
+            ms++; /* round up: never wake early and spin */
+    }
+    if (s->listen_paused) {
+        int64_t left = (s->paused_until - fipc_now_ns()) / 1000000 + 1;
+        if (left < 0)
+            left = 0;
+        if (ms < 0 || left < ms)
+            ms = (int)left;
+    }
+    s->sleeping = 1;
+    pthread_mutex_unlock(&s->mu);
+    int n = epoll_wait(s->ep, s->evs, MAX_EVENTS, ms);
+    int err = errno;
+    pthread_mutex_lock(&s->mu);
+    s->sleeping = 0;
+    if (n < 0) {
+        if (s->nev == 0) {
+            pthread_mutex_unlock(&s->mu);
+            return -err;
+        }
+        n = 0;
+    }
+    for (int i = 0; i < n; i++) {
+        uint64_t tag = s->evs[i].data.u64 >> 32;
+        int fd = (int)(uint32_t)s->evs[i].data.u64;
+        if (tag == TAG_WAKE) {
+            uint64_t v;
+            if (read(fd, &v, sizeof v) < 0)
+                errno = 0; /* EAGAIN: another thread drained it */
+        } else if (tag == TAG_LISTEN) {
+            if (!s->listen_paused)
+                do_accept(s, fd);
+        } else if ((size_t)fd < s->conns_cap && s->conns[fd]) {
+            on_conn_event(s, s->conns[fd], s->evs[i].events);
+        }
+    }
+    s->deferring = s->nev > 0;
+    *meta = s->meta;
+    *data = s->data;
+    *data_len = s->data_len;
+    int nev = (int)s->nev;
+    pthread_mutex_unlock(&s->mu);
+    return nev;
+}
+
+int fipc_srv_send(fipc_srv *s, int fd, uint64_t id, const char *buf, size_t len)
+{
+    unsigned char h[HEADER] = {(unsigned char)(len >> 24), (unsigned char)(len >> 16),
+                               (unsigned char)(len >> 8), (unsigned char)len};
+    size_t hlen = s->framing == FIPC_SRV_LENGTH ? HEADER : 0;
+    if (hlen && len > UINT32_MAX)
+        return -EMSGSIZE;
+    pthread_mutex_lock(&s->mu);
+    int rc = 0;
+    conn *c = lookup(s, fd, id);
+    if (!c || c->dead) {
+        rc = -EPIPE;
+        goto out;
+    }
+    if (!s->deferring && c->out_end == c->out_start) {
+        /* nothing queued and no batch under way: write at once, queue the rest */
+        struct iovec iov[2] = {{h, hlen}, {(void *)buf, len}};
+        struct msghdr msg = {.msg_iov = hlen ? iov : iov + 1, .msg_iovlen = hlen ? 2 : 1};
+        ssize_t w = sendmsg(fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (w < 0) {
+            if (errno != EAGAIN && errno != EINTR) {
+                rc = -errno;
+                c->dead = 1;
+                doom(s, c, errno, 0);
+                if (s->sleeping)
+                    fipc_srv_wake(s);
+                goto out;
+            }
+            w = 0;
+        }
+        size_t done = (size_t)w;
+        if (done < hlen + len) {
+            size_t hd = done < hlen ? done : hlen;
+            size_t bd = done - hd;
+            if (append(c, (const char *)h + hd, hlen - hd, buf + bd, len - bd) < 0) {
+                rc = -ENOMEM;
+                goto out;
+            }
+            c->want_out = 1;
+        }
+    } else {
+        if (append(c, (const char *)h, hlen, buf, len) < 0) {
+            rc = -ENOMEM;
+            goto out;
+        }
+        if (!c->dirty && !c->want_out) {
+            if (vec_push(&s->dirty, fd) < 0) {
+                rc = -ENOMEM;
+                goto out;
+            }
+            c->dirty = 1;
+        }
+        if (!c->want_out && c->out_end - c->out_start >= s->high_water)
+            conn_flush(s, c, 0); /* a handler producing a lot: do not hold it all */
+    }
+    if (!c->paused && c->out_end - c->out_start > s->high_water)
+        c->paused = 1; /* back-pressure: stop reading until the peer takes its output */
+    if (c->paused || c->want_out)
+        update_mask(s, c); /* a no-op unless the wanted events changed */
+out:
+    pthread_mutex_unlock(&s->mu);
+    return rc;
+}
+
+int fipc_srv_close(fipc_srv *s, int fd, uint64_t id)
+{
+    pthread_mutex_lock(&s->mu);
+    conn *c = lookup(s, fd, id);
+    if (c && c->state == ST_OPEN) {
+        doom(s, c, 0, 0);
+        if (s->sleeping)
+            fipc_srv_wake(s);
+    }
+    pthread_mutex_unlock(&s->mu);
+    return 0;
+}
+
+int fipc_srv_flush(fipc_srv *s)
+{
+    pthread_mutex_lock(&s->mu);
+    flush_dirty(s, 0);
+    pthread_mutex_unlock(&s->mu);
+    return 0;
+}
+
+int fipc_srv_wake(fipc_srv *s)
+{
+    uint64_t one = 1;
+    if (write(s->wakefd, &one, sizeof one) < 0 && errno != EAGAIN)
+        return -errno;
+    return 0;
+}
+
+int64_t fipc_srv_pending(fipc_srv *s, int fd, uint64_t id)
+{
+    pthread_mutex_lock(&s->mu);
+    conn *c = lookup(s, fd, id);
+    int64_t rc = c ? (int64_t)(c->out_end - c->out_start) : -EPIPE;
+    pthread_mutex_unlock(&s->mu);
+    return rc;
+}
+
+int fipc_srv_count(fipc_srv *s)
+{
+    pthread_mutex_lock(&s->mu);
+    int n = s->count;
+    pthread_mutex_unlock(&s->mu);
+    return n;
+}
+
+/* ------------------------------------------------------------------ the client */
+
+int64_t fipc_sock_send(int fd, const char *buf, size_t len, int framed, size_t offset,
+                       double timeout, size_t *written)
+{
+    if (framed && len > UINT32_MAX)
+        return -EMSGSIZE;
+    unsigned char h[HEADER] = {(unsigned char)(len >> 24), (unsigned char)(len >> 16),
+                               (unsigned char)(len >> 8), (unsigned char)len};
+    size_t hlen = framed ? HEADER : 0;
+    size_t total = hlen + len, done = offset;
+    int64_t deadline = -2, rc = 0;
+    while (done < total) {
+        struct iovec iov[2];
+        int cnt = 0;
+        if (done < hlen) {
+            iov[cnt].iov_base = h + done;
+            iov[cnt++].iov_len = hlen - done;
+            iov[cnt].iov_base = (void *)buf;
+            iov[cnt++].iov_len = len;
+        } else {
+            iov[cnt].iov_base = (void *)(buf + (done - hlen));
+            iov[cnt++].iov_len = total - done;
+        }
+        struct msghdr msg = {.msg_iov = iov, .msg_iovlen = (size_t)cnt};
+        ssize_t w = sendmsg(fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (w > 0) {
+            done += (size_t)w;
+            continue;
+        }
+        if (w < 0 && errno == EAGAIN) {
+            if (deadline == -2)
+                deadline = fipc_deadline(timeout);
+            rc = fipc_wait_fd(fd, POLLOUT, deadline);
+            if (rc < 0)
+                break;
+            continue;
+        }
+        rc = w < 0 ? -errno : -EIO;
+        break;
+    }
+    *written = done;
+    return rc < 0 ? rc : (int64_t)done;
+}

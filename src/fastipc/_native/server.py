@@ -1,0 +1,148 @@
+"""Server and client operations backed by ``csrc/server.c``: one C call per user operation.
+
+The loop's turn is one ``fipc_srv_poll`` call; its events come back as one list of ints
+(``FIPC_EV_FIELDS`` per event) and one ``bytes`` holding every payload of the turn.
+"""
+
+from __future__ import annotations
+
+import errno
+import time
+from typing import Any
+
+from fastipc._core import check, ffi, lib, raise_errno
+from fastipc._native.pipe import as_buffer
+
+__all__ = ["Client", "Loop"]
+
+_EINTR = -errno.EINTR
+_EPIPE = -errno.EPIPE
+_monotonic = time.monotonic
+_unpack = ffi.unpack
+_poll = lib.fipc_srv_poll
+_send = lib.fipc_srv_send
+_sock_send = lib.fipc_sock_send
+_recv = lib.fipc_pipe_recv
+_read = lib.fipc_pipe_read
+FIELDS = lib.FIPC_EV_FIELDS
+
+
+class Loop:
+    """One epoll loop with its connections (``fipc_srv``)."""
+
+    __slots__ = ("_dlen", "_meta", "_data", "_s", "send")
+
+    def __init__(self, framed: bool, max_message_size: int, high_water: int) -> None:
+        s = lib.fipc_srv_new(lib.FIPC_SRV_LENGTH if framed else lib.FIPC_SRV_RAW,
+                             max_message_size, high_water)
+        if s == ffi.NULL:
+            err = ffi.errno
+            raise OSError(err, "cannot create the event loop: " + errno.errorcode.get(err, "?"))
+        self._s = s
+        self._meta = ffi.new("int64_t **")
+        self._data = ffi.new("char **")
+        self._dlen = ffi.new("size_t *")
+        ptr = s
+
+        def send(fd: int, cid: int, data: Any) -> None:
+            if type(data) is bytes:
+                rc = _send(ptr, fd, cid, data, len(data))
+            else:
+                buf, n = as_buffer(data)
+                rc = _send(ptr, fd, cid, buf, n)
+            if rc:
+                _raise_send(rc)
+
+        self.send = send
+
+    def listen(self, fd: int) -> None:
+        check(lib.fipc_srv_listen(self._s, fd))
+
+    def poll(self, timeout: float) -> tuple[int, list[int], bytes]:
+        """One turn: ``(count, fields, payloads)``; (0, [], b"") when a signal came first."""
+        n = _poll(self._s, timeout, self._meta, self._data, self._dlen)
+        if n <= 0:
+            if n == 0 or n == _EINTR:
+                return 0, [], b""
+            check(n)
+        return n, _unpack(self._meta[0], n * FIELDS), _unpack(self._data[0], self._dlen[0])
+
+    def close_conn(self, fd: int, cid: int) -> None:
+        lib.fipc_srv_close(self._s, fd, cid)
+
+    def pending(self, fd: int, cid: int) -> int:
+        n = lib.fipc_srv_pending(self._s, fd, cid)
+        return 0 if n < 0 else int(n)
+
+    def flush(self) -> None:
+        lib.fipc_srv_flush(self._s)
+
+    def wake(self) -> None:
+        lib.fipc_srv_wake(self._s)
+
+    def count(self) -> int:
+        return int(lib.fipc_srv_count(self._s))
+
+    def close(self) -> None:
+        s, self._s = self._s, ffi.NULL
+        if s != ffi.NULL:
+            lib.fipc_srv_free(s)
+
+
+def _raise_send(rc: int) -> None:
+    if rc == _EPIPE:
+        raise BrokenPipeError(errno.EPIPE, "the connection is gone")
+    check(rc)
+
+
+def _left(timeout: float, t0: float) -> float:
+    return max(0.0, t0 + timeout - _monotonic()) if timeout > 0 else timeout
+
+
+class Client:
+    """A blocking client socket: framed or raw sends, buffered receives."""
+
+    __slots__ = ("_framed", "_msg", "_rb", "_written", "fd", "max_message_size")
+
+    def __init__(self, fd: int, framed: bool, max_message_size: int) -> None:
+        self.fd = fd
+        self._framed = 1 if framed else 0
+        self.max_message_size = max_message_size
+        rb = lib.fipc_rbuf_new(65536)
+        if rb == ffi.NULL:
+            raise MemoryError("cannot allocate the connection's read buffer")
+        self._rb = ffi.gc(rb, lib.fipc_rbuf_free)
+        self._msg = ffi.new("char **")
+        self._written = ffi.new("size_t *")
+
+    def send(self, data: Any, timeout: float) -> None:
+        buf, n = as_buffer(data)
+        t0 = _monotonic() if timeout > 0 else 0.0
+        rc = _sock_send(self.fd, buf, n, self._framed, 0, timeout, self._written)
+        while rc == _EINTR:
+            rc = _sock_send(self.fd, buf, n, self._framed, self._written[0],
+                            _left(timeout, t0), self._written)
+        if rc < 0:
+            try:
+                raise_errno(-rc, timeout=timeout)
+            except OSError as exc:
+                exc.characters_written = self._written[0]
+                raise
+
+    def recv(self, timeout: float) -> bytes:
+        t0 = _monotonic() if timeout > 0 else 0.0
+        if self._framed:
+            n = _recv(self.fd, self._rb, self.max_message_size, timeout, 0.0, self._msg)
+            while n == _EINTR:
+                n = _recv(self.fd, self._rb, self.max_message_size, _left(timeout, t0), 0.0,
+                          self._msg)
+        else:
+            n = _read(self.fd, self._rb, 65536, timeout, self._msg)
+            while n == _EINTR:
+                n = _read(self.fd, self._rb, 65536, _left(timeout, t0), self._msg)
+        if n < 0:
+            check(n, timeout=timeout)
+        return _unpack(self._msg[0], n) if n else b""  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        ffi.release(self._rb)

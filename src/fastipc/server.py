@@ -1,0 +1,723 @@
+"""TCP and Unix-domain servers driven by one event loop, and blocking clients.
+
+>>> from fastipc import server
+>>> class Echo(server.Handler):
+...     def on_message(self, conn, data):
+...         conn.send(data)
+>>> with server.Server(Echo(), tcp=("127.0.0.1", 0)) as srv:
+...     with server.connect(srv.tcp_address) as c:
+...         c.send(b"hello")
+...         srv.serve(0.1)
+...         c.recv(timeout=1.0)
+b'hello'
+
+The native backend runs the loop in C (``csrc/server.c``, on epoll): one call per loop turn
+waits with the GIL released and returns a batch of events; Python only calls the handlers.
+Sends made by handlers are queued and written out together at the start of the next turn.
+The pure backend does the same on :mod:`selectors`.
+
+Framing: ``"length"`` (the default) delivers whole messages, each sent as a 4-byte
+big-endian length and the payload (``b""`` is a valid message); ``"raw"`` delivers bytes as
+they arrive. A frame announcing more than ``max_message_size`` bytes closes its connection.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import select
+import socket
+import stat
+import struct
+import threading
+import time
+from types import ModuleType, TracebackType
+from typing import Any, Optional, Union
+
+from fastipc import _core
+from fastipc._core import check_int, check_timeout, closed_error
+
+__all__ = [
+    "DEFAULT_HIGH_WATER",
+    "DEFAULT_MAX_MESSAGE_SIZE",
+    "MAX_UNIX_PATH",
+    "Client",
+    "Connection",
+    "Handler",
+    "Server",
+    "connect",
+]
+
+DEFAULT_MAX_MESSAGE_SIZE = 16 << 20
+DEFAULT_HIGH_WATER = 1 << 20
+MAX_UNIX_PATH = 107  # sizeof(sun_path) - 1: the kernel's limit, not ours
+MAX_FRAME = 0xFFFFFFFF
+EV_CONNECT, EV_MESSAGE, EV_CLOSE = 1, 2, 3
+
+log = logging.getLogger("fastipc.server")
+
+TcpAddress = tuple[str, int]
+UnixPath = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
+Address = Union[TcpAddress, UnixPath]
+
+
+# ---------------------------------------------------------------------------- arguments
+
+
+def _framing(framing: Any) -> bool:
+    if not isinstance(framing, str):
+        raise TypeError(f"framing must be a str, not {type(framing).__name__}")
+    if framing not in ("length", "raw"):
+        raise ValueError(f"framing must be 'length' or 'raw', not {framing!r}")
+    return framing == "length"
+
+
+def _unix_path(path: Any) -> bytes:
+    """A Unix socket path as bytes; ValueError past the kernel's 107-byte sun_path limit."""
+    if isinstance(path, bool) or not isinstance(path, (str, bytes, os.PathLike)):
+        raise TypeError(f"a Unix socket path must be str, bytes or os.PathLike, not "
+                        f"{type(path).__name__}")
+    raw = os.fsencode(path)
+    if not raw:
+        raise ValueError("a Unix socket path must not be empty")
+    if b"\0" in raw:
+        raise ValueError("a Unix socket path must not contain NUL characters")
+    if len(raw) > MAX_UNIX_PATH:
+        raise ValueError(
+            f"Unix socket path is {len(raw)} bytes long; the kernel's limit (sun_path) is "
+            f"{MAX_UNIX_PATH}: use a shorter path, e.g. in a directory closer to /"
+        )
+    return raw
+
+
+def _tcp_address(address: Any) -> TcpAddress:
+    if not isinstance(address, tuple) or len(address) not in (2, 4):
+        raise TypeError(f"a TCP address must be a (host, port) tuple, not {address!r}")
+    host, port = address[0], address[1]
+    if not isinstance(host, str):
+        raise TypeError(f"the host must be a str, not {type(host).__name__}")
+    if "\0" in host:
+        raise ValueError("the host must not contain NUL characters")
+    return host, check_int(port, "port", 0, 65535)
+
+
+# ---------------------------------------------------------------------------- handler
+
+
+class Handler:
+    """What a :class:`Server` calls. Subclass it and override what you need.
+
+    Each connection gets one ``on_connect``, then ``on_message`` for each message (whole
+    messages with ``"length"`` framing, chunks as they arrive with ``"raw"``), then exactly
+    one ``on_close`` -- whether the peer closed, reset or sent an oversized frame, the
+    handler closed it, or the server was closed. A handler that raises has its connection
+    closed and the exception logged (logger ``fastipc.server``); the loop goes on.
+    """
+
+    def on_connect(self, conn: Connection) -> None:
+        """A client connected."""
+
+    def on_message(self, conn: Connection, data: bytes) -> None:
+        """A message (or, with raw framing, a chunk of bytes) arrived."""
+
+    def on_close(self, conn: Connection) -> None:
+        """The connection is closed; ``conn.error`` says why (None: a clean close)."""
+
+
+def _decode_sockaddr(raw: bytes) -> Any:
+    if len(raw) < 2:
+        return None
+    family = struct.unpack_from("=H", raw)[0]
+    if family == socket.AF_INET and len(raw) >= 8:
+        return socket.inet_ntop(family, raw[4:8]), struct.unpack_from(">H", raw, 2)[0]
+    if family == socket.AF_INET6 and len(raw) >= 28:
+        port, flow = struct.unpack_from(">HI", raw, 2)
+        (scope,) = struct.unpack_from("=I", raw, 24)
+        return socket.inet_ntop(family, raw[8:24]), port, flow, scope
+    if family == socket.AF_UNIX:
+        path = raw[2:].split(b"\0", 1)[0]
+        return os.fsdecode(path)
+    return None
+
+
+class Connection:
+    """One client connection of a :class:`Server`, handed to the handler's methods.
+
+    ``data`` is free for the application (per-connection state). ``send`` never blocks:
+    inside a handler it queues the bytes, which the loop writes out at its next turn;
+    elsewhere it writes what the kernel takes at once and queues the rest. A connection
+    whose peer does not read stops being read once ``high_water`` bytes wait for it
+    (back-pressure), and resumes when they drain.
+    """
+
+    __slots__ = ("_id", "_peer", "_send", "_server", "closed", "data", "error", "fd")
+
+    def __init__(self, server: Server, fd: int, cid: int, peer: bytes) -> None:
+        self._server = server
+        self.fd = fd
+        self._id = cid
+        self._peer = peer
+        self._send = server._loop.send
+        self.closed = False
+        self.error: Optional[OSError] = None
+        self.data: Any = None
+
+    def send(self, data: Any) -> None:
+        """Send ``data`` (bytes-like): one message with length framing, raw bytes otherwise.
+
+        ValueError once the connection is closed; BrokenPipeError if the peer is gone.
+        """
+        if self.closed:
+            raise closed_error("Connection")
+        self._send(self.fd, self._id, data)
+
+    def close(self) -> None:
+        """Close after the queued output is written; ``on_close`` follows. Idempotent."""
+        if not self.closed:
+            self.closed = True
+            loop = self._server._loop
+            if loop is not None:
+                loop.close_conn(self.fd, self._id)
+
+    def fileno(self) -> int:
+        """The connection's socket (for getsockopt and the like; do not read or close it)."""
+        if self.closed:
+            raise closed_error("Connection")
+        return self.fd
+
+    @property
+    def peer(self) -> Any:
+        """The client's address: ``(host, port)``, ``(host, port, flow, scope)`` for IPv6,
+        or the client's Unix socket path (usually ``""``: clients rarely bind one)."""
+        return _decode_sockaddr(self._peer)
+
+    @property
+    def pending(self) -> int:
+        """Bytes queued for the peer and not yet taken by the kernel."""
+        loop = self._server._loop
+        return 0 if self.closed or loop is None else loop.pending(self.fd, self._id)
+
+    @property
+    def server(self) -> Server:
+        return self._server
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else f"fd={self.fd}"
+        return f"<Connection {state} peer={self.peer!r}>"
+
+
+# ---------------------------------------------------------------------------- server
+
+
+class Server:
+    """Serve TCP (IPv4 or IPv6) and/or Unix-domain stream connections with one loop.
+
+    ``tcp=(host, port)`` (port 0 picks a free one, see :attr:`tcp_address`); ``unix=path``
+    (at most 107 bytes; a stale socket file left by a dead server is replaced, a live one
+    is ``OSError(EADDRINUSE)``). Closing the server closes every connection (each gets its
+    ``on_close``), closes the listeners and unlinks the socket file it created.
+
+    ``serve_forever()`` and ``serve(timeout)`` run the loop in the calling thread;
+    ``stop()`` ends them from another thread or a signal handler.
+    """
+
+    def __init__(
+        self,
+        handler: Handler,
+        *,
+        tcp: Optional[TcpAddress] = None,
+        unix: Optional[UnixPath] = None,
+        framing: str = "length",
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        high_water: int = DEFAULT_HIGH_WATER,
+        backlog: int = socket.SOMAXCONN,
+        backend: Optional[str] = None,
+    ) -> None:
+        self._loop: Any = None
+        self._listeners: list[socket.socket] = []
+        self._unix_path: Optional[bytes] = None
+        self._unix_ino: Optional[tuple[int, int]] = None
+        for method in ("on_connect", "on_message", "on_close"):
+            if not callable(getattr(handler, method, None)):
+                raise TypeError(f"handler must have an {method}() method (see server.Handler)")
+        impl: ModuleType = _core.ops("server", backend)
+        framed = _framing(framing)
+        max_message_size = check_int(max_message_size, "max_message_size", 0, MAX_FRAME)
+        high_water = check_int(high_water, "high_water", 1, 2**62)
+        backlog = check_int(backlog, "backlog", 1, 2**31 - 1)
+        if tcp is None and unix is None:
+            raise ValueError("give tcp=(host, port), unix=path, or both")
+        tcp_addr = None if tcp is None else _tcp_address(tcp)
+        unix_raw = None if unix is None else _unix_path(unix)
+
+        self._impl = impl
+        self._handler = handler
+        self._framing = framing
+        self._max = max_message_size
+        self._conns: dict[int, Connection] = {}
+        self._stop = False
+        self._serving: Optional[int] = None  # the ident of the thread in serve()
+        self._serve_lock = threading.Lock()
+        self._close_after = False
+        try:
+            if tcp_addr is not None:
+                self._listeners.append(_tcp_listener(tcp_addr, backlog))
+            if unix_raw is not None:
+                self._listeners.append(self._bind_unix(unix_raw, backlog))
+            self._loop = impl.Loop(framed, max_message_size, high_water)
+            for sock in self._listeners:
+                self._loop.listen(sock.fileno())
+        except BaseException:
+            self._release()
+            raise
+
+    def _bind_unix(self, raw: bytes, backlog: int) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            try:
+                sock.bind(raw)
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE or not _stale_unix_socket(raw):
+                    raise
+                os.unlink(raw)  # a dead server's socket file: nobody answers there
+                sock.bind(raw)
+            st = os.stat(raw)
+            self._unix_path, self._unix_ino = raw, (st.st_dev, st.st_ino)
+            sock.listen(backlog)
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    # ------------------------------------------------------------ properties
+
+    def _check(self) -> Any:
+        if self._loop is None:
+            raise closed_error("Server")
+        return self._loop
+
+    @property
+    def closed(self) -> bool:
+        return self._loop is None
+
+    @property
+    def backend(self) -> str:
+        return self._impl.__name__.split(".")[1].lstrip("_")
+
+    @property
+    def framing(self) -> str:
+        return self._framing
+
+    @property
+    def max_message_size(self) -> int:
+        return self._max
+
+    @property
+    def tcp_address(self) -> Optional[TcpAddress]:
+        """``(host, port)`` the TCP listener is bound to (None without one)."""
+        self._check()
+        for sock in self._listeners:
+            if sock.family in (socket.AF_INET, socket.AF_INET6):
+                name = sock.getsockname()
+                return name[0], name[1]
+        return None
+
+    @property
+    def unix_path(self) -> Optional[str]:
+        """The Unix socket's path (None without one)."""
+        self._check()
+        return None if self._unix_path is None else os.fsdecode(self._unix_path)
+
+    @property
+    def connections(self) -> list[Connection]:
+        """The open connections."""
+        self._check()
+        return [c for c in self._conns.values() if not c.closed]
+
+    def fileno(self) -> int:
+        """Not a kernel object of its own: the first listener's socket, for select() users."""
+        self._check()
+        return self._listeners[0].fileno()
+
+    # ------------------------------------------------------------ running
+
+    def serve_forever(self) -> None:
+        """Run the loop until :meth:`stop` is called."""
+        self._run(-1.0)
+
+    def serve(self, timeout: Optional[float] = None) -> None:
+        """Run the loop for ``timeout`` seconds (None: until :meth:`stop`; 0: one turn
+        without waiting), or until :meth:`stop` is called. The end of the time is not an
+        error: serve() just returns."""
+        self._run(check_timeout(timeout))
+
+    def stop(self) -> None:
+        """Make the running (or the next) serve call return. Safe from any thread and from
+        a signal handler."""
+        self._stop = True
+        loop = self._loop
+        if loop is not None:
+            loop.wake()
+
+    def _run(self, t: float) -> None:
+        self._check()
+        if not self._serve_lock.acquire(blocking=False):
+            raise RuntimeError("this server is already serving in another call")
+        self._serving = threading.get_ident()
+        try:
+            if t > 0:
+                deadline = time.monotonic() + t
+            turn = self._turn
+            while not self._stop:
+                if t > 0:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    turn(left)
+                else:
+                    turn(t)
+                    if t == 0:
+                        break
+            self._stop = False
+        finally:
+            self._serving = None
+            self._serve_lock.release()
+            if self._loop is not None:
+                self._loop.flush()
+            if self._close_after:
+                self.close()
+
+    def _turn(self, timeout: float) -> None:
+        n, meta, data = self._loop.poll(timeout)
+        if not n:
+            return
+        conns = self._conns
+        handler = self._handler
+        on_message = handler.on_message
+        it = iter(meta)
+        for kind, fd, cid, off, size in zip(it, it, it, it, it):
+            if kind == EV_MESSAGE:
+                conn = conns.get(fd)
+                if conn is None or conn.closed:
+                    continue
+                try:
+                    on_message(conn, data[off : off + size])
+                except Exception:
+                    self._failed(conn, "on_message")
+            elif kind == EV_CONNECT:
+                conn = Connection(self, fd, cid, data[off : off + size])
+                conns[fd] = conn
+                try:
+                    handler.on_connect(conn)
+                except Exception:
+                    self._failed(conn, "on_connect")
+            else:
+                conn = conns.get(fd)
+                if conn is None or conn._id != cid:
+                    continue
+                del conns[fd]
+                conn.closed = True
+                if off:
+                    conn.error = OSError(off, os.strerror(off))
+                self._closed(conn)
+
+    def _failed(self, conn: Connection, where: str) -> None:
+        log.exception("fastipc.server: %s raised; closing %r", where, conn)
+        conn.close()
+
+    def _closed(self, conn: Connection) -> None:
+        try:
+            self._handler.on_close(conn)
+        except Exception:
+            log.exception("fastipc.server: on_close raised for %r", conn)
+
+    # ------------------------------------------------------------ life cycle
+
+    def close(self) -> None:
+        """Close every connection (running ``on_close`` for each), the listeners and the
+        Unix socket file this server created. Idempotent. Called from a handler, it takes
+        effect when the running serve call returns; from another thread while serving, it
+        stops the loop and waits for it."""
+        if self._loop is None:
+            return
+        if self._serving is not None:
+            if self._serving == threading.get_ident():
+                self._close_after = True
+                self.stop()
+                return
+            self.stop()
+            with self._serve_lock:
+                pass
+            if self._loop is None:
+                return
+        conns, self._conns = list(self._conns.values()), {}
+        for conn in conns:
+            conn.closed = True
+            self._closed(conn)
+        self._release()
+
+    def _release(self) -> None:
+        loop, self._loop = self._loop, None
+        if loop is not None:
+            loop.close()
+        for sock in self._listeners:
+            sock.close()
+        self._listeners = []
+        if self._unix_path is not None:
+            try:
+                st = os.stat(self._unix_path)
+                if (st.st_dev, st.st_ino) == self._unix_ino:  # still ours: remove it
+                    os.unlink(self._unix_path)
+            except FileNotFoundError:
+                pass
+            self._unix_path = None
+
+    def __enter__(self) -> Server:
+        self._check()
+        return self
+
+    def __exit__(self, *exc: Optional[TracebackType]) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_loop", None) is not None and getattr(self, "_serving", 1) is None:
+            try:
+                self._release()
+            except Exception:  # interpreter shutdown
+                pass
+
+    def __repr__(self) -> str:
+        if self._loop is None:
+            return "<Server closed>"
+        where = [repr(a) for a in (self.tcp_address, self.unix_path) if a is not None]
+        return f"<Server {' '.join(where)} framing={self._framing} backend={self.backend}>"
+
+
+def _stale_unix_socket(raw: bytes) -> bool:
+    """A socket file nobody listens on any more (the kernel refuses connections)."""
+    try:
+        if not stat.S_ISSOCK(os.lstat(raw).st_mode):
+            return False
+    except OSError:
+        return False
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(raw)
+    except ConnectionRefusedError:
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return False
+
+
+def _tcp_listener(addr: TcpAddress, backlog: int) -> socket.socket:
+    host, port = addr
+    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                               flags=socket.AI_PASSIVE)
+    family, kind, proto, _, sockaddr = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(sockaddr)
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+# ---------------------------------------------------------------------------- client
+
+
+class Client:
+    """A blocking client connection, from :func:`connect`.
+
+    ``send(data)`` sends one message (length framing) or the raw bytes; ``recv()`` returns
+    the next message (EOFError once the server closed) or, with raw framing, the bytes that
+    arrived (``b""`` at the end).
+    """
+
+    def __init__(self, fd: int, impl: ModuleType, framing: str, max_message_size: int,
+                 address: Any) -> None:
+        self._fd = fd
+        self._impl = impl
+        self._framing = framing
+        self._address = address
+        self._core = impl.Client(fd, framing == "length", max_message_size)
+
+    def fileno(self) -> int:
+        """The socket's fd (non-blocking, non-inheritable)."""
+        if self._fd < 0:
+            raise closed_error("Client")
+        return self._fd
+
+    @property
+    def closed(self) -> bool:
+        return self._fd < 0
+
+    @property
+    def backend(self) -> str:
+        return self._impl.__name__.split(".")[1].lstrip("_")
+
+    @property
+    def framing(self) -> str:
+        return self._framing
+
+    @property
+    def address(self) -> Any:
+        """The server's address as given to :func:`connect`."""
+        return self._address
+
+    def send(self, data: Any, timeout: Optional[float] = None) -> None:
+        """Send ``data`` (bytes-like) whole; TimeoutError if the server does not take it
+        within ``timeout`` seconds, BrokenPipeError / ConnectionResetError once it is gone.
+        A framed message cut short would desynchronise the stream, so the client then
+        closes itself."""
+        if self._fd < 0:
+            raise closed_error("Client")
+        t = check_timeout(timeout)
+        try:
+            self._core.send(data, t)
+        except OSError as exc:
+            if self._framing == "length" and getattr(exc, "characters_written", 0):
+                self.close()
+            raise
+        except OverflowError:
+            raise ValueError(f"a message is limited to {MAX_FRAME} bytes") from None
+
+    def recv(self, timeout: Optional[float] = None) -> bytes:
+        """The next message (length framing; EOFError at the end, OSError(EMSGSIZE) for a
+        frame over ``max_message_size``), or the bytes that arrived (raw framing; ``b""``
+        at the end)."""
+        if self._fd < 0:
+            raise closed_error("Client")
+        return self._core.recv(check_timeout(timeout))  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        """Close the socket. Idempotent."""
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            self._core.close()
+            os.close(fd)
+
+    def __enter__(self) -> Client:
+        self.fileno()
+        return self
+
+    def __exit__(self, *exc: Optional[TracebackType]) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_fd", -1) >= 0:
+            self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._fd < 0 else f"fd={self._fd}"
+        return f"<Client {state} {self._address!r} backend={self.backend}>"
+
+
+def connect(
+    address: Address,
+    *,
+    framing: str = "length",
+    timeout: Optional[float] = None,
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+    backend: Optional[str] = None,
+) -> Client:
+    """Connect to a server: ``(host, port)`` for TCP, a path (str, bytes, PathLike) for a
+    Unix socket. TimeoutError if it does not answer within ``timeout`` seconds;
+    ConnectionRefusedError if nobody listens there."""
+    impl: ModuleType = _core.ops("server", backend)
+    framed = _framing(framing)
+    max_message_size = check_int(max_message_size, "max_message_size", 0, MAX_FRAME)
+    t = check_timeout(timeout)
+    deadline = time.monotonic() + t if t > 0 else t
+    if isinstance(address, tuple):
+        host, port = _tcp_address(address)
+        sock = _connect_tcp(host, port, deadline, timeout)
+    else:
+        sock = _connect_unix(_unix_path(address), deadline, timeout)
+    fd = sock.detach()
+    try:
+        return Client(fd, impl, framing if framed else "raw", max_message_size, address)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _wait_connected(sock: socket.socket, deadline: float, timeout: Optional[float]) -> None:
+    poller = select.poll()
+    poller.register(sock, select.POLLOUT)
+    while True:
+        if deadline < 0:
+            ms = None
+        else:
+            left = deadline - time.monotonic() if deadline > 0 else 0.0
+            ms = max(0, int(left * 1000 + 0.999))
+        if poller.poll(ms):
+            break
+        if ms is not None and (deadline == 0 or time.monotonic() >= deadline):
+            raise _core.timeout_error(timeout)
+    err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if err:
+        raise OSError(err, os.strerror(err))
+
+
+def _connect_tcp(host: str, port: int, deadline: float,
+                 timeout: Optional[float]) -> socket.socket:
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    last: Optional[BaseException] = None
+    for family, kind, proto, _, sockaddr in infos:
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setblocking(False)
+            err = sock.connect_ex(sockaddr)
+            if err in (errno.EINPROGRESS, errno.EAGAIN):
+                _wait_connected(sock, deadline, timeout)
+            elif err:
+                raise OSError(err, os.strerror(err))
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            return sock
+        except TimeoutError:
+            sock.close()
+            raise
+        except OSError as exc:
+            sock.close()
+            last = exc
+        except BaseException:
+            sock.close()
+            raise
+    assert last is not None
+    raise last
+
+
+def _connect_unix(raw: bytes, deadline: float, timeout: Optional[float]) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        delay = 0.0005
+        while True:
+            err = sock.connect_ex(raw)
+            if err == 0:
+                return sock
+            if err == errno.EINPROGRESS:
+                _wait_connected(sock, deadline, timeout)
+                return sock
+            if err != errno.EAGAIN:  # EAGAIN: the listen backlog is full; try again soon
+                raise OSError(err, os.strerror(err), os.fsdecode(raw))
+            if deadline >= 0:
+                left = deadline - time.monotonic() if deadline > 0 else 0.0
+                if left <= 0:
+                    raise _core.timeout_error(timeout)
+                delay = min(delay, left)
+            time.sleep(delay)
+            delay = min(delay * 2, 0.02)
+    except BaseException:
+        sock.close()
+        raise
