@@ -1,8 +1,9 @@
 /* TCP and Unix-domain servers on one epoll loop, and the blocking client's send.
  *
- * Python calls fipc_srv_poll() once per loop turn. A turn writes out what the handlers
- * queued during the previous turn (one send() per connection), closes the connections that
- * were finished, waits in epoll_wait (GIL released), accepts new connections and reads
+ * Python calls fipc_srv_poll() once per loop turn. A turn takes the sends the handlers made
+ * during the previous turn (Python queues them and hands them over in this one call),
+ * writes out every connection's output (one send() per connection), closes the connections
+ * that were finished, waits in epoll_wait (GIL released), accepts new connections and reads
  * every ready one once. It returns a batch of events (connect, message, close) laid out as
  * int64 fields plus one buffer of payloads, so that Python touches only the handler calls.
  *
@@ -10,8 +11,9 @@
  * length over max_message_size closes the connection before anything is buffered for it.
  * Every byte count coming from a socket is checked against what was really read.
  *
- * Connections are indexed by fd; each also has a 64-bit id that is never reused, so that a
- * stale handle held by Python cannot write to a later connection that got the same fd. A
+ * Connections are indexed by fd; each also has a 32-bit id (its key for Python is
+ * id << 32 | fd), so that a stale handle held by Python cannot write to a later connection
+ * that got the same fd. A
  * connection's fd is closed only at the start of the turn after its CLOSE event was
  * returned, so an fd number is never reused within one batch.
  *
@@ -70,6 +72,11 @@ typedef struct intvec {
     size_t n, cap;
 } intvec;
 
+typedef struct i64vec {
+    int64_t *v;
+    size_t n, cap;  /* in int64 */
+} i64vec;
+
 struct fipc_srv {
     int ep;
     int wakefd;
@@ -80,7 +87,7 @@ struct fipc_srv {
     conn **conns;       /* indexed by fd */
     size_t conns_cap;
     int count;
-    uint64_t next_id;
+    uint32_t next_id;
     int listeners[MAX_LISTENERS];
     int nlisteners;
     int listen_paused;
@@ -90,8 +97,8 @@ struct fipc_srv {
     intvec dirty;       /* fds with output queued */
     intvec reap;        /* fds of doomed connections to close */
     intvec pend;        /* CLOSE events raised between turns: (fd, errno) pairs */
-    int64_t *meta;      /* the batch: FIPC_EV_FIELDS per event */
-    size_t nev, meta_cap;
+    int phase;          /* 0: before epoll_wait, 1: after (CLOSE events go to post) */
+    i64vec pre, msg, post; /* the batch */
     char *data;
     size_t data_len, data_cap;
     struct epoll_event evs[MAX_EVENTS];
@@ -135,32 +142,58 @@ static int data_reserve(fipc_srv *s, size_t extra)
     return reserve(&s->data, &s->data_cap, s->data_len + extra);
 }
 
+static int64_t *grow(i64vec *v, size_t k)
+{
+    if (v->cap - v->n < k) {
+        size_t cap = v->cap ? v->cap * 2 : 1024;
+        int64_t *p = realloc(v->v, cap * sizeof *p);
+        if (!p)
+            return NULL;
+        v->v = p;
+        v->cap = cap;
+    }
+    int64_t *m = v->v + v->n;
+    v->n += k;
+    return m;
+}
+
 static int emit(fipc_srv *s, int kind, int fd, uint64_t id, int64_t off, int64_t len)
 {
-    if (s->nev == s->meta_cap) {
-        size_t cap = s->meta_cap ? s->meta_cap * 2 : 256;
-        int64_t *p = realloc(s->meta, cap * FIPC_EV_FIELDS * sizeof *p);
-        if (!p)
-            return -ENOMEM;
-        s->meta = p;
-        s->meta_cap = cap;
-    }
-    int64_t *m = s->meta + s->nev * FIPC_EV_FIELDS;
+    i64vec *v = kind == FIPC_EV_CLOSE && s->phase ? &s->post : &s->pre;
+    int64_t *m = grow(v, FIPC_EV_FIELDS);
+    if (!m)
+        return -ENOMEM;
     m[0] = kind;
     m[1] = fd;
     m[2] = (int64_t)id;
     m[3] = off;
     m[4] = len;
-    s->nev++;
     return 0;
 }
 
-static conn *lookup(fipc_srv *s, int fd, uint64_t id)
+static int emit_msg(fipc_srv *s, int fd, size_t off, size_t len)
 {
-    if (fd < 0 || (size_t)fd >= s->conns_cap)
+    int64_t *m = grow(&s->msg, FIPC_MSG_FIELDS);
+    if (!m)
+        return -ENOMEM;
+    m[0] = fd;
+    m[1] = (int64_t)off;
+    m[2] = (int64_t)len;
+    return 0;
+}
+
+static size_t nevents(fipc_srv *s)
+{
+    return s->pre.n / FIPC_EV_FIELDS + s->msg.n / FIPC_MSG_FIELDS + s->post.n / FIPC_EV_FIELDS;
+}
+
+static conn *lookup(fipc_srv *s, uint64_t key)
+{
+    size_t fd = (size_t)(key & 0xffffffffu);
+    if (fd >= s->conns_cap)
         return NULL;
     conn *c = s->conns[fd];
-    return c && c->id == id ? c : NULL;
+    return c && c->id == key >> 32 ? c : NULL;
 }
 
 static uint32_t be32(const char *p)
@@ -361,7 +394,9 @@ static void do_accept(fipc_srv *s, int lfd)
             return;
         }
         c->fd = fd;
-        c->id = ++s->next_id;
+        if (++s->next_id == 0)
+            s->next_id = 1;
+        c->id = s->next_id;
         c->mask = EPOLLIN | EPOLLRDHUP;
         struct epoll_event ev = {.events = c->mask, .data.u64 = MAKE_TAG(TAG_CONN, fd)};
         if (epoll_ctl(s->ep, EPOLL_CTL_ADD, fd, &ev) < 0) {
@@ -421,7 +456,7 @@ static int split_frames(fipc_srv *s, conn *c, size_t base, size_t n)
             return FIPC_TOOBIG;
         if (end - pos - HEADER < len)
             break;
-        if (emit(s, FIPC_EV_MESSAGE, c->fd, c->id, (int64_t)(pos + HEADER), len) < 0)
+        if (emit_msg(s, c->fd, pos + HEADER, len) < 0)
             return -ENOMEM;
         pos += HEADER + (size_t)len;
     }
@@ -470,7 +505,7 @@ static int conn_read(fipc_srv *s, conn *c)
     if (n == 0)
         return FIPC_EOF; /* a partial frame is dropped with the connection */
     if (s->framing == FIPC_SRV_RAW) {
-        if (emit(s, FIPC_EV_MESSAGE, c->fd, c->id, (int64_t)base, n) < 0)
+        if (emit_msg(s, c->fd, base, (size_t)n) < 0)
             return ENOMEM;
         s->data_len = base + (size_t)n;
         return 0;
@@ -568,7 +603,9 @@ void fipc_srv_free(fipc_srv *s)
     free(s->dirty.v);
     free(s->reap.v);
     free(s->pend.v);
-    free(s->meta);
+    free(s->pre.v);
+    free(s->msg.v);
+    free(s->post.v);
     free(s->data);
     free(s);
 }
@@ -625,15 +662,60 @@ static void reap(fipc_srv *s)
     s->reap.n = keep;
 }
 
-int fipc_srv_poll(fipc_srv *s, double timeout, int64_t **meta, char **data, size_t *data_len)
+/* Queue output on a connection, as one frame with length framing. */
+static int queue(fipc_srv *s, conn *c, const char *buf, size_t len)
+{
+    unsigned char h[HEADER] = {(unsigned char)(len >> 24), (unsigned char)(len >> 16),
+                               (unsigned char)(len >> 8), (unsigned char)len};
+    size_t hlen = s->framing == FIPC_SRV_LENGTH ? HEADER : 0;
+    if (append(c, (const char *)h, hlen, buf, len) < 0)
+        return -ENOMEM;
+    if (!c->dirty && !c->want_out) {
+        if (vec_push(&s->dirty, c->fd) < 0)
+            return -ENOMEM;
+        c->dirty = 1;
+    }
+    if (!c->paused && c->out_end - c->out_start > s->high_water) {
+        c->paused = 1; /* back-pressure: stop reading until the peer takes its output */
+        update_mask(s, c);
+    }
+    return 0;
+}
+
+/* The sends Python queued: keys[i] gets lens[i] bytes, taken from data in order. */
+static int queue_many(fipc_srv *s, const uint64_t *keys, const uint64_t *lens, size_t n,
+                      const char *data, size_t data_len)
+{
+    size_t off = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (lens[i] > data_len - off)
+            return -EINVAL;
+        if (s->framing == FIPC_SRV_LENGTH && lens[i] > UINT32_MAX)
+            return -EMSGSIZE;
+        conn *c = lookup(s, keys[i]);
+        if (c && !c->dead && queue(s, c, data + off, (size_t)lens[i]) < 0)
+            return -ENOMEM;
+        off += (size_t)lens[i];
+    }
+    return 0;
+}
+
+int fipc_srv_poll(fipc_srv *s, double timeout, const uint64_t *keys, const uint64_t *lens,
+                  size_t n, const char *data, size_t data_len, fipc_srv_batch *b)
 {
     pthread_mutex_lock(&s->mu);
-    s->nev = 0;
+    s->pre.n = s->msg.n = s->post.n = 0;
     s->data_len = 0;
+    s->phase = 0;
     if (s->data_cap > 4 * BATCH_LIMIT) {
         free(s->data);
         s->data = NULL;
         s->data_cap = 0;
+    }
+    int rc = queue_many(s, keys, lens, n, data, data_len);
+    if (rc < 0) {
+        pthread_mutex_unlock(&s->mu);
+        return rc;
     }
     /* closes requested between turns come first, before any new use of their fds */
     for (size_t i = 0; i + 1 < s->pend.n; i += 2) {
@@ -649,7 +731,7 @@ int fipc_srv_poll(fipc_srv *s, double timeout, int64_t **meta, char **data, size
         resume_listeners(s);
 
     int ms;
-    if (s->nev > 0 || timeout == 0) {
+    if (nevents(s) > 0 || timeout == 0) {
         ms = 0;
     } else if (timeout < 0 || timeout > 86400.0) {
         ms = -1;
@@ -668,18 +750,19 @@ int fipc_srv_poll(fipc_srv *s, double timeout, int64_t **meta, char **data, size
     }
     s->sleeping = 1;
     pthread_mutex_unlock(&s->mu);
-    int n = epoll_wait(s->ep, s->evs, MAX_EVENTS, ms);
+    int ready = epoll_wait(s->ep, s->evs, MAX_EVENTS, ms);
     int err = errno;
     pthread_mutex_lock(&s->mu);
     s->sleeping = 0;
-    if (n < 0) {
-        if (s->nev == 0) {
+    s->phase = 1;
+    if (ready < 0) {
+        if (nevents(s) == 0) {
             pthread_mutex_unlock(&s->mu);
             return -err;
         }
-        n = 0;
+        ready = 0;
     }
-    for (int i = 0; i < n; i++) {
+    for (int i = 0; i < ready; i++) {
         uint64_t tag = s->evs[i].data.u64 >> 32;
         int fd = (int)(uint32_t)s->evs[i].data.u64;
         if (tag == TAG_WAKE) {
@@ -693,16 +776,32 @@ int fipc_srv_poll(fipc_srv *s, double timeout, int64_t **meta, char **data, size
             on_conn_event(s, s->conns[fd], s->evs[i].events);
         }
     }
-    s->deferring = s->nev > 0;
-    *meta = s->meta;
-    *data = s->data;
-    *data_len = s->data_len;
-    int nev = (int)s->nev;
+    size_t total = nevents(s);
+    s->deferring = total > 0;
+    b->pre = s->pre.v;
+    b->npre = s->pre.n / FIPC_EV_FIELDS;
+    b->msg = s->msg.v;
+    b->nmsg = s->msg.n / FIPC_MSG_FIELDS;
+    b->post = s->post.v;
+    b->npost = s->post.n / FIPC_EV_FIELDS;
+    b->data = s->data;
+    b->data_len = s->data_len;
     pthread_mutex_unlock(&s->mu);
-    return nev;
+    return total > INT32_MAX ? INT32_MAX : (int)total;
 }
 
-int fipc_srv_send(fipc_srv *s, int fd, uint64_t id, const char *buf, size_t len)
+int fipc_srv_sendv(fipc_srv *s, const uint64_t *keys, const uint64_t *lens, size_t n,
+                   const char *data, size_t data_len)
+{
+    pthread_mutex_lock(&s->mu);
+    int rc = queue_many(s, keys, lens, n, data, data_len);
+    if (!s->deferring)
+        flush_dirty(s, 0);
+    pthread_mutex_unlock(&s->mu);
+    return rc;
+}
+
+int fipc_srv_send(fipc_srv *s, uint64_t key, const char *buf, size_t len)
 {
     unsigned char h[HEADER] = {(unsigned char)(len >> 24), (unsigned char)(len >> 16),
                                (unsigned char)(len >> 8), (unsigned char)len};
@@ -711,65 +810,50 @@ int fipc_srv_send(fipc_srv *s, int fd, uint64_t id, const char *buf, size_t len)
         return -EMSGSIZE;
     pthread_mutex_lock(&s->mu);
     int rc = 0;
-    conn *c = lookup(s, fd, id);
+    conn *c = lookup(s, key);
     if (!c || c->dead) {
         rc = -EPIPE;
-        goto out;
-    }
-    if (!s->deferring && c->out_end == c->out_start) {
+    } else if (!s->deferring && c->out_end == c->out_start) {
         /* nothing queued and no batch under way: write at once, queue the rest */
         struct iovec iov[2] = {{h, hlen}, {(void *)buf, len}};
         struct msghdr msg = {.msg_iov = hlen ? iov : iov + 1, .msg_iovlen = hlen ? 2 : 1};
-        ssize_t w = sendmsg(fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
-        if (w < 0) {
-            if (errno != EAGAIN && errno != EINTR) {
-                rc = -errno;
-                c->dead = 1;
-                doom(s, c, errno, 0);
-                if (s->sleeping)
-                    fipc_srv_wake(s);
-                goto out;
+        ssize_t w = sendmsg(c->fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (w < 0 && errno != EAGAIN && errno != EINTR) {
+            rc = -errno;
+            c->dead = 1;
+            doom(s, c, errno, 0);
+            if (s->sleeping)
+                fipc_srv_wake(s);
+        } else {
+            size_t done = w < 0 ? 0 : (size_t)w;
+            if (done < hlen + len) {
+                size_t hd = done < hlen ? done : hlen;
+                size_t bd = done - hd;
+                if (append(c, (const char *)h + hd, hlen - hd, buf + bd, len - bd) < 0) {
+                    rc = -ENOMEM;
+                } else {
+                    c->want_out = 1;
+                    if (c->out_end - c->out_start > s->high_water)
+                        c->paused = 1;
+                    update_mask(s, c);
+                }
             }
-            w = 0;
-        }
-        size_t done = (size_t)w;
-        if (done < hlen + len) {
-            size_t hd = done < hlen ? done : hlen;
-            size_t bd = done - hd;
-            if (append(c, (const char *)h + hd, hlen - hd, buf + bd, len - bd) < 0) {
-                rc = -ENOMEM;
-                goto out;
-            }
-            c->want_out = 1;
         }
     } else {
-        if (append(c, (const char *)h, hlen, buf, len) < 0) {
-            rc = -ENOMEM;
-            goto out;
-        }
-        if (!c->dirty && !c->want_out) {
-            if (vec_push(&s->dirty, fd) < 0) {
-                rc = -ENOMEM;
-                goto out;
-            }
-            c->dirty = 1;
-        }
-        if (!c->want_out && c->out_end - c->out_start >= s->high_water)
+        rc = queue(s, c, buf, len);
+        if (rc == 0 && !s->deferring)
+            conn_flush(s, c, 0);
+        else if (rc == 0 && !c->want_out && c->out_end - c->out_start >= s->high_water)
             conn_flush(s, c, 0); /* a handler producing a lot: do not hold it all */
     }
-    if (!c->paused && c->out_end - c->out_start > s->high_water)
-        c->paused = 1; /* back-pressure: stop reading until the peer takes its output */
-    if (c->paused || c->want_out)
-        update_mask(s, c); /* a no-op unless the wanted events changed */
-out:
     pthread_mutex_unlock(&s->mu);
     return rc;
 }
 
-int fipc_srv_close(fipc_srv *s, int fd, uint64_t id)
+int fipc_srv_close(fipc_srv *s, uint64_t key)
 {
     pthread_mutex_lock(&s->mu);
-    conn *c = lookup(s, fd, id);
+    conn *c = lookup(s, key);
     if (c && c->state == ST_OPEN) {
         doom(s, c, 0, 0);
         if (s->sleeping)
@@ -795,10 +879,10 @@ int fipc_srv_wake(fipc_srv *s)
     return 0;
 }
 
-int64_t fipc_srv_pending(fipc_srv *s, int fd, uint64_t id)
+int64_t fipc_srv_pending(fipc_srv *s, uint64_t key)
 {
     pthread_mutex_lock(&s->mu);
-    conn *c = lookup(s, fd, id);
+    conn *c = lookup(s, key);
     int64_t rc = c ? (int64_t)(c->out_end - c->out_start) : -EPIPE;
     pthread_mutex_unlock(&s->mu);
     return rc;

@@ -53,7 +53,8 @@ DEFAULT_MAX_MESSAGE_SIZE = 16 << 20
 DEFAULT_HIGH_WATER = 1 << 20
 MAX_UNIX_PATH = 107  # sizeof(sun_path) - 1: the kernel's limit, not ours
 MAX_FRAME = 0xFFFFFFFF
-EV_CONNECT, EV_MESSAGE, EV_CLOSE = 1, 2, 3
+EV_CONNECT, EV_CLOSE = 1, 3
+_NO_SENDS: list[tuple[int, bytes]] = []
 
 log = logging.getLogger("fastipc.server")
 
@@ -125,6 +126,22 @@ class Handler:
         """The connection is closed; ``conn.error`` says why (None: a clean close)."""
 
 
+def _as_bytes(data: Any) -> bytes:
+    """A bytes-like object as bytes, copied now (a later change to a bytearray given to
+    send() must not change what is sent)."""
+    if isinstance(data, str):
+        raise TypeError("a bytes-like object is required, not 'str' (encode it first)")
+    try:
+        view = memoryview(data)
+    except TypeError:
+        raise TypeError(f"a bytes-like object is required, not {type(data).__name__!r}") from None
+    with view:
+        if not view.contiguous:
+            raise TypeError(f"a contiguous bytes-like object is required, not "
+                            f"{type(data).__name__!r}")
+        return view.tobytes()
+
+
 def _decode_sockaddr(raw: bytes) -> Any:
     if len(raw) < 2:
         return None
@@ -151,14 +168,13 @@ class Connection:
     (back-pressure), and resumes when they drain.
     """
 
-    __slots__ = ("_id", "_peer", "_send", "_server", "closed", "data", "error", "fd")
+    __slots__ = ("_key", "_peer", "_server", "closed", "data", "error", "fd")
 
     def __init__(self, server: Server, fd: int, cid: int, peer: bytes) -> None:
         self._server = server
         self.fd = fd
-        self._id = cid
+        self._key = cid << 32 | fd
         self._peer = peer
-        self._send = server._loop.send
         self.closed = False
         self.error: Optional[OSError] = None
         self.data: Any = None
@@ -166,19 +182,39 @@ class Connection:
     def send(self, data: Any) -> None:
         """Send ``data`` (bytes-like): one message with length framing, raw bytes otherwise.
 
-        ValueError once the connection is closed; BrokenPipeError if the peer is gone.
+        ValueError once the connection is closed. Inside a handler the bytes are queued and
+        written at the loop's next turn; a peer that has gone by then drops them (its
+        ``on_close`` follows). Outside the loop's dispatch, BrokenPipeError if the peer is
+        gone.
         """
         if self.closed:
             raise closed_error("Connection")
-        self._send(self.fd, self._id, data)
+        if type(data) is not bytes:
+            data = _as_bytes(data)
+        if len(data) > MAX_FRAME and self._server._framed:
+            raise ValueError(f"a message is limited to {MAX_FRAME} bytes")
+        srv = self._server
+        if srv._dispatching:
+            srv._q.append((self._key, data))
+            if srv._dispatching:
+                return
+            srv._drain()  # the turn ended meanwhile (we are another thread): send it now
+        else:
+            loop = srv._loop
+            if loop is None:
+                raise closed_error("Connection")
+            loop.send(self._key, data)
 
     def close(self) -> None:
         """Close after the queued output is written; ``on_close`` follows. Idempotent."""
         if not self.closed:
             self.closed = True
-            loop = self._server._loop
+            srv = self._server
+            loop = srv._loop
             if loop is not None:
-                loop.close_conn(self.fd, self._id)
+                if srv._q:
+                    srv._drain()  # what was sent before close() goes first
+                loop.close_conn(self._key)
 
     def fileno(self) -> int:
         """The connection's socket (for getsockopt and the like; do not read or close it)."""
@@ -196,7 +232,7 @@ class Connection:
     def pending(self) -> int:
         """Bytes queued for the peer and not yet taken by the kernel."""
         loop = self._server._loop
-        return 0 if self.closed or loop is None else loop.pending(self.fd, self._id)
+        return 0 if self.closed or loop is None else loop.pending(self._key)
 
     @property
     def server(self) -> Server:
@@ -254,8 +290,12 @@ class Server:
         self._impl = impl
         self._handler = handler
         self._framing = framing
+        self._framed = framed
         self._max = max_message_size
         self._conns: dict[int, Connection] = {}
+        self._q: list[tuple[int, bytes]] = []  # sends made while a turn is dispatched
+        self._qlock = threading.Lock()
+        self._dispatching = False
         self._stop = False
         self._serving: Optional[int] = None  # the ident of the thread in serve()
         self._serve_lock = threading.Lock()
@@ -385,37 +425,64 @@ class Server:
             self._serving = None
             self._serve_lock.release()
             if self._loop is not None:
+                self._drain()
                 self._loop.flush()
             if self._close_after:
                 self.close()
 
+    def _drain(self) -> None:
+        """Hand the queued sends to the loop now."""
+        with self._qlock:
+            q = self._q
+            sends = q[:]
+            del q[: len(sends)]
+        if sends and self._loop is not None:
+            self._loop.sendv(sends)
+
     def _turn(self, timeout: float) -> None:
-        n, meta, data = self._loop.poll(timeout)
-        if not n:
-            return
+        q = self._q
+        if q:
+            with self._qlock:
+                sends = q[:]
+                del q[: len(sends)]
+        else:
+            sends = _NO_SENDS
+        pre, msg, post, data = self._loop.poll(timeout, sends)
+        self._dispatching = True
+        try:
+            if pre:
+                self._control(pre, data)
+            if msg:
+                conns = self._conns
+                on_message = self._handler.on_message
+                it = iter(msg)
+                for fd, off, size in zip(it, it, it):
+                    conn = conns.get(fd)
+                    if conn is None or conn.closed:
+                        continue
+                    try:
+                        on_message(conn, data[off : off + size])
+                    except Exception:
+                        self._failed(conn, "on_message")
+            if post:
+                self._control(post, data)
+        finally:
+            self._dispatching = False
+
+    def _control(self, events: list[int], data: bytes) -> None:
         conns = self._conns
-        handler = self._handler
-        on_message = handler.on_message
-        it = iter(meta)
+        it = iter(events)
         for kind, fd, cid, off, size in zip(it, it, it, it, it):
-            if kind == EV_MESSAGE:
-                conn = conns.get(fd)
-                if conn is None or conn.closed:
-                    continue
-                try:
-                    on_message(conn, data[off : off + size])
-                except Exception:
-                    self._failed(conn, "on_message")
-            elif kind == EV_CONNECT:
+            if kind == EV_CONNECT:
                 conn = Connection(self, fd, cid, data[off : off + size])
                 conns[fd] = conn
                 try:
-                    handler.on_connect(conn)
+                    self._handler.on_connect(conn)
                 except Exception:
                     self._failed(conn, "on_connect")
-            else:
+            elif kind == EV_CLOSE:
                 conn = conns.get(fd)
-                if conn is None or conn._id != cid:
+                if conn is None or conn._key != cid << 32 | fd:
                     continue
                 del conns[fd]
                 conn.closed = True
@@ -452,6 +519,8 @@ class Server:
                 pass
             if self._loop is None:
                 return
+        self._drain()
+        self._loop.flush()  # what the kernel takes now; the rest goes with the connection
         conns, self._conns = list(self._conns.values()), {}
         for conn in conns:
             conn.closed = True

@@ -1,12 +1,14 @@
 """Server and client operations backed by ``csrc/server.c``: one C call per user operation.
 
-The loop's turn is one ``fipc_srv_poll`` call; its events come back as one list of ints
-(``FIPC_EV_FIELDS`` per event) and one ``bytes`` holding every payload of the turn.
+The loop's turn is one ``fipc_srv_poll`` call, which also takes the sends the handlers
+queued during the previous turn; its events come back as lists of ints and one ``bytes``
+holding every payload of the turn.
 """
 
 from __future__ import annotations
 
 import errno
+import os
 import time
 from typing import Any
 
@@ -24,32 +26,32 @@ _send = lib.fipc_srv_send
 _sock_send = lib.fipc_sock_send
 _recv = lib.fipc_pipe_recv
 _read = lib.fipc_pipe_read
-FIELDS = lib.FIPC_EV_FIELDS
 
 
 class Loop:
-    """One epoll loop with its connections (``fipc_srv``)."""
+    """One epoll loop with its connections (``fipc_srv``).
 
-    __slots__ = ("_dlen", "_meta", "_data", "_s", "send")
+    ``poll(timeout, sends)`` is the turn: ``sends`` is the list of ``(key, bytes)`` the
+    handlers queued since the last turn, handed to C in the same call.
+    """
+
+    __slots__ = ("_b", "_s", "send")
 
     def __init__(self, framed: bool, max_message_size: int, high_water: int) -> None:
         s = lib.fipc_srv_new(lib.FIPC_SRV_LENGTH if framed else lib.FIPC_SRV_RAW,
                              max_message_size, high_water)
         if s == ffi.NULL:
             err = ffi.errno
-            raise OSError(err, "cannot create the event loop: " + errno.errorcode.get(err, "?"))
+            raise OSError(err, f"cannot create the event loop: {os.strerror(err)}")
         self._s = s
-        self._meta = ffi.new("int64_t **")
-        self._data = ffi.new("char **")
-        self._dlen = ffi.new("size_t *")
-        ptr = s
+        self._b = ffi.new("fipc_srv_batch *")
 
-        def send(fd: int, cid: int, data: Any) -> None:
+        def send(key: int, data: Any) -> None:
             if type(data) is bytes:
-                rc = _send(ptr, fd, cid, data, len(data))
+                rc = _send(s, key, data, len(data))
             else:
                 buf, n = as_buffer(data)
-                rc = _send(ptr, fd, cid, buf, n)
+                rc = _send(s, key, buf, n)
             if rc:
                 _raise_send(rc)
 
@@ -58,20 +60,44 @@ class Loop:
     def listen(self, fd: int) -> None:
         check(lib.fipc_srv_listen(self._s, fd))
 
-    def poll(self, timeout: float) -> tuple[int, list[int], bytes]:
-        """One turn: ``(count, fields, payloads)``; (0, [], b"") when a signal came first."""
-        n = _poll(self._s, timeout, self._meta, self._data, self._dlen)
+    def poll(
+        self, timeout: float, sends: list[tuple[int, bytes]]
+    ) -> tuple[list[int], list[int], list[int], bytes]:
+        """One turn: ``(pre, messages, post, payloads)``; all empty when a signal came
+        first. ``pre``/``post`` hold 5 ints per event, ``messages`` 3 per message."""
+        b = self._b
+        if sends:
+            keys, datas = zip(*sends)
+            lens = list(map(len, datas))
+            blob = b"".join(datas)
+            n = _poll(self._s, timeout, keys, lens, len(lens), blob, len(blob), b)
+        else:
+            n = _poll(self._s, timeout, ffi.NULL, ffi.NULL, 0, ffi.NULL, 0, b)
         if n <= 0:
             if n == 0 or n == _EINTR:
-                return 0, [], b""
+                return _NONE, _NONE, _NONE, b""
             check(n)
-        return n, _unpack(self._meta[0], n * FIELDS), _unpack(self._data[0], self._dlen[0])
+        nmsg = b.nmsg
+        npre = b.npre
+        npost = b.npost
+        return (
+            _unpack(b.pre, npre * 5) if npre else _NONE,
+            _unpack(b.msg, nmsg * 3) if nmsg else _NONE,
+            _unpack(b.post, npost * 5) if npost else _NONE,
+            _unpack(b.data, b.data_len),
+        )
 
-    def close_conn(self, fd: int, cid: int) -> None:
-        lib.fipc_srv_close(self._s, fd, cid)
+    def sendv(self, sends: list[tuple[int, bytes]]) -> None:
+        keys, datas = zip(*sends)
+        lens = list(map(len, datas))
+        blob = b"".join(datas)
+        check(lib.fipc_srv_sendv(self._s, keys, lens, len(lens), blob, len(blob)))
 
-    def pending(self, fd: int, cid: int) -> int:
-        n = lib.fipc_srv_pending(self._s, fd, cid)
+    def close_conn(self, key: int) -> None:
+        lib.fipc_srv_close(self._s, key)
+
+    def pending(self, key: int) -> int:
+        n = lib.fipc_srv_pending(self._s, key)
         return 0 if n < 0 else int(n)
 
     def flush(self) -> None:
@@ -87,6 +113,9 @@ class Loop:
         s, self._s = self._s, ffi.NULL
         if s != ffi.NULL:
             lib.fipc_srv_free(s)
+
+
+_NONE: list[int] = []
 
 
 def _raise_send(rc: int) -> None:

@@ -17,8 +17,7 @@ from fastipc._pure.pipe import Reader, _deadline, _wait, as_view
 
 __all__ = ["Client", "Loop", "pack_sockaddr"]
 
-EV_CONNECT, EV_MESSAGE, EV_CLOSE = 1, 2, 3
-FIELDS = 5
+EV_CONNECT, EV_CLOSE = 1, 3
 READ_CHUNK = 64 * 1024
 BATCH_LIMIT = 4 * 1024 * 1024
 ACCEPT_BURST = 64
@@ -44,8 +43,8 @@ def pack_sockaddr(family: int, addr: Any) -> bytes:
 
 
 class _Conn:
-    __slots__ = ("dead", "doomed", "fd", "id", "inbuf", "mask", "out", "paused", "sock",
-                 "tcp", "want_out")
+    __slots__ = ("dead", "dirty_mark", "doomed", "fd", "id", "inbuf", "mask", "out", "paused",
+                 "sock", "want_out")
 
     def __init__(self, sock: socket.socket, cid: int) -> None:
         self.sock = sock
@@ -53,7 +52,7 @@ class _Conn:
         self.id = cid
         self.inbuf = bytearray()
         self.out = bytearray()
-        self.doomed = self.dead = self.paused = self.want_out = False
+        self.doomed = self.dead = self.paused = self.want_out = self.dirty_mark = False
         self.mask = _IN
 
 
@@ -76,7 +75,10 @@ class Loop:
         self._dirty: list[_Conn] = []
         self._reap: list[_Conn] = []
         self._pend: list[tuple[int, int, int]] = []
-        self._meta: list[int] = []
+        self._phase = 0
+        self._pre: list[int] = []
+        self._msg: list[int] = []
+        self._post: list[int] = []
         self._parts: list[bytes] = []
         self._dlen = 0
 
@@ -92,7 +94,8 @@ class Loop:
     # ------------------------------------------------------------ the turn
 
     def _emit(self, kind: int, c: _Conn, off: int, n: int) -> None:
-        self._meta += (kind, c.fd, c.id, off, n)
+        events = self._post if kind == EV_CLOSE and self._phase else self._pre
+        events += (kind, c.fd, c.id, off, n)
 
     def _add(self, payload: bytes) -> int:
         off = self._dlen
@@ -100,20 +103,24 @@ class Loop:
         self._dlen += len(payload)
         return off
 
-    def poll(self, timeout: float) -> tuple[int, list[int], bytes]:
+    def poll(
+        self, timeout: float, sends: list[tuple[int, bytes]]
+    ) -> tuple[list[int], list[int], list[int], bytes]:
         with self._mu:
-            self._meta, self._parts, self._dlen = [], [], 0
+            self._pre, self._msg, self._post = [], [], []
+            self._parts, self._dlen, self._phase = [], 0, 0
+            self._queue_many(sends)
             for fd, cid, err in self._pend:
                 c = self._conns.get(fd)
                 if c is not None and c.id == cid:
-                    self._meta += (EV_CLOSE, fd, cid, err, 0)
+                    self._pre += (EV_CLOSE, fd, cid, err, 0)
             self._pend = []
             self._flush_dirty(True)
             self._do_reap()
             if self._paused_until is not None and time.monotonic() >= self._paused_until:
                 self._resume_listeners()
             wait: Optional[float] = None if timeout < 0 else timeout
-            if self._meta:
+            if self._pre:
                 wait = 0
             if self._paused_until is not None:
                 left = max(0.0, self._paused_until - time.monotonic())
@@ -123,6 +130,7 @@ class Loop:
         except InterruptedError:  # only on Pythons without PEP 475 for select
             ready = []
         with self._mu:
+            self._phase = 1
             for key, events in ready:
                 obj = key.data
                 if obj is None:
@@ -135,11 +143,11 @@ class Loop:
                         self._accept(obj)
                 else:
                     self._on_event(obj, events)
-            meta = self._meta
-            self._deferring = bool(meta)
+            pre, msg, post = self._pre, self._msg, self._post
+            self._deferring = bool(pre or msg or post)
             data = b"".join(self._parts)
-            self._meta, self._parts = [], []
-            return len(meta) // FIELDS, meta, data
+            self._pre, self._msg, self._post, self._parts = [], [], [], []
+            return pre, msg, post, data
 
     def _accept(self, lsock: socket.socket) -> None:
         for _ in range(ACCEPT_BURST):
@@ -158,7 +166,7 @@ class Loop:
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 except OSError:
                     pass  # latency only
-            self._next_id += 1
+            self._next_id = self._next_id % 0xFFFFFFFF + 1
             c = _Conn(sock, self._next_id)
             self._sel.register(sock, _IN, c)
             self._conns[c.fd] = c
@@ -200,7 +208,7 @@ class Loop:
             self._doom(c, 0, True)
             return
         if not self._framed:
-            self._emit(EV_MESSAGE, c, self._add(chunk), len(chunk))
+            self._msg += (c.fd, self._add(chunk), len(chunk))
             return
         buf = c.inbuf
         if buf:
@@ -216,7 +224,7 @@ class Loop:
                 return
             if end - pos - 4 < n:
                 break
-            self._meta += (EV_MESSAGE, c.fd, c.id, base + pos + 4, n)
+            self._msg += (c.fd, base + pos + 4, n)
             pos += 4 + n
         if pos:
             self._add(data[:pos])
@@ -247,6 +255,7 @@ class Loop:
     def _flush_dirty(self, in_turn: bool) -> None:
         dirty, self._dirty = self._dirty, []
         for c in dirty:
+            c.dirty_mark = False
             if self._conns.get(c.fd) is c:
                 self._conn_flush(c, in_turn)
         self._deferring = False
@@ -278,7 +287,7 @@ class Loop:
         c.doomed = True
         c.inbuf = bytearray()
         if in_turn:
-            self._meta += (EV_CLOSE, c.fd, c.id, err, 0)
+            self._emit(EV_CLOSE, c, err, 0)
         else:
             self._pend.append((c.fd, c.id, err))
         self._reap.append(c)
@@ -301,44 +310,58 @@ class Loop:
         self._conns.pop(c.fd, None)
         c.sock.close()
 
-    def _lookup(self, fd: int, cid: int) -> Optional[_Conn]:
-        c = self._conns.get(fd)
-        return c if c is not None and c.id == cid else None
+    def _lookup(self, key: int) -> Optional[_Conn]:
+        c = self._conns.get(key & 0xFFFFFFFF)
+        return c if c is not None and c.id == key >> 32 else None
+
+    def _queue(self, c: _Conn, view: Any) -> None:
+        n = len(view)
+        if self._framed:
+            if n > 0xFFFFFFFF:
+                raise_errno(errno.EMSGSIZE)
+            c.out += _HEADER.pack(n)
+        c.out += view
+        if not c.want_out and not c.dirty_mark:
+            c.dirty_mark = True
+            self._dirty.append(c)
+        if not c.paused and len(c.out) > self._high:
+            c.paused = True  # back-pressure: stop reading until the peer takes its output
+            self._update(c)
+
+    def _queue_many(self, sends: list[tuple[int, bytes]]) -> None:
+        for key, data in sends:
+            c = self._lookup(key)
+            if c is not None and not c.dead:
+                self._queue(c, data)
 
     # ------------------------------------------------------------ operations from Python
 
-    def send(self, fd: int, cid: int, data: Any) -> None:
+    def send(self, key: int, data: Any) -> None:
         view = as_view(data)
-        n = len(view)
-        if self._framed and n > 0xFFFFFFFF:
-            raise_errno(errno.EMSGSIZE)
         with self._mu:
-            c = self._lookup(fd, cid)
+            c = self._lookup(key)
             if c is None or c.dead:
                 raise BrokenPipeError(errno.EPIPE, "the connection is gone")
-            if self._framed:
-                c.out += _HEADER.pack(n)
-            c.out += view
-            if not self._deferring and len(c.out) == n + 4 * self._framed:
+            self._queue(c, view)
+            if not self._deferring or (not c.want_out and len(c.out) >= self._high):
                 self._conn_flush(c, False)
-            elif not c.want_out:
-                self._dirty.append(c)
-                if len(c.out) >= self._high:
-                    self._conn_flush(c, False)
-            if not c.paused and len(c.out) > self._high:
-                c.paused = True
-            self._update(c)
 
-    def close_conn(self, fd: int, cid: int) -> None:
+    def sendv(self, sends: list[tuple[int, bytes]]) -> None:
         with self._mu:
-            c = self._lookup(fd, cid)
+            self._queue_many(sends)
+            if not self._deferring:
+                self._flush_dirty(False)
+
+    def close_conn(self, key: int) -> None:
+        with self._mu:
+            c = self._lookup(key)
             if c is not None and not c.doomed:
                 self._doom(c, 0, False)
                 self.wake()
 
-    def pending(self, fd: int, cid: int) -> int:
+    def pending(self, key: int) -> int:
         with self._mu:
-            c = self._lookup(fd, cid)
+            c = self._lookup(key)
             return len(c.out) if c is not None else 0
 
     def flush(self) -> None:
