@@ -3,7 +3,7 @@
  *   echo_server CPU _ unix PATH      -> listens on PATH; prints "READY PATH"
  * Messages are 4-byte big-endian length frames; each whole frame is echoed back. One read()
  * per ready connection per epoll_wait, replies written at once (queued when the socket is
- * full). Pinned to CPU; runs until SIGTERM or SIGINT. */
+ * full). Pinned to CPU; runs until SIGTERM, SIGINT or the end of its stdin. */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
@@ -74,6 +74,8 @@ int main(int argc, char **argv)
     int ep = epoll_create1(0);
     struct epoll_event ev = {.events = EPOLLIN, .data.fd = lfd};
     epoll_ctl(ep, EPOLL_CTL_ADD, lfd, &ev);
+    struct epoll_event sev = {.events = EPOLLIN, .data.fd = 0};
+    epoll_ctl(ep, EPOLL_CTL_ADD, 0, &sev); /* stdin closed: the benchmark is over */
     size_t cap = 65536;
     conn **conns = calloc(cap, sizeof *conns);
     struct epoll_event evs[512];
@@ -81,6 +83,12 @@ int main(int argc, char **argv)
         int n = epoll_wait(ep, evs, 512, -1);
         for (int i = 0; i < n; i++) {
             int fd = evs[i].data.fd;
+            if (fd == 0) {
+                char b[64];
+                if (read(0, b, sizeof b) <= 0)
+                    stop = 1;
+                continue;
+            }
             if (fd == lfd) {
                 for (;;) {
                     int c = accept4(lfd, NULL, NULL, SOCK_NONBLOCK);
