@@ -481,14 +481,14 @@ class Server:
                 except Exception:
                     self._failed(conn, "on_connect")
             elif kind == EV_CLOSE:
-                conn = conns.get(fd)
-                if conn is None or conn._key != cid << 32 | fd:
+                gone = conns.get(fd)
+                if gone is None or gone._key != cid << 32 | fd:
                     continue
                 del conns[fd]
-                conn.closed = True
+                gone.closed = True
                 if off:
-                    conn.error = OSError(off, os.strerror(off))
-                self._closed(conn)
+                    gone.error = OSError(off, os.strerror(off))
+                self._closed(gone)
 
     def _failed(self, conn: Connection, where: str) -> None:
         log.exception("fastipc.server: %s raised; closing %r", where, conn)
@@ -654,7 +654,7 @@ class Client:
         try:
             self._core.send(data, t)
         except OSError as exc:
-            if self._framing == "length" and getattr(exc, "characters_written", 0):
+            if self._framing == "length" and getattr(exc, "characters_written", False):
                 self.close()
             raise
         except OverflowError:

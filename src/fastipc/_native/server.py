@@ -155,7 +155,7 @@ class Client:
             try:
                 raise_errno(-rc, timeout=timeout)
             except OSError as exc:
-                exc.characters_written = self._written[0]
+                exc.characters_written = self._written[0]  # type: ignore[attr-defined]
                 raise
 
     def recv(self, timeout: float) -> bytes:
@@ -171,7 +171,7 @@ class Client:
                 n = _read(self.fd, self._rb, 65536, _left(timeout, t0), self._msg)
         if n < 0:
             check(n, timeout=timeout)
-        return _unpack(self._msg[0], n) if n else b""  # type: ignore[no-any-return]
+        return _unpack(self._msg[0], n) if n else b""
 
     def close(self) -> None:
         ffi.release(self._rb)

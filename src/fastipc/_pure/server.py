@@ -426,11 +426,11 @@ class Client:
                 try:
                     _wait(self.fd, 4, deadline, timeout)  # POLLOUT
                 except OSError as exc:
-                    exc.characters_written = done
+                    exc.characters_written = done  # type: ignore[attr-defined]
                     raise
                 continue
             except OSError as exc:
-                exc.characters_written = done
+                exc.characters_written = done  # type: ignore[attr-defined]
                 raise
             done += sent
             while parts and sent >= len(parts[0]):

@@ -289,7 +289,9 @@ def _stop_server() -> None:
 atexit.register(_stop_server)
 
 
-def _load(impl: str, transport: str, conns: int, split: bool, seconds: float) -> tuple[float, float]:
+def _load(
+    impl: str, transport: str, conns: int, split: bool, seconds: float
+) -> tuple[float, float]:
     """One trial: (requests/s, server CPU µs per request)."""
     mine, theirs = cores()
     server_cpu = mine if split else theirs
