@@ -8,10 +8,13 @@ import logging
 import os
 import queue
 import resource
+import select
 import shutil
 import signal
 import socket
 import struct
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -389,29 +392,38 @@ def recv_exact(s: socket.socket, n: int) -> bytes:
 
 def test_back_pressure_bounds_memory(backend: str, sock_path: str) -> None:
     """A client that never reads: the server stops reading it once high_water bytes wait,
-    so the client's sends time out instead of the server buffering without bound; once the
+    so the client's sends block instead of the server buffering without bound; once the
     client reads, every reply arrives, in order."""
     high = 64 * 1024
     h = Recorder()
-    with serving(server.Server(h, unix=sock_path, high_water=high, backend=backend)):
-        c = server.connect(sock_path, backend=backend)
-        try:
-            _, conn = h.next("connect")
-            msg = b"m" * 1000
-            sent = 0
-            with pytest.raises(TimeoutError):
-                for _ in range(100_000):  # ~100 MB: far more than the kernel buffers
-                    c.send(msg + b"%08d" % sent, timeout=0.5)
-                    sent += 1
-            assert sent < 100_000
-            assert conn.pending < 4 * high  # the server holds little; the rest waits upstream
-            # a cut-short framed send closes the client; anything whole was delivered
-            if c.closed:
-                return
-            for i in range(sent):
-                assert c.recv(timeout=WAIT) == msg + b"%08d" % i
-        finally:
-            c.close()
+    with serving(server.Server(h, unix=sock_path, high_water=high, backend=backend)), \
+            socket.socket(socket.AF_UNIX) as s:
+        s.connect(sock_path)
+        _, conn = h.next("connect")
+        s.setblocking(False)
+        msg = b"m" * 1000
+        sent, pending = 0, b""
+        for _ in range(200_000):  # ~200 MB: far more than socket buffers hold
+            if not pending:
+                pending = frame(msg + b"%08d" % sent)
+                sent += 1
+            try:
+                pending = pending[s.send(pending):]
+            except BlockingIOError:
+                if not select.select([], [s], [], 0.5)[1]:
+                    break  # the server stopped reading us
+        else:
+            pytest.fail("the server kept reading a client that never reads")
+        time.sleep(0.1)
+        assert conn.pending < 4 * high  # the server holds little; the rest waits upstream
+        whole = sent - 1 if pending else sent
+        s.setblocking(True)
+        s.settimeout(WAIT)
+        for i in range(whole):
+            assert recv_exact(s, 4 + 1008) == frame(msg + b"%08d" % i)
+        s.sendall(pending)
+        if pending:
+            assert recv_exact(s, 4 + 1008) == frame(msg + b"%08d" % whole)
 
 
 HAMMER = """
@@ -796,3 +808,54 @@ def test_framing_survives_any_split(backend: str, messages: list[bytes], cuts: l
                 assert got == messages
     finally:
         shutil.rmtree(d, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------- the command
+
+
+def test_cli_unix_serve_and_connect(backend: str, sock_path: str) -> None:
+    """`fastipc unix serve` prints each client's connect, data and disconnect; `fastipc
+    unix connect` sends stdin lines, prints the replies, and notices the server leaving;
+    Ctrl-C stops the server cleanly."""
+    cmd = [sys.executable, "-m", "fastipc", "--backend", backend, "unix"]
+    srv = subprocess.Popen(
+        [*cmd, "serve", sock_path], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    try:
+        assert srv.stdout is not None
+        assert srv.stdout.readline().startswith(f"listening on {sock_path}")
+        r = subprocess.run([*cmd, "connect", sock_path], input="hello\nworld\n",
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout == "hello\nworld\n"
+        lines = [srv.stdout.readline().strip() for _ in range(4)]
+        assert lines == ["connect client #1", "client #1: hello", "client #1: world",
+                         "disconnect client #1"]
+        late = subprocess.Popen([*cmd, "connect", sock_path], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert late.stdin is not None and late.stdout is not None
+        late.stdin.write("one\n")
+        late.stdin.flush()
+        assert late.stdout.readline() == "one\n"
+        srv.send_signal(signal.SIGINT)
+        out, _ = srv.communicate(timeout=60)
+        assert srv.returncode == 130
+        assert "disconnect client #2" in out
+        assert not os.path.exists(sock_path)
+        _, err = late.communicate("two\n", timeout=60)
+        assert late.returncode == 1 and "server terminated prematurely" in err
+    finally:
+        if srv.poll() is None:
+            srv.kill()
+            srv.communicate()
+
+
+def test_cli_errors_are_one_line(sock_path: str) -> None:
+    r = subprocess.run([sys.executable, "-m", "fastipc", "unix", "serve", "/tmp/" + "x" * 120],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    assert r.stderr.startswith("fastipc: error:") and "107" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "fastipc", "unix", "connect", sock_path],
+                       capture_output=True, text=True, timeout=60, input="x\n")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1
