@@ -128,6 +128,9 @@ int fipc_srv_close(fipc_srv *s, uint64_t key);
 int fipc_srv_flush(fipc_srv *s);
 /* Wake a poll() sleeping in another thread (async-signal-safe). */
 int fipc_srv_wake(fipc_srv *s);
+/* The write end of the loop's wake-up pipe, for signal.set_wakeup_fd(): a signal that
+ * arrives while a turn runs in C, before it sleeps, then still wakes it. */
+int fipc_srv_wakeup_fd(fipc_srv *s);
 /* Unsent bytes queued on a connection, or -EPIPE. */
 int64_t fipc_srv_pending(fipc_srv *s, uint64_t key);
 int fipc_srv_count(fipc_srv *s);

@@ -30,7 +30,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
-#include <sys/eventfd.h>
+#include <fcntl.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -79,7 +79,7 @@ typedef struct i64vec {
 
 struct fipc_srv {
     int ep;
-    int wakefd;
+    int wake_r, wake_w; /* a non-blocking pipe: stop() and Python's signal wake-up write */
     int framing;
     uint32_t max_msg;
     size_t high_water;
@@ -563,16 +563,17 @@ fipc_srv *fipc_srv_new(int framing, uint32_t max_message_size, size_t high_water
     s->framing = framing;
     s->max_msg = max_message_size;
     s->high_water = high_water ? high_water : 1;
-    s->ep = s->wakefd = -1;
-    int err = 0;
+    s->ep = s->wake_r = s->wake_w = -1;
+    int err = 0, p[2];
     s->ep = epoll_create1(EPOLL_CLOEXEC);
     if (s->ep < 0)
         goto fail;
-    s->wakefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    if (s->wakefd < 0)
+    if (pipe2(p, O_NONBLOCK | O_CLOEXEC) < 0)
         goto fail;
-    struct epoll_event ev = {.events = EPOLLIN, .data.u64 = MAKE_TAG(TAG_WAKE, s->wakefd)};
-    if (epoll_ctl(s->ep, EPOLL_CTL_ADD, s->wakefd, &ev) < 0)
+    s->wake_r = p[0];
+    s->wake_w = p[1];
+    struct epoll_event ev = {.events = EPOLLIN, .data.u64 = MAKE_TAG(TAG_WAKE, s->wake_r)};
+    if (epoll_ctl(s->ep, EPOLL_CTL_ADD, s->wake_r, &ev) < 0)
         goto fail;
     err = pthread_mutex_init(&s->mu, NULL);
     if (err == 0)
@@ -580,8 +581,10 @@ fipc_srv *fipc_srv_new(int framing, uint32_t max_message_size, size_t high_water
     errno = err;
 fail:
     err = errno;
-    if (s->wakefd >= 0)
-        close(s->wakefd);
+    if (s->wake_r >= 0) {
+        close(s->wake_r);
+        close(s->wake_w);
+    }
     if (s->ep >= 0)
         close(s->ep);
     free(s);
@@ -596,7 +599,8 @@ void fipc_srv_free(fipc_srv *s)
     for (size_t fd = 0; fd < s->conns_cap; fd++)
         if (s->conns[fd])
             conn_free(s, s->conns[fd]);
-    close(s->wakefd);
+    close(s->wake_r);
+    close(s->wake_w);
     close(s->ep);
     pthread_mutex_destroy(&s->mu);
     free(s->conns);
@@ -766,9 +770,9 @@ int fipc_srv_poll(fipc_srv *s, double timeout, const uint64_t *keys, const uint6
         uint64_t tag = s->evs[i].data.u64 >> 32;
         int fd = (int)(uint32_t)s->evs[i].data.u64;
         if (tag == TAG_WAKE) {
-            uint64_t v;
-            if (read(fd, &v, sizeof v) < 0)
-                errno = 0; /* EAGAIN: another thread drained it */
+            char drain[256];
+            while (read(fd, drain, sizeof drain) == (ssize_t)sizeof drain)
+                ; /* until EAGAIN: stop() requests and signal numbers, all consumed */
         } else if (tag == TAG_LISTEN) {
             if (!s->listen_paused)
                 do_accept(s, fd);
@@ -873,10 +877,15 @@ int fipc_srv_flush(fipc_srv *s)
 
 int fipc_srv_wake(fipc_srv *s)
 {
-    uint64_t one = 1;
-    if (write(s->wakefd, &one, sizeof one) < 0 && errno != EAGAIN)
-        return -errno;
+    char one = 1;
+    if (write(s->wake_w, &one, 1) < 0 && errno != EAGAIN)
+        return -errno; /* EAGAIN: the pipe is full, so the loop is being woken anyway */
     return 0;
+}
+
+int fipc_srv_wakeup_fd(fipc_srv *s)
+{
+    return s->wake_w;
 }
 
 int64_t fipc_srv_pending(fipc_srv *s, uint64_t key)

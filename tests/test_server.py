@@ -475,6 +475,48 @@ def test_stop_from_a_signal_handler(backend: str, sock_path: str) -> None:
         srv.close()
 
 
+def test_signal_stop_under_load(backend: str, sock_path: str) -> None:
+    """A signal landing while a turn runs in C (not in epoll_wait) still stops the loop."""
+    srv = server.Server(Recorder(), unix=sock_path, backend=backend)
+    procs = [start_python(HAMMER, sock_path) for _ in range(2)]
+    old = signal.signal(signal.SIGALRM, lambda *_: srv.stop())
+    try:
+        srv.serve(0.3)  # the clients connect and get going
+        for _ in range(10):
+            signal.setitimer(signal.ITIMER_REAL, 0.05)
+            t0 = time.monotonic()
+            srv.serve(WAIT)
+            assert time.monotonic() - t0 < 2.0, "the signal's stop() was not seen"
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+        srv.close()
+        for p in procs:
+            p.communicate(timeout=60)
+
+
+def test_signal_that_interrupts_nothing_still_stops(backend: str, sock_path: str) -> None:
+    """A signal that does not interrupt the loop's sleep (here: delivered to another thread;
+    in life: landing while a turn runs in C) still reaches its handler at once."""
+    srv = server.Server(Recorder(), unix=sock_path, backend=backend)
+    old = signal.signal(signal.SIGALRM, lambda *_: srv.stop())
+
+    def poke() -> None:
+        time.sleep(0.2)
+        signal.pthread_kill(threading.get_ident(), signal.SIGALRM)
+
+    t = threading.Thread(target=poke)
+    try:
+        t.start()
+        t0 = time.monotonic()
+        srv.serve(WAIT)
+        assert time.monotonic() - t0 < WAIT / 2
+    finally:
+        t.join(WAIT)
+        signal.signal(signal.SIGALRM, old)
+        srv.close()
+
+
 def test_signal_handler_exception_ends_serve(backend: str, sock_path: str) -> None:
     def boom(*_: Any) -> None:
         raise KeyboardInterrupt

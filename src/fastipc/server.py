@@ -27,6 +27,7 @@ import errno
 import logging
 import os
 import select
+import signal
 import socket
 import stat
 import struct
@@ -406,6 +407,7 @@ class Server:
         if not self._serve_lock.acquire(blocking=False):
             raise RuntimeError("this server is already serving in another call")
         self._serving = threading.get_ident()
+        wakeup = self._hook_signals()
         try:
             if t > 0:
                 deadline = time.monotonic() + t
@@ -422,6 +424,8 @@ class Server:
                         break
             self._stop = False
         finally:
+            if wakeup:
+                signal.set_wakeup_fd(-1)
             self._serving = None
             self._serve_lock.release()
             if self._loop is not None:
@@ -438,6 +442,24 @@ class Server:
             del q[: len(sends)]
         if sends and self._loop is not None:
             self._loop.sendv(sends)
+
+    def _hook_signals(self) -> bool:
+        """Serving in the main thread, make every signal wake the loop.
+
+        Python runs a signal's handler only between bytecodes: a signal that lands while
+        the turn runs in C, before it sleeps in epoll_wait, interrupts nothing. Python's
+        wake-up fd, set to the loop's own wake-up pipe, closes that gap. An application
+        that has its own wake-up fd keeps it. True when ours was installed."""
+        if threading.current_thread() is not threading.main_thread():
+            return False
+        try:
+            old = signal.set_wakeup_fd(self._loop.wakeup_fd(), warn_on_full_buffer=False)
+        except ValueError:  # not the main interpreter
+            return False
+        if old != -1:
+            signal.set_wakeup_fd(old)
+            return False
+        return True
 
     def _turn(self, timeout: float) -> None:
         q = self._q

@@ -106,6 +106,9 @@ class Loop:
     def wake(self) -> None:
         lib.fipc_srv_wake(self._s)
 
+    def wakeup_fd(self) -> int:
+        return int(lib.fipc_srv_wakeup_fd(self._s))
+
     def count(self) -> int:
         return int(lib.fipc_srv_count(self._s))
 

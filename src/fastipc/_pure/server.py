@@ -135,7 +135,8 @@ class Loop:
                 obj = key.data
                 if obj is None:
                     try:
-                        os.read(self._wake_r, 4096)
+                        while len(os.read(self._wake_r, 4096)) == 4096:
+                            pass  # stop() requests and signal numbers, all consumed
                     except BlockingIOError:
                         pass
                 elif isinstance(obj, socket.socket):
@@ -367,6 +368,9 @@ class Loop:
     def flush(self) -> None:
         with self._mu:
             self._flush_dirty(False)
+
+    def wakeup_fd(self) -> int:
+        return self._wake_w
 
     def wake(self) -> None:
         try:
