@@ -427,19 +427,12 @@ static int keep_partial(conn *c, const char *p, size_t n)
         }
         return 0;
     }
-    size_t want = n;
-    if (n >= HEADER) {
-        /* reserve the whole frame now: big frames are then read straight into it */
-        size_t frame = HEADER + (size_t)be32(p);
-        if (frame > want)
-            want = frame;
-    }
-    if (want > c->in_cap) {
-        char *q = realloc(c->in, want);
+    if (n > c->in_cap) {
+        char *q = realloc(c->in, n);
         if (!q)
             return -ENOMEM;
         c->in = q;
-        c->in_cap = want;
+        c->in_cap = n;
     }
     memmove(c->in, p, n);
     c->in_len = n;
@@ -473,10 +466,15 @@ static int conn_read(fipc_srv *s, conn *c)
         if (frame - HEADER > s->max_msg)
             return FIPC_TOOBIG;
         if (frame > BIG_FRAME) {
-            /* a big frame under way: read straight into its own buffer, no more than it */
-            if (reserve(&c->in, &c->in_cap, frame) < 0)
+            /* a big frame under way: read straight into its own buffer, no further than the
+             * frame, growing the buffer with what arrives (not with what the peer announced) */
+            size_t want = c->in_len < READ_CHUNK ? c->in_len + READ_CHUNK : 2 * c->in_len;
+            if (want > frame)
+                want = frame;
+            if (reserve(&c->in, &c->in_cap, want) < 0)
                 return ENOMEM;
-            ssize_t n = read(c->fd, c->in + c->in_len, frame - c->in_len);
+            size_t room = (c->in_cap < frame ? c->in_cap : frame) - c->in_len;
+            ssize_t n = read(c->fd, c->in + c->in_len, room);
             if (n < 0)
                 return errno == EAGAIN || errno == EINTR ? 0 : errno;
             if (n == 0)

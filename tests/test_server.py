@@ -901,3 +901,21 @@ def test_cli_errors_are_one_line(sock_path: str) -> None:
     r = subprocess.run([sys.executable, "-m", "fastipc", "unix", "connect", sock_path],
                        capture_output=True, text=True, timeout=60, input="x\n")
     assert r.returncode == 2 and r.stderr.count("\n") == 1
+
+
+def test_big_frames_in_slow_pieces(backend: str, sock_path: str) -> None:
+    """Frames far larger than one read, trickling in, arrive whole; so does one exactly at
+    max_message_size."""
+    limit = 3 << 20
+    h = Recorder(echo=False)
+    with serving(server.Server(h, unix=sock_path, max_message_size=limit, backend=backend)), \
+            socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(WAIT)
+        s.connect(sock_path)
+        big = os.urandom(limit)
+        data = frame(big) + frame(b"after") + frame(big[:100_000])
+        for i in range(0, len(data), 50_000):
+            s.sendall(data[i : i + 50_000])
+        assert h.next("message")[2] == big
+        assert h.next("message")[2] == b"after"
+        assert h.next("message")[2] == big[:100_000]

@@ -214,6 +214,10 @@ class Loop:
         buf = c.inbuf
         if buf:
             buf += chunk
+            if len(buf) >= 4:
+                (n,) = _HEADER.unpack_from(buf)
+                if n <= self._max and len(buf) < 4 + n:
+                    return  # a frame still under way: no copy until it is whole
             data = bytes(buf)
         else:
             data = chunk
