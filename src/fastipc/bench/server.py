@@ -348,5 +348,5 @@ def cases(quick: bool) -> list[Case]:
                 result.append(rate_case(workload, impl, transport, conns, split))
             if name == "50c same core":
                 for impl in impls:
-                    result.append(cpu_case(f"echo {label} CPU/req", impl, transport))
+                    result.append(cpu_case(f"{workload} CPU", impl, transport))
     return result
