@@ -102,8 +102,11 @@ typedef struct fipc_srv_batch {
     size_t data_len;
 } fipc_srv_batch;
 /* A loop; NULL with errno set on failure. high_water: unsent bytes past which a
- * connection stops being read until its output drains. */
-fipc_srv *fipc_srv_new(int framing, uint32_t max_message_size, size_t high_water);
+ * connection stops being read until its output drains. wake_r / wake_w: a non-blocking
+ * pipe, owned by the caller, that wakes the loop when written (stop(), Python's signal
+ * wake-up fd); it must outlive the loop. */
+fipc_srv *fipc_srv_new(int framing, uint32_t max_message_size, size_t high_water, int wake_r,
+                       int wake_w);
 void fipc_srv_free(fipc_srv *s);
 /* Watch a listening socket (non-blocking; owned by the caller, who closes it after
  * fipc_srv_free). */
@@ -126,11 +129,6 @@ int fipc_srv_send(fipc_srv *s, uint64_t key, const char *buf, size_t len);
 int fipc_srv_close(fipc_srv *s, uint64_t key);
 /* Write out everything queued that the kernel takes now. */
 int fipc_srv_flush(fipc_srv *s);
-/* Wake a poll() sleeping in another thread (async-signal-safe). */
-int fipc_srv_wake(fipc_srv *s);
-/* The write end of the loop's wake-up pipe, for signal.set_wakeup_fd(): a signal that
- * arrives while a turn runs in C, before it sleeps, then still wakes it. */
-int fipc_srv_wakeup_fd(fipc_srv *s);
 /* Unsent bytes queued on a connection, or -EPIPE. */
 int64_t fipc_srv_pending(fipc_srv *s, uint64_t key);
 int fipc_srv_count(fipc_srv *s);

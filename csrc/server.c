@@ -30,7 +30,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
-#include <fcntl.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -79,7 +78,7 @@ typedef struct i64vec {
 
 struct fipc_srv {
     int ep;
-    int wake_r, wake_w; /* a non-blocking pipe: stop() and Python's signal wake-up write */
+    int wake_r, wake_w; /* the caller's pipe: stop() and Python's signal wake-up write it */
     int framing;
     uint32_t max_msg;
     size_t high_water;
@@ -105,6 +104,14 @@ struct fipc_srv {
 };
 
 /* ------------------------------------------------------------------ small helpers */
+
+/* Wake the loop thread sleeping in epoll_wait. */
+static void wake(fipc_srv *s)
+{
+    char one = 1;
+    if (write(s->wake_w, &one, 1) < 0)
+        errno = 0; /* EAGAIN: the pipe is full, so the loop is being woken anyway */
+}
 
 static int vec_push(intvec *v, int x)
 {
@@ -549,7 +556,8 @@ static void on_conn_event(fipc_srv *s, conn *c, uint32_t events)
 
 /* ------------------------------------------------------------------ the loop */
 
-fipc_srv *fipc_srv_new(int framing, uint32_t max_message_size, size_t high_water)
+fipc_srv *fipc_srv_new(int framing, uint32_t max_message_size, size_t high_water, int wake_r,
+                       int wake_w)
 {
     if (framing != FIPC_SRV_RAW && framing != FIPC_SRV_LENGTH) {
         errno = EINVAL;
@@ -561,15 +569,12 @@ fipc_srv *fipc_srv_new(int framing, uint32_t max_message_size, size_t high_water
     s->framing = framing;
     s->max_msg = max_message_size;
     s->high_water = high_water ? high_water : 1;
-    s->ep = s->wake_r = s->wake_w = -1;
-    int err = 0, p[2];
+    s->wake_r = wake_r;
+    s->wake_w = wake_w;
+    int err = 0;
     s->ep = epoll_create1(EPOLL_CLOEXEC);
     if (s->ep < 0)
         goto fail;
-    if (pipe2(p, O_NONBLOCK | O_CLOEXEC) < 0)
-        goto fail;
-    s->wake_r = p[0];
-    s->wake_w = p[1];
     struct epoll_event ev = {.events = EPOLLIN, .data.u64 = MAKE_TAG(TAG_WAKE, s->wake_r)};
     if (epoll_ctl(s->ep, EPOLL_CTL_ADD, s->wake_r, &ev) < 0)
         goto fail;
@@ -579,10 +584,6 @@ fipc_srv *fipc_srv_new(int framing, uint32_t max_message_size, size_t high_water
     errno = err;
 fail:
     err = errno;
-    if (s->wake_r >= 0) {
-        close(s->wake_r);
-        close(s->wake_w);
-    }
     if (s->ep >= 0)
         close(s->ep);
     free(s);
@@ -597,8 +598,6 @@ void fipc_srv_free(fipc_srv *s)
     for (size_t fd = 0; fd < s->conns_cap; fd++)
         if (s->conns[fd])
             conn_free(s, s->conns[fd]);
-    close(s->wake_r);
-    close(s->wake_w);
     close(s->ep);
     pthread_mutex_destroy(&s->mu);
     free(s->conns);
@@ -825,7 +824,7 @@ int fipc_srv_send(fipc_srv *s, uint64_t key, const char *buf, size_t len)
             c->dead = 1;
             doom(s, c, errno, 0);
             if (s->sleeping)
-                fipc_srv_wake(s);
+                wake(s);
         } else {
             size_t done = w < 0 ? 0 : (size_t)w;
             if (done < hlen + len) {
@@ -859,7 +858,7 @@ int fipc_srv_close(fipc_srv *s, uint64_t key)
     if (c && c->state == ST_OPEN) {
         doom(s, c, 0, 0);
         if (s->sleeping)
-            fipc_srv_wake(s);
+            wake(s);
     }
     pthread_mutex_unlock(&s->mu);
     return 0;
@@ -873,18 +872,7 @@ int fipc_srv_flush(fipc_srv *s)
     return 0;
 }
 
-int fipc_srv_wake(fipc_srv *s)
-{
-    char one = 1;
-    if (write(s->wake_w, &one, 1) < 0 && errno != EAGAIN)
-        return -errno; /* EAGAIN: the pipe is full, so the loop is being woken anyway */
-    return 0;
-}
 
-int fipc_srv_wakeup_fd(fipc_srv *s)
-{
-    return s->wake_w;
-}
 
 int64_t fipc_srv_pending(fipc_srv *s, uint64_t key)
 {

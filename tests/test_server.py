@@ -919,3 +919,42 @@ def test_big_frames_in_slow_pieces(backend: str, sock_path: str) -> None:
         assert h.next("message")[2] == big
         assert h.next("message")[2] == b"after"
         assert h.next("message")[2] == big[:100_000]
+
+
+def test_close_while_other_threads_send_and_stop(backend: str, sock_path: str) -> None:
+    """close() racing Connection.send and stop() from other threads: each call either works
+    or raises ValueError / BrokenPipeError; nothing touches a freed loop."""
+    h = Recorder(echo=False)
+    srv = server.Server(h, unix=sock_path, backend=backend)
+    c = server.connect(sock_path, backend=backend)
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def pound(conn: server.Connection) -> None:
+        while not done.is_set():
+            try:
+                conn.send(b"x" * 100)
+                srv.stop()
+            except (ValueError, BrokenPipeError):
+                pass
+            except BaseException as exc:  # anything else is a bug
+                errors.append(exc)
+                return
+
+    try:
+        srv.serve(0.05)
+        _, conn = h.next("connect")
+        threads = [threading.Thread(target=pound, args=(conn,)) for _ in range(3)]
+        for t in threads:
+            t.start()
+        time.sleep(0.05)
+        srv.close()
+        time.sleep(0.05)
+        done.set()
+        for t in threads:
+            t.join(WAIT)
+        assert not errors
+    finally:
+        done.set()
+        c.close()
+        srv.close()

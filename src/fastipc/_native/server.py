@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import errno
 import os
+import threading
 import time
 from typing import Any
 
-from fastipc._core import check, ffi, lib, raise_errno
+from fastipc._core import check, closed_error, ffi, lib, raise_errno
 from fastipc._native.pipe import as_buffer
 
 __all__ = ["Client", "Loop"]
@@ -31,34 +32,51 @@ _read = lib.fipc_pipe_read
 class Loop:
     """One epoll loop with its connections (``fipc_srv``).
 
-    ``poll(timeout, sends)`` is the turn: ``sends`` is the list of ``(key, bytes)`` the
-    handlers queued since the last turn, handed to C in the same call.
+    ``poll(timeout, sends)`` is the turn, called by the serving thread only: ``sends`` is the
+    list of ``(key, bytes)`` the handlers queued since the last turn, handed to C in the same
+    call. The other operations may come from any thread; they and ``close()`` share a
+    re-entrant lock, so that none runs on a freed loop. The wake-up pipe belongs to this
+    object and is closed only when the last reference to it goes: ``wake()`` (from a
+    signal handler, say) can never write to an fd that was closed and reused.
     """
 
-    __slots__ = ("_b", "_s", "send")
+    __slots__ = ("_b", "_cell", "_mu", "_s", "_wake_r", "_wake_w", "send")
 
     def __init__(self, framed: bool, max_message_size: int, high_water: int) -> None:
+        self._s = ffi.NULL
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         s = lib.fipc_srv_new(lib.FIPC_SRV_LENGTH if framed else lib.FIPC_SRV_RAW,
-                             max_message_size, high_water)
+                             max_message_size, high_water, self._wake_r, self._wake_w)
         if s == ffi.NULL:
             err = ffi.errno
             raise OSError(err, f"cannot create the event loop: {os.strerror(err)}")
         self._s = s
         self._b = ffi.new("fipc_srv_batch *")
+        self._mu = mu = threading.RLock()
+        self._cell = cell = [s]  # what send() sees; not `self`, which would make a cycle
 
         def send(key: int, data: Any) -> None:
             if type(data) is bytes:
-                rc = _send(s, key, data, len(data))
+                buf, n = data, len(data)
             else:
                 buf, n = as_buffer(data)
-                rc = _send(s, key, buf, n)
+            with mu:
+                if cell[0] == ffi.NULL:
+                    raise closed_error("Server")
+                rc = _send(cell[0], key, buf, n)
             if rc:
                 _raise_send(rc)
 
         self.send = send
 
+    def _live(self) -> Any:
+        if self._s == ffi.NULL:
+            raise closed_error("Server")
+        return self._s
+
     def listen(self, fd: int) -> None:
-        check(lib.fipc_srv_listen(self._s, fd))
+        with self._mu:
+            check(lib.fipc_srv_listen(self._live(), fd))
 
     def poll(
         self, timeout: float, sends: list[tuple[int, bytes]]
@@ -91,31 +109,51 @@ class Loop:
         keys, datas = zip(*sends)
         lens = list(map(len, datas))
         blob = b"".join(datas)
-        check(lib.fipc_srv_sendv(self._s, keys, lens, len(lens), blob, len(blob)))
+        with self._mu:
+            check(lib.fipc_srv_sendv(self._live(), keys, lens, len(lens), blob, len(blob)))
 
     def close_conn(self, key: int) -> None:
-        lib.fipc_srv_close(self._s, key)
+        with self._mu:
+            if self._s != ffi.NULL:
+                lib.fipc_srv_close(self._s, key)
 
     def pending(self, key: int) -> int:
-        n = lib.fipc_srv_pending(self._s, key)
+        with self._mu:
+            n = lib.fipc_srv_pending(self._live(), key)
         return 0 if n < 0 else int(n)
 
     def flush(self) -> None:
-        lib.fipc_srv_flush(self._s)
-
-    def wake(self) -> None:
-        lib.fipc_srv_wake(self._s)
+        with self._mu:
+            lib.fipc_srv_flush(self._live())
 
     def wakeup_fd(self) -> int:
-        return int(lib.fipc_srv_wakeup_fd(self._s))
+        return self._wake_w
+
+    def wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"\0")
+        except BlockingIOError:
+            pass  # the pipe is full: the loop is being woken anyway
+        except OSError:
+            pass  # closed already: nothing to wake
 
     def count(self) -> int:
-        return int(lib.fipc_srv_count(self._s))
+        with self._mu:
+            return int(lib.fipc_srv_count(self._live()))
 
     def close(self) -> None:
-        s, self._s = self._s, ffi.NULL
-        if s != ffi.NULL:
-            lib.fipc_srv_free(s)
+        with self._mu:
+            s, self._s = self._s, ffi.NULL
+            if s != ffi.NULL:
+                self._cell[0] = ffi.NULL
+                lib.fipc_srv_free(s)
+
+    def __del__(self) -> None:
+        if getattr(self, "_s", ffi.NULL) != ffi.NULL:
+            self.close()
+        for fd in (getattr(self, "_wake_r", -1), getattr(self, "_wake_w", -1)):
+            if fd >= 0:
+                os.close(fd)
 
 
 _NONE: list[int] = []

@@ -379,8 +379,8 @@ class Loop:
     def wake(self) -> None:
         try:
             os.write(self._wake_w, b"\0")
-        except BlockingIOError:
-            pass  # already awake
+        except OSError:
+            pass  # the pipe is full: the loop is being woken anyway
 
     def count(self) -> int:
         return len(self._conns)
@@ -393,8 +393,13 @@ class Loop:
                 sock.detach()
             self._listeners = []
             self._sel.close()
-            os.close(self._wake_r)
-            os.close(self._wake_w)
+            # the wake-up pipe stays open until this object goes (__del__): a late wake()
+            # must not write to an fd that was closed and reused
+
+    def __del__(self) -> None:
+        for fd in (getattr(self, "_wake_r", -1), getattr(self, "_wake_w", -1)):
+            if fd >= 0:
+                os.close(fd)
 
 
 class Client:
