@@ -22,7 +22,8 @@
 enum {
     FIPC_EOF = -1000,       /* the peer closed: end of stream */
     FIPC_TOOBIG = -1001,    /* a length read from the peer exceeds the allowed maximum */
-    FIPC_CORRUPT = -1002    /* a header or frame read from shared memory is inconsistent */
+    FIPC_CORRUPT = -1002,   /* a header or frame read from shared memory is inconsistent */
+    FIPC_LARGE = -1003      /* a frame larger than the read-ahead buffer (fipc_pipe_recv) */
 };
 
 /* ---- pipe.c: anonymous pipes, FIFOs, framed messages ---- */
@@ -31,7 +32,7 @@ typedef struct fipc_rbuf {
     size_t cap;
     size_t start;       /* first unread byte */
     size_t end;         /* one past the last byte read from the fd */
-    size_t base_cap;    /* capacity to shrink back to after a large message */
+    uint32_t large;     /* length of the frame announced by FIPC_LARGE */
 } fipc_rbuf;
 
 int fipc_pipe_open(int fds[2], int size);
@@ -48,12 +49,16 @@ int64_t fipc_pipe_write(int fd, const char *buf, size_t len, size_t offset, doub
                         int guard, size_t *written);
 int64_t fipc_pipe_send(int fd, const char *buf, size_t len, size_t offset, double timeout,
                        int guard, size_t *written);
+int64_t fipc_pipe_recv_into(int fd, fipc_rbuf *rb, char *out, size_t n, size_t *got,
+                            double timeout);
 /* Raw read: up to n bytes, read ahead into rb; *data points at them (valid until the next
  * call). 0 at end of stream. */
 int64_t fipc_pipe_read(int fd, fipc_rbuf *rb, size_t n, double timeout, char **data);
 /* One frame: its length, with *msg pointing at its payload inside rb (valid until the next
  * call); FIPC_EOF at end of stream (a frame cut short is dropped), FIPC_TOOBIG for a length
- * over max_size. Before sleeping for input, spin for up to `spin` seconds. */
+ * over max_size, FIPC_LARGE for a frame larger than the buffer: its header is consumed, its
+ * length is in rb->large, and fipc_pipe_recv_into receives its payload into Python's memory.
+ * Before sleeping for input, spin for up to `spin` seconds. */
 int64_t fipc_pipe_recv(int fd, fipc_rbuf *rb, uint32_t max_size, double timeout, double spin,
                        char **msg);
 int fipc_fifo_writer_present(int fd);

@@ -31,6 +31,10 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         module.register(sub)
+    for command in sub.choices.values():  # `fastipc pipe --backend pure` works too
+        if not any("--backend" in a.option_strings for a in command._actions):
+            command.add_argument("--backend", choices=["native", "pure", "auto"],
+                                 default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
 
 

@@ -32,6 +32,7 @@ __all__ = [
 FIPC_EOF = -1000
 FIPC_TOOBIG = -1001
 FIPC_CORRUPT = -1002
+FIPC_LARGE = -1003
 
 try:
     from fastipc import _fastipc as _ext  # type: ignore[attr-defined]

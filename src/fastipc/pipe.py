@@ -141,9 +141,8 @@ class PipeWriter(_End):
         """
         if self._fd < 0:
             raise closed_error(self._what)
-        t = check_timeout(timeout)
         try:
-            self._core.send(data, t)
+            self._core.send(data, -1.0 if timeout is None else check_timeout(timeout))
         except OSError as exc:
             if getattr(exc, "characters_written", 0):
                 self.close()
@@ -202,7 +201,9 @@ class PipeReader(_End):
         than ``max_message_size`` bytes."""
         if self._fd < 0:
             raise closed_error(self._what)
-        return self._core.recv(check_timeout(timeout))  # type: ignore[no-any-return]
+        return self._core.recv(  # type: ignore[no-any-return]
+            -1.0 if timeout is None else check_timeout(timeout)
+        )
 
     def __iter__(self) -> Iterator[bytes]:
         """Messages until the writer closes."""

@@ -6,16 +6,18 @@ import errno
 import time
 from typing import Any
 
-from fastipc._core import check, ffi, lib, raise_errno
+from fastipc._core import FIPC_LARGE, check, ffi, lib, raise_errno
 
 __all__ = ["Reader", "Writer", "get_size", "open_pipe", "set_size", "writer_present"]
 
 _EINTR = -errno.EINTR
+_ETIMEDOUT = -errno.ETIMEDOUT
 _monotonic = time.monotonic
 _write = lib.fipc_pipe_write
 _send = lib.fipc_pipe_send
 _read = lib.fipc_pipe_read
 _recv = lib.fipc_pipe_recv
+_recv_into = lib.fipc_pipe_recv_into
 _unpack = ffi.unpack
 
 # SIGPIPE guard of csrc/pipe.c: 1 = ask the kernel for the disposition on every write and
@@ -68,7 +70,7 @@ class Writer:
         self._written = ffi.new("size_t *")
 
     def write(self, data: Any, timeout: float) -> int:
-        buf, n = as_buffer(data)
+        buf, n = (data, len(data)) if type(data) is bytes else as_buffer(data)
         t0 = _monotonic() if timeout > 0 else 0.0
         rc = _write(self.fd, buf, n, 0, timeout, GUARD, self._written)
         if rc < 0:
@@ -76,6 +78,11 @@ class Writer:
         return n
 
     def send(self, data: Any, timeout: float) -> None:
+        if type(data) is bytes and timeout < 0:  # the hot path: one C call
+            rc = _send(self.fd, data, len(data), 0, -1.0, GUARD, self._written)
+            if rc < 0:
+                self._slow(_send, data, len(data), rc, timeout, 0.0)
+            return
         buf, n = as_buffer(data)
         t0 = _monotonic() if timeout > 0 else 0.0
         rc = _send(self.fd, buf, n, 0, timeout, GUARD, self._written)
@@ -99,7 +106,7 @@ class Writer:
 
 
 class Reader:
-    __slots__ = ("_msg", "_rb", "fd", "max_message_size", "spin")
+    __slots__ = ("_got", "_msg", "_pending", "_rb", "fd", "max_message_size", "spin")
 
     def __init__(self, fd: int, max_message_size: int, spin: float) -> None:
         self.fd = fd
@@ -110,16 +117,37 @@ class Reader:
             raise MemoryError("cannot allocate the pipe's read buffer")
         self._rb = ffi.gc(rb, lib.fipc_rbuf_free)
         self._msg = ffi.new("char **")
+        self._got = ffi.new("size_t *")
+        self._pending: Any = None  # a large message being received, kept across timeouts
 
     def recv(self, timeout: float) -> bytes:
         t0 = _monotonic() if timeout > 0 else 0.0
-        n = _recv(self.fd, self._rb, self.max_message_size, timeout, self.spin, self._msg)
-        while n == _EINTR:
-            n = _recv(self.fd, self._rb, self.max_message_size, _left(timeout, t0), self.spin,
-                      self._msg)
-        if n < 0:
-            check(n, timeout=timeout)
-        return _unpack(self._msg[0], n)  # type: ignore[no-any-return]
+        if self._pending is None:
+            n = _recv(self.fd, self._rb, self.max_message_size, timeout, self.spin, self._msg)
+            if n >= 0:
+                return _unpack(self._msg[0], n)  # type: ignore[no-any-return]
+            while n == _EINTR:
+                n = _recv(self.fd, self._rb, self.max_message_size, _left(timeout, t0),
+                          self.spin, self._msg)
+            if n >= 0:
+                return _unpack(self._msg[0], n)  # type: ignore[no-any-return]
+            if n != FIPC_LARGE:
+                check(n, timeout=timeout)
+            # bytes(n) is zero pages the kernel maps lazily; the payload is read straight
+            # into this fresh, unshared object before anyone else can see it.
+            self._pending = bytes(self._rb.large)
+            self._got[0] = 0
+        out = self._pending
+        buf = ffi.from_buffer(out)
+        rc = _recv_into(self.fd, self._rb, buf, len(out), self._got, timeout)
+        while rc == _EINTR:
+            rc = _recv_into(self.fd, self._rb, buf, len(out), self._got, _left(timeout, t0))
+        if rc < 0:
+            if rc != _ETIMEDOUT:
+                self._pending = None
+            check(rc, timeout=timeout)
+        self._pending = None
+        return out  # type: ignore[no-any-return]
 
     def read(self, size: int, timeout: float) -> bytes:
         t0 = _monotonic() if timeout > 0 else 0.0
@@ -131,4 +159,5 @@ class Reader:
         return _unpack(self._msg[0], n) if n else b""  # type: ignore[no-any-return]
 
     def close(self) -> None:
+        self._pending = None
         ffi.release(self._rb)

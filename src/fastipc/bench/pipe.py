@@ -1,0 +1,186 @@
+"""Pipes: fastipc's framed pipe (native and pure) against multiprocessing.Pipe, a hand-framed
+``os.pipe`` and a plain-C pipe.
+
+Workloads, each between two processes pinned to separate cores:
+
+- 64 B ping-pong: the parent sends a 64-byte message, the child sends it back; microseconds
+  per round trip.
+- 64 B stream: the child sends 64-byte messages as fast as it can, the parent receives them
+  all; messages per second.
+- 1 MiB / 64 MiB one-way: the child sends messages of that size, the parent receives them
+  whole; GB/s (1e9 bytes per second). fastipc grows its pipe to the largest buffer allowed
+  (F_SETPIPE_SZ up to /proc/sys/fs/pipe-max-size); the peers keep the default 64 KiB.
+
+The hand-framed ``os.pipe`` is what a careful Python programmer writes by hand: one
+``os.write`` of a 4-byte length and the payload per message, and a reader that reads 64 KiB
+chunks and splits them with ``struct``. Timing starts when the parent releases the child.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import struct
+from typing import Any, Callable
+
+from fastipc.bench import Case, now, pinned, run_c
+
+PAYLOAD = b"x" * 64
+_HDR = struct.Struct(">I")
+
+
+def _max_pipe_size() -> int:
+    try:
+        with open("/proc/sys/fs/pipe-max-size") as f:
+            return int(f.read())
+    except OSError:
+        return 1 << 20
+
+
+# ---- channel factories: (parent_send, parent_recv, child_send, child_recv, close_parent,
+#      close_child) over two one-way pipes, so that each side closes the other's ends.
+
+
+def _fastipc(backend: str, size: int = 0) -> Callable[[], Any]:
+    def make() -> Any:
+        from fastipc import pipe
+
+        kw: dict[str, Any] = {"backend": backend}
+        if size:
+            kw["size"] = size
+        down_r, down_w = pipe.pipe(**kw)
+        up_r, up_w = pipe.pipe(**kw)
+        return (down_w.send, up_r.recv, up_w.send, down_r.recv,
+                (down_w, up_r), (up_w, down_r))
+
+    return make
+
+
+def _mp_pipe() -> Any:
+    down_r, down_w = mp.Pipe(duplex=False)
+    up_r, up_w = mp.Pipe(duplex=False)
+    return (down_w.send_bytes, up_r.recv_bytes, up_w.send_bytes, down_r.recv_bytes,
+            (down_w, up_r), (up_w, down_r))
+
+
+class _HandFramed:
+    """Length-prefixed messages over os.pipe, read ahead in 64 KiB chunks."""
+
+    def __init__(self, rfd: int, wfd: int) -> None:
+        self.rfd, self.wfd, self.buf = rfd, wfd, b""
+
+    def send(self, data: bytes) -> None:
+        os.write(self.wfd, _HDR.pack(len(data)) + data)
+
+    def recv(self) -> bytes:
+        buf = self.buf
+        while True:
+            if len(buf) >= 4:
+                (n,) = _HDR.unpack_from(buf)
+                if len(buf) >= 4 + n:
+                    self.buf = buf[4 + n :]
+                    return buf[4 : 4 + n]
+            chunk = os.read(self.rfd, max(65536, 4 + (_HDR.unpack_from(buf)[0] if len(buf) >= 4 else 0) - len(buf)))
+            if not chunk:
+                raise EOFError
+            buf += chunk
+
+    def close(self) -> None:
+        for fd in (self.rfd, self.wfd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def _os_pipe() -> Any:
+    dr, dw = os.pipe()
+    ur, uw = os.pipe()
+    parent = _HandFramed(ur, dw)
+    child = _HandFramed(dr, uw)
+    return (parent.send, parent.recv, child.send, child.recv, (parent,), (child,))
+
+
+def _close(objs: Any) -> None:
+    for o in objs:
+        o.close()
+
+
+# ---- workloads
+
+
+def _pingpong(make: Callable[[], Any], n: int) -> float:
+    psend, precv, csend, crecv, pobjs, cobjs = make()
+
+    def child() -> None:
+        _close(pobjs)
+        crecv()
+        for _ in range(n):
+            csend(crecv())
+
+    with pinned(child):
+        _close(cobjs)
+        psend(b"go")
+        t0 = now()
+        for _ in range(n):
+            psend(PAYLOAD)
+            precv()
+        elapsed = now() - t0
+        _close(pobjs)
+    return elapsed / n * 1e6
+
+
+def _oneway(make: Callable[[], Any], n: int, size: int) -> float:
+    """Returns messages per second; the caller converts to bytes when it wants GB/s."""
+    psend, precv, csend, crecv, pobjs, cobjs = make()
+    payload = b"x" * size
+
+    def child() -> None:
+        _close(pobjs)
+        crecv()
+        for _ in range(n):
+            csend(payload)
+        _close(cobjs)
+
+    with pinned(child):
+        _close(cobjs)
+        t0 = now()
+        psend(b"go")
+        for _ in range(n):
+            if len(precv()) != size:
+                raise AssertionError("short message")
+        elapsed = now() - t0
+        _close(pobjs)
+    return n / elapsed
+
+
+def cases(quick: bool) -> list[Case]:
+    n_pp = 2_000 if quick else 10_000
+    n_stream = 200_000 if quick else 1_000_000
+    n_1m = 64 if quick else 256
+    n_64m = 2 if quick else 6
+    big = _max_pipe_size()
+    impls: list[tuple[str, Callable[[], Any], Callable[[], Any]]] = [
+        ("fastipc native", _fastipc("native"), _fastipc("native", big)),
+        ("fastipc pure", _fastipc("pure"), _fastipc("pure", big)),
+        ("os.pipe, hand-framed", _os_pipe, _os_pipe),
+        ("multiprocessing.Pipe", _mp_pipe, _mp_pipe),
+    ]
+    out: list[Case] = []
+    for impl, make, make_big in impls:
+        out.append(Case("pipe", "64 B ping-pong", impl, "us",
+                        lambda m=make: _pingpong(m, n_pp)))
+    out.append(Case("pipe", "64 B ping-pong", "C pipe", "us",
+                    lambda: run_c("pipe_bench", "pingpong", str(n_pp * 5))))
+    for impl, make, make_big in impls:
+        out.append(Case("pipe", "64 B stream", impl, "msg/s",
+                        lambda m=make: _oneway(m, n_stream, 64)))
+    out.append(Case("pipe", "64 B stream", "C pipe", "msg/s",
+                    lambda: run_c("pipe_bench", "stream", str(n_stream * 5))))
+    for label, size, count in (("1 MiB one-way", 1 << 20, n_1m), ("64 MiB one-way", 64 << 20, n_64m)):
+        for impl, make, make_big in impls:
+            out.append(Case("pipe", label, impl, "GB/s",
+                            lambda m=make_big, s=size, c=count: _oneway(m, c, s) * s / 1e9))
+        out.append(Case("pipe", label, "C pipe", "GB/s",
+                        lambda s=size, c=count: run_c("pipe_bench", "bulk", str(c), str(s))))
+    return out
