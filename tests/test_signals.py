@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 from helpers import start_python
@@ -139,13 +140,13 @@ def test_bad_input(backend: str) -> None:
     with signals.blocked({USR1}):
         with pytest.raises(ValueError):
             signals.wait({USR1}, timeout=-1, backend=backend)
-    pid_max = int(open("/proc/sys/kernel/pid_max").read())
+    pid_max = int(Path("/proc/sys/kernel/pid_max").read_text())
     with pytest.raises(ProcessLookupError):
         signals.send(pid_max + 1, USR1, value=1, backend=backend)
 
 
 def test_signal_zero_checks_existence(backend: str) -> None:
     signals.send(os.getpid(), 0, backend=backend)
-    pid_max = int(open("/proc/sys/kernel/pid_max").read())
+    pid_max = int(Path("/proc/sys/kernel/pid_max").read_text())
     with pytest.raises(ProcessLookupError):
         signals.send(pid_max + 1, 0, backend=backend)
