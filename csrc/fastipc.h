@@ -28,7 +28,8 @@ enum {
 
 /* ---- pipe.c: anonymous pipes, FIFOs, framed messages ---- */
 typedef struct fipc_rbuf {
-    char *data;         /* read-ahead buffer, owned by C (fipc_rbuf_free) */
+    char *data;         /* read-ahead buffer, owned by C (fipc_rbuf_free); 64 KiB, grown up
+                           to 4 MiB for one frame, larger frames go to FIPC_LARGE */
     size_t cap;
     size_t start;       /* first unread byte */
     size_t end;         /* one past the last byte read from the fd */
@@ -38,7 +39,7 @@ typedef struct fipc_rbuf {
 int fipc_pipe_open(int fds[2], int size);
 int fipc_pipe_set_size(int fd, int size);
 int fipc_pipe_get_size(int fd);
-fipc_rbuf *fipc_rbuf_new(size_t cap);
+fipc_rbuf *fipc_rbuf_new(void);
 void fipc_rbuf_free(fipc_rbuf *rb);
 /* Write all of buf (pipe_write) or one frame, a 4-byte big-endian length then buf
  * (pipe_send), starting at byte `offset` of what is to be written, so that a call
@@ -58,9 +59,8 @@ int64_t fipc_pipe_read(int fd, fipc_rbuf *rb, size_t n, double timeout, char **d
  * call); FIPC_EOF at end of stream (a frame cut short is dropped), FIPC_TOOBIG for a length
  * over max_size, FIPC_LARGE for a frame larger than the buffer: its header is consumed, its
  * length is in rb->large, and fipc_pipe_recv_into receives its payload into Python's memory.
- * Before sleeping for input, spin for up to `spin` seconds. */
-int64_t fipc_pipe_recv(int fd, fipc_rbuf *rb, uint32_t max_size, double timeout, double spin,
-                       char **msg);
+ */
+int64_t fipc_pipe_recv(int fd, fipc_rbuf *rb, uint32_t max_size, double timeout, char **msg);
 int fipc_fifo_writer_present(int fd);
 
 /* ---- signals.c: signals carrying a value ---- */
@@ -94,5 +94,7 @@ int64_t fipc_deadline(double timeout);
 struct timespec *fipc_remaining(int64_t deadline, struct timespec *ts);
 /* wait until fd is ready for events or the deadline passes: 0, -ETIMEDOUT or -errno */
 int fipc_wait_fd(int fd, short events, int64_t deadline);
+/* advise transparent huge pages for a large buffer about to be filled (a hint only) */
+void fipc_hint_hugepages(void *p, size_t n);
 
 #endif

@@ -15,6 +15,9 @@
 
 #define FRAME_HEADER 4
 #define SMALL_FRAME 4096 /* PIPE_BUF: frames up to this size are written atomically */
+#define RBUF_BASE (64 * 1024)      /* read-ahead buffer */
+#define RBUF_MAX (4 * 1024 * 1024) /* it grows up to this for one frame; larger frames are
+                                      received straight into the message (FIPC_LARGE) */
 
 int fipc_pipe_open(int fds[2], int size)
 {
@@ -177,10 +180,9 @@ int64_t fipc_pipe_send(int fd, const char *buf, size_t len, size_t offset, doubl
 /* ---- the reading side: a fixed read-ahead buffer; frames that do not fit in it are
  * received straight into the message Python allocated (no growth, no second copy) ---- */
 
-fipc_rbuf *fipc_rbuf_new(size_t cap)
+fipc_rbuf *fipc_rbuf_new(void)
 {
-    if (cap < SMALL_FRAME)
-        cap = SMALL_FRAME;
+    size_t cap = RBUF_BASE;
     fipc_rbuf *rb = calloc(1, sizeof *rb);
     if (!rb)
         return NULL;
@@ -212,13 +214,37 @@ static void rbuf_compact(fipc_rbuf *rb)
     }
 }
 
-/* One read() into the free space: >0 bytes, 0 at EOF, or -errno (-EAGAIN: nothing yet). */
+/* Grow the buffer to hold one frame of `need` bytes (need <= RBUF_MAX). */
+static int rbuf_grow(fipc_rbuf *rb, size_t need)
+{
+    rbuf_compact(rb);
+    size_t cap = rb->cap;
+    while (cap < need)
+        cap *= 2;
+    char *data = realloc(rb->data, cap);
+    if (!data)
+        return -ENOMEM;
+    rb->data = data;
+    rb->cap = cap;
+    return 0;
+}
+
+/* One read() into the free space: >0 bytes, 0 at EOF, or -errno (-EAGAIN: nothing yet).
+ * An empty buffer that grew for one frame goes back to its normal size first. */
 static ssize_t rbuf_fill(int fd, fipc_rbuf *rb)
 {
-    if (rb->start == rb->end)
+    if (rb->start == rb->end) {
         rb->start = rb->end = 0;
-    else if (rb->end == rb->cap)
+        if (rb->cap > RBUF_BASE) {
+            char *data = realloc(rb->data, RBUF_BASE);
+            if (data) {
+                rb->data = data;
+                rb->cap = RBUF_BASE;
+            }
+        }
+    } else if (rb->end == rb->cap) {
         rbuf_compact(rb);
+    }
     ssize_t n = read(fd, rb->data + rb->end, rb->cap - rb->end);
     if (n < 0)
         return -errno;
@@ -226,32 +252,7 @@ static ssize_t rbuf_fill(int fd, fipc_rbuf *rb)
     return n;
 }
 
-/* Wait for input: spin on non-blocking reads for up to `spin` seconds (a sleeping reader
- * costs the writer a wake-up on every write), then sleep in ppoll until the deadline.
- * Returns 1 with *got set when the spin read something (or failed), 0 when ppoll says the
- * fd is ready, or -errno / -ETIMEDOUT. */
-static int wait_readable(int fd, fipc_rbuf *rb, double timeout, double spin, int64_t *deadline,
-                         ssize_t *got)
-{
-    if (*deadline == -2)
-        *deadline = fipc_deadline(timeout);
-    if (spin > 0) {
-        int64_t spin_end = fipc_now_ns() + (int64_t)(spin * 1e9);
-        if (*deadline >= 0 && spin_end > *deadline)
-            spin_end = *deadline;
-        while (fipc_now_ns() < spin_end) {
-            ssize_t n = rbuf_fill(fd, rb);
-            if (n != -EAGAIN) {
-                *got = n;
-                return 1;
-            }
-        }
-    }
-    return fipc_wait_fd(fd, POLLIN, *deadline);
-}
-
-int64_t fipc_pipe_recv(int fd, fipc_rbuf *rb, uint32_t max_size, double timeout, double spin,
-                       char **msg)
+int64_t fipc_pipe_recv(int fd, fipc_rbuf *rb, uint32_t max_size, double timeout, char **msg)
 {
     int64_t deadline = -2;
     for (;;) {
@@ -267,21 +268,26 @@ int64_t fipc_pipe_recv(int fd, fipc_rbuf *rb, uint32_t max_size, double timeout,
                 rb->start += frame;
                 return len;
             }
-            if (frame > rb->cap) {
+            if (frame > RBUF_MAX) {
                 rb->start += FRAME_HEADER;
                 rb->large = len;
                 return FIPC_LARGE;
             }
-            if (rb->cap - rb->start < frame)
+            if (frame > rb->cap) {
+                if (rbuf_grow(rb, frame) < 0)
+                    return -ENOMEM;
+            } else if (rb->cap - rb->start < frame) {
                 rbuf_compact(rb);
+            }
         }
         ssize_t n = rbuf_fill(fd, rb);
         while (n == -EAGAIN) {
-            int rc = wait_readable(fd, rb, timeout, spin, &deadline, &n);
+            if (deadline == -2)
+                deadline = fipc_deadline(timeout);
+            int rc = fipc_wait_fd(fd, POLLIN, deadline);
             if (rc < 0)
                 return rc;
-            if (rc == 0)
-                n = rbuf_fill(fd, rb);
+            n = rbuf_fill(fd, rb);
         }
         if (n == 0)
             return FIPC_EOF; /* a frame cut short by the writer's end is dropped */
@@ -294,6 +300,8 @@ int64_t fipc_pipe_recv_into(int fd, fipc_rbuf *rb, char *out, size_t n, size_t *
                             double timeout)
 {
     int64_t deadline = -2;
+    if (*got == 0)
+        fipc_hint_hugepages(out, n); /* fewer page faults on the fresh message */
     size_t avail = rb->end - rb->start;
     if (avail > 0 && *got < n) {
         size_t take = avail < n - *got ? avail : n - *got;

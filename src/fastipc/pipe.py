@@ -155,8 +155,7 @@ class PipeReader(_End):
     """The read end of a pipe or FIFO. Takes ownership of ``fd``.
 
     ``max_message_size`` bounds the length a frame may announce (checked before anything is
-    allocated); ``spin`` is how long, in seconds, ``recv`` polls a pipe that is empty before
-    sleeping (0 by default: sleep at once).
+    allocated).
     """
 
     _what = "PipeReader"
@@ -166,16 +165,12 @@ class PipeReader(_End):
         fd: int,
         *,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
-        spin: float = 0.0,
         backend: Optional[str] = None,
     ) -> None:
         impl = _core.ops("pipe", backend)
         max_message_size = check_int(max_message_size, "max_message_size", 0, MAX_FRAME)
-        spin = check_timeout(spin)
-        if spin < 0:
-            raise ValueError("spin must be a finite number of seconds")
         super().__init__(_check_fd(fd), impl)
-        self._core = impl.Reader(self._fd, max_message_size, spin)
+        self._core = impl.Reader(self._fd, max_message_size)
 
     @property
     def max_message_size(self) -> int:

@@ -106,13 +106,12 @@ class Writer:
 
 
 class Reader:
-    __slots__ = ("_got", "_msg", "_pending", "_rb", "fd", "max_message_size", "spin")
+    __slots__ = ("_got", "_msg", "_pending", "_rb", "fd", "max_message_size")
 
-    def __init__(self, fd: int, max_message_size: int, spin: float) -> None:
+    def __init__(self, fd: int, max_message_size: int) -> None:
         self.fd = fd
         self.max_message_size = max_message_size
-        self.spin = spin
-        rb = lib.fipc_rbuf_new(65536)
+        rb = lib.fipc_rbuf_new()
         if rb == ffi.NULL:
             raise MemoryError("cannot allocate the pipe's read buffer")
         self._rb = ffi.gc(rb, lib.fipc_rbuf_free)
@@ -123,12 +122,12 @@ class Reader:
     def recv(self, timeout: float) -> bytes:
         t0 = _monotonic() if timeout > 0 else 0.0
         if self._pending is None:
-            n = _recv(self.fd, self._rb, self.max_message_size, timeout, self.spin, self._msg)
+            n = _recv(self.fd, self._rb, self.max_message_size, timeout, self._msg)
             if n >= 0:
                 return _unpack(self._msg[0], n)  # type: ignore[no-any-return]
             while n == _EINTR:
                 n = _recv(self.fd, self._rb, self.max_message_size, _left(timeout, t0),
-                          self.spin, self._msg)
+                          self._msg)
             if n >= 0:
                 return _unpack(self._msg[0], n)  # type: ignore[no-any-return]
             if n != FIPC_LARGE:

@@ -159,12 +159,11 @@ class Reader:
     """Reads ahead into a fixed buffer and splits 4-byte big-endian length frames; a frame
     larger than the buffer is received straight into its own bytearray (as the C reader)."""
 
-    __slots__ = ("_buf", "_end", "_got", "_pending", "_start", "fd", "max_message_size", "spin")
+    __slots__ = ("_buf", "_end", "_got", "_pending", "_start", "fd", "max_message_size")
 
-    def __init__(self, fd: int, max_message_size: int, spin: float) -> None:
+    def __init__(self, fd: int, max_message_size: int) -> None:
         self.fd = fd
         self.max_message_size = max_message_size
-        self.spin = spin
         self._buf = bytearray(65536)
         self._start = self._end = 0
         self._pending: Optional[bytearray] = None
