@@ -16,8 +16,9 @@ import errno
 import os
 import stat
 import time
+from collections.abc import Iterator
 from types import ModuleType, TracebackType
-from typing import Any, Iterator, Optional, Union
+from typing import Any, Optional, Union
 
 from fastipc import _core
 from fastipc._core import check_int, check_timeout, closed_error
@@ -30,9 +31,9 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 
 def _check_fd(fd: Any) -> int:
-    fd = check_int(fd, "fd", 0, 2**31 - 1)
-    os.fstat(fd)  # EBADF now rather than at the first read
-    return fd
+    number = check_int(fd, "fd", 0, 2**31 - 1)
+    os.fstat(number)  # EBADF now rather than at the first read
+    return number
 
 
 def _pipe_max_size() -> Optional[int]:

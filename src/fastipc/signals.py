@@ -61,7 +61,9 @@ def _signal_set(signums: SignalSet) -> list[int]:
     except TypeError as exc:
         if "signal number" in str(exc):
             raise
-        raise TypeError(f"signums must be an int or an iterable of ints, not {type(signums).__name__}") from None
+        raise TypeError(
+            f"signums must be an int or an iterable of ints, not {type(signums).__name__}"
+        ) from None
     if not numbers:
         raise ValueError("no signals given")
     bad = _UNBLOCKABLE.intersection(numbers)
@@ -70,7 +72,9 @@ def _signal_set(signums: SignalSet) -> list[int]:
     return numbers
 
 
-def send(pid: int, signum: int, value: Optional[int] = None, *, backend: Optional[str] = None) -> None:
+def send(
+    pid: int, signum: int, value: Optional[int] = None, *, backend: Optional[str] = None
+) -> None:
     """Send ``signum`` to process ``pid``. With ``value`` (a C int, -2**31 .. 2**31-1) the
     signal is queued with ``sigqueue`` and the receiver's :func:`wait` sees the value.
     Signal 0 checks that ``pid`` exists and may be signalled."""
@@ -96,7 +100,9 @@ def blocked(signums: SignalSet) -> Iterator[frozenset[int]]:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
-def wait(signums: SignalSet, timeout: Optional[float] = None, *, backend: Optional[str] = None) -> SignalInfo:
+def wait(
+    signums: SignalSet, timeout: Optional[float] = None, *, backend: Optional[str] = None
+) -> SignalInfo:
     """Wait for one of ``signums`` (which must be blocked in this thread, see :func:`blocked`)
     and take it: a :class:`SignalInfo`. TimeoutError if none arrives in ``timeout`` seconds.
     Other signals arriving meanwhile run their Python handlers; the wait then goes on."""

@@ -51,8 +51,10 @@ def run(args: argparse.Namespace) -> int:
             try:
                 w.send(text)
             except BrokenPipeError as exc:
-                _say(f"write to a pipe without readers: BrokenPipeError ({exc.strerror}); "
-                     "the process lives on")
+                _say(
+                    f"write to a pipe without readers: BrokenPipeError ({exc.strerror}); "
+                    "the process lives on"
+                )
         else:
             w.send(text)
     if pid:

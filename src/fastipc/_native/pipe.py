@@ -98,7 +98,7 @@ class Writer:
             try:
                 raise_errno(-rc, timeout=timeout)
             except OSError as exc:
-                exc.characters_written = self._written[0]
+                exc.characters_written = self._written[0]  # type: ignore[attr-defined]
                 raise
 
     def close(self) -> None:
@@ -126,8 +126,7 @@ class Reader:
             if n >= 0:
                 return _unpack(self._msg[0], n)  # type: ignore[no-any-return]
             while n == _EINTR:
-                n = _recv(self.fd, self._rb, self.max_message_size, _left(timeout, t0),
-                          self._msg)
+                n = _recv(self.fd, self._rb, self.max_message_size, _left(timeout, t0), self._msg)
             if n >= 0:
                 return _unpack(self._msg[0], n)  # type: ignore[no-any-return]
             if n != FIPC_LARGE:
@@ -155,7 +154,7 @@ class Reader:
             n = _read(self.fd, self._rb, size, _left(timeout, t0), self._msg)
         if n < 0:
             check(n, timeout=timeout)
-        return _unpack(self._msg[0], n) if n else b""  # type: ignore[no-any-return]
+        return _unpack(self._msg[0], n) if n else b""
 
     def close(self) -> None:
         self._pending = None

@@ -63,7 +63,7 @@ def writer_present(fd: int) -> bool:
         os.close(r)
         os.close(w)
     if n >= 0:
-        return n > 0
+        return bool(n > 0)
     if err == errno.EAGAIN:
         return True
     raise OSError(err, os.strerror(err))
@@ -145,7 +145,7 @@ class Writer:
                 signal.sigtimedwait(_SIGPIPE, 0)  # consume the SIGPIPE the write raised
             raise
         except OSError as exc:
-            exc.characters_written = done
+            exc.characters_written = done  # type: ignore[attr-defined]
             raise
         finally:
             if old is not None:

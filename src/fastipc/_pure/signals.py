@@ -55,7 +55,9 @@ def wait(signums: list[int], timeout: float) -> tuple[int, int, int, Optional[in
     if rc < 0:
         err = ctypes.get_errno()
         return -(errno.ETIMEDOUT if err == errno.EAGAIN else err)
-    signo, _errno, code = (int.from_bytes(info.raw[i : i + 4], sys.byteorder, signed=True) for i in (0, 4, 8))
+    signo, _errno, code = (
+        int.from_bytes(info.raw[i : i + 4], sys.byteorder, signed=True) for i in (0, 4, 8)
+    )
     pid = int.from_bytes(info.raw[_UNION : _UNION + 4], sys.byteorder, signed=True)
     uid = int.from_bytes(info.raw[_UNION + 4 : _UNION + 8], sys.byteorder, signed=False)
     value = int.from_bytes(info.raw[_UNION + 8 : _UNION + 12], sys.byteorder, signed=True)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import struct
+from functools import partial
 from typing import Any, Callable
 
 from fastipc.bench import Case, now, pinned, run_c
@@ -50,8 +51,7 @@ def _fastipc(backend: str, size: int = 0) -> Callable[[], Any]:
             kw["size"] = size
         down_r, down_w = pipe.pipe(**kw)
         up_r, up_w = pipe.pipe(**kw)
-        return (down_w.send, up_r.recv, up_w.send, down_r.recv,
-                (down_w, up_r), (up_w, down_r))
+        return (down_w.send, up_r.recv, up_w.send, down_r.recv, (down_w, up_r), (up_w, down_r))
 
     return make
 
@@ -59,8 +59,14 @@ def _fastipc(backend: str, size: int = 0) -> Callable[[], Any]:
 def _mp_pipe() -> Any:
     down_r, down_w = mp.Pipe(duplex=False)
     up_r, up_w = mp.Pipe(duplex=False)
-    return (down_w.send_bytes, up_r.recv_bytes, up_w.send_bytes, down_r.recv_bytes,
-            (down_w, up_r), (up_w, down_r))
+    return (
+        down_w.send_bytes,
+        up_r.recv_bytes,
+        up_w.send_bytes,
+        down_r.recv_bytes,
+        (down_w, up_r),
+        (up_w, down_r),
+    )
 
 
 class _HandFramed:
@@ -77,7 +83,7 @@ class _HandFramed:
         os.write(self.wfd, _HDR.pack(len(data)))
         view = memoryview(data)
         while view:
-            view = view[os.write(self.wfd, view):]
+            view = view[os.write(self.wfd, view) :]
 
     def recv(self) -> Any:
         buf, pos = self.buf, self.pos
@@ -175,6 +181,10 @@ def _oneway(make: Callable[[], Any], n: int, size: int) -> float:
     return n / elapsed
 
 
+def _gbps(make: Callable[[], Any], n: int, size: int) -> float:
+    return _oneway(make, n, size) * size / 1e9
+
+
 def cases(quick: bool) -> list[Case]:
     n_pp = 2_000 if quick else 10_000
     n_stream = 200_000 if quick else 1_000_000
@@ -187,21 +197,51 @@ def cases(quick: bool) -> list[Case]:
         ("os.pipe, hand-framed", _os_pipe, _os_pipe),
         ("multiprocessing.Pipe", _mp_pipe, _mp_pipe),
     ]
+    c_pipe = "C pipe"
     out: list[Case] = []
-    for impl, make, make_big in impls:
-        out.append(Case("pipe", "64 B ping-pong", impl, "us",
-                        lambda m=make: _pingpong(m, n_pp)))
-    out.append(Case("pipe", "64 B ping-pong", "C pipe", "us",
-                    lambda: run_c("pipe_bench", "pingpong", str(n_pp * 5))))
-    for impl, make, make_big in impls:
-        out.append(Case("pipe", "64 B stream", impl, "msg/s",
-                        lambda m=make: _oneway(m, n_stream, 64)))
-    out.append(Case("pipe", "64 B stream", "C pipe", "msg/s",
-                    lambda: run_c("pipe_bench", "stream", str(n_stream * 5))))
-    for label, size, count in (("1 MiB one-way", 1 << 20, n_1m), ("64 MiB one-way", 64 << 20, n_64m)):
-        for impl, make, make_big in impls:
-            out.append(Case("pipe", label, impl, "GB/s",
-                            lambda m=make_big, s=size, c=count: _oneway(m, c, s) * s / 1e9))
-        out.append(Case("pipe", label, "C pipe", "GB/s",
-                        lambda s=size, c=count: run_c("pipe_bench", "bulk", str(c), str(s))))
+    for impl, make, _ in impls:
+        out.append(Case("pipe", "64 B ping-pong", impl, "us", partial(_pingpong, make, n_pp)))
+    out.append(
+        Case(
+            "pipe",
+            "64 B ping-pong",
+            c_pipe,
+            "us",
+            partial(run_c, "pipe_bench", "pingpong", str(n_pp * 5)),
+        )
+    )
+    for impl, make, _ in impls:
+        out.append(Case("pipe", "64 B stream", impl, "msg/s", partial(_oneway, make, n_stream, 64)))
+    out.append(
+        Case(
+            "pipe",
+            "64 B stream",
+            c_pipe,
+            "msg/s",
+            partial(run_c, "pipe_bench", "stream", str(n_stream * 5)),
+        )
+    )
+    for label, size, count in (
+        ("1 MiB one-way", 1 << 20, n_1m),
+        ("64 MiB one-way", 64 << 20, n_64m),
+    ):
+        for impl, _, make_big in impls:
+            out.append(
+                Case(
+                    "pipe",
+                    label,
+                    impl,
+                    "GB/s",
+                    partial(_gbps, make_big, count, size),
+                )
+            )
+        out.append(
+            Case(
+                "pipe",
+                label,
+                c_pipe,
+                "GB/s",
+                partial(run_c, "pipe_bench", "bulk", str(count), str(size)),
+            )
+        )
     return out
