@@ -50,6 +50,15 @@ int64_t fipc_pipe_write(int fd, const char *buf, size_t len, size_t offset, doub
                         int guard, size_t *written);
 int64_t fipc_pipe_send(int fd, const char *buf, size_t len, size_t offset, double timeout,
                        int guard, size_t *written);
+/* `count` frames whose payloads lie back to back in `payload`, with lengths `lens`, in one
+ * write (several if the pipe fills up); resumable like fipc_pipe_send. */
+int64_t fipc_pipe_send_many(int fd, const char *payload, size_t payload_len,
+                            const uint32_t *lens, size_t count, size_t offset, double timeout,
+                            int guard, size_t *written);
+/* Like fipc_pipe_recv, then up to max_count - 1 more frames already buffered, without
+ * waiting: returns the count; payload i spans [spans[2i], spans[2i+1]) of rb->data. */
+int64_t fipc_pipe_recv_many(int fd, fipc_rbuf *rb, uint32_t max_size, double timeout,
+                            uint32_t *spans, size_t max_count);
 int64_t fipc_pipe_recv_into(int fd, fipc_rbuf *rb, char *out, size_t n, size_t *got,
                             double timeout);
 /* Raw read: up to n bytes, read ahead into rb; *data points at them (valid until the next

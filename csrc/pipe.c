@@ -177,6 +177,38 @@ int64_t fipc_pipe_send(int fd, const char *buf, size_t len, size_t offset, doubl
     return write_iov(fd, iov, 2, offset, timeout, guard, written);
 }
 
+int64_t fipc_pipe_send_many(int fd, const char *payload, size_t payload_len,
+                            const uint32_t *lens, size_t count, size_t offset, double timeout,
+                            int guard, size_t *written)
+{
+    size_t body = 0;
+    for (size_t i = 0; i < count; i++)
+        body += lens[i];
+    if (body != payload_len || count > (SIZE_MAX - body) / FRAME_HEADER)
+        return -EINVAL;
+    size_t total = body + FRAME_HEADER * count;
+    char small[SMALL_FRAME];
+    char *frames = total <= sizeof small ? small : malloc(total);
+    if (!frames)
+        return -ENOMEM;
+    char *p = frames;
+    for (size_t i = 0; i < count; i++) {
+        uint32_t n = lens[i];
+        unsigned char header[FRAME_HEADER] = {(unsigned char)(n >> 24), (unsigned char)(n >> 16),
+                                              (unsigned char)(n >> 8), (unsigned char)n};
+        memcpy(p, header, FRAME_HEADER);
+        if (n)
+            memcpy(p + FRAME_HEADER, payload, n);
+        p += FRAME_HEADER + n;
+        payload += n;
+    }
+    struct iovec iov[1] = {{frames, total}};
+    int64_t rc = write_iov(fd, iov, 1, offset, timeout, guard, written);
+    if (frames != small)
+        free(frames);
+    return rc;
+}
+
 /* ---- the reading side: a fixed read-ahead buffer; frames that do not fit in it are
  * received straight into the message Python allocated (no growth, no second copy) ---- */
 
@@ -252,14 +284,19 @@ static ssize_t rbuf_fill(int fd, fipc_rbuf *rb)
     return n;
 }
 
+static uint32_t frame_len(const char *p)
+{
+    const unsigned char *h = (const unsigned char *)p;
+    return (uint32_t)h[0] << 24 | (uint32_t)h[1] << 16 | (uint32_t)h[2] << 8 | h[3];
+}
+
 int64_t fipc_pipe_recv(int fd, fipc_rbuf *rb, uint32_t max_size, double timeout, char **msg)
 {
     int64_t deadline = -2;
     for (;;) {
         size_t avail = rb->end - rb->start;
         if (avail >= FRAME_HEADER) {
-            const unsigned char *h = (const unsigned char *)rb->data + rb->start;
-            uint32_t len = (uint32_t)h[0] << 24 | (uint32_t)h[1] << 16 | (uint32_t)h[2] << 8 | h[3];
+            uint32_t len = frame_len(rb->data + rb->start);
             if (len > max_size)
                 return FIPC_TOOBIG;
             size_t frame = FRAME_HEADER + (size_t)len;
@@ -294,6 +331,30 @@ int64_t fipc_pipe_recv(int fd, fipc_rbuf *rb, uint32_t max_size, double timeout,
         if (n < 0)
             return n;
     }
+}
+
+int64_t fipc_pipe_recv_many(int fd, fipc_rbuf *rb, uint32_t max_size, double timeout,
+                            uint32_t *spans, size_t max_count)
+{
+    char *msg;
+    int64_t len = fipc_pipe_recv(fd, rb, max_size, timeout, &msg);
+    if (len < 0 || max_count == 0)
+        return len < 0 ? len : 0;
+    spans[0] = (uint32_t)(msg - rb->data);
+    spans[1] = spans[0] + (uint32_t)len;
+    size_t count = 1;
+    /* then every whole frame already buffered; the buffer does not move meanwhile */
+    while (count < max_count && rb->end - rb->start >= FRAME_HEADER) {
+        uint32_t n = frame_len(rb->data + rb->start);
+        size_t frame = FRAME_HEADER + (size_t)n;
+        if (n > max_size || rb->end - rb->start < frame)
+            break; /* an oversized frame is reported by the next call */
+        spans[2 * count] = (uint32_t)(rb->start + FRAME_HEADER);
+        spans[2 * count + 1] = (uint32_t)(rb->start + frame);
+        rb->start += frame;
+        count++;
+    }
+    return (int64_t)count;
 }
 
 int64_t fipc_pipe_recv_into(int fd, fipc_rbuf *rb, char *out, size_t n, size_t *got,

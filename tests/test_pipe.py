@@ -589,3 +589,85 @@ def test_cli_pipe_demo() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert "hello world" in proc.stdout
+
+
+# ---------------------------------------------------------------- batches
+
+
+def test_send_many_recv_many(backend: str) -> None:
+    r, w = pipe.pipe(backend=backend)
+    with r, w:
+        w.send_many([b"a", bytearray(b"bb"), memoryview(b"ccc"), b""])
+        w.send(b"single")
+        assert r.recv_many(timeout=1) == [b"a", b"bb", b"ccc", b"", b"single"]
+        w.send_many([b"%d" % i for i in range(10)])
+        assert r.recv_many(3, timeout=1) == [b"0", b"1", b"2"]
+        assert r.recv(timeout=1) == b"3"
+        assert r.recv_many(timeout=1) == [b"%d" % i for i in range(4, 10)]
+        w.send_many([])
+        w.send_many(iter([b"gen"]))
+        assert r.recv_many(timeout=1) == [b"gen"]
+        with pytest.raises(TimeoutError):
+            r.recv_many(timeout=0)
+
+
+def test_batches_with_large_messages(backend: str) -> None:
+    r, w = pipe.pipe(backend=backend)
+    big = os.urandom(5 << 20)
+    with r, w:
+        t = threading.Thread(target=w.send_many, args=([b"1", big, b"2"],))
+        t.start()
+        got: list[bytes] = []
+        while len(got) < 3:
+            got += r.recv_many(timeout=10)
+        t.join(10)
+        assert got == [b"1", big, b"2"]
+
+
+def test_batches_bad_input(backend: str) -> None:
+    r, w = pipe.pipe(backend=backend)
+    with r, w:
+        for bad in (b"one message", "text", 5):
+            with pytest.raises(TypeError):
+                w.send_many(bad)  # type: ignore[arg-type]
+        with pytest.raises(TypeError):
+            w.send_many([b"ok", "text"])  # type: ignore[list-item]
+        for n in (0, -1):
+            with pytest.raises(ValueError):
+                r.recv_many(n, timeout=0)
+        with pytest.raises(TypeError):
+            r.recv_many(1.0, timeout=0)  # type: ignore[arg-type]
+        w.send(b"still fine")
+        assert r.recv_many(timeout=1) == [b"still fine"]
+    with pytest.raises(ValueError, match="closed"):
+        w.send_many([b"x"])
+    with pytest.raises(ValueError, match="closed"):
+        r.recv_many()
+
+
+def test_batches_between_processes(cross: tuple[str, str]) -> None:
+    sender, receiver = cross
+    r, w = pipe.pipe(backend=sender)
+    rfd = r.fileno()
+    os.set_inheritable(rfd, True)
+    code = """
+import sys
+from fastipc import pipe
+r = pipe.PipeReader(int(sys.argv[1]), backend=sys.argv[2])
+got = []
+try:
+    while True:
+        got += r.recv_many(100, timeout=20)
+except EOFError:
+    pass
+assert got == [b"%d" % i for i in range(20000)], len(got)
+print("ok", len(got))
+"""
+    proc = start_python(code, str(rfd), receiver, pass_fds=(rfd,))
+    r.close()
+    with w:
+        for start in range(0, 20000, 500):
+            w.send_many([b"%d" % i for i in range(start, start + 500)], timeout=20)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert out.split() == ["ok", "20000"]

@@ -122,6 +122,14 @@ class Writer:
         else:
             self._write_all([memoryview(_HEADER.pack(n)), view], timeout)
 
+    def send_many(self, messages: list[Any], timeout: float) -> None:
+        frames = []
+        for m in messages:
+            view = as_view(m)
+            frames.append(_HEADER.pack(len(view)))
+            frames.append(view)
+        self._write_all([b"".join(frames)], timeout)
+
     def _write_all(self, parts: list[Any], timeout: float) -> None:
         deadline = _deadline(timeout)
         done = 0
@@ -210,6 +218,19 @@ class Reader:
             if self._fill(deadline, timeout) == 0:
                 raise_errno(FIPC_EOF)
         return self._recv_large(deadline, timeout)
+
+    def recv_many(self, max_messages: int, timeout: float) -> list[bytes]:
+        first = self.recv(timeout)
+        out = [first]
+        with memoryview(self._buf) as view:
+            while len(out) < max_messages and self._end - self._start >= 4:
+                start = self._start
+                (n,) = _HEADER.unpack_from(self._buf, start)
+                if n > self.max_message_size or self._end - start < 4 + n:
+                    break  # an oversized frame is reported by the next call
+                out.append(bytes(view[start + 4 : start + 4 + n]))
+                self._start = start + 4 + n
+        return out
 
     def _recv_large(self, deadline: float, timeout: float) -> bytes:
         out = self._pending
