@@ -123,7 +123,7 @@ class Writer:
             self._write_all([memoryview(_HEADER.pack(n)), view], timeout)
 
     def send_many(self, messages: list[Any], timeout: float) -> None:
-        frames = []
+        frames: list[Any] = []
         for m in messages:
             view = as_view(m)
             frames.append(_HEADER.pack(len(view)))
