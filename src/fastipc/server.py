@@ -636,11 +636,12 @@ class Client:
 
     def __init__(self, fd: int, impl: ModuleType, framing: str, max_message_size: int,
                  address: Any) -> None:
-        self._fd = fd
+        self._fd = -1  # owned only once the backend's half exists (connect() closes it else)
         self._impl = impl
         self._framing = framing
         self._address = address
         self._core = impl.Client(fd, framing == "length", max_message_size)
+        self._fd = fd
 
     def fileno(self) -> int:
         """The socket's fd (non-blocking, non-inheritable)."""

@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from fastipc._core import check, closed_error, ffi, lib, raise_errno
-from fastipc._native.pipe import as_buffer
+from fastipc._native.pipe import Reader, as_buffer
 
 __all__ = ["Client", "Loop"]
 
@@ -25,8 +25,6 @@ _unpack = ffi.unpack
 _poll = lib.fipc_srv_poll
 _send = lib.fipc_srv_send
 _sock_send = lib.fipc_sock_send
-_recv = lib.fipc_pipe_recv
-_read = lib.fipc_pipe_read
 
 
 class Loop:
@@ -170,20 +168,20 @@ def _left(timeout: float, t0: float) -> float:
 
 
 class Client:
-    """A blocking client socket: framed or raw sends, buffered receives."""
+    """A blocking client socket: framed or raw sends in C (``fipc_sock_send``), receives
+    through the pipe backend's reader (the same buffered, framed reads over any fd)."""
 
-    __slots__ = ("_framed", "_msg", "_rb", "_written", "fd", "max_message_size")
+    __slots__ = ("_framed", "_reader", "_written", "fd")
 
     def __init__(self, fd: int, framed: bool, max_message_size: int) -> None:
         self.fd = fd
         self._framed = 1 if framed else 0
-        self.max_message_size = max_message_size
-        rb = lib.fipc_rbuf_new(65536)
-        if rb == ffi.NULL:
-            raise MemoryError("cannot allocate the connection's read buffer")
-        self._rb = ffi.gc(rb, lib.fipc_rbuf_free)
-        self._msg = ffi.new("char **")
+        self._reader = Reader(fd, max_message_size)
         self._written = ffi.new("size_t *")
+
+    @property
+    def max_message_size(self) -> int:
+        return int(self._reader.max_message_size)
 
     def send(self, data: Any, timeout: float) -> None:
         buf, n = as_buffer(data)
@@ -200,19 +198,9 @@ class Client:
                 raise
 
     def recv(self, timeout: float) -> bytes:
-        t0 = _monotonic() if timeout > 0 else 0.0
         if self._framed:
-            n = _recv(self.fd, self._rb, self.max_message_size, timeout, 0.0, self._msg)
-            while n == _EINTR:
-                n = _recv(self.fd, self._rb, self.max_message_size, _left(timeout, t0), 0.0,
-                          self._msg)
-        else:
-            n = _read(self.fd, self._rb, 65536, timeout, self._msg)
-            while n == _EINTR:
-                n = _read(self.fd, self._rb, 65536, _left(timeout, t0), self._msg)
-        if n < 0:
-            check(n, timeout=timeout)
-        return _unpack(self._msg[0], n) if n else b""
+            return self._reader.recv(timeout)
+        return self._reader.read(65536, timeout)
 
     def close(self) -> None:
-        ffi.release(self._rb)
+        self._reader.close()

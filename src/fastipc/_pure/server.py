@@ -411,7 +411,7 @@ class Client:
         self.fd = fd
         self._framed = framed
         self._sock = socket.socket(fileno=fd)  # borrowed: detached on close()
-        self._reader = Reader(fd, max_message_size, 0.0)
+        self._reader = Reader(fd, max_message_size)
 
     @property
     def max_message_size(self) -> int:
