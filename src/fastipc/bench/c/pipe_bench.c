@@ -4,7 +4,9 @@
  *   pipe_bench CPU_A CPU_B bulk N SIZE       -> GB/s moving N messages of SIZE bytes
  * The pipe keeps the kernel's default 64 KiB buffer. The parent is pinned to CPU_A, the
  * child to CPU_B. */
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE
+#endif
 #include <sched.h>
 #include <stdint.h>
 #include <stdio.h>
