@@ -5,22 +5,17 @@ from __future__ import annotations
 
 import errno
 import os
-import time
+import select
 from typing import Any, NoReturn, Optional
 
 import posix_ipc
 
 from fastipc._core import raise_errno
+from fastipc._pure.pipe import _deadline, _wait
 
 __all__ = ["Queue", "unlink"]
 
-_monotonic = time.monotonic
 _Busy = posix_ipc.BusyError
-_Signal = posix_ipc.SignalError
-
-
-def _left(timeout: float, t0: float) -> float:
-    return max(0.0, t0 + timeout - _monotonic()) if timeout > 0 else timeout
 
 
 def _reraise(exc: BaseException, name: str, missing: int = errno.ENOENT,
@@ -42,6 +37,20 @@ def _reraise(exc: BaseException, name: str, missing: int = errno.ENOENT,
     except OSError as new:
         new.__suppress_context__ = True
         raise
+
+
+def _guess_errno(message: str) -> int:
+    """posix_ipc raises some kernel refusals as a bare OSError(message), without errno."""
+    message = message.lower()
+    if "maximum number of files" in message:
+        return errno.EMFILE
+    if "system" in message and "files" in message:
+        return errno.ENFILE
+    if "space" in message or "queues" in message:
+        return errno.ENOSPC
+    if "memory" in message:
+        return errno.ENOMEM
+    return errno.EIO
 
 
 def unlink(name: str) -> None:
@@ -67,7 +76,8 @@ class Queue:
         except (posix_ipc.Error, ValueError) as exc:
             _reraise(exc, name, errno.EEXIST if create else errno.ENOENT)
         except OSError as exc:
-            raise OSError(exc.errno, os.strerror(exc.errno or 0), name) from None
+            code = exc.errno or _guess_errno(str(exc))
+            raise OSError(code, os.strerror(code), name) from None
         self.fd: int = self.q.mqd
         self.max_message_size: int = self.q.max_message_size
 
@@ -75,30 +85,43 @@ class Queue:
         q = self.q
         return q.max_messages, q.max_message_size, q.current_messages
 
+    # posix_ipc runs the Python signal handlers when its blocking call sees EINTR, but
+    # replaces an exception raised by a handler with its own SignalError, so a blocking
+    # posix_ipc call cannot follow PEP 475. The waits happen in select.poll instead (which
+    # does), and posix_ipc is only asked to send or receive when that will not block.
+
     def send(self, data: Any, n: int, priority: int, timeout: float) -> None:
-        t0 = _monotonic() if timeout > 0 else 0.0
-        wait = timeout
+        q = self.q
+        deadline: Optional[float] = None
         while True:
             try:
-                self.q.send(data, None if wait < 0 else wait, priority)
+                q.send(data, 0, priority)
                 return
-            except _Signal:
-                # posix_ipc saw EINTR: the handlers run here (one that raises ends the call);
-                # retry with the time that is left (PEP 475)
-                wait = _left(timeout, t0)
+            except _Busy:
+                pass
             except (posix_ipc.Error, ValueError) as exc:
                 _reraise(exc, self.name, errno.EBADF, timeout)
+            if timeout == 0:
+                raise_errno(errno.ETIMEDOUT, self.name, timeout)
+            if deadline is None:
+                deadline = _deadline(timeout)
+            _wait(self.fd, select.POLLOUT, deadline, timeout)
 
     def receive(self, timeout: float) -> tuple[bytes, int]:
-        t0 = _monotonic() if timeout > 0 else 0.0
-        wait = timeout
+        q = self.q
+        deadline: Optional[float] = None
         while True:
             try:
-                return self.q.receive(None if wait < 0 else wait)  # type: ignore[no-any-return]
-            except _Signal:
-                wait = _left(timeout, t0)
+                return q.receive(0)  # type: ignore[no-any-return]
+            except _Busy:
+                pass
             except (posix_ipc.Error, ValueError) as exc:
                 _reraise(exc, self.name, errno.EBADF, timeout)
+            if timeout == 0:
+                raise_errno(errno.ETIMEDOUT, self.name, timeout)
+            if deadline is None:
+                deadline = _deadline(timeout)
+            _wait(self.fd, select.POLLIN, deadline, timeout)
 
     def close(self) -> None:
         self.q.close()
