@@ -11,9 +11,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import run_python, start_python
 
 from fastipc import sem
+from helpers import run_python, start_python
 
 
 def _sems() -> set[str]:
