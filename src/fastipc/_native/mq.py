@@ -1,4 +1,9 @@
-"""Message-queue operations backed by ``csrc/mq.c``: one C call per user operation."""
+"""Message-queue operations backed by ``csrc/mq.c``: one C call per user operation.
+
+``SEND`` is the C function itself, which :class:`fastipc.mq.MessageQueue` calls directly
+(no Python frame between the public method and C); ``retry_send`` handles what it returns
+when that is not 0. ``Queue.receive`` needs a receive buffer, so it is a Python method.
+"""
 
 from __future__ import annotations
 
@@ -8,15 +13,19 @@ from typing import Any
 
 from fastipc._core import check, ffi, lib
 
-__all__ = ["Queue", "unlink"]
+__all__ = ["SEND", "Queue", "as_buffer", "retry_send", "unlink"]
 
 _EINTR = -errno.EINTR
 _monotonic = time.monotonic
-_send = lib.fipc_mq_send
 _receive = lib.fipc_mq_receive
 _unpack = ffi.unpack
 _new = ffi.new
-_from_buffer = ffi.from_buffer
+
+_PRIO_BITS = lib.FIPC_MQ_PRIO_BITS
+_PRIO_MASK = lib.FIPC_MQ_PRIO_MASK
+
+SEND = lib.fipc_mq_send  # (fd, data, n, priority, timeout, spin) -> 0 or -errno
+as_buffer = ffi.from_buffer
 
 
 def _left(timeout: float, t0: float) -> float:
@@ -27,62 +36,67 @@ def unlink(name: str) -> None:
     check(lib.fipc_mq_unlink(name.encode()), name)
 
 
+def retry_send(fd: int, data: Any, n: int, priority: int, timeout: float, spin: float,
+               t0: float, rc: int, name: str) -> None:
+    """After SEND returned rc != 0: EINTR means the signal handlers have run (one that
+    raises ends the call), so retry with the time that is left (PEP 475); else raise."""
+    while rc == _EINTR:
+        rc = SEND(fd, data, n, priority, _left(timeout, t0), spin)
+    check(rc, name, timeout)
+
+
 class Queue:
     """An open queue descriptor. ``create`` makes it exclusively with the given attributes."""
 
-    __slots__ = ("_pool", "fd", "max_message_size", "name")
+    __slots__ = ("_pool", "h", "max_message_size", "name", "spin")
+    h: int
 
     def __init__(self, name: str, create: bool, mode: int, max_messages: int,
                  max_message_size: int) -> None:
         self.name = name
-        self.fd = check(
+        self.spin = 0.0
+        self.h = check(
             lib.fipc_mq_open(name.encode(), int(create), mode, max_messages, max_message_size),
             name,
         )
-        self.max_message_size = 0
-        self._pool: list[Any] = []  # receive buffers: one per thread receiving at a time
+        # receive buffers: one per thread receiving at the same time
+        self._pool: list[Any] = []
         try:
             self.max_message_size = self.attributes()[1]
         except BaseException:
-            lib.fipc_mq_close(self.fd)
+            lib.fipc_mq_close(self.h)
             raise
+
+    @property
+    def fd(self) -> int:
+        return self.h
 
     def attributes(self) -> tuple[int, int, int]:
         attr = _new("fipc_mq_attr *")
-        check(lib.fipc_mq_getattr(self.fd, attr), self.name)
+        check(lib.fipc_mq_getattr(self.h, attr), self.name)
         return attr.max_messages, attr.max_message_size, attr.current_messages
-
-    def send(self, data: Any, n: int, priority: int, timeout: float) -> None:
-        """data: bytes, or a contiguous byte memoryview of n bytes."""
-        if type(data) is not bytes:
-            data = _from_buffer(data)
-        t0 = _monotonic() if timeout > 0 else 0.0
-        rc = _send(self.fd, data, n, priority, timeout)
-        if rc:
-            # EINTR: the signal handlers have run (a handler that raises ends the call);
-            # retry with the time that is left (PEP 475)
-            while rc == _EINTR:
-                rc = _send(self.fd, data, n, priority, _left(timeout, t0))
-            check(rc, self.name, timeout)
 
     def receive(self, timeout: float) -> tuple[bytes, int]:
         pool = self._pool
         try:
-            buf, prio = pool.pop()
+            buf = pool.pop()
         except IndexError:
-            buf, prio = _new("char[]", self.max_message_size), _new("unsigned int *")
-        try:
-            size = self.max_message_size
-            t0 = _monotonic() if timeout > 0 else 0.0
-            n = _receive(self.fd, buf, size, timeout, prio)
-            if n < 0:
-                while n == _EINTR:
-                    n = _receive(self.fd, buf, size, _left(timeout, t0), prio)
+            buf = _new("char[]", self.max_message_size)
+        t0 = _monotonic() if timeout > 0 else 0.0
+        n = _receive(self.h, buf, self.max_message_size, timeout, self.spin)
+        if n < 0:
+            try:
+                while n == _EINTR:  # PEP 475, as in retry_send
+                    n = _receive(self.h, buf, self.max_message_size, _left(timeout, t0),
+                                 self.spin)
                 check(n, self.name, timeout)
-            return _unpack(buf, n), prio[0]
-        finally:
-            pool.append((buf, prio))
+            except BaseException:
+                pool.append(buf)
+                raise
+        data = _unpack(buf, n >> _PRIO_BITS)
+        pool.append(buf)
+        return data, n & _PRIO_MASK
 
     def close(self) -> None:
         self._pool.clear()
-        check(lib.fipc_mq_close(self.fd), self.name)
+        check(lib.fipc_mq_close(self.h), self.name)

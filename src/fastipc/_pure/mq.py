@@ -13,7 +13,7 @@ import posix_ipc
 from fastipc._core import raise_errno
 from fastipc._pure.pipe import _deadline, _wait
 
-__all__ = ["Queue", "unlink"]
+__all__ = ["SEND", "Queue", "as_buffer", "retry_send", "unlink"]
 
 _Busy = posix_ipc.BusyError
 
@@ -60,8 +60,41 @@ def unlink(name: str) -> None:
         _reraise(exc, name)
 
 
+# posix_ipc runs the Python signal handlers when its blocking call sees EINTR, but replaces
+# an exception raised by a handler with its own SignalError, so a blocking posix_ipc call
+# cannot follow PEP 475. The waits happen in select.poll instead (which does), and posix_ipc
+# is only asked to send or receive without blocking (O_NONBLOCK).
+
+
+def SEND(q: Any, data: Any, n: int, priority: int, timeout: float, spin: float) -> int:
+    """Send one message; 0, or raise (never returns an error code). ``spin`` is ignored."""
+    deadline: Optional[float] = None
+    fd = q.mqd
+    while True:
+        try:
+            q.send(data, priority=priority)
+            return 0
+        except _Busy:
+            pass
+        except (posix_ipc.Error, ValueError) as exc:
+            _reraise(exc, q.name, errno.EBADF, timeout)
+        if timeout == 0:
+            raise_errno(errno.ETIMEDOUT, q.name, timeout)
+        if deadline is None:
+            deadline = _deadline(timeout)
+        _wait(fd, select.POLLOUT, deadline, timeout)
+
+
+def as_buffer(data: Any) -> Any:
+    return data
+
+
+def retry_send(*args: Any) -> None:  # pragma: no cover - SEND raises instead of returning
+    raise AssertionError("unreachable")
+
+
 class Queue:
-    __slots__ = ("fd", "max_message_size", "name", "q")
+    __slots__ = ("fd", "h", "max_message_size", "name", "q", "spin")
 
     def __init__(self, name: str, create: bool, mode: int, max_messages: int,
                  max_message_size: int) -> None:
@@ -78,41 +111,22 @@ class Queue:
         except OSError as exc:
             code = exc.errno or _guess_errno(str(exc))
             raise OSError(code, os.strerror(code), name) from None
+        self.q.block = False  # posix_ipc's calls only try; the waits are _wait's
+        self.h = self.q
         self.fd: int = self.q.mqd
         self.max_message_size: int = self.q.max_message_size
+        self.spin = 0.0
 
     def attributes(self) -> tuple[int, int, int]:
         q = self.q
         return q.max_messages, q.max_message_size, q.current_messages
-
-    # posix_ipc runs the Python signal handlers when its blocking call sees EINTR, but
-    # replaces an exception raised by a handler with its own SignalError, so a blocking
-    # posix_ipc call cannot follow PEP 475. The waits happen in select.poll instead (which
-    # does), and posix_ipc is only asked to send or receive when that will not block.
-
-    def send(self, data: Any, n: int, priority: int, timeout: float) -> None:
-        q = self.q
-        deadline: Optional[float] = None
-        while True:
-            try:
-                q.send(data, 0, priority)
-                return
-            except _Busy:
-                pass
-            except (posix_ipc.Error, ValueError) as exc:
-                _reraise(exc, self.name, errno.EBADF, timeout)
-            if timeout == 0:
-                raise_errno(errno.ETIMEDOUT, self.name, timeout)
-            if deadline is None:
-                deadline = _deadline(timeout)
-            _wait(self.fd, select.POLLOUT, deadline, timeout)
 
     def receive(self, timeout: float) -> tuple[bytes, int]:
         q = self.q
         deadline: Optional[float] = None
         while True:
             try:
-                return q.receive(0)  # type: ignore[no-any-return]
+                return q.receive()  # type: ignore[no-any-return]
             except _Busy:
                 pass
             except (posix_ipc.Error, ValueError) as exc:
