@@ -223,6 +223,43 @@ def test_threads_share_one_queue(queue: mq.MessageQueue) -> None:
     assert sorted(got) == sorted(sent)
 
 
+def test_spin(backend: str, name: str) -> None:
+    """A spinning queue behaves as a sleeping one: same results, same timeouts."""
+    with mq.MessageQueue(name, create=True, spin=0.001, backend=backend, **SMALL) as q:
+        assert q.spin == 0.001
+        timer = threading.Timer(0.05, q.send, (b"spun", 1))
+        timer.start()
+        try:
+            assert q.receive(timeout=10) == (b"spun", 1)
+        finally:
+            timer.join()
+        q.spin = 0.2  # longer than the timeout: the deadline wins
+        t0 = time.monotonic()
+        with pytest.raises(TimeoutError):
+            q.receive(timeout=0.05)
+        assert time.monotonic() - t0 < 0.19
+        with pytest.raises(TimeoutError):
+            q.receive(timeout=0)
+        for _ in range(8):
+            q.send(b"x", timeout=0)
+        with pytest.raises(TimeoutError):
+            q.send(b"x", timeout=0.05)
+        assert q.attributes.current_messages == 8
+        for _ in range(8):
+            q.receive(0)
+        q.unlink()
+
+
+@pytest.mark.parametrize(("bad", "exc"), [(-1, ValueError), (float("inf"), ValueError),
+                                          ("1", TypeError), (None, TypeError)])
+def test_bad_spin(queue: mq.MessageQueue, name: str, bad: object, exc: type) -> None:
+    with pytest.raises(exc):
+        queue.spin = bad  # type: ignore[assignment]
+    with pytest.raises(exc):
+        mq.MessageQueue(name, spin=bad)  # type: ignore[arg-type]
+    assert queue.spin == 0.0
+
+
 # ---------------------------------------------------------------------------- signals
 
 
@@ -439,6 +476,7 @@ def test_closed_queue(backend: str, name: str) -> None:
         lambda: q.fileno(),
         lambda: q.unlink(),
         lambda: q.__enter__(),
+        lambda: q.spin,
         lambda: asyncio.run(q.receive_async(0)),
     ):
         with pytest.raises(ValueError, match="closed"):

@@ -179,6 +179,8 @@ def _as_message(data: Any) -> tuple[Any, int]:
 
 
 def _check_spin(spin: Any) -> float:
+    if spin is None:
+        raise TypeError("spin must be a number of seconds, not None")
     value = check_timeout(spin)
     if value < 0:
         raise ValueError("spin must be a finite number of seconds")
