@@ -111,8 +111,8 @@ def limits() -> Limits:
 
 def _queue_bytes(max_messages: int, max_message_size: int) -> int:
     """What a queue charges to RLIMIT_MSGQUEUE: its messages plus the kernel's bookkeeping
-    (about 48 bytes of msg_msg per message and 40 per priority node; approximate)."""
-    return max_messages * (max_message_size + 48) + min(max_messages, MQ_PRIO_MAX) * 40
+    (about 48 bytes of msg_msg per message and 48 per priority node; approximate)."""
+    return max_messages * (max_message_size + 48) + min(max_messages, MQ_PRIO_MAX) * 48
 
 
 def _limit_error(exc: OSError, name: str, max_messages: int, max_message_size: int) -> OSError:
