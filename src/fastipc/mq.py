@@ -50,6 +50,9 @@ except (ValueError, OSError):  # pragma: no cover - Linux always has it
 
 _PRIO_TOP = MQ_PRIO_MAX - 1
 _monotonic = time.monotonic
+# RECEIVE returns length << _PRIO_BITS | priority (both backends)
+_PRIO_BITS = 16
+_PRIO_MASK = 0xFFFF
 _MAX_LONG = 2**31 - 1
 _PROC = "/proc/sys/fs/mqueue"
 # The kernel's ceilings for a process with CAP_SYS_RESOURCE (include/linux/ipc_namespace.h).
@@ -216,6 +219,7 @@ class MessageQueue:
     ) -> None:
         self._q: Any = None
         self._h: Any = None
+        self._rx: Optional[tuple[Any, ...]] = None
         name = posix_name(name)
         if not isinstance(create, bool):
             raise TypeError(f"create must be a bool, not {type(create).__name__}")
@@ -230,14 +234,21 @@ class MessageQueue:
             if not create:
                 raise
             raise _limit_error(exc, name, max_messages, max_message_size) from None
-        q.spin = self._spin
         self._impl = impl
         self._name = name
         self._max_size: int = q.max_message_size
         self._send = impl.SEND
         self._retry_send = impl.retry_send
         self._as_buffer = impl.as_buffer
+        self._retry_receive = impl.retry_receive
+        self._new_buffer = impl.new_buffer
+        if (impl.PRIO_BITS, impl.PRIO_MASK) != (_PRIO_BITS, _PRIO_MASK):  # pragma: no cover
+            raise ImportError(f"{impl.__name__} packs priorities differently")
+        # receive buffers, reused: one per thread receiving at the same time
+        self._pool: list[Any] = []
         self._q = q
+        # what receive() needs, in one attribute (None once closed)
+        self._rx = (q.h, impl.RECEIVE, self._max_size, self._spin, self._pool, impl.unpack)
         self._h = q.h
 
     # ------------------------------------------------------------------ life cycle
@@ -270,8 +281,9 @@ class MessageQueue:
     def close(self) -> None:
         """Close this process's descriptor; the queue itself stays (see :meth:`unlink`).
         Idempotent."""
-        q, self._q, self._h = self._q, None, None
+        q, self._q, self._h, self._rx = self._q, None, None, None
         if q is not None:
+            self._pool.clear()
             q.close()
 
     def unlink(self) -> None:
@@ -322,8 +334,11 @@ class MessageQueue:
 
     @spin.setter
     def spin(self, value: float) -> None:
-        q = self._open()
-        self._spin = q.spin = _check_spin(value)
+        rx = self._rx
+        if rx is None:
+            raise closed_error("MessageQueue")
+        self._spin = _check_spin(value)
+        self._rx = (*rx[:3], self._spin, *rx[4:])
 
     def send(self, data: Any, priority: int = 0, timeout: Optional[float] = None) -> None:
         """Send ``data`` (bytes-like) as one message with ``priority`` (0 to
@@ -357,10 +372,29 @@ class MessageQueue:
         """The oldest message of the highest priority waiting, as ``(bytes, priority)``:
         exactly the bytes that were sent. Waits while the queue is empty: TimeoutError after
         ``timeout`` seconds (None: forever, 0: do not wait)."""
-        q = self._q
-        if q is None:
+        rx = self._rx
+        if rx is None:
             raise closed_error("MessageQueue")
-        return q.receive(-1.0 if timeout is None else check_timeout(timeout))  # type: ignore[no-any-return]
+        h, receive, size, spin, pool, unpack = rx
+        if timeout is None:
+            t, t0 = -1.0, 0.0
+        else:
+            t = check_timeout(timeout)
+            t0 = _monotonic() if t > 0 else 0.0
+        try:
+            buf = pool.pop()
+        except IndexError:
+            buf = self._new_buffer(size)
+        n = receive(h, buf, size, t, spin)
+        if n < 0:
+            try:
+                n = self._retry_receive(h, buf, size, t, spin, t0, n, self._name)
+            except BaseException:
+                pool.append(buf)
+                raise
+        data = unpack(buf, n >> _PRIO_BITS)
+        pool.append(buf)
+        return data, n & _PRIO_MASK
 
     async def receive_async(self, timeout: Optional[float] = None) -> tuple[bytes, int]:
         """:meth:`receive` for asyncio: waits on the running loop for the descriptor to turn

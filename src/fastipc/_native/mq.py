@@ -1,8 +1,10 @@
 """Message-queue operations backed by ``csrc/mq.c``: one C call per user operation.
 
-``SEND`` is the C function itself, which :class:`fastipc.mq.MessageQueue` calls directly
-(no Python frame between the public method and C); ``retry_send`` handles what it returns
-when that is not 0. ``Queue.receive`` needs a receive buffer, so it is a Python method.
+:class:`fastipc.mq.MessageQueue` calls ``SEND`` and ``RECEIVE`` (the C functions
+themselves, no Python frame in between) and hands any non-zero / negative result to
+``retry_send`` / ``retry_receive``, which retry after EINTR and raise the rest.
+``RECEIVE`` writes into a buffer from ``new_buffer`` and returns
+``length << PRIO_BITS | priority``; ``unpack`` turns the buffer into ``bytes``.
 """
 
 from __future__ import annotations
@@ -13,19 +15,33 @@ from typing import Any
 
 from fastipc._core import check, ffi, lib
 
-__all__ = ["SEND", "Queue", "as_buffer", "retry_send", "unlink"]
+__all__ = [
+    "PRIO_BITS",
+    "PRIO_MASK",
+    "RECEIVE",
+    "SEND",
+    "Queue",
+    "as_buffer",
+    "new_buffer",
+    "retry_receive",
+    "retry_send",
+    "unlink",
+    "unpack",
+]
 
 _EINTR = -errno.EINTR
 _monotonic = time.monotonic
-_receive = lib.fipc_mq_receive
-_unpack = ffi.unpack
-_new = ffi.new
 
-_PRIO_BITS = lib.FIPC_MQ_PRIO_BITS
-_PRIO_MASK = lib.FIPC_MQ_PRIO_MASK
-
+PRIO_BITS: int = lib.FIPC_MQ_PRIO_BITS
+PRIO_MASK: int = lib.FIPC_MQ_PRIO_MASK
 SEND = lib.fipc_mq_send  # (fd, data, n, priority, timeout, spin) -> 0 or -errno
+RECEIVE = lib.fipc_mq_receive  # (fd, buf, size, timeout, spin) -> packed or -errno
 as_buffer = ffi.from_buffer
+unpack = ffi.unpack
+
+
+def new_buffer(size: int) -> Any:
+    return ffi.new("char[]", size)
 
 
 def _left(timeout: float, t0: float) -> float:
@@ -45,22 +61,28 @@ def retry_send(fd: int, data: Any, n: int, priority: int, timeout: float, spin: 
     check(rc, name, timeout)
 
 
-class Queue:
-    """An open queue descriptor. ``create`` makes it exclusively with the given attributes."""
+def retry_receive(fd: int, buf: Any, size: int, timeout: float, spin: float, t0: float,
+                  rc: int, name: str) -> int:
+    """After RECEIVE returned rc < 0: as retry_send; the packed result once it succeeds."""
+    while rc == _EINTR:
+        rc = RECEIVE(fd, buf, size, _left(timeout, t0), spin)
+    return check(rc, name, timeout)
 
-    __slots__ = ("_pool", "h", "max_message_size", "name", "spin")
+
+class Queue:
+    """An open queue descriptor. ``create`` makes it exclusively with the given attributes.
+    ``h`` is what SEND and RECEIVE take: the descriptor."""
+
+    __slots__ = ("h", "max_message_size", "name")
     h: int
 
     def __init__(self, name: str, create: bool, mode: int, max_messages: int,
                  max_message_size: int) -> None:
         self.name = name
-        self.spin = 0.0
         self.h = check(
             lib.fipc_mq_open(name.encode(), int(create), mode, max_messages, max_message_size),
             name,
         )
-        # receive buffers: one per thread receiving at the same time
-        self._pool: list[Any] = []
         try:
             self.max_message_size = self.attributes()[1]
         except BaseException:
@@ -72,31 +94,9 @@ class Queue:
         return self.h
 
     def attributes(self) -> tuple[int, int, int]:
-        attr = _new("fipc_mq_attr *")
+        attr = ffi.new("fipc_mq_attr *")
         check(lib.fipc_mq_getattr(self.h, attr), self.name)
         return attr.max_messages, attr.max_message_size, attr.current_messages
 
-    def receive(self, timeout: float) -> tuple[bytes, int]:
-        pool = self._pool
-        try:
-            buf = pool.pop()
-        except IndexError:
-            buf = _new("char[]", self.max_message_size)
-        t0 = _monotonic() if timeout > 0 else 0.0
-        n = _receive(self.h, buf, self.max_message_size, timeout, self.spin)
-        if n < 0:
-            try:
-                while n == _EINTR:  # PEP 475, as in retry_send
-                    n = _receive(self.h, buf, self.max_message_size, _left(timeout, t0),
-                                 self.spin)
-                check(n, self.name, timeout)
-            except BaseException:
-                pool.append(buf)
-                raise
-        data = _unpack(buf, n >> _PRIO_BITS)
-        pool.append(buf)
-        return data, n & _PRIO_MASK
-
     def close(self) -> None:
-        self._pool.clear()
         check(lib.fipc_mq_close(self.h), self.name)

@@ -13,7 +13,22 @@ import posix_ipc
 from fastipc._core import raise_errno
 from fastipc._pure.pipe import _deadline, _wait
 
-__all__ = ["SEND", "Queue", "as_buffer", "retry_send", "unlink"]
+__all__ = [
+    "PRIO_BITS",
+    "PRIO_MASK",
+    "RECEIVE",
+    "SEND",
+    "Queue",
+    "as_buffer",
+    "new_buffer",
+    "retry_receive",
+    "retry_send",
+    "unlink",
+    "unpack",
+]
+
+PRIO_BITS = 16
+PRIO_MASK = 0xFFFF
 
 _Busy = posix_ipc.BusyError
 
@@ -89,12 +104,47 @@ def as_buffer(data: Any) -> Any:
     return data
 
 
-def retry_send(*args: Any) -> None:  # pragma: no cover - SEND raises instead of returning
+def RECEIVE(q: Any, buf: list[bytes], size: int, timeout: float, spin: float) -> int:
+    """Receive one message into ``buf`` (a one-slot list from new_buffer: the bytes
+    themselves, which posix_ipc returns); ``length << PRIO_BITS | priority``, or raise.
+    ``spin`` is ignored."""
+    deadline: Optional[float] = None
+    while True:
+        try:
+            data, priority = q.receive()
+            buf[0] = data
+            return len(data) << PRIO_BITS | priority  # type: ignore[no-any-return]
+        except _Busy:
+            pass
+        except (posix_ipc.Error, ValueError) as exc:
+            _reraise(exc, q.name, errno.EBADF, timeout)
+        if timeout == 0:
+            raise_errno(errno.ETIMEDOUT, q.name, timeout)
+        if deadline is None:
+            deadline = _deadline(timeout)
+        _wait(q.mqd, select.POLLIN, deadline, timeout)
+
+
+def new_buffer(size: int) -> list[bytes]:
+    return [b""]
+
+
+def unpack(buf: list[bytes], n: int) -> bytes:
+    return buf[0]
+
+
+def retry_send(*args: Any) -> None:  # pragma: no cover - SEND raises instead of failing
+    raise AssertionError("unreachable")
+
+
+def retry_receive(*args: Any) -> int:  # pragma: no cover - RECEIVE raises instead of failing
     raise AssertionError("unreachable")
 
 
 class Queue:
-    __slots__ = ("fd", "h", "max_message_size", "name", "q", "spin")
+    """An open posix_ipc queue; ``h`` is what SEND and RECEIVE take: the queue object."""
+
+    __slots__ = ("fd", "h", "max_message_size", "name", "q")
 
     def __init__(self, name: str, create: bool, mode: int, max_messages: int,
                  max_message_size: int) -> None:
@@ -115,27 +165,10 @@ class Queue:
         self.h = self.q
         self.fd: int = self.q.mqd
         self.max_message_size: int = self.q.max_message_size
-        self.spin = 0.0
 
     def attributes(self) -> tuple[int, int, int]:
         q = self.q
         return q.max_messages, q.max_message_size, q.current_messages
-
-    def receive(self, timeout: float) -> tuple[bytes, int]:
-        q = self.q
-        deadline: Optional[float] = None
-        while True:
-            try:
-                return q.receive()  # type: ignore[no-any-return]
-            except _Busy:
-                pass
-            except (posix_ipc.Error, ValueError) as exc:
-                _reraise(exc, self.name, errno.EBADF, timeout)
-            if timeout == 0:
-                raise_errno(errno.ETIMEDOUT, self.name, timeout)
-            if deadline is None:
-                deadline = _deadline(timeout)
-            _wait(self.fd, select.POLLIN, deadline, timeout)
 
     def close(self) -> None:
         self.q.close()
