@@ -617,6 +617,40 @@ def test_reader_started_before_writer_waits(cross: tuple[str, str], name: str) -
     assert out.split() == ["late", "2"]
 
 
+def test_writer_killed_mid_stream(cross: tuple[str, str], name: str) -> None:
+    """A writer killed while blocked on a full queue leaves whole messages only, in order."""
+    writer, reader = cross
+    code = """
+        import sys
+        from fastipc import mq
+        with mq.MessageQueue(sys.argv[1], backend=sys.argv[2]) as q:
+            for i in range(1000):
+                q.send(b"%d:" % i + bytes(100), timeout=30)
+                if i == 7:
+                    print("full", flush=True)
+    """
+    with mq.MessageQueue(name, create=True, backend=reader, **SMALL) as q:
+        p = start_python(code, name, writer)
+        try:
+            assert p.stdout is not None
+            assert p.stdout.readline() == "full\n"  # 8 sent; the 9th blocks on the full queue
+            time.sleep(0.1)
+            p.kill()
+            p.communicate(timeout=30)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+        got = []
+        while True:
+            try:
+                got.append(q.receive(timeout=0)[0])
+            except TimeoutError:
+                break
+        q.unlink()
+    assert got == [b"%d:" % i + bytes(100) for i in range(8)]
+
+
 def test_reader_times_out_without_writer(backend: str, name: str) -> None:
     code = """
         import sys, time
