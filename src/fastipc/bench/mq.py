@@ -12,7 +12,9 @@ What is measured, each trial in a fresh pair of processes pinned to separate cor
 - ``sem ping-pong`` (µs per round trip): two named semaphores, the parent releases one and
   acquires the other, the child the reverse.
 
-Implementations: fastipc native and pure (both processes on the same backend),
+Implementations: fastipc native and pure (both processes on the same backend; one more
+ping-pong row with ``spin=50e-6``, where each side polls the queue for up to 50 µs before it
+sleeps, so that the answer finds it awake),
 ``posix_ipc`` used directly, ``multiprocessing.Queue`` and ``faster_fifo.Queue`` (they pickle
 and carry Python objects: the peers a Python user would otherwise pick for a message
 queue), and plain C programs (``bench/c/mq_pingpong.c``, ``mq_stream.c``,
@@ -120,17 +122,17 @@ def _stream(one: Callable[[], tuple[Any, Any, Callable[[], None]]], n: int) -> f
 # ---------------------------------------------------------------------------- the queues
 
 
-def _fastipc_queue(backend: str) -> Any:
+def _fastipc_queue(backend: str, spin: float = 0.0) -> Any:
     from fastipc import mq
 
     q = mq.MessageQueue(_name("mq"), create=True, max_messages=DEPTH, max_message_size=64,
-                        backend=backend)
+                        spin=spin, backend=backend)
     q.unlink()  # the two processes share the open descriptor; nothing to leave behind
     return q
 
 
-def _fastipc_pair(backend: str) -> Any:
-    a, b = _fastipc_queue(backend), _fastipc_queue(backend)
+def _fastipc_pair(backend: str, spin: float = 0.0) -> Any:
+    a, b = _fastipc_queue(backend, spin), _fastipc_queue(backend, spin)
 
     def cleanup() -> None:
         a.close()
@@ -260,6 +262,8 @@ def cases(quick: bool) -> list[Case]:
     return [
         Case("mq", pp, native, "us", partial(_pingpong, partial(_fastipc_pair, "native"), rounds)),
         Case("mq", pp, pure, "us", partial(_pingpong, partial(_fastipc_pair, "pure"), rounds)),
+        Case("mq", pp, "fastipc native, spin=50µs", "us",
+             partial(_pingpong, partial(_fastipc_pair, "native", 50e-6), rounds)),
         Case("mq", pp, "posix_ipc", "us", partial(_pingpong, _posix_ipc_pair, rounds)),
         Case("mq", pp, "multiprocessing.Queue", "us", partial(_pingpong, _mp_pair, rounds)),
         Case("mq", pp, "faster-fifo", "us", partial(_pingpong, _ff_pair, rounds)),
