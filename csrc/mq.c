@@ -4,8 +4,9 @@
  * the next mq_send hands the message straight to it (the kernel's pipelined send), which is
  * measurably quicker than sleeping in ppoll and receiving once woken. mq_timed* take an
  * absolute CLOCK_REALTIME time: the deadline is kept on CLOCK_MONOTONIC and converted at the
- * last moment. A timeout of 0 passes an expired deadline: the kernel then fails at once if
- * the queue is empty (or full) instead of sleeping.
+ * last moment. A timeout of 0 first polls the descriptor (an expired deadline would fail
+ * only after a trip through the scheduler), then passes an expired deadline, so that the
+ * call cannot sleep even when another process empties (or fills) the queue in between.
  *
  * Before sleeping, a caller may spin for up to `spin` seconds, polling the descriptor without
  * waiting: a sleeping peer costs the other side a wake-up (and itself a context switch) on
@@ -33,6 +34,15 @@ static struct timespec *realtime_at(int64_t deadline, struct timespec *ts)
         ts->tv_nsec -= 1000000000;
     }
     return ts;
+}
+
+/* timeout 0: is the queue ready at all? An expired mq_timed* deadline fails only after a
+ * trip through the scheduler (about 20 µs); poll answers at once. 1 ready, 0 not, -errno. */
+static int ready_now(int mqd, short events)
+{
+    struct pollfd p = {.fd = mqd, .events = events};
+    int rc = poll(&p, 1, 0);
+    return rc < 0 ? -errno : rc;
 }
 
 /* Poll the descriptor without sleeping until it is ready for `events`, for at most `spin`
@@ -92,8 +102,13 @@ int fipc_mq_send(int mqd, const char *buf, size_t len, unsigned int priority, do
                  double spin)
 {
     int64_t deadline = fipc_deadline(timeout);
-    if (spin > 0 && timeout != 0)
+    if (timeout == 0) {
+        int ready = ready_now(mqd, POLLOUT);
+        if (ready <= 0)
+            return ready < 0 ? ready : -ETIMEDOUT;
+    } else if (spin > 0) {
         spin_wait(mqd, POLLOUT, spin, deadline);
+    }
     struct timespec ts;
     int rc;
     if (deadline < 0)
@@ -111,8 +126,13 @@ int64_t fipc_mq_receive(int mqd, char *buf, size_t cap, double timeout, double s
 {
     unsigned int prio = 0;
     int64_t deadline = fipc_deadline(timeout);
-    if (spin > 0 && timeout != 0)
+    if (timeout == 0) {
+        int ready = ready_now(mqd, POLLIN);
+        if (ready <= 0)
+            return ready < 0 ? ready : -ETIMEDOUT;
+    } else if (spin > 0) {
         spin_wait(mqd, POLLIN, spin, deadline);
+    }
     struct timespec ts;
     ssize_t n;
     if (deadline < 0)
