@@ -323,7 +323,8 @@ class MessageQueue:
 
     @property
     def spin(self) -> float:
-        """Seconds a blocked send or receive keeps retrying before it sleeps (default 0).
+        """Seconds a send or receive that has to wait polls the queue before it sleeps
+        (default 0).
 
         A process sleeping on a queue costs the one that wakes it a few microseconds per
         message (more than the message itself); spinning for a little longer than the peer
