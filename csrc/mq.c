@@ -50,6 +50,8 @@ static int ready_now(int mqd, short events)
  * one blocking call: readiness here is only a hint, another process may be quicker. */
 static void spin_wait(int mqd, short events, double spin, int64_t deadline)
 {
+    if (spin > 1.0) /* never spin for longer than a second (and never overflow below) */
+        spin = 1.0;
     int64_t end = fipc_now_ns() + (int64_t)(spin * 1e9);
     if (deadline >= 0 && end > deadline)
         end = deadline;

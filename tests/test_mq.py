@@ -251,6 +251,7 @@ def test_spin(backend: str, name: str) -> None:
 
 
 @pytest.mark.parametrize(("bad", "exc"), [(-1, ValueError), (float("inf"), ValueError),
+                                          (1.5, ValueError), (float("nan"), ValueError),
                                           ("1", TypeError), (None, TypeError)])
 def test_bad_spin(queue: mq.MessageQueue, name: str, bad: object, exc: type) -> None:
     with pytest.raises(exc):

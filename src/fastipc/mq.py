@@ -185,8 +185,8 @@ def _check_spin(spin: Any) -> float:
     if spin is None:
         raise TypeError("spin must be a number of seconds, not None")
     value = check_timeout(spin)
-    if value < 0:
-        raise ValueError("spin must be a finite number of seconds")
+    if not 0 <= value <= 1:
+        raise ValueError(f"spin must be between 0 and 1 second, not {spin!r}")
     return value
 
 
