@@ -22,22 +22,24 @@
 enum {
     FIPC_EOF = -1000,       /* the peer closed: end of stream */
     FIPC_TOOBIG = -1001,    /* a length read from the peer exceeds the allowed maximum */
-    FIPC_CORRUPT = -1002    /* a header or frame read from shared memory is inconsistent */
+    FIPC_CORRUPT = -1002,   /* a header or frame read from shared memory is inconsistent */
+    FIPC_LARGE = -1003      /* a frame larger than the read-ahead buffer (fipc_pipe_recv) */
 };
 
 /* ---- pipe.c: anonymous pipes, FIFOs, framed messages ---- */
 typedef struct fipc_rbuf {
-    char *data;         /* read-ahead buffer, owned by C (fipc_rbuf_free) */
+    char *data;         /* read-ahead buffer, owned by C (fipc_rbuf_free); 64 KiB, grown up
+                           to 4 MiB for one frame, larger frames go to FIPC_LARGE */
     size_t cap;
     size_t start;       /* first unread byte */
     size_t end;         /* one past the last byte read from the fd */
-    size_t base_cap;    /* capacity to shrink back to after a large message */
+    uint32_t large;     /* length of the frame announced by FIPC_LARGE */
 } fipc_rbuf;
 
 int fipc_pipe_open(int fds[2], int size);
 int fipc_pipe_set_size(int fd, int size);
 int fipc_pipe_get_size(int fd);
-fipc_rbuf *fipc_rbuf_new(size_t cap);
+fipc_rbuf *fipc_rbuf_new(void);
 void fipc_rbuf_free(fipc_rbuf *rb);
 /* Write all of buf (pipe_write) or one frame, a 4-byte big-endian length then buf
  * (pipe_send), starting at byte `offset` of what is to be written, so that a call
@@ -48,14 +50,26 @@ int64_t fipc_pipe_write(int fd, const char *buf, size_t len, size_t offset, doub
                         int guard, size_t *written);
 int64_t fipc_pipe_send(int fd, const char *buf, size_t len, size_t offset, double timeout,
                        int guard, size_t *written);
+/* `count` frames whose payloads lie back to back in `payload`, with lengths `lens`, in one
+ * write (several if the pipe fills up); resumable like fipc_pipe_send. */
+int64_t fipc_pipe_send_many(int fd, const char *payload, size_t payload_len,
+                            const uint32_t *lens, size_t count, size_t offset, double timeout,
+                            int guard, size_t *written);
+/* Like fipc_pipe_recv, then up to max_count - 1 more frames already buffered, without
+ * waiting: returns the count; payload i spans [spans[2i], spans[2i+1]) of rb->data. */
+int64_t fipc_pipe_recv_many(int fd, fipc_rbuf *rb, uint32_t max_size, double timeout,
+                            uint32_t *spans, size_t max_count);
+int64_t fipc_pipe_recv_into(int fd, fipc_rbuf *rb, char *out, size_t n, size_t *got,
+                            double timeout);
 /* Raw read: up to n bytes, read ahead into rb; *data points at them (valid until the next
  * call). 0 at end of stream. */
 int64_t fipc_pipe_read(int fd, fipc_rbuf *rb, size_t n, double timeout, char **data);
 /* One frame: its length, with *msg pointing at its payload inside rb (valid until the next
  * call); FIPC_EOF at end of stream (a frame cut short is dropped), FIPC_TOOBIG for a length
- * over max_size. Before sleeping for input, spin for up to `spin` seconds. */
-int64_t fipc_pipe_recv(int fd, fipc_rbuf *rb, uint32_t max_size, double timeout, double spin,
-                       char **msg);
+ * over max_size, FIPC_LARGE for a frame larger than the buffer: its header is consumed, its
+ * length is in rb->large, and fipc_pipe_recv_into receives its payload into Python's memory.
+ */
+int64_t fipc_pipe_recv(int fd, fipc_rbuf *rb, uint32_t max_size, double timeout, char **msg);
 int fipc_fifo_writer_present(int fd);
 
 /* ---- signals.c: signals carrying a value ---- */
@@ -124,5 +138,7 @@ int64_t fipc_deadline(double timeout);
 struct timespec *fipc_remaining(int64_t deadline, struct timespec *ts);
 /* wait until fd is ready for events or the deadline passes: 0, -ETIMEDOUT or -errno */
 int fipc_wait_fd(int fd, short events, int64_t deadline);
+/* advise transparent huge pages for a large buffer about to be filled (a hint only) */
+void fipc_hint_hugepages(void *p, size_t n);
 
 #endif

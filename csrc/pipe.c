@@ -14,6 +14,10 @@
 #include <unistd.h>
 
 #define FRAME_HEADER 4
+#define SMALL_FRAME 4096 /* PIPE_BUF: frames up to this size are written atomically */
+#define RBUF_BASE (64 * 1024)      /* read-ahead buffer */
+#define RBUF_MAX (4 * 1024 * 1024) /* it grows up to this for one frame; larger frames are
+                                      received straight into the message (FIPC_LARGE) */
 
 int fipc_pipe_open(int fds[2], int size)
 {
@@ -113,7 +117,9 @@ static int64_t write_iov(int fd, struct iovec *iov, int cnt, size_t offset, doub
     sigpipe_guard g;
     guard_enter(&g, guard);
     while (done < total) {
-        ssize_t n = writev(fd, iov + first, cnt - first);
+        /* write() is measurably cheaper than writev() for one buffer */
+        ssize_t n = cnt - first == 1 ? write(fd, iov[first].iov_base, iov[first].iov_len)
+                                     : writev(fd, iov + first, cnt - first);
         if (n > 0) {
             done += (size_t)n;
             size_t adv = (size_t)n;
@@ -158,16 +164,57 @@ int64_t fipc_pipe_send(int fd, const char *buf, size_t len, size_t offset, doubl
     unsigned char header[FRAME_HEADER] = {
         (unsigned char)(len >> 24), (unsigned char)(len >> 16),
         (unsigned char)(len >> 8), (unsigned char)len};
+    if (len <= SMALL_FRAME - FRAME_HEADER) {
+        /* one contiguous write: cheaper than writev, and atomic (<= PIPE_BUF) */
+        char frame[SMALL_FRAME];
+        memcpy(frame, header, FRAME_HEADER);
+        if (len)
+            memcpy(frame + FRAME_HEADER, buf, len);
+        struct iovec iov[1] = {{frame, FRAME_HEADER + len}};
+        return write_iov(fd, iov, 1, offset, timeout, guard, written);
+    }
     struct iovec iov[2] = {{header, FRAME_HEADER}, {(void *)buf, len}};
-    return write_iov(fd, iov, len ? 2 : 1, offset, timeout, guard, written);
+    return write_iov(fd, iov, 2, offset, timeout, guard, written);
 }
 
-/* ---- the reading side ---- */
-
-fipc_rbuf *fipc_rbuf_new(size_t cap)
+int64_t fipc_pipe_send_many(int fd, const char *payload, size_t payload_len,
+                            const uint32_t *lens, size_t count, size_t offset, double timeout,
+                            int guard, size_t *written)
 {
-    if (cap < 4096)
-        cap = 4096;
+    size_t body = 0;
+    for (size_t i = 0; i < count; i++)
+        body += lens[i];
+    if (body != payload_len || count > (SIZE_MAX - body) / FRAME_HEADER)
+        return -EINVAL;
+    size_t total = body + FRAME_HEADER * count;
+    char small[SMALL_FRAME];
+    char *frames = total <= sizeof small ? small : malloc(total);
+    if (!frames)
+        return -ENOMEM;
+    char *p = frames;
+    for (size_t i = 0; i < count; i++) {
+        uint32_t n = lens[i];
+        unsigned char header[FRAME_HEADER] = {(unsigned char)(n >> 24), (unsigned char)(n >> 16),
+                                              (unsigned char)(n >> 8), (unsigned char)n};
+        memcpy(p, header, FRAME_HEADER);
+        if (n)
+            memcpy(p + FRAME_HEADER, payload, n);
+        p += FRAME_HEADER + n;
+        payload += n;
+    }
+    struct iovec iov[1] = {{frames, total}};
+    int64_t rc = write_iov(fd, iov, 1, offset, timeout, guard, written);
+    if (frames != small)
+        free(frames);
+    return rc;
+}
+
+/* ---- the reading side: a fixed read-ahead buffer; frames that do not fit in it are
+ * received straight into the message Python allocated (no growth, no second copy) ---- */
+
+fipc_rbuf *fipc_rbuf_new(void)
+{
+    size_t cap = RBUF_BASE;
     fipc_rbuf *rb = calloc(1, sizeof *rb);
     if (!rb)
         return NULL;
@@ -176,7 +223,7 @@ fipc_rbuf *fipc_rbuf_new(size_t cap)
         free(rb);
         return NULL;
     }
-    rb->cap = rb->base_cap = cap;
+    rb->cap = cap;
     return rb;
 }
 
@@ -188,21 +235,24 @@ void fipc_rbuf_free(fipc_rbuf *rb)
     }
 }
 
-/* Make room for `need` bytes from rb->start on: move the unread bytes to the front, and
- * grow the buffer if that is not enough. */
-static int rbuf_reserve(fipc_rbuf *rb, size_t need)
+/* Move the unread bytes to the front of the buffer. */
+static void rbuf_compact(fipc_rbuf *rb)
 {
     size_t avail = rb->end - rb->start;
-    if (rb->start > 0 && rb->cap - rb->start < need) {
+    if (rb->start > 0) {
         memmove(rb->data, rb->data + rb->start, avail);
         rb->start = 0;
         rb->end = avail;
     }
-    if (rb->cap - rb->start >= need)
-        return 0;
+}
+
+/* Grow the buffer to hold one frame of `need` bytes (need <= RBUF_MAX). */
+static int rbuf_grow(fipc_rbuf *rb, size_t need)
+{
+    rbuf_compact(rb);
     size_t cap = rb->cap;
     while (cap < need)
-        cap = cap > SIZE_MAX / 2 ? need : cap * 2;
+        cap *= 2;
     char *data = realloc(rb->data, cap);
     if (!data)
         return -ENOMEM;
@@ -211,26 +261,22 @@ static int rbuf_reserve(fipc_rbuf *rb, size_t need)
     return 0;
 }
 
-/* An empty buffer that grew for one large message goes back to its normal size. */
-static void rbuf_settle(fipc_rbuf *rb)
-{
-    if (rb->start != rb->end)
-        return;
-    rb->start = rb->end = 0;
-    if (rb->cap > 4 * rb->base_cap) {
-        char *data = realloc(rb->data, rb->base_cap);
-        if (data) {
-            rb->data = data;
-            rb->cap = rb->base_cap;
-        }
-    }
-}
-
-/* One read() into the free space: >0 bytes, 0 at EOF, or -errno (EAGAIN: nothing yet). */
+/* One read() into the free space: >0 bytes, 0 at EOF, or -errno (-EAGAIN: nothing yet).
+ * An empty buffer that grew for one frame goes back to its normal size first. */
 static ssize_t rbuf_fill(int fd, fipc_rbuf *rb)
 {
-    if (rb->end == rb->cap && rbuf_reserve(rb, rb->end - rb->start + 1) < 0)
-        return -ENOMEM;
+    if (rb->start == rb->end) {
+        rb->start = rb->end = 0;
+        if (rb->cap > RBUF_BASE) {
+            char *data = realloc(rb->data, RBUF_BASE);
+            if (data) {
+                rb->data = data;
+                rb->cap = RBUF_BASE;
+            }
+        }
+    } else if (rb->end == rb->cap) {
+        rbuf_compact(rb);
+    }
     ssize_t n = read(fd, rb->data + rb->end, rb->cap - rb->end);
     if (n < 0)
         return -errno;
@@ -238,38 +284,19 @@ static ssize_t rbuf_fill(int fd, fipc_rbuf *rb)
     return n;
 }
 
-/* Wait for input: spin on non-blocking reads for up to `spin` seconds (a sleeping reader
- * costs the writer a wake-up on every write), then sleep in ppoll until the deadline. */
-static int wait_readable(int fd, fipc_rbuf *rb, double timeout, double spin, int64_t *deadline,
-                         ssize_t *got)
+static uint32_t frame_len(const char *p)
 {
-    if (*deadline == -2)
-        *deadline = fipc_deadline(timeout);
-    if (spin > 0) {
-        int64_t spin_end = fipc_now_ns() + (int64_t)(spin * 1e9);
-        if (*deadline >= 0 && spin_end > *deadline)
-            spin_end = *deadline;
-        while (fipc_now_ns() < spin_end) {
-            ssize_t n = rbuf_fill(fd, rb);
-            if (n != -EAGAIN) {
-                *got = n;
-                return 1;
-            }
-        }
-    }
-    return fipc_wait_fd(fd, POLLIN, *deadline);
+    const unsigned char *h = (const unsigned char *)p;
+    return (uint32_t)h[0] << 24 | (uint32_t)h[1] << 16 | (uint32_t)h[2] << 8 | h[3];
 }
 
-int64_t fipc_pipe_recv(int fd, fipc_rbuf *rb, uint32_t max_size, double timeout, double spin,
-                       char **msg)
+int64_t fipc_pipe_recv(int fd, fipc_rbuf *rb, uint32_t max_size, double timeout, char **msg)
 {
     int64_t deadline = -2;
-    rbuf_settle(rb);
     for (;;) {
         size_t avail = rb->end - rb->start;
         if (avail >= FRAME_HEADER) {
-            const unsigned char *h = (const unsigned char *)rb->data + rb->start;
-            uint32_t len = (uint32_t)h[0] << 24 | (uint32_t)h[1] << 16 | (uint32_t)h[2] << 8 | h[3];
+            uint32_t len = frame_len(rb->data + rb->start);
             if (len > max_size)
                 return FIPC_TOOBIG;
             size_t frame = FRAME_HEADER + (size_t)len;
@@ -278,16 +305,26 @@ int64_t fipc_pipe_recv(int fd, fipc_rbuf *rb, uint32_t max_size, double timeout,
                 rb->start += frame;
                 return len;
             }
-            if (rb->cap - rb->start < frame && rbuf_reserve(rb, frame) < 0)
-                return -ENOMEM;
+            if (frame > RBUF_MAX) {
+                rb->start += FRAME_HEADER;
+                rb->large = len;
+                return FIPC_LARGE;
+            }
+            if (frame > rb->cap) {
+                if (rbuf_grow(rb, frame) < 0)
+                    return -ENOMEM;
+            } else if (rb->cap - rb->start < frame) {
+                rbuf_compact(rb);
+            }
         }
         ssize_t n = rbuf_fill(fd, rb);
         while (n == -EAGAIN) {
-            int rc = wait_readable(fd, rb, timeout, spin, &deadline, &n);
+            if (deadline == -2)
+                deadline = fipc_deadline(timeout);
+            int rc = fipc_wait_fd(fd, POLLIN, deadline);
             if (rc < 0)
                 return rc;
-            if (rc == 0)
-                n = rbuf_fill(fd, rb);
+            n = rbuf_fill(fd, rb);
         }
         if (n == 0)
             return FIPC_EOF; /* a frame cut short by the writer's end is dropped */
@@ -296,10 +333,65 @@ int64_t fipc_pipe_recv(int fd, fipc_rbuf *rb, uint32_t max_size, double timeout,
     }
 }
 
+int64_t fipc_pipe_recv_many(int fd, fipc_rbuf *rb, uint32_t max_size, double timeout,
+                            uint32_t *spans, size_t max_count)
+{
+    char *msg;
+    int64_t len = fipc_pipe_recv(fd, rb, max_size, timeout, &msg);
+    if (len < 0 || max_count == 0)
+        return len < 0 ? len : 0;
+    spans[0] = (uint32_t)(msg - rb->data);
+    spans[1] = spans[0] + (uint32_t)len;
+    size_t count = 1;
+    /* then every whole frame already buffered; the buffer does not move meanwhile */
+    while (count < max_count && rb->end - rb->start >= FRAME_HEADER) {
+        uint32_t n = frame_len(rb->data + rb->start);
+        size_t frame = FRAME_HEADER + (size_t)n;
+        if (n > max_size || rb->end - rb->start < frame)
+            break; /* an oversized frame is reported by the next call */
+        spans[2 * count] = (uint32_t)(rb->start + FRAME_HEADER);
+        spans[2 * count + 1] = (uint32_t)(rb->start + frame);
+        rb->start += frame;
+        count++;
+    }
+    return (int64_t)count;
+}
+
+int64_t fipc_pipe_recv_into(int fd, fipc_rbuf *rb, char *out, size_t n, size_t *got,
+                            double timeout)
+{
+    int64_t deadline = -2;
+    if (*got == 0)
+        fipc_hint_hugepages(out, n); /* fewer page faults on the fresh message */
+    size_t avail = rb->end - rb->start;
+    if (avail > 0 && *got < n) {
+        size_t take = avail < n - *got ? avail : n - *got;
+        memcpy(out + *got, rb->data + rb->start, take);
+        rb->start += take;
+        *got += take;
+    }
+    while (*got < n) {
+        ssize_t r = read(fd, out + *got, n - *got);
+        if (r > 0) {
+            *got += (size_t)r;
+        } else if (r == 0) {
+            return FIPC_EOF;
+        } else if (errno == EAGAIN) {
+            if (deadline == -2)
+                deadline = fipc_deadline(timeout);
+            int rc = fipc_wait_fd(fd, POLLIN, deadline);
+            if (rc < 0)
+                return rc;
+        } else {
+            return -errno;
+        }
+    }
+    return (int64_t)n;
+}
+
 int64_t fipc_pipe_read(int fd, fipc_rbuf *rb, size_t n, double timeout, char **data)
 {
     int64_t deadline = -2;
-    rbuf_settle(rb);
     while (rb->start == rb->end) {
         ssize_t got = rbuf_fill(fd, rb);
         if (got == 0)

@@ -8,7 +8,9 @@ import textwrap
 from typing import Any
 
 
-def run_python(code: str, *args: str, timeout: float = 60, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+def run_python(
+    code: str, *args: str, timeout: float = 60, **kwargs: Any
+) -> subprocess.CompletedProcess[str]:
     """Run ``code`` in a fresh Python process (another process doing X); return its result."""
     return subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code), *args],

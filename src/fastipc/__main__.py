@@ -19,8 +19,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fastipc", description="Linux IPC for Python: benchmarks, housekeeping and demos."
     )
-    parser.add_argument("--backend", choices=["native", "pure", "auto"], default=None,
-                        help="backend for the demos (default: FASTIPC_BACKEND or auto)")
+    parser.add_argument(
+        "--backend",
+        choices=["native", "pure", "auto"],
+        default=None,
+        help="backend for the demos (default: FASTIPC_BACKEND or auto)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for group in GROUPS:
@@ -31,6 +35,14 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         module.register(sub)
+    for command in sub.choices.values():  # `fastipc pipe --backend pure` works too
+        if not any("--backend" in a.option_strings for a in command._actions):
+            command.add_argument(
+                "--backend",
+                choices=["native", "pure", "auto"],
+                default=argparse.SUPPRESS,
+                help=argparse.SUPPRESS,
+            )
     return parser
 
 

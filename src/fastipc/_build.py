@@ -35,7 +35,12 @@ def _flags() -> list[str]:
     else:
         flags += ["-O2", "-Werror"]
     if os.environ.get("FASTIPC_SANITIZE") == "1":
-        flags += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-g"]
+        flags += [
+            "-fsanitize=address,undefined",
+            "-fno-sanitize-recover=undefined",
+            "-fno-omit-frame-pointer",
+            "-g",
+        ]
     return flags
 
 

@@ -22,16 +22,17 @@ __all__ = [
     "closed_error",
     "native",
     "ops",
+    "posix_name",
     "raise_errno",
     "resolve_backend",
     "shm_name",
-    "posix_name",
 ]
 
 # Status codes of csrc/fastipc.h that are not errno values.
 FIPC_EOF = -1000
 FIPC_TOOBIG = -1001
 FIPC_CORRUPT = -1002
+FIPC_LARGE = -1003
 
 try:
     from fastipc import _fastipc as _ext  # type: ignore[attr-defined]
@@ -48,9 +49,7 @@ except ImportError as exc:  # no compiled module: a source tree, or an unsupport
 def _default_backend() -> str:
     wanted = os.environ.get("FASTIPC_BACKEND", "auto").strip().lower() or "auto"
     if wanted not in ("native", "pure", "auto"):
-        raise ImportError(
-            f"FASTIPC_BACKEND={wanted!r} is not one of 'native', 'pure' or 'auto'"
-        )
+        raise ImportError(f"FASTIPC_BACKEND={wanted!r} is not one of 'native', 'pure' or 'auto'")
     if wanted == "native" and NATIVE_ERROR is not None:
         raise ImportError(
             f"FASTIPC_BACKEND=native, but fastipc._fastipc cannot be loaded ({NATIVE_ERROR})"
@@ -103,9 +102,7 @@ def native() -> tuple[Any, Any]:
 # ---------------------------------------------------------------------------- errors
 
 
-def raise_errno(
-    code: int, name: Optional[str] = None, timeout: Optional[float] = None
-) -> NoReturn:
+def raise_errno(code: int, name: Optional[str] = None, timeout: Optional[float] = None) -> NoReturn:
     """Raise the exception for ``code``: a positive errno, or a negative FIPC_* status."""
     if code == FIPC_EOF:
         raise EOFError(f"{name}: the peer closed the channel" if name else "end of stream")

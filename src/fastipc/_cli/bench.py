@@ -7,8 +7,9 @@ from typing import Any
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("bench", help="print the benchmark table (see `fastipc bench --help`)",
-                       add_help=False)
+    p = sub.add_parser(
+        "bench", help="print the benchmark table (see `fastipc bench --help`)", add_help=False
+    )
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(func=run)
 

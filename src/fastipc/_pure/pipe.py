@@ -63,7 +63,7 @@ def writer_present(fd: int) -> bool:
         os.close(r)
         os.close(w)
     if n >= 0:
-        return n > 0
+        return bool(n > 0)
     if err == errno.EAGAIN:
         return True
     raise OSError(err, os.strerror(err))
@@ -122,6 +122,14 @@ class Writer:
         else:
             self._write_all([memoryview(_HEADER.pack(n)), view], timeout)
 
+    def send_many(self, messages: list[Any], timeout: float) -> None:
+        frames: list[Any] = []
+        for m in messages:
+            view = as_view(m)
+            frames.append(_HEADER.pack(len(view)))
+            frames.append(view)
+        self._write_all([b"".join(frames)], timeout)
+
     def _write_all(self, parts: list[Any], timeout: float) -> None:
         deadline = _deadline(timeout)
         done = 0
@@ -145,7 +153,7 @@ class Writer:
                 signal.sigtimedwait(_SIGPIPE, 0)  # consume the SIGPIPE the write raised
             raise
         except OSError as exc:
-            exc.characters_written = done
+            exc.characters_written = done  # type: ignore[attr-defined]
             raise
         finally:
             if old is not None:
@@ -156,26 +164,27 @@ class Writer:
 
 
 class Reader:
-    """Reads ahead into a buffer and splits 4-byte big-endian length frames."""
+    """Reads ahead into a fixed buffer and splits 4-byte big-endian length frames; a frame
+    larger than the buffer is received straight into its own bytearray (as the C reader)."""
 
-    __slots__ = ("_buf", "_end", "_start", "fd", "max_message_size", "spin")
+    __slots__ = ("_buf", "_end", "_got", "_pending", "_start", "fd", "max_message_size")
 
-    def __init__(self, fd: int, max_message_size: int, spin: float) -> None:
+    def __init__(self, fd: int, max_message_size: int) -> None:
         self.fd = fd
         self.max_message_size = max_message_size
-        self.spin = spin
         self._buf = bytearray(65536)
         self._start = self._end = 0
+        self._pending: Optional[bytearray] = None
+        self._got = 0
 
-    def _fill(self, need: int, deadline: float, timeout: float) -> int:
-        """Read once into the buffer, with room for ``need`` unread bytes; 0 at EOF."""
+    def _fill(self, deadline: float, timeout: float) -> int:
+        """Read once into the free end of the buffer: the byte count, 0 at end of stream."""
         buf, start, end = self._buf, self._start, self._end
-        if len(buf) - start < need or end == len(buf):
+        if start == end:
+            self._start = self._end = start = end = 0
+        elif end == len(buf):
             buf[: end - start] = buf[start:end]
-            self._start, self._end = 0, end - start
-            start, end = self._start, self._end
-            if len(buf) < need:
-                buf.extend(bytes(max(need, 2 * len(buf)) - len(buf)))
+            self._start, self._end = start, end = 0, end - start
         while True:
             with memoryview(buf) as view:
                 try:
@@ -187,16 +196,9 @@ class Reader:
                 return n
             _wait(self.fd, select.POLLIN, deadline, timeout)
 
-    def _settle(self) -> None:
-        if self._start == self._end:
-            self._start = self._end = 0
-            if len(self._buf) > 4 * 65536:
-                del self._buf[65536:]
-
     def recv(self, timeout: float) -> bytes:
         deadline = _deadline(timeout)
-        self._settle()
-        while True:
+        while self._pending is None:
             start, avail = self._start, self._end - self._start
             if avail >= 4:
                 (n,) = _HEADER.unpack_from(self._buf, start)
@@ -206,15 +208,53 @@ class Reader:
                     self._start = start + 4 + n
                     with memoryview(self._buf) as view:
                         return bytes(view[start + 4 : start + 4 + n])
-                need = 4 + n
-            else:
-                need = 4
-            if self._fill(need, deadline, timeout) == 0:
+                if 4 + n > len(self._buf):
+                    self._start = start + 4
+                    self._pending, self._got = bytearray(n), 0
+                    break
+                if len(self._buf) - start < 4 + n:
+                    self._buf[:avail] = self._buf[start : self._end]
+                    self._start, self._end = 0, avail
+            if self._fill(deadline, timeout) == 0:
                 raise_errno(FIPC_EOF)
+        return self._recv_large(deadline, timeout)
+
+    def recv_many(self, max_messages: int, timeout: float) -> list[bytes]:
+        first = self.recv(timeout)
+        out = [first]
+        with memoryview(self._buf) as view:
+            while len(out) < max_messages and self._end - self._start >= 4:
+                start = self._start
+                (n,) = _HEADER.unpack_from(self._buf, start)
+                if n > self.max_message_size or self._end - start < 4 + n:
+                    break  # an oversized frame is reported by the next call
+                out.append(bytes(view[start + 4 : start + 4 + n]))
+                self._start = start + 4 + n
+        return out
+
+    def _recv_large(self, deadline: float, timeout: float) -> bytes:
+        out = self._pending
+        assert out is not None
+        take = min(self._end - self._start, len(out) - self._got)
+        out[self._got : self._got + take] = self._buf[self._start : self._start + take]
+        self._start += take
+        self._got += take
+        with memoryview(out) as view:
+            while self._got < len(out):
+                try:
+                    n = os.readv(self.fd, [view[self._got :]])
+                except BlockingIOError:
+                    _wait(self.fd, select.POLLIN, deadline, timeout)  # keeps _pending on timeout
+                    continue
+                if n == 0:
+                    self._pending = None
+                    raise_errno(FIPC_EOF)
+                self._got += n
+        self._pending = None
+        return bytes(out)
 
     def read(self, size: int, timeout: float) -> bytes:
-        self._settle()
-        if self._start == self._end and self._fill(1, _deadline(timeout), timeout) == 0:
+        if self._start == self._end and self._fill(_deadline(timeout), timeout) == 0:
             return b""
         start = self._start
         take = min(size, self._end - start)
@@ -222,4 +262,4 @@ class Reader:
         return bytes(self._buf[start : start + take])
 
     def close(self) -> None:
-        pass
+        self._pending = None

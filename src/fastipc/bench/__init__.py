@@ -112,8 +112,14 @@ def table(results: Sequence[Result]) -> str:
             continue
         ratio = "" if r.vs_native is None else f"{r.vs_native:.2f}x"
         rows.append(
-            (r.mechanism, r.workload, r.impl, f"{fmt(r.median)} {label}",
-             f"{fmt(r.low)} - {fmt(r.high)}", ratio)
+            (
+                r.mechanism,
+                r.workload,
+                r.impl,
+                f"{fmt(r.median)} {label}",
+                f"{fmt(r.low)} - {fmt(r.high)}",
+                ratio,
+            )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = []
@@ -190,7 +196,10 @@ def run_c(name: str, *args: str) -> float:
     mine, theirs = cores()
     out = subprocess.run(
         [str(c_program(name)), str(mine), str(theirs), *args],
-        capture_output=True, text=True, timeout=300, check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
     )
     return float(out.stdout.split()[-1])
 
@@ -208,9 +217,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="fastipc bench", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer trials, smaller workloads")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    parser.add_argument("--trials", type=int, default=None, help="trials per case (default 7, quick 5)")
-    parser.add_argument("--only", default="", help="comma-separated mechanisms: " + ",".join(MECHANISMS))
-    parser.add_argument("--match", default="", help="only cases whose workload or implementation contains this")
+    parser.add_argument(
+        "--trials", type=int, default=None, help="trials per case (default 7, quick 5)"
+    )
+    parser.add_argument(
+        "--only", default="", help="comma-separated mechanisms: " + ",".join(MECHANISMS)
+    )
+    parser.add_argument(
+        "--match", default="", help="only cases whose workload or implementation contains this"
+    )
     args = parser.parse_args(argv)
     trials = args.trials or (5 if args.quick else 7)
     wanted = [m for m in (args.only.split(",") if args.only else MECHANISMS) if m]
@@ -228,7 +243,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if args.match and args.match not in f"{case.workload} {case.impl}":
                 continue
             if not args.json:
-                print(f"  {case.mechanism:7} {case.workload:24} {case.impl} ...", file=sys.stderr, flush=True)
+                print(
+                    f"  {case.mechanism:7} {case.workload:24} {case.impl} ...",
+                    file=sys.stderr,
+                    flush=True,
+                )
             results.append(run_case(case, trials))
     _add_ratios(results)
     if args.json:

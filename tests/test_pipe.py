@@ -1,0 +1,673 @@
+"""fastipc.pipe: anonymous pipes and FIFOs, on both backends, with real processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from fastipc import pipe
+from helpers import run_python, start_python
+
+# ---------------------------------------------------------------- basics
+
+
+def test_send_recv_roundtrip(backend: str) -> None:
+    r, w = pipe.pipe(backend=backend)
+    with r, w:
+        for msg in (b"hello", b"", b"\0" * 3, bytes(range(256))):
+            w.send(msg)
+        assert [r.recv(timeout=1) for _ in range(4)] == [
+            b"hello",
+            b"",
+            b"\0" * 3,
+            bytes(range(256)),
+        ]
+
+
+def test_accepts_bytes_like(backend: str) -> None:
+    r, w = pipe.pipe(backend=backend)
+    with r, w:
+        w.send(bytearray(b"ba"))
+        w.send(memoryview(b"xmvx")[1:3])
+        import array
+
+        w.send(array.array("i", [1, 2]))
+        assert r.recv(1) == b"ba"
+        assert r.recv(1) == b"mv"
+        assert r.recv(1) == array.array("i", [1, 2]).tobytes()
+
+
+def test_raw_write_read(backend: str) -> None:
+    r, w = pipe.pipe(backend=backend)
+    with r, w:
+        assert w.write(b"abc") == 3
+        assert w.write(memoryview(b"def")) == 3
+        assert r.read(2, timeout=1) == b"ab"
+        assert r.read(timeout=1) == b"cdef"
+        w.close()
+        assert r.read(timeout=1) == b""
+
+
+def test_eof_after_writer_closes(backend: str) -> None:
+    r, w = pipe.pipe(backend=backend)
+    w.send(b"last")
+    w.close()
+    assert r.recv(timeout=1) == b"last"
+    with pytest.raises(EOFError):
+        r.recv(timeout=1)
+    assert list(r) == []
+    r.close()
+
+
+def test_iteration_yields_until_eof(backend: str) -> None:
+    r, w = pipe.pipe(backend=backend)
+    for i in range(5):
+        w.send(str(i).encode())
+    w.close()
+    assert list(r) == [b"0", b"1", b"2", b"3", b"4"]
+    r.close()
+
+
+def test_frame_cut_short_is_not_delivered(backend: str) -> None:
+    r, w = pipe.pipe(backend=backend)
+    w.send(b"whole")
+    w.write(b"\0\0\0\x10half")  # announces 16 bytes, delivers 4, then the writer leaves
+    w.close()
+    assert r.recv(timeout=1) == b"whole"
+    with pytest.raises(EOFError):
+        r.recv(timeout=1)
+    r.close()
+
+
+@pytest.mark.parametrize("size", [65531, 65532, 65533, 1 << 20, 5 * (1 << 20) + 7])
+def test_messages_larger_than_pipe_and_buffer(backend: str, size: int) -> None:
+    r, w = pipe.pipe(backend=backend)
+    data = os.urandom(size)
+    with r, w:
+        t = threading.Thread(target=w.send, args=(data,))
+        t.start()
+        got = r.recv(timeout=10)
+        t.join(10)
+        assert got == data
+        w.send(b"after")
+        assert r.recv(timeout=1) == b"after"
+
+
+def test_large_message_survives_a_timeout_midway(backend: str) -> None:
+    r, w = pipe.pipe(size=1 << 20, backend=backend)
+    data = os.urandom(300_000)
+    with r, w:
+        w.write(len(data).to_bytes(4, "big") + data[:100_000])
+        with pytest.raises(TimeoutError):
+            r.recv(timeout=0.05)
+        w.write(data[100_000:])
+        assert r.recv(timeout=1) == data
+
+
+def test_pipe_size(backend: str) -> None:
+    r, w = pipe.pipe(size=1 << 18, backend=backend)
+    with r, w:
+        assert w.pipe_size >= 1 << 18
+        assert r.pipe_size == w.pipe_size
+        w.pipe_size = 1 << 16
+        assert w.pipe_size == 1 << 16
+
+
+def test_fileno_and_flags(backend: str) -> None:
+    r, w = pipe.pipe(backend=backend)
+    with r, w:
+        for end in (r, w):
+            fd = end.fileno()
+            assert not os.get_inheritable(fd)
+            assert not os.get_blocking(fd)
+        assert r.backend == backend and w.backend == backend
+
+
+# ---------------------------------------------------------------- timeouts
+
+
+def test_recv_timeout(backend: str) -> None:
+    r, w = pipe.pipe(backend=backend)
+    with r, w:
+        t0 = time.monotonic()
+        with pytest.raises(TimeoutError, match=r"0\.1"):
+            r.recv(timeout=0.1)
+        assert 0.09 <= time.monotonic() - t0 < 2
+        with pytest.raises(TimeoutError):
+            r.recv(timeout=0)
+        with pytest.raises(TimeoutError):
+            r.read(timeout=0)
+
+
+def test_write_timeout_reports_progress(backend: str) -> None:
+    r, w = pipe.pipe(backend=backend)
+    with r, w:
+        size = w.pipe_size
+        with pytest.raises(TimeoutError) as info:
+            w.write(b"x" * (size + 10), timeout=0.1)
+        assert info.value.characters_written == size
+        with pytest.raises(TimeoutError):
+            w.write(b"y", timeout=0)
+
+
+def test_send_timeout_before_any_byte_keeps_writer_usable(backend: str) -> None:
+    r, w = pipe.pipe(backend=backend)
+    with r, w:
+        w.write(b"x" * w.pipe_size)  # fill the pipe exactly
+        with pytest.raises(TimeoutError):
+            w.send(b"message", timeout=0.05)
+        assert not w.closed
+        assert r.read(w.pipe_size, timeout=1)
+        while True:
+            try:
+                r.read(timeout=0)
+            except TimeoutError:
+                break
+        w.send(b"message", timeout=1)
+        assert r.recv(timeout=1) == b"message"
+
+
+def test_send_cut_short_by_timeout_closes_writer(backend: str) -> None:
+    r, w = pipe.pipe(backend=backend)
+    with r, w:
+        big = b"z" * (w.pipe_size * 2)
+        with pytest.raises(TimeoutError):
+            w.send(big, timeout=0.1)
+        assert w.closed  # the stream would be desynchronised otherwise
+        with pytest.raises(EOFError):
+            while True:
+                r.recv(timeout=1)
+
+
+def test_eintr_retries_with_remaining_time(backend: str) -> None:
+    """A signal whose handler returns does not end a timed wait early, nor extend it."""
+    calls = []
+    old = signal.signal(signal.SIGALRM, lambda *a: calls.append(1))
+    r, w = pipe.pipe(backend=backend)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.05, 0.05)
+        t0 = time.monotonic()
+        with pytest.raises(TimeoutError):
+            r.recv(timeout=0.4)
+        elapsed = time.monotonic() - t0
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0, 0)
+        signal.signal(signal.SIGALRM, old)
+        r.close()
+        w.close()
+    assert len(calls) >= 3
+    assert 0.39 <= elapsed < 1.5
+
+
+def test_signal_handler_exception_interrupts(backend: str) -> None:
+    class Stop(Exception):
+        pass
+
+    def handler(*a: object) -> None:
+        raise Stop
+
+    old = signal.signal(signal.SIGALRM, handler)
+    r, w = pipe.pipe(backend=backend)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.05)
+        with pytest.raises(Stop):
+            r.recv(timeout=5)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+        r.close()
+        w.close()
+
+
+def test_blocking_recv_releases_the_gil(backend: str) -> None:
+    r, w = pipe.pipe(backend=backend)
+    with r, w:
+        got: list[bytes] = []
+        t = threading.Thread(target=lambda: got.append(r.recv(timeout=5)))
+        t.start()
+        counter = 0
+        deadline = time.monotonic() + 0.2
+        while time.monotonic() < deadline:
+            counter += 1  # the main thread keeps running while the other waits
+        w.send(b"wake")
+        t.join(5)
+        assert got == [b"wake"] and counter > 1000
+
+
+# ---------------------------------------------------------------- SIGPIPE
+
+
+def test_broken_pipe_raises(backend: str) -> None:
+    r, w = pipe.pipe(backend=backend)
+    r.close()
+    with pytest.raises(BrokenPipeError):
+        w.send(b"x")
+    with pytest.raises(BrokenPipeError):
+        w.write(b"x")
+    w.close()
+
+
+SIGPIPE_CHILD = """
+import signal, sys
+from fastipc import pipe
+signal.signal(signal.SIGPIPE, signal.SIG_DFL)   # what many CLI tools do
+r, w = pipe.pipe(backend=sys.argv[1])
+r.close()
+for call in (w.send, w.write):
+    try:
+        call(b"x" * 100)
+    except BrokenPipeError:
+        print("BrokenPipeError")
+# nothing is left pending: unblocking SIGPIPE now must not kill us
+signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGPIPE])
+print("alive")
+"""
+
+
+def test_sigpipe_default_disposition_does_not_kill(backend: str) -> None:
+    proc = run_python(SIGPIPE_CHILD, backend)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["BrokenPipeError", "BrokenPipeError", "alive"]
+
+
+def test_sigpipe_already_blocked_is_left_pending(backend: str) -> None:
+    code = """
+import signal, sys
+from fastipc import pipe
+signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGPIPE])
+r, w = pipe.pipe(backend=sys.argv[1])
+r.close()
+try:
+    w.send(b"x")
+except BrokenPipeError:
+    pass
+print(signal.SIGPIPE in signal.sigpending())
+"""
+    proc = run_python(code, backend)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "True"  # the caller blocked it: the pending signal is theirs
+
+
+# ---------------------------------------------------------------- processes
+
+CHILD_READER = """
+import sys, hashlib
+from fastipc import pipe
+r = pipe.PipeReader(int(sys.argv[1]), backend=sys.argv[2])
+n = 0
+h = hashlib.sha256()
+for msg in r:
+    n += 1
+    h.update(len(msg).to_bytes(4, "big") + msg)
+print(n, h.hexdigest())
+"""
+
+
+def _messages() -> list[bytes]:
+    rnd = __import__("random").Random(7)
+    sizes = [0, 1, 64, 4091, 4092, 4093, 65536, 200_000] + [
+        rnd.randrange(0, 3000) for _ in range(500)
+    ]
+    return [rnd.randbytes(s) if hasattr(rnd, "randbytes") else os.urandom(s) for s in sizes]
+
+
+def test_cross_process_and_backend(cross: tuple[str, str]) -> None:
+    """The article's pipe_test: the parent writes, a child process reads (both backends)."""
+    import hashlib
+
+    sender, receiver = cross
+    r, w = pipe.pipe(backend=sender)
+    rfd = r.fileno()
+    os.set_inheritable(rfd, True)
+    proc = start_python(CHILD_READER, str(rfd), receiver, pass_fds=(rfd,))
+    r.close()
+    h = hashlib.sha256()
+    msgs = _messages()
+    with w:
+        for m in msgs:
+            w.send(m, timeout=10)
+            h.update(len(m).to_bytes(4, "big") + m)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert out.split() == [str(len(msgs)), h.hexdigest()]
+
+
+def test_child_writer_killed_midstream(backend: str) -> None:
+    """A writer killed with SIGKILL: every whole message arrives, then EOFError."""
+    r, w = pipe.pipe(backend=backend, size=1 << 16)
+    wfd = w.fileno()
+    os.set_inheritable(wfd, True)
+    code = """
+import os, sys
+from fastipc import pipe
+w = pipe.PipeWriter(int(sys.argv[1]), backend=sys.argv[2])
+i = 0
+while True:
+    w.send(i.to_bytes(8, "big") * 100)
+    i += 1
+"""
+    proc = start_python(code, str(wfd), backend, pass_fds=(wfd,))
+    w.close()
+    with r:
+        for expected in range(50):
+            assert r.recv(timeout=10) == expected.to_bytes(8, "big") * 100
+        proc.kill()
+        proc.wait(10)
+        n = 50
+        with pytest.raises(EOFError):
+            while True:
+                assert r.recv(timeout=10) == n.to_bytes(8, "big") * 100
+                n += 1
+    proc.communicate()
+
+
+def test_max_message_size_is_checked_before_allocating(backend: str) -> None:
+    r, w = pipe.pipe(backend=backend)
+    with r, w:
+        r.max_message_size = 1000
+        w.send(b"a" * 1000)
+        assert r.recv(timeout=1) == b"a" * 1000
+        w.write((2**32 - 1).to_bytes(4, "big"))  # a hostile 4 GiB announcement
+        with pytest.raises(OSError) as info:
+            r.recv(timeout=1)
+        assert info.value.errno == __import__("errno").EMSGSIZE
+
+
+# ---------------------------------------------------------------- FIFOs
+
+
+def test_fifo_between_processes(cross: tuple[str, str], tmp_path: Path) -> None:
+    sender, receiver = cross
+    path = tmp_path / "fifo"
+    code = """
+import sys
+from fastipc import pipe
+f = pipe.FIFO(sys.argv[1], create=False, backend=sys.argv[2])
+w = f.open_writer(timeout=10)
+for i in range(100):
+    w.send(b"msg %d" % i)
+w.close()
+"""
+    with pipe.FIFO(path, backend=receiver) as fifo:
+        assert path.is_fifo() and oct(path.stat().st_mode & 0o777) == oct(0o600 & ~_umask())
+        proc = start_python(code, str(path), sender)
+        with fifo.open_reader(timeout=20) as r:
+            assert list(r) == [b"msg %d" % i for i in range(100)]
+        proc.communicate(timeout=20)
+        assert proc.returncode == 0
+    assert path.exists()  # close() does not unlink
+    pipe.FIFO(path, create=False).unlink()
+    assert not path.exists()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_fifo_open_timeouts_leave_nothing_behind(backend: str, tmp_path: Path) -> None:
+    fifo = pipe.FIFO(tmp_path / "f", backend=backend)
+    t0 = time.monotonic()
+    with pytest.raises(TimeoutError):
+        fifo.open_writer(timeout=0.1)
+    with pytest.raises(TimeoutError):
+        fifo.open_reader(timeout=0.1)
+    with pytest.raises(TimeoutError):
+        fifo.open_writer(timeout=0)
+    assert time.monotonic() - t0 < 2
+    assert threading.active_count() == 1
+    fifo.unlink()
+    fifo.close()
+
+
+def test_fifo_reader_waits_for_writer(backend: str, tmp_path: Path) -> None:
+    fifo = pipe.FIFO(tmp_path / "f", backend=backend)
+    got: list[pipe.PipeReader] = []
+    t = threading.Thread(target=lambda: got.append(fifo.open_reader(timeout=5)))
+    t.start()
+    time.sleep(0.1)
+    assert not got  # still waiting: no writer yet
+    w = fifo.open_writer(timeout=5)
+    t.join(5)
+    (r,) = got
+    w.send(b"hi")
+    assert r.recv(timeout=1) == b"hi"
+    r.close()
+    w.close()
+    fifo.unlink()
+
+
+def test_fifo_create_and_attach_errors(backend: str, tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    with pytest.raises(FileNotFoundError):
+        pipe.FIFO(path, create=False, backend=backend)
+    f = pipe.FIFO(str(path), backend=backend)
+    with pytest.raises(FileExistsError):
+        pipe.FIFO(path, create=True, backend=backend)
+    regular = tmp_path / "regular"
+    regular.write_text("")
+    with pytest.raises(ValueError, match="not a FIFO"):
+        pipe.FIFO(regular, create=False, backend=backend)
+    with pytest.raises(TypeError):
+        pipe.FIFO(123, backend=backend)  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        pipe.FIFO("a\0b", backend=backend)
+    f.close()
+    f.close()
+    with pytest.raises(ValueError):
+        f.open_reader(timeout=0)
+    f.unlink()
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def test_bad_input(backend: str) -> None:
+    r, w = pipe.pipe(backend=backend)
+    with r, w:
+        for bad in ("text", 42, None, [1], memoryview(b"abcd")[::2]):
+            with pytest.raises(TypeError):
+                w.send(bad)  # type: ignore[arg-type]
+            with pytest.raises(TypeError):
+                w.write(bad)  # type: ignore[arg-type]
+        for bad_t in (-1, -0.5, float("nan")):
+            with pytest.raises(ValueError):
+                r.recv(timeout=bad_t)
+            with pytest.raises(ValueError):
+                w.send(b"x", timeout=bad_t)
+        with pytest.raises(TypeError):
+            r.recv(timeout="1")  # type: ignore[arg-type]
+        with pytest.raises(ValueError):
+            r.read(-1)
+        with pytest.raises(TypeError):
+            r.read(1.5)  # type: ignore[arg-type]
+        assert r.read(0) == b""
+    for bad_size in (0, -1, 2**40):
+        with pytest.raises(ValueError):
+            pipe.pipe(size=bad_size, backend=backend)
+    with pytest.raises(TypeError):
+        pipe.pipe(size="big", backend=backend)  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        pipe.pipe(backend="rust")
+    with pytest.raises(ValueError):
+        pipe.PipeReader(-1, backend=backend)
+    with pytest.raises(OSError):
+        pipe.PipeReader(10_000, backend=backend)
+
+
+def test_pipe_size_over_the_limit(backend: str) -> None:
+    """Past /proc/sys/fs/pipe-max-size only a privileged process (CAP_SYS_RESOURCE) succeeds;
+    anyone else gets a PermissionError that names the limit and how to raise it."""
+    limit = int(Path("/proc/sys/fs/pipe-max-size").read_text())
+    try:
+        r, w = pipe.pipe(size=limit * 2, backend=backend)
+    except PermissionError as exc:
+        assert "pipe-max-size" in str(exc) and str(limit) in str(exc)
+    else:
+        assert w.pipe_size >= limit * 2
+        r.close()
+        w.close()
+
+
+def test_closed_objects(backend: str) -> None:
+    r, w = pipe.pipe(backend=backend)
+    r.close()
+    w.close()
+    r.close()
+    w.close()
+    assert r.closed and w.closed
+    for call in (
+        lambda: r.recv(),
+        lambda: r.read(),
+        r.fileno,
+        lambda: w.send(b"x"),
+        lambda: w.write(b"x"),
+        w.fileno,
+        lambda: r.pipe_size,
+    ):
+        with pytest.raises(ValueError, match="closed"):
+            call()
+    with pytest.raises(ValueError), r:
+        pass
+    assert "closed" in repr(r)
+
+
+def test_native_requested_but_unavailable_message() -> None:
+    code = """
+import sys
+sys.modules["fastipc._fastipc"] = None  # the extension cannot load
+try:
+    import fastipc
+except ImportError as exc:
+    print("ImportError:", exc)
+"""
+    proc = run_python(code, env={**os.environ, "FASTIPC_BACKEND": "native"})
+    assert "ImportError: FASTIPC_BACKEND=native" in proc.stdout
+
+
+def test_auto_falls_back_with_one_warning() -> None:
+    code = """
+import sys, warnings
+sys.modules["fastipc._fastipc"] = None
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    import fastipc
+    from fastipc import pipe
+    r, w = pipe.pipe()
+    w.send(b"ok")
+    print(fastipc.BACKEND, r.recv(1), len(caught))
+"""
+    proc = run_python(code, env={**os.environ, "FASTIPC_BACKEND": "auto"})
+    assert proc.stdout.split() == ["pure", "b'ok'", "1"], proc.stderr
+
+
+def test_backend_env_selects_default() -> None:
+    for value in ("pure", "native"):
+        proc = run_python(
+            "import fastipc; print(fastipc.BACKEND)", env={**os.environ, "FASTIPC_BACKEND": value}
+        )
+        assert proc.stdout.strip() == value, proc.stderr
+    proc = run_python("import fastipc", env={**os.environ, "FASTIPC_BACKEND": "fast"})
+    assert "ImportError" in proc.stderr
+
+
+def test_cli_pipe_demo() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "fastipc", "pipe", "hello world"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "hello world" in proc.stdout
+
+
+# ---------------------------------------------------------------- batches
+
+
+def test_send_many_recv_many(backend: str) -> None:
+    r, w = pipe.pipe(backend=backend)
+    with r, w:
+        w.send_many([b"a", bytearray(b"bb"), memoryview(b"ccc"), b""])
+        w.send(b"single")
+        assert r.recv_many(timeout=1) == [b"a", b"bb", b"ccc", b"", b"single"]
+        w.send_many([b"%d" % i for i in range(10)])
+        assert r.recv_many(3, timeout=1) == [b"0", b"1", b"2"]
+        assert r.recv(timeout=1) == b"3"
+        assert r.recv_many(timeout=1) == [b"%d" % i for i in range(4, 10)]
+        w.send_many([])
+        w.send_many(iter([b"gen"]))
+        assert r.recv_many(timeout=1) == [b"gen"]
+        with pytest.raises(TimeoutError):
+            r.recv_many(timeout=0)
+
+
+def test_batches_with_large_messages(backend: str) -> None:
+    r, w = pipe.pipe(backend=backend)
+    big = os.urandom(5 << 20)
+    with r, w:
+        t = threading.Thread(target=w.send_many, args=([b"1", big, b"2"],))
+        t.start()
+        got: list[bytes] = []
+        while len(got) < 3:
+            got += r.recv_many(timeout=10)
+        t.join(10)
+        assert got == [b"1", big, b"2"]
+
+
+def test_batches_bad_input(backend: str) -> None:
+    r, w = pipe.pipe(backend=backend)
+    with r, w:
+        for bad in (b"one message", "text", 5):
+            with pytest.raises(TypeError):
+                w.send_many(bad)  # type: ignore[arg-type]
+        with pytest.raises(TypeError):
+            w.send_many([b"ok", "text"])  # type: ignore[list-item]
+        for n in (0, -1):
+            with pytest.raises(ValueError):
+                r.recv_many(n, timeout=0)
+        with pytest.raises(TypeError):
+            r.recv_many(1.0, timeout=0)  # type: ignore[arg-type]
+        w.send(b"still fine")
+        assert r.recv_many(timeout=1) == [b"still fine"]
+    with pytest.raises(ValueError, match="closed"):
+        w.send_many([b"x"])
+    with pytest.raises(ValueError, match="closed"):
+        r.recv_many()
+
+
+def test_batches_between_processes(cross: tuple[str, str]) -> None:
+    sender, receiver = cross
+    r, w = pipe.pipe(backend=sender)
+    rfd = r.fileno()
+    os.set_inheritable(rfd, True)
+    code = """
+import sys
+from fastipc import pipe
+r = pipe.PipeReader(int(sys.argv[1]), backend=sys.argv[2])
+got = []
+try:
+    while True:
+        got += r.recv_many(100, timeout=20)
+except EOFError:
+    pass
+assert got == [b"%d" % i for i in range(20000)], len(got)
+print("ok", len(got))
+"""
+    proc = start_python(code, str(rfd), receiver, pass_fds=(rfd,))
+    r.close()
+    with w:
+        for start in range(0, 20000, 500):
+            w.send_many([b"%d" % i for i in range(start, start + 500)], timeout=20)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert out.split() == ["ok", "20000"]
