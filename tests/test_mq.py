@@ -106,8 +106,9 @@ def test_attach_ignores_sizes(queue: mq.MessageQueue, backend: str) -> None:
     assert queue.receive(1) == (b"from the second handle", 0)
 
 
-def test_create_existing_and_attach_missing(queue: mq.MessageQueue, backend: str,
-                                            name: str) -> None:
+def test_create_existing_and_attach_missing(
+    queue: mq.MessageQueue, backend: str, name: str
+) -> None:
     with pytest.raises(FileExistsError) as info:
         mq.MessageQueue(name, create=True, backend=backend)
     assert info.value.errno == errno.EEXIST
@@ -250,9 +251,17 @@ def test_spin(backend: str, name: str) -> None:
         q.unlink()
 
 
-@pytest.mark.parametrize(("bad", "exc"), [(-1, ValueError), (float("inf"), ValueError),
-                                          (1.5, ValueError), (float("nan"), ValueError),
-                                          ("1", TypeError), (None, TypeError)])
+@pytest.mark.parametrize(
+    ("bad", "exc"),
+    [
+        (-1, ValueError),
+        (float("inf"), ValueError),
+        (1.5, ValueError),
+        (float("nan"), ValueError),
+        ("1", TypeError),
+        (None, TypeError),
+    ],
+)
 def test_bad_spin(queue: mq.MessageQueue, name: str, bad: object, exc: type) -> None:
     with pytest.raises(exc):
         queue.spin = bad  # type: ignore[assignment]
@@ -415,8 +424,13 @@ def test_limits_named_in_errors(backend: str, name: str) -> None:
     lim = mq.limits()
     if lim.msg_max > 0 and lim.msg_max < mq.HARD_MSGMAX:
         try:
-            q = mq.MessageQueue(name, create=True, max_messages=lim.msg_max + 1,
-                                max_message_size=16, backend=backend)
+            q = mq.MessageQueue(
+                name,
+                create=True,
+                max_messages=lim.msg_max + 1,
+                max_message_size=16,
+                backend=backend,
+            )
         except mq.LimitError as exc:
             assert "fs.mqueue.msg_max" in str(exc) and "sysctl" in str(exc)
         else:  # a process with CAP_SYS_RESOURCE may go past msg_max
@@ -447,9 +461,17 @@ def test_limits() -> None:
     assert mq.MQ_PRIO_MAX >= 32
 
 
-@pytest.mark.parametrize(("prio", "exc"), [(-1, ValueError), (mq.MQ_PRIO_MAX, ValueError),
-                                           ("1", TypeError), (1.0, TypeError),
-                                           (True, TypeError), (None, TypeError)])
+@pytest.mark.parametrize(
+    ("prio", "exc"),
+    [
+        (-1, ValueError),
+        (mq.MQ_PRIO_MAX, ValueError),
+        ("1", TypeError),
+        (1.0, TypeError),
+        (True, TypeError),
+        (None, TypeError),
+    ],
+)
 def test_bad_priorities(queue: mq.MessageQueue, prio: object, exc: type) -> None:
     with pytest.raises(exc):
         queue.send(b"x", priority=prio)  # type: ignore[arg-type]
@@ -511,8 +533,7 @@ def test_garbage_collected_queue_closes_its_fd(backend: str, name: str) -> None:
 
 
 def test_fd_not_inherited_by_children(queue: mq.MessageQueue) -> None:
-    out = run_python("import os, sys; os.fstat(int(sys.argv[1]))", str(queue.fileno()),
-                     timeout=30)
+    out = run_python("import os, sys; os.fstat(int(sys.argv[1]))", str(queue.fileno()), timeout=30)
     assert out.returncode != 0 and "Bad file descriptor" in out.stderr
 
 
@@ -562,11 +583,13 @@ def test_two_writers_one_reader_priorities(cross: tuple[str, str], name: str) ->
     """The article's story: two clients write with different priorities; the server reads
     the higher priority first, and each writer's messages in order."""
     writer, reader = cross
-    with mq.MessageQueue(name, create=True, max_messages=10, max_message_size=64,
-                         backend=reader) as q:
+    with mq.MessageQueue(
+        name, create=True, max_messages=10, max_message_size=64, backend=reader
+    ) as q:
         low = run_python(SENDER, name, writer, "5", "1", "low", timeout=30)
-        high = run_python(SENDER, name, "native" if writer == "pure" else "pure", "5", "9",
-                          "high", timeout=30)
+        high = run_python(
+            SENDER, name, "native" if writer == "pure" else "pure", "5", "9", "high", timeout=30
+        )
         assert low.returncode == 0 and high.returncode == 0, low.stderr + high.stderr
         got = [q.receive(timeout=5) for _ in range(10)]
         q.unlink()
@@ -676,21 +699,38 @@ def test_reader_times_out_without_writer(backend: str, name: str) -> None:
 def test_cli_serve_and_send(backend: str, name: str) -> None:
     serve = subprocess.Popen(
         [sys.executable, "-m", "fastipc", "--backend", backend, "mq", "serve", name],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         assert serve.stdout is not None
         header = serve.stdout.readline()
         assert header.startswith(f"queue /{name}: max_messages=10 max_message_size=8192")
         send = subprocess.run(
-            [sys.executable, "-m", "fastipc", "--backend", backend, "mq", "send", name,
-             "--priority", "3"],
-            input="hello\nwörld\n", capture_output=True, text=True, timeout=30,
+            [
+                sys.executable,
+                "-m",
+                "fastipc",
+                "--backend",
+                backend,
+                "mq",
+                "send",
+                name,
+                "--priority",
+                "3",
+            ],
+            input="hello\nwörld\n",
+            capture_output=True,
+            text=True,
+            timeout=30,
         )
         assert send.returncode == 0, send.stderr
         lines = [serve.stdout.readline() for _ in range(2)]
-        assert lines == ["received 5 bytes, priority 3: hello\n",
-                         "received 6 bytes, priority 3: wörld\n"]
+        assert lines == [
+            "received 5 bytes, priority 3: hello\n",
+            "received 6 bytes, priority 3: wörld\n",
+        ]
         serve.send_signal(signal.SIGINT)
         serve.communicate(timeout=30)
     finally:
@@ -701,21 +741,31 @@ def test_cli_serve_and_send(backend: str, name: str) -> None:
 
 
 def test_cli_errors_are_one_line(name: str) -> None:
-    missing = subprocess.run([sys.executable, "-m", "fastipc", "mq", "send", name],
-                             input="x\n", capture_output=True, text=True, timeout=30)
+    missing = subprocess.run(
+        [sys.executable, "-m", "fastipc", "mq", "send", name],
+        input="x\n",
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert missing.returncode == 2
     assert missing.stderr.startswith("fastipc: error:") and "No such file" in missing.stderr
     assert missing.stderr.count("\n") == 1
     limit = subprocess.run(
         [sys.executable, "-m", "fastipc", "mq", "serve", name, "--max-messages", "100000"],
-        capture_output=True, text=True, timeout=30,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert limit.returncode == 2
     assert "max_messages" in limit.stderr and limit.stderr.count("\n") == 1
     with mq.MessageQueue(name, create=True, **SMALL) as q:
         prio = subprocess.run(
             [sys.executable, "-m", "fastipc", "mq", "send", name, "-p", "99999"],
-            input="x\n", capture_output=True, text=True, timeout=30,
+            input="x\n",
+            capture_output=True,
+            text=True,
+            timeout=30,
         )
         q.unlink()
     assert prio.returncode == 2 and "priority" in prio.stderr

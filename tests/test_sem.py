@@ -235,8 +235,15 @@ def test_signal_handler_that_raises_ends_the_wait(s: sem.Semaphore) -> None:
 
 @pytest.mark.parametrize(
     ("bad", "exc"),
-    [("a/b", ValueError), ("nul\0", ValueError), ("x" * 256, ValueError), ("", ValueError),
-     (b"name", TypeError), (None, TypeError), (1, TypeError)],
+    [
+        ("a/b", ValueError),
+        ("nul\0", ValueError),
+        ("x" * 256, ValueError),
+        ("", ValueError),
+        (b"name", TypeError),
+        (None, TypeError),
+        (1, TypeError),
+    ],
 )
 def test_bad_names(backend: str, bad: object, exc: type) -> None:
     with pytest.raises(exc):
@@ -268,8 +275,7 @@ def test_closed_semaphore(backend: str, name: str) -> None:
     obj = sem.Semaphore(name, create=True, value=1, backend=backend)
     obj.close()
     assert "closed" in repr(obj)
-    for call in (lambda: obj.acquire(0), obj.release, lambda: obj.value, obj.unlink,
-                 obj.__enter__):
+    for call in (lambda: obj.acquire(0), obj.release, lambda: obj.value, obj.unlink, obj.__enter__):
         with pytest.raises(ValueError, match="closed"):
             call()
     sem.unlink(name, backend=backend)
@@ -315,8 +321,9 @@ def test_ping_pong_between_processes(cross: tuple[str, str], name: str) -> None:
             obj.close()
 
 
-def test_mutual_exclusion_between_processes(cross: tuple[str, str], name: str,
-                                            tmp_path: Path) -> None:
+def test_mutual_exclusion_between_processes(
+    cross: tuple[str, str], name: str, tmp_path: Path
+) -> None:
     """Processes that take the semaphore around a read-modify-write lose no update."""
     code = """
         import sys
@@ -377,6 +384,8 @@ def test_attach_missing_in_child(backend: str, name: str) -> None:
         "import sys\nfrom fastipc import sem\n"
         "try:\n    sem.Semaphore(sys.argv[1], backend=sys.argv[2])\n"
         "except FileNotFoundError as e:\n    print(e.errno)",
-        name, backend, timeout=30,
+        name,
+        backend,
+        timeout=30,
     )
     assert out.stdout.strip() == str(errno.ENOENT), out.stderr

@@ -409,8 +409,9 @@ class MessageQueue:
         thread), then sends without blocking."""
         await self._async(self.send, (data, priority), timeout, reader=False)
 
-    async def _async(self, op: Any, args: tuple[Any, ...], timeout: Optional[float],
-                     reader: bool) -> Any:
+    async def _async(
+        self, op: Any, args: tuple[Any, ...], timeout: Optional[float], reader: bool
+    ) -> Any:
         t = check_timeout(timeout)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + t if t >= 0 else None

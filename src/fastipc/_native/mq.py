@@ -52,8 +52,17 @@ def unlink(name: str) -> None:
     check(lib.fipc_mq_unlink(name.encode()), name)
 
 
-def retry_send(fd: int, data: Any, n: int, priority: int, timeout: float, spin: float,
-               t0: float, rc: int, name: str) -> None:
+def retry_send(
+    fd: int,
+    data: Any,
+    n: int,
+    priority: int,
+    timeout: float,
+    spin: float,
+    t0: float,
+    rc: int,
+    name: str,
+) -> None:
     """After SEND returned rc != 0: EINTR means the signal handlers have run (one that
     raises ends the call), so retry with the time that is left (PEP 475); else raise."""
     while rc == _EINTR:
@@ -61,8 +70,9 @@ def retry_send(fd: int, data: Any, n: int, priority: int, timeout: float, spin: 
     check(rc, name, timeout)
 
 
-def retry_receive(fd: int, buf: Any, size: int, timeout: float, spin: float, t0: float,
-                  rc: int, name: str) -> int:
+def retry_receive(
+    fd: int, buf: Any, size: int, timeout: float, spin: float, t0: float, rc: int, name: str
+) -> int:
     """After RECEIVE returned rc < 0: as retry_send; the packed result once it succeeds."""
     while rc == _EINTR:
         rc = RECEIVE(fd, buf, size, _left(timeout, t0), spin)
@@ -76,8 +86,9 @@ class Queue:
     __slots__ = ("h", "max_message_size", "name")
     h: int
 
-    def __init__(self, name: str, create: bool, mode: int, max_messages: int,
-                 max_message_size: int) -> None:
+    def __init__(
+        self, name: str, create: bool, mode: int, max_messages: int, max_message_size: int
+    ) -> None:
         self.name = name
         self.h = check(
             lib.fipc_mq_open(name.encode(), int(create), mode, max_messages, max_message_size),

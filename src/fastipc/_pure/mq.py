@@ -33,8 +33,9 @@ PRIO_MASK = 0xFFFF
 _Busy = posix_ipc.BusyError
 
 
-def _reraise(exc: BaseException, name: str, missing: int = errno.ENOENT,
-             timeout: Optional[float] = None) -> NoReturn:
+def _reraise(
+    exc: BaseException, name: str, missing: int = errno.ENOENT, timeout: Optional[float] = None
+) -> NoReturn:
     """posix_ipc's exceptions carry no errno: raise the builtin for the one the kernel
     returned (ETIMEDOUT for BusyError, ``missing`` for ExistentialError)."""
     if isinstance(exc, _Busy):
@@ -146,8 +147,9 @@ class Queue:
 
     __slots__ = ("fd", "h", "max_message_size", "name", "q")
 
-    def __init__(self, name: str, create: bool, mode: int, max_messages: int,
-                 max_message_size: int) -> None:
+    def __init__(
+        self, name: str, create: bool, mode: int, max_messages: int, max_message_size: int
+    ) -> None:
         self.name = name
         try:
             if create:

@@ -97,8 +97,9 @@ def _consume(recv: Callable[[], Any], n: int) -> float:
     return n / (now() - t0)
 
 
-def _pingpong(pair: Callable[[], tuple[Any, Any, Any, Any, Callable[[], None]]],
-              rounds: int) -> float:
+def _pingpong(
+    pair: Callable[[], tuple[Any, Any, Any, Any, Callable[[], None]]], rounds: int
+) -> float:
     """pair() -> (send_a, recv_a, send_b, recv_b, cleanup): the parent sends on a and
     receives on b."""
     send_a, recv_a, send_b, recv_b, cleanup = pair()
@@ -125,8 +126,14 @@ def _stream(one: Callable[[], tuple[Any, Any, Callable[[], None]]], n: int) -> f
 def _fastipc_queue(backend: str, spin: float = 0.0) -> Any:
     from fastipc import mq
 
-    q = mq.MessageQueue(_name("mq"), create=True, max_messages=DEPTH, max_message_size=64,
-                        spin=spin, backend=backend)
+    q = mq.MessageQueue(
+        _name("mq"),
+        create=True,
+        max_messages=DEPTH,
+        max_message_size=64,
+        spin=spin,
+        backend=backend,
+    )
     q.unlink()  # the two processes share the open descriptor; nothing to leave behind
     return q
 
@@ -262,8 +269,13 @@ def cases(quick: bool) -> list[Case]:
     return [
         Case("mq", pp, native, "us", partial(_pingpong, partial(_fastipc_pair, "native"), rounds)),
         Case("mq", pp, pure, "us", partial(_pingpong, partial(_fastipc_pair, "pure"), rounds)),
-        Case("mq", pp, "fastipc native, spin=50µs", "us",
-             partial(_pingpong, partial(_fastipc_pair, "native", 50e-6), rounds)),
+        Case(
+            "mq",
+            pp,
+            "fastipc native, spin=50µs",
+            "us",
+            partial(_pingpong, partial(_fastipc_pair, "native", 50e-6), rounds),
+        ),
         Case("mq", pp, "posix_ipc", "us", partial(_pingpong, _posix_ipc_pair, rounds)),
         Case("mq", pp, "multiprocessing.Queue", "us", partial(_pingpong, _mp_pair, rounds)),
         Case("mq", pp, "faster-fifo", "us", partial(_pingpong, _ff_pair, rounds)),
