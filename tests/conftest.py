@@ -30,10 +30,15 @@ def cross(request: pytest.FixtureRequest) -> tuple[str, str]:
     return tuple(request.param)  # type: ignore[return-value]
 
 
+# Names made here carry this run's pid, so that the leak check below looks only at this run's
+# objects, not at those of another test run on the same machine.
+PREFIX = f"fastipc-test-{os.getpid()}-"
+
+
 @pytest.fixture
 def name() -> str:
     """A fresh name for a named object (shm segment, queue, semaphore)."""
-    return f"fastipc-test-{uuid.uuid4().hex[:12]}"
+    return PREFIX + uuid.uuid4().hex[:12]
 
 
 def _open_fds() -> dict[int, str]:
@@ -48,7 +53,7 @@ def _open_fds() -> dict[int, str]:
 
 def _entries(directory: Path) -> set[str]:
     try:
-        return {p.name for p in directory.iterdir() if p.name.startswith("fastipc")}
+        return {p.name for p in directory.iterdir() if p.name.startswith(PREFIX)}
     except OSError:
         return set()
 
