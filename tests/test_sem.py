@@ -12,12 +12,14 @@ from pathlib import Path
 
 import pytest
 
+from conftest import PREFIX
 from fastipc import sem
 from helpers import run_python, start_python
 
 
 def _sems() -> set[str]:
-    return {p.name for p in Path("/dev/shm").glob("sem.fastipc-test-*")}
+    """This run's semaphores (named by the ``name`` fixture, with conftest's PREFIX)."""
+    return {p.name for p in Path("/dev/shm").glob(f"sem.{PREFIX}*")}
 
 
 @pytest.fixture(autouse=True)
