@@ -1,0 +1,87 @@
+/* POSIX named semaphores. Timed waits run on CLOCK_MONOTONIC through sem_clockwait where
+ * glibc has it (2.30+), so that a change of the wall clock neither shortens nor stretches
+ * them; older libcs fall back to sem_timedwait on CLOCK_REALTIME. */
+#include "fastipc.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <semaphore.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#if defined(__GLIBC__) && defined(__GLIBC_PREREQ)
+#if __GLIBC_PREREQ(2, 30)
+#define HAVE_SEM_CLOCKWAIT 1
+#endif
+#endif
+
+int fipc_sem_open(const char *name, int create, int mode, unsigned int value, void **out)
+{
+    sem_t *s = create ? sem_open(name, O_CREAT | O_EXCL, (mode_t)mode, value)
+                      : sem_open(name, 0);
+    if (s == SEM_FAILED)
+        return -errno;
+    *out = s;
+    return 0;
+}
+
+int fipc_sem_close(void *sem)
+{
+    return sem_close((sem_t *)sem) < 0 ? -errno : 0;
+}
+
+int fipc_sem_unlink(const char *name)
+{
+    return sem_unlink(name) < 0 ? -errno : 0;
+}
+
+static int timed_wait(sem_t *s, double timeout)
+{
+    struct timespec ts;
+#ifdef HAVE_SEM_CLOCKWAIT
+    if (clock_gettime(CLOCK_MONOTONIC, &ts) < 0)
+        return -errno;
+#else
+    if (clock_gettime(CLOCK_REALTIME, &ts) < 0)
+        return -errno;
+#endif
+    int64_t ns = (int64_t)(timeout * 1e9);
+    ts.tv_sec += (time_t)(ns / 1000000000);
+    ts.tv_nsec += (long)(ns % 1000000000);
+    if (ts.tv_nsec >= 1000000000) {
+        ts.tv_sec += 1;
+        ts.tv_nsec -= 1000000000;
+    }
+#ifdef HAVE_SEM_CLOCKWAIT
+    return sem_clockwait(s, CLOCK_MONOTONIC, &ts) < 0 ? -errno : 0;
+#else
+    return sem_timedwait(s, &ts) < 0 ? -errno : 0;
+#endif
+}
+
+int fipc_sem_acquire(void *sem, double timeout)
+{
+    sem_t *s = (sem_t *)sem;
+    if (sem_trywait(s) == 0)
+        return 0;
+    if (errno != EAGAIN)
+        return -errno;
+    if (timeout == 0)
+        return -ETIMEDOUT;
+    if (timeout < 0 || timeout > 1e9) /* forever (1e9 s: ~31 years, avoids overflow) */
+        return sem_wait(s) < 0 ? -errno : 0;
+    return timed_wait(s, timeout);
+}
+
+int fipc_sem_release(void *sem)
+{
+    return sem_post((sem_t *)sem) < 0 ? -errno : 0;
+}
+
+int fipc_sem_value(void *sem)
+{
+    int v;
+    if (sem_getvalue((sem_t *)sem, &v) < 0)
+        return -errno;
+    return v < 0 ? 0 : v; /* some libcs report waiters as a negative value */
+}

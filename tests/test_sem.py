@@ -1,0 +1,393 @@
+"""fastipc.sem: POSIX named semaphores, on both backends, across real processes."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import PREFIX
+from fastipc import sem
+from helpers import run_python, start_python
+
+
+def _sems() -> set[str]:
+    """This run's semaphores (named by the ``name`` fixture, with conftest's PREFIX)."""
+    return {p.name for p in Path("/dev/shm").glob(f"sem.{PREFIX}*")}
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_semaphores() -> Iterator[None]:
+    """Named semaphores live in /dev/shm as sem.<name>; none may be left behind."""
+    before = _sems()
+    yield
+    leaked = _sems() - before
+    for entry in leaked:
+        (Path("/dev/shm") / entry).unlink(missing_ok=True)
+    assert not leaked, f"leaked semaphores: {sorted(leaked)}"
+
+
+def _mapped(name: str) -> bool:
+    """Is the semaphore's file mapped in this process? (by inode: glibc creates it under a
+    temporary name that /proc/self/maps keeps showing)"""
+    inode = os.stat(f"/dev/shm/sem.{name}").st_ino
+    with open("/proc/self/maps") as f:
+        return any(line.split()[4] == str(inode) for line in f if len(line.split()) > 5)
+
+
+@pytest.fixture
+def s(backend: str, name: str) -> Iterator[sem.Semaphore]:
+    obj = sem.Semaphore(name, create=True, value=0, backend=backend)
+    try:
+        yield obj
+    finally:
+        obj.close()
+        sem.unlink(name)
+
+
+# ---------------------------------------------------------------------------- basics
+
+
+def test_acquire_release_value(s: sem.Semaphore) -> None:
+    assert s.value == 0
+    s.release()
+    s.release()
+    assert s.value == 2
+    assert s.acquire() is True
+    assert s.acquire(timeout=0) is True
+    assert s.value == 0
+    with pytest.raises(TimeoutError):
+        s.acquire(timeout=0)
+
+
+def test_initial_value_and_with(backend: str, name: str) -> None:
+    with_value = sem.Semaphore("/" + name, create=True, value=3, backend=backend)
+    try:
+        assert with_value.name == "/" + name
+        assert with_value.value == 3
+        with with_value as entered:
+            assert entered is with_value
+            assert with_value.value == 2
+        assert with_value.value == 3
+        assert os.stat(f"/dev/shm/sem.{name}").st_mode & 0o777 == 0o600 & ~_umask()
+        assert with_value.backend == backend
+        assert name in repr(with_value)
+    finally:
+        with_value.close()
+        with_value_closed = with_value.closed
+        sem.unlink(name, backend=backend)
+    assert with_value_closed
+
+
+def _umask() -> int:
+    old = os.umask(0)
+    os.umask(old)
+    return old
+
+
+def test_two_handles_share_the_value(s: sem.Semaphore, backend: str, name: str) -> None:
+    other = sem.Semaphore(name, value=99, backend=backend)  # value ignored when attaching
+    try:
+        assert other.value == 0
+        other.release()
+        assert s.value == 1
+        s.acquire(0)
+    finally:
+        other.close()
+
+
+def test_create_existing_and_attach_missing(s: sem.Semaphore, backend: str, name: str) -> None:
+    with pytest.raises(FileExistsError) as info:
+        sem.Semaphore(name, create=True, backend=backend)
+    assert info.value.errno == errno.EEXIST
+    with pytest.raises(FileNotFoundError):
+        sem.Semaphore(name + "-absent", backend=backend)
+    with pytest.raises(FileNotFoundError):
+        sem.unlink(name + "-absent", backend=backend)
+
+
+def test_mode(backend: str, name: str) -> None:
+    obj = sem.Semaphore(name, create=True, mode=0o640, backend=backend)
+    try:
+        assert os.stat(f"/dev/shm/sem.{name}").st_mode & 0o777 == 0o640 & ~_umask()
+    finally:
+        obj.unlink()
+        obj.close()
+
+
+def test_close_unmaps_and_is_idempotent(backend: str, name: str) -> None:
+    obj = sem.Semaphore(name, create=True, backend=backend)
+    assert _mapped(name)
+    obj.close()
+    obj.close()
+    assert not _mapped(name)
+    sem.unlink(name)
+
+
+def test_garbage_collected_semaphore_closes(backend: str, name: str) -> None:
+    obj = sem.Semaphore(name, create=True, backend=backend)
+    del obj
+    assert not _mapped(name)
+    sem.unlink(name)
+
+
+def test_unlinked_semaphore_stays_usable(s: sem.Semaphore, backend: str, name: str) -> None:
+    s.unlink()
+    s.release()
+    s.acquire(0)
+    sem.Semaphore(name, create=True, backend=backend).close()  # the name is free again
+
+
+def test_overflow(backend: str, name: str) -> None:
+    obj = sem.Semaphore(name, create=True, value=sem.SEM_VALUE_MAX, backend=backend)
+    try:
+        with pytest.raises(OSError) as info:
+            obj.release()
+        assert info.value.errno == errno.EOVERFLOW
+        assert obj.value == sem.SEM_VALUE_MAX
+    finally:
+        obj.close()
+        sem.unlink(name)
+
+
+# ---------------------------------------------------------------------------- timeouts
+
+
+def test_timeout(s: sem.Semaphore) -> None:
+    t0 = time.monotonic()
+    with pytest.raises(TimeoutError, match=r"0\.1 s"):
+        s.acquire(timeout=0.1)
+    assert 0.09 <= time.monotonic() - t0 < 5
+
+
+@pytest.mark.parametrize("bad", [-1, -0.001, float("nan")])
+def test_bad_timeouts(s: sem.Semaphore, bad: float) -> None:
+    with pytest.raises(ValueError):
+        s.acquire(timeout=bad)
+
+
+@pytest.mark.parametrize("bad", ["1", [1], True])
+def test_timeout_types(s: sem.Semaphore, bad: object) -> None:
+    with pytest.raises(TypeError):
+        s.acquire(timeout=bad)  # type: ignore[arg-type]
+
+
+def test_release_from_another_thread(s: sem.Semaphore) -> None:
+    timer = threading.Timer(0.1, s.release)
+    timer.start()
+    try:
+        assert s.acquire(timeout=10)
+    finally:
+        timer.join()
+
+
+def test_signal_retries_with_remaining_time(s: sem.Semaphore) -> None:
+    hits = []
+    old = signal.signal(signal.SIGALRM, lambda *a: hits.append(1))
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.05, 0.05)
+        t0 = time.monotonic()
+        with pytest.raises(TimeoutError):
+            s.acquire(timeout=0.4)
+        elapsed = time.monotonic() - t0
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    assert len(hits) >= 3
+    assert 0.35 <= elapsed < 5
+
+
+def test_signal_handler_that_raises_ends_the_wait(s: sem.Semaphore) -> None:
+    class Stop(Exception):
+        pass
+
+    def handler(*args: object) -> None:
+        raise Stop
+
+    old = signal.signal(signal.SIGALRM, handler)
+    try:
+        for timeout in (10.0, None):
+            signal.setitimer(signal.ITIMER_REAL, 0.05)
+            t0 = time.monotonic()
+            with pytest.raises(Stop):
+                if timeout is None:
+                    # a forever wait: a watchdog thread releases if the signal does not end it
+                    guard = threading.Timer(10, s.release)
+                    guard.start()
+                    try:
+                        s.acquire()
+                    finally:
+                        guard.cancel()
+                else:
+                    s.acquire(timeout=timeout)
+            assert time.monotonic() - t0 < 5
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+# ---------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    ("bad", "exc"),
+    [
+        ("a/b", ValueError),
+        ("nul\0", ValueError),
+        ("x" * 256, ValueError),
+        ("", ValueError),
+        (b"name", TypeError),
+        (None, TypeError),
+        (1, TypeError),
+    ],
+)
+def test_bad_names(backend: str, bad: object, exc: type) -> None:
+    with pytest.raises(exc):
+        sem.Semaphore(bad, create=True, backend=backend)  # type: ignore[arg-type]
+    with pytest.raises(exc):
+        sem.unlink(bad, backend=backend)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc"),
+    [
+        ({"value": -1}, ValueError),
+        ({"value": sem.SEM_VALUE_MAX + 1}, ValueError),
+        ({"value": 1.0}, TypeError),
+        ({"value": "1"}, TypeError),
+        ({"mode": -1}, ValueError),
+        ({"mode": "600"}, TypeError),
+        ({"create": "yes"}, TypeError),
+        ({"backend": "other"}, ValueError),
+    ],
+)
+def test_bad_arguments(name: str, kwargs: dict[str, object], exc: type) -> None:
+    args: dict[str, object] = {"create": True, **kwargs}
+    with pytest.raises(exc):
+        sem.Semaphore(name, **args)  # type: ignore[arg-type]
+
+
+def test_closed_semaphore(backend: str, name: str) -> None:
+    obj = sem.Semaphore(name, create=True, value=1, backend=backend)
+    obj.close()
+    assert "closed" in repr(obj)
+    for call in (lambda: obj.acquire(0), obj.release, lambda: obj.value, obj.unlink, obj.__enter__):
+        with pytest.raises(ValueError, match="closed"):
+            call()
+    sem.unlink(name, backend=backend)
+
+
+# ---------------------------------------------------------------------------- processes
+
+PONG = """
+    import sys
+    from fastipc import sem
+    name, backend, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    ping = sem.Semaphore(name + "-ping", backend=backend)
+    pong = sem.Semaphore(name + "-pong", backend=backend)
+    for _ in range(rounds):
+        ping.acquire(timeout=30)
+        pong.release()
+    ping.close(); pong.close()
+    print("done")
+"""
+
+
+def test_ping_pong_between_processes(cross: tuple[str, str], name: str) -> None:
+    mine, theirs = cross
+    ping = sem.Semaphore(name + "-ping", create=True, backend=mine)
+    pong = sem.Semaphore(name + "-pong", create=True, backend=mine)
+    try:
+        p = start_python(PONG, name, theirs, "200")
+        try:
+            for _ in range(200):
+                ping.release()
+                pong.acquire(timeout=30)
+            out, err = p.communicate(timeout=30)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+        assert p.returncode == 0, err
+        assert out.strip() == "done"
+        assert ping.value == 0 and pong.value == 0
+    finally:
+        for obj in (ping, pong):
+            obj.unlink()
+            obj.close()
+
+
+def test_mutual_exclusion_between_processes(
+    cross: tuple[str, str], name: str, tmp_path: Path
+) -> None:
+    """Processes that take the semaphore around a read-modify-write lose no update."""
+    code = """
+        import sys
+        from fastipc import sem
+        name, backend, path = sys.argv[1], sys.argv[2], sys.argv[3]
+        lock = sem.Semaphore(name, backend=backend)
+        for _ in range(100):
+            with lock:
+                with open(path) as f:
+                    n = int(f.read())
+                with open(path, "w") as f:
+                    f.write(str(n + 1))
+        lock.close()
+    """
+    counter = tmp_path / "counter"
+    counter.write_text("0")
+    lock = sem.Semaphore(name, create=True, value=1, backend=cross[0])
+    try:
+        procs = [start_python(code, name, b, str(counter)) for b in (*cross, cross[0])]
+        for p in procs:
+            _, err = p.communicate(timeout=60)
+            assert p.returncode == 0, err
+        assert counter.read_text() == "300"
+    finally:
+        lock.unlink()
+        lock.close()
+
+
+def test_waiter_started_first(backend: str, name: str) -> None:
+    code = """
+        import sys
+        from fastipc import sem
+        s = sem.Semaphore(sys.argv[1], backend=sys.argv[2])
+        s.acquire(timeout=30)
+        print("acquired")
+        s.close()
+    """
+    obj = sem.Semaphore(name, create=True, backend=backend)
+    try:
+        p = start_python(code, name, backend)
+        try:
+            time.sleep(0.3)
+            assert p.poll() is None
+            obj.release()
+            out, err = p.communicate(timeout=30)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+        assert out.strip() == "acquired", err
+    finally:
+        obj.unlink()
+        obj.close()
+
+
+def test_attach_missing_in_child(backend: str, name: str) -> None:
+    out = run_python(
+        "import sys\nfrom fastipc import sem\n"
+        "try:\n    sem.Semaphore(sys.argv[1], backend=sys.argv[2])\n"
+        "except FileNotFoundError as e:\n    print(e.errno)",
+        name,
+        backend,
+        timeout=30,
+    )
+    assert out.stdout.strip() == str(errno.ENOENT), out.stderr
