@@ -241,6 +241,8 @@ class _End:
     _what = "channel end"
     _ops: Any = None
     _fd = -1
+    _mmap: Any = None
+    _size = 0
 
     def _setup(self, name: Any, backend: Optional[str]) -> None:
         self._name, self._path = _path(name)
@@ -497,6 +499,7 @@ class Reader(_End):
             fd = _open(self._path, 0)
         except FileNotFoundError:
             return None
+        self._fd = fd
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise ValueError(f"{self._path!r} is not a shared memory segment")

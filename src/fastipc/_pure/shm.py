@@ -389,14 +389,15 @@ class WriterOps(_Ops):
             t0 = _monotonic() if t > 0 else 0.0
             mv = _bytes_view(data)
             progress = [0]
+            left = t
             while True:
                 try:
-                    self._send(mv, t, progress)
+                    self._send(mv, left, progress)
                     return
                 except _Code as c:
                     if c.code != -errno.EINTR:
                         self._error(c.code, t)
-                t = _left(t, t0)
+                left = _left(t, t0)
 
         return send
 
@@ -407,18 +408,19 @@ class WriterOps(_Ops):
         mv = memoryview(blob)
         sent = offset = 0
         deadline: list[Optional[float]] = []
+        left = timeout
         try:
             if self._gone(False):
                 raise _Code(-errno.EPIPE)
             for n in lens:
                 while True:
                     try:
-                        self._put(mv[offset:offset + n], timeout, deadline, [0])
+                        self._put(mv[offset:offset + n], left, deadline, [0])
                         break
                     except _Code as c:
                         if c.code != -errno.EINTR:
                             raise
-                        timeout = _left(timeout, t0)
+                        left = _left(timeout, t0)
                         deadline.clear()
                 offset += n
                 sent += 1
@@ -642,13 +644,14 @@ class ReaderOps(_Ops):
 
     def _call(self, dest: Any, timeout: float) -> Any:
         t0 = _monotonic() if timeout > 0 else 0.0
+        t = timeout
         while True:
             try:
-                return self._get(dest, timeout)
+                return self._get(dest, t)
             except _Code as c:
                 if c.code != -errno.EINTR:
                     self._error(c.code, timeout)
-            timeout = _left(timeout, t0)
+            t = _left(timeout, t0)
 
     def make_recv(self, slow: Any) -> Any:
         mm = self._mm
