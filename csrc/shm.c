@@ -337,24 +337,44 @@ static int gone_code(fipc_shm *h)
     return h->role == ROLE_READER ? FIPC_EOF : -EPIPE;
 }
 
+/* After a wait that had to sleep: if what we waited for came soon after the spin gave up
+ * (the peer answers at the pace of a wake-up, not of its work), spinning longer would have
+ * caught it: spin fully again. If it came much later, spinning wastes the CPU: spin half
+ * as long next time, down to a microsecond. */
+static void adapt(fipc_shm *h, int64_t waited_ns)
+{
+    if (h->spin_max_ns <= 0)
+        return;
+    if (waited_ns < 4 * h->spin_max_ns) {
+        h->spin_ns = h->spin_max_ns;
+    } else {
+        h->spin_ns /= 2;
+        if (h->spin_ns < 1000)
+            h->spin_ns = h->spin_max_ns < 1000 ? h->spin_max_ns : 1000;
+    }
+}
+
 /* Wait until ready(h, need): spin first (adaptively), then sleep on the futex. */
 static int wait_ring(fipc_shm *h, uint64_t need, double timeout, int64_t *deadline)
 {
     int rc;
+    int64_t start = 0;
     if (*deadline == -2)
         *deadline = fipc_deadline(timeout);
     if (h->role == ROLE_READER)
         fipc_shm_release(h); /* never sleep on space we could give back */
     if (timeout != 0 && h->spin_ns > 0) {
-        int64_t end = fipc_now_ns() + h->spin_ns;
+        start = fipc_now_ns();
+        int64_t end = start + h->spin_ns;
         if (*deadline >= 0 && end > *deadline)
             end = *deadline;
         for (unsigned i = 1;; i++) {
             if ((rc = ready(h, need)) != 0) {
                 if (rc > 0) {
                     h->spins++;
-                    h->spin_ns = h->spin_ns * 2 > h->spin_max_ns ? h->spin_max_ns
-                                                                 : h->spin_ns * 2;
+                    if (h->spin_ns < h->spin_max_ns)
+                        h->spin_ns = h->spin_ns * 2 > h->spin_max_ns ? h->spin_max_ns
+                                                                     : h->spin_ns * 2;
                 }
                 return rc < 0 ? rc : 0;
             }
@@ -392,19 +412,16 @@ static int wait_ring(fipc_shm *h, uint64_t need, double timeout, int64_t *deadli
         if (rc != 0) {
             STORE(A32(h, wait_off), 0u, relaxed);
             if (rc > 0) {
-                if (slept)
+                if (slept) {
                     h->sleeps++;
-                else
+                    if (start)
+                        adapt(h, fipc_now_ns() - start);
+                } else {
                     h->spins++;
+                }
                 return 0;
             }
             return rc;
-        }
-        if (!slept && h->spin_ns > 0) {
-            /* the spin was not enough: spin less next time, down to a floor */
-            h->spin_ns /= 2;
-            if (h->spin_ns < 1000 && h->spin_max_ns >= 1000)
-                h->spin_ns = 1000;
         }
         rc = futex_wait(A32(h, seq_off), seq, left < SLICE_NS ? left : SLICE_NS);
         STORE(A32(h, wait_off), 0u, relaxed);

@@ -45,15 +45,14 @@ MAX_CAPACITY = 1 << 32
 DEFAULT_MAX_MESSAGE_SIZE = 1 << 30
 MAX_MESSAGE_LIMIT = (1 << 63) - 1
 MAX_SPIN = 1.0
+DEFAULT_SPIN = 50e-6
 
 
 def _default_spin() -> float:
-    """Spin before sleeping only where the peer can run meanwhile: on more than one CPU."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cpus = os.cpu_count() or 1
-    return 50e-6 if cpus > 1 else 0.0
+    """Spin before sleeping only where the peer can run meanwhile: on a machine with more
+    than one CPU (this process's own affinity does not matter: the peer may be pinned to
+    another CPU)."""
+    return DEFAULT_SPIN if (os.cpu_count() or 1) > 1 else 0.0
 
 
 def _path(name: Any) -> tuple[str, str]:

@@ -221,8 +221,10 @@ class _Ops:
         """Until _ready(need); raises _Code for EOF / EPIPE / timeout / EINTR."""
         if self.role == 2:
             self.release()
+        start = 0.0
         if timeout != 0 and self.spin_cur > 0:
-            end = _monotonic() + self.spin_cur
+            start = _monotonic()
+            end = start + self.spin_cur
             if deadline is not None:
                 end = min(end, deadline)
             while True:
@@ -250,6 +252,8 @@ class _Ops:
                 u32[wait_i] = 0
                 if slept:
                     self.sleeps += 1
+                    if start:
+                        self._adapt(_monotonic() - start)
                 else:
                     self.spins += 1
                 return
@@ -260,13 +264,21 @@ class _Ops:
                     raise _Code(-errno.ETIMEDOUT)
             else:
                 left = SLICE
-            if not slept and self.spin_cur > 0:
-                self.spin_cur = max(self.spin_cur / 2, min(1e-6, self.spin_max))
             rc = _futex_wait(self._addr + seq_i * 4, seq, min(left, SLICE))
             u32[wait_i] = 0
             slept = True
             if rc < 0:
                 raise _Code(rc)
+
+    def _adapt(self, waited: float) -> None:
+        """As adapt() in csrc/shm.c: spin fully again if the wait ended soon after the spin
+        gave up, else spin half as long next time."""
+        if self.spin_max <= 0:
+            return
+        if waited < 4 * self.spin_max:
+            self.spin_cur = self.spin_max
+        else:
+            self.spin_cur = max(self.spin_cur / 2, min(1e-6, self.spin_max))
 
     def _publish(self, off: int, value: int, wait_off: int, seq_off: int) -> None:
         if not _TSO:
