@@ -396,6 +396,36 @@ class Writer(_End):
             lens = [memoryview(m).nbytes for m in messages]
         ops.send_many(blob, lens, t)
 
+    @property
+    def reader_attached(self) -> bool:
+        """Whether a reader has attached (it may have closed since)."""
+        self._live()
+        return _u32(self._mmap, 44) != 0
+
+    def flush(self, timeout: Optional[float] = None) -> None:
+        """Wait until the reader has taken every message sent so far (it has read them, or
+        is waiting for more). TimeoutError after ``timeout`` seconds (also while no reader
+        has attached); BrokenPipeError if the reader closes or dies first."""
+        self._live()
+        t = check_timeout(timeout)
+        deadline = time.monotonic() + t
+        delay = 0.0002
+        mm = self._mmap
+        while True:
+            state = _u32(mm, 44)
+            if _u64(mm, 128) == _u64(mm, 64):  # tail caught up with head
+                return
+            rpid = _u32(mm, 40)
+            if state == 2 or (0 < rpid < 2**31 and self._impl.pid_dead(rpid)):
+                raise BrokenPipeError(errno.EPIPE, "the reader has gone", self._name)
+            if t >= 0:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise _core.timeout_error(timeout, self._name)
+                delay = min(delay, left)
+            time.sleep(delay)
+            delay = min(delay * 2, 0.01)
+
     def close(self) -> None:
         """Tell the reader the stream ended (it reads what is queued, then EOFError), unmap
         and remove the name. Idempotent."""
@@ -739,5 +769,46 @@ def _left(t: float, t0: float) -> float:
     return max(0.0, t0 + t - time.monotonic()) if t > 0 else t
 
 
+def _u32(mm: Any, off: int) -> int:
+    return int.from_bytes(mm[off:off + 4], "little")
+
+
+def _u64(mm: Any, off: int) -> int:
+    return int.from_bytes(mm[off:off + 8], "little")
+
+
 def _writer_pid(mm: Any) -> int:
     return int.from_bytes(mm[32:36], "little", signed=True)
+
+
+class ChannelInfo:
+    """What the header of a channel segment says (for ``fastipc ls``)."""
+
+    __slots__ = ("capacity", "head", "reader_pid", "reader_state", "tail", "writer_pid",
+                 "writer_state")
+
+    def __init__(self, header: bytes) -> None:
+        self.capacity = int.from_bytes(header[8:16], "little")
+        self.writer_pid = int.from_bytes(header[32:36], "little", signed=True)
+        self.writer_state = int.from_bytes(header[36:40], "little")
+        self.reader_pid = int.from_bytes(header[40:44], "little", signed=True)
+        self.reader_state = int.from_bytes(header[44:48], "little")
+        self.head = int.from_bytes(header[64:72], "little")
+        self.tail = int.from_bytes(header[128:136], "little")
+
+
+def channel_info(path: str) -> Optional[ChannelInfo]:
+    """The header of the channel segment at ``path``, or None if it is not one."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        header = os.pread(fd, HEADER, 0)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    if len(header) < HEADER or header[:4] != b"FSHM":
+        return None
+    return ChannelInfo(header)

@@ -405,18 +405,16 @@ def zmq_pingpong(rounds: int) -> float:
 
 
 def mp_shared_memory_bulk(size: int, count: int) -> float:
-    from multiprocessing import resource_tracker, shared_memory
+    from multiprocessing import shared_memory
 
     seg = shared_memory.SharedMemory(create=True, size=size)
     go_r, go_w = os.pipe()
     ack_r, ack_w = os.pipe()
 
     def child(conn: Connection) -> None:
+        # a forked child shares the parent's resource tracker: its registration is the
+        # parent's, which the parent's unlink() ends
         other = shared_memory.SharedMemory(seg.name)
-        try:  # attached only: keep the tracker from unlinking it at exit (cpython #82300)
-            resource_tracker.unregister(other._name, "shared_memory")  # type: ignore[attr-defined]
-        except Exception:
-            pass
         buf = bytearray(size)
         view = memoryview(buf)
         conn.send("ready")
