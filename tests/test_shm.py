@@ -76,9 +76,9 @@ def test_shared_memory_errors(backend: str, name: str) -> None:
         seg.unlink()
     assert seg.closed
     with pytest.raises(ValueError):
-        seg.buf
+        _ = seg.buf
     with pytest.raises(ValueError):
-        seg.size
+        _ = seg.size
     with pytest.raises(ValueError):
         seg.fileno()
 

@@ -22,8 +22,9 @@ import mmap
 import os
 import stat
 import time
+from collections.abc import Iterable, Iterator
 from types import ModuleType, TracebackType
-from typing import Any, Iterable, Iterator, Optional
+from typing import Any, Optional
 
 from fastipc import _core
 from fastipc._core import check_int, check_timeout, closed_error
@@ -518,9 +519,9 @@ class Reader(_End):
             delay = min(delay * 2, 0.02)
         self._ops = ops
         self._max = max_message_size
-        self._fast_recv = ops.make_recv(self._recv_slow)
+        self._fast_recv: Any = ops.make_recv(self._recv_slow)
         self._fast_recv.__doc__ = Reader.recv.__doc__
-        self._general_recv = self.recv
+        self._general_recv: Any = self.recv
         self._sync()
 
     def _attach(self, max_message_size: int, spin: float) -> Any:

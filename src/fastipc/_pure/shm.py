@@ -168,6 +168,10 @@ class _Code(Exception):
 
 class _Ops:
     role = 0
+    last_len = 0
+
+    def release(self) -> None:
+        """Reader: hand consumed space back to the writer (nothing to do for a writer)."""
 
     def __init__(self, mm: Any, size: int, name: str) -> None:
         self.name = name

@@ -26,6 +26,7 @@ import ctypes
 import multiprocessing as mp
 import os
 import uuid
+from functools import partial
 from multiprocessing.connection import Connection
 from typing import Any, Callable
 
@@ -417,20 +418,24 @@ def mp_shared_memory_bulk(size: int, count: int) -> float:
         other = shared_memory.SharedMemory(seg.name)
         buf = bytearray(size)
         view = memoryview(buf)
+        src = other.buf
+        assert src is not None
         conn.send("ready")
         for _ in range(count):
             os.read(go_r, 1)
-            view[:] = other.buf[:size]
+            view[:] = src[:size]
             os.write(ack_w, b"a")
-        del view
+        del view, src
         other.close()
 
     def parent(conn: Connection) -> float:
         data = memoryview(b"z" * size)
+        dst = seg.buf
+        assert dst is not None
         conn.recv()
         t0 = now()
         for _ in range(count):
-            seg.buf[:size] = data
+            dst[:size] = data
             os.write(go_w, b"g")
             os.read(ack_r, 1)
         return size * count / (now() - t0) / 1e9
@@ -544,12 +549,12 @@ def cases(quick: bool) -> list[Case]:
     for size, label, n, slow in ((MiB, "1 MiB", int(2000 * k), int(200 * k)),
                                  (64 * MiB, "64 MiB", max(3, int(20 * k)), 3)):
         w = f"one-way {label}"
-        add(w, "fastipc native", "GB/s", lambda s=size, n=n: fastipc_bulk("native", s, n))
-        add(w, "fastipc pure", "GB/s", lambda s=size, n=slow: fastipc_bulk("pure", s, n))
+        add(w, "fastipc native", "GB/s", partial(fastipc_bulk, "native", size, n))
+        add(w, "fastipc pure", "GB/s", partial(fastipc_bulk, "pure", size, slow))
         add(w, "multiprocessing.shared_memory", "GB/s",
-            lambda s=size, n=n: mp_shared_memory_bulk(s, n))
-        add(w, "multiprocessing.Pipe", "GB/s", lambda s=size, n=slow: mp_pipe_bulk(s, n))
+            partial(mp_shared_memory_bulk, size, n))
+        add(w, "multiprocessing.Pipe", "GB/s", partial(mp_pipe_bulk, size, slow))
         add(w, "C shm ring", "GB/s",
-            lambda s=size, n=n: run_c("shm_ring", "bulk", str(s), str(max(3, n * 2))))
-        add(w, "C memcpy", "GB/s", lambda s=size: run_c("memcpy", str(s)))
+            partial(run_c, "shm_ring", "bulk", str(size), str(max(3, n * 2))))
+        add(w, "C memcpy", "GB/s", partial(run_c, "memcpy", str(size)))
     return out
