@@ -338,14 +338,14 @@ static int gone_code(fipc_shm *h)
 }
 
 /* After a wait that had to sleep: if what we waited for came soon after the spin gave up
- * (the peer answers at the pace of a wake-up, not of its work), spinning longer would have
- * caught it: spin fully again. If it came much later, spinning wastes the CPU: spin half
+ * (within one more spin and a wake-up's 50 us: the peer answers at the pace of a wake-up,
+ * not of its work), spinning would catch it once both sides spin: spin fully again. If it came much later, spinning wastes the CPU: spin half
  * as long next time, down to a microsecond. */
 static void adapt(fipc_shm *h, int64_t waited_ns)
 {
     if (h->spin_max_ns <= 0)
         return;
-    if (waited_ns < 4 * h->spin_max_ns) {
+    if (waited_ns < 2 * h->spin_max_ns + 50000) {
         h->spin_ns = h->spin_max_ns;
     } else {
         h->spin_ns /= 2;
