@@ -339,6 +339,8 @@ class WriterOps(_Ops):
         if tail & 7 or (self.pos - tail) % 2**64 > self.capacity or \
                 (tail - self.peer) % 2**64 > self.capacity:
             raise _Code(FIPC_CORRUPT)
+        if not _TSO:
+            _fence()  # the reader's last reads of that space before our writes to it
         self.peer = tail
 
     def _ready(self, need: int) -> bool:
