@@ -133,9 +133,9 @@ int64_t fipc_shm_recv(fipc_shm *h, char *dest, uint64_t cap, double timeout, cha
 int64_t fipc_shm_recv_many(fipc_shm *h, char *dest, uint64_t cap, uint64_t *lens, uint64_t max,
                            char *fmt, uint64_t fmt_cap, double timeout);
 /* Release every frame read so far (up to hold) and publish it to the writer. */
-void fipc_shm_release(fipc_shm *h);
+int fipc_shm_release(fipc_shm *h);
 /* Mark this end closed in the header and wake the peer. */
-void fipc_shm_close(fipc_shm *h);
+int fipc_shm_close(fipc_shm *h);
 /* 1 if the process is gone (or a zombie), 0 if it runs. */
 int fipc_shm_pid_dead(int32_t pid);
 

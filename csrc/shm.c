@@ -143,7 +143,7 @@ int fipc_shm_pid_dead(int32_t pid)
     if (fd < 0)
         return errno == ENOENT;
     ssize_t n = read(fd, buf, sizeof buf - 1);
-    close(fd);
+    (void)close(fd); /* read-only: nothing to lose */
     if (n <= 0)
         return 0;
     buf[n] = '\0';
@@ -275,15 +275,16 @@ static inline void publish_head(fipc_shm *h)
     publish(h, OFF_HEAD, h->pos, OFF_RWAIT, OFF_DSEQ);
 }
 
-void fipc_shm_release(fipc_shm *h)
+int fipc_shm_release(fipc_shm *h)
 {
     if (h->role != ROLE_READER)
-        return;
+        return 0;
     uint64_t t = h->release < h->hold ? h->release : h->hold;
     if (t == h->published || t - h->published > h->capacity)
-        return;
+        return 0;
     h->published = t;
     publish(h, OFF_TAIL, t, OFF_WWAIT, OFF_SSEQ);
+    return 0;
 }
 
 /* Hand consumed space back in batches of a sixteenth of the ring (or at once when the
@@ -744,7 +745,7 @@ int64_t fipc_shm_recv_many(fipc_shm *h, char *dest, uint64_t cap, uint64_t *lens
 
 /* ---------------------------------------------------------------- close */
 
-void fipc_shm_close(fipc_shm *h)
+int fipc_shm_close(fipc_shm *h)
 {
     if (h->role == ROLE_WRITER) {
         STORE(A64(h, OFF_HEAD), h->pos, release);
@@ -759,4 +760,5 @@ void fipc_shm_close(fipc_shm *h)
         futex_wake(A32(h, OFF_SSEQ));
     }
     h->role = 0;
+    return 0;
 }

@@ -370,8 +370,10 @@ class Writer(_End):
         """Send one message (any bytes-like object). Waits up to ``timeout`` seconds for
         room; TimeoutError if the ring stays full (a message streamed in chunks that was
         cut short is dropped by the reader, never delivered in part)."""
-        self._live()  # (shadowed by the backend's fast path while open)
-        raise AssertionError("unreachable")
+        # (while open, the instance's own `send`, the backend's one-call fast path, shadows
+        # this method; it is reached through the class, e.g. Writer.send(w, data))
+        self._live()
+        self.__dict__["send"](data, timeout)
 
     def send_many(self, messages: Iterable[Any], timeout: Optional[float] = None) -> None:
         """Send several messages in one call (one C call on the native backend). On an
