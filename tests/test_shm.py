@@ -716,3 +716,30 @@ def test_no_resource_tracker(name: str) -> None:
         assert out.returncode == 0, out.stderr
         assert (SHM / name).exists()
         seg.unlink()
+
+
+def test_forked_copy_does_not_close_the_channel(backend: str, name: str) -> None:
+    """A child that inherited the ends through fork and exits leaves the channel alone."""
+    code = """
+import os, sys
+from fastipc import shm
+name, backend = sys.argv[1], sys.argv[2]
+w = shm.Writer(name, capacity=4096, backend=backend)
+r = shm.Reader(name, timeout=5, backend=backend)
+pid = os.fork()
+if pid == 0:
+    w.close()
+    r.close()
+    os._exit(0)
+os.waitpid(pid, 0)
+w.send(b"still open", timeout=5)
+assert r.recv(timeout=5) == b"still open"
+assert os.path.exists("/dev/shm/" + name)
+r.close()
+w.close()
+assert not os.path.exists("/dev/shm/" + name)
+print("ok")
+"""
+    out = run_python(code, name, backend, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"

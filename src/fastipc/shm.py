@@ -245,6 +245,7 @@ class _End:
     _size = 0
 
     def _setup(self, name: Any, backend: Optional[str]) -> None:
+        self._pid = os.getpid()
         self._name, self._path = _path(name)
         self._backend = _core.resolve_backend(backend)
         self._impl: ModuleType = _core.ops("shm", self._backend)
@@ -431,11 +432,16 @@ class Writer(_End):
 
     def close(self) -> None:
         """Tell the reader the stream ended (it reads what is queued, then EOFError), unmap
-        and remove the name. Idempotent."""
+        and remove the name. Idempotent. (In a child that inherited this writer through fork,
+        close() only unmaps: the stream and the name stay the parent's.)"""
         ops, self._ops = self._ops, None
         if ops is None:
             return
         self.send = _closed_call(self._what)  # type: ignore[method-assign]
+        if os.getpid() != self._pid:  # a copy inherited through fork: the channel is not ours
+            ops.detach()
+            self._unmap()
+            return
         ops.close()
         try:
             if _same_file(self._fd, self._path):
@@ -752,7 +758,8 @@ class Reader(_End):
                     pass
 
     def close(self) -> None:
-        """Detach: the writer gets BrokenPipeError from then on. Idempotent."""
+        """Detach: the writer gets BrokenPipeError from then on. Idempotent. (In a child that
+        inherited this reader through fork, close() only unmaps: the parent's reader stays.)"""
         ops, self._ops = self._ops, None
         if ops is None:
             return
@@ -764,7 +771,10 @@ class Reader(_End):
         self._partial = self._complete = None
         self._sync()
         self._fast_recv = self._general_recv = None
-        ops.close()
+        if os.getpid() != self._pid:  # a copy inherited through fork: leave the channel be
+            ops.detach()
+        else:
+            ops.close()
         self._unmap()
 
 

@@ -98,6 +98,10 @@ class _Ops:
         lib.fipc_shm_close(self._h)
         ffi.release(self._base)
 
+    def detach(self) -> None:
+        """Let go of the mapping without telling the peer anything."""
+        ffi.release(self._base)
+
 
 class WriterOps(_Ops):
     __slots__ = ("_progress", "_sent")

@@ -190,6 +190,10 @@ class _Ops:
         self.peer = 0
         self.peer_pid = 0
 
+    def detach(self) -> None:
+        """Let go of the mapping without telling the peer anything."""
+        self._release_views()
+
     def _release_views(self) -> None:
         self._u32.release()
         self._u64.release()
