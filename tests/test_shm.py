@@ -743,3 +743,12 @@ print("ok")
     out = run_python(code, name, backend, timeout=30)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+def test_segment_too_large_for_dev_shm(backend: str, name: str) -> None:
+    """A segment /dev/shm cannot back is refused at creation (ENOSPC), never a later SIGBUS."""
+    with pytest.raises(OSError) as info:
+        shm.SharedMemory(name, size=1 << 50, create=True, backend=backend)
+    assert info.value.errno == errno.ENOSPC
+    assert "/dev/shm" in str(info.value)
+    assert not (SHM / name).exists()

@@ -2,8 +2,9 @@
 exception, never crash, hang, or read or write out of bounds; and any sequence of messages
 goes through a small ring whole, once and in order, between any two backends.
 
-The same tests run under the sanitizer build (scripts/sanitize.sh), where an out-of-bounds
-access in csrc/shm.c would abort the process.
+The same tests run under the sanitizer build (FASTIPC_SANITIZE=1), where an out-of-bounds
+access in csrc/shm.c would abort the process; ``tests/fuzz_shm_atheris.py`` fuzzes the same
+reader with coverage guidance where atheris is installed.
 """
 
 from __future__ import annotations
