@@ -106,6 +106,8 @@ typedef struct fipc_shm {
     int32_t peer_pid;       /* the other end's pid, 0 while unknown */
     int32_t role;           /* 1 writer, 2 reader */
     uint64_t spins, sleeps; /* statistics: waits satisfied by spinning / by sleeping */
+    int32_t busy;           /* calls in progress on this handle (any thread) */
+    int32_t closed;         /* set by fipc_shm_close: calls return -EBADF */
 } fipc_shm;
 
 int fipc_shm_writer_init(fipc_shm *h, char *base, uint64_t map_size, int32_t pid,
@@ -134,8 +136,11 @@ int64_t fipc_shm_recv_many(fipc_shm *h, char *dest, uint64_t cap, uint64_t *lens
                            char *fmt, uint64_t fmt_cap, double timeout);
 /* Release every frame read so far (up to hold) and publish it to the writer. */
 int fipc_shm_release(fipc_shm *h);
-/* Mark this end closed in the header and wake the peer. */
+/* Mark this end closed in the header and wake the peer, and any call of ours blocked in
+ * another thread (it returns -EBADF). Returns how many calls are still in progress: the
+ * mapping must not be unmapped before fipc_shm_busy() says 0. */
 int fipc_shm_close(fipc_shm *h);
+int fipc_shm_busy(fipc_shm *h);
 /* 1 if the process is gone (or a zombie), 0 if it runs. */
 int fipc_shm_pid_dead(int32_t pid);
 

@@ -275,7 +275,7 @@ static inline void publish_head(fipc_shm *h)
     publish(h, OFF_HEAD, h->pos, OFF_RWAIT, OFF_DSEQ);
 }
 
-int fipc_shm_release(fipc_shm *h)
+static int release_tail(fipc_shm *h)
 {
     if (h->role != ROLE_READER)
         return 0;
@@ -293,7 +293,36 @@ int fipc_shm_release(fipc_shm *h)
 static inline void lazy_release(fipc_shm *h)
 {
     if (h->release - h->published >= (h->capacity >> 4) || LOAD(A32(h, OFF_WWAIT), relaxed))
-        fipc_shm_release(h);
+        release_tail(h);
+}
+
+/* ---------------------------------------------------------------- threads */
+
+/* Another thread may close this end while a call is in progress: close() sets `closed`,
+ * wakes us, and Python unmaps only once `busy` is back to 0. */
+static inline int is_closed(fipc_shm *h)
+{
+    return atomic_load_explicit((_Atomic int32_t *)&h->closed, memory_order_seq_cst);
+}
+
+static inline int enter(fipc_shm *h)
+{
+    atomic_fetch_add_explicit((_Atomic int32_t *)&h->busy, 1, memory_order_seq_cst);
+    if (is_closed(h)) {
+        atomic_fetch_sub_explicit((_Atomic int32_t *)&h->busy, 1, memory_order_release);
+        return -EBADF;
+    }
+    return 0;
+}
+
+static inline void leave(fipc_shm *h)
+{
+    atomic_fetch_sub_explicit((_Atomic int32_t *)&h->busy, 1, memory_order_release);
+}
+
+int fipc_shm_busy(fipc_shm *h)
+{
+    return atomic_load_explicit((_Atomic int32_t *)&h->busy, memory_order_acquire);
 }
 
 /* ---------------------------------------------------------------- waiting */
@@ -363,7 +392,7 @@ static int wait_ring(fipc_shm *h, uint64_t need, double timeout, int64_t *deadli
     if (*deadline == -2)
         *deadline = fipc_deadline(timeout);
     if (h->role == ROLE_READER)
-        fipc_shm_release(h); /* never sleep on space we could give back */
+        release_tail(h); /* never sleep on space we could give back */
     if (timeout != 0 && h->spin_ns > 0) {
         start = fipc_now_ns();
         int64_t end = start + h->spin_ns;
@@ -380,6 +409,8 @@ static int wait_ring(fipc_shm *h, uint64_t need, double timeout, int64_t *deadli
                 return rc < 0 ? rc : 0;
             }
             if ((i & 255u) == 0) {
+                if (is_closed(h))
+                    return -EBADF;
                 if (peer_gone(h, 0) || fipc_now_ns() >= end)
                     break;
             }
@@ -391,6 +422,8 @@ static int wait_ring(fipc_shm *h, uint64_t need, double timeout, int64_t *deadli
     int slept = 0;
     int check_pid = timeout == 0; /* one look only: ask the kernel about the peer now */
     for (;;) {
+        if (is_closed(h))
+            return -EBADF; /* closed by another thread while we waited */
         uint32_t seq = LOAD(A32(h, seq_off), acquire);
         atomic_exchange_explicit(A32(h, wait_off), 1u, memory_order_seq_cst);
         rc = ready(h, need);
@@ -503,7 +536,7 @@ static int64_t put(fipc_shm *h, const char *buf, uint64_t len, double timeout,
     return 0;
 }
 
-int64_t fipc_shm_send(fipc_shm *h, const char *buf, uint64_t len, double timeout,
+static int64_t shm_send(fipc_shm *h, const char *buf, uint64_t len, double timeout,
                       uint64_t *progress)
 {
     if (h->role != ROLE_WRITER)
@@ -521,7 +554,7 @@ int64_t fipc_shm_send(fipc_shm *h, const char *buf, uint64_t len, double timeout
     return 0;
 }
 
-int64_t fipc_shm_send_many(fipc_shm *h, const char *buf, const uint64_t *lens, uint64_t count,
+static int64_t shm_send_many(fipc_shm *h, const char *buf, const uint64_t *lens, uint64_t count,
                            double timeout, uint64_t *sent)
 {
     *sent = 0;
@@ -585,7 +618,7 @@ static inline void consume(fipc_shm *h, uint64_t size)
     h->release = h->pos;
 }
 
-int64_t fipc_shm_recv(fipc_shm *h, char *dest, uint64_t cap, double timeout, char **ptr)
+static int64_t shm_recv(fipc_shm *h, char *dest, uint64_t cap, double timeout, char **ptr)
 {
     if (h->role != ROLE_READER)
         return -EBADF;
@@ -616,7 +649,7 @@ int64_t fipc_shm_recv(fipc_shm *h, char *dest, uint64_t cap, double timeout, cha
         if (kind == FR_NEXT) {
             if (h->msg_total == 0) { /* the rest of a message its writer abandoned */
                 consume(h, size);
-                fipc_shm_release(h);
+                release_tail(h);
                 continue;
             }
             if (dest == NULL || cap < h->msg_total)
@@ -626,7 +659,7 @@ int64_t fipc_shm_recv(fipc_shm *h, char *dest, uint64_t cap, double timeout, cha
             memcpy(dest + h->msg_done, data, len);
             h->msg_done += len;
             consume(h, size);
-            fipc_shm_release(h);
+            release_tail(h);
             if (h->msg_done == h->msg_total) {
                 int64_t n = (int64_t)h->msg_total;
                 h->msg_total = h->msg_done = 0;
@@ -636,8 +669,11 @@ int64_t fipc_shm_recv(fipc_shm *h, char *dest, uint64_t cap, double timeout, cha
         }
         /* a new message: one that was being assembled was abandoned by its writer */
         h->msg_total = h->msg_done = 0;
-        if (total > h->max_message) {
+        if (total > h->max_message) { /* dropped (a streamed one's NEXT frames are
+                                           skipped as abandoned): later messages flow */
             h->last_len = total;
+            consume(h, size);
+            release_tail(h);
             return FIPC_TOOBIG;
         }
         if (kind == FR_WHOLE) {
@@ -663,7 +699,7 @@ int64_t fipc_shm_recv(fipc_shm *h, char *dest, uint64_t cap, double timeout, cha
         h->msg_total = total;
         h->msg_done = len;
         consume(h, size);
-        fipc_shm_release(h);
+        release_tail(h);
         if (len == total) {
             h->msg_total = h->msg_done = 0;
             return (int64_t)total;
@@ -687,7 +723,7 @@ static char *put_format(char *f, char *end, uint64_t n)
     return f;
 }
 
-int64_t fipc_shm_recv_many(fipc_shm *h, char *dest, uint64_t cap, uint64_t *lens, uint64_t max,
+static int64_t shm_recv_many(fipc_shm *h, char *dest, uint64_t cap, uint64_t *lens, uint64_t max,
                            char *fmt, uint64_t fmt_cap, double timeout)
 {
     if (h->role != ROLE_READER)
@@ -727,7 +763,12 @@ int64_t fipc_shm_recv_many(fipc_shm *h, char *dest, uint64_t cap, uint64_t *lens
             if (count > 0)
                 break;
             h->last_len = total;
-            return total > h->max_message ? FIPC_TOOBIG : FIPC_SHM_NEED;
+            if (total > h->max_message) {
+                consume(h, size); /* dropped, as in fipc_shm_recv */
+                release_tail(h);
+                return FIPC_TOOBIG;
+            }
+            return FIPC_SHM_NEED;
         }
         char *nf = put_format(f, fend, len);
         if (nf == NULL)
@@ -747,18 +788,72 @@ int64_t fipc_shm_recv_many(fipc_shm *h, char *dest, uint64_t cap, uint64_t *lens
 
 int fipc_shm_close(fipc_shm *h)
 {
+    if (atomic_exchange_explicit((_Atomic int32_t *)&h->closed, 1, memory_order_seq_cst))
+        return fipc_shm_busy(h);
     if (h->role == ROLE_WRITER) {
-        STORE(A64(h, OFF_HEAD), h->pos, release);
         STORE(A32(h, OFF_WSTATE), ST_CLOSED, release);
-        atomic_fetch_add_explicit(A32(h, OFF_DSEQ), 1u, memory_order_seq_cst);
-        futex_wake(A32(h, OFF_DSEQ));
     } else if (h->role == ROLE_READER) {
-        h->hold = UINT64_MAX;
-        fipc_shm_release(h);
+        if (fipc_shm_busy(h) == 0) { /* else the thread in a call owns these fields */
+            h->hold = UINT64_MAX;
+            release_tail(h);
+        }
         STORE(A32(h, OFF_RSTATE), ST_CLOSED, release);
-        atomic_fetch_add_explicit(A32(h, OFF_SSEQ), 1u, memory_order_seq_cst);
-        futex_wake(A32(h, OFF_SSEQ));
     }
-    h->role = 0;
-    return 0;
+    /* wake the peer, and our own calls blocked in other threads */
+    atomic_fetch_add_explicit(A32(h, OFF_DSEQ), 1u, memory_order_seq_cst);
+    atomic_fetch_add_explicit(A32(h, OFF_SSEQ), 1u, memory_order_seq_cst);
+    futex_wake(A32(h, OFF_DSEQ));
+    futex_wake(A32(h, OFF_SSEQ));
+    return fipc_shm_busy(h);
+}
+
+/* ---------------------------------------------------------------- entry points */
+
+int fipc_shm_release(fipc_shm *h)
+{
+    if (enter(h) < 0)
+        return -EBADF;
+    int rc = release_tail(h);
+    leave(h);
+    return rc;
+}
+
+int64_t fipc_shm_send(fipc_shm *h, const char *buf, uint64_t len, double timeout,
+                      uint64_t *progress)
+{
+    if (enter(h) < 0)
+        return -EBADF;
+    int64_t rc = shm_send(h, buf, len, timeout, progress);
+    leave(h);
+    return rc;
+}
+
+int64_t fipc_shm_send_many(fipc_shm *h, const char *buf, const uint64_t *lens, uint64_t count,
+                           double timeout, uint64_t *sent)
+{
+    *sent = 0;
+    if (enter(h) < 0)
+        return -EBADF;
+    int64_t rc = shm_send_many(h, buf, lens, count, timeout, sent);
+    leave(h);
+    return rc;
+}
+
+int64_t fipc_shm_recv(fipc_shm *h, char *dest, uint64_t cap, double timeout, char **ptr)
+{
+    if (enter(h) < 0)
+        return -EBADF;
+    int64_t rc = shm_recv(h, dest, cap, timeout, ptr);
+    leave(h);
+    return rc;
+}
+
+int64_t fipc_shm_recv_many(fipc_shm *h, char *dest, uint64_t cap, uint64_t *lens, uint64_t max,
+                           char *fmt, uint64_t fmt_cap, double timeout)
+{
+    if (enter(h) < 0)
+        return -EBADF;
+    int64_t rc = shm_recv_many(h, dest, cap, lens, max, fmt, fmt_cap, timeout);
+    leave(h);
+    return rc;
 }

@@ -294,11 +294,34 @@ def test_max_message_size(backend: str, name: str) -> None:
         with pytest.raises(OSError):
             w.send_many([b"x", b"x" * 101])
     with shm.Writer(name, capacity=4096, backend=backend) as w, \
-            shm.Reader(name, timeout=5, max_message_size=10, backend=backend) as r:
-        w.send(b"y" * 11)
+            shm.Reader(name, timeout=5, max_message_size=3000, backend=backend) as r:
+        # an oversized message is dropped with EMSGSIZE; the ones after it flow
+        def produce() -> None:
+            w.send(b"y" * 20000, timeout=10)  # streamed: its chunks are skipped
+            w.send(b"ok", timeout=10)
+
+        t = threading.Thread(target=produce)
+        t.start()
+        try:
+            with pytest.raises(OSError) as info:
+                r.recv(timeout=5)
+            assert info.value.errno == errno.EMSGSIZE
+            assert r.recv(timeout=5) == b"ok"
+        finally:
+            t.join(10)
+        w.send(b"z" * 3001)
+        w.send(b"next")
         with pytest.raises(OSError) as info:
-            r.recv(timeout=1)
+            r.recv_many(timeout=1)
         assert info.value.errno == errno.EMSGSIZE
+        assert r.recv_many(timeout=1) == [b"next"]
+        w.send(b"z" * 3001)
+        w.send(b"next")
+        with pytest.raises(OSError) as info:
+            r.recv_into(bytearray(9000), timeout=1)
+        assert info.value.errno == errno.EMSGSIZE
+        buf = bytearray(10)
+        assert r.recv_into(buf, timeout=1) == 4 and buf[:4] == b"next"
 
 
 def test_closed_objects(backend: str, name: str) -> None:
@@ -752,3 +775,47 @@ def test_segment_too_large_for_dev_shm(backend: str, name: str) -> None:
     assert info.value.errno == errno.ENOSPC
     assert "/dev/shm" in str(info.value)
     assert not (SHM / name).exists()
+
+
+def test_close_from_another_thread_wakes_a_blocked_call(backend: str, name: str) -> None:
+    """Closing an end while another thread waits in it ends that wait with ValueError
+    (the end is closed), promptly, and never unmaps memory under a running call."""
+    with shm.Writer(name, capacity=4096, spin=0, backend=backend) as w:
+        r = shm.Reader(name, timeout=5, spin=0, backend=backend)
+        errors: list[BaseException] = []
+
+        def wait(call: Any) -> None:
+            try:
+                call()
+            except BaseException as exc:  # inspected below
+                errors.append(exc)
+
+        t = threading.Thread(target=wait, args=(lambda: r.recv(timeout=30),))
+        t.start()
+        time.sleep(0.1)
+        t0 = time.monotonic()
+        r.close()
+        t.join(5)
+        assert not t.is_alive()
+        assert time.monotonic() - t0 < 2
+        assert len(errors) == 1 and isinstance(errors[0], ValueError), errors
+
+    w = shm.Writer(name, capacity=4096, spin=0, backend=backend)
+    r = shm.Reader(name, timeout=5, backend=backend)
+    try:
+        while True:
+            try:
+                w.send(b"x" * 500, timeout=0)
+            except TimeoutError:
+                break
+        errors.clear()
+        t = threading.Thread(target=wait, args=(lambda: w.send(b"y" * 500, timeout=30),))
+        t.start()
+        time.sleep(0.1)
+        w.close()
+        t.join(5)
+        assert not t.is_alive()
+        assert len(errors) == 1 and isinstance(errors[0], ValueError), errors
+    finally:
+        r.close()
+        w.close()

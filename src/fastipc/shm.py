@@ -587,7 +587,7 @@ class Reader(_End):
 
     def _recv_slow(self, rc: int, t: float, t0: float) -> bytes:
         """Called by the fast path for anything but a small message."""
-        ops = self._ops
+        ops = self._live()  # closed by another thread meanwhile: ValueError
         try:
             return ops.finish(rc, t, t0)  # type: ignore[no-any-return]
         except self._impl.Need as need:
@@ -622,7 +622,7 @@ class Reader(_End):
 
     def _fill(self, buf: Any, total: int, t: float) -> int:
         """Assemble a streamed message into buf; on a timeout it stays for the next call."""
-        ops = self._ops
+        ops = self._live()
         while True:
             self._partial = (buf, total)
             try:

@@ -80,6 +80,8 @@ class _Ops:
         self._h = ffi.new("fipc_shm *")
 
     def _error(self, rc: int, timeout: float) -> Any:
+        if rc == -errno.EBADF:  # closed by another thread during the call
+            raise ValueError(f"I/O operation on closed channel end {self.name!r}")
         check(rc, self.name, None if timeout < 0 else timeout)
 
     @property
@@ -95,8 +97,17 @@ class _Ops:
         return int(self._h.spins), int(self._h.sleeps)
 
     def close(self) -> None:
-        lib.fipc_shm_close(self._h)
-        ffi.release(self._base)
+        """Mark this end closed and let go of the mapping, once no call of another thread is
+        still inside C on it (closing wakes such a call: it ends with EBADF). If one does
+        not come out in time, the mapping is left to the garbage collector, which unmaps it
+        when the last reference goes: never under a running call."""
+        busy = lib.fipc_shm_close(self._h)
+        deadline = _monotonic() + 5.0
+        while busy and _monotonic() < deadline:
+            time.sleep(0.0005)
+            busy = lib.fipc_shm_busy(self._h)
+        if not busy:
+            ffi.release(self._base)
 
     def detach(self) -> None:
         """Let go of the mapping without telling the peer anything."""

@@ -190,6 +190,16 @@ class _Ops:
         self.peer = 0
         self.peer_pid = 0
 
+    def _wake_all(self) -> None:
+        """Wake the peer, and a call of ours blocked in another thread (which then finds
+        the views released: ValueError)."""
+        u32 = self._u32
+        for off in (OFF_DSEQ, OFF_SSEQ):
+            u32[off // 4] = (u32[off // 4] + 1) & 0xFFFFFFFF
+        _fence()
+        _futex_wake(self._addr + OFF_DSEQ)
+        _futex_wake(self._addr + OFF_SSEQ)
+
     def detach(self) -> None:
         """Let go of the mapping without telling the peer anything."""
         self._release_views()
@@ -460,9 +470,7 @@ class WriterOps(_Ops):
         self._u64[OFF_HEAD // 8] = self.pos
         _fence()
         u32[OFF_WSTATE // 4] = ST_CLOSED
-        u32[OFF_DSEQ // 4] = (u32[OFF_DSEQ // 4] + 1) & 0xFFFFFFFF
-        _fence()
-        _futex_wake(self._addr + OFF_DSEQ)
+        self._wake_all()
         self._release_views()
 
 
@@ -638,8 +646,10 @@ class ReaderOps(_Ops):
                     return total
                 continue
             self.msg_total = self.msg_done = 0
-            if total > self.max_message:
+            if total > self.max_message:  # dropped: later messages flow
                 self.last_len = total
+                self._consume(size)
+                self.release()
                 raise _Code(FIPC_TOOBIG)
             if kind == FR_WHOLE:
                 self.last_len = n
@@ -753,7 +763,5 @@ class ReaderOps(_Ops):
         self.release()
         u32 = self._u32
         u32[OFF_RSTATE // 4] = ST_CLOSED
-        u32[OFF_SSEQ // 4] = (u32[OFF_SSEQ // 4] + 1) & 0xFFFFFFFF
-        _fence()
-        _futex_wake(self._addr + OFF_SSEQ)
+        self._wake_all()
         self._release_views()
