@@ -368,14 +368,16 @@ static int gone_code(fipc_shm *h)
 }
 
 /* After a wait that had to sleep: if what we waited for came soon after the spin gave up
- * (within one more spin and a wake-up's 50 us: the peer answers at the pace of a wake-up,
- * not of its work), spinning would catch it once both sides spin: spin fully again. If it came much later, spinning wastes the CPU: spin half
+ * (within a few spins and wake-ups: the peer answers at the pace of its own wake-ups, not
+ * of its work), spinning would catch it once both sides spin again: spin fully again.
+ * (Too tight a bound traps two busy peers in sleeping for each other: each wait then lasts
+ * a wake-up, 20-100 us on a loaded VM, and so does the next.) If it came much later, spinning wastes the CPU: spin half
  * as long next time, down to a microsecond. */
 static void adapt(fipc_shm *h, int64_t waited_ns)
 {
     if (h->spin_max_ns <= 0)
         return;
-    if (waited_ns < 2 * h->spin_max_ns + 50000) {
+    if (waited_ns < 4 * h->spin_max_ns + 100000) {
         h->spin_ns = h->spin_max_ns;
     } else {
         h->spin_ns /= 2;

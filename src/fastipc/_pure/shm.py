@@ -293,7 +293,7 @@ class _Ops:
         gave up, else spin half as long next time."""
         if self.spin_max <= 0:
             return
-        if waited < 2 * self.spin_max + 50e-6:
+        if waited < 4 * self.spin_max + 100e-6:
             self.spin_cur = self.spin_max
         else:
             self.spin_cur = max(self.spin_cur / 2, min(1e-6, self.spin_max))
