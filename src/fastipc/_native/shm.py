@@ -157,10 +157,10 @@ class WriterOps(_Ops):
         count = len(lens)
         clens = ffi.new("uint64_t[]", lens)
         sent = self._sent
+        t0 = _monotonic() if timeout > 0 else 0.0
         rc = _send_many(self._h, blob, clens, count, timeout, sent)
         if rc == 0:
             return
-        t0 = _monotonic()
         done = int(sent[0])
         base = _from_buffer(blob)
         while rc == _EINTR:
