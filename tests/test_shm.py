@@ -365,11 +365,15 @@ def test_writer_close_then_eof(backend: str, name: str) -> None:
 def test_eof_wakes_a_blocked_reader(backend: str, name: str) -> None:
     w = shm.Writer(name, capacity=4096, backend=backend)
     with shm.Reader(name, timeout=5, spin=0, backend=backend) as r:
-        threading.Timer(0.1, w.close).start()
+        timer = threading.Timer(0.1, w.close)
+        timer.start()
         t0 = time.monotonic()
-        with pytest.raises(EOFError):
-            r.recv(timeout=5)
-        assert time.monotonic() - t0 < 2
+        try:
+            with pytest.raises(EOFError):
+                r.recv(timeout=5)
+            assert time.monotonic() - t0 < 2
+        finally:
+            timer.join(5)  # w.close() goes on a moment after the reader saw the end
 
 
 def test_reader_close_breaks_the_pipe(backend: str, name: str) -> None:
