@@ -1,0 +1,861 @@
+/* The shared-memory channel: a single-producer single-consumer byte ring in a POSIX shm
+ * segment, laid out as docs/shm-layout.md describes.
+ *
+ * Ordering: the writer copies a frame, then publishes the new head with a release store;
+ * the reader loads head with acquire before reading frames, and publishes its tail with a
+ * release store once it is done with them. Waits spin for a bounded, adaptive time, then
+ * sleep on a futex word; a sleeper first raises its "waiting" flag and the other side
+ * checks that flag after a full fence (Dekker), so the fast path never makes a syscall and
+ * a wake-up is never lost. Sleeps are cut into slices so that a dead peer is noticed.
+ *
+ * Nothing read from the mapping is trusted: head, tail, frame lengths and kinds are checked
+ * against the capacity derived from the mapping's real size (FIPC_CORRUPT otherwise). */
+#include "fastipc.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MAGIC 0x4D485346u /* "FSHM" little-endian */
+#define VERSION 1u
+#define HDR ((uint64_t)FIPC_SHM_HEADER)
+#define MIN_CAPACITY 4096u
+
+#define OFF_MAGIC 0
+#define OFF_VERSION 4
+#define OFF_CAPACITY 8
+#define OFF_DATA 16
+#define OFF_MAXMSG 24
+#define OFF_WPID 32
+#define OFF_WSTATE 36
+#define OFF_RPID 40
+#define OFF_RSTATE 44
+#define OFF_HEAD 64
+#define OFF_TAIL 128
+#define OFF_DSEQ 192
+#define OFF_RWAIT 196
+#define OFF_SSEQ 200
+#define OFF_WWAIT 204
+
+#define ST_OPEN 1u
+#define ST_CLOSED 2u
+
+#define FR_WHOLE 1u
+#define FR_FIRST 2u
+#define FR_NEXT 3u
+#define FR_PAD 4u
+#define FR_HDR 8u    /* u32 length, u32 kind */
+#define FIRST_HDR 16u /* ... then u64 total length of the message */
+
+#define ROLE_WRITER 1
+#define ROLE_READER 2
+
+#define SLICE_NS 100000000LL /* sleep at most this long between checks on the peer */
+#define MAX_CHUNK (256u << 10)
+
+#define A32(h, off) ((_Atomic uint32_t *)(void *)((h)->base + (off)))
+#define A64(h, off) ((_Atomic uint64_t *)(void *)((h)->base + (off)))
+#define LOAD(p, mo) atomic_load_explicit((p), memory_order_##mo)
+#define STORE(p, v, mo) atomic_store_explicit((p), (v), memory_order_##mo)
+
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield" ::: "memory");
+#else
+    atomic_signal_fence(memory_order_seq_cst);
+#endif
+}
+
+static inline uint64_t round8(uint64_t n)
+{
+    return (n + 7u) & ~(uint64_t)7u;
+}
+
+static inline char *ring(fipc_shm *h, uint64_t pos)
+{
+    return h->base + HDR + (pos & (h->capacity - 1));
+}
+
+static inline uint32_t rd32(const char *p)
+{
+    uint32_t v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static inline uint64_t rd64(const char *p)
+{
+    uint64_t v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static inline void wr32(char *p, uint32_t v)
+{
+    memcpy(p, &v, sizeof v);
+}
+
+static inline void wr64(char *p, uint64_t v)
+{
+    memcpy(p, &v, sizeof v);
+}
+
+/* ---------------------------------------------------------------- futex and peers */
+
+static int futex_wait(_Atomic uint32_t *addr, uint32_t val, int64_t ns)
+{
+    struct timespec ts = {.tv_sec = ns / 1000000000LL, .tv_nsec = ns % 1000000000LL};
+    long rc = syscall(SYS_futex, addr, FUTEX_WAIT, val, &ts, NULL, 0);
+    if (rc < 0 && errno != EAGAIN && errno != ETIMEDOUT)
+        return -errno; /* EINTR goes back to Python */
+    return 0;
+}
+
+static void futex_wake(_Atomic uint32_t *addr)
+{
+    /* Cannot fail on a valid shared mapping; a failure would only cost the sleeper one
+     * slice, after which it looks again. */
+    long rc = syscall(SYS_futex, addr, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+    (void)rc;
+}
+
+int fipc_shm_pid_dead(int32_t pid)
+{
+    if (pid <= 0)
+        return 0;
+    if (kill(pid, 0) < 0)
+        return errno == ESRCH;
+    /* alive or a zombie that nobody has reaped yet: a zombie counts as dead */
+    char path[64], buf[512];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return errno == ENOENT;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    (void)close(fd); /* read-only: nothing to lose */
+    if (n <= 0)
+        return 0;
+    buf[n] = '\0';
+    char *p = strrchr(buf, ')');
+    return p != NULL && p[1] == ' ' && (p[2] == 'Z' || p[2] == 'X');
+}
+
+/* ---------------------------------------------------------------- set-up */
+
+static void set_spin(fipc_shm *h, double spin)
+{
+    if (spin > 1.0)
+        spin = 1.0;
+    h->spin_max_ns = spin > 0 ? (int64_t)(spin * 1e9) : 0;
+    h->spin_ns = h->spin_max_ns;
+}
+
+static int valid_capacity(uint64_t cap)
+{
+    return cap >= MIN_CAPACITY && (cap & (cap - 1)) == 0;
+}
+
+int fipc_shm_writer_init(fipc_shm *h, char *base, uint64_t map_size, int32_t pid,
+                         uint64_t max_message, double spin)
+{
+    if (base == NULL || map_size <= HDR || !valid_capacity(map_size - HDR) || pid <= 0)
+        return -EINVAL;
+    memset(h, 0, sizeof *h);
+    h->base = base;
+    h->map_size = map_size;
+    h->capacity = map_size - HDR;
+    h->max_message = max_message;
+    h->role = ROLE_WRITER;
+    h->hold = UINT64_MAX;
+    h->chunk = h->capacity / 16 < MAX_CHUNK ? h->capacity / 16 : MAX_CHUNK;
+    set_spin(h, spin);
+
+    memset(base, 0, HDR);
+    wr32(base + OFF_VERSION, VERSION);
+    wr64(base + OFF_CAPACITY, h->capacity);
+    wr64(base + OFF_DATA, HDR);
+    wr64(base + OFF_MAXMSG, max_message);
+    STORE(A32(h, OFF_WPID), (uint32_t)pid, relaxed);
+    STORE(A32(h, OFF_WSTATE), ST_OPEN, relaxed);
+    STORE(A32(h, OFF_MAGIC), MAGIC, release); /* last: the header is complete */
+    return 0;
+}
+
+int fipc_shm_reader_init(fipc_shm *h, char *base, uint64_t map_size, int32_t pid,
+                         uint64_t max_message, double spin)
+{
+    if (base == NULL || pid <= 0)
+        return -EINVAL;
+    memset(h, 0, sizeof *h);
+    h->base = base;
+    h->map_size = map_size;
+    if (map_size == 0)
+        return FIPC_SHM_NOTREADY;
+    if (map_size <= HDR || !valid_capacity(map_size - HDR))
+        return FIPC_CORRUPT;
+    uint32_t magic = LOAD(A32(h, OFF_MAGIC), acquire);
+    if (magic == 0)
+        return FIPC_SHM_NOTREADY;
+    if (magic != MAGIC || rd32(base + OFF_VERSION) != VERSION)
+        return FIPC_CORRUPT;
+    uint64_t cap = rd64(base + OFF_CAPACITY);
+    if (cap != map_size - HDR || rd64(base + OFF_DATA) != HDR)
+        return FIPC_CORRUPT;
+    int32_t wpid = (int32_t)LOAD(A32(h, OFF_WPID), relaxed);
+    uint32_t wstate = LOAD(A32(h, OFF_WSTATE), acquire);
+    if (wpid <= 0 || (wstate != ST_OPEN && wstate != ST_CLOSED))
+        return FIPC_CORRUPT;
+    if (LOAD(A32(h, OFF_RSTATE), acquire) != 0)
+        return -EBUSY; /* a reader attached before us */
+    uint64_t tail = LOAD(A64(h, OFF_TAIL), acquire);
+    uint64_t head = LOAD(A64(h, OFF_HEAD), acquire);
+    if ((tail & 7u) || (head & 7u) || head - tail > cap)
+        return FIPC_CORRUPT;
+
+    h->capacity = cap;
+    h->max_message = max_message;
+    h->role = ROLE_READER;
+    h->hold = UINT64_MAX;
+    h->pos = h->release = h->published = tail;
+    h->peer = head;
+    h->peer_pid = wpid;
+    set_spin(h, spin);
+    STORE(A32(h, OFF_RPID), (uint32_t)pid, relaxed);
+    STORE(A32(h, OFF_RSTATE), ST_OPEN, release);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- counters */
+
+/* Reader: refresh the cached head. */
+static int load_head(fipc_shm *h)
+{
+    uint64_t head = LOAD(A64(h, OFF_HEAD), acquire);
+    if ((head & 7u) || head - h->pos > h->capacity || head - h->peer > h->capacity)
+        return FIPC_CORRUPT;
+    h->peer = head;
+    return 0;
+}
+
+/* Writer: refresh the cached tail. */
+static int load_tail(fipc_shm *h)
+{
+    uint64_t tail = LOAD(A64(h, OFF_TAIL), acquire);
+    if ((tail & 7u) || h->pos - tail > h->capacity || tail - h->peer > h->capacity)
+        return FIPC_CORRUPT;
+    h->peer = tail;
+    return 0;
+}
+
+/* Store a counter the peer waits on, then wake it if (and only if) it sleeps. */
+static inline void publish(fipc_shm *h, size_t off, uint64_t value, size_t wait_off,
+                           size_t seq_off)
+{
+    STORE(A64(h, off), value, release);
+    atomic_thread_fence(memory_order_seq_cst);
+    if (LOAD(A32(h, wait_off), relaxed)) {
+        atomic_fetch_add_explicit(A32(h, seq_off), 1u, memory_order_release);
+        futex_wake(A32(h, seq_off));
+    }
+}
+
+static inline void publish_head(fipc_shm *h)
+{
+    publish(h, OFF_HEAD, h->pos, OFF_RWAIT, OFF_DSEQ);
+}
+
+static int release_tail(fipc_shm *h)
+{
+    if (h->role != ROLE_READER)
+        return 0;
+    uint64_t t = h->release < h->hold ? h->release : h->hold;
+    if (t == h->published || t - h->published > h->capacity)
+        return 0;
+    h->published = t;
+    publish(h, OFF_TAIL, t, OFF_WWAIT, OFF_SSEQ);
+    return 0;
+}
+
+/* Hand consumed space back in batches of a sixteenth of the ring (or at once when the
+ * writer waits for it): the tail's cache line then crosses cores rarely. Every wait
+ * releases everything first, so the writer never waits for space we hold. */
+static inline void lazy_release(fipc_shm *h)
+{
+    if (h->release - h->published >= (h->capacity >> 4) || LOAD(A32(h, OFF_WWAIT), relaxed))
+        release_tail(h);
+}
+
+/* ---------------------------------------------------------------- threads */
+
+/* Another thread may close this end while a call is in progress: close() sets `closed`,
+ * wakes us, and Python unmaps only once `busy` is back to 0. */
+static inline int is_closed(fipc_shm *h)
+{
+    return atomic_load_explicit((_Atomic int32_t *)&h->closed, memory_order_seq_cst);
+}
+
+static inline int enter(fipc_shm *h)
+{
+    atomic_fetch_add_explicit((_Atomic int32_t *)&h->busy, 1, memory_order_seq_cst);
+    if (is_closed(h)) {
+        atomic_fetch_sub_explicit((_Atomic int32_t *)&h->busy, 1, memory_order_release);
+        return -EBADF;
+    }
+    return 0;
+}
+
+static inline void leave(fipc_shm *h)
+{
+    atomic_fetch_sub_explicit((_Atomic int32_t *)&h->busy, 1, memory_order_release);
+}
+
+int fipc_shm_busy(fipc_shm *h)
+{
+    return atomic_load_explicit((_Atomic int32_t *)&h->busy, memory_order_acquire);
+}
+
+/* ---------------------------------------------------------------- waiting */
+
+/* The peer's end: 1 closed or dead, 0 running. check_pid: also ask the kernel. */
+static int peer_gone(fipc_shm *h, int check_pid)
+{
+    if (h->role == ROLE_READER) {
+        if (LOAD(A32(h, OFF_WSTATE), acquire) == ST_CLOSED)
+            return 1;
+        return check_pid && fipc_shm_pid_dead(h->peer_pid);
+    }
+    if (LOAD(A32(h, OFF_RSTATE), acquire) == ST_CLOSED)
+        return 1;
+    if (!check_pid)
+        return 0;
+    int32_t rpid = (int32_t)LOAD(A32(h, OFF_RPID), relaxed);
+    return rpid > 0 && fipc_shm_pid_dead(rpid);
+}
+
+/* Is what we wait for there? Reader: at least one frame header past pos. Writer: `need`
+ * free bytes. 1 yes, 0 no, < 0 corrupt. */
+static int ready(fipc_shm *h, uint64_t need)
+{
+    int rc;
+    if (h->role == ROLE_READER) {
+        if (h->peer != h->pos)
+            return 1;
+        rc = load_head(h);
+        return rc < 0 ? rc : h->peer != h->pos;
+    }
+    if (h->capacity - (h->pos - h->peer) >= need)
+        return 1;
+    rc = load_tail(h);
+    return rc < 0 ? rc : h->capacity - (h->pos - h->peer) >= need;
+}
+
+/* What a wait ends with when the peer has gone: the reader's end of stream, the writer's
+ * broken pipe. */
+static int gone_code(fipc_shm *h)
+{
+    return h->role == ROLE_READER ? FIPC_EOF : -EPIPE;
+}
+
+/* After a wait that had to sleep: if what we waited for came soon after the spin gave up
+ * (within a few spins and wake-ups: the peer answers at the pace of its own wake-ups, not
+ * of its work), spinning would catch it once both sides spin again: spin fully again.
+ * (Too tight a bound traps two busy peers in sleeping for each other: each wait then lasts
+ * a wake-up, 20-100 us on a loaded VM, and so does the next.) If it came much later, spinning wastes the CPU: spin half
+ * as long next time, down to a microsecond. */
+static void adapt(fipc_shm *h, int64_t waited_ns)
+{
+    if (h->spin_max_ns <= 0)
+        return;
+    if (waited_ns < 4 * h->spin_max_ns + 100000) {
+        h->spin_ns = h->spin_max_ns;
+    } else {
+        h->spin_ns /= 2;
+        if (h->spin_ns < 1000)
+            h->spin_ns = h->spin_max_ns < 1000 ? h->spin_max_ns : 1000;
+    }
+}
+
+/* Wait until ready(h, need): spin first (adaptively), then sleep on the futex. */
+static int wait_ring(fipc_shm *h, uint64_t need, double timeout, int64_t *deadline)
+{
+    int rc;
+    int64_t start = 0;
+    if (*deadline == -2)
+        *deadline = fipc_deadline(timeout);
+    if (h->role == ROLE_READER)
+        release_tail(h); /* never sleep on space we could give back */
+    if (timeout != 0 && h->spin_ns > 0) {
+        start = fipc_now_ns();
+        int64_t end = start + h->spin_ns;
+        if (*deadline >= 0 && end > *deadline)
+            end = *deadline;
+        for (unsigned i = 1;; i++) {
+            if ((rc = ready(h, need)) != 0) {
+                if (rc > 0) {
+                    h->spins++;
+                    if (h->spin_ns < h->spin_max_ns)
+                        h->spin_ns = h->spin_ns * 2 > h->spin_max_ns ? h->spin_max_ns
+                                                                     : h->spin_ns * 2;
+                }
+                return rc < 0 ? rc : 0;
+            }
+            if ((i & 255u) == 0) {
+                if (is_closed(h))
+                    return -EBADF;
+                if (peer_gone(h, 0) || fipc_now_ns() >= end)
+                    break;
+            }
+            cpu_relax();
+        }
+    }
+    size_t wait_off = h->role == ROLE_READER ? OFF_RWAIT : OFF_WWAIT;
+    size_t seq_off = h->role == ROLE_READER ? OFF_DSEQ : OFF_SSEQ;
+    int slept = 0;
+    int check_pid = timeout == 0; /* one look only: ask the kernel about the peer now */
+    for (;;) {
+        if (is_closed(h))
+            return -EBADF; /* closed by another thread while we waited */
+        uint32_t seq = LOAD(A32(h, seq_off), acquire);
+        atomic_exchange_explicit(A32(h, wait_off), 1u, memory_order_seq_cst);
+        rc = ready(h, need);
+        if (rc == 0 && peer_gone(h, slept || check_pid)) {
+            /* the writer publishes its last head before it says closed: look once more */
+            rc = ready(h, need);
+            if (rc == 0)
+                rc = gone_code(h);
+        }
+        int64_t left = 0;
+        if (rc == 0) {
+            if (*deadline >= 0) {
+                left = *deadline - fipc_now_ns();
+                if (left <= 0)
+                    rc = -ETIMEDOUT;
+            } else {
+                left = SLICE_NS;
+            }
+        }
+        if (rc != 0) {
+            STORE(A32(h, wait_off), 0u, relaxed);
+            if (rc > 0) {
+                if (slept) {
+                    h->sleeps++;
+                    if (start)
+                        adapt(h, fipc_now_ns() - start);
+                } else {
+                    h->spins++;
+                }
+                return 0;
+            }
+            return rc;
+        }
+        rc = futex_wait(A32(h, seq_off), seq, left < SLICE_NS ? left : SLICE_NS);
+        STORE(A32(h, wait_off), 0u, relaxed);
+        slept = 1;
+        if (rc < 0)
+            return rc;
+    }
+}
+
+/* ---------------------------------------------------------------- writer */
+
+/* Make room for a frame of `frame` bytes at pos (padding to the ring's end if it would not
+ * fit before it) and return where it goes; waits as needed. */
+static int reserve(fipc_shm *h, uint64_t frame, double timeout, int64_t *deadline, char **at)
+{
+    uint64_t room = h->capacity - (h->pos & (h->capacity - 1));
+    uint64_t need = frame > room ? room + frame : frame;
+    if (h->capacity - (h->pos - h->peer) < need) {
+        int rc = ready(h, need);
+        if (rc < 0)
+            return rc;
+        if (rc == 0) {
+            publish_head(h); /* what we batched must be visible before we wait */
+            rc = wait_ring(h, need, timeout, deadline);
+            if (rc < 0)
+                return rc;
+        }
+    }
+    if (frame > room) {
+        char *p = ring(h, h->pos);
+        wr32(p, (uint32_t)(room - FR_HDR));
+        wr32(p + 4, FR_PAD);
+        h->pos += room;
+    }
+    *at = ring(h, h->pos);
+    return 0;
+}
+
+static inline int whole(fipc_shm *h, uint64_t len)
+{
+    return FR_HDR + round8(len) <= h->capacity / 4;
+}
+
+/* Write one message without publishing head (the caller does). */
+static int64_t put(fipc_shm *h, const char *buf, uint64_t len, double timeout,
+                   int64_t *deadline, uint64_t *progress)
+{
+    char *p;
+    int rc;
+    if (whole(h, len)) {
+        uint64_t frame = FR_HDR + round8(len);
+        if ((rc = reserve(h, frame, timeout, deadline, &p)) < 0)
+            return rc;
+        wr32(p, (uint32_t)len);
+        wr32(p + 4, FR_WHOLE);
+        memcpy(p + FR_HDR, buf, len);
+        h->pos += frame;
+        return 0;
+    }
+    /* streamed through the ring in chunks, each published at once so the reader copies
+     * one while we fill the next */
+    uint64_t done = *progress;
+    while (done < len) {
+        uint64_t hdr = done == 0 ? FIRST_HDR : FR_HDR;
+        uint64_t want = len - done < h->chunk ? len - done : h->chunk;
+        if ((rc = reserve(h, hdr + round8(want), timeout, deadline, &p)) < 0)
+            return rc;
+        wr32(p, (uint32_t)want);
+        wr32(p + 4, done == 0 ? FR_FIRST : FR_NEXT);
+        if (done == 0)
+            wr64(p + FR_HDR, len);
+        memcpy(p + hdr, buf + done, want);
+        h->pos += hdr + round8(want);
+        publish_head(h);
+        done += want;
+        *progress = done;
+    }
+    return 0;
+}
+
+static int64_t shm_send(fipc_shm *h, const char *buf, uint64_t len, double timeout,
+                      uint64_t *progress)
+{
+    if (h->role != ROLE_WRITER)
+        return -EBADF;
+    if (len > h->max_message)
+        return FIPC_TOOBIG;
+    if (peer_gone(h, 0))
+        return -EPIPE;
+    int64_t deadline = -2;
+    int64_t rc = put(h, buf, len, timeout, &deadline, progress);
+    if (rc < 0)
+        return rc;
+    publish_head(h);
+    *progress = 0;
+    return 0;
+}
+
+static int64_t shm_send_many(fipc_shm *h, const char *buf, const uint64_t *lens, uint64_t count,
+                           double timeout, uint64_t *sent)
+{
+    *sent = 0;
+    if (h->role != ROLE_WRITER)
+        return -EBADF;
+    for (uint64_t i = 0; i < count; i++)
+        if (lens[i] > h->max_message)
+            return FIPC_TOOBIG;
+    if (peer_gone(h, 0))
+        return -EPIPE;
+    int64_t deadline = -2;
+    int64_t rc = 0;
+    uint64_t i = 0;
+    for (; i < count; i++) {
+        uint64_t progress = 0;
+        rc = put(h, buf, lens[i], timeout, &deadline, &progress);
+        if (rc < 0)
+            break;
+        buf += lens[i];
+    }
+    publish_head(h);
+    *sent = i;
+    return rc < 0 ? rc : 0;
+}
+
+/* ---------------------------------------------------------------- reader */
+
+/* The frame at pos, checked: its kind, payload length and payload start. */
+static int frame_at(fipc_shm *h, uint32_t *kind, uint64_t *len, uint64_t *total, char **data,
+                    uint64_t *size)
+{
+    if (h->pos & 7u)
+        return FIPC_CORRUPT;
+    uint64_t room = h->capacity - (h->pos & (h->capacity - 1));
+    uint64_t avail = h->peer - h->pos;
+    if (avail < FR_HDR)
+        return FIPC_CORRUPT;
+    char *p = ring(h, h->pos);
+    uint64_t n = rd32(p);
+    uint32_t k = rd32(p + 4);
+    uint64_t hdr = k == FR_FIRST ? FIRST_HDR : FR_HDR;
+    uint64_t sz = hdr + round8(n);
+    if (k < FR_WHOLE || k > FR_PAD || sz > room || sz > avail)
+        return FIPC_CORRUPT;
+    if (k == FR_PAD && sz != room)
+        return FIPC_CORRUPT;
+    *kind = k;
+    *len = n;
+    *total = k == FR_FIRST ? rd64(p + FR_HDR) : n;
+    *data = p + hdr;
+    *size = sz;
+    if (k == FR_FIRST && (*total < n || *total == 0))
+        return FIPC_CORRUPT;
+    return 0;
+}
+
+/* Consume the frame at pos and hand its space back to the writer. */
+static inline void consume(fipc_shm *h, uint64_t size)
+{
+    h->pos += size;
+    h->release = h->pos;
+}
+
+static int64_t shm_recv(fipc_shm *h, char *dest, uint64_t cap, double timeout, char **ptr)
+{
+    if (h->role != ROLE_READER)
+        return -EBADF;
+    int64_t deadline = -2;
+    int rc;
+    lazy_release(h);
+    for (;;) {
+        if (h->peer == h->pos) {
+            rc = ready(h, 0);
+            if (rc == 0)
+                rc = wait_ring(h, 0, timeout, &deadline);
+            if (rc < 0) {
+                if (rc == FIPC_EOF) {
+                    h->msg_total = h->msg_done = 0; /* a message cut short is dropped */
+                }
+                return rc;
+            }
+        }
+        uint32_t kind;
+        uint64_t len, total, size;
+        char *data;
+        if ((rc = frame_at(h, &kind, &len, &total, &data, &size)) < 0)
+            return rc;
+        if (kind == FR_PAD) {
+            consume(h, size);
+            continue;
+        }
+        if (kind == FR_NEXT) {
+            if (h->msg_total == 0) { /* the rest of a message its writer abandoned */
+                consume(h, size);
+                release_tail(h);
+                continue;
+            }
+            if (dest == NULL || cap < h->msg_total)
+                return -EINVAL;
+            if (len > h->msg_total - h->msg_done)
+                return FIPC_CORRUPT;
+            memcpy(dest + h->msg_done, data, len);
+            h->msg_done += len;
+            consume(h, size);
+            release_tail(h);
+            if (h->msg_done == h->msg_total) {
+                int64_t n = (int64_t)h->msg_total;
+                h->msg_total = h->msg_done = 0;
+                return n;
+            }
+            continue;
+        }
+        /* a new message: one that was being assembled was abandoned by its writer */
+        h->msg_total = h->msg_done = 0;
+        if (total > h->max_message) { /* dropped (a streamed one's NEXT frames are
+                                           skipped as abandoned): later messages flow */
+            h->last_len = total;
+            consume(h, size);
+            release_tail(h);
+            return FIPC_TOOBIG;
+        }
+        if (kind == FR_WHOLE) {
+            h->last_len = len;
+            h->last_pos = h->pos;
+            if (dest == NULL) {
+                *ptr = data;
+                consume(h, size); /* released by the next call */
+                return (int64_t)len;
+            }
+            if (cap < len)
+                return FIPC_SHM_NEED;
+            memcpy(dest, data, len);
+            consume(h, size);
+            lazy_release(h);
+            return (int64_t)len;
+        }
+        /* FR_FIRST */
+        h->last_len = total;
+        if (dest == NULL || cap < total)
+            return FIPC_SHM_NEED;
+        memcpy(dest, data, len);
+        h->msg_total = total;
+        h->msg_done = len;
+        consume(h, size);
+        release_tail(h);
+        if (len == total) {
+            h->msg_total = h->msg_done = 0;
+            return (int64_t)total;
+        }
+    }
+}
+
+static char *put_format(char *f, char *end, uint64_t n)
+{
+    char digits[24];
+    int k = 0;
+    do {
+        digits[k++] = (char)('0' + n % 10);
+        n /= 10;
+    } while (n);
+    if (end - f < k + 2)
+        return NULL;
+    while (k)
+        *f++ = digits[--k];
+    *f++ = 's';
+    return f;
+}
+
+static int64_t shm_recv_many(fipc_shm *h, char *dest, uint64_t cap, uint64_t *lens, uint64_t max,
+                           char *fmt, uint64_t fmt_cap, double timeout)
+{
+    if (h->role != ROLE_READER)
+        return -EBADF;
+    if (fmt_cap < 1)
+        return -EINVAL;
+    int64_t deadline = -2;
+    uint64_t count = 0, used = 0;
+    char *f = fmt, *fend = fmt + fmt_cap;
+    int rc;
+    lazy_release(h);
+    if (h->msg_total) /* finish a streamed message through fipc_shm_recv */
+        return FIPC_SHM_NEED;
+    while (count < max) {
+        if (h->peer == h->pos) {
+            rc = ready(h, 0);
+            if (rc == 0 && count > 0)
+                break; /* wait for the first message only */
+            if (rc == 0)
+                rc = wait_ring(h, 0, timeout, &deadline);
+            if (rc < 0) {
+                if (count > 0 && rc != FIPC_CORRUPT)
+                    break;
+                return rc;
+            }
+        }
+        uint32_t kind;
+        uint64_t len, total, size;
+        char *data;
+        if ((rc = frame_at(h, &kind, &len, &total, &data, &size)) < 0)
+            return rc;
+        if (kind == FR_PAD || (kind == FR_NEXT)) {
+            consume(h, size); /* a NEXT here belongs to an abandoned message */
+            continue;
+        }
+        if (kind == FR_FIRST || total > h->max_message || cap - used < len) {
+            if (count > 0)
+                break;
+            h->last_len = total;
+            if (total > h->max_message) {
+                consume(h, size); /* dropped, as in fipc_shm_recv */
+                release_tail(h);
+                return FIPC_TOOBIG;
+            }
+            return FIPC_SHM_NEED;
+        }
+        char *nf = put_format(f, fend, len);
+        if (nf == NULL)
+            break;
+        f = nf;
+        memcpy(dest + used, data, len);
+        used += len;
+        lens[count++] = len;
+        consume(h, size);
+    }
+    *f = '\0';
+    lazy_release(h);
+    return (int64_t)count;
+}
+
+/* ---------------------------------------------------------------- close */
+
+int fipc_shm_close(fipc_shm *h)
+{
+    if (atomic_exchange_explicit((_Atomic int32_t *)&h->closed, 1, memory_order_seq_cst))
+        return fipc_shm_busy(h);
+    if (h->role == ROLE_WRITER) {
+        STORE(A32(h, OFF_WSTATE), ST_CLOSED, release);
+    } else if (h->role == ROLE_READER) {
+        if (fipc_shm_busy(h) == 0) { /* else the thread in a call owns these fields */
+            h->hold = UINT64_MAX;
+            release_tail(h);
+        }
+        STORE(A32(h, OFF_RSTATE), ST_CLOSED, release);
+    }
+    /* wake the peer, and our own calls blocked in other threads */
+    atomic_fetch_add_explicit(A32(h, OFF_DSEQ), 1u, memory_order_seq_cst);
+    atomic_fetch_add_explicit(A32(h, OFF_SSEQ), 1u, memory_order_seq_cst);
+    futex_wake(A32(h, OFF_DSEQ));
+    futex_wake(A32(h, OFF_SSEQ));
+    return fipc_shm_busy(h);
+}
+
+/* ---------------------------------------------------------------- entry points */
+
+int fipc_shm_release(fipc_shm *h)
+{
+    if (enter(h) < 0)
+        return -EBADF;
+    int rc = release_tail(h);
+    leave(h);
+    return rc;
+}
+
+int64_t fipc_shm_send(fipc_shm *h, const char *buf, uint64_t len, double timeout,
+                      uint64_t *progress)
+{
+    if (enter(h) < 0)
+        return -EBADF;
+    int64_t rc = shm_send(h, buf, len, timeout, progress);
+    leave(h);
+    return rc;
+}
+
+int64_t fipc_shm_send_many(fipc_shm *h, const char *buf, const uint64_t *lens, uint64_t count,
+                           double timeout, uint64_t *sent)
+{
+    *sent = 0;
+    if (enter(h) < 0)
+        return -EBADF;
+    int64_t rc = shm_send_many(h, buf, lens, count, timeout, sent);
+    leave(h);
+    return rc;
+}
+
+int64_t fipc_shm_recv(fipc_shm *h, char *dest, uint64_t cap, double timeout, char **ptr)
+{
+    if (enter(h) < 0)
+        return -EBADF;
+    int64_t rc = shm_recv(h, dest, cap, timeout, ptr);
+    leave(h);
+    return rc;
+}
+
+int64_t fipc_shm_recv_many(fipc_shm *h, char *dest, uint64_t cap, uint64_t *lens, uint64_t max,
+                           char *fmt, uint64_t fmt_cap, double timeout)
+{
+    if (enter(h) < 0)
+        return -EBADF;
+    int64_t rc = shm_recv_many(h, dest, cap, lens, max, fmt, fmt_cap, timeout);
+    leave(h);
+    return rc;
+}

@@ -1,0 +1,77 @@
+"""``fastipc shm write NAME`` and ``fastipc shm read NAME``: the article's mem_server and
+mem_client, with real synchronisation instead of a sleep.
+
+``write`` creates the channel, sends each line of its standard input (or each MESSAGE given
+on the command line) as one message, then waits until a reader has taken them all before it
+closes and removes the segment; it may start long before its reader. ``read`` waits for the
+writer to appear, then prints each message on its own line until the writer closes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("shm", help="shared memory channel demos: write, read")
+    cmds = p.add_subparsers(dest="shm_command", metavar="ACTION")
+    cmds.required = True
+
+    w = cmds.add_parser("write", help="send stdin's lines (or MESSAGEs) through channel NAME")
+    w.add_argument("name", help="channel name (the segment is /dev/shm/NAME)")
+    w.add_argument("messages", nargs="*", metavar="MESSAGE",
+                   help="messages to send (default: each line of stdin)")
+    w.add_argument("--capacity", type=int, default=1 << 20,
+                   help="ring size in bytes (default 1 MiB)")
+    w.add_argument("--timeout", type=float, default=None,
+                   help="seconds to wait for a reader to take everything (default: forever)")
+    w.set_defaults(func=write)
+
+    r = cmds.add_parser("read", help="print the messages of channel NAME until it closes")
+    r.add_argument("name", help="channel name")
+    r.add_argument("--timeout", type=float, default=None,
+                   help="seconds to wait for the writer and for each message "
+                        "(default: forever)")
+    r.add_argument("--count", type=int, default=None, help="stop after this many messages")
+    r.set_defaults(func=read)
+
+
+def write(args: argparse.Namespace) -> int:
+    from fastipc import shm
+
+    with shm.Writer(args.name, capacity=args.capacity, backend=args.backend) as w:
+        print(f"channel {w.name}: capacity {w.capacity} bytes, writer pid "
+              f"{__import__('os').getpid()}", file=sys.stderr, flush=True)
+        sent = 0
+        lines = args.messages or (line.rstrip("\n") for line in sys.stdin)
+        for line in lines:
+            w.send(line.encode(), timeout=args.timeout)
+            sent += 1
+        if not w.reader_attached:
+            print("waiting for a reader (fastipc shm read "
+                  f"{w.name}) ...", file=sys.stderr, flush=True)
+        w.flush(timeout=args.timeout)
+        print(f"{sent} messages taken by the reader", file=sys.stderr, flush=True)
+    return 0
+
+
+def read(args: argparse.Namespace) -> int:
+    from fastipc import shm
+
+    if args.timeout is None:
+        print(f"waiting for the writer of {args.name} ...", file=sys.stderr, flush=True)
+    with shm.Reader(args.name, timeout=args.timeout, backend=args.backend) as r:
+        out = sys.stdout.buffer
+        n = 0
+        while args.count is None or n < args.count:
+            try:
+                data = r.recv(timeout=args.timeout)
+            except EOFError:
+                break
+            out.write(data + b"\n")
+            out.flush()
+            n += 1
+    print(f"{n} messages", file=sys.stderr, flush=True)
+    return 0

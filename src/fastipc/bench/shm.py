@@ -1,0 +1,560 @@
+"""Shared memory: the ``shm.Writer``/``shm.Reader`` channel against the peers a user would pick.
+
+Every case runs two processes, pinned to two CPUs (``pinned``): the parent times, the child
+is the other end; they meet through a ``multiprocessing.Pipe`` only to say "ready" and
+"done", outside the timed loop's per-message path.
+
+- **ping-pong 64 B** (µs per round trip): the parent sends 64 bytes, the child sends them
+  back. fastipc uses two channels and its default adaptive spin (50 µs) before sleeping;
+  iceoryx2 busy-polls its subscriber.
+- **stream 64 B** (msg/s): the parent sends N messages of 64 bytes one call each, the child
+  receives them one call each; timed until the child has the last one.
+- **batch 64 B** (msg/s): the same through ``send_many``/``recv_many`` (faster-fifo:
+  ``put_many``/``get_many``) in batches of 256.
+- **1 MiB / 64 MiB one-way** (GB/s, 1e9 bytes/s): the parent sends a message of that size N
+  times; the child receives each into a buffer it allocated once (fastipc: ``recv_into``,
+  streamed through the default 1 MiB ring in 64 KiB chunks, copied in and out as the C ring
+  does; ``multiprocessing.shared_memory``: copy in, signal over a pipe, copy out, ack).
+
+C rows (``bench/c/shm_ring.c``, ``bench/c/memcpy.c``) are the same work with no Python: a
+busy-polling SPSC ring in shared memory, and one core's memcpy.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import multiprocessing as mp
+import os
+import uuid
+from functools import partial
+from multiprocessing.connection import Connection
+from typing import Any, Callable
+
+from fastipc.bench import Case, Missing, now, optional, pinned, run_c
+
+MSG = b"x" * 64
+BATCH = 256
+MiB = 1 << 20
+
+
+def _name() -> str:
+    return f"fastipc-bench-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def _two(child: Callable[[Connection], None], parent: Callable[[Connection], float]) -> float:
+    """Run child(conn) in the pinned child process and parent(conn) here; parent's result."""
+    mine, theirs = mp.Pipe()
+
+    def run_child() -> None:
+        try:
+            child(theirs)
+        finally:
+            theirs.close()
+
+    with pinned(run_child) as proc:
+        try:
+            return parent(mine)
+        finally:
+            mine.close()
+            proc.join(30)
+
+
+# ---------------------------------------------------------------------------- fastipc
+
+
+def fastipc_pingpong(backend: str, rounds: int) -> float:
+    from fastipc import shm
+
+    ping, pong = _name(), _name()
+
+    def child(conn: Connection) -> None:
+        with shm.Reader(ping, timeout=10, backend=backend) as r, \
+                shm.Writer(pong, capacity=1 << 16, backend=backend) as w:
+            conn.send("ready")
+            recv, send = r.recv, w.send
+            for _ in range(rounds):
+                send(recv())
+            conn.recv()
+
+    def parent(conn: Connection) -> float:
+        with shm.Writer(ping, capacity=1 << 16, backend=backend) as w:
+            conn.recv()
+            with shm.Reader(pong, timeout=10, backend=backend) as r:
+                recv, send = r.recv, w.send
+                t0 = now()
+                for _ in range(rounds):
+                    send(MSG)
+                    recv()
+                dt = now() - t0
+                conn.send("done")
+        return dt / rounds * 1e6
+
+    return _two(child, parent)
+
+
+def fastipc_stream(backend: str, count: int) -> float:
+    from fastipc import shm
+
+    name = _name()
+
+    def child(conn: Connection) -> None:
+        with shm.Reader(name, timeout=10, backend=backend) as r:
+            conn.send("ready")
+            recv = r.recv
+            for _ in range(count):
+                recv()
+            conn.send("done")
+
+    def parent(conn: Connection) -> float:
+        with shm.Writer(name, backend=backend) as w:
+            conn.recv()
+            send = w.send
+            t0 = now()
+            for _ in range(count):
+                send(MSG)
+            conn.recv()
+            return count / (now() - t0)
+
+    return _two(child, parent)
+
+
+def fastipc_batch(backend: str, count: int) -> float:
+    from fastipc import shm
+
+    name = _name()
+    batches = count // BATCH
+
+    def child(conn: Connection) -> None:
+        with shm.Reader(name, timeout=10, backend=backend) as r:
+            conn.send("ready")
+            got, total = r.recv_many, batches * BATCH
+            n = 0
+            while n < total:
+                n += len(got(BATCH))
+            conn.send("done")
+
+    def parent(conn: Connection) -> float:
+        with shm.Writer(name, backend=backend) as w:
+            conn.recv()
+            batch = [MSG] * BATCH
+            send_many = w.send_many
+            t0 = now()
+            for _ in range(batches):
+                send_many(batch)
+            conn.recv()
+            return batches * BATCH / (now() - t0)
+
+    return _two(child, parent)
+
+
+def fastipc_bulk(backend: str, size: int, count: int) -> float:
+    from fastipc import shm
+
+    name = _name()
+
+    def child(conn: Connection) -> None:
+        with shm.Reader(name, timeout=10, backend=backend) as r:
+            buf = bytearray(size)
+            conn.send("ready")
+            for _ in range(count):
+                r.recv_into(buf)
+            conn.send("done")
+
+    def parent(conn: Connection) -> float:
+        data = os.urandom(1024) * (size // 1024)
+        with shm.Writer(name, backend=backend) as w:
+            conn.recv()
+            t0 = now()
+            for _ in range(count):
+                w.send(data)
+            conn.recv()
+            return size * count / (now() - t0) / 1e9
+
+    return _two(child, parent)
+
+
+# ---------------------------------------------------------------------------- peers
+
+
+def mp_pipe_pingpong(rounds: int) -> float:
+    a, b = mp.Pipe()
+
+    def child(conn: Connection) -> None:
+        conn.send("ready")
+        for _ in range(rounds):
+            b.send_bytes(b.recv_bytes())
+
+    def parent(conn: Connection) -> float:
+        conn.recv()
+        t0 = now()
+        for _ in range(rounds):
+            a.send_bytes(MSG)
+            a.recv_bytes()
+        return (now() - t0) / rounds * 1e6
+
+    try:
+        return _two(child, parent)
+    finally:
+        a.close()
+        b.close()
+
+
+def mp_pipe_stream(count: int) -> float:
+    r, w = mp.Pipe(duplex=False)
+
+    def child(conn: Connection) -> None:
+        conn.send("ready")
+        recv = r.recv_bytes
+        for _ in range(count):
+            recv()
+        conn.send("done")
+
+    def parent(conn: Connection) -> float:
+        conn.recv()
+        send = w.send_bytes
+        t0 = now()
+        for _ in range(count):
+            send(MSG)
+        conn.recv()
+        return count / (now() - t0)
+
+    try:
+        return _two(child, parent)
+    finally:
+        r.close()
+        w.close()
+
+
+def mp_pipe_bulk(size: int, count: int) -> float:
+    r, w = mp.Pipe(duplex=False)
+
+    def child(conn: Connection) -> None:
+        buf = bytearray(size)
+        conn.send("ready")
+        for _ in range(count):
+            r.recv_bytes_into(buf)
+        conn.send("done")
+
+    def parent(conn: Connection) -> float:
+        data = b"y" * size
+        conn.recv()
+        t0 = now()
+        for _ in range(count):
+            w.send_bytes(data)
+        conn.recv()
+        return size * count / (now() - t0) / 1e9
+
+    try:
+        return _two(child, parent)
+    finally:
+        r.close()
+        w.close()
+
+
+def _queue_cases(make: Callable[[], Any]) -> tuple[Callable[[int], float], Callable[[int], float]]:
+    def pingpong(rounds: int) -> float:
+        q1, q2 = make(), make()
+
+        def child(conn: Connection) -> None:
+            conn.send("ready")
+            for _ in range(rounds):
+                q2.put(q1.get())
+
+        def parent(conn: Connection) -> float:
+            conn.recv()
+            t0 = now()
+            for _ in range(rounds):
+                q1.put(MSG)
+                q2.get()
+            return (now() - t0) / rounds * 1e6
+
+        return _two(child, parent)
+
+    def stream(count: int) -> float:
+        q = make()
+
+        def child(conn: Connection) -> None:
+            conn.send("ready")
+            get = q.get
+            for _ in range(count):
+                get()
+            conn.send("done")
+
+        def parent(conn: Connection) -> float:
+            conn.recv()
+            put = q.put
+            t0 = now()
+            for _ in range(count):
+                put(MSG)
+            conn.recv()
+            return count / (now() - t0)
+
+        return _two(child, parent)
+
+    return pingpong, stream
+
+
+def _mp_queue() -> Any:
+    return mp.get_context("fork").Queue()
+
+
+def _faster_fifo() -> Any:
+    ff = optional("faster_fifo")
+    return ff.Queue(max_size_bytes=8 * MiB)
+
+
+mp_queue_pingpong, mp_queue_stream = _queue_cases(_mp_queue)
+ff_pingpong, ff_stream = _queue_cases(_faster_fifo)
+
+
+def ff_batch(count: int) -> float:
+    q = _faster_fifo()
+    batches = count // BATCH
+
+    def child(conn: Connection) -> None:
+        conn.send("ready")
+        n, total = 0, batches * BATCH
+        while n < total:
+            n += len(q.get_many(max_messages_to_get=BATCH))
+        conn.send("done")
+
+    def parent(conn: Connection) -> float:
+        conn.recv()
+        batch = [MSG] * BATCH
+        t0 = now()
+        for _ in range(batches):
+            q.put_many(batch)
+        conn.recv()
+        return batches * BATCH / (now() - t0)
+
+    return _two(child, parent)
+
+
+def zmq_stream(count: int) -> float:
+    zmq = optional("zmq")
+    path = f"ipc:///tmp/{_name()}"
+
+    def child(conn: Connection) -> None:
+        ctx = zmq.Context()
+        s = ctx.socket(zmq.PULL)
+        s.connect(path)
+        conn.send("ready")
+        recv = s.recv
+        for _ in range(count):
+            recv(copy=True)
+        conn.send("done")
+        s.close(0)
+        ctx.term()
+
+    def parent(conn: Connection) -> float:
+        ctx = zmq.Context()
+        s = ctx.socket(zmq.PUSH)
+        s.bind(path)
+        try:
+            conn.recv()
+            send = s.send
+            t0 = now()
+            for _ in range(count):
+                send(MSG)
+            conn.recv()
+            return count / (now() - t0)
+        finally:
+            s.close(0)
+            ctx.term()
+            try:
+                os.unlink(path[len("ipc://"):])
+            except FileNotFoundError:
+                pass
+
+    return _two(child, parent)
+
+
+def zmq_pingpong(rounds: int) -> float:
+    zmq = optional("zmq")
+    path = f"ipc:///tmp/{_name()}"
+
+    def child(conn: Connection) -> None:
+        ctx = zmq.Context()
+        s = ctx.socket(zmq.PAIR)
+        s.connect(path)
+        conn.send("ready")
+        for _ in range(rounds):
+            s.send(s.recv())
+        s.close(0)
+        ctx.term()
+
+    def parent(conn: Connection) -> float:
+        ctx = zmq.Context()
+        s = ctx.socket(zmq.PAIR)
+        s.bind(path)
+        try:
+            conn.recv()
+            t0 = now()
+            for _ in range(rounds):
+                s.send(MSG)
+                s.recv()
+            return (now() - t0) / rounds * 1e6
+        finally:
+            s.close(0)
+            ctx.term()
+            try:
+                os.unlink(path[len("ipc://"):])
+            except FileNotFoundError:
+                pass
+
+    return _two(child, parent)
+
+
+def mp_shared_memory_bulk(size: int, count: int) -> float:
+    from multiprocessing import shared_memory
+
+    seg = shared_memory.SharedMemory(create=True, size=size)
+    go_r, go_w = os.pipe()
+    ack_r, ack_w = os.pipe()
+
+    def child(conn: Connection) -> None:
+        # a forked child shares the parent's resource tracker: its registration is the
+        # parent's, which the parent's unlink() ends
+        other = shared_memory.SharedMemory(seg.name)
+        buf = bytearray(size)
+        view = memoryview(buf)
+        src = other.buf
+        assert src is not None
+        conn.send("ready")
+        for _ in range(count):
+            os.read(go_r, 1)
+            view[:] = src[:size]
+            os.write(ack_w, b"a")
+        del view, src
+        other.close()
+
+    def parent(conn: Connection) -> float:
+        data = memoryview(b"z" * size)
+        dst = seg.buf
+        assert dst is not None
+        conn.recv()
+        t0 = now()
+        for _ in range(count):
+            dst[:size] = data
+            os.write(go_w, b"g")
+            os.read(ack_r, 1)
+        return size * count / (now() - t0) / 1e9
+
+    try:
+        return _two(child, parent)
+    finally:
+        for fd in (go_r, go_w, ack_r, ack_w):
+            os.close(fd)
+        seg.close()
+        seg.unlink()
+
+
+def iceoryx2_pingpong(rounds: int) -> float:
+    iox2 = optional("iceoryx2")
+
+    class Payload(ctypes.Structure):
+        _fields_ = [("data", ctypes.c_uint8 * 64)]
+
+    base = _name().replace("-", "_")
+
+    def open_ports(node: Any, out: str, inp: str) -> tuple[Any, Any]:
+        pub = (node.service_builder(iox2.ServiceName.new(out)).publish_subscribe(Payload)
+               .open_or_create().publisher_builder().create())
+        sub = (node.service_builder(iox2.ServiceName.new(inp)).publish_subscribe(Payload)
+               .open_or_create().subscriber_builder().create())
+        return pub, sub
+
+    def exchange(pub: Any, sub: Any, first: bool) -> None:
+        if first:
+            sample = pub.loan_uninit()
+            sample.write_payload(Payload()).send()
+        while True:
+            got = sub.receive()
+            if got is not None:
+                break
+        del got
+        if not first:
+            sample = pub.loan_uninit()
+            sample.write_payload(Payload()).send()
+
+    def child(conn: Connection) -> None:
+        node = iox2.NodeBuilder.new().create(iox2.ServiceType.Ipc)
+        pub, sub = open_ports(node, base + "/pong", base + "/ping")
+        conn.send("ready")
+        for _ in range(rounds + 1):
+            exchange(pub, sub, False)
+        conn.recv()
+
+    def parent(conn: Connection) -> float:
+        node = iox2.NodeBuilder.new().create(iox2.ServiceType.Ipc)
+        pub, sub = open_ports(node, base + "/ping", base + "/pong")
+        conn.recv()
+        exchange(pub, sub, True)  # both ports connected: warm-up round
+        t0 = now()
+        for _ in range(rounds):
+            exchange(pub, sub, True)
+        dt = now() - t0
+        conn.send("done")
+        return dt / rounds * 1e6
+
+    try:
+        return _two(child, parent)
+    except iox2.PublishSubscribeOpenOrCreateError as exc:  # pragma: no cover
+        raise Missing(f"iceoryx2: {exc}") from exc
+
+
+def iceoryx2_check() -> None:
+    optional("iceoryx2")
+
+
+# ---------------------------------------------------------------------------- cases
+
+
+def cases(quick: bool) -> list[Case]:
+    k = 0.4 if quick else 1.0
+    rounds = int(20000 * k)
+    fast_n = int(1_000_000 * k)
+    slow_n = int(100_000 * k)
+    batch_n = int(4_000_000 * k)
+    out: list[Case] = []
+
+    def add(workload: str, impl: str, unit: str, fn: Callable[[], float], note: str = "") -> None:
+        out.append(Case("shm", workload, impl, unit, fn, note))
+
+    w = "ping-pong 64 B"
+    add(w, "fastipc native", "us", lambda: fastipc_pingpong("native", rounds))
+    add(w, "fastipc pure", "us", lambda: fastipc_pingpong("pure", rounds // 4))
+    add(w, "multiprocessing.Pipe", "us", lambda: mp_pipe_pingpong(rounds // 4))
+    add(w, "multiprocessing.Queue", "us", lambda: mp_queue_pingpong(rounds // 8))
+    add(w, "faster-fifo", "us", lambda: ff_pingpong(rounds // 8))
+    add(w, "pyzmq ipc://", "us", lambda: zmq_pingpong(rounds // 8))
+    add(w, "iceoryx2", "us", lambda: iceoryx2_pingpong(rounds))
+    add(w, "C shm ring", "us", lambda: run_c("shm_ring", "pingpong"))
+
+    w = "stream 64 B"
+    add(w, "fastipc native", "msg/s", lambda: fastipc_stream("native", fast_n))
+    add(w, "fastipc pure", "msg/s", lambda: fastipc_stream("pure", slow_n))
+    add(w, "multiprocessing.Pipe", "msg/s", lambda: mp_pipe_stream(slow_n))
+    add(w, "multiprocessing.Queue", "msg/s", lambda: mp_queue_stream(slow_n // 2))
+    add(w, "faster-fifo", "msg/s", lambda: ff_stream(slow_n // 2))
+    add(w, "pyzmq ipc://", "msg/s", lambda: zmq_stream(slow_n))
+    add(w, "C shm ring", "msg/s", lambda: run_c("shm_ring", "stream"))
+
+    w = "batch 64 B"
+    add(w, "fastipc native", "msg/s", lambda: fastipc_batch("native", batch_n))
+    add(w, "fastipc pure", "msg/s", lambda: fastipc_batch("pure", slow_n))
+    add(w, "faster-fifo", "msg/s", lambda: ff_batch(slow_n * 4))
+    add(w, "C shm ring", "msg/s", lambda: run_c("shm_ring", "stream"))
+
+    for size, label, n, slow in ((MiB, "1 MiB", int(2000 * k), int(200 * k)),
+                                 (64 * MiB, "64 MiB", max(3, int(20 * k)), 3)):
+        w = f"one-way {label}"
+        add(w, "fastipc native", "GB/s", partial(fastipc_bulk, "native", size, n))
+        add(w, "fastipc pure", "GB/s", partial(fastipc_bulk, "pure", size, slow))
+        add(w, "multiprocessing.shared_memory", "GB/s",
+            partial(mp_shared_memory_bulk, size, n))
+        add(w, "multiprocessing.Pipe", "GB/s", partial(mp_pipe_bulk, size, slow))
+        add(w, "C shm ring", "GB/s",
+            partial(run_c, "shm_ring", "bulk", str(size), str(max(3, n * 2))))
+        add(w, "C memcpy", "GB/s", partial(run_c, "memcpy", str(size)))
+    return out
