@@ -153,7 +153,7 @@ def check(mech: str, logs: Path, incarnations: int) -> list[str]:
             problems.append(f"{mech} producer {k}: out of order or duplicated")
         if not acked <= len(seqs) <= acked + 1:
             problems.append(f"{mech} producer {k}: {acked} acknowledged, {len(seqs)} received")
-    print(f"  {mech:5} {incarnations:3} producers, {total:9,} messages received, all checked")
+    print(f"  {mech:5} {incarnations:3} producers, {total:9,} messages received and checked")
     return problems
 
 
@@ -224,8 +224,8 @@ def main() -> int:
     problems = []
     for m in MECHANISMS:
         problems += check(m, logs, count[m])
-    queue.close()
     queue.unlink()
+    queue.close()
     os.unlink(where["pipe"])
     leftovers = [p for p in ("/dev/shm/" + tag, "/dev/mqueue/" + tag, where["unix"]) if os.path.exists(p)]
     if leftovers:
