@@ -12,7 +12,9 @@ import math
 import os
 import warnings
 from types import ModuleType
-from typing import Any, NoReturn, Optional
+from typing import Any, NoReturn, Optional, TypeVar
+
+_T = TypeVar("_T", bound="FdOwner")
 
 __all__ = [
     "BACKEND",
@@ -188,3 +190,64 @@ def posix_name(name: Any) -> str:
 def shm_name(name: Any) -> str:
     """Same rules as :func:`posix_name`; shm segments live at ``/dev/shm/<name>``."""
     return posix_name(name)
+
+
+def byte_view(data: Any) -> memoryview:
+    """``data`` (any contiguous bytes-like object) as a flat memoryview of bytes, no copy.
+    ``str`` and non-buffers raise TypeError with a message that says what to do."""
+    if isinstance(data, str):
+        raise TypeError("a bytes-like object is required, not 'str' (encode it first)")
+    try:
+        view = memoryview(data)
+    except TypeError:
+        raise TypeError(f"a bytes-like object is required, not {type(data).__name__!r}") from None
+    if not view.contiguous:
+        raise TypeError(f"a contiguous bytes-like object is required, not {type(data).__name__!r}")
+    return view.cast("B") if view.format != "B" or view.ndim != 1 else view
+
+
+class FdOwner:
+    """An object that owns one kernel fd and a backend object (``_core``) working on it:
+    ``fileno()``, ``closed``, ``backend``, an idempotent ``close()``, the context manager and
+    a ``__del__`` safety net. Subclasses set ``_fd``, ``_impl`` and ``_core``."""
+
+    _what = "object"  # named in the ValueError of a closed object
+    _fd = -1
+    _impl: ModuleType
+    _core: Any
+
+    def fileno(self) -> int:
+        """The kernel fd (non-blocking, non-inheritable)."""
+        if self._fd < 0:
+            raise closed_error(self._what)
+        return self._fd
+
+    @property
+    def closed(self) -> bool:
+        return self._fd < 0
+
+    @property
+    def backend(self) -> str:
+        return self._impl.__name__.split(".")[1].lstrip("_")
+
+    def close(self) -> None:
+        """Close the fd. Idempotent."""
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            self._core.close()
+            os.close(fd)
+
+    def __enter__(self: _T) -> _T:
+        self.fileno()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if self._fd >= 0:
+            self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._fd < 0 else f"fd={self._fd}"
+        return f"<{type(self).__name__} {state} backend={self.backend}>"

@@ -30,7 +30,7 @@ from types import ModuleType, TracebackType
 from typing import Any, NamedTuple, Optional
 
 from fastipc import _core
-from fastipc._core import check_int, check_timeout, closed_error, posix_name
+from fastipc._core import byte_view, check_int, check_timeout, closed_error, posix_name
 
 __all__ = [
     "MQ_PRIO_MAX",
@@ -167,17 +167,8 @@ def _limit_error(exc: OSError, name: str, max_messages: int, max_message_size: i
 
 
 def _as_message(data: Any) -> tuple[Any, int]:
-    """bytes as they are; other bytes-like objects as a flat byte memoryview (no copy)."""
-    if isinstance(data, str):
-        raise TypeError("a bytes-like object is required, not 'str' (encode it first)")
-    try:
-        view = memoryview(data)
-    except TypeError:
-        raise TypeError(f"a bytes-like object is required, not {type(data).__name__!r}") from None
-    if not view.contiguous:
-        raise TypeError(f"a contiguous bytes-like object is required, not {type(data).__name__!r}")
-    if view.format != "B" or view.ndim != 1:
-        view = view.cast("B")
+    """A bytes-like object as a flat byte memoryview (no copy) and its length."""
+    view = byte_view(data)
     return view, view.nbytes
 
 

@@ -55,8 +55,8 @@ def _set_size(impl: ModuleType, fd: int, size: int) -> int:
         ) from exc
 
 
-class _End:
-    """What both ends share: the fd, its life cycle and the backend."""
+class _End(_core.FdOwner):
+    """What both ends share: the fd, its life cycle, the backend and the pipe's size."""
 
     _what = "pipe end"
 
@@ -64,20 +64,6 @@ class _End:
         self._fd = fd
         self._impl = impl
         os.set_blocking(fd, False)  # waits are ours (poll with a deadline), never the kernel's
-
-    def fileno(self) -> int:
-        """The kernel fd (non-blocking, non-inheritable)."""
-        if self._fd < 0:
-            raise closed_error(self._what)
-        return self._fd
-
-    @property
-    def closed(self) -> bool:
-        return self._fd < 0
-
-    @property
-    def backend(self) -> str:
-        return self._impl.__name__.split(".")[1].lstrip("_")
 
     @property
     def pipe_size(self) -> int:
@@ -87,30 +73,6 @@ class _End:
     @pipe_size.setter
     def pipe_size(self, size: int) -> None:
         _set_size(self._impl, self.fileno(), check_int(size, "size", 1, 2**31 - 1))
-
-    def close(self) -> None:
-        """Close the fd. Idempotent."""
-        fd, self._fd = self._fd, -1
-        if fd >= 0:
-            self._core.close()
-            os.close(fd)
-
-    def __enter__(self) -> Any:
-        self.fileno()
-        return self
-
-    def __exit__(self, *exc: Optional[TracebackType]) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        if getattr(self, "_fd", -1) >= 0:
-            self.close()
-
-    def __repr__(self) -> str:
-        state = "closed" if self._fd < 0 else f"fd={self._fd}"
-        return f"<{type(self).__name__} {state} backend={self.backend}>"
-
-    _core: Any
 
 
 class PipeWriter(_End):

@@ -37,7 +37,7 @@ from types import ModuleType, TracebackType
 from typing import Any, Optional, Union
 
 from fastipc import _core
-from fastipc._core import check_int, check_timeout, closed_error
+from fastipc._core import byte_view, check_int, check_timeout, closed_error
 
 __all__ = [
     "DEFAULT_HIGH_WATER",
@@ -130,16 +130,7 @@ class Handler:
 def _as_bytes(data: Any) -> bytes:
     """A bytes-like object as bytes, copied now (a later change to a bytearray given to
     send() must not change what is sent)."""
-    if isinstance(data, str):
-        raise TypeError("a bytes-like object is required, not 'str' (encode it first)")
-    try:
-        view = memoryview(data)
-    except TypeError:
-        raise TypeError(f"a bytes-like object is required, not {type(data).__name__!r}") from None
-    with view:
-        if not view.contiguous:
-            raise TypeError(f"a contiguous bytes-like object is required, not "
-                            f"{type(data).__name__!r}")
+    with byte_view(data) as view:
         return view.tobytes()
 
 
@@ -626,13 +617,15 @@ def _tcp_listener(addr: TcpAddress, backlog: int) -> socket.socket:
 # ---------------------------------------------------------------------------- client
 
 
-class Client:
+class Client(_core.FdOwner):
     """A blocking client connection, from :func:`connect`.
 
     ``send(data)`` sends one message (length framing) or the raw bytes; ``recv()`` returns
     the next message (EOFError once the server closed) or, with raw framing, the bytes that
     arrived (``b""`` at the end).
     """
+
+    _what = "Client"
 
     def __init__(self, fd: int, impl: ModuleType, framing: str, max_message_size: int,
                  address: Any) -> None:
@@ -642,20 +635,6 @@ class Client:
         self._address = address
         self._core = impl.Client(fd, framing == "length", max_message_size)
         self._fd = fd
-
-    def fileno(self) -> int:
-        """The socket's fd (non-blocking, non-inheritable)."""
-        if self._fd < 0:
-            raise closed_error("Client")
-        return self._fd
-
-    @property
-    def closed(self) -> bool:
-        return self._fd < 0
-
-    @property
-    def backend(self) -> str:
-        return self._impl.__name__.split(".")[1].lstrip("_")
 
     @property
     def framing(self) -> str:
@@ -690,24 +669,6 @@ class Client:
         if self._fd < 0:
             raise closed_error("Client")
         return self._core.recv(check_timeout(timeout))  # type: ignore[no-any-return]
-
-    def close(self) -> None:
-        """Close the socket. Idempotent."""
-        fd, self._fd = self._fd, -1
-        if fd >= 0:
-            self._core.close()
-            os.close(fd)
-
-    def __enter__(self) -> Client:
-        self.fileno()
-        return self
-
-    def __exit__(self, *exc: Optional[TracebackType]) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        if getattr(self, "_fd", -1) >= 0:
-            self.close()
 
     def __repr__(self) -> str:
         state = "closed" if self._fd < 0 else f"fd={self._fd}"

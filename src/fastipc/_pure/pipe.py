@@ -13,7 +13,7 @@ import struct
 import time
 from typing import Any, Optional
 
-from fastipc._core import FIPC_EOF, FIPC_TOOBIG, raise_errno, timeout_error
+from fastipc._core import FIPC_EOF, FIPC_TOOBIG, byte_view, raise_errno, timeout_error
 
 __all__ = ["Reader", "Writer", "get_size", "open_pipe", "set_size", "writer_present"]
 
@@ -69,16 +69,7 @@ def writer_present(fd: int) -> bool:
     raise OSError(err, os.strerror(err))
 
 
-def as_view(data: Any) -> memoryview:
-    if isinstance(data, str):
-        raise TypeError("a bytes-like object is required, not 'str' (encode it first)")
-    try:
-        view = memoryview(data)
-    except TypeError:
-        raise TypeError(f"a bytes-like object is required, not {type(data).__name__!r}") from None
-    if not view.contiguous:
-        raise TypeError(f"a contiguous bytes-like object is required, not {type(data).__name__!r}")
-    return view.cast("B") if view.format != "B" or view.ndim != 1 else view
+as_view = byte_view
 
 
 def _deadline(timeout: float) -> float:

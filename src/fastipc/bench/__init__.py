@@ -178,7 +178,8 @@ def c_program(name: str) -> Path:
     """Compile ``bench/c/<name>.c`` once (cc -O2) and return the binary; Missing without cc."""
     source = Path(__file__).with_name("c") / f"{name}.c"
     binary = _C_CACHE / name
-    if binary.exists() and binary.stat().st_mtime >= source.stat().st_mtime:
+    newest = max(source.stat().st_mtime, source.with_name("bench.h").stat().st_mtime)
+    if binary.exists() and binary.stat().st_mtime >= newest:
         return binary
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if cc is None:

@@ -5,9 +5,7 @@
  * response is back. After a warm-up of a fifth of SECONDS it counts completed requests for
  * SECONDS and reads the server's CPU time (utime + stime of /proc/SERVER_PID/stat) at both
  * ends of that window. Prints "REQ_PER_S CPU_US_PER_REQ". Pinned to CPU. */
-#ifndef _GNU_SOURCE
-#define _GNU_SOURCE
-#endif
+#include "bench.h"
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
@@ -27,13 +25,6 @@
 #define PAYLOAD 64
 #define FRAME (4 + PAYLOAD)
 
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 static double cpu_seconds(int pid)
 {
     char path[64], buf[1024];
@@ -52,7 +43,6 @@ static double cpu_seconds(int pid)
     return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
 }
 
-static void die(const char *what) { perror(what); exit(1); }
 
 int main(int argc, char **argv)
 {

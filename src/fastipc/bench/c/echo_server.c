@@ -4,9 +4,7 @@
  * Messages are 4-byte big-endian length frames; each whole frame is echoed back. One read()
  * per ready connection per epoll_wait, replies written at once (queued when the socket is
  * full). Pinned to CPU; runs until SIGTERM, SIGINT or the end of its stdin. */
-#ifndef _GNU_SOURCE
-#define _GNU_SOURCE
-#endif
+#include "bench.h"
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
@@ -34,7 +32,6 @@ typedef struct {
 static volatile sig_atomic_t stop;
 static void on_signal(int sig) { (void)sig; stop = 1; }
 
-static void die(const char *what) { perror(what); exit(1); }
 
 int main(int argc, char **argv)
 {

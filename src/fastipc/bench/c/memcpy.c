@@ -1,20 +1,11 @@
 /* C baseline: one core's memcpy, no IPC: the bound on any copy-in copy-out channel.
  * usage: memcpy CPU_PARENT CPU_CHILD SIZE [COUNT]; prints GB/s (1e9 bytes/s). */
-#ifndef _GNU_SOURCE
-#define _GNU_SOURCE
-#endif
+#include "bench.h"
 #include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 int main(int argc, char **argv)
 {

@@ -1,5 +1,6 @@
 /* C baseline: 64-byte ping-pong over two POSIX message queues, blocking mq_send/mq_receive.
  * usage: mq_pingpong CPU_PARENT CPU_CHILD [ROUNDS]; prints microseconds per round trip. */
+#include "bench.h"
 #include <errno.h>
 #include <fcntl.h>
 #include <mqueue.h>
@@ -11,28 +12,6 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
-
-static void die(const char *what)
-{
-    perror(what);
-    exit(1);
-}
-
-static void pin(int cpu)
-{
-    cpu_set_t set;
-    CPU_ZERO(&set);
-    CPU_SET(cpu, &set);
-    if (sched_setaffinity(0, sizeof set, &set) < 0)
-        die("sched_setaffinity");
-}
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 int main(int argc, char **argv)
 {

@@ -1,6 +1,7 @@
 /* C baseline: one-way stream of 64-byte messages through a POSIX message queue of depth 10,
  * blocking mq_send/mq_receive. usage: mq_stream CPU_RECEIVER CPU_SENDER [COUNT];
  * prints messages per second as seen by the receiver. */
+#include "bench.h"
 #include <fcntl.h>
 #include <mqueue.h>
 #include <sched.h>
@@ -10,28 +11,6 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
-
-static void die(const char *what)
-{
-    perror(what);
-    exit(1);
-}
-
-static void pin(int cpu)
-{
-    cpu_set_t set;
-    CPU_ZERO(&set);
-    CPU_SET(cpu, &set);
-    if (sched_setaffinity(0, sizeof set, &set) < 0)
-        die("sched_setaffinity");
-}
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 int main(int argc, char **argv)
 {

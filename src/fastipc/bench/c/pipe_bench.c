@@ -4,9 +4,7 @@
  *   pipe_bench CPU_A CPU_B bulk N SIZE       -> GB/s moving N messages of SIZE bytes
  * The pipe keeps the kernel's default 64 KiB buffer. The parent is pinned to CPU_A, the
  * child to CPU_B. */
-#ifndef _GNU_SOURCE
-#define _GNU_SOURCE
-#endif
+#include "bench.h"
 #include <sched.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -15,21 +13,6 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static void pin(int cpu)
-{
-    cpu_set_t set;
-    CPU_ZERO(&set);
-    CPU_SET(cpu, &set);
-    sched_setaffinity(0, sizeof set, &set);
-}
 
 static void full_write(int fd, const char *p, size_t n)
 {

@@ -5,9 +5,7 @@
  *   pingpong [ROUNDS]    64-byte ping-pong over two rings: microseconds per round trip
  *   bulk SIZE [COUNT]    SIZE-byte messages through 16 slots of 64 KiB, copied in and out
  *                        (memcpy on both sides, pipelined): GB/s (1e9 bytes/s) */
-#ifndef _GNU_SOURCE
-#define _GNU_SOURCE
-#endif
+#include "bench.h"
 #include <sched.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -28,28 +26,6 @@ struct ring {
     _Alignas(64) _Atomic uint64_t tail;
     _Alignas(64) char data[RING];
 };
-
-static void die(const char *what)
-{
-    perror(what);
-    exit(1);
-}
-
-static void pin(int cpu)
-{
-    cpu_set_t set;
-    CPU_ZERO(&set);
-    CPU_SET(cpu, &set);
-    if (sched_setaffinity(0, sizeof set, &set) < 0)
-        die("sched_setaffinity");
-}
-
-static double now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 static inline void relax(void)
 {
