@@ -6,10 +6,10 @@ from __future__ import annotations
 import os
 
 import pytest
-from conftest import PREFIX
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import PREFIX
 from fastipc import _core, mq, shm
 
 SETTINGS = settings(
