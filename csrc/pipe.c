@@ -261,9 +261,37 @@ static int rbuf_grow(fipc_rbuf *rb, size_t need)
     return 0;
 }
 
-/* One read() into the free space: >0 bytes, 0 at EOF, or -errno (-EAGAIN: nothing yet).
- * An empty buffer that grew for one frame goes back to its normal size first. */
-static ssize_t rbuf_fill(int fd, fipc_rbuf *rb)
+/* One read() into [p, p + n), waiting as `timeout` says. The read end is a blocking fd:
+ * with no timeout, the kernel's own sleep inside read() is the cheapest wait (one system
+ * call per wake-up, as a plain C reader has); with a timeout, ppoll first so that read()
+ * never blocks past the deadline. An fd someone made non-blocking works too.
+ * Returns > 0, 0 at end of stream, or -errno / -ETIMEDOUT. */
+static ssize_t read_wait(int fd, char *p, size_t n, double timeout, int64_t *deadline)
+{
+    for (;;) {
+        if (timeout >= 0) {
+            if (*deadline == -2)
+                *deadline = fipc_deadline(timeout);
+            int rc = fipc_wait_fd(fd, POLLIN, *deadline);
+            if (rc < 0)
+                return rc;
+        }
+        ssize_t r = read(fd, p, n);
+        if (r >= 0)
+            return r;
+        if (errno != EAGAIN)
+            return -errno;
+        if (timeout < 0) {
+            int rc = fipc_wait_fd(fd, POLLIN, -1);
+            if (rc < 0)
+                return rc;
+        }
+    }
+}
+
+/* One read_wait() into the free space of the buffer. An empty buffer that grew for one
+ * frame goes back to its normal size first. */
+static ssize_t rbuf_fill(int fd, fipc_rbuf *rb, double timeout, int64_t *deadline)
 {
     if (rb->start == rb->end) {
         rb->start = rb->end = 0;
@@ -277,10 +305,9 @@ static ssize_t rbuf_fill(int fd, fipc_rbuf *rb)
     } else if (rb->end == rb->cap) {
         rbuf_compact(rb);
     }
-    ssize_t n = read(fd, rb->data + rb->end, rb->cap - rb->end);
-    if (n < 0)
-        return -errno;
-    rb->end += (size_t)n;
+    ssize_t n = read_wait(fd, rb->data + rb->end, rb->cap - rb->end, timeout, deadline);
+    if (n > 0)
+        rb->end += (size_t)n;
     return n;
 }
 
@@ -317,15 +344,7 @@ int64_t fipc_pipe_recv(int fd, fipc_rbuf *rb, uint32_t max_size, double timeout,
                 rbuf_compact(rb);
             }
         }
-        ssize_t n = rbuf_fill(fd, rb);
-        while (n == -EAGAIN) {
-            if (deadline == -2)
-                deadline = fipc_deadline(timeout);
-            int rc = fipc_wait_fd(fd, POLLIN, deadline);
-            if (rc < 0)
-                return rc;
-            n = rbuf_fill(fd, rb);
-        }
+        ssize_t n = rbuf_fill(fd, rb, timeout, &deadline);
         if (n == 0)
             return FIPC_EOF; /* a frame cut short by the writer's end is dropped */
         if (n < 0)
@@ -371,20 +390,12 @@ int64_t fipc_pipe_recv_into(int fd, fipc_rbuf *rb, char *out, size_t n, size_t *
         *got += take;
     }
     while (*got < n) {
-        ssize_t r = read(fd, out + *got, n - *got);
-        if (r > 0) {
-            *got += (size_t)r;
-        } else if (r == 0) {
+        ssize_t r = read_wait(fd, out + *got, n - *got, timeout, &deadline);
+        if (r == 0)
             return FIPC_EOF;
-        } else if (errno == EAGAIN) {
-            if (deadline == -2)
-                deadline = fipc_deadline(timeout);
-            int rc = fipc_wait_fd(fd, POLLIN, deadline);
-            if (rc < 0)
-                return rc;
-        } else {
-            return -errno;
-        }
+        if (r < 0)
+            return r;
+        *got += (size_t)r;
     }
     return (int64_t)n;
 }
@@ -392,19 +403,10 @@ int64_t fipc_pipe_recv_into(int fd, fipc_rbuf *rb, char *out, size_t n, size_t *
 int64_t fipc_pipe_read(int fd, fipc_rbuf *rb, size_t n, double timeout, char **data)
 {
     int64_t deadline = -2;
-    while (rb->start == rb->end) {
-        ssize_t got = rbuf_fill(fd, rb);
-        if (got == 0)
-            return 0;
-        if (got == -EAGAIN) {
-            if (deadline == -2)
-                deadline = fipc_deadline(timeout);
-            int rc = fipc_wait_fd(fd, POLLIN, deadline);
-            if (rc < 0)
-                return rc;
-        } else if (got < 0) {
+    if (rb->start == rb->end) {
+        ssize_t got = rbuf_fill(fd, rb, timeout, &deadline);
+        if (got <= 0)
             return got;
-        }
     }
     size_t avail = rb->end - rb->start;
     size_t take = avail < n ? avail : n;

@@ -124,9 +124,9 @@ def test_fileno_and_flags(backend: str) -> None:
     r, w = pipe.pipe(backend=backend)
     with r, w:
         for end in (r, w):
-            fd = end.fileno()
-            assert not os.get_inheritable(fd)
-            assert not os.get_blocking(fd)
+            assert not os.get_inheritable(end.fileno())
+        assert os.get_blocking(r.fileno())  # a blocking read is the cheapest wait
+        assert not os.get_blocking(w.fileno())  # writes wait in ppoll, with their deadline
         assert r.backend == backend and w.backend == backend
 
 

@@ -217,7 +217,7 @@ class FdOwner:
     _core: Any
 
     def fileno(self) -> int:
-        """The kernel fd (non-blocking, non-inheritable)."""
+        """The kernel fd (non-inheritable)."""
         if self._fd < 0:
             raise closed_error(self._what)
         return self._fd

@@ -60,10 +60,13 @@ class _End(_core.FdOwner):
 
     _what = "pipe end"
 
-    def __init__(self, fd: int, impl: ModuleType) -> None:
+    def __init__(self, fd: int, impl: ModuleType, blocking: bool) -> None:
         self._fd = fd
         self._impl = impl
-        os.set_blocking(fd, False)  # waits are ours (poll with a deadline), never the kernel's
+        # The writer is non-blocking: its waits are ours (ppoll with a deadline). The reader is
+        # blocking: with no timeout, a read that sleeps in the kernel is the cheapest wait;
+        # with one, the backends poll first, so that no read blocks past its deadline.
+        os.set_blocking(fd, blocking)
 
     @property
     def pipe_size(self) -> int:
@@ -82,7 +85,7 @@ class PipeWriter(_End):
 
     def __init__(self, fd: int, *, backend: Optional[str] = None) -> None:
         impl = _core.ops("pipe", backend)
-        super().__init__(_check_fd(fd), impl)
+        super().__init__(_check_fd(fd), impl, blocking=False)
         self._core = impl.Writer(self._fd)
 
     def write(self, data: Any, timeout: Optional[float] = None) -> int:
@@ -155,7 +158,7 @@ class PipeReader(_End):
     ) -> None:
         impl = _core.ops("pipe", backend)
         max_message_size = check_int(max_message_size, "max_message_size", 0, MAX_FRAME)
-        super().__init__(_check_fd(fd), impl)
+        super().__init__(_check_fd(fd), impl, blocking=True)
         self._core = impl.Reader(self._fd, max_message_size)
 
     @property

@@ -92,6 +92,19 @@ def _wait(fd: int, event: int, deadline: float, timeout: float) -> None:
             raise timeout_error(timeout)
 
 
+def _read_wait(fd: int, view: memoryview, deadline: float, timeout: float) -> int:
+    """One read into ``view``, as csrc/pipe.c's read_wait: with no timeout (deadline -1) the
+    blocking read itself waits; with one, poll first so that the read never blocks past it."""
+    while True:
+        if deadline >= 0:
+            _wait(fd, select.POLLIN, deadline, timeout)
+        try:
+            return os.readv(fd, [view])
+        except BlockingIOError:  # someone made the fd non-blocking
+            if deadline < 0:
+                _wait(fd, select.POLLIN, -1, timeout)
+
+
 class Writer:
     __slots__ = ("fd",)
 
@@ -176,16 +189,10 @@ class Reader:
         elif end == len(buf):
             buf[: end - start] = buf[start:end]
             self._start, self._end = start, end = 0, end - start
-        while True:
-            with memoryview(buf) as view:
-                try:
-                    n = os.readv(self.fd, [view[end:]])
-                except BlockingIOError:
-                    n = -1
-            if n >= 0:
-                self._end = end + n
-                return n
-            _wait(self.fd, select.POLLIN, deadline, timeout)
+        with memoryview(buf) as view:
+            n = _read_wait(self.fd, view[end:], deadline, timeout)
+        self._end = end + n
+        return n
 
     def recv(self, timeout: float) -> bytes:
         deadline = _deadline(timeout)
@@ -232,11 +239,7 @@ class Reader:
         self._got += take
         with memoryview(out) as view:
             while self._got < len(out):
-                try:
-                    n = os.readv(self.fd, [view[self._got :]])
-                except BlockingIOError:
-                    _wait(self.fd, select.POLLIN, deadline, timeout)  # keeps _pending on timeout
-                    continue
+                n = _read_wait(self.fd, view[self._got :], deadline, timeout)  # keeps _pending
                 if n == 0:
                     self._pending = None
                     raise_errno(FIPC_EOF)
