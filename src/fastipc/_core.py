@@ -36,15 +36,14 @@ FIPC_TOOBIG = -1001
 FIPC_CORRUPT = -1002
 FIPC_LARGE = -1003
 
+ffi: Any = None
+lib: Any = None
+NATIVE_ERROR: Optional[str] = None
 try:
-    from fastipc import _fastipc as _ext  # type: ignore[attr-defined]
+    from fastipc import _fastipc
 
-    ffi: Any = _ext.ffi
-    lib: Any = _ext.lib
-    NATIVE_ERROR: Optional[str] = None
+    ffi, lib = _fastipc.ffi, _fastipc.lib
 except ImportError as exc:  # no compiled module: a source tree, or an unsupported platform
-    _ext = None
-    ffi = lib = None
     NATIVE_ERROR = f"{type(exc).__name__}: {exc}"
 
 
