@@ -671,3 +671,18 @@ print("ok", len(got))
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert out.split() == ["ok", "20000"]
+
+
+def test_cli_bench_runs_and_passes_its_options() -> None:
+    cmd = [sys.executable, "-m", "fastipc", "bench", "--quick", "--only", "pipe", "--trials", "1",
+           "--match", "fastipc native", "--json"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    import json
+
+    rows = json.loads(proc.stdout)
+    assert {r["workload"] for r in rows} >= {"64 B ping-pong", "64 B stream", "64 B batches"}
+    assert all(r["impl"] == "fastipc native" and r["median"] > 0 for r in rows)
+    bad = subprocess.run([sys.executable, "-m", "fastipc", "pipe", "--bogus"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "unrecognized arguments: --bogus" in bad.stderr

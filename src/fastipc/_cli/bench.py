@@ -7,14 +7,13 @@ from typing import Any
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser(
-        "bench", help="print the benchmark table (see `fastipc bench --help`)", add_help=False
-    )
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(func=run)
+    # Its options belong to fastipc.bench.main: fastipc.__main__ passes them through.
+    p = sub.add_parser("bench", help="print the benchmark table (see `fastipc bench --help`)",
+                       add_help=False)
+    p.set_defaults(func=run, passthrough=True)
 
 
 def run(args: argparse.Namespace) -> int:
     from fastipc.bench import main
 
-    return main(args.rest)
+    return main(args.extra)
