@@ -93,6 +93,11 @@ def ops(mechanism: str, backend: Optional[str]) -> ModuleType:
     return importlib.import_module(f"fastipc._{which}.{mechanism}")
 
 
+def backend_of(impl: ModuleType) -> str:
+    """``"native"`` or ``"pure"``: which backend the module from :func:`ops` belongs to."""
+    return impl.__name__.split(".")[1].lstrip("_")
+
+
 def native() -> tuple[Any, Any]:
     """``(ffi, lib)`` of the compiled module; ImportError if it is unavailable."""
     if NATIVE_ERROR is not None:
@@ -227,7 +232,7 @@ class FdOwner:
 
     @property
     def backend(self) -> str:
-        return self._impl.__name__.split(".")[1].lstrip("_")
+        return backend_of(self._impl)
 
     def close(self) -> None:
         """Close the fd. Idempotent."""

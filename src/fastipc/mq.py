@@ -252,7 +252,7 @@ class MessageQueue:
     @property
     def backend(self) -> str:
         """``"native"`` or ``"pure"``."""
-        return self._impl.__name__.split(".")[1].lstrip("_")
+        return _core.backend_of(self._impl)
 
     @property
     def closed(self) -> bool:

@@ -72,7 +72,7 @@ class Semaphore:
     @property
     def backend(self) -> str:
         """``"native"`` or ``"pure"``."""
-        return self._impl.__name__.split(".")[1].lstrip("_")
+        return _core.backend_of(self._impl)
 
     @property
     def closed(self) -> bool:

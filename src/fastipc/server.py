@@ -336,7 +336,7 @@ class Server:
 
     @property
     def backend(self) -> str:
-        return self._impl.__name__.split(".")[1].lstrip("_")
+        return _core.backend_of(self._impl)
 
     @property
     def framing(self) -> str:
