@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import importlib
+import importlib.util
 import math
 import os
 import warnings
@@ -44,7 +45,10 @@ try:
 
     ffi, lib = _fastipc.ffi, _fastipc.lib
 except ImportError as exc:  # no compiled module: a source tree, or an unsupported platform
-    NATIVE_ERROR = f"{type(exc).__name__}: {exc}"
+    if importlib.util.find_spec("fastipc._fastipc") is None:
+        NATIVE_ERROR = "fastipc._fastipc was not built (was there a C compiler at install time?)"
+    else:
+        NATIVE_ERROR = f"{type(exc).__name__}: {exc}"
 
 
 def _default_backend() -> str:
