@@ -67,22 +67,23 @@ def test_acquire_release_value(s: sem.Semaphore) -> None:
 
 
 def test_initial_value_and_with(backend: str, name: str) -> None:
-    with_value = sem.Semaphore("/" + name, create=True, value=3, backend=backend)
-    try:
-        assert with_value.name == "/" + name
-        assert with_value.value == 3
-        with with_value as entered:
-            assert entered is with_value
-            assert with_value.value == 2
-        assert with_value.value == 3
+    with sem.Semaphore("/" + name, create=True, value=3, backend=backend) as s:
+        assert s.name == "/" + name
+        assert s.value == 3
+        assert s.acquire(timeout=0) is True
+        assert s.value == 2
         assert os.stat(f"/dev/shm/sem.{name}").st_mode & 0o777 == 0o600 & ~_umask()
-        assert with_value.backend == backend
-        assert name in repr(with_value)
-    finally:
-        with_value.close()
-        with_value_closed = with_value.closed
-        sem.unlink(name, backend=backend)
-    assert with_value_closed
+        assert s.backend == backend
+        assert name in repr(s)
+    assert s.closed  # the block's end closes the handle...
+    with pytest.raises(ValueError, match="closed"):
+        s.acquire(timeout=0)
+    with sem.Semaphore(name, backend=backend) as again:  # ...and leaves the semaphore
+        assert again.value == 2
+    sem.unlink(name, backend=backend)
+    with sem.Semaphore(name, create=True, backend=backend) as empty:  # value 0: no wait
+        assert empty.value == 0
+    sem.unlink(name, backend=backend)
 
 
 def _umask() -> int:
@@ -333,11 +334,14 @@ def test_mutual_exclusion_between_processes(
         name, backend, path = sys.argv[1], sys.argv[2], sys.argv[3]
         lock = sem.Semaphore(name, backend=backend)
         for _ in range(100):
-            with lock:
+            lock.acquire(timeout=30)
+            try:
                 with open(path) as f:
                     n = int(f.read())
                 with open(path, "w") as f:
                     f.write(str(n + 1))
+            finally:
+                lock.release()
         lock.close()
     """
     counter = tmp_path / "counter"

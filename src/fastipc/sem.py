@@ -1,19 +1,17 @@
 """POSIX named semaphores: a counter shared by processes, for signalling and mutual exclusion.
 
 >>> from fastipc import sem
->>> s = sem.Semaphore("/demo-sem", create=True, value=1)
->>> with s:                 # acquire ... release, as threading.Semaphore
+>>> with sem.Semaphore("/demo-sem", create=True, value=1) as s:
+...     s.acquire(timeout=1.0)      # one process at a time from here...
 ...     s.value
+...     s.release()                 # ...to here
+...     s.unlink()
+True
 0
->>> s.value
-1
->>> s.unlink(); s.close()
 
 A semaphore named ``x`` is ``/x`` (on Linux the file ``/dev/shm/sem.x``). It lives until it
-is unlinked: ``close()`` only releases this process's handle. Unlike the other fastipc
-objects, ``with s:`` acquires and releases the semaphore (as ``threading.Semaphore`` and
-``posix_ipc.Semaphore`` do); scope its lifetime with ``contextlib.closing(s)``.
-"""
+is unlinked: ``close()``, and the end of a ``with`` block, only release this process's
+handle, as for every named fastipc object."""
 
 from __future__ import annotations
 
@@ -126,11 +124,13 @@ class Semaphore:
         self._impl.unlink(self._name)
 
     def __enter__(self) -> Semaphore:
-        self.acquire()
+        """The semaphore itself; the ``with`` block's end closes it (the name stays, as for
+        every named fastipc object). Use ``acquire``/``release`` to take and give it."""
+        self._open()
         return self
 
     def __exit__(self, *exc: Optional[TracebackType]) -> None:
-        self.release()
+        self.close()
 
     def __del__(self) -> None:
         if getattr(self, "_s", None) is not None:
