@@ -26,6 +26,8 @@ import ctypes
 import multiprocessing as mp
 import os
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import partial
 from multiprocessing.connection import Connection
 from typing import Any, Callable
@@ -59,6 +61,47 @@ def _two(child: Callable[[Connection], None], parent: Callable[[Connection], flo
             proc.join(30)
 
 
+# The halves every case is made of: the child says "ready" once its end is open; the parent
+# waits for that, times its loop and, for one-way cases, waits for the child's "done".
+
+
+def _drain(conn: Connection, recv: Callable[[], Any], count: int) -> None:
+    conn.send("ready")
+    for _ in range(count):
+        recv()
+    conn.send("done")
+
+
+def _flood(conn: Connection, send: Callable[[Any], Any], count: int, msg: Any = MSG) -> float:
+    """Seconds from the first send until the child has taken all ``count`` messages."""
+    conn.recv()
+    t0 = now()
+    for _ in range(count):
+        send(msg)
+    conn.recv()
+    return now() - t0
+
+
+def _echo(
+    conn: Connection, recv: Callable[[], Any], send: Callable[[Any], Any], rounds: int
+) -> None:
+    conn.send("ready")
+    for _ in range(rounds):
+        send(recv())
+
+
+def _ping(
+    conn: Connection, send: Callable[[Any], Any], recv: Callable[[], Any], rounds: int
+) -> float:
+    """Microseconds per round trip, once the child is ready."""
+    conn.recv()
+    t0 = now()
+    for _ in range(rounds):
+        send(MSG)
+        recv()
+    return (now() - t0) / rounds * 1e6
+
+
 # ---------------------------------------------------------------------------- fastipc
 
 
@@ -70,24 +113,15 @@ def fastipc_pingpong(backend: str, rounds: int) -> float:
     def child(conn: Connection) -> None:
         with shm.Reader(ping, timeout=10, backend=backend) as r, \
                 shm.Writer(pong, capacity=1 << 16, backend=backend) as w:
-            conn.send("ready")
-            recv, send = r.recv, w.send
-            for _ in range(rounds):
-                send(recv())
-            conn.recv()
+            _echo(conn, r.recv, w.send, rounds)
+            conn.recv()  # keep the channels open until the parent is done
 
     def parent(conn: Connection) -> float:
-        with shm.Writer(ping, capacity=1 << 16, backend=backend) as w:
-            conn.recv()
-            with shm.Reader(pong, timeout=10, backend=backend) as r:
-                recv, send = r.recv, w.send
-                t0 = now()
-                for _ in range(rounds):
-                    send(MSG)
-                    recv()
-                dt = now() - t0
-                conn.send("done")
-        return dt / rounds * 1e6
+        with shm.Writer(ping, capacity=1 << 16, backend=backend) as w, \
+                shm.Reader(pong, timeout=10, backend=backend) as r:
+            us = _ping(conn, w.send, r.recv, rounds)
+            conn.send("done")
+        return us
 
     return _two(child, parent)
 
@@ -99,21 +133,11 @@ def fastipc_stream(backend: str, count: int) -> float:
 
     def child(conn: Connection) -> None:
         with shm.Reader(name, timeout=10, backend=backend) as r:
-            conn.send("ready")
-            recv = r.recv
-            for _ in range(count):
-                recv()
-            conn.send("done")
+            _drain(conn, r.recv, count)
 
     def parent(conn: Connection) -> float:
         with shm.Writer(name, backend=backend) as w:
-            conn.recv()
-            send = w.send
-            t0 = now()
-            for _ in range(count):
-                send(MSG)
-            conn.recv()
-            return count / (now() - t0)
+            return count / _flood(conn, w.send, count)
 
     return _two(child, parent)
 
@@ -155,20 +179,12 @@ def fastipc_bulk(backend: str, size: int, count: int) -> float:
     def child(conn: Connection) -> None:
         with shm.Reader(name, timeout=10, backend=backend) as r:
             buf = bytearray(size)
-            conn.send("ready")
-            for _ in range(count):
-                r.recv_into(buf)
-            conn.send("done")
+            _drain(conn, lambda: r.recv_into(buf), count)
 
     def parent(conn: Connection) -> float:
         data = os.urandom(1024) * (size // 1024)
         with shm.Writer(name, backend=backend) as w:
-            conn.recv()
-            t0 = now()
-            for _ in range(count):
-                w.send(data)
-            conn.recv()
-            return size * count / (now() - t0) / 1e9
+            return size * count / _flood(conn, w.send, count, data) / 1e9
 
     return _two(child, parent)
 
@@ -178,22 +194,9 @@ def fastipc_bulk(backend: str, size: int, count: int) -> float:
 
 def mp_pipe_pingpong(rounds: int) -> float:
     a, b = mp.Pipe()
-
-    def child(conn: Connection) -> None:
-        conn.send("ready")
-        for _ in range(rounds):
-            b.send_bytes(b.recv_bytes())
-
-    def parent(conn: Connection) -> float:
-        conn.recv()
-        t0 = now()
-        for _ in range(rounds):
-            a.send_bytes(MSG)
-            a.recv_bytes()
-        return (now() - t0) / rounds * 1e6
-
     try:
-        return _two(child, parent)
+        return _two(lambda conn: _echo(conn, b.recv_bytes, b.send_bytes, rounds),
+                    lambda conn: _ping(conn, a.send_bytes, a.recv_bytes, rounds))
     finally:
         a.close()
         b.close()
@@ -201,25 +204,9 @@ def mp_pipe_pingpong(rounds: int) -> float:
 
 def mp_pipe_stream(count: int) -> float:
     r, w = mp.Pipe(duplex=False)
-
-    def child(conn: Connection) -> None:
-        conn.send("ready")
-        recv = r.recv_bytes
-        for _ in range(count):
-            recv()
-        conn.send("done")
-
-    def parent(conn: Connection) -> float:
-        conn.recv()
-        send = w.send_bytes
-        t0 = now()
-        for _ in range(count):
-            send(MSG)
-        conn.recv()
-        return count / (now() - t0)
-
     try:
-        return _two(child, parent)
+        return _two(lambda conn: _drain(conn, r.recv_bytes, count),
+                    lambda conn: count / _flood(conn, w.send_bytes, count))
     finally:
         r.close()
         w.close()
@@ -227,25 +214,12 @@ def mp_pipe_stream(count: int) -> float:
 
 def mp_pipe_bulk(size: int, count: int) -> float:
     r, w = mp.Pipe(duplex=False)
-
-    def child(conn: Connection) -> None:
-        buf = bytearray(size)
-        conn.send("ready")
-        for _ in range(count):
-            r.recv_bytes_into(buf)
-        conn.send("done")
-
-    def parent(conn: Connection) -> float:
-        data = b"y" * size
-        conn.recv()
-        t0 = now()
-        for _ in range(count):
-            w.send_bytes(data)
-        conn.recv()
-        return size * count / (now() - t0) / 1e9
-
+    buf = bytearray(size)
     try:
-        return _two(child, parent)
+        return _two(
+            lambda conn: _drain(conn, lambda: r.recv_bytes_into(buf), count),
+            lambda conn: size * count / _flood(conn, w.send_bytes, count, b"y" * size) / 1e9,
+        )
     finally:
         r.close()
         w.close()
@@ -254,42 +228,13 @@ def mp_pipe_bulk(size: int, count: int) -> float:
 def _queue_cases(make: Callable[[], Any]) -> tuple[Callable[[int], float], Callable[[int], float]]:
     def pingpong(rounds: int) -> float:
         q1, q2 = make(), make()
-
-        def child(conn: Connection) -> None:
-            conn.send("ready")
-            for _ in range(rounds):
-                q2.put(q1.get())
-
-        def parent(conn: Connection) -> float:
-            conn.recv()
-            t0 = now()
-            for _ in range(rounds):
-                q1.put(MSG)
-                q2.get()
-            return (now() - t0) / rounds * 1e6
-
-        return _two(child, parent)
+        return _two(lambda conn: _echo(conn, q1.get, q2.put, rounds),
+                    lambda conn: _ping(conn, q1.put, q2.get, rounds))
 
     def stream(count: int) -> float:
         q = make()
-
-        def child(conn: Connection) -> None:
-            conn.send("ready")
-            get = q.get
-            for _ in range(count):
-                get()
-            conn.send("done")
-
-        def parent(conn: Connection) -> float:
-            conn.recv()
-            put = q.put
-            t0 = now()
-            for _ in range(count):
-                put(MSG)
-            conn.recv()
-            return count / (now() - t0)
-
-        return _two(child, parent)
+        return _two(lambda conn: _drain(conn, q.get, count),
+                    lambda conn: count / _flood(conn, q.put, count))
 
     return pingpong, stream
 
@@ -338,33 +283,13 @@ def zmq_stream(count: int) -> float:
         ctx = zmq.Context()
         s = ctx.socket(zmq.PULL)
         s.connect(path)
-        conn.send("ready")
-        recv = s.recv
-        for _ in range(count):
-            recv(copy=True)
-        conn.send("done")
+        _drain(conn, s.recv, count)
         s.close(0)
         ctx.term()
 
     def parent(conn: Connection) -> float:
-        ctx = zmq.Context()
-        s = ctx.socket(zmq.PUSH)
-        s.bind(path)
-        try:
-            conn.recv()
-            send = s.send
-            t0 = now()
-            for _ in range(count):
-                send(MSG)
-            conn.recv()
-            return count / (now() - t0)
-        finally:
-            s.close(0)
-            ctx.term()
-            try:
-                os.unlink(path[len("ipc://"):])
-            except FileNotFoundError:
-                pass
+        with _zmq_bound(zmq, zmq.PUSH, path) as s:
+            return count / _flood(conn, s.send, count)
 
     return _two(child, parent)
 
@@ -377,32 +302,32 @@ def zmq_pingpong(rounds: int) -> float:
         ctx = zmq.Context()
         s = ctx.socket(zmq.PAIR)
         s.connect(path)
-        conn.send("ready")
-        for _ in range(rounds):
-            s.send(s.recv())
+        _echo(conn, s.recv, s.send, rounds)
         s.close(0)
         ctx.term()
 
     def parent(conn: Connection) -> float:
-        ctx = zmq.Context()
-        s = ctx.socket(zmq.PAIR)
-        s.bind(path)
-        try:
-            conn.recv()
-            t0 = now()
-            for _ in range(rounds):
-                s.send(MSG)
-                s.recv()
-            return (now() - t0) / rounds * 1e6
-        finally:
-            s.close(0)
-            ctx.term()
-            try:
-                os.unlink(path[len("ipc://"):])
-            except FileNotFoundError:
-                pass
+        with _zmq_bound(zmq, zmq.PAIR, path) as s:
+            return _ping(conn, s.send, s.recv, rounds)
 
     return _two(child, parent)
+
+
+@contextmanager
+def _zmq_bound(zmq: Any, kind: int, path: str) -> Iterator[Any]:
+    """A socket bound to ``path``; closed, and the socket file removed, afterwards."""
+    ctx = zmq.Context()
+    s = ctx.socket(kind)
+    s.bind(path)
+    try:
+        yield s
+    finally:
+        s.close(0)
+        ctx.term()
+        try:
+            os.unlink(path[len("ipc://"):])
+        except FileNotFoundError:
+            pass
 
 
 def mp_shared_memory_bulk(size: int, count: int) -> float:
@@ -451,6 +376,8 @@ def mp_shared_memory_bulk(size: int, count: int) -> float:
 
 def iceoryx2_pingpong(rounds: int) -> float:
     iox2 = optional("iceoryx2")
+    if not hasattr(iox2, "NodeBuilder"):  # another package, or an API this case predates
+        raise Missing("iceoryx2 without NodeBuilder (written for iceoryx2 0.10)")
 
     class Payload(ctypes.Structure):
         _fields_ = [("data", ctypes.c_uint8 * 64)]
