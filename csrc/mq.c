@@ -11,7 +11,7 @@
  * Before sleeping, a caller may spin for up to `spin` seconds, polling the descriptor without
  * waiting: a sleeping peer costs the other side a wake-up (and itself a context switch) on
  * every message. */
-#include "fastipc.h"
+#include "mq.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -1,6 +1,6 @@
 /* Anonymous and named pipes: whole writes with timeouts, SIGPIPE turned into EPIPE, and a
  * reader that reads ahead in large chunks and splits length-prefixed frames here in C. */
-#include "fastipc.h"
+#include "pipe.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -1,7 +1,7 @@
 /* POSIX named semaphores. Timed waits run on CLOCK_MONOTONIC through sem_clockwait where
  * glibc has it (2.30+), so that a change of the wall clock neither shortens nor stretches
  * them; older libcs fall back to sem_timedwait on CLOCK_REALTIME. */
-#include "fastipc.h"
+#include "sem.h"
 
 #include <errno.h>
 #include <fcntl.h>

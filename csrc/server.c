@@ -20,7 +20,7 @@
  * A mutex guards the loop's state: the loop thread holds it except while it sleeps in
  * epoll_wait, so that fipc_srv_send / fipc_srv_close from another thread are safe.
  */
-#include "fastipc.h"
+#include "server.h"
 
 #include <errno.h>
 #include <netinet/in.h>

@@ -10,7 +10,7 @@
  *
  * Nothing read from the mapping is trusted: head, tail, frame lengths and kinds are checked
  * against the capacity derived from the mapping's real size (FIPC_CORRUPT otherwise). */
-#include "fastipc.h"
+#include "shm.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -1,5 +1,5 @@
 /* Signals that carry a value (sigqueue) and synchronous waits for them (sigtimedwait). */
-#include "fastipc.h"
+#include "signals.h"
 
 #include <errno.h>
 #include <signal.h>

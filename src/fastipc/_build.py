@@ -1,7 +1,9 @@
 """cffi builder for ``fastipc._fastipc`` (out-of-line API mode).
 
-The C API is declared once in ``csrc/fastipc.h``; the part between its CDEF markers is the
-cdef.  Every ``csrc/*.c`` file is compiled into the one extension module.
+The C API is declared once: the shared status codes in ``csrc/fastipc.h``, and each
+mechanism's functions in ``csrc/<mechanism>.h``. The part between the CDEF markers of every
+header (``fastipc.h`` first) is the cdef. Every ``csrc/*.c`` file is compiled into the one
+extension module, so a new mechanism is a new ``.h``/``.c`` pair and nothing else here.
 
 Build knobs (environment): ``FASTIPC_DEBUG=1`` builds with ``-O0 -g`` and without ``-Werror``;
 ``FASTIPC_SANITIZE=1`` adds ``-fsanitize=address,undefined``.
@@ -21,11 +23,18 @@ ROOT = Path(__file__).resolve().parents[2]
 CSRC = ROOT / "csrc"
 
 
+def _headers() -> list[Path]:
+    return sorted(CSRC.glob("*.h"), key=lambda p: (p.name != "fastipc.h", p.name))
+
+
 def _cdef() -> str:
-    header = (CSRC / "fastipc.h").read_text()
-    start = header.index("/* CDEF BEGIN */")
-    end = header.index("/* CDEF END */")
-    return header[start:end]
+    parts = []
+    for path in _headers():
+        header = path.read_text()
+        if "/* CDEF BEGIN */" in header:
+            start = header.index("/* CDEF BEGIN */")
+            parts.append(header[start : header.index("/* CDEF END */")])
+    return "\n".join(parts)
 
 
 def _flags() -> list[str]:
@@ -52,7 +61,7 @@ ffibuilder = FFI()
 ffibuilder.cdef(_cdef())
 ffibuilder.set_source(
     "fastipc._fastipc",
-    '#include "fastipc.h"',
+    "".join(f'#include "{path.name}"\n' for path in _headers()),
     sources=_sources(),
     include_dirs=[str(CSRC)],
     libraries=["rt", "pthread"],

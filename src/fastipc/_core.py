@@ -1,4 +1,6 @@
-"""What every mechanism shares: backend selection, error mapping and argument checks.
+"""What every mechanism shares: backend selection, error mapping, argument checks, the one
+deadline object and EINTR retry of every blocking call, and the life cycle of every public
+object (:class:`Handle`).
 
 Backends: ``FASTIPC_BACKEND=native|pure|auto`` (default ``auto``) picks the process-wide
 default once, at import; every public class also takes ``backend=`` to choose per object.
@@ -7,19 +9,25 @@ default once, at import; every public class also takes ``backend=`` to choose pe
 from __future__ import annotations
 
 import errno
+import functools
 import importlib
 import importlib.util
 import math
 import os
+import time
 import warnings
 from types import ModuleType
-from typing import Any, NoReturn, Optional, TypeVar
+from typing import Any, Callable, NoReturn, Optional, TypeVar
 
-_T = TypeVar("_T", bound="FdOwner")
+_T = TypeVar("_T", bound="Handle")
+_F = TypeVar("_F", bound=Callable[..., Any])
+_FD = TypeVar("_FD", bound="FdOwner")
 
 __all__ = [
     "BACKEND",
     "NATIVE_ERROR",
+    "Deadline",
+    "Handle",
     "check",
     "check_timeout",
     "closed_error",
@@ -28,7 +36,9 @@ __all__ = [
     "posix_name",
     "raise_errno",
     "resolve_backend",
+    "retry",
     "shm_name",
+    "uses_handle",
 ]
 
 # Status codes of csrc/fastipc.h that are not errno values.
@@ -214,8 +224,216 @@ def byte_view(data: Any) -> memoryview:
     return view.cast("B") if view.format != "B" or view.ndim != 1 else view
 
 
+# ---------------------------------------------------------------------------- deadlines
+
+_monotonic = time.monotonic
+_EINTR = -errno.EINTR
+
+
+class Deadline:
+    """The time limit of one blocking call, made once from its ``timeout`` and asked for the
+    time left each time the call waits again (after EINTR, after a partial transfer...).
+
+    ``timeout`` is the validated C convention of :func:`check_timeout`: ``-1.0`` waits
+    forever, ``0.0`` tries once, ``> 0`` seconds. :meth:`left` answers in the same
+    convention, so it passes straight to a C call. ``start`` is when the call began, for a
+    Deadline made only on a slow path (``time.monotonic()`` taken before the first attempt)."""
+
+    __slots__ = ("end", "timeout")
+
+    def __init__(self, timeout: float, start: Optional[float] = None) -> None:
+        self.timeout = timeout
+        self.end = timeout if timeout <= 0 else (_monotonic() if start is None else start) + timeout
+
+    @classmethod
+    def of(cls, timeout: Optional[float]) -> Deadline:
+        """A Deadline for a user's ``timeout`` argument (validated: ValueError if negative)."""
+        return cls(check_timeout(timeout))
+
+    def left(self) -> float:
+        """Seconds left: ``-1.0`` for no limit, ``0.0`` once expired (try once more)."""
+        end = self.end
+        if end <= 0:
+            return end
+        left = end - _monotonic()
+        return left if left > 0 else 0.0
+
+    def expired(self) -> bool:
+        """True once no time is left (a ``timeout=0`` call has none from the start)."""
+        return self.end == 0 or (self.end > 0 and _monotonic() >= self.end)
+
+    def error(self, name: Optional[str] = None) -> TimeoutError:
+        """The TimeoutError for this deadline, naming the object."""
+        return timeout_error(None if self.timeout < 0 else self.timeout, name)
+
+
+def retry(rc: int, again: Callable[[float], int], deadline: Deadline,
+          name: Optional[str] = None) -> int:
+    """The slow path of every blocking call; the fast path made the first attempt and got
+    ``rc``. While that is ``-EINTR``, the Python signal handlers have run (a handler that
+    raises ends the call here) and the call is made again with the time left (PEP 475). Then
+    ``rc`` is returned if it is ``>= 0``, or mapped to its exception by :func:`check`."""
+    while rc == _EINTR:
+        rc = again(deadline.left())
+    if rc >= 0:
+        return rc
+    raise_errno(rc if rc <= FIPC_EOF else -rc, name, None if deadline.timeout < 0 else deadline.timeout)
+
+
+# ---------------------------------------------------------------------------- life cycle
+
+
+class Handle:
+    """The life cycle of every public fastipc object, written once.
+
+    - ``closed``; ``close()`` is idempotent; ``with obj:`` closes at the end of the block;
+      ``__del__`` closes what was forgotten; ``__repr__`` names the object and its backend;
+      ``fileno()`` for objects with a kernel fd (``_fd``).
+    - A method decorated with :func:`uses_handle` raises ``ValueError`` on a closed object,
+      whatever its arguments, and counts itself busy while it runs.
+    - **Closing from another thread is safe.** ``close()`` marks the object closed and calls
+      :meth:`_wake`, which makes every blocked call of this object return promptly (the
+      subclass knows how: a wake-up fd, a flag in shared memory, ``shutdown()``). The
+      resources are freed by :meth:`_free` only once no call is busy: by ``close()`` itself
+      when idle, else by the last call to leave, so that no fd number is closed (and reused)
+      and no memory is unmapped while a call may still use it. The woken call raises
+      ``ValueError``.
+
+    The busy count is a list: ``append`` and ``pop`` are atomic under the GIL, so entering
+    and leaving cost two C calls and no lock. Entering appends *then* checks ``closed``, and
+    ``close()`` sets ``closed`` *then* checks the count, so one of the two always sees the
+    other. Subclasses call :meth:`_open_handle` in ``__init__`` once their resources exist."""
+
+    _what = "object"  # named in the ValueError of a closed object
+    _closed = True  # until _open_handle(): a half-built object is closed
+    _fd = -1
+    _backend = "?"
+    _calls: list[None]
+    _unfreed: list[bool]
+
+    def _open_handle(self, backend: str, fd: int = -1) -> None:
+        self._backend = backend
+        self._fd = fd
+        self._calls = []
+        self._unfreed = [True]
+        self._closed = False
+
+    # ---- what subclasses provide
+    def _wake(self) -> None:
+        """Make calls of this object blocked in other threads return (close() calls this)."""
+
+    def _free(self) -> None:
+        """Release the resources (fd, mapping, C memory). Runs once, when no call is busy."""
+        if self._fd >= 0:
+            os.close(self._fd)
+
+    def _describe(self) -> str:
+        """What ``__repr__`` says of an open object, besides its type and backend."""
+        return f"fd={self._fd}" if self._fd >= 0 else "open"
+
+    # ---- the life cycle
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def backend(self) -> str:
+        """``"native"`` or ``"pure"``."""
+        return self._backend
+
+    def _closed_error(self) -> ValueError:
+        return closed_error(self._what)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise closed_error(self._what)
+
+    def _enter(self) -> None:
+        calls = self._calls
+        calls.append(None)
+        if self._closed:
+            calls.pop()
+            raise closed_error(self._what)
+
+    def _leave(self) -> None:
+        calls = self._calls
+        calls.pop()
+        if self._closed and not calls:
+            self._free_once()
+
+    def _free_once(self) -> None:
+        try:
+            self._unfreed.pop()
+        except (IndexError, AttributeError):  # freed already, or never opened
+            return
+        self._free()
+
+    def close(self) -> None:
+        """Close the object; calls blocked in other threads end with ValueError. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._calls:
+            self._wake()
+        if not self._calls:
+            self._free_once()
+
+    def fileno(self) -> int:
+        """The kernel fd (non-inheritable)."""
+        if self._closed:
+            raise closed_error(self._what)
+        if self._fd < 0:
+            raise OSError(errno.EBADF, f"{self._what} has no file descriptor")
+        return self._fd
+
+    def __enter__(self: _T) -> _T:
+        self._check_open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if not self._closed:
+            try:
+                self.close()
+            except Exception:  # at interpreter exit modules may be half torn down
+                pass
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else self._describe()
+        return f"<{type(self).__name__} {state} backend={self._backend}>"
+
+
+def uses_handle(method: _F) -> _F:
+    """Decorate a method of a :class:`Handle`: ValueError when the object is closed (checked
+    before the arguments), busy while it runs, and ValueError when another thread closed the
+    object during the call (whatever the call then returned or raised)."""
+
+    @functools.wraps(method)
+    def call(self: Handle, *args: Any, **kwargs: Any) -> Any:
+        calls = self._calls
+        calls.append(None)
+        try:
+            if self._closed:
+                raise closed_error(self._what)
+            return method(self, *args, **kwargs)
+        except (OSError, EOFError):
+            if self._closed:
+                raise closed_error(self._what) from None
+            raise
+        finally:
+            calls.pop()
+            if self._closed and not calls:
+                self._free_once()
+
+    return call  # type: ignore[return-value]
+
+
 class FdOwner:
-    """An object that owns one kernel fd and a backend object (``_core``) working on it:
+    """Being replaced by :class:`Handle`, mechanism by mechanism; delete when unused.
+
+    An object that owns one kernel fd and a backend object (``_core``) working on it:
     ``fileno()``, ``closed``, ``backend``, an idempotent ``close()``, the context manager and
     a ``__del__`` safety net. Subclasses set ``_fd``, ``_impl`` and ``_core``."""
 
@@ -245,7 +463,7 @@ class FdOwner:
             self._core.close()
             os.close(fd)
 
-    def __enter__(self: _T) -> _T:
+    def __enter__(self: _FD) -> _FD:
         self.fileno()
         return self
 

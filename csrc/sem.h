@@ -1,0 +1,25 @@
+/* fastipc sem.c: POSIX semaphores.
+ *
+ * Conventions (return values, timeouts, EINTR) are those of fastipc.h. The part between the
+ * CDEF markers is part of the cffi cdef (src/fastipc/_build.py reads every csrc/*.h).
+ */
+#ifndef FASTIPC_SEM_H
+#define FASTIPC_SEM_H
+
+#include "fastipc.h"
+
+/* CDEF BEGIN */
+/* Open (create: 0 attach, 1 create exclusively) a named semaphore; *out receives the
+ * handle (a sem_t *). Returns 0 or -errno. */
+int fipc_sem_open(const char *name, int create, int mode, unsigned int value, void **out);
+int fipc_sem_close(void *sem);
+int fipc_sem_unlink(const char *name);
+/* Decrement, waiting up to timeout seconds (CLOCK_MONOTONIC where the libc allows):
+ * 0, -ETIMEDOUT, -EINTR or -errno. */
+int fipc_sem_acquire(void *sem, double timeout);
+int fipc_sem_release(void *sem);
+/* The current value (>= 0) or -errno. */
+int fipc_sem_value(void *sem);
+/* CDEF END */
+
+#endif
