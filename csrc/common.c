@@ -5,7 +5,10 @@
 #include <poll.h>
 #include <stdint.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
 #include <time.h>
+#include <unistd.h>
 
 int64_t fipc_now_ns(void)
 {
@@ -58,4 +61,55 @@ void fipc_hint_hugepages(void *p, size_t n)
     uintptr_t end = ((uintptr_t)p + n) & ~(huge - 1);
     if (n >= 2 * huge && end > start)
         (void)madvise((void *)start, end - start, MADV_HUGEPAGE);
+}
+
+/* Drop `n` bytes from the front of iov[*first..cnt). */
+static void iov_advance(struct iovec *iov, int cnt, int *first, size_t n)
+{
+    while (*first < cnt && n >= iov[*first].iov_len) {
+        n -= iov[*first].iov_len;
+        (*first)++;
+    }
+    if (*first < cnt) {
+        iov[*first].iov_base = (char *)iov[*first].iov_base + n;
+        iov[*first].iov_len -= n;
+    }
+}
+
+int64_t fipc_write_all(int fd, struct iovec *iov, int cnt, size_t offset, double timeout,
+                       int sock, size_t *written)
+{
+    size_t total = 0;
+    for (int i = 0; i < cnt; i++)
+        total += iov[i].iov_len;
+    int first = 0;
+    iov_advance(iov, cnt, &first, offset);
+    size_t done = offset;
+    int64_t deadline = FIPC_DEADLINE_UNSET, rc = 0;
+    while (done < total) {
+        ssize_t n;
+        if (sock) {
+            struct msghdr msg = {.msg_iov = iov + first, .msg_iovlen = (size_t)(cnt - first)};
+            n = sendmsg(fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+        } else if (cnt - first == 1) { /* write() is measurably cheaper than writev() */
+            n = write(fd, iov[first].iov_base, iov[first].iov_len);
+        } else {
+            n = writev(fd, iov + first, cnt - first);
+        }
+        if (n > 0) {
+            done += (size_t)n;
+            iov_advance(iov, cnt, &first, (size_t)n);
+            continue;
+        }
+        if (n < 0 && errno == EAGAIN) {
+            rc = fipc_wait_fd(fd, POLLOUT, fipc_deadline_lazy(&deadline, timeout));
+            if (rc < 0)
+                break;
+            continue;
+        }
+        rc = n < 0 ? -errno : -EIO;
+        break;
+    }
+    *written = done;
+    return rc < 0 ? rc : (int64_t)done;
 }

@@ -7,7 +7,7 @@
  * with the remaining time (PEP 475).
  *
  * Each mechanism declares its own API in csrc/<mechanism>.h, which includes this file. The
- * part between the CDEF markers of every csrc/*.h (this file first) is read by
+ * part between the CDEF markers of every csrc header (this file first) is read by
  * src/fastipc/_build.py as the cffi cdef, so it holds only declarations cffi understands.
  */
 #ifndef FASTIPC_H
@@ -30,9 +30,42 @@ enum {
 /* CDEF END */
 
 /* ---- internal helpers shared by the C files (common.c); not visible to Python ---- */
+struct iovec;
 int64_t fipc_now_ns(void);
 /* absolute CLOCK_MONOTONIC deadline in ns for a timeout in seconds; -1 means never */
 int64_t fipc_deadline(double timeout);
+/* A deadline computed only when a call first has to wait, so that the fast path reads no
+ * clock: start with `int64_t deadline = FIPC_DEADLINE_UNSET;`, then ask
+ * fipc_deadline_lazy(&deadline, timeout) before each wait. */
+#define FIPC_DEADLINE_UNSET INT64_MIN
+static inline int64_t fipc_deadline_lazy(int64_t *deadline, double timeout)
+{
+    if (*deadline == FIPC_DEADLINE_UNSET)
+        *deadline = fipc_deadline(timeout);
+    return *deadline;
+}
+
+/* The one frame format of pipes and sockets: a 4-byte big-endian length, then the payload. */
+#define FIPC_FRAME_HEADER 4
+static inline void fipc_frame_put(unsigned char *h, uint32_t len)
+{
+    h[0] = (unsigned char)(len >> 24);
+    h[1] = (unsigned char)(len >> 16);
+    h[2] = (unsigned char)(len >> 8);
+    h[3] = (unsigned char)len;
+}
+static inline uint32_t fipc_frame_get(const unsigned char *h)
+{
+    return (uint32_t)h[0] << 24 | (uint32_t)h[1] << 16 | (uint32_t)h[2] << 8 | h[3];
+}
+
+/* The one write-with-deadline loop: write iov[0..cnt) completely to a non-blocking fd,
+ * skipping the first `offset` bytes (what an interrupted call already wrote), waiting for
+ * POLLOUT until the deadline while the fd is full. sock: use sendmsg(MSG_NOSIGNAL) instead of
+ * write()/writev(). iov is modified. Returns the bytes written in all (offset included), or
+ * -ETIMEDOUT / -EINTR / -errno; the bytes written so far are in *written in every case. */
+int64_t fipc_write_all(int fd, struct iovec *iov, int cnt, size_t offset, double timeout,
+                       int sock, size_t *written);
 /* remaining time until deadline as a timespec; returns NULL for "forever" */
 struct timespec *fipc_remaining(int64_t deadline, struct timespec *ts);
 /* wait until fd is ready for events or the deadline passes: 0, -ETIMEDOUT or -errno */

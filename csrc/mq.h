@@ -1,7 +1,7 @@
 /* fastipc mq.c: POSIX message queues.
  *
  * Conventions (return values, timeouts, EINTR) are those of fastipc.h. The part between the
- * CDEF markers is part of the cffi cdef (src/fastipc/_build.py reads every csrc/*.h).
+ * CDEF markers is part of the cffi cdef (src/fastipc/_build.py reads every csrc header).
  */
 #ifndef FASTIPC_MQ_H
 #define FASTIPC_MQ_H
