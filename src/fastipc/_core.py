@@ -277,7 +277,8 @@ def retry(rc: int, again: Callable[[float], int], deadline: Deadline,
         rc = again(deadline.left())
     if rc >= 0:
         return rc
-    raise_errno(rc if rc <= FIPC_EOF else -rc, name, None if deadline.timeout < 0 else deadline.timeout)
+    timeout = None if deadline.timeout < 0 else deadline.timeout
+    raise_errno(rc if rc <= FIPC_EOF else -rc, name, timeout)
 
 
 # ---------------------------------------------------------------------------- life cycle

@@ -26,7 +26,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import select
 import signal
 import socket
 import stat
@@ -34,10 +33,21 @@ import struct
 import threading
 import time
 from types import ModuleType, TracebackType
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
 from fastipc import _core
+from fastipc._address import (
+    DEFAULT_MAX_MESSAGE_SIZE,
+    MAX_FRAME,
+    MAX_UNIX_PATH,
+    TcpAddress,
+    UnixPath,
+    framing_flag,
+    tcp_address,
+    unix_path,
+)
 from fastipc._core import byte_view, check_int, check_timeout, closed_error
+from fastipc.client import Client, connect
 
 __all__ = [
     "DEFAULT_HIGH_WATER",
@@ -50,58 +60,15 @@ __all__ = [
     "connect",
 ]
 
-DEFAULT_MAX_MESSAGE_SIZE = 16 << 20
 DEFAULT_HIGH_WATER = 1 << 20
-MAX_UNIX_PATH = 107  # sizeof(sun_path) - 1: the kernel's limit, not ours
-MAX_FRAME = 0xFFFFFFFF
 EV_CONNECT, EV_CLOSE = 1, 3
 _NO_SENDS: list[tuple[int, bytes]] = []
 
 log = logging.getLogger("fastipc.server")
 
-TcpAddress = tuple[str, int]
-UnixPath = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
-Address = Union[TcpAddress, UnixPath]
 
 
 # ---------------------------------------------------------------------------- arguments
-
-
-def _framing(framing: Any) -> bool:
-    if not isinstance(framing, str):
-        raise TypeError(f"framing must be a str, not {type(framing).__name__}")
-    if framing not in ("length", "raw"):
-        raise ValueError(f"framing must be 'length' or 'raw', not {framing!r}")
-    return framing == "length"
-
-
-def _unix_path(path: Any) -> bytes:
-    """A Unix socket path as bytes; ValueError past the kernel's 107-byte sun_path limit."""
-    if isinstance(path, bool) or not isinstance(path, (str, bytes, os.PathLike)):
-        raise TypeError(f"a Unix socket path must be str, bytes or os.PathLike, not "
-                        f"{type(path).__name__}")
-    raw = os.fsencode(path)
-    if not raw:
-        raise ValueError("a Unix socket path must not be empty")
-    if b"\0" in raw:
-        raise ValueError("a Unix socket path must not contain NUL characters")
-    if len(raw) > MAX_UNIX_PATH:
-        raise ValueError(
-            f"Unix socket path is {len(raw)} bytes long; the kernel's limit (sun_path) is "
-            f"{MAX_UNIX_PATH}: use a shorter path, e.g. in a directory closer to /"
-        )
-    return raw
-
-
-def _tcp_address(address: Any) -> TcpAddress:
-    if not isinstance(address, tuple) or len(address) not in (2, 4):
-        raise TypeError(f"a TCP address must be a (host, port) tuple, not {address!r}")
-    host, port = address[0], address[1]
-    if not isinstance(host, str):
-        raise TypeError(f"the host must be a str, not {type(host).__name__}")
-    if "\0" in host:
-        raise ValueError("the host must not contain NUL characters")
-    return host, check_int(port, "port", 0, 65535)
 
 
 # ---------------------------------------------------------------------------- handler
@@ -270,14 +237,14 @@ class Server:
             if not callable(getattr(handler, method, None)):
                 raise TypeError(f"handler must have an {method}() method (see server.Handler)")
         impl: ModuleType = _core.ops("server", backend)
-        framed = _framing(framing)
+        framed = framing_flag(framing)
         max_message_size = check_int(max_message_size, "max_message_size", 0, MAX_FRAME)
         high_water = check_int(high_water, "high_water", 1, 2**62)
         backlog = check_int(backlog, "backlog", 1, 2**31 - 1)
         if tcp is None and unix is None:
             raise ValueError("give tcp=(host, port), unix=path, or both")
-        tcp_addr = None if tcp is None else _tcp_address(tcp)
-        unix_raw = None if unix is None else _unix_path(unix)
+        tcp_addr = None if tcp is None else tcp_address(tcp)
+        unix_raw = None if unix is None else unix_path(unix)
 
         self._impl = impl
         self._handler = handler
@@ -612,165 +579,3 @@ def _tcp_listener(addr: TcpAddress, backlog: int) -> socket.socket:
         sock.close()
         raise
     return sock
-
-
-# ---------------------------------------------------------------------------- client
-
-
-class Client(_core.FdOwner):
-    """A blocking client connection, from :func:`connect`.
-
-    ``send(data)`` sends one message (length framing) or the raw bytes; ``recv()`` returns
-    the next message (EOFError once the server closed) or, with raw framing, the bytes that
-    arrived (``b""`` at the end).
-    """
-
-    _what = "Client"
-
-    def __init__(self, fd: int, impl: ModuleType, framing: str, max_message_size: int,
-                 address: Any) -> None:
-        self._fd = -1  # owned only once the backend's half exists (connect() closes it else)
-        self._impl = impl
-        self._framing = framing
-        self._address = address
-        self._core = impl.Client(fd, framing == "length", max_message_size)
-        self._fd = fd
-
-    @property
-    def framing(self) -> str:
-        return self._framing
-
-    @property
-    def address(self) -> Any:
-        """The server's address as given to :func:`connect`."""
-        return self._address
-
-    def send(self, data: Any, timeout: Optional[float] = None) -> None:
-        """Send ``data`` (bytes-like) whole; TimeoutError if the server does not take it
-        within ``timeout`` seconds, BrokenPipeError / ConnectionResetError once it is gone.
-        A framed message cut short would desynchronise the stream, so the client then
-        closes itself."""
-        if self._fd < 0:
-            raise closed_error("Client")
-        t = check_timeout(timeout)
-        try:
-            self._core.send(data, t)
-        except OSError as exc:
-            if self._framing == "length" and getattr(exc, "characters_written", False):
-                self.close()
-            raise
-        except OverflowError:
-            raise ValueError(f"a message is limited to {MAX_FRAME} bytes") from None
-
-    def recv(self, timeout: Optional[float] = None) -> bytes:
-        """The next message (length framing; EOFError at the end, OSError(EMSGSIZE) for a
-        frame over ``max_message_size``), or the bytes that arrived (raw framing; ``b""``
-        at the end)."""
-        if self._fd < 0:
-            raise closed_error("Client")
-        return self._core.recv(check_timeout(timeout))  # type: ignore[no-any-return]
-
-    def __repr__(self) -> str:
-        state = "closed" if self._fd < 0 else f"fd={self._fd}"
-        return f"<Client {state} {self._address!r} backend={self.backend}>"
-
-
-def connect(
-    address: Address,
-    *,
-    framing: str = "length",
-    timeout: Optional[float] = None,
-    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
-    backend: Optional[str] = None,
-) -> Client:
-    """Connect to a server: ``(host, port)`` for TCP, a path (str, bytes, PathLike) for a
-    Unix socket. TimeoutError if it does not answer within ``timeout`` seconds;
-    ConnectionRefusedError if nobody listens there."""
-    impl: ModuleType = _core.ops("server", backend)
-    framed = _framing(framing)
-    max_message_size = check_int(max_message_size, "max_message_size", 0, MAX_FRAME)
-    t = check_timeout(timeout)
-    deadline = time.monotonic() + t if t > 0 else t
-    if isinstance(address, tuple):
-        host, port = _tcp_address(address)
-        sock = _connect_tcp(host, port, deadline, timeout)
-    else:
-        sock = _connect_unix(_unix_path(address), deadline, timeout)
-    fd = sock.detach()
-    try:
-        return Client(fd, impl, framing if framed else "raw", max_message_size, address)
-    except BaseException:
-        os.close(fd)
-        raise
-
-
-def _wait_connected(sock: socket.socket, deadline: float, timeout: Optional[float]) -> None:
-    poller = select.poll()
-    poller.register(sock, select.POLLOUT)
-    while True:
-        if deadline < 0:
-            ms = None
-        else:
-            left = deadline - time.monotonic() if deadline > 0 else 0.0
-            ms = max(0, int(left * 1000 + 0.999))
-        if poller.poll(ms):
-            break
-        if ms is not None and (deadline == 0 or time.monotonic() >= deadline):
-            raise _core.timeout_error(timeout)
-    err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-    if err:
-        raise OSError(err, os.strerror(err))
-
-
-def _connect_tcp(host: str, port: int, deadline: float,
-                 timeout: Optional[float]) -> socket.socket:
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    last: Optional[BaseException] = None
-    for family, kind, proto, _, sockaddr in infos:
-        sock = socket.socket(family, kind, proto)
-        try:
-            sock.setblocking(False)
-            err = sock.connect_ex(sockaddr)
-            if err in (errno.EINPROGRESS, errno.EAGAIN):
-                _wait_connected(sock, deadline, timeout)
-            elif err:
-                raise OSError(err, os.strerror(err))
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            return sock
-        except TimeoutError:
-            sock.close()
-            raise
-        except OSError as exc:
-            sock.close()
-            last = exc
-        except BaseException:
-            sock.close()
-            raise
-    assert last is not None
-    raise last
-
-
-def _connect_unix(raw: bytes, deadline: float, timeout: Optional[float]) -> socket.socket:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.setblocking(False)
-        delay = 0.0005
-        while True:
-            err = sock.connect_ex(raw)
-            if err == 0:
-                return sock
-            if err == errno.EINPROGRESS:
-                _wait_connected(sock, deadline, timeout)
-                return sock
-            if err != errno.EAGAIN:  # EAGAIN: the listen backlog is full; try again soon
-                raise OSError(err, os.strerror(err), os.fsdecode(raw))
-            if deadline >= 0:
-                left = deadline - time.monotonic() if deadline > 0 else 0.0
-                if left <= 0:
-                    raise _core.timeout_error(timeout)
-                delay = min(delay, left)
-            time.sleep(delay)
-            delay = min(delay * 2, 0.02)
-    except BaseException:
-        sock.close()
-        raise
