@@ -5,7 +5,10 @@
 #include <poll.h>
 #include <stdint.h>
 #include <sys/mman.h>
+#include <limits.h>
+#include <linux/futex.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
@@ -112,4 +115,54 @@ int64_t fipc_write_all(int fd, struct iovec *iov, int cnt, size_t offset, double
     }
     *written = done;
     return rc < 0 ? rc : (int64_t)done;
+}
+
+int fipc_futex_wait(_Atomic uint32_t *addr, uint32_t val, int64_t ns)
+{
+    struct timespec ts = {.tv_sec = ns / 1000000000LL, .tv_nsec = ns % 1000000000LL};
+    long rc = syscall(SYS_futex, addr, FUTEX_WAIT, val, &ts, NULL, 0);
+    if (rc < 0 && errno != EAGAIN && errno != ETIMEDOUT)
+        return -errno; /* EINTR goes back to Python */
+    return 0;
+}
+
+void fipc_futex_wake(_Atomic uint32_t *addr)
+{
+    /* Cannot fail on a valid shared mapping; a failure would only cost the sleeper one
+     * slice, after which it looks again. */
+    long rc = syscall(SYS_futex, addr, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+    (void)rc;
+}
+
+void fipc_spin_set(fipc_spin *s, double seconds)
+{
+    if (seconds > 1.0)
+        seconds = 1.0;
+    s->max_ns = seconds > 0 ? (int64_t)(seconds * 1e9) : 0;
+    s->ns = s->max_ns;
+}
+
+void fipc_spin_caught(fipc_spin *s)
+{
+    if (s->ns < s->max_ns)
+        s->ns = s->ns * 2 > s->max_ns ? s->max_ns : s->ns * 2;
+}
+
+/* After a wait that had to sleep: if what we waited for came soon after the spin gave up
+ * (within a few spins and wake-ups: the peer answers at the pace of its own wake-ups, not
+ * of its work), spinning would catch it once both sides spin again: spin fully again. (Too
+ * tight a bound traps two busy peers in sleeping for each other: each wait then lasts a
+ * wake-up, 20-100 us on a loaded VM, and so does the next.) If it came much later, spinning
+ * wastes the CPU: spin half as long next time, down to a microsecond. */
+void fipc_spin_slept(fipc_spin *s, int64_t waited_ns)
+{
+    if (s->max_ns <= 0)
+        return;
+    if (waited_ns < 4 * s->max_ns + 100000) {
+        s->ns = s->max_ns;
+    } else {
+        s->ns /= 2;
+        if (s->ns < 1000)
+            s->ns = s->max_ns < 1000 ? s->max_ns : 1000;
+    }
 }

@@ -27,10 +27,42 @@ enum {
     FIPC_LARGE = -1003      /* a frame larger than the read-ahead buffer (fipc_pipe_recv) */
 };
 
+/* ---- adaptive spin of the futex-based waits (shared-memory rings) ---- */
+typedef struct fipc_spin {
+    int64_t max_ns;         /* longest spin before sleeping (0: never spin) */
+    int64_t ns;             /* current budget: doubled by a spin that succeeds, halved by
+                               sleeps that waited long (see fipc_spin_slept) */
+} fipc_spin;
+
 /* CDEF END */
 
 /* ---- internal helpers shared by the C files (common.c); not visible to Python ---- */
+#include <stdatomic.h>
 struct iovec;
+
+/* One step of a spin-wait: tell the CPU (and a hyper-thread sibling) that we are spinning. */
+static inline void fipc_cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield" ::: "memory");
+#else
+    atomic_signal_fence(memory_order_seq_cst);
+#endif
+}
+
+/* Sleep on a futex word in shared memory while it holds val, at most ns nanoseconds:
+ * 0 (woken, changed, or timed out: the caller looks again) or -EINTR / -errno. */
+int fipc_futex_wait(_Atomic uint32_t *addr, uint32_t val, int64_t ns);
+/* Wake every sleeper on the word. */
+void fipc_futex_wake(_Atomic uint32_t *addr);
+/* The adaptive spin: set from a spin= argument in seconds (capped at 1 s; <= 0: never);
+ * after a spin that caught what it waited for (grow back towards max); after a wait that had
+ * to sleep, with the time since the spin began. */
+void fipc_spin_set(fipc_spin *s, double seconds);
+void fipc_spin_caught(fipc_spin *s);
+void fipc_spin_slept(fipc_spin *s, int64_t waited_ns);
 int64_t fipc_now_ns(void);
 /* absolute CLOCK_MONOTONIC deadline in ns for a timeout in seconds; -1 means never */
 int64_t fipc_deadline(double timeout);

@@ -66,17 +66,6 @@
 #define LOAD(p, mo) atomic_load_explicit((p), memory_order_##mo)
 #define STORE(p, v, mo) atomic_store_explicit((p), (v), memory_order_##mo)
 
-static inline void cpu_relax(void)
-{
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#elif defined(__aarch64__)
-    __asm__ __volatile__("yield" ::: "memory");
-#else
-    atomic_signal_fence(memory_order_seq_cst);
-#endif
-}
-
 static inline uint64_t round8(uint64_t n)
 {
     return (n + 7u) & ~(uint64_t)7u;
@@ -112,23 +101,6 @@ static inline void wr64(char *p, uint64_t v)
 }
 
 /* ---------------------------------------------------------------- futex and peers */
-
-static int futex_wait(_Atomic uint32_t *addr, uint32_t val, int64_t ns)
-{
-    struct timespec ts = {.tv_sec = ns / 1000000000LL, .tv_nsec = ns % 1000000000LL};
-    long rc = syscall(SYS_futex, addr, FUTEX_WAIT, val, &ts, NULL, 0);
-    if (rc < 0 && errno != EAGAIN && errno != ETIMEDOUT)
-        return -errno; /* EINTR goes back to Python */
-    return 0;
-}
-
-static void futex_wake(_Atomic uint32_t *addr)
-{
-    /* Cannot fail on a valid shared mapping; a failure would only cost the sleeper one
-     * slice, after which it looks again. */
-    long rc = syscall(SYS_futex, addr, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
-    (void)rc;
-}
 
 int fipc_shm_pid_dead(int32_t pid)
 {
@@ -266,7 +238,7 @@ static inline void publish(fipc_shm *h, size_t off, uint64_t value, size_t wait_
     atomic_thread_fence(memory_order_seq_cst);
     if (LOAD(A32(h, wait_off), relaxed)) {
         atomic_fetch_add_explicit(A32(h, seq_off), 1u, memory_order_release);
-        futex_wake(A32(h, seq_off));
+        fipc_futex_wake(A32(h, seq_off));
     }
 }
 
@@ -416,7 +388,7 @@ static int wait_ring(fipc_shm *h, uint64_t need, double timeout, int64_t *deadli
                 if (peer_gone(h, 0) || fipc_now_ns() >= end)
                     break;
             }
-            cpu_relax();
+            fipc_cpu_relax();
         }
     }
     size_t wait_off = h->role == ROLE_READER ? OFF_RWAIT : OFF_WWAIT;
@@ -459,7 +431,7 @@ static int wait_ring(fipc_shm *h, uint64_t need, double timeout, int64_t *deadli
             }
             return rc;
         }
-        rc = futex_wait(A32(h, seq_off), seq, left < SLICE_NS ? left : SLICE_NS);
+        rc = fipc_futex_wait(A32(h, seq_off), seq, left < SLICE_NS ? left : SLICE_NS);
         STORE(A32(h, wait_off), 0u, relaxed);
         slept = 1;
         if (rc < 0)
@@ -804,8 +776,8 @@ int fipc_shm_close(fipc_shm *h)
     /* wake the peer, and our own calls blocked in other threads */
     atomic_fetch_add_explicit(A32(h, OFF_DSEQ), 1u, memory_order_seq_cst);
     atomic_fetch_add_explicit(A32(h, OFF_SSEQ), 1u, memory_order_seq_cst);
-    futex_wake(A32(h, OFF_DSEQ));
-    futex_wake(A32(h, OFF_SSEQ));
+    fipc_futex_wake(A32(h, OFF_DSEQ));
+    fipc_futex_wake(A32(h, OFF_SSEQ));
     return fipc_shm_busy(h);
 }
 
