@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-MECHANISMS = ["pipe", "mq", "shm", "server"]
+MECHANISMS = ["pipe", "mq", "shm", "queue", "pubsub", "server"]
 
 # units: (label, higher_is_better, scale from the measured value to the unit shown)
 UNITS: dict[str, tuple[str, bool]] = {
@@ -67,17 +67,28 @@ class Result:
     vs_native: Optional[float] = None  # how many times faster native is than this row
 
 
-def run_case(case: Case, trials: int) -> Result:
-    res = Result(case.mechanism, case.workload, case.impl, case.unit)
-    try:
-        case.measure()  # warm-up, not counted
-        res.trials = [case.measure() for _ in range(trials)]
-    except Missing as exc:
-        res.missing = str(exc) or "not installed"
-        return res
-    res.median = statistics.median(res.trials)
-    res.low, res.high = min(res.trials), max(res.trials)
-    return res
+def run_cases(cases: Sequence[Case], trials: int, progress: bool = False) -> list[Result]:
+    """Measure the cases of one workload together: a warm-up each, then ``trials`` rounds in
+    which every case runs once, in turn. Interleaving puts every implementation of the
+    workload under the same drift of a shared machine, so their ratios are fair."""
+    results = [Result(c.mechanism, c.workload, c.impl, c.unit) for c in cases]
+    live = []
+    for case, res in zip(cases, results):
+        if progress:
+            print(f"  {case.mechanism:7} {case.workload:24} {case.impl} ...", file=sys.stderr,
+                  flush=True)
+        try:
+            case.measure()  # warm-up, not counted
+            live.append((case, res))
+        except Missing as exc:
+            res.missing = str(exc) or "not installed"
+    for _ in range(trials):
+        for case, res in live:
+            res.trials.append(case.measure())
+    for _, res in live:
+        res.median = statistics.median(res.trials)
+        res.low, res.high = min(res.trials), max(res.trials)
+    return results
 
 
 def _add_ratios(results: list[Result]) -> None:
@@ -240,16 +251,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if exc.name != f"fastipc.bench.{mech}":
                 raise
             continue  # not written yet
+        groups: dict[str, list[Case]] = {}
         for case in module.cases(args.quick):
-            if args.match and args.match not in f"{case.workload} {case.impl}":
-                continue
-            if not args.json:
-                print(
-                    f"  {case.mechanism:7} {case.workload:24} {case.impl} ...",
-                    file=sys.stderr,
-                    flush=True,
-                )
-            results.append(run_case(case, trials))
+            if not args.match or args.match in f"{case.workload} {case.impl}":
+                groups.setdefault(case.workload, []).append(case)
+        for group in groups.values():
+            results += run_cases(group, trials, progress=not args.json)
     _add_ratios(results)
     if args.json:
         print(json.dumps([r.__dict__ for r in results], indent=1))
