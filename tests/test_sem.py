@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import pickle
 import signal
 import threading
 import time
@@ -66,24 +67,54 @@ def test_acquire_release_value(s: sem.Semaphore) -> None:
         s.acquire(timeout=0)
 
 
-def test_initial_value_and_with(backend: str, name: str) -> None:
-    with sem.Semaphore("/" + name, create=True, value=3, backend=backend) as s:
-        assert s.name == "/" + name
-        assert s.value == 3
-        assert s.acquire(timeout=0) is True
-        assert s.value == 2
-        assert os.stat(f"/dev/shm/sem.{name}").st_mode & 0o777 == 0o600 & ~_umask()
-        assert s.backend == backend
-        assert name in repr(s)
-    assert s.closed  # the block's end closes the handle...
+def test_initial_value_and_names(backend: str, name: str) -> None:
+    s = sem.Semaphore("/" + name, create=True, value=3, backend=backend)
+    assert s.name == "/" + name
+    assert s.value == 3
+    assert s.acquire(timeout=0) is True
+    assert s.value == 2
+    assert os.stat(f"/dev/shm/sem.{name}").st_mode & 0o777 == 0o600 & ~_umask()
+    assert s.backend == backend
+    assert name in repr(s)
+    s.close()
+    assert s.closed
     with pytest.raises(ValueError, match="closed"):
         s.acquire(timeout=0)
-    with sem.Semaphore(name, backend=backend) as again:  # ...and leaves the semaphore
-        assert again.value == 2
+    again = sem.Semaphore(name, backend=backend)  # closing left the semaphore
+    assert again.value == 2
+    again.close()
     sem.unlink(name, backend=backend)
-    with sem.Semaphore(name, create=True, backend=backend) as empty:  # value 0: no wait
-        assert empty.value == 0
-    sem.unlink(name, backend=backend)
+    empty = sem.Semaphore(name, create=True, backend=backend)  # value 0
+    assert empty.value == 0
+    empty.close()
+    empty.unlink()
+
+
+def test_with_acquires_and_releases(s: sem.Semaphore) -> None:
+    """As threading, multiprocessing and posix_ipc semaphores: the block holds the
+    semaphore, its end (also by an exception) gives it back, and the object stays open."""
+    s.release()
+    with s as same:
+        assert same is s
+        assert s.value == 0
+    assert s.value == 1 and not s.closed
+    with pytest.raises(KeyError), s:
+        assert s.value == 0
+        raise KeyError("inside")
+    assert s.value == 1 and not s.closed
+    s.acquire(0)
+    entered = threading.Event()
+
+    def enter() -> None:
+        with s:  # value 0: waits for the release below
+            entered.set()
+
+    t = threading.Thread(target=enter)
+    t.start()
+    assert not entered.wait(0.2)
+    s.release()
+    t.join(10)
+    assert entered.is_set() and s.value == 1
 
 
 def _umask() -> int:
@@ -278,10 +309,15 @@ def test_closed_semaphore(backend: str, name: str) -> None:
     obj = sem.Semaphore(name, create=True, value=1, backend=backend)
     obj.close()
     assert "closed" in repr(obj)
-    for call in (lambda: obj.acquire(0), obj.release, lambda: obj.value, obj.unlink, obj.__enter__):
+    calls = (lambda: obj.acquire(0), obj.release, lambda: obj.value, obj.__enter__)
+    for call in (*calls, lambda: pickle.dumps(obj), obj.fileno):
         with pytest.raises(ValueError, match="closed"):
             call()
-    sem.unlink(name, backend=backend)
+    obj.unlink()  # an operation on the name: works after close()
+    with pytest.raises(FileNotFoundError):
+        sem.Semaphore(name, backend=backend)
+    with pytest.raises(FileNotFoundError):
+        obj.unlink()
 
 
 # ---------------------------------------------------------------------------- processes
