@@ -60,25 +60,29 @@ class Queue:
 
     def receive(self, timeout: float, spin: float) -> tuple[bytes, int]:
         pool = self._pool
-        try:
-            buf, prio = pool.pop()
-        except IndexError:
-            buf, prio = ffi.new("char[]", self.max_message_size), ffi.new("unsigned int *")
-        try:
-            start: Optional[float] = _monotonic() if timeout > 0 else None
-            size = self.max_message_size
-            n = _receive(self.fd, self.wake_fd, buf, size, prio, timeout, spin)
-            if n < 0:
-                fd, wake_fd = self.fd, self.wake_fd
+        buf, prio = pool.pop() if pool else self._out()
+        start: Optional[float] = _monotonic() if timeout > 0 else None
+        size = self.max_message_size
+        n = _receive(self.fd, self.wake_fd, buf, size, prio, timeout, spin)
+        if n < 0:
+            fd, wake_fd = self.fd, self.wake_fd
+            try:
                 n = retry(
                     n,
                     lambda left: _receive(fd, wake_fd, buf, size, prio, left, spin),
                     Deadline(timeout, start),
                     self.name,
                 )
-            return _unpack(buf, n), prio[0]
-        finally:
-            pool.append((buf, prio))
+            except BaseException:
+                pool.append((buf, prio))
+                raise
+        message = _unpack(buf, n), prio[0]
+        pool.append((buf, prio))
+        return message
+
+    def _out(self) -> tuple[Any, Any]:
+        """Out parameters for one receive: the message buffer and the priority."""
+        return ffi.new("char[]", self.max_message_size), ffi.new("unsigned int *")
 
     def attributes(self) -> tuple[int, int, int]:
         attr = ffi.new("fipc_mq_attr *")
