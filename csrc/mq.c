@@ -103,39 +103,39 @@ int fipc_mq_wake(int wakefd)
     return 0;
 }
 
-int fipc_mq_send(int mqd, int wakefd, const char *buf, size_t len, unsigned int priority,
-                 double timeout, double spin)
+/* The one send/receive loop: try at once; while the queue is full (receive: empty), wait.
+ * prio == NULL sends len bytes with priority `priority`; else receives into buf (cap len).
+ * The sent 0 or the received length, or -ETIMEDOUT / -ECANCELED / -EINTR / -errno. */
+static int64_t transfer(int mqd, int wakefd, char *buf, size_t len, unsigned int priority,
+                        unsigned int *prio, double timeout, double spin)
 {
     int64_t deadline = FIPC_DEADLINE_UNSET;
     for (;;) {
-        if (mq_send((mqd_t)mqd, buf, len, priority) == 0)
-            return 0;
+        ssize_t n = prio == NULL ? mq_send((mqd_t)mqd, buf, len, priority)
+                                 : mq_receive((mqd_t)mqd, buf, len, prio);
+        if (n >= 0)
+            return (size_t)n > len ? -EMSGSIZE : (int64_t)n; /* never let a caller read past buf */
         if (errno != EAGAIN)
             return -errno;
         if (timeout == 0)
             return -ETIMEDOUT;
-        int rc = wait_queue(mqd, POLLOUT, wakefd, fipc_deadline_lazy(&deadline, timeout), spin);
+        int rc = wait_queue(mqd, prio == NULL ? POLLOUT : POLLIN, wakefd,
+                            fipc_deadline_lazy(&deadline, timeout), spin);
         if (rc < 0)
             return rc;
         spin = 0; /* spun once: sleep from now on */
     }
 }
 
+int fipc_mq_send(int mqd, int wakefd, const char *buf, size_t len, unsigned int priority,
+                 double timeout, double spin)
+{
+    /* mq_send only reads buf: the cast drops const for the shared loop */
+    return (int)transfer(mqd, wakefd, (char *)buf, len, priority, NULL, timeout, spin);
+}
+
 int64_t fipc_mq_receive(int mqd, int wakefd, char *buf, size_t cap, unsigned int *priority,
                         double timeout, double spin)
 {
-    int64_t deadline = FIPC_DEADLINE_UNSET;
-    for (;;) {
-        ssize_t n = mq_receive((mqd_t)mqd, buf, cap, priority);
-        if (n >= 0)
-            return (size_t)n > cap ? -EMSGSIZE : (int64_t)n; /* never let a caller read past buf */
-        if (errno != EAGAIN)
-            return -errno;
-        if (timeout == 0)
-            return -ETIMEDOUT;
-        int rc = wait_queue(mqd, POLLIN, wakefd, fipc_deadline_lazy(&deadline, timeout), spin);
-        if (rc < 0)
-            return rc;
-        spin = 0;
-    }
+    return transfer(mqd, wakefd, buf, cap, 0, priority, timeout, spin);
 }

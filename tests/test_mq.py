@@ -269,7 +269,7 @@ def test_bad_spin(queue: mq.MessageQueue, name: str, bad: object, exc: type) -> 
         queue.spin = bad  # type: ignore[assignment]
     with pytest.raises(exc):
         mq.MessageQueue(name, spin=bad)  # type: ignore[arg-type]
-    assert queue.spin == 0.0
+    assert queue.spin == mq.DEFAULT_SPIN == 10e-6
 
 
 # ---------------------------------------------------------------------------- signals
