@@ -11,26 +11,18 @@ import os
 import pickle
 import threading
 import time
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine
 from typing import Any, Callable, TypeVar
 
 import pytest
 
 from fastipc import mq, sem
 from helpers import run_python
+from test_mq import SMALL, queue
 
-SMALL = {"max_messages": 8, "max_message_size": 256}
+__all__ = ["queue"]  # the fixture: a fresh queue of 8 x 256 bytes, closed and unlinked after
+
 _T = TypeVar("_T")
-
-
-@pytest.fixture
-def queue(backend: str, name: str) -> Iterator[mq.MessageQueue]:
-    q = mq.MessageQueue(name, create=True, backend=backend, **SMALL)
-    try:
-        yield q
-    finally:
-        q.close()
-        q.unlink()
 
 
 # ---------------------------------------------------------------------------- close while busy

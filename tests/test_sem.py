@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import os
 import pickle
-import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -16,6 +15,7 @@ import pytest
 from conftest import PREFIX
 from fastipc import sem
 from helpers import run_python, start_python
+from interrupts import check_raising_handler_ends, check_retries_with_remaining_time
 
 
 def _sems() -> set[str]:
@@ -220,48 +220,20 @@ def test_release_from_another_thread(s: sem.Semaphore) -> None:
 
 
 def test_signal_retries_with_remaining_time(s: sem.Semaphore) -> None:
-    hits = []
-    old = signal.signal(signal.SIGALRM, lambda *a: hits.append(1))
-    try:
-        signal.setitimer(signal.ITIMER_REAL, 0.05, 0.05)
-        t0 = time.monotonic()
-        with pytest.raises(TimeoutError):
-            s.acquire(timeout=0.4)
-        elapsed = time.monotonic() - t0
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
-    assert len(hits) >= 3
-    assert 0.35 <= elapsed < 5
+    check_retries_with_remaining_time(lambda t: s.acquire(timeout=t))
 
 
 def test_signal_handler_that_raises_ends_the_wait(s: sem.Semaphore) -> None:
-    class Stop(Exception):
-        pass
-
-    def handler(*args: object) -> None:
-        raise Stop
-
-    old = signal.signal(signal.SIGALRM, handler)
+    check_raising_handler_ends(lambda: s.acquire(timeout=10))
+    # a forever wait: a watchdog thread releases if the signal does not end it
+    guard = threading.Timer(10, s.release)
+    guard.start()
     try:
-        for timeout in (10.0, None):
-            signal.setitimer(signal.ITIMER_REAL, 0.05)
-            t0 = time.monotonic()
-            with pytest.raises(Stop):
-                if timeout is None:
-                    # a forever wait: a watchdog thread releases if the signal does not end it
-                    guard = threading.Timer(10, s.release)
-                    guard.start()
-                    try:
-                        s.acquire()
-                    finally:
-                        guard.cancel()
-                else:
-                    s.acquire(timeout=timeout)
-            assert time.monotonic() - t0 < 5
+        check_raising_handler_ends(s.acquire)
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
+        guard.cancel()
+    s.release()  # the semaphore stays usable
+    assert s.acquire(0) and s.value == 0
 
 
 # ---------------------------------------------------------------------------- bad input
