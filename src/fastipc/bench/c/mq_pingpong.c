@@ -67,6 +67,31 @@ static void take(sem_t *s)
         ;
 }
 
+enum mode { PINGPONG, STREAM, SEM };
+static enum mode mode;
+static mqd_t qa, qb;
+static sem_t *ping, *pong;
+
+/* One round of one side: the parent sends (posts) and waits for the answer, the child
+ * waits and answers; in a stream, the child sends and the parent receives. */
+static void round_of(int parent)
+{
+    if (mode == STREAM) {
+        parent ? get(qa) : put(qa);
+    } else if (mode == PINGPONG) {
+        if (parent) {
+            put(qa);
+            get(qb);
+        } else {
+            get(qa);
+            put(qb);
+        }
+    } else {
+        sem_post(parent ? ping : pong);
+        take(parent ? pong : ping);
+    }
+}
+
 static int usage(const char *argv0)
 {
     fprintf(stderr, "usage: %s CPU_PARENT CPU_CHILD COUNT pingpong|stream|sem\n", argv0);
@@ -79,50 +104,39 @@ int main(int argc, char **argv)
         return usage(argv[0]);
     int cpu0 = atoi(argv[1]), cpu1 = atoi(argv[2]);
     long count = atol(argv[3]);
-    const char *mode = argv[4];
-    int pingpong = strcmp(mode, "pingpong") == 0, stream = strcmp(mode, "stream") == 0;
-    int sem = strcmp(mode, "sem") == 0;
-    if (!pingpong && !stream && !sem)
+    if (strcmp(argv[4], "pingpong") == 0)
+        mode = PINGPONG;
+    else if (strcmp(argv[4], "stream") == 0)
+        mode = STREAM;
+    else if (strcmp(argv[4], "sem") == 0)
+        mode = SEM;
+    else
         return usage(argv[0]);
     memset(msg, 'x', sizeof msg);
-    mqd_t a = sem ? (mqd_t)-1 : queue("a"), b = pingpong ? queue("b") : (mqd_t)-1;
-    sem_t *ping = sem ? semaphore("ping") : NULL, *pong = sem ? semaphore("pong") : NULL;
+    if (mode == SEM) {
+        ping = semaphore("ping");
+        pong = semaphore("pong");
+    } else {
+        qa = queue("a");
+        qb = mode == PINGPONG ? queue("b") : (mqd_t)-1;
+    }
     pid_t child = fork();
     if (child < 0)
         die("fork");
     if (child == 0) {
         pin(cpu1);
-        for (long i = 0; i <= count; i++) {
-            if (stream) {
-                put(a);
-            } else if (pingpong) {
-                get(a);
-                put(b);
-            } else {
-                take(ping);
-                sem_post(pong);
-            }
-        }
+        for (long i = 0; i <= count; i++)
+            round_of(0);
         _exit(0);
     }
     pin(cpu0);
-    double t0 = 0;
-    for (long i = 0; i <= count; i++) {
-        if (i == 1)
-            t0 = now();
-        if (stream) {
-            get(a);
-        } else if (pingpong) {
-            put(a);
-            get(b);
-        } else {
-            sem_post(ping);
-            take(pong);
-        }
-    }
+    round_of(1); /* untimed: the child is running when the clock starts */
+    double t0 = now();
+    for (long i = 0; i < count; i++)
+        round_of(1);
     double dt = now() - t0;
     waitpid(child, NULL, 0);
-    if (stream)
+    if (mode == STREAM)
         printf("%.1f\n", count / dt);
     else
         printf("%.3f\n", dt / count * 1e6);
