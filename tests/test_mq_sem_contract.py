@@ -335,3 +335,56 @@ def test_close_while_awaiting_raises_value_error(
     assert isinstance(rx_exc, ValueError) and "closed" in str(rx_exc)
     assert isinstance(tx_exc, ValueError) and "closed" in str(tx_exc)
     assert took < 1.0
+
+
+def _close_copy(q: mq.MessageQueue) -> None:
+    q.close()
+
+
+def _wait_on_copy(q: mq.MessageQueue) -> None:
+    """In a forked child: a receive that must time out, although the parent closes its
+    copy (waking its own waiters) meanwhile."""
+    try:
+        q.receive(timeout=1.0)
+    except TimeoutError:
+        return
+    raise SystemExit(3)
+
+
+def test_forked_copies_wake_only_their_own_waiters(queue: mq.MessageQueue) -> None:
+    """A forked child inherits the object; a close() in either process ends the waits of
+    that process only (each has its own wake-up descriptor after the fork)."""
+    fork = multiprocessing.get_context("fork")
+    p = fork.Process(target=_close_copy, args=(queue,))
+    p.start()
+    p.join(30)
+    assert p.exitcode == 0
+    p.close()
+    with pytest.raises(TimeoutError):
+        queue.receive(timeout=0.1)
+    for _ in range(8):
+        queue.send(b"full")
+    with pytest.raises(TimeoutError):
+        queue.send(b"more", timeout=0.1)
+    for _ in range(8):
+        queue.receive(0)
+    # the parent closes while its thread waits; the child's wait goes on to its timeout
+    child = fork.Process(target=_wait_on_copy, args=(queue,))
+    child.start()
+    errors: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            queue.receive(timeout=30)
+        except BaseException as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=wait)
+    t.start()
+    time.sleep(0.2)
+    queue.close()
+    t.join(10)
+    child.join(30)
+    assert child.exitcode == 0
+    child.close()
+    assert len(errors) == 1 and isinstance(errors[0], ValueError)

@@ -9,9 +9,11 @@ class turns that one into ``ValueError``: the object was closed)."""
 
 from __future__ import annotations
 
+import os
+import weakref
 from typing import Any, Protocol
 
-__all__ = ["MessageQueueBackend"]
+__all__ = ["MessageQueueBackend", "own_wake_after_fork"]
 
 
 class MessageQueueBackend(Protocol):
@@ -42,9 +44,31 @@ class MessageQueueBackend(Protocol):
         """Make every send and receive waiting on this object end with OSError(ECANCELED),
         now and from now on (called once, by close())."""
 
+    def renew_wake(self) -> None:
+        """In a forked child: replace the inherited wake-up descriptor with one of its own
+        (see :func:`own_wake_after_fork`)."""
+
     def close(self) -> None:
         """Release the descriptors; runs once, when no call is using them."""
 
     @staticmethod
     def unlink(name: str) -> None:
         """Remove the queue ``name`` (FileNotFoundError if there is none)."""
+
+
+_live: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def _renew_all() -> None:
+    for q in list(_live):
+        q.renew_wake()
+
+
+def own_wake_after_fork(q: MessageQueueBackend) -> None:
+    """A forked child inherits the object, and with it the wake-up descriptor, which is then
+    shared: a close() in one process would end the waits of the other. Each backend object
+    calls this once: in every forked child, it gets a wake-up descriptor of its own."""
+    _live.add(q)
+
+
+os.register_at_fork(after_in_child=_renew_all)

@@ -7,7 +7,7 @@ import os
 import time
 from typing import Any, Optional
 
-from fastipc._backend.mq import MessageQueueBackend
+from fastipc._backend.mq import MessageQueueBackend, own_wake_after_fork
 from fastipc._core import Deadline, check, ffi, lib, retry
 
 __all__ = ["Queue"]
@@ -22,7 +22,7 @@ _monotonic = time.monotonic
 class Queue:
     """An open queue descriptor and the eventfd that wakes its waiters."""
 
-    __slots__ = ("_pool", "fd", "max_message_size", "name", "wake_fd")
+    __slots__ = ("__weakref__", "_pool", "fd", "max_message_size", "name", "wake_fd")
 
     def __init__(
         self, name: str, create: bool, mode: int, max_messages: int, max_message_size: int
@@ -43,6 +43,7 @@ class Queue:
         # (list.pop and list.append are atomic under the GIL), so no call shares its out
         # parameters with another
         self._pool: list[tuple[Any, Any]] = []
+        own_wake_after_fork(self)
 
     def send(self, data: Any, priority: int, timeout: float, spin: float) -> None:
         if type(data) is not bytes:
@@ -91,6 +92,11 @@ class Queue:
 
     def wake(self) -> None:
         check(lib.fipc_mq_wake(self.wake_fd), self.name)
+
+    def renew_wake(self) -> None:
+        if self.wake_fd >= 0:
+            os.close(self.wake_fd)
+            self.wake_fd = check(lib.fipc_mq_wake_open(), self.name)
 
     def close(self) -> None:
         fd, self.fd = self.fd, -1

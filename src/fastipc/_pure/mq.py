@@ -17,7 +17,7 @@ from typing import Any, Callable, NoReturn, TypeVar
 
 import posix_ipc
 
-from fastipc._backend.mq import MessageQueueBackend
+from fastipc._backend.mq import MessageQueueBackend, own_wake_after_fork
 from fastipc._core import Deadline, raise_errno
 
 __all__ = ["Queue"]
@@ -64,7 +64,7 @@ def _guess_errno(message: str) -> int:
 class Queue:
     """An open posix_ipc queue and the pipe that wakes its waiters."""
 
-    __slots__ = ("_wake_w", "fd", "max_message_size", "name", "q", "wake_fd")
+    __slots__ = ("__weakref__", "_wake_w", "fd", "max_message_size", "name", "q", "wake_fd")
 
     def __init__(
         self, name: str, create: bool, mode: int, max_messages: int, max_message_size: int
@@ -84,6 +84,7 @@ class Queue:
         os.set_inheritable(self.fd, False)
         self.max_message_size: int = self.q.max_message_size
         self.wake_fd, self._wake_w = os.pipe()  # non-inheritable (PEP 446)
+        own_wake_after_fork(self)
 
     def _call(self, op: Callable[[], _T], events: int, timeout: float) -> _T:
         """``op()`` without blocking, waiting while the queue is full or empty (BusyError)
@@ -125,8 +126,15 @@ class Queue:
     def wake(self) -> None:
         os.write(self._wake_w, b"!")
 
+    def renew_wake(self) -> None:
+        if self.wake_fd >= 0:
+            os.close(self.wake_fd)
+            os.close(self._wake_w)
+            self.wake_fd, self._wake_w = os.pipe()
+
     def close(self) -> None:
-        os.close(self.wake_fd)
+        wake_fd, self.wake_fd = self.wake_fd, -1
+        os.close(wake_fd)
         os.close(self._wake_w)
         self.q.close()
 
