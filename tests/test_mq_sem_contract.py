@@ -83,10 +83,8 @@ def test_close_while_another_thread_waits(backend: str, name: str, what: str) ->
     assert float(worst) < 1.0  # promptly: the waiter ends within a second of close()
 
 
-def test_fd_stays_open_until_the_waiter_left(queue: mq.MessageQueue) -> None:
-    """close() with a receive in progress keeps the descriptor until the call has left, so
-    its number cannot be reused under the waiting call; then it is released."""
-    fd = queue.fileno()
+def _close_while_receiving(queue: mq.MessageQueue, after: float = 0.05) -> BaseException:
+    """Close ``queue`` while a thread waits in receive(); what that receive raised."""
     errors: list[BaseException] = []
 
     def wait() -> None:
@@ -97,11 +95,18 @@ def test_fd_stays_open_until_the_waiter_left(queue: mq.MessageQueue) -> None:
 
     t = threading.Thread(target=wait)
     t.start()
-    time.sleep(0.05)
+    time.sleep(after)
     queue.close()
     t.join(5)
-    assert not t.is_alive()
-    assert len(errors) == 1 and isinstance(errors[0], ValueError)
+    assert not t.is_alive() and len(errors) == 1
+    return errors[0]
+
+
+def test_fd_stays_open_until_the_waiter_left(queue: mq.MessageQueue) -> None:
+    """close() with a receive in progress keeps the descriptor until the call has left, so
+    its number cannot be reused under the waiting call; then it is released."""
+    fd = queue.fileno()
+    assert isinstance(_close_while_receiving(queue), ValueError)
     with pytest.raises(OSError):
         os.fstat(fd)
 
@@ -371,20 +376,7 @@ def test_forked_copies_wake_only_their_own_waiters(queue: mq.MessageQueue) -> No
     # the parent closes while its thread waits; the child's wait goes on to its timeout
     child = fork.Process(target=_wait_on_copy, args=(queue,))
     child.start()
-    errors: list[BaseException] = []
-
-    def wait() -> None:
-        try:
-            queue.receive(timeout=30)
-        except BaseException as exc:
-            errors.append(exc)
-
-    t = threading.Thread(target=wait)
-    t.start()
-    time.sleep(0.2)
-    queue.close()
-    t.join(10)
+    assert isinstance(_close_while_receiving(queue, after=0.2), ValueError)
     child.join(30)
     assert child.exitcode == 0
     child.close()
-    assert len(errors) == 1 and isinstance(errors[0], ValueError)
