@@ -12,9 +12,10 @@ What is measured, each trial in a fresh pair of processes pinned to separate cor
 - ``sem ping-pong`` (µs per round trip): two named semaphores, the parent releases one and
   acquires the other, the child the reverse.
 
-Implementations: fastipc native and pure (both processes on the same backend; one more
-ping-pong row with ``spin=50e-6``, where each side polls the queue for up to 50 µs before it
-sleeps, so that the answer finds it awake),
+Implementations: fastipc native and pure (both processes on the same backend, the default
+``spin``, :data:`fastipc.mq.DEFAULT_SPIN`; one more ping-pong row with ``spin=50e-6``, where
+each side polls the queue for up to 50 µs before it sleeps, so that the answer finds it
+awake),
 ``posix_ipc`` used directly, ``multiprocessing.Queue`` and ``faster_fifo.Queue`` (they pickle
 and carry Python objects: the peers a Python user would otherwise pick for a message
 queue), and plain C (``bench/c/mq_pingpong.c``, one program with a mode per workload)
