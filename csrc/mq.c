@@ -1,78 +1,66 @@
 /* POSIX message queues: one call per user operation.
  *
- * The descriptor stays blocking: a receiver that has to wait sleeps in mq_timedreceive, and
- * the next mq_send hands the message straight to it (the kernel's pipelined send), which is
- * measurably quicker than sleeping in ppoll and receiving once woken. mq_timed* take an
- * absolute CLOCK_REALTIME time: the deadline is kept on CLOCK_MONOTONIC and converted at the
- * last moment. A timeout of 0 first polls the descriptor (an expired deadline would fail
- * only after a trip through the scheduler), then passes an expired deadline, so that the
- * call cannot sleep even when another process empties (or fills) the queue in between.
+ * The descriptor is non-blocking: a send or receive first tries at once (the whole fast
+ * path is that one syscall); only when the queue is full (or empty) does it wait, in ppoll on
+ * the queue and the object's wake-up eventfd, so that closing the object from another
+ * thread ends the wait (-ECANCELED) instead of leaving a thread asleep in mq_receive on a
+ * descriptor about to be closed. A queue that another process emptied (or filled) between
+ * the wake-up and the retry is waited for again. Deadlines are on CLOCK_MONOTONIC.
  *
- * Before sleeping, a caller may spin for up to `spin` seconds, polling the descriptor without
- * waiting: a sleeping peer costs the other side a wake-up (and itself a context switch) on
- * every message. */
+ * Before sleeping, a caller may spin for up to `spin` seconds, polling without waiting:
+ * a sleeping peer costs the other side a wake-up (and itself a context switch) on every
+ * message. */
 #include "mq.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <mqueue.h>
 #include <poll.h>
+#include <stdint.h>
+#include <sys/eventfd.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
-/* The absolute CLOCK_REALTIME time of a CLOCK_MONOTONIC deadline (ns, >= 0). */
-static struct timespec *realtime_at(int64_t deadline, struct timespec *ts)
+/* Wait until the queue is ready for `events`, the wake-up fd is written, or the deadline:
+ * 0 (ready: try again), -ECANCELED (woken), -ETIMEDOUT, -EINTR or -errno. spin > 0 first
+ * polls without sleeping for up to that long (never past the deadline). */
+static int wait_queue(int mqd, short events, int wakefd, int64_t deadline, double spin)
 {
-    struct timespec left;
-    fipc_remaining(deadline, &left);
-    if (clock_gettime(CLOCK_REALTIME, ts) < 0)
-        return NULL;
-    ts->tv_sec += left.tv_sec;
-    ts->tv_nsec += left.tv_nsec;
-    if (ts->tv_nsec >= 1000000000) {
-        ts->tv_sec += 1;
-        ts->tv_nsec -= 1000000000;
+    struct pollfd p[2] = {{.fd = mqd, .events = events}, {.fd = wakefd, .events = POLLIN}};
+    int rc;
+    if (spin > 0) {
+        int64_t end = fipc_now_ns() + (int64_t)((spin > 1.0 ? 1.0 : spin) * 1e9);
+        if (deadline >= 0 && end > deadline)
+            end = deadline;
+        do
+            rc = poll(p, 2, 0);
+        while (rc == 0 && fipc_now_ns() < end);
+    } else {
+        struct timespec ts;
+        rc = ppoll(p, 2, fipc_remaining(deadline, &ts), NULL);
     }
-    return ts;
-}
-
-/* timeout 0: is the queue ready at all? An expired mq_timed* deadline fails only after a
- * trip through the scheduler (about 20 µs); poll answers at once. 1 ready, 0 not, -errno. */
-static int ready_now(int mqd, short events)
-{
-    struct pollfd p = {.fd = mqd, .events = events};
-    int rc = poll(&p, 1, 0);
-    return rc < 0 ? -errno : rc;
-}
-
-/* Poll the descriptor without sleeping until it is ready for `events`, for at most `spin`
- * seconds (and never past the deadline). Whatever the outcome, the caller then makes its
- * one blocking call: readiness here is only a hint, another process may be quicker. */
-static void spin_wait(int mqd, short events, double spin, int64_t deadline)
-{
-    if (spin > 1.0) /* never spin for longer than a second (and never overflow below) */
-        spin = 1.0;
-    int64_t end = fipc_now_ns() + (int64_t)(spin * 1e9);
-    if (deadline >= 0 && end > deadline)
-        end = deadline;
-    struct pollfd p = {.fd = mqd, .events = events};
-    do {
-        if (poll(&p, 1, 0) != 0) /* ready, or an error the real call will report */
-            return;
-    } while (fipc_now_ns() < end);
+    if (rc < 0)
+        return -errno;
+    if (p[1].revents)
+        return -ECANCELED;
+    if (p[0].revents & POLLNVAL)
+        return -EBADF;
+    return rc == 0 && spin <= 0 ? -ETIMEDOUT : 0;
 }
 
 int fipc_mq_open(const char *name, int create, int mode, long max_messages,
                  long max_message_size)
 {
     mqd_t q;
+    int flags = O_RDWR | O_CLOEXEC | O_NONBLOCK;
     if (create) {
         struct mq_attr attr = {0};
         attr.mq_maxmsg = max_messages;
         attr.mq_msgsize = max_message_size;
-        q = mq_open(name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, (mode_t)mode, &attr);
+        q = mq_open(name, flags | O_CREAT | O_EXCL, (mode_t)mode, &attr);
     } else {
-        q = mq_open(name, O_RDWR | O_CLOEXEC);
+        q = mq_open(name, flags);
     }
     if (q == (mqd_t)-1)
         return -errno;
@@ -100,52 +88,54 @@ int fipc_mq_getattr(int mqd, fipc_mq_attr *attr)
     return 0;
 }
 
-int fipc_mq_send(int mqd, const char *buf, size_t len, unsigned int priority, double timeout,
-                 double spin)
+int fipc_mq_wake_open(void)
 {
-    int64_t deadline = fipc_deadline(timeout);
-    if (timeout == 0) {
-        int ready = ready_now(mqd, POLLOUT);
-        if (ready <= 0)
-            return ready < 0 ? ready : -ETIMEDOUT;
-    } else if (spin > 0) {
-        spin_wait(mqd, POLLOUT, spin, deadline);
-    }
-    struct timespec ts;
-    int rc;
-    if (deadline < 0)
-        rc = mq_send((mqd_t)mqd, buf, len, priority);
-    else if (realtime_at(deadline, &ts) == NULL)
+    int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    return fd < 0 ? -errno : fd;
+}
+
+int fipc_mq_wake(int wakefd)
+{
+    uint64_t one = 1;
+    /* EAGAIN: the counter is already non-zero, which is all a waiter looks at */
+    if (write(wakefd, &one, sizeof one) < 0 && errno != EAGAIN)
         return -errno;
-    else
-        rc = mq_timedsend((mqd_t)mqd, buf, len, priority, &ts);
-    if (rc < 0)
-        return errno == EAGAIN ? -ETIMEDOUT : -errno;
     return 0;
 }
 
-int64_t fipc_mq_receive(int mqd, char *buf, size_t cap, double timeout, double spin)
+/* The one send/receive loop: try at once; while the queue is full (receive: empty), wait.
+ * prio == NULL sends len bytes with priority `priority`; else receives into buf (cap len).
+ * The sent 0 or the received length, or -ETIMEDOUT / -ECANCELED / -EINTR / -errno. */
+static int64_t transfer(int mqd, int wakefd, char *buf, size_t len, unsigned int priority,
+                        unsigned int *prio, double timeout, double spin)
 {
-    unsigned int prio = 0;
-    int64_t deadline = fipc_deadline(timeout);
-    if (timeout == 0) {
-        int ready = ready_now(mqd, POLLIN);
-        if (ready <= 0)
-            return ready < 0 ? ready : -ETIMEDOUT;
-    } else if (spin > 0) {
-        spin_wait(mqd, POLLIN, spin, deadline);
+    int64_t deadline = FIPC_DEADLINE_UNSET;
+    for (;;) {
+        ssize_t n = prio == NULL ? mq_send((mqd_t)mqd, buf, len, priority)
+                                 : mq_receive((mqd_t)mqd, buf, len, prio);
+        if (n >= 0)
+            return (size_t)n > len ? -EMSGSIZE : (int64_t)n; /* never let a caller read past buf */
+        if (errno != EAGAIN)
+            return -errno;
+        if (timeout == 0)
+            return -ETIMEDOUT;
+        int rc = wait_queue(mqd, prio == NULL ? POLLOUT : POLLIN, wakefd,
+                            fipc_deadline_lazy(&deadline, timeout), spin);
+        if (rc < 0)
+            return rc;
+        spin = 0; /* spun once: sleep from now on */
     }
-    struct timespec ts;
-    ssize_t n;
-    if (deadline < 0)
-        n = mq_receive((mqd_t)mqd, buf, cap, &prio);
-    else if (realtime_at(deadline, &ts) == NULL)
-        return -errno;
-    else
-        n = mq_timedreceive((mqd_t)mqd, buf, cap, &prio, &ts);
-    if (n < 0)
-        return errno == EAGAIN ? -ETIMEDOUT : -errno;
-    if ((size_t)n > cap || prio > FIPC_MQ_PRIO_MASK) /* never let a caller read past buf */
-        return -EMSGSIZE;
-    return (int64_t)n << FIPC_MQ_PRIO_BITS | prio;
+}
+
+int fipc_mq_send(int mqd, int wakefd, const char *buf, size_t len, unsigned int priority,
+                 double timeout, double spin)
+{
+    /* mq_send only reads buf: the cast drops const for the shared loop */
+    return (int)transfer(mqd, wakefd, (char *)buf, len, priority, NULL, timeout, spin);
+}
+
+int64_t fipc_mq_receive(int mqd, int wakefd, char *buf, size_t cap, unsigned int *priority,
+                        double timeout, double spin)
+{
+    return transfer(mqd, wakefd, buf, cap, 0, priority, timeout, spin);
 }

@@ -16,23 +16,27 @@ typedef struct fipc_mq_attr {
 } fipc_mq_attr;
 
 /* Open (create: 0 attach, 1 create exclusively) a queue read-write; the descriptor is
- * close-on-exec and blocking (waits are mq_timed* calls). max_messages and
- * max_message_size are used only when creating. Returns the descriptor or -errno. */
+ * close-on-exec and non-blocking (the waits poll it together with a wake-up eventfd).
+ * max_messages and max_message_size are used only when creating. The descriptor or -errno. */
 int fipc_mq_open(const char *name, int create, int mode, long max_messages,
                  long max_message_size);
 int fipc_mq_close(int mqd);
 int fipc_mq_unlink(const char *name);
 int fipc_mq_getattr(int mqd, fipc_mq_attr *attr);
-/* Send one message of len bytes with a priority; 0, -ETIMEDOUT when the queue stays full,
- * or -errno. While the queue is full, poll for up to `spin` seconds before sleeping. */
-int fipc_mq_send(int mqd, const char *buf, size_t len, unsigned int priority, double timeout,
-                 double spin);
+/* The wake-up eventfd of one queue object (close-on-exec, non-blocking), or -errno; once
+ * fipc_mq_wake() wrote to it, every send and receive waiting with it returns -ECANCELED. */
+int fipc_mq_wake_open(void);
+int fipc_mq_wake(int wakefd);
+/* Send one message of len bytes with a priority: 0, -ETIMEDOUT when the queue stays full,
+ * -ECANCELED once woken, -EINTR, or -errno. While the queue is full, poll it for up to
+ * `spin` seconds before sleeping. */
+int fipc_mq_send(int mqd, int wakefd, const char *buf, size_t len, unsigned int priority,
+                 double timeout, double spin);
 /* Receive the oldest message of the highest priority into buf (cap >= the queue's
- * max_message_size). Returns length << FIPC_MQ_PRIO_BITS | priority (one value, so that
- * no output pointer is shared between threads), or -ETIMEDOUT or -errno. While the queue
- * is empty, poll for up to `spin` seconds before sleeping. */
-enum { FIPC_MQ_PRIO_BITS = 16, FIPC_MQ_PRIO_MASK = 0xFFFF };
-int64_t fipc_mq_receive(int mqd, char *buf, size_t cap, double timeout, double spin);
+ * max_message_size) and its priority into *priority (memory owned by the caller's call):
+ * the message's length, or -ETIMEDOUT / -ECANCELED / -EINTR / -errno as fipc_mq_send. */
+int64_t fipc_mq_receive(int mqd, int wakefd, char *buf, size_t cap, unsigned int *priority,
+                        double timeout, double spin);
 /* CDEF END */
 
 #endif

@@ -14,9 +14,12 @@
 int fipc_sem_open(const char *name, int create, int mode, unsigned int value, void **out);
 int fipc_sem_close(void *sem);
 int fipc_sem_unlink(const char *name);
-/* Decrement, waiting up to timeout seconds (CLOCK_MONOTONIC where the libc allows):
- * 0, -ETIMEDOUT, -EINTR or -errno. */
-int fipc_sem_acquire(void *sem, double timeout);
+/* Decrement, waiting up to timeout seconds on CLOCK_MONOTONIC (where the libc allows):
+ * 0, -ETIMEDOUT, -EINTR, -ECANCELED once *closing is non-zero, or -errno. A wait first
+ * spins for FIPC_SEM_SPIN_US. A sleeping sem_wait cannot be woken from outside, so the
+ * wait then sleeps in slices of FIPC_SEM_SLICE_MS and looks at *closing between them. */
+enum { FIPC_SEM_SLICE_MS = 20, FIPC_SEM_SPIN_US = 10 };
+int fipc_sem_acquire(void *sem, double timeout, int *closing);
 int fipc_sem_release(void *sem);
 /* The current value (>= 0) or -errno. */
 int fipc_sem_value(void *sem);

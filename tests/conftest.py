@@ -14,6 +14,9 @@ from fastipc import _core
 BACKENDS = ["native", "pure"]
 SHM_DIR = Path("/dev/shm")
 MQUEUE_DIR = Path("/dev/mqueue")  # listed only where the mqueue filesystem is mounted
+# Queues are also checked by name, which needs no mount: the test's `name` and the names
+# tests derive from it with these suffixes.
+MQ_SUFFIXES = ("", "-absent", "-ping", "-pong", "-back")
 
 
 @pytest.fixture(params=BACKENDS)
@@ -58,8 +61,24 @@ def _entries(directory: Path) -> set[str]:
         return set()
 
 
+def _queues_named(name: object) -> set[str]:
+    """Those of `name` (+ MQ_SUFFIXES) that exist as message queues, found with mq_open (no
+    /dev/mqueue mount needed) and unlinked, so that one leak does not fail later tests."""
+    import posix_ipc
+
+    found = set()
+    for suffix in MQ_SUFFIXES if isinstance(name, str) else ():
+        try:
+            posix_ipc.MessageQueue("/" + name + suffix).close()
+        except posix_ipc.ExistentialError:
+            continue
+        found.add(name + suffix)
+        posix_ipc.unlink_message_queue("/" + name + suffix)
+    return found
+
+
 @pytest.fixture(autouse=True)
-def no_leaks() -> Iterator[None]:
+def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
     """Each test must leave no fd, /dev/shm entry or message queue behind."""
     fds = _open_fds()
     shm = _entries(SHM_DIR)
@@ -68,6 +87,7 @@ def no_leaks() -> Iterator[None]:
     leaked_fds = {fd: target for fd, target in _open_fds().items() if fds.get(fd) != target}
     leaked_shm = _entries(SHM_DIR) - shm
     leaked_mqs = _entries(MQUEUE_DIR) - mqs
+    leaked_mqs |= _queues_named(request.node.funcargs.get("name"))
     for entry in leaked_shm:  # clean up so that one leak does not fail every later test
         (SHM_DIR / entry).unlink(missing_ok=True)
     assert not leaked_fds, f"leaked file descriptors: {leaked_fds}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
-import signal
+import pickle
 import threading
 import time
 from collections.abc import Iterator
@@ -15,6 +15,7 @@ import pytest
 from conftest import PREFIX
 from fastipc import sem
 from helpers import run_python, start_python
+from interrupts import check_raising_handler_ends, check_retries_with_remaining_time
 
 
 def _sems() -> set[str]:
@@ -66,24 +67,54 @@ def test_acquire_release_value(s: sem.Semaphore) -> None:
         s.acquire(timeout=0)
 
 
-def test_initial_value_and_with(backend: str, name: str) -> None:
-    with sem.Semaphore("/" + name, create=True, value=3, backend=backend) as s:
-        assert s.name == "/" + name
-        assert s.value == 3
-        assert s.acquire(timeout=0) is True
-        assert s.value == 2
-        assert os.stat(f"/dev/shm/sem.{name}").st_mode & 0o777 == 0o600 & ~_umask()
-        assert s.backend == backend
-        assert name in repr(s)
-    assert s.closed  # the block's end closes the handle...
+def test_initial_value_and_names(backend: str, name: str) -> None:
+    s = sem.Semaphore("/" + name, create=True, value=3, backend=backend)
+    assert s.name == "/" + name
+    assert s.value == 3
+    assert s.acquire(timeout=0) is True
+    assert s.value == 2
+    assert os.stat(f"/dev/shm/sem.{name}").st_mode & 0o777 == 0o600 & ~_umask()
+    assert s.backend == backend
+    assert name in repr(s)
+    s.close()
+    assert s.closed
     with pytest.raises(ValueError, match="closed"):
         s.acquire(timeout=0)
-    with sem.Semaphore(name, backend=backend) as again:  # ...and leaves the semaphore
-        assert again.value == 2
+    again = sem.Semaphore(name, backend=backend)  # closing left the semaphore
+    assert again.value == 2
+    again.close()
     sem.unlink(name, backend=backend)
-    with sem.Semaphore(name, create=True, backend=backend) as empty:  # value 0: no wait
-        assert empty.value == 0
-    sem.unlink(name, backend=backend)
+    empty = sem.Semaphore(name, create=True, backend=backend)  # value 0
+    assert empty.value == 0
+    empty.close()
+    empty.unlink()
+
+
+def test_with_acquires_and_releases(s: sem.Semaphore) -> None:
+    """As threading, multiprocessing and posix_ipc semaphores: the block holds the
+    semaphore, its end (also by an exception) gives it back, and the object stays open."""
+    s.release()
+    with s as same:
+        assert same is s
+        assert s.value == 0
+    assert s.value == 1 and not s.closed
+    with pytest.raises(KeyError), s:
+        assert s.value == 0
+        raise KeyError("inside")
+    assert s.value == 1 and not s.closed
+    s.acquire(0)
+    entered = threading.Event()
+
+    def enter() -> None:
+        with s:  # value 0: waits for the release below
+            entered.set()
+
+    t = threading.Thread(target=enter)
+    t.start()
+    assert not entered.wait(0.2)
+    s.release()
+    t.join(10)
+    assert entered.is_set() and s.value == 1
 
 
 def _umask() -> int:
@@ -189,48 +220,20 @@ def test_release_from_another_thread(s: sem.Semaphore) -> None:
 
 
 def test_signal_retries_with_remaining_time(s: sem.Semaphore) -> None:
-    hits = []
-    old = signal.signal(signal.SIGALRM, lambda *a: hits.append(1))
-    try:
-        signal.setitimer(signal.ITIMER_REAL, 0.05, 0.05)
-        t0 = time.monotonic()
-        with pytest.raises(TimeoutError):
-            s.acquire(timeout=0.4)
-        elapsed = time.monotonic() - t0
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
-    assert len(hits) >= 3
-    assert 0.35 <= elapsed < 5
+    check_retries_with_remaining_time(lambda t: s.acquire(timeout=t))
 
 
 def test_signal_handler_that_raises_ends_the_wait(s: sem.Semaphore) -> None:
-    class Stop(Exception):
-        pass
-
-    def handler(*args: object) -> None:
-        raise Stop
-
-    old = signal.signal(signal.SIGALRM, handler)
+    check_raising_handler_ends(lambda: s.acquire(timeout=10))
+    # a forever wait: a watchdog thread releases if the signal does not end it
+    guard = threading.Timer(10, s.release)
+    guard.start()
     try:
-        for timeout in (10.0, None):
-            signal.setitimer(signal.ITIMER_REAL, 0.05)
-            t0 = time.monotonic()
-            with pytest.raises(Stop):
-                if timeout is None:
-                    # a forever wait: a watchdog thread releases if the signal does not end it
-                    guard = threading.Timer(10, s.release)
-                    guard.start()
-                    try:
-                        s.acquire()
-                    finally:
-                        guard.cancel()
-                else:
-                    s.acquire(timeout=timeout)
-            assert time.monotonic() - t0 < 5
+        check_raising_handler_ends(s.acquire)
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
+        guard.cancel()
+    s.release()  # the semaphore stays usable
+    assert s.acquire(0) and s.value == 0
 
 
 # ---------------------------------------------------------------------------- bad input
@@ -278,10 +281,15 @@ def test_closed_semaphore(backend: str, name: str) -> None:
     obj = sem.Semaphore(name, create=True, value=1, backend=backend)
     obj.close()
     assert "closed" in repr(obj)
-    for call in (lambda: obj.acquire(0), obj.release, lambda: obj.value, obj.unlink, obj.__enter__):
+    calls = (lambda: obj.acquire(0), obj.release, lambda: obj.value, obj.__enter__)
+    for call in (*calls, lambda: pickle.dumps(obj), obj.fileno):
         with pytest.raises(ValueError, match="closed"):
             call()
-    sem.unlink(name, backend=backend)
+    obj.unlink()  # an operation on the name: works after close()
+    with pytest.raises(FileNotFoundError):
+        sem.Semaphore(name, backend=backend)
+    with pytest.raises(FileNotFoundError):
+        obj.unlink()
 
 
 # ---------------------------------------------------------------------------- processes

@@ -25,14 +25,14 @@ import asyncio
 import errno
 import os
 import resource
-import time
-from types import ModuleType, TracebackType
-from typing import Any, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 from fastipc import _core
-from fastipc._core import byte_view, check_int, check_timeout, closed_error, posix_name
+from fastipc._backend.mq import MessageQueueBackend
+from fastipc._core import Handle, byte_view, check_int, check_timeout, posix_name, uses_handle
 
 __all__ = [
+    "DEFAULT_SPIN",
     "MQ_PRIO_MAX",
     "Attributes",
     "LimitError",
@@ -49,10 +49,9 @@ except (ValueError, OSError):  # pragma: no cover - Linux always has it
 """Priorities run from 0 to ``MQ_PRIO_MAX - 1`` (32767 on Linux); higher is delivered first."""
 
 _PRIO_TOP = MQ_PRIO_MAX - 1
-_monotonic = time.monotonic
-# RECEIVE returns length << _PRIO_BITS | priority (both backends)
-_PRIO_BITS = 16
-_PRIO_MASK = 0xFFFF
+DEFAULT_SPIN = 10e-6
+"""The default ``spin``: a wait polls the queue for 10 µs before it sleeps, which catches a
+peer answering at once (a ping-pong) without a wake-up on each side (20-25 µs each)."""
 _MAX_LONG = 2**31 - 1
 _PROC = "/proc/sys/fs/mqueue"
 # The kernel's ceilings for a process with CAP_SYS_RESOURCE (include/linux/ipc_namespace.h).
@@ -166,12 +165,6 @@ def _limit_error(exc: OSError, name: str, max_messages: int, max_message_size: i
     return exc
 
 
-def _as_message(data: Any) -> tuple[Any, int]:
-    """A bytes-like object as a flat byte memoryview (no copy) and its length."""
-    view = byte_view(data)
-    return view, view.nbytes
-
-
 def _check_spin(spin: Any) -> float:
     if spin is None:
         raise TypeError("spin must be a number of seconds, not None")
@@ -181,13 +174,23 @@ def _check_spin(spin: Any) -> float:
     return value
 
 
+def _backend(backend: Optional[str]) -> tuple[str, type[MessageQueueBackend]]:
+    which = _core.resolve_backend(backend)
+    return which, _core.ops("mq", which).Queue
+
+
 def unlink(name: str, *, backend: Optional[str] = None) -> None:
     """Remove the queue ``name``: FileNotFoundError if there is none. Processes that have
     it open keep using it; it is freed once the last one closes it."""
-    _core.ops("mq", backend).unlink(posix_name(name))
+    _backend(backend)[1].unlink(posix_name(name))
 
 
-class MessageQueue:
+def _attach(name: str, backend: str, spin: float) -> MessageQueue:
+    """Unpickle a MessageQueue: attach to the queue by its name (never create it)."""
+    return MessageQueue(name, spin=spin, backend=backend)
+
+
+class MessageQueue(Handle):
     """A POSIX message queue, opened for sending and receiving.
 
     ``create=False`` attaches to an existing queue (FileNotFoundError if there is none);
@@ -195,7 +198,14 @@ class MessageQueue:
     ``max_messages`` messages of up to ``max_message_size`` bytes each and permissions
     ``mode`` (less the umask). Those two sizes are ignored when attaching: the queue's own
     are in :attr:`attributes`.
+
+    Closing the object while another thread waits in :meth:`send` or :meth:`receive` (or
+    awaits their async twins) ends that wait with ValueError. Pickling it (for instance to
+    pass it to a ``multiprocessing.Process``) carries its name and backend: the receiving
+    process attaches to the queue by name.
     """
+
+    _what = "MessageQueue"
 
     def __init__(
         self,
@@ -205,12 +215,9 @@ class MessageQueue:
         max_message_size: int = 8192,
         mode: int = 0o600,
         *,
-        spin: float = 0.0,
+        spin: float = DEFAULT_SPIN,
         backend: Optional[str] = None,
     ) -> None:
-        self._q: Any = None
-        self._h: Any = None
-        self._rx: Optional[tuple[Any, ...]] = None
         name = posix_name(name)
         if not isinstance(create, bool):
             raise TypeError(f"create must be a bool, not {type(create).__name__}")
@@ -218,219 +225,150 @@ class MessageQueue:
         max_message_size = check_int(max_message_size, "max_message_size", 1, _MAX_LONG)
         mode = check_int(mode, "mode", 0, 0o7777)
         self._spin = _check_spin(spin)
-        impl: ModuleType = _core.ops("mq", backend)
+        which, impl = _backend(backend)
+        self._name = name
+        self._impl = impl
         try:
-            q = impl.Queue(name, create, mode, max_messages, max_message_size)
+            q = impl(name, create, mode, max_messages, max_message_size)
         except OSError as exc:
             if not create:
                 raise
             raise _limit_error(exc, name, max_messages, max_message_size) from None
-        self._impl = impl
-        self._name = name
+        self._q: MessageQueueBackend = q
         self._max_size: int = q.max_message_size
-        self._send = impl.SEND
-        self._retry_send = impl.retry_send
-        self._as_buffer = impl.as_buffer
-        self._retry_receive = impl.retry_receive
-        self._new_buffer = impl.new_buffer
-        if (impl.PRIO_BITS, impl.PRIO_MASK) != (_PRIO_BITS, _PRIO_MASK):  # pragma: no cover
-            raise ImportError(f"{impl.__name__} packs priorities differently")
-        # receive buffers, reused: one per thread receiving at the same time
-        self._pool: list[Any] = []
-        self._q = q
-        # what receive() needs, in one attribute (None once closed)
-        self._rx = (q.h, impl.RECEIVE, self._max_size, self._spin, self._pool, impl.unpack)
-        self._h = q.h
+        self._open_handle(which, q.fd)
 
     # ------------------------------------------------------------------ life cycle
+
+    def _wake(self) -> None:
+        self._q.wake()
+
+    def _free(self) -> None:
+        self._q.close()
+
+    def _describe(self) -> str:
+        return f"{self._name!r} fd={self._fd}"
 
     @property
     def name(self) -> str:
         """The queue's name, with its leading ``/``."""
         return self._name
 
-    @property
-    def backend(self) -> str:
-        """``"native"`` or ``"pure"``."""
-        return _core.backend_of(self._impl)
-
-    @property
-    def closed(self) -> bool:
-        return self._q is None
-
-    def _open(self) -> Any:
-        q = self._q
-        if q is None:
-            raise closed_error("MessageQueue")
-        return q
-
-    def fileno(self) -> int:
-        """The queue descriptor (close-on-exec). Readable while a message waits, writable
-        while there is room: ``select``/``epoll``/asyncio can watch it."""
-        return int(self._open().fd)
-
-    def close(self) -> None:
-        """Close this process's descriptor; the queue itself stays (see :meth:`unlink`).
-        Idempotent."""
-        q, self._q, self._h, self._rx = self._q, None, None, None
-        if q is not None:
-            self._pool.clear()
-            q.close()
-
     def unlink(self) -> None:
-        """Remove the queue's name; this descriptor and others stay usable until closed."""
-        self._open()
+        """Remove the queue's name (before or after :meth:`close`: it is an operation on
+        the name); descriptors already open stay usable until closed."""
         self._impl.unlink(self._name)
 
-    def __enter__(self) -> MessageQueue:
-        self._open()
-        return self
-
-    def __exit__(self, *exc: Optional[TracebackType]) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        if getattr(self, "_q", None) is not None:
-            self.close()
-
-    def __repr__(self) -> str:
-        state = " closed" if self._q is None else f" fd={self._q.fd}"
-        return f"<MessageQueue {self._name!r}{state} backend={self.backend}>"
+    def __reduce__(self) -> tuple[Callable[..., MessageQueue], tuple[str, str, float]]:
+        self._check_open()
+        return _attach, (self._name, self._backend, self._spin)
 
     # ------------------------------------------------------------------ attributes
 
     @property
+    @uses_handle
     def attributes(self) -> Attributes:
         """``Attributes(max_messages, max_message_size, current_messages)``, read now."""
-        return Attributes(*self._open().attributes())
+        return Attributes(*self._q.attributes())
 
     @property
     def max_message_size(self) -> int:
         """The largest message this queue takes, in bytes."""
-        self._open()
+        self._check_open()
         return self._max_size
-
-    # ------------------------------------------------------------------ messages
 
     @property
     def spin(self) -> float:
         """Seconds a send or receive that has to wait polls the queue before it sleeps
-        (default 0).
+        (default :data:`DEFAULT_SPIN`, 10 µs; 0: sleep at once).
 
         A process sleeping on a queue costs the one that wakes it a few microseconds per
         message (more than the message itself); spinning for a little longer than the peer
         usually takes to answer (20-100 µs) avoids that at the price of a busy core while
         waiting. The pure backend ignores it."""
-        self._open()
+        self._check_open()
         return self._spin
 
     @spin.setter
     def spin(self, value: float) -> None:
-        rx = self._rx
-        if rx is None:
-            raise closed_error("MessageQueue")
+        self._check_open()
         self._spin = _check_spin(value)
-        self._rx = (*rx[:3], self._spin, *rx[4:])
 
+    # ------------------------------------------------------------------ messages
+
+    @uses_handle
     def send(self, data: Any, priority: int = 0, timeout: Optional[float] = None) -> None:
         """Send ``data`` (bytes-like) as one message with ``priority`` (0 to
         ``MQ_PRIO_MAX - 1``, higher first). Waits while the queue is full: TimeoutError
         after ``timeout`` seconds (None: forever, 0: do not wait). A message longer than
         :attr:`max_message_size` raises ValueError before anything is sent."""
-        h = self._h
-        if h is None:
-            raise closed_error("MessageQueue")
-        if type(data) is bytes:
-            n = len(data)
-        else:
-            data, n = _as_message(data)
-            data = self._as_buffer(data)
+        if type(data) is not bytes:
+            data = byte_view(data)
+        n = len(data)
         if type(priority) is not int or not 0 <= priority <= _PRIO_TOP:
             priority = check_int(priority, "priority", 0, _PRIO_TOP)
-        if timeout is None:
-            t, t0 = -1.0, 0.0
-        else:
-            t = check_timeout(timeout)
-            t0 = _monotonic() if t > 0 else 0.0
+        t = -1.0 if timeout is None else check_timeout(timeout)
         if n > self._max_size:
             raise ValueError(
                 f"message of {n} bytes exceeds the queue's max_message_size ({self._max_size})"
             )
-        rc = self._send(h, data, n, priority, t, self._spin)
-        if rc:
-            self._retry_send(h, data, n, priority, t, self._spin, t0, rc, self._name)
+        self._q.send(data, priority, t, self._spin)
 
+    @uses_handle
     def receive(self, timeout: Optional[float] = None) -> tuple[bytes, int]:
         """The oldest message of the highest priority waiting, as ``(bytes, priority)``:
         exactly the bytes that were sent. Waits while the queue is empty: TimeoutError after
         ``timeout`` seconds (None: forever, 0: do not wait)."""
-        rx = self._rx
-        if rx is None:
-            raise closed_error("MessageQueue")
-        h, receive, size, spin, pool, unpack = rx
-        if timeout is None:
-            t, t0 = -1.0, 0.0
-        else:
-            t = check_timeout(timeout)
-            t0 = _monotonic() if t > 0 else 0.0
-        try:
-            buf = pool.pop()
-        except IndexError:
-            buf = self._new_buffer(size)
-        n = receive(h, buf, size, t, spin)
-        if n < 0:
-            try:
-                n = self._retry_receive(h, buf, size, t, spin, t0, n, self._name)
-            except BaseException:
-                pool.append(buf)
-                raise
-        data = unpack(buf, n >> _PRIO_BITS)
-        pool.append(buf)
-        return data, n & _PRIO_MASK
+        return self._q.receive(-1.0 if timeout is None else check_timeout(timeout), self._spin)
 
     async def receive_async(self, timeout: Optional[float] = None) -> tuple[bytes, int]:
-        """:meth:`receive` for asyncio: waits on the running loop for the descriptor to turn
-        readable (no thread), then receives without blocking."""
+        """:meth:`receive` for asyncio (or uvloop): waits on the running loop for the
+        descriptor to turn readable (no thread, no polling), then receives without
+        blocking. Cancelling it loses nothing: a message is only taken when it returns."""
         return await self._async(self.receive, (), timeout, reader=True)  # type: ignore[no-any-return]
 
     async def send_async(
         self, data: Any, priority: int = 0, timeout: Optional[float] = None
     ) -> None:
-        """:meth:`send` for asyncio: waits on the running loop for room in the queue (no
-        thread), then sends without blocking."""
+        """:meth:`send` for asyncio (or uvloop): waits on the running loop for room in the
+        queue (no thread, no polling), then sends without blocking."""
         await self._async(self.send, (data, priority), timeout, reader=False)
 
     async def _async(
         self, op: Any, args: tuple[Any, ...], timeout: Optional[float], reader: bool
     ) -> Any:
-        t = check_timeout(timeout)
+        deadline = _core.Deadline.of(timeout)
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + t if t >= 0 else None
-        while True:
-            try:
-                return op(*args, timeout=0)
-            except TimeoutError:
-                pass  # nothing (or no room) yet; another process may have been quicker
-            fd = self.fileno()
-            left = None if deadline is None else deadline - loop.time()
-            if left is not None and left <= 0:
-                raise _core.timeout_error(timeout, self._name) from None
-            ready = loop.create_future()
+        self._enter()  # busy while awaiting: close() wakes us and frees only once we left
+        try:
+            while True:
+                try:
+                    return op(*args, timeout=0)
+                except TimeoutError:
+                    pass  # nothing (or no room) yet; another process may have been quicker
+                if deadline.expired():
+                    raise deadline.error(self._name) from None
+                await self._ready(loop, reader, deadline.left())
+        finally:
+            self._leave()
 
-            def wake(fut: asyncio.Future[None] = ready) -> None:
-                if not fut.done():
-                    fut.set_result(None)
+    async def _ready(self, loop: asyncio.AbstractEventLoop, reader: bool, left: float) -> None:
+        """Until the queue is ready, the object is closed, or ``left`` seconds passed."""
+        ready = loop.create_future()
 
-            if reader:
-                loop.add_reader(fd, wake)
-            else:
-                loop.add_writer(fd, wake)
-            try:
-                await asyncio.wait_for(ready, left)
-            except asyncio.TimeoutError:
-                raise _core.timeout_error(timeout, self._name) from None
-            finally:
-                if reader:
-                    loop.remove_reader(fd)
-                else:
-                    loop.remove_writer(fd)
+        def wake() -> None:
+            if not ready.done():
+                ready.set_result(None)
+
+        fd, wake_fd = self._fd, self._q.wake_fd
+        watch = loop.add_reader if reader else loop.add_writer
+        unwatch = loop.remove_reader if reader else loop.remove_writer
+        watch(fd, wake)
+        loop.add_reader(wake_fd, wake)
+        try:
+            await asyncio.wait_for(ready, None if left < 0 else left)
+        except asyncio.TimeoutError:
+            pass  # the caller's next attempt (timeout=0) decides
+        finally:
+            unwatch(fd)
+            loop.remove_reader(wake_fd)

@@ -14,17 +14,22 @@ would be delivered to its handler, or kill the process, before ``wait()`` could 
 
 from __future__ import annotations
 
-import errno
 import signal
-import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import NamedTuple, Optional, Union
+from typing import TYPE_CHECKING, NamedTuple, Optional, Union
 
 from fastipc import _core
 from fastipc._core import check_int, check_timeout
 
 __all__ = ["SignalInfo", "blocked", "send", "wait"]
+
+if TYPE_CHECKING:  # both backends implement the contract (mypy checks the modules)
+    from fastipc._backend.signals import SignalsBackend
+    from fastipc._native import signals as _native
+    from fastipc._pure import signals as _pure
+
+    _contract: tuple[SignalsBackend, SignalsBackend] = (_native, _pure)
 
 SignalSet = Union[int, Iterable[int]]
 _VALID = frozenset(int(s) for s in signal.valid_signals())
@@ -116,12 +121,4 @@ def wait(
             f"signals {unblocked} are not blocked in this thread: wait inside "
             "fastipc.signals.blocked(...), or they are delivered before wait() can take them"
         )
-    deadline = time.monotonic() + t
-    while True:
-        got = impl.wait(numbers, t)
-        if not isinstance(got, int):
-            return SignalInfo(*got)
-        if got != -errno.EINTR:
-            _core.check(got, timeout=timeout)
-        if t > 0:  # PEP 475: handlers have run (the loop's back edge); go on with what is left
-            t = max(0.0, deadline - time.monotonic())
+    return SignalInfo(*impl.wait(numbers, t))

@@ -1,113 +1,114 @@
-"""Message-queue operations backed by ``csrc/mq.c``: one C call per user operation.
-
-:class:`fastipc.mq.MessageQueue` calls ``SEND`` and ``RECEIVE`` (the C functions
-themselves, no Python frame in between) and hands any non-zero / negative result to
-``retry_send`` / ``retry_receive``, which retry after EINTR and raise the rest.
-``RECEIVE`` writes into a buffer from ``new_buffer`` and returns
-``length << PRIO_BITS | priority``; ``unpack`` turns the buffer into ``bytes``.
-"""
+"""Message-queue operations backed by ``csrc/mq.c``: one C call per user operation, the
+slow path (EINTR, errors) in :func:`fastipc._core.retry`."""
 
 from __future__ import annotations
 
-import errno
+import os
 import time
-from typing import Any
+from typing import Any, Optional
 
-from fastipc._core import check, ffi, lib
+from fastipc._backend.mq import MessageQueueBackend, own_wake_after_fork
+from fastipc._core import Deadline, check, ffi, lib, retry
 
-__all__ = [
-    "PRIO_BITS",
-    "PRIO_MASK",
-    "RECEIVE",
-    "SEND",
-    "Queue",
-    "as_buffer",
-    "new_buffer",
-    "retry_receive",
-    "retry_send",
-    "unlink",
-    "unpack",
-]
+__all__ = ["Queue"]
 
-_EINTR = -errno.EINTR
+_send = lib.fipc_mq_send
+_receive = lib.fipc_mq_receive
+_from_buffer = ffi.from_buffer
+_unpack = ffi.unpack
 _monotonic = time.monotonic
-
-PRIO_BITS: int = lib.FIPC_MQ_PRIO_BITS
-PRIO_MASK: int = lib.FIPC_MQ_PRIO_MASK
-SEND = lib.fipc_mq_send  # (fd, data, n, priority, timeout, spin) -> 0 or -errno
-RECEIVE = lib.fipc_mq_receive  # (fd, buf, size, timeout, spin) -> packed or -errno
-as_buffer = ffi.from_buffer
-unpack = ffi.unpack
-
-
-def new_buffer(size: int) -> Any:
-    return ffi.new("char[]", size)
-
-
-def _left(timeout: float, t0: float) -> float:
-    return max(0.0, t0 + timeout - _monotonic()) if timeout > 0 else timeout
-
-
-def unlink(name: str) -> None:
-    check(lib.fipc_mq_unlink(name.encode()), name)
-
-
-def retry_send(
-    fd: int,
-    data: Any,
-    n: int,
-    priority: int,
-    timeout: float,
-    spin: float,
-    t0: float,
-    rc: int,
-    name: str,
-) -> None:
-    """After SEND returned rc != 0: EINTR means the signal handlers have run (one that
-    raises ends the call), so retry with the time that is left (PEP 475); else raise."""
-    while rc == _EINTR:
-        rc = SEND(fd, data, n, priority, _left(timeout, t0), spin)
-    check(rc, name, timeout)
-
-
-def retry_receive(
-    fd: int, buf: Any, size: int, timeout: float, spin: float, t0: float, rc: int, name: str
-) -> int:
-    """After RECEIVE returned rc < 0: as retry_send; the packed result once it succeeds."""
-    while rc == _EINTR:
-        rc = RECEIVE(fd, buf, size, _left(timeout, t0), spin)
-    return check(rc, name, timeout)
 
 
 class Queue:
-    """An open queue descriptor. ``create`` makes it exclusively with the given attributes.
-    ``h`` is what SEND and RECEIVE take: the descriptor."""
+    """An open queue descriptor and the eventfd that wakes its waiters."""
 
-    __slots__ = ("h", "max_message_size", "name")
-    h: int
+    __slots__ = ("__weakref__", "_pool", "fd", "max_message_size", "name", "wake_fd")
 
     def __init__(
         self, name: str, create: bool, mode: int, max_messages: int, max_message_size: int
     ) -> None:
         self.name = name
-        self.h = check(
-            lib.fipc_mq_open(name.encode(), int(create), mode, max_messages, max_message_size),
-            name,
-        )
+        self.fd = -1
+        self.wake_fd = check(lib.fipc_mq_wake_open(), name)
         try:
-            self.max_message_size = self.attributes()[1]
+            self.fd = check(
+                lib.fipc_mq_open(name.encode(), int(create), mode, max_messages, max_message_size),
+                name,
+            )
+            self.max_message_size: int = self.attributes()[1]
         except BaseException:
-            lib.fipc_mq_close(self.h)
+            self.close()
             raise
+        # (buffer, priority) pairs for receive, reused: one per thread receiving at a time
+        # (list.pop and list.append are atomic under the GIL), so no call shares its out
+        # parameters with another
+        self._pool: list[tuple[Any, Any]] = []
+        own_wake_after_fork(self)
 
-    @property
-    def fd(self) -> int:
-        return self.h
+    def send(self, data: Any, priority: int, timeout: float, spin: float) -> None:
+        if type(data) is not bytes:
+            data = _from_buffer(data)
+        start: Optional[float] = _monotonic() if timeout > 0 else None
+        rc = _send(self.fd, self.wake_fd, data, len(data), priority, timeout, spin)
+        if rc:
+            fd, wake_fd = self.fd, self.wake_fd
+            retry(
+                rc,
+                lambda left: _send(fd, wake_fd, data, len(data), priority, left, spin),
+                Deadline(timeout, start),
+                self.name,
+            )
+
+    def receive(self, timeout: float, spin: float) -> tuple[bytes, int]:
+        pool = self._pool
+        buf, prio = pool.pop() if pool else self._out()
+        start: Optional[float] = _monotonic() if timeout > 0 else None
+        size = self.max_message_size
+        n = _receive(self.fd, self.wake_fd, buf, size, prio, timeout, spin)
+        if n < 0:
+            fd, wake_fd = self.fd, self.wake_fd
+            try:
+                n = retry(
+                    n,
+                    lambda left: _receive(fd, wake_fd, buf, size, prio, left, spin),
+                    Deadline(timeout, start),
+                    self.name,
+                )
+            except BaseException:
+                pool.append((buf, prio))
+                raise
+        message = _unpack(buf, n), prio[0]
+        pool.append((buf, prio))
+        return message
+
+    def _out(self) -> tuple[Any, Any]:
+        """Out parameters for one receive: the message buffer and the priority."""
+        return ffi.new("char[]", self.max_message_size), ffi.new("unsigned int *")
 
     def attributes(self) -> tuple[int, int, int]:
         attr = ffi.new("fipc_mq_attr *")
-        check(lib.fipc_mq_getattr(self.h, attr), self.name)
+        check(lib.fipc_mq_getattr(self.fd, attr), self.name)
         return attr.max_messages, attr.max_message_size, attr.current_messages
 
+    def wake(self) -> None:
+        check(lib.fipc_mq_wake(self.wake_fd), self.name)
+
+    def renew_wake(self) -> None:
+        if self.wake_fd >= 0:
+            os.close(self.wake_fd)
+            self.wake_fd = check(lib.fipc_mq_wake_open(), self.name)
+
     def close(self) -> None:
-        check(lib.fipc_mq_close(self.h), self.name)
+        fd, self.fd = self.fd, -1
+        wake_fd, self.wake_fd = self.wake_fd, -1
+        if wake_fd >= 0:
+            os.close(wake_fd)
+        if fd >= 0:
+            check(lib.fipc_mq_close(fd), self.name)
+
+    @staticmethod
+    def unlink(name: str) -> None:
+        check(lib.fipc_mq_unlink(name.encode()), name)
+
+
+_contract: type[MessageQueueBackend] = Queue

@@ -1,47 +1,44 @@
-"""Semaphore operations backed by ``csrc/sem.c``: one C call per user operation."""
+"""Semaphore operations backed by ``csrc/sem.c``: one C call per user operation, the slow
+path (EINTR, errors) in :func:`fastipc._core.retry`."""
 
 from __future__ import annotations
 
-import errno
 import time
-from typing import Any
+from typing import Any, Optional
 
-from fastipc._core import check, ffi, lib
+from fastipc._backend.sem import SemaphoreBackend
+from fastipc._core import Deadline, check, ffi, lib, retry
 
-__all__ = ["Sem", "unlink"]
+__all__ = ["Sem"]
 
-_EINTR = -errno.EINTR
-_monotonic = time.monotonic
 _acquire = lib.fipc_sem_acquire
 _release = lib.fipc_sem_release
-
-
-def _left(timeout: float, t0: float) -> float:
-    return max(0.0, t0 + timeout - _monotonic()) if timeout > 0 else timeout
-
-
-def unlink(name: str) -> None:
-    check(lib.fipc_sem_unlink(name.encode()), name)
+_monotonic = time.monotonic
 
 
 class Sem:
-    __slots__ = ("name", "sem")
+    """An open ``sem_t *`` and the flag that ends its waits (read by C between slices)."""
+
+    __slots__ = ("_closing", "name", "sem")
 
     def __init__(self, name: str, create: bool, mode: int, value: int) -> None:
         self.name = name
         out = ffi.new("void **")
         check(lib.fipc_sem_open(name.encode(), int(create), mode, value, out), name)
         self.sem: Any = out[0]
+        self._closing = ffi.new("int *")
 
     def acquire(self, timeout: float) -> None:
-        t0 = _monotonic() if timeout > 0 else 0.0
-        rc = _acquire(self.sem, timeout)
+        start: Optional[float] = _monotonic() if timeout > 0 else None
+        rc = _acquire(self.sem, timeout, self._closing)
         if rc:
-            # EINTR: the signal handlers have run (a handler that raises ends the call);
-            # retry with the time that is left (PEP 475)
-            while rc == _EINTR:
-                rc = _acquire(self.sem, _left(timeout, t0))
-            check(rc, self.name, timeout)
+            sem, closing = self.sem, self._closing
+            retry(
+                rc,
+                lambda left: _acquire(sem, left, closing),
+                Deadline(timeout, start),
+                self.name,
+            )
 
     def release(self) -> None:
         rc = _release(self.sem)
@@ -51,6 +48,16 @@ class Sem:
     def value(self) -> int:
         return check(lib.fipc_sem_value(self.sem), self.name)
 
+    def wake(self) -> None:
+        self._closing[0] = 1
+
     def close(self) -> None:
         sem, self.sem = self.sem, ffi.NULL
         check(lib.fipc_sem_close(sem), self.name)
+
+    @staticmethod
+    def unlink(name: str) -> None:
+        check(lib.fipc_sem_unlink(name.encode()), name)
+
+
+_contract: type[SemaphoreBackend] = Sem

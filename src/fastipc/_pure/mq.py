@@ -1,41 +1,32 @@
 """Message-queue operations through ``posix_ipc.MessageQueue``, with the behaviour of
-``csrc/mq.c``: posix_ipc's own exceptions become the builtin ``OSError`` subclasses."""
+``csrc/mq.c``: posix_ipc's own exceptions become the builtin ``OSError`` subclasses.
+
+posix_ipc runs the Python signal handlers when its blocking call sees EINTR, but replaces
+an exception raised by a handler with its own SignalError, so a blocking posix_ipc call
+cannot follow PEP 475. posix_ipc is therefore only asked to send or receive without
+blocking (``block = False``: the descriptor is O_NONBLOCK), and the waits happen in
+``select.poll`` (which follows PEP 475 itself), on the queue and the object's wake-up pipe.
+"""
 
 from __future__ import annotations
 
 import errno
 import os
 import select
-from typing import Any, NoReturn, Optional
+from typing import Any, Callable, NoReturn, TypeVar
 
 import posix_ipc
 
-from fastipc._core import raise_errno
-from fastipc._pure.pipe import _deadline, _wait
+from fastipc._backend.mq import MessageQueueBackend, own_wake_after_fork
+from fastipc._core import Deadline, raise_errno
 
-__all__ = [
-    "PRIO_BITS",
-    "PRIO_MASK",
-    "RECEIVE",
-    "SEND",
-    "Queue",
-    "as_buffer",
-    "new_buffer",
-    "retry_receive",
-    "retry_send",
-    "unlink",
-    "unpack",
-]
+__all__ = ["Queue"]
 
-PRIO_BITS = 16
-PRIO_MASK = 0xFFFF
-
+_T = TypeVar("_T")
 _Busy = posix_ipc.BusyError
 
 
-def _reraise(
-    exc: BaseException, name: str, missing: int = errno.ENOENT, timeout: Optional[float] = None
-) -> NoReturn:
+def _reraise(exc: BaseException, name: str, missing: int, timeout: float = -1.0) -> NoReturn:
     """posix_ipc's exceptions carry no errno: raise the builtin for the one the kernel
     returned (ETIMEDOUT for BusyError, ``missing`` for ExistentialError)."""
     if isinstance(exc, _Busy):
@@ -46,17 +37,18 @@ def _reraise(
         code = errno.EACCES
     elif isinstance(exc, ValueError):
         code = errno.EINVAL
+    elif isinstance(exc, OSError):  # posix_ipc raises some refusals without an errno
+        code = exc.errno or _guess_errno(str(exc))
     else:
         raise exc
     try:
-        raise_errno(code, name, timeout)
+        raise_errno(code, name, None if timeout < 0 else timeout)
     except OSError as new:
         new.__suppress_context__ = True
         raise
 
 
 def _guess_errno(message: str) -> int:
-    """posix_ipc raises some kernel refusals as a bare OSError(message), without errno."""
     message = message.lower()
     if "maximum number of files" in message:
         return errno.EMFILE
@@ -69,83 +61,10 @@ def _guess_errno(message: str) -> int:
     return errno.EIO
 
 
-def unlink(name: str) -> None:
-    try:
-        posix_ipc.unlink_message_queue(name)
-    except posix_ipc.Error as exc:
-        _reraise(exc, name)
-
-
-# posix_ipc runs the Python signal handlers when its blocking call sees EINTR, but replaces
-# an exception raised by a handler with its own SignalError, so a blocking posix_ipc call
-# cannot follow PEP 475. The waits happen in select.poll instead (which does), and posix_ipc
-# is only asked to send or receive without blocking (O_NONBLOCK).
-
-
-def SEND(q: Any, data: Any, n: int, priority: int, timeout: float, spin: float) -> int:
-    """Send one message; 0, or raise (never returns an error code). ``spin`` is ignored."""
-    deadline: Optional[float] = None
-    fd = q.mqd
-    while True:
-        try:
-            q.send(data, priority=priority)
-            return 0
-        except _Busy:
-            pass
-        except (posix_ipc.Error, ValueError) as exc:
-            _reraise(exc, q.name, errno.EBADF, timeout)
-        if timeout == 0:
-            raise_errno(errno.ETIMEDOUT, q.name, timeout)
-        if deadline is None:
-            deadline = _deadline(timeout)
-        _wait(fd, select.POLLOUT, deadline, timeout)
-
-
-def as_buffer(data: Any) -> Any:
-    return data
-
-
-def RECEIVE(q: Any, buf: list[bytes], size: int, timeout: float, spin: float) -> int:
-    """Receive one message into ``buf`` (a one-slot list from new_buffer: the bytes
-    themselves, which posix_ipc returns); ``length << PRIO_BITS | priority``, or raise.
-    ``spin`` is ignored."""
-    deadline: Optional[float] = None
-    while True:
-        try:
-            data, priority = q.receive()
-            buf[0] = data
-            return len(data) << PRIO_BITS | priority  # type: ignore[no-any-return]
-        except _Busy:
-            pass
-        except (posix_ipc.Error, ValueError) as exc:
-            _reraise(exc, q.name, errno.EBADF, timeout)
-        if timeout == 0:
-            raise_errno(errno.ETIMEDOUT, q.name, timeout)
-        if deadline is None:
-            deadline = _deadline(timeout)
-        _wait(q.mqd, select.POLLIN, deadline, timeout)
-
-
-def new_buffer(size: int) -> list[bytes]:
-    return [b""]
-
-
-def unpack(buf: list[bytes], n: int) -> bytes:
-    return buf[0]
-
-
-def retry_send(*args: Any) -> None:  # pragma: no cover - SEND raises instead of failing
-    raise AssertionError("unreachable")
-
-
-def retry_receive(*args: Any) -> int:  # pragma: no cover - RECEIVE raises instead of failing
-    raise AssertionError("unreachable")
-
-
 class Queue:
-    """An open posix_ipc queue; ``h`` is what SEND and RECEIVE take: the queue object."""
+    """An open posix_ipc queue and the pipe that wakes its waiters."""
 
-    __slots__ = ("fd", "h", "max_message_size", "name", "q")
+    __slots__ = ("__weakref__", "_wake_w", "fd", "max_message_size", "name", "q", "wake_fd")
 
     def __init__(
         self, name: str, create: bool, mode: int, max_messages: int, max_message_size: int
@@ -158,19 +77,73 @@ class Queue:
                 )
             else:
                 self.q = posix_ipc.MessageQueue(name)
-        except (posix_ipc.Error, ValueError) as exc:
+        except (posix_ipc.Error, ValueError, OSError) as exc:
             _reraise(exc, name, errno.EEXIST if create else errno.ENOENT)
-        except OSError as exc:
-            code = exc.errno or _guess_errno(str(exc))
-            raise OSError(code, os.strerror(code), name) from None
-        self.q.block = False  # posix_ipc's calls only try; the waits are _wait's
-        self.h = self.q
+        self.q.block = False
         self.fd: int = self.q.mqd
+        os.set_inheritable(self.fd, False)
         self.max_message_size: int = self.q.max_message_size
+        self.wake_fd, self._wake_w = os.pipe()  # non-inheritable (PEP 446)
+        own_wake_after_fork(self)
+
+    def _call(self, op: Callable[[], _T], events: int, timeout: float) -> _T:
+        """``op()`` without blocking, waiting while the queue is full or empty (BusyError)
+        for readiness or the wake-up, until the deadline."""
+        deadline = None
+        while True:
+            try:
+                return op()
+            except _Busy:
+                pass
+            except (posix_ipc.Error, ValueError) as exc:
+                _reraise(exc, self.name, errno.EBADF, timeout)
+            if deadline is None:
+                deadline = Deadline(timeout)
+            if deadline.expired():
+                raise deadline.error(self.name)
+            poller = select.poll()  # one per wait: a poll object serves one thread at a time
+            poller.register(self.fd, events)
+            poller.register(self.wake_fd, select.POLLIN)
+            left = deadline.left()
+            ready = poller.poll(None if left < 0 else left * 1000)
+            if any(fd == self.wake_fd for fd, _ in ready):
+                raise OSError(errno.ECANCELED, os.strerror(errno.ECANCELED), self.name)
+
+    def send(self, data: Any, priority: int, timeout: float, spin: float) -> None:
+        """``spin`` is ignored."""
+        q = self.q
+        self._call(lambda: q.send(data, priority=priority), select.POLLOUT, timeout)
+
+    def receive(self, timeout: float, spin: float) -> tuple[bytes, int]:
+        """``spin`` is ignored."""
+        data, priority = self._call(self.q.receive, select.POLLIN, timeout)
+        return data, priority
 
     def attributes(self) -> tuple[int, int, int]:
         q = self.q
         return q.max_messages, q.max_message_size, q.current_messages
 
+    def wake(self) -> None:
+        os.write(self._wake_w, b"!")
+
+    def renew_wake(self) -> None:
+        if self.wake_fd >= 0:
+            os.close(self.wake_fd)
+            os.close(self._wake_w)
+            self.wake_fd, self._wake_w = os.pipe()
+
     def close(self) -> None:
+        wake_fd, self.wake_fd = self.wake_fd, -1
+        os.close(wake_fd)
+        os.close(self._wake_w)
         self.q.close()
+
+    @staticmethod
+    def unlink(name: str) -> None:
+        try:
+            posix_ipc.unlink_message_queue(name)
+        except posix_ipc.Error as exc:
+            _reraise(exc, name, errno.ENOENT)
+
+
+_contract: type[MessageQueueBackend] = Queue

@@ -4,8 +4,9 @@ the behaviour of ``csrc/sem.c``.
 Not posix_ipc: when a signal interrupts ``posix_ipc.Semaphore.acquire``, posix_ipc runs the
 Python handlers but replaces an exception raised by a handler with its own SignalError, so
 Ctrl-C could not stop a wait and PEP 475 could not be followed. ctypes releases the GIL
-around each call as cffi does, returns EINTR to Python, and the loop below runs the handlers
-(a handler that raises ends the wait) and waits again until the same deadline.
+around each call as cffi does and returns EINTR to Python, where :func:`fastipc._core.retry`
+runs the handlers (a handler that raises ends the wait) and waits again until the same
+deadline.
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ import os
 import time
 from typing import Any
 
-from fastipc._core import raise_errno
+from fastipc._backend.sem import SemaphoreBackend
+from fastipc._core import Deadline, raise_errno, retry
 
-__all__ = ["Sem", "unlink"]
+__all__ = ["Sem"]
 
 
 class _Timespec(ctypes.Structure):
@@ -49,29 +51,32 @@ except AttributeError:  # pragma: no cover - older C libraries
     _clockwait = None
 
 _trywait = _libc.sem_trywait
-_wait = _libc.sem_wait
 _post = _libc.sem_post
 _get_errno = ctypes.get_errno
 _monotonic = time.monotonic
 _CLOCK_MONOTONIC = time.CLOCK_MONOTONIC
+_SLICE = 0.02  # seconds a wait sleeps before it looks at the closing flag again (as sem.c)
 
 
-def _fail(name: str, timeout: float = -1.0) -> Any:
-    raise_errno(_get_errno(), name, timeout)
+def _fail(name: str) -> Any:
+    raise_errno(_get_errno(), name)
 
 
-def unlink(name: str) -> None:
-    if _libc.sem_unlink(name.encode()) < 0:
-        _fail(name)
-
-
-def _abs_time(timeout: float, clock: float) -> _Timespec:
-    frac, whole = math.modf(clock + timeout)
-    return _Timespec(int(whole), int(frac * 1e9))
+def _sleep_until(sem: Any, until: float) -> int:
+    """One sleep until the time.monotonic() time ``until``: 0 or -errno."""
+    if _clockwait is not None:
+        frac, whole = math.modf(until)
+        rc = _clockwait(sem, _CLOCK_MONOTONIC, ctypes.byref(_Timespec(int(whole), int(frac * 1e9))))
+    else:  # sem_timedwait: CLOCK_REALTIME, converted at the last moment
+        frac, whole = math.modf(time.time() + max(0.0, until - _monotonic()))
+        rc = _libc.sem_timedwait(sem, ctypes.byref(_Timespec(int(whole), int(frac * 1e9))))
+    return -_get_errno() if rc else 0
 
 
 class Sem:
-    __slots__ = ("name", "sem")
+    """An open ``sem_t *`` (through ctypes) and the flag that ends its waits."""
+
+    __slots__ = ("closing", "name", "sem")
 
     def __init__(self, name: str, create: bool, mode: int, value: int) -> None:
         self.name = name
@@ -80,36 +85,30 @@ class Sem:
         if not sem:
             _fail(name)
         self.sem: Any = sem
+        self.closing = False
 
-    def acquire(self, timeout: float) -> None:
+    def _attempt(self, timeout: float) -> int:
+        """One wait of up to ``timeout`` seconds (C convention), in slices: 0, -ETIMEDOUT,
+        -EINTR, -ECANCELED once closing, or -errno (the shape of fipc_sem_acquire)."""
         sem = self.sem
         if _trywait(sem) == 0:
-            return
+            return 0
         err = _get_errno()
         if err != errno.EAGAIN:
-            raise_errno(err, self.name)
-        if timeout == 0:
-            raise_errno(errno.ETIMEDOUT, self.name, timeout)
-        ts = None
-        if 0 < timeout <= 1e9:  # beyond ~31 years: forever
-            if _clockwait is not None:
-                ts = _abs_time(timeout, _monotonic())
-            else:
-                ts = _abs_time(timeout, time.time())
-        while True:
-            if ts is None:
-                rc = _wait(sem)
-            elif _clockwait is not None:
-                rc = _clockwait(sem, _CLOCK_MONOTONIC, ctypes.byref(ts))
-            else:
-                rc = _libc.sem_timedwait(sem, ctypes.byref(ts))
-            if rc == 0:
-                return
-            err = _get_errno()
-            if err != errno.EINTR:
-                raise_errno(err, self.name, timeout)
-            # EINTR: the loop's next turn runs the signal handlers (a handler that raises
-            # ends the wait); then wait again until the same deadline (PEP 475)
+            return -err
+        deadline = Deadline(timeout)
+        while not deadline.expired():
+            if self.closing:
+                return -errno.ECANCELED
+            left = deadline.left()
+            rc = _sleep_until(sem, _monotonic() + (_SLICE if left < 0 else min(left, _SLICE)))
+            if rc != -errno.ETIMEDOUT:
+                return rc
+        return -errno.ETIMEDOUT
+
+    def acquire(self, timeout: float) -> None:
+        deadline = Deadline(timeout)
+        retry(self._attempt(timeout), self._attempt, deadline, self.name)
 
     def release(self) -> None:
         if _post(self.sem) < 0:
@@ -121,7 +120,18 @@ class Sem:
             _fail(self.name)
         return max(0, v.value)
 
+    def wake(self) -> None:
+        self.closing = True
+
     def close(self) -> None:
         sem, self.sem = self.sem, None
         if _libc.sem_close(sem) < 0:
             _fail(self.name)
+
+    @staticmethod
+    def unlink(name: str) -> None:
+        if _libc.sem_unlink(name.encode()) < 0:
+            _fail(name)
+
+
+_contract: type[SemaphoreBackend] = Sem

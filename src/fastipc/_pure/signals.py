@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import errno
+import math
 import os
 import sys
 from typing import Optional
+
+from fastipc._backend.signals import Received
+from fastipc._core import Deadline, retry
 
 __all__ = ["send", "wait"]
 
@@ -40,25 +43,37 @@ def send(pid: int, signum: int, value: Optional[int]) -> None:
         raise OSError(err, os.strerror(err))
 
 
-def wait(signums: list[int], timeout: float) -> tuple[int, int, int, Optional[int]] | int:
+def _int(raw: bytes, at: int, signed: bool = True) -> int:
+    return int.from_bytes(raw[at : at + 4], sys.byteorder, signed=signed)
+
+
+def wait(signums: list[int], timeout: float) -> Received:
     sigset = ctypes.create_string_buffer(128)
     _libc.sigemptyset(sigset)
     for s in signums:
         if _libc.sigaddset(sigset, s) < 0:
-            return -ctypes.get_errno()
-    info = ctypes.create_string_buffer(128)
-    if timeout < 0:
-        rc = _libc.sigwaitinfo(sigset, info)
-    else:
-        ts = _Timespec(int(timeout), int((timeout % 1) * 1e9))
-        rc = _libc.sigtimedwait(sigset, info, ctypes.byref(ts))
-    if rc < 0:
-        err = ctypes.get_errno()
-        return -(errno.ETIMEDOUT if err == errno.EAGAIN else err)
-    signo, _errno, code = (
-        int.from_bytes(info.raw[i : i + 4], sys.byteorder, signed=True) for i in (0, 4, 8)
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+    info = ctypes.create_string_buffer(128)  # owned by this call
+    deadline = Deadline(timeout)
+
+    def attempt(left: float) -> int:
+        if left < 0:
+            rc = _libc.sigwaitinfo(sigset, info)
+        else:
+            frac, whole = math.modf(left)
+            rc = _libc.sigtimedwait(
+                sigset, info, ctypes.byref(_Timespec(int(whole), int(frac * 1e9)))
+            )
+        return -ctypes.get_errno() if rc < 0 else int(rc)
+
+    retry(attempt(timeout), attempt, deadline)
+    raw = info.raw
+    code = _int(raw, 8)
+    value = _int(raw, _UNION + 8)
+    return (
+        _int(raw, 0),
+        _int(raw, _UNION),
+        _int(raw, _UNION + 4, False),
+        (value if code == SI_QUEUE else None),
     )
-    pid = int.from_bytes(info.raw[_UNION : _UNION + 4], sys.byteorder, signed=True)
-    uid = int.from_bytes(info.raw[_UNION + 4 : _UNION + 8], sys.byteorder, signed=False)
-    value = int.from_bytes(info.raw[_UNION + 8 : _UNION + 12], sys.byteorder, signed=True)
-    return signo, pid, uid, (value if code == SI_QUEUE else None)

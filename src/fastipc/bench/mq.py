@@ -12,13 +12,14 @@ What is measured, each trial in a fresh pair of processes pinned to separate cor
 - ``sem ping-pong`` (µs per round trip): two named semaphores, the parent releases one and
   acquires the other, the child the reverse.
 
-Implementations: fastipc native and pure (both processes on the same backend; one more
-ping-pong row with ``spin=50e-6``, where each side polls the queue for up to 50 µs before it
-sleeps, so that the answer finds it awake),
+Implementations: fastipc native and pure (both processes on the same backend, the default
+``spin``, :data:`fastipc.mq.DEFAULT_SPIN`; one more ping-pong row with ``spin=50e-6``, where
+each side polls the queue for up to 50 µs before it sleeps, so that the answer finds it
+awake),
 ``posix_ipc`` used directly, ``multiprocessing.Queue`` and ``faster_fifo.Queue`` (they pickle
 and carry Python objects: the peers a Python user would otherwise pick for a message
-queue), and plain C programs (``bench/c/mq_pingpong.c``, ``mq_stream.c``,
-``sem_pingpong.c``) doing the same work with no Python: the limit.
+queue), and plain C (``bench/c/mq_pingpong.c``, one program with a mode per workload)
+doing the same work with no Python: the limit.
 
 A stalled peer cannot hang the run: a watchdog signal ends a trial after 120 s.
 """
@@ -32,7 +33,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import partial
 from itertools import count
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple, Optional
 
 from fastipc.bench import Case, now, optional, pinned, run_c
 
@@ -123,34 +124,55 @@ def _stream(one: Callable[[], tuple[Any, Any, Callable[[], None]]], n: int) -> f
 # ---------------------------------------------------------------------------- the queues
 
 
-def _fastipc_queue(backend: str, spin: float = 0.0) -> Any:
-    from fastipc import mq
+class _Kind(NamedTuple):
+    """One implementation of a queue: how to make one, its send and receive methods, and
+    how to let it go."""
 
-    q = mq.MessageQueue(
-        _name("mq"),
-        create=True,
-        max_messages=DEPTH,
-        max_message_size=64,
-        spin=spin,
-        backend=backend,
-    )
-    q.unlink()  # the two processes share the open descriptor; nothing to leave behind
-    return q
+    make: Callable[[], Any]
+    send: str = "send"
+    recv: str = "receive"
+    close: Callable[[Any], None] = lambda q: q.close()
 
 
-def _fastipc_pair(backend: str, spin: float = 0.0) -> Any:
-    a, b = _fastipc_queue(backend, spin), _fastipc_queue(backend, spin)
+def _pair(kind: _Kind) -> tuple[Any, Any, Any, Any, Callable[[], None]]:
+    """Two queues for a ping-pong: (send_a, recv_a, send_b, recv_b, cleanup)."""
+    a, b = kind.make(), kind.make()
 
     def cleanup() -> None:
-        a.close()
-        b.close()
+        kind.close(a)
+        kind.close(b)
 
-    return a.send, a.receive, b.send, b.receive, cleanup
+    return (
+        getattr(a, kind.send),
+        getattr(a, kind.recv),
+        getattr(b, kind.send),
+        getattr(b, kind.recv),
+        cleanup,
+    )
 
 
-def _fastipc_one(backend: str) -> Any:
-    q = _fastipc_queue(backend)
-    return q.send, q.receive, q.close
+def _one(kind: _Kind) -> tuple[Any, Any, Callable[[], None]]:
+    """One queue for a stream: (send, recv, cleanup)."""
+    q = kind.make()
+    return getattr(q, kind.send), getattr(q, kind.recv), lambda: kind.close(q)
+
+
+def _fastipc(backend: str, spin: Optional[float] = None) -> _Kind:
+    def make() -> Any:
+        from fastipc import mq
+
+        q = mq.MessageQueue(
+            _name("mq"),
+            create=True,
+            max_messages=DEPTH,
+            max_message_size=64,
+            spin=mq.DEFAULT_SPIN if spin is None else spin,
+            backend=backend,
+        )
+        q.unlink()  # the two processes share the open descriptor; nothing to leave behind
+        return q
+
+    return _Kind(make)
 
 
 def _posix_ipc_queue() -> Any:
@@ -160,61 +182,18 @@ def _posix_ipc_queue() -> Any:
     return q
 
 
-def _posix_ipc_pair() -> Any:
-    a, b = _posix_ipc_queue(), _posix_ipc_queue()
-
-    def cleanup() -> None:
-        a.close()
-        b.close()
-
-    return a.send, a.receive, b.send, b.receive, cleanup
-
-
-def _posix_ipc_one() -> Any:
-    q = _posix_ipc_queue()
-    return q.send, q.receive, q.close
-
-
-def _mp_pair() -> Any:
-    ctx = mp.get_context("fork")
-    a, b = ctx.Queue(DEPTH), ctx.Queue(DEPTH)
-
-    def cleanup() -> None:
-        for q in (a, b):
-            q.close()
-            q.join_thread()
-
-    return a.put, a.get, b.put, b.get, cleanup
-
-
-def _mp_one() -> Any:
-    q = mp.get_context("fork").Queue(DEPTH)
-
-    def cleanup() -> None:
-        q.close()
-        q.join_thread()
-
-    return q.put, q.get, cleanup
+def _mp_close(q: Any) -> None:
+    q.close()
+    q.join_thread()
 
 
 def _ff_queue() -> Any:
-    faster_fifo = optional("faster_fifo")
-    return faster_fifo.Queue(max_size_bytes=DEPTH * 256)
+    return optional("faster_fifo").Queue(max_size_bytes=DEPTH * 256)
 
 
-def _ff_pair() -> Any:
-    a, b = _ff_queue(), _ff_queue()
-
-    def cleanup() -> None:
-        a.close()
-        b.close()
-
-    return a.put, a.get, b.put, b.get, cleanup
-
-
-def _ff_one() -> Any:
-    q = _ff_queue()
-    return q.put, q.get, q.close
+POSIX_IPC = _Kind(_posix_ipc_queue)
+MP_QUEUE = _Kind(lambda: mp.get_context("fork").Queue(DEPTH), "put", "get", _mp_close)
+FASTER_FIFO = _Kind(_ff_queue, "put", "get")
 
 
 # ---------------------------------------------------------------------------- semaphores
@@ -266,28 +245,27 @@ def cases(quick: bool) -> list[Case]:
     slow_n = n // 5  # the pickling queues run at a fifth of the rate or less
     pp, st, spp = "64 B ping-pong", "64 B stream", "ping-pong"
     native, pure = "fastipc native", "fastipc pure"
+    queues = [
+        (native, _fastipc("native"), n),
+        (pure, _fastipc("pure"), n),
+        ("posix_ipc", POSIX_IPC, n),
+        ("multiprocessing.Queue", MP_QUEUE, slow_n),
+        ("faster-fifo", FASTER_FIFO, slow_n),
+    ]
+    spun = ("fastipc native, spin=50µs", _fastipc("native", 50e-6), n)
     return [
-        Case("mq", pp, native, "us", partial(_pingpong, partial(_fastipc_pair, "native"), rounds)),
-        Case("mq", pp, pure, "us", partial(_pingpong, partial(_fastipc_pair, "pure"), rounds)),
-        Case(
-            "mq",
-            pp,
-            "fastipc native, spin=50µs",
-            "us",
-            partial(_pingpong, partial(_fastipc_pair, "native", 50e-6), rounds),
+        *(
+            Case("mq", pp, impl, "us", partial(_pingpong, partial(_pair, kind), rounds))
+            for impl, kind, _ in [*queues[:2], spun, *queues[2:]]
         ),
-        Case("mq", pp, "posix_ipc", "us", partial(_pingpong, _posix_ipc_pair, rounds)),
-        Case("mq", pp, "multiprocessing.Queue", "us", partial(_pingpong, _mp_pair, rounds)),
-        Case("mq", pp, "faster-fifo", "us", partial(_pingpong, _ff_pair, rounds)),
-        Case("mq", pp, "C mq", "us", partial(run_c, "mq_pingpong", str(rounds * 2))),
-        Case("mq", st, native, "msg/s", partial(_stream, partial(_fastipc_one, "native"), n)),
-        Case("mq", st, pure, "msg/s", partial(_stream, partial(_fastipc_one, "pure"), n)),
-        Case("mq", st, "posix_ipc", "msg/s", partial(_stream, _posix_ipc_one, n)),
-        Case("mq", st, "multiprocessing.Queue", "msg/s", partial(_stream, _mp_one, slow_n)),
-        Case("mq", st, "faster-fifo", "msg/s", partial(_stream, _ff_one, slow_n)),
-        Case("mq", st, "C mq", "msg/s", partial(run_c, "mq_stream", str(n * 2))),
+        Case("mq", pp, "C mq", "us", partial(run_c, "mq_pingpong", str(rounds * 2), "pingpong")),
+        *(
+            Case("mq", st, impl, "msg/s", partial(_stream, partial(_one, kind), count))
+            for impl, kind, count in queues
+        ),
+        Case("mq", st, "C mq", "msg/s", partial(run_c, "mq_pingpong", str(n * 2), "stream")),
         Case("sem", spp, native, "us", partial(_sem_pingpong, _fastipc_sem("native"), rounds)),
         Case("sem", spp, pure, "us", partial(_sem_pingpong, _fastipc_sem("pure"), rounds)),
         Case("sem", spp, "posix_ipc", "us", partial(_sem_pingpong, _posix_ipc_sem, rounds)),
-        Case("sem", spp, "C sem", "us", partial(run_c, "sem_pingpong", str(rounds * 2))),
+        Case("sem", spp, "C sem", "us", partial(run_c, "mq_pingpong", str(rounds * 2), "sem")),
     ]

@@ -1,0 +1,382 @@
+"""The contract points shared by MessageQueue and Semaphore: closing from another thread
+while a call waits, pickling into other processes (spawn, forkserver, fork), and the
+awaitable twins of the queue (asyncio and uvloop: timeouts, cancellation, close, no
+blocking of the loop)."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import pickle
+import threading
+import time
+from collections.abc import Coroutine
+from typing import Any, Callable, TypeVar
+
+import pytest
+
+from fastipc import mq, sem
+from helpers import run_python
+from test_mq import SMALL, queue
+
+__all__ = ["queue"]  # the fixture: a fresh queue of 8 x 256 bytes, closed and unlinked after
+
+_T = TypeVar("_T")
+
+
+# ---------------------------------------------------------------------------- close while busy
+
+# Run in a child process: a crash (use of a freed sem_t*, a reused fd) fails the test instead
+# of killing pytest. Each round blocks a thread in the call, closes the object from the main
+# thread after a random delay, and checks that the call ended with ValueError, promptly.
+CLOSE_WHILE_BLOCKED = """
+    import random, sys, threading, time
+    from fastipc import mq, sem
+    name, backend, what = sys.argv[1], sys.argv[2], sys.argv[3]
+
+    def make():
+        if what == "sem":
+            s = sem.Semaphore(name, create=True, value=0, backend=backend)
+            s.unlink()
+            return s, lambda: s.acquire()
+        q = mq.MessageQueue(name, create=True, max_messages=1, max_message_size=16,
+                            backend=backend)
+        q.unlink()
+        if what == "receive":
+            return q, lambda: q.receive()
+        q.send(b"full")
+        return q, lambda: q.send(b"more")
+
+    worst = 0.0
+    for round in range(20):
+        obj, call = make()
+        outcome = []
+        def run():
+            try:
+                call()
+                outcome.append("returned")
+            except ValueError as exc:
+                outcome.append("ValueError" if "closed" in str(exc) else repr(exc))
+            except BaseException as exc:
+                outcome.append(repr(exc))
+        t = threading.Thread(target=run)
+        t.start()
+        time.sleep(random.choice([0, 0.0001, 0.001, 0.02]))
+        t0 = time.monotonic()
+        obj.close()
+        t.join(5)
+        worst = max(worst, time.monotonic() - t0)
+        assert not t.is_alive(), "the blocked call did not end"
+        assert outcome == ["ValueError"], outcome
+        assert obj.closed
+    print("ok", worst)
+"""
+
+
+@pytest.mark.parametrize("what", ["receive", "send", "sem"])
+def test_close_while_another_thread_waits(backend: str, name: str, what: str) -> None:
+    res = run_python(CLOSE_WHILE_BLOCKED, name, backend, what)
+    assert res.returncode == 0, res.stderr
+    status, worst = res.stdout.split()
+    assert status == "ok"
+    assert float(worst) < 1.0  # promptly: the waiter ends within a second of close()
+
+
+def _close_while_receiving(queue: mq.MessageQueue, after: float = 0.05) -> BaseException:
+    """Close ``queue`` while a thread waits in receive(); what that receive raised."""
+    errors: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            queue.receive(timeout=30)
+        except BaseException as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=wait)
+    t.start()
+    time.sleep(after)
+    queue.close()
+    t.join(5)
+    assert not t.is_alive() and len(errors) == 1
+    return errors[0]
+
+
+def test_fd_stays_open_until_the_waiter_left(queue: mq.MessageQueue) -> None:
+    """close() with a receive in progress keeps the descriptor until the call has left, so
+    its number cannot be reused under the waiting call; then it is released."""
+    fd = queue.fileno()
+    assert isinstance(_close_while_receiving(queue), ValueError)
+    with pytest.raises(OSError):
+        os.fstat(fd)
+
+
+# ---------------------------------------------------------------------------- pickling
+
+
+def _echo_queue(q: mq.MessageQueue, expected_backend: str) -> None:
+    """In the child: the pickled queue attached by name, with its backend."""
+    assert q.backend == expected_backend, q.backend
+    data, _ = q.receive(timeout=30)
+    q.send(data + b"|" + q.backend.encode(), priority=7, timeout=30)
+    q.close()
+
+
+def _take_semaphore(s: sem.Semaphore, expected_backend: str) -> None:
+    assert s.backend == expected_backend, s.backend
+    s.acquire(timeout=30)
+    s.close()
+
+
+@pytest.fixture(scope="session")
+def forkserver() -> None:
+    """The fork server (and its descriptors in this process) lives for the whole run: start
+    it before any test's leak check looks at the open descriptors."""
+    from multiprocessing import forkserver as fs
+
+    fs.ensure_running()
+
+
+@pytest.mark.usefixtures("forkserver")
+@pytest.mark.parametrize("method", ["spawn", "forkserver", "fork"])
+def test_queue_passes_to_a_process(backend: str, name: str, method: str) -> None:
+    ctx = multiprocessing.get_context(method)
+    with mq.MessageQueue(name, create=True, backend=backend, **SMALL) as q:
+        p = ctx.Process(target=_echo_queue, args=(q, backend))
+        p.start()
+        q.send(b"ping", timeout=5)
+        p.join(60)
+        assert p.exitcode == 0
+        p.close()
+        assert q.receive(timeout=5) == (b"ping|" + backend.encode(), 7)
+        q.unlink()
+
+
+@pytest.mark.usefixtures("forkserver")
+@pytest.mark.parametrize("method", ["spawn", "forkserver", "fork"])
+def test_semaphore_passes_to_a_process(backend: str, name: str, method: str) -> None:
+    ctx = multiprocessing.get_context(method)
+    s = sem.Semaphore(name, create=True, value=0, backend=backend)
+    try:
+        p = ctx.Process(target=_take_semaphore, args=(s, backend))
+        p.start()
+        s.release()
+        p.join(60)
+        assert p.exitcode == 0
+        p.close()
+        assert s.value == 0  # the child took what this process released
+    finally:
+        s.close()
+        s.unlink()
+
+
+def test_unpickling_attaches_never_creates(backend: str, name: str) -> None:
+    q = mq.MessageQueue(name, create=True, backend=backend, spin=1e-5, **SMALL)
+    s = sem.Semaphore(name, create=True, value=2, backend=backend)
+    q_data, s_data = pickle.dumps(q), pickle.dumps(s)
+    with pickle.loads(q_data) as q2:
+        assert (q2.name, q2.backend, q2.spin) == (q.name, backend, 1e-5)
+        assert q2.fileno() != q.fileno()
+        q2.send(b"through the copy")
+        assert q.receive(0) == (b"through the copy", 0)
+    s2 = pickle.loads(s_data)
+    assert (s2.name, s2.backend, s2.value) == (s.name, backend, 2)
+    s2.close()
+    q.close()
+    s.close()
+    q.unlink()
+    s.unlink()
+    with pytest.raises(FileNotFoundError):
+        pickle.loads(q_data)
+    with pytest.raises(FileNotFoundError):
+        pickle.loads(s_data)
+
+
+# ---------------------------------------------------------------------------- asyncio
+
+
+def _uvloop_run(coro: Coroutine[Any, Any, _T]) -> _T:
+    import uvloop
+
+    loop = uvloop.new_event_loop()
+    try:
+        return loop.run_until_complete(coro)
+    finally:
+        loop.close()
+
+
+LOOPS: dict[str, Callable[[Coroutine[Any, Any, Any]], Any]] = {
+    "asyncio": asyncio.run,
+    "uvloop": _uvloop_run,
+}
+
+
+@pytest.fixture(scope="session")
+def loops_ready() -> None:
+    """libuv keeps a process-wide signal pipe from its first loop on: make it before any
+    test's leak check looks at the open descriptors."""
+    _uvloop_run(asyncio.sleep(0))
+
+
+@pytest.fixture(params=sorted(LOOPS))
+def run(
+    request: pytest.FixtureRequest, loops_ready: None
+) -> Callable[[Coroutine[Any, Any, Any]], Any]:
+    return LOOPS[request.param]
+
+
+def test_async_cancel_and_retry_loses_nothing(
+    queue: mq.MessageQueue, run: Callable[[Coroutine[Any, Any, Any]], Any]
+) -> None:
+    """1,000 receives cancelled at every stage while a thread sends: every message arrives
+    exactly once, in order."""
+    total = 400
+    sender = threading.Thread(
+        target=lambda: [queue.send(i.to_bytes(4, "big"), timeout=30) for i in range(total)]
+    )
+
+    async def main() -> list[int]:
+        got: list[int] = []
+        sender.start()
+        for round in range(1000):
+            task = asyncio.ensure_future(queue.receive_async(timeout=30))
+            for _ in range(round % 3):
+                await asyncio.sleep(0)
+            task.cancel()
+            try:
+                data, _ = await task
+                got.append(int.from_bytes(data, "big"))  # finished before the cancel
+            except asyncio.CancelledError:
+                pass
+        while len(got) < total:
+            data, _ = await queue.receive_async(timeout=30)
+            got.append(int.from_bytes(data, "big"))
+        return got
+
+    got = run(main())
+    sender.join(30)
+    assert got == list(range(total))
+    assert queue.attributes.current_messages == 0
+
+
+def test_async_waits_do_not_block_the_loop(
+    queue: mq.MessageQueue, run: Callable[[Coroutine[Any, Any, Any]], Any]
+) -> None:
+    """While receive_async and send_async wait, the loop keeps running other tasks: no gap
+    of more than 50 ms between the ticks of a 5 ms ticker."""
+
+    async def main() -> float:
+        gaps: list[float] = []
+        stop = False
+
+        async def ticker() -> None:
+            last = time.monotonic()
+            while not stop:
+                await asyncio.sleep(0.005)
+                now = time.monotonic()
+                gaps.append(now - last)
+                last = now
+
+        tick = asyncio.ensure_future(ticker())
+        await asyncio.sleep(0.01)
+        with pytest.raises(TimeoutError):
+            await queue.receive_async(timeout=0.3)
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.2, lambda: threading.Thread(target=queue.send, args=(b"x",)).start())
+        assert await queue.receive_async(timeout=10) == (b"x", 0)
+        for _ in range(8):
+            await queue.send_async(b"fill")
+        with pytest.raises(TimeoutError):
+            await queue.send_async(b"over", timeout=0.3)
+        for _ in range(8):
+            queue.receive(0)
+        stop = True
+        await tick
+        return max(gaps)
+
+    assert run(main()) < 0.05
+
+
+def test_async_timeouts_like_the_blocking_twin(
+    queue: mq.MessageQueue, run: Callable[[Coroutine[Any, Any, Any]], Any]
+) -> None:
+    async def main() -> None:
+        t0 = time.monotonic()
+        with pytest.raises(TimeoutError):
+            await queue.receive_async(timeout=0.1)
+        assert time.monotonic() - t0 >= 0.09
+        with pytest.raises(TimeoutError):
+            await queue.receive_async(timeout=0)
+        with pytest.raises(ValueError):
+            await queue.receive_async(timeout=-1)
+        with pytest.raises(TypeError):
+            await queue.receive_async(timeout="1")  # type: ignore[arg-type]
+
+    run(main())
+
+
+def test_close_while_awaiting_raises_value_error(
+    queue: mq.MessageQueue, run: Callable[[Coroutine[Any, Any, Any]], Any]
+) -> None:
+    async def main() -> tuple[BaseException | None, BaseException | None, float]:
+        loop = asyncio.get_running_loop()
+        rx = asyncio.ensure_future(queue.receive_async())
+        await asyncio.sleep(0.05)
+        t0 = time.monotonic()
+        threading.Thread(target=queue.close).start()  # from another thread
+        done = await asyncio.wait_for(asyncio.gather(rx, return_exceptions=True), 5)
+        took = time.monotonic() - t0
+        # send_async on a full queue, closed from the loop itself
+        with mq.MessageQueue(queue.name, backend=queue.backend) as other:
+            for _ in range(8):
+                other.send(b"fill")
+            tx = asyncio.ensure_future(other.send_async(b"more"))
+            await asyncio.sleep(0.05)
+            loop.call_soon(other.close)
+            sent = (await asyncio.gather(tx, return_exceptions=True))[0]
+        return done[0], sent, took
+
+    rx_exc, tx_exc, took = run(main())
+    assert isinstance(rx_exc, ValueError) and "closed" in str(rx_exc)
+    assert isinstance(tx_exc, ValueError) and "closed" in str(tx_exc)
+    assert took < 1.0
+
+
+def _close_copy(q: mq.MessageQueue) -> None:
+    q.close()
+
+
+def _wait_on_copy(q: mq.MessageQueue) -> None:
+    """In a forked child: a receive that must time out, although the parent closes its
+    copy (waking its own waiters) meanwhile."""
+    try:
+        q.receive(timeout=1.0)
+    except TimeoutError:
+        return
+    raise SystemExit(3)
+
+
+def test_forked_copies_wake_only_their_own_waiters(queue: mq.MessageQueue) -> None:
+    """A forked child inherits the object; a close() in either process ends the waits of
+    that process only (each has its own wake-up descriptor after the fork)."""
+    fork = multiprocessing.get_context("fork")
+    p = fork.Process(target=_close_copy, args=(queue,))
+    p.start()
+    p.join(30)
+    assert p.exitcode == 0
+    p.close()
+    with pytest.raises(TimeoutError):
+        queue.receive(timeout=0.1)
+    for _ in range(8):
+        queue.send(b"full")
+    with pytest.raises(TimeoutError):
+        queue.send(b"more", timeout=0.1)
+    for _ in range(8):
+        queue.receive(0)
+    # the parent closes while its thread waits; the child's wait goes on to its timeout
+    child = fork.Process(target=_wait_on_copy, args=(queue,))
+    child.start()
+    assert isinstance(_close_while_receiving(queue, after=0.2), ValueError)
+    child.join(30)
+    assert child.exitcode == 0
+    child.close()
