@@ -12,6 +12,7 @@ import errno
 import functools
 import importlib
 import importlib.util
+import inspect
 import math
 import os
 import time
@@ -406,29 +407,58 @@ class Handle:
         return f"<{type(self).__name__} {state} backend={self._backend}>"
 
 
+_WRAPPER = """
+def {name}({params}):
+    calls = self._calls
+    calls.append(None)
+    try:
+        if self._closed:
+            raise closed_error(self._what)
+        return method({args})
+    except (OSError, EOFError):
+        if self._closed:
+            raise closed_error(self._what) from None
+        raise
+    finally:
+        calls.pop()
+        if self._closed and not calls:
+            self._free_once()
+"""
+
+
 def uses_handle(method: _F) -> _F:
     """Decorate a method of a :class:`Handle`: ValueError when the object is closed (checked
-    before the arguments), busy while it runs, and ValueError when another thread closed the
-    object during the call (whatever the call then returned or raised)."""
+    before the arguments' values), busy while it runs, and ValueError when another thread
+    closed the object during the call (whatever the call then returned or raised).
 
-    @functools.wraps(method)
-    def call(self: Handle, *args: Any, **kwargs: Any) -> Any:
-        calls = self._calls
-        calls.append(None)
-        try:
-            if self._closed:
-                raise closed_error(self._what)
-            return method(self, *args, **kwargs)
-        except (OSError, EOFError):
-            if self._closed:
-                raise closed_error(self._what) from None
-            raise
-        finally:
-            calls.pop()
-            if self._closed and not calls:
-                self._free_once()
-
-    return call  # type: ignore[return-value]
+    The wrapper is generated with the method's own signature, so that a call costs one
+    extra frame (~0.1 µs) and no ``*args``/``**kwargs`` packing (~0.3 µs with them)."""
+    params, args = [], []
+    defaults: dict[str, Any] = {"method": method, "closed_error": closed_error}
+    star = False
+    for p in inspect.signature(method).parameters.values():
+        text = p.name
+        if p.kind is p.VAR_POSITIONAL:
+            text, star = "*" + p.name, True
+            args.append(text)
+        elif p.kind is p.VAR_KEYWORD:
+            text = "**" + p.name
+            args.append(text)
+        elif p.kind is p.KEYWORD_ONLY:
+            if not star:
+                params.append("*")
+                star = True
+            args.append(f"{p.name}={p.name}")
+        else:
+            args.append(p.name)
+        if p.default is not p.empty:
+            defaults[f"_default_{p.name}"] = p.default
+            text += f"=_default_{p.name}"
+        params.append(text)
+    source = _WRAPPER.format(name=method.__name__, params=", ".join(params),
+                             args=", ".join(args))
+    exec(source, defaults)  # the dataclasses way: a wrapper with the exact signature
+    return functools.wraps(method)(defaults[method.__name__])  # type: ignore[return-value]
 
 
 class FdOwner:
