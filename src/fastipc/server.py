@@ -413,7 +413,7 @@ class Server(_core.Handle):
 
     async def _serve_on(self, aloop: asyncio.AbstractEventLoop) -> None:
         done: asyncio.Future[None] = aloop.create_future()
-        timer: list[asyncio.TimerHandle] = []
+        timer: list[asyncio.Handle] = []
 
         def turn() -> None:
             while timer:
@@ -423,10 +423,11 @@ class Server(_core.Handle):
             try:
                 if not (self._stop or self._closed):
                     left = self._turn(0.0)
-                    if self._q or self._loop_busy:
-                        self._drain()  # no next turn to take them: write them out now
+                    if self._q:
+                        left = 0.0
                     if left >= 0:
-                        timer.append(aloop.call_later(left, turn))
+                        timer.append(aloop.call_later(left, turn) if left else
+                                     aloop.call_soon(turn))
             except Exception as exc:
                 done.set_exception(exc)
                 return
@@ -462,7 +463,10 @@ class Server(_core.Handle):
         return True
 
     def _turn(self, timeout: float) -> float:
-        """One loop turn and the dispatch of what it found; returns the batch's timer."""
+        """One loop turn and the dispatch of what it found. Returns when the next turn is
+        due without I/O: 0.0 after a turn that found something (what its handlers sent and
+        closed is written out and reaped by the next turn), else the batch's timer (-1.0:
+        none)."""
         q = self._q
         if q:
             with self._qlock:
@@ -471,7 +475,6 @@ class Server(_core.Handle):
         else:
             sends = _NO_SENDS
         pre, messages, post, timer = self._loop.poll(timeout, sends)
-        self._loop_busy = bool(pre or messages or post)
         self._dispatching = True
         try:
             if pre:
@@ -491,9 +494,7 @@ class Server(_core.Handle):
                 self._control(post)
         finally:
             self._dispatching = False
-        return timer
-
-    _loop_busy = False  # the last turn found something (its output waits for the next)
+        return 0.0 if pre or messages or post else timer
 
     def _control(self, events: list[Event]) -> None:
         conns = self._conns
