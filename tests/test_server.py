@@ -1018,29 +1018,24 @@ def test_max_connections(backend: str, sock_path: str) -> None:
     h = Recorder()
     srv = server.Server(h, unix=sock_path, max_connections=2, backend=backend)
     assert srv.max_connections == 2
-    with serving(srv):
-        a = server.connect(sock_path, backend=backend)
-        b = server.connect(sock_path, backend=backend)
-        try:
-            h.next("connect")
-            h.next("connect")
-            with server.connect(sock_path, backend=backend) as extra, \
-                    pytest.raises(EOFError):
-                extra.recv(timeout=WAIT)
-            a.send(b"a")
-            assert a.recv(timeout=WAIT) == b"a"
-            assert [ev[0] for ev in list(h.events.queue)] == ["message"]
-            b.close()
-            h.next("close")
-            with server.connect(sock_path, backend=backend) as c:
-                c.send(b"c")
-                assert c.recv(timeout=WAIT) == b"c"
-        finally:
-            a.close()
-            b.close()
+    with serving(srv), server.connect(sock_path, backend=backend) as a, \
+            server.connect(sock_path, backend=backend) as b:
+        h.next("connect")
+        h.next("connect")
+        with server.connect(sock_path, backend=backend) as extra, pytest.raises(EOFError):
+            extra.recv(timeout=WAIT)
+        a.send(b"a")
+        assert a.recv(timeout=WAIT) == b"a"
+        assert [ev[0] for ev in list(h.events.queue)] == ["message"]
+        b.close()
+        h.next("close")
+        with server.connect(sock_path, backend=backend) as c:
+            c.send(b"c")
+            assert c.recv(timeout=WAIT) == b"c"
 
 
 def test_limit_arguments(backend: str, sock_path: str) -> None:
+    bad: Any
     for bad, exc in ((0, ValueError), (-1.0, ValueError), ("1", TypeError),
                      (float("nan"), ValueError)):
         with pytest.raises(exc):

@@ -7,19 +7,19 @@ import asyncio
 import errno
 import logging
 import os
-import shutil
-import tempfile
 import threading
 import time
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine
 from typing import Any, Callable, TypeVar
 
 import pytest
 
+import test_server
 from fastipc import server
 from helpers import start_python
 
 WAIT = 10.0
+sock_path = test_server.sock_path  # the fixture: a short Unix socket path
 T = TypeVar("T")
 
 
@@ -48,15 +48,6 @@ def run(kind: str, main: Callable[[], Coroutine[Any, Any, T]]) -> T:
     finally:
         loop.run_until_complete(loop.shutdown_default_executor())
         loop.close()
-
-
-@pytest.fixture
-def sock_path() -> Iterator[str]:
-    d = tempfile.mkdtemp(prefix="fipc-")
-    try:
-        yield os.path.join(d, "s.sock")
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
 
 
 class Echo(server.Handler):

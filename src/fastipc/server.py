@@ -35,7 +35,7 @@ import signal
 import socket
 import stat
 import threading
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from fastipc import _core
 from fastipc._address import (
@@ -270,8 +270,7 @@ class Server(_core.Handle):
         self._open_handle(_core.backend_of(impl), self._loop.fileno())
 
     def _bind_unix(self, raw: bytes, backlog: int) -> socket.socket:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
+        def bind(sock: socket.socket) -> None:
             try:
                 sock.bind(raw)
             except OSError as exc:
@@ -281,12 +280,8 @@ class Server(_core.Handle):
                 sock.bind(raw)
             st = os.stat(raw)
             self._unix_path, self._unix_ino = raw, (st.st_dev, st.st_ino)
-            sock.listen(backlog)
-            sock.setblocking(False)
-        except BaseException:
-            sock.close()
-            raise
-        return sock
+
+        return _listener(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM), bind, backlog)
 
     # ------------------------------------------------------------ properties
 
@@ -641,10 +636,19 @@ def _tcp_listener(addr: TcpAddress, backlog: int) -> socket.socket:
     infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
                                flags=socket.AI_PASSIVE)
     family, kind, proto, _, sockaddr = infos[0]
-    sock = socket.socket(family, kind, proto)
-    try:
+
+    def bind(sock: socket.socket) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(sockaddr)
+
+    return _listener(socket.socket(family, kind, proto), bind, backlog)
+
+
+def _listener(sock: socket.socket, bind: Callable[[socket.socket], None],
+              backlog: int) -> socket.socket:
+    """``sock`` bound by ``bind``, listening and non-blocking; closed if any step fails."""
+    try:
+        bind(sock)
         sock.listen(backlog)
         sock.setblocking(False)
     except BaseException:
