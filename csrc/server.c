@@ -228,8 +228,8 @@ static void idle_unlink(fipc_srv *s, conn *c)
 
 static void idle_touch(fipc_srv *s, conn *c)
 {
-    if (!s->idle_ns)
-        return;
+    if (!s->idle_ns || c->state != ST_OPEN)
+        return; /* a doomed connection left the list for good */
     c->last = fipc_now_ns();
     if (s->newest == c)
         return;
@@ -720,10 +720,12 @@ static int64_t expire_idle(fipc_srv *s)
     s->now = fipc_now_ns();
     conn *c;
     while ((c = s->oldest) && s->now - c->last >= s->idle_ns) {
-        if (c->out_end > c->out_start)
+        if (c->out_end > c->out_start) {
             idle_touch(s, c);
-        else
+        } else {
+            idle_unlink(s, c);
             doom(s, c, ETIMEDOUT, 1);
+        }
     }
     return c ? c->last + s->idle_ns - s->now : -1;
 }
@@ -908,6 +910,8 @@ int fipc_srv_send(fipc_srv *s, uint64_t key, const char *buf, size_t len)
                 wake(s);
         } else {
             size_t done = w < 0 ? 0 : (size_t)w;
+            if (done == hlen + len)
+                idle_touch(s, c); /* written out: as conn_write counts it */
             if (done < hlen + len) {
                 size_t hd = done < hlen ? done : hlen;
                 size_t bd = done - hd;

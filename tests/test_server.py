@@ -1012,6 +1012,30 @@ def test_idle_timeout_spares_a_connection_with_output_queued(
             s.close()
 
 
+def test_idle_timeout_while_closing_with_output_queued(backend: str, sock_path: str) -> None:
+    """A connection closed with output still queued drains it after on_close, however long
+    past idle_timeout, while the loop goes on serving others."""
+    h = Recorder()
+    srv = server.Server(h, unix=sock_path, idle_timeout=0.1, backend=backend)
+    with serving(srv):
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(sock_path)
+        try:
+            _, conn = h.next("connect")
+            big = b"y" * (8 << 20)
+            conn.send(big)
+            conn.close()
+            assert h.next("close")[1] is conn
+            time.sleep(0.4)  # several idle periods with the output still queued
+            with server.connect(sock_path, backend=backend) as c:
+                c.send(b"alive")
+                assert c.recv(timeout=WAIT) == b"alive"
+            got = recv_exact(s, 4 + len(big))
+            assert got[4:] == big and s.recv(1) == b""
+        finally:
+            s.close()
+
+
 def test_max_connections(backend: str, sock_path: str) -> None:
     """Clients past max_connections are accepted and closed at once; no handler sees
     them; a freed slot takes the next client."""

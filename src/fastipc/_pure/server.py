@@ -139,7 +139,8 @@ class Loop:
             pre, msg, post = self._pre, self._msg, self._post
             self._deferring = bool(pre or msg or post)
             self._pre, self._msg, self._post = [], [], []
-            return Batch(pre, msg, post, self._timer(self._idle_left(_monotonic())))
+            idle_left = self._idle_left(_monotonic()) if self._idle else -1.0
+            return Batch(pre, msg, post, self._timer(idle_left))
 
     def _accept(self, lsock: socket.socket) -> None:
         for _ in range(ACCEPT_BURST):
@@ -183,7 +184,7 @@ class Loop:
     # ------------------------------------------------------------ timers
 
     def _touch(self, c: _Conn) -> None:
-        if self._idle:
+        if self._idle and not c.doomed:  # a doomed connection left the list for good
             active = self._active
             active[c.key] = _monotonic()
             active.move_to_end(c.key)
@@ -209,6 +210,7 @@ class Loop:
             if c.out:
                 self._touch(c)
             else:
+                del active[key]
                 self._doom(c, errno.ETIMEDOUT, True)
         return self._idle_left(now)
 
