@@ -189,7 +189,7 @@ static int emit_msg(fipc_srv *s, int fd, size_t off, size_t len)
         return -ENOMEM;
     m[0] = fd;
     m[1] = (int64_t)off;
-    m[2] = (int64_t)len;
+    m[2] = (int64_t)(off + len); /* the end: Python slices data[start:end] */
     return 0;
 }
 

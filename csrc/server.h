@@ -16,7 +16,7 @@ enum {
     FIPC_EV_CONNECT = 1,        /* kinds of control events */
     FIPC_EV_CLOSE = 3,
     FIPC_EV_FIELDS = 5,         /* int64 per control event: kind, fd, id, offset, length */
-    FIPC_MSG_FIELDS = 3         /* int64 per message: fd, offset, length */
+    FIPC_MSG_FIELDS = 3         /* int64 per message: fd, start, end (offsets in data) */
 };
 /* What one loop turn found. Control events before the messages (closes decided before the
  * turn, connects), the messages, then control events after them (closes found while

@@ -379,13 +379,17 @@ class Server(_core.Handle):
         self._start()
         wakeup = self._hook_signals()
         try:
-            deadline = Deadline(timeout)
             turn = self._turn
-            while not self._stop and not self._closed:
-                left = deadline.left()
-                turn(left)
-                if left == 0:
-                    break
+            if timeout < 0:  # serve_forever: no clock to read
+                while not self._stop and not self._closed:
+                    turn(-1.0)
+            else:
+                deadline = Deadline(timeout)
+                while not self._stop and not self._closed:
+                    left = deadline.left()
+                    turn(left)
+                    if left == 0:
+                        break
         finally:
             if wakeup:
                 signal.set_wakeup_fd(-1)

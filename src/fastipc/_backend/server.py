@@ -12,9 +12,10 @@ its fd, which is never reused inside a batch.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from typing import Any, NamedTuple, Protocol, Union
 
-__all__ = ["Batch", "Closed", "Connected", "Event", "Loop", "Sends", "wake"]
+__all__ = ["Batch", "Closed", "Connected", "Event", "Loop", "Messages", "Sends", "wake"]
 
 
 class Connected(NamedTuple):
@@ -38,16 +39,15 @@ Event = Union[Connected, Closed]
 Sends = list[tuple[int, bytes]]  # (key, payload): what handlers sent during a dispatch
 
 
-class Batch(NamedTuple):
-    """What one turn found: control events before the messages (closes decided between
-    turns, connects), the messages as ``(fd, payload)``, control events after them (closes
-    found while reading); ``timer``: seconds until the loop needs a turn even without I/O
-    (idle deadlines, listeners resting after EMFILE), ``-1.0`` for none."""
+# (fd, payload) in arrival order, to be iterated once; empty and false when there are none
+Messages = Iterable[tuple[int, bytes]]
 
-    pre: list[Event]
-    messages: list[tuple[int, bytes]]
-    post: list[Event]
-    timer: float
+# What one turn found: (pre, messages, post, timer). ``pre``: control events before the
+# messages (closes decided between turns, connects); ``messages``; ``post``: control events
+# after them (closes found while reading); ``timer``: seconds until the loop needs a turn even
+# without I/O (idle deadlines, listeners resting after EMFILE), -1.0 for none. A plain tuple,
+# not a NamedTuple: building one is a Python-level call, on the path of every loop turn.
+Batch = tuple[list[Event], Messages, list[Event], float]
 
 
 class Loop(Protocol):

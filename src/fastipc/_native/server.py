@@ -2,8 +2,8 @@
 
 The loop's turn is one ``fipc_srv_poll`` call, which also takes the sends the handlers
 queued during the previous turn; its events come back as int64 fields and one buffer
-holding every payload of the turn, turned here into the :class:`~fastipc._backend.server.Batch`
-of the seam.
+holding every payload of the turn, turned here into the ``Batch`` of the seam
+(:mod:`fastipc._backend.server`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from fastipc._address import decode_sockaddr
-from fastipc._backend.server import Batch, Closed, Connected, Event, Sends
+from fastipc._backend.server import Batch, Closed, Connected, Event, Messages, Sends
 from fastipc._backend.server import Loop as LoopProtocol
 from fastipc._core import check, ffi, lib, raise_errno
 from fastipc._native.pipe import Reader, as_buffer
@@ -31,7 +31,7 @@ _sock_send = lib.fipc_sock_send
 _CONNECT = lib.FIPC_EV_CONNECT
 _EV = lib.FIPC_EV_FIELDS
 _MSG = lib.FIPC_MSG_FIELDS
-_EMPTY = Batch([], [], [], -1.0)
+_NONE: list[Any] = []  # an empty part of a batch (never changed by the caller)
 
 
 class Loop:
@@ -69,21 +69,23 @@ class Loop:
             n = _poll(self._s, timeout, ffi.NULL, ffi.NULL, 0, ffi.NULL, 0, b)
         if n <= 0:
             if n == 0:
-                return Batch(_EMPTY.pre, _EMPTY.messages, _EMPTY.post, b.timer)
+                return _NONE, _NONE, _NONE, b.timer
             if n == _EINTR:
-                return _EMPTY
+                return _NONE, _NONE, _NONE, -1.0
             check(n)
         data = _unpack(b.data, b.data_len)
         nmsg = b.nmsg
         if nmsg:
+            # a generator, not a list: each payload is sliced as the dispatch reaches it,
+            # and no list of tuples is built (the GC would count every tuple)
             it = iter(_unpack(b.msg, nmsg * _MSG))
-            messages = [(fd, data[off : off + size]) for fd, off, size in zip(it, it, it)]
+            messages: Messages = ((fd, data[start:end]) for fd, start, end in zip(it, it, it))
         else:
-            messages = []
-        return Batch(
-            _events(_unpack(b.pre, b.npre * _EV), data) if b.npre else [],
+            messages = _NONE
+        return (
+            _events(_unpack(b.pre, b.npre * _EV), data) if b.npre else _NONE,
             messages,
-            _events(_unpack(b.post, b.npost * _EV), data) if b.npost else [],
+            _events(_unpack(b.post, b.npost * _EV), data) if b.npost else _NONE,
             b.timer,
         )
 

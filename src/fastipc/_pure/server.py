@@ -140,7 +140,7 @@ class Loop:
             self._deferring = bool(pre or msg or post)
             self._pre, self._msg, self._post = [], [], []
             idle_left = self._idle_left(_monotonic()) if self._idle else -1.0
-            return Batch(pre, msg, post, self._timer(idle_left))
+            return pre, msg, post, self._timer(idle_left)
 
     def _accept(self, lsock: socket.socket) -> None:
         for _ in range(ACCEPT_BURST):
