@@ -861,7 +861,8 @@ def test_cli_unix_serve_and_connect(backend: str, sock_path: str) -> None:
     Ctrl-C stops the server cleanly."""
     cmd = [sys.executable, "-m", "fastipc", "--backend", backend, "unix"]
     srv = subprocess.Popen(
-        [*cmd, "serve", sock_path], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [*cmd, "serve", sock_path, "--idle-timeout", "30", "--max-connections", "100"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
@@ -990,50 +991,48 @@ def test_idle_connections_are_closed(backend: str, sock_path: str) -> None:
         assert 0.2 < time.monotonic() - t1 < 3.0
 
 
+BIG = b"x" * (8 << 20)  # far more than the socket buffers take
+
+
+@contextmanager
+def flooded_reader(h: Recorder, sock_path: str) -> Iterator[tuple[socket.socket, Any]]:
+    """A client that does not read yet, and its Connection with BIG queued for it."""
+    s = socket.socket(socket.AF_UNIX)
+    try:
+        s.connect(sock_path)
+        _, conn = h.next("connect")
+        conn.send(BIG)
+        assert conn.pending > 0
+        yield s, conn
+    finally:
+        s.close()
+
+
 def test_idle_timeout_spares_a_connection_with_output_queued(
         backend: str, sock_path: str) -> None:
     """Output still waiting for a peer that does not read is not idleness."""
     h = Recorder(echo=False)
-    srv = server.Server(h, unix=sock_path, idle_timeout=0.2, backend=backend)
-    with serving(srv):
-        s = socket.socket(socket.AF_UNIX)
-        s.connect(sock_path)
-        try:
-            _, conn = h.next("connect")
-            big = b"x" * (8 << 20)
-            conn.send(big)  # far more than the socket buffers take
-            assert conn.pending > 0
-            time.sleep(0.6)
-            assert not conn.closed
-            got = recv_exact(s, 4 + len(big))
-            assert got[4:] == big
-            h.next("close")  # and once drained and quiet, it goes
-        finally:
-            s.close()
+    with serving(server.Server(h, unix=sock_path, idle_timeout=0.2, backend=backend)), \
+            flooded_reader(h, sock_path) as (s, conn):
+        time.sleep(0.6)
+        assert not conn.closed
+        assert recv_exact(s, 4 + len(BIG))[4:] == BIG
+        h.next("close")  # once drained and quiet, it goes
 
 
 def test_idle_timeout_while_closing_with_output_queued(backend: str, sock_path: str) -> None:
     """A connection closed with output still queued drains it after on_close, however long
     past idle_timeout, while the loop goes on serving others."""
     h = Recorder()
-    srv = server.Server(h, unix=sock_path, idle_timeout=0.1, backend=backend)
-    with serving(srv):
-        s = socket.socket(socket.AF_UNIX)
-        s.connect(sock_path)
-        try:
-            _, conn = h.next("connect")
-            big = b"y" * (8 << 20)
-            conn.send(big)
-            conn.close()
-            assert h.next("close")[1] is conn
-            time.sleep(0.4)  # several idle periods with the output still queued
-            with server.connect(sock_path, backend=backend) as c:
-                c.send(b"alive")
-                assert c.recv(timeout=WAIT) == b"alive"
-            got = recv_exact(s, 4 + len(big))
-            assert got[4:] == big and s.recv(1) == b""
-        finally:
-            s.close()
+    with serving(server.Server(h, unix=sock_path, idle_timeout=0.1, backend=backend)), \
+            flooded_reader(h, sock_path) as (s, conn):
+        conn.close()
+        assert h.next("close")[1] is conn
+        time.sleep(0.4)  # several idle periods with the output still queued
+        with server.connect(sock_path, backend=backend) as c:
+            c.send(b"alive")
+            assert c.recv(timeout=WAIT) == b"alive"
+        assert recv_exact(s, 4 + len(BIG))[4:] == BIG and s.recv(1) == b""
 
 
 def test_max_connections(backend: str, sock_path: str) -> None:
