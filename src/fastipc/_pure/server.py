@@ -117,10 +117,9 @@ class Loop:
                 wait = 0
             elif timer >= 0:
                 wait = timer if wait is None else min(wait, timer)
-        try:
-            ready = self._sel.select(wait)
-        except InterruptedError:  # only on Pythons without PEP 475 for select
-            ready = []
+        # EINTR: select() runs the signal handlers and waits again (PEP 475); a handler
+        # that raises (stop() does not) ends the serve call here
+        ready = self._sel.select(wait)
         with self._mu:
             self._phase = 1
             for key, events in ready:
