@@ -594,16 +594,15 @@ static void on_conn_event(fipc_srv *s, conn *c, uint32_t events)
 
 /* ------------------------------------------------------------------ the loop */
 
-fipc_srv *fipc_srv_new(int framing, uint32_t max_message_size, size_t high_water, int wake_r,
-                       int wake_w, double idle_timeout, int max_connections)
+int fipc_srv_new(fipc_srv **out, int framing, uint32_t max_message_size, size_t high_water,
+                 int wake_r, int wake_w, double idle_timeout, int max_connections)
 {
-    if ((framing != FIPC_SRV_RAW && framing != FIPC_SRV_LENGTH) || max_connections < 0) {
-        errno = EINVAL;
-        return NULL;
-    }
+    *out = NULL;
+    if ((framing != FIPC_SRV_RAW && framing != FIPC_SRV_LENGTH) || max_connections < 0)
+        return -EINVAL;
     fipc_srv *s = calloc(1, sizeof *s);
     if (!s)
-        return NULL;
+        return -ENOMEM;
     s->framing = framing;
     s->max_msg = max_message_size;
     s->high_water = high_water ? high_water : 1;
@@ -613,24 +612,21 @@ fipc_srv *fipc_srv_new(int framing, uint32_t max_message_size, size_t high_water
     s->idle_ns = idle_timeout <= 0 ? 0 : idle_timeout > 1e9 ? (int64_t)1e18
                : idle_timeout * 1e9 < 1 ? 1 : (int64_t)(idle_timeout * 1e9);
     s->max_conns = max_connections;
-    int err = 0;
+    int rc = 0;
     s->ep = epoll_create1(EPOLL_CLOEXEC);
-    if (s->ep < 0)
-        goto fail;
     struct epoll_event ev = {.events = EPOLLIN, .data.u64 = MAKE_TAG(TAG_WAKE, s->wake_r)};
-    if (epoll_ctl(s->ep, EPOLL_CTL_ADD, s->wake_r, &ev) < 0)
-        goto fail;
-    err = pthread_mutex_init(&s->mu, NULL);
-    if (err == 0)
-        return s;
-    errno = err;
-fail:
-    err = errno;
-    if (s->ep >= 0)
-        close(s->ep);
-    free(s);
-    errno = err;
-    return NULL;
+    if (s->ep < 0 || epoll_ctl(s->ep, EPOLL_CTL_ADD, s->wake_r, &ev) < 0)
+        rc = -errno;
+    else
+        rc = -pthread_mutex_init(&s->mu, NULL);
+    if (rc < 0) {
+        if (s->ep >= 0)
+            close(s->ep);
+        free(s);
+        return rc;
+    }
+    *out = s;
+    return 0;
 }
 
 void fipc_srv_free(fipc_srv *s)

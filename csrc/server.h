@@ -35,14 +35,14 @@ typedef struct fipc_srv_batch {
     size_t data_len;
     double timer;
 } fipc_srv_batch;
-/* A loop; NULL with errno set on failure. high_water: unsent bytes past which a
+/* A loop in *out: 0, or -errno (*out NULL). high_water: unsent bytes past which a
  * connection stops being read until its output drains. wake_r / wake_w: a non-blocking
  * pipe, owned by the caller, that wakes the loop when written (stop(), Python's signal
  * wake-up fd); it must outlive the loop. idle_timeout > 0: a connection with nothing
  * received and nothing left to send for that many seconds is closed (CLOSE with ETIMEDOUT).
  * max_connections > 0: a connection accepted beyond that many is closed at once, unreported. */
-fipc_srv *fipc_srv_new(int framing, uint32_t max_message_size, size_t high_water, int wake_r,
-                       int wake_w, double idle_timeout, int max_connections);
+int fipc_srv_new(fipc_srv **out, int framing, uint32_t max_message_size, size_t high_water,
+                 int wake_r, int wake_w, double idle_timeout, int max_connections);
 void fipc_srv_free(fipc_srv *s);
 /* The epoll fd: readable whenever a turn would find something (for an outer event loop). */
 int fipc_srv_fd(fipc_srv *s);

@@ -9,7 +9,6 @@ holding every payload of the turn, turned here into the ``Batch`` of the seam
 from __future__ import annotations
 
 import errno
-import os
 import time
 from typing import Any
 
@@ -43,13 +42,11 @@ class Loop:
 
     def __init__(self, framed: bool, max_message_size: int, high_water: int, wake_r: int,
                  wake_w: int, idle_timeout: float, max_connections: int) -> None:
-        s = lib.fipc_srv_new(lib.FIPC_SRV_LENGTH if framed else lib.FIPC_SRV_RAW,
-                             max_message_size, high_water, wake_r, wake_w, idle_timeout,
-                             max_connections)
-        if s == ffi.NULL:
-            err = ffi.errno
-            raise OSError(err, f"cannot create the event loop: {os.strerror(err)}")
-        self._s = s
+        out = ffi.new("fipc_srv **")
+        check(lib.fipc_srv_new(out, lib.FIPC_SRV_LENGTH if framed else lib.FIPC_SRV_RAW,
+                               max_message_size, high_water, wake_r, wake_w, idle_timeout,
+                               max_connections), "cannot create the event loop")
+        self._s = out[0]
         self._b = ffi.new("fipc_srv_batch *")
 
     def listen(self, fd: int) -> None:
