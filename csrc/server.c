@@ -40,6 +40,7 @@
 #define MAX_LISTENERS 16
 #define ACCEPT_BURST 64
 #define PAUSE_NS 100000000LL        /* listeners rest 100 ms after EMFILE */
+#define MAX_WAIT_MS 86400000        /* a timer a day or more away: wake once a day */
 
 #define TAG_CONN 0ULL
 #define TAG_LISTEN 1ULL
@@ -813,8 +814,10 @@ int fipc_srv_poll(fipc_srv *s, double timeout, const uint64_t *keys, const uint6
     int ms;
     if (nevents(s) > 0 || timeout == 0) {
         ms = 0;
-    } else if (timeout < 0 || timeout > 86400.0) {
+    } else if (timeout < 0) {
         ms = -1;
+    } else if (timeout * 1000.0 >= MAX_WAIT_MS) {
+        ms = MAX_WAIT_MS; /* the caller's loop waits again for the rest */
     } else {
         double m = timeout * 1000.0;
         ms = (int)m;
@@ -823,6 +826,8 @@ int fipc_srv_poll(fipc_srv *s, double timeout, const uint64_t *keys, const uint6
     }
     if (timer >= 0 && ms != 0) {
         int64_t left = (timer + 999999) / 1000000; /* round up: never wake early and spin */
+        if (left > MAX_WAIT_MS)
+            left = MAX_WAIT_MS;
         if (ms < 0 || left < ms)
             ms = (int)left;
     }

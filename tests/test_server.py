@@ -1057,6 +1057,20 @@ def test_max_connections(backend: str, sock_path: str) -> None:
             assert c.recv(timeout=WAIT) == b"c"
 
 
+@pytest.mark.parametrize("idle", [None, 1e10])
+def test_huge_timeouts(backend: str, sock_path: str, idle: Optional[float]) -> None:
+    """A serve() timeout or an idle_timeout far past what a single wait can hold is fine
+    (the wait is cut into day-long pieces)."""
+    h = Recorder()
+    with server.Server(h, unix=sock_path, idle_timeout=idle, backend=backend) as srv, \
+            server.connect(sock_path, backend=backend) as c:
+        threading.Timer(0.2, srv.stop).start()
+        srv.serve(1e12)
+        c.send(b"x")
+        srv.serve(0.05)
+        assert c.recv(timeout=WAIT) == b"x"
+
+
 def test_limit_arguments(backend: str, sock_path: str) -> None:
     bad: Any
     for bad, exc in ((0, ValueError), (-1.0, ValueError), ("1", TypeError),

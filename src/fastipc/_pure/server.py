@@ -25,6 +25,7 @@ READ_CHUNK = 64 * 1024
 BATCH_LIMIT = 4 * 1024 * 1024
 ACCEPT_BURST = 64
 PAUSE = 0.1
+MAX_WAIT = 86400.0  # longer waits overflow select(): wake once a day, the caller waits again
 _HEADER = struct.Struct(">I")
 _IN, _OUT = selectors.EVENT_READ, selectors.EVENT_WRITE
 _NOSIGNAL = getattr(socket, "MSG_NOSIGNAL", 0)
@@ -112,11 +113,11 @@ class Loop:
             if self._paused_until is not None and _monotonic() >= self._paused_until:
                 self._resume_listeners()
             timer = self._timer(self._expire_idle())
-            wait: Optional[float] = None if timeout < 0 else timeout
+            wait: Optional[float] = None if timeout < 0 else min(timeout, MAX_WAIT)
             if self._pre:
                 wait = 0
             elif timer >= 0:
-                wait = timer if wait is None else min(wait, timer)
+                wait = min(timer, MAX_WAIT) if wait is None else min(wait, timer)
         # EINTR: select() runs the signal handlers and waits again (PEP 475); a handler
         # that raises (stop() does not) ends the serve call here
         ready = self._sel.select(wait)
