@@ -3,9 +3,10 @@
  * Python calls fipc_srv_poll() once per loop turn. A turn takes the sends the handlers made
  * during the previous turn (Python queues them and hands them over in this one call),
  * writes out every connection's output (one send() per connection), closes the connections
- * that were finished, waits in epoll_wait (GIL released), accepts new connections and reads
- * every ready one once. It returns a batch of events (connect, message, close) laid out as
- * int64 fields plus one buffer of payloads, so that Python touches only the handler calls.
+ * that were finished or idle past idle_timeout, waits in epoll_wait (GIL released), accepts
+ * new connections (closing at once those past max_connections) and reads every ready one
+ * once. It returns a batch of events (connect, message, close) laid out as int64 fields plus
+ * one buffer of payloads, so that Python touches only the handler calls.
  *
  * Framing is done here: "length" frames are a 4-byte big-endian length and the payload; a
  * length over max_message_size closes the connection before anything is buffered for it.
@@ -13,8 +14,7 @@
  *
  * Connections are indexed by fd; each also has a 32-bit id (its key for Python is
  * id << 32 | fd), so that a stale handle held by Python cannot write to a later connection
- * that got the same fd. A
- * connection's fd is closed only at the start of the turn after its CLOSE event was
+ * that got the same fd. A connection's fd is closed only at the start of the turn after its CLOSE event was
  * returned, so an fd number is never reused within one batch.
  *
  * A mutex guards the loop's state: the loop thread holds it except while it sleeps in
