@@ -3,9 +3,10 @@
  * Python calls fipc_srv_poll() once per loop turn. A turn takes the sends the handlers made
  * during the previous turn (Python queues them and hands them over in this one call),
  * writes out every connection's output (one send() per connection), closes the connections
- * that were finished, waits in epoll_wait (GIL released), accepts new connections and reads
- * every ready one once. It returns a batch of events (connect, message, close) laid out as
- * int64 fields plus one buffer of payloads, so that Python touches only the handler calls.
+ * that were finished or idle past idle_timeout, waits in epoll_wait (GIL released), accepts
+ * new connections (closing at once those past max_connections) and reads every ready one
+ * once. It returns a batch of events (connect, message, close) laid out as int64 fields plus
+ * one buffer of payloads, so that Python touches only the handler calls.
  *
  * Framing is done here: "length" frames are a 4-byte big-endian length and the payload; a
  * length over max_message_size closes the connection before anything is buffered for it.
@@ -13,8 +14,7 @@
  *
  * Connections are indexed by fd; each also has a 32-bit id (its key for Python is
  * id << 32 | fd), so that a stale handle held by Python cannot write to a later connection
- * that got the same fd. A
- * connection's fd is closed only at the start of the turn after its CLOSE event was
+ * that got the same fd. A connection's fd is closed only at the start of the turn after its CLOSE event was
  * returned, so an fd number is never reused within one batch.
  *
  * A mutex guards the loop's state: the loop thread holds it except while it sleeps in
@@ -25,7 +25,6 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
-#include <poll.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,7 +33,6 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
-#define HEADER 4
 #define READ_CHUNK (64 * 1024)      /* one read() per ready connection per turn */
 #define BATCH_LIMIT (4 * 1024 * 1024) /* stop reading in a turn past this many bytes */
 #define BIG_FRAME (64 * 1024)       /* frames past this are read straight into their buffer */
@@ -42,6 +40,7 @@
 #define MAX_LISTENERS 16
 #define ACCEPT_BURST 64
 #define PAUSE_NS 100000000LL        /* listeners rest 100 ms after EMFILE */
+#define MAX_WAIT_MS 86400000        /* a timer a day or more away: wake once a day */
 
 #define TAG_CONN 0ULL
 #define TAG_LISTEN 1ULL
@@ -60,6 +59,8 @@ typedef struct conn {
     int want_out;       /* a write was cut short: wait for EPOLLOUT */
     uint32_t mask;      /* events registered with epoll */
     uint64_t id;
+    int64_t last;       /* idle_timeout: when it last received or finished sending */
+    struct conn *older, *newer; /* idle_timeout: the list of open connections by `last` */
     char *in;           /* a partial frame carried over to the next read */
     size_t in_len, in_cap;
     char *out;          /* queued output: out[out_start, out_end) */
@@ -82,6 +83,10 @@ struct fipc_srv {
     int framing;
     uint32_t max_msg;
     size_t high_water;
+    int64_t idle_ns;    /* idle_timeout in ns; 0: none */
+    int max_conns;      /* 0: no limit */
+    int64_t now;        /* the turn's clock, read only when idle_ns is set */
+    conn *oldest, *newest; /* idle_timeout: open connections, least recently active first */
     pthread_mutex_t mu;
     conn **conns;       /* indexed by fd */
     size_t conns_cap;
@@ -185,7 +190,7 @@ static int emit_msg(fipc_srv *s, int fd, size_t off, size_t len)
         return -ENOMEM;
     m[0] = fd;
     m[1] = (int64_t)off;
-    m[2] = (int64_t)len;
+    m[2] = (int64_t)(off + len); /* the end: Python slices data[start:end] */
     return 0;
 }
 
@@ -203,10 +208,39 @@ static conn *lookup(fipc_srv *s, uint64_t key)
     return c && c->id == key >> 32 ? c : NULL;
 }
 
-static uint32_t be32(const char *p)
+/* ------------------------------------------------------------------ idle connections
+ * With idle_timeout, the open connections form a list ordered by their last activity (a
+ * byte received, or the output queue emptied): activity moves a connection to the newest
+ * end, and the check at each turn looks only at the oldest end, so it costs O(1) plus one
+ * step per connection it closes. */
+
+static void idle_unlink(fipc_srv *s, conn *c)
 {
-    const unsigned char *u = (const unsigned char *)p;
-    return (uint32_t)u[0] << 24 | (uint32_t)u[1] << 16 | (uint32_t)u[2] << 8 | u[3];
+    if (c->older)
+        c->older->newer = c->newer;
+    else if (s->oldest == c)
+        s->oldest = c->newer;
+    if (c->newer)
+        c->newer->older = c->older;
+    else if (s->newest == c)
+        s->newest = c->older;
+    c->older = c->newer = NULL;
+}
+
+static void idle_touch(fipc_srv *s, conn *c)
+{
+    if (!s->idle_ns || c->state != ST_OPEN)
+        return; /* a doomed connection left the list for good */
+    c->last = fipc_now_ns();
+    if (s->newest == c)
+        return;
+    idle_unlink(s, c);
+    c->older = s->newest;
+    if (s->newest)
+        s->newest->newer = c;
+    else
+        s->oldest = c;
+    s->newest = c;
 }
 
 /* Register the events this connection wants now: input unless paused or doomed, output
@@ -237,6 +271,7 @@ static void doom(fipc_srv *s, conn *c, int err, int in_turn)
     if (c->state == ST_DOOMED)
         return;
     c->state = ST_DOOMED;
+    idle_unlink(s, c);
     free(c->in);
     c->in = NULL;
     c->in_len = c->in_cap = 0;
@@ -257,6 +292,7 @@ static void conn_free(fipc_srv *s, conn *c)
      * the fd was duplicated elsewhere */
     epoll_ctl(s->ep, EPOLL_CTL_DEL, c->fd, NULL);
     close(c->fd);
+    idle_unlink(s, c);
     s->conns[c->fd] = NULL;
     s->count--;
     free(c->in);
@@ -284,6 +320,7 @@ static int conn_write(fipc_srv *s, conn *c)
     c->out_start += (size_t)w;
     if (c->out_start == c->out_end) {
         c->out_start = c->out_end = 0;
+        idle_touch(s, c);
         if (c->out_cap > 4 * READ_CHUNK) {
             free(c->out);
             c->out = NULL;
@@ -385,6 +422,10 @@ static void do_accept(fipc_srv *s, int lfd)
                 return;
             continue;
         }
+        if (s->max_conns && s->count >= s->max_conns) {
+            close(fd); /* over max_connections: the client sees the end of the stream */
+            continue;
+        }
         if (slen > sizeof ss)
             slen = sizeof ss;
         if (ss.ss_family == AF_INET || ss.ss_family == AF_INET6) {
@@ -413,6 +454,7 @@ static void do_accept(fipc_srv *s, int lfd)
         }
         s->conns[fd] = c;
         s->count++;
+        idle_touch(s, c);
         memcpy(s->data + s->data_len, &ss, slen);
         if (emit(s, FIPC_EV_CONNECT, fd, c->id, (int64_t)s->data_len, slen) < 0) {
             conn_free(s, c);
@@ -450,27 +492,27 @@ static int keep_partial(conn *c, const char *p, size_t n)
 static int split_frames(fipc_srv *s, conn *c, size_t base, size_t n)
 {
     size_t pos = base, end = base + n;
-    while (end - pos >= HEADER) {
-        uint32_t len = be32(s->data + pos);
+    while (end - pos >= FIPC_FRAME_HEADER) {
+        uint32_t len = fipc_frame_get((const unsigned char *)s->data + pos);
         if (len > s->max_msg)
             return FIPC_TOOBIG;
-        if (end - pos - HEADER < len)
+        if (end - pos - FIPC_FRAME_HEADER < len)
             break;
-        if (emit_msg(s, c->fd, pos + HEADER, len) < 0)
+        if (emit_msg(s, c->fd, pos + FIPC_FRAME_HEADER, len) < 0)
             return -ENOMEM;
-        pos += HEADER + (size_t)len;
+        pos += FIPC_FRAME_HEADER + (size_t)len;
     }
     int rc = keep_partial(c, s->data + pos, end - pos);
     s->data_len = pos; /* the partial tail lives on in c->in */
     return rc;
 }
 
-/* Read a connection once. Returns 0, or the errno / status that ends it (EOF: FIPC_EOF). */
+/* Read a connection once. Returns 0, or what ends it: -errno, FIPC_EOF or FIPC_TOOBIG. */
 static int conn_read(fipc_srv *s, conn *c)
 {
-    if (s->framing == FIPC_SRV_LENGTH && c->in_len >= HEADER) {
-        size_t frame = HEADER + (size_t)be32(c->in);
-        if (frame - HEADER > s->max_msg)
+    if (s->framing == FIPC_SRV_LENGTH && c->in_len >= FIPC_FRAME_HEADER) {
+        size_t frame = FIPC_FRAME_HEADER + (size_t)fipc_frame_get((const unsigned char *)c->in);
+        if (frame - FIPC_FRAME_HEADER > s->max_msg)
             return FIPC_TOOBIG;
         if (frame > BIG_FRAME) {
             /* a big frame under way: read straight into its own buffer, no further than the
@@ -479,48 +521,45 @@ static int conn_read(fipc_srv *s, conn *c)
             if (want > frame)
                 want = frame;
             if (reserve(&c->in, &c->in_cap, want) < 0)
-                return ENOMEM;
+                return -ENOMEM;
             size_t room = (c->in_cap < frame ? c->in_cap : frame) - c->in_len;
             ssize_t n = read(c->fd, c->in + c->in_len, room);
             if (n < 0)
-                return errno == EAGAIN || errno == EINTR ? 0 : errno;
+                return errno == EAGAIN || errno == EINTR ? 0 : -errno;
             if (n == 0)
                 return FIPC_EOF;
             c->in_len += (size_t)n;
             if (c->in_len < frame)
                 return 0;
             if (data_reserve(s, frame) < 0)
-                return ENOMEM;
+                return -ENOMEM;
             size_t base = s->data_len;
             memcpy(s->data + base, c->in, frame);
             s->data_len += frame;
             c->in_len = 0;
-            return split_frames(s, c, base, frame) == 0 ? 0 : ENOMEM;
+            return split_frames(s, c, base, frame);
         }
     }
     size_t keep = c->in_len;
     if (data_reserve(s, keep + READ_CHUNK) < 0)
-        return ENOMEM;
+        return -ENOMEM;
     size_t base = s->data_len;
     if (keep)
         memcpy(s->data + base, c->in, keep);
     ssize_t n = read(c->fd, s->data + base + keep, READ_CHUNK);
     if (n < 0)
-        return errno == EAGAIN || errno == EINTR ? 0 : errno;
+        return errno == EAGAIN || errno == EINTR ? 0 : -errno;
     if (n == 0)
         return FIPC_EOF; /* a partial frame is dropped with the connection */
     if (s->framing == FIPC_SRV_RAW) {
         if (emit_msg(s, c->fd, base, (size_t)n) < 0)
-            return ENOMEM;
+            return -ENOMEM;
         s->data_len = base + (size_t)n;
         return 0;
     }
     s->data_len = base + keep + (size_t)n;
     c->in_len = 0;
-    int rc = split_frames(s, c, base, keep + (size_t)n);
-    if (rc == FIPC_TOOBIG)
-        return rc;
-    return rc < 0 ? -rc : 0;
+    return split_frames(s, c, base, keep + (size_t)n);
 }
 
 static void on_conn_event(fipc_srv *s, conn *c, uint32_t events)
@@ -540,55 +579,55 @@ static void on_conn_event(fipc_srv *s, conn *c, uint32_t events)
         if (s->data_len > BATCH_LIMIT)
             return; /* level-triggered: it comes back next turn */
         int rc = conn_read(s, c);
-        if (rc == 0)
-            return;
-        if (rc == FIPC_EOF)
+        if (rc == 0) {
+            idle_touch(s, c);
+        } else if (rc == FIPC_EOF) {
             doom(s, c, 0, 1);
-        else if (rc == FIPC_TOOBIG)
+        } else if (rc == FIPC_TOOBIG) {
             doom(s, c, EMSGSIZE, 1);
-        else {
+        } else {
             c->dead = 1;
             c->out_start = c->out_end = 0;
-            doom(s, c, rc, 1);
+            doom(s, c, -rc, 1);
         }
     }
 }
 
 /* ------------------------------------------------------------------ the loop */
 
-fipc_srv *fipc_srv_new(int framing, uint32_t max_message_size, size_t high_water, int wake_r,
-                       int wake_w)
+int fipc_srv_new(fipc_srv **out, int framing, uint32_t max_message_size, size_t high_water,
+                 int wake_r, int wake_w, double idle_timeout, int max_connections)
 {
-    if (framing != FIPC_SRV_RAW && framing != FIPC_SRV_LENGTH) {
-        errno = EINVAL;
-        return NULL;
-    }
+    *out = NULL;
+    if ((framing != FIPC_SRV_RAW && framing != FIPC_SRV_LENGTH) || max_connections < 0)
+        return -EINVAL;
     fipc_srv *s = calloc(1, sizeof *s);
     if (!s)
-        return NULL;
+        return -ENOMEM;
     s->framing = framing;
     s->max_msg = max_message_size;
     s->high_water = high_water ? high_water : 1;
     s->wake_r = wake_r;
     s->wake_w = wake_w;
-    int err = 0;
+    /* at least 1 ns, at most ~31 years: a positive timeout never means "none" */
+    s->idle_ns = idle_timeout <= 0 ? 0 : idle_timeout > 1e9 ? (int64_t)1e18
+               : idle_timeout * 1e9 < 1 ? 1 : (int64_t)(idle_timeout * 1e9);
+    s->max_conns = max_connections;
+    int rc = 0;
     s->ep = epoll_create1(EPOLL_CLOEXEC);
-    if (s->ep < 0)
-        goto fail;
     struct epoll_event ev = {.events = EPOLLIN, .data.u64 = MAKE_TAG(TAG_WAKE, s->wake_r)};
-    if (epoll_ctl(s->ep, EPOLL_CTL_ADD, s->wake_r, &ev) < 0)
-        goto fail;
-    err = pthread_mutex_init(&s->mu, NULL);
-    if (err == 0)
-        return s;
-    errno = err;
-fail:
-    err = errno;
-    if (s->ep >= 0)
-        close(s->ep);
-    free(s);
-    errno = err;
-    return NULL;
+    if (s->ep < 0 || epoll_ctl(s->ep, EPOLL_CTL_ADD, s->wake_r, &ev) < 0)
+        rc = -errno;
+    else
+        rc = -pthread_mutex_init(&s->mu, NULL);
+    if (rc < 0) {
+        if (s->ep >= 0)
+            close(s->ep);
+        free(s);
+        return rc;
+    }
+    *out = s;
+    return 0;
 }
 
 void fipc_srv_free(fipc_srv *s)
@@ -609,6 +648,11 @@ void fipc_srv_free(fipc_srv *s)
     free(s->post.v);
     free(s->data);
     free(s);
+}
+
+int fipc_srv_fd(fipc_srv *s)
+{
+    return s->ep;
 }
 
 int fipc_srv_listen(fipc_srv *s, int fd)
@@ -663,12 +707,47 @@ static void reap(fipc_srv *s)
     s->reap.n = keep;
 }
 
+/* Close the connections idle past idle_timeout (oldest first; one with output still queued
+ * is not idle: it starts a new period). Returns the ns until the next one may expire, or
+ * -1 if none can. */
+static int64_t expire_idle(fipc_srv *s)
+{
+    if (!s->idle_ns)
+        return -1;
+    s->now = fipc_now_ns();
+    conn *c;
+    while ((c = s->oldest) && s->now - c->last >= s->idle_ns) {
+        if (c->out_end > c->out_start) {
+            idle_touch(s, c);
+        } else {
+            idle_unlink(s, c);
+            doom(s, c, ETIMEDOUT, 1);
+        }
+    }
+    return c ? c->last + s->idle_ns - s->now : -1;
+}
+
+/* The ns until the loop needs a turn without I/O (listeners resting, an idle deadline), or
+ * -1 for never. */
+static int64_t next_timer(fipc_srv *s, int64_t idle_left)
+{
+    int64_t t = idle_left;
+    if (s->listen_paused) {
+        int64_t left = s->paused_until - fipc_now_ns();
+        if (left < 0)
+            left = 0;
+        if (t < 0 || left < t)
+            t = left;
+    }
+    return t;
+}
+
 /* Queue output on a connection, as one frame with length framing. */
 static int queue(fipc_srv *s, conn *c, const char *buf, size_t len)
 {
-    unsigned char h[HEADER] = {(unsigned char)(len >> 24), (unsigned char)(len >> 16),
-                               (unsigned char)(len >> 8), (unsigned char)len};
-    size_t hlen = s->framing == FIPC_SRV_LENGTH ? HEADER : 0;
+    unsigned char h[FIPC_FRAME_HEADER];
+    fipc_frame_put(h, (uint32_t)len);
+    size_t hlen = s->framing == FIPC_SRV_LENGTH ? FIPC_FRAME_HEADER : 0;
     if (append(c, (const char *)h, hlen, buf, len) < 0)
         return -ENOMEM;
     if (!c->dirty && !c->want_out) {
@@ -730,22 +809,25 @@ int fipc_srv_poll(fipc_srv *s, double timeout, const uint64_t *keys, const uint6
     reap(s);
     if (s->listen_paused && fipc_now_ns() >= s->paused_until)
         resume_listeners(s);
+    int64_t timer = next_timer(s, expire_idle(s));
 
     int ms;
     if (nevents(s) > 0 || timeout == 0) {
         ms = 0;
-    } else if (timeout < 0 || timeout > 86400.0) {
+    } else if (timeout < 0) {
         ms = -1;
+    } else if (timeout * 1000.0 >= MAX_WAIT_MS) {
+        ms = MAX_WAIT_MS; /* the caller's loop waits again for the rest */
     } else {
         double m = timeout * 1000.0;
         ms = (int)m;
         if (ms < m)
             ms++; /* round up: never wake early and spin */
     }
-    if (s->listen_paused) {
-        int64_t left = (s->paused_until - fipc_now_ns()) / 1000000 + 1;
-        if (left < 0)
-            left = 0;
+    if (timer >= 0 && ms != 0) {
+        int64_t left = (timer + 999999) / 1000000; /* round up: never wake early and spin */
+        if (left > MAX_WAIT_MS)
+            left = MAX_WAIT_MS;
         if (ms < 0 || left < ms)
             ms = (int)left;
     }
@@ -779,6 +861,9 @@ int fipc_srv_poll(fipc_srv *s, double timeout, const uint64_t *keys, const uint6
     }
     size_t total = nevents(s);
     s->deferring = total > 0;
+    timer = next_timer(s, !s->idle_ns ? -1 : !s->oldest ? -1
+                       : s->oldest->last + s->idle_ns - fipc_now_ns());
+    b->timer = timer < 0 ? -1.0 : (double)(timer > 0 ? timer : 0) * 1e-9;
     b->pre = s->pre.v;
     b->npre = s->pre.n / FIPC_EV_FIELDS;
     b->msg = s->msg.v;
@@ -796,19 +881,18 @@ int fipc_srv_sendv(fipc_srv *s, const uint64_t *keys, const uint64_t *lens, size
 {
     pthread_mutex_lock(&s->mu);
     int rc = queue_many(s, keys, lens, n, data, data_len);
-    if (!s->deferring)
-        flush_dirty(s, 0);
+    flush_dirty(s, 0);
     pthread_mutex_unlock(&s->mu);
     return rc;
 }
 
 int fipc_srv_send(fipc_srv *s, uint64_t key, const char *buf, size_t len)
 {
-    unsigned char h[HEADER] = {(unsigned char)(len >> 24), (unsigned char)(len >> 16),
-                               (unsigned char)(len >> 8), (unsigned char)len};
-    size_t hlen = s->framing == FIPC_SRV_LENGTH ? HEADER : 0;
+    size_t hlen = s->framing == FIPC_SRV_LENGTH ? FIPC_FRAME_HEADER : 0;
     if (hlen && len > UINT32_MAX)
         return -EMSGSIZE;
+    unsigned char h[FIPC_FRAME_HEADER];
+    fipc_frame_put(h, (uint32_t)len);
     pthread_mutex_lock(&s->mu);
     int rc = 0;
     conn *c = lookup(s, key);
@@ -827,6 +911,8 @@ int fipc_srv_send(fipc_srv *s, uint64_t key, const char *buf, size_t len)
                 wake(s);
         } else {
             size_t done = w < 0 ? 0 : (size_t)w;
+            if (done == hlen + len)
+                idle_touch(s, c); /* written out: as conn_write counts it */
             if (done < hlen + len) {
                 size_t hd = done < hlen ? done : hlen;
                 size_t bd = done - hd;
@@ -864,16 +950,6 @@ int fipc_srv_close(fipc_srv *s, uint64_t key)
     return 0;
 }
 
-int fipc_srv_flush(fipc_srv *s)
-{
-    pthread_mutex_lock(&s->mu);
-    flush_dirty(s, 0);
-    pthread_mutex_unlock(&s->mu);
-    return 0;
-}
-
-
-
 int64_t fipc_srv_pending(fipc_srv *s, uint64_t key)
 {
     pthread_mutex_lock(&s->mu);
@@ -883,14 +959,6 @@ int64_t fipc_srv_pending(fipc_srv *s, uint64_t key)
     return rc;
 }
 
-int fipc_srv_count(fipc_srv *s)
-{
-    pthread_mutex_lock(&s->mu);
-    int n = s->count;
-    pthread_mutex_unlock(&s->mu);
-    return n;
-}
-
 /* ------------------------------------------------------------------ the client */
 
 int64_t fipc_sock_send(int fd, const char *buf, size_t len, int framed, size_t offset,
@@ -898,40 +966,9 @@ int64_t fipc_sock_send(int fd, const char *buf, size_t len, int framed, size_t o
 {
     if (framed && len > UINT32_MAX)
         return -EMSGSIZE;
-    unsigned char h[HEADER] = {(unsigned char)(len >> 24), (unsigned char)(len >> 16),
-                               (unsigned char)(len >> 8), (unsigned char)len};
-    size_t hlen = framed ? HEADER : 0;
-    size_t total = hlen + len, done = offset;
-    int64_t deadline = -2, rc = 0;
-    while (done < total) {
-        struct iovec iov[2];
-        int cnt = 0;
-        if (done < hlen) {
-            iov[cnt].iov_base = h + done;
-            iov[cnt++].iov_len = hlen - done;
-            iov[cnt].iov_base = (void *)buf;
-            iov[cnt++].iov_len = len;
-        } else {
-            iov[cnt].iov_base = (void *)(buf + (done - hlen));
-            iov[cnt++].iov_len = total - done;
-        }
-        struct msghdr msg = {.msg_iov = iov, .msg_iovlen = (size_t)cnt};
-        ssize_t w = sendmsg(fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
-        if (w > 0) {
-            done += (size_t)w;
-            continue;
-        }
-        if (w < 0 && errno == EAGAIN) {
-            if (deadline == -2)
-                deadline = fipc_deadline(timeout);
-            rc = fipc_wait_fd(fd, POLLOUT, deadline);
-            if (rc < 0)
-                break;
-            continue;
-        }
-        rc = w < 0 ? -errno : -EIO;
-        break;
-    }
-    *written = done;
-    return rc < 0 ? rc : (int64_t)done;
+    unsigned char h[FIPC_FRAME_HEADER];
+    fipc_frame_put(h, (uint32_t)len);
+    struct iovec iov[2] = {{h, FIPC_FRAME_HEADER}, {(void *)buf, len}};
+    return framed ? fipc_write_all(fd, iov, 2, offset, timeout, 1, written)
+                  : fipc_write_all(fd, iov + 1, 1, offset, timeout, 1, written);
 }

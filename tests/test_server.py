@@ -861,7 +861,8 @@ def test_cli_unix_serve_and_connect(backend: str, sock_path: str) -> None:
     Ctrl-C stops the server cleanly."""
     cmd = [sys.executable, "-m", "fastipc", "--backend", backend, "unix"]
     srv = subprocess.Popen(
-        [*cmd, "serve", sock_path], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [*cmd, "serve", sock_path, "--idle-timeout", "30", "--max-connections", "100"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
@@ -958,3 +959,236 @@ def test_close_while_other_threads_send_and_stop(backend: str, sock_path: str) -
         done.set()
         c.close()
         srv.close()
+
+
+# ---------------------------------------------------------------------------- limits
+
+
+def test_idle_connections_are_closed(backend: str, sock_path: str) -> None:
+    """A connection that neither sends nor has anything left to receive is closed after
+    idle_timeout (on_close sees a TimeoutError); one that keeps talking stays."""
+    h = Recorder()
+    srv = server.Server(h, unix=sock_path, idle_timeout=0.3, backend=backend)
+    assert srv.idle_timeout == 0.3
+    with serving(srv), server.connect(sock_path, backend=backend) as quiet, \
+            server.connect(sock_path, backend=backend) as chatty:
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 0.9:  # three idle periods
+            chatty.send(b"ping")
+            assert chatty.recv(timeout=WAIT) == b"ping"
+            time.sleep(0.05)
+        with pytest.raises(EOFError):  # closed by the server long ago
+            quiet.recv(timeout=WAIT)
+        _, gone = h.next("close")
+        assert isinstance(gone.error, TimeoutError) and gone.error.errno == errno.ETIMEDOUT
+        assert h.events.empty() or all(ev[0] != "close" for ev in list(h.events.queue))
+        chatty.send(b"still here")
+        assert chatty.recv(timeout=WAIT) == b"still here"
+        assert len(srv.connections) == 1
+        t1 = time.monotonic()
+        with pytest.raises(EOFError):  # now quiet too: closed after about 0.3 s
+            chatty.recv(timeout=WAIT)
+        assert 0.2 < time.monotonic() - t1 < 3.0
+
+
+BIG = b"x" * (8 << 20)  # far more than the socket buffers take
+
+
+@contextmanager
+def flooded_reader(h: Recorder, sock_path: str) -> Iterator[tuple[socket.socket, Any]]:
+    """A client that does not read yet, and its Connection with BIG queued for it."""
+    s = socket.socket(socket.AF_UNIX)
+    try:
+        s.connect(sock_path)
+        _, conn = h.next("connect")
+        conn.send(BIG)
+        assert conn.pending > 0
+        yield s, conn
+    finally:
+        s.close()
+
+
+def test_idle_timeout_spares_a_connection_with_output_queued(
+        backend: str, sock_path: str) -> None:
+    """Output still waiting for a peer that does not read is not idleness."""
+    h = Recorder(echo=False)
+    with serving(server.Server(h, unix=sock_path, idle_timeout=0.2, backend=backend)), \
+            flooded_reader(h, sock_path) as (s, conn):
+        time.sleep(0.6)
+        assert not conn.closed
+        assert recv_exact(s, 4 + len(BIG))[4:] == BIG
+        h.next("close")  # once drained and quiet, it goes
+
+
+def test_idle_timeout_while_closing_with_output_queued(backend: str, sock_path: str) -> None:
+    """A connection closed with output still queued drains it after on_close, however long
+    past idle_timeout, while the loop goes on serving others."""
+    h = Recorder()
+    with serving(server.Server(h, unix=sock_path, idle_timeout=0.1, backend=backend)), \
+            flooded_reader(h, sock_path) as (s, conn):
+        conn.close()
+        assert h.next("close")[1] is conn
+        time.sleep(0.4)  # several idle periods with the output still queued
+        with server.connect(sock_path, backend=backend) as c:
+            c.send(b"alive")
+            assert c.recv(timeout=WAIT) == b"alive"
+        assert recv_exact(s, 4 + len(BIG))[4:] == BIG and s.recv(1) == b""
+
+
+def test_max_connections(backend: str, sock_path: str) -> None:
+    """Clients past max_connections are accepted and closed at once; no handler sees
+    them; a freed slot takes the next client."""
+    h = Recorder()
+    srv = server.Server(h, unix=sock_path, max_connections=2, backend=backend)
+    assert srv.max_connections == 2
+    with serving(srv), server.connect(sock_path, backend=backend) as a, \
+            server.connect(sock_path, backend=backend) as b:
+        h.next("connect")
+        h.next("connect")
+        with server.connect(sock_path, backend=backend) as extra, pytest.raises(EOFError):
+            extra.recv(timeout=WAIT)
+        a.send(b"a")
+        assert a.recv(timeout=WAIT) == b"a"
+        assert [ev[0] for ev in list(h.events.queue)] == ["message"]
+        b.close()
+        h.next("close")
+        with server.connect(sock_path, backend=backend) as c:
+            c.send(b"c")
+            assert c.recv(timeout=WAIT) == b"c"
+
+
+@pytest.mark.parametrize("idle", [None, 1e10])
+def test_huge_timeouts(backend: str, sock_path: str, idle: Optional[float]) -> None:
+    """A serve() timeout or an idle_timeout far past what a single wait can hold is fine
+    (the wait is cut into day-long pieces)."""
+    h = Recorder()
+    with server.Server(h, unix=sock_path, idle_timeout=idle, backend=backend) as srv, \
+            server.connect(sock_path, backend=backend) as c:
+        threading.Timer(0.2, srv.stop).start()
+        srv.serve(1e12)
+        c.send(b"x")
+        srv.serve(0.05)
+        assert c.recv(timeout=WAIT) == b"x"
+
+
+def test_limit_arguments(backend: str, sock_path: str) -> None:
+    bad: Any
+    for bad, exc in ((0, ValueError), (-1.0, ValueError), ("1", TypeError),
+                     (float("nan"), ValueError)):
+        with pytest.raises(exc):
+            server.Server(Recorder(), unix=sock_path, idle_timeout=bad, backend=backend)
+    for bad, exc in ((0, ValueError), (-3, ValueError), (1.5, TypeError), (True, TypeError)):
+        with pytest.raises(exc):
+            server.Server(Recorder(), unix=sock_path, max_connections=bad, backend=backend)
+    assert not os.path.exists(sock_path)
+
+
+# ---------------------------------------------------------------------------- life cycle
+
+
+def test_close_from_another_thread_ends_serve_with_valueerror(
+        backend: str, sock_path: str) -> None:
+    h = Recorder()
+    srv = server.Server(h, unix=sock_path, backend=backend)
+    c = server.connect(sock_path, backend=backend)
+    result: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            srv.serve_forever()
+        except BaseException as exc:
+            result.append(exc)
+
+    t = threading.Thread(target=run)
+    t.start()
+    try:
+        _, conn = h.next("connect")
+        t0 = time.monotonic()
+        srv.close()
+        t.join(WAIT)
+        assert not t.is_alive() and time.monotonic() - t0 < 1.0
+        assert len(result) == 1 and isinstance(result[0], ValueError)
+        assert h.next("close")[1] is conn and conn.closed
+        assert srv.closed and not os.path.exists(sock_path)
+        with pytest.raises(EOFError):
+            c.recv(timeout=WAIT)
+        srv.stop()  # harmless once closed
+        for call in (srv.serve_forever, lambda: srv.serve(0), srv.fileno):
+            with pytest.raises(ValueError):
+                call()
+    finally:
+        c.close()
+        srv.close()
+
+
+def test_stop_and_close_race_a_signal_storm(backend: str, sock_path: str) -> None:
+    """stop() from a signal handler many times a second while the server serves, stops and
+    closes: never a write to a closed (or reused) fd, never a hang."""
+    code = f"""
+        import os, signal, sys, threading, time
+        from fastipc import server
+        for i in range(20):
+            srv = server.Server(server.Handler(), unix={sock_path!r}, backend={backend!r})
+            signal.signal(signal.SIGALRM, lambda *_: srv.stop())
+            signal.setitimer(signal.ITIMER_REAL, 0.001, 0.001)
+            srv.serve(0.02)
+            threading.Timer(0.005, srv.close).start()
+            try:
+                srv.serve(1.0)
+            except ValueError:
+                pass
+            srv.close()
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        print(len(os.listdir("/proc/self/fd")))
+    """
+    out = run_python(code, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout) < 10  # nothing piled up
+
+
+def test_fileno_is_readable_when_there_is_work(backend: str, sock_path: str) -> None:
+    h = Recorder()
+    with server.Server(h, unix=sock_path, backend=backend) as srv:
+        assert select.select([srv.fileno()], [], [], 0)[0] == []
+        with server.connect(sock_path, backend=backend) as c:
+            assert select.select([srv.fileno()], [], [], WAIT)[0] == [srv.fileno()]
+            srv.serve(0)
+            h.next("connect")
+            c.send(b"hi")
+            assert select.select([srv.fileno()], [], [], WAIT)[0] == [srv.fileno()]
+            srv.serve(0)
+            assert h.next("message")[2] == b"hi"
+
+
+@pytest.mark.parametrize("raw,expected", [
+    (b"", None),
+    (b"\x01", None),
+    (socket.AF_INET.to_bytes(2, sys.byteorder) + b"\x1f\x90\x7f\x00\x00\x01" + bytes(8),
+     ("127.0.0.1", 8080)),
+    (socket.AF_INET.to_bytes(2, sys.byteorder) + b"\x1f\x90", None),  # truncated
+    (socket.AF_UNIX.to_bytes(2, sys.byteorder), ""),
+    (socket.AF_UNIX.to_bytes(2, sys.byteorder) + b"/tmp/x\0\0\0", "/tmp/x"),
+    (socket.AF_UNIX.to_bytes(2, sys.byteorder) + b"\0abstract", b"\0abstract"),
+    (socket.AF_INET6.to_bytes(2, sys.byteorder) + b"\x00\x50" + b"\0\0\0\x07"
+     + socket.inet_pton(socket.AF_INET6, "::1") + (3).to_bytes(4, sys.byteorder),
+     ("::1", 80, 7, 3)),
+    ((12345).to_bytes(2, sys.byteorder) + bytes(14), None),
+])
+def test_decode_sockaddr(raw: bytes, expected: Any) -> None:
+    from fastipc._address import decode_sockaddr
+
+    assert decode_sockaddr(raw) == expected
+
+
+def test_peer_of_a_bound_unix_client(backend: str, sock_path: str) -> None:
+    """The native loop's sockaddr bytes and the pure loop's accept() agree."""
+    h = Recorder()
+    with serving(server.Server(h, unix=sock_path, backend=backend)):
+        s = socket.socket(socket.AF_UNIX)
+        try:
+            s.bind(sock_path + ".c")
+            s.connect(sock_path)
+            assert h.next("connect")[1].peer == sock_path + ".c"
+        finally:
+            s.close()
+            os.unlink(sock_path + ".c")

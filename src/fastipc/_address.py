@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import socket
+import sys
 from typing import Any, Union
 
 from fastipc._core import check_int
@@ -51,3 +53,24 @@ def tcp_address(address: Any) -> TcpAddress:
     if "\0" in host:
         raise ValueError("the host must not contain NUL characters")
     return host, check_int(port, "port", 0, 65535)
+
+
+def decode_sockaddr(raw: bytes) -> Any:
+    """A peer address from the kernel's ``struct sockaddr`` bytes (what the native loop's
+    accept4() returns), as Python's ``socket.accept()`` gives it: ``(host, port)`` for
+    IPv4, ``(host, port, flowinfo, scope_id)`` for IPv6, the path (``str``; ``""`` for an
+    unbound client) for a Unix socket; None for another or truncated family."""
+    if len(raw) < 2:
+        return None
+    family = int.from_bytes(raw[:2], sys.byteorder)
+    if family == socket.AF_INET and len(raw) >= 8:
+        return socket.inet_ntop(family, raw[4:8]), int.from_bytes(raw[2:4], "big")
+    if family == socket.AF_INET6 and len(raw) >= 28:
+        return (socket.inet_ntop(family, raw[8:24]), int.from_bytes(raw[2:4], "big"),
+                int.from_bytes(raw[4:8], "big"), int.from_bytes(raw[24:28], sys.byteorder))
+    if family == socket.AF_UNIX:
+        path = raw[2:]
+        if path[:1] == b"\0":  # an abstract address: Python gives it as bytes
+            return path
+        return os.fsdecode(path.split(b"\0", 1)[0])
+    return None

@@ -33,6 +33,11 @@ def register(sub: Any) -> None:
             p2.add_argument("--framing", choices=["raw", "length"], default="raw",
                             help="raw bytes, as nc sends them (default), or 4-byte "
                             "length-prefixed messages")
+        serve.add_argument("--idle-timeout", type=float, default=None, metavar="SECONDS",
+                           help="close a connection idle for that long (default: never)")
+        serve.add_argument("--max-connections", type=int, default=None, metavar="N",
+                           help="close clients beyond N open connections at once "
+                           "(default: no limit)")
         serve.set_defaults(func=run_serve, family=family)
         connect.set_defaults(func=run_connect, family=family)
 
@@ -72,7 +77,9 @@ def run_serve(args: argparse.Namespace) -> int:
     kw: dict[str, Any] = (
         {"tcp": (args.host, args.port)} if args.family == "tcp" else {"unix": args.path}
     )
-    with server.Server(Echo(), framing=args.framing, backend=args.backend, **kw) as srv:
+    with server.Server(Echo(), framing=args.framing, idle_timeout=args.idle_timeout,
+                       max_connections=args.max_connections, backend=args.backend,
+                       **kw) as srv:
         where = srv.tcp_address if args.family == "tcp" else srv.unix_path
         if isinstance(where, tuple):
             where = f"{where[0]}:{where[1]}"

@@ -1,19 +1,21 @@
 """Server and client operations backed by ``csrc/server.c``: one C call per user operation.
 
 The loop's turn is one ``fipc_srv_poll`` call, which also takes the sends the handlers
-queued during the previous turn; its events come back as lists of ints and one ``bytes``
-holding every payload of the turn.
+queued during the previous turn; its events come back as int64 fields and one buffer
+holding every payload of the turn, turned here into the ``Batch`` of the seam
+(:mod:`fastipc._backend.server`).
 """
 
 from __future__ import annotations
 
 import errno
-import os
-import threading
 import time
 from typing import Any
 
-from fastipc._core import check, closed_error, ffi, lib, raise_errno
+from fastipc._address import decode_sockaddr
+from fastipc._backend.server import Batch, Closed, Connected, Event, Messages, Sends
+from fastipc._backend.server import Loop as LoopProtocol
+from fastipc._core import check, ffi, lib, raise_errno
 from fastipc._native.pipe import Reader, as_buffer
 
 __all__ = ["Client", "Loop"]
@@ -25,62 +27,35 @@ _unpack = ffi.unpack
 _poll = lib.fipc_srv_poll
 _send = lib.fipc_srv_send
 _sock_send = lib.fipc_sock_send
+_CONNECT = lib.FIPC_EV_CONNECT
+_EV = lib.FIPC_EV_FIELDS
+_MSG = lib.FIPC_MSG_FIELDS
+_NONE: list[Any] = []  # an empty part of a batch (never changed by the caller)
 
 
 class Loop:
-    """One epoll loop with its connections (``fipc_srv``).
+    """One epoll loop with its connections (``fipc_srv``). Its life cycle is the Server's
+    (``fastipc._core.Handle``): ``close()`` runs once no call is busy, so no call here can
+    meet a freed loop; the C mutex orders the calls of different threads."""
 
-    ``poll(timeout, sends)`` is the turn, called by the serving thread only: ``sends`` is the
-    list of ``(key, bytes)`` the handlers queued since the last turn, handed to C in the same
-    call. The other operations may come from any thread; they and ``close()`` share a
-    re-entrant lock, so that none runs on a freed loop. The wake-up pipe belongs to this
-    object and is closed only when the last reference to it goes: ``wake()`` (from a
-    signal handler, say) can never write to an fd that was closed and reused.
-    """
+    __slots__ = ("_b", "_s")
 
-    __slots__ = ("_b", "_cell", "_mu", "_s", "_wake_r", "_wake_w", "send")
-
-    def __init__(self, framed: bool, max_message_size: int, high_water: int) -> None:
-        self._s = ffi.NULL
-        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        s = lib.fipc_srv_new(lib.FIPC_SRV_LENGTH if framed else lib.FIPC_SRV_RAW,
-                             max_message_size, high_water, self._wake_r, self._wake_w)
-        if s == ffi.NULL:
-            err = ffi.errno
-            raise OSError(err, f"cannot create the event loop: {os.strerror(err)}")
-        self._s = s
+    def __init__(self, framed: bool, max_message_size: int, high_water: int, wake_r: int,
+                 wake_w: int, idle_timeout: float, max_connections: int) -> None:
+        out = ffi.new("fipc_srv **")
+        check(lib.fipc_srv_new(out, lib.FIPC_SRV_LENGTH if framed else lib.FIPC_SRV_RAW,
+                               max_message_size, high_water, wake_r, wake_w, idle_timeout,
+                               max_connections), "cannot create the event loop")
+        self._s = out[0]
         self._b = ffi.new("fipc_srv_batch *")
-        self._mu = mu = threading.RLock()
-        self._cell = cell = [s]  # what send() sees; not `self`, which would make a cycle
-
-        def send(key: int, data: Any) -> None:
-            if type(data) is bytes:
-                buf, n = data, len(data)
-            else:
-                buf, n = as_buffer(data)
-            with mu:
-                if cell[0] == ffi.NULL:
-                    raise closed_error("Server")
-                rc = _send(cell[0], key, buf, n)
-            if rc:
-                _raise_send(rc)
-
-        self.send = send
-
-    def _live(self) -> Any:
-        if self._s == ffi.NULL:
-            raise closed_error("Server")
-        return self._s
 
     def listen(self, fd: int) -> None:
-        with self._mu:
-            check(lib.fipc_srv_listen(self._live(), fd))
+        check(lib.fipc_srv_listen(self._s, fd))
 
-    def poll(
-        self, timeout: float, sends: list[tuple[int, bytes]]
-    ) -> tuple[list[int], list[int], list[int], bytes]:
-        """One turn: ``(pre, messages, post, payloads)``; all empty when a signal came
-        first. ``pre``/``post`` hold 5 ints per event, ``messages`` 3 per message."""
+    def fileno(self) -> int:
+        return int(lib.fipc_srv_fd(self._s))
+
+    def poll(self, timeout: float, sends: Sends) -> Batch:
         b = self._b
         if sends:
             keys, datas = zip(*sends)
@@ -90,77 +65,67 @@ class Loop:
         else:
             n = _poll(self._s, timeout, ffi.NULL, ffi.NULL, 0, ffi.NULL, 0, b)
         if n <= 0:
-            if n == 0 or n == _EINTR:
-                return _NONE, _NONE, _NONE, b""
+            if n == 0:
+                return _NONE, _NONE, _NONE, b.timer
+            if n == _EINTR:
+                return _NONE, _NONE, _NONE, -1.0
             check(n)
+        data = _unpack(b.data, b.data_len)
         nmsg = b.nmsg
-        npre = b.npre
-        npost = b.npost
+        if nmsg:
+            # a generator, not a list: each payload is sliced as the dispatch reaches it,
+            # and no list of tuples is built (the GC would count every tuple)
+            it = iter(_unpack(b.msg, nmsg * _MSG))
+            messages: Messages = ((fd, data[start:end]) for fd, start, end in zip(it, it, it))
+        else:
+            messages = _NONE
         return (
-            _unpack(b.pre, npre * 5) if npre else _NONE,
-            _unpack(b.msg, nmsg * 3) if nmsg else _NONE,
-            _unpack(b.post, npost * 5) if npost else _NONE,
-            _unpack(b.data, b.data_len),
+            _events(_unpack(b.pre, b.npre * _EV), data) if b.npre else _NONE,
+            messages,
+            _events(_unpack(b.post, b.npost * _EV), data) if b.npost else _NONE,
+            b.timer,
         )
 
-    def sendv(self, sends: list[tuple[int, bytes]]) -> None:
-        keys, datas = zip(*sends)
+    def sendv(self, sends: Sends) -> None:
+        keys, datas = zip(*sends) if sends else ((), ())
         lens = list(map(len, datas))
         blob = b"".join(datas)
-        with self._mu:
-            check(lib.fipc_srv_sendv(self._live(), keys, lens, len(lens), blob, len(blob)))
+        check(lib.fipc_srv_sendv(self._s, keys, lens, len(lens), blob, len(blob)))
+
+    def send(self, key: int, data: Any) -> None:
+        if type(data) is bytes:
+            buf, n = data, len(data)
+        else:
+            buf, n = as_buffer(data)
+        rc = _send(self._s, key, buf, n)
+        if rc == _EPIPE:
+            raise BrokenPipeError(errno.EPIPE, "the connection is gone")
+        check(rc)
 
     def close_conn(self, key: int) -> None:
-        with self._mu:
-            if self._s != ffi.NULL:
-                lib.fipc_srv_close(self._s, key)
+        lib.fipc_srv_close(self._s, key)
 
     def pending(self, key: int) -> int:
-        with self._mu:
-            n = lib.fipc_srv_pending(self._live(), key)
+        n = lib.fipc_srv_pending(self._s, key)
         return 0 if n < 0 else int(n)
 
-    def flush(self) -> None:
-        with self._mu:
-            lib.fipc_srv_flush(self._live())
-
-    def wakeup_fd(self) -> int:
-        return self._wake_w
-
-    def wake(self) -> None:
-        try:
-            os.write(self._wake_w, b"\0")
-        except BlockingIOError:
-            pass  # the pipe is full: the loop is being woken anyway
-        except OSError:
-            pass  # closed already: nothing to wake
-
-    def count(self) -> int:
-        with self._mu:
-            return int(lib.fipc_srv_count(self._live()))
-
     def close(self) -> None:
-        with self._mu:
-            s, self._s = self._s, ffi.NULL
-            if s != ffi.NULL:
-                self._cell[0] = ffi.NULL
-                lib.fipc_srv_free(s)
-
-    def __del__(self) -> None:
-        if getattr(self, "_s", ffi.NULL) != ffi.NULL:
-            self.close()
-        for fd in (getattr(self, "_wake_r", -1), getattr(self, "_wake_w", -1)):
-            if fd >= 0:
-                os.close(fd)
+        s, self._s = self._s, ffi.NULL
+        if s != ffi.NULL:
+            lib.fipc_srv_free(s)
 
 
-_NONE: list[int] = []
+_check: type[LoopProtocol] = Loop
 
 
-def _raise_send(rc: int) -> None:
-    if rc == _EPIPE:
-        raise BrokenPipeError(errno.EPIPE, "the connection is gone")
-    check(rc)
+def _events(fields: list[int], data: bytes) -> list[Event]:
+    """The control events of a batch: 5 ints each (kind, fd, id, offset or errno, length)."""
+    it = iter(fields)
+    return [
+        Connected(cid << 32 | fd, fd, decode_sockaddr(data[off : off + size]))
+        if kind == _CONNECT else Closed(cid << 32 | fd, fd, off)
+        for kind, fd, cid, off, size in zip(it, it, it, it, it)
+    ]
 
 
 def _left(timeout: float, t0: float) -> float:

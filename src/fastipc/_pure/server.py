@@ -1,5 +1,6 @@
 """Server and client operations in pure Python on ``selectors``, with the behaviour of
-``csrc/server.c``: same events, same framing checks, same back-pressure."""
+``csrc/server.c``: same events, same framing checks, same back-pressure, same idle and
+connection limits, behind the same seam (:class:`fastipc._backend.server.Loop`)."""
 
 from __future__ import annotations
 
@@ -10,46 +11,37 @@ import socket
 import struct
 import threading
 import time
+from collections import OrderedDict
 from typing import Any, Optional
 
+from fastipc._backend.server import Batch, Closed, Connected, Event, Sends, wake
+from fastipc._backend.server import Loop as LoopProtocol
 from fastipc._core import raise_errno
 from fastipc._pure.pipe import Reader, _deadline, _wait, as_view
 
-__all__ = ["Client", "Loop", "pack_sockaddr"]
+__all__ = ["Client", "Loop"]
 
-EV_CONNECT, EV_CLOSE = 1, 3
 READ_CHUNK = 64 * 1024
 BATCH_LIMIT = 4 * 1024 * 1024
 ACCEPT_BURST = 64
 PAUSE = 0.1
+MAX_WAIT = 86400.0  # longer waits overflow select(): wake once a day, the caller waits again
 _HEADER = struct.Struct(">I")
 _IN, _OUT = selectors.EVENT_READ, selectors.EVENT_WRITE
 _NOSIGNAL = getattr(socket, "MSG_NOSIGNAL", 0)
 _DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
 _TCP = (socket.AF_INET, socket.AF_INET6)
-
-
-def pack_sockaddr(family: int, addr: Any) -> bytes:
-    """The peer address as the kernel's sockaddr bytes, as the native loop reports it."""
-    if family == socket.AF_INET:
-        return struct.pack("=H", family) + struct.pack(">H", addr[1]) + socket.inet_pton(
-            family, addr[0]) + bytes(8)
-    if family == socket.AF_INET6:
-        host = addr[0].split("%", 1)[0]
-        return (struct.pack("=H", family) + struct.pack(">HI", addr[1], addr[2])
-                + socket.inet_pton(family, host) + struct.pack("=I", addr[3]))
-    path = addr if isinstance(addr, bytes) else os.fsencode(addr or "")
-    return struct.pack("=H", family) + path
+_monotonic = time.monotonic
 
 
 class _Conn:
-    __slots__ = ("dead", "dirty_mark", "doomed", "fd", "id", "inbuf", "mask", "out", "paused",
+    __slots__ = ("dead", "dirty_mark", "doomed", "fd", "inbuf", "key", "mask", "out", "paused",
                  "sock", "want_out")
 
-    def __init__(self, sock: socket.socket, cid: int) -> None:
+    def __init__(self, sock: socket.socket, key: int) -> None:
         self.sock = sock
         self.fd = sock.fileno()
-        self.id = cid
+        self.key = key
         self.inbuf = bytearray()
         self.out = bytearray()
         self.doomed = self.dead = self.paused = self.want_out = self.dirty_mark = False
@@ -57,29 +49,36 @@ class _Conn:
 
 
 class Loop:
-    """One ``selectors`` loop with its connections."""
+    """One ``selectors`` loop with its connections. A lock guards its state: the serving
+    thread holds it except while it waits in ``select``, so that sends and closes from
+    other threads are safe."""
 
-    def __init__(self, framed: bool, max_message_size: int, high_water: int) -> None:
+    def __init__(self, framed: bool, max_message_size: int, high_water: int, wake_r: int,
+                 wake_w: int, idle_timeout: float, max_connections: int) -> None:
         self._framed = framed
         self._max = max_message_size
         self._high = max(1, high_water)
+        self._idle = idle_timeout if idle_timeout > 0 else 0.0
+        self._max_conns = max_connections
         self._sel = selectors.DefaultSelector()
         self._mu = threading.RLock()
-        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._sel.register(self._wake_r, _IN, None)
-        self._conns: dict[int, _Conn] = {}
+        self._wake_r, self._wake_w = wake_r, wake_w
+        self._sel.register(wake_r, _IN, None)
+        self._conns: dict[int, _Conn] = {}  # by fd
+        # idle_timeout: the open connections by last activity (a byte received, the output
+        # queue emptied), oldest first: the check looks only at the front
+        self._active: OrderedDict[int, float] = OrderedDict()
         self._listeners: list[socket.socket] = []
         self._paused_until: Optional[float] = None
         self._next_id = 0
         self._deferring = False
         self._dirty: list[_Conn] = []
         self._reap: list[_Conn] = []
-        self._pend: list[tuple[int, int, int]] = []
+        self._pend: list[Closed] = []
         self._phase = 0
-        self._pre: list[int] = []
-        self._msg: list[int] = []
-        self._post: list[int] = []
-        self._parts: list[bytes] = []
+        self._pre: list[Event] = []
+        self._msg: list[tuple[int, bytes]] = []
+        self._post: list[Event] = []
         self._dlen = 0
 
     # ------------------------------------------------------------ set-up
@@ -91,44 +90,37 @@ class Loop:
             if self._paused_until is None:
                 self._sel.register(sock, _IN, sock)
 
+    def fileno(self) -> int:
+        return self._sel.fileno()
+
     # ------------------------------------------------------------ the turn
 
-    def _emit(self, kind: int, c: _Conn, off: int, n: int) -> None:
-        events = self._post if kind == EV_CLOSE and self._phase else self._pre
-        events += (kind, c.fd, c.id, off, n)
+    def _closed(self, c: _Conn, err: int) -> None:
+        (self._post if self._phase else self._pre).append(Closed(c.key, c.fd, err))
 
-    def _add(self, payload: bytes) -> int:
-        off = self._dlen
-        self._parts.append(payload)
-        self._dlen += len(payload)
-        return off
-
-    def poll(
-        self, timeout: float, sends: list[tuple[int, bytes]]
-    ) -> tuple[list[int], list[int], list[int], bytes]:
+    def poll(self, timeout: float, sends: Sends) -> Batch:
         with self._mu:
             self._pre, self._msg, self._post = [], [], []
-            self._parts, self._dlen, self._phase = [], 0, 0
+            self._dlen, self._phase = 0, 0
             self._queue_many(sends)
-            for fd, cid, err in self._pend:
-                c = self._conns.get(fd)
-                if c is not None and c.id == cid:
-                    self._pre += (EV_CLOSE, fd, cid, err, 0)
+            for ev in self._pend:
+                c = self._conns.get(ev.fd)
+                if c is not None and c.key == ev.key:
+                    self._pre.append(ev)
             self._pend = []
             self._flush_dirty(True)
             self._do_reap()
-            if self._paused_until is not None and time.monotonic() >= self._paused_until:
+            if self._paused_until is not None and _monotonic() >= self._paused_until:
                 self._resume_listeners()
-            wait: Optional[float] = None if timeout < 0 else timeout
+            timer = self._timer(self._expire_idle())
+            wait: Optional[float] = None if timeout < 0 else min(timeout, MAX_WAIT)
             if self._pre:
                 wait = 0
-            if self._paused_until is not None:
-                left = max(0.0, self._paused_until - time.monotonic())
-                wait = left if wait is None else min(wait, left)
-        try:
-            ready = self._sel.select(wait)
-        except InterruptedError:  # only on Pythons without PEP 475 for select
-            ready = []
+            elif timer >= 0:
+                wait = min(timer, MAX_WAIT) if wait is None else min(wait, timer)
+        # EINTR: select() runs the signal handlers and waits again (PEP 475); a handler
+        # that raises (stop() does not) ends the serve call here
+        ready = self._sel.select(wait)
         with self._mu:
             self._phase = 1
             for key, events in ready:
@@ -146,9 +138,9 @@ class Loop:
                     self._on_event(obj, events)
             pre, msg, post = self._pre, self._msg, self._post
             self._deferring = bool(pre or msg or post)
-            data = b"".join(self._parts)
-            self._pre, self._msg, self._post, self._parts = [], [], [], []
-            return pre, msg, post, data
+            self._pre, self._msg, self._post = [], [], []
+            idle_left = self._idle_left(_monotonic()) if self._idle else -1.0
+            return pre, msg, post, self._timer(idle_left)
 
     def _accept(self, lsock: socket.socket) -> None:
         for _ in range(ACCEPT_BURST):
@@ -161,6 +153,9 @@ class Loop:
                     self._pause_listeners()
                     return
                 continue  # that client is gone already
+            if self._max_conns and len(self._conns) >= self._max_conns:
+                sock.close()  # over max_connections: the client sees the end of the stream
+                continue
             sock.setblocking(False)
             if sock.family in _TCP:
                 try:
@@ -168,23 +163,64 @@ class Loop:
                 except OSError:
                     pass  # latency only
             self._next_id = self._next_id % 0xFFFFFFFF + 1
-            c = _Conn(sock, self._next_id)
+            c = _Conn(sock, self._next_id << 32 | sock.fileno())
             self._sel.register(sock, _IN, c)
             self._conns[c.fd] = c
-            payload = pack_sockaddr(sock.family, addr)
-            self._emit(EV_CONNECT, c, self._add(payload), len(payload))
+            self._touch(c)
+            self._pre.append(Connected(c.key, c.fd, addr))
 
     def _pause_listeners(self) -> None:
         if self._paused_until is None:
             for sock in self._listeners:
                 self._sel.unregister(sock)
-            self._paused_until = time.monotonic() + PAUSE
+            self._paused_until = _monotonic() + PAUSE
 
     def _resume_listeners(self) -> None:
         if self._paused_until is not None:
             for sock in self._listeners:
                 self._sel.register(sock, _IN, sock)
             self._paused_until = None
+
+    # ------------------------------------------------------------ timers
+
+    def _touch(self, c: _Conn) -> None:
+        if self._idle and not c.doomed:  # a doomed connection left the list for good
+            active = self._active
+            active[c.key] = _monotonic()
+            active.move_to_end(c.key)
+
+    def _idle_left(self, now: float) -> float:
+        """Seconds until the oldest connection is idle past the limit; -1.0 if none."""
+        for last in self._active.values():
+            return max(0.0, last + self._idle - now)
+        return -1.0
+
+    def _expire_idle(self) -> float:
+        """Close the connections idle past idle_timeout, oldest first (one with output still
+        queued is not idle: it starts a new period); return :meth:`_idle_left`."""
+        if not self._idle:
+            return -1.0
+        now = _monotonic()
+        active = self._active
+        while active:
+            key, last = next(iter(active.items()))
+            if now - last < self._idle:
+                break
+            c = self._conns[key & 0xFFFFFFFF]
+            if c.out:
+                self._touch(c)
+            else:
+                del active[key]
+                self._doom(c, errno.ETIMEDOUT, True)
+        return self._idle_left(now)
+
+    def _timer(self, idle_left: float) -> float:
+        if self._paused_until is None:
+            return idle_left
+        left = max(0.0, self._paused_until - _monotonic())
+        return left if idle_left < 0 else min(left, idle_left)
+
+    # ------------------------------------------------------------ input
 
     def _on_event(self, c: _Conn, events: int) -> None:
         if events & _OUT:
@@ -208,8 +244,10 @@ class Loop:
         if not chunk:
             self._doom(c, 0, True)
             return
+        self._touch(c)
+        self._dlen += len(chunk)
         if not self._framed:
-            self._msg += (c.fd, self._add(chunk), len(chunk))
+            self._msg.append((c.fd, chunk))
             return
         buf = c.inbuf
         if buf:
@@ -221,7 +259,7 @@ class Loop:
             data = bytes(buf)
         else:
             data = chunk
-        pos, end, base = 0, len(data), self._dlen
+        pos, end, fd, msg = 0, len(data), c.fd, self._msg
         while end - pos >= 4:
             (n,) = _HEADER.unpack_from(data, pos)
             if n > self._max:
@@ -229,10 +267,8 @@ class Loop:
                 return
             if end - pos - 4 < n:
                 break
-            self._msg += (c.fd, base + pos + 4, n)
+            msg.append((fd, data[pos + 4 : pos + 4 + n]))
             pos += 4 + n
-        if pos:
-            self._add(data[:pos])
         c.inbuf = bytearray(data[pos:]) if pos < end else bytearray()
 
     # ------------------------------------------------------------ output
@@ -249,6 +285,8 @@ class Loop:
         if c.paused and len(c.out) <= self._high // 2:
             c.paused = False
         c.want_out = bool(c.out)
+        if not c.out:
+            self._touch(c)
 
     def _conn_flush(self, c: _Conn, in_turn: bool) -> None:
         try:
@@ -291,10 +329,11 @@ class Loop:
             return
         c.doomed = True
         c.inbuf = bytearray()
+        self._active.pop(c.key, None)
         if in_turn:
-            self._emit(EV_CLOSE, c, err, 0)
+            self._closed(c, err)
         else:
-            self._pend.append((c.fd, c.id, err))
+            self._pend.append(Closed(c.key, c.fd, err))
         self._reap.append(c)
         self._update(c)
 
@@ -313,11 +352,12 @@ class Loop:
             self._sel.unregister(c.sock)
         c.mask = 0
         self._conns.pop(c.fd, None)
+        self._active.pop(c.key, None)
         c.sock.close()
 
     def _lookup(self, key: int) -> Optional[_Conn]:
         c = self._conns.get(key & 0xFFFFFFFF)
-        return c if c is not None and c.id == key >> 32 else None
+        return c if c is not None and c.key == key else None
 
     def _queue(self, c: _Conn, view: Any) -> None:
         n = len(view)
@@ -333,7 +373,7 @@ class Loop:
             c.paused = True  # back-pressure: stop reading until the peer takes its output
             self._update(c)
 
-    def _queue_many(self, sends: list[tuple[int, bytes]]) -> None:
+    def _queue_many(self, sends: Sends) -> None:
         for key, data in sends:
             c = self._lookup(key)
             if c is not None and not c.dead:
@@ -351,39 +391,22 @@ class Loop:
             if not self._deferring or (not c.want_out and len(c.out) >= self._high):
                 self._conn_flush(c, False)
 
-    def sendv(self, sends: list[tuple[int, bytes]]) -> None:
+    def sendv(self, sends: Sends) -> None:
         with self._mu:
             self._queue_many(sends)
-            if not self._deferring:
-                self._flush_dirty(False)
+            self._flush_dirty(False)
 
     def close_conn(self, key: int) -> None:
         with self._mu:
             c = self._lookup(key)
             if c is not None and not c.doomed:
                 self._doom(c, 0, False)
-                self.wake()
+                wake(self._wake_w)
 
     def pending(self, key: int) -> int:
         with self._mu:
             c = self._lookup(key)
             return len(c.out) if c is not None else 0
-
-    def flush(self) -> None:
-        with self._mu:
-            self._flush_dirty(False)
-
-    def wakeup_fd(self) -> int:
-        return self._wake_w
-
-    def wake(self) -> None:
-        try:
-            os.write(self._wake_w, b"\0")
-        except OSError:
-            pass  # the pipe is full: the loop is being woken anyway
-
-    def count(self) -> int:
-        return len(self._conns)
 
     def close(self) -> None:
         with self._mu:
@@ -393,13 +416,9 @@ class Loop:
                 sock.detach()
             self._listeners = []
             self._sel.close()
-            # the wake-up pipe stays open until this object goes (__del__): a late wake()
-            # must not write to an fd that was closed and reused
 
-    def __del__(self) -> None:
-        for fd in (getattr(self, "_wake_r", -1), getattr(self, "_wake_w", -1)):
-            if fd >= 0:
-                os.close(fd)
+
+_check: type[LoopProtocol] = Loop
 
 
 class Client:

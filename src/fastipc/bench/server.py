@@ -19,19 +19,28 @@ uvloop Protocol writing back whatever it reads with no framing at all (the least
 Python server can do), and ``bench/c/echo_server.c``, a plain-C epoll echo server: the
 limit. The CPU
 µs/request rows come from the same trials as the same-core requests/s rows.
+
+Awaited streams (the peers of the async shared-memory channel): asyncio and uvloop *streams*
+(``StreamReader``/``StreamWriter``) over a Unix socketpair between two processes pinned to
+two cores, 64-byte messages in 4-byte length frames. "64 B ping-pong, awaited": the client
+writes a message and awaits the echo, µs per round trip. "64 B stream, awaited": the other
+process writes messages as fast as its loop lets it, the client awaits each one, msg/s.
 """
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import os
+import socket
 import subprocess
 import sys
 import tempfile
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from fastipc.bench import Case, c_program, cores, optional
+from fastipc.bench import Case, c_program, cores, now, optional, pinned
 
 IMPLS = [
     "fastipc native",
@@ -310,6 +319,102 @@ def _load(
     return rate, cpu
 
 
+# ---------------------------------------------------------------------------- awaited streams
+
+PAYLOAD = b"x" * 64
+FRAME = len(PAYLOAD).to_bytes(4, "big") + PAYLOAD
+
+
+def _event_loop(kind: str) -> asyncio.AbstractEventLoop:
+    if kind == "uvloop":
+        return optional("uvloop").new_event_loop()  # type: ignore[no-any-return]
+    return asyncio.new_event_loop()
+
+
+def _on_loop(kind: str, sock: socket.socket,
+             body: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Any]) -> Any:
+    """Run ``body(reader, writer)`` on a fresh loop of that kind over ``sock``."""
+    async def main() -> Any:
+        reader, writer = await asyncio.open_unix_connection(sock=sock)
+        try:
+            return await body(reader, writer)
+        finally:
+            writer.close()
+            await writer.wait_closed()  # what is still buffered goes out first
+
+    loop = _event_loop(kind)
+    try:
+        return loop.run_until_complete(main())
+    finally:
+        loop.close()
+
+
+async def _recv(reader: asyncio.StreamReader) -> bytes:
+    header = await reader.readexactly(4)
+    return await reader.readexactly(int.from_bytes(header, "big"))
+
+
+async def _echo(n: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    for _ in range(n):
+        data = await _recv(reader)
+        writer.write(len(data).to_bytes(4, "big") + data)
+
+
+async def _pings(n: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> float:
+    t0 = now()
+    for _ in range(n):
+        writer.write(FRAME)
+        await _recv(reader)
+    return (now() - t0) / n * 1e6
+
+
+async def _flood(n: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await reader.readexactly(2)  # "go"
+    for i in range(n):
+        writer.write(FRAME)
+        if i % 256 == 255:
+            await writer.drain()
+    await writer.drain()
+
+
+async def _take(n: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> float:
+    t0 = now()
+    writer.write(b"go")
+    for _ in range(n):
+        if len(await _recv(reader)) != len(PAYLOAD):
+            raise AssertionError("short message")
+    return n / (now() - t0)
+
+
+def _awaited(kind: str, child: Callable[..., Any], parent: Callable[..., Any], n: int) -> float:
+    """One trial: ``child`` in a forked process on one core, ``parent`` here on the other,
+    each on its own event loop of ``kind`` over one Unix socketpair."""
+    _event_loop(kind).close()  # Missing before forking when uvloop is not installed
+    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+
+    def run_child() -> None:
+        mine.close()
+        _on_loop(kind, theirs, partial(child, n))
+
+    with pinned(run_child):
+        theirs.close()
+        result: float = _on_loop(kind, mine, partial(parent, n))
+    return result
+
+
+def _awaited_cases(quick: bool) -> list[Case]:
+    n_pp = 2_000 if quick else 10_000
+    n_stream = 100_000 if quick else 500_000
+    out = []
+    for kind in ("asyncio", "uvloop"):
+        impl = f"{kind} streams, Unix socket"
+        out.append(Case("server", "64 B ping-pong, awaited", impl, "us",
+                        partial(_awaited, kind, _echo, _pings, n_pp)))
+        out.append(Case("server", "64 B stream, awaited", impl, "msg/s",
+                        partial(_awaited, kind, _flood, _take, n_stream)))
+    return out
+
+
 def cases(quick: bool) -> list[Case]:
     seconds = 0.5 if quick else 1.0
     cpu_trials: dict[tuple[str, str], list[float]] = {}
@@ -349,4 +454,4 @@ def cases(quick: bool) -> list[Case]:
             if name == "50c same core":
                 for impl in impls:
                     result.append(cpu_case(f"{workload} CPU", impl, transport))
-    return result
+    return result + _awaited_cases(quick)

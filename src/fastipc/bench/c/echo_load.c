@@ -47,10 +47,7 @@ static double cpu_seconds(int pid)
 int main(int argc, char **argv)
 {
     if (argc < 8) { fprintf(stderr, "usage: echo_load CPU _ tcp PORT|unix PATH CONNS SECONDS PID\n"); return 2; }
-    cpu_set_t set;
-    CPU_ZERO(&set);
-    CPU_SET(atoi(argv[1]), &set);
-    if (sched_setaffinity(0, sizeof set, &set) < 0) die("sched_setaffinity");
+    pin(atoi(argv[1]));
     int tcp = strcmp(argv[3], "tcp") == 0;
     int nconn = atoi(argv[5]);
     double seconds = atof(argv[6]);

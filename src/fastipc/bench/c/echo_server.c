@@ -36,10 +36,7 @@ static void on_signal(int sig) { (void)sig; stop = 1; }
 int main(int argc, char **argv)
 {
     if (argc < 5) { fprintf(stderr, "usage: echo_server CPU _ tcp HOST | unix PATH\n"); return 2; }
-    cpu_set_t set;
-    CPU_ZERO(&set);
-    CPU_SET(atoi(argv[1]), &set);
-    if (sched_setaffinity(0, sizeof set, &set) < 0) die("sched_setaffinity");
+    pin(atoi(argv[1]));
     struct sigaction sa = {.sa_handler = on_signal};
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
