@@ -125,8 +125,8 @@ def test_fileno_and_flags(backend: str) -> None:
     with r, w:
         for end in (r, w):
             assert not os.get_inheritable(end.fileno())
-        assert os.get_blocking(r.fileno())  # a blocking read is the cheapest wait
-        assert not os.get_blocking(w.fileno())  # writes wait in ppoll, with their deadline
+        for end in (r, w):  # every wait is a poll that close() can end (a wake-up fd)
+            assert not os.get_blocking(end.fileno())
         assert r.backend == backend and w.backend == backend
 
 
@@ -396,7 +396,7 @@ for i in range(100):
     w.send(b"msg %d" % i)
 w.close()
 """
-    with pipe.FIFO(path, backend=receiver) as fifo:
+    with pipe.FIFO(path, create=True, backend=receiver) as fifo:
         assert path.is_fifo() and oct(path.stat().st_mode & 0o777) == oct(0o600 & ~_umask())
         proc = start_python(code, str(path), sender)
         with fifo.open_reader(timeout=20) as r:
@@ -415,7 +415,7 @@ def _umask() -> int:
 
 
 def test_fifo_open_timeouts_leave_nothing_behind(backend: str, tmp_path: Path) -> None:
-    fifo = pipe.FIFO(tmp_path / "f", backend=backend)
+    fifo = pipe.FIFO(tmp_path / "f", create=True, backend=backend)
     t0 = time.monotonic()
     with pytest.raises(TimeoutError):
         fifo.open_writer(timeout=0.1)
@@ -430,7 +430,7 @@ def test_fifo_open_timeouts_leave_nothing_behind(backend: str, tmp_path: Path) -
 
 
 def test_fifo_reader_waits_for_writer(backend: str, tmp_path: Path) -> None:
-    fifo = pipe.FIFO(tmp_path / "f", backend=backend)
+    fifo = pipe.FIFO(tmp_path / "f", create=True, backend=backend)
     got: list[pipe.PipeReader] = []
     t = threading.Thread(target=lambda: got.append(fifo.open_reader(timeout=5)))
     t.start()
@@ -450,7 +450,7 @@ def test_fifo_create_and_attach_errors(backend: str, tmp_path: Path) -> None:
     path = tmp_path / "f"
     with pytest.raises(FileNotFoundError):
         pipe.FIFO(path, create=False, backend=backend)
-    f = pipe.FIFO(str(path), backend=backend)
+    f = pipe.FIFO(str(path), create=True, backend=backend)
     with pytest.raises(FileExistsError):
         pipe.FIFO(path, create=True, backend=backend)
     regular = tmp_path / "regular"
