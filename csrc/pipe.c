@@ -56,6 +56,7 @@ fipc_pipe *fipc_pipe_new(int fd, int flags, int guard)
     p->fd = fd;
     p->flags = flags;
     p->guard = guard;
+    p->fds_open = 1;
     p->wake = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (p->wake < 0) {
         free(p);
@@ -74,22 +75,71 @@ fipc_pipe *fipc_pipe_new(int fd, int flags, int guard)
     return p;
 }
 
-void fipc_pipe_free(fipc_pipe *p)
+/* ---- the life cycle: calls counted in C, fds closed by whoever is last ---- */
+
+static void close_fds(fipc_pipe *p)
 {
-    if (p) {
+    if (__atomic_exchange_n(&p->fds_open, 0, __ATOMIC_SEQ_CST)) {
+        close(p->fd);
         close(p->wake);
-        free(p->data);
-        free(p);
     }
 }
+
+/* Enter a call: 0 if the object is closed (the call must not touch the fds). A closer sets
+ * `closed` before it reads `busy`, a caller counts itself in `busy` before it reads `closed`:
+ * one of the two sees the other (sequentially consistent). */
+static int enter(fipc_pipe *p)
+{
+    __atomic_add_fetch(&p->busy, 1, __ATOMIC_SEQ_CST);
+    if (!__atomic_load_n(&p->closed, __ATOMIC_SEQ_CST))
+        return 1;
+    if (__atomic_sub_fetch(&p->busy, 1, __ATOMIC_SEQ_CST) == 0)
+        close_fds(p);
+    return 0;
+}
+
+static int64_t leave(fipc_pipe *p, int64_t rc)
+{
+    if (__atomic_sub_fetch(&p->busy, 1, __ATOMIC_SEQ_CST) == 0 &&
+        __atomic_load_n(&p->closed, __ATOMIC_SEQ_CST))
+        close_fds(p);
+    return rc;
+}
+
+/* The body of every public call: counted, and -ECANCELED on a closed object. */
+#define COUNTED(p, call) (enter(p) ? leave(p, (call)) : -ECANCELED)
 
 int fipc_pipe_wake(fipc_pipe *p)
 {
     uint64_t one = 1;
+    if (!enter(p))
+        return 0; /* closed: every call returns at once anyway */
     /* EAGAIN only once the counter is near 2^64: it is readable then anyway */
-    if (write(p->wake, &one, sizeof one) < 0 && errno != EAGAIN)
-        return -errno;
-    return 0;
+    int rc = write(p->wake, &one, sizeof one) < 0 && errno != EAGAIN ? -errno : 0;
+    return (int)leave(p, rc);
+}
+
+void fipc_pipe_close(fipc_pipe *p)
+{
+    if (__atomic_exchange_n(&p->closed, 1, __ATOMIC_SEQ_CST))
+        return;
+    if (__atomic_load_n(&p->busy, __ATOMIC_SEQ_CST) == 0) {
+        close_fds(p);
+        return;
+    }
+    uint64_t one = 1;
+    /* a call still runs, so the eventfd is open until it leaves; EAGAIN: readable anyway */
+    ssize_t rc = write(p->wake, &one, sizeof one);
+    (void)rc;
+}
+
+void fipc_pipe_free(fipc_pipe *p)
+{
+    if (p) {
+        fipc_pipe_close(p);
+        free(p->data);
+        free(p);
+    }
 }
 
 /* Wait until the fd is ready for `events`, the deadline passes (-ETIMEDOUT) or the object is
@@ -160,8 +210,8 @@ static void guard_leave(sigpipe_guard *g, int got_epipe)
 /* Write iov[0..cnt) (cnt <= 2) completely, skipping the first `offset` bytes: the one
  * write loop of common.c, asked never to wait itself (timeout 0), so that every wait here
  * also watches the wake-up eventfd. */
-static int64_t write_iov(fipc_pipe *p, struct iovec *iov, int cnt, size_t offset,
-                         double timeout)
+static int64_t write_iov_counted(fipc_pipe *p, struct iovec *iov, int cnt, size_t offset,
+                                 double timeout)
 {
     struct iovec orig[2];
     memcpy(orig, iov, (size_t)cnt * sizeof *iov);
@@ -181,6 +231,12 @@ static int64_t write_iov(fipc_pipe *p, struct iovec *iov, int cnt, size_t offset
     }
     guard_leave(&g, rc == -EPIPE);
     return rc;
+}
+
+static int64_t write_iov(fipc_pipe *p, struct iovec *iov, int cnt, size_t offset,
+                         double timeout)
+{
+    return COUNTED(p, write_iov_counted(p, iov, cnt, offset, timeout));
 }
 
 int64_t fipc_pipe_write(fipc_pipe *p, const char *buf, size_t len, size_t offset,
@@ -309,7 +365,7 @@ static ssize_t rbuf_fill(fipc_pipe *p, double timeout, int64_t *deadline)
     return n;
 }
 
-int64_t fipc_pipe_recv(fipc_pipe *p, uint32_t max_size, double timeout, char **msg)
+static int64_t recv_frame(fipc_pipe *p, uint32_t max_size, double timeout, char **msg)
 {
     if (!p->data)
         return -EBADF;
@@ -351,11 +407,16 @@ int64_t fipc_pipe_recv(fipc_pipe *p, uint32_t max_size, double timeout, char **m
     }
 }
 
-int64_t fipc_pipe_recv_many(fipc_pipe *p, uint32_t max_size, double timeout, uint32_t *spans,
-                            size_t max_count)
+int64_t fipc_pipe_recv(fipc_pipe *p, uint32_t max_size, double timeout, char **msg)
+{
+    return COUNTED(p, recv_frame(p, max_size, timeout, msg));
+}
+
+static int64_t recv_frames(fipc_pipe *p, uint32_t max_size, double timeout, uint32_t *spans,
+                           size_t max_count)
 {
     char *msg;
-    int64_t len = fipc_pipe_recv(p, max_size, timeout, &msg);
+    int64_t len = recv_frame(p, max_size, timeout, &msg);
     if (len < 0 || max_count == 0 || msg == NULL)
         return len < 0 ? len : 0;
     spans[0] = (uint32_t)(msg - p->data);
@@ -375,7 +436,13 @@ int64_t fipc_pipe_recv_many(fipc_pipe *p, uint32_t max_size, double timeout, uin
     return (int64_t)count;
 }
 
-int64_t fipc_pipe_recv_into(fipc_pipe *p, char *out, size_t n, double timeout)
+int64_t fipc_pipe_recv_many(fipc_pipe *p, uint32_t max_size, double timeout, uint32_t *spans,
+                            size_t max_count)
+{
+    return COUNTED(p, recv_frames(p, max_size, timeout, spans, max_count));
+}
+
+static int64_t recv_large(fipc_pipe *p, char *out, size_t n, double timeout)
 {
     if (!p->data || p->large == 0 || n != p->large || p->got > n)
         return -EINVAL;
@@ -402,7 +469,12 @@ int64_t fipc_pipe_recv_into(fipc_pipe *p, char *out, size_t n, double timeout)
     return (int64_t)n;
 }
 
-int64_t fipc_pipe_read(fipc_pipe *p, size_t n, double timeout, char **data)
+int64_t fipc_pipe_recv_into(fipc_pipe *p, char *out, size_t n, double timeout)
+{
+    return COUNTED(p, recv_large(p, out, n, timeout));
+}
+
+static int64_t read_some(fipc_pipe *p, size_t n, double timeout, char **data)
 {
     if (!p->data)
         return -EBADF;
@@ -417,6 +489,11 @@ int64_t fipc_pipe_read(fipc_pipe *p, size_t n, double timeout, char **data)
     *data = p->data + p->start;
     p->start += take;
     return (int64_t)take;
+}
+
+int64_t fipc_pipe_read(fipc_pipe *p, size_t n, double timeout, char **data)
+{
+    return COUNTED(p, read_some(p, n, timeout, data));
 }
 
 /* Does a FIFO opened for reading have a writer? tee() on an empty pipe answers without

@@ -7,9 +7,13 @@
  * Every wait polls the fd together with the object's eventfd `wake`: fipc_pipe_wake() makes
  * every call blocked on the object return -ECANCELED at once, so that closing it from another
  * thread never waits for the peer. The fd must be non-blocking; a call that can proceed
- * without waiting is one system call (the read or write itself, no poll first). The caller
- * owns the fd; the object must not be freed while a call on it is running (the Python side
- * keeps a busy count).
+ * without waiting is one system call (the read or write itself, no poll first).
+ *
+ * The object owns the fd and counts the calls running on it (`busy`), so that Python's
+ * hottest calls need no busy count of their own: fipc_pipe_close() wakes them and closes the
+ * fds at once if none runs, else the last one to leave closes them; a call made after it
+ * returns -ECANCELED without touching them. The memory is freed by fipc_pipe_free(), which
+ * Python calls only once nothing can call in any more (the object is garbage).
  */
 #ifndef FASTIPC_PIPE_H
 #define FASTIPC_PIPE_H
@@ -36,17 +40,22 @@ typedef struct fipc_pipe {
     uint32_t large;     /* a frame too large for the buffer whose header was consumed: its
                            length, until fipc_pipe_recv_into has delivered it (else 0) */
     size_t got;         /* bytes of that frame delivered so far */
+    int32_t busy;       /* calls running (atomic) */
+    int32_t closed;     /* set by fipc_pipe_close (atomic) */
+    int32_t fds_open;   /* 1 until the fds are closed, by exactly one thread (atomic) */
 } fipc_pipe;
 
 int fipc_pipe_open(int fds[2], int size);
 int fipc_pipe_set_size(int fd, int size);
 int fipc_pipe_get_size(int fd);
-/* A stream object over fd (NULL and errno on failure); free it with fipc_pipe_free, which
- * closes the eventfd but not fd. */
+/* A stream object owning fd (NULL and errno on failure: fd stays the caller's). */
 fipc_pipe *fipc_pipe_new(int fd, int flags, int guard);
-void fipc_pipe_free(fipc_pipe *p);
 /* Make every call blocked on p, now or later, return -ECANCELED. Safe from any thread. */
 int fipc_pipe_wake(fipc_pipe *p);
+/* Wake every call and close the fds now, or when the last running call leaves. */
+void fipc_pipe_close(fipc_pipe *p);
+/* Close (if not yet) and free the memory; no call may run or follow. */
+void fipc_pipe_free(fipc_pipe *p);
 /* Write all of buf (write) or one frame (send), starting at byte `offset` of what is to be
  * written, so that a call interrupted by EINTR resumes where it stopped; progress is kept in
  * p->written in every case. Returns the bytes written in all, or -errno / -ETIMEDOUT. */

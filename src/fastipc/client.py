@@ -24,8 +24,9 @@ from fastipc._address import (
     tcp_address,
     unix_path,
 )
-from fastipc._core import Deadline, check_int, check_timeout, uses_handle
-from fastipc.pipe import StreamEnd, _impl, tearing, uses_handle_async
+from fastipc._backend.pipe import Stream
+from fastipc._core import Deadline, check_int, check_timeout
+from fastipc.pipe import StreamEnd, _impl, uses_handle_async
 
 __all__ = ["AsyncClient", "Client", "connect", "connect_async"]
 
@@ -61,11 +62,11 @@ class _ClientEnd(StreamEnd):
     def _describe(self) -> str:
         return f"fd={self._fd} {self._address!r}"
 
-    def _writer(self) -> Callable[[Any, float, int], Any]:
-        return self._stream.send if self._tears else self._stream.write
+    def _writer(self, ops: Stream) -> Callable[[Any, float, int], Any]:
+        return ops.send if self._tears else ops.write
 
-    def _reader(self) -> Callable[[float], bytes]:
-        return self._stream.recv if self._tears else partial(self._stream.read, 65536)
+    def _reader(self, ops: Stream) -> Callable[[float], bytes]:
+        return ops.recv if self._tears else partial(ops.read, 65536)
 
 
 class Client(_ClientEnd):
@@ -77,21 +78,24 @@ class Client(_ClientEnd):
     ValueError.
     """
 
-    @tearing
-    @uses_handle
     def send(self, data: Any, timeout: Optional[float] = None) -> None:
         """Send ``data`` (bytes-like) whole; TimeoutError if the server does not take it
         within ``timeout`` seconds, BrokenPipeError / ConnectionResetError once it is gone.
         A framed message cut short would desynchronise the stream, so the client then
         closes itself."""
-        self._writer()(data, check_timeout(timeout), 0)
+        send = self._writer(self._ops)
+        try:
+            send(data, check_timeout(timeout), 0)
+        except OSError as exc:
+            self._torn(exc)
+            raise
 
-    @uses_handle
     def recv(self, timeout: Optional[float] = None) -> bytes:
         """The next message (length framing; EOFError at the end, OSError(EMSGSIZE) for a
         frame over ``max_message_size``), or the bytes that arrived (raw framing; ``b""``
         at the end)."""
-        return self._reader()(check_timeout(timeout))
+        recv = self._reader(self._ops)
+        return recv(check_timeout(timeout))
 
 
 class AsyncClient(_ClientEnd):
@@ -104,12 +108,12 @@ class AsyncClient(_ClientEnd):
     @uses_handle_async
     async def send(self, data: Any, timeout: Optional[float] = None) -> None:
         """Send ``data`` whole (awaitable)."""
-        await self._send_async(self._writer(), data, timeout)
+        await self._send_async(self._writer(self._stream), data, timeout)
 
     @uses_handle_async
     async def recv(self, timeout: Optional[float] = None) -> bytes:
         """The next message, or the raw bytes that arrived (awaitable)."""
-        return await self._recv_async(self._reader(), timeout)
+        return await self._recv_async(self._reader(self._stream), timeout)
 
 
 def _checked(framing: str, timeout: Optional[float], max_message_size: int,

@@ -18,6 +18,7 @@ import functools
 import os
 import stat
 import threading
+import weakref
 from collections.abc import Awaitable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar, Union, cast
 
@@ -96,27 +97,6 @@ def uses_handle_async(
     return call
 
 
-def tearing(method: Callable[..., _R]) -> Callable[..., _R]:
-    """Decorate a framed write, outside :func:`~fastipc._core.uses_handle`: a frame cut short
-    (an error after part of it went) would desynchronise the stream, so the object then
-    closes itself (unless its ``_tears`` is False: raw bytes have no frames to tear): the
-    peer sees the end of the stream, never half a message. A length over
-    the 4-byte prefix is a ValueError."""
-
-    @functools.wraps(method)
-    def call(self: _core.Handle, *args: Any, **kwargs: Any) -> _R:
-        try:
-            return method(self, *args, **kwargs)
-        except OSError as exc:
-            if getattr(exc, "characters_written", 0) and getattr(self, "_tears", True):
-                self.close()
-            raise
-        except OverflowError:
-            raise ValueError(f"a message is limited to {MAX_FRAME} bytes") from None
-
-    return call
-
-
 def _done(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)
@@ -180,21 +160,33 @@ class Awaiter(_core.Handle):
 
 class StreamEnd(Awaiter):
     """What every stream end shares (pipe ends here, socket clients in fastipc.client): the
-    fd, the backend stream over it and its life cycle. The fd is made non-blocking: every
-    wait is a poll that also watches the stream's wake-up fd, so that ``close()`` from
-    another thread ends it."""
+    fd, the backend stream that owns it, and its life cycle. The fd is made non-blocking:
+    every wait is a poll that also watches the stream's wake-up fd, so that ``close()`` from
+    another thread ends it.
+
+    The blocking operations call ``self._ops``: the native stream itself, which counts its
+    calls in C (one C call per operation: the Python busy count would cost more than the
+    call), or, for the pure one, :class:`_Counted`, which counts them on this Handle."""
 
     _what = "stream"
+    _tears = True  # a framed write cut short closes the object (see _torn)
     _stream: Stream
+    _ops: Stream
     _tail: Optional[asyncio.Future[None]] = None  # the rest of a frame a cancelled send owes
 
     def _open_stream(self, fd: int, impl: Module, backend: str, *, reading: bool,
                      sock: bool = False,
                      max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
         os.set_blocking(fd, False)
-        self._stream = impl.stream(fd, reading=reading, sock=sock,
-                                   max_message_size=max_message_size)
+        self._stream = stream = impl.stream(fd, reading=reading, sock=sock,
+                                            max_message_size=max_message_size, what=self._what)
+        self._ops = stream if stream.counts_calls else _Counted(self, stream)
         self._open_handle(backend, fd)
+
+    def close(self) -> None:
+        """Close the object; calls blocked in other threads end with ValueError. Idempotent."""
+        self._ops = cast(Stream, _ClosedOps(self._what))
+        super().close()
 
     def _wake(self) -> None:
         self._stream.wake()
@@ -202,7 +194,13 @@ class StreamEnd(Awaiter):
 
     def _free(self) -> None:
         self._stream.free()
-        os.close(self._fd)
+
+    def _torn(self, exc: OSError) -> None:
+        """After a framed write failed: if part of the frame went, the stream is out of
+        step, so the object closes itself: the peer sees the end of the stream, never half
+        a message."""
+        if getattr(exc, "characters_written", 0) and self._tears:
+            self.close()
 
     async def _send_async(self, call: Callable[[Any, float, int], Any], data: Any,
                           timeout: Optional[float]) -> None:
@@ -218,8 +216,6 @@ class StreamEnd(Awaiter):
                 return
             except TimeoutError as exc:
                 offset = getattr(exc, "characters_written", 0)
-            except OverflowError:
-                raise ValueError(f"a message is limited to {MAX_FRAME} bytes") from None
             if offset:
                 break
             if deadline.expired():
@@ -237,7 +233,8 @@ class StreamEnd(Awaiter):
         try:
             await self._finish_frame(call, data, offset, deadline)
         except BaseException:
-            self.close()  # part of a frame went: the peer must see the end, not a torn frame
+            if self._tears:  # part of a frame went: the peer must see the end, not half
+                self.close()
             raise
         finally:
             self._tail = None
@@ -268,6 +265,68 @@ class StreamEnd(Awaiter):
             await self._ready("r", deadline)
 
 
+@uses_handle
+def _counted(end: StreamEnd, op: Callable[..., _R], *args: Any) -> _R:
+    return op(*args)
+
+
+class _Counted:
+    """The operations of a stream that does not count its calls (the pure one), each
+    counted busy on its Handle: its fd is closed only once the last call has left."""
+
+    __slots__ = ("_end", "_stream", "counts_calls")
+
+    def __init__(self, end: StreamEnd, stream: Stream) -> None:
+        self._end = weakref.proxy(end)  # no cycle: a forgotten object still closes at once
+        self._stream = stream
+        self.counts_calls = True
+
+    @property
+    def max_message_size(self) -> int:
+        return self._stream.max_message_size
+
+    @max_message_size.setter
+    def max_message_size(self, value: int) -> None:
+        self._stream.max_message_size = value
+
+    def write(self, data: Any, timeout: float, offset: int = 0) -> int:
+        return _counted(self._end, self._stream.write, data, timeout, offset)
+
+    def send(self, data: Any, timeout: float, offset: int = 0) -> None:
+        _counted(self._end, self._stream.send, data, timeout, offset)
+
+    def send_many(self, messages: list[Any], timeout: float) -> None:
+        _counted(self._end, self._stream.send_many, messages, timeout)
+
+    def read(self, n: int, timeout: float) -> bytes:
+        return _counted(self._end, self._stream.read, n, timeout)
+
+    def recv(self, timeout: float) -> bytes:
+        return _counted(self._end, self._stream.recv, timeout)
+
+    def recv_many(self, max_messages: int, timeout: float) -> list[bytes]:
+        return _counted(self._end, self._stream.recv_many, max_messages, timeout)
+
+    def wake(self) -> None:
+        self._stream.wake()
+
+    def free(self) -> None:
+        self._stream.free()
+
+
+class _ClosedOps:
+    """What ``_ops`` is once the object is closed: every operation is ValueError (raised
+    as the operation is looked up, before its arguments are)."""
+
+    __slots__ = ("_what",)
+
+    def __init__(self, what: str) -> None:
+        self._what = what
+
+    def __getattr__(self, name: str) -> Any:
+        raise closed_error(self._what)
+
+
 class PipeWriter(StreamEnd):
     """The write end of a pipe or FIFO. Takes ownership of ``fd``."""
 
@@ -286,17 +345,14 @@ class PipeWriter(StreamEnd):
     def pipe_size(self, size: int) -> None:
         _set_size(_impl(self._backend), self.fileno(), check_int(size, "size", 1, 2**31 - 1))
 
-    @uses_handle
     def write(self, data: Any, timeout: Optional[float] = None) -> int:
         """Write all of ``data`` (raw bytes, no framing) and return its length.
 
         TimeoutError if the pipe stays full for ``timeout`` seconds; its
         ``characters_written`` says how much went. BrokenPipeError if no reader is left.
         """
-        return self._stream.write(data, check_timeout(timeout), 0)
+        return self._ops.write(data, check_timeout(timeout), 0)
 
-    @tearing
-    @uses_handle
     def send(self, data: Any, timeout: Optional[float] = None) -> None:
         """Send ``data`` as one message: a 4-byte big-endian length, then the bytes.
 
@@ -304,20 +360,27 @@ class PipeWriter(StreamEnd):
         would desynchronise the stream, so the writer then closes itself: the reader sees the
         end of the stream, never half a message.
         """
-        self._stream.send(data, -1.0 if timeout is None else check_timeout(timeout))
+        try:
+            self._ops.send(data, -1.0 if timeout is None else check_timeout(timeout))
+        except OSError as exc:
+            self._torn(exc)
+            raise
 
-    @tearing
-    @uses_handle
     def send_many(self, messages: Iterable[Any], timeout: Optional[float] = None) -> None:
         """Send each of ``messages`` as one message, all in one write (or as few as the pipe
         allows): far cheaper per message than ``send`` for a stream of small ones. Timeouts
         and errors as for :meth:`send`; the receiver may take them with ``recv`` or
         ``recv_many``."""
+        ops = self._ops
         if isinstance(messages, (bytes, bytearray, memoryview, str)):
             raise TypeError("send_many takes an iterable of messages, not one message")
         batch = list(messages)
         if batch:
-            self._stream.send_many(batch, check_timeout(timeout))
+            try:
+                ops.send_many(batch, check_timeout(timeout))
+            except OSError as exc:
+                self._torn(exc)
+                raise
 
     @uses_handle_async
     async def send_async(self, data: Any, timeout: Optional[float] = None) -> None:
@@ -360,28 +423,25 @@ class PipeReader(StreamEnd):
         self._check_open()
         self._stream.max_message_size = check_int(value, "max_message_size", 0, MAX_FRAME)
 
-    @uses_handle
     def read(self, n: int = 65536, timeout: Optional[float] = None) -> bytes:
         """Up to ``n`` raw bytes, as soon as any are there; ``b""`` at end of stream."""
+        read = self._ops.read
         n = check_int(n, "n", 0, 2**31 - 1)
         t = check_timeout(timeout)
-        if n == 0:
-            return b""
-        return self._stream.read(n, t)
+        return read(n, t) if n else b""
 
-    @uses_handle
     def recv(self, timeout: Optional[float] = None) -> bytes:
         """The next whole message. EOFError at end of stream; a message cut short by the
         writer's end is dropped, never returned. OSError(EMSGSIZE) for a frame announcing more
         than ``max_message_size`` bytes."""
-        return self._stream.recv(-1.0 if timeout is None else check_timeout(timeout))
+        return self._ops.recv(-1.0 if timeout is None else check_timeout(timeout))
 
-    @uses_handle
     def recv_many(self, max_messages: int = 1024, timeout: Optional[float] = None) -> list[bytes]:
         """Wait like :meth:`recv` for the next message, then take every further whole message
         already read ahead, up to ``max_messages`` in all, without waiting again."""
+        recv_many = self._ops.recv_many
         n = check_int(max_messages, "max_messages", 1, 2**31 - 1)
-        return self._stream.recv_many(n, -1.0 if timeout is None else check_timeout(timeout))
+        return recv_many(n, check_timeout(timeout))
 
     @uses_handle_async
     async def recv_async(self, timeout: Optional[float] = None) -> bytes:

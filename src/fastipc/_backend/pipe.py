@@ -6,8 +6,8 @@ with raw and framed I/O. ``fastipc._native.pipe`` (C, ``csrc/pipe.c``) and
 Timeouts are validated already, in the convention of :func:`fastipc._core.check_timeout`
 (``-1.0`` forever, ``0.0`` try once, ``> 0`` seconds). Errors are raised as exceptions:
 ``TimeoutError`` (with ``characters_written`` for writes), ``EOFError``, ``BrokenPipeError``,
-``OSError(ECANCELED)`` once :meth:`Stream.wake` was called (the public class turns that into
-``ValueError``). EINTR is retried with the time left after the signal handlers ran.
+``ValueError`` (naming the object) once :meth:`Stream.wake` or :meth:`Stream.free` was
+called. EINTR is retried with the time left after the signal handlers ran.
 """
 
 from __future__ import annotations
@@ -16,10 +16,17 @@ from typing import Any, Protocol
 
 
 class Stream(Protocol):
-    """One end of a byte stream. Owns no fd: the public class closes it after :meth:`free`.
-    Reading operations need ``reading=True`` at construction (the read-ahead buffer)."""
+    """One end of a byte stream; it owns the fd. Reading operations need ``reading=True``
+    at construction (the read-ahead buffer).
+
+    ``counts_calls``: True if the stream counts the calls running on it itself (the native
+    one, in C), so that :meth:`free` may be called while they run (it wakes them and the fd
+    is closed when the last leaves; later calls raise ValueError): the caller then needs no
+    busy count of its own. False: the caller must call :meth:`free` only once no call runs
+    (the pure one; :class:`fastipc._core.Handle` sees to it)."""
 
     max_message_size: int
+    counts_calls: bool
 
     def write(self, data: Any, timeout: float, offset: int = 0) -> int:
         """All of ``data`` from byte ``offset`` on, raw; returns its length."""
@@ -46,7 +53,7 @@ class Stream(Protocol):
         from any thread. Later waits return at once too."""
 
     def free(self) -> None:
-        """Release the object's own resources (not the fd); no call may be running."""
+        """Close the fd and release the object's resources (see ``counts_calls``)."""
 
 
 class Module(Protocol):
@@ -64,5 +71,7 @@ class Module(Protocol):
     def writer_present(self, fd: int) -> bool:
         """Whether the FIFO opened for reading as ``fd`` has a writer (or data waiting)."""
 
-    def stream(self, fd: int, *, reading: bool, sock: bool, max_message_size: int) -> Stream:
-        """A :class:`Stream` over the non-blocking ``fd``."""
+    def stream(self, fd: int, *, reading: bool, sock: bool, max_message_size: int,
+               what: str) -> Stream:
+        """A :class:`Stream` owning the non-blocking ``fd`` (not on failure); ``what``
+        names the object in the ValueError of a closed one."""

@@ -8,7 +8,7 @@ import time
 from typing import Any, Callable, Optional
 
 from fastipc._backend.pipe import Stream
-from fastipc._core import Deadline, check, ffi, lib, retry
+from fastipc._core import Deadline, check, closed_error, ffi, lib, retry
 
 __all__ = ["NativeStream", "as_buffer", "get_size", "open_pipe", "set_size", "stream",
            "writer_present"]
@@ -62,76 +62,80 @@ def as_buffer(data: Any) -> tuple[Any, int]:
     return buf, len(buf)
 
 
-def _start(timeout: float) -> Optional[float]:
-    """When a call with a time limit began: its slow path makes a Deadline from it."""
-    return _monotonic() if timeout > 0 else None
-
-
 class NativeStream:
-    """A ``fipc_pipe``: the fd, its wake-up eventfd, the write progress and the read-ahead."""
+    """A ``fipc_pipe``: the fd, its wake-up eventfd, the write progress, the read-ahead, and
+    the count of calls running in C (so the public class's hot calls are one C call with no
+    Python busy count: the decorator would cost more than the call itself)."""
 
-    __slots__ = ("_msg", "_p", "_pending", "_spans", "max_message_size")
+    __slots__ = ("_msg", "_p", "_pending", "_spans", "_what", "max_message_size")
+    counts_calls = True
 
-    def __init__(self, fd: int, reading: bool, sock: bool, max_message_size: int) -> None:
+    def __init__(self, fd: int, reading: bool, sock: bool, max_message_size: int,
+                 what: str) -> None:
         flags = (lib.FIPC_PIPE_READ if reading else 0) | (lib.FIPC_PIPE_SOCK if sock else 0)
         p = lib.fipc_pipe_new(fd, flags, GUARD)
         if p == _NULL:
             err = ffi.errno
             raise OSError(err, f"cannot set up the stream: {errno.errorcode.get(err, err)}")
         self._p = ffi.gc(p, lib.fipc_pipe_free)
+        self._what = what
         self.max_message_size = max_message_size
         self._msg = ffi.new("char **")
         self._spans = ffi.new("uint32_t[]", 2 * 1024)
         self._pending: Any = None  # the bytes a large frame is being received into
 
-    # ---- writing
-    def _written(self, rc: int, again: Callable[[float], int], timeout: float,
-                 start: Optional[float]) -> None:
-        """The slow path of a write: EINTR resumes where the write stopped; an error says
+    def _slow(self, rc: int, again: Callable[[float], int], timeout: float,
+              start: Optional[float], writing: bool = False) -> int:
+        """The slow path of every call: EINTR tries again with the time left (a write
+        resumes where it stopped); ECANCELED (closed) is ValueError; a write's error says
         how much went (``characters_written``)."""
         try:
-            retry(rc, again, Deadline(timeout, start))
+            return retry(rc, again, Deadline(timeout, start))
         except OSError as exc:
-            exc.characters_written = self._p.written  # type: ignore[attr-defined]
+            if exc.errno == errno.ECANCELED:
+                raise closed_error(self._what) from None
+            if writing:
+                exc.characters_written = self._p.written  # type: ignore[attr-defined]
             raise
 
+    # ---- writing
     def write(self, data: Any, timeout: float, offset: int = 0) -> int:
         buf, n = as_buffer(data)
         p = self._p
-        start = _start(timeout)
+        start = _monotonic() if timeout > 0 else None  # for a Deadline on the slow path
         rc = _write(p, buf, n, offset, timeout)
         if rc < 0:
-            self._written(rc, lambda left: _write(p, buf, n, p.written, left), timeout, start)
+            self._slow(rc, lambda left: _write(p, buf, n, p.written, left), timeout, start, True)
         return n
 
     def send(self, data: Any, timeout: float, offset: int = 0) -> None:
         buf, n = (data, len(data)) if type(data) is bytes else as_buffer(data)
         p = self._p
-        start = _start(timeout)
+        start = _monotonic() if timeout > 0 else None  # for a Deadline on the slow path
         rc = _send(p, buf, n, offset, timeout)
         if rc < 0:
-            self._written(rc, lambda left: _send(p, buf, n, p.written, left), timeout, start)
+            self._slow(rc, lambda left: _send(p, buf, n, p.written, left), timeout, start, True)
 
     def send_many(self, messages: list[Any], timeout: float) -> None:
         lens = ffi.new("uint32_t[]", [as_buffer(m)[1] for m in messages])
         payload = b"".join(messages)
         count, size = len(messages), len(payload)
         p = self._p
-        start = _start(timeout)
+        start = _monotonic() if timeout > 0 else None  # for a Deadline on the slow path
         rc = _send_many(p, payload, size, lens, count, 0, timeout)
         if rc < 0:
-            self._written(
+            self._slow(
                 rc, lambda left: _send_many(p, payload, size, lens, count, p.written, left),
-                timeout, start,
+                timeout, start, True,
             )
 
     # ---- reading
     def recv(self, timeout: float) -> bytes:
         p, msg, mms = self._p, self._msg, self.max_message_size
-        start = _start(timeout)
+        start = _monotonic() if timeout > 0 else None  # for a Deadline on the slow path
         n = _recv(p, mms, timeout, msg)
         if n < 0:
-            n = retry(n, lambda left: _recv(p, mms, left, msg), Deadline(timeout, start))
+            n = self._slow(n, lambda left: _recv(p, mms, left, msg), timeout, start)
         data = msg[0]
         if data:
             return _unpack(data, n)  # type: ignore[no-any-return]
@@ -142,11 +146,11 @@ class NativeStream:
         spans = self._spans
         if max_messages > len(spans) // 2:
             spans = ffi.new("uint32_t[]", 2 * max_messages)
-        start = _start(timeout)
+        start = _monotonic() if timeout > 0 else None  # for a Deadline on the slow path
         n = _recv_many(p, mms, timeout, spans, max_messages)
         if n < 0:
-            n = retry(n, lambda left: _recv_many(p, mms, left, spans, max_messages),
-                      Deadline(timeout, start))
+            n = self._slow(n, lambda left: _recv_many(p, mms, left, spans, max_messages),
+                           timeout, start)
         if n == 0:  # a frame too large for the read-ahead comes first
             return [self._recv_large(p.large, timeout, start)]
         s = _unpack(spans, 2 * n)
@@ -163,16 +167,16 @@ class NativeStream:
         p, buf = self._p, ffi.from_buffer(out)
         rc = _recv_into(p, buf, n, timeout)
         if rc < 0:
-            retry(rc, lambda left: _recv_into(p, buf, n, left), Deadline(timeout, start))
+            self._slow(rc, lambda left: _recv_into(p, buf, n, left), timeout, start)
         self._pending = None
         return out  # type: ignore[no-any-return]
 
     def read(self, n: int, timeout: float) -> bytes:
         p, msg = self._p, self._msg
-        start = _start(timeout)
+        start = _monotonic() if timeout > 0 else None  # for a Deadline on the slow path
         got = _read(p, n, timeout, msg)
         if got < 0:
-            got = retry(got, lambda left: _read(p, n, left, msg), Deadline(timeout, start))
+            got = self._slow(got, lambda left: _read(p, n, left, msg), timeout, start)
         return _unpack(msg[0], got) if got else b""
 
     # ---- life cycle
@@ -180,12 +184,15 @@ class NativeStream:
         check(lib.fipc_pipe_wake(self._p))
 
     def free(self) -> None:
+        # closes the fds now, or when the last call still in C leaves; the memory goes
+        # with this object (ffi.gc), when no call can reach it any more
+        lib.fipc_pipe_close(self._p)
         self._pending = None
-        ffi.release(self._p)
 
 
-def stream(fd: int, *, reading: bool, sock: bool, max_message_size: int) -> Stream:
-    return NativeStream(fd, reading, sock, max_message_size)
+def stream(fd: int, *, reading: bool, sock: bool, max_message_size: int,
+           what: str) -> Stream:
+    return NativeStream(fd, reading, sock, max_message_size, what)
 
 
 

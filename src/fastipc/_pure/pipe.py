@@ -15,7 +15,7 @@ import struct
 from typing import Any, Optional
 
 from fastipc._backend.pipe import Stream
-from fastipc._core import FIPC_EOF, FIPC_TOOBIG, Deadline, byte_view, raise_errno
+from fastipc._core import FIPC_EOF, FIPC_TOOBIG, Deadline, byte_view, closed_error, raise_errno
 
 __all__ = ["PureStream", "as_view", "get_size", "open_pipe", "set_size", "stream",
            "writer_present"]
@@ -83,10 +83,13 @@ class PureStream:
     own bytearray (as the C reader does)."""
 
     __slots__ = ("_buf", "_end", "_got", "_pending", "_poll", "_sock", "_start", "_wake_r",
-                 "_wake_w", "fd", "max_message_size")
+                 "_wake_w", "_what", "fd", "max_message_size")
+    counts_calls = False
 
-    def __init__(self, fd: int, reading: bool, sock: bool, max_message_size: int) -> None:
+    def __init__(self, fd: int, reading: bool, sock: bool, max_message_size: int,
+                 what: str = "stream") -> None:
         self.fd = fd
+        self._what = what
         self.max_message_size = max_message_size
         self._sock = socket.socket(fileno=fd) if sock else None  # borrowed: detached in free()
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
@@ -98,7 +101,7 @@ class PureStream:
         self._got = 0
 
     def _wait(self, event: int, deadline: Deadline) -> None:
-        """Wait for ``event`` on the fd: TimeoutError past the deadline, ECANCELED once
+        """Wait for ``event`` on the fd: TimeoutError past the deadline, ValueError once
         woken. (poll retries EINTR itself with the time left, after the handlers ran.)"""
         self._poll.register(self.fd, event)
         try:
@@ -106,7 +109,7 @@ class PureStream:
                 left = deadline.left()
                 ready = self._poll.poll(None if left < 0 else int(left * 1000 + 0.999))
                 if any(fd == self._wake_r for fd, _ in ready):
-                    raise OSError(errno.ECANCELED, os.strerror(errno.ECANCELED))
+                    raise closed_error(self._what)
                 if ready:
                     return
                 if deadline.expired():
@@ -139,7 +142,7 @@ class PureStream:
         self._write_all([b"".join(frames)], timeout, 0)
 
     def _write_all(self, parts: list[Any], timeout: float, offset: int) -> None:
-        deadline = Deadline(timeout)
+        deadline: Optional[Deadline] = None  # made when the write first has to wait
         done = 0
         sock = self._sock
         guard = sock is None and signal.getsignal(signal.SIGPIPE) is not signal.SIG_IGN
@@ -154,6 +157,7 @@ class PureStream:
                         n = (sock.sendmsg(parts, [], _NOSIGNAL) if sock is not None
                              else os.writev(self.fd, parts))
                     except BlockingIOError:
+                        deadline = deadline or Deadline(timeout)
                         self._wait(select.POLLOUT, deadline)
                         continue
                 done += n
@@ -199,7 +203,7 @@ class PureStream:
         return n
 
     def recv(self, timeout: float) -> bytes:
-        deadline = Deadline(timeout)
+        deadline: Optional[Deadline] = None  # made when the call first has to read
         while self._pending is None:
             start, avail = self._start, self._end - self._start
             if avail >= 4:
@@ -218,9 +222,10 @@ class PureStream:
                 if len(self._buf) - start < 4 + n:
                     self._buf[:avail] = self._buf[start : self._end]
                     self._start, self._end = 0, avail
+            deadline = deadline or Deadline(timeout)
             if self._fill(deadline) == 0:
                 raise_errno(FIPC_EOF)
-        return self._recv_large(deadline)
+        return self._recv_large(deadline or Deadline(timeout))
 
     def recv_many(self, max_messages: int, timeout: float) -> list[bytes]:
         out = [self.recv(timeout)]
@@ -271,10 +276,12 @@ class PureStream:
             self._sock.detach()
         os.close(self._wake_r)
         os.close(self._wake_w)
+        os.close(self.fd)
 
 
-def stream(fd: int, *, reading: bool, sock: bool, max_message_size: int) -> Stream:
-    return PureStream(fd, reading, sock, max_message_size)
+def stream(fd: int, *, reading: bool, sock: bool, max_message_size: int,
+           what: str) -> Stream:
+    return PureStream(fd, reading, sock, max_message_size, what)
 
 
 # ---- Still imported by fastipc._pure.mq and fastipc._pure.server (whose Client moved
