@@ -230,6 +230,7 @@ static int64_t write_iov_counted(fipc_pipe *p, struct iovec *iov, int cnt, size_
         memcpy(iov, orig, (size_t)cnt * sizeof *iov); /* fipc_write_all moved them on */
     }
     guard_leave(&g, rc == -EPIPE);
+    p->torn = rc < 0 && p->written > 0;
     return rc;
 }
 
@@ -383,7 +384,7 @@ static int64_t recv_frame(fipc_pipe *p, uint32_t max_size, double timeout, char 
             size_t frame = FIPC_FRAME_HEADER + (size_t)len;
             if (avail >= frame) {
                 *msg = p->data + p->start + FIPC_FRAME_HEADER;
-                p->start += frame;
+                p->next = p->start + frame;
                 return len;
             }
             if (frame > RBUF_MAX) {
@@ -421,18 +422,19 @@ static int64_t recv_frames(fipc_pipe *p, uint32_t max_size, double timeout, uint
         return len < 0 ? len : 0;
     spans[0] = (uint32_t)(msg - p->data);
     spans[1] = spans[0] + (uint32_t)len;
-    size_t count = 1;
+    size_t count = 1, at = p->next;
     /* then every whole frame already buffered; the buffer does not move meanwhile */
-    while (count < max_count && p->end - p->start >= FIPC_FRAME_HEADER) {
-        uint32_t n = fipc_frame_get((unsigned char *)p->data + p->start);
+    while (count < max_count && p->end - at >= FIPC_FRAME_HEADER) {
+        uint32_t n = fipc_frame_get((unsigned char *)p->data + at);
         size_t frame = FIPC_FRAME_HEADER + (size_t)n;
-        if (n > max_size || p->end - p->start < frame)
+        if (n > max_size || p->end - at < frame)
             break; /* an oversized frame is reported by the next call */
-        spans[2 * count] = (uint32_t)(p->start + FIPC_FRAME_HEADER);
-        spans[2 * count + 1] = (uint32_t)(p->start + frame);
-        p->start += frame;
+        spans[2 * count] = (uint32_t)(at + FIPC_FRAME_HEADER);
+        spans[2 * count + 1] = (uint32_t)(at + frame);
+        at += frame;
         count++;
     }
+    p->next = at;
     return (int64_t)count;
 }
 
@@ -464,9 +466,7 @@ static int64_t recv_large(fipc_pipe *p, char *out, size_t n, double timeout)
             return r;
         p->got += (size_t)r;
     }
-    p->large = 0;
-    p->got = 0;
-    return (int64_t)n;
+    return (int64_t)n; /* the caller sets p->large = 0 once it holds the message */
 }
 
 int64_t fipc_pipe_recv_into(fipc_pipe *p, char *out, size_t n, double timeout)
@@ -487,7 +487,7 @@ static int64_t read_some(fipc_pipe *p, size_t n, double timeout, char **data)
     size_t avail = p->end - p->start;
     size_t take = avail < n ? avail : n;
     *data = p->data + p->start;
-    p->start += take;
+    p->next = p->start + take;
     return (int64_t)take;
 }
 

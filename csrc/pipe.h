@@ -33,12 +33,18 @@ typedef struct fipc_pipe {
     int guard;          /* SIGPIPE guard of pipe writes: 0 trusts that SIGPIPE is ignored, 1
                            blocks it around a write unless ignored, 2 always blocks it */
     size_t written;     /* bytes of the current write that went, the offset to resume from */
+    int32_t torn;       /* the last write stopped part-way (a frame is cut short) */
     char *data;         /* read-ahead buffer: 64 KiB, grown up to 4 MiB for one frame */
     size_t cap;
     size_t start;       /* first unread byte */
     size_t end;         /* one past the last byte read from the fd */
+    size_t next;        /* where `start` goes once the caller has taken what the last recv,
+                           recv_many or read returned: the caller stores it (after copying
+                           the payload out), so that an exception raised into the caller
+                           between the two leaves the message unread, never lost */
     uint32_t large;     /* a frame too large for the buffer whose header was consumed: its
-                           length, until fipc_pipe_recv_into has delivered it (else 0) */
+                           length, until the caller, having taken the payload that
+                           fipc_pipe_recv_into completed, sets it to 0 */
     size_t got;         /* bytes of that frame delivered so far */
     int32_t busy;       /* calls running (atomic) */
     int32_t closed;     /* set by fipc_pipe_close (atomic) */
@@ -68,7 +74,7 @@ int64_t fipc_pipe_send(fipc_pipe *p, const char *buf, size_t len, size_t offset,
 int64_t fipc_pipe_send_many(fipc_pipe *p, const char *payload, size_t payload_len,
                             const uint32_t *lens, size_t count, size_t offset, double timeout);
 /* One frame: its length, with *msg pointing at its payload inside p->data (valid until the
- * next call). A frame larger than the buffer: its length with *msg = NULL; its header is
+ * next call; consumed once the caller stores p->next in p->start). A frame larger than the buffer: its length with *msg = NULL; its header is
  * consumed (p->large), and fipc_pipe_recv_into receives its payload into the caller's memory;
  * until then fipc_pipe_recv answers the same. FIPC_EOF at end of stream (a frame cut short is
  * dropped), FIPC_TOOBIG for a length over max_size. */
@@ -79,10 +85,10 @@ int64_t fipc_pipe_recv(fipc_pipe *p, uint32_t max_size, double timeout, char **m
 int64_t fipc_pipe_recv_many(fipc_pipe *p, uint32_t max_size, double timeout, uint32_t *spans,
                             size_t max_count);
 /* The payload of the large frame announced by fipc_pipe_recv into out (n == p->large bytes),
- * resuming at p->got: n once it is complete (p->large is then 0). */
+ * resuming at p->got: n once it is complete (the caller then sets p->large to 0). */
 int64_t fipc_pipe_recv_into(fipc_pipe *p, char *out, size_t n, double timeout);
 /* Raw read: up to n bytes, read ahead into p; *data points at them (valid until the next
- * call). 0 at end of stream. */
+ * call; consumed once the caller stores p->next in p->start). 0 at end of stream. */
 int64_t fipc_pipe_read(fipc_pipe *p, size_t n, double timeout, char **data);
 int fipc_fifo_writer_present(int fd);
 /* CDEF END */

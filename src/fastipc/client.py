@@ -86,8 +86,8 @@ class Client(_ClientEnd):
         send = self._writer(self._ops)
         try:
             send(data, check_timeout(timeout), 0)
-        except OSError as exc:
-            self._torn(exc)
+        except BaseException:
+            self._torn()
             raise
 
     def recv(self, timeout: Optional[float] = None) -> bytes:

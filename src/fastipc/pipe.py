@@ -195,11 +195,11 @@ class StreamEnd(Awaiter):
     def _free(self) -> None:
         self._stream.free()
 
-    def _torn(self, exc: OSError) -> None:
-        """After a framed write failed: if part of the frame went, the stream is out of
-        step, so the object closes itself: the peer sees the end of the stream, never half
-        a message."""
-        if getattr(exc, "characters_written", 0) and self._tears:
+    def _torn(self) -> None:
+        """After a framed write failed or was interrupted: if part of the frame went, the
+        stream is out of step, so the object closes itself: the peer sees the end of the
+        stream, never half a message."""
+        if self._tears and not self._closed and self._stream.torn:
             self.close()
 
     async def _send_async(self, call: Callable[[Any, float, int], Any], data: Any,
@@ -307,6 +307,10 @@ class _Counted:
     def recv_many(self, max_messages: int, timeout: float) -> list[bytes]:
         return _counted(self._end, self._stream.recv_many, max_messages, timeout)
 
+    @property
+    def torn(self) -> bool:
+        return self._stream.torn
+
     def wake(self) -> None:
         self._stream.wake()
 
@@ -362,8 +366,8 @@ class PipeWriter(StreamEnd):
         """
         try:
             self._ops.send(data, -1.0 if timeout is None else check_timeout(timeout))
-        except OSError as exc:
-            self._torn(exc)
+        except BaseException:
+            self._torn()
             raise
 
     def send_many(self, messages: Iterable[Any], timeout: Optional[float] = None) -> None:
@@ -378,8 +382,8 @@ class PipeWriter(StreamEnd):
         if batch:
             try:
                 ops.send_many(batch, check_timeout(timeout))
-            except OSError as exc:
-                self._torn(exc)
+            except BaseException:
+                self._torn()
                 raise
 
     @uses_handle_async

@@ -28,6 +28,11 @@ class Stream(Protocol):
     max_message_size: int
     counts_calls: bool
 
+    @property
+    def torn(self) -> bool:
+        """Whether the last write stopped part-way, for whatever reason (an error, a
+        timeout, an exception raised into it by a signal handler): a frame was cut short."""
+
     def write(self, data: Any, timeout: float, offset: int = 0) -> int:
         """All of ``data`` from byte ``offset`` on, raw; returns its length."""
 

@@ -98,6 +98,10 @@ class NativeStream:
                 exc.characters_written = self._p.written  # type: ignore[attr-defined]
             raise
 
+    @property
+    def torn(self) -> bool:
+        return bool(self._p.torn)
+
     # ---- writing
     def write(self, data: Any, timeout: float, offset: int = 0) -> int:
         buf, n = as_buffer(data)
@@ -130,6 +134,9 @@ class NativeStream:
             )
 
     # ---- reading
+    # Each read returns what it found without consuming it; the C struct's `start` moves on
+    # (a store, no call: no signal handler can run in between) only once the payload is a
+    # Python object, so that an exception raised into the call leaves the message unread.
     def recv(self, timeout: float) -> bytes:
         p, msg, mms = self._p, self._msg, self.max_message_size
         start = _monotonic() if timeout > 0 else None  # for a Deadline on the slow path
@@ -138,7 +145,9 @@ class NativeStream:
             n = self._slow(n, lambda left: _recv(p, mms, left, msg), timeout, start)
         data = msg[0]
         if data:
-            return _unpack(data, n)  # type: ignore[no-any-return]
+            out: bytes = _unpack(data, n)
+            p.start = p.next
+            return out
         return self._recv_large(n, timeout, start)
 
     def recv_many(self, max_messages: int, timeout: float) -> list[bytes]:
@@ -155,7 +164,9 @@ class NativeStream:
             return [self._recv_large(p.large, timeout, start)]
         s = _unpack(spans, 2 * n)
         mem = ffi.buffer(p.data, p.cap)
-        return [mem[s[i] : s[i + 1]] for i in range(0, 2 * n, 2)]
+        out = [mem[s[i] : s[i + 1]] for i in range(0, 2 * n, 2)]
+        p.start = p.next
+        return out
 
     def _recv_large(self, n: int, timeout: float, start: Optional[float]) -> bytes:
         # bytes(n) is zero pages the kernel maps lazily; the payload is read straight into
@@ -169,6 +180,7 @@ class NativeStream:
         if rc < 0:
             self._slow(rc, lambda left: _recv_into(p, buf, n, left), timeout, start)
         self._pending = None
+        p.large = 0
         return out  # type: ignore[no-any-return]
 
     def read(self, n: int, timeout: float) -> bytes:
@@ -177,7 +189,11 @@ class NativeStream:
         got = _read(p, n, timeout, msg)
         if got < 0:
             got = self._slow(got, lambda left: _read(p, n, left, msg), timeout, start)
-        return _unpack(msg[0], got) if got else b""
+        if not got:
+            return b""
+        out: bytes = _unpack(msg[0], got)
+        p.start = p.next
+        return out
 
     # ---- life cycle
     def wake(self) -> None:

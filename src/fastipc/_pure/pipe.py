@@ -27,6 +27,7 @@ PIPE_BUF = select.PIPE_BUF
 RBUF = 64 * 1024
 _HEADER = struct.Struct(">I")
 _SIGPIPE = {signal.SIGPIPE}
+_ALL_SIGNALS = signal.valid_signals()
 _NOSIGNAL = getattr(socket, "MSG_NOSIGNAL", 0) | getattr(socket, "MSG_DONTWAIT", 0)
 
 
@@ -77,13 +78,23 @@ def writer_present(fd: int) -> bool:
 as_view = byte_view
 
 
+def _advance(parts: list[Any], n: int) -> list[Any]:
+    """``parts`` without their first ``n`` bytes."""
+    while parts and n >= len(parts[0]):
+        n -= len(parts[0])
+        parts = parts[1:]
+    if parts and n:
+        parts = [memoryview(parts[0])[n:], *parts[1:]]
+    return parts
+
+
 class PureStream:
     """The fd, a wake-up pipe polled with it, and a read-ahead buffer that splits 4-byte
     big-endian length frames; a frame larger than the buffer is received straight into its
     own bytearray (as the C reader does)."""
 
     __slots__ = ("_buf", "_end", "_got", "_pending", "_poll", "_sock", "_start", "_wake_r",
-                 "_wake_w", "_what", "fd", "max_message_size")
+                 "_wake_w", "_what", "fd", "max_message_size", "torn")
     counts_calls = False
 
     def __init__(self, fd: int, reading: bool, sock: bool, max_message_size: int,
@@ -99,6 +110,7 @@ class PureStream:
         self._start = self._end = 0
         self._pending: Optional[bytearray] = None
         self._got = 0
+        self.torn = False
 
     def _wait(self, event: int, deadline: Deadline) -> None:
         """Wait for ``event`` on the fd: TimeoutError past the deadline, ValueError once
@@ -143,51 +155,59 @@ class PureStream:
 
     def _write_all(self, parts: list[Any], timeout: float, offset: int) -> None:
         deadline: Optional[Deadline] = None  # made when the write first has to wait
-        done = 0
-        sock = self._sock
-        guard = sock is None and signal.getsignal(signal.SIGPIPE) is not signal.SIG_IGN
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGPIPE) if guard else None
-        skip = offset
+        done, skip, sock = 0, offset, self._sock
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, ())  # this thread's, to restore
         try:
             while parts:
                 if skip:
                     n, skip = skip, 0
-                else:
-                    try:
-                        n = (sock.sendmsg(parts, [], _NOSIGNAL) if sock is not None
-                             else os.writev(self.fd, parts))
-                    except BlockingIOError:
-                        deadline = deadline or Deadline(timeout)
-                        self._wait(select.POLLOUT, deadline)
-                        continue
-                done += n
-                while parts and n >= len(parts[0]):
-                    n -= len(parts[0])
-                    parts.pop(0)
-                if parts and n:
-                    parts[0] = memoryview(parts[0])[n:]
-        except BrokenPipeError as exc:
-            if old is not None and signal.SIGPIPE not in old:
-                signal.sigtimedwait(_SIGPIPE, 0)  # consume the SIGPIPE the write raised
+                    done += n
+                    parts = _advance(parts, n)
+                    continue
+                # Every signal is blocked from the write to its bookkeeping, so that a handler
+                # that raises (it runs once they are unblocked) finds `done` and `torn` true;
+                # SIGPIPE too, consumed if the write raised it.
+                signal.pthread_sigmask(signal.SIG_BLOCK, _ALL_SIGNALS)
+                try:
+                    n = (sock.sendmsg(parts, [], _NOSIGNAL) if sock is not None
+                         else os.writev(self.fd, parts))
+                    done += n
+                    parts = _advance(parts, n)
+                    self.torn = bool(parts)
+                except BlockingIOError:
+                    n = -1
+                except BrokenPipeError:
+                    if signal.SIGPIPE not in mask:
+                        signal.sigtimedwait(_SIGPIPE, 0)
+                    raise
+                finally:
+                    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+                if n < 0:
+                    deadline = deadline or Deadline(timeout)
+                    self._wait(select.POLLOUT, deadline)
+        except BaseException as exc:
             exc.characters_written = done  # type: ignore[attr-defined]
             raise
-        except OSError as exc:
-            exc.characters_written = done  # type: ignore[attr-defined]
-            raise
-        finally:
-            if old is not None:
-                signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
     # ---- reading
-    def _read_into(self, view: memoryview, deadline: Deadline) -> int:
-        """One read into ``view``: at once when data is there, else after waiting."""
+    def _read_into(self, view: memoryview, deadline: Deadline, count: str) -> int:
+        """One read into ``view``, at once when data is there, else after waiting; the count
+        is added to the attribute ``count`` before any signal handler may run (all signals
+        are blocked from the read to that store), so that no byte read is ever lost."""
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, ())
         while True:
+            signal.pthread_sigmask(signal.SIG_BLOCK, _ALL_SIGNALS)
             try:
-                return os.readv(self.fd, [view])
+                n = os.readv(self.fd, [view])
+                setattr(self, count, getattr(self, count) + n)
+                return n
             except BlockingIOError:
-                if deadline.timeout == 0:
-                    raise deadline.error() from None
-                self._wait(select.POLLIN, deadline)
+                pass
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            if deadline.timeout == 0:
+                raise deadline.error()
+            self._wait(select.POLLIN, deadline)
 
     def _fill(self, deadline: Deadline) -> int:
         """Read once into the free end of the buffer: the byte count, 0 at end of stream."""
@@ -198,11 +218,14 @@ class PureStream:
             buf[: end - start] = buf[start:end]
             self._start, self._end = start, end = 0, end - start
         with memoryview(buf) as view:
-            n = self._read_into(view[end:], deadline)
-        self._end = end + n
-        return n
+            return self._read_into(view[end:], deadline, "_end")
 
-    def recv(self, timeout: float) -> bytes:
+    # A message is consumed (``_start`` moves on, or ``_pending`` is dropped) only once it is
+    # a Python object, by a store with no call after it: an exception raised into the call
+    # by a signal handler (which runs after a call returns) leaves the message unread.
+    def _frame(self, timeout: float) -> tuple[bytes, int]:
+        """The next frame's payload and where the frame after it starts, consumed only by
+        the caller storing that in ``_start``."""
         deadline: Optional[Deadline] = None  # made when the call first has to read
         while self._pending is None:
             start, avail = self._start, self._end - self._start
@@ -212,11 +235,9 @@ class PureStream:
                     raise_errno(FIPC_TOOBIG)
                 if avail >= 4 + n:
                     with memoryview(self._buf) as view:
-                        out = bytes(view[start + 4 : start + 4 + n])
-                    self._start = start + 4 + n
-                    return out
+                        return bytes(view[start + 4 : start + 4 + n]), start + 4 + n
                 if 4 + n > len(self._buf):
-                    # one statement: no signal handler can run between the two stores
+                    # one statement: no signal handler can run between the stores
                     self._pending, self._got, self._start = bytearray(n), 0, start + 4
                     break
                 if len(self._buf) - start < 4 + n:
@@ -225,18 +246,23 @@ class PureStream:
             deadline = deadline or Deadline(timeout)
             if self._fill(deadline) == 0:
                 raise_errno(FIPC_EOF)
-        return self._recv_large(deadline or Deadline(timeout))
+        return self._recv_large(deadline or Deadline(timeout)), self._start
+
+    def recv(self, timeout: float) -> bytes:
+        out, self._start = self._frame(timeout)
+        return out
 
     def recv_many(self, max_messages: int, timeout: float) -> list[bytes]:
-        out = [self.recv(timeout)]
+        first, start = self._frame(timeout)
+        out = [first]
         with memoryview(self._buf) as view:
-            while len(out) < max_messages and self._end - self._start >= 4:
-                start = self._start
+            while len(out) < max_messages and self._end - start >= 4:
                 (n,) = _HEADER.unpack_from(self._buf, start)
                 if n > self.max_message_size or self._end - start < 4 + n:
                     break  # an oversized frame is reported by the next call
                 out.append(bytes(view[start + 4 : start + 4 + n]))
-                self._start = start + 4 + n
+                start += 4 + n
+        self._start = start
         return out
 
     def _recv_large(self, deadline: Deadline) -> bytes:
@@ -248,20 +274,20 @@ class PureStream:
             self._start, self._got = self._start + take, self._got + take
         with memoryview(out) as view:
             while self._got < len(out):
-                n = self._read_into(view[self._got :], deadline)  # keeps _pending
-                if n == 0:
+                if self._read_into(view[self._got :], deadline, "_got") == 0:
                     raise_errno(FIPC_EOF)
-                self._got += n
+        data = bytes(out)
         self._pending = None
-        return bytes(out)
+        return data
 
     def read(self, n: int, timeout: float) -> bytes:
         if self._start == self._end and self._fill(Deadline(timeout)) == 0:
             return b""
         start = self._start
         take = min(n, self._end - start)
+        out = bytes(self._buf[start : start + take])
         self._start = start + take
-        return bytes(self._buf[start : start + take])
+        return out
 
     # ---- life cycle
     def wake(self) -> None:
