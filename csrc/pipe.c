@@ -408,9 +408,17 @@ static int64_t recv_frame(fipc_pipe *p, uint32_t max_size, double timeout, char 
     }
 }
 
-int64_t fipc_pipe_recv(fipc_pipe *p, uint32_t max_size, double timeout, char **msg)
+/* What the previous recv, recv_many or read returned, once the caller says it took it. */
+static fipc_pipe *taken(fipc_pipe *p, int took)
 {
-    return COUNTED(p, recv_frame(p, max_size, timeout, msg));
+    if (took)
+        p->start = p->next;
+    return p;
+}
+
+int64_t fipc_pipe_recv(fipc_pipe *p, uint32_t max_size, double timeout, char **msg, int took)
+{
+    return COUNTED(p, recv_frame(taken(p, took), max_size, timeout, msg));
 }
 
 static int64_t recv_frames(fipc_pipe *p, uint32_t max_size, double timeout, uint32_t *spans,
@@ -439,9 +447,9 @@ static int64_t recv_frames(fipc_pipe *p, uint32_t max_size, double timeout, uint
 }
 
 int64_t fipc_pipe_recv_many(fipc_pipe *p, uint32_t max_size, double timeout, uint32_t *spans,
-                            size_t max_count)
+                            size_t max_count, int took)
 {
-    return COUNTED(p, recv_frames(p, max_size, timeout, spans, max_count));
+    return COUNTED(p, recv_frames(taken(p, took), max_size, timeout, spans, max_count));
 }
 
 static int64_t recv_large(fipc_pipe *p, char *out, size_t n, double timeout)
@@ -491,9 +499,9 @@ static int64_t read_some(fipc_pipe *p, size_t n, double timeout, char **data)
     return (int64_t)take;
 }
 
-int64_t fipc_pipe_read(fipc_pipe *p, size_t n, double timeout, char **data)
+int64_t fipc_pipe_read(fipc_pipe *p, size_t n, double timeout, char **data, int took)
 {
-    return COUNTED(p, read_some(p, n, timeout, data));
+    return COUNTED(p, read_some(taken(p, took), n, timeout, data));
 }
 
 /* Does a FIFO opened for reading have a writer? tee() on an empty pipe answers without

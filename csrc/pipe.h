@@ -39,9 +39,7 @@ typedef struct fipc_pipe {
     size_t start;       /* first unread byte */
     size_t end;         /* one past the last byte read from the fd */
     size_t next;        /* where `start` goes once the caller has taken what the last recv,
-                           recv_many or read returned: the caller stores it (after copying
-                           the payload out), so that an exception raised into the caller
-                           between the two leaves the message unread, never lost */
+                           recv_many or read returned (see `took`) */
     uint32_t large;     /* a frame too large for the buffer whose header was consumed: its
                            length, until the caller, having taken the payload that
                            fipc_pipe_recv_into completed, sets it to 0 */
@@ -73,23 +71,28 @@ int64_t fipc_pipe_send(fipc_pipe *p, const char *buf, size_t len, size_t offset,
  * write (several if the pipe fills up); resumable like fipc_pipe_send. */
 int64_t fipc_pipe_send_many(fipc_pipe *p, const char *payload, size_t payload_len,
                             const uint32_t *lens, size_t count, size_t offset, double timeout);
-/* One frame: its length, with *msg pointing at its payload inside p->data (valid until the
- * next call; consumed once the caller stores p->next in p->start). A frame larger than the buffer: its length with *msg = NULL; its header is
+/* Reading: what a recv, recv_many or read returns stays unread until the caller passes
+ * took=1 to the next of them, i.e. says that it copied the payload out. An exception raised
+ * into the caller between the C call and that copy (a signal handler's) leaves the message
+ * to the next call instead of losing it.
+ *
+ * One frame: its length, with *msg pointing at its payload inside p->data (valid until the
+ * next call). A frame larger than the buffer: its length with *msg = NULL; its header is
  * consumed (p->large), and fipc_pipe_recv_into receives its payload into the caller's memory;
  * until then fipc_pipe_recv answers the same. FIPC_EOF at end of stream (a frame cut short is
  * dropped), FIPC_TOOBIG for a length over max_size. */
-int64_t fipc_pipe_recv(fipc_pipe *p, uint32_t max_size, double timeout, char **msg);
+int64_t fipc_pipe_recv(fipc_pipe *p, uint32_t max_size, double timeout, char **msg, int took);
 /* Like fipc_pipe_recv, then up to max_count - 1 more frames already buffered, without
  * waiting: returns the count; payload i spans [spans[2i], spans[2i+1]) of p->data. A large
  * frame first: returns 0, and fipc_pipe_recv_into takes it. */
 int64_t fipc_pipe_recv_many(fipc_pipe *p, uint32_t max_size, double timeout, uint32_t *spans,
-                            size_t max_count);
+                            size_t max_count, int took);
 /* The payload of the large frame announced by fipc_pipe_recv into out (n == p->large bytes),
  * resuming at p->got: n once it is complete (the caller then sets p->large to 0). */
 int64_t fipc_pipe_recv_into(fipc_pipe *p, char *out, size_t n, double timeout);
 /* Raw read: up to n bytes, read ahead into p; *data points at them (valid until the next
- * call; consumed once the caller stores p->next in p->start). 0 at end of stream. */
-int64_t fipc_pipe_read(fipc_pipe *p, size_t n, double timeout, char **data);
+ * call). 0 at end of stream. */
+int64_t fipc_pipe_read(fipc_pipe *p, size_t n, double timeout, char **data, int took);
 int fipc_fifo_writer_present(int fd);
 /* CDEF END */
 

@@ -67,7 +67,7 @@ class NativeStream:
     the count of calls running in C (so the public class's hot calls are one C call with no
     Python busy count: the decorator would cost more than the call itself)."""
 
-    __slots__ = ("_msg", "_p", "_pending", "_spans", "_what", "max_message_size")
+    __slots__ = ("_msg", "_p", "_pending", "_spans", "_took", "_what", "max_message_size")
     counts_calls = True
 
     def __init__(self, fd: int, reading: bool, sock: bool, max_message_size: int,
@@ -83,6 +83,7 @@ class NativeStream:
         self._msg = ffi.new("char **")
         self._spans = ffi.new("uint32_t[]", 2 * 1024)
         self._pending: Any = None  # the bytes a large frame is being received into
+        self._took = 0
 
     def _slow(self, rc: int, again: Callable[[float], int], timeout: float,
               start: Optional[float], writing: bool = False) -> int:
@@ -134,19 +135,21 @@ class NativeStream:
             )
 
     # ---- reading
-    # Each read returns what it found without consuming it; the C struct's `start` moves on
-    # (a store, no call: no signal handler can run in between) only once the payload is a
-    # Python object, so that an exception raised into the call leaves the message unread.
+    # Each read returns what it found without consuming it: the next read consumes it first
+    # if `_took` says the payload became a Python object. `_took` is cleared before each C
+    # call and set only after the copy, with no call in between (a signal handler runs
+    # after a call returns), so that an exception raised into recv leaves the message unread.
     def recv(self, timeout: float) -> bytes:
         p, msg, mms = self._p, self._msg, self.max_message_size
         start = _monotonic() if timeout > 0 else None  # for a Deadline on the slow path
-        n = _recv(p, mms, timeout, msg)
+        took, self._took = self._took, 0
+        n = _recv(p, mms, timeout, msg, took)
         if n < 0:
-            n = self._slow(n, lambda left: _recv(p, mms, left, msg), timeout, start)
+            n = self._slow(n, lambda left: _recv(p, mms, left, msg, 0), timeout, start)
         data = msg[0]
         if data:
             out: bytes = _unpack(data, n)
-            p.start = p.next
+            self._took = 1
             return out
         return self._recv_large(n, timeout, start)
 
@@ -156,16 +159,17 @@ class NativeStream:
         if max_messages > len(spans) // 2:
             spans = ffi.new("uint32_t[]", 2 * max_messages)
         start = _monotonic() if timeout > 0 else None  # for a Deadline on the slow path
-        n = _recv_many(p, mms, timeout, spans, max_messages)
+        took, self._took = self._took, 0
+        n = _recv_many(p, mms, timeout, spans, max_messages, took)
         if n < 0:
-            n = self._slow(n, lambda left: _recv_many(p, mms, left, spans, max_messages),
+            n = self._slow(n, lambda left: _recv_many(p, mms, left, spans, max_messages, 0),
                            timeout, start)
         if n == 0:  # a frame too large for the read-ahead comes first
             return [self._recv_large(p.large, timeout, start)]
         s = _unpack(spans, 2 * n)
         mem = ffi.buffer(p.data, p.cap)
         out = [mem[s[i] : s[i + 1]] for i in range(0, 2 * n, 2)]
-        p.start = p.next
+        self._took = 1
         return out
 
     def _recv_large(self, n: int, timeout: float, start: Optional[float]) -> bytes:
@@ -186,13 +190,14 @@ class NativeStream:
     def read(self, n: int, timeout: float) -> bytes:
         p, msg = self._p, self._msg
         start = _monotonic() if timeout > 0 else None  # for a Deadline on the slow path
-        got = _read(p, n, timeout, msg)
+        took, self._took = self._took, 0
+        got = _read(p, n, timeout, msg, took)
         if got < 0:
-            got = self._slow(got, lambda left: _read(p, n, left, msg), timeout, start)
+            got = self._slow(got, lambda left: _read(p, n, left, msg, 0), timeout, start)
         if not got:
             return b""
         out: bytes = _unpack(msg[0], got)
-        p.start = p.next
+        self._took = 1
         return out
 
     # ---- life cycle

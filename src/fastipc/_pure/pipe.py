@@ -7,12 +7,14 @@ import ctypes
 import ctypes.util
 import errno
 import fcntl
+import importlib
 import os
 import select
 import signal
 import socket
 import struct
-from typing import Any, Optional
+from collections.abc import Iterable
+from typing import Any, Callable, Optional
 
 from fastipc._backend.pipe import Stream
 from fastipc._core import FIPC_EOF, FIPC_TOOBIG, Deadline, byte_view, closed_error, raise_errno
@@ -28,6 +30,10 @@ RBUF = 64 * 1024
 _HEADER = struct.Struct(">I")
 _SIGPIPE = {signal.SIGPIPE}
 _ALL_SIGNALS = signal.valid_signals()
+# signal.pthread_sigmask turns the mask it returns into enums (100 us for a full one); the
+# function of the C module it wraps returns ints
+_sigmask: Callable[[int, Iterable[int]], set[int]] = getattr(
+    importlib.import_module("_signal"), "pthread_sigmask", signal.pthread_sigmask)
 _NOSIGNAL = getattr(socket, "MSG_NOSIGNAL", 0) | getattr(socket, "MSG_DONTWAIT", 0)
 
 
@@ -155,48 +161,50 @@ class PureStream:
 
     def _write_all(self, parts: list[Any], timeout: float, offset: int) -> None:
         deadline: Optional[Deadline] = None  # made when the write first has to wait
-        done, skip, sock = 0, offset, self._sock
-        mask = signal.pthread_sigmask(signal.SIG_BLOCK, ())  # this thread's, to restore
+        done, sock = offset, self._sock
+        if offset:
+            parts = _advance(parts, offset)
+        guard = sock is None and signal.getsignal(signal.SIGPIPE) is not signal.SIG_IGN
+        mask = _sigmask(signal.SIG_BLOCK, _SIGPIPE) if guard else None
         try:
             while parts:
-                if skip:
-                    n, skip = skip, 0
-                    done += n
-                    parts = _advance(parts, n)
-                    continue
-                # Every signal is blocked from the write to its bookkeeping, so that a handler
-                # that raises (it runs once they are unblocked) finds `done` and `torn` true;
-                # SIGPIPE too, consumed if the write raised it.
-                signal.pthread_sigmask(signal.SIG_BLOCK, _ALL_SIGNALS)
+                # `torn` is set before each write and corrected after its bookkeeping: a
+                # signal handler that raises in between finds it set, and the writer closes
+                # rather than risk a frame cut short (a write that went whole included).
+                self.torn = True
                 try:
                     n = (sock.sendmsg(parts, [], _NOSIGNAL) if sock is not None
                          else os.writev(self.fd, parts))
-                    done += n
-                    parts = _advance(parts, n)
-                    self.torn = bool(parts)
                 except BlockingIOError:
-                    n = -1
-                except BrokenPipeError:
-                    if signal.SIGPIPE not in mask:
-                        signal.sigtimedwait(_SIGPIPE, 0)
-                    raise
-                finally:
-                    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-                if n < 0:
+                    self.torn = done > 0
                     deadline = deadline or Deadline(timeout)
                     self._wait(select.POLLOUT, deadline)
-        except BaseException as exc:
+                    continue
+                done += n
+                parts = _advance(parts, n)
+                self.torn = bool(parts)
+        except BrokenPipeError as exc:
+            if mask is not None and signal.SIGPIPE not in mask:
+                signal.sigtimedwait(_SIGPIPE, 0)  # consume the SIGPIPE the write raised
+            self.torn = done > 0
             exc.characters_written = done  # type: ignore[attr-defined]
             raise
+        except OSError as exc:
+            self.torn = done > 0
+            exc.characters_written = done  # type: ignore[attr-defined]
+            raise
+        finally:
+            if mask is not None:
+                _sigmask(signal.SIG_SETMASK, mask)
 
     # ---- reading
     def _read_into(self, view: memoryview, deadline: Deadline, count: str) -> int:
         """One read into ``view``, at once when data is there, else after waiting; the count
         is added to the attribute ``count`` before any signal handler may run (all signals
         are blocked from the read to that store), so that no byte read is ever lost."""
-        mask = signal.pthread_sigmask(signal.SIG_BLOCK, ())
+        mask = _sigmask(signal.SIG_BLOCK, ())
         while True:
-            signal.pthread_sigmask(signal.SIG_BLOCK, _ALL_SIGNALS)
+            _sigmask(signal.SIG_BLOCK, _ALL_SIGNALS)
             try:
                 n = os.readv(self.fd, [view])
                 setattr(self, count, getattr(self, count) + n)
@@ -204,7 +212,7 @@ class PureStream:
             except BlockingIOError:
                 pass
             finally:
-                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+                _sigmask(signal.SIG_SETMASK, mask)
             if deadline.timeout == 0:
                 raise deadline.error()
             self._wait(select.POLLIN, deadline)
