@@ -102,11 +102,6 @@ def _done(fut: asyncio.Future[None]) -> None:
         fut.set_result(None)
 
 
-def _ignore_result(task: asyncio.Future[Any]) -> None:
-    if not task.cancelled():
-        task.exception()  # retrieved: an unawaited failure is not logged as lost
-
-
 class Awaiter(_core.Handle):
     """A :class:`~fastipc._core.Handle` whose awaitables wait on the running loop
     (``loop.add_reader`` / ``add_writer``, never a thread, never a busy poll), and whose
@@ -205,9 +200,15 @@ class StreamEnd(Awaiter):
     async def _send_async(self, call: Callable[[Any, float, int], Any], data: Any,
                           timeout: Optional[float]) -> None:
         """Awaited ``call(data, timeout, offset)`` (a framed send or a raw write), tried
-        without waiting and resumed at ``offset`` each time the fd is writable again."""
+        without waiting and resumed at ``offset`` each time the fd is writable again.
+
+        Cancelled before any byte went, it sent nothing. Once part of the message went, it
+        is finished whatever happens: a cancellation then is absorbed and the call returns
+        normally once the message is whole (so that the caller knows it went; within the
+        call's timeout, else the object closes, as for any cut-short frame). Sends wait
+        for such a finishing send before they start."""
         deadline = Deadline.of(timeout)
-        if self._tail is not None:  # a cancelled send is still finishing its frame
+        while self._tail is not None:
             await asyncio.shield(self._tail)
         offset = 0
         while True:
@@ -221,36 +222,28 @@ class StreamEnd(Awaiter):
             if deadline.expired():
                 raise deadline.error()
             await self._ready("w", deadline)
-        # Part of the frame went: it is finished whatever happens to this call (a cancelled
-        # caller's frame still goes out whole, in a task of its own).
-        tail = asyncio.ensure_future(self._finish_send(call, data, offset, deadline))
-        tail.add_done_callback(_ignore_result)
+        tail: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._tail = tail
-        await asyncio.shield(tail)
-
-    async def _finish_send(self, call: Callable[[Any, float, int], Any], data: Any,
-                           offset: int, deadline: Deadline) -> None:
         try:
-            await self._finish_frame(call, data, offset, deadline)
+            while True:
+                if deadline.expired():
+                    raise deadline.error()
+                try:
+                    await self._ready("w", deadline)
+                except asyncio.CancelledError:
+                    continue  # absorbed: the rest of the message goes first
+                try:
+                    call(data, 0.0, offset)
+                    return
+                except TimeoutError as exc:
+                    offset = getattr(exc, "characters_written", offset)
         except BaseException:
             if self._tears:  # part of a frame went: the peer must see the end, not half
                 self.close()
             raise
         finally:
             self._tail = None
-
-    @uses_handle_async
-    async def _finish_frame(self, call: Callable[[Any, float, int], Any], data: Any,
-                            offset: int, deadline: Deadline) -> None:
-        while True:
-            if deadline.expired():
-                raise deadline.error()
-            await self._ready("w", deadline)
-            try:
-                call(data, 0.0, offset)
-                return
-            except TimeoutError as exc:
-                offset = getattr(exc, "characters_written", offset)
+            tail.set_result(None)
 
     async def _recv_async(self, recv: Callable[[float], bytes],
                           timeout: Optional[float]) -> bytes:
