@@ -251,7 +251,7 @@ with client.connect(sys.argv[1], timeout=10, backend=sys.argv[2]) as c:
             got = [await c.recv(timeout=WAIT) for _ in range(100)]
             assert got == [b"n%d" % i for i in range(100)]
             await c.send(b"bye")
-            out, err = await asyncio.get_running_loop().run_in_executor(
+            _, err = await asyncio.get_running_loop().run_in_executor(
                 None, lambda: proc.communicate(timeout=WAIT))
             assert proc.returncode == 0, err
 
