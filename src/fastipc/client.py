@@ -13,7 +13,7 @@ import select
 import socket
 import time
 from functools import partial
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, TypeVar
 
 from fastipc import _core
 from fastipc._address import (
@@ -29,6 +29,8 @@ from fastipc._core import Deadline, check_int, check_timeout
 from fastipc.pipe import StreamEnd, _impl, uses_handle_async
 
 __all__ = ["AsyncClient", "Client", "connect", "connect_async"]
+
+_C = TypeVar("_C", bound="_ClientEnd")
 
 
 class _ClientEnd(StreamEnd):
@@ -124,6 +126,16 @@ def _checked(framing: str, timeout: Optional[float], max_message_size: int,
     return "length" if framed else "raw", deadline, mms, _core.resolve_backend(backend)
 
 
+def _client(kind: Callable[..., _C], sock: socket.socket, *args: Any) -> _C:
+    """The client object owning the connected ``sock``'s fd (closed if that fails)."""
+    fd = sock.detach()
+    try:
+        return kind(fd, *args)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def connect(
     address: Address,
     *,
@@ -141,12 +153,7 @@ def connect(
         sock = _connect_tcp(host, port, deadline)
     else:
         sock = _connect_unix(unix_path(address), deadline)
-    fd = sock.detach()
-    try:
-        return Client(fd, which, framing, mms, address)
-    except BaseException:
-        os.close(fd)
-        raise
+    return _client(Client, sock, which, framing, mms, address)
 
 
 async def connect_async(
@@ -193,12 +200,7 @@ async def connect_async(
         except BaseException:
             sock.close()
             raise
-        fd = sock.detach()
-        try:
-            return AsyncClient(fd, which, framing, mms, address)
-        except BaseException:
-            os.close(fd)
-            raise
+        return _client(AsyncClient, sock, which, framing, mms, address)
     assert last is not None
     raise last
 

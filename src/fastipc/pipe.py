@@ -13,13 +13,14 @@ process with SIGPIPE, whatever the process's SIGPIPE disposition (see the README
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import functools
 import os
 import stat
 import threading
 import weakref
-from collections.abc import Awaitable, Iterable, Iterator
+from collections.abc import Awaitable, Generator, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar, Union, cast
 
 from fastipc import _core
@@ -574,52 +575,69 @@ class FIFO(Awaiter):
         await self._ready("", deadline, delay)
         return min(delay * 2, _PEER_POLL)
 
+    def _find_peer(self, reading: bool) -> Generator[int, None, None]:
+        """Look for the peer end: yields -1 each time the caller should pause before looking
+        again, then the fd of our end once the peer is there (closed if the caller gives
+        up meanwhile: the generator is closed)."""
+        if not reading:
+            while (fd := self._try_writer()) < 0:
+                yield -1
+            yield fd
+            return
+        fd = self._open(os.O_RDONLY)
+        try:
+            while not self._impl.writer_present(fd):
+                yield -1
+        except BaseException:
+            os.close(fd)
+            raise
+        yield fd
+
+    def _open_end(self, reading: bool, timeout: Optional[float], kw: dict[str, Any]) -> Any:
+        deadline, delay = Deadline.of(timeout), 0.001
+        with contextlib.closing(self._find_peer(reading)) as steps:
+            for fd in steps:
+                if fd >= 0:
+                    return self._end(fd, PipeReader if reading else PipeWriter, kw)
+                delay = self._pause(deadline, delay)
+        raise AssertionError("unreachable: _find_peer ends with an fd")
+
+    async def _open_end_async(self, reading: bool, timeout: Optional[float],
+                              kw: dict[str, Any]) -> Any:
+        deadline, delay = Deadline.of(timeout), 0.001
+        with contextlib.closing(self._find_peer(reading)) as steps:
+            for fd in steps:
+                if fd >= 0:
+                    return self._end(fd, PipeReader if reading else PipeWriter, kw)
+                delay = await self._pause_async(deadline, delay)
+        raise AssertionError("unreachable: _find_peer ends with an fd")
+
     @uses_handle
     def open_writer(self, timeout: Optional[float] = None) -> PipeWriter:
         """Open the write end once a reader has the FIFO open; TimeoutError otherwise."""
-        deadline, delay = Deadline.of(timeout), 0.001
-        while (fd := self._try_writer()) < 0:
-            delay = self._pause(deadline, delay)
-        return self._end(fd, PipeWriter, {})
+        return cast(PipeWriter, self._open_end(False, timeout, {}))
 
     @uses_handle
     def open_reader(
         self, timeout: Optional[float] = None, *, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
     ) -> PipeReader:
         """Open the read end once a writer has the FIFO open; TimeoutError otherwise."""
-        deadline, delay = Deadline.of(timeout), 0.001
-        fd = self._open(os.O_RDONLY)
-        try:
-            while not self._impl.writer_present(fd):
-                delay = self._pause(deadline, delay)
-        except BaseException:
-            os.close(fd)
-            raise
-        return self._end(fd, PipeReader, {"max_message_size": max_message_size})
+        return cast(PipeReader,
+                    self._open_end(True, timeout, {"max_message_size": max_message_size}))
 
     @uses_handle_async
     async def open_writer_async(self, timeout: Optional[float] = None) -> PipeWriter:
         """Awaitable :meth:`open_writer` (it looks for the reader every few milliseconds:
         the kernel announces no reader's arrival on any fd)."""
-        deadline, delay = Deadline.of(timeout), 0.001
-        while (fd := self._try_writer()) < 0:
-            delay = await self._pause_async(deadline, delay)
-        return self._end(fd, PipeWriter, {})
+        return cast(PipeWriter, await self._open_end_async(False, timeout, {}))
 
     @uses_handle_async
     async def open_reader_async(
         self, timeout: Optional[float] = None, *, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
     ) -> PipeReader:
         """Awaitable :meth:`open_reader` (it looks for the writer every few milliseconds)."""
-        deadline, delay = Deadline.of(timeout), 0.001
-        fd = self._open(os.O_RDONLY)
-        try:
-            while not self._impl.writer_present(fd):
-                delay = await self._pause_async(deadline, delay)
-        except BaseException:
-            os.close(fd)
-            raise
-        return self._end(fd, PipeReader, {"max_message_size": max_message_size})
+        return cast(PipeReader, await self._open_end_async(
+            True, timeout, {"max_message_size": max_message_size}))
 
     def _end(self, fd: int, kind: Callable[..., _E], kw: dict[str, Any]) -> _E:
         try:
