@@ -57,6 +57,7 @@ fipc_pipe *fipc_pipe_new(int fd, int flags, int guard)
     p->flags = flags;
     p->guard = guard;
     p->fds_open = 1;
+    p->pid = (int32_t)getpid();
     p->wake = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (p->wake < 0) {
         free(p);
@@ -109,28 +110,50 @@ static int64_t leave(fipc_pipe *p, int64_t rc)
 /* The body of every public call: counted, and -ECANCELED on a closed object. */
 #define COUNTED(p, call) (enter(p) ? leave(p, (call)) : -ECANCELED)
 
+/* After fork() both processes hold the same eventfd: a wake-up written by one would end the
+ * other's waits. So a process writes to `wake` only once it has an eventfd of its own there
+ * (a fresh one put in place of the inherited number), and a wait ignores a wake-up that this
+ * process did not ask for (see wait_ready). */
+static int renew_wake(fipc_pipe *p)
+{
+    int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (fd < 0)
+        return -errno;
+    int rc = dup3(fd, p->wake, O_CLOEXEC) < 0 ? -errno : 0;
+    close(fd);
+    if (rc == 0)
+        p->pid = (int32_t)getpid();
+    return rc;
+}
+
+static int write_wake(fipc_pipe *p)
+{
+    __atomic_store_n(&p->woken, 1, __ATOMIC_SEQ_CST);
+    if (p->pid != (int32_t)getpid()) {
+        int rc = renew_wake(p);
+        if (rc < 0)
+            return rc;
+    }
+    uint64_t one = 1;
+    /* EAGAIN only once the counter is near 2^64: it is readable then anyway */
+    return write(p->wake, &one, sizeof one) < 0 && errno != EAGAIN ? -errno : 0;
+}
+
 int fipc_pipe_wake(fipc_pipe *p)
 {
-    uint64_t one = 1;
     if (!enter(p))
         return 0; /* closed: every call returns at once anyway */
-    /* EAGAIN only once the counter is near 2^64: it is readable then anyway */
-    int rc = write(p->wake, &one, sizeof one) < 0 && errno != EAGAIN ? -errno : 0;
-    return (int)leave(p, rc);
+    return (int)leave(p, write_wake(p));
 }
 
 void fipc_pipe_close(fipc_pipe *p)
 {
-    if (__atomic_exchange_n(&p->closed, 1, __ATOMIC_SEQ_CST))
-        return;
-    if (__atomic_load_n(&p->busy, __ATOMIC_SEQ_CST) == 0) {
-        close_fds(p);
-        return;
-    }
-    uint64_t one = 1;
-    /* a call still runs, so the eventfd is open until it leaves; EAGAIN: readable anyway */
-    ssize_t rc = write(p->wake, &one, sizeof one);
-    (void)rc;
+    /* counted like a call, so that no call leaving meanwhile closes the eventfd (and lets
+     * its number be reused) before the wake-up is written to it */
+    __atomic_add_fetch(&p->busy, 1, __ATOMIC_SEQ_CST);
+    if (!__atomic_exchange_n(&p->closed, 1, __ATOMIC_SEQ_CST))
+        (void)write_wake(p); /* a failure costs a blocked call its wake-up, not the close */
+    leave(p, 0); /* the last to leave closes the fds: this call if none runs */
 }
 
 void fipc_pipe_free(fipc_pipe *p)
@@ -147,18 +170,27 @@ void fipc_pipe_free(fipc_pipe *p)
  * read or write says what happened. */
 static int wait_ready(fipc_pipe *p, short events, int64_t deadline)
 {
-    struct pollfd f[2] = {{.fd = p->fd, .events = events}, {.fd = p->wake, .events = POLLIN}};
-    struct timespec ts;
-    int rc = ppoll(f, 2, fipc_remaining(deadline, &ts), NULL);
-    if (rc < 0)
-        return -errno;
-    if (f[1].revents)
-        return -ECANCELED;
-    if (rc == 0)
-        return -ETIMEDOUT;
-    if (f[0].revents & POLLNVAL)
-        return -EBADF;
-    return 0;
+    for (;;) {
+        struct pollfd f[2] = {{.fd = p->fd, .events = events},
+                              {.fd = p->wake, .events = POLLIN}};
+        struct timespec ts;
+        int rc = ppoll(f, 2, fipc_remaining(deadline, &ts), NULL);
+        if (rc < 0)
+            return -errno;
+        if (f[1].revents) {
+            if (__atomic_load_n(&p->woken, __ATOMIC_SEQ_CST))
+                return -ECANCELED;
+            rc = renew_wake(p); /* a forked copy's wake-up: take an eventfd of our own */
+            if (rc < 0)
+                return rc;
+            continue;
+        }
+        if (rc == 0)
+            return -ETIMEDOUT;
+        if (f[0].revents & POLLNVAL)
+            return -EBADF;
+        return 0;
+    }
 }
 
 /* ---- SIGPIPE: a write to a pipe without readers must fail with EPIPE, never kill us.

@@ -47,6 +47,9 @@ typedef struct fipc_pipe {
     int32_t busy;       /* calls running (atomic) */
     int32_t closed;     /* set by fipc_pipe_close (atomic) */
     int32_t fds_open;   /* 1 until the fds are closed, by exactly one thread (atomic) */
+    int32_t woken;      /* set by fipc_pipe_wake / fipc_pipe_close (atomic): a wake-up seen
+                           without it came from a forked copy of this object: not ours */
+    int32_t pid;        /* the process whose eventfd `wake` is (see renew_wake) */
 } fipc_pipe;
 
 int fipc_pipe_open(int fds[2], int size);

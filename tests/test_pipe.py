@@ -878,3 +878,35 @@ def test_exception_raised_into_recv_never_tears_a_message(cross: tuple[str, str]
     proc = run_python(INTERRUPTED_RECV, receiver, sender, "40", timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert int(proc.stdout) > 0  # the handler did interrupt receives
+
+
+FORKED_COPIES = r"""
+import os, sys, time
+from fastipc import pipe
+backend = sys.argv[1]
+r, w = pipe.pipe(backend=backend)
+pid = os.fork()
+if pid == 0:                      # child: waits on its copy of the read end
+    w.close()                     # its copy of the write end: the parent's must not notice
+    try:
+        ok = r.recv(timeout=10) == b"x" * 300_000
+    except BaseException as exc:
+        print("child:", repr(exc))
+        ok = False
+    os._exit(0 if ok else 1)
+r.close()                         # the parent's copy: the child's wait must not notice
+time.sleep(0.3)
+w.send(b"x" * 300_000, timeout=10)  # waits for room while the child reads
+_, status = os.waitpid(pid, 0)
+assert os.waitstatus_to_exitcode(status) == 0
+w.close()
+print("ok")
+"""
+
+
+def test_closing_a_forked_copy_leaves_the_other_process_alone(backend: str) -> None:
+    """After fork() each process holds a copy of both ends; closing one's copy (which
+    wakes that process's blocked calls) must not end the other process's waits."""
+    proc = run_python(FORKED_COPIES, backend, timeout=30)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
+    assert proc.stdout.strip() == "ok"

@@ -99,8 +99,8 @@ class PureStream:
     big-endian length frames; a frame larger than the buffer is received straight into its
     own bytearray (as the C reader does)."""
 
-    __slots__ = ("_buf", "_end", "_got", "_pending", "_poll", "_sock", "_start", "_wake_r",
-                 "_wake_w", "_what", "fd", "max_message_size", "torn")
+    __slots__ = ("_buf", "_end", "_got", "_pending", "_pid", "_poll", "_sock", "_start",
+                 "_wake_r", "_wake_w", "_what", "_woken", "fd", "max_message_size", "torn")
     counts_calls = False
 
     def __init__(self, fd: int, reading: bool, sock: bool, max_message_size: int,
@@ -110,6 +110,8 @@ class PureStream:
         self.max_message_size = max_message_size
         self._sock = socket.socket(fileno=fd) if sock else None  # borrowed: detached in free()
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self._pid = os.getpid()
+        self._woken = False
         self._poll = select.poll()
         self._poll.register(self._wake_r, select.POLLIN)
         self._buf = bytearray(RBUF if reading else 0)
@@ -127,7 +129,10 @@ class PureStream:
                 left = deadline.left()
                 ready = self._poll.poll(None if left < 0 else int(left * 1000 + 0.999))
                 if any(fd == self._wake_r for fd, _ in ready):
-                    raise closed_error(self._what)
+                    if self._woken:
+                        raise closed_error(self._what)
+                    self._renew_wake()  # a forked copy's wake-up: not ours
+                    continue
                 if ready:
                     return
                 if deadline.expired():
@@ -298,7 +303,20 @@ class PureStream:
         return out
 
     # ---- life cycle
+    def _renew_wake(self) -> None:
+        """After fork() both processes hold the same wake-up pipe: put a pipe of this
+        process's own in its place before waking (or after a wake-up not asked for here)."""
+        r, w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        os.dup2(r, self._wake_r, inheritable=False)
+        os.dup2(w, self._wake_w, inheritable=False)
+        os.close(r)
+        os.close(w)
+        self._pid = os.getpid()
+
     def wake(self) -> None:
+        self._woken = True
+        if self._pid != os.getpid():
+            self._renew_wake()
         try:
             os.write(self._wake_w, b"\0")
         except BlockingIOError:
