@@ -336,9 +336,11 @@ def stream(fd: int, *, reading: bool, sock: bool, max_message_size: int,
     return PureStream(fd, reading, sock, max_message_size, what)
 
 
-# ---- Still imported by fastipc._pure.mq and fastipc._pure.server (whose Client moved
-# here), which are moving to _core.Deadline: delete these once nothing imports them.
-Reader = PureStream
+# ---- Still imported by fastipc._pure.mq and fastipc._pure.server (whose Client
+# fastipc.client replaced), which are moving to _core.Deadline: delete once unused.
+class Reader(PureStream):
+    def __init__(self, fd: int, max_message_size: int) -> None:
+        super().__init__(fd, True, False, max_message_size, "Client")
 
 
 def _deadline(timeout: float) -> float:
