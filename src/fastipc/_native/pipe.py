@@ -122,7 +122,9 @@ class NativeStream:
             self._slow(rc, lambda left: _send(p, buf, n, p.written, left), timeout, start, True)
 
     def send_many(self, messages: list[Any], timeout: float) -> None:
-        lens = ffi.new("uint32_t[]", [as_buffer(m)[1] for m in messages])
+        lens = ffi.new(
+            "uint32_t[]", [len(m) if type(m) is bytes else as_buffer(m)[1] for m in messages]
+        )
         payload = b"".join(messages)
         count, size = len(messages), len(payload)
         p = self._p
