@@ -107,8 +107,24 @@ static int64_t leave(fipc_pipe *p, int64_t rc)
     return rc;
 }
 
-/* The body of every public call: counted, and -ECANCELED on a closed object. */
-#define COUNTED(p, call) (enter(p) ? leave(p, (call)) : -ECANCELED)
+/* The body of every public read or write: counted, -ECANCELED on a closed object, and
+ * -EBUSY if another thread is reading (writing) on the object already: an end is used by
+ * one thread at a time, and a second one is refused rather than let interleave its frames
+ * or move the read-ahead buffer under the first. */
+static int claim(int32_t *side)
+{
+    return !__atomic_exchange_n(side, 1, __ATOMIC_ACQUIRE);
+}
+
+static int64_t release(int32_t *side, int64_t rc)
+{
+    __atomic_store_n(side, 0, __ATOMIC_RELEASE);
+    return rc;
+}
+
+#define EXCLUSIVE(p, side, call)                                                        \
+    (enter(p) ? leave(p, claim(&(p)->side) ? release(&(p)->side, (call)) : -EBUSY)      \
+              : -ECANCELED)
 
 /* After fork() both processes hold the same eventfd: a wake-up written by one would end the
  * other's waits. So a process writes to `wake` only once it has an eventfd of its own there
@@ -269,7 +285,7 @@ static int64_t write_iov_counted(fipc_pipe *p, struct iovec *iov, int cnt, size_
 static int64_t write_iov(fipc_pipe *p, struct iovec *iov, int cnt, size_t offset,
                          double timeout)
 {
-    return COUNTED(p, write_iov_counted(p, iov, cnt, offset, timeout));
+    return EXCLUSIVE(p, writing, write_iov_counted(p, iov, cnt, offset, timeout));
 }
 
 int64_t fipc_pipe_write(fipc_pipe *p, const char *buf, size_t len, size_t offset,
@@ -450,7 +466,7 @@ static fipc_pipe *taken(fipc_pipe *p, int took)
 
 int64_t fipc_pipe_recv(fipc_pipe *p, uint32_t max_size, double timeout, char **msg, int took)
 {
-    return COUNTED(p, recv_frame(taken(p, took), max_size, timeout, msg));
+    return EXCLUSIVE(p, reading, recv_frame(taken(p, took), max_size, timeout, msg));
 }
 
 static int64_t recv_frames(fipc_pipe *p, uint32_t max_size, double timeout, uint32_t *spans,
@@ -481,7 +497,7 @@ static int64_t recv_frames(fipc_pipe *p, uint32_t max_size, double timeout, uint
 int64_t fipc_pipe_recv_many(fipc_pipe *p, uint32_t max_size, double timeout, uint32_t *spans,
                             size_t max_count, int took)
 {
-    return COUNTED(p, recv_frames(taken(p, took), max_size, timeout, spans, max_count));
+    return EXCLUSIVE(p, reading, recv_frames(taken(p, took), max_size, timeout, spans, max_count));
 }
 
 static int64_t recv_large(fipc_pipe *p, char *out, size_t n, double timeout)
@@ -511,7 +527,7 @@ static int64_t recv_large(fipc_pipe *p, char *out, size_t n, double timeout)
 
 int64_t fipc_pipe_recv_into(fipc_pipe *p, char *out, size_t n, double timeout)
 {
-    return COUNTED(p, recv_large(p, out, n, timeout));
+    return EXCLUSIVE(p, reading, recv_large(p, out, n, timeout));
 }
 
 static int64_t read_some(fipc_pipe *p, size_t n, double timeout, char **data)
@@ -533,7 +549,7 @@ static int64_t read_some(fipc_pipe *p, size_t n, double timeout, char **data)
 
 int64_t fipc_pipe_read(fipc_pipe *p, size_t n, double timeout, char **data, int took)
 {
-    return COUNTED(p, read_some(taken(p, took), n, timeout, data));
+    return EXCLUSIVE(p, reading, read_some(taken(p, took), n, timeout, data));
 }
 
 /* Does a FIFO opened for reading have a writer? tee() on an empty pipe answers without

@@ -50,6 +50,8 @@ typedef struct fipc_pipe {
     int32_t woken;      /* set by fipc_pipe_wake / fipc_pipe_close (atomic): a wake-up seen
                            without it came from a forked copy of this object: not ours */
     int32_t pid;        /* the process whose eventfd `wake` is (see renew_wake) */
+    int32_t reading;    /* a thread is in a read (atomic): another one gets -EBUSY */
+    int32_t writing;    /* a thread is in a write (atomic): another one gets -EBUSY */
 } fipc_pipe;
 
 int fipc_pipe_open(int fds[2], int size);

@@ -914,3 +914,46 @@ def test_closing_a_forked_copy_leaves_the_other_process_alone(backend: str) -> N
     proc = run_python(FORKED_COPIES, backend, timeout=30)
     assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
     assert proc.stdout.strip() == "ok"
+
+
+TWO_THREADS = r"""
+import sys, threading, time
+from fastipc import pipe
+backend, side = sys.argv[1], sys.argv[2]
+r, w = pipe.pipe(backend=backend)
+if side == "reader":
+    first = lambda: r.recv(timeout=5)
+    second = lambda: r.recv_many(timeout=1)
+else:
+    w.write(b"f" * w.pipe_size)          # full: a send waits for room
+    first = lambda: w.send(b"a" * 200_000, timeout=5)
+    second = lambda: w.send(b"b" * 10, timeout=1)
+out = []
+t = threading.Thread(target=lambda: out.append(first()))
+t.start()
+time.sleep(0.2)                            # the first thread waits in the call now
+try:
+    second()
+    print("second call ran")
+except OSError as exc:
+    print("errno", exc.errno)
+if side == "reader":
+    w.send(b"x")
+else:
+    assert r.read(w.pipe_size, timeout=1)
+    while len(r.read(1 << 20, timeout=1)) and t.is_alive():
+        pass
+t.join(5)
+assert not t.is_alive()
+r.close(); w.close()
+"""
+
+
+@pytest.mark.parametrize("side", ["reader", "writer"])
+def test_a_second_thread_in_the_same_end_is_refused(backend: str, side: str) -> None:
+    """An end is used by one thread at a time: a second thread's call while the first is
+    in a call raises OSError(EBUSY) instead of sharing the read-ahead buffer (a crash, in
+    C) or interleaving frames (in a child process, so that a crash fails the test)."""
+    proc = run_python(TWO_THREADS, backend, side, timeout=30)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "errno 16"  # EBUSY

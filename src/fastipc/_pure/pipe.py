@@ -99,8 +99,9 @@ class PureStream:
     big-endian length frames; a frame larger than the buffer is received straight into its
     own bytearray (as the C reader does)."""
 
-    __slots__ = ("_buf", "_end", "_got", "_pending", "_pid", "_poll", "_sock", "_start",
-                 "_wake_r", "_wake_w", "_what", "_woken", "fd", "max_message_size", "torn")
+    __slots__ = ("_buf", "_end", "_got", "_pending", "_pid", "_poll", "_reading", "_sock",
+                 "_start", "_wake_r", "_wake_w", "_what", "_woken", "_writing", "fd",
+                 "max_message_size", "torn")
     counts_calls = False
 
     def __init__(self, fd: int, reading: bool, sock: bool, max_message_size: int,
@@ -112,6 +113,7 @@ class PureStream:
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._pid = os.getpid()
         self._woken = False
+        self._reading = self._writing = False  # a thread is in a read / a write
         self._poll = select.poll()
         self._poll.register(self._wake_r, select.POLLIN)
         self._buf = bytearray(RBUF if reading else 0)
@@ -165,6 +167,15 @@ class PureStream:
         self._write_all([b"".join(frames)], timeout, 0)
 
     def _write_all(self, parts: list[Any], timeout: float, offset: int) -> None:
+        if self._writing:  # (no thread switch between this test and the store below)
+            raise_errno(errno.EBUSY)
+        self._writing = True
+        try:
+            self._write_parts(parts, timeout, offset)
+        finally:
+            self._writing = False
+
+    def _write_parts(self, parts: list[Any], timeout: float, offset: int) -> None:
         deadline: Optional[Deadline] = None  # made when the write first has to wait
         done, sock = offset, self._sock
         if offset:
@@ -261,11 +272,28 @@ class PureStream:
                 raise_errno(FIPC_EOF)
         return self._recv_large(deadline or Deadline(timeout)), self._start
 
+    def _claim_read(self) -> None:
+        """One thread reads at a time, as natively: another one gets OSError(EBUSY)."""
+        if self._reading:  # (no thread switch between this test and the store)
+            raise_errno(errno.EBUSY)
+        self._reading = True
+
     def recv(self, timeout: float) -> bytes:
-        out, self._start = self._frame(timeout)
-        return out
+        self._claim_read()
+        try:
+            out, self._start = self._frame(timeout)
+            return out
+        finally:
+            self._reading = False
 
     def recv_many(self, max_messages: int, timeout: float) -> list[bytes]:
+        self._claim_read()
+        try:
+            return self._recv_many(max_messages, timeout)
+        finally:
+            self._reading = False
+
+    def _recv_many(self, max_messages: int, timeout: float) -> list[bytes]:
         first, start = self._frame(timeout)
         out = [first]
         with memoryview(self._buf) as view:
@@ -294,6 +322,13 @@ class PureStream:
         return data
 
     def read(self, n: int, timeout: float) -> bytes:
+        self._claim_read()
+        try:
+            return self._read(n, timeout)
+        finally:
+            self._reading = False
+
+    def _read(self, n: int, timeout: float) -> bytes:
         if self._start == self._end and self._fill(Deadline(timeout)) == 0:
             return b""
         start = self._start
