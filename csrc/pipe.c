@@ -1,5 +1,7 @@
-/* Anonymous and named pipes: whole writes with timeouts, SIGPIPE turned into EPIPE, and a
- * reader that reads ahead in large chunks and splits length-prefixed frames here in C. */
+/* Byte streams over one fd (pipe ends, FIFO ends, connected sockets): whole writes with
+ * timeouts, SIGPIPE turned into EPIPE, and a reader that reads ahead in large chunks and
+ * splits length-prefixed frames here in C. Every wait also watches the object's eventfd, so
+ * that fipc_pipe_wake() (a close from another thread) ends it at once. */
 #include "pipe.h"
 
 #include <errno.h>
@@ -9,15 +11,15 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
-#define FRAME_HEADER 4
 #define SMALL_FRAME 4096 /* PIPE_BUF: frames up to this size are written atomically */
 #define RBUF_BASE (64 * 1024)      /* read-ahead buffer */
 #define RBUF_MAX (4 * 1024 * 1024) /* it grows up to this for one frame; larger frames are
-                                      received straight into the message (FIPC_LARGE) */
+                                      received straight into the message (p->large) */
 
 int fipc_pipe_open(int fds[2], int size)
 {
@@ -46,10 +48,171 @@ int fipc_pipe_get_size(int fd)
     return rc < 0 ? -errno : rc;
 }
 
+fipc_pipe *fipc_pipe_new(int fd, int flags, int guard)
+{
+    fipc_pipe *p = calloc(1, sizeof *p);
+    if (!p)
+        return NULL;
+    p->fd = fd;
+    p->flags = flags;
+    p->guard = guard;
+    p->fds_open = 1;
+    p->pid = (int32_t)getpid();
+    p->wake = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (p->wake < 0) {
+        free(p);
+        return NULL;
+    }
+    if (flags & FIPC_PIPE_READ) {
+        p->data = malloc(RBUF_BASE);
+        if (!p->data) {
+            close(p->wake);
+            free(p);
+            errno = ENOMEM;
+            return NULL;
+        }
+        p->cap = RBUF_BASE;
+    }
+    return p;
+}
+
+/* ---- the life cycle: calls counted in C, fds closed by whoever is last ---- */
+
+static void close_fds(fipc_pipe *p)
+{
+    if (__atomic_exchange_n(&p->fds_open, 0, __ATOMIC_SEQ_CST)) {
+        close(p->fd);
+        close(p->wake);
+    }
+}
+
+/* Enter a call: 0 if the object is closed (the call must not touch the fds). A closer sets
+ * `closed` before it reads `busy`, a caller counts itself in `busy` before it reads `closed`:
+ * one of the two sees the other (sequentially consistent). */
+static int enter(fipc_pipe *p)
+{
+    __atomic_add_fetch(&p->busy, 1, __ATOMIC_SEQ_CST);
+    if (!__atomic_load_n(&p->closed, __ATOMIC_SEQ_CST))
+        return 1;
+    if (__atomic_sub_fetch(&p->busy, 1, __ATOMIC_SEQ_CST) == 0)
+        close_fds(p);
+    return 0;
+}
+
+static int64_t leave(fipc_pipe *p, int64_t rc)
+{
+    if (__atomic_sub_fetch(&p->busy, 1, __ATOMIC_SEQ_CST) == 0 &&
+        __atomic_load_n(&p->closed, __ATOMIC_SEQ_CST))
+        close_fds(p);
+    return rc;
+}
+
+/* The body of every public read or write: counted, -ECANCELED on a closed object, and
+ * -EBUSY if another thread is reading (writing) on the object already: an end is used by
+ * one thread at a time, and a second one is refused rather than let interleave its frames
+ * or move the read-ahead buffer under the first. */
+static int claim(int32_t *side)
+{
+    return !__atomic_exchange_n(side, 1, __ATOMIC_ACQUIRE);
+}
+
+static int64_t release(int32_t *side, int64_t rc)
+{
+    __atomic_store_n(side, 0, __ATOMIC_RELEASE);
+    return rc;
+}
+
+#define EXCLUSIVE(p, side, call)                                                        \
+    (enter(p) ? leave(p, claim(&(p)->side) ? release(&(p)->side, (call)) : -EBUSY)      \
+              : -ECANCELED)
+
+/* After fork() both processes hold the same eventfd: a wake-up written by one would end the
+ * other's waits. So a process writes to `wake` only once it has an eventfd of its own there
+ * (a fresh one put in place of the inherited number), and a wait ignores a wake-up that this
+ * process did not ask for (see wait_ready). */
+static int renew_wake(fipc_pipe *p)
+{
+    int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (fd < 0)
+        return -errno;
+    int rc = dup3(fd, p->wake, O_CLOEXEC) < 0 ? -errno : 0;
+    close(fd);
+    if (rc == 0)
+        p->pid = (int32_t)getpid();
+    return rc;
+}
+
+static int write_wake(fipc_pipe *p)
+{
+    __atomic_store_n(&p->woken, 1, __ATOMIC_SEQ_CST);
+    if (p->pid != (int32_t)getpid()) {
+        int rc = renew_wake(p);
+        if (rc < 0)
+            return rc;
+    }
+    uint64_t one = 1;
+    /* EAGAIN only once the counter is near 2^64: it is readable then anyway */
+    return write(p->wake, &one, sizeof one) < 0 && errno != EAGAIN ? -errno : 0;
+}
+
+int fipc_pipe_wake(fipc_pipe *p)
+{
+    if (!enter(p))
+        return 0; /* closed: every call returns at once anyway */
+    return (int)leave(p, write_wake(p));
+}
+
+void fipc_pipe_close(fipc_pipe *p)
+{
+    /* counted like a call, so that no call leaving meanwhile closes the eventfd (and lets
+     * its number be reused) before the wake-up is written to it */
+    __atomic_add_fetch(&p->busy, 1, __ATOMIC_SEQ_CST);
+    if (!__atomic_exchange_n(&p->closed, 1, __ATOMIC_SEQ_CST))
+        (void)write_wake(p); /* a failure costs a blocked call its wake-up, not the close */
+    leave(p, 0); /* the last to leave closes the fds: this call if none runs */
+}
+
+void fipc_pipe_free(fipc_pipe *p)
+{
+    if (p) {
+        fipc_pipe_close(p);
+        free(p->data);
+        free(p);
+    }
+}
+
+/* Wait until the fd is ready for `events`, the deadline passes (-ETIMEDOUT) or the object is
+ * woken (-ECANCELED); -EINTR goes back to Python. POLLERR/POLLHUP count as ready: the next
+ * read or write says what happened. */
+static int wait_ready(fipc_pipe *p, short events, int64_t deadline)
+{
+    for (;;) {
+        struct pollfd f[2] = {{.fd = p->fd, .events = events},
+                              {.fd = p->wake, .events = POLLIN}};
+        struct timespec ts;
+        int rc = ppoll(f, 2, fipc_remaining(deadline, &ts), NULL);
+        if (rc < 0)
+            return -errno;
+        if (f[1].revents) {
+            if (__atomic_load_n(&p->woken, __ATOMIC_SEQ_CST))
+                return -ECANCELED;
+            rc = renew_wake(p); /* a forked copy's wake-up: take an eventfd of our own */
+            if (rc < 0)
+                return rc;
+            continue;
+        }
+        if (rc == 0)
+            return -ETIMEDOUT;
+        if (f[0].revents & POLLNVAL)
+            return -EBADF;
+        return 0;
+    }
+}
+
 /* ---- SIGPIPE: a write to a pipe without readers must fail with EPIPE, never kill us.
  * SIGPIPE raised by write() is directed at the writing thread, so blocking it in this
  * thread for the duration of the write and consuming the pending instance afterwards
- * keeps the process alive whatever its disposition. */
+ * keeps the process alive whatever its disposition. (Sockets use MSG_NOSIGNAL.) */
 
 typedef struct {
     sigset_t old;
@@ -92,118 +255,90 @@ static void guard_leave(sigpipe_guard *g, int got_epipe)
     pthread_sigmask(SIG_SETMASK, &g->old, NULL);
 }
 
-/* Write iov[0..cnt) completely, skipping the first `offset` bytes. */
-static int64_t write_iov(int fd, struct iovec *iov, int cnt, size_t offset, double timeout,
-                         int guard, size_t *written)
+/* Write iov[0..cnt) (cnt <= 2) completely, skipping the first `offset` bytes: the one
+ * write loop of common.c, asked never to wait itself (timeout 0), so that every wait here
+ * also watches the wake-up eventfd. */
+static int64_t write_iov_counted(fipc_pipe *p, struct iovec *iov, int cnt, size_t offset,
+                                 double timeout)
 {
-    size_t total = 0;
-    for (int i = 0; i < cnt; i++)
-        total += iov[i].iov_len;
-    size_t done = offset;
-    /* skip what an earlier, interrupted call already wrote */
-    int first = 0;
-    size_t skip = offset;
-    while (first < cnt && skip >= iov[first].iov_len) {
-        skip -= iov[first].iov_len;
-        first++;
-    }
-    if (first < cnt) {
-        iov[first].iov_base = (char *)iov[first].iov_base + skip;
-        iov[first].iov_len -= skip;
-    }
-
-    int64_t deadline = -2; /* computed on the first wait only: the fast path needs no clock */
-    int64_t rc = 0;
+    struct iovec orig[2];
+    memcpy(orig, iov, (size_t)cnt * sizeof *iov);
+    int sock = (p->flags & FIPC_PIPE_SOCK) != 0;
+    int64_t deadline = FIPC_DEADLINE_UNSET, rc;
     sigpipe_guard g;
-    guard_enter(&g, guard);
-    while (done < total) {
-        /* write() is measurably cheaper than writev() for one buffer */
-        ssize_t n = cnt - first == 1 ? write(fd, iov[first].iov_base, iov[first].iov_len)
-                                     : writev(fd, iov + first, cnt - first);
-        if (n > 0) {
-            done += (size_t)n;
-            size_t adv = (size_t)n;
-            while (first < cnt && adv >= iov[first].iov_len) {
-                adv -= iov[first].iov_len;
-                first++;
-            }
-            if (first < cnt) {
-                iov[first].iov_base = (char *)iov[first].iov_base + adv;
-                iov[first].iov_len -= adv;
-            }
-            continue;
-        }
-        if (n < 0 && errno == EAGAIN) {
-            if (deadline == -2)
-                deadline = fipc_deadline(timeout);
-            rc = fipc_wait_fd(fd, POLLOUT, deadline);
-            if (rc < 0)
-                break;
-            continue;
-        }
-        rc = n < 0 ? -errno : -EIO;
-        break;
+    guard_enter(&g, sock ? 0 : p->guard);
+    for (;;) {
+        rc = fipc_write_all(p->fd, iov, cnt, offset, 0.0, sock, &p->written);
+        if (rc != -ETIMEDOUT || timeout == 0)
+            break;
+        rc = wait_ready(p, POLLOUT, fipc_deadline_lazy(&deadline, timeout));
+        if (rc < 0)
+            break;
+        offset = p->written;
+        memcpy(iov, orig, (size_t)cnt * sizeof *iov); /* fipc_write_all moved them on */
     }
     guard_leave(&g, rc == -EPIPE);
-    *written = done;
-    return rc < 0 ? rc : (int64_t)done;
+    p->torn = rc < 0 && p->written > 0;
+    return rc;
 }
 
-int64_t fipc_pipe_write(int fd, const char *buf, size_t len, size_t offset, double timeout,
-                        int guard, size_t *written)
+static int64_t write_iov(fipc_pipe *p, struct iovec *iov, int cnt, size_t offset,
+                         double timeout)
+{
+    return EXCLUSIVE(p, writing, write_iov_counted(p, iov, cnt, offset, timeout));
+}
+
+int64_t fipc_pipe_write(fipc_pipe *p, const char *buf, size_t len, size_t offset,
+                        double timeout)
 {
     struct iovec iov[1] = {{(void *)buf, len}};
-    return write_iov(fd, iov, 1, offset, timeout, guard, written);
+    return write_iov(p, iov, 1, offset, timeout);
 }
 
-int64_t fipc_pipe_send(int fd, const char *buf, size_t len, size_t offset, double timeout,
-                       int guard, size_t *written)
+int64_t fipc_pipe_send(fipc_pipe *p, const char *buf, size_t len, size_t offset,
+                       double timeout)
 {
     if (len > UINT32_MAX)
         return -EMSGSIZE;
-    unsigned char header[FRAME_HEADER] = {
-        (unsigned char)(len >> 24), (unsigned char)(len >> 16),
-        (unsigned char)(len >> 8), (unsigned char)len};
-    if (len <= SMALL_FRAME - FRAME_HEADER) {
+    if (len <= SMALL_FRAME - FIPC_FRAME_HEADER) {
         /* one contiguous write: cheaper than writev, and atomic (<= PIPE_BUF) */
         char frame[SMALL_FRAME];
-        memcpy(frame, header, FRAME_HEADER);
+        fipc_frame_put((unsigned char *)frame, (uint32_t)len);
         if (len)
-            memcpy(frame + FRAME_HEADER, buf, len);
-        struct iovec iov[1] = {{frame, FRAME_HEADER + len}};
-        return write_iov(fd, iov, 1, offset, timeout, guard, written);
+            memcpy(frame + FIPC_FRAME_HEADER, buf, len);
+        struct iovec iov[1] = {{frame, FIPC_FRAME_HEADER + len}};
+        return write_iov(p, iov, 1, offset, timeout);
     }
-    struct iovec iov[2] = {{header, FRAME_HEADER}, {(void *)buf, len}};
-    return write_iov(fd, iov, 2, offset, timeout, guard, written);
+    unsigned char header[FIPC_FRAME_HEADER];
+    fipc_frame_put(header, (uint32_t)len);
+    struct iovec iov[2] = {{header, FIPC_FRAME_HEADER}, {(void *)buf, len}};
+    return write_iov(p, iov, 2, offset, timeout);
 }
 
-int64_t fipc_pipe_send_many(int fd, const char *payload, size_t payload_len,
-                            const uint32_t *lens, size_t count, size_t offset, double timeout,
-                            int guard, size_t *written)
+int64_t fipc_pipe_send_many(fipc_pipe *p, const char *payload, size_t payload_len,
+                            const uint32_t *lens, size_t count, size_t offset, double timeout)
 {
     size_t body = 0;
     for (size_t i = 0; i < count; i++)
         body += lens[i];
-    if (body != payload_len || count > (SIZE_MAX - body) / FRAME_HEADER)
+    if (body != payload_len || count > (SIZE_MAX - body) / FIPC_FRAME_HEADER)
         return -EINVAL;
-    size_t total = body + FRAME_HEADER * count;
+    size_t total = body + FIPC_FRAME_HEADER * count;
     char small[SMALL_FRAME];
     char *frames = total <= sizeof small ? small : malloc(total);
     if (!frames)
         return -ENOMEM;
-    char *p = frames;
+    char *f = frames;
     for (size_t i = 0; i < count; i++) {
         uint32_t n = lens[i];
-        unsigned char header[FRAME_HEADER] = {(unsigned char)(n >> 24), (unsigned char)(n >> 16),
-                                              (unsigned char)(n >> 8), (unsigned char)n};
-        memcpy(p, header, FRAME_HEADER);
+        fipc_frame_put((unsigned char *)f, n);
         if (n)
-            memcpy(p + FRAME_HEADER, payload, n);
-        p += FRAME_HEADER + n;
+            memcpy(f + FIPC_FRAME_HEADER, payload, n);
+        f += FIPC_FRAME_HEADER + n;
         payload += n;
     }
     struct iovec iov[1] = {{frames, total}};
-    int64_t rc = write_iov(fd, iov, 1, offset, timeout, guard, written);
+    int64_t rc = write_iov(p, iov, 1, offset, timeout);
     if (frames != small)
         free(frames);
     return rc;
@@ -212,139 +347,108 @@ int64_t fipc_pipe_send_many(int fd, const char *payload, size_t payload_len,
 /* ---- the reading side: a fixed read-ahead buffer; frames that do not fit in it are
  * received straight into the message Python allocated (no growth, no second copy) ---- */
 
-fipc_rbuf *fipc_rbuf_new(void)
-{
-    size_t cap = RBUF_BASE;
-    fipc_rbuf *rb = calloc(1, sizeof *rb);
-    if (!rb)
-        return NULL;
-    rb->data = malloc(cap);
-    if (!rb->data) {
-        free(rb);
-        return NULL;
-    }
-    rb->cap = cap;
-    return rb;
-}
-
-void fipc_rbuf_free(fipc_rbuf *rb)
-{
-    if (rb) {
-        free(rb->data);
-        free(rb);
-    }
-}
-
 /* Move the unread bytes to the front of the buffer. */
-static void rbuf_compact(fipc_rbuf *rb)
+static void rbuf_compact(fipc_pipe *p)
 {
-    size_t avail = rb->end - rb->start;
-    if (rb->start > 0) {
-        memmove(rb->data, rb->data + rb->start, avail);
-        rb->start = 0;
-        rb->end = avail;
+    size_t avail = p->end - p->start;
+    if (p->start > 0) {
+        memmove(p->data, p->data + p->start, avail);
+        p->start = 0;
+        p->end = avail;
     }
 }
 
 /* Grow the buffer to hold one frame of `need` bytes (need <= RBUF_MAX). */
-static int rbuf_grow(fipc_rbuf *rb, size_t need)
+static int rbuf_grow(fipc_pipe *p, size_t need)
 {
-    rbuf_compact(rb);
-    size_t cap = rb->cap;
+    rbuf_compact(p);
+    size_t cap = p->cap;
     while (cap < need)
         cap *= 2;
-    char *data = realloc(rb->data, cap);
+    char *data = realloc(p->data, cap);
     if (!data)
         return -ENOMEM;
-    rb->data = data;
-    rb->cap = cap;
+    p->data = data;
+    p->cap = cap;
     return 0;
 }
 
-/* One read() into [p, p + n), waiting as `timeout` says. The read end is a blocking fd:
- * with no timeout, the kernel's own sleep inside read() is the cheapest wait (one system
- * call per wake-up, as a plain C reader has); with a timeout, ppoll first so that read()
- * never blocks past the deadline. An fd someone made non-blocking works too.
- * Returns > 0, 0 at end of stream, or -errno / -ETIMEDOUT. */
-static ssize_t read_wait(int fd, char *p, size_t n, double timeout, int64_t *deadline)
+/* One read() into [buf, buf + n): first without waiting (one system call when data is
+ * there), then waiting for POLLIN as `timeout` says (0: never). Returns > 0, 0 at end of
+ * stream, or -errno / -ETIMEDOUT / -ECANCELED. */
+static ssize_t read_wait(fipc_pipe *p, char *buf, size_t n, double timeout, int64_t *deadline)
 {
     for (;;) {
-        if (timeout >= 0) {
-            if (*deadline == -2)
-                *deadline = fipc_deadline(timeout);
-            int rc = fipc_wait_fd(fd, POLLIN, *deadline);
-            if (rc < 0)
-                return rc;
-        }
-        ssize_t r = read(fd, p, n);
+        ssize_t r = read(p->fd, buf, n);
         if (r >= 0)
             return r;
         if (errno != EAGAIN)
             return -errno;
-        if (timeout < 0) {
-            int rc = fipc_wait_fd(fd, POLLIN, -1);
-            if (rc < 0)
-                return rc;
-        }
+        if (timeout == 0)
+            return -ETIMEDOUT;
+        int rc = wait_ready(p, POLLIN, fipc_deadline_lazy(deadline, timeout));
+        if (rc < 0)
+            return rc;
     }
 }
 
 /* One read_wait() into the free space of the buffer. An empty buffer that grew for one
  * frame goes back to its normal size first. */
-static ssize_t rbuf_fill(int fd, fipc_rbuf *rb, double timeout, int64_t *deadline)
+static ssize_t rbuf_fill(fipc_pipe *p, double timeout, int64_t *deadline)
 {
-    if (rb->start == rb->end) {
-        rb->start = rb->end = 0;
-        if (rb->cap > RBUF_BASE) {
-            char *data = realloc(rb->data, RBUF_BASE);
+    if (p->start == p->end) {
+        p->start = p->end = 0;
+        if (p->cap > RBUF_BASE) {
+            char *data = realloc(p->data, RBUF_BASE);
             if (data) {
-                rb->data = data;
-                rb->cap = RBUF_BASE;
+                p->data = data;
+                p->cap = RBUF_BASE;
             }
         }
-    } else if (rb->end == rb->cap) {
-        rbuf_compact(rb);
+    } else if (p->end == p->cap) {
+        rbuf_compact(p);
     }
-    ssize_t n = read_wait(fd, rb->data + rb->end, rb->cap - rb->end, timeout, deadline);
+    ssize_t n = read_wait(p, p->data + p->end, p->cap - p->end, timeout, deadline);
     if (n > 0)
-        rb->end += (size_t)n;
+        p->end += (size_t)n;
     return n;
 }
 
-static uint32_t frame_len(const char *p)
+static int64_t recv_frame(fipc_pipe *p, uint32_t max_size, double timeout, char **msg)
 {
-    const unsigned char *h = (const unsigned char *)p;
-    return (uint32_t)h[0] << 24 | (uint32_t)h[1] << 16 | (uint32_t)h[2] << 8 | h[3];
-}
-
-int64_t fipc_pipe_recv(int fd, fipc_rbuf *rb, uint32_t max_size, double timeout, char **msg)
-{
-    int64_t deadline = -2;
+    if (!p->data)
+        return -EBADF;
+    int64_t deadline = FIPC_DEADLINE_UNSET;
     for (;;) {
-        size_t avail = rb->end - rb->start;
-        if (avail >= FRAME_HEADER) {
-            uint32_t len = frame_len(rb->data + rb->start);
+        if (p->large) {
+            *msg = NULL;
+            return p->large;
+        }
+        size_t avail = p->end - p->start;
+        if (avail >= FIPC_FRAME_HEADER) {
+            uint32_t len = fipc_frame_get((unsigned char *)p->data + p->start);
             if (len > max_size)
                 return FIPC_TOOBIG;
-            size_t frame = FRAME_HEADER + (size_t)len;
+            size_t frame = FIPC_FRAME_HEADER + (size_t)len;
             if (avail >= frame) {
-                *msg = rb->data + rb->start + FRAME_HEADER;
-                rb->start += frame;
+                *msg = p->data + p->start + FIPC_FRAME_HEADER;
+                p->next = p->start + frame;
                 return len;
             }
             if (frame > RBUF_MAX) {
-                rb->start += FRAME_HEADER;
-                rb->large = len;
-                return FIPC_LARGE;
+                p->start += FIPC_FRAME_HEADER;
+                p->large = len;
+                p->got = 0;
+                continue;
             }
-            if (frame > rb->cap) {
-                if (rbuf_grow(rb, frame) < 0)
+            if (frame > p->cap) {
+                if (rbuf_grow(p, frame) < 0)
                     return -ENOMEM;
-            } else if (rb->cap - rb->start < frame) {
-                rbuf_compact(rb);
+            } else if (p->cap - p->start < frame) {
+                rbuf_compact(p);
             }
         }
-        ssize_t n = rbuf_fill(fd, rb, timeout, &deadline);
+        ssize_t n = rbuf_fill(p, timeout, &deadline);
         if (n == 0)
             return FIPC_EOF; /* a frame cut short by the writer's end is dropped */
         if (n < 0)
@@ -352,67 +456,100 @@ int64_t fipc_pipe_recv(int fd, fipc_rbuf *rb, uint32_t max_size, double timeout,
     }
 }
 
-int64_t fipc_pipe_recv_many(int fd, fipc_rbuf *rb, uint32_t max_size, double timeout,
-                            uint32_t *spans, size_t max_count)
+/* What the previous recv, recv_many or read returned, once the caller says it took it. */
+static fipc_pipe *taken(fipc_pipe *p, int took)
+{
+    if (took)
+        p->start = p->next;
+    return p;
+}
+
+int64_t fipc_pipe_recv(fipc_pipe *p, uint32_t max_size, double timeout, char **msg, int took)
+{
+    return EXCLUSIVE(p, reading, recv_frame(taken(p, took), max_size, timeout, msg));
+}
+
+static int64_t recv_frames(fipc_pipe *p, uint32_t max_size, double timeout, uint32_t *spans,
+                           size_t max_count)
 {
     char *msg;
-    int64_t len = fipc_pipe_recv(fd, rb, max_size, timeout, &msg);
-    if (len < 0 || max_count == 0)
+    int64_t len = recv_frame(p, max_size, timeout, &msg);
+    if (len < 0 || max_count == 0 || msg == NULL)
         return len < 0 ? len : 0;
-    spans[0] = (uint32_t)(msg - rb->data);
+    spans[0] = (uint32_t)(msg - p->data);
     spans[1] = spans[0] + (uint32_t)len;
-    size_t count = 1;
+    size_t count = 1, at = p->next;
     /* then every whole frame already buffered; the buffer does not move meanwhile */
-    while (count < max_count && rb->end - rb->start >= FRAME_HEADER) {
-        uint32_t n = frame_len(rb->data + rb->start);
-        size_t frame = FRAME_HEADER + (size_t)n;
-        if (n > max_size || rb->end - rb->start < frame)
+    while (count < max_count && p->end - at >= FIPC_FRAME_HEADER) {
+        uint32_t n = fipc_frame_get((unsigned char *)p->data + at);
+        size_t frame = FIPC_FRAME_HEADER + (size_t)n;
+        if (n > max_size || p->end - at < frame)
             break; /* an oversized frame is reported by the next call */
-        spans[2 * count] = (uint32_t)(rb->start + FRAME_HEADER);
-        spans[2 * count + 1] = (uint32_t)(rb->start + frame);
-        rb->start += frame;
+        spans[2 * count] = (uint32_t)(at + FIPC_FRAME_HEADER);
+        spans[2 * count + 1] = (uint32_t)(at + frame);
+        at += frame;
         count++;
     }
+    p->next = at;
     return (int64_t)count;
 }
 
-int64_t fipc_pipe_recv_into(int fd, fipc_rbuf *rb, char *out, size_t n, size_t *got,
-                            double timeout)
+int64_t fipc_pipe_recv_many(fipc_pipe *p, uint32_t max_size, double timeout, uint32_t *spans,
+                            size_t max_count, int took)
 {
-    int64_t deadline = -2;
-    if (*got == 0)
+    return EXCLUSIVE(p, reading, recv_frames(taken(p, took), max_size, timeout, spans, max_count));
+}
+
+static int64_t recv_large(fipc_pipe *p, char *out, size_t n, double timeout)
+{
+    if (!p->data || p->large == 0 || n != p->large || p->got > n)
+        return -EINVAL;
+    int64_t deadline = FIPC_DEADLINE_UNSET;
+    if (p->got == 0)
         fipc_hint_hugepages(out, n); /* fewer page faults on the fresh message */
-    size_t avail = rb->end - rb->start;
-    if (avail > 0 && *got < n) {
-        size_t take = avail < n - *got ? avail : n - *got;
-        memcpy(out + *got, rb->data + rb->start, take);
-        rb->start += take;
-        *got += take;
+    size_t avail = p->end - p->start;
+    if (avail > 0 && p->got < n) {
+        size_t take = avail < n - p->got ? avail : n - p->got;
+        memcpy(out + p->got, p->data + p->start, take);
+        p->start += take;
+        p->got += take;
     }
-    while (*got < n) {
-        ssize_t r = read_wait(fd, out + *got, n - *got, timeout, &deadline);
+    while (p->got < n) {
+        ssize_t r = read_wait(p, out + p->got, n - p->got, timeout, &deadline);
         if (r == 0)
             return FIPC_EOF;
         if (r < 0)
             return r;
-        *got += (size_t)r;
+        p->got += (size_t)r;
     }
-    return (int64_t)n;
+    return (int64_t)n; /* the caller sets p->large = 0 once it holds the message */
 }
 
-int64_t fipc_pipe_read(int fd, fipc_rbuf *rb, size_t n, double timeout, char **data)
+int64_t fipc_pipe_recv_into(fipc_pipe *p, char *out, size_t n, double timeout)
 {
-    int64_t deadline = -2;
-    if (rb->start == rb->end) {
-        ssize_t got = rbuf_fill(fd, rb, timeout, &deadline);
+    return EXCLUSIVE(p, reading, recv_large(p, out, n, timeout));
+}
+
+static int64_t read_some(fipc_pipe *p, size_t n, double timeout, char **data)
+{
+    if (!p->data)
+        return -EBADF;
+    int64_t deadline = FIPC_DEADLINE_UNSET;
+    if (p->start == p->end) {
+        ssize_t got = rbuf_fill(p, timeout, &deadline);
         if (got <= 0)
             return got;
     }
-    size_t avail = rb->end - rb->start;
+    size_t avail = p->end - p->start;
     size_t take = avail < n ? avail : n;
-    *data = rb->data + rb->start;
-    rb->start += take;
+    *data = p->data + p->start;
+    p->next = p->start + take;
     return (int64_t)take;
+}
+
+int64_t fipc_pipe_read(fipc_pipe *p, size_t n, double timeout, char **data, int took)
+{
+    return EXCLUSIVE(p, reading, read_some(taken(p, took), n, timeout, data));
 }
 
 /* Does a FIFO opened for reading have a writer? tee() on an empty pipe answers without

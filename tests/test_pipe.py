@@ -125,8 +125,8 @@ def test_fileno_and_flags(backend: str) -> None:
     with r, w:
         for end in (r, w):
             assert not os.get_inheritable(end.fileno())
-        assert os.get_blocking(r.fileno())  # a blocking read is the cheapest wait
-        assert not os.get_blocking(w.fileno())  # writes wait in ppoll, with their deadline
+        for end in (r, w):  # every wait is a poll that close() can end (a wake-up fd)
+            assert not os.get_blocking(end.fileno())
         assert r.backend == backend and w.backend == backend
 
 
@@ -396,7 +396,7 @@ for i in range(100):
     w.send(b"msg %d" % i)
 w.close()
 """
-    with pipe.FIFO(path, backend=receiver) as fifo:
+    with pipe.FIFO(path, create=True, backend=receiver) as fifo:
         assert path.is_fifo() and oct(path.stat().st_mode & 0o777) == oct(0o600 & ~_umask())
         proc = start_python(code, str(path), sender)
         with fifo.open_reader(timeout=20) as r:
@@ -415,7 +415,7 @@ def _umask() -> int:
 
 
 def test_fifo_open_timeouts_leave_nothing_behind(backend: str, tmp_path: Path) -> None:
-    fifo = pipe.FIFO(tmp_path / "f", backend=backend)
+    fifo = pipe.FIFO(tmp_path / "f", create=True, backend=backend)
     t0 = time.monotonic()
     with pytest.raises(TimeoutError):
         fifo.open_writer(timeout=0.1)
@@ -430,7 +430,7 @@ def test_fifo_open_timeouts_leave_nothing_behind(backend: str, tmp_path: Path) -
 
 
 def test_fifo_reader_waits_for_writer(backend: str, tmp_path: Path) -> None:
-    fifo = pipe.FIFO(tmp_path / "f", backend=backend)
+    fifo = pipe.FIFO(tmp_path / "f", create=True, backend=backend)
     got: list[pipe.PipeReader] = []
     t = threading.Thread(target=lambda: got.append(fifo.open_reader(timeout=5)))
     t.start()
@@ -450,7 +450,7 @@ def test_fifo_create_and_attach_errors(backend: str, tmp_path: Path) -> None:
     path = tmp_path / "f"
     with pytest.raises(FileNotFoundError):
         pipe.FIFO(path, create=False, backend=backend)
-    f = pipe.FIFO(str(path), backend=backend)
+    f = pipe.FIFO(str(path), create=True, backend=backend)
     with pytest.raises(FileExistsError):
         pipe.FIFO(path, create=True, backend=backend)
     regular = tmp_path / "regular"
@@ -686,3 +686,274 @@ def test_cli_bench_runs_and_passes_its_options() -> None:
     bad = subprocess.run([sys.executable, "-m", "fastipc", "pipe", "--bogus"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "unrecognized arguments: --bogus" in bad.stderr
+
+
+# ---------------------------------------------------------------- close from another thread
+
+CLOSE_WHILE_BLOCKED = r"""
+import os, sys, threading, time
+from fastipc import pipe
+
+backend, op = sys.argv[1], sys.argv[2]
+r, w = pipe.pipe(backend=backend)
+if op.startswith("reader."):
+    obj, call = r, getattr(r, op.split(".")[1])
+elif op == "writer.send":
+    obj = w
+    w.write(b"f" * w.pipe_size)  # the pipe is full: the next send waits for room
+    call = lambda: w.send(b"x" * 100_000)
+elif op == "writer.write":
+    obj = w
+    w.write(b"f" * w.pipe_size)
+    call = lambda: w.write(b"x" * 100_000)
+outcome = []
+
+def blocked():
+    t0 = time.monotonic()
+    try:
+        call()
+        outcome.append("returned")
+    except ValueError as exc:
+        outcome.append("ValueError %.3f" % (time.monotonic() - t0))
+    except BaseException as exc:
+        outcome.append(repr(exc))
+
+t = threading.Thread(target=blocked)
+t.start()
+time.sleep(0.3)          # the call is waiting now
+t0 = time.monotonic()
+obj.close()
+t.join(5)
+assert not t.is_alive(), "the blocked call did not end"
+assert outcome and outcome[0].startswith("ValueError"), outcome
+waited = time.monotonic() - t0
+assert waited < 1.0, waited
+# the fd numbers are free again: a new pipe may reuse them, and nothing touches it
+r2, w2 = pipe.pipe(backend=backend)
+w2.send(b"fresh")
+assert r2.recv(timeout=1) == b"fresh"
+for o in (r, w, r2, w2):
+    o.close()
+print("ok")
+"""
+
+
+@pytest.mark.parametrize(
+    "op", ["reader.recv", "reader.read", "reader.recv_many", "writer.send", "writer.write"]
+)
+def test_close_from_another_thread_ends_a_blocked_call(backend: str, op: str) -> None:
+    """Closing an end while another thread is blocked in it: that call ends promptly with
+    ValueError, and nothing it uses is freed or closed under it (run in a child process, so
+    that a crash fails the test instead of killing pytest)."""
+    proc = run_python(CLOSE_WHILE_BLOCKED, backend, op, timeout=30)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "ok"
+
+
+def test_close_while_receiving_a_large_message(backend: str) -> None:
+    """The reader is closed while it receives a message larger than its read-ahead (the
+    payload goes straight into the message's own buffer)."""
+    code = r"""
+import sys, threading, time
+from fastipc import pipe
+r, w = pipe.pipe(backend=sys.argv[1])
+w.write((8 << 20).to_bytes(4, "big") + b"x" * 1000)   # a frame of 8 MiB, cut short for now
+out = []
+def blocked():
+    try:
+        r.recv()
+    except ValueError:
+        out.append("ValueError")
+t = threading.Thread(target=blocked)
+t.start()
+time.sleep(0.3)
+r.close()
+t.join(5)
+assert out == ["ValueError"], out
+w.close()
+print("ok")
+"""
+    proc = run_python(code, backend, timeout=30)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "ok"
+
+
+@pytest.mark.parametrize("side", ["reader", "writer"])
+def test_close_ends_a_fifo_waiting_for_its_peer(backend: str, side: str, tmp_path: Path) -> None:
+    fifo = pipe.FIFO(tmp_path / "f", create=True, backend=backend)
+    outcome: list[str] = []
+
+    def wait() -> None:
+        try:
+            (fifo.open_reader if side == "reader" else fifo.open_writer)(timeout=10)
+            outcome.append("opened")
+        except ValueError:
+            outcome.append("ValueError")
+
+    t = threading.Thread(target=wait)
+    t.start()
+    time.sleep(0.2)
+    t0 = time.monotonic()
+    fifo.close()
+    t.join(5)
+    assert outcome == ["ValueError"] and time.monotonic() - t0 < 1
+    fifo.unlink()
+
+
+def test_fifo_attaches_by_default(backend: str, tmp_path: Path) -> None:
+    """FIFO(path) attaches, as every named object (create=False); create=True creates."""
+    path = tmp_path / "f"
+    with pytest.raises(FileNotFoundError):
+        pipe.FIFO(path, backend=backend)
+    assert not path.exists()
+    with pipe.FIFO(path, create=True, backend=backend):
+        pass
+    with pipe.FIFO(path, backend=backend) as again:
+        assert again.path == str(path)
+    again.unlink()
+
+
+# ---------------------------------------------------------------- exceptions raised into calls
+
+INTERRUPTED_RECV = r"""
+import os, signal, sys, time
+from fastipc import pipe
+
+backend, writer_backend, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+r, w = pipe.pipe(backend=backend)
+
+def message(i):
+    size = (70_000, 300_000, 5_000_000, 64)[i % 4]   # past the read-ahead, and past 4 MiB
+    return (i.to_bytes(4, "big") * (size // 4 + 1))[:size]
+
+pid = os.fork()
+if pid == 0:
+    r.close()
+    with pipe.PipeWriter(os.dup(w.fileno()), backend=writer_backend) as out:
+        w.close()
+        for i in range(n):
+            out.send(message(i))      # the pipe holds 64 KiB: the reader waits mid-message
+    os._exit(0)
+w.close()
+
+class Interrupt(Exception):
+    pass
+
+armed = [False]   # raise only into recv(): an exception elsewhere would end this script
+last = [0.0]
+
+def handler(*args):
+    # every 0.5 ms a signal (the call retries after it), every 5 ms or more one that raises
+    # (not more often: a step that cannot be cut, copying a 5 MB message out, must fit)
+    if armed[0] and time.monotonic() - last[0] > 0.005:
+        armed[0] = False
+        last[0] = time.monotonic()
+        raise Interrupt
+
+signal.signal(signal.SIGALRM, handler)
+signal.setitimer(signal.ITIMER_REAL, 0.0005, 0.0005)
+got, interrupts = [], 0
+while len(got) < n:
+    try:
+        armed[0] = True
+        m = r.recv(timeout=30)
+        armed[0] = False
+        got.append(m)
+    except Interrupt:
+        interrupts += 1
+signal.setitimer(signal.ITIMER_REAL, 0)
+for i, m in enumerate(got):
+    assert m == message(i), (i, len(m))
+try:
+    r.recv(timeout=30)
+    raise AssertionError("a message too many")
+except EOFError:
+    pass
+r.close()
+os.waitpid(pid, 0)
+print(interrupts)
+"""
+
+
+def test_exception_raised_into_recv_never_tears_a_message(cross: tuple[str, str]) -> None:
+    """A signal handler that raises, again and again, while recv() waits in the middle of
+    messages larger than the read-ahead: every message still arrives whole, once, in order."""
+    sender, receiver = cross
+    proc = run_python(INTERRUPTED_RECV, receiver, sender, "40", timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert int(proc.stdout) > 0  # the handler did interrupt receives
+
+
+FORKED_COPIES = r"""
+import os, sys, time
+from fastipc import pipe
+backend = sys.argv[1]
+r, w = pipe.pipe(backend=backend)
+pid = os.fork()
+if pid == 0:                      # child: waits on its copy of the read end
+    w.close()                     # its copy of the write end: the parent's must not notice
+    try:
+        ok = r.recv(timeout=10) == b"x" * 300_000
+    except BaseException as exc:
+        print("child:", repr(exc))
+        ok = False
+    os._exit(0 if ok else 1)
+r.close()                         # the parent's copy: the child's wait must not notice
+time.sleep(0.3)
+w.send(b"x" * 300_000, timeout=10)  # waits for room while the child reads
+_, status = os.waitpid(pid, 0)
+assert os.waitstatus_to_exitcode(status) == 0
+w.close()
+print("ok")
+"""
+
+
+def test_closing_a_forked_copy_leaves_the_other_process_alone(backend: str) -> None:
+    """After fork() each process holds a copy of both ends; closing one's copy (which
+    wakes that process's blocked calls) must not end the other process's waits."""
+    proc = run_python(FORKED_COPIES, backend, timeout=30)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
+    assert proc.stdout.strip() == "ok"
+
+
+TWO_THREADS = r"""
+import sys, threading, time
+from fastipc import pipe
+backend, side = sys.argv[1], sys.argv[2]
+r, w = pipe.pipe(backend=backend)
+if side == "reader":
+    first = lambda: r.recv(timeout=5)
+    second = lambda: r.recv_many(timeout=1)
+else:
+    w.write(b"f" * w.pipe_size)          # full: a send waits for room
+    first = lambda: w.send(b"a" * 200_000, timeout=5)
+    second = lambda: w.send(b"b" * 10, timeout=1)
+out = []
+t = threading.Thread(target=lambda: out.append(first()))
+t.start()
+time.sleep(0.2)                            # the first thread waits in the call now
+try:
+    second()
+    print("second call ran")
+except OSError as exc:
+    print("errno", exc.errno)
+if side == "reader":
+    w.send(b"x")
+else:
+    assert r.read(w.pipe_size, timeout=1)
+    while len(r.read(1 << 20, timeout=1)) and t.is_alive():
+        pass
+t.join(5)
+assert not t.is_alive()
+r.close(); w.close()
+"""
+
+
+@pytest.mark.parametrize("side", ["reader", "writer"])
+def test_a_second_thread_in_the_same_end_is_refused(backend: str, side: str) -> None:
+    """An end is used by one thread at a time: a second thread's call while the first is
+    in a call raises OSError(EBUSY) instead of sharing the read-ahead buffer (a crash, in
+    C) or interleaving frames (in a child process, so that a crash fails the test)."""
+    proc = run_python(TWO_THREADS, backend, side, timeout=30)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "errno 16"  # EBUSY

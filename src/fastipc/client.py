@@ -1,16 +1,19 @@
-"""Blocking socket clients of :mod:`fastipc.server` (TCP and Unix-domain): ``connect()``
-returns a :class:`Client` that sends and receives whole messages (length framing) or raw
-bytes. ``fastipc.server`` re-exports both."""
+"""Socket clients of :mod:`fastipc.server` (TCP and Unix-domain): :func:`connect` returns a
+blocking :class:`Client`, :func:`connect_async` an :class:`AsyncClient` whose ``send`` and
+``recv`` are awaited on the running loop. Both send and receive whole messages (length
+framing) or raw bytes, through the same stream backend as pipes (``fastipc._backend.pipe``):
+one framed reader for pipes and sockets. ``fastipc.server`` re-exports them."""
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 import select
 import socket
 import time
-from types import ModuleType
-from typing import Any, Optional
+from functools import partial
+from typing import Any, Callable, Optional, TypeVar
 
 from fastipc import _core
 from fastipc._address import (
@@ -21,29 +24,28 @@ from fastipc._address import (
     tcp_address,
     unix_path,
 )
-from fastipc._core import check_int, check_timeout, closed_error
+from fastipc._backend.pipe import Stream
+from fastipc._core import Deadline, check_int, check_timeout
+from fastipc.pipe import StreamEnd, _impl, uses_handle_async
 
-__all__ = ["Client", "connect"]
+__all__ = ["AsyncClient", "Client", "connect", "connect_async"]
+
+_C = TypeVar("_C", bound="_ClientEnd")
 
 
-class Client(_core.FdOwner):
-    """A blocking client connection, from :func:`connect`.
-
-    ``send(data)`` sends one message (length framing) or the raw bytes; ``recv()`` returns
-    the next message (EOFError once the server closed) or, with raw framing, the bytes that
-    arrived (``b""`` at the end).
-    """
+class _ClientEnd(StreamEnd):
+    """What both clients share: the connected socket's fd, framing and address."""
 
     _what = "Client"
 
-    def __init__(self, fd: int, impl: ModuleType, framing: str, max_message_size: int,
+    def __init__(self, fd: int, backend: Optional[str], framing: str, max_message_size: int,
                  address: Any) -> None:
-        self._fd = -1  # owned only once the backend's half exists (connect() closes it else)
-        self._impl = impl
+        which = _core.resolve_backend(backend)
         self._framing = framing
+        self._tears = framing == "length"
         self._address = address
-        self._core = impl.Client(fd, framing == "length", max_message_size)
-        self._fd = fd
+        self._open_stream(fd, _impl(which), which, reading=True, sock=True,
+                          max_message_size=max_message_size)
 
     @property
     def framing(self) -> str:
@@ -54,34 +56,84 @@ class Client(_core.FdOwner):
         """The server's address as given to :func:`connect`."""
         return self._address
 
+    @property
+    def max_message_size(self) -> int:
+        self._check_open()
+        return self._stream.max_message_size
+
+    def _describe(self) -> str:
+        return f"fd={self._fd} {self._address!r}"
+
+    def _writer(self, ops: Stream) -> Callable[[Any, float, int], Any]:
+        return ops.send if self._tears else ops.write
+
+    def _reader(self, ops: Stream) -> Callable[[float], bytes]:
+        return ops.recv if self._tears else partial(ops.read, 65536)
+
+
+class Client(_ClientEnd):
+    """A blocking client connection, from :func:`connect`.
+
+    ``send(data)`` sends one message (length framing) or the raw bytes; ``recv()`` returns
+    the next message (EOFError once the server closed) or, with raw framing, the bytes that
+    arrived (``b""`` at the end). ``close()`` from another thread ends a blocked call with
+    ValueError.
+    """
+
     def send(self, data: Any, timeout: Optional[float] = None) -> None:
         """Send ``data`` (bytes-like) whole; TimeoutError if the server does not take it
         within ``timeout`` seconds, BrokenPipeError / ConnectionResetError once it is gone.
         A framed message cut short would desynchronise the stream, so the client then
         closes itself."""
-        if self._fd < 0:
-            raise closed_error("Client")
-        t = check_timeout(timeout)
+        send = self._writer(self._ops)
         try:
-            self._core.send(data, t)
-        except OSError as exc:
-            if self._framing == "length" and getattr(exc, "characters_written", False):
-                self.close()
+            send(data, check_timeout(timeout), 0)
+        except BaseException:
+            self._torn()
             raise
-        except OverflowError:
-            raise ValueError(f"a message is limited to {MAX_FRAME} bytes") from None
 
     def recv(self, timeout: Optional[float] = None) -> bytes:
         """The next message (length framing; EOFError at the end, OSError(EMSGSIZE) for a
         frame over ``max_message_size``), or the bytes that arrived (raw framing; ``b""``
         at the end)."""
-        if self._fd < 0:
-            raise closed_error("Client")
-        return self._core.recv(check_timeout(timeout))  # type: ignore[no-any-return]
+        recv = self._reader(self._ops)
+        return recv(check_timeout(timeout))
 
-    def __repr__(self) -> str:
-        state = "closed" if self._fd < 0 else f"fd={self._fd}"
-        return f"<Client {state} {self._address!r} backend={self.backend}>"
+
+class AsyncClient(_ClientEnd):
+    """A client connection whose ``send`` and ``recv`` are awaited on the running loop
+    (asyncio or uvloop), from :func:`connect_async`. Same framing, errors and timeouts as
+    :class:`Client`; a cancelled ``recv`` leaves the message for the next one, a cancelled
+    ``send`` has sent the whole message or nothing (once part of it went, the rest still
+    goes, and the next ``send`` waits for it)."""
+
+    @uses_handle_async
+    async def send(self, data: Any, timeout: Optional[float] = None) -> None:
+        """Send ``data`` whole (awaitable)."""
+        await self._send_async(self._writer(self._stream), data, timeout)
+
+    @uses_handle_async
+    async def recv(self, timeout: Optional[float] = None) -> bytes:
+        """The next message, or the raw bytes that arrived (awaitable)."""
+        return await self._recv_async(self._reader(self._stream), timeout)
+
+
+def _checked(framing: str, timeout: Optional[float], max_message_size: int,
+             backend: Optional[str]) -> tuple[str, Deadline, int, str]:
+    framed = framing_flag(framing)
+    mms = check_int(max_message_size, "max_message_size", 0, MAX_FRAME)
+    deadline = Deadline(check_timeout(timeout))
+    return "length" if framed else "raw", deadline, mms, _core.resolve_backend(backend)
+
+
+def _client(kind: Callable[..., _C], sock: socket.socket, *args: Any) -> _C:
+    """The client object owning the connected ``sock``'s fd (closed if that fails)."""
+    fd = sock.detach()
+    try:
+        return kind(fd, *args)
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def connect(
@@ -95,44 +147,80 @@ def connect(
     """Connect to a server: ``(host, port)`` for TCP, a path (str, bytes, PathLike) for a
     Unix socket. TimeoutError if it does not answer within ``timeout`` seconds;
     ConnectionRefusedError if nobody listens there."""
-    impl: ModuleType = _core.ops("server", backend)
-    framed = framing_flag(framing)
-    max_message_size = check_int(max_message_size, "max_message_size", 0, MAX_FRAME)
-    t = check_timeout(timeout)
-    deadline = time.monotonic() + t if t > 0 else t
+    framing, deadline, mms, which = _checked(framing, timeout, max_message_size, backend)
     if isinstance(address, tuple):
         host, port = tcp_address(address)
-        sock = _connect_tcp(host, port, deadline, timeout)
+        sock = _connect_tcp(host, port, deadline)
     else:
-        sock = _connect_unix(unix_path(address), deadline, timeout)
-    fd = sock.detach()
-    try:
-        return Client(fd, impl, framing if framed else "raw", max_message_size, address)
-    except BaseException:
-        os.close(fd)
-        raise
+        sock = _connect_unix(unix_path(address), deadline)
+    return _client(Client, sock, which, framing, mms, address)
 
 
-def _wait_connected(sock: socket.socket, deadline: float, timeout: Optional[float]) -> None:
+async def connect_async(
+    address: Address,
+    *,
+    framing: str = "length",
+    timeout: Optional[float] = None,
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+    backend: Optional[str] = None,
+) -> AsyncClient:
+    """Awaitable :func:`connect` on the running loop: an :class:`AsyncClient`."""
+    framing, deadline, mms, which = _checked(framing, timeout, max_message_size, backend)
+    loop = asyncio.get_running_loop()
+    targets: list[tuple[int, int, int, Any]]
+    if isinstance(address, tuple):
+        host, port = tcp_address(address)
+        targets = [
+            (family, kind, proto, sockaddr)
+            for family, kind, proto, _, sockaddr in await loop.getaddrinfo(
+                host, port, type=socket.SOCK_STREAM)
+        ]
+    else:
+        targets = [(socket.AF_UNIX, socket.SOCK_STREAM, 0, unix_path(address))]
+    last: Optional[BaseException] = None
+    for family, kind, proto, sockaddr in targets:
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setblocking(False)
+            left = deadline.left()
+            try:
+                await asyncio.wait_for(loop.sock_connect(sock, sockaddr),
+                                       None if left < 0 else left)
+            except asyncio.TimeoutError:
+                raise deadline.error() from None
+            if family != socket.AF_UNIX:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except TimeoutError:
+            sock.close()
+            raise
+        except OSError as exc:
+            sock.close()
+            last = exc
+            continue
+        except BaseException:
+            sock.close()
+            raise
+        return _client(AsyncClient, sock, which, framing, mms, address)
+    assert last is not None
+    raise last
+
+
+def _wait_connected(sock: socket.socket, deadline: Deadline) -> None:
+    """Wait for a non-blocking connect() to finish (poll retries EINTR with the time left)."""
     poller = select.poll()
     poller.register(sock, select.POLLOUT)
     while True:
-        if deadline < 0:
-            ms = None
-        else:
-            left = deadline - time.monotonic() if deadline > 0 else 0.0
-            ms = max(0, int(left * 1000 + 0.999))
-        if poller.poll(ms):
+        left = deadline.left()
+        if poller.poll(None if left < 0 else int(left * 1000 + 0.999)):
             break
-        if ms is not None and (deadline == 0 or time.monotonic() >= deadline):
-            raise _core.timeout_error(timeout)
+        if deadline.expired():
+            raise deadline.error()
     err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
     if err:
         raise OSError(err, os.strerror(err))
 
 
-def _connect_tcp(host: str, port: int, deadline: float,
-                 timeout: Optional[float]) -> socket.socket:
+def _connect_tcp(host: str, port: int, deadline: Deadline) -> socket.socket:
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     last: Optional[BaseException] = None
     for family, kind, proto, _, sockaddr in infos:
@@ -141,7 +229,7 @@ def _connect_tcp(host: str, port: int, deadline: float,
             sock.setblocking(False)
             err = sock.connect_ex(sockaddr)
             if err in (errno.EINPROGRESS, errno.EAGAIN):
-                _wait_connected(sock, deadline, timeout)
+                _wait_connected(sock, deadline)
             elif err:
                 raise OSError(err, os.strerror(err))
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -159,7 +247,7 @@ def _connect_tcp(host: str, port: int, deadline: float,
     raise last
 
 
-def _connect_unix(raw: bytes, deadline: float, timeout: Optional[float]) -> socket.socket:
+def _connect_unix(raw: bytes, deadline: Deadline) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.setblocking(False)
@@ -169,16 +257,14 @@ def _connect_unix(raw: bytes, deadline: float, timeout: Optional[float]) -> sock
             if err == 0:
                 return sock
             if err == errno.EINPROGRESS:
-                _wait_connected(sock, deadline, timeout)
+                _wait_connected(sock, deadline)
                 return sock
             if err != errno.EAGAIN:  # EAGAIN: the listen backlog is full; try again soon
                 raise OSError(err, os.strerror(err), os.fsdecode(raw))
-            if deadline >= 0:
-                left = deadline - time.monotonic() if deadline > 0 else 0.0
-                if left <= 0:
-                    raise _core.timeout_error(timeout)
-                delay = min(delay, left)
-            time.sleep(delay)
+            if deadline.expired():
+                raise deadline.error()
+            left = deadline.left()
+            time.sleep(delay if left < 0 else min(delay, left))
             delay = min(delay * 2, 0.02)
     except BaseException:
         sock.close()

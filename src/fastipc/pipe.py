@@ -1,4 +1,4 @@
-"""Anonymous pipes and named pipes (FIFOs), with raw and framed I/O.
+"""Anonymous pipes and named pipes (FIFOs), with raw and framed I/O, blocking or awaited.
 
 >>> from fastipc import pipe
 >>> r, w = pipe.pipe()
@@ -12,22 +12,40 @@ process with SIGPIPE, whatever the process's SIGPIPE disposition (see the README
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import errno
+import functools
 import os
 import stat
-import time
-from collections.abc import Iterable, Iterator
-from types import ModuleType, TracebackType
-from typing import Any, Optional, Union
+import threading
+import weakref
+from collections.abc import Awaitable, Generator, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar, Union, cast
 
 from fastipc import _core
-from fastipc._core import check_int, check_timeout, closed_error
+from fastipc._backend.pipe import Module, Stream
+from fastipc._core import Deadline, check_int, check_timeout, closed_error, uses_handle
+
+if TYPE_CHECKING:  # mypy checks both backend modules against the contract
+    from fastipc._native import pipe as _native_pipe
+    from fastipc._pure import pipe as _pure_pipe
+
+    _NATIVE: Module = _native_pipe
+    _PURE: Module = _pure_pipe
 
 __all__ = ["DEFAULT_MAX_MESSAGE_SIZE", "FIFO", "PipeReader", "PipeWriter", "pipe"]
 
 DEFAULT_MAX_MESSAGE_SIZE = 64 << 20
 MAX_FRAME = 0xFFFFFFFF  # the 4-byte length prefix
 PathLike = Union[str, "os.PathLike[str]"]
+_R = TypeVar("_R")
+_E = TypeVar("_E", bound="StreamEnd")
+_PEER_POLL = 0.02  # longest pause between two looks for a FIFO's peer
+
+
+def _impl(backend: Optional[str]) -> Module:
+    return cast(Module, _core.ops("pipe", backend))
 
 
 def _check_fd(fd: Any) -> int:
@@ -44,9 +62,9 @@ def _pipe_max_size() -> Optional[int]:
         return None
 
 
-def _set_size(impl: ModuleType, fd: int, size: int) -> int:
+def _set_size(impl: Module, fd: int, size: int) -> int:
     try:
-        return int(impl.set_size(fd, size))
+        return impl.set_size(fd, size)
     except PermissionError as exc:
         raise PermissionError(
             errno.EPERM,
@@ -55,38 +73,275 @@ def _set_size(impl: ModuleType, fd: int, size: int) -> int:
         ) from exc
 
 
-class _End(_core.FdOwner):
-    """What both ends share: the fd, its life cycle, the backend and the pipe's size."""
+# ---------------------------------------------------------------------------- awaiting
 
-    _what = "pipe end"
 
-    def __init__(self, fd: int, impl: ModuleType, blocking: bool) -> None:
-        self._fd = fd
-        self._impl = impl
-        # The writer is non-blocking: its waits are ours (ppoll with a deadline). The reader is
-        # blocking: with no timeout, a read that sleeps in the kernel is the cheapest wait;
-        # with one, the backends poll first, so that no read blocks past its deadline.
-        os.set_blocking(fd, blocking)
+def uses_handle_async(
+    method: Callable[..., Awaitable[_R]],
+) -> Callable[..., Awaitable[_R]]:
+    """The awaitable twin of :func:`fastipc._core.uses_handle`: the object counts as busy
+    while the coroutine runs (so nothing is freed under it), ValueError on a closed object,
+    and ValueError when the object was closed during the call."""
+
+    @functools.wraps(method)
+    async def call(self: Awaiter, *args: Any, **kwargs: Any) -> _R:
+        self._enter()
+        try:
+            return await method(self, *args, **kwargs)
+        except (OSError, EOFError):
+            if self._closed:
+                raise closed_error(self._what) from None
+            raise
+        finally:
+            self._leave()
+
+    return call
+
+
+def _done(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+class Awaiter(_core.Handle):
+    """A :class:`~fastipc._core.Handle` whose awaitables wait on the running loop
+    (``loop.add_reader`` / ``add_writer``, never a thread, never a busy poll), and whose
+    ``close()`` ends those waits, from any thread."""
+
+    _waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]
+
+    def _open_handle(self, backend: str, fd: int = -1) -> None:
+        self._waiters = []
+        super()._open_handle(backend, fd)
+
+    def _wake(self) -> None:
+        for loop, fut in list(self._waiters):
+            try:
+                loop.call_soon_threadsafe(_done, fut)
+            except RuntimeError:  # that loop is closed: nothing waits there any more
+                pass
+
+    async def _ready(self, events: str, deadline: Deadline, pause: float = -1.0) -> None:
+        """Wait until the fd is readable (``events="r"``) or writable (``"w"``), at most
+        until the deadline or for ``pause`` seconds (>= 0); no fd (``""``): only sleep.
+        ValueError once the object is closed; the caller tries its operation again."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        fd = self._fd
+        if events == "r":
+            loop.add_reader(fd, _done, fut)
+        elif events == "w":
+            loop.add_writer(fd, _done, fut)
+        left = deadline.left()
+        if pause >= 0:
+            left = pause if left < 0 else min(left, pause)
+        timer = loop.call_later(left, _done, fut) if left >= 0 else None
+        entry = (loop, fut)
+        self._waiters.append(entry)
+        try:
+            if self._closed:
+                raise self._closed_error()
+            await fut
+        finally:
+            self._waiters.remove(entry)
+            if timer is not None:
+                timer.cancel()
+            if events == "r":
+                loop.remove_reader(fd)
+            elif events == "w":
+                loop.remove_writer(fd)
+        if self._closed:
+            raise self._closed_error()
+
+
+class StreamEnd(Awaiter):
+    """What every stream end shares (pipe ends here, socket clients in fastipc.client): the
+    fd, the backend stream that owns it, and its life cycle. The fd is made non-blocking:
+    every wait is a poll that also watches the stream's wake-up fd, so that ``close()`` from
+    another thread ends it.
+
+    The blocking operations call ``self._ops``: the native stream itself, which counts its
+    calls in C (one C call per operation: the Python busy count would cost more than the
+    call), or, for the pure one, :class:`_Counted`, which counts them on this Handle."""
+
+    _what = "stream"
+    _tears = True  # a framed write cut short closes the object (see _torn)
+    _stream: Stream
+    _ops: Stream
+    _tail: Optional[asyncio.Future[None]] = None  # the rest of a frame a cancelled send owes
+
+    def _open_stream(self, fd: int, impl: Module, backend: str, *, reading: bool,
+                     sock: bool = False,
+                     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
+        os.set_blocking(fd, False)
+        self._stream = stream = impl.stream(fd, reading=reading, sock=sock,
+                                            max_message_size=max_message_size, what=self._what)
+        self._ops = stream if stream.counts_calls else _Counted(self, stream)
+        self._open_handle(backend, fd)
+
+    def close(self) -> None:
+        """Close the object; calls blocked in other threads end with ValueError. Idempotent."""
+        self._ops = cast(Stream, _ClosedOps(self._what))
+        super().close()
+
+    def _wake(self) -> None:
+        self._stream.wake()
+        super()._wake()
+
+    def _free(self) -> None:
+        self._stream.free()
+
+    def _torn(self) -> None:
+        """After a framed write failed or was interrupted: if part of the frame went, the
+        stream is out of step, so the object closes itself: the peer sees the end of the
+        stream, never half a message."""
+        if self._tears and not self._closed and self._stream.torn:
+            self.close()
+
+    async def _send_async(self, call: Callable[[Any, float, int], Any], data: Any,
+                          timeout: Optional[float]) -> None:
+        """Awaited ``call(data, timeout, offset)`` (a framed send or a raw write), tried
+        without waiting and resumed at ``offset`` each time the fd is writable again.
+
+        Cancelled before any byte went, it sent nothing. Once part of the message went, it
+        is finished whatever happens: a cancellation then is absorbed and the call returns
+        normally once the message is whole (so that the caller knows it went; within the
+        call's timeout, else the object closes, as for any cut-short frame). Sends wait
+        for such a finishing send before they start."""
+        deadline = Deadline.of(timeout)
+        while self._tail is not None:
+            await asyncio.shield(self._tail)
+        offset = 0
+        while True:
+            try:
+                call(data, 0.0, offset)
+                return
+            except TimeoutError as exc:
+                offset = getattr(exc, "characters_written", 0)
+            if offset:
+                break
+            if deadline.expired():
+                raise deadline.error()
+            await self._ready("w", deadline)
+        tail: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._tail = tail
+        try:
+            while True:
+                if deadline.expired():
+                    raise deadline.error()
+                try:
+                    await self._ready("w", deadline)
+                except asyncio.CancelledError:
+                    continue  # absorbed: the rest of the message goes first
+                try:
+                    call(data, 0.0, offset)
+                    return
+                except TimeoutError as exc:
+                    offset = getattr(exc, "characters_written", offset)
+        except BaseException:
+            if self._tears:  # part of a frame went: the peer must see the end, not half
+                self.close()
+            raise
+        finally:
+            self._tail = None
+            tail.set_result(None)
+
+    async def _recv_async(self, recv: Callable[[float], bytes],
+                          timeout: Optional[float]) -> bytes:
+        """Awaited ``recv(timeout)``, tried without waiting each time the fd is readable."""
+        deadline = Deadline.of(timeout)
+        while True:
+            try:
+                return recv(0.0)
+            except TimeoutError:
+                if deadline.expired():
+                    raise deadline.error() from None
+            await self._ready("r", deadline)
+
+
+@uses_handle
+def _counted(end: StreamEnd, op: Callable[..., _R], *args: Any) -> _R:
+    return op(*args)
+
+
+class _Counted:
+    """The operations of a stream that does not count its calls (the pure one), each
+    counted busy on its Handle: its fd is closed only once the last call has left."""
+
+    __slots__ = ("_end", "_stream", "counts_calls")
+
+    def __init__(self, end: StreamEnd, stream: Stream) -> None:
+        self._end = weakref.proxy(end)  # no cycle: a forgotten object still closes at once
+        self._stream = stream
+        self.counts_calls = True
 
     @property
-    def pipe_size(self) -> int:
-        """The kernel's buffer for this pipe in bytes (F_GETPIPE_SZ); settable."""
-        return int(self._impl.get_size(self.fileno()))
+    def max_message_size(self) -> int:
+        return self._stream.max_message_size
 
-    @pipe_size.setter
-    def pipe_size(self, size: int) -> None:
-        _set_size(self._impl, self.fileno(), check_int(size, "size", 1, 2**31 - 1))
+    @max_message_size.setter
+    def max_message_size(self, value: int) -> None:
+        self._stream.max_message_size = value
+
+    def write(self, data: Any, timeout: float, offset: int = 0) -> int:
+        return _counted(self._end, self._stream.write, data, timeout, offset)
+
+    def send(self, data: Any, timeout: float, offset: int = 0) -> None:
+        _counted(self._end, self._stream.send, data, timeout, offset)
+
+    def send_many(self, messages: list[Any], timeout: float) -> None:
+        _counted(self._end, self._stream.send_many, messages, timeout)
+
+    def read(self, n: int, timeout: float) -> bytes:
+        return _counted(self._end, self._stream.read, n, timeout)
+
+    def recv(self, timeout: float) -> bytes:
+        return _counted(self._end, self._stream.recv, timeout)
+
+    def recv_many(self, max_messages: int, timeout: float) -> list[bytes]:
+        return _counted(self._end, self._stream.recv_many, max_messages, timeout)
+
+    @property
+    def torn(self) -> bool:
+        return self._stream.torn
+
+    def wake(self) -> None:
+        self._stream.wake()
+
+    def free(self) -> None:
+        self._stream.free()
 
 
-class PipeWriter(_End):
+class _ClosedOps:
+    """What ``_ops`` is once the object is closed: every operation is ValueError (raised
+    as the operation is looked up, before its arguments are)."""
+
+    __slots__ = ("_what",)
+
+    def __init__(self, what: str) -> None:
+        self._what = what
+
+    def __getattr__(self, name: str) -> Any:
+        raise closed_error(self._what)
+
+
+class PipeWriter(StreamEnd):
     """The write end of a pipe or FIFO. Takes ownership of ``fd``."""
 
     _what = "PipeWriter"
 
     def __init__(self, fd: int, *, backend: Optional[str] = None) -> None:
-        impl = _core.ops("pipe", backend)
-        super().__init__(_check_fd(fd), impl, blocking=False)
-        self._core = impl.Writer(self._fd)
+        impl = _impl(backend)
+        self._open_stream(_check_fd(fd), impl, _core.resolve_backend(backend), reading=False)
+
+    @property
+    def pipe_size(self) -> int:
+        """The kernel's buffer for this pipe in bytes (F_GETPIPE_SZ); settable."""
+        return _impl(self._backend).get_size(self.fileno())
+
+    @pipe_size.setter
+    def pipe_size(self, size: int) -> None:
+        _set_size(_impl(self._backend), self.fileno(), check_int(size, "size", 1, 2**31 - 1))
 
     def write(self, data: Any, timeout: Optional[float] = None) -> int:
         """Write all of ``data`` (raw bytes, no framing) and return its length.
@@ -94,9 +349,7 @@ class PipeWriter(_End):
         TimeoutError if the pipe stays full for ``timeout`` seconds; its
         ``characters_written`` says how much went. BrokenPipeError if no reader is left.
         """
-        if self._fd < 0:
-            raise closed_error(self._what)
-        return self._core.write(data, check_timeout(timeout))  # type: ignore[no-any-return]
+        return self._ops.write(data, check_timeout(timeout), 0)
 
     def send(self, data: Any, timeout: Optional[float] = None) -> None:
         """Send ``data`` as one message: a 4-byte big-endian length, then the bytes.
@@ -105,42 +358,37 @@ class PipeWriter(_End):
         would desynchronise the stream, so the writer then closes itself: the reader sees the
         end of the stream, never half a message.
         """
-        if self._fd < 0:
-            raise closed_error(self._what)
-        try:  # inline rather than through _framed: this is the hot path
-            self._core.send(data, -1.0 if timeout is None else check_timeout(timeout))
-        except OSError as exc:
-            if getattr(exc, "characters_written", 0):
-                self.close()
+        try:
+            self._ops.send(data, -1.0 if timeout is None else check_timeout(timeout))
+        except BaseException:
+            self._torn()
             raise
-        except OverflowError:
-            raise ValueError(f"a message is limited to {MAX_FRAME} bytes") from None
 
     def send_many(self, messages: Iterable[Any], timeout: Optional[float] = None) -> None:
         """Send each of ``messages`` as one message, all in one write (or as few as the pipe
         allows): far cheaper per message than ``send`` for a stream of small ones. Timeouts
         and errors as for :meth:`send`; the receiver may take them with ``recv`` or
         ``recv_many``."""
-        if self._fd < 0:
-            raise closed_error(self._what)
+        ops = self._ops
         if isinstance(messages, (bytes, bytearray, memoryview, str)):
             raise TypeError("send_many takes an iterable of messages, not one message")
         batch = list(messages)
         if batch:
-            self._framed(self._core.send_many, batch, timeout)
+            try:
+                ops.send_many(batch, check_timeout(timeout))
+            except BaseException:
+                self._torn()
+                raise
 
-    def _framed(self, call: Any, data: Any, timeout: Optional[float]) -> None:
-        try:
-            call(data, -1.0 if timeout is None else check_timeout(timeout))
-        except OSError as exc:
-            if getattr(exc, "characters_written", 0):
-                self.close()
-            raise
-        except OverflowError:
-            raise ValueError(f"a message is limited to {MAX_FRAME} bytes") from None
+    @uses_handle_async
+    async def send_async(self, data: Any, timeout: Optional[float] = None) -> None:
+        """Awaitable :meth:`send` on the running loop. Cancelled before any byte of the
+        message went, it sent nothing; once part went, the rest is still sent (the frame is
+        never torn) and a later ``send_async`` waits for it."""
+        await self._send_async(self._stream.send, data, timeout)
 
 
-class PipeReader(_End):
+class PipeReader(StreamEnd):
     """The read end of a pipe or FIFO. Takes ownership of ``fd``.
 
     ``max_message_size`` bounds the length a frame may announce (checked before anything is
@@ -156,48 +404,48 @@ class PipeReader(_End):
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         backend: Optional[str] = None,
     ) -> None:
-        impl = _core.ops("pipe", backend)
+        impl = _impl(backend)
         max_message_size = check_int(max_message_size, "max_message_size", 0, MAX_FRAME)
-        super().__init__(_check_fd(fd), impl, blocking=True)
-        self._core = impl.Reader(self._fd, max_message_size)
+        self._open_stream(_check_fd(fd), impl, _core.resolve_backend(backend), reading=True,
+                          max_message_size=max_message_size)
+
+    pipe_size = PipeWriter.pipe_size
 
     @property
     def max_message_size(self) -> int:
-        return int(self._core.max_message_size)
+        self._check_open()
+        return self._stream.max_message_size
 
     @max_message_size.setter
     def max_message_size(self, value: int) -> None:
-        self._core.max_message_size = check_int(value, "max_message_size", 0, MAX_FRAME)
+        self._check_open()
+        self._stream.max_message_size = check_int(value, "max_message_size", 0, MAX_FRAME)
 
     def read(self, n: int = 65536, timeout: Optional[float] = None) -> bytes:
         """Up to ``n`` raw bytes, as soon as any are there; ``b""`` at end of stream."""
-        if self._fd < 0:
-            raise closed_error(self._what)
+        read = self._ops.read
         n = check_int(n, "n", 0, 2**31 - 1)
         t = check_timeout(timeout)
-        if n == 0:
-            return b""
-        return self._core.read(n, t)  # type: ignore[no-any-return]
+        return read(n, t) if n else b""
 
     def recv(self, timeout: Optional[float] = None) -> bytes:
         """The next whole message. EOFError at end of stream; a message cut short by the
         writer's end is dropped, never returned. OSError(EMSGSIZE) for a frame announcing more
         than ``max_message_size`` bytes."""
-        if self._fd < 0:
-            raise closed_error(self._what)
-        return self._core.recv(  # type: ignore[no-any-return]
-            -1.0 if timeout is None else check_timeout(timeout)
-        )
+        return self._ops.recv(-1.0 if timeout is None else check_timeout(timeout))
 
     def recv_many(self, max_messages: int = 1024, timeout: Optional[float] = None) -> list[bytes]:
         """Wait like :meth:`recv` for the next message, then take every further whole message
         already read ahead, up to ``max_messages`` in all, without waiting again."""
-        if self._fd < 0:
-            raise closed_error(self._what)
+        recv_many = self._ops.recv_many
         n = check_int(max_messages, "max_messages", 1, 2**31 - 1)
-        return self._core.recv_many(  # type: ignore[no-any-return]
-            n, -1.0 if timeout is None else check_timeout(timeout)
-        )
+        return recv_many(n, check_timeout(timeout))
+
+    @uses_handle_async
+    async def recv_async(self, timeout: Optional[float] = None) -> bytes:
+        """Awaitable :meth:`recv` on the running loop. Cancelled, it leaves the message (and
+        any part of it read ahead) for the next call."""
+        return await self._recv_async(self._stream.recv, timeout)
 
     def __iter__(self) -> Iterator[bytes]:
         """Messages until the writer closes."""
@@ -220,7 +468,7 @@ def pipe(
     number of pages and caps it at /proc/sys/fs/pipe-max-size for unprivileged users). A
     larger buffer lets bulk transfers run with fewer wake-ups.
     """
-    impl = _core.ops("pipe", backend)
+    impl = _impl(backend)
     if size is not None:
         size = check_int(size, "size", 1, 2**31 - 1)
     r, w = impl.open_pipe(0)
@@ -232,23 +480,32 @@ def pipe(
         os.close(r)
         os.close(w)
         raise
-    return reader, PipeWriter(w, backend=backend)
+    try:
+        return reader, PipeWriter(w, backend=backend)
+    except BaseException:
+        reader.close()
+        os.close(w)
+        raise
 
 
-class FIFO:
+class FIFO(Awaiter):
     """A named pipe at ``path``.
 
-    ``create=True`` makes it (``FileExistsError`` if the path exists), ``create=False`` opens
-    an existing one (``FileNotFoundError`` if absent). ``open_reader()`` and ``open_writer()``
-    each wait, up to ``timeout`` seconds, for the other end to be opened by someone, without
-    blocking in the kernel, so no thread or fd is left behind by a timeout. ``close()`` does
-    not remove the FIFO; ``unlink()`` does.
+    ``create=False`` (the default) attaches to an existing one (``FileNotFoundError`` if
+    absent, ``ValueError`` if the path is not a FIFO); ``create=True`` makes it
+    (``FileExistsError`` if the path exists). ``open_reader()`` and ``open_writer()`` each
+    wait, up to ``timeout`` seconds, for the other end to be opened by someone, without
+    blocking in the kernel, so no thread or fd is left behind by a timeout; ``close()`` from
+    another thread ends such a wait with ValueError. ``close()`` does not remove the FIFO;
+    ``unlink()`` does.
     """
+
+    _what = "FIFO"
 
     def __init__(
         self,
         path: PathLike,
-        create: bool = True,
+        create: bool = False,
         mode: int = 0o600,
         *,
         backend: Optional[str] = None,
@@ -263,27 +520,27 @@ class FIFO:
         if not isinstance(create, bool):
             raise TypeError(f"create must be a bool, not {type(create).__name__}")
         mode = check_int(mode, "mode", 0, 0o777)
-        self._backend = _core.resolve_backend(backend)
-        self._impl = _core.ops("pipe", self._backend)
+        which = _core.resolve_backend(backend)
+        self._impl = _impl(which)
         if create:
             os.mkfifo(self._path, mode)
         else:
             st = os.stat(self._path)
             if not stat.S_ISFIFO(st.st_mode):
                 raise ValueError(f"{self._path!r} exists but is not a FIFO")
-        self._closed = False
+        self._woken = threading.Event()
+        self._open_handle(which)
 
     @property
     def path(self) -> str:
         return self._path
 
-    @property
-    def closed(self) -> bool:
-        return self._closed
+    def _describe(self) -> str:
+        return repr(self._path)
 
-    def _check(self) -> None:
-        if self._closed:
-            raise closed_error("FIFO")
+    def _wake(self) -> None:
+        self._woken.set()
+        super()._wake()
 
     def _open(self, flags: int) -> int:
         fd = os.open(self._path, flags | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -292,64 +549,108 @@ class FIFO:
             raise ValueError(f"{self._path!r} is no longer a FIFO")
         return fd
 
+    def _try_writer(self) -> int:
+        """The write end's fd, or -1 while no reader has the FIFO open."""
+        try:
+            return self._open(os.O_WRONLY)
+        except OSError as exc:
+            if exc.errno != errno.ENXIO:  # ENXIO: no reader yet
+                raise
+            return -1
+
+    def _pause(self, deadline: Deadline, delay: float) -> float:
+        """Wait ``delay`` (less if the deadline comes first) before looking for the peer
+        again: TimeoutError once it passed, ValueError once closed. The next delay."""
+        if deadline.expired():
+            raise deadline.error(self._path)
+        left = deadline.left()
+        self._woken.wait(delay if left < 0 else min(delay, left))
+        if self._closed:
+            raise self._closed_error()
+        return min(delay * 2, _PEER_POLL)
+
+    async def _pause_async(self, deadline: Deadline, delay: float) -> float:
+        if deadline.expired():
+            raise deadline.error(self._path)
+        await self._ready("", deadline, delay)
+        return min(delay * 2, _PEER_POLL)
+
+    def _find_peer(self, reading: bool) -> Generator[int, None, None]:
+        """Look for the peer end: yields -1 each time the caller should pause before looking
+        again, then the fd of our end once the peer is there (closed if the caller gives
+        up meanwhile: the generator is closed)."""
+        if not reading:
+            while (fd := self._try_writer()) < 0:
+                yield -1
+            yield fd
+            return
+        fd = self._open(os.O_RDONLY)
+        try:
+            while not self._impl.writer_present(fd):
+                yield -1
+        except BaseException:
+            os.close(fd)
+            raise
+        yield fd
+
+    def _open_end(self, reading: bool, timeout: Optional[float], kw: dict[str, Any]) -> Any:
+        deadline, delay = Deadline.of(timeout), 0.001
+        with contextlib.closing(self._find_peer(reading)) as steps:
+            for fd in steps:
+                if fd >= 0:
+                    return self._end(fd, PipeReader if reading else PipeWriter, kw)
+                delay = self._pause(deadline, delay)
+        raise AssertionError("unreachable: _find_peer ends with an fd")
+
+    async def _open_end_async(self, reading: bool, timeout: Optional[float],
+                              kw: dict[str, Any]) -> Any:
+        deadline, delay = Deadline.of(timeout), 0.001
+        with contextlib.closing(self._find_peer(reading)) as steps:
+            for fd in steps:
+                if fd >= 0:
+                    return self._end(fd, PipeReader if reading else PipeWriter, kw)
+                delay = await self._pause_async(deadline, delay)
+        raise AssertionError("unreachable: _find_peer ends with an fd")
+
+    @uses_handle
     def open_writer(self, timeout: Optional[float] = None) -> PipeWriter:
         """Open the write end once a reader has the FIFO open; TimeoutError otherwise."""
-        self._check()
-        t = check_timeout(timeout)
-        deadline = time.monotonic() + t
-        delay = 0.001
-        while True:
-            try:
-                fd = self._open(os.O_WRONLY)
-                break
-            except OSError as exc:
-                if exc.errno != errno.ENXIO:  # ENXIO: no reader yet
-                    raise
-            delay = _pause(deadline, t, delay, timeout)
-        return PipeWriter(fd, backend=self._backend)
+        return cast(PipeWriter, self._open_end(False, timeout, {}))
 
+    @uses_handle
     def open_reader(
         self, timeout: Optional[float] = None, *, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
     ) -> PipeReader:
         """Open the read end once a writer has the FIFO open; TimeoutError otherwise."""
-        self._check()
-        t = check_timeout(timeout)
-        deadline = time.monotonic() + t
-        fd = self._open(os.O_RDONLY)
+        return cast(PipeReader,
+                    self._open_end(True, timeout, {"max_message_size": max_message_size}))
+
+    @uses_handle_async
+    async def open_writer_async(self, timeout: Optional[float] = None) -> PipeWriter:
+        """Awaitable :meth:`open_writer` (it looks for the reader every few milliseconds:
+        the kernel announces no reader's arrival on any fd)."""
+        return cast(PipeWriter, await self._open_end_async(False, timeout, {}))
+
+    @uses_handle_async
+    async def open_reader_async(
+        self, timeout: Optional[float] = None, *, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    ) -> PipeReader:
+        """Awaitable :meth:`open_reader` (it looks for the writer every few milliseconds)."""
+        return cast(PipeReader, await self._open_end_async(
+            True, timeout, {"max_message_size": max_message_size}))
+
+    def _end(self, fd: int, kind: Callable[..., _E], kw: dict[str, Any]) -> _E:
         try:
-            delay = 0.001
-            while not self._impl.writer_present(fd):
-                delay = _pause(deadline, t, delay, timeout)
-            return PipeReader(fd, max_message_size=max_message_size, backend=self._backend)
+            return kind(fd, backend=self._backend, **kw)
         except BaseException:
             os.close(fd)
             raise
 
     def unlink(self) -> None:
-        """Remove the FIFO from the file system."""
+        """Remove the FIFO from the file system (also after close())."""
         os.unlink(self._path)
 
     def close(self) -> None:
-        """Forget the FIFO (ends already opened stay open). Idempotent."""
-        self._closed = True
-
-    def __enter__(self) -> FIFO:
-        self._check()
-        return self
-
-    def __exit__(self, *exc: Optional[TracebackType]) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"<FIFO {self._path!r}{' closed' if self._closed else ''}>"
-
-
-def _pause(deadline: float, t: float, delay: float, timeout: Optional[float]) -> float:
-    """Sleep before trying again to find the peer; raise TimeoutError past the deadline."""
-    if t >= 0:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise _core.timeout_error(timeout)
-        delay = min(delay, left)
-    time.sleep(delay)
-    return min(delay * 2, 0.02)
+        """Forget the FIFO (ends already opened stay open; waits for a peer end with
+        ValueError). Idempotent."""
+        super().close()

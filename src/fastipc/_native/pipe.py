@@ -1,26 +1,28 @@
-"""Pipe operations backed by ``csrc/pipe.c``: one C call per user operation."""
+"""Byte streams backed by ``csrc/pipe.c``: one C call per user operation (the contract is
+:class:`fastipc._backend.pipe.Stream`)."""
 
 from __future__ import annotations
 
 import errno
 import time
-from typing import Any
+from typing import Any, Callable, Optional
 
-from fastipc._core import FIPC_LARGE, check, ffi, lib, raise_errno
+from fastipc._backend.pipe import Stream
+from fastipc._core import Deadline, check, closed_error, ffi, lib, retry
 
-__all__ = ["Reader", "Writer", "get_size", "open_pipe", "set_size", "writer_present"]
+__all__ = ["NativeStream", "as_buffer", "get_size", "open_pipe", "set_size", "stream",
+           "writer_present"]
 
-_EINTR = -errno.EINTR
-_ETIMEDOUT = -errno.ETIMEDOUT
 _monotonic = time.monotonic
 _write = lib.fipc_pipe_write
 _send = lib.fipc_pipe_send
+_send_many = lib.fipc_pipe_send_many
 _read = lib.fipc_pipe_read
 _recv = lib.fipc_pipe_recv
 _recv_into = lib.fipc_pipe_recv_into
 _recv_many = lib.fipc_pipe_recv_many
-_send_many = lib.fipc_pipe_send_many
 _unpack = ffi.unpack
+_NULL = ffi.NULL
 
 # SIGPIPE guard of csrc/pipe.c: 1 = ask the kernel for the disposition on every write and
 # block SIGPIPE around the write unless it is ignored.
@@ -60,148 +62,169 @@ def as_buffer(data: Any) -> tuple[Any, int]:
     return buf, len(buf)
 
 
-def _left(timeout: float, t0: float) -> float:
-    return max(0.0, t0 + timeout - _monotonic()) if timeout > 0 else timeout
+class NativeStream:
+    """A ``fipc_pipe``: the fd, its wake-up eventfd, the write progress, the read-ahead, and
+    the count of calls running in C (so the public class's hot calls are one C call with no
+    Python busy count: the decorator would cost more than the call itself)."""
 
+    __slots__ = ("_msg", "_p", "_pending", "_spans", "_took", "_what", "max_message_size")
+    counts_calls = True
 
-class Writer:
-    __slots__ = ("_written", "fd")
+    def __init__(self, fd: int, reading: bool, sock: bool, max_message_size: int,
+                 what: str) -> None:
+        flags = (lib.FIPC_PIPE_READ if reading else 0) | (lib.FIPC_PIPE_SOCK if sock else 0)
+        p = lib.fipc_pipe_new(fd, flags, GUARD)
+        if p == _NULL:
+            err = ffi.errno
+            raise OSError(err, f"cannot set up the stream: {errno.errorcode.get(err, err)}")
+        self._p = ffi.gc(p, lib.fipc_pipe_free)
+        self._what = what
+        self.max_message_size = max_message_size
+        self._msg = ffi.new("char **")
+        self._spans = ffi.new("uint32_t[]", 2 * 1024)
+        self._pending: Any = None  # the bytes a large frame is being received into
+        self._took = 0
 
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-        self._written = ffi.new("size_t *")
+    def _slow(self, rc: int, again: Callable[[float], int], timeout: float,
+              start: Optional[float], writing: bool = False) -> int:
+        """The slow path of every call: EINTR tries again with the time left (a write
+        resumes where it stopped); ECANCELED (closed) is ValueError; a write's error says
+        how much went (``characters_written``)."""
+        try:
+            return retry(rc, again, Deadline(timeout, start))
+        except OSError as exc:
+            if exc.errno == errno.ECANCELED:
+                raise closed_error(self._what) from None
+            if writing:
+                exc.characters_written = self._p.written  # type: ignore[attr-defined]
+            raise
 
-    def write(self, data: Any, timeout: float) -> int:
-        buf, n = (data, len(data)) if type(data) is bytes else as_buffer(data)
-        t0 = _monotonic() if timeout > 0 else 0.0
-        rc = _write(self.fd, buf, n, 0, timeout, GUARD, self._written)
+    @property
+    def torn(self) -> bool:
+        return bool(self._p.torn)
+
+    # ---- writing
+    def write(self, data: Any, timeout: float, offset: int = 0) -> int:
+        buf, n = as_buffer(data)
+        p = self._p
+        start = _monotonic() if timeout > 0 else None  # for a Deadline on the slow path
+        rc = _write(p, buf, n, offset, timeout)
         if rc < 0:
-            self._slow(
-                lambda off, t: _write(self.fd, buf, n, off, t, GUARD, self._written),
-                rc,
-                timeout,
-                t0,
-            )
+            self._slow(rc, lambda left: _write(p, buf, n, p.written, left), timeout, start, True)
         return n
 
-    def send(self, data: Any, timeout: float) -> None:
+    def send(self, data: Any, timeout: float, offset: int = 0) -> None:
         buf, n = (data, len(data)) if type(data) is bytes else as_buffer(data)
-        t0 = _monotonic() if timeout > 0 else 0.0
-        rc = _send(self.fd, buf, n, 0, timeout, GUARD, self._written)
+        p = self._p
+        start = _monotonic() if timeout > 0 else None  # for a Deadline on the slow path
+        rc = _send(p, buf, n, offset, timeout)
         if rc < 0:
-            self._slow(
-                lambda off, t: _send(self.fd, buf, n, off, t, GUARD, self._written), rc, timeout, t0
-            )
+            self._slow(rc, lambda left: _send(p, buf, n, p.written, left), timeout, start, True)
 
     def send_many(self, messages: list[Any], timeout: float) -> None:
         lens = ffi.new(
             "uint32_t[]", [len(m) if type(m) is bytes else as_buffer(m)[1] for m in messages]
         )
         payload = b"".join(messages)
-        count = len(messages)
-        t0 = _monotonic() if timeout > 0 else 0.0
-        rc = _send_many(
-            self.fd, payload, len(payload), lens, count, 0, timeout, GUARD, self._written
-        )
+        count, size = len(messages), len(payload)
+        p = self._p
+        start = _monotonic() if timeout > 0 else None  # for a Deadline on the slow path
+        rc = _send_many(p, payload, size, lens, count, 0, timeout)
         if rc < 0:
             self._slow(
-                lambda off, t: _send_many(
-                    self.fd, payload, len(payload), lens, count, off, t, GUARD, self._written
-                ),
-                rc,
-                timeout,
-                t0,
+                rc, lambda left: _send_many(p, payload, size, lens, count, p.written, left),
+                timeout, start, True,
             )
 
-    def _slow(self, attempt: Any, rc: int, timeout: float, t0: float) -> None:
-        # EINTR: signal handlers run here (a handler that raises ends the call), then the
-        # write resumes where it stopped with the time that is left (PEP 475).
-        while rc == _EINTR:
-            rc = attempt(self._written[0], _left(timeout, t0))
-        if rc < 0:
-            try:
-                raise_errno(-rc, timeout=timeout)
-            except OSError as exc:
-                exc.characters_written = self._written[0]  # type: ignore[attr-defined]
-                raise
-
-    def close(self) -> None:
-        pass
-
-
-class Reader:
-    __slots__ = ("_got", "_msg", "_pending", "_rb", "_spans", "fd", "max_message_size")
-
-    def __init__(self, fd: int, max_message_size: int) -> None:
-        self.fd = fd
-        self.max_message_size = max_message_size
-        rb = lib.fipc_rbuf_new()
-        if rb == ffi.NULL:
-            raise MemoryError("cannot allocate the pipe's read buffer")
-        self._rb = ffi.gc(rb, lib.fipc_rbuf_free)
-        self._msg = ffi.new("char **")
-        self._got = ffi.new("size_t *")
-        self._spans = ffi.new("uint32_t[]", 2 * 1024)
-        self._pending: Any = None  # a large message being received, kept across timeouts
-
+    # ---- reading
+    # Each read returns what it found without consuming it: the next read consumes it first
+    # if `_took` says the payload became a Python object. `_took` is cleared before each C
+    # call and set only after the copy, with no call in between (a signal handler runs
+    # after a call returns), so that an exception raised into recv leaves the message unread.
     def recv(self, timeout: float) -> bytes:
-        t0 = _monotonic() if timeout > 0 else 0.0
-        if self._pending is None:
-            n = _recv(self.fd, self._rb, self.max_message_size, timeout, self._msg)
-            while n == _EINTR:
-                n = _recv(self.fd, self._rb, self.max_message_size, _left(timeout, t0), self._msg)
-            if n >= 0:
-                return _unpack(self._msg[0], n)  # type: ignore[no-any-return]
-            self._begin_large(n, timeout)
-        return self._recv_large(timeout, t0)
+        p, msg, mms = self._p, self._msg, self.max_message_size
+        start = _monotonic() if timeout > 0 else None  # for a Deadline on the slow path
+        took, self._took = self._took, 0
+        n = _recv(p, mms, timeout, msg, took)
+        if n < 0:
+            n = self._slow(n, lambda left: _recv(p, mms, left, msg, 0), timeout, start)
+        data = msg[0]
+        if data:
+            out: bytes = _unpack(data, n)
+            self._took = 1
+            return out
+        return self._recv_large(n, timeout, start)
 
     def recv_many(self, max_messages: int, timeout: float) -> list[bytes]:
-        t0 = _monotonic() if timeout > 0 else 0.0
-        if self._pending is None:
-            spans = self._spans
-            if max_messages > len(spans) // 2:
-                spans = ffi.new("uint32_t[]", 2 * max_messages)
-            mms = self.max_message_size
-            n = _recv_many(self.fd, self._rb, mms, timeout, spans, max_messages)
-            while n == _EINTR:
-                n = _recv_many(self.fd, self._rb, mms, _left(timeout, t0), spans, max_messages)
-            if n >= 0:
-                s = _unpack(spans, 2 * n)
-                mem = ffi.buffer(self._rb.data, self._rb.cap)
-                return [mem[s[i] : s[i + 1]] for i in range(0, 2 * n, 2)]
-            self._begin_large(n, timeout)
-        return [self._recv_large(timeout, t0)]
+        p, mms = self._p, self.max_message_size
+        spans = self._spans
+        if max_messages > len(spans) // 2:
+            spans = ffi.new("uint32_t[]", 2 * max_messages)
+        start = _monotonic() if timeout > 0 else None  # for a Deadline on the slow path
+        took, self._took = self._took, 0
+        n = _recv_many(p, mms, timeout, spans, max_messages, took)
+        if n < 0:
+            n = self._slow(n, lambda left: _recv_many(p, mms, left, spans, max_messages, 0),
+                           timeout, start)
+        if n == 0:  # a frame too large for the read-ahead comes first
+            return [self._recv_large(p.large, timeout, start)]
+        s = _unpack(spans, 2 * n)
+        mem = ffi.buffer(p.data, p.cap)
+        out = [mem[s[i] : s[i + 1]] for i in range(0, 2 * n, 2)]
+        self._took = 1
+        return out
 
-    def _begin_large(self, rc: int, timeout: float) -> None:
-        if rc != FIPC_LARGE:
-            check(rc, timeout=timeout)
+    def _recv_large(self, n: int, timeout: float, start: Optional[float]) -> bytes:
         # bytes(n) is zero pages the kernel maps lazily; the payload is read straight into
-        # this fresh, unshared object before anyone else can see it.
-        self._pending = bytes(self._rb.large)
-        self._got[0] = 0
-
-    def _recv_large(self, timeout: float, t0: float) -> bytes:
+        # this fresh, unshared object, kept across timeouts and interruptions (C keeps how
+        # much arrived) and handed out only once complete.
         out = self._pending
-        buf = ffi.from_buffer(out)
-        rc = _recv_into(self.fd, self._rb, buf, len(out), self._got, timeout)
-        while rc == _EINTR:
-            rc = _recv_into(self.fd, self._rb, buf, len(out), self._got, _left(timeout, t0))
+        if out is None or len(out) != n:
+            out = self._pending = bytes(n)
+        p, buf = self._p, ffi.from_buffer(out)
+        rc = _recv_into(p, buf, n, timeout)
         if rc < 0:
-            if rc != _ETIMEDOUT:  # after a timeout the next recv goes on with this message
-                self._pending = None
-            check(rc, timeout=timeout)
+            self._slow(rc, lambda left: _recv_into(p, buf, n, left), timeout, start)
         self._pending = None
+        p.large = 0
         return out  # type: ignore[no-any-return]
 
-    def read(self, size: int, timeout: float) -> bytes:
-        t0 = _monotonic() if timeout > 0 else 0.0
-        n = _read(self.fd, self._rb, size, timeout, self._msg)
-        while n == _EINTR:
-            n = _read(self.fd, self._rb, size, _left(timeout, t0), self._msg)
-        if n < 0:
-            check(n, timeout=timeout)
-        return _unpack(self._msg[0], n) if n else b""
+    def read(self, n: int, timeout: float) -> bytes:
+        p, msg = self._p, self._msg
+        start = _monotonic() if timeout > 0 else None  # for a Deadline on the slow path
+        took, self._took = self._took, 0
+        got = _read(p, n, timeout, msg, took)
+        if got < 0:
+            got = self._slow(got, lambda left: _read(p, n, left, msg, 0), timeout, start)
+        if not got:
+            return b""
+        out: bytes = _unpack(msg[0], got)
+        self._took = 1
+        return out
+
+    # ---- life cycle
+    def wake(self) -> None:
+        check(lib.fipc_pipe_wake(self._p))
+
+    def free(self) -> None:
+        # closes the fds now, or when the last call still in C leaves; the memory goes
+        # with this object (ffi.gc), when no call can reach it any more
+        lib.fipc_pipe_close(self._p)
+        self._pending = None
+
+
+def stream(fd: int, *, reading: bool, sock: bool, max_message_size: int,
+           what: str) -> Stream:
+    return NativeStream(fd, reading, sock, max_message_size, what)
+
+
+
+class Reader(NativeStream):
+    """The old reader of fastipc._native.server's Client, which fastipc.client (on
+    NativeStream) replaced: delete both together."""
+
+    def __init__(self, fd: int, max_message_size: int) -> None:
+        super().__init__(fd, True, False, max_message_size, "Client")
 
     def close(self) -> None:
-        self._pending = None
-        ffi.release(self._rb)
+        self.free()

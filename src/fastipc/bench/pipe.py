@@ -7,6 +7,8 @@ Workloads, each between two processes pinned to separate cores:
   per round trip.
 - 64 B stream: the child sends 64-byte messages as fast as it can, the parent receives them
   all; messages per second.
+- awaited 64 B stream: the same stream, the parent awaiting ``recv_async`` on an event loop
+  (uvloop if installed, else asyncio) while the child sends with blocking ``send``.
 - 64 B batches: the same stream with ``send_many`` / ``recv_many``, 256 messages a batch
   (fastipc only: one system call and one C call per batch instead of per message).
 - 1 MiB / 64 MiB one-way: the child sends messages of that size, the parent receives them
@@ -212,6 +214,48 @@ def _batches(backend: str, n: int, batch: int = 256) -> float:
     return got / elapsed
 
 
+def _awaited(backend: str, n: int) -> float:
+    import asyncio
+
+    from fastipc import pipe
+
+    try:
+        import uvloop
+
+        new_loop: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    except ImportError:
+        new_loop = asyncio.new_event_loop
+    down_r, down_w = pipe.pipe(backend=backend)
+    up_r, up_w = pipe.pipe(backend=backend)
+
+    def child() -> None:
+        down_w.close()
+        up_r.close()
+        down_r.recv()
+        for _ in range(n):
+            up_w.send(PAYLOAD)
+        up_w.close()
+
+    async def drain() -> float:
+        t0 = now()
+        down_w.send(b"go")
+        for _ in range(n):
+            await up_r.recv_async()
+        return now() - t0
+
+    with pinned(child):
+        down_r.close()
+        up_w.close()
+        loop = new_loop()
+        try:
+            elapsed = loop.run_until_complete(drain())
+        finally:
+            loop.close()
+        down_w.close()
+        up_r.close()
+    return n / elapsed
+
+
 def _gbps(make: Callable[[], Any], n: int, size: int) -> float:
     return _oneway(make, n, size) * size / 1e9
 
@@ -252,6 +296,9 @@ def cases(quick: bool) -> list[Case]:
             partial(run_c, "pipe_bench", "stream", str(n_stream * 5)),
         )
     )
+    for impl, backend in (("fastipc native", "native"), ("fastipc pure", "pure")):
+        out.append(Case("pipe", "awaited 64 B stream", impl, "msg/s",
+                        partial(_awaited, backend, n_stream)))
     for impl, backend in (("fastipc native", "native"), ("fastipc pure", "pure")):
         out.append(
             Case("pipe", "64 B batches", impl, "msg/s", partial(_batches, backend, n_stream))

@@ -1,0 +1,82 @@
+"""The backend contract of :mod:`fastipc.pipe` and :mod:`fastipc.client`, at the grain of
+one user operation: a byte stream over one fd (a pipe end, a FIFO end, a connected socket)
+with raw and framed I/O. ``fastipc._native.pipe`` (C, ``csrc/pipe.c``) and
+``fastipc._pure.pipe`` implement it; mypy --strict checks both against it.
+
+Timeouts are validated already, in the convention of :func:`fastipc._core.check_timeout`
+(``-1.0`` forever, ``0.0`` try once, ``> 0`` seconds). Errors are raised as exceptions:
+``TimeoutError`` (with ``characters_written`` for writes), ``EOFError``, ``BrokenPipeError``,
+``ValueError`` (naming the object) once :meth:`Stream.wake` or :meth:`Stream.free` was
+called. EINTR is retried with the time left after the signal handlers ran.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+
+class Stream(Protocol):
+    """One end of a byte stream; it owns the fd. Reading operations need ``reading=True``
+    at construction (the read-ahead buffer).
+
+    ``counts_calls``: True if the stream counts the calls running on it itself (the native
+    one, in C), so that :meth:`free` may be called while they run (it wakes them and the fd
+    is closed when the last leaves; later calls raise ValueError): the caller then needs no
+    busy count of its own. False: the caller must call :meth:`free` only once no call runs
+    (the pure one; :class:`fastipc._core.Handle` sees to it)."""
+
+    max_message_size: int
+    counts_calls: bool
+
+    @property
+    def torn(self) -> bool:
+        """Whether the last write stopped part-way, for whatever reason (an error, a
+        timeout, an exception raised into it by a signal handler): a frame was cut short."""
+
+    def write(self, data: Any, timeout: float, offset: int = 0) -> int:
+        """All of ``data`` from byte ``offset`` on, raw; returns its length."""
+
+    def send(self, data: Any, timeout: float, offset: int = 0) -> None:
+        """One frame (4-byte big-endian length, payload), from byte ``offset`` of the frame
+        (an earlier try wrote that much: see ``characters_written`` of its TimeoutError)."""
+
+    def send_many(self, messages: list[Any], timeout: float) -> None:
+        """Several frames in one write (or as few as the pipe allows)."""
+
+    def read(self, n: int, timeout: float) -> bytes:
+        """Up to ``n`` raw bytes as soon as any are there; ``b""`` at end of stream."""
+
+    def recv(self, timeout: float) -> bytes:
+        """The next whole frame's payload. A try that times out or is interrupted midway
+        keeps what it read for the next call: no frame is ever lost or delivered in part."""
+
+    def recv_many(self, max_messages: int, timeout: float) -> list[bytes]:
+        """Like :meth:`recv`, then every further whole frame already read ahead."""
+
+    def wake(self) -> None:
+        """Make every call blocked on this object return now (OSError ECANCELED); safe
+        from any thread. Later waits return at once too."""
+
+    def free(self) -> None:
+        """Close the fd and release the object's resources (see ``counts_calls``)."""
+
+
+class Module(Protocol):
+    """The module-level operations of a pipe backend."""
+
+    def open_pipe(self, size: int) -> tuple[int, int]:
+        """A new non-blocking, close-on-exec pipe ``(read fd, write fd)``."""
+
+    def set_size(self, fd: int, size: int) -> int:
+        """F_SETPIPE_SZ; returns the size the kernel chose."""
+
+    def get_size(self, fd: int) -> int:
+        """F_GETPIPE_SZ."""
+
+    def writer_present(self, fd: int) -> bool:
+        """Whether the FIFO opened for reading as ``fd`` has a writer (or data waiting)."""
+
+    def stream(self, fd: int, *, reading: bool, sock: bool, max_message_size: int,
+               what: str) -> Stream:
+        """A :class:`Stream` owning the non-blocking ``fd`` (not on failure); ``what``
+        names the object in the ValueError of a closed one."""

@@ -1,0 +1,278 @@
+"""fastipc.client: blocking and awaitable socket clients (the blocking client's exchanges
+with fastipc servers are tested in test_server.py), both backends, asyncio and uvloop."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import struct
+import tempfile
+import threading
+import time
+from collections.abc import Coroutine, Iterator
+from typing import Any, TypeVar
+
+import pytest
+import uvloop
+
+from fastipc import client, server
+from helpers import run_python, start_python
+
+T = TypeVar("T")
+WAIT = 10.0
+
+_warm = uvloop.new_event_loop()  # uvloop's process-wide pipe, opened outside the leak check
+_warm.close()
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def loop_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def run(kind: str, coro: Coroutine[Any, Any, T]) -> T:
+    loop = uvloop.new_event_loop() if kind == "uvloop" else asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(coro)
+    finally:
+        loop.close()
+
+
+@pytest.fixture
+def sock_path() -> Iterator[str]:
+    d = tempfile.mkdtemp(prefix="fipc-")
+    try:
+        yield os.path.join(d, "s.sock")
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+class Echo(server.Handler):
+    def on_message(self, conn: server.Connection, data: bytes) -> None:
+        conn.send(data)
+
+
+def frame(data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + data
+
+
+def test_connect_async_echo(backend: str, loop_kind: str, sock_path: str) -> None:
+    srv = server.Server(Echo(), tcp=("127.0.0.1", 0), unix=sock_path, backend=backend)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+
+    async def main() -> None:
+        for address in (srv.tcp_address, sock_path):
+            c = await client.connect_async(address, timeout=WAIT, backend=backend)
+            with c:
+                assert isinstance(c, client.AsyncClient) and c.framing == "length"
+                assert c.address == address and not os.get_inheritable(c.fileno())
+                for m in (b"", b"hi", os.urandom(3 << 20)):
+                    await c.send(m, timeout=WAIT)
+                    assert await c.recv(timeout=WAIT) == m
+            with pytest.raises(ValueError, match="closed"):
+                await c.recv()
+        raw = await client.connect_async(sock_path, framing="raw", backend=backend)
+        with raw:
+            await raw.send(frame(b"abc"))
+            got = b""
+            while len(got) < 7:
+                got += await raw.recv(timeout=WAIT)
+            assert got == frame(b"abc")
+
+    try:
+        run(loop_kind, main())
+    finally:
+        srv.stop()
+        t.join(WAIT)
+        srv.close()
+
+
+def test_connect_async_errors(backend: str, loop_kind: str, sock_path: str) -> None:
+    async def main() -> None:
+        with pytest.raises((FileNotFoundError, ConnectionRefusedError)):
+            await client.connect_async(sock_path, backend=backend)
+        with pytest.raises(ValueError):
+            await client.connect_async(sock_path, timeout=-1, backend=backend)
+        with pytest.raises(ValueError):
+            await client.connect_async(sock_path, framing="x", backend=backend)
+        with pytest.raises(TypeError):
+            await client.connect_async(12, backend=backend)  # type: ignore[arg-type]
+
+    run(loop_kind, main())
+
+
+def _peer(sock_path: str) -> tuple[socket.socket, threading.Thread, list[socket.socket]]:
+    """A plain listening socket whose one accepted connection the test drives by hand."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(sock_path)
+    listener.listen(1)
+    accepted: list[socket.socket] = []
+    t = threading.Thread(target=lambda: accepted.append(listener.accept()[0]))
+    t.start()
+    return listener, t, accepted
+
+
+def test_async_client_timeouts_cancel_rounds_and_dead_peer(
+    backend: str, loop_kind: str, sock_path: str
+) -> None:
+    listener, t, accepted = _peer(sock_path)
+    n = 200
+
+    async def main() -> None:
+        c = await client.connect_async(sock_path, timeout=WAIT, backend=backend)
+        t.join(WAIT)
+        (peer,) = accepted
+        with c:
+            t0 = time.monotonic()
+            with pytest.raises(TimeoutError):
+                await c.recv(timeout=0.1)
+            assert time.monotonic() - t0 >= 0.09
+
+            def feed() -> None:
+                for i in range(n):
+                    peer.sendall(frame(i.to_bytes(4, "big") * (20_000 if i % 7 == 0 else 1)))
+                    time.sleep(0.0005)
+
+            feeder = threading.Thread(target=feed)
+            feeder.start()
+            got = cancels = 0
+            while got < n or cancels < 1000:
+                try:
+                    m = await asyncio.wait_for(c.recv(), 0.0002)
+                except asyncio.TimeoutError:
+                    cancels += 1
+                    continue
+                assert m[:4] == got.to_bytes(4, "big") and len(set(m[i::4] for i in range(4))) <= 4
+                got += 1
+            feeder.join()
+            peer.close()  # the server goes away
+            with pytest.raises(EOFError):
+                await c.recv(timeout=WAIT)
+            with pytest.raises((BrokenPipeError, ConnectionResetError)):
+                for _ in range(100):
+                    await c.send(b"x" * 100_000, timeout=WAIT)
+
+    try:
+        run(loop_kind, main())
+    finally:
+        listener.close()
+
+
+def test_async_client_close_while_awaiting(backend: str, loop_kind: str, sock_path: str) -> None:
+    listener, t, accepted = _peer(sock_path)
+
+    async def main() -> None:
+        c = await client.connect_async(sock_path, timeout=WAIT, backend=backend)
+        threading.Timer(0.1, c.close).start()
+        t0 = time.monotonic()
+        with pytest.raises(ValueError, match="closed"):
+            await c.recv(timeout=WAIT)
+        assert time.monotonic() - t0 < 3
+
+    try:
+        run(loop_kind, main())
+        t.join(WAIT)
+        time.sleep(0.05)
+    finally:
+        for s in accepted:
+            s.close()
+        listener.close()
+
+
+CLOSE_BLOCKED_CLIENT = r"""
+import os, socket, sys, threading, time
+from fastipc import client
+backend, op, path = sys.argv[1], sys.argv[2], sys.argv[3]
+listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+listener.bind(path)
+listener.listen(1)
+c = client.connect(path, backend=backend)
+peer, _ = listener.accept()           # connected; the peer never reads nor writes
+if op == "send":
+    call = lambda: [c.send(b"x" * 1_000_000) for _ in range(1000)]  # fills the socket
+else:
+    call = c.recv
+out = []
+def blocked():
+    try:
+        call()
+        out.append("returned")
+    except ValueError:
+        out.append("ValueError")
+    except BaseException as exc:
+        out.append(repr(exc))
+t = threading.Thread(target=blocked)
+t.start()
+time.sleep(0.3)
+t0 = time.monotonic()
+c.close()
+t.join(5)
+assert out == ["ValueError"], out
+assert time.monotonic() - t0 < 1
+peer.close()
+listener.close()
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("op", ["recv", "send"])
+def test_client_close_from_another_thread(backend: str, op: str, sock_path: str) -> None:
+    """Closing a blocking client while another thread is blocked in it: that call ends
+    promptly with ValueError (in a child process, so that a crash fails the test)."""
+    proc = run_python(CLOSE_BLOCKED_CLIENT, backend, op, sock_path, timeout=30)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "ok"
+
+
+def test_async_client_across_processes(cross: tuple[str, str], loop_kind: str,
+                                       sock_path: str) -> None:
+    """A blocking client in another process talks to an awaiting one through a server."""
+    sender, receiver = cross
+    srv = server.Server(_Relay(), unix=sock_path, backend=receiver)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    code = """
+import sys, time
+from fastipc import client
+with client.connect(sys.argv[1], timeout=10, backend=sys.argv[2]) as c:
+    c.send(b"hello")
+    for i in range(100):
+        c.send(b"n%d" % i)
+    assert c.recv(timeout=10) == b"bye"
+"""
+
+    async def main() -> None:
+        with await client.connect_async(sock_path, backend=receiver) as c:
+            await c.send(b"hello")
+            proc = start_python(code, sock_path, sender)
+            got = [await c.recv(timeout=WAIT) for _ in range(100)]
+            assert got == [b"n%d" % i for i in range(100)]
+            await c.send(b"bye")
+            _, err = await asyncio.get_running_loop().run_in_executor(
+                None, lambda: proc.communicate(timeout=WAIT))
+            assert proc.returncode == 0, err
+
+    try:
+        run(loop_kind, main())
+    finally:
+        srv.stop()
+        t.join(WAIT)
+        srv.close()
+
+
+class _Relay(server.Handler):
+    """Pairs the first two connections that say hello; relays messages between them."""
+
+    def __init__(self) -> None:
+        self.peers: list[server.Connection] = []
+
+    def on_message(self, conn: server.Connection, data: bytes) -> None:
+        if data == b"hello":
+            self.peers.append(conn)
+            return
+        for other in self.peers:
+            if other is not conn:
+                other.send(data)

@@ -1,0 +1,350 @@
+"""Awaitable pipe and FIFO calls (recv_async, send_async, open_*_async), on asyncio and
+uvloop, both backends, with the peer blocking in another process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import uvloop
+
+from fastipc import pipe
+from helpers import start_python
+
+T = TypeVar("T")
+
+# uvloop's first loop opens a pipe it keeps for the life of the process: open it now, not
+# inside the first test's leak check
+_warm = uvloop.new_event_loop()
+_warm.close()
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def loop_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def run(kind: str, coro: Coroutine[Any, Any, T]) -> T:
+    loop = uvloop.new_event_loop() if kind == "uvloop" else asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(coro)
+    finally:
+        loop.close()
+
+
+class Ticker:
+    """Measures the largest gap between ticks of the loop: a wait that blocked the loop
+    (a blocking read, a busy poll holding the GIL) shows as one long gap."""
+
+    def __init__(self) -> None:
+        self.worst = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(0.002)
+            now = time.monotonic()
+            self.worst = max(self.worst, now - last)
+            last = now
+
+    async def __aenter__(self) -> Ticker:
+        self._task = asyncio.ensure_future(self._run())
+        await asyncio.sleep(0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        try:
+            await self._task
+        except asyncio.CancelledError:
+            pass
+
+
+BLOCKING_SENDER = """
+import sys, time
+from fastipc import pipe
+w = pipe.PipeWriter(int(sys.argv[1]), backend=sys.argv[2])
+time.sleep(0.3)                      # the other side awaits meanwhile
+for i in range(int(sys.argv[3])):
+    w.send(b"m%d" % i)
+w.close()
+"""
+
+BLOCKING_RECEIVER = """
+import sys
+from fastipc import pipe
+r = pipe.PipeReader(int(sys.argv[1]), backend=sys.argv[2])
+n = 0
+for m in r:                          # blocking recv until the end of the stream
+    assert m == b"%d" % n * 1000, (n, m[:20])
+    n += 1
+print(n)
+r.close()
+"""
+
+
+def test_awaited_recv_from_a_blocking_sender(cross: tuple[str, str], loop_kind: str) -> None:
+    sender, receiver = cross
+    r, w = pipe.pipe(backend=receiver)
+    proc = start_python(BLOCKING_SENDER, str(w.fileno()), sender, "500",
+                        pass_fds=(w.fileno(),))
+    w.close()
+
+    async def main() -> list[bytes]:
+        got = []
+        async with Ticker() as ticker:
+            while True:
+                try:
+                    got.append(await r.recv_async(timeout=20))
+                except EOFError:
+                    break
+        assert ticker.worst < 0.05  # the loop ran on while recv_async waited
+        return got
+
+    with r:
+        assert run(loop_kind, main()) == [b"m%d" % i for i in range(500)]
+    proc.communicate(timeout=20)
+    assert proc.returncode == 0
+
+
+def test_awaited_send_to_a_blocking_receiver(cross: tuple[str, str], loop_kind: str) -> None:
+    """Messages far larger than the pipe: send_async waits for room many times."""
+    sender, receiver = cross
+    r, w = pipe.pipe(backend=sender)
+    proc = start_python(BLOCKING_RECEIVER, str(r.fileno()), receiver, pass_fds=(r.fileno(),))
+    r.close()
+
+    async def main() -> None:
+        async with Ticker() as ticker:
+            for i in range(50):
+                await w.send_async(b"%d" % i * 1000, timeout=20)
+        assert ticker.worst < 0.05
+
+    with w:
+        run(loop_kind, main())
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    assert int(out) == 50
+
+
+def test_timeouts(backend: str, loop_kind: str) -> None:
+    r, w = pipe.pipe(backend=backend)
+
+    async def main() -> None:
+        t0 = time.monotonic()
+        with pytest.raises(TimeoutError):
+            await r.recv_async(timeout=0.2)
+        assert 0.19 <= time.monotonic() - t0 < 2
+        with pytest.raises(TimeoutError):
+            await r.recv_async(timeout=0)
+        w.write(b"f" * w.pipe_size)  # full now: a small message waits for room
+        t0 = time.monotonic()
+        with pytest.raises(TimeoutError):
+            await w.send_async(b"small", timeout=0.2)
+        assert 0.19 <= time.monotonic() - t0 < 2
+        assert not w.closed  # nothing of it went: the writer stays usable
+        with pytest.raises(ValueError):
+            await r.recv_async(timeout=-1)
+        with pytest.raises(TypeError):
+            await w.send_async("text")
+
+    with r, w:
+        run(loop_kind, main())
+
+
+def test_recv_cancel_and_retry_loses_nothing(backend: str, loop_kind: str) -> None:
+    """1,000 receives cancelled while they wait (mid-message too: some messages are larger
+    than the pipe), each retried, while a thread sends numbered messages at its own pace:
+    every message arrives once, whole and in order."""
+    r, w = pipe.pipe(backend=backend)
+    n = 300
+
+    def message(i: int) -> bytes:
+        return i.to_bytes(4, "big") * (50_000 if i % 10 == 0 else 4)
+
+    def sender() -> None:
+        for i in range(n):
+            w.send(message(i))
+            time.sleep(0.0005)
+
+    async def main() -> int:
+        cancels = got = 0
+        t = threading.Thread(target=sender)
+        t.start()
+        try:
+            while got < n or cancels < 1000:
+                try:
+                    m = await asyncio.wait_for(r.recv_async(), 0.0002)
+                except asyncio.TimeoutError:
+                    cancels += 1
+                    continue
+                assert m == message(got), (got, len(m))
+                got += 1
+        finally:
+            t.join()
+        with pytest.raises(TimeoutError):
+            await r.recv_async(timeout=0.05)  # nothing duplicated, nothing left over
+        return cancels
+
+    with r, w:
+        assert run(loop_kind, main()) >= 1000
+
+
+def test_send_cancel_and_retry_loses_nothing(backend: str, loop_kind: str) -> None:
+    """1,000 sends cancelled while they wait for room, each retried until it returns; a
+    cancelled send either sent nothing (it raised) or the whole message (it returned):
+    the receiver gets each message once, whole and in order."""
+    r, w = pipe.pipe(backend=backend)
+    n = 300
+    got: list[int] = []
+
+    def message(i: int) -> bytes:
+        return i.to_bytes(4, "big") * (30_000 if i % 10 == 0 else 4)
+
+    def receiver() -> None:
+        for m in r:
+            got.append(int.from_bytes(m[:4], "big"))
+            assert m == message(got[-1])
+            time.sleep(0.0005)
+
+    async def main() -> int:
+        cancels = sent = 0
+        while sent < n or cancels < 1000:
+            if sent == n:  # all went: keep the pipe full so that sends keep waiting
+                w2r, w2 = pipe.pipe(backend=backend)
+                with w2r, w2:
+                    w2.write(b"f" * w2.pipe_size)
+                    while cancels < 1000:
+                        try:
+                            await asyncio.wait_for(w2.send_async(b"never"), 0.0001)
+                        except asyncio.TimeoutError:
+                            cancels += 1
+                    assert w2r.read(1 << 20, timeout=1).strip(b"f") == b""
+                break
+            try:
+                await asyncio.wait_for(w.send_async(message(sent)), 0.0002)
+                sent += 1
+            except asyncio.TimeoutError:
+                cancels += 1
+        return cancels
+
+    t = threading.Thread(target=receiver)
+    t.start()
+    try:
+        with w:
+            assert run(loop_kind, main()) >= 1000
+    finally:
+        t.join(30)
+        r.close()
+    assert got == list(range(n))
+
+
+def test_dead_peer(backend: str, loop_kind: str) -> None:
+    async def main() -> None:
+        r, w = pipe.pipe(backend=backend)
+        w.close()
+        with pytest.raises(EOFError):
+            await r.recv_async(timeout=5)
+        r.close()
+        r, w = pipe.pipe(backend=backend)
+        r.close()
+        with pytest.raises(BrokenPipeError):
+            await w.send_async(b"x", timeout=5)
+        w.close()
+        # a peer process killed while we await
+        r, w = pipe.pipe(backend=backend)
+        proc = start_python("import time; time.sleep(0.3)", pass_fds=(w.fileno(),))
+        w.close()  # the child holds the only write end now, and exits
+        t0 = time.monotonic()
+        with pytest.raises(EOFError):
+            await r.recv_async(timeout=10)
+        assert time.monotonic() - t0 < 5
+        proc.communicate(timeout=10)
+        r.close()
+
+    run(loop_kind, main())
+
+
+@pytest.mark.parametrize("closer", ["coroutine", "thread"])
+def test_close_while_awaiting(backend: str, loop_kind: str, closer: str) -> None:
+    r, w = pipe.pipe(backend=backend)
+    w2r, w2 = pipe.pipe(backend=backend)
+    w2.write(b"f" * w2.pipe_size)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+
+        def close_soon(obj: Any) -> None:
+            if closer == "thread":
+                threading.Timer(0.1, obj.close).start()
+            else:
+                loop.call_later(0.1, obj.close)
+
+        close_soon(r)
+        t0 = time.monotonic()
+        with pytest.raises(ValueError, match="closed"):
+            await r.recv_async(timeout=10)
+        close_soon(w2)
+        with pytest.raises(ValueError, match="closed"):
+            await w2.send_async(b"x" * 100, timeout=10)
+        assert time.monotonic() - t0 < 3
+
+    run(loop_kind, main())
+    time.sleep(0.05)  # the timer threads have finished
+    assert r.closed and w2.closed
+    w.close()
+    w2r.close()
+
+
+def test_cancelled_send_finishes_a_message_it_began(backend: str, loop_kind: str) -> None:
+    r, w = pipe.pipe(backend=backend)
+    big = os.urandom(1 << 20)
+
+    async def main() -> None:
+        task = asyncio.ensure_future(w.send_async(big, timeout=10))
+        await asyncio.sleep(0.05)  # part of it went; the pipe is full
+        task.cancel()
+        send_next = asyncio.ensure_future(w.send_async(b"next", timeout=10))
+        assert await r.recv_async(timeout=10) == big  # the rest went on
+        assert await task is None  # absorbed: it returned, so the caller knows it went
+        await send_next
+        assert await r.recv_async(timeout=10) == b"next"
+
+    with r, w:
+        run(loop_kind, main())
+
+
+def test_fifo_open_async(backend: str, loop_kind: str, tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    fifo = pipe.FIFO(path, create=True, backend=backend)
+    code = """
+import sys
+from fastipc import pipe
+with pipe.FIFO(sys.argv[1]) as f, f.open_writer(timeout=10) as w:
+    w.send(b"hello")
+"""
+
+    async def main() -> bytes:
+        with pytest.raises(TimeoutError):
+            await fifo.open_writer_async(timeout=0.05)
+        proc = start_python(code, str(path))
+        async with Ticker() as ticker:
+            with await fifo.open_reader_async(timeout=10) as r:
+                m = await r.recv_async(timeout=10)
+        assert ticker.worst < 0.05
+        proc.communicate(timeout=10)
+        fifo.close()
+        with pytest.raises(ValueError):
+            await fifo.open_reader_async(timeout=1)
+        return m
+
+    assert run(loop_kind, main()) == b"hello"
+    fifo.unlink()
