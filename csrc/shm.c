@@ -16,7 +16,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
-#include <setjmp.h>
+#include <sys/mman.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <string.h>
@@ -117,20 +117,36 @@ int fipc_shm_lock_held(int fd, int64_t byte)
 /* ---------------------------------------------------------------- SIGBUS */
 
 /* A peer that truncates the segment makes our next access to the lost pages raise SIGBUS.
- * Every entry point runs under a guard: a thread-local jump buffer that the handler (installed
- * once, chaining to the previous one for faults outside a guard) jumps back to; the call then
- * marks the handle broken and returns FIPC_CORRUPT. Cost: one _setjmp without the signal mask
- * (SA_NODEFER leaves SIGBUS unblocked in the handler) and two thread-local stores per call. */
-static __thread sigjmp_buf *bus_guard;
+ * Every live mapping is registered here; the handler (installed once, chaining to the
+ * previous one for faults elsewhere) marks the handle whose mapping holds the address broken
+ * and maps an anonymous zero page over the lost one, so the access completes (it reads zeros,
+ * its writes go nowhere) instead of killing the process. Every entry point checks `broken`
+ * when it ends and returns FIPC_CORRUPT instead of whatever it made of those zeros: the hot
+ * path pays one load of a field it has in cache, no setjmp. Waits also stop on `broken`. */
+#define BUS_SLOTS 256
+static struct {
+    _Atomic uintptr_t base;
+    uint64_t size;
+    fipc_shm *h;
+} bus_slots[BUS_SLOTS];
 static struct sigaction bus_previous;
+static long bus_page;
 static pthread_once_t bus_once = PTHREAD_ONCE_INIT;
 
 static void on_sigbus(int sig, siginfo_t *info, void *ctx)
 {
-    sigjmp_buf *guard = bus_guard;
-    if (guard != NULL) {
-        bus_guard = NULL;
-        siglongjmp(*guard, 1);
+    uintptr_t a = (uintptr_t)info->si_addr;
+    for (int i = 0; i < BUS_SLOTS; i++) {
+        uintptr_t b = atomic_load_explicit(&bus_slots[i].base, memory_order_acquire);
+        if (b <= 1 || a - b >= bus_slots[i].size)
+            continue;
+        atomic_store_explicit((_Atomic int32_t *)&bus_slots[i].h->broken, 1,
+                              memory_order_relaxed);
+        void *page = (void *)(a & ~(uintptr_t)(bus_page - 1));
+        if (mmap(page, (size_t)bus_page, PROT_READ | PROT_WRITE,
+                 MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS, -1, 0) != MAP_FAILED)
+            return; /* the access is made again, on the zero page */
+        break;
     }
     if (bus_previous.sa_flags & SA_SIGINFO) {
         bus_previous.sa_sigaction(sig, info, ctx);
@@ -148,8 +164,40 @@ static void install_sigbus(void)
     sa.sa_sigaction = on_sigbus;
     sa.sa_flags = SA_SIGINFO | SA_NODEFER | SA_ONSTACK;
     sigemptyset(&sa.sa_mask);
-    if (sigaction(SIGBUS, &sa, &bus_previous) < 0)
+    bus_page = sysconf(_SC_PAGESIZE);
+    if (bus_page <= 0 || sigaction(SIGBUS, &sa, &bus_previous) < 0)
         bus_previous.sa_handler = SIG_DFL; /* unguarded: a truncation kills, as before */
+}
+
+/* Claim a free slot (0 -> 1), fill it, then publish its base. More than BUS_SLOTS live
+ * mappings in one process: the others are unguarded. */
+static void bus_register(fipc_shm *h)
+{
+    (void)pthread_once(&bus_once, install_sigbus);
+    for (int i = 0; i < BUS_SLOTS; i++) {
+        uintptr_t free_slot = 0;
+        if (!atomic_compare_exchange_strong(&bus_slots[i].base, &free_slot, (uintptr_t)1))
+            continue;
+        bus_slots[i].size = h->map_size;
+        bus_slots[i].h = h;
+        atomic_store_explicit(&bus_slots[i].base, (uintptr_t)h->base, memory_order_release);
+        return;
+    }
+}
+
+void fipc_shm_forget(fipc_shm *h)
+{
+    for (int i = 0; i < BUS_SLOTS; i++) {
+        uintptr_t mine = (uintptr_t)h->base;
+        if (bus_slots[i].h == h &&
+            atomic_compare_exchange_strong(&bus_slots[i].base, &mine, (uintptr_t)0))
+            return;
+    }
+}
+
+static inline int is_broken(fipc_shm *h)
+{
+    return atomic_load_explicit((_Atomic int32_t *)&h->broken, memory_order_relaxed);
 }
 
 /* ---------------------------------------------------------------- set-up */
@@ -164,7 +212,6 @@ int fipc_shm_writer_init(fipc_shm *h, char *base, uint64_t map_size, int32_t fd,
 {
     if (base == NULL || map_size <= HDR || !valid_capacity(map_size - HDR) || pid <= 0)
         return -EINVAL;
-    (void)pthread_once(&bus_once, install_sigbus);
     memset(h, 0, sizeof *h);
     h->fd = fd;
     h->base = base;
@@ -184,6 +231,7 @@ int fipc_shm_writer_init(fipc_shm *h, char *base, uint64_t map_size, int32_t fd,
     STORE(A32(h, OFF_WPID), (uint32_t)pid, relaxed);
     STORE(A32(h, OFF_WSTATE), ST_OPEN, relaxed);
     STORE(A32(h, OFF_MAGIC), MAGIC, release); /* last: the header is complete */
+    bus_register(h);
     return 0;
 }
 
@@ -192,7 +240,6 @@ int fipc_shm_reader_init(fipc_shm *h, char *base, uint64_t map_size, int32_t fd,
 {
     if (base == NULL || pid <= 0)
         return -EINVAL;
-    (void)pthread_once(&bus_once, install_sigbus);
     memset(h, 0, sizeof *h);
     h->base = base;
     h->map_size = map_size;
@@ -225,6 +272,7 @@ int fipc_shm_reader_init(fipc_shm *h, char *base, uint64_t map_size, int32_t fd,
     fipc_spin_set(&h->spin, spin);
     STORE(A32(h, OFF_RPID), (uint32_t)pid, relaxed);
     STORE(A32(h, OFF_RSTATE), ST_OPEN, release);
+    bus_register(h);
     return 0;
 }
 
@@ -401,6 +449,8 @@ static int wait_ring(fipc_shm *h, uint64_t need, double timeout, int64_t *deadli
             if ((i & 255u) == 0) {
                 if (is_closed(h))
                     return -EBADF;
+                if (is_broken(h))
+                    return FIPC_CORRUPT;
                 if (peer_gone(h, 0) || fipc_now_ns() >= end)
                     break;
             }
@@ -414,6 +464,8 @@ static int wait_ring(fipc_shm *h, uint64_t need, double timeout, int64_t *deadli
     for (;;) {
         if (is_closed(h))
             return -EBADF; /* closed by another thread while we waited */
+        if (is_broken(h))
+            return FIPC_CORRUPT;
         uint32_t seq = LOAD(A32(h, seq_off), acquire);
         atomic_exchange_explicit(A32(h, wait_off), 1u, memory_order_seq_cst);
         rc = ready(h, need);
@@ -449,11 +501,14 @@ static int wait_ring(fipc_shm *h, uint64_t need, double timeout, int64_t *deadli
             }
             return rc;
         }
-        rc = fipc_futex_wait(A32(h, seq_off), seq, left < SLICE_NS ? left : SLICE_NS);
+        int64_t slice = h->recheck ? SLICE_NS / 10 : SLICE_NS;
+        rc = fipc_futex_wait(A32(h, seq_off), seq, left < slice ? left : slice);
         STORE(A32(h, wait_off), 0u, relaxed);
         slept = 1;
         if (rc < 0)
             return rc;
+        if (h->recheck)
+            return -EINTR; /* Python looks at its exported views, then waits again */
     }
 }
 
@@ -641,6 +696,12 @@ static int64_t shm_recv(fipc_shm *h, char *dest, uint64_t cap, double timeout, c
             continue;
         }
         if (kind == FR_NEXT) {
+            if (h->msg_total && dest != NULL && dest != h->msg_dest) {
+                /* continued into another buffer than the one holding its start (a call
+                 * interrupted before Python kept that part): dropped whole, never a
+                 * message with a stale head */
+                h->msg_total = h->msg_done = 0;
+            }
             if (h->msg_total == 0) { /* the rest of a message its writer abandoned */
                 consume(h, size);
                 release_tail(h);
@@ -694,6 +755,7 @@ static int64_t shm_recv(fipc_shm *h, char *dest, uint64_t cap, double timeout, c
         memcpy(dest, data, len);
         h->msg_total = total;
         h->msg_done = len;
+        h->msg_dest = dest;
         consume(h, size);
         release_tail(h);
         if (len == total) {
@@ -796,10 +858,6 @@ void fipc_shm_wake(fipc_shm *h)
 
 int fipc_shm_close(fipc_shm *h)
 {
-    if (h->broken) { /* the pages may be gone: touch nothing */
-        atomic_store_explicit((_Atomic int32_t *)&h->closed, 1, memory_order_seq_cst);
-        return fipc_shm_busy(h);
-    }
     atomic_store_explicit((_Atomic int32_t *)&h->closed, 1, memory_order_seq_cst);
     if (h->role == ROLE_WRITER) {
         STORE(A32(h, OFF_WSTATE), ST_CLOSED, release);
@@ -817,27 +875,18 @@ int fipc_shm_close(fipc_shm *h)
 /* ---------------------------------------------------------------- entry points */
 
 /* Every entry point: counted busy (the mapping stays until no call is in C), refused once
- * closed or broken, and run under the SIGBUS guard (see on_sigbus). `outer` is volatile: it
- * lives across sigsetjmp. */
+ * closed or broken, and FIPC_CORRUPT if a page was lost under it (see on_sigbus). */
 #define GUARDED(h, type, call)                                                              \
     do {                                                                                    \
         if (enter(h) < 0)                                                                   \
             return -EBADF;                                                                  \
-        if ((h)->broken) {                                                                  \
+        if (is_broken(h)) {                                                                 \
             leave(h);                                                                       \
             return FIPC_CORRUPT;                                                            \
         }                                                                                   \
-        sigjmp_buf env;                                                                     \
-        sigjmp_buf *volatile outer = bus_guard;                                             \
-        if (sigsetjmp(env, 0)) {                                                            \
-            bus_guard = outer;                                                              \
-            (h)->broken = 1;                                                                \
-            leave(h);                                                                       \
-            return FIPC_CORRUPT;                                                            \
-        }                                                                                   \
-        bus_guard = &env;                                                                   \
         type rc_ = call;                                                                    \
-        bus_guard = outer;                                                                  \
+        if (is_broken(h)) /* a page was lost under the call (see on_sigbus) */              \
+            rc_ = FIPC_CORRUPT;                                                             \
         leave(h);                                                                           \
         return rc_;                                                                         \
     } while (0)

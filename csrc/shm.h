@@ -42,6 +42,8 @@ typedef struct fipc_shm {
     uint64_t max_message;   /* largest message accepted (reader) or sent (writer) */
     uint64_t msg_total;     /* reader: length of the streamed message being assembled */
     uint64_t msg_done;      /* reader: bytes of it copied so far */
+    char *msg_dest;         /* reader: the buffer holding them (Python moves them, then
+                               stores the new buffer here; another buffer drops it) */
     uint64_t chunk;         /* writer: largest chunk of a streamed message */
     uint64_t last_len;      /* reader: length of the message the last recv looked at */
     uint64_t last_pos;      /* reader: where that frame starts (for a hold) */
@@ -55,7 +57,10 @@ typedef struct fipc_shm {
     uint64_t spins, sleeps; /* statistics: waits satisfied by spinning / by sleeping */
     int32_t busy;           /* calls in progress on this handle (any thread) */
     int32_t closed;         /* set by fipc_shm_wake/close: calls return -EBADF */
-    int32_t broken;         /* the segment was truncated under a call (SIGBUS caught) */
+    int32_t recheck;        /* reader: views still exported: a wait returns -EINTR after
+                               each sleep of at most 10 ms, for Python to look at them */
+    int32_t broken;         /* a page of the mapping was lost (truncated by a peer): every
+                               call returns FIPC_CORRUPT */
 } fipc_shm;
 
 int fipc_shm_writer_init(fipc_shm *h, char *base, uint64_t map_size, int32_t fd, int32_t pid,
@@ -76,7 +81,8 @@ int64_t fipc_shm_send_many(fipc_shm *h, const char *buf, const uint64_t *lens, u
  * the ring, valid until the next call); a streamed one returns FIPC_SHM_NEED. dest given: the
  * message is copied there (FIPC_SHM_NEED if cap is too small; it stays queued). A streamed
  * message continues into dest at msg_done: the caller passes the same buffer (or one holding
- * the same first msg_done bytes) until it is whole. Returns the length, FIPC_EOF,
+ * the same first msg_done bytes, stored in msg_dest) until it is whole; another buffer drops it
+ * whole. Returns the length, FIPC_EOF,
  * FIPC_CORRUPT, FIPC_TOOBIG, -ETIMEDOUT, -EINTR. */
 int64_t fipc_shm_recv(fipc_shm *h, char *dest, uint64_t cap, double timeout, char **ptr);
 /* Up to max messages copied into dest (cap bytes), lengths into lens; fmt gets a Python
@@ -106,6 +112,8 @@ void fipc_shm_wake(fipc_shm *h);
  * mapping must not be unmapped before fipc_shm_busy() says 0. */
 int fipc_shm_close(fipc_shm *h);
 int fipc_shm_busy(fipc_shm *h);
+/* Forget the mapping (before Python unmaps it): its SIGBUS guard ends. */
+void fipc_shm_forget(fipc_shm *h);
 /* 1 if another open file description holds the liveness lock `byte` of the segment fd (the
  * end that took it is alive), 0 if not, -errno. */
 int fipc_shm_lock_held(int fd, int64_t byte);

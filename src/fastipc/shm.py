@@ -563,7 +563,7 @@ class _View:
         self._mv: Optional[memoryview] = mv
         self.pos = pos
         if pos is not None:
-            reader._hold(pos)
+            reader._calls.append(None)  # a live view is a call in progress: the mapping stays
             reader._views.add(self)
 
     def __enter__(self) -> memoryview:
@@ -576,14 +576,17 @@ class _View:
 
     def release(self) -> None:
         mv, self._mv = self._mv, None
-        if mv is None or self.pos is None:
+        if mv is None:
             return
-        try:
+        if self.pos is None:
             mv.release()
-        except BufferError:  # still exported: hand the space back when the export goes
-            weakref.finalize(mv, self._reader._unhold, self.pos)
             return
-        self._reader._unhold(self.pos)
+        reader = self._reader
+        try:
+            if reader._unfreed:
+                reader._ops.release_view(mv, self.pos)
+        finally:
+            reader._leave()
 
 
 class Reader(_End):
@@ -609,7 +612,6 @@ class Reader(_End):
                                      MAX_MESSAGE_LIMIT)
         spin = _check_spin(spin)
         uid = os.geteuid() if owner is None else check_int(owner, "owner", 0, 2**32 - 1)
-        self._holds: list[int] = []
         self._views: weakref.WeakSet[_View] = weakref.WeakSet()
         delay = 0.0005
         while True:
@@ -683,21 +685,6 @@ class Reader(_End):
         if the view is still exported then, once that export goes)."""
         mv, pos = self._ops.recv_view(check_timeout(timeout))
         return _View(self, mv, pos)
-
-    def _hold(self, pos: int) -> None:
-        self._calls.append(None)  # a live view is a call in progress: the mapping stays
-        self._holds.append(pos)
-        if len(self._holds) == 1:
-            self._ops.set_hold(pos)
-
-    def _unhold(self, pos: int) -> None:
-        try:
-            self._holds.remove(pos)
-            if not self._unfreed:
-                return
-            self._ops.set_hold(min(self._holds) if self._holds else None)
-        finally:
-            self._leave()
 
     @uses_handle
     def recv_many(self, max_messages: int = 1024, timeout: Optional[float] = None

@@ -83,11 +83,12 @@ class ReaderOps(EndOps, Protocol):
         queued)."""
 
     def recv_view(self, timeout: float) -> tuple[memoryview, Optional[int]]:
-        """The next message as a read-only view, and the ring position to hold until the
-        view goes (None: the view is a copy, nothing to hold)."""
+        """The next message as a read-only view, and the ring position it holds until
+        :meth:`release_view` (None: the view is a copy, nothing is held)."""
 
-    def set_hold(self, pos: Optional[int]) -> None:
-        """Never hand space from ``pos`` on back to the writer (None: release everything)."""
+    def release_view(self, view: memoryview, pos: Optional[int]) -> None:
+        """Release a view of :meth:`recv_view`; still exported (``numpy.frombuffer``...),
+        its space stays held until the export goes, which the reader's calls look at."""
 
     def recv_many(self, max_messages: int, timeout: float) -> list[bytes]: ...
 
@@ -95,3 +96,51 @@ class ReaderOps(EndOps, Protocol):
         """The next message if one is whole in the ring, else None (nothing consumed)."""
 
     def recv_many_nowait(self, max_messages: int) -> Optional[list[bytes]]: ...
+
+
+class Holds:
+    """What both readers share about views into the ring (``recv_view``): the positions
+    held, and the views still exported after their ``with`` block, retried by every call
+    (:meth:`_unstick`) until their export goes. The backend provides ``set_hold(pos)`` (pos
+    None: no hold) and ``_recheck(flag)`` (while set, a wait looks up every few ms: -EINTR)."""
+
+    _holds: list[int]
+    _stuck: list[tuple[memoryview, int]]
+
+    def set_hold(self, pos: Optional[int]) -> None:
+        raise NotImplementedError
+
+    def _recheck(self, flag: bool) -> None:
+        raise NotImplementedError
+
+    def _hold(self, pos: int) -> None:
+        self._holds.append(pos)
+        if len(self._holds) == 1:
+            self.set_hold(pos)
+
+    def release_view(self, view: memoryview, pos: Optional[int]) -> None:
+        try:
+            view.release()
+        except BufferError:
+            if pos is not None:
+                self._stuck.append((view, pos))
+                self._recheck(True)
+            return
+        if pos is not None:
+            self._unhold(pos)
+
+    def _unhold(self, pos: int) -> None:
+        self._holds.remove(pos)
+        self.set_hold(min(self._holds) if self._holds else None)
+
+    def _unstick(self) -> None:
+        """Hand back the space of exported views whose export has gone."""
+        for item in list(self._stuck):
+            try:
+                item[0].release()
+            except BufferError:
+                continue
+            self._stuck.remove(item)
+            self._unhold(item[1])
+        if not self._stuck:
+            self._recheck(False)

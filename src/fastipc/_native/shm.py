@@ -149,6 +149,7 @@ class _Ops:
             self.detach()
 
     def detach(self) -> None:
+        lib.fipc_shm_forget(self._h)
         ffi.release(self._base)
         mv = getattr(self, "_mv", None)
         if mv is not None:
@@ -256,7 +257,7 @@ class WriterOps(_Ops):
 # ---------------------------------------------------------------------------- reader
 
 
-class ReaderOps(_Ops):
+class ReaderOps(_Ops, contract.Holds):
     _what = "Reader"
 
     def __init__(self, mm: Any, size: int, fd: int, name: str, pid: int, max_message: int,
@@ -267,6 +268,8 @@ class ReaderOps(_Ops):
         self._mv = memoryview(mm)
         self._ptr = ffi.new("char **")
         self._stage = ffi.new("char[]", STAGE)
+        self._holds: list[int] = []
+        self._stuck: list[tuple[memoryview, int]] = []
         self._pending: Any = None  # the buffer of a streamed message being assembled
         self._msg: Any = None  # what the last attempt delivered
         self._outbuf: Any = None
@@ -298,6 +301,8 @@ class ReaderOps(_Ops):
         """One try at the next message, into ``_msg``: its length or a negative status.
         Larger than STAGE: a buffer of its own (``_pending``), kept until it is whole."""
         h = self._h
+        if self._stuck:
+            self._unstick()
         while True:
             pend = self._pending
             if pend is None:
@@ -334,6 +339,8 @@ class ReaderOps(_Ops):
         h = self._h
 
         def attempt(t: float) -> int:
+            if self._stuck:
+                self._unstick()
             if self._pending is not None:
                 if len(self._pending) > cap:
                     self._too_small(cap, len(self._pending))
@@ -346,8 +353,11 @@ class ReaderOps(_Ops):
             if n == NEED:
                 self._too_small(cap, int(h.last_len))
             if n < 0 and h.msg_total:  # cut short: keep what came for the next call
-                keep = self._pending = _new_buffer(int(h.msg_total))
-                ffi.memmove(_from_buffer(keep), dest, int(h.msg_done))
+                keep = _new_buffer(int(h.msg_total))
+                into = _from_buffer(keep)
+                ffi.memmove(into, dest, int(h.msg_done))
+                self._pending = keep
+                h.msg_dest = into  # the commit: an interruption before it drops the message
             return n  # type: ignore[no-any-return]
 
         start = _monotonic()
@@ -362,20 +372,30 @@ class ReaderOps(_Ops):
     def recv_view(self, timeout: float) -> tuple[memoryview, Optional[int]]:
         h, ptr = self._h, self._ptr
         if self._pending is None:
+
+            def attempt(t: float) -> int:
+                if self._stuck:
+                    self._unstick()
+                return _recv(h, _NULL, 0, t, ptr)  # type: ignore[no-any-return]
+
             start = _monotonic()
-            rc = _recv(h, _NULL, 0, timeout, ptr)
+            rc = attempt(timeout)
             if rc < 0 and rc != NEED:
-                rc = self._run(rc, lambda t: _recv(h, _NULL, 0, t, ptr),
-                               Deadline(timeout, start))
+                rc = self._run(rc, attempt, Deadline(timeout, start))
             if rc >= 0:
                 off = int(ffi.cast("uintptr_t", ptr[0])) - self._addr
                 if not 0 <= off <= self._size - rc:
                     raise_errno(FIPC_CORRUPT, self.name)
-                return self._mv[off:off + rc].toreadonly(), int(h.last_pos)
+                pos = int(h.last_pos)
+                self._hold(pos)
+                return self._mv[off:off + rc].toreadonly(), pos
         return memoryview(self._recv_slow(NEED, timeout, _monotonic())), None
 
     def set_hold(self, pos: Optional[int]) -> None:
         lib.fipc_shm_set_hold(self._h, _NO_HOLD if pos is None else pos)
+
+    def _recheck(self, flag: bool) -> None:
+        self._h.recheck = int(flag)
 
     def recv_many(self, max_messages: int, timeout: float) -> list[bytes]:
         out = self._many(max_messages, timeout)
@@ -397,6 +417,8 @@ class ReaderOps(_Ops):
         h = self._h
 
         def attempt(t: float) -> int:
+            if self._stuck:
+                self._unstick()
             return _recv_many(h, out, cap, lens, max_messages, fmt, fmt_cap, t)  # type: ignore
 
         start = _monotonic()

@@ -144,6 +144,7 @@ class _Ops:
         self.pos = 0
         self.peer = 0
         self._closed = False
+        self.recheck = False
         self._probed = 0.0
         self._wait_i, self._seq_i = (L.OFF_RWAIT // 4, L.OFF_DSEQ // 4) if self.role == 2 \
             else (L.OFF_WWAIT // 4, L.OFF_SSEQ // 4)
@@ -253,15 +254,17 @@ class _Ops:
             if left == 0:
                 u32[wait_i] = 0
                 return -errno.ETIMEDOUT
-            if left < 0:
-                left = SLICE
-            rc = _futex_wait(self._addr + seq_i * 4, seq, min(left, SLICE))
+            slice_ = SLICE / 10 if self.recheck else SLICE
+            rc = _futex_wait(self._addr + seq_i * 4, seq, slice_ if left < 0 else
+                             min(left, slice_))
             slept = True
             if self._truncated():  # the next look at the mapping would be a SIGBUS
                 return FIPC_CORRUPT
             u32[wait_i] = 0
             if rc < 0:
                 return rc
+            if self.recheck:
+                return _EINTR  # the reader looks at its exported views, then waits again
 
     def _adapt(self, waited: float) -> None:
         """As fipc_spin_slept() in csrc/common.c."""
@@ -382,7 +385,7 @@ class WriterOps(_Ops):
         self.peer = tail
         return 1 if self.capacity - (self.pos - self.peer) >= need else 0
 
-    def _reserve(self, frame: int, timeout: float, deadline: Deadline) -> int:
+    def _reserve(self, frame: int, timeout: float, deadline: list[Deadline]) -> int:
         """Where a frame of `frame` bytes goes (padding to the ring's end if needed), or a
         negative status."""
         cap = self.capacity
@@ -393,7 +396,9 @@ class WriterOps(_Ops):
             return rc
         if rc == 0:
             self._publish_head()
-            rc = self._wait(need, timeout, deadline)
+            if not deadline:  # made only when a call first has to wait
+                deadline.append(Deadline(timeout))
+            rc = self._wait(need, timeout, deadline[0])
             if rc < 0:
                 self.want = need
                 return rc
@@ -403,7 +408,7 @@ class WriterOps(_Ops):
             self.pos += room
         return L.HEADER + (self.pos & (cap - 1))
 
-    def _put(self, data: memoryview, timeout: float, deadline: Deadline,
+    def _put(self, data: memoryview, timeout: float, deadline: list[Deadline],
              progress: list[int]) -> int:
         n = len(data)
         mm = self._mm
@@ -440,7 +445,7 @@ class WriterOps(_Ops):
             return -errno.EBADF
         if self._gone(0):
             return -errno.EPIPE
-        rc = self._put(data, timeout, Deadline(timeout), progress)
+        rc = self._put(data, timeout, [], progress)
         self._publish_head()
         if rc == 0:
             progress[0] = 0
@@ -472,7 +477,7 @@ class WriterOps(_Ops):
                 return -errno.EBADF
             if self._gone(0):
                 return -errno.EPIPE
-            step = Deadline(left)
+            step: list[Deadline] = []
             for n in lens[sent[0]:]:
                 rc = self._put(mv[sent[1]:sent[1] + n], left, step, [0])
                 if rc:
@@ -537,7 +542,7 @@ def _bytes_view(data: Any) -> memoryview:
 # ---------------------------------------------------------------------------- reader
 
 
-class ReaderOps(_Ops):
+class ReaderOps(_Ops, contract.Holds):
     role = 2
     _what = "Reader"
     _peer_lock = L.LOCK_WRITER
@@ -559,6 +564,8 @@ class ReaderOps(_Ops):
         self.peer = u64[L.OFF_HEAD // 8]
         self.max_message = max_message
         self.hold = _NO_HOLD
+        self._holds: list[int] = []
+        self._stuck: list[tuple[memoryview, int]] = []
         # a streamed message being assembled: (buffer, bytes in it, position of the frame
         # that continues it), committed in one store; None when there is none
         self._pending: Optional[tuple[bytearray, int, int]] = None
@@ -617,6 +624,9 @@ class ReaderOps(_Ops):
         self.hold = _NO_HOLD if pos is None else pos
         self.release()
 
+    def _recheck(self, flag: bool) -> None:
+        self.recheck = flag
+
     def _frame(self) -> tuple[int, int, int, int, int]:
         """(kind, length, total, data offset in the mapping, frame size), or kind < 0: a
         status."""
@@ -649,7 +659,9 @@ class ReaderOps(_Ops):
         ``_off`` (a WHOLE frame, consumed by :meth:`_take`) or whole in ``_pending``'s
         buffer; or a negative status. NEED, with nothing consumed, for a message longer
         than ``limit`` (``whole_only``: for any streamed one)."""
-        deadline = Deadline(timeout)
+        deadline: Optional[Deadline] = None
+        if self._stuck:
+            self._unstick()
         self._lazy_release()
         mm = self._mm
         while True:
@@ -658,6 +670,8 @@ class ReaderOps(_Ops):
             if self.peer == self.pos:
                 rc = self._ready(0)
                 if rc == 0:
+                    if deadline is None:  # made only when a call first has to wait
+                        deadline = Deadline(timeout)
                     rc = self._wait(0, timeout, deadline)
                 if rc < 0:
                     if rc == FIPC_EOF:
@@ -801,6 +815,7 @@ class ReaderOps(_Ops):
         if n == NEED:  # streamed: assembled, so a copy
             return memoryview(self._recv_call(None if timeout < 0 else timeout)), None
         pos, off = self.pos, self._off
+        self._hold(pos)
         self._consume(L.FR_HDR + _round8(n))
         return self._mv[off:off + n].toreadonly(), pos
 
