@@ -63,8 +63,11 @@ _monotonic = time.monotonic
 
 
 class Spin:
-    """The adaptive spin budget of one waiter (seconds): doubled, up to ``max``, when a spin
-    caught what it waited for; halved, down to ``min``, when it had to park."""
+    """The adaptive spin budget of one waiter (seconds), as ``fipc_spin`` in csrc/common.c:
+    doubled, up to ``max``, when a spin caught what it waited for; after a wait that had to
+    park, reset to ``max`` if it ended soon after the spin gave up (the peer answers at the
+    pace of wake-ups: once both sides spin, spinning catches it), else halved, down to
+    ``min``. No spin on a machine with one CPU."""
 
     __slots__ = ("budget", "max", "min")
 
@@ -76,8 +79,11 @@ class Spin:
     def caught(self) -> None:
         self.budget = min(self.max, self.budget * 2)
 
-    def parked(self) -> None:
-        self.budget = max(self.min, self.budget / 2)
+    def parked(self, waited: float) -> None:
+        if waited < 4 * self.max + 100e-6:
+            self.budget = self.max
+        else:
+            self.budget = max(self.min, self.budget / 2)
 
 
 # ---------------------------------------------------------------------------- futex_waitv
@@ -274,14 +280,14 @@ async def wait(attempt: Callable[[], Any], park: Callable[[], Optional[tuple[int
     got = attempt()
     if got is not NOT_READY:
         return got
+    start = _monotonic()
     if spin is not None and spin.budget > 0 and deadline.timeout != 0:
-        end = _monotonic() + spin.budget
+        end = start + spin.budget
         while _monotonic() < end:
             got = attempt()
             if got is not NOT_READY:
                 spin.caught()
                 return got
-        spin.parked()
     loop = asyncio.get_running_loop()
     while True:
         left = deadline.left()
@@ -306,4 +312,6 @@ async def wait(attempt: Callable[[], Any], park: Callable[[], Optional[tuple[int
                 unpark()
         got = attempt()
         if got is not NOT_READY:
+            if spin is not None:
+                spin.parked(_monotonic() - start)
             return got

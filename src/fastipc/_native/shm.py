@@ -231,8 +231,11 @@ class WriterOps(_Ops):
                 raise
 
     def send_nowait(self, data: Any) -> bool:
-        buf, n = _buffer(data)
-        rc = _send(self._h, buf, n, 0.0, self._nowait)
+        if type(data) is bytes:
+            rc = _send(self._h, data, len(data), 0.0, self._nowait)
+        else:
+            buf, n = _buffer(data)
+            rc = _send(self._h, buf, n, 0.0, self._nowait)
         if rc == 0:
             return True
         if rc in (_EAGAIN, _EINTR):
@@ -433,6 +436,14 @@ class ReaderOps(_Ops, contract.Holds):
         return list(struct.unpack_from(ffi.string(fmt), self._outbuf)) if n else []
 
     def recv_nowait(self) -> Optional[bytes]:
+        if self._pending is None and not self._stuck:  # the common case: one C call
+            n = _recv(self._h, self._stage, STAGE, 0.0, self._ptr)
+            if n >= 0:
+                return _unpack(self._stage, n)  # type: ignore[no-any-return]
+            if n in (_EAGAIN, _EINTR):
+                return None
+            if n != NEED:
+                self._run(n, _no_retry, Deadline(0.0))
         n = self._attempt(0.0)
         if n >= 0:
             msg, self._msg = self._msg, None
