@@ -103,10 +103,21 @@ class _Timespec(ctypes.Structure):
     _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
 
 
+def _syscall() -> Any:
+    """libc's syscall() through ctypes (the GIL is released around the call)."""
+    global _libc_syscall
+    if _libc_syscall is None:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        _libc_syscall = libc.syscall
+        _libc_syscall.restype = ctypes.c_long
+    return _libc_syscall
+
+
+_libc_syscall: Any = None
+
+
 def _ctypes_waitv() -> Callable[[Any, int, float], int]:
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    syscall = libc.syscall
-    syscall.restype = ctypes.c_long
+    syscall = _syscall()
 
     def waitv(vec: Any, n: int, timeout: float) -> int:
         ts = None
@@ -237,17 +248,9 @@ def _fail(future: asyncio.Future[None], rc: int) -> None:
         future.set_exception(OSError(-rc, msg))
 
 
-_libc_syscall: Any = None
-
-
 def _wake_private(address: int) -> None:
-    global _libc_syscall
-    if _libc_syscall is None:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        _libc_syscall = libc.syscall
-        _libc_syscall.restype = ctypes.c_long
-    _libc_syscall(_SYS_FUTEX, ctypes.c_void_p(address), 1 | _FUTEX_PRIVATE, 0x7FFFFFFF,
-                  None, None, 0)
+    _syscall()(_SYS_FUTEX, ctypes.c_void_p(address), 1 | _FUTEX_PRIVATE, 0x7FFFFFFF, None,
+               None, 0)
 
 
 _SYS_FUTEX = {"x86_64": 202, "amd64": 202, "aarch64": 98, "arm64": 98, "riscv64": 98,

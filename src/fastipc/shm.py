@@ -360,18 +360,19 @@ class _End(Handle):
         try:
             check_timeout(timeout)
             return attempt()
-        except (OSError, EOFError):
-            if give_up is not None:
-                give_up()
-            if self._closed:
-                raise self._closed_error() from None
-            raise
-        except BaseException:
-            if give_up is not None:
-                give_up()
+        except BaseException as exc:
+            self._failed(exc, give_up)
             raise
         finally:
             self._leave()
+
+    def _failed(self, exc: BaseException, give_up: Optional[Callable[[], None]]) -> None:
+        """An awaitable call failed: give its message up (a send), and say ValueError if
+        the end was closed under it."""
+        if give_up is not None:
+            give_up()
+        if self._closed and isinstance(exc, (OSError, EOFError)):
+            raise self._closed_error() from None
 
     async def _awaited(self, attempt: Callable[[], Any], timeout: Optional[float],
                        give_up: Optional[Callable[[], None]] = None) -> Any:
@@ -383,13 +384,8 @@ class _End(Handle):
         try:
             return await _aio.wait(attempt, ops.park, ops.unpark, deadline,
                                    spin=self._spin_async, name=self._name)
-        except (OSError, EOFError):
-            if self._closed:
-                raise self._closed_error() from None
-            raise
-        except BaseException:
-            if give_up is not None:
-                give_up()
+        except BaseException as exc:
+            self._failed(exc, give_up)
             raise
         finally:
             self._leave()

@@ -15,7 +15,10 @@ return ``None`` / ``False`` when they would have to.
 
 from __future__ import annotations
 
+import errno
 from typing import Any, Callable, Optional, Protocol
+
+from fastipc._core import Deadline, closed_error, retry
 
 Send = Callable[..., None]  # send(data, timeout=None): the hot path, one C call
 Recv = Callable[..., bytes]  # recv(timeout=None): the hot path, one C call
@@ -98,6 +101,24 @@ class ReaderOps(EndOps, Protocol):
     def recv_many_nowait(self, max_messages: int) -> Optional[list[bytes]]: ...
 
 
+class Retrying:
+    """What both backends' ends share: the slow path of every call."""
+
+    name: str
+    _what = "channel end"
+
+    def _run(self, rc: int, attempt: Callable[[float], int], deadline: Deadline) -> int:
+        """The slow path after a first attempt returned ``rc``: ``_core.retry`` (EINTR
+        retried with the time left, statuses mapped to exceptions), with EBADF (this end
+        closed by another thread) as ValueError."""
+        try:
+            return retry(rc, attempt, deadline, self.name)
+        except OSError as exc:
+            if exc.errno == errno.EBADF:
+                raise closed_error(self._what) from None
+            raise
+
+
 class Holds:
     """What both readers share about views into the ring (``recv_view``): the positions
     held, and the views still exported after their ``with`` block, retried by every call
@@ -144,3 +165,28 @@ class Holds:
             self._unhold(item[1])
         if not self._stuck:
             self._recheck(False)
+
+
+class NowaitSend(Retrying):
+    """What both writers share about ``send_nowait``: the progress of a streamed message
+    kept between attempts (``_nowait[0]``, bytes sent), and what a status means."""
+
+    _nowait: Any
+
+    def _nowait_sent(self, rc: int) -> bool:
+        """True: sent whole; False: the ring is full (progress kept); else raise."""
+        if rc == 0:
+            return True
+        if rc in (-errno.ETIMEDOUT, -errno.EINTR):
+            return False
+        self._nowait[0] = 0
+        self._run(rc, _no_retry, Deadline(0.0))
+        return False
+
+    def abandon(self) -> None:
+        self._nowait[0] = 0
+
+
+def _no_retry(left: float) -> int:
+    return -errno.EAGAIN  # never called: _run is given a status that is not EINTR
+

@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import stat
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -134,21 +136,26 @@ register_describer(describe_channel)
 register_describer(describe_temporary)
 
 
-def entries() -> list[SegmentInfo]:
+def _owned(directory: str) -> Iterator[tuple[str, str, os.stat_result]]:
+    """(name, path, stat) of this user's regular files in ``directory``, sorted by name."""
     uid = os.getuid()
-    found: list[SegmentInfo] = []
     try:
-        names = sorted(os.listdir(SHM_DIR))
+        names = sorted(os.listdir(directory))
     except OSError:
-        names = []
+        return
     for name in names:
-        path = f"{SHM_DIR}/{name}"
+        path = f"{directory}/{name}"
         try:
             st = os.stat(path, follow_symlinks=False)
         except OSError:
             continue
-        if st.st_uid != uid or not os.path.isfile(path):
-            continue
+        if st.st_uid == uid and stat.S_ISREG(st.st_mode):
+            yield name, path, st
+
+
+def entries() -> list[SegmentInfo]:
+    found: list[SegmentInfo] = []
+    for name, path, st in _owned(SHM_DIR):
         for describe in _describers:
             info = describe(path)
             if info is not None:
@@ -157,19 +164,11 @@ def entries() -> list[SegmentInfo]:
         else:
             if name.startswith("fastipc"):
                 found.append(SegmentInfo("shm", name, st.st_size))
-    try:
-        queues = sorted(os.listdir(MQ_DIR))
-    except OSError:
-        queues = []
-    for name in queues:
-        path = f"{MQ_DIR}/{name}"
+    for name, path, _ in _owned(MQ_DIR):
         try:
-            st = os.stat(path)
             with open(path) as f:
                 fields = dict(part.split(":", 1) for part in f.read().split() if ":" in part)
         except (OSError, ValueError):
-            continue
-        if st.st_uid != uid:
             continue
         size = int(fields.get("QSIZE", "0") or 0)
         found.append(SegmentInfo("mq", "/" + name, size, None, True, "bytes queued"))

@@ -18,7 +18,7 @@ import ctypes
 import errno
 import struct
 import time
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from fastipc._backend import shm as contract
 from fastipc._core import (
@@ -27,11 +27,9 @@ from fastipc._core import (
     _monotonic,
     check,
     check_timeout,
-    closed_error,
     ffi,
     lib,
     raise_errno,
-    retry,
 )
 
 __all__ = ["ReaderOps", "WriterOps"]
@@ -81,7 +79,7 @@ def _buffer(data: Any) -> tuple[Any, int]:
     return buf, len(buf)
 
 
-class _Ops:
+class _Ops(contract.Retrying):
     _what = "channel end"
 
     def __init__(self, mm: Any, size: int, fd: int, name: str) -> None:
@@ -96,17 +94,6 @@ class _Ops:
         if rc < 0:
             ffi.release(self._base)
             check(rc, self.name)
-
-    def _run(self, rc: int, attempt: Callable[[float], int], deadline: Deadline) -> int:
-        """The slow path after a first attempt returned ``rc``: ``_core.retry`` (EINTR
-        retried with the time left, statuses mapped), with EBADF (this end closed by another
-        thread) as ValueError."""
-        try:
-            return retry(rc, attempt, deadline, self.name)
-        except OSError as exc:
-            if exc.errno == errno.EBADF:
-                raise closed_error(self._what) from None
-            raise
 
     @property
     def spin(self) -> float:
@@ -167,7 +154,7 @@ def _no_retry(left: float) -> int:
 # ---------------------------------------------------------------------------- writer
 
 
-class WriterOps(_Ops):
+class WriterOps(_Ops, contract.NowaitSend):
     _what = "Writer"
 
     def __init__(self, mm: Any, size: int, fd: int, name: str, pid: int, max_message: int,
@@ -236,16 +223,7 @@ class WriterOps(_Ops):
         else:
             buf, n = _buffer(data)
             rc = _send(self._h, buf, n, 0.0, self._nowait)
-        if rc == 0:
-            return True
-        if rc in (_EAGAIN, _EINTR):
-            return False
-        self._nowait[0] = 0
-        self._run(rc, _no_retry, Deadline(0.0))
-        return False
-
-    def abandon(self) -> None:
-        self._nowait[0] = 0
+        return self._nowait_sent(rc)
 
     def flushed(self) -> bool:
         rc = lib.fipc_shm_flushed(self._h)

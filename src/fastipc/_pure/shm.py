@@ -28,7 +28,7 @@ import os
 import platform
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from fastipc import _shm_layout as L
 from fastipc._backend import shm as contract
@@ -38,9 +38,7 @@ from fastipc._core import (
     FIPC_TOOBIG,
     Deadline,
     check_timeout,
-    closed_error,
     raise_errno,
-    retry,
 )
 
 __all__ = ["ReaderOps", "WriterOps"]
@@ -111,6 +109,12 @@ def _futex_wake(addr: int) -> None:
         _syscall(_SYS_FUTEX, ctypes.c_void_p(addr), _FUTEX_WAKE, 0x7FFFFFFF, None, None, 0)
 
 
+def _valid_size(size: int) -> bool:
+    """A channel segment's size: the header, then a ring of a power of two >= 4096."""
+    cap = size - L.HEADER
+    return cap >= L.MIN_CAPACITY and cap & (cap - 1) == 0
+
+
 def _round8(n: int) -> int:
     return (n + 7) & ~7
 
@@ -122,7 +126,7 @@ def _no_retry(left: float) -> int:
 # ---------------------------------------------------------------------------- both ends
 
 
-class _Ops:
+class _Ops(contract.Retrying):
     role = 0
     _what = "channel end"
     _peer_lock = 0
@@ -154,15 +158,6 @@ class _Ops:
         self._u64.release()
         self._mv.release()
         del self._words
-
-    def _run(self, rc: int, attempt: Callable[[float], int], deadline: Deadline) -> int:
-        """``_core.retry``, with EBADF (closed by another thread) as ValueError."""
-        try:
-            return retry(rc, attempt, deadline, self.name)
-        except OSError as exc:
-            if exc.errno == errno.EBADF:
-                raise closed_error(self._what) from None
-            raise
 
     @property
     def spin(self) -> float:
@@ -340,16 +335,16 @@ class _Ops:
 # ---------------------------------------------------------------------------- writer
 
 
-class WriterOps(_Ops):
+class WriterOps(_Ops, contract.NowaitSend):
     role = 1
     _what = "Writer"
     _peer_lock = L.LOCK_READER
 
     def __init__(self, mm: Any, size: int, fd: int, name: str, pid: int, max_message: int,
                  spin: float) -> None:
-        cap = size - L.HEADER
-        if size <= L.HEADER or cap < L.MIN_CAPACITY or cap & (cap - 1) or pid <= 0:
+        if not _valid_size(size) or pid <= 0:
             raise OSError(errno.EINVAL, os.strerror(errno.EINVAL), name)
+        cap = size - L.HEADER
         super().__init__(mm, size, fd, name)
         self.max_message = max_message
         self.chunk = min(cap // 16, L.MAX_CHUNK)
@@ -495,17 +490,7 @@ class WriterOps(_Ops):
             raise
 
     def send_nowait(self, data: Any) -> bool:
-        rc = self._send(_bytes_view(data), 0.0, self._nowait)
-        if rc == 0:
-            return True
-        if rc in (_EAGAIN, _EINTR):
-            return False
-        self._nowait[0] = 0
-        self._run(rc, _no_retry, Deadline(0.0))
-        return False
-
-    def abandon(self) -> None:
-        self._nowait[0] = 0
+        return self._nowait_sent(self._send(_bytes_view(data), 0.0, self._nowait))
 
     def flushed(self) -> bool:
         self._publish_head()
@@ -549,8 +534,7 @@ class ReaderOps(_Ops, contract.Holds):
 
     def __init__(self, mm: Any, size: int, fd: int, name: str, pid: int, max_message: int,
                  spin: float) -> None:
-        cap = size - L.HEADER
-        if size <= L.HEADER or cap < L.MIN_CAPACITY or cap & (cap - 1):
+        if not _valid_size(size):
             raise_errno(FIPC_CORRUPT, name)
         super().__init__(mm, size, fd, name)
         try:
@@ -820,7 +804,10 @@ class ReaderOps(_Ops, contract.Holds):
         return self._mv[off:off + n].toreadonly(), pos
 
     def recv_many(self, max_messages: int, timeout: float) -> list[bytes]:
-        out = [self._recv_call(None if timeout < 0 else timeout)]
+        return self._more([self._recv_call(None if timeout < 0 else timeout)], max_messages)
+
+    def _more(self, out: list[bytes], max_messages: int) -> list[bytes]:
+        """``out`` and what else is queued whole, up to ``max_messages``, without waiting."""
         while len(out) < max_messages:
             n = self._get(0.0, whole_only=True)
             if n < 0:
@@ -841,16 +828,7 @@ class ReaderOps(_Ops, contract.Holds):
 
     def recv_many_nowait(self, max_messages: int) -> Optional[list[bytes]]:
         first = self.recv_nowait()
-        if first is None:
-            return None
-        out = [first]
-        while len(out) < max_messages:
-            n = self._get(0.0, whole_only=True)
-            if n < 0:
-                break
-            out.append(bytes(self._take(n)))
-        self._lazy_release()
-        return out
+        return None if first is None else self._more([first], max_messages)
 
     def close(self) -> None:
         self.hold = _NO_HOLD
