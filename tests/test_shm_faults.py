@@ -38,20 +38,24 @@ def _ok(out: subprocess.CompletedProcess[str]) -> str:
 CLOSE_RACE = """
 import sys, threading
 from fastipc import shm
-name, backend, size = sys.argv[1], sys.argv[2], int(sys.argv[3])
+name, backend, size, nth = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+nth = nth if backend == "native" else 1  # pure reads a whole frame once
+target = "fipc_shm_recv" if backend == "native" else "unpack_from"
 w = shm.Writer(name, capacity=1 << 16, backend=backend)
 r = shm.Reader(name, timeout=5, spin=0, backend=backend)
 payload = bytes(range(256)) * (size // 256)
 w.send(payload)
 closer = threading.Thread(target=r.close)
-fired = []
+seen = []
 
 def hook(frame, event, arg):
-    # the first C function to return inside recv: close from another thread right then
-    if event == "c_return" and not fired:
-        fired.append(getattr(arg, "__name__", "?"))
-        closer.start()
-        closer.join(5)
+    # right after the nth return of the C call that reads the ring: close from another
+    # thread, and let recv go on only once close() has returned
+    if event == "c_return" and getattr(arg, "__name__", "") == target:
+        seen.append(1)
+        if len(seen) == nth:
+            closer.start()
+            closer.join(5)
 
 sys.setprofile(hook)
 try:
@@ -62,18 +66,18 @@ try:
 except ValueError:
     sys.setprofile(None)
     print("closed")
-assert fired and r.closed
+assert len(seen) >= nth and r.closed, seen
 w.close()
 """
 
 
-@pytest.mark.parametrize("size", [3000, 9000])
-def test_close_lands_between_the_c_call_and_the_copy(backend: str, name: str,
-                                                    size: int) -> None:
-    """Reader.close() from another thread right after the first C call of recv() returns:
-    the call ends with the whole message or ValueError, and nothing reads unmapped memory
-    (a crash would fail the child)."""
-    out = _ok(run_python(CLOSE_RACE, name, backend, str(size)))
+@pytest.mark.parametrize("size,nth", [(3000, 1), (3000, 2), (9000, 1), (9000, 2)])
+def test_close_lands_between_the_c_call_and_the_copy(backend: str, name: str, size: int,
+                                                    nth: int) -> None:
+    """Reader.close() from another thread right after the C call that reads the ring
+    returns (the first or the second of a message over 2 KiB): the call ends with the whole
+    message or ValueError, and nothing reads unmapped memory (a crash fails the child)."""
+    out = _ok(run_python(CLOSE_RACE, name, backend, str(size), str(nth)))
     assert out.strip() in ("message", "closed")
 
 
@@ -95,7 +99,10 @@ def test_close_with_a_live_view_waits_for_it(backend: str, name: str) -> None:
 INTERRUPT = """
 import os, signal, sys, time
 from fastipc import shm
-name, backend, mode = sys.argv[1], sys.argv[2], sys.argv[3]
+name, backend, mode, kind = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+
+def size(k):
+    return (k * 7919) % 200000 if kind == "big" else 1024 + (k * 131) % 1024
 
 class Boom(Exception):
     pass
@@ -132,7 +139,7 @@ while True:
     k = int.from_bytes(m[:4], "little")
     body = m[4:]
     assert body == bytes([k % 251]) * len(body), f"message {k} corrupted"
-    assert len(body) == (k * 7919) % 200000, f"message {k} has a wrong length"
+    assert len(body) == size(k), f"message {k} has a wrong length"
     got.append(k)
 signal.setitimer(signal.ITIMER_REAL, 0)
 r.close()
@@ -143,30 +150,34 @@ print(len(got), booms)
 WRITER = """
 import sys
 from fastipc import shm
-name, backend, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
-with shm.Writer(name, capacity=1 << 14, spin=0, backend=backend) as w:
+name, backend, count, kind = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+with shm.Writer(name, capacity=1 << 14 if kind == "big" else 4096, spin=0,
+                backend=backend) as w:
     print("ready", flush=True)
     for k in range(count):
-        n = (k * 7919) % 200000
+        n = (k * 7919) % 200000 if kind == "big" else 1024 + (k * 131) % 1024
         w.send(k.to_bytes(4, "little") + bytes([k % 251]) * n, timeout=30)
     w.flush(timeout=30)
 """
 
 
+@pytest.mark.parametrize("kind", ["big", "small"])
 @pytest.mark.parametrize("mode", ["into", "recv", "mixed"])
 def test_exception_raised_into_a_streamed_message(cross: tuple[str, str], name: str,
-                                                  mode: str) -> None:
+                                                  mode: str, kind: str) -> None:
     """A signal handler that raises, driven by setitimer, interrupts recv_into()/recv() in
-    the middle of messages streamed through a 16 KiB ring: the reader stays usable and never
-    delivers a corrupted or partial message; a message whose call was interrupted comes
-    whole with the next call (or, at most, is dropped whole)."""
+    the middle of messages streamed through the ring (big: up to 200 KB through 16 KiB;
+    small: 1-2 KiB through 4 KiB, which the native recv() streams into its staging buffer):
+    the reader stays usable and never delivers a corrupted or partial message; a message
+    whose call was interrupted comes whole with the next call (or, at most, is dropped
+    whole)."""
     sender, receiver = cross
-    count = 150
-    proc = start_python(WRITER, name, sender, str(count))
+    count = 150 if kind == "big" else 2000
+    proc = start_python(WRITER, name, sender, str(count), kind)
     try:
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == "ready"
-        out = _ok(run_python(INTERRUPT, name, receiver, mode, timeout=120))
+        out = _ok(run_python(INTERRUPT, name, receiver, mode, kind, timeout=120))
         delivered, booms = map(int, out.split())
         assert booms > 0, "the timer never interrupted a call"
         assert delivered >= count - booms
