@@ -172,16 +172,21 @@ class WriterOps(_Ops, contract.NowaitSend):
         h, progress, slow = self._h, self._progress, self._send_slow
 
         def send(data: Any, timeout: Optional[float] = None) -> None:
-            t = -1.0 if timeout is None else check_timeout(timeout)
+            if timeout is None:
+                t = -1.0
+                start = 0.0
+            else:  # a finite wait: when it began, for the time left after EINTR
+                t = check_timeout(timeout)
+                start = _monotonic()
             if type(data) is bytes:
                 rc = _send(h, data, len(data), t, progress)
                 if rc:
-                    slow(data, len(data), rc, t, _monotonic())
+                    slow(data, len(data), rc, t, start)
                 return
             buf, n = _buffer(data)
             rc = _send(h, buf, n, t, progress)
             if rc:
-                slow(buf, n, rc, t, _monotonic())
+                slow(buf, n, rc, t, start)
 
         return send
 
@@ -269,12 +274,13 @@ class ReaderOps(_Ops, contract.Holds):
                 n = _recv(h, stage, STAGE, -1.0, ptr)
                 if n >= 0:
                     return _unpack(stage, n)  # type: ignore[no-any-return]
-                return slow(n, -1.0, _monotonic())
+                return slow(n, -1.0, 0.0)
             t = check_timeout(timeout)
+            start = _monotonic()  # a finite wait: when it began, for the time left after EINTR
             n = _recv(h, stage, STAGE, t, ptr)
             if n >= 0:
                 return _unpack(stage, n)  # type: ignore[no-any-return]
-            return slow(n, t, _monotonic())
+            return slow(n, t, start)
 
         return recv
 
@@ -396,21 +402,23 @@ class ReaderOps(_Ops, contract.Holds):
         out, lens, fmt = self._out, self._lens, self._fmt
         cap, fmt_cap = len(out), max_messages * 22 + 1
         h = self._h
-
-        def attempt(t: float) -> int:
-            if self._stuck:
-                self._unstick()
-            return _recv_many(h, out, cap, lens, max_messages, fmt, fmt_cap, t)  # type: ignore
-
-        start = _monotonic()
-        n = attempt(timeout)
+        if self._stuck:
+            self._unstick()
+        start = _monotonic() if timeout > 0 else 0.0
+        n = _recv_many(h, out, cap, lens, max_messages, fmt, fmt_cap, timeout)
         if n > 0:
             return list(struct.unpack_from(ffi.string(fmt), self._outbuf))
         if n == 0:
             return []
         if n == NEED:
             return None
-        n = self._run(n, attempt, Deadline(timeout, start))
+
+        def attempt(t: float) -> int:
+            if self._stuck:
+                self._unstick()
+            return _recv_many(h, out, cap, lens, max_messages, fmt, fmt_cap, t)  # type: ignore
+
+        n = self._run(n, attempt, Deadline(timeout, start or _monotonic()))
         return list(struct.unpack_from(ffi.string(fmt), self._outbuf)) if n else []
 
     def recv_nowait(self) -> Optional[bytes]:

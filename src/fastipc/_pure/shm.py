@@ -451,7 +451,7 @@ class WriterOps(_Ops, contract.NowaitSend):
         mv = _bytes_view(data)
         progress = self._progress
         progress[0] = 0
-        start = _monotonic()
+        start = _monotonic() if t > 0 else 0.0
         rc = self._send(mv, t, progress)
         if rc:
             try:
@@ -552,8 +552,9 @@ class ReaderOps(_Ops, contract.Holds):
         self._stuck: list[tuple[memoryview, int]] = []
         # a streamed message being assembled: (buffer, bytes in it, position of the frame
         # that continues it), committed in one store; None when there is none
-        self._pending: Optional[tuple[bytearray, int, int]] = None
+        self._pending: Optional[tuple[Any, int, int]] = None
         self._msg: Optional[bytes] = None  # taken, not yet returned
+        self._direct: Any = None  # the pending buffer when it is this recv_into's own
         self.last_len = self.last_pos = 0
         self._off = 0
         self.spin = spin
@@ -638,11 +639,14 @@ class ReaderOps(_Ops, contract.Holds):
         self.pos = pos  # the commit: one store
         self.release_pos = pos
 
-    def _get(self, timeout: float, limit: int = -1, whole_only: bool = False) -> int:
+    def _get(self, timeout: float, limit: int = -1, whole_only: bool = False,
+             into: Optional[memoryview] = None) -> int:
         """fipc_shm_recv() into this end: the next message's length with it in place at
         ``_off`` (a WHOLE frame, consumed by :meth:`_take`) or whole in ``_pending``'s
         buffer; or a negative status. NEED, with nothing consumed, for a message longer
-        than ``limit`` (``whole_only``: for any streamed one)."""
+        than ``limit`` (``whole_only``: for any streamed one). A streamed message is
+        assembled in ``into`` when given (recv_into: no second copy), else in a buffer of
+        its own."""
         deadline: Optional[Deadline] = None
         if self._stuck:
             self._unstick()
@@ -703,7 +707,9 @@ class ReaderOps(_Ops, contract.Holds):
                 self.last_pos = self.pos
                 self._off = off
                 return n
-            buf = bytearray(total)
+            buf = bytearray(total) if into is None else into[:total]
+            if into is not None:
+                self._direct = buf
             buf[:n] = mm[off:off + n]
             self._pending = (buf, n, self.pos + size)
             self._consume(size)
@@ -725,7 +731,7 @@ class ReaderOps(_Ops, contract.Holds):
         pend = self._pending
         if pend is not None and pend[1] == len(pend[0]) == n:
             data: Any = pend[0]
-            if into is not None:
+            if into is not None and data is not self._direct:
                 into[:n] = data
             self._pending = None
             return data
@@ -748,7 +754,7 @@ class ReaderOps(_Ops, contract.Holds):
 
     def _recv_call(self, timeout: Optional[float] = None) -> bytes:
         t = -1.0 if timeout is None else check_timeout(timeout)
-        start = _monotonic()
+        start = _monotonic() if t > 0 else 0.0
         n = self._attempt(t)
         if n < 0:
             self._run(n, self._attempt, Deadline(t, start))
@@ -758,6 +764,7 @@ class ReaderOps(_Ops, contract.Holds):
     def recv_into(self, buffer: Any, timeout: float) -> int:
         dest = memoryview(buffer).cast("B")
         cap = dest.nbytes
+        self._direct = None  # a part assembled in another call's buffer is copied over
 
         def attempt(t: float) -> int:
             if self._msg is not None:
@@ -770,7 +777,7 @@ class ReaderOps(_Ops, contract.Holds):
             pend = self._pending
             if pend is not None and len(pend[0]) > cap:
                 self._too_small(cap, len(pend[0]))
-            n = self._get(t, cap)
+            n = self._get(t, cap, into=dest)
             if n == NEED:
                 self._too_small(cap, self.last_len)
             if n >= 0:
