@@ -9,34 +9,18 @@ import asyncio
 import random
 import threading
 import time
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
+import test_aio
 from fastipc import shm
 from helpers import start_python
+from test_shm import running
 
-
-@pytest.fixture(scope="session")
-def loops_ready() -> None:
-    """uvloop opens a pipe of its own on its first run: before the leak check looks."""
-    try:
-        import uvloop
-    except ImportError:
-        return
-
-    async def nothing() -> None:
-        pass
-
-    uvloop.run(nothing())
-
-
-@pytest.fixture(params=["asyncio", "uvloop"])
-def run(request: pytest.FixtureRequest, loops_ready: None) -> Callable[[Any], Any]:
-    if request.param == "uvloop":
-        uvloop = pytest.importorskip("uvloop")
-        return lambda coro: uvloop.run(coro)  # type: ignore[no-any-return]
-    return asyncio.run
+# the same event loops as test_aio: asyncio and uvloop
+loops_ready = test_aio.loops_ready
+run = test_aio.run
 
 
 def _msg(i: int) -> bytes:
@@ -79,8 +63,7 @@ print("ok", flush=True)
 def test_awaiting_reader_blocking_writer(cross: tuple[str, str], name: str, run: Any) -> None:
     sender, receiver = cross
     count = 600
-    proc = start_python(BLOCKING_WRITER, name, sender, str(count))
-    try:
+    with running(BLOCKING_WRITER, name, sender, str(count)) as proc:
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == "ready"
 
@@ -101,11 +84,6 @@ def test_awaiting_reader_blocking_writer(cross: tuple[str, str], name: str, run:
 
         run(main())
         assert proc.wait(30) == 0
-    finally:
-        proc.kill()
-        proc.wait()
-        proc.stdout.close()  # type: ignore[union-attr]
-        proc.stderr.close()  # type: ignore[union-attr]
 
 
 def test_awaiting_writer_blocking_reader(cross: tuple[str, str], name: str, run: Any) -> None:
@@ -233,7 +211,7 @@ def test_cancel_and_retry_loses_nothing(cross: tuple[str, str], name: str, run: 
 
 
 def test_dead_writer_ends_the_awaiting_reader(backend: str, name: str, run: Any) -> None:
-    proc = start_python(
+    with running(
         """
         import sys, time
         from fastipc import shm
@@ -243,8 +221,7 @@ def test_dead_writer_ends_the_awaiting_reader(backend: str, name: str, run: Any)
         time.sleep(60)
         """,
         name, backend,
-    )
-    try:
+    ) as proc:
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == "ready"
 
@@ -260,43 +237,31 @@ def test_dead_writer_ends_the_awaiting_reader(backend: str, name: str, run: Any)
                 assert time.monotonic() - t0 < 1.5
 
         run(main())
-    finally:
-        proc.kill()
-        proc.wait()
-        proc.stdout.close()  # type: ignore[union-attr]
-        proc.stderr.close()  # type: ignore[union-attr]
 
 
 def test_dead_reader_breaks_the_awaiting_writer(backend: str, name: str, run: Any) -> None:
     async def main() -> None:
-        with shm.Writer(name, capacity=4096, backend=backend) as w:
-            proc = start_python(
-                """
+        with shm.Writer(name, capacity=4096, backend=backend) as w, running(
+            """
                 import sys, time
                 from fastipc import shm
                 r = shm.Reader(sys.argv[1], timeout=10, backend=sys.argv[2])
                 print("ready", flush=True)
                 time.sleep(60)
                 """,
-                name, backend,
-            )
-            try:
-                assert proc.stdout is not None
-                line = await asyncio.get_running_loop().run_in_executor(
-                    None, proc.stdout.readline)
-                assert line.strip() == "ready"
-                task = asyncio.ensure_future(_fill(w))
-                await asyncio.sleep(0.1)
-                proc.kill()
-                t0 = time.monotonic()
-                with pytest.raises(BrokenPipeError):
-                    await task
-                assert time.monotonic() - t0 < 1.5
-            finally:
-                proc.kill()
-                proc.wait()
-                proc.stdout.close()  # type: ignore[union-attr]
-                proc.stderr.close()  # type: ignore[union-attr]
+            name, backend,
+        ) as proc:
+            assert proc.stdout is not None
+            line = await asyncio.get_running_loop().run_in_executor(
+                None, proc.stdout.readline)
+            assert line.strip() == "ready"
+            task = asyncio.ensure_future(_fill(w))
+            await asyncio.sleep(0.1)
+            proc.kill()
+            t0 = time.monotonic()
+            with pytest.raises(BrokenPipeError):
+                await task
+            assert time.monotonic() - t0 < 1.5
 
     run(main())
 

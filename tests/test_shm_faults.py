@@ -23,6 +23,7 @@ import pytest
 from fastipc import _shm_layout as layout
 from fastipc import shm
 from helpers import run_python, start_python
+from test_shm import running
 
 SHM = Path("/dev/shm")
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -173,8 +174,7 @@ def test_exception_raised_into_a_streamed_message(cross: tuple[str, str], name: 
     whole)."""
     sender, receiver = cross
     count = 150 if kind == "big" else 2000
-    proc = start_python(WRITER, name, sender, str(count), kind)
-    try:
+    with running(WRITER, name, sender, str(count), kind) as proc:
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == "ready"
         out = _ok(run_python(INTERRUPT, name, receiver, mode, kind, timeout=120))
@@ -182,11 +182,6 @@ def test_exception_raised_into_a_streamed_message(cross: tuple[str, str], name: 
         assert booms > 0, "the timer never interrupted a call"
         assert delivered >= count - booms
         assert proc.wait(60) == 0
-    finally:
-        proc.kill()
-        proc.wait()
-        proc.stdout.close()  # type: ignore[union-attr]
-        proc.stderr.close()  # type: ignore[union-attr]
 
 
 # ---------------------------------------------------------------------------- 4. exported views
@@ -340,8 +335,7 @@ def _set_writer_pid(name: str, pid: int) -> None:
 def test_dead_writer_whose_pid_is_live(cross: tuple[str, str], name: str) -> None:
     """pid reuse: the header names a live process, but the writer is dead: EOF promptly."""
     sender, receiver = cross
-    proc = start_python(SLEEPING_WRITER, name, sender, "plain")
-    try:
+    with running(SLEEPING_WRITER, name, sender, "plain") as proc:
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == "ready"
         with shm.Reader(name, timeout=5, spin=0, backend=receiver) as r:
@@ -354,11 +348,6 @@ def test_dead_writer_whose_pid_is_live(cross: tuple[str, str], name: str) -> Non
                 r.recv(timeout=10)
             assert time.monotonic() - t0 < 1.5
         assert not (SHM / name).exists()  # the orphan went with the reader
-    finally:
-        proc.kill()
-        proc.wait()
-        proc.stdout.close()  # type: ignore[union-attr]
-        proc.stderr.close()  # type: ignore[union-attr]
 
 
 def test_live_writer_whose_pid_is_not_visible(backend: str, name: str) -> None:
@@ -408,35 +397,28 @@ def test_forked_child_does_not_keep_a_dead_writer_alive(cross: tuple[str, str],
 
 def test_dead_reader_whose_pid_is_live(cross: tuple[str, str], name: str) -> None:
     sender, receiver = cross
-    with shm.Writer(name, capacity=4096, spin=0, backend=sender) as w:
-        proc = start_python(
-            """
+    with shm.Writer(name, capacity=4096, spin=0, backend=sender) as w, running(
+        """
             import sys, time
             from fastipc import shm
             r = shm.Reader(sys.argv[1], timeout=10, backend=sys.argv[2])
             print("ready", flush=True)
             time.sleep(60)
             """,
-            name, receiver,
-        )
-        try:
-            assert proc.stdout is not None
-            assert proc.stdout.readline().strip() == "ready"
-            fd = os.open(SHM / name, os.O_RDWR)
-            os.pwrite(fd, struct.pack("<i", os.getpid()), layout.OFF_RPID)
-            os.close(fd)
-            proc.kill()
-            proc.wait()
-            t0 = time.monotonic()
-            with pytest.raises(BrokenPipeError):
-                while True:
-                    w.send(b"z" * 500, timeout=10)
-            assert time.monotonic() - t0 < 1.5
-        finally:
-            proc.kill()
-            proc.wait()
-            proc.stdout.close()  # type: ignore[union-attr]
-            proc.stderr.close()  # type: ignore[union-attr]
+        name, receiver,
+    ) as proc:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
+        fd = os.open(SHM / name, os.O_RDWR)
+        os.pwrite(fd, struct.pack("<i", os.getpid()), layout.OFF_RPID)
+        os.close(fd)
+        proc.kill()
+        proc.wait()
+        t0 = time.monotonic()
+        with pytest.raises(BrokenPipeError):
+            while True:
+                w.send(b"z" * 500, timeout=10)
+        assert time.monotonic() - t0 < 1.5
 
 
 # ---------------------------------------------------------------------------- 7. foreign

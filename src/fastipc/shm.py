@@ -273,8 +273,10 @@ class _End(Handle):
     def _start(self, fd: int, ops: Any, fast: str) -> None:
         self._ops = ops
         self._open_handle(self._which, fd)
-        if self._which == "native":
+        if self._which == "native":  # its busy count is kept in C
             self.__dict__[fast] = getattr(ops, fast)
+        else:  # Python reads the mapping: counted here, without the method's indirection
+            self.__dict__[fast] = _counted(self, getattr(ops, fast))
         _open_ends.add(self)
 
     @property
@@ -389,6 +391,31 @@ class _End(Handle):
             raise
         finally:
             self._leave()
+
+
+def _counted(end: _End, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` as a call of ``end`` counted busy, as ``uses_handle`` does, for the pure
+    backend's send/recv set on the instance (close() removes it: the class's counted
+    method then raises ValueError). Holds ``end`` weakly: no reference cycle."""
+    calls, ref, what = end._calls, weakref.ref(end), end._what
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        calls.append(None)
+        try:
+            return fn(*args, **kwargs)
+        except (OSError, EOFError):
+            owner = ref()
+            if owner is None or owner._closed:
+                raise _core.closed_error(what) from None
+            raise
+        finally:
+            calls.pop()
+            if not calls:
+                owner = ref()
+                if owner is not None and owner._closed:
+                    owner._free_once()
+
+    return call
 
 
 def _publish_segment(path: str, size: int, mode: int,

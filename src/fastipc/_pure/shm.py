@@ -48,6 +48,8 @@ SLICE = 0.1
 _NO_HOLD = 2**64 - 1
 _EINTR = -errno.EINTR
 _EAGAIN = -errno.ETIMEDOUT
+_CLOSED = L.ST_CLOSED
+_WWAIT = L.OFF_WWAIT // 4
 _FRAME = L.FRAME
 _TOTAL = L.TOTAL
 _monotonic = time.monotonic
@@ -152,6 +154,7 @@ class _Ops(contract.Retrying):
         self._probed = 0.0
         self._wait_i, self._seq_i = (L.OFF_RWAIT // 4, L.OFF_DSEQ // 4) if self.role == 2 \
             else (L.OFF_WWAIT // 4, L.OFF_SSEQ // 4)
+        self._peer_state = (L.OFF_WSTATE if self.role == 2 else L.OFF_RSTATE) // 4
 
     def _release_views(self) -> None:
         self._u32.release()
@@ -177,8 +180,8 @@ class _Ops(contract.Retrying):
 
     def _gone(self, probe: int) -> bool:
         """As peer_gone() in csrc/shm.c: closed, or (probe) its liveness lock is free."""
-        state = self._u32[(L.OFF_WSTATE if self.role == 2 else L.OFF_RSTATE) // 4]
-        if state == L.ST_CLOSED:
+        state = self._u32[self._peer_state]
+        if state == _CLOSED:
             return True
         if not probe or (self.role == 1 and state == L.ST_NONE):
             return False
@@ -347,6 +350,7 @@ class WriterOps(_Ops, contract.NowaitSend):
         cap = size - L.HEADER
         super().__init__(mm, size, fd, name)
         self.max_message = max_message
+        self._whole_max = cap // 4
         self.chunk = min(cap // 16, L.MAX_CHUNK)
         self.spin = spin
         self.want = 0
@@ -403,7 +407,7 @@ class WriterOps(_Ops, contract.NowaitSend):
             self.pos += room
         return L.HEADER + (self.pos & (cap - 1))
 
-    def _put(self, data: memoryview, timeout: float, deadline: list[Deadline],
+    def _put(self, data: Any, timeout: float, deadline: list[Deadline],
              progress: list[int]) -> int:
         n = len(data)
         mm = self._mm
@@ -433,7 +437,7 @@ class WriterOps(_Ops, contract.NowaitSend):
             progress[0] = done
         return 0
 
-    def _send(self, data: memoryview, timeout: float, progress: list[int]) -> int:
+    def _send(self, data: Any, timeout: float, progress: list[int]) -> int:
         if len(data) > self.max_message:
             return FIPC_TOOBIG
         if self._closed:
@@ -448,7 +452,22 @@ class WriterOps(_Ops, contract.NowaitSend):
 
     def _send_call(self, data: Any, timeout: Optional[float] = None) -> None:
         t = -1.0 if timeout is None else check_timeout(timeout)
-        mv = _bytes_view(data)
+        mv = data if type(data) is bytes else _bytes_view(data)
+        n = len(mv)
+        frame = L.FR_HDR + ((n + 7) & ~7)
+        cap = self.capacity
+        pos = self.pos
+        # the common case inline: a whole frame that fits before the ring's end, room for it
+        if frame <= self._whole_max and frame <= cap - (pos & (cap - 1)) and \
+                cap - (pos - self.peer) >= frame and n <= self.max_message and \
+                not self._closed and self._u32[self._peer_state] != _CLOSED:
+            off = L.HEADER + (pos & (cap - 1))
+            mm = self._mm
+            _FRAME.pack_into(mm, off, n, L.FR_WHOLE)
+            mm[off + L.FR_HDR:off + L.FR_HDR + n] = mv
+            self.pos = pos + frame
+            self._publish_head()
+            return
         progress = self._progress
         progress[0] = 0
         start = _monotonic() if t > 0 else 0.0
@@ -547,6 +566,7 @@ class ReaderOps(_Ops, contract.Holds):
         self.pos = self.release_pos = self.published = tail
         self.peer = u64[L.OFF_HEAD // 8]
         self.max_message = max_message
+        self._batch = self.capacity >> 4  # released in batches of a sixteenth of the ring
         self.hold = _NO_HOLD
         self._holds: list[int] = []
         self._stuck: list[tuple[memoryview, int]] = []
@@ -601,8 +621,7 @@ class ReaderOps(_Ops, contract.Holds):
         self._publish(L.OFF_TAIL, t, L.OFF_WWAIT, L.OFF_SSEQ)
 
     def _lazy_release(self) -> None:
-        if self.release_pos - self.published >= self.capacity >> 4 or \
-                self._u32[L.OFF_WWAIT // 4]:
+        if self.release_pos - self.published >= self._batch or self._u32[_WWAIT]:
             self.release()
 
     def set_hold(self, pos: Optional[int]) -> None:
@@ -754,6 +773,18 @@ class ReaderOps(_Ops, contract.Holds):
 
     def _recv_call(self, timeout: Optional[float] = None) -> bytes:
         t = -1.0 if timeout is None else check_timeout(timeout)
+        if self._msg is None and self._pending is None and not self._stuck and \
+                not self._closed and (self.peer != self.pos or self._ready(0) > 0):
+            # the common case inline: a whole frame published already
+            kind, n, total, off, size = self._frame()
+            if kind == L.FR_WHOLE and total <= self.max_message:
+                got: bytes = self._mm[off:off + n]  # copied out, then consumed
+                pos = self.pos + size
+                self.pos = pos
+                self.release_pos = pos
+                if pos - self.published >= self._batch or self._u32[_WWAIT]:
+                    self.release()
+                return got
         start = _monotonic() if t > 0 else 0.0
         n = self._attempt(t)
         if n < 0:
