@@ -273,10 +273,13 @@ class _End(Handle):
     def _start(self, fd: int, ops: Any, fast: str) -> None:
         self._ops = ops
         self._open_handle(self._which, fd)
+        now = "send_nowait" if fast == "send" else "recv_nowait"
         if self._which == "native":  # its busy count is kept in C
             self.__dict__[fast] = getattr(ops, fast)
+            self._now_call = getattr(ops, now)
         else:  # Python reads the mapping: counted here, without the method's indirection
             self.__dict__[fast] = _counted(self, getattr(ops, fast))
+            self._now_call = _counted(self, getattr(ops, now))
         _open_ends.add(self)
 
     @property
@@ -476,6 +479,7 @@ class Writer(_End):
 
     _what = "Writer"
     _ops: _contract.WriterOps
+    _now_call: Callable[[Any], bool]  # send_nowait, counted busy (in C, or by _counted)
 
     def __init__(self, name: str, capacity: int = DEFAULT_CAPACITY, *,
                  max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE, mode: int = 0o600,
@@ -522,15 +526,23 @@ class Writer(_End):
         """:meth:`send` on the running event loop: waits without blocking the loop.
         Cancelled (or timed out), it has sent the whole message or nothing: a message
         streamed in part is abandoned and the reader drops it."""
-        self._check_open()
-        ops = self._ops
+        if self._closed:
+            raise self._closed_error()
+        if timeout is not None:
+            check_timeout(timeout)
         view = data if type(data) is bytes else _core.byte_view(data)
+        try:
+            if self._now_call(view):  # no wait: none of the machinery
+                return
+        except BaseException as exc:
+            self._failed(exc, self._ops.abandon)
+            raise
+        ops = self._ops
 
         def attempt() -> Any:
             return True if ops.send_nowait(view) else _aio.NOT_READY
 
-        if self._now(attempt, timeout, ops.abandon) is _aio.NOT_READY:
-            await self._awaited(attempt, timeout, ops.abandon)
+        await self._awaited(attempt, timeout, ops.abandon)
 
     @property
     def reader_attached(self) -> bool:
@@ -646,6 +658,7 @@ class Reader(_End):
 
     _what = "Reader"
     _ops: _contract.ReaderOps
+    _now_call: Callable[[], Optional[bytes]]  # recv_nowait, counted busy (C or _counted)
 
     def __init__(self, name: str, timeout: Optional[float] = None, *,
                  max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
@@ -741,17 +754,24 @@ class Reader(_End):
 
     async def recv_async(self, timeout: Optional[float] = None) -> bytes:
         """:meth:`recv` on the running event loop. Cancelled, it leaves the message queued."""
-        self._check_open()
+        if self._closed:
+            raise self._closed_error()
+        if timeout is not None:
+            check_timeout(timeout)
+        try:
+            msg = self._now_call()  # there already: none of the machinery
+        except BaseException as exc:
+            self._failed(exc, None)
+            raise
+        if msg is not None:
+            return msg
         ops = self._ops
 
         def attempt() -> Any:
             msg = ops.recv_nowait()
             return _aio.NOT_READY if msg is None else msg
 
-        got = self._now(attempt, timeout)
-        if got is _aio.NOT_READY:
-            got = await self._awaited(attempt, timeout)
-        return got  # type: ignore[no-any-return]
+        return await self._awaited(attempt, timeout)  # type: ignore[no-any-return]
 
     async def recv_many_async(self, max_messages: int = 1024,
                               timeout: Optional[float] = None) -> list[bytes]:
