@@ -660,6 +660,27 @@ static int frame_at(fipc_shm *h, uint32_t *kind, uint64_t *len, uint64_t *total,
     return 0;
 }
 
+/* The next frame, after waiting for one (may_wait) when none is published: 1 (its fields
+ * filled in as by frame_at), 0 none and no wait, or < 0. */
+static inline int next_frame(fipc_shm *h, int may_wait, double timeout, int64_t *deadline,
+                             uint32_t *kind, uint64_t *len, uint64_t *total, char **data,
+                             uint64_t *size)
+{
+    int rc;
+    if (h->peer == h->pos) {
+        rc = ready(h, 0);
+        if (rc == 0) {
+            if (!may_wait)
+                return 0;
+            rc = wait_ring(h, 0, timeout, deadline);
+        }
+        if (rc < 0)
+            return rc;
+    }
+    rc = frame_at(h, kind, len, total, data, size);
+    return rc < 0 ? rc : 1;
+}
+
 /* Consume the frame at pos and hand its space back to the writer. */
 static inline void consume(fipc_shm *h, uint64_t size)
 {
@@ -675,22 +696,15 @@ static int64_t shm_recv(fipc_shm *h, char *dest, uint64_t cap, double timeout, c
     int rc;
     lazy_release(h);
     for (;;) {
-        if (h->peer == h->pos) {
-            rc = ready(h, 0);
-            if (rc == 0)
-                rc = wait_ring(h, 0, timeout, &deadline);
-            if (rc < 0) {
-                if (rc == FIPC_EOF) {
-                    h->msg_total = h->msg_done = 0; /* a message cut short is dropped */
-                }
-                return rc;
-            }
-        }
         uint32_t kind;
         uint64_t len, total, size;
         char *data;
-        if ((rc = frame_at(h, &kind, &len, &total, &data, &size)) < 0)
+        rc = next_frame(h, 1, timeout, &deadline, &kind, &len, &total, &data, &size);
+        if (rc < 0) {
+            if (rc == FIPC_EOF)
+                h->msg_total = h->msg_done = 0; /* a message cut short is dropped */
             return rc;
+        }
         if (kind == FR_PAD) {
             consume(h, size);
             continue;
@@ -798,22 +812,13 @@ static int64_t shm_recv_many(fipc_shm *h, char *dest, uint64_t cap, uint64_t *le
         return FIPC_SHM_NEED;
     }
     while (count < max) {
-        if (h->peer == h->pos) {
-            rc = ready(h, 0);
-            if (rc == 0 && count > 0)
-                break; /* wait for the first message only */
-            if (rc == 0)
-                rc = wait_ring(h, 0, timeout, &deadline);
-            if (rc < 0) {
-                if (count > 0 && rc != FIPC_CORRUPT)
-                    break;
-                return rc;
-            }
-        }
         uint32_t kind;
         uint64_t len, total, size;
         char *data;
-        if ((rc = frame_at(h, &kind, &len, &total, &data, &size)) < 0)
+        rc = next_frame(h, count == 0, timeout, &deadline, &kind, &len, &total, &data, &size);
+        if (rc == 0)
+            break; /* wait for the first message only */
+        if (rc < 0)
             return rc;
         if (kind == FR_PAD || (kind == FR_NEXT)) {
             consume(h, size); /* a NEXT here belongs to an abandoned message */
