@@ -675,7 +675,10 @@ def test_writer_killed_mid_stream(cross: tuple[str, str], name: str) -> None:
         assert not (SHM / name).exists()
 
 
-def test_reader_killed(cross: tuple[str, str], name: str) -> None:
+@pytest.mark.parametrize("pid", ["own", "reused"])
+def test_reader_killed(cross: tuple[str, str], name: str, pid: str) -> None:
+    """The writer notices a killed reader within a second or two; "reused": the header's
+    reader pid names a live process (ours), as after pid reuse: liveness is not a pid."""
     sender, receiver = cross
     with shm.Writer(name, capacity=4096, backend=sender) as w, running(
         """
@@ -690,6 +693,10 @@ def test_reader_killed(cross: tuple[str, str], name: str) -> None:
         w.send(b"hi", timeout=5)
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == "b'hi'"
+        if pid == "reused":
+            fd = os.open(SHM / name, os.O_RDWR)
+            os.pwrite(fd, struct.pack("<i", os.getpid()), 40)  # reader_pid
+            os.close(fd)
         proc.kill()
         proc.wait()
         t0 = time.monotonic()

@@ -332,21 +332,28 @@ def _set_writer_pid(name: str, pid: int) -> None:
         os.close(fd)
 
 
+def _writer_dies(name: str, receiver: str, proc: subprocess.Popen[str],
+                 fake_pid: bool) -> None:
+    """Attach, read the writer's message, kill it: EOFError within a second and a half."""
+    with shm.Reader(name, timeout=5, spin=0, backend=receiver) as r:
+        if fake_pid:
+            _set_writer_pid(name, os.getpid())  # a pid that runs: ours
+        assert r.recv(timeout=1) == b"before"
+        proc.kill()
+        proc.wait()
+        t0 = time.monotonic()
+        with pytest.raises(EOFError):
+            r.recv(timeout=10)
+        assert time.monotonic() - t0 < 1.5
+
+
 def test_dead_writer_whose_pid_is_live(cross: tuple[str, str], name: str) -> None:
     """pid reuse: the header names a live process, but the writer is dead: EOF promptly."""
     sender, receiver = cross
     with running(SLEEPING_WRITER, name, sender, "plain") as proc:
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == "ready"
-        with shm.Reader(name, timeout=5, spin=0, backend=receiver) as r:
-            _set_writer_pid(name, os.getpid())  # a pid that runs: ours
-            assert r.recv(timeout=1) == b"before"
-            proc.kill()
-            proc.wait()
-            t0 = time.monotonic()
-            with pytest.raises(EOFError):
-                r.recv(timeout=10)
-            assert time.monotonic() - t0 < 1.5
+        _writer_dies(name, receiver, proc, fake_pid=True)
         assert not (SHM / name).exists()  # the orphan went with the reader
 
 
@@ -371,54 +378,17 @@ def test_live_writer_whose_pid_is_not_visible(backend: str, name: str) -> None:
 
 def test_forked_child_does_not_keep_a_dead_writer_alive(cross: tuple[str, str],
                                                          name: str) -> None:
+    """The writer forked a child that inherited its end and outlives it: the end was given
+    up in the child, so the writer's death still ends the stream."""
     sender, receiver = cross
-    proc = start_python(SLEEPING_WRITER, name, sender, "fork")
-    child = 0
-    try:
+    with running(SLEEPING_WRITER, name, sender, "fork") as proc:
         assert proc.stdout is not None
         child = int(proc.stdout.readline())
-        assert proc.stdout.readline().strip() == "ready"
-        with shm.Reader(name, timeout=5, spin=0, backend=receiver) as r:
-            assert r.recv(timeout=1) == b"before"
-            proc.kill()
-            proc.wait()
-            t0 = time.monotonic()
-            with pytest.raises(EOFError):
-                r.recv(timeout=10)
-            assert time.monotonic() - t0 < 1.5
-    finally:
-        if child:
+        try:
+            assert proc.stdout.readline().strip() == "ready"
+            _writer_dies(name, receiver, proc, fake_pid=False)
+        finally:
             os.kill(child, signal.SIGKILL)
-        proc.kill()
-        proc.wait()
-        proc.stdout.close()  # type: ignore[union-attr]
-        proc.stderr.close()  # type: ignore[union-attr]
-
-
-def test_dead_reader_whose_pid_is_live(cross: tuple[str, str], name: str) -> None:
-    sender, receiver = cross
-    with shm.Writer(name, capacity=4096, spin=0, backend=sender) as w, running(
-        """
-            import sys, time
-            from fastipc import shm
-            r = shm.Reader(sys.argv[1], timeout=10, backend=sys.argv[2])
-            print("ready", flush=True)
-            time.sleep(60)
-            """,
-        name, receiver,
-    ) as proc:
-        assert proc.stdout is not None
-        assert proc.stdout.readline().strip() == "ready"
-        fd = os.open(SHM / name, os.O_RDWR)
-        os.pwrite(fd, struct.pack("<i", os.getpid()), layout.OFF_RPID)
-        os.close(fd)
-        proc.kill()
-        proc.wait()
-        t0 = time.monotonic()
-        with pytest.raises(BrokenPipeError):
-            while True:
-                w.send(b"z" * 500, timeout=10)
-        assert time.monotonic() - t0 < 1.5
 
 
 # ---------------------------------------------------------------------------- 7. foreign
