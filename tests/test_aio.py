@@ -90,6 +90,28 @@ def run(request: pytest.FixtureRequest, loops_ready: None) -> Callable[[Any], An
     return asyncio.run
 
 
+class Ticker:
+    """A coroutine that ticks every ``period`` seconds on the running loop and keeps the
+    largest gap between two ticks: what a blocked loop shows."""
+
+    def __init__(self, period: float = 0.002) -> None:
+        self.period = period
+        self.gap = 0.0
+        self.task = asyncio.ensure_future(self._run())
+
+    async def _run(self) -> None:
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(self.period)
+            now = time.monotonic()
+            self.gap = max(self.gap, now - last)
+            last = now
+
+    def stop(self) -> float:
+        self.task.cancel()
+        return self.gap
+
+
 def _shared(size: int = 4096) -> mmap.mmap:
     return mmap.mmap(-1, size, mmap.MAP_SHARED)
 
@@ -109,24 +131,13 @@ def test_woken_by_a_thread_without_blocking_the_loop(waitv: str, run: Any) -> No
     word = Word(mm)
 
     async def main() -> tuple[Any, float]:
-        gaps = [0.0]
-
-        async def ticker() -> None:
-            last = time.monotonic()
-            while True:
-                await asyncio.sleep(0.005)
-                now = time.monotonic()
-                gaps[0] = max(gaps[0], now - last)
-                last = now
-
-        tick = asyncio.ensure_future(ticker())
+        tick = Ticker()
         threading.Timer(0.3, word.fire).start()
         t0 = time.monotonic()
         got = await _aio.wait(word.attempt, word.park, word.unpark, Deadline.of(5),
                               spin=_aio.Spin())
         assert 0.25 < time.monotonic() - t0 < 2
-        tick.cancel()
-        return got, gaps[0]
+        return got, tick.stop()
 
     got, gap = run(main())
     assert got == "ready"

@@ -303,29 +303,18 @@ def test_the_loop_is_never_blocked(backend: str, name: str, run: Any) -> None:
     async def main() -> float:
         with shm.Writer(name, capacity=4096, backend=backend) as w, \
                 shm.Reader(name, timeout=5, backend=backend) as r:
-            gap = [0.0]
-
-            async def ticker() -> None:
-                last = time.monotonic()
-                while True:
-                    await asyncio.sleep(0.002)
-                    now = time.monotonic()
-                    gap[0] = max(gap[0], now - last)
-                    last = now
-
             def trickle() -> None:
                 for i in range(20):
                     time.sleep(0.03)
                     w.send(_msg(i), timeout=5)
 
-            tick = asyncio.ensure_future(ticker())
+            tick = test_aio.Ticker()
             t = threading.Thread(target=trickle)
             t.start()
             for i in range(20):
                 _check(i, await r.recv_async(timeout=5))
             t.join()
-            tick.cancel()
-            return gap[0]
+            return tick.stop()
 
     gap = run(main())
     assert gap < 0.05, f"the loop was blocked for {gap * 1000:.1f} ms"

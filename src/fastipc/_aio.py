@@ -183,12 +183,17 @@ class _Waiter:
         self._poke()
 
     def remove(self, entry: _Entry) -> None:
+        if self._discard(entry):
+            self._poke()
+
+    def _discard(self, entry: _Entry) -> bool:
+        """Take ``entry`` out of the set: False if it was not there (woken, or removed)."""
         with self._lock:
             try:
                 self._entries.remove(entry)
             except ValueError:
-                return
-        self._poke()
+                return False
+        return True
 
     def _poke(self) -> None:
         """Tell the thread the set changed: bump the control word and wake it."""
@@ -229,11 +234,8 @@ class _Waiter:
                 return
 
     def _wake(self, entry: _Entry) -> None:
-        with self._lock:
-            try:
-                self._entries.remove(entry)
-            except ValueError:
-                return
+        if not self._discard(entry):
+            return
         try:
             entry.loop.call_soon_threadsafe(_resolve, entry.future)
         except RuntimeError:  # its loop has closed
