@@ -259,7 +259,6 @@ class _End(Handle):
     (which reads the mapping in Python), is counted here."""
 
     _what = "channel end"
-    _layout_lock = _layout.LOCK_WRITER
     _ops: Any = None
     _mmap: Optional[mmap.mmap] = None
     _size = 0
