@@ -407,6 +407,22 @@ class WriterOps(_Ops, contract.NowaitSend):
             self.pos += room
         return L.HEADER + (self.pos & (cap - 1))
 
+    def _put_whole(self, data: Any, n: int) -> bool:
+        """The common case, without waiting: a whole frame that fits before the ring's end,
+        with room for it. False if it is not that case (nothing written)."""
+        frame = L.FR_HDR + ((n + 7) & ~7)
+        cap = self.capacity
+        pos = self.pos
+        if frame > self._whole_max or frame > cap - (pos & (cap - 1)) or \
+                cap - (pos - self.peer) < frame:
+            return False
+        off = L.HEADER + (pos & (cap - 1))
+        mm = self._mm
+        _FRAME.pack_into(mm, off, n, L.FR_WHOLE)
+        mm[off + L.FR_HDR:off + L.FR_HDR + n] = data
+        self.pos = pos + frame
+        return True
+
     def _put(self, data: Any, timeout: float, deadline: list[Deadline],
              progress: list[int]) -> int:
         n = len(data)
@@ -453,19 +469,8 @@ class WriterOps(_Ops, contract.NowaitSend):
     def _send_call(self, data: Any, timeout: Optional[float] = None) -> None:
         t = -1.0 if timeout is None else check_timeout(timeout)
         mv = data if type(data) is bytes else _bytes_view(data)
-        n = len(mv)
-        frame = L.FR_HDR + ((n + 7) & ~7)
-        cap = self.capacity
-        pos = self.pos
-        # the common case inline: a whole frame that fits before the ring's end, room for it
-        if frame <= self._whole_max and frame <= cap - (pos & (cap - 1)) and \
-                cap - (pos - self.peer) >= frame and n <= self.max_message and \
-                not self._closed and self._u32[self._peer_state] != _CLOSED:
-            off = L.HEADER + (pos & (cap - 1))
-            mm = self._mm
-            _FRAME.pack_into(mm, off, n, L.FR_WHOLE)
-            mm[off + L.FR_HDR:off + L.FR_HDR + n] = mv
-            self.pos = pos + frame
+        if len(mv) <= self.max_message and not self._closed and \
+                self._u32[self._peer_state] != _CLOSED and self._put_whole(mv, len(mv)):
             self._publish_head()
             return
         progress = self._progress
@@ -492,15 +497,20 @@ class WriterOps(_Ops, contract.NowaitSend):
             if self._gone(0):
                 return -errno.EPIPE
             step: list[Deadline] = []
-            for n in lens[sent[0]:]:
-                rc = self._put(mv[sent[1]:sent[1] + n], left, step, [0])
-                if rc:
-                    self._publish_head()
-                    return rc
-                sent[0] += 1
-                sent[1] += n
-            self._publish_head()
-            return 0
+            i, off = sent
+            try:
+                for n in lens[i:]:
+                    data = mv[off:off + n]
+                    if not self._put_whole(data, n):
+                        rc = self._put(data, left, step, [0])
+                        if rc:
+                            return rc
+                    i += 1
+                    off += n
+                return 0
+            finally:
+                sent[0], sent[1] = i, off
+                self._publish_head()
 
         try:
             self._run(attempt(timeout), attempt, deadline)
@@ -845,12 +855,21 @@ class ReaderOps(_Ops, contract.Holds):
         return self._more([self._recv_call(None if timeout < 0 else timeout)], max_messages)
 
     def _more(self, out: list[bytes], max_messages: int) -> list[bytes]:
-        """``out`` and what else is queued whole, up to ``max_messages``, without waiting."""
-        while len(out) < max_messages:
-            n = self._get(0.0, whole_only=True)
-            if n < 0:
-                break
-            out.append(bytes(self._take(n)))
+        """``out`` and what else is queued whole, up to ``max_messages``, without waiting;
+        anything else (a streamed message, an error) is left for the next call."""
+        mm = self._mm
+        if self._pending is None:
+            while len(out) < max_messages:
+                if self.peer == self.pos and self._ready(0) <= 0:
+                    break
+                kind, n, total, off, size = self._frame()
+                if kind == L.FR_PAD:
+                    self._consume(size)
+                    continue
+                if kind != L.FR_WHOLE or total > self.max_message:
+                    break
+                out.append(mm[off:off + n])  # copied out, then consumed
+                self._consume(size)
         self._lazy_release()
         return out
 
