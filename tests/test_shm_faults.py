@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -254,6 +255,12 @@ while True:
 """
 
 
+def _stale(prefix: str) -> Any:
+    """The arguments of `fastipc rm --stale --match PREFIX` (only this test's segments:
+    other test runs on the machine have stale segments of their own)."""
+    return type("Args", (), {"names": [], "stale": True, "match": prefix})()
+
+
 def test_writer_killed_while_building(backend: str, name: str) -> None:
     """SIGKILL at random moments while a Writer builds its segment: the name never shows a
     half-built channel (a Reader finds a whole one or none), and `fastipc rm --stale`
@@ -280,7 +287,7 @@ def test_writer_killed_while_building(backend: str, name: str) -> None:
         left = [e for e in admin.entries() if e.name.startswith(name)]
         assert all(not e.alive for e in left), left
         assert all(e.kind in ("channel", "temporary") for e in left), left
-        admin.remove(type("Args", (), {"names": [], "stale": True})())
+        admin.remove(_stale(name))
         assert not [p for p in SHM.iterdir() if p.name.startswith(name)]
 
 
@@ -291,7 +298,7 @@ def test_reader_never_sees_a_header_in_progress(backend: str, name: str) -> None
         with pytest.raises(TimeoutError):
             shm.Reader(name, timeout=0.1, backend=backend)
     finally:
-        temp.unlink()
+        temp.unlink(missing_ok=True)  # a concurrent `rm --stale` may have taken it
 
 
 # ---------------------------------------------------------------------------- 6. liveness
@@ -369,7 +376,7 @@ def test_live_writer_whose_pid_is_not_visible(backend: str, name: str) -> None:
                 r.recv(timeout=0.4)
             with pytest.raises(TimeoutError):
                 r.recv(timeout=0)
-            admin.remove(type("Args", (), {"names": [], "stale": True})())
+            admin.remove(_stale(name))
             assert (SHM / name).exists()
             w.send(b"still here")
             assert r.recv(timeout=1) == b"still here"

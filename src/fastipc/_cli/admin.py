@@ -6,7 +6,8 @@ first that recognises one (by its magic, or its name for a temporary) says what 
 :class:`SegmentInfo`. Entries no describer claims are listed as plain ``shm`` when their
 name starts with ``fastipc``. Then the message queues in /dev/mqueue (where the mqueue file
 system is mounted). ``rm NAME`` removes one segment or queue; ``rm --stale`` removes every
-segment whose describer says it is not alive.
+segment whose describer says it is not alive (``--match PREFIX``: only those whose name starts
+with PREFIX, e.g. one application's).
 
 The hook, for other segment kinds (a queue, a publisher...)::
 
@@ -44,6 +45,8 @@ def register(sub: Any) -> None:
     rm.add_argument("names", nargs="*", metavar="NAME", help="segment or queue names")
     rm.add_argument("--stale", action="store_true",
                     help="remove every segment whose owner is gone")
+    rm.add_argument("--match", metavar="PREFIX", default="",
+                    help="with --stale: only segments whose name starts with PREFIX")
     rm.set_defaults(func=remove)
 
 
@@ -208,8 +211,9 @@ def remove(args: argparse.Namespace) -> int:
         print(f"removed {_remove_one(name)}")
     if args.stale:
         n = 0
+        prefix = getattr(args, "match", "") or ""
         for e in entries():
-            if e.kind == "mq" or e.alive:
+            if e.kind == "mq" or e.alive or not e.name.startswith(prefix):
                 continue
             try:
                 os.unlink(f"{SHM_DIR}/{e.name}")
