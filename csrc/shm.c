@@ -15,51 +15,51 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
-#include <linux/futex.h>
+#include <pthread.h>
+#include <sys/mman.h>
 #include <signal.h>
 #include <stdatomic.h>
-#include <stdio.h>
 #include <string.h>
-#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
-#define MAGIC 0x4D485346u /* "FSHM" little-endian */
-#define VERSION 1u
+#define MAGIC ((uint32_t)FIPC_SHM_MAGIC) /* "FSHM" little-endian */
+#define VERSION ((uint32_t)FIPC_SHM_VERSION)
 #define HDR ((uint64_t)FIPC_SHM_HEADER)
-#define MIN_CAPACITY 4096u
+#define MIN_CAPACITY ((uint64_t)FIPC_SHM_MIN_CAPACITY)
 
-#define OFF_MAGIC 0
-#define OFF_VERSION 4
-#define OFF_CAPACITY 8
-#define OFF_DATA 16
-#define OFF_MAXMSG 24
-#define OFF_WPID 32
-#define OFF_WSTATE 36
-#define OFF_RPID 40
-#define OFF_RSTATE 44
-#define OFF_HEAD 64
-#define OFF_TAIL 128
-#define OFF_DSEQ 192
-#define OFF_RWAIT 196
-#define OFF_SSEQ 200
-#define OFF_WWAIT 204
+#define OFF_MAGIC FIPC_SHM_OFF_MAGIC
+#define OFF_VERSION FIPC_SHM_OFF_VERSION
+#define OFF_CAPACITY FIPC_SHM_OFF_CAPACITY
+#define OFF_DATA FIPC_SHM_OFF_DATA
+#define OFF_MAXMSG FIPC_SHM_OFF_MAXMSG
+#define OFF_WPID FIPC_SHM_OFF_WPID
+#define OFF_WSTATE FIPC_SHM_OFF_WSTATE
+#define OFF_RPID FIPC_SHM_OFF_RPID
+#define OFF_RSTATE FIPC_SHM_OFF_RSTATE
+#define OFF_HEAD FIPC_SHM_OFF_HEAD
+#define OFF_TAIL FIPC_SHM_OFF_TAIL
+#define OFF_DSEQ FIPC_SHM_OFF_DSEQ
+#define OFF_RWAIT FIPC_SHM_OFF_RWAIT
+#define OFF_SSEQ FIPC_SHM_OFF_SSEQ
+#define OFF_WWAIT FIPC_SHM_OFF_WWAIT
 
-#define ST_OPEN 1u
-#define ST_CLOSED 2u
+#define ST_OPEN ((uint32_t)FIPC_SHM_ST_OPEN)
+#define ST_CLOSED ((uint32_t)FIPC_SHM_ST_CLOSED)
 
-#define FR_WHOLE 1u
-#define FR_FIRST 2u
-#define FR_NEXT 3u
-#define FR_PAD 4u
-#define FR_HDR 8u    /* u32 length, u32 kind */
-#define FIRST_HDR 16u /* ... then u64 total length of the message */
+#define FR_WHOLE ((uint32_t)FIPC_SHM_FR_WHOLE)
+#define FR_FIRST ((uint32_t)FIPC_SHM_FR_FIRST)
+#define FR_NEXT ((uint32_t)FIPC_SHM_FR_NEXT)
+#define FR_PAD ((uint32_t)FIPC_SHM_FR_PAD)
+#define FR_HDR ((uint64_t)FIPC_SHM_FR_HDR)       /* u32 length, u32 kind */
+#define FIRST_HDR ((uint64_t)FIPC_SHM_FIRST_HDR) /* ... then u64 total length */
 
 #define ROLE_WRITER 1
 #define ROLE_READER 2
 
 #define SLICE_NS 100000000LL /* sleep at most this long between checks on the peer */
-#define MAX_CHUNK (256u << 10)
+#define PROBE_NS 10000000LL  /* a try-once call probes the peer's lock at most this often */
+#define MAX_CHUNK ((uint64_t)FIPC_SHM_MAX_CHUNK)
 
 #define A32(h, off) ((_Atomic uint32_t *)(void *)((h)->base + (off)))
 #define A64(h, off) ((_Atomic uint64_t *)(void *)((h)->base + (off)))
@@ -100,50 +100,120 @@ static inline void wr64(char *p, uint64_t v)
     memcpy(p, &v, sizeof v);
 }
 
-/* ---------------------------------------------------------------- futex and peers */
+/* ---------------------------------------------------------------- peers */
 
-int fipc_shm_pid_dead(int32_t pid)
+/* Liveness: each open end holds an OFD write lock on its own byte of the segment file
+ * (taken in Python, src/fastipc/_shm_layout.py). The kernel drops it with the last reference
+ * to that open file description, so it proves the end alive across pid reuse and pid
+ * namespaces, where kill(pid, 0) cannot. */
+int fipc_shm_lock_held(int fd, int64_t byte)
 {
-    if (pid <= 0)
-        return 0;
-    if (kill(pid, 0) < 0)
-        return errno == ESRCH;
-    /* alive or a zombie that nobody has reaped yet: a zombie counts as dead */
-    char path[64], buf[512];
-    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return errno == ENOENT;
-    ssize_t n = read(fd, buf, sizeof buf - 1);
-    (void)close(fd); /* read-only: nothing to lose */
-    if (n <= 0)
-        return 0;
-    buf[n] = '\0';
-    char *p = strrchr(buf, ')');
-    return p != NULL && p[1] == ' ' && (p[2] == 'Z' || p[2] == 'X');
+    struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = byte, .l_len = 1};
+    if (fcntl(fd, F_OFD_GETLK, &fl) < 0)
+        return -errno;
+    return fl.l_type != F_UNLCK;
+}
+
+/* ---------------------------------------------------------------- SIGBUS */
+
+/* A peer that truncates the segment makes our next access to the lost pages raise SIGBUS.
+ * Every live mapping is registered here; the handler (installed once, chaining to the
+ * previous one for faults elsewhere) marks the handle whose mapping holds the address broken
+ * and maps an anonymous zero page over the lost one, so the access completes (it reads zeros,
+ * its writes go nowhere) instead of killing the process. Every entry point checks `broken`
+ * when it ends and returns FIPC_CORRUPT instead of whatever it made of those zeros: the hot
+ * path pays one load of a field it has in cache, no setjmp. Waits also stop on `broken`. */
+#define BUS_SLOTS 256
+static struct {
+    _Atomic uintptr_t base;
+    uint64_t size;
+    fipc_shm *h;
+} bus_slots[BUS_SLOTS];
+static struct sigaction bus_previous;
+static long bus_page;
+static pthread_once_t bus_once = PTHREAD_ONCE_INIT;
+
+static void on_sigbus(int sig, siginfo_t *info, void *ctx)
+{
+    uintptr_t a = (uintptr_t)info->si_addr;
+    for (int i = 0; i < BUS_SLOTS; i++) {
+        uintptr_t b = atomic_load_explicit(&bus_slots[i].base, memory_order_acquire);
+        if (b <= 1 || a - b >= bus_slots[i].size)
+            continue;
+        atomic_store_explicit((_Atomic int32_t *)&bus_slots[i].h->broken, 1,
+                              memory_order_relaxed);
+        void *page = (void *)(a & ~(uintptr_t)(bus_page - 1));
+        if (mmap(page, (size_t)bus_page, PROT_READ | PROT_WRITE,
+                 MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS, -1, 0) != MAP_FAILED)
+            return; /* the access is made again, on the zero page */
+        break;
+    }
+    if (bus_previous.sa_flags & SA_SIGINFO) {
+        bus_previous.sa_sigaction(sig, info, ctx);
+    } else if (bus_previous.sa_handler != SIG_IGN && bus_previous.sa_handler != SIG_DFL) {
+        bus_previous.sa_handler(sig);
+    } else { /* not ours: die of it as we would have without this handler */
+        (void)sigaction(SIGBUS, &bus_previous, NULL);
+    }
+}
+
+static void install_sigbus(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = on_sigbus;
+    sa.sa_flags = SA_SIGINFO | SA_NODEFER | SA_ONSTACK;
+    sigemptyset(&sa.sa_mask);
+    bus_page = sysconf(_SC_PAGESIZE);
+    if (bus_page <= 0 || sigaction(SIGBUS, &sa, &bus_previous) < 0)
+        bus_previous.sa_handler = SIG_DFL; /* unguarded: a truncation kills, as before */
+}
+
+/* Claim a free slot (0 -> 1), fill it, then publish its base. More than BUS_SLOTS live
+ * mappings in one process: the others are unguarded. */
+static void bus_register(fipc_shm *h)
+{
+    (void)pthread_once(&bus_once, install_sigbus);
+    for (int i = 0; i < BUS_SLOTS; i++) {
+        uintptr_t free_slot = 0;
+        if (!atomic_compare_exchange_strong(&bus_slots[i].base, &free_slot, (uintptr_t)1))
+            continue;
+        bus_slots[i].size = h->map_size;
+        bus_slots[i].h = h;
+        atomic_store_explicit(&bus_slots[i].base, (uintptr_t)h->base, memory_order_release);
+        return;
+    }
+}
+
+void fipc_shm_forget(fipc_shm *h)
+{
+    for (int i = 0; i < BUS_SLOTS; i++) {
+        uintptr_t mine = (uintptr_t)h->base;
+        if (bus_slots[i].h == h &&
+            atomic_compare_exchange_strong(&bus_slots[i].base, &mine, (uintptr_t)0))
+            return;
+    }
+}
+
+static inline int is_broken(fipc_shm *h)
+{
+    return atomic_load_explicit((_Atomic int32_t *)&h->broken, memory_order_relaxed);
 }
 
 /* ---------------------------------------------------------------- set-up */
-
-static void set_spin(fipc_shm *h, double spin)
-{
-    if (spin > 1.0)
-        spin = 1.0;
-    h->spin_max_ns = spin > 0 ? (int64_t)(spin * 1e9) : 0;
-    h->spin_ns = h->spin_max_ns;
-}
 
 static int valid_capacity(uint64_t cap)
 {
     return cap >= MIN_CAPACITY && (cap & (cap - 1)) == 0;
 }
 
-int fipc_shm_writer_init(fipc_shm *h, char *base, uint64_t map_size, int32_t pid,
+int fipc_shm_writer_init(fipc_shm *h, char *base, uint64_t map_size, int32_t fd, int32_t pid,
                          uint64_t max_message, double spin)
 {
     if (base == NULL || map_size <= HDR || !valid_capacity(map_size - HDR) || pid <= 0)
         return -EINVAL;
     memset(h, 0, sizeof *h);
+    h->fd = fd;
     h->base = base;
     h->map_size = map_size;
     h->capacity = map_size - HDR;
@@ -151,7 +221,7 @@ int fipc_shm_writer_init(fipc_shm *h, char *base, uint64_t map_size, int32_t pid
     h->role = ROLE_WRITER;
     h->hold = UINT64_MAX;
     h->chunk = h->capacity / 16 < MAX_CHUNK ? h->capacity / 16 : MAX_CHUNK;
-    set_spin(h, spin);
+    fipc_spin_set(&h->spin, spin);
 
     memset(base, 0, HDR);
     wr32(base + OFF_VERSION, VERSION);
@@ -161,10 +231,11 @@ int fipc_shm_writer_init(fipc_shm *h, char *base, uint64_t map_size, int32_t pid
     STORE(A32(h, OFF_WPID), (uint32_t)pid, relaxed);
     STORE(A32(h, OFF_WSTATE), ST_OPEN, relaxed);
     STORE(A32(h, OFF_MAGIC), MAGIC, release); /* last: the header is complete */
+    bus_register(h);
     return 0;
 }
 
-int fipc_shm_reader_init(fipc_shm *h, char *base, uint64_t map_size, int32_t pid,
+int fipc_shm_reader_init(fipc_shm *h, char *base, uint64_t map_size, int32_t fd, int32_t pid,
                          uint64_t max_message, double spin)
 {
     if (base == NULL || pid <= 0)
@@ -172,13 +243,10 @@ int fipc_shm_reader_init(fipc_shm *h, char *base, uint64_t map_size, int32_t pid
     memset(h, 0, sizeof *h);
     h->base = base;
     h->map_size = map_size;
-    if (map_size == 0)
-        return FIPC_SHM_NOTREADY;
+    h->fd = fd;
     if (map_size <= HDR || !valid_capacity(map_size - HDR))
         return FIPC_CORRUPT;
     uint32_t magic = LOAD(A32(h, OFF_MAGIC), acquire);
-    if (magic == 0)
-        return FIPC_SHM_NOTREADY;
     if (magic != MAGIC || rd32(base + OFF_VERSION) != VERSION)
         return FIPC_CORRUPT;
     uint64_t cap = rd64(base + OFF_CAPACITY);
@@ -201,10 +269,10 @@ int fipc_shm_reader_init(fipc_shm *h, char *base, uint64_t map_size, int32_t pid
     h->hold = UINT64_MAX;
     h->pos = h->release = h->published = tail;
     h->peer = head;
-    h->peer_pid = wpid;
-    set_spin(h, spin);
+    fipc_spin_set(&h->spin, spin);
     STORE(A32(h, OFF_RPID), (uint32_t)pid, relaxed);
     STORE(A32(h, OFF_RSTATE), ST_OPEN, release);
+    bus_register(h);
     return 0;
 }
 
@@ -247,15 +315,29 @@ static inline void publish_head(fipc_shm *h)
     publish(h, OFF_HEAD, h->pos, OFF_RWAIT, OFF_DSEQ);
 }
 
+/* Publish the tail up to what was read, short of a hold. A hold dropped in another thread
+ * (a recv_view whose buffer export went there) may release while a call runs here, so the
+ * tail only ever moves forward (compare-and-swap), whichever thread stores it. */
 static int release_tail(fipc_shm *h)
 {
     if (h->role != ROLE_READER)
         return 0;
-    uint64_t t = h->release < h->hold ? h->release : h->hold;
+    uint64_t hold = atomic_load_explicit((_Atomic uint64_t *)&h->hold, memory_order_acquire);
+    uint64_t t = h->release < hold ? h->release : hold;
     if (t == h->published || t - h->published > h->capacity)
         return 0;
+    uint64_t cur = LOAD(A64(h, OFF_TAIL), relaxed);
+    do {
+        if (t == cur || t - cur > h->capacity)
+            return 0;
+    } while (!atomic_compare_exchange_weak_explicit(A64(h, OFF_TAIL), &cur, t,
+                                                    memory_order_release, memory_order_relaxed));
     h->published = t;
-    publish(h, OFF_TAIL, t, OFF_WWAIT, OFF_SSEQ);
+    atomic_thread_fence(memory_order_seq_cst);
+    if (LOAD(A32(h, OFF_WWAIT), relaxed)) {
+        atomic_fetch_add_explicit(A32(h, OFF_SSEQ), 1u, memory_order_release);
+        fipc_futex_wake(A32(h, OFF_SSEQ));
+    }
     return 0;
 }
 
@@ -299,20 +381,24 @@ int fipc_shm_busy(fipc_shm *h)
 
 /* ---------------------------------------------------------------- waiting */
 
-/* The peer's end: 1 closed or dead, 0 running. check_pid: also ask the kernel. */
-static int peer_gone(fipc_shm *h, int check_pid)
+/* The peer's end: 1 closed or dead, 0 running. probe: also look at its liveness lock (a
+ * syscall: only between sleeps, and at most every PROBE_NS for calls that try once). A
+ * reader whose writer never held its lock (no writer at all) finds it dead. */
+static int peer_gone(fipc_shm *h, int probe)
 {
-    if (h->role == ROLE_READER) {
-        if (LOAD(A32(h, OFF_WSTATE), acquire) == ST_CLOSED)
-            return 1;
-        return check_pid && fipc_shm_pid_dead(h->peer_pid);
-    }
-    if (LOAD(A32(h, OFF_RSTATE), acquire) == ST_CLOSED)
+    int reader = h->role == ROLE_READER;
+    if (LOAD(A32(h, reader ? OFF_WSTATE : OFF_RSTATE), acquire) == ST_CLOSED)
         return 1;
-    if (!check_pid)
+    if (!probe)
         return 0;
-    int32_t rpid = (int32_t)LOAD(A32(h, OFF_RPID), relaxed);
-    return rpid > 0 && fipc_shm_pid_dead(rpid);
+    if (!reader && LOAD(A32(h, OFF_RSTATE), acquire) == 0)
+        return 0; /* no reader yet: nothing to be dead */
+    int64_t now = fipc_now_ns();
+    if (probe == 2 && now - h->probed_ns < PROBE_NS)
+        return 0;
+    h->probed_ns = now;
+    int held = fipc_shm_lock_held(h->fd, reader ? FIPC_SHM_LOCK_WRITER : FIPC_SHM_LOCK_READER);
+    return held == 0; /* an error (a bad fd): assume alive, the states still end the wait */
 }
 
 /* Is what we wait for there? Reader: at least one frame header past pos. Writer: `need`
@@ -339,52 +425,32 @@ static int gone_code(fipc_shm *h)
     return h->role == ROLE_READER ? FIPC_EOF : -EPIPE;
 }
 
-/* After a wait that had to sleep: if what we waited for came soon after the spin gave up
- * (within a few spins and wake-ups: the peer answers at the pace of its own wake-ups, not
- * of its work), spinning would catch it once both sides spin again: spin fully again.
- * (Too tight a bound traps two busy peers in sleeping for each other: each wait then lasts
- * a wake-up, 20-100 us on a loaded VM, and so does the next.) If it came much later, spinning wastes the CPU: spin half
- * as long next time, down to a microsecond. */
-static void adapt(fipc_shm *h, int64_t waited_ns)
-{
-    if (h->spin_max_ns <= 0)
-        return;
-    if (waited_ns < 4 * h->spin_max_ns + 100000) {
-        h->spin_ns = h->spin_max_ns;
-    } else {
-        h->spin_ns /= 2;
-        if (h->spin_ns < 1000)
-            h->spin_ns = h->spin_max_ns < 1000 ? h->spin_max_ns : 1000;
-    }
-}
-
 /* Wait until ready(h, need): spin first (adaptively), then sleep on the futex. */
 static int wait_ring(fipc_shm *h, uint64_t need, double timeout, int64_t *deadline)
 {
     int rc;
     int64_t start = 0;
-    if (*deadline == -2)
-        *deadline = fipc_deadline(timeout);
+    fipc_deadline_lazy(deadline, timeout);
     if (h->role == ROLE_READER)
         release_tail(h); /* never sleep on space we could give back */
-    if (timeout != 0 && h->spin_ns > 0) {
+    if (timeout != 0 && h->spin.ns > 0) {
         start = fipc_now_ns();
-        int64_t end = start + h->spin_ns;
+        int64_t end = start + h->spin.ns;
         if (*deadline >= 0 && end > *deadline)
             end = *deadline;
         for (unsigned i = 1;; i++) {
             if ((rc = ready(h, need)) != 0) {
                 if (rc > 0) {
                     h->spins++;
-                    if (h->spin_ns < h->spin_max_ns)
-                        h->spin_ns = h->spin_ns * 2 > h->spin_max_ns ? h->spin_max_ns
-                                                                     : h->spin_ns * 2;
+                    fipc_spin_caught(&h->spin);
                 }
                 return rc < 0 ? rc : 0;
             }
             if ((i & 255u) == 0) {
                 if (is_closed(h))
                     return -EBADF;
+                if (is_broken(h))
+                    return FIPC_CORRUPT;
                 if (peer_gone(h, 0) || fipc_now_ns() >= end)
                     break;
             }
@@ -394,14 +460,18 @@ static int wait_ring(fipc_shm *h, uint64_t need, double timeout, int64_t *deadli
     size_t wait_off = h->role == ROLE_READER ? OFF_RWAIT : OFF_WWAIT;
     size_t seq_off = h->role == ROLE_READER ? OFF_DSEQ : OFF_SSEQ;
     int slept = 0;
-    int check_pid = timeout == 0; /* one look only: ask the kernel about the peer now */
+    int probe = timeout == 0 ? 2 : 0; /* one look only: probe the peer now (rate-limited) */
     for (;;) {
         if (is_closed(h))
             return -EBADF; /* closed by another thread while we waited */
+        if (is_broken(h))
+            return FIPC_CORRUPT;
         uint32_t seq = LOAD(A32(h, seq_off), acquire);
         atomic_exchange_explicit(A32(h, wait_off), 1u, memory_order_seq_cst);
         rc = ready(h, need);
-        if (rc == 0 && peer_gone(h, slept || check_pid)) {
+        if (h->role == ROLE_READER)
+            release_tail(h); /* a hold dropped by another thread meanwhile */
+        if (rc == 0 && peer_gone(h, slept ? 1 : probe)) {
             /* the writer publishes its last head before it says closed: look once more */
             rc = ready(h, need);
             if (rc == 0)
@@ -423,7 +493,7 @@ static int wait_ring(fipc_shm *h, uint64_t need, double timeout, int64_t *deadli
                 if (slept) {
                     h->sleeps++;
                     if (start)
-                        adapt(h, fipc_now_ns() - start);
+                        fipc_spin_slept(&h->spin, fipc_now_ns() - start);
                 } else {
                     h->spins++;
                 }
@@ -431,11 +501,14 @@ static int wait_ring(fipc_shm *h, uint64_t need, double timeout, int64_t *deadli
             }
             return rc;
         }
-        rc = fipc_futex_wait(A32(h, seq_off), seq, left < SLICE_NS ? left : SLICE_NS);
+        int64_t slice = h->recheck ? SLICE_NS / 10 : SLICE_NS;
+        rc = fipc_futex_wait(A32(h, seq_off), seq, left < slice ? left : slice);
         STORE(A32(h, wait_off), 0u, relaxed);
         slept = 1;
         if (rc < 0)
             return rc;
+        if (h->recheck)
+            return -EINTR; /* Python looks at its exported views, then waits again */
     }
 }
 
@@ -454,8 +527,10 @@ static int reserve(fipc_shm *h, uint64_t frame, double timeout, int64_t *deadlin
         if (rc == 0) {
             publish_head(h); /* what we batched must be visible before we wait */
             rc = wait_ring(h, need, timeout, deadline);
-            if (rc < 0)
+            if (rc < 0) {
+                h->want = need; /* what a parked async sender waits for */
                 return rc;
+            }
         }
     }
     if (frame > room) {
@@ -519,7 +594,7 @@ static int64_t shm_send(fipc_shm *h, const char *buf, uint64_t len, double timeo
         return FIPC_TOOBIG;
     if (peer_gone(h, 0))
         return -EPIPE;
-    int64_t deadline = -2;
+    int64_t deadline = FIPC_DEADLINE_UNSET;
     int64_t rc = put(h, buf, len, timeout, &deadline, progress);
     if (rc < 0)
         return rc;
@@ -539,7 +614,7 @@ static int64_t shm_send_many(fipc_shm *h, const char *buf, const uint64_t *lens,
             return FIPC_TOOBIG;
     if (peer_gone(h, 0))
         return -EPIPE;
-    int64_t deadline = -2;
+    int64_t deadline = FIPC_DEADLINE_UNSET;
     int64_t rc = 0;
     uint64_t i = 0;
     for (; i < count; i++) {
@@ -585,6 +660,27 @@ static int frame_at(fipc_shm *h, uint32_t *kind, uint64_t *len, uint64_t *total,
     return 0;
 }
 
+/* The next frame, after waiting for one (may_wait) when none is published: 1 (its fields
+ * filled in as by frame_at), 0 none and no wait, or < 0. */
+static inline int next_frame(fipc_shm *h, int may_wait, double timeout, int64_t *deadline,
+                             uint32_t *kind, uint64_t *len, uint64_t *total, char **data,
+                             uint64_t *size)
+{
+    int rc;
+    if (h->peer == h->pos) {
+        rc = ready(h, 0);
+        if (rc == 0) {
+            if (!may_wait)
+                return 0;
+            rc = wait_ring(h, 0, timeout, deadline);
+        }
+        if (rc < 0)
+            return rc;
+    }
+    rc = frame_at(h, kind, len, total, data, size);
+    return rc < 0 ? rc : 1;
+}
+
 /* Consume the frame at pos and hand its space back to the writer. */
 static inline void consume(fipc_shm *h, uint64_t size)
 {
@@ -596,38 +692,39 @@ static int64_t shm_recv(fipc_shm *h, char *dest, uint64_t cap, double timeout, c
 {
     if (h->role != ROLE_READER)
         return -EBADF;
-    int64_t deadline = -2;
+    int64_t deadline = FIPC_DEADLINE_UNSET;
     int rc;
     lazy_release(h);
     for (;;) {
-        if (h->peer == h->pos) {
-            rc = ready(h, 0);
-            if (rc == 0)
-                rc = wait_ring(h, 0, timeout, &deadline);
-            if (rc < 0) {
-                if (rc == FIPC_EOF) {
-                    h->msg_total = h->msg_done = 0; /* a message cut short is dropped */
-                }
-                return rc;
-            }
-        }
         uint32_t kind;
         uint64_t len, total, size;
         char *data;
-        if ((rc = frame_at(h, &kind, &len, &total, &data, &size)) < 0)
+        rc = next_frame(h, 1, timeout, &deadline, &kind, &len, &total, &data, &size);
+        if (rc < 0) {
+            if (rc == FIPC_EOF)
+                h->msg_total = h->msg_done = 0; /* a message cut short is dropped */
             return rc;
+        }
         if (kind == FR_PAD) {
             consume(h, size);
             continue;
         }
         if (kind == FR_NEXT) {
+            if (h->msg_total && dest != NULL && dest != h->msg_dest) {
+                /* continued into another buffer than the one holding its start (a call
+                 * interrupted before Python kept that part): dropped whole, never a
+                 * message with a stale head */
+                h->msg_total = h->msg_done = 0;
+            }
             if (h->msg_total == 0) { /* the rest of a message its writer abandoned */
                 consume(h, size);
                 release_tail(h);
                 continue;
             }
-            if (dest == NULL || cap < h->msg_total)
-                return -EINVAL;
+            if (dest == NULL || cap < h->msg_total) {
+                h->last_len = h->msg_total;
+                return FIPC_SHM_NEED;
+            }
             if (len > h->msg_total - h->msg_done)
                 return FIPC_CORRUPT;
             memcpy(dest + h->msg_done, data, len);
@@ -672,6 +769,7 @@ static int64_t shm_recv(fipc_shm *h, char *dest, uint64_t cap, double timeout, c
         memcpy(dest, data, len);
         h->msg_total = total;
         h->msg_done = len;
+        h->msg_dest = dest;
         consume(h, size);
         release_tail(h);
         if (len == total) {
@@ -704,30 +802,23 @@ static int64_t shm_recv_many(fipc_shm *h, char *dest, uint64_t cap, uint64_t *le
         return -EBADF;
     if (fmt_cap < 1)
         return -EINVAL;
-    int64_t deadline = -2;
+    int64_t deadline = FIPC_DEADLINE_UNSET;
     uint64_t count = 0, used = 0;
     char *f = fmt, *fend = fmt + fmt_cap;
     int rc;
     lazy_release(h);
-    if (h->msg_total) /* finish a streamed message through fipc_shm_recv */
+    if (h->msg_total) { /* finish a streamed message through fipc_shm_recv */
+        h->last_len = h->msg_total;
         return FIPC_SHM_NEED;
+    }
     while (count < max) {
-        if (h->peer == h->pos) {
-            rc = ready(h, 0);
-            if (rc == 0 && count > 0)
-                break; /* wait for the first message only */
-            if (rc == 0)
-                rc = wait_ring(h, 0, timeout, &deadline);
-            if (rc < 0) {
-                if (count > 0 && rc != FIPC_CORRUPT)
-                    break;
-                return rc;
-            }
-        }
         uint32_t kind;
         uint64_t len, total, size;
         char *data;
-        if ((rc = frame_at(h, &kind, &len, &total, &data, &size)) < 0)
+        rc = next_frame(h, count == 0, timeout, &deadline, &kind, &len, &total, &data, &size);
+        if (rc == 0)
+            break; /* wait for the first message only */
+        if (rc < 0)
             return rc;
         if (kind == FR_PAD || (kind == FR_NEXT)) {
             consume(h, size); /* a NEXT here belongs to an abandoned message */
@@ -760,10 +851,19 @@ static int64_t shm_recv_many(fipc_shm *h, char *dest, uint64_t cap, uint64_t *le
 
 /* ---------------------------------------------------------------- close */
 
+void fipc_shm_wake(fipc_shm *h)
+{
+    atomic_store_explicit((_Atomic int32_t *)&h->closed, 1, memory_order_seq_cst);
+    /* our own calls blocked in other threads see `closed` when they wake */
+    atomic_fetch_add_explicit(A32(h, OFF_DSEQ), 1u, memory_order_seq_cst);
+    atomic_fetch_add_explicit(A32(h, OFF_SSEQ), 1u, memory_order_seq_cst);
+    fipc_futex_wake(A32(h, OFF_DSEQ));
+    fipc_futex_wake(A32(h, OFF_SSEQ));
+}
+
 int fipc_shm_close(fipc_shm *h)
 {
-    if (atomic_exchange_explicit((_Atomic int32_t *)&h->closed, 1, memory_order_seq_cst))
-        return fipc_shm_busy(h);
+    atomic_store_explicit((_Atomic int32_t *)&h->closed, 1, memory_order_seq_cst);
     if (h->role == ROLE_WRITER) {
         STORE(A32(h, OFF_WSTATE), ST_CLOSED, release);
     } else if (h->role == ROLE_READER) {
@@ -773,61 +873,128 @@ int fipc_shm_close(fipc_shm *h)
         }
         STORE(A32(h, OFF_RSTATE), ST_CLOSED, release);
     }
-    /* wake the peer, and our own calls blocked in other threads */
-    atomic_fetch_add_explicit(A32(h, OFF_DSEQ), 1u, memory_order_seq_cst);
-    atomic_fetch_add_explicit(A32(h, OFF_SSEQ), 1u, memory_order_seq_cst);
-    fipc_futex_wake(A32(h, OFF_DSEQ));
-    fipc_futex_wake(A32(h, OFF_SSEQ));
+    fipc_shm_wake(h); /* the peer, and our own calls blocked in other threads */
     return fipc_shm_busy(h);
 }
 
 /* ---------------------------------------------------------------- entry points */
 
-int fipc_shm_release(fipc_shm *h)
+/* Every entry point: counted busy (the mapping stays until no call is in C), refused once
+ * closed or broken, and FIPC_CORRUPT if a page was lost under it (see on_sigbus). */
+#define GUARDED(h, type, call)                                                              \
+    do {                                                                                    \
+        if (enter(h) < 0)                                                                   \
+            return -EBADF;                                                                  \
+        if (is_broken(h)) {                                                                 \
+            leave(h);                                                                       \
+            return FIPC_CORRUPT;                                                            \
+        }                                                                                   \
+        type rc_ = call;                                                                    \
+        if (is_broken(h)) /* a page was lost under the call (see on_sigbus) */              \
+            rc_ = FIPC_CORRUPT;                                                             \
+        leave(h);                                                                           \
+        return rc_;                                                                         \
+    } while (0)
+
+int fipc_shm_set_hold(fipc_shm *h, uint64_t hold)
 {
-    if (enter(h) < 0)
-        return -EBADF;
-    int rc = release_tail(h);
-    leave(h);
-    return rc;
+    atomic_store_explicit((_Atomic uint64_t *)&h->hold, hold, memory_order_release);
+    GUARDED(h, int, release_tail(h));
 }
 
 int64_t fipc_shm_send(fipc_shm *h, const char *buf, uint64_t len, double timeout,
                       uint64_t *progress)
 {
-    if (enter(h) < 0)
-        return -EBADF;
-    int64_t rc = shm_send(h, buf, len, timeout, progress);
-    leave(h);
-    return rc;
+    GUARDED(h, int64_t, shm_send(h, buf, len, timeout, progress));
 }
 
 int64_t fipc_shm_send_many(fipc_shm *h, const char *buf, const uint64_t *lens, uint64_t count,
                            double timeout, uint64_t *sent)
 {
     *sent = 0;
-    if (enter(h) < 0)
-        return -EBADF;
-    int64_t rc = shm_send_many(h, buf, lens, count, timeout, sent);
-    leave(h);
-    return rc;
+    GUARDED(h, int64_t, shm_send_many(h, buf, lens, count, timeout, sent));
 }
 
 int64_t fipc_shm_recv(fipc_shm *h, char *dest, uint64_t cap, double timeout, char **ptr)
 {
-    if (enter(h) < 0)
-        return -EBADF;
-    int64_t rc = shm_recv(h, dest, cap, timeout, ptr);
-    leave(h);
-    return rc;
+    GUARDED(h, int64_t, shm_recv(h, dest, cap, timeout, ptr));
 }
 
 int64_t fipc_shm_recv_many(fipc_shm *h, char *dest, uint64_t cap, uint64_t *lens, uint64_t max,
                            char *fmt, uint64_t fmt_cap, double timeout)
 {
+    GUARDED(h, int64_t, shm_recv_many(h, dest, cap, lens, max, fmt, fmt_cap, timeout));
+}
+
+/* ---------------------------------------------------------------- async */
+
+static int shm_park(fipc_shm *h, uint64_t *offset, uint32_t *expected)
+{
+    int reader = h->role == ROLE_READER;
+    size_t wait_off = reader ? OFF_RWAIT : OFF_WWAIT;
+    size_t seq_off = reader ? OFF_DSEQ : OFF_SSEQ;
+    uint64_t need = reader ? 0 : h->want;
+    if (reader)
+        release_tail(h); /* never park on space we could give back */
+    else
+        publish_head(h);
+    *offset = seq_off;
+    *expected = LOAD(A32(h, seq_off), acquire);
+    atomic_exchange_explicit(A32(h, wait_off), 1u, memory_order_seq_cst);
+    int rc = ready(h, need);
+    if (rc == 0 && peer_gone(h, 1)) {
+        rc = ready(h, need);
+        if (rc == 0)
+            rc = gone_code(h);
+    }
+    if (rc != 0)
+        STORE(A32(h, wait_off), 0u, relaxed);
+    return rc < 0 ? rc : rc > 0 ? 1 : 0;
+}
+
+int fipc_shm_park(fipc_shm *h, uint64_t *offset, uint32_t *expected)
+{
+    GUARDED(h, int, shm_park(h, offset, expected));
+}
+
+static int shm_unpark(fipc_shm *h)
+{
+    STORE(A32(h, h->role == ROLE_READER ? OFF_RWAIT : OFF_WWAIT), 0u, relaxed);
+    return 0;
+}
+
+void fipc_shm_unpark(fipc_shm *h)
+{
     if (enter(h) < 0)
-        return -EBADF;
-    int64_t rc = shm_recv_many(h, dest, cap, lens, max, fmt, fmt_cap, timeout);
+        return;
+    if (!h->broken)
+        shm_unpark(h);
     leave(h);
-    return rc;
+}
+
+/* ---------------------------------------------------------------- writer's view of its reader */
+
+static int shm_flushed(fipc_shm *h)
+{
+    if (h->role != ROLE_WRITER)
+        return -EBADF;
+    publish_head(h);
+    if (LOAD(A64(h, OFF_TAIL), acquire) == h->pos)
+        return 1;
+    return peer_gone(h, 1) ? -EPIPE : 0;
+}
+
+int fipc_shm_flushed(fipc_shm *h)
+{
+    GUARDED(h, int, shm_flushed(h));
+}
+
+static int shm_reader_attached(fipc_shm *h)
+{
+    return LOAD(A32(h, OFF_RSTATE), acquire) != 0;
+}
+
+int fipc_shm_reader_attached(fipc_shm *h)
+{
+    GUARDED(h, int, shm_reader_attached(h));
 }

@@ -9,14 +9,26 @@
 #include "fastipc.h"
 
 /* CDEF BEGIN */
-/* The binary layout is documented in docs/shm-layout.md. One fipc_shm per endpoint, owned by
- * Python (ffi.new); base is the start of a mapping Python owns (mmap), map_size its real size
- * from fstat. Every field read from the shared header is checked against map_size. */
+/* The binary layout (docs/shm-layout.md), exported so that tests hold src/fastipc/_shm_layout.py
+ * against it. One fipc_shm per endpoint, owned by Python (ffi.new); base is the start of a
+ * mapping Python owns (mmap), map_size its real size from fstat. Every field read from the
+ * shared header is checked against map_size. */
 enum {
     FIPC_SHM_HEADER = 256,      /* bytes before the ring's data */
-    FIPC_SHM_NEED = -1100,      /* recv: the next message is larger than the buffer given;
-                                   its length is in msg_total and it stays queued */
-    FIPC_SHM_NOTREADY = -1101   /* attach: the writer has not finished its header yet */
+    FIPC_SHM_MAGIC = 0x4D485346,
+    FIPC_SHM_VERSION = 2,
+    FIPC_SHM_MIN_CAPACITY = 4096,
+    FIPC_SHM_OFF_MAGIC = 0, FIPC_SHM_OFF_VERSION = 4, FIPC_SHM_OFF_CAPACITY = 8,
+    FIPC_SHM_OFF_DATA = 16, FIPC_SHM_OFF_MAXMSG = 24, FIPC_SHM_OFF_WPID = 32,
+    FIPC_SHM_OFF_WSTATE = 36, FIPC_SHM_OFF_RPID = 40, FIPC_SHM_OFF_RSTATE = 44,
+    FIPC_SHM_OFF_HEAD = 64, FIPC_SHM_OFF_TAIL = 128, FIPC_SHM_OFF_DSEQ = 192,
+    FIPC_SHM_OFF_RWAIT = 196, FIPC_SHM_OFF_SSEQ = 200, FIPC_SHM_OFF_WWAIT = 204,
+    FIPC_SHM_ST_NONE = 0, FIPC_SHM_ST_OPEN = 1, FIPC_SHM_ST_CLOSED = 2,
+    FIPC_SHM_FR_WHOLE = 1, FIPC_SHM_FR_FIRST = 2, FIPC_SHM_FR_NEXT = 3, FIPC_SHM_FR_PAD = 4,
+    FIPC_SHM_FR_HDR = 8, FIPC_SHM_FIRST_HDR = 16, FIPC_SHM_MAX_CHUNK = 262144,
+    FIPC_SHM_LOCK_WRITER = 0, FIPC_SHM_LOCK_READER = 1,
+    FIPC_SHM_NEED = -1100       /* recv: the next message is larger than the buffer given;
+                                   its length is in last_len and it stays queued */
 };
 
 typedef struct fipc_shm {
@@ -28,26 +40,34 @@ typedef struct fipc_shm {
     uint64_t release;       /* reader: tail to publish (frames read but not yet released) */
     uint64_t hold;          /* reader: never release beyond this (a live recv_view); or ~0 */
     uint64_t max_message;   /* largest message accepted (reader) or sent (writer) */
-    uint64_t msg_total;     /* reader: length of the chunked message being assembled */
+    uint64_t msg_total;     /* reader: length of the streamed message being assembled */
     uint64_t msg_done;      /* reader: bytes of it copied so far */
+    char *msg_dest;         /* reader: the buffer holding them (Python moves them, then
+                               stores the new buffer here; another buffer drops it) */
     uint64_t chunk;         /* writer: largest chunk of a streamed message */
-    uint64_t last_len;      /* reader: length of the frame returned by the last recv */
+    uint64_t last_len;      /* reader: length of the message the last recv looked at */
     uint64_t last_pos;      /* reader: where that frame starts (for a hold) */
     uint64_t published;     /* reader: the tail last stored in the header */
-    int64_t spin_max_ns;    /* longest spin before sleeping (0: never spin) */
-    int64_t spin_ns;        /* current adaptive spin budget */
-    int32_t peer_pid;       /* the other end's pid, 0 while unknown */
+    uint64_t want;          /* writer: free bytes the last send that found the ring full
+                               needed (what a parked async sender waits for) */
+    int64_t probed_ns;      /* when the peer's liveness lock was last probed */
+    fipc_spin spin;         /* the adaptive spin of waits */
+    int32_t fd;             /* an fd of the segment: the peer's liveness lock is probed on it */
     int32_t role;           /* 1 writer, 2 reader */
     uint64_t spins, sleeps; /* statistics: waits satisfied by spinning / by sleeping */
     int32_t busy;           /* calls in progress on this handle (any thread) */
-    int32_t closed;         /* set by fipc_shm_close: calls return -EBADF */
+    int32_t closed;         /* set by fipc_shm_wake/close: calls return -EBADF */
+    int32_t recheck;        /* reader: views still exported: a wait returns -EINTR after
+                               each sleep of at most 10 ms, for Python to look at them */
+    int32_t broken;         /* a page of the mapping was lost (truncated by a peer): every
+                               call returns FIPC_CORRUPT */
 } fipc_shm;
 
-int fipc_shm_writer_init(fipc_shm *h, char *base, uint64_t map_size, int32_t pid,
+int fipc_shm_writer_init(fipc_shm *h, char *base, uint64_t map_size, int32_t fd, int32_t pid,
                          uint64_t max_message, double spin);
-/* Attach a reader: checks the header against map_size; FIPC_SHM_NOTREADY while the writer
- * is still writing it, FIPC_CORRUPT when it cannot be a channel, -EPIPE once closed. */
-int fipc_shm_reader_init(fipc_shm *h, char *base, uint64_t map_size, int32_t pid,
+/* Attach a reader: checks the header against map_size; FIPC_CORRUPT when it cannot be a
+ * channel, -EBUSY if it already has a reader. */
+int fipc_shm_reader_init(fipc_shm *h, char *base, uint64_t map_size, int32_t fd, int32_t pid,
                          uint64_t max_message, double spin);
 /* Send one message; *progress holds the bytes of it already streamed (0 on the first call,
  * the value left by an interrupted call to resume it). 0, -ETIMEDOUT, -EPIPE, -EINTR. */
@@ -59,23 +79,44 @@ int64_t fipc_shm_send_many(fipc_shm *h, const char *buf, const uint64_t *lens, u
                            double timeout, uint64_t *sent);
 /* Receive the next message. dest NULL: a message stored whole is returned in place (*ptr into
  * the ring, valid until the next call); a streamed one returns FIPC_SHM_NEED. dest given: the
- * message is copied there (FIPC_SHM_NEED if cap is too small; it stays queued). Returns the
- * length, FIPC_EOF, FIPC_CORRUPT, -ETIMEDOUT, -EINTR. */
+ * message is copied there (FIPC_SHM_NEED if cap is too small; it stays queued). A streamed
+ * message continues into dest at msg_done: the caller passes the same buffer (or one holding
+ * the same first msg_done bytes, stored in msg_dest) until it is whole; another buffer drops it
+ * whole. Returns the length, FIPC_EOF,
+ * FIPC_CORRUPT, FIPC_TOOBIG, -ETIMEDOUT, -EINTR. */
 int64_t fipc_shm_recv(fipc_shm *h, char *dest, uint64_t cap, double timeout, char **ptr);
 /* Up to max messages copied into dest (cap bytes), lengths into lens; fmt gets a Python
  * struct format ("64s8s...") of them, NUL-terminated, fmt_cap bytes at most. Waits up to
- * timeout for the first message only. Returns the count, or an error as fipc_shm_recv. */
+ * timeout for the first message only; FIPC_SHM_NEED when the first is streamed or too large
+ * for dest. Returns the count, or an error as fipc_shm_recv. */
 int64_t fipc_shm_recv_many(fipc_shm *h, char *dest, uint64_t cap, uint64_t *lens, uint64_t max,
                            char *fmt, uint64_t fmt_cap, double timeout);
-/* Release every frame read so far (up to hold) and publish it to the writer. */
-int fipc_shm_release(fipc_shm *h);
+/* Set the hold (never release beyond it; UINT64_MAX: none) and release every frame read so
+ * far up to it. */
+int fipc_shm_set_hold(fipc_shm *h, uint64_t hold);
+/* Async waits: set this end's sleeping flag, look once more, and give the futex word to wait
+ * on: 0 parked (*offset, *expected: the word's offset in the mapping and its value), 1 ready
+ * now (the flag is cleared), or FIPC_EOF / -EPIPE / FIPC_CORRUPT / -EBADF. */
+int fipc_shm_park(fipc_shm *h, uint64_t *offset, uint32_t *expected);
+void fipc_shm_unpark(fipc_shm *h);
+/* Writer: 1 once the reader has taken everything sent so far, 0 not yet, -EPIPE if it has
+ * closed or died. */
+int fipc_shm_flushed(fipc_shm *h);
+/* Writer: 1 once a reader has attached (it may have closed since). */
+int fipc_shm_reader_attached(fipc_shm *h);
+/* Make calls of this end blocked in other threads return -EBADF now (close() from another
+ * thread); the peer is not told. */
+void fipc_shm_wake(fipc_shm *h);
 /* Mark this end closed in the header and wake the peer, and any call of ours blocked in
  * another thread (it returns -EBADF). Returns how many calls are still in progress: the
  * mapping must not be unmapped before fipc_shm_busy() says 0. */
 int fipc_shm_close(fipc_shm *h);
 int fipc_shm_busy(fipc_shm *h);
-/* 1 if the process is gone (or a zombie), 0 if it runs. */
-int fipc_shm_pid_dead(int32_t pid);
+/* Forget the mapping (before Python unmaps it): its SIGBUS guard ends. */
+void fipc_shm_forget(fipc_shm *h);
+/* 1 if another open file description holds the liveness lock `byte` of the segment fd (the
+ * end that took it is alive), 0 if not, -errno. */
+int fipc_shm_lock_held(int fd, int64_t byte);
 /* CDEF END */
 
 #endif

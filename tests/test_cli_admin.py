@@ -73,7 +73,7 @@ def test_rm_and_stale(name: str) -> None:
     listing = fastipc("ls")
     line = next(x for x in listing.stdout.splitlines() if name in x)
     assert "writer dead" in line
-    out = fastipc("rm", "--stale")
+    out = fastipc("rm", "--stale", "--match", name)  # this test's only: others run too
     assert out.returncode == 0
     assert name in out.stdout
     assert not (SHM / name).exists()
@@ -90,5 +90,38 @@ def test_rm_and_stale(name: str) -> None:
 
 def test_rm_stale_spares_live_channels(name: str) -> None:
     with shm.Writer(name, capacity=4096):
-        fastipc("rm", "--stale")
+        fastipc("rm", "--stale", "--match", name)
         assert (SHM / name).exists()
+
+
+def test_describers_hook(name: str) -> None:
+    """Another kind of segment plugs its describer in: ls lists it, rm --stale removes it
+    when the describer says it is not alive, and channels keep their own describer."""
+    from fastipc._cli import admin
+
+    magic = b"TEST"
+
+    def describe(path: str) -> admin.SegmentInfo | None:
+        with open(path, "rb") as f:
+            head = f.read(8)
+        if head[:4] != magic:
+            return None
+        return admin.SegmentInfo("test-kind", Path(path).name, 8, None, head[4:] == b"live",
+                                 "a segment of the test's own kind")
+
+    live, dead = SHM / (name + "-live"), SHM / (name + "-dead")
+    live.write_bytes(magic + b"live")
+    dead.write_bytes(magic + b"dead")
+    admin.register_describer(describe)
+    try:
+        with shm.Writer(name, capacity=4096):
+            found = {e.name: e for e in admin.entries() if e.name.startswith(name)}
+            assert found[name].kind == "channel" and found[name].alive
+            assert found[live.name].kind == "test-kind" and found[live.name].alive
+            assert not found[dead.name].alive
+            admin.remove(type("Args", (), {"names": [], "stale": True, "match": name})())
+            assert live.exists() and not dead.exists() and (SHM / name).exists()
+    finally:
+        admin._describers.remove(describe)
+        live.unlink(missing_ok=True)
+        dead.unlink(missing_ok=True)

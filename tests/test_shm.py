@@ -8,8 +8,11 @@ import errno
 import os
 import signal
 import struct
+import subprocess
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +22,20 @@ from fastipc import shm
 from helpers import run_python, start_python
 
 SHM = Path("/dev/shm")
+
+
+@contextmanager
+def running(code: str, *args: str) -> Iterator[subprocess.Popen[str]]:
+    """Another process running ``code`` (tests/helpers.py start_python), killed and reaped,
+    its pipes closed, when the block ends."""
+    proc = start_python(code, *args)
+    try:
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()  # type: ignore[union-attr]
+        proc.stderr.close()  # type: ignore[union-attr]
 
 
 def _send_later(w: shm.Writer, data: Any, delay: float = 0.05) -> threading.Thread:
@@ -622,7 +639,7 @@ def test_writer_killed_mid_stream(cross: tuple[str, str], name: str) -> None:
     """SIGKILL mid-stream: every whole message arrives, in order, then EOFError, and the
     orphaned segment is removed by the reader."""
     sender, receiver = cross
-    proc = start_python(
+    with running(
         """
         import sys
         from fastipc import shm
@@ -635,8 +652,7 @@ def test_writer_killed_mid_stream(cross: tuple[str, str], name: str) -> None:
             i += 1
         """,
         name, sender,
-    )
-    try:
+    ) as proc:
         assert proc.stdout is not None
         assert proc.stdout.readline().strip() == "ready"
         with shm.Reader(name, timeout=10, backend=receiver) as r:
@@ -657,50 +673,44 @@ def test_writer_killed_mid_stream(cross: tuple[str, str], name: str) -> None:
                     got += 1
             assert time.monotonic() - t0 < 5
         assert not (SHM / name).exists()
-    finally:
-        proc.kill()
-        proc.wait()
-        proc.stdout.close()  # type: ignore[union-attr]
-        proc.stderr.close()  # type: ignore[union-attr]
 
 
-def test_reader_killed(cross: tuple[str, str], name: str) -> None:
+@pytest.mark.parametrize("pid", ["own", "reused"])
+def test_reader_killed(cross: tuple[str, str], name: str, pid: str) -> None:
+    """The writer notices a killed reader within a second or two; "reused": the header's
+    reader pid names a live process (ours), as after pid reuse: liveness is not a pid."""
     sender, receiver = cross
-    with shm.Writer(name, capacity=4096, backend=sender) as w:
-        proc = start_python(
-            """
+    with shm.Writer(name, capacity=4096, backend=sender) as w, running(
+        """
             import sys, time
             from fastipc import shm
             r = shm.Reader(sys.argv[1], timeout=10, backend=sys.argv[2])
             print(r.recv(timeout=10), flush=True)
             time.sleep(60)
             """,
-            name, receiver,
-        )
-        try:
-            w.send(b"hi", timeout=5)
-            assert proc.stdout is not None
-            assert proc.stdout.readline().strip() == "b'hi'"
-            proc.kill()
-            proc.wait()
-            t0 = time.monotonic()
-            with pytest.raises(BrokenPipeError):
-                while True:
-                    w.send(b"z" * 500, timeout=10)
-            assert time.monotonic() - t0 < 3
-        finally:
-            proc.kill()
-            proc.wait()
-            proc.stdout.close()  # type: ignore[union-attr]
-            proc.stderr.close()  # type: ignore[union-attr]
+        name, receiver,
+    ) as proc:
+        w.send(b"hi", timeout=5)
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "b'hi'"
+        if pid == "reused":
+            fd = os.open(SHM / name, os.O_RDWR)
+            os.pwrite(fd, struct.pack("<i", os.getpid()), 40)  # reader_pid
+            os.close(fd)
+        proc.kill()
+        proc.wait()
+        t0 = time.monotonic()
+        with pytest.raises(BrokenPipeError):
+            while True:
+                w.send(b"z" * 500, timeout=10)
+        assert time.monotonic() - t0 < 3
 
 
 def test_ping_pong_across_processes(cross: tuple[str, str], name: str) -> None:
     sender, receiver = cross
     back = name + "-back"
-    with shm.Writer(name, capacity=4096, backend=sender) as w:
-        proc = start_python(
-            """
+    with shm.Writer(name, capacity=4096, backend=sender) as w, running(
+        """
             import sys
             from fastipc import shm
             name, back, backend = sys.argv[1:4]
@@ -709,23 +719,17 @@ def test_ping_pong_across_processes(cross: tuple[str, str], name: str) -> None:
                 for m in r:
                     w.send(m[::-1], timeout=10)
             """,
-            name, back, receiver,
-        )
-        try:
-            with shm.Reader(back, timeout=10, backend=sender) as r:
-                for i in range(300):
-                    m = str(i).encode() * 3
-                    w.send(m, timeout=10)
-                    assert r.recv(timeout=10) == m[::-1]
-                w.close()
-                with pytest.raises(EOFError):
-                    r.recv(timeout=10)
-            assert proc.wait(10) == 0
-        finally:
-            proc.kill()
-            proc.wait()
-            proc.stdout.close()  # type: ignore[union-attr]
-            proc.stderr.close()  # type: ignore[union-attr]
+        name, back, receiver,
+    ) as proc:
+        with shm.Reader(back, timeout=10, backend=sender) as r:
+            for i in range(300):
+                m = str(i).encode() * 3
+                w.send(m, timeout=10)
+                assert r.recv(timeout=10) == m[::-1]
+            w.close()
+            with pytest.raises(EOFError):
+                r.recv(timeout=10)
+        assert proc.wait(10) == 0
 
 
 def test_no_resource_tracker(name: str) -> None:

@@ -17,17 +17,20 @@ layout, shared by the native and the pure backend, is documented in ``docs/shm-l
 from __future__ import annotations
 
 import errno
-import fcntl
 import mmap
 import os
+import secrets
 import stat
 import time
+import weakref
 from collections.abc import Iterable, Iterator
-from types import ModuleType, TracebackType
-from typing import Any, Optional
+from types import TracebackType
+from typing import Any, Callable, Optional
 
-from fastipc import _core
-from fastipc._core import check_int, check_timeout, closed_error
+from fastipc import _aio, _core
+from fastipc import _shm_layout as _layout
+from fastipc._backend import shm as _contract
+from fastipc._core import Deadline, Handle, check_int, check_timeout, uses_handle
 
 __all__ = [
     "DEFAULT_CAPACITY",
@@ -39,7 +42,7 @@ __all__ = [
 ]
 
 SHM_DIR = "/dev/shm"
-HEADER = 256
+HEADER = _layout.HEADER
 DEFAULT_CAPACITY = 1 << 20
 MIN_CAPACITY = 4096
 MAX_CAPACITY = 1 << 32
@@ -82,6 +85,17 @@ def _open(path: str, flags: int, mode: int = 0o600) -> int:
     return os.open(path, flags | os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW, mode)
 
 
+def _map(fd: int, size: int) -> mmap.mmap:
+    """Map ``fd``'s file through an open file description of its own: the mapping then holds
+    no reference to ``fd``'s, whose liveness lock therefore goes with ``fd`` alone (a forked
+    child that closes its copy of ``fd`` leaves its parent's lock to the parent)."""
+    own = os.open(f"/proc/self/fd/{fd}", os.O_RDWR | os.O_CLOEXEC)
+    try:
+        return mmap.mmap(own, size)
+    finally:
+        os.close(own)
+
+
 def _create(path: str, size: int, mode: int) -> int:
     """Create the segment exclusively and back every page of it now, so that a full /dev/shm
     is an OSError here rather than a SIGBUS at the first write."""
@@ -121,7 +135,12 @@ def unlink(name: str) -> None:
     os.unlink(_path(name)[1])
 
 
-class SharedMemory:
+def _attach(name: str, size: int, backend: str) -> SharedMemory:
+    """Unpickle a SharedMemory: attach by name (never create)."""
+    return SharedMemory(name, size, backend=backend)
+
+
+class SharedMemory(Handle):
     """A named POSIX shared memory segment, mapped read-write.
 
     ``create=True`` creates it exclusively with ``size`` bytes (``FileExistsError`` if the
@@ -129,17 +148,19 @@ class SharedMemory:
     absent) and maps its real size, or the first ``size`` bytes when ``size`` is given (a
     larger ``size`` than the segment is a ``ValueError``: attaching never resizes). Nothing
     is registered with ``multiprocessing``'s resource tracker: ``close()`` unmaps, only
-    ``unlink()`` removes the name.
+    ``unlink()`` removes the name. A SharedMemory pickles as its name: unpickled in another
+    process it attaches (``create=False``; ``FileNotFoundError`` if the name has gone).
     """
+
+    _what = "SharedMemory"
 
     def __init__(self, name: str, size: int = 0, create: bool = False, mode: int = 0o600, *,
                  backend: Optional[str] = None) -> None:
-        self._fd = -1
         self._name, self._path = _path(name)
         size = check_int(size, "size", 0, 2**63 - 1)
         create = _check_bool(create, "create")
         mode = check_int(mode, "mode", 0, 0o777)
-        self._backend = _core.resolve_backend(backend)
+        which = _core.resolve_backend(backend)
         if create:
             if size == 0:
                 raise ValueError("size must be > 0 to create a segment")
@@ -161,171 +182,288 @@ class SharedMemory:
             if create:
                 os.unlink(self._path)
             raise
-        self._fd = fd
         self._size = size
         self._buf: Optional[memoryview] = memoryview(self._mmap)
+        self._open_handle(which, fd)
 
     @property
     def name(self) -> str:
+        """The segment's name, without the slash (also once closed: unlink() needs it)."""
         return self._name
-
-    @property
-    def backend(self) -> str:
-        return self._backend
 
     @property
     def size(self) -> int:
         """Bytes mapped (the segment's size from fstat unless a smaller size was asked)."""
-        self._check()
+        self._check_open()
         return self._size
 
     @property
     def buf(self) -> memoryview:
         """The mapped bytes (zero copy)."""
-        self._check()
+        self._check_open()
         assert self._buf is not None
         return self._buf
 
-    @property
-    def closed(self) -> bool:
-        return self._fd < 0
-
-    def _check(self) -> None:
-        if self._fd < 0:
-            raise closed_error("SharedMemory")
-
-    def fileno(self) -> int:
-        self._check()
-        return self._fd
-
     def close(self) -> None:
-        """Unmap and close. Idempotent. BufferError while views of ``buf`` are alive."""
-        if self._fd < 0:
+        """Unmap and close. Idempotent. BufferError while views of ``buf`` are alive (the
+        segment then stays open)."""
+        if self._closed:
             return
-        if self._buf is not None:
-            self._buf.release()
-            self._buf = None
-        self._mmap.close()  # BufferError if a user still holds a slice of buf
-        fd, self._fd = self._fd, -1
-        os.close(fd)
+        buf, self._buf = self._buf, None
+        if buf is not None:
+            buf.release()
+        try:
+            self._mmap.close()
+        except BufferError:  # a user still holds a slice of buf
+            self._buf = memoryview(self._mmap)
+            raise
+        super().close()
 
     def unlink(self) -> None:
-        """Remove the name from /dev/shm; mappings stay valid until closed."""
+        """Remove the name from /dev/shm (before or after close); mappings stay valid until
+        closed."""
         os.unlink(self._path)
 
-    def __enter__(self) -> SharedMemory:
-        self._check()
-        return self
+    def __reduce__(self) -> tuple[Callable[..., SharedMemory], tuple[str, int, str]]:
+        self._check_open()
+        return _attach, (self._name, self._size, self._backend)
 
-    def __exit__(self, *exc: Optional[TracebackType]) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        if getattr(self, "_fd", -1) >= 0:
-            try:
-                self.close()
-            except BufferError:
-                pass
-
-    def __repr__(self) -> str:
-        state = "closed" if self._fd < 0 else f"size={self._size}"
-        return f"<SharedMemory {self._name!r} {state}>"
+    def _describe(self) -> str:
+        return f"{self._name!r} size={self._size}"
 
 
 # ---------------------------------------------------------------------------- the channel
 
+# Ends open in this process: a child made by fork() gives up its copies (see _End._forked).
+_open_ends: weakref.WeakSet[_End] = weakref.WeakSet()
 
-class _End:
-    """What Writer and Reader share: the segment, its mapping and the backend's ops."""
+
+def _after_fork_in_child() -> None:
+    for end in list(_open_ends):
+        end._forked()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class _End(Handle):
+    """What Writer and Reader share: the segment, its mapping, the backend's ops and the
+    liveness lock.
+
+    The segment's fd (``fileno()``) holds this end's OFD lock (docs/shm-layout.md,
+    "Liveness"); the mapping is made through another open file description (:func:`_map`).
+    ``send``/``recv`` on the native backend are the backend's one-C-call fast paths, set
+    on the instance while it is open: they cannot afford ``uses_handle`` (~0.15 us on a
+    0.3 us call), so they keep their busy count in C (``fipc_shm``), which ``close()``
+    waits for before it unmaps. Every other call, and every call of the pure backend
+    (which reads the mapping in Python), is counted here."""
 
     _what = "channel end"
     _ops: Any = None
-    _fd = -1
-    _mmap: Any = None
+    _mmap: Optional[mmap.mmap] = None
     _size = 0
 
     def _setup(self, name: Any, backend: Optional[str]) -> None:
-        self._pid = os.getpid()
         self._name, self._path = _path(name)
-        self._backend = _core.resolve_backend(backend)
-        self._impl: ModuleType = _core.ops("shm", self._backend)
+        self._which = _core.resolve_backend(backend)
+        self._impl = _core.ops("shm", self._which)
+        self._spin_async = _aio.Spin()
+
+    def _start(self, fd: int, ops: Any, fast: str) -> None:
+        self._ops = ops
+        self._open_handle(self._which, fd)
+        now = "send_nowait" if fast == "send" else "recv_nowait"
+        if self._which == "native":  # its busy count is kept in C
+            self.__dict__[fast] = getattr(ops, fast)
+            self._now_call = getattr(ops, now)
+        else:  # Python reads the mapping: counted here, without the method's indirection
+            self.__dict__[fast] = _counted(self, getattr(ops, fast))
+            self._now_call = _counted(self, getattr(ops, now))
+        _open_ends.add(self)
 
     @property
     def name(self) -> str:
+        """The channel's name, without the slash."""
         return self._name
-
-    @property
-    def backend(self) -> str:
-        return self._backend
-
-    @property
-    def closed(self) -> bool:
-        return self._ops is None
 
     @property
     def capacity(self) -> int:
         """Bytes in the ring."""
-        self._live()
+        self._check_open()
         return self._size - HEADER
 
     @property
     def spin(self) -> float:
         """Longest spin, in seconds, before a wait sleeps on the futex (0: sleep at once)."""
-        return float(self._live().spin)
+        self._check_open()
+        return float(self._ops.spin)
 
     @spin.setter
     def spin(self, value: float) -> None:
-        self._live().spin = _check_spin(value)
+        self._check_open()
+        self._ops.spin = _check_spin(value)
 
+    @uses_handle
     def stats(self) -> dict[str, int]:
         """How waits ended: ``{"spins": n, "sleeps": m}`` since this end was opened."""
-        spins, sleeps = self._live().stats()
+        spins, sleeps = self._ops.stats()
         return {"spins": spins, "sleeps": sleeps}
 
-    def fileno(self) -> int:
-        """The shm segment's fd (non-inheritable)."""
-        self._live()
-        return self._fd
-
-    def _live(self) -> Any:
-        ops = self._ops
-        if ops is None:
-            raise closed_error(self._what)
-        return ops
-
-    def _map(self, fd: int) -> None:
-        self._fd = fd
+    def _map_segment(self, fd: int) -> None:
         self._size = os.fstat(fd).st_size
-        self._mmap = mmap.mmap(fd, self._size) if self._size else None
+        self._mmap = _map(fd, self._size)
 
     def _unmap(self) -> None:
         mm, self._mmap = self._mmap, None
         if mm is not None:
             try:
                 mm.close()
-            except BufferError:  # a view escaped its with block: the GC unmaps later
+            except BufferError:  # an export outlived the end: the GC unmaps it later
                 pass
-        fd, self._fd = self._fd, -1
-        if fd >= 0:
-            os.close(fd)
-
-    def __enter__(self) -> Any:
-        self._live()
-        return self
-
-    def __exit__(self, *exc: Optional[TracebackType]) -> None:
-        self.close()
 
     def close(self) -> None:
-        raise NotImplementedError
+        """Close this end (the peer is told); calls blocked in other threads end with
+        ValueError. Idempotent."""
+        self.__dict__.pop("send", None)  # back to the counted class methods
+        self.__dict__.pop("recv", None)
+        super().close()
 
-    def __del__(self) -> None:
-        if getattr(self, "_ops", None) is not None:
-            self.close()
+    def _wake(self) -> None:
+        self._ops.wake()
 
-    def __repr__(self) -> str:
-        state = "closed" if self._ops is None else f"capacity={self._size - HEADER}"
-        return f"<{type(self).__name__} {self._name!r} {state} backend={self._backend}>"
+    def _free(self) -> None:
+        self._ops.close()
+        self._ops_freed()
+        self._unmap()
+        os.close(self._fd)
+
+    def _ops_freed(self) -> None:
+        """What the end does once closed, before its fd goes (the writer unlinks)."""
+
+    def _forked(self) -> None:
+        """In a child made by fork(): this copy is not the channel's end. Drop it without a
+        word to the peer, and close the inherited fd so that its liveness lock goes with the
+        parent, not with the child."""
+        self.__dict__.pop("send", None)
+        self.__dict__.pop("recv", None)
+        self._closed = True
+        self._unfreed = []
+        try:
+            os.close(self._fd)
+        except OSError:
+            pass
+
+    def _describe(self) -> str:
+        return f"{self._name!r} capacity={self._size - HEADER}"
+
+    def _now(self, attempt: Callable[[], Any], timeout: Optional[float],
+             give_up: Optional[Callable[[], None]] = None) -> Any:
+        """The first attempt of an awaitable call, made before any of the machinery of
+        waiting (most calls of a busy channel end here). Counted busy."""
+        self._enter()
+        try:
+            check_timeout(timeout)
+            return attempt()
+        except BaseException as exc:
+            self._failed(exc, give_up)
+            raise
+        finally:
+            self._leave()
+
+    def _failed(self, exc: BaseException, give_up: Optional[Callable[[], None]]) -> None:
+        """An awaitable call failed: give its message up (a send), and say ValueError if
+        the end was closed under it."""
+        if give_up is not None:
+            give_up()
+        if self._closed and isinstance(exc, (OSError, EOFError)):
+            raise self._closed_error() from None
+
+    async def _awaited(self, attempt: Callable[[], Any], timeout: Optional[float],
+                       give_up: Optional[Callable[[], None]] = None) -> Any:
+        """Run one awaitable call: counted busy while it awaits, so close() from another
+        thread wakes it (ValueError) and the mapping stays until it has left."""
+        deadline = Deadline.of(timeout)
+        self._enter()
+        ops = self._ops
+        try:
+            return await _aio.wait(attempt, ops.park, ops.unpark, deadline,
+                                   spin=self._spin_async, name=self._name)
+        except BaseException as exc:
+            self._failed(exc, give_up)
+            raise
+        finally:
+            self._leave()
+
+
+def _counted(end: _End, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` as a call of ``end`` counted busy, as ``uses_handle`` does, for the pure
+    backend's send/recv set on the instance (close() removes it: the class's counted
+    method then raises ValueError). Holds ``end`` weakly: no reference cycle."""
+    calls, ref, what = end._calls, weakref.ref(end), end._what
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        calls.append(None)
+        try:
+            return fn(*args, **kwargs)
+        except (OSError, EOFError):
+            owner = ref()
+            if owner is None or owner._closed:
+                raise _core.closed_error(what) from None
+            raise
+        finally:
+            calls.pop()
+            if not calls:
+                owner = ref()
+                if owner is not None and owner._closed:
+                    owner._free_once()
+
+    return call
+
+
+def _publish_segment(path: str, size: int, mode: int,
+                     build: Callable[[int, mmap.mmap], Any]) -> tuple[int, mmap.mmap, Any]:
+    """Create a channel segment under a temporary name, take the writer's liveness lock,
+    let ``build(fd, mapping)`` write its header, then link it under ``path``: the segment
+    appears under its name only once it is whole, and a writer that dies half-way leaves a
+    temporary that ``fastipc rm --stale`` recognises (its lock is free). FileExistsError if
+    ``path`` is taken."""
+    for _ in range(8):
+        temp = f"{path[:SHM_PATH_MAX]}.{secrets.token_hex(6)}{_layout.TEMP_SUFFIX}"
+        fd = _create(temp, size, mode)
+        mm: Optional[mmap.mmap] = None
+        ops: Any = None
+        try:
+            _layout.hold_lock(fd, _layout.LOCK_WRITER)
+            mm = _map(fd, size)
+            ops = build(fd, mm)
+            try:
+                os.link(temp, path)
+            except FileNotFoundError:  # `rm --stale` took the temporary: build another
+                ops.detach()
+                ops = None
+                mm.close()
+                os.close(fd)
+                continue
+        except BaseException:
+            if ops is not None:
+                ops.detach()
+            if mm is not None:
+                mm.close()
+            os.close(fd)
+            try:
+                os.unlink(temp)
+            except FileNotFoundError:
+                pass
+            raise
+        try:
+            os.unlink(temp)
+        except FileNotFoundError:
+            pass
+        return fd, mm, ops
+    raise OSError(errno.EAGAIN, "the channel's temporary segment kept disappearing", path)
+
+
+SHM_PATH_MAX = len(SHM_DIR) + 1 + 200  # room for the temporary's suffix within NAME_MAX
 
 
 class Writer(_End):
@@ -334,10 +472,13 @@ class Writer(_End):
     ``capacity`` is the ring's size in bytes (rounded up to a power of two, at least 4096).
     ``max_message_size`` bounds one message. ``spin`` is how long a full ring is polled
     before sleeping (default 50 µs on more than one CPU, 0 on one). ``BrokenPipeError``
-    once the reader has closed or died.
+    once the reader has closed or died. The segment appears under its name only once it is
+    whole (built under a temporary name, then linked into place).
     """
 
     _what = "Writer"
+    _ops: _contract.WriterOps
+    _now_call: Callable[[Any], bool]  # send_nowait, counted busy (in C, or by _counted)
 
     def __init__(self, name: str, capacity: int = DEFAULT_CAPACITY, *,
                  max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE, mode: int = 0o600,
@@ -349,112 +490,109 @@ class Writer(_End):
                                      MAX_MESSAGE_LIMIT)
         mode = check_int(mode, "mode", 0, 0o777)
         spin = _check_spin(spin)
-        fd = _create(self._path, HEADER + capacity, mode)
-        try:
-            self._map(fd)
-            self._ops = self._impl.WriterOps(self._mmap, self._size, self._name, os.getpid(),
-                                             max_message_size, spin)
-            self.send = self._ops.make_send()  # type: ignore[method-assign]
-            self.send.__doc__ = Writer.send.__doc__
-        except BaseException:
-            self._unmap()
-            os.unlink(self._path)
-            raise
+        self._size = HEADER + capacity
+
+        def build(fd: int, mm: mmap.mmap) -> Any:
+            return self._impl.WriterOps(mm, self._size, fd, self._name, os.getpid(),
+                                        max_message_size, spin)
+
+        fd, self._mmap, ops = _publish_segment(self._path, self._size, mode, build)
         self._max = max_message_size
+        self._start(fd, ops, "send")
 
     @property
     def max_message_size(self) -> int:
-        self._live()
+        self._check_open()
         return self._max
 
+    @uses_handle
     def send(self, data: Any, timeout: Optional[float] = None) -> None:
         """Send one message (any bytes-like object). Waits up to ``timeout`` seconds for
         room; TimeoutError if the ring stays full (a message streamed in chunks that was
         cut short is dropped by the reader, never delivered in part)."""
-        # (while open, the instance's own `send`, the backend's one-call fast path, shadows
-        # this method; it is reached through the class, e.g. Writer.send(w, data))
-        self._live()
-        self.__dict__["send"](data, timeout)
+        self._ops.send(data, timeout)
 
+    @uses_handle
     def send_many(self, messages: Iterable[Any], timeout: Optional[float] = None) -> None:
         """Send several messages in one call (one C call on the native backend). On an
         error after some went, the exception's ``messages_sent`` says how many."""
-        ops = self._live()
-        t = -1.0 if timeout is None else check_timeout(timeout)
-        if not isinstance(messages, (list, tuple)):
-            if isinstance(messages, (bytes, bytearray, memoryview, str)):
-                raise TypeError("send_many takes an iterable of messages, not one message")
-            messages = list(messages)
-        if not messages:
-            return
+        t = check_timeout(timeout)
+        blob, lens = _join(messages)
+        if lens:
+            self._ops.send_many(blob, lens, t)
+
+    async def send_async(self, data: Any, timeout: Optional[float] = None) -> None:
+        """:meth:`send` on the running event loop: waits without blocking the loop.
+        Cancelled (or timed out), it has sent the whole message or nothing: a message
+        streamed in part is abandoned and the reader drops it."""
+        if self._closed:
+            raise self._closed_error()
+        if timeout is not None:
+            check_timeout(timeout)
+        view = data if type(data) is bytes else _core.byte_view(data)
         try:
-            blob = b"".join(messages)
-        except TypeError:
-            for m in messages:
-                if isinstance(m, str) or not _is_buffer(m):
-                    raise TypeError("messages must be bytes-like objects, not "
-                                    f"{type(m).__name__!r}") from None
+            if self._now_call(view):  # no wait: none of the machinery
+                return
+        except BaseException as exc:
+            self._failed(exc, self._ops.abandon)
             raise
-        lens = [len(m) for m in messages]
-        if sum(lens) != len(blob):  # memoryviews of items wider than a byte
-            lens = [memoryview(m).nbytes for m in messages]
-        ops.send_many(blob, lens, t)
+        ops = self._ops
+
+        def attempt() -> Any:
+            return True if ops.send_nowait(view) else _aio.NOT_READY
+
+        await self._awaited(attempt, timeout, ops.abandon)
 
     @property
     def reader_attached(self) -> bool:
         """Whether a reader has attached (it may have closed since)."""
-        self._live()
-        return _u32(self._mmap, 44) != 0
+        self._check_open()
+        return bool(self._ops.reader_attached())
 
+    @uses_handle
     def flush(self, timeout: Optional[float] = None) -> None:
         """Wait until the reader has taken every message sent so far (it has read them, or
         is waiting for more). TimeoutError after ``timeout`` seconds (also while no reader
         has attached); BrokenPipeError if the reader closes or dies first."""
-        self._live()
-        t = check_timeout(timeout)
-        deadline = time.monotonic() + t
+        deadline = Deadline.of(timeout)
         delay = 0.0002
-        mm = self._mmap
-        while True:
-            state = _u32(mm, 44)
-            if _u64(mm, 128) == _u64(mm, 64):  # tail caught up with head
-                return
-            rpid = _u32(mm, 40)
-            if state == 2 or (0 < rpid < 2**31 and self._impl.pid_dead(rpid)):
-                raise BrokenPipeError(errno.EPIPE, "the reader has gone", self._name)
-            if t >= 0:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise _core.timeout_error(timeout, self._name)
-                delay = min(delay, left)
-            time.sleep(delay)
+        while not self._ops.flushed():
+            if self._closed:
+                raise self._closed_error()
+            left = deadline.left()
+            if left == 0:
+                raise deadline.error(self._name)
+            time.sleep(delay if left < 0 else min(delay, left))
             delay = min(delay * 2, 0.01)
 
-    def close(self) -> None:
-        """Tell the reader the stream ended (it reads what is queued, then EOFError), unmap
-        and remove the name. Idempotent. (In a child that inherited this writer through fork,
-        close() only unmaps: the stream and the name stay the parent's.)"""
-        ops, self._ops = self._ops, None
-        if ops is None:
-            return
-        self.send = _closed_call(self._what)  # type: ignore[method-assign]
-        if os.getpid() != self._pid:  # a copy inherited through fork: the channel is not ours
-            ops.detach()
-            self._unmap()
-            return
-        ops.close()
-        try:
-            if _same_file(self._fd, self._path):
+    def _ops_freed(self) -> None:
+        if _same_file(self._fd, self._path):
+            try:
                 os.unlink(self._path)
-        finally:
-            self._unmap()
+            except FileNotFoundError:
+                pass
 
 
-def _closed_call(what: str) -> Any:
-    def closed(*args: Any) -> Any:
-        raise closed_error(what)
-
-    return closed
+def _join(messages: Iterable[Any]) -> tuple[bytes, list[int]]:
+    """send_many's messages back to back, and their lengths in bytes."""
+    if not isinstance(messages, (list, tuple)):
+        if isinstance(messages, (bytes, bytearray, memoryview, str)):
+            raise TypeError("send_many takes an iterable of messages, not one message")
+        messages = list(messages)
+    if not messages:
+        return b"", []
+    try:
+        blob = b"".join(messages)
+    except TypeError:
+        for m in messages:
+            if isinstance(m, str) or not _is_buffer(m):
+                raise TypeError("messages must be bytes-like objects, not "
+                                f"{type(m).__name__!r}") from None
+        raise
+    lens = [len(m) for m in messages]
+    if sum(lens) != len(blob):  # memoryviews of items wider than a byte
+        lens = [memoryview(m).nbytes for m in messages]
+    return blob, lens
 
 
 def _is_buffer(obj: Any) -> bool:
@@ -466,14 +604,23 @@ def _is_buffer(obj: Any) -> bool:
 
 
 class _View:
-    """A zero-copy view of one received message; released when its ``with`` block ends."""
+    """A zero-copy view of one received message; released when its ``with`` block ends.
 
-    __slots__ = ("_mv", "_reader", "pos")
+    While it lives, its ring space is held (the writer cannot reuse it) and it counts as a
+    call of its reader (the mapping stays). If the memoryview is still exported when the
+    block ends (``numpy.frombuffer(view)``, ``struct.iter_unpack``...), the hold lasts until
+    that export goes, then the space is handed back: the writer waits meanwhile, never for
+    ever."""
+
+    __slots__ = ("__weakref__", "_mv", "_reader", "pos")
 
     def __init__(self, reader: Reader, mv: memoryview, pos: Optional[int]) -> None:
         self._reader = reader
         self._mv: Optional[memoryview] = mv
         self.pos = pos
+        if pos is not None:
+            reader._calls.append(None)  # a live view is a call in progress: the mapping stays
+            reader._views.add(self)
 
     def __enter__(self) -> memoryview:
         if self._mv is None:
@@ -485,173 +632,97 @@ class _View:
 
     def release(self) -> None:
         mv, self._mv = self._mv, None
-        if mv is not None:
+        if mv is None:
+            return
+        if self.pos is None:
             mv.release()
-            self._reader._unview(self)
+            return
+        reader = self._reader
+        try:
+            if reader._unfreed:
+                reader._ops.release_view(mv, self.pos)
+        finally:
+            reader._leave()
 
 
 class Reader(_End):
     """The receiving end of a channel: attaches to the segment a :class:`Writer` created.
 
     Waits up to ``timeout`` seconds for the writer to appear (TimeoutError). A second reader
-    of one channel gets ``OSError(EBUSY)``. ``EOFError`` once the writer has closed or died
-    and every whole message has been read; a reader that finds its writer dead removes the
-    orphaned ``/dev/shm`` entry.
+    of one channel gets ``OSError(EBUSY)``. A segment owned by another user is refused with
+    PermissionError unless ``owner`` names that user's uid. ``EOFError`` once the writer has
+    closed or died and every whole message has been read; a reader that finds its writer
+    dead removes the orphaned ``/dev/shm`` entry when it closes.
     """
 
     _what = "Reader"
+    _ops: _contract.ReaderOps
+    _now_call: Callable[[], Optional[bytes]]  # recv_nowait, counted busy (C or _counted)
 
     def __init__(self, name: str, timeout: Optional[float] = None, *,
                  max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
-                 spin: Optional[float] = None, backend: Optional[str] = None) -> None:
+                 spin: Optional[float] = None, owner: Optional[int] = None,
+                 backend: Optional[str] = None) -> None:
         self._setup(name, backend)
-        t = check_timeout(timeout)
+        deadline = Deadline.of(timeout)
         max_message_size = check_int(max_message_size, "max_message_size", 0,
                                      MAX_MESSAGE_LIMIT)
         spin = _check_spin(spin)
-        self._views: list[_View] = []
-        self._partial: Any = None  # a streamed message being assembled: (buffer, length)
-        self._complete: Any = None  # a whole message recv_into could not take: (buffer, n)
-        deadline = time.monotonic() + t
+        uid = os.geteuid() if owner is None else check_int(owner, "owner", 0, 2**32 - 1)
+        self._views: weakref.WeakSet[_View] = weakref.WeakSet()
         delay = 0.0005
         while True:
-            ops = self._attach(max_message_size, spin)
-            if ops is not None:
+            got = self._attach(max_message_size, spin, uid)
+            if got is not None:
                 break
-            if t >= 0:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise _core.timeout_error(timeout, self._name)
-                delay = min(delay, left)
-            time.sleep(delay)
+            left = deadline.left()
+            if left == 0:
+                raise deadline.error(self._name)
+            time.sleep(delay if left < 0 else min(delay, left))
             delay = min(delay * 2, 0.02)
-        self._ops = ops
         self._max = max_message_size
-        self._fast_recv: Any = ops.make_recv(self._recv_slow)
-        self._fast_recv.__doc__ = Reader.recv.__doc__
-        self._general_recv: Any = self.recv
-        self._sync()
+        self._start(got[0], got[1], "recv")
 
-    def _attach(self, max_message_size: int, spin: float) -> Any:
+    def _attach(self, max_message_size: int, spin: float, uid: int) -> Optional[tuple[int, Any]]:
         try:
             fd = _open(self._path, 0)
         except FileNotFoundError:
             return None
-        self._fd = fd
         try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
                 raise ValueError(f"{self._path!r} is not a shared memory segment")
-            try:  # one reader per channel; the lock goes with this process
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise OSError(errno.EBUSY, "the channel already has a reader",
-                              self._name) from None
-            self._map(fd)
-            if self._mmap is None:
-                self._unmap()
-                return None
-            try:
-                return self._impl.ReaderOps(self._mmap, self._size, self._name, os.getpid(),
-                                            max_message_size, spin)
-            except self._impl.NotReady:
-                self._unmap()
-                return None
+            if st.st_uid != uid:
+                raise PermissionError(
+                    errno.EPERM, f"the segment belongs to uid {st.st_uid}, not {uid} (pass "
+                    "owner=uid to trust it)", self._path)
+            if not _layout.hold_lock(fd, _layout.LOCK_READER):
+                raise OSError(errno.EBUSY, "the channel already has a reader", self._name)
+            self._map_segment(fd)
+            assert self._mmap is not None
+            ops = self._impl.ReaderOps(self._mmap, self._size, fd, self._name, os.getpid(),
+                                       max_message_size, spin)
         except BaseException:
             self._unmap()
+            os.close(fd)
             raise
+        return fd, ops
 
     @property
     def max_message_size(self) -> int:
-        self._live()
+        self._check_open()
         return self._max
 
+    @uses_handle
     def recv(self, timeout: Optional[float] = None) -> bytes:
-        """The next message. EOFError once the writer has gone and all was read.
+        """The next message. EOFError once the writer has gone and all was read."""
+        return self._ops.recv(timeout)
 
-        (While the reader is open and no streamed message is half assembled, this method is
-        shadowed by the backend's one-call fast path, which ends here for anything else.)
-        """
-        try:
-            return self._recv_general(timeout)
-        finally:
-            self._sync()
-
-    def _sync(self) -> None:
-        """Point ``self.recv`` at the fast path when it applies, else at this class."""
-        if self._ops is None:
-            self.recv = _closed_call(self._what)  # type: ignore[method-assign]
-        elif self._partial is None and self._complete is None:
-            self.recv = self._fast_recv  # type: ignore[method-assign]
-        else:
-            self.recv = self._general_recv  # type: ignore[method-assign]
-
-    def _recv_slow(self, rc: int, t: float, t0: float) -> bytes:
-        """Called by the fast path for anything but a small message."""
-        ops = self._live()  # closed by another thread meanwhile: ValueError
-        try:
-            return ops.finish(rc, t, t0)  # type: ignore[no-any-return]
-        except self._impl.Need as need:
-            self._partial = (ops.new_buffer(need.length), need.length)
-        except EOFError:
-            self._orphan()
-            raise
-        try:
-            buf, n = self._assemble(_left(t, t0))
-            return ops.finish_buffer(buf, n)  # type: ignore[no-any-return]
-        finally:
-            self._sync()
-
-    def _recv_general(self, timeout: Optional[float]) -> bytes:
-        ops = self._live()
-        t = -1.0 if timeout is None else check_timeout(timeout)
-        if self._partial is None and self._complete is None:
-            t0 = time.monotonic() if t > 0 else 0.0
-            try:
-                return ops.recv(t)  # type: ignore[no-any-return]
-            except self._impl.Need as need:
-                self._partial = (ops.new_buffer(need.length), need.length)
-            except EOFError:
-                self._orphan()
-                raise
-            t = _left(t, t0)
-        if self._complete is not None:
-            (buf, n), self._complete = self._complete, None
-        else:
-            buf, n = self._assemble(t)
-        return ops.finish_buffer(buf, n)  # type: ignore[no-any-return]
-
-    def _fill(self, buf: Any, total: int, t: float) -> int:
-        """Assemble a streamed message into buf; on a timeout it stays for the next call."""
-        ops = self._live()
-        while True:
-            self._partial = (buf, total)
-            try:
-                n = ops.recv_into(buf, t)
-            except self._impl.Need as need:  # its writer gave it up for a larger message
-                buf, total = ops.new_buffer(need.length), need.length
-                continue
-            except EOFError:
-                self._partial = None
-                self._orphan()
-                raise
-            except BaseException:
-                if ops.in_progress()[0] == 0:
-                    self._partial = None
-                raise
-            self._partial = None
-            return int(n)
-
+    @uses_handle
     def recv_into(self, buffer: Any, timeout: Optional[float] = None) -> int:
         """Copy the next message into ``buffer`` and return its length. ValueError if it does
         not fit (the message stays queued)."""
-        try:
-            return self._recv_into(buffer, timeout)
-        finally:
-            self._sync()
-
-    def _recv_into(self, buffer: Any, timeout: Optional[float]) -> int:
-        ops = self._live()
-        t = -1.0 if timeout is None else check_timeout(timeout)
+        t = check_timeout(timeout)
         try:
             mv = memoryview(buffer)
         except TypeError:
@@ -662,82 +733,60 @@ class Reader(_End):
                 raise TypeError("recv_into needs a writable buffer")
             if not mv.c_contiguous:
                 raise TypeError("recv_into needs a contiguous buffer")
-            cap = mv.nbytes
-        if self._partial is not None or self._complete is not None:
-            buf, n = self._complete if self._complete is not None else self._assemble(t)
-            if n > cap:
-                self._complete = (buf, n)
-                raise ValueError(f"buffer of {cap} bytes is too small for the next message "
-                                 f"({n} bytes); it stays queued")
-            self._complete = None
-            memoryview(buffer).cast("B")[:n] = memoryview(buf)[:n]
-            return n
-        try:
-            return ops.recv_into(buffer, t)  # type: ignore[no-any-return]
-        except self._impl.Need as need:
-            raise ValueError(f"buffer of {cap} bytes is too small for the next message "
-                             f"({need.length} bytes); it stays queued") from None
-        except EOFError:
-            self._orphan()
-            raise
-        except (TimeoutError, InterruptedError):
-            done, total = ops.in_progress()
-            if done:  # keep what came of a streamed message for the next call
-                keep = ops.new_buffer(total)
-                memoryview(keep).cast("B")[:done] = memoryview(buffer).cast("B")[:done]
-                self._partial = (keep, total)
-            raise
+        return self._ops.recv_into(buffer, t)
 
-    def _assemble(self, t: float) -> tuple[Any, int]:
-        buf, total = self._partial
-        return buf, self._fill(buf, total, t)
-
+    @uses_handle
     def recv_view(self, timeout: Optional[float] = None) -> _View:
         """The next message as a read-only memoryview into the ring, without a copy, for use
-        in a ``with`` block; its space is handed back to the writer when the block ends."""
-        ops = self._live()
-        t = -1.0 if timeout is None else check_timeout(timeout)
-        if self._partial is None and self._complete is None:
-            try:
-                off, n, pos = ops.view(t)
-            except self._impl.Need:
-                return _View(self, memoryview(self.recv(timeout)), None)
-            except EOFError:
-                self._orphan()
-                raise
-            view = _View(self, memoryview(self._mmap)[off:off + n].toreadonly(), pos)
-            if not self._views:
-                ops.set_hold(pos)
-            self._views.append(view)
-            return view
-        return _View(self, memoryview(self.recv(timeout)), None)
+        in a ``with`` block; its space is handed back to the writer when the block ends (or,
+        if the view is still exported then, once that export goes)."""
+        mv, pos = self._ops.recv_view(check_timeout(timeout))
+        return _View(self, mv, pos)
 
-    def _unview(self, view: _View) -> None:
-        if view.pos is None:
-            return
-        try:
-            self._views.remove(view)
-        except ValueError:
-            return
-        if self._ops is not None:
-            self._ops.set_hold(self._views[0].pos if self._views else None)
-
+    @uses_handle
     def recv_many(self, max_messages: int = 1024, timeout: Optional[float] = None
                   ) -> list[bytes]:
         """Up to ``max_messages`` messages in one call: waits up to ``timeout`` for the first,
         then takes what is queued without waiting."""
-        ops = self._live()
         max_messages = check_int(max_messages, "max_messages", 1, 1 << 20)
-        t = -1.0 if timeout is None else check_timeout(timeout)
-        if self._partial is None and self._complete is None:
-            try:
-                return ops.recv_many(max_messages, t)  # type: ignore[no-any-return]
-            except self._impl.Need:
-                pass
-            except EOFError:
-                self._orphan()
-                raise
-        return [self.recv(timeout)]
+        return self._ops.recv_many(max_messages, check_timeout(timeout))
+
+    async def recv_async(self, timeout: Optional[float] = None) -> bytes:
+        """:meth:`recv` on the running event loop. Cancelled, it leaves the message queued."""
+        if self._closed:
+            raise self._closed_error()
+        if timeout is not None:
+            check_timeout(timeout)
+        try:
+            msg = self._now_call()  # there already: none of the machinery
+        except BaseException as exc:
+            self._failed(exc, None)
+            raise
+        if msg is not None:
+            return msg
+        ops = self._ops
+
+        def attempt() -> Any:
+            msg = ops.recv_nowait()
+            return _aio.NOT_READY if msg is None else msg
+
+        return await self._awaited(attempt, timeout)  # type: ignore[no-any-return]
+
+    async def recv_many_async(self, max_messages: int = 1024,
+                              timeout: Optional[float] = None) -> list[bytes]:
+        """:meth:`recv_many` on the running event loop."""
+        self._check_open()
+        max_messages = check_int(max_messages, "max_messages", 1, 1 << 20)
+        ops = self._ops
+
+        def attempt() -> Any:
+            out = ops.recv_many_nowait(max_messages)
+            return _aio.NOT_READY if out is None else out
+
+        got = self._now(attempt, timeout)
+        if got is _aio.NOT_READY:
+            got = await self._awaited(attempt, timeout)
+        return got  # type: ignore[no-any-return]
 
     def __iter__(self) -> Iterator[bytes]:
         """Messages until the writer closes."""
@@ -747,81 +796,23 @@ class Reader(_End):
             except EOFError:
                 return
 
-    def _orphan(self) -> None:
-        """The writer has gone: if it died without removing the segment, remove it."""
-        if self._fd >= 0 and _same_file(self._fd, self._path):
-            pid = _writer_pid(self._mmap)
-            if pid and self._impl.pid_dead(pid):
-                try:
-                    os.unlink(self._path)
-                except FileNotFoundError:
-                    pass
-
     def close(self) -> None:
-        """Detach: the writer gets BrokenPipeError from then on. Idempotent. (In a child that
-        inherited this reader through fork, close() only unmaps: the parent's reader stays.)"""
-        ops, self._ops = self._ops, None
-        if ops is None:
+        """Detach: the writer gets BrokenPipeError from then on; views still in ``with``
+        blocks are released. Idempotent."""
+        for view in list(getattr(self, "_views", ())):
+            view.release()
+        super().close()
+
+    def _ops_freed(self) -> None:
+        """The writer has gone without removing the segment (it died): remove it, if the
+        name still refers to it."""
+        try:
+            dead = not _layout.lock_held(self._fd, _layout.LOCK_WRITER)
+        except OSError:
             return
-        for view in self._views:
-            if view._mv is not None:
-                view._mv.release()
-                view._mv = None
-        self._views.clear()
-        self._partial = self._complete = None
-        self._sync()
-        self._fast_recv = self._general_recv = None
-        if os.getpid() != self._pid:  # a copy inherited through fork: leave the channel be
-            ops.detach()
-        else:
-            ops.close()
-        self._unmap()
+        if dead and _same_file(self._fd, self._path):
+            try:
+                os.unlink(self._path)
+            except FileNotFoundError:
+                pass
 
-
-def _left(t: float, t0: float) -> float:
-    return max(0.0, t0 + t - time.monotonic()) if t > 0 else t
-
-
-def _u32(mm: Any, off: int) -> int:
-    return int.from_bytes(mm[off:off + 4], "little")
-
-
-def _u64(mm: Any, off: int) -> int:
-    return int.from_bytes(mm[off:off + 8], "little")
-
-
-def _writer_pid(mm: Any) -> int:
-    return int.from_bytes(mm[32:36], "little", signed=True)
-
-
-class ChannelInfo:
-    """What the header of a channel segment says (for ``fastipc ls``)."""
-
-    __slots__ = ("capacity", "head", "reader_pid", "reader_state", "tail", "writer_pid",
-                 "writer_state")
-
-    def __init__(self, header: bytes) -> None:
-        self.capacity = int.from_bytes(header[8:16], "little")
-        self.writer_pid = int.from_bytes(header[32:36], "little", signed=True)
-        self.writer_state = int.from_bytes(header[36:40], "little")
-        self.reader_pid = int.from_bytes(header[40:44], "little", signed=True)
-        self.reader_state = int.from_bytes(header[44:48], "little")
-        self.head = int.from_bytes(header[64:72], "little")
-        self.tail = int.from_bytes(header[128:136], "little")
-
-
-def channel_info(path: str) -> Optional[ChannelInfo]:
-    """The header of the channel segment at ``path``, or None if it is not one."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
-        return None
-    try:
-        header = os.pread(fd, HEADER, 0)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-    if len(header) < HEADER or header[:4] != b"FSHM":
-        return None
-    return ChannelInfo(header)

@@ -1,20 +1,38 @@
-"""``fastipc ls`` and ``fastipc rm``: this user's shared memory channels and segments, and
-message queues, including what crashed processes left behind.
+"""``fastipc ls`` and ``fastipc rm``: this user's shared memory segments of every fastipc kind,
+and message queues, including what crashed processes left behind.
 
-``ls`` lists, for this user: every shm channel segment in /dev/shm (recognised by its header,
-whatever its name) with its size, writer and reader pids and whether they still run; other
-/dev/shm entries whose name starts with ``fastipc``; and the message queues in /dev/mqueue
-(where the mqueue file system is mounted) with their size. ``rm NAME`` removes one segment or
-queue; ``rm --stale`` removes every channel whose writer is dead.
+``ls`` asks every registered *describer* about each of this user's entries in /dev/shm; the
+first that recognises one (by its magic, or its name for a temporary) says what it is in a
+:class:`SegmentInfo`. Entries no describer claims are listed as plain ``shm`` when their
+name starts with ``fastipc``. Then the message queues in /dev/mqueue (where the mqueue file
+system is mounted). ``rm NAME`` removes one segment or queue; ``rm --stale`` removes every
+segment whose describer says it is not alive (``--match PREFIX``: only those whose name starts
+with PREFIX, e.g. one application's).
+
+The hook, for other segment kinds (a queue, a publisher...)::
+
+    from fastipc._cli.admin import SegmentInfo, register_describer
+
+    def describe(path: str) -> Optional[SegmentInfo]:
+        ...  # None unless the file at path is of this kind (check the magic)
+
+    register_describer(describe)
+
+A describer must not raise for a file of another kind, and must prove liveness without
+trusting pids (e.g. the OFD lock of docs/shm-layout.md, "Liveness").
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import stat
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional
+
+from fastipc import _shm_layout as layout
 
 SHM_DIR = "/dev/shm"
 MQ_DIR = "/dev/mqueue"
@@ -23,88 +41,147 @@ MQ_DIR = "/dev/mqueue"
 def register(sub: Any) -> None:
     ls = sub.add_parser("ls", help="list this user's shm channels, segments and queues")
     ls.set_defaults(func=list_entries)
-    rm = sub.add_parser("rm", help="remove a segment or queue (or every stale channel)")
+    rm = sub.add_parser("rm", help="remove a segment or queue (or every stale segment)")
     rm.add_argument("names", nargs="*", metavar="NAME", help="segment or queue names")
     rm.add_argument("--stale", action="store_true",
-                    help="remove every channel whose writer process is dead")
+                    help="remove every segment whose owner is gone")
+    rm.add_argument("--match", metavar="PREFIX", default="",
+                    help="with --stale: only segments whose name starts with PREFIX")
     rm.set_defaults(func=remove)
 
 
 @dataclass
-class Entry:
-    kind: str  # "channel", "shm", "mq"
+class SegmentInfo:
+    """What a describer says of one /dev/shm entry."""
+
+    kind: str  # "channel", "temporary", "shm", "mq", or another describer's kind
     name: str
     size: int
-    owner: Optional[int] = None  # the writer's pid, where known
-    state: str = ""
-    stale: bool = False
+    owner: Optional[int] = None  # the pid that made it, where known (informative)
+    alive: bool = True  # False: stale, `rm --stale` removes it
+    detail: str = ""
 
 
-def _alive(pid: int) -> bool:
-    from fastipc._pure.shm import pid_dead
-
-    return pid > 0 and not pid_dead(pid)
+Describer = Callable[[str], Optional[SegmentInfo]]
+_describers: list[Describer] = []
 
 
-def entries() -> list[Entry]:
-    from fastipc import shm
+def register_describer(describe: Describer) -> None:
+    """Add a describer (see the module's docstring). Idempotent."""
+    if describe not in _describers:
+        _describers.append(describe)
 
-    uid = os.getuid()
-    found: list[Entry] = []
+
+def _probe(path: str, byte: int) -> Optional[bool]:
+    """Whether the liveness lock ``byte`` of the file at ``path`` is held (None: unknown)."""
     try:
-        names = sorted(os.listdir(SHM_DIR))
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
-        names = []
+        return None
+    try:
+        return layout.lock_held(fd, byte)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def describe_channel(path: str) -> Optional[SegmentInfo]:
+    """The shm channel (magic ``FSHM``): alive while its writer holds its lock."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        header = layout.parse_header(os.pread(fd, layout.HEADER, 0))
+        size = os.fstat(fd).st_size
+        if header is None:
+            return None
+        writer_alive = layout.lock_held(fd, layout.LOCK_WRITER)
+        reader_alive = layout.lock_held(fd, layout.LOCK_READER)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+    def state(alive: bool, closed: bool) -> str:
+        return "closed" if closed else "running" if alive else "dead"
+
+    writer = state(writer_alive, header.writer_state == layout.ST_CLOSED)
+    detail = f"writer {writer}"
+    if header.reader_state != layout.ST_NONE:
+        reader = state(reader_alive, header.reader_state == layout.ST_CLOSED)
+        detail += f", reader {header.reader_pid} {reader}"
+    else:
+        detail += ", no reader"
+    if 0 <= header.head - header.tail <= header.capacity:
+        detail += f", {header.head - header.tail} bytes queued"
+    return SegmentInfo("channel", os.path.basename(path), size, header.writer_pid,
+                       writer == "running", detail)
+
+
+def describe_temporary(path: str) -> Optional[SegmentInfo]:
+    """A channel a Writer was still building (or died building): alive while it holds its
+    lock."""
+    if not path.endswith(layout.TEMP_SUFFIX):
+        return None
+    alive = _probe(path, layout.LOCK_WRITER)
+    try:
+        size = os.stat(path, follow_symlinks=False).st_size
+    except OSError:
+        return None
+    return SegmentInfo("temporary", os.path.basename(path), size, None, alive is not False,
+                       "a writer building its channel" if alive else
+                       "left by a writer that died while building its channel")
+
+
+register_describer(describe_channel)
+register_describer(describe_temporary)
+
+
+def _owned(directory: str) -> Iterator[tuple[str, str, os.stat_result]]:
+    """(name, path, stat) of this user's regular files in ``directory``, sorted by name."""
+    uid = os.getuid()
+    try:
+        names = sorted(os.listdir(directory))
+    except OSError:
+        return
     for name in names:
-        path = f"{SHM_DIR}/{name}"
+        path = f"{directory}/{name}"
         try:
             st = os.stat(path, follow_symlinks=False)
         except OSError:
             continue
-        if st.st_uid != uid or not os.path.isfile(path):
-            continue
-        info = shm.channel_info(path)
-        if info is None:
-            if name.startswith("fastipc"):
-                found.append(Entry("shm", name, st.st_size))
-            continue
-        writer = "running" if _alive(info.writer_pid) else "dead"
-        if info.writer_state == 2:
-            writer = "closed"
-        state = f"writer {writer}"
-        if info.reader_pid > 0:
-            reader = "running" if _alive(info.reader_pid) else "dead"
-            if info.reader_state == 2:
-                reader = "closed"
-            state += f", reader {info.reader_pid} {reader}"
+        if st.st_uid == uid and stat.S_ISREG(st.st_mode):
+            yield name, path, st
+
+
+def entries() -> list[SegmentInfo]:
+    found: list[SegmentInfo] = []
+    for name, path, st in _owned(SHM_DIR):
+        for describe in _describers:
+            info = describe(path)
+            if info is not None:
+                found.append(info)
+                break
         else:
-            state += ", no reader"
-        state += f", {info.head - info.tail} bytes queued" if info.head >= info.tail else ""
-        found.append(Entry("channel", name, st.st_size, info.writer_pid, state,
-                           stale=writer != "running"))
-    try:
-        queues = sorted(os.listdir(MQ_DIR))
-    except OSError:
-        queues = []
-    for name in queues:
-        path = f"{MQ_DIR}/{name}"
+            if name.startswith("fastipc"):
+                found.append(SegmentInfo("shm", name, st.st_size))
+    for name, path, _ in _owned(MQ_DIR):
         try:
-            st = os.stat(path)
             with open(path) as f:
                 fields = dict(part.split(":", 1) for part in f.read().split() if ":" in part)
         except (OSError, ValueError):
             continue
-        if st.st_uid != uid:
-            continue
         size = int(fields.get("QSIZE", "0") or 0)
-        found.append(Entry("mq", "/" + name, size, None, "bytes queued"))
+        found.append(SegmentInfo("mq", "/" + name, size, None, True, "bytes queued"))
     return found
 
 
 def list_entries(args: argparse.Namespace) -> int:
     rows = [("KIND", "NAME", "SIZE", "OWNER", "STATE")]
     for e in entries():
-        rows.append((e.kind, e.name, str(e.size), str(e.owner) if e.owner else "-", e.state))
+        rows.append((e.kind, e.name, str(e.size), str(e.owner) if e.owner else "-", e.detail))
     if len(rows) == 1:
         print("no fastipc channels, segments or queues", file=sys.stderr)
         return 0
@@ -134,14 +211,16 @@ def remove(args: argparse.Namespace) -> int:
         print(f"removed {_remove_one(name)}")
     if args.stale:
         n = 0
+        prefix = getattr(args, "match", "") or ""
         for e in entries():
-            if e.kind == "channel" and e.stale:
-                try:
-                    os.unlink(f"{SHM_DIR}/{e.name}")
-                except FileNotFoundError:
-                    continue
-                print(f"removed {SHM_DIR}/{e.name} (writer {e.owner} {e.state})")
-                n += 1
+            if e.kind == "mq" or e.alive or not e.name.startswith(prefix):
+                continue
+            try:
+                os.unlink(f"{SHM_DIR}/{e.name}")
+            except FileNotFoundError:
+                continue
+            print(f"removed {SHM_DIR}/{e.name} ({e.kind}: {e.detail})")
+            n += 1
         if n == 0:
-            print("no stale channels", file=sys.stderr)
+            print("no stale segments", file=sys.stderr)
     return 0

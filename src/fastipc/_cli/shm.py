@@ -10,14 +10,14 @@ writer to appear, then prints each message on its own line until the writer clos
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("shm", help="shared memory channel demos: write, read")
-    cmds = p.add_subparsers(dest="shm_command", metavar="ACTION")
-    cmds.required = True
+    cmds = sub.add_parser("shm", help="shared memory channel demos: write, read") \
+        .add_subparsers(dest="shm_command", metavar="ACTION", required=True)
 
     w = cmds.add_parser("write", help="send stdin's lines (or MESSAGEs) through channel NAME")
     w.add_argument("name", help="channel name (the segment is /dev/shm/NAME)")
@@ -43,7 +43,7 @@ def write(args: argparse.Namespace) -> int:
 
     with shm.Writer(args.name, capacity=args.capacity, backend=args.backend) as w:
         print(f"channel {w.name}: capacity {w.capacity} bytes, writer pid "
-              f"{__import__('os').getpid()}", file=sys.stderr, flush=True)
+              f"{os.getpid()}", file=sys.stderr, flush=True)
         sent = 0
         lines = args.messages or (line.rstrip("\n") for line in sys.stdin)
         for line in lines:

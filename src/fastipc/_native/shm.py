@@ -2,7 +2,14 @@
 
 The mapping belongs to Python (an ``mmap.mmap``); C gets its address through
 ``ffi.from_buffer``, which holds a buffer export, so the mapping cannot be closed under C's
-feet. ``close()`` releases that export.
+feet; ``close()`` releases that export only once no call is in C. Python itself never reads
+the mapping here except through the views of ``recv_view``, which the public class counts as
+busy calls until they are released.
+
+Streamed messages are reassembled in one place: C copies each chunk at the offset it has
+reached (``msg_done``) into the buffer it is given, and this module keeps that buffer
+(``_pending``) across calls, so that a call interrupted half-way (timeout, a signal handler
+that raises) leaves the message whole for the next call of any kind.
 """
 
 from __future__ import annotations
@@ -11,16 +18,26 @@ import ctypes
 import errno
 import struct
 import time
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
-from fastipc._core import FIPC_CORRUPT, check, check_timeout, ffi, lib, raise_errno
+from fastipc._backend import shm as contract
+from fastipc._core import (
+    FIPC_CORRUPT,
+    Deadline,
+    _monotonic,
+    check,
+    check_timeout,
+    ffi,
+    lib,
+    raise_errno,
+)
 
-__all__ = ["NEED", "NOT_READY", "Need", "ReaderOps", "WriterOps", "pid_dead"]
+__all__ = ["ReaderOps", "WriterOps"]
 
-NEED = -1100
-NOT_READY = -1101
+NEED = lib.FIPC_SHM_NEED
 _EINTR = -errno.EINTR
-_monotonic = time.monotonic
+_EBADF = -errno.EBADF
+_EAGAIN = -errno.ETIMEDOUT  # what a try-once call that would wait returns
 _send = lib.fipc_shm_send
 _send_many = lib.fipc_shm_send_many
 _recv = lib.fipc_shm_recv
@@ -31,7 +48,7 @@ _NULL = ffi.NULL
 _NO_HOLD = 2**64 - 1
 STAGE = 2048  # messages up to this size are copied out of the ring by the one C call
 
-try:  # a bytes object to fill in place: one copy less for streamed messages
+try:  # a bytes object to fill in place: one copy less for large messages
     _new_bytes: Any = ctypes.pythonapi.PyBytes_FromStringAndSize
     _new_bytes.restype = ctypes.py_object
     _new_bytes.argtypes = (ctypes.c_void_p, ctypes.c_ssize_t)
@@ -39,24 +56,15 @@ except (AttributeError, TypeError):  # not CPython
     _new_bytes = None
 
 
-class Need(Exception):
-    """The next message is streamed (or larger than the buffer): it needs ``length`` bytes."""
-
-    def __init__(self, length: int) -> None:
-        super().__init__(length)
-        self.length = length
+def _new_buffer(n: int) -> Any:
+    """A buffer C fills, delivered as is once whole (never seen by anyone before)."""
+    return _new_bytes(None, n) if _new_bytes is not None and n else bytearray(n)
 
 
-class NotReady(Exception):
-    """The segment exists but its writer has not finished setting it up."""
-
-
-def pid_dead(pid: int) -> bool:
-    return bool(lib.fipc_shm_pid_dead(pid))
-
-
-def _left(timeout: float, t0: float) -> float:
-    return max(0.0, t0 + timeout - _monotonic()) if timeout > 0 else timeout
+def _as_bytes(buf: Any, n: int) -> bytes:
+    if type(buf) is bytes and len(buf) == n:
+        return buf
+    return bytes(memoryview(buf)[:n])
 
 
 def _buffer(data: Any) -> tuple[Any, int]:
@@ -71,241 +79,377 @@ def _buffer(data: Any) -> tuple[Any, int]:
     return buf, len(buf)
 
 
-class _Ops:
-    __slots__ = ("_base", "_h", "name")
+class _Ops(contract.Retrying):
+    _what = "channel end"
 
-    def __init__(self, mm: Any, size: int, name: str) -> None:
+    def __init__(self, mm: Any, size: int, fd: int, name: str) -> None:
         self.name = name
+        self._size = size
+        self._fd = fd
         self._base = _from_buffer(mm)
+        self._addr = int(ffi.cast("uintptr_t", self._base))
         self._h = ffi.new("fipc_shm *")
 
-    def _error(self, rc: int, timeout: float) -> Any:
-        if rc == -errno.EBADF:  # closed by another thread during the call
-            raise ValueError(f"I/O operation on closed channel end {self.name!r}")
-        check(rc, self.name, None if timeout < 0 else timeout)
+    def _init(self, rc: int) -> None:
+        if rc < 0:
+            ffi.release(self._base)
+            check(rc, self.name)
 
     @property
     def spin(self) -> float:
-        return float(self._h.spin_max_ns) / 1e9
+        return float(self._h.spin.max_ns) / 1e9
 
     @spin.setter
     def spin(self, value: float) -> None:
-        self._h.spin_max_ns = self._h.spin_ns = int(value * 1e9)
+        self._h.spin.max_ns = self._h.spin.ns = int(min(value, 1.0) * 1e9)
 
     def stats(self) -> tuple[int, int]:
-        """(waits that ended while spinning, waits that slept)"""
         return int(self._h.spins), int(self._h.sleeps)
 
+    def park(self) -> Optional[tuple[int, int]]:
+        off = ffi.new("uint64_t *")
+        val = ffi.new("uint32_t *")
+        rc = lib.fipc_shm_park(self._h, off, val)
+        if rc == 1:
+            return None
+        if rc < 0:
+            self._run(rc, _no_retry, Deadline(0.0))
+        return self._addr + int(off[0]), int(val[0])
+
+    def unpark(self) -> None:
+        lib.fipc_shm_unpark(self._h)
+
+    def wake(self) -> None:
+        lib.fipc_shm_wake(self._h)
+
     def close(self) -> None:
-        """Mark this end closed and let go of the mapping, once no call of another thread is
-        still inside C on it (closing wakes such a call: it ends with EBADF). If one does
-        not come out in time, the mapping is left to the garbage collector, which unmaps it
-        when the last reference goes: never under a running call."""
+        """Tell the peer, then let go of the mapping once no call of another thread is in
+        C (closing wakes such a call: it returns at once). The fast paths keep their busy
+        count in C, so this waits for it; should one not come out in time, the mapping is
+        left to the garbage collector (never unmapped under a running call)."""
         busy = lib.fipc_shm_close(self._h)
-        deadline = _monotonic() + 5.0
-        while busy and _monotonic() < deadline:
-            time.sleep(0.0005)
+        end = _monotonic() + 5.0
+        while busy and _monotonic() < end:
+            _sleep(0.0005)
             busy = lib.fipc_shm_busy(self._h)
         if not busy:
-            ffi.release(self._base)
+            self.detach()
 
     def detach(self) -> None:
-        """Let go of the mapping without telling the peer anything."""
+        lib.fipc_shm_forget(self._h)
         ffi.release(self._base)
+        mv = getattr(self, "_mv", None)
+        if mv is not None:
+            mv.release()
 
 
-class WriterOps(_Ops):
-    __slots__ = ("_progress", "_sent")
+def _sleep(seconds: float) -> None:
+    time.sleep(seconds)
 
-    def __init__(self, mm: Any, size: int, name: str, pid: int, max_message: int,
+
+def _no_retry(left: float) -> int:
+    return -errno.EAGAIN  # never called: _run is given a status that is not EINTR
+
+
+# ---------------------------------------------------------------------------- writer
+
+
+class WriterOps(_Ops, contract.NowaitSend):
+    _what = "Writer"
+
+    def __init__(self, mm: Any, size: int, fd: int, name: str, pid: int, max_message: int,
                  spin: float) -> None:
-        super().__init__(mm, size, name)
-        check(lib.fipc_shm_writer_init(self._h, self._base, size, pid, max_message, spin), name)
+        super().__init__(mm, size, fd, name)
+        self._init(lib.fipc_shm_writer_init(self._h, self._base, size, fd, pid, max_message,
+                                            spin))
         self._progress = ffi.new("uint64_t *")
         self._sent = ffi.new("uint64_t *")
+        self._nowait = ffi.new("uint64_t *")
+        self.send: contract.Send = self._make_send()
 
-    def make_send(self) -> Any:
-        """The hot ``send(data, timeout=None)``: validates the timeout, one C call."""
-        h, progress, retry = self._h, self._progress, self._retry
+    def _make_send(self) -> Any:
+        """The hot ``send(data, timeout=None)``: one C call; busy counted in C."""
+        h, progress, slow = self._h, self._progress, self._send_slow
 
         def send(data: Any, timeout: Optional[float] = None) -> None:
             if timeout is None:
-                t, t0 = -1.0, 0.0
-            else:
+                t = -1.0
+                start = 0.0
+            else:  # a finite wait: when it began, for the time left after EINTR
                 t = check_timeout(timeout)
-                t0 = _monotonic() if t > 0 else 0.0
+                start = _monotonic()
             if type(data) is bytes:
                 rc = _send(h, data, len(data), t, progress)
                 if rc:
-                    retry(data, len(data), rc, t, t0)
+                    slow(data, len(data), rc, t, start)
                 return
             buf, n = _buffer(data)
             rc = _send(h, buf, n, t, progress)
             if rc:
-                retry(buf, n, rc, t, t0)
+                slow(buf, n, rc, t, start)
 
         return send
 
-    def _retry(self, buf: Any, n: int, rc: int, timeout: float, t0: float) -> None:
-        while rc == _EINTR:  # signal handlers have run; resume where the message stopped
-            rc = _send(self._h, buf, n, _left(timeout, t0), self._progress)
-        if rc:
-            self._progress[0] = 0  # a message cut short is abandoned; the reader drops it
-            self._error(rc, timeout)
+    def _send_slow(self, buf: Any, n: int, rc: int, timeout: float, start: float) -> None:
+        h, progress = self._h, self._progress
+        try:  # signal handlers run; a resumed call goes on where the message stopped
+            self._run(rc, lambda left: _send(h, buf, n, left, progress),
+                      Deadline(timeout, start))
+        except BaseException:
+            progress[0] = 0  # a message cut short is abandoned; the reader drops it
+            raise
 
     def send_many(self, blob: bytes, lens: list[int], timeout: float) -> None:
         count = len(lens)
         clens = ffi.new("uint64_t[]", lens)
         sent = self._sent
-        t0 = _monotonic() if timeout > 0 else 0.0
+        start = _monotonic()
         rc = _send_many(self._h, blob, clens, count, timeout, sent)
         if rc == 0:
             return
         done = int(sent[0])
         base = _from_buffer(blob)
+        deadline = Deadline(timeout, start)
         while rc == _EINTR:
             offset = sum(lens[:done])
             rc = _send_many(self._h, base + offset, clens + done, count - done,
-                            _left(timeout, t0), sent)
+                            deadline.left(), sent)
             done += int(sent[0])
         if rc:
             try:
-                self._error(rc, timeout)
+                self._run(rc, _no_retry, deadline)
             except OSError as exc:
                 exc.messages_sent = done  # type: ignore[attr-defined]
                 raise
 
+    def send_nowait(self, data: Any) -> bool:
+        if type(data) is bytes:
+            rc = _send(self._h, data, len(data), 0.0, self._nowait)
+        else:
+            buf, n = _buffer(data)
+            rc = _send(self._h, buf, n, 0.0, self._nowait)
+        return self._nowait_sent(rc)
 
-class ReaderOps(_Ops):
-    __slots__ = ("_fmt", "_lens", "_out", "_outbuf", "_ptr", "_size", "_stage")
-
-    def __init__(self, mm: Any, size: int, name: str, pid: int, max_message: int,
-                 spin: float) -> None:
-        super().__init__(mm, size, name)
-        rc = lib.fipc_shm_reader_init(self._h, self._base, size, pid, max_message, spin)
-        if rc == NOT_READY:
-            ffi.release(self._base)
-            raise NotReady
+    def flushed(self) -> bool:
+        rc = lib.fipc_shm_flushed(self._h)
         if rc < 0:
-            ffi.release(self._base)
-            check(rc, name)
+            self._run(rc, _no_retry, Deadline(0.0))
+        return bool(rc == 1)
+
+    def reader_attached(self) -> bool:
+        return bool(lib.fipc_shm_reader_attached(self._h))
+
+
+# ---------------------------------------------------------------------------- reader
+
+
+class ReaderOps(_Ops, contract.Holds):
+    _what = "Reader"
+
+    def __init__(self, mm: Any, size: int, fd: int, name: str, pid: int, max_message: int,
+                 spin: float) -> None:
+        super().__init__(mm, size, fd, name)
+        self._init(lib.fipc_shm_reader_init(self._h, self._base, size, fd, pid, max_message,
+                                            spin))
+        self._mv = memoryview(mm)
         self._ptr = ffi.new("char **")
-        self._size = size
         self._stage = ffi.new("char[]", STAGE)
-        self._out: Any = None
+        self._holds: list[int] = []
+        self._stuck: list[tuple[memoryview, int]] = []
+        self._pending: Any = None  # the buffer of a streamed message being assembled
+        self._msg: Any = None  # what the last attempt delivered
         self._outbuf: Any = None
+        self._out: Any = None
         self._lens: Any = None
         self._fmt: Any = None
+        self.recv: contract.Recv = self._make_recv()
 
-    def make_recv(self, slow: Any) -> Any:
-        """The hot ``recv(timeout=None)``: a message that fits the staging buffer is copied
-        there and returned by one C call; anything else goes to ``slow(rc, t, t0,
-        timeout)``, which ends in :meth:`finish`."""
-        h, ptr, stage = self._h, self._ptr, self._stage
+    def _make_recv(self) -> Any:
+        """The hot ``recv(timeout=None)``: a message up to STAGE bytes is copied out and
+        returned by one C call (busy counted in C); anything else takes the slow path."""
+        h, ptr, stage, slow = self._h, self._ptr, self._stage, self._recv_slow
 
         def recv(timeout: Optional[float] = None) -> bytes:
             if timeout is None:
                 n = _recv(h, stage, STAGE, -1.0, ptr)
                 if n >= 0:
                     return _unpack(stage, n)  # type: ignore[no-any-return]
-                return slow(n, -1.0, 0.0)  # type: ignore[no-any-return]
+                return slow(n, -1.0, 0.0)
             t = check_timeout(timeout)
-            t0 = _monotonic() if t > 0 else 0.0
+            start = _monotonic()  # a finite wait: when it began, for the time left after EINTR
             n = _recv(h, stage, STAGE, t, ptr)
             if n >= 0:
                 return _unpack(stage, n)  # type: ignore[no-any-return]
-            return slow(n, t, t0)  # type: ignore[no-any-return]
+            return slow(n, t, start)
 
         return recv
 
-    def finish(self, n: int, timeout: float, t0: float) -> bytes:
-        """What the hot recv could not do: retry after EINTR, return a message larger than
-        the staging buffer in place, raise Need for a streamed one, or raise the error."""
-        h, ptr, stage = self._h, self._ptr, self._stage
-        while n == _EINTR:
-            n = _recv(h, stage, STAGE, _left(timeout, t0), ptr)
-        if n >= 0:
-            return _unpack(stage, n)  # type: ignore[no-any-return]
-        if n == NEED:  # it is there: in place if stored whole, else Need
-            n = _recv(h, _NULL, 0, 0.0, ptr)
+    def _attempt(self, t: float) -> int:
+        """One try at the next message, into ``_msg``: its length or a negative status.
+        Larger than STAGE: a buffer of its own (``_pending``), kept until it is whole."""
+        h = self._h
+        if self._stuck:
+            self._unstick()
+        while True:
+            pend = self._pending
+            if pend is None:
+                n = _recv(h, self._stage, STAGE, t, self._ptr)
+                if n >= 0:
+                    self._msg = _unpack(self._stage, n)
+                    return n  # type: ignore[no-any-return]
+                if n != NEED:
+                    return n  # type: ignore[no-any-return]
+                pend = self._pending = _new_buffer(int(h.last_len))
+            n = _recv(h, _from_buffer(pend), len(pend), t, self._ptr)
             if n >= 0:
-                return _unpack(ptr[0], n)  # type: ignore[no-any-return]
-        return self._fail(n, timeout)  # type: ignore[no-any-return]
+                self._pending = None
+                self._msg = _as_bytes(pend, n)
+                return n  # type: ignore[no-any-return]
+            if n == NEED:  # its writer gave it up for another message: start again
+                self._pending = None
+                continue
+            if not h.msg_total:  # nothing of it came yet, or it was dropped (EOF)
+                self._pending = None
+            return n  # type: ignore[no-any-return]
 
-    def recv(self, timeout: float) -> bytes:
-        t0 = _monotonic() if timeout > 0 else 0.0
-        return self.finish(_recv(self._h, self._stage, STAGE, timeout, self._ptr), timeout, t0)
-
-    def _fail(self, n: int, timeout: float) -> Any:
-        if n == NEED:
-            raise Need(int(self._h.last_len))
-        self._error(n, timeout)
+    def _recv_slow(self, n: int, timeout: float, start: float) -> bytes:
+        if n == NEED:  # larger than STAGE, or streamed: not a wait, go on at once
+            n = self._attempt(timeout)
+        if n < 0:
+            self._run(n, self._attempt, Deadline(timeout, start))
+        msg, self._msg = self._msg, None
+        return msg  # type: ignore[no-any-return]
 
     def recv_into(self, buffer: Any, timeout: float) -> int:
-        """Copy the next message into ``buffer`` (Need if it does not fit; it stays queued).
-        A streamed message interrupted by a timeout continues into the same buffer."""
-        dest = _from_buffer(buffer, require_writable=type(buffer) is not bytes)
-        n = _recv(self._h, dest, len(dest), timeout, self._ptr)
-        t0 = _monotonic()
-        while n == _EINTR:
-            n = _recv(self._h, dest, len(dest), _left(timeout, t0), self._ptr)
-        if n >= 0:
-            return n  # type: ignore[no-any-return]
-        return self._fail(n, timeout)  # type: ignore[no-any-return]
-
-    def in_progress(self) -> tuple[int, int]:
-        """(bytes copied, total) of a streamed message being assembled; (0, 0): none."""
+        dest = _from_buffer(buffer, require_writable=True)
+        cap = len(dest)
         h = self._h
-        return (int(h.msg_done), int(h.msg_total)) if h.msg_total else (0, 0)
 
-    def view(self, timeout: float) -> tuple[int, int, int]:
-        """The next message in place: (offset in the mapping, length, its ring position)."""
-        n = self.recv_ptr(timeout)
-        off = int(ffi.cast("uintptr_t", self._ptr[0])) - int(ffi.cast("uintptr_t", self._base))
-        if not 0 <= off <= self._size - n:
-            raise_errno(FIPC_CORRUPT, self.name)
-        return off, n, int(self._h.last_pos)
+        def attempt(t: float) -> int:
+            if self._stuck:
+                self._unstick()
+            if self._pending is not None:
+                if len(self._pending) > cap:
+                    self._too_small(cap, len(self._pending))
+                n = self._attempt(t)
+                if n >= 0:
+                    ffi.memmove(dest, self._msg, n)
+                    self._msg = None
+                return n
+            n = _recv(h, dest, cap, t, self._ptr)
+            if n == NEED:
+                self._too_small(cap, int(h.last_len))
+            if n < 0 and h.msg_total:  # cut short: keep what came for the next call
+                keep = _new_buffer(int(h.msg_total))
+                into = _from_buffer(keep)
+                ffi.memmove(into, dest, int(h.msg_done))
+                self._pending = keep
+                h.msg_dest = into  # the commit: an interruption before it drops the message
+            return n  # type: ignore[no-any-return]
 
-    def recv_ptr(self, timeout: float) -> int:
-        n = _recv(self._h, _NULL, 0, timeout, self._ptr)
-        t0 = _monotonic()
-        while n == _EINTR:
-            n = _recv(self._h, _NULL, 0, _left(timeout, t0), self._ptr)
-        if n < 0:
-            self._fail(n, timeout)
-        return n  # type: ignore[no-any-return]
-
-    def set_hold(self, pos: Optional[int]) -> None:
-        self._h.hold = _NO_HOLD if pos is None else pos
-        if pos is None:
-            lib.fipc_shm_release(self._h)
-
-    def new_buffer(self, n: int) -> Any:
-        return _new_bytes(None, n) if _new_bytes is not None and n else bytearray(n)
+        start = _monotonic()
+        n = attempt(timeout)
+        return n if n >= 0 else self._run(n, attempt, Deadline(timeout, start))
 
     @staticmethod
-    def finish_buffer(buf: Any, n: int) -> bytes:
-        if type(buf) is bytes and len(buf) == n:
-            return buf
-        return bytes(memoryview(buf)[:n])
+    def _too_small(cap: int, n: int) -> None:
+        raise ValueError(f"buffer of {cap} bytes is too small for the next message "
+                         f"({n} bytes); it stays queued")
+
+    def recv_view(self, timeout: float) -> tuple[memoryview, Optional[int]]:
+        h, ptr = self._h, self._ptr
+        if self._pending is None:
+
+            def attempt(t: float) -> int:
+                if self._stuck:
+                    self._unstick()
+                return _recv(h, _NULL, 0, t, ptr)  # type: ignore[no-any-return]
+
+            start = _monotonic()
+            rc = attempt(timeout)
+            if rc < 0 and rc != NEED:
+                rc = self._run(rc, attempt, Deadline(timeout, start))
+            if rc >= 0:
+                off = int(ffi.cast("uintptr_t", ptr[0])) - self._addr
+                if not 0 <= off <= self._size - rc:
+                    raise_errno(FIPC_CORRUPT, self.name)
+                pos = int(h.last_pos)
+                self._hold(pos)
+                return self._mv[off:off + rc].toreadonly(), pos
+        return memoryview(self._recv_slow(NEED, timeout, _monotonic())), None
+
+    def set_hold(self, pos: Optional[int]) -> None:
+        lib.fipc_shm_set_hold(self._h, _NO_HOLD if pos is None else pos)
+
+    def _recheck(self, flag: bool) -> None:
+        self._h.recheck = int(flag)
 
     def recv_many(self, max_messages: int, timeout: float) -> list[bytes]:
+        out = self._many(max_messages, timeout)
+        if out is None:
+            return [self._recv_slow(NEED, timeout, _monotonic())]
+        return out
+
+    def _many(self, max_messages: int, timeout: float) -> Optional[list[bytes]]:
+        if self._pending is not None:
+            return None
         if self._outbuf is None or len(self._lens) < max_messages:
             cap = max(1 << 20, min(max_messages * 128, 1 << 24))
             self._outbuf = bytearray(cap)
             self._out = _from_buffer(self._outbuf, require_writable=True)
             self._lens = ffi.new("uint64_t[]", max_messages)
             self._fmt = ffi.new("char[]", max_messages * 22 + 1)
-        out = self._out
-        cap = len(out)
-        fmt_cap = max_messages * 22 + 1
-        n = _recv_many(self._h, out, cap, self._lens, max_messages, self._fmt, fmt_cap, timeout)
-        t0 = _monotonic()
-        while n == _EINTR:
-            n = _recv_many(self._h, out, cap, self._lens, max_messages, self._fmt, fmt_cap,
-                           _left(timeout, t0))
+        out, lens, fmt = self._out, self._lens, self._fmt
+        cap, fmt_cap = len(out), max_messages * 22 + 1
+        h = self._h
+        if self._stuck:
+            self._unstick()
+        start = _monotonic() if timeout > 0 else 0.0
+        n = _recv_many(h, out, cap, lens, max_messages, fmt, fmt_cap, timeout)
         if n > 0:
-            return list(struct.unpack_from(ffi.string(self._fmt), self._outbuf))
+            return list(struct.unpack_from(ffi.string(fmt), self._outbuf))
         if n == 0:
             return []
-        return self._fail(n, timeout)  # type: ignore[no-any-return]
+        if n == NEED:
+            return None
+
+        def attempt(t: float) -> int:
+            if self._stuck:
+                self._unstick()
+            return _recv_many(h, out, cap, lens, max_messages, fmt, fmt_cap, t)  # type: ignore
+
+        n = self._run(n, attempt, Deadline(timeout, start or _monotonic()))
+        return list(struct.unpack_from(ffi.string(fmt), self._outbuf)) if n else []
+
+    def recv_nowait(self) -> Optional[bytes]:
+        if self._pending is None and not self._stuck:  # the common case: one C call
+            n = _recv(self._h, self._stage, STAGE, 0.0, self._ptr)
+            if n >= 0:
+                return _unpack(self._stage, n)  # type: ignore[no-any-return]
+            if n in (_EAGAIN, _EINTR):
+                return None
+            if n != NEED:
+                self._run(n, _no_retry, Deadline(0.0))
+        n = self._attempt(0.0)
+        if n >= 0:
+            msg, self._msg = self._msg, None
+            return msg  # type: ignore[no-any-return]
+        if n in (_EAGAIN, _EINTR):
+            return None
+        self._run(n, _no_retry, Deadline(0.0))
+        return None
+
+    def recv_many_nowait(self, max_messages: int) -> Optional[list[bytes]]:
+        try:
+            out = self._many(max_messages, 0.0)
+        except TimeoutError:
+            return None
+        if out is None:
+            msg = self.recv_nowait()
+            return None if msg is None else [msg]
+        return out or None
+
+
+if TYPE_CHECKING:
+    _check_writer: type[contract.WriterOps] = WriterOps
+    _check_reader: type[contract.ReaderOps] = ReaderOps

@@ -1,15 +1,22 @@
-"""Channel operations in pure Python over the same binary layout as ``csrc/shm.c``.
+"""Channel operations in pure Python over the same binary layout as ``csrc/shm.c``
+(``fastipc._shm_layout``), with the same return convention: every step returns a length or
+a negative status (``-errno`` / ``FIPC_*``), so that the waits go through ``_core.retry``.
 
 The ring is read and written through ``memoryview`` casts of the mapping. Ordering: on
 x86-64 the hardware keeps stores in order and loads in order (TSO), which is all the
 copy-then-publish protocol needs; the one reordering it allows (a store followed by a load
 of another word) and every reordering weaker CPUs allow are closed by a full barrier: a
-``FUTEX_WAKE`` on a private word, whose kernel path runs ``smp_mb()``. It is issued after
-publishing a counter and before checking whether the peer sleeps, and, on CPUs other than
-x86, also between loading a counter and touching the data it covers. Waits use ``futex``
-through ``ctypes`` (the syscall number per architecture below) with the same words as the
-native backend, so native and pure ends wake each other; without it they poll with
-back-off.
+``FUTEX_WAKE`` on a private word, whose kernel path runs ``smp_mb()``. Waits use ``futex``
+through ``ctypes`` with the same words as the native backend, so native and pure ends wake
+each other; without it they poll with back-off.
+
+Async exceptions (a signal handler that raises can run between any two bytecodes): every
+step that consumes ring space copies first and commits its position in one store, and the
+part of a streamed message received so far lives in ``_pending`` with the position of the
+frame that follows it, so an interrupted call leaves the message whole for the next one.
+A truncated segment cannot be guarded against here as C does (SIGBUS): the size is checked
+(``fstat``) after every sleep, which catches a truncation that happens while this end
+waits.
 """
 
 from __future__ import annotations
@@ -19,40 +26,32 @@ import ctypes.util
 import errno
 import os
 import platform
-import struct
+import threading
 import time
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
+from fastipc import _shm_layout as L
+from fastipc._backend import shm as contract
 from fastipc._core import (
     FIPC_CORRUPT,
     FIPC_EOF,
     FIPC_TOOBIG,
+    Deadline,
     check_timeout,
     raise_errno,
 )
 
-__all__ = ["NEED", "NOT_READY", "Need", "NotReady", "ReaderOps", "WriterOps", "pid_dead"]
+__all__ = ["ReaderOps", "WriterOps"]
 
 NEED = -1100
-NOT_READY = -1101
-
-HDR = 256
-MAGIC = 0x4D485346
-VERSION = 1
-MIN_CAPACITY = 4096
-OFF_MAGIC, OFF_VERSION, OFF_CAPACITY, OFF_DATA, OFF_MAXMSG = 0, 4, 8, 16, 24
-OFF_WPID, OFF_WSTATE, OFF_RPID, OFF_RSTATE = 32, 36, 40, 44
-OFF_HEAD, OFF_TAIL = 64, 128
-OFF_DSEQ, OFF_RWAIT, OFF_SSEQ, OFF_WWAIT = 192, 196, 200, 204
-ST_OPEN, ST_CLOSED = 1, 2
-FR_WHOLE, FR_FIRST, FR_NEXT, FR_PAD = 1, 2, 3, 4
-FR_HDR, FIRST_HDR = 8, 16
-MAX_CHUNK = 256 << 10
 SLICE = 0.1
 _NO_HOLD = 2**64 - 1
-
-_FRAME = struct.Struct("<II")
-_TOTAL = struct.Struct("<Q")
+_EINTR = -errno.EINTR
+_EAGAIN = -errno.ETIMEDOUT
+_CLOSED = L.ST_CLOSED
+_WWAIT = L.OFF_WWAIT // 4
+_FRAME = L.FRAME
+_TOTAL = L.TOTAL
 _monotonic = time.monotonic
 
 # ---------------------------------------------------------------------------- futex
@@ -102,10 +101,8 @@ def _futex_wait(addr: int, value: int, seconds: float) -> int:
     ts = _Timespec(int(seconds), int((seconds % 1) * 1e9))
     rc = _syscall(_SYS_FUTEX, ctypes.c_void_p(addr), _FUTEX_WAIT, ctypes.c_uint32(value),
                   ctypes.byref(ts), None, 0)
-    if rc < 0:
-        err = ctypes.get_errno()
-        if err == errno.EINTR:
-            return -errno.EINTR
+    if rc < 0 and ctypes.get_errno() == errno.EINTR:
+        return _EINTR
     return 0
 
 
@@ -114,95 +111,50 @@ def _futex_wake(addr: int) -> None:
         _syscall(_SYS_FUTEX, ctypes.c_void_p(addr), _FUTEX_WAKE, 0x7FFFFFFF, None, None, 0)
 
 
-def pid_dead(pid: int) -> bool:
-    """True if the process is gone or a zombie."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        pass
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except FileNotFoundError:
-        return True
-    except OSError:
-        return False
-    end = stat.rfind(b")")
-    return end >= 0 and stat[end + 2:end + 3] in (b"Z", b"X")
-
-
-class Need(Exception):
-    """The next message is streamed (or larger than the buffer): it needs ``length`` bytes."""
-
-    def __init__(self, length: int) -> None:
-        super().__init__(length)
-        self.length = length
-
-
-class NotReady(Exception):
-    """The segment exists but its writer has not finished setting it up."""
+def _valid_size(size: int) -> bool:
+    """A channel segment's size: the header, then a ring of a power of two >= 4096."""
+    cap = size - L.HEADER
+    return cap >= L.MIN_CAPACITY and cap & (cap - 1) == 0
 
 
 def _round8(n: int) -> int:
     return (n + 7) & ~7
 
 
-def _left(timeout: float, t0: float) -> float:
-    return max(0.0, t0 + timeout - _monotonic()) if timeout > 0 else timeout
-
-
-class _Code(Exception):
-    """An internal status (a negative errno or FIPC_* code) on its way to the caller."""
-
-    def __init__(self, code: int) -> None:
-        super().__init__(code)
-        self.code = code
+def _no_retry(left: float) -> int:
+    return -errno.EAGAIN  # never called: _run is given a status that is not EINTR
 
 
 # ---------------------------------------------------------------------------- both ends
 
 
-class _Ops:
+class _Ops(contract.Retrying):
     role = 0
-    last_len = 0
+    _what = "channel end"
+    _peer_lock = 0
 
-    def release(self) -> None:
-        """Reader: hand consumed space back to the writer (nothing to do for a writer)."""
-
-    def __init__(self, mm: Any, size: int, name: str) -> None:
+    def __init__(self, mm: Any, size: int, fd: int, name: str) -> None:
         self.name = name
         self._mm = mm
+        self._fd = fd
         self._mv = memoryview(mm)
-        self._u32 = self._mv[:HDR].cast("I")
-        self._u64 = self._mv[:HDR].cast("Q")
+        self._u32 = self._mv[:L.HEADER].cast("I")
+        self._u64 = self._mv[:L.HEADER].cast("Q")
         self._size = size
-        self.capacity = size - HDR
-        self._words = (ctypes.c_uint32 * (HDR // 4)).from_buffer(mm)
+        self.capacity = size - L.HEADER
+        self._words = (ctypes.c_uint32 * (L.HEADER // 4)).from_buffer(mm)
         self._addr = ctypes.addressof(self._words)
         self.spin_max = 0.0
         self.spin_cur = 0.0
         self.spins = self.sleeps = 0
         self.pos = 0
         self.peer = 0
-        self.peer_pid = 0
-
-    def _wake_all(self) -> None:
-        """Wake the peer, and a call of ours blocked in another thread (which then finds
-        the views released: ValueError)."""
-        u32 = self._u32
-        for off in (OFF_DSEQ, OFF_SSEQ):
-            u32[off // 4] = (u32[off // 4] + 1) & 0xFFFFFFFF
-        _fence()
-        _futex_wake(self._addr + OFF_DSEQ)
-        _futex_wake(self._addr + OFF_SSEQ)
-
-    def detach(self) -> None:
-        """Let go of the mapping without telling the peer anything."""
-        self._release_views()
+        self._closed = False
+        self.recheck = False
+        self._probed = 0.0
+        self._wait_i, self._seq_i = (L.OFF_RWAIT // 4, L.OFF_DSEQ // 4) if self.role == 2 \
+            else (L.OFF_WWAIT // 4, L.OFF_SSEQ // 4)
+        self._peer_state = (L.OFF_WSTATE if self.role == 2 else L.OFF_RSTATE) // 4
 
     def _release_views(self) -> None:
         self._u32.release()
@@ -221,76 +173,99 @@ class _Ops:
     def stats(self) -> tuple[int, int]:
         return self.spins, self.sleeps
 
-    def _error(self, code: int, timeout: float) -> Any:
-        if code == NEED:
-            raise Need(self.last_len)
-        raise_errno(code if code <= FIPC_EOF else -code, self.name,
-                    None if timeout < 0 else timeout)
-
     # -- waiting: the protocol of wait_ring() in csrc/shm.c
 
-    def _ready(self, need: int) -> bool:
+    def _ready(self, need: int) -> int:
         raise NotImplementedError
 
-    def _gone(self, check_pid: bool) -> bool:
-        raise NotImplementedError
+    def _gone(self, probe: int) -> bool:
+        """As peer_gone() in csrc/shm.c: closed, or (probe) its liveness lock is free."""
+        state = self._u32[self._peer_state]
+        if state == _CLOSED:
+            return True
+        if not probe or (self.role == 1 and state == L.ST_NONE):
+            return False
+        now = _monotonic()
+        if probe == 2 and now - self._probed < 0.01:
+            return False
+        self._probed = now
+        try:
+            return not L.lock_held(self._fd, self._peer_lock)
+        except OSError:
+            return False
 
-    def _wait(self, need: int, timeout: float, deadline: Optional[float]) -> None:
-        """Until _ready(need); raises _Code for EOF / EPIPE / timeout / EINTR."""
+    def _gone_code(self) -> int:
+        return FIPC_EOF if self.role == 2 else -errno.EPIPE
+
+    def _truncated(self) -> bool:
+        try:
+            return os.fstat(self._fd).st_size < self._size
+        except OSError:
+            return False
+
+    def _wait(self, need: int, timeout: float, deadline: Deadline) -> int:
+        """Until _ready(need): 0, or a negative status (EOF / EPIPE / timeout / EINTR)."""
         if self.role == 2:
             self.release()
         start = 0.0
         if timeout != 0 and self.spin_cur > 0:
             start = _monotonic()
             end = start + self.spin_cur
-            if deadline is not None:
-                end = min(end, deadline)
+            if deadline.end > 0:
+                end = min(end, deadline.end)
             while True:
-                if self._ready(need):
-                    self.spins += 1
-                    self.spin_cur = min(self.spin_max, self.spin_cur * 2)
-                    return
-                if self._gone(False) or _monotonic() >= end:
+                rc = self._ready(need)
+                if rc:
+                    if rc > 0:
+                        self.spins += 1
+                        self.spin_cur = min(self.spin_max, self.spin_cur * 2)
+                    return min(rc, 0)
+                if self._closed:
+                    return -errno.EBADF
+                if self._gone(0) or _monotonic() >= end:
                     break
         u32 = self._u32
-        wait_i, seq_i = (OFF_RWAIT // 4, OFF_DSEQ // 4) if self.role == 2 else \
-            (OFF_WWAIT // 4, OFF_SSEQ // 4)
+        wait_i, seq_i = self._wait_i, self._seq_i
         slept = False
+        probe = 2 if timeout == 0 else 0
         while True:
+            if self._closed:
+                return -errno.EBADF
             seq = u32[seq_i]
             u32[wait_i] = 1
             _fence()
-            ok = self._ready(need)
-            if not ok and self._gone(slept or timeout == 0):
-                ok = self._ready(need)
-                if not ok:
-                    u32[wait_i] = 0
-                    raise _Code(FIPC_EOF if self.role == 2 else -errno.EPIPE)
-            if ok:
+            rc = self._ready(need)
+            if rc == 0 and self._gone(1 if slept else probe):
+                rc = self._ready(need) or self._gone_code()
+            if rc:
                 u32[wait_i] = 0
-                if slept:
-                    self.sleeps += 1
-                    if start:
-                        self._adapt(_monotonic() - start)
-                else:
-                    self.spins += 1
-                return
-            if deadline is not None:
-                left = deadline - _monotonic()
-                if left <= 0:
-                    u32[wait_i] = 0
-                    raise _Code(-errno.ETIMEDOUT)
-            else:
-                left = SLICE
-            rc = _futex_wait(self._addr + seq_i * 4, seq, min(left, SLICE))
-            u32[wait_i] = 0
+                if rc > 0:
+                    if slept:
+                        self.sleeps += 1
+                        if start:
+                            self._adapt(_monotonic() - start)
+                    else:
+                        self.spins += 1
+                    return 0
+                return rc
+            left = deadline.left()
+            if left == 0:
+                u32[wait_i] = 0
+                return -errno.ETIMEDOUT
+            slice_ = SLICE / 10 if self.recheck else SLICE
+            rc = _futex_wait(self._addr + seq_i * 4, seq, slice_ if left < 0 else
+                             min(left, slice_))
             slept = True
+            if self._truncated():  # the next look at the mapping would be a SIGBUS
+                return FIPC_CORRUPT
+            u32[wait_i] = 0
             if rc < 0:
-                raise _Code(rc)
+                return rc
+            if self.recheck:
+                return _EINTR  # the reader looks at its exported views, then waits again
 
     def _adapt(self, waited: float) -> None:
-        """As adapt() in csrc/shm.c: spin fully again if the wait ended soon after the spin
-        gave up, else spin half as long next time."""
+        """As fipc_spin_slept() in csrc/common.c."""
         if self.spin_max <= 0:
             return
         if waited < 4 * self.spin_max + 100e-6:
@@ -309,169 +284,259 @@ class _Ops:
             _fence()
             _futex_wake(self._addr + seq_off)
 
-    def _deadline(self, timeout: float) -> Optional[float]:
-        return None if timeout < 0 else _monotonic() + timeout
+    def release(self) -> None:
+        """Reader: hand consumed space back to the writer (nothing to do for a writer)."""
+
+    def _need(self) -> int:
+        return 0
+
+    def park(self) -> Optional[tuple[int, int]]:
+        if self.role == 2:
+            self.release()
+        else:
+            self._publish_head()
+        u32 = self._u32
+        seq = u32[self._seq_i]
+        u32[self._wait_i] = 1
+        _fence()
+        rc = self._ready(self._need())
+        if rc == 0 and self._gone(1):
+            rc = self._ready(self._need()) or self._gone_code()
+        if rc == 0:
+            return self._addr + self._seq_i * 4, seq
+        u32[self._wait_i] = 0
+        if rc < 0:
+            self._run(rc, _no_retry, Deadline(0.0))
+        return None
+
+    def unpark(self) -> None:
+        self._u32[self._wait_i] = 0
+
+    def _publish_head(self) -> None:
+        self._publish(L.OFF_HEAD, self.pos, L.OFF_RWAIT, L.OFF_DSEQ)
+
+    def wake(self) -> None:
+        """Wake our own calls blocked in other threads (they find _closed: EBADF)."""
+        self._closed = True
+        u32 = self._u32
+        for off in (L.OFF_DSEQ, L.OFF_SSEQ):
+            u32[off // 4] = (u32[off // 4] + 1) & 0xFFFFFFFF
+        _fence()
+        _futex_wake(self._addr + L.OFF_DSEQ)
+        _futex_wake(self._addr + L.OFF_SSEQ)
+
+    def _mark_closed(self, off: int) -> None:
+        if not self._truncated():
+            self._u32[off // 4] = L.ST_CLOSED
+            self.wake()  # and the peer
+        self._release_views()
+
+    def detach(self) -> None:
+        self._release_views()
 
 
 # ---------------------------------------------------------------------------- writer
 
 
-class WriterOps(_Ops):
+class WriterOps(_Ops, contract.NowaitSend):
     role = 1
+    _what = "Writer"
+    _peer_lock = L.LOCK_READER
 
-    def __init__(self, mm: Any, size: int, name: str, pid: int, max_message: int,
+    def __init__(self, mm: Any, size: int, fd: int, name: str, pid: int, max_message: int,
                  spin: float) -> None:
-        cap = size - HDR
-        if size <= HDR or cap < MIN_CAPACITY or cap & (cap - 1) or pid <= 0:
+        if not _valid_size(size) or pid <= 0:
             raise OSError(errno.EINVAL, os.strerror(errno.EINVAL), name)
-        super().__init__(mm, size, name)
+        cap = size - L.HEADER
+        super().__init__(mm, size, fd, name)
         self.max_message = max_message
-        self.chunk = min(cap // 16, MAX_CHUNK)
+        self._whole_max = cap // 4
+        self.chunk = min(cap // 16, L.MAX_CHUNK)
         self.spin = spin
-        self.last_len = 0
-        mm[:HDR] = bytes(HDR)
+        self.want = 0
+        mm[:L.HEADER] = bytes(L.HEADER)
         u32, u64 = self._u32, self._u64
-        u32[OFF_VERSION // 4] = VERSION
-        u64[OFF_CAPACITY // 8] = cap
-        u64[OFF_DATA // 8] = HDR
-        u64[OFF_MAXMSG // 8] = max_message
-        u32[OFF_WPID // 4] = pid
-        u32[OFF_WSTATE // 4] = ST_OPEN
+        u32[L.OFF_VERSION // 4] = L.VERSION
+        u64[L.OFF_CAPACITY // 8] = cap
+        u64[L.OFF_DATA // 8] = L.HEADER
+        u64[L.OFF_MAXMSG // 8] = max_message
+        u32[L.OFF_WPID // 4] = pid
+        u32[L.OFF_WSTATE // 4] = L.ST_OPEN
         _fence()
-        u32[OFF_MAGIC // 4] = MAGIC  # last: the header is complete
+        u32[L.OFF_MAGIC // 4] = L.MAGIC  # last: the header is complete
+        self._progress = [0]
+        self._nowait = [0]
+        self._lock = threading.Lock()
+        self.send: contract.Send = self._send_call
 
-    def _gone(self, check_pid: bool) -> bool:
-        if self._u32[OFF_RSTATE // 4] == ST_CLOSED:
-            return True
-        if not check_pid:
-            return False
-        rpid = self._u32[OFF_RPID // 4]
-        return 0 < rpid < 2**31 and pid_dead(rpid)
+    def _need(self) -> int:
+        return self.want
 
-    def _load_tail(self) -> None:
-        tail = self._u64[OFF_TAIL // 8]
+    def _ready(self, need: int) -> int:
+        if self.capacity - (self.pos - self.peer) >= need:
+            return 1
+        tail = self._u64[L.OFF_TAIL // 8]
         if tail & 7 or (self.pos - tail) % 2**64 > self.capacity or \
                 (tail - self.peer) % 2**64 > self.capacity:
-            raise _Code(FIPC_CORRUPT)
+            return FIPC_CORRUPT
         if not _TSO:
             _fence()  # the reader's last reads of that space before our writes to it
         self.peer = tail
+        return 1 if self.capacity - (self.pos - self.peer) >= need else 0
 
-    def _ready(self, need: int) -> bool:
-        if self.capacity - (self.pos - self.peer) >= need:
-            return True
-        self._load_tail()
-        return self.capacity - (self.pos - self.peer) >= need
-
-    def _reserve(self, frame: int, timeout: float, deadline: list[Optional[float]]) -> int:
+    def _reserve(self, frame: int, timeout: float, deadline: list[Deadline]) -> int:
+        """Where a frame of `frame` bytes goes (padding to the ring's end if needed), or a
+        negative status."""
         cap = self.capacity
         room = cap - (self.pos & (cap - 1))
         need = room + frame if frame > room else frame
-        if not self._ready(need):
+        rc = self._ready(need)
+        if rc < 0:
+            return rc
+        if rc == 0:
             self._publish_head()
-            if not deadline:
-                deadline.append(self._deadline(timeout))
-            self._wait(need, timeout, deadline[0])
+            if not deadline:  # made only when a call first has to wait
+                deadline.append(Deadline(timeout))
+            rc = self._wait(need, timeout, deadline[0])
+            if rc < 0:
+                self.want = need
+                return rc
         if frame > room:
-            off = HDR + (self.pos & (cap - 1))
-            _FRAME.pack_into(self._mm, off, room - FR_HDR, FR_PAD)
+            _FRAME.pack_into(self._mm, L.HEADER + (self.pos & (cap - 1)), room - L.FR_HDR,
+                             L.FR_PAD)
             self.pos += room
-        return HDR + (self.pos & (cap - 1))
+        return L.HEADER + (self.pos & (cap - 1))
 
-    def _publish_head(self) -> None:
-        self._publish(OFF_HEAD, self.pos, OFF_RWAIT, OFF_DSEQ)
+    def _put_whole(self, data: Any, n: int) -> bool:
+        """The common case, without waiting: a whole frame that fits before the ring's end,
+        with room for it. False if it is not that case (nothing written)."""
+        frame = L.FR_HDR + ((n + 7) & ~7)
+        cap = self.capacity
+        pos = self.pos
+        if frame > self._whole_max or frame > cap - (pos & (cap - 1)) or \
+                cap - (pos - self.peer) < frame:
+            return False
+        off = L.HEADER + (pos & (cap - 1))
+        mm = self._mm
+        _FRAME.pack_into(mm, off, n, L.FR_WHOLE)
+        mm[off + L.FR_HDR:off + L.FR_HDR + n] = data
+        self.pos = pos + frame
+        return True
 
-    def _put(self, data: memoryview, timeout: float, deadline: list[Optional[float]],
-             progress: list[int]) -> None:
+    def _put(self, data: Any, timeout: float, deadline: list[Deadline],
+             progress: list[int]) -> int:
         n = len(data)
         mm = self._mm
-        frame = FR_HDR + _round8(n)
+        frame = L.FR_HDR + _round8(n)
         if frame <= self.capacity // 4:
             off = self._reserve(frame, timeout, deadline)
-            _FRAME.pack_into(mm, off, n, FR_WHOLE)
-            mm[off + FR_HDR:off + FR_HDR + n] = data
+            if off < 0:
+                return off
+            _FRAME.pack_into(mm, off, n, L.FR_WHOLE)
+            mm[off + L.FR_HDR:off + L.FR_HDR + n] = data
             self.pos += frame
-            return
+            return 0
         done = progress[0]
         while done < n:
-            hdr = FIRST_HDR if done == 0 else FR_HDR
+            hdr = L.FIRST_HDR if done == 0 else L.FR_HDR
             want = min(n - done, self.chunk)
             off = self._reserve(hdr + _round8(want), timeout, deadline)
-            _FRAME.pack_into(mm, off, want, FR_FIRST if done == 0 else FR_NEXT)
+            if off < 0:
+                return off
+            _FRAME.pack_into(mm, off, want, L.FR_FIRST if done == 0 else L.FR_NEXT)
             if done == 0:
-                _TOTAL.pack_into(mm, off + FR_HDR, n)
+                _TOTAL.pack_into(mm, off + L.FR_HDR, n)
             mm[off + hdr:off + hdr + want] = data[done:done + want]
             self.pos += hdr + _round8(want)
             self._publish_head()
             done += want
             progress[0] = done
+        return 0
 
-    def _send(self, data: memoryview, timeout: float, progress: list[int]) -> None:
+    def _send(self, data: Any, timeout: float, progress: list[int]) -> int:
         if len(data) > self.max_message:
-            raise _Code(FIPC_TOOBIG)
-        if self._gone(False):
-            raise _Code(-errno.EPIPE)
-        deadline: list[Optional[float]] = []
-        self._put(data, timeout, deadline, progress)
+            return FIPC_TOOBIG
+        if self._closed:
+            return -errno.EBADF
+        if self._gone(0):
+            return -errno.EPIPE
+        rc = self._put(data, timeout, [], progress)
         self._publish_head()
+        if rc == 0:
+            progress[0] = 0
+        return rc
 
-    def make_send(self) -> Any:
-        def send(data: Any, timeout: Optional[float] = None) -> None:
-            t = -1.0 if timeout is None else check_timeout(timeout)
-            t0 = _monotonic() if t > 0 else 0.0
-            mv = _bytes_view(data)
-            progress = [0]
-            left = t
-            while True:
-                try:
-                    self._send(mv, left, progress)
-                    return
-                except _Code as c:
-                    if c.code != -errno.EINTR:
-                        self._error(c.code, t)
-                left = _left(t, t0)
-
-        return send
+    def _send_call(self, data: Any, timeout: Optional[float] = None) -> None:
+        t = -1.0 if timeout is None else check_timeout(timeout)
+        mv = data if type(data) is bytes else _bytes_view(data)
+        if len(mv) <= self.max_message and not self._closed and \
+                self._u32[self._peer_state] != _CLOSED and self._put_whole(mv, len(mv)):
+            self._publish_head()
+            return
+        progress = self._progress
+        progress[0] = 0
+        start = _monotonic() if t > 0 else 0.0
+        rc = self._send(mv, t, progress)
+        if rc:
+            try:
+                self._run(rc, lambda left: self._send(mv, left, progress),
+                          Deadline(t, start))
+            finally:
+                progress[0] = 0  # a message cut short is abandoned; the reader drops it
 
     def send_many(self, blob: bytes, lens: list[int], timeout: float) -> None:
         if any(n > self.max_message for n in lens):
-            self._error(FIPC_TOOBIG, timeout)
-        t0 = _monotonic() if timeout > 0 else 0.0
+            self._run(FIPC_TOOBIG, _no_retry, Deadline(timeout))
         mv = memoryview(blob)
-        sent = offset = 0
-        deadline: list[Optional[float]] = []
-        left = timeout
-        try:
-            if self._gone(False):
-                raise _Code(-errno.EPIPE)
-            for n in lens:
-                while True:
-                    try:
-                        self._put(mv[offset:offset + n], left, deadline, [0])
-                        break
-                    except _Code as c:
-                        if c.code != -errno.EINTR:
-                            raise
-                        left = _left(timeout, t0)
-                        deadline.clear()
-                offset += n
-                sent += 1
-        except _Code as c:
-            self._publish_head()
+        deadline = Deadline(timeout)
+        sent = [0, 0]  # messages, bytes
+
+        def attempt(left: float) -> int:
+            if self._closed:
+                return -errno.EBADF
+            if self._gone(0):
+                return -errno.EPIPE
+            step: list[Deadline] = []
+            i, off = sent
             try:
-                self._error(c.code, timeout)
-            except OSError as exc:
-                exc.messages_sent = sent  # type: ignore[attr-defined]
-                raise
+                for n in lens[i:]:
+                    data = mv[off:off + n]
+                    if not self._put_whole(data, n):
+                        rc = self._put(data, left, step, [0])
+                        if rc:
+                            return rc
+                    i += 1
+                    off += n
+                return 0
+            finally:
+                sent[0], sent[1] = i, off
+                self._publish_head()
+
+        try:
+            self._run(attempt(timeout), attempt, deadline)
+        except OSError as exc:
+            exc.messages_sent = sent[0]  # type: ignore[attr-defined]
+            raise
+
+    def send_nowait(self, data: Any) -> bool:
+        return self._nowait_sent(self._send(_bytes_view(data), 0.0, self._nowait))
+
+    def flushed(self) -> bool:
         self._publish_head()
+        if self._u64[L.OFF_TAIL // 8] == self.pos:
+            return True
+        if self._gone(1):
+            self._run(-errno.EPIPE, _no_retry, Deadline(0.0))
+        return False
+
+    def reader_attached(self) -> bool:
+        return bool(self._u32[L.OFF_RSTATE // 4] != L.ST_NONE)
 
     def close(self) -> None:
-        u32 = self._u32
-        self._u64[OFF_HEAD // 8] = self.pos
-        _fence()
-        u32[OFF_WSTATE // 4] = ST_CLOSED
-        self._wake_all()
-        self._release_views()
+        if not self._truncated():
+            self._u64[L.OFF_HEAD // 8] = self.pos
+            _fence()
+        self._mark_closed(L.OFF_WSTATE)
 
 
 def _bytes_view(data: Any) -> memoryview:
@@ -491,277 +556,344 @@ def _bytes_view(data: Any) -> memoryview:
 # ---------------------------------------------------------------------------- reader
 
 
-class ReaderOps(_Ops):
+class ReaderOps(_Ops, contract.Holds):
     role = 2
+    _what = "Reader"
+    _peer_lock = L.LOCK_WRITER
 
-    def __init__(self, mm: Any, size: int, name: str, pid: int, max_message: int,
+    def __init__(self, mm: Any, size: int, fd: int, name: str, pid: int, max_message: int,
                  spin: float) -> None:
-        if size == 0:
-            raise NotReady
-        cap = size - HDR
-        if size <= HDR or cap < MIN_CAPACITY or cap & (cap - 1):
+        if not _valid_size(size):
             raise_errno(FIPC_CORRUPT, name)
-        super().__init__(mm, size, name)
+        super().__init__(mm, size, fd, name)
         try:
             self._check_header(size, name)
         except BaseException:
             self._release_views()
             raise
         u32, u64 = self._u32, self._u64
-        tail = u64[OFF_TAIL // 8]
+        tail = u64[L.OFF_TAIL // 8]
         self.pos = self.release_pos = self.published = tail
-        self.peer = u64[OFF_HEAD // 8]
-        self.peer_pid = u32[OFF_WPID // 4]
+        self.peer = u64[L.OFF_HEAD // 8]
         self.max_message = max_message
+        self._batch = self.capacity >> 4  # released in batches of a sixteenth of the ring
         self.hold = _NO_HOLD
-        self.msg_total = self.msg_done = 0
+        self._holds: list[int] = []
+        self._stuck: list[tuple[memoryview, int]] = []
+        # a streamed message being assembled: (buffer, bytes in it, position of the frame
+        # that continues it), committed in one store; None when there is none
+        self._pending: Optional[tuple[Any, int, int]] = None
+        self._msg: Optional[bytes] = None  # taken, not yet returned
+        self._direct: Any = None  # the pending buffer when it is this recv_into's own
         self.last_len = self.last_pos = 0
+        self._off = 0
         self.spin = spin
-        u32[OFF_RPID // 4] = pid
+        u32[L.OFF_RPID // 4] = pid
         _fence()
-        u32[OFF_RSTATE // 4] = ST_OPEN
+        u32[L.OFF_RSTATE // 4] = L.ST_OPEN
+        self.recv: contract.Recv = self._recv_call
 
     def _check_header(self, size: int, name: str) -> None:
         u32, u64 = self._u32, self._u64
-        magic = u32[OFF_MAGIC // 4]
-        if magic == 0:
-            raise NotReady
+        magic = u32[L.OFF_MAGIC // 4]
         _fence()
-        cap = size - HDR
-        if magic != MAGIC or u32[OFF_VERSION // 4] != VERSION or \
-                u64[OFF_CAPACITY // 8] != cap or u64[OFF_DATA // 8] != HDR:
+        cap = size - L.HEADER
+        if magic != L.MAGIC or u32[L.OFF_VERSION // 4] != L.VERSION or \
+                u64[L.OFF_CAPACITY // 8] != cap or u64[L.OFF_DATA // 8] != L.HEADER:
             raise_errno(FIPC_CORRUPT, name)
-        wpid, wstate = u32[OFF_WPID // 4], u32[OFF_WSTATE // 4]
-        if not 0 < wpid < 2**31 or wstate not in (ST_OPEN, ST_CLOSED):
+        wpid, wstate = u32[L.OFF_WPID // 4], u32[L.OFF_WSTATE // 4]
+        if not 0 < wpid < 2**31 or wstate not in (L.ST_OPEN, L.ST_CLOSED):
             raise_errno(FIPC_CORRUPT, name)
-        if u32[OFF_RSTATE // 4] != 0:
+        if u32[L.OFF_RSTATE // 4] != L.ST_NONE:
             raise OSError(errno.EBUSY, os.strerror(errno.EBUSY), name)
-        tail, head = u64[OFF_TAIL // 8], u64[OFF_HEAD // 8]
+        tail, head = u64[L.OFF_TAIL // 8], u64[L.OFF_HEAD // 8]
         if tail & 7 or head & 7 or (head - tail) % 2**64 > cap:
             raise_errno(FIPC_CORRUPT, name)
 
-    def _gone(self, check_pid: bool) -> bool:
-        if self._u32[OFF_WSTATE // 4] == ST_CLOSED:
-            return True
-        return check_pid and pid_dead(self.peer_pid)
-
-    def _load_head(self) -> None:
-        head = self._u64[OFF_HEAD // 8]
+    def _ready(self, need: int) -> int:
+        if self.peer != self.pos:
+            return 1
+        head = self._u64[L.OFF_HEAD // 8]
         if head & 7 or (head - self.pos) % 2**64 > self.capacity or \
                 (head - self.peer) % 2**64 > self.capacity:
-            raise _Code(FIPC_CORRUPT)
+            return FIPC_CORRUPT
         if not _TSO:
             _fence()  # the counter before the data it covers
         self.peer = head
-
-    def _ready(self, need: int) -> bool:
-        if self.peer != self.pos:
-            return True
-        self._load_head()
-        return self.peer != self.pos
+        return 1 if head != self.pos else 0
 
     def release(self) -> None:
         t = min(self.release_pos, self.hold)
-        if t == self.published or (t - self.published) % 2**64 > self.capacity:
+        cur = self._u64[L.OFF_TAIL // 8]
+        if t == cur or (t - cur) % 2**64 > self.capacity:  # only ever forward
             return
         self.published = t
-        self._publish(OFF_TAIL, t, OFF_WWAIT, OFF_SSEQ)
+        self._publish(L.OFF_TAIL, t, L.OFF_WWAIT, L.OFF_SSEQ)
 
     def _lazy_release(self) -> None:
-        if self.release_pos - self.published >= self.capacity >> 4 or \
-                self._u32[OFF_WWAIT // 4]:
+        if self.release_pos - self.published >= self._batch or self._u32[_WWAIT]:
             self.release()
 
     def set_hold(self, pos: Optional[int]) -> None:
         self.hold = _NO_HOLD if pos is None else pos
-        if pos is None:
-            self.release()
+        self.release()
+
+    def _recheck(self, flag: bool) -> None:
+        self.recheck = flag
 
     def _frame(self) -> tuple[int, int, int, int, int]:
-        """(kind, length, total, data offset in the mapping, frame size), checked."""
+        """(kind, length, total, data offset in the mapping, frame size), or kind < 0: a
+        status."""
         cap = self.capacity
-        if self.pos & 7:
-            raise _Code(FIPC_CORRUPT)
         rel = self.pos & (cap - 1)
         room = cap - rel
         avail = self.peer - self.pos
-        if avail < FR_HDR:
-            raise _Code(FIPC_CORRUPT)
-        off = HDR + rel
+        if self.pos & 7 or avail < L.FR_HDR:
+            return FIPC_CORRUPT, 0, 0, 0, 0
+        off = L.HEADER + rel
         n, kind = _FRAME.unpack_from(self._mm, off)
-        hdr = FIRST_HDR if kind == FR_FIRST else FR_HDR
+        hdr = L.FIRST_HDR if kind == L.FR_FIRST else L.FR_HDR
         size = hdr + _round8(n)
-        if not FR_WHOLE <= kind <= FR_PAD or size > room or size > avail:
-            raise _Code(FIPC_CORRUPT)
-        if kind == FR_PAD and size != room:
-            raise _Code(FIPC_CORRUPT)
         total = n
-        if kind == FR_FIRST:
-            total = _TOTAL.unpack_from(self._mm, off + FR_HDR)[0]
-            if total < n or total == 0:
-                raise _Code(FIPC_CORRUPT)
+        if kind == L.FR_FIRST:
+            total = _TOTAL.unpack_from(self._mm, off + L.FR_HDR)[0]
+        if not L.FR_WHOLE <= kind <= L.FR_PAD or size > room or size > avail or \
+                (kind == L.FR_PAD and size != room) or \
+                (kind == L.FR_FIRST and (total < n or total == 0)):
+            return FIPC_CORRUPT, 0, 0, 0, 0
         return kind, n, total, off + hdr, size
 
     def _consume(self, size: int) -> None:
-        self.pos += size
-        self.release_pos = self.pos
+        pos = self.pos + size
+        self.pos = pos  # the commit: one store
+        self.release_pos = pos
 
-    def _get(self, dest: Any, timeout: float) -> Any:
-        """fipc_shm_recv(): dest None returns (offset, n) of a whole frame in place (released
-        at the next call); else copies into dest and returns n. Raises _Code."""
-        deadline: Optional[float] = None
-        waited = False
+    def _get(self, timeout: float, limit: int = -1, whole_only: bool = False,
+             into: Optional[memoryview] = None) -> int:
+        """fipc_shm_recv() into this end: the next message's length with it in place at
+        ``_off`` (a WHOLE frame, consumed by :meth:`_take`) or whole in ``_pending``'s
+        buffer; or a negative status. NEED, with nothing consumed, for a message longer
+        than ``limit`` (``whole_only``: for any streamed one). A streamed message is
+        assembled in ``into`` when given (recv_into: no second copy), else in a buffer of
+        its own."""
+        deadline: Optional[Deadline] = None
+        if self._stuck:
+            self._unstick()
         self._lazy_release()
         mm = self._mm
         while True:
-            if self.peer == self.pos and not self._ready(0):
-                if not waited:
-                    deadline = self._deadline(timeout)
-                    waited = True
-                try:
-                    self._wait(0, timeout, deadline)
-                except _Code as c:
-                    if c.code == FIPC_EOF:
-                        self.msg_total = self.msg_done = 0
-                    raise
+            if self._closed:
+                return -errno.EBADF
+            if self.peer == self.pos:
+                rc = self._ready(0)
+                if rc == 0:
+                    if deadline is None:  # made only when a call first has to wait
+                        deadline = Deadline(timeout)
+                    rc = self._wait(0, timeout, deadline)
+                if rc < 0:
+                    if rc == FIPC_EOF:
+                        self._pending = None  # a message cut short is dropped
+                    return rc
             kind, n, total, off, size = self._frame()
-            if kind == FR_PAD:
+            if kind < 0:
+                return kind
+            if kind == L.FR_PAD:
                 self._consume(size)
                 continue
-            if kind == FR_NEXT:
-                if self.msg_total == 0:
+            pend = self._pending
+            if kind == L.FR_NEXT:
+                if pend is None:  # the rest of a message its writer abandoned
                     self._consume(size)
                     self.release()
                     continue
-                if dest is None or len(dest) < self.msg_total:
-                    raise _Code(-errno.EINVAL)
-                if n > self.msg_total - self.msg_done:
-                    raise _Code(FIPC_CORRUPT)
-                dest[self.msg_done:self.msg_done + n] = mm[off:off + n]
-                self.msg_done += n
+                buf, done, at = pend
+                if self._behind(at):  # interrupted between its commit and the consume
+                    continue
+                if n > len(buf) - done:
+                    return FIPC_CORRUPT
+                buf[done:done + n] = mm[off:off + n]  # copy, then commit in one store
+                self._pending = (buf, done + n, self.pos + size)
                 self._consume(size)
                 self.release()
-                if self.msg_done == self.msg_total:
-                    total, self.msg_total, self.msg_done = self.msg_total, 0, 0
-                    return total
+                if done + n == len(buf):
+                    return len(buf)
                 continue
-            self.msg_total = self.msg_done = 0
+            # a new message: one that was being assembled was abandoned by its writer
+            if pend is not None:
+                if self._behind(pend[2]):
+                    continue
+                if pend[1] == len(pend[0]):  # whole already, not taken yet
+                    return len(pend[0])
+                self._pending = None
+            self.last_len = total
             if total > self.max_message:  # dropped: later messages flow
-                self.last_len = total
                 self._consume(size)
                 self.release()
-                raise _Code(FIPC_TOOBIG)
-            if kind == FR_WHOLE:
-                self.last_len = n
+                return FIPC_TOOBIG
+            if (0 <= limit < total) or (whole_only and kind == L.FR_FIRST):
+                return NEED
+            if kind == L.FR_WHOLE:
                 self.last_pos = self.pos
-                if dest is None:
-                    self._consume(size)
-                    return off, n
-                if len(dest) < n:
-                    raise _Code(NEED)
-                dest[:n] = mm[off:off + n]
-                self._consume(size)
-                self._lazy_release()
+                self._off = off
                 return n
-            self.last_len = total
-            if dest is None or len(dest) < total:
-                raise _Code(NEED)
-            dest[:n] = mm[off:off + n]
-            self.msg_total, self.msg_done = total, n
+            buf = bytearray(total) if into is None else into[:total]
+            if into is not None:
+                self._direct = buf
+            buf[:n] = mm[off:off + n]
+            self._pending = (buf, n, self.pos + size)
             self._consume(size)
             self.release()
             if n == total:
-                self.msg_total = self.msg_done = 0
                 return total
 
-    def _call(self, dest: Any, timeout: float) -> Any:
-        t0 = _monotonic() if timeout > 0 else 0.0
-        t = timeout
-        while True:
-            try:
-                return self._get(dest, t)
-            except _Code as c:
-                if c.code != -errno.EINTR:
-                    self._error(c.code, timeout)
-            t = _left(timeout, t0)
+    def _behind(self, at: int) -> bool:
+        """A streamed message's commit is ahead of pos (a call was interrupted between the
+        two): catch up, and say so."""
+        if 0 < (at - self.pos) % 2**64 <= self.capacity:
+            self.pos = self.release_pos = at
+            return True
+        return False
 
-    def make_recv(self, slow: Any) -> Any:
-        mm = self._mm
+    def _take(self, n: int, into: Any = None) -> Any:
+        """The message the last _get found, copied out (into ``into`` if given, else as
+        bytes) before its space is consumed: an interruption in between leaves it queued."""
+        pend = self._pending
+        if pend is not None and pend[1] == len(pend[0]) == n:
+            data: Any = pend[0]
+            if into is not None and data is not self._direct:
+                into[:n] = data
+            self._pending = None
+            return data
+        off = self._off
+        if into is not None:
+            into[:n] = self._mv[off:off + n]
+            data = None
+        else:
+            data = self._mm[off:off + n]
+        self._consume(L.FR_HDR + _round8(n))
+        return data
 
-        def recv(timeout: Optional[float] = None) -> bytes:
-            t = -1.0 if timeout is None else check_timeout(timeout)
-            t0 = _monotonic() if t > 0 else 0.0
-            try:
-                off, n = self._get(None, t)
-            except _Code as c:
-                return slow(c.code, t, t0)  # type: ignore[no-any-return]
-            return mm[off:off + n]  # type: ignore[no-any-return]
+    def _attempt(self, t: float) -> int:
+        if self._msg is not None:  # taken, but its call was interrupted before returning it
+            return len(self._msg)
+        n = self._get(t)
+        if n >= 0:
+            self._msg = bytes(self._take(n))
+        return n
 
-        return recv
-
-    def finish(self, n: int, timeout: float, t0: float) -> bytes:
-        if n == -errno.EINTR:
-            return self.recv(_left(timeout, t0))
-        self._error(n, timeout)
-        raise AssertionError("unreachable")
-
-    def recv(self, timeout: float) -> bytes:
-        off, n = self._call(None, timeout)
-        return self._mm[off:off + n]  # type: ignore[no-any-return]
+    def _recv_call(self, timeout: Optional[float] = None) -> bytes:
+        t = -1.0 if timeout is None else check_timeout(timeout)
+        if self._msg is None and self._pending is None and not self._stuck and \
+                not self._closed and (self.peer != self.pos or self._ready(0) > 0):
+            # the common case inline: a whole frame published already
+            kind, n, total, off, size = self._frame()
+            if kind == L.FR_WHOLE and total <= self.max_message:
+                got: bytes = self._mm[off:off + n]  # copied out, then consumed
+                pos = self.pos + size
+                self.pos = pos
+                self.release_pos = pos
+                if pos - self.published >= self._batch or self._u32[_WWAIT]:
+                    self.release()
+                return got
+        start = _monotonic() if t > 0 else 0.0
+        n = self._attempt(t)
+        if n < 0:
+            self._run(n, self._attempt, Deadline(t, start))
+        msg, self._msg = self._msg, None
+        return msg  # type: ignore[return-value]
 
     def recv_into(self, buffer: Any, timeout: float) -> int:
         dest = memoryview(buffer).cast("B")
+        cap = dest.nbytes
+        self._direct = None  # a part assembled in another call's buffer is copied over
+
+        def attempt(t: float) -> int:
+            if self._msg is not None:
+                n = len(self._msg)
+                if n > cap:
+                    self._too_small(cap, n)
+                dest[:n] = self._msg
+                self._msg = None
+                return n
+            pend = self._pending
+            if pend is not None and len(pend[0]) > cap:
+                self._too_small(cap, len(pend[0]))
+            n = self._get(t, cap, into=dest)
+            if n == NEED:
+                self._too_small(cap, self.last_len)
+            if n >= 0:
+                self._take(n, dest)
+            return n
+
         try:
-            return int(self._call(dest, timeout))
+            start = _monotonic()
+            n = attempt(timeout)
+            return n if n >= 0 else self._run(n, attempt, Deadline(timeout, start))
         finally:
             dest.release()
 
-    def in_progress(self) -> tuple[int, int]:
-        return (self.msg_done, self.msg_total) if self.msg_total else (0, 0)
-
-    def view(self, timeout: float) -> tuple[int, int, int]:
-        off, n = self._call(None, timeout)
-        return off, n, self.last_pos
-
     @staticmethod
-    def new_buffer(n: int) -> Any:
-        return bytearray(n)
+    def _too_small(cap: int, n: int) -> None:
+        raise ValueError(f"buffer of {cap} bytes is too small for the next message "
+                         f"({n} bytes); it stays queued")
 
-    @staticmethod
-    def finish_buffer(buf: Any, n: int) -> bytes:
-        return bytes(memoryview(buf)[:n])
+    def recv_view(self, timeout: float) -> tuple[memoryview, Optional[int]]:
+        if self._msg is not None or self._pending is not None:
+            return memoryview(self._recv_call(None if timeout < 0 else timeout)), None
+        start = _monotonic()
+        n = self._get(timeout, whole_only=True)
+        if n < 0 and n != NEED:
+            n = self._run(n, lambda t: self._get(t, whole_only=True), Deadline(timeout, start))
+        if n == NEED:  # streamed: assembled, so a copy
+            return memoryview(self._recv_call(None if timeout < 0 else timeout)), None
+        pos, off = self.pos, self._off
+        self._hold(pos)
+        self._consume(L.FR_HDR + _round8(n))
+        return self._mv[off:off + n].toreadonly(), pos
 
     def recv_many(self, max_messages: int, timeout: float) -> list[bytes]:
+        return self._more([self._recv_call(None if timeout < 0 else timeout)], max_messages)
+
+    def _more(self, out: list[bytes], max_messages: int) -> list[bytes]:
+        """``out`` and what else is queued whole, up to ``max_messages``, without waiting;
+        anything else (a streamed message, an error) is left for the next call."""
         mm = self._mm
-        out: list[bytes] = []
-        if self.msg_total:
-            raise Need(self.msg_total)
-        try:
-            off, n = self._call(None, timeout)
-        except Need:
-            raise
-        out.append(mm[off:off + n])
-        try:
+        if self._pending is None:
             while len(out) < max_messages:
-                if self.peer == self.pos and not self._ready(0):
+                if self.peer == self.pos and self._ready(0) <= 0:
                     break
                 kind, n, total, off, size = self._frame()
-                if kind in (FR_PAD, FR_NEXT):
+                if kind == L.FR_PAD:
                     self._consume(size)
                     continue
-                if kind == FR_FIRST or total > self.max_message:
+                if kind != L.FR_WHOLE or total > self.max_message:
                     break
-                out.append(mm[off:off + n])
+                out.append(mm[off:off + n])  # copied out, then consumed
                 self._consume(size)
-        except _Code as c:
-            self._error(c.code, timeout)
         self._lazy_release()
         return out
 
+    def recv_nowait(self) -> Optional[bytes]:
+        n = self._attempt(0.0)
+        if n >= 0:
+            msg, self._msg = self._msg, None
+            return msg
+        if n in (_EAGAIN, _EINTR):
+            return None
+        self._run(n, _no_retry, Deadline(0.0))
+        return None
+
+    def recv_many_nowait(self, max_messages: int) -> Optional[list[bytes]]:
+        first = self.recv_nowait()
+        return None if first is None else self._more([first], max_messages)
+
     def close(self) -> None:
         self.hold = _NO_HOLD
-        self.release()
-        u32 = self._u32
-        u32[OFF_RSTATE // 4] = ST_CLOSED
-        self._wake_all()
-        self._release_views()
+        if not self._truncated():
+            self.release()
+        self._mark_closed(L.OFF_RSTATE)
+
+
+if TYPE_CHECKING:
+    _check_writer: type[contract.WriterOps] = WriterOps
+    _check_reader: type[contract.ReaderOps] = ReaderOps

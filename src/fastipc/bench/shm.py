@@ -16,17 +16,23 @@ is the other end; they meet through a ``multiprocessing.Pipe`` only to say "read
   streamed through the default 1 MiB ring in 64 KiB chunks, copied in and out as the C ring
   does; ``multiprocessing.shared_memory``: copy in, signal over a pipe, copy out, ack).
 
+- **awaited ping-pong / stream 64 B**: the same two workloads with both processes on an
+  asyncio event loop: fastipc's ``send_async``/``recv_async``, against asyncio and uvloop
+  streams over a Unix socket (each message framed with a 4-byte length, read with
+  ``readexactly``; the stream drains every 256 messages).
+
 C rows (``bench/c/shm_ring.c``, ``bench/c/memcpy.c``) are the same work with no Python: a
 busy-polling SPSC ring in shared memory, and one core's memcpy.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import multiprocessing as mp
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from contextlib import contextmanager
 from functools import partial
 from multiprocessing.connection import Connection
@@ -189,6 +195,170 @@ def fastipc_bulk(backend: str, size: int, count: int) -> float:
     return _two(child, parent)
 
 
+# ---------------------------------------------------------------------------- awaited
+
+
+def _loop_run(loop: str, main: Callable[[], Awaitable[Any]]) -> Any:
+    """Run ``main()`` on a fresh event loop: ``"asyncio"`` or ``"uvloop"``."""
+    if loop == "uvloop":
+        return optional("uvloop").run(main())
+    return asyncio.run(main())  # type: ignore[arg-type]
+
+
+def fastipc_awaited_pingpong(backend: str, rounds: int) -> float:
+    from fastipc import shm
+
+    ping, pong = _name(), _name()
+
+    def child(conn: Connection) -> None:
+        async def main() -> None:
+            with shm.Reader(ping, timeout=10, backend=backend) as r, \
+                    shm.Writer(pong, capacity=1 << 16, backend=backend) as w:
+                conn.send("ready")
+                for _ in range(rounds):
+                    await w.send_async(await r.recv_async())
+                conn.recv()
+
+        asyncio.run(main())
+
+    def parent(conn: Connection) -> float:
+        async def main() -> float:
+            with shm.Writer(ping, capacity=1 << 16, backend=backend) as w, \
+                    shm.Reader(pong, timeout=10, backend=backend) as r:
+                conn.recv()
+                t0 = now()
+                for _ in range(rounds):
+                    await w.send_async(MSG)
+                    await r.recv_async()
+                dt = now() - t0
+                conn.send("done")
+                return dt / rounds * 1e6
+
+        return asyncio.run(main())
+
+    return _two(child, parent)
+
+
+def fastipc_awaited_stream(backend: str, count: int) -> float:
+    from fastipc import shm
+
+    name = _name()
+
+    def child(conn: Connection) -> None:
+        async def main() -> None:
+            with shm.Reader(name, timeout=10, backend=backend) as r:
+                conn.send("ready")
+                for _ in range(count):
+                    await r.recv_async()
+                conn.send("done")
+
+        asyncio.run(main())
+
+    def parent(conn: Connection) -> float:
+        async def main() -> float:
+            with shm.Writer(name, backend=backend) as w:
+                conn.recv()
+                t0 = now()
+                for _ in range(count):
+                    await w.send_async(MSG)
+                conn.recv()
+                return count / (now() - t0)
+
+        return asyncio.run(main())
+
+    return _two(child, parent)
+
+
+FRAME = len(MSG).to_bytes(4, "big") + MSG
+
+
+async def _read_frame(reader: asyncio.StreamReader) -> bytes:
+    n = int.from_bytes(await reader.readexactly(4), "big")
+    return await reader.readexactly(n)
+
+
+def _streams(loop: str, serve: Callable[[asyncio.StreamReader, asyncio.StreamWriter],
+                                        Awaitable[None]],
+             client: Callable[[asyncio.StreamReader, asyncio.StreamWriter, Connection],
+                              Awaitable[float]]) -> float:
+    """A Unix stream server running ``serve`` in the child, ``client`` in the parent."""
+    path = f"/tmp/{_name()}.sock"
+
+    def child(conn: Connection) -> None:
+        async def main() -> None:
+            done = asyncio.Event()
+
+            async def handle(reader: asyncio.StreamReader,
+                             writer: asyncio.StreamWriter) -> None:
+                await serve(reader, writer)
+                conn.send("done")
+                writer.close()
+                done.set()
+
+            server = await asyncio.start_unix_server(handle, path)
+            conn.send("ready")
+            await done.wait()
+            server.close()
+
+        _loop_run(loop, main)
+
+    def parent(conn: Connection) -> float:
+        async def main() -> float:
+            conn.recv()
+            reader, writer = await asyncio.open_unix_connection(path)
+            try:
+                return await client(reader, writer, conn)
+            finally:
+                writer.close()
+
+        return _loop_run(loop, main)  # type: ignore[no-any-return]
+
+    try:
+        return _two(child, parent)
+    finally:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
+def streams_pingpong(loop: str, rounds: int) -> float:
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for _ in range(rounds):
+            writer.write(len(MSG).to_bytes(4, "big") + await _read_frame(reader))
+
+    async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                     conn: Connection) -> float:
+        t0 = now()
+        for _ in range(rounds):
+            writer.write(FRAME)
+            await _read_frame(reader)
+        dt = now() - t0
+        conn.recv()
+        return dt / rounds * 1e6
+
+    return _streams(loop, serve, client)
+
+
+def streams_stream(loop: str, count: int) -> float:
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for _ in range(count):
+            await _read_frame(reader)
+
+    async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                     conn: Connection) -> float:
+        t0 = now()
+        for i in range(count):
+            writer.write(FRAME)
+            if i % 256 == 255:
+                await writer.drain()
+        await writer.drain()  # a transport may still hold data: wait off the loop
+        await asyncio.get_running_loop().run_in_executor(None, conn.recv)
+        return count / (now() - t0)
+
+    return _streams(loop, serve, client)
+
+
 # ---------------------------------------------------------------------------- peers
 
 
@@ -280,15 +450,11 @@ def zmq_stream(count: int) -> float:
     path = f"ipc:///tmp/{_name()}"
 
     def child(conn: Connection) -> None:
-        ctx = zmq.Context()
-        s = ctx.socket(zmq.PULL)
-        s.connect(path)
-        _drain(conn, s.recv, count)
-        s.close(0)
-        ctx.term()
+        with _zmq_socket(zmq, zmq.PULL, path, bind=False) as s:
+            _drain(conn, s.recv, count)
 
     def parent(conn: Connection) -> float:
-        with _zmq_bound(zmq, zmq.PUSH, path) as s:
+        with _zmq_socket(zmq, zmq.PUSH, path) as s:
             return count / _flood(conn, s.send, count)
 
     return _two(child, parent)
@@ -299,35 +465,33 @@ def zmq_pingpong(rounds: int) -> float:
     path = f"ipc:///tmp/{_name()}"
 
     def child(conn: Connection) -> None:
-        ctx = zmq.Context()
-        s = ctx.socket(zmq.PAIR)
-        s.connect(path)
-        _echo(conn, s.recv, s.send, rounds)
-        s.close(0)
-        ctx.term()
+        with _zmq_socket(zmq, zmq.PAIR, path, bind=False) as s:
+            _echo(conn, s.recv, s.send, rounds)
 
     def parent(conn: Connection) -> float:
-        with _zmq_bound(zmq, zmq.PAIR, path) as s:
+        with _zmq_socket(zmq, zmq.PAIR, path) as s:
             return _ping(conn, s.send, s.recv, rounds)
 
     return _two(child, parent)
 
 
 @contextmanager
-def _zmq_bound(zmq: Any, kind: int, path: str) -> Iterator[Any]:
-    """A socket bound to ``path``; closed, and the socket file removed, afterwards."""
+def _zmq_socket(zmq: Any, kind: int, path: str, bind: bool = True) -> Iterator[Any]:
+    """A socket bound to ``path`` (or connected to it); closed afterwards, and the socket
+    file of a bound one removed."""
     ctx = zmq.Context()
     s = ctx.socket(kind)
-    s.bind(path)
+    (s.bind if bind else s.connect)(path)
     try:
         yield s
     finally:
         s.close(0)
         ctx.term()
-        try:
-            os.unlink(path[len("ipc://"):])
-        except FileNotFoundError:
-            pass
+        if bind:
+            try:
+                os.unlink(path[len("ipc://"):])
+            except FileNotFoundError:
+                pass
 
 
 def mp_shared_memory_bulk(size: int, count: int) -> float:
@@ -466,6 +630,18 @@ def cases(quick: bool) -> list[Case]:
     add(w, "faster-fifo", "msg/s", lambda: ff_stream(slow_n // 2))
     add(w, "pyzmq ipc://", "msg/s", lambda: zmq_stream(slow_n))
     add(w, "C shm ring", "msg/s", lambda: run_c("shm_ring", "stream"))
+
+    w = "awaited ping-pong 64 B"
+    add(w, "fastipc native", "us", lambda: fastipc_awaited_pingpong("native", rounds))
+    add(w, "fastipc pure", "us", lambda: fastipc_awaited_pingpong("pure", rounds // 4))
+    add(w, "asyncio streams (Unix)", "us", lambda: streams_pingpong("asyncio", rounds // 8))
+    add(w, "uvloop streams (Unix)", "us", lambda: streams_pingpong("uvloop", rounds // 8))
+
+    w = "awaited stream 64 B"
+    add(w, "fastipc native", "msg/s", lambda: fastipc_awaited_stream("native", slow_n * 4))
+    add(w, "fastipc pure", "msg/s", lambda: fastipc_awaited_stream("pure", slow_n))
+    add(w, "asyncio streams (Unix)", "msg/s", lambda: streams_stream("asyncio", slow_n))
+    add(w, "uvloop streams (Unix)", "msg/s", lambda: streams_stream("uvloop", slow_n))
 
     w = "batch 64 B"
     add(w, "fastipc native", "msg/s", lambda: fastipc_batch("native", batch_n))

@@ -1,0 +1,192 @@
+"""The shm channel's backend contract: what ``fastipc.shm`` asks of ``fastipc._native.shm``
+and ``fastipc._pure.shm``, at the grain of one user operation.
+
+Each backend module provides ``WriterOps`` and ``ReaderOps`` classes built from a mapping
+the public class owns; both are checked against these Protocols by mypy (``_check_*`` at the
+end of each backend module). Everything about the binary layout, the reassembly of streamed
+messages and the waits lives below this line; the public classes above it validate
+arguments, own the life cycle (``_core.Handle``) and never read the mapping.
+
+Conventions: ``timeout`` is the C convention of ``_core.check_timeout`` (-1.0 forever, 0 try
+once); errors are raised as the exceptions of ``_core.raise_errno``; a call of an end closed
+by another thread raises ``ValueError``. Async attempts (``*_nowait``) never wait: they
+return ``None`` / ``False`` when they would have to.
+"""
+
+from __future__ import annotations
+
+import errno
+from typing import Any, Callable, Optional, Protocol
+
+from fastipc._core import Deadline, closed_error, retry
+
+Send = Callable[..., None]  # send(data, timeout=None): the hot path, one C call
+Recv = Callable[..., bytes]  # recv(timeout=None): the hot path, one C call
+
+
+class EndOps(Protocol):
+    """What both ends provide."""
+
+    name: str
+
+    @property
+    def spin(self) -> float: ...
+
+    @spin.setter
+    def spin(self, value: float) -> None: ...
+
+    def stats(self) -> tuple[int, int]:
+        """(waits that ended while spinning, waits that slept)"""
+
+    def park(self) -> Optional[tuple[int, int]]:
+        """Async waits: raise this end's sleeping flag (the peer's ordinary wake-up path then
+        bumps the futex word) and return (address of the futex word, value it holds), or
+        None if what we wait for is there already. EOFError / BrokenPipeError if the peer
+        has gone."""
+
+    def unpark(self) -> None:
+        """Lower the sleeping flag again."""
+
+    def wake(self) -> None:
+        """Make calls of this end blocked in other threads return (they raise ValueError)."""
+
+    def close(self) -> None:
+        """Tell the peer this end closed, and let go of the mapping once no call is in it."""
+
+    def detach(self) -> None:
+        """Let go of the mapping without telling the peer (a copy inherited through fork)."""
+
+
+class WriterOps(EndOps, Protocol):
+    send: Send
+
+    def send_many(self, blob: bytes, lens: list[int], timeout: float) -> None:
+        """Messages stored back to back in ``blob``; the error's ``messages_sent`` says how
+        many went."""
+
+    def send_nowait(self, data: Any) -> bool:
+        """One attempt at sending ``data`` whole: True once it is all in the ring. False if
+        the ring is full; a streamed message keeps its progress for the next attempt with
+        the same data, until :meth:`abandon`."""
+
+    def abandon(self) -> None:
+        """Give up a message that ``send_nowait`` left half-streamed (the reader drops it)."""
+
+    def flushed(self) -> bool:
+        """Whether the reader has taken everything sent; BrokenPipeError if it has gone."""
+
+    def reader_attached(self) -> bool: ...
+
+
+class ReaderOps(EndOps, Protocol):
+    recv: Recv
+
+    def recv_into(self, buffer: Any, timeout: float) -> int:
+        """The next message into ``buffer``; ValueError if it does not fit (it stays
+        queued)."""
+
+    def recv_view(self, timeout: float) -> tuple[memoryview, Optional[int]]:
+        """The next message as a read-only view, and the ring position it holds until
+        :meth:`release_view` (None: the view is a copy, nothing is held)."""
+
+    def release_view(self, view: memoryview, pos: Optional[int]) -> None:
+        """Release a view of :meth:`recv_view`; still exported (``numpy.frombuffer``...),
+        its space stays held until the export goes, which the reader's calls look at."""
+
+    def recv_many(self, max_messages: int, timeout: float) -> list[bytes]: ...
+
+    def recv_nowait(self) -> Optional[bytes]:
+        """The next message if one is whole in the ring, else None (nothing consumed)."""
+
+    def recv_many_nowait(self, max_messages: int) -> Optional[list[bytes]]: ...
+
+
+class Retrying:
+    """What both backends' ends share: the slow path of every call."""
+
+    name: str
+    _what = "channel end"
+
+    def _run(self, rc: int, attempt: Callable[[float], int], deadline: Deadline) -> int:
+        """The slow path after a first attempt returned ``rc``: ``_core.retry`` (EINTR
+        retried with the time left, statuses mapped to exceptions), with EBADF (this end
+        closed by another thread) as ValueError."""
+        try:
+            return retry(rc, attempt, deadline, self.name)
+        except OSError as exc:
+            if exc.errno == errno.EBADF:
+                raise closed_error(self._what) from None
+            raise
+
+
+class Holds:
+    """What both readers share about views into the ring (``recv_view``): the positions
+    held, and the views still exported after their ``with`` block, retried by every call
+    (:meth:`_unstick`) until their export goes. The backend provides ``set_hold(pos)`` (pos
+    None: no hold) and ``_recheck(flag)`` (while set, a wait looks up every few ms: -EINTR)."""
+
+    _holds: list[int]
+    _stuck: list[tuple[memoryview, int]]
+
+    def set_hold(self, pos: Optional[int]) -> None:
+        raise NotImplementedError
+
+    def _recheck(self, flag: bool) -> None:
+        raise NotImplementedError
+
+    def _hold(self, pos: int) -> None:
+        self._holds.append(pos)
+        if len(self._holds) == 1:
+            self.set_hold(pos)
+
+    def release_view(self, view: memoryview, pos: Optional[int]) -> None:
+        try:
+            view.release()
+        except BufferError:
+            if pos is not None:
+                self._stuck.append((view, pos))
+                self._recheck(True)
+            return
+        if pos is not None:
+            self._unhold(pos)
+
+    def _unhold(self, pos: int) -> None:
+        self._holds.remove(pos)
+        self.set_hold(min(self._holds) if self._holds else None)
+
+    def _unstick(self) -> None:
+        """Hand back the space of exported views whose export has gone."""
+        for item in list(self._stuck):
+            try:
+                item[0].release()
+            except BufferError:
+                continue
+            self._stuck.remove(item)
+            self._unhold(item[1])
+        if not self._stuck:
+            self._recheck(False)
+
+
+class NowaitSend(Retrying):
+    """What both writers share about ``send_nowait``: the progress of a streamed message
+    kept between attempts (``_nowait[0]``, bytes sent), and what a status means."""
+
+    _nowait: Any
+
+    def _nowait_sent(self, rc: int) -> bool:
+        """True: sent whole; False: the ring is full (progress kept); else raise."""
+        if rc == 0:
+            return True
+        if rc in (-errno.ETIMEDOUT, -errno.EINTR):
+            return False
+        self._nowait[0] = 0
+        self._run(rc, _no_retry, Deadline(0.0))
+        return False
+
+    def abandon(self) -> None:
+        self._nowait[0] = 0
+
+
+def _no_retry(left: float) -> int:
+    return -errno.EAGAIN  # never called: _run is given a status that is not EINTR
+

@@ -1,0 +1,255 @@
+"""fastipc._aio on its own: futex words woken by threads and by other processes, on asyncio
+and uvloop, with both implementations of the helper thread's futex_waitv (C and ctypes)."""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import mmap
+import os
+import platform
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any, Callable
+
+import pytest
+
+from fastipc import _aio, _core
+from fastipc._core import Deadline
+from helpers import run_python
+
+_SYS_FUTEX = {"x86_64": 202, "aarch64": 98}.get(platform.machine(), 202)
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+
+def _wake(address: int) -> None:
+    _libc.syscall(_SYS_FUTEX, ctypes.c_void_p(address), 1, 0x7FFFFFFF, None, None, 0)
+
+
+class Word:
+    """A futex word in shared memory with a 'ready' flag beside it, as a ring has."""
+
+    def __init__(self, mm: Any, offset: int = 0) -> None:
+        self.words = (ctypes.c_uint32 * 2).from_buffer(mm, offset)
+        self.address = ctypes.addressof(self.words)
+        self.parks = 0
+
+    def attempt(self) -> Any:
+        return "ready" if self.words[1] else _aio.NOT_READY
+
+    def park(self) -> Any:
+        self.parks += 1
+        if self.words[1]:
+            return None
+        return self.address, self.words[0]
+
+    def unpark(self) -> None:
+        pass
+
+    def close(self) -> None:
+        del self.words  # the export of the mapping goes with it
+
+    def fire(self) -> None:
+        self.words[1] = 1
+        self.words[0] += 1
+        _wake(self.address)
+
+
+@pytest.fixture(params=["native", "ctypes"])
+def waitv(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Each test runs with the helper thread on the C futex_waitv and on the ctypes one."""
+    waiter = _aio._Waiter()
+    waiter._waitv = _aio._native_waitv() if request.param == "native" else _aio._ctypes_waitv()
+    monkeypatch.setattr(_aio, "_waiter", waiter)
+    yield str(request.param)
+    assert not waiter._entries  # every parked entry was removed
+
+
+@pytest.fixture(scope="session")
+def loops_ready() -> None:
+    """uvloop opens a pipe of its own for the process on its first run: open it before the
+    leak check looks (session fixtures come first)."""
+    try:
+        import uvloop
+    except ImportError:
+        return
+
+    async def nothing() -> None:
+        pass
+
+    uvloop.run(nothing())
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def run(request: pytest.FixtureRequest, loops_ready: None) -> Callable[[Any], Any]:
+    if request.param == "uvloop":
+        uvloop = pytest.importorskip("uvloop")
+        return lambda coro: uvloop.run(coro)  # type: ignore[no-any-return]
+    return asyncio.run
+
+
+class Ticker:
+    """A coroutine that ticks every ``period`` seconds on the running loop and keeps the
+    largest gap between two ticks: what a blocked loop shows."""
+
+    def __init__(self, period: float = 0.002) -> None:
+        self.period = period
+        self.gap = 0.0
+        self.task = asyncio.ensure_future(self._run())
+
+    async def _run(self) -> None:
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(self.period)
+            now = time.monotonic()
+            self.gap = max(self.gap, now - last)
+            last = now
+
+    def stop(self) -> float:
+        self.task.cancel()
+        return self.gap
+
+
+def _shared(size: int = 4096) -> mmap.mmap:
+    return mmap.mmap(-1, size, mmap.MAP_SHARED)
+
+
+def test_ready_at_once_never_parks(waitv: str, run: Any) -> None:
+    mm = _shared()
+    word = Word(mm)
+    word.words[1] = 1
+    assert run(_aio.wait(word.attempt, word.park, word.unpark, Deadline.of(1))) == "ready"
+    assert word.parks == 0
+    word.close()
+    mm.close()
+
+
+def test_woken_by_a_thread_without_blocking_the_loop(waitv: str, run: Any) -> None:
+    mm = _shared()
+    word = Word(mm)
+
+    async def main() -> tuple[Any, float]:
+        tick = Ticker()
+        threading.Timer(0.3, word.fire).start()
+        t0 = time.monotonic()
+        got = await _aio.wait(word.attempt, word.park, word.unpark, Deadline.of(5),
+                              spin=_aio.Spin())
+        assert 0.25 < time.monotonic() - t0 < 2
+        return got, tick.stop()
+
+    got, gap = run(main())
+    assert got == "ready"
+    assert gap < 0.05, f"the loop was blocked for {gap:.3f} s"
+    word.close()
+    mm.close()
+
+
+def test_many_waiters_each_woken(waitv: str, run: Any) -> None:
+    mm = _shared()
+    words = [Word(mm, 8 * i) for i in range(60)]
+
+    async def main() -> list[Any]:
+        tasks = [asyncio.ensure_future(_aio.wait(w.attempt, w.park, w.unpark, Deadline.of(10)))
+                 for w in words]
+        await asyncio.sleep(0.1)
+        for w in reversed(words):
+            threading.Thread(target=w.fire).start()
+        return await asyncio.gather(*tasks)
+
+    assert run(main()) == ["ready"] * len(words)
+    for w in words:
+        w.close()
+    mm.close()
+
+
+def test_timeout_and_cancel_remove_the_entry(waitv: str, run: Any) -> None:
+    mm = _shared()
+    word = Word(mm)
+
+    async def main() -> None:
+        t0 = time.monotonic()
+        with pytest.raises(TimeoutError):
+            await _aio.wait(word.attempt, word.park, word.unpark, Deadline.of(0.2), name="w")
+        assert 0.15 < time.monotonic() - t0 < 2
+        task = asyncio.ensure_future(_aio.wait(word.attempt, word.park, word.unpark,
+                                               Deadline.of(None)))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        with pytest.raises(TimeoutError):
+            await _aio.wait(word.attempt, word.park, word.unpark, Deadline.of(0))
+
+    run(main())
+    word.close()
+    mm.close()
+
+
+def test_recheck_parks_again_when_nobody_wakes(waitv: str, run: Any) -> None:
+    """A peer that died without waking: park() runs again every `recheck` seconds, which is
+    where a ring notices it."""
+    mm = _shared()
+    word = Word(mm)
+
+    def park() -> Any:
+        if word.parks >= 4:
+            raise EOFError("the peer has gone")
+        return word.park()
+
+    async def main() -> None:
+        with pytest.raises(EOFError):
+            await _aio.wait(word.attempt, park, word.unpark, Deadline.of(5), recheck=0.05)
+
+    t0 = time.monotonic()
+    run(main())
+    assert time.monotonic() - t0 < 2 and word.parks == 4
+    word.close()
+    mm.close()
+
+
+def test_woken_by_another_process(waitv: str, run: Any, tmp_path: Any) -> None:
+    path = tmp_path / "word"
+    path.write_bytes(bytes(4096))
+    with open(path, "r+b") as f:
+        mm = mmap.mmap(f.fileno(), 4096)
+    word = Word(mm)
+
+    async def main() -> Any:
+        task = asyncio.ensure_future(_aio.wait(word.attempt, word.park, word.unpark,
+                                               Deadline.of(10)))
+        await asyncio.sleep(0.1)
+        out = await asyncio.get_running_loop().run_in_executor(None, lambda: run_python(
+            """
+            import ctypes, mmap, sys
+            with open(sys.argv[1], "r+b") as f:
+                mm = mmap.mmap(f.fileno(), 4096)
+            words = (ctypes.c_uint32 * 2).from_buffer(mm)
+            words[1] = 1
+            words[0] += 1
+            libc = ctypes.CDLL(None)
+            libc.syscall(202, ctypes.c_void_p(ctypes.addressof(words)), 1, 1, None, None, 0)
+            """, str(path)))
+        assert out.returncode == 0, out.stderr
+        return await task
+
+    assert run(main()) == "ready"
+    word.close()
+    mm.close()
+
+
+def test_native_waitv_reports_a_changed_word() -> None:
+    ffi, lib = _core.native()
+    vec = (_aio._Waitv * 1)()
+    value = ctypes.c_uint32(5)
+    vec[0].uaddr = ctypes.addressof(value)
+    vec[0].val = 4  # not what the word holds
+    vec[0].flags = _aio._FUTEX_32 | _aio._FUTEX_PRIVATE
+    rc = lib.fipc_aio_waitv(ffi.cast("void *", ctypes.addressof(vec)), 1, 1.0)
+    assert rc == -11  # EAGAIN
+    vec[0].val = 5
+    t0 = time.monotonic()
+    assert lib.fipc_aio_waitv(ffi.cast("void *", ctypes.addressof(vec)), 1, 0.05) == -110
+    assert time.monotonic() - t0 >= 0.04
+    assert os.uname().release  # a kernel with futex_waitv (5.16+) is what these tests need

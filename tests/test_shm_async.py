@@ -1,0 +1,320 @@
+"""The shm channel's awaitables (Writer.send_async, Reader.recv_async, recv_many_async) on
+asyncio and uvloop: data across processes with a blocking peer on one side and an awaiting
+one on the other, both ways and across backends; timeouts; cancellation that loses nothing;
+a dead peer; close while awaiting; and a loop that is never blocked while waiting."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+import time
+from typing import Any
+
+import pytest
+
+import test_aio
+from fastipc import shm
+from helpers import start_python
+from test_shm import running
+
+# the same event loops as test_aio: asyncio and uvloop
+loops_ready = test_aio.loops_ready
+run = test_aio.run
+
+
+def _msg(i: int) -> bytes:
+    """Message i: its number, then a body whose size crosses the streaming threshold."""
+    return i.to_bytes(4, "little") + bytes([i % 251]) * ((i * 37) % 3000)
+
+
+def _check(i: int, m: bytes) -> None:
+    assert m == _msg(i), f"message {i} corrupted"
+
+
+BLOCKING_WRITER = """
+import sys, time
+from fastipc import shm
+name, backend, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+def msg(i):
+    return i.to_bytes(4, "little") + bytes([i % 251]) * ((i * 37) % 3000)
+with shm.Writer(name, capacity=4096, backend=backend) as w:
+    print("ready", flush=True)
+    for i in range(count):
+        w.send(msg(i), timeout=30)
+        if i % 97 == 0:
+            time.sleep(0.01)  # the awaiting reader parks now and then
+    w.flush(timeout=30)
+"""
+
+BLOCKING_READER = """
+import sys
+from fastipc import shm
+name, backend, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+def msg(i):
+    return i.to_bytes(4, "little") + bytes([i % 251]) * ((i * 37) % 3000)
+with shm.Reader(name, timeout=30, backend=backend) as r:
+    for i in range(count):
+        assert r.recv(timeout=30) == msg(i), i
+print("ok", flush=True)
+"""
+
+
+def test_awaiting_reader_blocking_writer(cross: tuple[str, str], name: str, run: Any) -> None:
+    sender, receiver = cross
+    count = 600
+    with running(BLOCKING_WRITER, name, sender, str(count)) as proc:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
+
+        async def main() -> None:
+            with shm.Reader(name, timeout=10, backend=receiver) as r:
+                i = 0
+                while i < count:
+                    if i % 2:
+                        for m in await r.recv_many_async(16, timeout=10):
+                            _check(i, m)
+                            i += 1
+                    else:
+                        _check(i, await r.recv_async(timeout=10))
+                        i += 1
+                with pytest.raises(EOFError):
+                    while True:
+                        await r.recv_async(timeout=10)
+
+        run(main())
+        assert proc.wait(30) == 0
+
+
+def test_awaiting_writer_blocking_reader(cross: tuple[str, str], name: str, run: Any) -> None:
+    sender, receiver = cross
+    count = 600
+
+    async def main() -> None:
+        with shm.Writer(name, capacity=4096, backend=sender) as w:
+            proc = start_python(BLOCKING_READER, name, receiver, str(count))
+            try:
+                for i in range(count):
+                    await w.send_async(_msg(i), timeout=30)
+                out, err = await asyncio.get_running_loop().run_in_executor(
+                    None, lambda: proc.communicate(timeout=60))
+                assert proc.returncode == 0, err
+                assert out.strip() == "ok"
+            finally:
+                proc.kill()
+                proc.wait()
+
+    run(main())
+
+
+def test_timeouts(backend: str, name: str, run: Any) -> None:
+    async def main() -> None:
+        with shm.Writer(name, capacity=4096, backend=backend) as w, \
+                shm.Reader(name, timeout=5, backend=backend) as r:
+            t0 = time.monotonic()
+            with pytest.raises(TimeoutError):
+                await r.recv_async(timeout=0.2)
+            assert 0.15 < time.monotonic() - t0 < 2
+            with pytest.raises(TimeoutError):
+                await r.recv_many_async(timeout=0)
+            while True:
+                try:
+                    await w.send_async(b"x" * 900, timeout=0)
+                except TimeoutError:
+                    break
+            t0 = time.monotonic()
+            with pytest.raises(TimeoutError):
+                await w.send_async(b"y" * 900, timeout=0.2)
+            assert 0.15 < time.monotonic() - t0 < 2
+            with pytest.raises(ValueError):
+                await r.recv_async(timeout=-1)
+            with pytest.raises(TypeError):
+                await w.send_async("text")
+
+    run(main())
+
+
+def test_cancel_and_retry_loses_nothing(cross: tuple[str, str], name: str, run: Any) -> None:
+    """1,000 rounds of a recv_async cancelled at a random moment, then retried, while a
+    thread sends; and the same for send_async: every message arrives once, whole, in order."""
+    sender, receiver = cross
+    count = 1000
+    rng = random.Random(7)
+
+    async def main() -> None:
+        with shm.Writer(name, capacity=4096, backend=sender) as w, \
+                shm.Reader(name, timeout=5, backend=receiver) as r:
+            def produce() -> None:
+                for i in range(count):
+                    w.send(_msg(i), timeout=30)
+                    if rng.random() < 0.3:
+                        time.sleep(rng.random() * 0.0005)
+
+            t = threading.Thread(target=produce)
+            t.start()
+            got: list[int] = []
+            cancels = 0
+            while len(got) < count:
+                task = asyncio.ensure_future(r.recv_async(timeout=30))
+                done, _ = await asyncio.wait([task], timeout=rng.random() * 0.0003)
+                if not done:
+                    task.cancel()
+                    cancels += 1
+                try:
+                    m = await task
+                except asyncio.CancelledError:
+                    continue
+                _check(len(got), m)
+                got.append(len(got))
+            t.join(30)
+            assert cancels > 0
+
+            # sending: a cancelled send_async sent the whole message or nothing
+            sent: list[int] = []
+            received: list[bytes] = []
+            stop = threading.Event()
+
+            def consume() -> None:
+                while not stop.is_set() or len(received) < len(sent):
+                    try:
+                        received.append(r.recv(timeout=0.2))
+                    except TimeoutError:
+                        continue
+
+            c = threading.Thread(target=consume)
+            c.start()
+            for i in range(count):
+                task = asyncio.ensure_future(w.send_async(_msg(i), timeout=30))
+                done, _ = await asyncio.wait([task], timeout=rng.random() * 0.0003)
+                if not done:
+                    task.cancel()
+                try:
+                    await task
+                    sent.append(i)
+                except asyncio.CancelledError:
+                    pass
+            await w.send_async(b"end", timeout=5)
+            sent_end = len(sent)
+            stop.set()
+            await asyncio.get_running_loop().run_in_executor(None, c.join, 30)
+            numbers = []
+            for m in received:
+                if m == b"end":
+                    break
+                i = int.from_bytes(m[:4], "little")
+                _check(i, m)
+                numbers.append(i)
+            assert numbers == sorted(set(numbers))
+            assert set(sent[:sent_end]) <= set(numbers)
+
+    run(main())
+
+
+def test_dead_writer_ends_the_awaiting_reader(backend: str, name: str, run: Any) -> None:
+    with running(
+        """
+        import sys, time
+        from fastipc import shm
+        w = shm.Writer(sys.argv[1], capacity=4096, backend=sys.argv[2])
+        w.send(b"last")
+        print("ready", flush=True)
+        time.sleep(60)
+        """,
+        name, backend,
+    ) as proc:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
+
+        async def main() -> None:
+            with shm.Reader(name, timeout=5, backend=backend) as r:
+                assert await r.recv_async(timeout=5) == b"last"
+                task = asyncio.ensure_future(r.recv_async(timeout=30))
+                await asyncio.sleep(0.1)
+                proc.kill()
+                t0 = time.monotonic()
+                with pytest.raises(EOFError):
+                    await task
+                assert time.monotonic() - t0 < 1.5
+
+        run(main())
+
+
+def test_dead_reader_breaks_the_awaiting_writer(backend: str, name: str, run: Any) -> None:
+    async def main() -> None:
+        with shm.Writer(name, capacity=4096, backend=backend) as w, running(
+            """
+                import sys, time
+                from fastipc import shm
+                r = shm.Reader(sys.argv[1], timeout=10, backend=sys.argv[2])
+                print("ready", flush=True)
+                time.sleep(60)
+                """,
+            name, backend,
+        ) as proc:
+            assert proc.stdout is not None
+            line = await asyncio.get_running_loop().run_in_executor(
+                None, proc.stdout.readline)
+            assert line.strip() == "ready"
+            task = asyncio.ensure_future(_fill(w))
+            await asyncio.sleep(0.1)
+            proc.kill()
+            t0 = time.monotonic()
+            with pytest.raises(BrokenPipeError):
+                await task
+            assert time.monotonic() - t0 < 1.5
+
+    run(main())
+
+
+async def _fill(w: shm.Writer) -> None:
+    while True:
+        await w.send_async(b"z" * 900, timeout=30)
+
+
+def test_close_while_awaiting(backend: str, name: str, run: Any) -> None:
+    async def main() -> None:
+        with shm.Writer(name, capacity=4096, backend=backend) as w:
+            r = shm.Reader(name, timeout=5, backend=backend)
+            task = asyncio.ensure_future(r.recv_async())
+            await asyncio.sleep(0.05)
+            t0 = time.monotonic()
+            threading.Thread(target=r.close).start()  # from another thread
+            with pytest.raises(ValueError):
+                await task
+            assert time.monotonic() - t0 < 1
+            assert r.closed
+        w = shm.Writer(name, capacity=4096, backend=backend)
+        r = shm.Reader(name, timeout=5, backend=backend)
+        try:
+            task = asyncio.ensure_future(_fill(w))
+            await asyncio.sleep(0.05)
+            w.close()
+            with pytest.raises(ValueError):
+                await task
+        finally:
+            r.close()
+            w.close()
+
+    run(main())
+
+
+def test_the_loop_is_never_blocked(backend: str, name: str, run: Any) -> None:
+    """A ticker coroutine's largest gap while a coroutine awaits messages that trickle in."""
+    async def main() -> float:
+        with shm.Writer(name, capacity=4096, backend=backend) as w, \
+                shm.Reader(name, timeout=5, backend=backend) as r:
+            def trickle() -> None:
+                for i in range(20):
+                    time.sleep(0.03)
+                    w.send(_msg(i), timeout=5)
+
+            tick = test_aio.Ticker()
+            t = threading.Thread(target=trickle)
+            t.start()
+            for i in range(20):
+                _check(i, await r.recv_async(timeout=5))
+            t.join()
+            return tick.stop()
+
+    gap = run(main())
+    assert gap < 0.05, f"the loop was blocked for {gap * 1000:.1f} ms"
