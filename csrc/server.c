@@ -958,17 +958,3 @@ int64_t fipc_srv_pending(fipc_srv *s, uint64_t key)
     pthread_mutex_unlock(&s->mu);
     return rc;
 }
-
-/* ------------------------------------------------------------------ the client */
-
-int64_t fipc_sock_send(int fd, const char *buf, size_t len, int framed, size_t offset,
-                       double timeout, size_t *written)
-{
-    if (framed && len > UINT32_MAX)
-        return -EMSGSIZE;
-    unsigned char h[FIPC_FRAME_HEADER];
-    fipc_frame_put(h, (uint32_t)len);
-    struct iovec iov[2] = {{h, FIPC_FRAME_HEADER}, {(void *)buf, len}};
-    return framed ? fipc_write_all(fd, iov, 2, offset, timeout, 1, written)
-                  : fipc_write_all(fd, iov + 1, 1, offset, timeout, 1, written);
-}

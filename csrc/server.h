@@ -67,10 +67,6 @@ int fipc_srv_send(fipc_srv *s, uint64_t key, const char *buf, size_t len);
 int fipc_srv_close(fipc_srv *s, uint64_t key);
 /* Unsent bytes queued on a connection, or -EPIPE. */
 int64_t fipc_srv_pending(fipc_srv *s, uint64_t key);
-/* A blocking client's send: all of buf (framed: as one frame) from byte `offset` of what
- * is to be written, MSG_NOSIGNAL; progress in *written (resume after EINTR). */
-int64_t fipc_sock_send(int fd, const char *buf, size_t len, int framed, size_t offset,
-                       double timeout, size_t *written);
 /* CDEF END */
 
 #endif

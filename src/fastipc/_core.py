@@ -409,20 +409,20 @@ class Handle:
 
 _WRAPPER = """
 def {name}({params}):
-    calls = self._calls
+    calls = {this}._calls
     calls.append(None)
     try:
-        if self._closed:
-            raise closed_error(self._what)
+        if {this}._closed:
+            raise closed_error({this}._what)
         return method({args})
     except (OSError, EOFError):
-        if self._closed:
-            raise closed_error(self._what) from None
+        if {this}._closed:
+            raise closed_error({this}._what) from None
         raise
     finally:
         calls.pop()
-        if self._closed and not calls:
-            self._free_once()
+        if {this}._closed and not calls:
+            {this}._free_once()
 """
 
 
@@ -455,7 +455,7 @@ def uses_handle(method: _F) -> _F:
             defaults[f"_default_{p.name}"] = p.default
             text += f"=_default_{p.name}"
         params.append(text)
-    source = _WRAPPER.format(name=method.__name__, params=", ".join(params),
+    source = _WRAPPER.format(name=method.__name__, this=args[0], params=", ".join(params),
                              args=", ".join(args))
     exec(source, defaults)  # the dataclasses way: a wrapper with the exact signature
     return functools.wraps(method)(defaults[method.__name__])  # type: ignore[return-value]

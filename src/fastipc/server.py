@@ -51,17 +51,19 @@ from fastipc._address import (
 from fastipc._backend.server import Closed, Connected, Event, Sends, wake
 from fastipc._backend.server import Loop as LoopProtocol
 from fastipc._core import Deadline, byte_view, check_int, check_timeout, closed_error, uses_handle
-from fastipc.client import Client, connect
+from fastipc.client import AsyncClient, Client, connect, connect_async
 
 __all__ = [
     "DEFAULT_HIGH_WATER",
     "DEFAULT_MAX_MESSAGE_SIZE",
     "MAX_UNIX_PATH",
+    "AsyncClient",
     "Client",
     "Connection",
     "Handler",
     "Server",
     "connect",
+    "connect_async",
 ]
 
 DEFAULT_HIGH_WATER = 1 << 20

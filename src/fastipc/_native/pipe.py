@@ -216,15 +216,3 @@ class NativeStream:
 def stream(fd: int, *, reading: bool, sock: bool, max_message_size: int,
            what: str) -> Stream:
     return NativeStream(fd, reading, sock, max_message_size, what)
-
-
-
-class Reader(NativeStream):
-    """The old reader of fastipc._native.server's Client, which fastipc.client (on
-    NativeStream) replaced: delete both together."""
-
-    def __init__(self, fd: int, max_message_size: int) -> None:
-        super().__init__(fd, True, False, max_message_size, "Client")
-
-    def close(self) -> None:
-        self.free()

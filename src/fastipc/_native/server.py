@@ -9,24 +9,21 @@ holding every payload of the turn, turned here into the ``Batch`` of the seam
 from __future__ import annotations
 
 import errno
-import time
 from typing import Any
 
 from fastipc._address import decode_sockaddr
 from fastipc._backend.server import Batch, Closed, Connected, Event, Messages, Sends
 from fastipc._backend.server import Loop as LoopProtocol
-from fastipc._core import check, ffi, lib, raise_errno
-from fastipc._native.pipe import Reader, as_buffer
+from fastipc._core import check, ffi, lib
+from fastipc._native.pipe import as_buffer
 
-__all__ = ["Client", "Loop"]
+__all__ = ["Loop"]
 
 _EINTR = -errno.EINTR
 _EPIPE = -errno.EPIPE
-_monotonic = time.monotonic
 _unpack = ffi.unpack
 _poll = lib.fipc_srv_poll
 _send = lib.fipc_srv_send
-_sock_send = lib.fipc_sock_send
 _CONNECT = lib.FIPC_EV_CONNECT
 _EV = lib.FIPC_EV_FIELDS
 _MSG = lib.FIPC_MSG_FIELDS
@@ -126,46 +123,3 @@ def _events(fields: list[int], data: bytes) -> list[Event]:
         if kind == _CONNECT else Closed(cid << 32 | fd, fd, off)
         for kind, fd, cid, off, size in zip(it, it, it, it, it)
     ]
-
-
-def _left(timeout: float, t0: float) -> float:
-    return max(0.0, t0 + timeout - _monotonic()) if timeout > 0 else timeout
-
-
-class Client:
-    """A blocking client socket: framed or raw sends in C (``fipc_sock_send``), receives
-    through the pipe backend's reader (the same buffered, framed reads over any fd)."""
-
-    __slots__ = ("_framed", "_reader", "_written", "fd")
-
-    def __init__(self, fd: int, framed: bool, max_message_size: int) -> None:
-        self.fd = fd
-        self._framed = 1 if framed else 0
-        self._reader = Reader(fd, max_message_size)
-        self._written = ffi.new("size_t *")
-
-    @property
-    def max_message_size(self) -> int:
-        return int(self._reader.max_message_size)
-
-    def send(self, data: Any, timeout: float) -> None:
-        buf, n = as_buffer(data)
-        t0 = _monotonic() if timeout > 0 else 0.0
-        rc = _sock_send(self.fd, buf, n, self._framed, 0, timeout, self._written)
-        while rc == _EINTR:
-            rc = _sock_send(self.fd, buf, n, self._framed, self._written[0],
-                            _left(timeout, t0), self._written)
-        if rc < 0:
-            try:
-                raise_errno(-rc, timeout=timeout)
-            except OSError as exc:
-                exc.characters_written = self._written[0]  # type: ignore[attr-defined]
-                raise
-
-    def recv(self, timeout: float) -> bytes:
-        if self._framed:
-            return self._reader.recv(timeout)
-        return self._reader.read(65536, timeout)
-
-    def close(self) -> None:
-        self._reader.close()

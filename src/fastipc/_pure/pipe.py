@@ -369,25 +369,3 @@ class PureStream:
 def stream(fd: int, *, reading: bool, sock: bool, max_message_size: int,
            what: str) -> Stream:
     return PureStream(fd, reading, sock, max_message_size, what)
-
-
-# ---- Still imported by fastipc._pure.mq and fastipc._pure.server (whose Client
-# fastipc.client replaced), which are moving to _core.Deadline: delete once unused.
-class Reader(PureStream):
-    def __init__(self, fd: int, max_message_size: int) -> None:
-        super().__init__(fd, True, False, max_message_size, "Client")
-
-
-def _deadline(timeout: float) -> float:
-    return Deadline(timeout).end
-
-
-def _wait(fd: int, event: int, deadline: float, timeout: float) -> None:
-    """Wait for ``event`` on fd until the absolute monotonic ``deadline`` (-1: forever)."""
-    limit = Deadline(timeout)
-    limit.end = deadline
-    poller = select.poll()
-    poller.register(fd, event)
-    while not poller.poll(None if deadline < 0 else int(limit.left() * 1000 + 0.999)):
-        if limit.expired():
-            raise limit.error()

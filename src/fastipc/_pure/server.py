@@ -17,9 +17,9 @@ from typing import Any, Optional
 from fastipc._backend.server import Batch, Closed, Connected, Event, Sends, wake
 from fastipc._backend.server import Loop as LoopProtocol
 from fastipc._core import raise_errno
-from fastipc._pure.pipe import Reader, _deadline, _wait, as_view
+from fastipc._pure.pipe import as_view
 
-__all__ = ["Client", "Loop"]
+__all__ = ["Loop"]
 
 READ_CHUNK = 64 * 1024
 BATCH_LIMIT = 4 * 1024 * 1024
@@ -419,62 +419,3 @@ class Loop:
 
 
 _check: type[LoopProtocol] = Loop
-
-
-class Client:
-    """A blocking client socket: framed or raw sends, buffered receives."""
-
-    __slots__ = ("_framed", "_reader", "_sock", "fd")
-
-    def __init__(self, fd: int, framed: bool, max_message_size: int) -> None:
-        self.fd = fd
-        self._framed = framed
-        self._sock = socket.socket(fileno=fd)  # borrowed: detached on close()
-        self._reader = Reader(fd, max_message_size)
-
-    @property
-    def max_message_size(self) -> int:
-        return int(self._reader.max_message_size)
-
-    @max_message_size.setter
-    def max_message_size(self, value: int) -> None:
-        self._reader.max_message_size = value
-
-    def send(self, data: Any, timeout: float) -> None:
-        view = as_view(data)
-        n = len(view)
-        if self._framed:
-            if n > 0xFFFFFFFF:
-                raise_errno(errno.EMSGSIZE)
-            parts = [memoryview(_HEADER.pack(n)), view]
-        else:
-            parts = [view]
-        deadline = _deadline(timeout)
-        done = 0
-        while parts:
-            try:
-                sent = self._sock.sendmsg(parts, [], _NOSIGNAL | _DONTWAIT)
-            except (BlockingIOError, InterruptedError):
-                try:
-                    _wait(self.fd, 4, deadline, timeout)  # POLLOUT
-                except OSError as exc:
-                    exc.characters_written = done  # type: ignore[attr-defined]
-                    raise
-                continue
-            except OSError as exc:
-                exc.characters_written = done  # type: ignore[attr-defined]
-                raise
-            done += sent
-            while parts and sent >= len(parts[0]):
-                sent -= len(parts[0])
-                parts.pop(0)
-            if parts and sent:
-                parts[0] = parts[0][sent:]
-
-    def recv(self, timeout: float) -> bytes:
-        if self._framed:
-            return self._reader.recv(timeout)
-        return self._reader.read(65536, timeout)
-
-    def close(self) -> None:
-        self._sock.detach()
