@@ -42,9 +42,11 @@
 #define STORE(p, v, mo) atomic_store_explicit((p), (v), memory_order_##mo)
 #define SLOT(i, field) (FIPC_PUB_OFF_SLOTS + (size_t)(i) * FIPC_PUB_SLOT_SIZE + (field))
 
-static inline uint64_t round8(uint64_t n)
+/* Frames start at multiples of 16, so that the room left before the ring's end always
+ * holds a frame header (a PAD). */
+static inline uint64_t round16(uint64_t n)
 {
-    return (n + 7u) & ~(uint64_t)7u;
+    return (n + 15u) & ~(uint64_t)15u;
 }
 
 static inline char *ring(fipc_pub *h, uint64_t pos)
@@ -177,13 +179,25 @@ int fipc_sub_init(fipc_pub *h, char *base, uint64_t map_size, int32_t fd, int32_
     /* Join at the head: store a cursor no later than any the publisher can still be
      * reserving against, then read head again (both seq_cst: the publisher stores head and
      * then loads the cursors, so a reservation that missed our cursor started at or before
-     * the head we read the second time; docs/pubsub-layout.md). */
+     * the head we read the second time; docs/pubsub-layout.md). The second read takes
+     * head with its message count, consistent under the `snap` sequence word. */
     uint64_t head = LOAD(A64(h, FIPC_PUB_OFF_HEAD), seq_cst);
     STORE(A32(h, SLOT(slot, FIPC_PUB_SLOT_PID)), (uint32_t)pid, relaxed);
     STORE(A64(h, SLOT(slot, FIPC_PUB_SLOT_CURSOR)), head, seq_cst);
     STORE(A32(h, SLOT(slot, FIPC_PUB_SLOT_STATE)), 1u, seq_cst);
-    uint64_t again = LOAD(A64(h, FIPC_PUB_OFF_HEAD), seq_cst);
-    if ((head & 7u) || (again & 7u) || again - head > cap)
+    uint64_t again = 0, count = 0;
+    for (int tries = 0; tries < 1000000; tries++) {
+        uint32_t v1 = LOAD(A32(h, FIPC_PUB_OFF_SNAP), seq_cst);
+        again = LOAD(A64(h, FIPC_PUB_OFF_HEAD), seq_cst);
+        count = LOAD(A64(h, FIPC_PUB_OFF_COUNT), seq_cst);
+        if (!(v1 & 1u) && LOAD(A32(h, FIPC_PUB_OFF_SNAP), seq_cst) == v1) {
+            h->seq = count;
+            h->seq_known = 1;
+            break;
+        }
+        fipc_cpu_relax(); /* (a publisher that died half-way: the count stays unknown) */
+    }
+    if ((head & 15u) || (again & 15u) || again - head > cap)
         return FIPC_CORRUPT;
     STORE(A64(h, SLOT(slot, FIPC_PUB_SLOT_CURSOR)), again, seq_cst);
     h->pos = h->peer = h->release = h->published = again;
@@ -204,7 +218,14 @@ static inline void ring_bell(fipc_pub *h, size_t seq_off)
 
 static inline void publish_head(fipc_pub *h)
 {
+    /* head and the count of messages before it, as one snapshot for joining subscribers */
+    _Atomic uint32_t *snap = A32(h, FIPC_PUB_OFF_SNAP);
+    uint32_t v = LOAD(snap, relaxed);
+    STORE(snap, v | 1u, relaxed);
+    atomic_thread_fence(memory_order_release);
+    STORE(A64(h, FIPC_PUB_OFF_COUNT), h->seq, relaxed);
     STORE(A64(h, FIPC_PUB_OFF_HEAD), h->pos, release);
+    STORE(snap, (v | 1u) + 1u, release);
     atomic_thread_fence(memory_order_seq_cst);
     /* the publisher clears the flag: every subscriber that set it before this look is
      * woken (its futex word changed after it read it); one that sets it later reads head
@@ -270,7 +291,7 @@ static void reclaim_dead(fipc_pub *h)
 static int load_head(fipc_pub *h)
 {
     uint64_t head = LOAD(A64(h, FIPC_PUB_OFF_HEAD), acquire);
-    if (head & 7u)
+    if (head & 15u)
         return FIPC_CORRUPT;
     if (h->overflow == BLOCK && (head - h->pos > h->capacity || head - h->peer > h->capacity))
         return FIPC_CORRUPT;
@@ -406,13 +427,15 @@ static int advance_oldest(fipc_pub *h, uint64_t target)
         uint64_t room = h->capacity - (o & (h->capacity - 1));
         char *p = ring(h, o);
         uint32_t kind = rd32(p + 4);
-        uint64_t size = (kind == FIPC_PUB_FR_FIRST ? FIRST_HDR : FR_HDR) + round8(rd32(p));
+        uint64_t size = (kind == FIPC_PUB_FR_FIRST ? FIRST_HDR : FR_HDR) + round16(rd32(p));
         if (kind < FIPC_PUB_FR_WHOLE || kind > FIPC_PUB_FR_PAD || size > room ||
             size > h->pos - o)
             return FIPC_CORRUPT; /* our own frames, changed by someone else */
         o += size;
     }
     h->oldest = o;
+    if (LOAD(A64(h, FIPC_PUB_OFF_HEAD), relaxed) - o > (UINT64_MAX >> 1))
+        publish_head(h); /* (in a batch) subscribers never see oldest beyond head */
     STORE(A64(h, FIPC_PUB_OFF_OLDEST), o, relaxed);
     atomic_thread_fence(memory_order_seq_cst); /* oldest before the overwrite (seqlock) */
     return 0;
@@ -451,7 +474,7 @@ static int reserve(fipc_pub *h, uint64_t frame, double timeout, int64_t *deadlin
 
 static inline int whole(fipc_pub *h, uint64_t len)
 {
-    return FR_HDR + round8(len) <= h->capacity / 4;
+    return FR_HDR + round16(len) <= h->capacity / 4;
 }
 
 static int64_t put(fipc_pub *h, const char *buf, uint64_t len, double timeout,
@@ -460,7 +483,7 @@ static int64_t put(fipc_pub *h, const char *buf, uint64_t len, double timeout,
     char *p;
     int rc;
     if (whole(h, len)) {
-        uint64_t frame = FR_HDR + round8(len);
+        uint64_t frame = FR_HDR + round16(len);
         if ((rc = reserve(h, frame, timeout, deadline, &p)) < 0)
             return rc;
         wr32(p, (uint32_t)len);
@@ -477,7 +500,7 @@ static int64_t put(fipc_pub *h, const char *buf, uint64_t len, double timeout,
     while (done < len) {
         uint64_t hdr = done == 0 ? FIRST_HDR : FR_HDR;
         uint64_t want = len - done < h->chunk ? len - done : h->chunk;
-        if ((rc = reserve(h, hdr + round8(want), timeout, deadline, &p)) < 0)
+        if ((rc = reserve(h, hdr + round16(want), timeout, deadline, &p)) < 0)
             return rc;
         wr32(p, (uint32_t)want);
         wr32(p + 4, done == 0 ? FIPC_PUB_FR_FIRST : FIPC_PUB_FR_NEXT);
@@ -485,18 +508,13 @@ static int64_t put(fipc_pub *h, const char *buf, uint64_t len, double timeout,
         if (done == 0)
             wr64(p + FR_HDR, len);
         memcpy(p + hdr, buf + done, want);
-        h->pos += hdr + round8(want);
+        h->pos += hdr + round16(want);
         publish_head(h);
         done += want;
         *progress = done;
     }
     h->seq++;
     return 0;
-}
-
-static void publish_count(fipc_pub *h)
-{
-    STORE(A64(h, FIPC_PUB_OFF_COUNT), h->seq, relaxed);
 }
 
 int64_t fipc_pub_send(fipc_pub *h, const char *buf, uint64_t len, double timeout,
@@ -510,7 +528,6 @@ int64_t fipc_pub_send(fipc_pub *h, const char *buf, uint64_t len, double timeout
     int64_t rc = put(h, buf, len, timeout, &deadline, progress);
     if (rc < 0)
         return rc;
-    publish_count(h);
     publish_head(h);
     *progress = 0;
     return 0;
@@ -535,7 +552,6 @@ int64_t fipc_pub_send_many(fipc_pub *h, const char *buf, const uint64_t *lens, u
             break;
         buf += lens[i];
     }
-    publish_count(h);
     publish_head(h);
     *sent = i;
     return rc < 0 ? rc : 0;
@@ -547,7 +563,7 @@ int64_t fipc_pub_send_many(fipc_pub *h, const char *buf, const uint64_t *lens, u
 static int frame_at(fipc_pub *h, uint32_t *kind, uint64_t *len, uint64_t *total,
                     uint64_t *seq, char **data, uint64_t *size)
 {
-    if (h->pos & 7u)
+    if (h->pos & 15u)
         return FIPC_CORRUPT;
     uint64_t room = h->capacity - (h->pos & (h->capacity - 1));
     uint64_t avail = h->peer - h->pos;
@@ -557,7 +573,7 @@ static int frame_at(fipc_pub *h, uint32_t *kind, uint64_t *len, uint64_t *total,
     uint64_t n = rd32(p);
     uint32_t k = rd32(p + 4);
     uint64_t hdr = k == FIPC_PUB_FR_FIRST ? FIRST_HDR : FR_HDR;
-    uint64_t sz = hdr + round8(n);
+    uint64_t sz = hdr + round16(n);
     if (k < FIPC_PUB_FR_WHOLE || k > FIPC_PUB_FR_PAD || sz > room || sz > avail)
         return FIPC_CORRUPT;
     if (k == FIPC_PUB_FR_PAD && sz != room)
@@ -587,11 +603,13 @@ static inline int lapped(fipc_pub *h)
 static int resync(fipc_pub *h)
 {
     uint64_t o = LOAD(A64(h, FIPC_PUB_OFF_OLDEST), acquire);
-    int rc = load_head(h); /* after oldest: head is at least as new */
+    int rc = load_head(h); /* after oldest: head is at least as far (the publisher
+                              publishes head before it stores an oldest beyond it) */
     if (rc < 0)
         return rc;
-    if ((o & 7u) || h->peer - o > h->capacity)
-        return FIPC_CORRUPT;
+    if ((o & 15u) || o - h->pos > (UINT64_MAX >> 1) || h->peer - o > (UINT64_MAX >> 1))
+        return FIPC_CORRUPT; /* not between us and head (if we are lapped again by now,
+                                the next frame_at/lapped() says so) */
     h->pos = h->release = o;
     return 0;
 }
@@ -605,6 +623,8 @@ static inline void consume(fipc_pub *h, uint64_t size)
 /* Count the messages a frame's number says were skipped. */
 static int account(fipc_pub *h, uint64_t seq)
 {
+    if (h->overflow != DROP)
+        return 0; /* nothing is lost under block */
     if (h->seq_known) {
         if (seq - h->seq > (UINT64_MAX >> 1))
             return FIPC_CORRUPT; /* a number from the past */
@@ -637,22 +657,17 @@ static int64_t sub_recv(fipc_pub *h, char *dest, uint64_t cap, double timeout, c
                 h->msg_total = h->msg_done = 0; /* a message cut short is dropped */
             return rc;
         }
-        if (h->overflow == DROP && lapped(h)) {
+        uint32_t kind;
+        uint64_t len, total, seq, size;
+        char *data;
+        rc = frame_at(h, &kind, &len, &total, &seq, &data, &size);
+        if (lapped(h)) { /* drop_oldest: what we read of the header may be torn */
             if ((rc = resync(h)) < 0)
                 return rc;
             continue;
         }
-        uint32_t kind;
-        uint64_t len, total, seq, size;
-        char *data;
-        if ((rc = frame_at(h, &kind, &len, &total, &seq, &data, &size)) < 0) {
-            if (lapped(h)) { /* torn while we looked */
-                if ((rc = resync(h)) < 0)
-                    return rc;
-                continue;
-            }
+        if (rc < 0)
             return rc;
-        }
         if (kind == FIPC_PUB_FR_PAD) {
             consume(h, size);
             continue;

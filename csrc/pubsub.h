@@ -27,7 +27,8 @@ enum {
     FIPC_PUB_OFF_NSLOTS = 44,       /* u32 = FIPC_PUB_SLOTS */
     FIPC_PUB_OFF_CHUNK = 48,        /* u64 chunk of a streamed message */
     FIPC_PUB_OFF_HEAD = 64,         /* u64 bytes published, ever */
-    FIPC_PUB_OFF_COUNT = 72,        /* u64 messages published, ever */
+    FIPC_PUB_OFF_COUNT = 72,        /* u64 messages published, ever (as of head) */
+    FIPC_PUB_OFF_SNAP = 80,         /* u32 odd while count and head are being updated */
     FIPC_PUB_OFF_OLDEST = 128,      /* u64 drop_oldest: first frame not being overwritten */
     FIPC_PUB_OFF_DSEQ = 192,        /* u32 futex word subscribers sleep on */
     FIPC_PUB_OFF_SWAIT = 196,       /* u32 1: some subscriber sleeps (publisher clears) */
@@ -44,7 +45,8 @@ enum {
     /* frames in the ring */
     FIPC_PUB_FR_WHOLE = 1, FIPC_PUB_FR_FIRST = 2, FIPC_PUB_FR_NEXT = 3, FIPC_PUB_FR_PAD = 4,
     FIPC_PUB_FR_HDR = 16,           /* u32 length, u32 kind, u64 message number */
-    FIPC_PUB_FIRST_HDR = 24,        /* ... then u64 total length (FIRST) */
+    FIPC_PUB_FIRST_HDR = 32,        /* ... then u64 total length (FIRST), 8 reserved */
+    FIPC_PUB_ALIGN = 16,            /* frames start at multiples of this */
     /* OFD locks (liveness): the publisher holds byte LOCK, subscriber slot i LOCK + 1 + i */
     FIPC_PUB_LOCK = 0x7fff0000,
     /* status codes */

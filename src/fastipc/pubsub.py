@@ -62,6 +62,19 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+def _map(fd: int, size: int) -> tuple[mmap.mmap, int]:
+    """Map the segment open at ``fd`` and return the mapping with a new fd of the segment,
+    on an open file description of its own, for the liveness lock. (The mapping keeps a
+    duplicate of ``fd``, which shares its description: a forked child would keep it, and
+    with it a dead parent's lock. The caller closes ``fd``.)"""
+    mm = mmap.mmap(fd, size)
+    try:
+        return mm, os.open(f"/proc/self/fd/{fd}", os.O_RDWR | os.O_CLOEXEC)
+    except BaseException:
+        mm.close()
+        raise
+
+
 class _Endpoint(Handle):
     """What Publisher and Subscriber share: the segment's fd and mapping."""
 
@@ -152,13 +165,14 @@ class Publisher(_Endpoint):
         size = _layout.HEADER + capacity
         tmp = f"{SHM_DIR}/.fastipc-pub-{os.getpid()}-{uuid.uuid4().hex}"
         fd = _create(tmp, size, mode)
+        lock_fd = -1
         try:
-            if not _layout.lock_byte(fd, _layout.LOCK):  # a fresh file: cannot be held
+            self._mm, lock_fd = _map(fd, size)
+            if not _layout.lock_byte(lock_fd, _layout.LOCK):  # a new file: cannot be held
                 raise OSError(errno.EAGAIN, "cannot take the publisher's lock", tmp)
-            self._mm = mmap.mmap(fd, size)
-            ops: PublisherOps = impl.Publisher(self._mm, size, fd, self._name, os.getpid(),
-                                               max_message_size, _layout.OVERFLOW[overflow],
-                                               spin)
+            ops: PublisherOps = impl.Publisher(self._mm, size, lock_fd, self._name,
+                                               os.getpid(), max_message_size,
+                                               _layout.OVERFLOW[overflow], spin)
             try:
                 os.link(tmp, self._path)  # the name appears with the whole segment behind it
             except BaseException:
@@ -168,15 +182,18 @@ class Publisher(_Endpoint):
             if self._mm is not None:
                 self._mm.close()
                 self._mm = None
-            os.close(fd)
+            if lock_fd >= 0:
+                os.close(lock_fd)
             os.unlink(tmp)
             raise
+        finally:
+            os.close(fd)
         os.unlink(tmp)
         self._ops = ops
         self._overflow = overflow
         self._max = max_message_size
         self._pid = os.getpid()
-        self._open_handle(which, fd)
+        self._open_handle(which, lock_fd)
         _open_handles.add(self)
 
     @property
@@ -305,24 +322,25 @@ class Subscriber(_Endpoint):
             if st.st_size <= _layout.HEADER:
                 raise OSError(errno.EBADMSG, "not a publisher segment (too small)",
                               self._name)
-            slot = _layout.claim_slot(fd)
-            if slot < 0:
-                raise OSError(errno.EBUSY, f"all {MAX_SUBSCRIBERS} subscriber slots are "
-                              "taken", self._name)
-            mm = mmap.mmap(fd, st.st_size)
-            try:
-                ops = impl.Subscriber(mm, st.st_size, fd, slot, self._name, os.getpid(),
-                                      max_message_size, spin)
-            except BaseException:
-                mm.close()
-                raise
-        except NotReady:
-            os.close(fd)
-            return None
+            mm, lock_fd = _map(fd, st.st_size)
         except BaseException:
             os.close(fd)
             raise
-        self._fd, self._mm = fd, mm
+        os.close(fd)
+        try:
+            slot = _layout.claim_slot(lock_fd)
+            if slot < 0:
+                raise OSError(errno.EBUSY, f"all {MAX_SUBSCRIBERS} subscriber slots are "
+                              "taken", self._name)
+            ops = impl.Subscriber(mm, st.st_size, lock_fd, slot, self._name, os.getpid(),
+                                  max_message_size, spin)
+        except BaseException as exc:
+            mm.close()
+            os.close(lock_fd)
+            if isinstance(exc, NotReady):
+                return None
+            raise
+        self._fd, self._mm = lock_fd, mm
         return ops
 
     @property
@@ -460,5 +478,5 @@ def describe(path: str) -> Optional[PublisherInfo]:
         state = "dead"
     detail = (f"publisher {state}, {info.subscribers} subscriber"
               f"{'' if info.subscribers == 1 else 's'}, {info.overflow}, "
-              f"{info.count} messages, capacity {info.capacity}")
+              f"{info.messages} messages, capacity {info.capacity}")
     return PublisherInfo("publisher", os.path.basename(path), size, info.pid, alive, detail)

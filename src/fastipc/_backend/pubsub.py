@@ -35,6 +35,7 @@ OFF_NSLOTS = 44
 OFF_CHUNK = 48
 OFF_HEAD = 64
 OFF_COUNT = 72
+OFF_SNAP = 80
 OFF_OLDEST = 128
 OFF_DSEQ = 192
 OFF_SWAIT = 196
@@ -50,7 +51,8 @@ HEADER = 4352
 MIN_CAPACITY = 4096
 FR_WHOLE, FR_FIRST, FR_NEXT, FR_PAD = 1, 2, 3, 4
 FR_HDR = 16
-FIRST_HDR = 24
+FIRST_HDR = 32
+ALIGN = 16
 LOCK = 0x7FFF0000
 NEED = -1200
 NOTREADY = -1201
@@ -129,7 +131,7 @@ class SegmentInfo(NamedTuple):
     state: int
     overflow: str
     head: int
-    count: int
+    messages: int
     subscribers: int
 
 

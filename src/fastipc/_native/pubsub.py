@@ -141,7 +141,7 @@ class Publisher(_Ops):
         try:
             self._fail(rc, max(lens[done[0]:done[0] + 1] or [0]), timeout, again)
         except (OSError, ValueError) as exc:
-            exc.messages_sent = done[0]  # type: ignore[attr-defined]
+            setattr(exc, "messages_sent", done[0])  # noqa: B010 (an attribute of our own)
             raise
 
 
@@ -200,10 +200,12 @@ class Subscriber(_Ops):
             buf = self._partial
             dest = _from_buffer(buf, require_writable=type(buf) is not bytes)
             cap = len(dest)
+
+            def again(left: float, d: Any = dest, c: int = cap) -> int:
+                return _need(_recv(h, d, c, left, ptr))
+
             try:
-                n = retry(_need(_recv(h, dest, cap, deadline.left(), ptr)),
-                          lambda left: _need(_recv(h, dest, cap, left, ptr)),
-                          deadline, self.name)
+                n = retry(again(deadline.left()), again, deadline, self.name)
             except BaseException:
                 if h.msg_total == 0:
                     self._partial = None
@@ -212,7 +214,7 @@ class Subscriber(_Ops):
             if n == NEEDED:  # what was being assembled was given up for a larger one
                 continue
             if n == len(buf) and type(buf) is bytes:
-                return buf  # type: ignore[no-any-return]
+                return buf
             return bytes(memoryview(buf)[:n])
 
     def recv_into(self, buffer: Any, timeout: float) -> int:
@@ -244,7 +246,7 @@ class Subscriber(_Ops):
             raise
         if n == NEEDED:
             raise _too_small(cap, int(h.last_len))
-        return n  # type: ignore[no-any-return]
+        return n
 
     def view(self, timeout: float) -> Optional[tuple[int, int, int]]:
         if self._drop or self._partial is not None:
