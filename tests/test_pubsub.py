@@ -417,15 +417,19 @@ def test_signal_raising_into_recv_leaves_the_subscriber_usable(cross: tuple[str,
         time.sleep(0.3)  # the publisher has filled the ring and waits for us
         os.kill(proc.pid, signal.SIGSTOP)
         try:
+            buf = bytearray(len(big) + 1)
             signal.setitimer(signal.ITIMER_REAL, 0.1)
             with pytest.raises(Interrupt):
-                sub.recv()  # takes what is there, then waits for the rest
+                sub.recv_into(buf)  # takes what is there, then waits for the rest
             with pytest.raises(TimeoutError):
                 sub.recv(timeout=0.1)
+            with pytest.raises(ValueError, match="too small"):
+                sub.recv_into(bytearray(10), timeout=0.1)
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
             os.kill(proc.pid, signal.SIGCONT)
-        assert sub.recv(timeout=10) == big
+        assert sub.recv_into(buf, timeout=10) == len(big)
+        assert buf[:len(big)] == big
         assert sub.recv(timeout=10) == b"after"
         proc.stdin.write("done\n")
         proc.stdin.flush()
@@ -741,3 +745,43 @@ def test_cli_publish_subscribe(backend: str, name: str) -> None:
         assert p.returncode == 0, stderr
         assert stdout == "hello\nworld\n"
         assert "2 messages" in stderr
+
+
+def test_timeout_in_a_small_streamed_message_then_recv_into(cross: tuple[str, str],
+                                                             name: str) -> None:
+    """A streamed message small enough for recv's staging buffer, cut short by a timeout,
+    then finished by recv_into: delivered whole."""
+    sender, receiver = cross
+    proc = start_python("""
+        import sys, time
+        from fastipc import pubsub
+        pub = pubsub.Publisher(sys.argv[1], capacity=4096, backend=sys.argv[2])
+        while pub.subscribers < 1:
+            time.sleep(0.005)
+        for i in range(10):
+            pub.send(bytes([i]) * 300)  # most of the ring
+        pub.send(bytes(range(250)) * 6, timeout=30)  # streamed: more than a quarter
+        sys.stdin.readline()
+        pub.close()
+    """, name, sender, stdin=subprocess.PIPE)
+    try:
+        with pubsub.Subscriber(name, timeout=10, backend=receiver) as sub:
+            time.sleep(0.3)  # the publisher waits for room half-way through the last one
+            os.kill(proc.pid, signal.SIGSTOP)
+            try:
+                assert [sub.recv(timeout=1) for _ in range(10)] == \
+                    [bytes([i]) * 300 for i in range(10)]
+                with pytest.raises(TimeoutError):
+                    sub.recv(timeout=0.1)
+            finally:
+                os.kill(proc.pid, signal.SIGCONT)
+            buf = bytearray(2000)
+            assert sub.recv_into(buf, timeout=10) == 1500
+            assert buf[:1500] == bytes(range(250)) * 6
+        assert proc.stdin is not None
+        proc.stdin.write("done\n")
+        proc.stdin.flush()
+        assert proc.wait(10) == 0
+    finally:
+        proc.kill()
+        proc.communicate()

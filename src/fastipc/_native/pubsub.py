@@ -98,24 +98,28 @@ class Publisher(_Ops):
 
     def send(self, data: Any, timeout: float) -> None:
         h, progress = self._h, self._progress
-        if type(data) is bytes:
-            rc = _send(h, data, len(data), timeout, progress)
-            if rc == 0:
-                return
-            buf: Any = data
-        else:
-            buf = _buffer(data)
-            rc = _send(h, buf, len(buf), timeout, progress)
-            if rc == 0:
-                return
-        self._fail(rc, len(buf), timeout, lambda left: _send(h, buf, len(buf), left, progress))
+        try:  # (a handler that raises runs as the C call returns: inside the try)
+            if type(data) is bytes:
+                rc = _send(h, data, len(data), timeout, progress)
+                if rc == 0:
+                    return
+                buf: Any = data
+            else:
+                buf = _buffer(data)
+                rc = _send(h, buf, len(buf), timeout, progress)
+                if rc == 0:
+                    return
+            self._fail(rc, len(buf), timeout,
+                       lambda left: _send(h, buf, len(buf), left, progress))
+        except BaseException:
+            progress[0] = 0  # a message cut short is abandoned; subscribers drop it
+            raise
 
     def _fail(self, rc: int, n: int, timeout: float, again: Any) -> None:
         t0 = _monotonic()  # (a close enough start: the first attempt just returned)
         try:
             retry(rc, again, Deadline(timeout, t0), self.name)
         except OSError as exc:
-            self._progress[0] = 0  # a message cut short is abandoned; subscribers drop it
             if exc.errno == errno.EMSGSIZE and n <= self._max:
                 raise ValueError(f"a message of {n} bytes is larger than drop_oldest carries "
                                  f"({self._limit} bytes: a quarter of the ring)") from None
@@ -172,16 +176,29 @@ class Subscriber(_Ops):
 
     def recv(self, timeout: float) -> bytes:
         if self._partial is None:
-            n = _recv(self._h, self._stage, STAGE, timeout, self._ptr)
-            if n >= 0:
-                return _unpack(self._stage, n)  # type: ignore[no-any-return]
-            if n != NEED:
-                stage, h, ptr = self._stage, self._h, self._ptr
-                n = retry(n, lambda left: _need(_recv(h, stage, STAGE, left, ptr)),
-                          Deadline(timeout, _monotonic()), self.name)
-                if n != NEEDED:
-                    return _unpack(self._stage, n)  # type: ignore[no-any-return]
+            stage, h, ptr = self._stage, self._h, self._ptr
+            try:  # (a handler that raises runs as the C call returns: inside the try)
+                n = _recv(h, stage, STAGE, timeout, ptr)
+                if n >= 0:
+                    return _unpack(stage, n)  # type: ignore[no-any-return]
+                if n != NEED:
+                    n = retry(n, lambda left: _need(_recv(h, stage, STAGE, left, ptr)),
+                              Deadline(timeout, _monotonic()), self.name)
+                    if n != NEEDED:
+                        return _unpack(stage, n)  # type: ignore[no-any-return]
+            except BaseException:
+                self._keep(stage, STAGE)
+                raise
         return self._large(timeout)
+
+    def _keep(self, dest: Any, cap: int) -> None:
+        """A call cut short in the middle of a streamed message: keep what came of it (C
+        resumes it at msg_done) in a buffer of its own for the next call, whichever."""
+        done, total = int(self._h.msg_done), int(self._h.msg_total)
+        if total:
+            keep = _new_buffer(total)
+            ffi.memmove(_from_buffer(keep), dest, min(done, total, cap))
+            self._partial = keep
 
     def _large(self, timeout: float) -> bytes:
         """A message larger than the stage: in place when stored whole (block), else
@@ -231,18 +248,14 @@ class Subscriber(_Ops):
             data = self._large(timeout)
             memoryview(buffer).cast("B")[:len(data)] = data
             return len(data)
-        n = _recv(h, dest, cap, timeout, ptr)
-        if n >= 0:
-            return n  # type: ignore[no-any-return]
-        try:
+        try:  # (a handler that raises runs as the C call returns: inside the try)
+            n = _recv(h, dest, cap, timeout, ptr)
+            if n >= 0:
+                return n  # type: ignore[no-any-return]
             n = retry(_need(n), lambda left: _need(_recv(h, dest, cap, left, ptr)),
                       Deadline(timeout, _monotonic()), self.name)
-        except OSError:
-            done, total = int(h.msg_done), int(h.msg_total)
-            if total:  # keep what came of a streamed message for the next call
-                keep = _new_buffer(total)
-                memoryview(keep).cast("B")[:done] = memoryview(buffer).cast("B")[:done]
-                self._partial = keep
+        except BaseException:  # a timeout, or a handler that raised
+            self._keep(dest, cap)
             raise
         if n == NEEDED:
             raise _too_small(cap, int(h.last_len))

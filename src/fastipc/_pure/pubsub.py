@@ -362,9 +362,10 @@ class Publisher(_Ops):
         try:
             retry(self._send_some([view], deadline),
                   lambda left: self._send_some([view], deadline), deadline, self.name)
-        except OSError as exc:
+        except BaseException as exc:  # a message cut short is abandoned
             self._progress = 0
-            self._too_big(exc, len(view))
+            if isinstance(exc, OSError):
+                self._too_big(exc, len(view))
             raise
 
     def _too_big(self, exc: OSError, n: int) -> None:
@@ -388,8 +389,10 @@ class Publisher(_Ops):
 
         try:
             retry(attempt(timeout), attempt, deadline, self.name)
-        except OSError as exc:
+        except BaseException as exc:
             self._progress = 0
+            if not isinstance(exc, OSError):
+                raise
             exc.messages_sent = done[0]  # type: ignore[attr-defined]
             if done[0] < len(views):
                 try:
@@ -528,15 +531,13 @@ class Subscriber(_Ops):
             raise _Code(FIPC_CORRUPT)
         self.pos = self.release = o
 
-    def _account(self, seq: int) -> None:
-        if self.overflow != L.DROP_OLDEST:
-            return  # nothing is lost under block
-        if self.seq_known:
-            if (seq - self.seq) & _MASK64 >= _HALF:
-                raise _Code(FIPC_CORRUPT)
-            self._missed += seq - self.seq
-        self.seq = seq + 1
-        self.seq_known = True
+    def _lost(self, seq: int) -> int:
+        """How many messages before number ``seq`` were lost (drop_oldest), unchanged."""
+        if self.overflow != L.DROP_OLDEST or not self.seq_known:
+            return 0
+        if (seq - self.seq) & _MASK64 >= _HALF:
+            raise _Code(FIPC_CORRUPT)  # a number from the past
+        return seq - self.seq
 
     def _frame_at(self) -> tuple[int, int, int, int, int, int]:
         """(kind, length, total, number, payload offset, frame size), checked."""
@@ -562,10 +563,6 @@ class Subscriber(_Ops):
             raise _Code(FIPC_CORRUPT)
         return kind, n, total, seq, at + hdr, size
 
-    def _consume(self, size: int) -> None:
-        self.pos += size
-        self.release = self.pos
-
     def _recv(self, dest: Optional[memoryview], deadline: Deadline) -> int:
         """sub_recv() of csrc/pubsub.c: the length, or raises _Code. dest None: in place
         (block), the payload's offset in ``self._ptr``."""
@@ -589,33 +586,42 @@ class Subscriber(_Ops):
             if self._lapped():  # drop_oldest: what we read of the header may be torn
                 self._resync()
                 continue
+            # A handler that raises runs only at calls and backward jumps: each step's
+            # state changes below are straight-line stores, with no call between them, so
+            # an exception raised into this loop never leaves a step half done.
             mm = self._mm
-            if kind == L.FR_PAD:
-                self._consume(size)
+            if kind == L.FR_PAD or (kind == L.FR_NEXT and self.msg_total == 0):
+                self.pos += size  # padding, or the rest of an abandoned message
+                self.release = self.pos
                 continue
             if kind == L.FR_NEXT:
-                if self.msg_total == 0:
-                    self._consume(size)
-                    continue
                 if dest is None or cap < self.msg_total:
                     raise _Code(-errno.EINVAL)
                 if n > self.msg_total - self.msg_done:
                     raise _Code(FIPC_CORRUPT)
                 dest[self.msg_done:self.msg_done + n] = mm[data:data + n]
-                self.msg_done += n
-                self._consume(size)
-                self._release_cursor()
-                if self.msg_done == self.msg_total:
-                    total, self.msg_total, self.msg_done = self.msg_total, 0, 0
-                    self._account(seq)
+                if self.msg_done + n == self.msg_total:
+                    total = self.msg_total
+                    self.msg_total = self.msg_done = 0
+                    self.pos += size
+                    self.release = self.pos
+                    self._release_cursor()
                     return total
+                self.msg_done += n
+                self.pos += size
+                self.release = self.pos
+                self._release_cursor()
                 continue
             self.msg_total = self.msg_done = 0
             if total > self.max_message:
+                lost = self._lost(seq) if kind == L.FR_WHOLE else 0
                 self.last_len = total
-                self._consume(size)
+                self.pos += size
+                self.release = self.pos
                 if kind == L.FR_WHOLE:
-                    self._account(seq)
+                    self._missed += lost
+                    self.seq = seq + 1
+                    self.seq_known = True
                 raise _Code(FIPC_TOOBIG)
             if kind == L.FR_WHOLE:
                 self.last_len, self.last_pos = n, self.pos
@@ -630,24 +636,30 @@ class Subscriber(_Ops):
                     if self._lapped():
                         self._resync()
                         continue
-                self._account(seq)
-                self._consume(size)
+                lost = self._lost(seq)
+                self._missed += lost
+                self.seq = seq + 1
+                self.seq_known = True
+                self.pos += size
+                self.release = self.pos
                 if dest is not None:
                     self._lazy_release()
                 return n
-            self.last_len = total
+            self.last_len = total  # FIRST (block only: drop_oldest never streams)
             if self.overflow == L.DROP_OLDEST:
                 raise _Code(FIPC_CORRUPT)
             if dest is None or cap < total:
                 raise _Code(L.NEED)
             dest[:n] = mm[data:data + n]
-            self.msg_total, self.msg_done = total, n
-            self._consume(size)
-            self._release_cursor()
             if n == total:
-                self.msg_total = self.msg_done = 0
-                self._account(seq)
+                self.pos += size
+                self.release = self.pos
+                self._release_cursor()
                 return total
+            self.msg_total, self.msg_done = total, n
+            self.pos += size
+            self.release = self.pos
+            self._release_cursor()
 
     def _attempt(self, dest: Optional[memoryview], deadline: Deadline) -> int:
         """One try, as the C call: the length, NEEDED, or a negative status."""
@@ -705,7 +717,7 @@ class Subscriber(_Ops):
             return len(data)
         try:
             n = self._call(dest, timeout)
-        except OSError:
+        except BaseException:  # a timeout, or a handler that raised
             if self.msg_total:  # keep what came of a streamed message for the next call
                 keep = bytearray(self.msg_total)
                 keep[:self.msg_done] = dest[:self.msg_done]
