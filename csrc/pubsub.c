@@ -83,6 +83,29 @@ static inline int is_closed(fipc_pub *h)
     return atomic_load_explicit((_Atomic int32_t *)&h->closed, memory_order_seq_cst);
 }
 
+/* The busy count of the one-call fast paths (the Python side frees the mapping only once it
+ * is 0): enter counts the call, then looks at `closed`; close sets `closed`, then waits for
+ * the count: one of the two sees the other. */
+static inline int enter(fipc_pub *h)
+{
+    atomic_fetch_add_explicit((_Atomic int32_t *)&h->busy, 1, memory_order_seq_cst);
+    if (is_closed(h)) {
+        atomic_fetch_sub_explicit((_Atomic int32_t *)&h->busy, 1, memory_order_release);
+        return -EBADF;
+    }
+    return 0;
+}
+
+static inline void leave(fipc_pub *h)
+{
+    atomic_fetch_sub_explicit((_Atomic int32_t *)&h->busy, 1, memory_order_release);
+}
+
+int fipc_pub_busy(fipc_pub *h)
+{
+    return atomic_load_explicit((_Atomic int32_t *)&h->busy, memory_order_acquire);
+}
+
 /* ---------------------------------------------------------------- liveness (OFD locks) */
 
 /* Try to take (F_WRLCK) or drop (F_UNLCK) the lock on one byte: 0, -EAGAIN if another
@@ -517,10 +540,10 @@ static int64_t put(fipc_pub *h, const char *buf, uint64_t len, double timeout,
     return 0;
 }
 
-int64_t fipc_pub_send(fipc_pub *h, const char *buf, uint64_t len, double timeout,
-                      uint64_t *progress)
+static int64_t pub_send(fipc_pub *h, const char *buf, uint64_t len, double timeout,
+                        uint64_t *progress)
 {
-    if (h->role != ROLE_PUB || is_closed(h))
+    if (h->role != ROLE_PUB)
         return -EBADF;
     if (len > h->max_message)
         return FIPC_TOOBIG;
@@ -533,11 +556,10 @@ int64_t fipc_pub_send(fipc_pub *h, const char *buf, uint64_t len, double timeout
     return 0;
 }
 
-int64_t fipc_pub_send_many(fipc_pub *h, const char *buf, const uint64_t *lens, uint64_t count,
-                           double timeout, uint64_t *sent)
+static int64_t pub_send_many(fipc_pub *h, const char *buf, const uint64_t *lens,
+                             uint64_t count, double timeout, uint64_t *sent)
 {
-    *sent = 0;
-    if (h->role != ROLE_PUB || is_closed(h))
+    if (h->role != ROLE_PUB)
         return -EBADF;
     for (uint64_t i = 0; i < count; i++)
         if (lens[i] > h->max_message)
@@ -746,17 +768,10 @@ static int64_t sub_recv(fipc_pub *h, char *dest, uint64_t cap, double timeout, c
     }
 }
 
-int64_t fipc_sub_recv(fipc_pub *h, char *dest, uint64_t cap, double timeout, char **ptr)
+static int64_t sub_recv_many(fipc_pub *h, char *dest, uint64_t cap, uint64_t *lens,
+                             uint64_t max, double timeout)
 {
-    if (h->role != ROLE_SUB || is_closed(h))
-        return -EBADF;
-    return sub_recv(h, dest, cap, timeout, ptr);
-}
-
-int64_t fipc_sub_recv_many(fipc_pub *h, char *dest, uint64_t cap, uint64_t *lens, uint64_t max,
-                           double timeout)
-{
-    if (h->role != ROLE_SUB || is_closed(h))
+    if (h->role != ROLE_SUB)
         return -EBADF;
     if (h->msg_total) /* finish a streamed message through fipc_sub_recv */
         return FIPC_PUB_NEED;
@@ -786,10 +801,55 @@ int64_t fipc_sub_recv_many(fipc_pub *h, char *dest, uint64_t cap, uint64_t *lens
     return (int64_t)count;
 }
 
+/* ---------------------------------------------------------------- entry points */
+
+int64_t fipc_pub_send(fipc_pub *h, const char *buf, uint64_t len, double timeout,
+                      uint64_t *progress)
+{
+    if (enter(h) < 0)
+        return -EBADF;
+    int64_t rc = pub_send(h, buf, len, timeout, progress);
+    leave(h);
+    return rc;
+}
+
+int64_t fipc_pub_send_many(fipc_pub *h, const char *buf, const uint64_t *lens, uint64_t count,
+                           double timeout, uint64_t *sent)
+{
+    *sent = 0;
+    if (enter(h) < 0)
+        return -EBADF;
+    int64_t rc = pub_send_many(h, buf, lens, count, timeout, sent);
+    leave(h);
+    return rc;
+}
+
+int64_t fipc_sub_recv(fipc_pub *h, char *dest, uint64_t cap, double timeout, char **ptr)
+{
+    if (enter(h) < 0)
+        return -EBADF;
+    int64_t rc = h->role == ROLE_SUB ? sub_recv(h, dest, cap, timeout, ptr) : -EBADF;
+    leave(h);
+    return rc;
+}
+
+int64_t fipc_sub_recv_many(fipc_pub *h, char *dest, uint64_t cap, uint64_t *lens, uint64_t max,
+                           double timeout)
+{
+    if (enter(h) < 0)
+        return -EBADF;
+    int64_t rc = sub_recv_many(h, dest, cap, lens, max, timeout);
+    leave(h);
+    return rc;
+}
+
 void fipc_sub_release(fipc_pub *h)
 {
-    if (h->role == ROLE_SUB && !is_closed(h))
+    if (enter(h) < 0)
+        return;
+    if (h->role == ROLE_SUB)
         release_cursor(h);
+    leave(h);
 }
 
 /* ---------------------------------------------------------------- close */

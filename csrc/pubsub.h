@@ -78,7 +78,8 @@ typedef struct fipc_pub {
     int32_t slot;           /* subscriber: its slot; publisher: -1 */
     int32_t role;           /* 1 publisher, 2 subscriber */
     int32_t overflow;       /* 1 block, 2 drop_oldest */
-    int32_t closed;         /* set by fipc_pub_close: calls return -EBADF */
+    int32_t closed;         /* set by fipc_pub_wake/close: calls return -EBADF */
+    int32_t busy;           /* calls inside C on this handle (any thread) */
     int32_t seq_known;      /* subscriber: seq holds the expected number */
 } fipc_pub;
 
@@ -106,6 +107,8 @@ void fipc_sub_release(fipc_pub *h);
 void fipc_pub_close(fipc_pub *h);
 /* Make blocked calls of this handle return -EBADF, without touching the segment. */
 void fipc_pub_wake(fipc_pub *h);
+/* Calls still inside C: the mapping must not go before this says 0. */
+int fipc_pub_busy(fipc_pub *h);
 /* CDEF END */
 
 #endif

@@ -190,6 +190,10 @@ class Publisher(_Endpoint):
             os.close(fd)
         os.unlink(tmp)
         self._ops = ops
+        fast = ops.fast_send(self._send_general, self._send_finish)
+        if fast is not None:  # the one-call hot path shadows the method (same contract)
+            fast.__doc__ = Publisher.send.__doc__
+            self.send = fast  # type: ignore[method-assign]
         self._overflow = overflow
         self._max = max_message_size
         self._pid = os.getpid()
@@ -217,6 +221,12 @@ class Publisher(_Endpoint):
         ``timeout`` seconds for the slowest subscriber (TimeoutError; a message streamed in
         part is then dropped by the subscribers, never delivered in part)."""
         self._ops.send(data, check_timeout(timeout))
+
+    _send_general = send
+
+    @uses_handle
+    def _send_finish(self, data: bytes, rc: int) -> None:
+        self._ops.finish_send(data, rc)
 
     @uses_handle
     def send_many(self, messages: Iterable[Any], timeout: Optional[float] = None) -> None:
@@ -303,6 +313,10 @@ class Subscriber(_Endpoint):
             time.sleep(delay if left < 0 else min(delay, left))
             delay = min(delay * 2, 0.02)
         self._ops: SubscriberOps = ops
+        fast = ops.fast_recv(self._recv_general, self._recv_finish)
+        if fast is not None:  # the one-call hot path shadows the method (same contract)
+            fast.__doc__ = Subscriber.recv.__doc__
+            self.recv = fast  # type: ignore[method-assign]
         self._pid = os.getpid()
         self._open_handle(which, self._fd)
         _open_handles.add(self)
@@ -354,6 +368,16 @@ class Subscriber(_Endpoint):
         """The next message. EOFError once the publisher has gone and all was read."""
         try:
             return self._ops.recv(check_timeout(timeout))
+        except EOFError:
+            self._orphan()
+            raise
+
+    _recv_general = recv
+
+    @uses_handle
+    def _recv_finish(self, rc: int) -> bytes:
+        try:
+            return self._ops.finish_recv(rc, -1.0)
         except EOFError:
             self._orphan()
             raise

@@ -19,7 +19,7 @@ import fcntl
 import mmap
 import os
 import struct
-from typing import Any, NamedTuple, Optional, Protocol
+from typing import Any, Callable, NamedTuple, Optional, Protocol
 
 MAGIC = 0x42555046  # "FPUB" little-endian
 VERSION = 1
@@ -177,6 +177,15 @@ class PublisherOps(Protocol):
     def send_many(self, blob: bytes, lens: list[int], timeout: float) -> None:
         """Messages stored back to back; the exception says ``messages_sent``."""
 
+    def finish_send(self, data: bytes, rc: int) -> None:
+        """Complete a fast-path send whose one attempt (timeout None) returned ``rc``."""
+
+    def fast_send(self, general: Callable[[Any, Optional[float]], None],
+                  finish: Callable[[bytes, int], None]) -> Optional[Callable[..., None]]:
+        """A one-call ``send(data, timeout=None)`` for the hot path, or None. It sends
+        bytes with no timeout itself and hands anything else to ``general``, an attempt
+        that did not succeed to ``finish``; closed: ``finish`` gets EBADF."""
+
     def stats(self) -> tuple[int, int]:
         """(waits ended by spinning, waits that slept)"""
 
@@ -198,6 +207,13 @@ class SubscriberOps(Protocol):
         """Messages lost to overruns (drop_oldest)."""
 
     def recv(self, timeout: float) -> bytes: ...
+
+    def finish_recv(self, rc: int, timeout: float) -> bytes:
+        """Complete a fast-path recv whose one attempt returned ``rc``."""
+
+    def fast_recv(self, general: Callable[[Optional[float]], bytes],
+                  finish: Callable[[int], bytes]) -> Optional[Callable[..., bytes]]:
+        """A one-call ``recv(timeout=None)``, or None (as ``PublisherOps.fast_send``)."""
 
     def recv_into(self, buffer: Any, timeout: float) -> int:
         """ValueError if the next message does not fit (it stays queued)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import errno
 import mmap
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from fastipc._backend import pubsub as layout
 from fastipc._backend.pubsub import NEED, NOTREADY, NotReady, PublisherOps, SubscriberOps
@@ -75,8 +75,18 @@ class _Ops:
         lib.fipc_pub_wake(self._h)
 
     def close(self) -> None:
-        lib.fipc_pub_close(self._h)
-        ffi.release(self._base)
+        """Mark this end closed in the segment and let go of the mapping, once no call of
+        another thread is inside C on it (the fast paths are counted in C; closing wakes
+        them: they end with EBADF). If one does not come out in time, the mapping is left
+        to the garbage collector: never unmapped under a running call."""
+        h = self._h
+        lib.fipc_pub_wake(h)
+        deadline = _monotonic() + 5.0
+        while lib.fipc_pub_busy(h) and _monotonic() < deadline:
+            time.sleep(0.0005)
+        if not lib.fipc_pub_busy(h):
+            lib.fipc_pub_close(h)
+            ffi.release(self._base)
 
 
 class Publisher(_Ops):
@@ -99,21 +109,45 @@ class Publisher(_Ops):
     def send(self, data: Any, timeout: float) -> None:
         h, progress = self._h, self._progress
         try:  # (a handler that raises runs as the C call returns: inside the try)
-            if type(data) is bytes:
-                rc = _send(h, data, len(data), timeout, progress)
-                if rc == 0:
-                    return
-                buf: Any = data
-            else:
-                buf = _buffer(data)
-                rc = _send(h, buf, len(buf), timeout, progress)
-                if rc == 0:
-                    return
-            self._fail(rc, len(buf), timeout,
-                       lambda left: _send(h, buf, len(buf), left, progress))
+            buf = data if type(data) is bytes else _buffer(data)
+            rc = _send(h, buf, len(buf), timeout, progress)
+            if rc:
+                self._fail(rc, len(buf), timeout,
+                           lambda left: _send(h, buf, len(buf), left, progress))
         except BaseException:
             progress[0] = 0  # a message cut short is abandoned; subscribers drop it
             raise
+
+    def finish_send(self, data: bytes, rc: int) -> None:
+        """What the fast path's first attempt (timeout None) left to do."""
+        h, progress = self._h, self._progress
+        try:
+            self._fail(rc, len(data), -1.0,
+                       lambda left: _send(h, data, len(data), left, progress))
+        except BaseException:
+            progress[0] = 0
+            raise
+
+    def fast_send(self, general: Callable[[Any, Optional[float]], None],
+                  finish: Callable[[bytes, int], None]) -> Optional[Callable[..., None]]:
+        """``send`` in one C call for bytes and no timeout (the decorator's bookkeeping
+        would cost as much as the C call: the busy count is kept in C instead); anything
+        else goes to ``general``, a failed attempt to ``finish`` (both decorated)."""
+        h, progress = self._h, self._progress
+
+        def send(data: Any, timeout: Optional[float] = None) -> None:
+            if timeout is None and type(data) is bytes:
+                try:
+                    rc = _send(h, data, len(data), -1.0, progress)
+                except BaseException:
+                    progress[0] = 0
+                    raise
+                if rc:
+                    finish(data, rc)
+                return
+            general(data, timeout)
+
+        return send
 
     def _fail(self, rc: int, n: int, timeout: float, again: Any) -> None:
         t0 = _monotonic()  # (a close enough start: the first attempt just returned)
@@ -176,20 +210,48 @@ class Subscriber(_Ops):
 
     def recv(self, timeout: float) -> bytes:
         if self._partial is None:
-            stage, h, ptr = self._stage, self._h, self._ptr
             try:  # (a handler that raises runs as the C call returns: inside the try)
-                n = _recv(h, stage, STAGE, timeout, ptr)
-                if n >= 0:
-                    return _unpack(stage, n)  # type: ignore[no-any-return]
-                if n != NEED:
-                    n = retry(n, lambda left: _need(_recv(h, stage, STAGE, left, ptr)),
-                              Deadline(timeout, _monotonic()), self.name)
-                    if n != NEEDED:
-                        return _unpack(stage, n)  # type: ignore[no-any-return]
+                n = _recv(self._h, self._stage, STAGE, timeout, self._ptr)
+            except BaseException:
+                self._keep(self._stage, STAGE)
+                raise
+            if n >= 0:
+                return _unpack(self._stage, n)  # type: ignore[no-any-return]
+            return self.finish_recv(n, timeout)
+        return self._large(timeout)
+
+    def finish_recv(self, n: int, timeout: float) -> bytes:
+        """What a first attempt into the staging buffer left to do (n < 0)."""
+        stage, h, ptr = self._stage, self._h, self._ptr
+        if n != NEED:
+            try:
+                n = retry(n, lambda left: _need(_recv(h, stage, STAGE, left, ptr)),
+                          Deadline(timeout, _monotonic()), self.name)
             except BaseException:
                 self._keep(stage, STAGE)
                 raise
+            if n != NEEDED:
+                return _unpack(stage, n)  # type: ignore[no-any-return]
         return self._large(timeout)
+
+    def fast_recv(self, general: Callable[[Optional[float]], bytes],
+                  finish: Callable[[int], bytes]) -> Optional[Callable[..., bytes]]:
+        """``recv`` in one C call for no timeout (as :meth:`Publisher.fast_send`)."""
+        h, stage, ptr, keep = self._h, self._stage, self._ptr, self._keep
+
+        def recv(timeout: Optional[float] = None) -> bytes:
+            if timeout is None and self._partial is None:
+                try:
+                    n = _recv(h, stage, STAGE, -1.0, ptr)
+                except BaseException:
+                    keep(stage, STAGE)
+                    raise
+                if n >= 0:
+                    return _unpack(stage, n)  # type: ignore[no-any-return]
+                return finish(n)
+            return general(timeout)
+
+        return recv
 
     def _keep(self, dest: Any, cap: int) -> None:
         """A call cut short in the middle of a streamed message: keep what came of it (C

@@ -368,6 +368,13 @@ class Publisher(_Ops):
                 self._too_big(exc, len(view))
             raise
 
+    def finish_send(self, data: bytes, rc: int) -> None:
+        raise AssertionError("the pure backend has no fast path")
+
+    def fast_send(self, general: Callable[[Any, Optional[float]], None],
+                  finish: Callable[[bytes, int], None]) -> Optional[Callable[..., None]]:
+        return None  # the decorated method is as fast as anything here
+
     def _too_big(self, exc: OSError, n: int) -> None:
         if exc.errno == errno.EMSGSIZE and n <= self.max_message:
             raise ValueError(f"a message of {n} bytes is larger than drop_oldest carries "
@@ -699,6 +706,13 @@ class Subscriber(_Ops):
             if n != NEEDED:
                 return bytes(buf) if n == len(buf) else bytes(buf[:n])
 
+    def finish_recv(self, rc: int, timeout: float) -> bytes:
+        raise AssertionError("the pure backend has no fast path")
+
+    def fast_recv(self, general: Callable[[Optional[float]], bytes],
+                  finish: Callable[[int], bytes]) -> Optional[Callable[..., bytes]]:
+        return None
+
     def recv_into(self, buffer: Any, timeout: float) -> int:
         try:
             mv = memoryview(buffer)
@@ -770,4 +784,3 @@ class Subscriber(_Ops):
 
 _check_pub: type[PublisherOps] = Publisher
 _check_sub: type[SubscriberOps] = Subscriber
-_unused: Callable[..., Any] = _Code
