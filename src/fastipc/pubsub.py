@@ -235,9 +235,20 @@ class Publisher(_Endpoint):
         t = check_timeout(timeout)
         if isinstance(messages, (bytes, bytearray, memoryview, str)):
             raise TypeError("send_many takes an iterable of messages, not one message")
-        views = [_core.byte_view(m) for m in messages]
-        if views:
-            self._ops.send_many(b"".join(views), [v.nbytes for v in views], t)
+        if not isinstance(messages, (list, tuple)):
+            messages = list(messages)
+        if not messages:
+            return
+        try:  # the usual case, bytes-like items, in two C loops
+            blob = b"".join(messages)
+            lens = list(map(len, messages))
+        except TypeError:
+            blob = b""
+            lens = [-1]
+        if sum(lens) != len(blob):  # str items (refused), or items wider than a byte
+            views = [_core.byte_view(m) for m in messages]
+            blob, lens = b"".join(views), [v.nbytes for v in views]
+        self._ops.send_many(blob, lens, t)
 
     def _free(self) -> None:
         _open_handles.discard(self)

@@ -9,7 +9,9 @@ mapping cannot be closed under C's feet. The public classes (``_core.Handle``) c
 from __future__ import annotations
 
 import errno
+import functools
 import mmap
+import struct
 import time
 from typing import Any, Callable, Optional
 
@@ -43,6 +45,12 @@ def _buffer(data: Any) -> Any:
         raise TypeError(
             f"a contiguous bytes-like object is required, not {type(data).__name__!r}"
         ) from exc
+
+
+@functools.lru_cache(maxsize=64)
+def _uniform(count: int, size: int) -> struct.Struct:
+    """The struct format of ``count`` messages of ``size`` bytes each."""
+    return struct.Struct(f"{size}s" * count)
 
 
 def _need(rc: int) -> int:
@@ -358,13 +366,12 @@ class Subscriber(_Ops):
                       Deadline(timeout, _monotonic()), self.name)
             if n == NEEDED:  # NEED: the next message is not for a batch
                 return [self.recv(timeout)]
-        mv = memoryview(self._outbuf)
-        result, at = [], 0
-        for i in range(n):
-            m = int(lens[i])
-            result.append(bytes(mv[at:at + m]))
-            at += m
-        return result
+        sizes = _unpack(lens, n)
+        if n and min(sizes) == max(sizes):  # the usual case: one cached format
+            fmt = _uniform(n, sizes[0])
+        else:
+            fmt = struct.Struct("".join(f"{m}s" for m in sizes))
+        return list(fmt.unpack_from(self._outbuf))  # every bytes object in one call
 
 
 _check_pub: type[PublisherOps] = Publisher
