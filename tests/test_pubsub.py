@@ -4,6 +4,7 @@ real segments and real processes (SIGKILL, fork, mid-stream joins, overruns)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import mmap
 import os
@@ -13,6 +14,7 @@ import subprocess
 import threading
 import time
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -557,29 +559,41 @@ def test_drop_oldest_slow_subscriber(cross: tuple[str, str], name: str) -> None:
             assert count + missed == n  # exact: every message is either read or counted
 
 
+@contextlib.contextmanager
+def _stuck(pub: pubsub.Publisher, name: str, backend: str) -> Iterator[subprocess.Popen[str]]:
+    """A subscriber process that attaches and never reads, and a publisher held back by
+    it (its ring full); the process is killed afterwards."""
+    proc = start_python("""
+        import sys, time
+        from fastipc import pubsub
+        sub = pubsub.Subscriber(sys.argv[1], timeout=20, backend=sys.argv[2])
+        print("ready", flush=True)
+        time.sleep(60)
+    """, name, backend)
+    try:
+        _wait_ready(pub, [proc])
+        _fill(pub)
+        yield proc
+    finally:
+        proc.kill()
+        proc.communicate()
+
+
+def _fill(pub: pubsub.Publisher) -> None:
+    with pytest.raises(TimeoutError):
+        while True:
+            pub.send(b"x" * 200, timeout=0.05)
+
+
 def test_killed_subscriber_releases_the_publisher(backend: str, name: str) -> None:
-    with pubsub.Publisher(name, capacity=4096, backend=backend) as pub:
-        proc = start_python("""
-            import sys, time
-            from fastipc import pubsub
-            sub = pubsub.Subscriber(sys.argv[1], timeout=20, backend=sys.argv[2])
-            print("ready", flush=True)
-            time.sleep(60)
-        """, name, backend)
-        try:
-            _wait_ready(pub, [proc])
-            with pytest.raises(TimeoutError):
-                while True:
-                    pub.send(b"x" * 200, timeout=0.05)
-            proc.kill()
-            proc.wait()
-            t0 = time.monotonic()
-            pub.send(b"resumed", timeout=1.0)  # within a second of the death
-            assert time.monotonic() - t0 < 1.0
-            assert pub.subscribers == 0
-        finally:
-            proc.kill()
-            proc.communicate()
+    with pubsub.Publisher(name, capacity=4096, backend=backend) as pub, \
+            _stuck(pub, name, backend) as proc:
+        proc.kill()
+        proc.wait()
+        t0 = time.monotonic()
+        pub.send(b"resumed", timeout=1.0)  # within a second of the death
+        assert time.monotonic() - t0 < 1.0
+        assert pub.subscribers == 0
 
 
 def test_killed_publisher_ends_the_stream(backend: str, name: str) -> None:
@@ -639,9 +653,7 @@ def test_forked_child_does_not_keep_a_dead_subscriber_alive(backend: str, name: 
             lines = sorted(proc.stdout.readline().strip() for _ in range(2))
             assert lines[0] == "child: closed" and lines[1].startswith("ready "), lines
             child = int(lines[1].split()[1])
-            with pytest.raises(TimeoutError):
-                while True:
-                    pub.send(b"x" * 200, timeout=0.05)
+            _fill(pub)
             proc.kill()
             proc.wait()
             pub.send(b"resumed", timeout=1.0)  # the lingering child holds nothing back
@@ -690,31 +702,17 @@ def test_forked_child_does_not_keep_a_dead_publisher_alive(backend: str, name: s
 def test_liveness_does_not_trust_pids(backend: str, name: str) -> None:
     """A dead subscriber whose slot names a running process (as after pid reuse, or a pid
     from another namespace) is still found dead; a live one is never taken for dead."""
-    with pubsub.Publisher(name, capacity=4096, backend=backend) as pub:
-        proc = start_python("""
-            import sys, time
-            from fastipc import pubsub
-            sub = pubsub.Subscriber(sys.argv[1], timeout=20, backend=sys.argv[2])
-            print("ready", flush=True)
-            time.sleep(60)
-        """, name, backend)
-        try:
-            _wait_ready(pub, [proc])
-            with pytest.raises(TimeoutError):
-                while True:
-                    pub.send(b"x" * 200, timeout=0.05)
-            with pytest.raises(TimeoutError):  # alive: its slot is not taken from it
-                pub.send(b"x" * 200, timeout=0.3)
-            proc.kill()
-            proc.wait()
-            with open(SHM / name, "r+b") as f, mmap.mmap(f.fileno(), 0) as mm:
-                for i in range(layout.SLOTS):  # every slot now names a live process
-                    off = layout.OFF_SLOTS + i * layout.SLOT_SIZE + layout.SLOT_PID
-                    mm[off:off + 4] = struct.pack("<I", os.getpid())
-            pub.send(b"resumed", timeout=1.0)
-        finally:
-            proc.kill()
-            proc.communicate()
+    with pubsub.Publisher(name, capacity=4096, backend=backend) as pub, \
+            _stuck(pub, name, backend) as proc:
+        with pytest.raises(TimeoutError):  # alive: its slot is not taken from it
+            pub.send(b"x" * 200, timeout=0.3)
+        proc.kill()
+        proc.wait()
+        with open(SHM / name, "r+b") as f, mmap.mmap(f.fileno(), 0) as mm:
+            for i in range(layout.SLOTS):  # every slot now names a live process
+                off = layout.OFF_SLOTS + i * layout.SLOT_SIZE + layout.SLOT_PID
+                mm[off:off + 4] = struct.pack("<I", os.getpid())
+        pub.send(b"resumed", timeout=1.0)
 
 
 # ---------------------------------------------------------------------------- CLI
