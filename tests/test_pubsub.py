@@ -783,3 +783,18 @@ def test_timeout_in_a_small_streamed_message_then_recv_into(cross: tuple[str, st
     finally:
         proc.kill()
         proc.communicate()
+
+
+def test_a_view_kept_past_its_block_does_not_stall_the_publisher(backend: str,
+                                                                  name: str) -> None:
+    import numpy  # in the test extras
+    with pubsub.Publisher(name, capacity=4096, backend=backend) as pub, \
+            pubsub.Subscriber(name, timeout=1, backend=backend) as sub:
+        pub.send(b"v" * 100)
+        with sub.recv_view(timeout=1) as view:
+            kept = numpy.frombuffer(view, dtype=numpy.uint8)  # an export of the view
+        assert bytes(kept[:3]) == b"vvv"
+        for i in range(200):  # many laps of the ring: the cursor was released
+            pub.send(message(i), timeout=1)
+            assert check_message(sub.recv(timeout=1)) == i
+        del kept
