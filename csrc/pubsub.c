@@ -1,0 +1,873 @@
+/* Fan-out in shared memory: one publisher writes each message once into a ring; every
+ * subscriber reads it with its own cursor. Layout and protocol: docs/pubsub-layout.md.
+ *
+ * Ordering: the publisher copies a frame, then stores head (release) and, after a full
+ * fence, looks whether a subscriber sleeps. A subscriber loads head (acquire) before it
+ * reads frames. Under "block" each subscriber publishes its cursor (release) and the
+ * publisher never writes more than a ring ahead of the lowest active cursor. Under
+ * "drop_oldest" the publisher never waits: before it overwrites a region it stores `oldest`
+ * (the first frame past that region) and fences; a subscriber copies a frame, fences, and
+ * re-reads `oldest`: if it has passed the frame, the copy may be torn and is thrown away
+ * (seqlock). Every frame carries its message number, so the count of lost messages is exact.
+ *
+ * Liveness: each participant holds an OFD lock on its own byte of the segment file
+ * (FIPC_PUB_LOCK + ...). The kernel drops it when the last reference to the open file
+ * description goes (process death included); F_OFD_SETLK by another description tells.
+ *
+ * Nothing read from the mapping is trusted: counters, cursors and frames are checked
+ * against the capacity derived from the mapping's real size (FIPC_CORRUPT otherwise). */
+#include "pubsub.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdatomic.h>
+#include <string.h>
+#include <unistd.h>
+
+#define HDR ((uint64_t)FIPC_PUB_HEADER)
+#define FR_HDR ((uint64_t)FIPC_PUB_FR_HDR)
+#define FIRST_HDR ((uint64_t)FIPC_PUB_FIRST_HDR)
+#define ST_OPEN 1u
+#define ST_CLOSED 2u
+#define ROLE_PUB 1
+#define ROLE_SUB 2
+#define BLOCK 1
+#define DROP 2
+#define SLICE_NS 100000000LL /* sleep at most this long between liveness checks */
+#define MAX_CHUNK (256u << 10)
+
+#define A32(h, off) ((_Atomic uint32_t *)(void *)((h)->base + (off)))
+#define A64(h, off) ((_Atomic uint64_t *)(void *)((h)->base + (off)))
+#define LOAD(p, mo) atomic_load_explicit((p), memory_order_##mo)
+#define STORE(p, v, mo) atomic_store_explicit((p), (v), memory_order_##mo)
+#define SLOT(i, field) (FIPC_PUB_OFF_SLOTS + (size_t)(i) * FIPC_PUB_SLOT_SIZE + (field))
+
+/* Frames start at multiples of 16, so that the room left before the ring's end always
+ * holds a frame header (a PAD). */
+static inline uint64_t round16(uint64_t n)
+{
+    return (n + 15u) & ~(uint64_t)15u;
+}
+
+static inline char *ring(fipc_pub *h, uint64_t pos)
+{
+    return h->base + HDR + (pos & (h->capacity - 1));
+}
+
+static inline uint32_t rd32(const char *p)
+{
+    uint32_t v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static inline uint64_t rd64(const char *p)
+{
+    uint64_t v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static inline void wr32(char *p, uint32_t v)
+{
+    memcpy(p, &v, sizeof v);
+}
+
+static inline void wr64(char *p, uint64_t v)
+{
+    memcpy(p, &v, sizeof v);
+}
+
+static inline int is_closed(fipc_pub *h)
+{
+    return atomic_load_explicit((_Atomic int32_t *)&h->closed, memory_order_seq_cst);
+}
+
+/* The busy count of the one-call fast paths (the Python side frees the mapping only once it
+ * is 0): enter counts the call, then looks at `closed`; close sets `closed`, then waits for
+ * the count: one of the two sees the other. */
+static inline int enter(fipc_pub *h)
+{
+    atomic_fetch_add_explicit((_Atomic int32_t *)&h->busy, 1, memory_order_seq_cst);
+    if (is_closed(h)) {
+        atomic_fetch_sub_explicit((_Atomic int32_t *)&h->busy, 1, memory_order_release);
+        return -EBADF;
+    }
+    return 0;
+}
+
+static inline void leave(fipc_pub *h)
+{
+    atomic_fetch_sub_explicit((_Atomic int32_t *)&h->busy, 1, memory_order_release);
+}
+
+int fipc_pub_busy(fipc_pub *h)
+{
+    return atomic_load_explicit((_Atomic int32_t *)&h->busy, memory_order_acquire);
+}
+
+/* ---------------------------------------------------------------- liveness (OFD locks) */
+
+/* Try to take (F_WRLCK) or drop (F_UNLCK) the lock on one byte: 0, -EAGAIN if another
+ * description holds it, -errno. */
+static int ofd_lock(int fd, int64_t byte, short type)
+{
+    struct flock fl = {.l_type = type, .l_whence = SEEK_SET, .l_start = byte, .l_len = 1};
+    if (fcntl(fd, F_OFD_SETLK, &fl) < 0)
+        return errno == EACCES ? -EAGAIN : -errno;
+    return 0;
+}
+
+/* 1 if another open file description holds the lock on `byte` (its owner lives). */
+static int ofd_held(int fd, int64_t byte)
+{
+    struct flock fl = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = byte, .l_len = 1};
+    if (fcntl(fd, F_OFD_GETLK, &fl) < 0)
+        return 1; /* cannot tell: assume alive (never declare a live peer dead) */
+    return fl.l_type != F_UNLCK;
+}
+
+/* ---------------------------------------------------------------- set-up */
+
+static int valid_capacity(uint64_t cap)
+{
+    return cap >= FIPC_PUB_MIN_CAPACITY && (cap & (cap - 1)) == 0;
+}
+
+int fipc_pub_init(fipc_pub *h, char *base, uint64_t map_size, int32_t fd, int32_t pid,
+                  uint64_t max_message, int32_t overflow, double spin)
+{
+    if (base == NULL || map_size <= HDR || !valid_capacity(map_size - HDR) || pid <= 0 ||
+        (overflow != BLOCK && overflow != DROP))
+        return -EINVAL;
+    memset(h, 0, sizeof *h);
+    h->base = base;
+    h->map_size = map_size;
+    h->capacity = map_size - HDR;
+    h->max_message = max_message;
+    h->role = ROLE_PUB;
+    h->overflow = overflow;
+    h->fd = fd;
+    h->slot = -1;
+    h->chunk = h->capacity / 16 < MAX_CHUNK ? h->capacity / 16 : MAX_CHUNK;
+    fipc_spin_set(&h->spin, spin);
+
+    memset(base, 0, HDR);
+    wr32(base + FIPC_PUB_OFF_VERSION, FIPC_PUB_VERSION);
+    wr64(base + FIPC_PUB_OFF_CAPACITY, h->capacity);
+    wr64(base + FIPC_PUB_OFF_DATA, HDR);
+    wr64(base + FIPC_PUB_OFF_MAXMSG, max_message);
+    wr32(base + FIPC_PUB_OFF_PID, (uint32_t)pid);
+    wr32(base + FIPC_PUB_OFF_STATE, ST_OPEN);
+    wr32(base + FIPC_PUB_OFF_OVERFLOW, (uint32_t)overflow);
+    wr32(base + FIPC_PUB_OFF_NSLOTS, FIPC_PUB_SLOTS);
+    wr64(base + FIPC_PUB_OFF_CHUNK, h->chunk);
+    STORE(A32(h, FIPC_PUB_OFF_MAGIC), (uint32_t)FIPC_PUB_MAGIC, release); /* last */
+    return 0;
+}
+
+int fipc_sub_init(fipc_pub *h, char *base, uint64_t map_size, int32_t fd, int32_t slot,
+                  int32_t pid, uint64_t max_message, double spin)
+{
+    if (base == NULL || pid <= 0 || slot < 0 || slot >= FIPC_PUB_SLOTS)
+        return -EINVAL;
+    memset(h, 0, sizeof *h);
+    h->base = base;
+    h->map_size = map_size;
+    if (map_size < sizeof(uint32_t))
+        return FIPC_PUB_NOTREADY;
+    uint32_t magic = LOAD(A32(h, FIPC_PUB_OFF_MAGIC), acquire);
+    if (magic == 0)
+        return FIPC_PUB_NOTREADY;
+    if (magic != (uint32_t)FIPC_PUB_MAGIC || map_size <= HDR || !valid_capacity(map_size - HDR))
+        return FIPC_CORRUPT;
+    uint64_t cap = rd64(base + FIPC_PUB_OFF_CAPACITY);
+    uint32_t overflow = rd32(base + FIPC_PUB_OFF_OVERFLOW);
+    if (rd32(base + FIPC_PUB_OFF_VERSION) != FIPC_PUB_VERSION || cap != map_size - HDR ||
+        rd64(base + FIPC_PUB_OFF_DATA) != HDR ||
+        rd32(base + FIPC_PUB_OFF_NSLOTS) != FIPC_PUB_SLOTS ||
+        (overflow != BLOCK && overflow != DROP))
+        return FIPC_CORRUPT;
+    uint32_t state = LOAD(A32(h, FIPC_PUB_OFF_STATE), acquire);
+    if (state != ST_OPEN && state != ST_CLOSED)
+        return FIPC_CORRUPT;
+    h->capacity = cap;
+    h->max_message = max_message;
+    h->role = ROLE_SUB;
+    h->overflow = (int32_t)overflow;
+    h->fd = fd;
+    h->slot = slot;
+    h->hold = UINT64_MAX;
+    fipc_spin_set(&h->spin, spin);
+    /* Join at the head: store a cursor no later than any the publisher can still be
+     * reserving against, then read head again (both seq_cst: the publisher stores head and
+     * then loads the cursors, so a reservation that missed our cursor started at or before
+     * the head we read the second time; docs/pubsub-layout.md). The second read takes
+     * head with its message count, consistent under the `snap` sequence word. */
+    uint64_t head = LOAD(A64(h, FIPC_PUB_OFF_HEAD), seq_cst);
+    STORE(A32(h, SLOT(slot, FIPC_PUB_SLOT_PID)), (uint32_t)pid, relaxed);
+    STORE(A64(h, SLOT(slot, FIPC_PUB_SLOT_CURSOR)), head, seq_cst);
+    STORE(A32(h, SLOT(slot, FIPC_PUB_SLOT_STATE)), 1u, seq_cst);
+    uint64_t again = 0, count = 0;
+    for (int tries = 0; tries < 1000000; tries++) {
+        uint32_t v1 = LOAD(A32(h, FIPC_PUB_OFF_SNAP), seq_cst);
+        again = LOAD(A64(h, FIPC_PUB_OFF_HEAD), seq_cst);
+        count = LOAD(A64(h, FIPC_PUB_OFF_COUNT), seq_cst);
+        if (!(v1 & 1u) && LOAD(A32(h, FIPC_PUB_OFF_SNAP), seq_cst) == v1) {
+            h->seq = count;
+            h->seq_known = 1;
+            break;
+        }
+        fipc_cpu_relax(); /* (a publisher that died half-way: the count stays unknown) */
+    }
+    if ((head & 15u) || (again & 15u) || again - head > cap)
+        return FIPC_CORRUPT;
+    STORE(A64(h, SLOT(slot, FIPC_PUB_SLOT_CURSOR)), again, seq_cst);
+    h->pos = h->peer = h->release = h->published = again;
+    /* a subscriber that overran the publisher after waking may be waiting on our slot */
+    atomic_fetch_add_explicit(A32(h, FIPC_PUB_OFF_SSEQ), 1u, memory_order_seq_cst);
+    fipc_futex_wake(A32(h, FIPC_PUB_OFF_SSEQ));
+    return 0;
+}
+
+/* ---------------------------------------------------------------- counters and wake-ups */
+
+/* Bump a futex word and wake its sleepers. */
+static inline void ring_bell(fipc_pub *h, size_t seq_off)
+{
+    atomic_fetch_add_explicit(A32(h, seq_off), 1u, memory_order_seq_cst);
+    fipc_futex_wake(A32(h, seq_off));
+}
+
+static inline void publish_head(fipc_pub *h)
+{
+    /* head and the count of messages before it, as one snapshot for joining subscribers */
+    _Atomic uint32_t *snap = A32(h, FIPC_PUB_OFF_SNAP);
+    uint32_t v = LOAD(snap, relaxed);
+    STORE(snap, v | 1u, relaxed);
+    atomic_thread_fence(memory_order_release);
+    STORE(A64(h, FIPC_PUB_OFF_COUNT), h->seq, relaxed);
+    STORE(A64(h, FIPC_PUB_OFF_HEAD), h->pos, release);
+    STORE(snap, (v | 1u) + 1u, release);
+    atomic_thread_fence(memory_order_seq_cst);
+    /* the publisher clears the flag: every subscriber that set it before this look is
+     * woken (its futex word changed after it read it); one that sets it later reads head
+     * after our store (docs/pubsub-layout.md, "Waiting") */
+    if (LOAD(A32(h, FIPC_PUB_OFF_SWAIT), relaxed)) {
+        STORE(A32(h, FIPC_PUB_OFF_SWAIT), 0u, relaxed);
+        ring_bell(h, FIPC_PUB_OFF_DSEQ);
+    }
+}
+
+static void release_cursor(fipc_pub *h)
+{
+    uint64_t t = h->release < h->hold ? h->release : h->hold;
+    if (h->overflow != BLOCK || t == h->published || t - h->published > h->capacity)
+        return;
+    h->published = t;
+    STORE(A64(h, SLOT(h->slot, FIPC_PUB_SLOT_CURSOR)), t, release);
+    atomic_thread_fence(memory_order_seq_cst);
+    if (LOAD(A32(h, FIPC_PUB_OFF_PWAIT), relaxed))
+        ring_bell(h, FIPC_PUB_OFF_SSEQ);
+}
+
+static inline void lazy_release(fipc_pub *h)
+{
+    if (h->overflow == BLOCK && (h->release - h->published >= (h->capacity >> 4) ||
+                                 LOAD(A32(h, FIPC_PUB_OFF_PWAIT), relaxed)))
+        release_cursor(h);
+}
+
+/* Publisher, block mode: the lowest cursor of the active subscribers (pos if none). */
+static int load_cursors(fipc_pub *h)
+{
+    uint64_t low = h->pos;
+    atomic_thread_fence(memory_order_seq_cst);
+    for (int i = 0; i < FIPC_PUB_SLOTS; i++) {
+        if (LOAD(A32(h, SLOT(i, FIPC_PUB_SLOT_STATE)), acquire) != 1u)
+            continue;
+        uint64_t c = LOAD(A64(h, SLOT(i, FIPC_PUB_SLOT_CURSOR)), acquire);
+        if (h->pos - c > h->capacity)
+            return FIPC_CORRUPT; /* a cursor ahead of head or a lap behind */
+        if (h->pos - c > h->pos - low)
+            low = c;
+    }
+    h->peer = low;
+    return 0;
+}
+
+/* Publisher: free the slots whose subscriber has gone (its lock is free: we take it, so
+ * that no subscriber can claim the slot meanwhile, clear the slot, and let go). */
+static void reclaim_dead(fipc_pub *h)
+{
+    for (int i = 0; i < FIPC_PUB_SLOTS; i++) {
+        if (LOAD(A32(h, SLOT(i, FIPC_PUB_SLOT_STATE)), acquire) == 0)
+            continue;
+        if (ofd_lock(h->fd, (int64_t)FIPC_PUB_LOCK + 1 + i, F_WRLCK) != 0)
+            continue; /* held: alive (or we cannot tell) */
+        STORE(A32(h, SLOT(i, FIPC_PUB_SLOT_STATE)), 0u, seq_cst);
+        (void)ofd_lock(h->fd, (int64_t)FIPC_PUB_LOCK + 1 + i, F_UNLCK);
+    }
+}
+
+/* Subscriber: refresh the cached head. */
+static int load_head(fipc_pub *h)
+{
+    uint64_t head = LOAD(A64(h, FIPC_PUB_OFF_HEAD), acquire);
+    if (head & 15u)
+        return FIPC_CORRUPT;
+    if (h->overflow == BLOCK && (head - h->pos > h->capacity || head - h->peer > h->capacity))
+        return FIPC_CORRUPT;
+    if (head - h->peer > (UINT64_MAX >> 1))
+        return FIPC_CORRUPT; /* head went backwards */
+    h->peer = head;
+    return 0;
+}
+
+/* 1 if what we wait for is there, 0 if not, < 0 on corruption. */
+static int ready(fipc_pub *h, uint64_t need)
+{
+    int rc;
+    if (h->role == ROLE_SUB) {
+        if (h->peer != h->pos)
+            return 1;
+        rc = load_head(h);
+        return rc < 0 ? rc : h->peer != h->pos;
+    }
+    if (h->capacity - (h->pos - h->peer) >= need)
+        return 1;
+    rc = load_cursors(h);
+    return rc < 0 ? rc : h->capacity - (h->pos - h->peer) >= need;
+}
+
+/* Subscriber: has the stream ended (closed, or the publisher died)? check_lock: also ask
+ * the kernel whether the publisher's lock is still held. */
+static int pub_gone(fipc_pub *h, int check_lock)
+{
+    if (LOAD(A32(h, FIPC_PUB_OFF_STATE), acquire) == ST_CLOSED)
+        return 1;
+    return check_lock && !ofd_held(h->fd, FIPC_PUB_LOCK);
+}
+
+/* Wait until ready(need): spin for the adaptive budget, then sleep on the futex word in
+ * slices, checking liveness between them. */
+static int wait_for(fipc_pub *h, uint64_t need, double timeout, int64_t *deadline)
+{
+    int rc;
+    int sub = h->role == ROLE_SUB;
+    int64_t start = 0;
+    fipc_deadline_lazy(deadline, timeout);
+    if (sub)
+        release_cursor(h); /* never sleep on space we could give back */
+    if (timeout != 0 && h->spin.ns > 0) {
+        start = fipc_now_ns();
+        int64_t end = start + h->spin.ns;
+        if (*deadline >= 0 && end > *deadline)
+            end = *deadline;
+        for (unsigned i = 1;; i++) {
+            if ((rc = ready(h, need)) != 0) {
+                if (rc > 0) {
+                    h->spins++;
+                    fipc_spin_caught(&h->spin);
+                }
+                return rc < 0 ? rc : 0;
+            }
+            if ((i & 255u) == 0) {
+                if (is_closed(h))
+                    return -EBADF;
+                if ((sub && pub_gone(h, 0)) || fipc_now_ns() >= end)
+                    break;
+            }
+            fipc_cpu_relax();
+        }
+    }
+    size_t wait_off = sub ? FIPC_PUB_OFF_SWAIT : FIPC_PUB_OFF_PWAIT;
+    size_t seq_off = sub ? FIPC_PUB_OFF_DSEQ : FIPC_PUB_OFF_SSEQ;
+    int slept = 0;
+    for (;;) {
+        if (is_closed(h))
+            return -EBADF;
+        uint32_t seq = LOAD(A32(h, seq_off), acquire);
+        atomic_exchange_explicit(A32(h, wait_off), 1u, memory_order_seq_cst);
+        rc = ready(h, need);
+        if (rc == 0 && sub && pub_gone(h, slept || timeout == 0)) {
+            rc = ready(h, need); /* the last head comes before the closed state */
+            if (rc == 0)
+                rc = FIPC_EOF;
+        }
+        if (rc == 0 && !sub && (slept || timeout == 0)) {
+            reclaim_dead(h); /* a dead subscriber no longer holds us back */
+            rc = ready(h, need);
+        }
+        int64_t left = 0;
+        if (rc == 0) {
+            if (*deadline >= 0) {
+                left = *deadline - fipc_now_ns();
+                if (left <= 0)
+                    rc = -ETIMEDOUT;
+            } else {
+                left = SLICE_NS;
+            }
+        }
+        if (rc != 0) {
+            if (!sub)
+                STORE(A32(h, wait_off), 0u, relaxed);
+            if (rc > 0) {
+                if (slept) {
+                    h->sleeps++;
+                    if (start)
+                        fipc_spin_slept(&h->spin, fipc_now_ns() - start);
+                } else {
+                    h->spins++;
+                }
+                return 0;
+            }
+            return rc;
+        }
+        rc = fipc_futex_wait(A32(h, seq_off), seq, left < SLICE_NS ? left : SLICE_NS);
+        if (!sub)
+            STORE(A32(h, wait_off), 0u, relaxed);
+        slept = 1;
+        if (rc < 0)
+            return rc;
+    }
+}
+
+/* ---------------------------------------------------------------- publisher */
+
+/* drop_oldest: move `oldest` past every frame that the bytes below `target` overlap, and
+ * make that visible before the caller overwrites them. */
+static int advance_oldest(fipc_pub *h, uint64_t target)
+{
+    uint64_t o = h->oldest;
+    if (o >= target)
+        return 0;
+    while (o < target) {
+        if (o == h->pos) { /* nothing older: the whole ring is ours */
+            o = target;
+            break;
+        }
+        uint64_t room = h->capacity - (o & (h->capacity - 1));
+        char *p = ring(h, o);
+        uint32_t kind = rd32(p + 4);
+        uint64_t size = (kind == FIPC_PUB_FR_FIRST ? FIRST_HDR : FR_HDR) + round16(rd32(p));
+        if (kind < FIPC_PUB_FR_WHOLE || kind > FIPC_PUB_FR_PAD || size > room ||
+            size > h->pos - o)
+            return FIPC_CORRUPT; /* our own frames, changed by someone else */
+        o += size;
+    }
+    h->oldest = o;
+    if (LOAD(A64(h, FIPC_PUB_OFF_HEAD), relaxed) - o > (UINT64_MAX >> 1))
+        publish_head(h); /* (in a batch) subscribers never see oldest beyond head */
+    STORE(A64(h, FIPC_PUB_OFF_OLDEST), o, relaxed);
+    atomic_thread_fence(memory_order_seq_cst); /* oldest before the overwrite (seqlock) */
+    return 0;
+}
+
+/* Room for a frame of `frame` bytes (a PAD first if it would cross the ring's end). */
+static int reserve(fipc_pub *h, uint64_t frame, double timeout, int64_t *deadline, char **at)
+{
+    uint64_t room = h->capacity - (h->pos & (h->capacity - 1));
+    uint64_t need = frame > room ? room + frame : frame;
+    int rc;
+    if (h->overflow == DROP) {
+        if (h->pos + need > h->capacity &&
+            (rc = advance_oldest(h, h->pos + need - h->capacity)) < 0)
+            return rc;
+    } else if (h->capacity - (h->pos - h->peer) < need) {
+        rc = ready(h, need);
+        if (rc < 0)
+            return rc;
+        if (rc == 0) {
+            publish_head(h); /* what we batched must be visible before we wait */
+            if ((rc = wait_for(h, need, timeout, deadline)) < 0)
+                return rc;
+        }
+    }
+    if (frame > room) {
+        char *p = ring(h, h->pos);
+        wr32(p, (uint32_t)(room - FR_HDR));
+        wr32(p + 4, FIPC_PUB_FR_PAD);
+        wr64(p + 8, h->seq);
+        h->pos += room;
+    }
+    *at = ring(h, h->pos);
+    return 0;
+}
+
+static inline int whole(fipc_pub *h, uint64_t len)
+{
+    return FR_HDR + round16(len) <= h->capacity / 4;
+}
+
+static int64_t put(fipc_pub *h, const char *buf, uint64_t len, double timeout,
+                   int64_t *deadline, uint64_t *progress)
+{
+    char *p;
+    int rc;
+    if (whole(h, len)) {
+        uint64_t frame = FR_HDR + round16(len);
+        if ((rc = reserve(h, frame, timeout, deadline, &p)) < 0)
+            return rc;
+        wr32(p, (uint32_t)len);
+        wr32(p + 4, FIPC_PUB_FR_WHOLE);
+        wr64(p + 8, h->seq);
+        memcpy(p + FR_HDR, buf, len);
+        h->pos += frame;
+        h->seq++;
+        return 0;
+    }
+    if (h->overflow == DROP)
+        return FIPC_TOOBIG; /* refused up front in Python; never streamed over drop_oldest */
+    uint64_t done = *progress;
+    while (done < len) {
+        uint64_t hdr = done == 0 ? FIRST_HDR : FR_HDR;
+        uint64_t want = len - done < h->chunk ? len - done : h->chunk;
+        if ((rc = reserve(h, hdr + round16(want), timeout, deadline, &p)) < 0)
+            return rc;
+        wr32(p, (uint32_t)want);
+        wr32(p + 4, done == 0 ? FIPC_PUB_FR_FIRST : FIPC_PUB_FR_NEXT);
+        wr64(p + 8, h->seq);
+        if (done == 0)
+            wr64(p + FR_HDR, len);
+        memcpy(p + hdr, buf + done, want);
+        h->pos += hdr + round16(want);
+        publish_head(h);
+        done += want;
+        *progress = done;
+    }
+    h->seq++;
+    return 0;
+}
+
+static int64_t pub_send(fipc_pub *h, const char *buf, uint64_t len, double timeout,
+                        uint64_t *progress)
+{
+    if (h->role != ROLE_PUB)
+        return -EBADF;
+    if (len > h->max_message)
+        return FIPC_TOOBIG;
+    int64_t deadline = FIPC_DEADLINE_UNSET;
+    int64_t rc = put(h, buf, len, timeout, &deadline, progress);
+    if (rc < 0)
+        return rc;
+    publish_head(h);
+    *progress = 0;
+    return 0;
+}
+
+static int64_t pub_send_many(fipc_pub *h, const char *buf, const uint64_t *lens,
+                             uint64_t count, double timeout, uint64_t *sent)
+{
+    if (h->role != ROLE_PUB)
+        return -EBADF;
+    for (uint64_t i = 0; i < count; i++)
+        if (lens[i] > h->max_message)
+            return FIPC_TOOBIG;
+    int64_t deadline = FIPC_DEADLINE_UNSET;
+    int64_t rc = 0;
+    uint64_t i = 0;
+    for (; i < count; i++) {
+        uint64_t progress = 0;
+        rc = put(h, buf, lens[i], timeout, &deadline, &progress);
+        if (rc < 0)
+            break;
+        buf += lens[i];
+    }
+    publish_head(h);
+    *sent = i;
+    return rc < 0 ? rc : 0;
+}
+
+/* ---------------------------------------------------------------- subscriber */
+
+/* The frame at pos, checked against the ring and against what head has published. */
+static int frame_at(fipc_pub *h, uint32_t *kind, uint64_t *len, uint64_t *total,
+                    uint64_t *seq, char **data, uint64_t *size)
+{
+    if (h->pos & 15u)
+        return FIPC_CORRUPT;
+    uint64_t room = h->capacity - (h->pos & (h->capacity - 1));
+    uint64_t avail = h->peer - h->pos;
+    if (avail < FR_HDR || avail > h->capacity)
+        return FIPC_CORRUPT;
+    char *p = ring(h, h->pos);
+    uint64_t n = rd32(p);
+    uint32_t k = rd32(p + 4);
+    uint64_t hdr = k == FIPC_PUB_FR_FIRST ? FIRST_HDR : FR_HDR;
+    uint64_t sz = hdr + round16(n);
+    if (k < FIPC_PUB_FR_WHOLE || k > FIPC_PUB_FR_PAD || sz > room || sz > avail)
+        return FIPC_CORRUPT;
+    if (k == FIPC_PUB_FR_PAD && sz != room)
+        return FIPC_CORRUPT;
+    *kind = k;
+    *len = n;
+    *seq = rd64(p + 8);
+    *total = k == FIPC_PUB_FR_FIRST ? rd64(p + FR_HDR) : n;
+    *data = p + hdr;
+    *size = sz;
+    if (k == FIPC_PUB_FR_FIRST && (*total < n || *total == 0))
+        return FIPC_CORRUPT;
+    return 0;
+}
+
+/* drop_oldest: 1 if the publisher has started overwriting the frame at pos (or past it). */
+static inline int lapped(fipc_pub *h)
+{
+    if (h->overflow != DROP)
+        return 0;
+    atomic_thread_fence(memory_order_seq_cst); /* our reads of the frame before the look */
+    uint64_t o = LOAD(A64(h, FIPC_PUB_OFF_OLDEST), relaxed);
+    return o - h->pos - 1 < (UINT64_MAX >> 1); /* o > pos, wrap-safe */
+}
+
+/* drop_oldest: carry on from the oldest frame still intact. */
+static int resync(fipc_pub *h)
+{
+    uint64_t o = LOAD(A64(h, FIPC_PUB_OFF_OLDEST), acquire);
+    int rc = load_head(h); /* after oldest: head is at least as far (the publisher
+                              publishes head before it stores an oldest beyond it) */
+    if (rc < 0)
+        return rc;
+    if ((o & 15u) || o - h->pos > (UINT64_MAX >> 1) || h->peer - o > (UINT64_MAX >> 1))
+        return FIPC_CORRUPT; /* not between us and head (if we are lapped again by now,
+                                the next frame_at/lapped() says so) */
+    h->pos = h->release = o;
+    return 0;
+}
+
+static inline void consume(fipc_pub *h, uint64_t size)
+{
+    h->pos += size;
+    h->release = h->pos;
+}
+
+/* Count the messages a frame's number says were skipped. */
+static int account(fipc_pub *h, uint64_t seq)
+{
+    if (h->overflow != DROP)
+        return 0; /* nothing is lost under block */
+    if (h->seq_known) {
+        if (seq - h->seq > (UINT64_MAX >> 1))
+            return FIPC_CORRUPT; /* a number from the past */
+        h->missed += seq - h->seq;
+    }
+    h->seq = seq + 1;
+    h->seq_known = 1;
+    return 0;
+}
+
+/* Wait for a frame to be published (or the end of the stream). */
+static int next_frame(fipc_pub *h, double timeout, int64_t *deadline)
+{
+    if (h->peer != h->pos)
+        return 0;
+    int rc = ready(h, 0);
+    if (rc == 0)
+        rc = wait_for(h, 0, timeout, deadline);
+    return rc < 0 ? rc : 0;
+}
+
+static int64_t sub_recv(fipc_pub *h, char *dest, uint64_t cap, double timeout, char **ptr)
+{
+    int64_t deadline = FIPC_DEADLINE_UNSET;
+    int rc;
+    lazy_release(h);
+    for (;;) {
+        if ((rc = next_frame(h, timeout, &deadline)) < 0) {
+            if (rc == FIPC_EOF)
+                h->msg_total = h->msg_done = 0; /* a message cut short is dropped */
+            return rc;
+        }
+        uint32_t kind;
+        uint64_t len, total, seq, size;
+        char *data;
+        rc = frame_at(h, &kind, &len, &total, &seq, &data, &size);
+        if (lapped(h)) { /* drop_oldest: what we read of the header may be torn */
+            if ((rc = resync(h)) < 0)
+                return rc;
+            continue;
+        }
+        if (rc < 0)
+            return rc;
+        if (kind == FIPC_PUB_FR_PAD) {
+            consume(h, size);
+            continue;
+        }
+        if (kind == FIPC_PUB_FR_NEXT) {
+            if (h->msg_total == 0) { /* the rest of a message its publisher abandoned */
+                consume(h, size);
+                continue;
+            }
+            if (dest == NULL || cap < h->msg_total)
+                return -EINVAL;
+            if (len > h->msg_total - h->msg_done)
+                return FIPC_CORRUPT;
+            memcpy(dest + h->msg_done, data, len);
+            h->msg_done += len;
+            consume(h, size);
+            release_cursor(h);
+            if (h->msg_done == h->msg_total) {
+                int64_t n = (int64_t)h->msg_total;
+                h->msg_total = h->msg_done = 0;
+                if ((rc = account(h, seq)) < 0)
+                    return rc;
+                return n;
+            }
+            continue;
+        }
+        h->msg_total = h->msg_done = 0; /* a new message: one being assembled was abandoned */
+        if (total > h->max_message) {
+            h->last_len = total;
+            consume(h, size);
+            if (kind == FIPC_PUB_FR_WHOLE && (rc = account(h, seq)) < 0)
+                return rc;
+            return FIPC_TOOBIG;
+        }
+        if (kind == FIPC_PUB_FR_WHOLE) {
+            h->last_len = len;
+            h->last_pos = h->pos;
+            if (dest == NULL) {
+                if (h->overflow == DROP)
+                    return FIPC_PUB_NEED; /* never in place: the publisher may overwrite it */
+                *ptr = data;
+            } else if (cap < len) {
+                return FIPC_PUB_NEED;
+            } else {
+                memcpy(dest, data, len);
+                if (lapped(h)) { /* the copy may be torn: throw it away */
+                    if ((rc = resync(h)) < 0)
+                        return rc;
+                    continue;
+                }
+            }
+            if ((rc = account(h, seq)) < 0)
+                return rc;
+            consume(h, size);
+            if (dest != NULL)
+                lazy_release(h);
+            return (int64_t)len;
+        }
+        /* FIRST (block mode only: drop_oldest never streams) */
+        h->last_len = total;
+        if (h->overflow == DROP)
+            return FIPC_CORRUPT;
+        if (dest == NULL || cap < total)
+            return FIPC_PUB_NEED;
+        memcpy(dest, data, len);
+        h->msg_total = total;
+        h->msg_done = len;
+        consume(h, size);
+        release_cursor(h);
+        if (len == total) {
+            h->msg_total = h->msg_done = 0;
+            if ((rc = account(h, seq)) < 0)
+                return rc;
+            return (int64_t)total;
+        }
+    }
+}
+
+static int64_t sub_recv_many(fipc_pub *h, char *dest, uint64_t cap, uint64_t *lens,
+                             uint64_t max, double timeout)
+{
+    if (h->role != ROLE_SUB)
+        return -EBADF;
+    if (h->msg_total) /* finish a streamed message through fipc_sub_recv */
+        return FIPC_PUB_NEED;
+    uint64_t count = 0, used = 0;
+    while (count < max) {
+        if (count > 0) { /* wait for the first message only; stop before one we cannot take */
+            uint32_t kind;
+            uint64_t len, total, seq, size;
+            char *data;
+            if (h->peer == h->pos && ready(h, 0) <= 0)
+                break;
+            if (frame_at(h, &kind, &len, &total, &seq, &data, &size) < 0 ||
+                (kind != FIPC_PUB_FR_WHOLE && kind != FIPC_PUB_FR_PAD) ||
+                total > h->max_message || len > cap - used)
+                break;
+        }
+        int64_t n = sub_recv(h, dest + used, cap - used, count ? 0.0 : timeout, NULL);
+        if (n < 0) {
+            if (count > 0 && n != FIPC_CORRUPT)
+                break;
+            return n;
+        }
+        lens[count++] = (uint64_t)n;
+        used += (uint64_t)n;
+    }
+    lazy_release(h);
+    return (int64_t)count;
+}
+
+/* ---------------------------------------------------------------- entry points */
+
+int64_t fipc_pub_send(fipc_pub *h, const char *buf, uint64_t len, double timeout,
+                      uint64_t *progress)
+{
+    if (enter(h) < 0)
+        return -EBADF;
+    int64_t rc = pub_send(h, buf, len, timeout, progress);
+    leave(h);
+    return rc;
+}
+
+int64_t fipc_pub_send_many(fipc_pub *h, const char *buf, const uint64_t *lens, uint64_t count,
+                           double timeout, uint64_t *sent)
+{
+    *sent = 0;
+    if (enter(h) < 0)
+        return -EBADF;
+    int64_t rc = pub_send_many(h, buf, lens, count, timeout, sent);
+    leave(h);
+    return rc;
+}
+
+int64_t fipc_sub_recv(fipc_pub *h, char *dest, uint64_t cap, double timeout, char **ptr)
+{
+    if (enter(h) < 0)
+        return -EBADF;
+    int64_t rc = h->role == ROLE_SUB ? sub_recv(h, dest, cap, timeout, ptr) : -EBADF;
+    leave(h);
+    return rc;
+}
+
+int64_t fipc_sub_recv_many(fipc_pub *h, char *dest, uint64_t cap, uint64_t *lens, uint64_t max,
+                           double timeout)
+{
+    if (enter(h) < 0)
+        return -EBADF;
+    int64_t rc = sub_recv_many(h, dest, cap, lens, max, timeout);
+    leave(h);
+    return rc;
+}
+
+void fipc_sub_release(fipc_pub *h)
+{
+    if (enter(h) < 0)
+        return;
+    if (h->role == ROLE_SUB)
+        release_cursor(h);
+    leave(h);
+}
+
+/* ---------------------------------------------------------------- close */
+
+void fipc_pub_wake(fipc_pub *h)
+{
+    atomic_store_explicit((_Atomic int32_t *)&h->closed, 1, memory_order_seq_cst);
+    ring_bell(h, h->role == ROLE_SUB ? FIPC_PUB_OFF_DSEQ : FIPC_PUB_OFF_SSEQ);
+}
+
+void fipc_pub_close(fipc_pub *h)
+{
+    atomic_store_explicit((_Atomic int32_t *)&h->closed, 1, memory_order_seq_cst);
+    if (h->role == ROLE_PUB) {
+        STORE(A32(h, FIPC_PUB_OFF_STATE), ST_CLOSED, seq_cst);
+        ring_bell(h, FIPC_PUB_OFF_DSEQ);
+    } else if (h->role == ROLE_SUB) {
+        STORE(A32(h, SLOT(h->slot, FIPC_PUB_SLOT_STATE)), 0u, seq_cst);
+        ring_bell(h, FIPC_PUB_OFF_SSEQ); /* we may have been the slowest */
+    }
+}

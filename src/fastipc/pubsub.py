@@ -1,0 +1,517 @@
+"""Fan-out in shared memory: one :class:`Publisher`, many :class:`Subscriber` s.
+
+>>> from fastipc import pubsub
+>>> with pubsub.Publisher("news") as pub, pubsub.Subscriber("news", timeout=1) as sub:
+...     pub.send(b"hello")
+...     sub.recv(timeout=1)
+b'hello'
+
+The publisher writes each message once into a ring in ``/dev/shm/<name>``; every subscriber
+reads it with its own cursor and sees every message published after it attached. With
+``overflow="block"`` (the default) the publisher waits for the slowest subscriber (with its
+timeout); with ``overflow="drop_oldest"`` it never waits, and a subscriber that was overrun
+skips to the oldest message still there and counts what it lost in :attr:`Subscriber.missed`.
+Up to 64 subscribers at a time. Peers' liveness is an OFD lock on the segment file: a dead
+subscriber stops holding the publisher back and a dead publisher ends its subscribers'
+streams (EOFError after the last whole message) within a second. The binary layout, shared
+by both backends, is in ``docs/pubsub-layout.md``.
+"""
+
+from __future__ import annotations
+
+import errno
+import mmap
+import os
+import stat
+import time
+import uuid
+import weakref
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Optional
+
+from fastipc import _core
+from fastipc._backend import pubsub as _layout
+from fastipc._backend.pubsub import NotReady, PublisherOps, SubscriberOps
+from fastipc._core import Deadline, Handle, check_int, check_timeout, uses_handle
+from fastipc.shm import _check_spin, _create, _open, _path, _same_file
+
+__all__ = ["DEFAULT_CAPACITY", "MAX_SUBSCRIBERS", "Publisher", "PublisherInfo", "Subscriber",
+           "describe"]
+
+SHM_DIR = "/dev/shm"
+DEFAULT_CAPACITY = 1 << 22
+MAX_CAPACITY = 1 << 32
+MAX_SUBSCRIBERS = _layout.SLOTS
+DEFAULT_MAX_MESSAGE_SIZE = 1 << 30
+MAX_MESSAGE_LIMIT = (1 << 63) - 1
+
+# Objects open in this process: a child made by fork() lets go of their fds at once, so that
+# it never keeps a dead parent's liveness lock (the lock belongs to the open file
+# description, which the child shares) and never touches the parent's cursor or stream.
+_open_handles: weakref.WeakSet[_Endpoint] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for obj in list(_open_handles):
+        obj._abandon()
+    _open_handles.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _map(fd: int, size: int) -> tuple[mmap.mmap, int]:
+    """Map the segment open at ``fd`` and return the mapping with a new fd of the segment,
+    on an open file description of its own, for the liveness lock. (The mapping keeps a
+    duplicate of ``fd``, which shares its description: a forked child would keep it, and
+    with it a dead parent's lock. The caller closes ``fd``.)"""
+    mm = mmap.mmap(fd, size)
+    try:
+        return mm, os.open(f"/proc/self/fd/{fd}", os.O_RDWR | os.O_CLOEXEC)
+    except BaseException:
+        mm.close()
+        raise
+
+
+class _Endpoint(Handle):
+    """What Publisher and Subscriber share: the segment's fd and mapping."""
+
+    _mm: Optional[mmap.mmap] = None
+    _name = ""
+    _path = ""
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def capacity(self) -> int:
+        """Bytes in the ring."""
+        self._check_open()
+        assert self._mm is not None
+        return len(self._mm) - _layout.HEADER
+
+    def stats(self) -> dict[str, int]:
+        """How waits ended: ``{"spins": n, "sleeps": m}`` since this end was opened."""
+        self._check_open()
+        spins, sleeps = self._ops.stats()
+        return {"spins": spins, "sleeps": sleeps}
+
+    _ops: Any
+
+    def _describe(self) -> str:
+        return f"{self._name!r} fd={self._fd}"
+
+    def _wake(self) -> None:
+        self._ops.wake()
+
+    def _unmap(self) -> None:
+        mm, self._mm = self._mm, None
+        if mm is not None:
+            try:
+                mm.close()
+            except BufferError:  # a view escaped its with block: the GC unmaps later
+                pass
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+    def _abandon(self) -> None:
+        """In a forked child: let go of the fd (and with it the liveness lock's reference)
+        without telling the segment anything; the object is closed from now on."""
+        self._closed = True
+        self._unfreed = []
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+class Publisher(_Endpoint):
+    """Creates ``/dev/shm/<name>`` and publishes messages to every subscriber; unlinks the
+    name on close (subscribers then get EOFError once they have read everything).
+
+    ``capacity``: ring bytes (rounded up to a power of two, at least 4096). ``overflow``:
+    ``"block"`` waits for the slowest subscriber; ``"drop_oldest"`` never waits (messages
+    are then limited to a quarter of the ring, ValueError beyond). ``max_message_size``
+    bounds one message (``OSError(EMSGSIZE)`` beyond); under ``"block"`` messages larger
+    than a quarter of the ring are streamed through it. The segment appears under its name
+    only once complete (built under a temporary name, then linked), with ``mode``.
+    """
+
+    _what = "Publisher"
+
+    def __init__(self, name: str, capacity: int = DEFAULT_CAPACITY, *,
+                 overflow: str = "block", max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+                 mode: int = 0o600, spin: Optional[float] = None,
+                 backend: Optional[str] = None) -> None:
+        self._name, self._path = _path(name)
+        capacity = check_int(capacity, "capacity", 1, MAX_CAPACITY)
+        capacity = max(_layout.MIN_CAPACITY, 1 << (capacity - 1).bit_length())
+        if not isinstance(overflow, str):
+            raise TypeError(f"overflow must be a str, not {type(overflow).__name__}")
+        if overflow not in _layout.OVERFLOW:
+            raise ValueError(f"overflow must be 'block' or 'drop_oldest', not {overflow!r}")
+        max_message_size = check_int(max_message_size, "max_message_size", 0,
+                                     MAX_MESSAGE_LIMIT)
+        mode = check_int(mode, "mode", 0, 0o777)
+        spin = _check_spin(spin)
+        which = _core.resolve_backend(backend)
+        impl = _core.ops("pubsub", which)
+        size = _layout.HEADER + capacity
+        tmp = f"{SHM_DIR}/.fastipc-pub-{os.getpid()}-{uuid.uuid4().hex}"
+        fd = _create(tmp, size, mode)
+        lock_fd = -1
+        try:
+            self._mm, lock_fd = _map(fd, size)
+            if not _layout.lock_byte(lock_fd, _layout.LOCK):  # a new file: cannot be held
+                raise OSError(errno.EAGAIN, "cannot take the publisher's lock", tmp)
+            ops: PublisherOps = impl.Publisher(self._mm, size, lock_fd, self._name,
+                                               os.getpid(), max_message_size,
+                                               _layout.OVERFLOW[overflow], spin)
+            try:
+                os.link(tmp, self._path)  # the name appears with the whole segment behind it
+            except BaseException:
+                ops.close()
+                raise
+        except BaseException:
+            if self._mm is not None:
+                self._mm.close()
+                self._mm = None
+            if lock_fd >= 0:
+                os.close(lock_fd)
+            os.unlink(tmp)
+            raise
+        finally:
+            os.close(fd)
+        os.unlink(tmp)
+        self._ops = ops
+        fast = ops.fast_send(self._send_general, self._send_finish)
+        if fast is not None:  # the one-call hot path shadows the method (same contract)
+            fast.__doc__ = Publisher.send.__doc__
+            self.send = fast  # type: ignore[method-assign]
+        self._overflow = overflow
+        self._max = max_message_size
+        self._pid = os.getpid()
+        self._open_handle(which, lock_fd)
+        _open_handles.add(self)
+
+    @property
+    def overflow(self) -> str:
+        return self._overflow
+
+    @property
+    def max_message_size(self) -> int:
+        return self._max
+
+    @property
+    def subscribers(self) -> int:
+        """How many subscribers are attached and alive now."""
+        self._check_open()
+        info = _layout.read_info(self._fd)
+        return 0 if info is None else info.subscribers
+
+    @uses_handle
+    def send(self, data: Any, timeout: Optional[float] = None) -> None:
+        """Publish one message (any bytes-like object). Under ``"block"``, waits up to
+        ``timeout`` seconds for the slowest subscriber (TimeoutError; a message streamed in
+        part is then dropped by the subscribers, never delivered in part)."""
+        self._ops.send(data, check_timeout(timeout))
+
+    _send_general = send
+
+    @uses_handle
+    def _send_finish(self, data: bytes, rc: int) -> None:
+        self._ops.finish_send(data, rc)
+
+    @uses_handle
+    def send_many(self, messages: Iterable[Any], timeout: Optional[float] = None) -> None:
+        """Publish several messages in one call (one C call on the native backend). On an
+        error after some went, the exception's ``messages_sent`` says how many."""
+        t = check_timeout(timeout)
+        if isinstance(messages, (bytes, bytearray, memoryview, str)):
+            raise TypeError("send_many takes an iterable of messages, not one message")
+        if not isinstance(messages, (list, tuple)):
+            messages = list(messages)
+        if not messages:
+            return
+        try:  # the usual case, bytes-like items, in two C loops
+            blob = b"".join(messages)
+            lens = list(map(len, messages))
+        except TypeError:
+            blob = b""
+            lens = [-1]
+        if sum(lens) != len(blob):  # str items (refused), or items wider than a byte
+            views = [_core.byte_view(m) for m in messages]
+            blob, lens = b"".join(views), [v.nbytes for v in views]
+        self._ops.send_many(blob, lens, t)
+
+    def _free(self) -> None:
+        _open_handles.discard(self)
+        self._ops.close()
+        try:
+            if os.getpid() == self._pid and _same_file(self._fd, self._path):
+                os.unlink(self._path)
+        finally:
+            self._unmap()
+
+
+class _View:
+    """A zero-copy view of one received message; released when its ``with`` block ends
+    (the publisher may then reuse its space: a view kept past the block does not stall it,
+    but may show later data)."""
+
+    __slots__ = ("_mv", "_sub", "pos")
+
+    def __init__(self, sub: Subscriber, mv: memoryview, pos: Optional[int]) -> None:
+        self._sub = sub
+        self._mv: Optional[memoryview] = mv
+        self.pos = pos
+
+    def __enter__(self) -> memoryview:
+        if self._mv is None:
+            raise ValueError("this view has been released")
+        return self._mv
+
+    def __exit__(self, *exc: Optional[TracebackType]) -> None:
+        self.release()
+
+    def release(self) -> None:
+        mv, self._mv = self._mv, None
+        if mv is not None:
+            try:
+                mv.release()
+            except BufferError:  # exported further: those exports outlive the block
+                pass
+            self._sub._unview(self)
+
+
+class Subscriber(_Endpoint):
+    """Attaches to the publisher ``name`` and receives every message published from then on.
+
+    Waits up to ``timeout`` seconds for the publisher to appear (TimeoutError). A segment
+    of another user is refused (PermissionError); the 65th subscriber gets
+    ``OSError(EBUSY)``. ``EOFError`` once the publisher has closed or died and every whole
+    message was read; a subscriber that finds its publisher dead removes the orphaned
+    ``/dev/shm`` entry.
+    """
+
+    _what = "Subscriber"
+
+    def __init__(self, name: str, timeout: Optional[float] = None, *,
+                 max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+                 spin: Optional[float] = None, backend: Optional[str] = None) -> None:
+        self._name, self._path = _path(name)
+        deadline = Deadline.of(timeout)
+        max_message_size = check_int(max_message_size, "max_message_size", 0,
+                                     MAX_MESSAGE_LIMIT)
+        spin = _check_spin(spin)
+        which = _core.resolve_backend(backend)
+        impl = _core.ops("pubsub", which)
+        self._views: list[_View] = []
+        delay = 0.0005
+        while True:
+            ops = self._attach(impl, max_message_size, spin)
+            if ops is not None:
+                break
+            left = deadline.left()
+            if left == 0.0:
+                raise deadline.error(self._name)
+            time.sleep(delay if left < 0 else min(delay, left))
+            delay = min(delay * 2, 0.02)
+        self._ops: SubscriberOps = ops
+        fast = ops.fast_recv(self._recv_general, self._recv_finish)
+        if fast is not None:  # the one-call hot path shadows the method (same contract)
+            fast.__doc__ = Subscriber.recv.__doc__
+            self.recv = fast  # type: ignore[method-assign]
+        self._pid = os.getpid()
+        self._open_handle(which, self._fd)
+        _open_handles.add(self)
+
+    def _attach(self, impl: Any, max_message_size: int, spin: float) -> Optional[Any]:
+        try:
+            fd = _open(self._path, 0)
+        except FileNotFoundError:
+            return None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise ValueError(f"{self._path!r} is not a shared memory segment")
+            if st.st_uid != os.getuid():
+                raise PermissionError(errno.EPERM, "the segment belongs to another user "
+                                      f"(uid {st.st_uid})", self._name)
+            if st.st_size <= _layout.HEADER:
+                raise OSError(errno.EBADMSG, "not a publisher segment (too small)",
+                              self._name)
+            mm, lock_fd = _map(fd, st.st_size)
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+        try:
+            slot = _layout.claim_slot(lock_fd)
+            if slot < 0:
+                raise OSError(errno.EBUSY, f"all {MAX_SUBSCRIBERS} subscriber slots are "
+                              "taken", self._name)
+            ops = impl.Subscriber(mm, st.st_size, lock_fd, slot, self._name, os.getpid(),
+                                  max_message_size, spin)
+        except BaseException as exc:
+            mm.close()
+            os.close(lock_fd)
+            if isinstance(exc, NotReady):
+                return None
+            raise
+        self._fd, self._mm = lock_fd, mm
+        return ops
+
+    @property
+    def missed(self) -> int:
+        """Messages lost because the publisher overran this subscriber (drop_oldest)."""
+        self._check_open()
+        return self._ops.missed
+
+    @uses_handle
+    def recv(self, timeout: Optional[float] = None) -> bytes:
+        """The next message. EOFError once the publisher has gone and all was read."""
+        try:
+            return self._ops.recv(check_timeout(timeout))
+        except EOFError:
+            self._orphan()
+            raise
+
+    _recv_general = recv
+
+    @uses_handle
+    def _recv_finish(self, rc: int) -> bytes:
+        try:
+            return self._ops.finish_recv(rc, -1.0)
+        except EOFError:
+            self._orphan()
+            raise
+
+    @uses_handle
+    def recv_into(self, buffer: Any, timeout: Optional[float] = None) -> int:
+        """Copy the next message into ``buffer`` and return its length. ValueError if it
+        does not fit (the message stays queued)."""
+        try:
+            return self._ops.recv_into(buffer, check_timeout(timeout))
+        except EOFError:
+            self._orphan()
+            raise
+
+    @uses_handle
+    def recv_many(self, max_messages: int = 1024, timeout: Optional[float] = None
+                  ) -> list[bytes]:
+        """Up to ``max_messages`` messages: waits up to ``timeout`` for the first, then
+        takes what is there without waiting."""
+        max_messages = check_int(max_messages, "max_messages", 1, 1 << 20)
+        try:
+            return self._ops.recv_many(max_messages, check_timeout(timeout))
+        except EOFError:
+            self._orphan()
+            raise
+
+    @uses_handle
+    def recv_view(self, timeout: Optional[float] = None) -> _View:
+        """The next message as a read-only memoryview, for a ``with`` block. Under
+        ``"block"`` it points into the ring (no copy) and the publisher does not reuse that
+        space until the block ends; under ``"drop_oldest"`` (where the publisher never
+        waits) and for streamed messages it is a view of a copy."""
+        t = check_timeout(timeout)
+        try:
+            where = self._ops.view(t)
+        except EOFError:
+            self._orphan()
+            raise
+        if where is None:
+            return _View(self, memoryview(self.recv(timeout)), None)
+        off, n, pos = where
+        assert self._mm is not None
+        view = _View(self, memoryview(self._mm)[off:off + n].toreadonly(), pos)
+        if not self._views:
+            self._ops.set_hold(pos)
+        self._views.append(view)
+        return view
+
+    def _unview(self, view: _View) -> None:
+        if view.pos is None or view not in self._views:
+            return
+        self._views.remove(view)
+        if not self._closed:
+            self._ops.set_hold(self._views[0].pos if self._views else None)
+
+    def __iter__(self) -> Iterator[bytes]:
+        """Messages until the publisher closes."""
+        while True:
+            try:
+                yield self.recv()
+            except EOFError:
+                return
+
+    def _orphan(self) -> None:
+        """The stream ended: if the publisher died without removing its name, remove it."""
+        if self._fd >= 0 and _same_file(self._fd, self._path) and \
+                not _layout.lock_held(self._fd, _layout.LOCK):
+            try:
+                os.unlink(self._path)
+            except FileNotFoundError:
+                pass
+
+    def _free(self) -> None:
+        _open_handles.discard(self)
+        for view in self._views:
+            if view._mv is not None:
+                try:
+                    view._mv.release()
+                except BufferError:
+                    pass
+                view._mv = None
+        self._views.clear()
+        self._ops.close()
+        self._unmap()
+
+
+# ---------------------------------------------------------------------------- fastipc ls
+
+
+@dataclass
+class PublisherInfo:
+    """A publisher segment as ``fastipc ls`` shows it."""
+
+    kind: str
+    name: str
+    size: int
+    owner: int  # the publisher's pid (display only: it may be another namespace's)
+    alive: bool  # its liveness lock is held (closed publishers are not alive)
+    detail: str
+
+
+def describe(path: str) -> Optional[PublisherInfo]:
+    """What the file at ``path`` is if it is a publisher segment, else None."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        info = _layout.read_info(fd)
+        if info is None:
+            return None
+        size = os.fstat(fd).st_size
+        alive = info.state == _layout.ST_OPEN and _layout.lock_held(fd, _layout.LOCK)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    state = "open" if info.state == _layout.ST_OPEN else "closed"
+    if info.state == _layout.ST_OPEN and not alive:
+        state = "dead"
+    detail = (f"publisher {state}, {info.subscribers} subscriber"
+              f"{'' if info.subscribers == 1 else 's'}, {info.overflow}, "
+              f"{info.messages} messages, capacity {info.capacity}")
+    return PublisherInfo("publisher", os.path.basename(path), size, info.pid, alive, detail)

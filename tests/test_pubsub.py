@@ -1,0 +1,800 @@
+"""fastipc.pubsub: one Publisher, many Subscribers, on both backends and across them, with
+real segments and real processes (SIGKILL, fork, mid-stream joins, overruns)."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import mmap
+import os
+import signal
+import struct
+import subprocess
+import threading
+import time
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fastipc import _core, pubsub
+from fastipc._backend import pubsub as layout
+from fastipc._cli import pubsub as cli
+from helpers import run_python, start_python
+
+SHM = Path("/dev/shm")
+
+
+def message(i: int, size: int | None = None) -> bytes:
+    """Message number i: its number, a body derived from it, and a CRC of both."""
+    n = (i * 37) % 300 if size is None else size
+    body = struct.pack("<Q", i) + bytes((i + k) & 0xFF for k in range(min(n, 256))) * (
+        n // 256 + 1)
+    body = body[:8 + n]
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+def check_message(data: bytes) -> int:
+    """The number of an intact message (AssertionError for a torn or corrupted one)."""
+    body, crc = data[:-4], struct.unpack("<I", data[-4:])[0]
+    assert zlib.crc32(body) == crc, "torn or corrupted message"
+    return int(struct.unpack("<Q", body[:8])[0])
+
+
+# The subscriber process of the fan-out tests: attaches, says "ready", receives until EOF,
+# checks every message, and prints the numbers it got (as ranges) and `missed`.
+SUBSCRIBER = r"""
+import struct, sys, time, zlib
+from fastipc import pubsub
+name, backend, delay = sys.argv[1], sys.argv[2], float(sys.argv[3])
+sub = pubsub.Subscriber(name, timeout=20, backend=backend)
+print("ready", flush=True)
+got = []
+while True:
+    try:
+        data = sub.recv(timeout=30)
+    except EOFError:
+        break
+    body, crc = data[:-4], struct.unpack("<I", data[-4:])[0]
+    if zlib.crc32(body) != crc:
+        print("TORN", flush=True)
+        sys.exit(3)
+    got.append(struct.unpack("<Q", body[:8])[0])
+    if delay:
+        time.sleep(delay)
+print("got", len(got), got[0] if got else -1, got[-1] if got else -1,
+      int(all(b > a for a, b in zip(got, got[1:]))), sub.missed, flush=True)
+sub.close()
+"""
+
+
+def _start_subscribers(name: str, backend: str, count: int, delay: float = 0.0
+                       ) -> list[subprocess.Popen[str]]:
+    procs = [start_python(SUBSCRIBER, name, backend, str(delay)) for _ in range(count)]
+    return procs
+
+
+def _wait_ready(pub: pubsub.Publisher, procs: list[subprocess.Popen[str]]) -> None:
+    for p in procs:
+        assert p.stdout is not None
+        line = p.stdout.readline()
+        assert line.strip() == "ready", (line, p.stderr.read() if p.stderr else "")
+    assert pub.subscribers == len(procs)
+
+
+def _results(procs: list[subprocess.Popen[str]]) -> list[tuple[int, ...]]:
+    out = []
+    for p in procs:
+        stdout, stderr = p.communicate(timeout=60)
+        assert p.returncode == 0, stderr + stdout
+        fields = stdout.split()
+        assert fields[0] == "got", stdout
+        out.append(tuple(int(f) for f in fields[1:]))
+    return out
+
+
+# ---------------------------------------------------------------------------- layout
+
+
+def test_layout_matches_the_c_enum() -> None:
+    _, lib = _core.native()
+    for name, value in layout.LAYOUT.items():
+        assert getattr(lib, f"FIPC_PUB_{name}") == value, name
+    c_names = {n[len("FIPC_PUB_"):] for n in dir(lib) if n.startswith("FIPC_PUB_")}
+    assert c_names == set(layout.LAYOUT)
+    assert layout.HEADER == layout.OFF_SLOTS + layout.SLOTS * layout.SLOT_SIZE
+
+
+# ---------------------------------------------------------------------------- API
+
+
+def test_send_recv_every_way(backend: str, name: str) -> None:
+    with pubsub.Publisher(name, capacity=1 << 16, backend=backend) as pub, \
+            pubsub.Subscriber(name, timeout=1, backend=backend) as sub:
+        assert oct(os.stat(SHM / name).st_mode & 0o777) == oct(0o600)
+        assert not os.get_inheritable(pub.fileno()) and not os.get_inheritable(sub.fileno())
+        assert pub.capacity == sub.capacity == 1 << 16
+        assert pub.backend == sub.backend == backend
+        pub.send(b"one")
+        pub.send(bytearray(b"two"))
+        pub.send(memoryview(b"xthreex")[1:-1])
+        pub.send(b"")
+        pub.send_many([b"a", b"bc", b"def"])
+        assert sub.recv(timeout=1) == b"one"
+        buf = bytearray(10)
+        assert sub.recv_into(buf, timeout=1) == 3 and buf[:3] == b"two"
+        with sub.recv_view(timeout=1) as view:
+            assert view.readonly and bytes(view) == b"three"
+        assert sub.recv(timeout=1) == b""
+        assert sub.recv_many(10, timeout=1) == [b"a", b"bc", b"def"]
+        with pytest.raises(TimeoutError):
+            sub.recv(timeout=0)
+        with pytest.raises(TimeoutError):
+            sub.recv(timeout=0.05)
+        assert sub.missed == 0
+        assert "Subscriber" in repr(sub) and backend in repr(pub)
+
+
+def test_iteration_ends_when_the_publisher_closes(backend: str, name: str) -> None:
+    pub = pubsub.Publisher(name, backend=backend)
+    with pubsub.Subscriber(name, timeout=1, backend=backend) as sub:
+        for i in range(100):
+            pub.send(message(i))
+        pub.close()
+        assert not (SHM / name).exists()  # unlinked; the mapping stays readable
+        assert [check_message(m) for m in sub] == list(range(100))
+        with pytest.raises(EOFError):
+            sub.recv(timeout=1)
+
+
+def test_subscriber_sees_only_what_follows_its_attach(backend: str, name: str) -> None:
+    with pubsub.Publisher(name, capacity=4096, backend=backend) as pub:
+        for i in range(1000):  # no subscriber: the publisher never waits
+            pub.send(message(i), timeout=0)
+        with pubsub.Subscriber(name, timeout=1, backend=backend) as sub:
+            with pytest.raises(TimeoutError):
+                sub.recv(timeout=0)
+            for i in range(1000, 1020):
+                pub.send(message(i))
+            assert [check_message(sub.recv(timeout=1)) for _ in range(20)] == \
+                list(range(1000, 1020))
+
+
+def test_large_messages_stream_through_the_ring(backend: str, name: str) -> None:
+    big = [os.urandom(n) for n in (5000, 70000, 300000, 16384)]
+    with pubsub.Publisher(name, capacity=1 << 14, backend=backend) as pub, \
+            pubsub.Subscriber(name, timeout=1, backend=backend) as a, \
+            pubsub.Subscriber(name, timeout=1, backend=backend) as b:
+        sender = threading.Thread(target=lambda: [pub.send(m, timeout=10) for m in big])
+        sender.start()
+        got_b: list[bytes] = []
+        reader = threading.Thread(target=lambda: got_b.extend(b.recv(timeout=10)
+                                                                for _ in big))
+        reader.start()
+        got_a = []
+        for m in big:
+            buf = bytearray(len(m) + 10)
+            n = a.recv_into(buf, timeout=10)
+            got_a.append(bytes(buf[:n]))
+        sender.join()
+        reader.join()
+        assert got_a == big and got_b == big
+
+
+def test_recv_into_too_small_keeps_the_message(backend: str, name: str) -> None:
+    with pubsub.Publisher(name, capacity=1 << 14, backend=backend) as pub, \
+            pubsub.Subscriber(name, timeout=1, backend=backend) as sub:
+        pub.send(b"x" * 100)
+        with pytest.raises(ValueError, match="too small"):
+            sub.recv_into(bytearray(10), timeout=1)
+        assert sub.recv(timeout=1) == b"x" * 100
+        with pytest.raises(TypeError):
+            sub.recv_into(b"read-only", timeout=1)
+
+
+def test_drop_oldest_limits_message_size(backend: str, name: str) -> None:
+    with pubsub.Publisher(name, capacity=4096, overflow="drop_oldest",
+                          backend=backend) as pub:
+        assert pub.overflow == "drop_oldest"
+        pub.send(b"x" * (1024 - layout.FR_HDR))
+        with pytest.raises(ValueError, match="drop_oldest"):
+            pub.send(b"x" * 1025)
+    with pubsub.Publisher(name, max_message_size=10, backend=backend) as pub:
+        with pytest.raises(OSError) as info:
+            pub.send(b"x" * 11)
+        assert info.value.errno == errno.EMSGSIZE
+
+
+def test_drop_oldest_in_process_counts_missed(backend: str, name: str) -> None:
+    with pubsub.Publisher(name, capacity=4096, overflow="drop_oldest",
+                          backend=backend) as pub, \
+            pubsub.Subscriber(name, timeout=1, backend=backend) as sub:
+        for i in range(1000):
+            pub.send(message(i), timeout=0)
+        got = [check_message(m) for m in sub.recv_many(2000, timeout=0)]
+        assert got == list(range(got[0], 1000))
+        assert sub.missed == got[0] > 0
+        pub.send(message(1000))
+        with sub.recv_view(timeout=1) as view:  # a view of a copy under drop_oldest
+            assert check_message(bytes(view)) == 1000
+
+
+def test_bad_arguments(backend: str, name: str) -> None:
+    with pytest.raises(TypeError):
+        pubsub.Publisher(123, backend=backend)  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        pubsub.Publisher("a/b", backend=backend)
+    with pytest.raises(ValueError):
+        pubsub.Publisher(name, overflow="never", backend=backend)
+    with pytest.raises(TypeError):
+        pubsub.Publisher(name, overflow=1, backend=backend)  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        pubsub.Publisher(name, capacity=0, backend=backend)
+    with pytest.raises(TimeoutError):  # no publisher appears
+        pubsub.Subscriber(name, timeout=0, backend=backend)
+    with pytest.raises(ValueError):
+        pubsub.Subscriber(name, timeout=-1, backend=backend)
+    with pubsub.Publisher(name, backend=backend) as pub:
+        with pytest.raises(FileExistsError):
+            pubsub.Publisher(name, backend=backend)
+        with pytest.raises(TypeError):
+            pub.send("text")
+        with pytest.raises(TypeError):
+            pub.send(12)
+        with pytest.raises(TypeError):
+            pub.send_many(b"abc")
+        with pytest.raises(TypeError):
+            pub.send_many([b"a", "b"])
+        with pytest.raises(ValueError):
+            pub.send(b"x", timeout=-1)
+        with pubsub.Subscriber(name, timeout=1, backend=backend) as sub:
+            with pytest.raises(ValueError):
+                sub.recv(timeout=-0.5)
+            with pytest.raises(TypeError):
+                sub.recv(timeout="1")  # type: ignore[arg-type]
+            with pytest.raises(ValueError):
+                sub.recv_many(0)
+    assert not list(SHM.glob(".fastipc-pub-*"))  # no temporary name left behind
+
+
+def test_closed_objects_raise_value_error(backend: str, name: str) -> None:
+    pub = pubsub.Publisher(name, backend=backend)
+    sub = pubsub.Subscriber(name, timeout=1, backend=backend)
+    sub.close()
+    sub.close()
+    pub.close()
+    pub.close()
+    for call in (lambda: pub.send(b"x"), lambda: pub.send_many([b"x"]), pub.fileno,
+                 lambda: pub.subscribers, lambda: sub.recv(), lambda: sub.recv_many(),
+                 lambda: sub.recv_into(bytearray(1)), lambda: sub.recv_view(),
+                 lambda: sub.missed, sub.fileno, lambda: pub.send("not even bytes")):
+        with pytest.raises(ValueError):
+            call()
+
+
+def test_subscriber_limit(backend: str, name: str) -> None:
+    with pubsub.Publisher(name, backend=backend) as pub:
+        subs = [pubsub.Subscriber(name, timeout=1, backend=backend)
+                for _ in range(pubsub.MAX_SUBSCRIBERS)]
+        try:
+            assert pub.subscribers == 64
+            with pytest.raises(OSError, match="64 subscriber slots") as info:
+                pubsub.Subscriber(name, timeout=1, backend=backend)
+            assert info.value.errno == errno.EBUSY
+            subs.pop().close()  # a slot frees up
+            subs.append(pubsub.Subscriber(name, timeout=1, backend=backend))
+            pub.send(b"all")
+            assert {s.recv(timeout=1) for s in subs} == {b"all"}
+        finally:
+            for s in subs:
+                s.close()
+        assert pub.subscribers == 0
+
+
+def test_segment_of_another_user_is_refused(backend: str, name: str) -> None:
+    if os.getuid() != 0:
+        pytest.fail("this test needs to chown a segment (run as root, as CI does)")
+    with pubsub.Publisher(name, backend=backend):
+        os.chown(SHM / name, 12345, 12345)
+        with pytest.raises(PermissionError, match="another user"):
+            pubsub.Subscriber(name, timeout=1, backend=backend)
+
+
+def test_not_a_publisher_segment(backend: str, name: str) -> None:
+    fd = os.open(SHM / name, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+    try:
+        os.ftruncate(fd, layout.HEADER + 4096)
+        os.pwrite(fd, b"JUNK", 0)
+        with pytest.raises(OSError) as info:
+            pubsub.Subscriber(name, timeout=1, backend=backend)
+        assert info.value.errno == errno.EBADMSG
+        assert pubsub.describe(str(SHM / name)) is None
+    finally:
+        os.close(fd)
+        os.unlink(SHM / name)
+
+
+def test_describe(backend: str, name: str) -> None:
+    with pubsub.Publisher(name, overflow="drop_oldest", backend=backend) as pub, \
+            pubsub.Subscriber(name, timeout=1, backend=backend):
+        pub.send(b"x")
+        info = pubsub.describe(str(SHM / name))
+        assert info is not None
+        assert (info.kind, info.name, info.owner, info.alive) == \
+            ("publisher", name, os.getpid(), True)
+        assert info.size == os.stat(SHM / name).st_size
+        assert "1 subscriber," in info.detail and "drop_oldest" in info.detail
+    assert pubsub.describe(str(SHM / name)) is None  # gone
+
+
+# ---------------------------------------------------------------------------- threads, signals
+
+
+def test_close_from_another_thread_wakes_recv(backend: str, name: str) -> None:
+    with pubsub.Publisher(name, backend=backend):
+        sub = pubsub.Subscriber(name, timeout=1, backend=backend)
+        errors: list[BaseException] = []
+
+        def blocked() -> None:
+            try:
+                sub.recv()
+            except BaseException as exc:
+                errors.append(exc)
+
+        t = threading.Thread(target=blocked)
+        t.start()
+        time.sleep(0.1)
+        sub.close()
+        t.join(2)
+        assert not t.is_alive()
+        assert len(errors) == 1 and isinstance(errors[0], ValueError)
+
+
+def test_close_from_another_thread_wakes_send(backend: str, name: str) -> None:
+    pub = pubsub.Publisher(name, capacity=4096, backend=backend)
+    with pubsub.Subscriber(name, timeout=1, backend=backend) as sub:
+        while True:  # fill the ring: the subscriber does not read
+            try:
+                pub.send(b"x" * 100, timeout=0)
+            except TimeoutError:
+                break
+        errors: list[BaseException] = []
+
+        def blocked() -> None:
+            try:
+                pub.send(b"y" * 100)
+            except BaseException as exc:
+                errors.append(exc)
+
+        t = threading.Thread(target=blocked)
+        t.start()
+        time.sleep(0.1)
+        pub.close()
+        t.join(2)
+        assert not t.is_alive()
+        assert len(errors) == 1 and isinstance(errors[0], ValueError)
+        n = len(list(sub))  # what was published whole is still delivered, then EOF
+        assert n > 0
+
+
+def test_signal_raising_into_recv_leaves_the_subscriber_usable(cross: tuple[str, str],
+                                                                name: str) -> None:
+    """A handler that raises, and a timeout, each cut a recv short in the middle of a
+    streamed message: the next recv delivers the message whole, never a part."""
+    sender, receiver = cross
+
+    class Interrupt(Exception):
+        pass
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Interrupt
+
+    big = bytes(range(256)) * 400
+    proc = start_python("""
+        import sys, time
+        from fastipc import pubsub
+        pub = pubsub.Publisher(sys.argv[1], capacity=1 << 14, backend=sys.argv[2])
+        while pub.subscribers < 1:
+            time.sleep(0.005)
+        print("ready", flush=True)
+        sys.stdin.readline()
+        pub.send(bytes(range(256)) * 400, timeout=30)
+        pub.send(b"after", timeout=30)
+        sys.stdin.readline()
+        pub.close()
+    """, name, sender, stdin=subprocess.PIPE)
+    old = signal.signal(signal.SIGALRM, handler)
+    try:
+        sub = pubsub.Subscriber(name, timeout=10, backend=receiver)
+        assert proc.stdout is not None and proc.stdin is not None
+        assert proc.stdout.readline().strip() == "ready"
+        signal.setitimer(signal.ITIMER_REAL, 0.05)
+        with pytest.raises(Interrupt):
+            sub.recv()  # nothing yet: blocked, then interrupted
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        time.sleep(0.3)  # the publisher has filled the ring and waits for us
+        os.kill(proc.pid, signal.SIGSTOP)
+        try:
+            buf = bytearray(len(big) + 1)
+            signal.setitimer(signal.ITIMER_REAL, 0.1)
+            with pytest.raises(Interrupt):
+                sub.recv_into(buf)  # takes what is there, then waits for the rest
+            with pytest.raises(TimeoutError):
+                sub.recv(timeout=0.1)
+            with pytest.raises(ValueError, match="too small"):
+                sub.recv_into(bytearray(10), timeout=0.1)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            os.kill(proc.pid, signal.SIGCONT)
+        assert sub.recv_into(buf, timeout=10) == len(big)
+        assert buf[:len(big)] == big
+        assert sub.recv(timeout=10) == b"after"
+        proc.stdin.write("done\n")
+        proc.stdin.flush()
+        assert proc.wait(10) == 0
+        sub.close()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+        proc.kill()
+        proc.communicate()
+
+
+def test_eintr_is_retried_with_the_time_left(backend: str, name: str) -> None:
+    hits = [0]
+
+    def handler(signum: int, frame: Any) -> None:
+        hits[0] += 1
+
+    old = signal.signal(signal.SIGALRM, handler)
+    try:
+        with pubsub.Publisher(name, capacity=1 << 14, backend=backend) as pub, \
+                pubsub.Subscriber(name, timeout=1, backend=backend) as sub:
+            signal.setitimer(signal.ITIMER_REAL, 0.01, 0.01)
+            t0 = time.monotonic()
+            with pytest.raises(TimeoutError):
+                sub.recv(timeout=0.3)
+            assert 0.25 < time.monotonic() - t0 < 3
+            big = os.urandom(200000)
+            t = threading.Thread(target=pub.send, args=(big,), kwargs={"timeout": 10})
+            t.start()
+            got = bytearray(len(big))
+            assert sub.recv_into(got, timeout=10) == len(big)
+            t.join()
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            assert got == big and hits[0] > 5
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def test_send_timeout_abandons_a_streamed_message(backend: str, name: str) -> None:
+    with pubsub.Publisher(name, capacity=4096, backend=backend) as pub, \
+            pubsub.Subscriber(name, timeout=1, backend=backend) as sub:
+        with pytest.raises(TimeoutError):
+            pub.send(b"z" * 20000, timeout=0.05)  # the subscriber reads nothing meanwhile
+        got: list[bytes] = []
+        t = threading.Thread(target=lambda: got.append(sub.recv(timeout=5)))
+        t.start()
+        pub.send(b"next", timeout=5)
+        t.join()
+        assert got == [b"next"]  # the part of the abandoned message is never delivered
+
+
+# ---------------------------------------------------------------------------- processes
+
+
+def test_one_publisher_four_subscribers(backend: str, name: str) -> None:
+    with pubsub.Publisher(name, capacity=1 << 15, backend=backend) as pub:
+        procs = _start_subscribers(name, backend, 4)
+        _wait_ready(pub, procs)
+        n = 3000
+        for i in range(n):
+            pub.send(message(i, 20000 if i % 500 == 7 else None), timeout=20)
+        pub.close()
+        for count, first, last, increasing, missed in _results(procs):
+            assert (count, first, last, increasing, missed) == (n, 0, n - 1, 1, 0)
+
+
+def test_cross_backend_fanout(cross: tuple[str, str], name: str) -> None:
+    sender, receiver = cross
+    with pubsub.Publisher(name, capacity=1 << 15, backend=sender) as pub:
+        procs = _start_subscribers(name, receiver, 2)
+        _wait_ready(pub, procs)
+        n = 2000
+        pub.send_many([message(i) for i in range(n // 2)], timeout=20)
+        for i in range(n // 2, n):
+            pub.send(message(i, 9000 if i % 300 == 1 else None), timeout=20)
+        pub.close()
+        for result in _results(procs):
+            assert result == (n, 0, n - 1, 1, 0)
+
+
+def test_subscriber_joins_mid_stream(cross: tuple[str, str], name: str) -> None:
+    sender, receiver = cross
+    stop = threading.Event()
+    sent = [0]
+    with pubsub.Publisher(name, capacity=1 << 14, backend=sender) as pub:
+
+        def publish() -> None:
+            while not stop.is_set():
+                pub.send(message(sent[0]), timeout=20)
+                sent[0] += 1
+                if sent[0] % 64 == 0:
+                    time.sleep(0.001)
+
+        t = threading.Thread(target=publish)
+        t.start()
+        try:
+            time.sleep(0.2)
+            procs = _start_subscribers(name, receiver, 2)
+            _wait_ready(pub, procs)
+            time.sleep(0.3)
+        finally:
+            stop.set()
+            t.join()
+        pub.close()
+        for count, first, last, increasing, missed in _results(procs):
+            assert first > 0 and last == sent[0] - 1 and increasing == 1 and missed == 0
+            assert count == last - first + 1  # every message from its first on
+
+
+def test_drop_oldest_slow_subscriber(cross: tuple[str, str], name: str) -> None:
+    sender, receiver = cross
+    with pubsub.Publisher(name, capacity=4096, overflow="drop_oldest",
+                          backend=sender) as pub:
+        procs = _start_subscribers(name, receiver, 2, delay=0.0005)
+        _wait_ready(pub, procs)
+        n = 20000
+        for i in range(n):
+            pub.send(message(i), timeout=0)  # never waits: TimeoutError would fail here
+        pub.close()
+        for count, _, last, increasing, missed in _results(procs):
+            assert increasing == 1 and last == n - 1
+            assert missed > 0
+            assert count + missed == n  # exact: every message is either read or counted
+
+
+@contextlib.contextmanager
+def _stuck(pub: pubsub.Publisher, name: str, backend: str) -> Iterator[subprocess.Popen[str]]:
+    """A subscriber process that attaches and never reads, and a publisher held back by
+    it (its ring full); the process is killed afterwards."""
+    proc = start_python("""
+        import sys, time
+        from fastipc import pubsub
+        sub = pubsub.Subscriber(sys.argv[1], timeout=20, backend=sys.argv[2])
+        print("ready", flush=True)
+        time.sleep(60)
+    """, name, backend)
+    try:
+        _wait_ready(pub, [proc])
+        _fill(pub)
+        yield proc
+    finally:
+        proc.kill()
+        proc.communicate()
+
+
+def _fill(pub: pubsub.Publisher) -> None:
+    with pytest.raises(TimeoutError):
+        while True:
+            pub.send(b"x" * 200, timeout=0.05)
+
+
+def test_killed_subscriber_releases_the_publisher(backend: str, name: str) -> None:
+    with pubsub.Publisher(name, capacity=4096, backend=backend) as pub, \
+            _stuck(pub, name, backend) as proc:
+        proc.kill()
+        proc.wait()
+        t0 = time.monotonic()
+        pub.send(b"resumed", timeout=1.0)  # within a second of the death
+        assert time.monotonic() - t0 < 1.0
+        assert pub.subscribers == 0
+
+
+def test_killed_publisher_ends_the_stream(backend: str, name: str) -> None:
+    proc = start_python("""
+        import sys, time
+        from fastipc import pubsub
+        pub = pubsub.Publisher(sys.argv[1], capacity=1 << 16, backend=sys.argv[2])
+        print("up", flush=True)
+        while pub.subscribers < 2:
+            time.sleep(0.005)
+        for i in range(100):
+            pub.send(b"m%d" % i)
+        print("ready", flush=True)
+        time.sleep(60)
+    """, name, backend)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "up"
+        subs = [pubsub.Subscriber(name, timeout=5, backend=backend) for _ in range(2)]
+        assert proc.stdout.readline().strip() == "ready"
+        proc.kill()
+        proc.wait()
+        for sub in subs:
+            assert [sub.recv(timeout=1) for _ in range(100)] == [b"m%d" % i
+                                                                 for i in range(100)]
+            t0 = time.monotonic()
+            with pytest.raises(EOFError):
+                sub.recv(timeout=5)
+            assert time.monotonic() - t0 < 1.0
+            sub.close()
+        assert not (SHM / name).exists()  # the orphan was removed
+    finally:
+        proc.kill()
+        proc.communicate()
+
+
+def test_forked_child_does_not_keep_a_dead_subscriber_alive(backend: str, name: str) -> None:
+    with pubsub.Publisher(name, capacity=4096, backend=backend) as pub:
+        proc = start_python("""
+            import os, sys, time
+            from fastipc import pubsub
+            sub = pubsub.Subscriber(sys.argv[1], timeout=20, backend=sys.argv[2])
+            child = os.fork()
+            if child == 0:  # the child inherits the fd and the mapping, and lingers
+                try:
+                    sub.recv(timeout=0)
+                except ValueError:
+                    os.write(1, b"child: closed\\n")
+                time.sleep(30)
+                os._exit(0)
+            os.write(1, b"ready %d\\n" % child)
+            time.sleep(60)
+        """, name, backend)
+        child = 0
+        try:
+            assert proc.stdout is not None
+            lines = sorted(proc.stdout.readline().strip() for _ in range(2))
+            assert lines[0] == "child: closed" and lines[1].startswith("ready "), lines
+            child = int(lines[1].split()[1])
+            _fill(pub)
+            proc.kill()
+            proc.wait()
+            pub.send(b"resumed", timeout=1.0)  # the lingering child holds nothing back
+        finally:
+            proc.kill()
+            if child:
+                os.kill(child, signal.SIGKILL)
+            proc.communicate()
+
+
+def test_forked_child_does_not_keep_a_dead_publisher_alive(backend: str, name: str) -> None:
+    proc = start_python("""
+        import os, sys, time
+        from fastipc import pubsub
+        pub = pubsub.Publisher(sys.argv[1], backend=sys.argv[2])
+        while pub.subscribers < 1:
+            time.sleep(0.005)
+        pub.send(b"last")
+        child = os.fork()
+        if child == 0:
+            time.sleep(30)
+            os._exit(0)
+        print("ready", child, flush=True)
+        time.sleep(60)
+    """, name, backend)
+    child = 0
+    try:
+        sub = pubsub.Subscriber(name, timeout=10, backend=backend)
+        assert proc.stdout is not None
+        line = proc.stdout.readline().split()
+        assert line[0] == "ready", line
+        child = int(line[1])
+        proc.kill()
+        proc.wait()
+        assert sub.recv(timeout=1) == b"last"
+        with pytest.raises(EOFError):
+            sub.recv(timeout=2)
+        sub.close()
+    finally:
+        proc.kill()
+        if child:
+            os.kill(child, signal.SIGKILL)
+        proc.communicate()
+
+
+def test_liveness_does_not_trust_pids(backend: str, name: str) -> None:
+    """A dead subscriber whose slot names a running process (as after pid reuse, or a pid
+    from another namespace) is still found dead; a live one is never taken for dead."""
+    with pubsub.Publisher(name, capacity=4096, backend=backend) as pub, \
+            _stuck(pub, name, backend) as proc:
+        with pytest.raises(TimeoutError):  # alive: its slot is not taken from it
+            pub.send(b"x" * 200, timeout=0.3)
+        proc.kill()
+        proc.wait()
+        with open(SHM / name, "r+b") as f, mmap.mmap(f.fileno(), 0) as mm:
+            for i in range(layout.SLOTS):  # every slot now names a live process
+                off = layout.OFF_SLOTS + i * layout.SLOT_SIZE + layout.SLOT_PID
+                mm[off:off + 4] = struct.pack("<I", os.getpid())
+        pub.send(b"resumed", timeout=1.0)
+
+
+# ---------------------------------------------------------------------------- CLI
+
+
+def test_cli_publish_subscribe(backend: str, name: str) -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--backend", default=None)
+    cli.add_commands(parser.add_subparsers(dest="action"))
+    args = parser.parse_args(["--backend", backend, "publish", name, "x"])
+    assert args.func is cli.publish and args.messages == ["x"]
+    code = f"""
+        import argparse, sys
+        from fastipc._cli import pubsub as cli
+        parser = argparse.ArgumentParser()
+        parser.add_argument("--backend", default=None)
+        cli.add_commands(parser.add_subparsers(dest="action"))
+        args = parser.parse_args(["--backend", {backend!r}] + sys.argv[1:])
+        sys.exit(args.func(args))
+    """
+    subs = [start_python(code, "subscribe", name, "--timeout", "20") for _ in range(2)]
+    out = run_python(code, "publish", name, "--subscribers", "2", "--timeout", "20",
+                     input="hello\nworld\n")
+    assert out.returncode == 0, out.stderr
+    assert "2 messages published to 2 subscriber(s)" in out.stderr
+    for p in subs:
+        stdout, stderr = p.communicate(timeout=30)
+        assert p.returncode == 0, stderr
+        assert stdout == "hello\nworld\n"
+        assert "2 messages" in stderr
+
+
+def test_timeout_in_a_small_streamed_message_then_recv_into(cross: tuple[str, str],
+                                                             name: str) -> None:
+    """A streamed message small enough for recv's staging buffer, cut short by a timeout,
+    then finished by recv_into: delivered whole."""
+    sender, receiver = cross
+    proc = start_python("""
+        import sys, time
+        from fastipc import pubsub
+        pub = pubsub.Publisher(sys.argv[1], capacity=4096, backend=sys.argv[2])
+        while pub.subscribers < 1:
+            time.sleep(0.005)
+        for i in range(10):
+            pub.send(bytes([i]) * 300)  # most of the ring
+        pub.send(bytes(range(250)) * 6, timeout=30)  # streamed: more than a quarter
+        sys.stdin.readline()
+        pub.close()
+    """, name, sender, stdin=subprocess.PIPE)
+    try:
+        with pubsub.Subscriber(name, timeout=10, backend=receiver) as sub:
+            time.sleep(0.3)  # the publisher waits for room half-way through the last one
+            os.kill(proc.pid, signal.SIGSTOP)
+            try:
+                assert [sub.recv(timeout=1) for _ in range(10)] == \
+                    [bytes([i]) * 300 for i in range(10)]
+                with pytest.raises(TimeoutError):
+                    sub.recv(timeout=0.1)
+            finally:
+                os.kill(proc.pid, signal.SIGCONT)
+            buf = bytearray(2000)
+            assert sub.recv_into(buf, timeout=10) == 1500
+            assert buf[:1500] == bytes(range(250)) * 6
+        assert proc.stdin is not None
+        proc.stdin.write("done\n")
+        proc.stdin.flush()
+        assert proc.wait(10) == 0
+    finally:
+        proc.kill()
+        proc.communicate()
+
+
+def test_a_view_kept_past_its_block_does_not_stall_the_publisher(backend: str,
+                                                                  name: str) -> None:
+    import numpy  # in the test extras
+    with pubsub.Publisher(name, capacity=4096, backend=backend) as pub, \
+            pubsub.Subscriber(name, timeout=1, backend=backend) as sub:
+        pub.send(b"v" * 100)
+        with sub.recv_view(timeout=1) as view:
+            kept = numpy.frombuffer(view, dtype=numpy.uint8)  # an export of the view
+        assert bytes(kept[:3]) == b"vvv"
+        for i in range(200):  # many laps of the ring: the cursor was released
+            pub.send(message(i), timeout=1)
+            assert check_message(sub.recv(timeout=1)) == i
+        del kept
