@@ -35,8 +35,10 @@ from fastipc._core import Deadline, Handle, check_int, check_timeout, uses_handl
 __all__ = [
     "DEFAULT_CAPACITY",
     "DEFAULT_MAX_MESSAGE_SIZE",
+    "Publisher",
     "Reader",
     "SharedMemory",
+    "Subscriber",
     "Writer",
     "unlink",
 ]
@@ -816,3 +818,7 @@ class Reader(_End):
             except FileNotFoundError:
                 pass
 
+
+# Fan-out over shared memory lives in its own module (one writer, many readers); it is part
+# of this namespace, as GUIDE §3b names it. Imported last: it uses helpers defined above.
+from fastipc.pubsub import Publisher, Subscriber  # noqa: E402

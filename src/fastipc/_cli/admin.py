@@ -135,8 +135,19 @@ def describe_temporary(path: str) -> Optional[SegmentInfo]:
                        "left by a writer that died while building its channel")
 
 
+def describe_publisher(path: str) -> Optional[SegmentInfo]:
+    """A fan-out publisher (fastipc.pubsub): alive while the publisher holds its lock."""
+    from fastipc import pubsub
+
+    info = pubsub.describe(path)
+    if info is None:
+        return None
+    return SegmentInfo(info.kind, info.name, info.size, info.owner, info.alive, info.detail)
+
+
 register_describer(describe_channel)
 register_describer(describe_temporary)
+register_describer(describe_publisher)
 
 
 def _owned(directory: str) -> Iterator[tuple[str, str, os.stat_result]]:

@@ -16,7 +16,7 @@ from typing import Any
 
 
 def register(sub: Any) -> None:
-    cmds = sub.add_parser("shm", help="shared memory channel demos: write, read") \
+    cmds = sub.add_parser("shm", help="shared memory demos: write, read, publish, subscribe") \
         .add_subparsers(dest="shm_command", metavar="ACTION", required=True)
 
     w = cmds.add_parser("write", help="send stdin's lines (or MESSAGEs) through channel NAME")
@@ -36,6 +36,10 @@ def register(sub: Any) -> None:
                         "(default: forever)")
     r.add_argument("--count", type=int, default=None, help="stop after this many messages")
     r.set_defaults(func=read)
+
+    from fastipc._cli import pubsub
+
+    pubsub.add_commands(cmds)
 
 
 def write(args: argparse.Namespace) -> int:

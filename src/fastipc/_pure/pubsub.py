@@ -27,7 +27,15 @@ from fastipc._core import (
     check,
     retry,
 )
-from fastipc._pure.shm import _TSO, _Code, _fence, _futex_wait, _futex_wake
+from fastipc._pure.shm import _TSO, _fence, _futex_wait, _futex_wake
+
+
+class _Code(Exception):
+    """An internal status (a negative errno or FIPC_* code) on its way to the caller."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
 
 __all__ = ["Publisher", "Subscriber"]
 

@@ -314,26 +314,10 @@ def cases(quick: bool) -> list[Case]:
 
 def main(argv: Optional[list[str]] = None) -> int:
     """Run these cases alone: ``python -m fastipc.bench.pubsub [--quick] [--match S]``."""
-    import argparse
 
     from fastipc import bench
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--trials", type=int, default=None)
-    parser.add_argument("--match", default="")
-    args = parser.parse_args(argv)
-    trials = args.trials or (5 if args.quick else 7)
-    results = []
-    for case in cases(args.quick):
-        if args.match and args.match not in f"{case.workload} {case.impl}":
-            continue
-        print(f"  {case.workload:24} {case.impl} ...", file=sys.stderr, flush=True)
-        results.append(bench.run_case(case, trials))
-    bench._add_ratios(results)
-    print(bench.machine())
-    print(bench.table(results))
-    return 0
+    return bench.main(["--only", "pubsub", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
