@@ -38,6 +38,7 @@ import ctypes.util
 import errno
 import os
 import platform
+import signal
 import threading
 import time
 from typing import Any, Callable, Optional, TypeVar
@@ -201,6 +202,10 @@ class _Waiter:
         _wake_private(ctypes.addressof(self._control))
 
     def _run(self) -> None:
+        # Signals are the application's: a library thread blocks them all, so that a signal
+        # sent to the process (kill, sigqueue) reaches a thread of the application, and one
+        # the application blocked to sigwait() for it does not end the process here instead.
+        signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
         vec = (_Waitv * FUTEX_WAITV_MAX)()
         vec[0].uaddr = ctypes.addressof(self._control)
         vec[0].flags = _FUTEX_32 | _FUTEX_PRIVATE

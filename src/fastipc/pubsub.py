@@ -35,7 +35,7 @@ from fastipc import _core
 from fastipc._backend import pubsub as _layout
 from fastipc._backend.pubsub import NotReady, PublisherOps, SubscriberOps
 from fastipc._core import Deadline, Handle, check_int, check_timeout, uses_handle
-from fastipc.shm import _check_spin, _create, _open, _path, _same_file
+from fastipc._segment import check_spin, create_segment, open_segment, same_file, segment_path
 
 __all__ = ["DEFAULT_CAPACITY", "MAX_SUBSCRIBERS", "Publisher", "PublisherInfo", "Subscriber",
            "describe"]
@@ -62,7 +62,7 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _map(fd: int, size: int) -> tuple[mmap.mmap, int]:
+def map_segment(fd: int, size: int) -> tuple[mmap.mmap, int]:
     """Map the segment open at ``fd`` and return the mapping with a new fd of the segment,
     on an open file description of its own, for the liveness lock. (The mapping keeps a
     duplicate of ``fd``, which shares its description: a forked child would keep it, and
@@ -149,7 +149,7 @@ class Publisher(_Endpoint):
                  overflow: str = "block", max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
                  mode: int = 0o600, spin: Optional[float] = None,
                  backend: Optional[str] = None) -> None:
-        self._name, self._path = _path(name)
+        self._name, self._path = segment_path(name)
         capacity = check_int(capacity, "capacity", 1, MAX_CAPACITY)
         capacity = max(_layout.MIN_CAPACITY, 1 << (capacity - 1).bit_length())
         if not isinstance(overflow, str):
@@ -159,15 +159,15 @@ class Publisher(_Endpoint):
         max_message_size = check_int(max_message_size, "max_message_size", 0,
                                      MAX_MESSAGE_LIMIT)
         mode = check_int(mode, "mode", 0, 0o777)
-        spin = _check_spin(spin)
+        spin = check_spin(spin)
         which = _core.resolve_backend(backend)
         impl = _core.ops("pubsub", which)
         size = _layout.HEADER + capacity
         tmp = f"{SHM_DIR}/.fastipc-pub-{os.getpid()}-{uuid.uuid4().hex}"
-        fd = _create(tmp, size, mode)
+        fd = create_segment(tmp, size, mode)
         lock_fd = -1
         try:
-            self._mm, lock_fd = _map(fd, size)
+            self._mm, lock_fd = map_segment(fd, size)
             if not _layout.lock_byte(lock_fd, _layout.LOCK):  # a new file: cannot be held
                 raise OSError(errno.EAGAIN, "cannot take the publisher's lock", tmp)
             ops: PublisherOps = impl.Publisher(self._mm, size, lock_fd, self._name,
@@ -254,7 +254,7 @@ class Publisher(_Endpoint):
         _open_handles.discard(self)
         self._ops.close()
         try:
-            if os.getpid() == self._pid and _same_file(self._fd, self._path):
+            if os.getpid() == self._pid and same_file(self._fd, self._path):
                 os.unlink(self._path)
         finally:
             self._unmap()
@@ -305,11 +305,11 @@ class Subscriber(_Endpoint):
     def __init__(self, name: str, timeout: Optional[float] = None, *,
                  max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
                  spin: Optional[float] = None, backend: Optional[str] = None) -> None:
-        self._name, self._path = _path(name)
+        self._name, self._path = segment_path(name)
         deadline = Deadline.of(timeout)
         max_message_size = check_int(max_message_size, "max_message_size", 0,
                                      MAX_MESSAGE_LIMIT)
-        spin = _check_spin(spin)
+        spin = check_spin(spin)
         which = _core.resolve_backend(backend)
         impl = _core.ops("pubsub", which)
         self._views: list[_View] = []
@@ -334,7 +334,7 @@ class Subscriber(_Endpoint):
 
     def _attach(self, impl: Any, max_message_size: int, spin: float) -> Optional[Any]:
         try:
-            fd = _open(self._path, 0)
+            fd = open_segment(self._path, 0)
         except FileNotFoundError:
             return None
         try:
@@ -347,7 +347,7 @@ class Subscriber(_Endpoint):
             if st.st_size <= _layout.HEADER:
                 raise OSError(errno.EBADMSG, "not a publisher segment (too small)",
                               self._name)
-            mm, lock_fd = _map(fd, st.st_size)
+            mm, lock_fd = map_segment(fd, st.st_size)
         except BaseException:
             os.close(fd)
             raise
@@ -454,7 +454,7 @@ class Subscriber(_Endpoint):
 
     def _orphan(self) -> None:
         """The stream ended: if the publisher died without removing its name, remove it."""
-        if self._fd >= 0 and _same_file(self._fd, self._path) and \
+        if self._fd >= 0 and same_file(self._fd, self._path) and \
                 not _layout.lock_held(self._fd, _layout.LOCK):
             try:
                 os.unlink(self._path)

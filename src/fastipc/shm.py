@@ -31,6 +31,16 @@ from fastipc import _aio, _core
 from fastipc import _shm_layout as _layout
 from fastipc._backend import shm as _contract
 from fastipc._core import Deadline, Handle, check_int, check_timeout, uses_handle
+from fastipc._segment import (
+    SHM_DIR,
+    check_bool,
+    check_spin,
+    create_segment,
+    map_segment,
+    open_segment,
+    same_file,
+    segment_path,
+)
 
 __all__ = [
     "DEFAULT_CAPACITY",
@@ -43,98 +53,15 @@ __all__ = [
     "unlink",
 ]
 
-SHM_DIR = "/dev/shm"
 HEADER = _layout.HEADER
 DEFAULT_CAPACITY = 1 << 20
 MIN_CAPACITY = 4096
 MAX_CAPACITY = 1 << 32
 DEFAULT_MAX_MESSAGE_SIZE = 1 << 30
 MAX_MESSAGE_LIMIT = (1 << 63) - 1
-MAX_SPIN = 1.0
-DEFAULT_SPIN = 50e-6
-
-
-def _default_spin() -> float:
-    """Spin before sleeping only where the peer can run meanwhile: on a machine with more
-    than one CPU (this process's own affinity does not matter: the peer may be pinned to
-    another CPU)."""
-    return DEFAULT_SPIN if (os.cpu_count() or 1) > 1 else 0.0
-
-
-def _path(name: Any) -> tuple[str, str]:
-    """(name without the slash, path under /dev/shm) for a user-supplied name."""
-    bare = _core.shm_name(name)[1:]
-    return bare, f"{SHM_DIR}/{bare}"
-
-
-def _check_bool(value: Any, what: str) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{what} must be a bool, not {type(value).__name__}")
-    return value
-
-
-def _check_spin(spin: Optional[float]) -> float:
-    if spin is None:
-        return _default_spin()
-    if isinstance(spin, bool) or not isinstance(spin, (int, float)):
-        raise TypeError(f"spin must be a number of seconds or None, not {type(spin).__name__}")
-    if not 0 <= spin <= MAX_SPIN:
-        raise ValueError(f"spin must be between 0 and {MAX_SPIN} seconds, not {spin!r}")
-    return float(spin)
-
-
-def _open(path: str, flags: int, mode: int = 0o600) -> int:
-    return os.open(path, flags | os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW, mode)
-
-
-def _map(fd: int, size: int) -> mmap.mmap:
-    """Map ``fd``'s file through an open file description of its own: the mapping then holds
-    no reference to ``fd``'s, whose liveness lock therefore goes with ``fd`` alone (a forked
-    child that closes its copy of ``fd`` leaves its parent's lock to the parent)."""
-    own = os.open(f"/proc/self/fd/{fd}", os.O_RDWR | os.O_CLOEXEC)
-    try:
-        return mmap.mmap(own, size)
-    finally:
-        os.close(own)
-
-
-def _create(path: str, size: int, mode: int) -> int:
-    """Create the segment exclusively and back every page of it now, so that a full /dev/shm
-    is an OSError here rather than a SIGBUS at the first write."""
-    fd = _open(path, os.O_CREAT | os.O_EXCL, mode)
-    try:
-        os.ftruncate(fd, size)
-        try:
-            os.posix_fallocate(fd, 0, size)
-        except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.ENOMEM, errno.EFBIG):
-                raise OSError(
-                    exc.errno,
-                    f"cannot back {size} bytes of shared memory: {SHM_DIR} is too small "
-                    f"(see `df {SHM_DIR}`; remount it with a larger size=, or run docker "
-                    "with --shm-size)",
-                    path,
-                ) from None
-            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
-                raise
-    except BaseException:
-        os.close(fd)
-        os.unlink(path)
-        raise
-    return fd
-
-
-def _same_file(fd: int, path: str) -> bool:
-    try:
-        a, b = os.fstat(fd), os.stat(path, follow_symlinks=False)
-    except OSError:
-        return False
-    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
-
-
 def unlink(name: str) -> None:
     """Remove the segment ``name`` from /dev/shm (FileNotFoundError if absent)."""
-    os.unlink(_path(name)[1])
+    os.unlink(segment_path(name)[1])
 
 
 def _attach(name: str, size: int, backend: str) -> SharedMemory:
@@ -158,17 +85,17 @@ class SharedMemory(Handle):
 
     def __init__(self, name: str, size: int = 0, create: bool = False, mode: int = 0o600, *,
                  backend: Optional[str] = None) -> None:
-        self._name, self._path = _path(name)
+        self._name, self._path = segment_path(name)
         size = check_int(size, "size", 0, 2**63 - 1)
-        create = _check_bool(create, "create")
+        create = check_bool(create, "create")
         mode = check_int(mode, "mode", 0, 0o777)
         which = _core.resolve_backend(backend)
         if create:
             if size == 0:
                 raise ValueError("size must be > 0 to create a segment")
-            fd = _create(self._path, size, mode)
+            fd = create_segment(self._path, size, mode)
         else:
-            fd = _open(self._path, 0)
+            fd = open_segment(self._path, 0)
         try:
             real = os.fstat(fd).st_size
             if not create:
@@ -266,7 +193,7 @@ class _End(Handle):
     _size = 0
 
     def _setup(self, name: Any, backend: Optional[str]) -> None:
-        self._name, self._path = _path(name)
+        self._name, self._path = segment_path(name)
         self._which = _core.resolve_backend(backend)
         self._impl = _core.ops("shm", self._which)
         self._spin_async = _aio.Spin()
@@ -303,7 +230,7 @@ class _End(Handle):
     @spin.setter
     def spin(self, value: float) -> None:
         self._check_open()
-        self._ops.spin = _check_spin(value)
+        self._ops.spin = check_spin(value)
 
     @uses_handle
     def stats(self) -> dict[str, int]:
@@ -313,7 +240,7 @@ class _End(Handle):
 
     def _map_segment(self, fd: int) -> None:
         self._size = os.fstat(fd).st_size
-        self._mmap = _map(fd, self._size)
+        self._mmap = map_segment(fd, self._size)
 
     def _unmap(self) -> None:
         mm, self._mmap = self._mmap, None
@@ -431,12 +358,12 @@ def _publish_segment(path: str, size: int, mode: int,
     ``path`` is taken."""
     for _ in range(8):
         temp = f"{path[:SHM_PATH_MAX]}.{secrets.token_hex(6)}{_layout.TEMP_SUFFIX}"
-        fd = _create(temp, size, mode)
+        fd = create_segment(temp, size, mode)
         mm: Optional[mmap.mmap] = None
         ops: Any = None
         try:
             _layout.hold_lock(fd, _layout.LOCK_WRITER)
-            mm = _map(fd, size)
+            mm = map_segment(fd, size)
             ops = build(fd, mm)
             try:
                 os.link(temp, path)
@@ -491,7 +418,7 @@ class Writer(_End):
         max_message_size = check_int(max_message_size, "max_message_size", 0,
                                      MAX_MESSAGE_LIMIT)
         mode = check_int(mode, "mode", 0, 0o777)
-        spin = _check_spin(spin)
+        spin = check_spin(spin)
         self._size = HEADER + capacity
 
         def build(fd: int, mm: mmap.mmap) -> Any:
@@ -568,7 +495,7 @@ class Writer(_End):
             delay = min(delay * 2, 0.01)
 
     def _ops_freed(self) -> None:
-        if _same_file(self._fd, self._path):
+        if same_file(self._fd, self._path):
             try:
                 os.unlink(self._path)
             except FileNotFoundError:
@@ -669,7 +596,7 @@ class Reader(_End):
         deadline = Deadline.of(timeout)
         max_message_size = check_int(max_message_size, "max_message_size", 0,
                                      MAX_MESSAGE_LIMIT)
-        spin = _check_spin(spin)
+        spin = check_spin(spin)
         uid = os.geteuid() if owner is None else check_int(owner, "owner", 0, 2**32 - 1)
         self._views: weakref.WeakSet[_View] = weakref.WeakSet()
         delay = 0.0005
@@ -687,7 +614,7 @@ class Reader(_End):
 
     def _attach(self, max_message_size: int, spin: float, uid: int) -> Optional[tuple[int, Any]]:
         try:
-            fd = _open(self._path, 0)
+            fd = open_segment(self._path, 0)
         except FileNotFoundError:
             return None
         try:
@@ -812,13 +739,13 @@ class Reader(_End):
             dead = not _layout.lock_held(self._fd, _layout.LOCK_WRITER)
         except OSError:
             return
-        if dead and _same_file(self._fd, self._path):
+        if dead and same_file(self._fd, self._path):
             try:
                 os.unlink(self._path)
             except FileNotFoundError:
                 pass
 
 
-# Fan-out over shared memory lives in its own module (one writer, many readers); it is part
-# of this namespace, as GUIDE §3b names it. Imported last: it uses helpers defined above.
+# Fan-out (one writer, many readers) lives in its own module; its classes belong to this
+# namespace too (GUIDE §3b).
 from fastipc.pubsub import Publisher, Subscriber  # noqa: E402

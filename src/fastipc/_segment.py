@@ -1,0 +1,95 @@
+"""The shared-memory segment under every shm-based mechanism (the channel, the fan-out
+publisher, the queue): names, exclusive creation with every page backed, mapping, and the
+spin argument of their waits. Written once, used by fastipc.shm, fastipc.pubsub and
+fastipc.queue."""
+
+from __future__ import annotations
+
+import errno
+import mmap
+import os
+from typing import Any, Optional
+
+from fastipc import _core
+
+SHM_DIR = "/dev/shm"
+MAX_SPIN = 1.0
+DEFAULT_SPIN = 50e-6
+
+
+def default_spin() -> float:
+    """Spin before sleeping only where the peer can run meanwhile: on a machine with more
+    than one CPU (this process's own affinity does not matter: the peer may be pinned to
+    another CPU)."""
+    return DEFAULT_SPIN if (os.cpu_count() or 1) > 1 else 0.0
+
+
+def segment_path(name: Any) -> tuple[str, str]:
+    """(name without the slash, path under /dev/shm) for a user-supplied name."""
+    bare = _core.shm_name(name)[1:]
+    return bare, f"{SHM_DIR}/{bare}"
+
+
+def check_bool(value: Any, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{what} must be a bool, not {type(value).__name__}")
+    return value
+
+
+def check_spin(spin: Optional[float]) -> float:
+    if spin is None:
+        return default_spin()
+    if isinstance(spin, bool) or not isinstance(spin, (int, float)):
+        raise TypeError(f"spin must be a number of seconds or None, not {type(spin).__name__}")
+    if not 0 <= spin <= MAX_SPIN:
+        raise ValueError(f"spin must be between 0 and {MAX_SPIN} seconds, not {spin!r}")
+    return float(spin)
+
+
+def open_segment(path: str, flags: int, mode: int = 0o600) -> int:
+    return os.open(path, flags | os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW, mode)
+
+
+def map_segment(fd: int, size: int) -> mmap.mmap:
+    """Map ``fd``'s file through an open file description of its own: the mapping then holds
+    no reference to ``fd``'s, whose liveness lock therefore goes with ``fd`` alone (a forked
+    child that closes its copy of ``fd`` leaves its parent's lock to the parent)."""
+    own = os.open(f"/proc/self/fd/{fd}", os.O_RDWR | os.O_CLOEXEC)
+    try:
+        return mmap.mmap(own, size)
+    finally:
+        os.close(own)
+
+
+def create_segment(path: str, size: int, mode: int) -> int:
+    """Create the segment exclusively and back every page of it now, so that a full /dev/shm
+    is an OSError here rather than a SIGBUS at the first write."""
+    fd = open_segment(path, os.O_CREAT | os.O_EXCL, mode)
+    try:
+        os.ftruncate(fd, size)
+        try:
+            os.posix_fallocate(fd, 0, size)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.ENOMEM, errno.EFBIG):
+                raise OSError(
+                    exc.errno,
+                    f"cannot back {size} bytes of shared memory: {SHM_DIR} is too small "
+                    f"(see `df {SHM_DIR}`; remount it with a larger size=, or run docker "
+                    "with --shm-size)",
+                    path,
+                ) from None
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+    except BaseException:
+        os.close(fd)
+        os.unlink(path)
+        raise
+    return fd
+
+
+def same_file(fd: int, path: str) -> bool:
+    try:
+        a, b = os.fstat(fd), os.stat(path, follow_symlinks=False)
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
