@@ -1,0 +1,1 @@
+"""The typed backend Protocols, one module per mechanism."""
