@@ -253,6 +253,7 @@ class Queue(Handle):
         self._size = size
         self._capacity = size - L.HEADER
         self._ring_max = self._capacity // 2 - L.FRAME - 8  # payloads the ring takes
+        self._hot_max = min(self._ring_max, self._max_message)
         self._lock_fd = lock_fd
         if self._owner:
             self._finalizer = weakref.finalize(self, _unlink_quietly, self._path)
@@ -389,7 +390,7 @@ class Queue(Handle):
         t = _timeout(block, timeout)
         buffers: list[pickle.PickleBuffer] = []
         data = _dumps(obj, 5, buffer_callback=buffers.append)
-        if not buffers and len(data) <= self._ring_max:  # the hot path
+        if not buffers and len(data) <= self._hot_max:  # the hot path
             start = _monotonic() if t > 0 else None
             rc = self._ops.put(data, KIND_PICKLE, t)
             if rc:
@@ -430,7 +431,7 @@ class Queue(Handle):
             for obj in objs:
                 buffers: list[pickle.PickleBuffer] = []
                 data = _dumps(obj, 5, buffer_callback=buffers.append)
-                if not buffers and len(data) <= self._ring_max:
+                if not buffers and len(data) <= self._hot_max:
                     batch.append(data)
                     continue
                 done += self._put_batch(batch, deadline)
@@ -439,8 +440,8 @@ class Queue(Handle):
                 self._put_parts(parts, total, kind, deadline.left())
                 done += 1
             done += self._put_batch(batch, deadline)
-        except Full as exc:
-            exc.messages_put = done  # type: ignore[attr-defined]
+        except Full as exc:  # a batch says how many of it went
+            exc.messages_put = done + getattr(exc, "messages_put", 0)  # type: ignore[attr-defined]
             raise
 
     def _put_batch(self, batch: list[bytes], deadline: Deadline) -> int:
