@@ -3,7 +3,6 @@ backends, numpy buffers out of band, messages larger than the ring, life cycle, 
 
 from __future__ import annotations
 
-import gc
 import multiprocessing as mp
 import os
 import pickle
@@ -19,12 +18,11 @@ from typing import Any
 import numpy as np
 import pytest
 
+from conftest import PREFIX, SHM_DIR
 from fastipc import _core
 from fastipc import queue as fq
 from fastipc._backend import queue as layout
 from fastipc.queue import Empty, Full, NamedQueue, Queue, describe
-
-from conftest import PREFIX, SHM_DIR
 from helpers import run_python, start_python
 
 SMALL = 1 << 16  # a small ring: wraps and fills quickly
@@ -319,7 +317,7 @@ def test_close_from_another_thread_wakes_a_blocked_call(backend: str, op: str) -
                 q.put(1)
             else:
                 getattr(q, op)()
-        except BaseException as exc:  # noqa: BLE001 - the test looks at it
+        except BaseException as exc:
             errors.append(exc)
 
     t = threading.Thread(target=blocked)
