@@ -273,12 +273,21 @@ static int wait_data(fipc_queue *q, uint64_t tail, double timeout, int64_t *dead
 
 /* ---------------------------------------------------------------- producers */
 
-/* Under the put lock: the current words and whether a frame of `frame` bytes fits. */
+/* Under the put lock: the tail, a head, and whether a frame of `frame` bytes fits. The head
+ * last seen is tried first: head only grows, so it under-states the room and over-states
+ * the count, and the shared head word (the consumers' cache line) is read only when it says
+ * no. It is refreshed at least once per capacity bytes put (the span check fails then). */
 static int room(fipc_queue *q, uint64_t frame, uint64_t *tail, uint64_t *head, int *fits)
 {
     uint64_t used, count;
     *tail = LOAD(A64(q, FIPC_Q_OFF_TAIL), relaxed);
-    *head = LOAD(A64(q, FIPC_Q_OFF_HEAD), acquire);
+    *head = q->head_seen;
+    if (span(q, *head, *tail, &used, &count) == 0 && q->capacity - used >= frame &&
+        (q->maxsize == 0 || count < q->maxsize)) {
+        *fits = 1;
+        return 0;
+    }
+    *head = q->head_seen = LOAD(A64(q, FIPC_Q_OFF_HEAD), acquire);
     int rc = span(q, *head, *tail, &used, &count);
     *fits = rc == 0 && q->capacity - used >= frame && (q->maxsize == 0 || count < q->maxsize);
     return rc;
@@ -464,7 +473,7 @@ int64_t fipc_queue_get(fipc_queue *q, char *dest, uint64_t cap, double timeout)
     uint64_t len;
     uint32_t kind;
     int64_t rc = fipc_queue_get_many(q, dest, cap, &len, &kind, 1, timeout);
-    return rc == 1 ? (int64_t)len : rc;
+    return rc == 1 ? (int64_t)kind << 32 | (int64_t)len : rc;
 }
 
 /* ---------------------------------------------------------------- state */

@@ -44,6 +44,7 @@ typedef struct fipc_queue {
     uint64_t maxsize;       /* messages, 0: no limit */
     uint64_t last_len;      /* get: length of the message returned or needed */
     uint32_t last_kind;     /* get: its kind */
+    uint64_t head_seen;     /* put: the head word last read (a lower bound of head) */
     int32_t closed;         /* set by fipc_queue_close: calls return -EBADF */
     fipc_spin spin;         /* adaptive spin before sleeping */
 } fipc_queue;
@@ -64,8 +65,9 @@ int fipc_queue_put1(fipc_queue *q, const char *data, uint64_t len, uint32_t kind
 /* Put count messages stored back to back in buf; *sent says how many went. */
 int fipc_queue_put_many(fipc_queue *q, const char *buf, const uint64_t *lens, uint64_t count,
                         uint32_t kind, double timeout, uint64_t *sent);
-/* Take the next message into dest (cap bytes): its length (kind in last_kind), or
- * FIPC_Q_NEED (length in last_len; it stays queued), -ETIMEDOUT, -EINTR, -EBADF. */
+/* Take the next message into dest (cap bytes): kind << 32 | length (one return value, so
+ * that the hot path reads no struct field), or FIPC_Q_NEED (length in last_len; it stays
+ * queued), -ETIMEDOUT, -EINTR, -EBADF, FIPC_CORRUPT. */
 int64_t fipc_queue_get(fipc_queue *q, char *dest, uint64_t cap, double timeout);
 /* Take up to max messages that fit in dest back to back (lengths and kinds filled in),
  * waiting up to timeout for the first only: the count, or as fipc_queue_get. */

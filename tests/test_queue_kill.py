@@ -51,7 +51,8 @@ def _consumer(name: str, backend: str, path: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     with NamedQueue(name, backend=backend) as q:
         while True:
-            items = q.get_many(8, timeout=20) if random.random() < 0.3 else [q.get(timeout=20)]
+            # get, not get_many: a batch taken is in the consumer's hands as a whole
+            items = [q.get(timeout=20)]
             if SENTINEL in items:  # after the drain: only sentinels, one is ours
                 for _ in range(items.count(SENTINEL) - 1):
                     q.put_bytes(SENTINEL)

@@ -79,6 +79,7 @@ _PAD = bytes(_ALIGN)
 _dumps = pickle.dumps
 _loads = pickle.loads
 _monotonic = time.monotonic
+_LEN = 0xFFFFFFFF  # a get returns kind << 32 | length
 
 
 class Full(_stdqueue.Full, TimeoutError):
@@ -255,6 +256,9 @@ class Queue(Handle):
         self._ring_max = self._capacity // 2 - L.FRAME - 8  # payloads the ring takes
         self._hot_max = min(self._ring_max, self._max_message)
         self._lock_fd = lock_fd
+        self._put_bytes = self._ops.put_fn()
+        self._get_staged = self._ops.get_fn()
+        self._stage = memoryview(self._ops.stage)
         if self._owner:
             self._finalizer = weakref.finalize(self, _unlink_quietly, self._path)
             _owned.add(self)
@@ -387,12 +391,13 @@ class Queue(Handle):
         """Put ``obj`` (pickled, protocol 5, buffers out of band). ``queue.Full`` (also a
         TimeoutError) if the queue stays full until the timeout (``block=False``: at once).
         An object that cannot be pickled raises here and leaves the queue as it was."""
-        t = _timeout(block, timeout)
+        t = -1.0 if timeout is None and block else _timeout(block, timeout)
         buffers: list[pickle.PickleBuffer] = []
         data = _dumps(obj, 5, buffer_callback=buffers.append)
-        if not buffers and len(data) <= self._hot_max:  # the hot path
+        n = len(data)
+        if not buffers and n <= self._hot_max:  # the hot path
             start = _monotonic() if t > 0 else None
-            rc = self._ops.put(data, KIND_PICKLE, t)
+            rc = self._put_bytes(data, n, KIND_PICKLE, t)
             if rc:
                 ops = self._ops
                 self._retry_put(rc, lambda left: ops.put(data, KIND_PICKLE, left), t, start)
@@ -537,42 +542,39 @@ class Queue(Handle):
     def get(self, block: bool = True, timeout: Optional[float] = None) -> Any:
         """Take the next object. ``queue.Empty`` (also a TimeoutError) if none comes before
         the timeout (``block=False``: at once)."""
-        t = _timeout(block, timeout)
+        t = -1.0 if timeout is None and block else _timeout(block, timeout)
         start = _monotonic() if t > 0 else None
-        ops = self._ops
-        n = ops.get(None, t)
-        if n >= 0:
-            kind = ops.last()[1]
-            if kind == KIND_PICKLE:
-                return _loads(memoryview(ops.stage)[:n])
-            return self._decode(ops.stage, n, kind, False)
-        buf, n, fresh = self._take_slow(n, t, start)
-        return self._decode(buf, n, ops.last()[1], fresh)
+        rc = self._get_staged(t)
+        if rc >= 0:
+            if rc >> 32 == KIND_PICKLE:  # the hot path: a small object in the staging buffer
+                return _loads(self._stage[: rc & _LEN])
+            return self._decode(self._stage, rc & _LEN, rc >> 32, False)
+        buf, rc, fresh = self._take_slow(rc, t, start)
+        return self._decode(buf, rc & _LEN, rc >> 32, fresh)
 
-    def _take_slow(self, rc: int, t: float,
-                   start: Optional[float]) -> tuple[Any, int, bool]:
+    def _take_slow(self, rc: int, t: float, start: Optional[float]) -> tuple[Any, int, bool]:
         """After a first get that did not return a message in the staging buffer: a message
         larger than it goes into a new bytearray; EINTR retries, errors raise (timeout:
-        queue.Empty). Returns (buffer, length, fresh)."""
+        queue.Empty). Returns (buffer, kind << 32 | length, fresh)."""
         ops = self._ops
         dest: Any = None
 
         def again(left: float) -> int:
             nonlocal dest
-            n = ops.get(dest, left)
-            while n == NEED:  # it did not fit: make room (another consumer may take it)
+            rc = ops.get(dest, left)
+            while rc == NEED:  # it did not fit: make room (another consumer may take it)
                 dest = _new_bytearray(ops.last()[0])
-                n = ops.get(dest, left)
-            return n
+                rc = ops.get(dest, left)
+            return rc
 
         deadline = Deadline(t, start)
         if rc == NEED:
             rc = again(deadline.left())
         try:
-            n = _core.retry(rc, again, deadline, self._name)
+            rc = _core.retry(rc, again, deadline, self._name)
         except TimeoutError:
             raise Empty(errno.ETIMEDOUT, "the queue is empty") from None
-        return (ops.stage, n, False) if dest is None else (dest, n, True)
+        return (self._stage, rc, False) if dest is None else (dest, rc, True)
 
     def get_nowait(self) -> Any:
         """``get(block=False)``."""
@@ -582,14 +584,13 @@ class Queue(Handle):
     def get_bytes(self, timeout: Optional[float] = None) -> bytes:
         """Take the next message as bytes (one put with ``put_bytes``, or an object that is
         a bytes-like object; anything else raises TypeError, the message is consumed)."""
-        t = check_timeout(timeout)
+        t = -1.0 if timeout is None else check_timeout(timeout)
         start = _monotonic() if t > 0 else None
-        ops = self._ops
-        n = ops.get(None, t)
-        if n >= 0 and ops.last()[1] == KIND_BYTES:
-            return bytes(memoryview(ops.stage)[:n])
-        buf, n, fresh = (ops.stage, n, False) if n >= 0 else self._take_slow(n, t, start)
-        obj = self._decode(buf, n, ops.last()[1], fresh)
+        rc = self._get_staged(t)
+        if rc >= 0 and rc >> 32 == KIND_BYTES:
+            return bytes(self._stage[: rc & _LEN])
+        buf, rc, fresh = (self._stage, rc, False) if rc >= 0 else self._take_slow(rc, t, start)
+        obj = self._decode(buf, rc & _LEN, rc >> 32, fresh)
         if isinstance(obj, bytes):
             return obj
         try:
@@ -608,8 +609,8 @@ class Queue(Handle):
         out = self._outbuf()
         n, lens, kinds = ops.get_many(out, max_messages, t)
         if n <= 0:  # waiting was cut short, or the first message is large: take it alone
-            buf, m, fresh = self._take_slow(n, t, start)
-            return [self._decode(buf, m, ops.last()[1], fresh)]
+            buf, rc, fresh = self._take_slow(n, t, start)
+            return [self._decode(buf, rc & _LEN, rc >> 32, fresh)]
         view = memoryview(out)
         result = []
         pos = 0

@@ -8,7 +8,7 @@ The same numbers are an enum in ``csrc/queue.h``; a test holds the two together,
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 __all__ = [
     "KIND_BLOB", "KIND_BYTES", "KIND_OOB", "KIND_PICKLE", "LAYOUT", "NEED", "FormatFn",
@@ -79,8 +79,15 @@ class QueueOps(Protocol):
         """Put ``len(lens)`` messages stored back to back in ``blob``: (rc, how many went)."""
 
     def get(self, dest: Any, timeout: float) -> int:
-        """Take the next message into ``dest`` (None: :attr:`stage`): its length, or ``NEED``
-        when it does not fit (it stays queued; :meth:`last` says its length)."""
+        """Take the next message into ``dest`` (None: :attr:`stage`): ``kind << 32 |
+        length``, or ``NEED`` when it does not fit (it stays queued; :meth:`last` says its
+        length)."""
+
+    def put_fn(self) -> Callable[[bytes, int, int, float], int]:
+        """The hot put: ``fn(data, len(data), kind, timeout)`` for a ``bytes`` message."""
+
+    def get_fn(self) -> Callable[[float], int]:
+        """The hot get into :attr:`stage`: ``fn(timeout)``, as :meth:`get` returns."""
 
     def get_many(self, dest: Any, max_messages: int,
                  timeout: float) -> tuple[int, list[int], list[int]]:

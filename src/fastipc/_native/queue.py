@@ -8,7 +8,8 @@ feet; :meth:`Ops.free` releases it once no call runs (the public class sees to t
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from functools import partial
+from typing import Any, Callable
 
 from fastipc._backend.queue import STAGE, FormatFn, QueueOps
 from fastipc._core import check, ffi, lib
@@ -49,6 +50,12 @@ class Ops:
         if type(data) is not bytes:
             data = _from_buffer(data)
         return int(_put1(self._q, data, len(data), kind, timeout))
+
+    def put_fn(self) -> Callable[[bytes, int, int, float], int]:
+        return partial(_put1, self._q)
+
+    def get_fn(self) -> Callable[[float], int]:
+        return partial(_get, self._q, self._cstage, STAGE)
 
     def putv(self, parts: Sequence[Any], kind: int, timeout: float) -> int:
         bufs = [_from_buffer(p) for p in parts]  # kept alive until the call returns

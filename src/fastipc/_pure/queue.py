@@ -24,7 +24,8 @@ import struct
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any
+from functools import partial
+from typing import Any, Callable
 
 from fastipc._backend import queue as L
 from fastipc._backend.queue import FormatFn, QueueOps
@@ -213,6 +214,12 @@ class Ops:
     def put(self, data: Any, kind: int, timeout: float) -> int:
         return self.putv([data], kind, timeout)
 
+    def put_fn(self) -> Callable[[bytes, int, int, float], int]:
+        return lambda data, n, kind, timeout: self.putv([data], kind, timeout)
+
+    def get_fn(self) -> Callable[[float], int]:
+        return partial(self.get, None)
+
     def putv(self, parts: Sequence[Any], kind: int, timeout: float) -> int:
         views = [byte_view(p) for p in parts]
         rc, _ = self._put(views, [sum(len(v) for v in views)], kind, timeout)
@@ -279,8 +286,8 @@ class Ops:
 
     # ---- consumers
     def get(self, dest: Any, timeout: float) -> int:
-        n, lens, _ = self.get_many(self.stage if dest is None else dest, 1, timeout)
-        return lens[0] if n == 1 else n
+        n, lens, kinds = self.get_many(self.stage if dest is None else dest, 1, timeout)
+        return kinds[0] << 32 | lens[0] if n == 1 else n
 
     def get_many(self, dest: Any, max_messages: int,
                  timeout: float) -> tuple[int, list[int], list[int]]:

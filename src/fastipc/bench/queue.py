@@ -25,6 +25,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from functools import partial
 from typing import Any, Callable, Optional
 
 from fastipc.bench import Case, Missing, cores, optional, run_case, table
@@ -195,7 +196,7 @@ def cases(quick: bool) -> list[Case]:
             return _rate(_run(make, SMALL, m, p, p), m // p * p)
 
         add("objects 1:1", label, "msg/s", objects)
-        add("objects 4:4", label, "msg/s", lambda o=objects: o(p=4))
+        add("objects 4:4", label, "msg/s", partial(objects, p=4))
 
         def batches(make: Any = make, m: int = m) -> float:
             if make is _mp_queue:
