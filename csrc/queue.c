@@ -273,6 +273,15 @@ static int wait_data(fipc_queue *q, uint64_t tail, double timeout, int64_t *dead
 
 /* ---------------------------------------------------------------- producers */
 
+/* Whether a word read at *when (ns) may still serve as a bound. The 32-bit halves of the
+ * words wrap after 32 GiB or 2^32 messages; a value read within the last 100 ms cannot be
+ * that far behind (the ring cannot move 32 GiB in that time), so the modular arithmetic on
+ * it is sound. Older ones are read again. */
+static inline int fresh(const int64_t *when)
+{
+    return fipc_now_ns() - *when < 100000000LL;
+}
+
 /* Under the put lock: the tail, a head, and whether a frame of `frame` bytes fits. The head
  * last seen is tried first: head only grows, so it under-states the room and over-states
  * the count, and the shared head word (the consumers' cache line) is read only when it says
@@ -282,12 +291,14 @@ static int room(fipc_queue *q, uint64_t frame, uint64_t *tail, uint64_t *head, i
     uint64_t used, count;
     *tail = LOAD(A64(q, FIPC_Q_OFF_TAIL), relaxed);
     *head = q->head_seen;
-    if (span(q, *head, *tail, &used, &count) == 0 && q->capacity - used >= frame &&
+    if (fresh(&q->head_seen_ns) && span(q, *head, *tail, &used, &count) == 0 &&
+        q->capacity - used >= frame &&
         (q->maxsize == 0 || count < q->maxsize)) {
         *fits = 1;
         return 0;
     }
     *head = q->head_seen = LOAD(A64(q, FIPC_Q_OFF_HEAD), acquire);
+    q->head_seen_ns = fipc_now_ns();
     int rc = span(q, *head, *tail, &used, &count);
     *fits = rc == 0 && q->capacity - used >= frame && (q->maxsize == 0 || count < q->maxsize);
     return rc;
@@ -425,7 +436,13 @@ int64_t fipc_queue_get_many(fipc_queue *q, char *dest, uint64_t cap, uint64_t *l
         if (rc < 0)
             return rc;
         uint64_t head = LOAD(A64(q, FIPC_Q_OFF_HEAD), relaxed);
-        uint64_t tail = LOAD(A64(q, FIPC_Q_OFF_TAIL), acquire);
+        /* The tail last seen is a lower bound of tail: frames up to it are committed. The
+         * producers' line is read only when it shows nothing to take (or head passed it). */
+        uint64_t tail = q->tail_seen, used, count;
+        if (!fresh(&q->tail_seen_ns) || span(q, head, tail, &used, &count) < 0 || count == 0) {
+            tail = q->tail_seen = LOAD(A64(q, FIPC_Q_OFF_TAIL), acquire);
+            q->tail_seen_ns = fipc_now_ns();
+        }
         uint64_t h = head, got = 0, off = 0;
         int64_t result = 0;
         while (got < max) {

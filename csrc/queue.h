@@ -45,6 +45,9 @@ typedef struct fipc_queue {
     uint64_t last_len;      /* get: length of the message returned or needed */
     uint32_t last_kind;     /* get: its kind */
     uint64_t head_seen;     /* put: the head word last read (a lower bound of head) */
+    uint64_t tail_seen;     /* get: the tail word last read (a lower bound of tail) */
+    int64_t head_seen_ns;   /* when head_seen was read (CLOCK_MONOTONIC ns; 0: never) */
+    int64_t tail_seen_ns;   /* when tail_seen was read */
     int32_t closed;         /* set by fipc_queue_close: calls return -EBADF */
     fipc_spin spin;         /* adaptive spin before sleeping */
 } fipc_queue;
