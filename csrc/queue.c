@@ -163,11 +163,13 @@ int fipc_queue_attach(fipc_queue *q, char *base, uint64_t map_size, double spin)
 
 /* ---------------------------------------------------------------- locks and waits */
 
-/* Take a robust mutex. A dead owner's mutex comes back as EOWNERDEAD: the state it guards
+/* Take a robust mutex (-EBADF once this handle is closed). A dead owner's mutex comes back as EOWNERDEAD: the state it guards
  * changes only by single committing stores, so it is consistent as it is. */
 static int lock(fipc_queue *q, size_t off, double timeout, int64_t *deadline)
 {
     pthread_mutex_t *m = MUTEX(q, off);
+    if (is_closed(q))
+        return -EBADF;
     int rc = pthread_mutex_trylock(m);
     if (rc == 0)
         return 0;
@@ -328,8 +330,6 @@ int fipc_queue_put(fipc_queue *q, const char *const *parts, const uint64_t *lens
         return -EMSGSIZE;
     int64_t deadline = FIPC_DEADLINE_UNSET;
     for (;;) {
-        if (is_closed(q))
-            return -EBADF;
         int rc = lock(q, FIPC_Q_OFF_PUT_LOCK, timeout, &deadline);
         if (rc < 0)
             return rc;
@@ -369,8 +369,6 @@ int fipc_queue_put_many(fipc_queue *q, const char *buf, const uint64_t *lens, ui
             return -EMSGSIZE;
     int64_t deadline = FIPC_DEADLINE_UNSET;
     while (*sent < count) {
-        if (is_closed(q))
-            return -EBADF;
         int rc = lock(q, FIPC_Q_OFF_PUT_LOCK, timeout, &deadline);
         if (rc < 0)
             return rc;
@@ -430,8 +428,6 @@ int64_t fipc_queue_get_many(fipc_queue *q, char *dest, uint64_t cap, uint64_t *l
 {
     int64_t deadline = FIPC_DEADLINE_UNSET;
     for (;;) {
-        if (is_closed(q))
-            return -EBADF;
         int rc = lock(q, FIPC_Q_OFF_GET_LOCK, timeout, &deadline);
         if (rc < 0)
             return rc;

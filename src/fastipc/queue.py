@@ -653,15 +653,11 @@ class Queue(Handle):
 
 def _write_all(fd: int, views: list[memoryview]) -> None:
     pos = 0
-    views = [v for v in views if len(v)]
-    while views:
-        n = os.pwritev(fd, views[:512], pos)
-        pos += n
-        while views and n >= len(views[0]):
-            n -= len(views[0])
-            views.pop(0)
-        if views and n:
-            views[0] = views[0][n:]
+    for view in views:
+        while len(view):
+            n = os.pwrite(fd, view, pos)
+            view = view[n:]
+            pos += n
 
 
 class NamedQueue(Queue):
