@@ -570,3 +570,38 @@ def test_start_methods(method: str, backend: str, tmp_path: Any) -> None:
     assert res.returncode == 0, res.stderr
     assert res.stdout.startswith("ok ")
     assert not os.path.exists(f"{SHM_DIR}/{res.stdout.split()[1]}")
+
+
+def test_threads_share_one_handle(q: Queue) -> None:
+    """Several threads put and get on one handle at once: each item once, intact (every
+    concurrent get has its own staging buffer)."""
+    count, threads = 3000, 4
+    got: list[list[Any]] = [[] for _ in range(threads)]
+
+    def produce(k: int) -> None:
+        for i in range(k, count, threads):
+            q.put((i, str(i) * (i % 40)))
+
+    def consume(k: int) -> None:
+        while True:
+            items = q.get_many(8, timeout=10) if k % 2 else [q.get(timeout=10)]
+            if None in items:  # after the drain: sentinels only, one is ours
+                for _ in range(items.count(None) - 1):
+                    q.put(None)
+                return
+            got[k].extend(items)
+
+    workers = [threading.Thread(target=produce, args=(k,)) for k in range(threads)]
+    workers += [threading.Thread(target=consume, args=(k,)) for k in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers[:threads]:
+        w.join(30)
+    while q.qsize():
+        time.sleep(0.01)
+    for _ in range(threads):
+        q.put(None)
+    for w in workers[threads:]:
+        w.join(30)
+    items = sorted(i for g in got for i in g)
+    assert items == [(i, str(i) * (i % 40)) for i in range(count)]

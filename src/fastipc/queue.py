@@ -45,6 +45,7 @@ from fastipc._backend.queue import (
     KIND_OOB,
     KIND_PICKLE,
     NEED,
+    STAGE,
     FormatFn,
     QueueOps,
 )
@@ -258,7 +259,10 @@ class Queue(Handle):
         self._lock_fd = lock_fd
         self._put_bytes = self._ops.put_fn()
         self._get_staged = self._ops.get_fn()
-        self._stage = memoryview(self._ops.stage)
+        # staging buffers and get_many's output buffers, one per concurrent call: a thread
+        # pops one (list.pop and append are atomic) and puts it back when it is done
+        self._stages: list[tuple[Any, memoryview]] = []
+        self._outs: list[bytearray] = []
         if self._owner:
             self._finalizer = weakref.finalize(self, _unlink_quietly, self._path)
             _owned.add(self)
@@ -544,15 +548,21 @@ class Queue(Handle):
         the timeout (``block=False``: at once)."""
         t = -1.0 if timeout is None and block else _timeout(block, timeout)
         start = _monotonic() if t > 0 else None
-        rc = self._get_staged(t)
-        if rc >= 0:
-            if rc >> 32 == KIND_PICKLE:  # the hot path: a small object in the staging buffer
-                return _loads(self._stage[: rc & _LEN])
-            return self._decode(self._stage, rc & _LEN, rc >> 32, False)
-        buf, rc, fresh = self._take_slow(rc, t, start)
-        return self._decode(buf, rc & _LEN, rc >> 32, fresh)
+        stages = self._stages
+        stage = stages.pop() if stages else self._ops.new_stage()
+        try:
+            rc = self._get_staged(stage[0], STAGE, t)
+            if rc >= 0:
+                if rc >> 32 == KIND_PICKLE:  # the hot path: a small object, staged
+                    return _loads(stage[1][: rc & _LEN])
+                return self._decode(stage[1], rc & _LEN, rc >> 32, False)
+            buf, rc, fresh = self._take_slow(rc, t, start, stage)
+            return self._decode(buf, rc & _LEN, rc >> 32, fresh)
+        finally:
+            stages.append(stage)
 
-    def _take_slow(self, rc: int, t: float, start: Optional[float]) -> tuple[Any, int, bool]:
+    def _take_slow(self, rc: int, t: float, start: Optional[float],
+                   stage: tuple[Any, memoryview]) -> tuple[Any, int, bool]:
         """After a first get that did not return a message in the staging buffer: a message
         larger than it goes into a new bytearray; EINTR retries, errors raise (timeout:
         queue.Empty). Returns (buffer, kind << 32 | length, fresh)."""
@@ -561,7 +571,7 @@ class Queue(Handle):
 
         def again(left: float) -> int:
             nonlocal dest
-            rc = ops.get(dest, left)
+            rc = self._get_staged(stage[0], STAGE, left) if dest is None else ops.get(dest, left)
             while rc == NEED:  # it did not fit: make room (another consumer may take it)
                 dest = _new_bytearray(ops.last()[0])
                 rc = ops.get(dest, left)
@@ -574,7 +584,7 @@ class Queue(Handle):
             rc = _core.retry(rc, again, deadline, self._name)
         except TimeoutError:
             raise Empty(errno.ETIMEDOUT, "the queue is empty") from None
-        return (self._stage, rc, False) if dest is None else (dest, rc, True)
+        return (stage[1], rc, False) if dest is None else (dest, rc, True)
 
     def get_nowait(self) -> Any:
         """``get(block=False)``."""
@@ -586,11 +596,17 @@ class Queue(Handle):
         a bytes-like object; anything else raises TypeError, the message is consumed)."""
         t = -1.0 if timeout is None else check_timeout(timeout)
         start = _monotonic() if t > 0 else None
-        rc = self._get_staged(t)
-        if rc >= 0 and rc >> 32 == KIND_BYTES:
-            return bytes(self._stage[: rc & _LEN])
-        buf, rc, fresh = (self._stage, rc, False) if rc >= 0 else self._take_slow(rc, t, start)
-        obj = self._decode(buf, rc & _LEN, rc >> 32, fresh)
+        stages = self._stages
+        stage = stages.pop() if stages else self._ops.new_stage()
+        try:
+            rc = self._get_staged(stage[0], STAGE, t)
+            if rc >= 0 and rc >> 32 == KIND_BYTES:
+                return bytes(stage[1][: rc & _LEN])
+            buf, rc, fresh = ((stage[1], rc, False) if rc >= 0
+                              else self._take_slow(rc, t, start, stage))
+            obj = self._decode(buf, rc & _LEN, rc >> 32, fresh)
+        finally:
+            stages.append(stage)
         if isinstance(obj, bytes):
             return obj
         try:
@@ -606,28 +622,24 @@ class Queue(Handle):
         t = check_timeout(timeout)
         start = _monotonic() if t > 0 else None
         ops = self._ops
-        out = self._outbuf()
-        n, lens, kinds = ops.get_many(out, max_messages, t)
-        if n <= 0:  # waiting was cut short, or the first message is large: take it alone
-            buf, rc, fresh = self._take_slow(n, t, start)
-            return [self._decode(buf, rc & _LEN, rc >> 32, fresh)]
-        view = memoryview(out)
-        result = []
-        pos = 0
-        for length, kind in zip(lens, kinds):
-            if kind == KIND_PICKLE:
-                result.append(_loads(view[pos:pos + length]))
-            else:
-                result.append(self._decode(view[pos:pos + length], length, kind, False))
-            pos += length
-        return result
-
-    def _outbuf(self) -> bytearray:
+        outs = self._outs
+        out = outs.pop() if outs else bytearray(max(STAGE, min(1 << 20, self._capacity // 2)))
         try:
-            return self._out
-        except AttributeError:
-            self._out: bytearray = bytearray(min(1 << 20, max(self._capacity // 2, L.STAGE)))
-            return self._out
+            n, lens, kinds = ops.get_many(out, max_messages, t)
+            if n <= 0:  # waiting was cut short, or the first message is large: take it alone
+                return [self.get(True, None if t < 0 else Deadline(t, start).left())]
+            view = memoryview(out)
+            result = []
+            pos = 0
+            for length, kind in zip(lens, kinds):
+                if kind == KIND_PICKLE:
+                    result.append(_loads(view[pos:pos + length]))
+                else:
+                    result.append(self._decode(view[pos:pos + length], length, kind, False))
+                pos += length
+            return result
+        finally:
+            outs.append(out)
 
     # ---------------------------------------------------------------- state
     @uses_handle

@@ -64,8 +64,6 @@ class QueueOps(Protocol):
     or a ``-errno`` / ``FIPC_*`` status (``NEED``), for ``_core.retry`` to map; ``timeout``
     is the C convention (-1.0 forever, 0.0 try once)."""
 
-    stage: bytearray  # a get with no destination copies the message here
-
     def __init__(self, mm: Any, size: int, spin: float) -> None: ...
 
     def put(self, data: Any, kind: int, timeout: float) -> int:
@@ -79,15 +77,19 @@ class QueueOps(Protocol):
         """Put ``len(lens)`` messages stored back to back in ``blob``: (rc, how many went)."""
 
     def get(self, dest: Any, timeout: float) -> int:
-        """Take the next message into ``dest`` (None: :attr:`stage`): ``kind << 32 |
-        length``, or ``NEED`` when it does not fit (it stays queued; :meth:`last` says its
-        length)."""
+        """Take the next message into ``dest`` (a writable buffer): ``kind << 32 | length``,
+        or ``NEED`` when it does not fit (it stays queued; :meth:`last` says its length)."""
+
+    def new_stage(self) -> tuple[Any, memoryview]:
+        """A staging buffer of ``STAGE`` bytes for the hot get: (what ``get_fn`` takes, a
+        memoryview of it). One per concurrent get: a thread takes one from a pool."""
 
     def put_fn(self) -> Callable[[bytes, int, int, float], int]:
         """The hot put: ``fn(data, len(data), kind, timeout)`` for a ``bytes`` message."""
 
-    def get_fn(self) -> Callable[[float], int]:
-        """The hot get into :attr:`stage`: ``fn(timeout)``, as :meth:`get` returns."""
+    def get_fn(self) -> Callable[[Any, int, float], int]:
+        """The hot get: ``fn(stage, STAGE, timeout)`` into a stage of :meth:`new_stage`, as
+        :meth:`get` returns."""
 
     def get_many(self, dest: Any, max_messages: int,
                  timeout: float) -> tuple[int, list[int], list[int]]:

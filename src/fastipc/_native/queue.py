@@ -30,7 +30,7 @@ def format(mm: Any, size: int, max_message: int, maxsize: int, pid: int) -> int:
 
 
 class Ops:
-    __slots__ = ("_base", "_cstage", "_kinds", "_lens", "_max", "_q", "_sent", "stage")
+    __slots__ = ("_base", "_q")
 
     def __init__(self, mm: Any, size: int, spin: float) -> None:
         self._base = _from_buffer(mm)
@@ -39,12 +39,6 @@ class Ops:
         if rc < 0:
             ffi.release(self._base)
             check(rc)
-        self.stage = bytearray(STAGE)
-        self._cstage = _from_buffer(self.stage, require_writable=True)
-        self._sent = ffi.new("uint64_t *")
-        self._max = 0
-        self._lens: Any = None
-        self._kinds: Any = None
 
     def put(self, data: Any, kind: int, timeout: float) -> int:
         if type(data) is not bytes:
@@ -54,8 +48,12 @@ class Ops:
     def put_fn(self) -> Callable[[bytes, int, int, float], int]:
         return partial(_put1, self._q)
 
-    def get_fn(self) -> Callable[[float], int]:
-        return partial(_get, self._q, self._cstage, STAGE)
+    def get_fn(self) -> Callable[[Any, int, float], int]:
+        return partial(_get, self._q)
+
+    def new_stage(self) -> tuple[Any, memoryview]:
+        stage = bytearray(STAGE)
+        return _from_buffer(stage, require_writable=True), memoryview(stage)
 
     def putv(self, parts: Sequence[Any], kind: int, timeout: float) -> int:
         bufs = [_from_buffer(p) for p in parts]  # kept alive until the call returns
@@ -66,28 +64,24 @@ class Ops:
     def put_many(self, blob: bytes, lens: Sequence[int], kind: int,
                  timeout: float) -> tuple[int, int]:
         clens = ffi.new("uint64_t[]", list(lens))
-        rc = lib.fipc_queue_put_many(self._q, blob, clens, len(lens), kind, timeout,
-                                     self._sent)
-        return int(rc), int(self._sent[0])
+        sent = ffi.new("uint64_t *")  # per call: threads may share this handle
+        rc = lib.fipc_queue_put_many(self._q, blob, clens, len(lens), kind, timeout, sent)
+        return int(rc), int(sent[0])
 
     def get(self, dest: Any, timeout: float) -> int:
-        if dest is None:
-            return int(_get(self._q, self._cstage, STAGE, timeout))
         buf = _from_buffer(dest, require_writable=True)
         return int(_get(self._q, buf, len(buf), timeout))
 
     def get_many(self, dest: Any, max_messages: int,
                  timeout: float) -> tuple[int, list[int], list[int]]:
-        if max_messages > self._max:
-            self._lens = ffi.new("uint64_t[]", max_messages)
-            self._kinds = ffi.new("uint32_t[]", max_messages)
-            self._max = max_messages
+        lens = ffi.new("uint64_t[]", max_messages)  # per call: threads may share this handle
+        kinds = ffi.new("uint32_t[]", max_messages)
         buf = _from_buffer(dest, require_writable=True)
-        n = int(lib.fipc_queue_get_many(self._q, buf, len(buf), self._lens, self._kinds,
-                                        max_messages, timeout))
+        n = int(lib.fipc_queue_get_many(self._q, buf, len(buf), lens, kinds, max_messages,
+                                        timeout))
         if n <= 0:
             return n, [], []
-        return n, ffi.unpack(self._lens, n), ffi.unpack(self._kinds, n)
+        return n, ffi.unpack(lens, n), ffi.unpack(kinds, n)
 
     def last(self) -> tuple[int, int]:
         return int(self._q.last_len), int(self._q.last_kind)
@@ -102,7 +96,6 @@ class Ops:
         lib.fipc_queue_close(self._q)
 
     def free(self) -> None:
-        ffi.release(self._cstage)
         ffi.release(self._base)
 
 

@@ -24,7 +24,6 @@ import struct
 import threading
 import time
 from collections.abc import Sequence
-from functools import partial
 from typing import Any, Callable
 
 from fastipc._backend import queue as L
@@ -124,7 +123,6 @@ class Ops:
         self._i32: Any = (ctypes.c_int32 * (L.HEADER // 4)).from_buffer(mm)
         self._addr = ctypes.addressof(self._w64)
         self._data: Any = memoryview(mm)[L.HEADER:L.HEADER + capacity]
-        self.stage = bytearray(L.STAGE)
 
     # ---- shared pieces
     def _span(self, head: int, tail: int) -> tuple[int, int]:
@@ -217,8 +215,12 @@ class Ops:
     def put_fn(self) -> Callable[[bytes, int, int, float], int]:
         return lambda data, n, kind, timeout: self.putv([data], kind, timeout)
 
-    def get_fn(self) -> Callable[[float], int]:
-        return partial(self.get, None)
+    def get_fn(self) -> Callable[[Any, int, float], int]:
+        return lambda stage, cap, timeout: self.get(stage, timeout)
+
+    def new_stage(self) -> tuple[Any, memoryview]:
+        stage = bytearray(L.STAGE)
+        return stage, memoryview(stage)
 
     def putv(self, parts: Sequence[Any], kind: int, timeout: float) -> int:
         views = [byte_view(p) for p in parts]
@@ -286,7 +288,7 @@ class Ops:
 
     # ---- consumers
     def get(self, dest: Any, timeout: float) -> int:
-        n, lens, kinds = self.get_many(self.stage if dest is None else dest, 1, timeout)
+        n, lens, kinds = self.get_many(dest, 1, timeout)
         return kinds[0] << 32 | lens[0] if n == 1 else n
 
     def get_many(self, dest: Any, max_messages: int,
