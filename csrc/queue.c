@@ -319,8 +319,8 @@ static void write_frame(fipc_queue *q, uint64_t tail, const char *const *parts,
     }
 }
 
-int fipc_queue_put(fipc_queue *q, const char *const *parts, const uint64_t *lens, uint32_t n,
-                   uint32_t kind, double timeout)
+static int put_parts(fipc_queue *q, const char *const *parts, const uint64_t *lens, uint32_t n,
+                     uint32_t kind, double timeout)
 {
     uint64_t total = 0;
     for (uint32_t i = 0; i < n; i++)
@@ -352,13 +352,7 @@ int fipc_queue_put(fipc_queue *q, const char *const *parts, const uint64_t *lens
     }
 }
 
-int fipc_queue_put1(fipc_queue *q, const char *data, uint64_t len, uint32_t kind,
-                    double timeout)
-{
-    return fipc_queue_put(q, &data, &len, 1, kind, timeout);
-}
-
-int fipc_queue_put_many(fipc_queue *q, const char *buf, const uint64_t *lens, uint64_t count,
+static int put_many(fipc_queue *q, const char *buf, const uint64_t *lens, uint64_t count,
                         uint32_t kind, double timeout, uint64_t *sent)
 {
     *sent = 0;
@@ -423,8 +417,8 @@ static int peek(fipc_queue *q, uint64_t head, uint64_t tail, uint64_t *len, uint
     return 1;
 }
 
-int64_t fipc_queue_get_many(fipc_queue *q, char *dest, uint64_t cap, uint64_t *lens,
-                            uint32_t *kinds, uint64_t max, double timeout)
+static int64_t get_many(fipc_queue *q, char *dest, uint64_t cap, uint64_t *lens,
+                        uint32_t *kinds, uint64_t max, double timeout)
 {
     int64_t deadline = FIPC_DEADLINE_UNSET;
     for (;;) {
@@ -481,12 +475,78 @@ int64_t fipc_queue_get_many(fipc_queue *q, char *dest, uint64_t cap, uint64_t *l
     }
 }
 
+/* ---------------------------------------------------------------- entry points */
+
+/* Every call that may touch the mapping counts itself busy on the handle, and checks
+ * `closed` after counting (close sets `closed`, then reads the count: one of the two sees
+ * the other). This keeps the busy count of the hot calls in C, so that the public class
+ * needs no Python-level bookkeeping around them; Python unmaps only once it reads 0. */
+static inline int enter(fipc_queue *q)
+{
+    __atomic_add_fetch(&q->busy, 1, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&q->closed, __ATOMIC_SEQ_CST)) {
+        __atomic_sub_fetch(&q->busy, 1, __ATOMIC_SEQ_CST);
+        return -EBADF;
+    }
+    return 0;
+}
+
+static inline void leave(fipc_queue *q)
+{
+    __atomic_sub_fetch(&q->busy, 1, __ATOMIC_SEQ_CST);
+}
+
+int fipc_queue_put(fipc_queue *q, const char *const *parts, const uint64_t *lens, uint32_t n,
+                   uint32_t kind, double timeout)
+{
+    int rc = enter(q);
+    if (rc == 0) {
+        rc = put_parts(q, parts, lens, n, kind, timeout);
+        leave(q);
+    }
+    return rc;
+}
+
+int fipc_queue_put1(fipc_queue *q, const char *data, uint64_t len, uint32_t kind,
+                    double timeout)
+{
+    return fipc_queue_put(q, &data, &len, 1, kind, timeout);
+}
+
+int fipc_queue_put_many(fipc_queue *q, const char *buf, const uint64_t *lens, uint64_t count,
+                        uint32_t kind, double timeout, uint64_t *sent)
+{
+    *sent = 0;
+    int rc = enter(q);
+    if (rc == 0) {
+        rc = put_many(q, buf, lens, count, kind, timeout, sent);
+        leave(q);
+    }
+    return rc;
+}
+
+int64_t fipc_queue_get_many(fipc_queue *q, char *dest, uint64_t cap, uint64_t *lens,
+                            uint32_t *kinds, uint64_t max, double timeout)
+{
+    int64_t rc = enter(q);
+    if (rc == 0) {
+        rc = get_many(q, dest, cap, lens, kinds, max, timeout);
+        leave(q);
+    }
+    return rc;
+}
+
 int64_t fipc_queue_get(fipc_queue *q, char *dest, uint64_t cap, double timeout)
 {
     uint64_t len;
     uint32_t kind;
     int64_t rc = fipc_queue_get_many(q, dest, cap, &len, &kind, 1, timeout);
     return rc == 1 ? (int64_t)kind << 32 | (int64_t)len : rc;
+}
+
+int fipc_queue_busy(fipc_queue *q)
+{
+    return __atomic_load_n(&q->busy, __ATOMIC_SEQ_CST);
 }
 
 /* ---------------------------------------------------------------- state */
@@ -506,23 +566,34 @@ static int snapshot(fipc_queue *q, uint64_t *used, uint64_t *count)
 int64_t fipc_queue_count(fipc_queue *q)
 {
     uint64_t used, count;
-    return snapshot(q, &used, &count) < 0 ? 0 : (int64_t)count;
+    int64_t rc = enter(q);
+    if (rc == 0) {
+        rc = snapshot(q, &used, &count) < 0 ? 0 : (int64_t)count;
+        leave(q);
+    }
+    return rc;
 }
 
 int64_t fipc_queue_used(fipc_queue *q)
 {
     uint64_t used, count;
-    return snapshot(q, &used, &count) < 0 ? 0 : (int64_t)used;
+    int64_t rc = enter(q);
+    if (rc == 0) {
+        rc = snapshot(q, &used, &count) < 0 ? 0 : (int64_t)used;
+        leave(q);
+    }
+    return rc;
 }
 
-void fipc_queue_close(fipc_queue *q)
+int fipc_queue_close(fipc_queue *q)
 {
     __atomic_store_n(&q->closed, 1, __ATOMIC_SEQ_CST);
     if (q->base == NULL)
-        return;
+        return 0;
     /* bump both futex words so that a sleeper between its check and its sleep wakes too */
     atomic_fetch_add_explicit(A32(q, FIPC_Q_OFF_DATA_SEQ), 1u, memory_order_seq_cst);
     atomic_fetch_add_explicit(A32(q, FIPC_Q_OFF_SPACE_SEQ), 1u, memory_order_seq_cst);
     fipc_futex_wake(A32(q, FIPC_Q_OFF_DATA_SEQ));
     fipc_futex_wake(A32(q, FIPC_Q_OFF_SPACE_SEQ));
+    return fipc_queue_busy(q);
 }

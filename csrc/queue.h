@@ -49,6 +49,7 @@ typedef struct fipc_queue {
     int64_t head_seen_ns;   /* when head_seen was read (CLOCK_MONOTONIC ns; 0: never) */
     int64_t tail_seen_ns;   /* when tail_seen was read */
     int32_t closed;         /* set by fipc_queue_close: calls return -EBADF */
+    int32_t busy;           /* calls in progress on this handle (any thread) */
     fipc_spin spin;         /* adaptive spin before sleeping */
 } fipc_queue;
 
@@ -80,8 +81,11 @@ int64_t fipc_queue_get_many(fipc_queue *q, char *dest, uint64_t cap, uint64_t *l
 int64_t fipc_queue_count(fipc_queue *q);
 /* Bytes of the ring in use now (a snapshot). */
 int64_t fipc_queue_used(fipc_queue *q);
-/* Mark this handle closed and wake every sleeper of the queue (ours return -EBADF). */
-void fipc_queue_close(fipc_queue *q);
+/* Mark this handle closed and wake every sleeper of the queue (ours return -EBADF at once).
+ * Returns how many calls are still in progress: the mapping must not be unmapped before
+ * fipc_queue_busy() says 0. */
+int fipc_queue_close(fipc_queue *q);
+int fipc_queue_busy(fipc_queue *q);
 /* CDEF END */
 
 #endif

@@ -108,8 +108,10 @@ class QueueOps(Protocol):
     def wake(self) -> None:
         """Mark this handle closed; blocked calls of it return ``-EBADF`` promptly."""
 
-    def free(self) -> None:
-        """Let go of the mapping (no call may be running)."""
+    def free(self) -> bool:
+        """Close this handle and let go of the mapping once no call of it is inside (the
+        backend counts its calls busy; it waits up to 5 s). False if one never came out:
+        the mapping must then be left to the garbage collector."""
 
 
 class FormatFn(Protocol):

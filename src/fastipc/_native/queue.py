@@ -7,6 +7,7 @@ feet; :meth:`Ops.free` releases it once no call runs (the public class sees to t
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from functools import partial
 from typing import Any, Callable
@@ -87,16 +88,24 @@ class Ops:
         return int(self._q.last_len), int(self._q.last_kind)
 
     def count(self) -> int:
-        return int(lib.fipc_queue_count(self._q))
+        return check(int(lib.fipc_queue_count(self._q)))
 
     def used(self) -> int:
-        return int(lib.fipc_queue_used(self._q))
+        return check(int(lib.fipc_queue_used(self._q)))
 
     def wake(self) -> None:
         lib.fipc_queue_close(self._q)
 
-    def free(self) -> None:
+    def free(self) -> bool:
+        busy = lib.fipc_queue_close(self._q)
+        deadline = time.monotonic() + 5.0
+        while busy and time.monotonic() < deadline:  # woken calls leave C at once
+            time.sleep(0.0005)
+            busy = lib.fipc_queue_busy(self._q)
+        if busy:
+            return False
         ffi.release(self._base)
+        return True
 
 
 _ops: type[QueueOps] = Ops

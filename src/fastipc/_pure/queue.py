@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 from fastipc._backend import queue as L
 from fastipc._backend.queue import FormatFn, QueueOps
-from fastipc._core import FIPC_CORRUPT, Deadline, byte_view
+from fastipc._core import FIPC_CORRUPT, Deadline, byte_view, check
 from fastipc._pure.shm import _TSO, _fence, _futex_wait, _futex_wake
 
 __all__ = ["Ops", "format"]
@@ -117,6 +117,7 @@ class Ops:
         self._maxsize = maxsize
         self._spin = spin
         self._closed = False
+        self._busy: list[None] = []  # calls using the mapping (list ops are atomic)
         self._last = (0, 0)
         self._w64: Any = (ctypes.c_uint64 * (L.HEADER // 8)).from_buffer(mm)
         self._w32: Any = (ctypes.c_uint32 * (L.HEADER // 4)).from_buffer(mm)
@@ -233,6 +234,17 @@ class Ops:
 
     def _put(self, views: list[memoryview], lens: list[int], kind: int,
              timeout: float) -> tuple[int, int]:
+        busy = self._busy
+        busy.append(None)
+        try:
+            if self._closed:
+                return -errno.EBADF, 0
+            return self._put_busy(views, lens, kind, timeout)
+        finally:
+            busy.pop()
+
+    def _put_busy(self, views: list[memoryview], lens: list[int], kind: int,
+             timeout: float) -> tuple[int, int]:
         """Put len(lens) messages whose bytes are the concatenation of views."""
         if not 0 < kind <= KIND_MAX:
             return -errno.EINVAL, 0
@@ -293,6 +305,17 @@ class Ops:
 
     def get_many(self, dest: Any, max_messages: int,
                  timeout: float) -> tuple[int, list[int], list[int]]:
+        busy = self._busy
+        busy.append(None)
+        try:
+            if self._closed:
+                return -errno.EBADF, [], []
+            return self._get_busy(dest, max_messages, timeout)
+        finally:
+            busy.pop()
+
+    def _get_busy(self, dest: Any, max_messages: int,
+                  timeout: float) -> tuple[int, list[int], list[int]]:
         out = byte_view(dest)
         cap = len(out)
         deadline = Deadline(timeout)
@@ -349,18 +372,27 @@ class Ops:
         return self._last
 
     def _snapshot(self) -> tuple[int, int]:
-        for _ in range(100):
-            head = self._w64[_H]
-            tail = self._w64[_T]
-            if self._w64[_H] == head:
-                return self._span(head, tail)
-        return 0, 0
+        busy = self._busy
+        busy.append(None)
+        try:
+            if self._closed:
+                return -errno.EBADF, -errno.EBADF
+            for _ in range(100):
+                head = self._w64[_H]
+                tail = self._w64[_T]
+                if self._w64[_H] == head:
+                    return self._span(head, tail)
+            return 0, 0
+        finally:
+            busy.pop()
 
     def count(self) -> int:
-        return max(self._snapshot()[1], 0)
+        count = self._snapshot()[1]
+        return count if count != -errno.EBADF else check(count)
 
     def used(self) -> int:
-        return max(self._snapshot()[0], 0)
+        used = self._snapshot()[0]
+        return used if used != -errno.EBADF else check(used)
 
     def wake(self) -> None:
         self._closed = True
@@ -368,9 +400,16 @@ class Ops:
             self._w32[off // 4] = (self._w32[off // 4] + 1) & 0xFFFFFFFF
             _futex_wake(self._addr + off)
 
-    def free(self) -> None:
+    def free(self) -> bool:
+        self.wake()
+        deadline = _monotonic() + 5.0
+        while self._busy and _monotonic() < deadline:  # woken calls return at once
+            time.sleep(0.0005)
+        if self._busy:
+            return False
         self._data.release()
         self._w64 = self._w32 = self._i32 = None
+        return True
 
 
 _ops: type[QueueOps] = Ops
