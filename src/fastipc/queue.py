@@ -456,16 +456,18 @@ class Queue(Handle):
         deadline = Deadline(t)
         batch: list[bytes] = []
         done = 0
+        buffers: list[pickle.PickleBuffer] = []
+        grab, add, hot = buffers.append, batch.append, self._hot_max
         try:
             for obj in objs:
-                buffers: list[pickle.PickleBuffer] = []
-                data = _dumps(obj, 5, buffer_callback=buffers.append)
-                if not buffers and len(data) <= self._hot_max:
-                    batch.append(data)
+                data = _dumps(obj, 5, buffer_callback=grab)
+                if not buffers and len(data) <= hot:
+                    add(data)
                     continue
                 done += self._put_batch(batch, deadline)
-                batch = []
-                parts, total, kind = self._encode(obj)
+                batch.clear()
+                parts, total, kind = self._layout(data, buffers[:])
+                buffers.clear()
                 self._put_parts(parts, total, kind, deadline.left())
                 done += 1
             done += self._put_batch(batch, deadline)
@@ -476,9 +478,7 @@ class Queue(Handle):
     def _put_batch(self, batch: list[bytes], deadline: Deadline) -> int:
         if not batch:
             return 0
-        lens = [len(b) for b in batch]
-        if max(lens) > self._max_message:
-            raise ValueError(f"a message exceeds max_message_size ({self._max_message})")
+        lens = [len(b) for b in batch]  # each <= _hot_max <= max_message_size
         blob = b"".join(batch)
         ops = self._ops
         rc, sent = ops.put_many(blob, lens, KIND_PICKLE, deadline.left())
@@ -654,14 +654,14 @@ class Queue(Handle):
             if n <= 0:  # waiting was cut short, or the first message is large: take it alone
                 return [self.get(True, None if t < 0 else Deadline(t, start).left())]
             view = memoryview(out)
-            result = []
+            result: list[Any] = []
+            add = result.append
             pos = 0
             for length, kind in zip(lens, kinds):
-                if kind == KIND_PICKLE:
-                    result.append(_loads(view[pos:pos + length]))
-                else:
-                    result.append(self._decode(view[pos:pos + length], length, kind, False))
-                pos += length
+                end = pos + length
+                add(_loads(view[pos:end]) if kind == KIND_PICKLE
+                    else self._decode(view[pos:end], length, kind, False))
+                pos = end
             return result
         finally:
             outs.append(out)

@@ -64,7 +64,7 @@ class Ops:
 
     def put_many(self, blob: bytes, lens: Sequence[int], kind: int,
                  timeout: float) -> tuple[int, int]:
-        clens = ffi.new("uint64_t[]", list(lens))
+        clens = ffi.new("uint64_t[]", lens)
         sent = ffi.new("uint64_t *")  # per call: threads may share this handle
         rc = lib.fipc_queue_put_many(self._q, blob, clens, len(lens), kind, timeout, sent)
         return int(rc), int(sent[0])
