@@ -492,8 +492,8 @@ def _consumer(q: Queue, conn: Any) -> None:
             return
 
 
-def _many_to_many(producer_q: Queue, consumer_q: Queue, method: str = "fork") -> None:
-    ctx = mp.get_context(method)
+def _many_to_many(producer_q: Queue, consumer_q: Queue) -> None:
+    ctx = mp.get_context("fork")
     per = 400
     producers = [ctx.Process(target=_producer, args=(producer_q, p * per, per))
                  for p in range(4)]

@@ -182,9 +182,12 @@ def test_lock_holder_killed(backend: str, name: str, side: str) -> None:
         proc.start()
         assert parent.recv() == "locked"
         with pytest.raises(TimeoutError):  # really held
-            (q.put if side == "put" else lambda timeout: q.get(timeout=timeout))(
-                *(["blocked"] if side == "put" else []), timeout=0.3)
+            if side == "put":
+                q.put("blocked", timeout=0.3)
+            else:
+                q.get(timeout=0.3)
         t0 = time.monotonic()
+        assert proc.pid is not None
         os.kill(proc.pid, signal.SIGKILL)
         proc.join()
         proc.close()
@@ -211,6 +214,7 @@ def test_killed_sleeper_does_not_stall_others(backend: str, name: str) -> None:
         proc.start()
         assert parent.recv() == "ready"
         time.sleep(0.3)
+        assert proc.pid is not None
         os.kill(proc.pid, signal.SIGKILL)
         proc.join()
         proc.close()
