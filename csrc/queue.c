@@ -563,26 +563,26 @@ static int snapshot(fipc_queue *q, uint64_t *used, uint64_t *count)
     return FIPC_CORRUPT;
 }
 
-int64_t fipc_queue_count(fipc_queue *q)
+/* A snapshot's message count (want_count) or bytes in use; 0 if inconsistent. */
+static int64_t state(fipc_queue *q, int want_count)
 {
     uint64_t used, count;
     int64_t rc = enter(q);
     if (rc == 0) {
-        rc = snapshot(q, &used, &count) < 0 ? 0 : (int64_t)count;
+        rc = snapshot(q, &used, &count) < 0 ? 0 : (int64_t)(want_count ? count : used);
         leave(q);
     }
     return rc;
 }
 
+int64_t fipc_queue_count(fipc_queue *q)
+{
+    return state(q, 1);
+}
+
 int64_t fipc_queue_used(fipc_queue *q)
 {
-    uint64_t used, count;
-    int64_t rc = enter(q);
-    if (rc == 0) {
-        rc = snapshot(q, &used, &count) < 0 ? 0 : (int64_t)used;
-        leave(q);
-    }
-    return rc;
+    return state(q, 0);
 }
 
 int fipc_queue_close(fipc_queue *q)
