@@ -222,10 +222,14 @@ def test_numpy_arrays_out_of_band(q: Queue, dtype: str) -> None:
 def test_buffers_are_copied_once_not_pickled(q: Queue) -> None:
     a = np.random.default_rng(1).random(4000)  # 32 KB: stays in the ring
     q.put([a, bytearray(b"z" * 5000), pickle.PickleBuffer(b"pb" * 100)])
+    # the frame holds the pickle and, out of band, the array and the PickleBuffer
     b, ba, pb = q.get(timeout=1)
     np.testing.assert_array_equal(a, b)
     assert bytes(ba) == b"z" * 5000
     assert bytes(pb) == b"pb" * 100
+    with pytest.raises(TypeError):  # a memoryview cannot be pickled: nothing is written
+        q.put([memoryview(b"x")])
+    assert q.empty()
 
 
 def test_messages_larger_than_the_ring(q: Queue, backend: str) -> None:
@@ -605,3 +609,48 @@ def test_threads_share_one_handle(q: Queue) -> None:
         w.join(30)
     items = sorted(i for g in got for i in g)
     assert items == [(i, str(i) * (i % 40)) for i in range(count)]
+
+
+@pytest.mark.parametrize("corruption", ["length", "kind", "tail", "count", "oob"])
+def test_corrupted_segment_raises_not_crashes(backend: str, name: str,
+                                             corruption: str) -> None:
+    """Lengths and words read from shared memory are checked: a corrupted queue raises
+    OSError (EBADMSG) in get; the attack runs in a child, so a crash fails the test."""
+    code = f"""
+        import errno, struct, sys
+        import numpy as np
+        sys.path.insert(0, {os.path.abspath("src")!r})
+        from fastipc._backend import queue as L
+        from fastipc.queue import NamedQueue
+        q = NamedQueue({name!r}, create=True, capacity={SMALL}, backend={backend!r})
+        q.put_bytes(b"x" * 100)
+        q.put([1, 2, 3])
+        mm, data = q._mm, L.HEADER
+        c = {corruption!r}
+        if c == "length":
+            struct.pack_into("<I", mm, data, 0xFFFFFF00)
+        elif c == "kind":
+            struct.pack_into("<I", mm, data + 4, 0)
+        elif c == "tail":
+            struct.pack_into("<Q", mm, L.OFF_TAIL, (1 << 63) | 7)
+        elif c == "count":
+            tail = struct.unpack_from("<Q", mm, L.OFF_TAIL)[0]
+            struct.pack_into("<Q", mm, L.OFF_TAIL, tail + 1000)
+        elif c == "oob":  # a valid frame whose out-of-band header lies
+            q.get_bytes()
+            q.get()
+            q.put(np.zeros(8))  # numpy arrays travel out of band
+            at = (struct.unpack_from("<Q", mm, L.OFF_HEAD)[0] >> 32) * 8 % {SMALL}
+            struct.pack_into("<I", mm, data + at, struct.unpack_from("<I", mm, data + at)[0])
+            struct.pack_into("<Q", mm, data + at + 8 + 8 + 8, 1 << 40)
+        try:
+            q.get_many(timeout=0)
+        except OSError as exc:
+            print("raised", exc.errno == errno.EBADMSG)
+        else:
+            print("no error")
+        q.close()
+    """
+    res = run_python(code)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "raised True"

@@ -7,9 +7,9 @@ consumers in any processes and threads, robust to ``kill -9`` of any of them.
 ...     q.get(timeout=1)
 {'x': 1}
 
-Objects travel pickled with protocol 5: the buffers inside them (numpy arrays, bytes,
-bytearray, memoryview) go out of band, copied once into shared memory and once out, never
-through the pickle stream. ``put_bytes``/``get_bytes`` move raw bytes with no pickling at
+Objects travel pickled with protocol 5: their out-of-band buffers (numpy arrays,
+``pickle.PickleBuffer``) are copied once into shared memory and once out, never through the
+pickle stream (the standard pickler writes ``bytes`` and ``bytearray`` in band). ``put_bytes``/``get_bytes`` move raw bytes with no pickling at
 all. A message larger than half the ring travels in a segment of its own (``<name>.<id>`` in
 /dev/shm), created by the producer and removed by the consumer that takes it.
 
