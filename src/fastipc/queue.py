@@ -10,8 +10,9 @@ consumers in any processes and threads, robust to ``kill -9`` of any of them.
 Objects travel pickled with protocol 5: their out-of-band buffers (numpy arrays,
 ``pickle.PickleBuffer``) are copied once into shared memory and once out, never through the
 pickle stream (the standard pickler writes ``bytes`` and ``bytearray`` in band).
-``put_bytes``/``get_bytes`` move raw bytes with no pickling at all. A message larger than half the ring travels in a segment of its own (``<name>.<id>`` in
-/dev/shm), created by the producer and removed by the consumer that takes it.
+``put_bytes``/``get_bytes`` move raw bytes with no pickling at all. A message larger than half
+the ring travels in a segment of its own (``<name>.<id>`` in /dev/shm), created by the
+producer and removed by the consumer that takes it.
 
 :class:`Queue` with no name is anonymous: it gets a unique name, and the process that made it
 owns it (removes it when it closes the queue or exits normally). :class:`NamedQueue` (re-
