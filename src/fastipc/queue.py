@@ -8,8 +8,8 @@ consumers in any processes and threads, robust to ``kill -9`` of any of them.
 {'x': 1}
 
 Objects travel pickled with protocol 5: their out-of-band buffers (numpy arrays,
-``pickle.PickleBuffer``) are copied once into shared memory and once out, never through the
-pickle stream (the standard pickler writes ``bytes`` and ``bytearray`` in band).
+``pickle.PickleBuffer``, memoryviews) are copied once into shared memory and once out, never
+through the pickle stream (the standard pickler writes ``bytes`` and ``bytearray`` in band).
 ``put_bytes``/``get_bytes`` move raw bytes with no pickling at all. A message larger than half
 the ring travels in a segment of its own (``<name>.<id>`` in /dev/shm), created by the
 producer and removed by the consumer that takes it.
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import io
 import mmap
 import os
 import pickle
@@ -131,6 +132,37 @@ def _owner_alive(fd: int) -> bool:
     """Whether some open file description holds the owner's lock (its process is alive)."""
     res = _flock(fd, fcntl.F_OFD_GETLK, fcntl.F_WRLCK)
     return bool(struct.unpack("hhqqi4x", res)[0] != fcntl.F_UNLCK)
+
+
+def _view(buffer: Any, fmt: Any, shape: tuple[int, ...]) -> Any:
+    """Unpickling a memoryview: the out-of-band buffer, with its format and shape back."""
+    view = memoryview(buffer)
+    return view.cast("B").cast(fmt, shape) if shape != (len(view),) or fmt != "B" else view
+
+
+class _ViewPickler(pickle.Pickler):
+    """The pickler of objects holding a ``memoryview`` (which ``pickle`` refuses): each
+    view travels out of band, and unpickles as a memoryview of the copied bytes."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        if type(obj) is memoryview:
+            fmt: Any = obj.format
+            shape = obj.shape or ()
+            if not obj.c_contiguous:
+                obj = memoryview(obj.tobytes()).cast(fmt, shape)
+            return _view, (pickle.PickleBuffer(obj), fmt, shape)
+        return NotImplemented
+
+
+def _dumps_oob(obj: Any, grab: Callable[[pickle.PickleBuffer], Any]) -> bytes:
+    """``pickle.dumps(obj, 5, buffer_callback=grab)``; objects holding a memoryview take the
+    slower pickler that knows them (the fast one raised TypeError for them)."""
+    try:
+        return _dumps(obj, 5, buffer_callback=grab)
+    except TypeError:
+        out = io.BytesIO()
+        _ViewPickler(out, 5, buffer_callback=grab).dump(obj)
+        return out.getvalue()
 
 
 def _unlink_quietly(path: str) -> None:
@@ -324,7 +356,7 @@ class Queue(Handle):
     def _encode(self, obj: Any) -> tuple[list[Any], int, int]:
         """(parts, total bytes, kind) of one object, checked against max_message_size."""
         buffers: list[pickle.PickleBuffer] = []
-        data = _dumps(obj, 5, buffer_callback=buffers.append)
+        data = _dumps_oob(obj, buffers.append)
         return self._layout(data, buffers)
 
     def _layout(self, data: bytes, buffers: list[pickle.PickleBuffer]
@@ -414,7 +446,7 @@ class Queue(Handle):
             raise self._closed_error()
         t = -1.0 if timeout is None and block else _timeout(block, timeout)
         buffers: list[pickle.PickleBuffer] = []
-        data = _dumps(obj, 5, buffer_callback=buffers.append)
+        data = _dumps_oob(obj, buffers.append)
         n = len(data)
         if not buffers and n <= self._hot_max:  # the hot path
             start = _monotonic() if t > 0 else None
@@ -461,7 +493,7 @@ class Queue(Handle):
         grab, add, hot = buffers.append, batch.append, self._hot_max
         try:
             for obj in objs:
-                data = _dumps(obj, 5, buffer_callback=grab)
+                data = _dumps_oob(obj, grab)
                 if not buffers and len(data) <= hot:
                     add(data)
                     continue
