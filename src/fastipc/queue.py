@@ -255,6 +255,11 @@ class Queue(Handle):
                 fd = _open(self._path, os.O_CREAT | os.O_EXCL, mode)
                 self._owner = True
                 os.ftruncate(fd, size)
+                try:  # back every page now: a full /dev/shm is an OSError, not a SIGBUS later
+                    os.posix_fallocate(fd, 0, size)
+                except OSError as exc:
+                    if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                        raise
                 # a second open file description holds the owner's lock: the mapping (which
                 # a fork child inherits) must not keep it alive
                 lock_fd = _open(self._path, 0)
