@@ -451,7 +451,10 @@ class Queue(Handle):
             raise self._closed_error()
         t = -1.0 if timeout is None and block else _timeout(block, timeout)
         buffers: list[pickle.PickleBuffer] = []
-        data = _dumps_oob(obj, buffers.append)
+        try:  # _dumps_oob, inlined on the hot path
+            data = _dumps(obj, 5, buffer_callback=buffers.append)
+        except TypeError:
+            data = _dumps_oob(obj, buffers.append)
         n = len(data)
         if not buffers and n <= self._hot_max:  # the hot path
             start = _monotonic() if t > 0 else None
