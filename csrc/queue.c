@@ -1,0 +1,599 @@
+/* The many-producer many-consumer queue: a byte ring in a POSIX shm segment, laid out as
+ * docs/queue-layout.md describes.
+ *
+ * Producers serialise on one robust process-shared mutex, consumers on another; between the
+ * two sides the ring is single-producer single-consumer. Each side commits an operation by
+ * ONE release store of its 64-bit word (tail: bytes/8 << 32 | messages put; head: the same
+ * for gets), so a participant killed half-way has changed nothing visible: the next locker
+ * gets EOWNERDEAD, marks the mutex consistent and goes on, with no repair to make. Nobody
+ * waits while holding a mutex: a producer that finds no room (or maxsize messages queued)
+ * unlocks, then waits for the head word to change; a consumer that finds the ring empty
+ * waits for the tail word. Waits spin for a bounded, adaptive time (yielding the CPU now and
+ * then, so that oversubscribed cores make progress), then sleep on a futex word: the sleeper
+ * raises its side's waiting flag, the other side checks it after a full fence and, if set,
+ * clears it, bumps the futex word and wakes every sleeper (an event count: no lost wake-up
+ * with any number of sleepers). Sleeps and lock waits are cut into slices so that close()
+ * from another thread is seen.
+ *
+ * Nothing read from the mapping is trusted: the words and frame headers are checked
+ * against the capacity derived from the mapping's real size (FIPC_CORRUPT otherwise). */
+#include "queue.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <string.h>
+#include <time.h>
+
+#define HDR ((uint64_t)FIPC_Q_HEADER)
+#define FRAME ((uint64_t)FIPC_Q_FRAME)
+#define KIND_MAX 15u
+#define SLICE_NS 100000000LL     /* sleep at most this long between looks at `closed` */
+#define LOCK_GRACE_NS 100000000LL /* a try-once call waits this long for a busy mutex */
+
+_Static_assert(sizeof(pthread_mutex_t) <= FIPC_Q_LOCK_SIZE, "pthread_mutex_t too large");
+
+#define A32(q, off) ((_Atomic uint32_t *)(void *)((q)->base + (off)))
+#define A64(q, off) ((_Atomic uint64_t *)(void *)((q)->base + (off)))
+#define LOAD(p, mo) atomic_load_explicit((p), memory_order_##mo)
+#define STORE(p, v, mo) atomic_store_explicit((p), (v), memory_order_##mo)
+#define MUTEX(q, off) ((pthread_mutex_t *)(void *)((q)->base + (off)))
+
+static inline uint64_t round8(uint64_t n)
+{
+    return (n + 7u) & ~(uint64_t)7u;
+}
+
+/* The two halves of a head/tail word. Both wrap: differences are taken in 32 bits. */
+static inline uint32_t units(uint64_t w)
+{
+    return (uint32_t)(w >> 32);
+}
+
+static inline uint32_t msgs(uint64_t w)
+{
+    return (uint32_t)w;
+}
+
+static inline uint64_t advance(uint64_t w, uint64_t bytes, uint32_t n)
+{
+    return (uint64_t)(uint32_t)(units(w) + (uint32_t)(bytes / 8)) << 32 | (uint32_t)(msgs(w) + n);
+}
+
+static inline uint64_t offset_of(fipc_queue *q, uint64_t w)
+{
+    return ((uint64_t)units(w) * 8) & (q->capacity - 1);
+}
+
+/* Bytes and messages between head and tail, checked: 0, or FIPC_CORRUPT. */
+static int span(fipc_queue *q, uint64_t head, uint64_t tail, uint64_t *used, uint64_t *count)
+{
+    *used = (uint64_t)(uint32_t)(units(tail) - units(head)) * 8;
+    *count = (uint32_t)(msgs(tail) - msgs(head));
+    if (*used > q->capacity || *count > *used / FRAME || (*count == 0) != (*used == 0))
+        return FIPC_CORRUPT;
+    return 0;
+}
+
+/* Copy n bytes into the ring at offset off (wrapping at its end), and out of it. */
+static void ring_write(fipc_queue *q, uint64_t off, const char *src, uint64_t n)
+{
+    char *data = q->base + HDR;
+    uint64_t first = q->capacity - off;
+    if (n <= first) {
+        memcpy(data + off, src, n);
+    } else {
+        memcpy(data + off, src, first);
+        memcpy(data, src + first, n - first);
+    }
+}
+
+static void ring_read(fipc_queue *q, uint64_t off, char *dest, uint64_t n)
+{
+    const char *data = q->base + HDR;
+    uint64_t first = q->capacity - off;
+    if (n <= first) {
+        memcpy(dest, data + off, n);
+    } else {
+        memcpy(dest, data + off, first);
+        memcpy(dest + first, data, n - first);
+    }
+}
+
+static inline int is_closed(fipc_queue *q)
+{
+    return __atomic_load_n(&q->closed, __ATOMIC_RELAXED);
+}
+
+/* ---------------------------------------------------------------- set-up */
+
+int fipc_queue_format(char *base, uint64_t map_size, uint64_t max_message, uint64_t maxsize,
+                      int32_t owner_pid)
+{
+    if (map_size < HDR + FIPC_Q_MIN_CAPACITY)
+        return -EINVAL;
+    uint64_t capacity = map_size - HDR;
+    if (capacity & (capacity - 1) || capacity > ((uint64_t)1 << 32))
+        return -EINVAL;
+    pthread_mutexattr_t attr;
+    int rc = pthread_mutexattr_init(&attr);
+    if (rc)
+        return -rc;
+    if ((rc = pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED)) == 0 &&
+        (rc = pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST)) == 0 &&
+        (rc = pthread_mutex_init((pthread_mutex_t *)(void *)(base + FIPC_Q_OFF_PUT_LOCK),
+                                 &attr)) == 0)
+        rc = pthread_mutex_init((pthread_mutex_t *)(void *)(base + FIPC_Q_OFF_GET_LOCK), &attr);
+    (void)pthread_mutexattr_destroy(&attr); /* cannot fail on an initialised attr */
+    if (rc)
+        return -rc;
+    memcpy(base + FIPC_Q_OFF_VERSION, &(uint32_t){FIPC_Q_VERSION}, 4);
+    memcpy(base + FIPC_Q_OFF_CAPACITY, &capacity, 8);
+    memcpy(base + FIPC_Q_OFF_MAX_MESSAGE, &max_message, 8);
+    memcpy(base + FIPC_Q_OFF_MAXSIZE, &maxsize, 8);
+    memcpy(base + FIPC_Q_OFF_OWNER_PID, &owner_pid, 4);
+    atomic_store_explicit((_Atomic uint32_t *)(void *)(base + FIPC_Q_OFF_MAGIC),
+                          (uint32_t)FIPC_Q_MAGIC_LO, memory_order_release);
+    return 0;
+}
+
+int fipc_queue_attach(fipc_queue *q, char *base, uint64_t map_size, double spin)
+{
+    memset(q, 0, sizeof *q);
+    if (map_size < HDR + FIPC_Q_MIN_CAPACITY)
+        return FIPC_CORRUPT;
+    uint32_t magic = atomic_load_explicit((_Atomic uint32_t *)(void *)(base + FIPC_Q_OFF_MAGIC),
+                                          memory_order_acquire);
+    uint32_t version;
+    uint64_t capacity, maxsize;
+    memcpy(&version, base + FIPC_Q_OFF_VERSION, 4);
+    memcpy(&capacity, base + FIPC_Q_OFF_CAPACITY, 8);
+    memcpy(&maxsize, base + FIPC_Q_OFF_MAXSIZE, 8);
+    if (magic != (uint32_t)FIPC_Q_MAGIC_LO || version != FIPC_Q_VERSION ||
+        capacity != map_size - HDR || capacity & (capacity - 1) || capacity > ((uint64_t)1 << 32))
+        return FIPC_CORRUPT;
+    q->base = base;
+    q->map_size = map_size;
+    q->capacity = capacity;
+    q->maxsize = maxsize;
+    fipc_spin_set(&q->spin, spin);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- locks and waits */
+
+/* Take a robust mutex (-EBADF once this handle is closed). A dead owner's mutex comes back as EOWNERDEAD: the state it guards
+ * changes only by single committing stores, so it is consistent as it is. */
+static int lock(fipc_queue *q, size_t off, double timeout, int64_t *deadline)
+{
+    pthread_mutex_t *m = MUTEX(q, off);
+    if (is_closed(q))
+        return -EBADF;
+    int rc = pthread_mutex_trylock(m);
+    if (rc == 0)
+        return 0;
+    int64_t end = fipc_deadline_lazy(deadline, timeout);
+    if (timeout == 0)
+        end = fipc_now_ns() + LOCK_GRACE_NS;
+    while (rc == EBUSY) {
+        if (is_closed(q))
+            return -EBADF;
+        int64_t now = fipc_now_ns();
+        if (end >= 0 && now >= end)
+            return -ETIMEDOUT;
+        int64_t until = end >= 0 && end - now < SLICE_NS ? end : now + SLICE_NS;
+        struct timespec ts = {.tv_sec = until / 1000000000LL, .tv_nsec = until % 1000000000LL};
+        rc = pthread_mutex_clocklock(m, CLOCK_MONOTONIC, &ts);
+        if (rc == ETIMEDOUT)
+            rc = EBUSY;
+    }
+    if (rc == EOWNERDEAD)
+        rc = pthread_mutex_consistent(m);
+    return -rc;
+}
+
+static void unlock(fipc_queue *q, size_t off)
+{
+    /* Only fails for a mutex we do not own, which lock() above rules out. */
+    (void)pthread_mutex_unlock(MUTEX(q, off));
+}
+
+/* After a commit: wake the other side's sleepers, if any. */
+static inline void notify(fipc_queue *q, size_t seq_off, size_t flag_off)
+{
+    atomic_thread_fence(memory_order_seq_cst);
+    if (LOAD(A32(q, flag_off), relaxed) &&
+        atomic_exchange_explicit(A32(q, flag_off), 0u, memory_order_seq_cst)) {
+        atomic_fetch_add_explicit(A32(q, seq_off), 1u, memory_order_seq_cst);
+        fipc_futex_wake(A32(q, seq_off));
+    }
+}
+
+/* Wait until the word at word_off differs from seen: spin, then sleep on seq_off. */
+static int wait_change(fipc_queue *q, size_t word_off, uint64_t seen, size_t seq_off,
+                       size_t flag_off, double timeout, int64_t *deadline)
+{
+    if (timeout == 0)
+        return -ETIMEDOUT;
+    int64_t end = fipc_deadline_lazy(deadline, timeout);
+    int64_t start = 0;
+    if (q->spin.ns > 0) {
+        start = fipc_now_ns();
+        int64_t stop = start + q->spin.ns;
+        if (end >= 0 && stop > end)
+            stop = end;
+        for (unsigned i = 1;; i++) {
+            if (LOAD(A64(q, word_off), acquire) != seen) {
+                fipc_spin_caught(&q->spin);
+                return 0;
+            }
+            if ((i & 63u) == 0) {
+                if (is_closed(q))
+                    return -EBADF;
+                if (fipc_now_ns() >= stop)
+                    break;
+                if ((i & 1023u) == 0)
+                    sched_yield(); /* let a descheduled peer run on an oversubscribed CPU */
+            }
+            fipc_cpu_relax();
+        }
+    }
+    for (int slept = 0;; slept = 1) {
+        if (is_closed(q))
+            return -EBADF;
+        atomic_exchange_explicit(A32(q, flag_off), 1u, memory_order_seq_cst);
+        uint32_t seq = LOAD(A32(q, seq_off), seq_cst);
+        if (atomic_load_explicit(A64(q, word_off), memory_order_seq_cst) != seen) {
+            if (slept && start)
+                fipc_spin_slept(&q->spin, fipc_now_ns() - start);
+            return 0;
+        }
+        int64_t left = SLICE_NS;
+        if (end >= 0) {
+            left = end - fipc_now_ns();
+            if (left <= 0)
+                return -ETIMEDOUT;
+        }
+        int rc = fipc_futex_wait(A32(q, seq_off), seq, left < SLICE_NS ? left : SLICE_NS);
+        if (rc < 0)
+            return rc;
+    }
+}
+
+static int wait_space(fipc_queue *q, uint64_t head, double timeout, int64_t *deadline)
+{
+    return wait_change(q, FIPC_Q_OFF_HEAD, head, FIPC_Q_OFF_SPACE_SEQ, FIPC_Q_OFF_PUT_WAITING,
+                       timeout, deadline);
+}
+
+static int wait_data(fipc_queue *q, uint64_t tail, double timeout, int64_t *deadline)
+{
+    return wait_change(q, FIPC_Q_OFF_TAIL, tail, FIPC_Q_OFF_DATA_SEQ, FIPC_Q_OFF_GET_WAITING,
+                       timeout, deadline);
+}
+
+/* ---------------------------------------------------------------- producers */
+
+/* Whether a word read at *when (ns) may still serve as a bound. The 32-bit halves of the
+ * words wrap after 32 GiB or 2^32 messages; a value read within the last 100 ms cannot be
+ * that far behind (the ring cannot move 32 GiB in that time), so the modular arithmetic on
+ * it is sound. Older ones are read again. */
+static inline int fresh(const int64_t *when)
+{
+    return fipc_now_ns() - *when < 100000000LL;
+}
+
+/* Under the put lock: the tail, a head, and whether a frame of `frame` bytes fits. The head
+ * last seen is tried first: head only grows, so it under-states the room and over-states
+ * the count, and the shared head word (the consumers' cache line) is read only when it says
+ * no. It is refreshed at least once per capacity bytes put (the span check fails then). */
+static int room(fipc_queue *q, uint64_t frame, uint64_t *tail, uint64_t *head, int *fits)
+{
+    uint64_t used, count;
+    *tail = LOAD(A64(q, FIPC_Q_OFF_TAIL), relaxed);
+    *head = q->head_seen;
+    if (fresh(&q->head_seen_ns) && span(q, *head, *tail, &used, &count) == 0 &&
+        q->capacity - used >= frame &&
+        (q->maxsize == 0 || count < q->maxsize)) {
+        *fits = 1;
+        return 0;
+    }
+    *head = q->head_seen = LOAD(A64(q, FIPC_Q_OFF_HEAD), acquire);
+    q->head_seen_ns = fipc_now_ns();
+    int rc = span(q, *head, *tail, &used, &count);
+    *fits = rc == 0 && q->capacity - used >= frame && (q->maxsize == 0 || count < q->maxsize);
+    return rc;
+}
+
+static void write_frame(fipc_queue *q, uint64_t tail, const char *const *parts,
+                        const uint64_t *lens, uint32_t n, uint64_t total, uint32_t kind)
+{
+    uint64_t off = offset_of(q, tail);
+    uint32_t hdr[2] = {(uint32_t)total, kind};
+    memcpy(q->base + HDR + off, hdr, sizeof hdr); /* 8-aligned: never split */
+    off = (off + FRAME) & (q->capacity - 1);
+    for (uint32_t i = 0; i < n; i++) {
+        ring_write(q, off, parts[i], lens[i]);
+        off = (off + lens[i]) & (q->capacity - 1);
+    }
+}
+
+static int put_parts(fipc_queue *q, const char *const *parts, const uint64_t *lens, uint32_t n,
+                     uint32_t kind, double timeout)
+{
+    uint64_t total = 0;
+    for (uint32_t i = 0; i < n; i++)
+        total += lens[i];
+    uint64_t frame = round8(FRAME + total);
+    if (frame > q->capacity / 2 || total > UINT32_MAX || kind == 0 || kind > KIND_MAX)
+        return -EMSGSIZE;
+    int64_t deadline = FIPC_DEADLINE_UNSET;
+    for (;;) {
+        int rc = lock(q, FIPC_Q_OFF_PUT_LOCK, timeout, &deadline);
+        if (rc < 0)
+            return rc;
+        uint64_t tail, head;
+        int fits;
+        rc = room(q, frame, &tail, &head, &fits);
+        if (fits) {
+            write_frame(q, tail, parts, lens, n, total, kind);
+            STORE(A64(q, FIPC_Q_OFF_TAIL), advance(tail, frame, 1), release);
+        }
+        unlock(q, FIPC_Q_OFF_PUT_LOCK);
+        if (rc < 0)
+            return rc;
+        if (fits) {
+            notify(q, FIPC_Q_OFF_DATA_SEQ, FIPC_Q_OFF_GET_WAITING);
+            return 0;
+        }
+        if ((rc = wait_space(q, head, timeout, &deadline)) < 0)
+            return rc;
+    }
+}
+
+static int put_many(fipc_queue *q, const char *buf, const uint64_t *lens, uint64_t count,
+                        uint32_t kind, double timeout, uint64_t *sent)
+{
+    *sent = 0;
+    if (kind == 0 || kind > KIND_MAX)
+        return -EINVAL;
+    for (uint64_t i = 0; i < count; i++)
+        if (round8(FRAME + lens[i]) > q->capacity / 2 || lens[i] > UINT32_MAX)
+            return -EMSGSIZE;
+    int64_t deadline = FIPC_DEADLINE_UNSET;
+    while (*sent < count) {
+        int rc = lock(q, FIPC_Q_OFF_PUT_LOCK, timeout, &deadline);
+        if (rc < 0)
+            return rc;
+        uint64_t tail, head, used, queued, start = *sent;
+        rc = span(q, head = LOAD(A64(q, FIPC_Q_OFF_HEAD), acquire),
+                  tail = LOAD(A64(q, FIPC_Q_OFF_TAIL), relaxed), &used, &queued);
+        uint64_t w = tail;
+        while (rc == 0 && *sent < count) {
+            uint64_t len = lens[*sent], frame = round8(FRAME + len);
+            if (q->capacity - used < frame || (q->maxsize && queued >= q->maxsize))
+                break;
+            write_frame(q, w, &buf, &len, 1, len, kind);
+            buf += len;
+            w = advance(w, frame, 1);
+            used += frame;
+            queued++;
+            (*sent)++;
+        }
+        if (*sent > start)
+            STORE(A64(q, FIPC_Q_OFF_TAIL), w, release);
+        unlock(q, FIPC_Q_OFF_PUT_LOCK);
+        if (rc < 0)
+            return rc;
+        if (*sent > start)
+            notify(q, FIPC_Q_OFF_DATA_SEQ, FIPC_Q_OFF_GET_WAITING);
+        if (*sent < count && (rc = wait_space(q, head, timeout, &deadline)) < 0)
+            return rc;
+    }
+    return 0;
+}
+
+/* ---------------------------------------------------------------- consumers */
+
+/* Under the get lock: the frame at head (length, kind, frame bytes), checked. 1 if there is
+ * one, 0 if the ring is empty, FIPC_CORRUPT. */
+static int peek(fipc_queue *q, uint64_t head, uint64_t tail, uint64_t *len, uint32_t *kind,
+                uint64_t *frame)
+{
+    uint64_t used, count;
+    int rc = span(q, head, tail, &used, &count);
+    if (rc < 0)
+        return rc;
+    if (count == 0)
+        return 0;
+    uint32_t hdr[2];
+    memcpy(hdr, q->base + HDR + offset_of(q, head), sizeof hdr);
+    *len = hdr[0];
+    *kind = hdr[1];
+    *frame = round8(FRAME + *len);
+    if (*frame > used || *frame > q->capacity / 2 || *kind == 0 || *kind > KIND_MAX)
+        return FIPC_CORRUPT;
+    return 1;
+}
+
+static int64_t get_many(fipc_queue *q, char *dest, uint64_t cap, uint64_t *lens,
+                        uint32_t *kinds, uint64_t max, double timeout)
+{
+    int64_t deadline = FIPC_DEADLINE_UNSET;
+    for (;;) {
+        int rc = lock(q, FIPC_Q_OFF_GET_LOCK, timeout, &deadline);
+        if (rc < 0)
+            return rc;
+        uint64_t head = LOAD(A64(q, FIPC_Q_OFF_HEAD), relaxed);
+        /* The tail last seen is a lower bound of tail: frames up to it are committed. The
+         * producers' line is read only when it shows nothing to take (or head passed it). */
+        uint64_t tail = q->tail_seen, used, count;
+        if (!fresh(&q->tail_seen_ns) || span(q, head, tail, &used, &count) < 0 || count == 0) {
+            tail = q->tail_seen = LOAD(A64(q, FIPC_Q_OFF_TAIL), acquire);
+            q->tail_seen_ns = fipc_now_ns();
+        }
+        uint64_t h = head, got = 0, off = 0;
+        int64_t result = 0;
+        while (got < max) {
+            uint64_t len, frame;
+            uint32_t kind;
+            rc = peek(q, h, tail, &len, &kind, &frame);
+            if (rc <= 0) {
+                if (rc < 0 && got == 0)
+                    result = rc;
+                break;
+            }
+            if (len > cap - off) {
+                if (got == 0) {
+                    q->last_len = len;
+                    q->last_kind = kind;
+                    result = FIPC_Q_NEED;
+                }
+                break;
+            }
+            ring_read(q, (offset_of(q, h) + FRAME) & (q->capacity - 1), dest + off, len);
+            lens[got] = len;
+            kinds[got] = kind;
+            q->last_len = len;
+            q->last_kind = kind;
+            off += len;
+            h = advance(h, frame, 1);
+            got++;
+        }
+        if (got)
+            STORE(A64(q, FIPC_Q_OFF_HEAD), h, release);
+        unlock(q, FIPC_Q_OFF_GET_LOCK);
+        if (got) {
+            notify(q, FIPC_Q_OFF_SPACE_SEQ, FIPC_Q_OFF_PUT_WAITING);
+            return (int64_t)got;
+        }
+        if (result < 0)
+            return result;
+        if ((rc = wait_data(q, tail, timeout, &deadline)) < 0)
+            return rc;
+    }
+}
+
+/* ---------------------------------------------------------------- entry points */
+
+/* Every call that may touch the mapping counts itself busy on the handle, and checks
+ * `closed` after counting (close sets `closed`, then reads the count: one of the two sees
+ * the other). This keeps the busy count of the hot calls in C, so that the public class
+ * needs no Python-level bookkeeping around them; Python unmaps only once it reads 0. */
+static inline int enter(fipc_queue *q)
+{
+    __atomic_add_fetch(&q->busy, 1, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&q->closed, __ATOMIC_SEQ_CST)) {
+        __atomic_sub_fetch(&q->busy, 1, __ATOMIC_SEQ_CST);
+        return -EBADF;
+    }
+    return 0;
+}
+
+static inline void leave(fipc_queue *q)
+{
+    __atomic_sub_fetch(&q->busy, 1, __ATOMIC_SEQ_CST);
+}
+
+int fipc_queue_put(fipc_queue *q, const char *const *parts, const uint64_t *lens, uint32_t n,
+                   uint32_t kind, double timeout)
+{
+    int rc = enter(q);
+    if (rc == 0) {
+        rc = put_parts(q, parts, lens, n, kind, timeout);
+        leave(q);
+    }
+    return rc;
+}
+
+int fipc_queue_put1(fipc_queue *q, const char *data, uint64_t len, uint32_t kind,
+                    double timeout)
+{
+    return fipc_queue_put(q, &data, &len, 1, kind, timeout);
+}
+
+int fipc_queue_put_many(fipc_queue *q, const char *buf, const uint64_t *lens, uint64_t count,
+                        uint32_t kind, double timeout, uint64_t *sent)
+{
+    *sent = 0;
+    int rc = enter(q);
+    if (rc == 0) {
+        rc = put_many(q, buf, lens, count, kind, timeout, sent);
+        leave(q);
+    }
+    return rc;
+}
+
+int64_t fipc_queue_get_many(fipc_queue *q, char *dest, uint64_t cap, uint64_t *lens,
+                            uint32_t *kinds, uint64_t max, double timeout)
+{
+    int64_t rc = enter(q);
+    if (rc == 0) {
+        rc = get_many(q, dest, cap, lens, kinds, max, timeout);
+        leave(q);
+    }
+    return rc;
+}
+
+int64_t fipc_queue_get(fipc_queue *q, char *dest, uint64_t cap, double timeout)
+{
+    uint64_t len;
+    uint32_t kind;
+    int64_t rc = fipc_queue_get_many(q, dest, cap, &len, &kind, 1, timeout);
+    return rc == 1 ? (int64_t)kind << 32 | (int64_t)len : rc;
+}
+
+int fipc_queue_busy(fipc_queue *q)
+{
+    return __atomic_load_n(&q->busy, __ATOMIC_SEQ_CST);
+}
+
+/* ---------------------------------------------------------------- state */
+
+/* head then tail, retried until head did not move meanwhile: one consistent snapshot */
+static int snapshot(fipc_queue *q, uint64_t *used, uint64_t *count)
+{
+    for (int i = 0; i < 100; i++) {
+        uint64_t head = LOAD(A64(q, FIPC_Q_OFF_HEAD), acquire);
+        uint64_t tail = LOAD(A64(q, FIPC_Q_OFF_TAIL), acquire);
+        if (LOAD(A64(q, FIPC_Q_OFF_HEAD), acquire) == head)
+            return span(q, head, tail, used, count);
+    }
+    return FIPC_CORRUPT;
+}
+
+/* A snapshot's message count (want_count) or bytes in use; 0 if inconsistent. */
+static int64_t state(fipc_queue *q, int want_count)
+{
+    uint64_t used, count;
+    int64_t rc = enter(q);
+    if (rc == 0) {
+        rc = snapshot(q, &used, &count) < 0 ? 0 : (int64_t)(want_count ? count : used);
+        leave(q);
+    }
+    return rc;
+}
+
+int64_t fipc_queue_count(fipc_queue *q)
+{
+    return state(q, 1);
+}
+
+int64_t fipc_queue_used(fipc_queue *q)
+{
+    return state(q, 0);
+}
+
+int fipc_queue_close(fipc_queue *q)
+{
+    __atomic_store_n(&q->closed, 1, __ATOMIC_SEQ_CST);
+    if (q->base == NULL)
+        return 0;
+    /* bump both futex words so that a sleeper between its check and its sleep wakes too */
+    atomic_fetch_add_explicit(A32(q, FIPC_Q_OFF_DATA_SEQ), 1u, memory_order_seq_cst);
+    atomic_fetch_add_explicit(A32(q, FIPC_Q_OFF_SPACE_SEQ), 1u, memory_order_seq_cst);
+    fipc_futex_wake(A32(q, FIPC_Q_OFF_DATA_SEQ));
+    fipc_futex_wake(A32(q, FIPC_Q_OFF_SPACE_SEQ));
+    return fipc_queue_busy(q);
+}

@@ -1,0 +1,91 @@
+/* fastipc queue.c: a many-producer many-consumer message queue in shared memory.
+ *
+ * Conventions (return values, timeouts, EINTR) are those of fastipc.h. The part between the
+ * CDEF markers is part of the cffi cdef (src/fastipc/_build.py reads every csrc header).
+ * The binary layout is documented in docs/queue-layout.md; the offsets below are the one
+ * definition in C, and src/fastipc/_pure/queue.py names the same offsets (a test holds the
+ * two together).
+ */
+#ifndef FASTIPC_QUEUE_H
+#define FASTIPC_QUEUE_H
+
+#include "fastipc.h"
+
+/* CDEF BEGIN */
+enum {
+    FIPC_Q_MAGIC_LO = 0x51435046,  /* "FPCQ" little-endian: the low half of the magic */
+    FIPC_Q_VERSION = 1,
+    FIPC_Q_HEADER = 512,           /* bytes before the ring's data */
+    FIPC_Q_OFF_MAGIC = 0,          /* u32, stored last by the creator (release) */
+    FIPC_Q_OFF_VERSION = 4,        /* u32 */
+    FIPC_Q_OFF_CAPACITY = 8,       /* u64 ring bytes, a power of two */
+    FIPC_Q_OFF_MAX_MESSAGE = 16,   /* u64 largest message (informative) */
+    FIPC_Q_OFF_MAXSIZE = 24,       /* u64 most messages queued at once, 0: no limit */
+    FIPC_Q_OFF_OWNER_PID = 32,     /* i32 creator's pid (display only) */
+    FIPC_Q_OFF_PUT_LOCK = 64,      /* robust process-shared pthread mutex of producers */
+    FIPC_Q_OFF_GET_LOCK = 128,     /* ... of consumers */
+    FIPC_Q_LOCK_SIZE = 64,         /* room for a pthread_mutex_t */
+    FIPC_Q_OFF_TAIL = 192,         /* u64 tail word: (bytes put / 8) << 32 | messages put */
+    FIPC_Q_OFF_DATA_SEQ = 200,     /* u32 futex word consumers sleep on */
+    FIPC_Q_OFF_GET_WAITING = 204,  /* u32 1: a consumer sleeps or is about to */
+    FIPC_Q_OFF_HEAD = 256,         /* u64 head word: (bytes got / 8) << 32 | messages got */
+    FIPC_Q_OFF_SPACE_SEQ = 264,    /* u32 futex word producers sleep on */
+    FIPC_Q_OFF_PUT_WAITING = 268,  /* u32 1: a producer sleeps or is about to */
+    FIPC_Q_FRAME = 8,              /* frame header: u32 length, u32 kind */
+    FIPC_Q_MIN_CAPACITY = 4096,
+    FIPC_Q_NEED = -1200            /* get: the next message does not fit the buffer given;
+                                      its length is in last_len, it stays queued */
+};
+
+typedef struct fipc_queue {
+    char *base;             /* the mapping (owned by Python) */
+    uint64_t map_size;      /* its real size (fstat) */
+    uint64_t capacity;      /* ring bytes: map_size - FIPC_Q_HEADER */
+    uint64_t maxsize;       /* messages, 0: no limit */
+    uint64_t last_len;      /* get: length of the message returned or needed */
+    uint32_t last_kind;     /* get: its kind */
+    uint64_t head_seen;     /* put: the head word last read (a lower bound of head) */
+    uint64_t tail_seen;     /* get: the tail word last read (a lower bound of tail) */
+    int64_t head_seen_ns;   /* when head_seen was read (CLOCK_MONOTONIC ns; 0: never) */
+    int64_t tail_seen_ns;   /* when tail_seen was read */
+    int32_t closed;         /* set by fipc_queue_close: calls return -EBADF */
+    int32_t busy;           /* calls in progress on this handle (any thread) */
+    fipc_spin spin;         /* adaptive spin before sleeping */
+} fipc_queue;
+
+/* Format a fresh segment (all zero): header, both robust mutexes, magic last. */
+int fipc_queue_format(char *base, uint64_t map_size, uint64_t max_message, uint64_t maxsize,
+                      int32_t owner_pid);
+/* Attach: checks the header against map_size; FIPC_CORRUPT if it is not a queue. */
+int fipc_queue_attach(fipc_queue *q, char *base, uint64_t map_size, double spin);
+/* Put one message made of n parts (gathered into one frame of `kind`): 0, -ETIMEDOUT (full
+ * until the deadline), -EINTR, -EBADF (closed), -EMSGSIZE (frame over half the ring),
+ * FIPC_CORRUPT. */
+int fipc_queue_put(fipc_queue *q, const char *const *parts, const uint64_t *lens, uint32_t n,
+                   uint32_t kind, double timeout);
+/* The one-part put of the hot path. */
+int fipc_queue_put1(fipc_queue *q, const char *data, uint64_t len, uint32_t kind,
+                    double timeout);
+/* Put count messages stored back to back in buf; *sent says how many went. */
+int fipc_queue_put_many(fipc_queue *q, const char *buf, const uint64_t *lens, uint64_t count,
+                        uint32_t kind, double timeout, uint64_t *sent);
+/* Take the next message into dest (cap bytes): kind << 32 | length (one return value, so
+ * that the hot path reads no struct field), or FIPC_Q_NEED (length in last_len; it stays
+ * queued), -ETIMEDOUT, -EINTR, -EBADF, FIPC_CORRUPT. */
+int64_t fipc_queue_get(fipc_queue *q, char *dest, uint64_t cap, double timeout);
+/* Take up to max messages that fit in dest back to back (lengths and kinds filled in),
+ * waiting up to timeout for the first only: the count, or as fipc_queue_get. */
+int64_t fipc_queue_get_many(fipc_queue *q, char *dest, uint64_t cap, uint64_t *lens,
+                            uint32_t *kinds, uint64_t max, double timeout);
+/* Messages queued now (a snapshot), or FIPC_CORRUPT. */
+int64_t fipc_queue_count(fipc_queue *q);
+/* Bytes of the ring in use now (a snapshot). */
+int64_t fipc_queue_used(fipc_queue *q);
+/* Mark this handle closed and wake every sleeper of the queue (ours return -EBADF at once).
+ * Returns how many calls are still in progress: the mapping must not be unmapped before
+ * fipc_queue_busy() says 0. */
+int fipc_queue_close(fipc_queue *q);
+int fipc_queue_busy(fipc_queue *q);
+/* CDEF END */
+
+#endif

@@ -1,0 +1,121 @@
+"""The queue's binary layout (named offsets, the one definition in Python) and the backend
+Protocol that ``fastipc._native.queue`` and ``fastipc._pure.queue`` implement.
+
+The same numbers are an enum in ``csrc/queue.h``; a test holds the two together, and
+``docs/queue-layout.md`` explains them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Callable, Protocol
+
+__all__ = [
+    "KIND_BLOB", "KIND_BYTES", "KIND_OOB", "KIND_PICKLE", "LAYOUT", "NEED", "FormatFn",
+    "QueueOps",
+]
+
+# ---- the binary layout (csrc/queue.h, docs/queue-layout.md)
+MAGIC = 0x51435046  # "FPCQ" little-endian, stored last by the creator
+VERSION = 1
+HEADER = 512
+OFF_MAGIC = 0
+OFF_VERSION = 4
+OFF_CAPACITY = 8
+OFF_MAX_MESSAGE = 16
+OFF_MAXSIZE = 24
+OFF_OWNER_PID = 32
+OFF_PUT_LOCK = 64
+OFF_GET_LOCK = 128
+LOCK_SIZE = 64
+OFF_TAIL = 192
+OFF_DATA_SEQ = 200
+OFF_GET_WAITING = 204
+OFF_HEAD = 256
+OFF_SPACE_SEQ = 264
+OFF_PUT_WAITING = 268
+FRAME = 8
+MIN_CAPACITY = 4096
+NEED = -1200
+
+# name in csrc/queue.h (FIPC_Q_<key>) -> value here; the layout test compares them
+LAYOUT = {
+    "MAGIC_LO": MAGIC, "VERSION": VERSION, "HEADER": HEADER, "OFF_MAGIC": OFF_MAGIC,
+    "OFF_VERSION": OFF_VERSION, "OFF_CAPACITY": OFF_CAPACITY,
+    "OFF_MAX_MESSAGE": OFF_MAX_MESSAGE, "OFF_MAXSIZE": OFF_MAXSIZE,
+    "OFF_OWNER_PID": OFF_OWNER_PID, "OFF_PUT_LOCK": OFF_PUT_LOCK,
+    "OFF_GET_LOCK": OFF_GET_LOCK, "LOCK_SIZE": LOCK_SIZE, "OFF_TAIL": OFF_TAIL,
+    "OFF_DATA_SEQ": OFF_DATA_SEQ, "OFF_GET_WAITING": OFF_GET_WAITING, "OFF_HEAD": OFF_HEAD,
+    "OFF_SPACE_SEQ": OFF_SPACE_SEQ, "OFF_PUT_WAITING": OFF_PUT_WAITING, "FRAME": FRAME,
+    "MIN_CAPACITY": MIN_CAPACITY, "NEED": NEED,
+}
+
+# ---- frame kinds (what the payload is; the public module encodes and decodes them)
+KIND_BYTES = 1  # put_bytes: raw bytes
+KIND_PICKLE = 2  # a pickle with no out-of-band buffers
+KIND_OOB = 3  # a pickle and its out-of-band buffers (fastipc/queue.py lays them out)
+KIND_BLOB = 4  # a reference to a message too large for the ring, in its own segment
+
+STAGE = 1 << 16  # messages up to this size are copied into the handle's staging buffer
+
+
+class QueueOps(Protocol):
+    """One attached queue, at the grain of one user operation. Every call returns ``>= 0``
+    or a ``-errno`` / ``FIPC_*`` status (``NEED``), for ``_core.retry`` to map; ``timeout``
+    is the C convention (-1.0 forever, 0.0 try once)."""
+
+    def __init__(self, mm: Any, size: int, spin: float) -> None: ...
+
+    def put(self, data: Any, kind: int, timeout: float) -> int:
+        """Put one message (a bytes-like object) as one frame of ``kind``."""
+
+    def putv(self, parts: Sequence[Any], kind: int, timeout: float) -> int:
+        """Put one message gathered from several bytes-like parts."""
+
+    def put_many(self, blob: bytes, lens: Sequence[int], kind: int,
+                 timeout: float) -> tuple[int, int]:
+        """Put ``len(lens)`` messages stored back to back in ``blob``: (rc, how many went)."""
+
+    def get(self, dest: Any, timeout: float) -> int:
+        """Take the next message into ``dest`` (a writable buffer): ``kind << 32 | length``,
+        or ``NEED`` when it does not fit (it stays queued; :meth:`last` says its length)."""
+
+    def new_stage(self) -> tuple[Any, memoryview]:
+        """A staging buffer of ``STAGE`` bytes for the hot get: (what ``get_fn`` takes, a
+        memoryview of it). One per concurrent get: a thread takes one from a pool."""
+
+    def put_fn(self) -> Callable[[bytes, int, int, float], int]:
+        """The hot put: ``fn(data, len(data), kind, timeout)`` for a ``bytes`` message."""
+
+    def get_fn(self) -> Callable[[Any, int, float], int]:
+        """The hot get: ``fn(stage, STAGE, timeout)`` into a stage of :meth:`new_stage`, as
+        :meth:`get` returns."""
+
+    def get_many(self, dest: Any, max_messages: int,
+                 timeout: float) -> tuple[int, list[int], list[int]]:
+        """Take up to ``max_messages`` that fit ``dest`` back to back: (count or rc,
+        lengths, kinds)."""
+
+    def last(self) -> tuple[int, int]:
+        """(length, kind) of the message the last get returned or needed room for."""
+
+    def count(self) -> int:
+        """Messages queued now."""
+
+    def used(self) -> int:
+        """Ring bytes in use now."""
+
+    def wake(self) -> None:
+        """Mark this handle closed; blocked calls of it return ``-EBADF`` promptly."""
+
+    def free(self) -> bool:
+        """Close this handle and let go of the mapping once no call of it is inside (the
+        backend counts its calls busy; it waits up to 5 s). False if one never came out:
+        the mapping must then be left to the garbage collector."""
+
+
+class FormatFn(Protocol):
+    """``format(mm, size, max_message, maxsize, pid) -> rc``: lay out a fresh (zeroed)
+    segment as a queue, both robust mutexes included, the magic stored last."""
+
+    def __call__(self, mm: Any, size: int, max_message: int, maxsize: int, pid: int) -> int: ...

@@ -1,0 +1,112 @@
+"""Queue operations backed by ``csrc/queue.c``: one C call per user operation.
+
+The mapping belongs to Python (an ``mmap.mmap``); C gets its address through
+``ffi.from_buffer``, which holds a buffer export, so the mapping cannot be closed under C's
+feet; :meth:`Ops.free` releases it once no call runs (the public class sees to that).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from functools import partial
+from typing import Any, Callable
+
+from fastipc._backend.queue import STAGE, FormatFn, QueueOps
+from fastipc._core import check, ffi, lib
+
+__all__ = ["Ops", "format"]
+
+_put1 = lib.fipc_queue_put1
+_get = lib.fipc_queue_get
+_from_buffer = ffi.from_buffer
+
+
+def format(mm: Any, size: int, max_message: int, maxsize: int, pid: int) -> int:
+    base = _from_buffer(mm)
+    try:
+        return int(lib.fipc_queue_format(base, size, max_message, maxsize, pid))
+    finally:
+        ffi.release(base)
+
+
+class Ops:
+    __slots__ = ("_base", "_q")
+
+    def __init__(self, mm: Any, size: int, spin: float) -> None:
+        self._base = _from_buffer(mm)
+        self._q = ffi.new("fipc_queue *")
+        rc = lib.fipc_queue_attach(self._q, self._base, size, spin)
+        if rc < 0:
+            ffi.release(self._base)
+            check(rc)
+
+    def put(self, data: Any, kind: int, timeout: float) -> int:
+        if type(data) is not bytes:
+            data = _from_buffer(data)
+        return int(_put1(self._q, data, len(data), kind, timeout))
+
+    def put_fn(self) -> Callable[[bytes, int, int, float], int]:
+        return partial(_put1, self._q)
+
+    def get_fn(self) -> Callable[[Any, int, float], int]:
+        return partial(_get, self._q)
+
+    def new_stage(self) -> tuple[Any, memoryview]:
+        stage = bytearray(STAGE)
+        return _from_buffer(stage, require_writable=True), memoryview(stage)
+
+    def putv(self, parts: Sequence[Any], kind: int, timeout: float) -> int:
+        bufs = [_from_buffer(p) for p in parts]  # kept alive until the call returns
+        ptrs = ffi.new("char *[]", bufs)
+        lens = ffi.new("uint64_t[]", [len(b) for b in bufs])
+        return int(lib.fipc_queue_put(self._q, ptrs, lens, len(bufs), kind, timeout))
+
+    def put_many(self, blob: bytes, lens: Sequence[int], kind: int,
+                 timeout: float) -> tuple[int, int]:
+        clens = ffi.new("uint64_t[]", lens)
+        sent = ffi.new("uint64_t *")  # per call: threads may share this handle
+        rc = lib.fipc_queue_put_many(self._q, blob, clens, len(lens), kind, timeout, sent)
+        return int(rc), int(sent[0])
+
+    def get(self, dest: Any, timeout: float) -> int:
+        buf = _from_buffer(dest, require_writable=True)
+        return int(_get(self._q, buf, len(buf), timeout))
+
+    def get_many(self, dest: Any, max_messages: int,
+                 timeout: float) -> tuple[int, list[int], list[int]]:
+        lens = ffi.new("uint64_t[]", max_messages)  # per call: threads may share this handle
+        kinds = ffi.new("uint32_t[]", max_messages)
+        buf = _from_buffer(dest, require_writable=True)
+        n = int(lib.fipc_queue_get_many(self._q, buf, len(buf), lens, kinds, max_messages,
+                                        timeout))
+        if n <= 0:
+            return n, [], []
+        return n, ffi.unpack(lens, n), ffi.unpack(kinds, n)
+
+    def last(self) -> tuple[int, int]:
+        return int(self._q.last_len), int(self._q.last_kind)
+
+    def count(self) -> int:
+        return check(int(lib.fipc_queue_count(self._q)))
+
+    def used(self) -> int:
+        return check(int(lib.fipc_queue_used(self._q)))
+
+    def wake(self) -> None:
+        lib.fipc_queue_close(self._q)
+
+    def free(self) -> bool:
+        busy = lib.fipc_queue_close(self._q)
+        deadline = time.monotonic() + 5.0
+        while busy and time.monotonic() < deadline:  # woken calls leave C at once
+            time.sleep(0.0005)
+            busy = lib.fipc_queue_busy(self._q)
+        if busy:
+            return False
+        ffi.release(self._base)
+        return True
+
+
+_ops: type[QueueOps] = Ops
+_format: FormatFn = format

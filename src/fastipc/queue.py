@@ -1,0 +1,810 @@
+"""A drop-in for ``multiprocessing.Queue`` in shared memory, for any number of producers and
+consumers in any processes and threads, robust to ``kill -9`` of any of them.
+
+>>> from fastipc.queue import Queue
+>>> with Queue() as q:
+...     q.put({"x": 1})
+...     q.get(timeout=1)
+{'x': 1}
+
+Objects travel pickled with protocol 5: their out-of-band buffers (numpy arrays,
+``pickle.PickleBuffer``, memoryviews) are copied once into shared memory and once out, never
+through the pickle stream (the standard pickler writes ``bytes`` and ``bytearray`` in band).
+``put_bytes``/``get_bytes`` move raw bytes with no pickling at all. A message larger than half
+the ring travels in a segment of its own (``<name>.<id>`` in /dev/shm), created by the
+producer and removed by the consumer that takes it.
+
+:class:`Queue` with no name is anonymous: it gets a unique name, and the process that made it
+owns it (removes it when it closes the queue or exits normally). :class:`NamedQueue` (re-
+exported as ``shm.Queue``) attaches to a queue by name, or creates it with ``create=True``.
+Pickling a queue (to ``multiprocessing.Process`` under spawn or forkserver) re-attaches it
+by name in the receiving process; a fork child simply shares it. The binary layout, shared
+by the native and pure backends, is in ``docs/queue-layout.md``.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import io
+import mmap
+import os
+import pickle
+import queue as _stdqueue
+import struct
+import time
+import uuid
+import weakref
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+from fastipc import _core
+from fastipc._backend import queue as L
+from fastipc._backend.queue import (
+    KIND_BLOB,
+    KIND_BYTES,
+    KIND_OOB,
+    KIND_PICKLE,
+    NEED,
+    STAGE,
+    FormatFn,
+    QueueOps,
+)
+from fastipc._core import Deadline, Handle, byte_view, check_int, check_timeout, uses_handle
+
+__all__ = [
+    "DEFAULT_CAPACITY",
+    "DEFAULT_MAX_MESSAGE_SIZE",
+    "Empty",
+    "Full",
+    "NamedQueue",
+    "Queue",
+    "QueueInfo",
+    "describe",
+]
+
+SHM_DIR = "/dev/shm"
+DEFAULT_CAPACITY = 1 << 22
+MAX_CAPACITY = 1 << 32
+DEFAULT_MAX_MESSAGE_SIZE = 1 << 30
+MAX_MESSAGE_LIMIT = (1 << 63) - 1
+DEFAULT_SPIN = 50e-6
+ANONYMOUS_PREFIX = "fastipc-queue-"  # anonymous queues are named <prefix><pid>-<random>
+_NAME_ROOM = 20  # bytes a blob segment's suffix adds to the queue's name
+_OWNER_LOCK = (0, 1)  # the owner's OFD write lock: (start, length) in the segment file
+_BLOB_MAGIC = b"FPCQBLOB"
+_BLOB_HEAD = struct.Struct("<8sQ")  # magic, payload length
+_BLOB_REF = struct.Struct("<QI")  # in the ring: payload length, inner kind; then the suffix
+_OOB_COUNT = struct.Struct("<Q")
+_ALIGN = 16  # out-of-band buffers start at multiples of this within a message
+_PAD = bytes(_ALIGN)
+_dumps = pickle.dumps
+_loads = pickle.loads
+_monotonic = time.monotonic
+_LEN = 0xFFFFFFFF  # a get returns kind << 32 | length
+
+
+class Full(_stdqueue.Full, TimeoutError):
+    """The queue stayed full (``maxsize`` messages, or no room in the ring) until the
+    timeout: ``queue.Full`` as ``multiprocessing.Queue`` raises it, and a TimeoutError."""
+
+
+class Empty(_stdqueue.Empty, TimeoutError):
+    """No message came before the timeout: ``queue.Empty``, and a TimeoutError."""
+
+
+def _new_bytearray(n: int) -> bytearray:
+    """A bytearray of n bytes that is about to be overwritten (not zero-filled on CPython)."""
+    if _new_ba is not None and n:
+        return _new_ba(None, n)  # type: ignore[no-any-return]
+    return bytearray(n)
+
+
+try:
+    import ctypes
+
+    _new_ba: Any = ctypes.pythonapi.PyByteArray_FromStringAndSize
+    _new_ba.restype = ctypes.py_object
+    _new_ba.argtypes = (ctypes.c_void_p, ctypes.c_ssize_t)
+except (AttributeError, ImportError, TypeError):  # not CPython
+    _new_ba = None
+
+
+def _path(name: str) -> tuple[str, str]:
+    bare = _core.shm_name(name)[1:]
+    if len(bare.encode()) > 255 - _NAME_ROOM:
+        raise ValueError(f"a queue name is at most {255 - _NAME_ROOM} bytes long")
+    return bare, f"{SHM_DIR}/{bare}"
+
+
+def _open(path: str, flags: int, mode: int = 0o600) -> int:
+    return os.open(path, flags | os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW, mode)
+
+
+def _flock(fd: int, cmd: int, kind: int) -> bytes:
+    start, length = _OWNER_LOCK
+    arg = struct.pack("hhqqi4x", kind, os.SEEK_SET, start, length, 0)
+    return fcntl.fcntl(fd, cmd, arg)
+
+
+def _owner_alive(fd: int) -> bool:
+    """Whether some open file description holds the owner's lock (its process is alive)."""
+    res = _flock(fd, fcntl.F_OFD_GETLK, fcntl.F_WRLCK)
+    return bool(struct.unpack("hhqqi4x", res)[0] != fcntl.F_UNLCK)
+
+
+def _view(buffer: Any, fmt: Any, shape: tuple[int, ...]) -> Any:
+    """Unpickling a memoryview: the out-of-band buffer, with its format and shape back."""
+    view = memoryview(buffer)
+    return view.cast("B").cast(fmt, shape) if shape != (len(view),) or fmt != "B" else view
+
+
+class _ViewPickler(pickle.Pickler):
+    """The pickler of objects holding a ``memoryview`` (which ``pickle`` refuses): each
+    view travels out of band, and unpickles as a memoryview of the copied bytes."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        if type(obj) is memoryview:
+            fmt: Any = obj.format
+            shape = obj.shape or ()
+            if not obj.c_contiguous:
+                obj = memoryview(obj.tobytes()).cast(fmt, shape)
+            return _view, (pickle.PickleBuffer(obj), fmt, shape)
+        return NotImplemented
+
+
+def _dumps_oob(obj: Any, grab: Callable[[pickle.PickleBuffer], Any]) -> bytes:
+    """``pickle.dumps(obj, 5, buffer_callback=grab)``; objects holding a memoryview take the
+    slower pickler that knows them (the fast one raised TypeError for them)."""
+    try:
+        return _dumps(obj, 5, buffer_callback=grab)
+    except TypeError:
+        out = io.BytesIO()
+        _ViewPickler(out, 5, buffer_callback=grab).dump(obj)
+        return out.getvalue()
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _check_spin(spin: Optional[float]) -> float:
+    if spin is None:
+        return DEFAULT_SPIN if (os.cpu_count() or 1) > 1 else 0.0
+    if isinstance(spin, bool) or not isinstance(spin, (int, float)):
+        raise TypeError(f"spin must be a number of seconds or None, not {type(spin).__name__}")
+    if not 0 <= spin <= 1.0:
+        raise ValueError(f"spin must be between 0 and 1 seconds, not {spin!r}")
+    return float(spin)
+
+
+def _timeout(block: bool, timeout: Optional[float]) -> float:
+    """The C timeout of a put/get: block=False tries once, whatever timeout says."""
+    if timeout is None:
+        return -1.0 if block else 0.0
+    t = check_timeout(timeout)
+    return t if block else 0.0
+
+
+# Owned queues, released in a fork child (which must neither keep the owner's lock nor
+# remove the queue when it exits).
+_owned: weakref.WeakSet[Queue] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for q in list(_owned):
+        q._disown()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class Queue(Handle):
+    """A multiprocessing.Queue in shared memory (see the module docstring).
+
+    ``Queue(maxsize=0)`` makes an anonymous queue, owned by this process;
+    ``Queue(name=..., create=True)`` creates the named queue (this object owns it and
+    removes the name when it closes); ``Queue(name=...)`` attaches to an existing one
+    (``FileNotFoundError`` if absent; ``maxsize`` and ``capacity`` are then the creator's).
+    ``capacity`` is the ring's size in bytes (a power of two, >= 4096); messages up to half
+    of it travel through the ring, larger ones in a segment of their own.
+    ``max_message_size`` bounds one message (pickled size plus buffers): ValueError above it.
+    """
+
+    _what = "Queue"
+    _name = ""
+    _path = ""
+    _owner = False
+    _lock_fd = -1
+    _finalizer: Optional[weakref.finalize[Any, Any]] = None
+
+    def __init__(self, maxsize: int = 0, *, name: Optional[str] = None,
+                 create: Optional[bool] = None, capacity: int = DEFAULT_CAPACITY,
+                 max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE, mode: int = 0o600,
+                 spin: Optional[float] = None, backend: Optional[str] = None) -> None:
+        maxsize = check_int(maxsize, "maxsize", -(1 << 62), 1 << 31)
+        maxsize = max(maxsize, 0)  # multiprocessing.Queue: <= 0 means no limit
+        capacity = check_int(capacity, "capacity", L.MIN_CAPACITY, MAX_CAPACITY)
+        if capacity & (capacity - 1):
+            raise ValueError(f"capacity must be a power of two, not {capacity}")
+        self._max_message = check_int(max_message_size, "max_message_size", 0,
+                                      MAX_MESSAGE_LIMIT)
+        mode = check_int(mode, "mode", 0, 0o777)
+        self._spin = _check_spin(spin)
+        which = _core.resolve_backend(backend)
+        impl = _core.ops("queue", which)
+        if name is None:
+            if create is False:
+                raise ValueError("an anonymous queue is always created: give a name to attach")
+            name = f"{ANONYMOUS_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:16]}"
+            create = True
+        elif create is None:
+            create = False
+        elif not isinstance(create, bool):
+            raise TypeError(f"create must be a bool, not {type(create).__name__}")
+        self._name, self._path = _path(name)
+        self._mode = mode
+        fd = lock_fd = -1
+        try:
+            if create:
+                size = L.HEADER + capacity
+                fd = _open(self._path, os.O_CREAT | os.O_EXCL, mode)
+                self._owner = True
+                os.ftruncate(fd, size)
+                try:  # back every page now: a full /dev/shm is an OSError, not a SIGBUS later
+                    os.posix_fallocate(fd, 0, size)
+                except OSError as exc:
+                    if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                        raise
+                # a second open file description holds the owner's lock: the mapping (which
+                # a fork child inherits) must not keep it alive
+                lock_fd = _open(self._path, 0)
+                _flock(lock_fd, fcntl.F_OFD_SETLK, fcntl.F_WRLCK)
+                self._mm = mmap.mmap(fd, size)
+                format_fn: FormatFn = impl.format
+                _core.check(format_fn(self._mm, size, self._max_message, maxsize, os.getpid()),
+                            self._name)
+            else:
+                fd = _open(self._path, 0)
+                size = os.fstat(fd).st_size
+                if size < L.HEADER + L.MIN_CAPACITY:
+                    raise OSError(errno.EBADMSG, "not a fastipc queue", self._name)
+                self._mm = mmap.mmap(fd, size)
+            ops_cls: type[QueueOps] = impl.Ops
+            try:
+                self._ops: QueueOps = ops_cls(self._mm, size, self._spin)
+            except OSError as exc:
+                raise OSError(exc.errno, "not a fastipc queue, or a corrupted header",
+                              self._name) from None
+        except BaseException:
+            if hasattr(self, "_mm"):
+                self._mm.close()
+            for f in (fd, lock_fd):
+                if f >= 0:
+                    os.close(f)
+            if self._owner:
+                _unlink_quietly(self._path)
+                self._owner = False
+            raise
+        self._size = size
+        self._capacity = size - L.HEADER
+        self._ring_max = self._capacity // 2 - L.FRAME - 8  # payloads the ring takes
+        self._hot_max = min(self._ring_max, self._max_message)
+        self._lock_fd = lock_fd
+        self._put_bytes = self._ops.put_fn()
+        self._get_staged = self._ops.get_fn()
+        # staging buffers and get_many's output buffers, one per concurrent call: a thread
+        # pops one (list.pop and append are atomic) and puts it back when it is done
+        self._stages: list[tuple[Any, memoryview]] = []
+        self._outs: list[bytearray] = []
+        if self._owner:
+            self._finalizer = weakref.finalize(self, _unlink_quietly, self._path)
+            _owned.add(self)
+        self._open_handle(which, fd)
+
+    # ---------------------------------------------------------------- life cycle
+    def _disown(self) -> None:
+        """In a fork child: the parent owns the name and the liveness lock, not us."""
+        self._owner = False
+        if self._finalizer is not None:
+            self._finalizer.detach()
+            self._finalizer = None
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
+    def _wake(self) -> None:
+        self._ops.wake()
+
+    def _free(self) -> None:
+        if self._ops.free():  # else a call never left C: the GC unmaps, later
+            self._mm.close()
+        os.close(self._fd)
+        if self._owner and self._finalizer is not None:
+            self._finalizer()  # removes the name
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+        _owned.discard(self)
+
+    def _describe(self) -> str:
+        return f"name={self._name!r}"
+
+    def __reduce__(self) -> tuple[Callable[..., Queue], tuple[Any, ...]]:
+        self._check_open()
+        return (_attach, (self._name, self._max_message, self._spin, self._backend))
+
+    @property
+    def name(self) -> str:
+        """The segment's name in /dev/shm (what another process attaches to)."""
+        return self._name
+
+    @property
+    def maxsize(self) -> int:
+        return self._maxsize_now()
+
+    @uses_handle
+    def _maxsize_now(self) -> int:
+        return int(struct.unpack_from("<Q", self._mm, L.OFF_MAXSIZE)[0])
+
+    def unlink(self) -> None:
+        """Remove the name (others attached keep working; no one new can attach)."""
+        os.unlink(self._path)
+        if self._finalizer is not None:
+            self._finalizer.detach()
+
+    # ---------------------------------------------------------------- put
+    def _encode(self, obj: Any) -> tuple[list[Any], int, int]:
+        """(parts, total bytes, kind) of one object, checked against max_message_size."""
+        buffers: list[pickle.PickleBuffer] = []
+        data = _dumps_oob(obj, buffers.append)
+        return self._layout(data, buffers)
+
+    def _layout(self, data: bytes, buffers: list[pickle.PickleBuffer]
+                ) -> tuple[list[Any], int, int]:
+        """(parts, total bytes, kind) of a pickle and its out-of-band buffers, checked
+        against max_message_size."""
+        if not buffers:
+            parts: list[Any] = [data]
+            kind = KIND_PICKLE
+        else:
+            raws = [b.raw() for b in buffers]
+            parts = [_OOB_COUNT.pack(len(raws)), struct.pack(f"<{len(raws) + 1}Q", len(data),
+                                                             *(len(r) for r in raws)), data]
+            pos = sum(len(p) for p in parts)
+            for raw in raws:
+                if pos % _ALIGN:
+                    parts.append(_PAD[: _ALIGN - pos % _ALIGN])
+                    pos += len(parts[-1])
+                parts.append(raw)
+                pos += len(raw)
+            kind = KIND_OOB
+        total = sum(len(p) for p in parts)
+        if total > self._max_message:
+            raise ValueError(f"message of {total} bytes exceeds max_message_size "
+                             f"({self._max_message})")
+        return parts, total, kind
+
+    def _put_parts(self, parts: list[Any], total: int, kind: int, t: float) -> None:
+        ops = self._ops
+        if total > self._ring_max:
+            self._put_blob(parts, total, kind, t)
+            return
+        if len(parts) == 1:
+            data = parts[0]
+            rc = ops.put(data, kind, t)
+            if rc:
+                self._retry_put(rc, lambda left: ops.put(data, kind, left), t)
+        else:
+            rc = ops.putv(parts, kind, t)
+            if rc:
+                self._retry_put(rc, lambda left: ops.putv(parts, kind, left), t)
+
+    def _retry_put(self, rc: int, again: Callable[[float], int], t: float,
+                   start: Optional[float] = None) -> None:
+        """The slow path of a put: EINTR retries (PEP 475), a timeout is queue.Full."""
+        try:
+            _core.retry(rc, again, Deadline(t, start), self._name)
+        except TimeoutError:
+            raise Full(errno.ETIMEDOUT, "the queue is full") from None
+        except OSError:
+            self._check_open()  # closed by another thread during the call: ValueError
+            raise
+
+    def _put_blob(self, parts: list[Any], total: int, kind: int, t: float) -> None:
+        """A message too large for the ring: its own segment, and a reference in the ring."""
+        deadline = Deadline(t)
+        suffix = uuid.uuid4().hex[:16]
+        path = f"{self._path}.{suffix}"
+        fd = _open(path, os.O_CREAT | os.O_EXCL, self._mode)
+        try:
+            try:
+                views = [byte_view(p) for p in [_BLOB_HEAD.pack(_BLOB_MAGIC, total), *parts]]
+                _write_all(fd, views)
+            finally:
+                os.close(fd)
+            ref = _BLOB_REF.pack(total, kind) + suffix.encode()
+            ops = self._ops
+            rc = ops.put(ref, KIND_BLOB, deadline.left())
+            if rc:
+                self._retry_put(rc, lambda left: ops.put(ref, KIND_BLOB, left), deadline.left())
+        except BaseException:
+            _unlink_quietly(path)
+            raise
+
+    # put, get, put_bytes and get_bytes are the hot paths: instead of @uses_handle (its call
+    # layer costs about 0.3 us, a fifth of a small put), the backend counts each of its calls
+    # busy around every access to the mapping (csrc/queue.c enter/leave; the pure backend's
+    # _busy) and Ops.free() waits for that count, so closing from another thread stays safe.
+    # They check `closed` first, and their slow paths (_retry_put, _take_slow) turn the error
+    # of a call closed under them into ValueError.
+
+    def put(self, obj: Any, block: bool = True, timeout: Optional[float] = None) -> None:
+        """Put ``obj`` (pickled, protocol 5, buffers out of band). ``queue.Full`` (also a
+        TimeoutError) if the queue stays full until the timeout (``block=False``: at once).
+        An object that cannot be pickled raises here and leaves the queue as it was."""
+        if self._closed:
+            raise self._closed_error()
+        t = -1.0 if timeout is None and block else _timeout(block, timeout)
+        buffers: list[pickle.PickleBuffer] = []
+        try:  # _dumps_oob, inlined on the hot path
+            data = _dumps(obj, 5, buffer_callback=buffers.append)
+        except TypeError:
+            data = _dumps_oob(obj, buffers.append)
+        n = len(data)
+        if not buffers and n <= self._hot_max:  # the hot path
+            start = _monotonic() if t > 0 else None
+            rc = self._put_bytes(data, n, KIND_PICKLE, t)
+            if rc:
+                ops = self._ops
+                self._retry_put(rc, lambda left: ops.put(data, KIND_PICKLE, left), t, start)
+            return
+        parts, total, kind = self._layout(data, buffers)
+        self._put_parts(parts, total, kind, t)
+
+    def put_nowait(self, obj: Any) -> None:
+        """``put(obj, block=False)``."""
+        self.put(obj, False)
+
+    def put_bytes(self, data: Any, timeout: Optional[float] = None) -> None:
+        """Put raw bytes (any contiguous bytes-like object), no pickling; ``get_bytes`` (or
+        ``get``) returns them as ``bytes``."""
+        if self._closed:
+            raise self._closed_error()
+        t = -1.0 if timeout is None else check_timeout(timeout)
+        if type(data) is bytes and len(data) <= self._hot_max:  # the hot path
+            rc = self._put_bytes(data, len(data), KIND_BYTES, t)
+            if rc:
+                ops = self._ops
+                self._retry_put(rc, lambda left: ops.put(data, KIND_BYTES, left), t)
+            return
+        view = data if type(data) is bytes else byte_view(data)
+        n = len(view)
+        if n > self._max_message:
+            raise ValueError(f"message of {n} bytes exceeds max_message_size "
+                             f"({self._max_message})")
+        self._put_parts([view], n, KIND_BYTES, t)
+
+    @uses_handle
+    def put_many(self, objs: Iterable[Any], timeout: Optional[float] = None) -> None:
+        """Put every object of ``objs``, in order, taking the producers' lock once per
+        batch that fits. On timeout, ``queue.Full`` with ``messages_put``: how many went."""
+        t = check_timeout(timeout)
+        deadline = Deadline(t)
+        batch: list[bytes] = []
+        done = 0
+        buffers: list[pickle.PickleBuffer] = []
+        grab, add, hot = buffers.append, batch.append, self._hot_max
+        try:
+            for obj in objs:
+                data = _dumps_oob(obj, grab)
+                if not buffers and len(data) <= hot:
+                    add(data)
+                    continue
+                done += self._put_batch(batch, deadline)
+                batch.clear()
+                parts, total, kind = self._layout(data, buffers[:])
+                buffers.clear()
+                self._put_parts(parts, total, kind, deadline.left())
+                done += 1
+            done += self._put_batch(batch, deadline)
+        except Full as exc:  # a batch says how many of it went
+            exc.messages_put = done + getattr(exc, "messages_put", 0)  # type: ignore[attr-defined]
+            raise
+
+    def _put_batch(self, batch: list[bytes], deadline: Deadline) -> int:
+        if not batch:
+            return 0
+        lens = [len(b) for b in batch]  # each <= _hot_max <= max_message_size
+        blob = b"".join(batch)
+        ops = self._ops
+        rc, sent = ops.put_many(blob, lens, KIND_PICKLE, deadline.left())
+
+        def again(left: float) -> int:  # after EINTR: the rest of the batch
+            nonlocal sent
+            offset = sum(lens[:sent])
+            rc, more = ops.put_many(blob[offset:], lens[sent:], KIND_PICKLE, left)
+            sent += more
+            return rc
+
+        if rc:
+            try:
+                _core.retry(rc, again, deadline, self._name)
+            except TimeoutError:
+                exc = Full(errno.ETIMEDOUT, "the queue is full")
+                exc.messages_put = sent  # type: ignore[attr-defined]
+                raise exc from None
+        return sent
+
+    # ---------------------------------------------------------------- get
+    def _decode(self, buf: Any, n: int, kind: int, fresh: bool) -> Any:
+        if kind == KIND_PICKLE:
+            return _loads(memoryview(buf)[:n])
+        if kind == KIND_BYTES:
+            return bytes(memoryview(buf)[:n])
+        if kind == KIND_OOB:
+            return self._decode_oob(buf if fresh else bytearray(memoryview(buf)[:n]), n)
+        if kind == KIND_BLOB:
+            return self._take_blob(bytes(memoryview(buf)[:n]))
+        raise OSError(errno.EBADMSG, f"unknown message kind {kind}", self._name)
+
+    def _decode_oob(self, buf: bytearray, n: int) -> Any:
+        view = memoryview(buf)[:n]
+        try:
+            (count,) = _OOB_COUNT.unpack_from(view, 0)
+            if count > n // 8:
+                raise ValueError("buffer count")
+            lens = struct.unpack_from(f"<{count + 1}Q", view, 8)
+            pos = 8 + 8 * (count + 1)
+            data = view[pos:pos + lens[0]]
+            pos += lens[0]
+            buffers = []
+            for length in lens[1:]:
+                pos += -pos % _ALIGN
+                if pos + length > n:
+                    raise ValueError("buffer length")
+                buffers.append(view[pos:pos + length])
+                pos += length
+            if pos > n or len(data) != lens[0]:
+                raise ValueError("pickle length")
+        except (ValueError, struct.error):
+            raise OSError(errno.EBADMSG, "corrupted message", self._name) from None
+        return _loads(data, buffers=buffers)
+
+    def _take_blob(self, ref: bytes) -> Any:
+        try:
+            total, kind = _BLOB_REF.unpack_from(ref, 0)
+            suffix = ref[_BLOB_REF.size:].decode("ascii")
+        except (struct.error, UnicodeDecodeError):
+            raise OSError(errno.EBADMSG, "corrupted message", self._name) from None
+        if not suffix.isalnum() or kind == KIND_BLOB or total > self._max_message:
+            raise OSError(errno.EBADMSG, "corrupted message", self._name)
+        path = f"{self._path}.{suffix}"
+        fd = _open(path, 0)
+        try:
+            _unlink_quietly(path)
+            head = os.pread(fd, _BLOB_HEAD.size, 0)
+            if (len(head) != _BLOB_HEAD.size or _BLOB_HEAD.unpack(head) != (_BLOB_MAGIC, total)
+                    or os.fstat(fd).st_size != _BLOB_HEAD.size + total):
+                raise OSError(errno.EBADMSG, "corrupted message segment", path)
+            buf = _new_bytearray(total)
+            view = memoryview(buf)
+            done = 0
+            while done < total:
+                got = os.preadv(fd, [view[done:]], _BLOB_HEAD.size + done)
+                if got <= 0:
+                    raise OSError(errno.EBADMSG, "truncated message segment", path)
+                done += got
+        finally:
+            os.close(fd)
+        return self._decode(buf, total, kind, True)
+
+    def get(self, block: bool = True, timeout: Optional[float] = None) -> Any:
+        """Take the next object. ``queue.Empty`` (also a TimeoutError) if none comes before
+        the timeout (``block=False``: at once)."""
+        if self._closed:
+            raise self._closed_error()
+        t = -1.0 if timeout is None and block else _timeout(block, timeout)
+        start = _monotonic() if t > 0 else None
+        stages = self._stages
+        stage = stages.pop() if stages else self._ops.new_stage()
+        try:
+            rc = self._get_staged(stage[0], STAGE, t)
+            if rc >= 0:
+                if rc >> 32 == KIND_PICKLE:  # the hot path: a small object, staged
+                    return _loads(stage[1][: rc & _LEN])
+                return self._decode(stage[1], rc & _LEN, rc >> 32, False)
+            buf, rc, fresh = self._take_slow(rc, t, start, stage)
+            return self._decode(buf, rc & _LEN, rc >> 32, fresh)
+        finally:
+            stages.append(stage)
+
+    def _take_slow(self, rc: int, t: float, start: Optional[float],
+                   stage: tuple[Any, memoryview]) -> tuple[Any, int, bool]:
+        """After a first get that did not return a message in the staging buffer: a message
+        larger than it goes into a new bytearray; EINTR retries, errors raise (timeout:
+        queue.Empty). Returns (buffer, kind << 32 | length, fresh)."""
+        ops = self._ops
+        dest: Any = None
+
+        def again(left: float) -> int:
+            nonlocal dest
+            rc = self._get_staged(stage[0], STAGE, left) if dest is None else ops.get(dest, left)
+            while rc == NEED:  # it did not fit: make room (another consumer may take it)
+                dest = _new_bytearray(ops.last()[0])
+                rc = ops.get(dest, left)
+            return rc
+
+        deadline = Deadline(t, start)
+        if rc == NEED:
+            rc = again(deadline.left())
+        try:
+            rc = _core.retry(rc, again, deadline, self._name)
+        except TimeoutError:
+            raise Empty(errno.ETIMEDOUT, "the queue is empty") from None
+        except OSError:
+            self._check_open()  # closed by another thread during the call: ValueError
+            raise
+        return (stage[1], rc, False) if dest is None else (dest, rc, True)
+
+    def get_nowait(self) -> Any:
+        """``get(block=False)``."""
+        return self.get(False)
+
+    def get_bytes(self, timeout: Optional[float] = None) -> bytes:
+        """Take the next message as bytes (one put with ``put_bytes``, or an object that is
+        a bytes-like object; anything else raises TypeError, the message is consumed)."""
+        if self._closed:
+            raise self._closed_error()
+        t = -1.0 if timeout is None else check_timeout(timeout)
+        start = _monotonic() if t > 0 else None
+        stages = self._stages
+        stage = stages.pop() if stages else self._ops.new_stage()
+        try:
+            rc = self._get_staged(stage[0], STAGE, t)
+            if rc >= 0 and rc >> 32 == KIND_BYTES:
+                return bytes(stage[1][: rc & _LEN])
+            buf, rc, fresh = ((stage[1], rc, False) if rc >= 0
+                              else self._take_slow(rc, t, start, stage))
+            obj = self._decode(buf, rc & _LEN, rc >> 32, fresh)
+        finally:
+            stages.append(stage)
+        if isinstance(obj, bytes):
+            return obj
+        try:
+            return bytes(byte_view(obj))
+        except TypeError:
+            raise TypeError(f"the message is a {type(obj).__name__}, not bytes") from None
+
+    @uses_handle
+    def get_many(self, max_messages: int = 1024, timeout: Optional[float] = None) -> list[Any]:
+        """Take up to ``max_messages`` objects at once (at least one: waits for the first
+        until the timeout, then ``queue.Empty``), with one pass of the consumers' lock."""
+        max_messages = check_int(max_messages, "max_messages", 1, 1 << 20)
+        t = check_timeout(timeout)
+        start = _monotonic() if t > 0 else None
+        ops = self._ops
+        outs = self._outs
+        out = outs.pop() if outs else bytearray(max(STAGE, min(1 << 20, self._capacity // 2)))
+        try:
+            n, lens, kinds = ops.get_many(out, max_messages, t)
+            if n <= 0:  # waiting was cut short, or the first message is large: take it alone
+                return [self.get(True, None if t < 0 else Deadline(t, start).left())]
+            view = memoryview(out)
+            result: list[Any] = []
+            add = result.append
+            pos = 0
+            for length, kind in zip(lens, kinds):
+                end = pos + length
+                add(_loads(view[pos:end]) if kind == KIND_PICKLE
+                    else self._decode(view[pos:end], length, kind, False))
+                pos = end
+            return result
+        finally:
+            outs.append(out)
+
+    # ---------------------------------------------------------------- state
+    @uses_handle
+    def qsize(self) -> int:
+        """Messages queued now (a snapshot: others may change it at once)."""
+        return self._ops.count()
+
+    def empty(self) -> bool:
+        return self.qsize() == 0
+
+    @uses_handle
+    def full(self) -> bool:
+        """True when ``maxsize`` messages are queued (the ring's bytes are not counted)."""
+        maxsize = self._maxsize_now()
+        return bool(maxsize) and self._ops.count() >= maxsize
+
+    def join_thread(self) -> None:
+        """No-op: there is no feeder thread (each put is done when it returns)."""
+
+    def cancel_join_thread(self) -> None:
+        """No-op: there is no feeder thread."""
+
+
+def _write_all(fd: int, views: list[memoryview]) -> None:
+    pos = 0
+    for view in views:
+        while len(view):
+            n = os.pwrite(fd, view, pos)
+            view = view[n:]
+            pos += n
+
+
+class NamedQueue(Queue):
+    """``shm.Queue(name, create=False, capacity=..., max_message_size=..., mode=0o600)``:
+    attach to the queue ``name`` (FileNotFoundError if absent), or create it exclusively with
+    ``create=True`` (FileExistsError if present; this object then owns and removes it)."""
+
+    def __init__(self, name: str, create: bool = False, capacity: int = DEFAULT_CAPACITY,
+                 max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE, mode: int = 0o600, *,
+                 maxsize: int = 0, spin: Optional[float] = None,
+                 backend: Optional[str] = None) -> None:
+        if not isinstance(create, bool):
+            raise TypeError(f"create must be a bool, not {type(create).__name__}")
+        super().__init__(maxsize, name=name, create=create, capacity=capacity,
+                         max_message_size=max_message_size, mode=mode, spin=spin,
+                         backend=backend)
+
+
+def _attach(name: str, max_message: int, spin: float, backend: str) -> Queue:
+    """Unpickling: attach to the queue by name (FileNotFoundError once its owner removed it)."""
+    return Queue(name=name, create=False, max_message_size=max_message, spin=spin,
+                 backend=backend)
+
+
+# ---------------------------------------------------------------- fastipc ls / rm
+
+
+@dataclass
+class QueueInfo:
+    kind: str  # "queue", or "queue-blob" for a large message's own segment
+    name: str
+    size: int
+    owner: int  # the creator's pid (display only)
+    alive: bool  # the owner runs (queue), the queue still exists (blob)
+    detail: str
+
+
+def describe(path: str) -> Optional[QueueInfo]:
+    """What ``fastipc ls`` shows of ``path``: None if it is not a queue or a queue's
+    message segment. ``alive`` is the owner's OFD lock (robust to pid reuse and pid
+    namespaces), not a pid probe."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        head = os.pread(fd, L.HEADER, 0)
+        name = os.path.basename(path)
+        if head[:8] == _BLOB_MAGIC:
+            parent = path.rsplit(".", 1)[0]
+            return QueueInfo("queue-blob", name, st.st_size, 0, os.path.exists(parent),
+                             "a large message in transit")
+        if len(head) < L.HEADER:
+            return None
+        magic, version, capacity, _max, maxsize, owner = struct.unpack_from("<IIQQQi", head)
+        if magic != L.MAGIC or version != L.VERSION or capacity != st.st_size - L.HEADER:
+            return None
+        tail = struct.unpack_from("<Q", head, L.OFF_TAIL)[0]
+        head_w = struct.unpack_from("<Q", head, L.OFF_HEAD)[0]
+        count = (tail - head_w) & 0xFFFFFFFF
+        try:
+            alive = _owner_alive(fd)
+        except OSError:
+            alive = False
+        limit = f", maxsize {maxsize}" if maxsize else ""
+        return QueueInfo("queue", name, st.st_size, owner, alive,
+                         f"{count} messages{limit}")
+    except OSError:
+        return None
+    finally:
+        os.close(fd)

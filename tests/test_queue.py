@@ -1,0 +1,661 @@
+"""fastipc.queue: the multiprocessing.Queue surface on both backends, across processes and
+backends, numpy buffers out of band, messages larger than the ring, life cycle, liveness."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import pickle
+import queue as stdqueue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+
+from conftest import PREFIX, SHM_DIR
+from fastipc import _core
+from fastipc import queue as fq
+from fastipc._backend import queue as layout
+from fastipc.queue import Empty, Full, NamedQueue, Queue, describe
+from helpers import run_python, start_python
+
+SMALL = 1 << 16  # a small ring: wraps and fills quickly
+
+
+@pytest.fixture(autouse=True)
+def anonymous_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Anonymous queues made by tests carry the prefix the leak check looks at."""
+    monkeypatch.setattr(fq, "ANONYMOUS_PREFIX", PREFIX + "anon-")
+
+
+@pytest.fixture
+def q(backend: str) -> Iterator[Queue]:
+    with Queue(capacity=SMALL, backend=backend) as queue:
+        yield queue
+
+
+# ---------------------------------------------------------------- layout
+
+
+def test_layout_matches_the_c_header() -> None:
+    _, lib = _core.native()
+    for key, value in layout.LAYOUT.items():
+        assert getattr(lib, f"FIPC_Q_{key}") == value, key
+
+
+# ---------------------------------------------------------------- the drop-in surface
+
+
+def test_put_get_objects_in_order(q: Queue) -> None:
+    items: list[Any] = [(1, "x" * 32, 2.5), None, {"a": [1, 2]}, b"raw", "text", 3 ** 80]
+    for item in items:
+        q.put(item)
+    assert q.qsize() == len(items)
+    assert not q.empty()
+    assert [q.get(timeout=1) for _ in items] == items
+    assert q.empty()
+
+
+def test_empty_and_full_are_the_stdlib_exceptions(backend: str) -> None:
+    with Queue(2, capacity=SMALL, backend=backend) as q:
+        with pytest.raises(stdqueue.Empty):
+            q.get_nowait()
+        with pytest.raises(stdqueue.Empty):
+            q.get(block=False)
+        q.put_nowait(1)
+        q.put(2, timeout=0.01)
+        assert q.full()
+        with pytest.raises(stdqueue.Full):
+            q.put_nowait(3)
+        t0 = time.monotonic()
+        with pytest.raises(Full) as info:
+            q.put(3, timeout=0.1)
+        assert time.monotonic() - t0 >= 0.09
+        assert isinstance(info.value, TimeoutError)
+        assert q.get() == 1 and q.get() == 2
+        t0 = time.monotonic()
+        with pytest.raises(Empty):
+            q.get(timeout=0.1)
+        assert time.monotonic() - t0 >= 0.09
+        q.join_thread()
+        q.cancel_join_thread()
+
+
+def test_ring_full_by_bytes_blocks_then_times_out(q: Queue) -> None:
+    n = 0
+    with pytest.raises(Full):
+        while True:
+            q.put_bytes(b"x" * 1000, timeout=0.05)
+            n += 1
+    assert 50 <= n <= 66
+    assert q.get_bytes() == b"x" * 1000
+    q.put_bytes(b"y" * 1000, timeout=0)  # room again
+
+
+def test_bad_arguments(q: Queue, backend: str) -> None:
+    with pytest.raises(ValueError):
+        q.put(1, timeout=-1)
+    with pytest.raises(ValueError):
+        q.get(timeout=-0.5)
+    with pytest.raises(TypeError):
+        q.get(timeout="1")  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        q.put_bytes("text")
+    with pytest.raises(ValueError):
+        q.get_many(0)
+    with pytest.raises(ValueError):
+        Queue(capacity=5000, backend=backend)
+    with pytest.raises(ValueError):
+        Queue(capacity=1024, backend=backend)
+    with pytest.raises(TypeError):
+        Queue("3", backend=backend)  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        Queue(name="a/b", backend=backend)
+    with pytest.raises(ValueError):
+        Queue(name="x" * 250, create=True, backend=backend)
+
+
+def test_unpicklable_object_leaves_the_queue_intact(q: Queue) -> None:
+    q.put(1)
+    with pytest.raises((pickle.PicklingError, TypeError, AttributeError)):
+        q.put(lambda: 0)
+    with pytest.raises(TypeError):
+        q.put(threading.Lock())
+    q.put(2)
+    assert q.qsize() == 2
+    assert q.get() == 1 and q.get() == 2
+
+
+def test_message_over_max_message_size(backend: str) -> None:
+    with Queue(capacity=SMALL, max_message_size=1000, backend=backend) as q:
+        with pytest.raises(ValueError):
+            q.put(b"x" * 2000)
+        with pytest.raises(ValueError):
+            q.put_bytes(b"x" * 1001)
+        with pytest.raises(ValueError):
+            q.put(np.zeros(200))
+        with pytest.raises(ValueError):
+            q.put_many([1, b"x" * 2000])
+        q.put_bytes(b"x" * 1000)
+        assert q.qsize() == 2  # the 1 of put_many went before the large one
+        assert q.get() == 1 and q.get_bytes() == b"x" * 1000
+
+
+def test_closed_queue_raises_value_error(backend: str) -> None:
+    q = Queue(capacity=SMALL, backend=backend)
+    q.close()
+    q.close()
+    assert q.closed
+    for call in (lambda: q.put(1), q.get, lambda: q.put_bytes(b""), q.get_bytes, q.qsize,
+                 q.empty, q.full, q.get_nowait, lambda: q.put_many([1]), q.get_many,
+                 lambda: pickle.dumps(q)):
+        with pytest.raises(ValueError):
+            call()
+
+
+def test_put_bytes_get_bytes_and_mixing(q: Queue) -> None:
+    q.put_bytes(b"abc")
+    q.put_bytes(bytearray(b"def"))
+    q.put_bytes(memoryview(b"xghi")[1:])
+    q.put_bytes(b"")
+    q.put(b"pickled")
+    q.put([1])
+    assert q.get_bytes() == b"abc"
+    assert q.get() == b"def"  # raw bytes come back as bytes from get() too
+    assert q.get_bytes() == b"ghi"
+    assert q.get_bytes() == b""
+    assert q.get_bytes() == b"pickled"
+    with pytest.raises(TypeError):
+        q.get_bytes()
+    assert q.empty()
+
+
+def test_put_many_get_many(q: Queue) -> None:
+    items = [(i, "s" * 32, float(i)) for i in range(3000)]  # more than the ring holds
+    got: list[Any] = []
+
+    def consume() -> None:
+        while len(got) < len(items):
+            got.extend(q.get_many(64, timeout=5))
+
+    t = threading.Thread(target=consume)
+    t.start()
+    q.put_many(items, timeout=5)
+    t.join(10)
+    assert got == items
+    with pytest.raises(Empty):
+        q.get_many(timeout=0)
+
+
+def test_put_many_timeout_says_how_many_went(backend: str) -> None:
+    with Queue(5, capacity=SMALL, backend=backend) as q:
+        with pytest.raises(Full) as info:
+            q.put_many(range(10), timeout=0.05)
+        assert info.value.messages_put == 5  # type: ignore[attr-defined]
+        assert q.get_many() == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("dtype", ["float64", "int8", "uint16", "complex64", "bool"])
+def test_numpy_arrays_out_of_band(q: Queue, dtype: str) -> None:
+    arrays = [
+        np.arange(24).astype(dtype).reshape(2, 3, 4),
+        np.asfortranarray(np.arange(12).astype(dtype).reshape(3, 4)),
+        np.arange(40).astype(dtype).reshape(5, 8)[::2, 1::3],  # not contiguous
+        np.zeros((0, 3), dtype=dtype),
+        np.array(7, dtype=dtype),
+    ]
+    q.put({"arrays": arrays, "tag": "t"})
+    got = q.get(timeout=1)
+    assert got["tag"] == "t"
+    for a, b in zip(arrays, got["arrays"]):
+        assert b.dtype == a.dtype and b.shape == a.shape
+        np.testing.assert_array_equal(a, b)
+    assert got["arrays"][0].flags.writeable
+
+
+def test_buffers_are_copied_once_not_pickled(q: Queue) -> None:
+    a = np.random.default_rng(1).random(4000)  # 32 KB: stays in the ring
+    q.put([a, bytearray(b"z" * 5000), pickle.PickleBuffer(b"pb" * 100)])
+    # the frame holds the pickle and, out of band, the array and the PickleBuffer
+    b, ba, pb = q.get(timeout=1)
+    np.testing.assert_array_equal(a, b)
+    assert bytes(ba) == b"z" * 5000
+    assert bytes(pb) == b"pb" * 100
+    # memoryviews (which pickle refuses) travel out of band too, format and shape kept
+    grid: Any = np.arange(12, dtype=np.int32).reshape(3, 4)
+    q.put({"v": memoryview(grid), "strided": memoryview(grid[:, ::2]), "b": memoryview(b"ab")})
+    got = q.get(timeout=1)
+    assert got["v"].format == "i" and got["v"].tolist() == grid.tolist()
+    assert got["strided"].tolist() == grid[:, ::2].tolist()
+    assert got["b"].tobytes() == b"ab"
+    assert q.empty()
+
+
+def test_messages_larger_than_the_ring(q: Queue, backend: str) -> None:
+    big = np.random.default_rng(2).random(100_000)  # 800 KB through a 64 KiB ring
+    raw = os.urandom(300_000)
+    q.put({"big": big})
+    q.put_bytes(raw)
+    q.put("small")
+    q.put(raw)
+    got = q.get(timeout=5)
+    np.testing.assert_array_equal(got["big"], big)
+    assert q.get_bytes(timeout=5) == raw
+    assert q.get(timeout=5) == "small"
+    assert q.get_many(timeout=5) == [raw]
+    leftovers = [p for p in os.listdir(SHM_DIR) if p.startswith(q.name + ".")]
+    assert leftovers == []
+
+
+def test_large_message_put_that_times_out_leaves_nothing(backend: str) -> None:
+    with Queue(1, capacity=SMALL, backend=backend) as q:
+        q.put(0)
+        with pytest.raises(Full):
+            q.put(b"x" * 100_000, timeout=0.05)
+        assert [p for p in os.listdir(SHM_DIR) if p.startswith(q.name + ".")] == []
+        assert q.get() == 0 and q.empty()
+
+
+def test_get_into_a_staging_buffer_does_not_alias(q: Queue) -> None:
+    q.put(np.arange(10))
+    q.put(np.arange(10, 20))
+    a = q.get()
+    b = q.get()
+    assert list(a) == list(range(10)) and list(b) == list(range(10, 20))
+
+
+# ---------------------------------------------------------------- life cycle
+
+
+def test_anonymous_queue_is_removed_on_close_and_named_queue_attaches(backend: str,
+                                                                     name: str) -> None:
+    q = Queue(capacity=SMALL, backend=backend)
+    path = f"{SHM_DIR}/{q.name}"
+    assert q.name.startswith(PREFIX) and os.path.exists(path)
+    q.close()
+    assert not os.path.exists(path)
+    with pytest.raises(FileNotFoundError):
+        NamedQueue(name, backend=backend)
+    with NamedQueue(name, create=True, capacity=SMALL, maxsize=3, backend=backend) as owner:
+        with pytest.raises(FileExistsError):
+            NamedQueue(name, create=True, backend=backend)
+        with NamedQueue(name, backend=backend) as other:
+            assert other.maxsize == 3
+            other.put("hi")
+            assert owner.get() == "hi"
+    assert not os.path.exists(f"{SHM_DIR}/{name}")
+
+
+def test_not_a_queue(backend: str, name: str) -> None:
+    with open(f"{SHM_DIR}/{name}", "wb") as f:
+        f.write(b"\0" * (layout.HEADER + SMALL))
+    try:
+        with pytest.raises(OSError):
+            NamedQueue(name, backend=backend)
+        assert describe(f"{SHM_DIR}/{name}") is None
+    finally:
+        os.unlink(f"{SHM_DIR}/{name}")
+
+
+def test_unlink_then_attached_keep_working(q: Queue, backend: str) -> None:
+    other = pickle.loads(pickle.dumps(q))
+    q.unlink()
+    with pytest.raises(FileNotFoundError):
+        pickle.loads(pickle.dumps(q))
+    other.put(1)
+    assert q.get() == 1
+    other.close()
+
+
+@pytest.mark.parametrize("op", ["get", "put", "get_many"])
+def test_close_from_another_thread_wakes_a_blocked_call(backend: str, op: str) -> None:
+    q = Queue(1, capacity=SMALL, backend=backend)
+    if op == "put":
+        q.put(0)
+    errors: list[BaseException] = []
+
+    def blocked() -> None:
+        try:
+            if op == "put":
+                q.put(1)
+            else:
+                getattr(q, op)()
+        except BaseException as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=blocked)
+    t.start()
+    time.sleep(0.2)
+    t0 = time.monotonic()
+    q.close()
+    t.join(2)
+    assert not t.is_alive()
+    assert time.monotonic() - t0 < 1
+    assert len(errors) == 1 and isinstance(errors[0], ValueError)
+
+
+def test_signal_handler_raising_into_a_blocked_get(q: Queue) -> None:
+    class Interrupt(Exception):
+        pass
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Interrupt
+
+    old = signal.signal(signal.SIGALRM, handler)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.1)
+        with pytest.raises(Interrupt):
+            q.get(timeout=5)
+        seen: list[int] = []
+        signal.signal(signal.SIGALRM, lambda s, f: seen.append(s))
+        signal.setitimer(signal.ITIMER_REAL, 0.05)
+        with pytest.raises(Empty):
+            q.get(timeout=0.3)  # the handler ran, the wait went on to its timeout
+        assert seen
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    q.put("still usable")
+    assert q.get() == "still usable"
+
+
+def test_describe_and_owner_liveness(backend: str, name: str) -> None:
+    # the owner is a child that dies with SIGKILL: its lock goes with it (no pid probe)
+    code = f"""
+        import os, sys, time
+        sys.path.insert(0, {os.path.abspath("src")!r})
+        from fastipc.queue import NamedQueue
+        q = NamedQueue({name!r}, create=True, capacity={SMALL}, backend={backend!r})
+        q.put(1); q.put(2)
+        print("ready", flush=True)
+        time.sleep(60)
+    """
+    proc = start_python(code)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
+        info = describe(f"{SHM_DIR}/{name}")
+        assert info is not None
+        assert (info.kind, info.name, info.owner, info.alive) == ("queue", name, proc.pid, True)
+        assert info.detail.startswith("2 messages")
+        # a process of our own forked after attaching does not keep the owner alive
+        with NamedQueue(name, backend=backend) as q:
+            proc.kill()
+            proc.wait()
+            info = describe(f"{SHM_DIR}/{name}")
+            assert info is not None and not info.alive
+            assert q.get() == 1  # attached participants keep working
+    finally:
+        proc.kill()
+        proc.wait()
+        if proc.stdout:
+            proc.stdout.close()
+        if proc.stderr:
+            proc.stderr.close()
+        os.unlink(f"{SHM_DIR}/{name}")
+
+
+def _fork_child_exits(q: Queue, conn: Any) -> None:
+    conn.send(q.get(timeout=5))
+    q.put("from child")
+
+
+def test_fork_child_neither_keeps_the_owner_alive_nor_removes_the_queue(backend: str) -> None:
+    q = Queue(capacity=SMALL, backend=backend)
+    path = f"{SHM_DIR}/{q.name}"
+    parent, child = mp.get_context("fork").Pipe()
+    p = mp.get_context("fork").Process(target=_fork_child_exits, args=(q, child))
+    p.start()
+    q.put("to child")
+    assert parent.recv() == "to child"
+    p.join(5)
+    assert q.get(timeout=5) == "from child"
+    # a plain fork whose child exits normally (atexit runs) leaves the queue in place, and
+    # the child holds no owner lock
+    pid = os.fork()
+    if pid == 0:
+        code = 0 if describe(path) is not None else 1
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 0
+    assert os.path.exists(path)
+    info = describe(path)
+    assert info is not None and info.alive
+    parent.close()
+    child.close()
+    q.close()
+    assert not os.path.exists(path)
+
+
+def test_normal_exit_removes_an_anonymous_queue() -> None:
+    code = f"""
+        import sys
+        sys.path.insert(0, {os.path.abspath("src")!r})
+        from fastipc import queue
+        queue.ANONYMOUS_PREFIX = {PREFIX + "exit-"!r}
+        q = queue.Queue(capacity={SMALL})
+        q.put(1)
+        print(q.name)
+    """
+    res = run_python(code)
+    assert res.returncode == 0, res.stderr
+    assert not os.path.exists(f"{SHM_DIR}/{res.stdout.strip()}")
+
+
+def test_owner_killed_leaves_a_stale_queue() -> None:
+    code = f"""
+        import os, signal, sys
+        sys.path.insert(0, {os.path.abspath("src")!r})
+        from fastipc import queue
+        queue.ANONYMOUS_PREFIX = {PREFIX + "crash-"!r}
+        q = queue.Queue(capacity={SMALL})
+        print(q.name, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+    """
+    res = run_python(code)
+    path = f"{SHM_DIR}/{res.stdout.strip()}"
+    try:
+        info = describe(path)
+        assert info is not None and info.alive is False and info.kind == "queue"
+    finally:
+        os.unlink(path)
+
+
+# ---------------------------------------------------------------- across processes
+
+
+def _producer(q: Queue, first: int, count: int) -> None:
+    for i in range(first, first + count):
+        if i % 7 == 0:
+            q.put(np.full(i % 50 + 1, i, dtype=np.int64))
+        elif i % 5 == 0:
+            q.put_many([(i, "x" * (i % 300))])
+        else:
+            q.put((i, "x" * (i % 300)))
+
+
+def _consumer(q: Queue, conn: Any) -> None:
+    got: list[int] = []
+    while True:
+        batch = q.get_many(16, timeout=20) if len(got) % 2 else [q.get(timeout=20)]
+        stop = False
+        for item in batch:
+            if item is None:
+                if stop:
+                    q.put(None)  # another consumer's sentinel
+                stop = True
+            elif isinstance(item, np.ndarray):
+                assert (item == item[0]).all() and len(item) == item[0] % 50 + 1
+                got.append(int(item[0]))
+            else:
+                assert item[1] == "x" * (item[0] % 300)
+                got.append(item[0])
+        if stop:
+            conn.send(got)
+            return
+
+
+def _many_to_many(producer_q: Queue, consumer_q: Queue) -> None:
+    ctx = mp.get_context("fork")
+    per = 400
+    producers = [ctx.Process(target=_producer, args=(producer_q, p * per, per))
+                 for p in range(4)]
+    pipes = [ctx.Pipe() for _ in range(3)]
+    consumers = [ctx.Process(target=_consumer, args=(consumer_q, c)) for _, c in pipes]
+    for proc in producers + consumers:
+        proc.start()
+    for proc in producers:
+        proc.join(60)
+        assert proc.exitcode == 0
+    for _ in consumers:
+        producer_q.put(None)
+    results = [r.recv() for r, _ in pipes]
+    for proc in consumers:
+        proc.join(30)
+        assert proc.exitcode == 0
+    for r, c in pipes:
+        r.close()
+        c.close()
+    everything = sorted(i for got in results for i in got)
+    assert everything == list(range(4 * per))  # each item exactly once
+
+
+def test_four_producers_three_consumers_exactly_once(backend: str) -> None:
+    with Queue(capacity=SMALL, backend=backend) as q:
+        _many_to_many(q, q)
+
+
+def test_cross_backend(cross: tuple[str, str], name: str) -> None:
+    sender, receiver = cross
+    with NamedQueue(name, create=True, capacity=SMALL, backend=sender) as a, \
+            NamedQueue(name, backend=receiver) as b:
+        _many_to_many(a, b)
+
+
+_START_METHOD = """
+import multiprocessing as mp, os, sys
+import numpy as np
+from fastipc import queue
+
+def child(q, conn):
+    item = q.get(timeout=10)
+    q.put(("echo", item, os.getpid()))
+    conn.send("done")
+
+if __name__ == "__main__":
+    method, backend, prefix = sys.argv[1:]
+    queue.ANONYMOUS_PREFIX = prefix
+    ctx = mp.get_context(method)
+    with queue.Queue(capacity=1 << 16, backend=backend) as q:
+        parent, end = ctx.Pipe()
+        proc = ctx.Process(target=child, args=(q, end))
+        proc.start()
+        q.put(np.arange(5))
+        assert parent.recv() == "done"
+        tag, item, pid = q.get(timeout=10)
+        assert tag == "echo" and list(item) == [0, 1, 2, 3, 4] and pid == proc.pid
+        proc.join(10)
+        assert proc.exitcode == 0
+        print("ok", q.name)
+"""
+
+
+@pytest.mark.parametrize("method", ["spawn", "forkserver", "fork"])
+def test_start_methods(method: str, backend: str, tmp_path: Any) -> None:
+    """A Queue passes to multiprocessing.Process (pickled by name under spawn and
+    forkserver, inherited under fork); run in a fresh interpreter, which the start methods
+    need to import the child's function from."""
+    script = tmp_path / "start_method.py"
+    script.write_text(_START_METHOD)
+    env = dict(os.environ, PYTHONPATH=os.path.abspath("src"))
+    res = subprocess.run([sys.executable, str(script), method, backend, PREFIX + "sm-"],
+                         capture_output=True, text=True, timeout=120, env=env)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith("ok ")
+    assert not os.path.exists(f"{SHM_DIR}/{res.stdout.split()[1]}")
+
+
+def test_threads_share_one_handle(q: Queue) -> None:
+    """Several threads put and get on one handle at once: each item once, intact (every
+    concurrent get has its own staging buffer)."""
+    count, threads = 3000, 4
+    got: list[list[Any]] = [[] for _ in range(threads)]
+
+    def produce(k: int) -> None:
+        for i in range(k, count, threads):
+            q.put((i, str(i) * (i % 40)))
+
+    def consume(k: int) -> None:
+        while True:
+            items = q.get_many(8, timeout=10) if k % 2 else [q.get(timeout=10)]
+            if None in items:  # after the drain: sentinels only, one is ours
+                for _ in range(items.count(None) - 1):
+                    q.put(None)
+                return
+            got[k].extend(items)
+
+    workers = [threading.Thread(target=produce, args=(k,)) for k in range(threads)]
+    workers += [threading.Thread(target=consume, args=(k,)) for k in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers[:threads]:
+        w.join(30)
+    while q.qsize():
+        time.sleep(0.01)
+    for _ in range(threads):
+        q.put(None)
+    for w in workers[threads:]:
+        w.join(30)
+    items = sorted(i for g in got for i in g)
+    assert items == [(i, str(i) * (i % 40)) for i in range(count)]
+
+
+@pytest.mark.parametrize("corruption", ["length", "kind", "tail", "count", "oob"])
+def test_corrupted_segment_raises_not_crashes(backend: str, name: str,
+                                             corruption: str) -> None:
+    """Lengths and words read from shared memory are checked: a corrupted queue raises
+    OSError (EBADMSG) in get; the attack runs in a child, so a crash fails the test."""
+    code = f"""
+        import errno, struct, sys
+        import numpy as np
+        sys.path.insert(0, {os.path.abspath("src")!r})
+        from fastipc._backend import queue as L
+        from fastipc.queue import NamedQueue
+        q = NamedQueue({name!r}, create=True, capacity={SMALL}, backend={backend!r})
+        q.put_bytes(b"x" * 100)
+        q.put([1, 2, 3])
+        mm, data = q._mm, L.HEADER
+        c = {corruption!r}
+        if c == "length":
+            struct.pack_into("<I", mm, data, 0xFFFFFF00)
+        elif c == "kind":
+            struct.pack_into("<I", mm, data + 4, 0)
+        elif c == "tail":
+            struct.pack_into("<Q", mm, L.OFF_TAIL, (1 << 63) | 7)
+        elif c == "count":
+            tail = struct.unpack_from("<Q", mm, L.OFF_TAIL)[0]
+            struct.pack_into("<Q", mm, L.OFF_TAIL, tail + 1000)
+        elif c == "oob":  # a valid frame whose out-of-band header lies
+            q.get_bytes()
+            q.get()
+            q.put(np.zeros(8))  # numpy arrays travel out of band
+            at = (struct.unpack_from("<Q", mm, L.OFF_HEAD)[0] >> 32) * 8 % {SMALL}
+            struct.pack_into("<I", mm, data + at, struct.unpack_from("<I", mm, data + at)[0])
+            struct.pack_into("<Q", mm, data + at + 8 + 8 + 8, 1 << 40)
+        try:
+            q.get_many(timeout=0)
+        except OSError as exc:
+            print("raised", exc.errno == errno.EBADMSG)
+        else:
+            print("no error")
+        q.close()
+    """
+    res = run_python(code)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "raised True"
