@@ -46,6 +46,7 @@ __all__ = [
     "DEFAULT_CAPACITY",
     "DEFAULT_MAX_MESSAGE_SIZE",
     "Publisher",
+    "Queue",
     "Reader",
     "SharedMemory",
     "Subscriber",
@@ -746,6 +747,7 @@ class Reader(_End):
                 pass
 
 
-# Fan-out (one writer, many readers) lives in its own module; its classes belong to this
-# namespace too (GUIDE §3b).
+# Fan-out (one writer, many readers) and the many-worker queue live in modules of their own;
+# their classes belong to this namespace too (GUIDE §3b).
 from fastipc.pubsub import Publisher, Subscriber  # noqa: E402
+from fastipc.queue import NamedQueue as Queue  # noqa: E402

@@ -145,9 +145,20 @@ def describe_publisher(path: str) -> Optional[SegmentInfo]:
     return SegmentInfo(info.kind, info.name, info.size, info.owner, info.alive, info.detail)
 
 
+def describe_queue(path: str) -> Optional[SegmentInfo]:
+    """A fastipc.Queue (or one large message of it): alive while its owner holds its lock."""
+    from fastipc import queue
+
+    info = queue.describe(path)
+    if info is None:
+        return None
+    return SegmentInfo(info.kind, info.name, info.size, info.owner, info.alive, info.detail)
+
+
 register_describer(describe_channel)
 register_describer(describe_temporary)
 register_describer(describe_publisher)
+register_describer(describe_queue)
 
 
 def _owned(directory: str) -> Iterator[tuple[str, str, os.stat_result]]:

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from functools import partial
 from typing import Any, Callable, Optional
 
-from fastipc.bench import Case, Missing, cores, optional, run_case, table
+from fastipc.bench import Case, Missing, cores, optional
 
 MiB = 1 << 20
 BATCH = 64
@@ -223,26 +223,10 @@ def cases(quick: bool) -> list[Case]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    import argparse
+    """Run these cases alone: ``python -m fastipc.bench.queue [--quick] [--match S]``."""
+    from fastipc import bench
 
-    from fastipc.bench import _add_ratios, machine
-
-    parser = argparse.ArgumentParser(prog="python -m fastipc.bench.queue")
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--trials", type=int, default=None)
-    parser.add_argument("--match", default="")
-    args = parser.parse_args(argv)
-    trials = args.trials or (3 if args.quick else 5)
-    results = []
-    for case in cases(args.quick):
-        if args.match and args.match not in f"{case.workload} {case.impl}":
-            continue
-        print(f"  queue {case.workload:18} {case.impl} ...", file=sys.stderr, flush=True)
-        results.append(run_case(case, trials))
-    _add_ratios(results)
-    print(machine())
-    print(table(results))
-    return 0
+    return bench.main(["--only", "queue", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
