@@ -65,6 +65,10 @@ def waitv(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> It
     monkeypatch.setattr(_aio, "_waiter", waiter)
     yield str(request.param)
     assert not waiter._entries  # every parked entry was removed
+    thread = waiter._thread
+    if thread is not None:  # idle, it leaves within IDLE_EXIT
+        thread.join(_aio.IDLE_EXIT + 5)
+        assert not thread.is_alive()
 
 
 @pytest.fixture(scope="session")

@@ -416,6 +416,7 @@ def _umask() -> int:
 
 def test_fifo_open_timeouts_leave_nothing_behind(backend: str, tmp_path: Path) -> None:
     fifo = pipe.FIFO(tmp_path / "f", create=True, backend=backend)
+    threads = threading.active_count()
     t0 = time.monotonic()
     with pytest.raises(TimeoutError):
         fifo.open_writer(timeout=0.1)
@@ -424,7 +425,7 @@ def test_fifo_open_timeouts_leave_nothing_behind(backend: str, tmp_path: Path) -
     with pytest.raises(TimeoutError):
         fifo.open_writer(timeout=0)
     assert time.monotonic() - t0 < 2
-    assert threading.active_count() == 1
+    assert threading.active_count() <= threads  # no thread left waiting for a peer
     fifo.unlink()
     fifo.close()
 

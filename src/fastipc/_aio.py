@@ -157,8 +157,12 @@ def _resolve(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
+IDLE_EXIT = 1.0  # seconds the helper thread stays after the last parked coroutine left
+
+
 class _Waiter:
-    """The one helper thread of the process: waits on every parked word at once."""
+    """The one helper thread of the process: waits on every parked word at once. It starts
+    with the first parked coroutine and ends once none has been parked for IDLE_EXIT s."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -218,8 +222,14 @@ class _Waiter:
                 vec[i].uaddr = e.address
                 vec[i].val = e.expected
                 vec[i].flags = _FUTEX_32
-            rc = self._waitv(vec, len(entries) + 1, -1.0)
-            if rc > 0:
+            # with nobody parked, linger a while (the next park needs no new thread), then go
+            rc = self._waitv(vec, len(entries) + 1, -1.0 if entries else IDLE_EXIT)
+            if rc == -errno.ETIMEDOUT and not entries:
+                with self._lock:
+                    if not self._entries and self._control.value == control:
+                        self._thread = None
+                        return
+            elif rc > 0:
                 self._wake(entries[rc - 1])
             elif rc in (-errno.EAGAIN, -errno.EFAULT):
                 # a word no longer held its value (the control word: the set changed), or
