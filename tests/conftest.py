@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 import os
+
+# numpy's OpenBLAS starts a worker thread at import, which blocks no signal: a signal sent to
+# the whole process (os.kill, sigqueue, an interval timer) may then go to it instead of to
+# the thread under test, which is POSIX (README, "Signals") but not what these tests are
+# about. One BLAS thread, before anything imports numpy.
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
 import uuid
 from collections.abc import Iterator
 from pathlib import Path

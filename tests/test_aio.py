@@ -8,6 +8,7 @@ import ctypes
 import mmap
 import os
 import platform
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -257,3 +258,27 @@ def test_native_waitv_reports_a_changed_word() -> None:
     assert lib.fipc_aio_waitv(ffi.cast("void *", ctypes.addressof(vec)), 1, 0.05) == -110
     assert time.monotonic() - t0 >= 0.04
     assert os.uname().release  # a kernel with futex_waitv (5.16+) is what these tests need
+
+
+def test_the_helper_thread_blocks_every_signal(waitv: str, run: Any) -> None:
+    """A process-directed signal must reach the application's threads, never the helper."""
+    mm = _shared()
+    word = Word(mm)
+
+    async def main() -> int:
+        task = asyncio.ensure_future(_aio.wait(word.attempt, word.park, word.unpark,
+                                               Deadline(5.0)))
+        while _aio._waiter._thread is None:
+            await asyncio.sleep(0.001)
+        tid = _aio._waiter._thread.native_id
+        with open(f"/proc/self/task/{tid}/status") as f:
+            blocked = next(int(line.split()[1], 16) for line in f if line.startswith("SigBlk"))
+        word.fire()
+        await task
+        return blocked
+
+    blocked = run(main())
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGALRM):
+        assert blocked & (1 << (signum - 1)), signum
+    word.close()
+    mm.close()
