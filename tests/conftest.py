@@ -3,13 +3,6 @@
 from __future__ import annotations
 
 import os
-
-# numpy's OpenBLAS starts a worker thread at import, which blocks no signal: a signal sent to
-# the whole process (os.kill, sigqueue, an interval timer) may then go to it instead of to
-# the thread under test, which is POSIX (README, "Signals") but not what these tests are
-# about. One BLAS thread, before anything imports numpy.
-for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +12,15 @@ import pytest
 from fastipc import _core
 
 BACKENDS = ["native", "pure"]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """numpy's OpenBLAS starts a worker thread at import, which blocks no signal: a signal sent
+    to the whole process (os.kill, sigqueue, an interval timer) may then go to it instead of
+    to the thread under test, which is POSIX (README, "Signals") but not what these tests are
+    about. One BLAS thread, set before the test modules (and numpy) are imported."""
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
 SHM_DIR = Path("/dev/shm")
 MQUEUE_DIR = Path("/dev/mqueue")  # listed only where the mqueue filesystem is mounted
 # Queues are also checked by name, which needs no mount: the test's `name` and the names
