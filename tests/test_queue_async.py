@@ -19,7 +19,6 @@ import test_aio
 from conftest import PREFIX, SHM_DIR
 from fastipc import queue as fq
 from fastipc.queue import Empty, Full, NamedQueue, Queue
-from helpers import start_python
 from test_shm import running
 
 loops_ready = test_aio.loops_ready
@@ -49,39 +48,43 @@ def _blobs(name: str) -> list[str]:
     return [n for n in os.listdir(SHM_DIR) if n.startswith(name + ".")]
 
 
-# the peer: puts (objects and raw bytes, alternately) or gets, blocking
-BLOCKING_PRODUCER = """
+# the peer, in another process: puts (objects and raw bytes, alternately) or gets, blocking
+_PEER = """
 import sys, time
 from fastipc.queue import Queue
 name, backend, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
 def msg(i):
     return i.to_bytes(4, "little") + bytes([i % 251]) * (5000 if i % 50 == 49 else (i * 37) % 1500)
-with Queue(name=name, backend=backend) as q:
-    print("ready", flush=True)
-    for i in range(count):
-        if i % 2:
-            q.put_bytes(msg(i), timeout=30)
-        else:
-            q.put((i, msg(i)), timeout=30)
-        if i % 97 == 0:
-            time.sleep(0.01)  # the awaiting consumer parks now and then
+q = Queue(name=name, backend=backend)
+print("ready", flush=True)
 """
 
-BLOCKING_CONSUMER = """
-import sys
-from fastipc.queue import Queue
-name, backend, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
-def msg(i):
-    return i.to_bytes(4, "little") + bytes([i % 251]) * (5000 if i % 50 == 49 else (i * 37) % 1500)
-with Queue(name=name, backend=backend) as q:
-    print("ready", flush=True)
-    for i in range(count):
-        if i % 2:
-            assert q.get_bytes(timeout=30) == msg(i), i
-        else:
-            assert q.get(timeout=30) == (i, msg(i)), i
+BLOCKING_PRODUCER = _PEER + """
+for i in range(count):
+    if i % 2:
+        q.put_bytes(msg(i), timeout=30)
+    else:
+        q.put((i, msg(i)), timeout=30)
+    if i % 97 == 0:
+        time.sleep(0.01)  # the awaiting consumer parks now and then
+q.close()
+"""
+
+BLOCKING_CONSUMER = _PEER + """
+for i in range(count):
+    if i % 2:
+        assert q.get_bytes(timeout=30) == msg(i), i
+    else:
+        assert q.get(timeout=30) == (i, msg(i)), i
+q.close()
 print("ok", flush=True)
 """
+
+
+async def _ready(proc: Any) -> None:
+    """Wait, without blocking the loop, for the peer's "ready" line."""
+    line = await asyncio.get_running_loop().run_in_executor(None, proc.stdout.readline)
+    assert line.strip() == "ready"
 
 
 def test_awaiting_consumer_blocking_producer(cross: tuple[str, str], name: str,
@@ -93,10 +96,7 @@ def test_awaiting_consumer_blocking_producer(cross: tuple[str, str], name: str,
         with NamedQueue(name, create=True, capacity=SMALL, maxsize=8,
                         backend=receiver) as q, \
                 running(BLOCKING_PRODUCER, name, sender, str(count)) as proc:
-            assert proc.stdout is not None
-            line = await asyncio.get_running_loop().run_in_executor(
-                None, proc.stdout.readline)
-            assert line.strip() == "ready"
+            await _ready(proc)
             for i in range(count):
                 if i % 2:
                     _check(i, await q.get_bytes_async(timeout=30))
@@ -119,12 +119,8 @@ def test_awaiting_producer_blocking_consumer(cross: tuple[str, str], name: str,
     async def main() -> None:
         with NamedQueue(name, create=True, capacity=SMALL, maxsize=4,
                         backend=sender) as q:
-            proc = start_python(BLOCKING_CONSUMER, name, receiver, str(count))
-            try:
-                assert proc.stdout is not None
-                line = await asyncio.get_running_loop().run_in_executor(
-                    None, proc.stdout.readline)
-                assert line.strip() == "ready"
+            with running(BLOCKING_CONSUMER, name, receiver, str(count)) as proc:
+                await _ready(proc)
                 for i in range(count):
                     if i % 2:
                         await q.put_bytes_async(bytearray(_msg(i)), timeout=30)
@@ -134,9 +130,6 @@ def test_awaiting_producer_blocking_consumer(cross: tuple[str, str], name: str,
                     None, lambda: proc.communicate(timeout=60))
                 assert proc.returncode == 0, err
                 assert out.strip() == "ok"
-            finally:
-                proc.kill()
-                proc.wait()
             assert _blobs(name) == []
 
     run(main())
