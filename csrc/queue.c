@@ -597,3 +597,27 @@ int fipc_queue_close(fipc_queue *q)
     fipc_futex_wake(A32(q, FIPC_Q_OFF_SPACE_SEQ));
     return fipc_queue_busy(q);
 }
+
+int fipc_queue_park(fipc_queue *q, int64_t room, uint64_t *seq_off, uint32_t *seq)
+{
+    int rc = enter(q);
+    if (rc < 0)
+        return rc;
+    size_t s = room < 0 ? FIPC_Q_OFF_DATA_SEQ : FIPC_Q_OFF_SPACE_SEQ;
+    atomic_exchange_explicit(A32(q, room < 0 ? FIPC_Q_OFF_GET_WAITING : FIPC_Q_OFF_PUT_WAITING),
+                             1u, memory_order_seq_cst);
+    *seq_off = s;
+    *seq = LOAD(A32(q, s), seq_cst);
+    uint64_t used, count;
+    rc = snapshot(q, &used, &count); /* after the flag: a commit before it shows here */
+    if (rc == 0) {
+        if (room < 0)
+            rc = count > 0;
+        else
+            rc = (uint64_t)room <= q->capacity &&
+                 q->capacity - used >= round8(FRAME + (uint64_t)room) &&
+                 (q->maxsize == 0 || count < q->maxsize);
+    }
+    leave(q);
+    return rc;
+}

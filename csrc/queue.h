@@ -86,6 +86,12 @@ int64_t fipc_queue_used(fipc_queue *q);
  * fipc_queue_busy() says 0. */
 int fipc_queue_close(fipc_queue *q);
 int fipc_queue_busy(fipc_queue *q);
+/* Awaiting (fastipc._aio): raise the waiting flag of a consumer (room < 0) or of a producer
+ * that needs room for a payload of `room` bytes, exactly as a blocking sleeper does, then
+ * look again: 1 = ready now, 0 = wait while the futex word at base + *seq_off holds *seq
+ * (the other side's ordinary wake-up bumps it), -EBADF (closed), FIPC_CORRUPT. The flag is
+ * shared by every sleeper of that side, so it is never lowered here: the next commit does. */
+int fipc_queue_park(fipc_queue *q, int64_t room, uint64_t *seq_off, uint32_t *seq);
 /* CDEF END */
 
 #endif

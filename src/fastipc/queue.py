@@ -39,7 +39,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from fastipc import _core
+from fastipc import _aio, _core
 from fastipc._backend import queue as L
 from fastipc._backend.queue import (
     KIND_BLOB,
@@ -295,6 +295,7 @@ class Queue(Handle):
         self._ring_max = self._capacity // 2 - L.FRAME - 8  # payloads the ring takes
         self._hot_max = min(self._ring_max, self._max_message)
         self._lock_fd = lock_fd
+        self._spin_async = _aio.Spin(min(self._spin, DEFAULT_SPIN))  # on the loop thread
         self._put_bytes = self._ops.put_fn()
         self._get_staged = self._ops.get_fn()
         # staging buffers and get_many's output buffers, one per concurrent call: a thread
@@ -415,19 +416,27 @@ class Queue(Handle):
             self._check_open()  # closed by another thread during the call: ValueError
             raise
 
-    def _put_blob(self, parts: list[Any], total: int, kind: int, t: float) -> None:
-        """A message too large for the ring: its own segment, and a reference in the ring."""
-        deadline = Deadline(t)
+    def _write_blob(self, parts: list[Any], total: int, kind: int) -> tuple[str, bytes]:
+        """A message too large for the ring, written to a segment of its own: (its path, the
+        reference to put in the ring). The caller removes the path if the put fails."""
         suffix = uuid.uuid4().hex[:16]
         path = f"{self._path}.{suffix}"
         fd = _open(path, os.O_CREAT | os.O_EXCL, self._mode)
         try:
-            try:
-                views = [byte_view(p) for p in [_BLOB_HEAD.pack(_BLOB_MAGIC, total), *parts]]
-                _write_all(fd, views)
-            finally:
-                os.close(fd)
-            ref = _BLOB_REF.pack(total, kind) + suffix.encode()
+            views = [byte_view(p) for p in [_BLOB_HEAD.pack(_BLOB_MAGIC, total), *parts]]
+            _write_all(fd, views)
+        except BaseException:
+            _unlink_quietly(path)
+            raise
+        finally:
+            os.close(fd)
+        return path, _BLOB_REF.pack(total, kind) + suffix.encode()
+
+    def _put_blob(self, parts: list[Any], total: int, kind: int, t: float) -> None:
+        """A message too large for the ring: its own segment, and a reference in the ring."""
+        deadline = Deadline(t)
+        path, ref = self._write_blob(parts, total, kind)
+        try:
             ops = self._ops
             rc = ops.put(ref, KIND_BLOB, deadline.left())
             if rc:
@@ -707,6 +716,108 @@ class Queue(Handle):
         finally:
             outs.append(out)
 
+    # ---------------------------------------------------------------- awaitables
+    # The attempt of every awaitable is the try-once blocking call (timeout 0), made on the
+    # loop thread: it alone puts or takes, so a cancelled await has put the whole message or
+    # nothing, and takes nothing. While it waits, the coroutine parks on the futex word the
+    # blocking sleepers of its side use, with their waiting flag raised (Ops.park), so the
+    # other side's ordinary wake-up resolves it (docs/queue-layout.md, "Awaiting").
+
+    async def put_async(self, obj: Any, timeout: Optional[float] = None) -> None:
+        """:meth:`put` on the running event loop (asyncio, uvloop): waits for room without
+        blocking the loop. ``queue.Full`` on timeout. Cancelled (or timed out), it has put
+        the whole message or nothing."""
+        self._check_open()
+        check_timeout(timeout)
+        parts, total, kind = self._encode(obj)
+        await self._put_async(parts, total, kind, timeout)
+
+    async def put_bytes_async(self, data: Any, timeout: Optional[float] = None) -> None:
+        """:meth:`put_bytes` on the running event loop, as :meth:`put_async`."""
+        self._check_open()
+        check_timeout(timeout)
+        view = data if type(data) is bytes else byte_view(data)
+        if len(view) > self._max_message:
+            raise ValueError(f"message of {len(view)} bytes exceeds max_message_size "
+                             f"({self._max_message})")
+        await self._put_async([view], len(view), KIND_BYTES, timeout)
+
+    async def _put_async(self, parts: list[Any], total: int, kind: int,
+                         timeout: Optional[float]) -> None:
+        path = None
+        if total > self._ring_max:  # its own segment now, the reference when there is room
+            path, ref = self._write_blob(parts, total, kind)
+            parts, total, kind = [ref], len(ref), KIND_BLOB
+
+        def attempt() -> Any:
+            try:
+                self._put_parts(parts, total, kind, 0.0)
+            except Full:
+                return _aio.NOT_READY
+            return True
+
+        try:
+            await self._awaited(attempt, total, timeout)
+        except BaseException:
+            if path is not None:
+                _unlink_quietly(path)
+            raise
+
+    async def get_async(self, timeout: Optional[float] = None) -> Any:
+        """:meth:`get` on the running event loop (asyncio, uvloop): waits for a message
+        without blocking the loop. ``queue.Empty`` on timeout. Cancelled (or timed out), it
+        has taken nothing: the message stays queued for the next consumer."""
+        return await self._get_async(self.get_nowait, timeout)
+
+    async def get_bytes_async(self, timeout: Optional[float] = None) -> bytes:
+        """:meth:`get_bytes` on the running event loop, as :meth:`get_async`."""
+        return await self._get_async(  # type: ignore[no-any-return]
+            lambda: self.get_bytes(0), timeout)
+
+    async def _get_async(self, take: Callable[[], Any], timeout: Optional[float]) -> Any:
+        self._check_open()
+        check_timeout(timeout)
+
+        def attempt() -> Any:
+            try:
+                return take()
+            except Empty:
+                return _aio.NOT_READY
+
+        return await self._awaited(attempt, -1, timeout)
+
+    async def _awaited(self, attempt: Callable[[], Any], room: int,
+                       timeout: Optional[float]) -> Any:
+        """Await ``attempt()`` (see :func:`fastipc._aio.wait`): a consumer (``room < 0``)
+        or a producer of a ``room``-byte payload. Counted busy while it awaits, so close()
+        wakes it (ValueError) and unmaps only after it has left."""
+        deadline = Deadline.of(timeout)
+        ops = self._ops
+        name = self._name
+
+        def park() -> Optional[tuple[int, int]]:
+            rc, address, expected = ops.park(room)
+            if rc == 1:
+                return None
+            _core.check(rc, name)
+            return address, expected
+
+        self._enter()
+        try:
+            return await _aio.wait(attempt, park, _unpark, deadline, spin=self._spin_async,
+                                   name=name)
+        except TimeoutError as exc:
+            if isinstance(exc, (Full, Empty)):
+                raise
+            if room < 0:
+                raise Empty(errno.ETIMEDOUT, "the queue is empty") from None
+            raise Full(errno.ETIMEDOUT, "the queue is full") from None
+        except OSError:
+            self._check_open()  # closed while it awaited: ValueError
+            raise
+        finally:
+            self._leave()
+
     # ---------------------------------------------------------------- state
     @uses_handle
     def qsize(self) -> int:
@@ -727,6 +838,11 @@ class Queue(Handle):
 
     def cancel_join_thread(self) -> None:
         """No-op: there is no feeder thread."""
+
+
+def _unpark() -> None:
+    """Nothing to undo after a park: the waiting flag is shared by every sleeper of a side
+    (a blocking one in another process too), so only the other side's commit lowers it."""
 
 
 def _write_all(fd: int, views: list[memoryview]) -> None:

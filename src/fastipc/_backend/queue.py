@@ -105,6 +105,14 @@ class QueueOps(Protocol):
     def used(self) -> int:
         """Ring bytes in use now."""
 
+    def park(self, room: int) -> tuple[int, int, int]:
+        """Before awaiting (``fastipc._aio``): raise the waiting flag of a consumer
+        (``room < 0``) or of a producer needing room for a payload of ``room`` bytes, as a
+        blocking sleeper does, and look again: ``(rc, address, expected)``, rc 1 = ready now,
+        0 = wait while the futex word at ``address`` holds ``expected``, else ``-errno``.
+        There is no unpark: the flag is shared by the side's sleepers, the next commit
+        lowers it."""
+
     def wake(self) -> None:
         """Mark this handle closed; blocked calls of it return ``-EBADF`` promptly."""
 

@@ -31,11 +31,12 @@ def format(mm: Any, size: int, max_message: int, maxsize: int, pid: int) -> int:
 
 
 class Ops:
-    __slots__ = ("_base", "_q")
+    __slots__ = ("_addr", "_base", "_q")
 
     def __init__(self, mm: Any, size: int, spin: float) -> None:
         self._base = _from_buffer(mm)
         self._q = ffi.new("fipc_queue *")
+        self._addr = int(ffi.cast("uintptr_t", self._base))
         rc = lib.fipc_queue_attach(self._q, self._base, size, spin)
         if rc < 0:
             ffi.release(self._base)
@@ -92,6 +93,12 @@ class Ops:
 
     def used(self) -> int:
         return check(int(lib.fipc_queue_used(self._q)))
+
+    def park(self, room: int) -> tuple[int, int, int]:
+        off = ffi.new("uint64_t *")
+        seq = ffi.new("uint32_t *")
+        rc = int(lib.fipc_queue_park(self._q, room, off, seq))
+        return rc, self._addr + int(off[0]), int(seq[0])
 
     def wake(self) -> None:
         lib.fipc_queue_close(self._q)

@@ -394,6 +394,27 @@ class Ops:
         used = self._snapshot()[0]
         return used if used != -errno.EBADF else check(used)
 
+    def park(self, room: int) -> tuple[int, int, int]:
+        flag, seq_off = ((L.OFF_GET_WAITING, L.OFF_DATA_SEQ) if room < 0
+                         else (L.OFF_PUT_WAITING, L.OFF_SPACE_SEQ))
+        busy = self._busy
+        busy.append(None)
+        try:
+            if self._closed:
+                return -errno.EBADF, 0, 0
+            self._w32[flag // 4] = 1
+            _fence()
+            seq = self._w32[seq_off // 4]
+        finally:
+            busy.pop()
+        used, count = self._snapshot()  # after the flag: a commit before it shows here
+        if used < 0:
+            return (-errno.EBADF if used == -errno.EBADF else FIPC_CORRUPT), 0, 0
+        ready = count > 0 if room < 0 else (
+            self._cap - used >= _round8(L.FRAME + room)
+            and (not self._maxsize or count < self._maxsize))
+        return int(ready), self._addr + seq_off, seq
+
     def wake(self) -> None:
         self._closed = True
         for off in (L.OFF_DATA_SEQ, L.OFF_SPACE_SEQ):

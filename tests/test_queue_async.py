@@ -1,0 +1,322 @@
+"""The Queue's awaitables (put_async, get_async, put_bytes_async, get_bytes_async) on asyncio
+and uvloop: data across processes with a blocking peer on one side and an awaiting one on the
+other, both ways and across backends; timeouts (queue.Full / queue.Empty); cancellation that
+loses nothing; close while awaiting; and a loop that is never blocked while waiting."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import queue as stdqueue
+import random
+import threading
+import time
+from typing import Any
+
+import pytest
+
+import test_aio
+from conftest import PREFIX, SHM_DIR
+from fastipc import queue as fq
+from fastipc.queue import Empty, Full, NamedQueue, Queue
+from test_shm import running
+
+loops_ready = test_aio.loops_ready
+run = test_aio.run
+
+SMALL = 4096  # a small ring: half of it (2 KiB) is the largest message it carries itself
+
+
+@pytest.fixture(autouse=True)
+def anonymous_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Anonymous queues made by tests carry the prefix the leak check looks at."""
+    monkeypatch.setattr(fq, "ANONYMOUS_PREFIX", PREFIX + "anon-")
+
+
+def _msg(i: int) -> bytes:
+    """Message i: its number, then a body; every 50th is larger than half the ring (it
+    travels in a segment of its own)."""
+    size = 5000 if i % 50 == 49 else (i * 37) % 1500
+    return i.to_bytes(4, "little") + bytes([i % 251]) * size
+
+
+def _check(i: int, m: Any) -> None:
+    assert isinstance(m, bytes) and m == _msg(i), f"message {i} corrupted"
+
+
+def _blobs(name: str) -> list[str]:
+    return [n for n in os.listdir(SHM_DIR) if n.startswith(name + ".")]
+
+
+# the peer, in another process: puts (objects and raw bytes, alternately) or gets, blocking
+_PEER = """
+import sys, time
+from fastipc.queue import Queue
+name, backend, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+def msg(i):
+    return i.to_bytes(4, "little") + bytes([i % 251]) * (5000 if i % 50 == 49 else (i * 37) % 1500)
+q = Queue(name=name, backend=backend)
+print("ready", flush=True)
+"""
+
+BLOCKING_PRODUCER = _PEER + """
+for i in range(count):
+    if i % 2:
+        q.put_bytes(msg(i), timeout=30)
+    else:
+        q.put((i, msg(i)), timeout=30)
+    if i % 97 == 0:
+        time.sleep(0.01)  # the awaiting consumer parks now and then
+q.close()
+"""
+
+BLOCKING_CONSUMER = _PEER + """
+for i in range(count):
+    if i % 2:
+        assert q.get_bytes(timeout=30) == msg(i), i
+    else:
+        assert q.get(timeout=30) == (i, msg(i)), i
+q.close()
+print("ok", flush=True)
+"""
+
+
+async def _ready(proc: Any) -> None:
+    """Wait, without blocking the loop, for the peer's "ready" line."""
+    line = await asyncio.get_running_loop().run_in_executor(None, proc.stdout.readline)
+    assert line.strip() == "ready"
+
+
+def test_awaiting_consumer_blocking_producer(cross: tuple[str, str], name: str,
+                                             run: Any) -> None:
+    sender, receiver = cross
+    count = 600
+
+    async def main() -> None:
+        with NamedQueue(name, create=True, capacity=SMALL, maxsize=8,
+                        backend=receiver) as q, \
+                running(BLOCKING_PRODUCER, name, sender, str(count)) as proc:
+            await _ready(proc)
+            for i in range(count):
+                if i % 2:
+                    _check(i, await q.get_bytes_async(timeout=30))
+                else:
+                    j, m = await q.get_async(timeout=30)
+                    assert j == i
+                    _check(i, m)
+            assert await asyncio.get_running_loop().run_in_executor(None, proc.wait, 30) == 0
+            assert q.qsize() == 0
+            assert _blobs(name) == []
+
+    run(main())
+
+
+def test_awaiting_producer_blocking_consumer(cross: tuple[str, str], name: str,
+                                             run: Any) -> None:
+    sender, receiver = cross
+    count = 600
+
+    async def main() -> None:
+        with NamedQueue(name, create=True, capacity=SMALL, maxsize=4,
+                        backend=sender) as q:
+            with running(BLOCKING_CONSUMER, name, receiver, str(count)) as proc:
+                await _ready(proc)
+                for i in range(count):
+                    if i % 2:
+                        await q.put_bytes_async(bytearray(_msg(i)), timeout=30)
+                    else:
+                        await q.put_async((i, _msg(i)), timeout=30)
+                out, err = await asyncio.get_running_loop().run_in_executor(
+                    None, lambda: proc.communicate(timeout=60))
+                assert proc.returncode == 0, err
+                assert out.strip() == "ok"
+            assert _blobs(name) == []
+
+    run(main())
+
+
+def test_timeouts(backend: str, run: Any) -> None:
+    async def main() -> None:
+        with Queue(2, capacity=SMALL, backend=backend) as q:
+            t0 = time.monotonic()
+            with pytest.raises(Empty) as got:
+                await q.get_async(timeout=0.2)
+            assert isinstance(got.value, stdqueue.Empty) and isinstance(got.value, TimeoutError)
+            assert 0.15 < time.monotonic() - t0 < 2
+            with pytest.raises(Empty):
+                await q.get_bytes_async(timeout=0)
+            with pytest.raises(ValueError):
+                await q.get_async(timeout=-1)
+            await q.put_async("a", timeout=0)
+            await q.put_bytes_async(b"b", timeout=0)
+            t0 = time.monotonic()
+            with pytest.raises(Full) as full:
+                await q.put_async("c", timeout=0.2)
+            assert isinstance(full.value, stdqueue.Full) and isinstance(full.value, TimeoutError)
+            assert 0.15 < time.monotonic() - t0 < 2
+            with pytest.raises(Full):
+                await q.put_bytes_async(b"d", timeout=0)
+            # a message too large for the ring that times out leaves no segment behind
+            with pytest.raises(Full):
+                await q.put_bytes_async(b"e" * 10000, timeout=0.05)
+            assert _blobs(q.name) == []
+            with pytest.raises(ValueError):
+                await q.put_async("f", timeout=-1)
+            with pytest.raises(TypeError):
+                await q.put_bytes_async("text")
+            assert await q.get_async(timeout=0) == "a"
+            assert await q.get_bytes_async(timeout=1) == b"b"
+            assert q.qsize() == 0
+
+    run(main())
+
+
+def test_get_bytes_async_of_an_object_is_a_type_error(backend: str, run: Any) -> None:
+    async def main() -> None:
+        with Queue(capacity=SMALL, backend=backend) as q:
+            await q.put_async({"x": 1})
+            with pytest.raises(TypeError):
+                await q.get_bytes_async(timeout=1)
+            await q.put_async(bytearray(b"ok"))
+            assert await q.get_bytes_async(timeout=1) == b"ok"
+
+    run(main())
+
+
+def test_cancel_and_retry_loses_nothing(cross: tuple[str, str], run: Any) -> None:
+    """1,000 rounds of a get_async cancelled at a random moment, then retried, while a thread
+    puts; and the same for put_async: every message arrives once, whole, in order."""
+    sender, receiver = cross
+    count = 1000
+    rng = random.Random(7)
+
+    async def main() -> None:
+        with Queue(8, capacity=SMALL, backend=receiver) as q, \
+                Queue(name=q.name, backend=sender) as p:
+            def produce() -> None:
+                for i in range(count):
+                    p.put_bytes(_msg(i), timeout=30)
+                    if rng.random() < 0.3:
+                        time.sleep(rng.random() * 0.0005)
+
+            t = threading.Thread(target=produce)
+            t.start()
+            got = 0
+            cancels = 0
+            while got < count:
+                task = asyncio.ensure_future(q.get_async(timeout=30))
+                done, _ = await asyncio.wait([task], timeout=rng.random() * 0.0003)
+                if not done:
+                    task.cancel()
+                    cancels += 1
+                try:
+                    m = await task
+                except asyncio.CancelledError:
+                    continue
+                _check(got, m)
+                got += 1
+            t.join(30)
+            assert cancels > 0
+            assert q.qsize() == 0
+
+            # putting: a cancelled put_async put the whole message or nothing
+            sent: list[int] = []
+            received: list[bytes] = []
+            stop = threading.Event()
+
+            def consume() -> None:
+                while not stop.is_set() or len(received) < len(sent):
+                    try:
+                        received.append(q.get_bytes(timeout=0.2))
+                    except Empty:
+                        continue
+
+            c = threading.Thread(target=consume)
+            c.start()
+            cancels = 0
+            for i in range(count):
+                task = asyncio.ensure_future(p.put_bytes_async(_msg(i), timeout=30))
+                done, _ = await asyncio.wait([task], timeout=rng.random() * 0.0003)
+                if not done:
+                    task.cancel()
+                    cancels += 1
+                try:
+                    await task
+                    sent.append(i)
+                except asyncio.CancelledError:
+                    pass
+            stop.set()
+            await asyncio.get_running_loop().run_in_executor(None, c.join, 30)
+            assert not c.is_alive()
+            assert cancels > 0
+            numbers = [int.from_bytes(m[:4], "little") for m in received]
+            for i, m in zip(numbers, received):
+                _check(i, m)
+            assert numbers == sent  # each put once, in order; the cancelled ones not at all
+            assert _blobs(q.name) == []
+
+    run(main())
+
+
+def test_close_while_awaiting(backend: str, run: Any) -> None:
+    async def main() -> None:
+        q = Queue(capacity=SMALL, backend=backend)
+        task = asyncio.ensure_future(q.get_async())
+        await asyncio.sleep(0.05)
+        t0 = time.monotonic()
+        threading.Thread(target=q.close).start()  # from another thread
+        with pytest.raises(ValueError):
+            await task
+        assert time.monotonic() - t0 < 1
+        assert q.closed
+
+        q = Queue(1, capacity=SMALL, backend=backend)
+        await q.put_async(0)
+        task = asyncio.ensure_future(q.put_async(1))
+        await asyncio.sleep(0.05)
+        assert not task.done()
+        q.close()  # on the loop itself
+        with pytest.raises(ValueError):
+            await task
+        with pytest.raises(ValueError):
+            await q.get_async(timeout=0)
+        with pytest.raises(ValueError):
+            await q.put_async(2)
+
+    run(main())
+
+
+def test_the_loop_is_never_blocked(backend: str, run: Any) -> None:
+    """A ticker coroutine's largest gap while a coroutine awaits messages that trickle in
+    from a thread, then awaits room that a thread makes; each wait ends on the peer's
+    wake-up, not on the periodic re-check."""
+    async def main() -> tuple[float, float]:
+        with Queue(1, capacity=SMALL, backend=backend) as q:
+            def trickle() -> None:
+                for i in range(20):
+                    time.sleep(0.03)
+                    q.put_bytes(_msg(i), timeout=5)
+
+            def drain() -> None:
+                for i in range(20):
+                    time.sleep(0.03)
+                    _check(i, q.get_bytes(timeout=5))
+
+            tick = test_aio.Ticker()
+            t0 = time.monotonic()
+            t = threading.Thread(target=trickle)
+            t.start()
+            for i in range(20):
+                _check(i, await q.get_bytes_async(timeout=5))
+            t.join()
+            t = threading.Thread(target=drain)
+            t.start()
+            for i in range(20):
+                await q.put_bytes_async(_msg(i), timeout=5)
+            await asyncio.get_running_loop().run_in_executor(None, t.join, 10)
+            return tick.stop(), time.monotonic() - t0
+
+    gap, took = run(main())
+    assert gap < 0.05, f"the loop was blocked for {gap * 1000:.1f} ms"
+    # 40 waits of 30 ms, woken by the peer; waking on the 0.5 s re-check alone takes ~10 s
+    assert took < 5, f"the waits took {took:.1f} s: the peer's wake-up did not reach them"
