@@ -22,7 +22,6 @@ from typing import Any, Callable, NoReturn, Optional, TypeVar
 
 _T = TypeVar("_T", bound="Handle")
 _F = TypeVar("_F", bound=Callable[..., Any])
-_FD = TypeVar("_FD", bound="FdOwner")
 
 __all__ = [
     "BACKEND",
@@ -459,52 +458,3 @@ def uses_handle(method: _F) -> _F:
                              args=", ".join(args))
     exec(source, defaults)  # the dataclasses way: a wrapper with the exact signature
     return functools.wraps(method)(defaults[method.__name__])  # type: ignore[return-value]
-
-
-class FdOwner:
-    """Being replaced by :class:`Handle`, mechanism by mechanism; delete when unused.
-
-    An object that owns one kernel fd and a backend object (``_core``) working on it:
-    ``fileno()``, ``closed``, ``backend``, an idempotent ``close()``, the context manager and
-    a ``__del__`` safety net. Subclasses set ``_fd``, ``_impl`` and ``_core``."""
-
-    _what = "object"  # named in the ValueError of a closed object
-    _fd = -1
-    _impl: ModuleType
-    _core: Any
-
-    def fileno(self) -> int:
-        """The kernel fd (non-inheritable)."""
-        if self._fd < 0:
-            raise closed_error(self._what)
-        return self._fd
-
-    @property
-    def closed(self) -> bool:
-        return self._fd < 0
-
-    @property
-    def backend(self) -> str:
-        return backend_of(self._impl)
-
-    def close(self) -> None:
-        """Close the fd. Idempotent."""
-        fd, self._fd = self._fd, -1
-        if fd >= 0:
-            self._core.close()
-            os.close(fd)
-
-    def __enter__(self: _FD) -> _FD:
-        self.fileno()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        if self._fd >= 0:
-            self.close()
-
-    def __repr__(self) -> str:
-        state = "closed" if self._fd < 0 else f"fd={self._fd}"
-        return f"<{type(self).__name__} {state} backend={self.backend}>"
