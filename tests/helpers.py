@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import functools
+import os
 import subprocess
 import sys
 import textwrap
-from typing import Any
+import traceback
+import warnings
+from typing import Any, Callable, TypeVar
+
+_F = TypeVar("_F", bound=Callable[..., None])
 
 
 def run_python(
@@ -28,3 +34,35 @@ def start_python(code: str, *args: str, **kwargs: Any) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(code), *args], text=True, **kwargs
     )
+
+
+def in_forked_child(test: _F) -> _F:
+    """Run the test body in a forked child, whose only thread is the one running the test.
+
+    For tests that block a signal in their thread and send it to their own process: the
+    kernel delivers such a signal to any thread that does not block it, and this process may
+    hold threads that libraries started (uvloop's libuv workers, OpenBLAS), where its default
+    action would end the whole test run."""
+
+    @functools.wraps(test)
+    def run(*args: Any, **kwargs: Any) -> None:
+        r, w = os.pipe()
+        with warnings.catch_warnings():  # 3.12+: fork() of a process with threads
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+        if pid == 0:
+            os.close(r)
+            code = 0
+            try:
+                test(*args, **kwargs)
+            except BaseException:
+                os.write(w, traceback.format_exc().encode())
+                code = 1
+            os._exit(code)
+        os.close(w)
+        with os.fdopen(r, "rb") as f:
+            report = f.read().decode()
+        _, status = os.waitpid(pid, 0)
+        assert status == 0, report or f"the child ended with wait status {status}"
+
+    return run  # type: ignore[return-value]

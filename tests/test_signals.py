@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 
 from fastipc import signals
-from helpers import start_python
+from helpers import in_forked_child, start_python
 
 USR1, USR2 = signal.SIGUSR1, signal.SIGUSR2
 
 
+@in_forked_child
 def test_value_travels_with_the_signal(backend: str) -> None:
     with signals.blocked({USR1}):
         for value in (0, 42, -1, 2**31 - 1, -(2**31)):
@@ -23,6 +24,7 @@ def test_value_travels_with_the_signal(backend: str) -> None:
             assert info == signals.SignalInfo(USR1, os.getpid(), os.getuid(), value)
 
 
+@in_forked_child
 def test_plain_signal_has_no_value(backend: str) -> None:
     with signals.blocked([USR2]):
         signals.send(os.getpid(), USR2, backend=backend)
@@ -30,6 +32,7 @@ def test_plain_signal_has_no_value(backend: str) -> None:
     assert info.signo == USR2 and info.value is None and info.pid == os.getpid()
 
 
+@in_forked_child
 def test_wait_takes_the_first_of_several(backend: str) -> None:
     with signals.blocked({USR1, USR2}):
         signals.send(os.getpid(), USR2, value=7, backend=backend)
@@ -39,6 +42,7 @@ def test_wait_takes_the_first_of_several(backend: str) -> None:
             signals.wait({USR1, USR2}, timeout=0, backend=backend)
 
 
+@in_forked_child
 def test_realtime_signals_queue_every_value(backend: str) -> None:
     rt = signal.SIGRTMIN + 1
     with signals.blocked({rt}):
@@ -49,6 +53,7 @@ def test_realtime_signals_queue_every_value(backend: str) -> None:
         )
 
 
+@in_forked_child
 def test_timeout(backend: str) -> None:
     with signals.blocked({USR1}):
         t0 = time.monotonic()
@@ -70,6 +75,7 @@ def test_wait_requires_blocked(backend: str) -> None:
         signals.wait({USR1}, timeout=0, backend=backend)
 
 
+@in_forked_child
 def test_other_signal_handler_runs_and_wait_goes_on(backend: str) -> None:
     fired: list[int] = []
     old = signal.signal(signal.SIGALRM, lambda s, f: fired.append(s))
