@@ -26,6 +26,9 @@
 #include <unistd.h>
 
 #define HDR ((uint64_t)FIPC_PUB_HEADER)
+_Static_assert(FIPC_PUB_FR_WHOLE == FIPC_FR_WHOLE && FIPC_PUB_FR_FIRST == FIPC_FR_FIRST &&
+                   FIPC_PUB_FR_NEXT == FIPC_FR_NEXT && FIPC_PUB_FR_PAD == FIPC_FR_PAD,
+               "frame kinds as ring.h parses them");
 #define FR_HDR ((uint64_t)FIPC_PUB_FR_HDR)
 #define FIRST_HDR ((uint64_t)FIPC_PUB_FIRST_HDR)
 #define ST_OPEN 1u
@@ -308,11 +311,8 @@ static int wait_for(fipc_pub *h, uint64_t need, double timeout, int64_t *deadlin
     fipc_deadline_lazy(deadline, timeout);
     if (sub)
         release_cursor(h); /* never sleep on space we could give back */
-    if (timeout != 0 && h->spin.ns > 0) {
-        start = fipc_now_ns();
-        int64_t end = start + h->spin.ns;
-        if (*deadline >= 0 && end > *deadline)
-            end = *deadline;
+    int64_t end = fipc_spin_until(&h->spin, timeout, *deadline, &start);
+    if (end) {
         for (unsigned i = 1;; i++) {
             if ((rc = ready(h, need)) != 0) {
                 if (rc > 0) {
@@ -386,7 +386,8 @@ static int advance_oldest(fipc_pub *h, uint64_t target)
         uint64_t room = h->capacity - (o & (h->capacity - 1));
         char *p = ring(h, o);
         uint32_t kind = fipc_rd32(p + 4);
-        uint64_t size = (kind == FIPC_PUB_FR_FIRST ? FIRST_HDR : FR_HDR) + fipc_round_up(fipc_rd32(p), 16);
+        uint64_t size =
+            (kind == FIPC_PUB_FR_FIRST ? FIRST_HDR : FR_HDR) + fipc_round_up(fipc_rd32(p), 16);
         if (kind < FIPC_PUB_FR_WHOLE || kind > FIPC_PUB_FR_PAD || size > room ||
             size > h->pos - o)
             return FIPC_CORRUPT; /* our own frames, changed by someone else */
@@ -422,8 +423,7 @@ static int reserve(fipc_pub *h, uint64_t frame, double timeout, int64_t *deadlin
     }
     if (frame > room) {
         char *p = ring(h, h->pos);
-        fipc_wr32(p, (uint32_t)(room - FR_HDR));
-        fipc_wr32(p + 4, FIPC_PUB_FR_PAD);
+        fipc_frame_head(p, (uint32_t)(room - FR_HDR), FIPC_PUB_FR_PAD);
         fipc_wr64(p + 8, h->seq);
         h->pos += room;
     }
@@ -445,8 +445,7 @@ static int64_t put(fipc_pub *h, const char *buf, uint64_t len, double timeout,
         uint64_t frame = FR_HDR + fipc_round_up(len, 16);
         if ((rc = reserve(h, frame, timeout, deadline, &p)) < 0)
             return rc;
-        fipc_wr32(p, (uint32_t)len);
-        fipc_wr32(p + 4, FIPC_PUB_FR_WHOLE);
+        fipc_frame_head(p, (uint32_t)len, FIPC_PUB_FR_WHOLE);
         fipc_wr64(p + 8, h->seq);
         memcpy(p + FR_HDR, buf, len);
         h->pos += frame;
@@ -461,8 +460,7 @@ static int64_t put(fipc_pub *h, const char *buf, uint64_t len, double timeout,
         uint64_t want = len - done < h->chunk ? len - done : h->chunk;
         if ((rc = reserve(h, hdr + fipc_round_up(want, 16), timeout, deadline, &p)) < 0)
             return rc;
-        fipc_wr32(p, (uint32_t)want);
-        fipc_wr32(p + 4, done == 0 ? FIPC_PUB_FR_FIRST : FIPC_PUB_FR_NEXT);
+        fipc_frame_head(p, (uint32_t)want, done == 0 ? FIPC_PUB_FR_FIRST : FIPC_PUB_FR_NEXT);
         fipc_wr64(p + 8, h->seq);
         if (done == 0)
             fipc_wr64(p + FR_HDR, len);
@@ -528,23 +526,8 @@ static int frame_at(fipc_pub *h, uint32_t *kind, uint64_t *len, uint64_t *total,
     if (avail < FR_HDR || avail > h->capacity)
         return FIPC_CORRUPT;
     char *p = ring(h, h->pos);
-    uint64_t n = fipc_rd32(p);
-    uint32_t k = fipc_rd32(p + 4);
-    uint64_t hdr = k == FIPC_PUB_FR_FIRST ? FIRST_HDR : FR_HDR;
-    uint64_t sz = hdr + fipc_round_up(n, 16);
-    if (k < FIPC_PUB_FR_WHOLE || k > FIPC_PUB_FR_PAD || sz > room || sz > avail)
-        return FIPC_CORRUPT;
-    if (k == FIPC_PUB_FR_PAD && sz != room)
-        return FIPC_CORRUPT;
-    *kind = k;
-    *len = n;
     *seq = fipc_rd64(p + 8);
-    *total = k == FIPC_PUB_FR_FIRST ? fipc_rd64(p + FR_HDR) : n;
-    *data = p + hdr;
-    *size = sz;
-    if (k == FIPC_PUB_FR_FIRST && (*total < n || *total == 0))
-        return FIPC_CORRUPT;
-    return 0;
+    return fipc_frame_at(p, room, avail, FR_HDR, FIRST_HDR, 16, kind, len, total, data, size);
 }
 
 /* drop_oldest: 1 if the publisher has started overwriting the frame at pos (or past it). */

@@ -50,6 +50,50 @@ static inline char *fipc_ring_at(char *data, uint64_t capacity, uint64_t pos)
     return data + (pos & (capacity - 1));
 }
 
+/* ---------------------------------------------------------------- frames */
+
+/* Both rings frame messages alike: a header of FR_HDR bytes starting with a u32 payload
+ * length and a u32 kind (shm.h and pubsub.h give the kinds these values), a FIRST frame's
+ * header followed by the u64 total length of a streamed message (FIRST_HDR bytes in all),
+ * the payload padded to the ring's alignment; a PAD frame fills the room up to the ring's
+ * end. */
+#define FIPC_FR_WHOLE 1u
+#define FIPC_FR_FIRST 2u
+#define FIPC_FR_NEXT 3u
+#define FIPC_FR_PAD 4u
+
+/* Write a frame header's length and kind. */
+static inline void fipc_frame_head(char *p, uint32_t len, uint32_t kind)
+{
+    fipc_wr32(p, len);
+    fipc_wr32(p + 4, kind);
+}
+
+/* The frame at p, checked against the room before the ring's end and the bytes published
+ * (avail, at least fr_hdr): its kind, payload length, total length, payload and size in
+ * the ring; FIPC_CORRUPT if it cannot be a frame there. */
+static inline int fipc_frame_at(char *p, uint64_t room, uint64_t avail, uint64_t fr_hdr,
+                                uint64_t first_hdr, uint64_t align, uint32_t *kind,
+                                uint64_t *len, uint64_t *total, char **data, uint64_t *size)
+{
+    uint64_t n = fipc_rd32(p);
+    uint32_t k = fipc_rd32(p + 4);
+    uint64_t hdr = k == FIPC_FR_FIRST ? first_hdr : fr_hdr;
+    uint64_t sz = hdr + fipc_round_up(n, align);
+    if (k < FIPC_FR_WHOLE || k > FIPC_FR_PAD || sz > room || sz > avail)
+        return FIPC_CORRUPT;
+    if (k == FIPC_FR_PAD && sz != room)
+        return FIPC_CORRUPT;
+    *kind = k;
+    *len = n;
+    *total = k == FIPC_FR_FIRST ? fipc_rd64(p + fr_hdr) : n;
+    *data = p + hdr;
+    *size = sz;
+    if (k == FIPC_FR_FIRST && (*total < n || *total == 0))
+        return FIPC_CORRUPT;
+    return 0;
+}
+
 /* ---------------------------------------------------------------- busy count */
 
 /* Another thread may close a handle while a call is in progress: close() sets `closed`,
@@ -93,6 +137,18 @@ static inline int fipc_wait_left(int64_t deadline, int64_t slice, int64_t *left)
     }
     *left = deadline - fipc_now_ns();
     return *left <= 0 ? -ETIMEDOUT : 0;
+}
+
+/* The spin phase of a wait: 0 if it has none (a call that tries once, or spinning is off),
+ * else when it ends (the spin budget, cut at the deadline) with *start set to now. */
+static inline int64_t fipc_spin_until(const fipc_spin *spin, double timeout, int64_t deadline,
+                                      int64_t *start)
+{
+    if (timeout == 0 || spin->ns <= 0)
+        return 0;
+    *start = fipc_now_ns();
+    int64_t end = *start + spin->ns;
+    return deadline >= 0 && end > deadline ? deadline : end;
 }
 
 /* A wait found what it waited for: count it as caught by the spin or after a sleep, and

@@ -52,6 +52,9 @@
 #define FR_FIRST ((uint32_t)FIPC_SHM_FR_FIRST)
 #define FR_NEXT ((uint32_t)FIPC_SHM_FR_NEXT)
 #define FR_PAD ((uint32_t)FIPC_SHM_FR_PAD)
+_Static_assert(FIPC_SHM_FR_WHOLE == FIPC_FR_WHOLE && FIPC_SHM_FR_FIRST == FIPC_FR_FIRST &&
+                   FIPC_SHM_FR_NEXT == FIPC_FR_NEXT && FIPC_SHM_FR_PAD == FIPC_FR_PAD,
+               "frame kinds as ring.h parses them");
 #define FR_HDR ((uint64_t)FIPC_SHM_FR_HDR)       /* u32 length, u32 kind */
 #define FIRST_HDR ((uint64_t)FIPC_SHM_FIRST_HDR) /* ... then u64 total length */
 
@@ -385,11 +388,8 @@ static int wait_ring(fipc_shm *h, uint64_t need, double timeout, int64_t *deadli
     fipc_deadline_lazy(deadline, timeout);
     if (h->role == ROLE_READER)
         release_tail(h); /* never sleep on space we could give back */
-    if (timeout != 0 && h->spin.ns > 0) {
-        start = fipc_now_ns();
-        int64_t end = start + h->spin.ns;
-        if (*deadline >= 0 && end > *deadline)
-            end = *deadline;
+    int64_t end = fipc_spin_until(&h->spin, timeout, *deadline, &start);
+    if (end) {
         for (unsigned i = 1;; i++) {
             if ((rc = ready(h, need)) != 0) {
                 if (rc > 0) {
@@ -474,8 +474,7 @@ static int reserve(fipc_shm *h, uint64_t frame, double timeout, int64_t *deadlin
     }
     if (frame > room) {
         char *p = ring(h, h->pos);
-        fipc_wr32(p, (uint32_t)(room - FR_HDR));
-        fipc_wr32(p + 4, FR_PAD);
+        fipc_frame_head(p, (uint32_t)(room - FR_HDR), FR_PAD);
         h->pos += room;
     }
     *at = ring(h, h->pos);
@@ -497,8 +496,7 @@ static int64_t put(fipc_shm *h, const char *buf, uint64_t len, double timeout,
         uint64_t frame = FR_HDR + fipc_round_up(len, 8);
         if ((rc = reserve(h, frame, timeout, deadline, &p)) < 0)
             return rc;
-        fipc_wr32(p, (uint32_t)len);
-        fipc_wr32(p + 4, FR_WHOLE);
+        fipc_frame_head(p, (uint32_t)len, FR_WHOLE);
         memcpy(p + FR_HDR, buf, len);
         h->pos += frame;
         return 0;
@@ -511,8 +509,7 @@ static int64_t put(fipc_shm *h, const char *buf, uint64_t len, double timeout,
         uint64_t want = len - done < h->chunk ? len - done : h->chunk;
         if ((rc = reserve(h, hdr + fipc_round_up(want, 8), timeout, deadline, &p)) < 0)
             return rc;
-        fipc_wr32(p, (uint32_t)want);
-        fipc_wr32(p + 4, done == 0 ? FR_FIRST : FR_NEXT);
+        fipc_frame_head(p, (uint32_t)want, done == 0 ? FR_FIRST : FR_NEXT);
         if (done == 0)
             fipc_wr64(p + FR_HDR, len);
         memcpy(p + hdr, buf + done, want);
@@ -580,23 +577,8 @@ static int frame_at(fipc_shm *h, uint32_t *kind, uint64_t *len, uint64_t *total,
     uint64_t avail = h->peer - h->pos;
     if (avail < FR_HDR)
         return FIPC_CORRUPT;
-    char *p = ring(h, h->pos);
-    uint64_t n = fipc_rd32(p);
-    uint32_t k = fipc_rd32(p + 4);
-    uint64_t hdr = k == FR_FIRST ? FIRST_HDR : FR_HDR;
-    uint64_t sz = hdr + fipc_round_up(n, 8);
-    if (k < FR_WHOLE || k > FR_PAD || sz > room || sz > avail)
-        return FIPC_CORRUPT;
-    if (k == FR_PAD && sz != room)
-        return FIPC_CORRUPT;
-    *kind = k;
-    *len = n;
-    *total = k == FR_FIRST ? fipc_rd64(p + FR_HDR) : n;
-    *data = p + hdr;
-    *size = sz;
-    if (k == FR_FIRST && (*total < n || *total == 0))
-        return FIPC_CORRUPT;
-    return 0;
+    return fipc_frame_at(ring(h, h->pos), room, avail, FR_HDR, FIRST_HDR, 8, kind, len, total,
+                         data, size);
 }
 
 /* The next frame, after waiting for one (may_wait) when none is published: 1 (its fields
