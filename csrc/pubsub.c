@@ -17,6 +17,7 @@
  * Nothing read from the mapping is trusted: counters, cursors and frames are checked
  * against the capacity derived from the mapping's real size (FIPC_CORRUPT otherwise). */
 #include "pubsub.h"
+#include "ring.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -25,6 +26,9 @@
 #include <unistd.h>
 
 #define HDR ((uint64_t)FIPC_PUB_HEADER)
+_Static_assert(FIPC_PUB_FR_WHOLE == FIPC_FR_WHOLE && FIPC_PUB_FR_FIRST == FIPC_FR_FIRST &&
+                   FIPC_PUB_FR_NEXT == FIPC_FR_NEXT && FIPC_PUB_FR_PAD == FIPC_FR_PAD,
+               "frame kinds as ring.h parses them");
 #define FR_HDR ((uint64_t)FIPC_PUB_FR_HDR)
 #define FIRST_HDR ((uint64_t)FIPC_PUB_FIRST_HDR)
 #define ST_OPEN 1u
@@ -44,66 +48,14 @@
 
 /* Frames start at multiples of 16, so that the room left before the ring's end always
  * holds a frame header (a PAD). */
-static inline uint64_t round16(uint64_t n)
-{
-    return (n + 15u) & ~(uint64_t)15u;
-}
-
 static inline char *ring(fipc_pub *h, uint64_t pos)
 {
-    return h->base + HDR + (pos & (h->capacity - 1));
-}
-
-static inline uint32_t rd32(const char *p)
-{
-    uint32_t v;
-    memcpy(&v, p, sizeof v);
-    return v;
-}
-
-static inline uint64_t rd64(const char *p)
-{
-    uint64_t v;
-    memcpy(&v, p, sizeof v);
-    return v;
-}
-
-static inline void wr32(char *p, uint32_t v)
-{
-    memcpy(p, &v, sizeof v);
-}
-
-static inline void wr64(char *p, uint64_t v)
-{
-    memcpy(p, &v, sizeof v);
-}
-
-static inline int is_closed(fipc_pub *h)
-{
-    return atomic_load_explicit((_Atomic int32_t *)&h->closed, memory_order_seq_cst);
-}
-
-/* The busy count of the one-call fast paths (the Python side frees the mapping only once it
- * is 0): enter counts the call, then looks at `closed`; close sets `closed`, then waits for
- * the count: one of the two sees the other. */
-static inline int enter(fipc_pub *h)
-{
-    atomic_fetch_add_explicit((_Atomic int32_t *)&h->busy, 1, memory_order_seq_cst);
-    if (is_closed(h)) {
-        atomic_fetch_sub_explicit((_Atomic int32_t *)&h->busy, 1, memory_order_release);
-        return -EBADF;
-    }
-    return 0;
-}
-
-static inline void leave(fipc_pub *h)
-{
-    atomic_fetch_sub_explicit((_Atomic int32_t *)&h->busy, 1, memory_order_release);
+    return fipc_ring_at(h->base + HDR, h->capacity, pos);
 }
 
 int fipc_pub_busy(fipc_pub *h)
 {
-    return atomic_load_explicit((_Atomic int32_t *)&h->busy, memory_order_acquire);
+    return fipc_busy_count(&h->busy);
 }
 
 /* ---------------------------------------------------------------- liveness (OFD locks) */
@@ -153,15 +105,15 @@ int fipc_pub_init(fipc_pub *h, char *base, uint64_t map_size, int32_t fd, int32_
     fipc_spin_set(&h->spin, spin);
 
     memset(base, 0, HDR);
-    wr32(base + FIPC_PUB_OFF_VERSION, FIPC_PUB_VERSION);
-    wr64(base + FIPC_PUB_OFF_CAPACITY, h->capacity);
-    wr64(base + FIPC_PUB_OFF_DATA, HDR);
-    wr64(base + FIPC_PUB_OFF_MAXMSG, max_message);
-    wr32(base + FIPC_PUB_OFF_PID, (uint32_t)pid);
-    wr32(base + FIPC_PUB_OFF_STATE, ST_OPEN);
-    wr32(base + FIPC_PUB_OFF_OVERFLOW, (uint32_t)overflow);
-    wr32(base + FIPC_PUB_OFF_NSLOTS, FIPC_PUB_SLOTS);
-    wr64(base + FIPC_PUB_OFF_CHUNK, h->chunk);
+    fipc_wr32(base + FIPC_PUB_OFF_VERSION, FIPC_PUB_VERSION);
+    fipc_wr64(base + FIPC_PUB_OFF_CAPACITY, h->capacity);
+    fipc_wr64(base + FIPC_PUB_OFF_DATA, HDR);
+    fipc_wr64(base + FIPC_PUB_OFF_MAXMSG, max_message);
+    fipc_wr32(base + FIPC_PUB_OFF_PID, (uint32_t)pid);
+    fipc_wr32(base + FIPC_PUB_OFF_STATE, ST_OPEN);
+    fipc_wr32(base + FIPC_PUB_OFF_OVERFLOW, (uint32_t)overflow);
+    fipc_wr32(base + FIPC_PUB_OFF_NSLOTS, FIPC_PUB_SLOTS);
+    fipc_wr64(base + FIPC_PUB_OFF_CHUNK, h->chunk);
     STORE(A32(h, FIPC_PUB_OFF_MAGIC), (uint32_t)FIPC_PUB_MAGIC, release); /* last */
     return 0;
 }
@@ -181,11 +133,11 @@ int fipc_sub_init(fipc_pub *h, char *base, uint64_t map_size, int32_t fd, int32_
         return FIPC_PUB_NOTREADY;
     if (magic != (uint32_t)FIPC_PUB_MAGIC || map_size <= HDR || !valid_capacity(map_size - HDR))
         return FIPC_CORRUPT;
-    uint64_t cap = rd64(base + FIPC_PUB_OFF_CAPACITY);
-    uint32_t overflow = rd32(base + FIPC_PUB_OFF_OVERFLOW);
-    if (rd32(base + FIPC_PUB_OFF_VERSION) != FIPC_PUB_VERSION || cap != map_size - HDR ||
-        rd64(base + FIPC_PUB_OFF_DATA) != HDR ||
-        rd32(base + FIPC_PUB_OFF_NSLOTS) != FIPC_PUB_SLOTS ||
+    uint64_t cap = fipc_rd64(base + FIPC_PUB_OFF_CAPACITY);
+    uint32_t overflow = fipc_rd32(base + FIPC_PUB_OFF_OVERFLOW);
+    if (fipc_rd32(base + FIPC_PUB_OFF_VERSION) != FIPC_PUB_VERSION || cap != map_size - HDR ||
+        fipc_rd64(base + FIPC_PUB_OFF_DATA) != HDR ||
+        fipc_rd32(base + FIPC_PUB_OFF_NSLOTS) != FIPC_PUB_SLOTS ||
         (overflow != BLOCK && overflow != DROP))
         return FIPC_CORRUPT;
     uint32_t state = LOAD(A32(h, FIPC_PUB_OFF_STATE), acquire);
@@ -359,11 +311,8 @@ static int wait_for(fipc_pub *h, uint64_t need, double timeout, int64_t *deadlin
     fipc_deadline_lazy(deadline, timeout);
     if (sub)
         release_cursor(h); /* never sleep on space we could give back */
-    if (timeout != 0 && h->spin.ns > 0) {
-        start = fipc_now_ns();
-        int64_t end = start + h->spin.ns;
-        if (*deadline >= 0 && end > *deadline)
-            end = *deadline;
+    int64_t end = fipc_spin_until(&h->spin, timeout, *deadline, &start);
+    if (end) {
         for (unsigned i = 1;; i++) {
             if ((rc = ready(h, need)) != 0) {
                 if (rc > 0) {
@@ -373,7 +322,7 @@ static int wait_for(fipc_pub *h, uint64_t need, double timeout, int64_t *deadlin
                 return rc < 0 ? rc : 0;
             }
             if ((i & 255u) == 0) {
-                if (is_closed(h))
+                if (fipc_is_closed(&h->closed))
                     return -EBADF;
                 if ((sub && pub_gone(h, 0)) || fipc_now_ns() >= end)
                     break;
@@ -385,7 +334,7 @@ static int wait_for(fipc_pub *h, uint64_t need, double timeout, int64_t *deadlin
     size_t seq_off = sub ? FIPC_PUB_OFF_DSEQ : FIPC_PUB_OFF_SSEQ;
     int slept = 0;
     for (;;) {
-        if (is_closed(h))
+        if (fipc_is_closed(&h->closed))
             return -EBADF;
         uint32_t seq = LOAD(A32(h, seq_off), acquire);
         atomic_exchange_explicit(A32(h, wait_off), 1u, memory_order_seq_cst);
@@ -400,26 +349,13 @@ static int wait_for(fipc_pub *h, uint64_t need, double timeout, int64_t *deadlin
             rc = ready(h, need);
         }
         int64_t left = 0;
-        if (rc == 0) {
-            if (*deadline >= 0) {
-                left = *deadline - fipc_now_ns();
-                if (left <= 0)
-                    rc = -ETIMEDOUT;
-            } else {
-                left = SLICE_NS;
-            }
-        }
+        if (rc == 0)
+            rc = fipc_wait_left(*deadline, SLICE_NS, &left);
         if (rc != 0) {
             if (!sub)
                 STORE(A32(h, wait_off), 0u, relaxed);
             if (rc > 0) {
-                if (slept) {
-                    h->sleeps++;
-                    if (start)
-                        fipc_spin_slept(&h->spin, fipc_now_ns() - start);
-                } else {
-                    h->spins++;
-                }
+                fipc_wait_done(&h->spin, &h->spins, &h->sleeps, slept, start);
                 return 0;
             }
             return rc;
@@ -449,8 +385,9 @@ static int advance_oldest(fipc_pub *h, uint64_t target)
         }
         uint64_t room = h->capacity - (o & (h->capacity - 1));
         char *p = ring(h, o);
-        uint32_t kind = rd32(p + 4);
-        uint64_t size = (kind == FIPC_PUB_FR_FIRST ? FIRST_HDR : FR_HDR) + round16(rd32(p));
+        uint32_t kind = fipc_rd32(p + 4);
+        uint64_t size =
+            (kind == FIPC_PUB_FR_FIRST ? FIRST_HDR : FR_HDR) + fipc_round_up(fipc_rd32(p), 16);
         if (kind < FIPC_PUB_FR_WHOLE || kind > FIPC_PUB_FR_PAD || size > room ||
             size > h->pos - o)
             return FIPC_CORRUPT; /* our own frames, changed by someone else */
@@ -486,9 +423,8 @@ static int reserve(fipc_pub *h, uint64_t frame, double timeout, int64_t *deadlin
     }
     if (frame > room) {
         char *p = ring(h, h->pos);
-        wr32(p, (uint32_t)(room - FR_HDR));
-        wr32(p + 4, FIPC_PUB_FR_PAD);
-        wr64(p + 8, h->seq);
+        fipc_frame_head(p, (uint32_t)(room - FR_HDR), FIPC_PUB_FR_PAD);
+        fipc_wr64(p + 8, h->seq);
         h->pos += room;
     }
     *at = ring(h, h->pos);
@@ -497,7 +433,7 @@ static int reserve(fipc_pub *h, uint64_t frame, double timeout, int64_t *deadlin
 
 static inline int whole(fipc_pub *h, uint64_t len)
 {
-    return FR_HDR + round16(len) <= h->capacity / 4;
+    return FR_HDR + fipc_round_up(len, 16) <= h->capacity / 4;
 }
 
 static int64_t put(fipc_pub *h, const char *buf, uint64_t len, double timeout,
@@ -506,12 +442,11 @@ static int64_t put(fipc_pub *h, const char *buf, uint64_t len, double timeout,
     char *p;
     int rc;
     if (whole(h, len)) {
-        uint64_t frame = FR_HDR + round16(len);
+        uint64_t frame = FR_HDR + fipc_round_up(len, 16);
         if ((rc = reserve(h, frame, timeout, deadline, &p)) < 0)
             return rc;
-        wr32(p, (uint32_t)len);
-        wr32(p + 4, FIPC_PUB_FR_WHOLE);
-        wr64(p + 8, h->seq);
+        fipc_frame_head(p, (uint32_t)len, FIPC_PUB_FR_WHOLE);
+        fipc_wr64(p + 8, h->seq);
         memcpy(p + FR_HDR, buf, len);
         h->pos += frame;
         h->seq++;
@@ -523,15 +458,14 @@ static int64_t put(fipc_pub *h, const char *buf, uint64_t len, double timeout,
     while (done < len) {
         uint64_t hdr = done == 0 ? FIRST_HDR : FR_HDR;
         uint64_t want = len - done < h->chunk ? len - done : h->chunk;
-        if ((rc = reserve(h, hdr + round16(want), timeout, deadline, &p)) < 0)
+        if ((rc = reserve(h, hdr + fipc_round_up(want, 16), timeout, deadline, &p)) < 0)
             return rc;
-        wr32(p, (uint32_t)want);
-        wr32(p + 4, done == 0 ? FIPC_PUB_FR_FIRST : FIPC_PUB_FR_NEXT);
-        wr64(p + 8, h->seq);
+        fipc_frame_head(p, (uint32_t)want, done == 0 ? FIPC_PUB_FR_FIRST : FIPC_PUB_FR_NEXT);
+        fipc_wr64(p + 8, h->seq);
         if (done == 0)
-            wr64(p + FR_HDR, len);
+            fipc_wr64(p + FR_HDR, len);
         memcpy(p + hdr, buf + done, want);
-        h->pos += hdr + round16(want);
+        h->pos += hdr + fipc_round_up(want, 16);
         publish_head(h);
         done += want;
         *progress = done;
@@ -592,23 +526,8 @@ static int frame_at(fipc_pub *h, uint32_t *kind, uint64_t *len, uint64_t *total,
     if (avail < FR_HDR || avail > h->capacity)
         return FIPC_CORRUPT;
     char *p = ring(h, h->pos);
-    uint64_t n = rd32(p);
-    uint32_t k = rd32(p + 4);
-    uint64_t hdr = k == FIPC_PUB_FR_FIRST ? FIRST_HDR : FR_HDR;
-    uint64_t sz = hdr + round16(n);
-    if (k < FIPC_PUB_FR_WHOLE || k > FIPC_PUB_FR_PAD || sz > room || sz > avail)
-        return FIPC_CORRUPT;
-    if (k == FIPC_PUB_FR_PAD && sz != room)
-        return FIPC_CORRUPT;
-    *kind = k;
-    *len = n;
-    *seq = rd64(p + 8);
-    *total = k == FIPC_PUB_FR_FIRST ? rd64(p + FR_HDR) : n;
-    *data = p + hdr;
-    *size = sz;
-    if (k == FIPC_PUB_FR_FIRST && (*total < n || *total == 0))
-        return FIPC_CORRUPT;
-    return 0;
+    *seq = fipc_rd64(p + 8);
+    return fipc_frame_at(p, room, avail, FR_HDR, FIRST_HDR, 16, kind, len, total, data, size);
 }
 
 /* drop_oldest: 1 if the publisher has started overwriting the frame at pos (or past it). */
@@ -806,10 +725,10 @@ static int64_t sub_recv_many(fipc_pub *h, char *dest, uint64_t cap, uint64_t *le
 int64_t fipc_pub_send(fipc_pub *h, const char *buf, uint64_t len, double timeout,
                       uint64_t *progress)
 {
-    if (enter(h) < 0)
+    if (fipc_enter(&h->busy, &h->closed) < 0)
         return -EBADF;
     int64_t rc = pub_send(h, buf, len, timeout, progress);
-    leave(h);
+    fipc_leave(&h->busy);
     return rc;
 }
 
@@ -817,39 +736,39 @@ int64_t fipc_pub_send_many(fipc_pub *h, const char *buf, const uint64_t *lens, u
                            double timeout, uint64_t *sent)
 {
     *sent = 0;
-    if (enter(h) < 0)
+    if (fipc_enter(&h->busy, &h->closed) < 0)
         return -EBADF;
     int64_t rc = pub_send_many(h, buf, lens, count, timeout, sent);
-    leave(h);
+    fipc_leave(&h->busy);
     return rc;
 }
 
 int64_t fipc_sub_recv(fipc_pub *h, char *dest, uint64_t cap, double timeout, char **ptr)
 {
-    if (enter(h) < 0)
+    if (fipc_enter(&h->busy, &h->closed) < 0)
         return -EBADF;
     int64_t rc = h->role == ROLE_SUB ? sub_recv(h, dest, cap, timeout, ptr) : -EBADF;
-    leave(h);
+    fipc_leave(&h->busy);
     return rc;
 }
 
 int64_t fipc_sub_recv_many(fipc_pub *h, char *dest, uint64_t cap, uint64_t *lens, uint64_t max,
                            double timeout)
 {
-    if (enter(h) < 0)
+    if (fipc_enter(&h->busy, &h->closed) < 0)
         return -EBADF;
     int64_t rc = sub_recv_many(h, dest, cap, lens, max, timeout);
-    leave(h);
+    fipc_leave(&h->busy);
     return rc;
 }
 
 void fipc_sub_release(fipc_pub *h)
 {
-    if (enter(h) < 0)
+    if (fipc_enter(&h->busy, &h->closed) < 0)
         return;
     if (h->role == ROLE_SUB)
         release_cursor(h);
-    leave(h);
+    fipc_leave(&h->busy);
 }
 
 /* ---------------------------------------------------------------- close */

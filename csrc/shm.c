@@ -11,6 +11,7 @@
  * Nothing read from the mapping is trusted: head, tail, frame lengths and kinds are checked
  * against the capacity derived from the mapping's real size (FIPC_CORRUPT otherwise). */
 #include "shm.h"
+#include "ring.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -51,6 +52,9 @@
 #define FR_FIRST ((uint32_t)FIPC_SHM_FR_FIRST)
 #define FR_NEXT ((uint32_t)FIPC_SHM_FR_NEXT)
 #define FR_PAD ((uint32_t)FIPC_SHM_FR_PAD)
+_Static_assert(FIPC_SHM_FR_WHOLE == FIPC_FR_WHOLE && FIPC_SHM_FR_FIRST == FIPC_FR_FIRST &&
+                   FIPC_SHM_FR_NEXT == FIPC_FR_NEXT && FIPC_SHM_FR_PAD == FIPC_FR_PAD,
+               "frame kinds as ring.h parses them");
 #define FR_HDR ((uint64_t)FIPC_SHM_FR_HDR)       /* u32 length, u32 kind */
 #define FIRST_HDR ((uint64_t)FIPC_SHM_FIRST_HDR) /* ... then u64 total length */
 
@@ -66,38 +70,9 @@
 #define LOAD(p, mo) atomic_load_explicit((p), memory_order_##mo)
 #define STORE(p, v, mo) atomic_store_explicit((p), (v), memory_order_##mo)
 
-static inline uint64_t round8(uint64_t n)
-{
-    return (n + 7u) & ~(uint64_t)7u;
-}
-
 static inline char *ring(fipc_shm *h, uint64_t pos)
 {
-    return h->base + HDR + (pos & (h->capacity - 1));
-}
-
-static inline uint32_t rd32(const char *p)
-{
-    uint32_t v;
-    memcpy(&v, p, sizeof v);
-    return v;
-}
-
-static inline uint64_t rd64(const char *p)
-{
-    uint64_t v;
-    memcpy(&v, p, sizeof v);
-    return v;
-}
-
-static inline void wr32(char *p, uint32_t v)
-{
-    memcpy(p, &v, sizeof v);
-}
-
-static inline void wr64(char *p, uint64_t v)
-{
-    memcpy(p, &v, sizeof v);
+    return fipc_ring_at(h->base + HDR, h->capacity, pos);
 }
 
 /* ---------------------------------------------------------------- peers */
@@ -224,10 +199,10 @@ int fipc_shm_writer_init(fipc_shm *h, char *base, uint64_t map_size, int32_t fd,
     fipc_spin_set(&h->spin, spin);
 
     memset(base, 0, HDR);
-    wr32(base + OFF_VERSION, VERSION);
-    wr64(base + OFF_CAPACITY, h->capacity);
-    wr64(base + OFF_DATA, HDR);
-    wr64(base + OFF_MAXMSG, max_message);
+    fipc_wr32(base + OFF_VERSION, VERSION);
+    fipc_wr64(base + OFF_CAPACITY, h->capacity);
+    fipc_wr64(base + OFF_DATA, HDR);
+    fipc_wr64(base + OFF_MAXMSG, max_message);
     STORE(A32(h, OFF_WPID), (uint32_t)pid, relaxed);
     STORE(A32(h, OFF_WSTATE), ST_OPEN, relaxed);
     STORE(A32(h, OFF_MAGIC), MAGIC, release); /* last: the header is complete */
@@ -247,10 +222,10 @@ int fipc_shm_reader_init(fipc_shm *h, char *base, uint64_t map_size, int32_t fd,
     if (map_size <= HDR || !valid_capacity(map_size - HDR))
         return FIPC_CORRUPT;
     uint32_t magic = LOAD(A32(h, OFF_MAGIC), acquire);
-    if (magic != MAGIC || rd32(base + OFF_VERSION) != VERSION)
+    if (magic != MAGIC || fipc_rd32(base + OFF_VERSION) != VERSION)
         return FIPC_CORRUPT;
-    uint64_t cap = rd64(base + OFF_CAPACITY);
-    if (cap != map_size - HDR || rd64(base + OFF_DATA) != HDR)
+    uint64_t cap = fipc_rd64(base + OFF_CAPACITY);
+    if (cap != map_size - HDR || fipc_rd64(base + OFF_DATA) != HDR)
         return FIPC_CORRUPT;
     int32_t wpid = (int32_t)LOAD(A32(h, OFF_WPID), relaxed);
     uint32_t wstate = LOAD(A32(h, OFF_WSTATE), acquire);
@@ -354,29 +329,9 @@ static inline void lazy_release(fipc_shm *h)
 
 /* Another thread may close this end while a call is in progress: close() sets `closed`,
  * wakes us, and Python unmaps only once `busy` is back to 0. */
-static inline int is_closed(fipc_shm *h)
-{
-    return atomic_load_explicit((_Atomic int32_t *)&h->closed, memory_order_seq_cst);
-}
-
-static inline int enter(fipc_shm *h)
-{
-    atomic_fetch_add_explicit((_Atomic int32_t *)&h->busy, 1, memory_order_seq_cst);
-    if (is_closed(h)) {
-        atomic_fetch_sub_explicit((_Atomic int32_t *)&h->busy, 1, memory_order_release);
-        return -EBADF;
-    }
-    return 0;
-}
-
-static inline void leave(fipc_shm *h)
-{
-    atomic_fetch_sub_explicit((_Atomic int32_t *)&h->busy, 1, memory_order_release);
-}
-
 int fipc_shm_busy(fipc_shm *h)
 {
-    return atomic_load_explicit((_Atomic int32_t *)&h->busy, memory_order_acquire);
+    return fipc_busy_count(&h->busy);
 }
 
 /* ---------------------------------------------------------------- waiting */
@@ -433,11 +388,8 @@ static int wait_ring(fipc_shm *h, uint64_t need, double timeout, int64_t *deadli
     fipc_deadline_lazy(deadline, timeout);
     if (h->role == ROLE_READER)
         release_tail(h); /* never sleep on space we could give back */
-    if (timeout != 0 && h->spin.ns > 0) {
-        start = fipc_now_ns();
-        int64_t end = start + h->spin.ns;
-        if (*deadline >= 0 && end > *deadline)
-            end = *deadline;
+    int64_t end = fipc_spin_until(&h->spin, timeout, *deadline, &start);
+    if (end) {
         for (unsigned i = 1;; i++) {
             if ((rc = ready(h, need)) != 0) {
                 if (rc > 0) {
@@ -447,7 +399,7 @@ static int wait_ring(fipc_shm *h, uint64_t need, double timeout, int64_t *deadli
                 return rc < 0 ? rc : 0;
             }
             if ((i & 255u) == 0) {
-                if (is_closed(h))
+                if (fipc_is_closed(&h->closed))
                     return -EBADF;
                 if (is_broken(h))
                     return FIPC_CORRUPT;
@@ -462,7 +414,7 @@ static int wait_ring(fipc_shm *h, uint64_t need, double timeout, int64_t *deadli
     int slept = 0;
     int probe = timeout == 0 ? 2 : 0; /* one look only: probe the peer now (rate-limited) */
     for (;;) {
-        if (is_closed(h))
+        if (fipc_is_closed(&h->closed))
             return -EBADF; /* closed by another thread while we waited */
         if (is_broken(h))
             return FIPC_CORRUPT;
@@ -478,25 +430,12 @@ static int wait_ring(fipc_shm *h, uint64_t need, double timeout, int64_t *deadli
                 rc = gone_code(h);
         }
         int64_t left = 0;
-        if (rc == 0) {
-            if (*deadline >= 0) {
-                left = *deadline - fipc_now_ns();
-                if (left <= 0)
-                    rc = -ETIMEDOUT;
-            } else {
-                left = SLICE_NS;
-            }
-        }
+        if (rc == 0)
+            rc = fipc_wait_left(*deadline, SLICE_NS, &left);
         if (rc != 0) {
             STORE(A32(h, wait_off), 0u, relaxed);
             if (rc > 0) {
-                if (slept) {
-                    h->sleeps++;
-                    if (start)
-                        fipc_spin_slept(&h->spin, fipc_now_ns() - start);
-                } else {
-                    h->spins++;
-                }
+                fipc_wait_done(&h->spin, &h->spins, &h->sleeps, slept, start);
                 return 0;
             }
             return rc;
@@ -535,8 +474,7 @@ static int reserve(fipc_shm *h, uint64_t frame, double timeout, int64_t *deadlin
     }
     if (frame > room) {
         char *p = ring(h, h->pos);
-        wr32(p, (uint32_t)(room - FR_HDR));
-        wr32(p + 4, FR_PAD);
+        fipc_frame_head(p, (uint32_t)(room - FR_HDR), FR_PAD);
         h->pos += room;
     }
     *at = ring(h, h->pos);
@@ -545,7 +483,7 @@ static int reserve(fipc_shm *h, uint64_t frame, double timeout, int64_t *deadlin
 
 static inline int whole(fipc_shm *h, uint64_t len)
 {
-    return FR_HDR + round8(len) <= h->capacity / 4;
+    return FR_HDR + fipc_round_up(len, 8) <= h->capacity / 4;
 }
 
 /* Write one message without publishing head (the caller does). */
@@ -555,11 +493,10 @@ static int64_t put(fipc_shm *h, const char *buf, uint64_t len, double timeout,
     char *p;
     int rc;
     if (whole(h, len)) {
-        uint64_t frame = FR_HDR + round8(len);
+        uint64_t frame = FR_HDR + fipc_round_up(len, 8);
         if ((rc = reserve(h, frame, timeout, deadline, &p)) < 0)
             return rc;
-        wr32(p, (uint32_t)len);
-        wr32(p + 4, FR_WHOLE);
+        fipc_frame_head(p, (uint32_t)len, FR_WHOLE);
         memcpy(p + FR_HDR, buf, len);
         h->pos += frame;
         return 0;
@@ -570,14 +507,13 @@ static int64_t put(fipc_shm *h, const char *buf, uint64_t len, double timeout,
     while (done < len) {
         uint64_t hdr = done == 0 ? FIRST_HDR : FR_HDR;
         uint64_t want = len - done < h->chunk ? len - done : h->chunk;
-        if ((rc = reserve(h, hdr + round8(want), timeout, deadline, &p)) < 0)
+        if ((rc = reserve(h, hdr + fipc_round_up(want, 8), timeout, deadline, &p)) < 0)
             return rc;
-        wr32(p, (uint32_t)want);
-        wr32(p + 4, done == 0 ? FR_FIRST : FR_NEXT);
+        fipc_frame_head(p, (uint32_t)want, done == 0 ? FR_FIRST : FR_NEXT);
         if (done == 0)
-            wr64(p + FR_HDR, len);
+            fipc_wr64(p + FR_HDR, len);
         memcpy(p + hdr, buf + done, want);
-        h->pos += hdr + round8(want);
+        h->pos += hdr + fipc_round_up(want, 8);
         publish_head(h);
         done += want;
         *progress = done;
@@ -641,23 +577,8 @@ static int frame_at(fipc_shm *h, uint32_t *kind, uint64_t *len, uint64_t *total,
     uint64_t avail = h->peer - h->pos;
     if (avail < FR_HDR)
         return FIPC_CORRUPT;
-    char *p = ring(h, h->pos);
-    uint64_t n = rd32(p);
-    uint32_t k = rd32(p + 4);
-    uint64_t hdr = k == FR_FIRST ? FIRST_HDR : FR_HDR;
-    uint64_t sz = hdr + round8(n);
-    if (k < FR_WHOLE || k > FR_PAD || sz > room || sz > avail)
-        return FIPC_CORRUPT;
-    if (k == FR_PAD && sz != room)
-        return FIPC_CORRUPT;
-    *kind = k;
-    *len = n;
-    *total = k == FR_FIRST ? rd64(p + FR_HDR) : n;
-    *data = p + hdr;
-    *size = sz;
-    if (k == FR_FIRST && (*total < n || *total == 0))
-        return FIPC_CORRUPT;
-    return 0;
+    return fipc_frame_at(ring(h, h->pos), room, avail, FR_HDR, FIRST_HDR, 8, kind, len, total,
+                         data, size);
 }
 
 /* The next frame, after waiting for one (may_wait) when none is published: 1 (its fields
@@ -883,16 +804,16 @@ int fipc_shm_close(fipc_shm *h)
  * closed or broken, and FIPC_CORRUPT if a page was lost under it (see on_sigbus). */
 #define GUARDED(h, type, call)                                                              \
     do {                                                                                    \
-        if (enter(h) < 0)                                                                   \
+        if (fipc_enter(&(h)->busy, &(h)->closed) < 0)                                       \
             return -EBADF;                                                                  \
         if (is_broken(h)) {                                                                 \
-            leave(h);                                                                       \
+            fipc_leave(&(h)->busy);                                                         \
             return FIPC_CORRUPT;                                                            \
         }                                                                                   \
         type rc_ = call;                                                                    \
         if (is_broken(h)) /* a page was lost under the call (see on_sigbus) */              \
             rc_ = FIPC_CORRUPT;                                                             \
-        leave(h);                                                                           \
+        fipc_leave(&(h)->busy);                                                             \
         return rc_;                                                                         \
     } while (0)
 
@@ -965,11 +886,11 @@ static int shm_unpark(fipc_shm *h)
 
 void fipc_shm_unpark(fipc_shm *h)
 {
-    if (enter(h) < 0)
+    if (fipc_enter(&h->busy, &h->closed) < 0)
         return;
     if (!h->broken)
         shm_unpark(h);
-    leave(h);
+    fipc_leave(&h->busy);
 }
 
 /* ---------------------------------------------------------------- writer's view of its reader */
