@@ -17,6 +17,7 @@ import math
 import os
 import time
 import warnings
+from collections.abc import Iterator
 from types import ModuleType
 from typing import Any, Callable, NoReturn, Optional, TypeVar
 
@@ -282,6 +283,17 @@ def retry(rc: int, again: Callable[[float], int], deadline: Deadline,
 
 
 # ---------------------------------------------------------------------------- life cycle
+
+
+def messages(end: Any) -> Iterator[bytes]:
+    """``end.recv()`` until the stream ends (EOFError): the ``__iter__`` of every receiving
+    end. ``recv`` is looked up at each message, so that a fast path set on the instance
+    while it is open is the one called, and a closed end raises ValueError."""
+    while True:
+        try:
+            yield end.recv()
+        except EOFError:
+            return
 
 
 class Handle:

@@ -446,11 +446,7 @@ class Subscriber(_Endpoint):
 
     def __iter__(self) -> Iterator[bytes]:
         """Messages until the publisher closes."""
-        while True:
-            try:
-                yield self.recv()
-            except EOFError:
-                return
+        return _core.messages(self)
 
     def _orphan(self) -> None:
         """The stream ended: if the publisher died without removing its name, remove it."""

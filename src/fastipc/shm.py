@@ -720,11 +720,7 @@ class Reader(_End):
 
     def __iter__(self) -> Iterator[bytes]:
         """Messages until the writer closes."""
-        while True:
-            try:
-                yield self.recv()
-            except EOFError:
-                return
+        return _core.messages(self)
 
     def close(self) -> None:
         """Detach: the writer gets BrokenPipeError from then on; views still in ``with``
