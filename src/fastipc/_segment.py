@@ -8,7 +8,9 @@ from __future__ import annotations
 import errno
 import mmap
 import os
-from typing import Any, Optional
+import stat
+from types import TracebackType
+from typing import Any, Callable, Optional
 
 from fastipc import _core
 
@@ -93,3 +95,55 @@ def same_file(fd: int, path: str) -> bool:
     except OSError:
         return False
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def open_existing(path: str) -> Optional[tuple[int, os.stat_result]]:
+    """Open the segment at ``path`` for an end that attaches: ``(fd, its fstat)``, or None
+    while there is none; ValueError if the name is not a regular file (nothing left open)."""
+    try:
+        fd = open_segment(path, 0)
+    except FileNotFoundError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError(f"{path!r} is not a shared memory segment")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st
+
+
+def remove_orphan(fd: int, path: str, creator_alive: Callable[[int], bool]) -> None:
+    """The creator of the segment open at ``fd`` is gone without removing its name (its
+    liveness lock is free): remove the name, if it still refers to this segment."""
+    try:
+        dead = fd >= 0 and not creator_alive(fd)
+    except OSError:
+        return
+    if dead and same_file(fd, path):
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
+class View:
+    """What the zero-copy views of shm and pubsub share: ``with view as mv`` gives the
+    memoryview until :meth:`release` (the ``with`` block's end) lets it go."""
+
+    __slots__ = ("_mv", "pos")
+
+    _mv: Optional[memoryview]
+    pos: Optional[int]
+
+    def __enter__(self) -> memoryview:
+        if self._mv is None:
+            raise ValueError("this view has been released")
+        return self._mv
+
+    def __exit__(self, *exc: Optional[TracebackType]) -> None:
+        self.release()
+
+    def release(self) -> None:
+        raise NotImplementedError

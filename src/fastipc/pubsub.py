@@ -28,14 +28,21 @@ import uuid
 import weakref
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, Optional
 
 from fastipc import _core
 from fastipc._backend import pubsub as _layout
 from fastipc._backend.pubsub import NotReady, PublisherOps, SubscriberOps
 from fastipc._core import Deadline, Handle, check_int, check_timeout, uses_handle
-from fastipc._segment import check_spin, create_segment, open_segment, same_file, segment_path
+from fastipc._segment import (
+    View,
+    check_spin,
+    create_segment,
+    open_existing,
+    remove_orphan,
+    same_file,
+    segment_path,
+)
 
 __all__ = ["DEFAULT_CAPACITY", "MAX_SUBSCRIBERS", "Publisher", "PublisherInfo", "Subscriber",
            "describe"]
@@ -73,6 +80,10 @@ def map_segment(fd: int, size: int) -> tuple[mmap.mmap, int]:
     except BaseException:
         mm.close()
         raise
+
+
+def _publisher_alive(fd: int) -> bool:
+    return _layout.lock_held(fd, _layout.LOCK)
 
 
 class _Endpoint(Handle):
@@ -260,25 +271,17 @@ class Publisher(_Endpoint):
             self._unmap()
 
 
-class _View:
+class _View(View):
     """A zero-copy view of one received message; released when its ``with`` block ends
     (the publisher may then reuse its space: a view kept past the block does not stall it,
     but may show later data)."""
 
-    __slots__ = ("_mv", "_sub", "pos")
+    __slots__ = ("_sub",)
 
     def __init__(self, sub: Subscriber, mv: memoryview, pos: Optional[int]) -> None:
         self._sub = sub
-        self._mv: Optional[memoryview] = mv
+        self._mv = mv
         self.pos = pos
-
-    def __enter__(self) -> memoryview:
-        if self._mv is None:
-            raise ValueError("this view has been released")
-        return self._mv
-
-    def __exit__(self, *exc: Optional[TracebackType]) -> None:
-        self.release()
 
     def release(self) -> None:
         mv, self._mv = self._mv, None
@@ -333,14 +336,11 @@ class Subscriber(_Endpoint):
         _open_handles.add(self)
 
     def _attach(self, impl: Any, max_message_size: int, spin: float) -> Optional[Any]:
-        try:
-            fd = open_segment(self._path, 0)
-        except FileNotFoundError:
+        got = open_existing(self._path)
+        if got is None:
             return None
+        fd, st = got
         try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                raise ValueError(f"{self._path!r} is not a shared memory segment")
             if st.st_uid != os.getuid():
                 raise PermissionError(errno.EPERM, "the segment belongs to another user "
                                       f"(uid {st.st_uid})", self._name)
@@ -450,12 +450,7 @@ class Subscriber(_Endpoint):
 
     def _orphan(self) -> None:
         """The stream ended: if the publisher died without removing its name, remove it."""
-        if self._fd >= 0 and same_file(self._fd, self._path) and \
-                not _layout.lock_held(self._fd, _layout.LOCK):
-            try:
-                os.unlink(self._path)
-            except FileNotFoundError:
-                pass
+        remove_orphan(self._fd, self._path, _publisher_alive)
 
     def _free(self) -> None:
         _open_handles.discard(self)

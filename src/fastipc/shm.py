@@ -20,11 +20,9 @@ import errno
 import mmap
 import os
 import secrets
-import stat
 import time
 import weakref
 from collections.abc import Iterable, Iterator
-from types import TracebackType
 from typing import Any, Callable, Optional
 
 from fastipc import _aio, _core
@@ -33,11 +31,14 @@ from fastipc._backend import shm as _contract
 from fastipc._core import Deadline, Handle, check_int, check_timeout, uses_handle
 from fastipc._segment import (
     SHM_DIR,
+    View,
     check_bool,
     check_spin,
     create_segment,
     map_segment,
+    open_existing,
     open_segment,
+    remove_orphan,
     same_file,
     segment_path,
 )
@@ -325,6 +326,10 @@ class _End(Handle):
             self._leave()
 
 
+def _writer_alive(fd: int) -> bool:
+    return _layout.lock_held(fd, _layout.LOCK_WRITER)
+
+
 def _counted(end: _End, fn: Callable[..., Any]) -> Callable[..., Any]:
     """``fn`` as a call of ``end`` counted busy, as ``uses_handle`` does, for the pure
     backend's send/recv set on the instance (close() removes it: the class's counted
@@ -533,7 +538,7 @@ def _is_buffer(obj: Any) -> bool:
     return True
 
 
-class _View:
+class _View(View):
     """A zero-copy view of one received message; released when its ``with`` block ends.
 
     While it lives, its ring space is held (the writer cannot reuse it) and it counts as a
@@ -542,23 +547,15 @@ class _View:
     that export goes, then the space is handed back: the writer waits meanwhile, never for
     ever."""
 
-    __slots__ = ("__weakref__", "_mv", "_reader", "pos")
+    __slots__ = ("__weakref__", "_reader")
 
     def __init__(self, reader: Reader, mv: memoryview, pos: Optional[int]) -> None:
         self._reader = reader
-        self._mv: Optional[memoryview] = mv
+        self._mv = mv
         self.pos = pos
         if pos is not None:
             reader._calls.append(None)  # a live view is a call in progress: the mapping stays
             reader._views.add(self)
-
-    def __enter__(self) -> memoryview:
-        if self._mv is None:
-            raise ValueError("this view has been released")
-        return self._mv
-
-    def __exit__(self, *exc: Optional[TracebackType]) -> None:
-        self.release()
 
     def release(self) -> None:
         mv, self._mv = self._mv, None
@@ -614,14 +611,11 @@ class Reader(_End):
         self._start(got[0], got[1], "recv")
 
     def _attach(self, max_message_size: int, spin: float, uid: int) -> Optional[tuple[int, Any]]:
-        try:
-            fd = open_segment(self._path, 0)
-        except FileNotFoundError:
+        got = open_existing(self._path)
+        if got is None:
             return None
+        fd, st = got
         try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                raise ValueError(f"{self._path!r} is not a shared memory segment")
             if st.st_uid != uid:
                 raise PermissionError(
                     errno.EPERM, f"the segment belongs to uid {st.st_uid}, not {uid} (pass "
@@ -732,15 +726,7 @@ class Reader(_End):
     def _ops_freed(self) -> None:
         """The writer has gone without removing the segment (it died): remove it, if the
         name still refers to it."""
-        try:
-            dead = not _layout.lock_held(self._fd, _layout.LOCK_WRITER)
-        except OSError:
-            return
-        if dead and same_file(self._fd, self._path):
-            try:
-                os.unlink(self._path)
-            except FileNotFoundError:
-                pass
+        remove_orphan(self._fd, self._path, _writer_alive)
 
 
 # Fan-out (one writer, many readers) and the many-worker queue live in modules of their own;
