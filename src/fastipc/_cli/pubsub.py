@@ -16,6 +16,8 @@ import sys
 import time
 from typing import Any
 
+from fastipc._cli.shm import print_messages
+
 
 def add_commands(shm_subparsers: Any) -> None:
     """Add ``publish`` and ``subscribe`` to the subparsers of ``fastipc shm``."""
@@ -79,16 +81,7 @@ def subscribe(args: argparse.Namespace) -> int:
     if args.timeout is None:
         print(f"waiting for the publisher {args.name} ...", file=sys.stderr, flush=True)
     with pubsub.Subscriber(args.name, timeout=args.timeout, backend=backend) as sub:
-        out = sys.stdout.buffer
-        n = 0
-        while args.count is None or n < args.count:
-            try:
-                data = sub.recv(timeout=args.timeout)
-            except EOFError:
-                break
-            out.write(data + b"\n")
-            out.flush()
-            n += 1
+        n = print_messages(sub, args.count, args.timeout)
         missed = sub.missed
     print(f"{n} messages" + (f", {missed} missed" if missed else ""), file=sys.stderr,
           flush=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any
+from typing import Any, Optional
 
 
 def register(sub: Any) -> None:
@@ -67,15 +67,22 @@ def read(args: argparse.Namespace) -> int:
     if args.timeout is None:
         print(f"waiting for the writer of {args.name} ...", file=sys.stderr, flush=True)
     with shm.Reader(args.name, timeout=args.timeout, backend=args.backend) as r:
-        out = sys.stdout.buffer
-        n = 0
-        while args.count is None or n < args.count:
-            try:
-                data = r.recv(timeout=args.timeout)
-            except EOFError:
-                break
-            out.write(data + b"\n")
-            out.flush()
-            n += 1
+        n = print_messages(r, args.count, args.timeout)
     print(f"{n} messages", file=sys.stderr, flush=True)
     return 0
+
+
+def print_messages(end: Any, count: Optional[int], timeout: Optional[float]) -> int:
+    """Write each message ``end`` receives to stdout, one a line, until the stream ends or
+    ``count`` were written; returns how many were."""
+    out = sys.stdout.buffer
+    n = 0
+    while count is None or n < count:
+        try:
+            data = end.recv(timeout=timeout)
+        except EOFError:
+            break
+        out.write(data + b"\n")
+        out.flush()
+        n += 1
+    return n
