@@ -16,7 +16,7 @@ import sys
 import time
 from typing import Any
 
-from fastipc._cli.shm import print_messages
+from fastipc._cli.shm import add_reader, print_messages
 
 
 def add_commands(shm_subparsers: Any) -> None:
@@ -37,14 +37,7 @@ def add_commands(shm_subparsers: Any) -> None:
                    help="seconds to wait for the subscribers and for room (default: forever)")
     p.set_defaults(func=publish)
 
-    s = shm_subparsers.add_parser("subscribe", help="print the messages of publisher NAME "
-                                  "until it closes")
-    s.add_argument("name", help="publisher name")
-    s.add_argument("--timeout", type=float, default=None,
-                   help="seconds to wait for the publisher and for each message "
-                        "(default: forever)")
-    s.add_argument("--count", type=int, default=None, help="stop after this many messages")
-    s.set_defaults(func=subscribe)
+    add_reader(shm_subparsers, "subscribe", "publisher", "publisher", subscribe)
 
 
 def publish(args: argparse.Namespace) -> int:

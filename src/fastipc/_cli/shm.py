@@ -29,17 +29,23 @@ def register(sub: Any) -> None:
                    help="seconds to wait for a reader to take everything (default: forever)")
     w.set_defaults(func=write)
 
-    r = cmds.add_parser("read", help="print the messages of channel NAME until it closes")
-    r.add_argument("name", help="channel name")
-    r.add_argument("--timeout", type=float, default=None,
-                   help="seconds to wait for the writer and for each message "
-                        "(default: forever)")
-    r.add_argument("--count", type=int, default=None, help="stop after this many messages")
-    r.set_defaults(func=read)
+    add_reader(cmds, "read", "channel", "writer", read)
 
     from fastipc._cli import pubsub
 
     pubsub.add_commands(cmds)
+
+
+def add_reader(cmds: Any, command: str, kind: str, peer: str, func: Any) -> None:
+    """Add a command that prints the messages of the ``kind`` NAME until it closes (``shm
+    read``, ``shm subscribe``)."""
+    r = cmds.add_parser(command, help=f"print the messages of {kind} NAME until it closes")
+    r.add_argument("name", help=f"{kind} name")
+    r.add_argument("--timeout", type=float, default=None,
+                   help=f"seconds to wait for the {peer} and for each message "
+                        "(default: forever)")
+    r.add_argument("--count", type=int, default=None, help="stop after this many messages")
+    r.set_defaults(func=func)
 
 
 def write(args: argparse.Namespace) -> int:
