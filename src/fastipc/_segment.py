@@ -9,10 +9,13 @@ import errno
 import mmap
 import os
 import stat
+import time
 from types import TracebackType
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, TypeVar
 
 from fastipc import _core
+
+_T = TypeVar("_T")
 
 SHM_DIR = "/dev/shm"
 MAX_SPIN = 1.0
@@ -112,6 +115,22 @@ def open_existing(path: str) -> Optional[tuple[int, os.stat_result]]:
         os.close(fd)
         raise
     return fd, st
+
+
+def wait_for(attach: Callable[[], Optional[_T]], deadline: _core.Deadline, name: str) -> _T:
+    """Call ``attach()`` until it returns something other than None (the segment is there
+    and ready), polling with a backoff from 0.5 ms to 20 ms; TimeoutError once ``deadline``
+    has expired."""
+    delay = 0.0005
+    while True:
+        got = attach()
+        if got is not None:
+            return got
+        left = deadline.left()
+        if left == 0:
+            raise deadline.error(name)
+        time.sleep(delay if left < 0 else min(delay, left))
+        delay = min(delay * 2, 0.02)
 
 
 def remove_orphan(fd: int, path: str, creator_alive: Callable[[int], bool]) -> None:

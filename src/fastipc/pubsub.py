@@ -23,7 +23,6 @@ import errno
 import mmap
 import os
 import stat
-import time
 import uuid
 import weakref
 from collections.abc import Iterable, Iterator
@@ -42,6 +41,7 @@ from fastipc._segment import (
     remove_orphan,
     same_file,
     segment_path,
+    wait_for,
 )
 
 __all__ = ["DEFAULT_CAPACITY", "MAX_SUBSCRIBERS", "Publisher", "PublisherInfo", "Subscriber",
@@ -316,16 +316,7 @@ class Subscriber(_Endpoint):
         which = _core.resolve_backend(backend)
         impl = _core.ops("pubsub", which)
         self._views: list[_View] = []
-        delay = 0.0005
-        while True:
-            ops = self._attach(impl, max_message_size, spin)
-            if ops is not None:
-                break
-            left = deadline.left()
-            if left == 0.0:
-                raise deadline.error(self._name)
-            time.sleep(delay if left < 0 else min(delay, left))
-            delay = min(delay * 2, 0.02)
+        ops = wait_for(lambda: self._attach(impl, max_message_size, spin), deadline, self._name)
         self._ops: SubscriberOps = ops
         fast = ops.fast_recv(self._recv_general, self._recv_finish)
         if fast is not None:  # the one-call hot path shadows the method (same contract)

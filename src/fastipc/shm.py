@@ -41,6 +41,7 @@ from fastipc._segment import (
     remove_orphan,
     same_file,
     segment_path,
+    wait_for,
 )
 
 __all__ = [
@@ -597,16 +598,7 @@ class Reader(_End):
         spin = check_spin(spin)
         uid = os.geteuid() if owner is None else check_int(owner, "owner", 0, 2**32 - 1)
         self._views: weakref.WeakSet[_View] = weakref.WeakSet()
-        delay = 0.0005
-        while True:
-            got = self._attach(max_message_size, spin, uid)
-            if got is not None:
-                break
-            left = deadline.left()
-            if left == 0:
-                raise deadline.error(self._name)
-            time.sleep(delay if left < 0 else min(delay, left))
-            delay = min(delay * 2, 0.02)
+        got = wait_for(lambda: self._attach(max_message_size, spin, uid), deadline, self._name)
         self._max = max_message_size
         self._start(got[0], got[1], "recv")
 
