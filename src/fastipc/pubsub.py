@@ -57,16 +57,7 @@ MAX_MESSAGE_LIMIT = (1 << 63) - 1
 # Objects open in this process: a child made by fork() lets go of their fds at once, so that
 # it never keeps a dead parent's liveness lock (the lock belongs to the open file
 # description, which the child shares) and never touches the parent's cursor or stream.
-_open_handles: weakref.WeakSet[_Endpoint] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for obj in list(_open_handles):
-        obj._abandon()
-    _open_handles.clear()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
+_open_handles: weakref.WeakSet[_Endpoint] = _core.given_up_in_child("_abandon")
 
 
 def map_segment(fd: int, size: int) -> tuple[mmap.mmap, int]:

@@ -192,15 +192,7 @@ def _timeout(block: bool, timeout: Optional[float]) -> float:
 
 # Owned queues, released in a fork child (which must neither keep the owner's lock nor
 # remove the queue when it exits).
-_owned: weakref.WeakSet[Queue] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for q in list(_owned):
-        q._disown()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
+_owned: weakref.WeakSet[Queue] = _core.given_up_in_child("_disown")
 
 
 class Queue(Handle):

@@ -167,15 +167,7 @@ class SharedMemory(Handle):
 # ---------------------------------------------------------------------------- the channel
 
 # Ends open in this process: a child made by fork() gives up its copies (see _End._forked).
-_open_ends: weakref.WeakSet[_End] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for end in list(_open_ends):
-        end._forked()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
+_open_ends: weakref.WeakSet[_End] = _core.given_up_in_child("_forked")
 
 
 class _End(Handle):
