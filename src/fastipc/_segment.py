@@ -92,6 +92,15 @@ def create_segment(path: str, size: int, mode: int) -> int:
     return fd
 
 
+def open_to_inspect(path: str) -> Optional[int]:
+    """A read-only fd of the file at ``path`` for ``fastipc ls``-style inspection (never
+    blocks on a FIFO, never follows a link), or None if it cannot be opened."""
+    try:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+
+
 def same_file(fd: int, path: str) -> bool:
     try:
         a, b = os.fstat(fd), os.stat(path, follow_symlinks=False)

@@ -38,6 +38,7 @@ from fastipc._segment import (
     check_spin,
     create_segment,
     open_existing,
+    open_to_inspect,
     remove_orphan,
     same_file,
     segment_path,
@@ -465,9 +466,8 @@ class PublisherInfo:
 
 def describe(path: str) -> Optional[PublisherInfo]:
     """What the file at ``path`` is if it is a publisher segment, else None."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
+    fd = open_to_inspect(path)
+    if fd is None:
         return None
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
