@@ -156,6 +156,23 @@ def remove_orphan(fd: int, path: str, creator_alive: Callable[[int], bool]) -> N
             pass
 
 
+class SegmentEnd(_core.Handle):
+    """What every end of a segment's ring shares (shm's Writer and Reader, pubsub's
+    Publisher and Subscriber): its name, and the backend ops whose ``wake()`` ends the
+    waits of a call when another thread closes the end."""
+
+    _name = ""
+    _ops: Any = None
+
+    @property
+    def name(self) -> str:
+        """The name, without the slash (also once closed)."""
+        return self._name
+
+    def _wake(self) -> None:
+        self._ops.wake()
+
+
 class View:
     """What the zero-copy views of shm and pubsub share: ``with view as mv`` gives the
     memoryview until :meth:`release` (the ``with`` block's end) lets it go."""

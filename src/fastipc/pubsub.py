@@ -32,8 +32,9 @@ from typing import Any, Optional
 from fastipc import _core
 from fastipc._backend import pubsub as _layout
 from fastipc._backend.pubsub import NotReady, PublisherOps, SubscriberOps
-from fastipc._core import Deadline, Handle, check_int, check_timeout, uses_handle
+from fastipc._core import Deadline, check_int, check_timeout, uses_handle
 from fastipc._segment import (
+    SegmentEnd,
     View,
     check_spin,
     create_segment,
@@ -78,16 +79,11 @@ def _publisher_alive(fd: int) -> bool:
     return _layout.lock_held(fd, _layout.LOCK)
 
 
-class _Endpoint(Handle):
+class _Endpoint(SegmentEnd):
     """What Publisher and Subscriber share: the segment's fd and mapping."""
 
     _mm: Optional[mmap.mmap] = None
-    _name = ""
     _path = ""
-
-    @property
-    def name(self) -> str:
-        return self._name
 
     @property
     def capacity(self) -> int:
@@ -102,13 +98,8 @@ class _Endpoint(Handle):
         spins, sleeps = self._ops.stats()
         return {"spins": spins, "sleeps": sleeps}
 
-    _ops: Any
-
     def _describe(self) -> str:
         return f"{self._name!r} fd={self._fd}"
-
-    def _wake(self) -> None:
-        self._ops.wake()
 
     def _unmap(self) -> None:
         mm, self._mm = self._mm, None

@@ -31,6 +31,7 @@ from fastipc._backend import shm as _contract
 from fastipc._core import Deadline, Handle, check_int, check_timeout, uses_handle
 from fastipc._segment import (
     SHM_DIR,
+    SegmentEnd,
     View,
     check_bool,
     check_spin,
@@ -170,7 +171,7 @@ class SharedMemory(Handle):
 _open_ends: weakref.WeakSet[_End] = _core.given_up_in_child("_forked")
 
 
-class _End(Handle):
+class _End(SegmentEnd):
     """What Writer and Reader share: the segment, its mapping, the backend's ops and the
     liveness lock.
 
@@ -183,7 +184,6 @@ class _End(Handle):
     (which reads the mapping in Python), is counted here."""
 
     _what = "channel end"
-    _ops: Any = None
     _mmap: Optional[mmap.mmap] = None
     _size = 0
 
@@ -204,11 +204,6 @@ class _End(Handle):
             self.__dict__[fast] = _counted(self, getattr(ops, fast))
             self._now_call = _counted(self, getattr(ops, now))
         _open_ends.add(self)
-
-    @property
-    def name(self) -> str:
-        """The channel's name, without the slash."""
-        return self._name
 
     @property
     def capacity(self) -> int:
@@ -251,9 +246,6 @@ class _End(Handle):
         self.__dict__.pop("send", None)  # back to the counted class methods
         self.__dict__.pop("recv", None)
         super().close()
-
-    def _wake(self) -> None:
-        self._ops.wake()
 
     def _free(self) -> None:
         self._ops.close()
