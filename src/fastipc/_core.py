@@ -17,6 +17,8 @@ import math
 import os
 import time
 import warnings
+import weakref
+from collections.abc import Iterator
 from types import ModuleType
 from typing import Any, Callable, NoReturn, Optional, TypeVar
 
@@ -282,6 +284,32 @@ def retry(rc: int, again: Callable[[float], int], deadline: Deadline,
 
 
 # ---------------------------------------------------------------------------- life cycle
+
+
+def given_up_in_child(method: str) -> weakref.WeakSet[Any]:
+    """A set of live objects on which a child made by fork() calls ``method`` at once, then
+    forgets them: the child gives up its copies (a parent's liveness lock, name or cursor
+    is the parent's). The caller adds an object while it holds such a thing."""
+    objs: weakref.WeakSet[Any] = weakref.WeakSet()
+
+    def after_fork_in_child() -> None:
+        for obj in list(objs):
+            getattr(obj, method)()
+        objs.clear()
+
+    os.register_at_fork(after_in_child=after_fork_in_child)
+    return objs
+
+
+def messages(end: Any) -> Iterator[bytes]:
+    """``end.recv()`` until the stream ends (EOFError): the ``__iter__`` of every receiving
+    end. ``recv`` is looked up at each message, so that a fast path set on the instance
+    while it is open is the one called, and a closed end raises ValueError."""
+    while True:
+        try:
+            yield end.recv()
+        except EOFError:
+            return
 
 
 class Handle:

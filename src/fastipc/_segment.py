@@ -8,9 +8,14 @@ from __future__ import annotations
 import errno
 import mmap
 import os
-from typing import Any, Optional
+import stat
+import time
+from types import TracebackType
+from typing import Any, Callable, Optional, TypeVar
 
 from fastipc import _core
+
+_T = TypeVar("_T")
 
 SHM_DIR = "/dev/shm"
 MAX_SPIN = 1.0
@@ -87,9 +92,103 @@ def create_segment(path: str, size: int, mode: int) -> int:
     return fd
 
 
+def open_to_inspect(path: str) -> Optional[int]:
+    """A read-only fd of the file at ``path`` for ``fastipc ls``-style inspection (never
+    blocks on a FIFO, never follows a link), or None if it cannot be opened."""
+    try:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+
+
 def same_file(fd: int, path: str) -> bool:
     try:
         a, b = os.fstat(fd), os.stat(path, follow_symlinks=False)
     except OSError:
         return False
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def open_existing(path: str) -> Optional[tuple[int, os.stat_result]]:
+    """Open the segment at ``path`` for an end that attaches: ``(fd, its fstat)``, or None
+    while there is none; ValueError if the name is not a regular file (nothing left open)."""
+    try:
+        fd = open_segment(path, 0)
+    except FileNotFoundError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError(f"{path!r} is not a shared memory segment")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st
+
+
+def wait_for(attach: Callable[[], Optional[_T]], deadline: _core.Deadline, name: str) -> _T:
+    """Call ``attach()`` until it returns something other than None (the segment is there
+    and ready), polling with a backoff from 0.5 ms to 20 ms; TimeoutError once ``deadline``
+    has expired."""
+    delay = 0.0005
+    while True:
+        got = attach()
+        if got is not None:
+            return got
+        left = deadline.left()
+        if left == 0:
+            raise deadline.error(name)
+        time.sleep(delay if left < 0 else min(delay, left))
+        delay = min(delay * 2, 0.02)
+
+
+def remove_orphan(fd: int, path: str, creator_alive: Callable[[int], bool]) -> None:
+    """The creator of the segment open at ``fd`` is gone without removing its name (its
+    liveness lock is free): remove the name, if it still refers to this segment."""
+    try:
+        dead = fd >= 0 and not creator_alive(fd)
+    except OSError:
+        return
+    if dead and same_file(fd, path):
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
+class SegmentEnd(_core.Handle):
+    """What every end of a segment's ring shares (shm's Writer and Reader, pubsub's
+    Publisher and Subscriber): its name, and the backend ops whose ``wake()`` ends the
+    waits of a call when another thread closes the end."""
+
+    _name = ""
+    _ops: Any = None
+
+    @property
+    def name(self) -> str:
+        """The name, without the slash (also once closed)."""
+        return self._name
+
+    def _wake(self) -> None:
+        self._ops.wake()
+
+
+class View:
+    """What the zero-copy views of shm and pubsub share: ``with view as mv`` gives the
+    memoryview until :meth:`release` (the ``with`` block's end) lets it go."""
+
+    __slots__ = ("_mv", "pos")
+
+    _mv: Optional[memoryview]
+    pos: Optional[int]
+
+    def __enter__(self) -> memoryview:
+        if self._mv is None:
+            raise ValueError("this view has been released")
+        return self._mv
+
+    def __exit__(self, *exc: Optional[TracebackType]) -> None:
+        self.release()
+
+    def release(self) -> None:
+        raise NotImplementedError

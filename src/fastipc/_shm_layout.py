@@ -84,6 +84,11 @@ def hold_lock(fd: int, byte: int) -> bool:
     return True
 
 
+def release_lock(fd: int, byte: int) -> None:
+    """Let go of the lock ``byte`` taken with :func:`hold_lock`."""
+    fcntl.fcntl(fd, fcntl.F_OFD_SETLK, _flock(fcntl.F_UNLCK, byte))
+
+
 def lock_held(fd: int, byte: int) -> bool:
     """Whether another open file description holds the liveness lock ``byte``: the end
     that took it is alive (its process has not exited, in any pid namespace)."""

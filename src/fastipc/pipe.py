@@ -449,11 +449,7 @@ class PipeReader(StreamEnd):
 
     def __iter__(self) -> Iterator[bytes]:
         """Messages until the writer closes."""
-        while True:
-            try:
-                yield self.recv()
-            except EOFError:
-                return
+        return _core.messages(self)
 
 
 def pipe(

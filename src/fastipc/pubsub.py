@@ -23,19 +23,28 @@ import errno
 import mmap
 import os
 import stat
-import time
 import uuid
 import weakref
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, Optional
 
 from fastipc import _core
 from fastipc._backend import pubsub as _layout
 from fastipc._backend.pubsub import NotReady, PublisherOps, SubscriberOps
-from fastipc._core import Deadline, Handle, check_int, check_timeout, uses_handle
-from fastipc._segment import check_spin, create_segment, open_segment, same_file, segment_path
+from fastipc._core import Deadline, check_int, check_timeout, uses_handle
+from fastipc._segment import (
+    SegmentEnd,
+    View,
+    check_spin,
+    create_segment,
+    open_existing,
+    open_to_inspect,
+    remove_orphan,
+    same_file,
+    segment_path,
+    wait_for,
+)
 
 __all__ = ["DEFAULT_CAPACITY", "MAX_SUBSCRIBERS", "Publisher", "PublisherInfo", "Subscriber",
            "describe"]
@@ -50,16 +59,7 @@ MAX_MESSAGE_LIMIT = (1 << 63) - 1
 # Objects open in this process: a child made by fork() lets go of their fds at once, so that
 # it never keeps a dead parent's liveness lock (the lock belongs to the open file
 # description, which the child shares) and never touches the parent's cursor or stream.
-_open_handles: weakref.WeakSet[_Endpoint] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for obj in list(_open_handles):
-        obj._abandon()
-    _open_handles.clear()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
+_open_handles: weakref.WeakSet[_Endpoint] = _core.given_up_in_child("_abandon")
 
 
 def map_segment(fd: int, size: int) -> tuple[mmap.mmap, int]:
@@ -75,16 +75,15 @@ def map_segment(fd: int, size: int) -> tuple[mmap.mmap, int]:
         raise
 
 
-class _Endpoint(Handle):
+def _publisher_alive(fd: int) -> bool:
+    return _layout.lock_held(fd, _layout.LOCK)
+
+
+class _Endpoint(SegmentEnd):
     """What Publisher and Subscriber share: the segment's fd and mapping."""
 
     _mm: Optional[mmap.mmap] = None
-    _name = ""
     _path = ""
-
-    @property
-    def name(self) -> str:
-        return self._name
 
     @property
     def capacity(self) -> int:
@@ -99,13 +98,8 @@ class _Endpoint(Handle):
         spins, sleeps = self._ops.stats()
         return {"spins": spins, "sleeps": sleeps}
 
-    _ops: Any
-
     def _describe(self) -> str:
         return f"{self._name!r} fd={self._fd}"
-
-    def _wake(self) -> None:
-        self._ops.wake()
 
     def _unmap(self) -> None:
         mm, self._mm = self._mm, None
@@ -260,25 +254,17 @@ class Publisher(_Endpoint):
             self._unmap()
 
 
-class _View:
+class _View(View):
     """A zero-copy view of one received message; released when its ``with`` block ends
     (the publisher may then reuse its space: a view kept past the block does not stall it,
     but may show later data)."""
 
-    __slots__ = ("_mv", "_sub", "pos")
+    __slots__ = ("_sub",)
 
     def __init__(self, sub: Subscriber, mv: memoryview, pos: Optional[int]) -> None:
         self._sub = sub
-        self._mv: Optional[memoryview] = mv
+        self._mv = mv
         self.pos = pos
-
-    def __enter__(self) -> memoryview:
-        if self._mv is None:
-            raise ValueError("this view has been released")
-        return self._mv
-
-    def __exit__(self, *exc: Optional[TracebackType]) -> None:
-        self.release()
 
     def release(self) -> None:
         mv, self._mv = self._mv, None
@@ -313,16 +299,7 @@ class Subscriber(_Endpoint):
         which = _core.resolve_backend(backend)
         impl = _core.ops("pubsub", which)
         self._views: list[_View] = []
-        delay = 0.0005
-        while True:
-            ops = self._attach(impl, max_message_size, spin)
-            if ops is not None:
-                break
-            left = deadline.left()
-            if left == 0.0:
-                raise deadline.error(self._name)
-            time.sleep(delay if left < 0 else min(delay, left))
-            delay = min(delay * 2, 0.02)
+        ops = wait_for(lambda: self._attach(impl, max_message_size, spin), deadline, self._name)
         self._ops: SubscriberOps = ops
         fast = ops.fast_recv(self._recv_general, self._recv_finish)
         if fast is not None:  # the one-call hot path shadows the method (same contract)
@@ -333,14 +310,11 @@ class Subscriber(_Endpoint):
         _open_handles.add(self)
 
     def _attach(self, impl: Any, max_message_size: int, spin: float) -> Optional[Any]:
-        try:
-            fd = open_segment(self._path, 0)
-        except FileNotFoundError:
+        got = open_existing(self._path)
+        if got is None:
             return None
+        fd, st = got
         try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                raise ValueError(f"{self._path!r} is not a shared memory segment")
             if st.st_uid != os.getuid():
                 raise PermissionError(errno.EPERM, "the segment belongs to another user "
                                       f"(uid {st.st_uid})", self._name)
@@ -446,20 +420,11 @@ class Subscriber(_Endpoint):
 
     def __iter__(self) -> Iterator[bytes]:
         """Messages until the publisher closes."""
-        while True:
-            try:
-                yield self.recv()
-            except EOFError:
-                return
+        return _core.messages(self)
 
     def _orphan(self) -> None:
         """The stream ended: if the publisher died without removing its name, remove it."""
-        if self._fd >= 0 and same_file(self._fd, self._path) and \
-                not _layout.lock_held(self._fd, _layout.LOCK):
-            try:
-                os.unlink(self._path)
-            except FileNotFoundError:
-                pass
+        remove_orphan(self._fd, self._path, _publisher_alive)
 
     def _free(self) -> None:
         _open_handles.discard(self)
@@ -492,9 +457,8 @@ class PublisherInfo:
 
 def describe(path: str) -> Optional[PublisherInfo]:
     """What the file at ``path`` is if it is a publisher segment, else None."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
+    fd = open_to_inspect(path)
+    if fd is None:
         return None
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):

@@ -52,6 +52,7 @@ from fastipc._backend.queue import (
     QueueOps,
 )
 from fastipc._core import Deadline, Handle, byte_view, check_int, check_timeout, uses_handle
+from fastipc._segment import open_to_inspect
 
 __all__ = [
     "DEFAULT_CAPACITY",
@@ -192,15 +193,7 @@ def _timeout(block: bool, timeout: Optional[float]) -> float:
 
 # Owned queues, released in a fork child (which must neither keep the owner's lock nor
 # remove the queue when it exits).
-_owned: weakref.WeakSet[Queue] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for q in list(_owned):
-        q._disown()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
+_owned: weakref.WeakSet[Queue] = _core.given_up_in_child("_disown")
 
 
 class Queue(Handle):
@@ -893,9 +886,8 @@ def describe(path: str) -> Optional[QueueInfo]:
     """What ``fastipc ls`` shows of ``path``: None if it is not a queue or a queue's
     message segment. ``alive`` is the owner's OFD lock (robust to pid reuse and pid
     namespaces), not a pid probe."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
+    fd = open_to_inspect(path)
+    if fd is None:
         return None
     try:
         st = os.fstat(fd)

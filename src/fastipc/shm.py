@@ -20,11 +20,9 @@ import errno
 import mmap
 import os
 import secrets
-import stat
 import time
 import weakref
 from collections.abc import Iterable, Iterator
-from types import TracebackType
 from typing import Any, Callable, Optional
 
 from fastipc import _aio, _core
@@ -33,13 +31,18 @@ from fastipc._backend import shm as _contract
 from fastipc._core import Deadline, Handle, check_int, check_timeout, uses_handle
 from fastipc._segment import (
     SHM_DIR,
+    SegmentEnd,
+    View,
     check_bool,
     check_spin,
     create_segment,
     map_segment,
+    open_existing,
     open_segment,
+    remove_orphan,
     same_file,
     segment_path,
+    wait_for,
 )
 
 __all__ = [
@@ -165,18 +168,10 @@ class SharedMemory(Handle):
 # ---------------------------------------------------------------------------- the channel
 
 # Ends open in this process: a child made by fork() gives up its copies (see _End._forked).
-_open_ends: weakref.WeakSet[_End] = weakref.WeakSet()
+_open_ends: weakref.WeakSet[_End] = _core.given_up_in_child("_forked")
 
 
-def _after_fork_in_child() -> None:
-    for end in list(_open_ends):
-        end._forked()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-class _End(Handle):
+class _End(SegmentEnd):
     """What Writer and Reader share: the segment, its mapping, the backend's ops and the
     liveness lock.
 
@@ -189,7 +184,6 @@ class _End(Handle):
     (which reads the mapping in Python), is counted here."""
 
     _what = "channel end"
-    _ops: Any = None
     _mmap: Optional[mmap.mmap] = None
     _size = 0
 
@@ -210,11 +204,6 @@ class _End(Handle):
             self.__dict__[fast] = _counted(self, getattr(ops, fast))
             self._now_call = _counted(self, getattr(ops, now))
         _open_ends.add(self)
-
-    @property
-    def name(self) -> str:
-        """The channel's name, without the slash."""
-        return self._name
 
     @property
     def capacity(self) -> int:
@@ -257,9 +246,6 @@ class _End(Handle):
         self.__dict__.pop("send", None)  # back to the counted class methods
         self.__dict__.pop("recv", None)
         super().close()
-
-    def _wake(self) -> None:
-        self._ops.wake()
 
     def _free(self) -> None:
         self._ops.close()
@@ -323,6 +309,10 @@ class _End(Handle):
             raise
         finally:
             self._leave()
+
+
+def _writer_alive(fd: int) -> bool:
+    return _layout.lock_held(fd, _layout.LOCK_WRITER)
 
 
 def _counted(end: _End, fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -533,7 +523,7 @@ def _is_buffer(obj: Any) -> bool:
     return True
 
 
-class _View:
+class _View(View):
     """A zero-copy view of one received message; released when its ``with`` block ends.
 
     While it lives, its ring space is held (the writer cannot reuse it) and it counts as a
@@ -542,23 +532,15 @@ class _View:
     that export goes, then the space is handed back: the writer waits meanwhile, never for
     ever."""
 
-    __slots__ = ("__weakref__", "_mv", "_reader", "pos")
+    __slots__ = ("__weakref__", "_reader")
 
     def __init__(self, reader: Reader, mv: memoryview, pos: Optional[int]) -> None:
         self._reader = reader
-        self._mv: Optional[memoryview] = mv
+        self._mv = mv
         self.pos = pos
         if pos is not None:
             reader._calls.append(None)  # a live view is a call in progress: the mapping stays
             reader._views.add(self)
-
-    def __enter__(self) -> memoryview:
-        if self._mv is None:
-            raise ValueError("this view has been released")
-        return self._mv
-
-    def __exit__(self, *exc: Optional[TracebackType]) -> None:
-        self.release()
 
     def release(self) -> None:
         mv, self._mv = self._mv, None
@@ -600,28 +582,16 @@ class Reader(_End):
         spin = check_spin(spin)
         uid = os.geteuid() if owner is None else check_int(owner, "owner", 0, 2**32 - 1)
         self._views: weakref.WeakSet[_View] = weakref.WeakSet()
-        delay = 0.0005
-        while True:
-            got = self._attach(max_message_size, spin, uid)
-            if got is not None:
-                break
-            left = deadline.left()
-            if left == 0:
-                raise deadline.error(self._name)
-            time.sleep(delay if left < 0 else min(delay, left))
-            delay = min(delay * 2, 0.02)
+        got = wait_for(lambda: self._attach(max_message_size, spin, uid), deadline, self._name)
         self._max = max_message_size
         self._start(got[0], got[1], "recv")
 
     def _attach(self, max_message_size: int, spin: float, uid: int) -> Optional[tuple[int, Any]]:
-        try:
-            fd = open_segment(self._path, 0)
-        except FileNotFoundError:
+        got = open_existing(self._path)
+        if got is None:
             return None
+        fd, st = got
         try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                raise ValueError(f"{self._path!r} is not a shared memory segment")
             if st.st_uid != uid:
                 raise PermissionError(
                     errno.EPERM, f"the segment belongs to uid {st.st_uid}, not {uid} (pass "
@@ -720,11 +690,7 @@ class Reader(_End):
 
     def __iter__(self) -> Iterator[bytes]:
         """Messages until the writer closes."""
-        while True:
-            try:
-                yield self.recv()
-            except EOFError:
-                return
+        return _core.messages(self)
 
     def close(self) -> None:
         """Detach: the writer gets BrokenPipeError from then on; views still in ``with``
@@ -736,15 +702,7 @@ class Reader(_End):
     def _ops_freed(self) -> None:
         """The writer has gone without removing the segment (it died): remove it, if the
         name still refers to it."""
-        try:
-            dead = not _layout.lock_held(self._fd, _layout.LOCK_WRITER)
-        except OSError:
-            return
-        if dead and same_file(self._fd, self._path):
-            try:
-                os.unlink(self._path)
-            except FileNotFoundError:
-                pass
+        remove_orphan(self._fd, self._path, _writer_alive)
 
 
 # Fan-out (one writer, many readers) and the many-worker queue live in modules of their own;

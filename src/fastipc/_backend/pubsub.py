@@ -14,12 +14,11 @@ and mypy --strict checks both against these Protocols.
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import mmap
 import os
-import struct
 from typing import Any, Callable, NamedTuple, Optional, Protocol
+
+from fastipc import _shm_layout
 
 MAGIC = 0x42555046  # "FPUB" little-endian
 VERSION = 1
@@ -77,36 +76,17 @@ def whole_limit(capacity: int) -> int:
 
 # ---------------------------------------------------------------------------- liveness
 
-# struct flock on Linux: short l_type, short l_whence, off_t l_start, off_t l_len, pid_t l_pid
-_FLOCK = struct.Struct("hhqqi4x")
-
-
-def _flock(fd: int, cmd: int, kind: int, byte: int) -> int:
-    """One fcntl(F_OFD_*) on byte ``byte``: the resulting l_type."""
-    arg = _FLOCK.pack(kind, os.SEEK_SET, byte, 1, 0)
-    return int(_FLOCK.unpack(fcntl.fcntl(fd, cmd, arg))[0])
-
-
-def lock_byte(fd: int, byte: int) -> bool:
-    """Take the OFD write lock on ``byte``: False if another open file description has it."""
-    try:
-        _flock(fd, fcntl.F_OFD_SETLK, fcntl.F_WRLCK, byte)
-    except OSError as exc:
-        if exc.errno in (errno.EAGAIN, errno.EACCES):
-            return False
-        raise
-    return True
-
-
-def unlock_byte(fd: int, byte: int) -> None:
-    _flock(fd, fcntl.F_OFD_SETLK, fcntl.F_UNLCK, byte)
+# The OFD byte locks are the channel's (fastipc._shm_layout): the publisher's liveness lock
+# and one a subscriber slot.
+lock_byte = _shm_layout.hold_lock
+unlock_byte = _shm_layout.release_lock
 
 
 def lock_held(fd: int, byte: int) -> bool:
     """Whether another open file description holds the lock on ``byte`` (its owner lives).
     Undecidable (an error) counts as held: a live peer is never declared dead."""
     try:
-        return _flock(fd, fcntl.F_OFD_GETLK, fcntl.F_WRLCK, byte) != fcntl.F_UNLCK
+        return _shm_layout.lock_held(fd, byte)
     except OSError:
         return True
 

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from fastipc import _shm_layout as layout
+from fastipc._segment import open_to_inspect
 
 SHM_DIR = "/dev/shm"
 MQ_DIR = "/dev/mqueue"
@@ -74,9 +75,8 @@ def register_describer(describe: Describer) -> None:
 
 def _probe(path: str, byte: int) -> Optional[bool]:
     """Whether the liveness lock ``byte`` of the file at ``path`` is held (None: unknown)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
+    fd = open_to_inspect(path)
+    if fd is None:
         return None
     try:
         return layout.lock_held(fd, byte)
@@ -88,9 +88,8 @@ def _probe(path: str, byte: int) -> Optional[bool]:
 
 def describe_channel(path: str) -> Optional[SegmentInfo]:
     """The shm channel (magic ``FSHM``): alive while its writer holds its lock."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
+    fd = open_to_inspect(path)
+    if fd is None:
         return None
     try:
         header = layout.parse_header(os.pread(fd, layout.HEADER, 0))

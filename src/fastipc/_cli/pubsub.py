@@ -16,6 +16,8 @@ import sys
 import time
 from typing import Any
 
+from fastipc._cli.shm import add_reader, print_messages
+
 
 def add_commands(shm_subparsers: Any) -> None:
     """Add ``publish`` and ``subscribe`` to the subparsers of ``fastipc shm``."""
@@ -35,14 +37,7 @@ def add_commands(shm_subparsers: Any) -> None:
                    help="seconds to wait for the subscribers and for room (default: forever)")
     p.set_defaults(func=publish)
 
-    s = shm_subparsers.add_parser("subscribe", help="print the messages of publisher NAME "
-                                  "until it closes")
-    s.add_argument("name", help="publisher name")
-    s.add_argument("--timeout", type=float, default=None,
-                   help="seconds to wait for the publisher and for each message "
-                        "(default: forever)")
-    s.add_argument("--count", type=int, default=None, help="stop after this many messages")
-    s.set_defaults(func=subscribe)
+    add_reader(shm_subparsers, "subscribe", "publisher", "publisher", subscribe)
 
 
 def publish(args: argparse.Namespace) -> int:
@@ -79,16 +74,7 @@ def subscribe(args: argparse.Namespace) -> int:
     if args.timeout is None:
         print(f"waiting for the publisher {args.name} ...", file=sys.stderr, flush=True)
     with pubsub.Subscriber(args.name, timeout=args.timeout, backend=backend) as sub:
-        out = sys.stdout.buffer
-        n = 0
-        while args.count is None or n < args.count:
-            try:
-                data = sub.recv(timeout=args.timeout)
-            except EOFError:
-                break
-            out.write(data + b"\n")
-            out.flush()
-            n += 1
+        n = print_messages(sub, args.count, args.timeout)
         missed = sub.missed
     print(f"{n} messages" + (f", {missed} missed" if missed else ""), file=sys.stderr,
           flush=True)

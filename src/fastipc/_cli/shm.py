@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any
+from typing import Any, Optional
 
 
 def register(sub: Any) -> None:
@@ -29,17 +29,23 @@ def register(sub: Any) -> None:
                    help="seconds to wait for a reader to take everything (default: forever)")
     w.set_defaults(func=write)
 
-    r = cmds.add_parser("read", help="print the messages of channel NAME until it closes")
-    r.add_argument("name", help="channel name")
-    r.add_argument("--timeout", type=float, default=None,
-                   help="seconds to wait for the writer and for each message "
-                        "(default: forever)")
-    r.add_argument("--count", type=int, default=None, help="stop after this many messages")
-    r.set_defaults(func=read)
+    add_reader(cmds, "read", "channel", "writer", read)
 
     from fastipc._cli import pubsub
 
     pubsub.add_commands(cmds)
+
+
+def add_reader(cmds: Any, command: str, kind: str, peer: str, func: Any) -> None:
+    """Add a command that prints the messages of the ``kind`` NAME until it closes (``shm
+    read``, ``shm subscribe``)."""
+    r = cmds.add_parser(command, help=f"print the messages of {kind} NAME until it closes")
+    r.add_argument("name", help=f"{kind} name")
+    r.add_argument("--timeout", type=float, default=None,
+                   help=f"seconds to wait for the {peer} and for each message "
+                        "(default: forever)")
+    r.add_argument("--count", type=int, default=None, help="stop after this many messages")
+    r.set_defaults(func=func)
 
 
 def write(args: argparse.Namespace) -> int:
@@ -67,15 +73,22 @@ def read(args: argparse.Namespace) -> int:
     if args.timeout is None:
         print(f"waiting for the writer of {args.name} ...", file=sys.stderr, flush=True)
     with shm.Reader(args.name, timeout=args.timeout, backend=args.backend) as r:
-        out = sys.stdout.buffer
-        n = 0
-        while args.count is None or n < args.count:
-            try:
-                data = r.recv(timeout=args.timeout)
-            except EOFError:
-                break
-            out.write(data + b"\n")
-            out.flush()
-            n += 1
+        n = print_messages(r, args.count, args.timeout)
     print(f"{n} messages", file=sys.stderr, flush=True)
     return 0
+
+
+def print_messages(end: Any, count: Optional[int], timeout: Optional[float]) -> int:
+    """Write each message ``end`` receives to stdout, one a line, until the stream ends or
+    ``count`` were written; returns how many were."""
+    out = sys.stdout.buffer
+    n = 0
+    while count is None or n < count:
+        try:
+            data = end.recv(timeout=timeout)
+        except EOFError:
+            break
+        out.write(data + b"\n")
+        out.flush()
+        n += 1
+    return n

@@ -27,7 +27,7 @@ from fastipc._core import (
     check,
     retry,
 )
-from fastipc._pure.shm import _TSO, _fence, _futex_wait, _futex_wake
+from fastipc._pure.shm import _TSO, _fence, _futex_wait, _futex_wake, _start_header
 
 
 class _Code(Exception):
@@ -207,12 +207,8 @@ class Publisher(_Ops):
         if overflow == L.DROP_OLDEST:
             self._limit = min(max_message, L.whole_limit(cap))
         self._set_spin(spin)
-        mm[:L.HEADER] = bytes(L.HEADER)
         u32, u64 = self._u32, self._u64
-        u32[L.OFF_VERSION // 4] = L.VERSION
-        u64[L.OFF_CAPACITY // 8] = cap
-        u64[L.OFF_DATA // 8] = L.HEADER
-        u64[L.OFF_MAXMSG // 8] = max_message
+        _start_header(mm, u32, u64, L, cap, max_message)
         u32[L.OFF_PID // 4] = pid
         u32[L.OFF_STATE // 4] = L.ST_OPEN
         u32[L.OFF_OVERFLOW // 4] = overflow

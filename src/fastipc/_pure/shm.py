@@ -111,6 +111,18 @@ def _futex_wake(addr: int) -> None:
         _syscall(_SYS_FUTEX, ctypes.c_void_p(addr), _FUTEX_WAKE, 0x7FFFFFFF, None, None, 0)
 
 
+def _start_header(mm: Any, u32: Any, u64: Any, layout: Any, cap: int,
+                  max_message: int) -> None:
+    """Clear a new segment's header and write the fields the channel and the fan-out
+    segment share (``layout``: the module of their offsets); the caller then writes its
+    own fields, and the magic last."""
+    mm[:layout.HEADER] = bytes(layout.HEADER)
+    u32[layout.OFF_VERSION // 4] = layout.VERSION
+    u64[layout.OFF_CAPACITY // 8] = cap
+    u64[layout.OFF_DATA // 8] = layout.HEADER
+    u64[layout.OFF_MAXMSG // 8] = max_message
+
+
 def _valid_size(size: int) -> bool:
     """A channel segment's size: the header, then a ring of a power of two >= 4096."""
     cap = size - L.HEADER
@@ -354,12 +366,8 @@ class WriterOps(_Ops, contract.NowaitSend):
         self.chunk = min(cap // 16, L.MAX_CHUNK)
         self.spin = spin
         self.want = 0
-        mm[:L.HEADER] = bytes(L.HEADER)
-        u32, u64 = self._u32, self._u64
-        u32[L.OFF_VERSION // 4] = L.VERSION
-        u64[L.OFF_CAPACITY // 8] = cap
-        u64[L.OFF_DATA // 8] = L.HEADER
-        u64[L.OFF_MAXMSG // 8] = max_message
+        _start_header(mm, self._u32, self._u64, L, cap, max_message)
+        u32 = self._u32
         u32[L.OFF_WPID // 4] = pid
         u32[L.OFF_WSTATE // 4] = L.ST_OPEN
         _fence()

@@ -88,14 +88,18 @@ def _subscribers(n: int, child: Callable[[Connection, int], None]
 
 
 def _timed(conns: list[Connection], send_all: Callable[[], None]) -> float:
-    """Seconds from the first send until every subscriber says it has all."""
+    """Seconds from the first send until every subscriber says it has all; then tells them
+    to go ("bye")."""
     for c in conns:
         assert c.recv() == "ready"
     t0 = now()
     send_all()
     for c in conns:
         assert c.recv() == "done"
-    return now() - t0
+    seconds = now() - t0
+    for c in conns:
+        c.send("bye")
+    return seconds
 
 
 def _rate(size: int, subs: int, count: int, seconds: float) -> float:
@@ -147,8 +151,6 @@ def fastipc_fanout(backend: str, subs: int, size: int, count: int) -> float:
                     send(msg)
 
             seconds = _timed(conns, send_all)
-            for c in conns:
-                c.send("bye")
         return _rate(size, subs, count, seconds)
     finally:
         pub.close()
@@ -180,8 +182,6 @@ def fastipc_fanout_batch(subs: int, count: int, batch: int = 256) -> float:
                     pub.send_many(msgs)
 
             seconds = _timed(conns, send_all)
-            for c in conns:
-                c.send("bye")
         return count / seconds
     finally:
         pub.close()
@@ -209,8 +209,6 @@ def channels_fanout(subs: int, size: int, count: int) -> float:
                         send(msg)
 
             seconds = _timed(conns, send_all)
-            for c in conns:
-                c.send("bye")
         return _rate(size, subs, count, seconds)
     finally:
         for w in writers:
@@ -269,8 +267,6 @@ def zmq_fanout(subs: int, size: int, count: int) -> float:
                     send(msg)
 
             seconds = _timed(conns, send_all)
-            for c in conns:
-                c.send("bye")
         return _rate(size, subs, count - 1, seconds)
     finally:
         pub.close(0)

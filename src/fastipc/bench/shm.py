@@ -446,33 +446,31 @@ def ff_batch(count: int) -> float:
 
 
 def zmq_stream(count: int) -> float:
-    zmq = optional("zmq")
-    path = f"ipc:///tmp/{_name()}"
-
-    def child(conn: Connection) -> None:
-        with _zmq_socket(zmq, zmq.PULL, path, bind=False) as s:
-            _drain(conn, s.recv, count)
-
-    def parent(conn: Connection) -> float:
-        with _zmq_socket(zmq, zmq.PUSH, path) as s:
-            return count / _flood(conn, s.send, count)
-
-    return _two(child, parent)
+    return _zmq_two("PULL", lambda conn, s: _drain(conn, s.recv, count),
+                    "PUSH", lambda conn, s: count / _flood(conn, s.send, count))
 
 
 def zmq_pingpong(rounds: int) -> float:
+    return _zmq_two("PAIR", lambda conn, s: _echo(conn, s.recv, s.send, rounds),
+                    "PAIR", lambda conn, s: _ping(conn, s.send, s.recv, rounds))
+
+
+def _zmq_two(child_kind: str, child: Callable[[Connection, Any], None],
+             parent_kind: str, parent: Callable[[Connection, Any], float]) -> float:
+    """:func:`_two` over a pyzmq ``ipc://`` socket pair: the parent's socket binds, the
+    child's connects."""
     zmq = optional("zmq")
     path = f"ipc:///tmp/{_name()}"
 
-    def child(conn: Connection) -> None:
-        with _zmq_socket(zmq, zmq.PAIR, path, bind=False) as s:
-            _echo(conn, s.recv, s.send, rounds)
+    def in_child(conn: Connection) -> None:
+        with _zmq_socket(zmq, getattr(zmq, child_kind), path, bind=False) as s:
+            child(conn, s)
 
-    def parent(conn: Connection) -> float:
-        with _zmq_socket(zmq, zmq.PAIR, path) as s:
-            return _ping(conn, s.send, s.recv, rounds)
+    def in_parent(conn: Connection) -> float:
+        with _zmq_socket(zmq, getattr(zmq, parent_kind), path) as s:
+            return parent(conn, s)
 
-    return _two(child, parent)
+    return _two(in_child, in_parent)
 
 
 @contextmanager
