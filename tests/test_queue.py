@@ -369,7 +369,6 @@ def test_describe_and_owner_liveness(backend: str, name: str) -> None:
     # the owner is a child that dies with SIGKILL: its lock goes with it (no pid probe)
     code = f"""
         import os, sys, time
-        sys.path.insert(0, {os.path.abspath("src")!r})
         from fastipc.queue import NamedQueue
         q = NamedQueue({name!r}, create=True, capacity={SMALL}, backend={backend!r})
         q.put(1); q.put(2)
@@ -436,7 +435,6 @@ def test_fork_child_neither_keeps_the_owner_alive_nor_removes_the_queue(backend:
 def test_normal_exit_removes_an_anonymous_queue() -> None:
     code = f"""
         import sys
-        sys.path.insert(0, {os.path.abspath("src")!r})
         from fastipc import queue
         queue.ANONYMOUS_PREFIX = {PREFIX + "exit-"!r}
         q = queue.Queue(capacity={SMALL})
@@ -451,7 +449,6 @@ def test_normal_exit_removes_an_anonymous_queue() -> None:
 def test_owner_killed_leaves_a_stale_queue() -> None:
     code = f"""
         import os, signal, sys
-        sys.path.insert(0, {os.path.abspath("src")!r})
         from fastipc import queue
         queue.ANONYMOUS_PREFIX = {PREFIX + "crash-"!r}
         q = queue.Queue(capacity={SMALL})
@@ -573,9 +570,8 @@ def test_start_methods(method: str, backend: str, tmp_path: Any) -> None:
     need to import the child's function from."""
     script = tmp_path / "start_method.py"
     script.write_text(_START_METHOD)
-    env = dict(os.environ, PYTHONPATH=os.path.abspath("src"))
     res = subprocess.run([sys.executable, str(script), method, backend, PREFIX + "sm-"],
-                         capture_output=True, text=True, timeout=120, env=env)
+                         capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert res.stdout.startswith("ok ")
     assert not os.path.exists(f"{SHM_DIR}/{res.stdout.split()[1]}")
@@ -624,7 +620,6 @@ def test_corrupted_segment_raises_not_crashes(backend: str, name: str,
     code = f"""
         import errno, struct, sys
         import numpy as np
-        sys.path.insert(0, {os.path.abspath("src")!r})
         from fastipc._backend import queue as L
         from fastipc.queue import NamedQueue
         q = NamedQueue({name!r}, create=True, capacity={SMALL}, backend={backend!r})

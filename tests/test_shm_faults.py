@@ -27,7 +27,6 @@ from helpers import run_python, start_python
 from test_shm import running
 
 SHM = Path("/dev/shm")
-SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
 def _ok(out: subprocess.CompletedProcess[str]) -> str:
@@ -551,9 +550,8 @@ def test_shared_memory_pickles_by_name(backend: str, name: str, method: str,
     method; once the name is gone, unpickling raises FileNotFoundError (never creates)."""
     script = tmp_path / "pickle_shm.py"  # spawn and forkserver import the main module
     script.write_text(PICKLE)
-    env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
     out = subprocess.run([sys.executable, str(script), name, backend, method],
-                         capture_output=True, text=True, timeout=120, env=env)
+                         capture_output=True, text=True, timeout=120)
     assert _ok(out).strip() == "ok"
     assert not (SHM / name).exists()
 
