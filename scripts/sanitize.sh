@@ -14,39 +14,38 @@ if [ "${1:-}" = "--valgrind" ]; then
     shift
 fi
 PY=${PYTHON:-python3}
-VENV=${SANITIZE_VENV:-.venv-$mode}
+VENV=$(realpath -m "${SANITIZE_VENV:-.venv-$mode}")
 
 "$PY" -m venv "$VENV"
-"$VENV/bin/pip" install -q --upgrade pip
-"$VENV/bin/pip" install -q '.[test]'  # the dependencies; the package is rebuilt next
+"$VENV/bin/pip" install -q --upgrade pip setuptools
+"$VENV/bin/pip" install -q '.[test]'  # the dependencies; the module under test is built next
 
-# build from a copy: setuptools reuses objects in build/ whatever the flags were
+# build the C core in place in a copy (setuptools reuses objects in build/ whatever the flags
+# were), and put that copy first on the path: the tests import it, not the installed one
 src=$(mktemp -d)
 trap 'rm -rf "$src"' EXIT
 cp -r csrc src setup.py setup.cfg pyproject.toml README.md LICENSE MANIFEST.in "$src/"
 rm -rf "$src/build" "$src"/src/fastipc/*.so
 if [ $mode = asan ]; then export FASTIPC_SANITIZE=1; fi
-FASTIPC_DEBUG=1 "$VENV/bin/pip" install -q --no-cache-dir --force-reinstall --no-deps "$src"
+(cd "$src" && FASTIPC_DEBUG=1 "$VENV/bin/python" setup.py -q build_ext --inplace >/dev/null)
 unset FASTIPC_SANITIZE
-
-# (find the module without importing it: an ASan build only loads with the preload below)
-so=$("$VENV/bin/python" -c 'import importlib.util as u, pathlib
-print(next(pathlib.Path(u.find_spec("fastipc").submodule_search_locations[0]).glob("_fastipc*.so")))')
+so=$(ls "$src"/src/fastipc/_fastipc*.so)
+export PYTHONPATH="$src/src"
 
 export FASTIPC_BACKEND=native
 export PYTHONMALLOC=malloc  # Python's own allocator would hide heap errors
-cd tests  # import the installed package, not the source tree
+cd tests  # the checked build of the copy above, not the source tree
 if [ $mode = asan ]; then
     nm -D "$so" | grep -q __asan_init || { echo "sanitize.sh: $so lacks ASan" >&2; exit 1; }
     export LD_PRELOAD="$(gcc -print-file-name=libasan.so)"
     export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:halt_on_error=1:detect_stack_use_after_return=1"
     export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1"
-    "../$VENV/bin/python" -m pytest -q -p no:cacheprovider "${@:-.}"
+    "$VENV/bin/python" -m pytest -q -p no:cacheprovider "${@:-.}"
 else
     command -v valgrind >/dev/null || { echo "sanitize.sh: valgrind is not installed" >&2; exit 1; }
     # errors inside the interpreter and libc start-up are not ours: only frames in
     # _fastipc count (--error-exitcode applies to errors left after the suppressions)
     valgrind --tool=memcheck --error-exitcode=99 --leak-check=no --track-origins=yes \
         --suppressions=../scripts/valgrind-python.supp --quiet \
-        "../$VENV/bin/python" -m pytest -q -p no:cacheprovider -x "${@:-.}"
+        "$VENV/bin/python" -m pytest -q -p no:cacheprovider -x "${@:-.}"
 fi

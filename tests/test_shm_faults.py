@@ -558,3 +558,33 @@ def test_shared_memory_pickles_by_name(backend: str, name: str, method: str,
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__]))
+
+
+@pytest.mark.parametrize("kind", ["channel", "publisher"])
+def test_a_fork_leaves_the_fd_numbers_of_closed_ends_alone(backend: str, name: str,
+                                                           kind: str) -> None:
+    """A forked child gives up the ends it inherited, but one the parent closed (still
+    referenced) is not its to close: its fd number may belong to something else by now."""
+    from fastipc import pubsub
+
+    end = (shm.Writer(name, capacity=4096, backend=backend) if kind == "channel"
+           else pubsub.Publisher(name, capacity=1 << 16, backend=backend))
+    end.close()  # still referenced: the fork hook still sees it
+    r, w = os.pipe()  # takes the lowest free numbers: the end's, most likely
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:
+        try:
+            os.fstat(r)
+            os.fstat(w)
+            os._exit(0)
+        except OSError:
+            os._exit(1)
+    _, status = os.waitpid(pid, 0)
+    os.close(r)
+    os.close(w)
+    assert status == 0
+    del end

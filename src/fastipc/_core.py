@@ -353,8 +353,9 @@ class Handle:
 
     def _free(self) -> None:
         """Release the resources (fd, mapping, C memory). Runs once, when no call is busy."""
-        if self._fd >= 0:
-            os.close(self._fd)
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)
 
     def _describe(self) -> str:
         """What ``__repr__`` says of an open object, besides its type and backend."""

@@ -114,7 +114,10 @@ class _Endpoint(SegmentEnd):
 
     def _abandon(self) -> None:
         """In a forked child: let go of the fd (and with it the liveness lock's reference)
-        without telling the segment anything; the object is closed from now on."""
+        without telling the segment anything; the object is closed from now on. One the
+        parent had closed is left alone: its fd number may belong to something else now."""
+        if self._closed:
+            return
         self._closed = True
         self._unfreed = []
         fd, self._fd = self._fd, -1

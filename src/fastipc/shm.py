@@ -259,7 +259,10 @@ class _End(SegmentEnd):
     def _forked(self) -> None:
         """In a child made by fork(): this copy is not the channel's end. Drop it without a
         word to the peer, and close the inherited fd so that its liveness lock goes with the
-        parent, not with the child."""
+        parent, not with the child. An end the parent had closed is left alone: its fd
+        number may belong to something else by now."""
+        if self._closed:
+            return
         self.__dict__.pop("send", None)
         self.__dict__.pop("recv", None)
         self._closed = True
