@@ -854,7 +854,7 @@ def handler(*args):
 signal.signal(signal.SIGALRM, handler)
 signal.setitimer(signal.ITIMER_REAL, 0.0005, 0.0005)
 got, interrupts = [], 0
-while len(got) < n:
+while True:
     try:
         armed[0] = True
         m = r.recv(timeout=30)
@@ -862,14 +862,17 @@ while len(got) < n:
         got.append(m)
     except Interrupt:
         interrupts += 1
+    except EOFError:
+        break
 signal.setitimer(signal.ITIMER_REAL, 0)
-for i, m in enumerate(got):
-    assert m == message(i), (i, len(m))
-try:
-    r.recv(timeout=30)
-    raise AssertionError("a message too many")
-except EOFError:
-    pass
+index = [int.from_bytes(m[:4], "big") for m in got]
+for i, m in zip(index, got):
+    assert m == message(i), (i, len(m))          # whole: never torn or mixed
+assert index == sorted(set(index)), index        # in order, never twice
+# the native backend hands a message over in the call that consumes it: nothing is lost;
+# the pure one may drop the one message an exception hits between consuming and returning
+# it (README, "Exceptions raised into a receive")
+assert len(got) == n if backend == "native" else len(got) >= n - interrupts, (len(got), n)
 r.close()
 os.waitpid(pid, 0)
 print(interrupts)
