@@ -36,6 +36,12 @@ def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+@pytest.fixture(params=["asyncio", "uvloop"])
+def loop_kind(request: pytest.FixtureRequest) -> str:
+    """Every awaitable runs on plain asyncio and on uvloop (helpers.run_on)."""
+    return str(request.param)
+
+
 @pytest.fixture(params=[("native", "pure"), ("pure", "native")], ids=["native-pure", "pure-native"])
 def cross(request: pytest.FixtureRequest) -> tuple[str, str]:
     """(sender backend, receiver backend) for data that crosses between the two."""

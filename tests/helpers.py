@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import os
 import subprocess
@@ -9,9 +10,13 @@ import sys
 import textwrap
 import traceback
 import warnings
+from collections.abc import Coroutine
 from typing import Any, Callable, TypeVar
 
+import uvloop
+
 _F = TypeVar("_F", bound=Callable[..., None])
+_T = TypeVar("_T")
 
 
 def run_python(
@@ -66,3 +71,12 @@ def in_forked_child(test: _F) -> _F:
         assert status == 0, report or f"the child ended with wait status {status}"
 
     return run  # type: ignore[return-value]
+
+
+def run_on(kind: str, coro: Coroutine[Any, Any, _T]) -> _T:
+    """Run ``coro`` to completion on a new event loop of ``kind``: "asyncio" or "uvloop"."""
+    loop = uvloop.new_event_loop() if kind == "uvloop" else asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(coro)
+    finally:
+        loop.close()

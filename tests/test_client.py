@@ -11,14 +11,14 @@ import struct
 import tempfile
 import threading
 import time
-from collections.abc import Coroutine, Iterator
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from typing import TypeVar
 
 import pytest
 import uvloop
 
 from fastipc import client, server
-from helpers import run_python, start_python
+from helpers import run_on, run_python, start_python
 
 T = TypeVar("T")
 WAIT = 10.0
@@ -27,17 +27,7 @@ _warm = uvloop.new_event_loop()  # uvloop's process-wide pipe, opened outside th
 _warm.close()
 
 
-@pytest.fixture(params=["asyncio", "uvloop"])
-def loop_kind(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-def run(kind: str, coro: Coroutine[Any, Any, T]) -> T:
-    loop = uvloop.new_event_loop() if kind == "uvloop" else asyncio.new_event_loop()
-    try:
-        return loop.run_until_complete(coro)
-    finally:
-        loop.close()
+run = run_on
 
 
 @pytest.fixture

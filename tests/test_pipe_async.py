@@ -7,7 +7,6 @@ import asyncio
 import os
 import threading
 import time
-from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -15,7 +14,7 @@ import pytest
 import uvloop
 
 from fastipc import pipe
-from helpers import start_python
+from helpers import run_on, start_python
 
 T = TypeVar("T")
 
@@ -25,17 +24,7 @@ _warm = uvloop.new_event_loop()
 _warm.close()
 
 
-@pytest.fixture(params=["asyncio", "uvloop"])
-def loop_kind(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-def run(kind: str, coro: Coroutine[Any, Any, T]) -> T:
-    loop = uvloop.new_event_loop() if kind == "uvloop" else asyncio.new_event_loop()
-    try:
-        return loop.run_until_complete(coro)
-    finally:
-        loop.close()
+run = run_on
 
 
 class Ticker:

@@ -18,12 +18,13 @@ import os
 import time
 import warnings
 import weakref
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from types import ModuleType
 from typing import Any, Callable, NoReturn, Optional, TypeVar
 
 _T = TypeVar("_T", bound="Handle")
 _F = TypeVar("_F", bound=Callable[..., Any])
+_R = TypeVar("_R")
 
 __all__ = [
     "BACKEND",
@@ -487,3 +488,23 @@ def uses_handle(method: _F) -> _F:
                              args=", ".join(args))
     exec(source, defaults)  # the dataclasses way: a wrapper with the exact signature
     return functools.wraps(method)(defaults[method.__name__])  # type: ignore[return-value]
+
+
+def uses_handle_async(method: Callable[..., Awaitable[_R]]) -> Callable[..., Awaitable[_R]]:
+    """The awaitable twin of :func:`uses_handle`: the object counts as busy while the
+    coroutine runs (so nothing is freed under it), ValueError on a closed object, and
+    ValueError when the object was closed during the call."""
+
+    @functools.wraps(method)
+    async def call(self: Handle, *args: Any, **kwargs: Any) -> _R:
+        self._enter()
+        try:
+            return await method(self, *args, **kwargs)
+        except (OSError, EOFError):
+            if self._closed:
+                raise closed_error(self._what) from None
+            raise
+        finally:
+            self._leave()
+
+    return call

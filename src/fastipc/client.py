@@ -25,8 +25,8 @@ from fastipc._address import (
     unix_path,
 )
 from fastipc._backend.pipe import Stream
-from fastipc._core import Deadline, check_int, check_timeout
-from fastipc.pipe import StreamEnd, _impl, uses_handle_async
+from fastipc._core import Deadline, check_int, check_timeout, uses_handle_async
+from fastipc.pipe import StreamEnd, _impl
 
 __all__ = ["AsyncClient", "Client", "connect", "connect_async"]
 

@@ -15,17 +15,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import functools
 import os
 import stat
 import threading
 import weakref
-from collections.abc import Awaitable, Generator, Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar, Union, cast
 
 from fastipc import _core
 from fastipc._backend.pipe import Module, Stream
-from fastipc._core import Deadline, check_int, check_timeout, closed_error, uses_handle
+from fastipc._core import (
+    Deadline,
+    check_int,
+    check_timeout,
+    closed_error,
+    uses_handle,
+    uses_handle_async,
+)
 
 if TYPE_CHECKING:  # mypy checks both backend modules against the contract
     from fastipc._native import pipe as _native_pipe
@@ -74,28 +80,6 @@ def _set_size(impl: Module, fd: int, size: int) -> int:
 
 
 # ---------------------------------------------------------------------------- awaiting
-
-
-def uses_handle_async(
-    method: Callable[..., Awaitable[_R]],
-) -> Callable[..., Awaitable[_R]]:
-    """The awaitable twin of :func:`fastipc._core.uses_handle`: the object counts as busy
-    while the coroutine runs (so nothing is freed under it), ValueError on a closed object,
-    and ValueError when the object was closed during the call."""
-
-    @functools.wraps(method)
-    async def call(self: Awaiter, *args: Any, **kwargs: Any) -> _R:
-        self._enter()
-        try:
-            return await method(self, *args, **kwargs)
-        except (OSError, EOFError):
-            if self._closed:
-                raise closed_error(self._what) from None
-            raise
-        finally:
-            self._leave()
-
-    return call
 
 
 def _done(fut: asyncio.Future[None]) -> None:
