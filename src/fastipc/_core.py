@@ -403,11 +403,16 @@ class Handle:
         """Close the object; calls blocked in other threads end with ValueError. Idempotent."""
         if self._closed:
             return
+        calls = self._calls
+        calls.append(None)  # busy while waking, so a woken call leaving cannot free under _wake
         self._closed = True
-        if self._calls:
-            self._wake()
-        if not self._calls:
-            self._free_once()
+        try:
+            if len(calls) > 1:
+                self._wake()
+        finally:
+            calls.pop()
+            if not calls:
+                self._free_once()
 
     def fileno(self) -> int:
         """The kernel fd (non-inheritable)."""
