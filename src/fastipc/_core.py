@@ -20,7 +20,7 @@ import warnings
 import weakref
 from collections.abc import Awaitable, Iterator
 from types import ModuleType
-from typing import Any, Callable, NoReturn, Optional, TypeVar
+from typing import Any, Callable, Generic, NoReturn, Optional, TypeVar, overload
 
 _T = TypeVar("_T", bound="Handle")
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -30,6 +30,7 @@ __all__ = [
     "BACKEND",
     "NATIVE_ERROR",
     "Deadline",
+    "Fixed",
     "Handle",
     "check",
     "check_timeout",
@@ -313,6 +314,41 @@ def messages(end: Any) -> Iterator[bytes]:
             return
 
 
+class Fixed(Generic[_R]):
+    """A read-only attribute of a public object, kept in a private one: what
+    ``@property`` plus ``def x(self): return self._x`` would say in four lines.
+
+        framing = Fixed[str]("_framing", "How messages are delimited.")
+        size = Fixed[int]("_size", "Bytes mapped.", open_only=True)
+
+    ``open_only``: reading it on a closed :class:`Handle` raises ValueError. Assigning
+    raises AttributeError, as for a property without a setter."""
+
+    def __init__(self, attr: str, doc: str = "", *, open_only: bool = False) -> None:
+        self._attr = attr
+        self._open_only = open_only
+        self.__doc__ = doc
+        self._name = attr.lstrip("_")
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._name = name
+
+    @overload
+    def __get__(self, obj: None, owner: Optional[type] = None) -> Fixed[_R]: ...
+    @overload
+    def __get__(self, obj: object, owner: Optional[type] = None) -> _R: ...
+
+    def __get__(self, obj: Any, owner: Optional[type] = None) -> Any:
+        if obj is None:
+            return self
+        if self._open_only and obj._closed:
+            raise closed_error(obj._what)
+        return getattr(obj, self._attr)
+
+    def __set__(self, obj: object, value: object) -> None:
+        raise AttributeError(f"{self._name} is read-only")
+
+
 class Handle:
     """The life cycle of every public fastipc object, written once.
 
@@ -363,14 +399,8 @@ class Handle:
         return f"fd={self._fd}" if self._fd >= 0 else "open"
 
     # ---- the life cycle
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    @property
-    def backend(self) -> str:
-        """``"native"`` or ``"pure"``."""
-        return self._backend
+    closed = Fixed[bool]("_closed", "Whether close() was called.")
+    backend = Fixed[str]("_backend", '``"native"`` or ``"pure"``.')
 
     def _closed_error(self) -> ValueError:
         return closed_error(self._what)

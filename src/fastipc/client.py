@@ -47,14 +47,8 @@ class _ClientEnd(StreamEnd):
         self._open_stream(fd, _impl(which), which, reading=True, sock=True,
                           max_message_size=max_message_size)
 
-    @property
-    def framing(self) -> str:
-        return self._framing
-
-    @property
-    def address(self) -> Any:
-        """The server's address as given to :func:`connect`."""
-        return self._address
+    framing = _core.Fixed[str]("_framing", '``"length"`` or ``"line"``.')
+    address = _core.Fixed[Any]("_address", "The server's address as given to :func:`connect`.")
 
     @property
     def max_message_size(self) -> int:

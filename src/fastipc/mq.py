@@ -249,10 +249,7 @@ class MessageQueue(Handle):
     def _describe(self) -> str:
         return f"{self._name!r} fd={self._fd}"
 
-    @property
-    def name(self) -> str:
-        """The queue's name, with its leading ``/``."""
-        return self._name
+    name = _core.Fixed[str]("_name", "The queue's name, with its leading ``/``.")
 
     def unlink(self) -> None:
         """Remove the queue's name (before or after :meth:`close`: it is an operation on
@@ -271,11 +268,8 @@ class MessageQueue(Handle):
         """``Attributes(max_messages, max_message_size, current_messages)``, read now."""
         return Attributes(*self._q.attributes())
 
-    @property
-    def max_message_size(self) -> int:
-        """The largest message this queue takes, in bytes."""
-        self._check_open()
-        return self._max_size
+    max_message_size = _core.Fixed[int]("_max_size", "The largest message this queue takes, "
+                                        "in bytes.", open_only=True)
 
     @property
     def spin(self) -> float:

@@ -511,9 +511,7 @@ class FIFO(Awaiter):
         self._woken = threading.Event()
         self._open_handle(which)
 
-    @property
-    def path(self) -> str:
-        return self._path
+    path = _core.Fixed[str]("_path", "The FIFO's path.")
 
     def _describe(self) -> str:
         return repr(self._path)

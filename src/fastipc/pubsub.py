@@ -197,13 +197,8 @@ class Publisher(_Endpoint):
         self._open_handle(which, lock_fd)
         _open_handles.add(self)
 
-    @property
-    def overflow(self) -> str:
-        return self._overflow
-
-    @property
-    def max_message_size(self) -> int:
-        return self._max
+    overflow = _core.Fixed[str]("_overflow", '``"block"`` or ``"drop_oldest"``.')
+    max_message_size = _core.Fixed[int]("_max", "The largest message taken, in bytes.")
 
     @property
     def subscribers(self) -> int:

@@ -332,10 +332,8 @@ class Queue(Handle):
         self._check_open()
         return (_attach, (self._name, self._max_message, self._spin, self._backend))
 
-    @property
-    def name(self) -> str:
-        """The segment's name in /dev/shm (what another process attaches to)."""
-        return self._name
+    name = _core.Fixed[str]("_name", "The segment's name in /dev/shm (what another process "
+                            "attaches to).")
 
     @property
     def maxsize(self) -> int:

@@ -94,10 +94,7 @@ class Semaphore(Handle):
     def _describe(self) -> str:
         return repr(self._name)
 
-    @property
-    def name(self) -> str:
-        """The semaphore's name, with its leading ``/``."""
-        return self._name
+    name = _core.Fixed[str]("_name", "The semaphore's name, with its leading ``/``.")
 
     def unlink(self) -> None:
         """Remove the semaphore's name (before or after :meth:`close`: it is an operation

@@ -170,9 +170,7 @@ class Connection:
         """Bytes queued for the peer and not yet taken by the kernel."""
         return 0 if self.closed else self._server._pending(self._key)
 
-    @property
-    def server(self) -> Server:
-        return self._server
+    server = _core.Fixed["Server"]("_server", "The server that accepted this connection.")
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"fd={self.fd}"
@@ -287,21 +285,12 @@ class Server(_core.Handle):
 
     # ------------------------------------------------------------ properties
 
-    @property
-    def framing(self) -> str:
-        return self._framing
-
-    @property
-    def max_message_size(self) -> int:
-        return self._max
-
-    @property
-    def idle_timeout(self) -> Optional[float]:
-        return self._idle_timeout
-
-    @property
-    def max_connections(self) -> Optional[int]:
-        return self._max_connections
+    framing = _core.Fixed[str]("_framing", '``"length"`` or ``"line"``.')
+    max_message_size = _core.Fixed[int]("_max", "The largest message taken, in bytes.")
+    idle_timeout = _core.Fixed[Optional[float]](
+        "_idle_timeout", "Seconds a connection may stay idle before it is closed (None: no limit).")
+    max_connections = _core.Fixed[Optional[int]](
+        "_max_connections", "Connections past this many are accepted and closed at once.")
 
     @property
     def tcp_address(self) -> Optional[TcpAddress]:

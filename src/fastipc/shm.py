@@ -119,16 +119,10 @@ class SharedMemory(Handle):
         self._buf: Optional[memoryview] = memoryview(self._mmap)
         self._open_handle(which, fd)
 
-    @property
-    def name(self) -> str:
-        """The segment's name, without the slash (also once closed: unlink() needs it)."""
-        return self._name
-
-    @property
-    def size(self) -> int:
-        """Bytes mapped (the segment's size from fstat unless a smaller size was asked)."""
-        self._check_open()
-        return self._size
+    name = _core.Fixed[str]("_name", "The segment's name, without the slash (also once closed: "
+                      "unlink() needs it).")
+    size = _core.Fixed[int]("_size", "Bytes mapped (the segment's size from fstat unless a smaller "
+                      "size was asked).", open_only=True)
 
     @property
     def buf(self) -> memoryview:
@@ -204,6 +198,9 @@ class _End(SegmentEnd):
             self.__dict__[fast] = _counted(self, getattr(ops, fast))
             self._now_call = _counted(self, getattr(ops, now))
         _open_ends.add(self)
+
+    max_message_size = _core.Fixed[int]("_max", "The largest message taken, in bytes.",
+                                  open_only=True)
 
     @property
     def capacity(self) -> int:
@@ -423,11 +420,6 @@ class Writer(_End):
         self._max = max_message_size
         self._start(fd, ops, "send")
 
-    @property
-    def max_message_size(self) -> int:
-        self._check_open()
-        return self._max
-
     @uses_handle
     def send(self, data: Any, timeout: Optional[float] = None) -> None:
         """Send one message (any bytes-like object). Waits up to ``timeout`` seconds for
@@ -610,11 +602,6 @@ class Reader(_End):
             os.close(fd)
             raise
         return fd, ops
-
-    @property
-    def max_message_size(self) -> int:
-        self._check_open()
-        return self._max
 
     @uses_handle
     def recv(self, timeout: Optional[float] = None) -> bytes:
