@@ -11,28 +11,46 @@ from __future__ import annotations
 
 import os
 import weakref
-from typing import Any, Protocol
+from typing import Any, Optional, Protocol
 
-__all__ = ["MessageQueueBackend", "own_wake_after_fork"]
+__all__ = ["MessageQueueBackend", "Receive", "Send", "own_wake_after_fork"]
+
+
+class Send(Protocol):
+    """The public ``MessageQueue.send``."""
+
+    def __call__(self, data: Any, priority: int = 0, timeout: Optional[float] = None) -> None: ...
+
+
+class Receive(Protocol):
+    """The public ``MessageQueue.receive``."""
+
+    def __call__(self, timeout: Optional[float] = None) -> tuple[bytes, int]: ...
 
 
 class MessageQueueBackend(Protocol):
-    """One open queue descriptor of one backend."""
+    """One open queue descriptor of one backend.
+
+    A backend whose calls count themselves busy below Python (the native one, in C) also
+    has ``hot_paths(send, receive) -> (send, receive)``: the public methods' fast paths,
+    set on the public object while it is open, each falling back to the whole path it is
+    given (the public class's argument checks, then :meth:`send`/:meth:`receive`)."""
 
     name: str  # with its leading "/"
     fd: int  # the queue descriptor (close-on-exec, non-blocking), pollable
     wake_fd: int  # readable once wake() was called: asyncio waits on it too
     max_message_size: int
+    spin: float  # seconds a send or receive that has to wait polls before it sleeps
 
     def __init__(
         self, name: str, create: bool, mode: int, max_messages: int, max_message_size: int
     ) -> None: ...
 
-    def send(self, data: Any, priority: int, timeout: float, spin: float) -> None:
+    def send(self, data: Any, priority: int, timeout: float) -> None:
         """Send ``data`` (bytes, or a contiguous byte memoryview of at most
-        max_message_size bytes) as one message; ``spin``: seconds to poll before sleeping."""
+        max_message_size bytes) as one message."""
 
-    def receive(self, timeout: float, spin: float) -> tuple[bytes, int]:
+    def receive(self, timeout: float) -> tuple[bytes, int]:
         """The next message and its priority."""
         ...
 

@@ -1,13 +1,18 @@
 """Message-queue operations backed by ``csrc/mq.c``: one C call per user operation, the
-slow path (EINTR, errors) in :func:`fastipc._core.retry`."""
+slow path (EINTR, errors) in :func:`fastipc._core.retry`.
+
+The open queue is a ``fipc_mq`` in memory owned by this object: sends and receives count
+themselves busy in C, and the descriptors are closed only once no call is in C (see
+csrc/mq.c), so the public class lets its hot ``send``/``receive`` (:meth:`Queue.hot_paths`)
+skip Python's busy count."""
 
 from __future__ import annotations
 
-import os
 import time
-from typing import Any, Optional
+from functools import partial
+from typing import Any, Callable, Optional
 
-from fastipc._backend.mq import MessageQueueBackend, own_wake_after_fork
+from fastipc._backend.mq import MessageQueueBackend, Receive, Send, own_wake_after_fork
 from fastipc._core import Deadline, check, ffi, lib, retry
 
 __all__ = ["Queue"]
@@ -17,94 +22,125 @@ _receive = lib.fipc_mq_receive
 _from_buffer = ffi.from_buffer
 _unpack = ffi.unpack
 _monotonic = time.monotonic
+_SHIFT = lib.FIPC_MQ_PRIO_BITS
+_PRIO = (1 << _SHIFT) - 1
 
 
 class Queue:
     """An open queue descriptor and the eventfd that wakes its waiters."""
 
-    __slots__ = ("__weakref__", "_pool", "fd", "max_message_size", "name", "wake_fd")
+    __slots__ = (
+        "__weakref__",
+        "_buffer",
+        "_h",
+        "_pool",
+        "fd",
+        "max_message_size",
+        "name",
+        "wake_fd",
+    )
 
     def __init__(
         self, name: str, create: bool, mode: int, max_messages: int, max_message_size: int
     ) -> None:
         self.name = name
-        self.fd = -1
-        self.wake_fd = check(lib.fipc_mq_wake_open(), name)
-        try:
-            self.fd = check(
-                lib.fipc_mq_open(name.encode(), int(create), mode, max_messages, max_message_size),
-                name,
-            )
-            self.max_message_size: int = self.attributes()[1]
-        except BaseException:
-            self.close()
-            raise
-        # (buffer, priority) pairs for receive, reused: one per thread receiving at a time
-        # (list.pop and list.append are atomic under the GIL), so no call shares its out
-        # parameters with another
-        self._pool: list[tuple[Any, Any]] = []
+        h = ffi.new("fipc_mq *")
+        check(
+            lib.fipc_mq_open(h, name.encode(), int(create), mode, max_messages, max_message_size),
+            name,
+        )
+        self._h = h
+        self.fd: int = h.fd
+        self.wake_fd: int = h.wakefd
+        self.max_message_size: int = h.max_message_size
+        # receive buffers, reused: one per thread receiving at a time (list.pop and
+        # list.append are atomic under the GIL), so no call shares its buffer with another
+        self._pool: list[Any] = []
+        self._buffer: Callable[[], Any] = partial(ffi.new, "char[]", self.max_message_size)
         own_wake_after_fork(self)
 
-    def send(self, data: Any, priority: int, timeout: float, spin: float) -> None:
+    @property
+    def spin(self) -> float:
+        return float(self._h.spin)
+
+    @spin.setter
+    def spin(self, value: float) -> None:
+        self._h.spin = value
+
+    def send(self, data: Any, priority: int, timeout: float) -> None:
         if type(data) is not bytes:
             data = _from_buffer(data)
+        h, n = self._h, len(data)
         start: Optional[float] = _monotonic() if timeout > 0 else None
-        rc = _send(self.fd, self.wake_fd, data, len(data), priority, timeout, spin)
+        rc = _send(h, data, n, priority, timeout)
         if rc:
-            fd, wake_fd = self.fd, self.wake_fd
             retry(
                 rc,
-                lambda left: _send(fd, wake_fd, data, len(data), priority, left, spin),
+                lambda left: _send(h, data, n, priority, left),
                 Deadline(timeout, start),
                 self.name,
             )
 
-    def receive(self, timeout: float, spin: float) -> tuple[bytes, int]:
-        pool = self._pool
-        buf, prio = pool.pop() if pool else self._out()
+    def receive(self, timeout: float) -> tuple[bytes, int]:
+        h, pool = self._h, self._pool
+        buf = pool.pop() if pool else self._buffer()
         start: Optional[float] = _monotonic() if timeout > 0 else None
-        size = self.max_message_size
-        n = _receive(self.fd, self.wake_fd, buf, size, prio, timeout, spin)
-        if n < 0:
-            fd, wake_fd = self.fd, self.wake_fd
+        rc = _receive(h, buf, timeout)
+        if rc < 0:
             try:
-                n = retry(
-                    n,
-                    lambda left: _receive(fd, wake_fd, buf, size, prio, left, spin),
-                    Deadline(timeout, start),
-                    self.name,
+                rc = retry(
+                    rc, lambda left: _receive(h, buf, left), Deadline(timeout, start), self.name
                 )
             except BaseException:
-                pool.append((buf, prio))
+                pool.append(buf)
                 raise
-        message = _unpack(buf, n), prio[0]
-        pool.append((buf, prio))
+        message = _unpack(buf, rc >> _SHIFT), rc & _PRIO
+        pool.append(buf)
         return message
 
-    def _out(self) -> tuple[Any, Any]:
-        """Out parameters for one receive: the message buffer and the priority."""
-        return ffi.new("char[]", self.max_message_size), ffi.new("unsigned int *")
+    def hot_paths(self, send: Send, receive: Receive) -> tuple[Send, Receive]:
+        """The public ``send``/``receive`` of a blocking call of bytes (the stream's): one C
+        call, counted busy in C; anything else (other types, a timeout, a failed attempt:
+        EINTR, closed, a bad priority or size) goes to ``send``/``receive``, the public
+        class's whole path, which checks the arguments and tries again."""
+        h, pool, new = self._h, self._pool, self._buffer
+
+        def hot_send(data: Any, priority: int = 0, timeout: Optional[float] = None) -> None:
+            if timeout is None and type(data) is bytes and type(priority) is int:
+                try:
+                    if not _send(h, data, len(data), priority, -1.0):
+                        return
+                except OverflowError:  # a priority beyond C's long long: the checks say so
+                    pass
+            send(data, priority, timeout)
+
+        def hot_receive(timeout: Optional[float] = None) -> tuple[bytes, int]:
+            if timeout is None:
+                buf = pool.pop() if pool else new()
+                rc = _receive(h, buf, -1.0)
+                if rc >= 0:
+                    message = _unpack(buf, rc >> _SHIFT), rc & _PRIO
+                    pool.append(buf)
+                    return message
+                pool.append(buf)
+            return receive(timeout)
+
+        return hot_send, hot_receive
 
     def attributes(self) -> tuple[int, int, int]:
         attr = ffi.new("fipc_mq_attr *")
-        check(lib.fipc_mq_getattr(self.fd, attr), self.name)
+        check(lib.fipc_mq_getattr(self._h, attr), self.name)
         return attr.max_messages, attr.max_message_size, attr.current_messages
 
     def wake(self) -> None:
-        check(lib.fipc_mq_wake(self.wake_fd), self.name)
+        check(lib.fipc_mq_wake(self._h), self.name)
 
     def renew_wake(self) -> None:
-        if self.wake_fd >= 0:
-            os.close(self.wake_fd)
-            self.wake_fd = check(lib.fipc_mq_wake_open(), self.name)
+        check(lib.fipc_mq_renew_wake(self._h), self.name)
+        self.wake_fd = self._h.wakefd
 
     def close(self) -> None:
-        fd, self.fd = self.fd, -1
-        wake_fd, self.wake_fd = self.wake_fd, -1
-        if wake_fd >= 0:
-            os.close(wake_fd)
-        if fd >= 0:
-            check(lib.fipc_mq_close(fd), self.name)
+        lib.fipc_mq_release(self._h)
 
     @staticmethod
     def unlink(name: str) -> None:

@@ -64,7 +64,7 @@ def _guess_errno(message: str) -> int:
 class Queue:
     """An open posix_ipc queue and the pipe that wakes its waiters."""
 
-    __slots__ = ("__weakref__", "_wake_w", "fd", "max_message_size", "name", "q", "wake_fd")
+    __slots__ = ("__weakref__", "_wake_w", "fd", "max_message_size", "name", "q", "spin", "wake_fd")
 
     def __init__(
         self, name: str, create: bool, mode: int, max_messages: int, max_message_size: int
@@ -83,6 +83,7 @@ class Queue:
         self.fd: int = self.q.mqd
         os.set_inheritable(self.fd, False)
         self.max_message_size: int = self.q.max_message_size
+        self.spin = 0.0  # not used: posix_ipc is only asked not to block
         self.wake_fd, self._wake_w = os.pipe()  # non-inheritable (PEP 446)
         own_wake_after_fork(self)
 
@@ -109,13 +110,11 @@ class Queue:
             if any(fd == self.wake_fd for fd, _ in ready):
                 raise OSError(errno.ECANCELED, os.strerror(errno.ECANCELED), self.name)
 
-    def send(self, data: Any, priority: int, timeout: float, spin: float) -> None:
-        """``spin`` is ignored."""
+    def send(self, data: Any, priority: int, timeout: float) -> None:
         q = self.q
         self._call(lambda: q.send(data, priority=priority), select.POLLOUT, timeout)
 
-    def receive(self, timeout: float, spin: float) -> tuple[bytes, int]:
-        """``spin`` is ignored."""
+    def receive(self, timeout: float) -> tuple[bytes, int]:
         data, priority = self._call(self.q.receive, select.POLLIN, timeout)
         return data, priority
 
