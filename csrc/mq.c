@@ -203,13 +203,19 @@ int fipc_mq_send(fipc_mq *h, const char *buf, size_t len, long long priority, do
     return rc;
 }
 
-int64_t fipc_mq_receive(fipc_mq *h, char *buf, double timeout)
+int64_t fipc_mq_receive(fipc_mq_rx *rx, double timeout)
 {
+    fipc_mq *h = rx->h;
     unsigned int prio = 0;
     int64_t rc = enter(h);
     if (rc < 0)
         return rc;
-    rc = transfer(h, buf, (size_t)h->max_message_size, 0, &prio, timeout);
+    rc = transfer(h, rx->buf, (size_t)h->max_message_size, 0, &prio, timeout);
     leave(h);
     return rc < 0 ? rc : rc << FIPC_MQ_PRIO_BITS | (int64_t)prio;
+}
+
+int64_t fipc_mq_receive_wait(fipc_mq_rx *rx)
+{
+    return fipc_mq_receive(rx, -1.0);
 }

@@ -53,10 +53,19 @@ int fipc_mq_renew_wake(fipc_mq *h);
  * out of range, -EMSGSIZE for len over max_message_size: nothing is sent). */
 int fipc_mq_send(fipc_mq *h, const char *buf, size_t len, long long priority,
                  double timeout);
-/* Receive the oldest message of the highest priority into buf (h->max_message_size
- * bytes): its length << FIPC_MQ_PRIO_BITS | its priority, or -ETIMEDOUT / -ECANCELED /
- * -EINTR / -errno as fipc_mq_send. */
-int64_t fipc_mq_receive(fipc_mq *h, char *buf, double timeout);
+/* What one receive needs: the queue and a buffer of its max_message_size bytes (one per
+ * thread receiving at a time; ffi.new("fipc_mq_rx *", max_message_size)). */
+typedef struct fipc_mq_rx {
+    fipc_mq *h;
+    char buf[];
+} fipc_mq_rx;
+/* Receive the oldest message of the highest priority into rx->buf: its length <<
+ * FIPC_MQ_PRIO_BITS | its priority, or -ETIMEDOUT / -ECANCELED / -EINTR / -errno as
+ * fipc_mq_send. */
+int64_t fipc_mq_receive(fipc_mq_rx *rx, double timeout);
+/* fipc_mq_receive(rx, -1): waiting as long as it takes. One argument, which cffi passes
+ * without building a tuple of arguments (METH_O): the stream's hot receive. */
+int64_t fipc_mq_receive_wait(fipc_mq_rx *rx);
 /* CDEF END */
 
 #endif

@@ -19,11 +19,18 @@ __all__ = ["Queue"]
 
 _send = lib.fipc_mq_send
 _receive = lib.fipc_mq_receive
+_receive_wait = lib.fipc_mq_receive_wait
 _from_buffer = ffi.from_buffer
 _unpack = ffi.unpack
 _monotonic = time.monotonic
 _SHIFT = lib.FIPC_MQ_PRIO_BITS
 _PRIO = (1 << _SHIFT) - 1
+
+
+def _rx(h: Any, size: int) -> tuple[Any, Any]:
+    """A receive's fipc_mq_rx, and its buffer as a char[] (what ffi.unpack reads)."""
+    rx = ffi.new("fipc_mq_rx *", {"h": h, "buf": size})
+    return rx, rx.buf
 
 
 class Queue:
@@ -53,10 +60,11 @@ class Queue:
         self.fd: int = h.fd
         self.wake_fd: int = h.wakefd
         self.max_message_size: int = h.max_message_size
-        # receive buffers, reused: one per thread receiving at a time (list.pop and
-        # list.append are atomic under the GIL), so no call shares its buffer with another
-        self._pool: list[Any] = []
-        self._buffer: Callable[[], Any] = partial(ffi.new, "char[]", self.max_message_size)
+        # receives' (fipc_mq_rx, its buffer) pairs, reused: one per thread receiving at a
+        # time (list.pop and list.append are atomic under the GIL), so no call shares its
+        # buffer with another
+        self._pool: list[tuple[Any, Any]] = []
+        self._buffer: Callable[[], tuple[Any, Any]] = partial(_rx, h, self.max_message_size)
         own_wake_after_fork(self)
 
     @property
@@ -82,20 +90,19 @@ class Queue:
             )
 
     def receive(self, timeout: float) -> tuple[bytes, int]:
-        h, pool = self._h, self._pool
-        buf = pool.pop() if pool else self._buffer()
+        pool = self._pool
+        item = pool.pop() if pool else self._buffer()
+        rx, buf = item
         start: Optional[float] = _monotonic() if timeout > 0 else None
-        rc = _receive(h, buf, timeout)
+        rc = _receive(rx, timeout)
         if rc < 0:
             try:
-                rc = retry(
-                    rc, lambda left: _receive(h, buf, left), Deadline(timeout, start), self.name
-                )
+                rc = retry(rc, lambda left: _receive(rx, left), Deadline(timeout, start), self.name)
             except BaseException:
-                pool.append(buf)
+                pool.append(item)
                 raise
         message = _unpack(buf, rc >> _SHIFT), rc & _PRIO
-        pool.append(buf)
+        pool.append(item)
         return message
 
     def hot_paths(self, send: Send, receive: Receive) -> tuple[Send, Receive]:
@@ -103,7 +110,8 @@ class Queue:
         call, counted busy in C; anything else (other types, a timeout, a failed attempt:
         EINTR, closed, a bad priority or size) goes to ``send``/``receive``, the public
         class's whole path, which checks the arguments and tries again."""
-        h, pool, new = self._h, self._pool, self._buffer
+        h, new = self._h, self._buffer
+        pop, push = self._pool.pop, self._pool.append
 
         def hot_send(data: Any, priority: int = 0, timeout: Optional[float] = None) -> None:
             if timeout is None and type(data) is bytes and type(priority) is int:
@@ -116,13 +124,16 @@ class Queue:
 
         def hot_receive(timeout: Optional[float] = None) -> tuple[bytes, int]:
             if timeout is None:
-                buf = pool.pop() if pool else new()
-                rc = _receive(h, buf, -1.0)
+                try:
+                    item = pop()
+                except IndexError:
+                    item = new()
+                rc = _receive_wait(item[0])
                 if rc >= 0:
-                    message = _unpack(buf, rc >> _SHIFT), rc & _PRIO
-                    pool.append(buf)
+                    message = _unpack(item[1], rc >> _SHIFT), rc & _PRIO
+                    push(item)
                     return message
-                pool.append(buf)
+                push(item)
             return receive(timeout)
 
         return hot_send, hot_receive
