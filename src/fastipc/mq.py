@@ -190,7 +190,7 @@ def _send(
     q: MessageQueueBackend, data: Any, priority: int = 0, timeout: Optional[float] = None
 ) -> None:
     """The whole of :meth:`MessageQueue.send` below the life cycle: the arguments checked,
-    then the backend's send; a call that close() ended raises ValueError."""
+    then the backend's send."""
     if type(data) is not bytes:
         data = byte_view(data)
     n = len(data)
@@ -201,27 +201,12 @@ def _send(
         raise ValueError(
             f"message of {n} bytes exceeds the queue's max_message_size ({q.max_message_size})"
         )
-    try:
-        q.send(data, priority, t)
-    except OSError as exc:
-        _closed_if_woken(exc)
-        raise
+    q.send(data, priority, t)
 
 
 def _receive(q: MessageQueueBackend, timeout: Optional[float] = None) -> tuple[bytes, int]:
     """The whole of :meth:`MessageQueue.receive` below the life cycle."""
-    try:
-        return q.receive(check_timeout(timeout))
-    except OSError as exc:
-        _closed_if_woken(exc)
-        raise
-
-
-def _closed_if_woken(exc: OSError) -> None:
-    """A call that close() ended (OSError(ECANCELED), see the backend contract) raises
-    ValueError, as a call of a closed object."""
-    if exc.errno == errno.ECANCELED:
-        raise _core.closed_error(MessageQueue._what) from None
+    return q.receive(check_timeout(timeout))
 
 
 def _attach(name: str, backend: str, spin: float) -> MessageQueue:

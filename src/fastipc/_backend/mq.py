@@ -4,8 +4,8 @@
 Timeouts arrive validated, in the C convention of :func:`fastipc._core.check_timeout`
 (``-1.0`` forever, ``0.0`` try once, ``> 0`` seconds). Failures raise: ``TimeoutError``
 when the queue stays full or empty, an ``OSError`` with the kernel's errno otherwise, and
-``OSError(ECANCELED)`` from a call that :meth:`MessageQueueBackend.wake` ended (the public
-class turns that one into ``ValueError``: the object was closed)."""
+``ValueError`` (:func:`closed`) from a call that :meth:`MessageQueueBackend.wake` ended: the
+object was closed."""
 
 from __future__ import annotations
 
@@ -13,7 +13,14 @@ import os
 import weakref
 from typing import Any, Optional, Protocol
 
-__all__ = ["MessageQueueBackend", "Receive", "Send", "own_wake_after_fork"]
+from fastipc._core import closed_error
+
+__all__ = ["MessageQueueBackend", "Receive", "Send", "closed", "own_wake_after_fork"]
+
+
+def closed() -> ValueError:
+    """What a send or receive that close() ended raises: the error of a closed object."""
+    return closed_error("MessageQueue")
 
 
 class Send(Protocol):
@@ -59,8 +66,8 @@ class MessageQueueBackend(Protocol):
         ...
 
     def wake(self) -> None:
-        """Make every send and receive waiting on this object end with OSError(ECANCELED),
-        now and from now on (called once, by close())."""
+        """Make every send and receive waiting on this object end with :func:`closed`, now
+        and from now on (called by close())."""
 
     def renew_wake(self) -> None:
         """In a forked child: replace the inherited wake-up descriptor with one of its own

@@ -8,11 +8,12 @@ skip Python's busy count."""
 
 from __future__ import annotations
 
+import errno
 import time
 from functools import partial
 from typing import Any, Callable, Optional
 
-from fastipc._backend.mq import MessageQueueBackend, Receive, Send, own_wake_after_fork
+from fastipc._backend.mq import MessageQueueBackend, Receive, Send, closed, own_wake_after_fork
 from fastipc._core import Deadline, check, ffi, lib, retry
 
 __all__ = ["Queue"]
@@ -25,6 +26,14 @@ _unpack = ffi.unpack
 _monotonic = time.monotonic
 _SHIFT = lib.FIPC_MQ_PRIO_BITS
 _PRIO = (1 << _SHIFT) - 1
+_CANCELED = -errno.ECANCELED
+
+
+def _not_woken(rc: int) -> int:
+    """``rc``, unless close() ended the call (-ECANCELED): then the closed object's error."""
+    if rc == _CANCELED:
+        raise closed()
+    return rc
 
 
 def _rx(h: Any, size: int) -> tuple[Any, Any]:
@@ -83,8 +92,8 @@ class Queue:
         rc = _send(h, data, n, priority, timeout)
         if rc:
             retry(
-                rc,
-                lambda left: _send(h, data, n, priority, left),
+                _not_woken(rc),
+                lambda left: _not_woken(_send(h, data, n, priority, left)),
                 Deadline(timeout, start),
                 self.name,
             )
@@ -97,7 +106,12 @@ class Queue:
         rc = _receive(rx, timeout)
         if rc < 0:
             try:
-                rc = retry(rc, lambda left: _receive(rx, left), Deadline(timeout, start), self.name)
+                rc = retry(
+                    _not_woken(rc),
+                    lambda left: _not_woken(_receive(rx, left)),
+                    Deadline(timeout, start),
+                    self.name,
+                )
             except BaseException:
                 pool.append(item)
                 raise

@@ -17,7 +17,7 @@ from typing import Any, Callable, NoReturn, TypeVar
 
 import posix_ipc
 
-from fastipc._backend.mq import MessageQueueBackend, own_wake_after_fork
+from fastipc._backend.mq import MessageQueueBackend, closed, own_wake_after_fork
 from fastipc._core import Deadline, raise_errno
 
 __all__ = ["Queue"]
@@ -108,7 +108,7 @@ class Queue:
             left = deadline.left()
             ready = poller.poll(None if left < 0 else left * 1000)
             if any(fd == self.wake_fd for fd, _ in ready):
-                raise OSError(errno.ECANCELED, os.strerror(errno.ECANCELED), self.name)
+                raise closed()
 
     def send(self, data: Any, priority: int, timeout: float) -> None:
         q = self.q
