@@ -12,13 +12,13 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
 from fastipc import mq
 from helpers import run_python, start_python
-from interrupts import check_raising_handler_ends, check_retries_with_remaining_time
+from interrupts import alarms, check_raising_handler_ends, check_retries_with_remaining_time
 
 SMALL = {"max_messages": 8, "max_message_size": 256}
 
@@ -295,6 +295,38 @@ def test_signal_handler_that_raises_ends_the_call(queue: mq.MessageQueue) -> Non
         assert queue.receive(0) == (b"full", 0)
 
 
+def test_signals_during_a_wait_without_timeout(queue: mq.MessageQueue) -> None:
+    """A send or receive without a timeout (the native backend's hot path) waits on through
+    signals whose handler returns, and ends with the exception of one that raises; the
+    queue stays usable."""
+    hits: list[int] = []
+
+    def late(call: Callable[[], object]) -> threading.Timer:
+        timer = threading.Timer(0.3, call)
+        timer.start()
+        return timer
+
+    with alarms(lambda *a: hits.append(1), 0.05, 0.05):
+        timer = late(lambda: queue.send(b"late", 3))
+        assert queue.receive() == (b"late", 3)
+        timer.join()
+    assert len(hits) >= 2
+    check_raising_handler_ends(lambda: queue.receive())
+    for _ in range(8):
+        queue.send(b"full")
+    hits.clear()
+    with alarms(lambda *a: hits.append(1), 0.05, 0.05):
+        timer = late(lambda: queue.receive(0))
+        queue.send(b"room", 9)
+        timer.join()
+    assert len(hits) >= 2
+    check_raising_handler_ends(lambda: queue.send(b"x"))
+    assert queue.attributes.current_messages == 8  # nothing added by the ended call
+    assert queue.receive(0) == (b"room", 9)
+    for _ in range(7):
+        assert queue.receive(0) == (b"full", 0)
+
+
 # ---------------------------------------------------------------------------- asyncio
 
 
@@ -445,6 +477,8 @@ def test_limits() -> None:
     [
         (-1, ValueError),
         (mq.MQ_PRIO_MAX, ValueError),
+        (2**70, ValueError),  # past what C takes
+        (-(2**70), ValueError),
         ("1", TypeError),
         (1.0, TypeError),
         (True, TypeError),
@@ -485,6 +519,28 @@ def test_closed_queue(backend: str, name: str) -> None:
         with pytest.raises(ValueError, match="closed"):
             call()
     q.unlink()
+
+
+def test_methods_taken_before_close(backend: str, name: str) -> None:
+    """send and receive taken from the open queue (as a loop binds them) raise ValueError
+    once it is closed, whatever their arguments, and the descriptor is gone."""
+    q = mq.MessageQueue(name, create=True, backend=backend, **SMALL)
+    q.unlink()
+    fd = q.fileno()
+    send, receive = q.send, q.receive
+    send(b"kept")
+    q.close()
+    for call in (
+        lambda: send(b"x"),
+        lambda: send(b"x", 1, 0.1),
+        lambda: send(memoryview(b"x")),
+        lambda: receive(),
+        lambda: receive(0),
+    ):
+        with pytest.raises(ValueError, match="closed"):
+            call()
+    with pytest.raises(OSError):
+        os.fstat(fd)
 
 
 def test_unlink_after_close(backend: str, name: str) -> None:
