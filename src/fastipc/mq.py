@@ -259,7 +259,7 @@ class MessageQueue(Handle):
                 raise
             raise _limit_error(exc, name, max_messages, max_message_size) from None
         self._q: MessageQueueBackend = q
-        self._spin = spin
+        self._spin: float = spin
         self._max_size: int = q.max_message_size
         self._open_handle(which, q.fd)
         hot_paths = getattr(q, "hot_paths", None)
@@ -302,14 +302,10 @@ class MessageQueue(Handle):
         self._check_open()
         return _attach, (self._name, self._backend, self._spin)
 
-    @property
-    def _spin(self) -> float:
-        """The spin lives in the backend, whose hot paths read it in C."""
-        return self._q.spin
-
-    @_spin.setter
-    def _spin(self, value: float) -> None:
-        self._q.spin = value
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        if name == "_spin":  # the backend keeps a copy, which its hot paths read in C
+            self._q.spin = value
 
     # ------------------------------------------------------------------ attributes
 
