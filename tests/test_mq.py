@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Optional
 
 import pytest
 
@@ -162,7 +163,28 @@ def test_send_timeout_when_full(queue: mq.MessageQueue) -> None:
     assert [queue.receive(0)[0] for _ in range(8)] == [bytes([i]) for i in range(8)]
 
 
-@pytest.mark.parametrize("bad", [-1, -0.5, float("nan")])
+@pytest.mark.parametrize("forever", [None, float("inf"), 1e12, 10**6])
+def test_timeouts_that_never_expire(queue: mq.MessageQueue, forever: Optional[float]) -> None:
+    """None, infinity and very long timeouts wait as long as it takes, ints as floats."""
+    timer = threading.Timer(0.1, queue.send, (b"late", 1))
+    timer.start()
+    try:
+        assert queue.receive(timeout=forever) == (b"late", 1)
+    finally:
+        timer.join()
+    for _ in range(8):
+        queue.send(b"full", timeout=forever)
+    timer = threading.Timer(0.1, queue.receive, (0,))
+    timer.start()
+    try:
+        queue.send(b"room", 2, timeout=forever)
+    finally:
+        timer.join()
+    assert queue.receive(timeout=0) == (b"room", 2)
+    assert queue.receive(timeout=1) == (b"full", 0)
+
+
+@pytest.mark.parametrize("bad", [-1, -0.5, float("nan"), float("-inf")])
 def test_bad_timeouts(queue: mq.MessageQueue, bad: float) -> None:
     with pytest.raises(ValueError):
         queue.receive(timeout=bad)

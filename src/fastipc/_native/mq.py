@@ -27,6 +27,9 @@ _monotonic = time.monotonic
 _SHIFT = lib.FIPC_MQ_PRIO_BITS
 _PRIO = (1 << _SHIFT) - 1
 _CANCELED = -errno.ECANCELED
+_INVALID = -errno.EINVAL  # what C says of a priority out of range...
+_TOO_LONG = -errno.EMSGSIZE  # ...and of a message over max_message_size: nothing was sent
+_NUMBERS = (float, int)  # timeouts taken as they are (not bool: it is refused)
 
 
 def _not_woken(rc: int) -> int:
@@ -87,54 +90,77 @@ class Queue:
     def send(self, data: Any, priority: int, timeout: float) -> None:
         if type(data) is not bytes:
             data = _from_buffer(data)
-        h, n = self._h, len(data)
-        start: Optional[float] = _monotonic() if timeout > 0 else None
-        rc = _send(h, data, n, priority, timeout)
+        n = len(data)
+        start = _monotonic() if timeout > 0 else 0.0
+        rc = _send(self._h, data, n, priority, timeout)
         if rc:
-            retry(
-                _not_woken(rc),
-                lambda left: _not_woken(_send(h, data, n, priority, left)),
-                Deadline(timeout, start),
-                self.name,
-            )
+            self._sent(rc, data, n, priority, timeout, start)
+
+    def _sent(
+        self, rc: int, data: Any, n: int, priority: int, timeout: float, start: float
+    ) -> None:
+        """The end of a send whose first attempt (begun at ``start``) returned ``rc``:
+        attempts again with the time left while it is EINTR, then raises."""
+        h = self._h
+        retry(
+            _not_woken(rc),
+            lambda left: _not_woken(_send(h, data, n, priority, left)),
+            Deadline(timeout, start),
+            self.name,
+        )
 
     def receive(self, timeout: float) -> tuple[bytes, int]:
         pool = self._pool
         item = pool.pop() if pool else self._buffer()
-        rx, buf = item
-        start: Optional[float] = _monotonic() if timeout > 0 else None
-        rc = _receive(rx, timeout)
-        if rc < 0:
-            try:
+        start = _monotonic() if timeout > 0 else 0.0
+        return self._received(item, _receive(item[0], timeout), timeout, start)
+
+    def _received(
+        self, item: tuple[Any, Any], rc: int, timeout: float, start: float
+    ) -> tuple[bytes, int]:
+        """The message of a receive into ``item`` whose first attempt (begun at ``start``)
+        returned ``rc``, attempting again with the time left while it is EINTR; ``item``
+        goes back to the pool."""
+        try:
+            if rc < 0:
+                rx = item[0]
                 rc = retry(
                     _not_woken(rc),
                     lambda left: _not_woken(_receive(rx, left)),
                     Deadline(timeout, start),
                     self.name,
                 )
-            except BaseException:
-                pool.append(item)
-                raise
-        message = _unpack(buf, rc >> _SHIFT), rc & _PRIO
-        pool.append(item)
-        return message
+            return _unpack(item[1], rc >> _SHIFT), rc & _PRIO
+        finally:
+            self._pool.append(item)
 
     def hot_paths(self, send: Send, receive: Receive) -> tuple[Send, Receive]:
-        """The public ``send``/``receive`` of a blocking call of bytes (the stream's): one C
-        call, counted busy in C; anything else (other types, a timeout, a failed attempt:
-        EINTR, closed, a bad priority or size) goes to ``send``/``receive``, the public
-        class's whole path, which checks the arguments and tries again."""
-        h, new = self._h, self._buffer
+        """The public ``send``/``receive`` for bytes, a priority and a timeout that are
+        plainly valid (None or a number >= 0): one C call, counted busy in C (a receive
+        without a timeout: the one-argument call). Anything else, and a send that C refused
+        (a priority out of range, a message over max_message_size), goes to
+        ``send``/``receive``: the public class's whole path, whose checks raise."""
+        h, new, sent, received = self._h, self._buffer, self._sent, self._received
         pop, push = self._pool.pop, self._pool.append
 
         def hot_send(data: Any, priority: int = 0, timeout: Optional[float] = None) -> None:
-            if timeout is None and type(data) is bytes and type(priority) is int:
+            if type(data) is bytes and type(priority) is int:
+                if timeout is None:
+                    t = -1.0
+                elif type(timeout) in _NUMBERS and timeout >= 0:
+                    t = timeout
+                else:
+                    return send(data, priority, timeout)
+                start = _monotonic() if t > 0 else 0.0
                 try:
-                    if not _send(h, data, len(data), priority, -1.0):
-                        return
-                except OverflowError:  # a priority beyond C's long long: the checks say so
-                    pass
-            send(data, priority, timeout)
+                    rc = _send(h, data, len(data), priority, t)
+                except OverflowError:  # a priority beyond C's long long
+                    rc = _INVALID
+                if not rc:
+                    return None
+                if rc != _INVALID and rc != _TOO_LONG:
+                    return sent(rc, data, len(data), priority, t, start)
+            return send(data, priority, timeout)
 
         def hot_receive(timeout: Optional[float] = None) -> tuple[bytes, int]:
             if timeout is None:
@@ -147,7 +173,14 @@ class Queue:
                     message = _unpack(item[1], rc >> _SHIFT), rc & _PRIO
                     push(item)
                     return message
-                push(item)
+                return received(item, rc, -1.0, 0.0)
+            if type(timeout) in _NUMBERS and timeout >= 0:
+                try:
+                    item = pop()
+                except IndexError:
+                    item = new()
+                start = _monotonic() if timeout > 0 else 0.0
+                return received(item, _receive(item[0], timeout), timeout, start)
             return receive(timeout)
 
         return hot_send, hot_receive

@@ -106,7 +106,9 @@ class Queue:
             poller.register(self.fd, events)
             poller.register(self.wake_fd, select.POLLIN)
             left = deadline.left()
-            ready = poller.poll(None if left < 0 else left * 1000)
+            # a day at most: poll() takes no more than a C int of milliseconds; the loop
+            # waits again until the deadline
+            ready = poller.poll(None if left < 0 else min(left, 86400.0) * 1000)
             if any(fd == self.wake_fd for fd, _ in ready):
                 raise closed()
 
