@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Optional
+from typing import Any, Optional
 
 import pytest
 
@@ -563,6 +563,43 @@ def test_methods_taken_before_close(backend: str, name: str) -> None:
             call()
     with pytest.raises(OSError):
         os.fstat(fd)
+
+
+def test_subclass_methods_stay_in_charge(backend: str, name: str) -> None:
+    """A subclass's own send and receive are the ones called (the native backend's hot
+    paths are for MessageQueue's), and a close from another thread still ends their wait."""
+
+    class Counting(mq.MessageQueue):
+        calls = 0
+
+        def send(self, data: Any, priority: int = 0, timeout: Optional[float] = None) -> None:
+            self.calls += 1
+            super().send(data, priority, timeout)
+
+        def receive(self, timeout: Optional[float] = None) -> tuple[bytes, int]:
+            self.calls += 1
+            return super().receive(timeout)
+
+    q = Counting(name, create=True, backend=backend, **SMALL)
+    q.unlink()
+    q.send(b"x", 2)
+    assert q.receive() == (b"x", 2)
+    assert q.calls == 2
+    errors: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            q.receive()
+        except BaseException as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=wait)
+    t.start()
+    time.sleep(0.05)
+    q.close()
+    t.join(5)
+    assert not t.is_alive()
+    assert len(errors) == 1 and isinstance(errors[0], ValueError), errors
 
 
 def test_unlink_after_close(backend: str, name: str) -> None:

@@ -263,7 +263,12 @@ class MessageQueue(Handle):
         self._max_size: int = q.max_message_size
         self._open_handle(which, q.fd)
         hot_paths = getattr(q, "hot_paths", None)
-        if hot_paths is not None:  # its calls count themselves busy (in C): see close()
+        cls = type(self)  # a subclass's own send or receive is left in charge
+        if (
+            hot_paths is not None  # its calls count themselves busy (in C): see close()
+            and cls.send is MessageQueue.send
+            and cls.receive is MessageQueue.receive
+        ):
             self.__dict__["send"], self.__dict__["receive"] = hot_paths(
                 partial(_send, q), partial(_receive, q)
             )
