@@ -15,28 +15,57 @@ typedef struct fipc_mq_attr {
     long current_messages;
 } fipc_mq_attr;
 
-/* Open (create: 0 attach, 1 create exclusively) a queue read-write; the descriptor is
- * close-on-exec and non-blocking (the waits poll it together with a wake-up eventfd).
- * max_messages and max_message_size are used only when creating. The descriptor or -errno. */
-int fipc_mq_open(const char *name, int create, int mode, long max_messages,
+/* fipc_mq_receive returns the message's length << FIPC_MQ_PRIO_BITS | its priority
+ * (priorities are below MQ_PRIO_MAX, 32768 on Linux). */
+enum { FIPC_MQ_PRIO_BITS = 16 };
+
+/* One open queue object, in memory owned by Python (ffi.new), filled by fipc_mq_open.
+ * Sends and receives count themselves in `busy` while they are in C; fipc_mq_wake sets
+ * `closed` (calls are refused and waits end: -ECANCELED), and the descriptors are closed
+ * by fipc_mq_release, or by the last call to leave C once release was asked for. */
+typedef struct fipc_mq {
+    int32_t busy;
+    int32_t closed;
+    int32_t release;            /* fipc_mq_release was called */
+    int32_t released;           /* the descriptors are closed (once) */
+    int fd;                     /* the queue: close-on-exec, non-blocking */
+    int wakefd;                 /* eventfd, written by fipc_mq_wake */
+    long max_message_size;      /* the queue's, from mq_getattr: receive buffers have it */
+    double spin;                /* seconds a wait retries before it sleeps (at most 1) */
+} fipc_mq;
+
+/* Open (create: 0 attach, 1 create exclusively) a queue read-write, with its wake-up
+ * eventfd, into *h; max_messages and max_message_size are used only when creating.
+ * 0 or -errno (then nothing is left open). */
+int fipc_mq_open(fipc_mq *h, const char *name, int create, int mode, long max_messages,
                  long max_message_size);
-int fipc_mq_close(int mqd);
 int fipc_mq_unlink(const char *name);
-int fipc_mq_getattr(int mqd, fipc_mq_attr *attr);
-/* The wake-up eventfd of one queue object (close-on-exec, non-blocking), or -errno; once
- * fipc_mq_wake() wrote to it, every send and receive waiting with it returns -ECANCELED. */
-int fipc_mq_wake_open(void);
-int fipc_mq_wake(int wakefd);
-/* Send one message of len bytes with a priority: 0, -ETIMEDOUT when the queue stays full,
- * -ECANCELED once woken, -EINTR, or -errno. While the queue is full, poll it for up to
- * `spin` seconds before sleeping. */
-int fipc_mq_send(int mqd, int wakefd, const char *buf, size_t len, unsigned int priority,
-                 double timeout, double spin);
-/* Receive the oldest message of the highest priority into buf (cap >= the queue's
- * max_message_size) and its priority into *priority (memory owned by the caller's call):
- * the message's length, or -ETIMEDOUT / -ECANCELED / -EINTR / -errno as fipc_mq_send. */
-int64_t fipc_mq_receive(int mqd, int wakefd, char *buf, size_t cap, unsigned int *priority,
-                        double timeout, double spin);
+int fipc_mq_getattr(fipc_mq *h, fipc_mq_attr *attr);
+/* End every send and receive of h, waiting now or to come, with -ECANCELED. */
+int fipc_mq_wake(fipc_mq *h);
+/* Close the descriptors now if no call is in C, else when the last one leaves. */
+void fipc_mq_release(fipc_mq *h);
+/* In a child made by fork(): a wake-up eventfd of its own (the inherited one is shared
+ * with the parent), and no call in C (the threads that were are the parent's). */
+int fipc_mq_renew_wake(fipc_mq *h);
+/* Send one message of len bytes with a priority (0 .. MQ_PRIO_MAX-1): 0, -ETIMEDOUT when
+ * the queue stays full, -ECANCELED once woken, -EINTR, or -errno (-EINVAL for a priority
+ * out of range, -EMSGSIZE for len over max_message_size: nothing is sent). */
+int fipc_mq_send(fipc_mq *h, const char *buf, size_t len, long long priority,
+                 double timeout);
+/* What one receive needs: the queue and a buffer of its max_message_size bytes (one per
+ * thread receiving at a time; ffi.new("fipc_mq_rx *", max_message_size)). */
+typedef struct fipc_mq_rx {
+    fipc_mq *h;
+    char buf[];
+} fipc_mq_rx;
+/* Receive the oldest message of the highest priority into rx->buf: its length <<
+ * FIPC_MQ_PRIO_BITS | its priority, or -ETIMEDOUT / -ECANCELED / -EINTR / -errno as
+ * fipc_mq_send. */
+int64_t fipc_mq_receive(fipc_mq_rx *rx, double timeout);
+/* fipc_mq_receive(rx, -1): waiting as long as it takes. One argument, which cffi passes
+ * without building a tuple of arguments (METH_O): the stream's hot receive. */
+int64_t fipc_mq_receive_wait(fipc_mq_rx *rx);
 /* CDEF END */
 
 #endif

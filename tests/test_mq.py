@@ -12,13 +12,14 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any, Optional
 
 import pytest
 
 from fastipc import mq
 from helpers import run_python, start_python
-from interrupts import check_raising_handler_ends, check_retries_with_remaining_time
+from interrupts import alarms, check_raising_handler_ends, check_retries_with_remaining_time
 
 SMALL = {"max_messages": 8, "max_message_size": 256}
 
@@ -162,7 +163,28 @@ def test_send_timeout_when_full(queue: mq.MessageQueue) -> None:
     assert [queue.receive(0)[0] for _ in range(8)] == [bytes([i]) for i in range(8)]
 
 
-@pytest.mark.parametrize("bad", [-1, -0.5, float("nan")])
+@pytest.mark.parametrize("forever", [None, float("inf"), 1e12, 10**6])
+def test_timeouts_that_never_expire(queue: mq.MessageQueue, forever: Optional[float]) -> None:
+    """None, infinity and very long timeouts wait as long as it takes, ints as floats."""
+    timer = threading.Timer(0.1, queue.send, (b"late", 1))
+    timer.start()
+    try:
+        assert queue.receive(timeout=forever) == (b"late", 1)
+    finally:
+        timer.join()
+    for _ in range(8):
+        queue.send(b"full", timeout=forever)
+    timer = threading.Timer(0.1, queue.receive, (0,))
+    timer.start()
+    try:
+        queue.send(b"room", 2, timeout=forever)
+    finally:
+        timer.join()
+    assert queue.receive(timeout=0) == (b"room", 2)
+    assert queue.receive(timeout=1) == (b"full", 0)
+
+
+@pytest.mark.parametrize("bad", [-1, -0.5, float("nan"), float("-inf")])
 def test_bad_timeouts(queue: mq.MessageQueue, bad: float) -> None:
     with pytest.raises(ValueError):
         queue.receive(timeout=bad)
@@ -292,6 +314,38 @@ def test_signal_handler_that_raises_ends_the_call(queue: mq.MessageQueue) -> Non
     check_raising_handler_ends(lambda: queue.send(b"x", timeout=10))
     assert queue.attributes.current_messages == 8  # the queue stays usable, nothing added
     for _ in range(8):
+        assert queue.receive(0) == (b"full", 0)
+
+
+def test_signals_during_a_wait_without_timeout(queue: mq.MessageQueue) -> None:
+    """A send or receive without a timeout (the native backend's hot path) waits on through
+    signals whose handler returns, and ends with the exception of one that raises; the
+    queue stays usable."""
+    hits: list[int] = []
+
+    def late(call: Callable[[], object]) -> threading.Timer:
+        timer = threading.Timer(0.3, call)
+        timer.start()
+        return timer
+
+    with alarms(lambda *a: hits.append(1), 0.05, 0.05):
+        timer = late(lambda: queue.send(b"late", 3))
+        assert queue.receive() == (b"late", 3)
+        timer.join()
+    assert len(hits) >= 2
+    check_raising_handler_ends(lambda: queue.receive())
+    for _ in range(8):
+        queue.send(b"full")
+    hits.clear()
+    with alarms(lambda *a: hits.append(1), 0.05, 0.05):
+        timer = late(lambda: queue.receive(0))
+        queue.send(b"room", 9)
+        timer.join()
+    assert len(hits) >= 2
+    check_raising_handler_ends(lambda: queue.send(b"x"))
+    assert queue.attributes.current_messages == 8  # nothing added by the ended call
+    assert queue.receive(0) == (b"room", 9)
+    for _ in range(7):
         assert queue.receive(0) == (b"full", 0)
 
 
@@ -445,6 +499,8 @@ def test_limits() -> None:
     [
         (-1, ValueError),
         (mq.MQ_PRIO_MAX, ValueError),
+        (2**70, ValueError),  # past what C takes
+        (-(2**70), ValueError),
         ("1", TypeError),
         (1.0, TypeError),
         (True, TypeError),
@@ -485,6 +541,65 @@ def test_closed_queue(backend: str, name: str) -> None:
         with pytest.raises(ValueError, match="closed"):
             call()
     q.unlink()
+
+
+def test_methods_taken_before_close(backend: str, name: str) -> None:
+    """send and receive taken from the open queue (as a loop binds them) raise ValueError
+    once it is closed, whatever their arguments, and the descriptor is gone."""
+    q = mq.MessageQueue(name, create=True, backend=backend, **SMALL)
+    q.unlink()
+    fd = q.fileno()
+    send, receive = q.send, q.receive
+    send(b"kept")
+    q.close()
+    for call in (
+        lambda: send(b"x"),
+        lambda: send(b"x", 1, 0.1),
+        lambda: send(memoryview(b"x")),
+        lambda: receive(),
+        lambda: receive(0),
+    ):
+        with pytest.raises(ValueError, match="closed"):
+            call()
+    with pytest.raises(OSError):
+        os.fstat(fd)
+
+
+def test_subclass_methods_stay_in_charge(backend: str, name: str) -> None:
+    """A subclass's own send and receive are the ones called (the native backend's hot
+    paths are for MessageQueue's), and a close from another thread still ends their wait."""
+
+    class Counting(mq.MessageQueue):
+        calls = 0
+
+        def send(self, data: Any, priority: int = 0, timeout: Optional[float] = None) -> None:
+            self.calls += 1
+            super().send(data, priority, timeout)
+
+        def receive(self, timeout: Optional[float] = None) -> tuple[bytes, int]:
+            self.calls += 1
+            return super().receive(timeout)
+
+    q = Counting(name, create=True, backend=backend, **SMALL)
+    q.unlink()
+    q.send(b"x", 2)
+    assert q.receive() == (b"x", 2)
+    assert q.calls == 2
+    errors: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            q.receive()
+        except BaseException as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=wait)
+    t.start()
+    time.sleep(0.05)
+    q.close()
+    t.join(5)
+    assert not t.is_alive()
+    assert len(errors) == 1 and isinstance(errors[0], ValueError), errors
 
 
 def test_unlink_after_close(backend: str, name: str) -> None:

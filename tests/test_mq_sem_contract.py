@@ -12,7 +12,7 @@ import pickle
 import threading
 import time
 from collections.abc import Coroutine
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Optional, TypeVar
 
 import pytest
 
@@ -83,13 +83,70 @@ def test_close_while_another_thread_waits(backend: str, name: str, what: str) ->
     assert float(worst) < 1.0  # promptly: the waiter ends within a second of close()
 
 
-def _close_while_receiving(queue: mq.MessageQueue, after: float = 0.05) -> BaseException:
+# Run in a child process: threads sending and receiving in a loop (without a timeout, with
+# 0, short and long ones, taken from the queue before it is closed) while another thread
+# closes it: each ends with ValueError, none hangs, and the descriptor is gone once all left.
+CLOSE_UNDER_TRAFFIC = """
+    import os, random, sys, threading, time
+    from fastipc import mq
+    name, backend = sys.argv[1], sys.argv[2]
+    for round in range(20):
+        q = mq.MessageQueue(name, create=True, max_messages=4, max_message_size=32,
+                            backend=backend)
+        q.unlink()
+        fd = q.fileno()
+        send, receive = q.send, q.receive
+        outcome = []
+        def work(sender):
+            while True:
+                timeout = random.choice([None, None, 0, 0.001, 1.0])
+                try:
+                    if sender:
+                        send(b"x" * random.randint(0, 32), random.randint(0, 5), timeout)
+                    else:
+                        receive(timeout)
+                except TimeoutError:
+                    pass
+                except ValueError as exc:
+                    outcome.append("ValueError" if "closed" in str(exc) else repr(exc))
+                    return
+                except BaseException as exc:
+                    outcome.append(repr(exc))
+                    return
+        threads = [threading.Thread(target=work, args=(i % 2,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        time.sleep(random.choice([0, 0.001, 0.01, 0.03]))
+        q.close()
+        for t in threads:
+            t.join(5)
+        assert not any(t.is_alive() for t in threads), "a call did not end"
+        assert outcome == ["ValueError"] * 4, outcome
+        try:
+            os.fstat(fd)
+        except OSError:
+            pass
+        else:
+            raise SystemExit("the descriptor outlived the calls")
+    print("ok")
+"""
+
+
+def test_close_under_traffic(backend: str, name: str) -> None:
+    res = run_python(CLOSE_UNDER_TRAFFIC, name, backend)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["ok"]
+
+
+def _close_while_receiving(
+    queue: mq.MessageQueue, after: float = 0.05, timeout: Optional[float] = 30
+) -> BaseException:
     """Close ``queue`` while a thread waits in receive(); what that receive raised."""
     errors: list[BaseException] = []
 
     def wait() -> None:
         try:
-            queue.receive(timeout=30)
+            queue.receive(timeout=timeout)
         except BaseException as exc:
             errors.append(exc)
 
@@ -102,11 +159,15 @@ def _close_while_receiving(queue: mq.MessageQueue, after: float = 0.05) -> BaseE
     return errors[0]
 
 
-def test_fd_stays_open_until_the_waiter_left(queue: mq.MessageQueue) -> None:
+@pytest.mark.parametrize("timeout", [30, None])
+def test_fd_stays_open_until_the_waiter_left(
+    queue: mq.MessageQueue, timeout: Optional[float]
+) -> None:
     """close() with a receive in progress keeps the descriptor until the call has left, so
-    its number cannot be reused under the waiting call; then it is released."""
+    its number cannot be reused under the waiting call; then it is released (on the native
+    backend by the waiting call itself, the last one out of C)."""
     fd = queue.fileno()
-    assert isinstance(_close_while_receiving(queue), ValueError)
+    assert isinstance(_close_while_receiving(queue, timeout=timeout), ValueError)
     with pytest.raises(OSError):
         os.fstat(fd)
 

@@ -25,6 +25,7 @@ import asyncio
 import errno
 import os
 import resource
+from functools import partial
 from typing import Any, Callable, NamedTuple, Optional
 
 from fastipc import _core
@@ -185,6 +186,29 @@ def unlink(name: str, *, backend: Optional[str] = None) -> None:
     _backend(backend)[1].unlink(posix_name(name))
 
 
+def _send(
+    q: MessageQueueBackend, data: Any, priority: int = 0, timeout: Optional[float] = None
+) -> None:
+    """The whole of :meth:`MessageQueue.send` below the life cycle: the arguments checked,
+    then the backend's send."""
+    if type(data) is not bytes:
+        data = byte_view(data)
+    n = len(data)
+    if type(priority) is not int or not 0 <= priority <= _PRIO_TOP:
+        priority = check_int(priority, "priority", 0, _PRIO_TOP)
+    t = -1.0 if timeout is None else check_timeout(timeout)
+    if n > q.max_message_size:
+        raise ValueError(
+            f"message of {n} bytes exceeds the queue's max_message_size ({q.max_message_size})"
+        )
+    q.send(data, priority, t)
+
+
+def _receive(q: MessageQueueBackend, timeout: Optional[float] = None) -> tuple[bytes, int]:
+    """The whole of :meth:`MessageQueue.receive` below the life cycle."""
+    return q.receive(check_timeout(timeout))
+
+
 def _attach(name: str, backend: str, spin: float) -> MessageQueue:
     """Unpickle a MessageQueue: attach to the queue by its name (never create it)."""
     return MessageQueue(name, spin=spin, backend=backend)
@@ -224,7 +248,7 @@ class MessageQueue(Handle):
         max_messages = check_int(max_messages, "max_messages", 1, _MAX_LONG)
         max_message_size = check_int(max_message_size, "max_message_size", 1, _MAX_LONG)
         mode = check_int(mode, "mode", 0, 0o7777)
-        self._spin = _check_spin(spin)
+        spin = _check_spin(spin)
         which, impl = _backend(backend)
         self._name = name
         self._impl = impl
@@ -235,10 +259,30 @@ class MessageQueue(Handle):
                 raise
             raise _limit_error(exc, name, max_messages, max_message_size) from None
         self._q: MessageQueueBackend = q
+        self._spin: float = spin
         self._max_size: int = q.max_message_size
         self._open_handle(which, q.fd)
+        hot_paths = getattr(q, "hot_paths", None)
+        cls = type(self)  # a subclass's own send or receive is left in charge
+        if (
+            hot_paths is not None  # its calls count themselves busy (in C): see close()
+            and cls.send is MessageQueue.send
+            and cls.receive is MessageQueue.receive
+        ):
+            self.__dict__["send"], self.__dict__["receive"] = hot_paths(
+                partial(_send, q), partial(_receive, q)
+            )
 
     # ------------------------------------------------------------------ life cycle
+
+    def close(self) -> None:
+        """Close the queue (not unlink it); a send or receive waiting in another thread
+        ends with ValueError. Idempotent."""
+        d = self.__dict__
+        if d.pop("send", None) is not None:  # the backend's hot paths, counted busy in C:
+            d.pop("receive", None)  # Python's count does not see them, so wake them anyway
+            self._q.wake()
+        super().close()
 
     def _wake(self) -> None:
         self._q.wake()
@@ -259,6 +303,11 @@ class MessageQueue(Handle):
     def __reduce__(self) -> tuple[Callable[..., MessageQueue], tuple[str, str, float]]:
         self._check_open()
         return _attach, (self._name, self._backend, self._spin)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        if name == "_spin":  # the backend keeps a copy, which its hot paths read in C
+            self._q.spin = value
 
     # ------------------------------------------------------------------ attributes
 
@@ -290,30 +339,24 @@ class MessageQueue(Handle):
 
     # ------------------------------------------------------------------ messages
 
+    # On the native backend, send and receive are the backend's hot paths, set on the
+    # object while it is open (see __init__); these methods serve the pure backend, and a
+    # closed object.
+
     @uses_handle
     def send(self, data: Any, priority: int = 0, timeout: Optional[float] = None) -> None:
         """Send ``data`` (bytes-like) as one message with ``priority`` (0 to
         ``MQ_PRIO_MAX - 1``, higher first). Waits while the queue is full: TimeoutError
         after ``timeout`` seconds (None: forever, 0: do not wait). A message longer than
         :attr:`max_message_size` raises ValueError before anything is sent."""
-        if type(data) is not bytes:
-            data = byte_view(data)
-        n = len(data)
-        if type(priority) is not int or not 0 <= priority <= _PRIO_TOP:
-            priority = check_int(priority, "priority", 0, _PRIO_TOP)
-        t = -1.0 if timeout is None else check_timeout(timeout)
-        if n > self._max_size:
-            raise ValueError(
-                f"message of {n} bytes exceeds the queue's max_message_size ({self._max_size})"
-            )
-        self._q.send(data, priority, t, self._spin)
+        _send(self._q, data, priority, timeout)
 
     @uses_handle
     def receive(self, timeout: Optional[float] = None) -> tuple[bytes, int]:
         """The oldest message of the highest priority waiting, as ``(bytes, priority)``:
         exactly the bytes that were sent. Waits while the queue is empty: TimeoutError after
         ``timeout`` seconds (None: forever, 0: do not wait)."""
-        return self._q.receive(-1.0 if timeout is None else check_timeout(timeout), self._spin)
+        return _receive(self._q, timeout)
 
     async def receive_async(self, timeout: Optional[float] = None) -> tuple[bytes, int]:
         """:meth:`receive` for asyncio (or uvloop): waits on the running loop for the

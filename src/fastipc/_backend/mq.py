@@ -4,35 +4,60 @@
 Timeouts arrive validated, in the C convention of :func:`fastipc._core.check_timeout`
 (``-1.0`` forever, ``0.0`` try once, ``> 0`` seconds). Failures raise: ``TimeoutError``
 when the queue stays full or empty, an ``OSError`` with the kernel's errno otherwise, and
-``OSError(ECANCELED)`` from a call that :meth:`MessageQueueBackend.wake` ended (the public
-class turns that one into ``ValueError``: the object was closed)."""
+``ValueError`` (:func:`closed`) from a call that :meth:`MessageQueueBackend.wake` ended: the
+object was closed."""
 
 from __future__ import annotations
 
 import os
 import weakref
-from typing import Any, Protocol
+from typing import Any, Optional, Protocol
 
-__all__ = ["MessageQueueBackend", "own_wake_after_fork"]
+from fastipc._core import closed_error
+
+__all__ = ["MessageQueueBackend", "Receive", "Send", "closed", "own_wake_after_fork"]
+
+
+def closed() -> ValueError:
+    """What a send or receive that close() ended raises: the error of a closed object."""
+    return closed_error("MessageQueue")
+
+
+class Send(Protocol):
+    """The public ``MessageQueue.send``."""
+
+    def __call__(self, data: Any, priority: int = 0, timeout: Optional[float] = None) -> None: ...
+
+
+class Receive(Protocol):
+    """The public ``MessageQueue.receive``."""
+
+    def __call__(self, timeout: Optional[float] = None) -> tuple[bytes, int]: ...
 
 
 class MessageQueueBackend(Protocol):
-    """One open queue descriptor of one backend."""
+    """One open queue descriptor of one backend.
+
+    A backend whose calls count themselves busy below Python (the native one, in C) also
+    has ``hot_paths(send, receive) -> (send, receive)``: the public methods' fast paths,
+    set on the public object while it is open, each falling back to the whole path it is
+    given (the public class's argument checks, then :meth:`send`/:meth:`receive`)."""
 
     name: str  # with its leading "/"
     fd: int  # the queue descriptor (close-on-exec, non-blocking), pollable
     wake_fd: int  # readable once wake() was called: asyncio waits on it too
     max_message_size: int
+    spin: float  # seconds a send or receive that has to wait polls before it sleeps
 
     def __init__(
         self, name: str, create: bool, mode: int, max_messages: int, max_message_size: int
     ) -> None: ...
 
-    def send(self, data: Any, priority: int, timeout: float, spin: float) -> None:
+    def send(self, data: Any, priority: int, timeout: float) -> None:
         """Send ``data`` (bytes, or a contiguous byte memoryview of at most
-        max_message_size bytes) as one message; ``spin``: seconds to poll before sleeping."""
+        max_message_size bytes) as one message."""
 
-    def receive(self, timeout: float, spin: float) -> tuple[bytes, int]:
+    def receive(self, timeout: float) -> tuple[bytes, int]:
         """The next message and its priority."""
         ...
 
@@ -41,8 +66,8 @@ class MessageQueueBackend(Protocol):
         ...
 
     def wake(self) -> None:
-        """Make every send and receive waiting on this object end with OSError(ECANCELED),
-        now and from now on (called once, by close())."""
+        """Make every send and receive waiting on this object end with :func:`closed`, now
+        and from now on (called by close())."""
 
     def renew_wake(self) -> None:
         """In a forked child: replace the inherited wake-up descriptor with one of its own

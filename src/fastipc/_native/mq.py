@@ -1,110 +1,204 @@
 """Message-queue operations backed by ``csrc/mq.c``: one C call per user operation, the
-slow path (EINTR, errors) in :func:`fastipc._core.retry`."""
+slow path (EINTR, errors) in :func:`fastipc._core.retry`.
+
+The open queue is a ``fipc_mq`` in memory owned by this object: sends and receives count
+themselves busy in C, and the descriptors are closed only once no call is in C (see
+csrc/mq.c), so the public class lets its hot ``send``/``receive`` (:meth:`Queue.hot_paths`)
+skip Python's busy count."""
 
 from __future__ import annotations
 
-import os
+import errno
 import time
-from typing import Any, Optional
+from functools import partial
+from typing import Any, Callable, Optional
 
-from fastipc._backend.mq import MessageQueueBackend, own_wake_after_fork
+from fastipc._backend.mq import MessageQueueBackend, Receive, Send, closed, own_wake_after_fork
 from fastipc._core import Deadline, check, ffi, lib, retry
 
 __all__ = ["Queue"]
 
 _send = lib.fipc_mq_send
 _receive = lib.fipc_mq_receive
+_receive_wait = lib.fipc_mq_receive_wait
 _from_buffer = ffi.from_buffer
 _unpack = ffi.unpack
 _monotonic = time.monotonic
+_SHIFT = lib.FIPC_MQ_PRIO_BITS
+_PRIO = (1 << _SHIFT) - 1
+_CANCELED = -errno.ECANCELED
+_INVALID = -errno.EINVAL  # what C says of a priority out of range...
+_TOO_LONG = -errno.EMSGSIZE  # ...and of a message over max_message_size: nothing was sent
+_NUMBERS = (float, int)  # timeouts taken as they are (not bool: it is refused)
+
+
+def _not_woken(rc: int) -> int:
+    """``rc``, unless close() ended the call (-ECANCELED): then the closed object's error."""
+    if rc == _CANCELED:
+        raise closed()
+    return rc
+
+
+def _rx(h: Any, size: int) -> tuple[Any, Any]:
+    """A receive's fipc_mq_rx, and its buffer as a char[] (what ffi.unpack reads)."""
+    rx = ffi.new("fipc_mq_rx *", {"h": h, "buf": size})
+    return rx, rx.buf
 
 
 class Queue:
     """An open queue descriptor and the eventfd that wakes its waiters."""
 
-    __slots__ = ("__weakref__", "_pool", "fd", "max_message_size", "name", "wake_fd")
+    __slots__ = (
+        "__weakref__",
+        "_buffer",
+        "_h",
+        "_pool",
+        "fd",
+        "max_message_size",
+        "name",
+        "wake_fd",
+    )
 
     def __init__(
         self, name: str, create: bool, mode: int, max_messages: int, max_message_size: int
     ) -> None:
         self.name = name
-        self.fd = -1
-        self.wake_fd = check(lib.fipc_mq_wake_open(), name)
-        try:
-            self.fd = check(
-                lib.fipc_mq_open(name.encode(), int(create), mode, max_messages, max_message_size),
-                name,
-            )
-            self.max_message_size: int = self.attributes()[1]
-        except BaseException:
-            self.close()
-            raise
-        # (buffer, priority) pairs for receive, reused: one per thread receiving at a time
-        # (list.pop and list.append are atomic under the GIL), so no call shares its out
-        # parameters with another
+        h = ffi.new("fipc_mq *")
+        check(
+            lib.fipc_mq_open(h, name.encode(), int(create), mode, max_messages, max_message_size),
+            name,
+        )
+        self._h = h
+        self.fd: int = h.fd
+        self.wake_fd: int = h.wakefd
+        self.max_message_size: int = h.max_message_size
+        # receives' (fipc_mq_rx, its buffer) pairs, reused: one per thread receiving at a
+        # time (list.pop and list.append are atomic under the GIL), so no call shares its
+        # buffer with another
         self._pool: list[tuple[Any, Any]] = []
+        self._buffer: Callable[[], tuple[Any, Any]] = partial(_rx, h, self.max_message_size)
         own_wake_after_fork(self)
 
-    def send(self, data: Any, priority: int, timeout: float, spin: float) -> None:
+    @property
+    def spin(self) -> float:
+        return float(self._h.spin)
+
+    @spin.setter
+    def spin(self, value: float) -> None:
+        self._h.spin = value
+
+    def send(self, data: Any, priority: int, timeout: float) -> None:
         if type(data) is not bytes:
             data = _from_buffer(data)
-        start: Optional[float] = _monotonic() if timeout > 0 else None
-        rc = _send(self.fd, self.wake_fd, data, len(data), priority, timeout, spin)
+        n = len(data)
+        start = _monotonic() if timeout > 0 else 0.0
+        rc = _send(self._h, data, n, priority, timeout)
         if rc:
-            fd, wake_fd = self.fd, self.wake_fd
-            retry(
-                rc,
-                lambda left: _send(fd, wake_fd, data, len(data), priority, left, spin),
-                Deadline(timeout, start),
-                self.name,
-            )
+            self._sent(rc, data, n, priority, timeout, start)
 
-    def receive(self, timeout: float, spin: float) -> tuple[bytes, int]:
+    def _sent(
+        self, rc: int, data: Any, n: int, priority: int, timeout: float, start: float
+    ) -> None:
+        """The end of a send whose first attempt (begun at ``start``) returned ``rc``:
+        attempts again with the time left while it is EINTR, then raises."""
+        h = self._h
+        retry(
+            _not_woken(rc),
+            lambda left: _not_woken(_send(h, data, n, priority, left)),
+            Deadline(timeout, start),
+            self.name,
+        )
+
+    def receive(self, timeout: float) -> tuple[bytes, int]:
         pool = self._pool
-        buf, prio = pool.pop() if pool else self._out()
-        start: Optional[float] = _monotonic() if timeout > 0 else None
-        size = self.max_message_size
-        n = _receive(self.fd, self.wake_fd, buf, size, prio, timeout, spin)
-        if n < 0:
-            fd, wake_fd = self.fd, self.wake_fd
-            try:
-                n = retry(
-                    n,
-                    lambda left: _receive(fd, wake_fd, buf, size, prio, left, spin),
+        item = pool.pop() if pool else self._buffer()
+        start = _monotonic() if timeout > 0 else 0.0
+        return self._received(item, _receive(item[0], timeout), timeout, start)
+
+    def _received(
+        self, item: tuple[Any, Any], rc: int, timeout: float, start: float
+    ) -> tuple[bytes, int]:
+        """The message of a receive into ``item`` whose first attempt (begun at ``start``)
+        returned ``rc``, attempting again with the time left while it is EINTR; ``item``
+        goes back to the pool."""
+        try:
+            if rc < 0:
+                rx = item[0]
+                rc = retry(
+                    _not_woken(rc),
+                    lambda left: _not_woken(_receive(rx, left)),
                     Deadline(timeout, start),
                     self.name,
                 )
-            except BaseException:
-                pool.append((buf, prio))
-                raise
-        message = _unpack(buf, n), prio[0]
-        pool.append((buf, prio))
-        return message
+            return _unpack(item[1], rc >> _SHIFT), rc & _PRIO
+        finally:
+            self._pool.append(item)
 
-    def _out(self) -> tuple[Any, Any]:
-        """Out parameters for one receive: the message buffer and the priority."""
-        return ffi.new("char[]", self.max_message_size), ffi.new("unsigned int *")
+    def hot_paths(self, send: Send, receive: Receive) -> tuple[Send, Receive]:
+        """The public ``send``/``receive`` for bytes, a priority and a timeout that are
+        plainly valid (None or a number >= 0): one C call, counted busy in C (a receive
+        without a timeout: the one-argument call). Anything else, and a send that C refused
+        (a priority out of range, a message over max_message_size), goes to
+        ``send``/``receive``: the public class's whole path, whose checks raise."""
+        h, new, sent, received = self._h, self._buffer, self._sent, self._received
+        pop, push = self._pool.pop, self._pool.append
+
+        def hot_send(data: Any, priority: int = 0, timeout: Optional[float] = None) -> None:
+            if type(data) is bytes and type(priority) is int:
+                if timeout is None:
+                    t = -1.0
+                elif type(timeout) in _NUMBERS and timeout >= 0:
+                    t = timeout
+                else:
+                    return send(data, priority, timeout)
+                start = _monotonic() if t > 0 else 0.0
+                try:
+                    rc = _send(h, data, len(data), priority, t)
+                except OverflowError:  # a priority beyond C's long long
+                    rc = _INVALID
+                if not rc:
+                    return None
+                if rc != _INVALID and rc != _TOO_LONG:
+                    return sent(rc, data, len(data), priority, t, start)
+            return send(data, priority, timeout)
+
+        def hot_receive(timeout: Optional[float] = None) -> tuple[bytes, int]:
+            if timeout is None:
+                try:
+                    item = pop()
+                except IndexError:
+                    item = new()
+                rc = _receive_wait(item[0])
+                if rc >= 0:
+                    message = _unpack(item[1], rc >> _SHIFT), rc & _PRIO
+                    push(item)
+                    return message
+                return received(item, rc, -1.0, 0.0)
+            if type(timeout) in _NUMBERS and timeout >= 0:
+                try:
+                    item = pop()
+                except IndexError:
+                    item = new()
+                start = _monotonic() if timeout > 0 else 0.0
+                return received(item, _receive(item[0], timeout), timeout, start)
+            return receive(timeout)
+
+        return hot_send, hot_receive
 
     def attributes(self) -> tuple[int, int, int]:
         attr = ffi.new("fipc_mq_attr *")
-        check(lib.fipc_mq_getattr(self.fd, attr), self.name)
+        check(lib.fipc_mq_getattr(self._h, attr), self.name)
         return attr.max_messages, attr.max_message_size, attr.current_messages
 
     def wake(self) -> None:
-        check(lib.fipc_mq_wake(self.wake_fd), self.name)
+        check(lib.fipc_mq_wake(self._h), self.name)
 
     def renew_wake(self) -> None:
-        if self.wake_fd >= 0:
-            os.close(self.wake_fd)
-            self.wake_fd = check(lib.fipc_mq_wake_open(), self.name)
+        check(lib.fipc_mq_renew_wake(self._h), self.name)
+        self.wake_fd = self._h.wakefd
 
     def close(self) -> None:
-        fd, self.fd = self.fd, -1
-        wake_fd, self.wake_fd = self.wake_fd, -1
-        if wake_fd >= 0:
-            os.close(wake_fd)
-        if fd >= 0:
-            check(lib.fipc_mq_close(fd), self.name)
+        lib.fipc_mq_release(self._h)
 
     @staticmethod
     def unlink(name: str) -> None:

@@ -17,7 +17,7 @@ from typing import Any, Callable, NoReturn, TypeVar
 
 import posix_ipc
 
-from fastipc._backend.mq import MessageQueueBackend, own_wake_after_fork
+from fastipc._backend.mq import MessageQueueBackend, closed, own_wake_after_fork
 from fastipc._core import Deadline, raise_errno
 
 __all__ = ["Queue"]
@@ -64,7 +64,7 @@ def _guess_errno(message: str) -> int:
 class Queue:
     """An open posix_ipc queue and the pipe that wakes its waiters."""
 
-    __slots__ = ("__weakref__", "_wake_w", "fd", "max_message_size", "name", "q", "wake_fd")
+    __slots__ = ("__weakref__", "_wake_w", "fd", "max_message_size", "name", "q", "spin", "wake_fd")
 
     def __init__(
         self, name: str, create: bool, mode: int, max_messages: int, max_message_size: int
@@ -83,6 +83,7 @@ class Queue:
         self.fd: int = self.q.mqd
         os.set_inheritable(self.fd, False)
         self.max_message_size: int = self.q.max_message_size
+        self.spin = 0.0  # not used: posix_ipc is only asked not to block
         self.wake_fd, self._wake_w = os.pipe()  # non-inheritable (PEP 446)
         own_wake_after_fork(self)
 
@@ -105,17 +106,17 @@ class Queue:
             poller.register(self.fd, events)
             poller.register(self.wake_fd, select.POLLIN)
             left = deadline.left()
-            ready = poller.poll(None if left < 0 else left * 1000)
+            # a day at most: poll() takes no more than a C int of milliseconds; the loop
+            # waits again until the deadline
+            ready = poller.poll(None if left < 0 else min(left, 86400.0) * 1000)
             if any(fd == self.wake_fd for fd, _ in ready):
-                raise OSError(errno.ECANCELED, os.strerror(errno.ECANCELED), self.name)
+                raise closed()
 
-    def send(self, data: Any, priority: int, timeout: float, spin: float) -> None:
-        """``spin`` is ignored."""
+    def send(self, data: Any, priority: int, timeout: float) -> None:
         q = self.q
         self._call(lambda: q.send(data, priority=priority), select.POLLOUT, timeout)
 
-    def receive(self, timeout: float, spin: float) -> tuple[bytes, int]:
-        """``spin`` is ignored."""
+    def receive(self, timeout: float) -> tuple[bytes, int]:
         data, priority = self._call(self.q.receive, select.POLLIN, timeout)
         return data, priority
 
