@@ -256,7 +256,7 @@ class ReaderOps(_Ops, contract.Holds):
         self._stage = ffi.new("char[]", STAGE)
         self._holds: list[int] = []
         self._stuck: list[tuple[memoryview, int]] = []
-        self._pending: Any = None  # the buffer of a streamed message being assembled
+        self._part: list[Any] = []  # the buffer of a streamed message being assembled, if any
         self._msg: Any = None  # what the last attempt delivered
         self._outbuf: Any = None
         self._out: Any = None
@@ -264,12 +264,26 @@ class ReaderOps(_Ops, contract.Holds):
         self._fmt: Any = None
         self.recv: contract.Recv = self._make_recv()
 
+    @property
+    def _pending(self) -> Any:
+        """The buffer a streamed message larger than STAGE is assembled in (None: none is):
+        C continues it only into that buffer, so while one is there no call may pass the
+        stage (the hot paths look at the list ``_part`` holding it)."""
+        return self._part[0] if self._part else None
+
+    @_pending.setter
+    def _pending(self, buf: Any) -> None:
+        self._part[:] = () if buf is None else (buf,)
+
     def _make_recv(self) -> Any:
         """The hot ``recv(timeout=None)``: a message up to STAGE bytes is copied out and
         returned by one C call (busy counted in C); anything else takes the slow path."""
-        h, ptr, stage, slow = self._h, self._ptr, self._stage, self._recv_slow
+        h, ptr, stage, slow, part = self._h, self._ptr, self._stage, self._recv_slow, self._part
 
         def recv(timeout: Optional[float] = None) -> bytes:
+            if part:  # a streamed message is half-way into its own buffer
+                t = -1.0 if timeout is None else check_timeout(timeout)
+                return slow(NEED, t, _monotonic())
             if timeout is None:
                 n = _recv(h, stage, STAGE, -1.0, ptr)
                 if n >= 0:
@@ -328,9 +342,10 @@ class ReaderOps(_Ops, contract.Holds):
         def attempt(t: float) -> int:
             if self._stuck:
                 self._unstick()
-            if self._pending is not None:
-                if len(self._pending) > cap:
-                    self._too_small(cap, len(self._pending))
+            started = int(h.msg_total)  # a streamed message is half-way into the stage or
+            if started:  # a buffer of its own, which C continues it into: finish it there
+                if started > cap:
+                    self._too_small(cap, started)
                 n = self._attempt(t)
                 if n >= 0:
                     ffi.memmove(dest, self._msg, n)
@@ -422,7 +437,7 @@ class ReaderOps(_Ops, contract.Holds):
         return list(struct.unpack_from(ffi.string(fmt), self._outbuf)) if n else []
 
     def recv_nowait(self) -> Optional[bytes]:
-        if self._pending is None and not self._stuck:  # the common case: one C call
+        if not self._part and not self._stuck:  # the common case: one C call
             n = _recv(self._h, self._stage, STAGE, 0.0, self._ptr)
             if n >= 0:
                 return _unpack(self._stage, n)  # type: ignore[no-any-return]
