@@ -17,12 +17,13 @@ layout, shared by the native and the pure backend, is documented in ``docs/shm-l
 from __future__ import annotations
 
 import errno
+import functools
 import mmap
 import os
 import secrets
 import time
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Awaitable, Iterable, Iterator
 from typing import Any, Callable, Optional
 
 from fastipc import _aio, _core
@@ -180,8 +181,10 @@ class _End(SegmentEnd):
     ``send``/``recv`` on the native backend are the backend's one-C-call fast paths, set
     on the instance while it is open: they cannot afford ``uses_handle`` (~0.15 us on a
     0.3 us call), so they keep their busy count in C (``fipc_shm``), which ``close()``
-    waits for before it unmaps. Every other call, and every call of the pure backend
-    (which reads the mapping in Python), is counted here."""
+    waits for before it unmaps. So do ``send_async``/``recv_async`` when they need no wait
+    (``fast_async``): a coroutine function whose call is the one C call; one that has to
+    wait goes on in the class's method, counted here (``_awaited``). Every other call, and
+    every call of the pure backend (which reads the mapping in Python), is counted here."""
 
     _what = "channel end"
     _mmap: Optional[mmap.mmap] = None
@@ -200,10 +203,18 @@ class _End(SegmentEnd):
         if self._which == "native":  # its busy count is kept in C
             self.__dict__[fast] = getattr(ops, fast)
             self._now_call = getattr(ops, now)
+            method = getattr(type(self), fast + "_async")
+            self.__dict__[fast + "_async"] = functools.update_wrapper(
+                ops.fast_async(_waiting(self, method)), method)
         else:  # Python reads the mapping: counted here, without the method's indirection
             self.__dict__[fast] = _counted(self, getattr(ops, fast))
             self._now_call = _counted(self, getattr(ops, now))
         _open_ends.add(self)
+
+    def _drop_fast(self) -> None:
+        """Back to the class's methods, which are counted here (a closed end: ValueError)."""
+        for fast in ("send", "recv", "send_async", "recv_async"):
+            self.__dict__.pop(fast, None)
 
     @property
     def capacity(self) -> int:
@@ -243,8 +254,7 @@ class _End(SegmentEnd):
     def close(self) -> None:
         """Close this end (the peer is told); calls blocked in other threads end with
         ValueError. Idempotent."""
-        self.__dict__.pop("send", None)  # back to the counted class methods
-        self.__dict__.pop("recv", None)
+        self._drop_fast()
         super().close()
 
     def _free(self) -> None:
@@ -263,8 +273,7 @@ class _End(SegmentEnd):
         number may belong to something else by now."""
         if self._closed:
             return
-        self.__dict__.pop("send", None)
-        self.__dict__.pop("recv", None)
+        self._drop_fast()
         self._closed = True
         self._unfreed = []
         try:
@@ -316,6 +325,21 @@ class _End(SegmentEnd):
 
 def _writer_alive(fd: int) -> bool:
     return _layout.lock_held(fd, _layout.LOCK_WRITER)
+
+
+def _waiting(end: _End, method: Callable[..., Awaitable[Any]]) -> _contract.Awaited:
+    """The class's awaitable ``method`` called on ``end``: where the backend's fast path of
+    that awaitable (set on the instance) goes when it has to wait. Holds ``end`` weakly: no
+    reference cycle."""
+    ref, what = weakref.ref(end), end._what
+
+    async def wait(*args: Any) -> Any:
+        owner = ref()
+        if owner is None:
+            raise _core.closed_error(what)
+        return await method(owner, *args)
+
+    return wait
 
 
 def _counted(end: _End, fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -190,6 +190,23 @@ class WriterOps(_Ops, contract.NowaitSend):
 
         return send
 
+    def fast_async(self, wait: contract.Awaited) -> contract.Awaited:
+        """``send_async``: a bytes message that fits goes in one C call, as ``send`` does;
+        anything else (a full ring, another bytes-like type) is ``wait``'s."""
+        h, nowait, sent = self._h, self._nowait, self._nowait_sent
+
+        async def send_async(data: Any, timeout: Optional[float] = None) -> None:
+            if timeout is not None:
+                check_timeout(timeout)
+            if type(data) is bytes:
+                rc = _send(h, data, len(data), 0.0, nowait)
+                if not rc:
+                    return
+                sent(rc)  # raises what is not "the ring is full" (progress is kept)
+            await wait(data, timeout)
+
+        return send_async
+
     def _send_slow(self, buf: Any, n: int, rc: int, timeout: float, start: float) -> None:
         h, progress = self._h, self._progress
         try:  # signal handlers run; a resumed call goes on where the message stopped
@@ -297,6 +314,28 @@ class ReaderOps(_Ops, contract.Holds):
             return slow(n, t, start)
 
         return recv
+
+    def fast_async(self, wait: contract.Awaited) -> contract.Awaited:
+        """``recv_async``: a message up to STAGE bytes that is there already comes in one C
+        call, as with ``recv``; anything else (none yet, a larger one) is ``wait``'s."""
+        h, ptr, stage, part, fail = self._h, self._ptr, self._stage, self._part, self._fail
+
+        async def recv_async(timeout: Optional[float] = None) -> Any:
+            if timeout is not None:
+                check_timeout(timeout)
+            if not part:
+                n = _recv(h, stage, STAGE, 0.0, ptr)
+                if n >= 0:
+                    return _unpack(stage, n)
+                if n != _EAGAIN and n != _EINTR and n != NEED:
+                    fail(n)
+            return await wait(timeout)
+
+        return recv_async
+
+    def _fail(self, rc: int) -> None:
+        """Raise the exception of status ``rc`` (a call that does not wait)."""
+        self._run(rc, _no_retry, Deadline(0.0))
 
     def _attempt(self, t: float) -> int:
         """One try at the next message, into ``_msg``: its length or a negative status.
@@ -444,14 +483,13 @@ class ReaderOps(_Ops, contract.Holds):
             if n in (_EAGAIN, _EINTR):
                 return None
             if n != NEED:
-                self._run(n, _no_retry, Deadline(0.0))
+                self._fail(n)
         n = self._attempt(0.0)
         if n >= 0:
             msg, self._msg = self._msg, None
             return msg  # type: ignore[no-any-return]
-        if n in (_EAGAIN, _EINTR):
-            return None
-        self._run(n, _no_retry, Deadline(0.0))
+        if n not in (_EAGAIN, _EINTR):
+            self._fail(n)
         return None
 
     def recv_many_nowait(self, max_messages: int) -> Optional[list[bytes]]:
