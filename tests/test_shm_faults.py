@@ -184,6 +184,81 @@ def test_exception_raised_into_a_streamed_message(cross: tuple[str, str], name: 
         assert proc.wait(60) == 0
 
 
+ASYNC_INTERRUPT = """
+import asyncio, signal, sys
+from fastipc import shm
+name, sender, receiver = sys.argv[1], sys.argv[2], sys.argv[3]
+count = 60000
+
+class Boom(Exception):
+    pass
+
+armed = [False]
+
+def boom(*args):
+    if armed[0]:
+        raise Boom
+
+def msg(k):
+    return k.to_bytes(4, "little") + bytes([k % 251]) * (k % 200)
+
+w = shm.Writer(name, capacity=1 << 24, backend=sender)
+r = shm.Reader(name, timeout=10, backend=receiver)
+for k in range(count):
+    w.send(msg(k))
+w.close()  # all of them are queued: the reader never waits, so no await suspends
+
+async def main():
+    got, booms, i = [], 0, 0
+    buf = bytearray(4096)
+    while True:
+        i += 1
+        try:
+            armed[0] = True
+            if i % 5 == 0:
+                m = r.recv(timeout=10)
+            elif i % 7 == 0:
+                m = bytes(buf[:r.recv_into(buf, timeout=10)])
+            elif i % 11 == 0:
+                with r.recv_view(timeout=10) as v:
+                    m = bytes(v)
+            else:
+                m = await r.recv_async(timeout=10)
+            armed[0] = False
+        except Boom:
+            booms += 1
+            continue
+        except EOFError:
+            break
+        finally:
+            armed[0] = False
+        k = int.from_bytes(m[:4], "little")
+        assert m == msg(k), f"message {k} corrupted"
+        got.append(k)
+    return got, booms
+
+signal.signal(signal.SIGALRM, boom)
+signal.setitimer(signal.ITIMER_REAL, 0.0002, 0.0003)
+got, booms = asyncio.run(main())
+signal.setitimer(signal.ITIMER_REAL, 0)
+r.close()
+assert got == sorted(set(got)), "out of order or twice"
+print(len(got), booms)
+"""
+
+
+def test_exception_raised_into_recv_async(cross: tuple[str, str], name: str) -> None:
+    """A signal handler that raises, driven by setitimer, interrupts recv_async() (which
+    takes the messages queued in batches) mixed with the other receiving calls: the reader
+    stays usable, never delivers a message twice, out of order or corrupted, and drops at
+    most the one message an exception lands on."""
+    sender, receiver = cross
+    out = _ok(run_python(ASYNC_INTERRUPT, name, sender, receiver, timeout=120))
+    delivered, booms = map(int, out.split())
+    assert booms > 0, "the timer never interrupted a call"
+    assert delivered >= 60000 - booms
+
+
 # ---------------------------------------------------------------------------- 4. exported views
 
 

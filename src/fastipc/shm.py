@@ -724,6 +724,8 @@ class Reader(_End):
         blocks are released. Idempotent."""
         for view in list(getattr(self, "_views", ())):
             view.release()
+        if not self._closed:
+            self._ops.drop_taken()
         super().close()
 
     def _ops_freed(self) -> None:

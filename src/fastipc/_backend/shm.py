@@ -109,6 +109,10 @@ class ReaderOps(EndOps, Protocol):
 
     def recv_many_nowait(self, max_messages: int) -> Optional[list[bytes]]: ...
 
+    def drop_taken(self) -> None:
+        """Forget the messages this end took from the ring and has not returned yet (it
+        closes); a reader that takes none has nothing to do."""
+
 
 class Retrying:
     """What both backends' ends share: the slow path of every call."""
@@ -142,6 +146,9 @@ class Holds:
 
     def set_hold(self, pos: Optional[int]) -> None:
         raise NotImplementedError
+
+    def drop_taken(self) -> None:
+        """Messages are taken from the ring one call at a time: none to drop."""
 
     def _recheck(self, flag: bool) -> None:
         raise NotImplementedError

@@ -18,6 +18,7 @@ import ctypes
 import errno
 import struct
 import time
+from collections import deque
 from typing import TYPE_CHECKING, Any, Optional
 
 from fastipc._backend import shm as contract
@@ -42,11 +43,16 @@ _send = lib.fipc_shm_send
 _send_many = lib.fipc_shm_send_many
 _recv = lib.fipc_shm_recv
 _recv_many = lib.fipc_shm_recv_many
-_unpack = ffi.unpack
 _from_buffer = ffi.from_buffer
 _NULL = ffi.NULL
 _NO_HOLD = 2**64 - 1
 STAGE = 2048  # messages up to this size are copied out of the ring by the one C call
+BATCH = 64  # recv_async takes up to this many messages per C call...
+BATCH_BYTES = 1 << 16  # ...of this many bytes in all
+_BATCH_FMT = BATCH * 22 + 1
+_string = ffi.string
+_ONE = (None,)
+_unpack_from = struct.unpack_from
 
 try:  # a bytes object to fill in place: one copy less for large messages
     _new_bytes: Any = ctypes.pythonapi.PyBytes_FromStringAndSize
@@ -271,9 +277,20 @@ class ReaderOps(_Ops, contract.Holds):
         self._mv = memoryview(mm)
         self._ptr = ffi.new("char **")
         self._stage = ffi.new("char[]", STAGE)
+        self._staged = ffi.buffer(self._stage)  # staged[:n]: its first n bytes, as bytes
         self._holds: list[int] = []
         self._stuck: list[tuple[memoryview, int]] = []
         self._part: list[Any] = []  # the buffer of a streamed message being assembled, if any
+        # messages a batch took from the ring that no call has returned yet: every call
+        # returns these first (see fast_async)
+        self._taken: deque[bytes] = deque()
+        # not empty while a call may have to look at _taken or _part before the ring: the
+        # one thing the hot recv looks at (emptied by the first call that finds neither)
+        self._detour: list[None] = []
+        self._batch = bytearray(BATCH_BYTES)
+        self._batch_out = _from_buffer(self._batch, require_writable=True)
+        self._batch_lens = ffi.new("uint64_t[]", BATCH)
+        self._batch_fmt = ffi.new("char[]", _BATCH_FMT)
         self._msg: Any = None  # what the last attempt delivered
         self._outbuf: Any = None
         self._out: Any = None
@@ -290,48 +307,99 @@ class ReaderOps(_Ops, contract.Holds):
 
     @_pending.setter
     def _pending(self, buf: Any) -> None:
-        self._part[:] = () if buf is None else (buf,)
+        if buf is None:
+            self._part.clear()
+        else:
+            self._detour[:] = _ONE
+            self._part[:] = (buf,)
 
     def _make_recv(self) -> Any:
         """The hot ``recv(timeout=None)``: a message up to STAGE bytes is copied out and
         returned by one C call (busy counted in C); anything else takes the slow path."""
-        h, ptr, stage, slow, part = self._h, self._ptr, self._stage, self._recv_slow, self._part
+        h, ptr, stage, staged, slow = self._h, self._ptr, self._stage, self._staged, self._recv_slow
+        detour, around = self._detour, self._around
 
         def recv(timeout: Optional[float] = None) -> bytes:
-            if part:  # a streamed message is half-way into its own buffer
-                t = -1.0 if timeout is None else check_timeout(timeout)
-                return slow(NEED, t, _monotonic())
+            if detour:
+                return around(timeout)
             if timeout is None:
                 n = _recv(h, stage, STAGE, -1.0, ptr)
                 if n >= 0:
-                    return _unpack(stage, n)  # type: ignore[no-any-return]
+                    return staged[:n]  # type: ignore[no-any-return]
                 return slow(n, -1.0, 0.0)
             t = check_timeout(timeout)
             start = _monotonic()  # a finite wait: when it began, for the time left after EINTR
             n = _recv(h, stage, STAGE, t, ptr)
             if n >= 0:
-                return _unpack(stage, n)  # type: ignore[no-any-return]
+                return staged[:n]  # type: ignore[no-any-return]
             return slow(n, t, start)
 
         return recv
 
+    def _around(self, timeout: Optional[float]) -> bytes:
+        """``recv`` while ``_detour`` is set: the messages a batch took come first, then a
+        streamed message half-way into its own buffer."""
+        t = -1.0 if timeout is None else check_timeout(timeout)
+        if self._taken:
+            return self._taken.popleft()
+        if self._part:
+            return self._recv_slow(NEED, t, _monotonic())
+        self._detour.clear()  # neither any more: back to the straight path
+        return self.recv(timeout)
+
     def fast_async(self, wait: contract.Awaited) -> contract.Awaited:
-        """``recv_async``: a message up to STAGE bytes that is there already comes in one C
-        call, as with ``recv``; anything else (none yet, a larger one) is ``wait``'s."""
-        h, ptr, stage, part, fail = self._h, self._ptr, self._stage, self._part, self._fail
+        """``recv_async``: the messages there already (up to BATCH, BATCH_BYTES in all) come
+        out of the ring in one C call; the first is returned, the others are kept in
+        ``_taken``, which this and every other call of the reader return first. None there
+        yet, or a larger one (a streamed message): ``wait``'s.
+
+        An exception raised into the call (a signal handler) after C took a batch and
+        before it was kept: the batch is still in ``_batch``, and the format C wrote says
+        so until it is kept (cleared just before), so the handler keeps it."""
+        h, part, fail, keep = self._h, self._part, self._fail, self._keep_batch
+        taken, detour = self._taken, self._detour
+        popleft = taken.popleft
+        out, lens, fmt, batch = self._batch_out, self._batch_lens, self._batch_fmt, self._batch
+        batched = ffi.buffer(out)
 
         async def recv_async(timeout: Optional[float] = None) -> Any:
             if timeout is not None:
                 check_timeout(timeout)
+            if taken:
+                return popleft()
             if not part:
-                n = _recv(h, stage, STAGE, 0.0, ptr)
-                if n >= 0:
-                    return _unpack(stage, n)
-                if n != _EAGAIN and n != _EINTR and n != NEED:
+                try:
+                    n = _recv_many(h, out, BATCH_BYTES, lens, BATCH, fmt, _BATCH_FMT, 0.0)
+                    if n == 1:  # the one message there: none to keep
+                        msg = batched[:lens[0]]
+                        fmt[0] = b"\0"
+                        return msg
+                    if n > 0:
+                        got = _unpack_from(_string(fmt), batch)
+                        detour[:] = _ONE
+                        fmt[0] = b"\0"  # kept (no signal handler runs before the next call)
+                        taken.extend(got)
+                        return popleft()
+                except BaseException:
+                    keep()
+                    raise
+                if n != _EAGAIN and n != _EINTR and n != NEED and n != 0:
                     fail(n)
             return await wait(timeout)
 
         return recv_async
+
+    def _keep_batch(self) -> None:
+        """Keep the messages of a batch that C took but its call did not keep."""
+        fmt = self._batch_fmt
+        if fmt[0] != b"\0":
+            got = _unpack_from(_string(fmt), self._batch)
+            self._detour[:] = _ONE
+            fmt[0] = b"\0"
+            self._taken.extend(got)
+
+    def drop_taken(self) -> None:
+        self._taken.clear()
 
     def _fail(self, rc: int) -> None:
         """Raise the exception of status ``rc`` (a call that does not wait)."""
@@ -348,7 +416,7 @@ class ReaderOps(_Ops, contract.Holds):
             if pend is None:
                 n = _recv(h, self._stage, STAGE, t, self._ptr)
                 if n >= 0:
-                    self._msg = _unpack(self._stage, n)
+                    self._msg = self._staged[:n]
                     return n  # type: ignore[no-any-return]
                 if n != NEED:
                     return n  # type: ignore[no-any-return]
@@ -379,6 +447,13 @@ class ReaderOps(_Ops, contract.Holds):
         h = self._h
 
         def attempt(t: float) -> int:
+            if self._taken:
+                msg = self._taken[0]
+                if len(msg) > cap:
+                    self._too_small(cap, len(msg))
+                ffi.memmove(dest, msg, len(msg))
+                self._taken.popleft()
+                return len(msg)
             if self._stuck:
                 self._unstick()
             started = int(h.msg_total)  # a streamed message is half-way into the stage or
@@ -411,6 +486,8 @@ class ReaderOps(_Ops, contract.Holds):
                          f"({n} bytes); it stays queued")
 
     def recv_view(self, timeout: float) -> tuple[memoryview, Optional[int]]:
+        if self._taken:  # out of the ring already: a view of its copy, nothing held
+            return memoryview(self._taken.popleft()), None
         h, ptr = self._h, self._ptr
         if self._pending is None:
 
@@ -445,7 +522,10 @@ class ReaderOps(_Ops, contract.Holds):
         return out
 
     def _many(self, max_messages: int, timeout: float) -> Optional[list[bytes]]:
-        if self._pending is not None:
+        taken = self._taken
+        if taken:
+            return [taken.popleft() for _ in range(min(max_messages, len(taken)))]
+        if self._part:
             return None
         if self._outbuf is None or len(self._lens) < max_messages:
             cap = max(1 << 20, min(max_messages * 128, 1 << 24))
@@ -476,10 +556,12 @@ class ReaderOps(_Ops, contract.Holds):
         return list(struct.unpack_from(ffi.string(fmt), self._outbuf)) if n else []
 
     def recv_nowait(self) -> Optional[bytes]:
+        if self._taken:
+            return self._taken.popleft()
         if not self._part and not self._stuck:  # the common case: one C call
             n = _recv(self._h, self._stage, STAGE, 0.0, self._ptr)
             if n >= 0:
-                return _unpack(self._stage, n)  # type: ignore[no-any-return]
+                return self._staged[:n]  # type: ignore[no-any-return]
             if n in (_EAGAIN, _EINTR):
                 return None
             if n != NEED:
