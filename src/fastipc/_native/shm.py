@@ -198,14 +198,17 @@ class WriterOps(_Ops, contract.NowaitSend):
 
     def fast_async(self, wait: contract.Awaited) -> contract.Awaited:
         """``send_async``: a bytes message that fits goes in one C call, as ``send`` does;
-        anything else (a full ring, another bytes-like type) is ``wait``'s."""
+        anything else (a full ring, another type, which cffi refuses) is ``wait``'s."""
         h, nowait, sent = self._h, self._nowait, self._nowait_sent
 
         async def send_async(data: Any, timeout: Optional[float] = None) -> None:
             if timeout is not None:
                 check_timeout(timeout)
-            if type(data) is bytes:
+            try:  # cffi takes bytes for a char *, and refuses anything else
                 rc = _send(h, data, len(data), 0.0, nowait)
+            except TypeError:
+                rc = _EAGAIN
+            else:
                 if not rc:
                     return
                 sent(rc)  # raises what is not "the ring is full" (progress is kept)
