@@ -87,19 +87,26 @@ def _buffer(data: Any) -> tuple[Any, int]:
 
 class _Ops(contract.Retrying):
     _what = "channel end"
+    _c_init: Any  # fipc_shm_writer_init or fipc_shm_reader_init
 
-    def __init__(self, mm: Any, size: int, fd: int, name: str) -> None:
+    def __init__(self, mm: Any, size: int, fd: int, name: str, pid: int, max_message: int,
+                 spin: float) -> None:
+        """This end of the channel in ``mm`` (``size`` bytes, from fstat of ``fd``): C writes
+        the header (writer) or checks it (reader), then the end sets up its own state."""
         self.name = name
         self._size = size
         self._fd = fd
         self._base = _from_buffer(mm)
         self._addr = int(ffi.cast("uintptr_t", self._base))
         self._h = ffi.new("fipc_shm *")
-
-    def _init(self, rc: int) -> None:
+        rc = self._c_init(self._h, self._base, size, fd, pid, max_message, spin)
         if rc < 0:
             ffi.release(self._base)
             check(rc, self.name)
+        self._setup(mm)
+
+    def _setup(self, mm: Any) -> None:
+        """What this end keeps besides C's handle."""
 
     @property
     def spin(self) -> float:
@@ -162,12 +169,9 @@ def _no_retry(left: float) -> int:
 
 class WriterOps(_Ops, contract.NowaitSend):
     _what = "Writer"
+    _c_init = lib.fipc_shm_writer_init
 
-    def __init__(self, mm: Any, size: int, fd: int, name: str, pid: int, max_message: int,
-                 spin: float) -> None:
-        super().__init__(mm, size, fd, name)
-        self._init(lib.fipc_shm_writer_init(self._h, self._base, size, fd, pid, max_message,
-                                            spin))
+    def _setup(self, mm: Any) -> None:
         self._progress = ffi.new("uint64_t *")
         self._sent = ffi.new("uint64_t *")
         self._nowait = ffi.new("uint64_t *")
@@ -271,12 +275,9 @@ class WriterOps(_Ops, contract.NowaitSend):
 
 class ReaderOps(_Ops, contract.Holds):
     _what = "Reader"
+    _c_init = lib.fipc_shm_reader_init
 
-    def __init__(self, mm: Any, size: int, fd: int, name: str, pid: int, max_message: int,
-                 spin: float) -> None:
-        super().__init__(mm, size, fd, name)
-        self._init(lib.fipc_shm_reader_init(self._h, self._base, size, fd, pid, max_message,
-                                            spin))
+    def _setup(self, mm: Any) -> None:
         self._mv = memoryview(mm)
         self._ptr = ffi.new("char **")
         self._stage = ffi.new("char[]", STAGE)
