@@ -17,7 +17,6 @@ layout, shared by the native and the pure backend, is documented in ``docs/shm-l
 from __future__ import annotations
 
 import errno
-import functools
 import mmap
 import os
 import secrets
@@ -204,8 +203,10 @@ class _End(SegmentEnd):
             self.__dict__[fast] = getattr(ops, fast)
             self._now_call = getattr(ops, now)
             method = getattr(type(self), fast + "_async")
-            self.__dict__[fast + "_async"] = functools.update_wrapper(
-                ops.fast_async(_waiting(self, method)), method)
+            fn = ops.fast_async(_waiting(self, method))
+            fn.__name__, fn.__qualname__, fn.__doc__ = (  # what help() shows: the method's
+                method.__name__, method.__qualname__, method.__doc__)
+            self.__dict__[fast + "_async"] = fn
         else:  # Python reads the mapping: counted here, without the method's indirection
             self.__dict__[fast] = _counted(self, getattr(ops, fast))
             self._now_call = _counted(self, getattr(ops, now))
