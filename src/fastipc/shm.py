@@ -499,8 +499,9 @@ class Writer(_End):
 
     @uses_handle
     def flush(self, timeout: Optional[float] = None) -> None:
-        """Wait until the reader has taken every message sent so far (it has read them, or
-        is waiting for more). TimeoutError after ``timeout`` seconds (also while no reader
+        """Wait until the reader has taken every message sent so far out of the ring (it has
+        read them, or holds them: a native ``recv_async`` takes those queued at once), or
+        is waiting for more. TimeoutError after ``timeout`` seconds (also while no reader
         has attached); BrokenPipeError if the reader closes or dies first."""
         deadline = Deadline.of(timeout)
         delay = 0.0002
@@ -680,7 +681,9 @@ class Reader(_End):
         return self._ops.recv_many(max_messages, check_timeout(timeout))
 
     async def recv_async(self, timeout: Optional[float] = None) -> bytes:
-        """:meth:`recv` on the running event loop. Cancelled, it leaves the message queued."""
+        """:meth:`recv` on the running event loop. Cancelled, it leaves the message queued.
+        On the native backend it takes the messages queued (up to 64) at once: this reader
+        holds them, and its next calls of any kind return them first."""
         if self._closed:
             raise self._closed_error()
         if timeout is not None:
