@@ -500,8 +500,8 @@ class Writer(_End):
     @uses_handle
     def flush(self, timeout: Optional[float] = None) -> None:
         """Wait until the reader has taken every message sent so far out of the ring (it has
-        read them, or holds them: a native ``recv_async`` takes those queued at once), or
-        is waiting for more. TimeoutError after ``timeout`` seconds (also while no reader
+        read them, or is waiting for more; a native ``recv_async`` takes those queued at
+        once, and its reader then holds them). TimeoutError after ``timeout`` seconds (also while no reader
         has attached); BrokenPipeError if the reader closes or dies first."""
         deadline = Deadline.of(timeout)
         delay = 0.0002
