@@ -214,6 +214,53 @@ def test_big_messages_are_streamed(backend: str, name: str) -> None:
             t.join(10)
 
 
+@pytest.mark.parametrize("size", [1500, 6000])  # assembled in the stage / a buffer of its own
+@pytest.mark.parametrize("then", ["recv", "recv_into", "recv_view", "recv_many",
+                                  "recv_async"])
+def test_interrupted_streamed_message_stays_whole(backend: str, name: str, then: str,
+                                                  size: int) -> None:
+    """A call that times out half-way through a streamed message leaves what came of it for
+    the next call, of whichever kind: the message is delivered whole, then the next one."""
+    import asyncio
+
+    big = os.urandom(size)
+    with shm.Writer(name, capacity=4096, backend=backend) as w, \
+            shm.Reader(name, timeout=5, backend=backend) as r:
+        for c in b"abc":
+            w.send(bytes([c]) * 1000)
+        t = threading.Thread(target=lambda: (w.send(big, timeout=10), w.send(b"after")))
+        with r.recv_view(timeout=1) as held:  # its space stays taken: the ring fills up
+            t.start()
+            try:
+                assert r.recv_many(2, timeout=5) == [b"b" * 1000, b"c" * 1000]
+                time.sleep(0.05)  # the writer has filled the ring and waits for room
+                with pytest.raises(TimeoutError):
+                    r.recv(timeout=0)  # takes the first chunks; the rest cannot come
+                assert bytes(held) == b"a" * 1000
+            except BaseException:
+                held.release()
+                t.join(10)
+                raise
+        try:
+            if then == "recv_into":
+                buf = bytearray(7000)
+                got = [bytes(buf[:r.recv_into(buf, timeout=5)])]
+            elif then == "recv_view":
+                with r.recv_view(timeout=5) as v:
+                    got = [bytes(v)]
+            elif then == "recv_many":
+                got = r.recv_many(4, timeout=5)  # and "after", if it came meanwhile
+            elif then == "recv_async":
+                got = [asyncio.run(r.recv_async(timeout=5))]
+            else:
+                got = [r.recv(timeout=5)]
+            if len(got) == 1:
+                got.append(r.recv(timeout=5))
+            assert got == [big, b"after"]
+        finally:
+            t.join(10)
+
+
 def test_recv_into_too_small_keeps_message(backend: str, name: str) -> None:
     with shm.Writer(name, capacity=4096, backend=backend) as w, \
             shm.Reader(name, timeout=5, backend=backend) as r:

@@ -318,3 +318,50 @@ def test_the_loop_is_never_blocked(backend: str, name: str, run: Any) -> None:
 
     gap = run(main())
     assert gap < 0.05, f"the loop was blocked for {gap * 1000:.1f} ms"
+
+
+def test_messages_taken_together_come_first(backend: str, name: str, run: Any) -> None:
+    """recv_async may take several queued messages out of the ring at once (the native
+    backend does): every receiving call returns those first, in order, as if none had been
+    taken; a too small recv_into leaves the next one queued; close() drops them, and a
+    recv_async held from before the close raises ValueError."""
+    def small(i: int) -> bytes:
+        return i.to_bytes(4, "little") + bytes([i % 251]) * (i % 50)
+
+    async def main() -> None:
+        with shm.Writer(name, capacity=1 << 16, backend=backend) as w, \
+                shm.Reader(name, timeout=5, backend=backend) as r:
+            for i in range(300):
+                w.send(small(i))
+            got = [await r.recv_async(timeout=1)]
+            with pytest.raises(ValueError):
+                r.recv_into(bytearray(2), timeout=1)
+            got.append(r.recv(timeout=1))
+            buf = bytearray(100)
+            got.append(bytes(buf[:r.recv_into(buf, timeout=1)]))
+            with r.recv_view(timeout=1) as v:
+                got.append(bytes(v))
+            got += r.recv_many(3, timeout=1)
+            got += await r.recv_many_async(3, timeout=1)
+            while len(got) < 300:
+                got.append(await r.recv_async(timeout=1) if len(got) % 3 else r.recv(timeout=1))
+            assert got == [small(i) for i in range(300)]
+            with pytest.raises(TimeoutError):
+                await r.recv_async(timeout=0)
+            w.flush(timeout=1)  # the reader took everything
+
+        with shm.Writer(name, capacity=1 << 16, backend=backend) as w:
+            r = shm.Reader(name, timeout=5, backend=backend)
+            for i in range(10):
+                w.send(small(i))
+            recv_async = r.recv_async
+            assert await recv_async(timeout=1) == small(0)
+            r.close()
+            with pytest.raises(ValueError):
+                await recv_async(timeout=1)
+            with pytest.raises(ValueError):
+                await r.recv_async(timeout=1)
+            with pytest.raises(ValueError):
+                r.recv(timeout=1)
+
+    run(main())

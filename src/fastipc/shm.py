@@ -22,7 +22,7 @@ import os
 import secrets
 import time
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Awaitable, Iterable, Iterator
 from typing import Any, Callable, Optional
 
 from fastipc import _aio, _core
@@ -174,8 +174,10 @@ class _End(SegmentEnd):
     ``send``/``recv`` on the native backend are the backend's one-C-call fast paths, set
     on the instance while it is open: they cannot afford ``uses_handle`` (~0.15 us on a
     0.3 us call), so they keep their busy count in C (``fipc_shm``), which ``close()``
-    waits for before it unmaps. Every other call, and every call of the pure backend
-    (which reads the mapping in Python), is counted here."""
+    waits for before it unmaps. So do ``send_async``/``recv_async`` when they need no wait
+    (``fast_async``): a coroutine function whose call is the one C call; one that has to
+    wait goes on in the class's method, counted here (``_awaited``). Every other call, and
+    every call of the pure backend (which reads the mapping in Python), is counted here."""
 
     _what = "channel end"
     _mmap: Optional[mmap.mmap] = None
@@ -194,13 +196,23 @@ class _End(SegmentEnd):
         if self._which == "native":  # its busy count is kept in C
             self.__dict__[fast] = getattr(ops, fast)
             self._now_call = getattr(ops, now)
+            method = getattr(type(self), fast + "_async")
+            fn = ops.fast_async(_waiting(self, method))
+            fn.__name__, fn.__qualname__, fn.__doc__ = (  # what help() shows: the method's
+                method.__name__, method.__qualname__, method.__doc__)
+            self.__dict__[fast + "_async"] = fn
         else:  # Python reads the mapping: counted here, without the method's indirection
             self.__dict__[fast] = _counted(self, getattr(ops, fast))
             self._now_call = _counted(self, getattr(ops, now))
         _open_ends.add(self)
 
+    def _drop_fast(self) -> None:
+        """Back to the class's methods, which are counted here (a closed end: ValueError)."""
+        for fast in ("send", "recv", "send_async", "recv_async"):
+            self.__dict__.pop(fast, None)
+
     max_message_size = _core.Fixed[int]("_max", "The largest message taken, in bytes.",
-                                  open_only=True)
+                                        open_only=True)
 
     @property
     def capacity(self) -> int:
@@ -240,8 +252,7 @@ class _End(SegmentEnd):
     def close(self) -> None:
         """Close this end (the peer is told); calls blocked in other threads end with
         ValueError. Idempotent."""
-        self.__dict__.pop("send", None)  # back to the counted class methods
-        self.__dict__.pop("recv", None)
+        self._drop_fast()
         super().close()
 
     def _free(self) -> None:
@@ -260,8 +271,7 @@ class _End(SegmentEnd):
         number may belong to something else by now."""
         if self._closed:
             return
-        self.__dict__.pop("send", None)
-        self.__dict__.pop("recv", None)
+        self._drop_fast()
         self._closed = True
         self._unfreed = []
         try:
@@ -313,6 +323,21 @@ class _End(SegmentEnd):
 
 def _writer_alive(fd: int) -> bool:
     return _layout.lock_held(fd, _layout.LOCK_WRITER)
+
+
+def _waiting(end: _End, method: Callable[..., Awaitable[Any]]) -> _contract.Awaited:
+    """The class's awaitable ``method`` called on ``end``: where the backend's fast path of
+    that awaitable (set on the instance) goes when it has to wait. Holds ``end`` weakly: no
+    reference cycle."""
+    ref, what = weakref.ref(end), end._what
+
+    async def wait(*args: Any) -> Any:
+        owner = ref()
+        if owner is None:
+            raise _core.closed_error(what)
+        return await method(owner, *args)
+
+    return wait
 
 
 def _counted(end: _End, fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -466,9 +491,10 @@ class Writer(_End):
 
     @uses_handle
     def flush(self, timeout: Optional[float] = None) -> None:
-        """Wait until the reader has taken every message sent so far (it has read them, or
-        is waiting for more). TimeoutError after ``timeout`` seconds (also while no reader
-        has attached); BrokenPipeError if the reader closes or dies first."""
+        """Wait until the reader has taken every message sent so far out of the ring (it has
+        read them, or is waiting for more; a native ``recv_async`` takes those queued at
+        once, and its reader then holds them). TimeoutError after ``timeout`` seconds (also
+        while no reader has attached); BrokenPipeError if the reader closes or dies first."""
         deadline = Deadline.of(timeout)
         delay = 0.0002
         while not self._ops.flushed():
@@ -642,7 +668,9 @@ class Reader(_End):
         return self._ops.recv_many(max_messages, check_timeout(timeout))
 
     async def recv_async(self, timeout: Optional[float] = None) -> bytes:
-        """:meth:`recv` on the running event loop. Cancelled, it leaves the message queued."""
+        """:meth:`recv` on the running event loop. Cancelled, it leaves the message queued.
+        On the native backend it takes the messages queued (up to 64) at once: this reader
+        holds them, and its next calls of any kind return them first."""
         if self._closed:
             raise self._closed_error()
         if timeout is not None:
@@ -687,6 +715,8 @@ class Reader(_End):
         blocks are released. Idempotent."""
         for view in list(getattr(self, "_views", ())):
             view.release()
+        if not self._closed:
+            self._ops.drop_taken()
         super().close()
 
     def _ops_freed(self) -> None:

@@ -16,12 +16,14 @@ return ``None`` / ``False`` when they would have to.
 from __future__ import annotations
 
 import errno
+from collections.abc import Awaitable
 from typing import Any, Callable, Optional, Protocol
 
 from fastipc._core import Deadline, closed_error, retry
 
 Send = Callable[..., None]  # send(data, timeout=None): the hot path, one C call
 Recv = Callable[..., bytes]  # recv(timeout=None): the hot path, one C call
+Awaited = Callable[..., Awaitable[Any]]  # send_async(data, timeout=None), recv_async(timeout=None)
 
 
 class EndOps(Protocol):
@@ -46,6 +48,13 @@ class EndOps(Protocol):
 
     def unpark(self) -> None:
         """Lower the sleeping flag again."""
+
+    def fast_async(self, wait: Awaited) -> Awaited:
+        """The awaitable ``send_async`` / ``recv_async`` of this end, as a coroutine function
+        whose call is one attempt in one C call when it needs no wait (the message fits, or
+        is there), and otherwise awaits ``wait`` with the same arguments: the public class's
+        general path, which makes its own first attempt. A backend without such a path
+        returns ``wait`` itself."""
 
     def wake(self) -> None:
         """Make calls of this end blocked in other threads return (they raise ValueError)."""
@@ -100,12 +109,19 @@ class ReaderOps(EndOps, Protocol):
 
     def recv_many_nowait(self, max_messages: int) -> Optional[list[bytes]]: ...
 
+    def drop_taken(self) -> None:
+        """Forget the messages this end took from the ring and has not returned yet (it
+        closes); a reader that takes none has nothing to do."""
+
 
 class Retrying:
     """What both backends' ends share: the slow path of every call."""
 
     name: str
     _what = "channel end"
+
+    def fast_async(self, wait: Awaited) -> Awaited:
+        return wait
 
     def _run(self, rc: int, attempt: Callable[[float], int], deadline: Deadline) -> int:
         """The slow path after a first attempt returned ``rc``: ``_core.retry`` (EINTR
@@ -130,6 +146,9 @@ class Holds:
 
     def set_hold(self, pos: Optional[int]) -> None:
         raise NotImplementedError
+
+    def drop_taken(self) -> None:
+        """Messages are taken from the ring one call at a time: none to drop."""
 
     def _recheck(self, flag: bool) -> None:
         raise NotImplementedError

@@ -18,6 +18,7 @@ import ctypes
 import errno
 import struct
 import time
+from collections import deque
 from typing import TYPE_CHECKING, Any, Optional
 
 from fastipc._backend import shm as contract
@@ -42,11 +43,16 @@ _send = lib.fipc_shm_send
 _send_many = lib.fipc_shm_send_many
 _recv = lib.fipc_shm_recv
 _recv_many = lib.fipc_shm_recv_many
-_unpack = ffi.unpack
 _from_buffer = ffi.from_buffer
 _NULL = ffi.NULL
 _NO_HOLD = 2**64 - 1
 STAGE = 2048  # messages up to this size are copied out of the ring by the one C call
+BATCH = 64  # recv_async takes up to this many messages per C call...
+BATCH_BYTES = 1 << 16  # ...of this many bytes in all
+_BATCH_FMT = BATCH * 22 + 1
+_string = ffi.string
+_ONE = (None,)
+_unpack_from = struct.unpack_from
 
 try:  # a bytes object to fill in place: one copy less for large messages
     _new_bytes: Any = ctypes.pythonapi.PyBytes_FromStringAndSize
@@ -81,19 +87,26 @@ def _buffer(data: Any) -> tuple[Any, int]:
 
 class _Ops(contract.Retrying):
     _what = "channel end"
+    _c_init: Any  # fipc_shm_writer_init or fipc_shm_reader_init
 
-    def __init__(self, mm: Any, size: int, fd: int, name: str) -> None:
+    def __init__(self, mm: Any, size: int, fd: int, name: str, pid: int, max_message: int,
+                 spin: float) -> None:
+        """This end of the channel in ``mm`` (``size`` bytes, from fstat of ``fd``): C writes
+        the header (writer) or checks it (reader), then the end sets up its own state."""
         self.name = name
         self._size = size
         self._fd = fd
         self._base = _from_buffer(mm)
         self._addr = int(ffi.cast("uintptr_t", self._base))
         self._h = ffi.new("fipc_shm *")
-
-    def _init(self, rc: int) -> None:
+        rc = self._c_init(self._h, self._base, size, fd, pid, max_message, spin)
         if rc < 0:
             ffi.release(self._base)
             check(rc, self.name)
+        self._setup(mm)
+
+    def _setup(self, mm: Any) -> None:
+        """What this end keeps besides C's handle."""
 
     @property
     def spin(self) -> float:
@@ -156,12 +169,9 @@ def _no_retry(left: float) -> int:
 
 class WriterOps(_Ops, contract.NowaitSend):
     _what = "Writer"
+    _c_init = lib.fipc_shm_writer_init
 
-    def __init__(self, mm: Any, size: int, fd: int, name: str, pid: int, max_message: int,
-                 spin: float) -> None:
-        super().__init__(mm, size, fd, name)
-        self._init(lib.fipc_shm_writer_init(self._h, self._base, size, fd, pid, max_message,
-                                            spin))
+    def _setup(self, mm: Any) -> None:
         self._progress = ffi.new("uint64_t *")
         self._sent = ffi.new("uint64_t *")
         self._nowait = ffi.new("uint64_t *")
@@ -189,6 +199,26 @@ class WriterOps(_Ops, contract.NowaitSend):
                 slow(buf, n, rc, t, start)
 
         return send
+
+    def fast_async(self, wait: contract.Awaited) -> contract.Awaited:
+        """``send_async``: a bytes message that fits goes in one C call, as ``send`` does;
+        anything else (a full ring, another type, which cffi refuses) is ``wait``'s."""
+        h, nowait, sent = self._h, self._nowait, self._nowait_sent
+
+        async def send_async(data: Any, timeout: Optional[float] = None) -> None:
+            if timeout is not None:
+                check_timeout(timeout)
+            try:  # cffi takes bytes for a char *, and refuses anything else
+                rc = _send(h, data, len(data), 0.0, nowait)
+            except TypeError:
+                rc = _EAGAIN
+            else:
+                if not rc:
+                    return
+                sent(rc)  # raises what is not "the ring is full" (progress is kept)
+            await wait(data, timeout)
+
+        return send_async
 
     def _send_slow(self, buf: Any, n: int, rc: int, timeout: float, start: float) -> None:
         h, progress = self._h, self._progress
@@ -245,18 +275,26 @@ class WriterOps(_Ops, contract.NowaitSend):
 
 class ReaderOps(_Ops, contract.Holds):
     _what = "Reader"
+    _c_init = lib.fipc_shm_reader_init
 
-    def __init__(self, mm: Any, size: int, fd: int, name: str, pid: int, max_message: int,
-                 spin: float) -> None:
-        super().__init__(mm, size, fd, name)
-        self._init(lib.fipc_shm_reader_init(self._h, self._base, size, fd, pid, max_message,
-                                            spin))
+    def _setup(self, mm: Any) -> None:
         self._mv = memoryview(mm)
         self._ptr = ffi.new("char **")
         self._stage = ffi.new("char[]", STAGE)
+        self._staged = ffi.buffer(self._stage)  # staged[:n]: its first n bytes, as bytes
         self._holds: list[int] = []
         self._stuck: list[tuple[memoryview, int]] = []
-        self._pending: Any = None  # the buffer of a streamed message being assembled
+        self._part: list[Any] = []  # the buffer of a streamed message being assembled, if any
+        # messages a batch took from the ring that no call has returned yet: every call
+        # returns these first (see fast_async)
+        self._taken: deque[bytes] = deque()
+        # not empty while a call may have to look at _taken or _part before the ring: the
+        # one thing the hot recv looks at (emptied by the first call that finds neither)
+        self._detour: list[None] = []
+        self._batch = bytearray(BATCH_BYTES)
+        self._batch_out = _from_buffer(self._batch, require_writable=True)
+        self._batch_lens = ffi.new("uint64_t[]", BATCH)
+        self._batch_fmt = ffi.new("char[]", _BATCH_FMT)
         self._msg: Any = None  # what the last attempt delivered
         self._outbuf: Any = None
         self._out: Any = None
@@ -264,25 +302,112 @@ class ReaderOps(_Ops, contract.Holds):
         self._fmt: Any = None
         self.recv: contract.Recv = self._make_recv()
 
+    @property
+    def _pending(self) -> Any:
+        """The buffer a streamed message larger than STAGE is assembled in (None: none is):
+        C continues it only into that buffer, so while one is there no call may pass the
+        stage (the hot paths look at the list ``_part`` holding it)."""
+        return self._part[0] if self._part else None
+
+    @_pending.setter
+    def _pending(self, buf: Any) -> None:
+        if buf is None:
+            self._part.clear()
+        else:
+            self._detour[:] = _ONE
+            self._part[:] = (buf,)
+
     def _make_recv(self) -> Any:
         """The hot ``recv(timeout=None)``: a message up to STAGE bytes is copied out and
         returned by one C call (busy counted in C); anything else takes the slow path."""
-        h, ptr, stage, slow = self._h, self._ptr, self._stage, self._recv_slow
+        h, ptr, stage, staged, slow = self._h, self._ptr, self._stage, self._staged, self._recv_slow
+        detour, around = self._detour, self._around
 
         def recv(timeout: Optional[float] = None) -> bytes:
+            if detour:
+                return around(timeout)
             if timeout is None:
                 n = _recv(h, stage, STAGE, -1.0, ptr)
                 if n >= 0:
-                    return _unpack(stage, n)  # type: ignore[no-any-return]
+                    return staged[:n]  # type: ignore[no-any-return]
                 return slow(n, -1.0, 0.0)
             t = check_timeout(timeout)
             start = _monotonic()  # a finite wait: when it began, for the time left after EINTR
             n = _recv(h, stage, STAGE, t, ptr)
             if n >= 0:
-                return _unpack(stage, n)  # type: ignore[no-any-return]
+                return staged[:n]  # type: ignore[no-any-return]
             return slow(n, t, start)
 
         return recv
+
+    def _around(self, timeout: Optional[float]) -> bytes:
+        """``recv`` while ``_detour`` is set: the messages a batch took come first, then a
+        streamed message half-way into its own buffer."""
+        t = -1.0 if timeout is None else check_timeout(timeout)
+        if self._taken:
+            return self._taken.popleft()
+        if self._part:
+            return self._recv_slow(NEED, t, _monotonic())
+        self._detour.clear()  # neither any more: back to the straight path
+        return self.recv(timeout)
+
+    def fast_async(self, wait: contract.Awaited) -> contract.Awaited:
+        """``recv_async``: the messages there already (up to BATCH, BATCH_BYTES in all) come
+        out of the ring in one C call; the first is returned, the others are kept in
+        ``_taken``, which this and every other call of the reader return first. None there
+        yet, or a larger one (a streamed message): ``wait``'s.
+
+        An exception raised into the call (a signal handler) after C took a batch and
+        before it was kept: the batch is still in ``_batch``, and the format C wrote says
+        so until it is kept (cleared just before), so the handler keeps it."""
+        h, part, fail, keep = self._h, self._part, self._fail, self._keep_batch
+        taken, detour = self._taken, self._detour
+        popleft = taken.popleft
+        out, lens, fmt, batch = self._batch_out, self._batch_lens, self._batch_fmt, self._batch
+        batched = ffi.buffer(out)
+
+        async def recv_async(timeout: Optional[float] = None) -> Any:
+            if timeout is not None:
+                check_timeout(timeout)
+            if taken:
+                return popleft()
+            if not part:
+                try:
+                    n = _recv_many(h, out, BATCH_BYTES, lens, BATCH, fmt, _BATCH_FMT, 0.0)
+                    if n == 1:  # the one message there: none to keep
+                        msg = batched[:lens[0]]
+                        fmt[0] = b"\0"
+                        return msg
+                    if n > 0:
+                        got = _unpack_from(_string(fmt), batch)
+                        detour[:] = _ONE
+                        fmt[0] = b"\0"  # kept (no signal handler runs before the next call)
+                        taken.extend(got)
+                        return popleft()
+                except BaseException:
+                    keep()
+                    raise
+                if n != _EAGAIN and n != _EINTR and n != NEED and n != 0:
+                    fail(n)
+            return await wait(timeout)
+
+        return recv_async
+
+    def _keep_batch(self) -> None:
+        """Keep the messages of a batch that C took but its call did not keep."""
+        fmt = self._batch_fmt
+        if fmt[0] != b"\0":
+            got = _unpack_from(_string(fmt), self._batch)
+            self._detour[:] = _ONE
+            fmt[0] = b"\0"
+            self._taken.extend(got)
+
+    def drop_taken(self) -> None:
+        self._taken.clear()
+
+    def _fail(self, rc: int) -> None:
+        """Raise the exception of status ``rc`` (a call that does not wait)."""
+        self._run(rc, _no_retry, Deadline(0.0))
 
     def _attempt(self, t: float) -> int:
         """One try at the next message, into ``_msg``: its length or a negative status.
@@ -295,7 +420,7 @@ class ReaderOps(_Ops, contract.Holds):
             if pend is None:
                 n = _recv(h, self._stage, STAGE, t, self._ptr)
                 if n >= 0:
-                    self._msg = _unpack(self._stage, n)
+                    self._msg = self._staged[:n]
                     return n  # type: ignore[no-any-return]
                 if n != NEED:
                     return n  # type: ignore[no-any-return]
@@ -326,11 +451,19 @@ class ReaderOps(_Ops, contract.Holds):
         h = self._h
 
         def attempt(t: float) -> int:
+            if self._taken:
+                msg = self._taken[0]
+                if len(msg) > cap:
+                    self._too_small(cap, len(msg))
+                ffi.memmove(dest, msg, len(msg))
+                self._taken.popleft()
+                return len(msg)
             if self._stuck:
                 self._unstick()
-            if self._pending is not None:
-                if len(self._pending) > cap:
-                    self._too_small(cap, len(self._pending))
+            started = int(h.msg_total)  # a streamed message is half-way into the stage or
+            if started:  # a buffer of its own, which C continues it into: finish it there
+                if started > cap:
+                    self._too_small(cap, started)
                 n = self._attempt(t)
                 if n >= 0:
                     ffi.memmove(dest, self._msg, n)
@@ -357,6 +490,8 @@ class ReaderOps(_Ops, contract.Holds):
                          f"({n} bytes); it stays queued")
 
     def recv_view(self, timeout: float) -> tuple[memoryview, Optional[int]]:
+        if self._taken:  # out of the ring already: a view of its copy, nothing held
+            return memoryview(self._taken.popleft()), None
         h, ptr = self._h, self._ptr
         if self._pending is None:
 
@@ -391,7 +526,10 @@ class ReaderOps(_Ops, contract.Holds):
         return out
 
     def _many(self, max_messages: int, timeout: float) -> Optional[list[bytes]]:
-        if self._pending is not None:
+        taken = self._taken
+        if taken:
+            return [taken.popleft() for _ in range(min(max_messages, len(taken)))]
+        if self._part:
             return None
         if self._outbuf is None or len(self._lens) < max_messages:
             cap = max(1 << 20, min(max_messages * 128, 1 << 24))
@@ -422,21 +560,22 @@ class ReaderOps(_Ops, contract.Holds):
         return list(struct.unpack_from(ffi.string(fmt), self._outbuf)) if n else []
 
     def recv_nowait(self) -> Optional[bytes]:
-        if self._pending is None and not self._stuck:  # the common case: one C call
+        if self._taken:
+            return self._taken.popleft()
+        if not self._part and not self._stuck:  # the common case: one C call
             n = _recv(self._h, self._stage, STAGE, 0.0, self._ptr)
             if n >= 0:
-                return _unpack(self._stage, n)  # type: ignore[no-any-return]
+                return self._staged[:n]  # type: ignore[no-any-return]
             if n in (_EAGAIN, _EINTR):
                 return None
             if n != NEED:
-                self._run(n, _no_retry, Deadline(0.0))
+                self._fail(n)
         n = self._attempt(0.0)
         if n >= 0:
             msg, self._msg = self._msg, None
             return msg  # type: ignore[no-any-return]
-        if n in (_EAGAIN, _EINTR):
-            return None
-        self._run(n, _no_retry, Deadline(0.0))
+        if n not in (_EAGAIN, _EINTR):
+            self._fail(n)
         return None
 
     def recv_many_nowait(self, max_messages: int) -> Optional[list[bytes]]:

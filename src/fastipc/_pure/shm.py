@@ -145,7 +145,12 @@ class _Ops(contract.Retrying):
     _what = "channel end"
     _peer_lock = 0
 
-    def __init__(self, mm: Any, size: int, fd: int, name: str) -> None:
+    def __init__(self, mm: Any, size: int, fd: int, name: str, pid: int, max_message: int,
+                 spin: float) -> None:
+        """This end of the channel in ``mm`` (``size`` bytes, from fstat of ``fd``): the
+        views of the header, then the end's own state (:meth:`_setup`: the writer writes
+        the header, the reader checks it)."""
+        self._check_args(size, pid, name)
         self.name = name
         self._mm = mm
         self._fd = fd
@@ -167,6 +172,14 @@ class _Ops(contract.Retrying):
         self._wait_i, self._seq_i = (L.OFF_RWAIT // 4, L.OFF_DSEQ // 4) if self.role == 2 \
             else (L.OFF_WWAIT // 4, L.OFF_SSEQ // 4)
         self._peer_state = (L.OFF_WSTATE if self.role == 2 else L.OFF_RSTATE) // 4
+        self.max_message = max_message
+        self._setup(mm, size, name, pid, spin)
+
+    def _check_args(self, size: int, pid: int, name: str) -> None:
+        """Refuse what cannot be this end's, before anything is set up."""
+
+    def _setup(self, mm: Any, size: int, name: str, pid: int, spin: float) -> None:
+        """This end's own state."""
 
     def _release_views(self) -> None:
         self._u32.release()
@@ -355,13 +368,13 @@ class WriterOps(_Ops, contract.NowaitSend):
     _what = "Writer"
     _peer_lock = L.LOCK_READER
 
-    def __init__(self, mm: Any, size: int, fd: int, name: str, pid: int, max_message: int,
-                 spin: float) -> None:
+    def _check_args(self, size: int, pid: int, name: str) -> None:
         if not _valid_size(size) or pid <= 0:
             raise OSError(errno.EINVAL, os.strerror(errno.EINVAL), name)
-        cap = size - L.HEADER
-        super().__init__(mm, size, fd, name)
-        self.max_message = max_message
+
+    def _setup(self, mm: Any, size: int, name: str, pid: int, spin: float) -> None:
+        cap = self.capacity
+        max_message = self.max_message
         self._whole_max = cap // 4
         self.chunk = min(cap // 16, L.MAX_CHUNK)
         self.spin = spin
@@ -569,11 +582,11 @@ class ReaderOps(_Ops, contract.Holds):
     _what = "Reader"
     _peer_lock = L.LOCK_WRITER
 
-    def __init__(self, mm: Any, size: int, fd: int, name: str, pid: int, max_message: int,
-                 spin: float) -> None:
+    def _check_args(self, size: int, pid: int, name: str) -> None:
         if not _valid_size(size):
             raise_errno(FIPC_CORRUPT, name)
-        super().__init__(mm, size, fd, name)
+
+    def _setup(self, mm: Any, size: int, name: str, pid: int, spin: float) -> None:
         try:
             self._check_header(size, name)
         except BaseException:
@@ -583,7 +596,6 @@ class ReaderOps(_Ops, contract.Holds):
         tail = u64[L.OFF_TAIL // 8]
         self.pos = self.release_pos = self.published = tail
         self.peer = u64[L.OFF_HEAD // 8]
-        self.max_message = max_message
         self._batch = self.capacity >> 4  # released in batches of a sixteenth of the ring
         self.hold = _NO_HOLD
         self._holds: list[int] = []

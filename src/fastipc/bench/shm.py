@@ -36,7 +36,7 @@ from collections.abc import Awaitable, Iterator
 from contextlib import contextmanager
 from functools import partial
 from multiprocessing.connection import Connection
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from fastipc.bench import Case, Missing, now, optional, pinned, run_c
 
@@ -592,6 +592,11 @@ def iceoryx2_pingpong(rounds: int) -> float:
         raise Missing(f"iceoryx2: {exc}") from exc
 
 
+def _c_ring(workload: str, _count: int) -> float:
+    """The plain-C ring (bench/c/shm_ring.c): it picks its own count."""
+    return run_c("shm_ring", workload)
+
+
 def iceoryx2_check() -> None:
     optional("iceoryx2")
 
@@ -610,36 +615,40 @@ def cases(quick: bool) -> list[Case]:
     def add(workload: str, impl: str, unit: str, fn: Callable[[], float], note: str = "") -> None:
         out.append(Case("shm", workload, impl, unit, fn, note))
 
-    w = "ping-pong 64 B"
-    add(w, "fastipc native", "us", lambda: fastipc_pingpong("native", rounds))
-    add(w, "fastipc pure", "us", lambda: fastipc_pingpong("pure", rounds // 4))
-    add(w, "multiprocessing.Pipe", "us", lambda: mp_pipe_pingpong(rounds // 4))
-    add(w, "multiprocessing.Queue", "us", lambda: mp_queue_pingpong(rounds // 8))
-    add(w, "faster-fifo", "us", lambda: ff_pingpong(rounds // 8))
-    add(w, "pyzmq ipc://", "us", lambda: zmq_pingpong(rounds // 8))
-    add(w, "iceoryx2", "us", lambda: iceoryx2_pingpong(rounds))
-    add(w, "C shm ring", "us", lambda: run_c("shm_ring", "pingpong"))
-
-    w = "stream 64 B"
-    add(w, "fastipc native", "msg/s", lambda: fastipc_stream("native", fast_n))
-    add(w, "fastipc pure", "msg/s", lambda: fastipc_stream("pure", slow_n))
-    add(w, "multiprocessing.Pipe", "msg/s", lambda: mp_pipe_stream(slow_n))
-    add(w, "multiprocessing.Queue", "msg/s", lambda: mp_queue_stream(slow_n // 2))
-    add(w, "faster-fifo", "msg/s", lambda: ff_stream(slow_n // 2))
-    add(w, "pyzmq ipc://", "msg/s", lambda: zmq_stream(slow_n))
-    add(w, "C shm ring", "msg/s", lambda: run_c("shm_ring", "stream"))
-
-    w = "awaited ping-pong 64 B"
-    add(w, "fastipc native", "us", lambda: fastipc_awaited_pingpong("native", rounds))
-    add(w, "fastipc pure", "us", lambda: fastipc_awaited_pingpong("pure", rounds // 4))
-    add(w, "asyncio streams (Unix)", "us", lambda: streams_pingpong("asyncio", rounds // 8))
-    add(w, "uvloop streams (Unix)", "us", lambda: streams_pingpong("uvloop", rounds // 8))
-
-    w = "awaited stream 64 B"
-    add(w, "fastipc native", "msg/s", lambda: fastipc_awaited_stream("native", slow_n * 4))
-    add(w, "fastipc pure", "msg/s", lambda: fastipc_awaited_stream("pure", slow_n))
-    add(w, "asyncio streams (Unix)", "msg/s", lambda: streams_stream("asyncio", slow_n))
-    add(w, "uvloop streams (Unix)", "msg/s", lambda: streams_stream("uvloop", slow_n))
+    # each implementation's ping-pong 64 B (its rounds) and stream 64 B (its messages), plain
+    # and awaited: one row of the table per implementation, one case per workload
+    pair = Callable[[int], float]
+    table: dict[str, list[tuple[str, pair, int, Optional[pair], int]]] = {
+        "": [
+            ("fastipc native", partial(fastipc_pingpong, "native"), rounds,
+             partial(fastipc_stream, "native"), fast_n),
+            ("fastipc pure", partial(fastipc_pingpong, "pure"), rounds // 4,
+             partial(fastipc_stream, "pure"), slow_n),
+            ("multiprocessing.Pipe", mp_pipe_pingpong, rounds // 4, mp_pipe_stream, slow_n),
+            ("multiprocessing.Queue", mp_queue_pingpong, rounds // 8, mp_queue_stream,
+             slow_n // 2),
+            ("faster-fifo", ff_pingpong, rounds // 8, ff_stream, slow_n // 2),
+            ("pyzmq ipc://", zmq_pingpong, rounds // 8, zmq_stream, slow_n),
+            ("iceoryx2", iceoryx2_pingpong, rounds, None, 0),
+            ("C shm ring", partial(_c_ring, "pingpong"), 0, partial(_c_ring, "stream"), 0),
+        ],
+        "awaited ": [
+            ("fastipc native", partial(fastipc_awaited_pingpong, "native"), rounds,
+             partial(fastipc_awaited_stream, "native"), slow_n * 4),
+            ("fastipc pure", partial(fastipc_awaited_pingpong, "pure"), rounds // 4,
+             partial(fastipc_awaited_stream, "pure"), slow_n),
+            ("asyncio streams (Unix)", partial(streams_pingpong, "asyncio"), rounds // 8,
+             partial(streams_stream, "asyncio"), slow_n),
+            ("uvloop streams (Unix)", partial(streams_pingpong, "uvloop"), rounds // 8,
+             partial(streams_stream, "uvloop"), slow_n),
+        ],
+    }
+    for prefix, rows in table.items():
+        for impl, pingpong, n, _, _ in rows:
+            add(prefix + "ping-pong 64 B", impl, "us", partial(pingpong, n))
+        for impl, _, _, stream, n in rows:
+            if stream is not None:
+                add(prefix + "stream 64 B", impl, "msg/s", partial(stream, n))
 
     w = "batch 64 B"
     add(w, "fastipc native", "msg/s", lambda: fastipc_batch("native", batch_n))
