@@ -204,11 +204,18 @@ static void release_cursor(fipc_pub *h)
     uint64_t t = h->release < h->hold ? h->release : h->hold;
     if (h->overflow != BLOCK || t == h->published || t - h->published > h->capacity)
         return;
+    uint64_t before = h->published;
     h->published = t;
     STORE(A64(h, SLOT(h->slot, FIPC_PUB_SLOT_CURSOR)), t, release);
     atomic_thread_fence(memory_order_seq_cst);
-    if (LOAD(A32(h, FIPC_PUB_OFF_PWAIT), relaxed))
-        ring_bell(h, FIPC_PUB_OFF_SSEQ);
+    /* wake a sleeping publisher when our cursor passes the one it waits for: once, not at
+     * every release (if it set its flag after our look, it sees our cursor; if it sleeps,
+     * the subscriber that passes last wakes it: docs/pubsub-layout.md, "Waiting") */
+    if (LOAD(A32(h, FIPC_PUB_OFF_PWAIT), acquire)) {
+        uint64_t want = LOAD(A64(h, FIPC_PUB_OFF_PWANT), relaxed);
+        if (t - want <= (UINT64_MAX >> 1) && want - before - 1 <= (UINT64_MAX >> 1))
+            ring_bell(h, FIPC_PUB_OFF_SSEQ); /* before < want <= t */
+    }
 }
 
 static inline void lazy_release(fipc_pub *h)
@@ -264,6 +271,16 @@ static int load_head(fipc_pub *h)
     return 0;
 }
 
+/* Publisher, block mode, out of room: how much room the subscribers free before they wake
+ * it (a slice of the ring, or more if one frame needs more): waking it for every message
+ * they read would make it write one message per wake-up. It still writes as soon as it
+ * finds `need` bytes free (each time it wakes, at the latest every sleep slice). */
+static inline uint64_t wake_room(fipc_pub *h, uint64_t need)
+{
+    uint64_t slice = h->capacity >> FIPC_PUB_WAKE_SHIFT;
+    return need > slice ? need : slice;
+}
+
 /* Subscriber: has the stream ended (closed, or the publisher died)? check_lock: also ask
  * the kernel whether the publisher's lock is still held. */
 static int pub_gone(fipc_pub *h, int check_lock)
@@ -291,6 +308,8 @@ static int wait_ring(fipc_pub *h, uint64_t need, double timeout, int64_t *deadli
     int64_t end = fipc_spin_until(&h->spin, timeout, *deadline, &start);
     if (end && (rc = ring_spin(h, need, end)) != 0)
         return rc < 0 ? rc : 0;
+    if (!sub) /* subscribers wake us once they have freed a slice of the ring, not at once */
+        STORE(A64(h, FIPC_PUB_OFF_PWANT), h->pos + wake_room(h, need) - h->capacity, relaxed);
     size_t wait_off = sub ? FIPC_PUB_OFF_SWAIT : FIPC_PUB_OFF_PWAIT;
     size_t seq_off = sub ? FIPC_PUB_OFF_DSEQ : FIPC_PUB_OFF_SSEQ;
     int slept = 0;

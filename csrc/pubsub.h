@@ -34,6 +34,7 @@ enum {
     FIPC_PUB_OFF_SWAIT = 196,       /* u32 1: some subscriber sleeps (publisher clears) */
     FIPC_PUB_OFF_SSEQ = 200,        /* u32 futex word the publisher sleeps on */
     FIPC_PUB_OFF_PWAIT = 204,       /* u32 1: the publisher sleeps */
+    FIPC_PUB_OFF_PWANT = 208,       /* u64 the cursor that wakes the sleeping publisher */
     FIPC_PUB_OFF_SLOTS = 256,       /* the subscriber slots */
     FIPC_PUB_SLOTS = 64,
     FIPC_PUB_SLOT_SIZE = 64,
@@ -42,6 +43,8 @@ enum {
     FIPC_PUB_SLOT_CURSOR = 8,       /* u64 bytes this subscriber is done with */
     FIPC_PUB_HEADER = 4352,         /* OFF_SLOTS + SLOTS * SLOT_SIZE: the ring starts here */
     FIPC_PUB_MIN_CAPACITY = 4096,
+    FIPC_PUB_WAKE_SHIFT = 3,        /* a publisher waiting for room is woken once a
+                                       capacity >> WAKE_SHIFT slice of the ring is free */
     /* frames in the ring */
     FIPC_PUB_FR_WHOLE = 1, FIPC_PUB_FR_FIRST = 2, FIPC_PUB_FR_NEXT = 3, FIPC_PUB_FR_PAD = 4,
     FIPC_PUB_FR_HDR = 16,           /* u32 length, u32 kind, u64 message number */
