@@ -625,6 +625,11 @@ int64_t fipc_pub_send(fipc_pub *h, const char *buf, uint64_t len, double timeout
     return rc;
 }
 
+int64_t fipc_pub_put(fipc_pub *h, const char *buf, uint64_t len)
+{
+    return fipc_pub_send(h, buf, len, -1.0, &h->progress);
+}
+
 int64_t fipc_pub_send_many(fipc_pub *h, const char *buf, const uint64_t *lens, uint64_t count,
                            double timeout, uint64_t *sent)
 {
@@ -643,6 +648,11 @@ int64_t fipc_sub_recv(fipc_pub *h, char *dest, uint64_t cap, double timeout, cha
     int64_t rc = h->role == ROLE_SUB ? sub_recv(h, dest, cap, timeout, ptr) : -EBADF;
     fipc_leave(&h->busy);
     return rc;
+}
+
+int64_t fipc_sub_next(fipc_pub *h)
+{
+    return fipc_sub_recv(h, h->stage, h->stage_cap, -1.0, NULL);
 }
 
 int64_t fipc_sub_recv_many(fipc_pub *h, char *dest, uint64_t cap, uint64_t *lens, uint64_t max,

@@ -97,7 +97,7 @@ class Publisher(_Ops):
         if rc < 0:
             ffi.release(self._base)
             check(rc, name)
-        self._progress = ffi.new("uint64_t *")
+        self._progress = ffi.addressof(self._h[0], "progress")  # fipc_pub_put's too
         self._sent = ffi.new("uint64_t *")
         self._max = max_message
         self._limit = max_message
@@ -131,12 +131,12 @@ class Publisher(_Ops):
         """``send`` in one C call for bytes and no timeout (the decorator's bookkeeping
         would cost as much as the C call: the busy count is kept in C instead); anything
         else goes to ``general``, a failed attempt to ``finish`` (both decorated)."""
-        h, progress, c_send = self._h, self._progress, lib.fipc_pub_send
+        h, progress, put = self._h, self._progress, lib.fipc_pub_put
 
         def send(data: Any, timeout: Optional[float] = None) -> None:
             if timeout is None and type(data) is bytes:
                 try:
-                    rc = c_send(h, data, len(data), -1.0, progress)
+                    rc = put(h, data, len(data))
                 except BaseException:
                     progress[0] = 0
                     raise
@@ -196,6 +196,7 @@ class Subscriber(_Ops):
         self._ptr = ffi.new("char **")
         self._size = size
         self._stage = ffi.new("char[]", STAGE)
+        self._h.stage, self._h.stage_cap = self._stage, STAGE  # for fipc_sub_next
         self._partial: Any = None  # the buffer of a streamed message being assembled
         self._drop = self._h.overflow == layout.DROP_OLDEST
         self._outbuf: Any = None
@@ -235,13 +236,13 @@ class Subscriber(_Ops):
     def fast_recv(self, general: Callable[[Optional[float]], bytes],
                   finish: Callable[[int], bytes]) -> Optional[Callable[..., bytes]]:
         """``recv`` in one C call for no timeout (as :meth:`Publisher.fast_send`)."""
-        h, stage, ptr, keep = self._h, self._stage, self._ptr, self._keep
-        c_recv, unpack = lib.fipc_sub_recv, ffi.unpack
+        h, stage, keep = self._h, self._stage, self._keep
+        c_next, unpack = lib.fipc_sub_next, ffi.unpack
 
         def recv(timeout: Optional[float] = None) -> bytes:
             if timeout is None and self._partial is None:
                 try:
-                    n = c_recv(h, stage, STAGE, -1.0, ptr)
+                    n = c_next(h)
                 except BaseException:
                     keep(stage, STAGE)
                     raise
