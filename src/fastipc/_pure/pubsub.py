@@ -700,7 +700,9 @@ class Subscriber(_Ops):
                 n = retry(self._attempt(None, deadline),
                           lambda left: self._attempt(None, deadline), deadline, self.name)
                 if n != NEEDED:
-                    return bytes(self._mm[self._ptr:self._ptr + n])
+                    data = bytes(self._mm[self._ptr:self._ptr + n])
+                    self._lazy_release()  # copied out: its room may go back (as C does)
+                    return data
                 self._partial = bytearray(self.last_len)
             buf = self._partial
 
