@@ -380,17 +380,20 @@ def test_close_from_another_thread_wakes_send(backend: str, name: str) -> None:
         assert n > 0
 
 
+class Interrupt(Exception):
+    """What _interrupt raises."""
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    """A signal handler that raises: the call it lands in is cut short."""
+    raise Interrupt
+
+
 def test_signal_raising_into_recv_leaves_the_subscriber_usable(cross: tuple[str, str],
                                                                 name: str) -> None:
     """A handler that raises, and a timeout, each cut a recv short in the middle of a
     streamed message: the next recv delivers the message whole, never a part."""
     sender, receiver = cross
-
-    class Interrupt(Exception):
-        pass
-
-    def handler(signum: int, frame: Any) -> None:
-        raise Interrupt
 
     big = bytes(range(256)) * 400
     proc = start_python("""
@@ -406,7 +409,7 @@ def test_signal_raising_into_recv_leaves_the_subscriber_usable(cross: tuple[str,
         sys.stdin.readline()
         pub.close()
     """, name, sender, stdin=subprocess.PIPE)
-    old = signal.signal(signal.SIGALRM, handler)
+    old = signal.signal(signal.SIGALRM, _interrupt)
     try:
         sub = pubsub.Subscriber(name, timeout=10, backend=receiver)
         assert proc.stdout is not None and proc.stdin is not None
@@ -490,13 +493,7 @@ def test_signal_raising_into_a_streamed_send_abandons_it(backend: str, name: str
     short by a handler half-way through a streamed message: the next send starts afresh
     and the subscriber gets only whole messages."""
 
-    class Interrupt(Exception):
-        pass
-
-    def handler(signum: int, frame: Any) -> None:
-        raise Interrupt
-
-    old = signal.signal(signal.SIGALRM, handler)
+    old = signal.signal(signal.SIGALRM, _interrupt)
     try:
         with pubsub.Publisher(name, capacity=4096, backend=backend) as pub, \
                 pubsub.Subscriber(name, timeout=1, backend=backend) as sub:
