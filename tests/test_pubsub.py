@@ -497,8 +497,8 @@ def test_signal_raising_into_a_streamed_send_abandons_it(backend: str, name: str
     try:
         with pubsub.Publisher(name, capacity=4096, backend=backend) as pub, \
                 pubsub.Subscriber(name, timeout=1, backend=backend) as sub:
-            signal.setitimer(signal.ITIMER_REAL, 0.05)
             with pytest.raises(Interrupt):
+                signal.setitimer(signal.ITIMER_REAL, 0.05)
                 pub.send(b"z" * 20000)  # the ring fills; nobody reads
             signal.setitimer(signal.ITIMER_REAL, 0)
             got: list[bytes] = []
