@@ -17,6 +17,12 @@
  * Nothing read from the mapping is trusted: counters, cursors and frames are checked
  * against the capacity derived from the mapping's real size (FIPC_CORRUPT otherwise). */
 #include "pubsub.h"
+
+#define FIPC_RING_T fipc_pub
+#define FIPC_RING_DATA ((uint64_t)FIPC_PUB_HEADER)
+#define FIPC_RING_ALIGN 16u
+#define FIPC_RING_FR_HDR ((uint64_t)FIPC_PUB_FR_HDR)
+#define FIPC_RING_FIRST_HDR ((uint64_t)FIPC_PUB_FIRST_HDR)
 #include "ring.h"
 
 #include <errno.h>
@@ -29,29 +35,16 @@
 _Static_assert(FIPC_PUB_FR_WHOLE == FIPC_FR_WHOLE && FIPC_PUB_FR_FIRST == FIPC_FR_FIRST &&
                    FIPC_PUB_FR_NEXT == FIPC_FR_NEXT && FIPC_PUB_FR_PAD == FIPC_FR_PAD,
                "frame kinds as ring.h parses them");
-#define FR_HDR ((uint64_t)FIPC_PUB_FR_HDR)
-#define FIRST_HDR ((uint64_t)FIPC_PUB_FIRST_HDR)
 #define ST_OPEN 1u
 #define ST_CLOSED 2u
-#define ROLE_PUB 1
-#define ROLE_SUB 2
+#define ROLE_PUB FIPC_RING_WRITER
+#define ROLE_SUB FIPC_RING_READER
 #define BLOCK 1
 #define DROP 2
 #define SLICE_NS 100000000LL /* sleep at most this long between liveness checks */
 #define MAX_CHUNK (256u << 10)
 
-#define A32(h, off) ((_Atomic uint32_t *)(void *)((h)->base + (off)))
-#define A64(h, off) ((_Atomic uint64_t *)(void *)((h)->base + (off)))
-#define LOAD(p, mo) atomic_load_explicit((p), memory_order_##mo)
-#define STORE(p, v, mo) atomic_store_explicit((p), (v), memory_order_##mo)
 #define SLOT(i, field) (FIPC_PUB_OFF_SLOTS + (size_t)(i) * FIPC_PUB_SLOT_SIZE + (field))
-
-/* Frames start at multiples of 16, so that the room left before the ring's end always
- * holds a frame header (a PAD). */
-static inline char *ring(fipc_pub *h, uint64_t pos)
-{
-    return fipc_ring_at(h->base + HDR, h->capacity, pos);
-}
 
 int fipc_pub_busy(fipc_pub *h)
 {
@@ -81,15 +74,10 @@ static int ofd_held(int fd, int64_t byte)
 
 /* ---------------------------------------------------------------- set-up */
 
-static int valid_capacity(uint64_t cap)
-{
-    return cap >= FIPC_PUB_MIN_CAPACITY && (cap & (cap - 1)) == 0;
-}
-
 int fipc_pub_init(fipc_pub *h, char *base, uint64_t map_size, int32_t fd, int32_t pid,
                   uint64_t max_message, int32_t overflow, double spin)
 {
-    if (base == NULL || map_size <= HDR || !valid_capacity(map_size - HDR) || pid <= 0 ||
+    if (base == NULL || !fipc_ring_fits(map_size, HDR, FIPC_PUB_MIN_CAPACITY) || pid <= 0 ||
         (overflow != BLOCK && overflow != DROP))
         return -EINVAL;
     memset(h, 0, sizeof *h);
@@ -131,7 +119,7 @@ int fipc_sub_init(fipc_pub *h, char *base, uint64_t map_size, int32_t fd, int32_
     uint32_t magic = LOAD(A32(h, FIPC_PUB_OFF_MAGIC), acquire);
     if (magic == 0)
         return FIPC_PUB_NOTREADY;
-    if (magic != (uint32_t)FIPC_PUB_MAGIC || map_size <= HDR || !valid_capacity(map_size - HDR))
+    if (magic != (uint32_t)FIPC_PUB_MAGIC || !fipc_ring_fits(map_size, HDR, FIPC_PUB_MIN_CAPACITY))
         return FIPC_CORRUPT;
     uint64_t cap = fipc_rd64(base + FIPC_PUB_OFF_CAPACITY);
     uint32_t overflow = fipc_rd32(base + FIPC_PUB_OFF_OVERFLOW);
@@ -216,11 +204,18 @@ static void release_cursor(fipc_pub *h)
     uint64_t t = h->release < h->hold ? h->release : h->hold;
     if (h->overflow != BLOCK || t == h->published || t - h->published > h->capacity)
         return;
+    uint64_t before = h->published;
     h->published = t;
     STORE(A64(h, SLOT(h->slot, FIPC_PUB_SLOT_CURSOR)), t, release);
     atomic_thread_fence(memory_order_seq_cst);
-    if (LOAD(A32(h, FIPC_PUB_OFF_PWAIT), relaxed))
-        ring_bell(h, FIPC_PUB_OFF_SSEQ);
+    /* wake a sleeping publisher when our cursor passes the one it waits for: once, not at
+     * every release (if it set its flag after our look, it sees our cursor; if it sleeps,
+     * the subscriber that passes last wakes it: docs/pubsub-layout.md, "Waiting") */
+    if (LOAD(A32(h, FIPC_PUB_OFF_PWAIT), acquire)) {
+        uint64_t want = LOAD(A64(h, FIPC_PUB_OFF_PWANT), relaxed);
+        if (t - want <= (UINT64_MAX >> 1) && want - before - 1 <= (UINT64_MAX >> 1))
+            ring_bell(h, FIPC_PUB_OFF_SSEQ); /* before < want <= t */
+    }
 }
 
 static inline void lazy_release(fipc_pub *h)
@@ -231,7 +226,7 @@ static inline void lazy_release(fipc_pub *h)
 }
 
 /* Publisher, block mode: the lowest cursor of the active subscribers (pos if none). */
-static int load_cursors(fipc_pub *h)
+static int load_tail(fipc_pub *h)
 {
     uint64_t low = h->pos;
     atomic_thread_fence(memory_order_seq_cst);
@@ -276,20 +271,14 @@ static int load_head(fipc_pub *h)
     return 0;
 }
 
-/* 1 if what we wait for is there, 0 if not, < 0 on corruption. */
-static int ready(fipc_pub *h, uint64_t need)
+/* Publisher, block mode, out of room: how much room the subscribers free before they wake
+ * it (a slice of the ring, or more if one frame needs more): waking it for every message
+ * they read would make it write one message per wake-up. It still writes as soon as it
+ * finds `need` bytes free (each time it wakes, at the latest every sleep slice). */
+static inline uint64_t wake_room(fipc_pub *h, uint64_t need)
 {
-    int rc;
-    if (h->role == ROLE_SUB) {
-        if (h->peer != h->pos)
-            return 1;
-        rc = load_head(h);
-        return rc < 0 ? rc : h->peer != h->pos;
-    }
-    if (h->capacity - (h->pos - h->peer) >= need)
-        return 1;
-    rc = load_cursors(h);
-    return rc < 0 ? rc : h->capacity - (h->pos - h->peer) >= need;
+    uint64_t slice = h->capacity >> FIPC_PUB_WAKE_SHIFT;
+    return need > slice ? need : slice;
 }
 
 /* Subscriber: has the stream ended (closed, or the publisher died)? check_lock: also ask
@@ -301,9 +290,14 @@ static int pub_gone(fipc_pub *h, int check_lock)
     return check_lock && !ofd_held(h->fd, FIPC_PUB_LOCK);
 }
 
+static inline int spin_check(fipc_pub *h)
+{
+    return h->role == ROLE_SUB && pub_gone(h, 0);
+}
+
 /* Wait until ready(need): spin for the adaptive budget, then sleep on the futex word in
  * slices, checking liveness between them. */
-static int wait_for(fipc_pub *h, uint64_t need, double timeout, int64_t *deadline)
+static int wait_ring(fipc_pub *h, uint64_t need, double timeout, int64_t *deadline)
 {
     int rc;
     int sub = h->role == ROLE_SUB;
@@ -312,24 +306,10 @@ static int wait_for(fipc_pub *h, uint64_t need, double timeout, int64_t *deadlin
     if (sub)
         release_cursor(h); /* never sleep on space we could give back */
     int64_t end = fipc_spin_until(&h->spin, timeout, *deadline, &start);
-    if (end) {
-        for (unsigned i = 1;; i++) {
-            if ((rc = ready(h, need)) != 0) {
-                if (rc > 0) {
-                    h->spins++;
-                    fipc_spin_caught(&h->spin);
-                }
-                return rc < 0 ? rc : 0;
-            }
-            if ((i & 255u) == 0) {
-                if (fipc_is_closed(&h->closed))
-                    return -EBADF;
-                if ((sub && pub_gone(h, 0)) || fipc_now_ns() >= end)
-                    break;
-            }
-            fipc_cpu_relax();
-        }
-    }
+    if (end && (rc = ring_spin(h, need, end)) != 0)
+        return rc < 0 ? rc : 0;
+    if (!sub) /* subscribers wake us once they have freed a slice of the ring, not at once */
+        STORE(A64(h, FIPC_PUB_OFF_PWANT), h->pos + wake_room(h, need) - h->capacity, relaxed);
     size_t wait_off = sub ? FIPC_PUB_OFF_SWAIT : FIPC_PUB_OFF_PWAIT;
     size_t seq_off = sub ? FIPC_PUB_OFF_DSEQ : FIPC_PUB_OFF_SSEQ;
     int slept = 0;
@@ -386,8 +366,8 @@ static int advance_oldest(fipc_pub *h, uint64_t target)
         uint64_t room = h->capacity - (o & (h->capacity - 1));
         char *p = ring(h, o);
         uint32_t kind = fipc_rd32(p + 4);
-        uint64_t size =
-            (kind == FIPC_PUB_FR_FIRST ? FIRST_HDR : FR_HDR) + fipc_round_up(fipc_rd32(p), 16);
+        uint64_t size = (kind == FIPC_PUB_FR_FIRST ? FIPC_RING_FIRST_HDR : FIPC_RING_FR_HDR) +
+                        fipc_round_up(fipc_rd32(p), FIPC_RING_ALIGN);
         if (kind < FIPC_PUB_FR_WHOLE || kind > FIPC_PUB_FR_PAD || size > room ||
             size > h->pos - o)
             return FIPC_CORRUPT; /* our own frames, changed by someone else */
@@ -401,133 +381,52 @@ static int advance_oldest(fipc_pub *h, uint64_t target)
     return 0;
 }
 
-/* Room for a frame of `frame` bytes (a PAD first if it would cross the ring's end). */
-static int reserve(fipc_pub *h, uint64_t frame, double timeout, int64_t *deadline, char **at)
+/* The publisher's parts of the ring (ring.h): drop_oldest never waits, it moves `oldest`
+ * past what it is about to overwrite; every frame carries its message number. */
+static inline int make_room(fipc_pub *h, uint64_t need, double timeout, int64_t *deadline)
 {
-    uint64_t room = h->capacity - (h->pos & (h->capacity - 1));
-    uint64_t need = frame > room ? room + frame : frame;
-    int rc;
-    if (h->overflow == DROP) {
-        if (h->pos + need > h->capacity &&
-            (rc = advance_oldest(h, h->pos + need - h->capacity)) < 0)
-            return rc;
-    } else if (h->capacity - (h->pos - h->peer) < need) {
-        rc = ready(h, need);
-        if (rc < 0)
-            return rc;
-        if (rc == 0) {
-            publish_head(h); /* what we batched must be visible before we wait */
-            if ((rc = wait_for(h, need, timeout, deadline)) < 0)
-                return rc;
-        }
-    }
-    if (frame > room) {
-        char *p = ring(h, h->pos);
-        fipc_frame_head(p, (uint32_t)(room - FR_HDR), FIPC_PUB_FR_PAD);
-        fipc_wr64(p + 8, h->seq);
-        h->pos += room;
-    }
-    *at = ring(h, h->pos);
-    return 0;
+    if (h->overflow != DROP)
+        return ring_room(h, need, timeout, deadline);
+    return h->pos + need > h->capacity ? advance_oldest(h, h->pos + need - h->capacity) : 0;
 }
 
-static inline int whole(fipc_pub *h, uint64_t len)
+static inline void stamp(fipc_pub *h, char *p)
 {
-    return FR_HDR + fipc_round_up(len, 16) <= h->capacity / 4;
+    fipc_wr64(p + 8, h->seq);
 }
 
-static int64_t put(fipc_pub *h, const char *buf, uint64_t len, double timeout,
-                   int64_t *deadline, uint64_t *progress)
+static inline void sent_one(fipc_pub *h)
 {
-    char *p;
-    int rc;
-    if (whole(h, len)) {
-        uint64_t frame = FR_HDR + fipc_round_up(len, 16);
-        if ((rc = reserve(h, frame, timeout, deadline, &p)) < 0)
-            return rc;
-        fipc_frame_head(p, (uint32_t)len, FIPC_PUB_FR_WHOLE);
-        fipc_wr64(p + 8, h->seq);
-        memcpy(p + FR_HDR, buf, len);
-        h->pos += frame;
-        h->seq++;
-        return 0;
-    }
-    if (h->overflow == DROP)
-        return FIPC_TOOBIG; /* refused up front in Python; never streamed over drop_oldest */
-    uint64_t done = *progress;
-    while (done < len) {
-        uint64_t hdr = done == 0 ? FIRST_HDR : FR_HDR;
-        uint64_t want = len - done < h->chunk ? len - done : h->chunk;
-        if ((rc = reserve(h, hdr + fipc_round_up(want, 16), timeout, deadline, &p)) < 0)
-            return rc;
-        fipc_frame_head(p, (uint32_t)want, done == 0 ? FIPC_PUB_FR_FIRST : FIPC_PUB_FR_NEXT);
-        fipc_wr64(p + 8, h->seq);
-        if (done == 0)
-            fipc_wr64(p + FR_HDR, len);
-        memcpy(p + hdr, buf + done, want);
-        h->pos += hdr + fipc_round_up(want, 16);
-        publish_head(h);
-        done += want;
-        *progress = done;
-    }
     h->seq++;
-    return 0;
 }
 
-static int64_t pub_send(fipc_pub *h, const char *buf, uint64_t len, double timeout,
-                        uint64_t *progress)
+/* drop_oldest never streams: its publisher would overwrite the start of a message that a
+ * subscriber is still assembling. */
+static inline int streams(fipc_pub *h)
 {
-    if (h->role != ROLE_PUB)
-        return -EBADF;
-    if (len > h->max_message)
-        return FIPC_TOOBIG;
-    int64_t deadline = FIPC_DEADLINE_UNSET;
-    int64_t rc = put(h, buf, len, timeout, &deadline, progress);
-    if (rc < 0)
-        return rc;
-    publish_head(h);
-    *progress = 0;
-    return 0;
+    return h->overflow != DROP;
 }
 
-static int64_t pub_send_many(fipc_pub *h, const char *buf, const uint64_t *lens,
-                             uint64_t count, double timeout, uint64_t *sent)
+static inline int refuse(fipc_pub *h, const uint64_t *lens, uint64_t count)
 {
     if (h->role != ROLE_PUB)
         return -EBADF;
     for (uint64_t i = 0; i < count; i++)
         if (lens[i] > h->max_message)
             return FIPC_TOOBIG;
-    int64_t deadline = FIPC_DEADLINE_UNSET;
-    int64_t rc = 0;
-    uint64_t i = 0;
-    for (; i < count; i++) {
-        uint64_t progress = 0;
-        rc = put(h, buf, lens[i], timeout, &deadline, &progress);
-        if (rc < 0)
-            break;
-        buf += lens[i];
-    }
-    publish_head(h);
-    *sent = i;
-    return rc < 0 ? rc : 0;
+    return 0;
 }
 
 /* ---------------------------------------------------------------- subscriber */
 
-/* The frame at pos, checked against the ring and against what head has published. */
-static int frame_at(fipc_pub *h, uint32_t *kind, uint64_t *len, uint64_t *total,
-                    uint64_t *seq, char **data, uint64_t *size)
+/* The frame at pos, checked, with its message number. */
+static inline int frame_at(fipc_pub *h, uint32_t *kind, uint64_t *len, uint64_t *total,
+                           uint64_t *seq, char **data, uint64_t *size)
 {
-    if (h->pos & 15u)
-        return FIPC_CORRUPT;
-    uint64_t room = h->capacity - (h->pos & (h->capacity - 1));
-    uint64_t avail = h->peer - h->pos;
-    if (avail < FR_HDR || avail > h->capacity)
-        return FIPC_CORRUPT;
-    char *p = ring(h, h->pos);
-    *seq = fipc_rd64(p + 8);
-    return fipc_frame_at(p, room, avail, FR_HDR, FIRST_HDR, 16, kind, len, total, data, size);
+    int rc = ring_frame_at(h, kind, len, total, data, size);
+    if (rc == 0)
+        *seq = fipc_rd64(ring(h, h->pos) + 8);
+    return rc;
 }
 
 /* drop_oldest: 1 if the publisher has started overwriting the frame at pos (or past it). */
@@ -555,12 +454,6 @@ static int resync(fipc_pub *h)
     return 0;
 }
 
-static inline void consume(fipc_pub *h, uint64_t size)
-{
-    h->pos += size;
-    h->release = h->pos;
-}
-
 /* Count the messages a frame's number says were skipped. */
 static int account(fipc_pub *h, uint64_t seq)
 {
@@ -583,7 +476,7 @@ static int next_frame(fipc_pub *h, double timeout, int64_t *deadline)
         return 0;
     int rc = ready(h, 0);
     if (rc == 0)
-        rc = wait_for(h, 0, timeout, deadline);
+        rc = wait_ring(h, 0, timeout, deadline);
     return rc < 0 ? rc : 0;
 }
 
@@ -727,9 +620,14 @@ int64_t fipc_pub_send(fipc_pub *h, const char *buf, uint64_t len, double timeout
 {
     if (fipc_enter(&h->busy, &h->closed) < 0)
         return -EBADF;
-    int64_t rc = pub_send(h, buf, len, timeout, progress);
+    int64_t rc = ring_send(h, buf, len, timeout, progress);
     fipc_leave(&h->busy);
     return rc;
+}
+
+int64_t fipc_pub_put(fipc_pub *h, const char *buf, uint64_t len)
+{
+    return fipc_pub_send(h, buf, len, -1.0, &h->progress);
 }
 
 int64_t fipc_pub_send_many(fipc_pub *h, const char *buf, const uint64_t *lens, uint64_t count,
@@ -738,7 +636,7 @@ int64_t fipc_pub_send_many(fipc_pub *h, const char *buf, const uint64_t *lens, u
     *sent = 0;
     if (fipc_enter(&h->busy, &h->closed) < 0)
         return -EBADF;
-    int64_t rc = pub_send_many(h, buf, lens, count, timeout, sent);
+    int64_t rc = ring_send_many(h, buf, lens, count, timeout, sent);
     fipc_leave(&h->busy);
     return rc;
 }
@@ -750,6 +648,11 @@ int64_t fipc_sub_recv(fipc_pub *h, char *dest, uint64_t cap, double timeout, cha
     int64_t rc = h->role == ROLE_SUB ? sub_recv(h, dest, cap, timeout, ptr) : -EBADF;
     fipc_leave(&h->busy);
     return rc;
+}
+
+int64_t fipc_sub_next(fipc_pub *h)
+{
+    return fipc_sub_recv(h, h->stage, h->stage_cap, -1.0, NULL);
 }
 
 int64_t fipc_sub_recv_many(fipc_pub *h, char *dest, uint64_t cap, uint64_t *lens, uint64_t max,

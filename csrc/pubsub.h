@@ -34,6 +34,7 @@ enum {
     FIPC_PUB_OFF_SWAIT = 196,       /* u32 1: some subscriber sleeps (publisher clears) */
     FIPC_PUB_OFF_SSEQ = 200,        /* u32 futex word the publisher sleeps on */
     FIPC_PUB_OFF_PWAIT = 204,       /* u32 1: the publisher sleeps */
+    FIPC_PUB_OFF_PWANT = 208,       /* u64 the cursor that wakes the sleeping publisher */
     FIPC_PUB_OFF_SLOTS = 256,       /* the subscriber slots */
     FIPC_PUB_SLOTS = 64,
     FIPC_PUB_SLOT_SIZE = 64,
@@ -42,6 +43,8 @@ enum {
     FIPC_PUB_SLOT_CURSOR = 8,       /* u64 bytes this subscriber is done with */
     FIPC_PUB_HEADER = 4352,         /* OFF_SLOTS + SLOTS * SLOT_SIZE: the ring starts here */
     FIPC_PUB_MIN_CAPACITY = 4096,
+    FIPC_PUB_WAKE_SHIFT = 3,        /* a publisher waiting for room is woken once a
+                                       capacity >> WAKE_SHIFT slice of the ring is free */
     /* frames in the ring */
     FIPC_PUB_FR_WHOLE = 1, FIPC_PUB_FR_FIRST = 2, FIPC_PUB_FR_NEXT = 3, FIPC_PUB_FR_PAD = 4,
     FIPC_PUB_FR_HDR = 16,           /* u32 length, u32 kind, u64 message number */
@@ -81,6 +84,9 @@ typedef struct fipc_pub {
     int32_t closed;         /* set by fipc_pub_wake/close: calls return -EBADF */
     int32_t busy;           /* calls inside C on this handle (any thread) */
     int32_t seq_known;      /* subscriber: seq holds the expected number */
+    uint64_t progress;      /* publisher: bytes of a streamed message sent (fipc_pub_put) */
+    char *stage;            /* subscriber: where fipc_sub_next copies (owned by Python) */
+    uint64_t stage_cap;
 } fipc_pub;
 
 int fipc_pub_init(fipc_pub *h, char *base, uint64_t map_size, int32_t fd, int32_t pid,
@@ -91,12 +97,18 @@ int fipc_sub_init(fipc_pub *h, char *base, uint64_t map_size, int32_t fd, int32_
 /* One message; *progress: bytes of it streamed already (resumes an interrupted call). */
 int64_t fipc_pub_send(fipc_pub *h, const char *buf, uint64_t len, double timeout,
                       uint64_t *progress);
+/* fipc_pub_send waiting as long as it takes, with the progress kept in the handle: the hot
+ * path of send() in one call with three arguments. */
+int64_t fipc_pub_put(fipc_pub *h, const char *buf, uint64_t len);
 int64_t fipc_pub_send_many(fipc_pub *h, const char *buf, const uint64_t *lens, uint64_t count,
                            double timeout, uint64_t *sent);
 /* The next message: copied to dest (cap bytes) or, dest NULL, in place (*ptr; valid until
  * the next call, block mode only). Length, FIPC_PUB_NEED (last_len says how much; it stays
  * queued), FIPC_EOF, FIPC_CORRUPT, FIPC_TOOBIG, -ETIMEDOUT, -EINTR, -EBADF. */
 int64_t fipc_sub_recv(fipc_pub *h, char *dest, uint64_t cap, double timeout, char **ptr);
+/* fipc_sub_recv into the stage set in the handle, waiting as long as it takes: the hot
+ * path of recv() in one call with one argument. */
+int64_t fipc_sub_next(fipc_pub *h);
 /* Up to max whole messages into dest, lengths into lens; waits for the first only. */
 int64_t fipc_sub_recv_many(fipc_pub *h, char *dest, uint64_t cap, uint64_t *lens, uint64_t max,
                            double timeout);

@@ -14,6 +14,16 @@
 
 /* ---------------------------------------------------------------- fields */
 
+/* Atomic access to the mapping of a handle h (any with a `base`), for the rings' .c files. */
+#define A32(h, off) ((_Atomic uint32_t *)(void *)((h)->base + (off)))
+#define A64(h, off) ((_Atomic uint64_t *)(void *)((h)->base + (off)))
+#define LOAD(p, mo) atomic_load_explicit((p), memory_order_##mo)
+#define STORE(p, v, mo) atomic_store_explicit((p), (v), memory_order_##mo)
+
+/* A handle's role: the ring's one writer (the publisher) or a reader (a subscriber). */
+#define FIPC_RING_WRITER 1
+#define FIPC_RING_READER 2
+
 static inline uint32_t fipc_rd32(const char *p)
 {
     uint32_t v;
@@ -42,6 +52,14 @@ static inline void fipc_wr64(char *p, uint64_t v)
 static inline uint64_t fipc_round_up(uint64_t n, uint64_t align)
 {
     return (n + (align - 1u)) & ~(align - 1u);
+}
+
+/* A mapping of map_size bytes holds a header of hdr bytes and a ring whose capacity is a
+ * power of two, at least min. */
+static inline int fipc_ring_fits(uint64_t map_size, uint64_t hdr, uint64_t min)
+{
+    uint64_t cap = map_size - hdr;
+    return map_size > hdr && cap >= min && (cap & (cap - 1)) == 0;
 }
 
 /* Where position pos lies in a ring of capacity bytes (a power of two) starting at data. */
@@ -165,4 +183,230 @@ static inline void fipc_wait_done(fipc_spin *spin, uint64_t *spins, uint64_t *sl
     }
 }
 
-#endif
+#endif /* FIPC_RING_H */
+
+/* ---------------------------------------------------------------- one ring's code
+ *
+ * Written once for both rings' handles: the file that includes this header first defines
+ * FIPC_RING_T (its handle type, with the fields named below), FIPC_RING_DATA (where the ring
+ * starts in the mapping), FIPC_RING_ALIGN (frames start at multiples of it), FIPC_RING_FR_HDR
+ * and FIPC_RING_FIRST_HDR (its frame headers' sizes), and defines the functions declared
+ * here, which say what differs: the SPSC channel's peer and SIGBUS checks, the fan-out's
+ * message numbers and drop_oldest. Each .c file includes this once, so these are its own
+ * static functions and inline as if written there. */
+#if defined(FIPC_RING_T) && !defined(FIPC_RING_CODE)
+#define FIPC_RING_CODE
+
+typedef FIPC_RING_T fipc_ring_h;
+
+/* Refresh the cached position of the other side (peer): a reader's head, the writer's tail
+ * (the lowest reader's cursor): 0, or FIPC_CORRUPT. */
+static int load_head(fipc_ring_h *h);
+static int load_tail(fipc_ring_h *h);
+/* Writer: make head visible to the readers, and wake the sleeping ones. */
+static inline void publish_head(fipc_ring_h *h);
+/* Wait until ready(h, need): 0, or < 0. */
+static int wait_ring(fipc_ring_h *h, uint64_t need, double timeout, int64_t *deadline);
+/* Writer: room for `need` more bytes at pos (waiting as the ring's policy says): 0, < 0. */
+static inline int make_room(fipc_ring_h *h, uint64_t need, double timeout, int64_t *deadline);
+/* Writer: complete a frame header just written at p (the fan-out adds the message number). */
+static inline void stamp(fipc_ring_h *h, char *p);
+/* Writer: a whole message went into the ring. */
+static inline void sent_one(fipc_ring_h *h);
+/* Writer: 1 if a message too large to be stored whole may be streamed in chunks. */
+static inline int streams(fipc_ring_h *h);
+/* Writer: 0 if these messages may be sent now, else why not. */
+static inline int refuse(fipc_ring_h *h, const uint64_t *lens, uint64_t count);
+/* In the spin of a wait, every 256 turns: 0 go on, 1 stop spinning (sleep), < 0 end. */
+static inline int spin_check(fipc_ring_h *h);
+
+/* Is what a wait waits for there (a reader: a frame past pos; the writer: `need` free
+ * bytes)? 1 yes, 0 no, < 0 corrupt. */
+static int ready(fipc_ring_h *h, uint64_t need)
+{
+    int rc;
+    if (h->role == FIPC_RING_READER) {
+        if (h->peer != h->pos)
+            return 1;
+        rc = load_head(h);
+        return rc < 0 ? rc : h->peer != h->pos;
+    }
+    if (h->capacity - (h->pos - h->peer) >= need)
+        return 1;
+    rc = load_tail(h);
+    return rc < 0 ? rc : h->capacity - (h->pos - h->peer) >= need;
+}
+
+static inline char *ring(fipc_ring_h *h, uint64_t pos)
+{
+    return fipc_ring_at(h->base + FIPC_RING_DATA, h->capacity, pos);
+}
+
+/* The ring frame of a payload of len bytes. */
+static inline uint64_t ring_frame(uint64_t len)
+{
+    return FIPC_RING_FR_HDR + fipc_round_up(len, FIPC_RING_ALIGN);
+}
+
+/* A message stored whole (a quarter of the ring at most), not streamed in chunks. */
+static inline int ring_whole(fipc_ring_h *h, uint64_t len)
+{
+    return ring_frame(len) <= h->capacity / 4;
+}
+
+/* The spin phase of a wait, until `end`: 1 ready (counted as a spin), 0 not (go and sleep),
+ * < 0 an error. */
+static inline int ring_spin(fipc_ring_h *h, uint64_t need, int64_t end)
+{
+    int rc;
+    for (unsigned i = 1;; i++) {
+        if ((rc = ready(h, need)) != 0) {
+            if (rc > 0) {
+                h->spins++;
+                fipc_spin_caught(&h->spin);
+            }
+            return rc;
+        }
+        if ((i & 255u) == 0) {
+            if (fipc_is_closed(&h->closed))
+                return -EBADF;
+            if ((rc = spin_check(h)) != 0)
+                return rc < 0 ? rc : 0;
+            if (fipc_now_ns() >= end)
+                return 0;
+        }
+        fipc_cpu_relax();
+    }
+}
+
+/* Writer, waiting for its slowest reader: room for `need` bytes at pos. */
+static inline int ring_room(fipc_ring_h *h, uint64_t need, double timeout, int64_t *deadline)
+{
+    if (h->capacity - (h->pos - h->peer) >= need)
+        return 0;
+    int rc = ready(h, need);
+    if (rc != 0)
+        return rc < 0 ? rc : 0;
+    publish_head(h); /* what we batched must be visible before we wait */
+    return wait_ring(h, need, timeout, deadline);
+}
+
+/* Make room for a frame of `frame` bytes at pos (a PAD to the ring's end first if it would
+ * not fit before it) and say where it goes. */
+static int ring_reserve(fipc_ring_h *h, uint64_t frame, double timeout, int64_t *deadline,
+                        char **at)
+{
+    uint64_t room = h->capacity - (h->pos & (h->capacity - 1));
+    int rc = make_room(h, frame > room ? room + frame : frame, timeout, deadline);
+    if (rc < 0)
+        return rc;
+    if (frame > room) {
+        char *p = ring(h, h->pos);
+        fipc_frame_head(p, (uint32_t)(room - FIPC_RING_FR_HDR), FIPC_FR_PAD);
+        stamp(h, p);
+        h->pos += room;
+    }
+    *at = ring(h, h->pos);
+    return 0;
+}
+
+/* Write one message without publishing head (the caller does): whole, or streamed in
+ * chunks, each published at once so that readers copy one while we fill the next
+ * (*progress: bytes of it streamed already, to resume an interrupted call). */
+static int64_t ring_put(fipc_ring_h *h, const char *buf, uint64_t len, double timeout,
+                        int64_t *deadline, uint64_t *progress)
+{
+    char *p;
+    int rc;
+    if (ring_whole(h, len)) {
+        uint64_t frame = ring_frame(len);
+        if ((rc = ring_reserve(h, frame, timeout, deadline, &p)) < 0)
+            return rc;
+        fipc_frame_head(p, (uint32_t)len, FIPC_FR_WHOLE);
+        stamp(h, p);
+        memcpy(p + FIPC_RING_FR_HDR, buf, len);
+        h->pos += frame;
+        sent_one(h);
+        return 0;
+    }
+    if (!streams(h))
+        return FIPC_TOOBIG;
+    uint64_t done = *progress;
+    while (done < len) {
+        uint64_t hdr = done == 0 ? FIPC_RING_FIRST_HDR : FIPC_RING_FR_HDR;
+        uint64_t want = len - done < h->chunk ? len - done : h->chunk;
+        uint64_t frame = hdr + fipc_round_up(want, FIPC_RING_ALIGN);
+        if ((rc = ring_reserve(h, frame, timeout, deadline, &p)) < 0)
+            return rc;
+        fipc_frame_head(p, (uint32_t)want, done == 0 ? FIPC_FR_FIRST : FIPC_FR_NEXT);
+        stamp(h, p);
+        if (done == 0)
+            fipc_wr64(p + FIPC_RING_FR_HDR, len);
+        memcpy(p + hdr, buf + done, want);
+        h->pos += frame;
+        publish_head(h);
+        done += want;
+        *progress = done;
+    }
+    sent_one(h);
+    return 0;
+}
+
+static int64_t ring_send(fipc_ring_h *h, const char *buf, uint64_t len, double timeout,
+                         uint64_t *progress)
+{
+    int64_t deadline = FIPC_DEADLINE_UNSET;
+    int64_t rc = refuse(h, &len, 1);
+    if (rc == 0)
+        rc = ring_put(h, buf, len, timeout, &deadline, progress);
+    if (rc < 0)
+        return rc;
+    publish_head(h);
+    *progress = 0;
+    return 0;
+}
+
+/* count messages stored back to back in buf; *sent: how many went. */
+static int64_t ring_send_many(fipc_ring_h *h, const char *buf, const uint64_t *lens,
+                              uint64_t count, double timeout, uint64_t *sent)
+{
+    int64_t deadline = FIPC_DEADLINE_UNSET;
+    int64_t rc = refuse(h, lens, count);
+    if (rc < 0)
+        return rc;
+    uint64_t i = 0;
+    for (; i < count; i++) {
+        uint64_t progress = 0;
+        rc = ring_put(h, buf, lens[i], timeout, &deadline, &progress);
+        if (rc < 0)
+            break;
+        buf += lens[i];
+    }
+    publish_head(h);
+    *sent = i;
+    return rc < 0 ? rc : 0;
+}
+
+/* Reader: the frame at pos, checked against the ring and against what head has published
+ * (peer). */
+static inline int ring_frame_at(fipc_ring_h *h, uint32_t *kind, uint64_t *len,
+                                uint64_t *total, char **data, uint64_t *size)
+{
+    if (h->pos & (FIPC_RING_ALIGN - 1))
+        return FIPC_CORRUPT;
+    uint64_t room = h->capacity - (h->pos & (h->capacity - 1));
+    uint64_t avail = h->peer - h->pos;
+    if (avail < FIPC_RING_FR_HDR || avail > h->capacity)
+        return FIPC_CORRUPT;
+    return fipc_frame_at(ring(h, h->pos), room, avail, FIPC_RING_FR_HDR, FIPC_RING_FIRST_HDR,
+                         FIPC_RING_ALIGN, kind, len, total, data, size);
+}
+
+/* Reader: done with the frame at pos; its space goes back with the next release. */
+static inline void consume(fipc_ring_h *h, uint64_t size)
+{
+    h->pos += size;
+    h->release = h->pos;
+}
+
+#endif /* FIPC_RING_T */

@@ -11,6 +11,12 @@
  * Nothing read from the mapping is trusted: head, tail, frame lengths and kinds are checked
  * against the capacity derived from the mapping's real size (FIPC_CORRUPT otherwise). */
 #include "shm.h"
+
+#define FIPC_RING_T fipc_shm
+#define FIPC_RING_DATA ((uint64_t)FIPC_SHM_HEADER)
+#define FIPC_RING_ALIGN 8u
+#define FIPC_RING_FR_HDR ((uint64_t)FIPC_SHM_FR_HDR)       /* u32 length, u32 kind */
+#define FIPC_RING_FIRST_HDR ((uint64_t)FIPC_SHM_FIRST_HDR) /* ... then u64 total length */
 #include "ring.h"
 
 #include <errno.h>
@@ -55,25 +61,14 @@
 _Static_assert(FIPC_SHM_FR_WHOLE == FIPC_FR_WHOLE && FIPC_SHM_FR_FIRST == FIPC_FR_FIRST &&
                    FIPC_SHM_FR_NEXT == FIPC_FR_NEXT && FIPC_SHM_FR_PAD == FIPC_FR_PAD,
                "frame kinds as ring.h parses them");
-#define FR_HDR ((uint64_t)FIPC_SHM_FR_HDR)       /* u32 length, u32 kind */
-#define FIRST_HDR ((uint64_t)FIPC_SHM_FIRST_HDR) /* ... then u64 total length */
 
-#define ROLE_WRITER 1
-#define ROLE_READER 2
+#define ROLE_WRITER FIPC_RING_WRITER
+#define ROLE_READER FIPC_RING_READER
 
 #define SLICE_NS 100000000LL /* sleep at most this long between checks on the peer */
 #define PROBE_NS 10000000LL  /* a try-once call probes the peer's lock at most this often */
 #define MAX_CHUNK ((uint64_t)FIPC_SHM_MAX_CHUNK)
 
-#define A32(h, off) ((_Atomic uint32_t *)(void *)((h)->base + (off)))
-#define A64(h, off) ((_Atomic uint64_t *)(void *)((h)->base + (off)))
-#define LOAD(p, mo) atomic_load_explicit((p), memory_order_##mo)
-#define STORE(p, v, mo) atomic_store_explicit((p), (v), memory_order_##mo)
-
-static inline char *ring(fipc_shm *h, uint64_t pos)
-{
-    return fipc_ring_at(h->base + HDR, h->capacity, pos);
-}
 
 /* ---------------------------------------------------------------- peers */
 
@@ -177,15 +172,10 @@ static inline int is_broken(fipc_shm *h)
 
 /* ---------------------------------------------------------------- set-up */
 
-static int valid_capacity(uint64_t cap)
-{
-    return cap >= MIN_CAPACITY && (cap & (cap - 1)) == 0;
-}
-
 int fipc_shm_writer_init(fipc_shm *h, char *base, uint64_t map_size, int32_t fd, int32_t pid,
                          uint64_t max_message, double spin)
 {
-    if (base == NULL || map_size <= HDR || !valid_capacity(map_size - HDR) || pid <= 0)
+    if (base == NULL || !fipc_ring_fits(map_size, HDR, MIN_CAPACITY) || pid <= 0)
         return -EINVAL;
     memset(h, 0, sizeof *h);
     h->fd = fd;
@@ -219,7 +209,7 @@ int fipc_shm_reader_init(fipc_shm *h, char *base, uint64_t map_size, int32_t fd,
     h->base = base;
     h->map_size = map_size;
     h->fd = fd;
-    if (map_size <= HDR || !valid_capacity(map_size - HDR))
+    if (!fipc_ring_fits(map_size, HDR, MIN_CAPACITY))
         return FIPC_CORRUPT;
     uint32_t magic = LOAD(A32(h, OFF_MAGIC), acquire);
     if (magic != MAGIC || fipc_rd32(base + OFF_VERSION) != VERSION)
@@ -356,28 +346,18 @@ static int peer_gone(fipc_shm *h, int probe)
     return held == 0; /* an error (a bad fd): assume alive, the states still end the wait */
 }
 
-/* Is what we wait for there? Reader: at least one frame header past pos. Writer: `need`
- * free bytes. 1 yes, 0 no, < 0 corrupt. */
-static int ready(fipc_shm *h, uint64_t need)
-{
-    int rc;
-    if (h->role == ROLE_READER) {
-        if (h->peer != h->pos)
-            return 1;
-        rc = load_head(h);
-        return rc < 0 ? rc : h->peer != h->pos;
-    }
-    if (h->capacity - (h->pos - h->peer) >= need)
-        return 1;
-    rc = load_tail(h);
-    return rc < 0 ? rc : h->capacity - (h->pos - h->peer) >= need;
-}
-
 /* What a wait ends with when the peer has gone: the reader's end of stream, the writer's
  * broken pipe. */
 static int gone_code(fipc_shm *h)
 {
     return h->role == ROLE_READER ? FIPC_EOF : -EPIPE;
+}
+
+static inline int spin_check(fipc_shm *h)
+{
+    if (is_broken(h))
+        return FIPC_CORRUPT;
+    return peer_gone(h, 0);
 }
 
 /* Wait until ready(h, need): spin first (adaptively), then sleep on the futex. */
@@ -389,26 +369,8 @@ static int wait_ring(fipc_shm *h, uint64_t need, double timeout, int64_t *deadli
     if (h->role == ROLE_READER)
         release_tail(h); /* never sleep on space we could give back */
     int64_t end = fipc_spin_until(&h->spin, timeout, *deadline, &start);
-    if (end) {
-        for (unsigned i = 1;; i++) {
-            if ((rc = ready(h, need)) != 0) {
-                if (rc > 0) {
-                    h->spins++;
-                    fipc_spin_caught(&h->spin);
-                }
-                return rc < 0 ? rc : 0;
-            }
-            if ((i & 255u) == 0) {
-                if (fipc_is_closed(&h->closed))
-                    return -EBADF;
-                if (is_broken(h))
-                    return FIPC_CORRUPT;
-                if (peer_gone(h, 0) || fipc_now_ns() >= end)
-                    break;
-            }
-            fipc_cpu_relax();
-        }
-    }
+    if (end && (rc = ring_spin(h, need, end)) != 0)
+        return rc < 0 ? rc : 0;
     size_t wait_off = h->role == ROLE_READER ? OFF_RWAIT : OFF_WWAIT;
     size_t seq_off = h->role == ROLE_READER ? OFF_DSEQ : OFF_SSEQ;
     int slept = 0;
@@ -453,133 +415,44 @@ static int wait_ring(fipc_shm *h, uint64_t need, double timeout, int64_t *deadli
 
 /* ---------------------------------------------------------------- writer */
 
-/* Make room for a frame of `frame` bytes at pos (padding to the ring's end if it would not
- * fit before it) and return where it goes; waits as needed. */
-static int reserve(fipc_shm *h, uint64_t frame, double timeout, int64_t *deadline, char **at)
+/* The writer's parts of the ring (ring.h): room waited for, remembered for a parked async
+ * sender; nothing is sent to a reader that has gone. */
+static inline int make_room(fipc_shm *h, uint64_t need, double timeout, int64_t *deadline)
 {
-    uint64_t room = h->capacity - (h->pos & (h->capacity - 1));
-    uint64_t need = frame > room ? room + frame : frame;
-    if (h->capacity - (h->pos - h->peer) < need) {
-        int rc = ready(h, need);
-        if (rc < 0)
-            return rc;
-        if (rc == 0) {
-            publish_head(h); /* what we batched must be visible before we wait */
-            rc = wait_ring(h, need, timeout, deadline);
-            if (rc < 0) {
-                h->want = need; /* what a parked async sender waits for */
-                return rc;
-            }
-        }
-    }
-    if (frame > room) {
-        char *p = ring(h, h->pos);
-        fipc_frame_head(p, (uint32_t)(room - FR_HDR), FR_PAD);
-        h->pos += room;
-    }
-    *at = ring(h, h->pos);
-    return 0;
-}
-
-static inline int whole(fipc_shm *h, uint64_t len)
-{
-    return FR_HDR + fipc_round_up(len, 8) <= h->capacity / 4;
-}
-
-/* Write one message without publishing head (the caller does). */
-static int64_t put(fipc_shm *h, const char *buf, uint64_t len, double timeout,
-                   int64_t *deadline, uint64_t *progress)
-{
-    char *p;
-    int rc;
-    if (whole(h, len)) {
-        uint64_t frame = FR_HDR + fipc_round_up(len, 8);
-        if ((rc = reserve(h, frame, timeout, deadline, &p)) < 0)
-            return rc;
-        fipc_frame_head(p, (uint32_t)len, FR_WHOLE);
-        memcpy(p + FR_HDR, buf, len);
-        h->pos += frame;
-        return 0;
-    }
-    /* streamed through the ring in chunks, each published at once so the reader copies
-     * one while we fill the next */
-    uint64_t done = *progress;
-    while (done < len) {
-        uint64_t hdr = done == 0 ? FIRST_HDR : FR_HDR;
-        uint64_t want = len - done < h->chunk ? len - done : h->chunk;
-        if ((rc = reserve(h, hdr + fipc_round_up(want, 8), timeout, deadline, &p)) < 0)
-            return rc;
-        fipc_frame_head(p, (uint32_t)want, done == 0 ? FR_FIRST : FR_NEXT);
-        if (done == 0)
-            fipc_wr64(p + FR_HDR, len);
-        memcpy(p + hdr, buf + done, want);
-        h->pos += hdr + fipc_round_up(want, 8);
-        publish_head(h);
-        done += want;
-        *progress = done;
-    }
-    return 0;
-}
-
-static int64_t shm_send(fipc_shm *h, const char *buf, uint64_t len, double timeout,
-                      uint64_t *progress)
-{
-    if (h->role != ROLE_WRITER)
-        return -EBADF;
-    if (len > h->max_message)
-        return FIPC_TOOBIG;
-    if (peer_gone(h, 0))
-        return -EPIPE;
-    int64_t deadline = FIPC_DEADLINE_UNSET;
-    int64_t rc = put(h, buf, len, timeout, &deadline, progress);
+    int rc = ring_room(h, need, timeout, deadline);
     if (rc < 0)
-        return rc;
-    publish_head(h);
-    *progress = 0;
-    return 0;
+        h->want = need; /* what a parked async sender waits for */
+    return rc;
 }
 
-static int64_t shm_send_many(fipc_shm *h, const char *buf, const uint64_t *lens, uint64_t count,
-                           double timeout, uint64_t *sent)
+static inline void stamp(fipc_shm *h, char *p)
 {
-    *sent = 0;
+    (void)h;
+    (void)p;
+}
+
+static inline void sent_one(fipc_shm *h)
+{
+    (void)h;
+}
+
+static inline int streams(fipc_shm *h)
+{
+    (void)h;
+    return 1;
+}
+
+static inline int refuse(fipc_shm *h, const uint64_t *lens, uint64_t count)
+{
     if (h->role != ROLE_WRITER)
         return -EBADF;
     for (uint64_t i = 0; i < count; i++)
         if (lens[i] > h->max_message)
             return FIPC_TOOBIG;
-    if (peer_gone(h, 0))
-        return -EPIPE;
-    int64_t deadline = FIPC_DEADLINE_UNSET;
-    int64_t rc = 0;
-    uint64_t i = 0;
-    for (; i < count; i++) {
-        uint64_t progress = 0;
-        rc = put(h, buf, lens[i], timeout, &deadline, &progress);
-        if (rc < 0)
-            break;
-        buf += lens[i];
-    }
-    publish_head(h);
-    *sent = i;
-    return rc < 0 ? rc : 0;
+    return peer_gone(h, 0) ? -EPIPE : 0;
 }
 
 /* ---------------------------------------------------------------- reader */
-
-/* The frame at pos, checked: its kind, payload length and payload start. */
-static int frame_at(fipc_shm *h, uint32_t *kind, uint64_t *len, uint64_t *total, char **data,
-                    uint64_t *size)
-{
-    if (h->pos & 7u)
-        return FIPC_CORRUPT;
-    uint64_t room = h->capacity - (h->pos & (h->capacity - 1));
-    uint64_t avail = h->peer - h->pos;
-    if (avail < FR_HDR)
-        return FIPC_CORRUPT;
-    return fipc_frame_at(ring(h, h->pos), room, avail, FR_HDR, FIRST_HDR, 8, kind, len, total,
-                         data, size);
-}
 
 /* The next frame, after waiting for one (may_wait) when none is published: 1 (its fields
  * filled in as by frame_at), 0 none and no wait, or < 0. */
@@ -598,15 +471,8 @@ static inline int next_frame(fipc_shm *h, int may_wait, double timeout, int64_t 
         if (rc < 0)
             return rc;
     }
-    rc = frame_at(h, kind, len, total, data, size);
+    rc = ring_frame_at(h, kind, len, total, data, size);
     return rc < 0 ? rc : 1;
-}
-
-/* Consume the frame at pos and hand its space back to the writer. */
-static inline void consume(fipc_shm *h, uint64_t size)
-{
-    h->pos += size;
-    h->release = h->pos;
 }
 
 static int64_t shm_recv(fipc_shm *h, char *dest, uint64_t cap, double timeout, char **ptr)
@@ -826,14 +692,14 @@ int fipc_shm_set_hold(fipc_shm *h, uint64_t hold)
 int64_t fipc_shm_send(fipc_shm *h, const char *buf, uint64_t len, double timeout,
                       uint64_t *progress)
 {
-    GUARDED(h, int64_t, shm_send(h, buf, len, timeout, progress));
+    GUARDED(h, int64_t, ring_send(h, buf, len, timeout, progress));
 }
 
 int64_t fipc_shm_send_many(fipc_shm *h, const char *buf, const uint64_t *lens, uint64_t count,
                            double timeout, uint64_t *sent)
 {
     *sent = 0;
-    GUARDED(h, int64_t, shm_send_many(h, buf, lens, count, timeout, sent));
+    GUARDED(h, int64_t, ring_send_many(h, buf, lens, count, timeout, sent));
 }
 
 int64_t fipc_shm_recv(fipc_shm *h, char *dest, uint64_t cap, double timeout, char **ptr)

@@ -380,17 +380,20 @@ def test_close_from_another_thread_wakes_send(backend: str, name: str) -> None:
         assert n > 0
 
 
+class Interrupt(Exception):
+    """What _interrupt raises."""
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    """A signal handler that raises: the call it lands in is cut short."""
+    raise Interrupt
+
+
 def test_signal_raising_into_recv_leaves_the_subscriber_usable(cross: tuple[str, str],
                                                                 name: str) -> None:
     """A handler that raises, and a timeout, each cut a recv short in the middle of a
     streamed message: the next recv delivers the message whole, never a part."""
     sender, receiver = cross
-
-    class Interrupt(Exception):
-        pass
-
-    def handler(signum: int, frame: Any) -> None:
-        raise Interrupt
 
     big = bytes(range(256)) * 400
     proc = start_python("""
@@ -406,7 +409,7 @@ def test_signal_raising_into_recv_leaves_the_subscriber_usable(cross: tuple[str,
         sys.stdin.readline()
         pub.close()
     """, name, sender, stdin=subprocess.PIPE)
-    old = signal.signal(signal.SIGALRM, handler)
+    old = signal.signal(signal.SIGALRM, _interrupt)
     try:
         sub = pubsub.Subscriber(name, timeout=10, backend=receiver)
         assert proc.stdout is not None and proc.stdin is not None
@@ -483,6 +486,32 @@ def test_send_timeout_abandons_a_streamed_message(backend: str, name: str) -> No
         pub.send(b"next", timeout=5)
         t.join()
         assert got == [b"next"]  # the part of the abandoned message is never delivered
+
+
+def test_signal_raising_into_a_streamed_send_abandons_it(backend: str, name: str) -> None:
+    """send() without a timeout (the one-call path, its progress kept in the handle) cut
+    short by a handler half-way through a streamed message: the next send starts afresh
+    and the subscriber gets only whole messages."""
+
+    old = signal.signal(signal.SIGALRM, _interrupt)
+    try:
+        with pubsub.Publisher(name, capacity=4096, backend=backend) as pub, \
+                pubsub.Subscriber(name, timeout=1, backend=backend) as sub:
+            with pytest.raises(Interrupt):
+                signal.setitimer(signal.ITIMER_REAL, 0.05)
+                pub.send(b"z" * 20000)  # the ring fills; nobody reads
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            got: list[bytes] = []
+            t = threading.Thread(target=lambda: got.extend(
+                [sub.recv(timeout=5), sub.recv(timeout=5)]))
+            t.start()
+            pub.send(b"y" * 9000)
+            pub.send(b"next")
+            t.join()
+            assert got == [b"y" * 9000, b"next"]
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
 
 
 # ---------------------------------------------------------------------------- processes
@@ -583,6 +612,60 @@ def _fill(pub: pubsub.Publisher) -> None:
     with pytest.raises(TimeoutError):
         while True:
             pub.send(b"x" * 200, timeout=0.05)
+
+
+def test_a_publisher_out_of_room_takes_it_as_soon_as_it_is_there(cross: tuple[str, str],
+                                                                  name: str) -> None:
+    """The subscribers wake a publisher waiting for room once a slice of the ring is free,
+    not at every message; room for one message still lets it go on within its sleep slice
+    (0.1 s), before its timeout, and every message arrives once, whole, in order."""
+    sender, receiver = cross
+    with pubsub.Publisher(name, capacity=1 << 16, backend=sender) as pub:
+        proc = start_python("""
+            import sys
+            from fastipc import pubsub
+            sub = pubsub.Subscriber(sys.argv[1], timeout=20, backend=sys.argv[2])
+            print("ready", flush=True)
+            for line in sys.stdin:  # read as many messages as told, then report them
+                got = [sub.recv(timeout=10) for _ in range(int(line))]
+                print(" ".join(str(len(m)) + ":" + m[:8].decode() for m in got), flush=True)
+        """, name, receiver, stdin=subprocess.PIPE)
+        try:
+            assert proc.stdin is not None and proc.stdout is not None
+            _wait_ready(pub, [proc])
+            sent = 0
+            with pytest.raises(TimeoutError):
+                while True:
+                    pub.send(b"%08d" % sent + b"m" * 1000, timeout=0.05)
+                    sent += 1
+            done: list[float] = []
+
+            def send_one() -> None:
+                pub.send(b"%08d" % sent + b"m" * 1000, timeout=5)
+                done.append(time.monotonic())
+
+            blocked = threading.Thread(target=send_one)
+            blocked.start()
+            time.sleep(0.3)  # the publisher sleeps, waiting for room
+            assert not done
+            t0 = time.monotonic()
+            proc.stdin.write("1\n")  # frees one message's room, far less than a slice
+            proc.stdin.flush()
+            assert proc.stdout.readline().split() == ["1008:00000000"]
+            blocked.join()
+            assert done and done[0] - t0 < 1.5
+            sent += 1
+            proc.stdin.write(f"{sent - 1}\n")
+            proc.stdin.flush()
+            assert proc.stdout.readline().split() == [f"1008:{i:08d}" for i in range(1, sent)]
+            proc.stdin.write("3000\n")  # more than the ring holds: it fills, empties, ...
+            proc.stdin.flush()
+            pub.send_many([b"%08d" % i for i in range(sent, sent + 3000)], timeout=10)
+            assert proc.stdout.readline().split() == [f"8:{i:08d}"
+                                                      for i in range(sent, sent + 3000)]
+        finally:
+            proc.kill()
+            proc.communicate()
 
 
 def test_killed_subscriber_releases_the_publisher(backend: str, name: str) -> None:

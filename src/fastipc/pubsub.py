@@ -27,7 +27,7 @@ import uuid
 import weakref
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional, TypeVar
 
 from fastipc import _core
 from fastipc._backend import pubsub as _layout
@@ -55,6 +55,7 @@ MAX_CAPACITY = 1 << 32
 MAX_SUBSCRIBERS = _layout.SLOTS
 DEFAULT_MAX_MESSAGE_SIZE = 1 << 30
 MAX_MESSAGE_LIMIT = (1 << 63) - 1
+_T = TypeVar("_T")
 
 # Objects open in this process: a child made by fork() lets go of their fds at once, so that
 # it never keeps a dead parent's liveness lock (the lock belongs to the open file
@@ -349,31 +350,19 @@ class Subscriber(_Endpoint):
     @uses_handle
     def recv(self, timeout: Optional[float] = None) -> bytes:
         """The next message. EOFError once the publisher has gone and all was read."""
-        try:
-            return self._ops.recv(check_timeout(timeout))
-        except EOFError:
-            self._orphan()
-            raise
+        return self._to_end(self._ops.recv, check_timeout(timeout))
 
     _recv_general = recv
 
     @uses_handle
     def _recv_finish(self, rc: int) -> bytes:
-        try:
-            return self._ops.finish_recv(rc, -1.0)
-        except EOFError:
-            self._orphan()
-            raise
+        return self._to_end(self._ops.finish_recv, rc, -1.0)
 
     @uses_handle
     def recv_into(self, buffer: Any, timeout: Optional[float] = None) -> int:
         """Copy the next message into ``buffer`` and return its length. ValueError if it
         does not fit (the message stays queued)."""
-        try:
-            return self._ops.recv_into(buffer, check_timeout(timeout))
-        except EOFError:
-            self._orphan()
-            raise
+        return self._to_end(self._ops.recv_into, buffer, check_timeout(timeout))
 
     @uses_handle
     def recv_many(self, max_messages: int = 1024, timeout: Optional[float] = None
@@ -381,11 +370,7 @@ class Subscriber(_Endpoint):
         """Up to ``max_messages`` messages: waits up to ``timeout`` for the first, then
         takes what is there without waiting."""
         max_messages = check_int(max_messages, "max_messages", 1, 1 << 20)
-        try:
-            return self._ops.recv_many(max_messages, check_timeout(timeout))
-        except EOFError:
-            self._orphan()
-            raise
+        return self._to_end(self._ops.recv_many, max_messages, check_timeout(timeout))
 
     @uses_handle
     def recv_view(self, timeout: Optional[float] = None) -> _View:
@@ -394,11 +379,7 @@ class Subscriber(_Endpoint):
         space until the block ends; under ``"drop_oldest"`` (where the publisher never
         waits) and for streamed messages it is a view of a copy."""
         t = check_timeout(timeout)
-        try:
-            where = self._ops.view(t)
-        except EOFError:
-            self._orphan()
-            raise
+        where = self._to_end(self._ops.view, t)
         if where is None:
             return _View(self, memoryview(self.recv(timeout)), None)
         off, n, pos = where
@@ -420,9 +401,14 @@ class Subscriber(_Endpoint):
         """Messages until the publisher closes."""
         return _core.messages(self)
 
-    def _orphan(self) -> None:
-        """The stream ended: if the publisher died without removing its name, remove it."""
-        remove_orphan(self._fd, self._path, _publisher_alive)
+    def _to_end(self, call: Callable[..., _T], *args: Any) -> _T:
+        """call(*args); when it says the stream ended (EOFError), first remove the name of a
+        publisher that died without removing it."""
+        try:
+            return call(*args)
+        except EOFError:
+            remove_orphan(self._fd, self._path, _publisher_alive)
+            raise
 
     def _free(self) -> None:
         _open_handles.discard(self)

@@ -18,20 +18,10 @@ from typing import Any, Callable, Optional
 from fastipc._backend import pubsub as layout
 from fastipc._backend.pubsub import NEED, NOTREADY, NotReady, PublisherOps, SubscriberOps
 from fastipc._core import FIPC_CORRUPT, Deadline, check, ffi, lib, retry
-from fastipc._native.shm import _new_bytes
+from fastipc._native.shm import _NO_HOLD, _new_bytes
 
 __all__ = ["Publisher", "Subscriber"]
 
-_EINTR = -errno.EINTR
-_monotonic = time.monotonic
-_send = lib.fipc_pub_send
-_send_many = lib.fipc_pub_send_many
-_recv = lib.fipc_sub_recv
-_recv_many = lib.fipc_sub_recv_many
-_unpack = ffi.unpack
-_from_buffer = ffi.from_buffer
-_NULL = ffi.NULL
-_NO_HOLD = 2**64 - 1
 NEEDED = 1 << 62  # FIPC_PUB_NEED on its way through retry()
 STAGE = 2048  # messages up to this size are copied out by the one C call of recv
 
@@ -40,7 +30,7 @@ def _buffer(data: Any) -> Any:
     if isinstance(data, str):
         raise TypeError("a bytes-like object is required, not 'str' (encode it first)")
     try:
-        return _from_buffer(data)
+        return ffi.from_buffer(data)
     except (TypeError, BufferError) as exc:
         raise TypeError(
             f"a contiguous bytes-like object is required, not {type(data).__name__!r}"
@@ -73,7 +63,7 @@ class _Ops:
 
     def __init__(self, mm: mmap.mmap, name: str) -> None:
         self.name = name
-        self._base = _from_buffer(mm)
+        self._base = ffi.from_buffer(mm)
         self._h = ffi.new("fipc_pub *")
 
     def stats(self) -> tuple[int, int]:
@@ -89,8 +79,8 @@ class _Ops:
         to the garbage collector: never unmapped under a running call."""
         h = self._h
         lib.fipc_pub_wake(h)
-        deadline = _monotonic() + 5.0
-        while lib.fipc_pub_busy(h) and _monotonic() < deadline:
+        deadline = time.monotonic() + 5.0
+        while lib.fipc_pub_busy(h) and time.monotonic() < deadline:
             time.sleep(0.0005)
         if not lib.fipc_pub_busy(h):
             lib.fipc_pub_close(h)
@@ -107,7 +97,7 @@ class Publisher(_Ops):
         if rc < 0:
             ffi.release(self._base)
             check(rc, name)
-        self._progress = ffi.new("uint64_t *")
+        self._progress = ffi.addressof(self._h[0], "progress")  # fipc_pub_put's too
         self._sent = ffi.new("uint64_t *")
         self._max = max_message
         self._limit = max_message
@@ -118,10 +108,10 @@ class Publisher(_Ops):
         h, progress = self._h, self._progress
         try:  # (a handler that raises runs as the C call returns: inside the try)
             buf = data if type(data) is bytes else _buffer(data)
-            rc = _send(h, buf, len(buf), timeout, progress)
+            rc = lib.fipc_pub_send(h, buf, len(buf), timeout, progress)
             if rc:
                 self._fail(rc, len(buf), timeout,
-                           lambda left: _send(h, buf, len(buf), left, progress))
+                           lambda left: lib.fipc_pub_send(h, buf, len(buf), left, progress))
         except BaseException:
             progress[0] = 0  # a message cut short is abandoned; subscribers drop it
             raise
@@ -131,7 +121,7 @@ class Publisher(_Ops):
         h, progress = self._h, self._progress
         try:
             self._fail(rc, len(data), -1.0,
-                       lambda left: _send(h, data, len(data), left, progress))
+                       lambda left: lib.fipc_pub_send(h, data, len(data), left, progress))
         except BaseException:
             progress[0] = 0
             raise
@@ -141,12 +131,12 @@ class Publisher(_Ops):
         """``send`` in one C call for bytes and no timeout (the decorator's bookkeeping
         would cost as much as the C call: the busy count is kept in C instead); anything
         else goes to ``general``, a failed attempt to ``finish`` (both decorated)."""
-        h, progress = self._h, self._progress
+        h, progress, put = self._h, self._progress, lib.fipc_pub_put
 
         def send(data: Any, timeout: Optional[float] = None) -> None:
             if timeout is None and type(data) is bytes:
                 try:
-                    rc = _send(h, data, len(data), -1.0, progress)
+                    rc = put(h, data, len(data))
                 except BaseException:
                     progress[0] = 0
                     raise
@@ -158,7 +148,7 @@ class Publisher(_Ops):
         return send
 
     def _fail(self, rc: int, n: int, timeout: float, again: Any) -> None:
-        t0 = _monotonic()  # (a close enough start: the first attempt just returned)
+        t0 = time.monotonic()  # (a close enough start: the first attempt just returned)
         try:
             retry(rc, again, Deadline(timeout, t0), self.name)
         except OSError as exc:
@@ -171,15 +161,15 @@ class Publisher(_Ops):
         count = len(lens)
         clens = ffi.new("uint64_t[]", lens)
         sent = self._sent
-        rc = _send_many(self._h, blob, clens, count, timeout, sent)
+        rc = lib.fipc_pub_send_many(self._h, blob, clens, count, timeout, sent)
         if rc == 0:
             return
         done = [int(sent[0])]
-        base = _from_buffer(blob)
+        base = ffi.from_buffer(blob)
 
         def again(left: float) -> int:
             offset = sum(lens[:done[0]])
-            r = int(_send_many(self._h, base + offset, clens + done[0], count - done[0],
+            r = int(lib.fipc_pub_send_many(self._h, base + offset, clens + done[0], count - done[0],
                                left, sent))
             done[0] += int(sent[0])
             return r
@@ -206,6 +196,7 @@ class Subscriber(_Ops):
         self._ptr = ffi.new("char **")
         self._size = size
         self._stage = ffi.new("char[]", STAGE)
+        self._h.stage, self._h.stage_cap = self._stage, STAGE  # for fipc_sub_next
         self._partial: Any = None  # the buffer of a streamed message being assembled
         self._drop = self._h.overflow == layout.DROP_OLDEST
         self._outbuf: Any = None
@@ -219,12 +210,12 @@ class Subscriber(_Ops):
     def recv(self, timeout: float) -> bytes:
         if self._partial is None:
             try:  # (a handler that raises runs as the C call returns: inside the try)
-                n = _recv(self._h, self._stage, STAGE, timeout, self._ptr)
+                n = lib.fipc_sub_recv(self._h, self._stage, STAGE, timeout, self._ptr)
             except BaseException:
                 self._keep(self._stage, STAGE)
                 raise
             if n >= 0:
-                return _unpack(self._stage, n)  # type: ignore[no-any-return]
+                return ffi.unpack(self._stage, n)  # type: ignore[no-any-return]
             return self.finish_recv(n, timeout)
         return self._large(timeout)
 
@@ -233,29 +224,30 @@ class Subscriber(_Ops):
         stage, h, ptr = self._stage, self._h, self._ptr
         if n != NEED:
             try:
-                n = retry(n, lambda left: _need(_recv(h, stage, STAGE, left, ptr)),
-                          Deadline(timeout, _monotonic()), self.name)
+                n = retry(n, lambda left: _need(lib.fipc_sub_recv(h, stage, STAGE, left, ptr)),
+                          Deadline(timeout, time.monotonic()), self.name)
             except BaseException:
                 self._keep(stage, STAGE)
                 raise
             if n != NEEDED:
-                return _unpack(stage, n)  # type: ignore[no-any-return]
+                return ffi.unpack(stage, n)  # type: ignore[no-any-return]
         return self._large(timeout)
 
     def fast_recv(self, general: Callable[[Optional[float]], bytes],
                   finish: Callable[[int], bytes]) -> Optional[Callable[..., bytes]]:
         """``recv`` in one C call for no timeout (as :meth:`Publisher.fast_send`)."""
-        h, stage, ptr, keep = self._h, self._stage, self._ptr, self._keep
+        h, stage, keep = self._h, self._stage, self._keep
+        c_next, unpack = lib.fipc_sub_next, ffi.unpack
 
         def recv(timeout: Optional[float] = None) -> bytes:
             if timeout is None and self._partial is None:
                 try:
-                    n = _recv(h, stage, STAGE, -1.0, ptr)
+                    n = c_next(h)
                 except BaseException:
                     keep(stage, STAGE)
                     raise
                 if n >= 0:
-                    return _unpack(stage, n)  # type: ignore[no-any-return]
+                    return unpack(stage, n)  # type: ignore[no-any-return]
                 return finish(n)
             return general(timeout)
 
@@ -267,7 +259,7 @@ class Subscriber(_Ops):
         done, total = int(self._h.msg_done), int(self._h.msg_total)
         if total:
             keep = _new_buffer(total)
-            ffi.memmove(_from_buffer(keep), dest, min(done, total, cap))
+            ffi.memmove(ffi.from_buffer(keep), dest, min(done, total, cap))
             self._partial = keep
 
     def _large(self, timeout: float) -> bytes:
@@ -278,18 +270,18 @@ class Subscriber(_Ops):
         while True:
             if self._partial is None:
                 if not self._drop:
-                    n = _recv(h, _NULL, 0, 0.0, ptr)
+                    n = lib.fipc_sub_recv(h, ffi.NULL, 0, 0.0, ptr)
                     if n >= 0:
-                        return _unpack(ptr[0], n)  # type: ignore[no-any-return]
+                        return ffi.unpack(ptr[0], n)  # type: ignore[no-any-return]
                     if n != NEED:
                         check(n, self.name)  # nothing there after all: cannot be
                 self._partial = _new_buffer(int(h.last_len))
             buf = self._partial
-            dest = _from_buffer(buf, require_writable=type(buf) is not bytes)
+            dest = ffi.from_buffer(buf, require_writable=type(buf) is not bytes)
             cap = len(dest)
 
             def again(left: float, d: Any = dest, c: int = cap) -> int:
-                return _need(_recv(h, d, c, left, ptr))
+                return _need(lib.fipc_sub_recv(h, d, c, left, ptr))
 
             try:
                 n = retry(again(deadline.left()), again, deadline, self.name)
@@ -307,7 +299,7 @@ class Subscriber(_Ops):
     def recv_into(self, buffer: Any, timeout: float) -> int:
         h, ptr = self._h, self._ptr
         try:
-            dest = _from_buffer(buffer, require_writable=True)
+            dest = ffi.from_buffer(buffer, require_writable=True)
         except (TypeError, BufferError) as exc:
             raise TypeError("recv_into needs a writable contiguous bytes-like object, not "
                             f"{type(buffer).__name__!r}") from exc
@@ -319,11 +311,11 @@ class Subscriber(_Ops):
             memoryview(buffer).cast("B")[:len(data)] = data
             return len(data)
         try:  # (a handler that raises runs as the C call returns: inside the try)
-            n = _recv(h, dest, cap, timeout, ptr)
+            n = lib.fipc_sub_recv(h, dest, cap, timeout, ptr)
             if n >= 0:
                 return n  # type: ignore[no-any-return]
-            n = retry(_need(n), lambda left: _need(_recv(h, dest, cap, left, ptr)),
-                      Deadline(timeout, _monotonic()), self.name)
+            n = retry(_need(n), lambda left: _need(lib.fipc_sub_recv(h, dest, cap, left, ptr)),
+                      Deadline(timeout, time.monotonic()), self.name)
         except BaseException:  # a timeout, or a handler that raised
             self._keep(dest, cap)
             raise
@@ -335,9 +327,9 @@ class Subscriber(_Ops):
         if self._drop or self._partial is not None:
             return None
         h, ptr = self._h, self._ptr
-        n = retry(_need(_recv(h, _NULL, 0, timeout, ptr)),
-                  lambda left: _need(_recv(h, _NULL, 0, left, ptr)),
-                  Deadline(timeout, _monotonic()), self.name)
+        n = retry(_need(lib.fipc_sub_recv(h, ffi.NULL, 0, timeout, ptr)),
+                  lambda left: _need(lib.fipc_sub_recv(h, ffi.NULL, 0, left, ptr)),
+                  Deadline(timeout, time.monotonic()), self.name)
         if n == NEEDED:  # a streamed message
             return None
         off = int(ffi.cast("uintptr_t", ptr[0])) - int(ffi.cast("uintptr_t", self._base))
@@ -356,17 +348,17 @@ class Subscriber(_Ops):
         if self._outbuf is None or len(self._lens) < max_messages:
             cap = max(1 << 20, min(max_messages * 128, 1 << 24))
             self._outbuf = bytearray(cap)
-            self._out = _from_buffer(self._outbuf, require_writable=True)
+            self._out = ffi.from_buffer(self._outbuf, require_writable=True)
             self._lens = ffi.new("uint64_t[]", max_messages)
-        h, out, lens = self._h, self._out, self._lens
-        n = _recv_many(h, out, len(out), lens, max_messages, timeout)
+        h, out, lens, many = self._h, self._out, self._lens, lib.fipc_sub_recv_many
+        n = many(h, out, len(out), lens, max_messages, timeout)
         if n < 0:
             n = retry(_need(n),
-                      lambda left: _need(_recv_many(h, out, len(out), lens, max_messages, left)),
-                      Deadline(timeout, _monotonic()), self.name)
+                      lambda left: _need(many(h, out, len(out), lens, max_messages, left)),
+                      Deadline(timeout, time.monotonic()), self.name)
             if n == NEEDED:  # NEED: the next message is not for a batch
                 return [self.recv(timeout)]
-        sizes = _unpack(lens, n)
+        sizes = ffi.unpack(lens, n)
         if n and min(sizes) == max(sizes):  # the usual case: one cached format
             fmt = _uniform(n, sizes[0])
         else:

@@ -105,7 +105,7 @@ class _Ops:
         self._mv.release()
         del self._words
 
-    # -- the wait of wait_for() in csrc/pubsub.c
+    # -- the wait of wait_ring() in csrc/pubsub.c
 
     def _ready(self, need: int) -> bool:
         raise NotImplementedError
@@ -131,6 +131,9 @@ class _Ops:
                 if (sub and self._gone(False)) or _monotonic() >= end:
                     break
         u32 = self._u32
+        if not sub:  # subscribers wake us once they have freed a slice, not at once
+            self._u64[L.OFF_PWANT // 8] = (self.pos + max(need, self.capacity >> L.WAKE_SHIFT)
+                                           - self.capacity) & _MASK64
         wait_off = L.OFF_SWAIT if sub else L.OFF_PWAIT
         seq_off = L.OFF_DSEQ if sub else L.OFF_SSEQ
         slept = False
@@ -493,13 +496,17 @@ class Subscriber(_Ops):
         if self.overflow != L.BLOCK or t == self.published or \
                 (t - self.published) & _MASK64 > self.capacity:
             return
-        self.published = t
+        before, self.published = self.published, t
         if not _TSO:
             _fence()  # our reads before the cursor
         self._u64[_slot(self.slot, L.SLOT_CURSOR) // 8] = t
         _fence()
-        if self._u32[L.OFF_PWAIT // 4]:
-            self._bell(L.OFF_SSEQ)
+        if self._u32[L.OFF_PWAIT // 4]:  # wake it once, as our cursor passes its target
+            if not _TSO:
+                _fence()
+            want = self._u64[L.OFF_PWANT // 8]
+            if (t - want) & _MASK64 < _HALF and (want - before - 1) & _MASK64 < _HALF:
+                self._bell(L.OFF_SSEQ)
 
     def _lazy_release(self) -> None:
         if self.overflow == L.BLOCK and (self.release - self.published >= self.capacity >> 4
@@ -693,7 +700,9 @@ class Subscriber(_Ops):
                 n = retry(self._attempt(None, deadline),
                           lambda left: self._attempt(None, deadline), deadline, self.name)
                 if n != NEEDED:
-                    return bytes(self._mm[self._ptr:self._ptr + n])
+                    data = bytes(self._mm[self._ptr:self._ptr + n])
+                    self._lazy_release()  # copied out: its room may go back (as C does)
+                    return data
                 self._partial = bytearray(self.last_len)
             buf = self._partial
 
