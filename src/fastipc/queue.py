@@ -166,6 +166,18 @@ def _dumps_oob(obj: Any, grab: Callable[[pickle.PickleBuffer], Any]) -> bytes:
         return out.getvalue()
 
 
+class _OutOfBand(TypeError):
+    """Raised by the hot put's buffer_callback: the object has out-of-band buffers."""
+
+
+def _in_band_only(buffer: pickle.PickleBuffer) -> None:
+    """The buffer_callback of the hot put's first pickling: an object with out-of-band
+    buffers (numpy arrays...) abandons it at its first buffer and takes the full path
+    (:meth:`Queue._encode`). A constant callback costs less than a fresh list's ``append``
+    for every small object, which has none."""
+    raise _OutOfBand
+
+
 def _unlink_quietly(path: str) -> None:
     try:
         os.unlink(path)
@@ -293,7 +305,7 @@ class Queue(Handle):
         self._get_staged = self._ops.get_fn()
         # staging buffers and get_many's output buffers, one per concurrent call: a thread
         # pops one (list.pop and append are atomic) and puts it back when it is done
-        self._stages: list[tuple[Any, memoryview]] = []
+        self._stages: list[tuple[Any, Any]] = []
         self._outs: list[bytearray] = []
         if self._owner:
             self._finalizer = weakref.finalize(self, _unlink_quietly, self._path)
@@ -452,20 +464,21 @@ class Queue(Handle):
         if self._closed:
             raise self._closed_error()
         t = -1.0 if timeout is None and block else _timeout(block, timeout)
-        buffers: list[pickle.PickleBuffer] = []
-        try:  # _dumps_oob, inlined on the hot path
-            data = _dumps(obj, 5, buffer_callback=buffers.append)
-        except TypeError:
-            data = _dumps_oob(obj, buffers.append)
+        try:
+            data = _dumps(obj, 5, buffer_callback=_in_band_only)
+        except TypeError:  # out-of-band buffers or a memoryview (or not picklable: raises)
+            parts, total, kind = self._encode(obj)
+            self._put_parts(parts, total, kind, t)
+            return
         n = len(data)
-        if not buffers and n <= self._hot_max:  # the hot path
+        if n <= self._hot_max:  # the hot path
             start = _monotonic() if t > 0 else None
             rc = self._put_bytes(data, n, KIND_PICKLE, t)
             if rc:
                 ops = self._ops
                 self._retry_put(rc, lambda left: ops.put(data, KIND_PICKLE, left), t, start)
             return
-        parts, total, kind = self._layout(data, buffers)
+        parts, total, kind = self._layout(data, [])
         self._put_parts(parts, total, kind, t)
 
     def put_nowait(self, obj: Any) -> None:
@@ -615,10 +628,10 @@ class Queue(Handle):
         stages = self._stages
         stage = stages.pop() if stages else self._ops.new_stage()
         try:
-            rc = self._get_staged(stage[0], STAGE, t)
+            rc = self._get_staged(stage[0], STAGE, t, KIND_PICKLE)
+            if 0 <= rc <= _LEN:  # the hot path: a small object, staged (rc: its length)
+                return _loads(stage[1][:rc])
             if rc >= 0:
-                if rc >> 32 == KIND_PICKLE:  # the hot path: a small object, staged
-                    return _loads(stage[1][: rc & _LEN])
                 return self._decode(stage[1], rc & _LEN, rc >> 32, False)
             buf, rc, fresh = self._take_slow(rc, t, start, stage)
             return self._decode(buf, rc & _LEN, rc >> 32, fresh)
@@ -626,7 +639,7 @@ class Queue(Handle):
             stages.append(stage)
 
     def _take_slow(self, rc: int, t: float, start: Optional[float],
-                   stage: tuple[Any, memoryview]) -> tuple[Any, int, bool]:
+                   stage: tuple[Any, Any]) -> tuple[Any, int, bool]:
         """After a first get that did not return a message in the staging buffer: a message
         larger than it goes into a new bytearray; EINTR retries, errors raise (timeout:
         queue.Empty). Returns (buffer, kind << 32 | length, fresh)."""
@@ -635,7 +648,8 @@ class Queue(Handle):
 
         def again(left: float) -> int:
             nonlocal dest
-            rc = self._get_staged(stage[0], STAGE, left) if dest is None else ops.get(dest, left)
+            rc = (self._get_staged(stage[0], STAGE, left, 0) if dest is None
+                  else ops.get(dest, left))
             while rc == NEED:  # it did not fit: make room (another consumer may take it)
                 dest = _new_bytearray(ops.last()[0])
                 rc = ops.get(dest, left)
@@ -667,9 +681,9 @@ class Queue(Handle):
         stages = self._stages
         stage = stages.pop() if stages else self._ops.new_stage()
         try:
-            rc = self._get_staged(stage[0], STAGE, t)
-            if rc >= 0 and rc >> 32 == KIND_BYTES:
-                return bytes(stage[1][: rc & _LEN])
+            rc = self._get_staged(stage[0], STAGE, t, KIND_BYTES)
+            if 0 <= rc <= _LEN:  # the hot path: bytes, staged (rc: the length)
+                return stage[1][:rc]  # type: ignore[no-any-return]
             buf, rc, fresh = ((stage[1], rc, False) if rc >= 0
                               else self._take_slow(rc, t, start, stage))
             obj = self._decode(buf, rc & _LEN, rc >> 32, fresh)
