@@ -404,7 +404,7 @@ class Queue(Handle):
             data = parts[0]
             rc = ops.put(data, kind, t)
             if rc:
-                self._retry_put(rc, lambda left: ops.put(data, kind, left), t)
+                self._retry_put1(rc, data, kind, t)
         else:
             rc = ops.putv(parts, kind, t)
             if rc:
@@ -420,6 +420,13 @@ class Queue(Handle):
         except OSError:
             self._check_open()  # closed by another thread during the call: ValueError
             raise
+
+    def _retry_put1(self, rc: int, data: Any, kind: int, t: float,
+                    start: Optional[float] = None) -> None:
+        """:meth:`_retry_put` of a one-part message. Its lambda lives here, not in the hot
+        paths: there it would turn their locals into closure cells, a cost on every call."""
+        ops = self._ops
+        self._retry_put(rc, lambda left: ops.put(data, kind, left), t, start)
 
     def _write_blob(self, parts: list[Any], total: int, kind: int) -> tuple[str, bytes]:
         """A message too large for the ring, written to a segment of its own: (its path, the
@@ -442,10 +449,9 @@ class Queue(Handle):
         deadline = Deadline(t)
         path, ref = self._write_blob(parts, total, kind)
         try:
-            ops = self._ops
-            rc = ops.put(ref, KIND_BLOB, deadline.left())
+            rc = self._ops.put(ref, KIND_BLOB, deadline.left())
             if rc:
-                self._retry_put(rc, lambda left: ops.put(ref, KIND_BLOB, left), deadline.left())
+                self._retry_put1(rc, ref, KIND_BLOB, deadline.left())
         except BaseException:
             _unlink_quietly(path)
             raise
@@ -472,11 +478,10 @@ class Queue(Handle):
             return
         n = len(data)
         if n <= self._hot_max:  # the hot path
-            start = _monotonic() if t > 0 else None
+            start = _monotonic() if t > 0.0 else None
             rc = self._put_bytes(data, n, KIND_PICKLE, t)
             if rc:
-                ops = self._ops
-                self._retry_put(rc, lambda left: ops.put(data, KIND_PICKLE, left), t, start)
+                self._retry_put1(rc, data, KIND_PICKLE, t, start)
             return
         parts, total, kind = self._layout(data, [])
         self._put_parts(parts, total, kind, t)
@@ -492,10 +497,10 @@ class Queue(Handle):
             raise self._closed_error()
         t = -1.0 if timeout is None else check_timeout(timeout)
         if type(data) is bytes and len(data) <= self._hot_max:  # the hot path
+            start = _monotonic() if t > 0.0 else None
             rc = self._put_bytes(data, len(data), KIND_BYTES, t)
             if rc:
-                ops = self._ops
-                self._retry_put(rc, lambda left: ops.put(data, KIND_BYTES, left), t)
+                self._retry_put1(rc, data, KIND_BYTES, t, start)
             return
         view = data if type(data) is bytes else byte_view(data)
         n = len(view)
@@ -624,7 +629,7 @@ class Queue(Handle):
         if self._closed:
             raise self._closed_error()
         t = -1.0 if timeout is None and block else _timeout(block, timeout)
-        start = _monotonic() if t > 0 else None
+        start = _monotonic() if t > 0.0 else None
         stages = self._stages
         stage = stages.pop() if stages else self._ops.new_stage()
         try:
@@ -677,7 +682,7 @@ class Queue(Handle):
         if self._closed:
             raise self._closed_error()
         t = -1.0 if timeout is None else check_timeout(timeout)
-        start = _monotonic() if t > 0 else None
+        start = _monotonic() if t > 0.0 else None
         stages = self._stages
         stage = stages.pop() if stages else self._ops.new_stage()
         try:
@@ -702,7 +707,7 @@ class Queue(Handle):
         until the timeout, then ``queue.Empty``), with one pass of the consumers' lock."""
         max_messages = check_int(max_messages, "max_messages", 1, 1 << 20)
         t = check_timeout(timeout)
-        start = _monotonic() if t > 0 else None
+        start = _monotonic() if t > 0.0 else None
         ops = self._ops
         outs = self._outs
         out = outs.pop() if outs else bytearray(max(STAGE, min(1 << 20, self._capacity // 2)))
