@@ -3,6 +3,7 @@ backends, numpy buffers out of band, messages larger than the ring, life cycle, 
 
 from __future__ import annotations
 
+import errno
 import multiprocessing as mp
 import os
 import pickle
@@ -268,6 +269,64 @@ def test_get_into_a_staging_buffer_does_not_alias(q: Queue) -> None:
     a = q.get()
     b = q.get()
     assert list(a) == list(range(10)) and list(b) == list(range(10, 20))
+
+
+class _Reduced:
+    """Counts its pickling; carries an out-of-band buffer after an in-band payload."""
+
+    reduced = 0
+
+    def __init__(self, head: list[int], data: bytes) -> None:
+        self.head, self.data = head, data
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        type(self).reduced += 1
+        return _Reduced, (self.head, pickle.PickleBuffer(self.data))
+
+
+def test_buffers_found_late_in_the_object_still_go_out_of_band(q: Queue) -> None:
+    """The hot put's first pickling stops at the first out-of-band buffer and the full path
+    pickles again: what arrives is the object, once, its buffer out of band."""
+    obj = _Reduced(list(range(2000)), b"late" * 1000)
+    q.put(obj)
+    got = q.get(timeout=1)
+    assert got.head == obj.head and bytes(got.data) == obj.data
+    assert type(got.data) is not bytes  # out of band: it comes back as a (writable) buffer
+    assert q.empty()
+    _Reduced.reduced = 0
+    q.put({"no": "buffers"})
+    assert _Reduced.reduced == 0 and q.get(timeout=1) == {"no": "buffers"}
+
+
+class _RefusesPickling:
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        raise TypeError("not today")
+
+
+def test_a_type_error_of_the_object_itself_reaches_the_caller(q: Queue) -> None:
+    with pytest.raises(TypeError, match="not today"):
+        q.put(_RefusesPickling())
+    with pytest.raises(TypeError, match="not today"):
+        q.put([np.zeros(3), _RefusesPickling()])
+    assert q.empty()
+
+
+def test_hot_get_returns_the_length_alone_for_the_kind_it_expects(q: Queue) -> None:
+    """The backend seam of the hot get (both backends): the length for the expected kind,
+    kind << 32 | length for another, and a stage whose slices are bytes."""
+    ops = q._ops
+    get = ops.get_fn()
+    stage, out = ops.new_stage()
+    q.put_bytes(b"abc")
+    q.put_bytes(b"defg")
+    q.put((1, 2))
+    assert get(stage, layout.STAGE, 0.0, layout.KIND_BYTES) == 3
+    assert out[:3] == b"abc" and type(out[:3]) is bytes
+    assert get(stage, layout.STAGE, 0.0, layout.KIND_PICKLE) == layout.KIND_BYTES << 32 | 4
+    assert out[:4] == b"defg"
+    n = get(stage, layout.STAGE, 0.0, layout.KIND_PICKLE)
+    assert 0 < n <= 0xFFFFFFFF and pickle.loads(out[:n]) == (1, 2)
+    assert get(stage, layout.STAGE, 0.0, layout.KIND_PICKLE) == -errno.ETIMEDOUT
 
 
 # ---------------------------------------------------------------- life cycle
