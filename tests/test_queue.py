@@ -202,6 +202,20 @@ def test_put_many_timeout_says_how_many_went(backend: str) -> None:
         assert q.get_many() == [0, 1, 2, 3, 4]
 
 
+def test_put_many_mixes_small_objects_buffers_and_failures_in_order(q: Queue) -> None:
+    """Small objects travel in batches, an object with buffers on its own, in order; an
+    object that cannot be pickled raises after everything before it went."""
+    arr = np.arange(5.0)
+    q.put_many([1, 2, arr, 3, b"x" * 100])
+    got = q.get_many(timeout=1)
+    assert got[:2] == [1, 2] and got[3:] == [3, b"x" * 100]
+    np.testing.assert_array_equal(got[2], arr)
+    with pytest.raises(TypeError):
+        q.put_many([4, 5, threading.Lock(), 6])
+    assert q.get_many(timeout=1) == [4, 5]
+    assert q.empty()
+
+
 @pytest.mark.parametrize("dtype", ["float64", "int8", "uint16", "complex64", "bool"])
 def test_numpy_arrays_out_of_band(q: Queue, dtype: str) -> None:
     arrays = [

@@ -517,18 +517,21 @@ class Queue(Handle):
         deadline = Deadline(t)
         batch: list[bytes] = []
         done = 0
-        buffers: list[pickle.PickleBuffer] = []
-        grab, add, hot = buffers.append, batch.append, self._hot_max
+        add, hot = batch.append, self._hot_max
+        data: Optional[bytes]
         try:
             for obj in objs:
-                data = _dumps_oob(obj, grab)
-                if not buffers and len(data) <= hot:
+                try:  # as put(): small objects without buffers are pickled once, cheaply
+                    data = _dumps(obj, 5, buffer_callback=_in_band_only)
+                except TypeError:  # out-of-band buffers or a memoryview (or not picklable)
+                    data = None
+                if data is not None and len(data) <= hot:
                     add(data)
                     continue
-                done += self._put_batch(batch, deadline)
+                done += self._put_batch(batch, deadline)  # what came before goes first
                 batch.clear()
-                parts, total, kind = self._layout(data, buffers[:])
-                buffers.clear()
+                parts, total, kind = (self._encode(obj) if data is None
+                                      else self._layout(data, []))
                 self._put_parts(parts, total, kind, deadline.left())
                 done += 1
             done += self._put_batch(batch, deadline)
