@@ -727,3 +727,22 @@ def test_corrupted_segment_raises_not_crashes(backend: str, name: str,
     res = run_python(code)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "raised True"
+
+
+# ---------------------------------------------------------------- the benchmark's harness
+
+
+@pytest.mark.parametrize("workload", ["objects 1:1", "objects 4:4", "batches", "bytes"])
+def test_bench_harness_counts_every_message(backend: str, workload: str) -> None:
+    """The queue benchmark's runner (fastipc.bench.queue) on a small count: every message
+    arrives and the producers' stop markers end the run (it raises otherwise)."""
+    from fastipc.bench import queue as bench
+
+    def make(raw: bool = False) -> Any:
+        return bench._fastipc(backend, raw)
+
+    producers = 4 if workload == "objects 4:4" else 1
+    seconds = bench._run(lambda: make(workload == "bytes"),
+                         b"x" * 64 if workload == "bytes" else bench.SMALL, 1000, producers,
+                         batched=workload == "batches", raw=workload == "bytes")
+    assert seconds > 0
