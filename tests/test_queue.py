@@ -312,6 +312,22 @@ def test_buffers_found_late_in_the_object_still_go_out_of_band(q: Queue) -> None
     assert _Reduced.reduced == 0 and q.get(timeout=1) == {"no": "buffers"}
 
 
+def test_a_type_once_seen_with_buffers_still_carries_plain_objects(q: Queue) -> None:
+    """After an object of a type had buffers, the next objects of that type take the full
+    path at once (a hint, bounded in size): those without buffers arrive the same."""
+    fq._buffered.clear()
+    q.put({"a": np.arange(3)})
+    assert dict in fq._buffered
+    q.put({"a": 1})
+    q.put_many([{"b": 2}, {"c": np.arange(2)}, (3, "x")])
+    got = [q.get(timeout=1) for _ in range(2)] + q.get_many(timeout=1)
+    assert got[0]["a"].tolist() == [0, 1, 2] and got[1] == {"a": 1} and got[2] == {"b": 2}
+    assert got[3]["c"].tolist() == [0, 1] and got[4] == (3, "x")
+    for i in range(fq._BUFFERED_MAX + 1):
+        fq._remember_buffered(type(f"T{i}", (), {}))
+    assert len(fq._buffered) <= fq._BUFFERED_MAX
+
+
 class _RefusesPickling:
     def __reduce_ex__(self, protocol: Any) -> Any:
         raise TypeError("not today")

@@ -178,6 +178,34 @@ def _in_band_only(buffer: pickle.PickleBuffer) -> None:
     raise _OutOfBand
 
 
+# Types of objects whose first pickling was abandoned (out-of-band buffers, a memoryview):
+# their next objects go straight to the full path instead of paying for an abandoned
+# pickling again (a small numpy array's costs about as much as the full one). A hint only:
+# a type here whose object has no buffers is pickled once by the full path, correctly.
+_buffered: set[type] = set()
+_BUFFERED_MAX = 1024  # then it starts afresh (classes made at run time must not pile up)
+
+
+def _pickle_in_band(obj: Any) -> Optional[bytes]:
+    """The pickle of ``obj`` if it has no out-of-band buffers (and no memoryview), else
+    None: the full path (:meth:`Queue._encode`) must pickle it (and tell why it cannot).
+    put() has this inline, its hot path."""
+    cls = type(obj)
+    if cls in _buffered:
+        return None
+    try:
+        return _dumps(obj, 5, buffer_callback=_in_band_only)
+    except TypeError:
+        _remember_buffered(cls)
+        return None
+
+
+def _remember_buffered(cls: type) -> None:
+    if len(_buffered) >= _BUFFERED_MAX:
+        _buffered.clear()
+    _buffered.add(cls)
+
+
 def _unlink_quietly(path: str) -> None:
     try:
         os.unlink(path)
@@ -470,9 +498,14 @@ class Queue(Handle):
         if self._closed:
             raise self._closed_error()
         t = -1.0 if timeout is None and block else _timeout(block, timeout)
-        try:
-            data = _dumps(obj, 5, buffer_callback=_in_band_only)
-        except TypeError:  # out-of-band buffers or a memoryview (or not picklable: raises)
+        cls = type(obj)  # _pickle_in_band, inlined on the hot path
+        data = None
+        if cls not in _buffered:
+            try:
+                data = _dumps(obj, 5, buffer_callback=_in_band_only)
+            except TypeError:  # out-of-band buffers or a memoryview (or not picklable)
+                _remember_buffered(cls)
+        if data is None:
             parts, total, kind = self._encode(obj)
             self._put_parts(parts, total, kind, t)
             return
@@ -518,13 +551,9 @@ class Queue(Handle):
         batch: list[bytes] = []
         done = 0
         add, hot = batch.append, self._hot_max
-        data: Optional[bytes]
         try:
             for obj in objs:
-                try:  # as put(): small objects without buffers are pickled once, cheaply
-                    data = _dumps(obj, 5, buffer_callback=_in_band_only)
-                except TypeError:  # out-of-band buffers or a memoryview (or not picklable)
-                    data = None
+                data = _pickle_in_band(obj)
                 if data is not None and len(data) <= hot:
                     add(data)
                     continue
