@@ -190,13 +190,12 @@ def _pickle_in_band(obj: Any) -> Optional[bytes]:
     """The pickle of ``obj`` if it has no out-of-band buffers (and no memoryview), else
     None: the full path (:meth:`Queue._encode`) must pickle it (and tell why it cannot).
     put() has this inline, its hot path."""
-    cls = type(obj)
-    if cls in _buffered:
+    if _buffered and type(obj) in _buffered:
         return None
     try:
         return _dumps(obj, 5, buffer_callback=_in_band_only)
     except TypeError:
-        _remember_buffered(cls)
+        _remember_buffered(type(obj))
         return None
 
 
@@ -498,17 +497,14 @@ class Queue(Handle):
         if self._closed:
             raise self._closed_error()
         t = -1.0 if timeout is None and block else _timeout(block, timeout)
-        cls = type(obj)  # _pickle_in_band, inlined on the hot path
-        data = None
-        if cls not in _buffered:
-            try:
-                data = _dumps(obj, 5, buffer_callback=_in_band_only)
-            except TypeError:  # out-of-band buffers or a memoryview (or not picklable)
-                _remember_buffered(cls)
-        if data is None:
-            parts, total, kind = self._encode(obj)
-            self._put_parts(parts, total, kind, t)
-            return
+        # _pickle_in_band, inlined on the hot path (type() only once a type is remembered)
+        if _buffered and type(obj) in _buffered:
+            return self._put_encoded(obj, t)
+        try:
+            data = _dumps(obj, 5, buffer_callback=_in_band_only)
+        except TypeError:  # out-of-band buffers or a memoryview (or not picklable)
+            _remember_buffered(type(obj))
+            return self._put_encoded(obj, t)
         n = len(data)
         if n <= self._hot_max:  # the hot path
             start = _monotonic() if t > 0.0 else None
@@ -517,6 +513,11 @@ class Queue(Handle):
                 self._retry_put1(rc, data, KIND_PICKLE, t, start)
             return
         parts, total, kind = self._layout(data, [])
+        self._put_parts(parts, total, kind, t)
+
+    def _put_encoded(self, obj: Any, t: float) -> None:
+        """put() of an object that has (or may have) out-of-band buffers."""
+        parts, total, kind = self._encode(obj)
         self._put_parts(parts, total, kind, t)
 
     def put_nowait(self, obj: Any) -> None:
