@@ -275,13 +275,23 @@ static int wait_data(fipc_queue *q, uint64_t tail, double timeout, int64_t *dead
 
 /* ---------------------------------------------------------------- producers */
 
-/* Whether a word read at *when (ns) may still serve as a bound. The 32-bit halves of the
- * words wrap after 32 GiB or 2^32 messages; a value read within the last 100 ms cannot be
- * that far behind (the ring cannot move 32 GiB in that time), so the modular arithmetic on
- * it is sound. Older ones are read again. */
+/* The clock of the freshness checks below: CLOCK_MONOTONIC_COARSE (the kernel's last tick,
+ * a few ms coarse) costs a few ns where a precise reading costs 20-30 ns, and a bound of
+ * 100 ms needs no more. */
+static inline int64_t coarse_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+/* Whether a word read at *when (coarse_now_ns) may still serve as a bound. The 32-bit halves
+ * of the words wrap after 32 GiB or 2^32 messages; a value read within the last 100 ms (plus
+ * the coarse clock's tick) cannot be that far behind (the ring cannot move 32 GiB in that
+ * time), so the modular arithmetic on it is sound. Older ones are read again. */
 static inline int fresh(const int64_t *when)
 {
-    return fipc_now_ns() - *when < 100000000LL;
+    return coarse_now_ns() - *when < 100000000LL;
 }
 
 /* Under the put lock: the tail, a head, and whether a frame of `frame` bytes fits. The head
@@ -300,7 +310,7 @@ static int room(fipc_queue *q, uint64_t frame, uint64_t *tail, uint64_t *head, i
         return 0;
     }
     *head = q->head_seen = LOAD(A64(q, FIPC_Q_OFF_HEAD), acquire);
-    q->head_seen_ns = fipc_now_ns();
+    q->head_seen_ns = coarse_now_ns();
     int rc = span(q, *head, *tail, &used, &count);
     *fits = rc == 0 && q->capacity - used >= frame && (q->maxsize == 0 || count < q->maxsize);
     return rc;
@@ -431,7 +441,7 @@ static int64_t get_many(fipc_queue *q, char *dest, uint64_t cap, uint64_t *lens,
         uint64_t tail = q->tail_seen, used, count;
         if (!fresh(&q->tail_seen_ns) || span(q, head, tail, &used, &count) < 0 || count == 0) {
             tail = q->tail_seen = LOAD(A64(q, FIPC_Q_OFF_TAIL), acquire);
-            q->tail_seen_ns = fipc_now_ns();
+            q->tail_seen_ns = coarse_now_ns();
         }
         uint64_t h = head, got = 0, off = 0;
         int64_t result = 0;
@@ -536,12 +546,15 @@ int64_t fipc_queue_get_many(fipc_queue *q, char *dest, uint64_t cap, uint64_t *l
     return rc;
 }
 
-int64_t fipc_queue_get(fipc_queue *q, char *dest, uint64_t cap, double timeout)
+int64_t fipc_queue_get(fipc_queue *q, char *dest, uint64_t cap, double timeout,
+                       uint32_t want)
 {
     uint64_t len;
     uint32_t kind;
     int64_t rc = fipc_queue_get_many(q, dest, cap, &len, &kind, 1, timeout);
-    return rc == 1 ? (int64_t)kind << 32 | (int64_t)len : rc;
+    if (rc != 1)
+        return rc;
+    return kind == want ? (int64_t)len : (int64_t)kind << 32 | (int64_t)len;
 }
 
 int fipc_queue_busy(fipc_queue *q)

@@ -46,7 +46,7 @@ typedef struct fipc_queue {
     uint32_t last_kind;     /* get: its kind */
     uint64_t head_seen;     /* put: the head word last read (a lower bound of head) */
     uint64_t tail_seen;     /* get: the tail word last read (a lower bound of tail) */
-    int64_t head_seen_ns;   /* when head_seen was read (CLOCK_MONOTONIC ns; 0: never) */
+    int64_t head_seen_ns;   /* when head_seen was read (CLOCK_MONOTONIC_COARSE ns; 0: never) */
     int64_t tail_seen_ns;   /* when tail_seen was read */
     int32_t closed;         /* set by fipc_queue_close: calls return -EBADF */
     int32_t busy;           /* calls in progress on this handle (any thread) */
@@ -69,10 +69,13 @@ int fipc_queue_put1(fipc_queue *q, const char *data, uint64_t len, uint32_t kind
 /* Put count messages stored back to back in buf; *sent says how many went. */
 int fipc_queue_put_many(fipc_queue *q, const char *buf, const uint64_t *lens, uint64_t count,
                         uint32_t kind, double timeout, uint64_t *sent);
-/* Take the next message into dest (cap bytes): kind << 32 | length (one return value, so
- * that the hot path reads no struct field), or FIPC_Q_NEED (length in last_len; it stays
+/* Take the next message into dest (cap bytes): its length alone if its kind is `want`, else
+ * kind << 32 | length (kinds are >= 1: always above any length; want 0 asks for the second
+ * form always). One return value, so that the hot path reads no struct field and, for the
+ * kind it expects, does no arithmetic. Or FIPC_Q_NEED (length in last_len; it stays
  * queued), -ETIMEDOUT, -EINTR, -EBADF, FIPC_CORRUPT. */
-int64_t fipc_queue_get(fipc_queue *q, char *dest, uint64_t cap, double timeout);
+int64_t fipc_queue_get(fipc_queue *q, char *dest, uint64_t cap, double timeout,
+                       uint32_t want);
 /* Take up to max messages that fit in dest back to back (lengths and kinds filled in),
  * waiting up to timeout for the first only: the count, or as fipc_queue_get. */
 int64_t fipc_queue_get_many(fipc_queue *q, char *dest, uint64_t cap, uint64_t *lens,

@@ -3,6 +3,7 @@ backends, numpy buffers out of band, messages larger than the ring, life cycle, 
 
 from __future__ import annotations
 
+import errno
 import multiprocessing as mp
 import os
 import pickle
@@ -201,6 +202,20 @@ def test_put_many_timeout_says_how_many_went(backend: str) -> None:
         assert q.get_many() == [0, 1, 2, 3, 4]
 
 
+def test_put_many_mixes_small_objects_buffers_and_failures_in_order(q: Queue) -> None:
+    """Small objects travel in batches, an object with buffers on its own, in order; an
+    object that cannot be pickled raises after everything before it went."""
+    arr = np.arange(5.0)
+    q.put_many([1, 2, arr, 3, b"x" * 100])
+    got = q.get_many(timeout=1)
+    assert got[:2] == [1, 2] and got[3:] == [3, b"x" * 100]
+    np.testing.assert_array_equal(got[2], arr)
+    with pytest.raises(TypeError):
+        q.put_many([4, 5, threading.Lock(), 6])
+    assert q.get_many(timeout=1) == [4, 5]
+    assert q.empty()
+
+
 @pytest.mark.parametrize("dtype", ["float64", "int8", "uint16", "complex64", "bool"])
 def test_numpy_arrays_out_of_band(q: Queue, dtype: str) -> None:
     arrays = [
@@ -268,6 +283,80 @@ def test_get_into_a_staging_buffer_does_not_alias(q: Queue) -> None:
     a = q.get()
     b = q.get()
     assert list(a) == list(range(10)) and list(b) == list(range(10, 20))
+
+
+class _Reduced:
+    """Counts its pickling; carries an out-of-band buffer after an in-band payload."""
+
+    reduced = 0
+
+    def __init__(self, head: list[int], data: bytes) -> None:
+        self.head, self.data = head, data
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        type(self).reduced += 1
+        return _Reduced, (self.head, pickle.PickleBuffer(self.data))
+
+
+def test_buffers_found_late_in_the_object_still_go_out_of_band(q: Queue) -> None:
+    """The hot put's first pickling stops at the first out-of-band buffer and the full path
+    pickles again: what arrives is the object, once, its buffer out of band."""
+    obj = _Reduced(list(range(2000)), b"late" * 1000)
+    q.put(obj)
+    got = q.get(timeout=1)
+    assert got.head == obj.head and bytes(got.data) == obj.data
+    assert type(got.data) is not bytes  # out of band: it comes back as a (writable) buffer
+    assert q.empty()
+    _Reduced.reduced = 0
+    q.put({"no": "buffers"})
+    assert _Reduced.reduced == 0 and q.get(timeout=1) == {"no": "buffers"}
+
+
+def test_a_type_once_seen_with_buffers_still_carries_plain_objects(q: Queue) -> None:
+    """After an object of a type had buffers, the next objects of that type take the full
+    path at once (a hint, bounded in size): those without buffers arrive the same."""
+    fq._buffered.clear()
+    q.put({"a": np.arange(3)})
+    assert dict in fq._buffered
+    q.put({"a": 1})
+    q.put_many([{"b": 2}, {"c": np.arange(2)}, (3, "x")])
+    got = [q.get(timeout=1) for _ in range(2)] + q.get_many(timeout=1)
+    assert got[0]["a"].tolist() == [0, 1, 2] and got[1] == {"a": 1} and got[2] == {"b": 2}
+    assert got[3]["c"].tolist() == [0, 1] and got[4] == (3, "x")
+    for i in range(fq._BUFFERED_MAX + 1):
+        fq._remember_buffered(type(f"T{i}", (), {}))
+    assert len(fq._buffered) <= fq._BUFFERED_MAX
+
+
+class _RefusesPickling:
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        raise TypeError("not today")
+
+
+def test_a_type_error_of_the_object_itself_reaches_the_caller(q: Queue) -> None:
+    with pytest.raises(TypeError, match="not today"):
+        q.put(_RefusesPickling())
+    with pytest.raises(TypeError, match="not today"):
+        q.put([np.zeros(3), _RefusesPickling()])
+    assert q.empty()
+
+
+def test_hot_get_returns_the_length_alone_for_the_kind_it_expects(q: Queue) -> None:
+    """The backend seam of the hot get (both backends): the length for the expected kind,
+    kind << 32 | length for another, and a stage whose slices are bytes."""
+    ops = q._ops
+    get = ops.get_fn()
+    stage, out = ops.new_stage()
+    q.put_bytes(b"abc")
+    q.put_bytes(b"defg")
+    q.put((1, 2))
+    assert get(stage, layout.STAGE, 0.0, layout.KIND_BYTES) == 3
+    assert out[:3] == b"abc" and type(out[:3]) is bytes
+    assert get(stage, layout.STAGE, 0.0, layout.KIND_PICKLE) == layout.KIND_BYTES << 32 | 4
+    assert out[:4] == b"defg"
+    n = get(stage, layout.STAGE, 0.0, layout.KIND_PICKLE)
+    assert 0 < n <= 0xFFFFFFFF and pickle.loads(out[:n]) == (1, 2)
+    assert get(stage, layout.STAGE, 0.0, layout.KIND_PICKLE) == -errno.ETIMEDOUT
 
 
 # ---------------------------------------------------------------- life cycle
@@ -654,3 +743,22 @@ def test_corrupted_segment_raises_not_crashes(backend: str, name: str,
     res = run_python(code)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "raised True"
+
+
+# ---------------------------------------------------------------- the benchmark's harness
+
+
+@pytest.mark.parametrize("workload", ["objects 1:1", "objects 4:4", "batches", "bytes"])
+def test_bench_harness_counts_every_message(backend: str, workload: str) -> None:
+    """The queue benchmark's runner (fastipc.bench.queue) on a small count: every message
+    arrives and the producers' stop markers end the run (it raises otherwise)."""
+    from fastipc.bench import queue as bench
+
+    def make(raw: bool = False) -> Any:
+        return bench._fastipc(backend, raw)
+
+    producers = 4 if workload == "objects 4:4" else 1
+    seconds = bench._run(lambda: make(workload == "bytes"),
+                         b"x" * 64 if workload == "bytes" else bench.SMALL, 1000, producers,
+                         batched=workload == "batches", raw=workload == "bytes")
+    assert seconds > 0

@@ -224,12 +224,16 @@ def test_cancel_and_retry_loses_nothing(cross: tuple[str, str], run: Any) -> Non
             received: list[bytes] = []
             stop = threading.Event()
 
+            pauses = random.Random(11)  # this thread's own: the queue must fill now and then
+
             def consume() -> None:
                 while not stop.is_set() or len(received) < len(sent):
                     try:
                         received.append(q.get_bytes(timeout=0.2))
                     except Empty:
                         continue
+                    if pauses.random() < 0.3:  # else a fast consumer leaves no put waiting
+                        time.sleep(pauses.random() * 0.0005)
 
             c = threading.Thread(target=consume)
             c.start()

@@ -166,6 +166,45 @@ def _dumps_oob(obj: Any, grab: Callable[[pickle.PickleBuffer], Any]) -> bytes:
         return out.getvalue()
 
 
+class _OutOfBand(TypeError):
+    """Raised by the hot put's buffer_callback: the object has out-of-band buffers."""
+
+
+def _in_band_only(buffer: pickle.PickleBuffer) -> None:
+    """The buffer_callback of the hot put's first pickling: an object with out-of-band
+    buffers (numpy arrays...) abandons it at its first buffer and takes the full path
+    (:meth:`Queue._encode`). A constant callback costs less than a fresh list's ``append``
+    for every small object, which has none."""
+    raise _OutOfBand
+
+
+# Types of objects whose first pickling was abandoned (out-of-band buffers, a memoryview):
+# their next objects go straight to the full path instead of paying for an abandoned
+# pickling again (a small numpy array's costs about as much as the full one). A hint only:
+# a type here whose object has no buffers is pickled once by the full path, correctly.
+_buffered: set[type] = set()
+_BUFFERED_MAX = 1024  # then it starts afresh (classes made at run time must not pile up)
+
+
+def _pickle_in_band(obj: Any) -> Optional[bytes]:
+    """The pickle of ``obj`` if it has no out-of-band buffers (and no memoryview), else
+    None: the full path (:meth:`Queue._encode`) must pickle it (and tell why it cannot).
+    put() has this inline, its hot path."""
+    if _buffered and type(obj) in _buffered:
+        return None
+    try:
+        return _dumps(obj, 5, buffer_callback=_in_band_only)
+    except TypeError:
+        _remember_buffered(type(obj))
+        return None
+
+
+def _remember_buffered(cls: type) -> None:
+    if len(_buffered) >= _BUFFERED_MAX:
+        _buffered.clear()
+    _buffered.add(cls)
+
+
 def _unlink_quietly(path: str) -> None:
     try:
         os.unlink(path)
@@ -293,7 +332,7 @@ class Queue(Handle):
         self._get_staged = self._ops.get_fn()
         # staging buffers and get_many's output buffers, one per concurrent call: a thread
         # pops one (list.pop and append are atomic) and puts it back when it is done
-        self._stages: list[tuple[Any, memoryview]] = []
+        self._stages: list[tuple[Any, Any]] = []
         self._outs: list[bytearray] = []
         if self._owner:
             self._finalizer = weakref.finalize(self, _unlink_quietly, self._path)
@@ -390,7 +429,7 @@ class Queue(Handle):
             data = parts[0]
             rc = ops.put(data, kind, t)
             if rc:
-                self._retry_put(rc, lambda left: ops.put(data, kind, left), t)
+                self._retry_put1(rc, data, kind, t)
         else:
             rc = ops.putv(parts, kind, t)
             if rc:
@@ -406,6 +445,13 @@ class Queue(Handle):
         except OSError:
             self._check_open()  # closed by another thread during the call: ValueError
             raise
+
+    def _retry_put1(self, rc: int, data: Any, kind: int, t: float,
+                    start: Optional[float] = None) -> None:
+        """:meth:`_retry_put` of a one-part message. Its lambda lives here, not in the hot
+        paths: there it would turn their locals into closure cells, a cost on every call."""
+        ops = self._ops
+        self._retry_put(rc, lambda left: ops.put(data, kind, left), t, start)
 
     def _write_blob(self, parts: list[Any], total: int, kind: int) -> tuple[str, bytes]:
         """A message too large for the ring, written to a segment of its own: (its path, the
@@ -428,10 +474,9 @@ class Queue(Handle):
         deadline = Deadline(t)
         path, ref = self._write_blob(parts, total, kind)
         try:
-            ops = self._ops
-            rc = ops.put(ref, KIND_BLOB, deadline.left())
+            rc = self._ops.put(ref, KIND_BLOB, deadline.left())
             if rc:
-                self._retry_put(rc, lambda left: ops.put(ref, KIND_BLOB, left), deadline.left())
+                self._retry_put1(rc, ref, KIND_BLOB, deadline.left())
         except BaseException:
             _unlink_quietly(path)
             raise
@@ -450,20 +495,27 @@ class Queue(Handle):
         if self._closed:
             raise self._closed_error()
         t = -1.0 if timeout is None and block else _timeout(block, timeout)
-        buffers: list[pickle.PickleBuffer] = []
-        try:  # _dumps_oob, inlined on the hot path
-            data = _dumps(obj, 5, buffer_callback=buffers.append)
-        except TypeError:
-            data = _dumps_oob(obj, buffers.append)
+        # _pickle_in_band, inlined on the hot path (type() only once a type is remembered)
+        if _buffered and type(obj) in _buffered:
+            return self._put_encoded(obj, t)
+        try:
+            data = _dumps(obj, 5, buffer_callback=_in_band_only)
+        except TypeError:  # out-of-band buffers or a memoryview (or not picklable)
+            _remember_buffered(type(obj))
+            return self._put_encoded(obj, t)
         n = len(data)
-        if not buffers and n <= self._hot_max:  # the hot path
-            start = _monotonic() if t > 0 else None
+        if n <= self._hot_max:  # the hot path
+            start = _monotonic() if t > 0.0 else None
             rc = self._put_bytes(data, n, KIND_PICKLE, t)
             if rc:
-                ops = self._ops
-                self._retry_put(rc, lambda left: ops.put(data, KIND_PICKLE, left), t, start)
+                self._retry_put1(rc, data, KIND_PICKLE, t, start)
             return
-        parts, total, kind = self._layout(data, buffers)
+        parts, total, kind = self._layout(data, [])
+        self._put_parts(parts, total, kind, t)
+
+    def _put_encoded(self, obj: Any, t: float) -> None:
+        """put() of an object that has (or may have) out-of-band buffers."""
+        parts, total, kind = self._encode(obj)
         self._put_parts(parts, total, kind, t)
 
     def put_nowait(self, obj: Any) -> None:
@@ -477,10 +529,10 @@ class Queue(Handle):
             raise self._closed_error()
         t = -1.0 if timeout is None else check_timeout(timeout)
         if type(data) is bytes and len(data) <= self._hot_max:  # the hot path
+            start = _monotonic() if t > 0.0 else None
             rc = self._put_bytes(data, len(data), KIND_BYTES, t)
             if rc:
-                ops = self._ops
-                self._retry_put(rc, lambda left: ops.put(data, KIND_BYTES, left), t)
+                self._retry_put1(rc, data, KIND_BYTES, t, start)
             return
         view = data if type(data) is bytes else byte_view(data)
         n = len(view)
@@ -497,18 +549,17 @@ class Queue(Handle):
         deadline = Deadline(t)
         batch: list[bytes] = []
         done = 0
-        buffers: list[pickle.PickleBuffer] = []
-        grab, add, hot = buffers.append, batch.append, self._hot_max
+        add, hot = batch.append, self._hot_max
         try:
             for obj in objs:
-                data = _dumps_oob(obj, grab)
-                if not buffers and len(data) <= hot:
+                data = _pickle_in_band(obj)
+                if data is not None and len(data) <= hot:
                     add(data)
                     continue
-                done += self._put_batch(batch, deadline)
+                done += self._put_batch(batch, deadline)  # what came before goes first
                 batch.clear()
-                parts, total, kind = self._layout(data, buffers[:])
-                buffers.clear()
+                parts, total, kind = (self._encode(obj) if data is None
+                                      else self._layout(data, []))
                 self._put_parts(parts, total, kind, deadline.left())
                 done += 1
             done += self._put_batch(batch, deadline)
@@ -609,14 +660,14 @@ class Queue(Handle):
         if self._closed:
             raise self._closed_error()
         t = -1.0 if timeout is None and block else _timeout(block, timeout)
-        start = _monotonic() if t > 0 else None
+        start = _monotonic() if t > 0.0 else None
         stages = self._stages
         stage = stages.pop() if stages else self._ops.new_stage()
         try:
-            rc = self._get_staged(stage[0], STAGE, t)
+            rc = self._get_staged(stage[0], STAGE, t, KIND_PICKLE)
+            if 0 <= rc <= _LEN:  # the hot path: a small object, staged (rc: its length)
+                return _loads(stage[1][:rc])
             if rc >= 0:
-                if rc >> 32 == KIND_PICKLE:  # the hot path: a small object, staged
-                    return _loads(stage[1][: rc & _LEN])
                 return self._decode(stage[1], rc & _LEN, rc >> 32, False)
             buf, rc, fresh = self._take_slow(rc, t, start, stage)
             return self._decode(buf, rc & _LEN, rc >> 32, fresh)
@@ -624,7 +675,7 @@ class Queue(Handle):
             stages.append(stage)
 
     def _take_slow(self, rc: int, t: float, start: Optional[float],
-                   stage: tuple[Any, memoryview]) -> tuple[Any, int, bool]:
+                   stage: tuple[Any, Any]) -> tuple[Any, int, bool]:
         """After a first get that did not return a message in the staging buffer: a message
         larger than it goes into a new bytearray; EINTR retries, errors raise (timeout:
         queue.Empty). Returns (buffer, kind << 32 | length, fresh)."""
@@ -633,7 +684,8 @@ class Queue(Handle):
 
         def again(left: float) -> int:
             nonlocal dest
-            rc = self._get_staged(stage[0], STAGE, left) if dest is None else ops.get(dest, left)
+            rc = (self._get_staged(stage[0], STAGE, left, 0) if dest is None
+                  else ops.get(dest, left))
             while rc == NEED:  # it did not fit: make room (another consumer may take it)
                 dest = _new_bytearray(ops.last()[0])
                 rc = ops.get(dest, left)
@@ -661,13 +713,13 @@ class Queue(Handle):
         if self._closed:
             raise self._closed_error()
         t = -1.0 if timeout is None else check_timeout(timeout)
-        start = _monotonic() if t > 0 else None
+        start = _monotonic() if t > 0.0 else None
         stages = self._stages
         stage = stages.pop() if stages else self._ops.new_stage()
         try:
-            rc = self._get_staged(stage[0], STAGE, t)
-            if rc >= 0 and rc >> 32 == KIND_BYTES:
-                return bytes(stage[1][: rc & _LEN])
+            rc = self._get_staged(stage[0], STAGE, t, KIND_BYTES)
+            if 0 <= rc <= _LEN:  # the hot path: bytes, staged (rc: the length)
+                return stage[1][:rc]  # type: ignore[no-any-return]
             buf, rc, fresh = ((stage[1], rc, False) if rc >= 0
                               else self._take_slow(rc, t, start, stage))
             obj = self._decode(buf, rc & _LEN, rc >> 32, fresh)
@@ -686,7 +738,7 @@ class Queue(Handle):
         until the timeout, then ``queue.Empty``), with one pass of the consumers' lock."""
         max_messages = check_int(max_messages, "max_messages", 1, 1 << 20)
         t = check_timeout(timeout)
-        start = _monotonic() if t > 0 else None
+        start = _monotonic() if t > 0.0 else None
         ops = self._ops
         outs = self._outs
         out = outs.pop() if outs else bytearray(max(STAGE, min(1 << 20, self._capacity // 2)))

@@ -80,16 +80,18 @@ class QueueOps(Protocol):
         """Take the next message into ``dest`` (a writable buffer): ``kind << 32 | length``,
         or ``NEED`` when it does not fit (it stays queued; :meth:`last` says its length)."""
 
-    def new_stage(self) -> tuple[Any, memoryview]:
+    def new_stage(self) -> tuple[Any, Any]:
         """A staging buffer of ``STAGE`` bytes for the hot get: (what ``get_fn`` takes, a
-        memoryview of it). One per concurrent get: a thread takes one from a pool."""
+        buffer over the same bytes whose slices are ``bytes``: one copy out, no view in
+        between). One per concurrent get: a thread takes one from a pool."""
 
     def put_fn(self) -> Callable[[bytes, int, int, float], int]:
         """The hot put: ``fn(data, len(data), kind, timeout)`` for a ``bytes`` message."""
 
-    def get_fn(self) -> Callable[[Any, int, float], int]:
-        """The hot get: ``fn(stage, STAGE, timeout)`` into a stage of :meth:`new_stage`, as
-        :meth:`get` returns."""
+    def get_fn(self) -> Callable[[Any, int, float, int], int]:
+        """The hot get: ``fn(stage, STAGE, timeout, want)`` into a stage of :meth:`new_stage`,
+        as :meth:`get` returns, except that a message of kind ``want`` returns its length
+        alone (kinds are >= 1, so ``kind << 32 | length`` is always larger)."""
 
     def get_many(self, dest: Any, max_messages: int,
                  timeout: float) -> tuple[int, list[int], list[int]]:

@@ -50,12 +50,12 @@ class Ops:
     def put_fn(self) -> Callable[[bytes, int, int, float], int]:
         return partial(_put1, self._q)
 
-    def get_fn(self) -> Callable[[Any, int, float], int]:
+    def get_fn(self) -> Callable[[Any, int, float, int], int]:
         return partial(_get, self._q)
 
-    def new_stage(self) -> tuple[Any, memoryview]:
-        stage = bytearray(STAGE)
-        return _from_buffer(stage, require_writable=True), memoryview(stage)
+    def new_stage(self) -> tuple[Any, Any]:
+        stage = ffi.new("char[]", STAGE)
+        return stage, ffi.buffer(stage)
 
     def putv(self, parts: Sequence[Any], kind: int, timeout: float) -> int:
         bufs = [_from_buffer(p) for p in parts]  # kept alive until the call returns
@@ -72,7 +72,7 @@ class Ops:
 
     def get(self, dest: Any, timeout: float) -> int:
         buf = _from_buffer(dest, require_writable=True)
-        return int(_get(self._q, buf, len(buf), timeout))
+        return int(_get(self._q, buf, len(buf), timeout, 0))
 
     def get_many(self, dest: Any, max_messages: int,
                  timeout: float) -> tuple[int, list[int], list[int]]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import mmap
 import struct
 import threading
 import time
@@ -216,12 +217,12 @@ class Ops:
     def put_fn(self) -> Callable[[bytes, int, int, float], int]:
         return lambda data, n, kind, timeout: self.putv([data], kind, timeout)
 
-    def get_fn(self) -> Callable[[Any, int, float], int]:
-        return lambda stage, cap, timeout: self.get(stage, timeout)
+    def get_fn(self) -> Callable[[Any, int, float, int], int]:
+        return self._get_hot
 
-    def new_stage(self) -> tuple[Any, memoryview]:
-        stage = bytearray(L.STAGE)
-        return stage, memoryview(stage)
+    def new_stage(self) -> tuple[Any, Any]:
+        stage = mmap.mmap(-1, L.STAGE)  # anonymous: its slices are bytes
+        return stage, stage
 
     def putv(self, parts: Sequence[Any], kind: int, timeout: float) -> int:
         views = [byte_view(p) for p in parts]
@@ -300,8 +301,13 @@ class Ops:
 
     # ---- consumers
     def get(self, dest: Any, timeout: float) -> int:
+        return self._get_hot(dest, 0, timeout, 0)
+
+    def _get_hot(self, dest: Any, cap: int, timeout: float, want: int) -> int:
         n, lens, kinds = self.get_many(dest, 1, timeout)
-        return kinds[0] << 32 | lens[0] if n == 1 else n
+        if n != 1:
+            return n
+        return lens[0] if kinds[0] == want else kinds[0] << 32 | lens[0]
 
     def get_many(self, dest: Any, max_messages: int,
                  timeout: float) -> tuple[int, list[int], list[int]]:
