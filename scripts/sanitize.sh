@@ -27,7 +27,7 @@ trap 'rm -rf "$src"' EXIT
 cp -r csrc src setup.py setup.cfg pyproject.toml README.md LICENSE MANIFEST.in "$src/"
 rm -rf "$src/build" "$src"/src/fastipc/*.so
 if [ $mode = asan ]; then export FASTIPC_SANITIZE=1; fi
-(cd "$src" && FASTIPC_DEBUG=1 "$VENV/bin/python" setup.py -q build_ext --inplace >/dev/null)
+(cd "$src" && FASTIPC_DEBUG=1 "$VENV/bin/python" setup.py -q build_ext --inplace >/dev/null) || exit 1
 unset FASTIPC_SANITIZE
 so=$(ls "$src"/src/fastipc/_fastipc*.so)
 export PYTHONPATH="$src/src"
@@ -36,9 +36,10 @@ export FASTIPC_BACKEND=native
 export PYTHONMALLOC=malloc  # Python's own allocator would hide heap errors
 cd tests  # the checked build of the copy above, not the source tree
 if [ $mode = asan ]; then
-    nm -D "$so" | grep -q __asan_init || { echo "sanitize.sh: $so lacks ASan" >&2; exit 1; }
+    # not a pipe: grep -q leaves early, nm gets SIGPIPE, and pipefail would call that a miss
+    grep -q __asan_init <(nm -D "$so") || { echo "sanitize.sh: $so lacks ASan" >&2; exit 1; }
     export LD_PRELOAD="$(gcc -print-file-name=libasan.so)"
-    export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:halt_on_error=1:detect_stack_use_after_return=1"
+    export ASAN_OPTIONS="detect_leaks=0:handle_sigbus=0:abort_on_error=1:halt_on_error=1:detect_stack_use_after_return=1"
     export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1"
     "$VENV/bin/python" -m pytest -q -p no:cacheprovider "${@:-.}"
 else
