@@ -259,7 +259,7 @@ class MessageQueue(Handle):
                 raise
             raise _limit_error(exc, name, max_messages, max_message_size) from None
         self._q: MessageQueueBackend = q
-        self._spin: float = spin
+        q.spin = spin  # the backend's copy is the one: its hot paths read it in C
         self._max_size: int = q.max_message_size
         self._open_handle(which, q.fd)
         hot_paths = getattr(q, "hot_paths", None)
@@ -302,12 +302,7 @@ class MessageQueue(Handle):
 
     def __reduce__(self) -> tuple[Callable[..., MessageQueue], tuple[str, str, float]]:
         self._check_open()
-        return _attach, (self._name, self._backend, self._spin)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        super().__setattr__(name, value)
-        if name == "_spin":  # the backend keeps a copy, which its hot paths read in C
-            self._q.spin = value
+        return _attach, (self._name, self._backend, self._q.spin)
 
     # ------------------------------------------------------------------ attributes
 
@@ -330,12 +325,12 @@ class MessageQueue(Handle):
         usually takes to answer (20-100 µs) avoids that at the price of a busy core while
         waiting. The pure backend ignores it."""
         self._check_open()
-        return self._spin
+        return self._q.spin
 
     @spin.setter
     def spin(self, value: float) -> None:
         self._check_open()
-        self._spin = _check_spin(value)
+        self._q.spin = _check_spin(value)
 
     # ------------------------------------------------------------------ messages
 

@@ -83,7 +83,7 @@ class Queue:
         self.fd: int = self.q.mqd
         os.set_inheritable(self.fd, False)
         self.max_message_size: int = self.q.max_message_size
-        self.spin = 0.0  # not used: posix_ipc is only asked not to block
+        self.spin = 0.0  # kept for MessageQueue.spin; posix_ipc is only asked not to block
         self.wake_fd, self._wake_w = os.pipe()  # non-inheritable (PEP 446)
         own_wake_after_fork(self)
 
