@@ -809,6 +809,9 @@ def test_cli_serve_and_send(backend: str, name: str) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # a shell's background job ignores SIGINT, and so would the child: Python then
+        # installs no KeyboardInterrupt handler, and the SIGINT below would do nothing
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         assert serve.stdout is not None

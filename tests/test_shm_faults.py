@@ -109,7 +109,8 @@ class Boom(Exception):
 armed = [False]
 
 def boom(*args):
-    if armed[0]:
+    if armed[0]:  # once per arming: a second Boom could land while the first is handled
+        armed[0] = False
         raise Boom
 
 async def drain(take, check, first, every):
