@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import random
 import subprocess
 import sys
 import textwrap
 import traceback
 import warnings
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Coroutine
 from typing import Any, Callable, TypeVar
 
 import uvloop
@@ -80,3 +81,44 @@ def run_on(kind: str, coro: Coroutine[Any, Any, _T]) -> _T:
         return loop.run_until_complete(coro)
     finally:
         loop.close()
+
+
+async def receive_with_cancels(get: Callable[[], Awaitable[Any]], count: int,
+                               rng: random.Random, check: Callable[[int, Any], None]) -> int:
+    """Receive ``count`` messages, each through a fresh ``get()`` awaited in a task that is
+    cancelled at a random moment and then retried; ``check(i, message)`` each in order.
+    Returns how many tasks were cancelled."""
+    got = cancels = 0
+    while got < count:
+        task = asyncio.ensure_future(get())
+        done, _ = await asyncio.wait([task], timeout=rng.random() * 0.0003)
+        if not done:
+            task.cancel()
+            cancels += 1
+        try:
+            m = await task
+        except asyncio.CancelledError:
+            continue
+        check(got, m)
+        got += 1
+    return cancels
+
+
+async def send_with_cancels(send: Callable[[int], Awaitable[Any]], count: int,
+                            rng: random.Random) -> tuple[list[int], int]:
+    """``send(i)`` for i in range(count), each in a task cancelled at a random moment (not
+    retried). Returns the numbers whose send completed, and how many were cancelled."""
+    sent: list[int] = []
+    cancels = 0
+    for i in range(count):
+        task = asyncio.ensure_future(send(i))
+        done, _ = await asyncio.wait([task], timeout=rng.random() * 0.0003)
+        if not done:
+            task.cancel()
+            cancels += 1
+        try:
+            await task
+            sent.append(i)
+        except asyncio.CancelledError:
+            pass
+    return sent, cancels

@@ -19,6 +19,7 @@ import test_aio
 from conftest import PREFIX, SHM_DIR
 from fastipc import queue as fq
 from fastipc.queue import Empty, Full, NamedQueue, Queue
+from helpers import receive_with_cancels, send_with_cancels
 from test_shm import running
 
 loops_ready = test_aio.loops_ready
@@ -201,20 +202,8 @@ def test_cancel_and_retry_loses_nothing(cross: tuple[str, str], run: Any) -> Non
 
             t = threading.Thread(target=produce)
             t.start()
-            got = 0
-            cancels = 0
-            while got < count:
-                task = asyncio.ensure_future(q.get_async(timeout=30))
-                done, _ = await asyncio.wait([task], timeout=rng.random() * 0.0003)
-                if not done:
-                    task.cancel()
-                    cancels += 1
-                try:
-                    m = await task
-                except asyncio.CancelledError:
-                    continue
-                _check(got, m)
-                got += 1
+            cancels = await receive_with_cancels(lambda: q.get_async(timeout=30), count, rng,
+                                                 _check)
             t.join(30)
             assert cancels > 0
             assert q.qsize() == 0
@@ -237,18 +226,8 @@ def test_cancel_and_retry_loses_nothing(cross: tuple[str, str], run: Any) -> Non
 
             c = threading.Thread(target=consume)
             c.start()
-            cancels = 0
-            for i in range(count):
-                task = asyncio.ensure_future(p.put_bytes_async(_msg(i), timeout=30))
-                done, _ = await asyncio.wait([task], timeout=rng.random() * 0.0003)
-                if not done:
-                    task.cancel()
-                    cancels += 1
-                try:
-                    await task
-                    sent.append(i)
-                except asyncio.CancelledError:
-                    pass
+            sent[:], cancels = await send_with_cancels(
+                lambda i: p.put_bytes_async(_msg(i), timeout=30), count, rng)
             stop.set()
             await asyncio.get_running_loop().run_in_executor(None, c.join, 30)
             assert not c.is_alive()

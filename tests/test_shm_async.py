@@ -15,7 +15,7 @@ import pytest
 
 import test_aio
 from fastipc import shm
-from helpers import start_python
+from helpers import receive_with_cancels, send_with_cancels, start_python
 from test_shm import running
 
 # the same event loops as test_aio: asyncio and uvloop
@@ -152,20 +152,8 @@ def test_cancel_and_retry_loses_nothing(cross: tuple[str, str], name: str, run: 
 
             t = threading.Thread(target=produce)
             t.start()
-            got: list[int] = []
-            cancels = 0
-            while len(got) < count:
-                task = asyncio.ensure_future(r.recv_async(timeout=30))
-                done, _ = await asyncio.wait([task], timeout=rng.random() * 0.0003)
-                if not done:
-                    task.cancel()
-                    cancels += 1
-                try:
-                    m = await task
-                except asyncio.CancelledError:
-                    continue
-                _check(len(got), m)
-                got.append(len(got))
+            cancels = await receive_with_cancels(lambda: r.recv_async(timeout=30), count, rng,
+                                                 _check)
             t.join(30)
             assert cancels > 0
 
@@ -183,16 +171,8 @@ def test_cancel_and_retry_loses_nothing(cross: tuple[str, str], name: str, run: 
 
             c = threading.Thread(target=consume)
             c.start()
-            for i in range(count):
-                task = asyncio.ensure_future(w.send_async(_msg(i), timeout=30))
-                done, _ = await asyncio.wait([task], timeout=rng.random() * 0.0003)
-                if not done:
-                    task.cancel()
-                try:
-                    await task
-                    sent.append(i)
-                except asyncio.CancelledError:
-                    pass
+            sent[:], _ = await send_with_cancels(
+                lambda i: w.send_async(_msg(i), timeout=30), count, rng)
             await w.send_async(b"end", timeout=5)
             sent_end = len(sent)
             stop.set()
