@@ -160,7 +160,10 @@ int fipc_sub_init(fipc_pub *h, char *base, uint64_t map_size, int32_t fd, int32_
         }
         fipc_cpu_relax(); /* (a publisher that died half-way: the count stays unknown) */
     }
-    if ((head & 15u) || (again & 15u) || again - head > cap)
+    /* head never goes back; under "block" it stays within a ring of our first cursor,
+     * under "drop_oldest" it may have lapped it any number of times meanwhile */
+    uint64_t gap = overflow == BLOCK ? cap : UINT64_MAX >> 1;
+    if ((head & 15u) || (again & 15u) || again - head > gap)
         return FIPC_CORRUPT;
     STORE(A64(h, SLOT(slot, FIPC_PUB_SLOT_CURSOR)), again, seq_cst);
     h->pos = h->peer = h->release = h->published = again;

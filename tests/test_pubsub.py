@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import gc
 import mmap
 import os
 import signal
@@ -880,3 +881,67 @@ def test_a_view_kept_past_its_block_does_not_stall_the_publisher(backend: str,
             pub.send(message(i), timeout=1)
             assert check_message(sub.recv(timeout=1)) == i
         del kept
+
+
+# ---------------------------------------------------------------------------- joins
+
+
+# The publisher of the next test: as fast as it can, under drop_oldest, in a small ring,
+# messages that say their number (message()), until stdin closes.
+FLOOD = r"""
+import os, struct, sys, threading, zlib
+from fastipc import pubsub
+name, backend = sys.argv[1:3]
+bodies = [bytes((j + k) & 0xFF for k in range(j)) for j in range(300)]
+pub = pubsub.Publisher(name, capacity=4096, overflow="drop_oldest", backend=backend)
+stop = []
+threading.Thread(target=lambda: (sys.stdin.read(), stop.append(1)), daemon=True).start()
+print("ready", flush=True)
+i = 0
+pack, crc, send = struct.pack, zlib.crc32, pub.send
+while not stop:
+    for _ in range(1000):
+        body = pack("<Q", i) + bodies[i % 300]
+        send(body + pack("<I", crc(body)))
+        i += 1
+pub.close()
+"""
+
+
+@pytest.mark.parametrize("pair", [("native", "native"), ("native", "pure"),
+                                  ("pure", "native"), ("pure", "pure")],
+                         ids=["native-native", "native-pure", "pure-native", "pure-pure"])
+def test_subscribers_join_a_running_drop_oldest_publisher(pair: tuple[str, str],
+                                                          name: str) -> None:
+    """A gap larger than the ring between two looks at head is legitimate under
+    drop_oldest: attaching to a publisher that floods a small ring never says EBADMSG, and
+    what the subscriber then receives is intact, in order, with `missed` counting the gap."""
+    sender, receiver = pair
+    proc = start_python(FLOOD, name, sender, stdin=subprocess.PIPE)
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        end = time.monotonic() + 2.0
+        joins = received = 0
+        while time.monotonic() < end:
+            with pubsub.Subscriber(name, timeout=5, backend=receiver) as sub:
+                joins += 1
+                first = check_message(sub.recv(timeout=5))
+                missed0 = sub.missed
+                assert missed0 <= first
+                got = [first] + [check_message(sub.recv(timeout=5)) for _ in range(9)]
+                gaps = sum(b - a - 1 for a, b in zip(got, got[1:]))
+                assert sub.missed - missed0 == gaps, (got, sub.missed, missed0)
+                received += len(got)
+        assert joins > 5 and received >= 10 * joins
+    finally:
+        proc.stdin.close()
+        try:
+            proc.wait(10)
+        finally:
+            proc.kill()
+            err = proc.stderr.read() if proc.stderr else ""
+            proc.stdout.close()
+            if proc.stderr:
+                proc.stderr.close()
+    assert proc.returncode == 0, err

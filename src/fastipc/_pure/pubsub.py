@@ -473,7 +473,10 @@ class Subscriber(_Ops):
             if not v1 & 1 and u32[L.OFF_SNAP // 4] == v1:
                 self.seq, self.seq_known = count, True
                 break
-        if head & 15 or again & 15 or (again - head) & _MASK64 > cap:
+        # head never goes back; under "block" it stays within a ring of our first cursor,
+        # under "drop_oldest" it may have lapped it any number of times meanwhile
+        gap = cap if self.overflow == L.BLOCK else _HALF - 1
+        if head & 15 or again & 15 or (again - head) & _MASK64 > gap:
             check(FIPC_CORRUPT, self.name)
         u64[_slot(slot, L.SLOT_CURSOR) // 8] = again
         _fence()
