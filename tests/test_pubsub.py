@@ -883,6 +883,105 @@ def test_a_view_kept_past_its_block_does_not_stall_the_publisher(backend: str,
         del kept
 
 
+# ---------------------------------------------------------------------------- cut short
+
+# The publisher of the tests below: waits for one subscriber; with "pad", publishes 14
+# messages of 256 bytes (3808 bytes of a 4096-byte ring) for it to read first; on "go",
+# publishes (with "pad": one more small message, so that the next frame wraps after a
+# padding frame) a streamed message four times the ring, then a small one.
+STREAMER = r"""
+import sys, time
+from fastipc import pubsub
+name, backend, how = sys.argv[1:4]
+pub = pubsub.Publisher(name, capacity=4096, backend=backend)
+while pub.subscribers < 1:
+    time.sleep(0.005)
+if how == "pad":
+    for i in range(14):
+        pub.send(bytes([i]) * 256)
+print("ready", flush=True)
+sys.stdin.readline()
+if how == "pad":
+    pub.send(b"S" * 256)
+pub.send(bytes(range(256)) * 64 + b"end", timeout=30)
+pub.send(b"after")
+sys.stdin.readline()
+pub.close()
+"""
+STREAMED = bytes(range(256)) * 64 + b"end"
+
+
+def _head(name: str) -> int:
+    fd = os.open(SHM / name, os.O_RDONLY)
+    try:
+        return int(struct.unpack("<Q", os.pread(fd, 8, layout.OFF_HEAD))[0])
+    finally:
+        os.close(fd)
+
+
+def _receive(sub: pubsub.Subscriber, how: str) -> list[bytes]:
+    """The next message (or messages, for recv_many) through receiving call ``how``."""
+    if how == "recv":
+        return [sub.recv(timeout=10)]
+    if how == "recv_into":
+        buf = bytearray(len(STREAMED) + 100)
+        return [bytes(buf[:sub.recv_into(buf, timeout=10)])]
+    if how == "recv_view":
+        with sub.recv_view(timeout=10) as view:
+            return [bytes(view)]
+    return sub.recv_many(16, timeout=10)
+
+
+@pytest.mark.parametrize("then", ["recv", "recv_into", "recv_view", "recv_many"])
+@pytest.mark.parametrize("how", ["timeout", "pad", "recv", "recv_into"])
+def test_receive_cut_short_in_a_streamed_message(cross: tuple[str, str], name: str,
+                                                 how: str, then: str) -> None:
+    """A receiving call stops in the middle of a streamed message (the timeout of recv_many,
+    recv or recv_into expires; a recv_many batch meets a padding frame and then the start of
+    one): every receiving call after it gets that message whole, then the next one; never
+    stale bytes, never a stuck subscriber."""
+    sender, receiver = cross
+    proc = start_python(STREAMER, name, sender, how, stdin=subprocess.PIPE)
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        with pubsub.Subscriber(name, timeout=10, backend=receiver) as sub:
+            assert proc.stdout.readline().strip() == "ready"
+            start = 0
+            if how == "pad":
+                assert [sub.recv(timeout=5) for _ in range(14)] == \
+                    [bytes([i]) * 256 for i in range(14)]
+                start = 14 * 272
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+            end = time.monotonic() + 10
+            while _head(name) - start < 4096 - 600:  # the ring is full: the publisher waits
+                assert time.monotonic() < end, "the publisher did not fill the ring"
+                time.sleep(0.01)
+            os.kill(proc.pid, signal.SIGSTOP)  # half of the streamed message stays unsent
+            try:
+                if how == "pad":
+                    assert sub.recv_many(64, timeout=1) == [b"S" * 256]
+                else:
+                    with pytest.raises(TimeoutError):
+                        if how == "recv":
+                            sub.recv(timeout=0.3)
+                        elif how == "recv_into":
+                            sub.recv_into(bytearray(len(STREAMED)), timeout=0.3)
+                        else:
+                            sub.recv_many(64, timeout=0.3)
+            finally:
+                os.kill(proc.pid, signal.SIGCONT)
+            got = _receive(sub, then)
+            assert got[0] == STREAMED, (len(got[0]), got[0][:16])
+            assert (got[1:] or [sub.recv(timeout=10)]) == [b"after"]
+            proc.stdin.write("done\n")
+            proc.stdin.flush()
+        assert proc.wait(10) == 0
+    finally:
+        proc.kill()
+        proc.communicate()
+
+
 # ---------------------------------------------------------------------------- references
 
 
