@@ -828,12 +828,29 @@ def test_cli_publish_subscribe(backend: str, name: str) -> None:
         assert "2 messages" in stderr
 
 
+@contextlib.contextmanager
+def _publisher_process(code: str, *args: str) -> Iterator[subprocess.Popen[str]]:
+    """A publisher process running ``code``, which reads a line from stdin before it
+    closes: told so once the block ends without an error (it must then exit with 0),
+    killed in any case."""
+    proc = start_python(code, *args, stdin=subprocess.PIPE)
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        yield proc
+        proc.stdin.write("done\n")
+        proc.stdin.flush()
+        assert proc.wait(10) == 0
+    finally:
+        proc.kill()
+        proc.communicate()
+
+
 def test_timeout_in_a_small_streamed_message_then_recv_into(cross: tuple[str, str],
                                                              name: str) -> None:
     """A streamed message small enough for recv's staging buffer, cut short by a timeout,
     then finished by recv_into: delivered whole."""
     sender, receiver = cross
-    proc = start_python("""
+    code = """
         import sys, time
         from fastipc import pubsub
         pub = pubsub.Publisher(sys.argv[1], capacity=4096, backend=sys.argv[2])
@@ -844,28 +861,21 @@ def test_timeout_in_a_small_streamed_message_then_recv_into(cross: tuple[str, st
         pub.send(bytes(range(250)) * 6, timeout=30)  # streamed: more than a quarter
         sys.stdin.readline()
         pub.close()
-    """, name, sender, stdin=subprocess.PIPE)
-    try:
-        with pubsub.Subscriber(name, timeout=10, backend=receiver) as sub:
-            time.sleep(0.3)  # the publisher waits for room half-way through the last one
-            os.kill(proc.pid, signal.SIGSTOP)
-            try:
-                assert [sub.recv(timeout=1) for _ in range(10)] == \
-                    [bytes([i]) * 300 for i in range(10)]
-                with pytest.raises(TimeoutError):
-                    sub.recv(timeout=0.1)
-            finally:
-                os.kill(proc.pid, signal.SIGCONT)
-            buf = bytearray(2000)
-            assert sub.recv_into(buf, timeout=10) == 1500
-            assert buf[:1500] == bytes(range(250)) * 6
-        assert proc.stdin is not None
-        proc.stdin.write("done\n")
-        proc.stdin.flush()
-        assert proc.wait(10) == 0
-    finally:
-        proc.kill()
-        proc.communicate()
+    """
+    with _publisher_process(code, name, sender) as proc, \
+            pubsub.Subscriber(name, timeout=10, backend=receiver) as sub:
+        time.sleep(0.3)  # the publisher waits for room half-way through the last one
+        os.kill(proc.pid, signal.SIGSTOP)
+        try:
+            assert [sub.recv(timeout=1) for _ in range(10)] == \
+                [bytes([i]) * 300 for i in range(10)]
+            with pytest.raises(TimeoutError):
+                sub.recv(timeout=0.1)
+        finally:
+            os.kill(proc.pid, signal.SIGCONT)
+        buf = bytearray(2000)
+        assert sub.recv_into(buf, timeout=10) == 1500
+        assert buf[:1500] == bytes(range(250)) * 6
 
 
 def test_a_view_kept_past_its_block_does_not_stall_the_publisher(backend: str,
@@ -941,45 +951,38 @@ def test_receive_cut_short_in_a_streamed_message(cross: tuple[str, str], name: s
     one): every receiving call after it gets that message whole, then the next one; never
     stale bytes, never a stuck subscriber."""
     sender, receiver = cross
-    proc = start_python(STREAMER, name, sender, how, stdin=subprocess.PIPE)
-    assert proc.stdin is not None and proc.stdout is not None
-    try:
-        with pubsub.Subscriber(name, timeout=10, backend=receiver) as sub:
-            assert proc.stdout.readline().strip() == "ready"
-            start = 0
+    with _publisher_process(STREAMER, name, sender, how) as proc, \
+            pubsub.Subscriber(name, timeout=10, backend=receiver) as sub:
+        assert proc.stdin is not None and proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
+        start = 0
+        if how == "pad":
+            assert [sub.recv(timeout=5) for _ in range(14)] == \
+                [bytes([i]) * 256 for i in range(14)]
+            start = 14 * 272
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        end = time.monotonic() + 10
+        while _head(name) - start < 4096 - 600:  # the ring is full: the publisher waits
+            assert time.monotonic() < end, "the publisher did not fill the ring"
+            time.sleep(0.01)
+        os.kill(proc.pid, signal.SIGSTOP)  # half of the streamed message stays unsent
+        try:
             if how == "pad":
-                assert [sub.recv(timeout=5) for _ in range(14)] == \
-                    [bytes([i]) * 256 for i in range(14)]
-                start = 14 * 272
-            proc.stdin.write("go\n")
-            proc.stdin.flush()
-            end = time.monotonic() + 10
-            while _head(name) - start < 4096 - 600:  # the ring is full: the publisher waits
-                assert time.monotonic() < end, "the publisher did not fill the ring"
-                time.sleep(0.01)
-            os.kill(proc.pid, signal.SIGSTOP)  # half of the streamed message stays unsent
-            try:
-                if how == "pad":
-                    assert sub.recv_many(64, timeout=1) == [b"S" * 256]
-                else:
-                    with pytest.raises(TimeoutError):
-                        if how == "recv":
-                            sub.recv(timeout=0.3)
-                        elif how == "recv_into":
-                            sub.recv_into(bytearray(len(STREAMED)), timeout=0.3)
-                        else:
-                            sub.recv_many(64, timeout=0.3)
-            finally:
-                os.kill(proc.pid, signal.SIGCONT)
-            got = _receive(sub, then)
-            assert got[0] == STREAMED, (len(got[0]), got[0][:16])
-            assert (got[1:] or [sub.recv(timeout=10)]) == [b"after"]
-            proc.stdin.write("done\n")
-            proc.stdin.flush()
-        assert proc.wait(10) == 0
-    finally:
-        proc.kill()
-        proc.communicate()
+                assert sub.recv_many(64, timeout=1) == [b"S" * 256]
+            else:
+                with pytest.raises(TimeoutError):
+                    if how == "recv":
+                        sub.recv(timeout=0.3)
+                    elif how == "recv_into":
+                        sub.recv_into(bytearray(len(STREAMED)), timeout=0.3)
+                    else:
+                        sub.recv_many(64, timeout=0.3)
+        finally:
+            os.kill(proc.pid, signal.SIGCONT)
+        got = _receive(sub, then)
+        assert got[0] == STREAMED, (len(got[0]), got[0][:16])
+        assert (got[1:] or [sub.recv(timeout=10)]) == [b"after"]
 
 
 # ---------------------------------------------------------------------------- references
