@@ -766,11 +766,17 @@ class Subscriber(_Ops):
                 if self._lapped():
                     self._resync()
                     continue
-                kind, _, total, _, _, _ = self._frame_at()
+                kind, _, total, _, _, size = self._frame_at()
+                if self._lapped():  # what we read of the header may be torn
+                    continue
             except _Code:
                 break  # left for the next call to report
-            if kind not in (L.FR_WHOLE, L.FR_PAD) or total > self.max_message:
-                break
+            if kind == L.FR_PAD:
+                self.pos += size
+                self.release = self.pos
+                continue
+            if kind != L.FR_WHOLE or total > self.max_message:
+                break  # never a streamed message after the first (as the C batch)
             try:
                 out.append(self.recv(0.0))
             except (EOFError, TimeoutError):
