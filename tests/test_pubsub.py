@@ -985,6 +985,26 @@ def test_receive_cut_short_in_a_streamed_message(cross: tuple[str, str], name: s
         assert (got[1:] or [sub.recv(timeout=10)]) == [b"after"]
 
 
+def test_a_batch_stops_before_a_message_it_would_have_to_refuse(backend: str,
+                                                                 name: str) -> None:
+    """A recv_many batch that meets a padding frame and then a message larger than the
+    subscriber's max_message_size returns what it took; the next call reports that message
+    (EMSGSIZE), and the one after goes on: nothing taken is lost, nothing refused is silent."""
+    with pubsub.Publisher(name, capacity=4096, backend=backend) as pub, \
+            pubsub.Subscriber(name, timeout=1, max_message_size=100, backend=backend) as sub:
+        fill = [bytes([i]) * 96 for i in range(34)] + [b"f" * 64]  # 3888 ring bytes
+        pub.send_many(fill, timeout=1)
+        assert sub.recv_many(64, timeout=1) == fill
+        # S ends 112 bytes before the ring's end: B goes to its start, past a padding frame
+        # (whose 96 bytes the subscriber takes)
+        pub.send_many([b"S" * 80, b"B" * 200, b"after"], timeout=1)
+        assert sub.recv_many(64, timeout=1) == [b"S" * 80]
+        with pytest.raises(OSError) as info:
+            sub.recv_many(64, timeout=1)
+        assert info.value.errno == errno.EMSGSIZE
+        assert sub.recv_many(64, timeout=1) == [b"after"]
+
+
 # ---------------------------------------------------------------------------- references
 
 
