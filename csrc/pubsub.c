@@ -160,7 +160,10 @@ int fipc_sub_init(fipc_pub *h, char *base, uint64_t map_size, int32_t fd, int32_
         }
         fipc_cpu_relax(); /* (a publisher that died half-way: the count stays unknown) */
     }
-    if ((head & 15u) || (again & 15u) || again - head > cap)
+    /* head never goes back; under "block" it stays within a ring of our first cursor,
+     * under "drop_oldest" it may have lapped it any number of times meanwhile */
+    uint64_t gap = overflow == BLOCK ? cap : UINT64_MAX >> 1;
+    if ((head & 15u) || (again & 15u) || again - head > gap)
         return FIPC_CORRUPT;
     STORE(A64(h, SLOT(slot, FIPC_PUB_SLOT_CURSOR)), again, seq_cst);
     h->pos = h->peer = h->release = h->published = again;
@@ -480,7 +483,14 @@ static int next_frame(fipc_pub *h, double timeout, int64_t *deadline)
     return rc < 0 ? rc : 0;
 }
 
-static int64_t sub_recv(fipc_pub *h, char *dest, uint64_t cap, double timeout, char **ptr)
+/* What sub_recv may take: anything, or (a batch) no streamed message, and after the first
+ * message of a batch no message that it would have to report as an error. */
+#define TAKE_ANY 0
+#define TAKE_FIRST 1
+#define TAKE_MORE 2
+
+static int64_t sub_recv(fipc_pub *h, char *dest, uint64_t cap, double timeout, char **ptr,
+                        int take)
 {
     int64_t deadline = FIPC_DEADLINE_UNSET;
     int rc;
@@ -507,29 +517,20 @@ static int64_t sub_recv(fipc_pub *h, char *dest, uint64_t cap, double timeout, c
             continue;
         }
         if (kind == FIPC_PUB_FR_NEXT) {
-            if (h->msg_total == 0) { /* the rest of a message its publisher abandoned */
-                consume(h, size);
-                continue;
-            }
-            if (dest == NULL || cap < h->msg_total)
-                return -EINVAL;
-            if (len > h->msg_total - h->msg_done)
-                return FIPC_CORRUPT;
-            memcpy(dest + h->msg_done, data, len);
-            h->msg_done += len;
-            consume(h, size);
-            release_cursor(h);
-            if (h->msg_done == h->msg_total) {
-                int64_t n = (int64_t)h->msg_total;
-                h->msg_total = h->msg_done = 0;
-                if ((rc = account(h, seq)) < 0)
-                    return rc;
+            int64_t n = ring_next(h, dest, cap, len, data, size, FIPC_PUB_NEED);
+            if (n < 0)
                 return n;
-            }
+            release_cursor(h);
+            if (n > 0 && (rc = account(h, seq)) < 0)
+                return rc;
+            if (n > 0)
+                return n;
             continue;
         }
         h->msg_total = h->msg_done = 0; /* a new message: one being assembled was abandoned */
         if (total > h->max_message) {
+            if (take == TAKE_MORE)
+                return FIPC_PUB_NEED; /* for the next call to report */
             h->last_len = total;
             consume(h, size);
             if (kind == FIPC_PUB_FR_WHOLE && (rc = account(h, seq)) < 0)
@@ -564,19 +565,14 @@ static int64_t sub_recv(fipc_pub *h, char *dest, uint64_t cap, double timeout, c
         h->last_len = total;
         if (h->overflow == DROP)
             return FIPC_CORRUPT;
-        if (dest == NULL || cap < total)
+        if (dest == NULL || cap < total || take != TAKE_ANY)
             return FIPC_PUB_NEED;
-        memcpy(dest, data, len);
-        h->msg_total = total;
-        h->msg_done = len;
-        consume(h, size);
+        int64_t n = ring_first(h, dest, len, total, data, size);
         release_cursor(h);
-        if (len == total) {
-            h->msg_total = h->msg_done = 0;
-            if ((rc = account(h, seq)) < 0)
-                return rc;
-            return (int64_t)total;
-        }
+        if (n > 0 && (rc = account(h, seq)) < 0)
+            return rc;
+        if (n > 0)
+            return n;
     }
 }
 
@@ -585,22 +581,16 @@ static int64_t sub_recv_many(fipc_pub *h, char *dest, uint64_t cap, uint64_t *le
 {
     if (h->role != ROLE_SUB)
         return -EBADF;
-    if (h->msg_total) /* finish a streamed message through fipc_sub_recv */
+    if (h->msg_total) { /* finish a streamed message through fipc_sub_recv */
+        h->last_len = h->msg_total;
         return FIPC_PUB_NEED;
+    }
     uint64_t count = 0, used = 0;
     while (count < max) {
-        if (count > 0) { /* wait for the first message only; stop before one we cannot take */
-            uint32_t kind;
-            uint64_t len, total, seq, size;
-            char *data;
-            if (h->peer == h->pos && ready(h, 0) <= 0)
-                break;
-            if (frame_at(h, &kind, &len, &total, &seq, &data, &size) < 0 ||
-                (kind != FIPC_PUB_FR_WHOLE && kind != FIPC_PUB_FR_PAD) ||
-                total > h->max_message || len > cap - used)
-                break;
-        }
-        int64_t n = sub_recv(h, dest + used, cap - used, count ? 0.0 : timeout, NULL);
+        if (count > 0 && h->peer == h->pos && ready(h, 0) <= 0)
+            break; /* wait for the first message only */
+        int64_t n = sub_recv(h, dest + used, cap - used, count ? 0.0 : timeout, NULL,
+                             count ? TAKE_MORE : TAKE_FIRST);
         if (n < 0) {
             if (count > 0 && n != FIPC_CORRUPT)
                 break;
@@ -645,7 +635,7 @@ int64_t fipc_sub_recv(fipc_pub *h, char *dest, uint64_t cap, double timeout, cha
 {
     if (fipc_enter(&h->busy, &h->closed) < 0)
         return -EBADF;
-    int64_t rc = h->role == ROLE_SUB ? sub_recv(h, dest, cap, timeout, ptr) : -EBADF;
+    int64_t rc = h->role == ROLE_SUB ? sub_recv(h, dest, cap, timeout, ptr, TAKE_ANY) : -EBADF;
     fipc_leave(&h->busy);
     return rc;
 }

@@ -72,7 +72,9 @@ typedef struct fipc_pub {
     uint64_t max_message;
     uint64_t chunk;
     uint64_t msg_total;     /* subscriber: streamed message being assembled */
-    uint64_t msg_done;
+    uint64_t msg_done;      /* bytes of it copied so far */
+    char *msg_dest;         /* the buffer holding them (Python moves them, then stores the
+                               new buffer here; another buffer drops the message whole) */
     uint64_t last_len;      /* subscriber: length of the last message looked at */
     uint64_t last_pos;      /* subscriber: where its frame starts */
     uint64_t spins, sleeps; /* statistics */
@@ -104,12 +106,16 @@ int64_t fipc_pub_send_many(fipc_pub *h, const char *buf, const uint64_t *lens, u
                            double timeout, uint64_t *sent);
 /* The next message: copied to dest (cap bytes) or, dest NULL, in place (*ptr; valid until
  * the next call, block mode only). Length, FIPC_PUB_NEED (last_len says how much; it stays
- * queued), FIPC_EOF, FIPC_CORRUPT, FIPC_TOOBIG, -ETIMEDOUT, -EINTR, -EBADF. */
+ * queued), FIPC_EOF, FIPC_CORRUPT, FIPC_TOOBIG, -ETIMEDOUT, -EINTR, -EBADF. A streamed
+ * message continues into dest at msg_done: the caller passes the buffer holding its start
+ * (msg_dest) until it is whole; another buffer drops it whole. */
 int64_t fipc_sub_recv(fipc_pub *h, char *dest, uint64_t cap, double timeout, char **ptr);
 /* fipc_sub_recv into the stage set in the handle, waiting as long as it takes: the hot
  * path of recv() in one call with one argument. */
 int64_t fipc_sub_next(fipc_pub *h);
-/* Up to max whole messages into dest, lengths into lens; waits for the first only. */
+/* Up to max whole messages into dest, lengths into lens; waits for the first only. Never
+ * starts a streamed message: FIPC_PUB_NEED when the first is one (or too large for dest),
+ * and the batch stops before one (or before a message it cannot take). */
 int64_t fipc_sub_recv_many(fipc_pub *h, char *dest, uint64_t cap, uint64_t *lens, uint64_t max,
                            double timeout);
 /* Publish the cursor (up to hold). */

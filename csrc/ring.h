@@ -409,4 +409,55 @@ static inline void consume(fipc_ring_h *h, uint64_t size)
     h->release = h->pos;
 }
 
+/* Reader, a streamed message: assembled chunk by chunk in the caller's buffer, each chunk
+ * at the offset reached (msg_done), and only in the buffer that holds its start (msg_dest):
+ * a call cut short leaves it there, and the caller moves what came to a buffer of its own
+ * and stores that buffer in msg_dest before it goes on; continued into any other buffer,
+ * the message is dropped whole. Never a message with a stale beginning. The caller gives
+ * the space consumed back (its release) when these return >= 0. */
+
+/* The FIRST frame (len bytes at data) of a message of `total` bytes, into dest (which can
+ * hold `total`): its length if that was the whole of it, else 0 (its NEXT frames follow). */
+static inline int64_t ring_first(fipc_ring_h *h, char *dest, uint64_t len, uint64_t total,
+                                 const char *data, uint64_t size)
+{
+    memcpy(dest, data, len);
+    consume(h, size);
+    if (len == total)
+        return (int64_t)total;
+    h->msg_total = total;
+    h->msg_done = len;
+    h->msg_dest = dest;
+    return 0;
+}
+
+/* A NEXT frame: the message's length once whole; 0 if consumed and not whole yet (a chunk
+ * copied, or the rest of a message dropped here or abandoned by its writer); `need` if dest
+ * cannot hold it (NULL, or fewer than cap bytes: nothing consumed, last_len says how many
+ * it takes); FIPC_CORRUPT. */
+static inline int64_t ring_next(fipc_ring_h *h, char *dest, uint64_t cap, uint64_t len,
+                                const char *data, uint64_t size, int64_t need)
+{
+    if (h->msg_total && dest != NULL && dest != h->msg_dest)
+        h->msg_total = h->msg_done = 0; /* not where its start is: dropped whole */
+    if (h->msg_total == 0) {
+        consume(h, size);
+        return 0;
+    }
+    if (dest == NULL || cap < h->msg_total) {
+        h->last_len = h->msg_total;
+        return need;
+    }
+    if (len > h->msg_total - h->msg_done)
+        return FIPC_CORRUPT;
+    memcpy(dest + h->msg_done, data, len);
+    h->msg_done += len;
+    consume(h, size);
+    if (h->msg_done < h->msg_total)
+        return 0;
+    int64_t n = (int64_t)h->msg_total;
+    h->msg_total = h->msg_done = 0;
+    return n;
+}
+
 #endif /* FIPC_RING_T */

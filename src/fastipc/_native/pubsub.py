@@ -254,13 +254,19 @@ class Subscriber(_Ops):
         return recv
 
     def _keep(self, dest: Any, cap: int) -> None:
-        """A call cut short in the middle of a streamed message: keep what came of it (C
-        resumes it at msg_done) in a buffer of its own for the next call, whichever."""
-        done, total = int(self._h.msg_done), int(self._h.msg_total)
-        if total:
+        """A call cut short in the middle of a streamed message that it was assembling in
+        ``dest``: keep what came of it in a buffer of its own, where C resumes it at
+        msg_done in the next call, whichever (C drops a message continued into any other
+        buffer than msg_dest whole: an interruption before the commit below loses it whole,
+        never delivers it with a stale beginning)."""
+        h = self._h
+        done, total = int(h.msg_done), int(h.msg_total)
+        if total and h.msg_dest == dest:
             keep = _new_buffer(total)
-            ffi.memmove(ffi.from_buffer(keep), dest, min(done, total, cap))
+            into = ffi.from_buffer(keep)
+            ffi.memmove(into, dest, min(done, total, cap))
             self._partial = keep
+            h.msg_dest = into  # the commit
 
     def _large(self, timeout: float) -> bytes:
         """A message larger than the stage: in place when stored whole (block), else

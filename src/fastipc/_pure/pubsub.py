@@ -473,7 +473,10 @@ class Subscriber(_Ops):
             if not v1 & 1 and u32[L.OFF_SNAP // 4] == v1:
                 self.seq, self.seq_known = count, True
                 break
-        if head & 15 or again & 15 or (again - head) & _MASK64 > cap:
+        # head never goes back; under "block" it stays within a ring of our first cursor,
+        # under "drop_oldest" it may have lapped it any number of times meanwhile
+        gap = cap if self.overflow == L.BLOCK else _HALF - 1
+        if head & 15 or again & 15 or (again - head) & _MASK64 > gap:
             check(FIPC_CORRUPT, self.name)
         u64[_slot(slot, L.SLOT_CURSOR) // 8] = again
         _fence()
@@ -763,11 +766,17 @@ class Subscriber(_Ops):
                 if self._lapped():
                     self._resync()
                     continue
-                kind, _, total, _, _, _ = self._frame_at()
+                kind, _, total, _, _, size = self._frame_at()
+                if self._lapped():  # what we read of the header may be torn
+                    continue
             except _Code:
                 break  # left for the next call to report
-            if kind not in (L.FR_WHOLE, L.FR_PAD) or total > self.max_message:
-                break
+            if kind == L.FR_PAD:
+                self.pos += size
+                self.release = self.pos
+                continue
+            if kind != L.FR_WHOLE or total > self.max_message:
+                break  # never a streamed message after the first (as the C batch)
             try:
                 out.append(self.recv(0.0))
             except (EOFError, TimeoutError):
