@@ -66,9 +66,14 @@ class Corrupt(Exception):
 # ------------------------------------------------------------------ the messages
 
 
+_BLOCK = np.random.Generator(np.random.PCG64(20261206)).integers(
+    0, 256, 1 << 18, dtype=np.uint8).tobytes()  # the same in every process
+
+
 def _content(k: int, seq: int, n: int, salt: int = 0) -> bytes:
-    return np.random.Generator(np.random.PCG64([k, seq, salt])).integers(
-        0, 256, n, dtype=np.uint8).tobytes()
+    """``n`` bytes (up to 128 KiB) that follow from the arguments alone."""
+    off = (k * 1000003 + seq * 7919 + salt * 104729) % (len(_BLOCK) - n)
+    return _BLOCK[off:off + n]
 
 
 def _array(k: int, seq: int, rng: random.Random, large: bool, salt: int) -> Any:
@@ -199,34 +204,44 @@ def producer(k: int, qhex: str, log: str, seed: int) -> None:
     q = _queue(qhex)
     rng = random.Random(f"{seed}/producer/{k}")
     fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    arm = _interrupts(rng, 0.02)
-    seq = 0
+    inside = [False]
+    arm = _interrupts(rng, 0.02, inside)
+    seq = [0]  # the next number: taken before the put, so none is ever used twice
     while True:
         try:
-            arm()
-            if rng.random() < 0.25:
-                first, seq = seq, seq + rng.randint(2, 6)
-                try:
-                    q.put_many([make(k, s) for s in range(first, seq)], timeout=5)
-                except queue.Full as exc:
-                    seq = first + getattr(exc, "messages_put", 0)  # these went
-                    for s in range(first, seq):
-                        _write(fd, f"{s}")
-                    continue
-                for s in range(first, seq):
-                    _write(fd, f"{s}")  # acknowledged
-            else:
-                s, seq = seq, seq + 1
-                msg = make(k, s)
-                if isinstance(msg, bytes):
-                    q.put_bytes(msg, timeout=5)
-                else:
-                    q.put(msg, timeout=5)
-                _write(fd, f"{s}")  # acknowledged
+            try:
+                inside[0] = True  # the handler raises from here...
+                _produce(q, k, seq, rng, fd, arm)
+            finally:
+                inside[0] = False  # ...to here (an exception in this line is caught too)
         except (Interrupt, queue.Full):
             pass
         except Exception as exc:  # reported by the parent
             _write(fd, f"E {type(exc).__name__}: {exc}".replace("\n", " "))
+
+
+def _produce(q: Any, k: int, seq: list[int], rng: random.Random, fd: int, arm: Any) -> None:
+    """One put or put_many of the next numbers (``seq[0]`` on), each logged once
+    acknowledged."""
+    import queue
+
+    arm()
+    first = seq[0]
+    end = first + (rng.randint(2, 6) if rng.random() < 0.25 else 1)
+    seq[0] = end
+    if end - first > 1:
+        try:
+            q.put_many([make(k, s) for s in range(first, end)], timeout=5)
+        except queue.Full as exc:
+            end = first + getattr(exc, "messages_put", 0)  # these went
+    else:
+        msg = make(k, first)
+        if isinstance(msg, bytes):
+            q.put_bytes(msg, timeout=5)
+        else:
+            q.put(msg, timeout=5)
+    for s in range(first, end):
+        _write(fd, f"{s}")  # acknowledged
 
 
 def consumer(c: int, qhex: str, log: str, seed: int) -> None:
@@ -259,8 +274,8 @@ def consumer(c: int, qhex: str, log: str, seed: int) -> None:
         except queue.Empty:
             continue
         except Exception as exc:
-            _write(fd, f"E {'get_many' if many else 'get'} {type(exc).__name__}: {exc}"
-                   .replace("\n", " "))
+            _write(fd, f"E {many or 1} {'get_many' if many else 'get'} {type(exc).__name__}: "
+                   f"{exc}".replace("\n", " "))  # what that call may have taken with it
             continue
         batch += 1
         how = "m" if many else "g"
@@ -271,6 +286,8 @@ def consumer(c: int, qhex: str, log: str, seed: int) -> None:
                 _write(fd, f"BAD {how} {exc}")
                 continue
             _write(fd, f"{how} {batch} {k} {seq}")
+    signal.setitimer(signal.ITIMER_REAL, 0)  # no SIGALRM once the handler is gone
+    q.close()
 
 
 # ------------------------------------------------------------------ the parent
@@ -286,6 +303,7 @@ class Tally:
         self.corrupt: list[str] = []
         self.errors: Counter[str] = Counter()
         self.may_lose = 0  # messages the killed or interrupted consumers may have held
+        self.in_failed = 0  # messages the gets that raised an error may have taken
         self.interrupted_gets = 0
 
     def consumer_log(self, who: str, lines: list[str], killed: bool) -> None:
@@ -297,7 +315,8 @@ class Tally:
                 self.may_lose += int(parts[1])
                 self.interrupted_gets += 1
             elif parts[0] == "E":
-                self.errors[f"{who.split('#')[0]} {' '.join(parts[1:])[:160]}"] += 1
+                self.in_failed += int(parts[1])
+                self.errors[f"{who.split('#')[0]} {' '.join(parts[2:])[:160]}"] += 1
             elif parts[0] == "BAD":
                 call = "get_many" if parts[1] == "m" else "get"
                 self.corrupt.append(f"{who} ({call}): {' '.join(parts[2:])}")
@@ -403,7 +422,7 @@ def soak(seconds: float, backend: str, seed: Optional[int], producers: int, cons
         except fastipc.queue.Empty:
             break
         except Exception as exc:
-            drained.append(f"E get {type(exc).__name__}: {exc}".replace("\n", " "))
+            drained.append(f"E 1 get {type(exc).__name__}: {exc}".replace("\n", " "))
             continue
         try:
             k, seq = check_message(obj)
@@ -440,18 +459,20 @@ def soak(seconds: float, backend: str, seed: Optional[int], producers: int, cons
           f"{tally.interrupted_gets} gets interrupted")
     if len(lost) > tally.may_lose:
         problems.append(f"{len(lost)} acknowledged messages never taken, more than the "
-                        f"{tally.may_lose} the killed or interrupted consumers may have held; "
+                        f"{tally.may_lose} the killed or interrupted consumers may have held "
+                        f"(the gets that raised an error may have taken {tally.in_failed}); "
                         f"first: {lost[:5]}")
     print(f"  lost: {len(lost)} acknowledged messages not taken "
-          f"(at most {tally.may_lose} allowed: held by a consumer killed or interrupted)"
+          f"(at most {tally.may_lose} allowed: held by a consumer killed or interrupted; "
+          f"the gets that raised an error may have taken {tally.in_failed})"
           + "".join(f"\n    {n} of kind {kind}" for kind, n in
                     Counter(_kind(make(k, s)) for k, s in lost).most_common()))
     if twice:
         problems.append(f"{len(twice)} messages taken twice: {twice[:5]}")
     if tally.corrupt:
-        kinds = Counter(c.split(": ", 1)[1].split(" ")[2].rstrip(":") for c in tally.corrupt)
+        by_kind = Counter(c.split(": ", 1)[1].split(" ")[2].rstrip(":") for c in tally.corrupt)
         problems.append(f"{len(tally.corrupt)} corrupted messages (by kind: "
-                        + ", ".join(f"{n} {what}" for what, n in kinds.most_common())
+                        + ", ".join(f"{n} {what}" for what, n in by_kind.most_common())
                         + "): " + "; ".join(tally.corrupt[:3]))
     if tally.order:
         problems.append(f"{len(tally.order)} out of order: {tally.order[:3]}")
