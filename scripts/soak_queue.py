@@ -13,17 +13,18 @@ with ``put`` and ``put_many``; each message carries (producer id, sequence numbe
 content derived from them alone. After a put returns, the producer logs its numbers (the
 messages are acknowledged). Consumers take them with ``get`` and ``get_many``, rebuild what
 each should be from its numbers, compare bit for bit and log the outcome, one write per
-message. Every worker has an interval timer whose SIGALRM handler raises an exception into
-whatever it is doing (a consumer: only while it is inside a get), which the worker catches
-before going on; the parent SIGKILLs producers and consumers at random moments and starts
-replacements. At the end the parent stops the workers, drains the queue itself, closes it
-and checks: every acknowledged message was taken exactly once, except those a consumer held
-when it was killed or when an exception was raised into its get (at most the batch of that
-call each); nothing twice; nothing corrupted; each consumer's single gets see every
-producer's messages in order (and so does each get_many batch); no error raised by a get;
-no fd and no /dev/shm entry of the queue left (its large-message segments included). The
-random choices (messages, calls, timers, kills) follow from ``--seed``. Exit status 0 when
-all holds.
+message. Every worker has an interval timer whose SIGALRM
+handler raises an exception into whatever it is doing (a producer: inside its step; a
+consumer: inside its get), which the worker catches before going on; the parent SIGKILLs
+producers and consumers at random moments and starts replacements. At the end the parent
+stops the workers, drains the queue itself, closes it and checks: every acknowledged
+message was taken exactly once, except those a consumer held when it was killed (at most
+the batch of its call; what the calls an exception was raised into may have taken is
+counted apart, not allowed); nothing twice; nothing corrupted; each consumer's single gets
+see every producer's messages in order (and so does each get_many batch); no error raised
+by a get; no fd and no /dev/shm entry of the queue left after close (its large-message
+segments included). The random choices (messages, calls, timers, kills) follow from
+``--seed``. Exit status 0 when all holds.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from __future__ import annotations
 import os
 import pickle
 import random
+import re
 import signal
 import struct
 import sys
@@ -302,7 +304,8 @@ class Tally:
         self.order: list[str] = []
         self.corrupt: list[str] = []
         self.errors: Counter[str] = Counter()
-        self.may_lose = 0  # messages the killed or interrupted consumers may have held
+        self.may_lose = 0  # messages the killed consumers may have held
+        self.in_interrupted = 0  # messages the gets an exception was raised into may have taken
         self.in_failed = 0  # messages the gets that raised an error may have taken
         self.interrupted_gets = 0
 
@@ -312,11 +315,12 @@ class Tally:
         for line in lines:
             parts = line.split(" ")
             if parts[0] == "I":
-                self.may_lose += int(parts[1])
+                self.in_interrupted += int(parts[1])
                 self.interrupted_gets += 1
             elif parts[0] == "E":
                 self.in_failed += int(parts[1])
-                self.errors[f"{who.split('#')[0]} {' '.join(parts[2:])[:160]}"] += 1
+                what = re.sub(r"'/dev/shm/[^']*'", "'/dev/shm/<segment>'", " ".join(parts[2:]))
+                self.errors[f"{who.split('#')[0]} {what[:160]}"] += 1
             elif parts[0] == "BAD":
                 call = "get_many" if parts[1] == "m" else "get"
                 self.corrupt.append(f"{who} ({call}): {' '.join(parts[2:])}")
@@ -459,12 +463,11 @@ def soak(seconds: float, backend: str, seed: Optional[int], producers: int, cons
           f"{tally.interrupted_gets} gets interrupted")
     if len(lost) > tally.may_lose:
         problems.append(f"{len(lost)} acknowledged messages never taken, more than the "
-                        f"{tally.may_lose} the killed or interrupted consumers may have held "
-                        f"(the gets that raised an error may have taken {tally.in_failed}); "
-                        f"first: {lost[:5]}")
-    print(f"  lost: {len(lost)} acknowledged messages not taken "
-          f"(at most {tally.may_lose} allowed: held by a consumer killed or interrupted; "
-          f"the gets that raised an error may have taken {tally.in_failed})"
+                        f"{tally.may_lose} the killed consumers may have held; first: {lost[:5]}")
+    print(f"  lost: {len(lost)} acknowledged messages not taken; at most {tally.may_lose} "
+          "allowed (held by a consumer when it was killed); the calls an exception was "
+          f"raised into may have taken {tally.in_interrupted}, those that raised an error "
+          f"{tally.in_failed}"
           + "".join(f"\n    {n} of kind {kind}" for kind, n in
                     Counter(_kind(make(k, s)) for k, s in lost).most_common()))
     if twice:
