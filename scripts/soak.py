@@ -158,8 +158,11 @@ def arguments(doc: str, backends: list[str], **options: Any) -> argparse.Namespa
     return parser.parse_args()
 
 
-def verdict(problems: list[str], passed: str) -> int:
-    """Print the problems found and the verdict; the exit status."""
+def verdict(problems: list[str], passed: str, logs: Path) -> int:
+    """Remove the logs, print the problems found and the verdict; the exit status."""
+    for f in logs.iterdir():
+        f.unlink()
+    logs.rmdir()
     for p in problems:
         print("  PROBLEM:", p)
     print("soak: " + ("FAILED" if problems else "passed: " + passed))
@@ -184,6 +187,8 @@ def check(mech: str, logs: Path, incarnations: int) -> list[str]:
         if not acked <= len(seqs) <= acked + 1:
             problems.append(f"{mech} producer {k}: {acked} acknowledged, {len(seqs)} received")
     print(f"  {mech:5} {incarnations:3} producers, {total:9,} messages received and checked")
+    if not total:
+        problems.append(f"{mech}: no message came through: nothing was checked")
     return problems
 
 
@@ -257,10 +262,7 @@ def main() -> int:
     fds_after = open_fds()
     if fds_after - fds_before:
         problems.append(f"fds left open: {sorted(fds_after - fds_before)}")
-    for f in logs.iterdir():
-        f.unlink()
-    logs.rmdir()
-    return verdict(problems, "nothing lost, duplicated, reordered or leaked")
+    return verdict(problems, "nothing lost, duplicated, reordered or leaked", logs)
 
 
 if __name__ == "__main__":

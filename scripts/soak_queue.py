@@ -489,10 +489,7 @@ def soak(seconds: float, backend: str, seed: Optional[int], producers: int, cons
                         f"({left[:3]}...)")
     print(f"  leaks: {len(fds_left)} fds, {len(left)} /dev/shm entries after close "
           f"({len(blobs)} large-message segments after the drain)")
-    for f in logs.iterdir():
-        f.unlink()
-    logs.rmdir()
-    return verdict(problems, "nothing lost, duplicated, corrupted, reordered or leaked")
+    return verdict(problems, "nothing lost, duplicated, corrupted, reordered or leaked", logs)
 
 
 if __name__ == "__main__":
