@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 MECHANISMS = ["pipe", "mq", "shm", "unix"]
 
@@ -132,8 +133,40 @@ def consumer(mech: str, where: str, log: str, backend: str) -> None:
 # ------------------------------------------------------------------ the orchestra
 
 
-def spawn(*args: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, __file__, *args])
+def spawn(*args: str, script: str = __file__) -> subprocess.Popen[bytes]:
+    """Run ``script`` (this one by default) in a child process with ``args``."""
+    return subprocess.Popen([sys.executable, script, *args])
+
+
+def open_fds() -> set[str]:
+    """The fds this process has open (compared before and after: a leak check)."""
+    return set(os.listdir("/proc/self/fd"))
+
+
+def arguments(doc: str, backends: list[str], **options: Any) -> argparse.Namespace:
+    """The command line every soak takes: --seconds, --backend, --seed, one option for each
+    of ``options`` (its default, whose type it has), and the child's role and arguments
+    (the soak runs itself in its child processes)."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
+    parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument("--backend", default="native", choices=backends)
+    parser.add_argument("--seed", type=int, default=None)
+    for option, default in options.items():
+        parser.add_argument(f"--{option}", type=type(default), default=default)
+    parser.add_argument("--role", help=argparse.SUPPRESS)
+    parser.add_argument("args", nargs="*", help=argparse.SUPPRESS)
+    return parser.parse_args()
+
+
+def verdict(problems: list[str], passed: str, logs: Path) -> int:
+    """Remove the logs, print the problems found and the verdict; the exit status."""
+    for f in logs.iterdir():
+        f.unlink()
+    logs.rmdir()
+    for p in problems:
+        print("  PROBLEM:", p)
+    print("soak: " + ("FAILED" if problems else "passed: " + passed))
+    return 1 if problems else 0
 
 
 def check(mech: str, logs: Path, incarnations: int) -> list[str]:
@@ -154,17 +187,13 @@ def check(mech: str, logs: Path, incarnations: int) -> list[str]:
         if not acked <= len(seqs) <= acked + 1:
             problems.append(f"{mech} producer {k}: {acked} acknowledged, {len(seqs)} received")
     print(f"  {mech:5} {incarnations:3} producers, {total:9,} messages received and checked")
+    if not total:
+        problems.append(f"{mech}: no message came through: nothing was checked")
     return problems
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seconds", type=float, default=60)
-    parser.add_argument("--backend", default="native", choices=["native", "pure"])
-    parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--role", help=argparse.SUPPRESS)
-    parser.add_argument("args", nargs="*", help=argparse.SUPPRESS)
-    a = parser.parse_args()
+    a = arguments(__doc__, ["native", "pure"])
     if a.role == "producer":
         mech, where, k, log = a.args
         producer(mech, where, int(k), log, a.backend)
@@ -178,7 +207,7 @@ def main() -> int:
 
     seed = a.seed if a.seed is not None else random.randrange(1 << 30)
     rnd = random.Random(seed)
-    fds_before = set(os.listdir("/proc/self/fd"))
+    fds_before = open_fds()
     tag = f"fastipc-soak-{os.getpid()}"
     logs = Path(tempfile.mkdtemp(prefix="fastipc-soak-"))
     where = {
@@ -230,16 +259,10 @@ def main() -> int:
     leftovers = [p for p in ("/dev/shm/" + tag, "/dev/mqueue/" + tag, where["unix"]) if os.path.exists(p)]
     if leftovers:
         problems.append(f"left behind: {leftovers}")
-    fds_after = set(os.listdir("/proc/self/fd"))
+    fds_after = open_fds()
     if fds_after - fds_before:
         problems.append(f"fds left open: {sorted(fds_after - fds_before)}")
-    for f in logs.iterdir():
-        f.unlink()
-    logs.rmdir()
-    for p in problems:
-        print("  PROBLEM:", p)
-    print("soak: " + ("FAILED" if problems else "passed: nothing lost, duplicated, reordered or leaked"))
-    return 1 if problems else 0
+    return verdict(problems, "nothing lost, duplicated, reordered or leaked", logs)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import pytest
 from fastipc import _shm_layout as layout
 from fastipc import shm
 from helpers import run_python, start_python
-from test_shm import running
+from test_shm import _send_later, running
 
 SHM = Path("/dev/shm")
 
@@ -305,6 +305,144 @@ def test_iter_unpack_of_a_view(backend: str, name: str) -> None:
             it = struct.iter_unpack("<I", view)
         assert [x for (x,) in it] == [1, 2, 3, 4]
         del it
+        _flow(w, r, 20)
+
+
+def _pattern(i: int, n: int = 900) -> bytes:
+    return bytes((i * 7 + k) % 251 for k in range(n))
+
+
+def _keep(kind: str, mv: memoryview) -> Any:
+    """What a user keeps of a view past its ``with`` block, and how to read it back."""
+    if kind == "iter_unpack":  # an export of the memoryview itself
+        return struct.iter_unpack("B", mv)
+    if kind == "cast":  # another export: a memoryview made from it by cast()
+        return mv.cast("B", (len(mv),))
+    if kind == "slice":  # shares the view's buffer without exporting it
+        return mv[100:]
+    if kind == "numpy":  # numpy wraps the view in a memoryview of its own
+        numpy = pytest.importorskip("numpy")
+        return numpy.frombuffer(mv, dtype=numpy.uint8)
+    return mv  # the memoryview itself, named after the block
+
+
+def _read_kept(kind: str, kept: Any, n: int) -> bytes:
+    """The first ``n`` bytes of what was kept (an iterator is left unexhausted: exported)."""
+    if kind == "iter_unpack":
+        return bytes(next(kept)[0] for _ in range(n))
+    return bytes(kept)[:n]
+
+
+KEPT = ["iter_unpack", "cast", "slice", "numpy", "view"]
+
+
+def _view_kept_past_its_block(writer: str, reader: str, name: str, kind: str) -> None:
+    """A message's view is kept past its block in one of the KEPT ways. While anything made
+    from it lives, its bytes stay intact and its space stays held (the writer fills the rest
+    of the ring, then times out); once the last of them has gone, whatever still names the
+    memoryview, the reader's next call hands the space back: the writer goes round the
+    ring again, and every byte comes through."""
+    whole = 4  # 900-byte messages that fit the free ring
+    with shm.Writer(name, capacity=4096, backend=writer) as w, \
+            shm.Reader(name, timeout=5, backend=reader) as r:
+        w.send(_pattern(0))
+        with r.recv_view(timeout=1) as mv:
+            kept = _keep(kind, mv)
+        if kind == "view":  # nothing made from it: released at the block's end
+            with pytest.raises(ValueError):
+                bytes(mv)
+        else:
+            sent = 0
+            with pytest.raises(TimeoutError):
+                while sent < whole:
+                    w.send(_pattern(1 + sent), timeout=0.05)
+                    sent += 1
+            assert sent == whole - 1  # the held message takes the rest
+            for i in range(sent - 1):  # read without waiting: the fast path
+                assert r.recv(timeout=0) == _pattern(1 + i)
+            start = 100 if kind == "slice" else 0
+            assert _read_kept(kind, kept, 799) == _pattern(0)[start:start + 799]
+        del kept  # `mv` is still named: the space must go back all the same
+        if kind != "view":  # the reader's next call (the fast path's) hands it back
+            assert r.recv(timeout=0) == _pattern(whole - 1)
+        for i in range(3 * whole):  # three times round the ring, through the held space
+            w.send(_pattern(i), timeout=1)
+            assert r.recv(timeout=0) == _pattern(i)  # never waiting: the fast path
+        _flow(w, r, 20)
+
+
+@pytest.mark.parametrize("kind", KEPT)
+def test_view_kept_past_its_block(backend: str, name: str, kind: str) -> None:
+    _view_kept_past_its_block(backend, backend, name, kind)
+
+
+@pytest.mark.parametrize("kind", KEPT)
+def test_view_kept_past_its_block_across(cross: tuple[str, str], name: str, kind: str) -> None:
+    _view_kept_past_its_block(cross[0], cross[1], name, kind)
+
+
+CLOSE_UNDER_EXPORT = """
+import struct, sys
+import numpy
+from fastipc import shm
+name, writer, reader, kind = sys.argv[1:]
+data = bytes(range(256)) * 3
+
+def mapped():
+    with open("/proc/self/maps") as f:
+        return name in f.read()
+
+w = shm.Writer(name, capacity=4096, backend=writer)
+r = shm.Reader(name, timeout=5, backend=reader)
+w.send(data)
+with r.recv_view(timeout=1) as mv:
+    kept = struct.iter_unpack("B", mv) if kind == "iter_unpack" else \\
+        numpy.frombuffer(mv, dtype=numpy.uint8)
+r.close()  # the mapping must stay while `kept` lives (reading it would crash otherwise)
+try:
+    for _ in range(10):
+        w.send(b"x" * 900, timeout=1)
+except BrokenPipeError:
+    pass
+else:
+    raise AssertionError("the writer was not told the reader closed")
+got = bytes(x for (x,) in kept) if kind == "iter_unpack" else bytes(kept)
+assert got == data, "the kept bytes changed"
+w.close()
+assert mapped()
+del kept, mv
+assert not mapped(), "the mapping outlived every use of it"
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("kind", ["iter_unpack", "numpy"])
+def test_close_while_a_view_is_exported(cross: tuple[str, str], name: str, kind: str) -> None:
+    """close() of the reader while a view is exported past its block: the writer is told
+    (BrokenPipeError, never left waiting), the exported bytes stay mapped and intact, and
+    the mapping goes with the last use of it. In a child process: a read of unmapped
+    memory would crash it."""
+    pytest.importorskip("numpy")
+    assert _ok(run_python(CLOSE_UNDER_EXPORT, name, *cross, kind)).strip() == "ok"
+
+
+def test_exported_view_of_a_streamed_message(backend: str, name: str) -> None:
+    """A message larger than half the ring comes to recv_view as a copy: exported past its
+    block it is neither an error nor a hold, and an empty message's view works too."""
+    data = _pattern(3, 3000)
+    with shm.Writer(name, capacity=4096, backend=backend) as w, \
+            shm.Reader(name, timeout=5, backend=backend) as r:
+        t = _send_later(w, data)
+        with r.recv_view(timeout=5) as mv:
+            kept = struct.iter_unpack("B", mv)
+        t.join(5)
+        assert bytes(x for (x,) in kept) == data
+        w.send(b"")
+        with r.recv_view(timeout=1) as mv:
+            assert mv.nbytes == 0 and bytes(mv) == b""
+            empty = mv[:]
+        assert bytes(empty) == b""
+        del empty
         _flow(w, r, 20)
 
 

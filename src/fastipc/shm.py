@@ -548,10 +548,10 @@ class _View(View):
     """A zero-copy view of one received message; released when its ``with`` block ends.
 
     While it lives, its ring space is held (the writer cannot reuse it) and it counts as a
-    call of its reader (the mapping stays). If the memoryview is still exported when the
-    block ends (``numpy.frombuffer(view)``, ``struct.iter_unpack``...), the hold lasts until
-    that export goes, then the space is handed back: the writer waits meanwhile, never for
-    ever."""
+    call of its reader (the mapping stays). If anything made from the memoryview still
+    lives when the block ends (``numpy.frombuffer(view)``, a slice, ``struct.iter_unpack``),
+    the hold lasts until the last of them goes, whatever still names the memoryview; the
+    reader's next call then hands the space back (``_backend.shm.Holds``)."""
 
     __slots__ = ("__weakref__", "_reader")
 
@@ -567,10 +567,10 @@ class _View(View):
         mv, self._mv = self._mv, None
         if mv is None:
             return
-        if self.pos is None:
-            mv.release()
-            return
         reader = self._reader
+        if self.pos is None:  # a copy: nothing held
+            reader._ops.release_view(mv, None)
+            return
         try:
             if reader._unfreed:
                 reader._ops.release_view(mv, self.pos)
@@ -655,7 +655,7 @@ class Reader(_End):
     def recv_view(self, timeout: Optional[float] = None) -> _View:
         """The next message as a read-only memoryview into the ring, without a copy, for use
         in a ``with`` block; its space is handed back to the writer when the block ends (or,
-        if the view is still exported then, once that export goes)."""
+        if anything made from the view still lives then, once the last of it has gone)."""
         mv, pos = self._ops.recv_view(check_timeout(timeout))
         return _View(self, mv, pos)
 

@@ -15,7 +15,9 @@ return ``None`` / ``False`` when they would have to.
 
 from __future__ import annotations
 
+import ctypes
 import errno
+import weakref
 from collections.abc import Awaitable
 from typing import Any, Callable, Optional, Protocol
 
@@ -99,8 +101,9 @@ class ReaderOps(EndOps, Protocol):
         :meth:`release_view` (None: the view is a copy, nothing is held)."""
 
     def release_view(self, view: memoryview, pos: Optional[int]) -> None:
-        """Release a view of :meth:`recv_view`; still exported (``numpy.frombuffer``...),
-        its space stays held until the export goes, which the reader's calls look at."""
+        """Release a view of :meth:`recv_view`. Still exported, or with a memoryview made
+        from it alive (a slice, ``numpy.frombuffer``), its space stays held until the last
+        of them goes, which the reader's calls look at."""
 
     def recv_many(self, max_messages: int, timeout: float) -> list[bytes]: ...
 
@@ -110,8 +113,8 @@ class ReaderOps(EndOps, Protocol):
     def recv_many_nowait(self, max_messages: int) -> Optional[list[bytes]]: ...
 
     def drop_taken(self) -> None:
-        """Forget the messages this end took from the ring and has not returned yet (it
-        closes); a reader that takes none has nothing to do."""
+        """This end closes: forget the messages it took from the ring and has not returned
+        yet, and the views of it still exported."""
 
 
 class Retrying:
@@ -135,54 +138,104 @@ class Retrying:
             raise
 
 
-class Holds:
-    """What both readers share about views into the ring (``recv_view``): the positions
-    held, and the views still exported after their ``with`` block, retried by every call
-    (:meth:`_unstick`) until their export goes. The backend provides ``set_hold(pos)`` (pos
-    None: no hold) and ``_recheck(flag)`` (while set, a wait looks up every few ms: -EINTR)."""
+_SPANS: dict[int, type] = {}
 
+
+def _span_type(n: int) -> Any:
+    """A ctypes byte array type of at least ``n`` bytes: powers of two, so that few types
+    are ever made (ctypes keeps every array type it makes)."""
+    size = 1 << max(n - 1, 0).bit_length()
+    t = _SPANS.get(size)
+    if t is None:
+        t = _SPANS[size] = type(f"_Span{size}", (ctypes.c_char * size,), {})
+    return t
+
+
+class Holds:
+    """What both readers share about views into the ring (``recv_view``).
+
+    Each view is a memoryview of an exporter of its own (:meth:`_export`): every memoryview
+    made from it (its slices, the one ``numpy.frombuffer`` makes) keeps that exporter
+    alive, and the exporter keeps the mapping, so the space of a message is held, and its
+    bytes stay as they are, until the view is released *and* nothing made from it lives.
+    A view still exported when its ``with`` block ends (``struct.iter_unpack``) cannot be
+    released then; it is retried (:meth:`_unstick`) with the exporters still alive by every
+    call of the reader, and by a wait every few ms, until the space can go back. The
+    backend provides ``_mv`` (a memoryview of the mapping), ``_addr`` (its address),
+    ``set_hold(pos)`` (pos None: no hold) and ``_recheck(flag)`` (while set, a wait looks
+    up every few ms: -EINTR)."""
+
+    _mv: memoryview
+    _addr: int
     _holds: list[int]
-    _stuck: list[tuple[memoryview, int]]
+    _owners: dict[int, Callable[[], Any]]  # ring position -> weak reference to its exporter
+    _stuck: list[tuple[Optional[memoryview], Callable[[], Any], int]]
 
     def set_hold(self, pos: Optional[int]) -> None:
         raise NotImplementedError
 
     def drop_taken(self) -> None:
-        """Messages are taken from the ring one call at a time: none to drop."""
+        """The reader closes: forget the views still exported (their space goes back with
+        the close; their memory stays mapped for as long as they live)."""
+        self._stuck.clear()
+        self._owners.clear()
+        self._holds.clear()
 
     def _recheck(self, flag: bool) -> None:
         raise NotImplementedError
 
-    def _hold(self, pos: int) -> None:
+    def _export(self, off: int, n: int, pos: int) -> tuple[memoryview, int]:
+        """A read-only view of the ``n`` bytes at ``off`` in the mapping, the message at
+        ring position ``pos``, which stays held until :meth:`release_view`."""
+        span = _span_type(n).from_address(self._addr + off)
+        span.pin = self._mv[off:off + n]  # an export of the mapping: never unmapped under it
+        whole = memoryview(span)
+        view = whole.cast("B")[:n].toreadonly()
+        whole.release()
         self._holds.append(pos)
+        self._owners[pos] = weakref.ref(span)
         if len(self._holds) == 1:
             self.set_hold(pos)
+        return view, pos
 
     def release_view(self, view: memoryview, pos: Optional[int]) -> None:
+        if pos is None:  # a copy: nothing held
+            try:
+                view.release()
+            except BufferError:  # exported: the copy lives as long as its users
+                pass
+            return
+        owner = self._owners.pop(pos)
         try:
             view.release()
         except BufferError:
-            if pos is not None:
-                self._stuck.append((view, pos))
-                self._recheck(True)
+            self._stuck.append((view, owner, pos))
+            self._recheck(True)
             return
-        if pos is not None:
-            self._unhold(pos)
+        if owner() is not None:  # a slice or an array made from the view still lives
+            self._stuck.append((None, owner, pos))
+            self._recheck(True)
+            return
+        self._unhold(pos)
 
     def _unhold(self, pos: int) -> None:
         self._holds.remove(pos)
         self.set_hold(min(self._holds) if self._holds else None)
 
     def _unstick(self) -> None:
-        """Hand back the space of exported views whose export has gone."""
-        for item in list(self._stuck):
-            try:
-                item[0].release()
-            except BufferError:
-                continue
-            self._stuck.remove(item)
-            self._unhold(item[1])
-        if not self._stuck:
+        """Hand back the space of views released since, whose exporters have gone."""
+        stuck = self._stuck
+        for i, (view, owner, pos) in enumerate(stuck):
+            if view is not None:
+                try:
+                    view.release()
+                except BufferError:
+                    continue
+                stuck[i] = (None, owner, pos)
+        for item in [item for item in stuck if item[1]() is None]:
+            stuck.remove(item)
+            self._unhold(item[2])
+        if not stuck:
             self._recheck(False)
 
 

@@ -283,13 +283,14 @@ class ReaderOps(_Ops, contract.Holds):
         self._stage = ffi.new("char[]", STAGE)
         self._staged = ffi.buffer(self._stage)  # staged[:n]: its first n bytes, as bytes
         self._holds: list[int] = []
-        self._stuck: list[tuple[memoryview, int]] = []
+        self._owners: dict[int, Any] = {}
+        self._stuck: list[tuple[Optional[memoryview], Any, int]] = []
         self._part: list[Any] = []  # the buffer of a streamed message being assembled, if any
         # messages a batch took from the ring that no call has returned yet: every call
         # returns these first (see fast_async)
         self._taken: deque[bytes] = deque()
-        # not empty while a call may have to look at _taken or _part before the ring: the
-        # one thing the hot recv looks at (emptied by the first call that finds neither)
+        # not empty while a call may have to look at _taken, _part or _stuck first: the
+        # one thing the hot recv looks at (emptied by the first call that finds none)
         self._detour: list[None] = []
         self._batch = bytearray(BATCH_BYTES)
         self._batch_out = _from_buffer(self._batch, require_writable=True)
@@ -341,14 +342,15 @@ class ReaderOps(_Ops, contract.Holds):
         return recv
 
     def _around(self, timeout: Optional[float]) -> bytes:
-        """``recv`` while ``_detour`` is set: the messages a batch took come first, then a
-        streamed message half-way into its own buffer."""
+        """``recv`` while ``_detour`` is set: the messages a batch took come first, then
+        the views whose space may go back (``_stuck``) and a streamed message half-way
+        into its own buffer."""
         t = -1.0 if timeout is None else check_timeout(timeout)
         if self._taken:
             return self._taken.popleft()
-        if self._part:
+        if self._part or self._stuck:  # _attempt looks at _stuck
             return self._recv_slow(NEED, t, _monotonic())
-        self._detour.clear()  # neither any more: back to the straight path
+        self._detour.clear()  # none of these any more: back to the straight path
         return self.recv(timeout)
 
     def fast_async(self, wait: contract.Awaited) -> contract.Awaited:
@@ -361,7 +363,7 @@ class ReaderOps(_Ops, contract.Holds):
         before it was kept: the batch is still in ``_batch``, and the format C wrote says
         so until it is kept (cleared just before), so the handler keeps it."""
         h, part, fail, keep = self._h, self._part, self._fail, self._keep_batch
-        taken, detour = self._taken, self._detour
+        taken, detour, stuck, unstick = self._taken, self._detour, self._stuck, self._unstick
         popleft = taken.popleft
         out, lens, fmt, batch = self._batch_out, self._batch_lens, self._batch_fmt, self._batch
         batched = ffi.buffer(out)
@@ -371,6 +373,8 @@ class ReaderOps(_Ops, contract.Holds):
                 check_timeout(timeout)
             if taken:
                 return popleft()
+            if stuck:
+                unstick()
             if not part:
                 try:
                     n = _recv_many(h, out, BATCH_BYTES, lens, BATCH, fmt, _BATCH_FMT, 0.0)
@@ -404,6 +408,7 @@ class ReaderOps(_Ops, contract.Holds):
 
     def drop_taken(self) -> None:
         self._taken.clear()
+        super().drop_taken()
 
     def _fail(self, rc: int) -> None:
         """Raise the exception of status ``rc`` (a call that does not wait)."""
@@ -508,9 +513,7 @@ class ReaderOps(_Ops, contract.Holds):
                 off = int(ffi.cast("uintptr_t", ptr[0])) - self._addr
                 if not 0 <= off <= self._size - rc:
                     raise_errno(FIPC_CORRUPT, self.name)
-                pos = int(h.last_pos)
-                self._hold(pos)
-                return self._mv[off:off + rc].toreadonly(), pos
+                return self._export(off, rc, int(h.last_pos))
         return memoryview(self._recv_slow(NEED, timeout, _monotonic())), None
 
     def set_hold(self, pos: Optional[int]) -> None:
@@ -518,6 +521,8 @@ class ReaderOps(_Ops, contract.Holds):
 
     def _recheck(self, flag: bool) -> None:
         self._h.recheck = int(flag)
+        if flag:  # the hot paths look at _stuck first (_around)
+            self._detour[:] = _ONE
 
     def recv_many(self, max_messages: int, timeout: float) -> list[bytes]:
         out = self._many(max_messages, timeout)

@@ -186,6 +186,7 @@ class _Ops(contract.Retrying):
         self._u64.release()
         self._mv.release()
         del self._words
+        self._mm = None  # the mapping lives on only in views still exported
 
     @property
     def spin(self) -> float:
@@ -599,7 +600,8 @@ class ReaderOps(_Ops, contract.Holds):
         self._batch = self.capacity >> 4  # released in batches of a sixteenth of the ring
         self.hold = _NO_HOLD
         self._holds: list[int] = []
-        self._stuck: list[tuple[memoryview, int]] = []
+        self._owners: dict[int, Any] = {}
+        self._stuck: list[tuple[Optional[memoryview], Any, int]] = []
         # a streamed message being assembled: (buffer, bytes in it, position of the frame
         # that continues it), committed in one store; None when there is none
         self._pending: Optional[tuple[Any, int, int]] = None
@@ -866,10 +868,9 @@ class ReaderOps(_Ops, contract.Holds):
             n = self._run(n, lambda t: self._get(t, whole_only=True), Deadline(timeout, start))
         if n == NEED:  # streamed: assembled, so a copy
             return memoryview(self._recv_call(None if timeout < 0 else timeout)), None
-        pos, off = self.pos, self._off
-        self._hold(pos)
+        got = self._export(self._off, n, self.pos)
         self._consume(L.FR_HDR + _round8(n))
-        return self._mv[off:off + n].toreadonly(), pos
+        return got
 
     def recv_many(self, max_messages: int, timeout: float) -> list[bytes]:
         return self._more([self._recv_call(None if timeout < 0 else timeout)], max_messages)
