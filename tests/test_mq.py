@@ -703,23 +703,43 @@ def test_two_writers_one_reader_priorities(cross: tuple[str, str], name: str) ->
     assert got == [(b"high-%d" % i, 9) for i in range(5)] + [(b"low-%d" % i, 1) for i in range(5)]
 
 
+def _feed_readers(
+    q: mq.MessageQueue,
+    readers: list[subprocess.Popen[str]],
+    messages: list[bytes],
+    priority: int = 0,
+    gap: float = 0.0,
+    asleep: bool = False,
+) -> list[tuple[str, str]]:
+    """Send ``messages`` (``gap`` seconds apart; ``asleep``: once every reader said "ready"
+    and had time to fall asleep in its receive), then one "stop" per reader process: their
+    (stdout, stderr) once they ended. Readers still running when this fails are killed."""
+    try:
+        if asleep:
+            for p in readers:
+                assert p.stdout is not None and p.stdout.readline() == "ready\n"
+            time.sleep(0.3)
+        for data in messages:
+            q.send(data, priority=priority, timeout=30)
+            if gap:
+                time.sleep(gap)
+        for _ in readers:
+            q.send(b"stop", timeout=30)
+        return [p.communicate(timeout=60) for p in readers]
+    finally:
+        for p in readers:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+
+
 def test_several_readers_take_turns(cross: tuple[str, str], name: str) -> None:
     """Several reader processes on one queue: each message reaches exactly one of them."""
     writer, reader = cross
     with mq.MessageQueue(name, create=True, backend=writer, **SMALL) as q:
         readers = [start_python(RECEIVER, name, reader) for _ in range(3)]
-        try:
-            sent = [b"m-%d" % i for i in range(300)]
-            for data in sent:
-                q.send(data, priority=4, timeout=30)
-            for _ in readers:
-                q.send(b"stop", timeout=30)
-            outs = [p.communicate(timeout=60) for p in readers]
-        finally:
-            for p in readers:
-                if p.poll() is None:
-                    p.kill()
-                    p.communicate()
+        sent = [b"m-%d" % i for i in range(300)]
+        outs = _feed_readers(q, readers, sent, priority=4)
         q.unlink()
     got = []
     for p, (out, err) in zip(readers, outs):
@@ -761,22 +781,8 @@ def _blocked_readers_share(
     with mq.MessageQueue(name, create=True, backend=backend, **SMALL) as q:
         procs = [start_python(COUNTING_RECEIVER, name, backend, str(cpus[i] if cpus else -1))
                  for i in range(readers)]
-        try:
-            for p in procs:
-                assert p.stdout is not None and p.stdout.readline() == "ready\n"
-            time.sleep(0.3)  # every reader asleep in its receive
-            for i in range(messages):
-                q.send(b"%d" % i, timeout=30)
-                if gap:
-                    time.sleep(gap)
-            for _ in procs:
-                q.send(b"stop", timeout=30)
-            outs = [p.communicate(timeout=60) for p in procs]
-        finally:
-            for p in procs:
-                if p.poll() is None:
-                    p.kill()
-                    p.communicate()
+        sent = [b"%d" % i for i in range(messages)]
+        outs = _feed_readers(q, procs, sent, gap=gap, asleep=True)
         q.unlink()
     counts = []
     taker = [-1] * messages

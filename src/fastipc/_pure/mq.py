@@ -20,7 +20,7 @@ import errno
 import math
 import os
 import time
-from typing import Any, Callable, NoReturn, Optional, TypeVar
+from typing import Any, Callable, NoReturn
 
 import posix_ipc
 
@@ -30,7 +30,6 @@ from fastipc._pure.sem import _libc, _Timespec
 
 __all__ = ["Queue"]
 
-_T = TypeVar("_T")
 _Busy = posix_ipc.BusyError
 _SLICE = 0.1  # seconds a wait sleeps before it looks at the closing flag again (as mq.c)
 _TIMEDOUT = -errno.ETIMEDOUT
@@ -132,18 +131,17 @@ class Queue:
         self.wake_fd, self._wake_w = os.pipe()  # non-inheritable (PEP 446)
         own_wake_after_fork(self)
 
-    def _call(self, op: Callable[[], _T], sleep: Callable[[Deadline], int],
-              done: Callable[[int], _T], timeout: float) -> _T:
-        """``op()`` without blocking; while the queue is full or empty (BusyError), the
-        kernel's blocking call ``sleep`` a slice at a time until the deadline (retried after
-        EINTR with the time left), whose result ``done`` turns into the call's."""
-        try:
-            return op()
-        except _Busy:
-            if timeout == 0:
-                raise Deadline(timeout).error(self.name) from None
-        except (posix_ipc.Error, ValueError) as exc:
+    def _failed(self, exc: Exception, timeout: float) -> None:
+        """The end of a first attempt that raised ``exc``: returns if the queue was full
+        (empty) and the call may wait, else raises."""
+        if not isinstance(exc, _Busy):
             _reraise(exc, self.name, errno.EBADF, timeout)
+        if timeout == 0:
+            raise Deadline(timeout).error(self.name) from None
+
+    def _wait(self, sleep: Callable[[Deadline], int], timeout: float) -> int:
+        """``sleep``, the kernel's blocking call, a slice at a time until the deadline
+        (after EINTR, once the handlers ran, with the time left): its result, >= 0."""
 
         def wait(left: float) -> int:
             deadline = Deadline(left)
@@ -153,36 +151,37 @@ class Queue:
                     return rc
             raise closed()
 
-        deadline = Deadline(timeout)
-        return done(retry(wait(timeout), wait, deadline, self.name))
+        return retry(wait(timeout), wait, Deadline(timeout), self.name)
 
     def send(self, data: Any, priority: int, timeout: float) -> None:
-        q, fd = self.q, self.wait_fd
-        whole = bytes(data)
+        try:
+            self.q.send(data, priority=priority)
+            return
+        except (posix_ipc.Error, ValueError) as exc:
+            self._failed(exc, timeout)
+        fd, whole = self.wait_fd, bytes(data)  # ctypes takes bytes, not a read-only view
 
         def sleep(deadline: Deadline) -> int:
             rc = _timedsend(fd, whole, len(whole), priority, _slice_end(deadline))
             return -ctypes.get_errno() if rc < 0 else 0
 
-        self._call(lambda: q.send(data, priority=priority), sleep, lambda rc: None, timeout)
+        self._wait(sleep, timeout)
 
     def receive(self, timeout: float) -> tuple[bytes, int]:
-        buf: Optional[Any] = None
-        prio = ctypes.c_uint()
+        try:
+            data, priority = self.q.receive()
+            return data, priority
+        except (posix_ipc.Error, ValueError) as exc:
+            self._failed(exc, timeout)
         fd, size = self.wait_fd, self.max_message_size
+        buf, prio = ctypes.create_string_buffer(size), ctypes.c_uint()
 
         def sleep(deadline: Deadline) -> int:
-            nonlocal buf
-            if buf is None:
-                buf = ctypes.create_string_buffer(size)
             n = _timedreceive(fd, buf, size, ctypes.byref(prio), _slice_end(deadline))
             return -ctypes.get_errno() if n < 0 else int(n)
 
-        def done(n: int) -> tuple[bytes, int]:
-            return buf.raw[:n], prio.value  # type: ignore[union-attr]
-
-        data, priority = self._call(self.q.receive, sleep, done, timeout)
-        return data, priority
+        n = self._wait(sleep, timeout)
+        return buf.raw[:n], prio.value
 
     def attributes(self) -> tuple[int, int, int]:
         q = self.q
