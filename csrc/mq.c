@@ -72,10 +72,11 @@ static ssize_t sleep_transfer(const fipc_mq *h, char *buf, size_t len, unsigned 
                               unsigned int *prio, int64_t deadline)
 {
     int64_t left = (int64_t)FIPC_MQ_SLICE_MS * 1000000;
-    if (deadline >= 0 && deadline - fipc_now_ns() < left)
-        left = deadline - fipc_now_ns();
-    if (left < 0)
-        left = 0; /* the deadline has passed: one more try, which does not sleep */
+    if (deadline >= 0) {
+        int64_t until = deadline - fipc_now_ns();
+        if (until < left) /* past the deadline: one more try, which does not sleep */
+            left = until > 0 ? until : 0;
+    }
     struct timespec at;
     if (clock_gettime(CLOCK_REALTIME, &at) < 0)
         return -errno;

@@ -43,8 +43,8 @@ typedef struct fipc_mq {
 
 /* Open (create: 0 attach, 1 create exclusively) a queue read-write, twice (the blocking
  * descriptor is reopened through /proc/self/fd: the same queue, whatever became of its
- * name), with its wake-up eventfd, into *h; max_messages and max_message_size are used only when creating.
- * 0 or -errno (then nothing is left open). */
+ * name), with its wake-up eventfd, into *h; max_messages and max_message_size are used
+ * only when creating. 0 or -errno (then nothing is left open). */
 int fipc_mq_open(fipc_mq *h, const char *name, int create, int mode, long max_messages,
                  long max_message_size);
 int fipc_mq_unlink(const char *name);

@@ -80,7 +80,8 @@ def test_close_while_another_thread_waits(backend: str, name: str, what: str) ->
     assert res.returncode == 0, res.stderr
     status, worst = res.stdout.split()
     assert status == "ok"
-    assert float(worst) < 1.0  # promptly: the waiter ends within a second of close()
+    # promptly: well within a second of close() (the waits sleep in slices of 0.1 s at most)
+    assert float(worst) < 0.5
 
 
 # Run in a child process: threads sending and receiving in a loop (without a timeout, with
