@@ -1,13 +1,21 @@
 /* POSIX message queues: one call per user operation.
  *
- * The descriptor is non-blocking: a send or receive first tries at once (the whole fast
- * path is that one syscall); only when the queue is full (or empty) does it wait. It first
- * tries again for up to h->spin seconds (a peer answering at once is caught without a
- * sleep on either side), then sleeps in ppoll on the queue and the object's wake-up
- * eventfd, so that closing the object from another thread ends the wait (-ECANCELED)
- * instead of leaving a thread asleep in mq_receive on a descriptor about to be closed. A
- * queue that another process emptied (or filled) between the wake-up and the retry is
- * waited for again. Deadlines are on CLOCK_MONOTONIC.
+ * Each object holds the queue twice: a non-blocking descriptor (the fast path: a send or
+ * receive first tries at once on it, and that one syscall is the whole call when the queue
+ * is not full, or empty) and a blocking one, reopened through /proc/self/fd, on which a
+ * call that has to wait sleeps in the kernel's own mq_timedsend / mq_timedreceive. There
+ * the kernel queues the waiters in order and hands each message to one of them: a message
+ * wakes one blocked reader, not every reader (as a poll on the queue does), and several
+ * readers take turns. Before it sleeps, a wait tries again for up to h->spin seconds (a peer
+ * answering at once is caught without a sleep on either side); a spinner cannot take a
+ * message from a reader asleep in the kernel, which gets it directly from the sender. The
+ * sleep is cut into slices of FIPC_MQ_SLICE_MS, after each of which `closed` is looked at,
+ * so that closing the object from another thread ends the wait (-ECANCELED) instead of
+ * leaving a thread asleep on a descriptor about to be closed. Deadlines are on
+ * CLOCK_MONOTONIC; each slice's end is converted to the CLOCK_REALTIME that the kernel's
+ * timed calls take at the last moment (a clock step moves one slice, not the deadline).
+ * The eventfd that fipc_mq_wake writes is for event loops, which wait on it beside the
+ * queue (fastipc.mq's awaitables).
  *
  * The busy count is kept here, not in Python: Python's own (fastipc._core.uses_handle)
  * costs about as much as the rest of a 64-byte send, so the hot send and receive count
@@ -18,7 +26,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <mqueue.h>
-#include <poll.h>
+#include <stdio.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <sys/eventfd.h>
@@ -32,6 +40,7 @@ static void close_fds(fipc_mq *h)
 {
     if (atomic_exchange(ATOMIC(h->released), 1) == 0) {
         mq_close((mqd_t)h->fd);
+        close(h->waitfd);
         close(h->wakefd);
     }
 }
@@ -56,20 +65,27 @@ static int enter(fipc_mq *h)
     return 0;
 }
 
-/* Sleep until the queue is ready for `events`, the wake-up fd is written, or the deadline:
- * 0 (ready: try again), -ECANCELED (woken), -ETIMEDOUT, -EINTR or -errno. */
-static int wait_queue(const fipc_mq *h, short events, int64_t deadline)
+/* One sleep of the kernel's blocking send (prio == NULL) or receive on h->waitfd, until the
+ * monotonic `deadline` (ns, < 0: none) or for one slice, whichever comes first: the bytes
+ * moved (0 for a send), or -errno (-ETIMEDOUT at the end of the slice or the deadline). */
+static ssize_t sleep_transfer(const fipc_mq *h, char *buf, size_t len, unsigned int priority,
+                              unsigned int *prio, int64_t deadline)
 {
-    struct pollfd p[2] = {{.fd = h->fd, .events = events}, {.fd = h->wakefd, .events = POLLIN}};
-    struct timespec ts;
-    int rc = ppoll(p, 2, fipc_remaining(deadline, &ts), NULL);
-    if (rc < 0)
+    int64_t left = (int64_t)FIPC_MQ_SLICE_MS * 1000000;
+    if (deadline >= 0) {
+        int64_t until = deadline - fipc_now_ns();
+        if (until < left) /* past the deadline: one more try, which does not sleep */
+            left = until > 0 ? until : 0;
+    }
+    struct timespec at;
+    if (clock_gettime(CLOCK_REALTIME, &at) < 0)
         return -errno;
-    if (p[1].revents)
-        return -ECANCELED;
-    if (p[0].revents & POLLNVAL)
-        return -EBADF;
-    return rc == 0 ? -ETIMEDOUT : 0;
+    left += at.tv_nsec;
+    at.tv_sec += (time_t)(left / 1000000000);
+    at.tv_nsec = (long)(left % 1000000000);
+    ssize_t n = prio == NULL ? mq_timedsend((mqd_t)h->waitfd, buf, len, priority, &at)
+                             : mq_timedreceive((mqd_t)h->waitfd, buf, len, prio, &at);
+    return n < 0 ? -errno : n;
 }
 
 int fipc_mq_open(fipc_mq *h, const char *name, int create, int mode, long max_messages,
@@ -96,7 +112,18 @@ int fipc_mq_open(fipc_mq *h, const char *name, int create, int mode, long max_me
         close(wakefd);
         return -err;
     }
-    *h = (fipc_mq){.fd = (int)q, .wakefd = wakefd, .max_message_size = a.mq_msgsize};
+    /* the same open queue, blocking, whatever became of its name since mq_open */
+    char path[32];
+    snprintf(path, sizeof path, "/proc/self/fd/%d", (int)q);
+    int waitfd = open(path, O_RDWR | O_CLOEXEC);
+    if (waitfd < 0) {
+        int err = errno;
+        mq_close(q);
+        close(wakefd);
+        return -err;
+    }
+    *h = (fipc_mq){.fd = (int)q, .waitfd = waitfd, .wakefd = wakefd,
+                   .max_message_size = a.mq_msgsize};
     return 0;
 }
 
@@ -151,41 +178,47 @@ int fipc_mq_renew_wake(fipc_mq *h)
     return 0;
 }
 
+/* One attempt that does not wait, on the non-blocking descriptor: as sleep_transfer, or
+ * -EAGAIN while the queue is full (receive: empty). */
+static inline ssize_t try_transfer(const fipc_mq *h, char *buf, size_t len,
+                                   unsigned int priority, unsigned int *prio)
+{
+    ssize_t n = prio == NULL ? mq_send((mqd_t)h->fd, buf, len, priority)
+                             : mq_receive((mqd_t)h->fd, buf, len, prio);
+    return n < 0 ? -errno : n;
+}
+
 /* The one send/receive loop: try at once; while the queue is full (receive: empty), try
- * again for up to h->spin seconds, then sleep until it is ready. prio == NULL sends len
- * bytes with priority `priority`; else receives into buf (cap len). The sent 0 or the
- * received length, or -ETIMEDOUT / -ECANCELED / -EINTR / -errno. */
+ * again for up to h->spin seconds, then sleep in the kernel's send/receive, a slice at a
+ * time, until the deadline. prio == NULL sends len bytes with priority `priority`; else
+ * receives into buf (cap len). The sent 0 or the received length, or -ETIMEDOUT /
+ * -ECANCELED / -EINTR / -errno. */
 static int64_t transfer(fipc_mq *h, char *buf, size_t len, unsigned int priority,
                         unsigned int *prio, double timeout)
 {
-    int64_t deadline = FIPC_DEADLINE_UNSET, spin_end = FIPC_DEADLINE_UNSET;
-    for (;;) {
-        ssize_t n = prio == NULL ? mq_send((mqd_t)h->fd, buf, len, priority)
-                                 : mq_receive((mqd_t)h->fd, buf, len, prio);
-        if (n >= 0)
-            return (size_t)n > len ? -EMSGSIZE : (int64_t)n; /* never let a caller read past buf */
-        if (errno != EAGAIN)
-            return -errno;
-        if (timeout == 0)
-            return -ETIMEDOUT;
-        if (atomic_load(ATOMIC(h->closed)))
-            return -ECANCELED;
-        int64_t end = fipc_deadline_lazy(&deadline, timeout);
-        if (spin_end == FIPC_DEADLINE_UNSET) {
-            double spin = h->spin > 1.0 ? 1.0 : h->spin;
-            spin_end = spin > 0 ? fipc_now_ns() + (int64_t)(spin * 1e9) : 0;
-            if (end >= 0 && spin_end > end)
-                spin_end = end;
+    ssize_t n = try_transfer(h, buf, len, priority, prio);
+    if (n == -EAGAIN && timeout != 0) {
+        int64_t deadline = fipc_deadline(timeout);
+        double spin = h->spin > 1.0 ? 1.0 : h->spin;
+        if (spin > 0) {
+            int64_t end = fipc_now_ns() + (int64_t)(spin * 1e9);
+            if (deadline >= 0 && end > deadline)
+                end = deadline;
+            while (n == -EAGAIN && fipc_now_ns() < end) {
+                fipc_cpu_relax();
+                n = try_transfer(h, buf, len, priority, prio);
+            }
         }
-        if (spin_end > 0 && fipc_now_ns() < spin_end) {
-            fipc_cpu_relax();
-            continue;
+        /* -ETIMEDOUT before the deadline: a slice ended; look at `closed`, sleep again */
+        while (n == -EAGAIN || (n == -ETIMEDOUT && (deadline < 0 || fipc_now_ns() < deadline))) {
+            if (atomic_load(ATOMIC(h->closed)))
+                return -ECANCELED;
+            n = sleep_transfer(h, buf, len, priority, prio, deadline);
         }
-        spin_end = 0; /* spun once: sleep from now on */
-        int rc = wait_queue(h, prio == NULL ? POLLOUT : POLLIN, end);
-        if (rc < 0)
-            return rc;
     }
+    if (n < 0)
+        return n == -EAGAIN ? -ETIMEDOUT : n;
+    return (size_t)n > len ? -EMSGSIZE : (int64_t)n; /* never let a caller read past buf */
 }
 
 int fipc_mq_send(fipc_mq *h, const char *buf, size_t len, long long priority, double timeout)

@@ -19,24 +19,32 @@ typedef struct fipc_mq_attr {
  * (priorities are below MQ_PRIO_MAX, 32768 on Linux). */
 enum { FIPC_MQ_PRIO_BITS = 16 };
 
+/* A wait sleeps in slices of this many ms, looking at `closed` between them: a close()
+ * from another thread ends a wait within one slice. */
+enum { FIPC_MQ_SLICE_MS = 100 };
+
 /* One open queue object, in memory owned by Python (ffi.new), filled by fipc_mq_open.
  * Sends and receives count themselves in `busy` while they are in C; fipc_mq_wake sets
- * `closed` (calls are refused and waits end: -ECANCELED), and the descriptors are closed
- * by fipc_mq_release, or by the last call to leave C once release was asked for. */
+ * `closed` (calls are refused and waits end within a slice: -ECANCELED), and the
+ * descriptors are closed by fipc_mq_release, or by the last call to leave C once release
+ * was asked for. */
 typedef struct fipc_mq {
     int32_t busy;
     int32_t closed;
     int32_t release;            /* fipc_mq_release was called */
     int32_t released;           /* the descriptors are closed (once) */
     int fd;                     /* the queue: close-on-exec, non-blocking */
-    int wakefd;                 /* eventfd, written by fipc_mq_wake */
+    int waitfd;                 /* the same queue, blocking: waits sleep in the kernel's
+                                   mq_timedsend/mq_timedreceive on it */
+    int wakefd;                 /* eventfd, written by fipc_mq_wake (for event loops) */
     long max_message_size;      /* the queue's, from mq_getattr: receive buffers have it */
     double spin;                /* seconds a wait retries before it sleeps (at most 1) */
 } fipc_mq;
 
-/* Open (create: 0 attach, 1 create exclusively) a queue read-write, with its wake-up
- * eventfd, into *h; max_messages and max_message_size are used only when creating.
- * 0 or -errno (then nothing is left open). */
+/* Open (create: 0 attach, 1 create exclusively) a queue read-write, twice (the blocking
+ * descriptor is reopened through /proc/self/fd: the same queue, whatever became of its
+ * name), with its wake-up eventfd, into *h; max_messages and max_message_size are used
+ * only when creating. 0 or -errno (then nothing is left open). */
 int fipc_mq_open(fipc_mq *h, const char *name, int create, int mode, long max_messages,
                  long max_message_size);
 int fipc_mq_unlink(const char *name);

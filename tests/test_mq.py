@@ -703,23 +703,43 @@ def test_two_writers_one_reader_priorities(cross: tuple[str, str], name: str) ->
     assert got == [(b"high-%d" % i, 9) for i in range(5)] + [(b"low-%d" % i, 1) for i in range(5)]
 
 
+def _feed_readers(
+    q: mq.MessageQueue,
+    readers: list[subprocess.Popen[str]],
+    messages: list[bytes],
+    priority: int = 0,
+    gap: float = 0.0,
+    asleep: bool = False,
+) -> list[tuple[str, str]]:
+    """Send ``messages`` (``gap`` seconds apart; ``asleep``: once every reader said "ready"
+    and had time to fall asleep in its receive), then one "stop" per reader process: their
+    (stdout, stderr) once they ended. Readers still running when this fails are killed."""
+    try:
+        if asleep:
+            for p in readers:
+                assert p.stdout is not None and p.stdout.readline() == "ready\n"
+            time.sleep(0.3)
+        for data in messages:
+            q.send(data, priority=priority, timeout=30)
+            if gap:
+                time.sleep(gap)
+        for _ in readers:
+            q.send(b"stop", timeout=30)
+        return [p.communicate(timeout=60) for p in readers]
+    finally:
+        for p in readers:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+
+
 def test_several_readers_take_turns(cross: tuple[str, str], name: str) -> None:
     """Several reader processes on one queue: each message reaches exactly one of them."""
     writer, reader = cross
     with mq.MessageQueue(name, create=True, backend=writer, **SMALL) as q:
         readers = [start_python(RECEIVER, name, reader) for _ in range(3)]
-        try:
-            sent = [b"m-%d" % i for i in range(300)]
-            for data in sent:
-                q.send(data, priority=4, timeout=30)
-            for _ in readers:
-                q.send(b"stop", timeout=30)
-            outs = [p.communicate(timeout=60) for p in readers]
-        finally:
-            for p in readers:
-                if p.poll() is None:
-                    p.kill()
-                    p.communicate()
+        sent = [b"m-%d" % i for i in range(300)]
+        outs = _feed_readers(q, readers, sent, priority=4)
         q.unlink()
     got = []
     for p, (out, err) in zip(readers, outs):
@@ -727,6 +747,86 @@ def test_several_readers_take_turns(cross: tuple[str, str], name: str) -> None:
         got += [line.split()[0].encode() for line in out.splitlines()]
         assert all(line.endswith(" 4") for line in out.splitlines())
     assert sorted(got) == sorted(sent)  # none lost, none duplicated
+
+
+# A reader that receives until "stop", then prints its voluntary context switches meanwhile
+# (each time it slept and was woken) and the messages it got.
+COUNTING_RECEIVER = """
+    import os, resource, sys
+    from fastipc import mq
+    name, backend, cpu = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    if cpu >= 0:
+        os.sched_setaffinity(0, {cpu})
+    with mq.MessageQueue(name, backend=backend) as q:
+        print("ready", flush=True)
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw
+        got = []
+        while True:
+            data = q.receive(timeout=30)[0]
+            if data == b"stop":
+                break
+            got.append(data.decode())
+        switches = resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw - before
+    print(switches, *got)
+"""
+
+
+def _blocked_readers_share(
+    backend: str, name: str, readers: int, messages: int, gap: float, cpus: tuple[int, ...] = ()
+) -> tuple[list[tuple[int, int]], list[int]]:
+    """``readers`` processes blocked in receive() on one queue (reader i on CPU cpus[i], if
+    given), then ``messages`` messages (their numbers) sent ``gap`` seconds apart, then one
+    "stop" each: (messages received, context switches) of each reader, and which reader got
+    each message."""
+    with mq.MessageQueue(name, create=True, backend=backend, **SMALL) as q:
+        procs = [start_python(COUNTING_RECEIVER, name, backend, str(cpus[i] if cpus else -1))
+                 for i in range(readers)]
+        sent = [b"%d" % i for i in range(messages)]
+        outs = _feed_readers(q, procs, sent, gap=gap, asleep=True)
+        q.unlink()
+    counts = []
+    taker = [-1] * messages
+    for reader, (p, (out, err)) in enumerate(zip(procs, outs)):
+        assert p.returncode == 0, err
+        switches, *got = out.split()
+        counts.append((len(got), int(switches)))
+        for number in map(int, got):
+            assert taker[number] == -1, f"message {number} received twice"
+            taker[number] = reader
+    assert -1 not in taker, "a message was lost"
+    return counts, taker
+
+
+def test_a_message_wakes_one_blocked_reader(backend: str, name: str) -> None:
+    """8 reader processes asleep on one queue, 2,000 messages sent a little apart (so that
+    each finds the readers asleep): each message wakes the one reader that gets it (about
+    one context switch per message received, as the kernel's own blocking receive), not
+    all 8; and the readers take turns, none starved."""
+    counts, _ = _blocked_readers_share(backend, name, readers=8, messages=2000, gap=0.0002)
+    for got, switches in counts:
+        assert got >= 2000 // 8 // 4, counts  # no reader starved
+        assert switches <= 2 * got + 20, counts  # all 8 woken per message: about 8 * got
+    assert sum(switches for _, switches in counts) <= 1.5 * 2000, counts
+
+
+def test_blocked_readers_take_turns(backend: str, name: str) -> None:
+    """2 reader processes asleep on one queue, 20 messages 20 ms apart: they take turns, as
+    the kernel gives each message to the reader asleep the longest, not to whichever of the
+    two woken readers runs first: here the one on the sender's CPU, given one."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        cpus.append(cpus[0])
+    mine = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {cpus[0]})  # the sender
+    try:
+        counts, taker = _blocked_readers_share(
+            backend, name, readers=2, messages=20, gap=0.02, cpus=(cpus[0], cpus[1])
+        )
+    finally:
+        os.sched_setaffinity(0, mine)
+    assert all(got >= 5 for got, _ in counts), counts
+    repeats = sum(a == b for a, b in zip(taker, taker[1:]))
+    assert repeats <= 5, taker  # turn by turn (woken together: the one on my CPU, mostly)
 
 
 def test_reader_started_before_writer_waits(cross: tuple[str, str], name: str) -> None:

@@ -25,6 +25,7 @@ import asyncio
 import errno
 import os
 import resource
+from collections import deque
 from functools import partial
 from typing import Any, Callable, NamedTuple, Optional
 
@@ -259,6 +260,7 @@ class MessageQueue(Handle):
                 raise
             raise _limit_error(exc, name, max_messages, max_message_size) from None
         self._q: MessageQueueBackend = q
+        self._waiters: dict[asyncio.AbstractEventLoop, _Waiters] = {}  # awaiting, per loop
         q.spin = spin  # the backend's copy is the one: its hot paths read it in C
         self._max_size: int = q.max_message_size
         self._open_handle(which, q.fd)
@@ -385,22 +387,92 @@ class MessageQueue(Handle):
             self._leave()
 
     async def _ready(self, loop: asyncio.AbstractEventLoop, reader: bool, left: float) -> None:
-        """Until the queue is ready, the object is closed, or ``left`` seconds passed."""
-        ready = loop.create_future()
-
-        def wake() -> None:
-            if not ready.done():
-                ready.set_result(None)
-
-        fd, wake_fd = self._fd, self._q.wake_fd
-        watch = loop.add_reader if reader else loop.add_writer
-        unwatch = loop.remove_reader if reader else loop.remove_writer
-        watch(fd, wake)
-        loop.add_reader(wake_fd, wake)
+        """Until it is this coroutine's turn at a ready queue, the object is closed, or
+        ``left`` seconds passed."""
+        waiters = self._waiters.get(loop)
+        if waiters is None:
+            waiters = self._waiters[loop] = _Waiters(loop, self._fd, self._q.wake_fd)
         try:
-            await asyncio.wait_for(ready, None if left < 0 else left)
-        except asyncio.TimeoutError:
-            pass  # the caller's next attempt (timeout=0) decides
+            await waiters.wait(reader, left)
         finally:
-            unwatch(fd)
-            loop.remove_reader(wake_fd)
+            if waiters.stop_if_idle():
+                del self._waiters[loop]
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+class _Waiters:
+    """The coroutines of one event loop awaiting one queue, in line: the queue's descriptor
+    is watched once for each direction however many wait, and each time it turns ready the
+    first in line is woken alone, and the descriptor left unwatched until that coroutine has
+    made its attempt (it passes the turn as it stops waiting, in the same step of the loop):
+    a message goes to one coroutine, and the others are woken as long as messages (or room)
+    remain. A coroutine cancelled or timed out leaves the line and passes the turn if it
+    had it; the wake-up descriptor (close()) wakes every one."""
+
+    __slots__ = ("fd", "lines", "loop", "stopped", "wake_fd", "watched")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, fd: int, wake_fd: int) -> None:
+        self.loop, self.fd, self.wake_fd = loop, fd, wake_fd
+        # indexed by reader (True: receives, waiting for readable; False: sends, writable)
+        self.lines: tuple[deque[asyncio.Future[None]], ...] = (deque(), deque())
+        self.watched = [False, False]
+        self.stopped = False
+        loop.add_reader(wake_fd, self._wake_all)
+
+    def _watch(self, reader: bool, on: bool) -> None:
+        if self.watched[reader] != on:
+            self.watched[reader] = on
+            if reader:
+                (self.loop.add_reader(self.fd, self._turn, True) if on
+                 else self.loop.remove_reader(self.fd))
+            else:
+                (self.loop.add_writer(self.fd, self._turn, False) if on
+                 else self.loop.remove_writer(self.fd))
+
+    def _turn(self, reader: bool) -> None:
+        """The queue is ready: wake the first in line, and stop watching until it tried."""
+        self._watch(reader, False)
+        line = self.lines[reader]
+        while line:
+            future = line.popleft()
+            if not future.done():
+                future.set_result(None)
+                return
+
+    def _wake_all(self) -> None:
+        for line in self.lines:
+            while line:
+                _resolve(line.popleft())
+
+    async def wait(self, reader: bool, left: float) -> None:
+        """Until this coroutine's turn, close(), or ``left`` seconds (< 0: no limit)."""
+        future = self.loop.create_future()
+        line = self.lines[reader]
+        line.append(future)
+        self._watch(reader, True)
+        timer = None if left < 0 else self.loop.call_later(left, _resolve, future)
+        try:
+            await future
+        finally:
+            if timer is not None:
+                timer.cancel()
+            try:
+                line.remove(future)  # timed out or cancelled while in line
+            except ValueError:
+                pass
+            self._watch(reader, bool(line))  # the turn goes on to the next in line
+
+    def stop_if_idle(self) -> bool:
+        """Stop watching if no coroutine waits: True if this call stopped it (then this
+        object is done; coroutines woken before it stopped only finish their attempt)."""
+        if self.stopped or any(self.lines):
+            return False
+        self.stopped = True
+        self._watch(True, False)
+        self._watch(False, False)
+        self.loop.remove_reader(self.wake_fd)
+        return True

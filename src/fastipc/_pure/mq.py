@@ -4,26 +4,62 @@
 posix_ipc runs the Python signal handlers when its blocking call sees EINTR, but replaces
 an exception raised by a handler with its own SignalError, so a blocking posix_ipc call
 cannot follow PEP 475. posix_ipc is therefore only asked to send or receive without
-blocking (``block = False``: the descriptor is O_NONBLOCK), and the waits happen in
-``select.poll`` (which follows PEP 475 itself), on the queue and the object's wake-up pipe.
+blocking (``block = False``: the descriptor is O_NONBLOCK). A call that has to wait sleeps,
+as in C, in the kernel's own ``mq_timedsend`` / ``mq_timedreceive`` (through ctypes, which
+releases the GIL and returns EINTR to :func:`fastipc._core.retry`), on a blocking
+descriptor of the same queue reopened through ``/proc/self/fd``: the kernel hands each
+message to one waiter in turn. Waits are cut into slices after each of which the closing
+flag is looked at.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import errno
+import math
 import os
-import select
-from typing import Any, Callable, NoReturn, TypeVar
+import time
+from typing import Any, Callable, NoReturn
 
 import posix_ipc
 
 from fastipc._backend.mq import MessageQueueBackend, closed, own_wake_after_fork
-from fastipc._core import Deadline, raise_errno
+from fastipc._core import Deadline, raise_errno, retry
+from fastipc._pure.sem import _libc, _Timespec
 
 __all__ = ["Queue"]
 
-_T = TypeVar("_T")
 _Busy = posix_ipc.BusyError
+_SLICE = 0.1  # seconds a wait sleeps before it looks at the closing flag again (as mq.c)
+_TIMEDOUT = -errno.ETIMEDOUT
+
+
+def _rt_function(name: str) -> Any:
+    """``name`` from the C library (glibc 2.34+), else from librt."""
+    try:
+        return getattr(_libc, name)
+    except AttributeError:  # pragma: no cover - older C libraries
+        rt = ctypes.CDLL(ctypes.util.find_library("rt") or "librt.so.1", use_errno=True)
+        return getattr(rt, name)
+
+
+_timedreceive = _rt_function("mq_timedreceive")
+_timedreceive.restype = ctypes.c_ssize_t
+_timedreceive.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t,
+                          ctypes.POINTER(ctypes.c_uint), ctypes.POINTER(_Timespec)]
+_timedsend = _rt_function("mq_timedsend")
+_timedsend.restype = ctypes.c_int
+_timedsend.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint,
+                       ctypes.POINTER(_Timespec)]
+
+
+def _slice_end(deadline: Deadline) -> Any:
+    """The CLOCK_REALTIME time (what the kernel's timed calls take) at which the next sleep
+    ends: one slice from now, or the deadline if it comes first."""
+    left = deadline.left()
+    frac, whole = math.modf(time.time() + (_SLICE if left < 0 else min(left, _SLICE)))
+    return ctypes.byref(_Timespec(int(whole), int(frac * 1e9)))
 
 
 def _reraise(exc: BaseException, name: str, missing: int, timeout: float = -1.0) -> NoReturn:
@@ -62,9 +98,11 @@ def _guess_errno(message: str) -> int:
 
 
 class Queue:
-    """An open posix_ipc queue and the pipe that wakes its waiters."""
+    """An open posix_ipc queue, the same queue again as a blocking descriptor (the waits'),
+    and the pipe that wakes an event loop's waiters."""
 
-    __slots__ = ("__weakref__", "_wake_w", "fd", "max_message_size", "name", "q", "spin", "wake_fd")
+    __slots__ = ("__weakref__", "_wake_w", "closing", "fd", "max_message_size", "name", "q",
+                 "spin", "wait_fd", "wake_fd")
 
     def __init__(
         self, name: str, create: bool, mode: int, max_messages: int, max_message_size: int
@@ -82,49 +120,75 @@ class Queue:
         self.q.block = False
         self.fd: int = self.q.mqd
         os.set_inheritable(self.fd, False)
+        try:  # the same open queue, blocking, whatever became of its name
+            self.wait_fd = os.open(f"/proc/self/fd/{self.fd}", os.O_RDWR)
+        except OSError:
+            self.q.close()
+            raise
         self.max_message_size: int = self.q.max_message_size
-        self.spin = 0.0  # kept for MessageQueue.spin; posix_ipc is only asked not to block
+        self.spin = 0.0  # kept for MessageQueue.spin; the pure backend does not spin
+        self.closing = False
         self.wake_fd, self._wake_w = os.pipe()  # non-inheritable (PEP 446)
         own_wake_after_fork(self)
 
-    def _call(self, op: Callable[[], _T], events: int, timeout: float) -> _T:
-        """``op()`` without blocking, waiting while the queue is full or empty (BusyError)
-        for readiness or the wake-up, until the deadline."""
-        deadline = None
-        while True:
-            try:
-                return op()
-            except _Busy:
-                pass
-            except (posix_ipc.Error, ValueError) as exc:
-                _reraise(exc, self.name, errno.EBADF, timeout)
-            if deadline is None:
-                deadline = Deadline(timeout)
-            if deadline.expired():
-                raise deadline.error(self.name)
-            poller = select.poll()  # one per wait: a poll object serves one thread at a time
-            poller.register(self.fd, events)
-            poller.register(self.wake_fd, select.POLLIN)
-            left = deadline.left()
-            # a day at most: poll() takes no more than a C int of milliseconds; the loop
-            # waits again until the deadline
-            ready = poller.poll(None if left < 0 else min(left, 86400.0) * 1000)
-            if any(fd == self.wake_fd for fd, _ in ready):
-                raise closed()
+    def _failed(self, exc: Exception, timeout: float) -> None:
+        """The end of a first attempt that raised ``exc``: returns if the queue was full
+        (empty) and the call may wait, else raises."""
+        if not isinstance(exc, _Busy):
+            _reraise(exc, self.name, errno.EBADF, timeout)
+        if timeout == 0:
+            raise Deadline(timeout).error(self.name) from None
+
+    def _wait(self, sleep: Callable[[Deadline], int], timeout: float) -> int:
+        """``sleep``, the kernel's blocking call, a slice at a time until the deadline
+        (after EINTR, once the handlers ran, with the time left): its result, >= 0."""
+
+        def wait(left: float) -> int:
+            deadline = Deadline(left)
+            while not self.closing:
+                rc = sleep(deadline)
+                if rc != _TIMEDOUT or deadline.expired():
+                    return rc
+            raise closed()
+
+        return retry(wait(timeout), wait, Deadline(timeout), self.name)
 
     def send(self, data: Any, priority: int, timeout: float) -> None:
-        q = self.q
-        self._call(lambda: q.send(data, priority=priority), select.POLLOUT, timeout)
+        try:
+            self.q.send(data, priority=priority)
+            return
+        except (posix_ipc.Error, ValueError) as exc:
+            self._failed(exc, timeout)
+        fd, whole = self.wait_fd, bytes(data)  # ctypes takes bytes, not a read-only view
+
+        def sleep(deadline: Deadline) -> int:
+            rc = _timedsend(fd, whole, len(whole), priority, _slice_end(deadline))
+            return -ctypes.get_errno() if rc < 0 else 0
+
+        self._wait(sleep, timeout)
 
     def receive(self, timeout: float) -> tuple[bytes, int]:
-        data, priority = self._call(self.q.receive, select.POLLIN, timeout)
-        return data, priority
+        try:
+            data, priority = self.q.receive()
+            return data, priority
+        except (posix_ipc.Error, ValueError) as exc:
+            self._failed(exc, timeout)
+        fd, size = self.wait_fd, self.max_message_size
+        buf, prio = ctypes.create_string_buffer(size), ctypes.c_uint()
+
+        def sleep(deadline: Deadline) -> int:
+            n = _timedreceive(fd, buf, size, ctypes.byref(prio), _slice_end(deadline))
+            return -ctypes.get_errno() if n < 0 else int(n)
+
+        n = self._wait(sleep, timeout)
+        return buf.raw[:n], prio.value
 
     def attributes(self) -> tuple[int, int, int]:
         q = self.q
         return q.max_messages, q.max_message_size, q.current_messages
 
     def wake(self) -> None:
+        self.closing = True
         os.write(self._wake_w, b"!")
 
     def renew_wake(self) -> None:
@@ -137,6 +201,7 @@ class Queue:
         wake_fd, self.wake_fd = self.wake_fd, -1
         os.close(wake_fd)
         os.close(self._wake_w)
+        os.close(self.wait_fd)
         self.q.close()
 
     @staticmethod
