@@ -980,3 +980,27 @@ def test_cli_errors_are_one_line(name: str) -> None:
         )
         q.unlink()
     assert prio.returncode == 2 and "priority" in prio.stderr
+
+
+def test_an_object_used_only_for_one_call(backend: str, name: str) -> None:
+    """``MessageQueue(name).send(data)``: the object is dropped before its call runs (nothing
+    else names it), and the call must still be made on an open queue; then, with the garbage
+    collector off, the descriptors are closed at once by reference counting alone."""
+    import gc
+
+    fds = set(os.listdir("/proc/self/fd"))
+    gc.disable()
+    try:
+        with mq.MessageQueue(name, create=True, backend=backend) as q:
+            mq.MessageQueue(name, backend=backend).send(b"one", 3)
+            mq.MessageQueue(name, backend=backend).send(b"two", timeout=1)
+            assert mq.MessageQueue(name, backend=backend).receive() == (b"one", 3)
+            assert mq.MessageQueue(name, backend=backend).receive(0) == (b"two", 0)
+            other = mq.MessageQueue(name, backend=backend)
+            other.send(b"three")
+            assert other.receive(1) == (b"three", 0)
+            del other
+            q.unlink()
+        assert set(os.listdir("/proc/self/fd")) <= fds
+    finally:
+        gc.enable()

@@ -286,6 +286,13 @@ class MessageQueue(Handle):
             self._q.wake()
         super().close()
 
+    def __del__(self) -> None:
+        # The hot send/receive hold the backend's queue, not this object, so that no cycle
+        # keeps it: `MessageQueue(name).send(data)` drops this object before the call runs.
+        # The backend's queue then closes itself when the last of them goes, not under it.
+        if "send" not in self.__dict__:
+            super().__del__()
+
     def _wake(self) -> None:
         self._q.wake()
 

@@ -200,6 +200,13 @@ class Queue:
     def close(self) -> None:
         lib.fipc_mq_release(self._h)
 
+    def __del__(self) -> None:
+        # the last reference gone (the public object and its hot send/receive): no call is
+        # in C, so this closes the descriptors now (idempotent after close())
+        h = getattr(self, "_h", None)
+        if h is not None:
+            lib.fipc_mq_release(h)
+
     @staticmethod
     def unlink(name: str) -> None:
         check(lib.fipc_mq_unlink(name.encode()), name)
