@@ -321,6 +321,37 @@ def test_join_wakes_when_the_last_task_done_comes_from_another_process(
     assert 0.15 < elapsed < 3  # woken by the other process's task_done
 
 
+def _prompt_consumer(name: str, backend: str) -> None:
+    with JoinableQueue(name=name, backend=backend) as q:
+        while q.get(timeout=20) is not None:
+            q.task_done()
+        q.task_done()
+    os._exit(0)
+
+
+def test_join_racing_task_done_is_never_missed(cross: tuple[str, str], name: str,
+                                               long_slice: None) -> None:
+    """Hundreds of rounds where the task_done of another process races the join: a wake-up
+    missed (the joiner asleep, the count at zero) would wait out the 10 s slice."""
+    producer, consumer = cross
+    with JoinableQueue(name=name, create=True, capacity=SMALL, backend=producer) as q:
+        p = _fork.Process(target=_prompt_consumer, args=(name, consumer), daemon=True)
+        p.start()
+        try:
+            for i in range(300):
+                q.put(i)
+                t0 = time.monotonic()
+                q.join(timeout=5)
+                assert time.monotonic() - t0 < 2, f"round {i}"
+            q.put(None)
+            q.join(timeout=5)
+            p.join(10)
+            assert p.exitcode == 0
+        finally:
+            p.kill()
+            p.join()
+
+
 def _joiner(name: str, backend: str, woke: memoryview) -> None:
     with JoinableQueue(name=name, backend=backend) as q:
         q.join(timeout=10)

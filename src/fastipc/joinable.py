@@ -15,15 +15,16 @@ by its owner. It holds a process-shared POSIX semaphore (glibc's ``sem_t``, thro
 ``ctypes``), whose value is the count, and a futex word, the *zero generation*. Each put
 posts the semaphore before the message goes in (so a consumer can never be done with a task
 that is not counted yet) and takes the post back if the put fails. ``task_done()`` is a
-``sem_trywait``: at zero it fails, and raises ValueError as multiprocessing does. The
-``task_done()`` that leaves the count at zero adds one to the zero generation and wakes
-every sleeper on it (one ``FUTEX_WAKE_OP``: the kernel adds and wakes atomically). A joiner
-reads the generation, then the count; while the count is not zero it sleeps on the
-generation word, and returns once the count was seen at zero or the generation moved, the
-semantics of multiprocessing's ``join()`` (woken when the count reached zero, even if a put
-came right after). Neither update holds a lock, so a process killed at any moment leaves
-the count consistent and blocks no one; a joiner also looks at the count once a second, in
-case the process that brought it to zero died before it could wake anyone.
+``sem_trywait``: at zero it fails, and raises ValueError as multiprocessing does. A joiner
+adds itself to a count of joiners, reads the generation, then the count; while the count is
+not zero it sleeps on the generation word, and returns once the count was seen at zero or
+the generation moved: the semantics of multiprocessing's ``join()`` (woken when the count
+reached zero, even if a put came right after). The ``task_done()`` that leaves the count at
+zero while there are joiners adds one to the generation and wakes every sleeper on it (one
+``FUTEX_WAKE_OP``: the kernel adds and wakes atomically); without joiners it makes no system
+call. Nothing holds a lock, so a process killed at any moment leaves the count consistent
+and blocks no one; a joiner also looks at the count once a second, in case the process that
+brought it to zero died before it could wake anyone.
 """
 
 from __future__ import annotations
@@ -58,10 +59,12 @@ TASKS_SUFFIX = ".tasks"  # the count's segment: /dev/shm/<queue name>.tasks
 SEM_VALUE_MAX = 2**31 - 1  # glibc's, as for multiprocessing's semaphore of the count
 SLICE = 1.0  # a joiner looks at the count at least this often (a waker may have died)
 
-# The count's segment: magic, version, the zero generation (a futex word), then the sem_t.
+# The count's segment: magic, version, the zero generation (a futex word), the number of
+# joiners asleep or about to be, then the sem_t.
 _MAGIC = 0x4B534154  # "TASK"
 _VERSION = 1
 _OFF_GEN = 8
+_OFF_JOINERS = 12
 _OFF_SEM = 16
 _SIZE = 64  # sem_t is 32 bytes on 64-bit glibc, 16 on 32-bit
 _HEAD = struct.Struct("<II")
@@ -72,11 +75,14 @@ _sem_post = _libc_fn(_libc, "sem_post", _vp)
 _sem_trywait = _libc_fn(_libc, "sem_trywait", _vp)
 _sem_getvalue = _libc_fn(_libc, "sem_getvalue", _vp, ctypes.POINTER(ctypes.c_int))
 
-# FUTEX_WAKE_OP with FUTEX_OP(FUTEX_OP_ADD, 1, FUTEX_OP_CMP_EQ, 0): the kernel adds 1 to the
-# word atomically and wakes every sleeper on it, in one call.
+# FUTEX_WAKE_OP with FUTEX_OP(FUTEX_OP_ADD, n, FUTEX_OP_CMP_EQ, 0): the kernel adds n to
+# the word atomically (n: 12 bits, sign-extended) and wakes up to nr_wake sleepers on it.
 _FUTEX_WAKE_OP = 5
-_ADD_ONE = 1 << 28 | 1 << 12
 _ALL = 0x7FFFFFFF
+
+
+def _add_op(n: int) -> int:
+    return 1 << 28 | (n & 0xFFF) << 12
 
 
 def _errno_error(what: str, name: str) -> OSError:
@@ -106,7 +112,7 @@ class _Tasks:
         finally:
             os.close(fd)
         self._words: Any = (ctypes.c_uint32 * (_SIZE // 4)).from_buffer(self._mm)
-        base = ctypes.addressof(self._words)
+        base = self._words_base = ctypes.addressof(self._words)
         self._gen = base + _OFF_GEN
         self._sem = base + _OFF_SEM
         if create:
@@ -135,27 +141,34 @@ class _Tasks:
 
     def done(self) -> bool:
         """One task fewer: False (and no change) if the count is zero. The call that
-        leaves it at zero wakes the joiners."""
+        leaves it at zero wakes the joiners, if there are any: it decrements the count,
+        then reads the joiners' number, while a joiner adds itself to that number, then
+        reads the count; with a full barrier between (the decrement is a locked CAS), one
+        of the two sees the other's write."""
         if _sem_trywait(self._sem):
             if ctypes.get_errno() == errno.EAGAIN:
                 return False
             raise _errno_error("sem_trywait", self.path)
-        if self.value() == 0:
-            self._reached_zero()
+        if not _TSO:
+            _fence()
+        if self._words[_OFF_JOINERS // 4] and self.value() == 0:
+            self._add(_OFF_GEN, 1, _ALL)
         return True
 
     def value(self) -> int:
         v = ctypes.c_int()
-        if _sem_getvalue(self._sem, ctypes.byref(v)):
+        if _sem_getvalue(self._sem, v):
             raise _errno_error("sem_getvalue", self.path)
         return v.value
 
-    def _reached_zero(self) -> None:
+    def _add(self, off: int, n: int, wake: int) -> None:
+        """Add n to a word atomically and wake up to ``wake`` sleepers on it (one
+        FUTEX_WAKE_OP)."""
         if _syscall is None:  # no futex here: joiners poll, a plain store will do
-            self._words[_OFF_GEN // 4] = (self._words[_OFF_GEN // 4] + 1) & 0xFFFFFFFF
+            self._words[off // 4] = (self._words[off // 4] + n) & 0xFFFFFFFF
             return
-        gen = _vp(self._gen)
-        _syscall(_SYS_FUTEX, gen, _FUTEX_WAKE_OP, _ALL, None, gen, _ADD_ONE)
+        word = _vp(self._words_base + off)
+        _syscall(_SYS_FUTEX, word, _FUTEX_WAKE_OP, wake, None, word, _add_op(n))
 
     def wake(self) -> None:
         """Wake the joiners (they look again: this process's see that it closed)."""
@@ -165,20 +178,24 @@ class _Tasks:
         """Sleep until the count reaches zero: True, or False once ``closed()`` says so.
         TimeoutError (naming the queue ``name``) when the deadline expires first."""
         words, gen = self._words, _OFF_GEN // 4
-        while True:
-            if closed():
-                return False
-            seen = words[gen]
-            if not _TSO:
-                _fence()  # the generation is read before the count
-            if self.value() == 0:
-                return True
-            left = deadline.left()
-            if left == 0:
-                raise deadline.error(name)
-            _futex_wait(self._gen, seen, SLICE if left < 0 else min(left, SLICE))
-            if words[gen] != seen:  # the count reached zero since we looked
-                return not closed()
+        self._add(_OFF_JOINERS, 1, 0)
+        try:
+            while True:
+                if closed():
+                    return False
+                seen = words[gen]
+                if not _TSO:
+                    _fence()  # the generation is read before the count
+                if self.value() == 0:
+                    return True
+                left = deadline.left()
+                if left == 0:
+                    raise deadline.error(name)
+                _futex_wait(self._gen, seen, SLICE if left < 0 else min(left, SLICE))
+                if words[gen] != seen:  # the count reached zero since we looked
+                    return not closed()
+        finally:
+            self._add(_OFF_JOINERS, -1, 0)
 
 
 def _reattach(cls: type[_Q], name: str, max_message: int, spin: float, backend: str) -> _Q:
