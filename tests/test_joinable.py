@@ -169,18 +169,22 @@ def test_join_wakes_on_the_last_task_done_of_another_thread(jq: JoinableQueue,
     assert 0.1 < elapsed < 3  # woken
 
 
-def test_close_from_another_thread_ends_join(backend: str, long_slice: None) -> None:
-    q = JoinableQueue(backend=backend, capacity=SMALL)
-    q.put(1)
+@pytest.mark.parametrize("kind", ["joinable", "simple"])
+def test_close_from_another_thread_ends_join_and_get(backend: str, kind: str,
+                                                     long_slice: None) -> None:
+    q: Queue = JoinableQueue(backend=backend, capacity=SMALL) if kind == "joinable" \
+        else SimpleQueue(backend=backend, capacity=SMALL)
+    if isinstance(q, JoinableQueue):
+        q.put(1)
     errors: list[BaseException] = []
 
-    def joiner() -> None:
+    def blocked() -> None:
         try:
-            q.join()
+            q.join() if isinstance(q, JoinableQueue) else q.get()
         except BaseException as exc:
             errors.append(exc)
 
-    t = threading.Thread(target=joiner)
+    t = threading.Thread(target=blocked)
     t.start()
     time.sleep(0.2)
     t0 = time.monotonic()
@@ -474,25 +478,6 @@ def test_simple_queue_close_semantics(backend: str) -> None:
         with pytest.raises(ValueError, match="is closed") as info:
             call()
         assert isinstance(info.value, OSError)
-
-
-def test_simple_queue_close_from_another_thread_ends_get(backend: str) -> None:
-    q = SimpleQueue(backend=backend, capacity=SMALL)
-    errors: list[BaseException] = []
-
-    def getter() -> None:
-        try:
-            q.get()
-        except BaseException as exc:
-            errors.append(exc)
-
-    t = threading.Thread(target=getter)
-    t.start()
-    time.sleep(0.2)
-    q.close()
-    t.join(2)
-    assert not t.is_alive()
-    assert len(errors) == 1 and "is closed" in str(errors[0])
 
 
 def test_simple_queue_pickles_as_a_simple_queue(backend: str) -> None:

@@ -232,6 +232,35 @@ class _Dropin(Queue):
                            self._backend)
 
 
+class _OneTask:
+    """``with q._one_task:`` around a put of a JoinableQueue: one more unfinished task
+    before the message goes in (so that no consumer can finish a task not counted yet),
+    taken back if the put raises (the message did not go in). The queue counts the call
+    busy meanwhile. No state of its own: one per queue serves every thread."""
+
+    __slots__ = ("_q",)
+
+    def __init__(self, q: JoinableQueue) -> None:
+        self._q = q
+
+    def __enter__(self) -> None:
+        q = self._q
+        tasks = q._counted()
+        try:
+            tasks.add()
+        except BaseException:
+            q._leave()
+            raise
+
+    def __exit__(self, kind: Optional[type[BaseException]], *exc: object) -> None:
+        q = self._q
+        try:
+            if kind is not None and q._tasks is not None:
+                q._tasks.done()
+        finally:
+            q._leave()
+
+
 class JoinableQueue(_Dropin):
     """``multiprocessing.JoinableQueue`` in shared memory: a :class:`fastipc.Queue` that
     counts unfinished tasks. Every put (``put``, ``put_nowait``, ``put_bytes``,
@@ -256,6 +285,7 @@ class JoinableQueue(_Dropin):
                          max_message_size=max_message_size, mode=mode, spin=spin,
                          backend=backend)
         path = self._path + TASKS_SUFFIX
+        self._one_task = _OneTask(self)
         try:
             self._tasks = _Tasks(path, self._owner, mode)
         except BaseException:
@@ -301,35 +331,15 @@ class JoinableQueue(_Dropin):
         assert tasks is not None
         return tasks
 
-    def _undo(self, tasks: _Tasks) -> None:
-        """Take back the task of a put that failed (the message did not go in)."""
-        tasks.done()
-
     def put(self, obj: Any, block: bool = True, timeout: Optional[float] = None) -> None:
         """:meth:`Queue.put`, counting one more unfinished task."""
-        tasks = self._counted()
-        try:
-            tasks.add()
-            try:
-                super().put(obj, block, timeout)
-            except BaseException:
-                self._undo(tasks)
-                raise
-        finally:
-            self._leave()
+        with self._one_task:
+            super().put(obj, block, timeout)
 
     def put_bytes(self, data: Any, *args: Any, **kwargs: Any) -> None:
         """:meth:`Queue.put_bytes`, counting one more unfinished task."""
-        tasks = self._counted()
-        try:
-            tasks.add()
-            try:
-                super().put_bytes(data, *args, **kwargs)
-            except BaseException:
-                self._undo(tasks)
-                raise
-        finally:
-            self._leave()
+        with self._one_task:
+            super().put_bytes(data, *args, **kwargs)
 
     def put_many(self, objs: Iterable[Any], timeout: Optional[float] = None) -> None:
         """Put every object of ``objs`` in order, each counted as a task: one put at a time,
@@ -346,29 +356,13 @@ class JoinableQueue(_Dropin):
     async def put_async(self, obj: Any, *args: Any, **kwargs: Any) -> None:
         """:meth:`Queue.put_async`, counting one more unfinished task (taken back if the
         await is cancelled or times out: the message did not go in)."""
-        tasks = self._counted()
-        try:
-            tasks.add()
-            try:
-                await super().put_async(obj, *args, **kwargs)
-            except BaseException:
-                self._undo(tasks)
-                raise
-        finally:
-            self._leave()
+        with self._one_task:
+            await super().put_async(obj, *args, **kwargs)
 
     async def put_bytes_async(self, data: Any, *args: Any, **kwargs: Any) -> None:
         """:meth:`Queue.put_bytes_async`, counting one more unfinished task."""
-        tasks = self._counted()
-        try:
-            tasks.add()
-            try:
-                await super().put_bytes_async(data, *args, **kwargs)
-            except BaseException:
-                self._undo(tasks)
-                raise
-        finally:
-            self._leave()
+        with self._one_task:
+            await super().put_bytes_async(data, *args, **kwargs)
 
     def task_done(self) -> None:
         """Tell the queue that a task taken with ``get()`` is finished. ValueError if it is
