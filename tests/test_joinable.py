@@ -224,6 +224,25 @@ def test_named_joinable_queue_attaches_with_its_count(backend: str, name: str) -
     assert not os.path.exists(f"{SHM_DIR}/{name}{TASKS_SUFFIX}")
 
 
+def test_a_task_count_in_the_way_or_broken(backend: str, name: str) -> None:
+    tasks = f"{SHM_DIR}/{name}{TASKS_SUFFIX}"
+    with open(tasks, "wb") as f:  # left by someone else: neither used nor removed
+        f.write(bytes(64))
+    try:
+        with pytest.raises(FileExistsError):
+            JoinableQueue(name=name, create=True, capacity=SMALL, backend=backend)
+        assert not os.path.exists(f"{SHM_DIR}/{name}")  # the queue made first is removed
+        assert os.path.exists(tasks)
+        with Queue(name=name, create=True, capacity=SMALL, backend=backend):
+            with pytest.raises(FileNotFoundError, match="not ready"):  # no magic
+                JoinableQueue(name=name, backend=backend)
+            os.truncate(tasks, 100)
+            with pytest.raises(OSError, match="not a JoinableQueue"):
+                JoinableQueue(name=name, backend=backend)
+    finally:
+        os.unlink(tasks)
+
+
 def test_unlink_removes_both_names(jq: JoinableQueue) -> None:
     path = f"{SHM_DIR}/{jq.name}"
     jq.unlink()

@@ -106,29 +106,37 @@ class _Tasks:
                 raise FileNotFoundError(errno.ENOENT, "not a JoinableQueue (its task count "
                                         "is missing)", path) from None
         try:
-            if os.fstat(fd).st_size != _SIZE:
-                raise OSError(errno.EBADMSG, "not a JoinableQueue task count", path)
-            self._mm = mmap.mmap(fd, _SIZE)
-        finally:
-            os.close(fd)
-        self._words: Any = (ctypes.c_uint32 * (_SIZE // 4)).from_buffer(self._mm)
+            try:
+                if os.fstat(fd).st_size != _SIZE:
+                    raise OSError(errno.EBADMSG, "not a JoinableQueue task count", path)
+                self._mm = mmap.mmap(fd, _SIZE)
+            finally:
+                os.close(fd)
+            self._words: Any = (ctypes.c_uint32 * (_SIZE // 4)).from_buffer(self._mm)
+            self._setup(create)
+        except BaseException:
+            if hasattr(self, "_mm"):
+                self.close()
+            if create:
+                _unlink_quietly(path)
+            raise
+
+    def _setup(self, create: bool) -> None:
         base = self._words_base = ctypes.addressof(self._words)
         self._gen = base + _OFF_GEN
         self._sem = base + _OFF_SEM
         if create:
             if _sem_init(self._sem, 1, 0):
-                err = _errno_error("sem_init", path)
-                self.close()
-                raise err
+                raise _errno_error("sem_init", self.path)
             _HEAD.pack_into(self._mm, 0, 0, _VERSION)
             self._words[0] = _MAGIC  # last: the count is ready
         elif _HEAD.unpack_from(self._mm, 0) != (_MAGIC, _VERSION):
-            self.close()
             raise FileNotFoundError(errno.ENOENT, "not a JoinableQueue (its task count is "
-                                    "not ready)", path)
+                                    "not ready)", self.path)
 
     def close(self) -> None:
-        del self._words  # the ctypes view exports the mapping: it goes first
+        if hasattr(self, "_words"):
+            del self._words  # the ctypes view exports the mapping: it goes first
         self._mm.close()
 
     def add(self) -> None:
