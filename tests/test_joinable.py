@@ -5,6 +5,7 @@ semantics, consumers killed, and CPython's own tests of both run against them.""
 from __future__ import annotations
 
 import asyncio
+import gc
 import importlib.util
 import mmap
 import multiprocessing as mp
@@ -241,6 +242,24 @@ def test_a_task_count_in_the_way_or_broken(backend: str, name: str) -> None:
                 JoinableQueue(name=name, backend=backend)
     finally:
         os.unlink(tasks)
+
+
+@pytest.mark.parametrize("cls", [JoinableQueue, SimpleQueue])
+def test_dropping_the_last_reference_closes_at_once(backend: str, cls: type[Queue]) -> None:
+    """No reference cycle: with the garbage collector off, the names go with the object."""
+    q = cls(backend=backend, capacity=SMALL)
+    path = f"{SHM_DIR}/{q.name}"
+    q.put(1)
+    q.get()
+    if isinstance(q, JoinableQueue):
+        q.task_done()
+        q.join()
+    gc.disable()
+    try:
+        del q
+        assert not os.path.exists(path) and not os.path.exists(path + TASKS_SUFFIX)
+    finally:
+        gc.enable()
 
 
 def test_unlink_removes_both_names(jq: JoinableQueue) -> None:

@@ -241,10 +241,10 @@ class _Dropin(Queue):
 
 
 class _OneTask:
-    """``with q._one_task:`` around a put of a JoinableQueue: one more unfinished task
+    """``with _OneTask(q):`` around a put of a JoinableQueue: one more unfinished task
     before the message goes in (so that no consumer can finish a task not counted yet),
     taken back if the put raises (the message did not go in). The queue counts the call
-    busy meanwhile. No state of its own: one per queue serves every thread."""
+    busy meanwhile. Made for each call: kept on the queue, it would be a reference cycle."""
 
     __slots__ = ("_q",)
 
@@ -293,7 +293,6 @@ class JoinableQueue(_Dropin):
                          max_message_size=max_message_size, mode=mode, spin=spin,
                          backend=backend)
         path = self._path + TASKS_SUFFIX
-        self._one_task = _OneTask(self)
         try:
             self._tasks = _Tasks(path, self._owner, mode)
         except BaseException:
@@ -341,12 +340,12 @@ class JoinableQueue(_Dropin):
 
     def put(self, obj: Any, block: bool = True, timeout: Optional[float] = None) -> None:
         """:meth:`Queue.put`, counting one more unfinished task."""
-        with self._one_task:
+        with _OneTask(self):
             super().put(obj, block, timeout)
 
     def put_bytes(self, data: Any, *args: Any, **kwargs: Any) -> None:
         """:meth:`Queue.put_bytes`, counting one more unfinished task."""
-        with self._one_task:
+        with _OneTask(self):
             super().put_bytes(data, *args, **kwargs)
 
     def put_many(self, objs: Iterable[Any], timeout: Optional[float] = None) -> None:
@@ -364,12 +363,12 @@ class JoinableQueue(_Dropin):
     async def put_async(self, obj: Any, *args: Any, **kwargs: Any) -> None:
         """:meth:`Queue.put_async`, counting one more unfinished task (taken back if the
         await is cancelled or times out: the message did not go in)."""
-        with self._one_task:
+        with _OneTask(self):
             await super().put_async(obj, *args, **kwargs)
 
     async def put_bytes_async(self, data: Any, *args: Any, **kwargs: Any) -> None:
         """:meth:`Queue.put_bytes_async`, counting one more unfinished task."""
-        with self._one_task:
+        with _OneTask(self):
             await super().put_bytes_async(data, *args, **kwargs)
 
     def task_done(self) -> None:
