@@ -422,6 +422,50 @@ def test_joiners_in_other_processes_all_wake(cross: tuple[str, str], name: str,
     assert all(0 < w - t0 < 3_000_000_000 for w in woke)  # woken
 
 
+def _take_and_hang(name: str, backend: str) -> None:
+    q = JoinableQueue(name=name, backend=backend)
+    q.get(timeout=10)
+    time.sleep(60)  # killed before its task_done
+
+
+def test_a_consumer_killed_before_task_done_leaves_its_task_unfinished(
+        backend: str, name: str) -> None:
+    """As with multiprocessing: the count stays up (join(timeout) and unfinished_tasks say
+    so), and the other tasks are done as usual."""
+    with JoinableQueue(name=name, create=True, capacity=SMALL, backend=backend) as q:
+        p = _fork.Process(target=_take_and_hang, args=(name, backend))
+        p.start()
+        q.put("taken by the victim")
+        while not q.empty():
+            time.sleep(0.01)
+        os.kill(p.pid, signal.SIGKILL)  # type: ignore[arg-type]
+        p.join(5)
+        q.put("another")
+        assert q.get(timeout=1) == "another"
+        q.task_done()
+        assert q.unfinished_tasks == 1
+        with pytest.raises(TimeoutError):
+            q.join(timeout=0.2)
+
+
+def test_threads_share_the_count(jq: JoinableQueue) -> None:
+    def work() -> None:
+        for i in range(300):
+            jq.put(i)
+            jq.get(timeout=5)
+            jq.task_done()
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    jq.join(timeout=1)
+    assert jq.unfinished_tasks == 0
+    with pytest.raises(ValueError, match="too many"):
+        jq.task_done()
+
+
 def _blocked_get(name: str, backend: str, kind: str) -> None:
     cls = JoinableQueue if kind == "joinable" else SimpleQueue
     q = cls(name=name, backend=backend)
