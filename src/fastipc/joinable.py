@@ -1,0 +1,427 @@
+"""Drop-ins for ``multiprocessing.JoinableQueue`` and ``multiprocessing.SimpleQueue``, built
+on :class:`fastipc.Queue`.
+
+>>> from fastipc import JoinableQueue
+>>> with JoinableQueue() as q:
+...     q.put("job")
+...     q.get(timeout=1)
+...     q.task_done()
+...     q.join()                    # every task put so far is done: returns at once
+'job'
+
+**The unfinished-task count** of a :class:`JoinableQueue` lives in a small segment of its
+own beside the queue's, ``/dev/shm/<queue name>.tasks``, created and removed with the queue
+by its owner. It holds a process-shared POSIX semaphore (glibc's ``sem_t``, through
+``ctypes``), whose value is the count, and a futex word, the *zero generation*. Each put
+posts the semaphore before the message goes in (so a consumer can never be done with a task
+that is not counted yet) and takes the post back if the put fails. ``task_done()`` is a
+``sem_trywait``: at zero it fails, and raises ValueError as multiprocessing does. A joiner
+adds itself to a count of joiners, reads the generation, then the count; while the count is
+not zero it sleeps on the generation word, and returns once the count was seen at zero or
+the generation moved: the semantics of multiprocessing's ``join()`` (woken when the count
+reached zero, even if a put came right after). The ``task_done()`` that leaves the count at
+zero while there are joiners adds one to the generation and wakes every sleeper on it (one
+``FUTEX_WAKE_OP``: the kernel adds and wakes atomically); without joiners it makes no system
+call. Nothing holds a lock, so a process killed at any moment leaves the count consistent
+and blocks no one; a joiner also looks at the count once a second, in case the process that
+brought it to zero died before it could wake anyone.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import mmap
+import os
+import struct
+import types
+import weakref
+from collections.abc import Iterable
+from typing import Any, Callable, Optional, TypeVar
+
+from fastipc._core import Deadline, check_timeout
+from fastipc._pure.queue import _libc, _libc_fn
+from fastipc._pure.shm import _SYS_FUTEX, _TSO, _fence, _futex_wait, _futex_wake, _syscall
+from fastipc._segment import create_segment, open_segment
+from fastipc.queue import (
+    DEFAULT_CAPACITY,
+    DEFAULT_MAX_MESSAGE_SIZE,
+    Full,
+    Queue,
+    _unlink_quietly,
+)
+
+__all__ = ["JoinableQueue", "SimpleQueue"]
+
+_Q = TypeVar("_Q", bound=Queue)
+
+TASKS_SUFFIX = ".tasks"  # the count's segment: /dev/shm/<queue name>.tasks
+SEM_VALUE_MAX = 2**31 - 1  # glibc's, as for multiprocessing's semaphore of the count
+SLICE = 1.0  # a joiner looks at the count at least this often (a waker may have died)
+
+# The count's segment: magic, version, the zero generation (a futex word), the number of
+# joiners asleep or about to be, then the sem_t.
+_MAGIC = 0x4B534154  # "TASK"
+_VERSION = 1
+_OFF_GEN = 8
+_OFF_JOINERS = 12
+_OFF_SEM = 16
+_SIZE = 64  # sem_t is 32 bytes on 64-bit glibc, 16 on 32-bit
+_HEAD = struct.Struct("<II")
+
+_vp = ctypes.c_void_p
+_sem_init = _libc_fn(_libc, "sem_init", _vp, ctypes.c_int, ctypes.c_uint)
+_sem_post = _libc_fn(_libc, "sem_post", _vp)
+_sem_trywait = _libc_fn(_libc, "sem_trywait", _vp)
+_sem_getvalue = _libc_fn(_libc, "sem_getvalue", _vp, ctypes.POINTER(ctypes.c_int))
+
+# FUTEX_WAKE_OP with FUTEX_OP(FUTEX_OP_ADD, n, FUTEX_OP_CMP_EQ, 0): the kernel adds n to
+# the word atomically (n: 12 bits, sign-extended) and wakes up to nr_wake sleepers on it.
+_FUTEX_WAKE_OP = 5
+_ALL = 0x7FFFFFFF
+
+
+def _add_op(n: int) -> int:
+    return 1 << 28 | (n & 0xFFF) << 12
+
+
+def _errno_error(what: str, name: str) -> OSError:
+    code = ctypes.get_errno()
+    return OSError(code, f"{what}: {os.strerror(code)}", name)
+
+
+class _Tasks:
+    """The unfinished-task count of one JoinableQueue handle (see the module docstring).
+    Its owner calls it only while the queue counts a call busy, so the mapping outlives
+    every call into it."""
+
+    def __init__(self, path: str, create: bool, mode: int) -> None:
+        self.path = path
+        if create:
+            fd = create_segment(path, _SIZE, mode)
+        else:
+            try:
+                fd = open_segment(path, 0)
+            except FileNotFoundError:
+                raise FileNotFoundError(errno.ENOENT, "not a JoinableQueue (its task count "
+                                        "is missing)", path) from None
+        try:
+            try:
+                if os.fstat(fd).st_size != _SIZE:
+                    raise OSError(errno.EBADMSG, "not a JoinableQueue task count", path)
+                self._mm = mmap.mmap(fd, _SIZE)
+            finally:
+                os.close(fd)
+            self._words: Any = (ctypes.c_uint32 * (_SIZE // 4)).from_buffer(self._mm)
+            self._setup(create)
+        except BaseException:
+            if hasattr(self, "_mm"):
+                self.close()
+            if create:
+                _unlink_quietly(path)
+            raise
+
+    def _setup(self, create: bool) -> None:
+        base = self._words_base = ctypes.addressof(self._words)
+        self._gen = base + _OFF_GEN
+        self._sem = base + _OFF_SEM
+        if create:
+            if _sem_init(self._sem, 1, 0):
+                raise _errno_error("sem_init", self.path)
+            _HEAD.pack_into(self._mm, 0, 0, _VERSION)
+            self._words[0] = _MAGIC  # last: the count is ready
+        elif _HEAD.unpack_from(self._mm, 0) != (_MAGIC, _VERSION):
+            raise FileNotFoundError(errno.ENOENT, "not a JoinableQueue (its task count is "
+                                    "not ready)", self.path)
+
+    def close(self) -> None:
+        if hasattr(self, "_words"):
+            del self._words  # the ctypes view exports the mapping: it goes first
+        self._mm.close()
+
+    def add(self) -> None:
+        """One more unfinished task."""
+        if _sem_post(self._sem):
+            if ctypes.get_errno() == errno.EOVERFLOW:
+                raise OSError(errno.EOVERFLOW, f"more than {SEM_VALUE_MAX} unfinished tasks",
+                              self.path)
+            raise _errno_error("sem_post", self.path)
+
+    def done(self) -> bool:
+        """One task fewer: False (and no change) if the count is zero. The call that
+        leaves it at zero wakes the joiners, if there are any: it decrements the count,
+        then reads the joiners' number, while a joiner adds itself to that number, then
+        reads the count; with a full barrier between (the decrement is a locked CAS), one
+        of the two sees the other's write."""
+        if _sem_trywait(self._sem):
+            if ctypes.get_errno() == errno.EAGAIN:
+                return False
+            raise _errno_error("sem_trywait", self.path)
+        if not _TSO:
+            _fence()
+        if self._words[_OFF_JOINERS // 4] and self.value() == 0:
+            self._add(_OFF_GEN, 1, _ALL)
+        return True
+
+    def value(self) -> int:
+        v = ctypes.c_int()
+        if _sem_getvalue(self._sem, v):
+            raise _errno_error("sem_getvalue", self.path)
+        return v.value
+
+    def _add(self, off: int, n: int, wake: int) -> None:
+        """Add n to a word atomically and wake up to ``wake`` sleepers on it (one
+        FUTEX_WAKE_OP)."""
+        if _syscall is None:  # no futex here: joiners poll, a plain store will do
+            self._words[off // 4] = (self._words[off // 4] + n) & 0xFFFFFFFF
+            return
+        word = _vp(self._words_base + off)
+        _syscall(_SYS_FUTEX, word, _FUTEX_WAKE_OP, wake, None, word, _add_op(n))
+
+    def wake(self) -> None:
+        """Wake the joiners (they look again: this process's see that it closed)."""
+        _futex_wake(self._gen)
+
+    def wait_zero(self, deadline: Deadline, closed: Callable[[], bool], name: str) -> bool:
+        """Sleep until the count reaches zero: True, or False once ``closed()`` says so.
+        TimeoutError (naming the queue ``name``) when the deadline expires first."""
+        words, gen = self._words, _OFF_GEN // 4
+        self._add(_OFF_JOINERS, 1, 0)
+        try:
+            while True:
+                if closed():
+                    return False
+                seen = words[gen]
+                if not _TSO:
+                    _fence()  # the generation is read before the count
+                if self.value() == 0:
+                    return True
+                left = deadline.left()
+                if left == 0:
+                    raise deadline.error(name)
+                _futex_wait(self._gen, seen, SLICE if left < 0 else min(left, SLICE))
+                if words[gen] != seen:  # the count reached zero since we looked
+                    return not closed()
+        finally:
+            self._add(_OFF_JOINERS, -1, 0)
+
+
+def _reattach(cls: type[_Q], name: str, max_message: int, spin: float, backend: str) -> _Q:
+    """Unpickling: attach to the queue by name, as the class it was."""
+    return cls(name=name, create=False, max_message_size=max_message, spin=spin,
+               backend=backend)
+
+
+class _ClosedQueue(ValueError, OSError):
+    """A closed SimpleQueue's error: ValueError, as for a closed ``multiprocessing.Queue``,
+    and OSError, as for a closed ``multiprocessing.SimpleQueue`` (whose pipe says "handle
+    is closed")."""
+
+
+class _Dropin(Queue):
+    """What both drop-ins change in :class:`Queue`: a closed one's error says "is closed",
+    as multiprocessing's does, and pickling re-attaches as the same class."""
+
+    _closed_type: type[ValueError] = ValueError
+
+    def __class_getitem__(cls, item: Any) -> types.GenericAlias:
+        return types.GenericAlias(cls, item)  # JoinableQueue[int], as multiprocessing's
+
+    def _closed_error(self) -> ValueError:
+        return self._closed_type(f"{self._what} {self._name!r} is closed")
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise self._closed_error()
+
+    def __reduce__(self) -> tuple[Callable[..., Queue], tuple[Any, ...]]:
+        self._check_open()
+        return _reattach, (type(self), self._name, self._max_message, self._spin,
+                           self._backend)
+
+
+class _OneTask:
+    """``with _OneTask(q):`` around a put of a JoinableQueue: one more unfinished task
+    before the message goes in (so that no consumer can finish a task not counted yet),
+    taken back if the put raises (the message did not go in). The queue counts the call
+    busy meanwhile. Made for each call: kept on the queue, it would be a reference cycle."""
+
+    __slots__ = ("_q",)
+
+    def __init__(self, q: JoinableQueue) -> None:
+        self._q = q
+
+    def __enter__(self) -> None:
+        q = self._q
+        tasks = q._counted()
+        try:
+            tasks.add()
+        except BaseException:
+            q._leave()
+            raise
+
+    def __exit__(self, kind: Optional[type[BaseException]], *exc: object) -> None:
+        q = self._q
+        try:
+            if kind is not None and q._tasks is not None:
+                q._tasks.done()
+        finally:
+            q._leave()
+
+
+class JoinableQueue(_Dropin):
+    """``multiprocessing.JoinableQueue`` in shared memory: a :class:`fastipc.Queue` that
+    counts unfinished tasks. Every put (``put``, ``put_nowait``, ``put_bytes``,
+    ``put_many``, ``put_async``, ``put_bytes_async``) adds one task per message;
+    :meth:`task_done` ends one; :meth:`join` waits until none is left. The constructor is
+    :class:`Queue`'s; attaching by name (``create=False``) needs a queue that a
+    JoinableQueue created.
+
+    A consumer killed between ``get()`` and ``task_done()`` leaves its task unfinished for
+    good, as with multiprocessing: ``join()`` then waits forever (``join(timeout)`` raises
+    TimeoutError instead, and :attr:`unfinished_tasks` shows the count)."""
+
+    _what = "JoinableQueue"
+    _tasks: Optional[_Tasks] = None
+    _tasks_finalizer: Optional[weakref.finalize[Any, Any]] = None
+
+    def __init__(self, maxsize: int = 0, *, name: Optional[str] = None,
+                 create: Optional[bool] = None, capacity: int = DEFAULT_CAPACITY,
+                 max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE, mode: int = 0o600,
+                 spin: Optional[float] = None, backend: Optional[str] = None) -> None:
+        super().__init__(maxsize, name=name, create=create, capacity=capacity,
+                         max_message_size=max_message_size, mode=mode, spin=spin,
+                         backend=backend)
+        path = self._path + TASKS_SUFFIX
+        try:
+            self._tasks = _Tasks(path, self._owner, mode)
+        except BaseException:
+            self.close()
+            raise
+        if self._owner:
+            self._tasks_finalizer = weakref.finalize(self, _unlink_quietly, path)
+
+    # ---------------------------------------------------------------- life cycle
+    def _disown(self) -> None:
+        super()._disown()
+        if self._tasks_finalizer is not None:
+            self._tasks_finalizer.detach()
+            self._tasks_finalizer = None
+
+    def _wake(self) -> None:
+        super()._wake()
+        if self._tasks is not None:
+            self._tasks.wake()
+
+    def _free(self) -> None:
+        super()._free()
+        if self._tasks is not None:
+            self._tasks.close()
+            self._tasks = None
+        if self._tasks_finalizer is not None:
+            self._tasks_finalizer()  # removes the count's name
+
+    def unlink(self) -> None:
+        """Remove the queue's name and its task count's (others attached keep working)."""
+        super().unlink()
+        _unlink_quietly(self._path + TASKS_SUFFIX)
+        if self._tasks_finalizer is not None:
+            self._tasks_finalizer.detach()
+
+    # ---------------------------------------------------------------- tasks
+    def _counted(self) -> _Tasks:
+        """The task count, with this call counted busy (the caller calls _leave)."""
+        if self._closed:
+            raise self._closed_error()
+        self._enter()
+        tasks = self._tasks
+        assert tasks is not None
+        return tasks
+
+    def put(self, obj: Any, block: bool = True, timeout: Optional[float] = None) -> None:
+        """:meth:`Queue.put`, counting one more unfinished task."""
+        with _OneTask(self):
+            super().put(obj, block, timeout)
+
+    def put_bytes(self, data: Any, *args: Any, **kwargs: Any) -> None:
+        """:meth:`Queue.put_bytes`, counting one more unfinished task."""
+        with _OneTask(self):
+            super().put_bytes(data, *args, **kwargs)
+
+    def put_many(self, objs: Iterable[Any], timeout: Optional[float] = None) -> None:
+        """Put every object of ``objs`` in order, each counted as a task: one put at a time,
+        so that the count is exact whatever fails. On timeout, ``queue.Full`` with
+        ``messages_put``: how many went."""
+        deadline = Deadline(check_timeout(timeout))
+        for done, obj in enumerate(objs):
+            try:
+                self.put(obj, True, None if deadline.timeout < 0 else deadline.left())
+            except Full as exc:
+                exc.messages_put = done  # type: ignore[attr-defined]
+                raise
+
+    async def put_async(self, obj: Any, *args: Any, **kwargs: Any) -> None:
+        """:meth:`Queue.put_async`, counting one more unfinished task (taken back if the
+        await is cancelled or times out: the message did not go in)."""
+        with _OneTask(self):
+            await super().put_async(obj, *args, **kwargs)
+
+    async def put_bytes_async(self, data: Any, *args: Any, **kwargs: Any) -> None:
+        """:meth:`Queue.put_bytes_async`, counting one more unfinished task."""
+        with _OneTask(self):
+            await super().put_bytes_async(data, *args, **kwargs)
+
+    def task_done(self) -> None:
+        """Tell the queue that a task taken with ``get()`` is finished. ValueError if it is
+        called more times than messages were put, as multiprocessing does."""
+        tasks = self._counted()
+        try:
+            if not tasks.done():
+                raise ValueError("task_done() called too many times")
+        finally:
+            self._leave()
+
+    def join(self, timeout: Optional[float] = None) -> None:
+        """Wait until every task put so far is done (returns at once if none is left).
+        ``timeout`` (not in multiprocessing): TimeoutError if some are still unfinished
+        then. Closing the queue from another thread ends the wait with ValueError."""
+        deadline = Deadline(check_timeout(timeout))
+        tasks = self._counted()
+        try:
+            if not tasks.wait_zero(deadline, lambda: self._closed, self._name):
+                raise self._closed_error()
+        finally:
+            self._leave()
+
+    @property
+    def unfinished_tasks(self) -> int:
+        """Tasks put and not yet done (a snapshot, as ``queue.Queue.unfinished_tasks``)."""
+        tasks = self._counted()
+        try:
+            return tasks.value()
+        finally:
+            self._leave()
+
+
+class SimpleQueue(_Dropin):
+    """``multiprocessing.SimpleQueue`` in shared memory: :class:`fastipc.Queue` without a
+    ``maxsize``; ``get()``, ``put(obj)``, ``empty()`` and ``close()`` as multiprocessing's,
+    with everything else of :class:`Queue` too. Once closed, every call raises an error
+    that is a ValueError whose message says "is closed" (as a closed
+    ``multiprocessing.Queue``) and an OSError (as a closed ``multiprocessing.SimpleQueue``).
+    """
+
+    _what = "SimpleQueue"
+    _closed_type = _ClosedQueue
+
+    def __init__(self, *, name: Optional[str] = None, create: Optional[bool] = None,
+                 capacity: int = DEFAULT_CAPACITY,
+                 max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE, mode: int = 0o600,
+                 spin: Optional[float] = None, backend: Optional[str] = None) -> None:
+        super().__init__(0, name=name, create=create, capacity=capacity,
+                         max_message_size=max_message_size, mode=mode, spin=spin,
+                         backend=backend)
+
+    def empty(self) -> bool:
+        self._check_open()
+        return super().empty()
