@@ -25,6 +25,7 @@ from fastipc import _core, pubsub
 from fastipc._backend import pubsub as layout
 from fastipc._cli import pubsub as cli
 from helpers import run_python, start_python
+from test_shm_faults import KEPT, _keep, _pattern, _read_kept
 
 SHM = Path("/dev/shm")
 
@@ -878,19 +879,103 @@ def test_timeout_in_a_small_streamed_message_then_recv_into(cross: tuple[str, st
         assert buf[:1500] == bytes(range(250)) * 6
 
 
-def test_a_view_kept_past_its_block_does_not_stall_the_publisher(backend: str,
-                                                                  name: str) -> None:
-    import numpy  # in the test extras
+def _view_kept_past_its_block(publisher: str, subscriber: str, name: str, kind: str) -> None:
+    """As the channel's test (test_shm_faults): a message's view kept past its block in one
+    of the KEPT ways holds its space while anything made from it lives (a "block"
+    publisher fills the rest of the ring, then times out) and its bytes stay intact; once
+    the last of them has gone, whatever still names the memoryview, the subscriber's next
+    call hands the space back and the publisher goes round the ring again."""
+    whole = 4  # 900-byte messages (928-byte frames) that fit the free ring
+    with pubsub.Publisher(name, capacity=4096, backend=publisher) as pub, \
+            pubsub.Subscriber(name, timeout=5, backend=subscriber) as sub:
+        pub.send(_pattern(0))
+        with sub.recv_view(timeout=1) as mv:
+            kept = _keep(kind, mv)
+        if kind == "view":  # nothing made from it: released at the block's end
+            with pytest.raises(ValueError):
+                bytes(mv)
+        else:
+            sent = 0
+            with pytest.raises(TimeoutError):
+                while sent < whole:
+                    pub.send(_pattern(1 + sent), timeout=0.05)
+                    sent += 1
+            assert sent == whole - 1  # the held message takes the rest
+            for i in range(sent - 1):
+                assert sub.recv(timeout=0) == _pattern(1 + i)
+            start = 100 if kind == "slice" else 0
+            assert _read_kept(kind, kept, 799) == _pattern(0)[start:start + 799]
+        del kept  # `mv` is still named: the space must go back all the same
+        if kind != "view":  # the subscriber's next call hands it back
+            assert sub.recv(timeout=0) == _pattern(whole - 1)
+        for i in range(3 * whole):  # three times round the ring, through the held space
+            pub.send(_pattern(i), timeout=1)
+            assert sub.recv() == _pattern(i)  # the fast path once nothing is held
+        for i in range(3 * whole):  # and the batch
+            pub.send(_pattern(i), timeout=1)
+            assert sub.recv_many(4, timeout=0) == [_pattern(i)]
+
+
+@pytest.mark.parametrize("kind", KEPT)
+def test_view_kept_past_its_block(backend: str, name: str, kind: str) -> None:
+    _view_kept_past_its_block(backend, backend, name, kind)
+
+
+@pytest.mark.parametrize("kind", KEPT)
+def test_view_kept_past_its_block_across(cross: tuple[str, str], name: str, kind: str) -> None:
+    _view_kept_past_its_block(cross[0], cross[1], name, kind)
+
+
+@pytest.mark.parametrize("kind", ["iter_unpack", "numpy"])
+def test_a_waiting_subscriber_hands_back_a_view_let_go(backend: str, name: str,
+                                                       kind: str) -> None:
+    """A subscriber waiting for the next message while the publisher waits for room behind
+    a kept view: once the last use of the view goes (in another thread), the wait itself
+    hands the space back within a few ms, and both go on (no deadlock)."""
     with pubsub.Publisher(name, capacity=4096, backend=backend) as pub, \
-            pubsub.Subscriber(name, timeout=1, backend=backend) as sub:
-        pub.send(b"v" * 100)
-        with sub.recv_view(timeout=1) as view:
-            kept = numpy.frombuffer(view, dtype=numpy.uint8)  # an export of the view
-        assert bytes(kept[:3]) == b"vvv"
-        for i in range(200):  # many laps of the ring: the cursor was released
-            pub.send(message(i), timeout=1)
-            assert check_message(sub.recv(timeout=1)) == i
+            pubsub.Subscriber(name, timeout=5, backend=backend) as sub:
+        pub.send(_pattern(0))
+        with sub.recv_view(timeout=1) as mv:
+            kept = [_keep(kind, mv)]
+        for i in range(3):
+            pub.send(_pattern(1 + i), timeout=1)
+            assert sub.recv(timeout=1) == _pattern(1 + i)
+
+        def publish() -> None:
+            time.sleep(0.05)
+            kept.clear()  # the last use of the view goes while both wait
+            pub.send(_pattern(9), timeout=5)  # needs the held space
+
+        t = threading.Thread(target=publish)
+        t.start()
+        try:
+            assert sub.recv(timeout=5) == _pattern(9)
+        finally:
+            t.join(10)
+
+
+@pytest.mark.parametrize("kind", KEPT)
+def test_drop_oldest_views_are_copies(backend: str, name: str, kind: str) -> None:
+    """Under "drop_oldest" the publisher never waits, so recv_view gives a view of a copy:
+    kept past its block in any KEPT way it keeps its bytes while the publisher laps the
+    ring many times, and it holds nothing back."""
+    with pubsub.Publisher(name, capacity=4096, overflow="drop_oldest",
+                          backend=backend) as pub, \
+            pubsub.Subscriber(name, timeout=5, backend=backend) as sub:
+        pub.send(_pattern(0))
+        with sub.recv_view(timeout=1) as mv:
+            kept = _keep(kind, mv)
+        for i in range(20):  # five times round the ring
+            pub.send(_pattern(1 + i), timeout=0)
+        if kind == "view":
+            with pytest.raises(ValueError):
+                bytes(mv)
+        else:
+            start = 100 if kind == "slice" else 0
+            assert _read_kept(kind, kept, 799) == _pattern(0)[start:start + 799]
         del kept
+        got = sub.recv(timeout=1)  # the oldest still there: every one before it counted
+        assert sub.missed > 10 and got == _pattern(1 + sub.missed)
 
 
 # ---------------------------------------------------------------------------- cut short

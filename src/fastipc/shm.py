@@ -551,7 +551,7 @@ class _View(View):
     call of its reader (the mapping stays). If anything made from the memoryview still
     lives when the block ends (``numpy.frombuffer(view)``, a slice, ``struct.iter_unpack``),
     the hold lasts until the last of them goes, whatever still names the memoryview; the
-    reader's next call then hands the space back (``_backend.shm.Holds``)."""
+    reader's next call then hands the space back (``_backend.ring.Holds``)."""
 
     __slots__ = ("__weakref__", "_reader")
 

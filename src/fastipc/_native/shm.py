@@ -22,6 +22,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any, Optional
 
 from fastipc._backend import shm as contract
+from fastipc._backend.ring import Holds
 from fastipc._core import (
     FIPC_CORRUPT,
     Deadline,
@@ -273,7 +274,7 @@ class WriterOps(_Ops, contract.NowaitSend):
 # ---------------------------------------------------------------------------- reader
 
 
-class ReaderOps(_Ops, contract.Holds):
+class ReaderOps(_Ops, Holds):
     _what = "Reader"
     _c_init = lib.fipc_shm_reader_init
 
@@ -282,9 +283,7 @@ class ReaderOps(_Ops, contract.Holds):
         self._ptr = ffi.new("char **")
         self._stage = ffi.new("char[]", STAGE)
         self._staged = ffi.buffer(self._stage)  # staged[:n]: its first n bytes, as bytes
-        self._holds: list[int] = []
-        self._owners: dict[int, Any] = {}
-        self._stuck: list[tuple[Optional[memoryview], Any, int]] = []
+        self._init_holds()
         self._part: list[Any] = []  # the buffer of a streamed message being assembled, if any
         # messages a batch took from the ring that no call has returned yet: every call
         # returns these first (see fast_async)

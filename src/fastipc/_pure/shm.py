@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from fastipc import _shm_layout as L
 from fastipc._backend import shm as contract
+from fastipc._backend.ring import Holds
 from fastipc._core import (
     FIPC_CORRUPT,
     FIPC_EOF,
@@ -578,7 +579,7 @@ def _bytes_view(data: Any) -> memoryview:
 # ---------------------------------------------------------------------------- reader
 
 
-class ReaderOps(_Ops, contract.Holds):
+class ReaderOps(_Ops, Holds):
     role = 2
     _what = "Reader"
     _peer_lock = L.LOCK_WRITER
@@ -599,9 +600,7 @@ class ReaderOps(_Ops, contract.Holds):
         self.peer = u64[L.OFF_HEAD // 8]
         self._batch = self.capacity >> 4  # released in batches of a sixteenth of the ring
         self.hold = _NO_HOLD
-        self._holds: list[int] = []
-        self._owners: dict[int, Any] = {}
-        self._stuck: list[tuple[Optional[memoryview], Any, int]] = []
+        self._init_holds()
         # a streamed message being assembled: (buffer, bytes in it, position of the frame
         # that continues it), committed in one store; None when there is none
         self._pending: Optional[tuple[Any, int, int]] = None
