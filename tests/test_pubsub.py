@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
-import gc
 import mmap
 import os
 import signal
@@ -1088,55 +1087,6 @@ def test_a_batch_stops_before_a_message_it_would_have_to_refuse(backend: str,
             sub.recv_many(64, timeout=1)
         assert info.value.errno == errno.EMSGSIZE
         assert sub.recv_many(64, timeout=1) == [b"after"]
-
-
-# ---------------------------------------------------------------------------- references
-
-
-@pytest.mark.parametrize("calls", ["none", "send_recv", "recv_many", "recv_into_view",
-                                   "timeouts"])
-def test_dropping_the_last_reference_frees_at_once(backend: str, name: str,
-                                                   calls: str) -> None:
-    """No reference cycle: with the garbage collector off, dropping the last reference to a
-    Subscriber frees its slot (a "block" publisher no longer waits for it) and dropping the
-    Publisher's removes its /dev/shm entry and closes its fds."""
-    fds = set(os.listdir("/proc/self/fd"))
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        pub = pubsub.Publisher(name, capacity=4096, backend=backend)
-        sub = pubsub.Subscriber(name, timeout=1, backend=backend)
-        if calls == "send_recv":
-            pub.send(b"a")
-            pub.send(b"b" * 3000, timeout=1)  # streamed
-            assert sub.recv(timeout=1) == b"a" and sub.recv(timeout=1) == b"b" * 3000
-        elif calls == "recv_many":
-            pub.send_many([b"a", b"b"], timeout=1)
-            assert sub.recv_many(8, timeout=1) == [b"a", b"b"]
-        elif calls == "recv_into_view":
-            pub.send_many([b"a", b"b"])
-            assert sub.recv_into(bytearray(8), timeout=1) == 1
-            with sub.recv_view(timeout=1) as view:
-                assert bytes(view) == b"b"
-        elif calls == "timeouts":
-            with pytest.raises(TimeoutError):
-                sub.recv(timeout=0)
-            with pytest.raises(TimeoutError):
-                sub.recv_many(timeout=0)
-            with pytest.raises(TimeoutError):
-                sub.recv_into(bytearray(8), timeout=0)
-        assert pub.subscribers == 1
-        del sub
-        assert pub.subscribers == 0
-        for i in range(64):  # many times the ring: nobody holds the publisher back
-            pub.send(bytes([i]) * 200, timeout=1)
-        assert (SHM / name).exists()
-        del pub
-        assert not (SHM / name).exists()
-        assert set(os.listdir("/proc/self/fd")) == fds
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 # ---------------------------------------------------------------------------- joins

@@ -194,7 +194,7 @@ class _End(SegmentEnd):
         self._open_handle(self._which, fd)
         now = "send_nowait" if fast == "send" else "recv_nowait"
         if self._which == "native":  # its busy count is kept in C
-            self.__dict__[fast] = getattr(ops, fast)
+            self.__dict__[fast] = ops.fast_call()
             self._now_call = getattr(ops, now)
             method = getattr(type(self), fast + "_async")
             fn = ops.fast_async(_waiting(self, method))
@@ -202,7 +202,7 @@ class _End(SegmentEnd):
                 method.__name__, method.__qualname__, method.__doc__)
             self.__dict__[fast + "_async"] = fn
         else:  # Python reads the mapping: counted here, without the method's indirection
-            self.__dict__[fast] = _counted(self, getattr(ops, fast))
+            self.__dict__[fast] = _counted(self, ops.fast_call())
             self._now_call = _counted(self, getattr(ops, now))
         _open_ends.add(self)
 

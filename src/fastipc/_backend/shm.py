@@ -67,7 +67,13 @@ class EndOps(Protocol):
 
 
 class WriterOps(EndOps, Protocol):
-    send: Send
+    def send(self, data: Any, timeout: Optional[float] = None) -> None:
+        """One message (the public ``send``'s timeout: None forever)."""
+
+    def fast_call(self) -> Send:
+        """``send`` as a function for the public class to keep on its instance: one C call
+        where it can be (busy counted in C). It holds this object, which holds nothing of
+        it: no reference cycle (the object goes with its last reference)."""
 
     def send_many(self, blob: bytes, lens: list[int], timeout: float) -> None:
         """Messages stored back to back in ``blob``; the error's ``messages_sent`` says how
@@ -88,7 +94,11 @@ class WriterOps(EndOps, Protocol):
 
 
 class ReaderOps(EndOps, Protocol):
-    recv: Recv
+    def recv(self, timeout: Optional[float] = None) -> bytes:
+        """The next message (the public ``recv``'s timeout: None forever)."""
+
+    def fast_call(self) -> Recv:
+        """``recv`` as :meth:`WriterOps.fast_call` is ``send``."""
 
     def recv_into(self, buffer: Any, timeout: float) -> int:
         """The next message into ``buffer``; ValueError if it does not fit (it stays

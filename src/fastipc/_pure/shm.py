@@ -390,7 +390,6 @@ class WriterOps(_Ops, contract.NowaitSend):
         self._progress = [0]
         self._nowait = [0]
         self._lock = threading.Lock()
-        self.send: contract.Send = self._send_call
 
     def _need(self) -> int:
         return self.want
@@ -489,7 +488,10 @@ class WriterOps(_Ops, contract.NowaitSend):
             progress[0] = 0
         return rc
 
-    def _send_call(self, data: Any, timeout: Optional[float] = None) -> None:
+    def fast_call(self) -> contract.Send:
+        return self.send
+
+    def send(self, data: Any, timeout: Optional[float] = None) -> None:
         t = -1.0 if timeout is None else check_timeout(timeout)
         mv = data if type(data) is bytes else _bytes_view(data)
         if len(mv) <= self.max_message and not self._closed and \
@@ -612,7 +614,6 @@ class ReaderOps(_Ops, Holds):
         u32[L.OFF_RPID // 4] = pid
         _fence()
         u32[L.OFF_RSTATE // 4] = L.ST_OPEN
-        self.recv: contract.Recv = self._recv_call
 
     def _check_header(self, size: int, name: str) -> None:
         u32, u64 = self._u32, self._u64
@@ -802,7 +803,10 @@ class ReaderOps(_Ops, Holds):
             self._msg = bytes(self._take(n))
         return n
 
-    def _recv_call(self, timeout: Optional[float] = None) -> bytes:
+    def fast_call(self) -> contract.Recv:
+        return self.recv
+
+    def recv(self, timeout: Optional[float] = None) -> bytes:
         t = -1.0 if timeout is None else check_timeout(timeout)
         if self._msg is None and self._pending is None and not self._stuck and \
                 not self._closed and (self.peer != self.pos or self._ready(0) > 0):
@@ -860,19 +864,19 @@ class ReaderOps(_Ops, Holds):
 
     def recv_view(self, timeout: float) -> tuple[memoryview, Optional[int]]:
         if self._msg is not None or self._pending is not None:
-            return memoryview(self._recv_call(None if timeout < 0 else timeout)), None
+            return memoryview(self.recv(None if timeout < 0 else timeout)), None
         start = _monotonic()
         n = self._get(timeout, whole_only=True)
         if n < 0 and n != NEED:
             n = self._run(n, lambda t: self._get(t, whole_only=True), Deadline(timeout, start))
         if n == NEED:  # streamed: assembled, so a copy
-            return memoryview(self._recv_call(None if timeout < 0 else timeout)), None
+            return memoryview(self.recv(None if timeout < 0 else timeout)), None
         got = self._export(self._off, n, self.pos)
         self._consume(L.FR_HDR + _round8(n))
         return got
 
     def recv_many(self, max_messages: int, timeout: float) -> list[bytes]:
-        return self._more([self._recv_call(None if timeout < 0 else timeout)], max_messages)
+        return self._more([self.recv(None if timeout < 0 else timeout)], max_messages)
 
     def _more(self, out: list[bytes], max_messages: int) -> list[bytes]:
         """``out`` and what else is queued whole, up to ``max_messages``, without waiting;
