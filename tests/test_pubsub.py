@@ -878,51 +878,7 @@ def test_timeout_in_a_small_streamed_message_then_recv_into(cross: tuple[str, st
         assert buf[:1500] == bytes(range(250)) * 6
 
 
-def _view_kept_past_its_block(publisher: str, subscriber: str, name: str, kind: str) -> None:
-    """As the channel's test (test_shm_faults): a message's view kept past its block in one
-    of the KEPT ways holds its space while anything made from it lives (a "block"
-    publisher fills the rest of the ring, then times out) and its bytes stay intact; once
-    the last of them has gone, whatever still names the memoryview, the subscriber's next
-    call hands the space back and the publisher goes round the ring again."""
-    whole = 4  # 900-byte messages (928-byte frames) that fit the free ring
-    with pubsub.Publisher(name, capacity=4096, backend=publisher) as pub, \
-            pubsub.Subscriber(name, timeout=5, backend=subscriber) as sub:
-        pub.send(_pattern(0))
-        with sub.recv_view(timeout=1) as mv:
-            kept = _keep(kind, mv)
-        if kind == "view":  # nothing made from it: released at the block's end
-            with pytest.raises(ValueError):
-                bytes(mv)
-        else:
-            sent = 0
-            with pytest.raises(TimeoutError):
-                while sent < whole:
-                    pub.send(_pattern(1 + sent), timeout=0.05)
-                    sent += 1
-            assert sent == whole - 1  # the held message takes the rest
-            for i in range(sent - 1):
-                assert sub.recv(timeout=0) == _pattern(1 + i)
-            start = 100 if kind == "slice" else 0
-            assert _read_kept(kind, kept, 799) == _pattern(0)[start:start + 799]
-        del kept  # `mv` is still named: the space must go back all the same
-        if kind != "view":  # the subscriber's next call hands it back
-            assert sub.recv(timeout=0) == _pattern(whole - 1)
-        for i in range(3 * whole):  # three times round the ring, through the held space
-            pub.send(_pattern(i), timeout=1)
-            assert sub.recv() == _pattern(i)  # the fast path once nothing is held
-        for i in range(3 * whole):  # and the batch
-            pub.send(_pattern(i), timeout=1)
-            assert sub.recv_many(4, timeout=0) == [_pattern(i)]
-
-
-@pytest.mark.parametrize("kind", KEPT)
-def test_view_kept_past_its_block(backend: str, name: str, kind: str) -> None:
-    _view_kept_past_its_block(backend, backend, name, kind)
-
-
-@pytest.mark.parametrize("kind", KEPT)
-def test_view_kept_past_its_block_across(cross: tuple[str, str], name: str, kind: str) -> None:
-    _view_kept_past_its_block(cross[0], cross[1], name, kind)
+# (a view kept past its block: test_shm_faults.test_view_kept_past_its_block, for both rings)
 
 
 @pytest.mark.parametrize("kind", ["iter_unpack", "numpy"])
