@@ -89,6 +89,8 @@ typedef struct fipc_pub {
     uint64_t progress;      /* publisher: bytes of a streamed message sent (fipc_pub_put) */
     char *stage;            /* subscriber: where fipc_sub_next copies (owned by Python) */
     uint64_t stage_cap;
+    int32_t recheck;        /* subscriber: views still exported: a wait returns -EINTR after
+                               a tenth of its sleep slice, for Python to look at them */
 } fipc_pub;
 
 int fipc_pub_init(fipc_pub *h, char *base, uint64_t map_size, int32_t fd, int32_t pid,

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
-import gc
 import mmap
 import os
 import signal
@@ -25,6 +24,7 @@ from fastipc import _core, pubsub
 from fastipc._backend import pubsub as layout
 from fastipc._cli import pubsub as cli
 from helpers import run_python, start_python
+from test_shm_faults import KEPT, _keep, _pattern, _read_kept
 
 SHM = Path("/dev/shm")
 
@@ -878,19 +878,59 @@ def test_timeout_in_a_small_streamed_message_then_recv_into(cross: tuple[str, st
         assert buf[:1500] == bytes(range(250)) * 6
 
 
-def test_a_view_kept_past_its_block_does_not_stall_the_publisher(backend: str,
-                                                                  name: str) -> None:
-    import numpy  # in the test extras
+# (a view kept past its block: test_shm_faults.test_view_kept_past_its_block, for both rings)
+
+
+@pytest.mark.parametrize("kind", ["iter_unpack", "numpy"])
+def test_a_waiting_subscriber_hands_back_a_view_let_go(backend: str, name: str,
+                                                       kind: str) -> None:
+    """A subscriber waiting for the next message while the publisher waits for room behind
+    a kept view: once the last use of the view goes (in another thread), the wait itself
+    hands the space back within a few ms, and both go on (no deadlock)."""
     with pubsub.Publisher(name, capacity=4096, backend=backend) as pub, \
-            pubsub.Subscriber(name, timeout=1, backend=backend) as sub:
-        pub.send(b"v" * 100)
-        with sub.recv_view(timeout=1) as view:
-            kept = numpy.frombuffer(view, dtype=numpy.uint8)  # an export of the view
-        assert bytes(kept[:3]) == b"vvv"
-        for i in range(200):  # many laps of the ring: the cursor was released
-            pub.send(message(i), timeout=1)
-            assert check_message(sub.recv(timeout=1)) == i
+            pubsub.Subscriber(name, timeout=5, backend=backend) as sub:
+        pub.send(_pattern(0))
+        with sub.recv_view(timeout=1) as mv:
+            kept = [_keep(kind, mv)]
+        for i in range(3):
+            pub.send(_pattern(1 + i), timeout=1)
+            assert sub.recv(timeout=1) == _pattern(1 + i)
+
+        def publish() -> None:
+            time.sleep(0.05)
+            kept.clear()  # the last use of the view goes while both wait
+            pub.send(_pattern(9), timeout=5)  # needs the held space
+
+        t = threading.Thread(target=publish)
+        t.start()
+        try:
+            assert sub.recv(timeout=5) == _pattern(9)
+        finally:
+            t.join(10)
+
+
+@pytest.mark.parametrize("kind", KEPT)
+def test_drop_oldest_views_are_copies(backend: str, name: str, kind: str) -> None:
+    """Under "drop_oldest" the publisher never waits, so recv_view gives a view of a copy:
+    kept past its block in any KEPT way it keeps its bytes while the publisher laps the
+    ring many times, and it holds nothing back."""
+    with pubsub.Publisher(name, capacity=4096, overflow="drop_oldest",
+                          backend=backend) as pub, \
+            pubsub.Subscriber(name, timeout=5, backend=backend) as sub:
+        pub.send(_pattern(0))
+        with sub.recv_view(timeout=1) as mv:
+            kept = _keep(kind, mv)
+        for i in range(20):  # five times round the ring
+            pub.send(_pattern(1 + i), timeout=0)
+        if kind == "view":
+            with pytest.raises(ValueError):
+                bytes(mv)
+        else:
+            start = 100 if kind == "slice" else 0
+            assert _read_kept(kind, kept, 799) == _pattern(0)[start:start + 799]
         del kept
+        got = sub.recv(timeout=1)  # the oldest still there: every one before it counted
+        assert sub.missed > 10 and got == _pattern(1 + sub.missed)
 
 
 # ---------------------------------------------------------------------------- cut short
@@ -1003,55 +1043,6 @@ def test_a_batch_stops_before_a_message_it_would_have_to_refuse(backend: str,
             sub.recv_many(64, timeout=1)
         assert info.value.errno == errno.EMSGSIZE
         assert sub.recv_many(64, timeout=1) == [b"after"]
-
-
-# ---------------------------------------------------------------------------- references
-
-
-@pytest.mark.parametrize("calls", ["none", "send_recv", "recv_many", "recv_into_view",
-                                   "timeouts"])
-def test_dropping_the_last_reference_frees_at_once(backend: str, name: str,
-                                                   calls: str) -> None:
-    """No reference cycle: with the garbage collector off, dropping the last reference to a
-    Subscriber frees its slot (a "block" publisher no longer waits for it) and dropping the
-    Publisher's removes its /dev/shm entry and closes its fds."""
-    fds = set(os.listdir("/proc/self/fd"))
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        pub = pubsub.Publisher(name, capacity=4096, backend=backend)
-        sub = pubsub.Subscriber(name, timeout=1, backend=backend)
-        if calls == "send_recv":
-            pub.send(b"a")
-            pub.send(b"b" * 3000, timeout=1)  # streamed
-            assert sub.recv(timeout=1) == b"a" and sub.recv(timeout=1) == b"b" * 3000
-        elif calls == "recv_many":
-            pub.send_many([b"a", b"b"], timeout=1)
-            assert sub.recv_many(8, timeout=1) == [b"a", b"b"]
-        elif calls == "recv_into_view":
-            pub.send_many([b"a", b"b"])
-            assert sub.recv_into(bytearray(8), timeout=1) == 1
-            with sub.recv_view(timeout=1) as view:
-                assert bytes(view) == b"b"
-        elif calls == "timeouts":
-            with pytest.raises(TimeoutError):
-                sub.recv(timeout=0)
-            with pytest.raises(TimeoutError):
-                sub.recv_many(timeout=0)
-            with pytest.raises(TimeoutError):
-                sub.recv_into(bytearray(8), timeout=0)
-        assert pub.subscribers == 1
-        del sub
-        assert pub.subscribers == 0
-        for i in range(64):  # many times the ring: nobody holds the publisher back
-            pub.send(bytes([i]) * 200, timeout=1)
-        assert (SHM / name).exists()
-        del pub
-        assert not (SHM / name).exists()
-        assert set(os.listdir("/proc/self/fd")) == fds
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 # ---------------------------------------------------------------------------- joins

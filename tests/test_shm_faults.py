@@ -336,49 +336,68 @@ def _read_kept(kind: str, kept: Any, n: int) -> bytes:
 KEPT = ["iter_unpack", "cast", "slice", "numpy", "view"]
 
 
-def _view_kept_past_its_block(writer: str, reader: str, name: str, kind: str) -> None:
+ENDS = {"channel": (shm.Writer, shm.Reader), "fanout": (shm.Publisher, shm.Subscriber)}
+
+
+def _view_kept_past_its_block(mechanism: str, backends: tuple[str, str], name: str,
+                              kind: str) -> None:
     """A message's view is kept past its block in one of the KEPT ways. While anything made
-    from it lives, its bytes stay intact and its space stays held (the writer fills the rest
+    from it lives, its bytes stay intact and its space stays held (the sender fills the rest
     of the ring, then times out); once the last of them has gone, whatever still names the
-    memoryview, the reader's next call hands the space back: the writer goes round the
-    ring again, and every byte comes through."""
+    memoryview, the receiver's next call hands the space back: the sender goes round the
+    ring again, and every byte comes through. The channel's ends and the fan-out's (under
+    "block") alike."""
+    make_sender, make_receiver = ENDS[mechanism]
+    with make_sender(name, capacity=4096, backend=backends[0]) as sender, \
+            make_receiver(name, timeout=5, backend=backends[1]) as receiver:
+        _kept_past_its_block(sender, receiver, kind)
+        if mechanism == "channel":
+            _flow(sender, receiver, 20)
+
+
+def _kept_past_its_block(sender: Any, receiver: Any, kind: str) -> None:
     whole = 4  # 900-byte messages that fit the free ring
-    with shm.Writer(name, capacity=4096, backend=writer) as w, \
-            shm.Reader(name, timeout=5, backend=reader) as r:
-        w.send(_pattern(0))
-        with r.recv_view(timeout=1) as mv:
-            kept = _keep(kind, mv)
-        if kind == "view":  # nothing made from it: released at the block's end
-            with pytest.raises(ValueError):
-                bytes(mv)
-        else:
-            sent = 0
-            with pytest.raises(TimeoutError):
-                while sent < whole:
-                    w.send(_pattern(1 + sent), timeout=0.05)
-                    sent += 1
-            assert sent == whole - 1  # the held message takes the rest
-            for i in range(sent - 1):  # read without waiting: the fast path
-                assert r.recv(timeout=0) == _pattern(1 + i)
-            start = 100 if kind == "slice" else 0
-            assert _read_kept(kind, kept, 799) == _pattern(0)[start:start + 799]
-        del kept  # `mv` is still named: the space must go back all the same
-        if kind != "view":  # the reader's next call (the fast path's) hands it back
-            assert r.recv(timeout=0) == _pattern(whole - 1)
-        for i in range(3 * whole):  # three times round the ring, through the held space
-            w.send(_pattern(i), timeout=1)
-            assert r.recv(timeout=0) == _pattern(i)  # never waiting: the fast path
-        _flow(w, r, 20)
+    sender.send(_pattern(0))
+    with receiver.recv_view(timeout=1) as mv:
+        kept = _keep(kind, mv)
+    if kind == "view":  # nothing made from it: released at the block's end
+        with pytest.raises(ValueError):
+            bytes(mv)
+    else:
+        sent = 0
+        with pytest.raises(TimeoutError):
+            while sent < whole:
+                sender.send(_pattern(1 + sent), timeout=0.05)
+                sent += 1
+        assert sent == whole - 1  # the held message takes the rest
+        for i in range(sent - 1):  # read without waiting: the fast path
+            assert receiver.recv(timeout=0) == _pattern(1 + i)
+        start = 100 if kind == "slice" else 0
+        assert _read_kept(kind, kept, 799) == _pattern(0)[start:start + 799]
+    del kept  # `mv` is still named: the space must go back all the same
+    if kind != "view":  # the receiver's next call hands it back
+        assert receiver.recv(timeout=0) == _pattern(whole - 1)
+    for i in range(3 * whole):  # three times round the ring, through the held space
+        sender.send(_pattern(i), timeout=1)
+        assert receiver.recv(timeout=0) == _pattern(i)  # never waiting
+    for i in range(3 * whole):  # the fast path, and the batch
+        sender.send(_pattern(i), timeout=1)
+        assert receiver.recv() == _pattern(i)
+        sender.send(_pattern(i), timeout=1)
+        assert receiver.recv_many(4, timeout=0) == [_pattern(i)]
 
 
+@pytest.mark.parametrize("mechanism", ENDS)
 @pytest.mark.parametrize("kind", KEPT)
-def test_view_kept_past_its_block(backend: str, name: str, kind: str) -> None:
-    _view_kept_past_its_block(backend, backend, name, kind)
+def test_view_kept_past_its_block(backend: str, name: str, kind: str, mechanism: str) -> None:
+    _view_kept_past_its_block(mechanism, (backend, backend), name, kind)
 
 
+@pytest.mark.parametrize("mechanism", ENDS)
 @pytest.mark.parametrize("kind", KEPT)
-def test_view_kept_past_its_block_across(cross: tuple[str, str], name: str, kind: str) -> None:
-    _view_kept_past_its_block(cross[0], cross[1], name, kind)
+def test_view_kept_past_its_block_across(cross: tuple[str, str], name: str, kind: str,
+                                         mechanism: str) -> None:
+    _view_kept_past_its_block(mechanism, cross, name, kind)
 
 
 CLOSE_UNDER_EXPORT = """

@@ -270,25 +270,36 @@ class Publisher(_Endpoint):
 
 
 class _View(View):
-    """A zero-copy view of one received message; released when its ``with`` block ends
-    (the publisher may then reuse its space: a view kept past the block does not stall it,
-    but may show later data)."""
+    """A zero-copy view of one received message; released when its ``with`` block ends.
 
-    __slots__ = ("_sub",)
+    While it lives, its ring space is held: under ``"block"`` the publisher cannot reuse
+    it. If anything made from the memoryview still lives when the block ends
+    (``numpy.frombuffer(view)``, a slice, ``struct.iter_unpack``), the hold lasts until the
+    last of them goes; the subscriber's next call then hands the space back
+    (``_backend.ring.Holds``)."""
+
+    __slots__ = ("__weakref__", "_sub")
 
     def __init__(self, sub: Subscriber, mv: memoryview, pos: Optional[int]) -> None:
         self._sub = sub
         self._mv = mv
         self.pos = pos
+        if pos is not None:
+            sub._views.add(self)
 
     def release(self) -> None:
         mv, self._mv = self._mv, None
-        if mv is not None:
+        if mv is None:
+            return
+        sub = self._sub
+        sub._views.discard(self)
+        if self.pos is None or sub._closed:  # a copy, or the hold went with the close
             try:
                 mv.release()
             except BufferError:  # exported further: those exports outlive the block
                 pass
-            self._sub._unview(self)
+            return
+        sub._ops.release_view(mv, self.pos)
 
 
 class Subscriber(_Endpoint):
@@ -313,7 +324,7 @@ class Subscriber(_Endpoint):
         spin = check_spin(spin)
         which = _core.resolve_backend(backend)
         impl = _core.ops("pubsub", which)
-        self._views: list[_View] = []
+        self._views: weakref.WeakSet[_View] = weakref.WeakSet()
         ops = wait_for(lambda: self._attach(impl, max_message_size, spin), deadline, self._name)
         self._ops: SubscriberOps = ops
         fast = ops.fast_recv(_weakly(self, Subscriber._recv_general),
@@ -393,26 +404,11 @@ class Subscriber(_Endpoint):
     def recv_view(self, timeout: Optional[float] = None) -> _View:
         """The next message as a read-only memoryview, for a ``with`` block. Under
         ``"block"`` it points into the ring (no copy) and the publisher does not reuse that
-        space until the block ends; under ``"drop_oldest"`` (where the publisher never
+        space until the block ends (or, if anything made from the view still lives then,
+        until the last of it has gone); under ``"drop_oldest"`` (where the publisher never
         waits) and for streamed messages it is a view of a copy."""
-        t = check_timeout(timeout)
-        where = self._to_end(self._ops.view, t)
-        if where is None:
-            return _View(self, memoryview(self.recv(timeout)), None)
-        off, n, pos = where
-        assert self._mm is not None
-        view = _View(self, memoryview(self._mm)[off:off + n].toreadonly(), pos)
-        if not self._views:
-            self._ops.set_hold(pos)
-        self._views.append(view)
-        return view
-
-    def _unview(self, view: _View) -> None:
-        if view.pos is None or view not in self._views:
-            return
-        self._views.remove(view)
-        if not self._closed:
-            self._ops.set_hold(self._views[0].pos if self._views else None)
+        mv, pos = self._to_end(self._ops.recv_view, check_timeout(timeout))
+        return _View(self, mv, pos)
 
     def __iter__(self) -> Iterator[bytes]:
         """Messages until the publisher closes."""
@@ -427,16 +423,17 @@ class Subscriber(_Endpoint):
             remove_orphan(self._fd, self._path, _publisher_alive)
             raise
 
+    def close(self) -> None:
+        """Detach (the publisher stops waiting for this subscriber); views still in
+        ``with`` blocks are released. Idempotent."""
+        if not self._closed:
+            for view in list(self._views):
+                view.release()
+            self._ops.drop_taken()
+        super().close()
+
     def _free(self) -> None:
         _open_handles.discard(self)
-        for view in self._views:
-            if view._mv is not None:
-                try:
-                    view._mv.release()
-                except BufferError:
-                    pass
-                view._mv = None
-        self._views.clear()
         self._ops.close()
         self._unmap()
 

@@ -194,7 +194,7 @@ class _End(SegmentEnd):
         self._open_handle(self._which, fd)
         now = "send_nowait" if fast == "send" else "recv_nowait"
         if self._which == "native":  # its busy count is kept in C
-            self.__dict__[fast] = getattr(ops, fast)
+            self.__dict__[fast] = ops.fast_call()
             self._now_call = getattr(ops, now)
             method = getattr(type(self), fast + "_async")
             fn = ops.fast_async(_waiting(self, method))
@@ -202,7 +202,7 @@ class _End(SegmentEnd):
                 method.__name__, method.__qualname__, method.__doc__)
             self.__dict__[fast + "_async"] = fn
         else:  # Python reads the mapping: counted here, without the method's indirection
-            self.__dict__[fast] = _counted(self, getattr(ops, fast))
+            self.__dict__[fast] = _counted(self, ops.fast_call())
             self._now_call = _counted(self, getattr(ops, now))
         _open_ends.add(self)
 
@@ -551,7 +551,7 @@ class _View(View):
     call of its reader (the mapping stays). If anything made from the memoryview still
     lives when the block ends (``numpy.frombuffer(view)``, a slice, ``struct.iter_unpack``),
     the hold lasts until the last of them goes, whatever still names the memoryview; the
-    reader's next call then hands the space back (``_backend.shm.Holds``)."""
+    reader's next call then hands the space back (``_backend.ring.Holds``)."""
 
     __slots__ = ("__weakref__", "_reader")
 

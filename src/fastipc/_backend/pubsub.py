@@ -202,11 +202,16 @@ class SubscriberOps(Protocol):
 
     def recv_many(self, max_messages: int, timeout: float) -> list[bytes]: ...
 
-    def view(self, timeout: float) -> Optional[tuple[int, int, int]]:
-        """The next message in place: (offset in the mapping, length, ring position), its
-        space held until ``set_hold(None)``; None when it cannot be (then use recv)."""
+    def recv_view(self, timeout: float) -> tuple[memoryview, Optional[int]]:
+        """The next message as a read-only view, and the ring position it holds until
+        :meth:`release_view` (``_backend.ring.Holds``: also while anything made from the
+        view lives). None: the view is a copy, nothing is held ("drop_oldest", where the
+        publisher never waits, and streamed messages)."""
 
-    def set_hold(self, pos: Optional[int]) -> None: ...
+    def release_view(self, view: memoryview, pos: Optional[int]) -> None: ...
+
+    def drop_taken(self) -> None:
+        """This end closes: forget the views still exported."""
 
     def stats(self) -> tuple[int, int]: ...
 

@@ -17,6 +17,7 @@ from typing import Any, Callable, Optional
 
 from fastipc._backend import pubsub as layout
 from fastipc._backend.pubsub import NEED, NOTREADY, NotReady, PublisherOps, SubscriberOps
+from fastipc._backend.ring import Holds
 from fastipc._core import FIPC_CORRUPT, Deadline, check, ffi, lib, retry
 from fastipc._native.shm import _NO_HOLD, _new_bytes
 
@@ -59,11 +60,10 @@ def _new_buffer(n: int) -> Any:
 
 
 class _Ops:
-    __slots__ = ("_base", "_h", "name")
-
     def __init__(self, mm: mmap.mmap, name: str) -> None:
         self.name = name
         self._base = ffi.from_buffer(mm)
+        self._addr = int(ffi.cast("uintptr_t", self._base))
         self._h = ffi.new("fipc_pub *")
 
     def stats(self) -> tuple[int, int]:
@@ -85,11 +85,12 @@ class _Ops:
         if not lib.fipc_pub_busy(h):
             lib.fipc_pub_close(h)
             ffi.release(self._base)
+            mv = getattr(self, "_mv", None)
+            if mv is not None:  # the subscriber's (views still exported keep the mapping)
+                mv.release()
 
 
 class Publisher(_Ops):
-    __slots__ = ("_limit", "_max", "_progress", "_sent")
-
     def __init__(self, mm: mmap.mmap, size: int, fd: int, name: str, pid: int,
                  max_message: int, overflow: int, spin: float) -> None:
         super().__init__(mm, name)
@@ -181,9 +182,7 @@ class Publisher(_Ops):
             raise
 
 
-class Subscriber(_Ops):
-    __slots__ = ("_drop", "_lens", "_out", "_outbuf", "_partial", "_ptr", "_size", "_stage")
-
+class Subscriber(_Ops, Holds):
     def __init__(self, mm: mmap.mmap, size: int, fd: int, slot: int, name: str, pid: int,
                  max_message: int, spin: float) -> None:
         super().__init__(mm, name)
@@ -195,6 +194,8 @@ class Subscriber(_Ops):
             check(rc, name)
         self._ptr = ffi.new("char **")
         self._size = size
+        self._mv = memoryview(mm)
+        self._init_holds()
         self._stage = ffi.new("char[]", STAGE)
         self._h.stage, self._h.stage_cap = self._stage, STAGE  # for fipc_sub_next
         self._partial: Any = None  # the buffer of a streamed message being assembled
@@ -207,7 +208,16 @@ class Subscriber(_Ops):
     def missed(self) -> int:
         return int(self._h.missed)
 
+    def _recv_at(self, dest: Any, cap: int, timeout: float) -> int:
+        """One attempt in C, after handing back the space of views whose users have gone
+        (while such views are exported, a wait returns -EINTR every few ms to come here)."""
+        if self._stuck:
+            self._unstick()
+        return lib.fipc_sub_recv(self._h, dest, cap, timeout, self._ptr)  # type: ignore
+
     def recv(self, timeout: float) -> bytes:
+        if self._stuck:
+            self._unstick()
         if self._partial is None:
             try:  # (a handler that raises runs as the C call returns: inside the try)
                 n = lib.fipc_sub_recv(self._h, self._stage, STAGE, timeout, self._ptr)
@@ -221,10 +231,10 @@ class Subscriber(_Ops):
 
     def finish_recv(self, n: int, timeout: float) -> bytes:
         """What a first attempt into the staging buffer left to do (n < 0)."""
-        stage, h, ptr = self._stage, self._h, self._ptr
+        stage, at = self._stage, self._recv_at
         if n != NEED:
             try:
-                n = retry(n, lambda left: _need(lib.fipc_sub_recv(h, stage, STAGE, left, ptr)),
+                n = retry(n, lambda left: _need(at(stage, STAGE, left)),
                           Deadline(timeout, time.monotonic()), self.name)
             except BaseException:
                 self._keep(stage, STAGE)
@@ -236,11 +246,11 @@ class Subscriber(_Ops):
     def fast_recv(self, general: Callable[[Optional[float]], bytes],
                   finish: Callable[[int], bytes]) -> Optional[Callable[..., bytes]]:
         """``recv`` in one C call for no timeout (as :meth:`Publisher.fast_send`)."""
-        h, stage, keep = self._h, self._stage, self._keep
+        h, stage, keep, stuck = self._h, self._stage, self._keep, self._stuck
         c_next, unpack = lib.fipc_sub_next, ffi.unpack
 
         def recv(timeout: Optional[float] = None) -> bytes:
-            if timeout is None and self._partial is None:
+            if timeout is None and self._partial is None and not stuck:
                 try:
                     n = c_next(h)
                 except BaseException:
@@ -287,7 +297,7 @@ class Subscriber(_Ops):
             cap = len(dest)
 
             def again(left: float, d: Any = dest, c: int = cap) -> int:
-                return _need(lib.fipc_sub_recv(h, d, c, left, ptr))
+                return _need(self._recv_at(d, c, left))
 
             try:
                 n = retry(again(deadline.left()), again, deadline, self.name)
@@ -310,6 +320,8 @@ class Subscriber(_Ops):
             raise TypeError("recv_into needs a writable contiguous bytes-like object, not "
                             f"{type(buffer).__name__!r}") from exc
         cap = len(dest)
+        if self._stuck:
+            self._unstick()
         if self._partial is not None:
             if cap < len(self._partial):
                 raise _too_small(cap, len(self._partial))
@@ -320,7 +332,7 @@ class Subscriber(_Ops):
             n = lib.fipc_sub_recv(h, dest, cap, timeout, ptr)
             if n >= 0:
                 return n  # type: ignore[no-any-return]
-            n = retry(_need(n), lambda left: _need(lib.fipc_sub_recv(h, dest, cap, left, ptr)),
+            n = retry(_need(n), lambda left: _need(self._recv_at(dest, cap, left)),
                       Deadline(timeout, time.monotonic()), self.name)
         except BaseException:  # a timeout, or a handler that raised
             self._keep(dest, cap)
@@ -329,26 +341,29 @@ class Subscriber(_Ops):
             raise _too_small(cap, int(h.last_len))
         return n
 
-    def view(self, timeout: float) -> Optional[tuple[int, int, int]]:
-        if self._drop or self._partial is not None:
-            return None
-        h, ptr = self._h, self._ptr
-        n = retry(_need(lib.fipc_sub_recv(h, ffi.NULL, 0, timeout, ptr)),
-                  lambda left: _need(lib.fipc_sub_recv(h, ffi.NULL, 0, left, ptr)),
+    def recv_view(self, timeout: float) -> tuple[memoryview, Optional[int]]:
+        if self._drop or self._partial is not None:  # a copy: nothing held
+            return memoryview(self.recv(timeout)), None
+        at = self._recv_at
+        n = retry(_need(at(ffi.NULL, 0, timeout)), lambda left: _need(at(ffi.NULL, 0, left)),
                   Deadline(timeout, time.monotonic()), self.name)
-        if n == NEEDED:  # a streamed message
-            return None
-        off = int(ffi.cast("uintptr_t", ptr[0])) - int(ffi.cast("uintptr_t", self._base))
+        if n == NEEDED:  # a streamed message: assembled, so a copy
+            return memoryview(self._large(timeout)), None
+        off = int(ffi.cast("uintptr_t", self._ptr[0])) - self._addr
         if not 0 <= off <= self._size - n:
             check(FIPC_CORRUPT, self.name)
-        return off, n, int(h.last_pos)
+        return self._export(off, n, int(self._h.last_pos))
 
     def set_hold(self, pos: Optional[int]) -> None:
         self._h.hold = _NO_HOLD if pos is None else pos
-        if pos is None:
-            lib.fipc_sub_release(self._h)
+        lib.fipc_sub_release(self._h)
+
+    def _recheck(self, flag: bool) -> None:
+        self._h.recheck = int(flag)
 
     def recv_many(self, max_messages: int, timeout: float) -> list[bytes]:
+        if self._stuck:
+            self._unstick()
         if self._partial is not None:
             return [self.recv(timeout)]
         if self._outbuf is None or len(self._lens) < max_messages:
@@ -359,8 +374,12 @@ class Subscriber(_Ops):
         h, out, lens, many = self._h, self._out, self._lens, lib.fipc_sub_recv_many
         n = many(h, out, len(out), lens, max_messages, timeout)
         if n < 0:
-            n = retry(_need(n),
-                      lambda left: _need(many(h, out, len(out), lens, max_messages, left)),
+            def again(left: float) -> int:
+                if self._stuck:
+                    self._unstick()
+                return _need(many(h, out, len(out), lens, max_messages, left))
+
+            n = retry(_need(n), again,
                       Deadline(timeout, time.monotonic()), self.name)
             if n == NEEDED:  # NEED: the next message is not for a batch
                 return [self.recv(timeout)]

@@ -22,6 +22,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any, Optional
 
 from fastipc._backend import shm as contract
+from fastipc._backend.ring import Holds
 from fastipc._core import (
     FIPC_CORRUPT,
     Deadline,
@@ -175,9 +176,11 @@ class WriterOps(_Ops, contract.NowaitSend):
         self._progress = ffi.new("uint64_t *")
         self._sent = ffi.new("uint64_t *")
         self._nowait = ffi.new("uint64_t *")
-        self.send: contract.Send = self._make_send()
 
-    def _make_send(self) -> Any:
+    def send(self, data: Any, timeout: Optional[float] = None) -> None:
+        self.fast_call()(data, timeout)  # (the public class keeps the function)
+
+    def fast_call(self) -> contract.Send:
         """The hot ``send(data, timeout=None)``: one C call; busy counted in C."""
         h, progress, slow = self._h, self._progress, self._send_slow
 
@@ -273,7 +276,7 @@ class WriterOps(_Ops, contract.NowaitSend):
 # ---------------------------------------------------------------------------- reader
 
 
-class ReaderOps(_Ops, contract.Holds):
+class ReaderOps(_Ops, Holds):
     _what = "Reader"
     _c_init = lib.fipc_shm_reader_init
 
@@ -282,9 +285,7 @@ class ReaderOps(_Ops, contract.Holds):
         self._ptr = ffi.new("char **")
         self._stage = ffi.new("char[]", STAGE)
         self._staged = ffi.buffer(self._stage)  # staged[:n]: its first n bytes, as bytes
-        self._holds: list[int] = []
-        self._owners: dict[int, Any] = {}
-        self._stuck: list[tuple[Optional[memoryview], Any, int]] = []
+        self._init_holds()
         self._part: list[Any] = []  # the buffer of a streamed message being assembled, if any
         # messages a batch took from the ring that no call has returned yet: every call
         # returns these first (see fast_async)
@@ -301,7 +302,6 @@ class ReaderOps(_Ops, contract.Holds):
         self._out: Any = None
         self._lens: Any = None
         self._fmt: Any = None
-        self.recv: contract.Recv = self._make_recv()
 
     @property
     def _pending(self) -> Any:
@@ -318,11 +318,11 @@ class ReaderOps(_Ops, contract.Holds):
             self._detour[:] = _ONE
             self._part[:] = (buf,)
 
-    def _make_recv(self) -> Any:
+    def fast_call(self) -> contract.Recv:
         """The hot ``recv(timeout=None)``: a message up to STAGE bytes is copied out and
         returned by one C call (busy counted in C); anything else takes the slow path."""
         h, ptr, stage, staged, slow = self._h, self._ptr, self._stage, self._staged, self._recv_slow
-        detour, around = self._detour, self._around
+        detour, around = self._detour, self.recv
 
         def recv(timeout: Optional[float] = None) -> bytes:
             if detour:
@@ -341,17 +341,16 @@ class ReaderOps(_Ops, contract.Holds):
 
         return recv
 
-    def _around(self, timeout: Optional[float]) -> bytes:
-        """``recv`` while ``_detour`` is set: the messages a batch took come first, then
-        the views whose space may go back (``_stuck``) and a streamed message half-way
-        into its own buffer."""
+    def recv(self, timeout: Optional[float] = None) -> bytes:
+        """The general path, which the hot one (:meth:`fast_call`) takes while ``_detour``
+        is set: the messages a batch took come first, then the views whose space may go
+        back (``_stuck``) and a streamed message half-way into its own buffer."""
         t = -1.0 if timeout is None else check_timeout(timeout)
         if self._taken:
             return self._taken.popleft()
-        if self._part or self._stuck:  # _attempt looks at _stuck
-            return self._recv_slow(NEED, t, _monotonic())
-        self._detour.clear()  # none of these any more: back to the straight path
-        return self.recv(timeout)
+        if not (self._part or self._stuck):
+            self._detour.clear()  # none of these any more: back to the straight path
+        return self._recv_slow(NEED, t, _monotonic())  # (_attempt looks at _stuck first)
 
     def fast_async(self, wait: contract.Awaited) -> contract.Awaited:
         """``recv_async``: the messages there already (up to BATCH, BATCH_BYTES in all) come
@@ -521,7 +520,7 @@ class ReaderOps(_Ops, contract.Holds):
 
     def _recheck(self, flag: bool) -> None:
         self._h.recheck = int(flag)
-        if flag:  # the hot paths look at _stuck first (_around)
+        if flag:  # the hot paths look at _stuck first (recv)
             self._detour[:] = _ONE
 
     def recv_many(self, max_messages: int, timeout: float) -> list[bytes]:

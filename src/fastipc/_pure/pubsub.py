@@ -18,6 +18,7 @@ from typing import Any, Callable, Optional
 
 from fastipc._backend import pubsub as L
 from fastipc._backend.pubsub import NotReady, PublisherOps, SubscriberOps
+from fastipc._backend.ring import Holds
 from fastipc._core import (
     FIPC_CORRUPT,
     FIPC_EOF,
@@ -79,6 +80,7 @@ class _Ops:
         self._size = size
         self.capacity = size - L.HEADER
         self.closed = False
+        self.recheck = False
         self.spin_max = self.spin_cur = 0.0
         self.spins = self.sleeps = 0
         self.pos = self.peer = 0
@@ -170,12 +172,15 @@ class _Ops:
                 if not sub:
                     u32[wait_off // 4] = 0
                 raise _Code(-errno.ETIMEDOUT)
-            rc = _futex_wait(self._addr + seq_off, seq, SLICE if left < 0 else min(left, SLICE))
+            slice_ = SLICE / 10 if sub and self.recheck else SLICE
+            rc = _futex_wait(self._addr + seq_off, seq, slice_ if left < 0 else min(left, slice_))
             if not sub:
                 u32[wait_off // 4] = 0
             slept = True
             if rc < 0:
                 raise _Code(rc)
+            if sub and self.recheck:  # the subscriber looks at its exported views
+                raise _Code(-errno.EINTR)
 
     def _gone(self, check_lock: bool) -> bool:
         return False
@@ -426,7 +431,7 @@ class Publisher(_Ops):
 # ---------------------------------------------------------------------------- subscriber
 
 
-class Subscriber(_Ops):
+class Subscriber(_Ops, Holds):
     role = _ROLE_SUB
 
     def __init__(self, mm: mmap.mmap, size: int, fd: int, slot: int, name: str, pid: int,
@@ -486,6 +491,7 @@ class Subscriber(_Ops):
         self.last_len = self.last_pos = 0
         self._ptr = 0
         self._partial: Optional[bytearray] = None
+        self._init_holds()
         self._bell(L.OFF_SSEQ)
 
     @property
@@ -686,6 +692,8 @@ class Subscriber(_Ops):
         """One try, as the C call: the length, NEEDED, or a negative status."""
         if self.closed:
             return -errno.EBADF
+        if self._stuck:
+            self._unstick()
         try:
             return self._recv(dest, deadline)
         except _Code as exc:
@@ -783,18 +791,21 @@ class Subscriber(_Ops):
                 break
         return out
 
-    def view(self, timeout: float) -> Optional[tuple[int, int, int]]:
-        if self.overflow == L.DROP_OLDEST or self._partial is not None:
-            return None
+    def recv_view(self, timeout: float) -> tuple[memoryview, Optional[int]]:
+        if self.overflow == L.DROP_OLDEST or self._partial is not None:  # a copy
+            return memoryview(self.recv(timeout)), None
         n = self._call(None, timeout)
-        if n == NEEDED:
-            return None
-        return self._ptr, n, self.last_pos
+        if n == NEEDED:  # streamed: assembled, so a copy
+            return memoryview(self.recv(timeout)), None
+        return self._export(self._ptr, n, self.last_pos)
 
     def set_hold(self, pos: Optional[int]) -> None:
         self.hold = _NO_HOLD if pos is None else pos
-        if pos is None and not self.closed:
+        if not self.closed:
             self._release_cursor()
+
+    def _recheck(self, flag: bool) -> None:
+        self.recheck = flag
 
     def close(self) -> None:
         self.closed = True

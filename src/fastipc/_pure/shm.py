@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from fastipc import _shm_layout as L
 from fastipc._backend import shm as contract
+from fastipc._backend.ring import Holds
 from fastipc._core import (
     FIPC_CORRUPT,
     FIPC_EOF,
@@ -389,7 +390,6 @@ class WriterOps(_Ops, contract.NowaitSend):
         self._progress = [0]
         self._nowait = [0]
         self._lock = threading.Lock()
-        self.send: contract.Send = self._send_call
 
     def _need(self) -> int:
         return self.want
@@ -488,7 +488,10 @@ class WriterOps(_Ops, contract.NowaitSend):
             progress[0] = 0
         return rc
 
-    def _send_call(self, data: Any, timeout: Optional[float] = None) -> None:
+    def fast_call(self) -> contract.Send:
+        return self.send
+
+    def send(self, data: Any, timeout: Optional[float] = None) -> None:
         t = -1.0 if timeout is None else check_timeout(timeout)
         mv = data if type(data) is bytes else _bytes_view(data)
         if len(mv) <= self.max_message and not self._closed and \
@@ -578,7 +581,7 @@ def _bytes_view(data: Any) -> memoryview:
 # ---------------------------------------------------------------------------- reader
 
 
-class ReaderOps(_Ops, contract.Holds):
+class ReaderOps(_Ops, Holds):
     role = 2
     _what = "Reader"
     _peer_lock = L.LOCK_WRITER
@@ -599,9 +602,7 @@ class ReaderOps(_Ops, contract.Holds):
         self.peer = u64[L.OFF_HEAD // 8]
         self._batch = self.capacity >> 4  # released in batches of a sixteenth of the ring
         self.hold = _NO_HOLD
-        self._holds: list[int] = []
-        self._owners: dict[int, Any] = {}
-        self._stuck: list[tuple[Optional[memoryview], Any, int]] = []
+        self._init_holds()
         # a streamed message being assembled: (buffer, bytes in it, position of the frame
         # that continues it), committed in one store; None when there is none
         self._pending: Optional[tuple[Any, int, int]] = None
@@ -613,7 +614,6 @@ class ReaderOps(_Ops, contract.Holds):
         u32[L.OFF_RPID // 4] = pid
         _fence()
         u32[L.OFF_RSTATE // 4] = L.ST_OPEN
-        self.recv: contract.Recv = self._recv_call
 
     def _check_header(self, size: int, name: str) -> None:
         u32, u64 = self._u32, self._u64
@@ -803,7 +803,10 @@ class ReaderOps(_Ops, contract.Holds):
             self._msg = bytes(self._take(n))
         return n
 
-    def _recv_call(self, timeout: Optional[float] = None) -> bytes:
+    def fast_call(self) -> contract.Recv:
+        return self.recv
+
+    def recv(self, timeout: Optional[float] = None) -> bytes:
         t = -1.0 if timeout is None else check_timeout(timeout)
         if self._msg is None and self._pending is None and not self._stuck and \
                 not self._closed and (self.peer != self.pos or self._ready(0) > 0):
@@ -861,19 +864,19 @@ class ReaderOps(_Ops, contract.Holds):
 
     def recv_view(self, timeout: float) -> tuple[memoryview, Optional[int]]:
         if self._msg is not None or self._pending is not None:
-            return memoryview(self._recv_call(None if timeout < 0 else timeout)), None
+            return memoryview(self.recv(None if timeout < 0 else timeout)), None
         start = _monotonic()
         n = self._get(timeout, whole_only=True)
         if n < 0 and n != NEED:
             n = self._run(n, lambda t: self._get(t, whole_only=True), Deadline(timeout, start))
         if n == NEED:  # streamed: assembled, so a copy
-            return memoryview(self._recv_call(None if timeout < 0 else timeout)), None
+            return memoryview(self.recv(None if timeout < 0 else timeout)), None
         got = self._export(self._off, n, self.pos)
         self._consume(L.FR_HDR + _round8(n))
         return got
 
     def recv_many(self, max_messages: int, timeout: float) -> list[bytes]:
-        return self._more([self._recv_call(None if timeout < 0 else timeout)], max_messages)
+        return self._more([self.recv(None if timeout < 0 else timeout)], max_messages)
 
     def _more(self, out: list[bytes], max_messages: int) -> list[bytes]:
         """``out`` and what else is queued whole, up to ``max_messages``, without waiting;
