@@ -4,14 +4,16 @@ Mechanisms, one module each: :mod:`fastipc.pipe` (pipes and FIFOs), :mod:`fastip
 :mod:`fastipc.mq` (POSIX message queues), :mod:`fastipc.sem` (POSIX semaphores),
 :mod:`fastipc.shm` (shared memory, the Writer/Reader channel, Publisher/Subscriber fan-out and
 the named Queue) and :mod:`fastipc.server` (TCP and Unix-domain servers and clients).
-:class:`fastipc.Queue` is a drop-in for ``multiprocessing.Queue`` in shared memory.
+:class:`fastipc.Queue` is a drop-in for ``multiprocessing.Queue`` in shared memory, and
+:class:`fastipc.ProcessPoolExecutor` a process pool over it that survives its workers' deaths.
 
 ``fastipc.BACKEND`` is ``"native"`` (the compiled cffi module) or ``"pure"`` (Python
 fallbacks with the same behaviour), chosen by ``FASTIPC_BACKEND=native|pure|auto``.
 """
 
 from fastipc._core import BACKEND
+from fastipc.executor import ProcessPoolExecutor, WorkerDied
 from fastipc.queue import Queue
 
 __version__ = "0.1.0"
-__all__ = ["BACKEND", "Queue", "__version__"]
+__all__ = ["BACKEND", "ProcessPoolExecutor", "Queue", "WorkerDied", "__version__"]
