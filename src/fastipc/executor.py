@@ -520,21 +520,17 @@ class ProcessPoolExecutor(cf.Executor):
             given.append(work)
         if not msgs:
             return
+        # one put each: put_many loses the batch before an object whose pickling raises
+        # PicklingError, so a batch would leave the parent unsure of what went
         sent = 0
         failed: Optional[BaseException] = None
+        put = proc.queue.put
         try:
-            if len(msgs) == 1:
-                proc.queue.put(msgs[0], False)
-                sent = 1
-            else:
-                def counted() -> Iterator[Any]:
-                    nonlocal sent
-                    for m in msgs:
-                        yield m
-                        sent += 1
-                proc.queue.put_many(counted(), timeout=0)
-        except Full as exc:
-            sent = getattr(exc, "messages_put", sent)
+            for msg in msgs:
+                put(msg, False)
+                sent += 1
+        except Full:
+            pass
         except Exception as exc:  # given[sent] cannot be pickled: it fails alone
             failed = exc
         for work in given[:sent]:
@@ -652,13 +648,15 @@ class ProcessPoolExecutor(cf.Executor):
         """The collector thread: results, worker deaths, dispatch, and the end."""
         assert self._results is not None
         get_many = self._results.get_many
+        done: list[tuple[cf.Future[Any], bool, Any]] = []
         try:
             with self._lock:
                 for i in range(self._max_workers):
-                    self._spawn(i)
+                    self._replace(i, done)
                 self._fill()
+            self._settle(done)
             while True:
-                done: list[tuple[cf.Future[Any], bool, Any]] = []
+                done = []
                 msgs = get_many(_BATCH)
                 with self._lock:
                     for msg in msgs:
@@ -682,11 +680,24 @@ class ProcessPoolExecutor(cf.Executor):
                     done += self._take_late()
                     finished = (self._shutdown or self._broken) and not self._works
                 self._settle(done)
-                del done, msgs
+                del msgs
                 if finished:
                     break
+        except BaseException as exc:  # no future may wait for ever on a collector gone
+            with self._lock:
+                self._break(f"the pool's collector thread failed: {exc!r}", done)
+            self._settle(done)
+            raise
         finally:
             self._finish()
+
+    def _replace(self, index: int, done: list[tuple[cf.Future[Any], bool, Any]]) -> None:
+        """Start the worker of slot ``index``; if that fails, the pool is broken (lock
+        held)."""
+        try:
+            self._spawn(index)
+        except Exception as exc:
+            self._break(f"cannot start a worker process: {exc!r}", done)
 
     def _died(self, proc: _Proc, done: list[tuple[cf.Future[Any], bool, Any]]) -> None:
         """A worker ended: fail the task it was running, give back the others, replace it
@@ -725,10 +736,11 @@ class ProcessPoolExecutor(cf.Executor):
         if self._broken or self._terminated:
             return
         if (not self._shutdown or self._works) and self._procs[proc.index] is None:
-            self._spawn(proc.index)
+            self._replace(proc.index, done)
 
     def _break(self, why: str, done: list[tuple[cf.Future[Any], bool, Any]]) -> None:
-        """An initializer failed: the pool is broken, every task fails (lock held)."""
+        """The pool is broken (an initializer raised, a worker cannot start): every task
+        fails, and so will every submit (lock held)."""
         self._broken = why
         for work in self._works.values():
             done.append((work.future, False, BrokenProcessPool(why)))
