@@ -508,39 +508,36 @@ class ProcessPoolExecutor(cf.Executor):
         """Hand ``works`` to ``proc``: mark their futures running (dropping the cancelled
         ones) and put them on its queue; what does not fit goes back to the pending
         front."""
-        msgs = []
-        given = []
-        for work in works:
+        # A task is recorded as the worker's before its put: the collector takes results
+        # without the lock. One put each: put_many loses the batch before an object whose
+        # pickling raises PicklingError, so a batch would leave the parent unsure of what
+        # went.
+        assigned = proc.assigned
+        put = proc.queue.put
+        sent = 0
+        rest: list[_Work] = []
+        for i, work in enumerate(works):
             if not work.running:
                 if not work.future.set_running_or_notify_cancel():
                     del self._works[work.tid]
                     continue
                 work.running = True
-            msgs.append((work.tid, work.fn, work.args, work.kwargs, work.limit))
-            given.append(work)
-        if not msgs:
-            return
-        # one put each: put_many loses the batch before an object whose pickling raises
-        # PicklingError, so a batch would leave the parent unsure of what went
-        sent = 0
-        failed: Optional[BaseException] = None
-        put = proc.queue.put
-        try:
-            for msg in msgs:
-                put(msg, False)
-                sent += 1
-        except Full:
-            pass
-        except Exception as exc:  # given[sent] cannot be pickled: it fails alone
-            failed = exc
-        for work in given[:sent]:
             work.worker = proc
-            proc.assigned[work.tid] = work
-        rest = given[sent:]
-        if failed is not None:
-            bad = rest.pop(0)
-            del self._works[bad.tid]
-            self._late.append((bad.future, False, failed))
+            assigned[work.tid] = work
+            try:
+                put((work.tid, work.fn, work.args, work.kwargs, work.limit), False)
+            except Full:
+                rest = works[i:]
+            except Exception as exc:  # it cannot be pickled: it fails alone
+                rest = works[i + 1:]
+                del self._works[work.tid]
+                self._late.append((work.future, False, exc))
+            else:
+                sent += 1
+                continue
+            del assigned[work.tid]
+            work.worker = None
+            break
         self._pending.extendleft(reversed(rest))
         if proc.budget is not None:
             proc.budget -= sent
@@ -658,25 +655,34 @@ class ProcessPoolExecutor(cf.Executor):
             while True:
                 done = []
                 msgs = get_many(_BATCH)
+                # results without the lock (submit records a task as its worker's before
+                # it puts it); the rest with it
+                others = []
+                works = self._works
+                avg = self._avg
+                for msg in msgs:
+                    tid = msg[0]
+                    if type(tid) is int:
+                        work = works.pop(tid, None)
+                        if work is None:
+                            continue
+                        del work.worker.assigned[tid]  # type: ignore[union-attr]
+                        avg += (msg[3] - avg) * 0.05
+                        done.append((work.future, msg[1], msg[2]))
+                    else:
+                        others.append(msg)
+                if done:
+                    self._avg = avg
+                    self._cap = (max(1, min(_MAX_QUEUED, int(_TARGET / avg)))
+                                 if avg > 0 else _MAX_QUEUED)
                 with self._lock:
-                    for msg in msgs:
-                        tid = msg[0]
-                        if type(tid) is int:
-                            work = self._works.pop(tid, None)
-                            if work is None:
-                                continue
-                            assert work.worker is not None
-                            del work.worker.assigned[tid]
-                            self._avg += (msg[3] - self._avg) * 0.05
-                            done.append((work.future, msg[1], msg[2]))
-                        elif tid == "died":
+                    for msg in others:
+                        if msg[0] == "died":
                             self._died(self._by_pid.pop(msg[1]), done)
-                        elif tid == "init":
+                        elif msg[0] == "init":
                             self._break(f"a worker's initializer raised: {msg[2]!r}", done)
-                    if done:
-                        self._cap = (max(1, min(_MAX_QUEUED, int(_TARGET / self._avg)))
-                                     if self._avg > 0 else _MAX_QUEUED)
-                    self._fill()
+                    if self._pending:
+                        self._fill()
                     done += self._take_late()
                     finished = (self._shutdown or self._broken) and not self._works
                 self._settle(done)
