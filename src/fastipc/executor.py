@@ -32,6 +32,7 @@ from __future__ import annotations
 import atexit
 import concurrent.futures as cf
 import ctypes
+import errno
 import glob
 import itertools
 import multiprocessing as mp
@@ -59,8 +60,13 @@ from fastipc.queue import Full, Queue
 
 __all__ = ["BrokenProcessPool", "ProcessPoolExecutor", "WorkerDied"]
 
-_TASK_CAPACITY = 1 << 20  # each worker's task ring (larger tasks travel in their own segment)
-_RESULT_CAPACITY = 1 << 22
+# Ring sizes: a message up to half a ring travels through it (larger ones in a segment of
+# their own, which costs more), so 32 MiB rings carry 8-16 MiB arrays. The result ring is
+# one per pool; each worker's task ring shares 64 MiB with the others (4-32 MiB each).
+# Where /dev/shm is too small for them, smaller rings are made (down to 1 MiB).
+_RING_MAX = 1 << 25
+_TASK_RINGS = 1 << 26
+_RING_MIN = 1 << 20
 _BATCH = 256  # tasks a worker takes at once, results the collector takes at once
 _TARGET = 0.002  # seconds of queued work per worker the parent aims for
 _MAX_QUEUED = 256  # tasks queued to one worker at most
@@ -576,7 +582,7 @@ class ProcessPoolExecutor(cf.Executor):
         """First submit: the queues, the slot table, the collector and the reaper (lock
         held). The collector starts the workers, so that their PDEATHSIG is tied to it."""
         self._started = True
-        self._results = Queue(capacity=_RESULT_CAPACITY, backend=self._backend)
+        self._results = self._queue(_RING_MAX)
         name = f"fastipc-pool-{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self._slots = shm.SharedMemory(name, 8 * _SLOT * self._max_workers, create=True)
         self._words = self._slots.buf.cast("q")
@@ -590,10 +596,22 @@ class ProcessPoolExecutor(cf.Executor):
         self._collector.start()
         self._reaper.start()
 
+    def _queue(self, capacity: int) -> Queue:
+        """A queue whose ring takes ``capacity`` bytes (a power of two at most), or less
+        where /dev/shm has no room for it."""
+        capacity = 1 << (capacity.bit_length() - 1)
+        while True:
+            try:
+                return Queue(capacity=capacity, backend=self._backend)
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC or capacity <= _RING_MIN:
+                    raise
+                capacity //= 2
+
     def _spawn(self, index: int) -> None:
         """Start the worker of slot ``index`` (collector thread, lock held)."""
         assert self._results is not None and self._slots is not None
-        q = Queue(capacity=_TASK_CAPACITY, backend=self._backend)
+        q = self._queue(max(1 << 22, min(_RING_MAX, _TASK_RINGS // self._max_workers)))
         self._words[index * _SLOT] = 0
         process = self._ctx.Process(
             target=_worker, name=f"fastipc-pool-worker-{index}", daemon=True,
