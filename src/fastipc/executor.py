@@ -612,6 +612,9 @@ class ProcessPoolExecutor(cf.Executor):
         """Start the worker of slot ``index`` (collector thread, lock held)."""
         assert self._results is not None and self._slots is not None
         q = self._queue(max(1 << 22, min(_RING_MAX, _TASK_RINGS // self._max_workers)))
+        if self._terminated:  # SIGTERM came while it was made
+            _discard_queue(q)
+            raise RuntimeError("the pool was terminated")
         self._words[index * _SLOT] = 0
         process = self._ctx.Process(
             target=_worker, name=f"fastipc-pool-worker-{index}", daemon=True,
@@ -866,6 +869,7 @@ class ProcessPoolExecutor(cf.Executor):
     def _emergency(self, unlink: bool = True) -> None:
         """Kill every worker (lock-free: a signal handler calls this) and, with ``unlink``,
         remove the pool's segments."""
+        self._terminated = True  # no replacement starts from now on
         for proc in [*self._procs, *self._retired]:
             if proc is not None and proc.pid:
                 try:
