@@ -462,3 +462,13 @@ def test_exports() -> None:
     assert fastipc.ProcessPoolExecutor is ProcessPoolExecutor
     assert issubclass(WorkerDied, RuntimeError)
     assert isinstance(ProcessPoolExecutor(1), cf.Executor)
+
+
+def test_shutdown_from_a_done_callback_does_not_hang(backend: str) -> None:
+    ex = ProcessPoolExecutor(1, backend=backend)
+    ended = threading.Event()
+    f = ex.submit(double, 1)
+    f.add_done_callback(lambda _: (ex.shutdown(wait=True), ended.set()))
+    assert f.result(10) == 2
+    assert ended.wait(10)
+    ex.shutdown(wait=True)

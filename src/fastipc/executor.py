@@ -848,7 +848,7 @@ class ProcessPoolExecutor(cf.Executor):
             results.put(("wake",))
         except ValueError:  # already closed: the collector is done
             pass
-        if wait:
+        if wait and threading.current_thread() is not self._collector:  # not from a callback
             try:
                 self._stopped.wait()
                 if self._collector is not None:
