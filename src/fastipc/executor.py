@@ -332,7 +332,6 @@ def _at_exit() -> None:
             ex.shutdown(wait=True)
 
 
-_Q = Callable[[], Optional[Any]]
 
 
 class ProcessPoolExecutor(cf.Executor):
