@@ -160,7 +160,7 @@ def test_submit_map_and_exceptions(backend: str) -> None:
         assert "in fail" in str(info.value.__cause__)  # the worker's traceback
         with pytest.raises(ValueError):
             list(ex.map(fail, range(3), chunksize=2))
-        with pytest.raises(TimeoutError):
+        with pytest.raises(cf.TimeoutError):
             list(ex.map(nap, [2.0], timeout=0.1))
         f = ex.submit(raise_unpicklable, 1)
         with pytest.raises(RuntimeError, match="Unpicklable"):

@@ -70,7 +70,7 @@ _RING_MIN = 1 << 20
 _BATCH = 256  # tasks a worker takes at once, results the collector takes at once
 _TARGET = 0.002  # seconds of queued work per worker the parent aims for
 _MAX_QUEUED = 256  # tasks queued to one worker at most
-_SLOT = 2  # int64 words per worker slot: task number, 0 while idle; then the start time
+_SLOT = 1  # int64 words per worker slot: the number of the task it runs or last ran
 
 
 class WorkerDied(RuntimeError):
@@ -194,14 +194,21 @@ def _worker(index: int, tasks: Queue, results: Queue, slots: shm.SharedMemory, p
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGALRM, signal.SIG_DFL)  # the time limit of a task
     _die_with_parent(parent)
-    words = slots.buf.cast("q")
-    slot = index * _SLOT
     if initializer is not None:
         try:
             initializer(*initargs)
         except BaseException as exc:
             results.put(("init", index, _Raised(exc)))
             return
+    words = slots.buf.cast("q")
+    try:
+        _serve(words, index * _SLOT, tasks, results)
+    finally:
+        words.release()
+
+
+def _serve(words: Any, slot: int, tasks: Queue, results: Queue) -> None:
+    """A worker's loop: take tasks, run them, put their results, until told to stop."""
     get_many, put = tasks.get_many, results.put
     perf = time.perf_counter
     setitimer, real = signal.setitimer, signal.ITIMER_REAL
@@ -484,10 +491,7 @@ class ProcessPoolExecutor(cf.Executor):
                 while futures:
                     f = futures.pop()
                     left = None if end is None else max(0.0, end - time.monotonic())
-                    try:
-                        value = f.result(left)
-                    except cf.TimeoutError:
-                        raise TimeoutError from None
+                    value = f.result(left)  # concurrent.futures.TimeoutError, as the stdlib
                     if chained:
                         yield from value
                     else:
@@ -580,12 +584,16 @@ class ProcessPoolExecutor(cf.Executor):
     def _start(self) -> None:
         """First submit: the queues, the slot table, the collector and the reaper (lock
         held). The collector starts the workers, so that their PDEATHSIG is tied to it."""
+        try:
+            self._results = self._queue(_RING_MAX)
+            name = f"fastipc-pool-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+            self._slots = shm.SharedMemory(name, 8 * _SLOT * self._max_workers, create=True)
+            self._words = self._slots.buf.cast("q")
+            self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        except BaseException:  # /dev/shm full, out of fds...: nothing is left behind
+            self._release()
+            raise
         self._started = True
-        self._results = self._queue(_RING_MAX)
-        name = f"fastipc-pool-{os.getpid()}-{uuid.uuid4().hex[:12]}"
-        self._slots = shm.SharedMemory(name, 8 * _SLOT * self._max_workers, create=True)
-        self._words = self._slots.buf.cast("q")
-        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         _live.add(self)
         _install_sigterm()
         self._collector = threading.Thread(target=self._collect, name="fastipc-pool-collector",
@@ -810,7 +818,8 @@ class ProcessPoolExecutor(cf.Executor):
         if self._results is not None and not self._results.closed:
             _discard_queue(self._results)
         if self._slots is not None and not self._slots.closed:
-            self._words.release()
+            if self._words is not None:
+                self._words.release()
             self._slots.close()
             try:
                 self._slots.unlink()
