@@ -401,6 +401,7 @@ class ProcessPoolExecutor(cf.Executor):
         self._wake_r = self._wake_w = -1
         self._sentinels: dict[int, _Proc] = {}
         self._by_pid: dict[int, _Proc] = {}  # the workers whose end is not handled yet
+        _install_sigterm()
 
     @staticmethod
     def _check_limit(limit: Optional[float]) -> float:
