@@ -283,6 +283,19 @@ def test_a_dead_worker_fails_only_its_task(backend: str, how: str) -> None:
 
 
 @in_forked_child
+def test_tasks_a_dying_worker_held_but_had_not_started_run_elsewhere(backend: str) -> None:
+    with ProcessPoolExecutor(1, backend=backend) as ex:
+        first = ex.submit(pid_of).result(20)
+        bad = ex.submit(kill_self, 1)  # the worker takes the next tasks with this one
+        behind = [ex.submit(pid_of) for _ in range(3)]
+        with pytest.raises(WorkerDied) as info:
+            bad.result(20)
+        assert info.value.pid == first
+        pids = {f.result(20) for f in behind}
+        assert first not in pids and len(pids) == 1
+
+
+@in_forked_child
 def test_every_tenth_task_kills_its_worker(backend: str) -> None:
     with ProcessPoolExecutor(2, backend=backend) as ex:
         futures = [ex.submit(killer_every_tenth, i) for i in range(100)]
