@@ -11,9 +11,23 @@ the named Queue) and :mod:`fastipc.server` (TCP and Unix-domain servers and clie
 fallbacks with the same behaviour), chosen by ``FASTIPC_BACKEND=native|pure|auto``.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from fastipc._core import BACKEND
-from fastipc.executor import ProcessPoolExecutor, WorkerDied
 from fastipc.queue import Queue
+
+if TYPE_CHECKING:
+    from fastipc.executor import ProcessPoolExecutor, WorkerDied
 
 __version__ = "0.1.0"
 __all__ = ["BACKEND", "ProcessPoolExecutor", "Queue", "WorkerDied", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    """The process pool is imported when first used (it brings in multiprocessing and
+    concurrent.futures, which ``import fastipc`` alone does not need)."""
+    if name in ("ProcessPoolExecutor", "WorkerDied"):
+        from fastipc import executor
+
+        return getattr(executor, name)
+    raise AttributeError(f"module 'fastipc' has no attribute {name!r}")
