@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-MECHANISMS = ["pipe", "mq", "shm", "queue", "pubsub", "server"]
+MECHANISMS = ["pipe", "mq", "shm", "queue", "pubsub", "server", "executor"]
 
 # units: (label, higher_is_better, scale from the measured value to the unit shown)
 UNITS: dict[str, tuple[str, bool]] = {
@@ -36,6 +36,10 @@ UNITS: dict[str, tuple[str, bool]] = {
     "GB/s": ("GB/s", True),
     "req/s": ("req/s", True),
     "us/req": ("µs/req", False),
+    "tasks/s": ("tasks/s", True),
+    "items/s": ("items/s", True),
+    "of 90": ("of 90", True),
+    "yes": ("1 = yes", True),
 }
 
 
