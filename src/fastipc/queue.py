@@ -35,6 +35,7 @@ import struct
 import time
 import uuid
 import weakref
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
@@ -138,32 +139,61 @@ def _owner_alive(fd: int) -> bool:
 def _view(buffer: Any, fmt: Any, shape: tuple[int, ...]) -> Any:
     """Unpickling a memoryview: the out-of-band buffer, with its format and shape back."""
     view = memoryview(buffer)
-    return view.cast("B").cast(fmt, shape) if shape != (len(view),) or fmt != "B" else view
+    if fmt == "B" and shape == (len(view),):
+        return view
+    if not view.nbytes:  # memoryview.cast refuses zeros in a shape: 1-D only (put checks)
+        return view.cast(fmt)
+    return view.cast("B").cast(fmt, shape)
+
+
+def _rebuildable(view: memoryview) -> Any:
+    """``view`` as the C-contiguous buffer :func:`_view` rebuilds on the other side, checked
+    now: a format or shape ``memoryview.cast`` cannot make again (a byte order or a type
+    that is not native, a struct, ``(0, 3)``...) raises ValueError here, before anything is
+    queued, instead of failing in the consumer's get."""
+    fmt: Any = view.format
+    shape = view.shape or ()
+    try:
+        if not view.nbytes:
+            if len(shape) != 1:
+                raise ValueError("zeros in a shape of more than one dimension")
+            return memoryview(b"").cast(fmt)  # also checks the format
+        flat = view if view.c_contiguous else memoryview(view.tobytes())
+        return flat.cast("B").cast(fmt, shape)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"a memoryview of format {fmt!r} and shape {shape} cannot be put: "
+                         f"memoryview.cast cannot rebuild it ({exc}); put its bytes, or an "
+                         f"array of a native format") from None
 
 
 class _ViewPickler(pickle.Pickler):
     """The pickler of objects holding a ``memoryview`` (which ``pickle`` refuses): each
-    view travels out of band, and unpickles as a memoryview of the copied bytes."""
+    view travels out of band, and unpickles as a memoryview of the copied bytes, with its
+    format and shape (those :func:`_rebuildable` accepts; it refuses the others)."""
 
     def reducer_override(self, obj: Any) -> Any:
         if type(obj) is memoryview:
             fmt: Any = obj.format
             shape = obj.shape or ()
-            if not obj.c_contiguous:
-                obj = memoryview(obj.tobytes()).cast(fmt, shape)
-            return _view, (pickle.PickleBuffer(obj), fmt, shape)
+            flat = _rebuildable(obj)
+            return _view, (pickle.PickleBuffer(obj if obj.c_contiguous else flat), fmt,
+                           shape)
         return NotImplemented
 
 
-def _dumps_oob(obj: Any, grab: Callable[[pickle.PickleBuffer], Any]) -> bytes:
-    """``pickle.dumps(obj, 5, buffer_callback=grab)``; objects holding a memoryview take the
-    slower pickler that knows them (the fast one raised TypeError for them)."""
+def _dumps_oob(obj: Any) -> tuple[bytes, list[pickle.PickleBuffer]]:
+    """``pickle.dumps(obj, 5, buffer_callback=...)`` and its out-of-band buffers; objects
+    holding a memoryview take the slower pickler that knows them (the fast one raised
+    TypeError for them). Each attempt collects its own buffers: those of an abandoned first
+    attempt must not precede the retry's (they would shift every buffer by one)."""
+    buffers: list[pickle.PickleBuffer] = []
     try:
-        return _dumps(obj, 5, buffer_callback=grab)
+        return _dumps(obj, 5, buffer_callback=buffers.append), buffers
     except TypeError:
+        buffers = []
         out = io.BytesIO()
-        _ViewPickler(out, 5, buffer_callback=grab).dump(obj)
-        return out.getvalue()
+        _ViewPickler(out, 5, buffer_callback=buffers.append).dump(obj)
+        return out.getvalue(), buffers
 
 
 class _OutOfBand(TypeError):
@@ -223,16 +253,17 @@ def _check_spin(spin: Optional[float]) -> float:
 
 
 def _timeout(block: bool, timeout: Optional[float]) -> float:
-    """The C timeout of a put/get: block=False tries once, whatever timeout says."""
-    if timeout is None:
-        return -1.0 if block else 0.0
-    t = check_timeout(timeout)
-    return t if block else 0.0
+    """The C timeout of a put/get: block=False tries once, whatever timeout says (it is not
+    even checked, as in multiprocessing: ``put(x, False, -1)`` works)."""
+    if not block:
+        return 0.0
+    return -1.0 if timeout is None else check_timeout(timeout)
 
 
-# Owned queues, released in a fork child (which must neither keep the owner's lock nor
-# remove the queue when it exits).
-_owned: weakref.WeakSet[Queue] = _core.given_up_in_child("_disown")
+# Open queues. A fork child keeps using them, but gives up what is the parent's: the
+# owner's lock and name (it must not remove the queue when it exits), and the busy counts of
+# calls that the parent's other threads had in progress (none of them runs in the child).
+_open_queues: weakref.WeakSet[Queue] = _core.given_up_in_child("_forked")
 
 
 class Queue(Handle):
@@ -334,12 +365,22 @@ class Queue(Handle):
         # pops one (list.pop and append are atomic) and puts it back when it is done
         self._stages: list[tuple[Any, Any]] = []
         self._outs: list[bytearray] = []
+        # messages taken from the ring but not returned yet: after one of a get_many batch
+        # failed to unpickle, the others wait here for the next get of this handle
+        # (decoded objects with kind -1, or raw payloads with their kind)
+        self._pending: deque[tuple[Any, int]] = deque()
         if self._owner:
             self._finalizer = weakref.finalize(self, _unlink_quietly, self._path)
-            _owned.add(self)
+        _open_queues.add(self)
         self._open_handle(which, fd)
 
     # ---------------------------------------------------------------- life cycle
+    def _forked(self) -> None:
+        """In a fork child: no call of the parent's other threads is in progress here."""
+        self._calls.clear()
+        self._ops.forked()
+        self._disown()
+
     def _disown(self) -> None:
         """In a fork child: the parent owns the name and the liveness lock, not us."""
         self._owner = False
@@ -355,14 +396,21 @@ class Queue(Handle):
 
     def _free(self) -> None:
         if self._ops.free():  # else a call never left C: the GC unmaps, later
-            self._mm.close()
+            try:
+                self._mm.close()
+            except BufferError:  # a view of it lives on: in a fork child, in the frame of
+                pass  # a parent's thread that was in a call (it never runs here); GC unmaps
         os.close(self._fd)
         if self._owner and self._finalizer is not None:
             self._finalizer()  # removes the name
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
             self._lock_fd = -1
-        _owned.discard(self)
+        _open_queues.discard(self)
+        self._pending.clear()
+
+    def _closed_error(self) -> ValueError:
+        return ValueError(f"Queue {self._name} is closed")
 
     def _describe(self) -> str:
         return f"name={self._name!r}"
@@ -391,8 +439,7 @@ class Queue(Handle):
     # ---------------------------------------------------------------- put
     def _encode(self, obj: Any) -> tuple[list[Any], int, int]:
         """(parts, total bytes, kind) of one object, checked against max_message_size."""
-        buffers: list[pickle.PickleBuffer] = []
-        data = _dumps_oob(obj, buffers.append)
+        data, buffers = _dumps_oob(obj)
         return self._layout(data, buffers)
 
     def _layout(self, data: bytes, buffers: list[pickle.PickleBuffer]
@@ -522,12 +569,13 @@ class Queue(Handle):
         """``put(obj, block=False)``."""
         self.put(obj, False)
 
-    def put_bytes(self, data: Any, timeout: Optional[float] = None) -> None:
+    def put_bytes(self, data: Any, timeout: Optional[float] = None, *,
+                  block: bool = True) -> None:
         """Put raw bytes (any contiguous bytes-like object), no pickling; ``get_bytes`` (or
-        ``get``) returns them as ``bytes``."""
+        ``get``) returns them as ``bytes``. ``block=False``: try once (timeout ignored)."""
         if self._closed:
             raise self._closed_error()
-        t = -1.0 if timeout is None else check_timeout(timeout)
+        t = -1.0 if timeout is None and block else _timeout(block, timeout)
         if type(data) is bytes and len(data) <= self._hot_max:  # the hot path
             start = _monotonic() if t > 0.0 else None
             rc = self._put_bytes(data, len(data), KIND_BYTES, t)
@@ -542,10 +590,12 @@ class Queue(Handle):
         self._put_parts([view], n, KIND_BYTES, t)
 
     @uses_handle
-    def put_many(self, objs: Iterable[Any], timeout: Optional[float] = None) -> None:
+    def put_many(self, objs: Iterable[Any], timeout: Optional[float] = None, *,
+                 block: bool = True) -> None:
         """Put every object of ``objs``, in order, taking the producers' lock once per
-        batch that fits. On timeout, ``queue.Full`` with ``messages_put``: how many went."""
-        t = check_timeout(timeout)
+        batch that fits. On timeout, ``queue.Full`` with ``messages_put``: how many went.
+        ``block=False``: what does not fit at once raises queue.Full (timeout ignored)."""
+        t = _timeout(block, timeout)
         deadline = Deadline(t)
         batch: list[bytes] = []
         done = 0
@@ -659,6 +709,8 @@ class Queue(Handle):
         the timeout (``block=False``: at once)."""
         if self._closed:
             raise self._closed_error()
+        if self._pending:
+            return self._from_pending()
         t = -1.0 if timeout is None and block else _timeout(block, timeout)
         start = _monotonic() if t > 0.0 else None
         stages = self._stages
@@ -707,24 +759,28 @@ class Queue(Handle):
         """``get(block=False)``."""
         return self.get(False)
 
-    def get_bytes(self, timeout: Optional[float] = None) -> bytes:
+    def get_bytes(self, timeout: Optional[float] = None, *, block: bool = True) -> bytes:
         """Take the next message as bytes (one put with ``put_bytes``, or an object that is
-        a bytes-like object; anything else raises TypeError, the message is consumed)."""
+        a bytes-like object; anything else raises TypeError, the message is consumed).
+        ``block=False``: try once (timeout ignored)."""
         if self._closed:
             raise self._closed_error()
-        t = -1.0 if timeout is None else check_timeout(timeout)
-        start = _monotonic() if t > 0.0 else None
-        stages = self._stages
-        stage = stages.pop() if stages else self._ops.new_stage()
-        try:
-            rc = self._get_staged(stage[0], STAGE, t, KIND_BYTES)
-            if 0 <= rc <= _LEN:  # the hot path: bytes, staged (rc: the length)
-                return stage[1][:rc]  # type: ignore[no-any-return]
-            buf, rc, fresh = ((stage[1], rc, False) if rc >= 0
-                              else self._take_slow(rc, t, start, stage))
-            obj = self._decode(buf, rc & _LEN, rc >> 32, fresh)
-        finally:
-            stages.append(stage)
+        if self._pending:
+            obj = self._from_pending()
+        else:
+            t = -1.0 if timeout is None and block else _timeout(block, timeout)
+            start = _monotonic() if t > 0.0 else None
+            stages = self._stages
+            stage = stages.pop() if stages else self._ops.new_stage()
+            try:
+                rc = self._get_staged(stage[0], STAGE, t, KIND_BYTES)
+                if 0 <= rc <= _LEN:  # the hot path: bytes, staged (rc: the length)
+                    return stage[1][:rc]  # type: ignore[no-any-return]
+                buf, rc, fresh = ((stage[1], rc, False) if rc >= 0
+                                  else self._take_slow(rc, t, start, stage))
+                obj = self._decode(buf, rc & _LEN, rc >> 32, fresh)
+            finally:
+                stages.append(stage)
         if isinstance(obj, bytes):
             return obj
         try:
@@ -733,11 +789,19 @@ class Queue(Handle):
             raise TypeError(f"the message is a {type(obj).__name__}, not bytes") from None
 
     @uses_handle
-    def get_many(self, max_messages: int = 1024, timeout: Optional[float] = None) -> list[Any]:
+    def get_many(self, max_messages: int = 1024, timeout: Optional[float] = None, *,
+                 block: bool = True) -> list[Any]:
         """Take up to ``max_messages`` objects at once (at least one: waits for the first
-        until the timeout, then ``queue.Empty``), with one pass of the consumers' lock."""
+        until the timeout, then ``queue.Empty``; ``block=False``: at once), with one pass
+        of the consumers' lock.
+
+        A message that fails to unpickle fails alone: its error is raised (once), and the
+        other messages of the batch, those before it and after it, are kept in order by
+        this handle for its next gets (``qsize()`` counts them)."""
         max_messages = check_int(max_messages, "max_messages", 1, 1 << 20)
-        t = check_timeout(timeout)
+        t = _timeout(block, timeout)
+        if self._pending:
+            return self._many_from_pending(max_messages)
         start = _monotonic() if t > 0.0 else None
         ops = self._ops
         outs = self._outs
@@ -750,14 +814,44 @@ class Queue(Handle):
             result: list[Any] = []
             add = result.append
             pos = 0
-            for length, kind in zip(lens, kinds):
+            for i, (length, kind) in enumerate(zip(lens, kinds)):
                 end = pos + length
-                add(_loads(view[pos:end]) if kind == KIND_PICKLE
-                    else self._decode(view[pos:end], length, kind, False))
+                try:
+                    add(_loads(view[pos:end]) if kind == KIND_PICKLE
+                        else self._decode(view[pos:end], length, kind, False))
+                except BaseException:
+                    self._keep(result, view[end:], lens[i + 1:], kinds[i + 1:])
+                    raise
                 pos = end
             return result
         finally:
             outs.append(out)
+
+    def _keep(self, done: list[Any], rest: memoryview, lens: list[int],
+              kinds: list[int]) -> None:
+        """After a message of a batch failed: keep the others (objects already decoded,
+        then the raw payloads after the failed one) for the next gets of this handle."""
+        kept: list[tuple[Any, int]] = [(obj, -1) for obj in done]
+        pos = 0
+        for length, kind in zip(lens, kinds):
+            kept.append((bytearray(rest[pos:pos + length]), kind))
+            pos += length
+        self._pending.extendleft(reversed(kept))
+
+    def _from_pending(self) -> Any:
+        """The next message kept by :meth:`_keep` (decoded now if it was not yet)."""
+        item, kind = self._pending.popleft()
+        return item if kind < 0 else self._decode(item, len(item), kind, True)
+
+    def _many_from_pending(self, max_messages: int) -> list[Any]:
+        result: list[Any] = []
+        while self._pending and len(result) < max_messages:
+            try:
+                result.append(self._from_pending())
+            except BaseException:
+                self._pending.extendleft(reversed([(obj, -1) for obj in result]))
+                raise
+        return result
 
     # ---------------------------------------------------------------- awaitables
     # The attempt of every awaitable is the try-once blocking call (timeout 0), made on the
@@ -865,7 +959,7 @@ class Queue(Handle):
     @uses_handle
     def qsize(self) -> int:
         """Messages queued now (a snapshot: others may change it at once)."""
-        return self._ops.count()
+        return self._ops.count() + len(self._pending)
 
     def empty(self) -> bool:
         return self.qsize() == 0

@@ -118,6 +118,10 @@ class QueueOps(Protocol):
     def wake(self) -> None:
         """Mark this handle closed; blocked calls of it return ``-EBADF`` promptly."""
 
+    def forked(self) -> None:
+        """In a child made by fork(): forget the calls in progress (they were the parent's
+        other threads', which do not run here), so that close() does not wait for them."""
+
     def free(self) -> bool:
         """Close this handle and let go of the mapping once no call of it is inside (the
         backend counts its calls busy; it waits up to 5 s). False if one never came out:

@@ -103,6 +103,9 @@ class Ops:
     def wake(self) -> None:
         lib.fipc_queue_close(self._q)
 
+    def forked(self) -> None:
+        self._q.busy = 0
+
     def free(self) -> bool:
         busy = lib.fipc_queue_close(self._q)
         deadline = time.monotonic() + 5.0

@@ -427,6 +427,9 @@ class Ops:
             self._w32[off // 4] = (self._w32[off // 4] + 1) & 0xFFFFFFFF
             _futex_wake(self._addr + off)
 
+    def forked(self) -> None:
+        self._busy.clear()
+
     def free(self) -> bool:
         self.wake()
         deadline = _monotonic() + 5.0
