@@ -330,7 +330,7 @@ static void write_frame(fipc_queue *q, uint64_t tail, const char *const *parts,
 }
 
 static int put_parts(fipc_queue *q, const char *const *parts, const uint64_t *lens, uint32_t n,
-                     uint32_t kind, double timeout)
+                     uint32_t kind, double timeout, char *committed)
 {
     uint64_t total = 0;
     for (uint32_t i = 0; i < n; i++)
@@ -349,6 +349,8 @@ static int put_parts(fipc_queue *q, const char *const *parts, const uint64_t *le
         if (fits) {
             write_frame(q, tail, parts, lens, n, total, kind);
             STORE(A64(q, FIPC_Q_OFF_TAIL), advance(tail, frame, 1), release);
+            if (committed)
+                *committed = 1;
         }
         unlock(q, FIPC_Q_OFF_PUT_LOCK);
         if (rc < 0)
@@ -511,7 +513,18 @@ int fipc_queue_put(fipc_queue *q, const char *const *parts, const uint64_t *lens
 {
     int rc = enter(q);
     if (rc == 0) {
-        rc = put_parts(q, parts, lens, n, kind, timeout);
+        rc = put_parts(q, parts, lens, n, kind, timeout, NULL);
+        leave(q);
+    }
+    return rc;
+}
+
+int fipc_queue_put_ref(fipc_queue *q, const char *data, uint64_t len, uint32_t kind,
+                       double timeout, char *committed)
+{
+    int rc = enter(q);
+    if (rc == 0) {
+        rc = put_parts(q, &data, &len, 1, kind, timeout, committed);
         leave(q);
     }
     return rc;

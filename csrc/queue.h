@@ -66,6 +66,10 @@ int fipc_queue_put(fipc_queue *q, const char *const *parts, const uint64_t *lens
 /* The one-part put of the hot path. */
 int fipc_queue_put1(fipc_queue *q, const char *data, uint64_t len, uint32_t kind,
                     double timeout);
+/* fipc_queue_put1 that also sets *committed to 1 as it commits the message (before it
+ * returns), so that a caller interrupted right after the call knows the message is queued. */
+int fipc_queue_put_ref(fipc_queue *q, const char *data, uint64_t len, uint32_t kind,
+                       double timeout, char *committed);
 /* Put count messages stored back to back in buf; *sent says how many went. */
 int fipc_queue_put_many(fipc_queue *q, const char *buf, const uint64_t *lens, uint64_t count,
                         uint32_t kind, double timeout, uint64_t *sent);

@@ -902,3 +902,21 @@ def test_bench_harness_counts_every_message(backend: str, workload: str) -> None
                          b"x" * 64 if workload == "bytes" else bench.SMALL, 1000, producers,
                          batched=workload == "batches", raw=workload == "bytes")
     assert seconds > 0
+
+
+def test_owner_close_and_normal_exit_remove_queued_large_messages(backend: str,
+                                                                   name: str) -> None:
+    q = Queue(capacity=SMALL, backend=backend)
+    for i in range(3):
+        q.put_bytes(bytes([i]) * 100_000)
+    q.put(np.zeros(50_000))
+    q.close()  # the no_leaks fixture checks that the segments went too
+    out = run_python("""
+        import sys
+        from fastipc.queue import NamedQueue
+        q = NamedQueue(sys.argv[1], create=True, capacity=1 << 16, backend=sys.argv[2])
+        for i in range(3):
+            q.put_bytes(bytes([i]) * 100_000)
+        """, name, backend)
+    assert out.returncode == 0, out.stderr
+    assert not [p for p in SHM_DIR.iterdir() if p.name.startswith(name)]

@@ -12,15 +12,19 @@ import os
 import random
 import signal
 import struct
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from conftest import SHM_DIR
 from fastipc._backend import queue as L
 from fastipc._core import Deadline
 from fastipc.queue import NamedQueue
+from helpers import run_python
 
 CAPACITY = 1 << 16
 SENTINEL = b"stop"
@@ -223,3 +227,132 @@ def test_killed_sleeper_does_not_stall_others(backend: str, name: str) -> None:
         assert q.get_many(200, timeout=1) == list(range(100))
         parent.close()
         child.close()
+
+
+# ---------------------------------------------------------------- large messages
+
+
+_HAMMER = """
+import os, random, signal, sys, time
+from fastipc.queue import NamedQueue
+
+class Stop(Exception):
+    pass
+
+def handler(*args):
+    signal.setitimer(signal.ITIMER_REAL, 0)  # one exception at a time
+    raise Stop
+
+name, backend, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+rng = random.Random(7)
+q = NamedQueue(name, backend=backend)
+fds = len(os.listdir("/proc/self/fd"))
+signal.signal(signal.SIGALRM, handler)
+returned, interrupted = [], 0
+for i in range(count):
+    body = i.to_bytes(4, "little") * (5000 + i % 7)  # 20 KB: larger than half the ring
+    try:
+        signal.setitimer(signal.ITIMER_REAL, rng.uniform(1e-5, 4e-4))
+        if i % 2:
+            q.put_bytes(body, timeout=10)
+        else:
+            q.put((i, body), timeout=10)
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        returned.append(i)
+    except Stop:
+        interrupted += 1
+signal.setitimer(signal.ITIMER_REAL, 0)
+signal.signal(signal.SIGALRM, signal.SIG_DFL)
+leaked = len(os.listdir("/proc/self/fd")) - fds
+q.close()
+print(leaked, interrupted, *returned)
+"""
+
+
+def test_exceptions_raised_into_large_puts_leak_nothing(cross: tuple[str, str],
+                                                        name: str) -> None:
+    """A raising SIGALRM handler at random moments of large puts: no fd or segment leaks,
+    and every message whose reference was committed (every put that returned, at least) is
+    readable, whole."""
+    sender, receiver = cross
+    count = 400
+    with NamedQueue(name, create=True, capacity=1 << 15, backend=receiver) as q:
+        out = run_python(_HAMMER, name, sender, str(count), timeout=90)
+        assert out.returncode == 0, out.stderr
+        leaked, interrupted, *returned = map(int, out.stdout.split())
+        assert leaked == 0, f"{leaked} fds leaked by the producer"
+        assert interrupted > 20  # the handler did land in many puts
+        segments = [p for p in SHM_DIR.iterdir() if p.name.startswith(name + ".")]
+        assert len(segments) == q.qsize()  # one per queued message, none left over
+        got: list[int] = []
+        while q.qsize():
+            item = q.get(timeout=5)
+            if isinstance(item, bytes):
+                ident = int.from_bytes(item[:4], "little")
+                assert item == ident.to_bytes(4, "little") * (5000 + ident % 7)
+            else:
+                ident, body = item
+                assert body == ident.to_bytes(4, "little") * (5000 + ident % 7)
+            got.append(ident)
+        assert got == sorted(got)
+        assert set(returned) <= set(got)
+        assert not [p for p in SHM_DIR.iterdir() if p.name.startswith(name + ".")]
+
+
+def _fastipc(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "fastipc", *args], capture_output=True,
+                          text=True, timeout=30)
+
+
+_DIE_IN = """
+import os, sys
+from fastipc import queue as fq
+name, backend, where = sys.argv[1:]
+q = fq.NamedQueue(name, backend=backend)
+die = lambda *args: os.kill(os.getpid(), 9)
+if where == "consumer":  # killed after taking a reference, before reading its segment
+    fq.Queue._take_blob = die
+    q.get(timeout=5)
+else:  # killed after writing its segment, before committing the reference
+    fq.Queue._put_ref = die
+    q.put_bytes(bytes(100_000))
+"""
+
+
+def test_rm_stale_removes_large_messages_left_by_killed_processes(backend: str,
+                                                                  name: str) -> None:
+    """A consumer killed after taking a reference, a producer killed before committing one:
+    their segments are listed and removed by ``fastipc rm --stale``; the segments still
+    referenced from the queue are not; nor are any once the owner's queue is gone."""
+    big = [bytes([i]) * 100_000 for i in range(3)]
+    with NamedQueue(name, create=True, capacity=CAPACITY, backend=backend) as q:
+        for body in big:
+            q.put_bytes(body)
+        for where in ("consumer", "producer"):
+            out = run_python(_DIE_IN, name, backend, where)
+            assert out.returncode == -signal.SIGKILL, out.stderr
+        segments = sorted(p.name for p in SHM_DIR.iterdir() if p.name.startswith(name + "."))
+        assert len(segments) == 4  # 2 queued, 1 taken by the killed consumer, 1 not put
+        listing = _fastipc("ls").stdout
+        assert sum(1 for s in segments if s in listing) == 4
+        out = _fastipc("rm", "--stale", "--match", name)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.count(f"{name}.") == 2
+        assert q.qsize() == 2
+        assert [q.get_bytes(timeout=5) for _ in range(2)] == big[1:]
+        assert not [p for p in SHM_DIR.iterdir() if p.name.startswith(name + ".")]
+
+
+def test_owner_killed_with_large_messages_queued(name: str) -> None:
+    out = run_python("""
+        import os, sys
+        from fastipc.queue import NamedQueue
+        q = NamedQueue(sys.argv[1], create=True, capacity=1 << 16)
+        q.put_bytes(bytes(100_000))
+        os.kill(os.getpid(), 9)
+        """, name)
+    assert out.returncode == -signal.SIGKILL
+    assert len([p for p in SHM_DIR.iterdir() if p.name.startswith(name)]) == 2
+    out = _fastipc("rm", "--stale", "--match", name)
+    assert out.returncode == 0, out.stderr
+    assert not [p for p in SHM_DIR.iterdir() if p.name.startswith(name)]

@@ -31,6 +31,7 @@ import mmap
 import os
 import pickle
 import queue as _stdqueue
+import re
 import struct
 import time
 import uuid
@@ -38,6 +39,7 @@ import weakref
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Callable, Optional
 
 from fastipc import _aio, _core
@@ -242,6 +244,38 @@ def _unlink_quietly(path: str) -> None:
         pass
 
 
+_BLOB_SUFFIX = re.compile(r"[0-9a-f]{16}")
+
+
+def _parse_ref(ref: bytes) -> Optional[tuple[int, int, str]]:
+    """(length, inner kind, suffix) of a BLOB frame's payload, or None if malformed."""
+    try:
+        total, kind = _BLOB_REF.unpack_from(ref, 0)
+        suffix = ref[_BLOB_REF.size:].decode("ascii")
+    except (struct.error, UnicodeDecodeError):
+        return None
+    return (total, kind, suffix) if _BLOB_SUFFIX.fullmatch(suffix) else None
+
+
+def _segments_of(path: str) -> list[str]:
+    """The message segments of the queue at ``path`` present in /dev/shm."""
+    directory, base = os.path.split(path)
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return []
+    prefix = base + "."
+    return [f"{directory}/{n}" for n in names
+            if n.startswith(prefix) and _BLOB_SUFFIX.fullmatch(n[len(prefix):])]
+
+
+def _remove_queue(path: str) -> None:
+    """The owner's close (or normal exit): the queue's name, and its messages' segments."""
+    _unlink_quietly(path)
+    for segment in _segments_of(path):
+        _unlink_quietly(segment)
+
+
 def _check_spin(spin: Optional[float]) -> float:
     if spin is None:
         return DEFAULT_SPIN if (os.cpu_count() or 1) > 1 else 0.0
@@ -369,8 +403,9 @@ class Queue(Handle):
         # failed to unpickle, the others wait here for the next get of this handle
         # (decoded objects with kind -1, or raw payloads with their kind)
         self._pending: deque[tuple[Any, int]] = deque()
+        self._blob_opener = partial(os.open, mode=mode)  # a C call: see _put_blob
         if self._owner:
-            self._finalizer = weakref.finalize(self, _unlink_quietly, self._path)
+            self._finalizer = weakref.finalize(self, _remove_queue, self._path)
         _open_queues.add(self)
         self._open_handle(which, fd)
 
@@ -402,12 +437,15 @@ class Queue(Handle):
                 pass  # a parent's thread that was in a call (it never runs here); GC unmaps
         os.close(self._fd)
         if self._owner and self._finalizer is not None:
-            self._finalizer()  # removes the name
+            self._finalizer()  # removes the name and the segments of its messages
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
             self._lock_fd = -1
         _open_queues.discard(self)
-        self._pending.clear()
+        while self._pending:  # kept messages no one will take: their segments go too
+            item, kind = self._pending.popleft()
+            if kind == KIND_BLOB:
+                _unlink_quietly(self._blob_path(item))
 
     def _closed_error(self) -> ValueError:
         return ValueError(f"Queue {self._name} is closed")
@@ -500,32 +538,47 @@ class Queue(Handle):
         ops = self._ops
         self._retry_put(rc, lambda left: ops.put(data, kind, left), t, start)
 
-    def _write_blob(self, parts: list[Any], total: int, kind: int) -> tuple[str, bytes]:
-        """A message too large for the ring, written to a segment of its own: (its path, the
-        reference to put in the ring). The caller removes the path if the put fails."""
+    # A message too large for the ring travels in a segment of its own, <name>.<suffix>,
+    # and a reference to it in the ring. Rule: until the reference is committed the segment
+    # is the producer's, which removes it if the put ends in any other way (an exception
+    # raised into it included); once committed, it is the queue's, and the producer never
+    # touches it again. The segment is known by its path before it exists (the cleanup
+    # removes it by name), its fd is held by a FileIO (closed however the put ends), and
+    # the commit is reported by the backend in the same step (put_ref), so an exception
+    # landing anywhere leaks nothing and never removes a committed message. The producer
+    # holds an OFD lock on the segment until the commit: `fastipc rm --stale` leaves a
+    # segment alone while it is locked or referenced from the queue.
+
+    def _blob_file(self) -> tuple[str, str]:
         suffix = uuid.uuid4().hex[:16]
-        path = f"{self._path}.{suffix}"
-        fd = _open(path, os.O_CREAT | os.O_EXCL, self._mode)
-        try:
-            views = [byte_view(p) for p in [_BLOB_HEAD.pack(_BLOB_MAGIC, total), *parts]]
-            _write_all(fd, views)
-        except BaseException:
-            _unlink_quietly(path)
-            raise
-        finally:
-            os.close(fd)
-        return path, _BLOB_REF.pack(total, kind) + suffix.encode()
+        return suffix, f"{self._path}.{suffix}"
+
+    def _fill_blob(self, f: io.FileIO, suffix: str, parts: list[Any], total: int,
+                   kind: int) -> bytes:
+        """Lock and write the segment open in ``f``; the reference to put in the ring."""
+        fd = f.fileno()
+        _flock(fd, fcntl.F_OFD_SETLK, fcntl.F_WRLCK)
+        _write_all(fd, [byte_view(p) for p in [_BLOB_HEAD.pack(_BLOB_MAGIC, total), *parts]])
+        return _BLOB_REF.pack(total, kind) + suffix.encode()
+
+    def _put_ref(self, ref: bytes, committed: bytearray, t: float) -> None:
+        ops = self._ops
+        rc = ops.put_ref(ref, KIND_BLOB, t, committed)
+        if rc:
+            self._retry_put(rc, lambda left: ops.put_ref(ref, KIND_BLOB, left, committed), t)
 
     def _put_blob(self, parts: list[Any], total: int, kind: int, t: float) -> None:
         """A message too large for the ring: its own segment, and a reference in the ring."""
         deadline = Deadline(t)
-        path, ref = self._write_blob(parts, total, kind)
+        suffix, path = self._blob_file()
+        committed = bytearray(1)
         try:
-            rc = self._ops.put(ref, KIND_BLOB, deadline.left())
-            if rc:
-                self._retry_put1(rc, ref, KIND_BLOB, deadline.left())
+            with io.FileIO(path, "xb", opener=self._blob_opener) as f:
+                ref = self._fill_blob(f, suffix, parts, total, kind)
+                self._put_ref(ref, committed, deadline.left())
         except BaseException:
-            _unlink_quietly(path)
+            if not committed[0]:
+                _unlink_quietly(path)
             raise
 
     # put, get, put_bytes and get_bytes are the hot paths: instead of @uses_handle (its call
@@ -676,15 +729,21 @@ class Queue(Handle):
             raise OSError(errno.EBADMSG, "corrupted message", self._name) from None
         return _loads(data, buffers=buffers)
 
-    def _take_blob(self, ref: bytes) -> Any:
-        try:
-            total, kind = _BLOB_REF.unpack_from(ref, 0)
-            suffix = ref[_BLOB_REF.size:].decode("ascii")
-        except (struct.error, UnicodeDecodeError):
-            raise OSError(errno.EBADMSG, "corrupted message", self._name) from None
-        if not suffix.isalnum() or kind == KIND_BLOB or total > self._max_message:
+    def _blob_ref(self, ref: Any) -> tuple[int, int, str]:
+        """(length, inner kind, path) of a reference to a message in its own segment."""
+        parsed = _parse_ref(bytes(ref))
+        if parsed is None or parsed[1] == KIND_BLOB or parsed[0] > self._max_message:
             raise OSError(errno.EBADMSG, "corrupted message", self._name)
-        path = f"{self._path}.{suffix}"
+        return parsed[0], parsed[1], f"{self._path}.{parsed[2]}"
+
+    def _blob_path(self, ref: Any) -> str:
+        try:
+            return self._blob_ref(ref)[2]
+        except OSError:
+            return "/nonexistent"
+
+    def _take_blob(self, ref: bytes) -> Any:
+        total, kind, path = self._blob_ref(ref)
         fd = _open(path, 0)
         try:
             _unlink_quietly(path)
@@ -881,22 +940,33 @@ class Queue(Handle):
 
     async def _put_async(self, parts: list[Any], total: int, kind: int,
                          timeout: Optional[float]) -> None:
-        path = None
-        if total > self._ring_max:  # its own segment now, the reference when there is room
-            path, ref = self._write_blob(parts, total, kind)
-            parts, total, kind = [ref], len(ref), KIND_BLOB
+        if total <= self._ring_max:
+            def attempt() -> Any:
+                try:
+                    self._put_parts(parts, total, kind, 0.0)
+                except Full:
+                    return _aio.NOT_READY
+                return True
 
-        def attempt() -> Any:
-            try:
-                self._put_parts(parts, total, kind, 0.0)
-            except Full:
-                return _aio.NOT_READY
-            return True
-
-        try:
             await self._awaited(attempt, total, timeout)
+            return
+        # its own segment now (see _put_blob), the reference when there is room
+        suffix, path = self._blob_file()
+        committed = bytearray(1)
+        try:
+            with io.FileIO(path, "xb", opener=self._blob_opener) as f:
+                ref = self._fill_blob(f, suffix, parts, total, kind)
+
+                def put_ref() -> Any:
+                    try:
+                        self._put_ref(ref, committed, 0.0)
+                    except Full:
+                        return _aio.NOT_READY
+                    return True
+
+                await self._awaited(put_ref, len(ref), timeout)
         except BaseException:
-            if path is not None:
+            if not committed[0]:
                 _unlink_quietly(path)
             raise
 
@@ -1029,7 +1099,9 @@ class QueueInfo:
 def describe(path: str) -> Optional[QueueInfo]:
     """What ``fastipc ls`` shows of ``path``: None if it is not a queue or a queue's
     message segment. ``alive`` is the owner's OFD lock (robust to pid reuse and pid
-    namespaces), not a pid probe."""
+    namespaces), not a pid probe. A message segment is alive while its queue exists and
+    the segment is either referenced from the queue or locked by the producer writing it;
+    otherwise a killed producer or consumer left it (stale)."""
     fd = open_to_inspect(path)
     if fd is None:
         return None
@@ -1038,9 +1110,7 @@ def describe(path: str) -> Optional[QueueInfo]:
         head = os.pread(fd, L.HEADER, 0)
         name = os.path.basename(path)
         if head[:8] == _BLOB_MAGIC:
-            parent = path.rsplit(".", 1)[0]
-            return QueueInfo("queue-blob", name, st.st_size, 0, os.path.exists(parent),
-                             "a large message in transit")
+            return _describe_blob(fd, path, name, st.st_size)
         if len(head) < L.HEADER:
             return None
         magic, version, capacity, _max, maxsize, owner = struct.unpack_from("<IIQQQi", head)
@@ -1060,3 +1130,75 @@ def describe(path: str) -> Optional[QueueInfo]:
         return None
     finally:
         os.close(fd)
+
+
+def _describe_blob(fd: int, path: str, name: str, size: int) -> QueueInfo:
+    parent, _, suffix = path.rpartition(".")
+    try:
+        locked = _owner_alive(fd)  # the producer's lock, until it committed the reference
+    except OSError:
+        locked = True
+    if locked:
+        alive, detail = True, "a large message being put"
+    elif not _queue_alive(parent):
+        alive, detail = False, "a large message of a queue that is gone or stale"
+    else:
+        queued = _refs_queued(parent)
+        alive = queued is None or suffix in queued
+        detail = ("a large message in transit" if alive else
+                  "a large message no longer queued (its consumer or producer died)")
+    return QueueInfo("queue-blob", name, size, 0, alive, detail)
+
+
+def _queue_alive(path: str) -> bool:
+    """Whether the queue at ``path`` exists and its owner runs (as describe says)."""
+    info = describe(path)
+    return info is not None and info.kind == "queue" and info.alive
+
+
+def _refs_queued(path: str) -> Optional[set[str]]:
+    """The suffixes of the message segments referenced from the ring of the queue at
+    ``path`` (a snapshot read without locks: None if it kept moving or is not a queue)."""
+    try:
+        with open(path, "rb") as f:
+            for _ in range(10):
+                head = f.read(L.HEADER)
+                if len(head) < L.HEADER or struct.unpack_from("<I", head)[0] != L.MAGIC:
+                    return None
+                capacity = struct.unpack_from("<Q", head, L.OFF_CAPACITY)[0]
+                ring = f.read(capacity)
+                f.seek(0)
+                again = f.read(L.HEADER)
+                f.seek(0)
+                if again[L.OFF_HEAD:L.OFF_HEAD + 8] != head[L.OFF_HEAD:L.OFF_HEAD + 8]:
+                    continue
+                # frames up to the first tail read were in the ring before it was read,
+                # and head did not move, so none was overwritten meanwhile
+                found = _refs_in(ring, struct.unpack_from("<Q", head, L.OFF_HEAD)[0],
+                                 struct.unpack_from("<Q", head, L.OFF_TAIL)[0])
+                if found is not None:
+                    return found
+    except OSError:
+        pass
+    return None
+
+
+def _refs_in(ring: bytes, head: int, tail: int) -> Optional[set[str]]:
+    """Suffixes of the BLOB frames between the head and tail words (None: inconsistent)."""
+    capacity = len(ring)
+    if not capacity or capacity & (capacity - 1):
+        return None
+    count = (tail - head) & 0xFFFFFFFF
+    pos = ((head >> 32) * 8) % capacity
+    found: set[str] = set()
+    doubled = ring + ring  # a frame may wrap
+    for _ in range(count):
+        length, kind = struct.unpack_from("<II", doubled, pos)
+        if length > capacity // 2:
+            return None
+        if kind == KIND_BLOB:
+            ref = _parse_ref(doubled[pos + L.FRAME:pos + L.FRAME + length])
+            if ref is not None:
+                found.add(ref[2])
+        pos = (pos + ((L.FRAME + length + 7) & ~7)) % capacity
+    return found

@@ -72,6 +72,11 @@ class QueueOps(Protocol):
     def putv(self, parts: Sequence[Any], kind: int, timeout: float) -> int:
         """Put one message gathered from several bytes-like parts."""
 
+    def put_ref(self, data: bytes, kind: int, timeout: float, committed: bytearray) -> int:
+        """:meth:`put` that sets ``committed[0]`` to 1 as it commits (in the same step: C,
+        or Python with no call in between), so that a caller into which an exception is
+        raised right after the commit knows the message is queued."""
+
     def put_many(self, blob: bytes, lens: Sequence[int], kind: int,
                  timeout: float) -> tuple[int, int]:
         """Put ``len(lens)`` messages stored back to back in ``blob``: (rc, how many went)."""

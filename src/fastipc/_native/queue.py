@@ -47,6 +47,10 @@ class Ops:
             data = _from_buffer(data)
         return int(_put1(self._q, data, len(data), kind, timeout))
 
+    def put_ref(self, data: bytes, kind: int, timeout: float, committed: bytearray) -> int:
+        return int(lib.fipc_queue_put_ref(self._q, data, len(data), kind, timeout,
+                                          _from_buffer(committed)))
+
     def put_fn(self) -> Callable[[bytes, int, int, float], int]:
         return partial(_put1, self._q)
 

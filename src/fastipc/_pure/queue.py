@@ -214,6 +214,10 @@ class Ops:
     def put(self, data: Any, kind: int, timeout: float) -> int:
         return self.putv([data], kind, timeout)
 
+    def put_ref(self, data: bytes, kind: int, timeout: float, committed: bytearray) -> int:
+        rc, _ = self._put([memoryview(data)], [len(data)], kind, timeout, committed)
+        return rc
+
     def put_fn(self) -> Callable[[bytes, int, int, float], int]:
         return lambda data, n, kind, timeout: self.putv([data], kind, timeout)
 
@@ -234,18 +238,18 @@ class Ops:
         return self._put([memoryview(blob)], list(lens), kind, timeout)
 
     def _put(self, views: list[memoryview], lens: list[int], kind: int,
-             timeout: float) -> tuple[int, int]:
+             timeout: float, committed: Any = None) -> tuple[int, int]:
         busy = self._busy
         busy.append(None)
         try:
             if self._closed:
                 return -errno.EBADF, 0
-            return self._put_busy(views, lens, kind, timeout)
+            return self._put_busy(views, lens, kind, timeout, committed)
         finally:
             busy.pop()
 
     def _put_busy(self, views: list[memoryview], lens: list[int], kind: int,
-             timeout: float) -> tuple[int, int]:
+                  timeout: float, committed: Any) -> tuple[int, int]:
         """Put len(lens) messages whose bytes are the concatenation of views."""
         if not 0 < kind <= KIND_MAX:
             return -errno.EINVAL, 0
@@ -289,6 +293,8 @@ class Ops:
                     sent += 1
                 if sent > start:
                     w64[_T] = w  # the commit: one store
+                    if committed is not None:  # no call in between: no signal handler
+                        committed[0] = 1
             finally:
                 self._release(L.OFF_PUT_LOCK)
             if sent > start:
