@@ -91,15 +91,19 @@ def test_empty_and_full_are_the_stdlib_exceptions(backend: str) -> None:
         q.cancel_join_thread()
 
 
-def test_ring_full_by_bytes_blocks_then_times_out(q: Queue) -> None:
-    n = 0
-    with pytest.raises(Full):
-        while True:
-            q.put_bytes(b"x" * 1000, timeout=0.05)
-            n += 1
-    assert 50 <= n <= 66
-    assert q.get_bytes() == b"x" * 1000
-    q.put_bytes(b"y" * 1000, timeout=0)  # room again
+def test_what_does_not_fit_the_ring_waits_in_the_spill(q: Queue) -> None:
+    """maxsize 0: a put never blocks and never raises queue.Full (multiprocessing.Queue
+    buffers without bound); what does not fit the ring waits in spill files, in order."""
+    for i in range(300):
+        q.put_nowait(bytes([i % 256]) * 1000)
+    q.put_many([b"many"] * 50, -1, block=False)
+    assert q.qsize() == 350
+    assert [p for p in os.listdir(SHM_DIR) if p.startswith(q.name + ".s")]
+    assert [q.get_bytes(timeout=1) for _ in range(300)] == [bytes([i % 256]) * 1000
+                                                          for i in range(300)]
+    assert q.get_many(100, timeout=1) == [b"many"] * 50
+    q.put_bytes(b"ring again", timeout=0)
+    assert q.get_bytes(timeout=1) == b"ring again"
 
 
 def test_bad_arguments(q: Queue, backend: str) -> None:

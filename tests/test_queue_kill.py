@@ -343,16 +343,108 @@ def test_rm_stale_removes_large_messages_left_by_killed_processes(backend: str,
         assert not [p for p in SHM_DIR.iterdir() if p.name.startswith(name + ".")]
 
 
-def test_owner_killed_with_large_messages_queued(name: str) -> None:
+def test_owner_killed_with_large_and_spilled_messages_queued(name: str) -> None:
+    """ls lists the queue, its large message and its spill files as stale; rm --stale
+    removes them all."""
     out = run_python("""
         import os, sys
         from fastipc.queue import NamedQueue
         q = NamedQueue(sys.argv[1], create=True, capacity=1 << 16)
+        q.put_many(range(200_000))
         q.put_bytes(bytes(100_000))
         os.kill(os.getpid(), 9)
         """, name)
     assert out.returncode == -signal.SIGKILL
-    assert len([p for p in SHM_DIR.iterdir() if p.name.startswith(name)]) == 2
+    left = [p.name for p in SHM_DIR.iterdir() if p.name.startswith(name)]
+    assert len(left) >= 4  # the queue, spill files, the large message
+    listing = _fastipc("ls").stdout
+    assert all(n in listing for n in left)
+    assert "queue-spill" in listing and "queue-blob" in listing
     out = _fastipc("rm", "--stale", "--match", name)
     assert out.returncode == 0, out.stderr
     assert not [p for p in SHM_DIR.iterdir() if p.name.startswith(name)]
+
+
+# ---------------------------------------------------------------- the spill
+
+
+_DRAIN = """
+import sys
+from fastipc.queue import NamedQueue
+name, backend, small, large = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+with NamedQueue(name, backend=backend) as q:
+    expected = 0
+    while expected < small + large:
+        for item in q.get_many(4096, timeout=10):
+            if isinstance(item, bytes):  # every 500th: a message larger than the ring
+                assert expected < small and expected % 500 == 0, expected
+                assert item == expected.to_bytes(4, "little") * 25_000, expected
+            else:
+                assert item == expected, (item, expected)
+            expected += 1
+    assert q.qsize() == 0
+print("ok")
+"""
+
+
+def test_maxsize_0_spills_without_bound_and_the_consumer_gets_all(cross: tuple[str, str],
+                                                                   name: str) -> None:
+    """100,000 small puts and 200 large ones with no consumer: put_nowait never raises;
+    then a consumer in another process (the other backend) gets all of them in order, and
+    the drained spill leaves nothing in /dev/shm."""
+    sender, receiver = cross
+    small, batch = 100_000, 1000
+    with NamedQueue(name, create=True, capacity=CAPACITY, backend=sender) as q:
+        for i in range(small):
+            q.put_nowait(i.to_bytes(4, "little") * 25_000 if i % 500 == 0 else i)
+        q.put_many(range(small, small + batch), block=False)
+        assert q.qsize() == small + batch
+        assert len([p for p in SHM_DIR.iterdir() if p.name.startswith(f"{name}.s")]) > 1
+        out = run_python(_DRAIN, name, receiver, str(small), str(batch), timeout=100)
+        assert out.returncode == 0 and out.stdout == "ok\n", out.stderr
+        assert [p.name for p in SHM_DIR.iterdir() if p.name.startswith(name)] == [name]
+
+
+def _spilling_producer(name: str, backend: str, progress: Any) -> None:
+    with NamedQueue(name, backend=backend) as q:
+        i = 0
+        while True:
+            if i % 3:
+                q.put_nowait(i)
+            else:
+                q.put_many([i], block=False)
+            progress[0] = i  # this put returned
+            i += 1
+
+
+def test_producer_killed_while_spilling_loses_nothing_acknowledged(cross: tuple[str, str],
+                                                                   name: str) -> None:
+    sender, receiver = cross
+    rng = random.Random(99)
+    shared = mmap.mmap(-1, 8)
+    progress = memoryview(shared).cast("q")
+    with NamedQueue(name, create=True, capacity=1 << 14, backend=receiver) as q:
+        first = 0
+        for _ in range(3):
+            progress[0] = first - 1
+            proc = _ctx.Process(target=_spilling_producer, args=(name, sender, progress))
+            proc.start()
+            deadline = time.monotonic() + 10
+            while progress[0] < first + 2000 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep(rng.uniform(0, 0.05))
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.join()
+            proc.close()
+            acknowledged = progress[0]
+            got = q.get_many(1 << 20, timeout=5)
+            while q.qsize():
+                got += q.get_many(1 << 20, timeout=5)
+            # nothing twice, nothing torn, in order; every acknowledged put is there (the
+            # one in progress at the kill may be too, if it had committed)
+            assert got[:acknowledged + 1 - first] == list(range(acknowledged + 1 - first))
+            assert len(got) - (acknowledged + 1 - first) in (0, 1)
+            first = 0  # each producer counts from 0 again
+        assert not [p for p in SHM_DIR.iterdir() if p.name.startswith(f"{name}.")]
+    del progress
+    shared.close()

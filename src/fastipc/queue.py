@@ -257,20 +257,24 @@ def _parse_ref(ref: bytes) -> Optional[tuple[int, int, str]]:
     return (total, kind, suffix) if _BLOB_SUFFIX.fullmatch(suffix) else None
 
 
+_SPILL_SUFFIX = re.compile(r"s[0-9]{1,10}")
+
+
 def _segments_of(path: str) -> list[str]:
-    """The message segments of the queue at ``path`` present in /dev/shm."""
+    """The message segments and spill files of the queue at ``path`` in /dev/shm."""
     directory, base = os.path.split(path)
     try:
         names = os.listdir(directory)
     except OSError:
         return []
     prefix = base + "."
-    return [f"{directory}/{n}" for n in names
-            if n.startswith(prefix) and _BLOB_SUFFIX.fullmatch(n[len(prefix):])]
+    return [f"{directory}/{n}" for n in names if n.startswith(prefix) and (
+        _BLOB_SUFFIX.fullmatch(n[len(prefix):]) or _SPILL_SUFFIX.fullmatch(n[len(prefix):]))]
 
 
 def _remove_queue(path: str) -> None:
-    """The owner's close (or normal exit): the queue's name, and its messages' segments."""
+    """The owner's close (or normal exit): the queue's name, its messages' segments and its
+    spill files."""
     _unlink_quietly(path)
     for segment in _segments_of(path):
         _unlink_quietly(segment)
@@ -367,13 +371,16 @@ class Queue(Handle):
                             self._name)
             else:
                 fd = _open(self._path, 0)
-                size = os.fstat(fd).st_size
+                st = os.fstat(fd)
+                size = st.st_size
+                self._mode = mode = st.st_mode & 0o777  # the creator's, for the files it adds
                 if size < L.HEADER + L.MIN_CAPACITY:
                     raise OSError(errno.EBADMSG, "not a fastipc queue", self._name)
                 self._mm = mmap.mmap(fd, size)
             ops_cls: type[QueueOps] = impl.Ops
             try:
-                self._ops: QueueOps = ops_cls(self._mm, size, self._spin)
+                self._ops: QueueOps = ops_cls(self._mm, size, self._spin,
+                                              f"{self._path}.s", mode)
             except OSError as exc:
                 raise OSError(exc.errno, "not a fastipc queue, or a corrupted header",
                               self._name) from None
@@ -1111,6 +1118,8 @@ def describe(path: str) -> Optional[QueueInfo]:
         name = os.path.basename(path)
         if head[:8] == _BLOB_MAGIC:
             return _describe_blob(fd, path, name, st.st_size)
+        if head[:8] == L.SPILL_MAGIC:
+            return _describe_spill(path, name, st.st_size)
         if len(head) < L.HEADER:
             return None
         magic, version, capacity, _max, maxsize, owner = struct.unpack_from("<IIQQQi", head)
@@ -1150,6 +1159,23 @@ def _describe_blob(fd: int, path: str, name: str, size: int) -> QueueInfo:
     return QueueInfo("queue-blob", name, size, 0, alive, detail)
 
 
+def _describe_spill(path: str, name: str, size: int) -> QueueInfo:
+    parent, _, suffix = path.rpartition(".")
+    seq = int(suffix[1:]) if _SPILL_SUFFIX.fullmatch(suffix) else -1
+    alive = _queue_alive(parent)
+    if alive:
+        try:
+            with open(parent, "rb") as f:
+                head = f.read(L.HEADER)
+            spill_r = struct.unpack_from("<Q", head, L.OFF_SPILL_R)[0]
+            alive = seq >= 0 and (seq - (spill_r >> 32)) & 0xFFFFFFFF < 1 << 31
+        except (OSError, struct.error):
+            pass
+    return QueueInfo("queue-spill", name, size, 0, alive,
+                     "messages waiting beyond the ring" if alive else
+                     "spilled messages no longer queued (the queue is gone, or read past)")
+
+
 def _queue_alive(path: str) -> bool:
     """Whether the queue at ``path`` exists and its owner runs (as describe says)."""
     info = describe(path)
@@ -1176,11 +1202,46 @@ def _refs_queued(path: str) -> Optional[set[str]]:
                 # and head did not move, so none was overwritten meanwhile
                 found = _refs_in(ring, struct.unpack_from("<Q", head, L.OFF_HEAD)[0],
                                  struct.unpack_from("<Q", head, L.OFF_TAIL)[0])
-                if found is not None:
-                    return found
+                spilled = _refs_spilled(path, *struct.unpack_from("<Q", again, L.OFF_SPILL_R),
+                                        *struct.unpack_from("<Q", head, L.OFF_SPILL_W))
+                if found is not None and spilled is not None:
+                    return found | spilled
     except OSError:
         pass
     return None
+
+
+def _refs_spilled(path: str, spill_r: int, spill_w: int) -> Optional[set[str]]:
+    """Suffixes of the BLOB frames in the spill files between the read and write cursors
+    (None: inconsistent). The read cursor is read after the write cursor: a file gone
+    meanwhile was read past."""
+    found: set[str] = set()
+    seq, off = spill_r >> 32, spill_r & 0xFFFFFFFF
+    wseq, end = spill_w >> 32, spill_w & 0xFFFFFFFF
+    while (wseq - seq) & 0xFFFFFFFF < 1 << 31 and (seq, off) != (wseq, end):
+        try:
+            with open(f"{path}.s{seq}", "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            seq, off = (seq + 1) & 0xFFFFFFFF, 0
+            continue
+        except OSError:
+            return None
+        pos = off or L.SPILL_HEAD
+        limit = end if seq == wseq else len(data)
+        while pos + L.FRAME <= min(limit, len(data)):
+            length, kind = struct.unpack_from("<II", data, pos)
+            if length == kind == 0:
+                break
+            if kind == KIND_BLOB:
+                ref = _parse_ref(data[pos + L.FRAME:pos + L.FRAME + length])
+                if ref is not None:
+                    found.add(ref[2])
+            pos += (L.FRAME + length + 7) & ~7
+        if seq == wseq:
+            break
+        seq, off = (seq + 1) & 0xFFFFFFFF, 0
+    return found
 
 
 def _refs_in(ring: bytes, head: int, tail: int) -> Optional[set[str]]:

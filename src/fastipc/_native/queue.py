@@ -33,11 +33,13 @@ def format(mm: Any, size: int, max_message: int, maxsize: int, pid: int) -> int:
 class Ops:
     __slots__ = ("_addr", "_base", "_q")
 
-    def __init__(self, mm: Any, size: int, spin: float) -> None:
+    def __init__(self, mm: Any, size: int, spin: float, spill: str, mode: int) -> None:
         self._base = _from_buffer(mm)
         self._q = ffi.new("fipc_queue *")
         self._addr = int(ffi.cast("uintptr_t", self._base))
         rc = lib.fipc_queue_attach(self._q, self._base, size, spin)
+        if rc == 0:
+            rc = lib.fipc_queue_set_spill(self._q, spill.encode(), mode)
         if rc < 0:
             ffi.release(self._base)
             check(rc)
@@ -118,6 +120,7 @@ class Ops:
             busy = lib.fipc_queue_busy(self._q)
         if busy:
             return False
+        lib.fipc_queue_release(self._q)
         ffi.release(self._base)
         return True
 
