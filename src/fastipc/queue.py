@@ -12,7 +12,9 @@ Objects travel pickled with protocol 5: their out-of-band buffers (numpy arrays,
 through the pickle stream (the standard pickler writes ``bytes`` and ``bytearray`` in band).
 ``put_bytes``/``get_bytes`` move raw bytes with no pickling at all. A message larger than half
 the ring travels in a segment of its own (``<name>.<id>`` in /dev/shm), created by the
-producer and removed by the consumer that takes it.
+producer and removed by the consumer that takes it. What does not fit the ring waits in
+spill files beside it (``<name>.s<seq>``), so that with ``maxsize=0`` a put never blocks
+and never raises ``queue.Full``, as multiprocessing.Queue.
 
 :class:`Queue` with no name is anonymous: it gets a unique name, and the process that made it
 owns it (removes it when it closes the queue or exits normally). :class:`NamedQueue` (re-
@@ -90,8 +92,8 @@ _LEN = 0xFFFFFFFF  # a get returns kind << 32 | length
 
 
 class Full(_stdqueue.Full, TimeoutError):
-    """The queue stayed full (``maxsize`` messages, or no room in the ring) until the
-    timeout: ``queue.Full`` as ``multiprocessing.Queue`` raises it, and a TimeoutError."""
+    """The queue stayed full (``maxsize`` messages queued) until the timeout: ``queue.Full``
+    as ``multiprocessing.Queue`` raises it, and a TimeoutError."""
 
 
 class Empty(_stdqueue.Empty, TimeoutError):
@@ -312,7 +314,8 @@ class Queue(Handle):
     removes the name when it closes); ``Queue(name=...)`` attaches to an existing one
     (``FileNotFoundError`` if absent; ``maxsize`` and ``capacity`` are then the creator's).
     ``capacity`` is the ring's size in bytes (a power of two, >= 4096); messages up to half
-    of it travel through the ring, larger ones in a segment of their own.
+    of it travel through the ring, larger ones in a segment of their own; what does not fit
+    the ring waits in spill files (bounded by /dev/shm: ENOSPC, never a hang).
     ``max_message_size`` bounds one message (pickled size plus buffers): ValueError above it.
     """
 

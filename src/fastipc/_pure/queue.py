@@ -265,6 +265,15 @@ class Ops:
             self._rfd, self._rseq = new, seq
         return new
 
+    def _spill_unlink(self, seq: int) -> None:
+        if self._rfd >= 0 and self._rseq == seq:
+            os.close(self._rfd)
+            self._rfd = -1
+        try:
+            os.unlink(f"{self._spill}{seq}")
+        except FileNotFoundError:
+            pass
+
     def _spill_append(self, w: int, parts: list[memoryview], total: int, kind: int) -> int:
         """Under put_lock: append one frame at the (uncommitted) cursor w; the new cursor."""
         seq, off = w >> 32, w & 0xFFFFFFFF
@@ -287,7 +296,7 @@ class Ops:
             return
         try:
             _pwrite_all(self._spill_fd(seq, False, "w"), [memoryview(_END)], off)
-            os.unlink(f"{self._spill}{seq}")
+            self._spill_unlink(seq)
         except OSError:
             return
         self._w64[_SW] = ((seq + 1) & 0xFFFFFFFF) << 32
@@ -353,13 +362,7 @@ class Ops:
                 w64[_SGOT] = (w64[_SGOT] + taken) & 0xFFFFFFFFFFFFFFFF
                 w64[_SR] = r  # before the file goes
                 taken = 0
-                if self._rfd >= 0 and self._rseq == seq:
-                    os.close(self._rfd)
-                    self._rfd = -1
-                try:
-                    os.unlink(f"{self._spill}{seq}")
-                except FileNotFoundError:
-                    pass
+                self._spill_unlink(seq)
                 continue
             frame = _round8(L.FRAME + n)
             if not 0 < kind <= KIND_MAX or frame > self._cap // 2 or (
@@ -400,13 +403,7 @@ class Ops:
         try:
             seq = r >> 32
             if self._w64[_SW] == r and r & 0xFFFFFFFF:
-                if self._rfd >= 0 and self._rseq == seq:
-                    os.close(self._rfd)
-                    self._rfd = -1
-                try:
-                    os.unlink(f"{self._spill}{seq}")
-                except FileNotFoundError:
-                    pass
+                self._spill_unlink(seq)
                 nxt = ((seq + 1) & 0xFFFFFFFF) << 32
                 self._w64[_SW] = nxt
                 self._w64[_SR] = nxt
