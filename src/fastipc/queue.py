@@ -300,6 +300,14 @@ def _timeout(block: bool, timeout: Optional[float]) -> float:
     return -1.0 if timeout is None else check_timeout(timeout)
 
 
+def _async_timeout(block: bool, timeout: Optional[float]) -> Optional[float]:
+    """The timeout of an awaitable: block=False tries once, whatever timeout says."""
+    if not block:
+        return 0.0
+    check_timeout(timeout)
+    return timeout
+
+
 # Open queues. A fork child keeps using them, but gives up what is the parent's: the
 # owner's lock and name (it must not remove the queue when it exits), and the busy counts of
 # calls that the parent's other threads had in progress (none of them runs in the child).
@@ -929,19 +937,21 @@ class Queue(Handle):
     # blocking sleepers of its side use, with their waiting flag raised (Ops.park), so the
     # other side's ordinary wake-up resolves it (docs/queue-layout.md, "Awaiting").
 
-    async def put_async(self, obj: Any, timeout: Optional[float] = None) -> None:
+    async def put_async(self, obj: Any, timeout: Optional[float] = None, *,
+                        block: bool = True) -> None:
         """:meth:`put` on the running event loop (asyncio, uvloop): waits for room without
-        blocking the loop. ``queue.Full`` on timeout. Cancelled (or timed out), it has put
-        the whole message or nothing."""
+        blocking the loop. ``queue.Full`` on timeout (``block=False``: at once, timeout
+        ignored). Cancelled (or timed out), it has put the whole message or nothing."""
         self._check_open()
-        check_timeout(timeout)
+        timeout = _async_timeout(block, timeout)
         parts, total, kind = self._encode(obj)
         await self._put_async(parts, total, kind, timeout)
 
-    async def put_bytes_async(self, data: Any, timeout: Optional[float] = None) -> None:
+    async def put_bytes_async(self, data: Any, timeout: Optional[float] = None, *,
+                              block: bool = True) -> None:
         """:meth:`put_bytes` on the running event loop, as :meth:`put_async`."""
         self._check_open()
-        check_timeout(timeout)
+        timeout = _async_timeout(block, timeout)
         view = data if type(data) is bytes else byte_view(data)
         if len(view) > self._max_message:
             raise ValueError(f"message of {len(view)} bytes exceeds max_message_size "
@@ -980,16 +990,18 @@ class Queue(Handle):
                 _unlink_quietly(path)
             raise
 
-    async def get_async(self, timeout: Optional[float] = None) -> Any:
+    async def get_async(self, timeout: Optional[float] = None, *, block: bool = True) -> Any:
         """:meth:`get` on the running event loop (asyncio, uvloop): waits for a message
-        without blocking the loop. ``queue.Empty`` on timeout. Cancelled (or timed out), it
-        has taken nothing: the message stays queued for the next consumer."""
-        return await self._get_async(self.get_nowait, timeout)
+        without blocking the loop. ``queue.Empty`` on timeout (``block=False``: at once,
+        timeout ignored). Cancelled (or timed out), it has taken nothing: the message stays
+        queued for the next consumer."""
+        return await self._get_async(self.get_nowait, _async_timeout(block, timeout))
 
-    async def get_bytes_async(self, timeout: Optional[float] = None) -> bytes:
+    async def get_bytes_async(self, timeout: Optional[float] = None, *,
+                              block: bool = True) -> bytes:
         """:meth:`get_bytes` on the running event loop, as :meth:`get_async`."""
         return await self._get_async(  # type: ignore[no-any-return]
-            lambda: self.get_bytes(0), timeout)
+            lambda: self.get_bytes(0), _async_timeout(block, timeout))
 
     async def _get_async(self, take: Callable[[], Any], timeout: Optional[float]) -> Any:
         self._check_open()
