@@ -479,7 +479,7 @@ static int room(fipc_queue *q, uint64_t frame, uint64_t *tail, uint64_t *head, i
 /* Under put_lock, past the hot check: whether this put goes to the spill (1), to the ring
  * (0: room there, the spill empty), or must wait for room (2: maxsize messages queued). */
 static int spill_route(fipc_queue *q, uint64_t frame, uint64_t *tail, uint64_t *head,
-                       uint64_t *spill_r, int *rc)
+                       uint64_t *spill_r, int *rc, int may_wait)
 {
     int fits;
     *spill_r = LOAD(A64(q, FIPC_Q_OFF_SPILL_R), acquire); /* before deciding: wait_space */
@@ -502,8 +502,38 @@ static int spill_route(fipc_queue *q, uint64_t frame, uint64_t *tail, uint64_t *
     (void)span(q, *head, *tail, &used, &count); /* checked by room() */
     if ((q->maxsize && count >= q->maxsize) || q->spill_path[0] == 0)
         return 2;
+    if (may_wait)
+        return 3;
     STORE(A32(q, FIPC_Q_OFF_SPILLING), 1u, relaxed);
     return 1;
+}
+
+/* A put that may wait and finds the ring full (the spill empty) first waits up to this long
+ * for room: a consumer that keeps up (descheduled for a moment) keeps the messages in the
+ * ring, and the spill, slower, takes them only when consumers fall behind for longer. */
+#define SPILL_GRACE_NS 10000000LL
+
+/* After spill_route said 3: wait for room until the grace (or the deadline) ends. 0: look
+ * again (*grace_end < 0 once the grace is spent: spill then), or -errno. */
+static int spill_grace(fipc_queue *q, uint64_t head, uint64_t spill_r, double timeout,
+                       int64_t *deadline, int64_t *grace_end)
+{
+    int64_t now = fipc_now_ns(), end = fipc_deadline_lazy(deadline, timeout);
+    if (*grace_end == 0)
+        *grace_end = now + SPILL_GRACE_NS;
+    if (end < 0 || end > *grace_end)
+        end = *grace_end;
+    if (end <= now) {
+        *grace_end = -1;
+        return 0;
+    }
+    int64_t until = FIPC_DEADLINE_UNSET;
+    int rc = wait_space(q, head, spill_r, (double)(end - now) / 1e9, &until);
+    if (rc == -ETIMEDOUT) {
+        *grace_end = -1;
+        return 0;
+    }
+    return rc;
 }
 
 /* ---------------------------------------------------------------- producers */
@@ -571,7 +601,7 @@ static int put_parts(fipc_queue *q, const char *const *parts, const uint64_t *le
     uint64_t frame = round8(FRAME + total);
     if (frame > q->capacity / 2 || total > UINT32_MAX || kind == 0 || kind > KIND_MAX)
         return -EMSGSIZE;
-    int64_t deadline = FIPC_DEADLINE_UNSET;
+    int64_t deadline = FIPC_DEADLINE_UNSET, grace_end = 0;
     for (;;) {
         int rc = lock(q, FIPC_Q_OFF_PUT_LOCK, timeout, &deadline);
         if (rc < 0)
@@ -580,7 +610,8 @@ static int put_parts(fipc_queue *q, const char *const *parts, const uint64_t *le
         int fits = 0, route;
         if (LOAD(A32(q, FIPC_Q_OFF_SPILLING), relaxed) == 0) /* the hot path's spill check */
             rc = room(q, frame, &tail, &head, &fits);
-        route = fits ? 0 : spill_route(q, frame, &tail, &head, &spill_r, &rc);
+        route = fits ? 0 : spill_route(q, frame, &tail, &head, &spill_r, &rc,
+                                       timeout != 0 && grace_end >= 0);
         if (route == 0) {
             write_frame(q, tail, parts, lens, n, total, kind);
             STORE(A64(q, FIPC_Q_OFF_TAIL), advance(tail, frame, 1), release);
@@ -602,7 +633,11 @@ static int put_parts(fipc_queue *q, const char *const *parts, const uint64_t *le
             notify(q, FIPC_Q_OFF_DATA_SEQ, FIPC_Q_OFF_GET_WAITING);
             return 0;
         }
-        if ((rc = wait_space(q, head, spill_r, timeout, &deadline)) < 0)
+        if (route == 3)
+            rc = spill_grace(q, head, spill_r, timeout, &deadline, &grace_end);
+        else
+            rc = wait_space(q, head, spill_r, timeout, &deadline);
+        if (rc < 0)
             return rc;
     }
 }
@@ -616,13 +651,13 @@ static int put_many(fipc_queue *q, const char *buf, const uint64_t *lens, uint64
     for (uint64_t i = 0; i < count; i++)
         if (round8(FRAME + lens[i]) > q->capacity / 2 || lens[i] > UINT32_MAX)
             return -EMSGSIZE;
-    int64_t deadline = FIPC_DEADLINE_UNSET;
+    int64_t deadline = FIPC_DEADLINE_UNSET, grace_end = 0;
     while (*sent < count) {
         int rc = lock(q, FIPC_Q_OFF_PUT_LOCK, timeout, &deadline);
         if (rc < 0)
             return rc;
         uint64_t tail, head, used, queued, start = *sent, spill_r = 0;
-        int again = 0;
+        int again = 0, grace = 0;
         rc = span(q, head = LOAD(A64(q, FIPC_Q_OFF_HEAD), acquire),
                   tail = LOAD(A64(q, FIPC_Q_OFF_TAIL), relaxed), &used, &queued);
         uint64_t w = tail;
@@ -643,8 +678,9 @@ static int put_many(fipc_queue *q, const char *buf, const uint64_t *lens, uint64
         uint64_t ring_sent = *sent;
         if (rc == 0 && *sent < count) { /* the rest to the spill, if it may go there */
             int route = spill_route(q, round8(FRAME + lens[*sent]), &tail, &head, &spill_r,
-                                    &rc);
+                                    &rc, timeout != 0 && grace_end >= 0);
             again = route == 0; /* the spill was drained: the ring again, at once */
+            grace = route == 3;
             if (route == 1) {
                 uint64_t sw = LOAD(A64(q, FIPC_Q_OFF_SPILL_W), relaxed);
                 uint64_t queued_all = queued + spill_count(q);
@@ -667,7 +703,8 @@ static int put_many(fipc_queue *q, const char *buf, const uint64_t *lens, uint64
         if (rc < 0)
             return rc;
         if (*sent < count && !again &&
-            (rc = wait_space(q, head, spill_r, timeout, &deadline)) < 0)
+            (rc = grace ? spill_grace(q, head, spill_r, timeout, &deadline, &grace_end)
+                        : wait_space(q, head, spill_r, timeout, &deadline)) < 0)
             return rc;
     }
     return 0;

@@ -37,6 +37,7 @@ __all__ = ["Ops", "format"]
 
 SLICE = 0.1  # sleep at most this long between looks at `closed`
 LOCK_GRACE = 0.1  # a try-once call waits this long for a busy mutex
+SPILL_GRACE = 0.01  # a put that may wait and finds the ring full waits this long, then spills
 KIND_MAX = 15
 _CLOCK_MONOTONIC = 1
 _PTHREAD_PROCESS_SHARED = 1
@@ -305,9 +306,10 @@ class Ops:
         self._w64[_SPUT] = (self._w64[_SPUT] + added) & 0xFFFFFFFFFFFFFFFF
         self._w64[_SW] = w  # the commit: one store (after the frames were written)
 
-    def _spill_route(self, frame: int) -> tuple[int, int, int, int]:
+    def _spill_route(self, frame: int, may_wait: bool) -> tuple[int, int, int, int]:
         """Under put_lock, past the ring: (route, head, spill read cursor, ring count):
-        route 1 = to the spill, 0 = to the ring (the spill drained), 2 = wait for room."""
+        route 1 = to the spill, 0 = to the ring (the spill drained), 2 = wait for room,
+        3 = wait for room for SPILL_GRACE, then spill (csrc/queue.c spill_grace)."""
         w64, w32 = self._w64, self._w32
         spill_r = w64[_SR]  # before deciding: the wait watches it
         head, tail = w64[_H], w64[_T]
@@ -324,6 +326,8 @@ class Ops:
             return 0, head, spill_r, count
         if self._maxsize and count >= self._maxsize:
             return 2, head, spill_r, count
+        if may_wait:
+            return 3, head, spill_r, count
         w32[_SPILLING] = 1
         return 1, head, spill_r, count
 
@@ -464,6 +468,7 @@ class Ops:
             return -errno.EMSGSIZE, 0
         source = views[0] if len(views) == 1 else None
         deadline = Deadline(timeout)
+        grace_end = 0.0  # 0: not started, -1: spent (spill_grace)
         sent = 0
         pos = 0  # bytes of the source consumed (single-view case)
         w64 = self._w64
@@ -482,6 +487,7 @@ class Ops:
                 w = tail
                 spill_r = w64[_SR]
                 again = False
+                route = 0
                 while sent < len(lens) and not self._w32[_SPILLING]:
                     n = lens[sent]
                     frame = _round8(L.FRAME + n)
@@ -507,7 +513,7 @@ class Ops:
                 ring_sent = sent
                 if sent < len(lens):  # the rest to the spill, if it may go there
                     route, head, spill_r, count = self._spill_route(
-                        _round8(L.FRAME + lens[sent]))
+                        _round8(L.FRAME + lens[sent]), timeout != 0 and grace_end >= 0)
                     if count < 0:
                         return FIPC_CORRUPT, sent
                     again = route == 0
@@ -540,7 +546,17 @@ class Ops:
                 self._release(L.OFF_PUT_LOCK)
             if sent > start:
                 self._notify(L.OFF_DATA_SEQ, L.OFF_GET_WAITING)
-            if sent < len(lens) and not again:
+            if sent < len(lens) and not again and route == 3:  # wait a while, then spill
+                now = _monotonic()
+                grace_end = grace_end or now + SPILL_GRACE
+                end = grace_end if deadline.end <= 0 else min(grace_end, deadline.end)
+                rc = (self._wait(_H, head, _SR, spill_r, L.OFF_SPACE_SEQ, L.OFF_PUT_WAITING,
+                                 Deadline(end - now)) if end > now else -errno.ETIMEDOUT)
+                if rc == -errno.ETIMEDOUT:
+                    grace_end = -1.0
+                elif rc:
+                    return rc, sent
+            elif sent < len(lens) and not again:
                 rc = self._wait(_H, head, _SR, spill_r, L.OFF_SPACE_SEQ, L.OFF_PUT_WAITING,
                                 deadline)
                 if rc:
