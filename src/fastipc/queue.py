@@ -1198,31 +1198,42 @@ def _queue_alive(path: str) -> bool:
 
 
 def _refs_queued(path: str) -> Optional[set[str]]:
-    """The suffixes of the message segments referenced from the ring of the queue at
-    ``path`` (a snapshot read without locks: None if it kept moving or is not a queue)."""
+    """The suffixes of the message segments referenced from the ring or the spill of the
+    queue at ``path`` (a snapshot read without locks: None if it kept moving or is not a
+    queue). Only the ring's bytes in use are read."""
     try:
-        with open(path, "rb") as f:
-            for _ in range(10):
-                head = f.read(L.HEADER)
-                if len(head) < L.HEADER or struct.unpack_from("<I", head)[0] != L.MAGIC:
-                    return None
-                capacity = struct.unpack_from("<Q", head, L.OFF_CAPACITY)[0]
-                ring = f.read(capacity)
-                f.seek(0)
-                again = f.read(L.HEADER)
-                f.seek(0)
-                if again[L.OFF_HEAD:L.OFF_HEAD + 8] != head[L.OFF_HEAD:L.OFF_HEAD + 8]:
-                    continue
-                # frames up to the first tail read were in the ring before it was read,
-                # and head did not move, so none was overwritten meanwhile
-                found = _refs_in(ring, struct.unpack_from("<Q", head, L.OFF_HEAD)[0],
-                                 struct.unpack_from("<Q", head, L.OFF_TAIL)[0])
-                spilled = _refs_spilled(path, *struct.unpack_from("<Q", again, L.OFF_SPILL_R),
-                                        *struct.unpack_from("<Q", head, L.OFF_SPILL_W))
-                if found is not None and spilled is not None:
-                    return found | spilled
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        for _ in range(10):
+            head = os.pread(fd, L.HEADER, 0)
+            if len(head) < L.HEADER or struct.unpack_from("<I", head)[0] != L.MAGIC:
+                return None
+            capacity, = struct.unpack_from("<Q", head, L.OFF_CAPACITY)
+            h, = struct.unpack_from("<Q", head, L.OFF_HEAD)
+            t, = struct.unpack_from("<Q", head, L.OFF_TAIL)
+            used = (((t >> 32) - (h >> 32)) & 0xFFFFFFFF) * 8
+            start = ((h >> 32) * 8) % capacity if capacity else 0
+            if not capacity or used > capacity:
+                return None
+            first = min(used, capacity - start)
+            span = (os.pread(fd, first, L.HEADER + start)
+                    + os.pread(fd, used - first, L.HEADER))
+            again = os.pread(fd, L.HEADER, 0)
+            if again[L.OFF_HEAD:L.OFF_HEAD + 8] != head[L.OFF_HEAD:L.OFF_HEAD + 8]:
+                continue
+            # frames up to the first tail read were in the ring before it was read, and
+            # head did not move, so none was overwritten meanwhile
+            found = _refs_in(span, (t - h) & 0xFFFFFFFF, capacity)
+            spilled = _refs_spilled(path, *struct.unpack_from("<Q", again, L.OFF_SPILL_R),
+                                    *struct.unpack_from("<Q", head, L.OFF_SPILL_W))
+            if found is not None and spilled is not None:
+                return found | spilled
     except OSError:
         pass
+    finally:
+        os.close(fd)
     return None
 
 
@@ -1259,22 +1270,20 @@ def _refs_spilled(path: str, spill_r: int, spill_w: int) -> Optional[set[str]]:
     return found
 
 
-def _refs_in(ring: bytes, head: int, tail: int) -> Optional[set[str]]:
-    """Suffixes of the BLOB frames between the head and tail words (None: inconsistent)."""
-    capacity = len(ring)
-    if not capacity or capacity & (capacity - 1):
-        return None
-    count = (tail - head) & 0xFFFFFFFF
-    pos = ((head >> 32) * 8) % capacity
+def _refs_in(span: bytes, count: int, capacity: int) -> Optional[set[str]]:
+    """Suffixes of the BLOB frames among the ``count`` frames of ``span`` (the ring's bytes
+    in use, from head on; None: inconsistent)."""
     found: set[str] = set()
-    doubled = ring + ring  # a frame may wrap
+    pos = 0
     for _ in range(count):
-        length, kind = struct.unpack_from("<II", doubled, pos)
+        if pos + L.FRAME > len(span):
+            return None
+        length, kind = struct.unpack_from("<II", span, pos)
         if length > capacity // 2:
             return None
         if kind == KIND_BLOB:
-            ref = _parse_ref(doubled[pos + L.FRAME:pos + L.FRAME + length])
+            ref = _parse_ref(span[pos + L.FRAME:pos + L.FRAME + length])
             if ref is not None:
                 found.add(ref[2])
-        pos = (pos + ((L.FRAME + length + 7) & ~7)) % capacity
+        pos += (L.FRAME + length + 7) & ~7
     return found
