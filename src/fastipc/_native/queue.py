@@ -37,12 +37,14 @@ class Ops:
         self._base = _from_buffer(mm)
         self._q = ffi.new("fipc_queue *")
         self._addr = int(ffi.cast("uintptr_t", self._base))
-        rc = lib.fipc_queue_attach(self._q, self._base, size, spin)
-        if rc == 0:
-            rc = lib.fipc_queue_set_spill(self._q, spill.encode(), mode)
-        if rc < 0:
-            ffi.release(self._base)
+        try:
+            rc = lib.fipc_queue_attach(self._q, self._base, size, spin)
+            if rc == 0:
+                rc = lib.fipc_queue_set_spill(self._q, spill.encode(), mode)
             check(rc)
+        except BaseException:
+            ffi.release(self._base)
+            raise
 
     def put(self, data: Any, kind: int, timeout: float) -> int:
         if type(data) is not bytes:
