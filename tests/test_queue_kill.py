@@ -448,3 +448,41 @@ def test_producer_killed_while_spilling_loses_nothing_acknowledged(cross: tuple[
         assert not [p for p in SHM_DIR.iterdir() if p.name.startswith(f"{name}.")]
     del progress
     shared.close()
+
+
+_LIMITED = """
+import errno, resource, signal, sys
+from fastipc.queue import Queue
+with Queue(capacity=1 << 14, backend=sys.argv[1]) as q:
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 19, resource.RLIM_INFINITY))
+    put = 0
+    try:
+        while True:
+            q.put_nowait(bytes([put % 256]) * 1000)
+            put += 1
+    except OSError as exc:
+        assert exc.errno == errno.EFBIG, exc
+    for call in (lambda: q.put(b"x" * 1000), lambda: q.put_many([b"y" * 1000] * 3)):
+        try:
+            call()
+        except OSError as exc:
+            assert exc.errno == errno.EFBIG, exc
+        else:
+            raise AssertionError("a put past the limit returned")
+    assert q.qsize() == put
+    for i in range(put):
+        assert q.get(timeout=1) == bytes([i % 256]) * 1000, i
+    q.put(b"room again")
+    assert q.get(timeout=1) == b"room again"
+print(put)
+"""
+
+
+def test_spill_out_of_room_is_an_oserror_at_once(backend: str) -> None:
+    """The spill's limit is the file system's: a write it refuses is an OSError from put at
+    once (here EFBIG, under RLIMIT_FSIZE, as ENOSPC on a full /dev/shm), never a hang; what
+    was put before is intact, and the queue goes on once there is room."""
+    out = run_python(_LIMITED, backend, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout) > 400  # the ring, then a spill file up to the limit
