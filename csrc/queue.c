@@ -20,11 +20,16 @@
 #include "queue.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
 #include <string.h>
+#include <stdio.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
 #include <time.h>
+#include <unistd.h>
 
 #define HDR ((uint64_t)FIPC_Q_HEADER)
 #define FRAME ((uint64_t)FIPC_Q_FRAME)
@@ -33,6 +38,9 @@
 #define LOCK_GRACE_NS 100000000LL /* a try-once call waits this long for a busy mutex */
 
 _Static_assert(sizeof(pthread_mutex_t) <= FIPC_Q_LOCK_SIZE, "pthread_mutex_t too large");
+_Static_assert(sizeof(((fipc_queue *)0)->spill_path) == FIPC_Q_PATH_MAX, "spill_path size");
+
+static const char SPILL_MAGIC[8] = {'F', 'P', 'C', 'Q', 'S', 'P', 'I', 'L'};
 
 #define A32(q, off) ((_Atomic uint32_t *)(void *)((q)->base + (off)))
 #define A64(q, off) ((_Atomic uint64_t *)(void *)((q)->base + (off)))
@@ -157,8 +165,28 @@ int fipc_queue_attach(fipc_queue *q, char *base, uint64_t map_size, double spin)
     q->map_size = map_size;
     q->capacity = capacity;
     q->maxsize = maxsize;
+    q->spill_wfd = q->spill_rfd = -1;
     fipc_spin_set(&q->spin, spin);
     return 0;
+}
+
+int fipc_queue_set_spill(fipc_queue *q, const char *prefix, uint32_t mode)
+{
+    size_t n = strlen(prefix);
+    if (n + 12 > sizeof q->spill_path) /* room for the seq's digits and the NUL */
+        return -ENAMETOOLONG;
+    memcpy(q->spill_path, prefix, n + 1);
+    q->spill_mode = mode;
+    return 0;
+}
+
+void fipc_queue_release(fipc_queue *q)
+{
+    if (q->spill_wfd >= 0)
+        (void)close(q->spill_wfd); /* nothing to do about a failed close of a read-only use */
+    if (q->spill_rfd >= 0)
+        (void)close(q->spill_rfd);
+    q->spill_wfd = q->spill_rfd = -1;
 }
 
 /* ---------------------------------------------------------------- locks and waits */
@@ -210,9 +238,18 @@ static inline void notify(fipc_queue *q, size_t seq_off, size_t flag_off)
     }
 }
 
-/* Wait until the word at word_off differs from seen: spin, then sleep on seq_off. */
-static int wait_change(fipc_queue *q, size_t word_off, uint64_t seen, size_t seq_off,
-                       size_t flag_off, double timeout, int64_t *deadline)
+/* Wait until the word at word_off differs from seen, or the one at word2_off from seen2 (the
+ * ring's line and the spill's cursor of the other side): spin, then sleep on seq_off. */
+static inline int changed(fipc_queue *q, size_t word_off, uint64_t seen, size_t word2_off,
+                          uint64_t seen2)
+{
+    return atomic_load_explicit(A64(q, word_off), memory_order_seq_cst) != seen ||
+           atomic_load_explicit(A64(q, word2_off), memory_order_seq_cst) != seen2;
+}
+
+static int wait_change(fipc_queue *q, size_t word_off, uint64_t seen, size_t word2_off,
+                       uint64_t seen2, size_t seq_off, size_t flag_off, double timeout,
+                       int64_t *deadline)
 {
     if (timeout == 0)
         return -ETIMEDOUT;
@@ -224,7 +261,7 @@ static int wait_change(fipc_queue *q, size_t word_off, uint64_t seen, size_t seq
         if (end >= 0 && stop > end)
             stop = end;
         for (unsigned i = 1;; i++) {
-            if (LOAD(A64(q, word_off), acquire) != seen) {
+            if (changed(q, word_off, seen, word2_off, seen2)) {
                 fipc_spin_caught(&q->spin);
                 return 0;
             }
@@ -244,7 +281,7 @@ static int wait_change(fipc_queue *q, size_t word_off, uint64_t seen, size_t seq
             return -EBADF;
         atomic_exchange_explicit(A32(q, flag_off), 1u, memory_order_seq_cst);
         uint32_t seq = LOAD(A32(q, seq_off), seq_cst);
-        if (atomic_load_explicit(A64(q, word_off), memory_order_seq_cst) != seen) {
+        if (changed(q, word_off, seen, word2_off, seen2)) {
             if (slept && start)
                 fipc_spin_slept(&q->spin, fipc_now_ns() - start);
             return 0;
@@ -261,16 +298,242 @@ static int wait_change(fipc_queue *q, size_t word_off, uint64_t seen, size_t seq
     }
 }
 
-static int wait_space(fipc_queue *q, uint64_t head, double timeout, int64_t *deadline)
+static int wait_space(fipc_queue *q, uint64_t head, uint64_t spill_r, double timeout,
+                      int64_t *deadline)
 {
-    return wait_change(q, FIPC_Q_OFF_HEAD, head, FIPC_Q_OFF_SPACE_SEQ, FIPC_Q_OFF_PUT_WAITING,
-                       timeout, deadline);
+    return wait_change(q, FIPC_Q_OFF_HEAD, head, FIPC_Q_OFF_SPILL_R, spill_r,
+                       FIPC_Q_OFF_SPACE_SEQ, FIPC_Q_OFF_PUT_WAITING, timeout, deadline);
 }
 
-static int wait_data(fipc_queue *q, uint64_t tail, double timeout, int64_t *deadline)
+static int wait_data(fipc_queue *q, uint64_t tail, uint64_t spill_w, double timeout,
+                     int64_t *deadline)
 {
-    return wait_change(q, FIPC_Q_OFF_TAIL, tail, FIPC_Q_OFF_DATA_SEQ, FIPC_Q_OFF_GET_WAITING,
-                       timeout, deadline);
+    return wait_change(q, FIPC_Q_OFF_TAIL, tail, FIPC_Q_OFF_SPILL_W, spill_w,
+                       FIPC_Q_OFF_DATA_SEQ, FIPC_Q_OFF_GET_WAITING, timeout, deadline);
+}
+
+/* ---------------------------------------------------------------- the spill
+ *
+ * What does not fit the ring (maxsize 0, or fewer than maxsize messages queued) is appended
+ * to spill files beside it, <name>.s<seq>: "FPCQSPIL", u64 seq, then frames as in the ring,
+ * each at a multiple of 8, up to FIPC_Q_SPILL_FILE bytes a file (a larger frame takes a
+ * file alone); a file ends with an END frame (length 0, kind 0), written before the write
+ * cursor moves to the next file. The write cursor (seq << 32 | offset) moves under
+ * put_lock, by one release store after the frames are written; the read cursor under
+ * get_lock. Producers put into the ring only while `spilling` is 0; a producer sets it
+ * before it spills and clears it once it sees the spill empty (read == write cursor), so
+ * every ring message is older than every spilled one: consumers take from the ring first,
+ * and from the spill (up to the write cursor read before they found the ring empty) only
+ * when the ring is empty. Nothing read from a spill file is trusted. */
+
+static inline uint64_t spill_count(fipc_queue *q)
+{
+    uint64_t got = LOAD(A64(q, FIPC_Q_OFF_SPILL_GOT), acquire);
+    uint64_t put = LOAD(A64(q, FIPC_Q_OFF_SPILL_PUT), acquire);
+    return put - got > ((uint64_t)1 << 62) ? 0 : put - got; /* a torn snapshot: 0 */
+}
+
+/* The fd of spill file seq, kept open in *fd (one per side of this handle). */
+static int spill_open(fipc_queue *q, uint32_t seq, int create, int32_t *fd, uint32_t *fd_seq)
+{
+    if (*fd >= 0 && *fd_seq == seq)
+        return *fd;
+    if (q->spill_path[0] == 0)
+        return -ENOSPC;
+    char path[FIPC_Q_PATH_MAX];
+    int n = snprintf(path, sizeof path, "%s%u", q->spill_path, seq);
+    if (n < 0 || (size_t)n >= sizeof path)
+        return -ENAMETOOLONG;
+    int f = open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW | (create ? O_CREAT : 0),
+                 (mode_t)q->spill_mode);
+    if (f < 0)
+        return -errno;
+    if (*fd >= 0)
+        (void)close(*fd);
+    *fd = f;
+    *fd_seq = seq;
+    return f;
+}
+
+static int spill_unlink(fipc_queue *q, uint32_t seq)
+{
+    char path[FIPC_Q_PATH_MAX];
+    int n = snprintf(path, sizeof path, "%s%u", q->spill_path, seq);
+    if (n < 0 || (size_t)n >= sizeof path)
+        return -ENAMETOOLONG;
+    if (q->spill_rfd >= 0 && q->spill_rseq == seq) {
+        (void)close(q->spill_rfd);
+        q->spill_rfd = -1;
+    }
+    return unlink(path) < 0 && errno != ENOENT ? -errno : 0;
+}
+
+static int write_all(int fd, struct iovec *iov, int n, uint64_t off)
+{
+    while (n > 0) {
+        ssize_t w = pwritev(fd, iov, n, (off_t)off);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        off += (uint64_t)w;
+        while (n > 0 && (size_t)w >= iov->iov_len) {
+            w -= (ssize_t)iov->iov_len;
+            iov++;
+            n--;
+        }
+        if (n > 0) {
+            iov->iov_base = (char *)iov->iov_base + w;
+            iov->iov_len -= (size_t)w;
+        }
+    }
+    return 0;
+}
+
+static int read_all(int fd, char *dest, uint64_t n, uint64_t off)
+{
+    while (n > 0) {
+        ssize_t r = pread(fd, dest, n, (off_t)off);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0)
+            return -errno;
+        if (r == 0)
+            return FIPC_CORRUPT; /* shorter than the cursor says */
+        dest += r;
+        n -= (uint64_t)r;
+        off += (uint64_t)r;
+    }
+    return 0;
+}
+
+#define SPILL_IOV 16
+
+/* Under put_lock: append one frame at the (uncommitted) write cursor *w. */
+static int spill_append(fipc_queue *q, uint64_t *w, const char *const *parts,
+                        const uint64_t *lens, uint32_t n, uint64_t total, uint32_t kind)
+{
+    uint32_t seq = (uint32_t)(*w >> 32);
+    uint64_t off = (uint32_t)*w;
+    uint64_t frame = round8(FRAME + total);
+    int fd, rc;
+    if (n + 2 > SPILL_IOV)
+        return -EINVAL;
+    if (off != 0 && off + frame > FIPC_Q_SPILL_FILE) { /* end this file, go on in the next */
+        uint32_t end[2] = {0, 0};
+        struct iovec iov = {.iov_base = end, .iov_len = sizeof end};
+        if ((fd = spill_open(q, seq, 0, &q->spill_wfd, &q->spill_wseq)) < 0 ||
+            (rc = write_all(fd, &iov, 1, off)) < 0)
+            return fd < 0 ? fd : rc;
+        seq++;
+        off = 0;
+    }
+    if ((fd = spill_open(q, seq, off == 0, &q->spill_wfd, &q->spill_wseq)) < 0)
+        return fd;
+    struct iovec iov[SPILL_IOV];
+    int k = 0;
+    uint64_t head[2] = {0, 0};
+    if (off == 0) { /* a new file (or one a killed producer left: written over) */
+        memcpy(head, SPILL_MAGIC, 8);
+        head[1] = seq;
+        iov[k++] = (struct iovec){.iov_base = head, .iov_len = sizeof head};
+    }
+    uint32_t hdr[2] = {(uint32_t)total, kind};
+    iov[k++] = (struct iovec){.iov_base = hdr, .iov_len = sizeof hdr};
+    for (uint32_t i = 0; i < n; i++)
+        iov[k++] = (struct iovec){.iov_base = (void *)(uintptr_t)parts[i], .iov_len = lens[i]};
+    if ((rc = write_all(fd, iov, k, off)) < 0)
+        return rc;
+    if (off == 0)
+        off = FIPC_Q_SPILL_HEAD;
+    *w = (uint64_t)seq << 32 | (off + frame);
+    return 0;
+}
+
+/* Under put_lock, the spill drained up to its write cursor w: end the file there (the END
+ * frame, for a consumer that has it open), remove it, and move the cursor to the next file,
+ * so that a drained spill leaves no file behind. Best effort: on failure the file stays and
+ * the next spill appends to it. */
+static void spill_end(fipc_queue *q, uint64_t w)
+{
+    uint32_t seq = (uint32_t)(w >> 32), end[2] = {0, 0};
+    struct iovec iov = {.iov_base = end, .iov_len = sizeof end};
+    int fd;
+    if ((uint32_t)w == 0 || (fd = spill_open(q, seq, 0, &q->spill_wfd, &q->spill_wseq)) < 0 ||
+        write_all(fd, &iov, 1, (uint32_t)w) < 0 || spill_unlink(q, seq) < 0)
+        return;
+    STORE(A64(q, FIPC_Q_OFF_SPILL_W), (uint64_t)(seq + 1) << 32, release);
+}
+
+/* Under put_lock: commit what spill_append wrote (one release store of the cursor). */
+static void spill_commit(fipc_queue *q, uint64_t w, uint64_t added)
+{
+    STORE(A64(q, FIPC_Q_OFF_SPILL_PUT), LOAD(A64(q, FIPC_Q_OFF_SPILL_PUT), relaxed) + added,
+          relaxed);
+    STORE(A64(q, FIPC_Q_OFF_SPILL_W), w, release);
+}
+
+static int room(fipc_queue *q, uint64_t frame, uint64_t *tail, uint64_t *head, int *fits);
+
+/* Under put_lock, past the hot check: whether this put goes to the spill (1), to the ring
+ * (0: room there, the spill empty), or must wait for room (2: maxsize messages queued). */
+static int spill_route(fipc_queue *q, uint64_t frame, uint64_t *tail, uint64_t *head,
+                       uint64_t *spill_r, int *rc, int may_wait)
+{
+    int fits;
+    *spill_r = LOAD(A64(q, FIPC_Q_OFF_SPILL_R), acquire); /* before deciding: wait_space */
+    if (LOAD(A32(q, FIPC_Q_OFF_SPILLING), relaxed)) {
+        if (*spill_r != LOAD(A64(q, FIPC_Q_OFF_SPILL_W), relaxed)) {
+            uint64_t used, count;
+            *tail = LOAD(A64(q, FIPC_Q_OFF_TAIL), relaxed);
+            *head = LOAD(A64(q, FIPC_Q_OFF_HEAD), acquire);
+            if ((*rc = span(q, *head, *tail, &used, &count)) < 0)
+                return 2;
+            return q->maxsize && count + spill_count(q) >= q->maxsize ? 2 : 1;
+        }
+        STORE(A32(q, FIPC_Q_OFF_SPILLING), 0u, relaxed); /* drained: back to the ring */
+        spill_end(q, *spill_r);
+    }
+    *rc = room(q, frame, tail, head, &fits);
+    if (*rc < 0 || fits)
+        return *rc < 0 ? 2 : 0;
+    uint64_t used, count;
+    (void)span(q, *head, *tail, &used, &count); /* checked by room() */
+    if ((q->maxsize && count >= q->maxsize) || q->spill_path[0] == 0)
+        return 2;
+    if (may_wait)
+        return 3;
+    STORE(A32(q, FIPC_Q_OFF_SPILLING), 1u, relaxed);
+    return 1;
+}
+
+/* A put that may wait and finds the ring full (the spill empty) first waits up to this long
+ * for room: a consumer that keeps up (descheduled for a moment) keeps the messages in the
+ * ring, and the spill, slower, takes them only when consumers fall behind for longer. */
+#define SPILL_GRACE_NS 10000000LL
+
+/* After spill_route said 3: wait for room until the grace (or the deadline) ends. 0: look
+ * again (*grace_end < 0 once the grace is spent: spill then), or -errno. */
+static int spill_grace(fipc_queue *q, uint64_t head, uint64_t spill_r, double timeout,
+                       int64_t *deadline, int64_t *grace_end)
+{
+    int64_t now = fipc_now_ns(), end = fipc_deadline_lazy(deadline, timeout);
+    if (*grace_end == 0)
+        *grace_end = now + SPILL_GRACE_NS;
+    if (end < 0 || end > *grace_end)
+        end = *grace_end;
+    if (end <= now) {
+        *grace_end = -1;
+        return 0;
+    }
+    int64_t until = FIPC_DEADLINE_UNSET;
+    int rc = wait_space(q, head, spill_r, (double)(end - now) / 1e9, &until);
+    if (rc == -ETIMEDOUT) {
+        *grace_end = -1;
+        return 0;
+    }
+    return rc;
 }
 
 /* ---------------------------------------------------------------- producers */
@@ -330,7 +593,7 @@ static void write_frame(fipc_queue *q, uint64_t tail, const char *const *parts,
 }
 
 static int put_parts(fipc_queue *q, const char *const *parts, const uint64_t *lens, uint32_t n,
-                     uint32_t kind, double timeout)
+                     uint32_t kind, double timeout, char *committed)
 {
     uint64_t total = 0;
     for (uint32_t i = 0; i < n; i++)
@@ -338,26 +601,43 @@ static int put_parts(fipc_queue *q, const char *const *parts, const uint64_t *le
     uint64_t frame = round8(FRAME + total);
     if (frame > q->capacity / 2 || total > UINT32_MAX || kind == 0 || kind > KIND_MAX)
         return -EMSGSIZE;
-    int64_t deadline = FIPC_DEADLINE_UNSET;
+    int64_t deadline = FIPC_DEADLINE_UNSET, grace_end = 0;
     for (;;) {
         int rc = lock(q, FIPC_Q_OFF_PUT_LOCK, timeout, &deadline);
         if (rc < 0)
             return rc;
-        uint64_t tail, head;
-        int fits;
-        rc = room(q, frame, &tail, &head, &fits);
-        if (fits) {
+        uint64_t tail, head, spill_r = 0;
+        int fits = 0, route;
+        if (LOAD(A32(q, FIPC_Q_OFF_SPILLING), relaxed) == 0) /* the hot path's spill check */
+            rc = room(q, frame, &tail, &head, &fits);
+        route = fits ? 0 : spill_route(q, frame, &tail, &head, &spill_r, &rc,
+                                       timeout != 0 && grace_end >= 0);
+        if (route == 0) {
             write_frame(q, tail, parts, lens, n, total, kind);
             STORE(A64(q, FIPC_Q_OFF_TAIL), advance(tail, frame, 1), release);
+            if (committed)
+                *committed = 1;
+        } else if (route == 1) {
+            uint64_t w = LOAD(A64(q, FIPC_Q_OFF_SPILL_W), relaxed);
+            rc = spill_append(q, &w, parts, lens, n, total, kind);
+            if (rc == 0) {
+                spill_commit(q, w, 1);
+                if (committed)
+                    *committed = 1;
+            }
         }
         unlock(q, FIPC_Q_OFF_PUT_LOCK);
         if (rc < 0)
             return rc;
-        if (fits) {
+        if (route < 2) {
             notify(q, FIPC_Q_OFF_DATA_SEQ, FIPC_Q_OFF_GET_WAITING);
             return 0;
         }
-        if ((rc = wait_space(q, head, timeout, &deadline)) < 0)
+        if (route == 3)
+            rc = spill_grace(q, head, spill_r, timeout, &deadline, &grace_end);
+        else
+            rc = wait_space(q, head, spill_r, timeout, &deadline);
+        if (rc < 0)
             return rc;
     }
 }
@@ -371,16 +651,18 @@ static int put_many(fipc_queue *q, const char *buf, const uint64_t *lens, uint64
     for (uint64_t i = 0; i < count; i++)
         if (round8(FRAME + lens[i]) > q->capacity / 2 || lens[i] > UINT32_MAX)
             return -EMSGSIZE;
-    int64_t deadline = FIPC_DEADLINE_UNSET;
+    int64_t deadline = FIPC_DEADLINE_UNSET, grace_end = 0;
     while (*sent < count) {
         int rc = lock(q, FIPC_Q_OFF_PUT_LOCK, timeout, &deadline);
         if (rc < 0)
             return rc;
-        uint64_t tail, head, used, queued, start = *sent;
+        uint64_t tail, head, used, queued, start = *sent, spill_r = 0;
+        int again = 0, grace = 0;
         rc = span(q, head = LOAD(A64(q, FIPC_Q_OFF_HEAD), acquire),
                   tail = LOAD(A64(q, FIPC_Q_OFF_TAIL), relaxed), &used, &queued);
         uint64_t w = tail;
-        while (rc == 0 && *sent < count) {
+        int spilling = LOAD(A32(q, FIPC_Q_OFF_SPILLING), relaxed) != 0;
+        while (rc == 0 && *sent < count && !spilling) {
             uint64_t len = lens[*sent], frame = round8(FRAME + len);
             if (q->capacity - used < frame || (q->maxsize && queued >= q->maxsize))
                 break;
@@ -393,12 +675,36 @@ static int put_many(fipc_queue *q, const char *buf, const uint64_t *lens, uint64
         }
         if (*sent > start)
             STORE(A64(q, FIPC_Q_OFF_TAIL), w, release);
+        uint64_t ring_sent = *sent;
+        if (rc == 0 && *sent < count) { /* the rest to the spill, if it may go there */
+            int route = spill_route(q, round8(FRAME + lens[*sent]), &tail, &head, &spill_r,
+                                    &rc, timeout != 0 && grace_end >= 0);
+            again = route == 0; /* the spill was drained: the ring again, at once */
+            grace = route == 3;
+            if (route == 1) {
+                uint64_t sw = LOAD(A64(q, FIPC_Q_OFF_SPILL_W), relaxed);
+                uint64_t queued_all = queued + spill_count(q);
+                while (*sent < count && rc == 0 &&
+                       (q->maxsize == 0 || queued_all < q->maxsize)) {
+                    uint64_t len = lens[*sent];
+                    if ((rc = spill_append(q, &sw, &buf, &len, 1, len, kind)) < 0)
+                        break;
+                    buf += len;
+                    queued_all++;
+                    (*sent)++;
+                }
+                if (*sent > ring_sent)
+                    spill_commit(q, sw, *sent - ring_sent);
+            }
+        }
         unlock(q, FIPC_Q_OFF_PUT_LOCK);
-        if (rc < 0)
-            return rc;
         if (*sent > start)
             notify(q, FIPC_Q_OFF_DATA_SEQ, FIPC_Q_OFF_GET_WAITING);
-        if (*sent < count && (rc = wait_space(q, head, timeout, &deadline)) < 0)
+        if (rc < 0)
+            return rc;
+        if (*sent < count && !again &&
+            (rc = grace ? spill_grace(q, head, spill_r, timeout, &deadline, &grace_end)
+                        : wait_space(q, head, spill_r, timeout, &deadline)) < 0)
             return rc;
     }
     return 0;
@@ -427,6 +733,103 @@ static int peek(fipc_queue *q, uint64_t head, uint64_t tail, uint64_t *len, uint
     return 1;
 }
 
+/* Under get_lock, the spill just read up to its write cursor r: if no producer holds
+ * put_lock, remove the drained file and start both cursors at the next one (its file made by
+ * the next spill), back to the ring. A producer busy now leaves it for a later drain. */
+static void spill_drained(fipc_queue *q, uint64_t r)
+{
+    pthread_mutex_t *m = MUTEX(q, FIPC_Q_OFF_PUT_LOCK);
+    int rc = pthread_mutex_trylock(m);
+    if (rc == EOWNERDEAD)
+        rc = pthread_mutex_consistent(m);
+    if (rc != 0)
+        return;
+    if (LOAD(A64(q, FIPC_Q_OFF_SPILL_W), relaxed) == r && (uint32_t)r != 0 &&
+        spill_unlink(q, (uint32_t)(r >> 32)) == 0) {
+        uint64_t next = (uint64_t)((uint32_t)(r >> 32) + 1) << 32;
+        STORE(A64(q, FIPC_Q_OFF_SPILL_W), next, release);
+        STORE(A64(q, FIPC_Q_OFF_SPILL_R), next, release);
+        STORE(A32(q, FIPC_Q_OFF_SPILLING), 0u, relaxed);
+    }
+    unlock(q, FIPC_Q_OFF_PUT_LOCK);
+}
+
+/* Under get_lock, the ring empty: take spilled frames up to the write cursor w into dest
+ * (from *off), as get_many takes ring frames; commits them (and passes each file's END, which
+ * it then removes). Returns the new count of frames taken; an error only when none was. */
+static uint64_t spill_take(fipc_queue *q, uint64_t w, char *dest, uint64_t cap, uint64_t *off,
+                           uint64_t *lens, uint32_t *kinds, uint64_t got, uint64_t max,
+                           int64_t *result)
+{
+    uint64_t r = LOAD(A64(q, FIPC_Q_OFF_SPILL_R), relaxed), taken = 0;
+    int rc = 0;
+    while (got < max && r != w) {
+        uint32_t seq = (uint32_t)(r >> 32), wseq = (uint32_t)(w >> 32);
+        uint64_t at = (uint32_t)r, end = (uint32_t)w;
+        if ((int32_t)(wseq - seq) < 0 || (seq == wseq && at >= end)) {
+            rc = FIPC_CORRUPT;
+            break;
+        }
+        int fd = spill_open(q, seq, 0, &q->spill_rfd, &q->spill_rseq);
+        uint32_t hdr[2] = {1, 1};
+        if (fd == -ENOENT && seq != wseq) { /* ended and removed by a producer */
+            hdr[0] = hdr[1] = 0;
+        } else if (fd < 0) {
+            rc = fd;
+            break;
+        } else {
+            if (at == 0)
+                at = FIPC_Q_SPILL_HEAD;
+            if ((rc = read_all(fd, (char *)hdr, sizeof hdr, at)) < 0)
+                break;
+        }
+        if (hdr[0] == 0 && hdr[1] == 0 && seq != wseq) { /* END: on to the next file */
+            r = (uint64_t)(seq + 1) << 32;
+            STORE(A64(q, FIPC_Q_OFF_SPILL_GOT), LOAD(A64(q, FIPC_Q_OFF_SPILL_GOT), relaxed) +
+                  taken, relaxed);
+            STORE(A64(q, FIPC_Q_OFF_SPILL_R), r, release); /* before the file goes */
+            taken = 0;
+            if ((rc = spill_unlink(q, seq)) < 0)
+                break;
+            continue;
+        }
+        uint64_t len = hdr[0], frame = round8(FRAME + len);
+        if (hdr[1] == 0 || hdr[1] > KIND_MAX || frame > q->capacity / 2 ||
+            (seq == wseq && at + frame > end)) {
+            rc = FIPC_CORRUPT;
+            break;
+        }
+        if (len > cap - *off) {
+            if (got == 0) {
+                q->last_len = len;
+                q->last_kind = hdr[1];
+                rc = FIPC_Q_NEED;
+            }
+            break;
+        }
+        if ((rc = read_all(fd, dest + *off, len, at + FRAME)) < 0)
+            break;
+        lens[got] = len;
+        kinds[got] = hdr[1];
+        q->last_len = len;
+        q->last_kind = hdr[1];
+        *off += len;
+        got++;
+        taken++;
+        r = (uint64_t)seq << 32 | (at + frame);
+    }
+    if (taken) {
+        STORE(A64(q, FIPC_Q_OFF_SPILL_GOT), LOAD(A64(q, FIPC_Q_OFF_SPILL_GOT), relaxed) + taken,
+              relaxed);
+        STORE(A64(q, FIPC_Q_OFF_SPILL_R), r, release);
+        if (r == w)
+            spill_drained(q, r);
+    }
+    if (rc < 0 && got == 0)
+        *result = rc;
+    return got;
+}
+
 static int64_t get_many(fipc_queue *q, char *dest, uint64_t cap, uint64_t *lens,
                         uint32_t *kinds, uint64_t max, double timeout)
 {
@@ -443,12 +846,25 @@ static int64_t get_many(fipc_queue *q, char *dest, uint64_t cap, uint64_t *lens,
             tail = q->tail_seen = LOAD(A64(q, FIPC_Q_OFF_TAIL), acquire);
             q->tail_seen_ns = coarse_now_ns();
         }
-        uint64_t h = head, got = 0, off = 0;
+        uint64_t h = head, got = 0, off = 0, spill_w = 0;
         int64_t result = 0;
+        int ring_empty = 0;
         while (got < max) {
             uint64_t len, frame;
             uint32_t kind;
             rc = peek(q, h, tail, &len, &kind, &frame);
+            if (rc == 0) {
+                /* The spill's cursor first, then the ring empty at a later look: the frames
+                 * spilled up to that cursor are older than any the ring will hold. */
+                spill_w = LOAD(A64(q, FIPC_Q_OFF_SPILL_W), acquire);
+                uint64_t t = q->tail_seen = LOAD(A64(q, FIPC_Q_OFF_TAIL), acquire);
+                q->tail_seen_ns = coarse_now_ns();
+                if (t != tail) {
+                    tail = t;
+                    continue;
+                }
+                ring_empty = 1;
+            }
             if (rc <= 0) {
                 if (rc < 0 && got == 0)
                     result = rc;
@@ -473,6 +889,8 @@ static int64_t get_many(fipc_queue *q, char *dest, uint64_t cap, uint64_t *lens,
         }
         if (got)
             STORE(A64(q, FIPC_Q_OFF_HEAD), h, release);
+        if (ring_empty && got < max && spill_w != LOAD(A64(q, FIPC_Q_OFF_SPILL_R), relaxed))
+            got = spill_take(q, spill_w, dest, cap, &off, lens, kinds, got, max, &result);
         unlock(q, FIPC_Q_OFF_GET_LOCK);
         if (got) {
             notify(q, FIPC_Q_OFF_SPACE_SEQ, FIPC_Q_OFF_PUT_WAITING);
@@ -480,7 +898,7 @@ static int64_t get_many(fipc_queue *q, char *dest, uint64_t cap, uint64_t *lens,
         }
         if (result < 0)
             return result;
-        if ((rc = wait_data(q, tail, timeout, &deadline)) < 0)
+        if ((rc = wait_data(q, tail, spill_w, timeout, &deadline)) < 0)
             return rc;
     }
 }
@@ -511,7 +929,18 @@ int fipc_queue_put(fipc_queue *q, const char *const *parts, const uint64_t *lens
 {
     int rc = enter(q);
     if (rc == 0) {
-        rc = put_parts(q, parts, lens, n, kind, timeout);
+        rc = put_parts(q, parts, lens, n, kind, timeout, NULL);
+        leave(q);
+    }
+    return rc;
+}
+
+int fipc_queue_put_ref(fipc_queue *q, const char *data, uint64_t len, uint32_t kind,
+                       double timeout, char *committed)
+{
+    int rc = enter(q);
+    if (rc == 0) {
+        rc = put_parts(q, &data, &len, 1, kind, timeout, committed);
         leave(q);
     }
     return rc;
@@ -582,7 +1011,8 @@ static int64_t state(fipc_queue *q, int want_count)
     uint64_t used, count;
     int64_t rc = enter(q);
     if (rc == 0) {
-        rc = snapshot(q, &used, &count) < 0 ? 0 : (int64_t)(want_count ? count : used);
+        rc = snapshot(q, &used, &count) < 0 ? 0
+             : (int64_t)(want_count ? count + spill_count(q) : used);
         leave(q);
     }
     return rc;
@@ -624,8 +1054,12 @@ int fipc_queue_park(fipc_queue *q, int64_t room, uint64_t *seq_off, uint32_t *se
     uint64_t used, count;
     rc = snapshot(q, &used, &count); /* after the flag: a commit before it shows here */
     if (rc == 0) {
+        uint64_t queued = count + spill_count(q);
         if (room < 0)
-            rc = count > 0;
+            rc = count > 0 || LOAD(A64(q, FIPC_Q_OFF_SPILL_W), acquire) !=
+                                  LOAD(A64(q, FIPC_Q_OFF_SPILL_R), acquire);
+        else if (q->spill_path[0]) /* what does not fit the ring goes to the spill */
+            rc = q->maxsize == 0 || queued < q->maxsize;
         else
             rc = (uint64_t)room <= q->capacity &&
                  q->capacity - used >= round8(FRAME + (uint64_t)room) &&

@@ -14,7 +14,7 @@
 /* CDEF BEGIN */
 enum {
     FIPC_Q_MAGIC_LO = 0x51435046,  /* "FPCQ" little-endian: the low half of the magic */
-    FIPC_Q_VERSION = 1,
+    FIPC_Q_VERSION = 2,
     FIPC_Q_HEADER = 512,           /* bytes before the ring's data */
     FIPC_Q_OFF_MAGIC = 0,          /* u32, stored last by the creator (release) */
     FIPC_Q_OFF_VERSION = 4,        /* u32 */
@@ -28,9 +28,17 @@ enum {
     FIPC_Q_OFF_TAIL = 192,         /* u64 tail word: (bytes put / 8) << 32 | messages put */
     FIPC_Q_OFF_DATA_SEQ = 200,     /* u32 futex word consumers sleep on */
     FIPC_Q_OFF_GET_WAITING = 204,  /* u32 1: a consumer sleeps or is about to */
+    FIPC_Q_OFF_SPILLING = 208,     /* u32 1: puts go to the spill (under put_lock) */
+    FIPC_Q_OFF_SPILL_W = 216,      /* u64 spill write cursor: file seq << 32 | offset */
+    FIPC_Q_OFF_SPILL_PUT = 224,    /* u64 messages ever appended to the spill */
     FIPC_Q_OFF_HEAD = 256,         /* u64 head word: (bytes got / 8) << 32 | messages got */
     FIPC_Q_OFF_SPACE_SEQ = 264,    /* u32 futex word producers sleep on */
     FIPC_Q_OFF_PUT_WAITING = 268,  /* u32 1: a producer sleeps or is about to */
+    FIPC_Q_OFF_SPILL_R = 272,      /* u64 spill read cursor: file seq << 32 | offset */
+    FIPC_Q_OFF_SPILL_GOT = 280,    /* u64 messages ever taken from the spill */
+    FIPC_Q_SPILL_HEAD = 16,        /* a spill file: "FPCQSPIL", u64 seq, then frames */
+    FIPC_Q_SPILL_FILE = 1048576,   /* a spill file takes frames up to this size, then ends */
+    FIPC_Q_PATH_MAX = 288,         /* room for the spill files' path prefix */
     FIPC_Q_FRAME = 8,              /* frame header: u32 length, u32 kind */
     FIPC_Q_MIN_CAPACITY = 4096,
     FIPC_Q_NEED = -1200            /* get: the next message does not fit the buffer given;
@@ -51,6 +59,12 @@ typedef struct fipc_queue {
     int32_t closed;         /* set by fipc_queue_close: calls return -EBADF */
     int32_t busy;           /* calls in progress on this handle (any thread) */
     fipc_spin spin;         /* adaptive spin before sleeping */
+    int32_t spill_wfd;      /* the spill file open for appending (under put_lock), or -1 */
+    int32_t spill_rfd;      /* the spill file open for reading (under get_lock), or -1 */
+    uint32_t spill_wseq;    /* their sequence numbers */
+    uint32_t spill_rseq;
+    uint32_t spill_mode;    /* mode of the spill files made */
+    char spill_path[288];   /* "/dev/shm/<name>.s": the spill files' prefix ("": none) */
 } fipc_queue;
 
 /* Format a fresh segment (all zero): header, both robust mutexes, magic last. */
@@ -58,6 +72,11 @@ int fipc_queue_format(char *base, uint64_t map_size, uint64_t max_message, uint6
                       int32_t owner_pid);
 /* Attach: checks the header against map_size; FIPC_CORRUPT if it is not a queue. */
 int fipc_queue_attach(fipc_queue *q, char *base, uint64_t map_size, double spin);
+/* Where the spill files go: path prefix (the file seq is appended) and mode. -ENAMETOOLONG.
+ * Without it, a put that finds no room waits (the version 1 behaviour). */
+int fipc_queue_set_spill(fipc_queue *q, const char *prefix, uint32_t mode);
+/* Close the spill files this handle keeps open (once no call is in progress). */
+void fipc_queue_release(fipc_queue *q);
 /* Put one message made of n parts (gathered into one frame of `kind`): 0, -ETIMEDOUT (full
  * until the deadline), -EINTR, -EBADF (closed), -EMSGSIZE (frame over half the ring),
  * FIPC_CORRUPT. */
@@ -66,6 +85,10 @@ int fipc_queue_put(fipc_queue *q, const char *const *parts, const uint64_t *lens
 /* The one-part put of the hot path. */
 int fipc_queue_put1(fipc_queue *q, const char *data, uint64_t len, uint32_t kind,
                     double timeout);
+/* fipc_queue_put1 that also sets *committed to 1 as it commits the message (before it
+ * returns), so that a caller interrupted right after the call knows the message is queued. */
+int fipc_queue_put_ref(fipc_queue *q, const char *data, uint64_t len, uint32_t kind,
+                       double timeout, char *committed);
 /* Put count messages stored back to back in buf; *sent says how many went. */
 int fipc_queue_put_many(fipc_queue *q, const char *buf, const uint64_t *lens, uint64_t count,
                         uint32_t kind, double timeout, uint64_t *sent);

@@ -3,6 +3,8 @@ backends, numpy buffers out of band, messages larger than the ring, life cycle, 
 
 from __future__ import annotations
 
+import array
+import asyncio
 import errno
 import multiprocessing as mp
 import os
@@ -13,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -88,15 +91,19 @@ def test_empty_and_full_are_the_stdlib_exceptions(backend: str) -> None:
         q.cancel_join_thread()
 
 
-def test_ring_full_by_bytes_blocks_then_times_out(q: Queue) -> None:
-    n = 0
-    with pytest.raises(Full):
-        while True:
-            q.put_bytes(b"x" * 1000, timeout=0.05)
-            n += 1
-    assert 50 <= n <= 66
-    assert q.get_bytes() == b"x" * 1000
-    q.put_bytes(b"y" * 1000, timeout=0)  # room again
+def test_what_does_not_fit_the_ring_waits_in_the_spill(q: Queue) -> None:
+    """maxsize 0: a put never blocks and never raises queue.Full (multiprocessing.Queue
+    buffers without bound); what does not fit the ring waits in spill files, in order."""
+    for i in range(300):
+        q.put_nowait(bytes([i % 256]) * 1000)
+    q.put_many([b"many"] * 50, -1, block=False)
+    assert q.qsize() == 350
+    assert [p for p in os.listdir(SHM_DIR) if p.startswith(q.name + ".s")]
+    assert [q.get_bytes(timeout=1) for _ in range(300)] == [bytes([i % 256]) * 1000
+                                                          for i in range(300)]
+    assert q.get_many(100, timeout=1) == [b"many"] * 50
+    q.put_bytes(b"ring again", timeout=0)
+    assert q.get_bytes(timeout=1) == b"ring again"
 
 
 def test_bad_arguments(q: Queue, backend: str) -> None:
@@ -155,9 +162,27 @@ def test_closed_queue_raises_value_error(backend: str) -> None:
     assert q.closed
     for call in (lambda: q.put(1), q.get, lambda: q.put_bytes(b""), q.get_bytes, q.qsize,
                  q.empty, q.full, q.get_nowait, lambda: q.put_many([1]), q.get_many,
-                 lambda: pickle.dumps(q)):
-        with pytest.raises(ValueError):
+                 lambda: pickle.dumps(q), lambda: q.maxsize, lambda: q.put(1, False, -1)):
+        with pytest.raises(ValueError, match=f"^Queue {q.name} is closed$"):
             call()
+
+
+def test_block_false_ignores_timeout_on_every_variant(q: Queue) -> None:
+    """As multiprocessing.Queue: block=False tries once, whatever timeout says."""
+    q.put(1, False, -1)
+    q.put_bytes(b"two", -1, block=False)
+    q.put_many([3, 4], -1, block=False)
+    assert q.get(False, -1) == 1
+    assert q.get_bytes(-1, block=False) == b"two"
+    assert q.get_many(10, -1, block=False) == [3, 4]
+    for call in (lambda: q.get(False, -1), lambda: q.get_bytes(-1, block=False),
+                 lambda: q.get_many(1, -1, block=False)):
+        t0 = time.monotonic()
+        with pytest.raises(Empty):
+            call()
+        assert time.monotonic() - t0 < 1
+    with pytest.raises(ValueError):
+        q.get(True, -1)  # a blocking call still checks its timeout
 
 
 def test_put_bytes_get_bytes_and_mixing(q: Queue) -> None:
@@ -232,6 +257,98 @@ def test_numpy_arrays_out_of_band(q: Queue, dtype: str) -> None:
         assert b.dtype == a.dtype and b.shape == a.shape
         np.testing.assert_array_equal(a, b)
     assert got["arrays"][0].flags.writeable
+
+
+def test_buffers_then_a_memoryview_keep_their_order(q: Queue) -> None:
+    """An array's buffer and then a memoryview: each comes back with its own bytes (the
+    pickling attempt abandoned for the memoryview must not leave a buffer behind), by put,
+    put_many and put_async."""
+    def item(i: int) -> list[Any]:
+        return [np.arange(3) + i, memoryview(b"abc%d" % i), np.arange(2.0) * i]
+
+    def check(got: Any, i: int) -> None:
+        assert np.array_equal(got[0], np.arange(3) + i)
+        assert bytes(got[1]) == b"abc%d" % i
+        assert np.array_equal(got[2], np.arange(2.0) * i)
+
+    q.put(item(0))
+    q.put_many([item(1), item(2)])
+    asyncio.run(q.put_async(item(3)))
+    for i in range(4):
+        check(q.get(timeout=1), i)
+
+
+def _views() -> list[tuple[memoryview, bool]]:
+    """(view, whether it must come back: memoryview.cast can rebuild it)."""
+    structured = np.zeros(2, dtype=[("a", "<i4"), ("b", "<f8")])
+    return [(memoryview(array.array("d")), True), (memoryview(array.array("i", [1, -2])), True),
+            (memoryview(b""), True), (memoryview(b"xyz"), True),
+            (memoryview(np.float64(2.5)), True), (memoryview(np.arange(12.0).reshape(3, 4)), True),
+            (memoryview(np.arange(12, dtype="i2").reshape(3, 4))[::2], True),
+            (memoryview(np.array([True, False, True])), True),
+            (memoryview(np.zeros((0, 3))), False), (memoryview(np.zeros((2, 0, 3), "i4")), False),
+            (memoryview(np.arange(3, dtype="e")), False),
+            (memoryview(np.arange(3, dtype=">i4")), False),
+            (memoryview(np.arange(3, dtype="complex128")), False),
+            (memoryview(structured), False)]
+
+
+def test_memoryviews_round_trip_or_are_refused_at_put(q: Queue) -> None:
+    """Every memoryview either comes back equal (format, shape, bytes) or is refused by put
+    with a clear error before anything is queued; those memoryview.cast can rebuild (native
+    formats, one-dimensional empty ones) come back."""
+    for view, must in _views():
+        for obj in (view, [view]):
+            try:
+                q.put(obj)
+            except (TypeError, ValueError) as exc:
+                assert not must, (view.format, view.shape)
+                assert "cannot be put" in str(exc)
+                assert q.qsize() == 0
+                continue
+            got = q.get(timeout=1)
+            got = got if isinstance(obj, memoryview) else got[0]
+            assert (got.format, got.shape, got.tobytes()) == (view.format, view.shape,
+                                                               view.tobytes())
+
+
+def test_one_message_that_fails_to_unpickle_fails_alone(q: Queue) -> None:
+    """get_many raises the bad message's error once; the others of its batch (before and
+    after it, a message larger than the ring included) come with the next gets."""
+    big = bytes(range(256)) * 1024
+    q.put(1)
+    q.put(2)
+    q.put(_Unloadable())
+    q.put(3)
+    q.put(big)
+    q.put_bytes(b"four")
+    assert q.qsize() == 6
+    with pytest.raises(_Unloaded):
+        q.get_many(10, timeout=1)
+    assert q.qsize() == 5
+    assert q.get(timeout=1) == 1
+    assert q.get_many(2, timeout=1) == [2, 3]
+    assert q.get_many(10, timeout=1) == [big, b"four"]
+    q.put(_Unloadable())
+    q.put("next")
+    with pytest.raises(_Unloaded):
+        q.get_many(10, timeout=1)
+    assert q.get(timeout=1) == "next"
+    with pytest.raises(Empty):
+        q.get_many(10, timeout=0)
+
+
+class _Unloaded(Exception):
+    pass
+
+
+def _unload() -> None:
+    raise _Unloaded
+
+
+class _Unloadable:
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_unload, ())
 
 
 def test_buffers_are_copied_once_not_pickled(q: Queue) -> None:
@@ -427,6 +544,33 @@ def test_close_from_another_thread_wakes_a_blocked_call(backend: str, op: str) -
     assert not t.is_alive()
     assert time.monotonic() - t0 < 1
     assert len(errors) == 1 and isinstance(errors[0], ValueError)
+
+
+@pytest.mark.parametrize("op", ["get", "get_many"])
+def test_close_in_a_fork_child_while_a_parent_thread_was_blocked(backend: str,
+                                                                 op: str) -> None:
+    """The child inherits no call in progress: its close() is prompt."""
+    q = Queue(capacity=SMALL, backend=backend)
+    t = threading.Thread(target=lambda: getattr(q, op)(timeout=10))
+    t.start()
+    try:
+        time.sleep(0.2)
+        with warnings.catch_warnings():  # 3.12+: fork() of a process with threads
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+        if pid == 0:
+            fds = len(os.listdir("/proc/self/fd"))
+            t0 = time.monotonic()
+            q.close()
+            slow = time.monotonic() - t0 > 1
+            os._exit(1 if slow else 2 if len(os.listdir("/proc/self/fd")) >= fds else 0)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) != 1, "close() in the child was slow"
+        assert os.waitstatus_to_exitcode(status) == 0, "close() in the child freed nothing"
+        q.put(None)
+    finally:
+        t.join(10)
+        q.close()
 
 
 def test_signal_handler_raising_into_a_blocked_get(q: Queue) -> None:
@@ -762,3 +906,21 @@ def test_bench_harness_counts_every_message(backend: str, workload: str) -> None
                          b"x" * 64 if workload == "bytes" else bench.SMALL, 1000, producers,
                          batched=workload == "batches", raw=workload == "bytes")
     assert seconds > 0
+
+
+def test_owner_close_and_normal_exit_remove_queued_large_messages(backend: str,
+                                                                   name: str) -> None:
+    q = Queue(capacity=SMALL, backend=backend)
+    for i in range(3):
+        q.put_bytes(bytes([i]) * 100_000)
+    q.put(np.zeros(50_000))
+    q.close()  # the no_leaks fixture checks that the segments went too
+    out = run_python("""
+        import sys
+        from fastipc.queue import NamedQueue
+        q = NamedQueue(sys.argv[1], create=True, capacity=1 << 16, backend=sys.argv[2])
+        for i in range(3):
+            q.put_bytes(bytes([i]) * 100_000)
+        """, name, backend)
+    assert out.returncode == 0, out.stderr
+    assert not [p for p in SHM_DIR.iterdir() if p.name.startswith(name)]

@@ -303,3 +303,18 @@ def test_the_loop_is_never_blocked(backend: str, run: Any) -> None:
     assert gap < 0.05, f"the loop was blocked for {gap * 1000:.1f} ms"
     # 40 waits of 30 ms, woken by the peer; waking on the 0.5 s re-check alone takes ~10 s
     assert took < 5, f"the waits took {took:.1f} s: the peer's wake-up did not reach them"
+
+
+def test_block_false_ignores_timeout_on_the_awaitables(backend: str, run: Any) -> None:
+    async def main() -> None:
+        with Queue(1, capacity=SMALL, backend=backend) as q:
+            await q.put_async("a", -1, block=False)
+            with pytest.raises(Full):
+                await q.put_bytes_async(b"b", -1, block=False)
+            assert await q.get_async(-1, block=False) == "a"
+            with pytest.raises(Empty):
+                await q.get_bytes_async(-1, block=False)
+            with pytest.raises(ValueError):
+                await q.get_async(-1)
+
+    run(main())

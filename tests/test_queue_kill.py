@@ -12,15 +12,19 @@ import os
 import random
 import signal
 import struct
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from conftest import SHM_DIR
 from fastipc._backend import queue as L
 from fastipc._core import Deadline
 from fastipc.queue import NamedQueue
+from helpers import run_python
 
 CAPACITY = 1 << 16
 SENTINEL = b"stop"
@@ -223,3 +227,262 @@ def test_killed_sleeper_does_not_stall_others(backend: str, name: str) -> None:
         assert q.get_many(200, timeout=1) == list(range(100))
         parent.close()
         child.close()
+
+
+# ---------------------------------------------------------------- large messages
+
+
+_HAMMER = """
+import os, random, signal, sys, time
+from fastipc.queue import NamedQueue
+
+class Stop(Exception):
+    pass
+
+def handler(*args):
+    signal.setitimer(signal.ITIMER_REAL, 0)  # one exception at a time
+    raise Stop
+
+name, backend, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+rng = random.Random(7)
+q = NamedQueue(name, backend=backend)
+fds = len(os.listdir("/proc/self/fd"))
+signal.signal(signal.SIGALRM, handler)
+returned, interrupted = [], 0
+for i in range(count):
+    body = i.to_bytes(4, "little") * (5000 + i % 7)  # 20 KB: larger than half the ring
+    try:
+        signal.setitimer(signal.ITIMER_REAL, rng.uniform(1e-5, 4e-4))
+        if i % 2:
+            q.put_bytes(body, timeout=10)
+        else:
+            q.put((i, body), timeout=10)
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        returned.append(i)
+    except Stop:
+        interrupted += 1
+signal.setitimer(signal.ITIMER_REAL, 0)
+signal.signal(signal.SIGALRM, signal.SIG_DFL)
+leaked = len(os.listdir("/proc/self/fd")) - fds
+q.close()
+print(leaked, interrupted, *returned)
+"""
+
+
+def test_exceptions_raised_into_large_puts_leak_nothing(cross: tuple[str, str],
+                                                        name: str) -> None:
+    """A raising SIGALRM handler at random moments of large puts: no fd or segment leaks,
+    and every message whose reference was committed (every put that returned, at least) is
+    readable, whole."""
+    sender, receiver = cross
+    count = 400
+    with NamedQueue(name, create=True, capacity=1 << 15, backend=receiver) as q:
+        out = run_python(_HAMMER, name, sender, str(count), timeout=90)
+        assert out.returncode == 0, out.stderr
+        leaked, interrupted, *returned = map(int, out.stdout.split())
+        assert leaked == 0, f"{leaked} fds leaked by the producer"
+        assert interrupted > 20  # the handler did land in many puts
+        segments = [p for p in SHM_DIR.iterdir() if p.name.startswith(name + ".")]
+        assert len(segments) == q.qsize()  # one per queued message, none left over
+        got: list[int] = []
+        while q.qsize():
+            item = q.get(timeout=5)
+            if isinstance(item, bytes):
+                ident = int.from_bytes(item[:4], "little")
+                assert item == ident.to_bytes(4, "little") * (5000 + ident % 7)
+            else:
+                ident, body = item
+                assert body == ident.to_bytes(4, "little") * (5000 + ident % 7)
+            got.append(ident)
+        assert got == sorted(got)
+        assert set(returned) <= set(got)
+        assert not [p for p in SHM_DIR.iterdir() if p.name.startswith(name + ".")]
+
+
+def _fastipc(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "fastipc", *args], capture_output=True,
+                          text=True, timeout=30)
+
+
+_DIE_IN = """
+import os, sys
+from fastipc import queue as fq
+name, backend, where = sys.argv[1:]
+q = fq.NamedQueue(name, backend=backend)
+die = lambda *args: os.kill(os.getpid(), 9)
+if where == "consumer":  # killed after taking a reference, before reading its segment
+    fq.Queue._take_blob = die
+    q.get(timeout=5)
+else:  # killed after writing its segment, before committing the reference
+    fq.Queue._put_ref = die
+    q.put_bytes(bytes(100_000))
+"""
+
+
+def test_rm_stale_removes_large_messages_left_by_killed_processes(backend: str,
+                                                                  name: str) -> None:
+    """A consumer killed after taking a reference, a producer killed before committing one:
+    their segments are listed and removed by ``fastipc rm --stale``; the segments still
+    referenced from the queue are not; nor are any once the owner's queue is gone."""
+    big = [bytes([i]) * 100_000 for i in range(3)]
+    with NamedQueue(name, create=True, capacity=CAPACITY, backend=backend) as q:
+        for body in big:
+            q.put_bytes(body)
+        for where in ("consumer", "producer"):
+            out = run_python(_DIE_IN, name, backend, where)
+            assert out.returncode == -signal.SIGKILL, out.stderr
+        segments = sorted(p.name for p in SHM_DIR.iterdir() if p.name.startswith(name + "."))
+        assert len(segments) == 4  # 2 queued, 1 taken by the killed consumer, 1 not put
+        listing = _fastipc("ls").stdout
+        assert sum(1 for s in segments if s in listing) == 4
+        out = _fastipc("rm", "--stale", "--match", name)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.count(f"{name}.") == 2
+        assert q.qsize() == 2
+        assert [q.get_bytes(timeout=5) for _ in range(2)] == big[1:]
+        assert not [p for p in SHM_DIR.iterdir() if p.name.startswith(name + ".")]
+
+
+def test_owner_killed_with_large_and_spilled_messages_queued(name: str) -> None:
+    """ls lists the queue, its large message and its spill files as stale; rm --stale
+    removes them all."""
+    out = run_python("""
+        import os, sys
+        from fastipc.queue import NamedQueue
+        q = NamedQueue(sys.argv[1], create=True, capacity=1 << 16)
+        q.put_many(range(200_000))
+        q.put_bytes(bytes(100_000))
+        os.kill(os.getpid(), 9)
+        """, name)
+    assert out.returncode == -signal.SIGKILL
+    left = [p.name for p in SHM_DIR.iterdir() if p.name.startswith(name)]
+    assert len(left) >= 4  # the queue, spill files, the large message
+    listing = _fastipc("ls").stdout
+    assert all(n in listing for n in left)
+    assert "queue-spill" in listing and "queue-blob" in listing
+    out = _fastipc("rm", "--stale", "--match", name)
+    assert out.returncode == 0, out.stderr
+    assert not [p for p in SHM_DIR.iterdir() if p.name.startswith(name)]
+
+
+# ---------------------------------------------------------------- the spill
+
+
+_DRAIN = """
+import sys
+from fastipc.queue import NamedQueue
+name, backend, small, large = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+with NamedQueue(name, backend=backend) as q:
+    expected = 0
+    while expected < small + large:
+        for item in q.get_many(4096, timeout=10):
+            if isinstance(item, bytes):  # every 500th: a message larger than the ring
+                assert expected < small and expected % 500 == 0, expected
+                assert item == expected.to_bytes(4, "little") * 25_000, expected
+            else:
+                assert item == expected, (item, expected)
+            expected += 1
+    assert q.qsize() == 0
+print("ok")
+"""
+
+
+def test_maxsize_0_spills_without_bound_and_the_consumer_gets_all(cross: tuple[str, str],
+                                                                   name: str) -> None:
+    """100,000 small puts and 200 large ones with no consumer: put_nowait never raises;
+    then a consumer in another process (the other backend) gets all of them in order, and
+    the drained spill leaves nothing in /dev/shm."""
+    sender, receiver = cross
+    small, batch = 100_000, 1000
+    with NamedQueue(name, create=True, capacity=CAPACITY, backend=sender) as q:
+        for i in range(small):
+            q.put_nowait(i.to_bytes(4, "little") * 25_000 if i % 500 == 0 else i)
+        q.put_many(range(small, small + batch), block=False)
+        assert q.qsize() == small + batch
+        assert len([p for p in SHM_DIR.iterdir() if p.name.startswith(f"{name}.s")]) > 1
+        out = run_python(_DRAIN, name, receiver, str(small), str(batch), timeout=100)
+        assert out.returncode == 0 and out.stdout == "ok\n", out.stderr
+        assert [p.name for p in SHM_DIR.iterdir() if p.name.startswith(name)] == [name]
+
+
+def _spilling_producer(name: str, backend: str, progress: Any) -> None:
+    with NamedQueue(name, backend=backend) as q:
+        i = 0
+        while True:
+            if i % 3:
+                q.put_nowait(i)
+            else:
+                q.put_many([i], block=False)
+            progress[0] = i  # this put returned
+            i += 1
+
+
+def test_producer_killed_while_spilling_loses_nothing_acknowledged(cross: tuple[str, str],
+                                                                   name: str) -> None:
+    sender, receiver = cross
+    rng = random.Random(99)
+    shared = mmap.mmap(-1, 8)
+    progress = memoryview(shared).cast("q")
+    with NamedQueue(name, create=True, capacity=1 << 14, backend=receiver) as q:
+        first = 0
+        for _ in range(3):
+            progress[0] = first - 1
+            proc = _ctx.Process(target=_spilling_producer, args=(name, sender, progress))
+            proc.start()
+            deadline = time.monotonic() + 10
+            while progress[0] < first + 2000 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep(rng.uniform(0, 0.05))
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.join()
+            proc.close()
+            acknowledged = progress[0]
+            got = q.get_many(1 << 20, timeout=5)
+            while q.qsize():
+                got += q.get_many(1 << 20, timeout=5)
+            # nothing twice, nothing torn, in order; every acknowledged put is there (the
+            # one in progress at the kill may be too, if it had committed)
+            assert got[:acknowledged + 1 - first] == list(range(acknowledged + 1 - first))
+            assert len(got) - (acknowledged + 1 - first) in (0, 1)
+            first = 0  # each producer counts from 0 again
+        assert not [p for p in SHM_DIR.iterdir() if p.name.startswith(f"{name}.")]
+    del progress
+    shared.close()
+
+
+_LIMITED = """
+import errno, resource, signal, sys
+from fastipc.queue import Queue
+with Queue(capacity=1 << 14, backend=sys.argv[1]) as q:
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 19, resource.RLIM_INFINITY))
+    put = 0
+    try:
+        while True:
+            q.put_nowait(bytes([put % 256]) * 1000)
+            put += 1
+    except OSError as exc:
+        assert exc.errno == errno.EFBIG, exc
+    for call in (lambda: q.put(b"x" * 1000), lambda: q.put_many([b"y" * 1000] * 3)):
+        try:
+            call()
+        except OSError as exc:
+            assert exc.errno == errno.EFBIG, exc
+        else:
+            raise AssertionError("a put past the limit returned")
+    assert q.qsize() == put
+    for i in range(put):
+        assert q.get(timeout=1) == bytes([i % 256]) * 1000, i
+    q.put(b"room again")
+    assert q.get(timeout=1) == b"room again"
+print(put)
+"""
+
+
+def test_spill_out_of_room_is_an_oserror_at_once(backend: str) -> None:
+    """The spill's limit is the file system's: a write it refuses is an OSError from put at
+    once (here EFBIG, under RLIMIT_FSIZE, as ENOSPC on a full /dev/shm), never a hang; what
+    was put before is intact, and the queue goes on once there is room."""
+    out = run_python(_LIMITED, backend, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout) > 400  # the ring, then a spill file up to the limit

@@ -342,7 +342,7 @@ class Fixed(Generic[_R]):
         if obj is None:
             return self
         if self._open_only and obj._closed:
-            raise closed_error(obj._what)
+            raise obj._closed_error()
         return getattr(obj, self._attr)
 
     def __set__(self, obj: object, value: object) -> None:
@@ -407,14 +407,14 @@ class Handle:
 
     def _check_open(self) -> None:
         if self._closed:
-            raise closed_error(self._what)
+            raise self._closed_error()
 
     def _enter(self) -> None:
         calls = self._calls
         calls.append(None)
         if self._closed:
             calls.pop()
-            raise closed_error(self._what)
+            raise self._closed_error()
 
     def _leave(self) -> None:
         calls = self._calls
@@ -447,7 +447,7 @@ class Handle:
     def fileno(self) -> int:
         """The kernel fd (non-inheritable)."""
         if self._closed:
-            raise closed_error(self._what)
+            raise self._closed_error()
         if self._fd < 0:
             raise OSError(errno.EBADF, f"{self._what} has no file descriptor")
         return self._fd
@@ -477,11 +477,11 @@ def {name}({params}):
     calls.append(None)
     try:
         if {this}._closed:
-            raise closed_error({this}._what)
+            raise {this}._closed_error()
         return method({args})
     except (OSError, EOFError):
         if {this}._closed:
-            raise closed_error({this}._what) from None
+            raise {this}._closed_error() from None
         raise
     finally:
         calls.pop()
@@ -537,7 +537,7 @@ def uses_handle_async(method: Callable[..., Awaitable[_R]]) -> Callable[..., Awa
             return await method(self, *args, **kwargs)
         except (OSError, EOFError):
             if self._closed:
-                raise closed_error(self._what) from None
+                raise self._closed_error() from None
             raise
         finally:
             self._leave()

@@ -12,7 +12,9 @@ Objects travel pickled with protocol 5: their out-of-band buffers (numpy arrays,
 through the pickle stream (the standard pickler writes ``bytes`` and ``bytearray`` in band).
 ``put_bytes``/``get_bytes`` move raw bytes with no pickling at all. A message larger than half
 the ring travels in a segment of its own (``<name>.<id>`` in /dev/shm), created by the
-producer and removed by the consumer that takes it.
+producer and removed by the consumer that takes it. What does not fit the ring waits in
+spill files beside it (``<name>.s<seq>``), so that with ``maxsize=0`` a put never blocks
+and never raises ``queue.Full``, as multiprocessing.Queue.
 
 :class:`Queue` with no name is anonymous: it gets a unique name, and the process that made it
 owns it (removes it when it closes the queue or exits normally). :class:`NamedQueue` (re-
@@ -31,12 +33,15 @@ import mmap
 import os
 import pickle
 import queue as _stdqueue
+import re
 import struct
 import time
 import uuid
 import weakref
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Callable, Optional
 
 from fastipc import _aio, _core
@@ -87,8 +92,8 @@ _LEN = 0xFFFFFFFF  # a get returns kind << 32 | length
 
 
 class Full(_stdqueue.Full, TimeoutError):
-    """The queue stayed full (``maxsize`` messages, or no room in the ring) until the
-    timeout: ``queue.Full`` as ``multiprocessing.Queue`` raises it, and a TimeoutError."""
+    """The queue stayed full (``maxsize`` messages queued) until the timeout: ``queue.Full``
+    as ``multiprocessing.Queue`` raises it, and a TimeoutError."""
 
 
 class Empty(_stdqueue.Empty, TimeoutError):
@@ -138,32 +143,61 @@ def _owner_alive(fd: int) -> bool:
 def _view(buffer: Any, fmt: Any, shape: tuple[int, ...]) -> Any:
     """Unpickling a memoryview: the out-of-band buffer, with its format and shape back."""
     view = memoryview(buffer)
-    return view.cast("B").cast(fmt, shape) if shape != (len(view),) or fmt != "B" else view
+    if fmt == "B" and shape == (len(view),):
+        return view
+    if not view.nbytes:  # memoryview.cast refuses zeros in a shape: 1-D only (put checks)
+        return view.cast(fmt)
+    return view.cast("B").cast(fmt, shape)
+
+
+def _rebuildable(view: memoryview) -> Any:
+    """``view`` as the C-contiguous buffer :func:`_view` rebuilds on the other side, checked
+    now: a format or shape ``memoryview.cast`` cannot make again (a byte order or a type
+    that is not native, a struct, ``(0, 3)``...) raises ValueError here, before anything is
+    queued, instead of failing in the consumer's get."""
+    fmt: Any = view.format
+    shape = view.shape or ()
+    try:
+        if not view.nbytes:
+            if len(shape) != 1:
+                raise ValueError("zeros in a shape of more than one dimension")
+            return memoryview(b"").cast(fmt)  # also checks the format
+        flat = view if view.c_contiguous else memoryview(view.tobytes())
+        return flat.cast("B").cast(fmt, shape)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"a memoryview of format {fmt!r} and shape {shape} cannot be put: "
+                         f"memoryview.cast cannot rebuild it ({exc}); put its bytes, or an "
+                         f"array of a native format") from None
 
 
 class _ViewPickler(pickle.Pickler):
     """The pickler of objects holding a ``memoryview`` (which ``pickle`` refuses): each
-    view travels out of band, and unpickles as a memoryview of the copied bytes."""
+    view travels out of band, and unpickles as a memoryview of the copied bytes, with its
+    format and shape (those :func:`_rebuildable` accepts; it refuses the others)."""
 
     def reducer_override(self, obj: Any) -> Any:
         if type(obj) is memoryview:
             fmt: Any = obj.format
             shape = obj.shape or ()
-            if not obj.c_contiguous:
-                obj = memoryview(obj.tobytes()).cast(fmt, shape)
-            return _view, (pickle.PickleBuffer(obj), fmt, shape)
+            flat = _rebuildable(obj)
+            return _view, (pickle.PickleBuffer(obj if obj.c_contiguous else flat), fmt,
+                           shape)
         return NotImplemented
 
 
-def _dumps_oob(obj: Any, grab: Callable[[pickle.PickleBuffer], Any]) -> bytes:
-    """``pickle.dumps(obj, 5, buffer_callback=grab)``; objects holding a memoryview take the
-    slower pickler that knows them (the fast one raised TypeError for them)."""
+def _dumps_oob(obj: Any) -> tuple[bytes, list[pickle.PickleBuffer]]:
+    """``pickle.dumps(obj, 5, buffer_callback=...)`` and its out-of-band buffers; objects
+    holding a memoryview take the slower pickler that knows them (the fast one raised
+    TypeError for them). Each attempt collects its own buffers: those of an abandoned first
+    attempt must not precede the retry's (they would shift every buffer by one)."""
+    buffers: list[pickle.PickleBuffer] = []
     try:
-        return _dumps(obj, 5, buffer_callback=grab)
+        return _dumps(obj, 5, buffer_callback=buffers.append), buffers
     except TypeError:
+        buffers = []
         out = io.BytesIO()
-        _ViewPickler(out, 5, buffer_callback=grab).dump(obj)
-        return out.getvalue()
+        _ViewPickler(out, 5, buffer_callback=buffers.append).dump(obj)
+        return out.getvalue(), buffers
 
 
 class _OutOfBand(TypeError):
@@ -212,6 +246,42 @@ def _unlink_quietly(path: str) -> None:
         pass
 
 
+_BLOB_SUFFIX = re.compile(r"[0-9a-f]{16}")
+
+
+def _parse_ref(ref: bytes) -> Optional[tuple[int, int, str]]:
+    """(length, inner kind, suffix) of a BLOB frame's payload, or None if malformed."""
+    try:
+        total, kind = _BLOB_REF.unpack_from(ref, 0)
+        suffix = ref[_BLOB_REF.size:].decode("ascii")
+    except (struct.error, UnicodeDecodeError):
+        return None
+    return (total, kind, suffix) if _BLOB_SUFFIX.fullmatch(suffix) else None
+
+
+_SPILL_SUFFIX = re.compile(r"s[0-9]{1,10}")
+
+
+def _segments_of(path: str) -> list[str]:
+    """The message segments and spill files of the queue at ``path`` in /dev/shm."""
+    directory, base = os.path.split(path)
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return []
+    prefix = base + "."
+    return [f"{directory}/{n}" for n in names if n.startswith(prefix) and (
+        _BLOB_SUFFIX.fullmatch(n[len(prefix):]) or _SPILL_SUFFIX.fullmatch(n[len(prefix):]))]
+
+
+def _remove_queue(path: str) -> None:
+    """The owner's close (or normal exit): the queue's name, its messages' segments and its
+    spill files."""
+    _unlink_quietly(path)
+    for segment in _segments_of(path):
+        _unlink_quietly(segment)
+
+
 def _check_spin(spin: Optional[float]) -> float:
     if spin is None:
         return DEFAULT_SPIN if (os.cpu_count() or 1) > 1 else 0.0
@@ -223,16 +293,25 @@ def _check_spin(spin: Optional[float]) -> float:
 
 
 def _timeout(block: bool, timeout: Optional[float]) -> float:
-    """The C timeout of a put/get: block=False tries once, whatever timeout says."""
-    if timeout is None:
-        return -1.0 if block else 0.0
-    t = check_timeout(timeout)
-    return t if block else 0.0
+    """The C timeout of a put/get: block=False tries once, whatever timeout says (it is not
+    even checked, as in multiprocessing: ``put(x, False, -1)`` works)."""
+    if not block:
+        return 0.0
+    return -1.0 if timeout is None else check_timeout(timeout)
 
 
-# Owned queues, released in a fork child (which must neither keep the owner's lock nor
-# remove the queue when it exits).
-_owned: weakref.WeakSet[Queue] = _core.given_up_in_child("_disown")
+def _async_timeout(block: bool, timeout: Optional[float]) -> Optional[float]:
+    """The timeout of an awaitable: block=False tries once, whatever timeout says."""
+    if not block:
+        return 0.0
+    check_timeout(timeout)
+    return timeout
+
+
+# Open queues. A fork child keeps using them, but gives up what is the parent's: the
+# owner's lock and name (it must not remove the queue when it exits), and the busy counts of
+# calls that the parent's other threads had in progress (none of them runs in the child).
+_open_queues: weakref.WeakSet[Queue] = _core.given_up_in_child("_forked")
 
 
 class Queue(Handle):
@@ -243,7 +322,8 @@ class Queue(Handle):
     removes the name when it closes); ``Queue(name=...)`` attaches to an existing one
     (``FileNotFoundError`` if absent; ``maxsize`` and ``capacity`` are then the creator's).
     ``capacity`` is the ring's size in bytes (a power of two, >= 4096); messages up to half
-    of it travel through the ring, larger ones in a segment of their own.
+    of it travel through the ring, larger ones in a segment of their own; what does not fit
+    the ring waits in spill files (bounded by /dev/shm: ENOSPC, never a hang).
     ``max_message_size`` bounds one message (pickled size plus buffers): ValueError above it.
     """
 
@@ -302,13 +382,16 @@ class Queue(Handle):
                             self._name)
             else:
                 fd = _open(self._path, 0)
-                size = os.fstat(fd).st_size
+                st = os.fstat(fd)
+                size = st.st_size
+                self._mode = mode = st.st_mode & 0o777  # the creator's, for the files it adds
                 if size < L.HEADER + L.MIN_CAPACITY:
                     raise OSError(errno.EBADMSG, "not a fastipc queue", self._name)
                 self._mm = mmap.mmap(fd, size)
             ops_cls: type[QueueOps] = impl.Ops
             try:
-                self._ops: QueueOps = ops_cls(self._mm, size, self._spin)
+                self._ops: QueueOps = ops_cls(self._mm, size, self._spin,
+                                              f"{self._path}.s", mode)
             except OSError as exc:
                 raise OSError(exc.errno, "not a fastipc queue, or a corrupted header",
                               self._name) from None
@@ -334,12 +417,23 @@ class Queue(Handle):
         # pops one (list.pop and append are atomic) and puts it back when it is done
         self._stages: list[tuple[Any, Any]] = []
         self._outs: list[bytearray] = []
+        # messages taken from the ring but not returned yet: after one of a get_many batch
+        # failed to unpickle, the others wait here for the next get of this handle
+        # (decoded objects with kind -1, or raw payloads with their kind)
+        self._pending: deque[tuple[Any, int]] = deque()
+        self._blob_opener = partial(os.open, mode=mode)  # a C call: see _put_blob
         if self._owner:
-            self._finalizer = weakref.finalize(self, _unlink_quietly, self._path)
-            _owned.add(self)
+            self._finalizer = weakref.finalize(self, _remove_queue, self._path)
+        _open_queues.add(self)
         self._open_handle(which, fd)
 
     # ---------------------------------------------------------------- life cycle
+    def _forked(self) -> None:
+        """In a fork child: no call of the parent's other threads is in progress here."""
+        self._calls.clear()
+        self._ops.forked()
+        self._disown()
+
     def _disown(self) -> None:
         """In a fork child: the parent owns the name and the liveness lock, not us."""
         self._owner = False
@@ -355,14 +449,24 @@ class Queue(Handle):
 
     def _free(self) -> None:
         if self._ops.free():  # else a call never left C: the GC unmaps, later
-            self._mm.close()
+            try:
+                self._mm.close()
+            except BufferError:  # a view of it lives on: in a fork child, in the frame of
+                pass  # a parent's thread that was in a call (it never runs here); GC unmaps
         os.close(self._fd)
         if self._owner and self._finalizer is not None:
-            self._finalizer()  # removes the name
+            self._finalizer()  # removes the name and the segments of its messages
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
             self._lock_fd = -1
-        _owned.discard(self)
+        _open_queues.discard(self)
+        while self._pending:  # kept messages no one will take: their segments go too
+            item, kind = self._pending.popleft()
+            if kind == KIND_BLOB:
+                _unlink_quietly(self._blob_path(item))
+
+    def _closed_error(self) -> ValueError:
+        return ValueError(f"Queue {self._name} is closed")
 
     def _describe(self) -> str:
         return f"name={self._name!r}"
@@ -391,8 +495,7 @@ class Queue(Handle):
     # ---------------------------------------------------------------- put
     def _encode(self, obj: Any) -> tuple[list[Any], int, int]:
         """(parts, total bytes, kind) of one object, checked against max_message_size."""
-        buffers: list[pickle.PickleBuffer] = []
-        data = _dumps_oob(obj, buffers.append)
+        data, buffers = _dumps_oob(obj)
         return self._layout(data, buffers)
 
     def _layout(self, data: bytes, buffers: list[pickle.PickleBuffer]
@@ -453,32 +556,47 @@ class Queue(Handle):
         ops = self._ops
         self._retry_put(rc, lambda left: ops.put(data, kind, left), t, start)
 
-    def _write_blob(self, parts: list[Any], total: int, kind: int) -> tuple[str, bytes]:
-        """A message too large for the ring, written to a segment of its own: (its path, the
-        reference to put in the ring). The caller removes the path if the put fails."""
+    # A message too large for the ring travels in a segment of its own, <name>.<suffix>,
+    # and a reference to it in the ring. Rule: until the reference is committed the segment
+    # is the producer's, which removes it if the put ends in any other way (an exception
+    # raised into it included); once committed, it is the queue's, and the producer never
+    # touches it again. The segment is known by its path before it exists (the cleanup
+    # removes it by name), its fd is held by a FileIO (closed however the put ends), and
+    # the commit is reported by the backend in the same step (put_ref), so an exception
+    # landing anywhere leaks nothing and never removes a committed message. The producer
+    # holds an OFD lock on the segment until the commit: `fastipc rm --stale` leaves a
+    # segment alone while it is locked or referenced from the queue.
+
+    def _blob_file(self) -> tuple[str, str]:
         suffix = uuid.uuid4().hex[:16]
-        path = f"{self._path}.{suffix}"
-        fd = _open(path, os.O_CREAT | os.O_EXCL, self._mode)
-        try:
-            views = [byte_view(p) for p in [_BLOB_HEAD.pack(_BLOB_MAGIC, total), *parts]]
-            _write_all(fd, views)
-        except BaseException:
-            _unlink_quietly(path)
-            raise
-        finally:
-            os.close(fd)
-        return path, _BLOB_REF.pack(total, kind) + suffix.encode()
+        return suffix, f"{self._path}.{suffix}"
+
+    def _fill_blob(self, f: io.FileIO, suffix: str, parts: list[Any], total: int,
+                   kind: int) -> bytes:
+        """Lock and write the segment open in ``f``; the reference to put in the ring."""
+        fd = f.fileno()
+        _flock(fd, fcntl.F_OFD_SETLK, fcntl.F_WRLCK)
+        _write_all(fd, [byte_view(p) for p in [_BLOB_HEAD.pack(_BLOB_MAGIC, total), *parts]])
+        return _BLOB_REF.pack(total, kind) + suffix.encode()
+
+    def _put_ref(self, ref: bytes, committed: bytearray, t: float) -> None:
+        ops = self._ops
+        rc = ops.put_ref(ref, KIND_BLOB, t, committed)
+        if rc:
+            self._retry_put(rc, lambda left: ops.put_ref(ref, KIND_BLOB, left, committed), t)
 
     def _put_blob(self, parts: list[Any], total: int, kind: int, t: float) -> None:
         """A message too large for the ring: its own segment, and a reference in the ring."""
         deadline = Deadline(t)
-        path, ref = self._write_blob(parts, total, kind)
+        suffix, path = self._blob_file()
+        committed = bytearray(1)
         try:
-            rc = self._ops.put(ref, KIND_BLOB, deadline.left())
-            if rc:
-                self._retry_put1(rc, ref, KIND_BLOB, deadline.left())
+            with io.FileIO(path, "xb", opener=self._blob_opener) as f:
+                ref = self._fill_blob(f, suffix, parts, total, kind)
+                self._put_ref(ref, committed, deadline.left())
         except BaseException:
-            _unlink_quietly(path)
+            if not committed[0]:
+                _unlink_quietly(path)
             raise
 
     # put, get, put_bytes and get_bytes are the hot paths: instead of @uses_handle (its call
@@ -522,12 +640,13 @@ class Queue(Handle):
         """``put(obj, block=False)``."""
         self.put(obj, False)
 
-    def put_bytes(self, data: Any, timeout: Optional[float] = None) -> None:
+    def put_bytes(self, data: Any, timeout: Optional[float] = None, *,
+                  block: bool = True) -> None:
         """Put raw bytes (any contiguous bytes-like object), no pickling; ``get_bytes`` (or
-        ``get``) returns them as ``bytes``."""
+        ``get``) returns them as ``bytes``. ``block=False``: try once (timeout ignored)."""
         if self._closed:
             raise self._closed_error()
-        t = -1.0 if timeout is None else check_timeout(timeout)
+        t = -1.0 if timeout is None and block else _timeout(block, timeout)
         if type(data) is bytes and len(data) <= self._hot_max:  # the hot path
             start = _monotonic() if t > 0.0 else None
             rc = self._put_bytes(data, len(data), KIND_BYTES, t)
@@ -542,10 +661,12 @@ class Queue(Handle):
         self._put_parts([view], n, KIND_BYTES, t)
 
     @uses_handle
-    def put_many(self, objs: Iterable[Any], timeout: Optional[float] = None) -> None:
+    def put_many(self, objs: Iterable[Any], timeout: Optional[float] = None, *,
+                 block: bool = True) -> None:
         """Put every object of ``objs``, in order, taking the producers' lock once per
-        batch that fits. On timeout, ``queue.Full`` with ``messages_put``: how many went."""
-        t = check_timeout(timeout)
+        batch that fits. On timeout, ``queue.Full`` with ``messages_put``: how many went.
+        ``block=False``: what does not fit at once raises queue.Full (timeout ignored)."""
+        t = _timeout(block, timeout)
         deadline = Deadline(t)
         batch: list[bytes] = []
         done = 0
@@ -626,15 +747,21 @@ class Queue(Handle):
             raise OSError(errno.EBADMSG, "corrupted message", self._name) from None
         return _loads(data, buffers=buffers)
 
-    def _take_blob(self, ref: bytes) -> Any:
-        try:
-            total, kind = _BLOB_REF.unpack_from(ref, 0)
-            suffix = ref[_BLOB_REF.size:].decode("ascii")
-        except (struct.error, UnicodeDecodeError):
-            raise OSError(errno.EBADMSG, "corrupted message", self._name) from None
-        if not suffix.isalnum() or kind == KIND_BLOB or total > self._max_message:
+    def _blob_ref(self, ref: Any) -> tuple[int, int, str]:
+        """(length, inner kind, path) of a reference to a message in its own segment."""
+        parsed = _parse_ref(bytes(ref))
+        if parsed is None or parsed[1] == KIND_BLOB or parsed[0] > self._max_message:
             raise OSError(errno.EBADMSG, "corrupted message", self._name)
-        path = f"{self._path}.{suffix}"
+        return parsed[0], parsed[1], f"{self._path}.{parsed[2]}"
+
+    def _blob_path(self, ref: Any) -> str:
+        try:
+            return self._blob_ref(ref)[2]
+        except OSError:
+            return "/nonexistent"
+
+    def _take_blob(self, ref: bytes) -> Any:
+        total, kind, path = self._blob_ref(ref)
         fd = _open(path, 0)
         try:
             _unlink_quietly(path)
@@ -659,6 +786,8 @@ class Queue(Handle):
         the timeout (``block=False``: at once)."""
         if self._closed:
             raise self._closed_error()
+        if self._pending:
+            return self._from_pending()
         t = -1.0 if timeout is None and block else _timeout(block, timeout)
         start = _monotonic() if t > 0.0 else None
         stages = self._stages
@@ -707,24 +836,28 @@ class Queue(Handle):
         """``get(block=False)``."""
         return self.get(False)
 
-    def get_bytes(self, timeout: Optional[float] = None) -> bytes:
+    def get_bytes(self, timeout: Optional[float] = None, *, block: bool = True) -> bytes:
         """Take the next message as bytes (one put with ``put_bytes``, or an object that is
-        a bytes-like object; anything else raises TypeError, the message is consumed)."""
+        a bytes-like object; anything else raises TypeError, the message is consumed).
+        ``block=False``: try once (timeout ignored)."""
         if self._closed:
             raise self._closed_error()
-        t = -1.0 if timeout is None else check_timeout(timeout)
-        start = _monotonic() if t > 0.0 else None
-        stages = self._stages
-        stage = stages.pop() if stages else self._ops.new_stage()
-        try:
-            rc = self._get_staged(stage[0], STAGE, t, KIND_BYTES)
-            if 0 <= rc <= _LEN:  # the hot path: bytes, staged (rc: the length)
-                return stage[1][:rc]  # type: ignore[no-any-return]
-            buf, rc, fresh = ((stage[1], rc, False) if rc >= 0
-                              else self._take_slow(rc, t, start, stage))
-            obj = self._decode(buf, rc & _LEN, rc >> 32, fresh)
-        finally:
-            stages.append(stage)
+        if self._pending:
+            obj = self._from_pending()
+        else:
+            t = -1.0 if timeout is None and block else _timeout(block, timeout)
+            start = _monotonic() if t > 0.0 else None
+            stages = self._stages
+            stage = stages.pop() if stages else self._ops.new_stage()
+            try:
+                rc = self._get_staged(stage[0], STAGE, t, KIND_BYTES)
+                if 0 <= rc <= _LEN:  # the hot path: bytes, staged (rc: the length)
+                    return stage[1][:rc]  # type: ignore[no-any-return]
+                buf, rc, fresh = ((stage[1], rc, False) if rc >= 0
+                                  else self._take_slow(rc, t, start, stage))
+                obj = self._decode(buf, rc & _LEN, rc >> 32, fresh)
+            finally:
+                stages.append(stage)
         if isinstance(obj, bytes):
             return obj
         try:
@@ -733,11 +866,19 @@ class Queue(Handle):
             raise TypeError(f"the message is a {type(obj).__name__}, not bytes") from None
 
     @uses_handle
-    def get_many(self, max_messages: int = 1024, timeout: Optional[float] = None) -> list[Any]:
+    def get_many(self, max_messages: int = 1024, timeout: Optional[float] = None, *,
+                 block: bool = True) -> list[Any]:
         """Take up to ``max_messages`` objects at once (at least one: waits for the first
-        until the timeout, then ``queue.Empty``), with one pass of the consumers' lock."""
+        until the timeout, then ``queue.Empty``; ``block=False``: at once), with one pass
+        of the consumers' lock.
+
+        A message that fails to unpickle fails alone: its error is raised (once), and the
+        other messages of the batch, those before it and after it, are kept in order by
+        this handle for its next gets (``qsize()`` counts them)."""
         max_messages = check_int(max_messages, "max_messages", 1, 1 << 20)
-        t = check_timeout(timeout)
+        t = _timeout(block, timeout)
+        if self._pending:
+            return self._many_from_pending(max_messages)
         start = _monotonic() if t > 0.0 else None
         ops = self._ops
         outs = self._outs
@@ -750,14 +891,44 @@ class Queue(Handle):
             result: list[Any] = []
             add = result.append
             pos = 0
-            for length, kind in zip(lens, kinds):
+            for i, (length, kind) in enumerate(zip(lens, kinds)):
                 end = pos + length
-                add(_loads(view[pos:end]) if kind == KIND_PICKLE
-                    else self._decode(view[pos:end], length, kind, False))
+                try:
+                    add(_loads(view[pos:end]) if kind == KIND_PICKLE
+                        else self._decode(view[pos:end], length, kind, False))
+                except BaseException:
+                    self._keep(result, view[end:], lens[i + 1:], kinds[i + 1:])
+                    raise
                 pos = end
             return result
         finally:
             outs.append(out)
+
+    def _keep(self, done: list[Any], rest: memoryview, lens: list[int],
+              kinds: list[int]) -> None:
+        """After a message of a batch failed: keep the others (objects already decoded,
+        then the raw payloads after the failed one) for the next gets of this handle."""
+        kept: list[tuple[Any, int]] = [(obj, -1) for obj in done]
+        pos = 0
+        for length, kind in zip(lens, kinds):
+            kept.append((bytearray(rest[pos:pos + length]), kind))
+            pos += length
+        self._pending.extendleft(reversed(kept))
+
+    def _from_pending(self) -> Any:
+        """The next message kept by :meth:`_keep` (decoded now if it was not yet)."""
+        item, kind = self._pending.popleft()
+        return item if kind < 0 else self._decode(item, len(item), kind, True)
+
+    def _many_from_pending(self, max_messages: int) -> list[Any]:
+        result: list[Any] = []
+        while self._pending and len(result) < max_messages:
+            try:
+                result.append(self._from_pending())
+            except BaseException:
+                self._pending.extendleft(reversed([(obj, -1) for obj in result]))
+                raise
+        return result
 
     # ---------------------------------------------------------------- awaitables
     # The attempt of every awaitable is the try-once blocking call (timeout 0), made on the
@@ -766,19 +937,21 @@ class Queue(Handle):
     # blocking sleepers of its side use, with their waiting flag raised (Ops.park), so the
     # other side's ordinary wake-up resolves it (docs/queue-layout.md, "Awaiting").
 
-    async def put_async(self, obj: Any, timeout: Optional[float] = None) -> None:
+    async def put_async(self, obj: Any, timeout: Optional[float] = None, *,
+                        block: bool = True) -> None:
         """:meth:`put` on the running event loop (asyncio, uvloop): waits for room without
-        blocking the loop. ``queue.Full`` on timeout. Cancelled (or timed out), it has put
-        the whole message or nothing."""
+        blocking the loop. ``queue.Full`` on timeout (``block=False``: at once, timeout
+        ignored). Cancelled (or timed out), it has put the whole message or nothing."""
         self._check_open()
-        check_timeout(timeout)
+        timeout = _async_timeout(block, timeout)
         parts, total, kind = self._encode(obj)
         await self._put_async(parts, total, kind, timeout)
 
-    async def put_bytes_async(self, data: Any, timeout: Optional[float] = None) -> None:
+    async def put_bytes_async(self, data: Any, timeout: Optional[float] = None, *,
+                              block: bool = True) -> None:
         """:meth:`put_bytes` on the running event loop, as :meth:`put_async`."""
         self._check_open()
-        check_timeout(timeout)
+        timeout = _async_timeout(block, timeout)
         view = data if type(data) is bytes else byte_view(data)
         if len(view) > self._max_message:
             raise ValueError(f"message of {len(view)} bytes exceeds max_message_size "
@@ -787,35 +960,48 @@ class Queue(Handle):
 
     async def _put_async(self, parts: list[Any], total: int, kind: int,
                          timeout: Optional[float]) -> None:
-        path = None
-        if total > self._ring_max:  # its own segment now, the reference when there is room
-            path, ref = self._write_blob(parts, total, kind)
-            parts, total, kind = [ref], len(ref), KIND_BLOB
+        if total <= self._ring_max:
+            def attempt() -> Any:
+                try:
+                    self._put_parts(parts, total, kind, 0.0)
+                except Full:
+                    return _aio.NOT_READY
+                return True
 
-        def attempt() -> Any:
-            try:
-                self._put_parts(parts, total, kind, 0.0)
-            except Full:
-                return _aio.NOT_READY
-            return True
-
-        try:
             await self._awaited(attempt, total, timeout)
+            return
+        # its own segment now (see _put_blob), the reference when there is room
+        suffix, path = self._blob_file()
+        committed = bytearray(1)
+        try:
+            with io.FileIO(path, "xb", opener=self._blob_opener) as f:
+                ref = self._fill_blob(f, suffix, parts, total, kind)
+
+                def put_ref() -> Any:
+                    try:
+                        self._put_ref(ref, committed, 0.0)
+                    except Full:
+                        return _aio.NOT_READY
+                    return True
+
+                await self._awaited(put_ref, len(ref), timeout)
         except BaseException:
-            if path is not None:
+            if not committed[0]:
                 _unlink_quietly(path)
             raise
 
-    async def get_async(self, timeout: Optional[float] = None) -> Any:
+    async def get_async(self, timeout: Optional[float] = None, *, block: bool = True) -> Any:
         """:meth:`get` on the running event loop (asyncio, uvloop): waits for a message
-        without blocking the loop. ``queue.Empty`` on timeout. Cancelled (or timed out), it
-        has taken nothing: the message stays queued for the next consumer."""
-        return await self._get_async(self.get_nowait, timeout)
+        without blocking the loop. ``queue.Empty`` on timeout (``block=False``: at once,
+        timeout ignored). Cancelled (or timed out), it has taken nothing: the message stays
+        queued for the next consumer."""
+        return await self._get_async(self.get_nowait, _async_timeout(block, timeout))
 
-    async def get_bytes_async(self, timeout: Optional[float] = None) -> bytes:
+    async def get_bytes_async(self, timeout: Optional[float] = None, *,
+                              block: bool = True) -> bytes:
         """:meth:`get_bytes` on the running event loop, as :meth:`get_async`."""
         return await self._get_async(  # type: ignore[no-any-return]
-            lambda: self.get_bytes(0), timeout)
+            lambda: self.get_bytes(0), _async_timeout(block, timeout))
 
     async def _get_async(self, take: Callable[[], Any], timeout: Optional[float]) -> Any:
         self._check_open()
@@ -865,7 +1051,7 @@ class Queue(Handle):
     @uses_handle
     def qsize(self) -> int:
         """Messages queued now (a snapshot: others may change it at once)."""
-        return self._ops.count()
+        return self._ops.count() + len(self._pending)
 
     def empty(self) -> bool:
         return self.qsize() == 0
@@ -935,7 +1121,9 @@ class QueueInfo:
 def describe(path: str) -> Optional[QueueInfo]:
     """What ``fastipc ls`` shows of ``path``: None if it is not a queue or a queue's
     message segment. ``alive`` is the owner's OFD lock (robust to pid reuse and pid
-    namespaces), not a pid probe."""
+    namespaces), not a pid probe. A message segment is alive while its queue exists and
+    the segment is either referenced from the queue or locked by the producer writing it;
+    otherwise a killed producer or consumer left it (stale)."""
     fd = open_to_inspect(path)
     if fd is None:
         return None
@@ -944,9 +1132,9 @@ def describe(path: str) -> Optional[QueueInfo]:
         head = os.pread(fd, L.HEADER, 0)
         name = os.path.basename(path)
         if head[:8] == _BLOB_MAGIC:
-            parent = path.rsplit(".", 1)[0]
-            return QueueInfo("queue-blob", name, st.st_size, 0, os.path.exists(parent),
-                             "a large message in transit")
+            return _describe_blob(fd, path, name, st.st_size)
+        if head[:8] == L.SPILL_MAGIC:
+            return _describe_spill(path, name, st.st_size)
         if len(head) < L.HEADER:
             return None
         magic, version, capacity, _max, maxsize, owner = struct.unpack_from("<IIQQQi", head)
@@ -966,3 +1154,136 @@ def describe(path: str) -> Optional[QueueInfo]:
         return None
     finally:
         os.close(fd)
+
+
+def _describe_blob(fd: int, path: str, name: str, size: int) -> QueueInfo:
+    parent, _, suffix = path.rpartition(".")
+    try:
+        locked = _owner_alive(fd)  # the producer's lock, until it committed the reference
+    except OSError:
+        locked = True
+    if locked:
+        alive, detail = True, "a large message being put"
+    elif not _queue_alive(parent):
+        alive, detail = False, "a large message of a queue that is gone or stale"
+    else:
+        queued = _refs_queued(parent)
+        alive = queued is None or suffix in queued
+        detail = ("a large message in transit" if alive else
+                  "a large message no longer queued (its consumer or producer died)")
+    return QueueInfo("queue-blob", name, size, 0, alive, detail)
+
+
+def _describe_spill(path: str, name: str, size: int) -> QueueInfo:
+    parent, _, suffix = path.rpartition(".")
+    seq = int(suffix[1:]) if _SPILL_SUFFIX.fullmatch(suffix) else -1
+    alive = _queue_alive(parent)
+    if alive:
+        try:
+            with open(parent, "rb") as f:
+                head = f.read(L.HEADER)
+            spill_r = struct.unpack_from("<Q", head, L.OFF_SPILL_R)[0]
+            alive = seq >= 0 and (seq - (spill_r >> 32)) & 0xFFFFFFFF < 1 << 31
+        except (OSError, struct.error):
+            pass
+    return QueueInfo("queue-spill", name, size, 0, alive,
+                     "messages waiting beyond the ring" if alive else
+                     "spilled messages no longer queued (the queue is gone, or read past)")
+
+
+def _queue_alive(path: str) -> bool:
+    """Whether the queue at ``path`` exists and its owner runs (as describe says)."""
+    info = describe(path)
+    return info is not None and info.kind == "queue" and info.alive
+
+
+def _refs_queued(path: str) -> Optional[set[str]]:
+    """The suffixes of the message segments referenced from the ring or the spill of the
+    queue at ``path`` (a snapshot read without locks: None if it kept moving or is not a
+    queue). Only the ring's bytes in use are read."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        for _ in range(10):
+            head = os.pread(fd, L.HEADER, 0)
+            if len(head) < L.HEADER or struct.unpack_from("<I", head)[0] != L.MAGIC:
+                return None
+            capacity, = struct.unpack_from("<Q", head, L.OFF_CAPACITY)
+            h, = struct.unpack_from("<Q", head, L.OFF_HEAD)
+            t, = struct.unpack_from("<Q", head, L.OFF_TAIL)
+            used = (((t >> 32) - (h >> 32)) & 0xFFFFFFFF) * 8
+            start = ((h >> 32) * 8) % capacity if capacity else 0
+            if not capacity or used > capacity:
+                return None
+            first = min(used, capacity - start)
+            span = (os.pread(fd, first, L.HEADER + start)
+                    + os.pread(fd, used - first, L.HEADER))
+            again = os.pread(fd, L.HEADER, 0)
+            if again[L.OFF_HEAD:L.OFF_HEAD + 8] != head[L.OFF_HEAD:L.OFF_HEAD + 8]:
+                continue
+            # frames up to the first tail read were in the ring before it was read, and
+            # head did not move, so none was overwritten meanwhile
+            found = _refs_in(span, (t - h) & 0xFFFFFFFF, capacity)
+            spilled = _refs_spilled(path, *struct.unpack_from("<Q", again, L.OFF_SPILL_R),
+                                    *struct.unpack_from("<Q", head, L.OFF_SPILL_W))
+            if found is not None and spilled is not None:
+                return found | spilled
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    return None
+
+
+def _refs_spilled(path: str, spill_r: int, spill_w: int) -> Optional[set[str]]:
+    """Suffixes of the BLOB frames in the spill files between the read and write cursors
+    (None: inconsistent). The read cursor is read after the write cursor: a file gone
+    meanwhile was read past."""
+    found: set[str] = set()
+    seq, off = spill_r >> 32, spill_r & 0xFFFFFFFF
+    wseq, end = spill_w >> 32, spill_w & 0xFFFFFFFF
+    while (wseq - seq) & 0xFFFFFFFF < 1 << 31 and (seq, off) != (wseq, end):
+        try:
+            with open(f"{path}.s{seq}", "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            seq, off = (seq + 1) & 0xFFFFFFFF, 0
+            continue
+        except OSError:
+            return None
+        pos = off or L.SPILL_HEAD
+        limit = end if seq == wseq else len(data)
+        while pos + L.FRAME <= min(limit, len(data)):
+            length, kind = struct.unpack_from("<II", data, pos)
+            if length == kind == 0:
+                break
+            if kind == KIND_BLOB:
+                ref = _parse_ref(data[pos + L.FRAME:pos + L.FRAME + length])
+                if ref is not None:
+                    found.add(ref[2])
+            pos += (L.FRAME + length + 7) & ~7
+        if seq == wseq:
+            break
+        seq, off = (seq + 1) & 0xFFFFFFFF, 0
+    return found
+
+
+def _refs_in(span: bytes, count: int, capacity: int) -> Optional[set[str]]:
+    """Suffixes of the BLOB frames among the ``count`` frames of ``span`` (the ring's bytes
+    in use, from head on; None: inconsistent)."""
+    found: set[str] = set()
+    pos = 0
+    for _ in range(count):
+        if pos + L.FRAME > len(span):
+            return None
+        length, kind = struct.unpack_from("<II", span, pos)
+        if length > capacity // 2:
+            return None
+        if kind == KIND_BLOB:
+            ref = _parse_ref(span[pos + L.FRAME:pos + L.FRAME + length])
+            if ref is not None:
+                found.add(ref[2])
+        pos += (L.FRAME + length + 7) & ~7
+    return found

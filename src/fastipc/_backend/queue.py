@@ -17,7 +17,7 @@ __all__ = [
 
 # ---- the binary layout (csrc/queue.h, docs/queue-layout.md)
 MAGIC = 0x51435046  # "FPCQ" little-endian, stored last by the creator
-VERSION = 1
+VERSION = 2
 HEADER = 512
 OFF_MAGIC = 0
 OFF_VERSION = 4
@@ -34,6 +34,15 @@ OFF_GET_WAITING = 204
 OFF_HEAD = 256
 OFF_SPACE_SEQ = 264
 OFF_PUT_WAITING = 268
+OFF_SPILLING = 208
+OFF_SPILL_W = 216
+OFF_SPILL_PUT = 224
+OFF_SPILL_R = 272
+OFF_SPILL_GOT = 280
+SPILL_HEAD = 16
+SPILL_FILE = 1 << 20
+SPILL_MAGIC = b"FPCQSPIL"
+PATH_MAX = 288
 FRAME = 8
 MIN_CAPACITY = 4096
 NEED = -1200
@@ -47,6 +56,9 @@ LAYOUT = {
     "OFF_GET_LOCK": OFF_GET_LOCK, "LOCK_SIZE": LOCK_SIZE, "OFF_TAIL": OFF_TAIL,
     "OFF_DATA_SEQ": OFF_DATA_SEQ, "OFF_GET_WAITING": OFF_GET_WAITING, "OFF_HEAD": OFF_HEAD,
     "OFF_SPACE_SEQ": OFF_SPACE_SEQ, "OFF_PUT_WAITING": OFF_PUT_WAITING, "FRAME": FRAME,
+    "OFF_SPILLING": OFF_SPILLING, "OFF_SPILL_W": OFF_SPILL_W, "OFF_SPILL_PUT": OFF_SPILL_PUT,
+    "OFF_SPILL_R": OFF_SPILL_R, "OFF_SPILL_GOT": OFF_SPILL_GOT, "SPILL_HEAD": SPILL_HEAD,
+    "SPILL_FILE": SPILL_FILE, "PATH_MAX": PATH_MAX,
     "MIN_CAPACITY": MIN_CAPACITY, "NEED": NEED,
 }
 
@@ -64,13 +76,20 @@ class QueueOps(Protocol):
     or a ``-errno`` / ``FIPC_*`` status (``NEED``), for ``_core.retry`` to map; ``timeout``
     is the C convention (-1.0 forever, 0.0 try once)."""
 
-    def __init__(self, mm: Any, size: int, spin: float) -> None: ...
+    def __init__(self, mm: Any, size: int, spin: float, spill: str, mode: int) -> None:
+        """Attach to the queue mapped at ``mm``; its spill files are ``<spill><seq>``,
+        made with ``mode``."""
 
     def put(self, data: Any, kind: int, timeout: float) -> int:
         """Put one message (a bytes-like object) as one frame of ``kind``."""
 
     def putv(self, parts: Sequence[Any], kind: int, timeout: float) -> int:
         """Put one message gathered from several bytes-like parts."""
+
+    def put_ref(self, data: bytes, kind: int, timeout: float, committed: bytearray) -> int:
+        """:meth:`put` that sets ``committed[0]`` to 1 as it commits (in the same step: C,
+        or Python with no call in between), so that a caller into which an exception is
+        raised right after the commit knows the message is queued."""
 
     def put_many(self, blob: bytes, lens: Sequence[int], kind: int,
                  timeout: float) -> tuple[int, int]:
@@ -117,6 +136,10 @@ class QueueOps(Protocol):
 
     def wake(self) -> None:
         """Mark this handle closed; blocked calls of it return ``-EBADF`` promptly."""
+
+    def forked(self) -> None:
+        """In a child made by fork(): forget the calls in progress (they were the parent's
+        other threads', which do not run here), so that close() does not wait for them."""
 
     def free(self) -> bool:
         """Close this handle and let go of the mapping once no call of it is inside (the

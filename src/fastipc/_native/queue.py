@@ -33,19 +33,27 @@ def format(mm: Any, size: int, max_message: int, maxsize: int, pid: int) -> int:
 class Ops:
     __slots__ = ("_addr", "_base", "_q")
 
-    def __init__(self, mm: Any, size: int, spin: float) -> None:
+    def __init__(self, mm: Any, size: int, spin: float, spill: str, mode: int) -> None:
         self._base = _from_buffer(mm)
         self._q = ffi.new("fipc_queue *")
         self._addr = int(ffi.cast("uintptr_t", self._base))
-        rc = lib.fipc_queue_attach(self._q, self._base, size, spin)
-        if rc < 0:
-            ffi.release(self._base)
+        try:
+            rc = lib.fipc_queue_attach(self._q, self._base, size, spin)
+            if rc == 0:
+                rc = lib.fipc_queue_set_spill(self._q, spill.encode(), mode)
             check(rc)
+        except BaseException:
+            ffi.release(self._base)
+            raise
 
     def put(self, data: Any, kind: int, timeout: float) -> int:
         if type(data) is not bytes:
             data = _from_buffer(data)
         return int(_put1(self._q, data, len(data), kind, timeout))
+
+    def put_ref(self, data: bytes, kind: int, timeout: float, committed: bytearray) -> int:
+        return int(lib.fipc_queue_put_ref(self._q, data, len(data), kind, timeout,
+                                          _from_buffer(committed)))
 
     def put_fn(self) -> Callable[[bytes, int, int, float], int]:
         return partial(_put1, self._q)
@@ -103,6 +111,9 @@ class Ops:
     def wake(self) -> None:
         lib.fipc_queue_close(self._q)
 
+    def forked(self) -> None:
+        self._q.busy = 0
+
     def free(self) -> bool:
         busy = lib.fipc_queue_close(self._q)
         deadline = time.monotonic() + 5.0
@@ -111,6 +122,7 @@ class Ops:
             busy = lib.fipc_queue_busy(self._q)
         if busy:
             return False
+        lib.fipc_queue_release(self._q)
         ffi.release(self._base)
         return True
 

@@ -21,6 +21,7 @@ import ctypes
 import ctypes.util
 import errno
 import mmap
+import os
 import struct
 import threading
 import time
@@ -36,6 +37,7 @@ __all__ = ["Ops", "format"]
 
 SLICE = 0.1  # sleep at most this long between looks at `closed`
 LOCK_GRACE = 0.1  # a try-once call waits this long for a busy mutex
+SPILL_GRACE = 0.01  # a put that may wait and finds the ring full waits this long, then spills
 KIND_MAX = 15
 _CLOCK_MONOTONIC = 1
 _PTHREAD_PROCESS_SHARED = 1
@@ -43,6 +45,11 @@ _PTHREAD_MUTEX_ROBUST = 1
 _OWNER = 8  # glibc's pthread_mutex_t: int __lock, unsigned __count, int __owner (the tid)
 _HDR = struct.Struct("<II")
 _T, _H = L.OFF_TAIL // 8, L.OFF_HEAD // 8
+_SW, _SR = L.OFF_SPILL_W // 8, L.OFF_SPILL_R // 8  # the spill's cursors
+_SPUT, _SGOT = L.OFF_SPILL_PUT // 8, L.OFF_SPILL_GOT // 8
+_SPILLING = L.OFF_SPILLING // 4
+_SPILL_HEAD = struct.Struct("<8sQ")
+_END = bytes(L.FRAME)
 _monotonic = time.monotonic
 _tid = threading.get_native_id
 
@@ -81,6 +88,28 @@ def _advance(word: int, nbytes: int, n: int) -> int:
     return units << 32 | ((word + n) & 0xFFFFFFFF)
 
 
+def _pwrite_all(fd: int, views: list[memoryview], off: int) -> None:
+    while views:
+        n = os.pwritev(fd, views, off)
+        off += n
+        while views and n >= len(views[0]):
+            n -= len(views[0])
+            views = views[1:]
+        if views and n:
+            views = [views[0][n:], *views[1:]]
+
+
+def _pread_all(fd: int, n: int, off: int) -> bytes:
+    """n bytes at off; ValueError if the file is shorter (its cursor said otherwise)."""
+    data = os.pread(fd, n, off)
+    while len(data) < n:
+        more = os.pread(fd, n - len(data), off + len(data))
+        if not more:
+            raise ValueError("spill file shorter than its cursor")
+        data += more
+    return data
+
+
 def _capacity_ok(capacity: int) -> bool:
     return L.MIN_CAPACITY <= capacity <= 1 << 32 and capacity & (capacity - 1) == 0
 
@@ -108,7 +137,7 @@ def format(mm: Any, size: int, max_message: int, maxsize: int, pid: int) -> int:
 
 
 class Ops:
-    def __init__(self, mm: Any, size: int, spin: float) -> None:
+    def __init__(self, mm: Any, size: int, spin: float, spill: str, mode: int) -> None:
         magic, version, capacity, _max, maxsize = struct.unpack_from("<IIQQQ", mm, 0)
         if (magic != L.MAGIC or version != L.VERSION or capacity != size - L.HEADER
                 or not _capacity_ok(capacity)):
@@ -125,6 +154,12 @@ class Ops:
         self._i32: Any = (ctypes.c_int32 * (L.HEADER // 4)).from_buffer(mm)
         self._addr = ctypes.addressof(self._w64)
         self._data: Any = memoryview(mm)[L.HEADER:L.HEADER + capacity]
+        if len(spill.encode()) + 12 > L.PATH_MAX:
+            raise OSError(errno.ENAMETOOLONG, "queue name too long for its spill files")
+        self._spill = spill
+        self._spill_mode = mode
+        self._wfd = self._rfd = -1  # spill files kept open: (fd, seq), under each side's lock
+        self._wseq = self._rseq = 0
 
     # ---- shared pieces
     def _span(self, head: int, tail: int) -> tuple[int, int]:
@@ -166,15 +201,17 @@ class Ops:
             self._w32[seq_off // 4] = (self._w32[seq_off // 4] + 1) & 0xFFFFFFFF
             _futex_wake(self._addr + seq_off)
 
-    def _wait(self, word: int, seen: int, seq_off: int, flag_off: int,
+    def _wait(self, word: int, seen: int, word2: int, seen2: int, seq_off: int, flag_off: int,
               deadline: Deadline) -> int:
+        """Wait until w64[word] differs from seen or w64[word2] from seen2 (the ring's line
+        and the spill's cursor of the other side)."""
         if deadline.timeout == 0:
             return -errno.ETIMEDOUT
         w64, w32 = self._w64, self._w32
         if self._spin > 0:
             stop = _monotonic() + self._spin
             while _monotonic() < stop:
-                if w64[word] != seen:
+                if w64[word] != seen or w64[word2] != seen2:
                     return 0
         while True:
             if self._closed:
@@ -182,7 +219,7 @@ class Ops:
             w32[flag_off // 4] = 1
             _fence()
             seq = w32[seq_off // 4]
-            if w64[word] != seen:
+            if w64[word] != seen or w64[word2] != seen2:
                 return 0
             left = deadline.left()
             if left == 0.0:
@@ -210,9 +247,187 @@ class Ops:
             dest[:first] = self._data[off:]
             dest[first:] = self._data[:n - first]
 
+    # ---- the spill (csrc/queue.c, "the spill", and docs/queue-layout.md)
+    def _spill_count(self) -> int:
+        n = (self._w64[_SPUT] - self._w64[_SGOT]) & 0xFFFFFFFFFFFFFFFF
+        return 0 if n > 1 << 62 else n
+
+    def _spill_fd(self, seq: int, create: bool, side: str) -> int:
+        fd, fd_seq = (self._wfd, self._wseq) if side == "w" else (self._rfd, self._rseq)
+        if fd >= 0 and fd_seq == seq:
+            return fd
+        flags = os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW | (os.O_CREAT if create else 0)
+        new = os.open(f"{self._spill}{seq}", flags, self._spill_mode)
+        if fd >= 0:
+            os.close(fd)
+        if side == "w":
+            self._wfd, self._wseq = new, seq
+        else:
+            self._rfd, self._rseq = new, seq
+        return new
+
+    def _spill_unlink(self, seq: int) -> None:
+        if self._rfd >= 0 and self._rseq == seq:
+            os.close(self._rfd)
+            self._rfd = -1
+        try:
+            os.unlink(f"{self._spill}{seq}")
+        except FileNotFoundError:
+            pass
+
+    def _spill_append(self, w: int, parts: list[memoryview], total: int, kind: int) -> int:
+        """Under put_lock: append one frame at the (uncommitted) cursor w; the new cursor."""
+        seq, off = w >> 32, w & 0xFFFFFFFF
+        frame = _round8(L.FRAME + total)
+        if off and off + frame > L.SPILL_FILE:  # end this file, go on in the next
+            _pwrite_all(self._spill_fd(seq, False, "w"), [memoryview(_END)], off)
+            seq, off = (seq + 1) & 0xFFFFFFFF, 0
+        fd = self._spill_fd(seq, off == 0, "w")
+        views = [memoryview(_HDR.pack(total, kind)), *parts]
+        if off == 0:  # a new file (or one a killed producer left: written over)
+            views.insert(0, memoryview(_SPILL_HEAD.pack(L.SPILL_MAGIC, seq)))
+        _pwrite_all(fd, views, off)
+        return seq << 32 | ((off or L.SPILL_HEAD) + frame)
+
+    def _spill_end(self, w: int) -> None:
+        """Under put_lock, the spill drained up to w: end its file (END frame), remove it,
+        move the cursor to the next file (best effort, as csrc/queue.c spill_end)."""
+        seq, off = w >> 32, w & 0xFFFFFFFF
+        if not off:
+            return
+        try:
+            _pwrite_all(self._spill_fd(seq, False, "w"), [memoryview(_END)], off)
+            self._spill_unlink(seq)
+        except OSError:
+            return
+        self._w64[_SW] = ((seq + 1) & 0xFFFFFFFF) << 32
+
+    def _spill_commit(self, w: int, added: int) -> None:
+        self._w64[_SPUT] = (self._w64[_SPUT] + added) & 0xFFFFFFFFFFFFFFFF
+        self._w64[_SW] = w  # the commit: one store (after the frames were written)
+
+    def _spill_route(self, frame: int, may_wait: bool) -> tuple[int, int, int, int]:
+        """Under put_lock, past the ring: (route, head, spill read cursor, ring count):
+        route 1 = to the spill, 0 = to the ring (the spill drained), 2 = wait for room,
+        3 = wait for room for SPILL_GRACE, then spill (csrc/queue.c spill_grace)."""
+        w64, w32 = self._w64, self._w32
+        spill_r = w64[_SR]  # before deciding: the wait watches it
+        head, tail = w64[_H], w64[_T]
+        used, count = self._span(head, tail)
+        if used < 0:
+            return 2, head, spill_r, -1
+        if w32[_SPILLING]:
+            if spill_r != w64[_SW]:
+                full = self._maxsize and count + self._spill_count() >= self._maxsize
+                return (2 if full else 1), head, spill_r, count
+            w32[_SPILLING] = 0  # drained: back to the ring
+            self._spill_end(spill_r)
+        if self._cap - used >= frame and not (self._maxsize and count >= self._maxsize):
+            return 0, head, spill_r, count
+        if self._maxsize and count >= self._maxsize:
+            return 2, head, spill_r, count
+        if may_wait:
+            return 3, head, spill_r, count
+        w32[_SPILLING] = 1
+        return 1, head, spill_r, count
+
+    def _spill_take(self, w: int, out: memoryview, off: int, lens: list[int],
+                    kinds: list[int], max_messages: int) -> int:
+        """Under get_lock, the ring empty: take spilled frames up to the write cursor w into
+        out (from off), as the ring's; commit them. Returns an error only if none was
+        taken."""
+        w64 = self._w64
+        r = w64[_SR]
+        taken = 0
+        rc = 0
+        while len(lens) < max_messages and r != w:
+            seq, at = r >> 32, r & 0xFFFFFFFF
+            wseq, end = w >> 32, w & 0xFFFFFFFF
+            if (wseq - seq) & 0x80000000 or (seq == wseq and at >= end):
+                rc = FIPC_CORRUPT
+                break
+            try:
+                fd = self._spill_fd(seq, False, "r")
+                at = at or L.SPILL_HEAD
+                n, kind = _HDR.unpack(_pread_all(fd, L.FRAME, at))
+            except FileNotFoundError:
+                if seq == wseq:
+                    rc = -errno.ENOENT
+                    break
+                n = kind = 0  # ended and removed by a producer
+            except OSError as exc:
+                rc = -(exc.errno or errno.EIO)
+                break
+            except ValueError:
+                rc = FIPC_CORRUPT
+                break
+            if n == 0 and kind == 0 and seq != wseq:  # END: on to the next file
+                r = ((seq + 1) & 0xFFFFFFFF) << 32
+                w64[_SGOT] = (w64[_SGOT] + taken) & 0xFFFFFFFFFFFFFFFF
+                w64[_SR] = r  # before the file goes
+                taken = 0
+                self._spill_unlink(seq)
+                continue
+            frame = _round8(L.FRAME + n)
+            if not 0 < kind <= KIND_MAX or frame > self._cap // 2 or (
+                    seq == wseq and at + frame > end):
+                rc = FIPC_CORRUPT
+                break
+            if n > len(out) - off:
+                if not lens:
+                    self._last = (n, kind)
+                    rc = L.NEED
+                break
+            try:
+                out[off:off + n] = _pread_all(fd, n, at + L.FRAME)
+            except (OSError, ValueError):
+                rc = FIPC_CORRUPT
+                break
+            lens.append(n)
+            kinds.append(kind)
+            off += n
+            taken += 1
+            r = seq << 32 | (at + frame)
+        if taken:
+            w64[_SGOT] = (w64[_SGOT] + taken) & 0xFFFFFFFFFFFFFFFF
+            w64[_SR] = r  # the commit: one store
+            if r == w:
+                self._spill_drained(r)
+        return rc if not lens else 0
+
+    def _spill_drained(self, r: int) -> None:
+        """Under get_lock, the spill read up to its write cursor r: if no producer holds
+        put_lock, remove the drained file and start both cursors at the next one."""
+        m = self._addr + L.OFF_PUT_LOCK
+        rc = _trylock(m)
+        if rc == errno.EOWNERDEAD:
+            rc = _consistent(m)
+        if rc:
+            return
+        try:
+            seq = r >> 32
+            if self._w64[_SW] == r and r & 0xFFFFFFFF:
+                self._spill_unlink(seq)
+                nxt = ((seq + 1) & 0xFFFFFFFF) << 32
+                self._w64[_SW] = nxt
+                self._w64[_SR] = nxt
+                self._w32[_SPILLING] = 0
+        finally:
+            self._release(L.OFF_PUT_LOCK)
+
+    def release(self) -> None:
+        for fd in (self._wfd, self._rfd):
+            if fd >= 0:
+                os.close(fd)
+        self._wfd = self._rfd = -1
+
     # ---- producers
     def put(self, data: Any, kind: int, timeout: float) -> int:
         return self.putv([data], kind, timeout)
+
+    def put_ref(self, data: bytes, kind: int, timeout: float, committed: bytearray) -> int:
+        rc, _ = self._put([memoryview(data)], [len(data)], kind, timeout, committed)
+        return rc
 
     def put_fn(self) -> Callable[[bytes, int, int, float], int]:
         return lambda data, n, kind, timeout: self.putv([data], kind, timeout)
@@ -234,18 +449,18 @@ class Ops:
         return self._put([memoryview(blob)], list(lens), kind, timeout)
 
     def _put(self, views: list[memoryview], lens: list[int], kind: int,
-             timeout: float) -> tuple[int, int]:
+             timeout: float, committed: Any = None) -> tuple[int, int]:
         busy = self._busy
         busy.append(None)
         try:
             if self._closed:
                 return -errno.EBADF, 0
-            return self._put_busy(views, lens, kind, timeout)
+            return self._put_busy(views, lens, kind, timeout, committed)
         finally:
             busy.pop()
 
     def _put_busy(self, views: list[memoryview], lens: list[int], kind: int,
-             timeout: float) -> tuple[int, int]:
+                  timeout: float, committed: Any) -> tuple[int, int]:
         """Put len(lens) messages whose bytes are the concatenation of views."""
         if not 0 < kind <= KIND_MAX:
             return -errno.EINVAL, 0
@@ -253,6 +468,7 @@ class Ops:
             return -errno.EMSGSIZE, 0
         source = views[0] if len(views) == 1 else None
         deadline = Deadline(timeout)
+        grace_end = 0.0  # 0: not started, -1: spent (spill_grace)
         sent = 0
         pos = 0  # bytes of the source consumed (single-view case)
         w64 = self._w64
@@ -269,7 +485,10 @@ class Ops:
                 if used < 0:
                     return FIPC_CORRUPT, sent
                 w = tail
-                while sent < len(lens):
+                spill_r = w64[_SR]
+                again = False
+                route = 0
+                while sent < len(lens) and not self._w32[_SPILLING]:
                     n = lens[sent]
                     frame = _round8(L.FRAME + n)
                     if self._cap - used < frame or (self._maxsize and count >= self._maxsize):
@@ -289,12 +508,57 @@ class Ops:
                     sent += 1
                 if sent > start:
                     w64[_T] = w  # the commit: one store
+                    if committed is not None:  # no call in between: no signal handler
+                        committed[0] = 1
+                ring_sent = sent
+                if sent < len(lens):  # the rest to the spill, if it may go there
+                    route, head, spill_r, count = self._spill_route(
+                        _round8(L.FRAME + lens[sent]), timeout != 0 and grace_end >= 0)
+                    if count < 0:
+                        return FIPC_CORRUPT, sent
+                    again = route == 0
+                    if route == 1:
+                        sw = w64[_SW]
+                        queued = count + self._spill_count()
+                        try:
+                            while sent < len(lens) and not (self._maxsize
+                                                             and queued >= self._maxsize):
+                                n = lens[sent]
+                                if source is not None:
+                                    parts = [source[pos:pos + n]]
+                                    pos += n
+                                else:
+                                    parts = views
+                                sw = self._spill_append(sw, parts, n, kind)
+                                queued += 1
+                                sent += 1
+                        except OSError as exc:
+                            rc = -(exc.errno or errno.EIO)
+                        else:
+                            rc = 0
+                        if sent > ring_sent:
+                            self._spill_commit(sw, sent - ring_sent)
+                            if committed is not None:
+                                committed[0] = 1
+                        if rc:
+                            return rc, sent
             finally:
                 self._release(L.OFF_PUT_LOCK)
             if sent > start:
                 self._notify(L.OFF_DATA_SEQ, L.OFF_GET_WAITING)
-            if sent < len(lens):
-                rc = self._wait(_H, head, L.OFF_SPACE_SEQ, L.OFF_PUT_WAITING, deadline)
+            if sent < len(lens) and not again and route == 3:  # wait a while, then spill
+                now = _monotonic()
+                grace_end = grace_end or now + SPILL_GRACE
+                end = grace_end if deadline.end <= 0 else min(grace_end, deadline.end)
+                rc = (self._wait(_H, head, _SR, spill_r, L.OFF_SPACE_SEQ, L.OFF_PUT_WAITING,
+                                 Deadline(end - now)) if end > now else -errno.ETIMEDOUT)
+                if rc == -errno.ETIMEDOUT:
+                    grace_end = -1.0
+                elif rc:
+                    return rc, sent
+            elif sent < len(lens) and not again:
+                rc = self._wait(_H, head, _SR, spill_r, L.OFF_SPACE_SEQ, L.OFF_PUT_WAITING,
+                                deadline)
                 if rc:
                     return rc, sent
         return 0, sent
@@ -338,12 +602,22 @@ class Ops:
                     return rc, [], []
                 head, tail = w64[_H], w64[_T]
                 h, off = head, 0
+                spill_w = w64[_SW]
+                ring_empty = False
                 while len(lens) < max_messages:
                     used, count = self._span(h, tail)
                     if used < 0:
                         result = FIPC_CORRUPT
                         break
                     if count == 0:
+                        # the spill's cursor first, then the ring empty at a later look:
+                        # the frames spilled up to it are older than any the ring will hold
+                        spill_w = w64[_SW]
+                        now = w64[_T]
+                        if now != tail:
+                            tail = now
+                            continue
+                        ring_empty = True
                         break
                     at = ((h >> 32) * 8) & self._mask
                     n, kind = _HDR.unpack_from(self._data, at)
@@ -362,6 +636,10 @@ class Ops:
                     h = _advance(h, frame, 1)
                 if lens:
                     w64[_H] = h  # the commit: one store
+                if ring_empty and spill_w != w64[_SR]:
+                    rc = self._spill_take(spill_w, out, off, lens, kinds, max_messages)
+                    if rc < 0:
+                        result = rc
             finally:
                 self._release(L.OFF_GET_LOCK)
             if lens:
@@ -370,7 +648,7 @@ class Ops:
                 return len(lens), lens, kinds
             if result < 0:
                 return result, [], []
-            rc = self._wait(_T, tail, L.OFF_DATA_SEQ, L.OFF_GET_WAITING, deadline)
+            rc = self._wait(_T, tail, _SW, spill_w, L.OFF_DATA_SEQ, L.OFF_GET_WAITING, deadline)
             if rc:
                 return rc, [], []
 
@@ -394,7 +672,7 @@ class Ops:
 
     def count(self) -> int:
         count = self._snapshot()[1]
-        return count if count != -errno.EBADF else check(count)
+        return count + self._spill_count() if count != -errno.EBADF else check(count)
 
     def used(self) -> int:
         used = self._snapshot()[0]
@@ -416,9 +694,9 @@ class Ops:
         used, count = self._snapshot()  # after the flag: a commit before it shows here
         if used < 0:
             return (-errno.EBADF if used == -errno.EBADF else FIPC_CORRUPT), 0, 0
-        ready = count > 0 if room < 0 else (
-            self._cap - used >= _round8(L.FRAME + room)
-            and (not self._maxsize or count < self._maxsize))
+        # a producer's message that does not fit the ring goes to the spill
+        ready = (count > 0 or self._w64[_SW] != self._w64[_SR]) if room < 0 else (
+            not self._maxsize or count + self._spill_count() < self._maxsize)
         return int(ready), self._addr + seq_off, seq
 
     def wake(self) -> None:
@@ -427,6 +705,9 @@ class Ops:
             self._w32[off // 4] = (self._w32[off // 4] + 1) & 0xFFFFFFFF
             _futex_wake(self._addr + off)
 
+    def forked(self) -> None:
+        self._busy.clear()
+
     def free(self) -> bool:
         self.wake()
         deadline = _monotonic() + 5.0
@@ -434,6 +715,7 @@ class Ops:
             time.sleep(0.0005)
         if self._busy:
             return False
+        self.release()
         self._data.release()
         self._w64 = self._w32 = self._i32 = None
         return True
