@@ -15,6 +15,7 @@ import queue as stdqueue
 import signal
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 from collections.abc import Iterator
@@ -647,3 +648,40 @@ def test_cpython_multiprocessing_tests(method: str, backend: str) -> None:
     assert f"{method} {backend}: ran 4, failures 0, errors 0, skipped 0" in out
     # the queues it made (named after its pid) are gone with it
     assert not [e for e in os.listdir(SHM_DIR) if e.startswith(f"fastipc-queue-{proc.pid}-")]
+
+
+# Run in a child process: glibc aborts the process (a futex error it calls fatal) when a
+# sem_post meets a sem_t whose waiters' count and private flag are garbage.
+CORRUPT_COUNT = """
+    import sys
+    from fastipc import JoinableQueue
+    backend, tasks, offset, fill = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+    with JoinableQueue(backend=backend) as q:
+        q.put(1)
+        with open(tasks.format(name=q.name), "r+b") as f:  # another process scribbles
+            f.seek(offset)
+            f.write(bytes.fromhex(fill))
+        for call in (lambda: q.put(2), q.task_done, lambda: q.unfinished_tasks,
+                     lambda: q.join(timeout=0.05), q.task_done, lambda: q.put(3)):
+            try:
+                call()
+            except (OSError, ValueError) as exc:
+                print(type(exc).__name__, exc)
+    print("survived")
+"""
+
+
+@pytest.mark.parametrize("offset, fill", [
+    (16, "ff" * 32),  # the whole sem_t
+    (20, "01000000" "ffffffff"),  # its waiters' count and private flag (64-bit glibc)
+    (16, "ffffff7f"),  # the count at SEM_VALUE_MAX
+])
+def test_a_task_count_scribbled_over_by_another_process(backend: str, offset: int,
+                                                         fill: str) -> None:
+    """Never trust shared memory: whatever another process wrote over the count, each call
+    returns or raises an OSError (or task_done's ValueError), and the process lives on."""
+    r = subprocess.run([sys.executable, "-c", textwrap.dedent(CORRUPT_COUNT), backend,
+                        f"{SHM_DIR}/{{name}}{TASKS_SUFFIX}", str(offset), fill],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and r.stdout.endswith("survived\n"), (r.returncode, r.stdout,
+                                                                   r.stderr)

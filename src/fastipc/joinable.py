@@ -67,6 +67,14 @@ _OFF_GEN = 8
 _OFF_JOINERS = 12
 _OFF_SEM = 16
 _SIZE = 64  # sem_t is 32 bytes on 64-bit glibc, 16 on 32-bit
+# In 64-bit glibc's sem_t, after the 32-bit count: the number of sem_wait() callers asleep
+# (never any here: nobody waits on the semaphore) and the private flag (0: shared). sem_post
+# wakes those waiters if their number is not zero, and glibc aborts the process if that futex
+# call fails, as it does for garbage flags: both words are set to what they must be before
+# each post, so that another process scribbling over them cannot kill this one.
+_WIDE_SEM = ctypes.sizeof(ctypes.c_void_p) == 8
+_OFF_SEM_WAITERS = _OFF_SEM + 4
+_OFF_SEM_PRIVATE = _OFF_SEM + 8
 _HEAD = struct.Struct("<II")
 
 _vp = ctypes.c_void_p
@@ -141,6 +149,9 @@ class _Tasks:
 
     def add(self) -> None:
         """One more unfinished task."""
+        if _WIDE_SEM:
+            words = self._words
+            words[_OFF_SEM_WAITERS // 4] = words[_OFF_SEM_PRIVATE // 4] = 0
         if _sem_post(self._sem):
             if ctypes.get_errno() == errno.EOVERFLOW:
                 raise OSError(errno.EOVERFLOW, f"more than {SEM_VALUE_MAX} unfinished tasks",
@@ -167,6 +178,8 @@ class _Tasks:
         v = ctypes.c_int()
         if _sem_getvalue(self._sem, v):
             raise _errno_error("sem_getvalue", self.path)
+        if v.value < 0:  # over SEM_VALUE_MAX: written by someone else
+            raise OSError(errno.EBADMSG, "corrupt task count", self.path)
         return v.value
 
     def _add(self, off: int, n: int, wake: int) -> None:
