@@ -685,3 +685,53 @@ def test_a_task_count_scribbled_over_by_another_process(backend: str, offset: in
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 0 and r.stdout.endswith("survived\n"), (r.returncode, r.stdout,
                                                                    r.stderr)
+
+
+# Run in a child process (it forks with a thread blocked in the queue). The forked child
+# closes its copy: its descriptors and mappings must go at once, although the parent's
+# thread was counted busy in the queue at the fork.
+FORK_WHILE_JOINING = """
+    import os, sys, threading, time, warnings
+    from fastipc import JoinableQueue
+    backend = sys.argv[1]
+    warnings.simplefilter("ignore", DeprecationWarning)  # fork() with threads (3.12+)
+    q = JoinableQueue(backend=backend)
+    q.put(1)
+
+    def join():
+        try:
+            q.join(timeout=5)
+        except ValueError:
+            pass
+
+    t = threading.Thread(target=join)
+    t.start()
+    time.sleep(0.2)
+    pid = os.fork()
+    if pid == 0:
+        q.close()
+        maps = sum(q.name in line for line in open("/proc/self/maps"))
+        fds = []
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                fds.append(os.readlink(f"/proc/self/fd/{fd}"))
+            except OSError:  # the listing's own
+                pass
+        left = maps + sum(q.name in path for path in fds)
+        if left:
+            print("left in the child:", maps, "mappings", fds)
+        os._exit(1 if left else 0)
+    _, status = os.waitpid(pid, 0)
+    q.close()
+    t.join(5)
+    assert status == 0, status
+    print("ok")
+"""
+
+
+def test_fork_while_a_thread_joins_then_close_in_the_child(backend: str) -> None:
+    """A child forked while a thread of the parent waits in join() may close its copy: the
+    mappings and descriptors go at once (the parent's join is not the child's)."""
+    r = subprocess.run([sys.executable, "-c", textwrap.dedent(FORK_WHILE_JOINING), backend],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and r.stdout.endswith("ok\n"), r.stdout + r.stderr

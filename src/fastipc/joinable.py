@@ -150,8 +150,7 @@ class _Tasks:
     def add(self) -> None:
         """One more unfinished task."""
         if _WIDE_SEM:
-            words = self._words
-            words[_OFF_SEM_WAITERS // 4] = words[_OFF_SEM_PRIVATE // 4] = 0
+            self._words[_OFF_SEM_WAITERS // 4] = self._words[_OFF_SEM_PRIVATE // 4] = 0
         if _sem_post(self._sem):
             if ctypes.get_errno() == errno.EOVERFLOW:
                 raise OSError(errno.EOVERFLOW, f"more than {SEM_VALUE_MAX} unfinished tasks",
@@ -198,13 +197,16 @@ class _Tasks:
     def wait_zero(self, deadline: Deadline, closed: Callable[[], bool], name: str) -> bool:
         """Sleep until the count reaches zero: True, or False once ``closed()`` says so.
         TimeoutError (naming the queue ``name``) when the deadline expires first."""
-        words, gen = self._words, _OFF_GEN // 4
+        # self._words is looked up each time, never held by this frame: a child forked
+        # while a thread sleeps here keeps the frame (not the thread), and must still be
+        # able to unmap the count (an exported buffer cannot be)
+        gen = _OFF_GEN // 4
         self._add(_OFF_JOINERS, 1, 0)
         try:
             while True:
                 if closed():
                     return False
-                seen = words[gen]
+                seen = self._words[gen]
                 if not _TSO:
                     _fence()  # the generation is read before the count
                 if self.value() == 0:
@@ -213,7 +215,7 @@ class _Tasks:
                 if left == 0:
                     raise deadline.error(name)
                 _futex_wait(self._gen, seen, SLICE if left < 0 else min(left, SLICE))
-                if words[gen] != seen:  # the count reached zero since we looked
+                if self._words[gen] != seen:  # the count reached zero since we looked
                     return not closed()
         finally:
             self._add(_OFF_JOINERS, -1, 0)
@@ -313,6 +315,7 @@ class JoinableQueue(_Dropin):
             raise
         if self._owner:
             self._tasks_finalizer = weakref.finalize(self, _unlink_quietly, path)
+        _joinable.add(self)
 
     # ---------------------------------------------------------------- life cycle
     def _disown(self) -> None:
@@ -320,6 +323,14 @@ class JoinableQueue(_Dropin):
         if self._tasks_finalizer is not None:
             self._tasks_finalizer.detach()
             self._tasks_finalizer = None
+
+    def _forked(self) -> None:
+        """In a child made by fork(): the calls counted busy were the parent's threads'
+        (a join), which the child does not have; left counted, they would keep close() from
+        ever freeing the mappings and descriptors."""
+        self._calls.clear()
+        if self._closed:
+            self._free_once()
 
     def _wake(self) -> None:
         super()._wake()
@@ -414,6 +425,17 @@ class JoinableQueue(_Dropin):
             return tasks.value()
         finally:
             self._leave()
+
+
+_joinable: weakref.WeakSet[JoinableQueue] = weakref.WeakSet()
+
+
+def _forget_the_parents_calls() -> None:
+    for q in list(_joinable):
+        q._forked()
+
+
+os.register_at_fork(after_in_child=_forget_the_parents_calls)
 
 
 class SimpleQueue(_Dropin):
