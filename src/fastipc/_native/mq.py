@@ -85,8 +85,9 @@ class Queue:
         self._pool: list[tuple[Any, Any]] = []
         self._buffer: Callable[[], tuple[Any, Any]] = partial(_rx, h, self.max_message_size)
         # messages taken from the queue by a receive into which an exception was then raised
-        # (a signal handler runs as the C call returns): the next receives return them first
-        self._kept: deque[tuple[bytes, int]] = deque()
+        # (a signal handler runs as the C call returns), the next receives' first: each a
+        # (bytes, priority), or a receive's (fipc_mq_rx, buffer) holding it (see hot_paths)
+        self._kept: deque[tuple[Any, Any]] = deque()
         own_wake_after_fork(self)
 
     @property
