@@ -151,7 +151,15 @@ class _Tasks:
         """One more unfinished task."""
         if _WIDE_SEM:
             self._words[_OFF_SEM_WAITERS // 4] = self._words[_OFF_SEM_PRIVATE // 4] = 0
-        if _sem_post(self._sem):
+        try:
+            failed = _sem_post(self._sem)
+        except BaseException:
+            # A signal handler raised as the post returned (nothing else can raise here: no
+            # check runs before the call): the task was counted, and its put will not be
+            # made, so it is taken back.
+            self.done()
+            raise
+        if failed:
             if ctypes.get_errno() == errno.EOVERFLOW:
                 raise OSError(errno.EOVERFLOW, f"more than {SEM_VALUE_MAX} unfinished tasks",
                               self.path)
