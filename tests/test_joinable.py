@@ -19,9 +19,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -29,6 +27,7 @@ from conftest import PREFIX, SHM_DIR
 from fastipc import JoinableQueue, Queue, SimpleQueue, joinable
 from fastipc import queue as fq
 from fastipc.joinable import TASKS_SUFFIX
+from interrupts import Stop, raise_after_call_to
 
 SMALL = 1 << 16
 HERE = Path(__file__).resolve().parent
@@ -739,44 +738,10 @@ def test_fork_while_a_thread_joins_then_close_in_the_child(backend: str) -> None
     assert r.returncode == 0 and r.stdout.endswith("ok\n"), r.stdout + r.stderr
 
 
-@contextmanager
-def _raise_after_call_to(code: Any, callee: str) -> Iterator[None]:
-    """Trace the frames of ``code``: raise Stop at the first instruction after the call to the
-    global ``callee`` returns, once: what a signal handler that raises does when its signal
-    arrived during that call (Python runs handlers as calls into C return)."""
-    import dis
-
-    ops = list(dis.get_instructions(code))
-    loaded = next(i for i, op in enumerate(ops) if op.opname == "LOAD_GLOBAL"
-                  and op.argval == callee)
-    call = next(i for i in range(loaded, len(ops)) if ops[i].opname.startswith("CALL"))
-    after = ops[call + 1].offset
-    fired: list[bool] = []
-
-    def trace(frame: Any, event: str, arg: Any) -> Any:
-        if frame.f_code is not code:
-            return None
-        frame.f_trace_opcodes = True
-        if event == "opcode" and frame.f_lasti == after and not fired:
-            fired.append(True)
-            raise Stop
-        return trace
-
-    sys.settrace(trace)
-    try:
-        yield
-    finally:
-        sys.settrace(None)
-
-
-class Stop(Exception):
-    pass
-
-
 def test_an_exception_raised_as_the_task_is_counted_takes_it_back(jq: JoinableQueue) -> None:
     """A signal handler that raises as the put's task count returns (before the message goes
     in): the put ends with that exception, and neither a message nor a task is left."""
-    with pytest.raises(Stop), _raise_after_call_to(joinable._Tasks.add.__code__, "_sem_post"):
+    with pytest.raises(Stop), raise_after_call_to(joinable._Tasks.add.__code__, "_sem_post"):
         jq.put("job")
     assert jq.unfinished_tasks == 0
     assert jq.empty()

@@ -19,7 +19,13 @@ import pytest
 
 from fastipc import mq
 from helpers import run_python, start_python
-from interrupts import alarms, check_raising_handler_ends, check_retries_with_remaining_time
+from interrupts import (
+    Stop,
+    alarms,
+    check_raising_handler_ends,
+    check_retries_with_remaining_time,
+    raise_after_call_to,
+)
 
 SMALL = {"max_messages": 8, "max_message_size": 256}
 
@@ -1072,3 +1078,24 @@ def test_an_exception_raised_into_receive_loses_no_message(backend: str, name: s
     assert int(stops) > 10 and dups == "0" and ordered == "True", r.stdout
     if backend == "native":
         assert int(got) == n, r.stdout
+
+
+def test_a_message_kept_by_an_interrupted_receive(name: str) -> None:
+    """Native: an exception raised as the C receive returns its message keeps that message
+    for the next receive, which returns it before the queue's; once the object is closed, a
+    receive taken before close() raises ValueError, kept message or not."""
+    with mq.MessageQueue(name, create=True, backend="native", **SMALL) as q:
+        q.unlink()
+        q.send(b"first", 1)
+        q.send(b"second", 2)
+        hot = q.receive.__code__
+        with pytest.raises(Stop), raise_after_call_to(hot, "_receive_wait"):
+            q.receive()
+        q.send(b"urgent", 9)
+        assert q.receive(0) == (b"second", 2)  # kept: before the queue's
+        assert q.receive(0) == (b"urgent", 9)
+        with pytest.raises(Stop), raise_after_call_to(hot, "_receive"):
+            q.receive(timeout=1)
+        receive = q.receive
+    with pytest.raises(ValueError, match="closed"):
+        receive()

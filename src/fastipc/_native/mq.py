@@ -229,6 +229,7 @@ class Queue:
         return attr.max_messages, attr.max_message_size, attr.current_messages
 
     def wake(self) -> None:
+        self._kept.clear()  # a receive taken before close() raises, kept messages or not
         check(lib.fipc_mq_wake(self._h), self.name)
 
     def renew_wake(self) -> None:
