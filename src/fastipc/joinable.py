@@ -307,6 +307,7 @@ class JoinableQueue(_Dropin):
     _what = "JoinableQueue"
     _tasks: Optional[_Tasks] = None
     _tasks_finalizer: Optional[weakref.finalize[Any, Any]] = None
+    _joins: list[None]  # the joins in progress (a fork child forgets them)
 
     def __init__(self, maxsize: int = 0, *, name: Optional[str] = None,
                  create: Optional[bool] = None, capacity: int = DEFAULT_CAPACITY,
@@ -316,6 +317,7 @@ class JoinableQueue(_Dropin):
                          max_message_size=max_message_size, mode=mode, spin=spin,
                          backend=backend)
         path = self._path + TASKS_SUFFIX
+        self._joins = []
         try:
             self._tasks = _Tasks(path, self._owner, mode)
         except BaseException:
@@ -333,11 +335,14 @@ class JoinableQueue(_Dropin):
             self._tasks_finalizer = None
 
     def _forked(self) -> None:
-        """In a child made by fork(): the calls counted busy were the parent's threads'
-        (a join), which the child does not have; left counted, they would keep close() from
-        ever freeing the mappings and descriptors."""
-        self._calls.clear()
-        if self._closed:
+        """In a child made by fork(): the joins counted busy were the parent's threads',
+        which the child does not have; left counted, they would keep close() from ever
+        freeing the mappings and descriptors. (A get or put of the parent's is the
+        queue's to forget: its own busy counts go with it.)"""
+        for _ in self._joins:
+            self._calls.pop()
+        self._joins.clear()
+        if self._closed and not self._calls:
             self._free_once()
 
     def _wake(self) -> None:
@@ -419,10 +424,14 @@ class JoinableQueue(_Dropin):
         then. Closing the queue from another thread ends the wait with ValueError."""
         deadline = Deadline(check_timeout(timeout))
         tasks = self._counted()
+        joins = self._joins
         try:
+            joins.append(None)
             if not tasks.wait_zero(deadline, lambda: self._closed, self._name):
                 raise self._closed_error()
         finally:
+            if joins:
+                joins.pop()
             self._leave()
 
     @property
