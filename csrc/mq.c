@@ -240,12 +240,16 @@ int64_t fipc_mq_receive(fipc_mq_rx *rx, double timeout)
 {
     fipc_mq *h = rx->h;
     unsigned int prio = 0;
+    rx->held = -1;
     int64_t rc = enter(h);
     if (rc < 0)
         return rc;
     rc = transfer(h, rx->buf, (size_t)h->max_message_size, 0, &prio, timeout);
     leave(h);
-    return rc < 0 ? rc : rc << FIPC_MQ_PRIO_BITS | (int64_t)prio;
+    if (rc < 0)
+        return rc;
+    rx->held = rc << FIPC_MQ_PRIO_BITS | (int64_t)prio;
+    return rx->held;
 }
 
 int64_t fipc_mq_receive_wait(fipc_mq_rx *rx)

@@ -62,9 +62,13 @@ int fipc_mq_renew_wake(fipc_mq *h);
 int fipc_mq_send(fipc_mq *h, const char *buf, size_t len, long long priority,
                  double timeout);
 /* What one receive needs: the queue and a buffer of its max_message_size bytes (one per
- * thread receiving at a time; ffi.new("fipc_mq_rx *", max_message_size)). */
+ * thread receiving at a time; ffi.new("fipc_mq_rx *", max_message_size)). `held` says
+ * whether buf holds a message taken from the queue by the last call: -1 from the start of
+ * each call, then what a successful one returns, so that a caller into which an exception
+ * is raised (a signal handler runs as the call returns) can still keep that message. */
 typedef struct fipc_mq_rx {
     fipc_mq *h;
+    int64_t held;
     char buf[];
 } fipc_mq_rx;
 /* Receive the oldest message of the highest priority into rx->buf: its length <<

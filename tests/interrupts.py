@@ -4,6 +4,7 @@ goes on with the time left after a handler ran (PEP 475), and ends when a handle
 from __future__ import annotations
 
 import signal
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -59,3 +60,33 @@ def check_raising_handler_ends(wait: Callable[[], object]) -> None:
         with pytest.raises(Stop):
             wait()
         assert time.monotonic() - t0 < 5
+
+
+@contextmanager
+def raise_after_call_to(code: Any, callee: str) -> Iterator[None]:
+    """Trace the frames of ``code``: raise Stop at the first instruction after the call to the
+    global ``callee`` returns, once: what a signal handler that raises does when its signal
+    arrived during that call (Python runs handlers as calls into C return)."""
+    import dis
+
+    ops = list(dis.get_instructions(code))
+    loaded = next(i for i, op in enumerate(ops) if op.opname == "LOAD_GLOBAL"
+                  and op.argval == callee)
+    call = next(i for i in range(loaded, len(ops)) if ops[i].opname.startswith("CALL"))
+    after = ops[call + 1].offset
+    fired: list[bool] = []
+
+    def trace(frame: Any, event: str, arg: Any) -> Any:
+        if frame.f_code is not code:
+            return None
+        frame.f_trace_opcodes = True
+        if event == "opcode" and frame.f_lasti == after and not fired:
+            fired.append(True)
+            raise Stop
+        return trace
+
+    sys.settrace(trace)
+    try:
+        yield
+    finally:
+        sys.settrace(None)

@@ -15,6 +15,7 @@ import queue as stdqueue
 import signal
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 from collections.abc import Iterator
@@ -26,6 +27,7 @@ from conftest import PREFIX, SHM_DIR
 from fastipc import JoinableQueue, Queue, SimpleQueue, joinable
 from fastipc import queue as fq
 from fastipc.joinable import TASKS_SUFFIX
+from interrupts import Stop, raise_after_call_to
 
 SMALL = 1 << 16
 HERE = Path(__file__).resolve().parent
@@ -647,3 +649,100 @@ def test_cpython_multiprocessing_tests(method: str, backend: str) -> None:
     assert f"{method} {backend}: ran 4, failures 0, errors 0, skipped 0" in out
     # the queues it made (named after its pid) are gone with it
     assert not [e for e in os.listdir(SHM_DIR) if e.startswith(f"fastipc-queue-{proc.pid}-")]
+
+
+# Run in a child process: glibc aborts the process (a futex error it calls fatal) when a
+# sem_post meets a sem_t whose waiters' count and private flag are garbage.
+CORRUPT_COUNT = """
+    import sys
+    from fastipc import JoinableQueue
+    backend, tasks, offset, fill = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+    with JoinableQueue(backend=backend) as q:
+        q.put(1)
+        with open(tasks.format(name=q.name), "r+b") as f:  # another process scribbles
+            f.seek(offset)
+            f.write(bytes.fromhex(fill))
+        for call in (lambda: q.put(2), q.task_done, lambda: q.unfinished_tasks,
+                     lambda: q.join(timeout=0.05), q.task_done, lambda: q.put(3)):
+            try:
+                call()
+            except (OSError, ValueError) as exc:
+                print(type(exc).__name__, exc)
+    print("survived")
+"""
+
+
+@pytest.mark.parametrize("offset, fill", [
+    (16, "ff" * 32),  # the whole sem_t
+    (20, "01000000" "ffffffff"),  # its waiters' count and private flag (64-bit glibc)
+    (16, "ffffff7f"),  # the count at SEM_VALUE_MAX
+])
+def test_a_task_count_scribbled_over_by_another_process(backend: str, offset: int,
+                                                         fill: str) -> None:
+    """Never trust shared memory: whatever another process wrote over the count, each call
+    returns or raises an OSError (or task_done's ValueError), and the process lives on."""
+    r = subprocess.run([sys.executable, "-c", textwrap.dedent(CORRUPT_COUNT), backend,
+                        f"{SHM_DIR}/{{name}}{TASKS_SUFFIX}", str(offset), fill],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and r.stdout.endswith("survived\n"), (r.returncode, r.stdout,
+                                                                   r.stderr)
+
+
+# Run in a child process (it forks with a thread blocked in the queue). The forked child
+# closes its copy: its descriptors and mappings must go at once, although the parent's
+# thread was counted busy in the queue at the fork.
+FORK_WHILE_JOINING = """
+    import os, sys, threading, time, warnings
+    from fastipc import JoinableQueue
+    backend = sys.argv[1]
+    warnings.simplefilter("ignore", DeprecationWarning)  # fork() with threads (3.12+)
+    q = JoinableQueue(backend=backend)
+    q.put(1)
+
+    def join():
+        try:
+            q.join(timeout=5)
+        except ValueError:
+            pass
+
+    t = threading.Thread(target=join)
+    t.start()
+    time.sleep(0.2)
+    pid = os.fork()
+    if pid == 0:
+        q.close()
+        maps = sum(q.name in line for line in open("/proc/self/maps"))
+        fds = []
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                fds.append(os.readlink(f"/proc/self/fd/{fd}"))
+            except OSError:  # the listing's own
+                pass
+        left = maps + sum(q.name in path for path in fds)
+        if left:
+            print("left in the child:", maps, "mappings", fds)
+        os._exit(1 if left else 0)
+    _, status = os.waitpid(pid, 0)
+    q.close()
+    t.join(5)
+    assert status == 0, status
+    print("ok")
+"""
+
+
+def test_fork_while_a_thread_joins_then_close_in_the_child(backend: str) -> None:
+    """A child forked while a thread of the parent waits in join() may close its copy: the
+    mappings and descriptors go at once (the parent's join is not the child's)."""
+    r = subprocess.run([sys.executable, "-c", textwrap.dedent(FORK_WHILE_JOINING), backend],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0 and r.stdout.endswith("ok\n"), r.stdout + r.stderr
+
+
+def test_an_exception_raised_as_the_task_is_counted_takes_it_back(jq: JoinableQueue) -> None:
+    """A signal handler that raises as the put's task count returns (before the message goes
+    in): the put ends with that exception, and neither a message nor a task is left."""
+    with pytest.raises(Stop), raise_after_call_to(joinable._Tasks.add.__code__, "_sem_post"):
+        jq.put("job")
+    assert jq.unfinished_tasks == 0
+    assert jq.empty()
+    jq.join(timeout=1)

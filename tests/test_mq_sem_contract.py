@@ -532,3 +532,65 @@ def test_forked_copies_wake_only_their_own_waiters(queue: mq.MessageQueue) -> No
     child.join(30)
     assert child.exitcode == 0
     child.close()
+
+
+# Run in a child process (it forks with a thread blocked in the queue). The forked child
+# closes its copy: every descriptor of the object (the queue twice, the wake-up descriptors)
+# must be closed at once, although the parent's thread was counted busy in it at the fork.
+FORK_WHILE_BLOCKED = """
+    import os, sys, threading, time, warnings
+    from fastipc import mq
+    name, backend, how = sys.argv[1], sys.argv[2], sys.argv[3]
+    warnings.simplefilter("ignore", DeprecationWarning)  # fork() with threads (3.12+)
+    q = mq.MessageQueue(name, create=True, max_messages=1, max_message_size=16,
+                        backend=backend)
+    q.unlink()
+    if how == "send":
+        q.send(b"full")
+
+    async def twice():
+        await (q.receive_async(timeout=5) if how == "receive_async" else
+               q.send_async(b"more", timeout=5))
+
+    def wait():
+        try:
+            if how == "receive":
+                q.receive(timeout=5)
+            elif how == "send":
+                q.send(b"more", timeout=5)
+            else:
+                import asyncio
+                asyncio.run(twice())
+        except ValueError:
+            pass
+
+    t = threading.Thread(target=wait)
+    t.start()
+    time.sleep(0.2)
+    fds = set(os.listdir("/proc/self/fd"))
+    pid = os.fork()
+    if pid == 0:
+        t0 = time.monotonic()
+        q.close()
+        left = set(os.listdir("/proc/self/fd"))
+        code = 0 if time.monotonic() - t0 < 0.5 and len(fds - left) >= 3 else 1
+        if code:
+            print("child: closed in", time.monotonic() - t0, "fds", sorted(fds), sorted(left))
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    q.close()
+    t.join(5)
+    assert not t.is_alive()
+    assert status == 0, status
+    print("ok")
+"""
+
+
+@pytest.mark.parametrize("how", ["receive", "send", "receive_async"])
+def test_fork_while_a_thread_waits_then_close_in_the_child(
+    backend: str, name: str, how: str
+) -> None:
+    """A child forked while a thread of the parent waits in the queue may close its copy:
+    the descriptors go at once (the parent's call in progress is not the child's)."""
+    r = run_python(FORK_WHILE_BLOCKED, name, backend, how, timeout=30)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout + r.stderr

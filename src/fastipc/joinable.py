@@ -67,6 +67,14 @@ _OFF_GEN = 8
 _OFF_JOINERS = 12
 _OFF_SEM = 16
 _SIZE = 64  # sem_t is 32 bytes on 64-bit glibc, 16 on 32-bit
+# In 64-bit glibc's sem_t, after the 32-bit count: the number of sem_wait() callers asleep
+# (never any here: nobody waits on the semaphore) and the private flag (0: shared). sem_post
+# wakes those waiters if their number is not zero, and glibc aborts the process if that futex
+# call fails, as it does for garbage flags: both words are set to what they must be before
+# each post, so that another process scribbling over them cannot kill this one.
+_WIDE_SEM = ctypes.sizeof(ctypes.c_void_p) == 8
+_OFF_SEM_WAITERS = _OFF_SEM + 4
+_OFF_SEM_PRIVATE = _OFF_SEM + 8
 _HEAD = struct.Struct("<II")
 
 _vp = ctypes.c_void_p
@@ -141,7 +149,17 @@ class _Tasks:
 
     def add(self) -> None:
         """One more unfinished task."""
-        if _sem_post(self._sem):
+        if _WIDE_SEM:
+            self._words[_OFF_SEM_WAITERS // 4] = self._words[_OFF_SEM_PRIVATE // 4] = 0
+        try:
+            failed = _sem_post(self._sem)
+        except BaseException:
+            # A signal handler raised as the post returned (nothing else can raise here: no
+            # check runs before the call): the task was counted, and its put will not be
+            # made, so it is taken back.
+            self.done()
+            raise
+        if failed:
             if ctypes.get_errno() == errno.EOVERFLOW:
                 raise OSError(errno.EOVERFLOW, f"more than {SEM_VALUE_MAX} unfinished tasks",
                               self.path)
@@ -167,6 +185,8 @@ class _Tasks:
         v = ctypes.c_int()
         if _sem_getvalue(self._sem, v):
             raise _errno_error("sem_getvalue", self.path)
+        if v.value < 0:  # over SEM_VALUE_MAX: written by someone else
+            raise OSError(errno.EBADMSG, "corrupt task count", self.path)
         return v.value
 
     def _add(self, off: int, n: int, wake: int) -> None:
@@ -185,13 +205,16 @@ class _Tasks:
     def wait_zero(self, deadline: Deadline, closed: Callable[[], bool], name: str) -> bool:
         """Sleep until the count reaches zero: True, or False once ``closed()`` says so.
         TimeoutError (naming the queue ``name``) when the deadline expires first."""
-        words, gen = self._words, _OFF_GEN // 4
+        # self._words is looked up each time, never held by this frame: a child forked
+        # while a thread sleeps here keeps the frame (not the thread), and must still be
+        # able to unmap the count (an exported buffer cannot be)
+        gen = _OFF_GEN // 4
         self._add(_OFF_JOINERS, 1, 0)
         try:
             while True:
                 if closed():
                     return False
-                seen = words[gen]
+                seen = self._words[gen]
                 if not _TSO:
                     _fence()  # the generation is read before the count
                 if self.value() == 0:
@@ -200,7 +223,7 @@ class _Tasks:
                 if left == 0:
                     raise deadline.error(name)
                 _futex_wait(self._gen, seen, SLICE if left < 0 else min(left, SLICE))
-                if words[gen] != seen:  # the count reached zero since we looked
+                if self._words[gen] != seen:  # the count reached zero since we looked
                     return not closed()
         finally:
             self._add(_OFF_JOINERS, -1, 0)
@@ -284,6 +307,7 @@ class JoinableQueue(_Dropin):
     _what = "JoinableQueue"
     _tasks: Optional[_Tasks] = None
     _tasks_finalizer: Optional[weakref.finalize[Any, Any]] = None
+    _joins: list[None]  # the joins in progress (a fork child forgets them)
 
     def __init__(self, maxsize: int = 0, *, name: Optional[str] = None,
                  create: Optional[bool] = None, capacity: int = DEFAULT_CAPACITY,
@@ -293,6 +317,7 @@ class JoinableQueue(_Dropin):
                          max_message_size=max_message_size, mode=mode, spin=spin,
                          backend=backend)
         path = self._path + TASKS_SUFFIX
+        self._joins = []
         try:
             self._tasks = _Tasks(path, self._owner, mode)
         except BaseException:
@@ -300,6 +325,7 @@ class JoinableQueue(_Dropin):
             raise
         if self._owner:
             self._tasks_finalizer = weakref.finalize(self, _unlink_quietly, path)
+        _joinable.add(self)
 
     # ---------------------------------------------------------------- life cycle
     def _disown(self) -> None:
@@ -307,6 +333,17 @@ class JoinableQueue(_Dropin):
         if self._tasks_finalizer is not None:
             self._tasks_finalizer.detach()
             self._tasks_finalizer = None
+
+    def _forked(self) -> None:
+        """In a child made by fork(): the joins counted busy were the parent's threads',
+        which the child does not have; left counted, they would keep close() from ever
+        freeing the mappings and descriptors. (A get or put of the parent's is the
+        queue's to forget: its own busy counts go with it.)"""
+        for _ in self._joins:
+            self._calls.pop()
+        self._joins.clear()
+        if self._closed and not self._calls:
+            self._free_once()
 
     def _wake(self) -> None:
         super()._wake()
@@ -387,10 +424,14 @@ class JoinableQueue(_Dropin):
         then. Closing the queue from another thread ends the wait with ValueError."""
         deadline = Deadline(check_timeout(timeout))
         tasks = self._counted()
+        joins = self._joins
         try:
+            joins.append(None)
             if not tasks.wait_zero(deadline, lambda: self._closed, self._name):
                 raise self._closed_error()
         finally:
+            if joins:
+                joins.pop()
             self._leave()
 
     @property
@@ -401,6 +442,17 @@ class JoinableQueue(_Dropin):
             return tasks.value()
         finally:
             self._leave()
+
+
+_joinable: weakref.WeakSet[JoinableQueue] = weakref.WeakSet()
+
+
+def _forget_the_parents_calls() -> None:
+    for q in list(_joinable):
+        q._forked()
+
+
+os.register_at_fork(after_in_child=_forget_the_parents_calls)
 
 
 class SimpleQueue(_Dropin):

@@ -25,6 +25,7 @@ import asyncio
 import errno
 import os
 import resource
+import weakref
 from collections import deque
 from functools import partial
 from typing import Any, Callable, NamedTuple, Optional
@@ -264,6 +265,7 @@ class MessageQueue(Handle):
         q.spin = spin  # the backend's copy is the one: its hot paths read it in C
         self._max_size: int = q.max_message_size
         self._open_handle(which, q.fd)
+        _forked_copies.add(self)
         hot_paths = getattr(q, "hot_paths", None)
         cls = type(self)  # a subclass's own send or receive is left in charge
         if (
@@ -298,6 +300,15 @@ class MessageQueue(Handle):
 
     def _free(self) -> None:
         self._q.close()
+
+    def _forked(self) -> None:
+        """In a child made by fork(): the calls counted busy were the parent's threads',
+        which the child does not have; left counted, they would keep close() from ever
+        freeing the descriptors (the native hot calls, counted in C, are forgotten there)."""
+        self._calls.clear()
+        self._waiters.clear()  # the parent's event loops
+        if self._closed:
+            self._free_once()
 
     def _describe(self) -> str:
         return f"{self._name!r} fd={self._fd}"
@@ -404,6 +415,17 @@ class MessageQueue(Handle):
         finally:
             if waiters.stop_if_idle():
                 del self._waiters[loop]
+
+
+_forked_copies: weakref.WeakSet[MessageQueue] = weakref.WeakSet()
+
+
+def _forget_the_parents_calls() -> None:
+    for q in list(_forked_copies):
+        q._forked()
+
+
+os.register_at_fork(after_in_child=_forget_the_parents_calls)
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import time
+from collections import deque
 from functools import partial
 from typing import Any, Callable, Optional
 
@@ -39,6 +40,11 @@ def _not_woken(rc: int) -> int:
     return rc
 
 
+def _checked(*args: Any, **kwargs: Any) -> Any:
+    """The fallback of a receive whose arguments were checked already: never called."""
+    raise AssertionError("unreachable")
+
+
 def _rx(h: Any, size: int) -> tuple[Any, Any]:
     """A receive's fipc_mq_rx, and its buffer as a char[] (what ffi.unpack reads)."""
     rx = ffi.new("fipc_mq_rx *", {"h": h, "buf": size})
@@ -52,6 +58,7 @@ class Queue:
         "__weakref__",
         "_buffer",
         "_h",
+        "_kept",
         "_pool",
         "fd",
         "max_message_size",
@@ -77,6 +84,10 @@ class Queue:
         # buffer with another
         self._pool: list[tuple[Any, Any]] = []
         self._buffer: Callable[[], tuple[Any, Any]] = partial(_rx, h, self.max_message_size)
+        # messages taken from the queue by a receive into which an exception was then raised
+        # (a signal handler runs as the C call returns), the next receives' first: each a
+        # (bytes, priority), or a receive's (fipc_mq_rx, buffer) holding it (see hot_paths)
+        self._kept: deque[tuple[Any, Any]] = deque()
         own_wake_after_fork(self)
 
     @property
@@ -110,29 +121,41 @@ class Queue:
         )
 
     def receive(self, timeout: float) -> tuple[bytes, int]:
-        pool = self._pool
-        item = pool.pop() if pool else self._buffer()
-        start = _monotonic() if timeout > 0 else 0.0
-        return self._received(item, _receive(item[0], timeout), timeout, start)
+        # the rare path (a subclass of MessageQueue with a send or receive of its own): the
+        # hot receive, made for this call (kept on self, it would be a reference cycle)
+        return self.hot_paths(_checked, _checked)[1](None if timeout < 0 else timeout)
 
     def _received(
         self, item: tuple[Any, Any], rc: int, timeout: float, start: float
     ) -> tuple[bytes, int]:
         """The message of a receive into ``item`` whose first attempt (begun at ``start``)
-        returned ``rc``, attempting again with the time left while it is EINTR; ``item``
-        goes back to the pool."""
+        returned ``rc``, attempting again with the time left while it is EINTR."""
+        if rc < 0:
+            rx = item[0]
+            rc = retry(
+                _not_woken(rc),
+                lambda left: _not_woken(_receive(rx, left)),
+                Deadline(timeout, start),
+                self.name,
+            )
+        return _unpack(item[1], rc >> _SHIFT), rc & _PRIO
+
+    def _unkeep(self) -> tuple[bytes, int]:
+        """The oldest message kept by an interrupted receive (see hot_paths); kept still if
+        an exception is raised as it leaves the deque."""
+        kept = self._kept
+        entry = kept[0]
+        if type(entry[0]) is bytes:
+            message = entry
+        else:  # a receive's (fipc_mq_rx, buffer) that C left a message in
+            rc = entry[0].held
+            message = _unpack(entry[1], rc >> _SHIFT), rc & _PRIO
         try:
-            if rc < 0:
-                rx = item[0]
-                rc = retry(
-                    _not_woken(rc),
-                    lambda left: _not_woken(_receive(rx, left)),
-                    Deadline(timeout, start),
-                    self.name,
-                )
-            return _unpack(item[1], rc >> _SHIFT), rc & _PRIO
-        finally:
-            self._pool.append(item)
+            kept.popleft()
+        except BaseException:
+            kept.appendleft(entry)
+            raise
+        return message
 
     def hot_paths(self, send: Send, receive: Receive) -> tuple[Send, Receive]:
         """The public ``send``/``receive`` for bytes, a priority and a timeout that are
@@ -141,7 +164,8 @@ class Queue:
         (a priority out of range, a message over max_message_size), goes to
         ``send``/``receive``: the public class's whole path, whose checks raise."""
         h, new, sent, received = self._h, self._buffer, self._sent, self._received
-        pop, push = self._pool.pop, self._pool.append
+        unkeep, kept, pool = self._unkeep, self._kept, self._pool
+        pop, push = pool.pop, pool.append
 
         def hot_send(data: Any, priority: int = 0, timeout: Optional[float] = None) -> None:
             if type(data) is bytes and type(priority) is int:
@@ -163,25 +187,39 @@ class Queue:
             return send(data, priority, timeout)
 
         def hot_receive(timeout: Optional[float] = None) -> tuple[bytes, int]:
+            if kept:
+                return unkeep()
             if timeout is None:
-                try:
-                    item = pop()
-                except IndexError:
-                    item = new()
-                rc = _receive_wait(item[0])
+                t, start = -1.0, 0.0
+            elif type(timeout) in _NUMBERS and timeout >= 0:
+                t = timeout
+                start = _monotonic() if t > 0 else 0.0
+            else:
+                return receive(timeout)
+            try:
+                item = pop()
+            except IndexError:
+                item = new()
+            try:
+                rc = _receive_wait(item[0]) if t < 0 else _receive(item[0], t)
                 if rc >= 0:
                     message = _unpack(item[1], rc >> _SHIFT), rc & _PRIO
+                else:
+                    message = received(item, rc, t, start)
+                push(item)
+            except BaseException:
+                # A signal handler raised as a call returned (Python runs them after each
+                # call into C, and at the start of a Python function): the message taken,
+                # if any, is kept for the next receive. Only C calls here, each done before
+                # an exception can be raised after it, so none is raised half-way.
+                if item in pool:  # made, its buffer back in the pool
+                    kept.append(message)
+                elif item[0].held >= 0:  # C took it: the buffer holds it
+                    kept.append(item)
+                else:
                     push(item)
-                    return message
-                return received(item, rc, -1.0, 0.0)
-            if type(timeout) in _NUMBERS and timeout >= 0:
-                try:
-                    item = pop()
-                except IndexError:
-                    item = new()
-                start = _monotonic() if timeout > 0 else 0.0
-                return received(item, _receive(item[0], timeout), timeout, start)
-            return receive(timeout)
+                raise
+            return message
 
         return hot_send, hot_receive
 
@@ -191,6 +229,7 @@ class Queue:
         return attr.max_messages, attr.max_message_size, attr.current_messages
 
     def wake(self) -> None:
+        self._kept.clear()  # a receive taken before close() raises, kept messages or not
         check(lib.fipc_mq_wake(self._h), self.name)
 
     def renew_wake(self) -> None:
