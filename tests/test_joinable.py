@@ -746,3 +746,32 @@ def test_an_exception_raised_as_the_task_is_counted_takes_it_back(jq: JoinableQu
     assert jq.unfinished_tasks == 0
     assert jq.empty()
     jq.join(timeout=1)
+
+
+def test_rm_stale_removes_the_task_count_of_a_killed_owner(backend: str, name: str) -> None:
+    """``fastipc ls`` lists a JoinableQueue's task count, alive while its owner runs;
+    once the owner is SIGKILLed, ``fastipc rm --stale`` removes it with the queue."""
+    def fastipc(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "fastipc", *args], capture_output=True,
+                              text=True, timeout=30)
+
+    with JoinableQueue(name=name, create=True, backend=backend) as q:
+        q.put(1)
+        listing = fastipc("ls").stdout
+        assert f"{name}{joinable.TASKS_SUFFIX}" in listing and "queue-tasks" in listing
+        fastipc("rm", "--stale", "--match", name)
+        assert (SHM_DIR / f"{name}{joinable.TASKS_SUFFIX}").exists()  # alive: kept
+        q.get(timeout=1)
+        q.task_done()
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent("""
+        import os, sys
+        from fastipc import JoinableQueue
+        q = JoinableQueue(name=sys.argv[1], create=True, backend=sys.argv[2])
+        q.put("left")
+        os.kill(os.getpid(), 9)
+        """), name, backend], capture_output=True, text=True, timeout=30)
+    assert out.returncode == -signal.SIGKILL, out.stderr
+    assert (SHM_DIR / f"{name}{joinable.TASKS_SUFFIX}").exists()
+    out = fastipc("rm", "--stale", "--match", name)
+    assert out.returncode == 0, out.stderr
+    assert not [p for p in SHM_DIR.iterdir() if p.name.startswith(name)]

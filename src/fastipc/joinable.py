@@ -42,12 +42,14 @@ from typing import Any, Callable, Optional, TypeVar
 from fastipc._core import Deadline, check_timeout
 from fastipc._pure.queue import _libc, _libc_fn
 from fastipc._pure.shm import _SYS_FUTEX, _TSO, _fence, _futex_wait, _futex_wake, _syscall
-from fastipc._segment import create_segment, open_segment
+from fastipc._segment import create_segment, open_segment, open_to_inspect
 from fastipc.queue import (
     DEFAULT_CAPACITY,
     DEFAULT_MAX_MESSAGE_SIZE,
     Full,
     Queue,
+    QueueInfo,
+    _queue_alive,
     _unlink_quietly,
 )
 
@@ -477,3 +479,26 @@ class SimpleQueue(_Dropin):
     def empty(self) -> bool:
         self._check_open()
         return super().empty()
+
+
+def describe(path: str) -> Optional[QueueInfo]:
+    """What ``fastipc ls`` shows of a JoinableQueue's task count (``<queue>.tasks``): None if
+    ``path`` is not one. It is alive while its queue exists and the queue's owner runs, so
+    ``fastipc rm --stale`` removes the count of a queue whose owner was killed."""
+    if not path.endswith(TASKS_SUFFIX):
+        return None
+    fd = open_to_inspect(path)
+    if fd is None:
+        return None
+    try:
+        head = os.pread(fd, _HEAD.size, 0)
+        size = os.fstat(fd).st_size
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    if len(head) != _HEAD.size or _HEAD.unpack(head) != (_MAGIC, _VERSION):
+        return None
+    alive = _queue_alive(path[: -len(TASKS_SUFFIX)])
+    return QueueInfo("queue-tasks", os.path.basename(path), size, 0, alive,
+                     "a JoinableQueue's task count" + ("" if alive else ", its queue is gone"))

@@ -154,10 +154,21 @@ def describe_queue(path: str) -> Optional[SegmentInfo]:
     return SegmentInfo(info.kind, info.name, info.size, info.owner, info.alive, info.detail)
 
 
+def describe_task_count(path: str) -> Optional[SegmentInfo]:
+    """A JoinableQueue's task count: alive while its queue is."""
+    from fastipc import joinable
+
+    info = joinable.describe(path)
+    if info is None:
+        return None
+    return SegmentInfo(info.kind, info.name, info.size, info.owner, info.alive, info.detail)
+
+
 register_describer(describe_channel)
 register_describer(describe_temporary)
 register_describer(describe_publisher)
 register_describer(describe_queue)
+register_describer(describe_task_count)
 
 
 def _owned(directory: str) -> Iterator[tuple[str, str, os.stat_result]]:
