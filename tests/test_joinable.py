@@ -775,3 +775,14 @@ def test_rm_stale_removes_the_task_count_of_a_killed_owner(backend: str, name: s
     out = fastipc("rm", "--stale", "--match", name)
     assert out.returncode == 0, out.stderr
     assert not [p for p in SHM_DIR.iterdir() if p.name.startswith(name)]
+
+
+def test_put_many_takes_block_as_queue_does(backend: str) -> None:
+    """``put_many(objs, block=False)`` tries each put once, whatever ``timeout`` says, and
+    counts only what went."""
+    with JoinableQueue(2, backend=backend) as q:
+        with pytest.raises(stdqueue.Full) as info:
+            q.put_many([1, 2, 3], -1, block=False)
+        assert info.value.messages_put == 2  # type: ignore[attr-defined]
+        assert q.unfinished_tasks == 2
+        assert [q.get(timeout=1), q.get(timeout=1)] == [1, 2]

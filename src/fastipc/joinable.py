@@ -387,14 +387,15 @@ class JoinableQueue(_Dropin):
         with _OneTask(self):
             super().put_bytes(data, *args, **kwargs)
 
-    def put_many(self, objs: Iterable[Any], timeout: Optional[float] = None) -> None:
+    def put_many(self, objs: Iterable[Any], timeout: Optional[float] = None, *,
+                 block: bool = True) -> None:
         """Put every object of ``objs`` in order, each counted as a task: one put at a time,
         so that the count is exact whatever fails. On timeout, ``queue.Full`` with
-        ``messages_put``: how many went."""
-        deadline = Deadline(check_timeout(timeout))
+        ``messages_put``: how many went (``block=False``: each put tries once)."""
+        deadline = Deadline(check_timeout(timeout) if block else 0.0)
         for done, obj in enumerate(objs):
             try:
-                self.put(obj, True, None if deadline.timeout < 0 else deadline.left())
+                self.put(obj, block, None if deadline.timeout < 0 else deadline.left())
             except Full as exc:
                 exc.messages_put = done  # type: ignore[attr-defined]
                 raise
