@@ -460,20 +460,28 @@ def test_a_type_error_of_the_object_itself_reaches_the_caller(q: Queue) -> None:
 
 def test_hot_get_returns_the_length_alone_for_the_kind_it_expects(q: Queue) -> None:
     """The backend seam of the hot get (both backends): the length for the expected kind,
-    kind << 32 | length for another, and a stage whose slices are bytes."""
+    kind << 32 | length for another, and a stage whose slices are bytes; each get marks
+    what it took (kind << 32 | length) in the stage, until the caller clears it."""
     ops = q._ops
     get = ops.get_fn()
-    stage, out = ops.new_stage()
+    stage, out, mark = ops.new_stage()
     q.put_bytes(b"abc")
     q.put_bytes(b"defg")
     q.put((1, 2))
+    assert mark[0] == 0
     assert get(stage, layout.STAGE, 0.0, layout.KIND_BYTES) == 3
     assert out[:3] == b"abc" and type(out[:3]) is bytes
+    assert mark[0] == layout.KIND_BYTES << 32 | 3
+    mark[0] = 0
     assert get(stage, layout.STAGE, 0.0, layout.KIND_PICKLE) == layout.KIND_BYTES << 32 | 4
-    assert out[:4] == b"defg"
+    assert out[:4] == b"defg" and mark[0] == layout.KIND_BYTES << 32 | 4
+    mark[0] = 0
     n = get(stage, layout.STAGE, 0.0, layout.KIND_PICKLE)
     assert 0 < n <= 0xFFFFFFFF and pickle.loads(out[:n]) == (1, 2)
+    assert mark[0] == layout.KIND_PICKLE << 32 | n
+    mark[0] = 0
     assert get(stage, layout.STAGE, 0.0, layout.KIND_PICKLE) == -errno.ETIMEDOUT
+    assert mark[0] == 0
 
 
 # ---------------------------------------------------------------- life cycle

@@ -311,7 +311,7 @@ name, backend, where = sys.argv[1:]
 q = fq.NamedQueue(name, backend=backend)
 die = lambda *args: os.kill(os.getpid(), 9)
 if where == "consumer":  # killed after taking a reference, before reading its segment
-    fq.Queue._take_blob = die
+    fq.Queue._read_blob = die
     q.get(timeout=5)
 else:  # killed after writing its segment, before committing the reference
     fq.Queue._put_ref = die
