@@ -976,11 +976,12 @@ class Queue(Handle):
         outs = self._outs
         # counted busy as uses_handle does, but released with no call before the return
         calls = self._calls
-        calls.append(None)
-        out = outs.pop() if outs else self._new_out()
-        batch = ops.new_batch(max_messages)
+        out: Any = None
         result: list[Any] = []
+        calls.append(None)
         try:
+            out = outs.pop() if outs else self._new_out()
+            batch = ops.new_batch(max_messages)
             if self._closed:
                 raise self._closed_error()
             n = ops.get_many(out[0], batch, max_messages, t)
@@ -1001,11 +1002,11 @@ class Queue(Handle):
                     else self._decode(view[pos:end], length, kind, False))
                 pos = end
         except BaseException as exc:
-            if out[1][0]:
+            if out is not None and out[1][0]:
                 self._pending.append(((out, batch, result), _BATCH))  # first
                 if not _interrupted(exc):
                     result.append(_FAILED)  # the message's own error: that one is consumed
-            else:
+            elif out is not None:
                 outs.append(out)
             calls.pop()
             if self._closed and not calls:
