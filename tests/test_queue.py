@@ -241,6 +241,22 @@ def test_put_many_mixes_small_objects_buffers_and_failures_in_order(q: Queue) ->
     assert q.empty()
 
 
+def test_put_many_puts_what_precedes_any_pickling_error(q: Queue) -> None:
+    """Whatever error pickling an object raises (PicklingError for a lambda, not only
+    TypeError), the objects before it are put, in order, and messages_put says how many."""
+    with pytest.raises((pickle.PicklingError, AttributeError)) as info:
+        q.put_many([1, lambda: 1, 3])
+    assert info.value.messages_put == 1  # type: ignore[attr-defined]
+    assert q.qsize() == 1 and q.get(timeout=1) == 1
+    with pytest.raises(TypeError) as error:
+        q.put_many([4, np.arange(3.0), 5, threading.Lock(), 6])
+    assert error.value.messages_put == 3  # type: ignore[attr-defined]
+    got = q.get_many(timeout=1)
+    assert got[0] == 4 and got[2] == 5 and len(got) == 3
+    np.testing.assert_array_equal(got[1], np.arange(3.0))
+    assert q.empty()
+
+
 @pytest.mark.parametrize("dtype", ["float64", "int8", "uint16", "complex64", "bool"])
 def test_numpy_arrays_out_of_band(q: Queue, dtype: str) -> None:
     arrays = [

@@ -708,7 +708,9 @@ class Queue(Handle):
                  block: bool = True) -> None:
         """Put every object of ``objs``, in order, taking the producers' lock once per
         batch that fits. On timeout, ``queue.Full`` with ``messages_put``: how many went.
-        ``block=False``: what does not fit at once raises queue.Full (timeout ignored)."""
+        ``block=False``: what does not fit at once raises queue.Full (timeout ignored).
+        An object that cannot be pickled (or is too large) raises its error once the objects
+        before it are put, with ``messages_put`` too."""
         t = _timeout(block, timeout)
         deadline = Deadline(t)
         batch: list[bytes] = []
@@ -716,14 +718,19 @@ class Queue(Handle):
         add, hot = batch.append, self._hot_max
         try:
             for obj in objs:
-                data = _pickle_in_band(obj)
-                if data is not None and len(data) <= hot:
-                    add(data)
-                    continue
+                try:
+                    data = _pickle_in_band(obj)
+                    if data is not None and len(data) <= hot:
+                        add(data)
+                        continue
+                    parts, total, kind = (self._encode(obj) if data is None
+                                          else self._layout(data, []))
+                except Exception as exc:  # what came before goes first
+                    done += self._put_batch(batch, deadline)
+                    exc.messages_put = done  # type: ignore[attr-defined]
+                    raise
                 done += self._put_batch(batch, deadline)  # what came before goes first
                 batch.clear()
-                parts, total, kind = (self._encode(obj) if data is None
-                                      else self._layout(data, []))
                 self._put_parts(parts, total, kind, deadline.left())
                 done += 1
             done += self._put_batch(batch, deadline)
