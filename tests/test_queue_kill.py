@@ -581,9 +581,10 @@ print(interrupted)
 
 def test_an_exception_raised_into_gets_loses_nothing(cross: tuple[str, str], name: str) -> None:
     """A consumer whose SIGALRM handler raises at short random intervals into get, get_bytes
-    and get_many, and whose get_async are cancelled at random moments (small objects, out-of-band numpy arrays, bytes, large messages in
-    their own segments, spilled ones): it receives every message exactly once, in order and
-    intact, and nothing of the queue is left in /dev/shm after it closed."""
+    and get_many, and whose get_async are cancelled at random moments (small objects,
+    out-of-band numpy arrays, bytes, large messages in their own segments, spilled ones):
+    it receives every message exactly once, in order and intact, and nothing of the queue
+    is left in /dev/shm after it closed."""
     space: dict[str, Any] = {}
     exec(_EXPECTED, space)
     count = 2000

@@ -1062,7 +1062,7 @@ class Queue(Handle):
         k = 0
         while k < len(pending) and k < max_messages:
             item, kind = pending[k]
-            if kind == _MARKED or kind == _BATCH:
+            if kind in (_MARKED, _BATCH):
                 pending[k:k + 1] = self._unheld(k)  # one step
                 continue
             try:
