@@ -969,6 +969,7 @@ int fipc_queue_put_many(fipc_queue *q, const char *buf, const uint64_t *lens, ui
 int64_t fipc_queue_get_many(fipc_queue *q, char *dest, uint64_t cap, uint64_t *lens,
                             uint32_t *kinds, uint64_t max, double timeout)
 {
+    memset(dest + cap, 0, FIPC_Q_MARK); /* first: a mark seen after the call is this call's */
     int64_t rc = enter(q);
     if (rc == 0) {
         rc = get_many(q, dest, cap, lens, kinds, max, timeout);

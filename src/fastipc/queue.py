@@ -831,12 +831,14 @@ class Queue(Handle):
         return buf, kind, path
 
     # A get that took a message holds it until it returns it. The backend marks what it took
-    # (Ops.get) in the step that commits head; the hot paths clear the mark, put the stage
-    # back and return with no call in between (a signal handler runs only when a call
+    # (Ops.get) in the step that commits head, and clears the mark at the start of every get,
+    # so a mark seen after a call is that call's; the hot paths put the stage back (not a
+    # call: `+=`) and return with no call in between (a signal handler runs only when a call
     # returns, at a function's entry or at a backward jump), so an exception raised into a
-    # get (a handler's, Ctrl-C) comes either before the commit or while the mark is set: the
-    # except clause then keeps the marked buffer in _pending (its first call), and the next
-    # get of this handle delivers it before anything newer.
+    # get (a handler's, Ctrl-C) comes either before the commit or while the stage, marked, is
+    # still the call's: the except clause then keeps the marked buffer in _pending (its first
+    # call), and the next get of this handle delivers it before anything newer. A stage or
+    # buffer kept there is never used again for a get.
 
     def get(self, block: bool = True, timeout: Optional[float] = None) -> Any:
         """Take the next object. ``queue.Empty`` (also a TimeoutError) if none comes before
@@ -856,12 +858,10 @@ class Queue(Handle):
             rc = self._get_staged(stage[0], STAGE, t, KIND_PICKLE)
             if 0 <= rc <= _LEN:  # the hot path: a small object, staged (rc: its length)
                 obj = _loads(stage[1][:rc])
-                stage[2][0] = 0  # delivered: from here to the return, no call
-                stages += (stage,)
+                stages += (stage,)  # delivered: from here to the return, no call
                 return obj
             if rc >= 0 and rc >> 32 != KIND_BLOB:
                 obj = self._decode(stage[1], rc & _LEN, rc >> 32, False)
-                stage[2][0] = 0
                 stages += (stage,)
                 return obj
             buf = self._take_slow(rc, t, start, stage) if rc < 0 else stage[1]
@@ -887,7 +887,6 @@ class Queue(Handle):
                 if pending[k][0] is stage[1]:
                     del pending[k]
                     break
-            stage[2][0] = 0
         self._stages.append(stage)
 
     def _take_slow(self, rc: int, t: float, start: Optional[float],
@@ -904,7 +903,9 @@ class Queue(Handle):
             rc = (self._get_staged(stage[0], STAGE, left, 0) if dest is None
                   else ops.get(dest, left))
             while rc == NEED:  # it did not fit: make room (another consumer may take it)
-                dest = _new_bytearray(ops.last()[0] + MARK)
+                new = _new_bytearray(ops.last()[0] + MARK)  # not zero-filled: nor its mark
+                new[len(new) - MARK:] = _NO_MARK  # until the get clears it itself
+                dest = new
                 rc = ops.get(dest, left)
             return rc
 
@@ -946,8 +947,7 @@ class Queue(Handle):
             rc = self._get_staged(stage[0], STAGE, t, KIND_BYTES)
             if 0 <= rc <= _LEN:  # the hot path: bytes, staged (rc: the length)
                 data = stage[1][:rc]
-                stage[2][0] = 0  # delivered: from here to the return, no call
-                stages += (stage,)
+                stages += (stage,)  # delivered: from here to the return, no call
                 return data  # type: ignore[no-any-return]
             buf = self._take_slow(rc, t, start, stage) if rc < 0 else stage[1]
         except BaseException as exc:
@@ -1025,8 +1025,7 @@ class Queue(Handle):
             self._pending += (((out, batch, result), _BATCH),)
             del calls[-1]
             return self._many_from_pending(max_messages, False)
-        out[1][0] = 0  # delivered: from here to the return, no call
-        outs += (out,)
+        outs += (out,)  # delivered: from here to the return, no call
         del calls[-1]
         return result
 

@@ -611,6 +611,7 @@ class Ops:
         out = byte_view(dest)
         cap = len(out) - L.MARK
         mark = out[cap:cap + L.MARK].cast("Q")
+        mark[0] = 0  # a mark read after the call is this call's
         out = out[:cap]
         deadline = Deadline(timeout)
         w64 = self._w64
