@@ -96,8 +96,8 @@ int fipc_queue_put_many(fipc_queue *q, const char *buf, const uint64_t *lens, ui
 /* The mark (FIPC_Q_MARK bytes at dest + cap, so dest holds cap + FIPC_Q_MARK bytes): a get
  * that took a message stores kind << 32 | length there, a get_many the count it took, in
  * the call that commits head, so that a caller into which an exception is raised after the
- * call knows what it holds. Every get clears it first (whatever it then returns), so a mark
- * read after a call is that call's: the caller never needs to clear it.
+ * call knows what it holds (the caller clears it as it delivers the message). Every get also
+ * clears it first, whatever it then returns.
  * Take the next message into dest (cap bytes): its length alone if its kind is `want`, else
  * kind << 32 | length (kinds are >= 1: always above any length; want 0 asks for the second
  * form always). One return value, so that the hot path reads no struct field and, for the

@@ -30,6 +30,7 @@ import errno
 import fcntl
 import io
 import mmap
+import operator
 import os
 import pickle
 import queue as _stdqueue
@@ -94,6 +95,7 @@ _LEN = 0xFFFFFFFF  # a get returns kind << 32 | length
 _DECODED = -1  # (the object, _DECODED)
 _MARKED = -2  # (a buffer whose last MARK bytes are the mark of the get that took into it)
 _BATCH = -3  # ((out, batch, decoded), _BATCH): a get_many batch marked in out
+_iadd: Callable[[list[Any], Any], Any] = operator.iadd  # C: nothing runs before it is done
 _FAILED = object()
 _NO_MARK = bytes(MARK)  # in a batch's decoded list: the message that failed to decode (consumed)
 
@@ -831,14 +833,14 @@ class Queue(Handle):
         return buf, kind, path
 
     # A get that took a message holds it until it returns it. The backend marks what it took
-    # (Ops.get) in the step that commits head, and clears the mark at the start of every get,
-    # so a mark seen after a call is that call's; the hot paths put the stage back (not a
-    # call: `+=`) and return with no call in between (a signal handler runs only when a call
-    # returns, at a function's entry or at a backward jump), so an exception raised into a
-    # get (a handler's, Ctrl-C) comes either before the commit or while the stage, marked, is
-    # still the call's: the except clause then keeps the marked buffer in _pending (its first
-    # call), and the next get of this handle delivers it before anything newer. A stage or
-    # buffer kept there is never used again for a get.
+    # (Ops.get) in the step that commits head; the hot paths clear the mark, put the stage
+    # back (not a call: `+=`) and return with no call in between (a signal handler runs only
+    # when a call returns, at a function's entry or at a backward jump), so an exception
+    # raised into a get (a handler's, Ctrl-C) comes either before the commit or while the
+    # stage, marked, is still the call's: the except clause then keeps the marked buffer in
+    # _pending (its first call), and the next get of this handle delivers it before anything
+    # newer. A stage or buffer kept there is never used again for a get; those in the pools
+    # are unmarked.
 
     def get(self, block: bool = True, timeout: Optional[float] = None) -> Any:
         """Take the next object. ``queue.Empty`` (also a TimeoutError) if none comes before
@@ -858,27 +860,41 @@ class Queue(Handle):
             rc = self._get_staged(stage[0], STAGE, t, KIND_PICKLE)
             if 0 <= rc <= _LEN:  # the hot path: a small object, staged (rc: its length)
                 obj = _loads(stage[1][:rc])
-                stages += (stage,)  # delivered: from here to the return, no call
+                stage[2][0] = 0  # delivered: from here to the return, no call
+                stages += (stage,)
                 return obj
             if rc >= 0 and rc >> 32 != KIND_BLOB:
                 obj = self._decode(stage[1], rc & _LEN, rc >> 32, False)
+                stage[2][0] = 0
                 stages += (stage,)
                 return obj
-            buf = self._take_slow(rc, t, start, stage) if rc < 0 else stage[1]
-        except BaseException as exc:
-            if stage[2][0]:
-                self._pending.append((stage[1], _MARKED))  # first: no call before it
-            self._held(stage, exc)
+            if rc >= 0:  # a large message: delivered through _pending (no call from here)
+                self._pending += ((stage[1], _MARKED),)
+        except BaseException as exc:  # the stage kept first: no call before it
+            self._held(stage, exc, stage[2][0] and _iadd(self._pending, ((stage[1], _MARKED),)))
             raise
-        # a large message (or one taken after a wait): delivered through _pending
-        if buf is not stage[1]:
-            stages += (stage,)
-        self._pending += ((buf, _MARKED),)
-        return self._many_from_pending(1, False)[0]
+        return self._get_rest(rc, t, start, stage, False)
 
-    def _held(self, stage: tuple[Any, Any, Any], exc: BaseException) -> None:
-        """After an exception in a get, the marked stage (if any) already kept in _pending:
-        the message's own error consumes it (raised once); else the stage goes back."""
+    def _get_rest(self, rc: int, t: float, start: Optional[float],
+                  stage: tuple[Any, Any, Any], as_bytes: bool) -> Any:
+        """The rest of a get whose first call returned ``rc``: ``rc >= 0``, the message the
+        stage holds is in _pending already; else take it (:meth:`_take_slow`) into
+        _pending. Then deliver it from there."""
+        if rc < 0:
+            try:
+                buf = self._take_slow(rc, t, start, stage)
+            except BaseException as exc:  # the stage kept first: no call before it
+                self._held(stage, exc, stage[2][0] and _iadd(self._pending, ((stage[1], _MARKED),)))
+                raise
+            if buf is not stage[1]:
+                self._stages += (stage,)
+            self._pending += ((buf, _MARKED),)
+        return self._many_from_pending(1, as_bytes)[0]
+
+    def _held(self, stage: tuple[Any, Any, Any], exc: BaseException, _kept: Any) -> None:
+        """After an exception in a get, the marked stage (if any) kept in _pending by the
+        evaluation of ``_kept`` (an argument, so that it comes before this call's entry): the
+        message's own error consumes it (raised once); else the stage goes back."""
         if stage[2][0]:
             if _interrupted(exc):
                 return
@@ -887,6 +903,7 @@ class Queue(Handle):
                 if pending[k][0] is stage[1]:
                     del pending[k]
                     break
+            stage[2][0] = 0
         self._stages.append(stage)
 
     def _take_slow(self, rc: int, t: float, start: Optional[float],
@@ -947,18 +964,15 @@ class Queue(Handle):
             rc = self._get_staged(stage[0], STAGE, t, KIND_BYTES)
             if 0 <= rc <= _LEN:  # the hot path: bytes, staged (rc: the length)
                 data = stage[1][:rc]
-                stages += (stage,)  # delivered: from here to the return, no call
+                stage[2][0] = 0  # delivered: from here to the return, no call
+                stages += (stage,)
                 return data  # type: ignore[no-any-return]
-            buf = self._take_slow(rc, t, start, stage) if rc < 0 else stage[1]
-        except BaseException as exc:
-            if stage[2][0]:
-                self._pending.append((stage[1], _MARKED))  # first: no call before it
-            self._held(stage, exc)
+            if rc >= 0:  # not bytes: delivered through _pending (no call from here)
+                self._pending += ((stage[1], _MARKED),)
+        except BaseException as exc:  # the stage kept first: no call before it
+            self._held(stage, exc, stage[2][0] and _iadd(self._pending, ((stage[1], _MARKED),)))
             raise
-        if buf is not stage[1]:
-            stages += (stage,)
-        self._pending += ((buf, _MARKED),)
-        return self._many_from_pending(1, True)[0]  # type: ignore[no-any-return]
+        return self._get_rest(rc, t, start, stage, True)  # type: ignore[no-any-return]
 
     def get_many(self, max_messages: int = 1024, timeout: Optional[float] = None, *,
                  block: bool = True) -> list[Any]:
@@ -984,6 +998,7 @@ class Queue(Handle):
         # counted busy as uses_handle does, but released with no call before the return
         calls = self._calls
         out: Any = None
+        batch: Any = None
         result: list[Any] = []
         calls.append(None)
         try:
@@ -1025,7 +1040,8 @@ class Queue(Handle):
             self._pending += (((out, batch, result), _BATCH),)
             del calls[-1]
             return self._many_from_pending(max_messages, False)
-        outs += (out,)  # delivered: from here to the return, no call
+        out[1][0] = 0  # delivered: from here to the return, no call
+        outs += (out,)
         del calls[-1]
         return result
 

@@ -102,8 +102,9 @@ class QueueOps(Protocol):
         queued; :meth:`last` says its length). Every get marks what it took: ``kind << 32 |
         length`` in the ``MARK`` bytes after the capacity (little-endian), stored in the
         step that commits head (C, or Python with no call in between), so that a caller into
-        which an exception is raised after the commit still finds the message. Every get
-        clears the mark first, whatever it returns: a mark read after a get is its own."""
+        which an exception is raised after the commit still finds the message; the caller
+        clears it as it delivers the message. Every get also clears it first, whatever it
+        returns."""
 
     def new_stage(self) -> tuple[Any, Any, Any]:
         """A staging buffer of ``STAGE`` (+ ``MARK``) bytes for the hot get: (what
