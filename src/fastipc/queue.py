@@ -1069,21 +1069,27 @@ class Queue(Handle):
         return kept
 
     def _many_from_pending(self, max_messages: int, as_bytes: bool) -> list[Any]:
-        """Up to ``max_messages`` of the messages kept in _pending, delivered in order.
-        Each is decoded in place and all are removed at once, with no call between that
-        removal and the return; a message's own error consumes it alone (raised once)."""
+        """Up to ``max_messages`` of the messages kept in _pending, delivered in order. This
+        call claims them at once (no other thread delivers them too), and puts them all back
+        in front, with no call before, if an exception cuts it short; a message's own error
+        consumes it alone (raised once; those before it stay)."""
         pending = self._pending
-        result: list[Any] = []
         k = 0
-        while k < len(pending) and k < max_messages:
-            item, kind = pending[k]
-            if kind in (_MARKED, _BATCH):
+        while k < len(pending) and k < max_messages:  # held buffers and batches: messages
+            if pending[k][1] in (_MARKED, _BATCH):
                 pending[k:k + 1] = self._unheld(k)  # one step
-                continue
-            try:
+            else:
+                k += 1
+        claimed = pending[:k]  # claimed: no call from here into the try
+        del pending[:k]
+        result: list[Any] = []
+        i = 0
+        try:
+            while i < len(claimed):
+                item, kind = claimed[i]
                 if kind == KIND_BLOB:  # its payload kept before its segment goes
                     buf, inner, path = self._read_blob(item)
-                    item, kind = pending[k] = (buf, inner)
+                    item, kind = claimed[i] = (buf, inner)
                     _unlink_quietly(path)
                 obj = item if kind == _DECODED else self._decode(item, len(item), kind, True)
                 if as_bytes and type(obj) is not bytes:
@@ -1092,13 +1098,17 @@ class Queue(Handle):
                     except TypeError:
                         raise TypeError(f"the message is a {type(obj).__name__}, not "
                                         f"bytes") from None
-            except BaseException as exc:
-                if not _interrupted(exc):
-                    del pending[k]  # consumed, raised once; those before it stay
-                raise
-            result.append(obj)
-            k += 1
-        del pending[:k]  # delivered: from here to the return, no call
+                result.append(obj)
+                i += 1
+        except BaseException as exc:
+            pending[0:0] = claimed  # first: no call before it
+            if not _interrupted(exc) and i < len(claimed):
+                failed = claimed[i]
+                for j, entry in enumerate(pending):  # consumed, raised once
+                    if entry is failed:
+                        del pending[j]
+                        break
+            raise
         return result
 
     # ---------------------------------------------------------------- awaitables
