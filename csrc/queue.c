@@ -893,6 +893,8 @@ static int64_t get_many(fipc_queue *q, char *dest, uint64_t cap, uint64_t *lens,
             got = spill_take(q, spill_w, dest, cap, &off, lens, kinds, got, max, &result);
         unlock(q, FIPC_Q_OFF_GET_LOCK);
         if (got) {
+            /* the mark: what this call took, beside it, before Python sees the call return */
+            memcpy(dest + cap, &got, sizeof got);
             notify(q, FIPC_Q_OFF_SPACE_SEQ, FIPC_Q_OFF_PUT_WAITING);
             return (int64_t)got;
         }
@@ -967,6 +969,7 @@ int fipc_queue_put_many(fipc_queue *q, const char *buf, const uint64_t *lens, ui
 int64_t fipc_queue_get_many(fipc_queue *q, char *dest, uint64_t cap, uint64_t *lens,
                             uint32_t *kinds, uint64_t max, double timeout)
 {
+    memset(dest + cap, 0, FIPC_Q_MARK); /* first: a mark seen after the call is this call's */
     int64_t rc = enter(q);
     if (rc == 0) {
         rc = get_many(q, dest, cap, lens, kinds, max, timeout);
@@ -983,6 +986,8 @@ int64_t fipc_queue_get(fipc_queue *q, char *dest, uint64_t cap, double timeout,
     int64_t rc = fipc_queue_get_many(q, dest, cap, &len, &kind, 1, timeout);
     if (rc != 1)
         return rc;
+    uint64_t mark = (uint64_t)kind << 32 | len;
+    memcpy(dest + cap, &mark, sizeof mark);
     return kind == want ? (int64_t)len : (int64_t)kind << 32 | (int64_t)len;
 }
 

@@ -41,6 +41,7 @@ enum {
     FIPC_Q_PATH_MAX = 288,         /* room for the spill files' path prefix */
     FIPC_Q_FRAME = 8,              /* frame header: u32 length, u32 kind */
     FIPC_Q_MIN_CAPACITY = 4096,
+    FIPC_Q_MARK = 8,               /* get: bytes after dest's cap for the mark (see below) */
     FIPC_Q_NEED = -1200            /* get: the next message does not fit the buffer given;
                                       its length is in last_len, it stays queued */
 };
@@ -92,14 +93,20 @@ int fipc_queue_put_ref(fipc_queue *q, const char *data, uint64_t len, uint32_t k
 /* Put count messages stored back to back in buf; *sent says how many went. */
 int fipc_queue_put_many(fipc_queue *q, const char *buf, const uint64_t *lens, uint64_t count,
                         uint32_t kind, double timeout, uint64_t *sent);
-/* Take the next message into dest (cap bytes): its length alone if its kind is `want`, else
+/* The mark (FIPC_Q_MARK bytes at dest + cap, so dest holds cap + FIPC_Q_MARK bytes): a get
+ * that took a message stores kind << 32 | length there, a get_many the count it took, in
+ * the call that commits head, so that a caller into which an exception is raised after the
+ * call knows what it holds (the caller clears it as it delivers the message). Every get also
+ * clears it first, whatever it then returns.
+ * Take the next message into dest (cap bytes): its length alone if its kind is `want`, else
  * kind << 32 | length (kinds are >= 1: always above any length; want 0 asks for the second
  * form always). One return value, so that the hot path reads no struct field and, for the
  * kind it expects, does no arithmetic. Or FIPC_Q_NEED (length in last_len; it stays
  * queued), -ETIMEDOUT, -EINTR, -EBADF, FIPC_CORRUPT. */
 int64_t fipc_queue_get(fipc_queue *q, char *dest, uint64_t cap, double timeout,
                        uint32_t want);
-/* Take up to max messages that fit in dest back to back (lengths and kinds filled in),
+/* Take up to max messages that fit in dest back to back (lengths and kinds filled in; the
+ * count stored in the mark at dest + cap),
  * waiting up to timeout for the first only: the count, or as fipc_queue_get. */
 int64_t fipc_queue_get_many(fipc_queue *q, char *dest, uint64_t cap, uint64_t *lens,
                             uint32_t *kinds, uint64_t max, double timeout);

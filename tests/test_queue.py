@@ -241,6 +241,22 @@ def test_put_many_mixes_small_objects_buffers_and_failures_in_order(q: Queue) ->
     assert q.empty()
 
 
+def test_put_many_puts_what_precedes_any_pickling_error(q: Queue) -> None:
+    """Whatever error pickling an object raises (PicklingError for a lambda, not only
+    TypeError), the objects before it are put, in order, and messages_put says how many."""
+    with pytest.raises((pickle.PicklingError, AttributeError)) as info:
+        q.put_many([1, lambda: 1, 3])
+    assert info.value.messages_put == 1  # type: ignore[attr-defined]
+    assert q.qsize() == 1 and q.get(timeout=1) == 1
+    with pytest.raises(TypeError) as error:
+        q.put_many([4, np.arange(3.0), 5, threading.Lock(), 6])
+    assert error.value.messages_put == 3  # type: ignore[attr-defined]
+    got = q.get_many(timeout=1)
+    assert got[0] == 4 and got[2] == 5 and len(got) == 3
+    np.testing.assert_array_equal(got[1], np.arange(3.0))
+    assert q.empty()
+
+
 @pytest.mark.parametrize("dtype", ["float64", "int8", "uint16", "complex64", "bool"])
 def test_numpy_arrays_out_of_band(q: Queue, dtype: str) -> None:
     arrays = [
@@ -460,20 +476,28 @@ def test_a_type_error_of_the_object_itself_reaches_the_caller(q: Queue) -> None:
 
 def test_hot_get_returns_the_length_alone_for_the_kind_it_expects(q: Queue) -> None:
     """The backend seam of the hot get (both backends): the length for the expected kind,
-    kind << 32 | length for another, and a stage whose slices are bytes."""
+    kind << 32 | length for another, and a stage whose slices are bytes; each get marks
+    what it took (kind << 32 | length) in the stage, until the caller clears it."""
     ops = q._ops
     get = ops.get_fn()
-    stage, out = ops.new_stage()
+    stage, out, mark = ops.new_stage()
     q.put_bytes(b"abc")
     q.put_bytes(b"defg")
     q.put((1, 2))
+    assert mark[0] == 0
     assert get(stage, layout.STAGE, 0.0, layout.KIND_BYTES) == 3
     assert out[:3] == b"abc" and type(out[:3]) is bytes
+    assert mark[0] == layout.KIND_BYTES << 32 | 3
+    mark[0] = 0
     assert get(stage, layout.STAGE, 0.0, layout.KIND_PICKLE) == layout.KIND_BYTES << 32 | 4
-    assert out[:4] == b"defg"
+    assert out[:4] == b"defg" and mark[0] == layout.KIND_BYTES << 32 | 4
+    mark[0] = 0
     n = get(stage, layout.STAGE, 0.0, layout.KIND_PICKLE)
     assert 0 < n <= 0xFFFFFFFF and pickle.loads(out[:n]) == (1, 2)
+    assert mark[0] == layout.KIND_PICKLE << 32 | n
+    mark[0] = 0
     assert get(stage, layout.STAGE, 0.0, layout.KIND_PICKLE) == -errno.ETIMEDOUT
+    assert mark[0] == 0
 
 
 # ---------------------------------------------------------------- life cycle

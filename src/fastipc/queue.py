@@ -30,15 +30,16 @@ import errno
 import fcntl
 import io
 import mmap
+import operator
 import os
 import pickle
 import queue as _stdqueue
 import re
+import signal
 import struct
 import time
 import uuid
 import weakref
-from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import partial
@@ -51,6 +52,7 @@ from fastipc._backend.queue import (
     KIND_BYTES,
     KIND_OOB,
     KIND_PICKLE,
+    MARK,
     NEED,
     STAGE,
     FormatFn,
@@ -89,6 +91,13 @@ _dumps = pickle.dumps
 _loads = pickle.loads
 _monotonic = time.monotonic
 _LEN = 0xFFFFFFFF  # a get returns kind << 32 | length
+# Entries of Queue._pending besides (payload, kind): what a get took and has not delivered
+_DECODED = -1  # (the object, _DECODED)
+_MARKED = -2  # (a buffer whose last MARK bytes are the mark of the get that took into it)
+_BATCH = -3  # ((out, batch, decoded), _BATCH): a get_many batch marked in out
+_iadd: Callable[[list[Any], Any], Any] = operator.iadd  # C: nothing runs before it is done
+_FAILED = object()
+_NO_MARK = bytes(MARK)  # in a batch's decoded list: the message that failed to decode (consumed)
 
 
 class Full(_stdqueue.Full, TimeoutError):
@@ -237,6 +246,39 @@ def _remember_buffered(cls: type) -> None:
     if len(_buffered) >= _BUFFERED_MAX:
         _buffered.clear()
     _buffered.add(cls)
+
+
+def _handler_codes() -> set[Any]:
+    codes = set()
+    for sig in signal.valid_signals():
+        try:
+            handler = signal.getsignal(sig)
+        except (OSError, ValueError):
+            continue
+        code = getattr(getattr(handler, "__func__", handler), "__code__", None)
+        if code is not None:
+            codes.add(code)
+    return codes
+
+
+def _interrupted(exc: BaseException) -> bool:
+    """Whether ``exc`` cut a get short from outside (so the message it took is kept): not an
+    Exception (KeyboardInterrupt, SystemExit...), or raised by a Python signal handler (its
+    frame is in the traceback). Other errors are the message's own (it fails to unpickle):
+    it is consumed and the error raised once."""
+    if not isinstance(exc, Exception):
+        return True
+    codes = _handler_codes()
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code in codes:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _mark_of(buf: Any) -> int:
+    return int.from_bytes(buf[len(buf) - MARK:len(buf)], "little")
 
 
 def _unlink_quietly(path: str) -> None:
@@ -415,12 +457,14 @@ class Queue(Handle):
         self._get_staged = self._ops.get_fn()
         # staging buffers and get_many's output buffers, one per concurrent call: a thread
         # pops one (list.pop and append are atomic) and puts it back when it is done
-        self._stages: list[tuple[Any, Any]] = []
-        self._outs: list[bytearray] = []
-        # messages taken from the ring but not returned yet: after one of a get_many batch
-        # failed to unpickle, the others wait here for the next get of this handle
-        # (decoded objects with kind -1, or raw payloads with their kind)
-        self._pending: deque[tuple[Any, int]] = deque()
+        self._stages: list[tuple[Any, Any, Any]] = []
+        self._outs: list[tuple[bytearray, Any]] = []
+        # messages taken from the queue but not delivered yet, for the next gets of this
+        # handle, in order: those of a get an exception cut short (what it held, marked by
+        # the backend as it took them), and those of a get_many batch after one failed to
+        # unpickle. Entries: (object, _DECODED), (payload, kind), (marked buffer, _MARKED),
+        # ((out, batch, decoded), _BATCH); see _deliver.
+        self._pending: list[tuple[Any, int]] = []
         self._blob_opener = partial(os.open, mode=mode)  # a C call: see _put_blob
         if self._owner:
             self._finalizer = weakref.finalize(self, _remove_queue, self._path)
@@ -461,9 +505,10 @@ class Queue(Handle):
             self._lock_fd = -1
         _open_queues.discard(self)
         while self._pending:  # kept messages no one will take: their segments go too
-            item, kind = self._pending.popleft()
-            if kind == KIND_BLOB:
-                _unlink_quietly(self._blob_path(item))
+            for item, kind in self._unheld(0):
+                if kind == KIND_BLOB:
+                    _unlink_quietly(self._blob_path(item))
+            del self._pending[0]
 
     def _closed_error(self) -> ValueError:
         return ValueError(f"Queue {self._name} is closed")
@@ -665,7 +710,9 @@ class Queue(Handle):
                  block: bool = True) -> None:
         """Put every object of ``objs``, in order, taking the producers' lock once per
         batch that fits. On timeout, ``queue.Full`` with ``messages_put``: how many went.
-        ``block=False``: what does not fit at once raises queue.Full (timeout ignored)."""
+        ``block=False``: what does not fit at once raises queue.Full (timeout ignored).
+        An object that cannot be pickled (or is too large) raises its error once the objects
+        before it are put, with ``messages_put`` too."""
         t = _timeout(block, timeout)
         deadline = Deadline(t)
         batch: list[bytes] = []
@@ -673,14 +720,19 @@ class Queue(Handle):
         add, hot = batch.append, self._hot_max
         try:
             for obj in objs:
-                data = _pickle_in_band(obj)
-                if data is not None and len(data) <= hot:
-                    add(data)
-                    continue
+                try:
+                    data = _pickle_in_band(obj)
+                    if data is not None and len(data) <= hot:
+                        add(data)
+                        continue
+                    parts, total, kind = (self._encode(obj) if data is None
+                                          else self._layout(data, []))
+                except Exception as exc:  # what came before goes first
+                    done += self._put_batch(batch, deadline)
+                    exc.messages_put = done  # type: ignore[attr-defined]
+                    raise
                 done += self._put_batch(batch, deadline)  # what came before goes first
                 batch.clear()
-                parts, total, kind = (self._encode(obj) if data is None
-                                      else self._layout(data, []))
                 self._put_parts(parts, total, kind, deadline.left())
                 done += 1
             done += self._put_batch(batch, deadline)
@@ -720,8 +772,6 @@ class Queue(Handle):
             return bytes(memoryview(buf)[:n])
         if kind == KIND_OOB:
             return self._decode_oob(buf if fresh else bytearray(memoryview(buf)[:n]), n)
-        if kind == KIND_BLOB:
-            return self._take_blob(bytes(memoryview(buf)[:n]))
         raise OSError(errno.EBADMSG, f"unknown message kind {kind}", self._name)
 
     def _decode_oob(self, buf: bytearray, n: int) -> Any:
@@ -760,11 +810,12 @@ class Queue(Handle):
         except OSError:
             return "/nonexistent"
 
-    def _take_blob(self, ref: bytes) -> Any:
+    def _read_blob(self, ref: Any) -> tuple[bytearray, int, str]:
+        """(payload, inner kind, path) of a message in its own segment, read (the segment
+        stays: see :meth:`_deliver`)."""
         total, kind, path = self._blob_ref(ref)
         fd = _open(path, 0)
         try:
-            _unlink_quietly(path)
             head = os.pread(fd, _BLOB_HEAD.size, 0)
             if (len(head) != _BLOB_HEAD.size or _BLOB_HEAD.unpack(head) != (_BLOB_MAGIC, total)
                     or os.fstat(fd).st_size != _BLOB_HEAD.size + total):
@@ -779,15 +830,28 @@ class Queue(Handle):
                 done += got
         finally:
             os.close(fd)
-        return self._decode(buf, total, kind, True)
+        return buf, kind, path
+
+    # A get that took a message holds it until it returns it. The backend marks what it took
+    # (Ops.get) in the step that commits head; the hot paths clear the mark, put the stage
+    # back (not a call: `+=`) and return with no call in between (a signal handler runs only
+    # when a call returns, at a function's entry or at a backward jump), so an exception
+    # raised into a get (a handler's, Ctrl-C) comes either before the commit or while the
+    # stage, marked, is still the call's: the except clause then keeps the marked buffer in
+    # _pending (its first call), and the next get of this handle delivers it before anything
+    # newer. A stage or buffer kept there is never used again for a get; those in the pools
+    # are unmarked.
 
     def get(self, block: bool = True, timeout: Optional[float] = None) -> Any:
         """Take the next object. ``queue.Empty`` (also a TimeoutError) if none comes before
-        the timeout (``block=False``: at once)."""
+        the timeout (``block=False``: at once). An exception raised into the call (a
+        signal handler's, Ctrl-C) loses nothing: what it took, the next get returns."""
         if self._closed:
             raise self._closed_error()
         if self._pending:
-            return self._from_pending()
+            got = self._many_from_pending(1, False)
+            if got:
+                return got[0]
         t = -1.0 if timeout is None and block else _timeout(block, timeout)
         start = _monotonic() if t > 0.0 else None
         stages = self._stages
@@ -795,19 +859,59 @@ class Queue(Handle):
         try:
             rc = self._get_staged(stage[0], STAGE, t, KIND_PICKLE)
             if 0 <= rc <= _LEN:  # the hot path: a small object, staged (rc: its length)
-                return _loads(stage[1][:rc])
-            if rc >= 0:
-                return self._decode(stage[1], rc & _LEN, rc >> 32, False)
-            buf, rc, fresh = self._take_slow(rc, t, start, stage)
-            return self._decode(buf, rc & _LEN, rc >> 32, fresh)
-        finally:
-            stages.append(stage)
+                obj = _loads(stage[1][:rc])
+                stage[2][0] = 0  # delivered: from here to the return, no call
+                stages += (stage,)
+                return obj
+            if rc >= 0 and rc >> 32 != KIND_BLOB:
+                obj = self._decode(stage[1], rc & _LEN, rc >> 32, False)
+                stage[2][0] = 0
+                stages += (stage,)
+                return obj
+            if rc >= 0:  # a large message: delivered through _pending (no call from here)
+                self._pending += ((stage[1], _MARKED),)
+        except BaseException as exc:  # the stage kept first: no call before it
+            self._held(stage, exc, stage[2][0] and _iadd(self._pending, ((stage[1], _MARKED),)))
+            raise
+        return self._get_rest(rc, t, start, stage, False)
+
+    def _get_rest(self, rc: int, t: float, start: Optional[float],
+                  stage: tuple[Any, Any, Any], as_bytes: bool) -> Any:
+        """The rest of a get whose first call returned ``rc``: ``rc >= 0``, the message the
+        stage holds is in _pending already; else take it (:meth:`_take_slow`) into
+        _pending. Then deliver it from there."""
+        if rc < 0:
+            try:
+                buf = self._take_slow(rc, t, start, stage)
+            except BaseException as exc:  # the stage kept first: no call before it
+                self._held(stage, exc, stage[2][0] and _iadd(self._pending, ((stage[1], _MARKED),)))
+                raise
+            if buf is not stage[1]:
+                self._stages += (stage,)
+            self._pending += ((buf, _MARKED),)
+        return self._many_from_pending(1, as_bytes)[0]
+
+    def _held(self, stage: tuple[Any, Any, Any], exc: BaseException, _kept: Any) -> None:
+        """After an exception in a get, the marked stage (if any) kept in _pending by the
+        evaluation of ``_kept`` (an argument, so that it comes before this call's entry): the
+        message's own error consumes it (raised once); else the stage goes back."""
+        if stage[2][0]:
+            if _interrupted(exc):
+                return
+            pending = self._pending
+            for k in range(len(pending) - 1, -1, -1):
+                if pending[k][0] is stage[1]:
+                    del pending[k]
+                    break
+            stage[2][0] = 0
+        self._stages.append(stage)
 
     def _take_slow(self, rc: int, t: float, start: Optional[float],
-                   stage: tuple[Any, Any]) -> tuple[Any, int, bool]:
+                   stage: tuple[Any, Any, Any]) -> Any:
         """After a first get that did not return a message in the staging buffer: a message
         larger than it goes into a new bytearray; EINTR retries, errors raise (timeout:
-        queue.Empty). Returns (buffer, kind << 32 | length, fresh)."""
+        queue.Empty). Returns the buffer the message is in, marked (the stage or a new
+        one; an exception raised after the new one was filled keeps it in _pending)."""
         ops = self._ops
         dest: Any = None
 
@@ -816,21 +920,26 @@ class Queue(Handle):
             rc = (self._get_staged(stage[0], STAGE, left, 0) if dest is None
                   else ops.get(dest, left))
             while rc == NEED:  # it did not fit: make room (another consumer may take it)
-                dest = _new_bytearray(ops.last()[0])
+                new = _new_bytearray(ops.last()[0] + MARK)  # not zero-filled: nor its mark
+                new[len(new) - MARK:] = _NO_MARK  # until the get clears it itself
+                dest = new
                 rc = ops.get(dest, left)
             return rc
 
         deadline = Deadline(t, start)
-        if rc == NEED:
-            rc = again(deadline.left())
         try:
-            rc = _core.retry(rc, again, deadline, self._name)
-        except TimeoutError:
-            raise Empty(errno.ETIMEDOUT, "the queue is empty") from None
-        except OSError:
-            self._check_open()  # closed by another thread during the call: ValueError
+            if rc == NEED:
+                rc = again(deadline.left())
+            _core.retry(rc, again, deadline, self._name)
+        except BaseException as exc:
+            if dest is not None and dest[len(dest) - MARK:] != _NO_MARK:
+                self._pending.append((dest, _MARKED))  # first: no call before it
+            if isinstance(exc, TimeoutError):
+                raise Empty(errno.ETIMEDOUT, "the queue is empty") from None
+            if isinstance(exc, OSError):
+                self._check_open()  # closed by another thread during the call: ValueError
             raise
-        return (stage[1], rc, False) if dest is None else (dest, rc, True)
+        return stage[1] if dest is None else dest
 
     def get_nowait(self) -> Any:
         """``get(block=False)``."""
@@ -839,33 +948,32 @@ class Queue(Handle):
     def get_bytes(self, timeout: Optional[float] = None, *, block: bool = True) -> bytes:
         """Take the next message as bytes (one put with ``put_bytes``, or an object that is
         a bytes-like object; anything else raises TypeError, the message is consumed).
-        ``block=False``: try once (timeout ignored)."""
+        ``block=False``: try once (timeout ignored). An exception raised into the call loses
+        nothing, as for :meth:`get`."""
         if self._closed:
             raise self._closed_error()
         if self._pending:
-            obj = self._from_pending()
-        else:
-            t = -1.0 if timeout is None and block else _timeout(block, timeout)
-            start = _monotonic() if t > 0.0 else None
-            stages = self._stages
-            stage = stages.pop() if stages else self._ops.new_stage()
-            try:
-                rc = self._get_staged(stage[0], STAGE, t, KIND_BYTES)
-                if 0 <= rc <= _LEN:  # the hot path: bytes, staged (rc: the length)
-                    return stage[1][:rc]  # type: ignore[no-any-return]
-                buf, rc, fresh = ((stage[1], rc, False) if rc >= 0
-                                  else self._take_slow(rc, t, start, stage))
-                obj = self._decode(buf, rc & _LEN, rc >> 32, fresh)
-            finally:
-                stages.append(stage)
-        if isinstance(obj, bytes):
-            return obj
+            got = self._many_from_pending(1, True)
+            if got:
+                return got[0]  # type: ignore[no-any-return]
+        t = -1.0 if timeout is None and block else _timeout(block, timeout)
+        start = _monotonic() if t > 0.0 else None
+        stages = self._stages
+        stage = stages.pop() if stages else self._ops.new_stage()
         try:
-            return bytes(byte_view(obj))
-        except TypeError:
-            raise TypeError(f"the message is a {type(obj).__name__}, not bytes") from None
+            rc = self._get_staged(stage[0], STAGE, t, KIND_BYTES)
+            if 0 <= rc <= _LEN:  # the hot path: bytes, staged (rc: the length)
+                data = stage[1][:rc]
+                stage[2][0] = 0  # delivered: from here to the return, no call
+                stages += (stage,)
+                return data  # type: ignore[no-any-return]
+            if rc >= 0:  # not bytes: delivered through _pending (no call from here)
+                self._pending += ((stage[1], _MARKED),)
+        except BaseException as exc:  # the stage kept first: no call before it
+            self._held(stage, exc, stage[2][0] and _iadd(self._pending, ((stage[1], _MARKED),)))
+            raise
+        return self._get_rest(rc, t, start, stage, True)  # type: ignore[no-any-return]
 
-    @uses_handle
     def get_many(self, max_messages: int = 1024, timeout: Optional[float] = None, *,
                  block: bool = True) -> list[Any]:
         """Take up to ``max_messages`` objects at once (at least one: waits for the first
@@ -874,60 +982,133 @@ class Queue(Handle):
 
         A message that fails to unpickle fails alone: its error is raised (once), and the
         other messages of the batch, those before it and after it, are kept in order by
-        this handle for its next gets (``qsize()`` counts them)."""
+        this handle for its next gets (``qsize()`` counts them). So is the whole batch when
+        an exception is raised into the call (a signal handler's, Ctrl-C)."""
         max_messages = check_int(max_messages, "max_messages", 1, 1 << 20)
         t = _timeout(block, timeout)
+        if self._closed:
+            raise self._closed_error()
         if self._pending:
-            return self._many_from_pending(max_messages)
+            got = self._many_from_pending(max_messages, False)
+            if got:
+                return got
         start = _monotonic() if t > 0.0 else None
         ops = self._ops
         outs = self._outs
-        out = outs.pop() if outs else bytearray(max(STAGE, min(1 << 20, self._capacity // 2)))
+        # counted busy as uses_handle does, but released with no call before the return
+        calls = self._calls
+        out: Any = None
+        batch: Any = None
+        result: list[Any] = []
+        calls.append(None)
         try:
-            n, lens, kinds = ops.get_many(out, max_messages, t)
+            out = outs.pop() if outs else self._new_out()
+            batch = ops.new_batch(max_messages)
+            if self._closed:
+                raise self._closed_error()
+            n = ops.get_many(out[0], batch, max_messages, t)
             if n <= 0:  # waiting was cut short, or the first message is large: take it alone
-                return [self.get(True, None if t < 0 else Deadline(t, start).left())]
-            view = memoryview(out)
-            result: list[Any] = []
+                obj = self.get(True, None if t < 0 else Deadline(t, start).left())
+                outs += (out,)
+                del calls[-1]
+                return [obj]
+            lens, kinds = ops.batch(batch, n)
+            view = memoryview(out[0])
             add = result.append
             pos = 0
-            for i, (length, kind) in enumerate(zip(lens, kinds)):
+            for length, kind in zip(lens, kinds):
+                if kind == KIND_BLOB:  # large messages: delivered through _pending
+                    break
                 end = pos + length
-                try:
-                    add(_loads(view[pos:end]) if kind == KIND_PICKLE
-                        else self._decode(view[pos:end], length, kind, False))
-                except BaseException:
-                    self._keep(result, view[end:], lens[i + 1:], kinds[i + 1:])
-                    raise
+                add(_loads(view[pos:end]) if kind == KIND_PICKLE
+                    else self._decode(view[pos:end], length, kind, False))
                 pos = end
-            return result
-        finally:
-            outs.append(out)
+        except BaseException as exc:
+            if out is not None and out[1][0]:
+                self._pending.append(((out, batch, result), _BATCH))  # first
+                if not _interrupted(exc):
+                    result.append(_FAILED)  # the message's own error: that one is consumed
+            elif out is not None:
+                outs.append(out)
+            calls.pop()
+            if self._closed and not calls:
+                self._free_once()
+            if isinstance(exc, (OSError, EOFError)) and self._closed:
+                raise self._closed_error() from None
+            raise
+        if len(result) < n:
+            self._pending += (((out, batch, result), _BATCH),)
+            del calls[-1]
+            return self._many_from_pending(max_messages, False)
+        out[1][0] = 0  # delivered: from here to the return, no call
+        outs += (out,)
+        del calls[-1]
+        return result
 
-    def _keep(self, done: list[Any], rest: memoryview, lens: list[int],
-              kinds: list[int]) -> None:
-        """After a message of a batch failed: keep the others (objects already decoded,
-        then the raw payloads after the failed one) for the next gets of this handle."""
-        kept: list[tuple[Any, int]] = [(obj, -1) for obj in done]
-        pos = 0
-        for length, kind in zip(lens, kinds):
-            kept.append((bytearray(rest[pos:pos + length]), kind))
+    def _new_out(self) -> tuple[bytearray, Any]:
+        out = bytearray(max(STAGE, min(1 << 20, self._capacity // 2)) + MARK)
+        return out, memoryview(out)[len(out) - MARK:].cast("Q")
+
+    def _unheld(self, k: int) -> list[tuple[Any, int]]:
+        """The entries that _pending[k] stands for: itself, or the messages of a marked
+        buffer or batch as (payload or object, kind)."""
+        item, kind = self._pending[k]
+        if kind == _MARKED:
+            mark = _mark_of(item)
+            return [(bytearray(item[:mark & _LEN]), mark >> 32)]
+        if kind != _BATCH:
+            return [(item, kind)]
+        out, batch, done = item
+        n = out[1][0]
+        lens, kinds = self._ops.batch(batch, n)
+        kept = [(obj, _DECODED) for obj in done if obj is not _FAILED]
+        pos = sum(lens[:len(done)])
+        for length, kind in zip(lens[len(done):], kinds[len(done):]):
+            kept.append((bytearray(out[0][pos:pos + length]), kind))
             pos += length
-        self._pending.extendleft(reversed(kept))
+        return kept
 
-    def _from_pending(self) -> Any:
-        """The next message kept by :meth:`_keep` (decoded now if it was not yet)."""
-        item, kind = self._pending.popleft()
-        return item if kind < 0 else self._decode(item, len(item), kind, True)
-
-    def _many_from_pending(self, max_messages: int) -> list[Any]:
+    def _many_from_pending(self, max_messages: int, as_bytes: bool) -> list[Any]:
+        """Up to ``max_messages`` of the messages kept in _pending, delivered in order. This
+        call claims them at once (no other thread delivers them too), and puts them all back
+        in front, with no call before, if an exception cuts it short; a message's own error
+        consumes it alone (raised once; those before it stay)."""
+        pending = self._pending
+        k = 0
+        while k < len(pending) and k < max_messages:  # held buffers and batches: messages
+            if pending[k][1] in (_MARKED, _BATCH):
+                pending[k:k + 1] = self._unheld(k)  # one step
+            else:
+                k += 1
+        claimed = pending[:k]  # claimed: no call from here into the try
+        del pending[:k]
         result: list[Any] = []
-        while self._pending and len(result) < max_messages:
-            try:
-                result.append(self._from_pending())
-            except BaseException:
-                self._pending.extendleft(reversed([(obj, -1) for obj in result]))
-                raise
+        i = 0
+        try:
+            while i < len(claimed):
+                item, kind = claimed[i]
+                if kind == KIND_BLOB:  # its payload kept before its segment goes
+                    buf, inner, path = self._read_blob(item)
+                    item, kind = claimed[i] = (buf, inner)
+                    _unlink_quietly(path)
+                obj = item if kind == _DECODED else self._decode(item, len(item), kind, True)
+                if as_bytes and type(obj) is not bytes:
+                    try:
+                        obj = bytes(byte_view(obj))
+                    except TypeError:
+                        raise TypeError(f"the message is a {type(obj).__name__}, not "
+                                        f"bytes") from None
+                result.append(obj)
+                i += 1
+        except BaseException as exc:
+            pending[0:0] = claimed  # first: no call before it
+            if not _interrupted(exc) and i < len(claimed):
+                failed = claimed[i]
+                for j, entry in enumerate(pending):  # consumed, raised once
+                    if entry is failed:
+                        del pending[j]
+                        break
+            raise
         return result
 
     # ---------------------------------------------------------------- awaitables
@@ -1001,19 +1182,32 @@ class Queue(Handle):
                               block: bool = True) -> bytes:
         """:meth:`get_bytes` on the running event loop, as :meth:`get_async`."""
         return await self._get_async(  # type: ignore[no-any-return]
-            lambda: self.get_bytes(0), _async_timeout(block, timeout))
+            lambda: self.get_bytes(0), _async_timeout(block, timeout), True)
 
-    async def _get_async(self, take: Callable[[], Any], timeout: Optional[float]) -> Any:
+    async def _get_async(self, take: Callable[[], Any], timeout: Optional[float],
+                         as_bytes: bool = False) -> Any:
+        """The attempt takes into _pending (what a get took stays there until delivered),
+        and the message is delivered from it after the await, with no await in between: a
+        cancellation, or an exception raised at any point, leaves it for the next get."""
         self._check_open()
         check_timeout(timeout)
+        pending = self._pending
 
         def attempt() -> Any:
+            if pending:
+                return True
             try:
-                return take()
+                obj = take()
             except Empty:
                 return _aio.NOT_READY
+            self._pending += ((obj, _DECODED),)
+            return True
 
-        return await self._awaited(attempt, -1, timeout)
+        while True:
+            await self._awaited(attempt, -1, timeout)
+            got = self._many_from_pending(1, as_bytes)
+            if got:
+                return got[0]
 
     async def _awaited(self, attempt: Callable[[], Any], room: int,
                        timeout: Optional[float]) -> Any:
@@ -1051,7 +1245,11 @@ class Queue(Handle):
     @uses_handle
     def qsize(self) -> int:
         """Messages queued now (a snapshot: others may change it at once)."""
-        return self._ops.count() + len(self._pending)
+        return self._ops.count() + (self._held_count() if self._pending else 0)
+
+    def _held_count(self) -> int:
+        return sum(1 if kind != _BATCH else item[0][1][0] - item[2].count(_FAILED)
+                   for item, kind in self._pending)
 
     def empty(self) -> bool:
         return self.qsize() == 0

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any, Callable, Protocol
 
 __all__ = [
-    "KIND_BLOB", "KIND_BYTES", "KIND_OOB", "KIND_PICKLE", "LAYOUT", "NEED", "FormatFn",
+    "KIND_BLOB", "KIND_BYTES", "KIND_OOB", "KIND_PICKLE", "LAYOUT", "MARK", "NEED", "FormatFn",
     "QueueOps",
 ]
 
@@ -46,6 +46,7 @@ PATH_MAX = 288
 FRAME = 8
 MIN_CAPACITY = 4096
 NEED = -1200
+MARK = 8  # a get's mark: bytes after the capacity of its destination (csrc/queue.h)
 
 # name in csrc/queue.h (FIPC_Q_<key>) -> value here; the layout test compares them
 LAYOUT = {
@@ -59,7 +60,7 @@ LAYOUT = {
     "OFF_SPILLING": OFF_SPILLING, "OFF_SPILL_W": OFF_SPILL_W, "OFF_SPILL_PUT": OFF_SPILL_PUT,
     "OFF_SPILL_R": OFF_SPILL_R, "OFF_SPILL_GOT": OFF_SPILL_GOT, "SPILL_HEAD": SPILL_HEAD,
     "SPILL_FILE": SPILL_FILE, "PATH_MAX": PATH_MAX,
-    "MIN_CAPACITY": MIN_CAPACITY, "NEED": NEED,
+    "MIN_CAPACITY": MIN_CAPACITY, "NEED": NEED, "MARK": MARK,
 }
 
 # ---- frame kinds (what the payload is; the public module encodes and decodes them)
@@ -96,13 +97,20 @@ class QueueOps(Protocol):
         """Put ``len(lens)`` messages stored back to back in ``blob``: (rc, how many went)."""
 
     def get(self, dest: Any, timeout: float) -> int:
-        """Take the next message into ``dest`` (a writable buffer): ``kind << 32 | length``,
-        or ``NEED`` when it does not fit (it stays queued; :meth:`last` says its length)."""
+        """Take the next message into ``dest`` (a writable buffer of its capacity plus
+        ``MARK`` bytes): ``kind << 32 | length``, or ``NEED`` when it does not fit (it stays
+        queued; :meth:`last` says its length). Every get marks what it took: ``kind << 32 |
+        length`` in the ``MARK`` bytes after the capacity (little-endian), stored in the
+        step that commits head (C, or Python with no call in between), so that a caller into
+        which an exception is raised after the commit still finds the message; the caller
+        clears it as it delivers the message. Every get also clears it first, whatever it
+        returns."""
 
-    def new_stage(self) -> tuple[Any, Any]:
-        """A staging buffer of ``STAGE`` bytes for the hot get: (what ``get_fn`` takes, a
-        buffer over the same bytes whose slices are ``bytes``: one copy out, no view in
-        between). One per concurrent get: a thread takes one from a pool."""
+    def new_stage(self) -> tuple[Any, Any, Any]:
+        """A staging buffer of ``STAGE`` (+ ``MARK``) bytes for the hot get: (what
+        ``get_fn`` takes, a buffer over the same bytes whose slices are ``bytes``: one copy
+        out, no view in between, the mark: ``mark[0]`` reads or clears it as one integer).
+        One per concurrent get: a thread takes one from a pool."""
 
     def put_fn(self) -> Callable[[bytes, int, int, float], int]:
         """The hot put: ``fn(data, len(data), kind, timeout)`` for a ``bytes`` message."""
@@ -112,10 +120,16 @@ class QueueOps(Protocol):
         as :meth:`get` returns, except that a message of kind ``want`` returns its length
         alone (kinds are >= 1, so ``kind << 32 | length`` is always larger)."""
 
-    def get_many(self, dest: Any, max_messages: int,
-                 timeout: float) -> tuple[int, list[int], list[int]]:
-        """Take up to ``max_messages`` that fit ``dest`` back to back: (count or rc,
-        lengths, kinds)."""
+    def new_batch(self, max_messages: int) -> Any:
+        """Where :meth:`get_many` writes the lengths and kinds of up to ``max_messages``."""
+
+    def batch(self, batch: Any, n: int) -> tuple[list[int], list[int]]:
+        """The lengths and kinds of the first ``n`` messages :meth:`get_many` wrote."""
+
+    def get_many(self, dest: Any, batch: Any, max_messages: int, timeout: float) -> int:
+        """Take up to ``max_messages`` that fit ``dest`` (its capacity: all but the last
+        ``MARK`` bytes) back to back, their lengths and kinds into ``batch``: the count or
+        rc. Marks the count taken as :meth:`get` marks its message."""
 
     def last(self) -> tuple[int, int]:
         """(length, kind) of the message the last get returned or needed room for."""

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from functools import partial
 from typing import Any, Callable
 
-from fastipc._backend.queue import STAGE, FormatFn, QueueOps
+from fastipc._backend.queue import MARK, STAGE, FormatFn, QueueOps
 from fastipc._core import check, ffi, lib
 
 __all__ = ["Ops", "format"]
@@ -61,9 +61,10 @@ class Ops:
     def get_fn(self) -> Callable[[Any, int, float, int], int]:
         return partial(_get, self._q)
 
-    def new_stage(self) -> tuple[Any, Any]:
-        stage = ffi.new("char[]", STAGE)
-        return stage, ffi.buffer(stage)
+    def new_stage(self) -> tuple[Any, Any, Any]:
+        stage = ffi.new("char[]", STAGE + MARK)
+        buf = ffi.buffer(stage)
+        return stage, buf, memoryview(buf)[STAGE:].cast("Q")  # a store costs less than cffi's
 
     def putv(self, parts: Sequence[Any], kind: int, timeout: float) -> int:
         bufs = [_from_buffer(p) for p in parts]  # kept alive until the call returns
@@ -80,18 +81,19 @@ class Ops:
 
     def get(self, dest: Any, timeout: float) -> int:
         buf = _from_buffer(dest, require_writable=True)
-        return int(_get(self._q, buf, len(buf), timeout, 0))
+        return int(_get(self._q, buf, len(buf) - MARK, timeout, 0))
 
-    def get_many(self, dest: Any, max_messages: int,
-                 timeout: float) -> tuple[int, list[int], list[int]]:
-        lens = ffi.new("uint64_t[]", max_messages)  # per call: threads may share this handle
-        kinds = ffi.new("uint32_t[]", max_messages)
+    def new_batch(self, max_messages: int) -> Any:
+        # per call: threads may share this handle
+        return ffi.new("uint64_t[]", max_messages), ffi.new("uint32_t[]", max_messages)
+
+    def batch(self, batch: Any, n: int) -> tuple[list[int], list[int]]:
+        return ffi.unpack(batch[0], n), ffi.unpack(batch[1], n)
+
+    def get_many(self, dest: Any, batch: Any, max_messages: int, timeout: float) -> int:
         buf = _from_buffer(dest, require_writable=True)
-        n = int(lib.fipc_queue_get_many(self._q, buf, len(buf), lens, kinds, max_messages,
-                                        timeout))
-        if n <= 0:
-            return n, [], []
-        return n, ffi.unpack(lens, n), ffi.unpack(kinds, n)
+        return int(lib.fipc_queue_get_many(self._q, buf, len(buf) - MARK, batch[0], batch[1],
+                                           max_messages, timeout))
 
     def last(self) -> tuple[int, int]:
         return int(self._q.last_len), int(self._q.last_kind)

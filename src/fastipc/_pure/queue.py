@@ -332,13 +332,15 @@ class Ops:
         return 1, head, spill_r, count
 
     def _spill_take(self, w: int, out: memoryview, off: int, lens: list[int],
-                    kinds: list[int], max_messages: int) -> int:
+                    kinds: list[int], max_messages: int, mark: Any, single: bool) -> int:
         """Under get_lock, the ring empty: take spilled frames up to the write cursor w into
-        out (from off), as the ring's; commit them. Returns an error only if none was
+        out (from off), as the ring's; commit them, each commit followed by the mark with no
+        call in between (see :meth:`_get_busy`). Returns an error only if none was
         taken."""
         w64 = self._w64
         r = w64[_SR]
         taken = 0
+        got = len(lens)
         rc = 0
         while len(lens) < max_messages and r != w:
             seq, at = r >> 32, r & 0xFFFFFFFF
@@ -365,6 +367,8 @@ class Ops:
                 r = ((seq + 1) & 0xFFFFFFFF) << 32
                 w64[_SGOT] = (w64[_SGOT] + taken) & 0xFFFFFFFFFFFFFFFF
                 w64[_SR] = r  # before the file goes
+                if taken:
+                    mark[0] = kinds[0] << 32 | lens[0] if single else got
                 taken = 0
                 self._spill_unlink(seq)
                 continue
@@ -387,10 +391,12 @@ class Ops:
             kinds.append(kind)
             off += n
             taken += 1
+            got += 1
             r = seq << 32 | (at + frame)
         if taken:
             w64[_SGOT] = (w64[_SGOT] + taken) & 0xFFFFFFFFFFFFFFFF
-            w64[_SR] = r  # the commit: one store
+            w64[_SR] = r  # the commit: one store, then the mark
+            mark[0] = kinds[0] << 32 | lens[0] if single else got
             if r == w:
                 self._spill_drained(r)
         return rc if not lens else 0
@@ -435,9 +441,9 @@ class Ops:
     def get_fn(self) -> Callable[[Any, int, float, int], int]:
         return self._get_hot
 
-    def new_stage(self) -> tuple[Any, Any]:
-        stage = mmap.mmap(-1, L.STAGE)  # anonymous: its slices are bytes
-        return stage, stage
+    def new_stage(self) -> tuple[Any, Any, Any]:
+        stage = mmap.mmap(-1, L.STAGE + L.MARK)  # anonymous: its slices are bytes
+        return stage, stage, memoryview(stage)[L.STAGE:].cast("Q")
 
     def putv(self, parts: Sequence[Any], kind: int, timeout: float) -> int:
         views = [byte_view(p) for p in parts]
@@ -568,38 +574,57 @@ class Ops:
         return self._get_hot(dest, 0, timeout, 0)
 
     def _get_hot(self, dest: Any, cap: int, timeout: float, want: int) -> int:
-        n, lens, kinds = self.get_many(dest, 1, timeout)
+        lens: list[int] = []
+        kinds: list[int] = []
+        n = self._get(dest, (lens, kinds), 1, timeout, True)
         if n != 1:
             return n
         return lens[0] if kinds[0] == want else kinds[0] << 32 | lens[0]
 
-    def get_many(self, dest: Any, max_messages: int,
-                 timeout: float) -> tuple[int, list[int], list[int]]:
+    def new_batch(self, max_messages: int) -> Any:
+        return [], []
+
+    def batch(self, batch: Any, n: int) -> tuple[list[int], list[int]]:
+        return batch[0][:n], batch[1][:n]
+
+    def get_many(self, dest: Any, batch: Any, max_messages: int, timeout: float) -> int:
+        return self._get(dest, batch, max_messages, timeout, False)
+
+    def _get(self, dest: Any, batch: Any, max_messages: int, timeout: float,
+             single: bool) -> int:
         busy = self._busy
         busy.append(None)
         try:
             if self._closed:
-                return -errno.EBADF, [], []
-            return self._get_busy(dest, max_messages, timeout)
+                return -errno.EBADF
+            return self._get_busy(dest, batch, max_messages, timeout, single)
         finally:
             busy.pop()
 
-    def _get_busy(self, dest: Any, max_messages: int,
-                  timeout: float) -> tuple[int, list[int], list[int]]:
+    def _get_busy(self, dest: Any, batch: Any, max_messages: int, timeout: float,
+                  single: bool) -> int:
+        """Take up to max_messages into dest (all but its last MARK bytes), their lengths
+        and kinds into batch. Every commit (the store of head or of the spill's read
+        cursor) is followed by the mark, with no call in between: an exception raised into
+        this thread (a signal handler's) runs only at a call's return, a function's entry
+        or a backward jump, so it comes before the commit or after the mark."""
         out = byte_view(dest)
-        cap = len(out)
+        cap = len(out) - L.MARK
+        mark = out[cap:cap + L.MARK].cast("Q")
+        mark[0] = 0  # a mark read after the call is this call's
+        out = out[:cap]
         deadline = Deadline(timeout)
         w64 = self._w64
+        lens, kinds = batch
         while True:
             if self._closed:
-                return -errno.EBADF, [], []
-            lens: list[int] = []
-            kinds: list[int] = []
+                return -errno.EBADF
+            del lens[:], kinds[:]
             result = 0
             try:
                 rc = self._lock(L.OFF_GET_LOCK, deadline)
                 if rc:
-                    return rc, [], []
+                    return rc
                 head, tail = w64[_H], w64[_T]
                 h, off = head, 0
                 spill_w = w64[_SW]
@@ -635,9 +660,12 @@ class Ops:
                     off += n
                     h = _advance(h, frame, 1)
                 if lens:
-                    w64[_H] = h  # the commit: one store
+                    got = kinds[0] << 32 | lens[0] if single else len(lens)
+                    w64[_H] = h  # the commit: one store, then the mark
+                    mark[0] = got
                 if ring_empty and spill_w != w64[_SR]:
-                    rc = self._spill_take(spill_w, out, off, lens, kinds, max_messages)
+                    rc = self._spill_take(spill_w, out, off, lens, kinds, max_messages, mark,
+                                          single)
                     if rc < 0:
                         result = rc
             finally:
@@ -645,12 +673,12 @@ class Ops:
             if lens:
                 self._last = (lens[-1], kinds[-1])
                 self._notify(L.OFF_SPACE_SEQ, L.OFF_PUT_WAITING)
-                return len(lens), lens, kinds
+                return len(lens)
             if result < 0:
-                return result, [], []
+                return result
             rc = self._wait(_T, tail, _SW, spill_w, L.OFF_DATA_SEQ, L.OFF_GET_WAITING, deadline)
             if rc:
-                return rc, [], []
+                return rc
 
     def last(self) -> tuple[int, int]:
         return self._last
