@@ -327,7 +327,6 @@ class JoinableQueue(_Dropin):
             raise
         if self._owner:
             self._tasks_finalizer = weakref.finalize(self, _unlink_quietly, path)
-        _joinable.add(self)
 
     # ---------------------------------------------------------------- life cycle
     def _disown(self) -> None:
@@ -337,15 +336,11 @@ class JoinableQueue(_Dropin):
             self._tasks_finalizer = None
 
     def _forked(self) -> None:
-        """In a child made by fork(): the joins counted busy were the parent's threads',
-        which the child does not have; left counted, they would keep close() from ever
-        freeing the mappings and descriptors. (A get or put of the parent's is the
-        queue's to forget: its own busy counts go with it.)"""
-        for _ in self._joins:
-            self._calls.pop()
+        """In a child made by fork(): besides what :meth:`Queue._forked` gives up (the
+        parent's calls in progress, its ownership), the joins in progress were the
+        parent's threads'."""
         self._joins.clear()
-        if self._closed and not self._calls:
-            self._free_once()
+        super()._forked()
 
     def _wake(self) -> None:
         super()._wake()
@@ -445,17 +440,6 @@ class JoinableQueue(_Dropin):
             return tasks.value()
         finally:
             self._leave()
-
-
-_joinable: weakref.WeakSet[JoinableQueue] = weakref.WeakSet()
-
-
-def _forget_the_parents_calls() -> None:
-    for q in list(_joinable):
-        q._forked()
-
-
-os.register_at_fork(after_in_child=_forget_the_parents_calls)
 
 
 class SimpleQueue(_Dropin):

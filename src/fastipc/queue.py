@@ -473,10 +473,13 @@ class Queue(Handle):
 
     # ---------------------------------------------------------------- life cycle
     def _forked(self) -> None:
-        """In a fork child: no call of the parent's other threads is in progress here."""
+        """In a fork child: no call of the parent's other threads is in progress here (so a
+        queue closed while one was, and not freed yet, is freed now)."""
         self._calls.clear()
         self._ops.forked()
         self._disown()
+        if self._closed:
+            self._free_once()
 
     def _disown(self) -> None:
         """In a fork child: the parent owns the name and the liveness lock, not us."""
