@@ -35,6 +35,7 @@ import ctypes
 import errno
 import glob
 import itertools
+import logging
 import multiprocessing as mp
 import os
 import pickle
@@ -50,13 +51,16 @@ import warnings
 import weakref
 from collections import deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures.process import (
+    BrokenProcessPool,
+    _RemoteTraceback,  # the standard pool's: a drop-in
+)
 from multiprocessing.connection import wait as _wait_ready
 from typing import Any, Callable, Literal, Optional
 
 from fastipc import shm
 from fastipc._core import check_int, check_timeout
-from fastipc.queue import Full, Queue
+from fastipc.queue import Full, Queue, _dumps_oob
 
 __all__ = ["BrokenProcessPool", "ProcessPoolExecutor", "WorkerDied"]
 
@@ -70,6 +74,8 @@ _RING_MIN = 1 << 20
 _BATCH = 256  # tasks a worker takes at once, results the collector takes at once
 _TARGET = 0.002  # seconds of queued work per worker the parent aims for
 _MAX_QUEUED = 256  # tasks queued to one worker at most
+_STILLBORN_MAX = 4  # (plus max_workers) workers in a row dead before a task: broken
+_LIMIT_MAX = float(1 << 31)  # seconds: a time limit this long or longer is none
 _SLOT = 1  # int64 words per worker slot: the number of the task it runs or last ran
 
 
@@ -101,19 +107,8 @@ class WorkerDied(RuntimeError):
         return (WorkerDied, (self.pid, self.exitcode, self.signal, self.task))
 
 
-class _RemoteTraceback(Exception):
-    """The worker's traceback of an exception, shown as its ``__cause__`` in the parent."""
-
-    def __init__(self, tb: str) -> None:
-        super().__init__(tb)
-        self.tb = tb
-
-    def __str__(self) -> str:
-        return self.tb
-
-
 def _rebuild_exc(exc: BaseException, tb: str) -> BaseException:
-    exc.__cause__ = _RemoteTraceback(tb)
+    exc.__cause__ = _RemoteTraceback(tb)  # type: ignore[arg-type]  # typeshed: it is a str
     return exc
 
 
@@ -127,6 +122,35 @@ class _Raised:
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_rebuild_exc, (self.exc, self.tb))
+
+
+class _Packed:
+    """An object pickled ahead of the queue (its buffers out of band all the same), and
+    unpickled by :meth:`load` where the error of one task's call or result can fail that
+    task alone: a worker loads a task's call after it wrote the task in its slot (so an
+    unpickling that kills it fails that task, instead of every worker it is handed to),
+    and the parent loads a result outside the queue (so a result that cannot be unpickled
+    fails its task, instead of the pool)."""
+
+    __slots__ = ("buffers", "data")
+
+    def __init__(self, data: bytes, buffers: list[Any]) -> None:
+        self.data = data
+        self.buffers = buffers
+
+    @classmethod
+    def of(cls, obj: Any) -> _Packed:
+        return cls(*_dumps_oob(obj))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_unpack_args, (self.data, *self.buffers))
+
+    def load(self) -> Any:
+        return pickle.loads(self.data, buffers=self.buffers)
+
+
+def _unpack_args(data: bytes, *buffers: Any) -> _Packed:
+    return _Packed(data, list(buffers))
 
 
 def _describe(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
@@ -198,6 +222,8 @@ def _worker(index: int, tasks: Queue, results: Queue, slots: shm.SharedMemory, p
         try:
             initializer(*initargs)
         except BaseException as exc:
+            logging.getLogger("concurrent.futures").critical(  # as the standard pool
+                "Exception in initializer:", exc_info=True)
             results.put(("init", index, _Raised(exc)))
             return
     words = slots.buf.cast("q")
@@ -212,14 +238,19 @@ def _serve(words: Any, slot: int, tasks: Queue, results: Queue) -> None:
     get_many, put = tasks.get_many, results.put
     perf = time.perf_counter
     setitimer, real = signal.setitimer, signal.ITIMER_REAL
+    pack = _Packed.of
     while True:
-        for msg in get_many(_BATCH):
+        batch = get_many(_BATCH)
+        batch.reverse()
+        while batch:
+            msg = batch.pop()
             if msg is None:
                 return
-            tid, fn, args, kwargs, limit = msg
+            tid, call, limit = msg
             words[slot] = tid
             t0 = perf()
             try:
+                fn, args, kwargs = call.load()
                 if limit:
                     setitimer(real, limit)
                     try:
@@ -228,14 +259,13 @@ def _serve(words: Any, slot: int, tasks: Queue, results: Queue) -> None:
                         setitimer(real, 0)
                 else:
                     value = fn(*args, **kwargs)
+                ok, out = True, pack(value)
             except BaseException as exc:
-                out: tuple[Any, ...] = (tid, False, _checked(exc), perf() - t0)
-            else:
-                out = (tid, True, value, perf() - t0)
-            try:
-                put(out)
-            except Exception as exc:  # the result cannot be pickled
-                put((tid, False, _checked(exc), out[3]))
+                ok, out = False, pack(_checked(exc))
+            # nothing of a task outlives it here (its arguments' finalizers run now)
+            msg = call = fn = args = kwargs = value = None
+            put((tid, ok, out, perf() - t0))
+            out = None  # type: ignore[assignment]
 
 
 def _checked(exc: BaseException) -> _Raised:
@@ -391,6 +421,7 @@ class ProcessPoolExecutor(cf.Executor):
         self._broken: Optional[str] = None
         self._started = False
         self._stopped = threading.Event()  # set once the collector has cleaned up
+        self._stillborn = 0  # workers in a row that died before they took a task (collector)
         self._avg = 0.0  # moving average of a task's run time in a worker (seconds)
         self._cap = 2  # tasks queued to one worker at most, from _avg
         self._collector: Optional[threading.Thread] = None
@@ -407,9 +438,11 @@ class ProcessPoolExecutor(cf.Executor):
     def _check_limit(limit: Optional[float]) -> float:
         if limit is None:
             return 0.0
-        t = check_timeout(limit)
-        if t <= 0:
+        t = check_timeout(limit)  # TypeError, ValueError for NaN and < 0; inf: -1
+        if t == 0:
             raise ValueError("a task time limit must be > 0 seconds")
+        if t < 0 or t >= _LIMIT_MAX:  # infinite, or beyond what an interval timer takes
+            return 0.0
         return max(t, 1e-6)
 
     # ---------------------------------------------------------------- submitting
@@ -489,15 +522,17 @@ class ProcessPoolExecutor(cf.Executor):
         def results() -> Iterator[Any]:
             try:
                 futures.reverse()
+                # no reference to a result (or its future) is kept once it was yielded
                 while futures:
-                    f = futures.pop()
                     left = None if end is None else max(0.0, end - time.monotonic())
-                    value = f.result(left)  # concurrent.futures.TimeoutError, as the stdlib
-                    if chained:
-                        yield from value
-                    else:
-                        yield value
-                    del f, value
+                    # concurrent.futures.TimeoutError, as the stdlib
+                    if not chained:
+                        yield futures.pop().result(left)
+                        continue
+                    chunk = futures.pop().result(left)
+                    chunk.reverse()
+                    while chunk:
+                        yield chunk.pop()
             finally:
                 for f in futures:
                     f.cancel()
@@ -535,7 +570,8 @@ class ProcessPoolExecutor(cf.Executor):
             work.worker = proc
             assigned[work.tid] = work
             try:
-                put((work.tid, work.fn, work.args, work.kwargs, work.limit), False)
+                put((work.tid, _Packed.of((work.fn, work.args, work.kwargs)), work.limit),
+                    False)
             except Full:
                 rest = works[i:]
             except Exception as exc:  # it cannot be pickled: it fails alone
@@ -680,44 +716,11 @@ class ProcessPoolExecutor(cf.Executor):
                 for i in range(self._max_workers):
                     self._replace(i, done)
                 self._fill()
+                done += self._take_late()
             self._settle(done)
-            while True:
-                done = []
-                msgs = get_many(_BATCH)
-                # results without the lock (submit records a task as its worker's before
-                # it puts it); the rest with it
-                others = []
-                works = self._works
-                avg = self._avg
-                for msg in msgs:
-                    tid = msg[0]
-                    if type(tid) is int:
-                        work = works.pop(tid, None)
-                        if work is None:
-                            continue
-                        del work.worker.assigned[tid]  # type: ignore[union-attr]
-                        avg += (msg[3] - avg) * 0.05
-                        done.append((work.future, msg[1], msg[2]))
-                    else:
-                        others.append(msg)
-                if done:
-                    self._avg = avg
-                    self._cap = (max(1, min(_MAX_QUEUED, int(_TARGET / avg)))
-                                 if avg > 0 else _MAX_QUEUED)
-                with self._lock:
-                    for msg in others:
-                        if msg[0] == "died":
-                            self._died(self._by_pid.pop(msg[1]), done)
-                        elif msg[0] == "init":
-                            self._break(f"a worker's initializer raised: {msg[2]!r}", done)
-                    if self._pending:
-                        self._fill()
-                    done += self._take_late()
-                    finished = (self._shutdown or self._broken) and not self._works
-                self._settle(done)
-                del msgs
-                if finished:
-                    break
+            del done[:]
+            while not self._handle(get_many(_BATCH), done):
+                pass
         except BaseException as exc:  # no future may wait for ever on a collector gone
             with self._lock:
                 self._break(f"the pool's collector thread failed: {exc!r}", done)
@@ -725,6 +728,54 @@ class ProcessPoolExecutor(cf.Executor):
             raise
         finally:
             self._finish()
+
+    def _handle(self, msgs: list[Any], done: list[tuple[cf.Future[Any], bool, Any]]) -> bool:
+        """The collector's work on a batch of messages; True once the pool is done. A
+        method of its own, so that nothing of a task (its result, its function) stays
+        referenced while the collector waits for the next batch; ``done`` is emptied."""
+        # results without the lock (submit records a task as its worker's before it puts
+        # it); the rest with it
+        others = []
+        works = self._works
+        avg = self._avg
+        for msg in msgs:
+            tid = msg[0]
+            if type(tid) is int:
+                work = works.pop(tid, None)
+                if work is None:
+                    continue
+                del work.worker.assigned[tid]  # type: ignore[union-attr]
+                avg += (msg[3] - avg) * 0.05
+                try:
+                    value = msg[2].load()
+                except BaseException as exc:  # it cannot be unpickled: its task fails
+                    if not isinstance(exc, Exception):  # SystemExit...: not the caller's
+                        why = RuntimeError(f"the result cannot be unpickled: {exc!r}")
+                        why.__cause__ = exc
+                        exc = why
+                    done.append((work.future, False, exc))
+                else:
+                    done.append((work.future, msg[1], value))
+            else:
+                others.append(msg)
+        if done:
+            self._stillborn = 0
+            self._avg = avg
+            self._cap = (max(1, min(_MAX_QUEUED, int(_TARGET / avg)))
+                         if avg > 0 else _MAX_QUEUED)
+        with self._lock:
+            for msg in others:
+                if msg[0] == "died":
+                    self._died(self._by_pid.pop(msg[1]), done)
+                elif msg[0] == "init":
+                    self._break(f"a worker's initializer raised: {msg[2]!r}", done)
+            if self._pending:
+                self._fill()
+            done += self._take_late()
+            finished = bool(self._shutdown or self._broken) and not self._works
+        self._settle(done)
+        del done[:]
+        return finished
 
     def _replace(self, index: int, done: list[tuple[cf.Future[Any], bool, Any]]) -> None:
         """Start the worker of slot ``index``; if that fails, the pool is broken (lock
@@ -740,6 +791,13 @@ class ProcessPoolExecutor(cf.Executor):
         code = proc.process.exitcode
         signum = -code if code is not None and code < 0 else None
         running = self._words[proc.index * _SLOT]
+        # workers that die before they take any of the tasks waiting for them (a broken
+        # environment, a start method that cannot import the program...) would be
+        # replaced for ever: after a few in a row with no result in between, the pool is
+        # broken (a result resets the count). SIGKILL comes from outside (kill -9, the
+        # OOM killer), not from the worker's own start: it does not count.
+        if proc.assigned and not running and signum != signal.SIGKILL:
+            self._stillborn += 1
         back = []
         for tid, work in proc.assigned.items():
             if self._terminated:
@@ -769,6 +827,11 @@ class ProcessPoolExecutor(cf.Executor):
         if self._procs[proc.index] is proc:
             self._procs[proc.index] = None
         if self._broken or self._terminated:
+            return
+        if self._stillborn >= _STILLBORN_MAX + self._max_workers:
+            how = (f"signal {signum}" if signum else f"exit status {code}")
+            self._break(f"{self._stillborn} worker processes in a row died before they "
+                        f"took a task (the last one: pid {proc.pid}, {how})", done)
             return
         if (not self._shutdown or self._works) and self._procs[proc.index] is None:
             self._replace(proc.index, done)
