@@ -673,3 +673,26 @@ def test_an_infinite_or_huge_time_limit_is_no_limit(backend: str, limit: float) 
     with ProcessPoolExecutor(1, task_timeout=limit, backend=backend) as ex:
         assert ex.submit(double, 2).result(10) == 4
         assert ex.submit_with_timeout(limit, double, 3).result(10) == 6
+
+
+def with_own_alarm_handler(seconds: float) -> str:
+    signal.signal(signal.SIGALRM, lambda *_: None)
+    time.sleep(seconds)
+    return "ran to its end"
+
+
+def alarm_is_default(_: object = None) -> bool:
+    return signal.getsignal(signal.SIGALRM) is signal.SIG_DFL
+
+
+@in_forked_child
+def test_a_task_with_a_sigalrm_handler_of_its_own_is_held_to_its_limit(backend: str) -> None:
+    with ProcessPoolExecutor(1, backend=backend) as ex:
+        t0 = time.monotonic()
+        with pytest.raises(TimeoutError, match="time limit"):
+            ex.submit_with_timeout(0.3, with_own_alarm_handler, 3).result(10)
+        assert time.monotonic() - t0 < 2.5
+        # a task without a limit that sets a handler leaves none for the next limited one
+        assert ex.submit(with_own_alarm_handler, 0).result(10) == "ran to its end"
+        assert ex.submit_with_timeout(5, alarm_is_default).result(10)
+        assert ex.submit(double, 2).result(10) == 4

@@ -76,7 +76,10 @@ _TARGET = 0.002  # seconds of queued work per worker the parent aims for
 _MAX_QUEUED = 256  # tasks queued to one worker at most
 _STILLBORN_MAX = 4  # (plus max_workers) workers in a row dead before a task: broken
 _LIMIT_MAX = float(1 << 31)  # seconds: a time limit this long or longer is none
-_SLOT = 1  # int64 words per worker slot: the number of the task it runs or last ran
+# int64 words per worker slot: the number of the task it runs or last ran, and the number
+# of the task its watchdog killed it for (over its time limit, SIGALRM not at its default)
+_SLOT = 2
+_GRACE = 0.05  # seconds past a time limit (plus a tenth of it) before the watchdog acts
 
 
 class WorkerDied(RuntimeError):
@@ -233,11 +236,49 @@ def _worker(index: int, tasks: Queue, results: Queue, slots: shm.SharedMemory, p
         words.release()
 
 
+class _Watchdog:
+    """A worker's second guard of time limits, for a task that keeps the interval timer's
+    SIGALRM from ending its worker (a handler of its own): a thread that, once a task is
+    past its limit and a grace, writes the task's number in the slot's second word and
+    ends the process with SIGKILL (the parent then fails the task with TimeoutError)."""
+
+    def __init__(self, words: Any, slot: int) -> None:
+        self.words = words
+        self.slot = slot
+        self.cond = threading.Condition()
+        self.tid = 0
+        self.end = 0.0
+        threading.Thread(target=self.run, name="fastipc-pool-watchdog", daemon=True).start()
+
+    def arm(self, tid: int, limit: float) -> None:
+        with self.cond:
+            self.tid = tid
+            self.end = time.monotonic() + limit * 1.1 + _GRACE
+            self.cond.notify()
+
+    def disarm(self) -> None:
+        self.tid = 0  # the watchdog checks it again before it acts
+
+    def run(self) -> None:
+        with self.cond:
+            while True:
+                left = self.end - time.monotonic()
+                if not self.tid:
+                    self.cond.wait()
+                elif left > 0:
+                    self.cond.wait(left)
+                else:
+                    self.words[self.slot + 1] = self.tid
+                    os.kill(os.getpid(), signal.SIGKILL)
+
+
 def _serve(words: Any, slot: int, tasks: Queue, results: Queue) -> None:
     """A worker's loop: take tasks, run them, put their results, until told to stop."""
     get_many, put = tasks.get_many, results.put
     perf = time.perf_counter
     setitimer, real = signal.setitimer, signal.ITIMER_REAL
+    getsignal, alrm, dfl = signal.getsignal, signal.SIGALRM, signal.SIG_DFL
+    watchdog: Optional[_Watchdog] = None
     pack = _Packed.of
     while True:
         batch = get_many(_BATCH)
@@ -252,11 +293,17 @@ def _serve(words: Any, slot: int, tasks: Queue, results: Queue) -> None:
             try:
                 fn, args, kwargs = call.load()
                 if limit:
+                    if getsignal(alrm) is not dfl:  # an earlier task set a handler
+                        signal.signal(alrm, dfl)
+                    if watchdog is None:
+                        watchdog = _Watchdog(words, slot)
+                    watchdog.arm(tid, limit)
                     setitimer(real, limit)
                     try:
                         value = fn(*args, **kwargs)
                     finally:
                         setitimer(real, 0)
+                        watchdog.disarm()
                 else:
                     value = fn(*args, **kwargs)
                 ok, out = True, pack(value)
@@ -659,7 +706,7 @@ class ProcessPoolExecutor(cf.Executor):
         if self._terminated:  # SIGTERM came while it was made
             _discard_queue(q)
             raise RuntimeError("the pool was terminated")
-        self._words[index * _SLOT] = 0
+        self._words[index * _SLOT] = self._words[index * _SLOT + 1] = 0
         process = self._ctx.Process(
             target=_worker, name=f"fastipc-pool-worker-{index}", daemon=True,
             args=(index, q, self._results, self._slots, os.getpid(), self._initializer,
@@ -791,6 +838,7 @@ class ProcessPoolExecutor(cf.Executor):
         code = proc.process.exitcode
         signum = -code if code is not None and code < 0 else None
         running = self._words[proc.index * _SLOT]
+        watchdog = running and self._words[proc.index * _SLOT + 1] == running
         # workers that die before they take any of the tasks waiting for them (a broken
         # environment, a start method that cannot import the program...) would be
         # replaced for ever: after a few in a row with no result in between, the pool is
@@ -807,7 +855,7 @@ class ProcessPoolExecutor(cf.Executor):
             elif tid == running:
                 self._works.pop(tid, None)
                 exc: BaseException
-                if signum == signal.SIGALRM and work.limit:
+                if work.limit and (signum == signal.SIGALRM or watchdog):
                     exc = TimeoutError(f"{_describe(work.fn, work.args, work.kwargs)} ran "
                                        f"over its time limit of {work.limit:g} s; its worker "
                                        f"process {proc.pid} was killed")
