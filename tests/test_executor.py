@@ -696,3 +696,32 @@ def test_a_task_with_a_sigalrm_handler_of_its_own_is_held_to_its_limit(backend: 
         assert ex.submit(with_own_alarm_handler, 0).result(10) == "ran to its end"
         assert ex.submit_with_timeout(5, alarm_is_default).result(10)
         assert ex.submit(double, 2).result(10) == 4
+
+
+def test_a_forked_child_leaves_its_parent_s_pool_alone(backend: str) -> None:
+    code = textwrap.dedent("""
+        import os, sys
+        from fastipc import ProcessPoolExecutor
+        ex = ProcessPoolExecutor(2, backend=sys.argv[1])
+        assert ex.submit(abs, -1).result(10) == 1
+        pid = os.fork()
+        if pid == 0:
+            try:
+                ex.submit(abs, -2)
+            except RuntimeError as exc:
+                assert "forked child" in str(exc), exc
+            else:
+                os._exit(3)
+            ex.shutdown()  # nothing to do in the child
+            with ProcessPoolExecutor(1, backend=sys.argv[1]) as own:
+                assert own.submit(abs, -4).result(10) == 4
+            sys.exit(0)  # a normal exit: its atexit must not wait on the parent's pool
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0, status
+        assert ex.submit(abs, -3).result(10) == 3
+        ex.shutdown()
+        print("ok")
+    """)
+    out = subprocess.run([sys.executable, "-c", code, backend], capture_output=True,
+                         text=True, timeout=30)
+    assert out.stdout.strip() == "ok", out.stderr

@@ -376,6 +376,8 @@ def _discard_queue(q: Queue) -> None:
 
 
 _live: weakref.WeakSet[ProcessPoolExecutor] = weakref.WeakSet()
+# a forked child's exit and SIGTERM must not touch its parent's pools
+os.register_at_fork(after_in_child=_live.clear)
 _sigterm_installed = False
 
 
@@ -467,6 +469,7 @@ class ProcessPoolExecutor(cf.Executor):
         self._late: list[tuple[cf.Future[Any], bool, Any]] = []  # to settle without the lock
         self._broken: Optional[str] = None
         self._started = False
+        self._pid = 0  # the process that started the pool: the only one that may use it
         self._stopped = threading.Event()  # set once the collector has cleaned up
         self._stillborn = 0  # workers in a row that died before they took a task (collector)
         self._avg = 0.0  # moving average of a task's run time in a worker (seconds)
@@ -507,6 +510,7 @@ class ProcessPoolExecutor(cf.Executor):
                 limit: float) -> cf.Future[Any]:
         if not callable(fn):
             raise TypeError(f"{type(fn).__name__!r} object is not callable")
+        self._check_owner()
         future: cf.Future[Any] = cf.Future()
         with self._lock:
             if self._broken:
@@ -525,6 +529,15 @@ class ProcessPoolExecutor(cf.Executor):
             late = self._take_late()
         self._settle(late)
         return future
+
+    def _check_owner(self) -> None:
+        """A forked child has a copy of its parent's pool, without its threads: it must
+        make a pool of its own (checked before the lock, which a parent's thread may have
+        held at the fork)."""
+        if self._started and self._pid != os.getpid():
+            raise RuntimeError(
+                f"this ProcessPoolExecutor belongs to process {self._pid}, of which this "
+                f"process ({os.getpid()}) is a forked child: make a pool of its own")
 
     def _take_late(self) -> list[tuple[cf.Future[Any], bool, Any]]:
         late, self._late = self._late, []
@@ -678,6 +691,7 @@ class ProcessPoolExecutor(cf.Executor):
             self._release()
             raise
         self._started = True
+        self._pid = os.getpid()
         _live.add(self)
         _install_sigterm()
         self._collector = threading.Thread(target=self._collect, name="fastipc-pool-collector",
@@ -948,7 +962,10 @@ class ProcessPoolExecutor(cf.Executor):
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """No new tasks; ``cancel_futures=True`` cancels those not handed to a worker yet;
         ``wait=True`` returns once every task is done and every worker has exited (a
-        KeyboardInterrupt while waiting ends the workers at once)."""
+        KeyboardInterrupt while waiting ends the workers at once). In a forked child, a
+        parent's pool is left alone (nothing to do)."""
+        if self._started and self._pid != os.getpid():
+            return
         with self._lock:
             self._shutdown = True
             cancelled = []
