@@ -127,33 +127,19 @@ class _Raised:
         return (_rebuild_exc, (self.exc, self.tb))
 
 
-class _Packed:
-    """An object pickled ahead of the queue (its buffers out of band all the same), and
-    unpickled by :meth:`load` where the error of one task's call or result can fail that
-    task alone: a worker loads a task's call after it wrote the task in its slot (so an
-    unpickling that kills it fails that task, instead of every worker it is handed to),
-    and the parent loads a result outside the queue (so a result that cannot be unpickled
-    fails its task, instead of the pool)."""
-
-    __slots__ = ("buffers", "data")
-
-    def __init__(self, data: bytes, buffers: list[Any]) -> None:
-        self.data = data
-        self.buffers = buffers
-
-    @classmethod
-    def of(cls, obj: Any) -> _Packed:
-        return cls(*_dumps_oob(obj))
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_unpack_args, (self.data, *self.buffers))
-
-    def load(self) -> Any:
-        return pickle.loads(self.data, buffers=self.buffers)
+def _pack(obj: Any) -> tuple[bytes, tuple[Any, ...]]:
+    """``obj`` pickled ahead of the queue (its buffers travel out of band all the same), to
+    be unpickled by :func:`_unpack` where an error fails one task alone: a worker unpickles
+    a task's call after it wrote the task in its slot (so an unpickling that kills it fails
+    that task, instead of every worker it is handed to), and the parent unpickles a result
+    outside the queue (so a result that cannot be unpickled fails its task, not the pool).
+    A plain tuple: the queue pickles it at C speed."""
+    data, buffers = _dumps_oob(obj)
+    return data, tuple(buffers)
 
 
-def _unpack_args(data: bytes, *buffers: Any) -> _Packed:
-    return _Packed(data, list(buffers))
+def _unpack(packed: tuple[bytes, tuple[Any, ...]]) -> Any:
+    return pickle.loads(packed[0], buffers=packed[1])
 
 
 def _describe(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
@@ -279,7 +265,7 @@ def _serve(words: Any, slot: int, tasks: Queue, results: Queue) -> None:
     setitimer, real = signal.setitimer, signal.ITIMER_REAL
     getsignal, alrm, dfl = signal.getsignal, signal.SIGALRM, signal.SIG_DFL
     watchdog: Optional[_Watchdog] = None
-    pack = _Packed.of
+    pack = _pack
     while True:
         batch = get_many(_BATCH)
         batch.reverse()
@@ -291,7 +277,7 @@ def _serve(words: Any, slot: int, tasks: Queue, results: Queue) -> None:
             words[slot] = tid
             t0 = perf()
             try:
-                fn, args, kwargs = call.load()
+                fn, args, kwargs = _unpack(call)
                 if limit:
                     if getsignal(alrm) is not dfl:  # an earlier task set a handler
                         signal.signal(alrm, dfl)
@@ -630,7 +616,7 @@ class ProcessPoolExecutor(cf.Executor):
             work.worker = proc
             assigned[work.tid] = work
             try:
-                put((work.tid, _Packed.of((work.fn, work.args, work.kwargs)), work.limit),
+                put((work.tid, _pack((work.fn, work.args, work.kwargs)), work.limit),
                     False)
             except Full:
                 rest = works[i:]
@@ -808,7 +794,7 @@ class ProcessPoolExecutor(cf.Executor):
                 del work.worker.assigned[tid]  # type: ignore[union-attr]
                 avg += (msg[3] - avg) * 0.05
                 try:
-                    value = msg[2].load()
+                    value = _unpack(msg[2])
                 except BaseException as exc:  # it cannot be unpickled: its task fails
                     if not isinstance(exc, Exception):  # SystemExit...: not the caller's
                         why = RuntimeError(f"the result cannot be unpickled: {exc!r}")
