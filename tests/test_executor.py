@@ -725,3 +725,24 @@ def test_a_forked_child_leaves_its_parent_s_pool_alone(backend: str) -> None:
     out = subprocess.run([sys.executable, "-c", code, backend], capture_output=True,
                          text=True, timeout=30)
     assert out.stdout.strip() == "ok", out.stderr
+
+
+def _has_cpython_tests() -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("test.test_concurrent_futures") is not None
+    except ImportError:
+        return False
+
+
+@pytest.mark.skipif(not _has_cpython_tests(), reason="this Python has no single-file "
+                    "test.test_concurrent_futures (CPython 3.8-3.11's test package)")
+def test_cpython_process_pool_tests(backend: str) -> None:
+    """CPython's own tests of its process pool that fit fastipc's (tests/cpython_executor.py)."""
+    env = dict(os.environ, FASTIPC_BACKEND=backend)
+    here = Path(__file__).parent
+    out = subprocess.run([sys.executable, str(here / "cpython_executor.py")], env=env,
+                         cwd=here, capture_output=True, text=True, timeout=100)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert ": ran 19, failures 0, errors 0, skipped 0" in out.stdout
