@@ -483,7 +483,266 @@ def test_shutdown_from_a_done_callback_does_not_hang(backend: str) -> None:
     ex = ProcessPoolExecutor(1, backend=backend)
     ended = threading.Event()
     f = ex.submit(double, 1)
-    f.add_done_callback(lambda _: (ex.shutdown(wait=True), ended.set()))
+
+    def end(_: cf.Future[int]) -> None:
+        ex.shutdown(wait=True)
+        ended.set()
+
+    f.add_done_callback(end)
     assert f.result(10) == 2
     assert ended.wait(10)
     ex.shutdown(wait=True)
+
+
+# ---------------------------------------------------------------------------- hostile tasks
+
+
+def _exit_3() -> None:
+    os._exit(3)
+
+
+def _raise_value_error() -> None:
+    raise ValueError("cannot be unpickled")
+
+
+class ExitAtUnpickle:
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_exit_3, ())
+
+
+class ErrorAtUnpickle:
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_raise_value_error, ())
+
+
+def _system_exit() -> None:
+    raise SystemExit(1)
+
+
+class ExitAtUnpickleInTheParent:
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_system_exit, ())
+
+
+class ErrorAtPickle:
+    def __reduce__(self) -> tuple[object, ...]:
+        raise TypeError("cannot be pickled")
+
+
+def identity(x: object) -> object:
+    return x
+
+
+def make(cls: type) -> object:
+    return cls()
+
+
+@in_forked_child
+def test_a_task_whose_unpickling_kills_or_raises_in_its_worker_fails_alone(backend: str) -> None:
+    with ProcessPoolExecutor(2, backend=backend) as ex:
+        dies = ex.submit(identity, ExitAtUnpickle())
+        raises = ex.submit(identity, ErrorAtUnpickle())
+        with pytest.raises(WorkerDied) as info:
+            dies.result(10)
+        assert info.value.exitcode == 3
+        with pytest.raises(ValueError, match="cannot be unpickled"):
+            raises.result(10)
+        assert list(ex.map(double, range(20))) == [2 * i for i in range(20)]
+
+
+@in_forked_child
+def test_a_result_that_cannot_be_unpickled_in_the_parent_fails_alone(backend: str) -> None:
+    with ProcessPoolExecutor(2, backend=backend) as ex:
+        bad = ex.submit(make, ErrorAtUnpickle)
+        with pytest.raises(ValueError, match="cannot be unpickled"):
+            bad.result(10)
+        with pytest.raises(RuntimeError, match="cannot be unpickled: SystemExit"):
+            ex.submit(make, ExitAtUnpickleInTheParent).result(10)
+        assert ex.submit(double, 4).result(10) == 8
+
+
+@in_forked_child
+def test_a_task_that_cannot_be_pickled_fails_at_once_on_a_new_pool(backend: str) -> None:
+    with ProcessPoolExecutor(2, backend=backend) as ex, \
+            pytest.raises(TypeError, match="cannot be pickled"):
+        ex.submit(identity, ErrorAtPickle()).result(10)
+
+
+@in_forked_child
+def test_workers_that_die_before_any_task_break_the_pool(backend: str) -> None:
+    with ProcessPoolExecutor(2, initializer=_exit_3, backend=backend) as ex:
+        f = ex.submit(double, 1)
+        with pytest.raises(BrokenProcessPool, match="before they took a task"):
+            f.result(20)
+        with pytest.raises(BrokenProcessPool):
+            ex.submit(double, 1)
+
+
+def test_a_task_that_kills_its_worker_every_time_fails_each_time(backend: str) -> None:
+    with ProcessPoolExecutor(2, backend=backend) as ex:
+        futures = [ex.submit(kill_self, i) for i in range(12)]
+        for f in futures:
+            with pytest.raises(WorkerDied):
+                f.result(20)
+        assert ex.submit(double, 3).result(20) == 6
+
+
+class Finalized:
+    """Writes a byte to a pipe when it is collected."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def __del__(self) -> None:
+        os.write(self.fd, b"x")
+
+
+def touch(obj: object) -> int:
+    return 1
+
+
+class Big:
+    pass
+
+
+def make_big(_: int) -> Big:
+    return Big()
+
+
+def test_no_task_s_objects_outlive_it(backend: str) -> None:
+    import gc
+    import weakref
+
+    r, w = os.pipe()
+    try:
+        with ProcessPoolExecutor(1, backend=backend) as ex:
+            # in the worker: a task's arguments are freed once it is done
+            assert ex.submit(touch, Finalized(w)).result(10) == 1
+            ready, _, _ = select_readable(r, 5)
+            assert ready, "the worker kept the task's argument"
+            # in the parent: a result, and the task's function, are not kept by the pool
+            for obj in ex.map(make_big, range(3)):
+                ref = weakref.ref(obj)
+                del obj
+                gc.collect()
+                assert ref() is None, "the pool kept a result"
+            bound = Big()
+            ref = weakref.ref(bound)
+            assert ex.submit(touch, 0).result(10) == 1
+            f = ex.submit(identity, bound)
+            f.result(10)
+            del bound, f
+            gc.collect()
+            assert ref() is None, "the pool kept a task's argument"
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def select_readable(fd: int, timeout: float) -> tuple[list[int], list[int], list[int]]:
+    import select
+
+    return select.select([fd], [], [], timeout)
+
+
+def log_to_then_fail(path: str) -> None:
+    import logging
+
+    logging.getLogger("concurrent.futures").addHandler(logging.FileHandler(path))
+    raise RuntimeError("no init")
+
+
+def test_a_task_s_traceback_and_a_failing_initializer_s_log_as_the_standard_pool(
+        backend: str, tmp_path: Path) -> None:
+    import concurrent.futures.process as cfp
+
+    with ProcessPoolExecutor(1, backend=backend) as ex:
+        exc = ex.submit(fail, 1).exception(10)
+    assert exc is not None and type(exc.__cause__) is cfp._RemoteTraceback
+    assert "fail" in exc.__cause__.tb
+    log = tmp_path / "log"
+    with ProcessPoolExecutor(1, initializer=log_to_then_fail, initargs=(str(log),),
+                             backend=backend) as ex, pytest.raises(BrokenProcessPool):
+        ex.submit(double, 1).result(10)
+    assert "Exception in initializer:" in log.read_text()
+    assert "RuntimeError: no init" in log.read_text()
+
+
+@pytest.mark.parametrize("limit", [float("inf"), 1e300, 1 << 70])
+def test_an_infinite_or_huge_time_limit_is_no_limit(backend: str, limit: float) -> None:
+    with ProcessPoolExecutor(1, task_timeout=limit, backend=backend) as ex:
+        assert ex.submit(double, 2).result(10) == 4
+        assert ex.submit_with_timeout(limit, double, 3).result(10) == 6
+
+
+def with_own_alarm_handler(seconds: float) -> str:
+    signal.signal(signal.SIGALRM, lambda *_: None)
+    time.sleep(seconds)
+    return "ran to its end"
+
+
+def alarm_is_default(_: object = None) -> bool:
+    return signal.getsignal(signal.SIGALRM) is signal.SIG_DFL
+
+
+@in_forked_child
+def test_a_task_with_a_sigalrm_handler_of_its_own_is_held_to_its_limit(backend: str) -> None:
+    with ProcessPoolExecutor(1, backend=backend) as ex:
+        t0 = time.monotonic()
+        with pytest.raises(TimeoutError, match="time limit"):
+            ex.submit_with_timeout(0.3, with_own_alarm_handler, 3).result(10)
+        assert time.monotonic() - t0 < 2.5
+        # a task without a limit that sets a handler leaves none for the next limited one
+        assert ex.submit(with_own_alarm_handler, 0).result(10) == "ran to its end"
+        assert ex.submit_with_timeout(5, alarm_is_default).result(10)
+        assert ex.submit(double, 2).result(10) == 4
+
+
+def test_a_forked_child_leaves_its_parent_s_pool_alone(backend: str) -> None:
+    code = textwrap.dedent("""
+        import os, sys
+        from fastipc import ProcessPoolExecutor
+        ex = ProcessPoolExecutor(2, backend=sys.argv[1])
+        assert ex.submit(abs, -1).result(10) == 1
+        pid = os.fork()
+        if pid == 0:
+            try:
+                ex.submit(abs, -2)
+            except RuntimeError as exc:
+                assert "forked child" in str(exc), exc
+            else:
+                os._exit(3)
+            ex.shutdown()  # nothing to do in the child
+            with ProcessPoolExecutor(1, backend=sys.argv[1]) as own:
+                assert own.submit(abs, -4).result(10) == 4
+            sys.exit(0)  # a normal exit: its atexit must not wait on the parent's pool
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0, status
+        assert ex.submit(abs, -3).result(10) == 3
+        ex.shutdown()
+        print("ok")
+    """)
+    out = subprocess.run([sys.executable, "-c", code, backend], capture_output=True,
+                         text=True, timeout=30)
+    assert out.stdout.strip() == "ok", out.stderr
+
+
+def _has_cpython_tests() -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("test.test_concurrent_futures") is not None
+    except ImportError:
+        return False
+
+
+@pytest.mark.skipif(not _has_cpython_tests(), reason="this Python has no single-file "
+                    "test.test_concurrent_futures (CPython 3.8-3.11's test package)")
+def test_cpython_process_pool_tests(backend: str) -> None:
+    """CPython's own tests of its process pool that fit fastipc's (tests/cpython_executor.py)."""
+    env = dict(os.environ, FASTIPC_BACKEND=backend)
+    here = Path(__file__).parent
+    out = subprocess.run([sys.executable, str(here / "cpython_executor.py")], env=env,
+                         cwd=here, capture_output=True, text=True, timeout=100)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert ": ran 19, failures 0, errors 0, skipped 0" in out.stdout

@@ -35,6 +35,7 @@ import ctypes
 import errno
 import glob
 import itertools
+import logging
 import multiprocessing as mp
 import os
 import pickle
@@ -50,13 +51,16 @@ import warnings
 import weakref
 from collections import deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures.process import (
+    BrokenProcessPool,
+    _RemoteTraceback,  # the standard pool's: a drop-in
+)
 from multiprocessing.connection import wait as _wait_ready
 from typing import Any, Callable, Literal, Optional
 
 from fastipc import shm
 from fastipc._core import check_int, check_timeout
-from fastipc.queue import Full, Queue
+from fastipc.queue import Full, Queue, _dumps_oob
 
 __all__ = ["BrokenProcessPool", "ProcessPoolExecutor", "WorkerDied"]
 
@@ -70,7 +74,12 @@ _RING_MIN = 1 << 20
 _BATCH = 256  # tasks a worker takes at once, results the collector takes at once
 _TARGET = 0.002  # seconds of queued work per worker the parent aims for
 _MAX_QUEUED = 256  # tasks queued to one worker at most
-_SLOT = 1  # int64 words per worker slot: the number of the task it runs or last ran
+_STILLBORN_MAX = 4  # (plus max_workers) workers in a row dead before a task: broken
+_LIMIT_MAX = float(1 << 31)  # seconds: a time limit this long or longer is none
+# int64 words per worker slot: the number of the task it runs or last ran, and the number
+# of the task its watchdog killed it for (over its time limit, SIGALRM not at its default)
+_SLOT = 2
+_GRACE = 0.05  # seconds past a time limit (plus a tenth of it) before the watchdog acts
 
 
 class WorkerDied(RuntimeError):
@@ -101,19 +110,8 @@ class WorkerDied(RuntimeError):
         return (WorkerDied, (self.pid, self.exitcode, self.signal, self.task))
 
 
-class _RemoteTraceback(Exception):
-    """The worker's traceback of an exception, shown as its ``__cause__`` in the parent."""
-
-    def __init__(self, tb: str) -> None:
-        super().__init__(tb)
-        self.tb = tb
-
-    def __str__(self) -> str:
-        return self.tb
-
-
 def _rebuild_exc(exc: BaseException, tb: str) -> BaseException:
-    exc.__cause__ = _RemoteTraceback(tb)
+    exc.__cause__ = _RemoteTraceback(tb)  # type: ignore[arg-type]  # typeshed: it is a str
     return exc
 
 
@@ -127,6 +125,21 @@ class _Raised:
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_rebuild_exc, (self.exc, self.tb))
+
+
+def _pack(obj: Any) -> tuple[bytes, tuple[Any, ...]]:
+    """``obj`` pickled ahead of the queue (its buffers travel out of band all the same), to
+    be unpickled by :func:`_unpack` where an error fails one task alone: a worker unpickles
+    a task's call after it wrote the task in its slot (so an unpickling that kills it fails
+    that task, instead of every worker it is handed to), and the parent unpickles a result
+    outside the queue (so a result that cannot be unpickled fails its task, not the pool).
+    A plain tuple: the queue pickles it at C speed."""
+    data, buffers = _dumps_oob(obj)
+    return data, tuple(buffers)
+
+
+def _unpack(packed: tuple[bytes, tuple[Any, ...]]) -> Any:
+    return pickle.loads(packed[0], buffers=packed[1])
 
 
 def _describe(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
@@ -198,6 +211,8 @@ def _worker(index: int, tasks: Queue, results: Queue, slots: shm.SharedMemory, p
         try:
             initializer(*initargs)
         except BaseException as exc:
+            logging.getLogger("concurrent.futures").critical(  # as the standard pool
+                "Exception in initializer:", exc_info=True)
             results.put(("init", index, _Raised(exc)))
             return
     words = slots.buf.cast("q")
@@ -207,35 +222,83 @@ def _worker(index: int, tasks: Queue, results: Queue, slots: shm.SharedMemory, p
         words.release()
 
 
+class _Watchdog:
+    """A worker's second guard of time limits, for a task that keeps the interval timer's
+    SIGALRM from ending its worker (a handler of its own): a thread that, once a task is
+    past its limit and a grace, writes the task's number in the slot's second word and
+    ends the process with SIGKILL (the parent then fails the task with TimeoutError)."""
+
+    def __init__(self, words: Any, slot: int) -> None:
+        self.words = words
+        self.slot = slot
+        self.cond = threading.Condition()
+        self.tid = 0
+        self.end = 0.0
+        threading.Thread(target=self.run, name="fastipc-pool-watchdog", daemon=True).start()
+
+    def arm(self, tid: int, limit: float) -> None:
+        with self.cond:
+            self.tid = tid
+            self.end = time.monotonic() + limit * 1.1 + _GRACE
+            self.cond.notify()
+
+    def disarm(self) -> None:
+        self.tid = 0  # the watchdog checks it again before it acts
+
+    def run(self) -> None:
+        with self.cond:
+            while True:
+                left = self.end - time.monotonic()
+                if not self.tid:
+                    self.cond.wait()
+                elif left > 0:
+                    self.cond.wait(left)
+                else:
+                    self.words[self.slot + 1] = self.tid
+                    os.kill(os.getpid(), signal.SIGKILL)
+
+
 def _serve(words: Any, slot: int, tasks: Queue, results: Queue) -> None:
     """A worker's loop: take tasks, run them, put their results, until told to stop."""
     get_many, put = tasks.get_many, results.put
     perf = time.perf_counter
     setitimer, real = signal.setitimer, signal.ITIMER_REAL
+    getsignal, alrm, dfl = signal.getsignal, signal.SIGALRM, signal.SIG_DFL
+    watchdog: Optional[_Watchdog] = None
+    pack = _pack
     while True:
-        for msg in get_many(_BATCH):
+        batch = get_many(_BATCH)
+        batch.reverse()
+        while batch:
+            msg = batch.pop()
             if msg is None:
                 return
-            tid, fn, args, kwargs, limit = msg
+            tid, call, limit = msg
             words[slot] = tid
             t0 = perf()
             try:
+                fn, args, kwargs = _unpack(call)
                 if limit:
+                    if getsignal(alrm) is not dfl:  # an earlier task set a handler
+                        signal.signal(alrm, dfl)
+                    if watchdog is None:
+                        watchdog = _Watchdog(words, slot)
+                    watchdog.arm(tid, limit)
                     setitimer(real, limit)
                     try:
                         value = fn(*args, **kwargs)
                     finally:
                         setitimer(real, 0)
+                        watchdog.disarm()
                 else:
                     value = fn(*args, **kwargs)
+                ok, out = True, pack(value)
             except BaseException as exc:
-                out: tuple[Any, ...] = (tid, False, _checked(exc), perf() - t0)
-            else:
-                out = (tid, True, value, perf() - t0)
-            try:
-                put(out)
-            except Exception as exc:  # the result cannot be pickled
-                put((tid, False, _checked(exc), out[3]))
+                ok, out = False, pack(_checked(exc))
+            # nothing of a task outlives it here (its arguments' finalizers run now)
+            msg = call = fn = args = kwargs = value = None
+            put((tid, ok, out, perf() - t0))
+            out = None  # type: ignore[assignment]
 
 
 def _checked(exc: BaseException) -> _Raised:
@@ -299,6 +362,8 @@ def _discard_queue(q: Queue) -> None:
 
 
 _live: weakref.WeakSet[ProcessPoolExecutor] = weakref.WeakSet()
+# a forked child's exit and SIGTERM must not touch its parent's pools
+os.register_at_fork(after_in_child=_live.clear)
 _sigterm_installed = False
 
 
@@ -390,7 +455,9 @@ class ProcessPoolExecutor(cf.Executor):
         self._late: list[tuple[cf.Future[Any], bool, Any]] = []  # to settle without the lock
         self._broken: Optional[str] = None
         self._started = False
+        self._pid = 0  # the process that started the pool: the only one that may use it
         self._stopped = threading.Event()  # set once the collector has cleaned up
+        self._stillborn = 0  # workers in a row that died before they took a task (collector)
         self._avg = 0.0  # moving average of a task's run time in a worker (seconds)
         self._cap = 2  # tasks queued to one worker at most, from _avg
         self._collector: Optional[threading.Thread] = None
@@ -407,9 +474,11 @@ class ProcessPoolExecutor(cf.Executor):
     def _check_limit(limit: Optional[float]) -> float:
         if limit is None:
             return 0.0
-        t = check_timeout(limit)
-        if t <= 0:
+        t = check_timeout(limit)  # TypeError, ValueError for NaN and < 0; inf: -1
+        if t == 0:
             raise ValueError("a task time limit must be > 0 seconds")
+        if t < 0 or t >= _LIMIT_MAX:  # infinite, or beyond what an interval timer takes
+            return 0.0
         return max(t, 1e-6)
 
     # ---------------------------------------------------------------- submitting
@@ -427,6 +496,7 @@ class ProcessPoolExecutor(cf.Executor):
                 limit: float) -> cf.Future[Any]:
         if not callable(fn):
             raise TypeError(f"{type(fn).__name__!r} object is not callable")
+        self._check_owner()
         future: cf.Future[Any] = cf.Future()
         with self._lock:
             if self._broken:
@@ -445,6 +515,15 @@ class ProcessPoolExecutor(cf.Executor):
             late = self._take_late()
         self._settle(late)
         return future
+
+    def _check_owner(self) -> None:
+        """A forked child has a copy of its parent's pool, without its threads: it must
+        make a pool of its own (checked before the lock, which a parent's thread may have
+        held at the fork)."""
+        if self._started and self._pid != os.getpid():
+            raise RuntimeError(
+                f"this ProcessPoolExecutor belongs to process {self._pid}, of which this "
+                f"process ({os.getpid()}) is a forked child: make a pool of its own")
 
     def _take_late(self) -> list[tuple[cf.Future[Any], bool, Any]]:
         late, self._late = self._late, []
@@ -489,15 +568,17 @@ class ProcessPoolExecutor(cf.Executor):
         def results() -> Iterator[Any]:
             try:
                 futures.reverse()
+                # no reference to a result (or its future) is kept once it was yielded
                 while futures:
-                    f = futures.pop()
                     left = None if end is None else max(0.0, end - time.monotonic())
-                    value = f.result(left)  # concurrent.futures.TimeoutError, as the stdlib
-                    if chained:
-                        yield from value
-                    else:
-                        yield value
-                    del f, value
+                    # concurrent.futures.TimeoutError, as the stdlib
+                    if not chained:
+                        yield futures.pop().result(left)
+                        continue
+                    chunk = futures.pop().result(left)
+                    chunk.reverse()
+                    while chunk:
+                        yield chunk.pop()
             finally:
                 for f in futures:
                     f.cancel()
@@ -535,7 +616,8 @@ class ProcessPoolExecutor(cf.Executor):
             work.worker = proc
             assigned[work.tid] = work
             try:
-                put((work.tid, work.fn, work.args, work.kwargs, work.limit), False)
+                put((work.tid, _pack((work.fn, work.args, work.kwargs)), work.limit),
+                    False)
             except Full:
                 rest = works[i:]
             except Exception as exc:  # it cannot be pickled: it fails alone
@@ -595,6 +677,7 @@ class ProcessPoolExecutor(cf.Executor):
             self._release()
             raise
         self._started = True
+        self._pid = os.getpid()
         _live.add(self)
         _install_sigterm()
         self._collector = threading.Thread(target=self._collect, name="fastipc-pool-collector",
@@ -623,7 +706,7 @@ class ProcessPoolExecutor(cf.Executor):
         if self._terminated:  # SIGTERM came while it was made
             _discard_queue(q)
             raise RuntimeError("the pool was terminated")
-        self._words[index * _SLOT] = 0
+        self._words[index * _SLOT] = self._words[index * _SLOT + 1] = 0
         process = self._ctx.Process(
             target=_worker, name=f"fastipc-pool-worker-{index}", daemon=True,
             args=(index, q, self._results, self._slots, os.getpid(), self._initializer,
@@ -680,44 +763,11 @@ class ProcessPoolExecutor(cf.Executor):
                 for i in range(self._max_workers):
                     self._replace(i, done)
                 self._fill()
+                done += self._take_late()
             self._settle(done)
-            while True:
-                done = []
-                msgs = get_many(_BATCH)
-                # results without the lock (submit records a task as its worker's before
-                # it puts it); the rest with it
-                others = []
-                works = self._works
-                avg = self._avg
-                for msg in msgs:
-                    tid = msg[0]
-                    if type(tid) is int:
-                        work = works.pop(tid, None)
-                        if work is None:
-                            continue
-                        del work.worker.assigned[tid]  # type: ignore[union-attr]
-                        avg += (msg[3] - avg) * 0.05
-                        done.append((work.future, msg[1], msg[2]))
-                    else:
-                        others.append(msg)
-                if done:
-                    self._avg = avg
-                    self._cap = (max(1, min(_MAX_QUEUED, int(_TARGET / avg)))
-                                 if avg > 0 else _MAX_QUEUED)
-                with self._lock:
-                    for msg in others:
-                        if msg[0] == "died":
-                            self._died(self._by_pid.pop(msg[1]), done)
-                        elif msg[0] == "init":
-                            self._break(f"a worker's initializer raised: {msg[2]!r}", done)
-                    if self._pending:
-                        self._fill()
-                    done += self._take_late()
-                    finished = (self._shutdown or self._broken) and not self._works
-                self._settle(done)
-                del msgs
-                if finished:
-                    break
+            del done[:]
+            while not self._handle(get_many(_BATCH), done):
+                pass
         except BaseException as exc:  # no future may wait for ever on a collector gone
             with self._lock:
                 self._break(f"the pool's collector thread failed: {exc!r}", done)
@@ -725,6 +775,54 @@ class ProcessPoolExecutor(cf.Executor):
             raise
         finally:
             self._finish()
+
+    def _handle(self, msgs: list[Any], done: list[tuple[cf.Future[Any], bool, Any]]) -> bool:
+        """The collector's work on a batch of messages; True once the pool is done. A
+        method of its own, so that nothing of a task (its result, its function) stays
+        referenced while the collector waits for the next batch; ``done`` is emptied."""
+        # results without the lock (submit records a task as its worker's before it puts
+        # it); the rest with it
+        others = []
+        works = self._works
+        avg = self._avg
+        for msg in msgs:
+            tid = msg[0]
+            if type(tid) is int:
+                work = works.pop(tid, None)
+                if work is None:
+                    continue
+                del work.worker.assigned[tid]  # type: ignore[union-attr]
+                avg += (msg[3] - avg) * 0.05
+                try:
+                    value = _unpack(msg[2])
+                except BaseException as exc:  # it cannot be unpickled: its task fails
+                    if not isinstance(exc, Exception):  # SystemExit...: not the caller's
+                        why = RuntimeError(f"the result cannot be unpickled: {exc!r}")
+                        why.__cause__ = exc
+                        exc = why
+                    done.append((work.future, False, exc))
+                else:
+                    done.append((work.future, msg[1], value))
+            else:
+                others.append(msg)
+        if done:
+            self._stillborn = 0
+            self._avg = avg
+            self._cap = (max(1, min(_MAX_QUEUED, int(_TARGET / avg)))
+                         if avg > 0 else _MAX_QUEUED)
+        with self._lock:
+            for msg in others:
+                if msg[0] == "died":
+                    self._died(self._by_pid.pop(msg[1]), done)
+                elif msg[0] == "init":
+                    self._break(f"a worker's initializer raised: {msg[2]!r}", done)
+            if self._pending:
+                self._fill()
+            done += self._take_late()
+            finished = bool(self._shutdown or self._broken) and not self._works
+        self._settle(done)
+        del done[:]
+        return finished
 
     def _replace(self, index: int, done: list[tuple[cf.Future[Any], bool, Any]]) -> None:
         """Start the worker of slot ``index``; if that fails, the pool is broken (lock
@@ -740,6 +838,14 @@ class ProcessPoolExecutor(cf.Executor):
         code = proc.process.exitcode
         signum = -code if code is not None and code < 0 else None
         running = self._words[proc.index * _SLOT]
+        watchdog = running and self._words[proc.index * _SLOT + 1] == running
+        # workers that die before they take any of the tasks waiting for them (a broken
+        # environment, a start method that cannot import the program...) would be
+        # replaced for ever: after a few in a row with no result in between, the pool is
+        # broken (a result resets the count). SIGKILL comes from outside (kill -9, the
+        # OOM killer), not from the worker's own start: it does not count.
+        if proc.assigned and not running and signum != signal.SIGKILL:
+            self._stillborn += 1
         back = []
         for tid, work in proc.assigned.items():
             if self._terminated:
@@ -749,7 +855,7 @@ class ProcessPoolExecutor(cf.Executor):
             elif tid == running:
                 self._works.pop(tid, None)
                 exc: BaseException
-                if signum == signal.SIGALRM and work.limit:
+                if work.limit and (signum == signal.SIGALRM or watchdog):
                     exc = TimeoutError(f"{_describe(work.fn, work.args, work.kwargs)} ran "
                                        f"over its time limit of {work.limit:g} s; its worker "
                                        f"process {proc.pid} was killed")
@@ -769,6 +875,11 @@ class ProcessPoolExecutor(cf.Executor):
         if self._procs[proc.index] is proc:
             self._procs[proc.index] = None
         if self._broken or self._terminated:
+            return
+        if self._stillborn >= _STILLBORN_MAX + self._max_workers:
+            how = (f"signal {signum}" if signum else f"exit status {code}")
+            self._break(f"{self._stillborn} worker processes in a row died before they "
+                        f"took a task (the last one: pid {proc.pid}, {how})", done)
             return
         if (not self._shutdown or self._works) and self._procs[proc.index] is None:
             self._replace(proc.index, done)
@@ -837,7 +948,10 @@ class ProcessPoolExecutor(cf.Executor):
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """No new tasks; ``cancel_futures=True`` cancels those not handed to a worker yet;
         ``wait=True`` returns once every task is done and every worker has exited (a
-        KeyboardInterrupt while waiting ends the workers at once)."""
+        KeyboardInterrupt while waiting ends the workers at once). In a forked child, a
+        parent's pool is left alone (nothing to do)."""
+        if self._started and self._pid != os.getpid():
+            return
         with self._lock:
             self._shutdown = True
             cancelled = []
