@@ -271,9 +271,10 @@ def test_the_helper_thread_blocks_every_signal(waitv: str, run: Any) -> None:
     async def main() -> int:
         task = asyncio.ensure_future(_aio.wait(word.attempt, word.park, word.unpark,
                                                Deadline(5.0)))
-        while not _aio._waiter._shards or _aio._waiter._shards[0].thread is None:
+        waiter = _aio._the_waiter()
+        while not waiter._shards or waiter._shards[0].thread is None:
             await asyncio.sleep(0.001)
-        thread = _aio._waiter._shards[0].thread
+        thread = waiter._shards[0].thread
         assert thread is not None
         tid = thread.native_id
         with open(f"/proc/self/task/{tid}/status") as f:
