@@ -57,7 +57,7 @@ from typing import Any, Callable, Optional, TypeVar
 from fastipc import _core
 from fastipc._core import Deadline
 
-__all__ = ["NOT_READY", "Spin", "wait", "wake"]
+__all__ = ["NOT_READY", "Spin", "wait", "wait_readable", "wake"]
 
 T = TypeVar("T")
 
@@ -469,3 +469,27 @@ async def wait(attempt: Callable[[], Any], park: Callable[[], Optional[tuple[int
     finally:
         if turn:  # what woke it may be for others too: they try next
             _the_waiter().pass_turn(turn)
+
+
+async def wait_readable(attempt: Callable[[], Any], fd: int, deadline: Deadline,
+                        name: Optional[str] = None) -> Any:
+    """The result of ``attempt()`` once it is not :data:`NOT_READY`, trying again each time
+    the running loop sees ``fd`` readable (for a mechanism whose readiness is a descriptor,
+    e.g. a signalfd). TimeoutError when ``deadline`` expires first."""
+    loop = asyncio.get_running_loop()
+    while True:
+        got = attempt()
+        if got is not NOT_READY:
+            return got
+        left = deadline.left()
+        if left == 0:
+            raise deadline.error(name)
+        future: asyncio.Future[None] = loop.create_future()
+        loop.add_reader(fd, _resolve, future)
+        timer = None if left < 0 else loop.call_later(left, _resolve, future)
+        try:
+            await future
+        finally:
+            loop.remove_reader(fd)
+            if timer is not None:
+                timer.cancel()
