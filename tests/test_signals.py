@@ -181,11 +181,11 @@ def test_wait_async_from_another_process(backend: str, loop_kind: str) -> None:
     rt = signal.SIGRTMIN + 2
 
     async def main() -> list[int]:
-        tick = test_aio.Ticker()
         peer = start_python(_SENDER, str(os.getpid()), str(rt), "3", backend)
+        tick = test_aio.Ticker()
         got = [(await signals.wait_async(rt, timeout=10, backend=backend)) for _ in range(3)]
-        assert peer.wait(10) == 0
         assert tick.stop() < 0.1  # the loop went on meanwhile
+        assert peer.communicate(timeout=10)[0] == "" and peer.returncode == 0
         assert all(g.signo == rt and g.pid == peer.pid and g.uid == os.getuid() for g in got)
         return [g.value for g in got]  # type: ignore[misc]
 
@@ -234,7 +234,7 @@ def test_wait_async_cancelled_takes_nothing(backend: str, loop_kind: str) -> Non
 
         cancels = await receive_with_cancels(
             lambda: signals.wait_async(rt, timeout=10, backend=backend), count, rng, check)
-        assert peer.wait(10) == 0
+        assert peer.communicate(timeout=10)[0] == "" and peer.returncode == 0
         with pytest.raises(TimeoutError):
             signals.wait(rt, timeout=0, backend=backend)  # nothing left over
         return cancels
