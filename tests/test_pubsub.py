@@ -1255,6 +1255,7 @@ def test_async_cancelled_at_random_loses_nothing(backend: str, name: str, loop_k
             pubsub.Subscriber(name, backend=backend) as sub:
         async def main() -> tuple[list[int], list[int]]:
             got: list[int] = []
+            finished: list[bool] = []
 
             async def receive() -> None:
                 while True:
@@ -1269,6 +1270,8 @@ def test_async_cancelled_at_random_loses_nothing(backend: str, name: str, loop_k
                     try:
                         m = await task
                     except asyncio.CancelledError:
+                        if finished:
+                            raise  # the receiver itself was cancelled
                         continue
                     got.append(check_message(m))
 
@@ -1284,6 +1287,7 @@ def test_async_cancelled_at_random_loses_nothing(backend: str, name: str, loop_k
                     receiver.result()  # what ended it
                     raise AssertionError(f"received {got}, sent {sent}")
                 await asyncio.sleep(0.01)
+            finished.append(True)
             receiver.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await receiver
