@@ -298,6 +298,39 @@ static inline int spin_check(fipc_pub *h)
     return h->role == ROLE_SUB && pub_gone(h, 0);
 }
 
+/* Raise this end's waiting flag and look once more, as the step before every sleep
+ * (docs/pubsub-layout.md, "Waiting"): > 0 ready, 0 not (*seq: the futex word's value read
+ * before the flag went up), < 0 an error or FIPC_EOF. deep: also ask the kernel whether
+ * the publisher lives (a subscriber) or free the slots of dead subscribers (the publisher).
+ * The publisher's flag is lowered again when it is ready (a subscriber's is the
+ * publisher's to clear). */
+static int raise_and_look(fipc_pub *h, uint64_t need, int deep, uint32_t *seq)
+{
+    int sub = h->role == ROLE_SUB;
+    size_t wait_off = sub ? FIPC_PUB_OFF_SWAIT : FIPC_PUB_OFF_PWAIT;
+    *seq = LOAD(A32(h, sub ? FIPC_PUB_OFF_DSEQ : FIPC_PUB_OFF_SSEQ), acquire);
+    atomic_exchange_explicit(A32(h, wait_off), 1u, memory_order_seq_cst);
+    int rc = ready(h, need);
+    if (rc == 0 && sub && pub_gone(h, deep)) {
+        rc = ready(h, need); /* the last head comes before the closed state */
+        if (rc == 0)
+            rc = FIPC_EOF;
+    }
+    if (rc == 0 && !sub && deep) {
+        reclaim_dead(h); /* a dead subscriber no longer holds us back */
+        rc = ready(h, need);
+    }
+    if (rc != 0 && !sub)
+        STORE(A32(h, wait_off), 0u, relaxed);
+    return rc;
+}
+
+/* Publisher: subscribers wake us once they have freed a slice of the ring, not at once. */
+static inline void want_room(fipc_pub *h, uint64_t need)
+{
+    STORE(A64(h, FIPC_PUB_OFF_PWANT), h->pos + wake_room(h, need) - h->capacity, relaxed);
+}
+
 /* Wait until ready(need): spin for the adaptive budget, then sleep on the futex word in
  * slices, checking liveness between them. */
 static int wait_ring(fipc_pub *h, uint64_t need, double timeout, int64_t *deadline)
@@ -311,26 +344,16 @@ static int wait_ring(fipc_pub *h, uint64_t need, double timeout, int64_t *deadli
     int64_t end = fipc_spin_until(&h->spin, timeout, *deadline, &start);
     if (end && (rc = ring_spin(h, need, end)) != 0)
         return rc < 0 ? rc : 0;
-    if (!sub) /* subscribers wake us once they have freed a slice of the ring, not at once */
-        STORE(A64(h, FIPC_PUB_OFF_PWANT), h->pos + wake_room(h, need) - h->capacity, relaxed);
+    if (!sub)
+        want_room(h, need);
     size_t wait_off = sub ? FIPC_PUB_OFF_SWAIT : FIPC_PUB_OFF_PWAIT;
     size_t seq_off = sub ? FIPC_PUB_OFF_DSEQ : FIPC_PUB_OFF_SSEQ;
     int slept = 0;
     for (;;) {
         if (fipc_is_closed(&h->closed))
             return -EBADF;
-        uint32_t seq = LOAD(A32(h, seq_off), acquire);
-        atomic_exchange_explicit(A32(h, wait_off), 1u, memory_order_seq_cst);
-        rc = ready(h, need);
-        if (rc == 0 && sub && pub_gone(h, slept || timeout == 0)) {
-            rc = ready(h, need); /* the last head comes before the closed state */
-            if (rc == 0)
-                rc = FIPC_EOF;
-        }
-        if (rc == 0 && !sub && (slept || timeout == 0)) {
-            reclaim_dead(h); /* a dead subscriber no longer holds us back */
-            rc = ready(h, need);
-        }
+        uint32_t seq;
+        rc = raise_and_look(h, need, slept || timeout == 0, &seq);
         int64_t left = 0;
         if (rc == 0)
             rc = fipc_wait_left(*deadline, SLICE_NS, &left);
@@ -353,6 +376,21 @@ static int wait_ring(fipc_pub *h, uint64_t need, double timeout, int64_t *deadli
         if (sub && h->recheck)
             return -EINTR; /* Python looks at its exported views, then waits again */
     }
+}
+
+static int pub_park(fipc_pub *h, uint64_t *offset, uint32_t *expected)
+{
+    int sub = h->role == ROLE_SUB;
+    uint64_t need = sub ? 0 : h->want;
+    if (sub) {
+        release_cursor(h); /* never park on space we could give back */
+    } else {
+        publish_head(h); /* what we batched must be visible before we wait */
+        want_room(h, need);
+    }
+    *offset = sub ? FIPC_PUB_OFF_DSEQ : FIPC_PUB_OFF_SSEQ;
+    int rc = raise_and_look(h, need, 1, expected);
+    return rc < 0 ? rc : rc > 0 ? 1 : 0;
 }
 
 /* ---------------------------------------------------------------- publisher */
@@ -391,8 +429,12 @@ static int advance_oldest(fipc_pub *h, uint64_t target)
  * past what it is about to overwrite; every frame carries its message number. */
 static inline int make_room(fipc_pub *h, uint64_t need, double timeout, int64_t *deadline)
 {
-    if (h->overflow != DROP)
-        return ring_room(h, need, timeout, deadline);
+    if (h->overflow != DROP) {
+        int rc = ring_room(h, need, timeout, deadline);
+        if (rc < 0)
+            h->want = need; /* what a parked async sender waits for */
+        return rc;
+    }
     return h->pos + need > h->capacity ? advance_oldest(h, h->pos + need - h->capacity) : 0;
 }
 
@@ -664,6 +706,24 @@ void fipc_sub_release(fipc_pub *h)
         return;
     if (h->role == ROLE_SUB)
         release_cursor(h);
+    fipc_leave(&h->busy);
+}
+
+int fipc_pub_park(fipc_pub *h, uint64_t *offset, uint32_t *expected)
+{
+    if (fipc_enter(&h->busy, &h->closed) < 0)
+        return -EBADF;
+    int rc = pub_park(h, offset, expected);
+    fipc_leave(&h->busy);
+    return rc;
+}
+
+void fipc_pub_unpark(fipc_pub *h)
+{
+    if (fipc_enter(&h->busy, &h->closed) < 0)
+        return;
+    if (h->role == ROLE_PUB)
+        STORE(A32(h, FIPC_PUB_OFF_PWAIT), 0u, relaxed);
     fipc_leave(&h->busy);
 }
 

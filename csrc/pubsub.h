@@ -91,6 +91,7 @@ typedef struct fipc_pub {
     uint64_t stage_cap;
     int32_t recheck;        /* subscriber: views still exported: a wait returns -EINTR after
                                a tenth of its sleep slice, for Python to look at them */
+    uint64_t want;          /* publisher: room its last attempt lacked (a parked sender's) */
 } fipc_pub;
 
 int fipc_pub_init(fipc_pub *h, char *base, uint64_t map_size, int32_t fd, int32_t pid,
@@ -129,6 +130,14 @@ void fipc_pub_close(fipc_pub *h);
 void fipc_pub_wake(fipc_pub *h);
 /* Calls still inside C: the mapping must not go before this says 0. */
 int fipc_pub_busy(fipc_pub *h);
+/* Awaiting (fastipc._aio): raise this end's waiting flag (a subscriber: after publishing its
+ * cursor; the publisher: asking for the room its last attempt lacked) and look once more,
+ * as a blocking wait does before it sleeps: 1 ready, 0 parked (*offset, *expected: the
+ * futex word's offset in the mapping and its value), FIPC_EOF (a subscriber whose publisher
+ * has gone, all read), -errno. */
+int fipc_pub_park(fipc_pub *h, uint64_t *offset, uint32_t *expected);
+/* The publisher lowers its flag after awaiting (a subscriber's is the publisher's to clear). */
+void fipc_pub_unpark(fipc_pub *h);
 /* CDEF END */
 
 #endif

@@ -5,14 +5,26 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
+#include <linux/futex.h>
 #include <semaphore.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <time.h>
+#include <unistd.h>
 
 #if defined(__GLIBC__) && defined(__GLIBC_PREREQ)
 #if __GLIBC_PREREQ(2, 30)
 #define HAVE_SEM_CLOCKWAIT 1
 #endif
+#endif
+
+/* glibc's struct new_sem on 64-bit machines (nptl/semaphoreP.h, since 2.21): uint64_t data
+ * (value: low 32 bits, waiters: high 32 bits), int private. */
+#if defined(__GLIBC__) && __SIZEOF_POINTER__ == 8 && \
+    __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#define HAVE_NEW_SEM 1
+#define SEM_WAITER ((uint64_t)1 << 32)
 #endif
 
 int fipc_sem_open(const char *name, int create, int mode, unsigned int value, void **out)
@@ -101,4 +113,40 @@ int fipc_sem_value(void *sem)
     if (sem_getvalue((sem_t *)sem, &v) < 0)
         return -errno;
     return v < 0 ? 0 : v; /* some libcs report waiters as a negative value */
+}
+
+int fipc_sem_try(void *sem)
+{
+    return sem_trywait((sem_t *)sem) == 0 ? 0 : -errno;
+}
+
+int64_t fipc_sem_waiters(void *sem, int32_t delta, uint64_t *word)
+{
+#ifdef HAVE_NEW_SEM
+    uint64_t *data = (uint64_t *)sem;
+    uint64_t d = delta > 0   ? __atomic_add_fetch(data, SEM_WAITER, __ATOMIC_SEQ_CST)
+                 : delta < 0 ? __atomic_sub_fetch(data, SEM_WAITER, __ATOMIC_SEQ_CST)
+                             : __atomic_load_n(data, __ATOMIC_SEQ_CST);
+    *word = (uint64_t)(uintptr_t)data;
+    return (int64_t)(uint32_t)d;
+#else
+    (void)sem;
+    (void)delta;
+    *word = 0;
+    return -ENOSYS;
+#endif
+}
+
+void fipc_sem_pass(void *sem)
+{
+#ifdef HAVE_NEW_SEM
+    uint64_t d = __atomic_load_n((uint64_t *)sem, __ATOMIC_SEQ_CST);
+    if ((uint32_t)d > 0 && (d >> 32) > 0) {
+        /* cannot fail on a mapped semaphore; a lost wake costs a waiter one slice */
+        long rc = syscall(SYS_futex, sem, FUTEX_WAKE, 1, NULL, NULL, 0);
+        (void)rc;
+    }
+#else
+    (void)sem;
+#endif
 }

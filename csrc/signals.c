@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <signal.h>
 #include <string.h>
+#include <sys/signalfd.h>
 #include <time.h>
 
 int fipc_signal_send(int pid, int signum, int has_value, int value)
@@ -45,4 +46,15 @@ int fipc_signal_wait(const int *signums, int count, double timeout, fipc_siginfo
     info->has_value = si.si_code == SI_QUEUE;
     info->value = si.si_value.sival_int;
     return rc;
+}
+
+int fipc_signal_fd(const int *signums, int count)
+{
+    sigset_t set;
+    sigemptyset(&set);
+    for (int i = 0; i < count; i++)
+        if (sigaddset(&set, signums[i]) < 0)
+            return -errno;
+    int fd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
+    return fd < 0 ? -errno : fd;
 }

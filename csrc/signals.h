@@ -20,6 +20,9 @@ typedef struct fipc_siginfo {
 
 int fipc_signal_send(int pid, int signum, int has_value, int value);
 int fipc_signal_wait(const int *signums, int count, double timeout, fipc_siginfo *info);
+/* A signalfd (non-blocking, close-on-exec) for signums: readable while one of them is
+ * pending for the thread that watches it (or its process). The fd, or -errno. */
+int fipc_signal_fd(const int *signums, int count);
 /* CDEF END */
 
 #endif

@@ -16,9 +16,12 @@ from typing import Any, Callable
 
 import pytest
 
-from fastipc import _aio, _core
+import fastipc
+from conftest import PREFIX
+from fastipc import _aio, _core, shm
+from fastipc import queue as fq
 from fastipc._core import Deadline
-from helpers import run_python
+from helpers import run_on, run_python
 
 _SYS_FUTEX = {"x86_64": 202, "aarch64": 98}.get(platform.machine(), 202)
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -65,11 +68,11 @@ def waitv(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> It
     waiter._waitv = _aio._native_waitv() if request.param == "native" else _aio._ctypes_waitv()
     monkeypatch.setattr(_aio, "_waiter", waiter)
     yield str(request.param)
-    assert not waiter._entries  # every parked entry was removed
-    thread = waiter._thread
-    if thread is not None:  # idle, it leaves within IDLE_EXIT
-        thread.join(_aio.IDLE_EXIT + 5)
-        assert not thread.is_alive()
+    assert not waiter._slots  # every parked coroutine left its line
+    for thread in [s.thread for s in list(waiter._shards)]:
+        if thread is not None:  # idle, it leaves within IDLE_EXIT
+            thread.join(_aio.IDLE_EXIT + 5)
+            assert not thread.is_alive()
 
 
 @pytest.fixture(scope="session")
@@ -268,9 +271,12 @@ def test_the_helper_thread_blocks_every_signal(waitv: str, run: Any) -> None:
     async def main() -> int:
         task = asyncio.ensure_future(_aio.wait(word.attempt, word.park, word.unpark,
                                                Deadline(5.0)))
-        while _aio._waiter._thread is None:
+        waiter = _aio._the_waiter()
+        while not waiter._shards or waiter._shards[0].thread is None:
             await asyncio.sleep(0.001)
-        tid = _aio._waiter._thread.native_id
+        thread = waiter._shards[0].thread
+        assert thread is not None
+        tid = thread.native_id
         with open(f"/proc/self/task/{tid}/status") as f:
             blocked = next(int(line.split()[1], 16) for line in f if line.startswith("SigBlk"))
         word.fire()
@@ -282,3 +288,98 @@ def test_the_helper_thread_blocks_every_signal(waitv: str, run: Any) -> None:
         assert blocked & (1 << (signum - 1)), signum
     word.close()
     mm.close()
+
+
+# ---------------------------------------------------------------------------- many coroutines
+# Coroutines parked on the same futex word share one slot of the helper thread's futex_waitv
+# (at most 128 words): any number of them may await one object, and words beyond 127 go to
+# further helper threads.
+
+MANY = 1000
+
+
+async def _all_get(get: Callable[[], Any], count: int) -> list[Any]:
+    tasks = [asyncio.ensure_future(get()) for _ in range(count)]
+    return await asyncio.wait_for(asyncio.gather(*tasks), 60)
+
+
+async def _closed_under(make_get: Callable[[], Any], close: Callable[[], None],
+                        count: int) -> None:
+    """``count`` coroutines await; close() from another thread ends every one (ValueError)."""
+    tasks = [asyncio.ensure_future(make_get()) for _ in range(count)]
+    await asyncio.sleep(0.3)
+    assert not any(t.done() for t in tasks)
+    threading.Thread(target=close).start()
+    results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 30)
+    assert all(isinstance(r, ValueError) for r in results), {type(r) for r in results}
+
+
+def test_a_thousand_coroutines_on_one_queue(backend: str, loop_kind: str, loops_ready: None,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fq, "ANONYMOUS_PREFIX", PREFIX + "anon-")  # the leak check sees it
+    q = fastipc.Queue(backend=backend)
+
+    async def main() -> None:
+        def produce() -> None:
+            time.sleep(0.2)
+            for i in range(MANY):
+                q.put(i)
+
+        threading.Thread(target=produce).start()
+        got = await _all_get(lambda: q.get_async(timeout=30), MANY)
+        assert sorted(got) == list(range(MANY))  # each once
+        await _closed_under(lambda: q.get_async(), q.close, MANY)
+
+    run_on(loop_kind, main())
+    assert q.closed
+
+
+def test_a_thousand_coroutines_on_one_channel(backend: str, loop_kind: str, name: str,
+                                              loops_ready: None) -> None:
+    with shm.Writer(name, capacity=1 << 16, backend=backend) as w:
+        r = shm.Reader(name, backend=backend)
+
+        async def main() -> None:
+            def produce() -> None:
+                time.sleep(0.2)
+                for i in range(MANY):
+                    w.send(i.to_bytes(4, "little"))
+
+            threading.Thread(target=produce).start()
+            got = await _all_get(lambda: r.recv_async(timeout=30), MANY)
+            assert sorted(int.from_bytes(m, "little") for m in got) == list(range(MANY))
+            await _closed_under(lambda: r.recv_async(), r.close, MANY)
+
+        run_on(loop_kind, main())
+
+
+def test_hundreds_of_coroutines_over_many_channels(backend: str, loop_kind: str, loops_ready: None,
+                                                   name: str) -> None:
+    """300 words at once: three helper threads' worth of futex_waitv."""
+
+    n = 150
+    writers = [shm.Writer(f"{name}-{i}", capacity=4096, backend=backend) for i in range(n)]
+    readers = [shm.Reader(f"{name}-{i}", backend=backend) for i in range(n)]
+    try:
+        async def main() -> None:
+            def produce() -> None:
+                time.sleep(0.3)
+                for i, w in enumerate(writers):
+                    w.send(b"a%d" % i)
+                    w.send(b"b%d" % i)
+
+            tasks = [asyncio.ensure_future(r.recv_async(timeout=30))
+                     for r in readers for _ in range(2)]
+            await asyncio.sleep(0.1)
+            assert len(_aio._the_waiter()._shards) >= 2
+            threading.Thread(target=produce).start()
+            got = await asyncio.wait_for(asyncio.gather(*tasks), 60)
+            for i in range(n):
+                assert sorted(got[2 * i:2 * i + 2]) == [b"a%d" % i, b"b%d" % i]
+
+        run_on(loop_kind, main())
+    finally:
+        for r in readers:
+            r.close()
+        for w in writers:
+            w.close()

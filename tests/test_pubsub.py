@@ -4,10 +4,12 @@ real segments and real processes (SIGKILL, fork, mid-stream joins, overruns)."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import errno
 import mmap
 import os
+import random
 import signal
 import struct
 import subprocess
@@ -20,10 +22,11 @@ from typing import Any
 
 import pytest
 
+import test_aio
 from fastipc import _core, pubsub
 from fastipc._backend import pubsub as layout
 from fastipc._cli import pubsub as cli
-from helpers import run_python, start_python
+from helpers import run_on, run_python, send_with_cancels, start_python
 from test_shm_faults import KEPT, _keep, _pattern, _read_kept
 
 SHM = Path("/dev/shm")
@@ -1107,3 +1110,227 @@ def test_subscribers_join_a_running_drop_oldest_publisher(pair: tuple[str, str],
             if proc.stderr:
                 proc.stderr.close()
     assert proc.returncode == 0, err
+
+
+# ---------------------------------------------------------------------------- awaitables
+# send_async, send_many_async, recv_async, recv_many_async: parked on the ring's futex words
+# (fastipc._aio), woken by the peer's ordinary wake-up, never blocking the loop.
+
+loops_ready = test_aio.loops_ready
+
+# a publisher in another process: waits for a subscriber, then sends count messages (or
+# streams ones larger than the ring), and closes
+_PUBLISHER = r"""
+import sys, time
+sys.path.insert(0, sys.argv[5])
+from test_pubsub import message
+from fastipc import pubsub
+name, backend, count, size = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+with pubsub.Publisher(name, capacity=4096, backend=backend) as pub:
+    print("ready", flush=True)
+    while pub.subscribers == 0:
+        time.sleep(0.01)
+    for i in range(count):
+        pub.send(message(i, size if size >= 0 else None), timeout=30)
+"""
+
+
+def _publisher(name: str, backend: str, count: int, size: int = -1) -> subprocess.Popen[str]:
+    proc = start_python(_PUBLISHER, name, backend, str(count), str(size),
+                        str(Path(__file__).parent))
+    assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+    return proc
+
+
+def test_recv_async_from_another_process(cross: tuple[str, str], name: str, loop_kind: str,
+                                         loops_ready: None) -> None:
+    """Small and streamed messages (larger than the ring), then EOFError at the end."""
+    count = 300
+    proc = _publisher(name, cross[0], count)
+    sub = pubsub.Subscriber(name, timeout=10, backend=cross[1])
+
+    async def main() -> None:
+        tick = test_aio.Ticker()
+        for i in range(count):
+            m = await sub.recv_async(timeout=10) if i % 2 else \
+                (await sub.recv_many_async(1, timeout=10))[0]
+            assert check_message(m) == i
+        with pytest.raises(EOFError):
+            await sub.recv_async(timeout=10)
+        assert tick.stop() < 0.1
+
+    try:
+        run_on(loop_kind, main())
+        assert proc.communicate(timeout=10)[0] == "" and proc.returncode == 0
+    finally:
+        sub.close()
+    big = _publisher(name, cross[0], 3, 20000)  # streamed through a 4 KiB ring
+    sub = pubsub.Subscriber(name, timeout=10, backend=cross[1])
+    try:
+        got = run_on(loop_kind, _gather(sub.recv_async(timeout=10) for _ in range(3)))
+        assert sorted(check_message(m) for m in got) == [0, 1, 2]  # each whole, once
+        assert big.communicate(timeout=10)[0] == "" and big.returncode == 0
+    finally:
+        sub.close()
+
+
+async def _gather(coros: Any) -> list[Any]:
+    return list(await asyncio.gather(*coros))
+
+
+def test_async_timeouts(backend: str, name: str, loop_kind: str, loops_ready: None) -> None:
+    with pubsub.Publisher(name, capacity=4096, backend=backend) as pub, \
+            pubsub.Subscriber(name, backend=backend) as sub:
+        async def main() -> None:
+            for call in (sub.recv_async, lambda t: sub.recv_many_async(10, t)):
+                with pytest.raises(TimeoutError):
+                    await call(0)
+                t0 = time.monotonic()
+                with pytest.raises(TimeoutError):
+                    await call(0.2)
+                assert 0.15 < time.monotonic() - t0 < 2
+                with pytest.raises(ValueError):
+                    await call(-1)
+            pub.send(b"x")
+            assert await sub.recv_async(0) == b"x"
+            # the publisher: the ring full (the subscriber does not read)
+            n = 0
+            while True:
+                try:
+                    await pub.send_async(b"y" * 500, 0)
+                except TimeoutError:
+                    break
+                n += 1
+            with pytest.raises(TimeoutError) as exc:
+                await pub.send_many_async([b"z" * 500] * 3, 0)
+            assert exc.value.messages_sent == 0  # type: ignore[attr-defined]
+            t0 = time.monotonic()
+            with pytest.raises(TimeoutError):
+                await pub.send_async(b"y" * 500, 0.2)
+            assert 0.15 < time.monotonic() - t0 < 2
+            with pytest.raises(ValueError):
+                await pub.send_async(b"y", -1)
+            # None: as long as it takes (a reader thread drains the ring)
+            loop = asyncio.get_running_loop()
+            drained = loop.run_in_executor(None, lambda: [sub.recv(5) for _ in range(n + 4)])
+            await pub.send_async(b"w" * 500)
+            await pub.send_many_async([b"v" * 500] * 3)
+            assert await drained == [b"y" * 500] * n + [b"w" * 500] + [b"v" * 500] * 3
+
+        run_on(loop_kind, main())
+
+
+def test_send_async_wakes_on_room_from_another_process(cross: tuple[str, str], name: str,
+                                                       loop_kind: str,
+                                                       loops_ready: None) -> None:
+    """An awaiting publisher, a slow subscriber process: every message (streamed ones
+    too, larger than the ring) arrives whole and in order; the loop is never blocked."""
+    pub = pubsub.Publisher(name, capacity=4096, backend=cross[0])
+    procs = _start_subscribers(name, cross[1], 1, delay=0.0005)
+    _wait_ready(pub, procs)
+    count = 400
+
+    async def main() -> None:
+        tick = test_aio.Ticker()
+        for i in range(0, count, 4):
+            await pub.send_async(message(i, 6000 if i % 100 == 0 else None), timeout=20)
+            await pub.send_many_async([message(j) for j in range(i + 1, i + 4)], timeout=20)
+        assert tick.stop() < 0.1
+
+    try:
+        run_on(loop_kind, main())
+    finally:
+        pub.close()
+    assert _results(procs) == [(count, 0, count - 1, 1, 0)]
+
+
+def test_async_cancelled_at_random_loses_nothing(backend: str, name: str, loop_kind: str,
+                                                 loops_ready: None) -> None:
+    """Publisher and subscriber both awaiting in one loop, every call cancelled at a random
+    moment: each message whose send completed arrives once, whole, in order; a cancelled
+    send (streamed in part, even) delivers nothing."""
+    rng = random.Random(11)
+    count = 400
+    with pubsub.Publisher(name, capacity=4096, backend=backend) as pub, \
+            pubsub.Subscriber(name, backend=backend) as sub:
+        async def main() -> tuple[list[int], list[int]]:
+            got: list[int] = []
+            finished: list[bool] = []
+
+            async def receive() -> None:
+                while True:
+                    task = asyncio.ensure_future(sub.recv_async(timeout=5))
+                    try:
+                        done, _ = await asyncio.wait([task], timeout=rng.random() * 0.0003)
+                    except asyncio.CancelledError:
+                        task.cancel()
+                        raise
+                    if not done:
+                        task.cancel()
+                    try:
+                        m = await task
+                    except asyncio.CancelledError:
+                        if finished:
+                            raise  # the receiver itself was cancelled
+                        continue
+                    got.append(check_message(m))
+
+            receiver = asyncio.ensure_future(receive())
+            sent, cancels = await send_with_cancels(
+                lambda i: pub.send_async(message(i, 5000 if i % 40 == 0 else None), timeout=5),
+                count, rng)
+            assert cancels > 0
+            end = time.monotonic() + 10
+            while not got or got[-1] != sent[-1]:
+                assert time.monotonic() < end, (got[-5:], sent[-5:], len(got), len(sent))
+                if receiver.done():
+                    receiver.result()  # what ended it
+                    raise AssertionError(f"received {got}, sent {sent}")
+                await asyncio.sleep(0.01)
+            finished.append(True)
+            receiver.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await receiver
+            return sent, got
+
+        sent, got = run_on(loop_kind, main())
+        assert got == sent
+
+
+def test_close_from_another_thread_ends_every_await(backend: str, name: str,
+                                                     loop_kind: str,
+                                                     loops_ready: None) -> None:
+    pub = pubsub.Publisher(name, capacity=1 << 16, backend=backend)
+    sub = pubsub.Subscriber(name, backend=backend)
+    try:
+        async def main() -> None:
+            # many coroutines on one subscriber: one message each, then close ends the rest
+            tasks = [asyncio.ensure_future(sub.recv_async(timeout=20)) for _ in range(300)]
+            await asyncio.sleep(0.1)
+            for i in range(100):
+                pub.send(message(i))
+            await asyncio.sleep(0.5)
+            done = [t for t in tasks if t.done()]
+            assert sorted(check_message(t.result()) for t in done) == list(range(100))
+            threading.Thread(target=sub.close).start()
+            rest = await asyncio.wait_for(
+                asyncio.gather(*(t for t in tasks if t not in done), return_exceptions=True),
+                10)
+            assert len(rest) == 200 and all(isinstance(r, ValueError) for r in rest), rest
+            # the publisher, full (a second subscriber that does not read), closed under it
+            with pubsub.Subscriber(name, backend=backend):
+                while True:
+                    try:
+                        await pub.send_async(b"y" * 500, 0)
+                    except TimeoutError:
+                        break
+                sends = [asyncio.ensure_future(pub.send_async(b"z" * 500)) for _ in range(5)]
+                await asyncio.sleep(0.1)
+                threading.Thread(target=pub.close).start()
+                got = await asyncio.wait_for(asyncio.gather(*sends, return_exceptions=True), 10)
+                assert all(isinstance(g, ValueError) for g in got), got
+
+        run_on(loop_kind, main())
+    finally:
+        sub.close()
+        pub.close()

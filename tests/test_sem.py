@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import os
 import pickle
@@ -12,10 +13,13 @@ from pathlib import Path
 
 import pytest
 
+import test_aio
 from conftest import PREFIX
 from fastipc import sem
-from helpers import run_python, start_python
+from helpers import receive_with_cancels, run_on, run_python, start_python
 from interrupts import check_raising_handler_ends, check_retries_with_remaining_time
+
+loops_ready = test_aio.loops_ready
 
 
 def _sems() -> set[str]:
@@ -403,3 +407,158 @@ def test_attach_missing_in_child(backend: str, name: str) -> None:
         timeout=30,
     )
     assert out.stdout.strip() == str(errno.ENOENT), out.stderr
+
+
+# ---------------------------------------------------------------------------- acquire_async
+# Awaiting counts the process among the semaphore's waiters (glibc's sem_t), so that
+# sem_post (of any process, a C program's too) wakes the helper thread's futex_waitv.
+
+
+def _waiters(name: str) -> int:
+    """glibc's count of the semaphore's waiters (the high half of its first 64-bit word)."""
+    with open(f"/dev/shm/sem.{name}", "rb") as f:
+        return int.from_bytes(f.read(8), "little") >> 32
+
+
+def test_acquire_async_timeouts(s: sem.Semaphore, loop_kind: str, loops_ready: None,
+                                name: str) -> None:
+    async def main() -> None:
+        s.release()
+        assert await s.acquire_async(0) is True  # there: taken at once
+        with pytest.raises(TimeoutError):
+            await s.acquire_async(0)
+        t0 = time.monotonic()
+        with pytest.raises(TimeoutError):
+            await s.acquire_async(0.2)
+        assert 0.15 < time.monotonic() - t0 < 2
+        for bad in (-1, -0.001):
+            with pytest.raises(ValueError):
+                await s.acquire_async(bad)
+        assert s.value == 0 and _waiters(name) == 0
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.1, s.release)
+        assert await s.acquire_async() is True
+        assert s.value == 0 and _waiters(name) == 0
+
+    run_on(loop_kind, main())
+
+
+_POSTER = """
+import ctypes, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+libc.sem_open.restype = ctypes.c_void_p
+libc.sem_post.argtypes = [ctypes.c_void_p]
+s = libc.sem_open(("/" + sys.argv[1]).encode(), 0)
+assert s, ctypes.get_errno()
+time.sleep(float(sys.argv[3]))
+for _ in range(int(sys.argv[2])):
+    assert libc.sem_post(ctypes.c_void_p(s)) == 0
+"""
+
+
+def test_acquire_async_woken_by_sem_post_of_another_process(
+        s: sem.Semaphore, loop_kind: str, loops_ready: None, name: str) -> None:
+    """The peer is glibc's sem_post itself, as a C program calls it; the loop stays free."""
+    async def main() -> None:
+        tick = test_aio.Ticker()
+        task = asyncio.ensure_future(s.acquire_async(10))
+        await asyncio.sleep(0.1)
+        assert _waiters(name) == 1  # counted as a waiter: sem_post will wake
+        t0 = time.monotonic()
+        peer = await asyncio.get_running_loop().run_in_executor(
+            None, lambda: run_python(_POSTER, name, "1", "0.2"))
+        assert peer.returncode == 0, peer.stderr
+        assert await task is True
+        assert time.monotonic() - t0 < 5
+        assert tick.stop() < 0.1
+        assert s.value == 0 and _waiters(name) == 0
+
+    run_on(loop_kind, main())
+
+
+def test_acquire_async_many_coroutines_each_token_once(
+        s: sem.Semaphore, loop_kind: str, loops_ready: None, name: str) -> None:
+    """1000 coroutines on one semaphore, posted 1000 times by another process: each
+    coroutine gets one token, none is lost or taken twice; close ends the waits."""
+    n = 1000
+
+    async def main() -> None:
+        tasks = [asyncio.ensure_future(s.acquire_async(30)) for _ in range(n)]
+        await asyncio.sleep(0.2)
+        peer = await asyncio.get_running_loop().run_in_executor(
+            None, lambda: run_python(_POSTER, name, str(n), "0"))
+        assert peer.returncode == 0, peer.stderr
+        assert await asyncio.wait_for(asyncio.gather(*tasks), 30) == [True] * n
+        assert s.value == 0 and _waiters(name) == 0
+        # close from another thread ends every wait
+        tasks = [asyncio.ensure_future(s.acquire_async()) for _ in range(50)]
+        await asyncio.sleep(0.2)
+        threading.Thread(target=s.close).start()
+        got = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 10)
+        assert all(isinstance(g, ValueError) for g in got), got
+
+    run_on(loop_kind, main())
+    assert _waiters(name) == 0
+
+
+def test_acquire_async_close_from_the_loop(s: sem.Semaphore, loop_kind: str,
+                                           loops_ready: None) -> None:
+    async def main() -> None:
+        task = asyncio.ensure_future(s.acquire_async())
+        await asyncio.sleep(0.1)
+        s.close()
+        with pytest.raises(ValueError):
+            await asyncio.wait_for(task, 5)
+        with pytest.raises(ValueError):
+            await s.acquire_async()
+
+    run_on(loop_kind, main())
+
+
+def test_acquire_async_cancelled_takes_nothing(s: sem.Semaphore, loop_kind: str,
+                                               loops_ready: None, name: str) -> None:
+    """Tokens posted by another process while awaits are cancelled at random moments: each
+    token is taken once, by the coroutine that returned."""
+    import random
+
+    count = 300
+
+    async def main() -> None:
+        rng = random.Random(7)
+        peer = asyncio.get_running_loop().run_in_executor(
+            None, lambda: run_python(_POSTER, name, str(count), "0.05"))
+        got = await receive_with_cancels(lambda: s.acquire_async(20), count, rng,
+                                         lambda i, m: None)
+        assert got > 0  # some were cancelled
+        assert (await peer).returncode == 0
+        assert s.value == 0  # no token left behind: every one was taken by a returned call
+        assert _waiters(name) == 0
+
+    run_on(loop_kind, main())
+
+
+def test_acquire_async_native_and_pure_together(cross: tuple[str, str], name: str,
+                                                loop_kind: str, loops_ready: None) -> None:
+    """Coroutines of both backends on one semaphore in one process, and a blocking peer
+    thread: every token goes once."""
+    a = sem.Semaphore(name, create=True, backend=cross[0])
+    b = sem.Semaphore(name, backend=cross[1])
+    try:
+        async def main() -> None:
+            tasks = [asyncio.ensure_future((a if i % 2 else b).acquire_async(20))
+                     for i in range(200)]
+            await asyncio.sleep(0.1)
+
+            def post() -> None:
+                for _ in range(200):
+                    a.release()
+
+            threading.Thread(target=post).start()
+            assert await asyncio.wait_for(asyncio.gather(*tasks), 20) == [True] * 200
+
+        run_on(loop_kind, main())
+        assert a.value == 0 and _waiters(name) == 0
+    finally:
+        a.close()
+        b.close()
+        sem.unlink(name)

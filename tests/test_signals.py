@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import random
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+import test_aio
 from fastipc import signals
-from helpers import in_forked_child, start_python
+from helpers import in_forked_child, receive_with_cancels, run_on, start_python
 
 USR1, USR2 = signal.SIGUSR1, signal.SIGUSR2
 
@@ -156,3 +160,101 @@ def test_signal_zero_checks_existence(backend: str) -> None:
     pid_max = int(Path("/proc/sys/kernel/pid_max").read_text())
     with pytest.raises(ProcessLookupError):
         signals.send(pid_max + 1, 0, backend=backend)
+
+
+# ---------------------------------------------------------------------------- wait_async
+# The loop watches a signalfd; the signal is taken (with its value) only when the call
+# returns. In forked children: the signal mask is the process's business.
+
+_SENDER = """
+import os, sys, time
+from fastipc import signals
+pid, signum, count, backend = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+time.sleep(0.2)
+for v in range(count):
+    signals.send(pid, signum, value=v, backend=backend)
+"""
+
+
+@in_forked_child
+def test_wait_async_from_another_process(backend: str, loop_kind: str) -> None:
+    rt = signal.SIGRTMIN + 2
+
+    async def main() -> list[int]:
+        peer = start_python(_SENDER, str(os.getpid()), str(rt), "3", backend)
+        tick = test_aio.Ticker()
+        got = [(await signals.wait_async(rt, timeout=10, backend=backend)) for _ in range(3)]
+        assert tick.stop() < 0.1  # the loop went on meanwhile
+        assert peer.communicate(timeout=10)[0] == "" and peer.returncode == 0
+        assert all(g.signo == rt and g.pid == peer.pid and g.uid == os.getuid() for g in got)
+        return [g.value for g in got]  # type: ignore[misc]
+
+    with signals.blocked({rt}):
+        assert run_on(loop_kind, main()) == [0, 1, 2]
+
+
+@in_forked_child
+def test_wait_async_timeouts(backend: str, loop_kind: str) -> None:
+    async def main() -> None:
+        with pytest.raises(TimeoutError):
+            await signals.wait_async(USR1, timeout=0, backend=backend)
+        t0 = time.monotonic()
+        with pytest.raises(TimeoutError):
+            await signals.wait_async({USR1, USR2}, timeout=0.2, backend=backend)
+        assert 0.15 < time.monotonic() - t0 < 2
+        with pytest.raises(ValueError):
+            await signals.wait_async(USR1, timeout=-1, backend=backend)
+        signals.send(os.getpid(), USR2, backend=backend)
+        info = await signals.wait_async({USR1, USR2}, timeout=0, backend=backend)
+        assert info == signals.SignalInfo(USR2, os.getpid(), os.getuid(), None)
+        asyncio.get_running_loop().call_later(
+            0.1, lambda: signals.send(os.getpid(), USR1, value=5, backend=backend))
+        info = await signals.wait_async(USR1, backend=backend)  # None: as long as it takes
+        assert (info.signo, info.value) == (USR1, 5)
+        with pytest.raises(ValueError, match="not blocked"):
+            await signals.wait_async(signal.SIGHUP, backend=backend)
+
+    with signals.blocked({USR1, USR2}):
+        run_on(loop_kind, main())
+
+
+@in_forked_child
+def test_wait_async_cancelled_takes_nothing(backend: str, loop_kind: str) -> None:
+    """Queued realtime signals, awaited by calls cancelled at random moments: every value
+    is received once, in order."""
+    rt = signal.SIGRTMIN + 3
+    count = 200
+
+    async def main() -> int:
+        rng = random.Random(3)
+        peer = start_python(_SENDER, str(os.getpid()), str(rt), str(count), backend)
+
+        def check(i: int, info: Any) -> None:
+            assert info.value == i
+
+        cancels = await receive_with_cancels(
+            lambda: signals.wait_async(rt, timeout=10, backend=backend), count, rng, check)
+        assert peer.communicate(timeout=10)[0] == "" and peer.returncode == 0
+        with pytest.raises(TimeoutError):
+            signals.wait(rt, timeout=0, backend=backend)  # nothing left over
+        return cancels
+
+    with signals.blocked({rt}):
+        assert run_on(loop_kind, main()) > 0
+
+
+@in_forked_child
+def test_wait_async_several_coroutines(backend: str, loop_kind: str) -> None:
+    rt = signal.SIGRTMIN + 4
+    n = 20
+
+    async def main() -> list[int]:
+        tasks = [asyncio.ensure_future(signals.wait_async(rt, timeout=10, backend=backend))
+                 for _ in range(n)]
+        await asyncio.sleep(0.05)
+        for v in range(n):
+            signals.send(os.getpid(), rt, value=v, backend=backend)
+        return sorted(i.value for i in await asyncio.gather(*tasks))  # type: ignore[misc]
+
+    with signals.blocked({rt}):
+        assert run_on(loop_kind, main()) == list(range(n))

@@ -16,15 +16,25 @@ peer wakes sleepers with ``FUTEX_WAKE`` after changing a 32-bit word.
 
 How it waits: ``attempt()`` is first retried in a short adaptive spin on the loop thread (a
 few tens of microseconds at most, :class:`Spin`), so a peer that answers at once costs no
-wake-up at all; then the coroutine parks, and ONE helper thread per process waits on every
-parked futex word at once with ``futex_waitv`` (Linux 5.16+), plus a private control word
-that tells it the set changed. A woken word resolves its future with
-``loop.call_soon_threadsafe``; the coroutine then retries ``attempt()``. No thread per call,
-no polling: a parked coroutine also wakes every ``recheck`` seconds (0.5 by default) only
-to call ``park()`` again, which is how a peer that died without waking anyone is noticed.
-The helper thread is native C (``csrc/aio.c``, GIL released) when the extension is built,
-else the same system call through ctypes. On kernels without ``futex_waitv`` the first
-park raises ``OSError(ENOSYS)`` with a message saying so.
+wake-up at all; then the coroutine parks. Helper threads (one per 127 distinct words parked
+on, usually one per process) wait on every parked futex word at once with ``futex_waitv``
+(Linux 5.16+), plus a private control word that tells each its set changed. Coroutines
+parked on the same word (any number: every coroutine awaiting one object) share its slot
+and stand in line: a wake-up of the word gives the turn to the first in line (resolved with
+``loop.call_soon_threadsafe``), which retries ``attempt()`` and then passes the turn to the
+next (however it ended: a result, an error, a cancellation) or, finding nothing, parks
+again. So a burst of messages wakes as many coroutines as it feeds, one after the other,
+an error (EOF, close) reaches them all, and one message never wakes a thousand. No thread
+per call, no polling: a parked coroutine also wakes every ``recheck`` seconds (0.5 by
+default) only to call ``park()`` again, which is how a peer that died without waking anyone
+is noticed. The helper thread is native C (``csrc/aio.c``, GIL released) when the
+extension is built, else the same system call through ctypes. On kernels without
+``futex_waitv`` the first park raises ``OSError(ENOSYS)`` with a message saying so.
+
+``unpark()`` runs when the last coroutine of the process parked on a word leaves it (the
+flag is the object's, shared by its coroutines). :func:`wake` wakes every coroutine of this
+process parked on a word, for an object whose close may not touch a word that other
+processes read (a semaphore's value).
 
 Whoever parks must keep the memory of the futex word mapped until :func:`wait` returns
 (the shm ends count an awaiting call as busy, so close() unmaps only after it).
@@ -41,12 +51,13 @@ import platform
 import signal
 import threading
 import time
+from collections import deque
 from typing import Any, Callable, Optional, TypeVar
 
 from fastipc import _core
 from fastipc._core import Deadline
 
-__all__ = ["NOT_READY", "Spin", "wait"]
+__all__ = ["NOT_READY", "Spin", "wait", "wait_readable", "wake"]
 
 T = TypeVar("T")
 
@@ -142,14 +153,36 @@ def _native_waitv() -> Callable[[Any, int, float], int]:
 
 
 class _Entry:
-    __slots__ = ("address", "expected", "future", "loop")
+    """One parked coroutine. ``turn``: woken because its word changed (not by a timer), so
+    it must try, then pass the turn on (or re-park)."""
 
-    def __init__(self, address: int, expected: int, loop: asyncio.AbstractEventLoop,
+    __slots__ = ("future", "loop", "slot", "turn")
+
+    def __init__(self, slot: _Slot, loop: asyncio.AbstractEventLoop,
                  future: asyncio.Future[None]) -> None:
-        self.address = address
-        self.expected = expected
+        self.slot = slot
         self.loop = loop
         self.future = future
+        self.turn = False
+
+
+class _Slot:
+    """The coroutines of this process parked on one futex word, in line, sharing one word
+    of one ``futex_waitv``: however many await one object, it costs one slot. ``expected``
+    is the value read by the latest park (a park that found nothing ready: any change after
+    it is a change of the word). ``armed``: the helper thread waits on it; a wake-up disarms
+    it and gives the turn to the first in line, who tries, then re-parks (re-arming it) or
+    passes the turn to the next (so a burst of messages wakes as many coroutines as it
+    needs, one after the other, and never all of them for one message)."""
+
+    __slots__ = ("address", "armed", "expected", "line", "shard")
+
+    def __init__(self, address: int, expected: int, shard: _Shard) -> None:
+        self.address = address
+        self.expected = expected
+        self.armed = True
+        self.line: deque[_Entry] = deque()
+        self.shard = shard
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
@@ -157,104 +190,191 @@ def _resolve(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
-IDLE_EXIT = 1.0  # seconds the helper thread stays after the last parked coroutine left
+IDLE_EXIT = 1.0  # seconds a helper thread stays after the last parked coroutine left
+
+
+class _Shard:
+    """One helper thread and the (at most FUTEX_WAITV_MAX - 1) slots it waits on, beside
+    its private control word (bumped when its set changes)."""
+
+    __slots__ = ("control", "slots", "thread")
+
+    def __init__(self) -> None:
+        self.control = ctypes.c_uint32(0)
+        self.slots: list[_Slot] = []
+        self.thread: Optional[threading.Thread] = None
+
+    def poke(self) -> None:
+        """Tell the thread its set changed: bump the control word and wake it."""
+        self.control.value = (self.control.value + 1) & 0xFFFFFFFF
+        _wake_private(ctypes.addressof(self.control))
 
 
 class _Waiter:
-    """The one helper thread of the process: waits on every parked word at once. It starts
-    with the first parked coroutine and ends once none has been parked for IDLE_EXIT s."""
+    """The helper threads of the process: each waits on up to 127 words at once; words of
+    the same address share one slot, so any number of coroutines may await one object, and
+    a further thread starts for every 127 distinct words parked on. A thread starts with
+    the first slot given to it and ends once it has had none for IDLE_EXIT s."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._entries: list[_Entry] = []
-        self._control = ctypes.c_uint32(0)
-        self._thread: Optional[threading.Thread] = None
+        self._slots: dict[int, _Slot] = {}
+        self._shards: list[_Shard] = []
         self._pid = os.getpid()
         try:
             self._waitv = _native_waitv() if _core.NATIVE_ERROR is None else _ctypes_waitv()
         except (ImportError, OSError, AttributeError):
             self._waitv = _ctypes_waitv()
 
-    def add(self, entry: _Entry) -> None:
+    # ---- what the coroutines do (any thread, any loop)
+
+    def join(self, address: int, expected: int, loop: asyncio.AbstractEventLoop) -> _Entry:
+        """Park at the end of the line of ``address`` (whose value was ``expected``)."""
+        future: asyncio.Future[None] = loop.create_future()
         with self._lock:
-            if len(self._entries) >= FUTEX_WAITV_MAX - 1:
-                raise OSError(errno.E2BIG, f"more than {FUTEX_WAITV_MAX - 1} coroutines "
-                              "parked on futex words at once in one process")
-            self._entries.append(entry)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="fastipc-aio",
-                                                daemon=True)
-                self._thread.start()
-        self._poke()
+            slot = self._slots.get(address)
+            poke = None
+            if slot is None:
+                shard = next((s for s in self._shards if len(s.slots) < FUTEX_WAITV_MAX - 1),
+                             None)
+                if shard is None:
+                    shard = _Shard()
+                    self._shards.append(shard)
+                slot = self._slots[address] = _Slot(address, expected, shard)
+                shard.slots.append(slot)
+                poke = shard
+                if shard.thread is None:
+                    shard.thread = threading.Thread(target=self._run, args=(shard,),
+                                                    name="fastipc-aio", daemon=True)
+                    shard.thread.start()
+            elif not slot.armed or slot.expected != expected:
+                slot.armed, slot.expected = True, expected
+                poke = slot.shard
+            entry = _Entry(slot, loop, future)
+            slot.line.append(entry)
+        if poke is not None:
+            poke.poke()
+        return entry
 
-    def remove(self, entry: _Entry) -> None:
-        if self._discard(entry):
-            self._poke()
-
-    def _discard(self, entry: _Entry) -> bool:
-        """Take ``entry`` out of the set: False if it was not there (woken, or removed)."""
+    def leave(self, entry: _Entry) -> bool:
+        """Out of the line (if still in it). True if no coroutine of this process is left
+        parked on its word."""
+        slot = entry.slot
         with self._lock:
             try:
-                self._entries.remove(entry)
+                slot.line.remove(entry)
             except ValueError:
+                pass
+            if slot.line:
                 return False
+            self._drop(slot)
         return True
 
-    def _poke(self) -> None:
-        """Tell the thread the set changed: bump the control word and wake it."""
-        self._control.value = (self._control.value + 1) & 0xFFFFFFFF
-        _wake_private(ctypes.addressof(self._control))
+    def pass_turn(self, address: int) -> None:
+        """Give the turn to the next coroutine in the line of ``address``, if any."""
+        with self._lock:
+            slot = self._slots.get(address)
+            if slot is not None:
+                self._give_turn(slot)
 
-    def _run(self) -> None:
+    def wake(self, address: int) -> None:
+        """Wake every coroutine of this process parked on ``address`` (each tries once:
+        how an object closed in this process ends its awaits when it may not touch a word
+        that other processes read)."""
+        with self._lock:
+            slot = self._slots.get(address)
+            entries = list(slot.line) if slot is not None else []
+            for e in entries:
+                e.turn = True
+            if slot is not None:
+                slot.line.clear()
+                self._drop(slot)
+        for e in entries:
+            _call(e, _resolve)
+
+    # ---- under the lock
+
+    def _drop(self, slot: _Slot) -> None:
+        if self._slots.get(slot.address) is slot:
+            del self._slots[slot.address]
+            slot.shard.slots.remove(slot)
+            slot.shard.poke()
+
+    def _give_turn(self, slot: _Slot) -> None:
+        """The word changed: wake the first in line (who passes the turn on). No one left:
+        the slot goes."""
+        slot.armed = False
+        while slot.line:
+            entry = slot.line.popleft()
+            entry.turn = True
+            if _call(entry, _resolve):
+                break
+        if not slot.line:
+            self._drop(slot)
+
+    # ---- the helper threads
+
+    def _run(self, shard: _Shard) -> None:
         # Signals are the application's: a library thread blocks them all, so that a signal
         # sent to the process (kill, sigqueue) reaches a thread of the application, and one
         # the application blocked to sigwait() for it does not end the process here instead.
         signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
         vec = (_Waitv * FUTEX_WAITV_MAX)()
-        vec[0].uaddr = ctypes.addressof(self._control)
+        vec[0].uaddr = ctypes.addressof(shard.control)
         vec[0].flags = _FUTEX_32 | _FUTEX_PRIVATE
+        lock = self._lock
         while True:
-            with self._lock:
-                entries = list(self._entries)
-                control = self._control.value
+            with lock:
+                slots = [s for s in shard.slots if s.armed]
+                control = shard.control.value
+                idle = not shard.slots
             vec[0].val = control
-            for i, e in enumerate(entries, 1):
-                vec[i].uaddr = e.address
-                vec[i].val = e.expected
+            for i, s in enumerate(slots, 1):
+                vec[i].uaddr = s.address
+                vec[i].val = s.expected
                 vec[i].flags = _FUTEX_32
-            # with nobody parked, linger a while (the next park needs no new thread), then go
-            rc = self._waitv(vec, len(entries) + 1, -1.0 if entries else IDLE_EXIT)
-            if rc == -errno.ETIMEDOUT and not entries:
-                with self._lock:
-                    if not self._entries and self._control.value == control:
-                        self._thread = None
+            # with nothing parked, linger a while (the next park needs no new thread), then go
+            rc = self._waitv(vec, len(slots) + 1, IDLE_EXIT if idle else -1.0)
+            if rc == -errno.ETIMEDOUT and idle:
+                with lock:
+                    if not shard.slots and shard.control.value == control:
+                        shard.thread = None
+                        if shard in self._shards:
+                            self._shards.remove(shard)
                         return
             elif rc > 0:
-                self._wake(entries[rc - 1])
+                with lock:
+                    slot = slots[rc - 1]
+                    if slot.armed and self._slots.get(slot.address) is slot:
+                        self._give_turn(slot)
             elif rc in (-errno.EAGAIN, -errno.EFAULT):
                 # a word no longer held its value (the control word: the set changed), or
-                # one removed meanwhile was unmapped: wake those whose word has changed.
-                # Entries still registered are mapped (removed before their end unmaps).
-                with self._lock:
-                    changed = [e for e in self._entries
-                               if ctypes.c_uint32.from_address(e.address).value != e.expected]
-                for e in changed:
-                    self._wake(e)
+                # one removed meanwhile was unmapped: give the turn on each changed word.
+                # Slots still registered are mapped (left before their end unmaps).
+                with lock:
+                    for slot in [s for s in shard.slots if s.armed]:
+                        if ctypes.c_uint32.from_address(slot.address).value != slot.expected:
+                            self._give_turn(slot)
             elif rc < 0 and rc not in (-errno.EINTR, -errno.ETIMEDOUT):
-                for e in entries:  # ENOSYS and the like: every waiter learns it
-                    e.loop.call_soon_threadsafe(_fail, e.future, rc)
-                with self._lock:
-                    self._entries.clear()
-                    self._thread = None
+                with lock:  # ENOSYS and the like: every waiter learns it
+                    for slot in list(shard.slots):
+                        for e in slot.line:
+                            _call(e, _fail, rc)
+                        slot.line.clear()
+                        self._drop(slot)
+                    shard.thread = None
+                    if shard in self._shards:
+                        self._shards.remove(shard)
                 return
 
-    def _wake(self, entry: _Entry) -> None:
-        if not self._discard(entry):
-            return
-        try:
-            entry.loop.call_soon_threadsafe(_resolve, entry.future)
-        except RuntimeError:  # its loop has closed
-            pass
+
+def _call(entry: _Entry, fn: Callable[..., None], *args: Any) -> bool:
+    """Run ``fn(entry.future, *args)`` on the entry's loop; False if that loop has closed."""
+    try:
+        entry.loop.call_soon_threadsafe(fn, entry.future, *args)
+    except RuntimeError:
+        return False
+    return True
 
 
 def _fail(future: asyncio.Future[None], rc: int) -> None:
@@ -289,6 +409,14 @@ def _the_waiter() -> _Waiter:
     return w
 
 
+def wake(address: int) -> None:
+    """Wake every coroutine of this process awaiting the futex word at ``address``: each
+    calls its ``attempt()`` again (see :meth:`_Waiter.wake`). Safe from any thread."""
+    w = _waiter
+    if w is not None and w._pid == os.getpid():
+        w.wake(address)
+
+
 # ---------------------------------------------------------------------------- wait
 
 
@@ -309,29 +437,59 @@ async def wait(attempt: Callable[[], Any], park: Callable[[], Optional[tuple[int
                 spin.caught()
                 return got
     loop = asyncio.get_running_loop()
-    while True:
-        left = deadline.left()
-        if left == 0:
+    turn = 0  # the address whose turn this coroutine holds (0: none)
+    try:
+        while True:
+            left = deadline.left()
+            if left == 0:
+                got = attempt()
+                if got is not NOT_READY:
+                    return got
+                raise deadline.error(name)
+            word = park()
+            if word is not None:
+                waiter = _the_waiter()
+                entry = waiter.join(word[0], word[1], loop)
+                turn = 0  # parked again: the word's next change gives the next turn
+                timer = loop.call_later(recheck if left < 0 else min(left, recheck), _resolve,
+                                        entry.future)
+                try:
+                    await entry.future
+                finally:
+                    timer.cancel()
+                    if waiter.leave(entry):
+                        unpark()  # the last of this process parked on the word
+                    if entry.turn:
+                        turn = word[0]
             got = attempt()
             if got is not NOT_READY:
+                if spin is not None:
+                    spin.parked(_monotonic() - start)
                 return got
-            raise deadline.error(name)
-        word = park()
-        if word is not None:
-            future: asyncio.Future[None] = loop.create_future()
-            entry = _Entry(word[0], word[1], loop, future)
-            waiter = _the_waiter()
-            timer = loop.call_later(recheck if left < 0 else min(left, recheck), _resolve,
-                                    future)
-            try:
-                waiter.add(entry)
-                await future
-            finally:
-                timer.cancel()
-                waiter.remove(entry)
-                unpark()
+    finally:
+        if turn:  # what woke it may be for others too: they try next
+            _the_waiter().pass_turn(turn)
+
+
+async def wait_readable(attempt: Callable[[], Any], fd: int, deadline: Deadline,
+                        name: Optional[str] = None) -> Any:
+    """The result of ``attempt()`` once it is not :data:`NOT_READY`, trying again each time
+    the running loop sees ``fd`` readable (for a mechanism whose readiness is a descriptor,
+    e.g. a signalfd). TimeoutError when ``deadline`` expires first."""
+    loop = asyncio.get_running_loop()
+    while True:
         got = attempt()
         if got is not NOT_READY:
-            if spin is not None:
-                spin.parked(_monotonic() - start)
             return got
+        left = deadline.left()
+        if left == 0:
+            raise deadline.error(name)
+        future: asyncio.Future[None] = loop.create_future()
+        loop.add_reader(fd, _resolve, future)
+        timer = None if left < 0 else loop.call_later(left, _resolve, future)
+        try:
+            await future
+        finally:
+            loop.remove_reader(fd)
+            if timer is not None:
+                timer.cancel()

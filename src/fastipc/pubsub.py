@@ -29,7 +29,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, TypeVar
 
-from fastipc import _core
+from fastipc import _aio, _core
 from fastipc._backend import pubsub as _layout
 from fastipc._backend.pubsub import NotReady, PublisherOps, SubscriberOps
 from fastipc._core import Deadline, check_int, check_timeout, uses_handle
@@ -91,6 +91,26 @@ def _weakly(end: _Endpoint, method: Callable[..., _T]) -> Callable[..., _T]:
     return call
 
 
+def _joined(messages: Iterable[Any]) -> tuple[bytes, list[int]]:
+    """send_many's messages back to back, and their lengths in bytes."""
+    if isinstance(messages, (bytes, bytearray, memoryview, str)):
+        raise TypeError("send_many takes an iterable of messages, not one message")
+    if not isinstance(messages, (list, tuple)):
+        messages = list(messages)
+    if not messages:
+        return b"", []
+    try:  # the usual case, bytes-like items, in two C loops
+        blob = b"".join(messages)
+        lens = list(map(len, messages))
+    except TypeError:
+        blob = b""
+        lens = [-1]
+    if sum(lens) != len(blob):  # str items (refused), or items wider than a byte
+        views = [_core.byte_view(m) for m in messages]
+        blob, lens = b"".join(views), [v.nbytes for v in views]
+    return blob, lens
+
+
 def _publisher_alive(fd: int) -> bool:
     return _layout.lock_held(fd, _layout.LOCK)
 
@@ -127,6 +147,27 @@ class _Endpoint(SegmentEnd):
         fd, self._fd = self._fd, -1
         if fd >= 0:
             os.close(fd)
+
+    async def _awaited(self, attempt: Callable[[], Any], timeout: Optional[float],
+                       give_up: Optional[Callable[[], None]] = None) -> Any:
+        """Await ``attempt()`` (a try-once call; see :func:`fastipc._aio.wait`), counted
+        busy, so that close() from another thread wakes it (ValueError) and unmaps only
+        after it has left. Whatever ends it early gives the message up (``give_up``)."""
+        deadline = Deadline.of(timeout)
+        self._enter()
+        ops = self._ops
+        try:
+            return await _aio.wait(attempt, ops.park, ops.unpark, deadline, name=self._name)
+        except BaseException as exc:
+            if give_up is not None and not self._closed:
+                give_up()
+            if self._closed and isinstance(exc, (OSError, EOFError)):
+                raise self._closed_error() from None
+            if isinstance(exc, EOFError):
+                remove_orphan(self._fd, self._path, _publisher_alive)
+            raise
+        finally:
+            self._leave()
 
     def _abandon(self) -> None:
         """In a forked child: let go of the fd (and with it the liveness lock's reference)
@@ -242,22 +283,48 @@ class Publisher(_Endpoint):
         """Publish several messages in one call (one C call on the native backend). On an
         error after some went, the exception's ``messages_sent`` says how many."""
         t = check_timeout(timeout)
-        if isinstance(messages, (bytes, bytearray, memoryview, str)):
-            raise TypeError("send_many takes an iterable of messages, not one message")
-        if not isinstance(messages, (list, tuple)):
-            messages = list(messages)
-        if not messages:
+        blob, lens = _joined(messages)
+        if lens:
+            self._ops.send_many(blob, lens, t)
+
+    async def send_async(self, data: Any, timeout: Optional[float] = None) -> None:
+        """:meth:`send` on the running event loop (asyncio, uvloop): waits for room without
+        blocking the loop, woken by the subscribers. Cancelled (or timed out), it has sent
+        the whole message or nothing (a message streamed in part is dropped by the
+        subscribers, never delivered in part)."""
+        self._check_open()
+        check_timeout(timeout)
+        view = data if type(data) is bytes else _core.byte_view(data)
+        ops = self._ops
+
+        def attempt() -> Any:
+            return True if ops.send_nowait(view) else _aio.NOT_READY
+
+        await self._awaited(attempt, timeout, ops.abandon)
+
+    async def send_many_async(self, messages: Iterable[Any],
+                              timeout: Optional[float] = None) -> None:
+        """:meth:`send_many` on the running event loop. Whatever ends it early (an error, a
+        timeout, a cancellation), the exception's ``messages_sent`` says how many went,
+        each whole."""
+        self._check_open()
+        check_timeout(timeout)
+        blob, lens = _joined(messages)
+        if not lens:
             return
-        try:  # the usual case, bytes-like items, in two C loops
-            blob = b"".join(messages)
-            lens = list(map(len, messages))
-        except TypeError:
-            blob = b""
-            lens = [-1]
-        if sum(lens) != len(blob):  # str items (refused), or items wider than a byte
-            views = [_core.byte_view(m) for m in messages]
-            blob, lens = b"".join(views), [v.nbytes for v in views]
-        self._ops.send_many(blob, lens, t)
+        ops = self._ops
+        done = [0]
+
+        def attempt() -> Any:
+            done[0] += ops.send_many_nowait(blob, lens, done[0])
+            return True if done[0] == len(lens) else _aio.NOT_READY
+
+        try:
+            await self._awaited(attempt, timeout, ops.abandon)
+        except BaseException as exc:
+            if not hasattr(exc, "messages_sent"):
+                exc.messages_sent = done[0]  # type: ignore[attr-defined]
+            raise
 
     def _free(self) -> None:
         _open_handles.discard(self)
@@ -399,6 +466,32 @@ class Subscriber(_Endpoint):
         takes what is there without waiting."""
         max_messages = check_int(max_messages, "max_messages", 1, 1 << 20)
         return self._to_end(self._ops.recv_many, max_messages, check_timeout(timeout))
+
+    async def recv_async(self, timeout: Optional[float] = None) -> bytes:
+        """:meth:`recv` on the running event loop (asyncio, uvloop): waits without blocking
+        the loop, woken by the publisher. Cancelled (or timed out), it has taken nothing:
+        the message stays for the next call. EOFError as :meth:`recv`."""
+        return await self._recv_async(self._ops.recv, timeout)  # type: ignore[no-any-return]
+
+    async def recv_many_async(self, max_messages: int = 1024,
+                              timeout: Optional[float] = None) -> list[bytes]:
+        """:meth:`recv_many` on the running event loop."""
+        max_messages = check_int(max_messages, "max_messages", 1, 1 << 20)
+        return await self._recv_async(  # type: ignore[no-any-return]
+            lambda t: self._ops.recv_many(max_messages, t), timeout)
+
+    async def _recv_async(self, take: Callable[[float], Any],
+                          timeout: Optional[float] = None) -> Any:
+        self._check_open()
+        check_timeout(timeout)
+
+        def attempt() -> Any:
+            try:
+                return take(0.0)
+            except TimeoutError:
+                return _aio.NOT_READY
+
+        return await self._awaited(attempt, timeout)
 
     @uses_handle
     def recv_view(self, timeout: Optional[float] = None) -> _View:

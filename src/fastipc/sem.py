@@ -19,11 +19,12 @@ The ``with`` block acquires and releases, as for ``threading``, ``multiprocessin
 from __future__ import annotations
 
 import errno
-from typing import Callable, Optional
+import threading
+from typing import Any, Callable, Optional
 
-from fastipc import _core
+from fastipc import _aio, _core
 from fastipc._backend.sem import SemaphoreBackend
-from fastipc._core import Handle, check_int, check_timeout, posix_name, uses_handle
+from fastipc._core import Deadline, Handle, check_int, check_timeout, posix_name, uses_handle
 
 __all__ = ["SEM_VALUE_MAX", "Semaphore", "unlink"]
 
@@ -40,6 +41,13 @@ def unlink(name: str, *, backend: Optional[str] = None) -> None:
     """Remove the semaphore ``name``: FileNotFoundError if there is none. Processes that
     have it open keep using it."""
     _backend(backend)[1].unlink(posix_name(name))
+
+
+# The semaphores (by the address of their futex word: one per semaphore and process, as
+# sem_open maps a name once per process) this process is counted a waiter of, while any of
+# its coroutines awaits them; a lock orders the counting in and out.
+_counted: set[int] = set()
+_counted_lock = threading.Lock()
 
 
 def _attach(name: str, backend: str) -> Semaphore:
@@ -87,6 +95,9 @@ class Semaphore(Handle):
 
     def _wake(self) -> None:
         self._s.wake()
+        word = getattr(self, "_word", 0)
+        if word:
+            _aio.wake(word)  # our awaiting coroutines try again, and find it closed
 
     def _free(self) -> None:
         self._s.close()
@@ -122,6 +133,58 @@ class Semaphore(Handle):
         ``threading.Semaphore`` keeps working)."""
         self._s.acquire(-1.0 if timeout is None else check_timeout(timeout))
         return True
+
+    async def acquire_async(self, timeout: Optional[float] = None) -> bool:
+        """:meth:`acquire` on the running event loop (asyncio, uvloop): waits without
+        blocking the loop, woken by ``sem_post`` from any process (a C program's too), not
+        by polling. Cancelled (or timed out), it has taken nothing. Any number of coroutines
+        may await one semaphore. Needs glibc's semaphores on a 64-bit machine (the awaiting
+        coroutines are counted among the semaphore's waiters, as a ``sem_wait`` is, so that
+        ``sem_post`` wakes them): OSError(ENOSYS) elsewhere."""
+        self._check_open()
+        deadline = Deadline.of(timeout)
+        s = self._s
+
+        def attempt() -> Any:
+            if self._closed:
+                raise self._closed_error()
+            return True if s.try_acquire() else _aio.NOT_READY
+
+        def park() -> Optional[tuple[int, int]]:
+            with _counted_lock:
+                if self._closed:
+                    return None  # attempt() says so
+                word, value = s.waiters(0)
+                self._word = word
+                if value:
+                    return None
+                if word not in _counted:  # the first of this process: counted in once
+                    word, value = s.waiters(1)
+                    _counted.add(word)
+                    if value:  # posted meanwhile: nobody of ours parks after all
+                        _counted.discard(word)
+                        s.waiters(-1)
+                        return None
+            return word, 0
+
+        def unpark() -> None:  # the last coroutine of this process awaiting it has left
+            with _counted_lock:
+                if self._word in _counted:
+                    _counted.discard(self._word)
+                    s.waiters(-1)
+
+        self._enter()  # busy while awaiting: close() wakes it and frees only once it left
+        try:
+            return await _aio.wait(attempt, park, unpark, deadline,  # type: ignore[no-any-return]
+                                   name=self._name)
+        except BaseException:
+            if not self._closed:
+                s.pass_wake()  # a wake-up this coroutine took goes on to another waiter
+            raise
+        finally:
+            self._leave()
+
+    _word = 0  # the address of the semaphore's futex word, once awaited
 
     @uses_handle
     def release(self) -> None:

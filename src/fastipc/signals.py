@@ -14,15 +14,16 @@ would be delivered to its handler, or kill the process, before ``wait()`` could 
 
 from __future__ import annotations
 
+import os
 import signal
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, NamedTuple, Optional, Union
+from typing import TYPE_CHECKING, Any, NamedTuple, Optional, Union
 
-from fastipc import _core
-from fastipc._core import check_int, check_timeout
+from fastipc import _aio, _core
+from fastipc._core import Deadline, check_int, check_timeout
 
-__all__ = ["SignalInfo", "blocked", "send", "wait"]
+__all__ = ["SignalInfo", "blocked", "send", "wait", "wait_async"]
 
 if TYPE_CHECKING:  # both backends implement the contract (mypy checks the modules)
     from fastipc._backend.signals import SignalsBackend
@@ -114,6 +115,11 @@ def wait(
     impl = _core.ops("signals", backend)
     numbers = _signal_set(signums)
     t = check_timeout(timeout)
+    _check_blocked(numbers)
+    return SignalInfo(*impl.wait(numbers, t))
+
+
+def _check_blocked(numbers: list[int]) -> None:
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
     unblocked = [s for s in numbers if s not in mask]
     if unblocked:
@@ -121,4 +127,29 @@ def wait(
             f"signals {unblocked} are not blocked in this thread: wait inside "
             "fastipc.signals.blocked(...), or they are delivered before wait() can take them"
         )
-    return SignalInfo(*impl.wait(numbers, t))
+
+
+async def wait_async(
+    signums: SignalSet, timeout: Optional[float] = None, *, backend: Optional[str] = None
+) -> SignalInfo:
+    """:func:`wait` on the running event loop (asyncio, uvloop): the signals must be blocked
+    in the loop's thread. The loop watches a ``signalfd`` of ``signums`` (one per call), so
+    the wait blocks nothing and polls nothing; the signal is taken only when this returns
+    (cancelled or timed out, it takes none). Several coroutines may wait at once: each
+    signal goes to one of them."""
+    impl = _core.ops("signals", backend)
+    numbers = _signal_set(signums)
+    deadline = Deadline.of(timeout)
+    _check_blocked(numbers)
+
+    def attempt() -> Any:
+        try:
+            return SignalInfo(*impl.wait(numbers, 0.0))
+        except TimeoutError:
+            return _aio.NOT_READY
+
+    fd = impl.notifier(numbers)
+    try:
+        return await _aio.wait_readable(attempt, fd, deadline)  # type: ignore[no-any-return]
+    finally:
+        os.close(fd)

@@ -159,6 +159,29 @@ class PublisherOps(Protocol):
     def send_many(self, blob: bytes, lens: list[int], timeout: float) -> None:
         """Messages stored back to back; the exception says ``messages_sent``."""
 
+    def send_nowait(self, data: Any) -> bool:
+        """One attempt that does not wait: True once the message went whole; False while
+        there is no room (a message streamed in part keeps its progress for the next
+        attempt, until :meth:`abandon`)."""
+        ...
+
+    def send_many_nowait(self, blob: Any, lens: list[int], first: int) -> int:
+        """send_many of the messages from index ``first`` on, without waiting: how many
+        went (errors carry ``messages_sent``, counted from the first message of all)."""
+        ...
+
+    def abandon(self) -> None:
+        """Give up a message streamed in part: the next one starts afresh (subscribers drop
+        the part)."""
+
+    def park(self) -> Optional[tuple[int, int]]:
+        """Awaiting (fastipc._aio): raise the waiting flag, look once more; None if ready,
+        else (address, value) of the futex word to wait on."""
+        ...
+
+    def unpark(self) -> None:
+        """Lower the waiting flag raised by :meth:`park`."""
+
     def finish_send(self, data: bytes, rc: int) -> None:
         """Complete a fast-path send whose one attempt (timeout None) returned ``rc``."""
 
@@ -183,6 +206,12 @@ class SubscriberOps(Protocol):
 
     def __init__(self, mm: mmap.mmap, size: int, fd: int, slot: int, name: str, pid: int,
                  max_message: int, spin: float) -> None: ...
+
+    def park(self) -> Optional[tuple[int, int]]:
+        """As :meth:`PublisherOps.park`; EOFError once the publisher has gone, all read."""
+        ...
+
+    def unpark(self) -> None: ...
 
     @property
     def missed(self) -> int:

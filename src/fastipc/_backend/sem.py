@@ -29,6 +29,21 @@ class SemaphoreBackend(Protocol):
         """The current value (>= 0)."""
         ...
 
+    def try_acquire(self) -> bool:
+        """Decrement without waiting: False while the value is 0."""
+        ...
+
+    def waiters(self, delta: int) -> tuple[int, int]:
+        """Count this process in (``delta`` 1) or out (-1) of the semaphore's waiters, as
+        ``sem_wait`` does, so that ``sem_post`` wakes the futex word: ``(address of the
+        futex word, the value then)``. OSError(ENOSYS) where the C library's ``sem_t``
+        is not glibc's 64-bit layout."""
+        ...
+
+    def pass_wake(self) -> None:
+        """Wake one sleeper if the value is > 0 and someone waits (a wake-up taken by an
+        awaiting coroutine that then gave up goes on to another waiter)."""
+
     def wake(self) -> None:
         """Make every acquire waiting on this handle end with OSError(ECANCELED) within
         one slice of its sleep (a sleeping sem_wait cannot be woken from outside)."""

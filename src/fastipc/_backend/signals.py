@@ -21,3 +21,8 @@ class SignalsBackend(Protocol):
         ``timeout`` (C convention); TimeoutError if none came. A signal handled meanwhile
         runs its Python handler (one that raises ends the wait) and the wait goes on."""
         ...
+
+    def notifier(self, signums: list[int]) -> int:
+        """A new fd (signalfd, non-blocking, non-inheritable) that turns readable while one
+        of ``signums`` is pending: what an event loop watches; the caller closes it."""
+        ...

@@ -72,6 +72,17 @@ class _Ops:
     def wake(self) -> None:
         lib.fipc_pub_wake(self._h)
 
+    def park(self) -> Optional[tuple[int, int]]:
+        off, val = ffi.new("uint64_t *"), ffi.new("uint32_t *")
+        rc = lib.fipc_pub_park(self._h, off, val)
+        if rc == 1:
+            return None
+        check(rc, self.name)
+        return self._addr + int(off[0]), int(val[0])
+
+    def unpark(self) -> None:
+        lib.fipc_pub_unpark(self._h)
+
     def close(self) -> None:
         """Mark this end closed in the segment and let go of the mapping, once no call of
         another thread is inside C on it (the fast paths are counted in C; closing wakes
@@ -116,6 +127,37 @@ class Publisher(_Ops):
         except BaseException:
             progress[0] = 0  # a message cut short is abandoned; subscribers drop it
             raise
+
+    def send_nowait(self, data: Any) -> bool:
+        buf = data if type(data) is bytes else _buffer(data)
+        rc = lib.fipc_pub_send(self._h, buf, len(buf), 0.0, self._progress)
+        if rc == 0:
+            return True
+        if rc in (-errno.ETIMEDOUT, -errno.EINTR):
+            return False  # a message streamed in part keeps its progress
+        self._progress[0] = 0
+        self._fail(rc, len(buf), 0.0, lambda left: rc)
+        return False  # pragma: no cover - _fail raised
+
+    def send_many_nowait(self, blob: Any, lens: list[int], first: int) -> int:
+        count = len(lens) - first
+        base = ffi.from_buffer(blob)
+        clens = ffi.new("uint64_t[]", lens[first:])
+        rc = lib.fipc_pub_send_many(self._h, base + sum(lens[:first]), clens, count, 0.0,
+                                    self._sent)
+        sent = int(self._sent[0])
+        if rc and rc not in (-errno.ETIMEDOUT, -errno.EINTR):
+            self._progress[0] = 0
+            try:
+                self._fail(rc, max(lens[first + sent:first + sent + 1] or [0]), 0.0,
+                           lambda left: rc)
+            except (OSError, ValueError) as exc:
+                setattr(exc, "messages_sent", first + sent)  # noqa: B010
+                raise
+        return sent
+
+    def abandon(self) -> None:
+        self._progress[0] = 0
 
     def finish_send(self, data: bytes, rc: int) -> None:
         """What the fast path's first attempt (timeout None) left to do."""

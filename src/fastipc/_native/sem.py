@@ -3,6 +3,7 @@ path (EINTR, errors) in :func:`fastipc._core.retry`."""
 
 from __future__ import annotations
 
+import errno
 import time
 from typing import Any, Optional
 
@@ -47,6 +48,23 @@ class Sem:
 
     def value(self) -> int:
         return check(lib.fipc_sem_value(self.sem), self.name)
+
+    def try_acquire(self) -> bool:
+        rc = lib.fipc_sem_try(self.sem)
+        if rc == 0:
+            return True
+        if rc == -errno.EAGAIN:
+            return False
+        check(rc, self.name)
+        return False  # pragma: no cover - check raised
+
+    def waiters(self, delta: int) -> tuple[int, int]:
+        word = ffi.new("uint64_t *")
+        value = check(lib.fipc_sem_waiters(self.sem, delta, word), self.name)
+        return int(word[0]), value
+
+    def pass_wake(self) -> None:
+        lib.fipc_sem_pass(self.sem)
 
     def wake(self) -> None:
         self._closing[0] = 1

@@ -7,7 +7,7 @@ from typing import Optional
 from fastipc._backend.signals import Received
 from fastipc._core import Deadline, check, ffi, lib, retry
 
-__all__ = ["send", "wait"]
+__all__ = ["notifier", "send", "wait"]
 
 
 def send(pid: int, signum: int, value: Optional[int]) -> None:
@@ -27,3 +27,7 @@ def wait(signums: list[int], timeout: float) -> Received:
 
     retry(attempt(timeout), attempt, deadline)
     return info.signo, info.pid, info.uid, (info.value if info.has_value else None)
+
+
+def notifier(signums: list[int]) -> int:
+    return check(lib.fipc_signal_fd(signums, len(signums)))

@@ -65,6 +65,7 @@ def _slot(i: int, field: int) -> int:
 
 class _Ops:
     role = 0
+    _want = 0  # publisher: room its last attempt lacked (a parked sender's)
 
     def __init__(self, mm: mmap.mmap, size: int, fd: int, name: str) -> None:
         import ctypes
@@ -133,29 +134,16 @@ class _Ops:
                 if (sub and self._gone(False)) or _monotonic() >= end:
                     break
         u32 = self._u32
-        if not sub:  # subscribers wake us once they have freed a slice, not at once
-            self._u64[L.OFF_PWANT // 8] = (self.pos + max(need, self.capacity >> L.WAKE_SHIFT)
-                                           - self.capacity) & _MASK64
+        if not sub:
+            self._want_room(need)
         wait_off = L.OFF_SWAIT if sub else L.OFF_PWAIT
         seq_off = L.OFF_DSEQ if sub else L.OFF_SSEQ
         slept = False
         while True:
             if self.closed:
                 raise _Code(-errno.EBADF)
-            seq = u32[seq_off // 4]
-            u32[wait_off // 4] = 1
-            _fence()
-            ok = self._ready(need)
-            if not ok and sub and self._gone(slept or timeout == 0):
-                ok = self._ready(need)  # the last head comes before the closed state
-                if not ok:
-                    raise _Code(FIPC_EOF)
-            if not ok and not sub and (slept or timeout == 0):
-                self._reclaim_dead()
-                ok = self._ready(need)
+            ok, seq = self._look(need, slept or timeout == 0)
             if ok:
-                if not sub:
-                    u32[wait_off // 4] = 0
                 if slept:
                     self.sleeps += 1
                     if start and self.spin_max > 0:
@@ -182,8 +170,60 @@ class _Ops:
             if sub and self.recheck:  # the subscriber looks at its exported views
                 raise _Code(-errno.EINTR)
 
+    def _want_room(self, need: int) -> None:
+        """Publisher: subscribers wake us once they have freed a slice, not at once."""
+        self._u64[L.OFF_PWANT // 8] = (self.pos + max(need, self.capacity >> L.WAKE_SHIFT)
+                                       - self.capacity) & _MASK64
+
+    def _look(self, need: int, deep: bool) -> tuple[bool, int]:
+        """raise_and_look() of csrc/pubsub.c: raise this end's waiting flag and look once
+        more: (ready, the futex word's value read before the flag went up); _Code(FIPC_EOF)
+        for a subscriber whose publisher has gone. The publisher's flag is lowered again
+        when it is ready."""
+        sub = self.role == _ROLE_SUB
+        u32 = self._u32
+        wait_off = L.OFF_SWAIT if sub else L.OFF_PWAIT
+        seq = u32[(L.OFF_DSEQ if sub else L.OFF_SSEQ) // 4]
+        u32[wait_off // 4] = 1
+        _fence()
+        ok = self._ready(need)
+        if not ok and sub and self._gone(deep):
+            ok = self._ready(need)  # the last head comes before the closed state
+            if not ok:
+                raise _Code(FIPC_EOF)
+        if not ok and not sub and deep:
+            self._reclaim_dead()
+            ok = self._ready(need)
+        if ok and not sub:
+            u32[wait_off // 4] = 0
+        return ok, seq
+
+    def park(self) -> Optional[tuple[int, int]]:
+        if self.closed:
+            check(-errno.EBADF, self.name)
+        sub = self.role == _ROLE_SUB
+        need = 0 if sub else self._want
+        if sub:
+            self._release_cursor()  # never park on space we could give back
+        else:
+            self._publish_head()
+            self._want_room(need)
+        try:
+            ok, seq = self._look(need, True)
+        except _Code as exc:
+            check(exc.code, self.name)
+            raise  # pragma: no cover - check raised
+        return None if ok else (self._addr + (L.OFF_DSEQ if sub else L.OFF_SSEQ), seq)
+
+    def unpark(self) -> None:
+        if self.role != _ROLE_SUB and not self.closed:
+            self._u32[L.OFF_PWAIT // 4] = 0
+
     def _gone(self, check_lock: bool) -> bool:
         return False
+
+    def _publish_head(self) -> None:
+        pass
 
     def _reclaim_dead(self) -> None:
         pass
@@ -310,6 +350,7 @@ class Publisher(_Ops):
                 self._advance_oldest(self.pos + need - cap)
         elif cap - (self.pos - self.peer) < need and not self._ready(need):
             self._publish_head()
+            self._want = need  # what a parked async sender waits for
             self._wait(need, deadline)
         if frame > room:
             self._frame(L.HEADER + (self.pos & (cap - 1)), room - L.FR_HDR, L.FR_PAD)
@@ -379,6 +420,44 @@ class Publisher(_Ops):
             if isinstance(exc, OSError):
                 self._too_big(exc, len(view))
             raise
+
+    def send_nowait(self, data: Any) -> bool:
+        view = byte_view(data)
+        rc = self._send_some([view], Deadline(0.0))
+        if rc in (0, -errno.ETIMEDOUT, -errno.EINTR):
+            return rc == 0  # a message streamed in part keeps its progress
+        self._progress = 0
+        try:
+            check(rc, self.name)
+        except OSError as exc:
+            self._too_big(exc, len(view))
+            raise
+        return False  # pragma: no cover - check raised
+
+    def send_many_nowait(self, blob: Any, lens: list[int], first: int) -> int:
+        mv = memoryview(blob)
+        views, at = [], sum(lens[:first])
+        for n in lens[first:]:
+            views.append(mv[at:at + n])
+            at += n
+        rc = self._send_some(views, Deadline(0.0))
+        sent = self._sent
+        if rc and rc not in (-errno.ETIMEDOUT, -errno.EINTR):
+            self._progress = 0
+            try:
+                try:
+                    check(rc, self.name)
+                except OSError as exc:
+                    if first + sent < len(lens):
+                        self._too_big(exc, lens[first + sent])
+                    raise
+            except (OSError, ValueError) as exc:
+                setattr(exc, "messages_sent", first + sent)  # noqa: B010
+                raise
+        return sent
+
+    def abandon(self) -> None:
+        self._progress = 0
 
     def finish_send(self, data: bytes, rc: int) -> None:
         raise AssertionError("the pure backend has no fast path")

@@ -16,9 +16,12 @@ import ctypes.util
 import errno
 import math
 import os
+import platform
+import sys
 import time
 from typing import Any
 
+from fastipc._aio import _SYS_FUTEX, _syscall
 from fastipc._backend.sem import SemaphoreBackend
 from fastipc._core import Deadline, raise_errno, retry
 
@@ -56,6 +59,14 @@ _get_errno = ctypes.get_errno
 _monotonic = time.monotonic
 _CLOCK_MONOTONIC = time.CLOCK_MONOTONIC
 _SLICE = 0.02  # seconds a wait sleeps before it looks at the closing flag again (as sem.c)
+# glibc's sem_t on 64-bit little-endian machines: a 64-bit word, the value in its low half
+# (the futex word), the number of waiters in its high half (see fipc_sem_waiters in sem.c).
+# The waiters are counted with FUTEX_WAKE_OP, whose atomic add on a second word wakes
+# nobody when asked to wake none: the atomic read-modify-write Python lacks.
+_NEW_SEM = (platform.libc_ver()[0] == "glibc" and sys.maxsize > 2**32
+            and sys.byteorder == "little")
+_FUTEX_WAKE, _FUTEX_WAKE_OP = 1, 5
+_FUTEX_OP_ADD = 1 << 28
 
 
 def _fail(name: str) -> Any:
@@ -119,6 +130,30 @@ class Sem:
         if _libc.sem_getvalue(self.sem, ctypes.byref(v)) < 0:
             _fail(self.name)
         return max(0, v.value)
+
+    def try_acquire(self) -> bool:
+        if _trywait(self.sem) == 0:
+            return True
+        err = _get_errno()
+        if err != errno.EAGAIN:
+            raise_errno(err, self.name)
+        return False
+
+    def waiters(self, delta: int) -> tuple[int, int]:
+        if not _NEW_SEM:
+            raise_errno(errno.ENOSYS, self.name)
+        sem = int(self.sem)
+        high = ctypes.c_void_p(sem + 4)  # the waiters: an atomic add the kernel makes for us
+        if _syscall()(_SYS_FUTEX, high, _FUTEX_WAKE_OP, 0, None, high,
+                      _FUTEX_OP_ADD | ((delta & 0xFFF) << 12)) < 0:
+            _fail(self.name)
+        return sem, ctypes.c_uint32.from_address(sem).value
+
+    def pass_wake(self) -> None:
+        if _NEW_SEM:
+            data = ctypes.c_uint64.from_address(int(self.sem)).value
+            if data & 0xFFFFFFFF and data >> 32:
+                _syscall()(_SYS_FUTEX, ctypes.c_void_p(self.sem), _FUTEX_WAKE, 1, None, None, 0)
 
     def wake(self) -> None:
         self.closing = True

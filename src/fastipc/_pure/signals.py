@@ -13,7 +13,7 @@ from typing import Optional
 from fastipc._backend.signals import Received
 from fastipc._core import Deadline, retry
 
-__all__ = ["send", "wait"]
+__all__ = ["notifier", "send", "wait"]
 
 SI_QUEUE = -1
 _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
@@ -22,6 +22,8 @@ _libc.sigtimedwait.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p
 _libc.sigwaitinfo.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
 _libc.sigaddset.argtypes = [ctypes.c_void_p, ctypes.c_int]
 _libc.sigemptyset.argtypes = [ctypes.c_void_p]
+_libc.signalfd.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
+_SFD_NONBLOCK, _SFD_CLOEXEC = os.O_NONBLOCK, os.O_CLOEXEC  # their values on Linux
 
 # siginfo_t on Linux: si_signo, si_errno, si_code (3 ints), then a union aligned to a pointer;
 # for SI_QUEUE and kill() its fields are si_pid, si_uid, si_value.
@@ -39,21 +41,36 @@ def send(pid: int, signum: int, value: Optional[int]) -> None:
     # union sigval is passed by value in a register; on little-endian Linux (x86-64,
     # aarch64) sival_int is its low 32 bits.
     if _libc.sigqueue(pid, signum, value & 0xFFFFFFFF) < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
+        _fail()
 
 
 def _int(raw: bytes, at: int, signed: bool = True) -> int:
     return int.from_bytes(raw[at : at + 4], sys.byteorder, signed=signed)
 
 
-def wait(signums: list[int], timeout: float) -> Received:
+def _fail() -> None:
+    err = ctypes.get_errno()
+    raise OSError(err, os.strerror(err))
+
+
+def _sigset(signums: list[int]) -> ctypes.Array[ctypes.c_char]:
     sigset = ctypes.create_string_buffer(128)
     _libc.sigemptyset(sigset)
     for s in signums:
         if _libc.sigaddset(sigset, s) < 0:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err))
+            _fail()
+    return sigset
+
+
+def notifier(signums: list[int]) -> int:
+    fd = int(_libc.signalfd(-1, _sigset(signums), _SFD_NONBLOCK | _SFD_CLOEXEC))
+    if fd < 0:
+        _fail()
+    return fd
+
+
+def wait(signums: list[int], timeout: float) -> Received:
+    sigset = _sigset(signums)
     info = ctypes.create_string_buffer(128)  # owned by this call
     deadline = Deadline(timeout)
 
