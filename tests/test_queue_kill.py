@@ -24,7 +24,7 @@ from conftest import SHM_DIR
 from fastipc._backend import queue as L
 from fastipc._core import Deadline
 from fastipc.queue import NamedQueue
-from helpers import run_python
+from helpers import run_python, start_python
 
 CAPACITY = 1 << 16
 SENTINEL = b"stop"
@@ -601,4 +601,37 @@ def test_an_exception_raised_into_gets_loses_nothing(cross: tuple[str, str], nam
         assert out.returncode == 0, out.stderr[-3000:]
         assert int(out.stdout) > 100  # the handler did raise into many calls
         assert q.qsize() == 0
+    assert not [p for p in SHM_DIR.iterdir() if p.name.startswith(name)]
+
+
+def test_rm_stale_removes_segments_a_producer_died_creating(name: str) -> None:
+    """A producer killed between creating a large message's segment (or a spill file) and
+    writing its first bytes leaves an empty file: ``fastipc ls`` lists it beside its queue,
+    alive while it is young (a live producer may be about to write it) or its queue's owner
+    is alive, and ``rm --stale`` removes it once it is neither."""
+    out = start_python("""
+        import os, sys
+        from fastipc.queue import NamedQueue
+        q = NamedQueue(sys.argv[1], create=True, capacity=1 << 16)
+        for suffix in ("0123456789abcdef", "s7"):
+            os.close(os.open(f"/dev/shm/{sys.argv[1]}.{suffix}", os.O_CREAT | os.O_RDWR, 0o600))
+        print("ready", flush=True)
+        sys.stdin.read()
+        """, name, stdin=subprocess.PIPE)
+    try:
+        assert out.stdout.readline().strip() == "ready"
+        empties = [SHM_DIR / f"{name}.0123456789abcdef", SHM_DIR / f"{name}.s7"]
+        listing = _fastipc("ls").stdout
+        assert all(p.name in listing for p in empties)
+        _fastipc("rm", "--stale", "--match", name)
+        assert all(p.exists() for p in empties)  # young, and the queue's owner runs
+        for p in empties:
+            os.utime(p, (time.time() - 60, time.time() - 60))
+        _fastipc("rm", "--stale", "--match", name)
+        assert not any(p.exists() for p in empties)
+        assert (SHM_DIR / name).exists()  # the live queue stays
+    finally:
+        out.kill()
+        out.communicate()
+    _fastipc("rm", "--stale", "--match", name)
     assert not [p for p in SHM_DIR.iterdir() if p.name.startswith(name)]

@@ -1336,6 +1336,8 @@ def describe(path: str) -> Optional[QueueInfo]:
             return _describe_blob(fd, path, name, st.st_size)
         if head[:8] == L.SPILL_MAGIC:
             return _describe_spill(path, name, st.st_size)
+        if len(head) < 8 and (_BLOB_MAGIC.startswith(head) or L.SPILL_MAGIC.startswith(head)):
+            return _describe_headless(fd, path, name, st)
         if len(head) < L.HEADER:
             return None
         magic, version, capacity, _max, maxsize, owner = struct.unpack_from("<IIQQQi", head)
@@ -1355,6 +1357,37 @@ def describe(path: str) -> Optional[QueueInfo]:
         return None
     finally:
         os.close(fd)
+
+
+# A message segment or spill file still without its first 8 bytes, which no one holds locked,
+# and older than this (seconds): its producer was killed between creating and writing it.
+# (A younger one may be a live producer's, between its create and its lock.)
+HEADLESS_AGE = 10.0
+
+
+def _describe_headless(fd: int, path: str, name: str, st: os.stat_result
+                       ) -> Optional[QueueInfo]:
+    """A queue's message segment or spill file whose producer has not written its magic yet:
+    None unless ``path`` is named as one (``<queue>.<16 hex>`` or ``<queue>.s<n>``) beside a
+    queue that exists, or beside an anonymous queue's name."""
+    parent, _, suffix = path.rpartition(".")
+    blob = bool(_BLOB_SUFFIX.fullmatch(suffix))
+    if not blob and not _SPILL_SUFFIX.fullmatch(suffix):
+        return None
+    parent_info = describe(parent) if os.path.exists(parent) else None
+    if (parent_info is None or parent_info.kind != "queue") and (
+            not os.path.basename(parent).startswith(ANONYMOUS_PREFIX) or os.path.exists(parent)):
+        return None  # not beside a queue: not ours to judge
+    try:
+        locked = _owner_alive(fd)
+    except OSError:
+        locked = True
+    young = time.time() - st.st_mtime < HEADLESS_AGE
+    alive = locked or (young and parent_info is not None and parent_info.alive)
+    kind = "queue-blob" if blob else "queue-spill"
+    detail = ("being created" if alive else
+              "left empty by a producer that died creating it")
+    return QueueInfo(kind, name, st.st_size, 0, alive, detail)
 
 
 def _describe_blob(fd: int, path: str, name: str, size: int) -> QueueInfo:
