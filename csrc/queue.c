@@ -490,7 +490,15 @@ static int spill_route(fipc_queue *q, uint64_t frame, uint64_t *tail, uint64_t *
             *head = LOAD(A64(q, FIPC_Q_OFF_HEAD), acquire);
             if ((*rc = span(q, *head, *tail, &used, &count)) < 0)
                 return 2;
-            return q->maxsize && count + spill_count(q) >= q->maxsize ? 2 : 1;
+            if (q->maxsize && count + spill_count(q) >= q->maxsize)
+                return 2;
+            /* consumers moved since this handle's last grace ran out: give them one more,
+             * so that the spill drains and the stream comes back to the ring (a producer
+             * faster than its consumers would otherwise keep it in the slower spill) */
+            return may_wait && (*spill_r != __atomic_load_n(&q->stalled_r, __ATOMIC_RELAXED) ||
+                                *head != __atomic_load_n(&q->stalled_head, __ATOMIC_RELAXED))
+                       ? 3
+                       : 1;
         }
         STORE(A32(q, FIPC_Q_OFF_SPILLING), 0u, relaxed); /* drained: back to the ring */
         spill_end(q, *spill_r);
@@ -508,9 +516,10 @@ static int spill_route(fipc_queue *q, uint64_t frame, uint64_t *tail, uint64_t *
     return 1;
 }
 
-/* A put that may wait and finds the ring full (the spill empty) first waits up to this long
- * for room: a consumer that keeps up (descheduled for a moment) keeps the messages in the
- * ring, and the spill, slower, takes them only when consumers fall behind for longer. */
+/* A put that may wait and finds the ring full (the spill empty, or the spill being drained by
+ * consumers that moved since the last grace ran out) first waits up to this long for room: a
+ * consumer that keeps up (descheduled for a moment) keeps the messages in the ring, and the
+ * spill, slower, takes them only when consumers fall behind for longer. */
 #define SPILL_GRACE_NS 10000000LL
 
 /* After spill_route said 3: wait for room until the grace (or the deadline) ends. 0: look
@@ -523,14 +532,15 @@ static int spill_grace(fipc_queue *q, uint64_t head, uint64_t spill_r, double ti
         *grace_end = now + SPILL_GRACE_NS;
     if (end < 0 || end > *grace_end)
         end = *grace_end;
-    if (end <= now) {
-        *grace_end = -1;
-        return 0;
+    int rc = -ETIMEDOUT;
+    if (end > now) {
+        int64_t until = FIPC_DEADLINE_UNSET;
+        rc = wait_space(q, head, spill_r, (double)(end - now) / 1e9, &until);
     }
-    int64_t until = FIPC_DEADLINE_UNSET;
-    int rc = wait_space(q, head, spill_r, (double)(end - now) / 1e9, &until);
-    if (rc == -ETIMEDOUT) {
+    if (rc == -ETIMEDOUT) { /* spent: spill, and no grace again until consumers move */
         *grace_end = -1;
+        __atomic_store_n(&q->stalled_head, head, __ATOMIC_RELAXED);
+        __atomic_store_n(&q->stalled_r, spill_r, __ATOMIC_RELAXED);
         return 0;
     }
     return rc;

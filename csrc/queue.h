@@ -57,6 +57,8 @@ typedef struct fipc_queue {
     uint64_t tail_seen;     /* get: the tail word last read (a lower bound of tail) */
     int64_t head_seen_ns;   /* when head_seen was read (CLOCK_MONOTONIC_COARSE ns; 0: never) */
     int64_t tail_seen_ns;   /* when tail_seen was read */
+    uint64_t stalled_head;  /* put: head and the spill's read word when a grace last ran out */
+    uint64_t stalled_r;     /*   with consumers still behind: no grace until either moves */
     int32_t closed;         /* set by fipc_queue_close: calls return -EBADF */
     int32_t busy;           /* calls in progress on this handle (any thread) */
     fipc_spin spin;         /* adaptive spin before sleeping */

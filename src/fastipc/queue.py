@@ -1056,9 +1056,9 @@ class Queue(Handle):
         """The entries that _pending[k] stands for: itself, or the messages of a marked
         buffer or batch as (payload or object, kind)."""
         item, kind = self._pending[k]
-        if kind == _MARKED:
-            mark = _mark_of(item)
-            return [(bytearray(item[:mark & _LEN]), mark >> 32)]
+        if kind == _MARKED:  # the buffer is this entry's alone (a fresh one, or a stage
+            mark = _mark_of(item)  # that left the pool with it): no copy of the message
+            return [(memoryview(item)[:mark & _LEN], mark >> 32)]
         if kind != _BATCH:
             return [(item, kind)]
         out, batch, done = item

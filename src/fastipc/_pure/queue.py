@@ -147,6 +147,7 @@ class Ops:
         self._maxsize = maxsize
         self._spin = spin
         self._closed = False
+        self._stalled = (-1, -1)  # put: (head, spill read word) when a grace last ran out
         self._busy: list[None] = []  # calls using the mapping (list ops are atomic)
         self._last = (0, 0)
         self._w64: Any = (ctypes.c_uint64 * (L.HEADER // 8)).from_buffer(mm)
@@ -318,8 +319,12 @@ class Ops:
             return 2, head, spill_r, -1
         if w32[_SPILLING]:
             if spill_r != w64[_SW]:
-                full = self._maxsize and count + self._spill_count() >= self._maxsize
-                return (2 if full else 1), head, spill_r, count
+                if self._maxsize and count + self._spill_count() >= self._maxsize:
+                    return 2, head, spill_r, count
+                # consumers moved since this handle's last grace ran out: one more, so that
+                # the spill drains and the stream comes back to the ring (csrc/queue.c)
+                moved = may_wait and (head, spill_r) != self._stalled
+                return (3 if moved else 1), head, spill_r, count
             w32[_SPILLING] = 0  # drained: back to the ring
             self._spill_end(spill_r)
         if self._cap - used >= frame and not (self._maxsize and count >= self._maxsize):
@@ -558,8 +563,9 @@ class Ops:
                 end = grace_end if deadline.end <= 0 else min(grace_end, deadline.end)
                 rc = (self._wait(_H, head, _SR, spill_r, L.OFF_SPACE_SEQ, L.OFF_PUT_WAITING,
                                  Deadline(end - now)) if end > now else -errno.ETIMEDOUT)
-                if rc == -errno.ETIMEDOUT:
+                if rc == -errno.ETIMEDOUT:  # spent: no grace again until consumers move
                     grace_end = -1.0
+                    self._stalled = (head, spill_r)
                 elif rc:
                     return rc, sent
             elif sent < len(lens) and not again:
