@@ -309,8 +309,10 @@ async def _closed_under(make_get: Callable[[], Any], close: Callable[[], None],
     tasks = [asyncio.ensure_future(make_get()) for _ in range(count)]
     await asyncio.sleep(0.3)
     assert not any(t.done() for t in tasks)
-    threading.Thread(target=close).start()
+    closer = threading.Thread(target=close)  # joined: closed before the end
+    closer.start()
     results = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 30)
+    closer.join(5)
     assert all(isinstance(r, ValueError) for r in results), {type(r) for r in results}
 
 

@@ -385,8 +385,10 @@ def test_close_while_awaiting_raises_value_error(
         rx = asyncio.ensure_future(queue.receive_async())
         await asyncio.sleep(0.05)
         t0 = time.monotonic()
-        threading.Thread(target=queue.close).start()  # from another thread
+        closer = threading.Thread(target=queue.close)  # joined: closed before the end
+        closer.start()
         done = await asyncio.wait_for(asyncio.gather(rx, return_exceptions=True), 5)
+        closer.join(5)
         took = time.monotonic() - t0
         # send_async on a full queue, closed from the loop itself
         with mq.MessageQueue(queue.name, backend=queue.backend) as other:
@@ -476,8 +478,10 @@ def test_close_ends_every_awaiting_coroutine(
         rx = [asyncio.ensure_future(queue.receive_async()) for _ in range(20)]
         await asyncio.sleep(0.05)
         t0 = time.monotonic()
-        threading.Thread(target=queue.close).start()
+        closer = threading.Thread(target=queue.close)  # joined: closed before the end
+        closer.start()
         received = await asyncio.wait_for(asyncio.gather(*rx, return_exceptions=True), 5)
+        closer.join(5)
         took = time.monotonic() - t0
         with mq.MessageQueue(queue.name, backend=queue.backend) as other:
             for _ in range(8):

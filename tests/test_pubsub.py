@@ -1312,10 +1312,12 @@ def test_close_from_another_thread_ends_every_await(backend: str, name: str,
             await asyncio.sleep(0.5)
             done = [t for t in tasks if t.done()]
             assert sorted(check_message(t.result()) for t in done) == list(range(100))
-            threading.Thread(target=sub.close).start()
+            closer = threading.Thread(target=sub.close)  # joined: closed before the end
+            closer.start()
             rest = await asyncio.wait_for(
                 asyncio.gather(*(t for t in tasks if t not in done), return_exceptions=True),
                 10)
+            closer.join(5)
             assert len(rest) == 200 and all(isinstance(r, ValueError) for r in rest), rest
             # the publisher, full (a second subscriber that does not read), closed under it
             with pubsub.Subscriber(name, backend=backend):
@@ -1326,8 +1328,10 @@ def test_close_from_another_thread_ends_every_await(backend: str, name: str,
                         break
                 sends = [asyncio.ensure_future(pub.send_async(b"z" * 500)) for _ in range(5)]
                 await asyncio.sleep(0.1)
-                threading.Thread(target=pub.close).start()
+                closer = threading.Thread(target=pub.close)  # joined: closed before the end
+                closer.start()
                 got = await asyncio.wait_for(asyncio.gather(*sends, return_exceptions=True), 10)
+                closer.join(5)
                 assert all(isinstance(g, ValueError) for g in got), got
 
         run_on(loop_kind, main())

@@ -247,9 +247,11 @@ def test_close_while_awaiting(backend: str, run: Any) -> None:
         task = asyncio.ensure_future(q.get_async())
         await asyncio.sleep(0.05)
         t0 = time.monotonic()
-        threading.Thread(target=q.close).start()  # from another thread
+        closer = threading.Thread(target=q.close)  # joined: closed before the end
+        closer.start()
         with pytest.raises(ValueError):
             await task
+        closer.join(5)
         assert time.monotonic() - t0 < 1
         assert q.closed
 

@@ -493,8 +493,10 @@ def test_acquire_async_many_coroutines_each_token_once(
         # close from another thread ends every wait
         tasks = [asyncio.ensure_future(s.acquire_async()) for _ in range(50)]
         await asyncio.sleep(0.2)
-        threading.Thread(target=s.close).start()
+        closer = threading.Thread(target=s.close)  # joined: closed before the end
+        closer.start()
         got = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 10)
+        closer.join(5)
         assert all(isinstance(g, ValueError) for g in got), got
 
     run_on(loop_kind, main())

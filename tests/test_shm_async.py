@@ -258,9 +258,11 @@ def test_close_while_awaiting(backend: str, name: str, run: Any) -> None:
             task = asyncio.ensure_future(r.recv_async())
             await asyncio.sleep(0.05)
             t0 = time.monotonic()
-            threading.Thread(target=r.close).start()  # from another thread
+            closer = threading.Thread(target=r.close)  # joined: closed before the end
+            closer.start()
             with pytest.raises(ValueError):
                 await task
+            closer.join(5)
             assert time.monotonic() - t0 < 1
             assert r.closed
         w = shm.Writer(name, capacity=4096, backend=backend)
