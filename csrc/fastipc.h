@@ -34,6 +34,10 @@ typedef struct fipc_spin {
                                sleeps that waited long (see fipc_spin_slept) */
 } fipc_spin;
 
+/* Add the native handle types (csrc/py/, the per-message path) to fastipc._fastipc: 0, or
+ * -1 after printing the error. Called once, by fastipc._core. */
+int fipc_py_install(void);
+
 /* CDEF END */
 
 /* ---- internal helpers shared by the C files (common.c); not visible to Python ---- */

@@ -54,7 +54,9 @@ def _flags() -> list[str]:
 
 
 def _sources() -> list[str]:
-    return sorted(os.path.relpath(p, os.getcwd()) for p in CSRC.glob("*.c"))
+    # csrc/<mechanism>.c: the C core, plain C; csrc/py/*.c: the native handles (Python's limited API)
+    paths = [*CSRC.glob("*.c"), *CSRC.glob("py/*.c")]
+    return sorted(os.path.relpath(p, os.getcwd()) for p in paths)
 
 
 ffibuilder = FFI()

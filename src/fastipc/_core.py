@@ -372,6 +372,14 @@ class Handle:
 
     _what = "object"  # named in the ValueError of a closed object
     _closed = True  # until _open_handle(): a half-built object is closed
+    # The name of this class's native handle type in fastipc._fastipc (csrc/py/), or None.
+    # With one, an object of the native backend is an instance of concrete(cls, "native"),
+    # a subclass of that type and this class whose per-message methods are the type's.
+    _handle_type: Optional[str] = None
+
+    def __new__(cls, *args: Any, backend: Optional[str] = None, **kwargs: Any) -> Any:
+        impl = concrete(cls, resolve_backend(backend))
+        return object.__new__(impl) if impl is cls else impl.__new__(impl)
     _fd = -1
     _backend = "?"
     _calls: list[None]
@@ -471,22 +479,37 @@ class Handle:
         return f"<{type(self).__name__} {state} backend={self._backend}>"
 
 
+_concrete: dict[tuple[type, str], type] = {}
+
+
+def concrete(cls: type[_T], backend: str) -> type[_T]:
+    """The class of ``cls``'s objects on ``backend``: ``cls`` itself, or for the native
+    backend of a class with a ``_handle_type``, the subclass of that native handle type and
+    ``cls`` (made once, named as ``cls``), whose C methods come first."""
+    name = cls._handle_type
+    if backend != "native" or name is None or issubclass(cls, _fastipc.Handle):
+        return cls
+    impl = _concrete.get((cls, backend))
+    if impl is None:
+        handle = getattr(_fastipc, name)
+        impl = type(cls)(cls.__name__, (handle, cls), {
+            "__module__": cls.__module__, "__qualname__": cls.__qualname__,
+            "__doc__": cls.__doc__})
+        _concrete[(cls, backend)] = impl
+    return impl  # type: ignore[return-value]
+
+
 _WRAPPER = """
 def {name}({params}):
-    calls = {this}._calls
-    calls.append(None)
+    {this}._enter()
     try:
-        if {this}._closed:
-            raise {this}._closed_error()
         return method({args})
     except (OSError, EOFError):
         if {this}._closed:
             raise {this}._closed_error() from None
         raise
     finally:
-        calls.pop()
-        if {this}._closed and not calls:
-            {this}._free_once()
+        {this}._leave()
 """
 
 
@@ -543,3 +566,8 @@ def uses_handle_async(method: Callable[..., Awaitable[_R]]) -> Callable[..., Awa
             self._leave()
 
     return call
+
+
+# The native handle types (csrc/py/) join fastipc._fastipc once what they call here exists.
+if NATIVE_ERROR is None and not hasattr(_fastipc, "Handle") and lib.fipc_py_install() != 0:
+    raise ImportError("fastipc: the native handle types could not be set up (see above)")

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import errno
 import threading
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NoReturn, Optional
 
 from fastipc import _aio, _core
 from fastipc._backend.sem import SemaphoreBackend
@@ -70,6 +70,8 @@ class Semaphore(Handle):
     """
 
     _what = "Semaphore"
+    _handle_type = "SemHandle"  # csrc/py/sem.c: acquire, release, value and the await hooks
+    _s: Optional[SemaphoreBackend] = None  # the pure backend's semaphore (None: native)
 
     def __init__(
         self,
@@ -88,19 +90,24 @@ class Semaphore(Handle):
         which, impl = _backend(backend)
         self._impl = impl
         self._name = name
-        self._s: SemaphoreBackend = impl(name, create, mode, value)
+        if which == "native":
+            self._open(name.encode(), create, mode, value)  # type: ignore[attr-defined]
+        else:
+            self._s = impl(name, create, mode, value)
         self._open_handle(which)
 
     # ------------------------------------------------------------------ life cycle
 
     def _wake(self) -> None:
-        self._s.wake()
+        if self._s is not None:
+            self._s.wake()
         word = getattr(self, "_word", 0)
         if word:
             _aio.wake(word)  # our awaiting coroutines try again, and find it closed
 
     def _free(self) -> None:
-        self._s.close()
+        if self._s is not None:  # the native handle released its semaphore in C
+            self._s.close()
 
     def _describe(self) -> str:
         return repr(self._name)
@@ -126,12 +133,14 @@ class Semaphore(Handle):
 
     # ------------------------------------------------------------------ operations
 
+    # The per-message operations below are the pure backend's: on the native backend, the
+    # methods of the handle type (csrc/py/sem.c) come first and do the same in C.
     @uses_handle
     def acquire(self, timeout: Optional[float] = None) -> bool:
         """Decrement the value, waiting while it is 0: TimeoutError after ``timeout``
         seconds (None: forever, 0: do not wait). Returns True (so that code written for
         ``threading.Semaphore`` keeps working)."""
-        self._s.acquire(-1.0 if timeout is None else check_timeout(timeout))
+        self._s.acquire(-1.0 if timeout is None else check_timeout(timeout))  # type: ignore[union-attr]
         return True
 
     async def acquire_async(self, timeout: Optional[float] = None) -> bool:
@@ -143,27 +152,26 @@ class Semaphore(Handle):
         ``sem_post`` wakes them): OSError(ENOSYS) elsewhere."""
         self._check_open()
         deadline = Deadline.of(timeout)
-        s = self._s
 
         def attempt() -> Any:
             if self._closed:
                 raise self._closed_error()
-            return True if s.try_acquire() else _aio.NOT_READY
+            return True if self._try() else _aio.NOT_READY
 
         def park() -> Optional[tuple[int, int]]:
             with _counted_lock:
                 if self._closed:
                     return None  # attempt() says so
-                word, value = s.waiters(0)
+                word, value = self._waiters(0)
                 self._word = word
                 if value:
                     return None
                 if word not in _counted:  # the first of this process: counted in once
-                    word, value = s.waiters(1)
+                    word, value = self._waiters(1)
                     _counted.add(word)
                     if value:  # posted meanwhile: nobody of ours parks after all
                         _counted.discard(word)
-                        s.waiters(-1)
+                        self._waiters(-1)
                         return None
             return word, 0
 
@@ -171,7 +179,7 @@ class Semaphore(Handle):
             with _counted_lock:
                 if self._word in _counted:
                     _counted.discard(self._word)
-                    s.waiters(-1)
+                    self._waiters(-1)
 
         self._enter()  # busy while awaiting: close() wakes it and frees only once it left
         try:
@@ -179,7 +187,7 @@ class Semaphore(Handle):
                                    name=self._name)
         except BaseException:
             if not self._closed:
-                s.pass_wake()  # a wake-up this coroutine took goes on to another waiter
+                self._pass_wake()  # a wake-up this coroutine took goes on to another waiter
             raise
         finally:
             self._leave()
@@ -190,16 +198,28 @@ class Semaphore(Handle):
     def release(self) -> None:
         """Increment the value, waking one waiter. OSError(EOVERFLOW) past SEM_VALUE_MAX."""
         try:
-            self._s.release()
+            self._s.release()  # type: ignore[union-attr]
         except OSError as exc:
             if exc.errno == errno.EOVERFLOW:
-                raise OSError(
-                    errno.EOVERFLOW, f"the value is at its maximum, {SEM_VALUE_MAX}", self._name
-                ) from None
+                self._overflow()
             raise
+
+    def _overflow(self) -> NoReturn:
+        raise OSError(errno.EOVERFLOW, f"the value is at its maximum, {SEM_VALUE_MAX}",
+                      self._name)
 
     @property
     @uses_handle
     def value(self) -> int:
         """The current value (a snapshot: other processes may change it at once)."""
-        return self._s.value()
+        return self._s.value()  # type: ignore[union-attr]
+
+    # The hooks of acquire_async: the native handle's C methods, or these.
+    def _try(self) -> bool:
+        return self._s.try_acquire()  # type: ignore[union-attr]
+
+    def _waiters(self, delta: int) -> tuple[int, int]:
+        return self._s.waiters(delta)  # type: ignore[union-attr]
+
+    def _pass_wake(self) -> None:
+        self._s.pass_wake()  # type: ignore[union-attr]

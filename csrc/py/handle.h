@@ -1,0 +1,113 @@
+/* fastipc csrc/py/handle.h: the native handles, the per-message path of the native backend.
+ *
+ * Every object that moves messages (Semaphore, MessageQueue, pipe ends, shm Writer/Reader,
+ * Publisher/Subscriber, Queue, clients) owns one handle: an instance of a type written
+ * against CPython's limited C API (abi3), whose methods are the per-message operations. The
+ * public class of the native backend subclasses it (fastipc._core.concrete), so that
+ * `obj.send(data)` is one C method: no Python frame, nothing stored in the instance.
+ *
+ * These files are the only C of fastipc that includes Python.h. They are compiled into the
+ * same extension module as the C core (csrc/<mechanism>.c), call its functions, and share its
+ * process-wide state: nothing here exists twice. fipc_py_install() (called once by
+ * fastipc._core) adds the types to fastipc._fastipc.
+ *
+ * What the handle owns, once for every mechanism (struct fipc_handle, handle.c):
+ * - the closed flag and the busy count (C11 atomics: correct without the GIL);
+ * - close(): marks the handle closed, wakes the calls blocked in C (the kind's wake) and the
+ *   Python-level waiters (the object's _wake), and releases once no call is busy: C's part
+ *   (the kind's release), then the object's _free. The last call to leave releases when close
+ *   found calls busy, so no memory is freed while C may still touch it;
+ * - the one wait loop (fipc_h_wait): the GIL is released only around a real wait, EINTR runs
+ *   the signal handlers (a handler that raises ends the call) and waits again for the time
+ *   left (PEP 475), a closed handle ends the wait with ValueError.
+ */
+#ifndef FASTIPC_PY_HANDLE_H
+#define FASTIPC_PY_HANDLE_H
+
+#define Py_LIMITED_API 0x030A0000
+#include <Python.h>
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "../fastipc.h"
+
+typedef struct fipc_handle fipc_handle;
+
+/* What a mechanism tells the base: how to wake its C waits, and what to release. */
+typedef struct fipc_handle_kind {
+    /* Make the calls of this handle blocked in C return soon (any thread, GIL held; the
+     * handle is closed already). NULL: nothing to do. */
+    void (*wake)(fipc_handle *h);
+    /* Release what C uses (GIL held, no call busy). Runs at most once; NULL: nothing. */
+    void (*release)(fipc_handle *h);
+} fipc_handle_kind;
+
+enum {
+    FIPC_H_UNOPENED = 0,  /* made, not yet opened: counts as closed */
+    FIPC_H_OPEN = 1,
+    FIPC_H_CLOSED = 2,    /* closed; released once no call is busy */
+    FIPC_H_RELEASED = 3
+};
+
+struct fipc_handle {
+    PyObject_HEAD
+    _Atomic int32_t state;
+    _Atomic int32_t busy;    /* calls of this handle running (in C, or awaiting in Python) */
+    const fipc_handle_kind *kind;
+};
+
+/* Enter a call: 0, or -1 with ValueError set if the handle is closed. */
+int fipc_h_enter(fipc_handle *h);
+/* Leave a call; releases if the handle was closed meanwhile and this was the last call.
+ * 0, or -1 with an exception set (a _free that raised), which the caller returns. */
+int fipc_h_leave(fipc_handle *h);
+/* Leave a call that failed with an exception set: if the handle was closed during the call,
+ * the exception becomes the closed object's ValueError. Returns NULL. */
+PyObject *fipc_h_fail(fipc_handle *h);
+static inline int fipc_h_closed(fipc_handle *h)
+{
+    return atomic_load_explicit(&h->state, memory_order_acquire) != FIPC_H_OPEN;
+}
+
+/* A `timeout` argument in the C convention: None -> -1.0 (forever), else seconds >= 0
+ * (inf -> -1.0). 0, or -1 with the TypeError/ValueError of fastipc._core.check_timeout. */
+int fipc_h_timeout(PyObject *obj, double *out);
+
+/* Parse a vectorcall argument list against `names` (NULL-terminated; the first `required`
+ * are required): out[i] gets a borrowed reference, or NULL if not given. 0, or -1 with
+ * TypeError set. */
+int fipc_h_args(const char *func, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+                const char *const *names, int required, PyObject **out);
+
+/* The one wait loop of every blocking call. `attempt(ctx, timeout)` is a C core call that
+ * returns >= 0 when done or a -errno/FIPC status: it runs once with the GIL held and
+ * timeout 0 (an attempt that cannot wait), then, while it says -EAGAIN/-ETIMEDOUT with time
+ * left, with the GIL released and the time left. EINTR runs the signal handlers and tries
+ * again. Returns the call's result (>= 0), or the status it ended with (< 0), or
+ * FIPC_H_RAISED with an exception set (a signal handler raised, or the handle was closed:
+ * ValueError). `nowait` is the status that means "would have to wait" (-EAGAIN, or
+ * -ETIMEDOUT for calls that say so). The caller maps a status with fipc_h_raise. */
+enum { FIPC_H_RAISED = -2000 };
+int64_t fipc_h_wait(fipc_handle *h, int64_t (*attempt)(void *ctx, double timeout), void *ctx,
+                    double timeout, int64_t nowait);
+
+/* Raise what a C status means (fastipc._core.raise_errno: -errno or FIPC_*), naming the
+ * object (its _name) and the timeout (seconds, < 0: none). A closed handle raises its
+ * ValueError instead. Returns NULL. */
+PyObject *fipc_h_raise(fipc_handle *h, int64_t rc, double timeout);
+
+/* Make a type from a spec whose base is the handle type, and add it to fastipc._fastipc. */
+int fipc_h_add_type(PyObject *module, PyType_Spec *spec, PyObject **out);
+
+/* The handle base type (fastipc._fastipc.Handle): close, _enter, _leave, _closed. Each
+ * mechanism's type lists it as its base and puts FIPC_HANDLE_SLOTS... in its own slots. */
+extern PyObject *fipc_h_base;
+
+/* Each mechanism's init (csrc/py/<mechanism>.c): adds its types to `module`, 0 or -1.
+ * Weak, so that fipc_py_install runs those that are compiled in. */
+#define FIPC_PY_MECHANISMS(X) X(sem) X(mq) X(pipe) X(shm) X(pubsub) X(queue) X(client)
+#define FIPC_PY_DECLARE(m) int fipc_py_##m##_init(PyObject *module) __attribute__((weak));
+FIPC_PY_MECHANISMS(FIPC_PY_DECLARE)
+#undef FIPC_PY_DECLARE
+
+#endif
