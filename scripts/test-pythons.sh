@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Build one wheel, install it into a fresh venv for every CPython found (pyenv's 3.9-3.13 by
+# Build one wheel, install it into a fresh venv for every CPython found (pyenv's 3.11-3.13 by
 # default, or the interpreters given), and run the test suite against the installed package
 # from outside the source tree: once with the default backend, once with FASTIPC_BACKEND=pure.
 #
@@ -15,7 +15,7 @@ if [ $# -gt 0 ]; then
     pythons=("$@")
 else
     pythons=()
-    for v in 3.9 3.10 3.11 3.12 3.13; do
+    for v in 3.11 3.12 3.13; do
         for p in "$HOME"/.pyenv/versions/"$v".*/bin/python"$v"; do
             [ -x "$p" ] && pythons+=("$p") && break
         done

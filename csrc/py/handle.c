@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <math.h>
+#include <string.h>
 #include <time.h>
 
 PyObject *fipc_h_base;
@@ -260,6 +261,30 @@ int fipc_h_args(const char *func, PyObject *const *args, Py_ssize_t nargs, PyObj
         }
     }
     return 0;
+}
+
+int fipc_h_buffer(PyObject *data, Py_buffer *view, int writable)
+{
+    if (PyUnicode_Check(data)) {
+        PyErr_SetString(PyExc_TypeError,
+                        "a bytes-like object is required, not 'str' (encode it first)");
+        return -1;
+    }
+    if (PyObject_GetBuffer(data, view, writable ? PyBUF_WRITABLE : PyBUF_SIMPLE) == 0)
+        return 0;
+    if (PyErr_ExceptionMatches(PyExc_BufferError) || PyErr_ExceptionMatches(PyExc_TypeError)) {
+        PyErr_Clear();
+        PyTypeObject *tp = Py_TYPE(data);
+        PyObject *name = PyType_GetName(tp);
+        if (writable)
+            PyErr_Format(PyExc_TypeError, "a writable contiguous bytes-like object is "
+                         "required, not %R", name);
+        else
+            PyErr_Format(PyExc_TypeError, "a contiguous bytes-like object is required, not %R",
+                         name);
+        Py_XDECREF(name);
+    }
+    return -1;
 }
 
 /* ------------------------------------------------------------------------ waiting */

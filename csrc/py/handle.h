@@ -24,7 +24,7 @@
 #ifndef FASTIPC_PY_HANDLE_H
 #define FASTIPC_PY_HANDLE_H
 
-#define Py_LIMITED_API 0x030A0000
+#define Py_LIMITED_API 0x030B0000
 #include <Python.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -72,6 +72,11 @@ static inline int fipc_h_closed(fipc_handle *h)
 /* A `timeout` argument in the C convention: None -> -1.0 (forever), else seconds >= 0
  * (inf -> -1.0). 0, or -1 with the TypeError/ValueError of fastipc._core.check_timeout. */
 int fipc_h_timeout(PyObject *obj, double *out);
+
+/* `data` as one contiguous buffer of bytes (writable: for receiving into it), no copy: 0, or
+ * -1 with fastipc's TypeError for str and non-buffers. The caller releases it with
+ * PyBuffer_Release (until then a bytearray cannot be resized: the GIL may be released). */
+int fipc_h_buffer(PyObject *data, Py_buffer *view, int writable);
 
 /* Parse a vectorcall argument list against `names` (NULL-terminated; the first `required`
  * are required): out[i] gets a borrowed reference, or NULL if not given. 0, or -1 with
