@@ -492,11 +492,11 @@ def concrete(cls: type[_T], backend: str) -> type[_T]:
     impl = _concrete.get((cls, backend))
     if impl is None:
         handle = getattr(_fastipc, name)
-        impl = type(cls)(cls.__name__, (handle, cls), {
+        impl = type(cls.__name__, (handle, cls), {
             "__module__": cls.__module__, "__qualname__": cls.__qualname__,
             "__doc__": cls.__doc__})
         _concrete[(cls, backend)] = impl
-    return impl  # type: ignore[return-value]
+    return impl
 
 
 _WRAPPER = """
