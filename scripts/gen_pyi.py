@@ -37,9 +37,9 @@ def _py(tp: model.BaseTypeByIdentity, result: bool = False) -> str:
         return "int"
     if isinstance(tp, model.EnumType):
         return "int"
-    if isinstance(tp, model.PointerType) and not result:
-        if isinstance(tp.totype, model.PrimitiveType) and tp.totype.name == "char":
-            return "bytes | CData"  # const char *: bytes pass as they are
+    if (isinstance(tp, model.PointerType) and not result
+            and isinstance(tp.totype, model.PrimitiveType) and tp.totype.name == "char"):
+        return "bytes | CData"  # const char *: bytes pass as they are
     return "CData"
 
 
@@ -53,7 +53,8 @@ def generate() -> str:
         tp = decls[key][0]
         if kind == "function":
             args = ", ".join(f"__a{i}: {_py(a)}" for i, a in enumerate(tp.args))
-            functions.append(f"    @staticmethod\n    def {name}({args}) -> {_py(tp.result, True)}: ...")
+            result = _py(tp.result, True)
+            functions.append(f"    @staticmethod\n    def {name}({args}) -> {result}: ...")
         elif kind in ("constant", "macro"):
             constants.append(f"    {name}: int")
         elif kind == "anonymous" and isinstance(tp, model.EnumType):

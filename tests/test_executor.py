@@ -446,10 +446,20 @@ def test_parent_sigkill_workers_exit_within_a_second(backend: str) -> None:
         while not all(_gone(p) for p in pids) and time.monotonic() - t0 < 1.0:
             time.sleep(0.02)
         assert all(_gone(p) for p in pids), "workers outlived their parent by a second"
+        # what the killed parent left (its worker table) is stale: rm --stale removes it
+        listed = subprocess.run([sys.executable, "-m", "fastipc", "ls"], capture_output=True,
+                                text=True, timeout=60).stdout
+        for name in _pool_segments(proc.pid):
+            assert name in listed and "pool-slots" in listed, listed
+        done = subprocess.run([sys.executable, "-m", "fastipc", "rm", "--stale", "--match",
+                               f"fastipc-pool-{proc.pid}-"], capture_output=True, text=True,
+                              timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert not {n for n in _pool_segments(proc.pid) if n.startswith("fastipc-pool-")}
     finally:
         proc.kill()
         proc.communicate()
-        for name in _pool_segments(proc.pid):  # a parent killed by SIGKILL leaves them
+        for name in _pool_segments(proc.pid):  # whatever the test did not get to
             os.unlink(f"/dev/shm/{name}")
 
 

@@ -39,6 +39,7 @@ import logging
 import multiprocessing as mp
 import os
 import pickle
+import re
 import reprlib
 import select
 import signal
@@ -50,17 +51,17 @@ import uuid
 import warnings
 import weakref
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures.process import (
     BrokenProcessPool,
     _RemoteTraceback,  # the standard pool's: a drop-in
 )
 from multiprocessing.connection import wait as _wait_ready
-from typing import Any, Callable, Literal, Optional
+from typing import Any, Literal, Optional
 
 from fastipc import shm
 from fastipc._core import check_int, check_timeout
-from fastipc.queue import Full, Queue, _dumps_oob
+from fastipc.queue import Full, Queue, QueueInfo, _dumps_oob
 
 __all__ = ["BrokenProcessPool", "ProcessPoolExecutor", "WorkerDied"]
 
@@ -550,9 +551,9 @@ class ProcessPoolExecutor(cf.Executor):
             raise ValueError("chunksize must be >= 1.")
         end = None if timeout is None else time.monotonic() + check_timeout(timeout)
         if chunksize == 1:
-            futures = [self.submit(fn, *args) for args in zip(*iterables)]
+            futures = [self.submit(fn, *args) for args in zip(*iterables, strict=False)]
             return self._results_of(futures, end, chained=False)
-        it = zip(*iterables)
+        it = zip(*iterables, strict=False)  # map() stops at the shortest
         futures = []
         while True:
             chunk = tuple(itertools.islice(it, chunksize))
@@ -1018,3 +1019,35 @@ class ProcessPoolExecutor(cf.Executor):
         else:
             self.shutdown(wait=True)
         return False
+
+
+_SLOT_TABLE = re.compile(r"fastipc-pool-([0-9]+)-[0-9a-f]{12}")
+
+
+def describe(path: str) -> Optional[QueueInfo]:
+    """What ``fastipc ls`` shows of a pool's worker table (``fastipc-pool-<pid>-<id>``): None
+    if ``path`` is not one. It is alive while the process that made the pool runs (a pid
+    reused since only keeps it longer), so ``fastipc rm --stale`` removes the table of a
+    pool whose process was killed (its queues go with their owner)."""
+    found = _SLOT_TABLE.fullmatch(os.path.basename(path))
+    if found is None:
+        return None
+    try:
+        size = os.stat(path, follow_symlinks=False).st_size
+    except OSError:
+        return None
+    pid = int(found.group(1))
+    alive = _process_exists(pid)
+    return QueueInfo("pool-slots", os.path.basename(path), size, pid, alive,
+                     "a process pool's worker table"
+                     + ("" if alive else f", its process {pid} is gone"))
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's: it exists
+        return True
+    return True

@@ -28,9 +28,9 @@ import argparse
 import os
 import stat
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from fastipc import _shm_layout as layout
 from fastipc._segment import open_to_inspect
@@ -164,11 +164,22 @@ def describe_task_count(path: str) -> Optional[SegmentInfo]:
     return SegmentInfo(info.kind, info.name, info.size, info.owner, info.alive, info.detail)
 
 
+def describe_pool(path: str) -> Optional[SegmentInfo]:
+    """A process pool's worker table: alive while the process that made the pool runs."""
+    from fastipc import executor
+
+    info = executor.describe(path)
+    if info is None:
+        return None
+    return SegmentInfo(info.kind, info.name, info.size, info.owner, info.alive, info.detail)
+
+
 register_describer(describe_channel)
 register_describer(describe_temporary)
 register_describer(describe_publisher)
 register_describer(describe_queue)
 register_describer(describe_task_count)
+register_describer(describe_pool)
 
 
 def _owned(directory: str) -> Iterator[tuple[str, str, os.stat_result]]:
@@ -219,7 +230,7 @@ def list_entries(args: argparse.Namespace) -> int:
         return 0
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
     return 0
 
 
