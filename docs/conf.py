@@ -60,3 +60,8 @@ doctest_test_doctest_blocks = "default"
 html_theme = "furo"
 html_title = f"fastipc {release}"
 html_static_path = ["_static"]
+
+# Exception messages shown in the pages are compared too (Sphinx ignores them by default).
+import doctest  # noqa: E402
+
+doctest_default_flags = doctest.ELLIPSIS | doctest.DONT_ACCEPT_TRUE_FOR_1
