@@ -23,7 +23,7 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 # unit key of fastipc.bench.UNITS -> (label, higher is better)
 UNITS = {
@@ -102,12 +102,12 @@ def plot_mechanism(mech: str, workloads: dict[str, list[dict[str, Any]]], path: 
     row_h = [max(height[i:i + ncols]) for i in range(0, len(names), ncols)]
     fig, axes = plt.subplots(nrows, ncols, figsize=(12, sum(row_h)), squeeze=False,
                              gridspec_kw={"height_ratios": row_h})
-    for ax, name in zip(axes.flat, names):
+    for ax, name in zip(axes.flat, names, strict=False):  # a spare panel stays empty
         rows = workloads[name]
         label, higher = UNITS.get(rows[0]["unit"], (rows[0]["unit"], True))
         impls = [r["impl"] for r in rows]
         ys = range(len(rows))
-        for y, r in zip(ys, rows):
+        for y, r in zip(ys, rows, strict=True):
             if r.get("median") is None:
                 ax.text(0, y, "  missing: " + (r.get("missing") or "not measured"),
                         va="center", fontsize=8, color="#777777")
@@ -158,7 +158,7 @@ def plot_overview(rows: Sequence[dict[str, Any]], path: Path) -> None:
     data = speedups(rows)
     fig, ax = plt.subplots(figsize=(10, 0.28 * len(data) + 1.2))
     ys = range(len(data))
-    for y, (_, ratio, peer) in zip(ys, data):
+    for y, (_, ratio, peer) in zip(ys, data, strict=True):
         ax.barh(y, ratio, color=COLORS["native"] if ratio >= 1 else COLORS["peer"], height=0.7)
         ax.text(ratio, y, f" {ratio:.2g}x {peer}", va="center", fontsize=7)
     ax.set_xscale("log")
