@@ -6,8 +6,8 @@ writes, into the output directory, one SVG (``--format png``: PNG) per mechanism
 (``bench-<mechanism>.svg``: one panel per workload, every implementation's median with its
 min-max range) and ``bench-overview.svg`` (for each workload, how many times faster fastipc's
 native backend is than the best peer measured beside it). Needs matplotlib (the ``docs``
-extra). The SVGs are deterministic for a given input (no date, fixed ids), so a chart changes
-in git only when the figures do.
+extra) and fastipc (for its units). The SVGs are deterministic for a given input (no date,
+fixed ids), so a chart changes in git only when the figures do.
 """
 
 from __future__ import annotations
@@ -26,18 +26,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.ticker import FuncFormatter
 
-# unit key of fastipc.bench.UNITS -> (label, higher is better)
-UNITS = {
-    "us": ("µs", False),
-    "msg/s": ("messages/s", True),
-    "GB/s": ("GB/s", True),
-    "req/s": ("requests/s", True),
-    "us/req": ("CPU µs/request", False),
-    "tasks/s": ("tasks/s", True),
-    "items/s": ("items/s", True),
-    "of 90": ("of 90", True),
-    "yes": ("1 = yes", True),
-}
+from fastipc.bench import UNITS  # unit -> (label, higher is better)
+
 TITLES = {
     "pipe": "Pipes",
     "mq": "Message queues",
@@ -152,7 +142,7 @@ def speedups(rows: Sequence[dict[str, Any]]) -> list[tuple[str, float, str]]:
     for mech, workloads in groups(rows).items():
         for name, group in workloads.items():
             unit = group[0]["unit"]
-            if unit not in ("us", "msg/s", "GB/s", "req/s", "us/req", "tasks/s", "items/s"):
+            if unit not in UNITS or unit in ("of 90", "yes"):  # counts, not speeds
                 continue
             native = next((r for r in group if r["impl"] == NATIVE and r.get("median")), None)
             peers = [r for r in group if kind(r["impl"]) == "peer" and r.get("median")]
