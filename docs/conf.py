@@ -59,7 +59,7 @@ doctest_test_doctest_blocks = "default"
 
 html_theme = "furo"
 html_title = f"fastipc {release}"
-html_static_path = ["_static"]
+html_static_path: list[str] = []
 
 # Exception messages shown in the pages are compared too (Sphinx ignores them by default).
 import doctest  # noqa: E402

@@ -1,6 +1,6 @@
 """Draw the benchmark charts of the documentation from ``fastipc bench --json`` output.
 
-    python docs/plot_bench.py benchmarks/results.json docs/_static/bench
+    python docs/plot_bench.py benchmarks/results.json docs/charts
 
 writes, into the output directory, one SVG (``--format png``: PNG) per mechanism of the run
 (``bench-<mechanism>.svg``: one panel per workload, every implementation's median with its
@@ -162,7 +162,8 @@ def plot_overview(rows: Sequence[dict[str, Any]], path: Path) -> None:
     ys = range(len(data))
     for y, (_, ratio, peer) in zip(ys, data, strict=True):
         ax.barh(y, ratio, color=COLORS["native"] if ratio >= 1 else COLORS["peer"], height=0.7)
-        ax.text(ratio, y, f" {ratio:.2g}x {peer}", va="center", fontsize=7)
+        label = f"{ratio:.0f}" if ratio >= 10 else f"{ratio:.2g}"
+        ax.text(ratio, y, f" {label}x {peer}", va="center", fontsize=7)
     ax.set_xscale("log")
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
     ax.axvline(1, color="#333333", linewidth=0.8)

@@ -98,7 +98,7 @@ def test_every_mechanism_has_a_guide_page_linking_its_api() -> None:
 
 def test_the_charts_the_benchmarks_page_draws_exist() -> None:
     text = (DOCS / "benchmarks.md").read_text()
-    charts = re.findall(r"\((_static/bench/[\w.-]+\.svg)\)", text)
+    charts = re.findall(r"\((charts/[\w.-]+\.svg)\)", text)
     charts += re.findall(r"```\{(?:image|figure)\} (\S+)", text)
     assert charts, "the benchmarks page draws no chart"
     for chart in charts:
