@@ -119,3 +119,59 @@ def test_the_docs_extra_brings_what_conf_py_uses() -> None:
     plot = (DOCS / "plot_bench.py").read_text()
     if "matplotlib" in plot:
         assert "matplotlib" in names
+
+
+README = ROOT / "README.md"
+
+
+def readme_section(title: str) -> str:
+    """The text of the README's "## <title>" section, up to the next "## " heading."""
+    text = README.read_text()
+    match = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## |\Z)", text, re.M | re.S)
+    assert match, f"the README has no section {title!r}"
+    return match.group(1)
+
+
+@pytest.fixture
+def readme() -> str:
+    if not README.is_file():
+        pytest.skip("README.md is not beside tests/ (a run from a copy of tests/ alone)")
+    return README.read_text()
+
+
+def test_the_readme_test_command_is_the_one_ci_runs(readme: str) -> None:
+    """CI (.ci/run) runs quick-start command 2 as its own line: the two must stay equal."""
+    blocks = re.findall(r"```sh\n(.*?)```", readme_section("Quick start"), re.S)
+    commands = [line for block in blocks for line in block.splitlines()
+                if line and not line.startswith("#")]
+    assert len(commands) == 2, commands
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert commands[1] in ci, "quick-start command 2 is not a line of .ci/run"
+
+
+def test_the_readme_links_resolve(readme: str) -> None:
+    """Relative links and images of the README point to files of the repository, and every
+    guide page is linked."""
+    targets = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", readme)
+    local = [t for t in targets if "://" not in t]
+    assert local
+    for target in local:
+        assert (ROOT / target).exists(), target
+    for page in (DOCS / "guide").glob("*.md"):
+        assert f"docs/guide/{page.name}" in local, f"the README does not link {page.name}"
+
+
+def test_the_readme_figures_come_from_the_results(readme: str) -> None:
+    """Every figure of the README's measured rows (a unit of speed, time or count) is a
+    figure of benchmarks/RESULTS.md, the run the README quotes."""
+    results = re.sub(r"\d{4}-\d\d-\d\d", "", (ROOT / "benchmarks" / "RESULTS.md").read_text())
+    known = set(re.findall(r"(?<![\w.])\d+(?:\.\d+)?(?![\d.])", results))
+    measured = re.compile(r"µs|GB/s|msg/s|req/s|tasks/s| of 90")
+    number = re.compile(r"(?<![\w.`-])\d+(?:\.\d+)?(?![\w:.-])")
+    rows = [line for title in ("Compared with what you would otherwise use", "Benchmarks")
+            for line in readme_section(title).splitlines()
+            if line.startswith("|") and measured.search(line)]
+    assert rows
+    for row in rows:
+        stray = [n for n in number.findall(row) if n not in known]
+        assert not stray, f"not in benchmarks/RESULTS.md: {stray} in {row}"
