@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import itertools
 import os
 import pickle
 import select
@@ -748,7 +749,7 @@ def test_several_readers_take_turns(cross: tuple[str, str], name: str) -> None:
         outs = _feed_readers(q, readers, sent, priority=4)
         q.unlink()
     got = []
-    for p, (out, err) in zip(readers, outs):
+    for p, (out, err) in zip(readers, outs, strict=True):
         assert p.returncode == 0, err
         got += [line.split()[0].encode() for line in out.splitlines()]
         assert all(line.endswith(" 4") for line in out.splitlines())
@@ -792,7 +793,7 @@ def _blocked_readers_share(
         q.unlink()
     counts = []
     taker = [-1] * messages
-    for reader, (p, (out, err)) in enumerate(zip(procs, outs)):
+    for reader, (p, (out, err)) in enumerate(zip(procs, outs, strict=True)):
         assert p.returncode == 0, err
         switches, *got = out.split()
         counts.append((len(got), int(switches)))
@@ -831,7 +832,7 @@ def test_blocked_readers_take_turns(backend: str, name: str) -> None:
     finally:
         os.sched_setaffinity(0, mine)
     assert all(got >= 5 for got, _ in counts), counts
-    repeats = sum(a == b for a, b in zip(taker, taker[1:]))
+    repeats = sum(a == b for a, b in itertools.pairwise(taker))
     assert repeats <= 5, taker  # turn by turn (woken together: the one on my CPU, mostly)
 
 
@@ -1089,12 +1090,12 @@ def test_a_message_kept_by_an_interrupted_receive(name: str) -> None:
         q.send(b"first", 1)
         q.send(b"second", 2)
         hot = q.receive.__code__
-        with pytest.raises(Stop), raise_after_call_to(hot, "_receive_wait"):
+        with pytest.raises(Stop), raise_after_call_to(hot, "_c_receive"):
             q.receive()
         q.send(b"urgent", 9)
         assert q.receive(0) == (b"second", 2)  # kept: before the queue's
         assert q.receive(0) == (b"urgent", 9)
-        with pytest.raises(Stop), raise_after_call_to(hot, "_receive"):
+        with pytest.raises(Stop), raise_after_call_to(hot, "_c_receive"):
             q.receive(timeout=1)
         receive = q.receive
     with pytest.raises(ValueError, match="closed"):
