@@ -1198,32 +1198,3 @@ def test_dropped_queue_closes_at_once_without_the_collector(backend: str, name: 
     finally:
         gc.enable()
 
-
-def test_a_blocked_receive_ended_by_close_frees_after_it_left(backend: str, name: str) -> None:
-    """close() from another thread ends a receive blocked without a timeout (ValueError);
-    the descriptors stay open while it is in the call, and go once it left."""
-    q = mq.MessageQueue(name, create=True, backend=backend, **SMALL)
-    q.unlink()
-    fd = q.fileno()
-    inside = threading.Event()
-    errors: list[BaseException] = []
-
-    def wait() -> None:
-        inside.set()
-        try:
-            q.receive()
-        except BaseException as exc:
-            errors.append(exc)
-
-    t = threading.Thread(target=wait)
-    t.start()
-    inside.wait(5)
-    time.sleep(0.1)  # asleep in the kernel's receive
-    q.close()
-    assert q.closed
-    t.join(5)
-    assert not t.is_alive()
-    assert len(errors) == 1 and isinstance(errors[0], ValueError), errors
-    assert "closed" in str(errors[0])
-    with pytest.raises(OSError):
-        os.fstat(fd)

@@ -434,6 +434,7 @@ if _core.NATIVE_ERROR is None:
     from fastipc._fastipc import MqHandle  # type: ignore[attr-defined]
 
     _c_receive = MqHandle.receive
+
 _forked_copies: weakref.WeakSet[MessageQueue] = weakref.WeakSet()
 
 
