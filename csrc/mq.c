@@ -17,10 +17,8 @@
  * The eventfd that fipc_mq_wake writes is for event loops, which wait on it beside the
  * queue (fastipc.mq's awaitables).
  *
- * The busy count is kept here, not in Python: Python's own (fastipc._core.uses_handle)
- * costs about as much as the rest of a 64-byte send, so the hot send and receive count
- * themselves on the way in and out of C, and the descriptors are closed only once no call
- * is in C (by fipc_mq_release, or by the last call to leave). */
+ * The native handle (csrc/py/mq.c) counts the calls busy and closes the descriptors
+ * (fipc_mq_close) only once none is using them. */
 #include "mq.h"
 
 #include <errno.h>
@@ -36,33 +34,14 @@
 
 #define ATOMIC(field) ((_Atomic int32_t *)&(field))
 
-static void close_fds(fipc_mq *h)
+void fipc_mq_close(fipc_mq *h)
 {
     if (atomic_exchange(ATOMIC(h->released), 1) == 0) {
-        mq_close((mqd_t)h->fd);
-        close(h->waitfd);
-        close(h->wakefd);
+        /* nothing to do if they fail: they were open, and are closed either way */
+        (void)mq_close((mqd_t)h->fd);
+        (void)close(h->waitfd);
+        (void)close(h->wakefd);
     }
-}
-
-/* Leave C: the last call out closes the descriptors once release was asked for. The
- * count is decremented, then `release` read; fipc_mq_release sets `release`, then reads
- * the count: one of the two sees the other (both seq_cst). */
-static void leave(fipc_mq *h)
-{
-    if (atomic_fetch_sub(ATOMIC(h->busy), 1) == 1 && atomic_load(ATOMIC(h->release)))
-        close_fds(h);
-}
-
-/* Enter C: counted first, then `closed` read (fipc_mq_wake sets it before it wakes). */
-static int enter(fipc_mq *h)
-{
-    atomic_fetch_add(ATOMIC(h->busy), 1);
-    if (atomic_load(ATOMIC(h->closed))) {
-        leave(h);
-        return -ECANCELED;
-    }
-    return 0;
 }
 
 /* One sleep of the kernel's blocking send (prio == NULL) or receive on h->waitfd, until the
@@ -155,25 +134,14 @@ int fipc_mq_wake(fipc_mq *h)
     return 0;
 }
 
-void fipc_mq_release(fipc_mq *h)
-{
-    atomic_store(ATOMIC(h->closed), 1);
-    atomic_store(ATOMIC(h->release), 1);
-    if (atomic_load(ATOMIC(h->busy)) == 0)
-        close_fds(h);
-}
-
 int fipc_mq_renew_wake(fipc_mq *h)
 {
-    atomic_store(ATOMIC(h->busy), 0);
-    if (atomic_load(ATOMIC(h->release))) {
-        close_fds(h);
+    if (atomic_load(ATOMIC(h->released)))
         return 0;
-    }
     int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (fd < 0)
         return -errno;
-    close(h->wakefd);
+    (void)close(h->wakefd); /* the parent's: this process's copy of it goes */
     h->wakefd = fd;
     return 0;
 }
@@ -227,32 +195,13 @@ int fipc_mq_send(fipc_mq *h, const char *buf, size_t len, long long priority, do
         return -EINVAL;
     if ((long long)len > h->max_message_size)
         return -EMSGSIZE;
-    int rc = enter(h);
-    if (rc < 0)
-        return rc;
     /* mq_send only reads buf: the cast drops const for the shared loop */
-    rc = (int)transfer(h, (char *)buf, len, (unsigned int)priority, NULL, timeout);
-    leave(h);
-    return rc;
+    return (int)transfer(h, (char *)buf, len, (unsigned int)priority, NULL, timeout);
 }
 
-int64_t fipc_mq_receive(fipc_mq_rx *rx, double timeout)
+int64_t fipc_mq_receive(fipc_mq *h, char *buf, double timeout)
 {
-    fipc_mq *h = rx->h;
     unsigned int prio = 0;
-    rx->held = -1;
-    int64_t rc = enter(h);
-    if (rc < 0)
-        return rc;
-    rc = transfer(h, rx->buf, (size_t)h->max_message_size, 0, &prio, timeout);
-    leave(h);
-    if (rc < 0)
-        return rc;
-    rx->held = rc << FIPC_MQ_PRIO_BITS | (int64_t)prio;
-    return rx->held;
-}
-
-int64_t fipc_mq_receive_wait(fipc_mq_rx *rx)
-{
-    return fipc_mq_receive(rx, -1.0);
+    int64_t rc = transfer(h, buf, (size_t)h->max_message_size, 0, &prio, timeout);
+    return rc < 0 ? rc : rc << FIPC_MQ_PRIO_BITS | (int64_t)prio;
 }

@@ -23,15 +23,12 @@ enum { FIPC_MQ_PRIO_BITS = 16 };
  * from another thread ends a wait within one slice. */
 enum { FIPC_MQ_SLICE_MS = 100 };
 
-/* One open queue object, in memory owned by Python (ffi.new), filled by fipc_mq_open.
- * Sends and receives count themselves in `busy` while they are in C; fipc_mq_wake sets
- * `closed` (calls are refused and waits end within a slice: -ECANCELED), and the
- * descriptors are closed by fipc_mq_release, or by the last call to leave C once release
- * was asked for. */
+/* One open queue object, in memory owned by Python (ffi.new), filled by fipc_mq_open. The
+ * native handle of fastipc.mq.MessageQueue (csrc/py/mq.c) makes the sends and receives and
+ * counts them busy; it calls fipc_mq_wake when the object is closed (waits end within a
+ * slice: -ECANCELED), and fipc_mq_close once no call is using the descriptors. */
 typedef struct fipc_mq {
-    int32_t busy;
-    int32_t closed;
-    int32_t release;            /* fipc_mq_release was called */
+    int32_t closed;             /* set by fipc_mq_wake */
     int32_t released;           /* the descriptors are closed (once) */
     int fd;                     /* the queue: close-on-exec, non-blocking */
     int waitfd;                 /* the same queue, blocking: waits sleep in the kernel's
@@ -49,35 +46,25 @@ int fipc_mq_open(fipc_mq *h, const char *name, int create, int mode, long max_me
                  long max_message_size);
 int fipc_mq_unlink(const char *name);
 int fipc_mq_getattr(fipc_mq *h, fipc_mq_attr *attr);
-/* End every send and receive of h, waiting now or to come, with -ECANCELED. */
+/* End every send and receive of h waiting now with -ECANCELED (within a slice), and make
+ * the wake-up eventfd readable. */
 int fipc_mq_wake(fipc_mq *h);
-/* Close the descriptors now if no call is in C, else when the last one leaves. */
-void fipc_mq_release(fipc_mq *h);
+/* Close the descriptors (once; later calls do nothing). The caller makes sure that no call
+ * is using them. */
+void fipc_mq_close(fipc_mq *h);
 /* In a child made by fork(): a wake-up eventfd of its own (the inherited one is shared
- * with the parent), and no call in C (the threads that were are the parent's). */
+ * with the parent). */
 int fipc_mq_renew_wake(fipc_mq *h);
 /* Send one message of len bytes with a priority (0 .. MQ_PRIO_MAX-1): 0, -ETIMEDOUT when
- * the queue stays full, -ECANCELED once woken, -EINTR, or -errno (-EINVAL for a priority
- * out of range, -EMSGSIZE for len over max_message_size: nothing is sent). */
+ * the queue stays full (at once for timeout 0), -ECANCELED once woken, -EINTR, or -errno
+ * (-EINVAL for a priority out of range, -EMSGSIZE for len over max_message_size: nothing
+ * is sent). */
 int fipc_mq_send(fipc_mq *h, const char *buf, size_t len, long long priority,
                  double timeout);
-/* What one receive needs: the queue and a buffer of its max_message_size bytes (one per
- * thread receiving at a time; ffi.new("fipc_mq_rx *", max_message_size)). `held` says
- * whether buf holds a message taken from the queue by the last call: -1 from the start of
- * each call, then what a successful one returns, so that a caller into which an exception
- * is raised (a signal handler runs as the call returns) can still keep that message. */
-typedef struct fipc_mq_rx {
-    fipc_mq *h;
-    int64_t held;
-    char buf[];
-} fipc_mq_rx;
-/* Receive the oldest message of the highest priority into rx->buf: its length <<
- * FIPC_MQ_PRIO_BITS | its priority, or -ETIMEDOUT / -ECANCELED / -EINTR / -errno as
- * fipc_mq_send. */
-int64_t fipc_mq_receive(fipc_mq_rx *rx, double timeout);
-/* fipc_mq_receive(rx, -1): waiting as long as it takes. One argument, which cffi passes
- * without building a tuple of arguments (METH_O): the stream's hot receive. */
-int64_t fipc_mq_receive_wait(fipc_mq_rx *rx);
+/* Receive the oldest message of the highest priority into buf (h->max_message_size
+ * bytes): its length << FIPC_MQ_PRIO_BITS | its priority, or -ETIMEDOUT / -ECANCELED /
+ * -EINTR / -errno as fipc_mq_send. */
+int64_t fipc_mq_receive(fipc_mq *h, char *buf, double timeout);
 /* CDEF END */
 
 #endif

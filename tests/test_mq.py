@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import itertools
 import os
 import pickle
 import select
@@ -748,7 +749,7 @@ def test_several_readers_take_turns(cross: tuple[str, str], name: str) -> None:
         outs = _feed_readers(q, readers, sent, priority=4)
         q.unlink()
     got = []
-    for p, (out, err) in zip(readers, outs):
+    for p, (out, err) in zip(readers, outs, strict=True):
         assert p.returncode == 0, err
         got += [line.split()[0].encode() for line in out.splitlines()]
         assert all(line.endswith(" 4") for line in out.splitlines())
@@ -792,7 +793,7 @@ def _blocked_readers_share(
         q.unlink()
     counts = []
     taker = [-1] * messages
-    for reader, (p, (out, err)) in enumerate(zip(procs, outs)):
+    for reader, (p, (out, err)) in enumerate(zip(procs, outs, strict=True)):
         assert p.returncode == 0, err
         switches, *got = out.split()
         counts.append((len(got), int(switches)))
@@ -831,7 +832,7 @@ def test_blocked_readers_take_turns(backend: str, name: str) -> None:
     finally:
         os.sched_setaffinity(0, mine)
     assert all(got >= 5 for got, _ in counts), counts
-    repeats = sum(a == b for a, b in zip(taker, taker[1:]))
+    repeats = sum(a == b for a, b in itertools.pairwise(taker))
     assert repeats <= 5, taker  # turn by turn (woken together: the one on my CPU, mostly)
 
 
@@ -1089,13 +1090,111 @@ def test_a_message_kept_by_an_interrupted_receive(name: str) -> None:
         q.send(b"first", 1)
         q.send(b"second", 2)
         hot = q.receive.__code__
-        with pytest.raises(Stop), raise_after_call_to(hot, "_receive_wait"):
+        with pytest.raises(Stop), raise_after_call_to(hot, "_c_receive"):
             q.receive()
         q.send(b"urgent", 9)
         assert q.receive(0) == (b"second", 2)  # kept: before the queue's
         assert q.receive(0) == (b"urgent", 9)
-        with pytest.raises(Stop), raise_after_call_to(hot, "_receive"):
+        with pytest.raises(Stop), raise_after_call_to(hot, "_c_receive"):
             q.receive(timeout=1)
         receive = q.receive
     with pytest.raises(ValueError, match="closed"):
         receive()
+
+
+# ---------------------------------------------------------------------------- the native handle
+
+
+def test_send_and_receive_are_the_handles_methods(backend: str, name: str) -> None:
+    """On the native backend, send and receive are those of the handle type (C; receive in
+    the one frame that keeps an interrupted message), nothing is stored on the object, and
+    both backends show one signature and docstring."""
+    import inspect
+
+    with mq.MessageQueue(name, create=True, backend=backend, **SMALL) as q:
+        q.unlink()
+        assert "send" not in vars(q) and "receive" not in vars(q)
+        if backend == "native":
+            handle = type(q).__mro__[1]
+            assert handle.__name__ == "MqHandle" and type(q).send is handle.send
+            assert q.receive.__code__.co_names[0] == "_c_receive"
+        pure = mq.MessageQueue.__dict__
+
+        def params(f: Any) -> list[tuple[str, object, object]]:
+            return [(p.name, p.default, p.kind)
+                    for p in inspect.signature(f).parameters.values()]
+
+        for method in ("send", "receive"):
+            assert params(getattr(q, method)) == params(pure[method].__get__(q)), method
+            assert " ".join(getattr(q, method).__doc__.split()) == " ".join(
+                pure[method].__doc__.split()), method
+
+
+BAD_CALLS: list[tuple[str, tuple[object, ...], dict[str, object]]] = [
+    ("send", ("text",), {}),
+    ("send", (42,), {}),
+    ("send", (memoryview(b"abcd")[::2],), {}),
+    ("send", (b"x", -1), {}),
+    ("send", (b"x", 2**15), {}),
+    ("send", (b"x", 2**70), {}),
+    ("send", (b"x", True), {}),
+    ("send", (b"x", 1.0), {}),
+    ("send", (b"x", 0, -1.0), {}),
+    ("send", (b"x", 0, float("nan")), {}),
+    ("send", (b"x", 0, "1"), {}),
+    ("send", (b"x" * 257,), {}),
+    ("send", ("text", -1, -1), {}),  # the first wrong argument is named
+    ("send", (b"x",), {"prio": 1}),
+    ("receive", (-0.5,), {}),
+    ("receive", (float("nan"),), {}),
+    ("receive", (True,), {}),
+    ("receive", (), {"tmo": 1}),
+]
+
+
+@pytest.mark.parametrize(("method", "args", "kwargs"), BAD_CALLS)
+def test_bad_arguments_same_on_both_backends(
+    name: str, method: str, args: tuple[object, ...], kwargs: dict[str, object]
+) -> None:
+    """Each backend refuses a bad argument with the same exception and message, and sends
+    nothing."""
+    said = []
+    for backend in ("native", "pure"):
+        q = mq.MessageQueue(name, create=True, backend=backend, **SMALL)
+        try:
+            with pytest.raises((TypeError, ValueError)) as info:
+                getattr(q, method)(*args, **kwargs)
+            assert q.attributes.current_messages == 0
+        finally:
+            q.close()
+            q.unlink()
+        said.append((type(info.value), str(info.value)))
+    assert said[0] == said[1]
+
+
+def test_dropped_queue_closes_at_once_without_the_collector(backend: str, name: str) -> None:
+    """With the garbage collector off, dropping the last reference closes the descriptors
+    at once: the object, its handle, a message kept by an interrupted receive and the one
+    receive returned last form no cycle."""
+    import gc
+
+    fds = set(os.listdir("/proc/self/fd"))
+    gc.disable()
+    try:
+        q = mq.MessageQueue(name, create=True, backend=backend, **SMALL)
+        q.unlink()
+        for i in range(3):
+            q.send(b"%d" % i)
+        assert q.receive() == (b"0", 0)
+        if backend == "native":
+            with pytest.raises(Stop), raise_after_call_to(q.receive.__code__, "_c_receive"):
+                q.receive(timeout=1)
+        receive = q.receive
+        del q
+        assert set(os.listdir("/proc/self/fd")) > fds  # the bound method holds it
+        assert receive(0) == (b"1", 0)
+        del receive
+        assert set(os.listdir("/proc/self/fd")) <= fds
+    finally:
+        gc.enable()
+

@@ -11,8 +11,8 @@ import os
 import pickle
 import threading
 import time
-from collections.abc import Coroutine
-from typing import Any, Callable, Optional, TypeVar
+from collections.abc import Callable, Coroutine
+from typing import Any, Optional, TypeVar
 
 import pytest
 

@@ -27,11 +27,11 @@ import os
 import resource
 import weakref
 from collections import deque
-from functools import partial
-from typing import Any, Callable, NamedTuple, Optional
+from collections.abc import Callable
+from typing import Any, NamedTuple, Optional, cast
 
 from fastipc import _core
-from fastipc._backend.mq import MessageQueueBackend
+from fastipc._backend.mq import MessageQueueBackend, MessagesBackend
 from fastipc._core import Handle, byte_view, check_int, check_timeout, posix_name, uses_handle
 
 __all__ = [
@@ -188,29 +188,6 @@ def unlink(name: str, *, backend: Optional[str] = None) -> None:
     _backend(backend)[1].unlink(posix_name(name))
 
 
-def _send(
-    q: MessageQueueBackend, data: Any, priority: int = 0, timeout: Optional[float] = None
-) -> None:
-    """The whole of :meth:`MessageQueue.send` below the life cycle: the arguments checked,
-    then the backend's send."""
-    if type(data) is not bytes:
-        data = byte_view(data)
-    n = len(data)
-    if type(priority) is not int or not 0 <= priority <= _PRIO_TOP:
-        priority = check_int(priority, "priority", 0, _PRIO_TOP)
-    t = -1.0 if timeout is None else check_timeout(timeout)
-    if n > q.max_message_size:
-        raise ValueError(
-            f"message of {n} bytes exceeds the queue's max_message_size ({q.max_message_size})"
-        )
-    q.send(data, priority, t)
-
-
-def _receive(q: MessageQueueBackend, timeout: Optional[float] = None) -> tuple[bytes, int]:
-    """The whole of :meth:`MessageQueue.receive` below the life cycle."""
-    return q.receive(check_timeout(timeout))
-
-
 def _attach(name: str, backend: str, spin: float) -> MessageQueue:
     """Unpickle a MessageQueue: attach to the queue by its name (never create it)."""
     return MessageQueue(name, spin=spin, backend=backend)
@@ -232,6 +209,10 @@ class MessageQueue(Handle):
     """
 
     _what = "MessageQueue"
+    _handle_type = "MqHandle"  # csrc/py/mq.c: send and receive
+    # On the native backend, the handle type (set on the native class by __init_subclass__):
+    # its send and receive are the object's, and those of this class call them
+    _native_type: Optional[Any] = None
 
     def __init__(
         self,
@@ -262,51 +243,47 @@ class MessageQueue(Handle):
             raise _limit_error(exc, name, max_messages, max_message_size) from None
         self._q: MessageQueueBackend = q
         self._waiters: dict[asyncio.AbstractEventLoop, _Waiters] = {}  # awaiting, per loop
-        q.spin = spin  # the backend's copy is the one: its hot paths read it in C
+        q.spin = spin  # the backend's copy is the one: C reads it as it waits
         self._max_size: int = q.max_message_size
+        if which == "native":
+            self._open(*q.handle_args())  # type: ignore[attr-defined]
         self._open_handle(which, q.fd)
         _forked_copies.add(self)
-        hot_paths = getattr(q, "hot_paths", None)
-        cls = type(self)  # a subclass's own send or receive is left in charge
-        if (
-            hot_paths is not None  # its calls count themselves busy (in C): see close()
-            and cls.send is MessageQueue.send
-            and cls.receive is MessageQueue.receive
-        ):
-            self.__dict__["send"], self.__dict__["receive"] = hot_paths(
-                partial(_send, q), partial(_receive, q)
-            )
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """The native class of this class or a subclass (:func:`fastipc._core.concrete`:
+        the handle type, then the class): the handle's send and receive come first, unless
+        the subclass has its own, which stay in charge (and reach the handle's through
+        ``super()``, that is this class's methods)."""
+        super().__init_subclass__(**kwargs)
+        handle: Any = cls.__bases__[0]
+        if handle.__module__ != "fastipc._fastipc":
+            return  # a class of Python (the user's subclass); its native class comes later
+        cls._native_type = handle
+        for name, native in (("send", handle.send), ("receive", _receive)):
+            own = next(vars(k)[name] for k in cls.__mro__[1:]
+                       if k.__module__ != "fastipc._fastipc" and name in vars(k))
+            setattr(cls, name, native if own is vars(MessageQueue)[name] else own)
 
     # ------------------------------------------------------------------ life cycle
 
-    def close(self) -> None:
-        """Close the queue (not unlink it); a send or receive waiting in another thread
-        ends with ValueError. Idempotent."""
-        d = self.__dict__
-        if d.pop("send", None) is not None:  # the backend's hot paths, counted busy in C:
-            d.pop("receive", None)  # Python's count does not see them, so wake them anyway
-            self._q.wake()
-        super().close()
-
-    def __del__(self) -> None:
-        # The hot send/receive hold the backend's queue, not this object, so that no cycle
-        # keeps it: `MessageQueue(name).send(data)` drops this object before the call runs.
-        # The backend's queue then closes itself when the last of them goes, not under it.
-        if "send" not in self.__dict__:
-            super().__del__()
-
     def _wake(self) -> None:
-        self._q.wake()
+        if self._native_type is None:  # the native handle woke its calls in C
+            self._q.wake()
 
     def _free(self) -> None:
-        self._q.close()
+        if self._native_type is None:  # the native handle closed the descriptors in C
+            self._q.close()
 
     def _forked(self) -> None:
         """In a child made by fork(): the calls counted busy were the parent's threads',
         which the child does not have; left counted, they would keep close() from ever
-        freeing the descriptors (the native hot calls, counted in C, are forgotten there)."""
-        self._calls.clear()
+        freeing the descriptors."""
         self._waiters.clear()  # the parent's event loops
+        if self._native_type is not None:
+            self._forget_calls()  # type: ignore[attr-defined]
+            return
+        self._calls.clear()
         if self._closed:
             self._free_once()
 
@@ -354,9 +331,8 @@ class MessageQueue(Handle):
 
     # ------------------------------------------------------------------ messages
 
-    # On the native backend, send and receive are the backend's hot paths, set on the
-    # object while it is open (see __init__); these methods serve the pure backend, and a
-    # closed object.
+    # The per-message operations below are the pure backend's: on the native backend, the
+    # methods of the handle type (csrc/py/mq.c) come first and do the same in C.
 
     @uses_handle
     def send(self, data: Any, priority: int = 0, timeout: Optional[float] = None) -> None:
@@ -364,14 +340,34 @@ class MessageQueue(Handle):
         ``MQ_PRIO_MAX - 1``, higher first). Waits while the queue is full: TimeoutError
         after ``timeout`` seconds (None: forever, 0: do not wait). A message longer than
         :attr:`max_message_size` raises ValueError before anything is sent."""
-        _send(self._q, data, priority, timeout)
+        native = self._native_type
+        if native is not None:  # a subclass's send, on the native backend
+            native.send(self, data, priority, timeout)
+            return
+        cast(MessagesBackend, self._q).send(*self._check_send(data, priority, timeout))
+
+    def _check_send(self, data: Any, priority: Any, timeout: Any) -> tuple[Any, int, float]:
+        """send's arguments checked in order, raising for the first that is wrong: the
+        data (bytes, or a byte view of it), the priority, the timeout (C's convention). The
+        native handle calls this for what it does not take as it is."""
+        if type(data) is not bytes:
+            data = byte_view(data)
+        if type(priority) is not int or not 0 <= priority <= _PRIO_TOP:
+            priority = check_int(priority, "priority", 0, _PRIO_TOP)
+        t = -1.0 if timeout is None else check_timeout(timeout)
+        if len(data) > self._max_size:
+            raise ValueError(f"message of {len(data)} bytes exceeds the queue's "
+                             f"max_message_size ({self._max_size})")
+        return data, priority, t
 
     @uses_handle
     def receive(self, timeout: Optional[float] = None) -> tuple[bytes, int]:
         """The oldest message of the highest priority waiting, as ``(bytes, priority)``:
         exactly the bytes that were sent. Waits while the queue is empty: TimeoutError after
         ``timeout`` seconds (None: forever, 0: do not wait)."""
-        return _receive(self._q, timeout)
+        if self._native_type is not None:  # a subclass's receive, on the native backend
+            return _receive(self, timeout)
+        return cast(MessagesBackend, self._q).receive(check_timeout(timeout))
 
     async def receive_async(self, timeout: Optional[float] = None) -> tuple[bytes, int]:
         """:meth:`receive` for asyncio (or uvloop): waits on the running loop for the
@@ -416,6 +412,28 @@ class MessageQueue(Handle):
             if waiters.stop_if_idle():
                 del self._waiters[loop]
 
+
+def _receive(self: MessageQueue, timeout: Optional[float] = None) -> tuple[bytes, int]:
+    try:
+        message: tuple[bytes, int] = _c_receive(self, timeout)
+    except BaseException:
+        # Raised as the C call returned (Python runs signal handlers then), before this
+        # frame had its message: the handle keeps it for the next receive. Only here: a
+        # return from a Python frame runs no handler, so none is raised past this point.
+        self._keep_last()  # type: ignore[attr-defined]
+        raise
+    return message
+
+
+# The native class's receive: the handle's (csrc/py/mq.c), in a frame that keeps a message
+# an exception was raised into as that call returned.
+_receive.__name__, _receive.__qualname__ = "receive", "MessageQueue.receive"
+_receive.__doc__ = MessageQueue.receive.__doc__
+_c_receive: Any = None
+if _core.NATIVE_ERROR is None:
+    from fastipc._fastipc import MqHandle  # type: ignore[attr-defined]
+
+    _c_receive = MqHandle.receive
 
 _forked_copies: weakref.WeakSet[MessageQueue] = weakref.WeakSet()
 

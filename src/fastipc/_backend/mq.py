@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import os
 import weakref
-from typing import Any, Optional, Protocol
+from typing import Any, Protocol
 
 from fastipc._core import closed_error
 
-__all__ = ["MessageQueueBackend", "Receive", "Send", "closed", "own_wake_after_fork"]
+__all__ = ["MessageQueueBackend", "MessagesBackend", "closed", "own_wake_after_fork"]
 
 
 def closed() -> ValueError:
@@ -23,25 +23,10 @@ def closed() -> ValueError:
     return closed_error("MessageQueue")
 
 
-class Send(Protocol):
-    """The public ``MessageQueue.send``."""
-
-    def __call__(self, data: Any, priority: int = 0, timeout: Optional[float] = None) -> None: ...
-
-
-class Receive(Protocol):
-    """The public ``MessageQueue.receive``."""
-
-    def __call__(self, timeout: Optional[float] = None) -> tuple[bytes, int]: ...
-
-
 class MessageQueueBackend(Protocol):
-    """One open queue descriptor of one backend.
-
-    A backend whose calls count themselves busy below Python (the native one, in C) also
-    has ``hot_paths(send, receive) -> (send, receive)``: the public methods' fast paths,
-    set on the public object while it is open, each falling back to the whole path it is
-    given (the public class's argument checks, then :meth:`send`/:meth:`receive`)."""
+    """One open queue descriptor of one backend. Its sends and receives are the native
+    handle's (``csrc/py/mq.c``) on the native backend, :class:`MessagesBackend`'s on the
+    pure one."""
 
     name: str  # with its leading "/"
     fd: int  # the queue descriptor (close-on-exec, non-blocking), pollable
@@ -52,14 +37,6 @@ class MessageQueueBackend(Protocol):
     def __init__(
         self, name: str, create: bool, mode: int, max_messages: int, max_message_size: int
     ) -> None: ...
-
-    def send(self, data: Any, priority: int, timeout: float) -> None:
-        """Send ``data`` (bytes, or a contiguous byte memoryview of at most
-        max_message_size bytes) as one message."""
-
-    def receive(self, timeout: float) -> tuple[bytes, int]:
-        """The next message and its priority."""
-        ...
 
     def attributes(self) -> tuple[int, int, int]:
         """``(max_messages, max_message_size, current_messages)``, read now."""
@@ -79,6 +56,18 @@ class MessageQueueBackend(Protocol):
     @staticmethod
     def unlink(name: str) -> None:
         """Remove the queue ``name`` (FileNotFoundError if there is none)."""
+
+
+class MessagesBackend(MessageQueueBackend, Protocol):
+    """A queue whose sends and receives are made in Python: the pure backend's."""
+
+    def send(self, data: Any, priority: int, timeout: float) -> None:
+        """Send ``data`` (bytes, or a contiguous byte memoryview of at most
+        max_message_size bytes) as one message."""
+
+    def receive(self, timeout: float) -> tuple[bytes, int]:
+        """The next message and its priority."""
+        ...
 
 
 _live: weakref.WeakSet[Any] = weakref.WeakSet()

@@ -20,11 +20,12 @@ import errno
 import math
 import os
 import time
-from typing import Any, Callable, NoReturn
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 import posix_ipc
 
-from fastipc._backend.mq import MessageQueueBackend, closed, own_wake_after_fork
+from fastipc._backend.mq import MessagesBackend, closed, own_wake_after_fork
 from fastipc._core import Deadline, raise_errno, retry
 from fastipc._pure.sem import _libc, _Timespec
 
@@ -212,4 +213,4 @@ class Queue:
             _reraise(exc, name, errno.ENOENT)
 
 
-_contract: type[MessageQueueBackend] = Queue
+_contract: type[MessagesBackend] = Queue
