@@ -431,7 +431,7 @@ _receive.__name__, _receive.__qualname__ = "receive", "MessageQueue.receive"
 _receive.__doc__ = MessageQueue.receive.__doc__
 _c_receive: Any = None
 if _core.NATIVE_ERROR is None:
-    from fastipc._fastipc import MqHandle  # type: ignore[attr-defined]
+    from fastipc._fastipc import MqHandle
 
     _c_receive = MqHandle.receive
 
