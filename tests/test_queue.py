@@ -479,7 +479,7 @@ def test_hot_get_returns_the_length_alone_for_the_kind_it_expects(q: Queue) -> N
     kind << 32 | length for another, and a stage whose slices are bytes; each get marks
     what it took (kind << 32 | length) in the stage, until the caller clears it."""
     ops = q._ops
-    get = ops.get_fn()
+    get = ops.get_staged
     stage, out, mark = ops.new_stage()
     q.put_bytes(b"abc")
     q.put_bytes(b"defg")

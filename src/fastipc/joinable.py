@@ -39,6 +39,7 @@ import weakref
 from collections.abc import Iterable
 from typing import Any, Callable, Optional, TypeVar
 
+from fastipc import _core
 from fastipc._core import Deadline, check_timeout
 from fastipc._pure.queue import _libc, _libc_fn
 from fastipc._pure.shm import _SYS_FUTEX, _TSO, _fence, _futex_wait, _futex_wake, _syscall
@@ -243,11 +244,35 @@ class _ClosedQueue(ValueError, OSError):
     is closed")."""
 
 
+# The class of a drop-in's objects on the native backend, made once per class: the drop-in
+# first (its put, put_bytes... wrap those of the queue), then the native Queue (the handle's
+# C methods before Queue's Python ones), so that ``super().put`` in a drop-in is the C one.
+_native_classes: dict[type, type] = {}
+
+
+def _native_class(cls: type[_Q]) -> type[_Q]:
+    impl = _native_classes.get(cls)
+    if impl is None:
+        impl = type(cls)(cls.__name__, (cls, _core.concrete(Queue, "native")), {
+            "__module__": cls.__module__, "__qualname__": cls.__qualname__,
+            "__doc__": cls.__doc__, "_public": cls})
+        _native_classes[cls] = impl
+    return impl
+
+
 class _Dropin(Queue):
     """What both drop-ins change in :class:`Queue`: a closed one's error says "is closed",
     as multiprocessing's does, and pickling re-attaches as the same class."""
 
     _closed_type: type[ValueError] = ValueError
+    _public: Optional[type[Queue]] = None  # the drop-in class of a native class
+
+    def __new__(cls, *args: Any, backend: Optional[str] = None, **kwargs: Any) -> Any:
+        if cls._public is None and _core.resolve_backend(backend) == "native":
+            cls = _native_class(cls)
+        if cls._public is None:
+            return object.__new__(cls)
+        return _core._fastipc.Handle.__new__(cls)  # the handle's own __new__
 
     def __class_getitem__(cls, item: Any) -> types.GenericAlias:
         return types.GenericAlias(cls, item)  # JoinableQueue[int], as multiprocessing's
@@ -261,8 +286,8 @@ class _Dropin(Queue):
 
     def __reduce__(self) -> tuple[Callable[..., Queue], tuple[Any, ...]]:
         self._check_open()
-        return _reattach, (type(self), self._name, self._max_message, self._spin,
-                           self._backend)
+        return _reattach, (self._public or type(self), self._name, self._max_message,
+                           self._spin, self._backend)
 
 
 class _OneTask:

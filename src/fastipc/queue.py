@@ -370,6 +370,7 @@ class Queue(Handle):
     """
 
     _what = "Queue"
+    _handle_type = "QueueHandle"  # csrc/py/queue.c: put, get, their bytes, nowait, many
     _name = ""
     _path = ""
     _owner = False
@@ -453,10 +454,8 @@ class Queue(Handle):
         self._hot_max = min(self._ring_max, self._max_message)
         self._lock_fd = lock_fd
         self._spin_async = _aio.Spin(min(self._spin, DEFAULT_SPIN))  # on the loop thread
-        self._put_bytes = self._ops.put_fn()
-        self._get_staged = self._ops.get_fn()
-        # staging buffers and get_many's output buffers, one per concurrent call: a thread
-        # pops one (list.pop and append are atomic) and puts it back when it is done
+        # (pure backend) staging buffers and get_many's output buffers, one per concurrent
+        # call: a thread pops one (list.pop and append are atomic) and puts it back after
         self._stages: list[tuple[Any, Any, Any]] = []
         self._outs: list[tuple[bytearray, Any]] = []
         # messages taken from the queue but not delivered yet, for the next gets of this
@@ -466,6 +465,9 @@ class Queue(Handle):
         # ((out, batch, decoded), _BATCH); see _deliver.
         self._pending: list[tuple[Any, int]] = []
         self._blob_opener = partial(os.open, mode=mode)  # a C call: see _put_blob
+        if which == "native":  # the handle (csrc/py/queue.c) calls the C core on self._ops's
+            self._open(self._ops, self._ops.address(), self._pending,  # type: ignore[attr-defined]
+                       self._hot_max, self._max_message, self._out_size())
         if self._owner:
             self._finalizer = weakref.finalize(self, _remove_queue, self._path)
         _open_queues.add(self)
@@ -475,11 +477,15 @@ class Queue(Handle):
     def _forked(self) -> None:
         """In a fork child: no call of the parent's other threads is in progress here (so a
         queue closed while one was, and not freed yet, is freed now)."""
-        self._calls.clear()
         self._ops.forked()
         self._disown()
-        if self._closed:
-            self._free_once()
+        self._forked_calls()
+
+    def _forked_calls(self) -> None:
+        """Count no call in progress (the native handle's C method of the same name does
+        this for its count), and free now if closed."""
+        self._calls[:] = [None]
+        self._leave()
 
     def _disown(self) -> None:
         """In a fork child: the parent owns the name and the liveness lock, not us."""
@@ -492,7 +498,8 @@ class Queue(Handle):
             self._lock_fd = -1
 
     def _wake(self) -> None:
-        self._ops.wake()
+        if self._backend == "pure":  # the native handle's wake did it in C
+            self._ops.wake()
 
     def _free(self) -> None:
         if self._ops.free():  # else a call never left C: the GC unmaps, later
@@ -571,6 +578,11 @@ class Queue(Handle):
                              f"({self._max_message})")
         return parts, total, kind
 
+    def _put_pickled(self, data: bytes, t: float) -> None:
+        """put() of a pickle with no out-of-band buffers, larger than the hot path takes."""
+        parts, total, kind = self._layout(data, [])
+        self._put_parts(parts, total, kind, t)
+
     def _put_parts(self, parts: list[Any], total: int, kind: int, t: float) -> None:
         ops = self._ops
         if total > self._ring_max:
@@ -647,12 +659,14 @@ class Queue(Handle):
                 _unlink_quietly(path)
             raise
 
-    # put, get, put_bytes and get_bytes are the hot paths: instead of @uses_handle (its call
-    # layer costs about 0.3 us, a fifth of a small put), the backend counts each of its calls
-    # busy around every access to the mapping (csrc/queue.c enter/leave; the pure backend's
-    # _busy) and Ops.free() waits for that count, so closing from another thread stays safe.
-    # They check `closed` first, and their slow paths (_retry_put, _take_slow) turn the error
-    # of a call closed under them into ValueError.
+    # put, get, put_bytes, get_bytes, get_many and put_many's batches below are the pure
+    # backend's: on the native backend, the methods of the handle type (csrc/py/queue.c) come
+    # first and do the same in C, calling back the methods here for what is rare. The pure
+    # hot paths skip @uses_handle (its call layer would be a fifth of a small put): the pure
+    # backend counts each of its calls busy around every access to the mapping (its _busy)
+    # and its free() waits for that count, so closing from another thread stays safe. They
+    # check `closed` first, and their slow paths (_retry_put, _take_slow) turn the error of
+    # a call closed under them into ValueError.
 
     def put(self, obj: Any, block: bool = True, timeout: Optional[float] = None) -> None:
         """Put ``obj`` (pickled, protocol 5, buffers out of band). ``queue.Full`` (also a
@@ -669,15 +683,13 @@ class Queue(Handle):
         except TypeError:  # out-of-band buffers or a memoryview (or not picklable)
             _remember_buffered(type(obj))
             return self._put_encoded(obj, t)
-        n = len(data)
-        if n <= self._hot_max:  # the hot path
+        if len(data) <= self._hot_max:  # the hot path
             start = _monotonic() if t > 0.0 else None
-            rc = self._put_bytes(data, n, KIND_PICKLE, t)
+            rc = self._ops.put(data, KIND_PICKLE, t)
             if rc:
                 self._retry_put1(rc, data, KIND_PICKLE, t, start)
             return
-        parts, total, kind = self._layout(data, [])
-        self._put_parts(parts, total, kind, t)
+        self._put_pickled(data, t)
 
     def _put_encoded(self, obj: Any, t: float) -> None:
         """put() of an object that has (or may have) out-of-band buffers."""
@@ -697,10 +709,14 @@ class Queue(Handle):
         t = -1.0 if timeout is None and block else _timeout(block, timeout)
         if type(data) is bytes and len(data) <= self._hot_max:  # the hot path
             start = _monotonic() if t > 0.0 else None
-            rc = self._put_bytes(data, len(data), KIND_BYTES, t)
+            rc = self._ops.put(data, KIND_BYTES, t)
             if rc:
                 self._retry_put1(rc, data, KIND_BYTES, t, start)
             return
+        self._put_bytes_large(data, t)
+
+    def _put_bytes_large(self, data: Any, t: float) -> None:
+        """put_bytes() of what the hot path does not take (a large or non-bytes buffer)."""
         view = data if type(data) is bytes else byte_view(data)
         n = len(view)
         if n > self._max_message:
@@ -731,21 +747,24 @@ class Queue(Handle):
                     parts, total, kind = (self._encode(obj) if data is None
                                           else self._layout(data, []))
                 except Exception as exc:  # what came before goes first
-                    done += self._put_batch(batch, deadline)
+                    done += self._put_batch(batch, deadline.left()) if batch else 0
                     exc.messages_put = done  # type: ignore[attr-defined]
                     raise
-                done += self._put_batch(batch, deadline)  # what came before goes first
-                batch.clear()
+                if batch:  # what came before goes first
+                    done += self._put_batch(batch, deadline.left())
+                    batch.clear()
                 self._put_parts(parts, total, kind, deadline.left())
                 done += 1
-            done += self._put_batch(batch, deadline)
+            if batch:
+                done += self._put_batch(batch, deadline.left())
         except Full as exc:  # a batch says how many of it went
             exc.messages_put = done + getattr(exc, "messages_put", 0)  # type: ignore[attr-defined]
             raise
 
-    def _put_batch(self, batch: list[bytes], deadline: Deadline) -> int:
-        if not batch:
-            return 0
+    def _put_batch(self, batch: list[bytes], t: float) -> int:
+        """Put pickles (each within the hot size) as one batch: how many went (all, or
+        queue.Full with ``messages_put``)."""
+        deadline = Deadline(t)
         lens = [len(b) for b in batch]  # each <= _hot_max <= max_message_size
         blob = b"".join(batch)
         ops = self._ops
@@ -860,7 +879,7 @@ class Queue(Handle):
         stages = self._stages
         stage = stages.pop() if stages else self._ops.new_stage()
         try:
-            rc = self._get_staged(stage[0], STAGE, t, KIND_PICKLE)
+            rc = self._ops.get_staged(stage[0], STAGE, t, KIND_PICKLE)
             if 0 <= rc <= _LEN:  # the hot path: a small object, staged (rc: its length)
                 obj = _loads(stage[1][:rc])
                 stage[2][0] = 0  # delivered: from here to the return, no call
@@ -920,7 +939,7 @@ class Queue(Handle):
 
         def again(left: float) -> int:
             nonlocal dest
-            rc = (self._get_staged(stage[0], STAGE, left, 0) if dest is None
+            rc = (ops.get_staged(stage[0], STAGE, left, 0) if dest is None
                   else ops.get(dest, left))
             while rc == NEED:  # it did not fit: make room (another consumer may take it)
                 new = _new_bytearray(ops.last()[0] + MARK)  # not zero-filled: nor its mark
@@ -964,7 +983,7 @@ class Queue(Handle):
         stages = self._stages
         stage = stages.pop() if stages else self._ops.new_stage()
         try:
-            rc = self._get_staged(stage[0], STAGE, t, KIND_BYTES)
+            rc = self._ops.get_staged(stage[0], STAGE, t, KIND_BYTES)
             if 0 <= rc <= _LEN:  # the hot path: bytes, staged (rc: the length)
                 data = stage[1][:rc]
                 stage[2][0] = 0  # delivered: from here to the return, no call
@@ -987,7 +1006,7 @@ class Queue(Handle):
         other messages of the batch, those before it and after it, are kept in order by
         this handle for its next gets (``qsize()`` counts them). So is the whole batch when
         an exception is raised into the call (a signal handler's, Ctrl-C)."""
-        max_messages = check_int(max_messages, "max_messages", 1, 1 << 20)
+        max_messages = self._check_max_messages(max_messages)
         t = _timeout(block, timeout)
         if self._closed:
             raise self._closed_error()
@@ -998,22 +1017,16 @@ class Queue(Handle):
         start = _monotonic() if t > 0.0 else None
         ops = self._ops
         outs = self._outs
-        # counted busy as uses_handle does, but released with no call before the return
-        calls = self._calls
         out: Any = None
         batch: Any = None
         result: list[Any] = []
-        calls.append(None)
         try:
             out = outs.pop() if outs else self._new_out()
             batch = ops.new_batch(max_messages)
-            if self._closed:
-                raise self._closed_error()
             n = ops.get_many(out[0], batch, max_messages, t)
             if n <= 0:  # waiting was cut short, or the first message is large: take it alone
                 obj = self.get(True, None if t < 0 else Deadline(t, start).left())
                 outs += (out,)
-                del calls[-1]
                 return [obj]
             lens, kinds = ops.batch(batch, n)
             view = memoryview(out[0])
@@ -1033,24 +1046,39 @@ class Queue(Handle):
                     result.append(_FAILED)  # the message's own error: that one is consumed
             elif out is not None:
                 outs.append(out)
-            calls.pop()
-            if self._closed and not calls:
-                self._free_once()
             if isinstance(exc, (OSError, EOFError)) and self._closed:
                 raise self._closed_error() from None
             raise
         if len(result) < n:
             self._pending += (((out, batch, result), _BATCH),)
-            del calls[-1]
             return self._many_from_pending(max_messages, False)
         out[1][0] = 0  # delivered: from here to the return, no call
         outs += (out,)
-        del calls[-1]
         return result
 
+    def _check_max_messages(self, max_messages: int) -> int:
+        return check_int(max_messages, "max_messages", 1, 1 << 20)
+
+    def _out_size(self) -> int:
+        """The capacity of get_many's buffer."""
+        return max(STAGE, min(1 << 20, self._capacity // 2))
+
     def _new_out(self) -> tuple[bytearray, Any]:
-        out = bytearray(max(STAGE, min(1 << 20, self._capacity // 2)) + MARK)
+        out = bytearray(self._out_size() + MARK)
         return out, memoryview(out)[len(out) - MARK:].cast("Q")
+
+    def _kept(self, exc: BaseException, entry: tuple[Any, int]) -> None:
+        """The native handle kept ``entry`` in _pending: a message it took that raised
+        ``exc`` as it was decoded. An exception raised into the call from outside (a signal
+        handler's, Ctrl-C) leaves it there for the next get; the message's own error
+        consumes it (raised once)."""
+        if _interrupted(exc):
+            return
+        pending = self._pending
+        for k in range(len(pending) - 1, -1, -1):
+            if pending[k] is entry:
+                del pending[k]
+                break
 
     def _unheld(self, k: int) -> list[tuple[Any, int]]:
         """The entries that _pending[k] stands for: itself, or the messages of a marked
