@@ -28,6 +28,10 @@ enum { KIND_BYTES = 1, KIND_PICKLE = 2 };
 #define STAGE 8192       /* a get's first buffer, on the stack; larger messages get their own */
 #define BATCH_STACK 128  /* get_many's lengths and kinds on the stack up to this many */
 #define MAX_BATCH (1 << 20)
+/* A blocking attempt waits at most this long, then comes back to fipc_h_wait as if a signal
+ * had interrupted it: a signal that arrives between two of the C core's sleeps (not during
+ * one: no EINTR) has its Python handler run within this time, not at the timeout. */
+#define WAIT_SLICE 0.05
 
 typedef struct {
     fipc_handle h;
@@ -217,13 +221,22 @@ typedef struct {
     int tried;
 } put_ctx;
 
+/* The timeout of one blocking attempt (see WAIT_SLICE); *sliced when it is cut short. */
+static double slice(double timeout, int *sliced)
+{
+    *sliced = timeout < 0 || timeout > WAIT_SLICE;
+    return *sliced ? WAIT_SLICE : timeout;
+}
+
 /* The first attempt (GIL held) never waits: if it would have to, -EINTR makes fipc_h_wait
  * run the signal handlers and call again with the GIL released and the whole timeout. */
 static int64_t put_attempt(void *arg, double timeout)
 {
     put_ctx *c = arg;
-    int first = !c->tried;
+    int first = !c->tried, sliced = 0;
     c->tried = 1;
+    if (!first)
+        timeout = slice(timeout, &sliced);
     int rc;
     if (c->lens == NULL) {
         rc = fipc_queue_put_h(c->self->q, c->data, c->len, c->kind, timeout, first);
@@ -235,7 +248,7 @@ static int64_t put_attempt(void *arg, double timeout)
                                    c->count - c->sent, c->kind, timeout, first, &sent);
         c->sent += sent;
     }
-    return first && rc == -EAGAIN ? -EINTR : rc;
+    return (first && rc == -EAGAIN) || (sliced && rc == -ETIMEDOUT) ? -EINTR : rc;
 }
 
 /* Put `len` bytes at `data` as one frame: 0, or -1 with an exception set. */
@@ -415,6 +428,26 @@ static PyObject *queue_put_batch(QueueHandle *self, PyObject *args)
 
 /* ------------------------------------------------------------------------ get */
 
+/* `held` (a list of one item) of a get: what it delivers is stored there too, before the call
+ * returns (see Queue.get). */
+static int check_held(PyObject *held)
+{
+    if (!PyList_Check(held) || PyList_Size(held) != 1) {
+        PyErr_SetString(PyExc_TypeError, "held must be a list of one item");
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *hold(PyObject *held, PyObject *result)
+{
+    if (result != NULL) {
+        Py_INCREF(result);
+        PyList_SetItem(held, 0, result); /* steals; the old item is freed */
+    }
+    return result;
+}
+
 typedef struct {
     QueueHandle *self;
     char *dest;
@@ -427,11 +460,13 @@ typedef struct {
 static int64_t get_attempt(void *arg, double timeout)
 {
     get_ctx *c = arg;
-    int first = !c->tried;
+    int first = !c->tried, sliced = 0;
     c->tried = 1;
+    if (!first)
+        timeout = slice(timeout, &sliced);
     int64_t rc = fipc_queue_get_many_h(c->self->q, c->dest, c->cap, c->lens, c->kinds, c->max,
                                        timeout, first);
-    return first && rc == -EAGAIN ? -EINTR : rc;
+    return (first && rc == -EAGAIN) || (sliced && rc == -ETIMEDOUT) ? -EINTR : rc;
 }
 
 /* A message taken failed to decode (the exception set) and is kept in _pending as `entry`:
@@ -587,48 +622,35 @@ static PyObject *get_one(QueueHandle *self, double timeout, int as_bytes)
     return obj;
 }
 
-static const char *const get_names[] = {"block", "timeout", NULL};
+static const char *const get_names[] = {"held", "block", "timeout", NULL};
 
 static PyObject *queue_get(QueueHandle *self, PyObject *const *args, Py_ssize_t nargs,
                            PyObject *kwnames)
 {
-    PyObject *arg[2];
+    PyObject *arg[3];
     double timeout;
     if (fipc_h_enter(&self->h) < 0)
         return NULL;
-    if (fipc_h_args("get", args, nargs, kwnames, get_names, 0, arg) < 0 ||
-        block_timeout(arg[0], arg[1], &timeout) < 0)
+    if (fipc_h_args("get", args, nargs, kwnames, get_names, 1, arg) < 0 ||
+        check_held(arg[0]) < 0 || block_timeout(arg[1], arg[2], &timeout) < 0)
         return fail(self);
-    return done(self, get_one(self, timeout, 0));
+    return done(self, hold(arg[0], get_one(self, timeout, 0)));
 }
 
-static const char *const get_bytes_names[] = {"timeout", "block", NULL};
+static const char *const get_bytes_names[] = {"held", "timeout", "block", NULL};
 
 static PyObject *queue_get_bytes(QueueHandle *self, PyObject *const *args, Py_ssize_t nargs,
                                  PyObject *kwnames)
 {
-    PyObject *arg[2];
+    PyObject *arg[3];
     double timeout;
     if (fipc_h_enter(&self->h) < 0)
         return NULL;
-    if (check_positional("get_bytes", nargs, 1) < 0 ||
-        fipc_h_args("get_bytes", args, nargs, kwnames, get_bytes_names, 0, arg) < 0 ||
-        block_timeout(arg[1], arg[0], &timeout) < 0)
+    if (check_positional("get_bytes", nargs, 2) < 0 ||
+        fipc_h_args("get_bytes", args, nargs, kwnames, get_bytes_names, 1, arg) < 0 ||
+        check_held(arg[0]) < 0 || block_timeout(arg[2], arg[1], &timeout) < 0)
         return fail(self);
-    return done(self, get_one(self, timeout, 1));
-}
-
-static PyObject *queue_get_nowait(QueueHandle *self, PyObject *Py_UNUSED(ignored))
-{
-    if (fipc_h_enter(&self->h) < 0)
-        return NULL;
-    return done(self, get_one(self, 0.0, 0));
-}
-
-static PyObject *queue_put_nowait(QueueHandle *self, PyObject *obj)
-{
-    PyObject *args[2] = {obj, Py_False};
-    return queue_put(self, args, 2, NULL);
+    return done(self, hold(arg[0], get_one(self, timeout, 1)));
 }
 
 /* The messages of a batch from `from` on, kept in _pending in order: those decoded as
@@ -662,18 +684,27 @@ static int keep_batch(QueueHandle *self, PyObject *result, const char *buf,
     return 0;
 }
 
-static const char *const get_many_names[] = {"max_messages", "timeout", "block", NULL};
+static const char *const get_many_names[] = {"held", "max_messages", "timeout", "block", NULL};
+
+static PyObject *get_many_held(QueueHandle *self, PyObject *const *arg);
 
 static PyObject *queue_get_many(QueueHandle *self, PyObject *const *args, Py_ssize_t nargs,
                                 PyObject *kwnames)
 {
-    PyObject *arg[3];
-    double timeout;
+    PyObject *arg[4];
     if (fipc_h_enter(&self->h) < 0)
         return NULL;
-    if (check_positional("get_many", nargs, 2) < 0 ||
-        fipc_h_args("get_many", args, nargs, kwnames, get_many_names, 0, arg) < 0)
+    if (check_positional("get_many", nargs, 3) < 0 ||
+        fipc_h_args("get_many", args, nargs, kwnames, get_many_names, 1, arg) < 0 ||
+        check_held(arg[0]) < 0)
         return fail(self);
+    return done(self, hold(arg[0], get_many_held(self, arg + 1)));
+}
+
+/* get_many's work (entered): arg is max_messages, timeout, block. */
+static PyObject *get_many_held(QueueHandle *self, PyObject *const *arg)
+{
+    double timeout;
     long max = 1024;
     if (arg[0] != NULL) {
         max = PyLong_CheckExact(arg[0]) ? PyLong_AsLong(arg[0]) : -1;
@@ -685,16 +716,16 @@ static PyObject *queue_get_many(QueueHandle *self, PyObject *const *args, Py_ssi
             if (max < 1 || max > MAX_BATCH) {
                 if (!PyErr_Occurred())
                     PyErr_SetString(PyExc_ValueError, "max_messages is out of range");
-                return fail(self);
+                return NULL;
             }
         }
     }
     if (block_timeout(arg[2], arg[1], &timeout) < 0)
-        return fail(self);
+        return NULL;
     if (PyList_Size(self->pending) > 0) {
         PyObject *got = from_pending(self, max, 0, 0, NULL);
         if (got == NULL || PyList_Size(got) > 0)
-            return done(self, got);
+            return got;
         Py_DECREF(got);
     }
     uint64_t lens_s[BATCH_STACK];
@@ -776,7 +807,7 @@ end:
         out = atomic_exchange(&self->spare, out);
         free(out);
     }
-    return done(self, result);
+    return result;
 }
 
 /* ------------------------------------------------------------------------ fork */
@@ -798,32 +829,20 @@ static PyMethodDef queue_methods[] = {
      "Put ``obj`` (pickled, protocol 5, buffers out of band). ``queue.Full`` (also a "
      "TimeoutError) if the queue stays full until the timeout (``block=False``: at once). "
      "An object that cannot be pickled raises here and leaves the queue as it was."},
-    {"put_nowait", (PyCFunction)queue_put_nowait, METH_O,
-     "put_nowait($self, obj, /)\n--\n\n``put(obj, block=False)``."},
     {"put_bytes", (PyCFunction)(void (*)(void))queue_put_bytes, METH_FASTCALL | METH_KEYWORDS,
      "put_bytes($self, data, timeout=None, *, block=True)\n--\n\n"
      "Put raw bytes (any contiguous bytes-like object), no pickling; ``get_bytes`` (or "
      "``get``) returns them as ``bytes``. ``block=False``: try once (timeout ignored)."},
     {"_put_batch", (PyCFunction)queue_put_batch, METH_VARARGS, NULL},
-    {"get", (PyCFunction)(void (*)(void))queue_get, METH_FASTCALL | METH_KEYWORDS,
-     "get($self, block=True, timeout=None)\n--\n\n"
-     "Take the next object. ``queue.Empty`` (also a TimeoutError) if none comes before the "
-     "timeout (``block=False``: at once). An exception raised into the call (a signal "
-     "handler's, Ctrl-C) loses nothing: what it took, the next get returns."},
-    {"get_nowait", (PyCFunction)queue_get_nowait, METH_NOARGS,
-     "get_nowait($self, /)\n--\n\n``get(block=False)``."},
-    {"get_bytes", (PyCFunction)(void (*)(void))queue_get_bytes, METH_FASTCALL | METH_KEYWORDS,
-     "get_bytes($self, timeout=None, *, block=True)\n--\n\n"
-     "Take the next message as bytes (one put with ``put_bytes``, or an object that is a "
-     "bytes-like object; anything else raises TypeError, the message is consumed). "
-     "``block=False``: try once (timeout ignored). An exception raised into the call loses "
-     "nothing, as for :meth:`get`."},
-    {"get_many", (PyCFunction)(void (*)(void))queue_get_many, METH_FASTCALL | METH_KEYWORDS,
-     "get_many($self, max_messages=1024, timeout=None, *, block=True)\n--\n\n"
-     "Take up to ``max_messages`` objects at once (at least one: waits for the first until "
-     "the timeout, then ``queue.Empty``; ``block=False``: at once), with one pass of the "
-     "consumers' lock. A message that fails to unpickle fails alone: its error is raised "
-     "(once), and the other messages of the batch are kept in order for the next gets."},
+    {"_get", (PyCFunction)(void (*)(void))queue_get, METH_FASTCALL | METH_KEYWORDS,
+     "_get($self, held, block=True, timeout=None)\n--\n\n"
+     "The taking call of get (see Queue.get): the object, also stored in held[0]."},
+    {"_get_bytes", (PyCFunction)(void (*)(void))queue_get_bytes, METH_FASTCALL | METH_KEYWORDS,
+     "_get_bytes($self, held, timeout=None, *, block=True)\n--\n\n"
+     "The taking call of get_bytes: the bytes, also stored in held[0]."},
+    {"_get_many", (PyCFunction)(void (*)(void))queue_get_many, METH_FASTCALL | METH_KEYWORDS,
+     "_get_many($self, held, max_messages=1024, timeout=None, *, block=True)\n--\n\n"
+     "The taking call of get_many: the list, also stored in held[0]."},
     {"_forked_calls", (PyCFunction)queue_forked_calls, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL},
 };

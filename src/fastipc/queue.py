@@ -95,6 +95,8 @@ _LEN = 0xFFFFFFFF  # a get returns kind << 32 | length
 _DECODED = -1  # (the object, _DECODED)
 _MARKED = -2  # (a buffer whose last MARK bytes are the mark of the get that took into it)
 _BATCH = -3  # ((out, batch, decoded), _BATCH): a get_many batch marked in out
+_LIST = -4  # (objects, _LIST): what a get_many delivered as an exception was raised into it
+_NOTHING = object()  # what a get's `held` holds until the call delivers
 _iadd: Callable[[list[Any], Any], Any] = operator.iadd  # C: nothing runs before it is done
 _FAILED = object()
 _NO_MARK = bytes(MARK)  # in a batch's decoded list: the message that failed to decode (consumed)
@@ -864,10 +866,59 @@ class Queue(Handle):
     # newer. A stage or buffer kept there is never used again for a get; those in the pools
     # are unmarked.
 
+    # get, get_bytes and get_many are Python functions on both backends, around the call that
+    # takes (_get, _get_bytes, _get_many: the native handle's C methods, or the pure
+    # backend's below). A signal handler runs when a call into C returns, before its result
+    # reaches the caller (not when a Python function returns): the taking call stores what
+    # it delivers in `held` too, and an exception raised as it returns keeps that in
+    # _pending, in front (no call before), for the next get.
+
     def get(self, block: bool = True, timeout: Optional[float] = None) -> Any:
         """Take the next object. ``queue.Empty`` (also a TimeoutError) if none comes before
         the timeout (``block=False``: at once). An exception raised into the call (a
         signal handler's, Ctrl-C) loses nothing: what it took, the next get returns."""
+        held = [_NOTHING]
+        try:
+            return self._get(held, block, timeout)
+        except BaseException:
+            if held[0] is not _NOTHING:
+                self._pending[:0] = ((held[0], _DECODED),)
+            raise
+
+    def get_bytes(self, timeout: Optional[float] = None, *, block: bool = True) -> bytes:
+        """Take the next message as bytes (one put with ``put_bytes``, or an object that is
+        a bytes-like object; anything else raises TypeError, the message is consumed).
+        ``block=False``: try once (timeout ignored). An exception raised into the call loses
+        nothing, as for :meth:`get`."""
+        held = [_NOTHING]
+        try:
+            return self._get_bytes(held, timeout, block=block)  # type: ignore[no-any-return]
+        except BaseException:
+            if held[0] is not _NOTHING:
+                self._pending[:0] = ((held[0], _DECODED),)
+            raise
+
+    def get_many(self, max_messages: int = 1024, timeout: Optional[float] = None, *,
+                 block: bool = True) -> list[Any]:
+        """Take up to ``max_messages`` objects at once (at least one: waits for the first
+        until the timeout, then ``queue.Empty``; ``block=False``: at once), with one pass
+        of the consumers' lock.
+
+        A message that fails to unpickle fails alone: its error is raised (once), and the
+        other messages of the batch, those before it and after it, are kept in order by
+        this handle for its next gets (``qsize()`` counts them). So is the whole batch when
+        an exception is raised into the call (a signal handler's, Ctrl-C)."""
+        held = [_NOTHING]
+        try:
+            return self._get_many(held, max_messages, timeout, block=block)  # type: ignore[no-any-return]
+        except BaseException:
+            if held[0] is not _NOTHING:
+                self._pending[:0] = ((held[0], _LIST),)
+            raise
+
+    def _get(self, held: list[Any], block: bool = True, timeout: Optional[float] = None
+             ) -> Any:
+        """get() of the pure backend (it has its own marks: ``held`` is the native's)."""
         if self._closed:
             raise self._closed_error()
         if self._pending:
@@ -967,11 +1018,9 @@ class Queue(Handle):
         """``get(block=False)``."""
         return self.get(False)
 
-    def get_bytes(self, timeout: Optional[float] = None, *, block: bool = True) -> bytes:
-        """Take the next message as bytes (one put with ``put_bytes``, or an object that is
-        a bytes-like object; anything else raises TypeError, the message is consumed).
-        ``block=False``: try once (timeout ignored). An exception raised into the call loses
-        nothing, as for :meth:`get`."""
+    def _get_bytes(self, held: list[Any], timeout: Optional[float] = None, *,
+                   block: bool = True) -> bytes:
+        """get_bytes() of the pure backend."""
         if self._closed:
             raise self._closed_error()
         if self._pending:
@@ -996,16 +1045,9 @@ class Queue(Handle):
             raise
         return self._get_rest(rc, t, start, stage, True)  # type: ignore[no-any-return]
 
-    def get_many(self, max_messages: int = 1024, timeout: Optional[float] = None, *,
-                 block: bool = True) -> list[Any]:
-        """Take up to ``max_messages`` objects at once (at least one: waits for the first
-        until the timeout, then ``queue.Empty``; ``block=False``: at once), with one pass
-        of the consumers' lock.
-
-        A message that fails to unpickle fails alone: its error is raised (once), and the
-        other messages of the batch, those before it and after it, are kept in order by
-        this handle for its next gets (``qsize()`` counts them). So is the whole batch when
-        an exception is raised into the call (a signal handler's, Ctrl-C)."""
+    def _get_many(self, held: list[Any], max_messages: int = 1024,
+                  timeout: Optional[float] = None, *, block: bool = True) -> list[Any]:
+        """get_many() of the pure backend."""
         max_messages = self._check_max_messages(max_messages)
         t = _timeout(block, timeout)
         if self._closed:
@@ -1084,6 +1126,8 @@ class Queue(Handle):
         """The entries that _pending[k] stands for: itself, or the messages of a marked
         buffer or batch as (payload or object, kind)."""
         item, kind = self._pending[k]
+        if kind == _LIST:
+            return [(obj, _DECODED) for obj in item]
         if kind == _MARKED:  # the buffer is this entry's alone (a fresh one, or a stage
             mark = _mark_of(item)  # that left the pool with it): no copy of the message
             return [(memoryview(item)[:mark & _LEN], mark >> 32)]
@@ -1107,7 +1151,7 @@ class Queue(Handle):
         pending = self._pending
         k = 0
         while k < len(pending) and k < max_messages:  # held buffers and batches: messages
-            if pending[k][1] in (_MARKED, _BATCH):
+            if pending[k][1] in (_MARKED, _BATCH, _LIST):
                 pending[k:k + 1] = self._unheld(k)  # one step
             else:
                 k += 1
@@ -1279,8 +1323,8 @@ class Queue(Handle):
         return self._ops.count() + (self._held_count() if self._pending else 0)
 
     def _held_count(self) -> int:
-        return sum(1 if kind != _BATCH else item[0][1][0] - item[2].count(_FAILED)
-                   for item, kind in self._pending)
+        return sum(len(item) if kind == _LIST else 1 if kind != _BATCH
+                   else item[0][1][0] - item[2].count(_FAILED) for item, kind in self._pending)
 
     def empty(self) -> bool:
         return self.qsize() == 0
