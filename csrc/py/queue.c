@@ -210,6 +210,30 @@ static PyObject *done(QueueHandle *self, PyObject *result)
     return result;
 }
 
+/* fipc_h_args with Python's messages for the methods of Queue (whose pure twins are Python
+ * functions): `positional` parameters may be given by position (after self), the first
+ * `required` of them must be given. */
+static int parse_args(const char *func, PyObject *const *args, Py_ssize_t nargs,
+                      PyObject *kwnames, const char *const *names, int required,
+                      Py_ssize_t positional, PyObject **out)
+{
+    if (nargs > positional) {
+        PyErr_Format(PyExc_TypeError, "%s() takes from %d to %zd positional arguments but %zd "
+                     "were given", func, required + 1, positional + 1, nargs + 1);
+        return -1;
+    }
+    if (fipc_h_args(func, args, nargs, kwnames, names, 0, out) < 0)
+        return -1;
+    for (int i = 0; i < required; i++) {
+        if (out[i] == NULL) {
+            PyErr_Format(PyExc_TypeError, "%s() missing 1 required positional argument: '%s'",
+                         func, names[i]);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 /* ------------------------------------------------------------------------ put */
 
 typedef struct {
@@ -273,7 +297,7 @@ static PyObject *queue_put(QueueHandle *self, PyObject *const *args, Py_ssize_t 
     double timeout;
     if (fipc_h_enter(&self->h) < 0)
         return NULL;
-    if (fipc_h_args("put", args, nargs, kwnames, put_names, 1, arg) < 0 ||
+    if (parse_args("Queue.put", args, nargs, kwnames, put_names, 1, 3, arg) < 0 ||
         block_timeout(arg[1], arg[2], &timeout) < 0)
         return fail(self);
     PyObject *obj = arg[0];
@@ -330,17 +354,6 @@ static int get_bytes_view(PyObject *data, Py_buffer *view)
 
 static const char *const put_bytes_names[] = {"data", "timeout", "block", NULL};
 
-/* A keyword-only parameter (the last `kwonly` of names) given by position: TypeError. */
-static int check_positional(const char *func, Py_ssize_t nargs, Py_ssize_t most)
-{
-    if (nargs > most) {
-        PyErr_Format(PyExc_TypeError, "%s() takes at most %zd positional arguments (%zd given)",
-                     func, most, nargs);
-        return -1;
-    }
-    return 0;
-}
-
 static PyObject *queue_put_bytes(QueueHandle *self, PyObject *const *args, Py_ssize_t nargs,
                                  PyObject *kwnames)
 {
@@ -348,8 +361,7 @@ static PyObject *queue_put_bytes(QueueHandle *self, PyObject *const *args, Py_ss
     double timeout;
     if (fipc_h_enter(&self->h) < 0)
         return NULL;
-    if (check_positional("put_bytes", nargs, 2) < 0 ||
-        fipc_h_args("put_bytes", args, nargs, kwnames, put_bytes_names, 1, arg) < 0 ||
+    if (parse_args("Queue.put_bytes", args, nargs, kwnames, put_bytes_names, 1, 2, arg) < 0 ||
         block_timeout(arg[2], arg[1], &timeout) < 0)
         return fail(self);
     Py_buffer view;
@@ -631,7 +643,7 @@ static PyObject *queue_get(QueueHandle *self, PyObject *const *args, Py_ssize_t 
     double timeout;
     if (fipc_h_enter(&self->h) < 0)
         return NULL;
-    if (fipc_h_args("get", args, nargs, kwnames, get_names, 1, arg) < 0 ||
+    if (parse_args("Queue._get", args, nargs, kwnames, get_names, 1, 3, arg) < 0 ||
         check_held(arg[0]) < 0 || block_timeout(arg[1], arg[2], &timeout) < 0)
         return fail(self);
     return done(self, hold(arg[0], get_one(self, timeout, 0)));
@@ -646,8 +658,7 @@ static PyObject *queue_get_bytes(QueueHandle *self, PyObject *const *args, Py_ss
     double timeout;
     if (fipc_h_enter(&self->h) < 0)
         return NULL;
-    if (check_positional("get_bytes", nargs, 2) < 0 ||
-        fipc_h_args("get_bytes", args, nargs, kwnames, get_bytes_names, 1, arg) < 0 ||
+    if (parse_args("Queue._get_bytes", args, nargs, kwnames, get_bytes_names, 1, 2, arg) < 0 ||
         check_held(arg[0]) < 0 || block_timeout(arg[2], arg[1], &timeout) < 0)
         return fail(self);
     return done(self, hold(arg[0], get_one(self, timeout, 1)));
@@ -694,8 +705,7 @@ static PyObject *queue_get_many(QueueHandle *self, PyObject *const *args, Py_ssi
     PyObject *arg[4];
     if (fipc_h_enter(&self->h) < 0)
         return NULL;
-    if (check_positional("get_many", nargs, 3) < 0 ||
-        fipc_h_args("get_many", args, nargs, kwnames, get_many_names, 1, arg) < 0 ||
+    if (parse_args("Queue._get_many", args, nargs, kwnames, get_many_names, 1, 3, arg) < 0 ||
         check_held(arg[0]) < 0)
         return fail(self);
     return done(self, hold(arg[0], get_many_held(self, arg + 1)));

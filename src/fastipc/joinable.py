@@ -253,7 +253,7 @@ _native_classes: dict[type, type] = {}
 def _native_class(cls: type[_Q]) -> type[_Q]:
     impl = _native_classes.get(cls)
     if impl is None:
-        impl = type(cls)(cls.__name__, (cls, _core.concrete(Queue, "native")), {
+        impl = type(cls.__name__, (cls, _core.concrete(Queue, "native")), {
             "__module__": cls.__module__, "__qualname__": cls.__qualname__,
             "__doc__": cls.__doc__, "_public": cls})
         _native_classes[cls] = impl
@@ -272,7 +272,7 @@ class _Dropin(Queue):
             cls = _native_class(cls)
         if cls._public is None:
             return object.__new__(cls)
-        return _core._fastipc.Handle.__new__(cls)  # the handle's own __new__
+        return _core.concrete(Queue, "native").__new__(cls)  # the handle type's own
 
     def __class_getitem__(cls, item: Any) -> types.GenericAlias:
         return types.GenericAlias(cls, item)  # JoinableQueue[int], as multiprocessing's

@@ -892,7 +892,7 @@ class Queue(Handle):
         nothing, as for :meth:`get`."""
         held = [_NOTHING]
         try:
-            return self._get_bytes(held, timeout, block=block)  # type: ignore[no-any-return]
+            return self._get_bytes(held, timeout, block=block)
         except BaseException:
             if held[0] is not _NOTHING:
                 self._pending[:0] = ((held[0], _DECODED),)
@@ -910,7 +910,7 @@ class Queue(Handle):
         an exception is raised into the call (a signal handler's, Ctrl-C)."""
         held = [_NOTHING]
         try:
-            return self._get_many(held, max_messages, timeout, block=block)  # type: ignore[no-any-return]
+            return self._get_many(held, max_messages, timeout, block=block)
         except BaseException:
             if held[0] is not _NOTHING:
                 self._pending[:0] = ((held[0], _LIST),)
@@ -1048,10 +1048,10 @@ class Queue(Handle):
     def _get_many(self, held: list[Any], max_messages: int = 1024,
                   timeout: Optional[float] = None, *, block: bool = True) -> list[Any]:
         """get_many() of the pure backend."""
-        max_messages = self._check_max_messages(max_messages)
-        t = _timeout(block, timeout)
         if self._closed:
             raise self._closed_error()
+        max_messages = self._check_max_messages(max_messages)
+        t = _timeout(block, timeout)
         if self._pending:
             got = self._many_from_pending(max_messages, False)
             if got:

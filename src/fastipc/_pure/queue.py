@@ -26,7 +26,7 @@ import struct
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any, Callable
+from typing import Any
 
 from fastipc._backend import queue as L
 from fastipc._backend.queue import FormatFn, QueueOps
