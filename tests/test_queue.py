@@ -224,6 +224,28 @@ def test_bad_arguments_fail_alike_on_both_backends() -> None:
         assert native == pure, what
 
 
+class _Counting(Queue):
+    puts: list[Any] = []
+
+    def put(self, obj: Any, block: bool = True, timeout: Any = None) -> None:
+        self.puts.append(obj)
+        super().put(obj, block, timeout)
+
+
+def test_a_subclass_overriding_put_is_called(backend: str) -> None:
+    """The native handle's C methods come after a subclass's own methods (its put is the
+    one called, by put_nowait too) and before Queue's (its super().put is the C one)."""
+    _Counting.puts.clear()
+    with _Counting(capacity=SMALL, backend=backend) as q:
+        assert isinstance(q, _Counting) and q.backend == backend
+        q.put(1)
+        q.put_nowait(2)
+        assert _Counting.puts == [1, 2]
+        assert q.get_many(2, timeout=1) == [1, 2]
+        again = pickle.loads(pickle.dumps(q))  # attaches as a Queue
+        again.close()
+
+
 def test_dropping_the_last_reference_frees_at_once(backend: str) -> None:
     """No reference cycle: with the garbage collector off, the queue's name, mapping and
     fds go as the last reference does (after every per-message call was used once)."""

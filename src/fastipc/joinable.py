@@ -39,7 +39,6 @@ import weakref
 from collections.abc import Iterable
 from typing import Any, Callable, Optional, TypeVar
 
-from fastipc import _core
 from fastipc._core import Deadline, check_timeout
 from fastipc._pure.queue import _libc, _libc_fn
 from fastipc._pure.shm import _SYS_FUTEX, _TSO, _fence, _futex_wait, _futex_wake, _syscall
@@ -244,35 +243,11 @@ class _ClosedQueue(ValueError, OSError):
     is closed")."""
 
 
-# The class of a drop-in's objects on the native backend, made once per class: the drop-in
-# first (its put, put_bytes... wrap those of the queue), then the native Queue (the handle's
-# C methods before Queue's Python ones), so that ``super().put`` in a drop-in is the C one.
-_native_classes: dict[type, type] = {}
-
-
-def _native_class(cls: type[_Q]) -> type[_Q]:
-    impl = _native_classes.get(cls)
-    if impl is None:
-        impl = type(cls.__name__, (cls, _core.concrete(Queue, "native")), {
-            "__module__": cls.__module__, "__qualname__": cls.__qualname__,
-            "__doc__": cls.__doc__, "_public": cls})
-        _native_classes[cls] = impl
-    return impl
-
-
 class _Dropin(Queue):
     """What both drop-ins change in :class:`Queue`: a closed one's error says "is closed",
     as multiprocessing's does, and pickling re-attaches as the same class."""
 
     _closed_type: type[ValueError] = ValueError
-    _public: Optional[type[Queue]] = None  # the drop-in class of a native class
-
-    def __new__(cls, *args: Any, backend: Optional[str] = None, **kwargs: Any) -> Any:
-        if cls._public is None and _core.resolve_backend(backend) == "native":
-            cls = _native_class(cls)
-        if cls._public is None:
-            return object.__new__(cls)
-        return _core.concrete(Queue, "native").__new__(cls)  # the handle type's own
 
     def __class_getitem__(cls, item: Any) -> types.GenericAlias:
         return types.GenericAlias(cls, item)  # JoinableQueue[int], as multiprocessing's
