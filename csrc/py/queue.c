@@ -634,19 +634,29 @@ static PyObject *get_one(QueueHandle *self, double timeout, int as_bytes)
     return obj;
 }
 
-static const char *const get_names[] = {"held", "block", "timeout", NULL};
-
-static PyObject *queue_get(QueueHandle *self, PyObject *const *args, Py_ssize_t nargs,
-                           PyObject *kwnames)
+/* _get(held, block=True, timeout=None) or _get_bytes(held, timeout=None, *, block=True):
+ * `names` in the order of the parameters, `positional` of them by position. */
+static PyObject *get_call(QueueHandle *self, const char *func, const char *const *names,
+                          Py_ssize_t positional, int as_bytes, PyObject *const *args,
+                          Py_ssize_t nargs, PyObject *kwnames)
 {
     PyObject *arg[3];
     double timeout;
     if (fipc_h_enter(&self->h) < 0)
         return NULL;
-    if (parse_args("Queue._get", args, nargs, kwnames, get_names, 1, 3, arg) < 0 ||
-        check_held(arg[0]) < 0 || block_timeout(arg[1], arg[2], &timeout) < 0)
+    if (parse_args(func, args, nargs, kwnames, names, 1, positional, arg) < 0 ||
+        check_held(arg[0]) < 0 ||
+        block_timeout(arg[as_bytes ? 2 : 1], arg[as_bytes ? 1 : 2], &timeout) < 0)
         return fail(self);
-    return done(self, hold(arg[0], get_one(self, timeout, 0)));
+    return done(self, hold(arg[0], get_one(self, timeout, as_bytes)));
+}
+
+static const char *const get_names[] = {"held", "block", "timeout", NULL};
+
+static PyObject *queue_get(QueueHandle *self, PyObject *const *args, Py_ssize_t nargs,
+                           PyObject *kwnames)
+{
+    return get_call(self, "Queue._get", get_names, 3, 0, args, nargs, kwnames);
 }
 
 static const char *const get_bytes_names[] = {"held", "timeout", "block", NULL};
@@ -654,14 +664,7 @@ static const char *const get_bytes_names[] = {"held", "timeout", "block", NULL};
 static PyObject *queue_get_bytes(QueueHandle *self, PyObject *const *args, Py_ssize_t nargs,
                                  PyObject *kwnames)
 {
-    PyObject *arg[3];
-    double timeout;
-    if (fipc_h_enter(&self->h) < 0)
-        return NULL;
-    if (parse_args("Queue._get_bytes", args, nargs, kwnames, get_bytes_names, 1, 2, arg) < 0 ||
-        check_held(arg[0]) < 0 || block_timeout(arg[2], arg[1], &timeout) < 0)
-        return fail(self);
-    return done(self, hold(arg[0], get_one(self, timeout, 1)));
+    return get_call(self, "Queue._get_bytes", get_bytes_names, 2, 1, args, nargs, kwnames);
 }
 
 /* The messages of a batch from `from` on, kept in _pending in order: those decoded as
