@@ -634,7 +634,7 @@ static PyObject *get_one(QueueHandle *self, double timeout, int as_bytes)
     return obj;
 }
 
-/* _get(held, block=True, timeout=None) or _get_bytes(held, timeout=None, *, block=True):
+/* _get(held, block=True, timeout=None) or _get_bytes(held, timeout=None, block=True):
  * `names` in the order of the parameters, `positional` of them by position. */
 static PyObject *get_call(QueueHandle *self, const char *func, const char *const *names,
                           Py_ssize_t positional, int as_bytes, PyObject *const *args,
@@ -664,7 +664,7 @@ static const char *const get_bytes_names[] = {"held", "timeout", "block", NULL};
 static PyObject *queue_get_bytes(QueueHandle *self, PyObject *const *args, Py_ssize_t nargs,
                                  PyObject *kwnames)
 {
-    return get_call(self, "Queue._get_bytes", get_bytes_names, 2, 1, args, nargs, kwnames);
+    return get_call(self, "Queue._get_bytes", get_bytes_names, 3, 1, args, nargs, kwnames);
 }
 
 /* The messages of a batch from `from` on, kept in _pending in order: those decoded as
@@ -708,7 +708,7 @@ static PyObject *queue_get_many(QueueHandle *self, PyObject *const *args, Py_ssi
     PyObject *arg[4];
     if (fipc_h_enter(&self->h) < 0)
         return NULL;
-    if (parse_args("Queue._get_many", args, nargs, kwnames, get_many_names, 1, 3, arg) < 0 ||
+    if (parse_args("Queue._get_many", args, nargs, kwnames, get_many_names, 1, 4, arg) < 0 ||
         check_held(arg[0]) < 0)
         return fail(self);
     return done(self, hold(arg[0], get_many_held(self, arg + 1)));
@@ -851,10 +851,10 @@ static PyMethodDef queue_methods[] = {
      "_get($self, held, block=True, timeout=None)\n--\n\n"
      "The taking call of get (see Queue.get): the object, also stored in held[0]."},
     {"_get_bytes", (PyCFunction)(void (*)(void))queue_get_bytes, METH_FASTCALL | METH_KEYWORDS,
-     "_get_bytes($self, held, timeout=None, *, block=True)\n--\n\n"
+     "_get_bytes($self, held, timeout=None, block=True)\n--\n\n"
      "The taking call of get_bytes: the bytes, also stored in held[0]."},
     {"_get_many", (PyCFunction)(void (*)(void))queue_get_many, METH_FASTCALL | METH_KEYWORDS,
-     "_get_many($self, held, max_messages=1024, timeout=None, *, block=True)\n--\n\n"
+     "_get_many($self, held, max_messages=1024, timeout=None, block=True)\n--\n\n"
      "The taking call of get_many: the list, also stored in held[0]."},
     {"_forked_calls", (PyCFunction)queue_forked_calls, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL},

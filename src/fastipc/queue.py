@@ -916,7 +916,7 @@ class Queue(Handle):
         nothing, as for :meth:`get`."""
         held = [_NOTHING]
         try:
-            return self._get_bytes(held, timeout, block=block)
+            return self._get_bytes(held, timeout, block)
         except BaseException:
             if held[0] is not _NOTHING:
                 self._pending[:0] = ((held[0], _DECODED),)
@@ -934,7 +934,7 @@ class Queue(Handle):
         an exception is raised into the call (a signal handler's, Ctrl-C)."""
         held = [_NOTHING]
         try:
-            return self._get_many(held, max_messages, timeout, block=block)
+            return self._get_many(held, max_messages, timeout, block)
         except BaseException:
             if held[0] is not _NOTHING:
                 self._pending[:0] = ((held[0], _LIST),)
@@ -1042,7 +1042,7 @@ class Queue(Handle):
         """``get(block=False)``."""
         return self.get(False)
 
-    def _get_bytes(self, held: list[Any], timeout: Optional[float] = None, *,
+    def _get_bytes(self, held: list[Any], timeout: Optional[float] = None,
                    block: bool = True) -> bytes:
         """get_bytes() of the pure backend."""
         if self._closed:
@@ -1070,7 +1070,7 @@ class Queue(Handle):
         return self._get_rest(rc, t, start, stage, True)  # type: ignore[no-any-return]
 
     def _get_many(self, held: list[Any], max_messages: int = 1024,
-                  timeout: Optional[float] = None, *, block: bool = True) -> list[Any]:
+                  timeout: Optional[float] = None, block: bool = True) -> list[Any]:
         """get_many() of the pure backend."""
         if self._closed:
             raise self._closed_error()
