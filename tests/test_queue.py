@@ -19,7 +19,7 @@ import time
 import warnings
 import weakref
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -225,7 +225,7 @@ def test_bad_arguments_fail_alike_on_both_backends() -> None:
 
 
 class _Counting(Queue):
-    puts: list[Any] = []
+    puts: ClassVar[list[Any]] = []
 
     def put(self, obj: Any, block: bool = True, timeout: Any = None) -> None:
         self.puts.append(obj)
