@@ -36,6 +36,9 @@
 #define KIND_MAX 15u
 #define SLICE_NS 100000000LL     /* sleep at most this long between looks at `closed` */
 #define LOCK_GRACE_NS 100000000LL /* a try-once call waits this long for a busy mutex */
+/* The deadline of an attempt that never waits (the native handle's, which holds the GIL):
+ * a busy mutex, a spill, a grace or a full ring make it return -EAGAIN having done nothing. */
+#define TRY_DEADLINE (INT64_MIN + 1)
 
 _Static_assert(sizeof(pthread_mutex_t) <= FIPC_Q_LOCK_SIZE, "pthread_mutex_t too large");
 _Static_assert(sizeof(((fipc_queue *)0)->spill_path) == FIPC_Q_PATH_MAX, "spill_path size");
@@ -201,6 +204,8 @@ static int lock(fipc_queue *q, size_t off, double timeout, int64_t *deadline)
     int rc = pthread_mutex_trylock(m);
     if (rc == 0)
         return 0;
+    if (rc == EBUSY && *deadline == TRY_DEADLINE)
+        return -EAGAIN;
     int64_t end = fipc_deadline_lazy(deadline, timeout);
     if (timeout == 0)
         end = fipc_now_ns() + LOCK_GRACE_NS;
@@ -603,7 +608,7 @@ static void write_frame(fipc_queue *q, uint64_t tail, const char *const *parts,
 }
 
 static int put_parts(fipc_queue *q, const char *const *parts, const uint64_t *lens, uint32_t n,
-                     uint32_t kind, double timeout, char *committed)
+                     uint32_t kind, double timeout, char *committed, int try_only)
 {
     uint64_t total = 0;
     for (uint32_t i = 0; i < n; i++)
@@ -611,7 +616,9 @@ static int put_parts(fipc_queue *q, const char *const *parts, const uint64_t *le
     uint64_t frame = round8(FRAME + total);
     if (frame > q->capacity / 2 || total > UINT32_MAX || kind == 0 || kind > KIND_MAX)
         return -EMSGSIZE;
-    int64_t deadline = FIPC_DEADLINE_UNSET, grace_end = 0;
+    int64_t deadline = try_only ? TRY_DEADLINE : FIPC_DEADLINE_UNSET, grace_end = 0;
+    if (try_only)
+        timeout = 0;
     for (;;) {
         int rc = lock(q, FIPC_Q_OFF_PUT_LOCK, timeout, &deadline);
         if (rc < 0)
@@ -620,6 +627,10 @@ static int put_parts(fipc_queue *q, const char *const *parts, const uint64_t *le
         int fits = 0, route;
         if (LOAD(A32(q, FIPC_Q_OFF_SPILLING), relaxed) == 0) /* the hot path's spill check */
             rc = room(q, frame, &tail, &head, &fits);
+        if (try_only && (rc < 0 || !fits)) {
+            unlock(q, FIPC_Q_OFF_PUT_LOCK);
+            return -EAGAIN;
+        }
         route = fits ? 0 : spill_route(q, frame, &tail, &head, &spill_r, &rc,
                                        timeout != 0 && grace_end >= 0);
         if (route == 0) {
@@ -653,7 +664,7 @@ static int put_parts(fipc_queue *q, const char *const *parts, const uint64_t *le
 }
 
 static int put_many(fipc_queue *q, const char *buf, const uint64_t *lens, uint64_t count,
-                        uint32_t kind, double timeout, uint64_t *sent)
+                        uint32_t kind, double timeout, uint64_t *sent, int try_only)
 {
     *sent = 0;
     if (kind == 0 || kind > KIND_MAX)
@@ -661,7 +672,9 @@ static int put_many(fipc_queue *q, const char *buf, const uint64_t *lens, uint64
     for (uint64_t i = 0; i < count; i++)
         if (round8(FRAME + lens[i]) > q->capacity / 2 || lens[i] > UINT32_MAX)
             return -EMSGSIZE;
-    int64_t deadline = FIPC_DEADLINE_UNSET, grace_end = 0;
+    int64_t deadline = try_only ? TRY_DEADLINE : FIPC_DEADLINE_UNSET, grace_end = 0;
+    if (try_only)
+        timeout = 0;
     while (*sent < count) {
         int rc = lock(q, FIPC_Q_OFF_PUT_LOCK, timeout, &deadline);
         if (rc < 0)
@@ -686,6 +699,12 @@ static int put_many(fipc_queue *q, const char *buf, const uint64_t *lens, uint64
         if (*sent > start)
             STORE(A64(q, FIPC_Q_OFF_TAIL), w, release);
         uint64_t ring_sent = *sent;
+        if (try_only && rc == 0 && *sent < count) { /* the rest may have to wait: not here */
+            unlock(q, FIPC_Q_OFF_PUT_LOCK);
+            if (*sent > start)
+                notify(q, FIPC_Q_OFF_DATA_SEQ, FIPC_Q_OFF_GET_WAITING);
+            return -EAGAIN;
+        }
         if (rc == 0 && *sent < count) { /* the rest to the spill, if it may go there */
             int route = spill_route(q, round8(FRAME + lens[*sent]), &tail, &head, &spill_r,
                                     &rc, timeout != 0 && grace_end >= 0);
@@ -841,9 +860,11 @@ static uint64_t spill_take(fipc_queue *q, uint64_t w, char *dest, uint64_t cap, 
 }
 
 static int64_t get_many(fipc_queue *q, char *dest, uint64_t cap, uint64_t *lens,
-                        uint32_t *kinds, uint64_t max, double timeout)
+                        uint32_t *kinds, uint64_t max, double timeout, int try_only, int mark)
 {
-    int64_t deadline = FIPC_DEADLINE_UNSET;
+    int64_t deadline = try_only ? TRY_DEADLINE : FIPC_DEADLINE_UNSET;
+    if (try_only)
+        timeout = 0;
     for (;;) {
         int rc = lock(q, FIPC_Q_OFF_GET_LOCK, timeout, &deadline);
         if (rc < 0)
@@ -904,7 +925,8 @@ static int64_t get_many(fipc_queue *q, char *dest, uint64_t cap, uint64_t *lens,
         unlock(q, FIPC_Q_OFF_GET_LOCK);
         if (got) {
             /* the mark: what this call took, beside it, before Python sees the call return */
-            memcpy(dest + cap, &got, sizeof got);
+            if (mark)
+                memcpy(dest + cap, &got, sizeof got);
             notify(q, FIPC_Q_OFF_SPACE_SEQ, FIPC_Q_OFF_PUT_WAITING);
             return (int64_t)got;
         }
@@ -917,45 +939,26 @@ static int64_t get_many(fipc_queue *q, char *dest, uint64_t cap, uint64_t *lens,
 
 /* ---------------------------------------------------------------- entry points */
 
-/* Every call that may touch the mapping counts itself busy on the handle, and checks
- * `closed` after counting (close sets `closed`, then reads the count: one of the two sees
- * the other). This keeps the busy count of the hot calls in C, so that the public class
- * needs no Python-level bookkeeping around them; Python unmaps only once it reads 0. */
+/* A call on a closed handle returns -EBADF; the waits inside look at `closed` too. The
+ * calls in progress are counted by the caller (the native handle's busy count, or the pure
+ * backend's), which frees the mapping only once none is. */
 static inline int enter(fipc_queue *q)
 {
-    __atomic_add_fetch(&q->busy, 1, __ATOMIC_SEQ_CST);
-    if (__atomic_load_n(&q->closed, __ATOMIC_SEQ_CST)) {
-        __atomic_sub_fetch(&q->busy, 1, __ATOMIC_SEQ_CST);
-        return -EBADF;
-    }
-    return 0;
-}
-
-static inline void leave(fipc_queue *q)
-{
-    __atomic_sub_fetch(&q->busy, 1, __ATOMIC_SEQ_CST);
+    return is_closed(q) ? -EBADF : 0;
 }
 
 int fipc_queue_put(fipc_queue *q, const char *const *parts, const uint64_t *lens, uint32_t n,
                    uint32_t kind, double timeout)
 {
     int rc = enter(q);
-    if (rc == 0) {
-        rc = put_parts(q, parts, lens, n, kind, timeout, NULL);
-        leave(q);
-    }
-    return rc;
+    return rc ? rc : put_parts(q, parts, lens, n, kind, timeout, NULL, 0);
 }
 
 int fipc_queue_put_ref(fipc_queue *q, const char *data, uint64_t len, uint32_t kind,
                        double timeout, char *committed)
 {
     int rc = enter(q);
-    if (rc == 0) {
-        rc = put_parts(q, &data, &len, 1, kind, timeout, committed);
-        leave(q);
-    }
-    return rc;
+    return rc ? rc : put_parts(q, &data, &len, 1, kind, timeout, committed, 0);
 }
 
 int fipc_queue_put1(fipc_queue *q, const char *data, uint64_t len, uint32_t kind,
@@ -969,11 +972,7 @@ int fipc_queue_put_many(fipc_queue *q, const char *buf, const uint64_t *lens, ui
 {
     *sent = 0;
     int rc = enter(q);
-    if (rc == 0) {
-        rc = put_many(q, buf, lens, count, kind, timeout, sent);
-        leave(q);
-    }
-    return rc;
+    return rc ? rc : put_many(q, buf, lens, count, kind, timeout, sent, 0);
 }
 
 int64_t fipc_queue_get_many(fipc_queue *q, char *dest, uint64_t cap, uint64_t *lens,
@@ -981,11 +980,7 @@ int64_t fipc_queue_get_many(fipc_queue *q, char *dest, uint64_t cap, uint64_t *l
 {
     memset(dest + cap, 0, FIPC_Q_MARK); /* first: a mark seen after the call is this call's */
     int64_t rc = enter(q);
-    if (rc == 0) {
-        rc = get_many(q, dest, cap, lens, kinds, max, timeout);
-        leave(q);
-    }
-    return rc;
+    return rc ? rc : get_many(q, dest, cap, lens, kinds, max, timeout, 0, 1);
 }
 
 int64_t fipc_queue_get(fipc_queue *q, char *dest, uint64_t cap, double timeout,
@@ -1001,9 +996,26 @@ int64_t fipc_queue_get(fipc_queue *q, char *dest, uint64_t cap, double timeout,
     return kind == want ? (int64_t)len : (int64_t)kind << 32 | (int64_t)len;
 }
 
-int fipc_queue_busy(fipc_queue *q)
+int fipc_queue_put_h(fipc_queue *q, const char *data, uint64_t len, uint32_t kind,
+                     double timeout, int try_only)
 {
-    return __atomic_load_n(&q->busy, __ATOMIC_SEQ_CST);
+    int rc = enter(q);
+    return rc ? rc : put_parts(q, &data, &len, 1, kind, timeout, NULL, try_only);
+}
+
+int fipc_queue_put_many_h(fipc_queue *q, const char *buf, const uint64_t *lens, uint64_t count,
+                          uint32_t kind, double timeout, int try_only, uint64_t *sent)
+{
+    *sent = 0;
+    int rc = enter(q);
+    return rc ? rc : put_many(q, buf, lens, count, kind, timeout, sent, try_only);
+}
+
+int64_t fipc_queue_get_many_h(fipc_queue *q, char *dest, uint64_t cap, uint64_t *lens,
+                              uint32_t *kinds, uint64_t max, double timeout, int try_only)
+{
+    int64_t rc = enter(q);
+    return rc ? rc : get_many(q, dest, cap, lens, kinds, max, timeout, try_only, 0);
 }
 
 /* ---------------------------------------------------------------- state */
@@ -1025,11 +1037,9 @@ static int64_t state(fipc_queue *q, int want_count)
 {
     uint64_t used, count;
     int64_t rc = enter(q);
-    if (rc == 0) {
+    if (rc == 0)
         rc = snapshot(q, &used, &count) < 0 ? 0
              : (int64_t)(want_count ? count + spill_count(q) : used);
-        leave(q);
-    }
     return rc;
 }
 
@@ -1043,17 +1053,16 @@ int64_t fipc_queue_used(fipc_queue *q)
     return state(q, 0);
 }
 
-int fipc_queue_close(fipc_queue *q)
+void fipc_queue_close(fipc_queue *q)
 {
     __atomic_store_n(&q->closed, 1, __ATOMIC_SEQ_CST);
     if (q->base == NULL)
-        return 0;
+        return;
     /* bump both futex words so that a sleeper between its check and its sleep wakes too */
     atomic_fetch_add_explicit(A32(q, FIPC_Q_OFF_DATA_SEQ), 1u, memory_order_seq_cst);
     atomic_fetch_add_explicit(A32(q, FIPC_Q_OFF_SPACE_SEQ), 1u, memory_order_seq_cst);
     fipc_futex_wake(A32(q, FIPC_Q_OFF_DATA_SEQ));
     fipc_futex_wake(A32(q, FIPC_Q_OFF_SPACE_SEQ));
-    return fipc_queue_busy(q);
 }
 
 int fipc_queue_park(fipc_queue *q, int64_t room, uint64_t *seq_off, uint32_t *seq)
@@ -1080,6 +1089,5 @@ int fipc_queue_park(fipc_queue *q, int64_t room, uint64_t *seq_off, uint32_t *se
                  q->capacity - used >= round8(FRAME + (uint64_t)room) &&
                  (q->maxsize == 0 || count < q->maxsize);
     }
-    leave(q);
     return rc;
 }

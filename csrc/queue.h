@@ -60,7 +60,6 @@ typedef struct fipc_queue {
     uint64_t stalled_head;  /* put: head and the spill's read word when a grace last ran out */
     uint64_t stalled_r;     /*   with consumers still behind: no grace until either moves */
     int32_t closed;         /* set by fipc_queue_close: calls return -EBADF */
-    int32_t busy;           /* calls in progress on this handle (any thread) */
     fipc_spin spin;         /* adaptive spin before sleeping */
     int32_t spill_wfd;      /* the spill file open for appending (under put_lock), or -1 */
     int32_t spill_rfd;      /* the spill file open for reading (under get_lock), or -1 */
@@ -117,10 +116,8 @@ int64_t fipc_queue_count(fipc_queue *q);
 /* Bytes of the ring in use now (a snapshot). */
 int64_t fipc_queue_used(fipc_queue *q);
 /* Mark this handle closed and wake every sleeper of the queue (ours return -EBADF at once).
- * Returns how many calls are still in progress: the mapping must not be unmapped before
- * fipc_queue_busy() says 0. */
-int fipc_queue_close(fipc_queue *q);
-int fipc_queue_busy(fipc_queue *q);
+ * The caller counts its calls in progress and unmaps only once none is. */
+void fipc_queue_close(fipc_queue *q);
 /* Awaiting (fastipc._aio): raise the waiting flag of a consumer (room < 0) or of a producer
  * that needs room for a payload of `room` bytes, exactly as a blocking sleeper does, then
  * look again: 1 = ready now, 0 = wait while the futex word at base + *seq_off holds *seq
@@ -128,5 +125,18 @@ int fipc_queue_busy(fipc_queue *q);
  * shared by every sleeper of that side, so it is never lowered here: the next commit does. */
 int fipc_queue_park(fipc_queue *q, int64_t room, uint64_t *seq_off, uint32_t *seq);
 /* CDEF END */
+
+/* The native handle's calls (csrc/py/queue.c): fipc_queue_put1, fipc_queue_put_many and
+ * fipc_queue_get_many (without the mark), plus `try_only`: an attempt that never waits, not
+ * even for a busy mutex (made with the GIL held): -EAGAIN when it would have to, or when a
+ * put would go to the spill (a blocking put gives consumers a grace first), with nothing
+ * done (put_many: *sent went). The timeout is then ignored (0); a get finding the queue
+ * empty returns -ETIMEDOUT. */
+int fipc_queue_put_h(fipc_queue *q, const char *data, uint64_t len, uint32_t kind,
+                     double timeout, int try_only);
+int fipc_queue_put_many_h(fipc_queue *q, const char *buf, const uint64_t *lens, uint64_t count,
+                          uint32_t kind, double timeout, int try_only, uint64_t *sent);
+int64_t fipc_queue_get_many_h(fipc_queue *q, char *dest, uint64_t cap, uint64_t *lens,
+                              uint32_t *kinds, uint64_t max, double timeout, int try_only);
 
 #endif

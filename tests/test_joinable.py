@@ -277,7 +277,7 @@ def test_unlink_removes_both_names(jq: JoinableQueue) -> None:
 def test_pickles_as_a_joinable_queue_sharing_the_count(jq: JoinableQueue) -> None:
     other = pickle.loads(pickle.dumps(jq))
     try:
-        assert type(other) is JoinableQueue and other.backend == jq.backend
+        assert isinstance(other, JoinableQueue) and other.backend == jq.backend
         jq.put(1)
         assert other.unfinished_tasks == 1
         other.get(timeout=1)
@@ -567,7 +567,7 @@ def test_simple_queue_close_semantics(backend: str) -> None:
 def test_simple_queue_pickles_as_a_simple_queue(backend: str) -> None:
     with SimpleQueue(backend=backend, capacity=SMALL) as q:
         other = pickle.loads(pickle.dumps(q))
-        assert type(other) is SimpleQueue
+        assert isinstance(other, SimpleQueue) and not isinstance(other, JoinableQueue)
         other.put(5)
         assert q.get() == 5
         other.close()

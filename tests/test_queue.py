@@ -6,6 +6,7 @@ from __future__ import annotations
 import array
 import asyncio
 import errno
+import gc
 import multiprocessing as mp
 import os
 import pickle
@@ -16,8 +17,9 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Iterator
-from typing import Any
+import weakref
+from collections.abc import Callable, Iterator
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -165,6 +167,106 @@ def test_closed_queue_raises_value_error(backend: str) -> None:
                  lambda: pickle.dumps(q), lambda: q.maxsize, lambda: q.put(1, False, -1)):
         with pytest.raises(ValueError, match=f"^Queue {q.name} is closed$"):
             call()
+
+
+def test_closed_queue_raises_value_error_whatever_the_arguments(backend: str) -> None:
+    q = Queue(capacity=SMALL, backend=backend)
+    q.close()
+    for call in (lambda: q.put_bytes("text"), lambda: q.put_bytes(b"", -1),
+                 lambda: q.get(timeout=-1), lambda: q.get_bytes("1"),
+                 lambda: q.get_many(0), lambda: q.put(1, timeout=float("nan"))):
+        with pytest.raises(ValueError, match=f"^Queue {q.name} is closed$"):
+            call()
+
+
+_NAN = float("nan")
+_BAD_CALLS: list[tuple[str, Callable[[Queue], Any]]] = [
+    ("put negative timeout", lambda q: q.put(1, timeout=-1)),
+    ("put NaN timeout", lambda q: q.put(1, True, _NAN)),
+    ("put str timeout", lambda q: q.put(1, timeout="1")),
+    ("put unknown keyword", lambda q: q.put(1, nope=1)),
+    ("put no object", lambda q: q.put()),
+    ("put too many", lambda q: q.put(1, True, None, 4)),
+    ("put twice", lambda q: q.put(1, obj=2)),
+    ("put_bytes str", lambda q: q.put_bytes("text")),
+    ("put_bytes int", lambda q: q.put_bytes(123)),
+    ("put_bytes negative timeout", lambda q: q.put_bytes(b"x", -1)),
+    ("put_bytes NaN timeout", lambda q: q.put_bytes(b"x", _NAN)),
+    ("put_bytes unknown keyword", lambda q: q.put_bytes(b"x", nope=1)),
+    ("put_bytes block by position", lambda q: q.put_bytes(b"x", 1, True)),
+    ("get negative timeout", lambda q: q.get(timeout=-1)),
+    ("get NaN timeout", lambda q: q.get(True, _NAN)),
+    ("get str timeout", lambda q: q.get(timeout="1")),
+    ("get unknown keyword", lambda q: q.get(nope=1)),
+    ("get_bytes negative timeout", lambda q: q.get_bytes(-1)),
+    ("get_bytes unknown keyword", lambda q: q.get_bytes(nope=1)),
+    ("get_many zero", lambda q: q.get_many(0)),
+    ("get_many float", lambda q: q.get_many(1.5)),
+    ("get_many bool", lambda q: q.get_many(True)),
+    ("get_many unknown keyword", lambda q: q.get_many(nope=1)),
+    ("put_many negative timeout", lambda q: q.put_many([1], timeout=-1)),
+]
+
+
+def test_bad_arguments_fail_alike_on_both_backends() -> None:
+    """Wrong types, negative or NaN timeouts, str data, unknown or missing arguments: the
+    same exception type and message from the native handle's C methods as from the pure
+    backend's Python ones."""
+    seen: dict[str, list[tuple[type, str]]] = {}
+    for backend in ("native", "pure"):
+        with Queue(capacity=SMALL, backend=backend) as q:
+            for what, call in _BAD_CALLS:
+                with pytest.raises((TypeError, ValueError)) as info:
+                    call(q)
+                seen.setdefault(what, []).append((info.type, str(info.value)))
+            assert q.empty()
+    for what, (native, pure) in seen.items():
+        assert native == pure, what
+
+
+class _Counting(Queue):
+    puts: ClassVar[list[Any]] = []
+
+    def put(self, obj: Any, block: bool = True, timeout: Any = None) -> None:
+        self.puts.append(obj)
+        super().put(obj, block, timeout)
+
+
+def test_a_subclass_overriding_put_is_called(backend: str) -> None:
+    """The native handle's C methods come after a subclass's own methods (its put is the
+    one called, by put_nowait too) and before Queue's (its super().put is the C one)."""
+    _Counting.puts.clear()
+    with _Counting(capacity=SMALL, backend=backend) as q:
+        assert isinstance(q, _Counting) and q.backend == backend
+        q.put(1)
+        q.put_nowait(2)
+        assert _Counting.puts == [1, 2]
+        assert q.get_many(2, timeout=1) == [1, 2]
+        again = pickle.loads(pickle.dumps(q))  # attaches as a Queue
+        again.close()
+
+
+def test_dropping_the_last_reference_frees_at_once(backend: str) -> None:
+    """No reference cycle: with the garbage collector off, the queue's name, mapping and
+    fds go as the last reference does (after every per-message call was used once)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        fds = set(os.listdir("/proc/self/fd"))
+        q = Queue(capacity=SMALL, backend=backend)
+        path = f"{SHM_DIR}/{q.name}"
+        q.put({"x": 1}), q.put_bytes(b"abc"), q.put_many([1, np.zeros(3)])
+        assert q.get() == {"x": 1} and q.get_bytes() == b"abc"
+        assert q.get_many(1) == [1]
+        assert q.get_nowait().shape == (3,)
+        ref = weakref.ref(q)
+        del q
+        assert ref() is None
+        assert not os.path.exists(path)
+        assert set(os.listdir("/proc/self/fd")) <= fds
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def test_block_false_ignores_timeout_on_every_variant(q: Queue) -> None:
@@ -479,7 +581,7 @@ def test_hot_get_returns_the_length_alone_for_the_kind_it_expects(q: Queue) -> N
     kind << 32 | length for another, and a stage whose slices are bytes; each get marks
     what it took (kind << 32 | length) in the stage, until the caller clears it."""
     ops = q._ops
-    get = ops.get_fn()
+    get = ops.get_staged
     stage, out, mark = ops.new_stage()
     q.put_bytes(b"abc")
     q.put_bytes(b"defg")

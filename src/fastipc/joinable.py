@@ -261,8 +261,8 @@ class _Dropin(Queue):
 
     def __reduce__(self) -> tuple[Callable[..., Queue], tuple[Any, ...]]:
         self._check_open()
-        return _reattach, (type(self), self._name, self._max_message, self._spin,
-                           self._backend)
+        return _reattach, (self._public or type(self), self._name, self._max_message,
+                           self._spin, self._backend)
 
 
 class _OneTask:

@@ -95,6 +95,8 @@ _LEN = 0xFFFFFFFF  # a get returns kind << 32 | length
 _DECODED = -1  # (the object, _DECODED)
 _MARKED = -2  # (a buffer whose last MARK bytes are the mark of the get that took into it)
 _BATCH = -3  # ((out, batch, decoded), _BATCH): a get_many batch marked in out
+_LIST = -4  # (objects, _LIST): what a get_many delivered as an exception was raised into it
+_NOTHING = object()  # what a get's `held` holds until the call delivers
 _iadd: Callable[[list[Any], Any], Any] = operator.iadd  # C: nothing runs before it is done
 _FAILED = object()
 _NO_MARK = bytes(MARK)  # in a batch's decoded list: the message that failed to decode (consumed)
@@ -355,6 +357,22 @@ def _async_timeout(block: bool, timeout: Optional[float]) -> Optional[float]:
 # calls that the parent's other threads had in progress (none of them runs in the child).
 _open_queues: weakref.WeakSet[Queue] = _core.given_up_in_child("_forked")
 
+# The class of a Queue subclass's objects on the native backend, made once per class: the
+# subclass first (so that its overrides, of put for instance, come before the handle's C
+# methods and its ``super().put`` is the C one), then the native Queue (the handle's C
+# methods before Queue's Python ones).
+_native_classes: dict[type, type] = {}
+
+
+def _native_class(cls: type) -> type:
+    impl = _native_classes.get(cls)
+    if impl is None:
+        impl = type(cls.__name__, (cls, _core.concrete(Queue, "native")), {
+            "__module__": cls.__module__, "__qualname__": cls.__qualname__,
+            "__doc__": cls.__doc__, "_public": cls})
+        _native_classes[cls] = impl
+    return impl
+
 
 class Queue(Handle):
     """A multiprocessing.Queue in shared memory (see the module docstring).
@@ -370,11 +388,20 @@ class Queue(Handle):
     """
 
     _what = "Queue"
+    _handle_type = "QueueHandle"  # csrc/py/queue.c: put, put_bytes, the taking calls of gets
+    _public: Optional[type[Queue]] = None  # the subclass a native class of a subclass is of
     _name = ""
     _path = ""
     _owner = False
     _lock_fd = -1
     _finalizer: Optional[weakref.finalize[Any, Any]] = None
+
+    def __new__(cls, *args: Any, backend: Optional[str] = None, **kwargs: Any) -> Any:
+        if cls._public is None and (cls is Queue or _core.resolve_backend(backend) != "native"):
+            return super().__new__(cls, *args, backend=backend, **kwargs)
+        if cls._public is None:  # a subclass, on the native backend
+            cls = _native_class(cls)
+        return _core.concrete(Queue, "native").__new__(cls)  # the handle type's own
 
     def __init__(self, maxsize: int = 0, *, name: Optional[str] = None,
                  create: Optional[bool] = None, capacity: int = DEFAULT_CAPACITY,
@@ -453,10 +480,8 @@ class Queue(Handle):
         self._hot_max = min(self._ring_max, self._max_message)
         self._lock_fd = lock_fd
         self._spin_async = _aio.Spin(min(self._spin, DEFAULT_SPIN))  # on the loop thread
-        self._put_bytes = self._ops.put_fn()
-        self._get_staged = self._ops.get_fn()
-        # staging buffers and get_many's output buffers, one per concurrent call: a thread
-        # pops one (list.pop and append are atomic) and puts it back when it is done
+        # (pure backend) staging buffers and get_many's output buffers, one per concurrent
+        # call: a thread pops one (list.pop and append are atomic) and puts it back after
         self._stages: list[tuple[Any, Any, Any]] = []
         self._outs: list[tuple[bytearray, Any]] = []
         # messages taken from the queue but not delivered yet, for the next gets of this
@@ -466,6 +491,9 @@ class Queue(Handle):
         # ((out, batch, decoded), _BATCH); see _deliver.
         self._pending: list[tuple[Any, int]] = []
         self._blob_opener = partial(os.open, mode=mode)  # a C call: see _put_blob
+        if which == "native":  # the handle (csrc/py/queue.c) calls the C core on self._ops's
+            self._open(self._ops, self._ops.address(), self._pending,  # type: ignore[attr-defined]
+                       self._hot_max, self._max_message, self._out_size())
         if self._owner:
             self._finalizer = weakref.finalize(self, _remove_queue, self._path)
         _open_queues.add(self)
@@ -475,11 +503,15 @@ class Queue(Handle):
     def _forked(self) -> None:
         """In a fork child: no call of the parent's other threads is in progress here (so a
         queue closed while one was, and not freed yet, is freed now)."""
-        self._calls.clear()
         self._ops.forked()
         self._disown()
-        if self._closed:
-            self._free_once()
+        self._forked_calls()
+
+    def _forked_calls(self) -> None:
+        """Count no call in progress (the native handle's C method of the same name does
+        this for its count), and free now if closed."""
+        self._calls[:] = [None]
+        self._leave()
 
     def _disown(self) -> None:
         """In a fork child: the parent owns the name and the liveness lock, not us."""
@@ -492,7 +524,8 @@ class Queue(Handle):
             self._lock_fd = -1
 
     def _wake(self) -> None:
-        self._ops.wake()
+        if self._backend == "pure":  # the native handle's wake did it in C
+            self._ops.wake()
 
     def _free(self) -> None:
         if self._ops.free():  # else a call never left C: the GC unmaps, later
@@ -571,6 +604,11 @@ class Queue(Handle):
                              f"({self._max_message})")
         return parts, total, kind
 
+    def _put_pickled(self, data: bytes, t: float) -> None:
+        """put() of a pickle with no out-of-band buffers, larger than the hot path takes."""
+        parts, total, kind = self._layout(data, [])
+        self._put_parts(parts, total, kind, t)
+
     def _put_parts(self, parts: list[Any], total: int, kind: int, t: float) -> None:
         ops = self._ops
         if total > self._ring_max:
@@ -647,12 +685,14 @@ class Queue(Handle):
                 _unlink_quietly(path)
             raise
 
-    # put, get, put_bytes and get_bytes are the hot paths: instead of @uses_handle (its call
-    # layer costs about 0.3 us, a fifth of a small put), the backend counts each of its calls
-    # busy around every access to the mapping (csrc/queue.c enter/leave; the pure backend's
-    # _busy) and Ops.free() waits for that count, so closing from another thread stays safe.
-    # They check `closed` first, and their slow paths (_retry_put, _take_slow) turn the error
-    # of a call closed under them into ValueError.
+    # put, get, put_bytes, get_bytes, get_many and put_many's batches below are the pure
+    # backend's: on the native backend, the methods of the handle type (csrc/py/queue.c) come
+    # first and do the same in C, calling back the methods here for what is rare. The pure
+    # hot paths skip @uses_handle (its call layer would be a fifth of a small put): the pure
+    # backend counts each of its calls busy around every access to the mapping (its _busy)
+    # and its free() waits for that count, so closing from another thread stays safe. They
+    # check `closed` first, and their slow paths (_retry_put, _take_slow) turn the error of
+    # a call closed under them into ValueError.
 
     def put(self, obj: Any, block: bool = True, timeout: Optional[float] = None) -> None:
         """Put ``obj`` (pickled, protocol 5, buffers out of band). ``queue.Full`` (also a
@@ -669,15 +709,13 @@ class Queue(Handle):
         except TypeError:  # out-of-band buffers or a memoryview (or not picklable)
             _remember_buffered(type(obj))
             return self._put_encoded(obj, t)
-        n = len(data)
-        if n <= self._hot_max:  # the hot path
+        if len(data) <= self._hot_max:  # the hot path
             start = _monotonic() if t > 0.0 else None
-            rc = self._put_bytes(data, n, KIND_PICKLE, t)
+            rc = self._ops.put(data, KIND_PICKLE, t)
             if rc:
                 self._retry_put1(rc, data, KIND_PICKLE, t, start)
             return
-        parts, total, kind = self._layout(data, [])
-        self._put_parts(parts, total, kind, t)
+        self._put_pickled(data, t)
 
     def _put_encoded(self, obj: Any, t: float) -> None:
         """put() of an object that has (or may have) out-of-band buffers."""
@@ -697,10 +735,14 @@ class Queue(Handle):
         t = -1.0 if timeout is None and block else _timeout(block, timeout)
         if type(data) is bytes and len(data) <= self._hot_max:  # the hot path
             start = _monotonic() if t > 0.0 else None
-            rc = self._put_bytes(data, len(data), KIND_BYTES, t)
+            rc = self._ops.put(data, KIND_BYTES, t)
             if rc:
                 self._retry_put1(rc, data, KIND_BYTES, t, start)
             return
+        self._put_bytes_large(data, t)
+
+    def _put_bytes_large(self, data: Any, t: float) -> None:
+        """put_bytes() of what the hot path does not take (a large or non-bytes buffer)."""
         view = data if type(data) is bytes else byte_view(data)
         n = len(view)
         if n > self._max_message:
@@ -731,21 +773,24 @@ class Queue(Handle):
                     parts, total, kind = (self._encode(obj) if data is None
                                           else self._layout(data, []))
                 except Exception as exc:  # what came before goes first
-                    done += self._put_batch(batch, deadline)
+                    done += self._put_batch(batch, deadline.left()) if batch else 0
                     exc.messages_put = done  # type: ignore[attr-defined]
                     raise
-                done += self._put_batch(batch, deadline)  # what came before goes first
-                batch.clear()
+                if batch:  # what came before goes first
+                    done += self._put_batch(batch, deadline.left())
+                    batch.clear()
                 self._put_parts(parts, total, kind, deadline.left())
                 done += 1
-            done += self._put_batch(batch, deadline)
+            if batch:
+                done += self._put_batch(batch, deadline.left())
         except Full as exc:  # a batch says how many of it went
             exc.messages_put = done + getattr(exc, "messages_put", 0)  # type: ignore[attr-defined]
             raise
 
-    def _put_batch(self, batch: list[bytes], deadline: Deadline) -> int:
-        if not batch:
-            return 0
+    def _put_batch(self, batch: list[bytes], t: float) -> int:
+        """Put pickles (each within the hot size) as one batch: how many went (all, or
+        queue.Full with ``messages_put``)."""
+        deadline = Deadline(t)
         lens = [len(b) for b in batch]  # each <= _hot_max <= max_message_size
         blob = b"".join(batch)
         ops = self._ops
@@ -845,10 +890,59 @@ class Queue(Handle):
     # newer. A stage or buffer kept there is never used again for a get; those in the pools
     # are unmarked.
 
+    # get, get_bytes and get_many are Python functions on both backends, around the call that
+    # takes (_get, _get_bytes, _get_many: the native handle's C methods, or the pure
+    # backend's below). A signal handler runs when a call into C returns, before its result
+    # reaches the caller (not when a Python function returns): the taking call stores what
+    # it delivers in `held` too, and an exception raised as it returns keeps that in
+    # _pending, in front (no call before), for the next get.
+
     def get(self, block: bool = True, timeout: Optional[float] = None) -> Any:
         """Take the next object. ``queue.Empty`` (also a TimeoutError) if none comes before
         the timeout (``block=False``: at once). An exception raised into the call (a
         signal handler's, Ctrl-C) loses nothing: what it took, the next get returns."""
+        held = [_NOTHING]
+        try:
+            return self._get(held, block, timeout)
+        except BaseException:
+            if held[0] is not _NOTHING:
+                self._pending[:0] = ((held[0], _DECODED),)
+            raise
+
+    def get_bytes(self, timeout: Optional[float] = None, *, block: bool = True) -> bytes:
+        """Take the next message as bytes (one put with ``put_bytes``, or an object that is
+        a bytes-like object; anything else raises TypeError, the message is consumed).
+        ``block=False``: try once (timeout ignored). An exception raised into the call loses
+        nothing, as for :meth:`get`."""
+        held = [_NOTHING]
+        try:
+            return self._get_bytes(held, timeout, block)
+        except BaseException:
+            if held[0] is not _NOTHING:
+                self._pending[:0] = ((held[0], _DECODED),)
+            raise
+
+    def get_many(self, max_messages: int = 1024, timeout: Optional[float] = None, *,
+                 block: bool = True) -> list[Any]:
+        """Take up to ``max_messages`` objects at once (at least one: waits for the first
+        until the timeout, then ``queue.Empty``; ``block=False``: at once), with one pass
+        of the consumers' lock.
+
+        A message that fails to unpickle fails alone: its error is raised (once), and the
+        other messages of the batch, those before it and after it, are kept in order by
+        this handle for its next gets (``qsize()`` counts them). So is the whole batch when
+        an exception is raised into the call (a signal handler's, Ctrl-C)."""
+        held = [_NOTHING]
+        try:
+            return self._get_many(held, max_messages, timeout, block)
+        except BaseException:
+            if held[0] is not _NOTHING:
+                self._pending[:0] = ((held[0], _LIST),)
+            raise
+
+    def _get(self, held: list[Any], block: bool = True, timeout: Optional[float] = None
+             ) -> Any:
+        """get() of the pure backend (it has its own marks: ``held`` is the native's)."""
         if self._closed:
             raise self._closed_error()
         if self._pending:
@@ -860,7 +954,7 @@ class Queue(Handle):
         stages = self._stages
         stage = stages.pop() if stages else self._ops.new_stage()
         try:
-            rc = self._get_staged(stage[0], STAGE, t, KIND_PICKLE)
+            rc = self._ops.get_staged(stage[0], STAGE, t, KIND_PICKLE)
             if 0 <= rc <= _LEN:  # the hot path: a small object, staged (rc: its length)
                 obj = _loads(stage[1][:rc])
                 stage[2][0] = 0  # delivered: from here to the return, no call
@@ -920,7 +1014,7 @@ class Queue(Handle):
 
         def again(left: float) -> int:
             nonlocal dest
-            rc = (self._get_staged(stage[0], STAGE, left, 0) if dest is None
+            rc = (ops.get_staged(stage[0], STAGE, left, 0) if dest is None
                   else ops.get(dest, left))
             while rc == NEED:  # it did not fit: make room (another consumer may take it)
                 new = _new_bytearray(ops.last()[0] + MARK)  # not zero-filled: nor its mark
@@ -948,11 +1042,9 @@ class Queue(Handle):
         """``get(block=False)``."""
         return self.get(False)
 
-    def get_bytes(self, timeout: Optional[float] = None, *, block: bool = True) -> bytes:
-        """Take the next message as bytes (one put with ``put_bytes``, or an object that is
-        a bytes-like object; anything else raises TypeError, the message is consumed).
-        ``block=False``: try once (timeout ignored). An exception raised into the call loses
-        nothing, as for :meth:`get`."""
+    def _get_bytes(self, held: list[Any], timeout: Optional[float] = None,
+                   block: bool = True) -> bytes:
+        """get_bytes() of the pure backend."""
         if self._closed:
             raise self._closed_error()
         if self._pending:
@@ -964,7 +1056,7 @@ class Queue(Handle):
         stages = self._stages
         stage = stages.pop() if stages else self._ops.new_stage()
         try:
-            rc = self._get_staged(stage[0], STAGE, t, KIND_BYTES)
+            rc = self._ops.get_staged(stage[0], STAGE, t, KIND_BYTES)
             if 0 <= rc <= _LEN:  # the hot path: bytes, staged (rc: the length)
                 data = stage[1][:rc]
                 stage[2][0] = 0  # delivered: from here to the return, no call
@@ -977,20 +1069,13 @@ class Queue(Handle):
             raise
         return self._get_rest(rc, t, start, stage, True)  # type: ignore[no-any-return]
 
-    def get_many(self, max_messages: int = 1024, timeout: Optional[float] = None, *,
-                 block: bool = True) -> list[Any]:
-        """Take up to ``max_messages`` objects at once (at least one: waits for the first
-        until the timeout, then ``queue.Empty``; ``block=False``: at once), with one pass
-        of the consumers' lock.
-
-        A message that fails to unpickle fails alone: its error is raised (once), and the
-        other messages of the batch, those before it and after it, are kept in order by
-        this handle for its next gets (``qsize()`` counts them). So is the whole batch when
-        an exception is raised into the call (a signal handler's, Ctrl-C)."""
-        max_messages = check_int(max_messages, "max_messages", 1, 1 << 20)
-        t = _timeout(block, timeout)
+    def _get_many(self, held: list[Any], max_messages: int = 1024,
+                  timeout: Optional[float] = None, block: bool = True) -> list[Any]:
+        """get_many() of the pure backend."""
         if self._closed:
             raise self._closed_error()
+        max_messages = self._check_max_messages(max_messages)
+        t = _timeout(block, timeout)
         if self._pending:
             got = self._many_from_pending(max_messages, False)
             if got:
@@ -998,22 +1083,16 @@ class Queue(Handle):
         start = _monotonic() if t > 0.0 else None
         ops = self._ops
         outs = self._outs
-        # counted busy as uses_handle does, but released with no call before the return
-        calls = self._calls
         out: Any = None
         batch: Any = None
         result: list[Any] = []
-        calls.append(None)
         try:
             out = outs.pop() if outs else self._new_out()
             batch = ops.new_batch(max_messages)
-            if self._closed:
-                raise self._closed_error()
             n = ops.get_many(out[0], batch, max_messages, t)
             if n <= 0:  # waiting was cut short, or the first message is large: take it alone
                 obj = self.get(True, None if t < 0 else Deadline(t, start).left())
                 outs += (out,)
-                del calls[-1]
                 return [obj]
             lens, kinds = ops.batch(batch, n)
             view = memoryview(out[0])
@@ -1033,29 +1112,46 @@ class Queue(Handle):
                     result.append(_FAILED)  # the message's own error: that one is consumed
             elif out is not None:
                 outs.append(out)
-            calls.pop()
-            if self._closed and not calls:
-                self._free_once()
             if isinstance(exc, (OSError, EOFError)) and self._closed:
                 raise self._closed_error() from None
             raise
         if len(result) < n:
             self._pending += (((out, batch, result), _BATCH),)
-            del calls[-1]
             return self._many_from_pending(max_messages, False)
         out[1][0] = 0  # delivered: from here to the return, no call
         outs += (out,)
-        del calls[-1]
         return result
 
+    def _check_max_messages(self, max_messages: int) -> int:
+        return check_int(max_messages, "max_messages", 1, 1 << 20)
+
+    def _out_size(self) -> int:
+        """The capacity of get_many's buffer."""
+        return max(STAGE, min(1 << 20, self._capacity // 2))
+
     def _new_out(self) -> tuple[bytearray, Any]:
-        out = bytearray(max(STAGE, min(1 << 20, self._capacity // 2)) + MARK)
+        out = bytearray(self._out_size() + MARK)
         return out, memoryview(out)[len(out) - MARK:].cast("Q")
+
+    def _kept(self, exc: BaseException, entry: tuple[Any, int]) -> None:
+        """The native handle kept ``entry`` in _pending: a message it took that raised
+        ``exc`` as it was decoded. An exception raised into the call from outside (a signal
+        handler's, Ctrl-C) leaves it there for the next get; the message's own error
+        consumes it (raised once)."""
+        if _interrupted(exc):
+            return
+        pending = self._pending
+        for k in range(len(pending) - 1, -1, -1):
+            if pending[k] is entry:
+                del pending[k]
+                break
 
     def _unheld(self, k: int) -> list[tuple[Any, int]]:
         """The entries that _pending[k] stands for: itself, or the messages of a marked
         buffer or batch as (payload or object, kind)."""
         item, kind = self._pending[k]
+        if kind == _LIST:
+            return [(obj, _DECODED) for obj in item]
         if kind == _MARKED:  # the buffer is this entry's alone (a fresh one, or a stage
             mark = _mark_of(item)  # that left the pool with it): no copy of the message
             return [(memoryview(item)[:mark & _LEN], mark >> 32)]
@@ -1079,7 +1175,7 @@ class Queue(Handle):
         pending = self._pending
         k = 0
         while k < len(pending) and k < max_messages:  # held buffers and batches: messages
-            if pending[k][1] in (_MARKED, _BATCH):
+            if pending[k][1] in (_MARKED, _BATCH, _LIST):
                 pending[k:k + 1] = self._unheld(k)  # one step
             else:
                 k += 1
@@ -1251,8 +1347,8 @@ class Queue(Handle):
         return self._ops.count() + (self._held_count() if self._pending else 0)
 
     def _held_count(self) -> int:
-        return sum(1 if kind != _BATCH else item[0][1][0] - item[2].count(_FAILED)
-                   for item, kind in self._pending)
+        return sum(len(item) if kind == _LIST else 1 if kind != _BATCH
+                   else item[0][1][0] - item[2].count(_FAILED) for item, kind in self._pending)
 
     def empty(self) -> bool:
         return self.qsize() == 0

@@ -8,7 +8,7 @@ The same numbers are an enum in ``csrc/queue.h``; a test holds the two together,
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 __all__ = [
     "KIND_BLOB", "KIND_BYTES", "KIND_OOB", "KIND_PICKLE", "LAYOUT", "MARK", "NEED", "FormatFn",
@@ -108,17 +108,18 @@ class QueueOps(Protocol):
 
     def new_stage(self) -> tuple[Any, Any, Any]:
         """A staging buffer of ``STAGE`` (+ ``MARK``) bytes for the hot get: (what
-        ``get_fn`` takes, a buffer over the same bytes whose slices are ``bytes``: one copy
+        ``get_staged`` takes, a buffer over the same bytes whose slices are ``bytes``: one copy
         out, no view in between, the mark: ``mark[0]`` reads or clears it as one integer).
         One per concurrent get: a thread takes one from a pool."""
 
-    def put_fn(self) -> Callable[[bytes, int, int, float], int]:
-        """The hot put: ``fn(data, len(data), kind, timeout)`` for a ``bytes`` message."""
+    def get_staged(self, stage: Any, cap: int, timeout: float, want: int) -> int:
+        """The hot get: into a stage of :meth:`new_stage` (its first element, ``cap`` =
+        ``STAGE``), as :meth:`get` returns, except that a message of kind ``want`` returns
+        its length alone (kinds are >= 1, so ``kind << 32 | length`` is always larger)."""
 
-    def get_fn(self) -> Callable[[Any, int, float, int], int]:
-        """The hot get: ``fn(stage, STAGE, timeout, want)`` into a stage of :meth:`new_stage`,
-        as :meth:`get` returns, except that a message of kind ``want`` returns its length
-        alone (kinds are >= 1, so ``kind << 32 | length`` is always larger)."""
+    def address(self) -> int:
+        """The address of the C core's queue struct (native; the native handle calls the C
+        core on it), or 0 (pure)."""
 
     def new_batch(self, max_messages: int) -> Any:
         """Where :meth:`get_many` writes the lengths and kinds of up to ``max_messages``."""
@@ -153,12 +154,14 @@ class QueueOps(Protocol):
 
     def forked(self) -> None:
         """In a child made by fork(): forget the calls in progress (they were the parent's
-        other threads', which do not run here), so that close() does not wait for them."""
+        other threads', which do not run here), so that close() does not wait for them
+        (pure: its own count; native: the handle's, which Queue resets)."""
 
     def free(self) -> bool:
-        """Close this handle and let go of the mapping once no call of it is inside (the
-        backend counts its calls busy; it waits up to 5 s). False if one never came out:
-        the mapping must then be left to the garbage collector."""
+        """Close this handle and let go of the mapping once no call of it is inside (pure:
+        the backend counts its calls busy and waits up to 5 s; native: the handle calls it
+        once none is). False if one never came out: the mapping must then be left to the
+        garbage collector."""
 
 
 class FormatFn(Protocol):

@@ -7,17 +7,14 @@ feet; :meth:`Ops.free` releases it once no call runs (the public class sees to t
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
-from functools import partial
-from typing import Any, Callable
+from typing import Any
 
 from fastipc._backend.queue import MARK, STAGE, FormatFn, QueueOps
 from fastipc._core import check, ffi, lib
 
 __all__ = ["Ops", "format"]
 
-_put1 = lib.fipc_queue_put1
 _get = lib.fipc_queue_get
 _from_buffer = ffi.from_buffer
 
@@ -49,17 +46,17 @@ class Ops:
     def put(self, data: Any, kind: int, timeout: float) -> int:
         if type(data) is not bytes:
             data = _from_buffer(data)
-        return int(_put1(self._q, data, len(data), kind, timeout))
+        return int(lib.fipc_queue_put1(self._q, data, len(data), kind, timeout))
 
     def put_ref(self, data: bytes, kind: int, timeout: float, committed: bytearray) -> int:
         return int(lib.fipc_queue_put_ref(self._q, data, len(data), kind, timeout,
                                           _from_buffer(committed)))
 
-    def put_fn(self) -> Callable[[bytes, int, int, float], int]:
-        return partial(_put1, self._q)
+    def get_staged(self, stage: Any, cap: int, timeout: float, want: int) -> int:
+        return int(_get(self._q, stage, cap, timeout, want))
 
-    def get_fn(self) -> Callable[[Any, int, float, int], int]:
-        return partial(_get, self._q)
+    def address(self) -> int:
+        return int(ffi.cast("uintptr_t", self._q))
 
     def new_stage(self) -> tuple[Any, Any, Any]:
         stage = ffi.new("char[]", STAGE + MARK)
@@ -114,16 +111,11 @@ class Ops:
         lib.fipc_queue_close(self._q)
 
     def forked(self) -> None:
-        self._q.busy = 0
+        """Nothing: the native handle counts the calls in progress."""
 
     def free(self) -> bool:
-        busy = lib.fipc_queue_close(self._q)
-        deadline = time.monotonic() + 5.0
-        while busy and time.monotonic() < deadline:  # woken calls leave C at once
-            time.sleep(0.0005)
-            busy = lib.fipc_queue_busy(self._q)
-        if busy:
-            return False
+        # the native handle calls this once no call of it is busy (csrc/py/handle.c)
+        lib.fipc_queue_close(self._q)
         lib.fipc_queue_release(self._q)
         ffi.release(self._base)
         return True

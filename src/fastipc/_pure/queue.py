@@ -26,7 +26,7 @@ import struct
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any, Callable
+from typing import Any
 
 from fastipc._backend import queue as L
 from fastipc._backend.queue import FormatFn, QueueOps
@@ -440,11 +440,11 @@ class Ops:
         rc, _ = self._put([memoryview(data)], [len(data)], kind, timeout, committed)
         return rc
 
-    def put_fn(self) -> Callable[[bytes, int, int, float], int]:
-        return lambda data, n, kind, timeout: self.putv([data], kind, timeout)
+    def get_staged(self, stage: Any, cap: int, timeout: float, want: int) -> int:
+        return self._get_hot(stage, cap, timeout, want)
 
-    def get_fn(self) -> Callable[[Any, int, float, int], int]:
-        return self._get_hot
+    def address(self) -> int:
+        return 0
 
     def new_stage(self) -> tuple[Any, Any, Any]:
         stage = mmap.mmap(-1, L.STAGE + L.MARK)  # anonymous: its slices are bytes

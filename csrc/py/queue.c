@@ -1,0 +1,879 @@
+/* fastipc csrc/py/queue.c: the native handle of fastipc.queue.Queue (see handle.h).
+ *
+ * put/get/put_bytes/get_bytes/get_many and put_many's batches are methods of this type: one
+ * C call from the object (pickled with pickle.dumps/loads called from here) to the ring and
+ * back. What is rare stays in Python and is called from here: objects with out-of-band
+ * buffers, messages too large for the ring (their own segments), the messages a get took and
+ * has not delivered (Queue._pending), the spill's files. Each call is one attempt that
+ * cannot wait, with the GIL held (csrc/queue.c's try_only: not even a busy mutex), and only
+ * if that attempt cannot finish, the blocking call with the GIL released (fipc_h_wait).
+ *
+ * Nothing is lost to an exception: a message taken from the ring is in C's hands until it
+ * is returned, except while pickle.loads runs (which runs Python code, signal handlers
+ * included): if that raises, the message is first kept in Queue._pending, then Queue._kept
+ * decides (a signal handler's exception keeps it for the next get; the message's own
+ * error consumes it). */
+#include "handle.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../queue.h"
+
+/* The frame kinds of fastipc/_backend/queue.py (KIND_*) */
+enum { KIND_BYTES = 1, KIND_PICKLE = 2 };
+#define DECODED (-1)     /* fastipc/queue.py _DECODED: a Queue._pending entry's decoded object */
+#define STAGE 8192       /* a get's first buffer, on the stack; larger messages get their own */
+#define BATCH_STACK 128  /* get_many's lengths and kinds on the stack up to this many */
+#define MAX_BATCH (1 << 20)
+/* A blocking attempt waits at most this long, then comes back to fipc_h_wait as if a signal
+ * had interrupted it: a signal that arrives between two of the C core's sleeps (not during
+ * one: no EINTR) has its Python handler run within this time, not at the timeout. */
+#define WAIT_SLICE 0.05
+
+typedef struct {
+    fipc_handle h;
+    fipc_queue *q;       /* the cffi-owned struct of the Ops object `owner` */
+    PyObject *owner;     /* keeps *q and the mapping's export alive */
+    PyObject *pending;   /* Queue._pending (a list) */
+    uint64_t hot_max;    /* payloads up to this travel through the ring */
+    uint64_t max_message;
+    uint64_t out_size;   /* get_many's buffer */
+    char *_Atomic spare; /* one get_many buffer kept for the next call */
+} QueueHandle;
+
+/* Module-wide, set by the first _open (fastipc.queue is loaded by then). */
+static PyObject *dumps, *loads, *in_band_kw, *protocol5, *buffered, *remember_buffered;
+static PyObject *full_error, *empty_error;
+
+static void queue_wake(fipc_handle *h)
+{
+    QueueHandle *s = (QueueHandle *)h;
+    if (s->q != NULL)
+        fipc_queue_close(s->q);
+}
+
+static void queue_release_c(fipc_handle *h)
+{
+    QueueHandle *s = (QueueHandle *)h;
+    if (s->q != NULL) {
+        fipc_queue_close(s->q);
+        fipc_queue_release(s->q);
+        s->q = NULL;
+    }
+    free(atomic_exchange(&s->spare, NULL));
+    Py_CLEAR(s->owner);
+    Py_CLEAR(s->pending);
+}
+
+static const fipc_handle_kind queue_kind = {queue_wake, queue_release_c};
+
+static int setup_module(void)
+{
+    if (empty_error != NULL)
+        return 0;
+    PyObject *pickle = PyImport_ImportModule("pickle");
+    PyObject *mod = pickle ? PyImport_ImportModule("fastipc.queue") : NULL;
+    int rc = -1;
+    if (mod == NULL)
+        goto done;
+    PyObject *cb = PyObject_GetAttrString(mod, "_in_band_only");
+    in_band_kw = cb ? Py_BuildValue("{sO}", "buffer_callback", cb) : NULL;
+    Py_XDECREF(cb);
+    dumps = PyObject_GetAttrString(pickle, "dumps");
+    loads = PyObject_GetAttrString(pickle, "loads");
+    protocol5 = PyLong_FromLong(5);
+    buffered = PyObject_GetAttrString(mod, "_buffered");
+    remember_buffered = PyObject_GetAttrString(mod, "_remember_buffered");
+    full_error = PyObject_GetAttrString(mod, "Full");
+    empty_error = in_band_kw && dumps && loads && protocol5 && buffered && remember_buffered &&
+                  full_error ? PyObject_GetAttrString(mod, "Empty") : NULL;
+    rc = empty_error ? 0 : -1;
+done:
+    Py_XDECREF(pickle);
+    Py_XDECREF(mod);
+    return rc;
+}
+
+/* _open(owner, address, pending, hot_max, max_message, out_size) */
+static PyObject *queue_open_method(QueueHandle *self, PyObject *args)
+{
+    PyObject *owner, *pending;
+    unsigned long long address, hot_max, max_message, out_size;
+    if (!PyArg_ParseTuple(args, "OKO!KKK:_open", &owner, &address, &PyList_Type, &pending,
+                          &hot_max, &max_message, &out_size))
+        return NULL;
+    if (self->q != NULL || atomic_load(&self->h.state) != FIPC_H_UNOPENED) {
+        PyErr_SetString(PyExc_ValueError, "the queue handle is open already");
+        return NULL;
+    }
+    if (setup_module() < 0)
+        return NULL;
+    Py_INCREF(owner);
+    Py_INCREF(pending);
+    self->owner = owner;
+    self->pending = pending;
+    self->q = (fipc_queue *)(uintptr_t)address;
+    self->hot_max = hot_max;
+    self->max_message = max_message;
+    self->out_size = out_size;
+    self->h.kind = &queue_kind;
+    Py_RETURN_NONE;
+}
+
+/* ------------------------------------------------------------------------ helpers */
+
+/* `block` and `timeout` of a put/get: block false tries once, whatever timeout says. */
+static int block_timeout(PyObject *block, PyObject *timeout, double *out)
+{
+    if (block != NULL && block != Py_True) {
+        int b = PyObject_IsTrue(block);
+        if (b < 0)
+            return -1;
+        if (!b) {
+            *out = 0.0;
+            return 0;
+        }
+    }
+    return fipc_h_timeout(timeout, out);
+}
+
+/* The time left of a call with `timeout` (< 0: forever, 0: none) and its deadline. */
+static double time_left(double timeout, int64_t deadline)
+{
+    if (timeout <= 0)
+        return timeout;
+    int64_t ns = deadline - fipc_now_ns();
+    return ns > 0 ? (double)ns / 1e9 : 0.0;
+}
+
+/* Raise queue.Full / queue.Empty (a timeout), or what the status means. Returns NULL. */
+static PyObject *raise_status(QueueHandle *self, int64_t rc, double timeout, int put)
+{
+    if (rc == -ETIMEDOUT && !fipc_h_closed(&self->h)) {
+        PyObject *cls = put ? full_error : empty_error;
+        PyObject *exc = PyObject_CallFunction(cls, "is", ETIMEDOUT,
+                                              put ? "the queue is full" : "the queue is empty");
+        if (exc != NULL) {
+            PyErr_SetObject(cls, exc);
+            Py_DECREF(exc);
+        }
+        return NULL;
+    }
+    return fipc_h_raise(&self->h, rc, timeout);
+}
+
+static PyObject *call_method(QueueHandle *self, const char *name, const char *fmt, ...)
+{
+    PyObject *func = PyObject_GetAttrString((PyObject *)self, name);
+    if (func == NULL)
+        return NULL;
+    va_list va;
+    va_start(va, fmt);
+    PyObject *args = Py_VaBuildValue(fmt, va);
+    va_end(va);
+    PyObject *r = args ? PyObject_Call(func, args, NULL) : NULL;
+    Py_XDECREF(args);
+    Py_DECREF(func);
+    return r;
+}
+
+/* fipc_h_fail, with the call's exception put aside while it leaves: the last call to leave
+ * a closed handle releases it, which runs Python (Queue._free), not to be entered with an
+ * exception set. */
+static PyObject *fail(QueueHandle *self)
+{
+    if (fipc_h_closed(&self->h) && (PyErr_ExceptionMatches(PyExc_OSError) ||
+                                    PyErr_ExceptionMatches(PyExc_EOFError))) {
+        PyErr_Clear();
+        fipc_h_raise(&self->h, -EBADF, -1.0); /* closed: the closed object's ValueError */
+    }
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    if (fipc_h_leave(&self->h) < 0)
+        PyErr_Clear(); /* _free raised: the call's own exception is the one to see */
+    PyErr_Restore(type, value, tb);
+    return NULL;
+}
+
+/* Leave a call that produced `result` (NULL: failed). */
+static PyObject *done(QueueHandle *self, PyObject *result)
+{
+    if (result == NULL)
+        return fail(self);
+    if (fipc_h_leave(&self->h) < 0) {
+        Py_DECREF(result);
+        return NULL;
+    }
+    return result;
+}
+
+/* fipc_h_args with Python's messages for the methods of Queue (whose pure twins are Python
+ * functions): `positional` parameters may be given by position (after self), the first
+ * `required` of them must be given. */
+static int parse_args(const char *func, PyObject *const *args, Py_ssize_t nargs,
+                      PyObject *kwnames, const char *const *names, int required,
+                      Py_ssize_t positional, PyObject **out)
+{
+    if (nargs > positional) {
+        PyErr_Format(PyExc_TypeError, "%s() takes from %d to %zd positional arguments but %zd "
+                     "were given", func, required + 1, positional + 1, nargs + 1);
+        return -1;
+    }
+    if (fipc_h_args(func, args, nargs, kwnames, names, 0, out) < 0)
+        return -1;
+    for (int i = 0; i < required; i++) {
+        if (out[i] == NULL) {
+            PyErr_Format(PyExc_TypeError, "%s() missing 1 required positional argument: '%s'",
+                         func, names[i]);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ put */
+
+typedef struct {
+    QueueHandle *self;
+    const char *data;
+    const uint64_t *lens;
+    uint64_t len, count, sent;
+    uint32_t kind;
+    int tried;
+} put_ctx;
+
+/* The timeout of one blocking attempt (see WAIT_SLICE); *sliced when it is cut short. */
+static double slice(double timeout, int *sliced)
+{
+    *sliced = timeout < 0 || timeout > WAIT_SLICE;
+    return *sliced ? WAIT_SLICE : timeout;
+}
+
+/* The first attempt (GIL held) never waits: if it would have to, -EINTR makes fipc_h_wait
+ * run the signal handlers and call again with the GIL released and the whole timeout. */
+static int64_t put_attempt(void *arg, double timeout)
+{
+    put_ctx *c = arg;
+    int first = !c->tried, sliced = 0;
+    c->tried = 1;
+    if (!first)
+        timeout = slice(timeout, &sliced);
+    int rc;
+    if (c->lens == NULL) {
+        rc = fipc_queue_put_h(c->self->q, c->data, c->len, c->kind, timeout, first);
+    } else {
+        uint64_t sent = 0, off = 0;
+        for (uint64_t i = 0; i < c->sent; i++)
+            off += c->lens[i];
+        rc = fipc_queue_put_many_h(c->self->q, c->data + off, c->lens + c->sent,
+                                   c->count - c->sent, c->kind, timeout, first, &sent);
+        c->sent += sent;
+    }
+    return (first && rc == -EAGAIN) || (sliced && rc == -ETIMEDOUT) ? -EINTR : rc;
+}
+
+/* Put `len` bytes at `data` as one frame: 0, or -1 with an exception set. */
+static int put_frame(QueueHandle *self, const char *data, uint64_t len, uint32_t kind,
+                     double timeout)
+{
+    put_ctx c = {.self = self, .data = data, .len = len, .kind = kind};
+    int64_t rc = fipc_h_wait(&self->h, put_attempt, &c, timeout, -ETIMEDOUT);
+    if (rc < 0) {
+        raise_status(self, rc, timeout, 1);
+        return -1;
+    }
+    return 0;
+}
+
+static const char *const put_names[] = {"obj", "block", "timeout", NULL};
+
+static PyObject *queue_put(QueueHandle *self, PyObject *const *args, Py_ssize_t nargs,
+                           PyObject *kwnames)
+{
+    PyObject *arg[3];
+    double timeout;
+    if (fipc_h_enter(&self->h) < 0)
+        return NULL;
+    if (parse_args("Queue.put", args, nargs, kwnames, put_names, 1, 3, arg) < 0 ||
+        block_timeout(arg[1], arg[2], &timeout) < 0)
+        return fail(self);
+    PyObject *obj = arg[0];
+    if (PySet_Size(buffered) > 0) {
+        int known = PySet_Contains(buffered, (PyObject *)Py_TYPE(obj));
+        if (known < 0)
+            return fail(self);
+        if (known)
+            return done(self, call_method(self, "_put_encoded", "(Od)", obj, timeout));
+    }
+    PyObject *pargs = PyTuple_Pack(2, obj, protocol5);
+    PyObject *data = pargs ? PyObject_Call(dumps, pargs, in_band_kw) : NULL;
+    Py_XDECREF(pargs);
+    if (data == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_TypeError))
+            return fail(self);
+        /* out-of-band buffers or a memoryview (or not picklable): the full path */
+        PyErr_Clear();
+        PyObject *r = PyObject_CallFunctionObjArgs(remember_buffered,
+                                                   (PyObject *)Py_TYPE(obj), NULL);
+        if (r == NULL)
+            return fail(self);
+        Py_DECREF(r);
+        return done(self, call_method(self, "_put_encoded", "(Od)", obj, timeout));
+    }
+    char *buf;
+    Py_ssize_t n;
+    if (PyBytes_AsStringAndSize(data, &buf, &n) < 0) {
+        Py_DECREF(data);
+        return fail(self);
+    }
+    PyObject *r;
+    if ((uint64_t)n <= self->hot_max) {
+        r = put_frame(self, buf, (uint64_t)n, KIND_PICKLE, timeout) < 0 ? NULL
+                                                                        : Py_NewRef(Py_None);
+    } else {
+        r = call_method(self, "_put_pickled", "(Od)", data, timeout);
+    }
+    Py_DECREF(data);
+    return done(self, r);
+}
+
+/* The bytes of `data`: TypeError as fastipc._core.byte_view says it. */
+static int get_bytes_view(PyObject *data, Py_buffer *view)
+{
+    if (!PyUnicode_Check(data) && !PyObject_CheckBuffer(data)) {
+        PyObject *name = PyType_GetName(Py_TYPE(data));
+        PyErr_Format(PyExc_TypeError, "a bytes-like object is required, not %R", name);
+        Py_XDECREF(name);
+        return -1;
+    }
+    return fipc_h_buffer(data, view, 0);
+}
+
+static const char *const put_bytes_names[] = {"data", "timeout", "block", NULL};
+
+static PyObject *queue_put_bytes(QueueHandle *self, PyObject *const *args, Py_ssize_t nargs,
+                                 PyObject *kwnames)
+{
+    PyObject *arg[3];
+    double timeout;
+    if (fipc_h_enter(&self->h) < 0)
+        return NULL;
+    if (parse_args("Queue.put_bytes", args, nargs, kwnames, put_bytes_names, 1, 2, arg) < 0 ||
+        block_timeout(arg[2], arg[1], &timeout) < 0)
+        return fail(self);
+    Py_buffer view;
+    if (get_bytes_view(arg[0], &view) < 0)
+        return fail(self);
+    PyObject *r;
+    if ((uint64_t)view.len <= self->hot_max) {
+        r = put_frame(self, view.buf, (uint64_t)view.len, KIND_BYTES, timeout) < 0
+                ? NULL : Py_NewRef(Py_None);
+        PyBuffer_Release(&view);
+    } else {
+        PyBuffer_Release(&view);
+        r = call_method(self, "_put_bytes_large", "(Od)", arg[0], timeout);
+    }
+    return done(self, r);
+}
+
+/* _put_batch(batch: list[bytes], timeout) -> how many went (all, or queue.Full with
+ * messages_put): pickles of put_many, each within the ring's hot size. */
+static PyObject *queue_put_batch(QueueHandle *self, PyObject *args)
+{
+    PyObject *batch;
+    double timeout;
+    if (fipc_h_enter(&self->h) < 0)
+        return NULL;
+    if (!PyArg_ParseTuple(args, "O!d:_put_batch", &PyList_Type, &batch, &timeout))
+        return fail(self);
+    Py_ssize_t count = PyList_Size(batch);
+    uint64_t total = 0;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *b = PyList_GetItem(batch, i);
+        if (b == NULL || !PyBytes_Check(b)) {
+            PyErr_SetString(PyExc_TypeError, "_put_batch takes a list of bytes");
+            return fail(self);
+        }
+        total += (uint64_t)PyBytes_Size(b);
+    }
+    if (count == 0)
+        return done(self, PyLong_FromLong(0));
+    uint64_t *lens = malloc(sizeof *lens * (size_t)count);
+    char *blob = malloc(total ? total : 1);
+    if (lens == NULL || blob == NULL) {
+        free(lens);
+        free(blob);
+        PyErr_NoMemory();
+        return fail(self);
+    }
+    uint64_t off = 0;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *b = PyList_GetItem(batch, i);
+        lens[i] = (uint64_t)PyBytes_Size(b);
+        memcpy(blob + off, PyBytes_AsString(b), lens[i]);
+        off += lens[i];
+    }
+    put_ctx c = {.self = self, .data = blob, .lens = lens, .count = (uint64_t)count,
+                 .kind = KIND_PICKLE};
+    int64_t rc = fipc_h_wait(&self->h, put_attempt, &c, timeout, -ETIMEDOUT);
+    free(lens);
+    free(blob);
+    if (rc < 0) {
+        raise_status(self, rc, timeout, 1);
+        if (rc == -ETIMEDOUT && PyErr_ExceptionMatches(full_error)) {
+            PyObject *type, *value, *tb;
+            PyErr_Fetch(&type, &value, &tb);
+            PyErr_NormalizeException(&type, &value, &tb);
+            PyObject *n = PyLong_FromUnsignedLongLong(c.sent);
+            if (n == NULL || PyObject_SetAttrString(value, "messages_put", n) < 0)
+                PyErr_Clear();
+            Py_XDECREF(n);
+            PyErr_Restore(type, value, tb);
+        }
+        return fail(self);
+    }
+    return done(self, PyLong_FromUnsignedLongLong(c.sent));
+}
+
+/* ------------------------------------------------------------------------ get */
+
+/* `held` (a list of one item) of a get: what it delivers is stored there too, before the call
+ * returns (see Queue.get). */
+static int check_held(PyObject *held)
+{
+    if (!PyList_Check(held) || PyList_Size(held) != 1) {
+        PyErr_SetString(PyExc_TypeError, "held must be a list of one item");
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *hold(PyObject *held, PyObject *result)
+{
+    if (result != NULL) {
+        Py_INCREF(result);
+        PyList_SetItem(held, 0, result); /* steals; the old item is freed */
+    }
+    return result;
+}
+
+typedef struct {
+    QueueHandle *self;
+    char *dest;
+    uint64_t cap, max;
+    uint64_t *lens;
+    uint32_t *kinds;
+    int tried;
+} get_ctx;
+
+static int64_t get_attempt(void *arg, double timeout)
+{
+    get_ctx *c = arg;
+    int first = !c->tried, sliced = 0;
+    c->tried = 1;
+    if (!first)
+        timeout = slice(timeout, &sliced);
+    int64_t rc = fipc_queue_get_many_h(c->self->q, c->dest, c->cap, c->lens, c->kinds, c->max,
+                                       timeout, first);
+    return (first && rc == -EAGAIN) || (sliced && rc == -ETIMEDOUT) ? -EINTR : rc;
+}
+
+/* A message taken failed to decode (the exception set) and is kept in _pending as `entry`:
+ * Queue._kept decides (it removes it if the error is the message's own). The exception
+ * stays set, unless another one was raised into _kept (the message then stays kept). */
+static void decide_failed(QueueHandle *self, PyObject *entry)
+{
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (tb != NULL && value != NULL)
+        PyException_SetTraceback(value, tb);
+    PyObject *r = call_method(self, "_kept", "(OO)", value ? value : Py_None, entry);
+    if (r == NULL) {
+        Py_XDECREF(type);
+        Py_XDECREF(value);
+        Py_XDECREF(tb);
+        return;
+    }
+    Py_DECREF(r);
+    PyErr_Restore(type, value, tb);
+}
+
+/* Keep `entry` in _pending (first: no Python code runs before it is there), then decide. */
+static void keep_failed(QueueHandle *self, PyObject *entry)
+{
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    int rc = PyList_Append(self->pending, entry);
+    if (rc < 0) {
+        PyErr_Clear();
+    }
+    PyErr_Restore(type, value, tb);
+    if (rc == 0)
+        decide_failed(self, entry);
+}
+
+/* Deliver from _pending (Python decodes what is not a plain pickle or bytes): the first
+ * message, or NULL with an exception; *none set when _pending had nothing to deliver. */
+static PyObject *from_pending(QueueHandle *self, Py_ssize_t max, int as_bytes, int one,
+                              int *none)
+{
+    PyObject *got = call_method(self, "_many_from_pending", "(nO)", max,
+                                as_bytes ? Py_True : Py_False);
+    if (got == NULL || !one)
+        return got;
+    if (PyList_Size(got) == 0) {
+        Py_DECREF(got);
+        *none = 1;
+        return NULL;
+    }
+    PyObject *first = PyList_GetItem(got, 0);
+    Py_XINCREF(first);
+    Py_DECREF(got);
+    return first;
+}
+
+/* A payload of `kind` as Python delivers it: bytes for bytes and pickles, else a bytearray
+ * (out-of-band buffers unpickle as writable views of it). */
+static PyObject *payload(const char *buf, uint64_t len, uint32_t kind)
+{
+    if (kind == KIND_BYTES || kind == KIND_PICKLE)
+        return PyBytes_FromStringAndSize(buf, (Py_ssize_t)len);
+    return PyByteArray_FromStringAndSize(buf, (Py_ssize_t)len);
+}
+
+/* The object of one message taken: loads/bytes here, else through _pending. */
+static PyObject *deliver(QueueHandle *self, PyObject *data, uint32_t kind, int as_bytes)
+{
+    if (kind == KIND_BYTES) {
+        Py_INCREF(data);
+        return data;
+    }
+    if (kind == KIND_PICKLE && !as_bytes) {
+        PyObject *obj = PyObject_CallFunctionObjArgs(loads, data, NULL);
+        if (obj == NULL) {
+            PyObject *entry = Py_BuildValue("(OI)", data, kind);
+            if (entry != NULL) {
+                keep_failed(self, entry);
+                Py_DECREF(entry);
+            }
+        }
+        return obj;
+    }
+    PyObject *entry = Py_BuildValue("(OI)", data, kind);
+    if (entry == NULL || PyList_Append(self->pending, entry) < 0) {
+        Py_XDECREF(entry);
+        return NULL;
+    }
+    Py_DECREF(entry);
+    int none = 0;
+    PyObject *obj = from_pending(self, 1, as_bytes, 1, &none);
+    if (none)
+        PyErr_SetString(PyExc_RuntimeError, "a message taken was not kept");
+    return obj;
+}
+
+/* Take one message and deliver it (the call is entered). */
+static PyObject *get_one(QueueHandle *self, double timeout, int as_bytes)
+{
+    if (PyList_Size(self->pending) > 0) {
+        int none = 0;
+        PyObject *obj = from_pending(self, 1, as_bytes, 1, &none);
+        if (!none)
+            return obj;
+    }
+    char stage[STAGE];
+    uint64_t len = 0;
+    uint32_t kind = 0;
+    get_ctx c = {.self = self, .dest = stage, .cap = STAGE, .max = 1, .lens = &len,
+                 .kinds = &kind};
+    int64_t deadline = timeout > 0 ? fipc_deadline(timeout) : 0;
+    PyObject *big = NULL; /* a message larger than the stage: its own buffer */
+    for (;;) {
+        double left = time_left(timeout, deadline);
+        c.tried = 0;
+        int64_t rc = fipc_h_wait(&self->h, get_attempt, &c, left, -ETIMEDOUT);
+        if (rc == FIPC_Q_NEED) {
+            /* it stays queued; its length (from the shared struct: checked again below) */
+            uint64_t need = self->q->last_len;
+            uint32_t need_kind = self->q->last_kind;
+            Py_XDECREF(big);
+            big = need_kind == KIND_BYTES || need_kind == KIND_PICKLE
+                      ? PyBytes_FromStringAndSize(NULL, (Py_ssize_t)need)
+                      : PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)need);
+            if (big == NULL)
+                return NULL;
+            c.dest = PyBytes_Check(big) ? PyBytes_AsString(big) : PyByteArray_AsString(big);
+            c.cap = need;
+            continue;
+        }
+        if (rc < 0) {
+            Py_XDECREF(big);
+            return raise_status(self, rc, left, 0);
+        }
+        break;
+    }
+    PyObject *data;
+    if (big == NULL) {
+        data = payload(stage, len, kind);
+    } else if (len == c.cap && (PyBytes_Check(big) == (kind == KIND_BYTES ||
+                                                        kind == KIND_PICKLE))) {
+        data = big; /* the message it was made for */
+        big = NULL;
+    } else { /* another consumer took that one: this one is in it, smaller */
+        data = payload(c.dest, len, kind);
+    }
+    Py_XDECREF(big);
+    if (data == NULL)
+        return NULL;
+    PyObject *obj = deliver(self, data, kind, as_bytes);
+    Py_DECREF(data);
+    return obj;
+}
+
+/* _get(held, block=True, timeout=None) or _get_bytes(held, timeout=None, block=True):
+ * `names` in the order of the parameters, `positional` of them by position. */
+static PyObject *get_call(QueueHandle *self, const char *func, const char *const *names,
+                          Py_ssize_t positional, int as_bytes, PyObject *const *args,
+                          Py_ssize_t nargs, PyObject *kwnames)
+{
+    PyObject *arg[3];
+    double timeout;
+    if (fipc_h_enter(&self->h) < 0)
+        return NULL;
+    if (parse_args(func, args, nargs, kwnames, names, 1, positional, arg) < 0 ||
+        check_held(arg[0]) < 0 ||
+        block_timeout(arg[as_bytes ? 2 : 1], arg[as_bytes ? 1 : 2], &timeout) < 0)
+        return fail(self);
+    return done(self, hold(arg[0], get_one(self, timeout, as_bytes)));
+}
+
+static const char *const get_names[] = {"held", "block", "timeout", NULL};
+
+static PyObject *queue_get(QueueHandle *self, PyObject *const *args, Py_ssize_t nargs,
+                           PyObject *kwnames)
+{
+    return get_call(self, "Queue._get", get_names, 3, 0, args, nargs, kwnames);
+}
+
+static const char *const get_bytes_names[] = {"held", "timeout", "block", NULL};
+
+static PyObject *queue_get_bytes(QueueHandle *self, PyObject *const *args, Py_ssize_t nargs,
+                                 PyObject *kwnames)
+{
+    return get_call(self, "Queue._get_bytes", get_bytes_names, 3, 1, args, nargs, kwnames);
+}
+
+/* The messages of a batch from `from` on, kept in _pending in order: those decoded as
+ * (obj, DECODED), the others as (payload, kind). */
+static int keep_batch(QueueHandle *self, PyObject *result, const char *buf,
+                      const uint64_t *lens, const uint32_t *kinds, uint64_t from, uint64_t n,
+                      uint64_t pos, PyObject **failed_entry)
+{
+    Py_ssize_t decoded = PyList_Size(result);
+    for (Py_ssize_t i = 0; i < decoded; i++) {
+        PyObject *e = Py_BuildValue("(Oi)", PyList_GetItem(result, i), DECODED);
+        if (e == NULL || PyList_Append(self->pending, e) < 0) {
+            Py_XDECREF(e);
+            return -1;
+        }
+        Py_DECREF(e);
+    }
+    for (uint64_t i = from; i < n; i++) {
+        PyObject *data = payload(buf + pos, lens[i], kinds[i]);
+        PyObject *e = data ? Py_BuildValue("(OI)", data, kinds[i]) : NULL;
+        Py_XDECREF(data);
+        if (e == NULL || PyList_Append(self->pending, e) < 0) {
+            Py_XDECREF(e);
+            return -1;
+        }
+        if (i == from && failed_entry != NULL)
+            *failed_entry = e; /* borrowed: _pending holds it */
+        Py_DECREF(e);
+        pos += lens[i];
+    }
+    return 0;
+}
+
+static const char *const get_many_names[] = {"held", "max_messages", "timeout", "block", NULL};
+
+static PyObject *get_many_held(QueueHandle *self, PyObject *const *arg);
+
+static PyObject *queue_get_many(QueueHandle *self, PyObject *const *args, Py_ssize_t nargs,
+                                PyObject *kwnames)
+{
+    PyObject *arg[4];
+    if (fipc_h_enter(&self->h) < 0)
+        return NULL;
+    if (parse_args("Queue._get_many", args, nargs, kwnames, get_many_names, 1, 4, arg) < 0 ||
+        check_held(arg[0]) < 0)
+        return fail(self);
+    return done(self, hold(arg[0], get_many_held(self, arg + 1)));
+}
+
+/* get_many's work (entered): arg is max_messages, timeout, block. */
+static PyObject *get_many_held(QueueHandle *self, PyObject *const *arg)
+{
+    double timeout;
+    long max = 1024;
+    if (arg[0] != NULL) {
+        max = PyLong_CheckExact(arg[0]) ? PyLong_AsLong(arg[0]) : -1;
+        if (max < 1 || max > MAX_BATCH) { /* the Python rules and their messages */
+            PyErr_Clear();
+            PyObject *r = call_method(self, "_check_max_messages", "(O)", arg[0]);
+            max = r == NULL ? -1 : PyLong_AsLong(r);
+            Py_XDECREF(r);
+            if (max < 1 || max > MAX_BATCH) {
+                if (!PyErr_Occurred())
+                    PyErr_SetString(PyExc_ValueError, "max_messages is out of range");
+                return NULL;
+            }
+        }
+    }
+    if (block_timeout(arg[2], arg[1], &timeout) < 0)
+        return NULL;
+    if (PyList_Size(self->pending) > 0) {
+        PyObject *got = from_pending(self, max, 0, 0, NULL);
+        if (got == NULL || PyList_Size(got) > 0)
+            return got;
+        Py_DECREF(got);
+    }
+    uint64_t lens_s[BATCH_STACK];
+    uint32_t kinds_s[BATCH_STACK];
+    uint64_t *lens = lens_s;
+    uint32_t *kinds = kinds_s;
+    char *out = atomic_exchange(&self->spare, NULL);
+    if (out == NULL)
+        out = malloc(self->out_size);
+    if (max > BATCH_STACK) {
+        lens = malloc(sizeof *lens * (size_t)max);
+        kinds = malloc(sizeof *kinds * (size_t)max);
+    }
+    PyObject *result = NULL;
+    if (out == NULL || lens == NULL || kinds == NULL) {
+        PyErr_NoMemory();
+        goto end;
+    }
+    get_ctx c = {.self = self, .dest = out, .cap = self->out_size, .max = (uint64_t)max,
+                 .lens = lens, .kinds = kinds};
+    int64_t deadline = timeout > 0 ? fipc_deadline(timeout) : 0;
+    int64_t n = fipc_h_wait(&self->h, get_attempt, &c, timeout, -ETIMEDOUT);
+    if (n == FIPC_Q_NEED) { /* the first message is large: take it alone */
+        PyObject *obj = get_one(self, time_left(timeout, deadline), 0);
+        result = obj ? PyList_New(1) : NULL;
+        if (result != NULL)
+            PyList_SetItem(result, 0, obj);
+        else
+            Py_XDECREF(obj);
+        goto end;
+    }
+    if (n < 0) {
+        raise_status(self, n, timeout, 0);
+        goto end;
+    }
+    result = PyList_New(0);
+    uint64_t pos = 0;
+    for (int64_t i = 0; result != NULL && i < n; pos += lens[i], i++) {
+        uint32_t kind = kinds[i];
+        if (kind != KIND_PICKLE && kind != KIND_BYTES) {
+            /* a large message or out-of-band buffers: the rest delivered through _pending */
+            if (keep_batch(self, result, out, lens, kinds, (uint64_t)i, (uint64_t)n, pos,
+                           NULL) < 0) {
+                Py_CLEAR(result);
+                break;
+            }
+            Py_DECREF(result);
+            result = from_pending(self, max, 0, 0, NULL);
+            break;
+        }
+        PyObject *obj = PyBytes_FromStringAndSize(out + pos, (Py_ssize_t)lens[i]);
+        if (obj != NULL && kind == KIND_PICKLE) {
+            PyObject *data = obj;
+            obj = PyObject_CallFunctionObjArgs(loads, data, NULL);
+            Py_DECREF(data);
+        }
+        if (obj == NULL || PyList_Append(result, obj) < 0) {
+            /* what is not delivered stays, in order; a message's own error consumes it */
+            PyObject *type, *value, *tb, *failed = NULL;
+            int own = obj == NULL && kind == KIND_PICKLE;
+            Py_XDECREF(obj);
+            PyErr_Fetch(&type, &value, &tb);
+            int kept = keep_batch(self, result, out, lens, kinds, (uint64_t)i, (uint64_t)n,
+                                  pos, &failed);
+            PyErr_Restore(type, value, tb);
+            if (kept == 0 && own && failed != NULL)
+                decide_failed(self, failed);
+            Py_CLEAR(result);
+            break;
+        }
+        Py_DECREF(obj);
+    }
+end:
+    if (lens != lens_s) {
+        free(lens);
+        free(kinds);
+    }
+    if (out != NULL) {
+        out = atomic_exchange(&self->spare, out);
+        free(out);
+    }
+    return result;
+}
+
+/* ------------------------------------------------------------------------ fork */
+
+/* _forked_calls(): in a fork child, no call of the parent's other threads is in progress:
+ * count none (a handle closed while one was is released now). */
+static PyObject *queue_forked_calls(QueueHandle *self, PyObject *Py_UNUSED(ignored))
+{
+    atomic_store(&self->h.busy, 1);
+    if (fipc_h_leave(&self->h) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef queue_methods[] = {
+    {"_open", (PyCFunction)queue_open_method, METH_VARARGS, NULL},
+    {"put", (PyCFunction)(void (*)(void))queue_put, METH_FASTCALL | METH_KEYWORDS,
+     "put($self, obj, block=True, timeout=None)\n--\n\n"
+     "Put ``obj`` (pickled, protocol 5, buffers out of band). ``queue.Full`` (also a "
+     "TimeoutError) if the queue stays full until the timeout (``block=False``: at once). "
+     "An object that cannot be pickled raises here and leaves the queue as it was."},
+    {"put_bytes", (PyCFunction)(void (*)(void))queue_put_bytes, METH_FASTCALL | METH_KEYWORDS,
+     "put_bytes($self, data, timeout=None, *, block=True)\n--\n\n"
+     "Put raw bytes (any contiguous bytes-like object), no pickling; ``get_bytes`` (or "
+     "``get``) returns them as ``bytes``. ``block=False``: try once (timeout ignored)."},
+    {"_put_batch", (PyCFunction)queue_put_batch, METH_VARARGS, NULL},
+    {"_get", (PyCFunction)(void (*)(void))queue_get, METH_FASTCALL | METH_KEYWORDS,
+     "_get($self, held, block=True, timeout=None)\n--\n\n"
+     "The taking call of get (see Queue.get): the object, also stored in held[0]."},
+    {"_get_bytes", (PyCFunction)(void (*)(void))queue_get_bytes, METH_FASTCALL | METH_KEYWORDS,
+     "_get_bytes($self, held, timeout=None, block=True)\n--\n\n"
+     "The taking call of get_bytes: the bytes, also stored in held[0]."},
+    {"_get_many", (PyCFunction)(void (*)(void))queue_get_many, METH_FASTCALL | METH_KEYWORDS,
+     "_get_many($self, held, max_messages=1024, timeout=None, block=True)\n--\n\n"
+     "The taking call of get_many: the list, also stored in held[0]."},
+    {"_forked_calls", (PyCFunction)queue_forked_calls, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyType_Slot queue_slots[] = {
+    {Py_tp_doc, "The native handle of a fastipc Queue."},
+    {Py_tp_methods, queue_methods},
+    {0, NULL},
+};
+
+static PyType_Spec queue_spec = {
+    .name = "fastipc._fastipc.QueueHandle",
+    .basicsize = sizeof(QueueHandle),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .slots = queue_slots,
+};
+
+int fipc_py_queue_init(PyObject *module)
+{
+    return fipc_h_add_type(module, &queue_spec, NULL);
+}
