@@ -60,17 +60,18 @@ int fipc_h_leave(fipc_handle *h)
 
 PyObject *fipc_h_fail(fipc_handle *h)
 {
-    int closed = fipc_h_closed(h);
-    if (closed && (PyErr_ExceptionMatches(PyExc_OSError) ||
-                   PyErr_ExceptionMatches(PyExc_EOFError))) {
+    if (fipc_h_closed(h) && (PyErr_ExceptionMatches(PyExc_OSError) ||
+                             PyErr_ExceptionMatches(PyExc_EOFError))) {
         PyErr_Clear();
         closed_error(h);
     }
-    if (fipc_h_leave(h) < 0) {
-        /* _free raised while an exception was set: keep the call's own exception */
-        PyErr_Clear();
-        closed_error(h);
-    }
+    /* The last call to leave a closed object releases it, running the object's _free: with
+     * the call's exception set aside, or _free would fail and leak what it frees. */
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    if (fipc_h_leave(h) < 0)
+        PyErr_Clear(); /* _free raised: the call's own exception is the one to see */
+    PyErr_Restore(type, value, tb);
     return NULL;
 }
 

@@ -183,26 +183,11 @@ static PyObject *call_method(QueueHandle *self, const char *name, const char *fm
 /* fipc_h_fail, with the call's exception put aside while it leaves: the last call to leave
  * a closed handle releases it, which runs Python (Queue._free), not to be entered with an
  * exception set. */
-static PyObject *fail(QueueHandle *self)
-{
-    if (fipc_h_closed(&self->h) && (PyErr_ExceptionMatches(PyExc_OSError) ||
-                                    PyErr_ExceptionMatches(PyExc_EOFError))) {
-        PyErr_Clear();
-        fipc_h_raise(&self->h, -EBADF, -1.0); /* closed: the closed object's ValueError */
-    }
-    PyObject *type, *value, *tb;
-    PyErr_Fetch(&type, &value, &tb);
-    if (fipc_h_leave(&self->h) < 0)
-        PyErr_Clear(); /* _free raised: the call's own exception is the one to see */
-    PyErr_Restore(type, value, tb);
-    return NULL;
-}
-
 /* Leave a call that produced `result` (NULL: failed). */
 static PyObject *done(QueueHandle *self, PyObject *result)
 {
     if (result == NULL)
-        return fail(self);
+        return fipc_h_fail(&self->h);
     if (fipc_h_leave(&self->h) < 0) {
         Py_DECREF(result);
         return NULL;
@@ -299,12 +284,12 @@ static PyObject *queue_put(QueueHandle *self, PyObject *const *args, Py_ssize_t 
         return NULL;
     if (parse_args("Queue.put", args, nargs, kwnames, put_names, 1, 3, arg) < 0 ||
         block_timeout(arg[1], arg[2], &timeout) < 0)
-        return fail(self);
+        return fipc_h_fail(&self->h);
     PyObject *obj = arg[0];
     if (PySet_Size(buffered) > 0) {
         int known = PySet_Contains(buffered, (PyObject *)Py_TYPE(obj));
         if (known < 0)
-            return fail(self);
+            return fipc_h_fail(&self->h);
         if (known)
             return done(self, call_method(self, "_put_encoded", "(Od)", obj, timeout));
     }
@@ -313,13 +298,13 @@ static PyObject *queue_put(QueueHandle *self, PyObject *const *args, Py_ssize_t 
     Py_XDECREF(pargs);
     if (data == NULL) {
         if (!PyErr_ExceptionMatches(PyExc_TypeError))
-            return fail(self);
+            return fipc_h_fail(&self->h);
         /* out-of-band buffers or a memoryview (or not picklable): the full path */
         PyErr_Clear();
         PyObject *r = PyObject_CallFunctionObjArgs(remember_buffered,
                                                    (PyObject *)Py_TYPE(obj), NULL);
         if (r == NULL)
-            return fail(self);
+            return fipc_h_fail(&self->h);
         Py_DECREF(r);
         return done(self, call_method(self, "_put_encoded", "(Od)", obj, timeout));
     }
@@ -327,7 +312,7 @@ static PyObject *queue_put(QueueHandle *self, PyObject *const *args, Py_ssize_t 
     Py_ssize_t n;
     if (PyBytes_AsStringAndSize(data, &buf, &n) < 0) {
         Py_DECREF(data);
-        return fail(self);
+        return fipc_h_fail(&self->h);
     }
     PyObject *r;
     if ((uint64_t)n <= self->hot_max) {
@@ -363,10 +348,10 @@ static PyObject *queue_put_bytes(QueueHandle *self, PyObject *const *args, Py_ss
         return NULL;
     if (parse_args("Queue.put_bytes", args, nargs, kwnames, put_bytes_names, 1, 2, arg) < 0 ||
         block_timeout(arg[2], arg[1], &timeout) < 0)
-        return fail(self);
+        return fipc_h_fail(&self->h);
     Py_buffer view;
     if (get_bytes_view(arg[0], &view) < 0)
-        return fail(self);
+        return fipc_h_fail(&self->h);
     PyObject *r;
     if ((uint64_t)view.len <= self->hot_max) {
         r = put_frame(self, view.buf, (uint64_t)view.len, KIND_BYTES, timeout) < 0
@@ -388,14 +373,14 @@ static PyObject *queue_put_batch(QueueHandle *self, PyObject *args)
     if (fipc_h_enter(&self->h) < 0)
         return NULL;
     if (!PyArg_ParseTuple(args, "O!d:_put_batch", &PyList_Type, &batch, &timeout))
-        return fail(self);
+        return fipc_h_fail(&self->h);
     Py_ssize_t count = PyList_Size(batch);
     uint64_t total = 0;
     for (Py_ssize_t i = 0; i < count; i++) {
         PyObject *b = PyList_GetItem(batch, i);
         if (b == NULL || !PyBytes_Check(b)) {
             PyErr_SetString(PyExc_TypeError, "_put_batch takes a list of bytes");
-            return fail(self);
+            return fipc_h_fail(&self->h);
         }
         total += (uint64_t)PyBytes_Size(b);
     }
@@ -407,7 +392,7 @@ static PyObject *queue_put_batch(QueueHandle *self, PyObject *args)
         free(lens);
         free(blob);
         PyErr_NoMemory();
-        return fail(self);
+        return fipc_h_fail(&self->h);
     }
     uint64_t off = 0;
     for (Py_ssize_t i = 0; i < count; i++) {
@@ -433,7 +418,7 @@ static PyObject *queue_put_batch(QueueHandle *self, PyObject *args)
             Py_XDECREF(n);
             PyErr_Restore(type, value, tb);
         }
-        return fail(self);
+        return fipc_h_fail(&self->h);
     }
     return done(self, PyLong_FromUnsignedLongLong(c.sent));
 }
@@ -647,7 +632,7 @@ static PyObject *get_call(QueueHandle *self, const char *func, const char *const
     if (parse_args(func, args, nargs, kwnames, names, 1, positional, arg) < 0 ||
         check_held(arg[0]) < 0 ||
         block_timeout(arg[as_bytes ? 2 : 1], arg[as_bytes ? 1 : 2], &timeout) < 0)
-        return fail(self);
+        return fipc_h_fail(&self->h);
     return done(self, hold(arg[0], get_one(self, timeout, as_bytes)));
 }
 
@@ -710,7 +695,7 @@ static PyObject *queue_get_many(QueueHandle *self, PyObject *const *args, Py_ssi
         return NULL;
     if (parse_args("Queue._get_many", args, nargs, kwnames, get_many_names, 1, 4, arg) < 0 ||
         check_held(arg[0]) < 0)
-        return fail(self);
+        return fipc_h_fail(&self->h);
     return done(self, hold(arg[0], get_many_held(self, arg + 1)));
 }
 
