@@ -376,10 +376,16 @@ class Handle:
     # With one, an object of the native backend is an instance of concrete(cls, "native"),
     # a subclass of that type and this class whose per-message methods are the type's.
     _handle_type: Optional[str] = None
+    _native = False  # True on the native classes that concrete() makes
+    _public: Optional[type] = None  # on those: the class they stand for
+    # Methods the native class of this class takes before the handle type's (a C call in a
+    # Python frame, for instance): see concrete().
+    _native_methods: dict[str, Any] = {}
 
     def __new__(cls, *args: Any, backend: Optional[str] = None, **kwargs: Any) -> Any:
         impl = concrete(cls, resolve_backend(backend))
-        return object.__new__(impl) if impl is cls else impl.__new__(impl)
+        return _fastipc.Handle.__new__(impl) if impl._native else object.__new__(impl)
+
     _fd = -1
     _backend = "?"
     _calls: list[None]
@@ -479,23 +485,34 @@ class Handle:
         return f"<{type(self).__name__} {state} backend={self._backend}>"
 
 
-_concrete: dict[tuple[type, str], type] = {}
+_concrete: dict[type, type] = {}
 
 
 def concrete(cls: type[_T], backend: str) -> type[_T]:
     """The class of ``cls``'s objects on ``backend``: ``cls`` itself, or for the native
-    backend of a class with a ``_handle_type``, the subclass of that native handle type and
-    ``cls`` (made once, named as ``cls``), whose C methods come first."""
+    backend of a class with a ``_handle_type``, a subclass made once and named as ``cls``:
+
+    - for the class that names the handle type, ``(handle type, cls)``: the C methods come
+      first, then the class's own (the pure backend's), plus its ``_native_methods``;
+    - for a subclass of it, ``(cls, the native class of that class)``: the subclass's own
+      methods come first, and their ``super()`` calls reach the C methods.
+
+    ``_native`` is True on a native class, and ``_public`` is the class it stands for."""
     name = cls._handle_type
-    if backend != "native" or name is None or issubclass(cls, _fastipc.Handle):
+    if backend != "native" or name is None or cls._native:
         return cls
-    impl = _concrete.get((cls, backend))
+    impl = _concrete.get(cls)
     if impl is None:
-        handle = getattr(_fastipc, name)
-        impl = type(cls.__name__, (handle, cls), {
-            "__module__": cls.__module__, "__qualname__": cls.__qualname__,
-            "__doc__": cls.__doc__})
-        _concrete[(cls, backend)] = impl
+        owner = next(c for c in cls.__mro__ if "_handle_type" in vars(c))
+        ns: dict[str, Any] = {"__module__": cls.__module__, "__qualname__": cls.__qualname__,
+                              "__doc__": cls.__doc__, "_native": True, "_public": cls}
+        if owner is cls:
+            ns.update(vars(cls).get("_native_methods", {}))
+            bases: tuple[type, ...] = (getattr(_fastipc, name), cls)
+        else:
+            bases = (cls, concrete(owner, backend))
+        impl = type(cls.__name__, bases, ns)
+        _concrete[cls] = impl
     return impl
 
 

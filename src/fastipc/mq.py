@@ -210,10 +210,6 @@ class MessageQueue(Handle):
 
     _what = "MessageQueue"
     _handle_type = "MqHandle"  # csrc/py/mq.c: send and receive
-    # On the native backend, the handle type (set on the native class by __init_subclass__):
-    # its send and receive are the object's, and those of this class call them
-    _native_type: Optional[Any] = None
-
     def __init__(
         self,
         name: str,
@@ -250,29 +246,14 @@ class MessageQueue(Handle):
         self._open_handle(which, q.fd)
         _forked_copies.add(self)
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        """The native class of this class or a subclass (:func:`fastipc._core.concrete`:
-        the handle type, then the class): the handle's send and receive come first, unless
-        the subclass has its own, which stay in charge (and reach the handle's through
-        ``super()``, that is this class's methods)."""
-        super().__init_subclass__(**kwargs)
-        handle: Any = cls.__bases__[0]
-        if handle.__module__ != "fastipc._fastipc":
-            return  # a class of Python (the user's subclass); its native class comes later
-        cls._native_type = handle
-        for name, native in (("send", handle.send), ("receive", _receive)):
-            own = next(vars(k)[name] for k in cls.__mro__[1:]
-                       if k.__module__ != "fastipc._fastipc" and name in vars(k))
-            setattr(cls, name, native if own is vars(MessageQueue)[name] else own)
-
     # ------------------------------------------------------------------ life cycle
 
     def _wake(self) -> None:
-        if self._native_type is None:  # the native handle woke its calls in C
+        if not self._native:  # the native handle woke its calls in C
             self._q.wake()
 
     def _free(self) -> None:
-        if self._native_type is None:  # the native handle closed the descriptors in C
+        if not self._native:  # the native handle closed the descriptors in C
             self._q.close()
 
     def _forked(self) -> None:
@@ -280,7 +261,7 @@ class MessageQueue(Handle):
         which the child does not have; left counted, they would keep close() from ever
         freeing the descriptors."""
         self._waiters.clear()  # the parent's event loops
-        if self._native_type is not None:
+        if self._native:
             self._forget_calls()  # type: ignore[attr-defined]
             return
         self._calls.clear()
@@ -340,10 +321,6 @@ class MessageQueue(Handle):
         ``MQ_PRIO_MAX - 1``, higher first). Waits while the queue is full: TimeoutError
         after ``timeout`` seconds (None: forever, 0: do not wait). A message longer than
         :attr:`max_message_size` raises ValueError before anything is sent."""
-        native = self._native_type
-        if native is not None:  # a subclass's send, on the native backend
-            native.send(self, data, priority, timeout)
-            return
         cast(MessagesBackend, self._q).send(*self._check_send(data, priority, timeout))
 
     def _check_send(self, data: Any, priority: Any, timeout: Any) -> tuple[Any, int, float]:
@@ -365,8 +342,6 @@ class MessageQueue(Handle):
         """The oldest message of the highest priority waiting, as ``(bytes, priority)``:
         exactly the bytes that were sent. Waits while the queue is empty: TimeoutError after
         ``timeout`` seconds (None: forever, 0: do not wait)."""
-        if self._native_type is not None:  # a subclass's receive, on the native backend
-            return _receive(self, timeout)
         return cast(MessagesBackend, self._q).receive(check_timeout(timeout))
 
     async def receive_async(self, timeout: Optional[float] = None) -> tuple[bytes, int]:
@@ -434,6 +409,7 @@ if _core.NATIVE_ERROR is None:
     from fastipc._fastipc import MqHandle
 
     _c_receive = MqHandle.receive
+MessageQueue._native_methods = {"receive": _receive}
 
 _forked_copies: weakref.WeakSet[MessageQueue] = weakref.WeakSet()
 

@@ -357,23 +357,6 @@ def _async_timeout(block: bool, timeout: Optional[float]) -> Optional[float]:
 # calls that the parent's other threads had in progress (none of them runs in the child).
 _open_queues: weakref.WeakSet[Queue] = _core.given_up_in_child("_forked")
 
-# The class of a Queue subclass's objects on the native backend, made once per class: the
-# subclass first (so that its overrides, of put for instance, come before the handle's C
-# methods and its ``super().put`` is the C one), then the native Queue (the handle's C
-# methods before Queue's Python ones).
-_native_classes: dict[type, type] = {}
-
-
-def _native_class(cls: type) -> type:
-    impl = _native_classes.get(cls)
-    if impl is None:
-        impl = type(cls.__name__, (cls, _core.concrete(Queue, "native")), {
-            "__module__": cls.__module__, "__qualname__": cls.__qualname__,
-            "__doc__": cls.__doc__, "_public": cls})
-        _native_classes[cls] = impl
-    return impl
-
-
 class Queue(Handle):
     """A multiprocessing.Queue in shared memory (see the module docstring).
 
@@ -389,19 +372,11 @@ class Queue(Handle):
 
     _what = "Queue"
     _handle_type = "QueueHandle"  # csrc/py/queue.c: put, put_bytes, the taking calls of gets
-    _public: Optional[type[Queue]] = None  # the subclass a native class of a subclass is of
     _name = ""
     _path = ""
     _owner = False
     _lock_fd = -1
     _finalizer: Optional[weakref.finalize[Any, Any]] = None
-
-    def __new__(cls, *args: Any, backend: Optional[str] = None, **kwargs: Any) -> Any:
-        if cls._public is None and (cls is Queue or _core.resolve_backend(backend) != "native"):
-            return super().__new__(cls, *args, backend=backend, **kwargs)
-        if cls._public is None:  # a subclass, on the native backend
-            cls = _native_class(cls)
-        return _core.concrete(Queue, "native").__new__(cls)  # the handle type's own
 
     def __init__(self, maxsize: int = 0, *, name: Optional[str] = None,
                  create: Optional[bool] = None, capacity: int = DEFAULT_CAPACITY,
