@@ -190,6 +190,11 @@ static void guard_leave(sigpipe_guard *g, int got_epipe)
     pthread_sigmask(SIG_SETMASK, &g->old, NULL);
 }
 
+/* Whether this kernel knows RWF_NOSIGNAL (Linux 6.18): a pipe write that says so fails
+ * with EPIPE and raises no SIGPIPE, for the cost of the write alone. Learnt at the first
+ * write; without it, every pipe write is guarded (sigpipe_guard). */
+static _Atomic int nosignal_missing;
+
 /* Write iov[0..cnt) (cnt <= 2) completely, skipping the first `offset` bytes: the one
  * write loop of common.c, asked never to wait itself (timeout 0), so that every wait here
  * also watches the wake-up eventfd. */
@@ -198,17 +203,30 @@ static int64_t write_iov(fipc_pipe *p, struct iovec *iov, int cnt, size_t offset
 {
     struct iovec orig[2];
     memcpy(orig, iov, (size_t)cnt * sizeof *iov);
-    int sock = (p->flags & FIPC_PIPE_SOCK) != 0;
-    int64_t deadline = FIPC_DEADLINE_UNSET, rc;
+    int how = (p->flags & FIPC_PIPE_SOCK) ? FIPC_WRITE_SOCK
+              : atomic_load_explicit(&nosignal_missing, memory_order_relaxed)
+                  ? FIPC_WRITE_PLAIN
+                  : FIPC_WRITE_NOSIGNAL;
+    int64_t deadline = FIPC_DEADLINE_UNSET, rc = 0;
     sigpipe_guard g;
-    guard_enter(&g, sock ? 0 : p->guard);
-    for (;;) {
-        rc = fipc_write_all(p->fd, iov, cnt, offset, 0.0, sock, &p->written);
-        if (rc != -ETIMEDOUT || timeout == 0)
-            break;
+    guard_enter(&g, how == FIPC_WRITE_PLAIN ? p->guard : FIPC_GUARD_NONE);
+    p->written = offset;
+    if (p->wait_mode == FIPC_WAIT_FIRST && timeout != 0) /* it was full a moment ago */
         rc = wait_ready(p, POLLOUT, fipc_deadline_lazy(&deadline, timeout));
-        if (rc < 0)
+    p->wait_mode = FIPC_WAIT_NOW;
+    while (rc == 0) {
+        rc = fipc_write_all(p->fd, iov, cnt, offset, 0.0, how, &p->written);
+        if (rc == -EOPNOTSUPP && how == FIPC_WRITE_NOSIGNAL) {
+            /* an older kernel (nothing was written): guard this write and every later one */
+            atomic_store_explicit(&nosignal_missing, 1, memory_order_relaxed);
+            how = FIPC_WRITE_PLAIN;
+            guard_enter(&g, p->guard);
+            rc = 0;
+        }
+        else if (rc != -ETIMEDOUT || timeout == 0)
             break;
+        else
+            rc = wait_ready(p, POLLOUT, fipc_deadline_lazy(&deadline, timeout));
         offset = p->written;
         memcpy(iov, orig, (size_t)cnt * sizeof *iov); /* fipc_write_all moved them on */
     }
@@ -301,12 +319,24 @@ static int rbuf_grow(fipc_pipe *p, size_t need)
  * stream, or -errno / -ETIMEDOUT / -ECANCELED. */
 static ssize_t read_wait(fipc_pipe *p, char *buf, size_t n, double timeout, int64_t *deadline)
 {
+    int mode = p->wait_mode;
+    p->wait_mode = FIPC_WAIT_NOW;
+    if (mode == FIPC_WAIT_LAZY && p->drained && timeout == 0)
+        return -ETIMEDOUT;
+    if (mode == FIPC_WAIT_FIRST && timeout != 0) {
+        int rc = wait_ready(p, POLLIN, fipc_deadline_lazy(deadline, timeout));
+        if (rc < 0)
+            return rc;
+    }
     for (;;) {
         ssize_t r = read(p->fd, buf, n);
-        if (r >= 0)
+        if (r >= 0) {
+            p->drained = (size_t)r < n;
             return r;
+        }
         if (errno != EAGAIN)
             return -errno;
+        p->drained = 1;
         if (timeout == 0)
             return -ETIMEDOUT;
         int rc = wait_ready(p, POLLIN, fipc_deadline_lazy(deadline, timeout));

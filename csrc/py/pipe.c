@@ -123,11 +123,13 @@ typedef struct {
     size_t offset;  /* where the next attempt starts; after the call, how much went */
     int framed;
     int torn;       /* after the call: it failed with part of it written */
+    int tries;
 } put_ctx;
 
 static int64_t put_attempt(void *ctx, double timeout)
 {
     put_ctx *c = ctx;
+    c->p->wait_mode = c->tries++ ? FIPC_WAIT_FIRST : FIPC_WAIT_NOW;
     int64_t rc = c->framed ? fipc_pipe_send(c->p, c->buf, c->len, c->offset, timeout)
                            : fipc_pipe_write(c->p, c->buf, c->len, c->offset, timeout);
     c->offset = c->p->written; /* a wait that follows resumes where this one stopped */
@@ -357,24 +359,34 @@ typedef struct {
     StreamHandle *s;
     char *data;
     size_t n;
+    int tries;
+    int may_wait;  /* the call's timeout is not 0 */
 } get_ctx;
+
+/* How an attempt of a read starts (see FIPC_WAIT_*). */
+static fipc_pipe *attempt_of(get_ctx *c)
+{
+    c->s->p.wait_mode = c->tries++ ? FIPC_WAIT_FIRST
+                        : c->may_wait ? FIPC_WAIT_LAZY : FIPC_WAIT_NOW;
+    return &c->s->p;
+}
 
 static int64_t frame_attempt(void *ctx, double timeout)
 {
     get_ctx *c = ctx;
-    return fipc_pipe_recv(&c->s->p, c->s->max_size, timeout, &c->data);
+    return fipc_pipe_recv(attempt_of(c), c->s->max_size, timeout, &c->data);
 }
 
 static int64_t large_attempt(void *ctx, double timeout)
 {
     get_ctx *c = ctx;
-    return fipc_pipe_recv_into(&c->s->p, c->data, c->n, timeout);
+    return fipc_pipe_recv_into(attempt_of(c), c->data, c->n, timeout);
 }
 
 static int64_t read_attempt(void *ctx, double timeout)
 {
     get_ctx *c = ctx;
-    return fipc_pipe_read(&c->s->p, c->n, timeout, &c->data);
+    return fipc_pipe_read(attempt_of(c), c->n, timeout, &c->data);
 }
 
 /* The statuses of a read: the object, NULL with an exception set, or NOT_READY (a step that
@@ -402,7 +414,7 @@ static PyObject *get_large(StreamHandle *s, double timeout, int64_t t0, int step
         if (s->pending == NULL)
             return NULL;
     }
-    get_ctx c = {s, PyBytes_AsString(s->pending), n};
+    get_ctx c = {s, PyBytes_AsString(s->pending), n, 0, timeout != 0};
     int64_t rc = fipc_h_wait(&s->h, large_attempt, &c, time_left(timeout, t0), -ETIMEDOUT);
     if (rc < 0)
         return get_failed(s, rc, timeout, step);
@@ -415,7 +427,7 @@ static PyObject *get_large(StreamHandle *s, double timeout, int64_t t0, int step
 static PyObject *get_frame(StreamHandle *s, double timeout, int step)
 {
     int64_t t0 = timeout > 0 ? fipc_now_ns() : 0;
-    get_ctx c = {s, NULL, 0};
+    get_ctx c = {s, NULL, 0, 0, timeout != 0};
     int64_t rc = fipc_h_wait(&s->h, frame_attempt, &c, timeout, -ETIMEDOUT);
     if (rc == FIPC_LARGE)
         return get_large(s, timeout, t0, step);
@@ -445,7 +457,7 @@ static PyObject *took(StreamHandle *s, PyObject *out)
 
 static PyObject *get_raw(StreamHandle *s, size_t n, double timeout, int step)
 {
-    get_ctx c = {s, NULL, n};
+    get_ctx c = {s, NULL, n, 0, timeout != 0};
     int64_t rc = fipc_h_wait(&s->h, read_attempt, &c, timeout, -ETIMEDOUT);
     if (rc < 0)
         return get_failed(s, rc, timeout, step);
