@@ -12,7 +12,8 @@ import os
 import select
 import socket
 import time
-from typing import Any, Callable, Optional, TypeVar
+from collections.abc import Callable
+from typing import Any, Optional, TypeVar
 
 from fastipc import _core
 from fastipc._address import (
@@ -177,7 +178,7 @@ async def connect_async(
             try:
                 await asyncio.wait_for(loop.sock_connect(sock, sockaddr),
                                        None if left < 0 else left)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise deadline.error() from None
             if family != socket.AF_UNIX:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

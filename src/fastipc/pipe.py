@@ -18,8 +18,8 @@ import errno
 import os
 import stat
 import threading
-from collections.abc import Generator, Iterable, Iterator
-from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar, Union, cast
+from collections.abc import Callable, Generator, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Optional, TypeVar, Union, cast
 
 from fastipc import _core
 from fastipc._backend.pipe import Module, PureModule, Stream
@@ -203,7 +203,7 @@ class StreamEnd(Awaiter):
             put(data, 0.0, offset)
             return None
         except TimeoutError as exc:
-            return getattr(exc, "characters_written", offset)  # type: ignore[no-any-return]
+            return getattr(exc, "characters_written", offset)
 
     def _recv_step(self) -> Optional[bytes]:
         """The next frame without waiting, or None."""

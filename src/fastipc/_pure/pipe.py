@@ -13,8 +13,8 @@ import select
 import signal
 import socket
 import struct
-from collections.abc import Iterable
-from typing import Any, Callable, Optional
+from collections.abc import Callable, Iterable
+from typing import Any, Optional
 
 from fastipc._backend.pipe import Stream
 from fastipc._core import FIPC_EOF, FIPC_TOOBIG, Deadline, byte_view, closed_error, raise_errno
