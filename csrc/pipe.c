@@ -245,8 +245,11 @@ int64_t fipc_pipe_write(fipc_pipe *p, const char *buf, size_t len, size_t offset
 int64_t fipc_pipe_send(fipc_pipe *p, const char *buf, size_t len, size_t offset,
                        double timeout)
 {
-    if (len > UINT32_MAX)
+    if (len > UINT32_MAX) {
+        p->written = offset; /* nothing of it went */
+        p->torn = offset > 0;
         return -EMSGSIZE;
+    }
     if (len <= SMALL_FRAME - FIPC_FRAME_HEADER) {
         /* one contiguous write: cheaper than writev, and atomic (<= PIPE_BUF) */
         char frame[SMALL_FRAME];
@@ -321,8 +324,6 @@ static ssize_t read_wait(fipc_pipe *p, char *buf, size_t n, double timeout, int6
 {
     int mode = p->wait_mode;
     p->wait_mode = FIPC_WAIT_NOW;
-    if (mode == FIPC_WAIT_LAZY && p->drained && timeout == 0)
-        return -ETIMEDOUT;
     if (mode == FIPC_WAIT_FIRST && timeout != 0) {
         int rc = wait_ready(p, POLLIN, fipc_deadline_lazy(deadline, timeout));
         if (rc < 0)
@@ -330,13 +331,10 @@ static ssize_t read_wait(fipc_pipe *p, char *buf, size_t n, double timeout, int6
     }
     for (;;) {
         ssize_t r = read(p->fd, buf, n);
-        if (r >= 0) {
-            p->drained = (size_t)r < n;
+        if (r >= 0)
             return r;
-        }
         if (errno != EAGAIN)
             return -errno;
-        p->drained = 1;
         if (timeout == 0)
             return -ETIMEDOUT;
         int rc = wait_ready(p, POLLIN, fipc_deadline_lazy(deadline, timeout));

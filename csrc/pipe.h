@@ -35,11 +35,9 @@ enum {
 /* How the next attempt starts (p->wait_mode). A call tries once without waiting (with the
  * GIL held), then, if it must wait, again with the GIL released: that second attempt knows
  * the fd was not ready a moment ago, so it waits for it first (FIPC_WAIT_FIRST) rather than
- * try again at once; and a reader's first attempt, when the call may wait and its last read
- * emptied the fd, does not try at all (FIPC_WAIT_LAZY: -ETIMEDOUT at once, and the wait that
- * follows reads as soon as data comes). Each spares a system call that would fail (and that
- * would take the pipe's lock from under the writer). */
-enum { FIPC_WAIT_NOW = 0, FIPC_WAIT_FIRST = 1, FIPC_WAIT_LAZY = 2 };
+ * try again at once, sparing a system call that would fail (and take the pipe's lock from
+ * under the peer). */
+enum { FIPC_WAIT_NOW = 0, FIPC_WAIT_FIRST = 1 };
 
 /* SIGPIPE guard of pipe writes: trust that SIGPIPE is ignored; ask the kernel for the
  * disposition on every write and block SIGPIPE around it unless ignored; always block it. */
@@ -65,7 +63,6 @@ typedef struct fipc_pipe {
     size_t got;         /* bytes of that frame delivered so far */
     int wait_mode;      /* FIPC_WAIT_*, set by the caller before each attempt; the first read
                            or write of the attempt uses it up */
-    int drained;        /* the last read emptied the fd (it returned less than it asked for) */
     _Atomic int32_t woken;  /* set by fipc_pipe_wake: a wake-up seen without it came from a
                                forked copy of this object: not ours */
     int32_t pid;        /* the process whose eventfd `wake` is (see renew_wake) */

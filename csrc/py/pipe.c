@@ -360,14 +360,12 @@ typedef struct {
     char *data;
     size_t n;
     int tries;
-    int may_wait;  /* the call's timeout is not 0 */
 } get_ctx;
 
 /* How an attempt of a read starts (see FIPC_WAIT_*). */
 static fipc_pipe *attempt_of(get_ctx *c)
 {
-    c->s->p.wait_mode = c->tries++ ? FIPC_WAIT_FIRST
-                        : c->may_wait ? FIPC_WAIT_LAZY : FIPC_WAIT_NOW;
+    c->s->p.wait_mode = c->tries++ ? FIPC_WAIT_FIRST : FIPC_WAIT_NOW;
     return &c->s->p;
 }
 
@@ -414,7 +412,7 @@ static PyObject *get_large(StreamHandle *s, double timeout, int64_t t0, int step
         if (s->pending == NULL)
             return NULL;
     }
-    get_ctx c = {s, PyBytes_AsString(s->pending), n, 0, timeout != 0};
+    get_ctx c = {s, PyBytes_AsString(s->pending), n, 0};
     int64_t rc = fipc_h_wait(&s->h, large_attempt, &c, time_left(timeout, t0), -ETIMEDOUT);
     if (rc < 0)
         return get_failed(s, rc, timeout, step);
@@ -427,7 +425,7 @@ static PyObject *get_large(StreamHandle *s, double timeout, int64_t t0, int step
 static PyObject *get_frame(StreamHandle *s, double timeout, int step)
 {
     int64_t t0 = timeout > 0 ? fipc_now_ns() : 0;
-    get_ctx c = {s, NULL, 0, 0, timeout != 0};
+    get_ctx c = {s, NULL, 0, 0};
     int64_t rc = fipc_h_wait(&s->h, frame_attempt, &c, timeout, -ETIMEDOUT);
     if (rc == FIPC_LARGE)
         return get_large(s, timeout, t0, step);
@@ -457,7 +455,7 @@ static PyObject *took(StreamHandle *s, PyObject *out)
 
 static PyObject *get_raw(StreamHandle *s, size_t n, double timeout, int step)
 {
-    get_ctx c = {s, NULL, n, 0, timeout != 0};
+    get_ctx c = {s, NULL, n, 0};
     int64_t rc = fipc_h_wait(&s->h, read_attempt, &c, timeout, -ETIMEDOUT);
     if (rc < 0)
         return get_failed(s, rc, timeout, step);
