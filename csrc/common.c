@@ -13,6 +13,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#ifndef RWF_NOSIGNAL
+#define RWF_NOSIGNAL 0x00000100 /* Linux 6.18: a write to a pipe without readers raises no
+                                   SIGPIPE (EPIPE only) */
+#endif
+
 int64_t fipc_now_ns(void)
 {
     struct timespec ts;
@@ -80,7 +85,7 @@ static void iov_advance(struct iovec *iov, int cnt, int *first, size_t n)
 }
 
 int64_t fipc_write_all(int fd, struct iovec *iov, int cnt, size_t offset, double timeout,
-                       int sock, size_t *written)
+                       int how, size_t *written)
 {
     size_t total = 0;
     for (int i = 0; i < cnt; i++)
@@ -91,9 +96,11 @@ int64_t fipc_write_all(int fd, struct iovec *iov, int cnt, size_t offset, double
     int64_t deadline = FIPC_DEADLINE_UNSET, rc = 0;
     while (done < total) {
         ssize_t n;
-        if (sock) {
+        if (how == FIPC_WRITE_SOCK) {
             struct msghdr msg = {.msg_iov = iov + first, .msg_iovlen = (size_t)(cnt - first)};
             n = sendmsg(fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+        } else if (how == FIPC_WRITE_NOSIGNAL) {
+            n = pwritev2(fd, iov + first, cnt - first, -1, RWF_NOSIGNAL);
         } else if (cnt - first == 1) { /* write() is measurably cheaper than writev() */
             n = write(fd, iov[first].iov_base, iov[first].iov_len);
         } else {

@@ -95,13 +95,16 @@ static inline uint32_t fipc_frame_get(const unsigned char *h)
     return (uint32_t)h[0] << 24 | (uint32_t)h[1] << 16 | (uint32_t)h[2] << 8 | h[3];
 }
 
+/* How fipc_write_all writes: write()/writev(); sendmsg(MSG_NOSIGNAL) (a socket);
+ * pwritev2(RWF_NOSIGNAL) (a pipe: EPIPE without SIGPIPE; -EOPNOTSUPP before Linux 6.18). */
+enum { FIPC_WRITE_PLAIN = 0, FIPC_WRITE_SOCK = 1, FIPC_WRITE_NOSIGNAL = 2 };
 /* The one write-with-deadline loop: write iov[0..cnt) completely to a non-blocking fd,
  * skipping the first `offset` bytes (what an interrupted call already wrote), waiting for
- * POLLOUT until the deadline while the fd is full. sock: use sendmsg(MSG_NOSIGNAL) instead of
- * write()/writev(). iov is modified. Returns the bytes written in all (offset included), or
- * -ETIMEDOUT / -EINTR / -errno; the bytes written so far are in *written in every case. */
+ * POLLOUT until the deadline while the fd is full; `how` is a FIPC_WRITE_*. iov is
+ * modified. Returns the bytes written in all (offset included), or -ETIMEDOUT / -EINTR /
+ * -errno; the bytes written so far are in *written in every case. */
 int64_t fipc_write_all(int fd, struct iovec *iov, int cnt, size_t offset, double timeout,
-                       int sock, size_t *written);
+                       int how, size_t *written);
 /* remaining time until deadline as a timespec; returns NULL for "forever" */
 struct timespec *fipc_remaining(int64_t deadline, struct timespec *ts);
 /* wait until fd is ready for events or the deadline passes: 0, -ETIMEDOUT or -errno */

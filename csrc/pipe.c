@@ -48,83 +48,42 @@ int fipc_pipe_get_size(int fd)
     return rc < 0 ? -errno : rc;
 }
 
-fipc_pipe *fipc_pipe_new(int fd, int flags, int guard)
+int fipc_pipe_init(fipc_pipe *p, int fd, int flags, int guard)
 {
-    fipc_pipe *p = calloc(1, sizeof *p);
-    if (!p)
-        return NULL;
+    memset(p, 0, sizeof *p);
     p->fd = fd;
     p->flags = flags;
     p->guard = guard;
-    p->fds_open = 1;
     p->pid = (int32_t)getpid();
     p->wake = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (p->wake < 0) {
-        free(p);
-        return NULL;
+        int err = errno;
+        p->fd = p->wake = -1;
+        return -err;
     }
     if (flags & FIPC_PIPE_READ) {
         p->data = malloc(RBUF_BASE);
         if (!p->data) {
             close(p->wake);
-            free(p);
-            errno = ENOMEM;
-            return NULL;
+            p->fd = p->wake = -1;
+            return -ENOMEM;
         }
         p->cap = RBUF_BASE;
     }
-    return p;
-}
-
-/* ---- the life cycle: calls counted in C, fds closed by whoever is last ---- */
-
-static void close_fds(fipc_pipe *p)
-{
-    if (__atomic_exchange_n(&p->fds_open, 0, __ATOMIC_SEQ_CST)) {
-        close(p->fd);
-        close(p->wake);
-    }
-}
-
-/* Enter a call: 0 if the object is closed (the call must not touch the fds). A closer sets
- * `closed` before it reads `busy`, a caller counts itself in `busy` before it reads `closed`:
- * one of the two sees the other (sequentially consistent). */
-static int enter(fipc_pipe *p)
-{
-    __atomic_add_fetch(&p->busy, 1, __ATOMIC_SEQ_CST);
-    if (!__atomic_load_n(&p->closed, __ATOMIC_SEQ_CST))
-        return 1;
-    if (__atomic_sub_fetch(&p->busy, 1, __ATOMIC_SEQ_CST) == 0)
-        close_fds(p);
     return 0;
 }
 
-static int64_t leave(fipc_pipe *p, int64_t rc)
+void fipc_pipe_fini(fipc_pipe *p)
 {
-    if (__atomic_sub_fetch(&p->busy, 1, __ATOMIC_SEQ_CST) == 0 &&
-        __atomic_load_n(&p->closed, __ATOMIC_SEQ_CST))
-        close_fds(p);
-    return rc;
+    if (p->fd >= 0)
+        close(p->fd);
+    if (p->wake >= 0)
+        close(p->wake);
+    p->fd = p->wake = -1;
+    free(p->data);
+    p->data = NULL;
+    p->cap = p->start = p->end = p->next = 0;
 }
-
-/* The body of every public read or write: counted, -ECANCELED on a closed object, and
- * -EBUSY if another thread is reading (writing) on the object already: an end is used by
- * one thread at a time, and a second one is refused rather than let interleave its frames
- * or move the read-ahead buffer under the first. */
-static int claim(int32_t *side)
-{
-    return !__atomic_exchange_n(side, 1, __ATOMIC_ACQUIRE);
-}
-
-static int64_t release(int32_t *side, int64_t rc)
-{
-    __atomic_store_n(side, 0, __ATOMIC_RELEASE);
-    return rc;
-}
-
-#define EXCLUSIVE(p, side, call)                                                        \
-    (enter(p) ? leave(p, claim(&(p)->side) ? release(&(p)->side, (call)) : -EBUSY)      \
-              : -ECANCELED)
 
 /* After fork() both processes hold the same eventfd: a wake-up written by one would end the
  * other's waits. So a process writes to `wake` only once it has an eventfd of its own there
@@ -142,9 +101,11 @@ static int renew_wake(fipc_pipe *p)
     return rc;
 }
 
-static int write_wake(fipc_pipe *p)
+int fipc_pipe_wake(fipc_pipe *p)
 {
-    __atomic_store_n(&p->woken, 1, __ATOMIC_SEQ_CST);
+    atomic_store(&p->woken, 1);
+    if (p->wake < 0)
+        return 0;
     if (p->pid != (int32_t)getpid()) {
         int rc = renew_wake(p);
         if (rc < 0)
@@ -153,32 +114,6 @@ static int write_wake(fipc_pipe *p)
     uint64_t one = 1;
     /* EAGAIN only once the counter is near 2^64: it is readable then anyway */
     return write(p->wake, &one, sizeof one) < 0 && errno != EAGAIN ? -errno : 0;
-}
-
-int fipc_pipe_wake(fipc_pipe *p)
-{
-    if (!enter(p))
-        return 0; /* closed: every call returns at once anyway */
-    return (int)leave(p, write_wake(p));
-}
-
-void fipc_pipe_close(fipc_pipe *p)
-{
-    /* counted like a call, so that no call leaving meanwhile closes the eventfd (and lets
-     * its number be reused) before the wake-up is written to it */
-    __atomic_add_fetch(&p->busy, 1, __ATOMIC_SEQ_CST);
-    if (!__atomic_exchange_n(&p->closed, 1, __ATOMIC_SEQ_CST))
-        (void)write_wake(p); /* a failure costs a blocked call its wake-up, not the close */
-    leave(p, 0); /* the last to leave closes the fds: this call if none runs */
-}
-
-void fipc_pipe_free(fipc_pipe *p)
-{
-    if (p) {
-        fipc_pipe_close(p);
-        free(p->data);
-        free(p);
-    }
 }
 
 /* Wait until the fd is ready for `events`, the deadline passes (-ETIMEDOUT) or the object is
@@ -194,7 +129,7 @@ static int wait_ready(fipc_pipe *p, short events, int64_t deadline)
         if (rc < 0)
             return -errno;
         if (f[1].revents) {
-            if (__atomic_load_n(&p->woken, __ATOMIC_SEQ_CST))
+            if (atomic_load(&p->woken))
                 return -ECANCELED;
             rc = renew_wake(p); /* a forked copy's wake-up: take an eventfd of our own */
             if (rc < 0)
@@ -255,37 +190,49 @@ static void guard_leave(sigpipe_guard *g, int got_epipe)
     pthread_sigmask(SIG_SETMASK, &g->old, NULL);
 }
 
+/* Whether this kernel knows RWF_NOSIGNAL (Linux 6.18): a pipe write that says so fails
+ * with EPIPE and raises no SIGPIPE, for the cost of the write alone. Learnt at the first
+ * write; without it, every pipe write is guarded (sigpipe_guard). */
+static _Atomic int nosignal_missing;
+
 /* Write iov[0..cnt) (cnt <= 2) completely, skipping the first `offset` bytes: the one
  * write loop of common.c, asked never to wait itself (timeout 0), so that every wait here
  * also watches the wake-up eventfd. */
-static int64_t write_iov_counted(fipc_pipe *p, struct iovec *iov, int cnt, size_t offset,
-                                 double timeout)
+static int64_t write_iov(fipc_pipe *p, struct iovec *iov, int cnt, size_t offset,
+                         double timeout)
 {
     struct iovec orig[2];
     memcpy(orig, iov, (size_t)cnt * sizeof *iov);
-    int sock = (p->flags & FIPC_PIPE_SOCK) != 0;
-    int64_t deadline = FIPC_DEADLINE_UNSET, rc;
+    int how = (p->flags & FIPC_PIPE_SOCK) ? FIPC_WRITE_SOCK
+              : atomic_load_explicit(&nosignal_missing, memory_order_relaxed)
+                  ? FIPC_WRITE_PLAIN
+                  : FIPC_WRITE_NOSIGNAL;
+    int64_t deadline = FIPC_DEADLINE_UNSET, rc = 0;
     sigpipe_guard g;
-    guard_enter(&g, sock ? 0 : p->guard);
-    for (;;) {
-        rc = fipc_write_all(p->fd, iov, cnt, offset, 0.0, sock, &p->written);
-        if (rc != -ETIMEDOUT || timeout == 0)
-            break;
+    guard_enter(&g, how == FIPC_WRITE_PLAIN ? p->guard : FIPC_GUARD_NONE);
+    p->written = offset;
+    if (p->wait_mode == FIPC_WAIT_FIRST && timeout != 0) /* it was full a moment ago */
         rc = wait_ready(p, POLLOUT, fipc_deadline_lazy(&deadline, timeout));
-        if (rc < 0)
+    p->wait_mode = FIPC_WAIT_NOW;
+    while (rc == 0) {
+        rc = fipc_write_all(p->fd, iov, cnt, offset, 0.0, how, &p->written);
+        if (rc == -EOPNOTSUPP && how == FIPC_WRITE_NOSIGNAL) {
+            /* an older kernel (nothing was written): guard this write and every later one */
+            atomic_store_explicit(&nosignal_missing, 1, memory_order_relaxed);
+            how = FIPC_WRITE_PLAIN;
+            guard_enter(&g, p->guard);
+            rc = 0;
+        }
+        else if (rc != -ETIMEDOUT || timeout == 0)
             break;
+        else
+            rc = wait_ready(p, POLLOUT, fipc_deadline_lazy(&deadline, timeout));
         offset = p->written;
         memcpy(iov, orig, (size_t)cnt * sizeof *iov); /* fipc_write_all moved them on */
     }
     guard_leave(&g, rc == -EPIPE);
     p->torn = rc < 0 && p->written > 0;
     return rc;
-}
-
-static int64_t write_iov(fipc_pipe *p, struct iovec *iov, int cnt, size_t offset,
-                         double timeout)
-{
-    return EXCLUSIVE(p, writing, write_iov_counted(p, iov, cnt, offset, timeout));
 }
 
 int64_t fipc_pipe_write(fipc_pipe *p, const char *buf, size_t len, size_t offset,
@@ -298,8 +245,11 @@ int64_t fipc_pipe_write(fipc_pipe *p, const char *buf, size_t len, size_t offset
 int64_t fipc_pipe_send(fipc_pipe *p, const char *buf, size_t len, size_t offset,
                        double timeout)
 {
-    if (len > UINT32_MAX)
+    if (len > UINT32_MAX) {
+        p->written = offset; /* nothing of it went */
+        p->torn = offset > 0;
         return -EMSGSIZE;
+    }
     if (len <= SMALL_FRAME - FIPC_FRAME_HEADER) {
         /* one contiguous write: cheaper than writev, and atomic (<= PIPE_BUF) */
         char frame[SMALL_FRAME];
@@ -315,33 +265,27 @@ int64_t fipc_pipe_send(fipc_pipe *p, const char *buf, size_t len, size_t offset,
     return write_iov(p, iov, 2, offset, timeout);
 }
 
-int64_t fipc_pipe_send_many(fipc_pipe *p, const char *payload, size_t payload_len,
-                            const uint32_t *lens, size_t count, size_t offset, double timeout)
+size_t fipc_pipe_frames_size(const struct iovec *msgs, size_t count)
 {
-    size_t body = 0;
-    for (size_t i = 0; i < count; i++)
-        body += lens[i];
-    if (body != payload_len || count > (SIZE_MAX - body) / FIPC_FRAME_HEADER)
-        return -EINVAL;
-    size_t total = body + FIPC_FRAME_HEADER * count;
-    char small[SMALL_FRAME];
-    char *frames = total <= sizeof small ? small : malloc(total);
-    if (!frames)
-        return -ENOMEM;
-    char *f = frames;
+    size_t total = 0;
     for (size_t i = 0; i < count; i++) {
-        uint32_t n = lens[i];
-        fipc_frame_put((unsigned char *)f, n);
-        if (n)
-            memcpy(f + FIPC_FRAME_HEADER, payload, n);
-        f += FIPC_FRAME_HEADER + n;
-        payload += n;
+        size_t n = msgs[i].iov_len;
+        if (n > UINT32_MAX || n + FIPC_FRAME_HEADER > SIZE_MAX - total)
+            return 0;
+        total += FIPC_FRAME_HEADER + n;
     }
-    struct iovec iov[1] = {{frames, total}};
-    int64_t rc = write_iov(p, iov, 1, offset, timeout);
-    if (frames != small)
-        free(frames);
-    return rc;
+    return total;
+}
+
+void fipc_pipe_frames(char *out, const struct iovec *msgs, size_t count)
+{
+    for (size_t i = 0; i < count; i++) {
+        size_t n = msgs[i].iov_len;
+        fipc_frame_put((unsigned char *)out, (uint32_t)n);
+        if (n)
+            memcpy(out + FIPC_FRAME_HEADER, msgs[i].iov_base, n);
+        out += FIPC_FRAME_HEADER + n;
+    }
 }
 
 /* ---- the reading side: a fixed read-ahead buffer; frames that do not fit in it are
@@ -378,6 +322,13 @@ static int rbuf_grow(fipc_pipe *p, size_t need)
  * stream, or -errno / -ETIMEDOUT / -ECANCELED. */
 static ssize_t read_wait(fipc_pipe *p, char *buf, size_t n, double timeout, int64_t *deadline)
 {
+    int mode = p->wait_mode;
+    p->wait_mode = FIPC_WAIT_NOW;
+    if (mode == FIPC_WAIT_FIRST && timeout != 0) {
+        int rc = wait_ready(p, POLLIN, fipc_deadline_lazy(deadline, timeout));
+        if (rc < 0)
+            return rc;
+    }
     for (;;) {
         ssize_t r = read(p->fd, buf, n);
         if (r >= 0)
@@ -414,15 +365,16 @@ static ssize_t rbuf_fill(fipc_pipe *p, double timeout, int64_t *deadline)
     return n;
 }
 
-static int64_t recv_frame(fipc_pipe *p, uint32_t max_size, double timeout, char **msg)
+int64_t fipc_pipe_recv(fipc_pipe *p, uint32_t max_size, double timeout, char **msg)
 {
     if (!p->data)
         return -EBADF;
     int64_t deadline = FIPC_DEADLINE_UNSET;
+    p->next = p->start;
     for (;;) {
         if (p->large) {
             *msg = NULL;
-            return p->large;
+            return FIPC_LARGE;
         }
         size_t avail = p->end - p->start;
         if (avail >= FIPC_FRAME_HEADER) {
@@ -437,6 +389,7 @@ static int64_t recv_frame(fipc_pipe *p, uint32_t max_size, double timeout, char 
             }
             if (frame > RBUF_MAX) {
                 p->start += FIPC_FRAME_HEADER;
+                p->next = p->start;
                 p->large = len;
                 p->got = 0;
                 continue;
@@ -449,6 +402,7 @@ static int64_t recv_frame(fipc_pipe *p, uint32_t max_size, double timeout, char 
             }
         }
         ssize_t n = rbuf_fill(p, timeout, &deadline);
+        p->next = p->start;
         if (n == 0)
             return FIPC_EOF; /* a frame cut short by the writer's end is dropped */
         if (n < 0)
@@ -456,51 +410,21 @@ static int64_t recv_frame(fipc_pipe *p, uint32_t max_size, double timeout, char 
     }
 }
 
-/* What the previous recv, recv_many or read returned, once the caller says it took it. */
-static fipc_pipe *taken(fipc_pipe *p, int took)
+int64_t fipc_pipe_next(fipc_pipe *p, uint32_t max_size, char **msg)
 {
-    if (took)
-        p->start = p->next;
-    return p;
+    size_t at = p->next;
+    if (p->large || !p->data || p->end - at < FIPC_FRAME_HEADER)
+        return -1;
+    uint32_t n = fipc_frame_get((unsigned char *)p->data + at);
+    size_t frame = FIPC_FRAME_HEADER + (size_t)n;
+    if (n > max_size || p->end - at < frame)
+        return -1;
+    *msg = p->data + at + FIPC_FRAME_HEADER;
+    p->next = at + frame;
+    return n;
 }
 
-int64_t fipc_pipe_recv(fipc_pipe *p, uint32_t max_size, double timeout, char **msg, int took)
-{
-    return EXCLUSIVE(p, reading, recv_frame(taken(p, took), max_size, timeout, msg));
-}
-
-static int64_t recv_frames(fipc_pipe *p, uint32_t max_size, double timeout, uint32_t *spans,
-                           size_t max_count)
-{
-    char *msg;
-    int64_t len = recv_frame(p, max_size, timeout, &msg);
-    if (len < 0 || max_count == 0 || msg == NULL)
-        return len < 0 ? len : 0;
-    spans[0] = (uint32_t)(msg - p->data);
-    spans[1] = spans[0] + (uint32_t)len;
-    size_t count = 1, at = p->next;
-    /* then every whole frame already buffered; the buffer does not move meanwhile */
-    while (count < max_count && p->end - at >= FIPC_FRAME_HEADER) {
-        uint32_t n = fipc_frame_get((unsigned char *)p->data + at);
-        size_t frame = FIPC_FRAME_HEADER + (size_t)n;
-        if (n > max_size || p->end - at < frame)
-            break; /* an oversized frame is reported by the next call */
-        spans[2 * count] = (uint32_t)(at + FIPC_FRAME_HEADER);
-        spans[2 * count + 1] = (uint32_t)(at + frame);
-        at += frame;
-        count++;
-    }
-    p->next = at;
-    return (int64_t)count;
-}
-
-int64_t fipc_pipe_recv_many(fipc_pipe *p, uint32_t max_size, double timeout, uint32_t *spans,
-                            size_t max_count, int took)
-{
-    return EXCLUSIVE(p, reading, recv_frames(taken(p, took), max_size, timeout, spans, max_count));
-}
-
-static int64_t recv_large(fipc_pipe *p, char *out, size_t n, double timeout)
+int64_t fipc_pipe_recv_into(fipc_pipe *p, char *out, size_t n, double timeout)
 {
     if (!p->data || p->large == 0 || n != p->large || p->got > n)
         return -EINVAL;
@@ -514,6 +438,7 @@ static int64_t recv_large(fipc_pipe *p, char *out, size_t n, double timeout)
         p->start += take;
         p->got += take;
     }
+    p->next = p->start;
     while (p->got < n) {
         ssize_t r = read_wait(p, out + p->got, n - p->got, timeout, &deadline);
         if (r == 0)
@@ -522,21 +447,18 @@ static int64_t recv_large(fipc_pipe *p, char *out, size_t n, double timeout)
             return r;
         p->got += (size_t)r;
     }
-    return (int64_t)n; /* the caller sets p->large = 0 once it holds the message */
+    return (int64_t)n; /* the caller calls fipc_pipe_took_large once it holds the message */
 }
 
-int64_t fipc_pipe_recv_into(fipc_pipe *p, char *out, size_t n, double timeout)
-{
-    return EXCLUSIVE(p, reading, recv_large(p, out, n, timeout));
-}
-
-static int64_t read_some(fipc_pipe *p, size_t n, double timeout, char **data)
+int64_t fipc_pipe_read(fipc_pipe *p, size_t n, double timeout, char **data)
 {
     if (!p->data)
         return -EBADF;
     int64_t deadline = FIPC_DEADLINE_UNSET;
+    p->next = p->start;
     if (p->start == p->end) {
         ssize_t got = rbuf_fill(p, timeout, &deadline);
+        p->next = p->start;
         if (got <= 0)
             return got;
     }
@@ -545,11 +467,6 @@ static int64_t read_some(fipc_pipe *p, size_t n, double timeout, char **data)
     *data = p->data + p->start;
     p->next = p->start + take;
     return (int64_t)take;
-}
-
-int64_t fipc_pipe_read(fipc_pipe *p, size_t n, double timeout, char **data, int took)
-{
-    return EXCLUSIVE(p, reading, read_some(taken(p, took), n, timeout, data));
 }
 
 /* Does a FIFO opened for reading have a writer? tee() on an empty pipe answers without

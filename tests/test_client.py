@@ -132,7 +132,7 @@ def test_async_client_timeouts_cancel_rounds_and_dead_peer(
             while got < n or cancels < 1000:
                 try:
                     m = await asyncio.wait_for(c.recv(), 0.0002)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     cancels += 1
                     continue
                 assert m[:4] == got.to_bytes(4, "big") and len(set(m[i::4] for i in range(4))) <= 4
@@ -266,3 +266,43 @@ class _Relay(server.Handler):
         for other in self.peers:
             if other is not conn:
                 other.send(data)
+
+
+def test_client_handle_closed_and_forgotten(backend: str, sock_path: str) -> None:
+    """A client's send/recv are its handle's (natively C methods); on a closed client they
+    raise ValueError whatever their arguments; a client dropped without close(), with the
+    garbage collector off, closes its socket at once (no reference cycle)."""
+    import gc
+    import inspect
+
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(sock_path)
+    listener.listen(2)
+    try:
+        for framing in ("length", "raw"):
+            c = client.connect(sock_path, framing=framing, backend=backend)
+            peer, _ = listener.accept()
+            with peer:
+                assert inspect.isfunction(type(c).send) == (backend == "pure")
+                c.send(b"abc")
+                expected = frame(b"abc") if framing == "length" else b"abc"
+                assert peer.recv(100) == expected
+                peer.sendall(expected)
+                assert c.recv(timeout=WAIT) == b"abc"
+                fd = c.fileno()
+                gc.disable()
+                try:
+                    del c
+                    with pytest.raises(OSError):
+                        os.fstat(fd)
+                finally:
+                    gc.enable()
+        c = client.connect(sock_path, backend=backend)
+        listener.accept()[0].close()
+        c.close()
+        for call in (lambda: c.send(b"x"), lambda: c.send("text", timeout=-1),
+                     lambda: c.recv(), lambda: c.recv(timeout="x")):
+            with pytest.raises(ValueError, match="closed Client"):
+                call()
+    finally:
+        listener.close()

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -157,6 +158,18 @@ def test_write_timeout_reports_progress(backend: str) -> None:
             w.write(b"y", timeout=0)
 
 
+def _drain_and_resend(r: pipe.PipeReader, w: pipe.PipeWriter) -> None:
+    """Empty the pipe a writer filled, then check that a message goes through whole."""
+    assert r.read(w.pipe_size, timeout=1)
+    while True:
+        try:
+            r.read(timeout=0)
+        except TimeoutError:
+            break
+    w.send(b"message", timeout=1)
+    assert r.recv(timeout=1) == b"message"
+
+
 def test_send_timeout_before_any_byte_keeps_writer_usable(backend: str) -> None:
     r, w = pipe.pipe(backend=backend)
     with r, w:
@@ -164,14 +177,7 @@ def test_send_timeout_before_any_byte_keeps_writer_usable(backend: str) -> None:
         with pytest.raises(TimeoutError):
             w.send(b"message", timeout=0.05)
         assert not w.closed
-        assert r.read(w.pipe_size, timeout=1)
-        while True:
-            try:
-                r.read(timeout=0)
-            except TimeoutError:
-                break
-        w.send(b"message", timeout=1)
-        assert r.recv(timeout=1) == b"message"
+        _drain_and_resend(r, w)
 
 
 def test_send_cut_short_by_timeout_closes_writer(backend: str) -> None:
@@ -207,6 +213,9 @@ def test_eintr_retries_with_remaining_time(backend: str) -> None:
 
 
 def test_signal_handler_exception_interrupts(backend: str) -> None:
+    """A signal handler that raises during a blocked recv or send: the exception propagates,
+    and the end goes on working, the stream intact."""
+
     class Stop(Exception):
         pass
 
@@ -219,6 +228,14 @@ def test_signal_handler_exception_interrupts(backend: str) -> None:
         signal.setitimer(signal.ITIMER_REAL, 0.05)
         with pytest.raises(Stop):
             r.recv(timeout=5)
+        w.send(b"after")
+        assert r.recv(timeout=1) == b"after"
+        w.write(b"f" * w.pipe_size)          # full: the next send waits before any byte
+        signal.setitimer(signal.ITIMER_REAL, 0.05)
+        with pytest.raises(Stop):
+            w.send(b"message", timeout=5)
+        assert not w.closed                  # nothing went: the stream is in step
+        _drain_and_resend(r, w)
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
@@ -283,6 +300,7 @@ import signal, sys
 from fastipc import pipe
 signal.signal(signal.SIGPIPE, signal.SIG_DFL)
 signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGPIPE])
+signal.raise_signal(signal.SIGPIPE)          # the caller's own, pending while blocked
 r, w = pipe.pipe(backend=sys.argv[1])
 r.close()
 try:
@@ -293,7 +311,10 @@ print(signal.SIGPIPE in signal.sigpending())
 """
     proc = run_python(code, backend)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "True"  # the caller blocked it: the pending signal is theirs
+    # the caller blocked it: a pending SIGPIPE is theirs, and the write leaves it pending
+    # (whether the write raised one of its own, as write() does, or none, as
+    # pwritev2(RWF_NOSIGNAL) does natively on Linux 6.18 and later)
+    assert proc.stdout.strip() == "True"
 
 
 # ---------------------------------------------------------------- processes
@@ -964,3 +985,158 @@ def test_a_second_thread_in_the_same_end_is_refused(backend: str, side: str) -> 
     proc = run_python(TWO_THREADS, backend, side, timeout=30)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "errno 16"  # EBUSY
+
+
+# ---------------------------------------------------------------- the native handle
+
+
+def test_per_message_methods_are_the_handles(backend: str) -> None:
+    """Natively, send/recv/... are C methods of the end's handle type, found before the
+    pure backend's Python methods: no Python frame, nothing stored in the instance."""
+    import inspect
+
+    from fastipc import _fastipc
+
+    r, w = pipe.pipe(backend=backend)
+    with r, w:
+        for end, names, handle in ((w, ("send", "write", "send_many"), "PipeWriterHandle"),
+                                   (r, ("recv", "read", "recv_many"), "PipeReaderHandle")):
+            assert not set(names) & set(vars(end))
+            for name in names:
+                method = getattr(type(end), name)
+                if backend == "native":
+                    assert method is getattr(_fastipc, handle).__dict__[name]
+                    assert not inspect.isfunction(method)
+                else:
+                    assert inspect.isfunction(method)
+                # one signature on both backends: the pure backend's, less `self`
+                public = pipe.PipeWriter if end is w else pipe.PipeReader
+                pure_sig = inspect.signature(getattr(public, name))
+                assert [(p.name, p.default) for p in inspect.signature(
+                    getattr(end, name)).parameters.values()] == [
+                    (p.name, p.default) for p in list(pure_sig.parameters.values())[1:]]
+        assert not hasattr(w, "recv") and not hasattr(r, "send")
+
+
+def test_every_per_message_call_of_a_closed_end_is_valueerror(backend: str) -> None:
+    """Whatever its arguments: the closed check comes first."""
+    r, w = pipe.pipe(backend=backend)
+    r.close()
+    w.close()
+    for call in (
+        lambda: w.send(b"x"),
+        lambda: w.send("not bytes", timeout=-1),
+        lambda: w.write(b"x"),
+        lambda: w.send_many([b"x"]),
+        lambda: w.send_many(b"one message"),
+        lambda: r.recv(),
+        lambda: r.recv(timeout="bad"),
+        lambda: r.read(5),
+        lambda: r.read(-1),
+        lambda: r.recv_many(),
+        lambda: r.recv_many(0),
+        lambda: list(r),
+    ):
+        with pytest.raises(ValueError, match="closed Pipe"):
+            call()
+
+
+def _outcomes(calls: tuple[Callable[[], object], ...]) -> list[str]:
+    out = []
+    for call in calls:
+        try:
+            call()
+            out.append("returned")
+        except Exception as exc:
+            out.append(f"{type(exc).__name__}: {exc}")
+    return out
+
+
+def _bad_calls(r: pipe.PipeReader, w: pipe.PipeWriter) -> tuple[list[str], list[str]]:
+    """Bad calls whose message, then whose type only, the backends share."""
+    same = _outcomes((
+        lambda: w.send("text"),  # type: ignore[arg-type]
+        lambda: w.send(memoryview(b"abcd")[::2]),
+        lambda: w.send(b"x", timeout=-1),
+        lambda: w.send(b"x", timeout=float("nan")),
+        lambda: w.send(b"x", timeout="1"),  # type: ignore[arg-type]
+        lambda: w.write("text"),  # type: ignore[arg-type]
+        lambda: w.write(b"x", timeout=-0.5),
+        lambda: w.send_many(b"xx"),
+        lambda: w.send_many(["x"]),
+        lambda: w.send_many(5),  # type: ignore[arg-type]
+        lambda: w.send_many([b"a"], timeout=-2),
+        lambda: r.recv(timeout=-1),
+        lambda: r.recv(timeout=float("nan")),
+        lambda: r.read(-1),
+        lambda: r.read(1.5),  # type: ignore[arg-type]
+        lambda: r.read(True),
+        lambda: r.read(2**40),
+        lambda: r.read(4, timeout="x"),  # type: ignore[arg-type]
+        lambda: r.recv_many(0),
+        lambda: r.recv_many("3"),  # type: ignore[arg-type]
+        lambda: r.recv_many(3, timeout=float("nan")),
+    ))
+    # the same type; the message comes from the interpreter (pure) or from the handle's
+    # argument parser (native), and for a non-buffer from _core.byte_view or fipc_h_buffer
+    same_type = [o.split(":")[0] for o in _outcomes((
+        lambda: w.send(42),
+        lambda: w.send_many([b"a", 2]),
+        lambda: w.send(),  # type: ignore[call-arg]
+        lambda: w.send(b"x", 1, 2),  # type: ignore[call-arg]
+        lambda: w.send(b"x", bogus=1),  # type: ignore[call-arg]
+        lambda: r.recv(tmout=1),  # type: ignore[call-arg]
+        lambda: r.recv_many(1, 2, 3),  # type: ignore[call-arg]
+    ))]
+    return same, same_type
+
+
+def test_bad_arguments_agree_across_backends() -> None:
+    """Bad arguments raise the same exception, with the same message, on both backends."""
+    results = []
+    for backend in ("native", "pure"):
+        r, w = pipe.pipe(backend=backend)
+        with r, w:
+            results.append(_bad_calls(r, w))
+    (native, native_types), (pure, pure_types) = results
+    assert native == pure
+    assert all(o.startswith(("TypeError", "ValueError")) for o in native), native
+    assert native_types == pure_types == ["TypeError"] * 7
+
+
+def _fd_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+        return True
+    except OSError:
+        return False
+
+
+def test_dropping_the_last_reference_closes_at_once(backend: str, tmp_path: Path) -> None:
+    """No reference cycle keeps an end alive: with the garbage collector off, dropping the
+    last reference closes its fd at once (natively, with its wake-up eventfd)."""
+    import gc
+
+    before = set(os.listdir("/proc/self/fd"))
+    gc.disable()
+    try:
+        r, w = pipe.pipe(backend=backend)
+        w.send(b"x")
+        w.write((8 << 20).to_bytes(4, "big") + b"y" * 1000)  # a large frame, begun
+        assert r.recv(timeout=1) == b"x"
+        with pytest.raises(TimeoutError):
+            r.recv(timeout=0)                # the reader holds the part that came
+        fds = [r.fileno(), w.fileno()]
+        del r, w
+        assert not any(_fd_open(fd) for fd in fds)
+        fifo = pipe.FIFO(tmp_path / "f", create=True, backend=backend)
+        reader_fd = os.open(tmp_path / "f", os.O_RDONLY | os.O_NONBLOCK)
+        end = fifo.open_writer(timeout=1)
+        fd = end.fileno()
+        del end
+        assert not _fd_open(fd)
+        os.close(reader_fd)
+        fifo.close()
+    finally:
+        gc.enable()
+    assert set(os.listdir("/proc/self/fd")) <= before | {str(n) for n in range(3)}

@@ -12,8 +12,8 @@ import os
 import select
 import socket
 import time
-from functools import partial
-from typing import Any, Callable, Optional, TypeVar
+from collections.abc import Callable
+from typing import Any, Optional, TypeVar
 
 from fastipc import _core
 from fastipc._address import (
@@ -24,9 +24,8 @@ from fastipc._address import (
     tcp_address,
     unix_path,
 )
-from fastipc._backend.pipe import Stream
-from fastipc._core import Deadline, check_int, check_timeout, uses_handle_async
-from fastipc.pipe import StreamEnd, _impl
+from fastipc._core import Deadline, check_int, check_timeout, uses_handle, uses_handle_async
+from fastipc.pipe import StreamEnd
 
 __all__ = ["AsyncClient", "Client", "connect", "connect_async"]
 
@@ -38,14 +37,13 @@ class _ClientEnd(StreamEnd):
 
     _what = "Client"
 
-    def __init__(self, fd: int, backend: Optional[str], framing: str, max_message_size: int,
-                 address: Any) -> None:
+    def __init__(self, fd: int, framing: str, max_message_size: int, address: Any, *,
+                 backend: Optional[str] = None) -> None:
         which = _core.resolve_backend(backend)
         self._framing = framing
         self._tears = framing == "length"
         self._address = address
-        self._open_stream(fd, _impl(which), which, reading=True, sock=True,
-                          max_message_size=max_message_size)
+        self._open_stream(fd, which, reading=True, sock=True, max_message_size=max_message_size)
 
     framing = _core.Fixed[str]("_framing", '``"length"`` or ``"line"``.')
     address = _core.Fixed[Any]("_address", "The server's address as given to :func:`connect`.")
@@ -53,16 +51,10 @@ class _ClientEnd(StreamEnd):
     @property
     def max_message_size(self) -> int:
         self._check_open()
-        return self._stream.max_message_size
+        return self._limit
 
     def _describe(self) -> str:
         return f"fd={self._fd} {self._address!r}"
-
-    def _writer(self, ops: Stream) -> Callable[[Any, float, int], Any]:
-        return ops.send if self._tears else ops.write
-
-    def _reader(self, ops: Stream) -> Callable[[float], bytes]:
-        return ops.recv if self._tears else partial(ops.read, 65536)
 
 
 class Client(_ClientEnd):
@@ -74,24 +66,28 @@ class Client(_ClientEnd):
     ValueError.
     """
 
+    _handle_type = "ClientHandle"  # csrc/py/pipe.c: send, recv
+
+    # send and recv below are the pure backend's: natively, the handle's C methods.
+    @uses_handle
     def send(self, data: Any, timeout: Optional[float] = None) -> None:
         """Send ``data`` (bytes-like) whole; TimeoutError if the server does not take it
         within ``timeout`` seconds, BrokenPipeError / ConnectionResetError once it is gone.
         A framed message cut short would desynchronise the stream, so the client then
         closes itself."""
-        send = self._writer(self._ops)
-        try:
-            send(data, check_timeout(timeout), 0)
-        except BaseException:
-            self._torn()
-            raise
+        stream = self._stream
+        assert stream is not None
+        (stream.send if self._tears else stream.write)(data, check_timeout(timeout), 0)
 
+    @uses_handle
     def recv(self, timeout: Optional[float] = None) -> bytes:
         """The next message (length framing; EOFError at the end, OSError(EMSGSIZE) for a
         frame over ``max_message_size``), or the bytes that arrived (raw framing; ``b""``
         at the end)."""
-        recv = self._reader(self._ops)
-        return recv(check_timeout(timeout))
+        stream = self._stream
+        assert stream is not None
+        t = check_timeout(timeout)
+        return stream.recv(t) if self._tears else stream.read(65536, t)
 
 
 class AsyncClient(_ClientEnd):
@@ -101,15 +97,17 @@ class AsyncClient(_ClientEnd):
     ``send`` has sent the whole message or nothing (once part of it went, the rest still
     goes, and the next ``send`` waits for it)."""
 
+    _handle_type = "AsyncClientHandle"  # csrc/py/pipe.c: the no-wait steps
+
     @uses_handle_async
     async def send(self, data: Any, timeout: Optional[float] = None) -> None:
         """Send ``data`` whole (awaitable)."""
-        await self._send_async(self._writer(self._stream), data, timeout)
+        await self._send_async(data, timeout)
 
     @uses_handle_async
     async def recv(self, timeout: Optional[float] = None) -> bytes:
         """The next message, or the raw bytes that arrived (awaitable)."""
-        return await self._recv_async(self._reader(self._stream), timeout)
+        return await self._recv_async(timeout)
 
 
 def _checked(framing: str, timeout: Optional[float], max_message_size: int,
@@ -120,11 +118,11 @@ def _checked(framing: str, timeout: Optional[float], max_message_size: int,
     return "length" if framed else "raw", deadline, mms, _core.resolve_backend(backend)
 
 
-def _client(kind: Callable[..., _C], sock: socket.socket, *args: Any) -> _C:
+def _client(kind: Callable[..., _C], sock: socket.socket, backend: str, *args: Any) -> _C:
     """The client object owning the connected ``sock``'s fd (closed if that fails)."""
     fd = sock.detach()
     try:
-        return kind(fd, *args)
+        return kind(fd, *args, backend=backend)
     except BaseException:
         os.close(fd)
         raise
@@ -180,7 +178,7 @@ async def connect_async(
             try:
                 await asyncio.wait_for(loop.sock_connect(sock, sockaddr),
                                        None if left < 0 else left)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise deadline.error() from None
             if family != socket.AF_UNIX:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

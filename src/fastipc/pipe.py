@@ -18,40 +18,35 @@ import errno
 import os
 import stat
 import threading
-import weakref
-from collections.abc import Generator, Iterable, Iterator
-from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar, Union, cast
+from collections.abc import Callable, Generator, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Optional, TypeVar, Union, cast
 
 from fastipc import _core
-from fastipc._backend.pipe import Module, Stream
-from fastipc._core import (
-    Deadline,
-    check_int,
-    check_timeout,
-    closed_error,
-    uses_handle,
-    uses_handle_async,
-)
+from fastipc._backend.pipe import Module, PureModule, Stream
+from fastipc._core import Deadline, check_int, check_timeout, uses_handle, uses_handle_async
 
 if TYPE_CHECKING:  # mypy checks both backend modules against the contract
     from fastipc._native import pipe as _native_pipe
     from fastipc._pure import pipe as _pure_pipe
 
     _NATIVE: Module = _native_pipe
-    _PURE: Module = _pure_pipe
+    _PURE: PureModule = _pure_pipe
 
 __all__ = ["DEFAULT_MAX_MESSAGE_SIZE", "FIFO", "PipeReader", "PipeWriter", "pipe"]
 
 DEFAULT_MAX_MESSAGE_SIZE = 64 << 20
 MAX_FRAME = 0xFFFFFFFF  # the 4-byte length prefix
 PathLike = Union[str, "os.PathLike[str]"]
-_R = TypeVar("_R")
 _E = TypeVar("_E", bound="StreamEnd")
 _PEER_POLL = 0.02  # longest pause between two looks for a FIFO's peer
 
 
 def _impl(backend: Optional[str]) -> Module:
     return cast(Module, _core.ops("pipe", backend))
+
+
+def _pure() -> PureModule:
+    return cast(PureModule, _core.ops("pipe", "pure"))
 
 
 def _check_fd(fd: Any) -> int:
@@ -140,73 +135,114 @@ class Awaiter(_core.Handle):
 
 class StreamEnd(Awaiter):
     """What every stream end shares (pipe ends here, socket clients in fastipc.client): the
-    fd, the backend stream that owns it, and its life cycle. The fd is made non-blocking:
-    every wait is a poll that also watches the stream's wake-up fd, so that ``close()`` from
-    another thread ends it.
+    fd and its life cycle. The fd is made non-blocking: every wait is a poll that also
+    watches the stream's wake-up fd, so that ``close()`` from another thread ends it.
 
-    The blocking operations call ``self._ops``: the native stream itself, which counts its
-    calls in C (one C call per operation: the Python busy count would cost more than the
-    call), or, for the pure one, :class:`_Counted`, which counts them on this Handle."""
+    Natively the end is its handle (``_handle_type``, csrc/py/pipe.c), which embeds the C
+    stream: the per-message methods and the no-wait steps below are the handle's C methods,
+    the calls are counted in C. On the pure backend ``_stream`` is the Python stream and the
+    methods of these classes count themselves busy (:func:`~fastipc._core.uses_handle`)."""
 
     _what = "stream"
-    _tears = True  # a framed write cut short closes the object (see _torn)
-    _stream: Stream
-    _ops: Stream
+    _tears = True  # a framed write cut short closes the object (see _leave)
+    _stream: Optional[Stream] = None  # the pure backend's stream (None: native)
     _tail: Optional[asyncio.Future[None]] = None  # the rest of a frame a cancelled send owes
 
-    def _open_stream(self, fd: int, impl: Module, backend: str, *, reading: bool,
-                     sock: bool = False,
+    def _open_stream(self, fd: int, backend: str, *, reading: bool, sock: bool = False,
                      max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
         os.set_blocking(fd, False)
-        self._stream = stream = impl.stream(fd, reading=reading, sock=sock,
-                                            max_message_size=max_message_size, what=self._what)
-        self._ops = stream if stream.counts_calls else _Counted(self, stream)
+        if backend == "native":
+            self._open(fd, reading, sock, max_message_size, self._tears)  # type: ignore[attr-defined]
+        else:
+            self._stream = _pure().stream(fd, reading=reading, sock=sock,
+                                          max_message_size=max_message_size, what=self._what)
         self._open_handle(backend, fd)
 
-    def close(self) -> None:
-        """Close the object; calls blocked in other threads end with ValueError. Idempotent."""
-        self._ops = cast(Stream, _ClosedOps(self._what))
-        super().close()
-
     def _wake(self) -> None:
-        self._stream.wake()
+        if self._stream is not None:  # natively, the handle woke its C waits
+            self._stream.wake()
         super()._wake()
 
     def _free(self) -> None:
-        self._stream.free()
+        if self._stream is not None:  # natively, the handle closed the fds in C
+            self._stream.free()
 
-    def _torn(self) -> None:
-        """After a framed write failed or was interrupted: if part of the frame went, the
-        stream is out of step, so the object closes itself: the peer sees the end of the
-        stream, never half a message."""
-        if self._tears and not self._closed and self._stream.torn:
+    def _leave(self) -> None:
+        """(Pure backend.) After a framed write failed or was interrupted: if part of the
+        frame went, the stream is out of step, so the object closes itself once the call
+        left (its exception stays the write's): the peer sees the end of the stream, never
+        half a message. The native handle does the same in C."""
+        super()._leave()
+        stream = self._stream
+        if self._tears and stream is not None and stream.torn and not self._closed:
             self.close()
 
-    async def _send_async(self, call: Callable[[Any, float, int], Any], data: Any,
-                          timeout: Optional[float]) -> None:
-        """Awaited ``call(data, timeout, offset)`` (a framed send or a raw write), tried
-        without waiting and resumed at ``offset`` each time the fd is writable again.
+    # The limit a receive checks: the native handle's own, or the pure stream's.
+    @property
+    def _limit(self) -> int:
+        return self._stream.max_message_size  # type: ignore[union-attr]
+
+    @_limit.setter
+    def _limit(self, value: int) -> None:
+        self._stream.max_message_size = value  # type: ignore[union-attr]
+
+    # The no-wait steps of the awaitables: the native handle's C methods, or these.
+    def _send_step(self, data: Any, offset: int) -> Optional[int]:
+        """One framed write from byte ``offset`` without waiting: None once the whole frame
+        went, else how much of it has gone."""
+        return self._put_step(self._stream.send, data, offset)  # type: ignore[union-attr]
+
+    def _write_step(self, data: Any, offset: int) -> Optional[int]:
+        """:meth:`_send_step` for raw bytes."""
+        return self._put_step(self._stream.write, data, offset)  # type: ignore[union-attr]
+
+    @staticmethod
+    def _put_step(put: Callable[[Any, float, int], Any], data: Any,
+                  offset: int) -> Optional[int]:
+        try:
+            put(data, 0.0, offset)
+            return None
+        except TimeoutError as exc:
+            return getattr(exc, "characters_written", offset)
+
+    def _recv_step(self) -> Optional[bytes]:
+        """The next frame without waiting, or None."""
+        try:
+            return self._stream.recv(0.0)  # type: ignore[union-attr]
+        except TimeoutError:
+            return None
+
+    def _read_step(self, n: int) -> Optional[bytes]:
+        """Up to ``n`` raw bytes without waiting (``b""`` at the end), or None."""
+        try:
+            return self._stream.read(n, 0.0)  # type: ignore[union-attr]
+        except TimeoutError:
+            return None
+
+    async def _send_async(self, data: Any, timeout: Optional[float]) -> None:
+        """Awaited send of ``data`` (a frame, or raw bytes for an end that does not tear),
+        tried without waiting and resumed where it stopped each time the fd is writable
+        again.
 
         Cancelled before any byte went, it sent nothing. Once part of the message went, it
         is finished whatever happens: a cancellation then is absorbed and the call returns
         normally once the message is whole (so that the caller knows it went; within the
         call's timeout, else the object closes, as for any cut-short frame). Sends wait
         for such a finishing send before they start."""
+        step = self._send_step if self._tears else self._write_step
         deadline = Deadline.of(timeout)
         while self._tail is not None:
             await asyncio.shield(self._tail)
-        offset = 0
-        while True:
-            try:
-                call(data, 0.0, offset)
-                return
-            except TimeoutError as exc:
-                offset = getattr(exc, "characters_written", 0)
-            if offset:
-                break
+        offset = step(data, 0)
+        if offset is None:
+            return
+        while not offset:
             if deadline.expired():
                 raise deadline.error()
             await self._ready("w", deadline)
+            offset = step(data, 0)
+            if offset is None:
+                return
         tail: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._tail = tail
         try:
@@ -217,11 +253,9 @@ class StreamEnd(Awaiter):
                     await self._ready("w", deadline)
                 except asyncio.CancelledError:
                     continue  # absorbed: the rest of the message goes first
-                try:
-                    call(data, 0.0, offset)
+                offset = step(data, offset)
+                if offset is None:
                     return
-                except TimeoutError as exc:
-                    offset = getattr(exc, "characters_written", offset)
         except BaseException:
             if self._tears:  # part of a frame went: the peer must see the end, not half
                 self.close()
@@ -230,93 +264,27 @@ class StreamEnd(Awaiter):
             self._tail = None
             tail.set_result(None)
 
-    async def _recv_async(self, recv: Callable[[float], bytes],
-                          timeout: Optional[float]) -> bytes:
-        """Awaited ``recv(timeout)``, tried without waiting each time the fd is readable."""
+    async def _recv_async(self, timeout: Optional[float]) -> bytes:
+        """Awaited receive (a frame, or raw bytes for an end that does not tear), tried
+        without waiting each time the fd is readable."""
         deadline = Deadline.of(timeout)
         while True:
-            try:
-                return recv(0.0)
-            except TimeoutError:
-                if deadline.expired():
-                    raise deadline.error() from None
+            out = self._recv_step() if self._tears else self._read_step(65536)
+            if out is not None:
+                return out
+            if deadline.expired():
+                raise deadline.error() from None
             await self._ready("r", deadline)
-
-
-@uses_handle
-def _counted(end: StreamEnd, op: Callable[..., _R], *args: Any) -> _R:
-    return op(*args)
-
-
-class _Counted:
-    """The operations of a stream that does not count its calls (the pure one), each
-    counted busy on its Handle: its fd is closed only once the last call has left."""
-
-    __slots__ = ("_end", "_stream", "counts_calls")
-
-    def __init__(self, end: StreamEnd, stream: Stream) -> None:
-        self._end = weakref.proxy(end)  # no cycle: a forgotten object still closes at once
-        self._stream = stream
-        self.counts_calls = True
-
-    @property
-    def max_message_size(self) -> int:
-        return self._stream.max_message_size
-
-    @max_message_size.setter
-    def max_message_size(self, value: int) -> None:
-        self._stream.max_message_size = value
-
-    def write(self, data: Any, timeout: float, offset: int = 0) -> int:
-        return _counted(self._end, self._stream.write, data, timeout, offset)
-
-    def send(self, data: Any, timeout: float, offset: int = 0) -> None:
-        _counted(self._end, self._stream.send, data, timeout, offset)
-
-    def send_many(self, messages: list[Any], timeout: float) -> None:
-        _counted(self._end, self._stream.send_many, messages, timeout)
-
-    def read(self, n: int, timeout: float) -> bytes:
-        return _counted(self._end, self._stream.read, n, timeout)
-
-    def recv(self, timeout: float) -> bytes:
-        return _counted(self._end, self._stream.recv, timeout)
-
-    def recv_many(self, max_messages: int, timeout: float) -> list[bytes]:
-        return _counted(self._end, self._stream.recv_many, max_messages, timeout)
-
-    @property
-    def torn(self) -> bool:
-        return self._stream.torn
-
-    def wake(self) -> None:
-        self._stream.wake()
-
-    def free(self) -> None:
-        self._stream.free()
-
-
-class _ClosedOps:
-    """What ``_ops`` is once the object is closed: every operation is ValueError (raised
-    as the operation is looked up, before its arguments are)."""
-
-    __slots__ = ("_what",)
-
-    def __init__(self, what: str) -> None:
-        self._what = what
-
-    def __getattr__(self, name: str) -> Any:
-        raise closed_error(self._what)
 
 
 class PipeWriter(StreamEnd):
     """The write end of a pipe or FIFO. Takes ownership of ``fd``."""
 
     _what = "PipeWriter"
+    _handle_type = "PipeWriterHandle"  # csrc/py/pipe.c: write, send, send_many
 
     def __init__(self, fd: int, *, backend: Optional[str] = None) -> None:
-        impl = _impl(backend)
-        self._open_stream(_check_fd(fd), impl, _core.resolve_backend(backend), reading=False)
+        self._open_stream(_check_fd(fd), _core.resolve_backend(backend), reading=False)
 
     @property
     def pipe_size(self) -> int:
@@ -327,14 +295,18 @@ class PipeWriter(StreamEnd):
     def pipe_size(self, size: int) -> None:
         _set_size(_impl(self._backend), self.fileno(), check_int(size, "size", 1, 2**31 - 1))
 
+    # The per-message operations below are the pure backend's: on the native backend, the
+    # methods of the handle type (csrc/py/pipe.c) come first and do the same in C.
+    @uses_handle
     def write(self, data: Any, timeout: Optional[float] = None) -> int:
         """Write all of ``data`` (raw bytes, no framing) and return its length.
 
         TimeoutError if the pipe stays full for ``timeout`` seconds; its
         ``characters_written`` says how much went. BrokenPipeError if no reader is left.
         """
-        return self._ops.write(data, check_timeout(timeout), 0)
+        return self._stream.write(data, check_timeout(timeout), 0)  # type: ignore[union-attr]
 
+    @uses_handle
     def send(self, data: Any, timeout: Optional[float] = None) -> None:
         """Send ``data`` as one message: a 4-byte big-endian length, then the bytes.
 
@@ -342,34 +314,27 @@ class PipeWriter(StreamEnd):
         would desynchronise the stream, so the writer then closes itself: the reader sees the
         end of the stream, never half a message.
         """
-        try:
-            self._ops.send(data, -1.0 if timeout is None else check_timeout(timeout))
-        except BaseException:
-            self._torn()
-            raise
+        self._stream.send(data, check_timeout(timeout))  # type: ignore[union-attr]
 
+    @uses_handle
     def send_many(self, messages: Iterable[Any], timeout: Optional[float] = None) -> None:
         """Send each of ``messages`` as one message, all in one write (or as few as the pipe
         allows): far cheaper per message than ``send`` for a stream of small ones. Timeouts
         and errors as for :meth:`send`; the receiver may take them with ``recv`` or
         ``recv_many``."""
-        ops = self._ops
         if isinstance(messages, (bytes, bytearray, memoryview, str)):
             raise TypeError("send_many takes an iterable of messages, not one message")
         batch = list(messages)
+        t = check_timeout(timeout)
         if batch:
-            try:
-                ops.send_many(batch, check_timeout(timeout))
-            except BaseException:
-                self._torn()
-                raise
+            self._stream.send_many(batch, t)  # type: ignore[union-attr]
 
     @uses_handle_async
     async def send_async(self, data: Any, timeout: Optional[float] = None) -> None:
         """Awaitable :meth:`send` on the running loop. Cancelled before any byte of the
         message went, it sent nothing; once part went, the rest is still sent (the frame is
         never torn) and a later ``send_async`` waits for it."""
-        await self._send_async(self._stream.send, data, timeout)
+        await self._send_async(data, timeout)
 
 
 class PipeReader(StreamEnd):
@@ -380,6 +345,7 @@ class PipeReader(StreamEnd):
     """
 
     _what = "PipeReader"
+    _handle_type = "PipeReaderHandle"  # csrc/py/pipe.c: read, recv, recv_many
 
     def __init__(
         self,
@@ -388,9 +354,8 @@ class PipeReader(StreamEnd):
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         backend: Optional[str] = None,
     ) -> None:
-        impl = _impl(backend)
         max_message_size = check_int(max_message_size, "max_message_size", 0, MAX_FRAME)
-        self._open_stream(_check_fd(fd), impl, _core.resolve_backend(backend), reading=True,
+        self._open_stream(_check_fd(fd), _core.resolve_backend(backend), reading=True,
                           max_message_size=max_message_size)
 
     pipe_size = PipeWriter.pipe_size
@@ -398,38 +363,40 @@ class PipeReader(StreamEnd):
     @property
     def max_message_size(self) -> int:
         self._check_open()
-        return self._stream.max_message_size
+        return self._limit
 
     @max_message_size.setter
     def max_message_size(self, value: int) -> None:
         self._check_open()
-        self._stream.max_message_size = check_int(value, "max_message_size", 0, MAX_FRAME)
+        self._limit = check_int(value, "max_message_size", 0, MAX_FRAME)
 
+    # The per-message operations below are the pure backend's (see PipeWriter).
+    @uses_handle
     def read(self, n: int = 65536, timeout: Optional[float] = None) -> bytes:
         """Up to ``n`` raw bytes, as soon as any are there; ``b""`` at end of stream."""
-        read = self._ops.read
         n = check_int(n, "n", 0, 2**31 - 1)
         t = check_timeout(timeout)
-        return read(n, t) if n else b""
+        return self._stream.read(n, t) if n else b""  # type: ignore[union-attr]
 
+    @uses_handle
     def recv(self, timeout: Optional[float] = None) -> bytes:
         """The next whole message. EOFError at end of stream; a message cut short by the
         writer's end is dropped, never returned. OSError(EMSGSIZE) for a frame announcing more
         than ``max_message_size`` bytes."""
-        return self._ops.recv(-1.0 if timeout is None else check_timeout(timeout))
+        return self._stream.recv(check_timeout(timeout))  # type: ignore[union-attr]
 
+    @uses_handle
     def recv_many(self, max_messages: int = 1024, timeout: Optional[float] = None) -> list[bytes]:
         """Wait like :meth:`recv` for the next message, then take every further whole message
         already read ahead, up to ``max_messages`` in all, without waiting again."""
-        recv_many = self._ops.recv_many
         n = check_int(max_messages, "max_messages", 1, 2**31 - 1)
-        return recv_many(n, check_timeout(timeout))
+        return self._stream.recv_many(n, check_timeout(timeout))  # type: ignore[union-attr]
 
     @uses_handle_async
     async def recv_async(self, timeout: Optional[float] = None) -> bytes:
         """Awaitable :meth:`recv` on the running loop. Cancelled, it leaves the message (and
         any part of it read ahead) for the next call."""
-        return await self._recv_async(self._stream.recv, timeout)
+        return await self._recv_async(timeout)
 
     def __iter__(self) -> Iterator[bytes]:
         """Messages until the writer closes."""

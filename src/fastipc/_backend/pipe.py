@@ -1,7 +1,9 @@
 """The backend contract of :mod:`fastipc.pipe` and :mod:`fastipc.client`, at the grain of
 one user operation: a byte stream over one fd (a pipe end, a FIFO end, a connected socket)
 with raw and framed I/O. ``fastipc._native.pipe`` (C, ``csrc/pipe.c``) and
-``fastipc._pure.pipe`` implement it; mypy --strict checks both against it.
+``fastipc._pure.pipe`` implement :class:`Module`; the pure one also :class:`PureModule`
+(natively the streams are the public objects' handles, ``csrc/py/pipe.c``); mypy --strict
+checks both against it.
 
 Timeouts are validated already, in the convention of :func:`fastipc._core.check_timeout`
 (``-1.0`` forever, ``0.0`` try once, ``> 0`` seconds). Errors are raised as exceptions:
@@ -16,17 +18,13 @@ from typing import Any, Protocol
 
 
 class Stream(Protocol):
-    """One end of a byte stream; it owns the fd. Reading operations need ``reading=True``
-    at construction (the read-ahead buffer).
-
-    ``counts_calls``: True if the stream counts the calls running on it itself (the native
-    one, in C), so that :meth:`free` may be called while they run (it wakes them and the fd
-    is closed when the last leaves; later calls raise ValueError): the caller then needs no
-    busy count of its own. False: the caller must call :meth:`free` only once no call runs
-    (the pure one; :class:`fastipc._core.Handle` sees to it)."""
+    """One end of a byte stream of the pure backend; it owns the fd. Reading operations need
+    ``reading=True`` at construction (the read-ahead buffer). (The native backend has no
+    Python stream: the public object is its handle, whose C methods are the operations:
+    csrc/py/pipe.c.) The caller counts the calls (:class:`fastipc._core.Handle`) and calls
+    :meth:`free` only once none runs."""
 
     max_message_size: int
-    counts_calls: bool
 
     @property
     def torn(self) -> bool:
@@ -58,7 +56,7 @@ class Stream(Protocol):
         from any thread. Later waits return at once too."""
 
     def free(self) -> None:
-        """Close the fd and release the object's resources (see ``counts_calls``)."""
+        """Close the fd and release the object's resources (no call may run)."""
 
 
 class Module(Protocol):
@@ -75,6 +73,10 @@ class Module(Protocol):
 
     def writer_present(self, fd: int) -> bool:
         """Whether the FIFO opened for reading as ``fd`` has a writer (or data waiting)."""
+
+
+class PureModule(Module, Protocol):
+    """The pure backend also makes the streams themselves."""
 
     def stream(self, fd: int, *, reading: bool, sock: bool, max_message_size: int,
                what: str) -> Stream:

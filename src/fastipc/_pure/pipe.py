@@ -13,8 +13,8 @@ import select
 import signal
 import socket
 import struct
-from collections.abc import Iterable
-from typing import Any, Callable, Optional
+from collections.abc import Callable, Iterable
+from typing import Any, Optional
 
 from fastipc._backend.pipe import Stream
 from fastipc._core import FIPC_EOF, FIPC_TOOBIG, Deadline, byte_view, closed_error, raise_errno
@@ -102,7 +102,6 @@ class PureStream:
     __slots__ = ("_buf", "_end", "_got", "_pending", "_pid", "_poll", "_reading", "_sock",
                  "_start", "_wake_r", "_wake_w", "_what", "_woken", "_writing", "fd",
                  "max_message_size", "torn")
-    counts_calls = False
 
     def __init__(self, fd: int, reading: bool, sock: bool, max_message_size: int,
                  what: str = "stream") -> None:
@@ -145,7 +144,10 @@ class PureStream:
     # ---- writing
     def write(self, data: Any, timeout: float, offset: int = 0) -> int:
         view = as_view(data)
-        self._write_all([view], timeout, offset)
+        try:
+            self._write_all([view], timeout, offset)
+        finally:
+            self.torn = False  # raw bytes: there is no frame to cut short
         return len(view)
 
     def send(self, data: Any, timeout: float, offset: int = 0) -> None:

@@ -25,8 +25,9 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import struct
+from collections.abc import Callable
 from functools import partial
-from typing import Any, Callable
+from typing import Any
 
 from fastipc.bench import Case, now, pinned, run_c
 
