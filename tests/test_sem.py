@@ -564,3 +564,26 @@ def test_acquire_async_native_and_pure_together(cross: tuple[str, str], name: st
         a.close()
         b.close()
         sem.unlink(name)
+
+
+BAD_ACQUIRES = [((1, 2), {}), ((), {"x": 1}), ((), {"timeout": -1}), ((), {"timeout": "1"}),
+                ((), {"timeout": float("nan")}), ((1,), {"timeout": 1})]
+
+
+@pytest.mark.parametrize(("args", "kwargs"), BAD_ACQUIRES)
+def test_bad_arguments_fail_alike_on_both_backends(name: str, args: tuple[object, ...],
+                                                   kwargs: dict[str, object]) -> None:
+    """The native handle's C method refuses what the pure backend's Python method refuses,
+    with the same exception and message."""
+    seen = []
+    for which in ("native", "pure"):
+        s = sem.Semaphore(name, create=True, value=1, backend=which)
+        try:
+            with pytest.raises((TypeError, ValueError)) as info:
+                s.acquire(*args, **kwargs)
+            seen.append((type(info.value), str(info.value)))
+            assert s.value == 1  # nothing taken
+        finally:
+            s.close()
+            s.unlink()
+    assert seen[0] == seen[1]

@@ -226,12 +226,17 @@ int fipc_h_timeout(PyObject *obj, double *out)
 int fipc_h_args(const char *func, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
                 const char *const *names, int required, PyObject **out)
 {
+    /* the messages are CPython's for a Python method with these parameters (self counted) */
     int n = 0;
     while (names[n] != NULL)
         out[n++] = NULL;
     if (nargs > n) {
-        PyErr_Format(PyExc_TypeError, "%s() takes at most %d arguments (%zd given)", func, n,
-                     nargs);
+        if (required == n)
+            PyErr_Format(PyExc_TypeError, "%s() takes %d positional arguments but %zd were "
+                         "given", func, n + 1, nargs + 1);
+        else
+            PyErr_Format(PyExc_TypeError, "%s() takes from %d to %d positional arguments but "
+                         "%zd were given", func, required + 1, n + 1, nargs + 1);
         return -1;
     }
     for (Py_ssize_t i = 0; i < nargs; i++)
@@ -256,8 +261,8 @@ int fipc_h_args(const char *func, PyObject *const *args, Py_ssize_t nargs, PyObj
     }
     for (int i = 0; i < required; i++) {
         if (out[i] == NULL) {
-            PyErr_Format(PyExc_TypeError, "%s() missing required argument '%s'", func,
-                         names[i]);
+            PyErr_Format(PyExc_TypeError, "%s() missing 1 required positional argument: '%s'",
+                         func, names[i]);
             return -1;
         }
     }
@@ -273,17 +278,22 @@ int fipc_h_buffer(PyObject *data, Py_buffer *view, int writable)
     }
     if (PyObject_GetBuffer(data, view, writable ? PyBUF_WRITABLE : PyBUF_SIMPLE) == 0)
         return 0;
-    if (PyErr_ExceptionMatches(PyExc_BufferError) || PyErr_ExceptionMatches(PyExc_TypeError)) {
+    /* the messages of fastipc._core.byte_view: not a buffer at all, or not a flat one */
+    int not_a_buffer = PyErr_ExceptionMatches(PyExc_TypeError);
+    if (not_a_buffer || PyErr_ExceptionMatches(PyExc_BufferError)) {
         PyErr_Clear();
-        PyTypeObject *tp = Py_TYPE(data);
-        PyObject *name = PyType_GetName(tp);
+        PyObject *name = PyType_GetName(Py_TYPE(data));
+        if (name == NULL)
+            return -1;
         if (writable)
             PyErr_Format(PyExc_TypeError, "a writable contiguous bytes-like object is "
                          "required, not %R", name);
+        else if (not_a_buffer)
+            PyErr_Format(PyExc_TypeError, "a bytes-like object is required, not %R", name);
         else
             PyErr_Format(PyExc_TypeError, "a contiguous bytes-like object is required, not %R",
                          name);
-        Py_XDECREF(name);
+        Py_DECREF(name);
     }
     return -1;
 }
