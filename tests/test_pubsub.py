@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import contextlib
 import errno
+import itertools
 import mmap
 import os
 import random
@@ -70,7 +71,7 @@ while True:
     if delay:
         time.sleep(delay)
 print("got", len(got), got[0] if got else -1, got[-1] if got else -1,
-      int(all(b > a for a, b in zip(got, got[1:]))), sub.missed, flush=True)
+      int(all(b > a for a, b in itertools.pairwise(got))), sub.missed, flush=True)
 sub.close()
 """
 
@@ -1095,7 +1096,7 @@ def test_subscribers_join_a_running_drop_oldest_publisher(pair: tuple[str, str],
                 missed0 = sub.missed
                 assert missed0 <= first
                 got = [first] + [check_message(sub.recv(timeout=5)) for _ in range(9)]
-                gaps = sum(b - a - 1 for a, b in zip(got, got[1:]))
+                gaps = sum(b - a - 1 for a, b in itertools.pairwise(got))
                 assert sub.missed - missed0 == gaps, (got, sub.missed, missed0)
                 received += len(got)
         assert joins > 5 and received >= 10 * joins
