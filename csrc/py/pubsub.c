@@ -180,6 +180,41 @@ static PyObject *call_hook(PubHandle *self, const char *name)
     return PyObject_CallMethod((PyObject *)self, name, NULL);
 }
 
+/* Parse a method's arguments (fipc_h_args); what it refuses is raised by the Python method
+ * of the same name (_bad_call), so that the TypeError says what Python says for the pure
+ * backend's method. 0, or -1 with the exception set. */
+static int parse(PubHandle *self, const char *func, PyObject *const *args, Py_ssize_t nargs,
+                 PyObject *kwnames, const char *const *names, int required, PyObject **out)
+{
+    if (fipc_h_args(func, args, nargs, kwnames, names, required, out) == 0)
+        return 0;
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyObject *pos = PyTuple_New(nargs), *kw = PyDict_New();
+    Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_Size(kwnames);
+    int ok = pos != NULL && kw != NULL;
+    for (Py_ssize_t i = 0; ok && i < nargs; i++) {
+        Py_INCREF(args[i]);
+        PyTuple_SetItem(pos, i, args[i]);
+    }
+    for (Py_ssize_t k = 0; ok && k < nkw; k++)
+        ok = PyDict_SetItem(kw, PyTuple_GetItem(kwnames, k), args[nargs + k]) == 0;
+    PyObject *r = ok ? PyObject_CallMethod((PyObject *)self, "_bad_call", "sOO", func, pos, kw)
+                     : NULL;
+    Py_XDECREF(pos);
+    Py_XDECREF(kw);
+    if (r != NULL) { /* (it always raises) */
+        Py_DECREF(r);
+        PyErr_Restore(type, value, tb);
+    }
+    else {
+        Py_XDECREF(type);
+        Py_XDECREF(value);
+        Py_XDECREF(tb);
+    }
+    return -1;
+}
+
 /* _park(): None if ready, else (address of the futex word, its value): see fipc_pub_park. */
 static PyObject *pub_park(PubHandle *self, PyObject *Py_UNUSED(ignored))
 {
@@ -233,6 +268,21 @@ static PyObject *pub_stats(PubHandle *self, PyObject *Py_UNUSED(ignored))
 
 /* ------------------------------------------------------------------------ publisher */
 
+/* A message's buffer, no copy: 0, or -1 with the TypeError of _core.byte_view (the pure
+ * backend's message: fipc_h_buffer words some cases differently). */
+static int data_buffer(PyObject *data, Py_buffer *view)
+{
+    if (!PyUnicode_Check(data) && PyObject_GetBuffer(data, view, PyBUF_SIMPLE) == 0)
+        return 0;
+    PyErr_Clear();
+    PyObject *r = PyObject_CallFunctionObjArgs(core_byte_view, data, NULL);
+    if (r != NULL) {
+        Py_DECREF(r);
+        PyErr_SetString(PyExc_TypeError, "a contiguous bytes-like object is required");
+    }
+    return -1;
+}
+
 typedef struct {
     PubHandle *p;
     const char *const *bufs;
@@ -280,8 +330,8 @@ static PyObject *pub_send(PubHandle *self, PyObject *const *args, Py_ssize_t nar
     Py_buffer view;
     if (fipc_h_enter(&self->h) < 0)
         return NULL;
-    if (fipc_h_args("send", args, nargs, kwnames, send_names, 1, arg) < 0 ||
-        fipc_h_timeout(arg[1], &timeout) < 0 || fipc_h_buffer(arg[0], &view, 0) < 0)
+    if (parse(self, "send", args, nargs, kwnames, send_names, 1, arg) < 0 ||
+        fipc_h_timeout(arg[1], &timeout) < 0 || data_buffer(arg[0], &view) < 0)
         return fail(self);
     const char *buf = view.buf;
     uint64_t len = (uint64_t)view.len;
@@ -304,7 +354,7 @@ static PyObject *pub_send_nowait(PubHandle *self, PyObject *data)
     Py_buffer view;
     if (fipc_h_enter(&self->h) < 0)
         return NULL;
-    if (fipc_h_buffer(data, &view, 0) < 0)
+    if (data_buffer(data, &view) < 0)
         return fail(self);
     uint64_t len = (uint64_t)view.len;
     int64_t rc = fipc_pub_send(&self->core, view.buf, len, 0.0);
@@ -378,18 +428,10 @@ static int batch_of(PyObject *messages, batch *b)
         PyObject *item = PySequence_GetItem(b->seq, i);
         if (item == NULL)
             goto fail;
-        int rc = PyUnicode_Check(item) ? -1
-                 : PyObject_GetBuffer(item, &b->views[i], PyBUF_SIMPLE);
-        if (rc < 0) { /* the pure backend's message for it */
-            PyErr_Clear();
-            PyObject *r = PyObject_CallFunctionObjArgs(core_byte_view, item, NULL);
-            Py_XDECREF(r);
-            if (r != NULL)
-                PyErr_SetString(PyExc_TypeError, "a contiguous bytes-like object is required");
-            Py_DECREF(item);
-            goto fail;
-        }
+        int rc = data_buffer(item, &b->views[i]);
         Py_DECREF(item);
+        if (rc < 0)
+            goto fail;
         b->got = i + 1;
         b->bufs[i] = b->views[i].buf;
         b->lens[i] = (uint64_t)b->views[i].len;
@@ -425,7 +467,7 @@ static PyObject *pub_send_many(PubHandle *self, PyObject *const *args, Py_ssize_
     batch b;
     if (fipc_h_enter(&self->h) < 0)
         return NULL;
-    if (fipc_h_args("send_many", args, nargs, kwnames, send_many_names, 1, arg) < 0 ||
+    if (parse(self, "send_many", args, nargs, kwnames, send_many_names, 1, arg) < 0 ||
         fipc_h_timeout(arg[1], &timeout) < 0 || batch_of(arg[0], &b) < 0)
         return fail(self);
     int64_t rc = 0;
@@ -637,7 +679,7 @@ static PyObject *sub_recv(PubHandle *self, PyObject *const *args, Py_ssize_t nar
     double timeout;
     if (fipc_h_enter(&self->h) < 0)
         return NULL;
-    if (fipc_h_args("recv", args, nargs, kwnames, recv_names, 0, arg) < 0 ||
+    if (parse(self, "recv", args, nargs, kwnames, recv_names, 0, arg) < 0 ||
         fipc_h_timeout(arg[0], &timeout) < 0 || unstick(self) < 0)
         return fail(self);
     int64_t status = 0;
@@ -715,7 +757,7 @@ static PyObject *sub_recv_into(PubHandle *self, PyObject *const *args, Py_ssize_
     Py_buffer view;
     if (fipc_h_enter(&self->h) < 0)
         return NULL;
-    if (fipc_h_args("recv_into", args, nargs, kwnames, recv_into_names, 1, arg) < 0 ||
+    if (parse(self, "recv_into", args, nargs, kwnames, recv_into_names, 1, arg) < 0 ||
         fipc_h_timeout(arg[1], &timeout) < 0 || writable_buffer(arg[0], &view) < 0)
         return fail(self);
     if (unstick(self) < 0) {
@@ -847,7 +889,7 @@ static PyObject *sub_recv_many(PubHandle *self, PyObject *const *args, Py_ssize_
     long max;
     if (fipc_h_enter(&self->h) < 0)
         return NULL;
-    if (fipc_h_args("recv_many", args, nargs, kwnames, recv_many_names, 0, arg) < 0 ||
+    if (parse(self, "recv_many", args, nargs, kwnames, recv_many_names, 0, arg) < 0 ||
         max_messages_of(arg[0], &max) < 0 || fipc_h_timeout(arg[1], &timeout) < 0 ||
         unstick(self) < 0)
         return fail(self);

@@ -20,6 +20,7 @@ by both backends, is in ``docs/pubsub-layout.md``.
 from __future__ import annotations
 
 import errno
+import inspect
 import mmap
 import os
 import stat
@@ -129,6 +130,17 @@ class _Endpoint(SegmentEnd):
         self._check_open()
         spins, sleeps = self._stats()
         return {"spins": spins, "sleeps": sleeps}
+
+    def _bad_call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> NoReturn:
+        """The TypeError of a call whose arguments the native handle refused: the one the
+        Python method of that name (the pure backend's) raises, in Python's words."""
+        func = next(vars(c)[method] for c in type(self).__mro__
+                    if inspect.isfunction(vars(c).get(method)))
+        try:
+            inspect.signature(func).bind(self, *args, **kwargs)
+        except TypeError:
+            func(self, *args, **kwargs)  # fails binding them, as the pure backend's call
+        raise TypeError(f"{method}(): bad arguments")
 
     # The pure backend's await hooks and counters (the native handle's are C methods).
     def _stats(self) -> tuple[int, int]:
