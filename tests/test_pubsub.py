@@ -1522,6 +1522,9 @@ def test_dropping_the_last_reference_frees_at_once_without_the_collector(
                 kept = view[1:]
             assert bytes(kept) == b"eld"
             del kept
+            pub.send(b"no timeout")
+            with sub.recv_view() as view:  # waits as long as it takes
+                assert bytes(view) == b"no timeout"
         elif calls == "awaitables":
 
             async def main(p: Any, s: Any) -> None:

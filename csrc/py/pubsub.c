@@ -931,14 +931,19 @@ static PyObject *sub_recv_many_nowait(PubHandle *self, PyObject *arg)
     return r;
 }
 
-/* _view(timeout): the next message for recv_view: (memoryview, ring position) of an
- * exporter of its own (Holds._export) under "block", else (memoryview of a copy, None). */
+/* _view(timeout): the next message for recv_view (timeout: checked already, in the C
+ * convention: < 0 forever): (memoryview, ring position) of an exporter of its own
+ * (Holds._export) under "block", else (memoryview of a copy, None). */
 static PyObject *sub_view(PubHandle *self, PyObject *arg)
 {
-    double timeout;
+    double timeout = PyFloat_AsDouble(arg);
+    if (timeout == -1.0 && PyErr_Occurred())
+        return NULL;
+    if (timeout < 0)
+        timeout = -1.0;
     if (fipc_h_enter(&self->h) < 0)
         return NULL;
-    if (fipc_h_timeout(arg, &timeout) < 0 || unstick(self) < 0)
+    if (unstick(self) < 0)
         return fail(self);
     int64_t status = 0;
     PyObject *copy = NULL, *r = NULL;
