@@ -294,14 +294,20 @@ typedef struct {
 static int64_t send_attempt(void *ctx, double timeout)
 {
     send_ctx *c = ctx;
-    if (c->count == 1)
-        return fipc_pub_send(&c->p->core, c->bufs[0], c->lens[0], timeout);
+    if (c->count == 1) { /* (one message: no batch to count) */
+        int64_t rc = fipc_pub_send(&c->p->core, c->bufs[0], c->lens[0], timeout);
+        c->done = rc == 0;
+        return rc;
+    }
     uint64_t sent = 0;
     int64_t rc = fipc_pub_send_vec(&c->p->core, c->bufs + c->done, c->lens + c->done,
                                    c->count - c->done, timeout, &sent);
     c->done += sent;
     return rc;
 }
+
+static int send_messages(PubHandle *self, send_ctx *c, double timeout, int nowait,
+                         int many);
 
 /* A send that failed with status rc: the message cut short is abandoned (subscribers drop
  * what was streamed of it), and the exception raised. n: the length of the message that
@@ -336,12 +342,10 @@ static PyObject *pub_send(PubHandle *self, PyObject *const *args, Py_ssize_t nar
     const char *buf = view.buf;
     uint64_t len = (uint64_t)view.len;
     send_ctx c = {self, &buf, &len, 1, 0};
-    int64_t rc = fipc_h_wait(&self->h, send_attempt, &c, timeout, -ETIMEDOUT);
+    int rc = send_messages(self, &c, timeout, 0, 0);
     PyBuffer_Release(&view);
-    if (rc < 0) {
-        send_failed(self, rc, len, timeout);
+    if (rc < 0)
         return fail(self);
-    }
     if (fipc_h_leave(&self->h) < 0)
         return NULL;
     Py_RETURN_NONE;
@@ -356,16 +360,16 @@ static PyObject *pub_send_nowait(PubHandle *self, PyObject *data)
         return NULL;
     if (data_buffer(data, &view) < 0)
         return fail(self);
+    const char *buf = view.buf;
     uint64_t len = (uint64_t)view.len;
-    int64_t rc = fipc_pub_send(&self->core, view.buf, len, 0.0);
+    send_ctx c = {self, &buf, &len, 1, 0};
+    int rc = send_messages(self, &c, 0.0, 1, 0);
     PyBuffer_Release(&view);
-    if (rc < 0 && rc != -ETIMEDOUT && rc != -EINTR) {
-        send_failed(self, rc, len, 0.0);
+    if (rc < 0)
         return fail(self);
-    }
     if (fipc_h_leave(&self->h) < 0)
         return NULL;
-    return PyBool_FromLong(rc == 0);
+    return PyBool_FromLong(rc);
 }
 
 /* _give_up(): an awaited send ended early: what was streamed of its message is abandoned. */
@@ -457,6 +461,25 @@ static void tell_sent(uint64_t sent)
     PyErr_Restore(type, value, tb);
 }
 
+/* Send c's messages from c->done on, waiting up to timeout (nowait: one attempt that
+ * cannot wait). 1 all went, 0 (nowait) some have to wait (a message streamed in part keeps
+ * its progress for the next attempt), -1 raised (many: saying how many went). */
+static int send_messages(PubHandle *self, send_ctx *c, double timeout, int nowait, int many)
+{
+    int64_t rc = 0;
+    if (c->done < c->count)
+        rc = nowait ? send_attempt(c, 0.0)
+                    : fipc_h_wait(&self->h, send_attempt, c, timeout, -ETIMEDOUT);
+    if (rc >= 0)
+        return 1;
+    if (nowait && (rc == -ETIMEDOUT || rc == -EINTR))
+        return 0;
+    send_failed(self, rc, c->done < c->count ? c->lens[c->done] : 0, timeout);
+    if (many)
+        tell_sent(c->done);
+    return -1;
+}
+
 static const char *const send_many_names[] = {"messages", "timeout", NULL};
 
 static PyObject *pub_send_many(PubHandle *self, PyObject *const *args, Py_ssize_t nargs,
@@ -470,17 +493,11 @@ static PyObject *pub_send_many(PubHandle *self, PyObject *const *args, Py_ssize_
     if (parse(self, "send_many", args, nargs, kwnames, send_many_names, 1, arg) < 0 ||
         fipc_h_timeout(arg[1], &timeout) < 0 || batch_of(arg[0], &b) < 0)
         return fail(self);
-    int64_t rc = 0;
     send_ctx c = {self, b.bufs, b.lens, (uint64_t)b.n, 0};
-    if (b.n > 0)
-        rc = fipc_h_wait(&self->h, send_attempt, &c, timeout, -ETIMEDOUT);
-    if (rc < 0)
-        send_failed(self, rc, c.done < c.count ? c.lens[c.done] : 0, timeout);
+    int rc = send_messages(self, &c, timeout, 0, 1);
     batch_free(&b);
-    if (rc < 0) {
-        tell_sent(c.done);
+    if (rc < 0)
         return fail(self);
-    }
     if (fipc_h_leave(&self->h) < 0)
         return NULL;
     Py_RETURN_NONE;
@@ -504,15 +521,10 @@ static PyObject *pub_send_many_nowait(PubHandle *self, PyObject *args)
         return fail(self);
     }
     send_ctx c = {self, b.bufs, b.lens, (uint64_t)b.n, (uint64_t)first};
-    int64_t rc = first < b.n ? send_attempt(&c, 0.0) : 0;
-    int failed = rc < 0 && rc != -ETIMEDOUT && rc != -EINTR;
-    if (failed)
-        send_failed(self, rc, c.done < c.count ? c.lens[c.done] : 0, 0.0);
+    int rc = send_messages(self, &c, 0.0, 1, 1);
     batch_free(&b);
-    if (failed) {
-        tell_sent(c.done);
+    if (rc < 0)
         return fail(self);
-    }
     if (fipc_h_leave(&self->h) < 0)
         return NULL;
     return PyLong_FromUnsignedLongLong(c.done - (uint64_t)first);
@@ -670,6 +682,20 @@ static PyObject *take(PubHandle *self, double timeout, int more, int64_t *status
     }
 }
 
+/* The end of a receiving call: its result r, or (NULL) the exception of status. */
+static PyObject *recv_done(PubHandle *self, PyObject *r, int64_t status, double timeout)
+{
+    if (r == NULL) {
+        recv_failed(self, status, timeout);
+        return fail(self);
+    }
+    if (fipc_h_leave(&self->h) < 0) {
+        Py_DECREF(r);
+        return NULL;
+    }
+    return r;
+}
+
 static const char *const recv_names[] = {"timeout", NULL};
 
 static PyObject *sub_recv(PubHandle *self, PyObject *const *args, Py_ssize_t nargs,
@@ -684,15 +710,7 @@ static PyObject *sub_recv(PubHandle *self, PyObject *const *args, Py_ssize_t nar
         return fail(self);
     int64_t status = 0;
     PyObject *r = take(self, timeout, 0, &status);
-    if (r == NULL) {
-        recv_failed(self, status, timeout);
-        return fail(self);
-    }
-    if (fipc_h_leave(&self->h) < 0) {
-        Py_DECREF(r);
-        return NULL;
-    }
-    return r;
+    return recv_done(self, r, status, timeout);
 }
 
 /* _recv_nowait(): the next message, or None if there is none yet (for awaiting). */
@@ -708,15 +726,7 @@ static PyObject *sub_recv_nowait(PubHandle *self, PyObject *Py_UNUSED(ignored))
         r = Py_None;
         Py_INCREF(r);
     }
-    if (r == NULL) {
-        recv_failed(self, status, 0.0);
-        return fail(self);
-    }
-    if (fipc_h_leave(&self->h) < 0) {
-        Py_DECREF(r);
-        return NULL;
-    }
-    return r;
+    return recv_done(self, r, status, 0.0);
 }
 
 static PyObject *too_small(uint64_t cap, uint64_t n)
@@ -895,15 +905,7 @@ static PyObject *sub_recv_many(PubHandle *self, PyObject *const *args, Py_ssize_
         return fail(self);
     int64_t status = 0;
     PyObject *r = many(self, timeout, max, &status);
-    if (r == NULL) {
-        recv_failed(self, status, timeout);
-        return fail(self);
-    }
-    if (fipc_h_leave(&self->h) < 0) {
-        Py_DECREF(r);
-        return NULL;
-    }
-    return r;
+    return recv_done(self, r, status, timeout);
 }
 
 /* _recv_many_nowait(max_messages): recv_many without waiting, or None (for awaiting). */
@@ -920,15 +922,7 @@ static PyObject *sub_recv_many_nowait(PubHandle *self, PyObject *arg)
         r = Py_None;
         Py_INCREF(r);
     }
-    if (r == NULL) {
-        recv_failed(self, status, 0.0);
-        return fail(self);
-    }
-    if (fipc_h_leave(&self->h) < 0) {
-        Py_DECREF(r);
-        return NULL;
-    }
-    return r;
+    return recv_done(self, r, status, 0.0);
 }
 
 /* _view(timeout): the next message for recv_view (timeout: checked already, in the C
@@ -976,15 +970,7 @@ static PyObject *sub_view(PubHandle *self, PyObject *arg)
         if (r == NULL)
             status = FIPC_H_RAISED;
     }
-    if (r == NULL) {
-        recv_failed(self, status, timeout);
-        return fail(self);
-    }
-    if (fipc_h_leave(&self->h) < 0) {
-        Py_DECREF(r);
-        return NULL;
-    }
-    return r;
+    return recv_done(self, r, status, timeout);
 }
 
 /* Holds' hooks: set_hold(pos) (None: no hold) and _recheck(flag). */
@@ -1026,10 +1012,16 @@ static PyObject *sub_missed(PubHandle *self, PyObject *Py_UNUSED(ignored))
 /* ------------------------------------------------------------------------ the types */
 
 #define FASTCALL(f) (PyCFunction)(void (*)(void))(f), METH_FASTCALL | METH_KEYWORDS
+/* what both ends have (and the end of the table) */
+#define BOTH_ENDS                                                       \
+    {"_forsake", (PyCFunction)pub_forsake, METH_NOARGS, NULL},          \
+    {"_park", (PyCFunction)pub_park, METH_NOARGS, NULL},                \
+    {"_unpark", (PyCFunction)pub_unpark, METH_NOARGS, NULL},            \
+    {"_stats", (PyCFunction)pub_stats, METH_NOARGS, NULL},              \
+    {NULL, NULL, 0, NULL}
 
 static PyMethodDef pub_methods[] = {
     {"_open", (PyCFunction)pub_open, METH_VARARGS, NULL},
-    {"_forsake", (PyCFunction)pub_forsake, METH_NOARGS, NULL},
     {"send", FASTCALL(pub_send),
      "send(data, timeout=None)\n--\n\n"
      "Publish one message (any bytes-like object). Under ``\"block\"``, waits up to "
@@ -1042,15 +1034,11 @@ static PyMethodDef pub_methods[] = {
     {"_send_nowait", (PyCFunction)pub_send_nowait, METH_O, NULL},
     {"_send_many_nowait", (PyCFunction)pub_send_many_nowait, METH_VARARGS, NULL},
     {"_give_up", (PyCFunction)pub_give_up, METH_NOARGS, NULL},
-    {"_park", (PyCFunction)pub_park, METH_NOARGS, NULL},
-    {"_unpark", (PyCFunction)pub_unpark, METH_NOARGS, NULL},
-    {"_stats", (PyCFunction)pub_stats, METH_NOARGS, NULL},
-    {NULL, NULL, 0, NULL},
+    BOTH_ENDS,
 };
 
 static PyMethodDef sub_methods[] = {
     {"_open", (PyCFunction)sub_open, METH_VARARGS, NULL},
-    {"_forsake", (PyCFunction)pub_forsake, METH_NOARGS, NULL},
     {"recv", FASTCALL(sub_recv),
      "recv(timeout=None)\n--\n\n"
      "The next message. EOFError once the publisher has gone and all was read."},
@@ -1068,10 +1056,7 @@ static PyMethodDef sub_methods[] = {
     {"set_hold", (PyCFunction)sub_set_hold, METH_O, NULL},
     {"_recheck", (PyCFunction)sub_recheck, METH_O, NULL},
     {"_missed", (PyCFunction)sub_missed, METH_NOARGS, NULL},
-    {"_park", (PyCFunction)pub_park, METH_NOARGS, NULL},
-    {"_unpark", (PyCFunction)pub_unpark, METH_NOARGS, NULL},
-    {"_stats", (PyCFunction)pub_stats, METH_NOARGS, NULL},
-    {NULL, NULL, 0, NULL},
+    BOTH_ENDS,
 };
 
 static PyType_Slot pub_slots[] = {
