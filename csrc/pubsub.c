@@ -25,6 +25,12 @@
 #define FIPC_RING_FIRST_HDR ((uint64_t)FIPC_PUB_FIRST_HDR)
 #include "ring.h"
 
+/* The fan-out sends a batch from one buffer per message (fipc_pub_send_vec), not from one
+ * contiguous buffer as the shm channel does. */
+static int64_t ring_send_many(fipc_ring_h *h, const char *buf, const uint64_t *lens,
+                              uint64_t count, double timeout, uint64_t *sent)
+    __attribute__((unused));
+
 #include <errno.h>
 #include <fcntl.h>
 #include <stdatomic.h>
@@ -45,11 +51,6 @@ _Static_assert(FIPC_PUB_FR_WHOLE == FIPC_FR_WHOLE && FIPC_PUB_FR_FIRST == FIPC_F
 #define MAX_CHUNK (256u << 10)
 
 #define SLOT(i, field) (FIPC_PUB_OFF_SLOTS + (size_t)(i) * FIPC_PUB_SLOT_SIZE + (field))
-
-int fipc_pub_busy(fipc_pub *h)
-{
-    return fipc_busy_count(&h->busy);
-}
 
 /* ---------------------------------------------------------------- liveness (OFD locks) */
 
@@ -374,7 +375,7 @@ static int wait_ring(fipc_pub *h, uint64_t need, double timeout, int64_t *deadli
         if (rc < 0)
             return rc;
         if (sub && h->recheck)
-            return -EINTR; /* Python looks at its exported views, then waits again */
+            return FIPC_PUB_RECHECK; /* Python looks at its exported views, waits again */
     }
 }
 
@@ -621,110 +622,71 @@ static int64_t sub_recv(fipc_pub *h, char *dest, uint64_t cap, double timeout, c
     }
 }
 
-static int64_t sub_recv_many(fipc_pub *h, char *dest, uint64_t cap, uint64_t *lens,
-                             uint64_t max, double timeout)
+/* ---------------------------------------------------------------- entry points
+ *
+ * Called by the native handle (csrc/py/pubsub.c), which counts the call busy and refuses
+ * a closed object: `closed` here only ends waits (fipc_pub_wake). */
+
+int64_t fipc_pub_send(fipc_pub *h, const char *buf, uint64_t len, double timeout)
+{
+    if (h->role != ROLE_PUB)
+        return -EBADF;
+    return ring_send(h, buf, len, timeout, &h->progress);
+}
+
+int64_t fipc_pub_send_vec(fipc_pub *h, const char *const *bufs, const uint64_t *lens,
+                          uint64_t count, double timeout, uint64_t *sent)
+{
+    int64_t deadline = FIPC_DEADLINE_UNSET;
+    *sent = 0;
+    int64_t rc = refuse(h, lens, count);
+    if (rc < 0)
+        return rc;
+    uint64_t i = 0;
+    for (; i < count; i++) {
+        rc = ring_put(h, bufs[i], lens[i], timeout, &deadline, &h->progress);
+        if (rc < 0)
+            break;
+        h->progress = 0;
+    }
+    publish_head(h);
+    *sent = i;
+    return rc < 0 ? rc : 0;
+}
+
+int64_t fipc_sub_recv(fipc_pub *h, char *dest, uint64_t cap, double timeout, char **ptr,
+                      int more)
 {
     if (h->role != ROLE_SUB)
         return -EBADF;
-    if (h->msg_total) { /* finish a streamed message through fipc_sub_recv */
-        h->last_len = h->msg_total;
-        return FIPC_PUB_NEED;
-    }
-    uint64_t count = 0, used = 0;
-    while (count < max) {
-        if (count > 0 && h->peer == h->pos && ready(h, 0) <= 0)
-            break; /* wait for the first message only */
-        int64_t n = sub_recv(h, dest + used, cap - used, count ? 0.0 : timeout, NULL,
-                             count ? TAKE_MORE : TAKE_FIRST);
-        if (n < 0) {
-            if (count > 0 && n != FIPC_CORRUPT)
-                break;
-            return n;
-        }
-        lens[count++] = (uint64_t)n;
-        used += (uint64_t)n;
-    }
+    return sub_recv(h, dest, cap, timeout, ptr, more ? TAKE_MORE : TAKE_ANY);
+}
+
+int fipc_sub_more(fipc_pub *h)
+{
+    return ready(h, 0);
+}
+
+void fipc_sub_done(fipc_pub *h)
+{
     lazy_release(h);
-    return (int64_t)count;
-}
-
-/* ---------------------------------------------------------------- entry points */
-
-int64_t fipc_pub_send(fipc_pub *h, const char *buf, uint64_t len, double timeout,
-                      uint64_t *progress)
-{
-    if (fipc_enter(&h->busy, &h->closed) < 0)
-        return -EBADF;
-    int64_t rc = ring_send(h, buf, len, timeout, progress);
-    fipc_leave(&h->busy);
-    return rc;
-}
-
-int64_t fipc_pub_put(fipc_pub *h, const char *buf, uint64_t len)
-{
-    return fipc_pub_send(h, buf, len, -1.0, &h->progress);
-}
-
-int64_t fipc_pub_send_many(fipc_pub *h, const char *buf, const uint64_t *lens, uint64_t count,
-                           double timeout, uint64_t *sent)
-{
-    *sent = 0;
-    if (fipc_enter(&h->busy, &h->closed) < 0)
-        return -EBADF;
-    int64_t rc = ring_send_many(h, buf, lens, count, timeout, sent);
-    fipc_leave(&h->busy);
-    return rc;
-}
-
-int64_t fipc_sub_recv(fipc_pub *h, char *dest, uint64_t cap, double timeout, char **ptr)
-{
-    if (fipc_enter(&h->busy, &h->closed) < 0)
-        return -EBADF;
-    int64_t rc = h->role == ROLE_SUB ? sub_recv(h, dest, cap, timeout, ptr, TAKE_ANY) : -EBADF;
-    fipc_leave(&h->busy);
-    return rc;
-}
-
-int64_t fipc_sub_next(fipc_pub *h)
-{
-    return fipc_sub_recv(h, h->stage, h->stage_cap, -1.0, NULL);
-}
-
-int64_t fipc_sub_recv_many(fipc_pub *h, char *dest, uint64_t cap, uint64_t *lens, uint64_t max,
-                           double timeout)
-{
-    if (fipc_enter(&h->busy, &h->closed) < 0)
-        return -EBADF;
-    int64_t rc = sub_recv_many(h, dest, cap, lens, max, timeout);
-    fipc_leave(&h->busy);
-    return rc;
 }
 
 void fipc_sub_release(fipc_pub *h)
 {
-    if (fipc_enter(&h->busy, &h->closed) < 0)
-        return;
     if (h->role == ROLE_SUB)
         release_cursor(h);
-    fipc_leave(&h->busy);
 }
 
 int fipc_pub_park(fipc_pub *h, uint64_t *offset, uint32_t *expected)
 {
-    if (fipc_enter(&h->busy, &h->closed) < 0)
-        return -EBADF;
-    int rc = pub_park(h, offset, expected);
-    fipc_leave(&h->busy);
-    return rc;
+    return pub_park(h, offset, expected);
 }
 
 void fipc_pub_unpark(fipc_pub *h)
 {
-    if (fipc_enter(&h->busy, &h->closed) < 0)
-        return;
     if (h->role == ROLE_PUB)
         STORE(A32(h, FIPC_PUB_OFF_PWAIT), 0u, relaxed);
-    fipc_leave(&h->busy);
 }
 
 /* ---------------------------------------------------------------- close */

@@ -54,7 +54,9 @@ enum {
     FIPC_PUB_LOCK = 0x7fff0000,
     /* status codes */
     FIPC_PUB_NEED = -1200,          /* recv: the next message needs a buffer of last_len bytes */
-    FIPC_PUB_NOTREADY = -1201       /* subscribe: the publisher has not finished its header */
+    FIPC_PUB_NOTREADY = -1201,      /* subscribe: the publisher has not finished its header */
+    FIPC_PUB_RECHECK = -1202        /* recv: views are still exported: the caller looks at
+                                       them (Holds._unstick), then waits again */
 };
 
 typedef struct fipc_pub {
@@ -83,14 +85,13 @@ typedef struct fipc_pub {
     int32_t slot;           /* subscriber: its slot; publisher: -1 */
     int32_t role;           /* 1 publisher, 2 subscriber */
     int32_t overflow;       /* 1 block, 2 drop_oldest */
-    int32_t closed;         /* set by fipc_pub_wake/close: calls return -EBADF */
-    int32_t busy;           /* calls inside C on this handle (any thread) */
+    int32_t closed;         /* set by fipc_pub_wake/close: waits return -EBADF */
     int32_t seq_known;      /* subscriber: seq holds the expected number */
-    uint64_t progress;      /* publisher: bytes of a streamed message sent (fipc_pub_put) */
-    char *stage;            /* subscriber: where fipc_sub_next copies (owned by Python) */
-    uint64_t stage_cap;
-    int32_t recheck;        /* subscriber: views still exported: a wait returns -EINTR after
-                               a tenth of its sleep slice, for Python to look at them */
+    uint64_t progress;      /* publisher: bytes of a streamed message sent (resumed by the
+                               next attempt of the same call, 0 once it is abandoned) */
+    int32_t recheck;        /* subscriber: views still exported: a wait returns
+                               FIPC_PUB_RECHECK after a tenth of its sleep slice, for Python
+                               to look at them */
     uint64_t want;          /* publisher: room its last attempt lacked (a parked sender's) */
 } fipc_pub;
 
@@ -99,37 +100,39 @@ int fipc_pub_init(fipc_pub *h, char *base, uint64_t map_size, int32_t fd, int32_
 /* The caller holds the OFD lock of `slot`. FIPC_PUB_NOTREADY, FIPC_CORRUPT, -errno. */
 int fipc_sub_init(fipc_pub *h, char *base, uint64_t map_size, int32_t fd, int32_t slot,
                   int32_t pid, uint64_t max_message, double spin);
-/* One message; *progress: bytes of it streamed already (resumes an interrupted call). */
-int64_t fipc_pub_send(fipc_pub *h, const char *buf, uint64_t len, double timeout,
-                      uint64_t *progress);
-/* fipc_pub_send waiting as long as it takes, with the progress kept in the handle: the hot
- * path of send() in one call with three arguments. */
-int64_t fipc_pub_put(fipc_pub *h, const char *buf, uint64_t len);
-int64_t fipc_pub_send_many(fipc_pub *h, const char *buf, const uint64_t *lens, uint64_t count,
-                           double timeout, uint64_t *sent);
-/* The next message: copied to dest (cap bytes) or, dest NULL, in place (*ptr; valid until
- * the next call, block mode only). Length, FIPC_PUB_NEED (last_len says how much; it stays
- * queued), FIPC_EOF, FIPC_CORRUPT, FIPC_TOOBIG, -ETIMEDOUT, -EINTR, -EBADF. A streamed
- * message continues into dest at msg_done: the caller passes the buffer holding its start
- * (msg_dest) until it is whole; another buffer drops it whole. */
-int64_t fipc_sub_recv(fipc_pub *h, char *dest, uint64_t cap, double timeout, char **ptr);
-/* fipc_sub_recv into the stage set in the handle, waiting as long as it takes: the hot
- * path of recv() in one call with one argument. */
-int64_t fipc_sub_next(fipc_pub *h);
-/* Up to max whole messages into dest, lengths into lens; waits for the first only. Never
- * starts a streamed message: FIPC_PUB_NEED when the first is one (or too large for dest),
- * and the batch stops before one (or before a message it cannot take). */
-int64_t fipc_sub_recv_many(fipc_pub *h, char *dest, uint64_t cap, uint64_t *lens, uint64_t max,
-                           double timeout);
-/* Publish the cursor (up to hold). */
-void fipc_sub_release(fipc_pub *h);
 /* Mark closed (publisher: the stream ends; subscriber: its slot is freed) and wake every
  * sleeper, our own blocked calls included. */
 void fipc_pub_close(fipc_pub *h);
+/* CDEF END */
+
+
+/* The per-message calls, made by the native handles (csrc/py/pubsub.c), which keep the
+ * object's closed flag and busy count: not part of the cffi interface. */
+
+/* One message, from the handle's progress (bytes of it streamed already by an earlier
+ * attempt of the same call); 0 once it went, and progress is back to 0. */
+int64_t fipc_pub_send(fipc_pub *h, const char *buf, uint64_t len, double timeout);
+/* count messages (bufs[i], lens[i]); *sent: how many went whole. A message streamed in part
+ * keeps its progress in the handle, for the next attempt (starting at it) to resume. */
+int64_t fipc_pub_send_vec(fipc_pub *h, const char *const *bufs, const uint64_t *lens,
+                          uint64_t count, double timeout, uint64_t *sent);
+/* The next message: copied to dest (cap bytes) or, dest NULL, in place (*ptr; valid until
+ * the next call, block mode only). Length, FIPC_PUB_NEED (last_len says how much; it stays
+ * queued), FIPC_EOF, FIPC_CORRUPT, FIPC_TOOBIG, FIPC_PUB_RECHECK, -ETIMEDOUT, -EINTR, -EBADF.
+ * A streamed message continues into dest at msg_done: the caller passes the buffer holding
+ * its start (msg_dest) until it is whole; another buffer drops it whole. more: a batch's
+ * second message or later (never a streamed one, never one to report as an error: NEED). */
+int64_t fipc_sub_recv(fipc_pub *h, char *dest, uint64_t cap, double timeout, char **ptr,
+                      int more);
+/* A batch: 1 if a frame is there to look at (without waiting), 0 if not, < 0 corrupt. */
+int fipc_sub_more(fipc_pub *h);
+/* After messages taken in place (dest NULL) were copied out: give their space back when
+ * enough of it has gathered (or the publisher waits for it). */
+void fipc_sub_done(fipc_pub *h);
+/* Publish the cursor (up to hold). */
+void fipc_sub_release(fipc_pub *h);
 /* Make blocked calls of this handle return -EBADF, without touching the segment. */
 void fipc_pub_wake(fipc_pub *h);
-/* Calls still inside C: the mapping must not go before this says 0. */
-int fipc_pub_busy(fipc_pub *h);
 /* Awaiting (fastipc._aio): raise this end's waiting flag (a subscriber: after publishing its
  * cursor; the publisher: asking for the room its last attempt lacked) and look once more,
  * as a blocking wait does before it sleeps: 1 ready, 0 parked (*offset, *expected: the
@@ -138,6 +141,5 @@ int fipc_pub_busy(fipc_pub *h);
 int fipc_pub_park(fipc_pub *h, uint64_t *offset, uint32_t *expected);
 /* The publisher lowers its flag after awaiting (a subscriber's is the publisher's to clear). */
 void fipc_pub_unpark(fipc_pub *h);
-/* CDEF END */
 
 #endif

@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import contextlib
 import errno
+import itertools
 import mmap
 import os
 import random
@@ -1095,7 +1096,7 @@ def test_subscribers_join_a_running_drop_oldest_publisher(pair: tuple[str, str],
                 missed0 = sub.missed
                 assert missed0 <= first
                 got = [first] + [check_message(sub.recv(timeout=5)) for _ in range(9)]
-                gaps = sum(b - a - 1 for a, b in zip(got, got[1:]))
+                gaps = sum(b - a - 1 for a, b in itertools.pairwise(got))
                 assert sub.missed - missed0 == gaps, (got, sub.missed, missed0)
                 received += len(got)
         assert joins > 5 and received >= 10 * joins
@@ -1338,3 +1339,244 @@ def test_close_from_another_thread_ends_every_await(backend: str, name: str,
     finally:
         sub.close()
         pub.close()
+
+
+# ---------------------------------------------------------------------------- the handle
+
+
+def _ends(name: str, backend: str, **kwargs: Any) -> tuple[Any, Any]:
+    pub = pubsub.Publisher(name, capacity=4096, backend=backend, **kwargs)
+    return pub, pubsub.Subscriber(name, timeout=1, backend=backend)
+
+
+PER_MESSAGE = {
+    "send": lambda pub, sub: pub.send(b"x"),
+    "send-bad-args": lambda pub, sub: pub.send("not bytes", timeout=-1),
+    "send_many": lambda pub, sub: pub.send_many([b"x"]),
+    "recv": lambda pub, sub: sub.recv(timeout=0),
+    "recv_into": lambda pub, sub: sub.recv_into(bytearray(8)),
+    "recv_many": lambda pub, sub: sub.recv_many(0),
+    "recv_view": lambda pub, sub: sub.recv_view(timeout=0),
+    "missed": lambda pub, sub: sub.missed,
+    "stats": lambda pub, sub: sub.stats(),
+}
+
+
+@pytest.mark.parametrize("call", list(PER_MESSAGE))
+def test_a_closed_end_refuses_every_per_message_call(backend: str, name: str,
+                                                     call: str) -> None:
+    """ValueError on a closed end, whatever the arguments (checked before them)."""
+    pub, sub = _ends(name, backend)
+    pub.send(b"queued")
+    sub.close()
+    if call.startswith("send"):
+        pub.close()
+    with pytest.raises(ValueError, match="closed"):
+        PER_MESSAGE[call](pub, sub)
+    pub.close()
+
+
+BAD_CALLS: dict[str, Any] = {
+    "send str": lambda pub, sub: pub.send("text"),
+    "send int": lambda pub, sub: pub.send(12),
+    "send negative timeout": lambda pub, sub: pub.send(b"x", timeout=-1),
+    "send nan timeout": lambda pub, sub: pub.send(b"x", timeout=float("nan")),
+    "send str timeout": lambda pub, sub: pub.send(b"x", timeout="1"),
+    "send unknown keyword": lambda pub, sub: pub.send(b"x", wait=1),
+    "send no data": lambda pub, sub: pub.send(),
+    "send too many": lambda pub, sub: pub.send(b"x", 1, 2),
+    "send_many one message": lambda pub, sub: pub.send_many(b"xy"),
+    "send_many str message": lambda pub, sub: pub.send_many(["x"]),
+    "send_many int message": lambda pub, sub: pub.send_many([b"x", 3]),
+    "send_many not iterable": lambda pub, sub: pub.send_many(5),
+    "send_many negative timeout": lambda pub, sub: pub.send_many([b"x"], timeout=-0.5),
+    "recv negative timeout": lambda pub, sub: sub.recv(timeout=-1),
+    "recv nan timeout": lambda pub, sub: sub.recv(float("nan")),
+    "recv unknown keyword": lambda pub, sub: sub.recv(block=False),
+    "recv_into bytes": lambda pub, sub: sub.recv_into(b"readonly"),
+    "recv_into str": lambda pub, sub: sub.recv_into("text"),
+    "recv_into int": lambda pub, sub: sub.recv_into(3),
+    "recv_into negative timeout": lambda pub, sub: sub.recv_into(bytearray(4), timeout=-1),
+    "recv_many zero": lambda pub, sub: sub.recv_many(0),
+    "recv_many float": lambda pub, sub: sub.recv_many(1.5),
+    "recv_many bool": lambda pub, sub: sub.recv_many(True),
+    "recv_many too many": lambda pub, sub: sub.recv_many(1 << 21),
+    "recv_many negative timeout": lambda pub, sub: sub.recv_many(4, -1),
+    "recv_view negative timeout": lambda pub, sub: sub.recv_view(timeout=-1),
+}
+
+
+@pytest.mark.parametrize("call", list(BAD_CALLS))
+def test_bad_arguments_fail_alike_on_both_backends(name: str, call: str) -> None:
+    """The same exception type and message from the C methods as from the pure ones; the
+    ends stay usable."""
+    seen = []
+    for backend in ("native", "pure"):
+        pub, sub = _ends(f"{name}-{backend}", backend)
+        with pub, sub:
+            with pytest.raises((TypeError, ValueError)) as info:
+                BAD_CALLS[call](pub, sub)
+            seen.append((type(info.value), str(info.value)))
+            pub.send(b"still fine")
+            assert sub.recv(timeout=1) == b"still fine"
+    assert seen[0] == seen[1]
+
+
+def test_close_from_another_thread_frees_only_after_the_blocked_call_left(
+        backend: str, name: str) -> None:
+    """A recv blocked in C ends with ValueError when another thread closes the subscriber;
+    the slot, fd and mapping go once it has left, not before."""
+    with pubsub.Publisher(name, capacity=4096, backend=backend) as pub:
+        sub = pubsub.Subscriber(name, timeout=1, backend=backend)
+        fd = sub.fileno()
+        errors: list[BaseException] = []
+        entered = threading.Event()
+
+        def blocked() -> None:
+            entered.set()
+            try:
+                sub.recv_many(8)
+            except BaseException as exc:
+                errors.append(exc)
+
+        t = threading.Thread(target=blocked)
+        t.start()
+        entered.wait()
+        time.sleep(0.1)
+        sub.close()
+        t.join(2)
+        assert not t.is_alive()
+        assert len(errors) == 1 and isinstance(errors[0], ValueError), errors
+        assert not os.path.exists(f"/proc/self/fd/{fd}") or fd != sub._fd
+        assert pub.subscribers == 0
+
+
+@pytest.mark.parametrize("call", ["recv", "recv_into", "recv_many", "recv_view", "send"])
+def test_a_raising_signal_handler_ends_a_blocked_call_and_the_end_stays_usable(
+        backend: str, name: str, call: str) -> None:
+    """A handler that raises during a wait in C propagates at once; the next call works."""
+    from interrupts import check_raising_handler_ends
+
+    pub, sub = _ends(name, backend)
+    with pub, sub:
+        if call == "send":
+            while True:  # fill the ring: the subscriber does not read
+                try:
+                    pub.send(b"x" * 100, timeout=0)
+                except TimeoutError:
+                    break
+            check_raising_handler_ends(lambda: pub.send(b"y" * 100, timeout=10))
+            for _ in range(4):  # room for the next (given back a slice at a time)
+                assert sub.recv(timeout=1) == b"x" * 100
+            pub.send(b"after", timeout=1)
+            return
+        waits = {"recv": lambda: sub.recv(timeout=10),
+                 "recv_into": lambda: sub.recv_into(bytearray(16), timeout=10),
+                 "recv_many": lambda: sub.recv_many(4, timeout=10),
+                 "recv_view": lambda: sub.recv_view(timeout=10)}
+        check_raising_handler_ends(waits[call])
+        pub.send(b"after")
+        assert sub.recv(timeout=1) == b"after"
+
+
+def _recv_into_list(recv: Any, errors: list[type[BaseException]]) -> None:
+    try:
+        recv()
+    except BaseException as exc:  # (its type only: the exception would hold this frame)
+        errors.append(type(exc))
+
+
+@pytest.mark.parametrize("calls", ["none", "send_recv", "streamed", "views", "awaitables",
+                                   "closed_by_thread"])
+def test_dropping_the_last_reference_frees_at_once_without_the_collector(
+        backend: str, name: str, calls: str) -> None:
+    """No reference cycle anywhere (the handle holds nothing that refers to its object):
+    with the collector off, each end goes when its last reference does, with its fd,
+    mapping, slot and, for the publisher, /dev/shm entry."""
+    import gc
+    import weakref
+
+    fds = set(os.listdir("/proc/self/fd"))
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        pub = pubsub.Publisher(name, capacity=1 << 16, backend=backend)
+        sub = pubsub.Subscriber(name, timeout=1, backend=backend)
+        if calls == "send_recv":
+            pub.send(b"a")
+            pub.send_many([b"b", b"c"])
+            assert sub.recv() == b"a" and sub.recv_many(4, timeout=1) == [b"b", b"c"]
+            pub.send(b"d")
+            assert sub.recv_into(bytearray(4), timeout=1) == 1
+        elif calls == "streamed":
+            big = os.urandom(50_000)  # streamed through the ring in chunks
+            t = threading.Thread(target=pub.send, args=(big,), kwargs={"timeout": 5})
+            t.start()
+            assert sub.recv(timeout=5) == big
+            t.join()
+            with pytest.raises(TimeoutError):  # cut short: kept for the next call
+                sub.recv(timeout=0.01)
+        elif calls == "views":
+            pub.send(b"held")
+            with sub.recv_view(timeout=1) as view:
+                kept = view[1:]
+            assert bytes(kept) == b"eld"
+            del kept
+            pub.send(b"no timeout")
+            with sub.recv_view() as view:  # waits as long as it takes
+                assert bytes(view) == b"no timeout"
+        elif calls == "awaitables":
+
+            async def main(p: Any, s: Any) -> None:
+                await p.send_async(b"a")
+                assert await s.recv_async(timeout=1) == b"a"
+                await p.send_many_async([b"b", b"c"])
+                assert await s.recv_many_async(8, timeout=1) == [b"b", b"c"]
+                await p.send_many_async((b"one",))  # a batch of one goes once
+                assert await s.recv_many_async(8, timeout=1) == [b"one"]
+                with pytest.raises(TimeoutError):
+                    await s.recv_async(timeout=0.01)
+
+            asyncio.run(main(pub, sub))
+        elif calls == "closed_by_thread":
+            errors: list[type[BaseException]] = []
+            t = threading.Thread(target=_recv_into_list, args=(sub.recv, errors))
+            t.start()
+            time.sleep(0.05)
+            sub.close()
+            t.join()
+            assert errors == [ValueError]
+            del t, errors
+        ref = weakref.ref(sub)
+        del sub
+        assert ref() is None
+        assert pub.subscribers == 0
+        ref = weakref.ref(pub)
+        del pub
+        assert ref() is None
+        assert not (SHM / name).exists()
+        assert set(os.listdir("/proc/self/fd")) == fds
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def test_native_ends_are_their_handles() -> None:
+    """On the native backend the per-message methods are C methods of the object's type:
+    nothing is stored on the instance, no Python frame runs."""
+    import inspect
+
+    name_ = f"{pubsub.__name__}-{os.getpid()}-handles"
+    pub = pubsub.Publisher(name_, backend="native")
+    sub = pubsub.Subscriber(name_, timeout=1, backend="native")
+    with pub, sub:
+        for obj, public, names in ((pub, pubsub.Publisher, ["send", "send_many"]),
+                                   (sub, pubsub.Subscriber,
+                                    ["recv", "recv_into", "recv_many"])):
+            for attr in names:
+                assert attr not in vars(obj)
+                assert type(getattr(obj, attr)).__name__ == "builtin_function_or_method"
+                c_params = inspect.signature(getattr(obj, attr)).parameters.values()
+                py_params = inspect.signature(getattr(public, attr)).parameters.values()
+                assert [(p.name, p.default) for p in c_params] == [
+                    (p.name, p.default) for p in list(py_params)[1:]]

@@ -20,18 +20,20 @@ by both backends, is in ``docs/pubsub-layout.md``.
 from __future__ import annotations
 
 import errno
+import inspect
 import mmap
 import os
 import stat
 import uuid
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, TypeVar
+from typing import Any, NoReturn, Optional, TypeVar
 
 from fastipc import _aio, _core
 from fastipc._backend import pubsub as _layout
-from fastipc._backend.pubsub import NotReady, PublisherOps, SubscriberOps
+from fastipc._backend.pubsub import NotReady, SubscriberOps
+from fastipc._backend.ring import Holds
 from fastipc._core import Deadline, check_int, check_timeout, uses_handle
 from fastipc._segment import (
     SegmentEnd,
@@ -76,27 +78,16 @@ def map_segment(fd: int, size: int) -> tuple[mmap.mmap, int]:
         raise
 
 
-def _weakly(end: _Endpoint, method: Callable[..., _T]) -> Callable[..., _T]:
-    """``method`` (a function of the class) called on ``end``, which it holds weakly: what
-    the backend's fast path, set on the instance, falls back to, without a reference cycle
-    (so dropping the last reference closes the object at once)."""
-    ref, what = weakref.ref(end), end._what
-
-    def call(*args: Any) -> _T:
-        owner = ref()
-        if owner is None:
-            raise _core.closed_error(what)
-        return method(owner, *args)
-
-    return call
+def _listed(messages: Iterable[Any]) -> list[Any] | tuple[Any, ...]:
+    """send_many's messages as a list or tuple (TypeError for one message)."""
+    if isinstance(messages, (bytes, bytearray, memoryview, str)):
+        raise TypeError("send_many takes an iterable of messages, not one message")
+    return messages if isinstance(messages, (list, tuple)) else list(messages)
 
 
 def _joined(messages: Iterable[Any]) -> tuple[bytes, list[int]]:
     """send_many's messages back to back, and their lengths in bytes."""
-    if isinstance(messages, (bytes, bytearray, memoryview, str)):
-        raise TypeError("send_many takes an iterable of messages, not one message")
-    if not isinstance(messages, (list, tuple)):
-        messages = list(messages)
+    messages = _listed(messages)
     if not messages:
         return b"", []
     try:  # the usual case, bytes-like items, in two C loops
@@ -116,7 +107,13 @@ def _publisher_alive(fd: int) -> bool:
 
 
 class _Endpoint(SegmentEnd):
-    """What Publisher and Subscriber share: the segment's fd and mapping."""
+    """What Publisher and Subscriber share: the segment's fd and mapping.
+
+    On the native backend the object is its native handle too (``_handle_type``, in
+    ``csrc/py/pubsub.c``): the per-message methods and the await hooks (``_park``,
+    ``_unpark``, ``_stats``...) are the handle's C methods, and ``_ops`` is None. On the
+    pure backend ``_ops`` is the backend's object, and the methods of the same names below
+    call it."""
 
     _mm: Optional[mmap.mmap] = None
     _path = ""
@@ -131,8 +128,33 @@ class _Endpoint(SegmentEnd):
     def stats(self) -> dict[str, int]:
         """How waits ended: ``{"spins": n, "sleeps": m}`` since this end was opened."""
         self._check_open()
-        spins, sleeps = self._ops.stats()
+        spins, sleeps = self._stats()
         return {"spins": spins, "sleeps": sleeps}
+
+    def _bad_call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> NoReturn:
+        """The TypeError of a call whose arguments the native handle refused: the one the
+        Python method of that name (the pure backend's) raises, in Python's words."""
+        func = next(vars(c)[method] for c in type(self).__mro__
+                    if inspect.isfunction(vars(c).get(method)))
+        try:
+            inspect.signature(func).bind(self, *args, **kwargs)
+        except TypeError:
+            func(self, *args, **kwargs)  # fails binding them, as the pure backend's call
+        raise TypeError(f"{method}(): bad arguments")
+
+    # The pure backend's await hooks and counters (the native handle's are C methods).
+    def _stats(self) -> tuple[int, int]:
+        return self._ops.stats()  # type: ignore[no-any-return]
+
+    def _park(self) -> Optional[tuple[int, int]]:
+        return self._ops.park()  # type: ignore[no-any-return]
+
+    def _unpark(self) -> None:
+        self._ops.unpark()
+
+    def _wake(self) -> None:
+        if self._ops is not None:  # (the native handle's waits are woken in C)
+            self._ops.wake()
 
     def _describe(self) -> str:
         return f"{self._name!r} fd={self._fd}"
@@ -155,9 +177,9 @@ class _Endpoint(SegmentEnd):
         after it has left. Whatever ends it early gives the message up (``give_up``)."""
         deadline = Deadline.of(timeout)
         self._enter()
-        ops = self._ops
         try:
-            return await _aio.wait(attempt, ops.park, ops.unpark, deadline, name=self._name)
+            return await _aio.wait(attempt, self._park, self._unpark, deadline,
+                                   name=self._name)
         except BaseException as exc:
             if give_up is not None and not self._closed:
                 give_up()
@@ -175,8 +197,11 @@ class _Endpoint(SegmentEnd):
         parent had closed is left alone: its fd number may belong to something else now."""
         if self._closed:
             return
-        self._closed = True
-        self._unfreed = []
+        if self._ops is None:
+            self._forsake()  # type: ignore[attr-defined]  # (the native handle's)
+        else:
+            self._closed = True
+            self._unfreed = []
         fd, self._fd = self._fd, -1
         if fd >= 0:
             try:
@@ -198,6 +223,7 @@ class Publisher(_Endpoint):
     """
 
     _what = "Publisher"
+    _handle_type = "PublisherHandle"  # csrc/py/pubsub.c: send, send_many, the await hooks
 
     def __init__(self, name: str, capacity: int = DEFAULT_CAPACITY, *,
                  overflow: str = "block", max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
@@ -224,13 +250,19 @@ class Publisher(_Endpoint):
             self._mm, lock_fd = map_segment(fd, size)
             if not _layout.lock_byte(lock_fd, _layout.LOCK):  # a new file: cannot be held
                 raise OSError(errno.EAGAIN, "cannot take the publisher's lock", tmp)
-            ops: PublisherOps = impl.Publisher(self._mm, size, lock_fd, self._name,
-                                               os.getpid(), max_message_size,
-                                               _layout.OVERFLOW[overflow], spin)
+            args = (size, lock_fd, os.getpid(), max_message_size, _layout.OVERFLOW[overflow],
+                    spin)
+            if which == "native":
+                self._open(self._mm, *args)  # type: ignore[attr-defined]
+            else:
+                self._ops = impl.Publisher(self._mm, size, lock_fd, self._name, *args[2:])
             try:
                 os.link(tmp, self._path)  # the name appears with the whole segment behind it
             except BaseException:
-                ops.close()
+                if self._ops is None:
+                    self._forsake()  # type: ignore[attr-defined]
+                else:
+                    self._ops.close()
                 raise
         except BaseException:
             if self._mm is not None:
@@ -243,17 +275,13 @@ class Publisher(_Endpoint):
         finally:
             os.close(fd)
         os.unlink(tmp)
-        self._ops = ops
-        fast = ops.fast_send(_weakly(self, Publisher._send_general),
-                             _weakly(self, Publisher._send_finish))
-        if fast is not None:  # the one-call hot path shadows the method (same contract)
-            fast.__doc__ = Publisher.send.__doc__
-            self.send = fast  # type: ignore[method-assign]
         self._overflow = overflow
         self._max = max_message_size
         self._pid = os.getpid()
         self._open_handle(which, lock_fd)
         _open_handles.add(self)
+
+    # _ops: the pure backend's PublisherOps (None: native)
 
     overflow = _core.Fixed[str]("_overflow", '``"block"`` or ``"drop_oldest"``.')
     max_message_size = _core.Fixed[int]("_max", "The largest message taken, in bytes.")
@@ -272,20 +300,33 @@ class Publisher(_Endpoint):
         part is then dropped by the subscribers, never delivered in part)."""
         self._ops.send(data, check_timeout(timeout))
 
-    _send_general = send
-
-    @uses_handle
-    def _send_finish(self, data: bytes, rc: int) -> None:
-        self._ops.finish_send(data, rc)
-
+    # The per-message operations here are the pure backend's: on the native backend, the
+    # methods of the handle type (csrc/py/pubsub.c) come first and do the same in C.
     @uses_handle
     def send_many(self, messages: Iterable[Any], timeout: Optional[float] = None) -> None:
-        """Publish several messages in one call (one C call on the native backend). On an
-        error after some went, the exception's ``messages_sent`` says how many."""
+        """Publish several messages in one call. On an error after some went, the
+        exception's ``messages_sent`` says how many."""
         t = check_timeout(timeout)
         blob, lens = _joined(messages)
         if lens:
             self._ops.send_many(blob, lens, t)
+
+    def _too_large(self, n: int) -> NoReturn:
+        """A message that drop_oldest cannot carry (the native handle's error)."""
+        limit = min(self._max, _layout.whole_limit(self.capacity))
+        raise ValueError(f"a message of {n} bytes is larger than drop_oldest carries "
+                         f"({limit} bytes: a quarter of the ring)")
+
+    # The await hooks: the native handle's C methods, or these.
+    def _send_nowait(self, data: Any) -> bool:
+        return self._ops.send_nowait(data)  # type: ignore[no-any-return]
+
+    def _send_many_nowait(self, messages: list[Any] | tuple[Any, ...], first: int) -> int:
+        blob, lens = _joined(messages)
+        return self._ops.send_many_nowait(blob, lens, first)  # type: ignore[no-any-return]
+
+    def _give_up(self) -> None:
+        self._ops.abandon()
 
     async def send_async(self, data: Any, timeout: Optional[float] = None) -> None:
         """:meth:`send` on the running event loop (asyncio, uvloop): waits for room without
@@ -295,12 +336,12 @@ class Publisher(_Endpoint):
         self._check_open()
         check_timeout(timeout)
         view = data if type(data) is bytes else _core.byte_view(data)
-        ops = self._ops
+        send = self._send_nowait
 
         def attempt() -> Any:
-            return True if ops.send_nowait(view) else _aio.NOT_READY
+            return True if send(view) else _aio.NOT_READY
 
-        await self._awaited(attempt, timeout, ops.abandon)
+        await self._awaited(attempt, timeout, self._give_up)
 
     async def send_many_async(self, messages: Iterable[Any],
                               timeout: Optional[float] = None) -> None:
@@ -309,18 +350,18 @@ class Publisher(_Endpoint):
         each whole."""
         self._check_open()
         check_timeout(timeout)
-        blob, lens = _joined(messages)
-        if not lens:
+        listed = _listed(messages)
+        if not listed:
             return
-        ops = self._ops
+        send = self._send_many_nowait
         done = [0]
 
         def attempt() -> Any:
-            done[0] += ops.send_many_nowait(blob, lens, done[0])
-            return True if done[0] == len(lens) else _aio.NOT_READY
+            done[0] += send(listed, done[0])
+            return True if done[0] == len(listed) else _aio.NOT_READY
 
         try:
-            await self._awaited(attempt, timeout, ops.abandon)
+            await self._awaited(attempt, timeout, self._give_up)
         except BaseException as exc:
             if not hasattr(exc, "messages_sent"):
                 exc.messages_sent = done[0]  # type: ignore[attr-defined]
@@ -328,7 +369,8 @@ class Publisher(_Endpoint):
 
     def _free(self) -> None:
         _open_handles.discard(self)
-        self._ops.close()
+        if self._ops is not None:  # (the native handle closed its end in C)
+            self._ops.close()
         try:
             if os.getpid() == self._pid and same_file(self._fd, self._path):
                 os.unlink(self._path)
@@ -366,10 +408,10 @@ class _View(View):
             except BufferError:  # exported further: those exports outlive the block
                 pass
             return
-        sub._ops.release_view(mv, self.pos)
+        sub._holds_of().release_view(mv, self.pos)
 
 
-class Subscriber(_Endpoint):
+class Subscriber(_Endpoint, Holds):
     """Attaches to the publisher ``name`` and receives every message published from then on.
 
     Waits up to ``timeout`` seconds for the publisher to appear (TimeoutError). A segment
@@ -380,6 +422,8 @@ class Subscriber(_Endpoint):
     """
 
     _what = "Subscriber"
+    _handle_type = "SubscriberHandle"  # csrc/py/pubsub.c: recv, recv_into, recv_many...
+    # _ops: the pure backend's SubscriberOps (None: native)
 
     def __init__(self, name: str, timeout: Optional[float] = None, *,
                  max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
@@ -392,18 +436,14 @@ class Subscriber(_Endpoint):
         which = _core.resolve_backend(backend)
         impl = _core.ops("pubsub", which)
         self._views: weakref.WeakSet[_View] = weakref.WeakSet()
-        ops = wait_for(lambda: self._attach(impl, max_message_size, spin), deadline, self._name)
-        self._ops: SubscriberOps = ops
-        fast = ops.fast_recv(_weakly(self, Subscriber._recv_general),
-                             _weakly(self, Subscriber._recv_finish))
-        if fast is not None:  # the one-call hot path shadows the method (same contract)
-            fast.__doc__ = Subscriber.recv.__doc__
-            self.recv = fast  # type: ignore[method-assign]
+        wait_for(lambda: self._attach(impl, which, max_message_size, spin), deadline,
+                 self._name)
         self._pid = os.getpid()
         self._open_handle(which, self._fd)
         _open_handles.add(self)
 
-    def _attach(self, impl: Any, max_message_size: int, spin: float) -> Optional[Any]:
+    def _attach(self, impl: Any, which: str, max_message_size: int, spin: float
+                ) -> Optional[bool]:
         got = open_existing(self._path)
         if got is None:
             return None
@@ -425,8 +465,16 @@ class Subscriber(_Endpoint):
             if slot < 0:
                 raise OSError(errno.EBUSY, f"all {MAX_SUBSCRIBERS} subscriber slots are "
                               "taken", self._name)
-            ops = impl.Subscriber(mm, st.st_size, lock_fd, slot, self._name, os.getpid(),
-                                  max_message_size, spin)
+            if which == "native":  # the handle joins; the views it exports are Holds'
+                addr = self._open(mm, st.st_size, lock_fd, slot,  # type: ignore[attr-defined]
+                                  os.getpid(), max_message_size, spin)
+                if addr is None:
+                    raise NotReady
+                self._mv, self._addr = memoryview(mm), addr
+                self._init_holds()
+            else:
+                self._ops = impl.Subscriber(mm, st.st_size, lock_fd, slot, self._name,
+                                            os.getpid(), max_message_size, spin)
         except BaseException as exc:
             mm.close()
             os.close(lock_fd)
@@ -434,30 +482,27 @@ class Subscriber(_Endpoint):
                 return None
             raise
         self._fd, self._mm = lock_fd, mm
-        return ops
+        return True
 
     @property
     def missed(self) -> int:
         """Messages lost because the publisher overran this subscriber (drop_oldest)."""
         self._check_open()
-        return self._ops.missed
+        return self._missed()
 
+    # The per-message operations here are the pure backend's: on the native backend, the
+    # methods of the handle type (csrc/py/pubsub.c) come first and do the same in C.
     @uses_handle
     def recv(self, timeout: Optional[float] = None) -> bytes:
         """The next message. EOFError once the publisher has gone and all was read."""
-        return self._to_end(self._ops.recv, check_timeout(timeout))
-
-    _recv_general = recv
-
-    @uses_handle
-    def _recv_finish(self, rc: int) -> bytes:
-        return self._to_end(self._ops.finish_recv, rc, -1.0)
+        return self._to_end(self._ops.recv, check_timeout(timeout))  # type: ignore[no-any-return]
 
     @uses_handle
     def recv_into(self, buffer: Any, timeout: Optional[float] = None) -> int:
         """Copy the next message into ``buffer`` and return its length. ValueError if it
         does not fit (the message stays queued)."""
-        return self._to_end(self._ops.recv_into, buffer, check_timeout(timeout))
+        return self._to_end(self._ops.recv_into, buffer,  # type: ignore[no-any-return]
+                            check_timeout(timeout))
 
     @uses_handle
     def recv_many(self, max_messages: int = 1024, timeout: Optional[float] = None
@@ -465,33 +510,61 @@ class Subscriber(_Endpoint):
         """Up to ``max_messages`` messages: waits up to ``timeout`` for the first, then
         takes what is there without waiting."""
         max_messages = check_int(max_messages, "max_messages", 1, 1 << 20)
-        return self._to_end(self._ops.recv_many, max_messages, check_timeout(timeout))
+        return self._to_end(self._ops.recv_many,
+                            max_messages, check_timeout(timeout))
 
     async def recv_async(self, timeout: Optional[float] = None) -> bytes:
         """:meth:`recv` on the running event loop (asyncio, uvloop): waits without blocking
         the loop, woken by the publisher. Cancelled (or timed out), it has taken nothing:
         the message stays for the next call. EOFError as :meth:`recv`."""
-        return await self._recv_async(self._ops.recv, timeout)  # type: ignore[no-any-return]
+        return await self._recv_async(self._recv_nowait, timeout)  # type: ignore[no-any-return]
 
     async def recv_many_async(self, max_messages: int = 1024,
                               timeout: Optional[float] = None) -> list[bytes]:
         """:meth:`recv_many` on the running event loop."""
         max_messages = check_int(max_messages, "max_messages", 1, 1 << 20)
         return await self._recv_async(  # type: ignore[no-any-return]
-            lambda t: self._ops.recv_many(max_messages, t), timeout)
+            lambda: self._recv_many_nowait(max_messages), timeout)
 
-    async def _recv_async(self, take: Callable[[float], Any],
-                          timeout: Optional[float] = None) -> Any:
+    async def _recv_async(self, take: Callable[[], Any], timeout: Optional[float] = None
+                          ) -> Any:
         self._check_open()
         check_timeout(timeout)
 
         def attempt() -> Any:
-            try:
-                return take(0.0)
-            except TimeoutError:
-                return _aio.NOT_READY
+            got = take()
+            return _aio.NOT_READY if got is None else got
 
         return await self._awaited(attempt, timeout)
+
+    # The hooks of the awaitables and of recv_view: the native handle's C methods, or these.
+    def _recv_nowait(self) -> Optional[bytes]:
+        try:
+            return self._ops.recv(0.0)  # type: ignore[no-any-return]
+        except TimeoutError:
+            return None
+
+    def _recv_many_nowait(self, max_messages: int) -> Optional[list[bytes]]:
+        try:
+            return self._ops.recv_many(max_messages, 0.0)  # type: ignore[no-any-return]
+        except TimeoutError:
+            return None
+
+    def _view(self, timeout: float) -> tuple[memoryview, Optional[int]]:
+        return self._to_end(self._ops.recv_view, timeout)  # type: ignore[no-any-return]
+
+    def _missed(self) -> int:
+        return self._ops.missed  # type: ignore[no-any-return]
+
+    def _holds_of(self) -> SubscriberOps | Holds:
+        """Who keeps the holds of this subscriber's views: the pure backend's object, or
+        (native) the subscriber itself, whose handle moves its cursor (``set_hold``)."""
+        return self._ops if self._ops is not None else self
+
+    def _ended(self) -> None:
+        """The stream ended (EOFError follows): remove the name of a publisher that died
+        without removing it."""
+        remove_orphan(self._fd, self._path, _publisher_alive)
 
     @uses_handle
     def recv_view(self, timeout: Optional[float] = None) -> _View:
@@ -500,7 +573,7 @@ class Subscriber(_Endpoint):
         space until the block ends (or, if anything made from the view still lives then,
         until the last of it has gone); under ``"drop_oldest"`` (where the publisher never
         waits) and for streamed messages it is a view of a copy."""
-        mv, pos = self._to_end(self._ops.recv_view, check_timeout(timeout))
+        mv, pos = self._view(check_timeout(timeout))
         return _View(self, mv, pos)
 
     def __iter__(self) -> Iterator[bytes]:
@@ -513,21 +586,20 @@ class Subscriber(_Endpoint):
         try:
             return call(*args)
         except EOFError:
-            remove_orphan(self._fd, self._path, _publisher_alive)
+            self._ended()
             raise
 
-    def close(self) -> None:
-        """Detach (the publisher stops waiting for this subscriber); views still in
-        ``with`` blocks are released. Idempotent."""
-        if not self._closed:
-            for view in list(self._views):
-                view.release()
-            self._ops.drop_taken()
-        super().close()
-
     def _free(self) -> None:
+        """Detach (the publisher stops waiting for this subscriber); views still in
+        ``with`` blocks are released (their memory stays mapped while they live)."""
+        for view in list(self._views):
+            view.release()
+        self._holds_of().drop_taken()
         _open_handles.discard(self)
-        self._ops.close()
+        if self._ops is not None:
+            self._ops.close()
+        else:  # (the native handle freed its slot in C)
+            self._mv.release()
         self._unmap()
 
 

@@ -7,16 +7,17 @@ names; the native one through the C enum. The liveness locks (OFD locks on one b
 segment file per participant) are taken and probed here, by both backends and by the
 public module, which needs no offset for that.
 
-:class:`PublisherOps` and :class:`SubscriberOps` are the backend operations, at the grain of
-one user operation; ``fastipc._native.pubsub`` and ``fastipc._pure.pubsub`` implement them
-and mypy --strict checks both against these Protocols.
+:class:`PublisherOps` and :class:`SubscriberOps` are the pure backend's operations, at the
+grain of one user operation (``fastipc._pure.pubsub`` implements them, and mypy --strict
+checks it against these Protocols). On the native backend the same operations are the C
+methods of the objects' native handles (``csrc/py/pubsub.c``).
 """
 
 from __future__ import annotations
 
 import mmap
 import os
-from typing import Any, Callable, NamedTuple, Optional, Protocol
+from typing import Any, NamedTuple, Optional, Protocol
 
 from fastipc import _shm_layout
 
@@ -57,6 +58,7 @@ ALIGN = 16
 LOCK = 0x7FFF0000
 NEED = -1200
 NOTREADY = -1201
+RECHECK = -1202  # a wait of the native subscriber: views to look at (Holds._unstick)
 
 # what the C enum calls these (the test compares each with lib.FIPC_PUB_<name>)
 LAYOUT = {
@@ -182,15 +184,6 @@ class PublisherOps(Protocol):
     def unpark(self) -> None:
         """Lower the waiting flag raised by :meth:`park`."""
 
-    def finish_send(self, data: bytes, rc: int) -> None:
-        """Complete a fast-path send whose one attempt (timeout None) returned ``rc``."""
-
-    def fast_send(self, general: Callable[[Any, Optional[float]], None],
-                  finish: Callable[[bytes, int], None]) -> Optional[Callable[..., None]]:
-        """A one-call ``send(data, timeout=None)`` for the hot path, or None. It sends
-        bytes with no timeout itself and hands anything else to ``general``, an attempt
-        that did not succeed to ``finish``; closed: ``finish`` gets EBADF."""
-
     def stats(self) -> tuple[int, int]:
         """(waits ended by spinning, waits that slept)"""
 
@@ -218,13 +211,6 @@ class SubscriberOps(Protocol):
         """Messages lost to overruns (drop_oldest)."""
 
     def recv(self, timeout: float) -> bytes: ...
-
-    def finish_recv(self, rc: int, timeout: float) -> bytes:
-        """Complete a fast-path recv whose one attempt returned ``rc``."""
-
-    def fast_recv(self, general: Callable[[Optional[float]], bytes],
-                  finish: Callable[[int], bytes]) -> Optional[Callable[..., bytes]]:
-        """A one-call ``recv(timeout=None)``, or None (as ``PublisherOps.fast_send``)."""
 
     def recv_into(self, buffer: Any, timeout: float) -> int:
         """ValueError if the next message does not fit (it stays queued)."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 import errno
 import mmap
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from fastipc._backend import pubsub as L
 from fastipc._backend.pubsub import NotReady, PublisherOps, SubscriberOps
@@ -459,13 +459,6 @@ class Publisher(_Ops):
     def abandon(self) -> None:
         self._progress = 0
 
-    def finish_send(self, data: bytes, rc: int) -> None:
-        raise AssertionError("the pure backend has no fast path")
-
-    def fast_send(self, general: Callable[[Any, Optional[float]], None],
-                  finish: Callable[[bytes, int], None]) -> Optional[Callable[..., None]]:
-        return None  # the decorated method is as fast as anything here
-
     def _too_big(self, exc: OSError, n: int) -> None:
         if exc.errno == errno.EMSGSIZE and n <= self.max_message:
             raise ValueError(f"a message of {n} bytes is larger than drop_oldest carries "
@@ -808,13 +801,6 @@ class Subscriber(_Ops, Holds):
             self._partial = None
             if n != NEEDED:
                 return bytes(buf) if n == len(buf) else bytes(buf[:n])
-
-    def finish_recv(self, rc: int, timeout: float) -> bytes:
-        raise AssertionError("the pure backend has no fast path")
-
-    def fast_recv(self, general: Callable[[Optional[float]], bytes],
-                  finish: Callable[[int], bytes]) -> Optional[Callable[..., bytes]]:
-        return None
 
     def recv_into(self, buffer: Any, timeout: float) -> int:
         try:

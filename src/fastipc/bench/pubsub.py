@@ -32,11 +32,11 @@ import multiprocessing as mp
 import os
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
 from multiprocessing.connection import Connection
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from fastipc.bench import Case, cores, now, optional
 

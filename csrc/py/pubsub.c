@@ -1,0 +1,1102 @@
+/* fastipc csrc/py/pubsub.c: the native handles of fastipc.pubsub.Publisher and Subscriber
+ * (see handle.h).
+ *
+ * The mapping belongs to Python (an mmap.mmap); the handle holds a buffer export of it (so
+ * it cannot be unmapped under C) from _open until its release. The C core (csrc/pubsub.c)
+ * is embedded. A recv builds its bytes object at the message's length and copies the
+ * message once into it: in place from the ring under "block", through the seqlock check
+ * of the core under "drop_oldest". A streamed message is assembled in a bytes object that
+ * the handle keeps (`partial`) when a call is cut short, so that the next call resumes it. */
+#include "handle.h"
+
+#include <errno.h>
+#include <string.h>
+
+#include "../pubsub.h"
+
+#define TAKE_ANY 0   /* fipc_sub_recv's `more`: any message, streamed too */
+#define TAKE_MORE 2  /* a batch's second message or later */
+
+typedef struct {
+    fipc_handle h;
+    fipc_pub core;
+    Py_buffer map;      /* the export of the mapping (valid while `mapped`) */
+    int mapped;
+    PyObject *partial;  /* subscriber: the bytes object a streamed message is assembled in */
+} PubHandle;
+
+static PyObject *core_check_int; /* fastipc._core.check_int(value, name, low, high) */
+static PyObject *core_byte_view; /* fastipc._core.byte_view(data) */
+static PyObject *core_raise_errno; /* fastipc._core.raise_errno(code, name) */
+
+static void pub_wake(fipc_handle *h)
+{
+    fipc_pub_wake(&((PubHandle *)h)->core);
+}
+
+/* What C holds, without telling the segment anything. */
+static void let_go(PubHandle *p)
+{
+    if (p->mapped) {
+        p->mapped = 0;
+        PyBuffer_Release(&p->map);
+    }
+    Py_CLEAR(p->partial);
+}
+
+static void pub_release(fipc_handle *h)
+{
+    PubHandle *p = (PubHandle *)h;
+    if (p->mapped)
+        fipc_pub_close(&p->core); /* the stream ends, or the slot is freed */
+    let_go(p);
+}
+
+static const fipc_handle_kind pub_kind = {pub_wake, pub_release};
+
+static int take_map(PubHandle *self, PyObject *mm, unsigned long long size)
+{
+    if (self->mapped || atomic_load(&self->h.state) != FIPC_H_UNOPENED) {
+        PyErr_SetString(PyExc_ValueError, "the handle is open already");
+        return -1;
+    }
+    if (PyObject_GetBuffer(mm, &self->map, PyBUF_WRITABLE) < 0)
+        return -1;
+    if ((unsigned long long)self->map.len != size) {
+        PyBuffer_Release(&self->map);
+        PyErr_SetString(PyExc_ValueError, "the mapping's size is not the segment's");
+        return -1;
+    }
+    self->mapped = 1;
+    return 0;
+}
+
+/* Set-up failed with status rc: raised as _core.raise_errno says (the handle is not open,
+ * so fipc_h_raise would call it closed). */
+static PyObject *init_failed(PubHandle *self, int rc)
+{
+    PyBuffer_Release(&self->map);
+    self->mapped = 0;
+    PyObject *name = PyObject_GetAttrString((PyObject *)self, "_name");
+    if (name == NULL)
+        return NULL;
+    PyObject *r = PyObject_CallFunction(core_raise_errno, "iO",
+                                        rc <= FIPC_EOF ? rc : -rc, name);
+    Py_XDECREF(r);
+    Py_DECREF(name);
+    return NULL;
+}
+
+/* _open(mm, size, fd, pid, max_message, overflow, spin): set up the segment's header. */
+static PyObject *pub_open(PubHandle *self, PyObject *args)
+{
+    PyObject *mm;
+    unsigned long long size, max_message;
+    int fd, pid, overflow;
+    double spin;
+    if (!PyArg_ParseTuple(args, "OKiiKid:_open", &mm, &size, &fd, &pid, &max_message,
+                          &overflow, &spin) ||
+        take_map(self, mm, size) < 0)
+        return NULL;
+    int rc = fipc_pub_init(&self->core, self->map.buf, size, fd, pid, max_message, overflow,
+                           spin);
+    if (rc < 0)
+        return init_failed(self, rc);
+    self->h.kind = &pub_kind;
+    Py_RETURN_NONE;
+}
+
+/* _open(mm, size, fd, slot, pid, max_message, spin): join the stream; the mapping's address,
+ * or None while the publisher has not finished its header. */
+static PyObject *sub_open(PubHandle *self, PyObject *args)
+{
+    PyObject *mm;
+    unsigned long long size, max_message;
+    int fd, slot, pid;
+    double spin;
+    if (!PyArg_ParseTuple(args, "OKiiiKd:_open", &mm, &size, &fd, &slot, &pid, &max_message,
+                          &spin) ||
+        take_map(self, mm, size) < 0)
+        return NULL;
+    int rc = fipc_sub_init(&self->core, self->map.buf, size, fd, slot, pid, max_message, spin);
+    if (rc == FIPC_PUB_NOTREADY) {
+        PyBuffer_Release(&self->map);
+        self->mapped = 0;
+        Py_RETURN_NONE;
+    }
+    if (rc < 0)
+        return init_failed(self, rc);
+    self->h.kind = &pub_kind;
+    return PyLong_FromVoidPtr(self->map.buf);
+}
+
+/* _forsake(): a forked child's copy, or one whose set-up failed: closed from now on, and
+ * C lets go of the mapping without telling the segment anything (it is not ours). */
+static PyObject *pub_forsake(PubHandle *self, PyObject *Py_UNUSED(ignored))
+{
+    int32_t state = atomic_exchange(&self->h.state, FIPC_H_RELEASED);
+    if (state != FIPC_H_RELEASED)
+        let_go(self);
+    Py_RETURN_NONE;
+}
+
+/* ------------------------------------------------------------------------ shared */
+
+/* fipc_h_fail, with the call's exception put aside while the call leaves: the last call to
+ * leave a closed object releases it, and its _free (Python: closes fds, unmaps) must not
+ * run with an exception set. (A candidate for handle.c, whose fipc_h_fail calls
+ * fipc_h_leave with the exception still set.) */
+static PyObject *fail(PubHandle *self)
+{
+    PyObject *type, *value, *tb;
+    int closed = fipc_h_closed(&self->h);
+    PyErr_Fetch(&type, &value, &tb);
+    if (fipc_h_leave(&self->h) < 0)
+        PyErr_Clear(); /* _free raised: the call's own exception goes on */
+    PyErr_Restore(type, value, tb);
+    if (closed && (PyErr_ExceptionMatches(PyExc_OSError) ||
+                   PyErr_ExceptionMatches(PyExc_EOFError))) {
+        PyErr_Clear();
+        PyObject *exc = PyObject_CallMethod((PyObject *)self, "_closed_error", NULL);
+        if (exc != NULL) {
+            PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+            Py_DECREF(exc);
+        }
+    }
+    return NULL;
+}
+
+/* Seconds left until deadline (ns; < 0: none). */
+static double left_of(int64_t deadline)
+{
+    if (deadline < 0)
+        return -1.0;
+    int64_t ns = deadline - fipc_now_ns();
+    return ns > 0 ? (double)ns / 1e9 : 0.0;
+}
+
+static PyObject *call_hook(PubHandle *self, const char *name)
+{
+    return PyObject_CallMethod((PyObject *)self, name, NULL);
+}
+
+/* Parse a method's arguments (fipc_h_args); what it refuses is raised by the Python method
+ * of the same name (_bad_call), so that the TypeError says what Python says for the pure
+ * backend's method. 0, or -1 with the exception set. */
+static int parse(PubHandle *self, const char *func, PyObject *const *args, Py_ssize_t nargs,
+                 PyObject *kwnames, const char *const *names, int required, PyObject **out)
+{
+    if (fipc_h_args(func, args, nargs, kwnames, names, required, out) == 0)
+        return 0;
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyObject *pos = PyTuple_New(nargs), *kw = PyDict_New();
+    Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_Size(kwnames);
+    int ok = pos != NULL && kw != NULL;
+    for (Py_ssize_t i = 0; ok && i < nargs; i++) {
+        Py_INCREF(args[i]);
+        PyTuple_SetItem(pos, i, args[i]);
+    }
+    for (Py_ssize_t k = 0; ok && k < nkw; k++)
+        ok = PyDict_SetItem(kw, PyTuple_GetItem(kwnames, k), args[nargs + k]) == 0;
+    PyObject *r = ok ? PyObject_CallMethod((PyObject *)self, "_bad_call", "sOO", func, pos, kw)
+                     : NULL;
+    Py_XDECREF(pos);
+    Py_XDECREF(kw);
+    if (r != NULL) { /* (it always raises) */
+        Py_DECREF(r);
+        PyErr_Restore(type, value, tb);
+    }
+    else {
+        Py_XDECREF(type);
+        Py_XDECREF(value);
+        Py_XDECREF(tb);
+    }
+    return -1;
+}
+
+/* _park(): None if ready, else (address of the futex word, its value): see fipc_pub_park. */
+static PyObject *pub_park(PubHandle *self, PyObject *Py_UNUSED(ignored))
+{
+    if (fipc_h_enter(&self->h) < 0)
+        return NULL;
+    uint64_t off = 0;
+    uint32_t val = 0;
+    int rc = fipc_pub_park(&self->core, &off, &val);
+    if (rc < 0) {
+        fipc_h_raise(&self->h, rc, -1);
+        return fail(self);
+    }
+    if (fipc_h_leave(&self->h) < 0)
+        return NULL;
+    if (rc == 1)
+        Py_RETURN_NONE;
+    if (off >= self->core.map_size) {
+        PyErr_SetString(PyExc_SystemError, "futex word outside the mapping");
+        return NULL;
+    }
+    return Py_BuildValue("(KI)", (unsigned long long)(uintptr_t)(self->map.buf) + off,
+                         (unsigned int)val);
+}
+
+/* The await hooks below run inside an awaitable counted busy: the mapping stays until it
+ * leaves, closed or not, so these may run after close() (then they do nothing). */
+static int still_mapped(PubHandle *self)
+{
+    return self->mapped && atomic_load(&self->h.state) != FIPC_H_RELEASED;
+}
+
+static PyObject *pub_unpark(PubHandle *self, PyObject *Py_UNUSED(ignored))
+{
+    if (still_mapped(self))
+        fipc_pub_unpark(&self->core);
+    Py_RETURN_NONE;
+}
+
+static PyObject *pub_stats(PubHandle *self, PyObject *Py_UNUSED(ignored))
+{
+    if (fipc_h_enter(&self->h) < 0)
+        return NULL;
+    PyObject *r = Py_BuildValue("(KK)", (unsigned long long)self->core.spins,
+                                (unsigned long long)self->core.sleeps);
+    if (fipc_h_leave(&self->h) < 0) {
+        Py_XDECREF(r);
+        return NULL;
+    }
+    return r;
+}
+
+/* ------------------------------------------------------------------------ publisher */
+
+/* A message's buffer, no copy: 0, or -1 with the TypeError of _core.byte_view (the pure
+ * backend's message: fipc_h_buffer words some cases differently). */
+static int data_buffer(PyObject *data, Py_buffer *view)
+{
+    if (!PyUnicode_Check(data) && PyObject_GetBuffer(data, view, PyBUF_SIMPLE) == 0)
+        return 0;
+    PyErr_Clear();
+    PyObject *r = PyObject_CallFunctionObjArgs(core_byte_view, data, NULL);
+    if (r != NULL) {
+        Py_DECREF(r);
+        PyErr_SetString(PyExc_TypeError, "a contiguous bytes-like object is required");
+    }
+    return -1;
+}
+
+typedef struct {
+    PubHandle *p;
+    const char *const *bufs;
+    const uint64_t *lens;
+    uint64_t count;
+    uint64_t done;
+} send_ctx;
+
+static int64_t send_attempt(void *ctx, double timeout)
+{
+    send_ctx *c = ctx;
+    if (c->count == 1) { /* (one message: no batch to count) */
+        int64_t rc = fipc_pub_send(&c->p->core, c->bufs[0], c->lens[0], timeout);
+        c->done = rc == 0;
+        return rc;
+    }
+    uint64_t sent = 0;
+    int64_t rc = fipc_pub_send_vec(&c->p->core, c->bufs + c->done, c->lens + c->done,
+                                   c->count - c->done, timeout, &sent);
+    c->done += sent;
+    return rc;
+}
+
+static int send_messages(PubHandle *self, send_ctx *c, double timeout, int nowait,
+                         int many);
+
+/* A send that failed with status rc: the message cut short is abandoned (subscribers drop
+ * what was streamed of it), and the exception raised. n: the length of the message that
+ * failed (a message the ring refuses under drop_oldest is a ValueError). */
+static void send_failed(PubHandle *self, int64_t rc, uint64_t n, double timeout)
+{
+    self->core.progress = 0;
+    if (rc == FIPC_H_RAISED)
+        return;
+    if (rc == FIPC_TOOBIG && n <= self->core.max_message && !fipc_h_closed(&self->h)) {
+        PyObject *r = PyObject_CallMethod((PyObject *)self, "_too_large", "K",
+                                          (unsigned long long)n);
+        Py_XDECREF(r);
+        return;
+    }
+    fipc_h_raise(&self->h, rc, timeout);
+}
+
+static const char *const send_names[] = {"data", "timeout", NULL};
+
+static PyObject *pub_send(PubHandle *self, PyObject *const *args, Py_ssize_t nargs,
+                          PyObject *kwnames)
+{
+    PyObject *arg[2];
+    double timeout;
+    Py_buffer view;
+    if (fipc_h_enter(&self->h) < 0)
+        return NULL;
+    if (parse(self, "send", args, nargs, kwnames, send_names, 1, arg) < 0 ||
+        fipc_h_timeout(arg[1], &timeout) < 0 || data_buffer(arg[0], &view) < 0)
+        return fail(self);
+    const char *buf = view.buf;
+    uint64_t len = (uint64_t)view.len;
+    send_ctx c = {self, &buf, &len, 1, 0};
+    int rc = send_messages(self, &c, timeout, 0, 0);
+    PyBuffer_Release(&view);
+    if (rc < 0)
+        return fail(self);
+    if (fipc_h_leave(&self->h) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+/* _send_nowait(data): True if it went, False if it has to wait (a message streamed in part
+ * keeps its progress, for the next attempt to resume). */
+static PyObject *pub_send_nowait(PubHandle *self, PyObject *data)
+{
+    Py_buffer view;
+    if (fipc_h_enter(&self->h) < 0)
+        return NULL;
+    if (data_buffer(data, &view) < 0)
+        return fail(self);
+    const char *buf = view.buf;
+    uint64_t len = (uint64_t)view.len;
+    send_ctx c = {self, &buf, &len, 1, 0};
+    int rc = send_messages(self, &c, 0.0, 1, 0);
+    PyBuffer_Release(&view);
+    if (rc < 0)
+        return fail(self);
+    if (fipc_h_leave(&self->h) < 0)
+        return NULL;
+    return PyBool_FromLong(rc);
+}
+
+/* _give_up(): an awaited send ended early: what was streamed of its message is abandoned. */
+static PyObject *pub_give_up(PubHandle *self, PyObject *Py_UNUSED(ignored))
+{
+    if (still_mapped(self))
+        self->core.progress = 0;
+    Py_RETURN_NONE;
+}
+
+/* The messages of send_many: a list or tuple of bytes-like objects (anything else iterable
+ * is made a list first), their buffers and lengths. 0, or -1 with the pure backend's
+ * TypeError. */
+typedef struct {
+    PyObject *seq;
+    Py_buffer *views;
+    const char **bufs;
+    uint64_t *lens;
+    Py_ssize_t n, got;
+} batch;
+
+static void batch_free(batch *b)
+{
+    for (Py_ssize_t i = 0; i < b->got; i++)
+        PyBuffer_Release(&b->views[i]);
+    PyMem_Free(b->views);
+    PyMem_Free(b->bufs);
+    PyMem_Free(b->lens);
+    Py_CLEAR(b->seq);
+}
+
+static int batch_of(PyObject *messages, batch *b)
+{
+    memset(b, 0, sizeof *b);
+    if (PyBytes_Check(messages) || PyByteArray_Check(messages) ||
+        PyMemoryView_Check(messages) || PyUnicode_Check(messages)) {
+        PyErr_SetString(PyExc_TypeError,
+                        "send_many takes an iterable of messages, not one message");
+        return -1;
+    }
+    if (PyList_CheckExact(messages) || PyTuple_CheckExact(messages)) {
+        Py_INCREF(messages);
+        b->seq = messages;
+    }
+    else if ((b->seq = PySequence_List(messages)) == NULL)
+        return -1;
+    b->n = PySequence_Size(b->seq);
+    if (b->n < 0)
+        goto fail;
+    if (b->n == 0)
+        return 0;
+    b->views = PyMem_Calloc((size_t)b->n, sizeof *b->views);
+    b->bufs = PyMem_Calloc((size_t)b->n, sizeof *b->bufs);
+    b->lens = PyMem_Calloc((size_t)b->n, sizeof *b->lens);
+    if (b->views == NULL || b->bufs == NULL || b->lens == NULL) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    for (Py_ssize_t i = 0; i < b->n; i++) {
+        PyObject *item = PySequence_GetItem(b->seq, i);
+        if (item == NULL)
+            goto fail;
+        int rc = data_buffer(item, &b->views[i]);
+        Py_DECREF(item);
+        if (rc < 0)
+            goto fail;
+        b->got = i + 1;
+        b->bufs[i] = b->views[i].buf;
+        b->lens[i] = (uint64_t)b->views[i].len;
+    }
+    return 0;
+fail:
+    batch_free(b);
+    return -1;
+}
+
+/* Say how many messages went on the exception being raised (OSError, ValueError). */
+static void tell_sent(uint64_t sent)
+{
+    if (!PyErr_ExceptionMatches(PyExc_OSError) && !PyErr_ExceptionMatches(PyExc_ValueError))
+        return;
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    PyObject *n = PyLong_FromUnsignedLongLong(sent);
+    if (n == NULL || value == NULL || PyObject_SetAttrString(value, "messages_sent", n) < 0)
+        PyErr_Clear();
+    Py_XDECREF(n);
+    PyErr_Restore(type, value, tb);
+}
+
+/* Send c's messages from c->done on, waiting up to timeout (nowait: one attempt that
+ * cannot wait). 1 all went, 0 (nowait) some have to wait (a message streamed in part keeps
+ * its progress for the next attempt), -1 raised (many: saying how many went). */
+static int send_messages(PubHandle *self, send_ctx *c, double timeout, int nowait, int many)
+{
+    int64_t rc = 0;
+    if (c->done < c->count)
+        rc = nowait ? send_attempt(c, 0.0)
+                    : fipc_h_wait(&self->h, send_attempt, c, timeout, -ETIMEDOUT);
+    if (rc >= 0)
+        return 1;
+    if (nowait && (rc == -ETIMEDOUT || rc == -EINTR))
+        return 0;
+    send_failed(self, rc, c->done < c->count ? c->lens[c->done] : 0, timeout);
+    if (many)
+        tell_sent(c->done);
+    return -1;
+}
+
+static const char *const send_many_names[] = {"messages", "timeout", NULL};
+
+static PyObject *pub_send_many(PubHandle *self, PyObject *const *args, Py_ssize_t nargs,
+                               PyObject *kwnames)
+{
+    PyObject *arg[2];
+    double timeout;
+    batch b;
+    if (fipc_h_enter(&self->h) < 0)
+        return NULL;
+    if (parse(self, "send_many", args, nargs, kwnames, send_many_names, 1, arg) < 0 ||
+        fipc_h_timeout(arg[1], &timeout) < 0 || batch_of(arg[0], &b) < 0)
+        return fail(self);
+    send_ctx c = {self, b.bufs, b.lens, (uint64_t)b.n, 0};
+    int rc = send_messages(self, &c, timeout, 0, 1);
+    batch_free(&b);
+    if (rc < 0)
+        return fail(self);
+    if (fipc_h_leave(&self->h) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+/* _send_many_nowait(messages, first): how many of messages[first:] went without waiting. */
+static PyObject *pub_send_many_nowait(PubHandle *self, PyObject *args)
+{
+    PyObject *messages;
+    Py_ssize_t first;
+    batch b;
+    if (!PyArg_ParseTuple(args, "On:_send_many_nowait", &messages, &first))
+        return NULL;
+    if (fipc_h_enter(&self->h) < 0)
+        return NULL;
+    if (batch_of(messages, &b) < 0)
+        return fail(self);
+    if (first < 0 || first > b.n) {
+        batch_free(&b);
+        PyErr_SetString(PyExc_ValueError, "first is out of range");
+        return fail(self);
+    }
+    send_ctx c = {self, b.bufs, b.lens, (uint64_t)b.n, (uint64_t)first};
+    int rc = send_messages(self, &c, 0.0, 1, 1);
+    batch_free(&b);
+    if (rc < 0)
+        return fail(self);
+    if (fipc_h_leave(&self->h) < 0)
+        return NULL;
+    return PyLong_FromUnsignedLongLong(c.done - (uint64_t)first);
+}
+
+/* ------------------------------------------------------------------------ subscriber */
+
+typedef struct {
+    PubHandle *p;
+    char *dest;
+    uint64_t cap;
+    char *ptr;
+    int more;
+} recv_ctx;
+
+static int64_t recv_attempt(void *ctx, double timeout)
+{
+    recv_ctx *c = ctx;
+    return fipc_sub_recv(&c->p->core, c->dest, c->cap, timeout, &c->ptr, c->more);
+}
+
+/* Hand back the space of views whose users have gone (Holds._unstick), as every call of a
+ * subscriber does while views are stuck. */
+static int unstick(PubHandle *self)
+{
+    if (!self->core.recheck)
+        return 0;
+    PyObject *r = call_hook(self, "_unstick");
+    Py_XDECREF(r);
+    return r == NULL ? -1 : 0;
+}
+
+/* One wait of a receive, until deadline (ns, < 0: none; first: the call's own timeout, for
+ * the first wait), looking at stuck views each time the core asks for it. */
+static int64_t recv_wait(PubHandle *self, recv_ctx *c, double timeout, int64_t deadline,
+                         int first)
+{
+    for (;;) {
+        double t = first || timeout <= 0 ? timeout : left_of(deadline);
+        int64_t rc = fipc_h_wait(&self->h, recv_attempt, c, t, -ETIMEDOUT);
+        if (rc != FIPC_PUB_RECHECK)
+            return rc;
+        if (unstick(self) < 0)
+            return FIPC_H_RAISED;
+        first = 0;
+    }
+}
+
+/* The status a receive ended with, raised: at the end of the stream, the name of a
+ * publisher that died without removing it goes first (_ended). */
+static void recv_failed(PubHandle *self, int64_t rc, double timeout)
+{
+    if (rc == FIPC_H_RAISED)
+        return;
+    if (rc == FIPC_EOF && !fipc_h_closed(&self->h)) {
+        PyObject *r = call_hook(self, "_ended");
+        if (r == NULL)
+            return;
+        Py_DECREF(r);
+    }
+    fipc_h_raise(&self->h, rc, timeout);
+}
+
+/* Assemble the streamed message in `partial` (or a new one of last_len bytes), waiting as
+ * the call may: the bytes object once whole, else NULL with *status (or an exception). A
+ * call cut short keeps `partial` for the next call if the message is under way. */
+static PyObject *assemble(PubHandle *self, double timeout, int64_t deadline, int first,
+                          int64_t *status)
+{
+    for (;;) {
+        if (self->partial == NULL) {
+            self->partial = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)self->core.last_len);
+            if (self->partial == NULL) {
+                *status = FIPC_H_RAISED;
+                return NULL;
+            }
+        }
+        PyObject *buf = self->partial;
+        recv_ctx c = {self, PyBytes_AsString(buf), (uint64_t)PyBytes_Size(buf), NULL, TAKE_ANY};
+        int64_t n = recv_wait(self, &c, timeout, deadline, first);
+        first = 0;
+        if (n < 0 && n != FIPC_PUB_NEED) {
+            if (self->core.msg_total == 0)
+                Py_CLEAR(self->partial);
+            *status = n;
+            return NULL;
+        }
+        self->partial = NULL; /* ours now */
+        if (n == FIPC_PUB_NEED) { /* given up for a larger one */
+            Py_DECREF(buf);
+            continue;
+        }
+        if ((uint64_t)n == c.cap)
+            return buf;
+        PyObject *r = PyBytes_FromStringAndSize(c.dest, (Py_ssize_t)n);
+        Py_DECREF(buf);
+        if (r == NULL)
+            *status = FIPC_H_RAISED;
+        return r;
+    }
+}
+
+/* The next message as a new bytes object (copied once), or NULL with *status: a C status,
+ * or FIPC_H_RAISED with an exception set. more: a batch's next message (never waits; a
+ * message the batch does not take is FIPC_PUB_NEED). */
+static PyObject *take(PubHandle *self, double timeout, int more, int64_t *status)
+{
+    int64_t deadline = timeout > 0 ? fipc_deadline(timeout) : -1;
+    if (self->partial != NULL)
+        return assemble(self, timeout, deadline, 1, status);
+    recv_ctx c = {self, NULL, 0, NULL, more ? TAKE_MORE : TAKE_ANY};
+    int64_t n = more ? recv_attempt(&c, 0.0) : recv_wait(self, &c, timeout, deadline, 1);
+    if (n >= 0) { /* in place (block): copy it out, then its room may go back */
+        PyObject *r = PyBytes_FromStringAndSize(c.ptr, (Py_ssize_t)n);
+        fipc_sub_done(&self->core);
+        if (r == NULL)
+            *status = FIPC_H_RAISED;
+        return r;
+    }
+    if (n != FIPC_PUB_NEED) {
+        *status = n;
+        return NULL;
+    }
+    if (self->core.overflow == 1) { /* block: a streamed message, or one a batch leaves */
+        if (more) {
+            *status = n;
+            return NULL;
+        }
+        return assemble(self, timeout, deadline, 0, status);
+    }
+    /* drop_oldest: copied out through the seqlock check, into a buffer of its length */
+    for (;;) {
+        PyObject *buf = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)self->core.last_len);
+        if (buf == NULL) {
+            *status = FIPC_H_RAISED;
+            return NULL;
+        }
+        c.dest = PyBytes_AsString(buf);
+        c.cap = (uint64_t)PyBytes_Size(buf);
+        n = more ? recv_attempt(&c, 0.0) : recv_wait(self, &c, timeout, deadline, 0);
+        if (n >= 0 && (uint64_t)n == c.cap)
+            return buf;
+        if (n >= 0) { /* overrun meanwhile: a shorter message came instead */
+            PyObject *r = PyBytes_FromStringAndSize(c.dest, (Py_ssize_t)n);
+            Py_DECREF(buf);
+            if (r == NULL)
+                *status = FIPC_H_RAISED;
+            return r;
+        }
+        Py_DECREF(buf);
+        if (n != FIPC_PUB_NEED || more) {
+            *status = n;
+            return NULL;
+        }
+    }
+}
+
+/* The end of a receiving call: its result r, or (NULL) the exception of status. */
+static PyObject *recv_done(PubHandle *self, PyObject *r, int64_t status, double timeout)
+{
+    if (r == NULL) {
+        recv_failed(self, status, timeout);
+        return fail(self);
+    }
+    if (fipc_h_leave(&self->h) < 0) {
+        Py_DECREF(r);
+        return NULL;
+    }
+    return r;
+}
+
+static const char *const recv_names[] = {"timeout", NULL};
+
+static PyObject *sub_recv(PubHandle *self, PyObject *const *args, Py_ssize_t nargs,
+                          PyObject *kwnames)
+{
+    PyObject *arg[1];
+    double timeout;
+    if (fipc_h_enter(&self->h) < 0)
+        return NULL;
+    if (parse(self, "recv", args, nargs, kwnames, recv_names, 0, arg) < 0 ||
+        fipc_h_timeout(arg[0], &timeout) < 0 || unstick(self) < 0)
+        return fail(self);
+    int64_t status = 0;
+    PyObject *r = take(self, timeout, 0, &status);
+    return recv_done(self, r, status, timeout);
+}
+
+/* _recv_nowait(): the next message, or None if there is none yet (for awaiting). */
+static PyObject *sub_recv_nowait(PubHandle *self, PyObject *Py_UNUSED(ignored))
+{
+    if (fipc_h_enter(&self->h) < 0)
+        return NULL;
+    if (unstick(self) < 0)
+        return fail(self);
+    int64_t status = 0;
+    PyObject *r = take(self, 0.0, 0, &status);
+    if (r == NULL && status == -ETIMEDOUT) {
+        r = Py_None;
+        Py_INCREF(r);
+    }
+    return recv_done(self, r, status, 0.0);
+}
+
+static PyObject *too_small(uint64_t cap, uint64_t n)
+{
+    PyErr_Format(PyExc_ValueError, "buffer of %llu bytes is too small for the next message "
+                 "(%llu bytes); it stays queued", (unsigned long long)cap,
+                 (unsigned long long)n);
+    return NULL;
+}
+
+static int writable_buffer(PyObject *buffer, Py_buffer *view)
+{
+    if (!PyUnicode_Check(buffer) && PyObject_GetBuffer(buffer, view, PyBUF_WRITABLE) == 0)
+        return 0;
+    PyErr_Clear();
+    Py_buffer any;
+    if (!PyUnicode_Check(buffer) && PyObject_GetBuffer(buffer, &any, PyBUF_FULL_RO) == 0) {
+        PyBuffer_Release(&any);
+        PyErr_SetString(PyExc_TypeError, "recv_into needs a writable contiguous bytes-like "
+                        "object");
+        return -1;
+    }
+    PyErr_Clear();
+    PyObject *name = PyType_GetName(Py_TYPE(buffer));
+    PyErr_Format(PyExc_TypeError, "recv_into needs a writable contiguous bytes-like object, "
+                 "not %R", name);
+    Py_XDECREF(name);
+    return -1;
+}
+
+static const char *const recv_into_names[] = {"buffer", "timeout", NULL};
+
+static PyObject *sub_recv_into(PubHandle *self, PyObject *const *args, Py_ssize_t nargs,
+                               PyObject *kwnames)
+{
+    PyObject *arg[2];
+    double timeout;
+    Py_buffer view;
+    if (fipc_h_enter(&self->h) < 0)
+        return NULL;
+    if (parse(self, "recv_into", args, nargs, kwnames, recv_into_names, 1, arg) < 0 ||
+        fipc_h_timeout(arg[1], &timeout) < 0 || writable_buffer(arg[0], &view) < 0)
+        return fail(self);
+    if (unstick(self) < 0) {
+        PyBuffer_Release(&view);
+        return fail(self);
+    }
+    uint64_t cap = (uint64_t)view.len;
+    int64_t n;
+    if (self->partial != NULL) { /* a streamed message under way: finished in its buffer */
+        if (cap < (uint64_t)PyBytes_Size(self->partial)) {
+            too_small(cap, (uint64_t)PyBytes_Size(self->partial));
+            PyBuffer_Release(&view);
+            return fail(self);
+        }
+        int64_t status = 0;
+        PyObject *r = take(self, timeout, 0, &status);
+        if (r == NULL) {
+            PyBuffer_Release(&view);
+            recv_failed(self, status, timeout);
+            return fail(self);
+        }
+        n = PyBytes_Size(r);
+        memcpy(view.buf, PyBytes_AsString(r), (size_t)n);
+        Py_DECREF(r);
+    }
+    else {
+        recv_ctx c = {self, view.buf, cap, NULL, TAKE_ANY};
+        int64_t deadline = timeout > 0 ? fipc_deadline(timeout) : -1;
+        n = recv_wait(self, &c, timeout, deadline, 1);
+        fipc_pub *core = &self->core;
+        if (n < 0 && n != FIPC_PUB_NEED && core->msg_total && core->msg_dest == c.dest) {
+            /* cut short in a streamed message: what came of it goes to a buffer of our
+             * own, where the next call resumes it (the commit is msg_dest) */
+            PyObject *keep = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)core->msg_total);
+            if (keep != NULL) {
+                uint64_t done = core->msg_done < core->msg_total ? core->msg_done
+                                                                 : core->msg_total;
+                memcpy(PyBytes_AsString(keep), c.dest, done < cap ? done : cap);
+                self->partial = keep;
+                core->msg_dest = PyBytes_AsString(keep);
+            }
+            else
+                PyErr_Clear(); /* the message is dropped whole */
+        }
+        if (n == FIPC_PUB_NEED) {
+            PyBuffer_Release(&view);
+            too_small(cap, core->last_len);
+            return fail(self);
+        }
+        if (n < 0) {
+            PyBuffer_Release(&view);
+            recv_failed(self, n, timeout);
+            return fail(self);
+        }
+    }
+    PyBuffer_Release(&view);
+    if (fipc_h_leave(&self->h) < 0)
+        return NULL;
+    return PyLong_FromLongLong(n);
+}
+
+/* Up to max messages: the first as recv takes it (waiting), then those already there that
+ * a batch takes, without waiting. */
+static PyObject *many(PubHandle *self, double timeout, long max, int64_t *status)
+{
+    PyObject *first = take(self, timeout, 0, status);
+    if (first == NULL)
+        return NULL;
+    PyObject *list = PyList_New(1);
+    if (list == NULL) {
+        Py_DECREF(first);
+        *status = FIPC_H_RAISED;
+        return NULL;
+    }
+    PyList_SetItem(list, 0, first);
+    for (long count = 1; count < max && self->partial == NULL; count++) {
+        if (fipc_sub_more(&self->core) <= 0)
+            break; /* nothing more there (an error is left for the next call) */
+        int64_t st = 0;
+        PyObject *next = take(self, 0.0, 1, &st);
+        if (next == NULL) {
+            if (st == FIPC_H_RAISED || st == FIPC_CORRUPT) {
+                Py_DECREF(list);
+                *status = st;
+                return NULL;
+            }
+            break; /* left for the next call (to report, if it is an error) */
+        }
+        int rc = PyList_Append(list, next);
+        Py_DECREF(next);
+        if (rc < 0) {
+            Py_DECREF(list);
+            *status = FIPC_H_RAISED;
+            return NULL;
+        }
+    }
+    return list;
+}
+
+static const char *const recv_many_names[] = {"max_messages", "timeout", NULL};
+
+static int max_messages_of(PyObject *obj, long *out)
+{
+    if (obj == NULL) {
+        *out = 1024;
+        return 0;
+    }
+    if (PyLong_CheckExact(obj)) {
+        long v = PyLong_AsLong(obj);
+        if (v >= 1 && v <= (1L << 20)) {
+            *out = v;
+            return 0;
+        }
+        PyErr_Clear();
+    }
+    PyObject *r = PyObject_CallFunction(core_check_int, "Osii", obj, "max_messages", 1, 1 << 20);
+    if (r == NULL)
+        return -1;
+    *out = PyLong_AsLong(r);
+    Py_DECREF(r);
+    return *out == -1 && PyErr_Occurred() ? -1 : 0;
+}
+
+static PyObject *sub_recv_many(PubHandle *self, PyObject *const *args, Py_ssize_t nargs,
+                               PyObject *kwnames)
+{
+    PyObject *arg[2];
+    double timeout;
+    long max;
+    if (fipc_h_enter(&self->h) < 0)
+        return NULL;
+    if (parse(self, "recv_many", args, nargs, kwnames, recv_many_names, 0, arg) < 0 ||
+        max_messages_of(arg[0], &max) < 0 || fipc_h_timeout(arg[1], &timeout) < 0 ||
+        unstick(self) < 0)
+        return fail(self);
+    int64_t status = 0;
+    PyObject *r = many(self, timeout, max, &status);
+    return recv_done(self, r, status, timeout);
+}
+
+/* _recv_many_nowait(max_messages): recv_many without waiting, or None (for awaiting). */
+static PyObject *sub_recv_many_nowait(PubHandle *self, PyObject *arg)
+{
+    long max;
+    if (fipc_h_enter(&self->h) < 0)
+        return NULL;
+    if (max_messages_of(arg, &max) < 0 || unstick(self) < 0)
+        return fail(self);
+    int64_t status = 0;
+    PyObject *r = many(self, 0.0, max, &status);
+    if (r == NULL && status == -ETIMEDOUT) {
+        r = Py_None;
+        Py_INCREF(r);
+    }
+    return recv_done(self, r, status, 0.0);
+}
+
+/* _view(timeout): the next message for recv_view (timeout: checked already, in the C
+ * convention: < 0 forever): (memoryview, ring position) of an exporter of its own
+ * (Holds._export) under "block", else (memoryview of a copy, None). */
+static PyObject *sub_view(PubHandle *self, PyObject *arg)
+{
+    double timeout = PyFloat_AsDouble(arg);
+    if (timeout == -1.0 && PyErr_Occurred())
+        return NULL;
+    if (timeout < 0)
+        timeout = -1.0;
+    if (fipc_h_enter(&self->h) < 0)
+        return NULL;
+    if (unstick(self) < 0)
+        return fail(self);
+    int64_t status = 0;
+    PyObject *copy = NULL, *r = NULL;
+    if (self->core.overflow != 1 || self->partial != NULL)
+        copy = take(self, timeout, 0, &status);
+    else {
+        recv_ctx c = {self, NULL, 0, NULL, TAKE_ANY};
+        int64_t deadline = timeout > 0 ? fipc_deadline(timeout) : -1;
+        int64_t n = recv_wait(self, &c, timeout, deadline, 1);
+        if (n == FIPC_PUB_NEED) /* a streamed message: assembled, so a copy */
+            copy = assemble(self, timeout, deadline, 0, &status);
+        else if (n < 0)
+            status = n;
+        else {
+            uint64_t off = (uint64_t)(c.ptr - (char *)self->map.buf);
+            if (c.ptr < (char *)self->map.buf || off > self->core.map_size - (uint64_t)n)
+                status = FIPC_CORRUPT;
+            else
+                r = PyObject_CallMethod((PyObject *)self, "_export", "KLK",
+                                        (unsigned long long)off, (long long)n,
+                                        (unsigned long long)self->core.last_pos);
+            if (r == NULL && status == 0)
+                status = FIPC_H_RAISED;
+        }
+    }
+    if (copy != NULL) {
+        PyObject *mv = PyMemoryView_FromObject(copy);
+        Py_DECREF(copy);
+        r = mv == NULL ? NULL : Py_BuildValue("(NO)", mv, Py_None);
+        if (r == NULL)
+            status = FIPC_H_RAISED;
+    }
+    return recv_done(self, r, status, timeout);
+}
+
+/* Holds' hooks: set_hold(pos) (None: no hold) and _recheck(flag). */
+static PyObject *sub_set_hold(PubHandle *self, PyObject *pos)
+{
+    uint64_t hold = UINT64_MAX;
+    if (pos != Py_None) {
+        hold = PyLong_AsUnsignedLongLong(pos);
+        if (hold == (uint64_t)-1 && PyErr_Occurred())
+            return NULL;
+    }
+    if (!still_mapped(self) || fipc_h_closed(&self->h))
+        Py_RETURN_NONE; /* the holds went with the close */
+    self->core.hold = hold;
+    fipc_sub_release(&self->core);
+    Py_RETURN_NONE;
+}
+
+static PyObject *sub_recheck(PubHandle *self, PyObject *flag)
+{
+    int on = PyObject_IsTrue(flag);
+    if (on < 0)
+        return NULL;
+    if (still_mapped(self))
+        self->core.recheck = on;
+    Py_RETURN_NONE;
+}
+
+static PyObject *sub_missed(PubHandle *self, PyObject *Py_UNUSED(ignored))
+{
+    if (fipc_h_enter(&self->h) < 0)
+        return NULL;
+    unsigned long long missed = self->core.missed;
+    if (fipc_h_leave(&self->h) < 0)
+        return NULL;
+    return PyLong_FromUnsignedLongLong(missed);
+}
+
+/* ------------------------------------------------------------------------ the types */
+
+#define FASTCALL(f) (PyCFunction)(void (*)(void))(f), METH_FASTCALL | METH_KEYWORDS
+/* what both ends have (and the end of the table) */
+#define BOTH_ENDS                                                       \
+    {"_forsake", (PyCFunction)pub_forsake, METH_NOARGS, NULL},          \
+    {"_park", (PyCFunction)pub_park, METH_NOARGS, NULL},                \
+    {"_unpark", (PyCFunction)pub_unpark, METH_NOARGS, NULL},            \
+    {"_stats", (PyCFunction)pub_stats, METH_NOARGS, NULL},              \
+    {NULL, NULL, 0, NULL}
+
+static PyMethodDef pub_methods[] = {
+    {"_open", (PyCFunction)pub_open, METH_VARARGS, NULL},
+    {"send", FASTCALL(pub_send),
+     "send(data, timeout=None)\n--\n\n"
+     "Publish one message (any bytes-like object). Under ``\"block\"``, waits up to "
+     "``timeout`` seconds for the slowest subscriber (TimeoutError; a message streamed in "
+     "part is then dropped by the subscribers, never delivered in part)."},
+    {"send_many", FASTCALL(pub_send_many),
+     "send_many(messages, timeout=None)\n--\n\n"
+     "Publish several messages in one call. On an error after some went, the exception's "
+     "``messages_sent`` says how many."},
+    {"_send_nowait", (PyCFunction)pub_send_nowait, METH_O, NULL},
+    {"_send_many_nowait", (PyCFunction)pub_send_many_nowait, METH_VARARGS, NULL},
+    {"_give_up", (PyCFunction)pub_give_up, METH_NOARGS, NULL},
+    BOTH_ENDS,
+};
+
+static PyMethodDef sub_methods[] = {
+    {"_open", (PyCFunction)sub_open, METH_VARARGS, NULL},
+    {"recv", FASTCALL(sub_recv),
+     "recv(timeout=None)\n--\n\n"
+     "The next message. EOFError once the publisher has gone and all was read."},
+    {"recv_into", FASTCALL(sub_recv_into),
+     "recv_into(buffer, timeout=None)\n--\n\n"
+     "Copy the next message into ``buffer`` and return its length. ValueError if it does "
+     "not fit (the message stays queued)."},
+    {"recv_many", FASTCALL(sub_recv_many),
+     "recv_many(max_messages=1024, timeout=None)\n--\n\n"
+     "Up to ``max_messages`` messages: waits up to ``timeout`` for the first, then takes "
+     "what is there without waiting."},
+    {"_recv_nowait", (PyCFunction)sub_recv_nowait, METH_NOARGS, NULL},
+    {"_recv_many_nowait", (PyCFunction)sub_recv_many_nowait, METH_O, NULL},
+    {"_view", (PyCFunction)sub_view, METH_O, NULL},
+    {"set_hold", (PyCFunction)sub_set_hold, METH_O, NULL},
+    {"_recheck", (PyCFunction)sub_recheck, METH_O, NULL},
+    {"_missed", (PyCFunction)sub_missed, METH_NOARGS, NULL},
+    BOTH_ENDS,
+};
+
+static PyType_Slot pub_slots[] = {
+    {Py_tp_doc, "The native handle of a fan-out publisher."},
+    {Py_tp_methods, pub_methods},
+    {0, NULL},
+};
+
+static PyType_Slot sub_slots[] = {
+    {Py_tp_doc, "The native handle of a fan-out subscriber."},
+    {Py_tp_methods, sub_methods},
+    {0, NULL},
+};
+
+static PyType_Spec pub_spec = {
+    .name = "fastipc._fastipc.PublisherHandle",
+    .basicsize = sizeof(PubHandle),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .slots = pub_slots,
+};
+
+static PyType_Spec sub_spec = {
+    .name = "fastipc._fastipc.SubscriberHandle",
+    .basicsize = sizeof(PubHandle),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .slots = sub_slots,
+};
+
+int fipc_py_pubsub_init(PyObject *module)
+{
+    PyObject *core = PyImport_ImportModule("fastipc._core");
+    if (core == NULL)
+        return -1;
+    core_check_int = PyObject_GetAttrString(core, "check_int");
+    core_byte_view = PyObject_GetAttrString(core, "byte_view");
+    core_raise_errno = PyObject_GetAttrString(core, "raise_errno");
+    Py_DECREF(core);
+    if (core_check_int == NULL || core_byte_view == NULL || core_raise_errno == NULL)
+        return -1;
+    if (fipc_h_add_type(module, &pub_spec, NULL) < 0)
+        return -1;
+    return fipc_h_add_type(module, &sub_spec, NULL);
+}
