@@ -142,30 +142,6 @@ static PyObject *pub_forsake(PubHandle *self, PyObject *Py_UNUSED(ignored))
 
 /* ------------------------------------------------------------------------ shared */
 
-/* fipc_h_fail, with the call's exception put aside while the call leaves: the last call to
- * leave a closed object releases it, and its _free (Python: closes fds, unmaps) must not
- * run with an exception set. (A candidate for handle.c, whose fipc_h_fail calls
- * fipc_h_leave with the exception still set.) */
-static PyObject *fail(PubHandle *self)
-{
-    PyObject *type, *value, *tb;
-    int closed = fipc_h_closed(&self->h);
-    PyErr_Fetch(&type, &value, &tb);
-    if (fipc_h_leave(&self->h) < 0)
-        PyErr_Clear(); /* _free raised: the call's own exception goes on */
-    PyErr_Restore(type, value, tb);
-    if (closed && (PyErr_ExceptionMatches(PyExc_OSError) ||
-                   PyErr_ExceptionMatches(PyExc_EOFError))) {
-        PyErr_Clear();
-        PyObject *exc = PyObject_CallMethod((PyObject *)self, "_closed_error", NULL);
-        if (exc != NULL) {
-            PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
-            Py_DECREF(exc);
-        }
-    }
-    return NULL;
-}
-
 /* Seconds left until deadline (ns; < 0: none). */
 static double left_of(int64_t deadline)
 {
@@ -225,7 +201,7 @@ static PyObject *pub_park(PubHandle *self, PyObject *Py_UNUSED(ignored))
     int rc = fipc_pub_park(&self->core, &off, &val);
     if (rc < 0) {
         fipc_h_raise(&self->h, rc, -1);
-        return fail(self);
+        return fipc_h_fail(&self->h);
     }
     if (fipc_h_leave(&self->h) < 0)
         return NULL;
@@ -338,14 +314,14 @@ static PyObject *pub_send(PubHandle *self, PyObject *const *args, Py_ssize_t nar
         return NULL;
     if (parse(self, "send", args, nargs, kwnames, send_names, 1, arg) < 0 ||
         fipc_h_timeout(arg[1], &timeout) < 0 || data_buffer(arg[0], &view) < 0)
-        return fail(self);
+        return fipc_h_fail(&self->h);
     const char *buf = view.buf;
     uint64_t len = (uint64_t)view.len;
     send_ctx c = {self, &buf, &len, 1, 0};
     int rc = send_messages(self, &c, timeout, 0, 0);
     PyBuffer_Release(&view);
     if (rc < 0)
-        return fail(self);
+        return fipc_h_fail(&self->h);
     if (fipc_h_leave(&self->h) < 0)
         return NULL;
     Py_RETURN_NONE;
@@ -359,14 +335,14 @@ static PyObject *pub_send_nowait(PubHandle *self, PyObject *data)
     if (fipc_h_enter(&self->h) < 0)
         return NULL;
     if (data_buffer(data, &view) < 0)
-        return fail(self);
+        return fipc_h_fail(&self->h);
     const char *buf = view.buf;
     uint64_t len = (uint64_t)view.len;
     send_ctx c = {self, &buf, &len, 1, 0};
     int rc = send_messages(self, &c, 0.0, 1, 0);
     PyBuffer_Release(&view);
     if (rc < 0)
-        return fail(self);
+        return fipc_h_fail(&self->h);
     if (fipc_h_leave(&self->h) < 0)
         return NULL;
     return PyBool_FromLong(rc);
@@ -492,12 +468,12 @@ static PyObject *pub_send_many(PubHandle *self, PyObject *const *args, Py_ssize_
         return NULL;
     if (parse(self, "send_many", args, nargs, kwnames, send_many_names, 1, arg) < 0 ||
         fipc_h_timeout(arg[1], &timeout) < 0 || batch_of(arg[0], &b) < 0)
-        return fail(self);
+        return fipc_h_fail(&self->h);
     send_ctx c = {self, b.bufs, b.lens, (uint64_t)b.n, 0};
     int rc = send_messages(self, &c, timeout, 0, 1);
     batch_free(&b);
     if (rc < 0)
-        return fail(self);
+        return fipc_h_fail(&self->h);
     if (fipc_h_leave(&self->h) < 0)
         return NULL;
     Py_RETURN_NONE;
@@ -514,17 +490,17 @@ static PyObject *pub_send_many_nowait(PubHandle *self, PyObject *args)
     if (fipc_h_enter(&self->h) < 0)
         return NULL;
     if (batch_of(messages, &b) < 0)
-        return fail(self);
+        return fipc_h_fail(&self->h);
     if (first < 0 || first > b.n) {
         batch_free(&b);
         PyErr_SetString(PyExc_ValueError, "first is out of range");
-        return fail(self);
+        return fipc_h_fail(&self->h);
     }
     send_ctx c = {self, b.bufs, b.lens, (uint64_t)b.n, (uint64_t)first};
     int rc = send_messages(self, &c, 0.0, 1, 1);
     batch_free(&b);
     if (rc < 0)
-        return fail(self);
+        return fipc_h_fail(&self->h);
     if (fipc_h_leave(&self->h) < 0)
         return NULL;
     return PyLong_FromUnsignedLongLong(c.done - (uint64_t)first);
@@ -687,7 +663,7 @@ static PyObject *recv_done(PubHandle *self, PyObject *r, int64_t status, double 
 {
     if (r == NULL) {
         recv_failed(self, status, timeout);
-        return fail(self);
+        return fipc_h_fail(&self->h);
     }
     if (fipc_h_leave(&self->h) < 0) {
         Py_DECREF(r);
@@ -707,7 +683,7 @@ static PyObject *sub_recv(PubHandle *self, PyObject *const *args, Py_ssize_t nar
         return NULL;
     if (parse(self, "recv", args, nargs, kwnames, recv_names, 0, arg) < 0 ||
         fipc_h_timeout(arg[0], &timeout) < 0 || unstick(self) < 0)
-        return fail(self);
+        return fipc_h_fail(&self->h);
     int64_t status = 0;
     PyObject *r = take(self, timeout, 0, &status);
     return recv_done(self, r, status, timeout);
@@ -719,7 +695,7 @@ static PyObject *sub_recv_nowait(PubHandle *self, PyObject *Py_UNUSED(ignored))
     if (fipc_h_enter(&self->h) < 0)
         return NULL;
     if (unstick(self) < 0)
-        return fail(self);
+        return fipc_h_fail(&self->h);
     int64_t status = 0;
     PyObject *r = take(self, 0.0, 0, &status);
     if (r == NULL && status == -ETIMEDOUT) {
@@ -769,10 +745,10 @@ static PyObject *sub_recv_into(PubHandle *self, PyObject *const *args, Py_ssize_
         return NULL;
     if (parse(self, "recv_into", args, nargs, kwnames, recv_into_names, 1, arg) < 0 ||
         fipc_h_timeout(arg[1], &timeout) < 0 || writable_buffer(arg[0], &view) < 0)
-        return fail(self);
+        return fipc_h_fail(&self->h);
     if (unstick(self) < 0) {
         PyBuffer_Release(&view);
-        return fail(self);
+        return fipc_h_fail(&self->h);
     }
     uint64_t cap = (uint64_t)view.len;
     int64_t n;
@@ -780,14 +756,14 @@ static PyObject *sub_recv_into(PubHandle *self, PyObject *const *args, Py_ssize_
         if (cap < (uint64_t)PyBytes_Size(self->partial)) {
             too_small(cap, (uint64_t)PyBytes_Size(self->partial));
             PyBuffer_Release(&view);
-            return fail(self);
+            return fipc_h_fail(&self->h);
         }
         int64_t status = 0;
         PyObject *r = take(self, timeout, 0, &status);
         if (r == NULL) {
             PyBuffer_Release(&view);
             recv_failed(self, status, timeout);
-            return fail(self);
+            return fipc_h_fail(&self->h);
         }
         n = PyBytes_Size(r);
         memcpy(view.buf, PyBytes_AsString(r), (size_t)n);
@@ -815,12 +791,12 @@ static PyObject *sub_recv_into(PubHandle *self, PyObject *const *args, Py_ssize_
         if (n == FIPC_PUB_NEED) {
             PyBuffer_Release(&view);
             too_small(cap, core->last_len);
-            return fail(self);
+            return fipc_h_fail(&self->h);
         }
         if (n < 0) {
             PyBuffer_Release(&view);
             recv_failed(self, n, timeout);
-            return fail(self);
+            return fipc_h_fail(&self->h);
         }
     }
     PyBuffer_Release(&view);
@@ -902,7 +878,7 @@ static PyObject *sub_recv_many(PubHandle *self, PyObject *const *args, Py_ssize_
     if (parse(self, "recv_many", args, nargs, kwnames, recv_many_names, 0, arg) < 0 ||
         max_messages_of(arg[0], &max) < 0 || fipc_h_timeout(arg[1], &timeout) < 0 ||
         unstick(self) < 0)
-        return fail(self);
+        return fipc_h_fail(&self->h);
     int64_t status = 0;
     PyObject *r = many(self, timeout, max, &status);
     return recv_done(self, r, status, timeout);
@@ -915,7 +891,7 @@ static PyObject *sub_recv_many_nowait(PubHandle *self, PyObject *arg)
     if (fipc_h_enter(&self->h) < 0)
         return NULL;
     if (max_messages_of(arg, &max) < 0 || unstick(self) < 0)
-        return fail(self);
+        return fipc_h_fail(&self->h);
     int64_t status = 0;
     PyObject *r = many(self, 0.0, max, &status);
     if (r == NULL && status == -ETIMEDOUT) {
@@ -938,7 +914,7 @@ static PyObject *sub_view(PubHandle *self, PyObject *arg)
     if (fipc_h_enter(&self->h) < 0)
         return NULL;
     if (unstick(self) < 0)
-        return fail(self);
+        return fipc_h_fail(&self->h);
     int64_t status = 0;
     PyObject *copy = NULL, *r = NULL;
     if (self->core.overflow != 1 || self->partial != NULL)
