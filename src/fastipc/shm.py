@@ -22,8 +22,8 @@ import os
 import secrets
 import time
 import weakref
-from collections.abc import Awaitable, Iterable, Iterator
-from typing import Any, Callable, Optional
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Optional
 
 from fastipc import _aio, _core
 from fastipc import _shm_layout as _layout

@@ -19,7 +19,8 @@ return ``None`` / ``False`` when they would have to.
 from __future__ import annotations
 
 import errno
-from typing import Any, Callable, Optional, Protocol
+from collections.abc import Callable
+from typing import Any, Optional, Protocol
 
 from fastipc._core import Deadline, closed_error, retry
 

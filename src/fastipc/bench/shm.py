@@ -36,11 +36,11 @@ import multiprocessing as mp
 import os
 import threading
 import uuid
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
 from multiprocessing.connection import Connection
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from fastipc.bench import Case, Missing, now, optional, pinned, run_c
 
