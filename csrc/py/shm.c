@@ -155,6 +155,41 @@ static int64_t copy_out(ShmHandle *s, const char *ptr, int64_t n, PyObject **out
     return n;
 }
 
+/* The start of a method taking arguments: enter (ValueError if closed), parse them against
+ * `names` into arg[], and the timeout arg[t] (t < 0: none). 0, or -1 with the call failed. */
+static int begin(ShmHandle *self, const char *func, PyObject *const *args, Py_ssize_t nargs,
+                 PyObject *kwnames, const char *const *names, int required, PyObject **arg,
+                 int t, double *timeout)
+{
+    if (fipc_h_enter(&self->h) < 0)
+        return -1;
+    if (fipc_h_args(func, args, nargs, kwnames, names, required, arg) < 0 ||
+        (t >= 0 && fipc_h_timeout(arg[t], timeout) < 0)) {
+        shm_fail(&self->h);
+        return -1;
+    }
+    return 0;
+}
+
+/* The end of a call that made `out` (a new reference, or NULL: the call failed): leave. */
+static PyObject *finish(ShmHandle *self, PyObject *out)
+{
+    if (out == NULL)
+        return shm_fail(&self->h);
+    if (fipc_h_leave(&self->h) < 0) {
+        Py_DECREF(out);
+        return NULL;
+    }
+    return out;
+}
+
+/* The end of a call that failed with status rc (< 0). */
+static PyObject *failed(ShmHandle *self, int64_t rc, double timeout)
+{
+    fipc_h_raise(&self->h, rc, timeout);
+    return shm_fail(&self->h);
+}
+
 static int check_count(PyObject *obj, const char *what, long low, long high, long *out)
 {
     if (obj == NULL)
@@ -201,10 +236,9 @@ static PyObject *writer_send(ShmHandle *self, PyObject *const *args, Py_ssize_t 
     PyObject *arg[2];
     double timeout;
     Py_buffer v;
-    if (fipc_h_enter(&self->h) < 0)
+    if (begin(self, "send", args, nargs, kwnames, send_names, 1, arg, 1, &timeout) < 0)
         return NULL;
-    if (fipc_h_args("send", args, nargs, kwnames, send_names, 1, arg) < 0 ||
-        fipc_h_timeout(arg[1], &timeout) < 0 || fipc_h_buffer(arg[0], &v, 0) < 0)
+    if (fipc_h_buffer(arg[0], &v, 0) < 0)
         return shm_fail(&self->h);
     send_ctx x = {self, v.buf, (uint64_t)v.len, &self->progress};
     self->progress = 0;
@@ -212,12 +246,9 @@ static PyObject *writer_send(ShmHandle *self, PyObject *const *args, Py_ssize_t 
     PyBuffer_Release(&v);
     if (rc < 0) {
         self->progress = 0; /* a message cut short is abandoned: the reader drops it */
-        fipc_h_raise(&self->h, rc, timeout);
-        return shm_fail(&self->h);
+        return failed(self, rc, timeout);
     }
-    if (fipc_h_leave(&self->h) < 0)
-        return NULL;
-    Py_RETURN_NONE;
+    return finish(self, Py_NewRef(Py_None));
 }
 
 typedef struct {
@@ -315,11 +346,8 @@ static PyObject *writer_send_many(ShmHandle *self, PyObject *const *args, Py_ssi
     double timeout;
     char *blob;
     uint64_t *lens;
-    if (fipc_h_enter(&self->h) < 0)
+    if (begin(self, "send_many", args, nargs, kwnames, names, 1, arg, 1, &timeout) < 0)
         return NULL;
-    if (fipc_h_args("send_many", args, nargs, kwnames, names, 1, arg) < 0 ||
-        fipc_h_timeout(arg[1], &timeout) < 0)
-        return shm_fail(&self->h);
     Py_ssize_t count = join_messages(self, arg[0], &blob, &lens);
     if (count < 0)
         return shm_fail(&self->h);
@@ -343,9 +371,7 @@ static PyObject *writer_send_many(ShmHandle *self, PyObject *const *args, Py_ssi
         }
         return shm_fail(&self->h);
     }
-    if (fipc_h_leave(&self->h) < 0)
-        return NULL;
-    Py_RETURN_NONE;
+    return finish(self, Py_NewRef(Py_None));
 }
 
 /* _send_nowait(data): one attempt at sending data whole, without waiting: True once it is
@@ -362,12 +388,9 @@ static PyObject *writer_send_nowait(ShmHandle *self, PyObject *data)
     PyBuffer_Release(&v);
     if (rc < 0 && rc != -ETIMEDOUT && rc != -EINTR) {
         self->nowait = 0;
-        fipc_h_raise(&self->h, rc, 0.0);
-        return shm_fail(&self->h);
+        return failed(self, rc, 0.0);
     }
-    if (fipc_h_leave(&self->h) < 0)
-        return NULL;
-    return PyBool_FromLong(rc == 0);
+    return finish(self, PyBool_FromLong(rc == 0));
 }
 
 /* _abandon(): give up a message _send_nowait left half-streamed (the reader drops it). */
@@ -479,21 +502,12 @@ static PyObject *reader_recv(ShmHandle *self, PyObject *const *args, Py_ssize_t 
     static const char *const names[] = {"timeout", NULL};
     PyObject *arg[1], *msg = NULL;
     double timeout;
-    if (fipc_h_enter(&self->h) < 0)
+    if (begin(self, "recv", args, nargs, kwnames, names, 0, arg, 0, &timeout) < 0)
         return NULL;
-    if (fipc_h_args("recv", args, nargs, kwnames, names, 0, arg) < 0 ||
-        fipc_h_timeout(arg[0], &timeout) < 0)
-        return shm_fail(&self->h);
     int64_t rc = recv_message(self, timeout, 1, &msg);
-    if (rc < 0) {
-        fipc_h_raise(&self->h, rc, timeout);
-        return shm_fail(&self->h);
-    }
-    if (fipc_h_leave(&self->h) < 0) {
-        Py_DECREF(msg);
-        return NULL;
-    }
-    return msg;
+    if (rc < 0)
+        return failed(self, rc, timeout);
+    return finish(self, msg);
 }
 
 static void too_small(uint64_t cap, uint64_t n)
@@ -548,11 +562,8 @@ static PyObject *reader_recv_into(ShmHandle *self, PyObject *const *args, Py_ssi
     PyObject *arg[2];
     double timeout;
     Py_buffer v;
-    if (fipc_h_enter(&self->h) < 0)
+    if (begin(self, "recv_into", args, nargs, kwnames, names, 1, arg, 1, &timeout) < 0)
         return NULL;
-    if (fipc_h_args("recv_into", args, nargs, kwnames, names, 1, arg) < 0 ||
-        fipc_h_timeout(arg[1], &timeout) < 0)
-        return shm_fail(&self->h);
     if (PyUnicode_Check(arg[0]) || PyObject_GetBuffer(arg[0], &v, PyBUF_WRITABLE) < 0) {
         /* the Python rules say what is wrong with it */
         PyErr_Clear();
@@ -565,13 +576,9 @@ static PyObject *reader_recv_into(ShmHandle *self, PyObject *const *args, Py_ssi
     }
     int64_t rc = recv_into(self, v.buf, (uint64_t)v.len, timeout);
     PyBuffer_Release(&v);
-    if (rc < 0) {
-        fipc_h_raise(&self->h, rc, timeout);
-        return shm_fail(&self->h);
-    }
-    if (fipc_h_leave(&self->h) < 0)
-        return NULL;
-    return PyLong_FromLongLong(rc);
+    if (rc < 0)
+        return failed(self, rc, timeout);
+    return finish(self, PyLong_FromLongLong(rc));
 }
 
 /* `first` and what else is queued whole, up to max messages, without waiting, as a list;
@@ -611,25 +618,15 @@ static PyObject *reader_recv_many(ShmHandle *self, PyObject *const *args, Py_ssi
     PyObject *arg[2], *msg = NULL;
     double timeout;
     long max = 1024;
-    if (fipc_h_enter(&self->h) < 0)
+    if (begin(self, "recv_many", args, nargs, kwnames, names, 0, arg, -1, NULL) < 0)
         return NULL;
-    if (fipc_h_args("recv_many", args, nargs, kwnames, names, 0, arg) < 0 ||
-        check_count(arg[0], "max_messages", 1, 1L << 20, &max) < 0 ||
+    if (check_count(arg[0], "max_messages", 1, 1L << 20, &max) < 0 ||
         fipc_h_timeout(arg[1], &timeout) < 0)
         return shm_fail(&self->h);
     int64_t rc = recv_message(self, timeout, 1, &msg);
-    if (rc < 0) {
-        fipc_h_raise(&self->h, rc, timeout);
-        return shm_fail(&self->h);
-    }
-    PyObject *out = more(self, msg, max);
-    if (out == NULL)
-        return shm_fail(&self->h);
-    if (fipc_h_leave(&self->h) < 0) {
-        Py_DECREF(out);
-        return NULL;
-    }
-    return out;
+    if (rc < 0)
+        return failed(self, rc, timeout);
+    return finish(self, more(self, msg, max));
 }
 
 /* _recv_nowait(): the next message if one is there, else None (nothing consumed). */
@@ -639,44 +636,24 @@ static PyObject *reader_recv_nowait(ShmHandle *self, PyObject *Py_UNUSED(ignored
     if (fipc_h_enter(&self->h) < 0)
         return NULL;
     int64_t rc = recv_message(self, 0.0, 0, &msg);
-    if (rc < 0 && rc != -ETIMEDOUT && rc != -EINTR) {
-        fipc_h_raise(&self->h, rc, 0.0);
-        return shm_fail(&self->h);
-    }
-    if (fipc_h_leave(&self->h) < 0) {
-        Py_XDECREF(msg);
-        return NULL;
-    }
-    if (rc < 0)
-        Py_RETURN_NONE;
-    return msg;
+    if (rc < 0 && rc != -ETIMEDOUT && rc != -EINTR)
+        return failed(self, rc, 0.0);
+    return finish(self, rc < 0 ? Py_NewRef(Py_None) : msg);
 }
 
 /* _recv_many_nowait(max_messages): up to max messages if one is there, else None. */
 static PyObject *reader_recv_many_nowait(ShmHandle *self, PyObject *arg)
 {
-    PyObject *msg = NULL, *out;
+    PyObject *msg = NULL;
     long max = PyLong_AsLong(arg);
     if (max == -1 && PyErr_Occurred())
         return NULL;
     if (fipc_h_enter(&self->h) < 0)
         return NULL;
     int64_t rc = recv_message(self, 0.0, 0, &msg);
-    if (rc < 0 && rc != -ETIMEDOUT && rc != -EINTR) {
-        fipc_h_raise(&self->h, rc, 0.0);
-        return shm_fail(&self->h);
-    }
-    if (rc < 0) {
-        out = Py_None;
-        Py_INCREF(out);
-    }
-    else if ((out = more(self, msg, max)) == NULL)
-        return shm_fail(&self->h);
-    if (fipc_h_leave(&self->h) < 0) {
-        Py_DECREF(out);
-        return NULL;
-    }
-    return out;
+    if (rc < 0 && rc != -ETIMEDOUT && rc != -EINTR)
+        return failed(self, rc, 0.0);
+    return finish(self, rc < 0 ? Py_NewRef(Py_None) : more(self, msg, max));
 }
 
 /* _take_view(timeout): the next message for recv_view: (a read-only memoryview of it in the
@@ -697,10 +674,8 @@ static PyObject *reader_take_view(ShmHandle *self, PyObject *arg)
         rc = recv_wait(self, &x, timeout, 1);
     if (rc >= 0) {
         uint64_t off = (uint64_t)(x.ptr - (char *)self->map.buf);
-        if (x.ptr < (char *)self->map.buf || off > (uint64_t)self->map.len - (uint64_t)rc) {
-            fipc_h_raise(&self->h, FIPC_CORRUPT, timeout);
-            return shm_fail(&self->h);
-        }
+        if (x.ptr < (char *)self->map.buf || off > (uint64_t)self->map.len - (uint64_t)rc)
+            return failed(self, FIPC_CORRUPT, timeout);
         PyObject *ops = PyObject_GetAttrString((PyObject *)self, "_ops");
         if (ops != NULL) {
             out = PyObject_CallMethod(ops, "_export", "KLK", (unsigned long long)off,
@@ -719,17 +694,9 @@ static PyObject *reader_take_view(ShmHandle *self, PyObject *arg)
             }
         }
     }
-    if (rc < 0) {
-        fipc_h_raise(&self->h, rc, timeout);
-        return shm_fail(&self->h);
-    }
-    if (out == NULL)
-        return shm_fail(&self->h);
-    if (fipc_h_leave(&self->h) < 0) {
-        Py_DECREF(out);
-        return NULL;
-    }
-    return out;
+    if (rc < 0)
+        return failed(self, rc, timeout);
+    return finish(self, out);
 }
 
 /* ------------------------------------------------------------------------ types */
