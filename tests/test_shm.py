@@ -887,7 +887,7 @@ def _outcome(call: Any) -> tuple[str, str]:
     return "no error", ""
 
 
-def _bad_calls(w: shm.Writer, r: shm.Reader) -> list[Any]:
+def _bad_calls(w: Any, r: Any) -> list[Any]:
     """Per-message calls with bad arguments, each given the ends to call."""
     grid = memoryview(bytearray(16))[::2]  # not contiguous
     return [
@@ -922,7 +922,7 @@ def test_bad_arguments_same_on_both_backends(name: str) -> None:
             seen[backend] = [_outcome(call) for call in _bad_calls(w, r)]
             w.send(b"still works")
             assert r.recv(timeout=1) == b"still works"
-    for i, (native, pure) in enumerate(zip(seen["native"], seen["pure"])):
+    for i, (native, pure) in enumerate(zip(seen["native"], seen["pure"], strict=True)):
         assert native[0] == pure[0] != "no error", (i, native, pure)
         if "argument" not in pure[1]:  # the function's name in these differs (send/Writer.send)
             assert native[1] == pure[1], (i, native, pure)
@@ -937,7 +937,8 @@ def test_per_message_calls_of_a_closed_end(backend: str, name: str) -> None:
     w.send(b"queued")
     r.close()
     w.close()
-    calls = _bad_calls(w, r) + [
+    calls = [
+        *_bad_calls(w, r),
         lambda: w.send(b"x"), lambda: w.send_many([b"x"]), lambda: w._send_nowait(b"x"),
         r.recv, lambda: r.recv_into(bytearray(8)), r.recv_many, r.recv_view,
         r._recv_nowait, lambda: r._recv_many_nowait(4), lambda: list(r),
