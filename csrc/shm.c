@@ -315,15 +315,6 @@ static inline void lazy_release(fipc_shm *h)
         release_tail(h);
 }
 
-/* ---------------------------------------------------------------- threads */
-
-/* Another thread may close this end while a call is in progress: close() sets `closed`,
- * wakes us, and Python unmaps only once `busy` is back to 0. */
-int fipc_shm_busy(fipc_shm *h)
-{
-    return fipc_busy_count(&h->busy);
-}
-
 /* ---------------------------------------------------------------- waiting */
 
 /* The peer's end: 1 closed or dead, 0 running. probe: also look at its liveness lock (a
@@ -540,74 +531,30 @@ static int64_t shm_recv(fipc_shm *h, char *dest, uint64_t cap, double timeout, c
     }
 }
 
-static char *put_format(char *f, char *end, uint64_t n)
+/* The next message if it is whole in the ring already, in place (see shm.h). */
+static int64_t shm_recv_next(fipc_shm *h, char **ptr)
 {
-    char digits[24];
-    int k = 0;
-    do {
-        digits[k++] = (char)('0' + n % 10);
-        n /= 10;
-    } while (n);
-    if (end - f < k + 2)
-        return NULL;
-    while (k)
-        *f++ = digits[--k];
-    *f++ = 's';
-    return f;
-}
-
-static int64_t shm_recv_many(fipc_shm *h, char *dest, uint64_t cap, uint64_t *lens, uint64_t max,
-                           char *fmt, uint64_t fmt_cap, double timeout)
-{
-    if (h->role != ROLE_READER)
-        return -EBADF;
-    if (fmt_cap < 1)
-        return -EINVAL;
-    int64_t deadline = FIPC_DEADLINE_UNSET;
-    uint64_t count = 0, used = 0;
-    char *f = fmt, *fend = fmt + fmt_cap;
-    int rc;
-    lazy_release(h);
-    if (h->msg_total) { /* finish a streamed message through fipc_shm_recv */
-        h->last_len = h->msg_total;
-        return FIPC_SHM_NEED;
-    }
-    while (count < max) {
+    if (h->role != ROLE_READER || h->msg_total)
+        return h->role != ROLE_READER ? -EBADF : FIPC_SHM_NEED;
+    for (;;) {
         uint32_t kind;
         uint64_t len, total, size;
         char *data;
-        rc = next_frame(h, count == 0, timeout, &deadline, &kind, &len, &total, &data, &size);
-        if (rc == 0)
-            break; /* wait for the first message only */
-        if (rc < 0)
-            return rc;
-        if (kind == FR_PAD || (kind == FR_NEXT)) {
+        int rc = next_frame(h, 0, 0.0, NULL, &kind, &len, &total, &data, &size);
+        if (rc <= 0)
+            return rc == 0 ? -EAGAIN : rc;
+        if (kind == FR_PAD || kind == FR_NEXT) {
             consume(h, size); /* a NEXT here belongs to an abandoned message */
             continue;
         }
-        if (kind == FR_FIRST || total > h->max_message || cap - used < len) {
-            if (count > 0)
-                break;
-            h->last_len = total;
-            if (total > h->max_message) {
-                consume(h, size); /* dropped, as in fipc_shm_recv */
-                release_tail(h);
-                return FIPC_TOOBIG;
-            }
+        if (kind != FR_WHOLE || total > h->max_message)
             return FIPC_SHM_NEED;
-        }
-        char *nf = put_format(f, fend, len);
-        if (nf == NULL)
-            break;
-        f = nf;
-        memcpy(dest + used, data, len);
-        used += len;
-        lens[count++] = len;
-        consume(h, size);
+        h->last_len = len;
+        h->last_pos = h->pos;
+        *ptr = data;
+        consume(h, size); /* released by a later call */
+        return (int64_t)len;
     }
-    *f = '\0';
-    lazy_release(h);
-    return (int64_t)count;
 }
 
 /* ---------------------------------------------------------------- close */
@@ -622,38 +569,40 @@ void fipc_shm_wake(fipc_shm *h)
     fipc_futex_wake(A32(h, OFF_SSEQ));
 }
 
-int fipc_shm_close(fipc_shm *h)
+void fipc_shm_close(fipc_shm *h)
 {
     atomic_store_explicit((_Atomic int32_t *)&h->closed, 1, memory_order_seq_cst);
-    if (h->role == ROLE_WRITER) {
+    if (is_broken(h)) {
+        /* the header may be gone: nothing to tell */
+    } else if (h->role == ROLE_WRITER) {
         STORE(A32(h, OFF_WSTATE), ST_CLOSED, release);
     } else if (h->role == ROLE_READER) {
-        if (fipc_shm_busy(h) == 0) { /* else the thread in a call owns these fields */
-            h->hold = UINT64_MAX;
-            release_tail(h);
-        }
+        h->hold = UINT64_MAX; /* no call is in progress: these fields are ours */
+        release_tail(h);
         STORE(A32(h, OFF_RSTATE), ST_CLOSED, release);
     }
     fipc_shm_wake(h); /* the peer, and our own calls blocked in other threads */
-    return fipc_shm_busy(h);
+}
+
+int fipc_shm_broken(fipc_shm *h)
+{
+    return is_broken(h);
 }
 
 /* ---------------------------------------------------------------- entry points */
 
-/* Every entry point: counted busy (the mapping stays until no call is in C), refused once
- * closed or broken, and FIPC_CORRUPT if a page was lost under it (see on_sigbus). */
+/* Every entry point: refused once closed or broken, and FIPC_CORRUPT if a page was lost
+ * under it (see on_sigbus). The mapping stays while a call runs: the native handle that
+ * makes the calls (csrc/py/shm.c) counts them busy and releases only once none is. */
 #define GUARDED(h, type, call)                                                              \
     do {                                                                                    \
-        if (fipc_enter(&(h)->busy, &(h)->closed) < 0)                                       \
+        if (fipc_is_closed(&(h)->closed))                                                   \
             return -EBADF;                                                                  \
-        if (is_broken(h)) {                                                                 \
-            fipc_leave(&(h)->busy);                                                         \
+        if (is_broken(h))                                                                   \
             return FIPC_CORRUPT;                                                            \
-        }                                                                                   \
         type rc_ = call;                                                                    \
         if (is_broken(h)) /* a page was lost under the call (see on_sigbus) */              \
             rc_ = FIPC_CORRUPT;                                                             \
-        fipc_leave(&(h)->busy);                                                             \
         return rc_;                                                                         \
     } while (0)
 
@@ -681,10 +630,15 @@ int64_t fipc_shm_recv(fipc_shm *h, char *dest, uint64_t cap, double timeout, cha
     GUARDED(h, int64_t, shm_recv(h, dest, cap, timeout, ptr));
 }
 
-int64_t fipc_shm_recv_many(fipc_shm *h, char *dest, uint64_t cap, uint64_t *lens, uint64_t max,
-                           char *fmt, uint64_t fmt_cap, double timeout)
+int64_t fipc_shm_recv_next(fipc_shm *h, char **ptr)
 {
-    GUARDED(h, int64_t, shm_recv_many(h, dest, cap, lens, max, fmt, fmt_cap, timeout));
+    GUARDED(h, int64_t, shm_recv_next(h, ptr));
+}
+
+void fipc_shm_consumed(fipc_shm *h)
+{
+    if (h->role == ROLE_READER && !fipc_is_closed(&h->closed) && !is_broken(h))
+        lazy_release(h);
 }
 
 /* ---------------------------------------------------------------- async */
@@ -726,11 +680,8 @@ static int shm_unpark(fipc_shm *h)
 
 void fipc_shm_unpark(fipc_shm *h)
 {
-    if (fipc_enter(&h->busy, &h->closed) < 0)
-        return;
-    if (!h->broken)
+    if (!fipc_is_closed(&h->closed) && !is_broken(h))
         shm_unpark(h);
-    fipc_leave(&h->busy);
 }
 
 /* ---------------------------------------------------------------- writer's view of its reader */

@@ -55,7 +55,6 @@ typedef struct fipc_shm {
     int32_t fd;             /* an fd of the segment: the peer's liveness lock is probed on it */
     int32_t role;           /* 1 writer, 2 reader */
     uint64_t spins, sleeps; /* statistics: waits satisfied by spinning / by sleeping */
-    int32_t busy;           /* calls in progress on this handle (any thread) */
     int32_t closed;         /* set by fipc_shm_wake/close: calls return -EBADF */
     int32_t recheck;        /* reader: views still exported: a wait returns -EINTR after
                                each sleep of at most 10 ms, for Python to look at them */
@@ -85,12 +84,16 @@ int64_t fipc_shm_send_many(fipc_shm *h, const char *buf, const uint64_t *lens, u
  * whole. Returns the length, FIPC_EOF,
  * FIPC_CORRUPT, FIPC_TOOBIG, -ETIMEDOUT, -EINTR. */
 int64_t fipc_shm_recv(fipc_shm *h, char *dest, uint64_t cap, double timeout, char **ptr);
-/* Up to max messages copied into dest (cap bytes), lengths into lens; fmt gets a Python
- * struct format ("64s8s...") of them, NUL-terminated, fmt_cap bytes at most. Waits up to
- * timeout for the first message only; FIPC_SHM_NEED when the first is streamed or too large
- * for dest. Returns the count, or an error as fipc_shm_recv. */
-int64_t fipc_shm_recv_many(fipc_shm *h, char *dest, uint64_t cap, uint64_t *lens, uint64_t max,
-                           char *fmt, uint64_t fmt_cap, double timeout);
+/* The next message if it is whole in the ring already, in place (*ptr, valid until the next
+ * call), without waiting and without looking at the writer: its length, -EAGAIN if none is
+ * published, FIPC_SHM_NEED (nothing consumed) if the next is streamed or larger than
+ * max_message (fipc_shm_recv then says what to do with it), or FIPC_CORRUPT. For the
+ * messages after the first of a batch. */
+int64_t fipc_shm_recv_next(fipc_shm *h, char **ptr);
+/* The messages returned in place (recv with dest NULL, recv_next) have been copied out:
+ * hand their space back to the writer if it waits for it (or a sixteenth of the ring is
+ * due). Not after a recv_view's message, which set_hold holds. */
+void fipc_shm_consumed(fipc_shm *h);
 /* Set the hold (never release beyond it; UINT64_MAX: none) and release every frame read so
  * far up to it. */
 int fipc_shm_set_hold(fipc_shm *h, uint64_t hold);
@@ -108,10 +111,11 @@ int fipc_shm_reader_attached(fipc_shm *h);
  * thread); the peer is not told. */
 void fipc_shm_wake(fipc_shm *h);
 /* Mark this end closed in the header and wake the peer, and any call of ours blocked in
- * another thread (it returns -EBADF). Returns how many calls are still in progress: the
- * mapping must not be unmapped before fipc_shm_busy() says 0. */
-int fipc_shm_close(fipc_shm *h);
-int fipc_shm_busy(fipc_shm *h);
+ * another thread (it returns -EBADF). Called once no call of this end is in progress (the
+ * native handle's count, csrc/py/shm.c, says when); the mapping may go after it. */
+void fipc_shm_close(fipc_shm *h);
+/* 1 if a page of the mapping was lost (see on_sigbus): what was read since is zeros. */
+int fipc_shm_broken(fipc_shm *h);
 /* Forget the mapping (before Python unmaps it): its SIGBUS guard ends. */
 void fipc_shm_forget(fipc_shm *h);
 /* 1 if another open file description holds the liveness lock `byte` of the segment fd (the

@@ -874,3 +874,166 @@ def test_close_from_another_thread_wakes_a_blocked_call(backend: str, name: str)
     finally:
         r.close()
         w.close()
+
+
+# ---------------------------------------------------------------------------- the per-message calls
+
+
+def _outcome(call: Any) -> tuple[str, str]:
+    try:
+        call()
+    except Exception as exc:  # compared across backends below
+        return type(exc).__name__, str(exc)
+    return "no error", ""
+
+
+def _bad_calls(w: Any, r: Any) -> list[Any]:
+    """Per-message calls with bad arguments, each given the ends to call."""
+    grid = memoryview(bytearray(16))[::2]  # not contiguous
+    return [
+        lambda: w.send("text"), lambda: w.send(3), lambda: w.send(None),
+        lambda: w.send(grid), lambda: w.send(b"x", timeout=-1),
+        lambda: w.send(b"x", timeout=float("nan")), lambda: w.send(b"x", timeout="1"),
+        lambda: w.send(b"x", timeout=True), lambda: w.send(b"x", wait=1),
+        lambda: w.send(), lambda: w.send(b"x", 1, 2),
+        lambda: w.send_many(b"abc"), lambda: w.send_many("abc"),
+        lambda: w.send_many([b"a", "b"]), lambda: w.send_many([b"a", 3]),
+        lambda: w.send_many(7), lambda: w.send_many([b"a"], timeout=-0.5),
+        lambda: w.send_many([b"a"], bogus=1),
+        lambda: r.recv(timeout=-1), lambda: r.recv(timeout=float("nan")),
+        lambda: r.recv(timeout="x"), lambda: r.recv(bogus=1), lambda: r.recv(1, 2),
+        lambda: r.recv_into(b"read-only"), lambda: r.recv_into("text"),
+        lambda: r.recv_into(3), lambda: r.recv_into(grid),
+        lambda: r.recv_into(bytearray(4), timeout=-1), lambda: r.recv_into(),
+        lambda: r.recv_many(0), lambda: r.recv_many(1 << 21), lambda: r.recv_many(True),
+        lambda: r.recv_many("3"), lambda: r.recv_many(2.0),
+        lambda: r.recv_many(4, timeout=float("nan")), lambda: r.recv_many(bogus=2),
+        lambda: r.recv_view(timeout=-1),
+    ]
+
+
+def test_bad_arguments_same_on_both_backends(name: str) -> None:
+    """Every per-message call given bad arguments raises the same exception, with the same
+    message, on the native handle (C) and on the pure backend (Python)."""
+    seen = {}
+    for backend in ("native", "pure"):
+        with shm.Writer(name, capacity=4096, backend=backend) as w, \
+                shm.Reader(name, timeout=5, backend=backend) as r:
+            seen[backend] = [_outcome(call) for call in _bad_calls(w, r)]
+            w.send(b"still works")
+            assert r.recv(timeout=1) == b"still works"
+    for i, (native, pure) in enumerate(zip(seen["native"], seen["pure"], strict=True)):
+        assert native[0] == pure[0] != "no error", (i, native, pure)
+        if "argument" not in pure[1]:  # the function's name in these differs (send/Writer.send)
+            assert native[1] == pure[1], (i, native, pure)
+
+
+def test_per_message_calls_of_a_closed_end(backend: str, name: str) -> None:
+    """On a closed end every per-message call is ValueError, whatever its arguments' values,
+    the awaitables' no-wait hooks too (a call that does not fit the signature is the
+    TypeError Python raises before the pure backend's method runs)."""
+    w = shm.Writer(name, capacity=4096, backend=backend)
+    r = shm.Reader(name, timeout=5, backend=backend)
+    w.send(b"queued")
+    r.close()
+    w.close()
+    calls = [
+        *_bad_calls(w, r),
+        lambda: w.send(b"x"), lambda: w.send_many([b"x"]), lambda: w._send_nowait(b"x"),
+        r.recv, lambda: r.recv_into(bytearray(8)), r.recv_many, r.recv_view,
+        r._recv_nowait, lambda: r._recv_many_nowait(4), lambda: list(r),
+    ]
+    for i, call in enumerate(calls):
+        kind, message = _outcome(call)
+        if backend == "pure" and kind == "TypeError" and "argument" in message:
+            continue
+        assert kind == "ValueError" and "closed" in message, (i, kind, message)
+
+
+def test_close_during_a_call_frees_once_it_left(backend: str, name: str) -> None:
+    """close() while a call of the end runs (here from a signal handler that runs inside the
+    blocked recv) marks it closed and ends the call with ValueError, but frees nothing
+    until the call has left: its fd and mapping are still there right after close()."""
+    w = shm.Writer(name, capacity=4096, backend=backend)
+    r = shm.Reader(name, timeout=5, spin=0, backend=backend)
+    fd = r.fileno()
+    during: list[bool] = []
+
+    def handler(*args: object) -> None:
+        r.close()
+        during.append(r.closed)
+        os.fstat(fd)  # still open: the call in progress holds the end
+        assert r._mmap is not None and not r._mmap.closed
+
+    old = signal.signal(signal.SIGALRM, handler)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.05)
+        t0 = time.monotonic()
+        with pytest.raises(ValueError, match="closed"):
+            r.recv(timeout=5)
+        assert time.monotonic() - t0 < 2
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    assert during == [True]
+    with pytest.raises(OSError):
+        os.fstat(fd)  # freed once the call left
+    with pytest.raises(BrokenPipeError):
+        w.send(b"x" * 100)  # the writer was told
+    w.close()
+
+
+@pytest.mark.parametrize("call", ["recv", "recv_into", "recv_many", "send", "send_many",
+                                  "streamed"])
+def test_a_raising_handler_leaves_the_end_usable(backend: str, name: str, call: str) -> None:
+    """A signal handler that raises during a blocked call: the exception propagates out of
+    the call, and both ends go on as if the call had not been made (nothing half sent or
+    half taken)."""
+    class Boom(Exception):
+        pass
+
+    def boom(*args: object) -> None:
+        raise Boom
+
+    big = bytes(range(256)) * 64  # streamed through a 4 KiB ring
+    with shm.Writer(name, capacity=4096, spin=0, backend=backend) as w, \
+            shm.Reader(name, timeout=5, spin=0, backend=backend) as r:
+        old = signal.signal(signal.SIGALRM, boom)
+        try:
+            if call in ("send", "send_many"):
+                while True:
+                    try:
+                        w.send(b"f" * 500, timeout=0)
+                    except TimeoutError:
+                        break
+            signal.setitimer(signal.ITIMER_REAL, 0.05)
+            with pytest.raises(Boom):
+                if call == "recv":
+                    r.recv(timeout=5)
+                elif call == "recv_into":
+                    r.recv_into(bytearray(64), timeout=5)
+                elif call == "recv_many":
+                    r.recv_many(8, timeout=5)
+                elif call == "send":
+                    w.send(b"s" * 500, timeout=5)
+                elif call == "send_many":
+                    w.send_many([b"m" * 500] * 3, timeout=5)
+                else:
+                    w.send(big, timeout=5)  # nobody reads: cut short half-way
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, old)
+        got: list[bytes] = []
+        while call not in ("recv", "recv_into", "recv_many"):  # what the writer had queued
+            try:
+                got += r.recv_many(64, timeout=0.2)
+            except TimeoutError:
+                break
+        assert all(m in (b"f" * 500, b"m" * 500) for m in got), [m[:8] for m in got]
+        if call == "send_many":
+            assert got.count(b"m" * 500) <= 3
+        w.send(b"after")
+        t = _send_later(w, big, 0.0)
+        assert r.recv(timeout=5) == b"after"
+        assert r.recv(timeout=5) == big
+        t.join()

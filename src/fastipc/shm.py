@@ -22,8 +22,8 @@ import os
 import secrets
 import time
 import weakref
-from collections.abc import Awaitable, Iterable, Iterator
-from typing import Any, Callable, Optional
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Optional
 
 from fastipc import _aio, _core
 from fastipc import _shm_layout as _layout
@@ -171,13 +171,11 @@ class _End(SegmentEnd):
 
     The segment's fd (``fileno()``) holds this end's OFD lock (docs/shm-layout.md,
     "Liveness"); the mapping is made through another open file description (:func:`_map`).
-    ``send``/``recv`` on the native backend are the backend's one-C-call fast paths, set
-    on the instance while it is open: they cannot afford ``uses_handle`` (~0.15 us on a
-    0.3 us call), so they keep their busy count in C (``fipc_shm``), which ``close()``
-    waits for before it unmaps. So do ``send_async``/``recv_async`` when they need no wait
-    (``fast_async``): a coroutine function whose call is the one C call; one that has to
-    wait goes on in the class's method, counted here (``_awaited``). Every other call, and
-    every call of the pure backend (which reads the mapping in Python), is counted here."""
+    On the native backend the per-message calls (``send``, ``recv``...) are the methods of
+    the end's native handle (``csrc/py/shm.c``), which come first in the native class: C
+    keeps the closed flag and busy count, holds a buffer export of the mapping and releases
+    it once no call is busy, then runs :meth:`_free`. The methods of the same names below are
+    the pure backend's. What is not per-message goes through ``_ops`` on both backends."""
 
     _what = "channel end"
     _mmap: Optional[mmap.mmap] = None
@@ -189,27 +187,29 @@ class _End(SegmentEnd):
         self._impl = _core.ops("shm", self._which)
         self._spin_async = _aio.Spin()
 
-    def _start(self, fd: int, ops: Any, fast: str) -> None:
+    def _make_ops(self, mm: mmap.mmap, fd: int, max_message: int, spin: float) -> Any:
+        """This end of the channel in ``mm``: the native handle's C end (``_open``) and the
+        ops on it, or the pure backend's ops. The writer writes the header, the reader checks
+        it."""
+        cls = self._impl.WriterOps if isinstance(self, Writer) else self._impl.ReaderOps
+        if self._which == "native":
+            _core.check(self._open(mm, fd, os.getpid(), max_message, spin),  # type: ignore[attr-defined]
+                        self._name)
+            extra = (mm,) if isinstance(self, Reader) else ()
+            return cls(self._core, self._name, *extra)  # type: ignore[attr-defined]
+        return cls(mm, self._size, fd, self._name, os.getpid(), max_message, spin)
+
+    def _undo_ops(self, ops: Any) -> None:
+        """Let go of the mapping of an end whose set-up failed (nobody is told)."""
+        if self._which == "native":
+            self._detach()  # type: ignore[attr-defined]
+        else:
+            ops.detach()
+
+    def _start(self, fd: int, ops: Any) -> None:
         self._ops = ops
         self._open_handle(self._which, fd)
-        now = "send_nowait" if fast == "send" else "recv_nowait"
-        if self._which == "native":  # its busy count is kept in C
-            self.__dict__[fast] = ops.fast_call()
-            self._now_call = getattr(ops, now)
-            method = getattr(type(self), fast + "_async")
-            fn = ops.fast_async(_waiting(self, method))
-            fn.__name__, fn.__qualname__, fn.__doc__ = (  # what help() shows: the method's
-                method.__name__, method.__qualname__, method.__doc__)
-            self.__dict__[fast + "_async"] = fn
-        else:  # Python reads the mapping: counted here, without the method's indirection
-            self.__dict__[fast] = _counted(self, ops.fast_call())
-            self._now_call = _counted(self, getattr(ops, now))
         _open_ends.add(self)
-
-    def _drop_fast(self) -> None:
-        """Back to the class's methods, which are counted here (a closed end: ValueError)."""
-        for fast in ("send", "recv", "send_async", "recv_async"):
-            self.__dict__.pop(fast, None)
 
     max_message_size = _core.Fixed[int]("_max", "The largest message taken, in bytes.",
                                         open_only=True)
@@ -249,11 +249,9 @@ class _End(SegmentEnd):
             except BufferError:  # an export outlived the end: the GC unmaps it later
                 pass
 
-    def close(self) -> None:
-        """Close this end (the peer is told); calls blocked in other threads end with
-        ValueError. Idempotent."""
-        self._drop_fast()
-        super().close()
+    def _wake(self) -> None:
+        if self._which == "pure":  # the native handle's C woke its calls already
+            self._ops.wake()
 
     def _free(self) -> None:
         self._ops.close()
@@ -271,9 +269,11 @@ class _End(SegmentEnd):
         number may belong to something else by now."""
         if self._closed:
             return
-        self._drop_fast()
-        self._closed = True
-        self._unfreed = []
+        if self._which == "native":
+            self._detach()  # type: ignore[attr-defined]
+        else:
+            self._closed = True
+            self._unfreed = []
         try:
             os.close(self._fd)
         except OSError:
@@ -282,32 +282,11 @@ class _End(SegmentEnd):
     def _describe(self) -> str:
         return f"{self._name!r} capacity={self._size - HEADER}"
 
-    def _now(self, attempt: Callable[[], Any], timeout: Optional[float],
-             give_up: Optional[Callable[[], None]] = None) -> Any:
-        """The first attempt of an awaitable call, made before any of the machinery of
-        waiting (most calls of a busy channel end here). Counted busy."""
-        self._enter()
-        try:
-            check_timeout(timeout)
-            return attempt()
-        except BaseException as exc:
-            self._failed(exc, give_up)
-            raise
-        finally:
-            self._leave()
-
-    def _failed(self, exc: BaseException, give_up: Optional[Callable[[], None]]) -> None:
-        """An awaitable call failed: give its message up (a send), and say ValueError if
-        the end was closed under it."""
-        if give_up is not None:
-            give_up()
-        if self._closed and isinstance(exc, (OSError, EOFError)):
-            raise self._closed_error() from None
-
     async def _awaited(self, attempt: Callable[[], Any], timeout: Optional[float],
                        give_up: Optional[Callable[[], None]] = None) -> Any:
-        """Run one awaitable call: counted busy while it awaits, so close() from another
-        thread wakes it (ValueError) and the mapping stays until it has left."""
+        """Wait for ``attempt`` (a no-wait call) on the running loop: counted busy while it
+        awaits, so close() from another thread wakes it (ValueError) and the mapping stays
+        until it has left. ``give_up`` runs if it fails (a send's half-streamed message)."""
         deadline = Deadline.of(timeout)
         self._enter()
         ops = self._ops
@@ -315,7 +294,10 @@ class _End(SegmentEnd):
             return await _aio.wait(attempt, ops.park, ops.unpark, deadline,
                                    spin=self._spin_async, name=self._name)
         except BaseException as exc:
-            self._failed(exc, give_up)
+            if give_up is not None:
+                give_up()
+            if self._closed and isinstance(exc, (OSError, EOFError)):
+                raise self._closed_error() from None
             raise
         finally:
             self._leave()
@@ -325,52 +307,13 @@ def _writer_alive(fd: int) -> bool:
     return _layout.lock_held(fd, _layout.LOCK_WRITER)
 
 
-def _waiting(end: _End, method: Callable[..., Awaitable[Any]]) -> _contract.Awaited:
-    """The class's awaitable ``method`` called on ``end``: where the backend's fast path of
-    that awaitable (set on the instance) goes when it has to wait. Holds ``end`` weakly: no
-    reference cycle."""
-    ref, what = weakref.ref(end), end._what
-
-    async def wait(*args: Any) -> Any:
-        owner = ref()
-        if owner is None:
-            raise _core.closed_error(what)
-        return await method(owner, *args)
-
-    return wait
-
-
-def _counted(end: _End, fn: Callable[..., Any]) -> Callable[..., Any]:
-    """``fn`` as a call of ``end`` counted busy, as ``uses_handle`` does, for the pure
-    backend's send/recv set on the instance (close() removes it: the class's counted
-    method then raises ValueError). Holds ``end`` weakly: no reference cycle."""
-    calls, ref, what = end._calls, weakref.ref(end), end._what
-
-    def call(*args: Any, **kwargs: Any) -> Any:
-        calls.append(None)
-        try:
-            return fn(*args, **kwargs)
-        except (OSError, EOFError):
-            owner = ref()
-            if owner is None or owner._closed:
-                raise _core.closed_error(what) from None
-            raise
-        finally:
-            calls.pop()
-            if not calls:
-                owner = ref()
-                if owner is not None and owner._closed:
-                    owner._free_once()
-
-    return call
-
-
-def _publish_segment(path: str, size: int, mode: int,
-                     build: Callable[[int, mmap.mmap], Any]) -> tuple[int, mmap.mmap, Any]:
+def _publish_segment(path: str, size: int, mode: int, build: Callable[[int, mmap.mmap], Any],
+                     undo: Callable[[Any], None]) -> tuple[int, mmap.mmap, Any]:
     """Create a channel segment under a temporary name, take the writer's liveness lock,
     let ``build(fd, mapping)`` write its header, then link it under ``path``: the segment
     appears under its name only once it is whole, and a writer that dies half-way leaves a
-    temporary that ``fastipc rm --stale`` recognises (its lock is free). FileExistsError if
+    temporary that ``fastipc rm --stale`` recognises (its lock is free). ``undo(ops)`` lets
+    go of what ``build`` made when the segment cannot be published. FileExistsError if
     ``path`` is taken."""
     for _ in range(8):
         temp = f"{path[:SHM_PATH_MAX]}.{secrets.token_hex(6)}{_layout.TEMP_SUFFIX}"
@@ -384,14 +327,14 @@ def _publish_segment(path: str, size: int, mode: int,
             try:
                 os.link(temp, path)
             except FileNotFoundError:  # `rm --stale` took the temporary: build another
-                ops.detach()
+                undo(ops)
                 ops = None
                 mm.close()
                 os.close(fd)
                 continue
         except BaseException:
             if ops is not None:
-                ops.detach()
+                undo(ops)
             if mm is not None:
                 mm.close()
             os.close(fd)
@@ -422,8 +365,9 @@ class Writer(_End):
     """
 
     _what = "Writer"
-    _ops: _contract.WriterOps
-    _now_call: Callable[[Any], bool]  # send_nowait, counted busy (in C, or by _counted)
+    _handle_type = "ShmWriterHandle"  # csrc/py/shm.c: send, send_many and the await hooks
+    # the pure backend's ops (the native backend's do only what is not per-message)
+    _ops: _contract.PureWriterOps
 
     def __init__(self, name: str, capacity: int = DEFAULT_CAPACITY, *,
                  max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE, mode: int = 0o600,
@@ -438,13 +382,15 @@ class Writer(_End):
         self._size = HEADER + capacity
 
         def build(fd: int, mm: mmap.mmap) -> Any:
-            return self._impl.WriterOps(mm, self._size, fd, self._name, os.getpid(),
-                                        max_message_size, spin)
+            return self._make_ops(mm, fd, max_message_size, spin)
 
-        fd, self._mmap, ops = _publish_segment(self._path, self._size, mode, build)
+        fd, self._mmap, ops = _publish_segment(self._path, self._size, mode, build,
+                                               self._undo_ops)
         self._max = max_message_size
-        self._start(fd, ops, "send")
+        self._start(fd, ops)
 
+    # The per-message operations below are the pure backend's: on the native backend, the
+    # methods of the handle type (csrc/py/shm.c) come first and do the same in C.
     @uses_handle
     def send(self, data: Any, timeout: Optional[float] = None) -> None:
         """Send one message (any bytes-like object). Waits up to ``timeout`` seconds for
@@ -454,12 +400,19 @@ class Writer(_End):
 
     @uses_handle
     def send_many(self, messages: Iterable[Any], timeout: Optional[float] = None) -> None:
-        """Send several messages in one call (one C call on the native backend). On an
-        error after some went, the exception's ``messages_sent`` says how many."""
+        """Send several messages in one call. On an error after some went, the exception's
+        ``messages_sent`` says how many."""
         t = check_timeout(timeout)
-        blob, lens = _join(messages)
+        blob, lens = self._join(messages)
         if lens:
             self._ops.send_many(blob, lens, t)
+
+    @uses_handle
+    def _send_nowait(self, data: Any) -> bool:
+        return self._ops.send_nowait(data)
+
+    def _abandon(self) -> None:
+        self._ops.abandon()
 
     async def send_async(self, data: Any, timeout: Optional[float] = None) -> None:
         """:meth:`send` on the running event loop: waits without blocking the loop.
@@ -469,19 +422,17 @@ class Writer(_End):
             raise self._closed_error()
         if timeout is not None:
             check_timeout(timeout)
-        view = data if type(data) is bytes else _core.byte_view(data)
         try:
-            if self._now_call(view):  # no wait: none of the machinery
+            if self._send_nowait(data):  # no wait: none of the machinery
                 return
-        except BaseException as exc:
-            self._failed(exc, self._ops.abandon)
+        except BaseException:
+            self._abandon()
             raise
-        ops = self._ops
 
         def attempt() -> Any:
-            return True if ops.send_nowait(view) else _aio.NOT_READY
+            return True if self._send_nowait(data) else _aio.NOT_READY
 
-        await self._awaited(attempt, timeout, ops.abandon)
+        await self._awaited(attempt, timeout, self._abandon)
 
     @property
     def reader_attached(self) -> bool:
@@ -492,8 +443,7 @@ class Writer(_End):
     @uses_handle
     def flush(self, timeout: Optional[float] = None) -> None:
         """Wait until the reader has taken every message sent so far out of the ring (it has
-        read them, or is waiting for more; a native ``recv_async`` takes those queued at
-        once, and its reader then holds them). TimeoutError after ``timeout`` seconds (also
+        read them, or is waiting for more). TimeoutError after ``timeout`` seconds (also
         while no reader has attached); BrokenPipeError if the reader closes or dies first."""
         deadline = Deadline.of(timeout)
         delay = 0.0002
@@ -513,27 +463,27 @@ class Writer(_End):
             except FileNotFoundError:
                 pass
 
-
-def _join(messages: Iterable[Any]) -> tuple[bytes, list[int]]:
-    """send_many's messages back to back, and their lengths in bytes."""
-    if not isinstance(messages, (list, tuple)):
-        if isinstance(messages, (bytes, bytearray, memoryview, str)):
-            raise TypeError("send_many takes an iterable of messages, not one message")
-        messages = list(messages)
-    if not messages:
-        return b"", []
-    try:
-        blob = b"".join(messages)
-    except TypeError:
-        for m in messages:
-            if isinstance(m, str) or not _is_buffer(m):
-                raise TypeError("messages must be bytes-like objects, not "
-                                f"{type(m).__name__!r}") from None
-        raise
-    lens = [len(m) for m in messages]
-    if sum(lens) != len(blob):  # memoryviews of items wider than a byte
-        lens = [memoryview(m).nbytes for m in messages]
-    return blob, lens
+    @staticmethod
+    def _join(messages: Iterable[Any]) -> tuple[bytes, list[int]]:
+        """send_many's messages back to back, and their lengths in bytes."""
+        if not isinstance(messages, (list, tuple)):
+            if isinstance(messages, (bytes, bytearray, memoryview, str)):
+                raise TypeError("send_many takes an iterable of messages, not one message")
+            messages = list(messages)
+        if not messages:
+            return b"", []
+        try:
+            blob = b"".join(messages)
+        except TypeError:
+            for m in messages:
+                if isinstance(m, str) or not _is_buffer(m):
+                    raise TypeError("messages must be bytes-like objects, not "
+                                    f"{type(m).__name__!r}") from None
+            raise
+        lens = [len(m) for m in messages]
+        if sum(lens) != len(blob):  # memoryviews of items wider than a byte
+            lens = [memoryview(m).nbytes for m in messages]
+        return blob, lens
 
 
 def _is_buffer(obj: Any) -> bool:
@@ -560,7 +510,7 @@ class _View(View):
         self._mv = mv
         self.pos = pos
         if pos is not None:
-            reader._calls.append(None)  # a live view is a call in progress: the mapping stays
+            reader._enter()  # a live view is a call in progress: the mapping stays
             reader._views.add(self)
 
     def release(self) -> None:
@@ -572,10 +522,24 @@ class _View(View):
             reader._ops.release_view(mv, None)
             return
         try:
-            if reader._unfreed:
-                reader._ops.release_view(mv, self.pos)
+            reader._ops.release_view(mv, self.pos)
         finally:
             reader._leave()
+
+
+def _writable(buffer: Any) -> None:
+    """Raise what is wrong with ``buffer`` for recv_into: TypeError unless it is a writable
+    contiguous bytes-like object."""
+    try:
+        mv = memoryview(buffer)
+    except TypeError:
+        raise TypeError("recv_into needs a writable bytes-like object, not "
+                        f"{type(buffer).__name__!r}") from None
+    with mv:
+        if mv.readonly:
+            raise TypeError("recv_into needs a writable buffer")
+        if not mv.c_contiguous:
+            raise TypeError("recv_into needs a contiguous buffer")
 
 
 class Reader(_End):
@@ -589,8 +553,9 @@ class Reader(_End):
     """
 
     _what = "Reader"
-    _ops: _contract.ReaderOps
-    _now_call: Callable[[], Optional[bytes]]  # recv_nowait, counted busy (C or _counted)
+    _handle_type = "ShmReaderHandle"  # csrc/py/shm.c: recv, recv_into, recv_many, hooks
+    # the pure backend's ops (the native backend's do only what is not per-message)
+    _ops: _contract.PureReaderOps
 
     def __init__(self, name: str, timeout: Optional[float] = None, *,
                  max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
@@ -605,13 +570,14 @@ class Reader(_End):
         self._views: weakref.WeakSet[_View] = weakref.WeakSet()
         got = wait_for(lambda: self._attach(max_message_size, spin, uid), deadline, self._name)
         self._max = max_message_size
-        self._start(got[0], got[1], "recv")
+        self._start(got[0], got[1])
 
     def _attach(self, max_message_size: int, spin: float, uid: int) -> Optional[tuple[int, Any]]:
         got = open_existing(self._path)
         if got is None:
             return None
         fd, st = got
+        ops: Any = None
         try:
             if st.st_uid != uid:
                 raise PermissionError(
@@ -621,14 +587,17 @@ class Reader(_End):
                 raise OSError(errno.EBUSY, "the channel already has a reader", self._name)
             self._map_segment(fd)
             assert self._mmap is not None
-            ops = self._impl.ReaderOps(self._mmap, self._size, fd, self._name, os.getpid(),
-                                       max_message_size, spin)
+            ops = self._make_ops(self._mmap, fd, max_message_size, spin)
         except BaseException:
+            if ops is not None:
+                self._undo_ops(ops)
             self._unmap()
             os.close(fd)
             raise
         return fd, ops
 
+    # The per-message operations below are the pure backend's: on the native backend, the
+    # methods of the handle type (csrc/py/shm.c) come first and do the same in C.
     @uses_handle
     def recv(self, timeout: Optional[float] = None) -> bytes:
         """The next message. EOFError once the writer has gone and all was read."""
@@ -639,25 +608,10 @@ class Reader(_End):
         """Copy the next message into ``buffer`` and return its length. ValueError if it does
         not fit (the message stays queued)."""
         t = check_timeout(timeout)
-        try:
-            mv = memoryview(buffer)
-        except TypeError:
-            raise TypeError("recv_into needs a writable bytes-like object, not "
-                            f"{type(buffer).__name__!r}") from None
-        with mv:
-            if mv.readonly:
-                raise TypeError("recv_into needs a writable buffer")
-            if not mv.c_contiguous:
-                raise TypeError("recv_into needs a contiguous buffer")
+        _writable(buffer)
         return self._ops.recv_into(buffer, t)
 
-    @uses_handle
-    def recv_view(self, timeout: Optional[float] = None) -> _View:
-        """The next message as a read-only memoryview into the ring, without a copy, for use
-        in a ``with`` block; its space is handed back to the writer when the block ends (or,
-        if anything made from the view still lives then, once the last of it has gone)."""
-        mv, pos = self._ops.recv_view(check_timeout(timeout))
-        return _View(self, mv, pos)
+    _writable = staticmethod(_writable)
 
     @uses_handle
     def recv_many(self, max_messages: int = 1024, timeout: Optional[float] = None
@@ -667,25 +621,42 @@ class Reader(_End):
         max_messages = check_int(max_messages, "max_messages", 1, 1 << 20)
         return self._ops.recv_many(max_messages, check_timeout(timeout))
 
+    @uses_handle
+    def _recv_nowait(self) -> Optional[bytes]:
+        return self._ops.recv_nowait()
+
+    @uses_handle
+    def _recv_many_nowait(self, max_messages: int) -> Optional[list[bytes]]:
+        return self._ops.recv_many_nowait(max_messages)
+
+    @uses_handle
+    def _take_view(self, timeout: float) -> tuple[memoryview, Optional[int]]:
+        return self._ops.recv_view(timeout)
+
+    def _unstick_views(self) -> None:
+        """(Called by the native handle while views are stuck.)"""
+        self._ops._unstick()
+
+    @uses_handle
+    def recv_view(self, timeout: Optional[float] = None) -> _View:
+        """The next message as a read-only memoryview into the ring, without a copy, for use
+        in a ``with`` block; its space is handed back to the writer when the block ends (or,
+        if anything made from the view still lives then, once the last of it has gone)."""
+        mv, pos = self._take_view(check_timeout(timeout))
+        return _View(self, mv, pos)
+
     async def recv_async(self, timeout: Optional[float] = None) -> bytes:
-        """:meth:`recv` on the running event loop. Cancelled, it leaves the message queued.
-        On the native backend it takes the messages queued (up to 64) at once: this reader
-        holds them, and its next calls of any kind return them first."""
+        """:meth:`recv` on the running event loop. Cancelled, it leaves the message queued."""
         if self._closed:
             raise self._closed_error()
         if timeout is not None:
             check_timeout(timeout)
-        try:
-            msg = self._now_call()  # there already: none of the machinery
-        except BaseException as exc:
-            self._failed(exc, None)
-            raise
+        msg = self._recv_nowait()  # there already: none of the machinery
         if msg is not None:
             return msg
-        ops = self._ops
 
         def attempt() -> Any:
-            msg = ops.recv_nowait()
+            msg = self._recv_nowait()
             return _aio.NOT_READY if msg is None else msg
 
         return await self._awaited(attempt, timeout)  # type: ignore[no-any-return]
@@ -695,29 +666,31 @@ class Reader(_End):
         """:meth:`recv_many` on the running event loop."""
         self._check_open()
         max_messages = check_int(max_messages, "max_messages", 1, 1 << 20)
-        ops = self._ops
+        check_timeout(timeout)
+        got = self._recv_many_nowait(max_messages)
+        if got is not None:
+            return got
 
         def attempt() -> Any:
-            out = ops.recv_many_nowait(max_messages)
+            out = self._recv_many_nowait(max_messages)
             return _aio.NOT_READY if out is None else out
 
-        got = self._now(attempt, timeout)
-        if got is _aio.NOT_READY:
-            got = await self._awaited(attempt, timeout)
-        return got  # type: ignore[no-any-return]
+        return await self._awaited(attempt, timeout)  # type: ignore[no-any-return]
 
     def __iter__(self) -> Iterator[bytes]:
         """Messages until the writer closes."""
         return _core.messages(self)
 
-    def close(self) -> None:
-        """Detach: the writer gets BrokenPipeError from then on; views still in ``with``
-        blocks are released. Idempotent."""
-        for view in list(getattr(self, "_views", ())):
+    def _wake(self) -> None:
+        """close() with views alive (they count as calls): release them (their space goes
+        back with the close), and wake the calls blocked in other threads."""
+        for view in list(self._views):
             view.release()
-        if not self._closed:
-            self._ops.drop_taken()
-        super().close()
+        super()._wake()
+
+    def _free(self) -> None:
+        self._ops.drop_taken()
+        super()._free()
 
     def _ops_freed(self) -> None:
         """The writer has gone without removing the segment (it died): remove it, if the

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import ctypes
 import weakref
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any, Optional
 
 _SPANS: dict[int, type] = {}
 

@@ -1,11 +1,14 @@
 """The shm channel's backend contract: what ``fastipc.shm`` asks of ``fastipc._native.shm``
 and ``fastipc._pure.shm``, at the grain of one user operation.
 
-Each backend module provides ``WriterOps`` and ``ReaderOps`` classes built from a mapping
-the public class owns; both are checked against these Protocols by mypy (``_check_*`` at the
-end of each backend module). Everything about the binary layout, the reassembly of streamed
-messages and the waits lives below this line; the public classes above it validate
-arguments, own the life cycle (``_core.Handle``) and never read the mapping.
+Each backend module provides ``WriterOps`` and ``ReaderOps`` classes for a mapping the
+public class owns; mypy checks them against these Protocols (``_check_*`` at the end of each
+backend module). On the native backend the per-message calls are methods of the end's
+native handle (``csrc/py/shm.c``), which the public class subclasses there; the pure
+backend's are the ``Pure*`` Protocols' methods, called by the public class's methods of the
+same names. Everything about the binary layout, the reassembly of streamed messages and the
+waits lives below this line; the public classes above it validate arguments, own the life
+cycle (``_core.Handle``) and never read the mapping.
 
 Conventions: ``timeout`` is the C convention of ``_core.check_timeout`` (-1.0 forever, 0 try
 once); errors are raised as the exceptions of ``_core.raise_errno``; a call of an end closed
@@ -16,18 +19,15 @@ return ``None`` / ``False`` when they would have to.
 from __future__ import annotations
 
 import errno
-from collections.abc import Awaitable
-from typing import Any, Callable, Optional, Protocol
+from collections.abc import Callable
+from typing import Any, Optional, Protocol
 
 from fastipc._core import Deadline, closed_error, retry
 
-Send = Callable[..., None]  # send(data, timeout=None): the hot path, one C call
-Recv = Callable[..., bytes]  # recv(timeout=None): the hot path, one C call
-Awaited = Callable[..., Awaitable[Any]]  # send_async(data, timeout=None), recv_async(timeout=None)
-
 
 class EndOps(Protocol):
-    """What both ends provide."""
+    """What both backends provide for both ends (the native backend's per-message calls are
+    methods of the end's native handle, csrc/py/shm.c; the pure backend's are below)."""
 
     name: str
 
@@ -49,31 +49,43 @@ class EndOps(Protocol):
     def unpark(self) -> None:
         """Lower the sleeping flag again."""
 
-    def fast_async(self, wait: Awaited) -> Awaited:
-        """The awaitable ``send_async`` / ``recv_async`` of this end, as a coroutine function
-        whose call is one attempt in one C call when it needs no wait (the message fits, or
-        is there), and otherwise awaits ``wait`` with the same arguments: the public class's
-        general path, which makes its own first attempt. A backend without such a path
-        returns ``wait`` itself."""
+    def close(self) -> None:
+        """Tell the peer this end closed, and let go of the mapping (once no call is in it)."""
+
+
+class WriterOps(EndOps, Protocol):
+    def flushed(self) -> bool:
+        """Whether the reader has taken everything sent; BrokenPipeError if it has gone."""
+
+    def reader_attached(self) -> bool: ...
+
+
+class ReaderOps(EndOps, Protocol):
+    def release_view(self, view: memoryview, pos: Optional[int]) -> None:
+        """Release a view of ``recv_view``. Still exported, or with a memoryview made from
+        it alive (a slice, ``numpy.frombuffer``), its space stays held until the last of
+        them goes, which the reader's calls look at."""
+
+    def _unstick(self) -> None:
+        """Hand back the space of views released since, whose exporters have gone."""
+
+    def drop_taken(self) -> None:
+        """This end closes: forget the views of it still exported."""
+
+
+class PureEnd(EndOps, Protocol):
+    """What the pure backend's ends provide besides (the native handle does these in C)."""
 
     def wake(self) -> None:
         """Make calls of this end blocked in other threads return (they raise ValueError)."""
-
-    def close(self) -> None:
-        """Tell the peer this end closed, and let go of the mapping once no call is in it."""
 
     def detach(self) -> None:
         """Let go of the mapping without telling the peer (a copy inherited through fork)."""
 
 
-class WriterOps(EndOps, Protocol):
+class PureWriterOps(WriterOps, PureEnd, Protocol):
     def send(self, data: Any, timeout: Optional[float] = None) -> None:
         """One message (the public ``send``'s timeout: None forever)."""
-
-    def fast_call(self) -> Send:
-        """``send`` as a function for the public class to keep on its instance: one C call
-        where it can be (busy counted in C). It holds this object, which holds nothing of
-        it: no reference cycle (the object goes with its last reference)."""
 
     def send_many(self, blob: bytes, lens: list[int], timeout: float) -> None:
         """Messages stored back to back in ``blob``; the error's ``messages_sent`` says how
@@ -87,18 +99,10 @@ class WriterOps(EndOps, Protocol):
     def abandon(self) -> None:
         """Give up a message that ``send_nowait`` left half-streamed (the reader drops it)."""
 
-    def flushed(self) -> bool:
-        """Whether the reader has taken everything sent; BrokenPipeError if it has gone."""
 
-    def reader_attached(self) -> bool: ...
-
-
-class ReaderOps(EndOps, Protocol):
+class PureReaderOps(ReaderOps, PureEnd, Protocol):
     def recv(self, timeout: Optional[float] = None) -> bytes:
         """The next message (the public ``recv``'s timeout: None forever)."""
-
-    def fast_call(self) -> Recv:
-        """``recv`` as :meth:`WriterOps.fast_call` is ``send``."""
 
     def recv_into(self, buffer: Any, timeout: float) -> int:
         """The next message into ``buffer``; ValueError if it does not fit (it stays
@@ -108,11 +112,6 @@ class ReaderOps(EndOps, Protocol):
         """The next message as a read-only view, and the ring position it holds until
         :meth:`release_view` (None: the view is a copy, nothing is held)."""
 
-    def release_view(self, view: memoryview, pos: Optional[int]) -> None:
-        """Release a view of :meth:`recv_view`. Still exported, or with a memoryview made
-        from it alive (a slice, ``numpy.frombuffer``), its space stays held until the last
-        of them goes, which the reader's calls look at."""
-
     def recv_many(self, max_messages: int, timeout: float) -> list[bytes]: ...
 
     def recv_nowait(self) -> Optional[bytes]:
@@ -120,19 +119,12 @@ class ReaderOps(EndOps, Protocol):
 
     def recv_many_nowait(self, max_messages: int) -> Optional[list[bytes]]: ...
 
-    def drop_taken(self) -> None:
-        """This end closes: forget the messages it took from the ring and has not returned
-        yet, and the views of it still exported."""
-
 
 class Retrying:
     """What both backends' ends share: the slow path of every call."""
 
     name: str
     _what = "channel end"
-
-    def fast_async(self, wait: Awaited) -> Awaited:
-        return wait
 
     def _run(self, rc: int, attempt: Callable[[float], int], deadline: Deadline) -> int:
         """The slow path after a first attempt returned ``rc``: ``_core.retry`` (EINTR

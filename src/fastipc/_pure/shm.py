@@ -488,9 +488,6 @@ class WriterOps(_Ops, contract.NowaitSend):
             progress[0] = 0
         return rc
 
-    def fast_call(self) -> contract.Send:
-        return self.send
-
     def send(self, data: Any, timeout: Optional[float] = None) -> None:
         t = -1.0 if timeout is None else check_timeout(timeout)
         mv = data if type(data) is bytes else _bytes_view(data)
@@ -574,7 +571,8 @@ def _bytes_view(data: Any) -> memoryview:
             f"a contiguous bytes-like object is required, not {type(data).__name__!r}"
         ) from None
     if not mv.c_contiguous:
-        raise TypeError("a contiguous bytes-like object is required")
+        raise TypeError(
+            f"a contiguous bytes-like object is required, not {type(data).__name__!r}")
     return mv.cast("B") if mv.format != "B" or mv.ndim != 1 else mv
 
 
@@ -803,9 +801,6 @@ class ReaderOps(_Ops, Holds):
             self._msg = bytes(self._take(n))
         return n
 
-    def fast_call(self) -> contract.Recv:
-        return self.recv
-
     def recv(self, timeout: Optional[float] = None) -> bytes:
         t = -1.0 if timeout is None else check_timeout(timeout)
         if self._msg is None and self._pending is None and not self._stuck and \
@@ -919,5 +914,5 @@ class ReaderOps(_Ops, Holds):
 
 
 if TYPE_CHECKING:
-    _check_writer: type[contract.WriterOps] = WriterOps
-    _check_reader: type[contract.ReaderOps] = ReaderOps
+    _check_writer: type[contract.PureWriterOps] = WriterOps
+    _check_reader: type[contract.PureReaderOps] = ReaderOps

@@ -9,6 +9,9 @@ is the other end; they meet through a ``multiprocessing.Pipe`` only to say "read
   iceoryx2 busy-polls its subscriber.
 - **stream 64 B** (msg/s): the parent sends N messages of 64 bytes one call each, the child
   receives them one call each; timed until the child has the last one.
+- **stream 64 B, a CPU-bound thread in the sender** (msg/s): the stream above, with a
+  Python thread spinning in bytecode in the sending process (on its CPU) all along: what a
+  send that keeps the GIL for its attempt is worth when another thread wants it.
 - **batch 64 B** (msg/s): the same through ``send_many``/``recv_many`` (faster-fifo:
   ``put_many``/``get_many``) in batches of 256.
 - **1 MiB / 64 MiB one-way** (GB/s, 1e9 bytes/s): the parent sends a message of that size N
@@ -31,12 +34,13 @@ import asyncio
 import ctypes
 import multiprocessing as mp
 import os
+import threading
 import uuid
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
 from multiprocessing.connection import Connection
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from fastipc.bench import Case, Missing, now, optional, pinned, run_c
 
@@ -144,6 +148,39 @@ def fastipc_stream(backend: str, count: int) -> float:
     def parent(conn: Connection) -> float:
         with shm.Writer(name, backend=backend) as w:
             return count / _flood(conn, w.send, count)
+
+    return _two(child, parent)
+
+
+def _busy(stop: threading.Event) -> None:
+    """A CPU-bound Python thread: pure bytecode, never releases the GIL on its own."""
+    n = 0
+    while not stop.is_set():
+        for _ in range(1000):
+            n += 1
+
+
+def fastipc_stream_busy(backend: str, count: int) -> float:
+    """``fastipc_stream`` with a CPU-bound Python thread running in the sender's process
+    (on the sender's CPU) for the whole timed loop."""
+    from fastipc import shm
+
+    name = _name()
+
+    def child(conn: Connection) -> None:
+        with shm.Reader(name, timeout=10, backend=backend) as r:
+            _drain(conn, r.recv, count)
+
+    def parent(conn: Connection) -> float:
+        stop = threading.Event()
+        thread = threading.Thread(target=_busy, args=(stop,), daemon=True)
+        with shm.Writer(name, backend=backend) as w:
+            thread.start()
+            try:
+                return count / _flood(conn, w.send, count)
+            finally:
+                stop.set()
+                thread.join()
 
     return _two(child, parent)
 
@@ -649,6 +686,9 @@ def cases(quick: bool) -> list[Case]:
         for impl, _, _, stream, n in rows:
             if stream is not None:
                 add(prefix + "stream 64 B", impl, "msg/s", partial(stream, n))
+
+    add("stream 64 B, a CPU-bound thread in the sender", "fastipc native", "msg/s",
+        partial(fastipc_stream_busy, "native", fast_n))
 
     w = "batch 64 B"
     add(w, "fastipc native", "msg/s", lambda: fastipc_batch("native", batch_n))
