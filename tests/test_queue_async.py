@@ -434,13 +434,13 @@ def test_many_async_cancelled_at_random_loses_nothing(cross: tuple[str, str], ru
             while i < count:
                 batch = list(range(i, min(count, i + rng.randint(1, 12))))
                 i += len(batch)
-                task = asyncio.ensure_future(
+                put: asyncio.Future[None] = asyncio.ensure_future(
                     p.put_many_async([(j, _msg(j)) for j in batch], timeout=30))
-                done, _ = await asyncio.wait([task], timeout=rng.random() * 0.0005)
+                done, _ = await asyncio.wait([put], timeout=rng.random() * 0.0005)
                 if not done:
-                    task.cancel()
+                    put.cancel()
                 try:
-                    await task
+                    await put
                     sent += batch
                 except asyncio.CancelledError as exc:
                     cancels += 1
@@ -472,14 +472,14 @@ def test_many_async_close_from_another_thread(backend: str, run: Any) -> None:
         assert time.monotonic() - t0 < 0.4  # woken by the close, not by the re-check
 
         q = Queue(2, capacity=SMALL, backend=backend)
-        task = asyncio.ensure_future(q.put_many_async(range(5)))
+        put = asyncio.ensure_future(q.put_many_async(range(5)))
         await asyncio.sleep(0.05)
-        assert not task.done() and q.qsize() == 2
+        assert not put.done() and q.qsize() == 2
         t0 = time.monotonic()
         closer = threading.Thread(target=q.close)
         closer.start()
         with pytest.raises(ValueError) as closed:
-            await task
+            await put
         closer.join(5)
         assert time.monotonic() - t0 < 0.4
         assert closed.value.messages_put == 2  # type: ignore[attr-defined]
