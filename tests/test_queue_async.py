@@ -436,8 +436,8 @@ def test_many_async_cancelled_at_random_loses_nothing(cross: tuple[str, str], ru
                 i += len(batch)
                 put: asyncio.Future[None] = asyncio.ensure_future(
                     p.put_many_async([(j, _msg(j)) for j in batch], timeout=30))
-                done, _ = await asyncio.wait([put], timeout=rng.random() * 0.0005)
-                if not done:
+                finished, _ = await asyncio.wait([put], timeout=rng.random() * 0.0005)
+                if not finished:
                     put.cancel()
                 try:
                     await put
