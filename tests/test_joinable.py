@@ -32,6 +32,7 @@ from fastipc import queue as fq
 from fastipc.joinable import TASKS_SUFFIX
 from fastipc.queue import Empty, Full
 from interrupts import Stop, raise_after_call_to
+from test_queue_async import put_batches_with_cancels
 
 SMALL = 1 << 16
 loops_ready = test_aio.loops_ready
@@ -927,20 +928,8 @@ def test_put_many_async_counts_each_message(backend: str, run: Any) -> None:
 
             c = threading.Thread(target=consume)
             c.start()
-            sent: list[int] = []
-            cancels = 0
-            for start in range(0, 600, 6):
-                batch = list(range(start, start + 6))
-                put = asyncio.ensure_future(q.put_many_async(batch, timeout=10))
-                finished, _ = await asyncio.wait([put], timeout=rng.random() * 0.0005)
-                if not finished:
-                    put.cancel()
-                try:
-                    await put
-                    sent += batch
-                except asyncio.CancelledError as exc:
-                    cancels += 1
-                    sent += batch[:getattr(exc, "messages_put", 0)]
+            sent, cancels = await put_batches_with_cancels(
+                lambda batch: q.put_many_async(batch, timeout=10), 600, rng)
             await q.join_async(timeout=10)  # every task counted is done
             stop.set()
             await asyncio.get_running_loop().run_in_executor(None, c.join, 10)

@@ -12,6 +12,7 @@ import queue as stdqueue
 import random
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -48,6 +49,42 @@ def _check(i: int, m: Any) -> None:
 
 def _blobs(name: str) -> list[str]:
     return [n for n in os.listdir(SHM_DIR) if n.startswith(name + ".")]
+
+
+def _producing(p: Queue, count: int, rng: random.Random) -> threading.Thread:
+    """A started thread that puts messages 0 to count - 1 (raw bytes), pausing at random."""
+    def produce() -> None:
+        for i in range(count):
+            p.put_bytes(_msg(i), timeout=30)
+            if rng.random() < 0.3:
+                time.sleep(rng.random() * 0.0005)
+
+    t = threading.Thread(target=produce)
+    t.start()
+    return t
+
+
+async def put_batches_with_cancels(put_many: Callable[[list[int]], Awaitable[None]],
+                                   count: int, rng: random.Random) -> tuple[list[int], int]:
+    """``put_many(batch)`` of the numbers 0 to count - 1 in batches of 1 to 12, each in a
+    task cancelled at a random moment (not retried). Returns the numbers that went (a
+    cancelled batch's first ``messages_put``), and how many tasks were cancelled."""
+    sent: list[int] = []
+    cancels = i = 0
+    while i < count:
+        batch = list(range(i, min(count, i + rng.randint(1, 12))))
+        i += len(batch)
+        put: asyncio.Future[None] = asyncio.ensure_future(put_many(batch))
+        finished, _ = await asyncio.wait([put], timeout=rng.random() * 0.0005)
+        if not finished:
+            put.cancel()
+        try:
+            await put
+            sent += batch
+        except asyncio.CancelledError as exc:
+            cancels += 1
+            sent += batch[:getattr(exc, "messages_put", 0)]  # (0: it never started)
+    return sent, cancels
 
 
 # the peer, in another process: puts (objects and raw bytes, alternately) or gets, blocking
@@ -195,14 +232,7 @@ def test_cancel_and_retry_loses_nothing(cross: tuple[str, str], run: Any) -> Non
     async def main() -> None:
         with Queue(8, capacity=SMALL, backend=receiver) as q, \
                 Queue(name=q.name, backend=sender) as p:
-            def produce() -> None:
-                for i in range(count):
-                    p.put_bytes(_msg(i), timeout=30)
-                    if rng.random() < 0.3:
-                        time.sleep(rng.random() * 0.0005)
-
-            t = threading.Thread(target=produce)
-            t.start()
+            t = _producing(p, count, rng)
             cancels = await receive_with_cancels(lambda: q.get_async(timeout=30), count, rng,
                                                  _check)
             t.join(30)
@@ -388,14 +418,7 @@ def test_many_async_cancelled_at_random_loses_nothing(cross: tuple[str, str], ru
     async def main() -> None:
         with Queue(8, capacity=SMALL, backend=receiver) as q, \
                 Queue(name=q.name, backend=sender) as p:
-            def produce() -> None:
-                for i in range(count):
-                    p.put_bytes(_msg(i), timeout=30)
-                    if rng.random() < 0.3:
-                        time.sleep(rng.random() * 0.0005)
-
-            t = threading.Thread(target=produce)
-            t.start()
+            t = _producing(p, count, rng)
             got: list[bytes] = []
             cancels = 0
             while len(got) < count:
@@ -430,21 +453,9 @@ def test_many_async_cancelled_at_random_loses_nothing(cross: tuple[str, str], ru
 
             c = threading.Thread(target=consume)
             c.start()
-            cancels = i = 0
-            while i < count:
-                batch = list(range(i, min(count, i + rng.randint(1, 12))))
-                i += len(batch)
-                put: asyncio.Future[None] = asyncio.ensure_future(
-                    p.put_many_async([(j, _msg(j)) for j in batch], timeout=30))
-                finished, _ = await asyncio.wait([put], timeout=rng.random() * 0.0005)
-                if not finished:
-                    put.cancel()
-                try:
-                    await put
-                    sent += batch
-                except asyncio.CancelledError as exc:
-                    cancels += 1
-                    sent += batch[:getattr(exc, "messages_put", 0)]  # (0: never started)
+            sent[:], cancels = await put_batches_with_cancels(
+                lambda batch: p.put_many_async([(j, _msg(j)) for j in batch], timeout=30),
+                count, rng)
             stop.set()
             await asyncio.get_running_loop().run_in_executor(None, c.join, 30)
             assert not c.is_alive()
