@@ -844,7 +844,7 @@ def test_join_async_waits_for_the_last_task_done(backend: str, run: Any,
             await asyncio.gather(*joins)
             elapsed = time.monotonic() - t0
             t.join(5)
-            assert 0.15 < elapsed < 0.45  # woken by the task_done, not the 0.5 s re-check
+            assert 0.15 < elapsed < 3  # woken by the task_done (SLICE is 10 s)
             assert _joiners(q) == 0 and q.unfinished_tasks == 0
 
     run(main())
@@ -867,7 +867,7 @@ def test_join_async_woken_by_another_process(cross: tuple[str, str], name: str, 
             return elapsed
 
     elapsed = run(main())
-    assert 0.15 < elapsed < 0.6  # woken by the other process's task_done
+    assert 0.15 < elapsed < 3  # woken by the other process's task_done (SLICE is 10 s)
 
 
 def test_close_from_another_thread_ends_join_async(backend: str, run: Any,
@@ -882,7 +882,7 @@ def test_close_from_another_thread_ends_join_async(backend: str, run: Any,
         closer.start()
         done = await asyncio.gather(*joins, return_exceptions=True)
         closer.join(5)
-        assert time.monotonic() - t0 < 0.4  # woken by the close, not by the re-check
+        assert time.monotonic() - t0 < 3  # woken by the close (SLICE is 10 s)
         assert all(isinstance(e, ValueError) and "is closed" in str(e) for e in done)
         assert q.closed
         with pytest.raises(ValueError):

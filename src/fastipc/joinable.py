@@ -260,7 +260,9 @@ class _Tasks:
             def park() -> Optional[tuple[int, int]]:
                 return None if zero() else (self._gen, seen)
 
-            return bool(await _aio.wait(attempt, park, _unpark, deadline, name=name))
+            # like a blocking joiner, it looks at the count every SLICE s on its own
+            return bool(await _aio.wait(attempt, park, _unpark, deadline, recheck=SLICE,
+                                        name=name))
         finally:
             self._add(_OFF_JOINERS, -1, 0)
 
