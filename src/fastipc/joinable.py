@@ -333,8 +333,9 @@ class _OneTask:
 class JoinableQueue(_Dropin):
     """``multiprocessing.JoinableQueue`` in shared memory: a :class:`fastipc.Queue` that
     counts unfinished tasks. Every put (``put``, ``put_nowait``, ``put_bytes``,
-    ``put_many``, ``put_async``, ``put_bytes_async``) adds one task per message;
-    :meth:`task_done` ends one; :meth:`join` waits until none is left. The constructor is
+    ``put_many``, ``put_async``, ``put_bytes_async``, ``put_many_async``) adds one task
+    per message; :meth:`task_done` ends one; :meth:`join` (or :meth:`join_async`) waits
+    until none is left. The constructor is
     :class:`Queue`'s; attaching by name (``create=False``) needs a queue that a
     JoinableQueue created.
 
