@@ -12,6 +12,7 @@ import multiprocessing as mp
 import os
 import pickle
 import queue as stdqueue
+import random
 import signal
 import subprocess
 import sys
@@ -20,16 +21,22 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+import test_aio
 from conftest import PREFIX, SHM_DIR
 from fastipc import JoinableQueue, Queue, SimpleQueue, joinable
 from fastipc import queue as fq
 from fastipc.joinable import TASKS_SUFFIX
+from fastipc.queue import Empty, Full
 from interrupts import Stop, raise_after_call_to
+from test_queue_async import put_batches_with_cancels
 
 SMALL = 1 << 16
+loops_ready = test_aio.loops_ready
+run = test_aio.run
 HERE = Path(__file__).resolve().parent
 _fork = mp.get_context("fork")
 
@@ -786,3 +793,163 @@ def test_put_many_takes_block_as_queue_does(backend: str) -> None:
         assert info.value.messages_put == 2  # type: ignore[attr-defined]
         assert q.unfinished_tasks == 2
         assert [q.get(timeout=1), q.get(timeout=1)] == [1, 2]
+
+
+# ---------------------------------------------------------------- join_async, put_many_async
+
+
+def _joiners(q: JoinableQueue) -> int:
+    assert q._tasks is not None
+    return int(q._tasks._words[joinable._OFF_JOINERS // 4])
+
+
+def test_join_async_waits_for_the_last_task_done(backend: str, run: Any,
+                                                 long_slice: None) -> None:
+    """join_async returns at once with no task left, times out with TimeoutError, and is
+    woken (not by a periodic look) by the last task_done of another thread; any number of
+    coroutines join at once; cancelled, it leaves the joiners' count as it was."""
+    async def main() -> None:
+        with JoinableQueue(capacity=SMALL, backend=backend) as q:
+            await q.join_async()
+            await q.join_async(timeout=0)
+            await q.put_many_async(["a", "b"])
+            assert q.unfinished_tasks == 2
+            t0 = time.monotonic()
+            with pytest.raises(TimeoutError):
+                await q.join_async(timeout=0.1)
+            assert 0.08 < time.monotonic() - t0 < 2
+            with pytest.raises(TimeoutError):
+                await q.join_async(timeout=0)
+            with pytest.raises(ValueError):
+                await q.join_async(timeout=-1)
+            cancelled = asyncio.ensure_future(q.join_async())
+            await asyncio.sleep(0.02)
+            cancelled.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await cancelled
+            assert _joiners(q) == 0
+
+            def worker() -> None:
+                for _ in range(2):
+                    q.get(timeout=5)
+                    time.sleep(0.1)
+                    q.task_done()
+
+            joins = [asyncio.ensure_future(q.join_async(timeout=5)) for _ in range(200)]
+            await asyncio.sleep(0)
+            assert _joiners(q) == 200
+            t = threading.Thread(target=worker)
+            t0 = time.monotonic()
+            t.start()
+            await asyncio.gather(*joins)
+            elapsed = time.monotonic() - t0
+            t.join(5)
+            assert 0.15 < elapsed < 3  # woken by the task_done (SLICE is 10 s)
+            assert _joiners(q) == 0 and q.unfinished_tasks == 0
+
+    run(main())
+
+
+def test_join_async_woken_by_another_process(cross: tuple[str, str], name: str, run: Any,
+                                             long_slice: None) -> None:
+    producer, consumer = cross
+
+    async def main() -> float:
+        with JoinableQueue(name=name, create=True, capacity=SMALL, backend=producer) as q:
+            await q.put_async("job")
+            p = _fork.Process(target=_late_task_done, args=(name, consumer, 0.2))
+            p.start()
+            t0 = time.monotonic()
+            await q.join_async(timeout=10)
+            elapsed = time.monotonic() - t0
+            await asyncio.get_running_loop().run_in_executor(None, p.join, 10)
+            assert p.exitcode == 0
+            return elapsed
+
+    elapsed = run(main())
+    assert 0.15 < elapsed < 3  # woken by the other process's task_done (SLICE is 10 s)
+
+
+def test_close_from_another_thread_ends_join_async(backend: str, run: Any,
+                                                   long_slice: None) -> None:
+    async def main() -> None:
+        q = JoinableQueue(capacity=SMALL, backend=backend)
+        q.put(1)
+        joins = [asyncio.ensure_future(q.join_async()) for _ in range(20)]
+        await asyncio.sleep(0.05)
+        t0 = time.monotonic()
+        closer = threading.Thread(target=q.close)
+        closer.start()
+        done = await asyncio.gather(*joins, return_exceptions=True)
+        closer.join(5)
+        assert time.monotonic() - t0 < 3  # woken by the close (SLICE is 10 s)
+        assert all(isinstance(e, ValueError) and "is closed" in str(e) for e in done)
+        assert q.closed
+        with pytest.raises(ValueError):
+            await q.join_async()
+
+    run(main())
+
+
+def test_put_many_async_counts_each_message(backend: str, run: Any) -> None:
+    """Each message put_many_async puts is one task, whatever ends it: queue.Full, an object
+    that cannot be pickled, a cancellation at a random moment."""
+    rng = random.Random(3)
+
+    async def main() -> None:
+        with JoinableQueue(3, capacity=SMALL, backend=backend) as q:
+            with pytest.raises(Full) as full:
+                await q.put_many_async(range(5), timeout=0.05)
+            assert full.value.messages_put == 3  # type: ignore[attr-defined]
+            assert q.unfinished_tasks == 3
+            assert q.get_many(5, timeout=1) == [0, 1, 2]
+            with pytest.raises(Full) as full:
+                await q.put_many_async(range(5), block=False)
+            assert full.value.messages_put == 3  # type: ignore[attr-defined]
+            assert q.get_many(5, timeout=1) == [0, 1, 2]
+            with pytest.raises((AttributeError, TypeError, pickle.PicklingError)) as bad:
+                await q.put_many_async([1, lambda: 0])
+            assert bad.value.messages_put == 1  # type: ignore[attr-defined]
+            assert q.get(timeout=1) == 1
+            for _ in range(7):
+                q.task_done()
+            assert q.unfinished_tasks == 0
+
+            got: list[int] = []
+            stop = threading.Event()
+
+            def consume() -> None:
+                while not stop.is_set() or q.qsize():
+                    try:
+                        got.append(q.get(timeout=0.05))
+                    except Empty:
+                        continue
+                    q.task_done()
+
+            c = threading.Thread(target=consume)
+            c.start()
+            sent, cancels = await put_batches_with_cancels(
+                lambda batch: q.put_many_async(batch, timeout=10), 600, rng)
+            await q.join_async(timeout=10)  # every task counted is done
+            stop.set()
+            await asyncio.get_running_loop().run_in_executor(None, c.join, 10)
+            assert cancels > 0
+            assert got == sent and q.unfinished_tasks == 0
+
+    run(main())
+
+
+def test_simple_queue_has_the_batch_awaitables(backend: str, run: Any) -> None:
+    async def main() -> None:
+        with SimpleQueue(capacity=SMALL, backend=backend) as q:
+            await q.put_many_async([1, 2, 3])
+            assert await q.get_many_async(2, timeout=1) == [1, 2]
+            assert await q.get_many_async(timeout=1) == [3]
+            task = asyncio.ensure_future(q.get_many_async())
+            await asyncio.sleep(0.05)
+            q.close()
+            with pytest.raises(ValueError) as closed:
+                await task
+            assert isinstance(closed.value, OSError) and "is closed" in str(closed.value)
+
+    run(main())

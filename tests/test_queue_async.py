@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pickle
 import queue as stdqueue
 import random
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -47,6 +49,42 @@ def _check(i: int, m: Any) -> None:
 
 def _blobs(name: str) -> list[str]:
     return [n for n in os.listdir(SHM_DIR) if n.startswith(name + ".")]
+
+
+def _producing(p: Queue, count: int, rng: random.Random) -> threading.Thread:
+    """A started thread that puts messages 0 to count - 1 (raw bytes), pausing at random."""
+    def produce() -> None:
+        for i in range(count):
+            p.put_bytes(_msg(i), timeout=30)
+            if rng.random() < 0.3:
+                time.sleep(rng.random() * 0.0005)
+
+    t = threading.Thread(target=produce)
+    t.start()
+    return t
+
+
+async def put_batches_with_cancels(put_many: Callable[[list[int]], Awaitable[None]],
+                                   count: int, rng: random.Random) -> tuple[list[int], int]:
+    """``put_many(batch)`` of the numbers 0 to count - 1 in batches of 1 to 12, each in a
+    task cancelled at a random moment (not retried). Returns the numbers that went (a
+    cancelled batch's first ``messages_put``), and how many tasks were cancelled."""
+    sent: list[int] = []
+    cancels = i = 0
+    while i < count:
+        batch = list(range(i, min(count, i + rng.randint(1, 12))))
+        i += len(batch)
+        put: asyncio.Future[None] = asyncio.ensure_future(put_many(batch))
+        finished, _ = await asyncio.wait([put], timeout=rng.random() * 0.0005)
+        if not finished:
+            put.cancel()
+        try:
+            await put
+            sent += batch
+        except asyncio.CancelledError as exc:
+            cancels += 1
+            sent += batch[:getattr(exc, "messages_put", 0)]  # (0: it never started)
+    return sent, cancels
 
 
 # the peer, in another process: puts (objects and raw bytes, alternately) or gets, blocking
@@ -194,14 +232,7 @@ def test_cancel_and_retry_loses_nothing(cross: tuple[str, str], run: Any) -> Non
     async def main() -> None:
         with Queue(8, capacity=SMALL, backend=receiver) as q, \
                 Queue(name=q.name, backend=sender) as p:
-            def produce() -> None:
-                for i in range(count):
-                    p.put_bytes(_msg(i), timeout=30)
-                    if rng.random() < 0.3:
-                        time.sleep(rng.random() * 0.0005)
-
-            t = threading.Thread(target=produce)
-            t.start()
+            t = _producing(p, count, rng)
             cancels = await receive_with_cancels(lambda: q.get_async(timeout=30), count, rng,
                                                  _check)
             t.join(30)
@@ -318,5 +349,188 @@ def test_block_false_ignores_timeout_on_the_awaitables(backend: str, run: Any) -
                 await q.get_bytes_async(-1, block=False)
             with pytest.raises(ValueError):
                 await q.get_async(-1)
+
+    run(main())
+
+
+# ---------------------------------------------------------------- put_many_async, get_many_async
+
+
+def test_many_async_results_and_rules(backend: str, run: Any) -> None:
+    """put_many_async and get_many_async: results in order (a large message in a segment of
+    its own among them), put_many's and get_many's rules for block, timeout, max_messages,
+    and a batch cut short (queue.Full, an object that cannot be pickled) with
+    ``messages_put``."""
+    async def main() -> None:
+        with Queue(4, capacity=SMALL, max_message_size=8192, backend=backend) as q:
+            big = b"x" * 5000  # larger than half the ring
+            await q.put_many_async(["a", big, "c"])
+            assert await q.get_many_async(2, timeout=1) == ["a", big]
+            assert await q.get_many_async(timeout=0) == ["c"]
+            assert _blobs(q.name) == []
+            with pytest.raises(Empty):
+                await q.get_many_async(10, timeout=0)
+            t0 = time.monotonic()
+            with pytest.raises(Empty):
+                await q.get_many_async(10, timeout=0.2)
+            assert 0.15 < time.monotonic() - t0 < 2
+            with pytest.raises(Empty):
+                await q.get_many_async(10, -1, block=False)
+            with pytest.raises(ValueError):
+                await q.get_many_async(0)
+            with pytest.raises(ValueError):
+                await q.get_many_async(10, timeout=-1)
+            with pytest.raises(ValueError):
+                await q.put_many_async([1], timeout=-1)
+            # maxsize 4: six objects, timeout -> queue.Full, messages_put 4
+            t0 = time.monotonic()
+            with pytest.raises(Full) as full:
+                await q.put_many_async(range(6), timeout=0.2)
+            assert full.value.messages_put == 4  # type: ignore[attr-defined]
+            assert 0.15 < time.monotonic() - t0 < 2
+            with pytest.raises(Full) as full:
+                await q.put_many_async([9], -1, block=False)
+            assert full.value.messages_put == 0  # type: ignore[attr-defined]
+            assert await q.get_many_async(10, timeout=1) == [0, 1, 2, 3]
+            # the objects before one that cannot be pickled go, the rest do not
+            with pytest.raises((AttributeError, TypeError, pickle.PicklingError)) as bad:
+                await q.put_many_async([1, 2, lambda: 0, 3])
+            assert bad.value.messages_put == 2  # type: ignore[attr-defined]
+            with pytest.raises(ValueError) as big_err:  # too large: as put_many
+                await q.put_many_async([1, bytes(9000)], timeout=1)
+            assert big_err.value.messages_put == 1  # type: ignore[attr-defined]
+            assert await q.get_many_async(10, timeout=1) == [1, 2, 1]
+            await q.put_many_async([])
+            assert q.qsize() == 0
+
+    run(main())
+
+
+def test_many_async_cancelled_at_random_loses_nothing(cross: tuple[str, str], run: Any) -> None:
+    """Hundreds of get_many_async cancelled at random moments while a thread puts: every
+    message arrives once, whole, in order. Then put_many_async batches cancelled at random
+    moments while a thread gets: what arrives is, batch after batch, exactly the first
+    ``messages_put`` objects of each (all of a batch that completed), each once."""
+    sender, receiver = cross
+    count = 1500
+    rng = random.Random(5)
+
+    async def main() -> None:
+        with Queue(8, capacity=SMALL, backend=receiver) as q, \
+                Queue(name=q.name, backend=sender) as p:
+            t = _producing(p, count, rng)
+            got: list[bytes] = []
+            cancels = 0
+            while len(got) < count:
+                task = asyncio.ensure_future(q.get_many_async(rng.randint(1, 6), timeout=30))
+                done, _ = await asyncio.wait([task], timeout=rng.random() * 0.0003)
+                if not done:
+                    task.cancel()
+                    cancels += 1
+                try:
+                    got += await task
+                except asyncio.CancelledError:
+                    continue
+            t.join(30)
+            assert cancels > 0
+            for i, m in enumerate(got):
+                _check(i, m)
+            assert q.qsize() == 0
+
+            sent: list[int] = []
+            received: list[Any] = []
+            stop = threading.Event()
+            pauses = random.Random(13)
+
+            def consume() -> None:
+                while not stop.is_set() or len(received) < len(sent):
+                    try:
+                        received.extend(q.get_many(4, timeout=0.2))
+                    except Empty:
+                        continue
+                    if pauses.random() < 0.3:
+                        time.sleep(pauses.random() * 0.0005)
+
+            c = threading.Thread(target=consume)
+            c.start()
+            sent[:], cancels = await put_batches_with_cancels(
+                lambda batch: p.put_many_async([(j, _msg(j)) for j in batch], timeout=30),
+                count, rng)
+            stop.set()
+            await asyncio.get_running_loop().run_in_executor(None, c.join, 30)
+            assert not c.is_alive()
+            assert cancels > 0
+            assert [j for j, _ in received] == sent  # each once, in order
+            for j, m in received:
+                _check(j, m)
+            assert q.qsize() == 0
+            assert _blobs(q.name) == []
+
+    run(main())
+
+
+def test_many_async_close_from_another_thread(backend: str, run: Any) -> None:
+    async def main() -> None:
+        q = Queue(2, capacity=SMALL, backend=backend)
+        task = asyncio.ensure_future(q.get_many_async(10))
+        await asyncio.sleep(0.05)
+        t0 = time.monotonic()
+        closer = threading.Thread(target=q.close)
+        closer.start()
+        with pytest.raises(ValueError):
+            await task
+        closer.join(5)
+        assert time.monotonic() - t0 < 0.4  # woken by the close, not by the re-check
+
+        q = Queue(2, capacity=SMALL, backend=backend)
+        put = asyncio.ensure_future(q.put_many_async(range(5)))
+        await asyncio.sleep(0.05)
+        assert not put.done() and q.qsize() == 2
+        t0 = time.monotonic()
+        closer = threading.Thread(target=q.close)
+        closer.start()
+        with pytest.raises(ValueError) as closed:
+            await put
+        closer.join(5)
+        assert time.monotonic() - t0 < 0.4
+        assert closed.value.messages_put == 2  # type: ignore[attr-defined]
+        with pytest.raises(ValueError):
+            await q.get_many_async(timeout=0)
+        with pytest.raises(ValueError):
+            await q.put_many_async([1])
+
+    run(main())
+
+
+def test_many_async_any_number_of_coroutines(backend: str, run: Any) -> None:
+    """60 consumers awaiting get_many_async and 12 producers awaiting put_many_async on
+    one small queue: every object arrives once, each producer's in its order."""
+    producers, per = 12, 150
+
+    async def main() -> None:
+        with Queue(16, capacity=SMALL, backend=backend) as q:
+            got: list[tuple[int, int]] = []
+            total = producers * per
+
+            async def consumer(k: int) -> None:
+                while True:
+                    try:
+                        got.extend(await q.get_many_async(1 + k % 7, timeout=0.5))
+                    except Empty:
+                        if len(got) >= total:
+                            return
+
+            async def producer(p: int) -> None:
+                for start in range(0, per, 10):
+                    await q.put_many_async([(p, j) for j in range(start, start + 10)],
+                                           timeout=10)
+
+            consumers = [asyncio.ensure_future(consumer(k)) for k in range(60)]
+            await asyncio.wait_for(asyncio.gather(*(producer(p) for p in range(producers))),
+                                   30)
+            await asyncio.wait_for(asyncio.gather(*consumers), 30)
+            assert len(got) == total
+            for p in range(producers):  # (a take and its delivery: no await in between)
+                assert [j for k, j in got if k == p] == list(range(per))
 
     run(main())

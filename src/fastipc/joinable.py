@@ -39,6 +39,7 @@ import weakref
 from collections.abc import Iterable
 from typing import Any, Callable, Optional, TypeVar
 
+from fastipc import _aio
 from fastipc._core import Deadline, check_timeout
 from fastipc._pure.queue import _libc, _libc_fn
 from fastipc._pure.shm import _SYS_FUTEX, _TSO, _fence, _futex_wait, _futex_wake, _syscall
@@ -51,6 +52,7 @@ from fastipc.queue import (
     QueueInfo,
     _queue_alive,
     _unlink_quietly,
+    _unpark,
 )
 
 __all__ = ["JoinableQueue", "SimpleQueue"]
@@ -230,6 +232,40 @@ class _Tasks:
         finally:
             self._add(_OFF_JOINERS, -1, 0)
 
+    async def wait_zero_async(self, deadline: Deadline, closed: Callable[[], bool],
+                              name: str) -> bool:
+        """:meth:`wait_zero` on the running event loop: the coroutine parks on the
+        generation word (:func:`fastipc._aio.wait`), counted among the joiners from start to
+        end, so the ``task_done()`` that brings the count to zero wakes it as it wakes a
+        blocking joiner. It takes nothing: a cancellation leaves only the joiners' count
+        as it was."""
+        gen = _OFF_GEN // 4
+        self._add(_OFF_JOINERS, 1, 0)
+        try:
+            seen = self._words[gen]
+
+            def zero() -> bool:
+                """The count reached zero since the join began."""
+                if self._words[gen] != seen:
+                    return True
+                if not _TSO:
+                    _fence()  # the generation is read before the count
+                return self.value() == 0
+
+            def attempt() -> Any:
+                if closed():
+                    return False
+                return True if zero() else _aio.NOT_READY
+
+            def park() -> Optional[tuple[int, int]]:
+                return None if zero() else (self._gen, seen)
+
+            # like a blocking joiner, it looks at the count every SLICE s on its own
+            return bool(await _aio.wait(attempt, park, _unpark, deadline, recheck=SLICE,
+                                        name=name))
+        finally:
+            self._add(_OFF_JOINERS, -1, 0)
+
 
 def _reattach(cls: type[_Q], name: str, max_message: int, spin: float, backend: str) -> _Q:
     """Unpickling: attach to the queue by name, as the class it was."""
@@ -297,8 +333,9 @@ class _OneTask:
 class JoinableQueue(_Dropin):
     """``multiprocessing.JoinableQueue`` in shared memory: a :class:`fastipc.Queue` that
     counts unfinished tasks. Every put (``put``, ``put_nowait``, ``put_bytes``,
-    ``put_many``, ``put_async``, ``put_bytes_async``) adds one task per message;
-    :meth:`task_done` ends one; :meth:`join` waits until none is left. The constructor is
+    ``put_many``, ``put_async``, ``put_bytes_async``, ``put_many_async``) adds one task
+    per message; :meth:`task_done` ends one; :meth:`join` (or :meth:`join_async`) waits
+    until none is left. The constructor is
     :class:`Queue`'s; attaching by name (``create=False``) needs a queue that a
     JoinableQueue created.
 
@@ -346,6 +383,7 @@ class JoinableQueue(_Dropin):
         super()._wake()
         if self._tasks is not None:
             self._tasks.wake()
+            _aio.wake(self._tasks._gen)  # this process's join_async: they see it closed
 
     def _free(self) -> None:
         super()._free()
@@ -406,6 +444,24 @@ class JoinableQueue(_Dropin):
         with _OneTask(self):
             await super().put_bytes_async(data, *args, **kwargs)
 
+    async def put_many_async(self, objs: Iterable[Any], timeout: Optional[float] = None, *,
+                             block: bool = True) -> None:
+        """:meth:`Queue.put_many_async`, each message counted as a task: one
+        :meth:`put_async` at a time (as :meth:`put_many`), so that the count is exact
+        whatever ends it. Whatever ends it early (``queue.Full``, an error, a cancellation),
+        the exception's ``messages_put`` says how many went."""
+        self._check_open()
+        deadline = Deadline(check_timeout(timeout) if block else 0.0)
+        done = 0
+        try:
+            for obj in objs:
+                await self.put_async(obj, None if deadline.timeout < 0 else deadline.left(),
+                                     block=block)
+                done += 1
+        except BaseException as exc:
+            exc.messages_put = done  # type: ignore[attr-defined]
+            raise
+
     def task_done(self) -> None:
         """Tell the queue that a task taken with ``get()`` is finished. ValueError if it is
         called more times than messages were put, as multiprocessing does."""
@@ -426,6 +482,23 @@ class JoinableQueue(_Dropin):
         try:
             joins.append(None)
             if not tasks.wait_zero(deadline, lambda: self._closed, self._name):
+                raise self._closed_error()
+        finally:
+            if joins:
+                joins.pop()
+            self._leave()
+
+    async def join_async(self, timeout: Optional[float] = None) -> None:
+        """:meth:`join` on the running event loop (asyncio, uvloop): waits, without
+        blocking the loop, no polling, until every task put so far is done. TimeoutError
+        on timeout; closing the queue (from any thread) ends the wait with ValueError.
+        Cancelling it changes nothing."""
+        deadline = Deadline(check_timeout(timeout))
+        tasks = self._counted()
+        joins = self._joins
+        try:
+            joins.append(None)
+            if not await tasks.wait_zero_async(deadline, lambda: self._closed, self._name):
                 raise self._closed_error()
         finally:
             if joins:

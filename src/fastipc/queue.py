@@ -1200,7 +1200,7 @@ class Queue(Handle):
         self._check_open()
         timeout = _async_timeout(block, timeout)
         parts, total, kind = self._encode(obj)
-        await self._put_async(parts, total, kind, timeout)
+        await self._put_async(parts, total, kind, Deadline.of(timeout))
 
     async def put_bytes_async(self, data: Any, timeout: Optional[float] = None, *,
                               block: bool = True) -> None:
@@ -1211,10 +1211,66 @@ class Queue(Handle):
         if len(view) > self._max_message:
             raise ValueError(f"message of {len(view)} bytes exceeds max_message_size "
                              f"({self._max_message})")
-        await self._put_async([view], len(view), KIND_BYTES, timeout)
+        await self._put_async([view], len(view), KIND_BYTES, Deadline.of(timeout))
+
+    async def put_many_async(self, objs: Iterable[Any], timeout: Optional[float] = None, *,
+                             block: bool = True) -> None:
+        """:meth:`put_many` on the running event loop: puts every object of ``objs`` in
+        order, as many at a time as there is room for, waiting for room without blocking
+        the loop. ``block=False``: what does not fit at once raises queue.Full (timeout
+        ignored). Whatever ends it early (``queue.Full``, an object that cannot be
+        pickled or is too large, a cancellation, close()), the exception's
+        ``messages_put`` says how many of ``objs`` went, each whole; none of the others
+        did. As in put_many, the objects before one that cannot be pickled are put first."""
+        self._check_open()
+        deadline = Deadline.of(_async_timeout(block, timeout))
+        sent = [0]
+        batch: list[bytes] = []
+        hot = self._hot_max
+        try:
+            for obj in objs:
+                try:
+                    data = _pickle_in_band(obj)
+                    if data is not None and len(data) <= hot:
+                        batch.append(data)
+                        continue
+                    parts, total, kind = (self._encode(obj) if data is None
+                                          else self._layout(data, []))
+                except Exception:
+                    await self._put_batch_async(batch, deadline, sent)  # what came before
+                    raise
+                await self._put_batch_async(batch, deadline, sent)
+                await self._put_async(parts, total, kind, deadline)
+                sent[0] += 1
+            await self._put_batch_async(batch, deadline, sent)
+        except BaseException as exc:
+            exc.messages_put = sent[0]  # type: ignore[attr-defined]
+            raise
+
+    async def _put_batch_async(self, batch: list[bytes], deadline: Deadline,
+                               sent: list[int]) -> None:
+        """Put the pickles of ``batch`` (each within the hot size), in order, as many at a
+        time as there is room for (each attempt a try-once :meth:`_put_batch`), adding to
+        ``sent[0]`` those that went as they go; then empty ``batch``."""
+        if not batch:
+            return
+        start = sent[0]
+
+        def attempt() -> Any:
+            try:
+                n = self._put_batch(batch[sent[0] - start:], 0.0)
+            except Full as exc:
+                n = getattr(exc, "messages_put", 0)
+            sent[0] += n
+            return True if sent[0] - start == len(batch) else _aio.NOT_READY
+
+        # (a producer parks until the queue holds fewer than maxsize messages: room in the
+        # ring is not waited for, what does not fit it spills)
+        await self._awaited(attempt, len(batch[0]), deadline)
+        batch.clear()
 
     async def _put_async(self, parts: list[Any], total: int, kind: int,
-                         timeout: Optional[float]) -> None:
+                         deadline: Deadline) -> None:
         if total <= self._ring_max:
             def attempt() -> Any:
                 try:
@@ -1223,7 +1279,7 @@ class Queue(Handle):
                     return _aio.NOT_READY
                 return True
 
-            await self._awaited(attempt, total, timeout)
+            await self._awaited(attempt, total, deadline)
             return
         # its own segment now (see _put_blob), the reference when there is room
         suffix, path = self._blob_file()
@@ -1239,7 +1295,7 @@ class Queue(Handle):
                         return _aio.NOT_READY
                     return True
 
-                await self._awaited(put_ref, len(ref), timeout)
+                await self._awaited(put_ref, len(ref), deadline)
         except BaseException:
             if not committed[0]:
                 _unlink_quietly(path)
@@ -1258,14 +1314,28 @@ class Queue(Handle):
         return await self._get_async(  # type: ignore[no-any-return]
             lambda: self.get_bytes(0), _async_timeout(block, timeout), True)
 
+    async def get_many_async(self, max_messages: int = 1024, timeout: Optional[float] = None,
+                             *, block: bool = True) -> list[Any]:
+        """:meth:`get_many` on the running event loop: up to ``max_messages`` objects (at
+        least one: ``queue.Empty`` if none comes before the timeout; ``block=False``: at
+        once, timeout ignored), with get_many's rules for a message that fails to
+        unpickle. Cancelled (or timed out), it has taken nothing: what it had just taken,
+        this handle's next gets return, in order."""
+        max_messages = self._check_max_messages(max_messages)
+        return await self._get_async(  # type: ignore[no-any-return]
+            lambda: self.get_many(max_messages, 0.0), _async_timeout(block, timeout),
+            many=max_messages)
+
     async def _get_async(self, take: Callable[[], Any], timeout: Optional[float],
-                         as_bytes: bool = False) -> Any:
+                         as_bytes: bool = False, many: int = 0) -> Any:
         """The attempt takes into _pending (what a get took stays there until delivered),
         and the message is delivered from it after the await, with no await in between: a
-        cancellation, or an exception raised at any point, leaves it for the next get."""
+        cancellation, or an exception raised at any point, leaves it for the next get.
+        ``many``: a get_many's ``max_messages`` (``take`` returns a list; so does this)."""
         self._check_open()
-        check_timeout(timeout)
+        deadline = Deadline.of(timeout)
         pending = self._pending
+        kind = _LIST if many else _DECODED
 
         def attempt() -> Any:
             if pending:
@@ -1274,21 +1344,20 @@ class Queue(Handle):
                 obj = take()
             except Empty:
                 return _aio.NOT_READY
-            self._pending += ((obj, _DECODED),)
+            self._pending += ((obj, kind),)
             return True
 
         while True:
-            await self._awaited(attempt, -1, timeout)
-            got = self._many_from_pending(1, as_bytes)
+            await self._awaited(attempt, -1, deadline)
+            got = self._many_from_pending(many or 1, as_bytes)
             if got:
-                return got[0]
+                return got if many else got[0]
 
     async def _awaited(self, attempt: Callable[[], Any], room: int,
-                       timeout: Optional[float]) -> Any:
+                       deadline: Deadline) -> Any:
         """Await ``attempt()`` (see :func:`fastipc._aio.wait`): a consumer (``room < 0``)
-        or a producer of a ``room``-byte payload. Counted busy while it awaits, so close()
-        wakes it (ValueError) and unmaps only after it has left."""
-        deadline = Deadline.of(timeout)
+        or a producer of a ``room``-byte payload, until ``deadline``. Counted busy while it
+        awaits, so close() wakes it (ValueError) and unmaps only after it has left."""
         ops = self._ops
         name = self._name
 
