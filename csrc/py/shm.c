@@ -113,21 +113,6 @@ static PyObject *shm_get_core(ShmHandle *self, void *Py_UNUSED(closure))
 
 /* ------------------------------------------------------------------------ helpers */
 
-/* fipc_h_fail, with the call's exception kept aside while the last leave releases: the
- * release runs the object's Python _free, which must not start with an exception set (its
- * first C call would fail with SystemError and leave fds open). Belongs in handle.c. */
-static PyObject *shm_fail(fipc_handle *h)
-{
-    atomic_fetch_add(&h->busy, 1); /* fipc_h_fail's leave cannot be the last */
-    fipc_h_fail(h);
-    PyObject *type, *value, *tb;
-    PyErr_Fetch(&type, &value, &tb);
-    if (fipc_h_leave(h) < 0)
-        PyErr_Clear(); /* _free raised: the call's own exception is the one to see */
-    PyErr_Restore(type, value, tb);
-    return NULL;
-}
-
 /* Seconds left of `timeout` (C convention) for a call that began at *deadline's making:
  * the deadline is made the first time this is asked. */
 static double time_left(double timeout, int64_t *deadline)
@@ -165,7 +150,7 @@ static int begin(ShmHandle *self, const char *func, PyObject *const *args, Py_ss
         return -1;
     if (fipc_h_args(func, args, nargs, kwnames, names, required, arg) < 0 ||
         (t >= 0 && fipc_h_timeout(arg[t], timeout) < 0)) {
-        shm_fail(&self->h);
+        fipc_h_fail(&self->h);
         return -1;
     }
     return 0;
@@ -175,7 +160,7 @@ static int begin(ShmHandle *self, const char *func, PyObject *const *args, Py_ss
 static PyObject *finish(ShmHandle *self, PyObject *out)
 {
     if (out == NULL)
-        return shm_fail(&self->h);
+        return fipc_h_fail(&self->h);
     if (fipc_h_leave(&self->h) < 0) {
         Py_DECREF(out);
         return NULL;
@@ -187,7 +172,7 @@ static PyObject *finish(ShmHandle *self, PyObject *out)
 static PyObject *failed(ShmHandle *self, int64_t rc, double timeout)
 {
     fipc_h_raise(&self->h, rc, timeout);
-    return shm_fail(&self->h);
+    return fipc_h_fail(&self->h);
 }
 
 static int check_count(PyObject *obj, const char *what, long low, long high, long *out)
@@ -239,7 +224,7 @@ static PyObject *writer_send(ShmHandle *self, PyObject *const *args, Py_ssize_t 
     if (begin(self, "send", args, nargs, kwnames, send_names, 1, arg, 1, &timeout) < 0)
         return NULL;
     if (fipc_h_buffer(arg[0], &v, 0) < 0)
-        return shm_fail(&self->h);
+        return fipc_h_fail(&self->h);
     send_ctx x = {self, v.buf, (uint64_t)v.len, &self->progress};
     self->progress = 0;
     int64_t rc = fipc_h_wait(&self->h, send_attempt, &x, timeout, -ETIMEDOUT);
@@ -350,7 +335,7 @@ static PyObject *writer_send_many(ShmHandle *self, PyObject *const *args, Py_ssi
         return NULL;
     Py_ssize_t count = join_messages(self, arg[0], &blob, &lens);
     if (count < 0)
-        return shm_fail(&self->h);
+        return fipc_h_fail(&self->h);
     int64_t rc = 0;
     many_ctx x = {self, blob, lens, (uint64_t)count, 0, 0};
     if (count > 0)
@@ -369,7 +354,7 @@ static PyObject *writer_send_many(ShmHandle *self, PyObject *const *args, Py_ssi
             Py_XDECREF(sent);
             PyErr_Restore(type, value, tb);
         }
-        return shm_fail(&self->h);
+        return fipc_h_fail(&self->h);
     }
     return finish(self, Py_NewRef(Py_None));
 }
@@ -383,7 +368,7 @@ static PyObject *writer_send_nowait(ShmHandle *self, PyObject *data)
     if (fipc_h_enter(&self->h) < 0)
         return NULL;
     if (fipc_h_buffer(data, &v, 0) < 0)
-        return shm_fail(&self->h);
+        return fipc_h_fail(&self->h);
     int64_t rc = fipc_shm_send(&self->core, v.buf, (uint64_t)v.len, 0.0, &self->nowait);
     PyBuffer_Release(&v);
     if (rc < 0 && rc != -ETIMEDOUT && rc != -EINTR) {
@@ -572,7 +557,7 @@ static PyObject *reader_recv_into(ShmHandle *self, PyObject *const *args, Py_ssi
             Py_DECREF(r);
             PyErr_SetString(PyExc_TypeError, "recv_into needs a writable contiguous buffer");
         }
-        return shm_fail(&self->h);
+        return fipc_h_fail(&self->h);
     }
     int64_t rc = recv_into(self, v.buf, (uint64_t)v.len, timeout);
     PyBuffer_Release(&v);
@@ -622,7 +607,7 @@ static PyObject *reader_recv_many(ShmHandle *self, PyObject *const *args, Py_ssi
         return NULL;
     if (check_count(arg[0], "max_messages", 1, 1L << 20, &max) < 0 ||
         fipc_h_timeout(arg[1], &timeout) < 0)
-        return shm_fail(&self->h);
+        return fipc_h_fail(&self->h);
     int64_t rc = recv_message(self, timeout, 1, &msg);
     if (rc < 0)
         return failed(self, rc, timeout);
