@@ -18,9 +18,9 @@ import os
 import time
 import warnings
 import weakref
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from types import ModuleType
-from typing import Any, Callable, Generic, NoReturn, Optional, TypeVar, overload
+from typing import Any, ClassVar, Generic, NoReturn, Optional, TypeVar, overload
 
 _T = TypeVar("_T", bound="Handle")
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -223,7 +223,7 @@ def byte_view(data: Any) -> memoryview:
         view = memoryview(data)
     except TypeError:
         raise TypeError(f"a bytes-like object is required, not {type(data).__name__!r}") from None
-    if not view.contiguous:
+    if not view.c_contiguous:  # (a Fortran-ordered view cannot be cast to bytes)
         raise TypeError(f"a contiguous bytes-like object is required, not {type(data).__name__!r}")
     return view.cast("B") if view.format != "B" or view.ndim != 1 else view
 
@@ -380,7 +380,7 @@ class Handle:
     _public: Optional[type] = None  # on those: the class they stand for
     # Methods the native class of this class takes before the handle type's (a C call in a
     # Python frame, for instance): see concrete().
-    _native_methods: dict[str, Any] = {}
+    _native_methods: ClassVar[dict[str, Any]] = {}
 
     def __new__(cls, *args: Any, backend: Optional[str] = None, **kwargs: Any) -> Any:
         impl = concrete(cls, resolve_backend(backend))

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastipc._core import check, ffi, lib
+from fastipc._core import byte_view, check, ffi, lib
 
 __all__ = ["as_buffer", "get_size", "open_pipe", "set_size", "writer_present"]
 
@@ -33,12 +33,6 @@ def as_buffer(data: Any) -> tuple[Any, int]:
     """bytes pass to C as they are; other bytes-like objects without a copy."""
     if type(data) is bytes:
         return data, len(data)
-    if isinstance(data, str):
-        raise TypeError("a bytes-like object is required, not 'str' (encode it first)")
-    try:
-        buf = ffi.from_buffer(data)
-    except (TypeError, BufferError) as exc:
-        raise TypeError(
-            f"a contiguous bytes-like object is required, not {type(data).__name__!r}"
-        ) from exc
+    view = byte_view(data)  # fastipc's TypeErrors for str, non-buffers and scattered views
+    buf = ffi.from_buffer(view)
     return buf, len(buf)

@@ -38,6 +38,7 @@ from fastipc._core import (
     FIPC_EOF,
     FIPC_TOOBIG,
     Deadline,
+    byte_view,
     check_timeout,
     raise_errno,
 )
@@ -490,7 +491,7 @@ class WriterOps(_Ops, contract.NowaitSend):
 
     def send(self, data: Any, timeout: Optional[float] = None) -> None:
         t = -1.0 if timeout is None else check_timeout(timeout)
-        mv = data if type(data) is bytes else _bytes_view(data)
+        mv = data if type(data) is bytes else byte_view(data)
         if len(mv) <= self.max_message and not self._closed and \
                 self._u32[self._peer_state] != _CLOSED and self._put_whole(mv, len(mv)):
             self._publish_head()
@@ -541,7 +542,7 @@ class WriterOps(_Ops, contract.NowaitSend):
             raise
 
     def send_nowait(self, data: Any) -> bool:
-        return self._nowait_sent(self._send(_bytes_view(data), 0.0, self._nowait))
+        return self._nowait_sent(self._send(byte_view(data), 0.0, self._nowait))
 
     def flushed(self) -> bool:
         self._publish_head()
@@ -559,21 +560,6 @@ class WriterOps(_Ops, contract.NowaitSend):
             self._u64[L.OFF_HEAD // 8] = self.pos
             _fence()
         self._mark_closed(L.OFF_WSTATE)
-
-
-def _bytes_view(data: Any) -> memoryview:
-    if isinstance(data, str):
-        raise TypeError("a bytes-like object is required, not 'str' (encode it first)")
-    try:
-        mv = memoryview(data)
-    except TypeError:
-        raise TypeError(
-            f"a contiguous bytes-like object is required, not {type(data).__name__!r}"
-        ) from None
-    if not mv.c_contiguous:
-        raise TypeError(
-            f"a contiguous bytes-like object is required, not {type(data).__name__!r}")
-    return mv.cast("B") if mv.format != "B" or mv.ndim != 1 else mv
 
 
 # ---------------------------------------------------------------------------- reader
