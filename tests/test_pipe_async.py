@@ -1,5 +1,6 @@
-"""Awaitable pipe and FIFO calls (recv_async, send_async, open_*_async), on asyncio and
-uvloop, both backends, with the peer blocking in another process."""
+"""Awaitable pipe and FIFO calls (recv_async, send_async, read_async, write_async, the batch
+calls, open_*_async), on asyncio and uvloop, both backends, with the peer blocking in another
+process."""
 
 from __future__ import annotations
 
@@ -337,3 +338,256 @@ with pipe.FIFO(sys.argv[1]) as f, f.open_writer(timeout=10) as w:
 
     assert run(loop_kind, main()) == b"hello"
     fifo.unlink()
+
+
+# ---------------------------------------------------------------- raw and batch twins
+
+
+def test_raw_and_batch_awaitables(backend: str, loop_kind: str) -> None:
+    r, w = pipe.pipe(backend=backend)
+
+    async def main() -> None:
+        assert await w.write_async(b"hello world") == 11
+        assert await w.write_async(bytearray(b"!")) == 1
+        assert await r.read_async(5, timeout=1) == b"hello"
+        assert await r.read_async(0) == b""
+        assert await r.read_async(timeout=1) == b" world!"
+        await w.send_many_async([b"a", b"bb", b"", memoryview(b"ccc")], timeout=1)
+        await w.send_many_async([])  # nothing to send
+        await w.send_many_async(iter([b"d"]))
+        assert await r.recv_many_async(2, timeout=1) == [b"a", b"bb"]
+        assert await r.recv_many_async(timeout=1) == [b"", b"ccc", b"d"]
+        big = os.urandom(1 << 20)  # far larger than the pipe: both sides wait for each other
+        reader = asyncio.ensure_future(r.recv_many_async(timeout=10))
+        await w.send_many_async([big, b"tail"], timeout=10)
+        got = await reader
+        if len(got) == 1:
+            got += await r.recv_many_async(timeout=1)
+        assert got == [big, b"tail"]
+        with pytest.raises(TypeError):
+            await w.send_many_async(b"one message")
+        with pytest.raises(TypeError):
+            await w.send_many_async(["text"])
+        with pytest.raises(TypeError):
+            await w.write_async("text")
+        with pytest.raises(ValueError):
+            await r.read_async(-1)
+        with pytest.raises(ValueError):
+            await r.recv_many_async(0)
+        assert not w.closed and not r.closed
+
+    with r, w:
+        run(loop_kind, main())
+
+
+def test_raw_and_batch_timeouts(backend: str, loop_kind: str) -> None:
+    r, w = pipe.pipe(backend=backend)
+
+    async def main() -> None:
+        for call in (lambda t: r.read_async(timeout=t),
+                     lambda t: r.recv_many_async(timeout=t)):
+            t0 = time.monotonic()
+            with pytest.raises(TimeoutError):
+                await call(0.2)
+            assert 0.19 <= time.monotonic() - t0 < 2
+            with pytest.raises(TimeoutError):
+                await call(0)
+            with pytest.raises(ValueError):
+                await call(-1)
+        size = w.pipe_size
+        w.write(b"f" * (size - 4096))  # room for one page
+        t0 = time.monotonic()
+        with pytest.raises(TimeoutError) as info:
+            await w.write_async(b"x" * 10_000, timeout=0.2)  # more than PIPE_BUF: not atomic
+        assert 0.19 <= time.monotonic() - t0 < 2
+        went = info.value.characters_written  # type: ignore[attr-defined]
+        assert went == 4096  # as the blocking write says
+        t0 = time.monotonic()
+        with pytest.raises(TimeoutError):
+            await w.send_many_async([b"a", b"b"], timeout=0.2)
+        assert 0.19 <= time.monotonic() - t0 < 2
+        assert not w.closed  # nothing of the batch went: the writer stays usable
+        with pytest.raises(ValueError):
+            await w.write_async(b"x", timeout=-1)
+        with pytest.raises(ValueError):
+            await w.send_many_async([b"x"], timeout=-1)
+        assert r.read(size, timeout=1) == b"f" * (size - 4096) + b"x" * 4096
+
+    with r, w:
+        run(loop_kind, main())
+
+
+def test_read_and_recv_many_cancel_and_retry_lose_nothing(backend: str,
+                                                          loop_kind: str) -> None:
+    """Reads and batch receives cancelled while they wait, each retried, while a thread
+    writes at its own pace: every byte and every message arrives once, in order."""
+    r, w = pipe.pipe(backend=backend)
+    n = 200
+
+    def message(i: int) -> bytes:
+        return i.to_bytes(4, "big") * (20_000 if i % 10 == 0 else 4)
+
+    raw = os.urandom(300_000)
+    go = threading.Event()
+
+    def sender() -> None:
+        for i in range(0, len(raw), 1500):
+            w.write(raw[i:i + 1500])
+            time.sleep(0.0002)
+        go.wait(10)  # the reads are over
+        for i in range(0, n, 3):
+            w.send_many([message(j) for j in range(i, min(i + 3, n))])
+            time.sleep(0.0005)
+
+    async def main() -> int:
+        cancels = 0
+        data = bytearray()
+        msgs: list[bytes] = []
+        t = threading.Thread(target=sender)
+        t.start()
+        try:
+            while len(data) < len(raw) or cancels < 300:
+                try:
+                    data += await asyncio.wait_for(r.read_async(len(raw) - len(data) or 1), 0.0002)
+                except TimeoutError:
+                    cancels += 1
+            assert data == raw
+            go.set()
+            while len(msgs) < n or cancels < 600:
+                try:
+                    msgs += await asyncio.wait_for(r.recv_many_async(5), 0.0002)
+                except TimeoutError:
+                    cancels += 1
+            assert msgs == [message(i) for i in range(n)]
+        finally:
+            go.set()
+            t.join()
+        with pytest.raises(TimeoutError):
+            await r.read_async(timeout=0.05)  # nothing duplicated, nothing left over
+        return cancels
+
+    with r, w:
+        assert run(loop_kind, main()) >= 600
+
+
+def test_cancelled_write_reports_what_went(backend: str, loop_kind: str) -> None:
+    r, w = pipe.pipe(backend=backend)
+    size = w.pipe_size
+
+    async def main() -> None:
+        data = os.urandom(3 * size)
+        task = asyncio.ensure_future(w.write_async(data, timeout=10))
+        await asyncio.sleep(0.05)  # the pipe is full, the rest waits
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError) as info:
+            await task
+        went = info.value.characters_written  # type: ignore[attr-defined]
+        assert 0 < went < len(data)
+        assert not w.closed  # raw bytes: nothing to finish
+        got = bytearray()
+        while len(got) < went:
+            got += r.read(went - len(got), timeout=1)
+        assert got == data[:went]
+        with pytest.raises(TimeoutError):
+            r.read(timeout=0.05)  # no more than it said
+        # cancelled before any byte went: it says 0
+        w.write(b"f" * size)
+        task = asyncio.ensure_future(w.write_async(b"x", timeout=10))
+        await asyncio.sleep(0.02)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError) as info:
+            await task
+        assert info.value.characters_written == 0  # type: ignore[attr-defined]
+
+    with r, w:
+        run(loop_kind, main())
+
+
+def test_cancelled_send_many_finishes_the_batch_it_began(backend: str,
+                                                         loop_kind: str) -> None:
+    r, w = pipe.pipe(backend=backend)
+    big = [os.urandom(300_000), b"small", os.urandom(500_000)]
+
+    async def main() -> None:
+        task = asyncio.ensure_future(w.send_many_async(big, timeout=10))
+        await asyncio.sleep(0.05)  # part of it went; the pipe is full
+        task.cancel()
+        send_next = asyncio.ensure_future(w.send_async(b"next", timeout=10))
+        got: list[bytes] = []
+        while len(got) < 4:
+            got += await r.recv_many_async(timeout=10)
+        assert got == [*big, b"next"]  # the rest went on, then the next send
+        await task  # absorbed: it returned, so the caller knows it went
+        await send_next
+
+    with r, w:
+        run(loop_kind, main())
+
+
+def test_raw_and_batch_end_of_stream_and_broken_pipe(backend: str, loop_kind: str) -> None:
+    async def main() -> None:
+        r, w = pipe.pipe(backend=backend)
+        w.send_many([b"last", b"one"])
+        w.close()
+        assert await r.recv_many_async(timeout=5) == [b"last", b"one"]
+        with pytest.raises(EOFError):
+            await r.recv_many_async(timeout=5)
+        r.close()
+        r, w = pipe.pipe(backend=backend)
+        w.write(b"end")
+        w.close()
+        assert await r.read_async(timeout=5) == b"end"
+        assert await r.read_async(timeout=5) == b""
+        r.close()
+        r, w = pipe.pipe(backend=backend)
+        r.close()
+        with pytest.raises(BrokenPipeError):
+            await w.write_async(b"x", timeout=5)
+        with pytest.raises(BrokenPipeError):
+            await w.send_many_async([b"x"], timeout=5)
+        w.close()
+        # the reader goes while a write awaits room: what went is reported
+        r, w = pipe.pipe(backend=backend)
+        size = w.pipe_size
+        asyncio.get_running_loop().call_later(0.1, r.close)
+        with pytest.raises(BrokenPipeError) as info:
+            await w.write_async(b"x" * (2 * size), timeout=5)
+        assert info.value.characters_written == size  # type: ignore[attr-defined]
+        w.close()
+        # a writer process that exits while we await
+        r, w = pipe.pipe(backend=backend)
+        proc = start_python("import time; time.sleep(0.3)", pass_fds=(w.fileno(),))
+        w.close()
+        t0 = time.monotonic()
+        assert await r.read_async(timeout=10) == b""
+        assert time.monotonic() - t0 < 5
+        proc.communicate(timeout=10)
+        r.close()
+
+    run(loop_kind, main())
+
+
+@pytest.mark.parametrize("call", ["read_async", "recv_many_async", "write_async",
+                                  "send_many_async"])
+def test_raw_and_batch_close_from_another_thread(backend: str, loop_kind: str,
+                                                 call: str) -> None:
+    r, w = pipe.pipe(backend=backend)
+    obj: Any = r if call.startswith("re") else w
+    if obj is w:
+        w.write(b"f" * w.pipe_size)  # full: the write waits for room
+    args: tuple[Any, ...] = {"read_async": (), "recv_many_async": (),
+                             "write_async": (b"x" * 100,),
+                             "send_many_async": ([b"x"],)}[call]
+
+    async def main() -> None:
+        threading.Timer(0.1, obj.close).start()
+        t0 = time.monotonic()
+        with pytest.raises(ValueError, match="closed"):
+            await getattr(obj, call)(*args, timeout=10)
+        assert time.monotonic() - t0 < 3
+
+    run(loop_kind, main())
+    time.sleep(0.05)  # the timer thread has finished
+    assert obj.closed
+    r.close()
+    w.close()

@@ -647,6 +647,7 @@ static int s_set_limit(StreamHandle *self, PyObject *value, void *Py_UNUSED(clos
 static PyMethodDef writer_methods[] = {
     OPEN_METHOD,
     SEND_STEP,
+    WRITE_STEP,
     {"write", FASTCALL(w_write),
      "write(data, timeout=None)\n--\n\n"
      "Write all of ``data`` (raw bytes, no framing) and return its length.\n\n"
@@ -665,6 +666,7 @@ static PyMethodDef writer_methods[] = {
 static PyMethodDef reader_methods[] = {
     OPEN_METHOD,
     RECV_STEP,
+    READ_STEP,
     {"read", FASTCALL(r_read),
      "read(n=65536, timeout=None)\n--\n\n"
      "Up to ``n`` raw bytes, as soon as any are there; ``b\"\"`` at end of stream."},

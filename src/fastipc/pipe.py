@@ -17,8 +17,10 @@ import contextlib
 import errno
 import os
 import stat
+import struct
 import threading
 from collections.abc import Callable, Generator, Iterable, Iterator
+from functools import partial
 from typing import TYPE_CHECKING, Any, Optional, TypeVar, Union, cast
 
 from fastipc import _core
@@ -38,6 +40,8 @@ DEFAULT_MAX_MESSAGE_SIZE = 64 << 20
 MAX_FRAME = 0xFFFFFFFF  # the 4-byte length prefix
 PathLike = Union[str, "os.PathLike[str]"]
 _E = TypeVar("_E", bound="StreamEnd")
+_T = TypeVar("_T")
+_HEADER = struct.Struct(">I")
 _PEER_POLL = 0.02  # longest pause between two looks for a FIFO's peer
 
 
@@ -219,8 +223,10 @@ class StreamEnd(Awaiter):
         except TimeoutError:
             return None
 
-    async def _send_async(self, data: Any, timeout: Optional[float]) -> None:
-        """Awaited send of ``data`` (a frame, or raw bytes for an end that does not tear),
+    async def _send_async(self, data: Any, timeout: Optional[float],
+                          step: Optional[Callable[[Any, int], Optional[int]]] = None) -> None:
+        """Awaited send of ``data`` (a frame, or raw bytes for an end that does not tear;
+        ``step`` if given: ready-made frames, sent as one),
         tried without waiting and resumed where it stopped each time the fd is writable
         again.
 
@@ -229,10 +235,10 @@ class StreamEnd(Awaiter):
         normally once the message is whole (so that the caller knows it went; within the
         call's timeout, else the object closes, as for any cut-short frame). Sends wait
         for such a finishing send before they start."""
-        step = self._send_step if self._tears else self._write_step
+        if step is None:
+            step = self._send_step if self._tears else self._write_step
         deadline = Deadline.of(timeout)
-        while self._tail is not None:
-            await asyncio.shield(self._tail)
+        await self._after_tail()
         offset = step(data, 0)
         if offset is None:
             return
@@ -264,12 +270,41 @@ class StreamEnd(Awaiter):
             self._tail = None
             tail.set_result(None)
 
-    async def _recv_async(self, timeout: Optional[float]) -> bytes:
-        """Awaited receive (a frame, or raw bytes for an end that does not tear), tried
-        without waiting each time the fd is readable."""
+    async def _after_tail(self) -> None:
+        """Wait until no cancelled send still owes the rest of its frame."""
+        while self._tail is not None:
+            await asyncio.shield(self._tail)
+
+    async def _write_async(self, data: Any, timeout: Optional[float]) -> int:
+        """Awaited raw write of all of ``data``: its length. Not finished (a timeout, an
+        error, a cancellation), the exception's ``characters_written`` says how much went."""
+        size = len(_core.byte_view(data))
         deadline = Deadline.of(timeout)
+        await self._after_tail()
+        offset = 0
         while True:
-            out = self._recv_step() if self._tears else self._read_step(65536)
+            went = self._write_step(data, offset)
+            if went is None:
+                return size
+            offset = went
+            try:
+                if deadline.expired():
+                    raise deadline.error()
+                await self._ready("w", deadline)
+            except (TimeoutError, asyncio.CancelledError) as exc:
+                exc.characters_written = offset  # type: ignore[union-attr]
+                raise
+
+    async def _recv_async(self, timeout: Optional[float],
+                          step: Optional[Callable[[], Optional[_T]]] = None) -> _T:
+        """Awaited receive (a frame, or raw bytes for an end that does not tear; what
+        ``step`` returns if given), tried without waiting each time the fd is readable."""
+        deadline = Deadline.of(timeout)
+        if step is None:
+            step = cast(Callable[[], Optional[_T]],
+                        self._recv_step if self._tears else partial(self._read_step, 65536))
+        while True:
+            out = step()
             if out is not None:
                 return out
             if deadline.expired():
@@ -336,6 +371,38 @@ class PipeWriter(StreamEnd):
         never torn) and a later ``send_async`` waits for it."""
         await self._send_async(data, timeout)
 
+    @uses_handle_async
+    async def write_async(self, data: Any, timeout: Optional[float] = None) -> int:
+        """Awaitable :meth:`write` on the running loop: all of ``data``, its length.
+        Raw bytes need no whole frame: a timeout, an error or a cancellation ends it where
+        it is, and the exception's ``characters_written`` (``CancelledError``'s too) says
+        how much went."""
+        return await self._write_async(data, timeout)
+
+    @uses_handle_async
+    async def send_many_async(self, messages: Iterable[Any],
+                              timeout: Optional[float] = None) -> None:
+        """Awaitable :meth:`send_many` on the running loop: the messages go as one batch,
+        cancelled before any byte went it sent none of them, once part went the rest is still
+        sent (as :meth:`send_async` finishes a frame it began)."""
+        if isinstance(messages, (bytes, bytearray, memoryview, str)):
+            raise TypeError("send_many takes an iterable of messages, not one message")
+        batch = list(messages)
+        check_timeout(timeout)
+        if batch:
+            await self._send_async(_frames(batch), timeout, self._write_step)
+
+
+def _frames(messages: list[Any]) -> bytes:
+    """``messages`` framed (length prefix, payload) in one buffer."""
+    parts: list[Any] = []
+    for m in messages:
+        view = _core.byte_view(m)
+        if len(view) > MAX_FRAME:
+            raise OSError(errno.EMSGSIZE, os.strerror(errno.EMSGSIZE))
+        parts += (_HEADER.pack(len(view)), view)
+    return b"".join(parts)
+
 
 class PipeReader(StreamEnd):
     """The read end of a pipe or FIFO. Takes ownership of ``fd``.
@@ -397,6 +464,29 @@ class PipeReader(StreamEnd):
         """Awaitable :meth:`recv` on the running loop. Cancelled, it leaves the message (and
         any part of it read ahead) for the next call."""
         return await self._recv_async(timeout)
+
+    @uses_handle_async
+    async def read_async(self, n: int = 65536, timeout: Optional[float] = None) -> bytes:
+        """Awaitable :meth:`read` on the running loop. Cancelled, it took nothing."""
+        n = check_int(n, "n", 0, 2**31 - 1)
+        if not n:
+            check_timeout(timeout)
+            return b""
+        return await self._recv_async(timeout, partial(self._read_step, n))
+
+    @uses_handle_async
+    async def recv_many_async(self, max_messages: int = 1024,
+                              timeout: Optional[float] = None) -> list[bytes]:
+        """Awaitable :meth:`recv_many` on the running loop. Cancelled, it took nothing."""
+        n = check_int(max_messages, "max_messages", 1, 2**31 - 1)
+        return await self._recv_async(timeout, partial(self._recv_many_step, n))
+
+    def _recv_many_step(self, n: int) -> Optional[list[bytes]]:
+        """:meth:`recv_many` without waiting, or None."""
+        try:
+            return self.recv_many(n, 0.0)
+        except TimeoutError:
+            return None
 
     def __iter__(self) -> Iterator[bytes]:
         """Messages until the writer closes."""
