@@ -75,6 +75,31 @@ PyObject *fipc_h_fail(fipc_handle *h)
     return NULL;
 }
 
+int fipc_h_begin(fipc_handle *h, const char *func, PyObject *const *args, Py_ssize_t nargs,
+                 PyObject *kwnames, const char *const *names, int required, PyObject **arg,
+                 int t, double *timeout)
+{
+    if (fipc_h_enter(h) < 0)
+        return -1;
+    if (fipc_h_args(func, args, nargs, kwnames, names, required, arg) < 0 ||
+        (t >= 0 && fipc_h_timeout(arg[t], timeout) < 0)) {
+        fipc_h_fail(h);
+        return -1;
+    }
+    return 0;
+}
+
+PyObject *fipc_h_done(fipc_handle *h, PyObject *out)
+{
+    if (out == NULL)
+        return fipc_h_fail(h);
+    if (fipc_h_leave(h) < 0) {
+        Py_DECREF(out);
+        return NULL;
+    }
+    return out;
+}
+
 static PyObject *h_close(fipc_handle *h, PyObject *Py_UNUSED(ignored))
 {
     int32_t open = FIPC_H_OPEN;

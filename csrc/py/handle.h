@@ -61,6 +61,15 @@ int fipc_h_enter(fipc_handle *h);
 /* Leave a call; releases if the handle was closed meanwhile and this was the last call.
  * 0, or -1 with an exception set (a _free that raised), which the caller returns. */
 int fipc_h_leave(fipc_handle *h);
+/* The start of a method taking arguments: enter (ValueError if closed), parse them against
+ * `names` into arg[] (fipc_h_args), and the timeout arg[t] (t < 0: none). 0, or -1 with the
+ * call failed and left. */
+int fipc_h_begin(fipc_handle *h, const char *func, PyObject *const *args, Py_ssize_t nargs,
+                 PyObject *kwnames, const char *const *names, int required, PyObject **arg,
+                 int t, double *timeout);
+/* The end of a call that made `out` (a new reference, or NULL: the call failed): leave, and
+ * return what the method returns. */
+PyObject *fipc_h_done(fipc_handle *h, PyObject *out);
 /* Leave a call that failed with an exception set: if the handle was closed during the call,
  * the exception becomes the closed object's ValueError. Returns NULL. */
 PyObject *fipc_h_fail(fipc_handle *h);

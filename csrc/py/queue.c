@@ -180,21 +180,6 @@ static PyObject *call_method(QueueHandle *self, const char *name, const char *fm
     return r;
 }
 
-/* fipc_h_fail, with the call's exception put aside while it leaves: the last call to leave
- * a closed handle releases it, which runs Python (Queue._free), not to be entered with an
- * exception set. */
-/* Leave a call that produced `result` (NULL: failed). */
-static PyObject *done(QueueHandle *self, PyObject *result)
-{
-    if (result == NULL)
-        return fipc_h_fail(&self->h);
-    if (fipc_h_leave(&self->h) < 0) {
-        Py_DECREF(result);
-        return NULL;
-    }
-    return result;
-}
-
 /* fipc_h_args with Python's messages for the methods of Queue (whose pure twins are Python
  * functions): `positional` parameters may be given by position (after self), the first
  * `required` of them must be given. */
@@ -291,7 +276,7 @@ static PyObject *queue_put(QueueHandle *self, PyObject *const *args, Py_ssize_t 
         if (known < 0)
             return fipc_h_fail(&self->h);
         if (known)
-            return done(self, call_method(self, "_put_encoded", "(Od)", obj, timeout));
+            return fipc_h_done(&self->h, call_method(self, "_put_encoded", "(Od)", obj, timeout));
     }
     PyObject *pargs = PyTuple_Pack(2, obj, protocol5);
     PyObject *data = pargs ? PyObject_Call(dumps, pargs, in_band_kw) : NULL;
@@ -306,7 +291,7 @@ static PyObject *queue_put(QueueHandle *self, PyObject *const *args, Py_ssize_t 
         if (r == NULL)
             return fipc_h_fail(&self->h);
         Py_DECREF(r);
-        return done(self, call_method(self, "_put_encoded", "(Od)", obj, timeout));
+        return fipc_h_done(&self->h, call_method(self, "_put_encoded", "(Od)", obj, timeout));
     }
     char *buf;
     Py_ssize_t n;
@@ -322,7 +307,7 @@ static PyObject *queue_put(QueueHandle *self, PyObject *const *args, Py_ssize_t 
         r = call_method(self, "_put_pickled", "(Od)", data, timeout);
     }
     Py_DECREF(data);
-    return done(self, r);
+    return fipc_h_done(&self->h, r);
 }
 
 /* The bytes of `data`: TypeError as fastipc._core.byte_view says it. */
@@ -361,7 +346,7 @@ static PyObject *queue_put_bytes(QueueHandle *self, PyObject *const *args, Py_ss
         PyBuffer_Release(&view);
         r = call_method(self, "_put_bytes_large", "(Od)", arg[0], timeout);
     }
-    return done(self, r);
+    return fipc_h_done(&self->h, r);
 }
 
 /* _put_batch(batch: list[bytes], timeout) -> how many went (all, or queue.Full with
@@ -385,7 +370,7 @@ static PyObject *queue_put_batch(QueueHandle *self, PyObject *args)
         total += (uint64_t)PyBytes_Size(b);
     }
     if (count == 0)
-        return done(self, PyLong_FromLong(0));
+        return fipc_h_done(&self->h, PyLong_FromLong(0));
     uint64_t *lens = malloc(sizeof *lens * (size_t)count);
     char *blob = malloc(total ? total : 1);
     if (lens == NULL || blob == NULL) {
@@ -420,7 +405,7 @@ static PyObject *queue_put_batch(QueueHandle *self, PyObject *args)
         }
         return fipc_h_fail(&self->h);
     }
-    return done(self, PyLong_FromUnsignedLongLong(c.sent));
+    return fipc_h_done(&self->h, PyLong_FromUnsignedLongLong(c.sent));
 }
 
 /* ------------------------------------------------------------------------ get */
@@ -633,7 +618,7 @@ static PyObject *get_call(QueueHandle *self, const char *func, const char *const
         check_held(arg[0]) < 0 ||
         block_timeout(arg[as_bytes ? 2 : 1], arg[as_bytes ? 1 : 2], &timeout) < 0)
         return fipc_h_fail(&self->h);
-    return done(self, hold(arg[0], get_one(self, timeout, as_bytes)));
+    return fipc_h_done(&self->h, hold(arg[0], get_one(self, timeout, as_bytes)));
 }
 
 static const char *const get_names[] = {"held", "block", "timeout", NULL};
@@ -696,7 +681,7 @@ static PyObject *queue_get_many(QueueHandle *self, PyObject *const *args, Py_ssi
     if (parse_args("Queue._get_many", args, nargs, kwnames, get_many_names, 1, 4, arg) < 0 ||
         check_held(arg[0]) < 0)
         return fipc_h_fail(&self->h);
-    return done(self, hold(arg[0], get_many_held(self, arg + 1)));
+    return fipc_h_done(&self->h, hold(arg[0], get_many_held(self, arg + 1)));
 }
 
 /* get_many's work (entered): arg is max_messages, timeout, block. */

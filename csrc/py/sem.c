@@ -66,11 +66,9 @@ static PyObject *sem_acquire(SemHandle *self, PyObject *const *args, Py_ssize_t 
 {
     PyObject *arg[1];
     double timeout;
-    if (fipc_h_enter(&self->h) < 0)
+    if (fipc_h_begin(&self->h, "Semaphore.acquire", args, nargs, kwnames, acquire_names, 0,
+                     arg, 0, &timeout) < 0)
         return NULL;
-    if (fipc_h_args("Semaphore.acquire", args, nargs, kwnames, acquire_names, 0, arg) < 0 ||
-        fipc_h_timeout(arg[0], &timeout) < 0)
-        return fipc_h_fail(&self->h);
     int64_t rc = fipc_h_wait(&self->h, acquire_attempt, self, timeout, -ETIMEDOUT);
     if (rc < 0) {
         fipc_h_raise(&self->h, rc, timeout);

@@ -140,33 +140,6 @@ static int64_t copy_out(ShmHandle *s, const char *ptr, int64_t n, PyObject **out
     return n;
 }
 
-/* The start of a method taking arguments: enter (ValueError if closed), parse them against
- * `names` into arg[], and the timeout arg[t] (t < 0: none). 0, or -1 with the call failed. */
-static int begin(ShmHandle *self, const char *func, PyObject *const *args, Py_ssize_t nargs,
-                 PyObject *kwnames, const char *const *names, int required, PyObject **arg,
-                 int t, double *timeout)
-{
-    if (fipc_h_enter(&self->h) < 0)
-        return -1;
-    if (fipc_h_args(func, args, nargs, kwnames, names, required, arg) < 0 ||
-        (t >= 0 && fipc_h_timeout(arg[t], timeout) < 0)) {
-        fipc_h_fail(&self->h);
-        return -1;
-    }
-    return 0;
-}
-
-/* The end of a call that made `out` (a new reference, or NULL: the call failed): leave. */
-static PyObject *finish(ShmHandle *self, PyObject *out)
-{
-    if (out == NULL)
-        return fipc_h_fail(&self->h);
-    if (fipc_h_leave(&self->h) < 0) {
-        Py_DECREF(out);
-        return NULL;
-    }
-    return out;
-}
 
 /* The end of a call that failed with status rc (< 0). */
 static PyObject *failed(ShmHandle *self, int64_t rc, double timeout)
@@ -221,7 +194,7 @@ static PyObject *writer_send(ShmHandle *self, PyObject *const *args, Py_ssize_t 
     PyObject *arg[2];
     double timeout;
     Py_buffer v;
-    if (begin(self, "send", args, nargs, kwnames, send_names, 1, arg, 1, &timeout) < 0)
+    if (fipc_h_begin(&self->h, "send", args, nargs, kwnames, send_names, 1, arg, 1, &timeout) < 0)
         return NULL;
     if (fipc_h_buffer(arg[0], &v, 0) < 0)
         return fipc_h_fail(&self->h);
@@ -233,7 +206,7 @@ static PyObject *writer_send(ShmHandle *self, PyObject *const *args, Py_ssize_t 
         self->progress = 0; /* a message cut short is abandoned: the reader drops it */
         return failed(self, rc, timeout);
     }
-    return finish(self, Py_NewRef(Py_None));
+    return fipc_h_done(&self->h, Py_NewRef(Py_None));
 }
 
 typedef struct {
@@ -331,7 +304,7 @@ static PyObject *writer_send_many(ShmHandle *self, PyObject *const *args, Py_ssi
     double timeout;
     char *blob;
     uint64_t *lens;
-    if (begin(self, "send_many", args, nargs, kwnames, names, 1, arg, 1, &timeout) < 0)
+    if (fipc_h_begin(&self->h, "send_many", args, nargs, kwnames, names, 1, arg, 1, &timeout) < 0)
         return NULL;
     Py_ssize_t count = join_messages(self, arg[0], &blob, &lens);
     if (count < 0)
@@ -356,7 +329,7 @@ static PyObject *writer_send_many(ShmHandle *self, PyObject *const *args, Py_ssi
         }
         return fipc_h_fail(&self->h);
     }
-    return finish(self, Py_NewRef(Py_None));
+    return fipc_h_done(&self->h, Py_NewRef(Py_None));
 }
 
 /* _send_nowait(data): one attempt at sending data whole, without waiting: True once it is
@@ -375,7 +348,7 @@ static PyObject *writer_send_nowait(ShmHandle *self, PyObject *data)
         self->nowait = 0;
         return failed(self, rc, 0.0);
     }
-    return finish(self, PyBool_FromLong(rc == 0));
+    return fipc_h_done(&self->h, PyBool_FromLong(rc == 0));
 }
 
 /* _abandon(): give up a message _send_nowait left half-streamed (the reader drops it). */
@@ -487,12 +460,12 @@ static PyObject *reader_recv(ShmHandle *self, PyObject *const *args, Py_ssize_t 
     static const char *const names[] = {"timeout", NULL};
     PyObject *arg[1], *msg = NULL;
     double timeout;
-    if (begin(self, "recv", args, nargs, kwnames, names, 0, arg, 0, &timeout) < 0)
+    if (fipc_h_begin(&self->h, "recv", args, nargs, kwnames, names, 0, arg, 0, &timeout) < 0)
         return NULL;
     int64_t rc = recv_message(self, timeout, 1, &msg);
     if (rc < 0)
         return failed(self, rc, timeout);
-    return finish(self, msg);
+    return fipc_h_done(&self->h, msg);
 }
 
 static void too_small(uint64_t cap, uint64_t n)
@@ -547,7 +520,7 @@ static PyObject *reader_recv_into(ShmHandle *self, PyObject *const *args, Py_ssi
     PyObject *arg[2];
     double timeout;
     Py_buffer v;
-    if (begin(self, "recv_into", args, nargs, kwnames, names, 1, arg, 1, &timeout) < 0)
+    if (fipc_h_begin(&self->h, "recv_into", args, nargs, kwnames, names, 1, arg, 1, &timeout) < 0)
         return NULL;
     if (PyUnicode_Check(arg[0]) || PyObject_GetBuffer(arg[0], &v, PyBUF_WRITABLE) < 0) {
         /* the Python rules say what is wrong with it */
@@ -563,7 +536,7 @@ static PyObject *reader_recv_into(ShmHandle *self, PyObject *const *args, Py_ssi
     PyBuffer_Release(&v);
     if (rc < 0)
         return failed(self, rc, timeout);
-    return finish(self, PyLong_FromLongLong(rc));
+    return fipc_h_done(&self->h, PyLong_FromLongLong(rc));
 }
 
 /* `first` and what else is queued whole, up to max messages, without waiting, as a list;
@@ -603,7 +576,7 @@ static PyObject *reader_recv_many(ShmHandle *self, PyObject *const *args, Py_ssi
     PyObject *arg[2], *msg = NULL;
     double timeout;
     long max = 1024;
-    if (begin(self, "recv_many", args, nargs, kwnames, names, 0, arg, -1, NULL) < 0)
+    if (fipc_h_begin(&self->h, "recv_many", args, nargs, kwnames, names, 0, arg, -1, NULL) < 0)
         return NULL;
     if (check_count(arg[0], "max_messages", 1, 1L << 20, &max) < 0 ||
         fipc_h_timeout(arg[1], &timeout) < 0)
@@ -611,7 +584,7 @@ static PyObject *reader_recv_many(ShmHandle *self, PyObject *const *args, Py_ssi
     int64_t rc = recv_message(self, timeout, 1, &msg);
     if (rc < 0)
         return failed(self, rc, timeout);
-    return finish(self, more(self, msg, max));
+    return fipc_h_done(&self->h, more(self, msg, max));
 }
 
 /* _recv_nowait(): the next message if one is there, else None (nothing consumed). */
@@ -623,7 +596,7 @@ static PyObject *reader_recv_nowait(ShmHandle *self, PyObject *Py_UNUSED(ignored
     int64_t rc = recv_message(self, 0.0, 0, &msg);
     if (rc < 0 && rc != -ETIMEDOUT && rc != -EINTR)
         return failed(self, rc, 0.0);
-    return finish(self, rc < 0 ? Py_NewRef(Py_None) : msg);
+    return fipc_h_done(&self->h, rc < 0 ? Py_NewRef(Py_None) : msg);
 }
 
 /* _recv_many_nowait(max_messages): up to max messages if one is there, else None. */
@@ -638,7 +611,7 @@ static PyObject *reader_recv_many_nowait(ShmHandle *self, PyObject *arg)
     int64_t rc = recv_message(self, 0.0, 0, &msg);
     if (rc < 0 && rc != -ETIMEDOUT && rc != -EINTR)
         return failed(self, rc, 0.0);
-    return finish(self, rc < 0 ? Py_NewRef(Py_None) : more(self, msg, max));
+    return fipc_h_done(&self->h, rc < 0 ? Py_NewRef(Py_None) : more(self, msg, max));
 }
 
 /* _take_view(timeout): the next message for recv_view: (a read-only memoryview of it in the
@@ -681,7 +654,7 @@ static PyObject *reader_take_view(ShmHandle *self, PyObject *arg)
     }
     if (rc < 0)
         return failed(self, rc, timeout);
-    return finish(self, out);
+    return fipc_h_done(&self->h, out);
 }
 
 /* ------------------------------------------------------------------------ types */
