@@ -305,11 +305,11 @@ def given_up_in_child(method: str) -> weakref.WeakSet[Any]:
 
 def messages(end: Any) -> Iterator[bytes]:
     """``end.recv()`` until the stream ends (EOFError): the ``__iter__`` of every receiving
-    end. ``recv`` is looked up at each message, so that a fast path set on the instance
-    while it is open is the one called, and a closed end raises ValueError."""
+    end (a subclass's own ``recv`` is the one called; a closed end raises ValueError)."""
+    recv = end.recv
     while True:
         try:
-            yield end.recv()
+            yield recv()
         except EOFError:
             return
 

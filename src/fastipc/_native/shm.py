@@ -10,7 +10,6 @@ hooks of the awaitables, the writer's view of its reader, and the holds of ``rec
 
 from __future__ import annotations
 
-import ctypes
 from typing import TYPE_CHECKING, Any, Optional
 
 from fastipc._backend import shm as contract
@@ -20,14 +19,6 @@ from fastipc._core import Deadline, ffi, lib
 __all__ = ["ReaderOps", "WriterOps"]
 
 _NO_HOLD = 2**64 - 1
-
-# (the fan-out's backend, fastipc._native.pubsub, uses these two)
-try:  # a bytes object to fill in place: one copy less for large messages
-    _new_bytes: Any = ctypes.pythonapi.PyBytes_FromStringAndSize
-    _new_bytes.restype = ctypes.py_object
-    _new_bytes.argtypes = (ctypes.c_void_p, ctypes.c_ssize_t)
-except (AttributeError, TypeError):  # not CPython
-    _new_bytes = None
 _no_retry = contract._no_retry
 
 
