@@ -7,7 +7,6 @@ free its fds, mappings and /dev/shm entries (no reference cycles)."""
 
 from __future__ import annotations
 
-import gc
 import os
 import socket
 import threading
@@ -21,6 +20,7 @@ import pytest
 
 import fastipc
 from fastipc import client, mq, pipe, sem, shm
+from test_shm_references import no_collector
 
 SHM = Path("/dev/shm")
 
@@ -150,14 +150,9 @@ FACTORIES: dict[str, Callable[[str, str], Made]] = {
 
 
 @pytest.fixture(autouse=True)
-def no_collector() -> Iterator[None]:
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
+def collector_off() -> Iterator[None]:
+    with no_collector():
         yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 # The classes with a call that waits for a peer (a close from another thread must end it),
