@@ -11,8 +11,8 @@ import sys
 import textwrap
 import traceback
 import warnings
-from collections.abc import Awaitable, Coroutine
-from typing import Any, Callable, TypeVar
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
 
 import uvloop
 

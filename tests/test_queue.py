@@ -371,7 +371,7 @@ def test_numpy_arrays_out_of_band(q: Queue, dtype: str) -> None:
     q.put({"arrays": arrays, "tag": "t"})
     got = q.get(timeout=1)
     assert got["tag"] == "t"
-    for a, b in zip(arrays, got["arrays"]):
+    for a, b in zip(arrays, got["arrays"], strict=False):
         assert b.dtype == a.dtype and b.shape == a.shape
         np.testing.assert_array_equal(a, b)
     assert got["arrays"][0].flags.writeable

@@ -264,7 +264,7 @@ def test_cancel_and_retry_loses_nothing(cross: tuple[str, str], run: Any) -> Non
             assert not c.is_alive()
             assert cancels > 0
             numbers = [int.from_bytes(m[:4], "little") for m in received]
-            for i, m in zip(numbers, received):
+            for i, m in zip(numbers, received, strict=False):
                 _check(i, m)
             assert numbers == sent  # each put once, in order; the cancelled ones not at all
             assert _blobs(q.name) == []

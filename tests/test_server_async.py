@@ -9,8 +9,8 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Coroutine
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 
 import pytest
 
@@ -108,7 +108,7 @@ def test_echo_with_clients_in_other_processes(backend: str, aloop: str, sock_pat
                     if p.poll() is None:
                         p.kill()
                 outs = [p.communicate() for p in procs]
-            for p, (out, err) in zip(procs, outs):
+            for p, (out, err) in zip(procs, outs, strict=False):
                 assert p.returncode == 0 and out.strip() == "ok", err
             await wait_for(lambda: len([e for e in h.events if e[0] == "close"]) == 3,
                            "three on_close")

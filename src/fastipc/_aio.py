@@ -52,7 +52,8 @@ import signal
 import threading
 import time
 from collections import deque
-from typing import Any, Callable, Optional, TypeVar
+from collections.abc import Callable
+from typing import Any, Optional, TypeVar
 
 from fastipc import _core
 from fastipc._core import Deadline

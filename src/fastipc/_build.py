@@ -54,7 +54,8 @@ def _flags() -> list[str]:
 
 
 def _sources() -> list[str]:
-    # csrc/<mechanism>.c: the C core, plain C; csrc/py/*.c: the native handles (Python's limited API)
+    # csrc/<mechanism>.c: the C core, plain C;
+    # csrc/py/*.c: the native handles (Python's limited API)
     paths = [*CSRC.glob("*.c"), *CSRC.glob("py/*.c")]
     return sorted(os.path.relpath(p, os.getcwd()) for p in paths)
 

@@ -10,8 +10,9 @@ import mmap
 import os
 import stat
 import time
+from collections.abc import Callable
 from types import TracebackType
-from typing import Any, Callable, Optional, TypeVar
+from typing import Any, Optional, TypeVar
 
 from fastipc import _core
 
@@ -90,6 +91,22 @@ def create_segment(path: str, size: int, mode: int) -> int:
         os.unlink(path)
         raise
     return fd
+
+
+def owner_uid(owner: Optional[int]) -> int:
+    """The uid an attaching end trusts: ``owner=None`` means this process's effective uid
+    (the rule of every ``owner=`` argument: Reader, Subscriber, Queue, SharedMemory)."""
+    if owner is None:
+        return os.geteuid()
+    return _core.check_int(owner, "owner", 0, 2**32 - 1)
+
+
+def check_owner(st: os.stat_result, uid: int, path: str) -> None:
+    """PermissionError unless the segment ``st`` belongs to ``uid`` (see :func:`owner_uid`)."""
+    if st.st_uid != uid:
+        raise PermissionError(
+            errno.EPERM, f"the segment belongs to uid {st.st_uid}, not {uid} (pass "
+            "owner=uid to trust it)", path)
 
 
 def open_to_inspect(path: str) -> Optional[int]:

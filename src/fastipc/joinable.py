@@ -36,8 +36,8 @@ import os
 import struct
 import types
 import weakref
-from collections.abc import Iterable
-from typing import Any, Callable, Optional, TypeVar
+from collections.abc import Callable, Iterable
+from typing import Any, Optional, TypeVar
 
 from fastipc import _aio
 from fastipc._core import Deadline, check_timeout

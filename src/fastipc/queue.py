@@ -40,10 +40,10 @@ import struct
 import time
 import uuid
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from fastipc import _aio, _core
 from fastipc._backend import queue as L
@@ -1073,7 +1073,7 @@ class Queue(Handle):
             view = memoryview(out[0])
             add = result.append
             pos = 0
-            for length, kind in zip(lens, kinds):
+            for length, kind in zip(lens, kinds, strict=False):
                 if kind == KIND_BLOB:  # large messages: delivered through _pending
                     break
                 end = pos + length
@@ -1137,7 +1137,7 @@ class Queue(Handle):
         lens, kinds = self._ops.batch(batch, n)
         kept = [(obj, _DECODED) for obj in done if obj is not _FAILED]
         pos = sum(lens[:len(done)])
-        for length, kind in zip(lens[len(done):], kinds[len(done):]):
+        for length, kind in zip(lens[len(done):], kinds[len(done):], strict=False):
             kept.append((bytearray(out[0][pos:pos + length]), kind))
             pos += length
         return kept

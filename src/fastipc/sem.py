@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import errno
 import threading
-from typing import Any, Callable, NoReturn, Optional
+from collections.abc import Callable
+from typing import Any, NoReturn, Optional
 
 from fastipc import _aio, _core
 from fastipc._backend.sem import SemaphoreBackend

@@ -35,7 +35,8 @@ import signal
 import socket
 import stat
 import threading
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any, Optional
 
 from fastipc import _core
 from fastipc._address import (

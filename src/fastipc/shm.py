@@ -34,11 +34,13 @@ from fastipc._segment import (
     SegmentEnd,
     View,
     check_bool,
+    check_owner,
     check_spin,
     create_segment,
     map_segment,
     open_existing,
     open_segment,
+    owner_uid,
     remove_orphan,
     same_file,
     segment_path,
@@ -566,7 +568,7 @@ class Reader(_End):
         max_message_size = check_int(max_message_size, "max_message_size", 0,
                                      MAX_MESSAGE_LIMIT)
         spin = check_spin(spin)
-        uid = os.geteuid() if owner is None else check_int(owner, "owner", 0, 2**32 - 1)
+        uid = owner_uid(owner)
         self._views: weakref.WeakSet[_View] = weakref.WeakSet()
         got = wait_for(lambda: self._attach(max_message_size, spin, uid), deadline, self._name)
         self._max = max_message_size
@@ -579,10 +581,7 @@ class Reader(_End):
         fd, st = got
         ops: Any = None
         try:
-            if st.st_uid != uid:
-                raise PermissionError(
-                    errno.EPERM, f"the segment belongs to uid {st.st_uid}, not {uid} (pass "
-                    "owner=uid to trust it)", self._path)
+            check_owner(st, uid, self._path)
             if not _layout.hold_lock(fd, _layout.LOCK_READER):
                 raise OSError(errno.EBUSY, "the channel already has a reader", self._name)
             self._map_segment(fd)

@@ -55,7 +55,7 @@ class Loop:
     def poll(self, timeout: float, sends: Sends) -> Batch:
         b = self._b
         if sends:
-            keys, datas = zip(*sends)
+            keys, datas = zip(*sends, strict=False)
             lens = list(map(len, datas))
             blob = b"".join(datas)
             n = _poll(self._s, timeout, keys, lens, len(lens), blob, len(blob), b)
@@ -73,7 +73,8 @@ class Loop:
             # a generator, not a list: each payload is sliced as the dispatch reaches it,
             # and no list of tuples is built (the GC would count every tuple)
             it = iter(_unpack(b.msg, nmsg * _MSG))
-            messages: Messages = ((fd, data[start:end]) for fd, start, end in zip(it, it, it))
+            messages: Messages = ((fd, data[start:end])
+                                  for fd, start, end in zip(it, it, it, strict=False))
         else:
             messages = _NONE
         return (
@@ -84,7 +85,7 @@ class Loop:
         )
 
     def sendv(self, sends: Sends) -> None:
-        keys, datas = zip(*sends) if sends else ((), ())
+        keys, datas = zip(*sends, strict=False) if sends else ((), ())
         lens = list(map(len, datas))
         blob = b"".join(datas)
         check(lib.fipc_srv_sendv(self._s, keys, lens, len(lens), blob, len(blob)))
@@ -121,5 +122,5 @@ def _events(fields: list[int], data: bytes) -> list[Event]:
     return [
         Connected(cid << 32 | fd, fd, decode_sockaddr(data[off : off + size]))
         if kind == _CONNECT else Closed(cid << 32 | fd, fd, off)
-        for kind, fd, cid, off, size in zip(it, it, it, it, it)
+        for kind, fd, cid, off, size in zip(it, it, it, it, it, strict=False)
     ]

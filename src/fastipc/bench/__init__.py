@@ -21,11 +21,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 MECHANISMS = ["pipe", "mq", "shm", "queue", "pubsub", "server", "executor"]
 
@@ -77,7 +77,7 @@ def run_cases(cases: Sequence[Case], trials: int, progress: bool = False) -> lis
     workload under the same drift of a shared machine, so their ratios are fair."""
     results = [Result(c.mechanism, c.workload, c.impl, c.unit) for c in cases]
     live = []
-    for case, res in zip(cases, results):
+    for case, res in zip(cases, results, strict=False):
         if progress:
             print(f"  {case.mechanism:7} {case.workload:24} {case.impl} ...", file=sys.stderr,
                   flush=True)
@@ -139,7 +139,8 @@ def table(results: Sequence[Result]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = []
     for n, row in enumerate(rows):
-        lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+        cells = zip(row, widths, strict=False)
+        lines.append("  ".join(cell.ljust(w) for cell, w in cells).rstrip())
         if n == 0:
             lines.append("  ".join("-" * w for w in widths))
     return "\n".join(lines)

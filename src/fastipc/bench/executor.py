@@ -28,8 +28,8 @@ import concurrent.futures as cf
 import os
 import signal
 import sys
-from collections.abc import Sequence
-from typing import Any, Callable, Optional, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any, Optional, TypeVar
 
 from fastipc.bench import Case, now, optional
 

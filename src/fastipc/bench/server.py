@@ -36,9 +36,10 @@ import socket
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from fastipc.bench import Case, c_program, cores, now, optional, pinned
 
