@@ -24,7 +24,9 @@ enum {
     FIPC_EOF = -1000,       /* the peer closed: end of stream */
     FIPC_TOOBIG = -1001,    /* a length read from the peer exceeds the allowed maximum */
     FIPC_CORRUPT = -1002,   /* a header or frame read from shared memory is inconsistent */
-    FIPC_LARGE = -1003      /* a frame larger than the read-ahead buffer (fipc_pipe_recv) */
+    FIPC_NEED = -1003       /* the next message needs a larger buffer than the one given: its
+                               length is known (last_len, or the frame header) and, except in
+                               fipc_pipe_recv, it stays queued */
 };
 
 /* ---- adaptive spin of the futex-based waits (shared-memory rings) ---- */

@@ -374,7 +374,7 @@ int64_t fipc_pipe_recv(fipc_pipe *p, uint32_t max_size, double timeout, char **m
     for (;;) {
         if (p->large) {
             *msg = NULL;
-            return FIPC_LARGE;
+            return FIPC_NEED;
         }
         size_t avail = p->end - p->start;
         if (avail >= FIPC_FRAME_HEADER) {

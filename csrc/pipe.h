@@ -107,7 +107,7 @@ void fipc_pipe_frames(char *out, const struct iovec *msgs, size_t count);
  * fails between the two (an exception raised into it) leaves the message to the next call.
  *
  * One frame: its length, with *msg pointing at its payload inside p->data (valid until the
- * next call). FIPC_LARGE for a frame larger than the buffer: its header is consumed, its
+ * next call). FIPC_NEED for a frame larger than the buffer: its header is consumed, its
  * length is p->large, and fipc_pipe_recv_into receives its payload into the caller's memory;
  * until the caller calls fipc_pipe_took_large, fipc_pipe_recv answers the same. FIPC_EOF at
  * end of stream (a frame cut short is dropped), FIPC_TOOBIG for a length over max_size. */

@@ -563,7 +563,7 @@ static int64_t sub_recv(fipc_pub *h, char *dest, uint64_t cap, double timeout, c
             continue;
         }
         if (kind == FIPC_PUB_FR_NEXT) {
-            int64_t n = ring_next(h, dest, cap, len, data, size, FIPC_PUB_NEED);
+            int64_t n = ring_next(h, dest, cap, len, data, size, FIPC_NEED);
             if (n < 0)
                 return n;
             release_cursor(h);
@@ -576,7 +576,7 @@ static int64_t sub_recv(fipc_pub *h, char *dest, uint64_t cap, double timeout, c
         h->msg_total = h->msg_done = 0; /* a new message: one being assembled was abandoned */
         if (total > h->max_message) {
             if (take == TAKE_MORE)
-                return FIPC_PUB_NEED; /* for the next call to report */
+                return FIPC_NEED; /* for the next call to report */
             h->last_len = total;
             consume(h, size);
             if (kind == FIPC_PUB_FR_WHOLE && (rc = account(h, seq)) < 0)
@@ -588,10 +588,10 @@ static int64_t sub_recv(fipc_pub *h, char *dest, uint64_t cap, double timeout, c
             h->last_pos = h->pos;
             if (dest == NULL) {
                 if (h->overflow == DROP)
-                    return FIPC_PUB_NEED; /* never in place: the publisher may overwrite it */
+                    return FIPC_NEED; /* never in place: the publisher may overwrite it */
                 *ptr = data;
             } else if (cap < len) {
-                return FIPC_PUB_NEED;
+                return FIPC_NEED;
             } else {
                 memcpy(dest, data, len);
                 if (lapped(h)) { /* the copy may be torn: throw it away */
@@ -612,7 +612,7 @@ static int64_t sub_recv(fipc_pub *h, char *dest, uint64_t cap, double timeout, c
         if (h->overflow == DROP)
             return FIPC_CORRUPT;
         if (dest == NULL || cap < total || take != TAKE_ANY)
-            return FIPC_PUB_NEED;
+            return FIPC_NEED;
         int64_t n = ring_first(h, dest, len, total, data, size);
         release_cursor(h);
         if (n > 0 && (rc = account(h, seq)) < 0)

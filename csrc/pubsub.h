@@ -53,7 +53,6 @@ enum {
     /* OFD locks (liveness): the publisher holds byte LOCK, subscriber slot i LOCK + 1 + i */
     FIPC_PUB_LOCK = 0x7fff0000,
     /* status codes */
-    FIPC_PUB_NEED = -1200,          /* recv: the next message needs a buffer of last_len bytes */
     FIPC_PUB_NOTREADY = -1201,      /* subscribe: the publisher has not finished its header */
     FIPC_PUB_RECHECK = -1202        /* recv: views are still exported: the caller looks at
                                        them (Holds._unstick), then waits again */
@@ -117,7 +116,7 @@ int64_t fipc_pub_send(fipc_pub *h, const char *buf, uint64_t len, double timeout
 int64_t fipc_pub_send_vec(fipc_pub *h, const char *const *bufs, const uint64_t *lens,
                           uint64_t count, double timeout, uint64_t *sent);
 /* The next message: copied to dest (cap bytes) or, dest NULL, in place (*ptr; valid until
- * the next call, block mode only). Length, FIPC_PUB_NEED (last_len says how much; it stays
+ * the next call, block mode only). Length, FIPC_NEED (last_len says how much; it stays
  * queued), FIPC_EOF, FIPC_CORRUPT, FIPC_TOOBIG, FIPC_PUB_RECHECK, -ETIMEDOUT, -EINTR, -EBADF.
  * A streamed message continues into dest at msg_done: the caller passes the buffer holding
  * its start (msg_dest) until it is whole; another buffer drops it whole. more: a batch's

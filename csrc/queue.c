@@ -832,7 +832,7 @@ static uint64_t spill_take(fipc_queue *q, uint64_t w, char *dest, uint64_t cap, 
             if (got == 0) {
                 q->last_len = len;
                 q->last_kind = hdr[1];
-                rc = FIPC_Q_NEED;
+                rc = FIPC_NEED;
             }
             break;
         }
@@ -905,7 +905,7 @@ static int64_t get_many(fipc_queue *q, char *dest, uint64_t cap, uint64_t *lens,
                 if (got == 0) {
                     q->last_len = len;
                     q->last_kind = kind;
-                    result = FIPC_Q_NEED;
+                    result = FIPC_NEED;
                 }
                 break;
             }

@@ -41,9 +41,7 @@ enum {
     FIPC_Q_PATH_MAX = 288,         /* room for the spill files' path prefix */
     FIPC_Q_FRAME = 8,              /* frame header: u32 length, u32 kind */
     FIPC_Q_MIN_CAPACITY = 4096,
-    FIPC_Q_MARK = 8,               /* get: bytes after dest's cap for the mark (see below) */
-    FIPC_Q_NEED = -1200            /* get: the next message does not fit the buffer given;
-                                      its length is in last_len, it stays queued */
+    FIPC_Q_MARK = 8                /* get: bytes after dest's cap for the mark (see below) */
 };
 
 typedef struct fipc_queue {
@@ -102,7 +100,7 @@ int fipc_queue_put_many(fipc_queue *q, const char *buf, const uint64_t *lens, ui
  * Take the next message into dest (cap bytes): its length alone if its kind is `want`, else
  * kind << 32 | length (kinds are >= 1: always above any length; want 0 asks for the second
  * form always). One return value, so that the hot path reads no struct field and, for the
- * kind it expects, does no arithmetic. Or FIPC_Q_NEED (length in last_len; it stays
+ * kind it expects, does no arithmetic. Or FIPC_NEED (length in last_len; it stays
  * queued), -ETIMEDOUT, -EINTR, -EBADF, FIPC_CORRUPT. */
 int64_t fipc_queue_get(fipc_queue *q, char *dest, uint64_t cap, double timeout,
                        uint32_t want);

@@ -488,7 +488,7 @@ static int64_t shm_recv(fipc_shm *h, char *dest, uint64_t cap, double timeout, c
             continue;
         }
         if (kind == FR_NEXT) {
-            int64_t n = ring_next(h, dest, cap, len, data, size, FIPC_SHM_NEED);
+            int64_t n = ring_next(h, dest, cap, len, data, size, FIPC_NEED);
             if (n < 0)
                 return n;
             release_tail(h);
@@ -514,7 +514,7 @@ static int64_t shm_recv(fipc_shm *h, char *dest, uint64_t cap, double timeout, c
                 return (int64_t)len;
             }
             if (cap < len)
-                return FIPC_SHM_NEED;
+                return FIPC_NEED;
             memcpy(dest, data, len);
             consume(h, size);
             lazy_release(h);
@@ -523,7 +523,7 @@ static int64_t shm_recv(fipc_shm *h, char *dest, uint64_t cap, double timeout, c
         /* FR_FIRST */
         h->last_len = total;
         if (dest == NULL || cap < total)
-            return FIPC_SHM_NEED;
+            return FIPC_NEED;
         int64_t n = ring_first(h, dest, len, total, data, size);
         release_tail(h);
         if (n > 0)
@@ -535,7 +535,7 @@ static int64_t shm_recv(fipc_shm *h, char *dest, uint64_t cap, double timeout, c
 static int64_t shm_recv_next(fipc_shm *h, char **ptr)
 {
     if (h->role != ROLE_READER || h->msg_total)
-        return h->role != ROLE_READER ? -EBADF : FIPC_SHM_NEED;
+        return h->role != ROLE_READER ? -EBADF : FIPC_NEED;
     for (;;) {
         uint32_t kind;
         uint64_t len, total, size;
@@ -548,7 +548,7 @@ static int64_t shm_recv_next(fipc_shm *h, char **ptr)
             continue;
         }
         if (kind != FR_WHOLE || total > h->max_message)
-            return FIPC_SHM_NEED;
+            return FIPC_NEED;
         h->last_len = len;
         h->last_pos = h->pos;
         *ptr = data;

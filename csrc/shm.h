@@ -26,9 +26,7 @@ enum {
     FIPC_SHM_ST_NONE = 0, FIPC_SHM_ST_OPEN = 1, FIPC_SHM_ST_CLOSED = 2,
     FIPC_SHM_FR_WHOLE = 1, FIPC_SHM_FR_FIRST = 2, FIPC_SHM_FR_NEXT = 3, FIPC_SHM_FR_PAD = 4,
     FIPC_SHM_FR_HDR = 8, FIPC_SHM_FIRST_HDR = 16, FIPC_SHM_MAX_CHUNK = 262144,
-    FIPC_SHM_LOCK_WRITER = 0, FIPC_SHM_LOCK_READER = 1,
-    FIPC_SHM_NEED = -1100       /* recv: the next message is larger than the buffer given;
-                                   its length is in last_len and it stays queued */
+    FIPC_SHM_LOCK_WRITER = 0, FIPC_SHM_LOCK_READER = 1
 };
 
 typedef struct fipc_shm {
@@ -77,8 +75,8 @@ int64_t fipc_shm_send(fipc_shm *h, const char *buf, uint64_t len, double timeout
 int64_t fipc_shm_send_many(fipc_shm *h, const char *buf, const uint64_t *lens, uint64_t count,
                            double timeout, uint64_t *sent);
 /* Receive the next message. dest NULL: a message stored whole is returned in place (*ptr into
- * the ring, valid until the next call); a streamed one returns FIPC_SHM_NEED. dest given: the
- * message is copied there (FIPC_SHM_NEED if cap is too small; it stays queued). A streamed
+ * the ring, valid until the next call); a streamed one returns FIPC_NEED. dest given: the
+ * message is copied there (FIPC_NEED if cap is too small; it stays queued). A streamed
  * message continues into dest at msg_done: the caller passes the same buffer (or one holding
  * the same first msg_done bytes, stored in msg_dest) until it is whole; another buffer drops it
  * whole. Returns the length, FIPC_EOF,
@@ -86,7 +84,7 @@ int64_t fipc_shm_send_many(fipc_shm *h, const char *buf, const uint64_t *lens, u
 int64_t fipc_shm_recv(fipc_shm *h, char *dest, uint64_t cap, double timeout, char **ptr);
 /* The next message if it is whole in the ring already, in place (*ptr, valid until the next
  * call), without waiting and without looking at the writer: its length, -EAGAIN if none is
- * published, FIPC_SHM_NEED (nothing consumed) if the next is streamed or larger than
+ * published, FIPC_NEED (nothing consumed) if the next is streamed or larger than
  * max_message (fipc_shm_recv then says what to do with it), or FIPC_CORRUPT. For the
  * messages after the first of a batch. */
 int64_t fipc_shm_recv_next(fipc_shm *h, char **ptr);

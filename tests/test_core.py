@@ -119,3 +119,13 @@ def test_the_type_stub_of_the_extension_matches_its_cdef() -> None:
     done = subprocess.run([sys.executable, str(script), "--check"], capture_output=True,
                           text=True, timeout=60)
     assert done.returncode == 0, done.stderr
+
+
+def test_status_codes_match_the_c_enum() -> None:
+    """The statuses every mechanism shares (csrc/fastipc.h) have one value on both sides:
+    one "need a larger buffer" code, not one per mechanism."""
+    _, lib = _core.native()
+    for name in ("FIPC_EOF", "FIPC_TOOBIG", "FIPC_CORRUPT", "FIPC_NEED"):
+        assert getattr(lib, name) == getattr(_core, name), name
+    stale = [n for n in dir(lib) if n.endswith("_NEED") and n != "FIPC_NEED"]
+    assert stale == [] and not hasattr(lib, "FIPC_LARGE")

@@ -400,7 +400,7 @@ static PyObject *get_failed(StreamHandle *s, int64_t rc, double timeout, int ste
     return NULL;
 }
 
-/* The payload of a large frame (the caller saw FIPC_LARGE), received straight into a bytes
+/* The payload of a large frame (the caller saw FIPC_NEED), received straight into a bytes
  * object of its own, kept across timeouts and interruptions (C keeps how much arrived) and
  * handed out only once complete: a new reference. */
 static PyObject *get_large(StreamHandle *s, double timeout, int64_t t0, int step)
@@ -427,7 +427,7 @@ static PyObject *get_frame(StreamHandle *s, double timeout, int step)
     int64_t t0 = timeout > 0 ? fipc_now_ns() : 0;
     get_ctx c = {s, NULL, 0, 0};
     int64_t rc = fipc_h_wait(&s->h, frame_attempt, &c, timeout, -ETIMEDOUT);
-    if (rc == FIPC_LARGE)
+    if (rc == FIPC_NEED)
         return get_large(s, timeout, t0, step);
     if (rc < 0)
         return get_failed(s, rc, timeout, step);

@@ -582,14 +582,14 @@ static PyObject *assemble(PubHandle *self, double timeout, int64_t deadline, int
         recv_ctx c = {self, PyBytes_AsString(buf), (uint64_t)PyBytes_Size(buf), NULL, TAKE_ANY};
         int64_t n = recv_wait(self, &c, timeout, deadline, first);
         first = 0;
-        if (n < 0 && n != FIPC_PUB_NEED) {
+        if (n < 0 && n != FIPC_NEED) {
             if (self->core.msg_total == 0)
                 Py_CLEAR(self->partial);
             *status = n;
             return NULL;
         }
         self->partial = NULL; /* ours now */
-        if (n == FIPC_PUB_NEED) { /* given up for a larger one */
+        if (n == FIPC_NEED) { /* given up for a larger one */
             Py_DECREF(buf);
             continue;
         }
@@ -605,7 +605,7 @@ static PyObject *assemble(PubHandle *self, double timeout, int64_t deadline, int
 
 /* The next message as a new bytes object (copied once), or NULL with *status: a C status,
  * or FIPC_H_RAISED with an exception set. more: a batch's next message (never waits; a
- * message the batch does not take is FIPC_PUB_NEED). */
+ * message the batch does not take is FIPC_NEED). */
 static PyObject *take(PubHandle *self, double timeout, int more, int64_t *status)
 {
     int64_t deadline = timeout > 0 ? fipc_deadline(timeout) : -1;
@@ -620,7 +620,7 @@ static PyObject *take(PubHandle *self, double timeout, int more, int64_t *status
             *status = FIPC_H_RAISED;
         return r;
     }
-    if (n != FIPC_PUB_NEED) {
+    if (n != FIPC_NEED) {
         *status = n;
         return NULL;
     }
@@ -651,7 +651,7 @@ static PyObject *take(PubHandle *self, double timeout, int more, int64_t *status
             return r;
         }
         Py_DECREF(buf);
-        if (n != FIPC_PUB_NEED || more) {
+        if (n != FIPC_NEED || more) {
             *status = n;
             return NULL;
         }
@@ -774,7 +774,7 @@ static PyObject *sub_recv_into(PubHandle *self, PyObject *const *args, Py_ssize_
         int64_t deadline = timeout > 0 ? fipc_deadline(timeout) : -1;
         n = recv_wait(self, &c, timeout, deadline, 1);
         fipc_pub *core = &self->core;
-        if (n < 0 && n != FIPC_PUB_NEED && core->msg_total && core->msg_dest == c.dest) {
+        if (n < 0 && n != FIPC_NEED && core->msg_total && core->msg_dest == c.dest) {
             /* cut short in a streamed message: what came of it goes to a buffer of our
              * own, where the next call resumes it (the commit is msg_dest) */
             PyObject *keep = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)core->msg_total);
@@ -788,7 +788,7 @@ static PyObject *sub_recv_into(PubHandle *self, PyObject *const *args, Py_ssize_
             else
                 PyErr_Clear(); /* the message is dropped whole */
         }
-        if (n == FIPC_PUB_NEED) {
+        if (n == FIPC_NEED) {
             PyBuffer_Release(&view);
             too_small(cap, core->last_len);
             return fipc_h_fail(&self->h);
@@ -923,7 +923,7 @@ static PyObject *sub_view(PubHandle *self, PyObject *arg)
         recv_ctx c = {self, NULL, 0, NULL, TAKE_ANY};
         int64_t deadline = timeout > 0 ? fipc_deadline(timeout) : -1;
         int64_t n = recv_wait(self, &c, timeout, deadline, 1);
-        if (n == FIPC_PUB_NEED) /* a streamed message: assembled, so a copy */
+        if (n == FIPC_NEED) /* a streamed message: assembled, so a copy */
             copy = assemble(self, timeout, deadline, 0, &status);
         else if (n < 0)
             status = n;

@@ -566,7 +566,7 @@ static PyObject *get_one(QueueHandle *self, double timeout, int as_bytes)
         double left = time_left(timeout, deadline);
         c.tried = 0;
         int64_t rc = fipc_h_wait(&self->h, get_attempt, &c, left, -ETIMEDOUT);
-        if (rc == FIPC_Q_NEED) {
+        if (rc == FIPC_NEED) {
             /* it stays queued; its length (from the shared struct: checked again below) */
             uint64_t need = self->q->last_len;
             uint32_t need_kind = self->q->last_kind;
@@ -731,7 +731,7 @@ static PyObject *get_many_held(QueueHandle *self, PyObject *const *arg)
                  .lens = lens, .kinds = kinds};
     int64_t deadline = timeout > 0 ? fipc_deadline(timeout) : 0;
     int64_t n = fipc_h_wait(&self->h, get_attempt, &c, timeout, -ETIMEDOUT);
-    if (n == FIPC_Q_NEED) { /* the first message is large: take it alone */
+    if (n == FIPC_NEED) { /* the first message is large: take it alone */
         PyObject *obj = get_one(self, time_left(timeout, deadline), 0);
         result = obj ? PyList_New(1) : NULL;
         if (result != NULL)

@@ -436,7 +436,7 @@ static int64_t recv_message(ShmHandle *s, double timeout, int may_wait, PyObject
             *out = whole;
             return rc;
         }
-        if (rc != FIPC_SHM_NEED) {
+        if (rc != FIPC_NEED) {
             if (s->pending != NULL && !s->core.msg_total)
                 Py_CLEAR(s->pending); /* nothing of it came yet, or it was dropped (EOF) */
             return rc;
@@ -494,7 +494,7 @@ static int64_t recv_into(ShmHandle *s, char *dest, uint64_t cap, double timeout)
     }
     recv_ctx x = {s, dest, cap, NULL};
     int64_t rc = recv_wait(s, &x, timeout, 1);
-    if (rc == FIPC_SHM_NEED) {
+    if (rc == FIPC_NEED) {
         too_small(cap, s->core.last_len);
         return FIPC_H_RAISED;
     }
@@ -626,7 +626,7 @@ static PyObject *reader_take_view(ShmHandle *self, PyObject *arg)
         return NULL;
     if (fipc_h_enter(&self->h) < 0)
         return NULL;
-    int64_t rc = FIPC_SHM_NEED;
+    int64_t rc = FIPC_NEED;
     recv_ctx x = {self, NULL, 0, NULL};
     if (self->pending == NULL)
         rc = recv_wait(self, &x, timeout, 1);
@@ -641,7 +641,7 @@ static PyObject *reader_take_view(ShmHandle *self, PyObject *arg)
             Py_DECREF(ops);
         }
     }
-    else if (rc == FIPC_SHM_NEED) {
+    else if (rc == FIPC_NEED) {
         rc = recv_message(self, timeout, 1, &msg);
         if (rc >= 0) {
             PyObject *mv = PyMemoryView_FromObject(msg);

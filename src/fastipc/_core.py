@@ -49,7 +49,7 @@ __all__ = [
 FIPC_EOF = -1000
 FIPC_TOOBIG = -1001
 FIPC_CORRUPT = -1002
-FIPC_LARGE = -1003
+FIPC_NEED = -1003  # the next message needs a larger buffer (every mechanism)
 
 ffi: Any = None
 lib: Any = None

@@ -16,10 +16,10 @@ class _Lib:
     FIPC_EV_CLOSE: int
     FIPC_EV_CONNECT: int
     FIPC_EV_FIELDS: int
-    FIPC_LARGE: int
     FIPC_MQ_PRIO_BITS: int
     FIPC_MQ_SLICE_MS: int
     FIPC_MSG_FIELDS: int
+    FIPC_NEED: int
     FIPC_PUB_ALIGN: int
     FIPC_PUB_FIRST_HDR: int
     FIPC_PUB_FR_FIRST: int
@@ -31,7 +31,6 @@ class _Lib:
     FIPC_PUB_LOCK: int
     FIPC_PUB_MAGIC: int
     FIPC_PUB_MIN_CAPACITY: int
-    FIPC_PUB_NEED: int
     FIPC_PUB_NOTREADY: int
     FIPC_PUB_OFF_CAPACITY: int
     FIPC_PUB_OFF_CHUNK: int
@@ -67,7 +66,6 @@ class _Lib:
     FIPC_Q_MAGIC_LO: int
     FIPC_Q_MARK: int
     FIPC_Q_MIN_CAPACITY: int
-    FIPC_Q_NEED: int
     FIPC_Q_OFF_CAPACITY: int
     FIPC_Q_OFF_DATA_SEQ: int
     FIPC_Q_OFF_GET_LOCK: int
@@ -105,7 +103,6 @@ class _Lib:
     FIPC_SHM_MAGIC: int
     FIPC_SHM_MAX_CHUNK: int
     FIPC_SHM_MIN_CAPACITY: int
-    FIPC_SHM_NEED: int
     FIPC_SHM_OFF_CAPACITY: int
     FIPC_SHM_OFF_DATA: int
     FIPC_SHM_OFF_DSEQ: int

@@ -19,7 +19,7 @@ import mmap
 import os
 from typing import Any, NamedTuple, Optional, Protocol
 
-from fastipc import _shm_layout
+from fastipc import _core, _shm_layout
 
 MAGIC = 0x42555046  # "FPUB" little-endian
 VERSION = 1
@@ -56,7 +56,6 @@ FR_HDR = 16
 FIRST_HDR = 32
 ALIGN = 16
 LOCK = 0x7FFF0000
-NEED = -1200
 NOTREADY = -1201
 RECHECK = -1202  # a wait of the native subscriber: views to look at (Holds._unstick)
 
@@ -65,6 +64,7 @@ LAYOUT = {
     name: value for name, value in globals().items()
     if name.isupper() and isinstance(value, int) and name != "LAYOUT"
 }
+NEED = _core.FIPC_NEED  # the status every mechanism shares (csrc/fastipc.h)
 
 ST_OPEN, ST_CLOSED = 1, 2
 BLOCK, DROP_OLDEST = 1, 2

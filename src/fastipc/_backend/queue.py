@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+from fastipc import _core
+
 __all__ = [
     "KIND_BLOB", "KIND_BYTES", "KIND_OOB", "KIND_PICKLE", "LAYOUT", "MARK", "NEED", "FormatFn",
     "QueueOps",
@@ -45,7 +47,7 @@ SPILL_MAGIC = b"FPCQSPIL"
 PATH_MAX = 288
 FRAME = 8
 MIN_CAPACITY = 4096
-NEED = -1200
+NEED = _core.FIPC_NEED
 MARK = 8  # a get's mark: bytes after the capacity of its destination (csrc/queue.h)
 
 # name in csrc/queue.h (FIPC_Q_<key>) -> value here; the layout test compares them
@@ -60,7 +62,7 @@ LAYOUT = {
     "OFF_SPILLING": OFF_SPILLING, "OFF_SPILL_W": OFF_SPILL_W, "OFF_SPILL_PUT": OFF_SPILL_PUT,
     "OFF_SPILL_R": OFF_SPILL_R, "OFF_SPILL_GOT": OFF_SPILL_GOT, "SPILL_HEAD": SPILL_HEAD,
     "SPILL_FILE": SPILL_FILE, "PATH_MAX": PATH_MAX,
-    "MIN_CAPACITY": MIN_CAPACITY, "NEED": NEED, "MARK": MARK,
+    "MIN_CAPACITY": MIN_CAPACITY, "MARK": MARK,
 }
 
 # ---- frame kinds (what the payload is; the public module encodes and decodes them)

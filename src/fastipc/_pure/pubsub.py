@@ -46,7 +46,7 @@ _MASK64 = (1 << 64) - 1
 _HALF = 1 << 63
 _NO_HOLD = _MASK64
 SLICE = 0.1
-NEEDED = 1 << 62  # FIPC_PUB_NEED on its way through retry()
+NEEDED = 1 << 62  # FIPC_NEED on its way through retry()
 _ROLE_PUB, _ROLE_SUB = 1, 2
 
 

@@ -36,6 +36,7 @@ from fastipc._backend.ring import Holds
 from fastipc._core import (
     FIPC_CORRUPT,
     FIPC_EOF,
+    FIPC_NEED,
     FIPC_TOOBIG,
     Deadline,
     byte_view,
@@ -45,7 +46,7 @@ from fastipc._core import (
 
 __all__ = ["ReaderOps", "WriterOps"]
 
-NEED = -1100
+NEED = FIPC_NEED
 SLICE = 0.1
 _NO_HOLD = 2**64 - 1
 _EINTR = -errno.EINTR
