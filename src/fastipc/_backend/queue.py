@@ -74,6 +74,17 @@ KIND_BLOB = 4  # a reference to a message too large for the ring, in its own seg
 STAGE = 1 << 16  # messages up to this size are copied into the handle's staging buffer
 
 
+KEPT_PID = 0  # OFF_OWNER_PID once the creator of a named queue closed it (not died)
+
+
+def mark_kept(mm: Any) -> None:
+    """The creator of a named queue closes it: the name stays for others, and the header says
+    so (the owner pid becomes KEPT_PID), so that ``fastipc rm --stale`` tells it from a queue
+    whose creator died holding it. The mapping is Python's on both backends: written once."""
+    if not mm.closed:
+        mm[OFF_OWNER_PID:OFF_OWNER_PID + 4] = KEPT_PID.to_bytes(4, "little")
+
+
 class QueueOps(Protocol):
     """One attached queue, at the grain of one user operation. Every call returns ``>= 0``
     or a ``-errno`` / ``FIPC_*`` status (``NEED``), for ``_core.retry`` to map; ``timeout``
