@@ -598,7 +598,7 @@ def test_an_exception_raised_into_gets_loses_nothing(cross: tuple[str, str], nam
     and get_many, and whose get_async are cancelled at random moments (small objects,
     out-of-band numpy arrays, bytes, large messages in their own segments, spilled ones):
     it receives every message exactly once, in order and intact, and nothing of the queue
-    is left in /dev/shm after it closed."""
+    is left in /dev/shm but its name (gone with unlink())."""
     space: dict[str, Any] = {}
     exec(_EXPECTED, space)
     count = 2000
@@ -615,6 +615,7 @@ def test_an_exception_raised_into_gets_loses_nothing(cross: tuple[str, str], nam
         assert out.returncode == 0, out.stderr[-3000:]
         assert int(out.stdout) > 100  # the handler did raise into many calls
         assert q.qsize() == 0
+        assert [p.name for p in SHM_DIR.iterdir() if p.name.startswith(name)] == [name]
     assert not [p for p in SHM_DIR.iterdir() if p.name.startswith(name)]
 
 

@@ -1202,6 +1202,7 @@ class Queue(Handle):
         del pending[:k]
         result: list[Any] = []
         i = 0
+        path: Optional[str] = None  # a segment read, to remove once its entry holds the payload
         try:
             while i < len(claimed):
                 item, kind = claimed[i]
@@ -1209,6 +1210,7 @@ class Queue(Handle):
                     buf, inner, path = self._read_blob(item)
                     item, kind = claimed[i] = (buf, inner)
                     _unlink_quietly(path)
+                    path = None
                 obj = item if kind == _DECODED else self._decode(item, len(item), kind, True)
                 if as_bytes and type(obj) is not bytes:
                     try:
@@ -1220,6 +1222,8 @@ class Queue(Handle):
                 i += 1
         except BaseException as exc:
             pending[0:0] = claimed  # first: no call before it
+            if path is not None and i < len(claimed) and claimed[i][1] != KIND_BLOB:
+                _unlink_quietly(path)  # the payload is in the entry now: the segment goes
             if not _interrupted(exc) and i < len(claimed):
                 failed = claimed[i]
                 for j, entry in enumerate(pending):  # consumed, raised once
