@@ -42,7 +42,7 @@ import struct
 import time
 import uuid
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Optional
@@ -689,34 +689,35 @@ class Queue(Handle):
     # put, get, put_bytes, get_bytes, get_many and put_many's batches below are the pure
     # backend's: on the native backend, the methods of the handle type (csrc/py/queue.c) come
     # first and do the same in C, calling back the methods here for what is rare. The pure
-    # hot paths skip @uses_handle (its call layer would be a fifth of a small put): the pure
-    # backend counts each of its calls busy around every access to the mapping (its _busy)
-    # and its free() waits for that count, so closing from another thread stays safe. They
-    # check `closed` first, and their slow paths (_retry_put, _take_slow) turn the error of
-    # a call closed under them into ValueError.
+    # ones count themselves busy with the Handle's count (_enter/_leave, as @uses_handle
+    # does, without its extra frame on the hot paths), so that close() from another thread
+    # frees the mapping only once the last of them has left; their slow paths (_retry_put,
+    # _take_slow) turn the error of a call closed under them into ValueError.
 
     def put(self, obj: Any, block: bool = True, timeout: Optional[float] = None) -> None:
         """Put ``obj`` (pickled, protocol 5, buffers out of band). ``queue.Full`` (also a
         TimeoutError) if the queue stays full until the timeout (``block=False``: at once).
         An object that cannot be pickled raises here and leaves the queue as it was."""
-        if self._closed:
-            raise self._closed_error()
-        t = -1.0 if timeout is None and block else _timeout(block, timeout)
-        # _pickle_in_band, inlined on the hot path (type() only once a type is remembered)
-        if _buffered and type(obj) in _buffered:
-            return self._put_encoded(obj, t)
+        self._enter()
         try:
-            data = _dumps(obj, 5, buffer_callback=_in_band_only)
-        except TypeError:  # out-of-band buffers or a memoryview (or not picklable)
-            _remember_buffered(type(obj))
-            return self._put_encoded(obj, t)
-        if len(data) <= self._hot_max:  # the hot path
-            start = _monotonic() if t > 0.0 else None
-            rc = self._ops.put(data, KIND_PICKLE, t)
-            if rc:
-                self._retry_put1(rc, data, KIND_PICKLE, t, start)
-            return
-        self._put_pickled(data, t)
+            t = -1.0 if timeout is None and block else _timeout(block, timeout)
+            # _pickle_in_band, inlined on the hot path (type() only once a type is remembered)
+            if _buffered and type(obj) in _buffered:
+                return self._put_encoded(obj, t)
+            try:
+                data = _dumps(obj, 5, buffer_callback=_in_band_only)
+            except TypeError:  # out-of-band buffers or a memoryview (or not picklable)
+                _remember_buffered(type(obj))
+                return self._put_encoded(obj, t)
+            if len(data) <= self._hot_max:  # the hot path
+                start = _monotonic() if t > 0.0 else None
+                rc = self._ops.put(data, KIND_PICKLE, t)
+                if rc:
+                    self._retry_put1(rc, data, KIND_PICKLE, t, start)
+                return None
+            self._put_pickled(data, t)
+        finally:
+            self._leave()
 
     def _put_encoded(self, obj: Any, t: float) -> None:
         """put() of an object that has (or may have) out-of-band buffers."""
@@ -731,16 +732,18 @@ class Queue(Handle):
                   block: bool = True) -> None:
         """Put raw bytes (any contiguous bytes-like object), no pickling; ``get_bytes`` (or
         ``get``) returns them as ``bytes``. ``block=False``: try once (timeout ignored)."""
-        if self._closed:
-            raise self._closed_error()
-        t = -1.0 if timeout is None and block else _timeout(block, timeout)
-        if type(data) is bytes and len(data) <= self._hot_max:  # the hot path
-            start = _monotonic() if t > 0.0 else None
-            rc = self._ops.put(data, KIND_BYTES, t)
-            if rc:
-                self._retry_put1(rc, data, KIND_BYTES, t, start)
-            return
-        self._put_bytes_large(data, t)
+        self._enter()
+        try:
+            t = -1.0 if timeout is None and block else _timeout(block, timeout)
+            if type(data) is bytes and len(data) <= self._hot_max:  # the hot path
+                start = _monotonic() if t > 0.0 else None
+                rc = self._ops.put(data, KIND_BYTES, t)
+                if rc:
+                    self._retry_put1(rc, data, KIND_BYTES, t, start)
+                return
+            self._put_bytes_large(data, t)
+        finally:
+            self._leave()
 
     def _put_bytes_large(self, data: Any, t: float) -> None:
         """put_bytes() of what the hot path does not take (a large or non-bytes buffer)."""
@@ -766,37 +769,20 @@ class Queue(Handle):
         batch: list[bytes] = []
         done = 0
         in_batch = False  # an error of _put_batch says how many of its batch went
-        add, hot = batch.append, self._hot_max
-        it = iter(objs)
+        add = batch.append
         try:
-            while True:
-                try:
-                    obj = next(it)
-                except StopIteration:
-                    break
-                except Exception:  # the iterable's own error: what came before goes first
-                    if batch:
-                        in_batch = True
-                        done += self._put_batch(batch, deadline.left())
-                    raise
-                try:
-                    data = _pickle_in_band(obj)
-                    if data is not None and len(data) <= hot:
-                        add(data)
-                        continue
-                    parts, total, kind = (self._encode(obj) if data is None
-                                          else self._layout(data, []))
-                except Exception:  # what came before goes first
-                    if batch:
-                        in_batch = True
-                        done += self._put_batch(batch, deadline.left())
-                        in_batch = False
-                    raise
+            for data, other in self._encoded(objs):
+                if data is not None:
+                    add(data)
+                    continue
                 if batch:  # what came before goes first
                     in_batch = True
                     done += self._put_batch(batch, deadline.left())
                     in_batch = False
                     batch.clear()
+                if isinstance(other, Exception):
+                    raise other
+                parts, total, kind = other
                 self._put_parts(parts, total, kind, deadline.left())
                 done += 1
             if batch:
@@ -805,6 +791,33 @@ class Queue(Handle):
         except BaseException as exc:
             _tell_sent(exc, done + (_batch_sent(exc) if in_batch else 0))
             raise
+
+    def _encoded(self, objs: Iterable[Any]
+                 ) -> Iterator[tuple[Optional[bytes], Any]]:
+        """The objects of a put_many, in order, encoded: ``(pickle, None)`` for one that a
+        batch takes (no out-of-band buffers, within the hot size), ``(None, (parts, total,
+        kind))`` for another. An error of the iterable, or of an object that cannot be
+        pickled or is too large, comes last as ``(None, exc)``: the caller puts what came
+        before, then raises it."""
+        hot = self._hot_max
+        it = iter(objs)
+        while True:
+            try:
+                obj = next(it)
+            except StopIteration:
+                return
+            except Exception as exc:
+                yield None, exc
+                return
+            try:
+                data = _pickle_in_band(obj)
+                item: tuple[Optional[bytes], Any] = (
+                    (data, None) if data is not None and len(data) <= hot else
+                    (None, self._encode(obj) if data is None else self._layout(data, [])))
+            except Exception as exc:
+                yield None, exc
+                return
+            yield item
 
     def _put_batch(self, batch: list[bytes], t: float) -> int:
         """Put pickles (each within the hot size) as one batch: how many went (all, or
@@ -959,11 +972,44 @@ class Queue(Handle):
                 self._pending[:0] = ((held[0], _LIST),)
             raise
 
+    # The pure backend's taking calls (_get, _get_bytes, _get_many) count themselves busy
+    # around the take, and store what it delivers in `held` before they leave: an exception
+    # raised into _leave (a signal handler's, at its call) then keeps it for the next get,
+    # as when the native handle's C method returns. (`x = held[0] = self._take(...)` has no
+    # call between the take's return and the store.)
+
     def _get(self, held: list[Any], block: bool = True, timeout: Optional[float] = None
              ) -> Any:
-        """get() of the pure backend (it has its own marks: ``held`` is the native's)."""
-        if self._closed:
-            raise self._closed_error()
+        """get() of the pure backend."""
+        self._enter()
+        try:
+            obj = held[0] = self._take(block, timeout)
+            return obj
+        finally:
+            self._leave()
+
+    def _get_bytes(self, held: list[Any], timeout: Optional[float] = None,
+                   block: bool = True) -> bytes:
+        """get_bytes() of the pure backend."""
+        self._enter()
+        try:
+            data = held[0] = self._take_bytes(timeout, block)
+            return data
+        finally:
+            self._leave()
+
+    def _get_many(self, held: list[Any], max_messages: int = 1024,
+                  timeout: Optional[float] = None, block: bool = True) -> list[Any]:
+        """get_many() of the pure backend."""
+        self._enter()
+        try:
+            objs = held[0] = self._take_many(max_messages, timeout, block)
+            return objs
+        finally:
+            self._leave()
+
+    def _take(self, block: bool, timeout: Optional[float]) -> Any:
+        """The take of the pure get (its stage marks what it took: see above)."""
         if self._pending:
             got = self._many_from_pending(1, False)
             if got:
@@ -1061,11 +1107,8 @@ class Queue(Handle):
         """``get(block=False)``."""
         return self.get(False)
 
-    def _get_bytes(self, held: list[Any], timeout: Optional[float] = None,
-                   block: bool = True) -> bytes:
-        """get_bytes() of the pure backend."""
-        if self._closed:
-            raise self._closed_error()
+    def _take_bytes(self, timeout: Optional[float], block: bool) -> bytes:
+        """The take of the pure get_bytes."""
         if self._pending:
             got = self._many_from_pending(1, True)
             if got:
@@ -1088,11 +1131,9 @@ class Queue(Handle):
             raise
         return self._get_rest(rc, t, start, stage, True)  # type: ignore[no-any-return]
 
-    def _get_many(self, held: list[Any], max_messages: int = 1024,
-                  timeout: Optional[float] = None, block: bool = True) -> list[Any]:
-        """get_many() of the pure backend."""
-        if self._closed:
-            raise self._closed_error()
+    def _take_many(self, max_messages: int, timeout: Optional[float], block: bool
+                   ) -> list[Any]:
+        """The take of the pure get_many."""
         max_messages = self._check_max_messages(max_messages)
         t = _timeout(block, timeout)
         if self._pending:
@@ -1275,28 +1316,15 @@ class Queue(Handle):
         deadline = Deadline.of(_async_timeout(block, timeout))
         sent = [0]
         batch: list[bytes] = []
-        hot = self._hot_max
-        it = iter(objs)
         try:
-            while True:
-                try:
-                    obj = next(it)
-                except StopIteration:
-                    break
-                except Exception:  # the iterable's own error: what came before goes first
-                    await self._put_batch_async(batch, deadline, sent)
-                    raise
-                try:
-                    data = _pickle_in_band(obj)
-                    if data is not None and len(data) <= hot:
-                        batch.append(data)
-                        continue
-                    parts, total, kind = (self._encode(obj) if data is None
-                                          else self._layout(data, []))
-                except Exception:
-                    await self._put_batch_async(batch, deadline, sent)  # what came before
-                    raise
-                await self._put_batch_async(batch, deadline, sent)
+            for data, other in self._encoded(objs):
+                if data is not None:
+                    batch.append(data)
+                    continue
+                await self._put_batch_async(batch, deadline, sent)  # what came before
+                if isinstance(other, Exception):
+                    raise other
+                parts, total, kind = other
                 await self._put_async(parts, total, kind, deadline)
                 sent[0] += 1
             await self._put_batch_async(batch, deadline, sent)

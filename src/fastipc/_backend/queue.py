@@ -166,15 +166,16 @@ class QueueOps(Protocol):
         """Mark this handle closed; blocked calls of it return ``-EBADF`` promptly."""
 
     def forked(self) -> None:
-        """In a child made by fork(): forget the calls in progress (they were the parent's
-        other threads', which do not run here), so that close() does not wait for them
-        (pure: its own count; native: the handle's, which Queue resets)."""
+        """In a child made by fork(): what the backend must forget of the parent's calls in
+        progress (nothing on either backend: the calls are counted above the seam, by the
+        native handle or by the public class's ``fastipc._core.Handle`` count, which Queue
+        resets)."""
 
     def free(self) -> bool:
-        """Close this handle and let go of the mapping once no call of it is inside (pure:
-        the backend counts its calls busy and waits up to 5 s; native: the handle calls it
-        once none is). False if one never came out: the mapping must then be left to the
-        garbage collector."""
+        """Close this handle and let go of the mapping. Called once no call of it is inside
+        (both backends count their calls above the seam: the native handle, or the public
+        class's Handle count on the pure backend). False if the mapping must be left to
+        the garbage collector."""
 
 
 class FormatFn(Protocol):
