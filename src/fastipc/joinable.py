@@ -557,8 +557,9 @@ class SimpleQueue(_Dropin):
 
 def describe(path: str) -> Optional[QueueInfo]:
     """What ``fastipc ls`` shows of a JoinableQueue's task count (``<queue>.tasks``): None if
-    ``path`` is not one. It is alive while its queue exists and the queue's owner runs, so
-    ``fastipc rm --stale`` removes the count of a queue whose owner was killed."""
+    ``path`` is not one. It is alive while its queue exists and is not stale (its creator
+    runs, or closed a named queue), so ``fastipc rm --stale`` removes the count of a queue
+    whose creator was killed, or whose name is gone."""
     if not path.endswith(TASKS_SUFFIX):
         return None
     fd = open_to_inspect(path)
