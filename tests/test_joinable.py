@@ -19,9 +19,10 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -33,6 +34,8 @@ from fastipc.joinable import TASKS_SUFFIX
 from fastipc.queue import Empty, Full
 from interrupts import Stop, raise_after_call_to
 from test_queue_async import put_batches_with_cancels
+
+_Q = TypeVar("_Q", bound=Queue)
 
 SMALL = 1 << 16
 loops_ready = test_aio.loops_ready
@@ -58,6 +61,18 @@ def long_slice(monkeypatch: pytest.MonkeyPatch) -> None:
 def jq(backend: str) -> Iterator[JoinableQueue]:
     with JoinableQueue(capacity=SMALL, backend=backend) as q:
         yield q
+
+
+@contextmanager
+def _created(cls: Callable[..., _Q], **kwargs: Any) -> Iterator[_Q]:
+    """The test's named queue of class ``cls``: created, then closed and unlinked (close()
+    leaves the name of a named queue; unlink() removes it and everything beside it)."""
+    q = cls(create=True, **kwargs)
+    try:
+        with q:
+            yield q
+    finally:
+        q.unlink()
 
 
 def _tasks_path(q: Queue) -> str:
@@ -224,12 +239,16 @@ def test_named_joinable_queue_attaches_with_its_count(backend: str, name: str) -
         assert owner.get(timeout=1) == "x"
         owner.task_done()
         other.join(timeout=1)
-        other.close()  # not the owner: removes nothing
+        other.close()  # removes nothing
         assert os.path.exists(_tasks_path(owner))
         # a plain Queue has no task count: a JoinableQueue cannot attach to it
-        with Queue(name=name + "-plain", create=True, capacity=SMALL, backend=backend), \
+        with _created(Queue, name=name + "-plain", capacity=SMALL, backend=backend), \
                 pytest.raises(FileNotFoundError, match="not a JoinableQueue"):
             JoinableQueue(name=name + "-plain", backend=backend)
+    # the creator's close leaves a named queue and its count; unlink() removes both
+    assert os.path.exists(f"{SHM_DIR}/{name}")
+    assert os.path.exists(f"{SHM_DIR}/{name}{TASKS_SUFFIX}")
+    owner.unlink()
     assert not os.path.exists(f"{SHM_DIR}/{name}")
     assert not os.path.exists(f"{SHM_DIR}/{name}{TASKS_SUFFIX}")
 
@@ -243,7 +262,7 @@ def test_a_task_count_in_the_way_or_broken(backend: str, name: str) -> None:
             JoinableQueue(name=name, create=True, capacity=SMALL, backend=backend)
         assert not os.path.exists(f"{SHM_DIR}/{name}")  # the queue made first is removed
         assert os.path.exists(tasks)
-        with Queue(name=name, create=True, capacity=SMALL, backend=backend):
+        with _created(Queue, name=name, capacity=SMALL, backend=backend):
             with pytest.raises(FileNotFoundError, match="not ready"):  # no magic
                 JoinableQueue(name=name, backend=backend)
             os.truncate(tasks, 100)
@@ -330,7 +349,7 @@ def test_task_done_and_join_across_processes_several_consumers(
         cross: tuple[str, str], name: str) -> None:
     producer, consumer = cross
     done = _shared_ints(3)
-    with JoinableQueue(name=name, create=True, capacity=SMALL, backend=producer) as q:
+    with _created(JoinableQueue, name=name, capacity=SMALL, backend=producer) as q:
         procs = [_fork.Process(target=_consumer, args=(name, consumer, done, i))
                  for i in range(3)]
         for p in procs:
@@ -360,7 +379,7 @@ def _late_task_done(name: str, backend: str, delay: float) -> None:
 def test_join_wakes_when_the_last_task_done_comes_from_another_process(
         cross: tuple[str, str], name: str, long_slice: None) -> None:
     producer, consumer = cross
-    with JoinableQueue(name=name, create=True, capacity=SMALL, backend=producer) as q:
+    with _created(JoinableQueue, name=name, capacity=SMALL, backend=producer) as q:
         q.put("job")
         p = _fork.Process(target=_late_task_done, args=(name, consumer, 0.2))
         p.start()
@@ -385,7 +404,7 @@ def test_join_racing_task_done_is_never_missed(cross: tuple[str, str], name: str
     """Hundreds of rounds where the task_done of another process races the join: a wake-up
     missed (the joiner asleep, the count at zero) would wait out the 10 s slice."""
     producer, consumer = cross
-    with JoinableQueue(name=name, create=True, capacity=SMALL, backend=producer) as q:
+    with _created(JoinableQueue, name=name, capacity=SMALL, backend=producer) as q:
         p = _fork.Process(target=_prompt_consumer, args=(name, consumer), daemon=True)
         p.start()
         try:
@@ -414,7 +433,7 @@ def test_joiners_in_other_processes_all_wake(cross: tuple[str, str], name: str,
                                              long_slice: None) -> None:
     producer, joiner = cross
     woke = _shared_ints(2)
-    with JoinableQueue(name=name, create=True, capacity=SMALL, backend=producer) as q:
+    with _created(JoinableQueue, name=name, capacity=SMALL, backend=producer) as q:
         q.put("job")
         procs = [_fork.Process(target=_joiner, args=(name, joiner, woke[i:i + 1]))
                  for i in range(2)]
@@ -441,7 +460,7 @@ def test_a_consumer_killed_before_task_done_leaves_its_task_unfinished(
         backend: str, name: str) -> None:
     """As with multiprocessing: the count stays up (join(timeout) and unfinished_tasks say
     so), and the other tasks are done as usual."""
-    with JoinableQueue(name=name, create=True, capacity=SMALL, backend=backend) as q:
+    with _created(JoinableQueue, name=name, capacity=SMALL, backend=backend) as q:
         p = _fork.Process(target=_take_and_hang, args=(name, backend))
         p.start()
         q.put("taken by the victim")
@@ -497,7 +516,7 @@ def test_a_consumer_killed_in_get_does_not_break_the_others(backend: str, name: 
                                                            kind: str) -> None:
     cls = JoinableQueue if kind == "joinable" else SimpleQueue
     got = _shared_ints(40)
-    with cls(name=name, create=True, capacity=SMALL, backend=backend) as q:
+    with _created(cls, name=name, capacity=SMALL, backend=backend) as q:
         victims = [_fork.Process(target=_blocked_get, args=(name, backend, kind))
                    for _ in range(2)]
         for v in victims:
@@ -545,7 +564,7 @@ def _simple_child(name: str, backend: str) -> None:
 
 def test_simple_queue_across_processes(cross: tuple[str, str], name: str) -> None:
     parent, child = cross
-    with SimpleQueue(name=name, create=True, capacity=SMALL, backend=parent) as q:
+    with _created(SimpleQueue, name=name, capacity=SMALL, backend=parent) as q:
         p = _fork.Process(target=_simple_child, args=(name, child))
         p.start()
         q.put({"x": 1})
@@ -762,7 +781,7 @@ def test_rm_stale_removes_the_task_count_of_a_killed_owner(backend: str, name: s
         return subprocess.run([sys.executable, "-m", "fastipc", *args], capture_output=True,
                               text=True, timeout=30)
 
-    with JoinableQueue(name=name, create=True, backend=backend) as q:
+    with _created(JoinableQueue, name=name, backend=backend) as q:
         q.put(1)
         listing = fastipc("ls").stdout
         assert f"{name}{joinable.TASKS_SUFFIX}" in listing and "queue-tasks" in listing
@@ -855,7 +874,7 @@ def test_join_async_woken_by_another_process(cross: tuple[str, str], name: str, 
     producer, consumer = cross
 
     async def main() -> float:
-        with JoinableQueue(name=name, create=True, capacity=SMALL, backend=producer) as q:
+        with _created(JoinableQueue, name=name, capacity=SMALL, backend=producer) as q:
             await q.put_async("job")
             p = _fork.Process(target=_late_task_done, args=(name, consumer, 0.2))
             p.start()

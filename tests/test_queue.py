@@ -607,6 +607,8 @@ def test_hot_get_returns_the_length_alone_for_the_kind_it_expects(q: Queue) -> N
 
 def test_anonymous_queue_is_removed_on_close_and_named_queue_attaches(backend: str,
                                                                      name: str) -> None:
+    """An anonymous queue goes with its creator's close; a named one stays until unlink()
+    (close() never removes a name)."""
     q = Queue(capacity=SMALL, backend=backend)
     path = f"{SHM_DIR}/{q.name}"
     assert q.name.startswith(PREFIX) and os.path.exists(path)
@@ -621,6 +623,11 @@ def test_anonymous_queue_is_removed_on_close_and_named_queue_attaches(backend: s
             assert other.maxsize == 3
             other.put("hi")
             assert owner.get() == "hi"
+            other.put("kept")
+    assert os.path.exists(f"{SHM_DIR}/{name}")
+    with NamedQueue(name, backend=backend) as later:
+        assert later.get(timeout=1) == "kept"
+    owner.unlink()
     assert not os.path.exists(f"{SHM_DIR}/{name}")
 
 
@@ -891,6 +898,7 @@ def test_cross_backend(cross: tuple[str, str], name: str) -> None:
     sender, receiver = cross
     with NamedQueue(name, create=True, capacity=SMALL, backend=sender) as a, \
             NamedQueue(name, backend=receiver) as b:
+        a.unlink()
         _many_to_many(a, b)
 
 
@@ -1009,6 +1017,7 @@ def test_corrupted_segment_raises_not_crashes(backend: str, name: str,
         else:
             print("no error")
         q.close()
+        q.unlink()
     """
     res = run_python(code)
     assert res.returncode == 0, res.stderr
@@ -1036,6 +1045,9 @@ def test_bench_harness_counts_every_message(backend: str, workload: str) -> None
 
 def test_owner_close_and_normal_exit_remove_queued_large_messages(backend: str,
                                                                    name: str) -> None:
+    """An anonymous queue's close removes its large messages with it. A named queue's
+    creator that exits normally leaves the queue and its large messages (they are queued):
+    another process takes them, and unlink() removes the name and what is left."""
     q = Queue(capacity=SMALL, backend=backend)
     for i in range(3):
         q.put_bytes(bytes([i]) * 100_000)
@@ -1049,4 +1061,10 @@ def test_owner_close_and_normal_exit_remove_queued_large_messages(backend: str,
             q.put_bytes(bytes([i]) * 100_000)
         """, name, backend)
     assert out.returncode == 0, out.stderr
+    assert len([p for p in SHM_DIR.iterdir() if p.name.startswith(name + ".")]) == 3
+    info = describe(f"{SHM_DIR}/{name}")
+    assert info is not None and info.alive and info.owner == 0  # kept, not stale
+    with NamedQueue(name, backend=backend) as later:
+        assert later.get_bytes(timeout=1) == bytes([0]) * 100_000
+        later.unlink()
     assert not [p for p in SHM_DIR.iterdir() if p.name.startswith(name)]

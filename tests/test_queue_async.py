@@ -146,6 +146,7 @@ def test_awaiting_consumer_blocking_producer(cross: tuple[str, str], name: str,
             assert await asyncio.get_running_loop().run_in_executor(None, proc.wait, 30) == 0
             assert q.qsize() == 0
             assert _blobs(name) == []
+            q.unlink()  # close() leaves a named queue
 
     run(main())
 
@@ -170,6 +171,7 @@ def test_awaiting_producer_blocking_consumer(cross: tuple[str, str], name: str,
                 assert proc.returncode == 0, err
                 assert out.strip() == "ok"
             assert _blobs(name) == []
+            q.unlink()  # close() leaves a named queue
 
     run(main())
 

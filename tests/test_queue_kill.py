@@ -15,6 +15,8 @@ import struct
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,18 @@ from fastipc._backend import queue as L
 from fastipc._core import Deadline
 from fastipc.queue import NamedQueue
 from helpers import run_python, start_python
+
+
+@contextmanager
+def _created(name: str, **kwargs: Any) -> Iterator[NamedQueue]:
+    """The test's named queue: created, then closed and unlinked (close() leaves the name of
+    a named queue; unlink() removes it, and whatever is still queued in files of its own)."""
+    q = NamedQueue(name, create=True, **kwargs)
+    try:
+        with q:
+            yield q
+    finally:
+        q.unlink()
 
 CAPACITY = 1 << 16
 SENTINEL = b"stop"
@@ -104,7 +118,7 @@ def test_random_sigkill_of_producers_and_consumers(mode: str, name: str,
         proc.start()
         consumers[len(files) - 1] = proc
 
-    with NamedQueue(name, create=True, capacity=CAPACITY, backend="native") as q:
+    with _created(name, capacity=CAPACITY, backend="native") as q:
         for _ in range(3):
             start_producer()
             start_consumer()
@@ -178,7 +192,7 @@ def _hold_lock_and_die(name: str, off: int, torn: bool, conn: Any) -> None:
 def test_lock_holder_killed(backend: str, name: str, side: str) -> None:
     """A participant killed while it holds the producers' (or consumers') mutex, half-way
     through writing a frame: the others go on at once, and the half frame never shows."""
-    with NamedQueue(name, create=True, capacity=CAPACITY, backend=backend) as q:
+    with _created(name, capacity=CAPACITY, backend=backend) as q:
         q.put("before")
         off = L.OFF_PUT_LOCK if side == "put" else L.OFF_GET_LOCK
         parent, child = _ctx.Pipe()
@@ -212,7 +226,7 @@ def _sleeper(name: str, backend: str, conn: Any) -> None:
 
 def test_killed_sleeper_does_not_stall_others(backend: str, name: str) -> None:
     """A consumer killed while asleep on the futex leaves its waiting flag up: harmless."""
-    with NamedQueue(name, create=True, capacity=CAPACITY, backend=backend) as q:
+    with _created(name, capacity=CAPACITY, backend=backend) as q:
         parent, child = _ctx.Pipe()
         proc = _ctx.Process(target=_sleeper, args=(name, backend, child))
         proc.start()
@@ -276,7 +290,7 @@ def test_exceptions_raised_into_large_puts_leak_nothing(cross: tuple[str, str],
     readable, whole."""
     sender, receiver = cross
     count = 400
-    with NamedQueue(name, create=True, capacity=1 << 15, backend=receiver) as q:
+    with _created(name, capacity=1 << 15, backend=receiver) as q:
         out = run_python(_HAMMER, name, sender, str(count), timeout=90)
         assert out.returncode == 0, out.stderr
         leaked, interrupted, *returned = map(int, out.stdout.split())
@@ -325,7 +339,7 @@ def test_rm_stale_removes_large_messages_left_by_killed_processes(backend: str,
     their segments are listed and removed by ``fastipc rm --stale``; the segments still
     referenced from the queue are not; nor are any once the owner's queue is gone."""
     big = [bytes([i]) * 100_000 for i in range(3)]
-    with NamedQueue(name, create=True, capacity=CAPACITY, backend=backend) as q:
+    with _created(name, capacity=CAPACITY, backend=backend) as q:
         for body in big:
             q.put_bytes(body)
         for where in ("consumer", "producer"):
@@ -394,7 +408,7 @@ def test_maxsize_0_spills_without_bound_and_the_consumer_gets_all(cross: tuple[s
     the drained spill leaves nothing in /dev/shm."""
     sender, receiver = cross
     small, batch = 100_000, 1000
-    with NamedQueue(name, create=True, capacity=CAPACITY, backend=sender) as q:
+    with _created(name, capacity=CAPACITY, backend=sender) as q:
         for i in range(small):
             q.put_nowait(i.to_bytes(4, "little") * 25_000 if i % 500 == 0 else i)
         q.put_many(range(small, small + batch), block=False)
@@ -423,7 +437,7 @@ def test_producer_killed_while_spilling_loses_nothing_acknowledged(cross: tuple[
     rng = random.Random(99)
     shared = mmap.mmap(-1, 8)
     progress = memoryview(shared).cast("q")
-    with NamedQueue(name, create=True, capacity=1 << 14, backend=receiver) as q:
+    with _created(name, capacity=1 << 14, backend=receiver) as q:
         first = 0
         for _ in range(3):
             progress[0] = first - 1
@@ -584,12 +598,12 @@ def test_an_exception_raised_into_gets_loses_nothing(cross: tuple[str, str], nam
     and get_many, and whose get_async are cancelled at random moments (small objects,
     out-of-band numpy arrays, bytes, large messages in their own segments, spilled ones):
     it receives every message exactly once, in order and intact, and nothing of the queue
-    is left in /dev/shm after it closed."""
+    is left in /dev/shm but its name (gone with unlink())."""
     space: dict[str, Any] = {}
     exec(_EXPECTED, space)
     count = 2000
     sender, receiver = cross
-    with NamedQueue(name, create=True, capacity=CAPACITY, backend=sender) as q:
+    with _created(name, capacity=CAPACITY, backend=sender) as q:
         for i in range(count):
             obj = space["expected"](i)
             if isinstance(obj, bytes) and i % 2:
@@ -601,6 +615,7 @@ def test_an_exception_raised_into_gets_loses_nothing(cross: tuple[str, str], nam
         assert out.returncode == 0, out.stderr[-3000:]
         assert int(out.stdout) > 100  # the handler did raise into many calls
         assert q.qsize() == 0
+        assert [p.name for p in SHM_DIR.iterdir() if p.name.startswith(name)] == [name]
     assert not [p for p in SHM_DIR.iterdir() if p.name.startswith(name)]
 
 

@@ -351,15 +351,13 @@ class _Proc:
 
 
 def _discard_queue(q: Queue) -> None:
-    """Close a queue this process owns and remove its name and every segment of a large
-    message still in it (``<name>.<id>``)."""
-    name = q.name
+    """Close a queue this process owns and remove its name and every file beside it (the
+    segments of large messages still in it, its spill files): ``unlink()``."""
+    try:
+        q.unlink()
+    except FileNotFoundError:
+        pass
     q.close()
-    for path in [f"/dev/shm/{name}", *glob.glob(f"/dev/shm/{glob.escape(name)}.*")]:
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
 
 
 _live: weakref.WeakSet[ProcessPoolExecutor] = weakref.WeakSet()

@@ -9,22 +9,22 @@ on :class:`fastipc.Queue`.
 ...     q.join()                    # every task put so far is done: returns at once
 'job'
 
-**The unfinished-task count** of a :class:`JoinableQueue` lives in a small segment of its
-own beside the queue's, ``/dev/shm/<queue name>.tasks``, created and removed with the queue
-by its owner. It holds a process-shared POSIX semaphore (glibc's ``sem_t``, through
-``ctypes``), whose value is the count, and a futex word, the *zero generation*. Each put
-posts the semaphore before the message goes in (so a consumer can never be done with a task
-that is not counted yet) and takes the post back if the put fails. ``task_done()`` is a
-``sem_trywait``: at zero it fails, and raises ValueError as multiprocessing does. A joiner
-adds itself to a count of joiners, reads the generation, then the count; while the count is
-not zero it sleeps on the generation word, and returns once the count was seen at zero or
-the generation moved: the semantics of multiprocessing's ``join()`` (woken when the count
-reached zero, even if a put came right after). The ``task_done()`` that leaves the count at
-zero while there are joiners adds one to the generation and wakes every sleeper on it (one
-``FUTEX_WAKE_OP``: the kernel adds and wakes atomically); without joiners it makes no system
-call. Nothing holds a lock, so a process killed at any moment leaves the count consistent
-and blocks no one; a joiner also looks at the count once a second, in case the process that
-brought it to zero died before it could wake anyone.
+**The unfinished-task count** of a :class:`JoinableQueue` lives in a small segment of its own
+beside the queue's, ``/dev/shm/<queue name>.tasks``, created with the queue and removed with
+its name (by ``unlink()``; an anonymous queue's by its creator's close). It holds a
+process-shared POSIX semaphore (glibc's ``sem_t``, through ``ctypes``), whose value is the
+count, and a futex word, the *zero generation*. Each put posts the semaphore before the message
+goes in (so a consumer can never be done with a task that is not counted yet) and takes the
+post back if the put fails. ``task_done()`` is a ``sem_trywait``: at zero it fails, and raises
+ValueError as multiprocessing does. A joiner adds itself to a count of joiners, reads the
+generation, then the count; while the count is not zero it sleeps on the generation word, and
+returns once the count was seen at zero or the generation moved: the semantics of
+multiprocessing's ``join()`` (woken when the count reached zero, even if a put came right
+after). The ``task_done()`` that leaves the count at zero while there are joiners adds one to
+the generation and wakes every sleeper on it (one ``FUTEX_WAKE_OP``: the kernel adds and wakes
+atomically); without joiners it makes no system call. Nothing holds a lock, so a process killed
+at any moment leaves the count consistent and blocks no one; a joiner also looks at the count
+once a second, in case the process that brought it to zero died before it could wake anyone.
 """
 
 from __future__ import annotations
@@ -43,14 +43,14 @@ from fastipc import _aio
 from fastipc._core import Deadline, check_timeout
 from fastipc._pure.queue import _libc, _libc_fn
 from fastipc._pure.shm import _SYS_FUTEX, _TSO, _fence, _futex_wait, _futex_wake, _syscall
-from fastipc._segment import create_segment, open_segment, open_to_inspect
+from fastipc._segment import check_owner, create_segment, open_segment, open_to_inspect
 from fastipc.queue import (
     DEFAULT_CAPACITY,
     DEFAULT_MAX_MESSAGE_SIZE,
-    Full,
     Queue,
     QueueInfo,
     _queue_alive,
+    _tell_sent,
     _unlink_quietly,
     _unpark,
 )
@@ -107,7 +107,7 @@ class _Tasks:
     Its owner calls it only while the queue counts a call busy, so the mapping outlives
     every call into it."""
 
-    def __init__(self, path: str, create: bool, mode: int) -> None:
+    def __init__(self, path: str, create: bool, mode: int, uid: int) -> None:
         self.path = path
         if create:
             fd = create_segment(path, _SIZE, mode)
@@ -119,7 +119,10 @@ class _Tasks:
                                         "is missing)", path) from None
         try:
             try:
-                if os.fstat(fd).st_size != _SIZE:
+                st = os.fstat(fd)
+                if not create:
+                    check_owner(st, uid, path)  # the queue's owner owns its count too
+                if st.st_size != _SIZE:
                     raise OSError(errno.EBADMSG, "not a JoinableQueue task count", path)
                 self._mm = mmap.mmap(fd, _SIZE)
             finally:
@@ -267,10 +270,12 @@ class _Tasks:
             self._add(_OFF_JOINERS, -1, 0)
 
 
-def _reattach(cls: type[_Q], name: str, max_message: int, spin: float, backend: str) -> _Q:
-    """Unpickling: attach to the queue by name, as the class it was."""
+def _reattach(cls: type[_Q], name: str, max_message: int, spin: float, backend: str,
+              owner: Optional[int] = None) -> _Q:
+    """Unpickling: attach to the queue by name, as the class it was (trusting the uid its
+    segment had where it was pickled)."""
     return cls(name=name, create=False, max_message_size=max_message, spin=spin,
-               backend=backend)
+               owner=owner, backend=backend)
 
 
 class _ClosedQueue(ValueError, OSError):
@@ -298,7 +303,7 @@ class _Dropin(Queue):
     def __reduce__(self) -> tuple[Callable[..., Queue], tuple[Any, ...]]:
         self._check_open()
         return _reattach, (self._public or type(self), self._name, self._max_message,
-                           self._spin, self._backend)
+                           self._spin, self._backend, self._uid)
 
 
 class _OneTask:
@@ -351,18 +356,21 @@ class JoinableQueue(_Dropin):
     def __init__(self, maxsize: int = 0, *, name: Optional[str] = None,
                  create: Optional[bool] = None, capacity: int = DEFAULT_CAPACITY,
                  max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE, mode: int = 0o600,
-                 spin: Optional[float] = None, backend: Optional[str] = None) -> None:
+                 spin: Optional[float] = None, owner: Optional[int] = None,
+                 backend: Optional[str] = None) -> None:
         super().__init__(maxsize, name=name, create=create, capacity=capacity,
                          max_message_size=max_message_size, mode=mode, spin=spin,
-                         backend=backend)
+                         owner=owner, backend=backend)
         path = self._path + TASKS_SUFFIX
         self._joins = []
         try:
-            self._tasks = _Tasks(path, self._owner, mode)
+            self._tasks = _Tasks(path, self._owner, mode, self._uid)
         except BaseException:
+            if self._owner:  # the queue made for nothing goes (not a count in the way)
+                _unlink_quietly(self._path)
             self.close()
             raise
-        if self._owner:
+        if self._anonymous:  # a named queue's count stays with its name (see unlink)
             self._tasks_finalizer = weakref.finalize(self, _unlink_quietly, path)
 
     # ---------------------------------------------------------------- life cycle
@@ -394,11 +402,14 @@ class JoinableQueue(_Dropin):
             self._tasks_finalizer()  # removes the count's name
 
     def unlink(self) -> None:
-        """Remove the queue's name and its task count's (others attached keep working)."""
-        super().unlink()
-        _unlink_quietly(self._path + TASKS_SUFFIX)
-        if self._tasks_finalizer is not None:
-            self._tasks_finalizer.detach()
+        """:meth:`Queue.unlink`, and the task count's name (others attached keep
+        working)."""
+        try:
+            super().unlink()
+        finally:
+            _unlink_quietly(self._path + TASKS_SUFFIX)
+            if self._tasks_finalizer is not None:
+                self._tasks_finalizer.detach()
 
     # ---------------------------------------------------------------- tasks
     def _counted(self) -> _Tasks:
@@ -423,15 +434,18 @@ class JoinableQueue(_Dropin):
     def put_many(self, objs: Iterable[Any], timeout: Optional[float] = None, *,
                  block: bool = True) -> None:
         """Put every object of ``objs`` in order, each counted as a task: one put at a time,
-        so that the count is exact whatever fails. On timeout, ``queue.Full`` with
-        ``messages_put``: how many went (``block=False``: each put tries once)."""
+        so that the count is exact whatever fails. On timeout, ``queue.Full``
+        (``block=False``: each put tries once). Whatever stops it part way, the exception's
+        ``messages_sent`` (and its deprecated alias ``messages_put``) says how many went."""
         deadline = Deadline(check_timeout(timeout) if block else 0.0)
-        for done, obj in enumerate(objs):
-            try:
+        done = 0
+        try:
+            for obj in objs:
                 self.put(obj, block, None if deadline.timeout < 0 else deadline.left())
-            except Full as exc:
-                exc.messages_put = done  # type: ignore[attr-defined]
-                raise
+                done += 1
+        except BaseException as exc:
+            _tell_sent(exc, done)
+            raise
 
     async def put_async(self, obj: Any, *args: Any, **kwargs: Any) -> None:
         """:meth:`Queue.put_async`, counting one more unfinished task (taken back if the
@@ -449,7 +463,8 @@ class JoinableQueue(_Dropin):
         """:meth:`Queue.put_many_async`, each message counted as a task: one
         :meth:`put_async` at a time (as :meth:`put_many`), so that the count is exact
         whatever ends it. Whatever ends it early (``queue.Full``, an error, a cancellation),
-        the exception's ``messages_put`` says how many went."""
+        the exception's ``messages_sent`` (and its deprecated alias ``messages_put``) says
+        how many went."""
         self._check_open()
         deadline = Deadline(check_timeout(timeout) if block else 0.0)
         done = 0
@@ -459,7 +474,7 @@ class JoinableQueue(_Dropin):
                                      block=block)
                 done += 1
         except BaseException as exc:
-            exc.messages_put = done  # type: ignore[attr-defined]
+            _tell_sent(exc, done)
             raise
 
     def task_done(self) -> None:
@@ -529,10 +544,11 @@ class SimpleQueue(_Dropin):
     def __init__(self, *, name: Optional[str] = None, create: Optional[bool] = None,
                  capacity: int = DEFAULT_CAPACITY,
                  max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE, mode: int = 0o600,
-                 spin: Optional[float] = None, backend: Optional[str] = None) -> None:
+                 spin: Optional[float] = None, owner: Optional[int] = None,
+                 backend: Optional[str] = None) -> None:
         super().__init__(0, name=name, create=create, capacity=capacity,
                          max_message_size=max_message_size, mode=mode, spin=spin,
-                         backend=backend)
+                         owner=owner, backend=backend)
 
     def empty(self) -> bool:
         self._check_open()
@@ -541,8 +557,9 @@ class SimpleQueue(_Dropin):
 
 def describe(path: str) -> Optional[QueueInfo]:
     """What ``fastipc ls`` shows of a JoinableQueue's task count (``<queue>.tasks``): None if
-    ``path`` is not one. It is alive while its queue exists and the queue's owner runs, so
-    ``fastipc rm --stale`` removes the count of a queue whose owner was killed."""
+    ``path`` is not one. It is alive while its queue exists and is not stale (its creator
+    runs, or closed a named queue), so ``fastipc rm --stale`` removes the count of a queue
+    whose creator was killed, or whose name is gone."""
     if not path.endswith(TASKS_SUFFIX):
         return None
     fd = open_to_inspect(path)

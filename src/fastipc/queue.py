@@ -18,7 +18,9 @@ and never raises ``queue.Full``, as multiprocessing.Queue.
 
 :class:`Queue` with no name is anonymous: it gets a unique name, and the process that made it
 owns it (removes it when it closes the queue or exits normally). :class:`NamedQueue` (re-
-exported as ``shm.Queue``) attaches to a queue by name, or creates it with ``create=True``.
+exported as ``shm.Queue``) attaches to a queue by name, or creates it with ``create=True``;
+a named queue outlives ``close()`` (another process can still attach and take what is
+queued) until ``unlink()`` removes its name.
 Pickling a queue (to ``multiprocessing.Process`` under spawn or forkserver) re-attaches it
 by name in the receiving process; a fork child simply shares it. The binary layout, shared
 by the native and pure backends, is in ``docs/queue-layout.md``.
@@ -40,7 +42,7 @@ import struct
 import time
 import uuid
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Optional
@@ -59,7 +61,18 @@ from fastipc._backend.queue import (
     QueueOps,
 )
 from fastipc._core import Deadline, Handle, byte_view, check_int, check_timeout, uses_handle
-from fastipc._segment import open_to_inspect
+from fastipc._segment import (
+    DEFAULT_SPIN,
+    check_bool,
+    check_owner,
+    check_spin,
+    create_segment,
+    open_existing,
+    open_segment,
+    open_to_inspect,
+    owner_uid,
+    segment_path,
+)
 
 __all__ = [
     "DEFAULT_CAPACITY",
@@ -72,12 +85,10 @@ __all__ = [
     "describe",
 ]
 
-SHM_DIR = "/dev/shm"
 DEFAULT_CAPACITY = 1 << 22
 MAX_CAPACITY = 1 << 32
 DEFAULT_MAX_MESSAGE_SIZE = 1 << 30
 MAX_MESSAGE_LIMIT = (1 << 63) - 1
-DEFAULT_SPIN = 50e-6
 ANONYMOUS_PREFIX = "fastipc-queue-"  # anonymous queues are named <prefix><pid>-<random>
 _NAME_ROOM = 20  # bytes a blob segment's suffix adds to the queue's name
 _OWNER_LOCK = (0, 1)  # the owner's OFD write lock: (start, length) in the segment file
@@ -128,15 +139,12 @@ except (AttributeError, ImportError, TypeError):  # not CPython
     _new_ba = None
 
 
-def _path(name: str) -> tuple[str, str]:
-    bare = _core.shm_name(name)[1:]
+def _path(name: str) -> str:
+    """The queue's path in /dev/shm (its name leaves room for its messages' segments)."""
+    bare, path = segment_path(name)
     if len(bare.encode()) > 255 - _NAME_ROOM:
         raise ValueError(f"a queue name is at most {255 - _NAME_ROOM} bytes long")
-    return bare, f"{SHM_DIR}/{bare}"
-
-
-def _open(path: str, flags: int, mode: int = 0o600) -> int:
-    return os.open(path, flags | os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW, mode)
+    return path
 
 
 def _flock(fd: int, cmd: int, kind: int) -> bytes:
@@ -326,14 +334,17 @@ def _remove_queue(path: str) -> None:
         _unlink_quietly(segment)
 
 
-def _check_spin(spin: Optional[float]) -> float:
-    if spin is None:
-        return DEFAULT_SPIN if (os.cpu_count() or 1) > 1 else 0.0
-    if isinstance(spin, bool) or not isinstance(spin, (int, float)):
-        raise TypeError(f"spin must be a number of seconds or None, not {type(spin).__name__}")
-    if not 0 <= spin <= 1.0:
-        raise ValueError(f"spin must be between 0 and 1 seconds, not {spin!r}")
-    return float(spin)
+def _tell_sent(exc: BaseException, n: int) -> None:
+    """Say on ``exc`` how many messages of a batch call that it stopped part way went:
+    ``messages_sent``, the name every ``*_many`` call of fastipc uses, and ``messages_put``,
+    the queues' earlier name for it (deprecated, kept as an alias of the same value)."""
+    exc.messages_sent = exc.messages_put = n  # type: ignore[attr-defined]
+
+
+def _batch_sent(exc: BaseException) -> int:
+    """How many messages of the batch of a ``_put_batch`` call that raised ``exc`` went.
+    (The native handle's ``_put_batch`` says it with ``messages_put`` alone.)"""
+    return int(getattr(exc, "messages_sent", getattr(exc, "messages_put", 0)))
 
 
 def _timeout(block: bool, timeout: Optional[float]) -> float:
@@ -360,10 +371,11 @@ _open_queues: weakref.WeakSet[Queue] = _core.given_up_in_child("_forked")
 class Queue(Handle):
     """A multiprocessing.Queue in shared memory (see the module docstring).
 
-    ``Queue(maxsize=0)`` makes an anonymous queue, owned by this process;
-    ``Queue(name=..., create=True)`` creates the named queue (this object owns it and
-    removes the name when it closes); ``Queue(name=...)`` attaches to an existing one
-    (``FileNotFoundError`` if absent; ``maxsize`` and ``capacity`` are then the creator's).
+    ``Queue(maxsize=0)`` makes an anonymous queue, owned by this process (its close
+    removes it); ``Queue(name=..., create=True)`` creates the named queue (``close()``
+    leaves the name, ``unlink()`` removes it); ``Queue(name=...)`` attaches to an existing
+    one (``FileNotFoundError`` if absent; ``maxsize`` and ``capacity`` are then the
+    creator's). ``name`` is kept as given: ``"x"`` and ``"/x"`` are the same queue.
     ``capacity`` is the ring's size in bytes (a power of two, >= 4096); messages up to half
     of it travel through the ring, larger ones in a segment of their own; what does not fit
     the ring waits in spill files (bounded by /dev/shm: ENOSPC, never a hang).
@@ -374,14 +386,17 @@ class Queue(Handle):
     _handle_type = "QueueHandle"  # csrc/py/queue.c: put, put_bytes, the taking calls of gets
     _name = ""
     _path = ""
-    _owner = False
+    _owner = False  # this object created the queue (and holds the liveness lock)
+    _anonymous = False  # no name was given: the queue is this object's, removed at close
     _lock_fd = -1
+    _uid = -1  # the segment's owner (pickling carries it: the receiver trusts it too)
     _finalizer: Optional[weakref.finalize[Any, Any]] = None
 
     def __init__(self, maxsize: int = 0, *, name: Optional[str] = None,
                  create: Optional[bool] = None, capacity: int = DEFAULT_CAPACITY,
                  max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE, mode: int = 0o600,
-                 spin: Optional[float] = None, backend: Optional[str] = None) -> None:
+                 spin: Optional[float] = None, owner: Optional[int] = None,
+                 backend: Optional[str] = None) -> None:
         maxsize = check_int(maxsize, "maxsize", -(1 << 62), 1 << 31)
         maxsize = max(maxsize, 0)  # multiprocessing.Queue: <= 0 means no limit
         capacity = check_int(capacity, "capacity", L.MIN_CAPACITY, MAX_CAPACITY)
@@ -390,7 +405,8 @@ class Queue(Handle):
         self._max_message = check_int(max_message_size, "max_message_size", 0,
                                       MAX_MESSAGE_LIMIT)
         mode = check_int(mode, "mode", 0, 0o777)
-        self._spin = _check_spin(spin)
+        self._spin = check_spin(spin)
+        uid = owner_uid(owner)  # whom an attaching queue trusts (creating ignores it)
         which = _core.resolve_backend(backend)
         impl = _core.ops("queue", which)
         if name is None:
@@ -398,35 +414,37 @@ class Queue(Handle):
                 raise ValueError("an anonymous queue is always created: give a name to attach")
             name = f"{ANONYMOUS_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:16]}"
             create = True
+            self._anonymous = True
         elif create is None:
             create = False
-        elif not isinstance(create, bool):
-            raise TypeError(f"create must be a bool, not {type(create).__name__}")
-        self._name, self._path = _path(name)
+        else:
+            check_bool(create, "create")
+        self._path = _path(name)
+        self._name = name  # as given (validated): "x" and "/x" name the same queue
         self._mode = mode
         fd = lock_fd = -1
         try:
             if create:
                 size = L.HEADER + capacity
-                fd = _open(self._path, os.O_CREAT | os.O_EXCL, mode)
+                fd = create_segment(self._path, size, mode)  # every page backed
                 self._owner = True
-                os.ftruncate(fd, size)
-                try:  # back every page now: a full /dev/shm is an OSError, not a SIGBUS later
-                    os.posix_fallocate(fd, 0, size)
-                except OSError as exc:
-                    if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
-                        raise
+                self._uid = os.geteuid()
                 # a second open file description holds the owner's lock: the mapping (which
                 # a fork child inherits) must not keep it alive
-                lock_fd = _open(self._path, 0)
+                lock_fd = open_segment(self._path, 0)
                 _flock(lock_fd, fcntl.F_OFD_SETLK, fcntl.F_WRLCK)
                 self._mm = mmap.mmap(fd, size)
                 format_fn: FormatFn = impl.format
                 _core.check(format_fn(self._mm, size, self._max_message, maxsize, os.getpid()),
                             self._name)
             else:
-                fd = _open(self._path, 0)
-                st = os.fstat(fd)
+                got = open_existing(self._path)
+                if got is None:
+                    raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT),
+                                            self._path)
+                fd, st = got
+                check_owner(st, uid, self._path)
+                self._uid = st.st_uid
                 size = st.st_size
                 self._mode = mode = st.st_mode & 0o777  # the creator's, for the files it adds
                 if size < L.HEADER + L.MIN_CAPACITY:
@@ -469,8 +487,10 @@ class Queue(Handle):
         if which == "native":  # the handle (csrc/py/queue.c) calls the C core on self._ops's
             self._open(self._ops, self._ops.address(), self._pending,  # type: ignore[attr-defined]
                        self._hot_max, self._max_message, self._out_size())
-        if self._owner:
+        if self._anonymous:  # removed at close, or at the normal exit of its creator
             self._finalizer = weakref.finalize(self, _remove_queue, self._path)
+        elif self._owner:  # the name stays: the header says the creator closed it
+            self._finalizer = weakref.finalize(self, L.mark_kept, self._mm)
         _open_queues.add(self)
         self._open_handle(which, fd)
 
@@ -503,14 +523,15 @@ class Queue(Handle):
             self._ops.wake()
 
     def _free(self) -> None:
+        if self._owner and self._finalizer is not None:
+            self._finalizer()  # anonymous: removes the name and the segments of its
+            # messages; named: marks the queue kept (before the liveness lock goes)
         if self._ops.free():  # else a call never left C: the GC unmaps, later
             try:
                 self._mm.close()
             except BufferError:  # a view of it lives on: in a fork child, in the frame of
                 pass  # a parent's thread that was in a call (it never runs here); GC unmaps
         os.close(self._fd)
-        if self._owner and self._finalizer is not None:
-            self._finalizer()  # removes the name and the segments of its messages
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
             self._lock_fd = -1
@@ -529,10 +550,11 @@ class Queue(Handle):
 
     def __reduce__(self) -> tuple[Callable[..., Queue], tuple[Any, ...]]:
         self._check_open()
-        return (_attach, (self._name, self._max_message, self._spin, self._backend))
+        return (_attach, (self._name, self._max_message, self._spin, self._backend,
+                          self._uid))
 
-    name = _core.Fixed[str]("_name", "The segment's name in /dev/shm (what another process "
-                            "attaches to).")
+    name = _core.Fixed[str]("_name", "The name as it was given (with or without the leading "
+                            "slash; also once closed): what another process attaches to.")
 
     @property
     def maxsize(self) -> int:
@@ -543,10 +565,14 @@ class Queue(Handle):
         return int(struct.unpack_from("<Q", self._mm, L.OFF_MAXSIZE)[0])
 
     def unlink(self) -> None:
-        """Remove the name (others attached keep working; no one new can attach)."""
+        """Remove the name, open or closed (FileNotFoundError if it is gone already), and
+        the files of what waits beyond the ring (spill files, large messages' segments).
+        Those attached keep the messages in the ring; no one new can attach."""
         os.unlink(self._path)
         if self._finalizer is not None:
             self._finalizer.detach()
+        for segment in _segments_of(self._path):
+            _unlink_quietly(segment)
 
     # ---------------------------------------------------------------- put
     def _encode(self, obj: Any) -> tuple[list[Any], int, int]:
@@ -663,34 +689,35 @@ class Queue(Handle):
     # put, get, put_bytes, get_bytes, get_many and put_many's batches below are the pure
     # backend's: on the native backend, the methods of the handle type (csrc/py/queue.c) come
     # first and do the same in C, calling back the methods here for what is rare. The pure
-    # hot paths skip @uses_handle (its call layer would be a fifth of a small put): the pure
-    # backend counts each of its calls busy around every access to the mapping (its _busy)
-    # and its free() waits for that count, so closing from another thread stays safe. They
-    # check `closed` first, and their slow paths (_retry_put, _take_slow) turn the error of
-    # a call closed under them into ValueError.
+    # ones count themselves busy with the Handle's count (_enter/_leave, as @uses_handle
+    # does, without its extra frame on the hot paths), so that close() from another thread
+    # frees the mapping only once the last of them has left; their slow paths (_retry_put,
+    # _take_slow) turn the error of a call closed under them into ValueError.
 
     def put(self, obj: Any, block: bool = True, timeout: Optional[float] = None) -> None:
         """Put ``obj`` (pickled, protocol 5, buffers out of band). ``queue.Full`` (also a
         TimeoutError) if the queue stays full until the timeout (``block=False``: at once).
         An object that cannot be pickled raises here and leaves the queue as it was."""
-        if self._closed:
-            raise self._closed_error()
-        t = -1.0 if timeout is None and block else _timeout(block, timeout)
-        # _pickle_in_band, inlined on the hot path (type() only once a type is remembered)
-        if _buffered and type(obj) in _buffered:
-            return self._put_encoded(obj, t)
+        self._enter()
         try:
-            data = _dumps(obj, 5, buffer_callback=_in_band_only)
-        except TypeError:  # out-of-band buffers or a memoryview (or not picklable)
-            _remember_buffered(type(obj))
-            return self._put_encoded(obj, t)
-        if len(data) <= self._hot_max:  # the hot path
-            start = _monotonic() if t > 0.0 else None
-            rc = self._ops.put(data, KIND_PICKLE, t)
-            if rc:
-                self._retry_put1(rc, data, KIND_PICKLE, t, start)
-            return
-        self._put_pickled(data, t)
+            t = -1.0 if timeout is None and block else _timeout(block, timeout)
+            # _pickle_in_band, inlined on the hot path (type() only once a type is remembered)
+            if _buffered and type(obj) in _buffered:
+                return self._put_encoded(obj, t)
+            try:
+                data = _dumps(obj, 5, buffer_callback=_in_band_only)
+            except TypeError:  # out-of-band buffers or a memoryview (or not picklable)
+                _remember_buffered(type(obj))
+                return self._put_encoded(obj, t)
+            if len(data) <= self._hot_max:  # the hot path
+                start = _monotonic() if t > 0.0 else None
+                rc = self._ops.put(data, KIND_PICKLE, t)
+                if rc:
+                    self._retry_put1(rc, data, KIND_PICKLE, t, start)
+                return None
+            self._put_pickled(data, t)
+        finally:
+            self._leave()
 
     def _put_encoded(self, obj: Any, t: float) -> None:
         """put() of an object that has (or may have) out-of-band buffers."""
@@ -705,16 +732,18 @@ class Queue(Handle):
                   block: bool = True) -> None:
         """Put raw bytes (any contiguous bytes-like object), no pickling; ``get_bytes`` (or
         ``get``) returns them as ``bytes``. ``block=False``: try once (timeout ignored)."""
-        if self._closed:
-            raise self._closed_error()
-        t = -1.0 if timeout is None and block else _timeout(block, timeout)
-        if type(data) is bytes and len(data) <= self._hot_max:  # the hot path
-            start = _monotonic() if t > 0.0 else None
-            rc = self._ops.put(data, KIND_BYTES, t)
-            if rc:
-                self._retry_put1(rc, data, KIND_BYTES, t, start)
-            return
-        self._put_bytes_large(data, t)
+        self._enter()
+        try:
+            t = -1.0 if timeout is None and block else _timeout(block, timeout)
+            if type(data) is bytes and len(data) <= self._hot_max:  # the hot path
+                start = _monotonic() if t > 0.0 else None
+                rc = self._ops.put(data, KIND_BYTES, t)
+                if rc:
+                    self._retry_put1(rc, data, KIND_BYTES, t, start)
+                return
+            self._put_bytes_large(data, t)
+        finally:
+            self._leave()
 
     def _put_bytes_large(self, data: Any, t: float) -> None:
         """put_bytes() of what the hot path does not take (a large or non-bytes buffer)."""
@@ -729,42 +758,70 @@ class Queue(Handle):
     def put_many(self, objs: Iterable[Any], timeout: Optional[float] = None, *,
                  block: bool = True) -> None:
         """Put every object of ``objs``, in order, taking the producers' lock once per
-        batch that fits. On timeout, ``queue.Full`` with ``messages_put``: how many went.
-        ``block=False``: what does not fit at once raises queue.Full (timeout ignored).
-        An object that cannot be pickled (or is too large) raises its error once the objects
-        before it are put, with ``messages_put`` too."""
+        batch that fits. On timeout, ``queue.Full``. ``block=False``: what does not fit at
+        once raises queue.Full (timeout ignored). An object that cannot be pickled (or is
+        too large) raises its error once the objects before it are put; so does an error of
+        the iterable itself. Whatever stops it part way, the exception's ``messages_sent``
+        says how many of ``objs`` went, each whole (``messages_put``: its deprecated
+        alias)."""
         t = _timeout(block, timeout)
         deadline = Deadline(t)
         batch: list[bytes] = []
         done = 0
-        add, hot = batch.append, self._hot_max
+        in_batch = False  # an error of _put_batch says how many of its batch went
+        add = batch.append
         try:
-            for obj in objs:
-                try:
-                    data = _pickle_in_band(obj)
-                    if data is not None and len(data) <= hot:
-                        add(data)
-                        continue
-                    parts, total, kind = (self._encode(obj) if data is None
-                                          else self._layout(data, []))
-                except Exception as exc:  # what came before goes first
-                    done += self._put_batch(batch, deadline.left()) if batch else 0
-                    exc.messages_put = done  # type: ignore[attr-defined]
-                    raise
+            for data, other in self._encoded(objs):
+                if data is not None:
+                    add(data)
+                    continue
                 if batch:  # what came before goes first
+                    in_batch = True
                     done += self._put_batch(batch, deadline.left())
+                    in_batch = False
                     batch.clear()
+                if isinstance(other, Exception):
+                    raise other
+                parts, total, kind = other
                 self._put_parts(parts, total, kind, deadline.left())
                 done += 1
             if batch:
+                in_batch = True
                 done += self._put_batch(batch, deadline.left())
-        except Full as exc:  # a batch says how many of it went
-            exc.messages_put = done + getattr(exc, "messages_put", 0)  # type: ignore[attr-defined]
+        except BaseException as exc:
+            _tell_sent(exc, done + (_batch_sent(exc) if in_batch else 0))
             raise
+
+    def _encoded(self, objs: Iterable[Any]
+                 ) -> Iterator[tuple[Optional[bytes], Any]]:
+        """The objects of a put_many, in order, encoded: ``(pickle, None)`` for one that a
+        batch takes (no out-of-band buffers, within the hot size), ``(None, (parts, total,
+        kind))`` for another. An error of the iterable, or of an object that cannot be
+        pickled or is too large, comes last as ``(None, exc)``: the caller puts what came
+        before, then raises it."""
+        hot = self._hot_max
+        it = iter(objs)
+        while True:
+            try:
+                obj = next(it)
+            except StopIteration:
+                return
+            except Exception as exc:
+                yield None, exc
+                return
+            try:
+                data = _pickle_in_band(obj)
+                item: tuple[Optional[bytes], Any] = (
+                    (data, None) if data is not None and len(data) <= hot else
+                    (None, self._encode(obj) if data is None else self._layout(data, [])))
+            except Exception as exc:
+                yield None, exc
+                return
+            yield item
 
     def _put_batch(self, batch: list[bytes], t: float) -> int:
         """Put pickles (each within the hot size) as one batch: how many went (all, or
-        queue.Full with ``messages_put``)."""
+        queue.Full whose ``messages_sent`` says how many; see :func:`_batch_sent`)."""
         deadline = Deadline(t)
         lens = [len(b) for b in batch]  # each <= _hot_max <= max_message_size
         blob = b"".join(batch)
@@ -783,7 +840,7 @@ class Queue(Handle):
                 _core.retry(rc, again, deadline, self._name)
             except TimeoutError:
                 exc = Full(errno.ETIMEDOUT, "the queue is full")
-                exc.messages_put = sent  # type: ignore[attr-defined]
+                _tell_sent(exc, sent)
                 raise exc from None
         return sent
 
@@ -837,7 +894,7 @@ class Queue(Handle):
         """(payload, inner kind, path) of a message in its own segment, read (the segment
         stays: see :meth:`_deliver`)."""
         total, kind, path = self._blob_ref(ref)
-        fd = _open(path, 0)
+        fd = open_segment(path, 0)
         try:
             head = os.pread(fd, _BLOB_HEAD.size, 0)
             if (len(head) != _BLOB_HEAD.size or _BLOB_HEAD.unpack(head) != (_BLOB_MAGIC, total)
@@ -915,11 +972,44 @@ class Queue(Handle):
                 self._pending[:0] = ((held[0], _LIST),)
             raise
 
+    # The pure backend's taking calls (_get, _get_bytes, _get_many) count themselves busy
+    # around the take, and store what it delivers in `held` before they leave: an exception
+    # raised into _leave (a signal handler's, at its call) then keeps it for the next get,
+    # as when the native handle's C method returns. (`x = held[0] = self._take(...)` has no
+    # call between the take's return and the store.)
+
     def _get(self, held: list[Any], block: bool = True, timeout: Optional[float] = None
              ) -> Any:
-        """get() of the pure backend (it has its own marks: ``held`` is the native's)."""
-        if self._closed:
-            raise self._closed_error()
+        """get() of the pure backend."""
+        self._enter()
+        try:
+            obj = held[0] = self._take(block, timeout)
+            return obj
+        finally:
+            self._leave()
+
+    def _get_bytes(self, held: list[Any], timeout: Optional[float] = None,
+                   block: bool = True) -> bytes:
+        """get_bytes() of the pure backend."""
+        self._enter()
+        try:
+            data = held[0] = self._take_bytes(timeout, block)
+            return data
+        finally:
+            self._leave()
+
+    def _get_many(self, held: list[Any], max_messages: int = 1024,
+                  timeout: Optional[float] = None, block: bool = True) -> list[Any]:
+        """get_many() of the pure backend."""
+        self._enter()
+        try:
+            objs = held[0] = self._take_many(max_messages, timeout, block)
+            return objs
+        finally:
+            self._leave()
+
+    def _take(self, block: bool, timeout: Optional[float]) -> Any:
+        """The take of the pure get (its stage marks what it took: see above)."""
         if self._pending:
             got = self._many_from_pending(1, False)
             if got:
@@ -1017,11 +1107,8 @@ class Queue(Handle):
         """``get(block=False)``."""
         return self.get(False)
 
-    def _get_bytes(self, held: list[Any], timeout: Optional[float] = None,
-                   block: bool = True) -> bytes:
-        """get_bytes() of the pure backend."""
-        if self._closed:
-            raise self._closed_error()
+    def _take_bytes(self, timeout: Optional[float], block: bool) -> bytes:
+        """The take of the pure get_bytes."""
         if self._pending:
             got = self._many_from_pending(1, True)
             if got:
@@ -1044,11 +1131,9 @@ class Queue(Handle):
             raise
         return self._get_rest(rc, t, start, stage, True)  # type: ignore[no-any-return]
 
-    def _get_many(self, held: list[Any], max_messages: int = 1024,
-                  timeout: Optional[float] = None, block: bool = True) -> list[Any]:
-        """get_many() of the pure backend."""
-        if self._closed:
-            raise self._closed_error()
+    def _take_many(self, max_messages: int, timeout: Optional[float], block: bool
+                   ) -> list[Any]:
+        """The take of the pure get_many."""
         max_messages = self._check_max_messages(max_messages)
         t = _timeout(block, timeout)
         if self._pending:
@@ -1158,6 +1243,7 @@ class Queue(Handle):
         del pending[:k]
         result: list[Any] = []
         i = 0
+        path: Optional[str] = None  # a segment read, to remove once its entry holds the payload
         try:
             while i < len(claimed):
                 item, kind = claimed[i]
@@ -1165,6 +1251,7 @@ class Queue(Handle):
                     buf, inner, path = self._read_blob(item)
                     item, kind = claimed[i] = (buf, inner)
                     _unlink_quietly(path)
+                    path = None
                 obj = item if kind == _DECODED else self._decode(item, len(item), kind, True)
                 if as_bytes and type(obj) is not bytes:
                     try:
@@ -1176,6 +1263,8 @@ class Queue(Handle):
                 i += 1
         except BaseException as exc:
             pending[0:0] = claimed  # first: no call before it
+            if path is not None and i < len(claimed) and claimed[i][1] != KIND_BLOB:
+                _unlink_quietly(path)  # the payload is in the entry now: the segment goes
             if not _interrupted(exc) and i < len(claimed):
                 failed = claimed[i]
                 for j, entry in enumerate(pending):  # consumed, raised once
@@ -1220,31 +1309,27 @@ class Queue(Handle):
         the loop. ``block=False``: what does not fit at once raises queue.Full (timeout
         ignored). Whatever ends it early (``queue.Full``, an object that cannot be
         pickled or is too large, a cancellation, close()), the exception's
-        ``messages_put`` says how many of ``objs`` went, each whole; none of the others
-        did. As in put_many, the objects before one that cannot be pickled are put first."""
+        ``messages_sent`` (and its deprecated alias ``messages_put``) says how many of
+        ``objs`` went, each whole; none of the others did. As in put_many, the objects
+        before one that cannot be pickled are put first."""
         self._check_open()
         deadline = Deadline.of(_async_timeout(block, timeout))
         sent = [0]
         batch: list[bytes] = []
-        hot = self._hot_max
         try:
-            for obj in objs:
-                try:
-                    data = _pickle_in_band(obj)
-                    if data is not None and len(data) <= hot:
-                        batch.append(data)
-                        continue
-                    parts, total, kind = (self._encode(obj) if data is None
-                                          else self._layout(data, []))
-                except Exception:
-                    await self._put_batch_async(batch, deadline, sent)  # what came before
-                    raise
-                await self._put_batch_async(batch, deadline, sent)
+            for data, other in self._encoded(objs):
+                if data is not None:
+                    batch.append(data)
+                    continue
+                await self._put_batch_async(batch, deadline, sent)  # what came before
+                if isinstance(other, Exception):
+                    raise other
+                parts, total, kind = other
                 await self._put_async(parts, total, kind, deadline)
                 sent[0] += 1
             await self._put_batch_async(batch, deadline, sent)
         except BaseException as exc:
-            exc.messages_put = sent[0]  # type: ignore[attr-defined]
+            _tell_sent(exc, sent[0])
             raise
 
     async def _put_batch_async(self, batch: list[bytes], deadline: Deadline,
@@ -1260,7 +1345,7 @@ class Queue(Handle):
             try:
                 n = self._put_batch(batch[sent[0] - start:], 0.0)
             except Full as exc:
-                n = getattr(exc, "messages_put", 0)
+                n = _batch_sent(exc)
             sent[0] += n
             return True if sent[0] - start == len(batch) else _aio.NOT_READY
 
@@ -1427,23 +1512,24 @@ def _write_all(fd: int, views: list[memoryview]) -> None:
 class NamedQueue(Queue):
     """``shm.Queue(name, create=False, capacity=..., max_message_size=..., mode=0o600)``:
     attach to the queue ``name`` (FileNotFoundError if absent), or create it exclusively with
-    ``create=True`` (FileExistsError if present; this object then owns and removes it)."""
+    ``create=True`` (FileExistsError if present). ``close()`` leaves the name; ``unlink()``
+    removes it."""
 
     def __init__(self, name: str, create: bool = False, capacity: int = DEFAULT_CAPACITY,
                  max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE, mode: int = 0o600, *,
-                 maxsize: int = 0, spin: Optional[float] = None,
+                 maxsize: int = 0, spin: Optional[float] = None, owner: Optional[int] = None,
                  backend: Optional[str] = None) -> None:
-        if not isinstance(create, bool):
-            raise TypeError(f"create must be a bool, not {type(create).__name__}")
-        super().__init__(maxsize, name=name, create=create, capacity=capacity,
-                         max_message_size=max_message_size, mode=mode, spin=spin,
-                         backend=backend)
+        super().__init__(maxsize, name=name, create=check_bool(create, "create"),
+                         capacity=capacity, max_message_size=max_message_size, mode=mode,
+                         spin=spin, owner=owner, backend=backend)
 
 
-def _attach(name: str, max_message: int, spin: float, backend: str) -> Queue:
-    """Unpickling: attach to the queue by name (FileNotFoundError once its owner removed it)."""
+def _attach(name: str, max_message: int, spin: float, backend: str,
+            owner: Optional[int] = None) -> Queue:
+    """Unpickling: attach to the queue by name (FileNotFoundError once it was removed),
+    trusting the uid its segment had where it was pickled."""
     return Queue(name=name, create=False, max_message_size=max_message, spin=spin,
-                 backend=backend)
+                 owner=owner, backend=backend)
 
 
 # ---------------------------------------------------------------- fastipc ls / rm
@@ -1461,10 +1547,12 @@ class QueueInfo:
 
 def describe(path: str) -> Optional[QueueInfo]:
     """What ``fastipc ls`` shows of ``path``: None if it is not a queue or a queue's
-    message segment. ``alive`` is the owner's OFD lock (robust to pid reuse and pid
-    namespaces), not a pid probe. A message segment is alive while its queue exists and
-    the segment is either referenced from the queue or locked by the producer writing it;
-    otherwise a killed producer or consumer left it (stale)."""
+    message segment. A queue is alive while its creator holds its OFD lock (robust to pid
+    reuse and pid namespaces; not a pid probe), and for good once the creator of a named
+    queue closed it (the header says so: only ``unlink()`` or ``fastipc rm NAME`` remove
+    it); it is stale once its creator died holding it. A message segment is alive while
+    its queue exists and the segment is either referenced from the queue or locked by the
+    producer writing it; otherwise a killed producer or consumer left it (stale)."""
     fd = open_to_inspect(path)
     if fd is None:
         return None
@@ -1486,13 +1574,15 @@ def describe(path: str) -> Optional[QueueInfo]:
         tail = struct.unpack_from("<Q", head, L.OFF_TAIL)[0]
         head_w = struct.unpack_from("<Q", head, L.OFF_HEAD)[0]
         count = (tail - head_w) & 0xFFFFFFFF
+        kept = owner == L.KEPT_PID  # its creator closed it: kept until unlink()/rm NAME
         try:
-            alive = _owner_alive(fd)
+            alive = kept or _owner_alive(fd)
         except OSError:
             alive = False
         limit = f", maxsize {maxsize}" if maxsize else ""
+        state = ", kept after its creator closed it" if kept else ""
         return QueueInfo("queue", name, st.st_size, owner, alive,
-                         f"{count} messages{limit}")
+                         f"{count} messages{limit}{state}")
     except OSError:
         return None
     finally:
@@ -1566,7 +1656,7 @@ def _describe_spill(path: str, name: str, size: int) -> QueueInfo:
 
 
 def _queue_alive(path: str) -> bool:
-    """Whether the queue at ``path`` exists and its owner runs (as describe says)."""
+    """Whether the queue at ``path`` exists and is not stale (as describe says)."""
     info = describe(path)
     return info is not None and info.kind == "queue" and info.alive
 

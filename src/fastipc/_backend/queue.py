@@ -74,6 +74,17 @@ KIND_BLOB = 4  # a reference to a message too large for the ring, in its own seg
 STAGE = 1 << 16  # messages up to this size are copied into the handle's staging buffer
 
 
+KEPT_PID = 0  # OFF_OWNER_PID once the creator of a named queue closed it (not died)
+
+
+def mark_kept(mm: Any) -> None:
+    """The creator of a named queue closes it: the name stays for others, and the header says
+    so (the owner pid becomes KEPT_PID), so that ``fastipc rm --stale`` tells it from a queue
+    whose creator died holding it. The mapping is Python's on both backends: written once."""
+    if not mm.closed:
+        mm[OFF_OWNER_PID:OFF_OWNER_PID + 4] = KEPT_PID.to_bytes(4, "little")
+
+
 class QueueOps(Protocol):
     """One attached queue, at the grain of one user operation. Every call returns ``>= 0``
     or a ``-errno`` / ``FIPC_*`` status (``NEED``), for ``_core.retry`` to map; ``timeout``
@@ -155,15 +166,16 @@ class QueueOps(Protocol):
         """Mark this handle closed; blocked calls of it return ``-EBADF`` promptly."""
 
     def forked(self) -> None:
-        """In a child made by fork(): forget the calls in progress (they were the parent's
-        other threads', which do not run here), so that close() does not wait for them
-        (pure: its own count; native: the handle's, which Queue resets)."""
+        """In a child made by fork(): what the backend must forget of the parent's calls in
+        progress (nothing on either backend: the calls are counted above the seam, by the
+        native handle or by the public class's ``fastipc._core.Handle`` count, which Queue
+        resets)."""
 
     def free(self) -> bool:
-        """Close this handle and let go of the mapping once no call of it is inside (pure:
-        the backend counts its calls busy and waits up to 5 s; native: the handle calls it
-        once none is). False if one never came out: the mapping must then be left to the
-        garbage collector."""
+        """Close this handle and let go of the mapping. Called once no call of it is inside
+        (both backends count their calls above the seam: the native handle, or the public
+        class's Handle count on the pure backend). False if the mapping must be left to
+        the garbage collector."""
 
 
 class FormatFn(Protocol):

@@ -145,7 +145,9 @@ def describe_publisher(path: str) -> Optional[SegmentInfo]:
 
 
 def describe_queue(path: str) -> Optional[SegmentInfo]:
-    """A fastipc.Queue (or one large message of it): alive while its owner holds its lock."""
+    """A fastipc.Queue (or one large message or spill file of it): alive while its creator
+    holds its lock, and for good once the creator of a named queue closed it (kept until
+    ``unlink()`` or ``rm NAME``); stale once its creator died holding it."""
     from fastipc import queue
 
     info = queue.describe(path)
@@ -155,7 +157,7 @@ def describe_queue(path: str) -> Optional[SegmentInfo]:
 
 
 def describe_task_count(path: str) -> Optional[SegmentInfo]:
-    """A JoinableQueue's task count: alive while its queue is."""
+    """A JoinableQueue's task count: alive while its queue is (kept or its creator running)."""
     from fastipc import joinable
 
     info = joinable.describe(path)

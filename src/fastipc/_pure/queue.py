@@ -148,7 +148,6 @@ class Ops:
         self._spin = spin
         self._closed = False
         self._stalled = (-1, -1)  # put: (head, spill read word) when a grace last ran out
-        self._busy: list[None] = []  # calls using the mapping (list ops are atomic)
         self._last = (0, 0)
         self._w64: Any = (ctypes.c_uint64 * (L.HEADER // 8)).from_buffer(mm)
         self._w32: Any = (ctypes.c_uint32 * (L.HEADER // 4)).from_buffer(mm)
@@ -461,14 +460,9 @@ class Ops:
 
     def _put(self, views: list[memoryview], lens: list[int], kind: int,
              timeout: float, committed: Any = None) -> tuple[int, int]:
-        busy = self._busy
-        busy.append(None)
-        try:
-            if self._closed:
-                return -errno.EBADF, 0
-            return self._put_busy(views, lens, kind, timeout, committed)
-        finally:
-            busy.pop()
+        if self._closed:
+            return -errno.EBADF, 0
+        return self._put_busy(views, lens, kind, timeout, committed)
 
     def _put_busy(self, views: list[memoryview], lens: list[int], kind: int,
                   timeout: float, committed: Any) -> tuple[int, int]:
@@ -598,14 +592,9 @@ class Ops:
 
     def _get(self, dest: Any, batch: Any, max_messages: int, timeout: float,
              single: bool) -> int:
-        busy = self._busy
-        busy.append(None)
-        try:
-            if self._closed:
-                return -errno.EBADF
-            return self._get_busy(dest, batch, max_messages, timeout, single)
-        finally:
-            busy.pop()
+        if self._closed:
+            return -errno.EBADF
+        return self._get_busy(dest, batch, max_messages, timeout, single)
 
     def _get_busy(self, dest: Any, batch: Any, max_messages: int, timeout: float,
                   single: bool) -> int:
@@ -690,19 +679,14 @@ class Ops:
         return self._last
 
     def _snapshot(self) -> tuple[int, int]:
-        busy = self._busy
-        busy.append(None)
-        try:
-            if self._closed:
-                return -errno.EBADF, -errno.EBADF
-            for _ in range(100):
-                head = self._w64[_H]
-                tail = self._w64[_T]
-                if self._w64[_H] == head:
-                    return self._span(head, tail)
-            return 0, 0
-        finally:
-            busy.pop()
+        if self._closed:
+            return -errno.EBADF, -errno.EBADF
+        for _ in range(100):
+            head = self._w64[_H]
+            tail = self._w64[_T]
+            if self._w64[_H] == head:
+                return self._span(head, tail)
+        return 0, 0
 
     def count(self) -> int:
         count = self._snapshot()[1]
@@ -715,16 +699,11 @@ class Ops:
     def park(self, room: int) -> tuple[int, int, int]:
         flag, seq_off = ((L.OFF_GET_WAITING, L.OFF_DATA_SEQ) if room < 0
                          else (L.OFF_PUT_WAITING, L.OFF_SPACE_SEQ))
-        busy = self._busy
-        busy.append(None)
-        try:
-            if self._closed:
-                return -errno.EBADF, 0, 0
-            self._w32[flag // 4] = 1
-            _fence()
-            seq = self._w32[seq_off // 4]
-        finally:
-            busy.pop()
+        if self._closed:
+            return -errno.EBADF, 0, 0
+        self._w32[flag // 4] = 1
+        _fence()
+        seq = self._w32[seq_off // 4]
         used, count = self._snapshot()  # after the flag: a commit before it shows here
         if used < 0:
             return (-errno.EBADF if used == -errno.EBADF else FIPC_CORRUPT), 0, 0
@@ -740,15 +719,11 @@ class Ops:
             _futex_wake(self._addr + off)
 
     def forked(self) -> None:
-        self._busy.clear()
+        """Nothing: the public class counts the calls in progress (its Handle's count)."""
 
     def free(self) -> bool:
+        # the public class calls this once no call of it is busy (fastipc._core.Handle)
         self.wake()
-        deadline = _monotonic() + 5.0
-        while self._busy and _monotonic() < deadline:  # woken calls return at once
-            time.sleep(0.0005)
-        if self._busy:
-            return False
         self.release()
         self._data.release()
         self._w64 = self._w32 = self._i32 = None
