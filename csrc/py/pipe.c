@@ -152,6 +152,21 @@ static int64_t put(StreamHandle *s, put_ctx *c, double timeout)
     return rc;
 }
 
+/* Give the exception being raised the count `attr` (characters_written, messages_sent):
+ * how much of a call that stopped part way went. An exception that takes no attribute is
+ * left as it is. */
+static void set_count(const char *attr, size_t n)
+{
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    PyObject *count = PyLong_FromSize_t(n);
+    if (value == NULL || count == NULL || PyObject_SetAttrString(value, attr, count) < 0)
+        PyErr_Clear();
+    Py_XDECREF(count);
+    PyErr_Restore(type, value, tb);
+}
+
 /* Raise what a failed write means, with `characters_written` (how much of it went), and
  * leave the call. `tear`: a frame cut short closes the object (after the call left, so that
  * the exception stays the write's): the peer sees the end of the stream, never half a
@@ -160,16 +175,8 @@ static PyObject *put_failed(StreamHandle *s, put_ctx *c, int64_t rc, double time
 {
     if (rc != FIPC_H_RAISED) {
         fipc_h_raise(&s->h, rc, timeout);
-        if (PyErr_ExceptionMatches(PyExc_OSError)) {
-            PyObject *type, *value, *tb;
-            PyErr_Fetch(&type, &value, &tb);
-            PyErr_NormalizeException(&type, &value, &tb);
-            PyObject *n = PyLong_FromSize_t(c->offset);
-            if (n == NULL || PyObject_SetAttrString(value, "characters_written", n) < 0)
-                PyErr_Clear();
-            Py_XDECREF(n);
-            PyErr_Restore(type, value, tb);
-        }
+        if (PyErr_ExceptionMatches(PyExc_OSError))
+            set_count("characters_written", c->offset);
     }
     int torn = tear && c->torn;
     fipc_h_fail(&s->h);
@@ -232,6 +239,16 @@ static PyObject *c_send(StreamHandle *self, PyObject *const *args, Py_ssize_t na
 }
 
 static const char *const many_names[] = {"messages", "timeout", NULL};
+
+/* How many of the `count` messages (their lengths in msgs[]) went whole in the first
+ * `written` bytes of their frames: the ones the reader gets. */
+static size_t frames_within(const struct iovec *msgs, size_t count, size_t written)
+{
+    size_t sent = 0, end = 0;
+    while (sent < count && (end += FIPC_FRAME_HEADER + msgs[sent].iov_len) <= written)
+        sent++;
+    return sent;
+}
 
 static PyObject *w_send_many(StreamHandle *self, PyObject *const *args, Py_ssize_t nargs,
                              PyObject *kwnames)
@@ -299,10 +316,14 @@ done:
     if (frames != small)
         PyMem_Free(frames);
     PyMem_Free(views);
-    PyMem_Free(msgs);
     Py_DECREF(batch);
+    if (rc < 0 && wrote) {
+        put_failed(self, &c, rc, timeout, 1);
+        set_count("messages_sent", frames_within(msgs, (size_t)count, c.offset));
+    }
+    PyMem_Free(msgs);
     if (rc < 0)
-        return wrote ? put_failed(self, &c, rc, timeout, 1) : fipc_h_fail(&self->h);
+        return wrote ? NULL : fipc_h_fail(&self->h);
     if (fipc_h_leave(&self->h) < 0)
         return NULL;
     Py_RETURN_NONE;
@@ -659,7 +680,10 @@ static PyMethodDef writer_methods[] = {
      "Send each of ``messages`` as one message, all in one write (or as few as the pipe "
      "allows): far cheaper per message than ``send`` for a stream of small ones. Timeouts "
      "and errors as for :meth:`send`; the receiver may take them with ``recv`` or "
-     "``recv_many``."},
+     "``recv_many``. A batch that stopped part way (a timeout, an error, an exception "
+     "raised into the call) raises with ``messages_sent``: how many of the messages went "
+     "whole, which the reader gets (a message cut short closes the writer, as for "
+     ":meth:`send`)."},
     {NULL, NULL, 0, NULL},
 };
 
