@@ -923,7 +923,8 @@ def test_cli_serve_and_send(backend: str, name: str) -> None:
     try:
         assert serve.stdout is not None
         header = serve.stdout.readline()
-        assert header.startswith(f"queue /{name}: max_messages=10 max_message_size=8192")
+        # the name as given (without its "/" here)
+        assert header.startswith(f"queue {name}: max_messages=10 max_message_size=8192")
         send = subprocess.run(
             [
                 sys.executable,
