@@ -5,7 +5,7 @@
  * One struct, four types: the methods of a handle type come first in the public class's MRO,
  * so each type holds exactly the per-message names of its class: PipeWriterHandle (write,
  * send, send_many), PipeReaderHandle (read, recv, recv_many), ClientHandle (send and recv,
- * framed or raw as the client's framing says) and AsyncClientHandle (none: its send and recv
+ * framed or raw as the client's framing says, and read) and AsyncClientHandle (none: its send and recv
  * are coroutines, which call the no-wait steps that every type has).
  *
  * A call claims its side of the stream (reading or writing) for its whole duration, waits
@@ -499,7 +499,8 @@ static PyObject *get_done(StreamHandle *s, PyObject *out)
 
 static const char *const timeout_names[] = {"timeout", NULL};
 
-/* recv(timeout=None), and a Client's recv: a frame, or up to 64 KiB raw. */
+/* recv(timeout=None), and a Client's recv: a frame, or up to 64 KiB raw; EOFError at the
+ * end of the stream either way (a message call: read() is the one that returns b""). */
 static PyObject *get_method(StreamHandle *self, PyObject *const *args, Py_ssize_t nargs,
                             PyObject *kwnames, int framed)
 {
@@ -513,6 +514,10 @@ static PyObject *get_method(StreamHandle *self, PyObject *const *args, Py_ssize_
     PyObject *out = took(self, framed ? get_frame(self, timeout, 0)
                                       : get_raw(self, 65536, timeout, 0));
     fipc_pipe_unclaim(&self->p.reading);
+    if (!framed && out != NULL && PyBytes_Size(out) == 0) {
+        Py_DECREF(out);
+        out = fipc_h_raise(&self->h, FIPC_EOF, -1);
+    }
     return get_done(self, out);
 }
 
@@ -659,6 +664,9 @@ static int s_set_limit(StreamHandle *self, PyObject *value, void *Py_UNUSED(clos
     "A message that was cut short (a timeout or an error after part of it was written) " \
     "would desynchronise the stream, so the writer then closes itself: the reader sees the " \
     "end of the stream, never half a message."
+#define READ_DOC \
+    "read(n=65536, timeout=None)\n--\n\n" \
+    "Up to ``n`` raw bytes, as soon as any are there; ``b\"\"`` at end of stream."
 #define RECV_DOC \
     "recv(timeout=None)\n--\n\n" \
     "The next whole message. EOFError at end of stream; a message cut short by the " \
@@ -691,9 +699,7 @@ static PyMethodDef reader_methods[] = {
     OPEN_METHOD,
     RECV_STEP,
     READ_STEP,
-    {"read", FASTCALL(r_read),
-     "read(n=65536, timeout=None)\n--\n\n"
-     "Up to ``n`` raw bytes, as soon as any are there; ``b\"\"`` at end of stream."},
+    {"read", FASTCALL(r_read), READ_DOC},
     {"recv", FASTCALL(r_recv), RECV_DOC},
     {"recv_many", FASTCALL(r_recv_many),
      "recv_many(max_messages=1024, timeout=None)\n--\n\n"
@@ -715,9 +721,10 @@ static PyMethodDef client_methods[] = {
      "message cut short would desynchronise the stream, so the client then closes itself."},
     {"recv", FASTCALL(c_recv),
      "recv(timeout=None)\n--\n\n"
-     "The next message (length framing; EOFError at the end, OSError(EMSGSIZE) for a frame "
-     "over ``max_message_size``), or the bytes that arrived (raw framing; ``b\"\"`` at the "
-     "end)."},
+     "The next message (length framing; OSError(EMSGSIZE) for a frame over "
+     "``max_message_size``), or the bytes that arrived (raw framing). EOFError at the end "
+     "of the stream, whatever the framing."},
+    {"read", FASTCALL(r_read), READ_DOC},
     {NULL, NULL, 0, NULL},
 };
 

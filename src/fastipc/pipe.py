@@ -306,12 +306,11 @@ class StreamEnd(Awaiter):
 
     async def _recv_async(self, timeout: Optional[float],
                           step: Optional[Callable[[], Optional[_T]]] = None) -> _T:
-        """Awaited receive (a frame, or raw bytes for an end that does not tear; what
-        ``step`` returns if given), tried without waiting each time the fd is readable."""
+        """Awaited receive (a frame; what ``step`` returns if given), tried without waiting
+        each time the fd is readable."""
         deadline = Deadline.of(timeout)
         if step is None:
-            step = cast(Callable[[], Optional[_T]],
-                        self._recv_step if self._tears else partial(self._read_step, 65536))
+            step = cast(Callable[[], Optional[_T]], self._recv_step)
         while True:
             out = step()
             if out is not None:
