@@ -440,6 +440,7 @@ def test_longest_name(backend: str, name: str) -> None:
         ({"mode": "0o600"}, TypeError),
         ({"mode": -1}, ValueError),
         ({"mode": 0o10000}, ValueError),
+        ({"mode": 0o1600}, ValueError),  # permission bits only, as for every named object
         ({"create": 1}, TypeError),
         ({"backend": "fast"}, ValueError),
         ({"backend": 1}, TypeError),

@@ -226,7 +226,7 @@ class MessageQueue(Handle):
             raise TypeError(f"create must be a bool, not {type(create).__name__}")
         max_messages = check_int(max_messages, "max_messages", 1, _MAX_LONG)
         max_message_size = check_int(max_message_size, "max_message_size", 1, _MAX_LONG)
-        mode = check_int(mode, "mode", 0, 0o7777)
+        mode = check_int(mode, "mode", 0, 0o777)  # permission bits, as every named object
         spin = _check_spin(spin)
         which, impl = _backend(backend)
         self._name = name  # as given: what .name, repr, errors and pickling say

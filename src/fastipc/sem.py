@@ -87,7 +87,7 @@ class Semaphore(Handle):
         if not isinstance(create, bool):
             raise TypeError(f"create must be a bool, not {type(create).__name__}")
         value = check_int(value, "value", 0, SEM_VALUE_MAX)
-        mode = check_int(mode, "mode", 0, 0o7777)
+        mode = check_int(mode, "mode", 0, 0o777)  # permission bits, as every named object
         which, impl = _backend(backend)
         self._impl = impl
         self._name = name  # as given: what .name, repr, errors and pickling say
