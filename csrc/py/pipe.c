@@ -202,10 +202,9 @@ static PyObject *put_method(StreamHandle *self, const char *name, PyObject *cons
     PyObject *arg[2];
     double timeout;
     Py_buffer view;
-    if (fipc_h_enter(&self->h) < 0)
+    if (fipc_h_begin(&self->h, name, args, nargs, kwnames, put_names, 1, arg, 1, &timeout) < 0)
         return NULL;
-    if (fipc_h_args(name, args, nargs, kwnames, put_names, 1, arg) < 0 ||
-        fipc_h_timeout(arg[1], &timeout) < 0 || fipc_h_buffer(arg[0], &view, 0) < 0)
+    if (fipc_h_buffer(arg[0], &view, 0) < 0)
         return fipc_h_fail(&self->h);
     put_ctx c = {.buf = view.buf, .len = (size_t)view.len, .framed = framed};
     int64_t rc = put(self, &c, timeout);
@@ -483,18 +482,32 @@ static PyObject *get_raw(StreamHandle *s, size_t n, double timeout, int step)
     return PyBytes_FromStringAndSize(c.data, (Py_ssize_t)rc);
 }
 
-/* Leave a read call with its result (claimed side released by the caller). */
+/* Leave a read call with its result (claimed side released by the caller): a step that
+ * would have to wait returns None. */
 static PyObject *get_done(StreamHandle *s, PyObject *out)
 {
-    if (out == NULL)
-        return fipc_h_fail(&s->h);
-    if (fipc_h_leave(&s->h) < 0) {
-        Py_DECREF(out);
-        return NULL;
+    return fipc_h_done(&s->h, out == NOT_READY ? Py_NewRef(Py_None) : out);
+}
+
+/* The start of read(n, timeout) and recv_many(max_messages, timeout): enter, the arguments
+ * in order (`what`, if given, an int within [low, INT32_MAX], else *count stays as it is;
+ * then the timeout), and claim the reading side unless *count is 0. 0, or -1 with the call
+ * failed and left. */
+static int get_begin(StreamHandle *s, const char *func, PyObject *const *args,
+                     Py_ssize_t nargs, PyObject *kwnames, const char *const *names,
+                     long long low, long long *count, double *timeout)
+{
+    PyObject *arg[2];
+    if (fipc_h_enter(&s->h) < 0)
+        return -1;
+    if (fipc_h_args(func, args, nargs, kwnames, names, 0, arg) < 0 ||
+        (arg[0] != NULL && check_int(arg[0], names[0], low, INT32_MAX, count) < 0) ||
+        fipc_h_timeout(arg[1], timeout) < 0 ||
+        (*count != 0 && claim(s, &s->p.reading) < 0)) {
+        fipc_h_fail(&s->h);
+        return -1;
     }
-    if (out == NOT_READY)
-        Py_RETURN_NONE;
-    return out;
+    return 0;
 }
 
 static const char *const timeout_names[] = {"timeout", NULL};
@@ -506,10 +519,10 @@ static PyObject *get_method(StreamHandle *self, PyObject *const *args, Py_ssize_
 {
     PyObject *arg[1];
     double timeout;
-    if (fipc_h_enter(&self->h) < 0)
+    if (fipc_h_begin(&self->h, "recv", args, nargs, kwnames, timeout_names, 0, arg, 0,
+                     &timeout) < 0)
         return NULL;
-    if (fipc_h_args("recv", args, nargs, kwnames, timeout_names, 0, arg) < 0 ||
-        fipc_h_timeout(arg[0], &timeout) < 0 || claim(self, &self->p.reading) < 0)
+    if (claim(self, &self->p.reading) < 0)
         return fipc_h_fail(&self->h);
     PyObject *out = took(self, framed ? get_frame(self, timeout, 0)
                                       : get_raw(self, 65536, timeout, 0));
@@ -538,19 +551,12 @@ static const char *const read_names[] = {"n", "timeout", NULL};
 static PyObject *r_read(StreamHandle *self, PyObject *const *args, Py_ssize_t nargs,
                         PyObject *kwnames)
 {
-    PyObject *arg[2];
     double timeout;
     long long n = 65536;
-    if (fipc_h_enter(&self->h) < 0)
+    if (get_begin(self, "read", args, nargs, kwnames, read_names, 0, &n, &timeout) < 0)
         return NULL;
-    if (fipc_h_args("read", args, nargs, kwnames, read_names, 0, arg) < 0 ||
-        (arg[0] != NULL && check_int(arg[0], "n", 0, INT32_MAX, &n) < 0) ||
-        fipc_h_timeout(arg[1], &timeout) < 0)
-        return fipc_h_fail(&self->h);
     if (n == 0)
         return get_done(self, PyBytes_FromStringAndSize(NULL, 0));
-    if (claim(self, &self->p.reading) < 0)
-        return fipc_h_fail(&self->h);
     PyObject *out = took(self, get_raw(self, (size_t)n, timeout, 0));
     fipc_pipe_unclaim(&self->p.reading);
     return get_done(self, out);
@@ -561,15 +567,11 @@ static const char *const many_read_names[] = {"max_messages", "timeout", NULL};
 static PyObject *r_recv_many(StreamHandle *self, PyObject *const *args, Py_ssize_t nargs,
                              PyObject *kwnames)
 {
-    PyObject *arg[2];
     double timeout;
     long long max = 1024;
-    if (fipc_h_enter(&self->h) < 0)
+    if (get_begin(self, "recv_many", args, nargs, kwnames, many_read_names, 1, &max,
+                  &timeout) < 0)
         return NULL;
-    if (fipc_h_args("recv_many", args, nargs, kwnames, many_read_names, 0, arg) < 0 ||
-        (arg[0] != NULL && check_int(arg[0], "max_messages", 1, INT32_MAX, &max) < 0) ||
-        fipc_h_timeout(arg[1], &timeout) < 0 || claim(self, &self->p.reading) < 0)
-        return fipc_h_fail(&self->h);
     PyObject *first = get_frame(self, timeout, 0), *out = NULL;
     if (first != NULL && (out = PyList_New(1)) == NULL)
         Py_DECREF(first);
