@@ -379,6 +379,9 @@ def test_async_end_of_stream_recv_raises_read_returns_empty(
                 await c.read(timeout=0.05)
             peer.close()
             assert await c.read(timeout=WAIT) == b""
+        for call in (c.recv, c.read):  # a closed one names its class, as Client does
+            with pytest.raises(ValueError, match="closed AsyncClient"):
+                await call(timeout=WAIT)
 
     try:
         run(loop_kind, main())

@@ -110,6 +110,7 @@ class AsyncClient(_ClientEnd):
     ``send`` has sent the whole message or nothing (once part of it went, the rest still
     goes, and the next ``send`` waits for it)."""
 
+    _what = "AsyncClient"  # named in the ValueError of a closed one, as every class is
     _handle_type = "AsyncClientHandle"  # csrc/py/pipe.c: the no-wait steps
 
     @uses_handle_async
