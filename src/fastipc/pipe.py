@@ -703,7 +703,8 @@ class FIFO(Awaiter):
             raise
 
     def unlink(self) -> None:
-        """Remove the FIFO from the file system (also after close())."""
+        """Remove the FIFO from the file system, whether this object is open or closed:
+        FileNotFoundError once the path is gone. Ends already opened stay usable."""
         os.unlink(self._path)
 
     def close(self) -> None:
