@@ -306,3 +306,84 @@ def test_client_handle_closed_and_forgotten(backend: str, sock_path: str) -> Non
                 call()
     finally:
         listener.close()
+
+
+@pytest.mark.parametrize("framing", ["length", "raw"])
+def test_end_of_stream_recv_raises_read_returns_empty(backend: str, sock_path: str,
+                                                      framing: str) -> None:
+    """The server sends, then closes first: ``recv`` returns what it sent (a message, or
+    the raw bytes), then raises EOFError whatever the framing; ``read`` returns raw bytes,
+    then ``b""`` at the end, as a pipe's ``read`` does."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(sock_path)
+    listener.listen(2)
+    payload = frame(b"last") if framing == "length" else b"last"
+    try:
+        with client.connect(sock_path, framing=framing, backend=backend) as c:
+            peer, _ = listener.accept()
+            peer.sendall(payload)
+            peer.close()
+            assert c.recv(timeout=WAIT) == b"last"
+            with pytest.raises(EOFError):
+                c.recv(timeout=WAIT)
+            assert c.read(timeout=WAIT) == b""
+        with client.connect(sock_path, framing=framing, backend=backend) as c:
+            peer, _ = listener.accept()
+            peer.sendall(frame(b"raw bytes"))
+            peer.close()
+            got = b""
+            while len(got) < 4 + 9:
+                got += c.read(4 + 9 - len(got), timeout=WAIT)
+            assert got == frame(b"raw bytes")
+            assert c.read(timeout=WAIT) == b""
+            assert c.read(0) == b""
+            with pytest.raises(EOFError):
+                c.recv(timeout=WAIT)
+            with pytest.raises(TypeError):
+                c.read("3")
+    finally:
+        listener.close()
+
+
+@pytest.mark.parametrize("framing", ["length", "raw"])
+def test_async_end_of_stream_recv_raises_read_returns_empty(
+        backend: str, loop_kind: str, sock_path: str, framing: str) -> None:
+    """The awaitable client as the blocking one: EOFError from ``recv`` at the end
+    whatever the framing, ``read(n, timeout)`` with ``b""`` at the end."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(sock_path)
+    listener.listen(2)
+    payload = frame(b"last") if framing == "length" else b"last"
+
+    async def main() -> None:
+        c = await client.connect_async(sock_path, framing=framing, timeout=WAIT,
+                                       backend=backend)
+        with c:
+            peer, _ = listener.accept()
+            peer.sendall(payload)
+            peer.close()
+            assert await c.recv(timeout=WAIT) == b"last"
+            with pytest.raises(EOFError):
+                await c.recv(timeout=WAIT)
+            assert await c.read(timeout=WAIT) == b""
+        c = await client.connect_async(sock_path, framing=framing, timeout=WAIT,
+                                       backend=backend)
+        with c:
+            peer, _ = listener.accept()
+            peer.sendall(b"abcdef")
+            got = b""
+            while len(got) < 6:
+                got += await c.read(6 - len(got), timeout=WAIT)
+            assert got == b"abcdef"
+            with pytest.raises(TimeoutError):
+                await c.read(timeout=0.05)
+            peer.close()
+            assert await c.read(timeout=WAIT) == b""
+        for call in (c.recv, c.read):  # a closed one names its class, as Client does
+            with pytest.raises(ValueError, match="closed AsyncClient"):
+                await call(timeout=WAIT)
+
+    try:
+        run(loop_kind, main())
+    finally:
+        listener.close()

@@ -440,6 +440,7 @@ def test_longest_name(backend: str, name: str) -> None:
         ({"mode": "0o600"}, TypeError),
         ({"mode": -1}, ValueError),
         ({"mode": 0o10000}, ValueError),
+        ({"mode": 0o1600}, ValueError),  # permission bits only, as for every named object
         ({"create": 1}, TypeError),
         ({"backend": "fast"}, ValueError),
         ({"backend": 1}, TypeError),
@@ -923,7 +924,8 @@ def test_cli_serve_and_send(backend: str, name: str) -> None:
     try:
         assert serve.stdout is not None
         header = serve.stdout.readline()
-        assert header.startswith(f"queue /{name}: max_messages=10 max_message_size=8192")
+        # the name as given (without its "/" here)
+        assert header.startswith(f"queue {name}: max_messages=10 max_message_size=8192")
         send = subprocess.run(
             [
                 sys.executable,

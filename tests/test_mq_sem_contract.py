@@ -598,3 +598,126 @@ def test_fork_while_a_thread_waits_then_close_in_the_child(
     the descriptors go at once (the parent's call in progress is not the child's)."""
     r = run_python(FORK_WHILE_BLOCKED, name, backend, how, timeout=30)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout + r.stderr
+
+
+# ---------------------------------------------------------------------------- one vocabulary
+
+FORMS = {"bare": lambda name: name, "slash": lambda name: "/" + name}
+OTHER = {"bare": "slash", "slash": "bare"}
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_names_as_given(backend: str, name: str, form: str) -> None:
+    """``.name`` is the name as given, open, closed and through pickling; the other form
+    names the same queue / semaphore."""
+    given, other = FORMS[form](name), FORMS[OTHER[form]](name)
+    q = mq.MessageQueue(given, create=True, backend=backend, **SMALL)
+    s = sem.Semaphore(given, create=True, value=0, backend=backend)
+    try:
+        assert (q.name, s.name) == (given, given)
+        assert repr(given) in repr(q) and repr(given) in repr(s)
+        with pickle.loads(pickle.dumps(q)) as q2:
+            assert q2.name == given
+        s2 = pickle.loads(pickle.dumps(s))
+        assert s2.name == given
+        s2.close()
+        with mq.MessageQueue(other, backend=backend) as q3:
+            assert q3.name == other
+            q3.send(b"same queue")
+        assert q.receive(timeout=1) == (b"same queue", 0)
+        s3 = sem.Semaphore(other, backend=backend)
+        assert s3.name == other
+        s3.release()
+        s3.close()
+        assert s.value == 1
+    finally:
+        q.close()
+        s.close()
+    assert (q.name, s.name) == (given, given)  # also once closed
+    q.unlink()
+    s.unlink()
+
+
+NAMED_SENDER = """
+import sys
+from fastipc import mq, sem
+name, backend = sys.argv[1], sys.argv[2]
+with mq.MessageQueue(name, backend=backend) as q:
+    q.send(b"from " + name.encode(), priority=3)
+s = sem.Semaphore(name, backend=backend)
+s.release()
+s.close()
+print(q.name, s.name)
+"""
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_both_forms_across_processes(cross: tuple[str, str], name: str, form: str) -> None:
+    """Another process (the other backend) opens by the other form of the name what this
+    one made: the same queue and semaphore."""
+    sender, receiver = cross
+    given, other = FORMS[form](name), FORMS[OTHER[form]](name)
+    q = mq.MessageQueue(given, create=True, backend=receiver, **SMALL)
+    s = sem.Semaphore(given, create=True, value=0, backend=receiver)
+    try:
+        done = run_python(NAMED_SENDER, other, sender, timeout=30)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.split() == [other, other]
+        assert q.receive(timeout=5) == (b"from " + other.encode(), 3)
+        assert s.acquire(timeout=5) is True
+    finally:
+        q.close()
+        s.close()
+        q.unlink()
+        s.unlink()
+
+
+def test_close_and_with_leave_the_name(backend: str, name: str) -> None:
+    """close() and the end of a with block leave the queue and the semaphore: posix_ipc
+    opens them and finds what was queued / posted."""
+    import posix_ipc
+
+    with mq.MessageQueue(name, create=True, backend=backend, **SMALL) as q:
+        q.send(b"kept", priority=2)
+    q.close()
+    s = sem.Semaphore(name, create=True, value=0, backend=backend)
+    s.release()
+    s.close()
+    other_q = posix_ipc.MessageQueue("/" + name)
+    other_s = posix_ipc.Semaphore("/" + name)
+    try:
+        assert other_q.receive(1) == (b"kept", 2)
+        assert other_s.value == 1
+    finally:
+        other_q.close()
+        other_s.close()
+    q.unlink()
+    s.unlink()
+
+
+@pytest.mark.parametrize("state", ["open", "closed"])
+def test_unlink_open_or_closed_then_file_not_found(backend: str, name: str,
+                                                   state: str) -> None:
+    """unlink() removes the name whether the object is open or closed; once the name is
+    gone, FileNotFoundError (from unlink(), and from attaching)."""
+    q = mq.MessageQueue(name, create=True, backend=backend, **SMALL)
+    s = sem.Semaphore(name, create=True, value=0, backend=backend)
+    if state == "closed":
+        q.close()
+        s.close()
+    q.unlink()
+    s.unlink()
+    for obj in (q, s):
+        with pytest.raises(FileNotFoundError):
+            obj.unlink()
+    with pytest.raises(FileNotFoundError):
+        mq.MessageQueue(name, backend=backend)
+    with pytest.raises(FileNotFoundError):
+        sem.Semaphore(name, backend=backend)
+    if state == "open":  # the descriptors stay usable until closed
+        q.send(b"still open")
+        assert q.receive(timeout=1) == (b"still open", 0)
+        s.release()
+        assert s.acquire(timeout=1) is True
+    q.close()
+    s.close()

@@ -58,6 +58,7 @@ def test_backends_agree_on_odd_names(backend: str, suffix: str) -> None:
         except (ValueError, OSError) as exc:
             outcomes.append(type(exc))
             continue
+        assert q.name == name  # as given
         q.unlink()
         q.close()
         outcomes.append(None)

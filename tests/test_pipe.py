@@ -1140,3 +1140,88 @@ def test_dropping_the_last_reference_closes_at_once(backend: str, tmp_path: Path
     finally:
         gc.enable()
     assert set(os.listdir("/proc/self/fd")) <= before | {str(n) for n in range(3)}
+
+
+# ---------------------------------------------------------------- one vocabulary
+
+
+def _drain(r: pipe.PipeReader) -> list[bytes]:
+    """Every message until the end of the stream."""
+    got: list[bytes] = []
+    try:
+        while True:
+            got += r.recv_many(timeout=5)
+    except EOFError:
+        return got
+
+
+def test_partial_send_many_says_messages_sent(cross: tuple[str, str]) -> None:
+    """A batch that times out part way raises TimeoutError with ``messages_sent``: exactly
+    the messages the reader gets (the one cut short closed the writer: end of stream)."""
+    sender, receiver = cross
+    rfd, wfd = os.pipe()
+    r = pipe.PipeReader(rfd, backend=receiver)
+    w = pipe.PipeWriter(wfd, backend=sender)
+    with r, w:
+        batch = [bytes([i % 256]) * 1000 for i in range(3 * w.pipe_size // 1004)]
+        with pytest.raises(TimeoutError) as info:
+            w.send_many(batch, timeout=0.1)
+        sent = info.value.messages_sent  # type: ignore[attr-defined]
+        assert isinstance(sent, int) and 0 < sent < len(batch)
+        assert info.value.characters_written > sent * 1004  # type: ignore[attr-defined]
+        assert w.closed  # a message was cut short
+        assert _drain(r) == batch[:sent]
+
+
+def test_send_many_to_a_reader_that_left_says_messages_sent(backend: str) -> None:
+    """The reader goes part way through a batch: BrokenPipeError with ``messages_sent``,
+    the count of whole messages that went into the pipe before (0 when nothing went)."""
+    r, w = pipe.pipe(backend=backend)
+    size = w.pipe_size
+    batch = [b"m" * 996] * (2 * size // 1000)
+    threading.Timer(0.1, r.close).start()
+    with w, pytest.raises(BrokenPipeError) as info:
+        w.send_many(batch, timeout=5)
+    assert info.value.messages_sent == size // 1000  # type: ignore[attr-defined]
+    r, w = pipe.pipe(backend=backend)
+    r.close()
+    with w, pytest.raises(BrokenPipeError) as info:
+        w.send_many([b"x", b"y"], timeout=5)
+    assert info.value.messages_sent == 0  # type: ignore[attr-defined]
+
+
+def test_fifo_close_leaves_the_path_and_unlink_removes_it(backend: str,
+                                                           tmp_path: Path) -> None:
+    """close() (and the end of a with block) leaves the FIFO; another FIFO object opens it
+    and data goes through; unlink() works on an open and on a closed FIFO, and
+    FileNotFoundError once the path is gone."""
+    path = tmp_path / "f"
+    with pipe.FIFO(path, create=True, backend=backend) as made:
+        pass
+    assert made.closed and path.is_fifo()
+    again = pipe.FIFO(str(path), backend=backend)
+    assert again.path == str(path)
+    got: list[bytes] = []
+
+    def read() -> None:
+        with again.open_reader(timeout=5) as r:
+            got.extend(r)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    with again.open_writer(timeout=5) as w:
+        w.send(b"through the second object")
+    reader.join(5)
+    assert got == [b"through the second object"]
+    again.unlink()  # open
+    assert not path.exists()
+    with pytest.raises(FileNotFoundError):
+        again.unlink()
+    again.close()
+    made.close()
+    with pipe.FIFO(path, create=True, backend=backend) as third:
+        pass
+    third.unlink()  # closed
+    assert not path.exists()
+    with pytest.raises(FileNotFoundError):
+        third.unlink()

@@ -591,3 +591,34 @@ def test_raw_and_batch_close_from_another_thread(backend: str, loop_kind: str,
     assert obj.closed
     r.close()
     w.close()
+
+
+def test_partial_send_many_async_says_messages_sent(backend: str, loop_kind: str) -> None:
+    """An awaited batch that times out part way raises its TimeoutError (as the blocking
+    send_many does, not the ValueError of a closed writer) with ``messages_sent``: exactly
+    the messages the reader gets before the end of the stream."""
+    r, w = pipe.pipe(backend=backend)
+    batch = [bytes([i % 256]) * 1000 for i in range(3 * w.pipe_size // 1004)]
+
+    async def main() -> None:
+        with pytest.raises(TimeoutError) as info:
+            await w.send_many_async(batch, timeout=0.2)
+        sent = info.value.messages_sent  # type: ignore[attr-defined]
+        assert isinstance(sent, int) and 0 < sent < len(batch)
+        assert w.closed  # a message was cut short
+        got: list[bytes] = []
+        with pytest.raises(EOFError):
+            while True:
+                got += r.recv_many(timeout=5)
+        assert got == batch[:sent]
+        # timed out before any byte went: none sent, the writer stays open
+        r2, w2 = pipe.pipe(backend=backend)
+        with r2, w2:
+            w2.write(b"f" * w2.pipe_size)
+            with pytest.raises(TimeoutError) as info:
+                await w2.send_many_async([b"a", b"b"], timeout=0.05)
+            assert info.value.messages_sent == 0  # type: ignore[attr-defined]
+            assert not w2.closed
+
+    with r, w:
+        run(loop_kind, main())

@@ -271,6 +271,7 @@ def test_bad_names(backend: str, bad: object, exc: type) -> None:
         ({"value": "1"}, TypeError),
         ({"mode": -1}, ValueError),
         ({"mode": "600"}, TypeError),
+        ({"mode": 0o1600}, ValueError),  # permission bits only, as for every named object
         ({"create": "yes"}, TypeError),
         ({"backend": "other"}, ValueError),
     ],

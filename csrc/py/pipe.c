@@ -5,7 +5,7 @@
  * One struct, four types: the methods of a handle type come first in the public class's MRO,
  * so each type holds exactly the per-message names of its class: PipeWriterHandle (write,
  * send, send_many), PipeReaderHandle (read, recv, recv_many), ClientHandle (send and recv,
- * framed or raw as the client's framing says) and AsyncClientHandle (none: its send and recv
+ * framed or raw as the client's framing says, and read) and AsyncClientHandle (none: its send and recv
  * are coroutines, which call the no-wait steps that every type has).
  *
  * A call claims its side of the stream (reading or writing) for its whole duration, waits
@@ -152,6 +152,21 @@ static int64_t put(StreamHandle *s, put_ctx *c, double timeout)
     return rc;
 }
 
+/* Give the exception being raised the count `attr` (characters_written, messages_sent):
+ * how much of a call that stopped part way went. An exception that takes no attribute is
+ * left as it is. */
+static void set_count(const char *attr, size_t n)
+{
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    PyObject *count = PyLong_FromSize_t(n);
+    if (value == NULL || count == NULL || PyObject_SetAttrString(value, attr, count) < 0)
+        PyErr_Clear();
+    Py_XDECREF(count);
+    PyErr_Restore(type, value, tb);
+}
+
 /* Raise what a failed write means, with `characters_written` (how much of it went), and
  * leave the call. `tear`: a frame cut short closes the object (after the call left, so that
  * the exception stays the write's): the peer sees the end of the stream, never half a
@@ -160,16 +175,8 @@ static PyObject *put_failed(StreamHandle *s, put_ctx *c, int64_t rc, double time
 {
     if (rc != FIPC_H_RAISED) {
         fipc_h_raise(&s->h, rc, timeout);
-        if (PyErr_ExceptionMatches(PyExc_OSError)) {
-            PyObject *type, *value, *tb;
-            PyErr_Fetch(&type, &value, &tb);
-            PyErr_NormalizeException(&type, &value, &tb);
-            PyObject *n = PyLong_FromSize_t(c->offset);
-            if (n == NULL || PyObject_SetAttrString(value, "characters_written", n) < 0)
-                PyErr_Clear();
-            Py_XDECREF(n);
-            PyErr_Restore(type, value, tb);
-        }
+        if (PyErr_ExceptionMatches(PyExc_OSError))
+            set_count("characters_written", c->offset);
     }
     int torn = tear && c->torn;
     fipc_h_fail(&s->h);
@@ -195,10 +202,9 @@ static PyObject *put_method(StreamHandle *self, const char *name, PyObject *cons
     PyObject *arg[2];
     double timeout;
     Py_buffer view;
-    if (fipc_h_enter(&self->h) < 0)
+    if (fipc_h_begin(&self->h, name, args, nargs, kwnames, put_names, 1, arg, 1, &timeout) < 0)
         return NULL;
-    if (fipc_h_args(name, args, nargs, kwnames, put_names, 1, arg) < 0 ||
-        fipc_h_timeout(arg[1], &timeout) < 0 || fipc_h_buffer(arg[0], &view, 0) < 0)
+    if (fipc_h_buffer(arg[0], &view, 0) < 0)
         return fipc_h_fail(&self->h);
     put_ctx c = {.buf = view.buf, .len = (size_t)view.len, .framed = framed};
     int64_t rc = put(self, &c, timeout);
@@ -232,6 +238,16 @@ static PyObject *c_send(StreamHandle *self, PyObject *const *args, Py_ssize_t na
 }
 
 static const char *const many_names[] = {"messages", "timeout", NULL};
+
+/* How many of the `count` messages (their lengths in msgs[]) went whole in the first
+ * `written` bytes of their frames: the ones the reader gets. */
+static size_t frames_within(const struct iovec *msgs, size_t count, size_t written)
+{
+    size_t sent = 0, end = 0;
+    while (sent < count && (end += FIPC_FRAME_HEADER + msgs[sent].iov_len) <= written)
+        sent++;
+    return sent;
+}
 
 static PyObject *w_send_many(StreamHandle *self, PyObject *const *args, Py_ssize_t nargs,
                              PyObject *kwnames)
@@ -299,10 +315,14 @@ done:
     if (frames != small)
         PyMem_Free(frames);
     PyMem_Free(views);
-    PyMem_Free(msgs);
     Py_DECREF(batch);
+    if (rc < 0 && wrote) {
+        put_failed(self, &c, rc, timeout, 1);
+        set_count("messages_sent", frames_within(msgs, (size_t)count, c.offset));
+    }
+    PyMem_Free(msgs);
     if (rc < 0)
-        return wrote ? put_failed(self, &c, rc, timeout, 1) : fipc_h_fail(&self->h);
+        return wrote ? NULL : fipc_h_fail(&self->h);
     if (fipc_h_leave(&self->h) < 0)
         return NULL;
     Py_RETURN_NONE;
@@ -462,36 +482,55 @@ static PyObject *get_raw(StreamHandle *s, size_t n, double timeout, int step)
     return PyBytes_FromStringAndSize(c.data, (Py_ssize_t)rc);
 }
 
-/* Leave a read call with its result (claimed side released by the caller). */
+/* Leave a read call with its result (claimed side released by the caller): a step that
+ * would have to wait returns None. */
 static PyObject *get_done(StreamHandle *s, PyObject *out)
 {
-    if (out == NULL)
-        return fipc_h_fail(&s->h);
-    if (fipc_h_leave(&s->h) < 0) {
-        Py_DECREF(out);
-        return NULL;
+    return fipc_h_done(&s->h, out == NOT_READY ? Py_NewRef(Py_None) : out);
+}
+
+/* The start of read(n, timeout) and recv_many(max_messages, timeout): enter, the arguments
+ * in order (`what`, if given, an int within [low, INT32_MAX], else *count stays as it is;
+ * then the timeout), and claim the reading side unless *count is 0. 0, or -1 with the call
+ * failed and left. */
+static int get_begin(StreamHandle *s, const char *func, PyObject *const *args,
+                     Py_ssize_t nargs, PyObject *kwnames, const char *const *names,
+                     long long low, long long *count, double *timeout)
+{
+    PyObject *arg[2];
+    if (fipc_h_enter(&s->h) < 0)
+        return -1;
+    if (fipc_h_args(func, args, nargs, kwnames, names, 0, arg) < 0 ||
+        (arg[0] != NULL && check_int(arg[0], names[0], low, INT32_MAX, count) < 0) ||
+        fipc_h_timeout(arg[1], timeout) < 0 ||
+        (*count != 0 && claim(s, &s->p.reading) < 0)) {
+        fipc_h_fail(&s->h);
+        return -1;
     }
-    if (out == NOT_READY)
-        Py_RETURN_NONE;
-    return out;
+    return 0;
 }
 
 static const char *const timeout_names[] = {"timeout", NULL};
 
-/* recv(timeout=None), and a Client's recv: a frame, or up to 64 KiB raw. */
+/* recv(timeout=None), and a Client's recv: a frame, or up to 64 KiB raw; EOFError at the
+ * end of the stream either way (a message call: read() is the one that returns b""). */
 static PyObject *get_method(StreamHandle *self, PyObject *const *args, Py_ssize_t nargs,
                             PyObject *kwnames, int framed)
 {
     PyObject *arg[1];
     double timeout;
-    if (fipc_h_enter(&self->h) < 0)
+    if (fipc_h_begin(&self->h, "recv", args, nargs, kwnames, timeout_names, 0, arg, 0,
+                     &timeout) < 0)
         return NULL;
-    if (fipc_h_args("recv", args, nargs, kwnames, timeout_names, 0, arg) < 0 ||
-        fipc_h_timeout(arg[0], &timeout) < 0 || claim(self, &self->p.reading) < 0)
+    if (claim(self, &self->p.reading) < 0)
         return fipc_h_fail(&self->h);
     PyObject *out = took(self, framed ? get_frame(self, timeout, 0)
                                       : get_raw(self, 65536, timeout, 0));
     fipc_pipe_unclaim(&self->p.reading);
+    if (!framed && out != NULL && PyBytes_Size(out) == 0) {
+        Py_DECREF(out);
+        out = fipc_h_raise(&self->h, FIPC_EOF, -1);
+    }
     return get_done(self, out);
 }
 
@@ -512,19 +551,12 @@ static const char *const read_names[] = {"n", "timeout", NULL};
 static PyObject *r_read(StreamHandle *self, PyObject *const *args, Py_ssize_t nargs,
                         PyObject *kwnames)
 {
-    PyObject *arg[2];
     double timeout;
     long long n = 65536;
-    if (fipc_h_enter(&self->h) < 0)
+    if (get_begin(self, "read", args, nargs, kwnames, read_names, 0, &n, &timeout) < 0)
         return NULL;
-    if (fipc_h_args("read", args, nargs, kwnames, read_names, 0, arg) < 0 ||
-        (arg[0] != NULL && check_int(arg[0], "n", 0, INT32_MAX, &n) < 0) ||
-        fipc_h_timeout(arg[1], &timeout) < 0)
-        return fipc_h_fail(&self->h);
     if (n == 0)
         return get_done(self, PyBytes_FromStringAndSize(NULL, 0));
-    if (claim(self, &self->p.reading) < 0)
-        return fipc_h_fail(&self->h);
     PyObject *out = took(self, get_raw(self, (size_t)n, timeout, 0));
     fipc_pipe_unclaim(&self->p.reading);
     return get_done(self, out);
@@ -535,15 +567,11 @@ static const char *const many_read_names[] = {"max_messages", "timeout", NULL};
 static PyObject *r_recv_many(StreamHandle *self, PyObject *const *args, Py_ssize_t nargs,
                              PyObject *kwnames)
 {
-    PyObject *arg[2];
     double timeout;
     long long max = 1024;
-    if (fipc_h_enter(&self->h) < 0)
+    if (get_begin(self, "recv_many", args, nargs, kwnames, many_read_names, 1, &max,
+                  &timeout) < 0)
         return NULL;
-    if (fipc_h_args("recv_many", args, nargs, kwnames, many_read_names, 0, arg) < 0 ||
-        (arg[0] != NULL && check_int(arg[0], "max_messages", 1, INT32_MAX, &max) < 0) ||
-        fipc_h_timeout(arg[1], &timeout) < 0 || claim(self, &self->p.reading) < 0)
-        return fipc_h_fail(&self->h);
     PyObject *first = get_frame(self, timeout, 0), *out = NULL;
     if (first != NULL && (out = PyList_New(1)) == NULL)
         Py_DECREF(first);
@@ -638,6 +666,9 @@ static int s_set_limit(StreamHandle *self, PyObject *value, void *Py_UNUSED(clos
     "A message that was cut short (a timeout or an error after part of it was written) " \
     "would desynchronise the stream, so the writer then closes itself: the reader sees the " \
     "end of the stream, never half a message."
+#define READ_DOC \
+    "read(n=65536, timeout=None)\n--\n\n" \
+    "Up to ``n`` raw bytes, as soon as any are there; ``b\"\"`` at end of stream."
 #define RECV_DOC \
     "recv(timeout=None)\n--\n\n" \
     "The next whole message. EOFError at end of stream; a message cut short by the " \
@@ -659,7 +690,10 @@ static PyMethodDef writer_methods[] = {
      "Send each of ``messages`` as one message, all in one write (or as few as the pipe "
      "allows): far cheaper per message than ``send`` for a stream of small ones. Timeouts "
      "and errors as for :meth:`send`; the receiver may take them with ``recv`` or "
-     "``recv_many``."},
+     "``recv_many``. A batch that stopped part way (a timeout, an error, an exception "
+     "raised into the call) raises with ``messages_sent``: how many of the messages went "
+     "whole, which the reader gets (a message cut short closes the writer, as for "
+     ":meth:`send`)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -667,9 +701,7 @@ static PyMethodDef reader_methods[] = {
     OPEN_METHOD,
     RECV_STEP,
     READ_STEP,
-    {"read", FASTCALL(r_read),
-     "read(n=65536, timeout=None)\n--\n\n"
-     "Up to ``n`` raw bytes, as soon as any are there; ``b\"\"`` at end of stream."},
+    {"read", FASTCALL(r_read), READ_DOC},
     {"recv", FASTCALL(r_recv), RECV_DOC},
     {"recv_many", FASTCALL(r_recv_many),
      "recv_many(max_messages=1024, timeout=None)\n--\n\n"
@@ -691,9 +723,10 @@ static PyMethodDef client_methods[] = {
      "message cut short would desynchronise the stream, so the client then closes itself."},
     {"recv", FASTCALL(c_recv),
      "recv(timeout=None)\n--\n\n"
-     "The next message (length framing; EOFError at the end, OSError(EMSGSIZE) for a frame "
-     "over ``max_message_size``), or the bytes that arrived (raw framing; ``b\"\"`` at the "
-     "end)."},
+     "The next message (length framing; OSError(EMSGSIZE) for a frame over "
+     "``max_message_size``), or the bytes that arrived (raw framing). EOFError at the end "
+     "of the stream, whatever the framing."},
+    {"read", FASTCALL(r_read), READ_DOC},
     {NULL, NULL, 0, NULL},
 };
 

@@ -419,6 +419,16 @@ class Handle:
     def _closed_error(self) -> ValueError:
         return closed_error(self._what)
 
+    # The id of the exception with which a call closed its own object (a frame it cut
+    # short): that call raises it, not the ValueError of an object closed under it. An id,
+    # not the exception, so that no reference cycle keeps the object alive.
+    _closing_exc = 0
+
+    def _close_raising(self, exc: BaseException) -> None:
+        """Close this object from within a call that then raises ``exc``."""
+        self._closing_exc = id(exc)
+        self.close()
+
     def _check_open(self) -> None:
         if self._closed:
             raise self._closed_error()
@@ -575,8 +585,8 @@ def uses_handle_async(method: Callable[..., Awaitable[_R]]) -> Callable[..., Awa
         self._enter()
         try:
             return await method(self, *args, **kwargs)
-        except (OSError, EOFError):
-            if self._closed:
+        except (OSError, EOFError) as exc:
+            if self._closed and self._closing_exc != id(exc):
                 raise self._closed_error() from None
             raise
         finally:

@@ -1,8 +1,10 @@
 """Socket clients of :mod:`fastipc.server` (TCP and Unix-domain): :func:`connect` returns a
-blocking :class:`Client`, :func:`connect_async` an :class:`AsyncClient` whose ``send`` and
-``recv`` are awaited on the running loop. Both send and receive whole messages (length
-framing) or raw bytes, through the same stream backend as pipes (``fastipc._backend.pipe``):
-one framed reader for pipes and sockets. ``fastipc.server`` re-exports them."""
+blocking :class:`Client`, :func:`connect_async` an :class:`AsyncClient` whose ``send``,
+``recv`` and ``read`` are awaited on the running loop. Both send and receive whole messages
+(``framing="length"``) or raw bytes (``framing="raw"``), through the same stream backend as
+pipes (``fastipc._backend.pipe``): one framed reader for pipes and sockets. As for pipes,
+``recv`` raises EOFError at the end of the stream, whatever the framing, and ``read``
+returns ``b""`` there. ``fastipc.server`` re-exports them."""
 
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ from fastipc._address import (
     unix_path,
 )
 from fastipc._core import Deadline, check_int, check_timeout, uses_handle, uses_handle_async
-from fastipc.pipe import StreamEnd
+from fastipc.pipe import PipeReader, StreamEnd
 
 __all__ = ["AsyncClient", "Client", "connect", "connect_async"]
 
@@ -45,7 +47,8 @@ class _ClientEnd(StreamEnd):
         self._address = address
         self._open_stream(fd, which, reading=True, sock=True, max_message_size=max_message_size)
 
-    framing = _core.Fixed[str]("_framing", '``"length"`` or ``"line"``.')
+    framing = _core.Fixed[str]("_framing", '``"length"`` (whole messages, each after its '
+                               '4-byte big-endian length) or ``"raw"`` (bytes as they arrive).')
     address = _core.Fixed[Any]("_address", "The server's address as given to :func:`connect`.")
 
     @property
@@ -61,9 +64,10 @@ class Client(_ClientEnd):
     """A blocking client connection, from :func:`connect`.
 
     ``send(data)`` sends one message (length framing) or the raw bytes; ``recv()`` returns
-    the next message (EOFError once the server closed) or, with raw framing, the bytes that
-    arrived (``b""`` at the end). ``close()`` from another thread ends a blocked call with
-    ValueError.
+    the next message or, with raw framing, the bytes that arrived: EOFError once the server
+    closed, whatever the framing. ``read(n)`` returns up to ``n`` raw bytes, ``b""`` at the
+    end, as :meth:`fastipc.pipe.PipeReader.read`. ``close()`` from another thread ends a
+    blocked call with ValueError.
     """
 
     _handle_type = "ClientHandle"  # csrc/py/pipe.c: send, recv
@@ -81,13 +85,22 @@ class Client(_ClientEnd):
 
     @uses_handle
     def recv(self, timeout: Optional[float] = None) -> bytes:
-        """The next message (length framing; EOFError at the end, OSError(EMSGSIZE) for a
-        frame over ``max_message_size``), or the bytes that arrived (raw framing; ``b""``
-        at the end)."""
+        """The next message (length framing; OSError(EMSGSIZE) for a frame over
+        ``max_message_size``), or the bytes that arrived (raw framing). EOFError at the end
+        of the stream, whatever the framing."""
         stream = self._stream
         assert stream is not None
         t = check_timeout(timeout)
-        return stream.recv(t) if self._tears else stream.read(65536, t)
+        return stream.recv(t) if self._tears else _some(stream.read(65536, t))
+
+    read = PipeReader.read  # raw bytes, b"" at the end (natively the handle's C method)
+
+
+def _some(data: bytes) -> bytes:
+    """What a raw ``recv`` returns: ``data``, or EOFError at the end of the stream."""
+    if not data:
+        _core.raise_errno(_core.FIPC_EOF)
+    return data
 
 
 class AsyncClient(_ClientEnd):
@@ -97,6 +110,7 @@ class AsyncClient(_ClientEnd):
     ``send`` has sent the whole message or nothing (once part of it went, the rest still
     goes, and the next ``send`` waits for it)."""
 
+    _what = "AsyncClient"  # named in the ValueError of a closed one, as every class is
     _handle_type = "AsyncClientHandle"  # csrc/py/pipe.c: the no-wait steps
 
     @uses_handle_async
@@ -106,8 +120,18 @@ class AsyncClient(_ClientEnd):
 
     @uses_handle_async
     async def recv(self, timeout: Optional[float] = None) -> bytes:
-        """The next message, or the raw bytes that arrived (awaitable)."""
-        return await self._recv_async(timeout)
+        """The next message, or the raw bytes that arrived (awaitable); EOFError at the end
+        of the stream, whatever the framing."""
+        if self._tears:
+            return await self._recv_async(timeout)
+        return await self._recv_async(timeout, self._raw_step)
+
+    def _raw_step(self) -> Optional[bytes]:
+        """A raw ``recv`` without waiting: the bytes, None, or EOFError at the end."""
+        data = self._read_step(65536)
+        return None if data is None else _some(data)
+
+    read = PipeReader.read_async  # awaitable: raw bytes, b"" at the end
 
 
 def _checked(framing: str, timeout: Optional[float], max_message_size: int,

@@ -221,18 +221,19 @@ class MessageQueue(Handle):
         spin: float = DEFAULT_SPIN,
         backend: Optional[str] = None,
     ) -> None:
-        name = posix_name(name)
+        path = posix_name(name)  # the kernel's name, "/x", whichever form was given
         if not isinstance(create, bool):
             raise TypeError(f"create must be a bool, not {type(create).__name__}")
         max_messages = check_int(max_messages, "max_messages", 1, _MAX_LONG)
         max_message_size = check_int(max_message_size, "max_message_size", 1, _MAX_LONG)
-        mode = check_int(mode, "mode", 0, 0o7777)
+        mode = check_int(mode, "mode", 0, 0o777)  # permission bits, as every named object
         spin = _check_spin(spin)
         which, impl = _backend(backend)
-        self._name = name
+        self._name = name  # as given: what .name, repr, errors and pickling say
+        self._path = path
         self._impl = impl
         try:
-            q = impl(name, create, mode, max_messages, max_message_size)
+            q = impl(path, create, mode, max_messages, max_message_size)
         except OSError as exc:
             if not create:
                 raise
@@ -271,12 +272,14 @@ class MessageQueue(Handle):
     def _describe(self) -> str:
         return f"{self._name!r} fd={self._fd}"
 
-    name = _core.Fixed[str]("_name", "The queue's name, with its leading ``/``.")
+    name = _core.Fixed[str]("_name", "The queue's name as it was given (``\"x\"`` and "
+                            "``\"/x\"`` name the same queue), also once closed.")
 
     def unlink(self) -> None:
-        """Remove the queue's name (before or after :meth:`close`: it is an operation on
-        the name); descriptors already open stay usable until closed."""
-        self._impl.unlink(self._name)
+        """Remove the queue's name, whether this object is open or closed (it is an
+        operation on the name): FileNotFoundError if it is gone already. Descriptors
+        already open, here and in other processes, stay usable until closed."""
+        self._impl.unlink(self._path)
 
     def __reduce__(self) -> tuple[Callable[..., MessageQueue], tuple[str, str, float]]:
         self._check_open()

@@ -24,7 +24,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, Optional, TypeVar, Union, cast
 
 from fastipc import _core
-from fastipc._backend.pipe import Module, PureModule, Stream
+from fastipc._backend.pipe import Module, PureModule, Stream, frames_within
 from fastipc._core import Deadline, check_int, check_timeout, uses_handle, uses_handle_async
 
 if TYPE_CHECKING:  # mypy checks both backend modules against the contract
@@ -224,7 +224,8 @@ class StreamEnd(Awaiter):
             return None
 
     async def _send_async(self, data: Any, timeout: Optional[float],
-                          step: Optional[Callable[[Any, int], Optional[int]]] = None) -> None:
+                          step: Optional[Callable[[Any, int], Optional[int]]] = None,
+                          went: Optional[list[int]] = None) -> None:
         """Awaited send of ``data`` (a frame, or raw bytes for an end that does not tear;
         ``step`` if given: ready-made frames, sent as one),
         tried without waiting and resumed where it stopped each time the fd is writable
@@ -234,7 +235,11 @@ class StreamEnd(Awaiter):
         is finished whatever happens: a cancellation then is absorbed and the call returns
         normally once the message is whole (so that the caller knows it went; within the
         call's timeout, else the object closes, as for any cut-short frame). Sends wait
-        for such a finishing send before they start."""
+        for such a finishing send before they start. ``went[0]``, if given, follows how
+        many bytes of ``data`` went.
+
+        A frame cut short closes the object, and the call raises its own exception (as the
+        blocking ``send`` does), not the ValueError of a closed object."""
         if step is None:
             step = self._send_step if self._tears else self._write_step
         deadline = Deadline.of(timeout)
@@ -249,6 +254,8 @@ class StreamEnd(Awaiter):
             offset = step(data, 0)
             if offset is None:
                 return
+        if went is not None:
+            went[0] = offset
         tail: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._tail = tail
         try:
@@ -262,9 +269,11 @@ class StreamEnd(Awaiter):
                 offset = step(data, offset)
                 if offset is None:
                     return
-        except BaseException:
+                if went is not None:
+                    went[0] = offset
+        except BaseException as exc:
             if self._tears:  # part of a frame went: the peer must see the end, not half
-                self.close()
+                self._close_raising(exc)
             raise
         finally:
             self._tail = None
@@ -297,12 +306,11 @@ class StreamEnd(Awaiter):
 
     async def _recv_async(self, timeout: Optional[float],
                           step: Optional[Callable[[], Optional[_T]]] = None) -> _T:
-        """Awaited receive (a frame, or raw bytes for an end that does not tear; what
-        ``step`` returns if given), tried without waiting each time the fd is readable."""
+        """Awaited receive (a frame; what ``step`` returns if given), tried without waiting
+        each time the fd is readable."""
         deadline = Deadline.of(timeout)
         if step is None:
-            step = cast(Callable[[], Optional[_T]],
-                        self._recv_step if self._tears else partial(self._read_step, 65536))
+            step = cast(Callable[[], Optional[_T]], self._recv_step)
         while True:
             out = step()
             if out is not None:
@@ -356,7 +364,10 @@ class PipeWriter(StreamEnd):
         """Send each of ``messages`` as one message, all in one write (or as few as the pipe
         allows): far cheaper per message than ``send`` for a stream of small ones. Timeouts
         and errors as for :meth:`send`; the receiver may take them with ``recv`` or
-        ``recv_many``."""
+        ``recv_many``. A batch that stopped part way (a timeout, an error, an exception
+        raised into the call) raises with ``messages_sent``: how many of the messages went
+        whole, which the reader gets (a message cut short closes the writer, as for
+        :meth:`send`)."""
         if isinstance(messages, (bytes, bytearray, memoryview, str)):
             raise TypeError("send_many takes an iterable of messages, not one message")
         batch = list(messages)
@@ -384,24 +395,34 @@ class PipeWriter(StreamEnd):
                               timeout: Optional[float] = None) -> None:
         """Awaitable :meth:`send_many` on the running loop: the messages go as one batch,
         cancelled before any byte went it sent none of them, once part went the rest is still
-        sent (as :meth:`send_async` finishes a frame it began)."""
+        sent (as :meth:`send_async` finishes a frame it began). Stopped part way, the
+        exception's ``messages_sent`` says how many went whole, as for :meth:`send_many`."""
         if isinstance(messages, (bytes, bytearray, memoryview, str)):
             raise TypeError("send_many takes an iterable of messages, not one message")
         batch = list(messages)
         check_timeout(timeout)
-        if batch:
-            await self._send_async(_frames(batch), timeout, self._write_step)
+        if not batch:
+            return
+        frames, sizes = _frames(batch)
+        went = [0]
+        try:
+            await self._send_async(frames, timeout, self._write_step, went)
+        except BaseException as exc:
+            exc.messages_sent = frames_within(sizes, went[0])  # type: ignore[attr-defined]
+            raise
 
 
-def _frames(messages: list[Any]) -> bytes:
-    """``messages`` framed (length prefix, payload) in one buffer."""
+def _frames(messages: list[Any]) -> tuple[bytes, list[int]]:
+    """``messages`` framed (length prefix, payload) in one buffer, and their sizes."""
     parts: list[Any] = []
+    sizes: list[int] = []
     for m in messages:
         view = _core.byte_view(m)
         if len(view) > MAX_FRAME:
             raise OSError(errno.EMSGSIZE, os.strerror(errno.EMSGSIZE))
         parts += (_HEADER.pack(len(view)), view)
-    return b"".join(parts)
+        sizes.append(len(view))
+    return b"".join(parts), sizes
 
 
 class PipeReader(StreamEnd):
@@ -682,7 +703,8 @@ class FIFO(Awaiter):
             raise
 
     def unlink(self) -> None:
-        """Remove the FIFO from the file system (also after close())."""
+        """Remove the FIFO from the file system, whether this object is open or closed:
+        FileNotFoundError once the path is gone. Ends already opened stay usable."""
         os.unlink(self._path)
 
     def close(self) -> None:

@@ -83,18 +83,19 @@ class Semaphore(Handle):
         *,
         backend: Optional[str] = None,
     ) -> None:
-        name = posix_name(name)
+        path = posix_name(name)  # the kernel's name, "/x", whichever form was given
         if not isinstance(create, bool):
             raise TypeError(f"create must be a bool, not {type(create).__name__}")
         value = check_int(value, "value", 0, SEM_VALUE_MAX)
-        mode = check_int(mode, "mode", 0, 0o7777)
+        mode = check_int(mode, "mode", 0, 0o777)  # permission bits, as every named object
         which, impl = _backend(backend)
         self._impl = impl
-        self._name = name
+        self._name = name  # as given: what .name, repr, errors and pickling say
+        self._path = path
         if which == "native":
-            self._open(name.encode(), create, mode, value)  # type: ignore[attr-defined]
+            self._open(path.encode(), create, mode, value)  # type: ignore[attr-defined]
         else:
-            self._s = impl(name, create, mode, value)
+            self._s = impl(path, create, mode, value)
         self._open_handle(which)
 
     # ------------------------------------------------------------------ life cycle
@@ -113,12 +114,14 @@ class Semaphore(Handle):
     def _describe(self) -> str:
         return repr(self._name)
 
-    name = _core.Fixed[str]("_name", "The semaphore's name, with its leading ``/``.")
+    name = _core.Fixed[str]("_name", "The semaphore's name as it was given (``\"x\"`` and "
+                            "``\"/x\"`` name the same semaphore), also once closed.")
 
     def unlink(self) -> None:
-        """Remove the semaphore's name (before or after :meth:`close`: it is an operation
-        on the name); handles already open keep working."""
-        self._impl.unlink(self._name)
+        """Remove the semaphore's name, whether this object is open or closed (it is an
+        operation on the name): FileNotFoundError if it is gone already. Handles already
+        open, here and in other processes, keep working."""
+        self._impl.unlink(self._path)
 
     def __reduce__(self) -> tuple[Callable[..., Semaphore], tuple[str, str]]:
         self._check_open()

@@ -286,7 +286,7 @@ class Server(_core.Handle):
 
     # ------------------------------------------------------------ properties
 
-    framing = _core.Fixed[str]("_framing", '``"length"`` or ``"line"``.')
+    framing = _core.Fixed[str]("_framing", '``"length"`` or ``"raw"``.')
     max_message_size = _core.Fixed[int]("_max", "The largest message taken, in bytes.")
     idle_timeout = _core.Fixed[Optional[float]](
         "_idle_timeout", "Seconds a connection may stay idle before it is closed (None: no limit).")

@@ -14,7 +14,23 @@ called. EINTR is retried with the time left after the signal handlers ran.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, Protocol
+
+FRAME_HEADER = 4  # the big-endian length before each payload
+
+
+def frames_within(sizes: Iterable[int], written: int) -> int:
+    """How many messages of these payload ``sizes``, framed back to back, went whole in the
+    first ``written`` bytes: the ``messages_sent`` of a batch that stopped part way (the
+    reader gets those; a frame cut short after them is dropped, never delivered)."""
+    sent = end = 0
+    for size in sizes:
+        end += FRAME_HEADER + size
+        if end > written:
+            break
+        sent += 1
+    return sent
 
 
 class Stream(Protocol):
@@ -39,7 +55,9 @@ class Stream(Protocol):
         (an earlier try wrote that much: see ``characters_written`` of its TimeoutError)."""
 
     def send_many(self, messages: list[Any], timeout: float) -> None:
-        """Several frames in one write (or as few as the pipe allows)."""
+        """Several frames in one write (or as few as the pipe allows). Stopped part way
+        (whatever the exception), the exception's ``messages_sent`` says how many of the
+        messages went whole (:func:`frames_within`)."""
 
     def read(self, n: int, timeout: float) -> bytes:
         """Up to ``n`` raw bytes as soon as any are there; ``b""`` at end of stream."""

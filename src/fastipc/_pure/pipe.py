@@ -16,7 +16,7 @@ import struct
 from collections.abc import Callable, Iterable
 from typing import Any, Optional
 
-from fastipc._backend.pipe import Stream
+from fastipc._backend.pipe import Stream, frames_within
 from fastipc._core import FIPC_EOF, FIPC_TOOBIG, Deadline, byte_view, closed_error, raise_errno
 
 __all__ = ["PureStream", "as_view", "get_size", "open_pipe", "set_size", "stream",
@@ -162,22 +162,32 @@ class PureStream:
 
     def send_many(self, messages: list[Any], timeout: float) -> None:
         frames: list[Any] = []
+        sizes: list[int] = []
         for m in messages:
             view = as_view(m)
             frames.append(_HEADER.pack(len(view)))
             frames.append(view)
-        self._write_all([b"".join(frames)], timeout, 0)
+            sizes.append(len(view))
+        went = [0]
+        try:
+            self._write_all([b"".join(frames)], timeout, 0, went)
+        except BaseException as exc:
+            exc.messages_sent = frames_within(sizes, went[0])  # type: ignore[attr-defined]
+            raise
 
-    def _write_all(self, parts: list[Any], timeout: float, offset: int) -> None:
+    def _write_all(self, parts: list[Any], timeout: float, offset: int,
+                   went: Optional[list[int]] = None) -> None:
         if self._writing:  # (no thread switch between this test and the store below)
             raise_errno(errno.EBUSY)
         self._writing = True
         try:
-            self._write_parts(parts, timeout, offset)
+            self._write_parts(parts, timeout, offset, [offset] if went is None else went)
         finally:
             self._writing = False
 
-    def _write_parts(self, parts: list[Any], timeout: float, offset: int) -> None:
+    def _write_parts(self, parts: list[Any], timeout: float, offset: int,
+                     went: list[int]) -> None:
+        """Write ``parts`` from byte ``offset`` on; ``went[0]`` follows how much went."""
         deadline: Optional[Deadline] = None  # made when the write first has to wait
         done, sock = offset, self._sock
         if offset:
@@ -199,6 +209,7 @@ class PureStream:
                     self._wait(select.POLLOUT, deadline)
                     continue
                 done += n
+                went[0] = done
                 parts = _advance(parts, n)
                 self.torn = bool(parts)
         except BrokenPipeError as exc:
