@@ -179,12 +179,19 @@ class SegmentEnd(_core.Handle):
     waits of a call when another thread closes the end."""
 
     _name = ""
+    _path = ""
     _ops: Any = None
 
     @property
     def name(self) -> str:
-        """The name, without the slash (also once closed)."""
+        """The name as given, with or without the leading slash (also once closed)."""
         return self._name
+
+    def _set_name(self, name: Any) -> None:
+        """Validate ``name`` (TypeError, ValueError) and keep it as given, with the path of
+        its segment under /dev/shm."""
+        self._path = segment_path(name)[1]
+        self._name = name
 
     def _wake(self) -> None:
         self._ops.wake()

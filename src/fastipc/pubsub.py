@@ -38,13 +38,14 @@ from fastipc._core import Deadline, check_int, check_timeout, uses_handle
 from fastipc._segment import (
     SegmentEnd,
     View,
+    check_owner,
     check_spin,
     create_segment,
     open_existing,
     open_to_inspect,
+    owner_uid,
     remove_orphan,
     same_file,
-    segment_path,
     wait_for,
 )
 
@@ -229,7 +230,7 @@ class Publisher(_Endpoint):
                  overflow: str = "block", max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
                  mode: int = 0o600, spin: Optional[float] = None,
                  backend: Optional[str] = None) -> None:
-        self._name, self._path = segment_path(name)
+        self._set_name(name)
         capacity = check_int(capacity, "capacity", 1, MAX_CAPACITY)
         capacity = max(_layout.MIN_CAPACITY, 1 << (capacity - 1).bit_length())
         if not isinstance(overflow, str):
@@ -415,7 +416,8 @@ class Subscriber(_Endpoint, Holds):
     """Attaches to the publisher ``name`` and receives every message published from then on.
 
     Waits up to ``timeout`` seconds for the publisher to appear (TimeoutError). A segment
-    of another user is refused (PermissionError); the 65th subscriber gets
+    owned by another user is refused with PermissionError unless ``owner`` names that
+    user's uid (``None``: this process's effective uid); the 65th subscriber gets
     ``OSError(EBUSY)``. ``EOFError`` once the publisher has closed or died and every whole
     message was read; a subscriber that finds its publisher dead removes the orphaned
     ``/dev/shm`` entry.
@@ -427,31 +429,31 @@ class Subscriber(_Endpoint, Holds):
 
     def __init__(self, name: str, timeout: Optional[float] = None, *,
                  max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
-                 spin: Optional[float] = None, backend: Optional[str] = None) -> None:
-        self._name, self._path = segment_path(name)
+                 spin: Optional[float] = None, owner: Optional[int] = None,
+                 backend: Optional[str] = None) -> None:
+        self._set_name(name)
         deadline = Deadline.of(timeout)
         max_message_size = check_int(max_message_size, "max_message_size", 0,
                                      MAX_MESSAGE_LIMIT)
         spin = check_spin(spin)
+        uid = owner_uid(owner)
         which = _core.resolve_backend(backend)
         impl = _core.ops("pubsub", which)
         self._views: weakref.WeakSet[_View] = weakref.WeakSet()
-        wait_for(lambda: self._attach(impl, which, max_message_size, spin), deadline,
+        wait_for(lambda: self._attach(impl, which, max_message_size, spin, uid), deadline,
                  self._name)
         self._pid = os.getpid()
         self._open_handle(which, self._fd)
         _open_handles.add(self)
 
-    def _attach(self, impl: Any, which: str, max_message_size: int, spin: float
+    def _attach(self, impl: Any, which: str, max_message_size: int, spin: float, uid: int
                 ) -> Optional[bool]:
         got = open_existing(self._path)
         if got is None:
             return None
         fd, st = got
         try:
-            if st.st_uid != os.getuid():
-                raise PermissionError(errno.EPERM, "the segment belongs to another user "
-                                      f"(uid {st.st_uid})", self._name)
+            check_owner(st, uid, self._path)
             if st.st_size <= _layout.HEADER:
                 raise OSError(errno.EBADMSG, "not a publisher segment (too small)",
                               self._name)

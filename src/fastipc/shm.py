@@ -72,59 +72,83 @@ def unlink(name: str) -> None:
 
 def _attach(name: str, size: int, backend: str) -> SharedMemory:
     """Unpickle a SharedMemory: attach by name (never create)."""
-    return SharedMemory(name, size, backend=backend)
+    return SharedMemory(name, False, size, backend=backend)
+
+
+def _new_name() -> str:
+    """A fresh name for ``SharedMemory(create=True)`` without one, as the stdlib makes them
+    (``psm_`` and 8 hex digits; no slash)."""
+    return "psm_" + secrets.token_hex(4)
 
 
 class SharedMemory(Handle):
-    """A named POSIX shared memory segment, mapped read-write.
+    """A named POSIX shared memory segment, mapped read-write, with the signature and the
+    behaviour of :class:`multiprocessing.shared_memory.SharedMemory`.
 
     ``create=True`` creates it exclusively with ``size`` bytes (``FileExistsError`` if the
-    name is taken); ``create=False`` attaches to an existing one (``FileNotFoundError`` if
-    absent) and maps its real size, or the first ``size`` bytes when ``size`` is given (a
-    larger ``size`` than the segment is a ``ValueError``: attaching never resizes). Nothing
-    is registered with ``multiprocessing``'s resource tracker: ``close()`` unmaps, only
-    ``unlink()`` removes the name. A SharedMemory pickles as its name: unpickled in another
-    process it attaches (``create=False``; ``FileNotFoundError`` if the name has gone).
+    name is taken; ``size <= 0`` is a ``ValueError``); without a ``name`` it makes a new one
+    (``psm_`` and 8 hex digits). ``create=False`` attaches to an existing one
+    (``FileNotFoundError`` if absent; ``name=None`` is a ``ValueError``) and maps its real
+    size, whatever smaller ``size`` is given (a larger ``size`` than the segment is a
+    ``ValueError``: attaching never resizes). Attaching refuses a segment owned by another
+    uid (``PermissionError``) unless ``owner`` is that uid (``None``: this process's
+    effective uid); creating ignores ``owner``. ``name`` is the name as given (with or
+    without the leading slash, which name the same segment). Nothing is registered with
+    ``multiprocessing``'s resource tracker: ``close()`` unmaps, only ``unlink()`` removes
+    the name. A SharedMemory pickles as its name: unpickled in another process it attaches
+    (``create=False``; ``FileNotFoundError`` if the name has gone).
     """
 
     _what = "SharedMemory"
 
-    def __init__(self, name: str, size: int = 0, create: bool = False, mode: int = 0o600, *,
+    def __init__(self, name: Optional[str] = None, create: bool = False, size: int = 0, *,
+                 mode: int = 0o600, owner: Optional[int] = None,
                  backend: Optional[str] = None) -> None:
-        self._name, self._path = segment_path(name)
-        size = check_int(size, "size", 0, 2**63 - 1)
         create = check_bool(create, "create")
+        size = check_int(size, "size", 0, 2**63 - 1)
         mode = check_int(mode, "mode", 0, 0o777)
+        uid = owner_uid(owner)
         which = _core.resolve_backend(backend)
-        if create:
-            if size == 0:
-                raise ValueError("size must be > 0 to create a segment")
-            fd = create_segment(self._path, size, mode)
-        else:
-            fd = open_segment(self._path, 0)
-        try:
-            real = os.fstat(fd).st_size
+        if create and size == 0:
+            raise ValueError("size must be > 0 to create a segment")
+        if name is None:
             if not create:
-                if real == 0:
-                    raise ValueError(f"shared memory segment {self._name!r} is empty")
-                if size > real:
+                raise ValueError("name can only be None if create=True")
+            while True:  # a made-up name: try another if it is taken
+                name = _new_name()
+                path = segment_path(name)[1]
+                try:
+                    fd = create_segment(path, size, mode)
+                except FileExistsError:
+                    continue
+                break
+        else:
+            path = segment_path(name)[1]
+            fd = create_segment(path, size, mode) if create else open_segment(path, 0)
+        self._name, self._path = name, path
+        try:
+            st = os.fstat(fd)
+            if not create:
+                check_owner(st, uid, path)
+                if st.st_size == 0:
+                    raise ValueError(f"shared memory segment {name!r} is empty")
+                if size > st.st_size:
                     raise ValueError(
-                        f"size {size} exceeds the segment {self._name!r} ({real} bytes)")
-                size = size or real
+                        f"size {size} exceeds the segment {name!r} ({st.st_size} bytes)")
+                size = st.st_size
             self._mmap = mmap.mmap(fd, size)
         except BaseException:
             os.close(fd)
             if create:
-                os.unlink(self._path)
+                os.unlink(path)
             raise
         self._size = size
         self._buf: Optional[memoryview] = memoryview(self._mmap)
         self._open_handle(which, fd)
 
-    name = _core.Fixed[str]("_name", "The segment's name, without the slash (also once closed: "
-                      "unlink() needs it).")
-    size = _core.Fixed[int]("_size", "Bytes mapped (the segment's size from fstat unless a smaller "
-                      "size was asked).", open_only=True)
+    name = _core.Fixed[str]("_name", "The segment's name as given (also once closed: "
+                            "unlink() needs it).")
+    size = _core.Fixed[int]("_size", "Bytes mapped: the segment's size.", open_only=True)
 
     @property
     def buf(self) -> memoryview:
@@ -184,7 +208,7 @@ class _End(SegmentEnd):
     _size = 0
 
     def _setup(self, name: Any, backend: Optional[str]) -> None:
-        self._name, self._path = segment_path(name)
+        self._set_name(name)
         self._which = _core.resolve_backend(backend)
         self._impl = _core.ops("shm", self._which)
         self._spin_async = _aio.Spin()

@@ -510,7 +510,11 @@ class WriterOps(_Ops, contract.NowaitSend):
 
     def send_many(self, blob: bytes, lens: list[int], timeout: float) -> None:
         if any(n > self.max_message for n in lens):
-            self._run(FIPC_TOOBIG, _no_retry, Deadline(timeout))
+            try:
+                self._run(FIPC_TOOBIG, _no_retry, Deadline(timeout))
+            except OSError as exc:
+                exc.messages_sent = 0  # type: ignore[attr-defined]
+                raise
         mv = memoryview(blob)
         deadline = Deadline(timeout)
         sent = [0, 0]  # messages, bytes
