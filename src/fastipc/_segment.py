@@ -10,11 +10,11 @@ import mmap
 import os
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any, Optional, TypeVar
 
-from fastipc import _core
+from fastipc import _aio, _core
 
 _T = TypeVar("_T")
 
@@ -91,6 +91,30 @@ def create_segment(path: str, size: int, mode: int) -> int:
         os.unlink(path)
         raise
     return fd
+
+
+def listed_messages(messages: Iterable[Any]) -> list[Any] | tuple[Any, ...]:
+    """send_many's messages as a list or tuple (TypeError for one message)."""
+    if isinstance(messages, (bytes, bytearray, memoryview, str)):
+        raise TypeError("send_many takes an iterable of messages, not one message")
+    return messages if isinstance(messages, (list, tuple)) else list(messages)
+
+
+def joined_messages(messages: Iterable[Any]) -> tuple[bytes, list[int]]:
+    """send_many's messages back to back, and their lengths in bytes."""
+    messages = listed_messages(messages)
+    if not messages:
+        return b"", []
+    try:  # the usual case, bytes-like items, in two C loops
+        blob = b"".join(messages)
+        lens = list(map(len, messages))
+    except TypeError:
+        blob = b""
+        lens = [-1]
+    if sum(lens) != len(blob):  # str items (refused), or items wider than a byte
+        views = [_core.byte_view(m) for m in messages]
+        blob, lens = b"".join(views), [v.nbytes for v in views]
+    return blob, lens
 
 
 def owner_uid(owner: Optional[int]) -> int:
@@ -195,6 +219,57 @@ class SegmentEnd(_core.Handle):
 
     def _wake(self) -> None:
         self._ops.wake()
+
+    _spin_async: Optional[_aio.Spin] = None  # the awaitables' spin (None: they park at once)
+
+    def _park(self) -> Optional[tuple[int, int]]:
+        """The await hook: ``park`` of :func:`fastipc._aio.wait` (a native handle's is C)."""
+        return self._ops.park()  # type: ignore[no-any-return]
+
+    def _unpark(self) -> None:
+        self._ops.unpark()
+
+    def _ended(self) -> None:
+        """An awaited call found the end of the stream (EOFError follows)."""
+
+    async def _awaited(self, attempt: Callable[[], Any], timeout: Optional[float],
+                       give_up: Optional[Callable[[], None]] = None,
+                       park: Optional[Callable[[], Optional[tuple[int, int]]]] = None) -> Any:
+        """Await ``attempt()`` (a try-once call returning :data:`fastipc._aio.NOT_READY`
+        when it would wait) on the running loop, parked on the end's futex word (``park``:
+        another park hook than :meth:`_park`). Counted busy, so close() from another thread
+        or the loop ends it (ValueError) and unmaps only after it has left; ``give_up``
+        runs when it ends early on an open end (a send's half-streamed message)."""
+        deadline = _core.Deadline.of(timeout)
+        self._enter()
+        try:
+            return await _aio.wait(attempt, park or self._park, self._unpark, deadline,
+                                   spin=self._spin_async, name=self._name)
+        except BaseException as exc:
+            if give_up is not None and not self._closed:
+                give_up()
+            if self._closed and isinstance(exc, (OSError, EOFError)):
+                raise self._closed_error() from None
+            if isinstance(exc, EOFError):
+                self._ended()
+            raise
+        finally:
+            self._leave()
+
+
+def check_writable(buffer: Any) -> None:
+    """Raise what is wrong with ``buffer`` for recv_into: TypeError unless it is a writable
+    contiguous bytes-like object."""
+    try:
+        mv = memoryview(buffer)
+    except TypeError:
+        raise TypeError("recv_into needs a writable bytes-like object, not "
+                        f"{type(buffer).__name__!r}") from None
+    with mv:
+        if mv.readonly:
+            raise TypeError("recv_into needs a writable buffer")
+        if not mv.c_contiguous:
+            raise TypeError("recv_into needs a contiguous buffer")
 
 
 class View:

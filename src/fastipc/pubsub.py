@@ -41,6 +41,8 @@ from fastipc._segment import (
     check_owner,
     check_spin,
     create_segment,
+    joined_messages,
+    listed_messages,
     open_existing,
     open_to_inspect,
     owner_uid,
@@ -77,30 +79,6 @@ def map_segment(fd: int, size: int) -> tuple[mmap.mmap, int]:
     except BaseException:
         mm.close()
         raise
-
-
-def _listed(messages: Iterable[Any]) -> list[Any] | tuple[Any, ...]:
-    """send_many's messages as a list or tuple (TypeError for one message)."""
-    if isinstance(messages, (bytes, bytearray, memoryview, str)):
-        raise TypeError("send_many takes an iterable of messages, not one message")
-    return messages if isinstance(messages, (list, tuple)) else list(messages)
-
-
-def _joined(messages: Iterable[Any]) -> tuple[bytes, list[int]]:
-    """send_many's messages back to back, and their lengths in bytes."""
-    messages = _listed(messages)
-    if not messages:
-        return b"", []
-    try:  # the usual case, bytes-like items, in two C loops
-        blob = b"".join(messages)
-        lens = list(map(len, messages))
-    except TypeError:
-        blob = b""
-        lens = [-1]
-    if sum(lens) != len(blob):  # str items (refused), or items wider than a byte
-        views = [_core.byte_view(m) for m in messages]
-        blob, lens = b"".join(views), [v.nbytes for v in views]
-    return blob, lens
 
 
 def _publisher_alive(fd: int) -> bool:
@@ -147,12 +125,6 @@ class _Endpoint(SegmentEnd):
     def _stats(self) -> tuple[int, int]:
         return self._ops.stats()  # type: ignore[no-any-return]
 
-    def _park(self) -> Optional[tuple[int, int]]:
-        return self._ops.park()  # type: ignore[no-any-return]
-
-    def _unpark(self) -> None:
-        self._ops.unpark()
-
     def _wake(self) -> None:
         if self._ops is not None:  # (the native handle's waits are woken in C)
             self._ops.wake()
@@ -170,27 +142,6 @@ class _Endpoint(SegmentEnd):
         fd, self._fd = self._fd, -1
         if fd >= 0:
             os.close(fd)
-
-    async def _awaited(self, attempt: Callable[[], Any], timeout: Optional[float],
-                       give_up: Optional[Callable[[], None]] = None) -> Any:
-        """Await ``attempt()`` (a try-once call; see :func:`fastipc._aio.wait`), counted
-        busy, so that close() from another thread wakes it (ValueError) and unmaps only
-        after it has left. Whatever ends it early gives the message up (``give_up``)."""
-        deadline = Deadline.of(timeout)
-        self._enter()
-        try:
-            return await _aio.wait(attempt, self._park, self._unpark, deadline,
-                                   name=self._name)
-        except BaseException as exc:
-            if give_up is not None and not self._closed:
-                give_up()
-            if self._closed and isinstance(exc, (OSError, EOFError)):
-                raise self._closed_error() from None
-            if isinstance(exc, EOFError):
-                remove_orphan(self._fd, self._path, _publisher_alive)
-            raise
-        finally:
-            self._leave()
 
     def _abandon(self) -> None:
         """In a forked child: let go of the fd (and with it the liveness lock's reference)
@@ -308,7 +259,7 @@ class Publisher(_Endpoint):
         """Publish several messages in one call. On an error after some went, the
         exception's ``messages_sent`` says how many."""
         t = check_timeout(timeout)
-        blob, lens = _joined(messages)
+        blob, lens = joined_messages(messages)
         if lens:
             self._ops.send_many(blob, lens, t)
 
@@ -323,7 +274,7 @@ class Publisher(_Endpoint):
         return self._ops.send_nowait(data)  # type: ignore[no-any-return]
 
     def _send_many_nowait(self, messages: list[Any] | tuple[Any, ...], first: int) -> int:
-        blob, lens = _joined(messages)
+        blob, lens = joined_messages(messages)
         return self._ops.send_many_nowait(blob, lens, first)  # type: ignore[no-any-return]
 
     def _give_up(self) -> None:
@@ -351,7 +302,7 @@ class Publisher(_Endpoint):
         each whole."""
         self._check_open()
         check_timeout(timeout)
-        listed = _listed(messages)
+        listed = listed_messages(messages)
         if not listed:
             return
         send = self._send_many_nowait

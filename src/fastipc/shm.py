@@ -36,7 +36,9 @@ from fastipc._segment import (
     check_bool,
     check_owner,
     check_spin,
+    check_writable,
     create_segment,
+    joined_messages,
     map_segment,
     open_existing,
     open_segment,
@@ -308,26 +310,6 @@ class _End(SegmentEnd):
     def _describe(self) -> str:
         return f"{self._name!r} capacity={self._size - HEADER}"
 
-    async def _awaited(self, attempt: Callable[[], Any], timeout: Optional[float],
-                       give_up: Optional[Callable[[], None]] = None) -> Any:
-        """Wait for ``attempt`` (a no-wait call) on the running loop: counted busy while it
-        awaits, so close() from another thread wakes it (ValueError) and the mapping stays
-        until it has left. ``give_up`` runs if it fails (a send's half-streamed message)."""
-        deadline = Deadline.of(timeout)
-        self._enter()
-        ops = self._ops
-        try:
-            return await _aio.wait(attempt, ops.park, ops.unpark, deadline,
-                                   spin=self._spin_async, name=self._name)
-        except BaseException as exc:
-            if give_up is not None:
-                give_up()
-            if self._closed and isinstance(exc, (OSError, EOFError)):
-                raise self._closed_error() from None
-            raise
-        finally:
-            self._leave()
-
 
 def _writer_alive(fd: int) -> bool:
     return _layout.lock_held(fd, _layout.LOCK_WRITER)
@@ -489,35 +471,7 @@ class Writer(_End):
             except FileNotFoundError:
                 pass
 
-    @staticmethod
-    def _join(messages: Iterable[Any]) -> tuple[bytes, list[int]]:
-        """send_many's messages back to back, and their lengths in bytes."""
-        if not isinstance(messages, (list, tuple)):
-            if isinstance(messages, (bytes, bytearray, memoryview, str)):
-                raise TypeError("send_many takes an iterable of messages, not one message")
-            messages = list(messages)
-        if not messages:
-            return b"", []
-        try:
-            blob = b"".join(messages)
-        except TypeError:
-            for m in messages:
-                if isinstance(m, str) or not _is_buffer(m):
-                    raise TypeError("messages must be bytes-like objects, not "
-                                    f"{type(m).__name__!r}") from None
-            raise
-        lens = [len(m) for m in messages]
-        if sum(lens) != len(blob):  # memoryviews of items wider than a byte
-            lens = [memoryview(m).nbytes for m in messages]
-        return blob, lens
-
-
-def _is_buffer(obj: Any) -> bool:
-    try:
-        memoryview(obj)
-    except TypeError:
-        return False
-    return True
+    _join = staticmethod(joined_messages)  # (the native handle's send_many calls it)
 
 
 class _View(View):
@@ -551,21 +505,6 @@ class _View(View):
             reader._ops.release_view(mv, self.pos)
         finally:
             reader._leave()
-
-
-def _writable(buffer: Any) -> None:
-    """Raise what is wrong with ``buffer`` for recv_into: TypeError unless it is a writable
-    contiguous bytes-like object."""
-    try:
-        mv = memoryview(buffer)
-    except TypeError:
-        raise TypeError("recv_into needs a writable bytes-like object, not "
-                        f"{type(buffer).__name__!r}") from None
-    with mv:
-        if mv.readonly:
-            raise TypeError("recv_into needs a writable buffer")
-        if not mv.c_contiguous:
-            raise TypeError("recv_into needs a contiguous buffer")
 
 
 class Reader(_End):
@@ -631,10 +570,10 @@ class Reader(_End):
         """Copy the next message into ``buffer`` and return its length. ValueError if it does
         not fit (the message stays queued)."""
         t = check_timeout(timeout)
-        _writable(buffer)
+        check_writable(buffer)
         return self._ops.recv_into(buffer, t)
 
-    _writable = staticmethod(_writable)
+    _writable = staticmethod(check_writable)
 
     @uses_handle
     def recv_many(self, max_messages: int = 1024, timeout: Optional[float] = None
