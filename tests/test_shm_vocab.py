@@ -11,6 +11,7 @@ import os
 import pickle
 import re
 from pathlib import Path
+
 import pytest
 
 from fastipc import pubsub, shm

@@ -257,6 +257,20 @@ class SegmentEnd(_core.Handle):
             self._leave()
 
 
+def try_once(call: Callable[..., _T], *args: Any) -> Callable[[], Any]:
+    """The ``attempt`` of an awaitable made of a blocking call: ``call(*args, 0.0)`` (a
+    zero timeout: it never waits, and takes nothing when it times out), or
+    :data:`fastipc._aio.NOT_READY` when that times out."""
+
+    def attempt() -> Any:
+        try:
+            return call(*args, 0.0)
+        except TimeoutError:
+            return _aio.NOT_READY
+
+    return attempt
+
+
 def check_writable(buffer: Any) -> None:
     """Raise what is wrong with ``buffer`` for recv_into: TypeError unless it is a writable
     contiguous bytes-like object."""
@@ -270,6 +284,35 @@ def check_writable(buffer: Any) -> None:
             raise TypeError("recv_into needs a writable buffer")
         if not mv.c_contiguous:
             raise TypeError("recv_into needs a contiguous buffer")
+
+
+class ReceivingEnd(SegmentEnd):
+    """The awaitables every receiving end of a ring shares (shm's Reader, pubsub's
+    Subscriber), made of its blocking calls with a zero timeout: they follow the blocking
+    call's rules, and a cancelled or timed-out one has taken nothing."""
+
+    def recv_into(self, buffer: Any, timeout: Optional[float] = None) -> int:
+        raise NotImplementedError
+
+    def recv_view(self, timeout: Optional[float] = None) -> View:
+        raise NotImplementedError
+
+    async def recv_into_async(self, buffer: Any, timeout: Optional[float] = None) -> int:
+        """:meth:`recv_into` on the running event loop (asyncio, uvloop): waits without
+        blocking the loop. Cancelled (or timed out), it has taken nothing: the message
+        stays for the next call. ValueError if it does not fit (it stays queued)."""
+        self._check_open()
+        _core.check_timeout(timeout)
+        check_writable(buffer)
+        return await self._awaited(  # type: ignore[no-any-return]
+            try_once(self.recv_into, buffer), timeout)
+
+    async def recv_view_async(self, timeout: Optional[float] = None) -> View:
+        """:meth:`recv_view` on the running event loop: the next message as a read-only
+        memoryview for a ``with`` block. Cancelled (or timed out), it has taken nothing."""
+        self._check_open()
+        _core.check_timeout(timeout)
+        return await self._awaited(try_once(self.recv_view), timeout)  # type: ignore[no-any-return]
 
 
 class View:

@@ -36,6 +36,7 @@ from fastipc._backend.pubsub import NotReady, SubscriberOps
 from fastipc._backend.ring import Holds
 from fastipc._core import Deadline, check_int, check_timeout, uses_handle
 from fastipc._segment import (
+    ReceivingEnd,
     SegmentEnd,
     View,
     check_owner,
@@ -363,7 +364,7 @@ class _View(View):
         sub._holds_of().release_view(mv, self.pos)
 
 
-class Subscriber(_Endpoint, Holds):
+class Subscriber(_Endpoint, ReceivingEnd, Holds):
     """Attaches to the publisher ``name`` and receives every message published from then on.
 
     Waits up to ``timeout`` seconds for the publisher to appear (TimeoutError). A segment

@@ -31,6 +31,7 @@ from fastipc._backend import shm as _contract
 from fastipc._core import Deadline, Handle, check_int, check_timeout, uses_handle
 from fastipc._segment import (
     SHM_DIR,
+    ReceivingEnd,
     SegmentEnd,
     View,
     check_bool,
@@ -39,6 +40,7 @@ from fastipc._segment import (
     check_writable,
     create_segment,
     joined_messages,
+    listed_messages,
     map_segment,
     open_existing,
     open_segment,
@@ -442,6 +444,61 @@ class Writer(_End):
 
         await self._awaited(attempt, timeout, self._abandon)
 
+    async def send_many_async(self, messages: Iterable[Any],
+                              timeout: Optional[float] = None) -> None:
+        """:meth:`send_many` on the running event loop: waits for room without blocking the
+        loop. Whatever ends it early (an error, a timeout, a cancellation, a close), the
+        exception's ``messages_sent`` says how many went, each whole; a message streamed in
+        part is abandoned (the reader drops it, never delivers it in part)."""
+        self._check_open()
+        check_timeout(timeout)
+        listed = listed_messages(messages)
+        done = [0]
+        alone = [False]  # the next message goes by itself (it may be streamed in chunks)
+
+        def attempt() -> Any:
+            while done[0] < len(listed):
+                if alone[0]:
+                    if not self._send_nowait(listed[done[0]]):
+                        return _aio.NOT_READY
+                    alone[0] = False
+                    done[0] += 1
+                    continue
+                try:
+                    self.send_many(listed[done[0]:] if done[0] else listed, 0.0)
+                except BaseException as exc:
+                    sent = getattr(exc, "messages_sent", 0)
+                    done[0] += sent
+                    if not isinstance(exc, TimeoutError):
+                        raise
+                    if sent:
+                        return _aio.NOT_READY
+                    alone[0] = True  # not one fitted: keep the progress of the next
+                    continue
+                done[0] = len(listed)
+            return True
+
+        try:
+            await self._awaited(attempt, timeout, self._abandon)
+        except BaseException as exc:
+            exc.messages_sent = done[0]  # type: ignore[attr-defined]
+            raise
+
+    async def flush_async(self, timeout: Optional[float] = None) -> None:
+        """:meth:`flush` on the running event loop: woken by the reader as it takes the
+        messages out of the ring (no polling). TimeoutError, BrokenPipeError as
+        :meth:`flush`."""
+        self._check_open()
+        check_timeout(timeout)
+        flushed = self._ops.flushed
+
+        def attempt() -> Any:
+            if self._closed:  # (the pure backend's flushed() does not look)
+                raise self._closed_error()
+            return True if flushed() else _aio.NOT_READY
+
+        await self._awaited(attempt, timeout, park=self._ops.flush_park)
+
     @property
     def reader_attached(self) -> bool:
         """Whether a reader has attached (it may have closed since)."""
@@ -507,7 +564,7 @@ class _View(View):
             reader._leave()
 
 
-class Reader(_End):
+class Reader(_End, ReceivingEnd):
     """The receiving end of a channel: attaches to the segment a :class:`Writer` created.
 
     Waits up to ``timeout`` seconds for the writer to appear (TimeoutError). A second reader
