@@ -10,6 +10,7 @@ import mmap
 import os
 import stat
 import time
+import weakref
 from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any, Optional, TypeVar
@@ -198,9 +199,36 @@ def remove_orphan(fd: int, path: str, creator_alive: Callable[[int], bool]) -> N
 
 
 class SegmentEnd(_core.Handle):
-    """What every end of a segment's ring shares (shm's Writer and Reader, pubsub's
-    Publisher and Subscriber): its name, and the backend ops whose ``wake()`` ends the
-    waits of a call when another thread closes the end."""
+    """The base of every end of a shared-memory segment (shm's Writer and Reader, pubsub's
+    Publisher and Subscriber), as ``selectors._BaseSelectorImpl`` is of the selectors: what
+    they share is written here once, and a subclass keeps only its layout and its ops.
+
+    A subclass's ``__init__``:
+
+    - :meth:`_set_name` first: the name as given (``obj.name``) and ``_path`` under /dev/shm;
+    - creates the segment with :func:`create_segment` (under a temporary name, linked into
+      place once whole: see ``shm._publish_segment``; the channel's and the fan-out's
+      temporaries are still built by their own code) or attaches with
+      :func:`open_existing`, :func:`check_owner` (``owner=`` through :func:`owner_uid`)
+      and :func:`wait_for`;
+    - maps it with :func:`map_segment` (ONE mapping function: the mapping has an open file
+      description of its own, so the liveness lock is the end's fd's alone), takes its
+      liveness lock on that fd, then :meth:`_core.Handle._open_handle` and :meth:`_track`.
+
+    What a subclass provides: ``_ops`` (the pure backend's object, whose ``wake()`` ends
+    the waits of calls blocked in other threads; None where a native handle does it in C),
+    ``_free`` (once no call is busy), ``_creator_alive(fd)`` (the creator's liveness lock,
+    for :meth:`_remove_orphan`), ``_let_go()`` (the native handle drops its mapping without
+    a word to the peer, for :meth:`_forked`), and optionally ``_park``/``_unpark`` (the
+    native handle's C methods) and ``_ended``.
+
+    What it gets: ``name``; :meth:`_forked`, which a child made by fork() calls on every
+    tracked end (ONE fork hook: the child never keeps the parent's liveness lock nor touches
+    its stream); :meth:`_remove_orphan` (the name of a creator that died); and
+    :meth:`_awaited`, the wait of every awaitable: ``attempt`` is a try-once call
+    (:func:`try_once` makes one of a blocking call with a zero timeout), counted busy so
+    that close() from any thread ends it with ValueError and nothing is unmapped under
+    it."""
 
     _name = ""
     _path = ""
@@ -221,6 +249,47 @@ class SegmentEnd(_core.Handle):
         self._ops.wake()
 
     _spin_async: Optional[_aio.Spin] = None  # the awaitables' spin (None: they park at once)
+
+    def _creator_alive(self, fd: int) -> bool:
+        """Whether the end that created the segment open at ``fd`` (the Writer, the
+        Publisher) still holds its liveness lock."""
+        raise NotImplementedError
+
+    def _remove_orphan(self) -> None:
+        """The creator is gone without removing the name (it died): remove it, if the name
+        still refers to this end's segment."""
+        remove_orphan(self._fd, self._path, self._creator_alive)
+
+    def _track(self) -> None:
+        """The end holds a liveness lock and a mapping now: a child made by fork() gives
+        them up (:meth:`_forked`)."""
+        _open_ends.add(self)
+
+    def _untrack(self) -> None:
+        _open_ends.discard(self)
+
+    def _let_go(self) -> None:
+        """(native backend) The handle lets go of the mapping without a word to the peer."""
+        raise NotImplementedError
+
+    def _forked(self) -> None:
+        """In a child made by fork(): this copy is not the end. Drop it without a word to
+        the peer, and close the inherited fd, so that the liveness lock goes with the
+        parent, not with the child, and the child never touches the parent's stream. An
+        end the parent had closed is left alone: its fd number may be another's by now."""
+        if self._closed:
+            return
+        if self._native:
+            self._let_go()
+        else:
+            self._closed = True
+            self._unfreed = []
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
     def _park(self) -> Optional[tuple[int, int]]:
         """The await hook: ``park`` of :func:`fastipc._aio.wait` (a native handle's is C)."""
@@ -255,6 +324,11 @@ class SegmentEnd(_core.Handle):
             raise
         finally:
             self._leave()
+
+
+# The ends open in this process, shm's and pubsub's alike: a child made by fork() calls their
+# _forked() at once.
+_open_ends: weakref.WeakSet[SegmentEnd] = _core.given_up_in_child("_forked")
 
 
 def try_once(call: Callable[..., _T], *args: Any) -> Callable[[], Any]:

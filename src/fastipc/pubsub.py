@@ -44,10 +44,10 @@ from fastipc._segment import (
     create_segment,
     joined_messages,
     listed_messages,
+    map_segment,
     open_existing,
     open_to_inspect,
     owner_uid,
-    remove_orphan,
     same_file,
     wait_for,
 )
@@ -62,29 +62,6 @@ MAX_SUBSCRIBERS = _layout.SLOTS
 DEFAULT_MAX_MESSAGE_SIZE = 1 << 30
 MAX_MESSAGE_LIMIT = (1 << 63) - 1
 _T = TypeVar("_T")
-
-# Objects open in this process: a child made by fork() lets go of their fds at once, so that
-# it never keeps a dead parent's liveness lock (the lock belongs to the open file
-# description, which the child shares) and never touches the parent's cursor or stream.
-_open_handles: weakref.WeakSet[_Endpoint] = _core.given_up_in_child("_abandon")
-
-
-def map_segment(fd: int, size: int) -> tuple[mmap.mmap, int]:
-    """Map the segment open at ``fd`` and return the mapping with a new fd of the segment,
-    on an open file description of its own, for the liveness lock. (The mapping keeps a
-    duplicate of ``fd``, which shares its description: a forked child would keep it, and
-    with it a dead parent's lock. The caller closes ``fd``.)"""
-    mm = mmap.mmap(fd, size)
-    try:
-        return mm, os.open(f"/proc/self/fd/{fd}", os.O_RDWR | os.O_CLOEXEC)
-    except BaseException:
-        mm.close()
-        raise
-
-
-def _publisher_alive(fd: int) -> bool:
-    return _layout.lock_held(fd, _layout.LOCK)
-
 
 class _Endpoint(SegmentEnd):
     """What Publisher and Subscriber share: the segment's fd and mapping.
@@ -144,23 +121,11 @@ class _Endpoint(SegmentEnd):
         if fd >= 0:
             os.close(fd)
 
-    def _abandon(self) -> None:
-        """In a forked child: let go of the fd (and with it the liveness lock's reference)
-        without telling the segment anything; the object is closed from now on. One the
-        parent had closed is left alone: its fd number may belong to something else now."""
-        if self._closed:
-            return
-        if self._ops is None:
-            self._forsake()  # type: ignore[attr-defined]  # (the native handle's)
-        else:
-            self._closed = True
-            self._unfreed = []
-        fd, self._fd = self._fd, -1
-        if fd >= 0:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+    def _let_go(self) -> None:
+        self._forsake()  # type: ignore[attr-defined]  # (the native handle's)
+
+    def _creator_alive(self, fd: int) -> bool:
+        return _layout.lock_held(fd, _layout.LOCK)
 
 
 class Publisher(_Endpoint):
@@ -197,18 +162,16 @@ class Publisher(_Endpoint):
         impl = _core.ops("pubsub", which)
         size = _layout.HEADER + capacity
         tmp = f"{SHM_DIR}/.fastipc-pub-{os.getpid()}-{uuid.uuid4().hex}"
-        fd = create_segment(tmp, size, mode)
-        lock_fd = -1
+        fd = create_segment(tmp, size, mode)  # (its fd holds the liveness lock)
         try:
-            self._mm, lock_fd = map_segment(fd, size)
-            if not _layout.lock_byte(lock_fd, _layout.LOCK):  # a new file: cannot be held
+            self._mm = map_segment(fd, size)
+            if not _layout.lock_byte(fd, _layout.LOCK):  # a new file: cannot be held
                 raise OSError(errno.EAGAIN, "cannot take the publisher's lock", tmp)
-            args = (size, lock_fd, os.getpid(), max_message_size, _layout.OVERFLOW[overflow],
-                    spin)
+            args = (size, fd, os.getpid(), max_message_size, _layout.OVERFLOW[overflow], spin)
             if which == "native":
                 self._open(self._mm, *args)  # type: ignore[attr-defined]
             else:
-                self._ops = impl.Publisher(self._mm, size, lock_fd, self._name, *args[2:])
+                self._ops = impl.Publisher(self._mm, size, fd, self._name, *args[2:])
             try:
                 os.link(tmp, self._path)  # the name appears with the whole segment behind it
             except BaseException:
@@ -221,18 +184,15 @@ class Publisher(_Endpoint):
             if self._mm is not None:
                 self._mm.close()
                 self._mm = None
-            if lock_fd >= 0:
-                os.close(lock_fd)
+            os.close(fd)
             os.unlink(tmp)
             raise
-        finally:
-            os.close(fd)
         os.unlink(tmp)
         self._overflow = overflow
         self._max = max_message_size
         self._pid = os.getpid()
-        self._open_handle(which, lock_fd)
-        _open_handles.add(self)
+        self._open_handle(which, fd)
+        self._track()
 
     # _ops: the pure backend's PublisherOps (None: native)
 
@@ -321,7 +281,7 @@ class Publisher(_Endpoint):
             raise
 
     def _free(self) -> None:
-        _open_handles.discard(self)
+        self._untrack()
         if self._ops is not None:  # (the native handle closed its end in C)
             self._ops.close()
         try:
@@ -396,7 +356,7 @@ class Subscriber(_Endpoint, ReceivingEnd, Holds):
                  self._name)
         self._pid = os.getpid()
         self._open_handle(which, self._fd)
-        _open_handles.add(self)
+        self._track()
 
     def _attach(self, impl: Any, which: str, max_message_size: int, spin: float, uid: int
                 ) -> Optional[bool]:
@@ -409,11 +369,11 @@ class Subscriber(_Endpoint, ReceivingEnd, Holds):
             if st.st_size <= _layout.HEADER:
                 raise OSError(errno.EBADMSG, "not a publisher segment (too small)",
                               self._name)
-            mm, lock_fd = map_segment(fd, st.st_size)
+            mm = map_segment(fd, st.st_size)
         except BaseException:
             os.close(fd)
             raise
-        os.close(fd)
+        lock_fd = fd  # (the mapping has a description of its own: the lock is fd's alone)
         try:
             slot = _layout.claim_slot(lock_fd)
             if slot < 0:
@@ -518,7 +478,7 @@ class Subscriber(_Endpoint, ReceivingEnd, Holds):
     def _ended(self) -> None:
         """The stream ended (EOFError follows): remove the name of a publisher that died
         without removing it."""
-        remove_orphan(self._fd, self._path, _publisher_alive)
+        self._remove_orphan()
 
     @uses_handle
     def recv_view(self, timeout: Optional[float] = None) -> _View:
@@ -549,7 +509,7 @@ class Subscriber(_Endpoint, ReceivingEnd, Holds):
         for view in list(self._views):
             view.release()
         self._holds_of().drop_taken()
-        _open_handles.discard(self)
+        self._untrack()
         if self._ops is not None:
             self._ops.close()
         else:  # (the native handle freed its slot in C)

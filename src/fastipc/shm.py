@@ -45,7 +45,6 @@ from fastipc._segment import (
     open_existing,
     open_segment,
     owner_uid,
-    remove_orphan,
     same_file,
     segment_path,
     wait_for,
@@ -191,10 +190,6 @@ class SharedMemory(Handle):
 
 # ---------------------------------------------------------------------------- the channel
 
-# Ends open in this process: a child made by fork() gives up its copies (see _End._forked).
-_open_ends: weakref.WeakSet[_End] = _core.given_up_in_child("_forked")
-
-
 class _End(SegmentEnd):
     """What Writer and Reader share: the segment, its mapping, the backend's ops and the
     liveness lock.
@@ -239,7 +234,7 @@ class _End(SegmentEnd):
     def _start(self, fd: int, ops: Any) -> None:
         self._ops = ops
         self._open_handle(self._which, fd)
-        _open_ends.add(self)
+        self._track()
 
     max_message_size = _core.Fixed[int]("_max", "The largest message taken, in bytes.",
                                         open_only=True)
@@ -292,29 +287,14 @@ class _End(SegmentEnd):
     def _ops_freed(self) -> None:
         """What the end does once closed, before its fd goes (the writer unlinks)."""
 
-    def _forked(self) -> None:
-        """In a child made by fork(): this copy is not the channel's end. Drop it without a
-        word to the peer, and close the inherited fd so that its liveness lock goes with the
-        parent, not with the child. An end the parent had closed is left alone: its fd
-        number may belong to something else by now."""
-        if self._closed:
-            return
-        if self._which == "native":
-            self._detach()  # type: ignore[attr-defined]
-        else:
-            self._closed = True
-            self._unfreed = []
-        try:
-            os.close(self._fd)
-        except OSError:
-            pass
+    def _let_go(self) -> None:
+        self._detach()  # type: ignore[attr-defined]  # (the native handle's)
+
+    def _creator_alive(self, fd: int) -> bool:
+        return _layout.lock_held(fd, _layout.LOCK_WRITER)
 
     def _describe(self) -> str:
         return f"{self._name!r} capacity={self._size - HEADER}"
-
-
-def _writer_alive(fd: int) -> bool:
-    return _layout.lock_held(fd, _layout.LOCK_WRITER)
 
 
 def _publish_segment(path: str, size: int, mode: int, build: Callable[[int, mmap.mmap], Any],
@@ -714,7 +694,7 @@ class Reader(_End, ReceivingEnd):
     def _ops_freed(self) -> None:
         """The writer has gone without removing the segment (it died): remove it, if the
         name still refers to it."""
-        remove_orphan(self._fd, self._path, _writer_alive)
+        self._remove_orphan()
 
 
 # Fan-out (one writer, many readers) and the many-worker queue live in modules of their own;
