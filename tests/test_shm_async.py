@@ -11,7 +11,7 @@ import asyncio
 import random
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -94,21 +94,28 @@ def test_awaiting_writer_blocking_reader(cross: tuple[str, str], name: str, run:
     sender, receiver = cross
     count = 600
 
-    async def main() -> None:
-        with shm.Writer(name, capacity=4096, backend=sender) as w:
-            proc = start_python(BLOCKING_READER, name, receiver, str(count))
-            try:
-                for i in range(count):
-                    await w.send_async(_msg(i), timeout=30)
-                out, err = await asyncio.get_running_loop().run_in_executor(
-                    None, lambda: proc.communicate(timeout=60))
-                assert proc.returncode == 0, err
-                assert out.strip() == "ok"
-            finally:
-                proc.kill()
-                proc.wait()
+    async def send(w: shm.Writer) -> None:
+        for i in range(count):
+            await w.send_async(_msg(i), timeout=30)
 
-    run(main())
+    run(_to_a_blocking_reader(send, name, sender, receiver, count))
+
+
+async def _to_a_blocking_reader(send: Callable[[shm.Writer], Awaitable[None]], name: str,
+                                sender: str, receiver: str, count: int) -> None:
+    """``await send(w)`` to a reader of ``count`` messages (_msg) in another process, which
+    must get them all."""
+    with shm.Writer(name, capacity=4096, backend=sender) as w:
+        proc = start_python(BLOCKING_READER, name, receiver, str(count))
+        try:
+            await send(w)
+            out, err = await asyncio.get_running_loop().run_in_executor(
+                None, lambda: proc.communicate(timeout=60))
+            assert proc.returncode == 0, err
+            assert out.strip() == "ok"
+        finally:
+            proc.kill()
+            proc.wait()
 
 
 def test_timeouts(backend: str, name: str, run: Any) -> None:
@@ -364,23 +371,12 @@ def test_send_many_async_to_a_blocking_reader(cross: tuple[str, str], name: str,
     sender, receiver = cross
     count = 600
 
-    async def main() -> None:
-        with shm.Writer(name, capacity=4096, backend=sender) as w:
-            proc = start_python(BLOCKING_READER, name, receiver, str(count))
-            try:
-                for first in range(0, count, 50):
-                    await w.send_many_async([_msg(i) for i in range(first, first + 50)],
-                                            timeout=30)
-                await w.flush_async(timeout=30)
-                out, err = await asyncio.get_running_loop().run_in_executor(
-                    None, lambda: proc.communicate(timeout=60))
-                assert proc.returncode == 0, err
-                assert out.strip() == "ok"
-            finally:
-                proc.kill()
-                proc.wait()
+    async def send(w: shm.Writer) -> None:
+        for first in range(0, count, 50):
+            await w.send_many_async([_msg(i) for i in range(first, first + 50)], timeout=30)
+        await w.flush_async(timeout=30)
 
-    run(main())
+    run(_to_a_blocking_reader(send, name, sender, receiver, count))
 
 
 def test_send_many_async_says_how_many_went(backend: str, name: str, run: Any) -> None:

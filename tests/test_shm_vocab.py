@@ -11,6 +11,7 @@ import os
 import pickle
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -83,14 +84,9 @@ def test_made_up_name(backend: str) -> None:
 def test_messages_sent_when_a_batch_stops(backend: str, name: str) -> None:
     """Every exception of a send_many that stopped part way says how many went; one that
     stopped before the first carries 0."""
-    batch = [b"m" * 500] * 20
     with shm.Writer(name, capacity=4096, max_message_size=1000, backend=backend) as w, \
             shm.Reader(name, timeout=1, backend=backend) as r:
-        with pytest.raises(TimeoutError) as info:
-            w.send_many(batch, timeout=0.05)
-        went = info.value.messages_sent  # type: ignore[attr-defined]
-        assert 0 < went < len(batch)
-        assert r.recv_many(100, timeout=1) == batch[:went]
+        _part_of_a_batch_goes(w, r)
         with pytest.raises(OSError) as oversized:
             w.send_many([b"ok", b"x" * 2000], timeout=1)
         assert oversized.value.errno == errno.EMSGSIZE
@@ -102,14 +98,20 @@ def test_messages_sent_when_a_batch_stops(backend: str, name: str) -> None:
 
 
 def test_publisher_messages_sent_when_a_batch_stops(backend: str, name: str) -> None:
-    batch = [b"m" * 500] * 20
     with pubsub.Publisher(name, capacity=4096, backend=backend) as p, \
             pubsub.Subscriber(name, timeout=1, backend=backend) as s:
-        with pytest.raises(TimeoutError) as info:
-            p.send_many(batch, timeout=0.05)
-        went = info.value.messages_sent  # type: ignore[attr-defined]
-        assert 0 < went < len(batch)
-        assert s.recv_many(100, timeout=1) == batch[:went]
+        _part_of_a_batch_goes(p, s)
+
+
+def _part_of_a_batch_goes(tx: Any, rx: Any) -> None:
+    """A batch larger than the ring times out part way: ``messages_sent`` says how many
+    went, and those are what the receiver gets."""
+    batch = [b"m" * 500] * 20
+    with pytest.raises(TimeoutError) as info:
+        tx.send_many(batch, timeout=0.05)
+    went = info.value.messages_sent  # type: ignore[attr-defined]
+    assert 0 < went < len(batch)
+    assert rx.recv_many(100, timeout=1) == batch[:went]
 
 
 # ---------------------------------------------------------------------------- 4. owner=
@@ -252,29 +254,30 @@ from multiprocessing import resource_tracker, shared_memory
 from fastipc import shm
 
 name, backend = sys.argv[1], sys.argv[2]
-for first, second in ((name, "/" + name), ("/" + name, name)):
-    theirs = shared_memory.SharedMemory(first, create=True, size=5000)
-    ours = shm.SharedMemory(second, backend=backend)
-    assert ours.size == 5000, ours.size
-    theirs.buf[:5] = b"hello"
-    assert bytes(ours.buf[:5]) == b"hello"
-    ours.buf[5:6] = b"!"
-    assert bytes(theirs.buf[:6]) == b"hello!"
-    ours.close()
-    theirs.close()
-    theirs.unlink()
 
-    ours = shm.SharedMemory(first, create=True, size=7000, backend=backend)
-    theirs = shared_memory.SharedMemory(second)
-    resource_tracker.unregister(theirs._name, "shared_memory")
-    assert theirs.size == 7000, theirs.size
-    ours.buf[:3] = b"abc"
-    assert bytes(theirs.buf[:3]) == b"abc"
-    theirs.buf[3:4] = b"d"
-    assert bytes(ours.buf[:4]) == b"abcd"
-    theirs.close()
-    ours.close()
-    ours.unlink()
+def theirs(*args, **kwargs):
+    seg = shared_memory.SharedMemory(*args, **kwargs)
+    resource_tracker.unregister(seg._name, "shared_memory")  # this script unlinks it
+    return seg
+
+def ours(*args, **kwargs):
+    return shm.SharedMemory(*args, **kwargs, backend=backend)
+
+def check(make, attach, first, second, size):
+    made = make(first, create=True, size=size)
+    other = attach(second)
+    assert other.size == size, other.size
+    made.buf[:5] = b"hello"
+    assert bytes(other.buf[:5]) == b"hello"
+    other.buf[5:6] = b"!"
+    assert bytes(made.buf[:6]) == b"hello!"
+    other.close()
+    made.close()
+    made.unlink()
+
+for first, second in ((name, "/" + name), ("/" + name, name)):
+    check(theirs, ours, first, second, 5000)
+    check(ours, theirs, first, second, 7000)
 print("ok")
 """
 
