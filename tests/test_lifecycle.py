@@ -86,7 +86,7 @@ def _sem(backend: str, name: str) -> Made:
 
 
 def _shared_memory(backend: str, name: str) -> Made:
-    m = shm.SharedMemory(name, 4096, create=True, backend=backend)
+    m = shm.SharedMemory(name, create=True, size=4096, backend=backend)
     m.unlink()
     return Made(m, None, lambda: m.size, [], [])
 

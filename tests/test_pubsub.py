@@ -303,8 +303,10 @@ def test_subscriber_limit(backend: str, name: str) -> None:
 def test_segment_of_another_user_is_refused(backend: str, name: str) -> None:
     with pubsub.Publisher(name, backend=backend):
         os.chown(SHM / name, 12345, 12345)
-        with pytest.raises(PermissionError, match="another user"):
+        with pytest.raises(PermissionError, match="uid 12345, not 0"):
             pubsub.Subscriber(name, timeout=1, backend=backend)
+        with pubsub.Subscriber(name, timeout=1, owner=12345, backend=backend) as sub:
+            assert sub.name == name
 
 
 def test_not_a_publisher_segment(backend: str, name: str) -> None:

@@ -9,9 +9,11 @@ reader with coverage guidance where atheris is installed.
 
 from __future__ import annotations
 
+import os
 import struct
 import threading
 import uuid
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -22,8 +24,11 @@ from fastipc import shm
 BACKENDS = ["native", "pure"]
 HDR = 256
 CAP = 4096
+# Run from a copy the user can only read, hypothesis has nowhere to keep its examples: no
+# database then (its warning would be an error here).
+DATABASE: dict[str, Any] = {} if os.access(".", os.W_OK) else {"database": None}
 FUZZ = settings(max_examples=150, deadline=None,
-                suppress_health_check=[HealthCheck.function_scoped_fixture])
+                suppress_health_check=[HealthCheck.function_scoped_fixture], **DATABASE)
 
 EXPECTED = (OSError, EOFError, TimeoutError, ValueError)
 
@@ -132,7 +137,7 @@ def test_random_frames(backend: str, ring: bytes, head: int,
 
 @pytest.mark.parametrize("sender,receiver", [(a, b) for a in BACKENDS for b in BACKENDS])
 @settings(max_examples=25, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+          suppress_health_check=[HealthCheck.function_scoped_fixture], **DATABASE)
 @given(sizes=st.lists(st.integers(0, 3 * CAP), min_size=1, max_size=30),
        batch=st.booleans())
 def test_any_sequence_goes_through(sender: str, receiver: str, sizes: list[int],

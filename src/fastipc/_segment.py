@@ -10,11 +10,12 @@ import mmap
 import os
 import stat
 import time
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any, Optional, TypeVar
 
-from fastipc import _core
+from fastipc import _aio, _core
 
 _T = TypeVar("_T")
 
@@ -91,6 +92,30 @@ def create_segment(path: str, size: int, mode: int) -> int:
         os.unlink(path)
         raise
     return fd
+
+
+def listed_messages(messages: Iterable[Any]) -> list[Any] | tuple[Any, ...]:
+    """send_many's messages as a list or tuple (TypeError for one message)."""
+    if isinstance(messages, (bytes, bytearray, memoryview, str)):
+        raise TypeError("send_many takes an iterable of messages, not one message")
+    return messages if isinstance(messages, (list, tuple)) else list(messages)
+
+
+def joined_messages(messages: Iterable[Any]) -> tuple[bytes, list[int]]:
+    """send_many's messages back to back, and their lengths in bytes."""
+    messages = listed_messages(messages)
+    if not messages:
+        return b"", []
+    try:  # the usual case, bytes-like items, in two C loops
+        blob = b"".join(messages)
+        lens = list(map(len, messages))
+    except TypeError:
+        blob = b""
+        lens = [-1]
+    if sum(lens) != len(blob):  # str items (refused), or items wider than a byte
+        views = [_core.byte_view(m) for m in messages]
+        blob, lens = b"".join(views), [v.nbytes for v in views]
+    return blob, lens
 
 
 def owner_uid(owner: Optional[int]) -> int:
@@ -174,20 +199,194 @@ def remove_orphan(fd: int, path: str, creator_alive: Callable[[int], bool]) -> N
 
 
 class SegmentEnd(_core.Handle):
-    """What every end of a segment's ring shares (shm's Writer and Reader, pubsub's
-    Publisher and Subscriber): its name, and the backend ops whose ``wake()`` ends the
-    waits of a call when another thread closes the end."""
+    """The base of every end of a shared-memory segment (shm's Writer and Reader, pubsub's
+    Publisher and Subscriber), as ``selectors._BaseSelectorImpl`` is of the selectors: what
+    they share is written here once, and a subclass keeps only its layout and its ops.
+
+    A subclass's ``__init__``:
+
+    - :meth:`_set_name` first: the name as given (``obj.name``) and ``_path`` under /dev/shm;
+    - creates the segment with :func:`create_segment` (under a temporary name, linked into
+      place once whole: see ``shm._publish_segment``; the channel's and the fan-out's
+      temporaries are still built by their own code) or attaches with
+      :func:`open_existing`, :func:`check_owner` (``owner=`` through :func:`owner_uid`)
+      and :func:`wait_for`;
+    - maps it with :func:`map_segment` (ONE mapping function: the mapping has an open file
+      description of its own, so the liveness lock is the end's fd's alone), takes its
+      liveness lock on that fd, then :meth:`_core.Handle._open_handle` and :meth:`_track`.
+
+    What a subclass provides: ``_ops`` (the pure backend's object, whose ``wake()`` ends
+    the waits of calls blocked in other threads; None where a native handle does it in C),
+    ``_free`` (once no call is busy), ``_creator_alive(fd)`` (the creator's liveness lock,
+    for :meth:`_remove_orphan`), ``_let_go()`` (the native handle drops its mapping without
+    a word to the peer, for :meth:`_forked`), and optionally ``_park``/``_unpark`` (the
+    native handle's C methods) and ``_ended``.
+
+    What it gets: ``name``; :meth:`_forked`, which a child made by fork() calls on every
+    tracked end (ONE fork hook: the child never keeps the parent's liveness lock nor touches
+    its stream); :meth:`_remove_orphan` (the name of a creator that died); and
+    :meth:`_awaited`, the wait of every awaitable: ``attempt`` is a try-once call
+    (:func:`try_once` makes one of a blocking call with a zero timeout), counted busy so
+    that close() from any thread ends it with ValueError and nothing is unmapped under
+    it."""
 
     _name = ""
+    _path = ""
     _ops: Any = None
 
     @property
     def name(self) -> str:
-        """The name, without the slash (also once closed)."""
+        """The name as given, with or without the leading slash (also once closed)."""
         return self._name
+
+    def _set_name(self, name: Any) -> None:
+        """Validate ``name`` (TypeError, ValueError) and keep it as given, with the path of
+        its segment under /dev/shm."""
+        self._path = segment_path(name)[1]
+        self._name = name
 
     def _wake(self) -> None:
         self._ops.wake()
+
+    _spin_async: Optional[_aio.Spin] = None  # the awaitables' spin (None: they park at once)
+
+    def _creator_alive(self, fd: int) -> bool:
+        """Whether the end that created the segment open at ``fd`` (the Writer, the
+        Publisher) still holds its liveness lock."""
+        raise NotImplementedError
+
+    def _remove_orphan(self) -> None:
+        """The creator is gone without removing the name (it died): remove it, if the name
+        still refers to this end's segment."""
+        remove_orphan(self._fd, self._path, self._creator_alive)
+
+    def _track(self) -> None:
+        """The end holds a liveness lock and a mapping now: a child made by fork() gives
+        them up (:meth:`_forked`)."""
+        _open_ends.add(self)
+
+    def _untrack(self) -> None:
+        _open_ends.discard(self)
+
+    def _let_go(self) -> None:
+        """(native backend) The handle lets go of the mapping without a word to the peer."""
+        raise NotImplementedError
+
+    def _forked(self) -> None:
+        """In a child made by fork(): this copy is not the end. Drop it without a word to
+        the peer, and close the inherited fd, so that the liveness lock goes with the
+        parent, not with the child, and the child never touches the parent's stream. An
+        end the parent had closed is left alone: its fd number may be another's by now."""
+        if self._closed:
+            return
+        if self._native:
+            self._let_go()
+        else:
+            self._closed = True
+            self._unfreed = []
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def _park(self) -> Optional[tuple[int, int]]:
+        """The await hook: ``park`` of :func:`fastipc._aio.wait` (a native handle's is C)."""
+        return self._ops.park()  # type: ignore[no-any-return]
+
+    def _unpark(self) -> None:
+        self._ops.unpark()
+
+    def _ended(self) -> None:
+        """An awaited call found the end of the stream (EOFError follows)."""
+
+    async def _awaited(self, attempt: Callable[[], Any], timeout: Optional[float],
+                       give_up: Optional[Callable[[], None]] = None,
+                       park: Optional[Callable[[], Optional[tuple[int, int]]]] = None) -> Any:
+        """Await ``attempt()`` (a try-once call returning :data:`fastipc._aio.NOT_READY`
+        when it would wait) on the running loop, parked on the end's futex word (``park``:
+        another park hook than :meth:`_park`). Counted busy, so close() from another thread
+        or the loop ends it (ValueError) and unmaps only after it has left; ``give_up``
+        runs when it ends early on an open end (a send's half-streamed message)."""
+        deadline = _core.Deadline.of(timeout)
+        self._enter()
+        try:
+            return await _aio.wait(attempt, park or self._park, self._unpark, deadline,
+                                   spin=self._spin_async, name=self._name)
+        except BaseException as exc:
+            if give_up is not None and not self._closed:
+                give_up()
+            if self._closed and isinstance(exc, (OSError, EOFError)):
+                raise self._closed_error() from None
+            if isinstance(exc, EOFError):
+                self._ended()
+            raise
+        finally:
+            self._leave()
+
+
+# The ends open in this process, shm's and pubsub's alike: a child made by fork() calls their
+# _forked() at once.
+_open_ends: weakref.WeakSet[SegmentEnd] = _core.given_up_in_child("_forked")
+
+
+def try_once(call: Callable[..., _T], *args: Any) -> Callable[[], Any]:
+    """The ``attempt`` of an awaitable made of a blocking call: ``call(*args, 0.0)`` (a
+    zero timeout: it never waits, and takes nothing when it times out), or
+    :data:`fastipc._aio.NOT_READY` when that times out."""
+
+    def attempt() -> Any:
+        try:
+            return call(*args, 0.0)
+        except TimeoutError:
+            return _aio.NOT_READY
+
+    return attempt
+
+
+def check_writable(buffer: Any) -> None:
+    """Raise what is wrong with ``buffer`` for recv_into: TypeError unless it is a writable
+    contiguous bytes-like object."""
+    try:
+        mv = memoryview(buffer)
+    except TypeError:
+        raise TypeError("recv_into needs a writable bytes-like object, not "
+                        f"{type(buffer).__name__!r}") from None
+    with mv:
+        if mv.readonly:
+            raise TypeError("recv_into needs a writable buffer")
+        if not mv.c_contiguous:
+            raise TypeError("recv_into needs a contiguous buffer")
+
+
+class ReceivingEnd(SegmentEnd):
+    """The awaitables every receiving end of a ring shares (shm's Reader, pubsub's
+    Subscriber), made of its blocking calls with a zero timeout: they follow the blocking
+    call's rules, and a cancelled or timed-out one has taken nothing."""
+
+    def recv_into(self, buffer: Any, timeout: Optional[float] = None) -> int:
+        raise NotImplementedError
+
+    def recv_view(self, timeout: Optional[float] = None) -> View:
+        raise NotImplementedError
+
+    async def recv_into_async(self, buffer: Any, timeout: Optional[float] = None) -> int:
+        """:meth:`recv_into` on the running event loop (asyncio, uvloop): waits without
+        blocking the loop. Cancelled (or timed out), it has taken nothing: the message
+        stays for the next call. ValueError if it does not fit (it stays queued)."""
+        self._check_open()
+        _core.check_timeout(timeout)
+        check_writable(buffer)
+        return await self._awaited(  # type: ignore[no-any-return]
+            try_once(self.recv_into, buffer), timeout)
+
+    async def recv_view_async(self, timeout: Optional[float] = None) -> View:
+        """:meth:`recv_view` on the running event loop: the next message as a read-only
+        memoryview for a ``with`` block. Cancelled (or timed out), it has taken nothing."""
+        self._check_open()
+        _core.check_timeout(timeout)
+        return await self._awaited(try_once(self.recv_view), timeout)  # type: ignore[no-any-return]
 
 
 class View:

@@ -669,7 +669,7 @@ class ProcessPoolExecutor(cf.Executor):
         try:
             self._results = self._queue(_RING_MAX)
             name = f"fastipc-pool-{os.getpid()}-{uuid.uuid4().hex[:12]}"
-            self._slots = shm.SharedMemory(name, 8 * _SLOT * self._max_workers, create=True)
+            self._slots = shm.SharedMemory(name, create=True, size=8 * _SLOT * self._max_workers)
             self._words = self._slots.buf.cast("q")
             self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         except BaseException:  # /dev/shm full, out of fds...: nothing is left behind

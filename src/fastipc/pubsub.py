@@ -36,15 +36,19 @@ from fastipc._backend.pubsub import NotReady, SubscriberOps
 from fastipc._backend.ring import Holds
 from fastipc._core import Deadline, check_int, check_timeout, uses_handle
 from fastipc._segment import (
+    ReceivingEnd,
     SegmentEnd,
     View,
+    check_owner,
     check_spin,
     create_segment,
+    joined_messages,
+    listed_messages,
+    map_segment,
     open_existing,
     open_to_inspect,
-    remove_orphan,
+    owner_uid,
     same_file,
-    segment_path,
     wait_for,
 )
 
@@ -58,53 +62,6 @@ MAX_SUBSCRIBERS = _layout.SLOTS
 DEFAULT_MAX_MESSAGE_SIZE = 1 << 30
 MAX_MESSAGE_LIMIT = (1 << 63) - 1
 _T = TypeVar("_T")
-
-# Objects open in this process: a child made by fork() lets go of their fds at once, so that
-# it never keeps a dead parent's liveness lock (the lock belongs to the open file
-# description, which the child shares) and never touches the parent's cursor or stream.
-_open_handles: weakref.WeakSet[_Endpoint] = _core.given_up_in_child("_abandon")
-
-
-def map_segment(fd: int, size: int) -> tuple[mmap.mmap, int]:
-    """Map the segment open at ``fd`` and return the mapping with a new fd of the segment,
-    on an open file description of its own, for the liveness lock. (The mapping keeps a
-    duplicate of ``fd``, which shares its description: a forked child would keep it, and
-    with it a dead parent's lock. The caller closes ``fd``.)"""
-    mm = mmap.mmap(fd, size)
-    try:
-        return mm, os.open(f"/proc/self/fd/{fd}", os.O_RDWR | os.O_CLOEXEC)
-    except BaseException:
-        mm.close()
-        raise
-
-
-def _listed(messages: Iterable[Any]) -> list[Any] | tuple[Any, ...]:
-    """send_many's messages as a list or tuple (TypeError for one message)."""
-    if isinstance(messages, (bytes, bytearray, memoryview, str)):
-        raise TypeError("send_many takes an iterable of messages, not one message")
-    return messages if isinstance(messages, (list, tuple)) else list(messages)
-
-
-def _joined(messages: Iterable[Any]) -> tuple[bytes, list[int]]:
-    """send_many's messages back to back, and their lengths in bytes."""
-    messages = _listed(messages)
-    if not messages:
-        return b"", []
-    try:  # the usual case, bytes-like items, in two C loops
-        blob = b"".join(messages)
-        lens = list(map(len, messages))
-    except TypeError:
-        blob = b""
-        lens = [-1]
-    if sum(lens) != len(blob):  # str items (refused), or items wider than a byte
-        views = [_core.byte_view(m) for m in messages]
-        blob, lens = b"".join(views), [v.nbytes for v in views]
-    return blob, lens
-
-
-def _publisher_alive(fd: int) -> bool:
-    return _layout.lock_held(fd, _layout.LOCK)
-
 
 class _Endpoint(SegmentEnd):
     """What Publisher and Subscriber share: the segment's fd and mapping.
@@ -146,12 +103,6 @@ class _Endpoint(SegmentEnd):
     def _stats(self) -> tuple[int, int]:
         return self._ops.stats()  # type: ignore[no-any-return]
 
-    def _park(self) -> Optional[tuple[int, int]]:
-        return self._ops.park()  # type: ignore[no-any-return]
-
-    def _unpark(self) -> None:
-        self._ops.unpark()
-
     def _wake(self) -> None:
         if self._ops is not None:  # (the native handle's waits are woken in C)
             self._ops.wake()
@@ -170,44 +121,11 @@ class _Endpoint(SegmentEnd):
         if fd >= 0:
             os.close(fd)
 
-    async def _awaited(self, attempt: Callable[[], Any], timeout: Optional[float],
-                       give_up: Optional[Callable[[], None]] = None) -> Any:
-        """Await ``attempt()`` (a try-once call; see :func:`fastipc._aio.wait`), counted
-        busy, so that close() from another thread wakes it (ValueError) and unmaps only
-        after it has left. Whatever ends it early gives the message up (``give_up``)."""
-        deadline = Deadline.of(timeout)
-        self._enter()
-        try:
-            return await _aio.wait(attempt, self._park, self._unpark, deadline,
-                                   name=self._name)
-        except BaseException as exc:
-            if give_up is not None and not self._closed:
-                give_up()
-            if self._closed and isinstance(exc, (OSError, EOFError)):
-                raise self._closed_error() from None
-            if isinstance(exc, EOFError):
-                remove_orphan(self._fd, self._path, _publisher_alive)
-            raise
-        finally:
-            self._leave()
+    def _let_go(self) -> None:
+        self._forsake()  # type: ignore[attr-defined]  # (the native handle's)
 
-    def _abandon(self) -> None:
-        """In a forked child: let go of the fd (and with it the liveness lock's reference)
-        without telling the segment anything; the object is closed from now on. One the
-        parent had closed is left alone: its fd number may belong to something else now."""
-        if self._closed:
-            return
-        if self._ops is None:
-            self._forsake()  # type: ignore[attr-defined]  # (the native handle's)
-        else:
-            self._closed = True
-            self._unfreed = []
-        fd, self._fd = self._fd, -1
-        if fd >= 0:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+    def _creator_alive(self, fd: int) -> bool:
+        return _layout.lock_held(fd, _layout.LOCK)
 
 
 class Publisher(_Endpoint):
@@ -229,7 +147,7 @@ class Publisher(_Endpoint):
                  overflow: str = "block", max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
                  mode: int = 0o600, spin: Optional[float] = None,
                  backend: Optional[str] = None) -> None:
-        self._name, self._path = segment_path(name)
+        self._set_name(name)
         capacity = check_int(capacity, "capacity", 1, MAX_CAPACITY)
         capacity = max(_layout.MIN_CAPACITY, 1 << (capacity - 1).bit_length())
         if not isinstance(overflow, str):
@@ -244,18 +162,16 @@ class Publisher(_Endpoint):
         impl = _core.ops("pubsub", which)
         size = _layout.HEADER + capacity
         tmp = f"{SHM_DIR}/.fastipc-pub-{os.getpid()}-{uuid.uuid4().hex}"
-        fd = create_segment(tmp, size, mode)
-        lock_fd = -1
+        fd = create_segment(tmp, size, mode)  # (its fd holds the liveness lock)
         try:
-            self._mm, lock_fd = map_segment(fd, size)
-            if not _layout.lock_byte(lock_fd, _layout.LOCK):  # a new file: cannot be held
+            self._mm = map_segment(fd, size)
+            if not _layout.lock_byte(fd, _layout.LOCK):  # a new file: cannot be held
                 raise OSError(errno.EAGAIN, "cannot take the publisher's lock", tmp)
-            args = (size, lock_fd, os.getpid(), max_message_size, _layout.OVERFLOW[overflow],
-                    spin)
+            args = (size, fd, os.getpid(), max_message_size, _layout.OVERFLOW[overflow], spin)
             if which == "native":
                 self._open(self._mm, *args)  # type: ignore[attr-defined]
             else:
-                self._ops = impl.Publisher(self._mm, size, lock_fd, self._name, *args[2:])
+                self._ops = impl.Publisher(self._mm, size, fd, self._name, *args[2:])
             try:
                 os.link(tmp, self._path)  # the name appears with the whole segment behind it
             except BaseException:
@@ -268,18 +184,15 @@ class Publisher(_Endpoint):
             if self._mm is not None:
                 self._mm.close()
                 self._mm = None
-            if lock_fd >= 0:
-                os.close(lock_fd)
+            os.close(fd)
             os.unlink(tmp)
             raise
-        finally:
-            os.close(fd)
         os.unlink(tmp)
         self._overflow = overflow
         self._max = max_message_size
         self._pid = os.getpid()
-        self._open_handle(which, lock_fd)
-        _open_handles.add(self)
+        self._open_handle(which, fd)
+        self._track()
 
     # _ops: the pure backend's PublisherOps (None: native)
 
@@ -307,7 +220,7 @@ class Publisher(_Endpoint):
         """Publish several messages in one call. On an error after some went, the
         exception's ``messages_sent`` says how many."""
         t = check_timeout(timeout)
-        blob, lens = _joined(messages)
+        blob, lens = joined_messages(messages)
         if lens:
             self._ops.send_many(blob, lens, t)
 
@@ -322,7 +235,7 @@ class Publisher(_Endpoint):
         return self._ops.send_nowait(data)  # type: ignore[no-any-return]
 
     def _send_many_nowait(self, messages: list[Any] | tuple[Any, ...], first: int) -> int:
-        blob, lens = _joined(messages)
+        blob, lens = joined_messages(messages)
         return self._ops.send_many_nowait(blob, lens, first)  # type: ignore[no-any-return]
 
     def _give_up(self) -> None:
@@ -350,7 +263,7 @@ class Publisher(_Endpoint):
         each whole."""
         self._check_open()
         check_timeout(timeout)
-        listed = _listed(messages)
+        listed = listed_messages(messages)
         if not listed:
             return
         send = self._send_many_nowait
@@ -368,7 +281,7 @@ class Publisher(_Endpoint):
             raise
 
     def _free(self) -> None:
-        _open_handles.discard(self)
+        self._untrack()
         if self._ops is not None:  # (the native handle closed its end in C)
             self._ops.close()
         try:
@@ -411,11 +324,12 @@ class _View(View):
         sub._holds_of().release_view(mv, self.pos)
 
 
-class Subscriber(_Endpoint, Holds):
+class Subscriber(_Endpoint, ReceivingEnd, Holds):
     """Attaches to the publisher ``name`` and receives every message published from then on.
 
     Waits up to ``timeout`` seconds for the publisher to appear (TimeoutError). A segment
-    of another user is refused (PermissionError); the 65th subscriber gets
+    owned by another user is refused with PermissionError unless ``owner`` names that
+    user's uid (``None``: this process's effective uid); the 65th subscriber gets
     ``OSError(EBUSY)``. ``EOFError`` once the publisher has closed or died and every whole
     message was read; a subscriber that finds its publisher dead removes the orphaned
     ``/dev/shm`` entry.
@@ -427,39 +341,39 @@ class Subscriber(_Endpoint, Holds):
 
     def __init__(self, name: str, timeout: Optional[float] = None, *,
                  max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
-                 spin: Optional[float] = None, backend: Optional[str] = None) -> None:
-        self._name, self._path = segment_path(name)
+                 spin: Optional[float] = None, owner: Optional[int] = None,
+                 backend: Optional[str] = None) -> None:
+        self._set_name(name)
         deadline = Deadline.of(timeout)
         max_message_size = check_int(max_message_size, "max_message_size", 0,
                                      MAX_MESSAGE_LIMIT)
         spin = check_spin(spin)
+        uid = owner_uid(owner)
         which = _core.resolve_backend(backend)
         impl = _core.ops("pubsub", which)
         self._views: weakref.WeakSet[_View] = weakref.WeakSet()
-        wait_for(lambda: self._attach(impl, which, max_message_size, spin), deadline,
+        wait_for(lambda: self._attach(impl, which, max_message_size, spin, uid), deadline,
                  self._name)
         self._pid = os.getpid()
         self._open_handle(which, self._fd)
-        _open_handles.add(self)
+        self._track()
 
-    def _attach(self, impl: Any, which: str, max_message_size: int, spin: float
+    def _attach(self, impl: Any, which: str, max_message_size: int, spin: float, uid: int
                 ) -> Optional[bool]:
         got = open_existing(self._path)
         if got is None:
             return None
         fd, st = got
         try:
-            if st.st_uid != os.getuid():
-                raise PermissionError(errno.EPERM, "the segment belongs to another user "
-                                      f"(uid {st.st_uid})", self._name)
+            check_owner(st, uid, self._path)
             if st.st_size <= _layout.HEADER:
                 raise OSError(errno.EBADMSG, "not a publisher segment (too small)",
                               self._name)
-            mm, lock_fd = map_segment(fd, st.st_size)
+            mm = map_segment(fd, st.st_size)
         except BaseException:
             os.close(fd)
             raise
-        os.close(fd)
+        lock_fd = fd  # (the mapping has a description of its own: the lock is fd's alone)
         try:
             slot = _layout.claim_slot(lock_fd)
             if slot < 0:
@@ -564,7 +478,7 @@ class Subscriber(_Endpoint, Holds):
     def _ended(self) -> None:
         """The stream ended (EOFError follows): remove the name of a publisher that died
         without removing it."""
-        remove_orphan(self._fd, self._path, _publisher_alive)
+        self._remove_orphan()
 
     @uses_handle
     def recv_view(self, timeout: Optional[float] = None) -> _View:
@@ -595,7 +509,7 @@ class Subscriber(_Endpoint, Holds):
         for view in list(self._views):
             view.release()
         self._holds_of().drop_taken()
-        _open_handles.discard(self)
+        self._untrack()
         if self._ops is not None:
             self._ops.close()
         else:  # (the native handle freed its slot in C)

@@ -31,17 +31,20 @@ from fastipc._backend import shm as _contract
 from fastipc._core import Deadline, Handle, check_int, check_timeout, uses_handle
 from fastipc._segment import (
     SHM_DIR,
+    ReceivingEnd,
     SegmentEnd,
     View,
     check_bool,
     check_owner,
     check_spin,
+    check_writable,
     create_segment,
+    joined_messages,
+    listed_messages,
     map_segment,
     open_existing,
     open_segment,
     owner_uid,
-    remove_orphan,
     same_file,
     segment_path,
     wait_for,
@@ -72,59 +75,83 @@ def unlink(name: str) -> None:
 
 def _attach(name: str, size: int, backend: str) -> SharedMemory:
     """Unpickle a SharedMemory: attach by name (never create)."""
-    return SharedMemory(name, size, backend=backend)
+    return SharedMemory(name, False, size, backend=backend)
+
+
+def _new_name() -> str:
+    """A fresh name for ``SharedMemory(create=True)`` without one, as the stdlib makes them
+    (``psm_`` and 8 hex digits; no slash)."""
+    return "psm_" + secrets.token_hex(4)
 
 
 class SharedMemory(Handle):
-    """A named POSIX shared memory segment, mapped read-write.
+    """A named POSIX shared memory segment, mapped read-write, with the signature and the
+    behaviour of :class:`multiprocessing.shared_memory.SharedMemory`.
 
     ``create=True`` creates it exclusively with ``size`` bytes (``FileExistsError`` if the
-    name is taken); ``create=False`` attaches to an existing one (``FileNotFoundError`` if
-    absent) and maps its real size, or the first ``size`` bytes when ``size`` is given (a
-    larger ``size`` than the segment is a ``ValueError``: attaching never resizes). Nothing
-    is registered with ``multiprocessing``'s resource tracker: ``close()`` unmaps, only
-    ``unlink()`` removes the name. A SharedMemory pickles as its name: unpickled in another
-    process it attaches (``create=False``; ``FileNotFoundError`` if the name has gone).
+    name is taken; ``size <= 0`` is a ``ValueError``); without a ``name`` it makes a new one
+    (``psm_`` and 8 hex digits). ``create=False`` attaches to an existing one
+    (``FileNotFoundError`` if absent; ``name=None`` is a ``ValueError``) and maps its real
+    size, whatever smaller ``size`` is given (a larger ``size`` than the segment is a
+    ``ValueError``: attaching never resizes). Attaching refuses a segment owned by another
+    uid (``PermissionError``) unless ``owner`` is that uid (``None``: this process's
+    effective uid); creating ignores ``owner``. ``name`` is the name as given (with or
+    without the leading slash, which name the same segment). Nothing is registered with
+    ``multiprocessing``'s resource tracker: ``close()`` unmaps, only ``unlink()`` removes
+    the name. A SharedMemory pickles as its name: unpickled in another process it attaches
+    (``create=False``; ``FileNotFoundError`` if the name has gone).
     """
 
     _what = "SharedMemory"
 
-    def __init__(self, name: str, size: int = 0, create: bool = False, mode: int = 0o600, *,
+    def __init__(self, name: Optional[str] = None, create: bool = False, size: int = 0, *,
+                 mode: int = 0o600, owner: Optional[int] = None,
                  backend: Optional[str] = None) -> None:
-        self._name, self._path = segment_path(name)
-        size = check_int(size, "size", 0, 2**63 - 1)
         create = check_bool(create, "create")
+        size = check_int(size, "size", 0, 2**63 - 1)
         mode = check_int(mode, "mode", 0, 0o777)
+        uid = owner_uid(owner)
         which = _core.resolve_backend(backend)
-        if create:
-            if size == 0:
-                raise ValueError("size must be > 0 to create a segment")
-            fd = create_segment(self._path, size, mode)
-        else:
-            fd = open_segment(self._path, 0)
-        try:
-            real = os.fstat(fd).st_size
+        if create and size == 0:
+            raise ValueError("size must be > 0 to create a segment")
+        if name is None:
             if not create:
-                if real == 0:
-                    raise ValueError(f"shared memory segment {self._name!r} is empty")
-                if size > real:
+                raise ValueError("name can only be None if create=True")
+            while True:  # a made-up name: try another if it is taken
+                name = _new_name()
+                path = segment_path(name)[1]
+                try:
+                    fd = create_segment(path, size, mode)
+                except FileExistsError:
+                    continue
+                break
+        else:
+            path = segment_path(name)[1]
+            fd = create_segment(path, size, mode) if create else open_segment(path, 0)
+        self._name, self._path = name, path
+        try:
+            st = os.fstat(fd)
+            if not create:
+                check_owner(st, uid, path)
+                if st.st_size == 0:
+                    raise ValueError(f"shared memory segment {name!r} is empty")
+                if size > st.st_size:
                     raise ValueError(
-                        f"size {size} exceeds the segment {self._name!r} ({real} bytes)")
-                size = size or real
+                        f"size {size} exceeds the segment {name!r} ({st.st_size} bytes)")
+                size = st.st_size
             self._mmap = mmap.mmap(fd, size)
         except BaseException:
             os.close(fd)
             if create:
-                os.unlink(self._path)
+                os.unlink(path)
             raise
         self._size = size
         self._buf: Optional[memoryview] = memoryview(self._mmap)
         self._open_handle(which, fd)
 
-    name = _core.Fixed[str]("_name", "The segment's name, without the slash (also once closed: "
-                      "unlink() needs it).")
-    size = _core.Fixed[int]("_size", "Bytes mapped (the segment's size from fstat unless a smaller "
-                      "size was asked).", open_only=True)
+    name = _core.Fixed[str]("_name", "The segment's name as given (also once closed: "
+                            "unlink() needs it).")
+    size = _core.Fixed[int]("_size", "Bytes mapped: the segment's size.", open_only=True)
 
     @property
     def buf(self) -> memoryview:
@@ -163,10 +190,6 @@ class SharedMemory(Handle):
 
 # ---------------------------------------------------------------------------- the channel
 
-# Ends open in this process: a child made by fork() gives up its copies (see _End._forked).
-_open_ends: weakref.WeakSet[_End] = _core.given_up_in_child("_forked")
-
-
 class _End(SegmentEnd):
     """What Writer and Reader share: the segment, its mapping, the backend's ops and the
     liveness lock.
@@ -184,7 +207,7 @@ class _End(SegmentEnd):
     _size = 0
 
     def _setup(self, name: Any, backend: Optional[str]) -> None:
-        self._name, self._path = segment_path(name)
+        self._set_name(name)
         self._which = _core.resolve_backend(backend)
         self._impl = _core.ops("shm", self._which)
         self._spin_async = _aio.Spin()
@@ -211,7 +234,7 @@ class _End(SegmentEnd):
     def _start(self, fd: int, ops: Any) -> None:
         self._ops = ops
         self._open_handle(self._which, fd)
-        _open_ends.add(self)
+        self._track()
 
     max_message_size = _core.Fixed[int]("_max", "The largest message taken, in bytes.",
                                         open_only=True)
@@ -264,49 +287,14 @@ class _End(SegmentEnd):
     def _ops_freed(self) -> None:
         """What the end does once closed, before its fd goes (the writer unlinks)."""
 
-    def _forked(self) -> None:
-        """In a child made by fork(): this copy is not the channel's end. Drop it without a
-        word to the peer, and close the inherited fd so that its liveness lock goes with the
-        parent, not with the child. An end the parent had closed is left alone: its fd
-        number may belong to something else by now."""
-        if self._closed:
-            return
-        if self._which == "native":
-            self._detach()  # type: ignore[attr-defined]
-        else:
-            self._closed = True
-            self._unfreed = []
-        try:
-            os.close(self._fd)
-        except OSError:
-            pass
+    def _let_go(self) -> None:
+        self._detach()  # type: ignore[attr-defined]  # (the native handle's)
+
+    def _creator_alive(self, fd: int) -> bool:
+        return _layout.lock_held(fd, _layout.LOCK_WRITER)
 
     def _describe(self) -> str:
         return f"{self._name!r} capacity={self._size - HEADER}"
-
-    async def _awaited(self, attempt: Callable[[], Any], timeout: Optional[float],
-                       give_up: Optional[Callable[[], None]] = None) -> Any:
-        """Wait for ``attempt`` (a no-wait call) on the running loop: counted busy while it
-        awaits, so close() from another thread wakes it (ValueError) and the mapping stays
-        until it has left. ``give_up`` runs if it fails (a send's half-streamed message)."""
-        deadline = Deadline.of(timeout)
-        self._enter()
-        ops = self._ops
-        try:
-            return await _aio.wait(attempt, ops.park, ops.unpark, deadline,
-                                   spin=self._spin_async, name=self._name)
-        except BaseException as exc:
-            if give_up is not None:
-                give_up()
-            if self._closed and isinstance(exc, (OSError, EOFError)):
-                raise self._closed_error() from None
-            raise
-        finally:
-            self._leave()
-
-
-def _writer_alive(fd: int) -> bool:
-    return _layout.lock_held(fd, _layout.LOCK_WRITER)
 
 
 def _publish_segment(path: str, size: int, mode: int, build: Callable[[int, mmap.mmap], Any],
@@ -436,6 +424,61 @@ class Writer(_End):
 
         await self._awaited(attempt, timeout, self._abandon)
 
+    async def send_many_async(self, messages: Iterable[Any],
+                              timeout: Optional[float] = None) -> None:
+        """:meth:`send_many` on the running event loop: waits for room without blocking the
+        loop. Whatever ends it early (an error, a timeout, a cancellation, a close), the
+        exception's ``messages_sent`` says how many went, each whole; a message streamed in
+        part is abandoned (the reader drops it, never delivers it in part)."""
+        self._check_open()
+        check_timeout(timeout)
+        listed = listed_messages(messages)
+        done = [0]
+        alone = [False]  # the next message goes by itself (it may be streamed in chunks)
+
+        def attempt() -> Any:
+            while done[0] < len(listed):
+                if alone[0]:
+                    if not self._send_nowait(listed[done[0]]):
+                        return _aio.NOT_READY
+                    alone[0] = False
+                    done[0] += 1
+                    continue
+                try:
+                    self.send_many(listed[done[0]:] if done[0] else listed, 0.0)
+                except BaseException as exc:
+                    sent = getattr(exc, "messages_sent", 0)
+                    done[0] += sent
+                    if not isinstance(exc, TimeoutError):
+                        raise
+                    if sent:
+                        return _aio.NOT_READY
+                    alone[0] = True  # not one fitted: keep the progress of the next
+                    continue
+                done[0] = len(listed)
+            return True
+
+        try:
+            await self._awaited(attempt, timeout, self._abandon)
+        except BaseException as exc:
+            exc.messages_sent = done[0]  # type: ignore[attr-defined]
+            raise
+
+    async def flush_async(self, timeout: Optional[float] = None) -> None:
+        """:meth:`flush` on the running event loop: woken by the reader as it takes the
+        messages out of the ring (no polling). TimeoutError, BrokenPipeError as
+        :meth:`flush`."""
+        self._check_open()
+        check_timeout(timeout)
+        flushed = self._ops.flushed
+
+        def attempt() -> Any:
+            if self._closed:  # (the pure backend's flushed() does not look)
+                raise self._closed_error()
+            return True if flushed() else _aio.NOT_READY
+
+        await self._awaited(attempt, timeout, park=self._ops.flush_park)
+
     @property
     def reader_attached(self) -> bool:
         """Whether a reader has attached (it may have closed since)."""
@@ -465,35 +508,7 @@ class Writer(_End):
             except FileNotFoundError:
                 pass
 
-    @staticmethod
-    def _join(messages: Iterable[Any]) -> tuple[bytes, list[int]]:
-        """send_many's messages back to back, and their lengths in bytes."""
-        if not isinstance(messages, (list, tuple)):
-            if isinstance(messages, (bytes, bytearray, memoryview, str)):
-                raise TypeError("send_many takes an iterable of messages, not one message")
-            messages = list(messages)
-        if not messages:
-            return b"", []
-        try:
-            blob = b"".join(messages)
-        except TypeError:
-            for m in messages:
-                if isinstance(m, str) or not _is_buffer(m):
-                    raise TypeError("messages must be bytes-like objects, not "
-                                    f"{type(m).__name__!r}") from None
-            raise
-        lens = [len(m) for m in messages]
-        if sum(lens) != len(blob):  # memoryviews of items wider than a byte
-            lens = [memoryview(m).nbytes for m in messages]
-        return blob, lens
-
-
-def _is_buffer(obj: Any) -> bool:
-    try:
-        memoryview(obj)
-    except TypeError:
-        return False
-    return True
+    _join = staticmethod(joined_messages)  # (the native handle's send_many calls it)
 
 
 class _View(View):
@@ -529,22 +544,7 @@ class _View(View):
             reader._leave()
 
 
-def _writable(buffer: Any) -> None:
-    """Raise what is wrong with ``buffer`` for recv_into: TypeError unless it is a writable
-    contiguous bytes-like object."""
-    try:
-        mv = memoryview(buffer)
-    except TypeError:
-        raise TypeError("recv_into needs a writable bytes-like object, not "
-                        f"{type(buffer).__name__!r}") from None
-    with mv:
-        if mv.readonly:
-            raise TypeError("recv_into needs a writable buffer")
-        if not mv.c_contiguous:
-            raise TypeError("recv_into needs a contiguous buffer")
-
-
-class Reader(_End):
+class Reader(_End, ReceivingEnd):
     """The receiving end of a channel: attaches to the segment a :class:`Writer` created.
 
     Waits up to ``timeout`` seconds for the writer to appear (TimeoutError). A second reader
@@ -607,10 +607,10 @@ class Reader(_End):
         """Copy the next message into ``buffer`` and return its length. ValueError if it does
         not fit (the message stays queued)."""
         t = check_timeout(timeout)
-        _writable(buffer)
+        check_writable(buffer)
         return self._ops.recv_into(buffer, t)
 
-    _writable = staticmethod(_writable)
+    _writable = staticmethod(check_writable)
 
     @uses_handle
     def recv_many(self, max_messages: int = 1024, timeout: Optional[float] = None
@@ -694,7 +694,7 @@ class Reader(_End):
     def _ops_freed(self) -> None:
         """The writer has gone without removing the segment (it died): remove it, if the
         name still refers to it."""
-        remove_orphan(self._fd, self._path, _writer_alive)
+        self._remove_orphan()
 
 
 # Fan-out (one writer, many readers) and the many-worker queue live in modules of their own;

@@ -22,6 +22,7 @@ import errno
 from collections.abc import Callable
 from typing import Any, Optional, Protocol
 
+from fastipc import _shm_layout as L
 from fastipc._core import Deadline, closed_error, retry
 
 
@@ -56,6 +57,12 @@ class EndOps(Protocol):
 class WriterOps(EndOps, Protocol):
     def flushed(self) -> bool:
         """Whether the reader has taken everything sent; BrokenPipeError if it has gone."""
+
+    def flush_park(self) -> Optional[tuple[int, int]]:
+        """``park`` for an awaiting flush: raise the writer's sleeping flag (the reader's
+        release of space then bumps the futex word) and return (address of the futex word,
+        value it holds), or None if :meth:`flushed` already. BrokenPipeError if the reader
+        has gone."""
 
     def reader_attached(self) -> bool: ...
 
@@ -156,6 +163,32 @@ class NowaitSend(Retrying):
 
     def abandon(self) -> None:
         self._nowait[0] = 0
+
+
+class FlushPark:
+    """What both writers share about ``flush_park``, on the header's 32-bit words
+    (``_header_words``: an indexable view of them and their address)."""
+
+    def flushed(self) -> bool:
+        raise NotImplementedError
+
+    def _header_words(self) -> tuple[Any, int]:
+        raise NotImplementedError
+
+    def flush_park(self) -> Optional[tuple[int, int]]:
+        u32, addr = self._header_words()
+        wait = L.OFF_WWAIT // 4
+        seq = int(u32[L.OFF_SSEQ // 4])
+        u32[wait] = 1
+        try:
+            done = self.flushed()  # publishes the head: a full fence, then reads the tail
+        except BaseException:
+            u32[wait] = 0
+            raise
+        if done:
+            u32[wait] = 0
+            return None
+        return addr + L.OFF_SSEQ, seq
 
 
 def _no_retry(left: float) -> int:

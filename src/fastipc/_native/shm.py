@@ -57,7 +57,7 @@ class _Ops(contract.Retrying):
         """The handle has closed the channel's end and let go of the mapping already."""
 
 
-class WriterOps(_Ops):
+class WriterOps(_Ops, contract.FlushPark):
     _what = "Writer"
 
     def flushed(self) -> bool:
@@ -68,6 +68,10 @@ class WriterOps(_Ops):
 
     def reader_attached(self) -> bool:
         return bool(lib.fipc_shm_reader_attached(self._h))
+
+    def _header_words(self) -> tuple[Any, int]:
+        base = self._h.base
+        return ffi.cast("uint32_t *", base), int(ffi.cast("uintptr_t", base))
 
 
 class ReaderOps(_Ops, Holds):

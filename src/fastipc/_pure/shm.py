@@ -367,7 +367,7 @@ class _Ops(contract.Retrying):
 # ---------------------------------------------------------------------------- writer
 
 
-class WriterOps(_Ops, contract.NowaitSend):
+class WriterOps(_Ops, contract.NowaitSend, contract.FlushPark):
     role = 1
     _what = "Writer"
     _peer_lock = L.LOCK_READER
@@ -510,7 +510,11 @@ class WriterOps(_Ops, contract.NowaitSend):
 
     def send_many(self, blob: bytes, lens: list[int], timeout: float) -> None:
         if any(n > self.max_message for n in lens):
-            self._run(FIPC_TOOBIG, _no_retry, Deadline(timeout))
+            try:
+                self._run(FIPC_TOOBIG, _no_retry, Deadline(timeout))
+            except OSError as exc:
+                exc.messages_sent = 0  # type: ignore[attr-defined]
+                raise
         mv = memoryview(blob)
         deadline = Deadline(timeout)
         sent = [0, 0]  # messages, bytes
@@ -555,6 +559,9 @@ class WriterOps(_Ops, contract.NowaitSend):
 
     def reader_attached(self) -> bool:
         return bool(self._u32[L.OFF_RSTATE // 4] != L.ST_NONE)
+
+    def _header_words(self) -> tuple[Any, int]:
+        return self._u32, self._addr
 
     def close(self) -> None:
         if not self._truncated():
