@@ -4,8 +4,10 @@ sleeping flag, so the peer's sends and receives never pay a futex wake-up for it
 
 from __future__ import annotations
 
+import asyncio
 import struct
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -69,3 +71,24 @@ def test_a_polling_reader_costs_the_writer_no_wake_up(name: str) -> None:
         proc.stdin.write("\n")
         proc.stdin.flush()
         assert seq == 0, f"the writer woke a polling reader {seq} times"
+
+
+def test_an_awaited_wake_up_costs_the_helper_thread_one_round(backend: str, name: str) -> None:
+    """A coroutine parked on the channel's futex word is woken by the helper thread of
+    fastipc._aio, which then rebuilds its set of words on its own: its control word (the
+    one that tells it the set changed, each bump a system call and one more round of the
+    thread under the GIL) moves once, for the park, not again when the woken slot goes."""
+    from fastipc import _aio
+
+    async def main() -> int:
+        with shm.Writer(name, capacity=1 << 16, backend=backend) as w, \
+                shm.Reader(name, timeout=5, backend=backend) as r:
+            waiter = _aio._the_waiter()
+            before = {id(s): s.control.value for s in waiter._shards}
+            threading.Timer(0.05, w.send, (b"x",)).start()
+            assert await r.recv_async(timeout=5) == b"x"
+            time.sleep(0.05)  # the helper thread has gone round once more
+            (shard,) = waiter._shards
+            return int(shard.control.value) - before.get(id(shard), 0)
+
+    assert asyncio.run(main()) == 1
