@@ -629,11 +629,11 @@ int64_t fipc_shm_send(fipc_shm *h, const char *buf, uint64_t len, double timeout
     GUARDED(h, int64_t, ring_send(h, buf, len, timeout, progress));
 }
 
-int64_t fipc_shm_send_many(fipc_shm *h, const char *buf, const uint64_t *lens, uint64_t count,
-                           double timeout, uint64_t *sent)
+int64_t fipc_shm_send_many(fipc_shm *h, const char *const *bufs, const uint64_t *lens,
+                           uint64_t count, double timeout, uint64_t *sent, uint64_t *progress)
 {
     *sent = 0;
-    GUARDED(h, int64_t, ring_send_many(h, buf, lens, count, timeout, sent));
+    GUARDED(h, int64_t, ring_send_many(h, bufs, lens, count, timeout, sent, progress));
 }
 
 int64_t fipc_shm_recv(fipc_shm *h, char *dest, uint64_t cap, double timeout, char **ptr)

@@ -211,19 +211,17 @@ static PyObject *writer_send(ShmHandle *self, PyObject *const *args, Py_ssize_t 
 
 typedef struct {
     ShmHandle *s;
-    const char *buf;
+    const char *const *bufs;
     const uint64_t *lens;
-    uint64_t count, done, off;
+    uint64_t count, done;
 } many_ctx;
 
 static int64_t many_attempt(void *ctx, double timeout)
 {
     many_ctx *x = ctx;
     uint64_t sent = 0;
-    int64_t rc = fipc_shm_send_many(&x->s->core, x->buf + x->off, x->lens + x->done,
-                                    x->count - x->done, timeout, &sent);
-    for (uint64_t i = 0; i < sent; i++)
-        x->off += x->lens[x->done + i];
+    int64_t rc = fipc_shm_send_many(&x->s->core, x->bufs + x->done, x->lens + x->done,
+                                    x->count - x->done, timeout, &sent, &x->s->progress);
     x->done += sent;
     return rc;
 }
@@ -310,12 +308,24 @@ static PyObject *writer_send_many(ShmHandle *self, PyObject *const *args, Py_ssi
     if (count < 0)
         return fipc_h_fail(&self->h);
     int64_t rc = 0;
-    many_ctx x = {self, blob, lens, (uint64_t)count, 0, 0};
+    const char **bufs = malloc(sizeof(char *) * (size_t)(count ? count : 1));
+    if (bufs == NULL) {
+        free(blob);
+        free(lens);
+        PyErr_NoMemory();
+        return fipc_h_fail(&self->h);
+    }
+    for (Py_ssize_t i = 0, off = 0; i < count; off += (Py_ssize_t)lens[i++])
+        bufs[i] = blob + off;
+    many_ctx x = {self, bufs, lens, (uint64_t)count, 0};
+    self->progress = 0;
     if (count > 0)
         rc = fipc_h_wait(&self->h, many_attempt, &x, timeout, -ETIMEDOUT);
+    free(bufs);
     free(blob);
     free(lens);
     if (rc < 0) {
+        self->progress = 0; /* a message cut short is abandoned: the reader drops it */
         fipc_h_raise(&self->h, rc, timeout);
         if (PyErr_ExceptionMatches(PyExc_OSError)) { /* how many went */
             PyObject *type, *value, *tb;
