@@ -4,7 +4,7 @@
  * be closed while the handle may touch it, and the export is released only once no call is
  * busy (the kind's release). What is not per-message (create, attach, spin, stats, park,
  * the views' holds) stays in Python, through cffi on the same fipc_shm (`_core`). */
-#include "handle.h"
+#include "ring_handle.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -715,37 +715,15 @@ static PyGetSetDef shm_getset[] = {
     {NULL, NULL, NULL, NULL, NULL},
 };
 
-static PyType_Slot writer_slots[] = {
-    {Py_tp_doc, "The native handle of a channel's Writer."},
-    {Py_tp_methods, writer_methods},
-    {Py_tp_getset, shm_getset},
-    {0, NULL},
-};
+FIPC_RING_HANDLE_TYPE(writer, "fastipc._fastipc.ShmWriterHandle", ShmHandle,
+                      {Py_tp_doc, "The native handle of a channel's Writer."},
+                      {Py_tp_methods, writer_methods}, {Py_tp_getset, shm_getset});
 
-static PyType_Slot reader_slots[] = {
-    {Py_tp_doc, "The native handle of a channel's Reader."},
-    {Py_tp_methods, reader_methods},
-    {Py_tp_getset, shm_getset},
-    {0, NULL},
-};
-
-static PyType_Spec writer_spec = {
-    .name = "fastipc._fastipc.ShmWriterHandle",
-    .basicsize = sizeof(ShmHandle),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
-    .slots = writer_slots,
-};
-
-static PyType_Spec reader_spec = {
-    .name = "fastipc._fastipc.ShmReaderHandle",
-    .basicsize = sizeof(ShmHandle),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
-    .slots = reader_slots,
-};
+FIPC_RING_HANDLE_TYPE(reader, "fastipc._fastipc.ShmReaderHandle", ShmHandle,
+                      {Py_tp_doc, "The native handle of a channel's Reader."},
+                      {Py_tp_methods, reader_methods}, {Py_tp_getset, shm_getset});
 
 int fipc_py_shm_init(PyObject *module)
 {
-    if (fipc_h_add_type(module, &writer_spec, NULL) < 0)
-        return -1;
-    return fipc_h_add_type(module, &reader_spec, NULL);
+    return fipc_ring_add_types(module, &writer_spec, &reader_spec);
 }
