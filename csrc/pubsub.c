@@ -25,12 +25,6 @@
 #define FIPC_RING_FIRST_HDR ((uint64_t)FIPC_PUB_FIRST_HDR)
 #include "ring.h"
 
-/* The fan-out sends a batch from one buffer per message (fipc_pub_send_vec), not from one
- * contiguous buffer as the shm channel does. */
-static int64_t ring_send_many(fipc_ring_h *h, const char *buf, const uint64_t *lens,
-                              uint64_t count, double timeout, uint64_t *sent)
-    __attribute__((unused));
-
 #include <errno.h>
 #include <fcntl.h>
 #include <stdatomic.h>
@@ -637,21 +631,7 @@ int64_t fipc_pub_send(fipc_pub *h, const char *buf, uint64_t len, double timeout
 int64_t fipc_pub_send_vec(fipc_pub *h, const char *const *bufs, const uint64_t *lens,
                           uint64_t count, double timeout, uint64_t *sent)
 {
-    int64_t deadline = FIPC_DEADLINE_UNSET;
-    *sent = 0;
-    int64_t rc = refuse(h, lens, count);
-    if (rc < 0)
-        return rc;
-    uint64_t i = 0;
-    for (; i < count; i++) {
-        rc = ring_put(h, bufs[i], lens[i], timeout, &deadline, &h->progress);
-        if (rc < 0)
-            break;
-        h->progress = 0;
-    }
-    publish_head(h);
-    *sent = i;
-    return rc < 0 ? rc : 0;
+    return ring_send_many(h, bufs, lens, count, timeout, sent, &h->progress);
 }
 
 int64_t fipc_sub_recv(fipc_pub *h, char *dest, uint64_t cap, double timeout, char **ptr,

@@ -366,21 +366,24 @@ static int64_t ring_send(fipc_ring_h *h, const char *buf, uint64_t len, double t
     return 0;
 }
 
-/* count messages stored back to back in buf; *sent: how many went. */
-static int64_t ring_send_many(fipc_ring_h *h, const char *buf, const uint64_t *lens,
-                              uint64_t count, double timeout, uint64_t *sent)
+/* count messages (bufs[i], lens[i]); *sent: how many went whole. A message streamed in part
+ * when the call ended keeps its progress (*progress, 0 once it went) for the next call,
+ * which starts at it, to resume. */
+static int64_t ring_send_many(fipc_ring_h *h, const char *const *bufs, const uint64_t *lens,
+                              uint64_t count, double timeout, uint64_t *sent,
+                              uint64_t *progress)
 {
     int64_t deadline = FIPC_DEADLINE_UNSET;
+    *sent = 0;
     int64_t rc = refuse(h, lens, count);
     if (rc < 0)
         return rc;
     uint64_t i = 0;
     for (; i < count; i++) {
-        uint64_t progress = 0;
-        rc = ring_put(h, buf, lens[i], timeout, &deadline, &progress);
+        rc = ring_put(h, bufs[i], lens[i], timeout, &deadline, progress);
         if (rc < 0)
             break;
-        buf += lens[i];
+        *progress = 0;
     }
     publish_head(h);
     *sent = i;

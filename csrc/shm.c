@@ -356,16 +356,27 @@ static int wait_ring(fipc_shm *h, uint64_t need, double timeout, int64_t *deadli
 {
     int rc;
     int64_t start = 0;
-    fipc_deadline_lazy(deadline, timeout);
     if (h->role == ROLE_READER)
         release_tail(h); /* never sleep on space we could give back */
+    if (timeout == 0) {
+        /* One look, no sleep: no flag to raise (a raised flag would make the peer's every
+         * publish a futex wake while it is up) and no clock to read. The peer's lock is
+         * probed, rate-limited, so that a dead peer is still noticed. */
+        rc = ready(h, need);
+        if (rc == 0 && peer_gone(h, 2)) {
+            rc = ready(h, need); /* the writer publishes its last head before it closes */
+            if (rc == 0)
+                rc = gone_code(h);
+        }
+        return rc > 0 ? 0 : rc == 0 ? -ETIMEDOUT : rc;
+    }
+    fipc_deadline_lazy(deadline, timeout);
     int64_t end = fipc_spin_until(&h->spin, timeout, *deadline, &start);
     if (end && (rc = ring_spin(h, need, end)) != 0)
         return rc < 0 ? rc : 0;
     size_t wait_off = h->role == ROLE_READER ? OFF_RWAIT : OFF_WWAIT;
     size_t seq_off = h->role == ROLE_READER ? OFF_DSEQ : OFF_SSEQ;
     int slept = 0;
-    int probe = timeout == 0 ? 2 : 0; /* one look only: probe the peer now (rate-limited) */
     for (;;) {
         if (fipc_is_closed(&h->closed))
             return -EBADF; /* closed by another thread while we waited */
@@ -376,7 +387,7 @@ static int wait_ring(fipc_shm *h, uint64_t need, double timeout, int64_t *deadli
         rc = ready(h, need);
         if (h->role == ROLE_READER)
             release_tail(h); /* a hold dropped by another thread meanwhile */
-        if (rc == 0 && peer_gone(h, slept ? 1 : probe)) {
+        if (rc == 0 && peer_gone(h, slept)) {
             /* the writer publishes its last head before it says closed: look once more */
             rc = ready(h, need);
             if (rc == 0)
@@ -618,11 +629,11 @@ int64_t fipc_shm_send(fipc_shm *h, const char *buf, uint64_t len, double timeout
     GUARDED(h, int64_t, ring_send(h, buf, len, timeout, progress));
 }
 
-int64_t fipc_shm_send_many(fipc_shm *h, const char *buf, const uint64_t *lens, uint64_t count,
-                           double timeout, uint64_t *sent)
+int64_t fipc_shm_send_many(fipc_shm *h, const char *const *bufs, const uint64_t *lens,
+                           uint64_t count, double timeout, uint64_t *sent, uint64_t *progress)
 {
     *sent = 0;
-    GUARDED(h, int64_t, ring_send_many(h, buf, lens, count, timeout, sent));
+    GUARDED(h, int64_t, ring_send_many(h, bufs, lens, count, timeout, sent, progress));
 }
 
 int64_t fipc_shm_recv(fipc_shm *h, char *dest, uint64_t cap, double timeout, char **ptr)

@@ -70,10 +70,11 @@ int fipc_shm_reader_init(fipc_shm *h, char *base, uint64_t map_size, int32_t fd,
  * the value left by an interrupted call to resume it). 0, -ETIMEDOUT, -EPIPE, -EINTR. */
 int64_t fipc_shm_send(fipc_shm *h, const char *buf, uint64_t len, double timeout,
                       uint64_t *progress);
-/* Send count messages stored back to back in buf with their lengths in lens; *sent says
- * how many went (all of them when it returns 0). */
-int64_t fipc_shm_send_many(fipc_shm *h, const char *buf, const uint64_t *lens, uint64_t count,
-                           double timeout, uint64_t *sent);
+/* Send count messages (bufs[i], lens[i]); *sent says how many went whole (all of them when
+ * it returns 0). A message streamed in part keeps its progress in *progress, as in
+ * fipc_shm_send, for the next call (starting at it) to resume. */
+int64_t fipc_shm_send_many(fipc_shm *h, const char *const *bufs, const uint64_t *lens,
+                           uint64_t count, double timeout, uint64_t *sent, uint64_t *progress);
 /* Receive the next message. dest NULL: a message stored whole is returned in place (*ptr into
  * the ring, valid until the next call); a streamed one returns FIPC_NEED. dest given: the
  * message is copied there (FIPC_NEED if cap is too small; it stays queued). A streamed

@@ -7,7 +7,7 @@
  * message once into it: in place from the ring under "block", through the seqlock check
  * of the core under "drop_oldest". A streamed message is assembled in a bytes object that
  * the handle keeps (`partial`) when a call is cut short, so that the next call resumes it. */
-#include "handle.h"
+#include "ring_handle.h"
 
 #include <errno.h>
 #include <string.h>
@@ -191,6 +191,22 @@ static int parse(PubHandle *self, const char *func, PyObject *const *args, Py_ss
     return -1;
 }
 
+/* The start of a method taking arguments: enter (ValueError if closed), parse them, and the
+ * timeout arg[t] (t < 0: none). 0, or -1 with the call failed and left. */
+static int begin(PubHandle *self, const char *func, PyObject *const *args, Py_ssize_t nargs,
+                 PyObject *kwnames, const char *const *names, int required, PyObject **arg,
+                 int t, double *timeout)
+{
+    if (fipc_h_enter(&self->h) < 0)
+        return -1;
+    if (parse(self, func, args, nargs, kwnames, names, required, arg) < 0 ||
+        (t >= 0 && fipc_h_timeout(arg[t], timeout) < 0)) {
+        fipc_h_fail(&self->h);
+        return -1;
+    }
+    return 0;
+}
+
 /* _park(): None if ready, else (address of the futex word, its value): see fipc_pub_park. */
 static PyObject *pub_park(PubHandle *self, PyObject *Py_UNUSED(ignored))
 {
@@ -302,6 +318,20 @@ static void send_failed(PubHandle *self, int64_t rc, uint64_t n, double timeout)
     fipc_h_raise(&self->h, rc, timeout);
 }
 
+/* One message, data, sent as send_messages says (its return value). */
+static int send_one(PubHandle *self, PyObject *data, double timeout, int nowait)
+{
+    Py_buffer view;
+    if (data_buffer(data, &view) < 0)
+        return -1;
+    const char *buf = view.buf;
+    uint64_t len = (uint64_t)view.len;
+    send_ctx c = {self, &buf, &len, 1, 0};
+    int rc = send_messages(self, &c, timeout, nowait, 0);
+    PyBuffer_Release(&view);
+    return rc;
+}
+
 static const char *const send_names[] = {"data", "timeout", NULL};
 
 static PyObject *pub_send(PubHandle *self, PyObject *const *args, Py_ssize_t nargs,
@@ -309,43 +339,20 @@ static PyObject *pub_send(PubHandle *self, PyObject *const *args, Py_ssize_t nar
 {
     PyObject *arg[2];
     double timeout;
-    Py_buffer view;
-    if (fipc_h_enter(&self->h) < 0)
+    if (begin(self, "send", args, nargs, kwnames, send_names, 1, arg, 1, &timeout) < 0)
         return NULL;
-    if (parse(self, "send", args, nargs, kwnames, send_names, 1, arg) < 0 ||
-        fipc_h_timeout(arg[1], &timeout) < 0 || data_buffer(arg[0], &view) < 0)
-        return fipc_h_fail(&self->h);
-    const char *buf = view.buf;
-    uint64_t len = (uint64_t)view.len;
-    send_ctx c = {self, &buf, &len, 1, 0};
-    int rc = send_messages(self, &c, timeout, 0, 0);
-    PyBuffer_Release(&view);
-    if (rc < 0)
-        return fipc_h_fail(&self->h);
-    if (fipc_h_leave(&self->h) < 0)
-        return NULL;
-    Py_RETURN_NONE;
+    int rc = send_one(self, arg[0], timeout, 0);
+    return fipc_h_done(&self->h, rc < 0 ? NULL : Py_NewRef(Py_None));
 }
 
 /* _send_nowait(data): True if it went, False if it has to wait (a message streamed in part
  * keeps its progress, for the next attempt to resume). */
 static PyObject *pub_send_nowait(PubHandle *self, PyObject *data)
 {
-    Py_buffer view;
     if (fipc_h_enter(&self->h) < 0)
         return NULL;
-    if (data_buffer(data, &view) < 0)
-        return fipc_h_fail(&self->h);
-    const char *buf = view.buf;
-    uint64_t len = (uint64_t)view.len;
-    send_ctx c = {self, &buf, &len, 1, 0};
-    int rc = send_messages(self, &c, 0.0, 1, 0);
-    PyBuffer_Release(&view);
-    if (rc < 0)
-        return fipc_h_fail(&self->h);
-    if (fipc_h_leave(&self->h) < 0)
-        return NULL;
-    return PyBool_FromLong(rc);
+    int rc = send_one(self, data, 0.0, 1);
+    return fipc_h_done(&self->h, rc < 0 ? NULL : PyBool_FromLong(rc));
 }
 
 /* _give_up(): an awaited send ended early: what was streamed of its message is abandoned. */
@@ -456,6 +463,25 @@ static int send_messages(PubHandle *self, send_ctx *c, double timeout, int nowai
     return -1;
 }
 
+/* messages[first:], sent as send_messages says (its return value); *sent: how many went. */
+static int send_batch(PubHandle *self, PyObject *messages, Py_ssize_t first, double timeout,
+                      int nowait, uint64_t *sent)
+{
+    batch b;
+    if (batch_of(messages, &b) < 0)
+        return -1;
+    if (first < 0 || first > b.n) {
+        batch_free(&b);
+        PyErr_SetString(PyExc_ValueError, "first is out of range");
+        return -1;
+    }
+    send_ctx c = {self, b.bufs, b.lens, (uint64_t)b.n, (uint64_t)first};
+    int rc = send_messages(self, &c, timeout, nowait, 1);
+    batch_free(&b);
+    *sent = c.done - (uint64_t)first;
+    return rc;
+}
+
 static const char *const send_many_names[] = {"messages", "timeout", NULL};
 
 static PyObject *pub_send_many(PubHandle *self, PyObject *const *args, Py_ssize_t nargs,
@@ -463,20 +489,12 @@ static PyObject *pub_send_many(PubHandle *self, PyObject *const *args, Py_ssize_
 {
     PyObject *arg[2];
     double timeout;
-    batch b;
-    if (fipc_h_enter(&self->h) < 0)
+    uint64_t sent;
+    if (begin(self, "send_many", args, nargs, kwnames, send_many_names, 1, arg, 1,
+              &timeout) < 0)
         return NULL;
-    if (parse(self, "send_many", args, nargs, kwnames, send_many_names, 1, arg) < 0 ||
-        fipc_h_timeout(arg[1], &timeout) < 0 || batch_of(arg[0], &b) < 0)
-        return fipc_h_fail(&self->h);
-    send_ctx c = {self, b.bufs, b.lens, (uint64_t)b.n, 0};
-    int rc = send_messages(self, &c, timeout, 0, 1);
-    batch_free(&b);
-    if (rc < 0)
-        return fipc_h_fail(&self->h);
-    if (fipc_h_leave(&self->h) < 0)
-        return NULL;
-    Py_RETURN_NONE;
+    int rc = send_batch(self, arg[0], 0, timeout, 0, &sent);
+    return fipc_h_done(&self->h, rc < 0 ? NULL : Py_NewRef(Py_None));
 }
 
 /* _send_many_nowait(messages, first): how many of messages[first:] went without waiting. */
@@ -484,26 +502,13 @@ static PyObject *pub_send_many_nowait(PubHandle *self, PyObject *args)
 {
     PyObject *messages;
     Py_ssize_t first;
-    batch b;
+    uint64_t sent;
     if (!PyArg_ParseTuple(args, "On:_send_many_nowait", &messages, &first))
         return NULL;
     if (fipc_h_enter(&self->h) < 0)
         return NULL;
-    if (batch_of(messages, &b) < 0)
-        return fipc_h_fail(&self->h);
-    if (first < 0 || first > b.n) {
-        batch_free(&b);
-        PyErr_SetString(PyExc_ValueError, "first is out of range");
-        return fipc_h_fail(&self->h);
-    }
-    send_ctx c = {self, b.bufs, b.lens, (uint64_t)b.n, (uint64_t)first};
-    int rc = send_messages(self, &c, 0.0, 1, 1);
-    batch_free(&b);
-    if (rc < 0)
-        return fipc_h_fail(&self->h);
-    if (fipc_h_leave(&self->h) < 0)
-        return NULL;
-    return PyLong_FromUnsignedLongLong(c.done - (uint64_t)first);
+    int rc = send_batch(self, messages, first, 0.0, 1, &sent);
+    return fipc_h_done(&self->h, rc < 0 ? NULL : PyLong_FromUnsignedLongLong(sent));
 }
 
 /* ------------------------------------------------------------------------ subscriber */
@@ -679,10 +684,9 @@ static PyObject *sub_recv(PubHandle *self, PyObject *const *args, Py_ssize_t nar
 {
     PyObject *arg[1];
     double timeout;
-    if (fipc_h_enter(&self->h) < 0)
+    if (begin(self, "recv", args, nargs, kwnames, recv_names, 0, arg, 0, &timeout) < 0)
         return NULL;
-    if (parse(self, "recv", args, nargs, kwnames, recv_names, 0, arg) < 0 ||
-        fipc_h_timeout(arg[0], &timeout) < 0 || unstick(self) < 0)
+    if (unstick(self) < 0)
         return fipc_h_fail(&self->h);
     int64_t status = 0;
     PyObject *r = take(self, timeout, 0, &status);
@@ -741,10 +745,10 @@ static PyObject *sub_recv_into(PubHandle *self, PyObject *const *args, Py_ssize_
     PyObject *arg[2];
     double timeout;
     Py_buffer view;
-    if (fipc_h_enter(&self->h) < 0)
+    if (begin(self, "recv_into", args, nargs, kwnames, recv_into_names, 1, arg, 1,
+              &timeout) < 0)
         return NULL;
-    if (parse(self, "recv_into", args, nargs, kwnames, recv_into_names, 1, arg) < 0 ||
-        fipc_h_timeout(arg[1], &timeout) < 0 || writable_buffer(arg[0], &view) < 0)
+    if (writable_buffer(arg[0], &view) < 0)
         return fipc_h_fail(&self->h);
     if (unstick(self) < 0) {
         PyBuffer_Release(&view);
@@ -873,10 +877,9 @@ static PyObject *sub_recv_many(PubHandle *self, PyObject *const *args, Py_ssize_
     PyObject *arg[2];
     double timeout;
     long max;
-    if (fipc_h_enter(&self->h) < 0)
+    if (begin(self, "recv_many", args, nargs, kwnames, recv_many_names, 0, arg, -1, NULL) < 0)
         return NULL;
-    if (parse(self, "recv_many", args, nargs, kwnames, recv_many_names, 0, arg) < 0 ||
-        max_messages_of(arg[0], &max) < 0 || fipc_h_timeout(arg[1], &timeout) < 0 ||
+    if (max_messages_of(arg[0], &max) < 0 || fipc_h_timeout(arg[1], &timeout) < 0 ||
         unstick(self) < 0)
         return fipc_h_fail(&self->h);
     int64_t status = 0;
@@ -1035,31 +1038,13 @@ static PyMethodDef sub_methods[] = {
     BOTH_ENDS,
 };
 
-static PyType_Slot pub_slots[] = {
-    {Py_tp_doc, "The native handle of a fan-out publisher."},
-    {Py_tp_methods, pub_methods},
-    {0, NULL},
-};
+FIPC_RING_HANDLE_TYPE(pub, "fastipc._fastipc.PublisherHandle", PubHandle,
+                      {Py_tp_doc, "The native handle of a fan-out publisher."},
+                      {Py_tp_methods, pub_methods});
 
-static PyType_Slot sub_slots[] = {
-    {Py_tp_doc, "The native handle of a fan-out subscriber."},
-    {Py_tp_methods, sub_methods},
-    {0, NULL},
-};
-
-static PyType_Spec pub_spec = {
-    .name = "fastipc._fastipc.PublisherHandle",
-    .basicsize = sizeof(PubHandle),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
-    .slots = pub_slots,
-};
-
-static PyType_Spec sub_spec = {
-    .name = "fastipc._fastipc.SubscriberHandle",
-    .basicsize = sizeof(PubHandle),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
-    .slots = sub_slots,
-};
+FIPC_RING_HANDLE_TYPE(sub, "fastipc._fastipc.SubscriberHandle", PubHandle,
+                      {Py_tp_doc, "The native handle of a fan-out subscriber."},
+                      {Py_tp_methods, sub_methods});
 
 int fipc_py_pubsub_init(PyObject *module)
 {
@@ -1072,7 +1057,5 @@ int fipc_py_pubsub_init(PyObject *module)
     Py_DECREF(core);
     if (core_check_int == NULL || core_byte_view == NULL || core_raise_errno == NULL)
         return -1;
-    if (fipc_h_add_type(module, &pub_spec, NULL) < 0)
-        return -1;
-    return fipc_h_add_type(module, &sub_spec, NULL);
+    return fipc_ring_add_types(module, &pub_spec, &sub_spec);
 }

@@ -4,7 +4,7 @@
  * be closed while the handle may touch it, and the export is released only once no call is
  * busy (the kind's release). What is not per-message (create, attach, spin, stats, park,
  * the views' holds) stays in Python, through cffi on the same fipc_shm (`_core`). */
-#include "handle.h"
+#include "ring_handle.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -211,19 +211,17 @@ static PyObject *writer_send(ShmHandle *self, PyObject *const *args, Py_ssize_t 
 
 typedef struct {
     ShmHandle *s;
-    const char *buf;
+    const char *const *bufs;
     const uint64_t *lens;
-    uint64_t count, done, off;
+    uint64_t count, done;
 } many_ctx;
 
 static int64_t many_attempt(void *ctx, double timeout)
 {
     many_ctx *x = ctx;
     uint64_t sent = 0;
-    int64_t rc = fipc_shm_send_many(&x->s->core, x->buf + x->off, x->lens + x->done,
-                                    x->count - x->done, timeout, &sent);
-    for (uint64_t i = 0; i < sent; i++)
-        x->off += x->lens[x->done + i];
+    int64_t rc = fipc_shm_send_many(&x->s->core, x->bufs + x->done, x->lens + x->done,
+                                    x->count - x->done, timeout, &sent, &x->s->progress);
     x->done += sent;
     return rc;
 }
@@ -310,12 +308,24 @@ static PyObject *writer_send_many(ShmHandle *self, PyObject *const *args, Py_ssi
     if (count < 0)
         return fipc_h_fail(&self->h);
     int64_t rc = 0;
-    many_ctx x = {self, blob, lens, (uint64_t)count, 0, 0};
+    const char **bufs = malloc(sizeof(char *) * (size_t)(count ? count : 1));
+    if (bufs == NULL) {
+        free(blob);
+        free(lens);
+        PyErr_NoMemory();
+        return fipc_h_fail(&self->h);
+    }
+    for (Py_ssize_t i = 0, off = 0; i < count; off += (Py_ssize_t)lens[i++])
+        bufs[i] = blob + off;
+    many_ctx x = {self, bufs, lens, (uint64_t)count, 0};
+    self->progress = 0;
     if (count > 0)
         rc = fipc_h_wait(&self->h, many_attempt, &x, timeout, -ETIMEDOUT);
+    free(bufs);
     free(blob);
     free(lens);
     if (rc < 0) {
+        self->progress = 0; /* a message cut short is abandoned: the reader drops it */
         fipc_h_raise(&self->h, rc, timeout);
         if (PyErr_ExceptionMatches(PyExc_OSError)) { /* how many went */
             PyObject *type, *value, *tb;
@@ -705,37 +715,15 @@ static PyGetSetDef shm_getset[] = {
     {NULL, NULL, NULL, NULL, NULL},
 };
 
-static PyType_Slot writer_slots[] = {
-    {Py_tp_doc, "The native handle of a channel's Writer."},
-    {Py_tp_methods, writer_methods},
-    {Py_tp_getset, shm_getset},
-    {0, NULL},
-};
+FIPC_RING_HANDLE_TYPE(writer, "fastipc._fastipc.ShmWriterHandle", ShmHandle,
+                      {Py_tp_doc, "The native handle of a channel's Writer."},
+                      {Py_tp_methods, writer_methods}, {Py_tp_getset, shm_getset});
 
-static PyType_Slot reader_slots[] = {
-    {Py_tp_doc, "The native handle of a channel's Reader."},
-    {Py_tp_methods, reader_methods},
-    {Py_tp_getset, shm_getset},
-    {0, NULL},
-};
-
-static PyType_Spec writer_spec = {
-    .name = "fastipc._fastipc.ShmWriterHandle",
-    .basicsize = sizeof(ShmHandle),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
-    .slots = writer_slots,
-};
-
-static PyType_Spec reader_spec = {
-    .name = "fastipc._fastipc.ShmReaderHandle",
-    .basicsize = sizeof(ShmHandle),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
-    .slots = reader_slots,
-};
+FIPC_RING_HANDLE_TYPE(reader, "fastipc._fastipc.ShmReaderHandle", ShmHandle,
+                      {Py_tp_doc, "The native handle of a channel's Reader."},
+                      {Py_tp_methods, reader_methods}, {Py_tp_getset, shm_getset});
 
 int fipc_py_shm_init(PyObject *module)
 {
-    if (fipc_h_add_type(module, &writer_spec, NULL) < 0)
-        return -1;
-    return fipc_h_add_type(module, &reader_spec, NULL);
+    return fipc_ring_add_types(module, &writer_spec, &reader_spec);
 }

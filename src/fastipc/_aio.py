@@ -295,15 +295,19 @@ class _Waiter:
 
     # ---- under the lock
 
-    def _drop(self, slot: _Slot) -> None:
+    def _drop(self, slot: _Slot, poke: bool = True) -> None:
+        """The slot goes; its helper thread is told (``poke``), unless it is the caller: it
+        rebuilds its set before it waits again (a poke of its own word would only make that
+        wait return at once, and cost it one more round under the GIL per wake-up)."""
         if self._slots.get(slot.address) is slot:
             del self._slots[slot.address]
             slot.shard.slots.remove(slot)
-            slot.shard.poke()
+            if poke:
+                slot.shard.poke()
 
-    def _give_turn(self, slot: _Slot) -> None:
+    def _give_turn(self, slot: _Slot, poke: bool = True) -> None:
         """The word changed: wake the first in line (who passes the turn on). No one left:
-        the slot goes."""
+        the slot goes (``poke``: as in :meth:`_drop`)."""
         slot.armed = False
         while slot.line:
             entry = slot.line.popleft()
@@ -311,7 +315,7 @@ class _Waiter:
             if _call(entry, _resolve):
                 break
         if not slot.line:
-            self._drop(slot)
+            self._drop(slot, poke)
 
     # ---- the helper threads
 
@@ -347,7 +351,7 @@ class _Waiter:
                 with lock:
                     slot = slots[rc - 1]
                     if slot.armed and self._slots.get(slot.address) is slot:
-                        self._give_turn(slot)
+                        self._give_turn(slot, poke=False)
             elif rc in (-errno.EAGAIN, -errno.EFAULT):
                 # a word no longer held its value (the control word: the set changed), or
                 # one removed meanwhile was unmapped: give the turn on each changed word.
@@ -355,7 +359,7 @@ class _Waiter:
                 with lock:
                     for slot in [s for s in shard.slots if s.armed]:
                         if ctypes.c_uint32.from_address(slot.address).value != slot.expected:
-                            self._give_turn(slot)
+                            self._give_turn(slot, poke=False)
             elif rc < 0 and rc not in (-errno.EINTR, -errno.ETIMEDOUT):
                 with lock:  # ENOSYS and the like: every waiter learns it
                     for slot in list(shard.slots):
