@@ -24,7 +24,7 @@ static PyObject *closed_error(fipc_handle *h)
 }
 
 /* Release once: C's part, then the object's _free (Python). -1 if _free raised. */
-static int release(fipc_handle *h)
+int fipc_h_release(fipc_handle *h)
 {
     int32_t closed = FIPC_H_CLOSED;
     if (!atomic_compare_exchange_strong(&h->state, &closed, FIPC_H_RELEASED))
@@ -38,24 +38,10 @@ static int release(fipc_handle *h)
     return 0;
 }
 
-int fipc_h_enter(fipc_handle *h)
+int fipc_h_refuse(fipc_handle *h)
 {
-    atomic_fetch_add(&h->busy, 1);
-    if (atomic_load(&h->state) != FIPC_H_OPEN) {
-        atomic_fetch_sub(&h->busy, 1);
-        closed_error(h);
-        return -1;
-    }
-    return 0;
-}
-
-int fipc_h_leave(fipc_handle *h)
-{
-    /* close() sets the state before it looks at the count; we drop the count before we look
-     * at the state: one of the two sees the other (both seq_cst). */
-    if (atomic_fetch_sub(&h->busy, 1) == 1 && atomic_load(&h->state) == FIPC_H_CLOSED)
-        return release(h);
-    return 0;
+    closed_error(h);
+    return -1;
 }
 
 PyObject *fipc_h_fail(fipc_handle *h)
@@ -73,49 +59,6 @@ PyObject *fipc_h_fail(fipc_handle *h)
         PyErr_Clear(); /* _free raised: the call's own exception is the one to see */
     PyErr_Restore(type, value, tb);
     return NULL;
-}
-
-int fipc_h_begin(fipc_handle *h, const char *func, PyObject *const *args, Py_ssize_t nargs,
-                 PyObject *kwnames, const char *const *names, int required, PyObject **arg,
-                 int t, double *timeout)
-{
-    return fipc_h_begin_kw(h, func, args, nargs, kwnames, names, required, -1, arg, t,
-                           timeout);
-}
-
-int fipc_h_begin_kw(fipc_handle *h, const char *func, PyObject *const *args, Py_ssize_t nargs,
-                    PyObject *kwnames, const char *const *names, int required, int positional,
-                    PyObject **arg, int t, double *timeout)
-{
-    if (fipc_h_enter(h) < 0)
-        return -1;
-    if (fipc_h_args_kw(func, args, nargs, kwnames, names, required, positional, arg) < 0 ||
-        (t >= 0 && fipc_h_timeout(arg[t], timeout) < 0)) {
-        fipc_h_fail(h);
-        return -1;
-    }
-    return 0;
-}
-
-PyObject *fipc_h_done(fipc_handle *h, PyObject *out)
-{
-    if (out == NULL)
-        return fipc_h_fail(h);
-    if (fipc_h_leave(h) < 0) {
-        Py_DECREF(out);
-        return NULL;
-    }
-    return out;
-}
-
-PyObject *fipc_h_end(fipc_handle *h, int64_t rc, double timeout, PyObject *out)
-{
-    if (rc < 0) {
-        Py_XDECREF(out);
-        fipc_h_raise(h, rc, timeout);
-        return fipc_h_fail(h);
-    }
-    return fipc_h_done(h, out);
 }
 
 void fipc_h_note(PyObject *type, const char *attr, uint64_t n)
@@ -161,10 +104,10 @@ static PyObject *h_close(fipc_handle *h, PyObject *Py_UNUSED(ignored))
         if (failed) {
             PyObject *type, *value, *tb;
             PyErr_Fetch(&type, &value, &tb);
-            release(h);
+            fipc_h_release(h);
             PyErr_Restore(type, value, tb);
         }
-        else if (release(h) < 0)
+        else if (fipc_h_release(h) < 0)
             return NULL;
     }
     if (failed)
@@ -303,12 +246,6 @@ int fipc_h_timeout(PyObject *obj, double *out)
     *out = PyFloat_AsDouble(r);
     Py_DECREF(r);
     return (*out == -1.0 && PyErr_Occurred()) ? -1 : 0;
-}
-
-int fipc_h_args(const char *func, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
-                const char *const *names, int required, PyObject **out)
-{
-    return fipc_h_args_kw(func, args, nargs, kwnames, names, required, -1, out);
 }
 
 int fipc_h_args_kw(const char *func, PyObject *const *args, Py_ssize_t nargs,

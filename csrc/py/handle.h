@@ -63,25 +63,33 @@ struct fipc_handle {
     const fipc_handle_kind *kind;
 };
 
+/* The per-message functions below marked `static inline` are defined at the end of this file:
+ * a call's enter, parse and leave cost no function call on the path that does not fail. */
+
 /* Enter a call: 0, or -1 with ValueError set if the handle is closed. */
-int fipc_h_enter(fipc_handle *h);
+static inline int fipc_h_enter(fipc_handle *h);
 /* Leave a call; releases if the handle was closed meanwhile and this was the last call.
  * 0, or -1 with an exception set (a _free that raised), which the caller returns. */
-int fipc_h_leave(fipc_handle *h);
+static inline int fipc_h_leave(fipc_handle *h);
+/* The rare ends of those two: refuse a call to a closed handle (its ValueError: -1), and
+ * release a closed handle that its last call left (0, or -1 if the object's _free raised). */
+int fipc_h_refuse(fipc_handle *h);
+int fipc_h_release(fipc_handle *h);
 /* The start of a method taking arguments: enter (ValueError if closed), parse them against
  * `names` into arg[] (fipc_h_args), and the timeout arg[t] (t < 0: none). 0, or -1 with the
  * call failed and left. */
-int fipc_h_begin(fipc_handle *h, const char *func, PyObject *const *args, Py_ssize_t nargs,
-                 PyObject *kwnames, const char *const *names, int required, PyObject **arg,
-                 int t, double *timeout);
+static inline int fipc_h_begin(fipc_handle *h, const char *func, PyObject *const *args,
+                               Py_ssize_t nargs, PyObject *kwnames, const char *const *names,
+                               int required, PyObject **arg, int t, double *timeout);
 /* fipc_h_begin for parameters of which only the first `positional` may be given by position
  * (fipc_h_args_kw). */
-int fipc_h_begin_kw(fipc_handle *h, const char *func, PyObject *const *args, Py_ssize_t nargs,
-                    PyObject *kwnames, const char *const *names, int required, int positional,
-                    PyObject **arg, int t, double *timeout);
+static inline int fipc_h_begin_kw(fipc_handle *h, const char *func, PyObject *const *args,
+                                  Py_ssize_t nargs, PyObject *kwnames,
+                                  const char *const *names, int required, int positional,
+                                  PyObject **arg, int t, double *timeout);
 /* The end of a call that made `out` (a new reference, or NULL: the call failed): leave, and
  * return what the method returns. */
-PyObject *fipc_h_done(fipc_handle *h, PyObject *out);
+static inline PyObject *fipc_h_done(fipc_handle *h, PyObject *out);
 /* Leave a call that failed with an exception set: if the handle was closed during the call,
  * the exception becomes the closed object's ValueError. Returns NULL. */
 PyObject *fipc_h_fail(fipc_handle *h);
@@ -102,8 +110,9 @@ int fipc_h_buffer(PyObject *data, Py_buffer *view, int writable);
 /* Parse a vectorcall argument list against `names` (NULL-terminated; the first `required`
  * are required): out[i] gets a borrowed reference, or NULL if not given. 0, or -1 with
  * TypeError set. */
-int fipc_h_args(const char *func, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
-                const char *const *names, int required, PyObject **out);
+static inline int fipc_h_args(const char *func, PyObject *const *args, Py_ssize_t nargs,
+                              PyObject *kwnames, const char *const *names, int required,
+                              PyObject **out);
 /* fipc_h_args for a method whose parameters after the first `positional` are keyword-only
  * (`def f(self, data, timeout=None, *, block=True)`: positional 2); -1: none is. The
  * messages are CPython's for such a Python method. */
@@ -131,7 +140,8 @@ PyObject *fipc_h_raise(fipc_handle *h, int64_t rc, double timeout);
 /* The end of a call whose C status is `rc`: rc < 0 raises what it means (fipc_h_raise, with
  * `timeout`) and fails the call (fipc_h_fail); else fipc_h_done(h, out). `out` is a new
  * reference, or NULL (rc < 0, or making it failed with an exception set). */
-PyObject *fipc_h_end(fipc_handle *h, int64_t rc, double timeout, PyObject *out);
+static inline PyObject *fipc_h_end(fipc_handle *h, int64_t rc, double timeout,
+                                   PyObject *out);
 
 /* If the exception being raised is a `type` (a class or a tuple of them), set its attribute
  * `attr` to `n` (how much of a call's work was done before it failed: messages_sent,
@@ -221,6 +231,77 @@ extern PyObject *fipc_h_base;
 
 /* Each mechanism's init (csrc/py/<mechanism>.c): adds its types to `module`, 0 or -1.
  * Weak, so that fipc_py_install runs those that are compiled in. */
+/* ------------------------------------------------------------------------ inline */
+
+static inline int fipc_h_enter(fipc_handle *h)
+{
+    atomic_fetch_add(&h->busy, 1);
+    if (atomic_load(&h->state) != FIPC_H_OPEN) {
+        atomic_fetch_sub(&h->busy, 1);
+        return fipc_h_refuse(h);
+    }
+    return 0;
+}
+
+static inline int fipc_h_leave(fipc_handle *h)
+{
+    /* close() sets the state before it looks at the count; we drop the count before we look
+     * at the state: one of the two sees the other (both seq_cst). */
+    if (atomic_fetch_sub(&h->busy, 1) == 1 && atomic_load(&h->state) == FIPC_H_CLOSED)
+        return fipc_h_release(h);
+    return 0;
+}
+
+static inline int fipc_h_args(const char *func, PyObject *const *args, Py_ssize_t nargs,
+                              PyObject *kwnames, const char *const *names, int required,
+                              PyObject **out)
+{
+    return fipc_h_args_kw(func, args, nargs, kwnames, names, required, -1, out);
+}
+
+static inline int fipc_h_begin_kw(fipc_handle *h, const char *func, PyObject *const *args,
+                                  Py_ssize_t nargs, PyObject *kwnames,
+                                  const char *const *names, int required, int positional,
+                                  PyObject **arg, int t, double *timeout)
+{
+    if (fipc_h_enter(h) < 0)
+        return -1;
+    if (fipc_h_args_kw(func, args, nargs, kwnames, names, required, positional, arg) < 0 ||
+        (t >= 0 && fipc_h_timeout(arg[t], timeout) < 0)) {
+        fipc_h_fail(h);
+        return -1;
+    }
+    return 0;
+}
+
+static inline int fipc_h_begin(fipc_handle *h, const char *func, PyObject *const *args,
+                               Py_ssize_t nargs, PyObject *kwnames, const char *const *names,
+                               int required, PyObject **arg, int t, double *timeout)
+{
+    return fipc_h_begin_kw(h, func, args, nargs, kwnames, names, required, -1, arg, t, timeout);
+}
+
+static inline PyObject *fipc_h_done(fipc_handle *h, PyObject *out)
+{
+    if (out == NULL)
+        return fipc_h_fail(h);
+    if (fipc_h_leave(h) < 0) {
+        Py_DECREF(out);
+        return NULL;
+    }
+    return out;
+}
+
+static inline PyObject *fipc_h_end(fipc_handle *h, int64_t rc, double timeout, PyObject *out)
+{
+    if (rc < 0) {
+        Py_XDECREF(out);
+        fipc_h_raise(h, rc, timeout);
+        return fipc_h_fail(h);
+    }
+    return fipc_h_done(h, out);
+}
+
 #define FIPC_PY_MECHANISMS(X) X(sem) X(mq) X(pipe) X(shm) X(pubsub) X(queue) X(client)
 #define FIPC_PY_DECLARE(m) int fipc_py_##m##_init(PyObject *module) __attribute__((weak));
 FIPC_PY_MECHANISMS(FIPC_PY_DECLARE)
