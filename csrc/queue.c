@@ -194,6 +194,16 @@ void fipc_queue_release(fipc_queue *q)
 
 /* ---------------------------------------------------------------- locks and waits */
 
+/* The deadline a put or get starts with (see lock): a try_only call waits for nothing, not
+ * even a busy mutex (timeout 0, TRY_DEADLINE); any other computes it when it first waits. */
+static int64_t first_deadline(int try_only, double *timeout)
+{
+    if (!try_only)
+        return FIPC_DEADLINE_UNSET;
+    *timeout = 0;
+    return TRY_DEADLINE;
+}
+
 /* Take a robust mutex (-EBADF once this handle is closed). A dead owner's mutex comes back as EOWNERDEAD: the state it guards
  * changes only by single committing stores, so it is consistent as it is. */
 static int lock(fipc_queue *q, size_t off, double timeout, int64_t *deadline)
@@ -616,9 +626,7 @@ static int put_parts(fipc_queue *q, const char *const *parts, const uint64_t *le
     uint64_t frame = round8(FRAME + total);
     if (frame > q->capacity / 2 || total > UINT32_MAX || kind == 0 || kind > KIND_MAX)
         return -EMSGSIZE;
-    int64_t deadline = try_only ? TRY_DEADLINE : FIPC_DEADLINE_UNSET, grace_end = 0;
-    if (try_only)
-        timeout = 0;
+    int64_t deadline = first_deadline(try_only, &timeout), grace_end = 0;
     for (;;) {
         int rc = lock(q, FIPC_Q_OFF_PUT_LOCK, timeout, &deadline);
         if (rc < 0)
@@ -672,9 +680,7 @@ static int put_many(fipc_queue *q, const char *buf, const uint64_t *lens, uint64
     for (uint64_t i = 0; i < count; i++)
         if (round8(FRAME + lens[i]) > q->capacity / 2 || lens[i] > UINT32_MAX)
             return -EMSGSIZE;
-    int64_t deadline = try_only ? TRY_DEADLINE : FIPC_DEADLINE_UNSET, grace_end = 0;
-    if (try_only)
-        timeout = 0;
+    int64_t deadline = first_deadline(try_only, &timeout), grace_end = 0;
     while (*sent < count) {
         int rc = lock(q, FIPC_Q_OFF_PUT_LOCK, timeout, &deadline);
         if (rc < 0)
@@ -862,9 +868,7 @@ static uint64_t spill_take(fipc_queue *q, uint64_t w, char *dest, uint64_t cap, 
 static int64_t get_many(fipc_queue *q, char *dest, uint64_t cap, uint64_t *lens,
                         uint32_t *kinds, uint64_t max, double timeout, int try_only, int mark)
 {
-    int64_t deadline = try_only ? TRY_DEADLINE : FIPC_DEADLINE_UNSET;
-    if (try_only)
-        timeout = 0;
+    int64_t deadline = first_deadline(try_only, &timeout);
     for (;;) {
         int rc = lock(q, FIPC_Q_OFF_GET_LOCK, timeout, &deadline);
         if (rc < 0)

@@ -2,7 +2,9 @@
 """Write the generated part of ``src/fastipc/_fastipc.pyi``: the types of ``lib``'s functions,
 constants and struct fields, read from the cffi cdef of ``csrc/*.h`` (the part between the
 CDEF markers). The hand-written part of the stub (the native handle types of ``csrc/py/``)
-is kept as it is.
+is kept as it is, and checked against the built extension: every type the module has, with
+the same base, methods and properties (and nothing it lacks), and each method whose C
+docstring gives a signature with the same parameters and defaults.
 
     python scripts/gen_pyi.py          # rewrite the stub
     python scripts/gen_pyi.py --check  # exit 1 if the stub is out of date (the tests run this)
@@ -10,8 +12,11 @@ is kept as it is.
 
 from __future__ import annotations
 
+import ast
+import inspect
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import cffi
 from cffi import model
@@ -69,6 +74,83 @@ def generate() -> str:
     return "".join(lines)
 
 
+def _stub_params(fn: ast.FunctionDef) -> list[tuple[str, str, str | None]]:
+    """(name, kind, default source) of a stub method's parameters after self."""
+    a = fn.args
+    plain = a.posonlyargs + a.args
+    defaults: list[ast.expr | None] = [None] * (len(plain) - len(a.defaults)) + list(a.defaults)
+    out = [(p.arg, "POSITIONAL_ONLY" if i < len(a.posonlyargs) else "POSITIONAL_OR_KEYWORD",
+            None if d is None else ast.unparse(d))
+           for i, (p, d) in enumerate(zip(plain, defaults, strict=True))]
+    out += [(p.arg, "KEYWORD_ONLY", None if d is None else ast.unparse(d))
+            for p, d in zip(a.kwonlyargs, a.kw_defaults, strict=True)]
+    return out[1:]  # self
+
+
+def _c_params(method: object) -> list[tuple[str, str, str | None]] | None:
+    """The same of a C method, from the signature its docstring gives (None: it gives none)."""
+    if getattr(method, "__text_signature__", None) is None:
+        return None
+    params = list(inspect.signature(method).parameters.values())  # type: ignore[arg-type]
+    if params and params[0].name == "self":
+        params = params[1:]
+    return [(p.name, p.kind.name,
+             None if p.default is inspect.Parameter.empty else repr(p.default)) for p in params]
+
+
+def handle_problems(text: str, module: ModuleType) -> list[str]:
+    """What the stub's top level and handle classes say that the built module does not."""
+    tree = ast.parse(text)
+    top: set[str] = set()
+    classes: dict[str, ast.ClassDef] = {}
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef):
+            top.add(node.name)
+            classes[node.name] = node
+        elif isinstance(node, ast.FunctionDef):
+            top.add(node.name)
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            top.add(node.target.id)
+    problems = []
+    names = {n for n in vars(module) if not (n.startswith("__") and n.endswith("__"))}
+    problems += [f"the module has {n}, the stub does not" for n in sorted(names - top)]
+    problems += [f"the stub has {n}, the module does not" for n in sorted(top - names - {"_Lib"})]
+    for name in sorted(names & top):
+        tp = getattr(module, name)
+        if not isinstance(tp, type) or name not in classes:
+            continue
+        cls = classes[name]
+        bases = [ast.unparse(b) for b in cls.bases]
+        want = [] if tp.__base__ is object else [tp.__base__.__name__]
+        if bases != want:
+            problems.append(f"{name}: bases {bases} in the stub, {want} in the module")
+        stub: dict[str, ast.stmt] = {}
+        for item in cls.body:
+            if isinstance(item, ast.FunctionDef):
+                stub[item.name] = item
+            elif isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name):
+                stub[item.target.id] = item
+        own = {k: v for k, v in vars(tp).items() if not (k.startswith("__") and k.endswith("__"))}
+        problems += [f"{name}.{k}: in the module, not in the stub"
+                     for k in sorted(own.keys() - stub.keys())]
+        problems += [f"{name}.{k}: in the stub, not in the module"
+                     for k in sorted(stub.keys() - own.keys())]
+        for k in sorted(own.keys() & stub.keys()):
+            item, member = stub[k], own[k]
+            method = callable(member) and not inspect.isdatadescriptor(member)
+            is_property = isinstance(item, ast.FunctionDef) and any(
+                ast.unparse(d) == "property" for d in item.decorator_list)
+            if method != (isinstance(item, ast.FunctionDef) and not is_property):
+                problems.append(f"{name}.{k}: a {'method' if method else 'property'} in the "
+                                "module, not in the stub")
+                continue
+            c = _c_params(member) if method else None
+            if c is not None and isinstance(item, ast.FunctionDef) and _stub_params(item) != c:
+                problems.append(f"{name}.{k}: parameters {_stub_params(item)} in the stub, "
+                                f"{c} in the C docstring")
+    return problems
+
+
 def main() -> int:
     text = STUB.read_text()
     head, _, rest = text.partition(BEGIN)
@@ -78,7 +160,16 @@ def main() -> int:
         if new != text:
             print(f"{STUB} is out of date: run python scripts/gen_pyi.py", file=sys.stderr)
             return 1
-        return 0
+        try:
+            from fastipc import _fastipc
+        except ImportError as exc:
+            print(f"cannot check the handle types: fastipc._fastipc is not built ({exc})",
+                  file=sys.stderr)
+            return 1
+        problems = handle_problems(text, _fastipc)
+        for p in problems:
+            print(f"{STUB}: {p}", file=sys.stderr)
+        return 1 if problems else 0
     STUB.write_text(new)
     return 0
 

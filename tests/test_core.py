@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import gc
+import importlib.util
 import subprocess
 import sys
 import threading
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -110,15 +112,52 @@ def test_a_dropped_object_is_freed_by_reference_counting_alone(backend: str) -> 
         gc.enable()
 
 
-def test_the_type_stub_of_the_extension_matches_its_cdef() -> None:
-    """src/fastipc/_fastipc.pyi's generated part is the cdef of csrc/*.h (a source-tree check:
-    an installed wheel has no csrc/)."""
+def _gen_pyi() -> ModuleType:
+    """scripts/gen_pyi.py as a module (a source-tree check: an installed wheel has no csrc/)."""
     script = ROOT / "scripts" / "gen_pyi.py"
     if not script.exists() or not (ROOT / "csrc").exists():
         pytest.skip("needs the source tree (scripts/ and csrc/), not an installed wheel")
+    if _core.NATIVE_ERROR is not None:
+        pytest.skip(f"the stub is checked against the built extension ({_core.NATIVE_ERROR})")
+    spec = importlib.util.spec_from_file_location("gen_pyi", script)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_type_stub_of_the_extension_matches_its_cdef() -> None:
+    """src/fastipc/_fastipc.pyi's generated part is the cdef of csrc/*.h, and its handle part
+    the built module (scripts/gen_pyi.py --check, as a developer runs it)."""
+    script = Path(_gen_pyi().__file__)
     done = subprocess.run([sys.executable, str(script), "--check"], capture_output=True,
                           text=True, timeout=60)
     assert done.returncode == 0, done.stderr
+
+
+def test_the_type_stub_declares_every_handle_type_and_method() -> None:
+    """Every type of fastipc._fastipc is in the stub with its base, each of its methods and
+    properties, and the parameters its C docstring gives; the stub has nothing the module
+    lacks (no module __getattr__ for names to fall to)."""
+    gen = _gen_pyi()
+    from fastipc import _fastipc
+
+    text = gen.STUB.read_text()
+    assert gen.handle_problems(text, _fastipc) == []
+    handles = {n for n, t in vars(_fastipc).items()
+               if isinstance(t, type) and issubclass(t, _fastipc.Handle)}
+    assert handles >= {"SemHandle", "MqHandle", "QueueHandle", "PipeWriterHandle",
+                       "PipeReaderHandle", "ClientHandle", "AsyncClientHandle",
+                       "ShmWriterHandle", "ShmReaderHandle", "PublisherHandle",
+                       "SubscriberHandle"}
+    # the check sees what is missing, extra, or says other parameters
+    worse = (text.replace("    def _keep_last(self) -> None: ...\n", "")
+             .replace("timeout: Optional[float] = None, *,\n                  block: bool = True",
+                      "timeout: Optional[float] = None, *,\n                  block: bool = False")
+             + "\ndef __getattr__(name: str) -> Any: ...\n")
+    assert sorted(p.split(":")[0] for p in gen.handle_problems(worse, _fastipc)) == [
+        "MqHandle._keep_last", "QueueHandle.put_bytes",
+        "the stub has __getattr__, the module does not"]
 
 
 def test_status_codes_match_the_c_enum() -> None:

@@ -24,7 +24,7 @@ static PyObject *closed_error(fipc_handle *h)
 }
 
 /* Release once: C's part, then the object's _free (Python). -1 if _free raised. */
-static int release(fipc_handle *h)
+int fipc_h_release(fipc_handle *h)
 {
     int32_t closed = FIPC_H_CLOSED;
     if (!atomic_compare_exchange_strong(&h->state, &closed, FIPC_H_RELEASED))
@@ -38,24 +38,10 @@ static int release(fipc_handle *h)
     return 0;
 }
 
-int fipc_h_enter(fipc_handle *h)
+int fipc_h_refuse(fipc_handle *h)
 {
-    atomic_fetch_add(&h->busy, 1);
-    if (atomic_load(&h->state) != FIPC_H_OPEN) {
-        atomic_fetch_sub(&h->busy, 1);
-        closed_error(h);
-        return -1;
-    }
-    return 0;
-}
-
-int fipc_h_leave(fipc_handle *h)
-{
-    /* close() sets the state before it looks at the count; we drop the count before we look
-     * at the state: one of the two sees the other (both seq_cst). */
-    if (atomic_fetch_sub(&h->busy, 1) == 1 && atomic_load(&h->state) == FIPC_H_CLOSED)
-        return release(h);
-    return 0;
+    closed_error(h);
+    return -1;
 }
 
 PyObject *fipc_h_fail(fipc_handle *h)
@@ -75,29 +61,26 @@ PyObject *fipc_h_fail(fipc_handle *h)
     return NULL;
 }
 
-int fipc_h_begin(fipc_handle *h, const char *func, PyObject *const *args, Py_ssize_t nargs,
-                 PyObject *kwnames, const char *const *names, int required, PyObject **arg,
-                 int t, double *timeout)
+void fipc_h_note(PyObject *type, const char *attr, uint64_t n)
 {
-    if (fipc_h_enter(h) < 0)
-        return -1;
-    if (fipc_h_args(func, args, nargs, kwnames, names, required, arg) < 0 ||
-        (t >= 0 && fipc_h_timeout(arg[t], timeout) < 0)) {
-        fipc_h_fail(h);
-        return -1;
-    }
-    return 0;
+    if (!PyErr_ExceptionMatches(type))
+        return;
+    PyObject *exc, *value, *tb;
+    PyErr_Fetch(&exc, &value, &tb);
+    PyErr_NormalizeException(&exc, &value, &tb);
+    PyObject *v = PyLong_FromUnsignedLongLong(n);
+    if (v == NULL || value == NULL || PyObject_SetAttrString(value, attr, v) < 0)
+        PyErr_Clear();
+    Py_XDECREF(v);
+    PyErr_Restore(exc, value, tb);
 }
 
-PyObject *fipc_h_done(fipc_handle *h, PyObject *out)
+int fipc_h_unopened(fipc_handle *h, const char *what)
 {
-    if (out == NULL)
-        return fipc_h_fail(h);
-    if (fipc_h_leave(h) < 0) {
-        Py_DECREF(out);
-        return NULL;
-    }
-    return out;
+    if (h->kind == NULL && atomic_load(&h->state) == FIPC_H_UNOPENED)
+        return 0;
+    PyErr_Format(PyExc_ValueError, "the %s handle is open already", what);
+    return -1;
 }
 
 static PyObject *h_close(fipc_handle *h, PyObject *Py_UNUSED(ignored))
@@ -121,10 +104,10 @@ static PyObject *h_close(fipc_handle *h, PyObject *Py_UNUSED(ignored))
         if (failed) {
             PyObject *type, *value, *tb;
             PyErr_Fetch(&type, &value, &tb);
-            release(h);
+            fipc_h_release(h);
             PyErr_Restore(type, value, tb);
         }
-        else if (release(h) < 0)
+        else if (fipc_h_release(h) < 0)
             return NULL;
     }
     if (failed)
@@ -141,6 +124,17 @@ static PyObject *h_enter_method(fipc_handle *h, PyObject *Py_UNUSED(ignored))
 
 static PyObject *h_leave_method(fipc_handle *h, PyObject *Py_UNUSED(ignored))
 {
+    if (fipc_h_leave(h) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+/* _forget_calls(): in a child made by fork(), the calls counted busy are the parent's
+ * threads', which the child does not have: forgotten, so that close() releases at once (and
+ * releases now if the object was closed already). */
+static PyObject *h_forget_calls(fipc_handle *h, PyObject *Py_UNUSED(ignored))
+{
+    atomic_store(&h->busy, 1);
     if (fipc_h_leave(h) < 0)
         return NULL;
     Py_RETURN_NONE;
@@ -185,14 +179,20 @@ static void h_dealloc(PyObject *self)
 }
 
 static PyMethodDef h_methods[] = {
-    {"close", (PyCFunction)h_close, METH_NOARGS,
-     "Close the object; calls blocked in other threads end with ValueError. Idempotent."},
-    {"_enter", (PyCFunction)h_enter_method, METH_NOARGS,
-     "Count a call busy (ValueError if closed)."},
-    {"_leave", (PyCFunction)h_leave_method, METH_NOARGS,
-     "End a call counted by _enter; releases if it was the last of a closed object."},
-    {NULL, NULL, 0, NULL},
+    FIPC_H_NOARGS("close", h_close,
+                  "Close the object; calls blocked in other threads end with ValueError. "
+                  "Idempotent."),
+    FIPC_H_NOARGS("_enter", h_enter_method, "Count a call busy (ValueError if closed)."),
+    FIPC_H_NOARGS("_leave", h_leave_method,
+                  "End a call counted by _enter; releases if it was the last of a closed "
+                  "object."),
+    FIPC_H_NOARGS("_forget_calls", h_forget_calls,
+                  "In a child made by fork(): count no call busy (the parent's threads' "
+                  "calls are not the child's); releases now if the object is closed."),
+    FIPC_H_END,
 };
+
+PyGetSetDef fipc_h_no_getset[] = {{NULL, NULL, NULL, NULL, NULL}};
 
 static PyGetSetDef h_getset[] = {
     {"_closed", (getter)h_get_closed, (setter)h_set_closed, "Whether close() was called.", NULL},
@@ -248,20 +248,23 @@ int fipc_h_timeout(PyObject *obj, double *out)
     return (*out == -1.0 && PyErr_Occurred()) ? -1 : 0;
 }
 
-int fipc_h_args(const char *func, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
-                const char *const *names, int required, PyObject **out)
+int fipc_h_args_kw(const char *func, PyObject *const *args, Py_ssize_t nargs,
+                   PyObject *kwnames, const char *const *names, int required, int positional,
+                   PyObject **out)
 {
     /* the messages are CPython's for a Python method with these parameters (self counted) */
     int n = 0;
     while (names[n] != NULL)
         out[n++] = NULL;
-    if (nargs > n) {
-        if (required == n)
+    if (positional < 0 || positional > n)
+        positional = n;
+    if (nargs > positional) {
+        if (required == positional)
             PyErr_Format(PyExc_TypeError, "%s() takes %d positional arguments but %zd were "
-                         "given", func, n + 1, nargs + 1);
+                         "given", func, positional + 1, nargs + 1);
         else
             PyErr_Format(PyExc_TypeError, "%s() takes from %d to %d positional arguments but "
-                         "%zd were given", func, required + 1, n + 1, nargs + 1);
+                         "%zd were given", func, required + 1, positional + 1, nargs + 1);
         return -1;
     }
     for (Py_ssize_t i = 0; i < nargs; i++)

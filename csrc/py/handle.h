@@ -19,13 +19,20 @@
  *   found calls busy, so no memory is freed while C may still touch it;
  * - the one wait loop (fipc_h_wait): the GIL is released only around a real wait, EINTR runs
  *   the signal handlers (a handler that raises ends the call) and waits again for the time
- *   left (PEP 475), a closed handle ends the wait with ValueError.
+ *   left (PEP 475), a closed handle ends the wait with ValueError;
+ * - fork: `_forget_calls()` (a method of the base) forgets, in a child made by fork(), the
+ *   calls counted busy by the parent's threads.
+ *
+ * A method of a kind is shaped: fipc_h_begin (or fipc_h_enter), the kind's attempt through
+ * fipc_h_wait, then fipc_h_end (a status), fipc_h_done (a result) or fipc_h_fail (an
+ * exception). Its type is FIPC_H_SPEC over a method table of FIPC_H_FASTCALL/... entries.
  */
 #ifndef FASTIPC_PY_HANDLE_H
 #define FASTIPC_PY_HANDLE_H
 
 #define Py_LIMITED_API 0x030B0000
 #include <Python.h>
+#include <errno.h>
 #include <stdatomic.h>
 #include <stdint.h>
 
@@ -56,20 +63,33 @@ struct fipc_handle {
     const fipc_handle_kind *kind;
 };
 
+/* The per-message functions below marked `static inline` are defined at the end of this file:
+ * a call's enter, parse and leave cost no function call on the path that does not fail. */
+
 /* Enter a call: 0, or -1 with ValueError set if the handle is closed. */
-int fipc_h_enter(fipc_handle *h);
+static inline int fipc_h_enter(fipc_handle *h);
 /* Leave a call; releases if the handle was closed meanwhile and this was the last call.
  * 0, or -1 with an exception set (a _free that raised), which the caller returns. */
-int fipc_h_leave(fipc_handle *h);
+static inline int fipc_h_leave(fipc_handle *h);
+/* The rare ends of those two: refuse a call to a closed handle (its ValueError: -1), and
+ * release a closed handle that its last call left (0, or -1 if the object's _free raised). */
+int fipc_h_refuse(fipc_handle *h);
+int fipc_h_release(fipc_handle *h);
 /* The start of a method taking arguments: enter (ValueError if closed), parse them against
  * `names` into arg[] (fipc_h_args), and the timeout arg[t] (t < 0: none). 0, or -1 with the
  * call failed and left. */
-int fipc_h_begin(fipc_handle *h, const char *func, PyObject *const *args, Py_ssize_t nargs,
-                 PyObject *kwnames, const char *const *names, int required, PyObject **arg,
-                 int t, double *timeout);
+static inline int fipc_h_begin(fipc_handle *h, const char *func, PyObject *const *args,
+                               Py_ssize_t nargs, PyObject *kwnames, const char *const *names,
+                               int required, PyObject **arg, int t, double *timeout);
+/* fipc_h_begin for parameters of which only the first `positional` may be given by position
+ * (fipc_h_args_kw). */
+static inline int fipc_h_begin_kw(fipc_handle *h, const char *func, PyObject *const *args,
+                                  Py_ssize_t nargs, PyObject *kwnames,
+                                  const char *const *names, int required, int positional,
+                                  PyObject **arg, int t, double *timeout);
 /* The end of a call that made `out` (a new reference, or NULL: the call failed): leave, and
  * return what the method returns. */
-PyObject *fipc_h_done(fipc_handle *h, PyObject *out);
+static inline PyObject *fipc_h_done(fipc_handle *h, PyObject *out);
 /* Leave a call that failed with an exception set: if the handle was closed during the call,
  * the exception becomes the closed object's ValueError. Returns NULL. */
 PyObject *fipc_h_fail(fipc_handle *h);
@@ -90,8 +110,15 @@ int fipc_h_buffer(PyObject *data, Py_buffer *view, int writable);
 /* Parse a vectorcall argument list against `names` (NULL-terminated; the first `required`
  * are required): out[i] gets a borrowed reference, or NULL if not given. 0, or -1 with
  * TypeError set. */
-int fipc_h_args(const char *func, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
-                const char *const *names, int required, PyObject **out);
+static inline int fipc_h_args(const char *func, PyObject *const *args, Py_ssize_t nargs,
+                              PyObject *kwnames, const char *const *names, int required,
+                              PyObject **out);
+/* fipc_h_args for a method whose parameters after the first `positional` are keyword-only
+ * (`def f(self, data, timeout=None, *, block=True)`: positional 2); -1: none is. The
+ * messages are CPython's for such a Python method. */
+int fipc_h_args_kw(const char *func, PyObject *const *args, Py_ssize_t nargs,
+                   PyObject *kwnames, const char *const *names, int required, int positional,
+                   PyObject **out);
 
 /* The one wait loop of every blocking call. `attempt(ctx, timeout)` is a C core call that
  * returns >= 0 when done or a -errno/FIPC status: it runs once with the GIL held and
@@ -110,6 +137,91 @@ int64_t fipc_h_wait(fipc_handle *h, int64_t (*attempt)(void *ctx, double timeout
  * ValueError instead. Returns NULL. */
 PyObject *fipc_h_raise(fipc_handle *h, int64_t rc, double timeout);
 
+/* The end of a call whose C status is `rc`: rc < 0 raises what it means (fipc_h_raise, with
+ * `timeout`) and fails the call (fipc_h_fail); else fipc_h_done(h, out). `out` is a new
+ * reference, or NULL (rc < 0, or making it failed with an exception set). */
+static inline PyObject *fipc_h_end(fipc_handle *h, int64_t rc, double timeout,
+                                   PyObject *out);
+
+/* If the exception being raised is a `type` (a class or a tuple of them), set its attribute
+ * `attr` to `n` (how much of a call's work was done before it failed: messages_sent,
+ * characters_written...). The exception stays the one raised. */
+void fipc_h_note(PyObject *type, const char *attr, uint64_t n);
+
+/* For a call that waits more than once (fipc_h_wait per step): the deadline of `timeout`
+ * (< 0: none, -1; 0: 0, no clock read), and the time left of it in the C convention
+ * (-1.0: forever, else seconds >= 0). */
+static inline int64_t fipc_h_deadline(double timeout)
+{
+    return timeout > 0 ? fipc_deadline(timeout) : timeout < 0 ? -1 : 0;
+}
+static inline double fipc_h_left(int64_t deadline)
+{
+    if (deadline <= 0)
+        return deadline < 0 ? -1.0 : 0.0;
+    int64_t ns = deadline - fipc_now_ns();
+    return ns > 0 ? (double)ns / 1e9 : 0.0;
+}
+
+/* For an attempt whose C call sleeps in steps and so may wait long without EINTR: its first
+ * run (GIL held, fipc_h_wait's) never waits, and the later ones wait at most `slice`
+ * seconds, then come back to fipc_h_wait as if a signal had interrupted them, so that a
+ * signal that arrives between two sleeps has its Python handler run within `slice`, not at
+ * the timeout. Zero it before the fipc_h_wait; in the attempt:
+ *     timeout = fipc_h_slice(&c->sl, timeout, SLICE);
+ *     return fipc_h_sliced(&c->sl, core_call(..., timeout, c->sl.first));
+ * (first: the core call must not wait, not even for a busy lock; -EAGAIN: it would have). */
+typedef struct fipc_h_slicer {
+    int tried, first, sliced;
+} fipc_h_slicer;
+static inline double fipc_h_slice(fipc_h_slicer *s, double timeout, double slice)
+{
+    s->first = !s->tried;
+    s->tried = 1;
+    s->sliced = !s->first && (timeout < 0 || timeout > slice);
+    return s->sliced ? slice : timeout;
+}
+static inline int64_t fipc_h_sliced(const fipc_h_slicer *s, int64_t rc)
+{
+    return (s->first && rc == -EAGAIN) || (s->sliced && rc == -ETIMEDOUT) ? -EINTR : rc;
+}
+
+/* ------------------------------------------------------------------------ opening */
+
+/* The start of a kind's `_open`: 0 if the handle was never opened, else -1 with
+ * ValueError("the <what> handle is open already"). */
+int fipc_h_unopened(fipc_handle *h, const char *what);
+
+/* ------------------------------------------------------------------------ types */
+
+/* The entries of a handle type's method table, one macro per calling convention (the cast
+ * is the one CPython's method tables need), and its end. A public method's `doc` starts
+ * with "name(args)\n--\n\n" so that inspect.signature reads it. */
+#define FIPC_H_FASTCALL(name, fn, doc) \
+    {name, (PyCFunction)(void (*)(void))(fn), METH_FASTCALL | METH_KEYWORDS, doc}
+#define FIPC_H_NOARGS(name, fn, doc) {name, (PyCFunction)(void (*)(void))(fn), METH_NOARGS, doc}
+#define FIPC_H_O(name, fn, doc) {name, (PyCFunction)(void (*)(void))(fn), METH_O, doc}
+#define FIPC_H_VARARGS(name, fn, doc) \
+    {name, (PyCFunction)(void (*)(void))(fn), METH_VARARGS, doc}
+#define FIPC_H_END {NULL, NULL, 0, NULL}
+
+/* A getset table with nothing in it, for types that have no properties. */
+extern PyGetSetDef fipc_h_no_getset[];
+
+/* Define `static PyType_Spec var`: the handle type fastipc._fastipc.<pyname> (a string
+ * literal), whose struct is `type` (starting with fipc_handle), with its docstring, method
+ * table and getset table (fipc_h_no_getset: none). fipc_h_add_type makes it. */
+#define FIPC_H_SPEC(var, pyname, type, doc, methods, getset)                             \
+    static PyType_Slot var##_slots[] = {                                                 \
+        {Py_tp_doc, (void *)(doc)}, {Py_tp_methods, methods}, {Py_tp_getset, getset},    \
+        {0, NULL}};                                                                      \
+    static PyType_Spec var = {                                                           \
+        .name = "fastipc._fastipc." pyname,                                              \
+        .basicsize = sizeof(type),                                                       \
+        .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,                               \
+        .slots = var##_slots,                                                            \
+    }
+
 /* Make a type from a spec whose base is the handle type, and add it to fastipc._fastipc. */
 int fipc_h_add_type(PyObject *module, PyType_Spec *spec, PyObject **out);
 
@@ -119,6 +231,77 @@ extern PyObject *fipc_h_base;
 
 /* Each mechanism's init (csrc/py/<mechanism>.c): adds its types to `module`, 0 or -1.
  * Weak, so that fipc_py_install runs those that are compiled in. */
+/* ------------------------------------------------------------------------ inline */
+
+static inline int fipc_h_enter(fipc_handle *h)
+{
+    atomic_fetch_add(&h->busy, 1);
+    if (atomic_load(&h->state) != FIPC_H_OPEN) {
+        atomic_fetch_sub(&h->busy, 1);
+        return fipc_h_refuse(h);
+    }
+    return 0;
+}
+
+static inline int fipc_h_leave(fipc_handle *h)
+{
+    /* close() sets the state before it looks at the count; we drop the count before we look
+     * at the state: one of the two sees the other (both seq_cst). */
+    if (atomic_fetch_sub(&h->busy, 1) == 1 && atomic_load(&h->state) == FIPC_H_CLOSED)
+        return fipc_h_release(h);
+    return 0;
+}
+
+static inline int fipc_h_args(const char *func, PyObject *const *args, Py_ssize_t nargs,
+                              PyObject *kwnames, const char *const *names, int required,
+                              PyObject **out)
+{
+    return fipc_h_args_kw(func, args, nargs, kwnames, names, required, -1, out);
+}
+
+static inline int fipc_h_begin_kw(fipc_handle *h, const char *func, PyObject *const *args,
+                                  Py_ssize_t nargs, PyObject *kwnames,
+                                  const char *const *names, int required, int positional,
+                                  PyObject **arg, int t, double *timeout)
+{
+    if (fipc_h_enter(h) < 0)
+        return -1;
+    if (fipc_h_args_kw(func, args, nargs, kwnames, names, required, positional, arg) < 0 ||
+        (t >= 0 && fipc_h_timeout(arg[t], timeout) < 0)) {
+        fipc_h_fail(h);
+        return -1;
+    }
+    return 0;
+}
+
+static inline int fipc_h_begin(fipc_handle *h, const char *func, PyObject *const *args,
+                               Py_ssize_t nargs, PyObject *kwnames, const char *const *names,
+                               int required, PyObject **arg, int t, double *timeout)
+{
+    return fipc_h_begin_kw(h, func, args, nargs, kwnames, names, required, -1, arg, t, timeout);
+}
+
+static inline PyObject *fipc_h_done(fipc_handle *h, PyObject *out)
+{
+    if (out == NULL)
+        return fipc_h_fail(h);
+    if (fipc_h_leave(h) < 0) {
+        Py_DECREF(out);
+        return NULL;
+    }
+    return out;
+}
+
+static inline PyObject *fipc_h_end(fipc_handle *h, int64_t rc, double timeout, PyObject *out)
+{
+    if (rc < 0) {
+        Py_XDECREF(out);
+        fipc_h_raise(h, rc, timeout);
+        return fipc_h_fail(h);
+    }
+    return fipc_h_done(h, out);
+}
+
 #define FIPC_PY_MECHANISMS(X) X(sem) X(mq) X(pipe) X(shm) X(pubsub) X(queue) X(client)
 #define FIPC_PY_DECLARE(m) int fipc_py_##m##_init(PyObject *module) __attribute__((weak));
 FIPC_PY_MECHANISMS(FIPC_PY_DECLARE)

@@ -63,10 +63,8 @@ static PyObject *mq_open_method(MqHandle *self, PyObject *args)
     PyObject *address, *owner;
     if (!PyArg_ParseTuple(args, "O!O:_open", &PyLong_Type, &address, &owner))
         return NULL;
-    if (self->q != NULL || atomic_load(&self->h.state) != FIPC_H_UNOPENED) {
-        PyErr_SetString(PyExc_ValueError, "the message queue handle is open already");
+    if (fipc_h_unopened(&self->h, "message queue") < 0)
         return NULL;
-    }
     fipc_mq *q = PyLong_AsVoidPtr(address);
     if (q == NULL) {
         if (!PyErr_Occurred())
@@ -130,10 +128,10 @@ static PyObject *mq_send(MqHandle *self, PyObject *const *args, Py_ssize_t nargs
     Py_buffer view;
     double timeout;
     long priority = 0;
-    if (fipc_h_enter(&self->h) < 0)
+    /* the timeout is checked after the data and the priority, as _check_send does */
+    if (fipc_h_begin(&self->h, "MessageQueue.send", args, nargs, kwnames, send_names, 1, arg,
+                     -1, NULL) < 0)
         return NULL;
-    if (fipc_h_args("MessageQueue.send", args, nargs, kwnames, send_names, 1, arg) < 0)
-        return fipc_h_fail(&self->h);
     if (fipc_h_buffer(arg[0], &view, 0) < 0) {
         if (PyErr_ExceptionMatches(PyExc_TypeError)) {
             PyErr_Clear();
@@ -160,13 +158,7 @@ static PyObject *mq_send(MqHandle *self, PyObject *const *args, Py_ssize_t nargs
     send_ctx c = {self->q, view.buf, (size_t)view.len, priority};
     int64_t rc = fipc_h_wait(&self->h, send_attempt, &c, timeout, -ETIMEDOUT);
     PyBuffer_Release(&view);
-    if (rc < 0) {
-        fipc_h_raise(&self->h, rc, timeout);
-        return fipc_h_fail(&self->h);
-    }
-    if (fipc_h_leave(&self->h) < 0)
-        return NULL;
-    Py_RETURN_NONE;
+    return fipc_h_end(&self->h, rc, timeout, rc < 0 ? NULL : Py_NewRef(Py_None));
 fail:
     PyBuffer_Release(&view);
     return fipc_h_fail(&self->h);
@@ -222,12 +214,10 @@ static PyObject *mq_receive(MqHandle *self, PyObject *const *args, Py_ssize_t na
 {
     PyObject *arg[1], *msg;
     double timeout;
-    if (fipc_h_enter(&self->h) < 0)
-        return NULL;
     Py_CLEAR(self->last); /* returned, and the caller has it: an exception now is not its */
-    if (fipc_h_args("MessageQueue.receive", args, nargs, kwnames, receive_names, 0, arg) < 0 ||
-        fipc_h_timeout(arg[0], &timeout) < 0)
-        return fipc_h_fail(&self->h);
+    if (fipc_h_begin(&self->h, "MessageQueue.receive", args, nargs, kwnames, receive_names, 0,
+                     arg, 0, &timeout) < 0)
+        return NULL;
     if (self->kept != NULL && PyList_Size(self->kept) > 0) {
         msg = PyList_GetItem(self->kept, 0);
         Py_INCREF(msg);
@@ -253,14 +243,9 @@ static PyObject *mq_receive(MqHandle *self, PyObject *const *args, Py_ssize_t na
         if (msg == NULL)
             return fipc_h_fail(&self->h);
     }
-    Py_INCREF(msg);
-    self->last = msg;
+    self->last = Py_NewRef(msg);
     self->last_thread = PyThread_get_thread_ident();
-    if (fipc_h_leave(&self->h) < 0) {
-        Py_DECREF(msg);
-        return NULL;
-    }
-    return msg;
+    return fipc_h_done(&self->h, msg);
 }
 
 /* _keep_last(): called by the public receive when an exception was raised into it after
@@ -283,49 +268,27 @@ static PyObject *mq_keep_last(MqHandle *self, PyObject *Py_UNUSED(ignored))
     Py_RETURN_NONE;
 }
 
-/* ------------------------------------------------------------------------ fork */
-
-/* _forget_calls(): in a child made by fork(), the calls counted busy are the parent's
- * threads', which the child does not have: forgotten, so that close() releases at once
- * (and releases now if the object was closed already). */
-static PyObject *mq_forget_calls(MqHandle *self, PyObject *Py_UNUSED(ignored))
-{
-    atomic_store(&self->h.busy, 1);
-    if (fipc_h_leave(&self->h) < 0)
-        return NULL;
-    Py_RETURN_NONE;
-}
-
 static PyMethodDef mq_methods[] = {
-    {"_open", (PyCFunction)mq_open_method, METH_VARARGS, NULL},
-    {"send", (PyCFunction)(void (*)(void))mq_send, METH_FASTCALL | METH_KEYWORDS,
-     "send(data, priority=0, timeout=None)\n--\n\n"
-     "Send ``data`` (bytes-like) as one message with ``priority`` (0 to "
-     "``MQ_PRIO_MAX - 1``, higher first). Waits while the queue is full: TimeoutError "
-     "after ``timeout`` seconds (None: forever, 0: do not wait). A message longer than "
-     ":attr:`max_message_size` raises ValueError before anything is sent."},
-    {"receive", (PyCFunction)(void (*)(void))mq_receive, METH_FASTCALL | METH_KEYWORDS,
-     "receive(timeout=None)\n--\n\n"
-     "The oldest message of the highest priority waiting, as ``(bytes, priority)``: "
-     "exactly the bytes that were sent. Waits while the queue is empty: TimeoutError after "
-     "``timeout`` seconds (None: forever, 0: do not wait)."},
-    {"_keep_last", (PyCFunction)mq_keep_last, METH_NOARGS, NULL},
-    {"_forget_calls", (PyCFunction)mq_forget_calls, METH_NOARGS, NULL},
-    {NULL, NULL, 0, NULL},
+    FIPC_H_VARARGS("_open", mq_open_method, NULL),
+    FIPC_H_FASTCALL("send", mq_send,
+                    "send(data, priority=0, timeout=None)\n--\n\n"
+                    "Send ``data`` (bytes-like) as one message with ``priority`` (0 to "
+                    "``MQ_PRIO_MAX - 1``, higher first). Waits while the queue is full: "
+                    "TimeoutError after ``timeout`` seconds (None: forever, 0: do not wait). A "
+                    "message longer than :attr:`max_message_size` raises ValueError before "
+                    "anything is sent."),
+    FIPC_H_FASTCALL("receive", mq_receive,
+                    "receive(timeout=None)\n--\n\n"
+                    "The oldest message of the highest priority waiting, as ``(bytes, "
+                    "priority)``: exactly the bytes that were sent. Waits while the queue is "
+                    "empty: TimeoutError after ``timeout`` seconds (None: forever, 0: do not "
+                    "wait)."),
+    FIPC_H_NOARGS("_keep_last", mq_keep_last, NULL),
+    FIPC_H_END,
 };
 
-static PyType_Slot mq_slots[] = {
-    {Py_tp_doc, "The native handle of a POSIX message queue."},
-    {Py_tp_methods, mq_methods},
-    {0, NULL},
-};
-
-static PyType_Spec mq_spec = {
-    .name = "fastipc._fastipc.MqHandle",
-    .basicsize = sizeof(MqHandle),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
-    .slots = mq_slots,
-};
+FIPC_H_SPEC(mq_spec, "MqHandle", MqHandle, "The native handle of a POSIX message queue.",
+            mq_methods, fipc_h_no_getset);
 
 int fipc_py_mq_init(PyObject *module)
 {

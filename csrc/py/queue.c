@@ -16,7 +16,6 @@
 #include "handle.h"
 
 #include <errno.h>
-#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -105,10 +104,8 @@ static PyObject *queue_open_method(QueueHandle *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "OKO!KKK:_open", &owner, &address, &PyList_Type, &pending,
                           &hot_max, &max_message, &out_size))
         return NULL;
-    if (self->q != NULL || atomic_load(&self->h.state) != FIPC_H_UNOPENED) {
-        PyErr_SetString(PyExc_ValueError, "the queue handle is open already");
+    if (fipc_h_unopened(&self->h, "queue") < 0)
         return NULL;
-    }
     if (setup_module() < 0)
         return NULL;
     Py_INCREF(owner);
@@ -140,13 +137,21 @@ static int block_timeout(PyObject *block, PyObject *timeout, double *out)
     return fipc_h_timeout(timeout, out);
 }
 
-/* The time left of a call with `timeout` (< 0: forever, 0: none) and its deadline. */
-static double time_left(double timeout, int64_t deadline)
+/* The start of a put or get: enter, parse the arguments (`obj`/`data`/`held` required, the
+ * first `positional` by position), and the block and timeout arg[b], arg[t] (t < 0: none).
+ * 0, or -1 with the call failed. */
+static int begin(QueueHandle *self, const char *func, const char *const *names, int positional,
+                 PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames, PyObject **arg,
+                 int b, int t, double *timeout)
 {
-    if (timeout <= 0)
-        return timeout;
-    int64_t ns = deadline - fipc_now_ns();
-    return ns > 0 ? (double)ns / 1e9 : 0.0;
+    if (fipc_h_begin_kw(&self->h, func, args, nargs, kwnames, names, 1, positional, arg, -1,
+                        NULL) < 0)
+        return -1;
+    if (t >= 0 && block_timeout(arg[b], arg[t], timeout) < 0) {
+        fipc_h_fail(&self->h);
+        return -1;
+    }
+    return 0;
 }
 
 /* Raise queue.Full / queue.Empty (a timeout), or what the status means. Returns NULL. */
@@ -165,45 +170,6 @@ static PyObject *raise_status(QueueHandle *self, int64_t rc, double timeout, int
     return fipc_h_raise(&self->h, rc, timeout);
 }
 
-static PyObject *call_method(QueueHandle *self, const char *name, const char *fmt, ...)
-{
-    PyObject *func = PyObject_GetAttrString((PyObject *)self, name);
-    if (func == NULL)
-        return NULL;
-    va_list va;
-    va_start(va, fmt);
-    PyObject *args = Py_VaBuildValue(fmt, va);
-    va_end(va);
-    PyObject *r = args ? PyObject_Call(func, args, NULL) : NULL;
-    Py_XDECREF(args);
-    Py_DECREF(func);
-    return r;
-}
-
-/* fipc_h_args with Python's messages for the methods of Queue (whose pure twins are Python
- * functions): `positional` parameters may be given by position (after self), the first
- * `required` of them must be given. */
-static int parse_args(const char *func, PyObject *const *args, Py_ssize_t nargs,
-                      PyObject *kwnames, const char *const *names, int required,
-                      Py_ssize_t positional, PyObject **out)
-{
-    if (nargs > positional) {
-        PyErr_Format(PyExc_TypeError, "%s() takes from %d to %zd positional arguments but %zd "
-                     "were given", func, required + 1, positional + 1, nargs + 1);
-        return -1;
-    }
-    if (fipc_h_args(func, args, nargs, kwnames, names, 0, out) < 0)
-        return -1;
-    for (int i = 0; i < required; i++) {
-        if (out[i] == NULL) {
-            PyErr_Format(PyExc_TypeError, "%s() missing 1 required positional argument: '%s'",
-                         func, names[i]);
-            return -1;
-        }
-    }
-    return 0;
-}
-
 /* ------------------------------------------------------------------------ put */
 
 typedef struct {
@@ -212,37 +178,26 @@ typedef struct {
     const uint64_t *lens;
     uint64_t len, count, sent;
     uint32_t kind;
-    int tried;
+    fipc_h_slicer sl;
 } put_ctx;
 
-/* The timeout of one blocking attempt (see WAIT_SLICE); *sliced when it is cut short. */
-static double slice(double timeout, int *sliced)
-{
-    *sliced = timeout < 0 || timeout > WAIT_SLICE;
-    return *sliced ? WAIT_SLICE : timeout;
-}
-
-/* The first attempt (GIL held) never waits: if it would have to, -EINTR makes fipc_h_wait
- * run the signal handlers and call again with the GIL released and the whole timeout. */
+/* The first attempt (GIL held) never waits, the others wait a slice at most (fipc_h_slice). */
 static int64_t put_attempt(void *arg, double timeout)
 {
     put_ctx *c = arg;
-    int first = !c->tried, sliced = 0;
-    c->tried = 1;
-    if (!first)
-        timeout = slice(timeout, &sliced);
+    timeout = fipc_h_slice(&c->sl, timeout, WAIT_SLICE);
     int rc;
     if (c->lens == NULL) {
-        rc = fipc_queue_put_h(c->self->q, c->data, c->len, c->kind, timeout, first);
+        rc = fipc_queue_put_h(c->self->q, c->data, c->len, c->kind, timeout, c->sl.first);
     } else {
         uint64_t sent = 0, off = 0;
         for (uint64_t i = 0; i < c->sent; i++)
             off += c->lens[i];
         rc = fipc_queue_put_many_h(c->self->q, c->data + off, c->lens + c->sent,
-                                   c->count - c->sent, c->kind, timeout, first, &sent);
+                                   c->count - c->sent, c->kind, timeout, c->sl.first, &sent);
         c->sent += sent;
     }
-    return (first && rc == -EAGAIN) || (sliced && rc == -ETIMEDOUT) ? -EINTR : rc;
+    return fipc_h_sliced(&c->sl, rc);
 }
 
 /* Put `len` bytes at `data` as one frame: 0, or -1 with an exception set. */
@@ -265,18 +220,15 @@ static PyObject *queue_put(QueueHandle *self, PyObject *const *args, Py_ssize_t 
 {
     PyObject *arg[3];
     double timeout;
-    if (fipc_h_enter(&self->h) < 0)
+    if (begin(self, "Queue.put", put_names, 3, args, nargs, kwnames, arg, 1, 2, &timeout) < 0)
         return NULL;
-    if (parse_args("Queue.put", args, nargs, kwnames, put_names, 1, 3, arg) < 0 ||
-        block_timeout(arg[1], arg[2], &timeout) < 0)
-        return fipc_h_fail(&self->h);
     PyObject *obj = arg[0];
     if (PySet_Size(buffered) > 0) {
         int known = PySet_Contains(buffered, (PyObject *)Py_TYPE(obj));
         if (known < 0)
             return fipc_h_fail(&self->h);
         if (known)
-            return fipc_h_done(&self->h, call_method(self, "_put_encoded", "(Od)", obj, timeout));
+            return fipc_h_done(&self->h, PyObject_CallMethod((PyObject *)self, "_put_encoded", "(Od)", obj, timeout));
     }
     PyObject *pargs = PyTuple_Pack(2, obj, protocol5);
     PyObject *data = pargs ? PyObject_Call(dumps, pargs, in_band_kw) : NULL;
@@ -291,7 +243,7 @@ static PyObject *queue_put(QueueHandle *self, PyObject *const *args, Py_ssize_t 
         if (r == NULL)
             return fipc_h_fail(&self->h);
         Py_DECREF(r);
-        return fipc_h_done(&self->h, call_method(self, "_put_encoded", "(Od)", obj, timeout));
+        return fipc_h_done(&self->h, PyObject_CallMethod((PyObject *)self, "_put_encoded", "(Od)", obj, timeout));
     }
     char *buf;
     Py_ssize_t n;
@@ -304,22 +256,10 @@ static PyObject *queue_put(QueueHandle *self, PyObject *const *args, Py_ssize_t 
         r = put_frame(self, buf, (uint64_t)n, KIND_PICKLE, timeout) < 0 ? NULL
                                                                         : Py_NewRef(Py_None);
     } else {
-        r = call_method(self, "_put_pickled", "(Od)", data, timeout);
+        r = PyObject_CallMethod((PyObject *)self, "_put_pickled", "(Od)", data, timeout);
     }
     Py_DECREF(data);
     return fipc_h_done(&self->h, r);
-}
-
-/* The bytes of `data`: TypeError as fastipc._core.byte_view says it. */
-static int get_bytes_view(PyObject *data, Py_buffer *view)
-{
-    if (!PyUnicode_Check(data) && !PyObject_CheckBuffer(data)) {
-        PyObject *name = PyType_GetName(Py_TYPE(data));
-        PyErr_Format(PyExc_TypeError, "a bytes-like object is required, not %R", name);
-        Py_XDECREF(name);
-        return -1;
-    }
-    return fipc_h_buffer(data, view, 0);
 }
 
 static const char *const put_bytes_names[] = {"data", "timeout", "block", NULL};
@@ -329,13 +269,11 @@ static PyObject *queue_put_bytes(QueueHandle *self, PyObject *const *args, Py_ss
 {
     PyObject *arg[3];
     double timeout;
-    if (fipc_h_enter(&self->h) < 0)
+    if (begin(self, "Queue.put_bytes", put_bytes_names, 2, args, nargs, kwnames, arg, 2, 1,
+              &timeout) < 0)
         return NULL;
-    if (parse_args("Queue.put_bytes", args, nargs, kwnames, put_bytes_names, 1, 2, arg) < 0 ||
-        block_timeout(arg[2], arg[1], &timeout) < 0)
-        return fipc_h_fail(&self->h);
     Py_buffer view;
-    if (get_bytes_view(arg[0], &view) < 0)
+    if (fipc_h_buffer(arg[0], &view, 0) < 0)
         return fipc_h_fail(&self->h);
     PyObject *r;
     if ((uint64_t)view.len <= self->hot_max) {
@@ -344,7 +282,7 @@ static PyObject *queue_put_bytes(QueueHandle *self, PyObject *const *args, Py_ss
         PyBuffer_Release(&view);
     } else {
         PyBuffer_Release(&view);
-        r = call_method(self, "_put_bytes_large", "(Od)", arg[0], timeout);
+        r = PyObject_CallMethod((PyObject *)self, "_put_bytes_large", "(Od)", arg[0], timeout);
     }
     return fipc_h_done(&self->h, r);
 }
@@ -393,16 +331,8 @@ static PyObject *queue_put_batch(QueueHandle *self, PyObject *args)
     free(blob);
     if (rc < 0) {
         raise_status(self, rc, timeout, 1);
-        if (rc == -ETIMEDOUT && PyErr_ExceptionMatches(full_error)) {
-            PyObject *type, *value, *tb;
-            PyErr_Fetch(&type, &value, &tb);
-            PyErr_NormalizeException(&type, &value, &tb);
-            PyObject *n = PyLong_FromUnsignedLongLong(c.sent);
-            if (n == NULL || PyObject_SetAttrString(value, "messages_put", n) < 0)
-                PyErr_Clear();
-            Py_XDECREF(n);
-            PyErr_Restore(type, value, tb);
-        }
+        if (rc == -ETIMEDOUT)
+            fipc_h_note(full_error, "messages_put", c.sent);
         return fipc_h_fail(&self->h);
     }
     return fipc_h_done(&self->h, PyLong_FromUnsignedLongLong(c.sent));
@@ -436,19 +366,15 @@ typedef struct {
     uint64_t cap, max;
     uint64_t *lens;
     uint32_t *kinds;
-    int tried;
+    fipc_h_slicer sl;
 } get_ctx;
 
 static int64_t get_attempt(void *arg, double timeout)
 {
     get_ctx *c = arg;
-    int first = !c->tried, sliced = 0;
-    c->tried = 1;
-    if (!first)
-        timeout = slice(timeout, &sliced);
-    int64_t rc = fipc_queue_get_many_h(c->self->q, c->dest, c->cap, c->lens, c->kinds, c->max,
-                                       timeout, first);
-    return (first && rc == -EAGAIN) || (sliced && rc == -ETIMEDOUT) ? -EINTR : rc;
+    timeout = fipc_h_slice(&c->sl, timeout, WAIT_SLICE);
+    return fipc_h_sliced(&c->sl, fipc_queue_get_many_h(c->self->q, c->dest, c->cap, c->lens,
+                                                       c->kinds, c->max, timeout, c->sl.first));
 }
 
 /* A message taken failed to decode (the exception set) and is kept in _pending as `entry`:
@@ -461,7 +387,7 @@ static void decide_failed(QueueHandle *self, PyObject *entry)
     PyErr_NormalizeException(&type, &value, &tb);
     if (tb != NULL && value != NULL)
         PyException_SetTraceback(value, tb);
-    PyObject *r = call_method(self, "_kept", "(OO)", value ? value : Py_None, entry);
+    PyObject *r = PyObject_CallMethod((PyObject *)self, "_kept", "(OO)", value ? value : Py_None, entry);
     if (r == NULL) {
         Py_XDECREF(type);
         Py_XDECREF(value);
@@ -491,7 +417,7 @@ static void keep_failed(QueueHandle *self, PyObject *entry)
 static PyObject *from_pending(QueueHandle *self, Py_ssize_t max, int as_bytes, int one,
                               int *none)
 {
-    PyObject *got = call_method(self, "_many_from_pending", "(nO)", max,
+    PyObject *got = PyObject_CallMethod((PyObject *)self, "_many_from_pending", "(nO)", max,
                                 as_bytes ? Py_True : Py_False);
     if (got == NULL || !one)
         return got;
@@ -560,11 +486,11 @@ static PyObject *get_one(QueueHandle *self, double timeout, int as_bytes)
     uint32_t kind = 0;
     get_ctx c = {.self = self, .dest = stage, .cap = STAGE, .max = 1, .lens = &len,
                  .kinds = &kind};
-    int64_t deadline = timeout > 0 ? fipc_deadline(timeout) : 0;
+    int64_t deadline = fipc_h_deadline(timeout);
     PyObject *big = NULL; /* a message larger than the stage: its own buffer */
     for (;;) {
-        double left = time_left(timeout, deadline);
-        c.tried = 0;
+        double left = fipc_h_left(deadline);
+        c.sl.tried = 0;
         int64_t rc = fipc_h_wait(&self->h, get_attempt, &c, left, -ETIMEDOUT);
         if (rc == FIPC_NEED) {
             /* it stays queued; its length (from the shared struct: checked again below) */
@@ -612,11 +538,10 @@ static PyObject *get_call(QueueHandle *self, const char *func, const char *const
 {
     PyObject *arg[3];
     double timeout;
-    if (fipc_h_enter(&self->h) < 0)
+    if (begin(self, func, names, positional, args, nargs, kwnames, arg, as_bytes ? 2 : 1,
+              as_bytes ? 1 : 2, &timeout) < 0)
         return NULL;
-    if (parse_args(func, args, nargs, kwnames, names, 1, positional, arg) < 0 ||
-        check_held(arg[0]) < 0 ||
-        block_timeout(arg[as_bytes ? 2 : 1], arg[as_bytes ? 1 : 2], &timeout) < 0)
+    if (check_held(arg[0]) < 0)
         return fipc_h_fail(&self->h);
     return fipc_h_done(&self->h, hold(arg[0], get_one(self, timeout, as_bytes)));
 }
@@ -676,10 +601,10 @@ static PyObject *queue_get_many(QueueHandle *self, PyObject *const *args, Py_ssi
                                 PyObject *kwnames)
 {
     PyObject *arg[4];
-    if (fipc_h_enter(&self->h) < 0)
+    if (begin(self, "Queue._get_many", get_many_names, 4, args, nargs, kwnames, arg, -1, -1,
+              NULL) < 0)
         return NULL;
-    if (parse_args("Queue._get_many", args, nargs, kwnames, get_many_names, 1, 4, arg) < 0 ||
-        check_held(arg[0]) < 0)
+    if (check_held(arg[0]) < 0)
         return fipc_h_fail(&self->h);
     return fipc_h_done(&self->h, hold(arg[0], get_many_held(self, arg + 1)));
 }
@@ -693,7 +618,7 @@ static PyObject *get_many_held(QueueHandle *self, PyObject *const *arg)
         max = PyLong_CheckExact(arg[0]) ? PyLong_AsLong(arg[0]) : -1;
         if (max < 1 || max > MAX_BATCH) { /* the Python rules and their messages */
             PyErr_Clear();
-            PyObject *r = call_method(self, "_check_max_messages", "(O)", arg[0]);
+            PyObject *r = PyObject_CallMethod((PyObject *)self, "_check_max_messages", "(O)", arg[0]);
             max = r == NULL ? -1 : PyLong_AsLong(r);
             Py_XDECREF(r);
             if (max < 1 || max > MAX_BATCH) {
@@ -729,10 +654,10 @@ static PyObject *get_many_held(QueueHandle *self, PyObject *const *arg)
     }
     get_ctx c = {.self = self, .dest = out, .cap = self->out_size, .max = (uint64_t)max,
                  .lens = lens, .kinds = kinds};
-    int64_t deadline = timeout > 0 ? fipc_deadline(timeout) : 0;
+    int64_t deadline = fipc_h_deadline(timeout);
     int64_t n = fipc_h_wait(&self->h, get_attempt, &c, timeout, -ETIMEDOUT);
     if (n == FIPC_NEED) { /* the first message is large: take it alone */
-        PyObject *obj = get_one(self, time_left(timeout, deadline), 0);
+        PyObject *obj = get_one(self, fipc_h_left(deadline), 0);
         result = obj ? PyList_New(1) : NULL;
         if (result != NULL)
             PyList_SetItem(result, 0, obj);
@@ -793,55 +718,36 @@ end:
     return result;
 }
 
-/* ------------------------------------------------------------------------ fork */
-
-/* _forked_calls(): in a fork child, no call of the parent's other threads is in progress:
- * count none (a handle closed while one was is released now). */
-static PyObject *queue_forked_calls(QueueHandle *self, PyObject *Py_UNUSED(ignored))
-{
-    atomic_store(&self->h.busy, 1);
-    if (fipc_h_leave(&self->h) < 0)
-        return NULL;
-    Py_RETURN_NONE;
-}
-
 static PyMethodDef queue_methods[] = {
-    {"_open", (PyCFunction)queue_open_method, METH_VARARGS, NULL},
-    {"put", (PyCFunction)(void (*)(void))queue_put, METH_FASTCALL | METH_KEYWORDS,
-     "put($self, obj, block=True, timeout=None)\n--\n\n"
-     "Put ``obj`` (pickled, protocol 5, buffers out of band). ``queue.Full`` (also a "
-     "TimeoutError) if the queue stays full until the timeout (``block=False``: at once). "
-     "An object that cannot be pickled raises here and leaves the queue as it was."},
-    {"put_bytes", (PyCFunction)(void (*)(void))queue_put_bytes, METH_FASTCALL | METH_KEYWORDS,
-     "put_bytes($self, data, timeout=None, *, block=True)\n--\n\n"
-     "Put raw bytes (any contiguous bytes-like object), no pickling; ``get_bytes`` (or "
-     "``get``) returns them as ``bytes``. ``block=False``: try once (timeout ignored)."},
-    {"_put_batch", (PyCFunction)queue_put_batch, METH_VARARGS, NULL},
-    {"_get", (PyCFunction)(void (*)(void))queue_get, METH_FASTCALL | METH_KEYWORDS,
-     "_get($self, held, block=True, timeout=None)\n--\n\n"
-     "The taking call of get (see Queue.get): the object, also stored in held[0]."},
-    {"_get_bytes", (PyCFunction)(void (*)(void))queue_get_bytes, METH_FASTCALL | METH_KEYWORDS,
-     "_get_bytes($self, held, timeout=None, block=True)\n--\n\n"
-     "The taking call of get_bytes: the bytes, also stored in held[0]."},
-    {"_get_many", (PyCFunction)(void (*)(void))queue_get_many, METH_FASTCALL | METH_KEYWORDS,
-     "_get_many($self, held, max_messages=1024, timeout=None, block=True)\n--\n\n"
-     "The taking call of get_many: the list, also stored in held[0]."},
-    {"_forked_calls", (PyCFunction)queue_forked_calls, METH_NOARGS, NULL},
-    {NULL, NULL, 0, NULL},
+    FIPC_H_VARARGS("_open", queue_open_method, NULL),
+    FIPC_H_FASTCALL("put", queue_put,
+                    "put($self, obj, block=True, timeout=None)\n--\n\n"
+                    "Put ``obj`` (pickled, protocol 5, buffers out of band). ``queue.Full`` "
+                    "(also a TimeoutError) if the queue stays full until the timeout "
+                    "(``block=False``: at once). An object that cannot be pickled raises here "
+                    "and leaves the queue as it was."),
+    FIPC_H_FASTCALL("put_bytes", queue_put_bytes,
+                    "put_bytes($self, data, timeout=None, *, block=True)\n--\n\n"
+                    "Put raw bytes (any contiguous bytes-like object), no pickling; "
+                    "``get_bytes`` (or ``get``) returns them as ``bytes``. ``block=False``: try "
+                    "once (timeout ignored)."),
+    FIPC_H_VARARGS("_put_batch", queue_put_batch, NULL),
+    FIPC_H_FASTCALL("_get", queue_get,
+                    "_get($self, held, block=True, timeout=None)\n--\n\n"
+                    "The taking call of get (see Queue.get): the object, also stored in "
+                    "held[0]."),
+    FIPC_H_FASTCALL("_get_bytes", queue_get_bytes,
+                    "_get_bytes($self, held, timeout=None, block=True)\n--\n\n"
+                    "The taking call of get_bytes: the bytes, also stored in held[0]."),
+    FIPC_H_FASTCALL("_get_many", queue_get_many,
+                    "_get_many($self, held, max_messages=1024, timeout=None, "
+                    "block=True)\n--\n\n"
+                    "The taking call of get_many: the list, also stored in held[0]."),
+    FIPC_H_END,
 };
 
-static PyType_Slot queue_slots[] = {
-    {Py_tp_doc, "The native handle of a fastipc Queue."},
-    {Py_tp_methods, queue_methods},
-    {0, NULL},
-};
-
-static PyType_Spec queue_spec = {
-    .name = "fastipc._fastipc.QueueHandle",
-    .basicsize = sizeof(QueueHandle),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
-    .slots = queue_slots,
-};
+FIPC_H_SPEC(queue_spec, "QueueHandle", QueueHandle, "The native handle of a fastipc Queue.",
+            queue_methods, fipc_h_no_getset);
 
 int fipc_py_queue_init(PyObject *module)
 {

@@ -35,10 +35,8 @@ static PyObject *sem_open_method(SemHandle *self, PyObject *args)
     unsigned int value;
     if (!PyArg_ParseTuple(args, "ypiI:_open", &name, &create, &mode, &value))
         return NULL;
-    if (self->sem != NULL || atomic_load(&self->h.state) != FIPC_H_UNOPENED) {
-        PyErr_SetString(PyExc_ValueError, "the semaphore handle is open already");
+    if (fipc_h_unopened(&self->h, "semaphore") < 0)
         return NULL;
-    }
     void *sem = NULL;
     int rc;
     Py_BEGIN_ALLOW_THREADS
@@ -70,13 +68,7 @@ static PyObject *sem_acquire(SemHandle *self, PyObject *const *args, Py_ssize_t 
                      arg, 0, &timeout) < 0)
         return NULL;
     int64_t rc = fipc_h_wait(&self->h, acquire_attempt, self, timeout, -ETIMEDOUT);
-    if (rc < 0) {
-        fipc_h_raise(&self->h, rc, timeout);
-        return fipc_h_fail(&self->h);
-    }
-    if (fipc_h_leave(&self->h) < 0)
-        return NULL;
-    Py_RETURN_TRUE;
+    return fipc_h_end(&self->h, rc, timeout, rc < 0 ? NULL : Py_NewRef(Py_True));
 }
 
 static PyObject *sem_release_method(SemHandle *self, PyObject *Py_UNUSED(ignored))
@@ -84,18 +76,9 @@ static PyObject *sem_release_method(SemHandle *self, PyObject *Py_UNUSED(ignored
     if (fipc_h_enter(&self->h) < 0)
         return NULL;
     int rc = fipc_sem_release(self->sem);
-    if (rc < 0) {
-        if (rc == -EOVERFLOW) {
-            PyObject *r = PyObject_CallMethod((PyObject *)self, "_overflow", NULL);
-            Py_XDECREF(r);
-        }
-        else
-            fipc_h_raise(&self->h, rc, -1);
-        return fipc_h_fail(&self->h);
-    }
-    if (fipc_h_leave(&self->h) < 0)
-        return NULL;
-    Py_RETURN_NONE;
+    if (rc == -EOVERFLOW) /* _overflow raises the OSError */
+        return fipc_h_done(&self->h, PyObject_CallMethod((PyObject *)self, "_overflow", NULL));
+    return fipc_h_end(&self->h, rc, -1, rc < 0 ? NULL : Py_NewRef(Py_None));
 }
 
 static PyObject *sem_value(SemHandle *self, void *Py_UNUSED(closure))
@@ -103,13 +86,7 @@ static PyObject *sem_value(SemHandle *self, void *Py_UNUSED(closure))
     if (fipc_h_enter(&self->h) < 0)
         return NULL;
     int rc = fipc_sem_value(self->sem);
-    if (rc < 0) {
-        fipc_h_raise(&self->h, rc, -1);
-        return fipc_h_fail(&self->h);
-    }
-    if (fipc_h_leave(&self->h) < 0)
-        return NULL;
-    return PyLong_FromLong(rc);
+    return fipc_h_end(&self->h, rc, -1, rc < 0 ? NULL : PyLong_FromLong(rc));
 }
 
 /* _try(): decrement without waiting: True, or False while the value is 0 (for awaiting). */
@@ -118,13 +95,9 @@ static PyObject *sem_try(SemHandle *self, PyObject *Py_UNUSED(ignored))
     if (fipc_h_enter(&self->h) < 0)
         return NULL;
     int rc = fipc_sem_try(self->sem);
-    if (rc < 0 && rc != -EAGAIN) {
-        fipc_h_raise(&self->h, rc, -1);
-        return fipc_h_fail(&self->h);
-    }
-    if (fipc_h_leave(&self->h) < 0)
-        return NULL;
-    return PyBool_FromLong(rc == 0);
+    if (rc == -EAGAIN)
+        return fipc_h_done(&self->h, Py_NewRef(Py_False));
+    return fipc_h_end(&self->h, rc, -1, rc < 0 ? NULL : Py_NewRef(Py_True));
 }
 
 /* The await hooks below run inside acquire_async, which counts itself busy (_enter) for as
@@ -164,19 +137,20 @@ static PyObject *sem_pass(SemHandle *self, PyObject *Py_UNUSED(ignored))
 }
 
 static PyMethodDef sem_methods[] = {
-    {"_open", (PyCFunction)sem_open_method, METH_VARARGS, NULL},
-    {"acquire", (PyCFunction)(void (*)(void))sem_acquire, METH_FASTCALL | METH_KEYWORDS,
-     "acquire(timeout=None)\n--\n\n"
-     "Decrement the value, waiting while it is 0: TimeoutError after ``timeout`` seconds "
-     "(None: forever, 0: do not wait). Returns True (so that code written for "
-     "``threading.Semaphore`` keeps working)."},
-    {"release", (PyCFunction)sem_release_method, METH_NOARGS,
-     "release()\n--\n\n"
-     "Increment the value, waking one waiter. OSError(EOVERFLOW) past SEM_VALUE_MAX."},
-    {"_try", (PyCFunction)sem_try, METH_NOARGS, NULL},
-    {"_waiters", (PyCFunction)sem_waiters, METH_O, NULL},
-    {"_pass_wake", (PyCFunction)sem_pass, METH_NOARGS, NULL},
-    {NULL, NULL, 0, NULL},
+    FIPC_H_VARARGS("_open", sem_open_method, NULL),
+    FIPC_H_FASTCALL("acquire", sem_acquire,
+                    "acquire(timeout=None)\n--\n\n"
+                    "Decrement the value, waiting while it is 0: TimeoutError after "
+                    "``timeout`` seconds (None: forever, 0: do not wait). Returns True (so "
+                    "that code written for ``threading.Semaphore`` keeps working)."),
+    FIPC_H_NOARGS("release", sem_release_method,
+                  "release()\n--\n\n"
+                  "Increment the value, waking one waiter. OSError(EOVERFLOW) past "
+                  "SEM_VALUE_MAX."),
+    FIPC_H_NOARGS("_try", sem_try, NULL),
+    FIPC_H_O("_waiters", sem_waiters, NULL),
+    FIPC_H_NOARGS("_pass_wake", sem_pass, NULL),
+    FIPC_H_END,
 };
 
 static PyGetSetDef sem_getset[] = {
@@ -185,19 +159,8 @@ static PyGetSetDef sem_getset[] = {
     {NULL, NULL, NULL, NULL, NULL},
 };
 
-static PyType_Slot sem_slots[] = {
-    {Py_tp_doc, "The native handle of a POSIX named semaphore."},
-    {Py_tp_methods, sem_methods},
-    {Py_tp_getset, sem_getset},
-    {0, NULL},
-};
-
-static PyType_Spec sem_spec = {
-    .name = "fastipc._fastipc.SemHandle",
-    .basicsize = sizeof(SemHandle),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
-    .slots = sem_slots,
-};
+FIPC_H_SPEC(sem_spec, "SemHandle", SemHandle, "The native handle of a POSIX named semaphore.",
+            sem_methods, sem_getset);
 
 int fipc_py_sem_init(PyObject *module)
 {

@@ -500,9 +500,9 @@ class Queue(Handle):
         queue closed while one was, and not freed yet, is freed now)."""
         self._ops.forked()
         self._disown()
-        self._forked_calls()
+        self._forget_calls()
 
-    def _forked_calls(self) -> None:
+    def _forget_calls(self) -> None:
         """Count no call in progress (the native handle's C method of the same name does
         this for its count), and free now if closed."""
         self._calls[:] = [None]
