@@ -288,7 +288,7 @@ static PyObject *queue_put_bytes(QueueHandle *self, PyObject *const *args, Py_ss
 }
 
 /* _put_batch(batch: list[bytes], timeout) -> how many went (all, or queue.Full with
- * messages_put): pickles of put_many, each within the ring's hot size. */
+ * messages_sent): pickles of put_many, each within the ring's hot size. */
 static PyObject *queue_put_batch(QueueHandle *self, PyObject *args)
 {
     PyObject *batch;
@@ -331,8 +331,10 @@ static PyObject *queue_put_batch(QueueHandle *self, PyObject *args)
     free(blob);
     if (rc < 0) {
         raise_status(self, rc, timeout, 1);
-        if (rc == -ETIMEDOUT)
+        if (rc == -ETIMEDOUT) { /* the contract's name, and the older one the queues keep */
+            fipc_h_note(full_error, "messages_sent", c.sent);
             fipc_h_note(full_error, "messages_put", c.sent);
+        }
         return fipc_h_fail(&self->h);
     }
     return fipc_h_done(&self->h, PyLong_FromUnsignedLongLong(c.sent));
