@@ -1582,3 +1582,23 @@ def test_native_ends_are_their_handles() -> None:
                 py_params = inspect.signature(getattr(public, attr)).parameters.values()
                 assert [(p.name, p.default) for p in c_params] == [
                     (p.name, p.default) for p in list(py_params)[1:]]
+
+
+@pytest.mark.parametrize("overflow", ["block", "drop_oldest"])
+def test_send_many_blames_the_message_too_large(backend: str, name: str, overflow: str) -> None:
+    """A batch checked whole is refused for its largest message, with that message's error:
+    OSError(EMSGSIZE) above max_message_size under either overflow (never drop_oldest's
+    ValueError about a small message), drop_oldest's ValueError for one over its limit."""
+    with pubsub.Publisher(name, capacity=4096, max_message_size=100, overflow=overflow,
+                          backend=backend) as pub, \
+            pubsub.Subscriber(name, timeout=1, backend=backend) as sub:
+        with pytest.raises(OSError) as info:
+            pub.send_many([b"x" * 50, b"y" * 500])
+        assert info.value.errno == errno.EMSGSIZE
+        assert info.value.messages_sent == 0  # type: ignore[attr-defined]
+        with pytest.raises(TimeoutError):  # nothing of the batch went
+            sub.recv(timeout=0)
+    if overflow == "drop_oldest":
+        with pubsub.Publisher(name, capacity=4096, overflow=overflow, backend=backend) as pub, \
+                pytest.raises(ValueError, match="a message of 3000 bytes"):
+            pub.send_many([b"x" * 50, b"y" * 3000])

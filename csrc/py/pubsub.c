@@ -457,7 +457,12 @@ static int send_messages(PubHandle *self, send_ctx *c, double timeout, int nowai
         return 1;
     if (nowait && (rc == -ETIMEDOUT || rc == -EINTR))
         return 0;
-    send_failed(self, rc, c->done < c->count ? c->lens[c->done] : 0, timeout);
+    /* FIPC_TOOBIG may come from the check of the whole rest of a batch: the error is the
+     * largest message's, not the next one's */
+    uint64_t largest = 0;
+    for (uint64_t i = c->done; i < c->count; i++)
+        largest = c->lens[i] > largest ? c->lens[i] : largest;
+    send_failed(self, rc, largest, timeout);
     if (many)
         tell_sent(c->done);
     return -1;

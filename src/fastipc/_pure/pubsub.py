@@ -448,8 +448,8 @@ class Publisher(_Ops):
                 try:
                     check(rc, self.name)
                 except OSError as exc:
-                    if first + sent < len(lens):
-                        self._too_big(exc, lens[first + sent])
+                    if first + sent < len(lens):  # the largest: the batch is checked whole
+                        self._too_big(exc, max(lens[first + sent:]))
                     raise
             except (OSError, ValueError) as exc:
                 setattr(exc, "messages_sent", first + sent)  # noqa: B010
@@ -487,7 +487,7 @@ class Publisher(_Ops):
             exc.messages_sent = done[0]  # type: ignore[attr-defined]
             if done[0] < len(views):
                 try:
-                    self._too_big(exc, len(views[done[0]]))
+                    self._too_big(exc, max(map(len, views[done[0]:])))
                 except ValueError as err:
                     err.messages_sent = done[0]  # type: ignore[attr-defined]
                     raise
