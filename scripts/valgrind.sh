@@ -52,17 +52,43 @@ grep -m1 DW_AT_producer "$LOGS/dwarf.txt" | grep -o -- ' -O[0-9s]*' | tail -n1 |
 rm -f "$LOGS/dwarf.txt"
 
 # What runs by default: the native backend's tests of every handle (sem, mq, pipe, client,
-# shm, fan-out, Queue, the life cycle); `-k native` selects the [native] parameter and both
-# cross-backend directions. Left out, because they cannot pass under memcheck:
-# - the awaitables of the futex rings (shm, fan-out, Queue: `async`, `aio`): valgrind does
-#   not know futex_waitv and fails it with ENOSYS;
-# - tests that measure time or race a slower peer (listed by name below): under memcheck
-#   every process is 20-50 times slower, so a deadline or an overrun they rely on is missed.
-# Give test names to run anything else, these included.
-SKIP="async or aio or uvloop"
-SKIP+=" or test_overrun or test_slow_subscriber"
-DEFAULT=(test_sem.py test_mq.py test_pipe.py test_client.py test_shm.py test_pubsub.py
-    test_queue.py test_lifecycle.py -k "native and not ($SKIP)")
+# shm, fan-out, Queue, the life cycle): `-k native` without the cross-backend pairs. Left
+# out, because they cannot pass under memcheck (give test names to run them anyway):
+# - the awaitables (`async`, `aio`, `uvloop`): valgrind does not know futex_waitv and fails
+#   it with ENOSYS;
+# - every test that starts a fresh interpreter (run_python, start_python, sys.executable, the
+#   spawn and forkserver start methods, found in its source or in a function of its module
+#   that it names), the cross-backend pairs among them: under memcheck an interpreter takes
+#   20 s or more to start and its leak check minutes to end, beyond the deadlines those
+#   tests give their peer;
+# - the tests named in SLOW, which wait for a forked child's exit (and so for its leak
+#   check) or measure time against a slower peer.
+SLOW=(
+    test_waiter_started_first test_reader_times_out_without_writer
+    test_an_exception_raised_into_receive_loses_no_message test_child_writer_killed_midstream
+    test_close_in_a_fork_child_while_a_parent_thread_was_blocked
+    test_fork_child_neither_keeps_the_owner_alive_nor_removes_the_queue
+    test_four_producers_three_consumers_exactly_once test_start_methods
+)
+MODULES=(test_sem.py test_mq.py test_pipe.py test_client.py test_shm.py test_pubsub.py
+    test_queue.py test_lifecycle.py)
+if [ $# -eq 0 ]; then
+    fresh=$("$VENV/bin/python" - "${MODULES[@]/#/tests/}" <<'PY'
+import ast, sys
+MARKS = ("run_python(", "start_python(", "sys.executable", '"spawn"', '"forkserver"')
+for path in sys.argv[1:]:
+    text = open(path).read()
+    funcs = [f for f in ast.walk(ast.parse(text)) if isinstance(f, ast.FunctionDef)]
+    marked = {f.name for f in funcs if any(m in ast.get_source_segment(text, f) for m in MARKS)}
+    for f in funcs:
+        if f.name.startswith("test_") and (f.name in marked or any(
+                isinstance(n, ast.Name) and n.id in marked for n in ast.walk(f))):
+            print(f.name)
+PY
+)
+    skip=$(printf '%s\n' $fresh "${SLOW[@]}" | sort -u | paste -sd' ' | sed 's/ / or /g')
+    set -- "${MODULES[@]}" -k "native and not pure and not (async or aio or uvloop) and not ($skip)"
+fi
 
 export PYTHONPATH="$src/src"
 export FASTIPC_BACKEND=native
@@ -74,15 +100,17 @@ set +e
 # same interpreter under memcheck, each with its own log (%p); tools a test may exec are not
 # followed. --errors-for-leak-kinds=definite: a leak counts only if nothing points to it (the
 # interpreter keeps much reachable at exit); --leak-check=full reports it with its stack.
+# --track-origins=yes (where an uninitialised value came from) doubles the time: add it with
+# VALGRIND_OPTS when chasing one.
 # shellcheck disable=SC2086
 valgrind --tool=memcheck --error-exitcode=99 \
     --leak-check=full --show-leak-kinds=definite --errors-for-leak-kinds=definite \
-    --track-origins=yes --num-callers=40 --fullpath-after="$src/" \
+    --num-callers=40 --fullpath-after="$src/" \
     --trace-children=yes --trace-children-skip='*/sh,*/bash,*/dash,*/env,*/ldconfig*,*/gcc,*/cc,*/uname,*/ls' \
     --log-file="$LOGS/vg.%p.log" \
     --suppressions="$root/scripts/valgrind-python.supp" ${VALGRIND_OPTS:-} \
     "$VENV/bin/python" -m pytest -q -p no:cacheprovider -x \
-    --timeout="${VALGRIND_TIMEOUT:-1200}" "${@:-${DEFAULT[@]}}"
+    --timeout="${VALGRIND_TIMEOUT:-1200}" "$@"
 rc=$?
 set -e
 
@@ -107,24 +135,26 @@ for log in sorted(logs.glob("vg.*.log")):
     errors = max((int(x.group(1)) for x in m if x), default=0)
     if errors:
         failed.append((log.name, errors))
-    kind = where = None
+    kind = where = first = None
     for line in text + ["==0== "]:
         s = start.match(line)
         if s or re.match(r"==\d+== $", line):  # an error starts, or the last one ended
             if kind and where is None:  # no frame of ours in its stack
-                where = "not csrc/"
+                where = f"not csrc/ (innermost: {first})"
                 sites[(kind, where)][0] += 1
                 sites[(kind, where)][1].add(log.name)
             kind = s.group(1) if s else None
             if kind and "definitely lost" in kind:
                 kind = "definitely lost"
-            where = None
+            where = first = None
             continue
         f = frame.match(line)
-        if kind and f and where is None and f.group(2).startswith("csrc/"):
-            where = f"{f.group(2)} {f.group(1)}"
-            sites[(kind, where)][0] += 1
-            sites[(kind, where)][1].add(log.name)
+        if kind and f and where is None:
+            first = first or f"{f.group(1)} ({f.group(2)})"
+            if f.group(2).startswith("csrc/"):
+                where = f"{f.group(2)} {f.group(1)}"
+                sites[(kind, where)][0] += 1
+                sites[(kind, where)][1].add(log.name)
 for (kind, where), (n, names) in sorted(sites.items(), key=lambda x: x[0][1]):
     print(f"valgrind.sh: {n:4d} x {kind}: {where}  [{', '.join(sorted(names)[:3])}]")
 for name, n in failed:
