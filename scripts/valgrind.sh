@@ -150,7 +150,8 @@ for log in sorted(logs.glob("vg.*.log")):
             continue
         f = frame.match(line)
         if kind and f and where is None:
-            first = first or f"{f.group(1)} ({f.group(2)})"
+            if "vgpreload" not in f.group(2):  # not the allocator of a leak
+                first = first or f"{f.group(1)} ({f.group(2)})"
             if f.group(2).startswith("csrc/"):
                 where = f"{f.group(2)} {f.group(1)}"
                 sites[(kind, where)][0] += 1
