@@ -54,8 +54,8 @@ rm -f "$LOGS/dwarf.txt"
 # What runs by default: the native backend's tests of every handle (sem, mq, pipe, client,
 # shm, fan-out, Queue, the life cycle): `-k native` without the cross-backend pairs. Left
 # out, because they cannot pass under memcheck (give test names to run them anyway):
-# - the awaitables (`async`, `aio`, `uvloop`): valgrind does not know futex_waitv and fails
-#   it with ENOSYS;
+# - the awaitables (`async`, `aio`, `uvloop`, `awaitables`): valgrind does not know
+#   futex_waitv and fails it with ENOSYS;
 # - every test that starts a fresh interpreter (run_python, start_python, sys.executable, the
 #   spawn and forkserver start methods, found in its source or in a function of its module
 #   that it names), the cross-backend pairs among them: under memcheck an interpreter takes
@@ -87,7 +87,7 @@ for path in sys.argv[1:]:
 PY
 )
     skip=$(printf '%s\n' $fresh "${SLOW[@]}" | sort -u | paste -sd' ' | sed 's/ / or /g')
-    set -- "${MODULES[@]}" -k "native and not pure and not (async or aio or uvloop) and not ($skip)"
+    set -- "${MODULES[@]}" -k "native and not pure and not (async or aio or uvloop or awaitables) and not ($skip)"
 fi
 
 export PYTHONPATH="$src/src"
