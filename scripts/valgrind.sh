@@ -87,7 +87,8 @@ for path in sys.argv[1:]:
 PY
 )
     skip=$(printf '%s\n' $fresh "${SLOW[@]}" | sort -u | paste -sd' ' | sed 's/ / or /g')
-    set -- "${MODULES[@]}" -k "native and not pure and not (async or aio or uvloop or awaitables) and not ($skip)"
+    futex="async or aio or uvloop or awaitables"
+    set -- "${MODULES[@]}" -k "native and not pure and not ($futex) and not ($skip)"
 fi
 
 export PYTHONPATH="$src/src"
@@ -106,7 +107,8 @@ set +e
 valgrind --tool=memcheck --error-exitcode=99 \
     --leak-check=full --show-leak-kinds=definite --errors-for-leak-kinds=definite \
     --num-callers=40 --fullpath-after="$src/" \
-    --trace-children=yes --trace-children-skip='*/sh,*/bash,*/dash,*/env,*/ldconfig*,*/gcc,*/cc,*/uname,*/ls' \
+    --trace-children=yes \
+    --trace-children-skip='*/sh,*/bash,*/dash,*/env,*/ldconfig*,*/gcc,*/cc,*/uname,*/ls' \
     --log-file="$LOGS/vg.%p.log" \
     --suppressions="$root/scripts/valgrind-python.supp" ${VALGRIND_OPTS:-} \
     "$VENV/bin/python" -m pytest -q -p no:cacheprovider -x \
