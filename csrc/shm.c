@@ -549,7 +549,7 @@ static int64_t shm_recv_next(fipc_shm *h, char **ptr)
         return h->role != ROLE_READER ? -EBADF : FIPC_NEED;
     for (;;) {
         uint32_t kind;
-        uint64_t len, total, size;
+        uint64_t len, total, size = 0; /* set whenever next_frame returns 1 (gcc -O1 cannot see it) */
         char *data;
         int rc = next_frame(h, 0, 0.0, NULL, &kind, &len, &total, &data, &size);
         if (rc <= 0)
