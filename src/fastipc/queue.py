@@ -342,8 +342,8 @@ def _tell_sent(exc: BaseException, n: int) -> None:
 
 
 def _batch_sent(exc: BaseException) -> int:
-    """How many messages of the batch of a ``_put_batch`` call that raised ``exc`` went.
-    (The native handle's ``_put_batch`` says it with ``messages_put`` alone.)"""
+    """How many messages of the batch of a ``_put_batch`` call that raised ``exc`` went
+    (both backends set ``messages_sent``; ``messages_put`` is read for older callers)."""
     return int(getattr(exc, "messages_sent", getattr(exc, "messages_put", 0)))
 
 
