@@ -769,25 +769,35 @@ class Queue(Handle):
         batch: list[bytes] = []
         done = 0
         in_batch = False  # an error of _put_batch says how many of its batch went
-        add = batch.append
+        add, hot, it = batch.append, self._hot_max, iter(objs)
         try:
-            for data, other in self._encoded(objs):
-                if data is not None:
-                    add(data)
-                    continue
+            while True:
+                # the hot loop: pickles that a batch takes; it stops at the first object
+                # that needs more (its encoding in `other`), or at an error of the iterable
+                # or of pickling (in `other`, raised once what came before is put)
+                other: Any = None
+                try:
+                    for obj in it:
+                        data = _pickle_in_band(obj)
+                        if data is not None and len(data) <= hot:
+                            add(data)
+                            continue
+                        other = self._encode(obj) if data is None else self._layout(data, [])
+                        break
+                except Exception as exc:
+                    other = exc
                 if batch:  # what came before goes first
                     in_batch = True
                     done += self._put_batch(batch, deadline.left())
                     in_batch = False
                     batch.clear()
+                if other is None:
+                    return
                 if isinstance(other, Exception):
                     raise other
                 parts, total, kind = other
                 self._put_parts(parts, total, kind, deadline.left())
                 done += 1
-            if batch:
-                in_batch = True
-                done += self._put_batch(batch, deadline.left())
         except BaseException as exc:
             _tell_sent(exc, done + (_batch_sent(exc) if in_batch else 0))
             raise
