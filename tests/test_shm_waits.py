@@ -11,15 +11,12 @@ import struct
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-
-import pytest
 
 from fastipc import _shm_layout as layout
 from fastipc import shm
 from helpers import start_python
-from interrupts import Stop, raising_alarm
 
 POLLER = """
 import sys
@@ -97,36 +94,3 @@ def test_an_awaited_wake_up_costs_the_helper_thread_one_round(backend: str, name
             return int(shard.control.value) - before.get(id(shard), 0)
 
     assert asyncio.run(main()) == 1
-
-
-def _raising_handler_ends_a_spinning_recv(recv: Callable[..., object]) -> None:
-    """A handler that raises, run by SIGALRM 50 ms into recv(timeout=3), ends it soon."""
-    with raising_alarm(0.05):
-        t0 = time.monotonic()
-        with pytest.raises(Stop):
-            recv(timeout=3)
-        elapsed = time.monotonic() - t0
-    assert elapsed < 0.6, f"the handler ran after {elapsed:.2f} s"
-
-
-def test_a_signal_during_the_spin_of_a_wait_is_not_lost(backend: str, name: str) -> None:
-    """A signal that arrives while a blocking call spins (no system call to interrupt: the
-    handler's flag is all it leaves) runs its handler soon, not once the call has ended: here
-    a handler that raises ends recv well before its timeout, the spin being long."""
-    with shm.Writer(name, capacity=1 << 16, backend=backend) as w, \
-            shm.Reader(name, timeout=5, spin=0.8, backend=backend) as r:
-        _raising_handler_ends_a_spinning_recv(r.recv)
-        w.send(b"after")
-        assert r.recv(timeout=5) == b"after"  # still usable
-
-
-def test_a_subscriber_signal_during_the_spin_of_a_wait_is_not_lost(backend: str,
-                                                                    name: str) -> None:
-    """The same for the fan-out's blocking calls."""
-    from fastipc import pubsub
-
-    with pubsub.Publisher(name, capacity=1 << 14, backend=backend) as pub, \
-            pubsub.Subscriber(name, timeout=5, spin=0.8, backend=backend) as sub:
-        _raising_handler_ends_a_spinning_recv(sub.recv)
-        pub.send(b"after")
-        assert sub.recv(timeout=5) == b"after"

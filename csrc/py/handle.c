@@ -328,12 +328,6 @@ int fipc_h_buffer(PyObject *data, Py_buffer *view, int writable)
 
 /* ------------------------------------------------------------------------ waiting */
 
-/* The longest a wait goes on with the GIL released before the signal handlers run: a signal
- * that arrives while the call is not asleep (its first attempt, with the GIL held, or the
- * spin of a wait) interrupts no system call, so it is seen here, at the latest a slice later,
- * and not only once the call ends (never, if the peer is stopped). */
-#define FIPC_H_SLICE 0.1
-
 int64_t fipc_h_wait(fipc_handle *h, int64_t (*attempt)(void *ctx, double timeout), void *ctx,
                     double timeout, int64_t nowait)
 {
@@ -344,26 +338,21 @@ int64_t fipc_h_wait(fipc_handle *h, int64_t (*attempt)(void *ctx, double timeout
         return rc;
     int64_t deadline = timeout < 0 ? -1 : fipc_deadline(timeout);
     for (;;) {
-        if (PyErr_CheckSignals() < 0)
+        if (rc == -EINTR && PyErr_CheckSignals() < 0)
             return FIPC_H_RAISED;
         if (fipc_h_closed(h)) {
             closed_error(h);
             return FIPC_H_RAISED;
         }
-        double left = FIPC_H_SLICE;
-        int last = 0;
+        double left = -1.0;
         if (deadline >= 0) {
             int64_t ns = deadline - fipc_now_ns();
-            double rest = ns > 0 ? (double)ns / 1e9 : 0.0;
-            if (rest <= left) {
-                left = rest;
-                last = 1;
-            }
+            left = ns > 0 ? (double)ns / 1e9 : 0.0;
         }
         Py_BEGIN_ALLOW_THREADS
         rc = attempt(ctx, left);
         Py_END_ALLOW_THREADS
-        if (rc != -EINTR && (rc != nowait || last))
+        if (rc != -EINTR)
             break;
     }
     if (rc < 0 && fipc_h_closed(h)) {
