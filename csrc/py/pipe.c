@@ -152,21 +152,6 @@ static int64_t put(StreamHandle *s, put_ctx *c, double timeout)
     return rc;
 }
 
-/* Give the exception being raised the count `attr` (characters_written, messages_sent):
- * how much of a call that stopped part way went. An exception that takes no attribute is
- * left as it is. */
-static void set_count(const char *attr, size_t n)
-{
-    PyObject *type, *value, *tb;
-    PyErr_Fetch(&type, &value, &tb);
-    PyErr_NormalizeException(&type, &value, &tb);
-    PyObject *count = PyLong_FromSize_t(n);
-    if (value == NULL || count == NULL || PyObject_SetAttrString(value, attr, count) < 0)
-        PyErr_Clear();
-    Py_XDECREF(count);
-    PyErr_Restore(type, value, tb);
-}
-
 /* Raise what a failed write means, with `characters_written` (how much of it went), and
  * leave the call. `tear`: a frame cut short closes the object (after the call left, so that
  * the exception stays the write's): the peer sees the end of the stream, never half a
@@ -176,7 +161,7 @@ static PyObject *put_failed(StreamHandle *s, put_ctx *c, int64_t rc, double time
     if (rc != FIPC_H_RAISED) {
         fipc_h_raise(&s->h, rc, timeout);
         if (PyErr_ExceptionMatches(PyExc_OSError))
-            set_count("characters_written", c->offset);
+            fipc_h_note(PyExc_BaseException, "characters_written", c->offset);
     }
     int torn = tear && c->torn;
     fipc_h_fail(&s->h);
@@ -318,7 +303,8 @@ done:
     Py_DECREF(batch);
     if (rc < 0 && wrote) {
         put_failed(self, &c, rc, timeout, 1);
-        set_count("messages_sent", frames_within(msgs, (size_t)count, c.offset));
+        fipc_h_note(PyExc_BaseException, "messages_sent",
+                    frames_within(msgs, (size_t)count, c.offset));
     }
     PyMem_Free(msgs);
     if (rc < 0)
