@@ -381,8 +381,11 @@ def test_start_methods(backend: str, method: str) -> None:
 # ---------------------------------------------------------------------------- the parent ends
 
 _PARENT = """
-import os, sys, time, fastipc
+import os, signal, sys, time, fastipc
 from fastipc import ProcessPoolExecutor
+# Ctrl-C raises KeyboardInterrupt, as in a program started from a terminal: a Python started
+# with SIGINT ignored (a background job of a non-interactive shell) keeps it ignored otherwise.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 mode = sys.argv[1]
 def nap(s):
     time.sleep(s)
