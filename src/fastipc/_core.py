@@ -209,6 +209,14 @@ def posix_name(name: Any) -> str:
     return "/" + bare
 
 
+def check_create_mode(create: Any, mode: Any) -> int:
+    """Check the two arguments every named object takes: ``create`` a bool, ``mode`` the
+    permission bits, 0 to 0o777. Returns ``mode``."""
+    if not isinstance(create, bool):
+        raise TypeError(f"create must be a bool, not {type(create).__name__}")
+    return check_int(mode, "mode", 0, 0o777)
+
+
 def shm_name(name: Any) -> str:
     """Same rules as :func:`posix_name`; shm segments live at ``/dev/shm/<name>``."""
     return posix_name(name)

@@ -56,6 +56,7 @@ from concurrent.futures.process import (
     BrokenProcessPool,
     _RemoteTraceback,  # the standard pool's: a drop-in
 )
+from dataclasses import dataclass
 from multiprocessing.connection import wait as _wait_ready
 from typing import Any, Literal, Optional
 
@@ -319,19 +320,19 @@ def _checked(exc: BaseException) -> _Raised:
 # ---------------------------------------------------------------------------- the parent
 
 
+@dataclass(slots=True, eq=False)
 class _Work:
-    __slots__ = ("args", "fn", "future", "kwargs", "limit", "running", "tid", "worker")
+    """One submitted call: its task id, future, function and arguments, time limit, and the
+    worker running it (None while queued)."""
 
-    def __init__(self, tid: int, future: cf.Future[Any], fn: Callable[..., Any],
-                 args: tuple[Any, ...], kwargs: dict[str, Any], limit: float) -> None:
-        self.tid = tid
-        self.future = future
-        self.fn = fn
-        self.args = args
-        self.kwargs = kwargs
-        self.limit = limit
-        self.worker: Optional[_Proc] = None
-        self.running = False
+    tid: int
+    future: cf.Future[Any]
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    limit: float
+    worker: Optional[_Proc] = None
+    running: bool = False
 
 
 class _Proc:

@@ -32,7 +32,15 @@ from typing import Any, NamedTuple, Optional, cast
 
 from fastipc import _core
 from fastipc._backend.mq import MessageQueueBackend, MessagesBackend
-from fastipc._core import Handle, byte_view, check_int, check_timeout, posix_name, uses_handle
+from fastipc._core import (
+    Handle,
+    byte_view,
+    check_create_mode,
+    check_int,
+    check_timeout,
+    posix_name,
+    uses_handle,
+)
 
 __all__ = [
     "DEFAULT_SPIN",
@@ -222,11 +230,9 @@ class MessageQueue(Handle):
         backend: Optional[str] = None,
     ) -> None:
         path = posix_name(name)  # the kernel's name, "/x", whichever form was given
-        if not isinstance(create, bool):
-            raise TypeError(f"create must be a bool, not {type(create).__name__}")
         max_messages = check_int(max_messages, "max_messages", 1, _MAX_LONG)
         max_message_size = check_int(max_message_size, "max_message_size", 1, _MAX_LONG)
-        mode = check_int(mode, "mode", 0, 0o777)  # permission bits, as every named object
+        mode = check_create_mode(create, mode)
         spin = _check_spin(spin)
         which, impl = _backend(backend)
         self._name = name  # as given: what .name, repr, errors and pickling say

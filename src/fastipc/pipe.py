@@ -25,7 +25,14 @@ from typing import TYPE_CHECKING, Any, Optional, TypeVar, Union, cast
 
 from fastipc import _core
 from fastipc._backend.pipe import Module, PureModule, Stream, frames_within
-from fastipc._core import Deadline, check_int, check_timeout, uses_handle, uses_handle_async
+from fastipc._core import (
+    Deadline,
+    check_create_mode,
+    check_int,
+    check_timeout,
+    uses_handle,
+    uses_handle_async,
+)
 
 if TYPE_CHECKING:  # mypy checks both backend modules against the contract
     from fastipc._native import pipe as _native_pipe
@@ -575,9 +582,7 @@ class FIFO(Awaiter):
             raise TypeError("path must be a str path")
         if "\0" in self._path:
             raise ValueError("path must not contain NUL characters")
-        if not isinstance(create, bool):
-            raise TypeError(f"create must be a bool, not {type(create).__name__}")
-        mode = check_int(mode, "mode", 0, 0o777)
+        mode = check_create_mode(create, mode)
         which = _core.resolve_backend(backend)
         self._impl = _impl(which)
         if create:

@@ -25,7 +25,15 @@ from typing import Any, NoReturn, Optional
 
 from fastipc import _aio, _core
 from fastipc._backend.sem import SemaphoreBackend
-from fastipc._core import Deadline, Handle, check_int, check_timeout, posix_name, uses_handle
+from fastipc._core import (
+    Deadline,
+    Handle,
+    check_create_mode,
+    check_int,
+    check_timeout,
+    posix_name,
+    uses_handle,
+)
 
 __all__ = ["SEM_VALUE_MAX", "Semaphore", "unlink"]
 
@@ -84,10 +92,8 @@ class Semaphore(Handle):
         backend: Optional[str] = None,
     ) -> None:
         path = posix_name(name)  # the kernel's name, "/x", whichever form was given
-        if not isinstance(create, bool):
-            raise TypeError(f"create must be a bool, not {type(create).__name__}")
         value = check_int(value, "value", 0, SEM_VALUE_MAX)
-        mode = check_int(mode, "mode", 0, 0o777)  # permission bits, as every named object
+        mode = check_create_mode(create, mode)
         which, impl = _backend(backend)
         self._impl = impl
         self._name = name  # as given: what .name, repr, errors and pickling say

@@ -25,6 +25,7 @@ trusting pids (e.g. the OFD lock of docs/shm-layout.md, "Liveness").
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import stat
 import sys
@@ -134,46 +135,32 @@ def describe_temporary(path: str) -> Optional[SegmentInfo]:
                        "left by a writer that died while building its channel")
 
 
-def describe_publisher(path: str) -> Optional[SegmentInfo]:
-    """A fan-out publisher (fastipc.pubsub): alive while the publisher holds its lock."""
-    from fastipc import pubsub
+def _described_by(module: str, what: str) -> Describer:
+    """The describer of the segments of ``fastipc.<module>``: that module's ``describe(path)``
+    (imported when first used), as a SegmentInfo. ``what`` is its docstring."""
 
-    info = pubsub.describe(path)
-    if info is None:
-        return None
-    return SegmentInfo(info.kind, info.name, info.size, info.owner, info.alive, info.detail)
+    def describe(path: str) -> Optional[SegmentInfo]:
+        info = importlib.import_module(f"fastipc.{module}").describe(path)
+        if info is None:
+            return None
+        return SegmentInfo(info.kind, info.name, info.size, info.owner, info.alive, info.detail)
 
-
-def describe_queue(path: str) -> Optional[SegmentInfo]:
-    """A fastipc.Queue (or one large message or spill file of it): alive while its creator
-    holds its lock, and for good once the creator of a named queue closed it (kept until
-    ``unlink()`` or ``rm NAME``); stale once its creator died holding it."""
-    from fastipc import queue
-
-    info = queue.describe(path)
-    if info is None:
-        return None
-    return SegmentInfo(info.kind, info.name, info.size, info.owner, info.alive, info.detail)
+    describe.__name__ = describe.__qualname__ = f"describe_{module}"
+    describe.__doc__ = what
+    return describe
 
 
-def describe_task_count(path: str) -> Optional[SegmentInfo]:
-    """A JoinableQueue's task count: alive while its queue is (kept or its creator running)."""
-    from fastipc import joinable
-
-    info = joinable.describe(path)
-    if info is None:
-        return None
-    return SegmentInfo(info.kind, info.name, info.size, info.owner, info.alive, info.detail)
-
-
-def describe_pool(path: str) -> Optional[SegmentInfo]:
-    """A process pool's worker table: alive while the process that made the pool runs."""
-    from fastipc import executor
-
-    info = executor.describe(path)
-    if info is None:
-        return None
-    return SegmentInfo(info.kind, info.name, info.size, info.owner, info.alive, info.detail)
+describe_publisher = _described_by(
+    "pubsub", "A fan-out publisher (fastipc.pubsub): alive while the publisher holds its lock.")
+describe_queue = _described_by(
+    "queue", "A fastipc.Queue (or one large message or spill file of it): alive while its "
+    "creator holds its lock, and for good once the creator of a named queue closed it (kept "
+    "until ``unlink()`` or ``rm NAME``); stale once its creator died holding it.")
+describe_task_count = _described_by(
+    "joinable", "A JoinableQueue's task count: alive while its queue is (kept or its creator "
+    "running).")
+describe_pool = _described_by(
+    "executor", "A process pool's worker table: alive while the process that made the pool runs.")
 
 
 register_describer(describe_channel)
