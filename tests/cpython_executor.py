@@ -4,8 +4,9 @@ fastipc.ProcessPoolExecutor (fork start method).
     python tests/cpython_executor.py [PATH/test_concurrent_futures.py] [-v]
 
 The backend is fastipc's default (FASTIPC_BACKEND). Exits non-zero if a test fails. Needs
-CPython's single-file ``test.test_concurrent_futures`` (3.8-3.11; some builds and
-distributions leave it out; give its path to use another version's file).
+CPython's ``test.test_concurrent_futures``: the single file of 3.8-3.11 or the package of
+3.12 and later (some builds and distributions leave it out; give a single file's path to use
+another version's).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import concurrent.futures
 import importlib
 import importlib.util
 import sys
+import types
 import unittest
 
 import fastipc
@@ -30,6 +32,14 @@ if PATHS:
     spec.loader.exec_module(cpython_tests)
 else:
     cpython_tests = importlib.import_module("test.test_concurrent_futures")
+    if hasattr(cpython_tests, "__path__"):
+        # 3.12 and later: a package, one module a topic; the test classes keep their names
+        package, cpython_tests = cpython_tests, types.ModuleType("test_concurrent_futures")
+        for topic in ("init", "shutdown", "wait", "as_completed", "process_pool", "deadlock"):
+            module = importlib.import_module(f"{package.__name__}.test_{topic}")
+            for name, value in vars(module).items():
+                if name.startswith("ProcessPoolFork"):
+                    setattr(cpython_tests, name, value)
 
 TESTS = [
     "ProcessPoolForkInitializerTest.test_initializer",

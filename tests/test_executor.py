@@ -749,8 +749,8 @@ def _has_cpython_tests() -> bool:
         return False
 
 
-@pytest.mark.skipif(not _has_cpython_tests(), reason="this Python has no single-file "
-                    "test.test_concurrent_futures (CPython 3.8-3.11's test package)")
+@pytest.mark.skipif(not _has_cpython_tests(), reason="this Python has no "
+                    "test.test_concurrent_futures (CPython's test package)")
 def test_cpython_process_pool_tests(backend: str) -> None:
     """CPython's own tests of its process pool that fit fastipc's (tests/cpython_executor.py)."""
     env = dict(os.environ, FASTIPC_BACKEND=backend)
