@@ -569,7 +569,9 @@ class ProcessPoolExecutor(cf.Executor):
             try:
                 futures.reverse()
                 # no reference to a result (or its future) is kept once it was yielded
-                while futures:
+                while True:
+                    if not futures:
+                        break
                     left = None if end is None else max(0.0, end - time.monotonic())
                     # concurrent.futures.TimeoutError, as the stdlib
                     if not chained:
@@ -577,7 +579,9 @@ class ProcessPoolExecutor(cf.Executor):
                         continue
                     chunk = futures.pop().result(left)
                     chunk.reverse()
-                    while chunk:
+                    while True:
+                        if not chunk:
+                            break
                         yield chunk.pop()
             finally:
                 for f in futures:
@@ -766,8 +770,9 @@ class ProcessPoolExecutor(cf.Executor):
                 done += self._take_late()
             self._settle(done)
             del done[:]
-            while not self._handle(get_many(_BATCH), done):
-                pass
+            while True:
+                if self._handle(get_many(_BATCH), done):
+                    break
         except BaseException as exc:  # no future may wait for ever on a collector gone
             with self._lock:
                 self._break(f"the pool's collector thread failed: {exc!r}", done)

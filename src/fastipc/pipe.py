@@ -254,7 +254,9 @@ class StreamEnd(Awaiter):
         offset = step(data, 0)
         if offset is None:
             return
-        while not offset:
+        while True:
+            if offset:
+                break
             if deadline.expired():
                 raise deadline.error()
             await self._ready("w", deadline)
@@ -288,7 +290,9 @@ class StreamEnd(Awaiter):
 
     async def _after_tail(self) -> None:
         """Wait until no cancelled send still owes the rest of its frame."""
-        while self._tail is not None:
+        while True:
+            if self._tail is None:
+                break
             await asyncio.shield(self._tail)
 
     async def _write_async(self, data: Any, timeout: Optional[float]) -> int:
@@ -641,13 +645,17 @@ class FIFO(Awaiter):
         again, then the fd of our end once the peer is there (closed if the caller gives
         up meanwhile: the generator is closed)."""
         if not reading:
-            while (fd := self._try_writer()) < 0:
+            while True:
+                if (fd := self._try_writer()) >= 0:
+                    break
                 yield -1
             yield fd
             return
         fd = self._open(os.O_RDONLY)
         try:
-            while not self._impl.writer_present(fd):
+            while True:
+                if self._impl.writer_present(fd):
+                    break
                 yield -1
         except BaseException:
             os.close(fd)

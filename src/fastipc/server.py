@@ -373,11 +373,15 @@ class Server(_core.Handle):
         try:
             turn = self._turn
             if timeout < 0:  # serve_forever: no clock to read
-                while not self._stop and not self._closed:
+                while True:
+                    if self._stop or self._closed:
+                        break
                     turn(-1.0)
             else:
                 deadline = Deadline(timeout)
-                while not self._stop and not self._closed:
+                while True:
+                    if self._stop or self._closed:
+                        break
                     left = deadline.left()
                     turn(left)
                     if left == 0:
@@ -432,7 +436,9 @@ class Server(_core.Handle):
             await done
         finally:
             aloop.remove_reader(fd)
-            while timer:
+            while True:
+                if not timer:
+                    break
                 timer.pop().cancel()
 
     def _hook_signals(self) -> bool:

@@ -53,7 +53,9 @@ def publish(args: argparse.Namespace) -> int:
         if pub.subscribers < args.subscribers:
             print(f"waiting for {args.subscribers} subscriber(s) (fastipc shm subscribe "
                   f"{pub.name}) ...", file=sys.stderr, flush=True)
-        while pub.subscribers < args.subscribers:
+        while True:
+            if pub.subscribers >= args.subscribers:
+                break
             if deadline.expired():
                 raise deadline.error(pub.name)
             time.sleep(0.01)

@@ -195,7 +195,9 @@ class PureStream:
         guard = sock is None and signal.getsignal(signal.SIGPIPE) is not signal.SIG_IGN
         mask = _sigmask(signal.SIG_BLOCK, _SIGPIPE) if guard else None
         try:
-            while parts:
+            while True:
+                if not parts:
+                    break
                 # `torn` is set before each write and corrected after its bookkeeping: a
                 # signal handler that raises in between finds it set, and the writer closes
                 # rather than risk a frame cut short (a write that went whole included).
@@ -310,7 +312,9 @@ class PureStream:
         first, start = self._frame(timeout)
         out = [first]
         with memoryview(self._buf) as view:
-            while len(out) < max_messages and self._end - start >= 4:
+            while True:
+                if len(out) >= max_messages or self._end - start < 4:
+                    break
                 (n,) = _HEADER.unpack_from(self._buf, start)
                 if n > self.max_message_size or self._end - start < 4 + n:
                     break  # an oversized frame is reported by the next call
@@ -327,7 +331,9 @@ class PureStream:
             out[self._got : self._got + take] = self._buf[self._start : self._start + take]
             self._start, self._got = self._start + take, self._got + take
         with memoryview(out) as view:
-            while self._got < len(out):
+            while True:
+                if self._got >= len(out):
+                    break
                 if self._read_into(view[self._got :], deadline, "_got") == 0:
                     raise_errno(FIPC_EOF)
         data = bytes(out)

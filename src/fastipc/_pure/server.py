@@ -127,8 +127,9 @@ class Loop:
                 obj = key.data
                 if obj is None:
                     try:
-                        while len(os.read(self._wake_r, 4096)) == 4096:
-                            pass  # stop() requests and signal numbers, all consumed
+                        while True:  # stop() requests and signal numbers, all consumed
+                            if len(os.read(self._wake_r, 4096)) != 4096:
+                                break
                     except BlockingIOError:
                         pass
                 elif isinstance(obj, socket.socket):

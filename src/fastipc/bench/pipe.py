@@ -207,7 +207,9 @@ def _batches(backend: str, n: int, batch: int = 256) -> float:
         t0 = now()
         down_w.send(b"go")
         got = 0
-        while got < n // batch * batch:
+        while True:
+            if got >= n // batch * batch:
+                break
             got += len(up_r.recv_many(4096))
         elapsed = now() - t0
         down_w.close()

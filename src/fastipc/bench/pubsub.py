@@ -168,7 +168,9 @@ def fastipc_fanout_batch(subs: int, count: int, batch: int = 256) -> float:
         with pubsub.Subscriber(name, timeout=10, backend="native") as sub:
             conn.send("ready")
             got = 0
-            while got < count:
+            while True:
+                if got >= count:
+                    break
                 got += len(sub.recv_many(batch))
             conn.send("done")
             conn.recv()
@@ -256,7 +258,9 @@ def zmq_fanout(subs: int, size: int, count: int) -> float:
     try:
         with _subscribers(subs, child) as conns:
             pending = list(conns)
-            while pending:  # probe until every subscription has arrived
+            while True:  # probe until every subscription has arrived
+                if not pending:
+                    break
                 pub.send(b"p")
                 pending = [c for c in pending if not c.poll(0.001) or c.recv() != "subscribed"]
             send = pub.send

@@ -196,7 +196,9 @@ def fastipc_batch(backend: str, count: int) -> float:
             conn.send("ready")
             got, total = r.recv_many, batches * BATCH
             n = 0
-            while n < total:
+            while True:
+                if n >= total:
+                    break
                 n += len(got(BATCH))
             conn.send("done")
 
