@@ -422,7 +422,7 @@ def busy(n: int, rounds: int = 3) -> None:
 
 
 def main(argv: list[str]) -> None:
-    cmd = argv[0]
+    cmd = argv[0] if argv else ""
     if cmd == "inproc":
         inproc(argv[1], argv[2], int(argv[3]), int(argv[4]) if len(argv) > 4 else 1)
     elif cmd == "run":
