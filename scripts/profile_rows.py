@@ -23,6 +23,11 @@ without the Python frame around it):
     Wall time of one send and of one receive, each side alone, in one process, the
     implementations alternating round by round; the best round of each (kernel included).
 
+``kernel [ROUNDS]``
+    The rows' system calls alone, from C: a pipe write as ``write`` and as
+    ``pwritev2(RWF_NOSIGNAL)``, to a pipe never polled and to one polled once; ``mq_send``
+    and ``mq_receive``. Best of ROUNDS rounds, variants alternating.
+
 ``run ROW IMPL [N]``
     The row's two-process loop, as ``fastipc bench`` runs it (the same functions), with the
     parent's context switches and CPU time. ``busy`` is the CPU-bound-thread row.
@@ -117,6 +122,120 @@ int main(int argc, char **argv)
     return out[0] == 1 ? 0 : 1;
 }
 """
+
+
+KERNEL_C = r"""
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <mqueue.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+#ifndef RWF_NOSIGNAL
+#define RWF_NOSIGNAL 0x00000100
+#endif
+static double now(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + t.tv_nsec * 1e-9;
+}
+/* The system calls of the pipe and mq rows, alone, one process, best of ROUNDS rounds with
+ * the variants alternating: a 68-byte frame written with write() or pwritev2(RWF_NOSIGNAL),
+ * to a pipe never polled or polled once (as a reader that waited in ppoll leaves it: the
+ * kernel then wakes the poll queue on every write), read back 64 frames at a time; a
+ * 64-byte message sent and received on a POSIX queue of depth 10, 8 at a time. */
+int main(int argc, char **argv)
+{
+    int rounds = argc > 1 ? atoi(argv[1]) : 400;
+    signal(SIGPIPE, SIG_IGN);
+    long n = 12800;
+    int plain[2], polled[2];
+    if (pipe(plain) || pipe(polled))
+        return 1;
+    struct pollfd pf = {polled[0], POLLIN, 0};
+    poll(&pf, 1, 0);
+    char buf[68] = {0}, rb[65536];
+    struct iovec iov = {buf, 68};
+    const char *names[4] = {"write, pipe never polled", "write, pipe polled once",
+                            "pwritev2(RWF_NOSIGNAL), never polled",
+                            "pwritev2(RWF_NOSIGNAL), polled once (fastipc's case)"};
+    double best[4] = {1e9, 1e9, 1e9, 1e9};
+    for (int r = 0; r < rounds; r++)
+        for (int mode = 0; mode < 4; mode++) {
+            int *p = (mode & 1) ? polled : plain;
+            double t0 = now();
+            for (long i = 0; i < n; i += 64) {
+                for (int j = 0; j < 64; j++) {
+                    ssize_t w = mode < 2 ? write(p[1], buf, 68)
+                                         : pwritev2(p[1], &iov, 1, -1, RWF_NOSIGNAL);
+                    if (w != 68)
+                        return 1;
+                }
+                size_t got = 0;
+                while (got < 64 * 68) {
+                    ssize_t k = read(p[0], rb, sizeof rb);
+                    if (k <= 0)
+                        return 1;
+                    got += (size_t)k;
+                }
+            }
+            double dt = (now() - t0) / n * 1e9;
+            if (dt < best[mode])
+                best[mode] = dt;
+        }
+    for (int m = 0; m < 4; m++)
+        printf("  pipe: %-52s %5.0f ns per 68-byte frame (+1/64 of a read)\n", names[m], best[m]);
+    char name[64];
+    snprintf(name, sizeof name, "/fastipc-prof-%d", (int)getpid());
+    struct mq_attr at = {0};
+    at.mq_maxmsg = 10;
+    at.mq_msgsize = 64;
+    mqd_t q = mq_open(name, O_RDWR | O_CREAT | O_EXCL | O_NONBLOCK, 0600, &at);
+    if (q == (mqd_t)-1)
+        return 1;
+    mq_unlink(name);
+    char msg[64] = {1}, out[64];
+    unsigned prio;
+    double bs = 1e9, br = 1e9;
+    for (int r = 0; r < rounds; r++) {
+        double ts = 0, tr = 0;
+        for (int k = 0; k < 256; k++) {
+            double t0 = now();
+            for (int i = 0; i < 8; i++)
+                if (mq_send(q, msg, 64, 0))
+                    return 1;
+            double t1 = now();
+            for (int i = 0; i < 8; i++)
+                if (mq_receive(q, out, 64, &prio) != 64)
+                    return 1;
+            ts += t1 - t0;
+            tr += now() - t1;
+        }
+        if (ts / 2048 * 1e9 < bs)
+            bs = ts / 2048 * 1e9;
+        if (tr / 2048 * 1e9 < br)
+            br = tr / 2048 * 1e9;
+    }
+    printf("  mq: mq_send %.0f ns, mq_receive %.0f ns per call (64 B, depth 10, 8 at a time)\n",
+           bs, br);
+    return 0;
+}
+"""
+
+
+def kernel(rounds: int) -> None:
+    """The system calls of the pipe and mq rows measured alone, from C (KERNEL_C)."""
+    out = Path(tempfile.gettempdir()) / f"fastipc-prof-{os.getuid()}"
+    out.mkdir(mode=0o700, exist_ok=True)
+    (out / "kernel.c").write_text(KERNEL_C)
+    subprocess.run(["cc", "-O2", "-o", str(out / "kernel"), str(out / "kernel.c"), "-lrt"],
+                   check=True)
+    subprocess.run([str(out / "kernel"), str(rounds)], check=True)
 
 
 def c_ring_binary() -> Path:
@@ -437,6 +556,8 @@ def main(argv: list[str]) -> None:
     elif cmd == "callgrind":
         callgrind(argv[1], argv[2], int(argv[3]) if len(argv) > 3 else 20_000,
                   int(argv[4]) if len(argv) > 4 else 1)
+    elif cmd == "kernel":
+        kernel(int(argv[1]) if len(argv) > 1 else 400)
     elif cmd == "sides":
         sides(argv[1], argv[2].split(","), int(argv[3]) if len(argv) > 3 else 200)
     elif cmd == "counts":
