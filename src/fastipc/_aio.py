@@ -78,26 +78,58 @@ _monotonic = time.monotonic
 class Spin:
     """The adaptive spin budget of one waiter (seconds), as ``fipc_spin`` in csrc/common.c:
     doubled, up to ``max``, when a spin caught what it waited for; after a wait that had to
-    park, reset to ``max`` if it ended soon after the spin gave up (the peer answers at the
-    pace of wake-ups: once both sides spin, spinning catches it), else halved, down to
-    ``min``. No spin on a machine with one CPU."""
+    park, halved, down to ``min``, if it ended long after the spin gave up (more than
+    ``4 * max + 100 µs`` after the spin began: the peer is slow, spinning wastes the CPU).
+    No spin on a machine with one CPU.
 
-    __slots__ = ("budget", "max", "min")
+    A park that ended soon means the peer answers at the pace of wake-ups; but a parked
+    coroutine's wake-up goes through a helper thread (three thread hops, 60-150 µs on a
+    loaded 2-CPU VM), longer than ``max``: once both ends have parked, each one's spin
+    gives up before the other is awake, and both park on every message from then on (one
+    preemption turned a 10 µs round trip into 200 µs for hundreds of rounds). So the next
+    spin after such a park is *stretched* to cover the wait just seen (1.5 times it, at
+    most ``4 * max + 100 µs``): it catches the peer's answer, and the peer, spinning again
+    by then, catches the next at once. A stretched spin that catches is followed by spins
+    of ``max`` again; if the next wait parks anyway (a peer that answers every 100-300 µs
+    whatever happens: the stretch only burns the CPU), the following short parks skip
+    the stretch, 1, 2, 4... up to 64 of them, until a spin of ``max`` catches again."""
+
+    __slots__ = ("backoff", "budget", "max", "min", "probation", "skip", "stretched")
 
     def __init__(self, max: float = 50e-6, min: float = 2e-6) -> None:
         self.max = max if (os.cpu_count() or 1) > 1 else 0.0
         self.min = min if self.max else 0.0
         self.budget = self.max
+        self.stretched = False  # the budget is a stretch (after a park that ended soon)
+        self.probation = False  # a stretched spin caught: was it a chain of parks it broke?
+        self.backoff = 0  # short parks to skip the stretch for, after a stretch was wasted
+        self.skip = 0
 
     def caught(self) -> None:
+        if self.stretched:
+            self.stretched, self.probation = False, True
+            self.budget = self.max
+            return
+        self.probation = False
+        self.backoff = self.skip = 0
         self.budget = min(self.max, self.budget * 2)
 
     def parked(self, waited: float) -> None:
-        if waited < 4 * self.max + 100e-6:
+        short = 4 * self.max + 100e-6
+        if self.probation:  # parked right after a stretch caught: the stretch was wasted
+            self.probation = False
+            self.backoff = min(64, self.backoff * 2 or 1)
+            self.skip = self.backoff
+        if self.stretched or waited >= short:
+            # even a stretch did not catch it, or it came late: the peer is slow
+            self.stretched = False
+            self.budget = self.max if waited < short else max(self.min, self.budget / 2)
+        elif self.skip:
+            self.skip -= 1
             self.budget = self.max
-        else:
-            self.budget = max(self.min, self.budget / 2)
-
+        elif self.max:
+            self.stretched = True
+            self.budget = min(short, 1.5 * waited)
 
 # ---------------------------------------------------------------------------- futex_waitv
 
