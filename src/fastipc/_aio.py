@@ -15,21 +15,22 @@ peer wakes sleepers with ``FUTEX_WAKE`` after changing a 32-bit word.
 - ``deadline``: a :class:`fastipc._core.Deadline`; TimeoutError when it expires.
 
 How it waits: ``attempt()`` is first retried in a short adaptive spin on the loop thread (a
-few tens of microseconds at most, :class:`Spin`), so a peer that answers at once costs no
-wake-up at all; then the coroutine parks. Helper threads (one per 127 distinct words parked
-on, usually one per process) wait on every parked futex word at once with ``futex_waitv``
-(Linux 5.16+), plus a private control word that tells each its set changed. Coroutines
-parked on the same word (any number: every coroutine awaiting one object) share its slot
-and stand in line: a wake-up of the word gives the turn to the first in line (resolved with
-``loop.call_soon_threadsafe``), which retries ``attempt()`` and then passes the turn to the
-next (however it ended: a result, an error, a cancellation) or, finding nothing, parks
-again. So a burst of messages wakes as many coroutines as it feeds, one after the other,
-an error (EOF, close) reaches them all, and one message never wakes a thousand. No thread
-per call, no polling: a parked coroutine also wakes every ``recheck`` seconds (0.5 by
-default) only to call ``park()`` again, which is how a peer that died without waking anyone
-is noticed. The helper thread is native C (``csrc/aio.c``, GIL released) when the
-extension is built, else the same system call through ctypes. On kernels without
-``futex_waitv`` the first park raises ``OSError(ENOSYS)`` with a message saying so.
+few tens of microseconds, a few hundred at most after a park that ended soon:
+:class:`Spin`), so a peer that answers at once costs no wake-up at all; then the coroutine
+parks. Helper threads (one per 127 distinct words parked on, usually one per process) wait
+on every parked futex word at once with ``futex_waitv`` (Linux 5.16+), plus a private
+control word that tells each its set changed. Coroutines parked on the same word (any
+number: every coroutine awaiting one object) share its slot and stand in line: a wake-up of
+the word gives the turn to the first in line (resolved with ``loop.call_soon_threadsafe``),
+which retries ``attempt()`` and then passes the turn to the next (however it ended: a
+result, an error, a cancellation) or, finding nothing, parks again. So a burst of messages
+wakes as many coroutines as it feeds, one after the other, an error (EOF, close) reaches
+them all, and one message never wakes a thousand. No thread per call, no polling: a parked
+coroutine also wakes every ``recheck`` seconds (0.5 by default) only to call ``park()``
+again, which is how a peer that died without waking anyone is noticed. The helper thread is
+native C (``csrc/aio.c``, GIL released) when the extension is built, else the same system
+call through ctypes. On kernels without ``futex_waitv`` the first park raises
+``OSError(ENOSYS)`` with a message saying so.
 
 ``unpark()`` runs when the last coroutine of the process parked on a word leaves it (the
 flag is the object's, shared by its coroutines). :func:`wake` wakes every coroutine of this
