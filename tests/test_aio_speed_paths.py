@@ -80,13 +80,6 @@ def test_a_peer_that_answers_slowly_every_time_gets_few_stretches() -> None:
     assert 1 <= stretches <= 30
 
 
-def test_one_cpu_never_spins(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(os, "cpu_count", lambda: 1)
-    spin = _aio.Spin(MAX)
-    spin.parked(100e-6)
-    assert spin.budget == 0
-
-
 # ---------------------------------------------------------------------------- end to end
 
 
