@@ -15,21 +15,22 @@ peer wakes sleepers with ``FUTEX_WAKE`` after changing a 32-bit word.
 - ``deadline``: a :class:`fastipc._core.Deadline`; TimeoutError when it expires.
 
 How it waits: ``attempt()`` is first retried in a short adaptive spin on the loop thread (a
-few tens of microseconds at most, :class:`Spin`), so a peer that answers at once costs no
-wake-up at all; then the coroutine parks. Helper threads (one per 127 distinct words parked
-on, usually one per process) wait on every parked futex word at once with ``futex_waitv``
-(Linux 5.16+), plus a private control word that tells each its set changed. Coroutines
-parked on the same word (any number: every coroutine awaiting one object) share its slot
-and stand in line: a wake-up of the word gives the turn to the first in line (resolved with
-``loop.call_soon_threadsafe``), which retries ``attempt()`` and then passes the turn to the
-next (however it ended: a result, an error, a cancellation) or, finding nothing, parks
-again. So a burst of messages wakes as many coroutines as it feeds, one after the other,
-an error (EOF, close) reaches them all, and one message never wakes a thousand. No thread
-per call, no polling: a parked coroutine also wakes every ``recheck`` seconds (0.5 by
-default) only to call ``park()`` again, which is how a peer that died without waking anyone
-is noticed. The helper thread is native C (``csrc/aio.c``, GIL released) when the
-extension is built, else the same system call through ctypes. On kernels without
-``futex_waitv`` the first park raises ``OSError(ENOSYS)`` with a message saying so.
+few tens of microseconds, a few hundred at most after a park that ended soon:
+:class:`Spin`), so a peer that answers at once costs no wake-up at all; then the coroutine
+parks. Helper threads (one per 127 distinct words parked on, usually one per process) wait
+on every parked futex word at once with ``futex_waitv`` (Linux 5.16+), plus a private
+control word that tells each its set changed. Coroutines parked on the same word (any
+number: every coroutine awaiting one object) share its slot and stand in line: a wake-up of
+the word gives the turn to the first in line (resolved with ``loop.call_soon_threadsafe``),
+which retries ``attempt()`` and then passes the turn to the next (however it ended: a
+result, an error, a cancellation) or, finding nothing, parks again. So a burst of messages
+wakes as many coroutines as it feeds, one after the other, an error (EOF, close) reaches
+them all, and one message never wakes a thousand. No thread per call, no polling: a parked
+coroutine also wakes every ``recheck`` seconds (0.5 by default) only to call ``park()``
+again, which is how a peer that died without waking anyone is noticed. The helper thread is
+native C (``csrc/aio.c``, GIL released) when the extension is built, else the same system
+call through ctypes. On kernels without ``futex_waitv`` the first park raises
+``OSError(ENOSYS)`` with a message saying so.
 
 ``unpark()`` runs when the last coroutine of the process parked on a word leaves it (the
 flag is the object's, shared by its coroutines). :func:`wake` wakes every coroutine of this
@@ -78,26 +79,58 @@ _monotonic = time.monotonic
 class Spin:
     """The adaptive spin budget of one waiter (seconds), as ``fipc_spin`` in csrc/common.c:
     doubled, up to ``max``, when a spin caught what it waited for; after a wait that had to
-    park, reset to ``max`` if it ended soon after the spin gave up (the peer answers at the
-    pace of wake-ups: once both sides spin, spinning catches it), else halved, down to
-    ``min``. No spin on a machine with one CPU."""
+    park, halved, down to ``min``, if it ended long after the spin gave up (more than
+    ``4 * max + 100 µs`` after the spin began: the peer is slow, spinning wastes the CPU).
+    No spin on a machine with one CPU.
 
-    __slots__ = ("budget", "max", "min")
+    A park that ended soon means the peer answers at the pace of wake-ups; but a parked
+    coroutine's wake-up goes through a helper thread (three thread hops, 60-150 µs on a
+    loaded 2-CPU VM), longer than ``max``: once both ends have parked, each one's spin
+    gives up before the other is awake, and both park on every message from then on (one
+    preemption turned a 10 µs round trip into 200 µs for hundreds of rounds). So the next
+    spin after such a park is *stretched* to cover the wait just seen (1.5 times it, at
+    most ``4 * max + 100 µs``): it catches the peer's answer, and the peer, spinning again
+    by then, catches the next at once. A stretched spin that catches is followed by spins
+    of ``max`` again; if the next wait parks anyway (a peer that answers every 100-300 µs
+    whatever happens: the stretch only burns the CPU), the following short parks skip
+    the stretch, 1, 2, 4... up to 64 of them, until a spin of ``max`` catches again."""
+
+    __slots__ = ("backoff", "budget", "max", "min", "probation", "skip", "stretched")
 
     def __init__(self, max: float = 50e-6, min: float = 2e-6) -> None:
         self.max = max if (os.cpu_count() or 1) > 1 else 0.0
         self.min = min if self.max else 0.0
         self.budget = self.max
+        self.stretched = False  # the budget is a stretch (after a park that ended soon)
+        self.probation = False  # a stretched spin caught: was it a chain of parks it broke?
+        self.backoff = 0  # short parks to skip the stretch for, after a stretch was wasted
+        self.skip = 0
 
     def caught(self) -> None:
+        if self.stretched:
+            self.stretched, self.probation = False, True
+            self.budget = self.max
+            return
+        self.probation = False
+        self.backoff = self.skip = 0
         self.budget = min(self.max, self.budget * 2)
 
     def parked(self, waited: float) -> None:
-        if waited < 4 * self.max + 100e-6:
+        short = 4 * self.max + 100e-6
+        if self.probation:  # parked right after a stretch caught: the stretch was wasted
+            self.probation = False
+            self.backoff = min(64, self.backoff * 2 or 1)
+            self.skip = self.backoff
+        if self.stretched or waited >= short:
+            # even a stretch did not catch it, or it came late: the peer is slow
+            self.stretched = False
+            self.budget = self.max if waited < short else max(self.min, self.budget / 2)
+        elif self.skip:
+            self.skip -= 1
             self.budget = self.max
-        else:
-            self.budget = max(self.min, self.budget / 2)
-
+        elif self.max:
+            self.stretched = True
+            self.budget = min(short, 1.5 * waited)
 
 # ---------------------------------------------------------------------------- futex_waitv
 
