@@ -12,6 +12,7 @@ fails on any such jump."""
 from __future__ import annotations
 
 import dis
+import itertools
 import sys
 import types
 from collections.abc import Iterator
@@ -32,10 +33,12 @@ def _codes(code: types.CodeType) -> Iterator[types.CodeType]:
 def unguarded_jumps(code: types.CodeType) -> list[int]:
     """Lines of the backward jumps of ``code`` that a handler covers just before and at
     their target but not at the jump itself."""
-    entries = dis.Bytecode(code).exception_entries
-    found = []
     instructions = list(dis.get_instructions(code))
-    for before, jump in zip(instructions, instructions[1:], strict=False):
+    at = {i.offset: i for i in instructions}
+    entries = [e for e in dis.Bytecode(code).exception_entries
+               if "STOPITERATION" not in at[e.target].argrepr]  # a generator's own, implicit
+    found = []
+    for before, jump in itertools.pairwise(instructions):
         if not jump.opname.startswith("JUMP_BACKWARD") or jump.opname.endswith("NO_INTERRUPT"):
             continue
         def handlers(offset: int) -> set[int]:
