@@ -270,6 +270,14 @@ class Deadline:
         """The TimeoutError for this deadline, naming the object."""
         return timeout_error(None if self.timeout < 0 else self.timeout, name)
 
+    def left_or_raise(self, name: Optional[str] = None) -> float:
+        """:meth:`left`, or the TimeoutError of :meth:`error` once expired: the step of a
+        loop that tries, then waits for the time left."""
+        left = self.left()
+        if left == 0:
+            raise self.error(name)
+        return left
+
 
 def retry(rc: int, again: Callable[[float], int], deadline: Deadline,
           name: Optional[str] = None) -> int:
