@@ -923,26 +923,14 @@ class Queue(SegmentEnd):
         """Take the next object. ``queue.Empty`` (also a TimeoutError) if none comes before
         the timeout (``block=False``: at once). An exception raised into the call (a
         signal handler's, Ctrl-C) loses nothing: what it took, the next get returns."""
-        held = [_NOTHING]
-        try:
-            return self._get(held, block, timeout)
-        except BaseException:
-            if held[0] is not _NOTHING:
-                self._pending[:0] = ((held[0], _DECODED),)
-            raise
+        return self._delivered(self._get, _DECODED, block, timeout)
 
     def get_bytes(self, timeout: Optional[float] = None, *, block: bool = True) -> bytes:
         """Take the next message as bytes (one put with ``put_bytes``, or an object that is
         a bytes-like object; anything else raises TypeError, the message is consumed).
         ``block=False``: try once (timeout ignored). An exception raised into the call loses
         nothing, as for :meth:`get`."""
-        held = [_NOTHING]
-        try:
-            return self._get_bytes(held, timeout, block)
-        except BaseException:
-            if held[0] is not _NOTHING:
-                self._pending[:0] = ((held[0], _DECODED),)
-            raise
+        return self._delivered(self._get_bytes, _DECODED, timeout, block)  # type: ignore[no-any-return]
 
     def get_many(self, max_messages: int = 1024, timeout: Optional[float] = None, *,
                  block: bool = True) -> list[Any]:
@@ -954,49 +942,64 @@ class Queue(SegmentEnd):
         other messages of the batch, those before it and after it, are kept in order by
         this handle for its next gets (``qsize()`` counts them). So is the whole batch when
         an exception is raised into the call (a signal handler's, Ctrl-C)."""
+        return self._delivered(self._get_many, _LIST,  # type: ignore[no-any-return]
+                               max_messages, timeout, block)
+
+    def _delivered(self, take: Callable[..., Any], kind: int, a: Any, b: Any,
+                   c: Any = _NOTHING) -> Any:
+        """``take(held, a, b[, c])``, the taking call of a get. An exception raised into it
+        as it returns (a signal handler's) finds what it took in ``held``: it is kept in
+        _pending, in front, as ``kind``, for the next get."""
         held = [_NOTHING]
         try:
-            return self._get_many(held, max_messages, timeout, block)
+            return take(held, a, b) if c is _NOTHING else take(held, a, b, c)
         except BaseException:
             if held[0] is not _NOTHING:
-                self._pending[:0] = ((held[0], _LIST),)
+                self._pending[:0] = ((held[0], kind),)
             raise
 
     # The pure backend's taking calls (_get, _get_bytes, _get_many) count themselves busy
     # around the take, and store what it delivers in `held` before they leave: an exception
     # raised into _leave (a signal handler's, at its call) then keeps it for the next get,
     # as when the native handle's C method returns. (`x = held[0] = self._take(...)` has no
-    # call between the take's return and the store.)
+    # call between the take's return and the store: see _taken.)
 
     def _get(self, held: list[Any], block: bool = True, timeout: Optional[float] = None
              ) -> Any:
         """get() of the pure backend."""
-        self._enter()
-        try:
-            obj = held[0] = self._take(block, timeout)
-            return obj
-        finally:
-            self._leave()
+        return self._taken(held, self._take, block, timeout)
 
     def _get_bytes(self, held: list[Any], timeout: Optional[float] = None,
                    block: bool = True) -> bytes:
         """get_bytes() of the pure backend."""
-        self._enter()
-        try:
-            data = held[0] = self._take_bytes(timeout, block)
-            return data
-        finally:
-            self._leave()
+        return self._taken(held, self._take_bytes, timeout, block)  # type: ignore[no-any-return]
 
     def _get_many(self, held: list[Any], max_messages: int = 1024,
                   timeout: Optional[float] = None, block: bool = True) -> list[Any]:
         """get_many() of the pure backend."""
+        return self._taken(held, self._take_many,  # type: ignore[no-any-return]
+                           max_messages, timeout, block)
+
+    def _taken(self, held: list[Any], take: Callable[..., Any], a: Any, b: Any,
+               c: Any = _NOTHING) -> Any:
+        """``take(a, b[, c])`` counted busy, what it delivers stored in ``held`` before the
+        count is left. A plain call, not ``take(*args)``: a call with unpacked arguments
+        runs the signal handlers as it returns, before the store."""
         self._enter()
         try:
-            objs = held[0] = self._take_many(max_messages, timeout, block)
-            return objs
+            got = held[0] = take(a, b) if c is _NOTHING else take(a, b, c)
+            return got
         finally:
             self._leave()
+
+    def _staging(self, block: bool, timeout: Optional[float]
+                 ) -> tuple[float, Optional[float], list[tuple[Any, Any, Any]], Any]:
+        """What a pure take starts with: its C timeout, its start time (for a retry's
+        deadline), and a staging buffer with the list it goes back to."""
+        t = -1.0 if timeout is None and block else _timeout(block, timeout)
+        stages = self._stages
+        return (t, _monotonic() if t > 0.0 else None, stages,
+                stages.pop() if stages else self._ops.new_stage())
 
     def _take(self, block: bool, timeout: Optional[float]) -> Any:
         """The take of the pure get (its stage marks what it took: see above)."""
@@ -1004,10 +1007,7 @@ class Queue(SegmentEnd):
             got = self._many_from_pending(1, False)
             if got:
                 return got[0]
-        t = -1.0 if timeout is None and block else _timeout(block, timeout)
-        start = _monotonic() if t > 0.0 else None
-        stages = self._stages
-        stage = stages.pop() if stages else self._ops.new_stage()
+        t, start, stages, stage = self._staging(block, timeout)
         try:
             rc = self._ops.get_staged(stage[0], STAGE, t, KIND_PICKLE)
             if 0 <= rc <= _LEN:  # the hot path: a small object, staged (rc: its length)
@@ -1103,10 +1103,7 @@ class Queue(SegmentEnd):
             got = self._many_from_pending(1, True)
             if got:
                 return got[0]  # type: ignore[no-any-return]
-        t = -1.0 if timeout is None and block else _timeout(block, timeout)
-        start = _monotonic() if t > 0.0 else None
-        stages = self._stages
-        stage = stages.pop() if stages else self._ops.new_stage()
+        t, start, stages, stage = self._staging(block, timeout)
         try:
             rc = self._ops.get_staged(stage[0], STAGE, t, KIND_BYTES)
             if 0 <= rc <= _LEN:  # the hot path: bytes, staged (rc: the length)
