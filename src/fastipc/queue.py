@@ -44,7 +44,7 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Optional
+from typing import Any, Optional, TypeVar
 
 from fastipc import _aio, _core
 from fastipc._backend import queue as L
@@ -85,6 +85,7 @@ __all__ = [
     "describe",
 ]
 
+_F = TypeVar("_F", bound=Callable[..., Any])
 DEFAULT_CAPACITY = 1 << 22
 MAX_CAPACITY = 1 << 32
 DEFAULT_MAX_MESSAGE_SIZE = 1 << 30
@@ -348,6 +349,31 @@ def _async_timeout(block: bool, timeout: Optional[float]) -> Optional[float]:
         return 0.0
     check_timeout(timeout)
     return timeout
+
+
+_DELIVERED = """
+def {name}({params}):
+    held = [_NOTHING]
+    try:
+        return {this}.{take}(held, {rest})
+    except BaseException:
+        if held[0] is not _NOTHING:
+            {this}._pending[:0] = ((held[0], kind),)
+        raise
+"""
+
+
+def _delivering(take: str, kind: int) -> Callable[[_F], _F]:
+    """Make a get-method of the signature and docstring of the stub it decorates: it calls
+    the taking method ``take`` with ``held`` and its arguments, by position; when an
+    exception is raised into that call as it returns (a signal handler's), what it took
+    (in ``held``) is kept in front of _pending, as ``kind``, for the next get."""
+
+    def make(stub: _F) -> _F:
+        return _core.generated(stub, _DELIVERED, {"_NOTHING": _NOTHING, "kind": kind},
+                               take=take)
+
+    return make
 
 
 def _unpark() -> None:
@@ -917,21 +943,26 @@ class Queue(SegmentEnd):
     # backend's below). A signal handler runs when a call into C returns, before its result
     # reaches the caller (not when a Python function returns): the taking call stores what
     # it delivers in `held` too, and an exception raised as it returns keeps that in
-    # _pending, in front (no call before), for the next get.
+    # _pending, in front (no call before), for the next get. Each is made from its stub
+    # below and _DELIVERED (see _delivering): one body, and no frame more than a hand-written
+    # one.
 
+    @_delivering("_get", _DECODED)
     def get(self, block: bool = True, timeout: Optional[float] = None) -> Any:
         """Take the next object. ``queue.Empty`` (also a TimeoutError) if none comes before
         the timeout (``block=False``: at once). An exception raised into the call (a
         signal handler's, Ctrl-C) loses nothing: what it took, the next get returns."""
-        return self._delivered(self._get, _DECODED, block, timeout)
+        raise NotImplementedError  # (made by _delivering)
 
+    @_delivering("_get_bytes", _DECODED)
     def get_bytes(self, timeout: Optional[float] = None, *, block: bool = True) -> bytes:
         """Take the next message as bytes (one put with ``put_bytes``, or an object that is
         a bytes-like object; anything else raises TypeError, the message is consumed).
         ``block=False``: try once (timeout ignored). An exception raised into the call loses
         nothing, as for :meth:`get`."""
-        return self._delivered(self._get_bytes, _DECODED, timeout, block)  # type: ignore[no-any-return]
+        raise NotImplementedError  # (made by _delivering)
 
+    @_delivering("_get_many", _LIST)
     def get_many(self, max_messages: int = 1024, timeout: Optional[float] = None, *,
                  block: bool = True) -> list[Any]:
         """Take up to ``max_messages`` objects at once (at least one: waits for the first
@@ -942,21 +973,7 @@ class Queue(SegmentEnd):
         other messages of the batch, those before it and after it, are kept in order by
         this handle for its next gets (``qsize()`` counts them). So is the whole batch when
         an exception is raised into the call (a signal handler's, Ctrl-C)."""
-        return self._delivered(self._get_many, _LIST,  # type: ignore[no-any-return]
-                               max_messages, timeout, block)
-
-    def _delivered(self, take: Callable[..., Any], kind: int, a: Any, b: Any,
-                   c: Any = _NOTHING) -> Any:
-        """``take(held, a, b[, c])``, the taking call of a get. An exception raised into it
-        as it returns (a signal handler's) finds what it took in ``held``: it is kept in
-        _pending, in front, as ``kind``, for the next get."""
-        held = [_NOTHING]
-        try:
-            return take(held, a, b) if c is _NOTHING else take(held, a, b, c)
-        except BaseException:
-            if held[0] is not _NOTHING:
-                self._pending[:0] = ((held[0], kind),)
-            raise
+        raise NotImplementedError  # (made by _delivering)
 
     # The pure backend's taking calls (_get, _get_bytes, _get_many) count themselves busy
     # around the take, and store what it delivers in `held` before they leave: an exception
