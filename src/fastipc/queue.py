@@ -29,6 +29,7 @@ by the native and pure backends, is in ``docs/queue-layout.md``.
 from __future__ import annotations
 
 import errno
+import inspect
 import io
 import mmap
 import operator
@@ -372,6 +373,30 @@ def _delivering(take: str, kind: int) -> Callable[[_F], _F]:
     def make(stub: _F) -> _F:
         return _core.generated(stub, _DELIVERED, {"_NOTHING": _NOTHING, "kind": kind},
                                take=take)
+
+    return make
+
+
+_TAKEN = """
+def {name}({params}):
+    {this}._enter()
+    try:
+        got = held[0] = {this}.{take}({pass_on})
+        return got
+    finally:
+        {this}._leave()
+"""
+
+
+def _taking(take: str) -> Callable[[_F], _F]:
+    """Make a pure taking method (``_get``...) of the signature of the stub it decorates,
+    ``(self, held, ...)``: ``take(...)`` counted busy, what it delivers stored in ``held``
+    before the count is left (a plain call, no frame of a helper, no ``*args``: a call with
+    unpacked arguments would run the signal handlers as it returns, before the store)."""
+
+    def make(stub: _F) -> _F:
+        pass_on = ", ".join(list(inspect.signature(stub).parameters)[2:])
+        return _core.generated(stub, _TAKEN, {}, take=take, pass_on=pass_on)
 
     return make
 
@@ -979,35 +1004,26 @@ class Queue(SegmentEnd):
     # around the take, and store what it delivers in `held` before they leave: an exception
     # raised into _leave (a signal handler's, at its call) then keeps it for the next get,
     # as when the native handle's C method returns. (`x = held[0] = self._take(...)` has no
-    # call between the take's return and the store: see _taken.)
+    # call between the take's return and the store.) Each is made from its stub below and
+    # _TAKEN (see _taking).
 
+    @_taking("_take")
     def _get(self, held: list[Any], block: bool = True, timeout: Optional[float] = None
              ) -> Any:
         """get() of the pure backend."""
-        return self._taken(held, self._take, block, timeout)
+        raise NotImplementedError  # (made by _taking)
 
+    @_taking("_take_bytes")
     def _get_bytes(self, held: list[Any], timeout: Optional[float] = None,
                    block: bool = True) -> bytes:
         """get_bytes() of the pure backend."""
-        return self._taken(held, self._take_bytes, timeout, block)  # type: ignore[no-any-return]
+        raise NotImplementedError  # (made by _taking)
 
+    @_taking("_take_many")
     def _get_many(self, held: list[Any], max_messages: int = 1024,
                   timeout: Optional[float] = None, block: bool = True) -> list[Any]:
         """get_many() of the pure backend."""
-        return self._taken(held, self._take_many,  # type: ignore[no-any-return]
-                           max_messages, timeout, block)
-
-    def _taken(self, held: list[Any], take: Callable[..., Any], a: Any, b: Any,
-               c: Any = _NOTHING) -> Any:
-        """``take(a, b[, c])`` counted busy, what it delivers stored in ``held`` before the
-        count is left. A plain call, not ``take(*args)``: a call with unpacked arguments
-        runs the signal handlers as it returns, before the store."""
-        self._enter()
-        try:
-            got = held[0] = take(a, b) if c is _NOTHING else take(a, b, c)
-            return got
-        finally:
-            self._leave()
+        raise NotImplementedError  # (made by _taking)
 
     def _staging(self, block: bool, timeout: Optional[float]
                  ) -> tuple[float, Optional[float], list[tuple[Any, Any, Any]], Any]:
