@@ -278,6 +278,14 @@ class Deadline:
         """The TimeoutError for this deadline, naming the object."""
         return timeout_error(None if self.timeout < 0 else self.timeout, name)
 
+    def left_or_raise(self, name: Optional[str] = None) -> float:
+        """:meth:`left`, or the TimeoutError of :meth:`error` once expired: the step of a
+        loop that tries, then waits for the time left."""
+        left = self.left()
+        if left == 0:
+            raise self.error(name)
+        return left
+
 
 def retry(rc: int, again: Callable[[float], int], deadline: Deadline,
           name: Optional[str] = None) -> int:
@@ -555,8 +563,18 @@ def uses_handle(method: _F) -> _F:
 
     The wrapper is generated with the method's own signature, so that a call costs one
     extra frame (~0.1 µs) and no ``*args``/``**kwargs`` packing (~0.3 µs with them)."""
+    return generated(method, _WRAPPER, {"method": method, "closed_error": closed_error})
+
+
+def generated(method: _F, template: str, names: dict[str, Any], **fields: str) -> _F:
+    """A function made from ``template`` with ``method``'s exact signature, wrapped as
+    ``method`` (name, docstring): the dataclasses way, so that a call costs no
+    ``*args``/``**kwargs`` packing. ``{name}``, ``{params}`` (the signature), ``{this}`` (the
+    first parameter), ``{args}`` (every parameter passed on, keyword-only ones by keyword),
+    ``{rest}`` (those after the first, all by position) and ``fields`` are filled in;
+    ``names`` are the globals it sees."""
     params, args = [], []
-    defaults: dict[str, Any] = {"method": method, "closed_error": closed_error}
+    defaults = dict(names)
     star = False
     for p in inspect.signature(method).parameters.values():
         text = p.name
@@ -577,9 +595,10 @@ def uses_handle(method: _F) -> _F:
             defaults[f"_default_{p.name}"] = p.default
             text += f"=_default_{p.name}"
         params.append(text)
-    source = _WRAPPER.format(name=method.__name__, this=args[0], params=", ".join(params),
-                             args=", ".join(args))
-    exec(source, defaults)  # the dataclasses way: a wrapper with the exact signature
+    rest = [a.partition("=")[0] for a in args[1:]]
+    source = template.format(name=method.__name__, this=args[0], params=", ".join(params),
+                             args=", ".join(args), rest=", ".join(rest), **fields)
+    exec(source, defaults)
     return functools.wraps(method)(defaults[method.__name__])  # type: ignore[return-value]
 
 

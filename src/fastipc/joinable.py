@@ -374,17 +374,14 @@ class JoinableQueue(_Dropin):
             self._tasks_finalizer = weakref.finalize(self, _unlink_quietly, path)
 
     # ---------------------------------------------------------------- life cycle
-    def _disown(self) -> None:
-        super()._disown()
-        if self._tasks_finalizer is not None:
-            self._tasks_finalizer.detach()
-            self._tasks_finalizer = None
-
     def _forked(self) -> None:
         """In a child made by fork(): besides what :meth:`Queue._forked` gives up (the
         parent's calls in progress, its ownership), the joins in progress were the
-        parent's threads'."""
+        parent's threads', and the count's name is the parent's to remove."""
         self._joins.clear()
+        if self._tasks_finalizer is not None:
+            self._tasks_finalizer.detach()
+            self._tasks_finalizer = None
         super()._forked()
 
     def _wake(self) -> None:

@@ -24,7 +24,6 @@ import inspect
 import mmap
 import os
 import stat
-import uuid
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -39,13 +38,10 @@ from fastipc._segment import (
     ReceivingEnd,
     SegmentEnd,
     View,
-    check_owner,
     check_spin,
-    create_segment,
     joined_messages,
     listed_messages,
     map_segment,
-    open_existing,
     open_to_inspect,
     owner_uid,
     same_file,
@@ -121,11 +117,10 @@ class _Endpoint(SegmentEnd):
         if fd >= 0:
             os.close(fd)
 
+    _creator_lock = _layout.LOCK  # the publisher's
+
     def _let_go(self) -> None:
         self._forsake()  # type: ignore[attr-defined]  # (the native handle's)
-
-    def _creator_alive(self, fd: int) -> bool:
-        return _layout.lock_held(fd, _layout.LOCK)
 
 
 class Publisher(_Endpoint):
@@ -161,33 +156,15 @@ class Publisher(_Endpoint):
         which = _core.resolve_backend(backend)
         impl = _core.ops("pubsub", which)
         size = _layout.HEADER + capacity
-        tmp = f"{SHM_DIR}/.fastipc-pub-{os.getpid()}-{uuid.uuid4().hex}"
-        fd = create_segment(tmp, size, mode)  # (its fd holds the liveness lock)
-        try:
-            self._mm = map_segment(fd, size)
-            if not _layout.lock_byte(fd, _layout.LOCK):  # a new file: cannot be held
-                raise OSError(errno.EAGAIN, "cannot take the publisher's lock", tmp)
+
+        def build(fd: int, mm: mmap.mmap) -> Any:
             args = (size, fd, os.getpid(), max_message_size, _layout.OVERFLOW[overflow], spin)
             if which == "native":
-                self._open(self._mm, *args)  # type: ignore[attr-defined]
-            else:
-                self._ops = impl.Publisher(self._mm, size, fd, self._name, *args[2:])
-            try:
-                os.link(tmp, self._path)  # the name appears with the whole segment behind it
-            except BaseException:
-                if self._ops is None:
-                    self._forsake()  # type: ignore[attr-defined]
-                else:
-                    self._ops.close()
-                raise
-        except BaseException:
-            if self._mm is not None:
-                self._mm.close()
-                self._mm = None
-            os.close(fd)
-            os.unlink(tmp)
-            raise
-        os.unlink(tmp)
+                self._open(mm, *args)  # type: ignore[attr-defined]
+                return None
+            return impl.Publisher(mm, size, fd, self._name, *args[2:])
+
+        fd, self._mm, self._ops = self._publish(size, mode, build, self._undo)
         self._overflow = overflow
         self._max = max_message_size
         self._pid = os.getpid()
@@ -195,6 +172,13 @@ class Publisher(_Endpoint):
         self._track()
 
     # _ops: the pure backend's PublisherOps (None: native)
+
+    def _undo(self, ops: Any) -> None:
+        """Let go of the end built in a segment that could not be published."""
+        if ops is None:
+            self._forsake()  # type: ignore[attr-defined]  # (the native handle's)
+        else:
+            ops.close()
 
     overflow = _core.Fixed[str]("_overflow", '``"block"`` or ``"drop_oldest"``.')
     max_message_size = _core.Fixed[int]("_max", "The largest message taken, in bytes.")
@@ -300,20 +284,14 @@ class _View(View):
     last of them goes; the subscriber's next call then hands the space back
     (``_backend.ring.Holds``)."""
 
-    __slots__ = ("__weakref__", "_sub")
+    __slots__ = ()
+    _end: Subscriber
 
-    def __init__(self, sub: Subscriber, mv: memoryview, pos: Optional[int]) -> None:
-        self._sub = sub
-        self._mv = mv
-        self.pos = pos
-        if pos is not None:
-            sub._views.add(self)
+    def _hold(self) -> None:
+        self._end._views.add(self)
 
-    def release(self) -> None:
-        mv, self._mv = self._mv, None
-        if mv is None:
-            return
-        sub = self._sub
+    def _let_go_of(self, mv: memoryview) -> None:
+        sub = self._end
         sub._views.discard(self)
         if self.pos is None or sub._closed:  # a copy, or the hold went with the close
             try:
@@ -360,12 +338,11 @@ class Subscriber(_Endpoint, ReceivingEnd, Holds):
 
     def _attach(self, impl: Any, which: str, max_message_size: int, spin: float, uid: int
                 ) -> Optional[bool]:
-        got = open_existing(self._path)
+        got = self._open_attached(uid)
         if got is None:
             return None
         fd, st = got
         try:
-            check_owner(st, uid, self._path)
             if st.st_size <= _layout.HEADER:
                 raise OSError(errno.EBADMSG, "not a publisher segment (too small)",
                               self._name)

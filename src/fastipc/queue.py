@@ -29,7 +29,7 @@ by the native and pure backends, is in ``docs/queue-layout.md``.
 from __future__ import annotations
 
 import errno
-import fcntl
+import inspect
 import io
 import mmap
 import operator
@@ -45,7 +45,7 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Optional
+from typing import Any, Optional, TypeVar
 
 from fastipc import _aio, _core
 from fastipc._backend import queue as L
@@ -57,17 +57,18 @@ from fastipc._backend.queue import (
     MARK,
     NEED,
     STAGE,
-    FormatFn,
     QueueOps,
 )
-from fastipc._core import Deadline, Handle, byte_view, check_int, check_timeout, uses_handle
+from fastipc._core import Deadline, byte_view, check_int, check_timeout, uses_handle
 from fastipc._segment import (
     DEFAULT_SPIN,
+    LOCK_CREATOR,
+    SegmentEnd,
     check_bool,
-    check_owner,
     check_spin,
-    create_segment,
-    open_existing,
+    hold_lock,
+    lock_held,
+    map_segment,
     open_segment,
     open_to_inspect,
     owner_uid,
@@ -85,13 +86,13 @@ __all__ = [
     "describe",
 ]
 
+_F = TypeVar("_F", bound=Callable[..., Any])
 DEFAULT_CAPACITY = 1 << 22
 MAX_CAPACITY = 1 << 32
 DEFAULT_MAX_MESSAGE_SIZE = 1 << 30
 MAX_MESSAGE_LIMIT = (1 << 63) - 1
 ANONYMOUS_PREFIX = "fastipc-queue-"  # anonymous queues are named <prefix><pid>-<random>
 _NAME_ROOM = 20  # bytes a blob segment's suffix adds to the queue's name
-_OWNER_LOCK = (0, 1)  # the owner's OFD write lock: (start, length) in the segment file
 _BLOB_MAGIC = b"FPCQBLOB"
 _BLOB_HEAD = struct.Struct("<8sQ")  # magic, payload length
 _BLOB_REF = struct.Struct("<QI")  # in the ring: payload length, inner kind; then the suffix
@@ -145,18 +146,6 @@ def _path(name: str) -> str:
     if len(bare.encode()) > 255 - _NAME_ROOM:
         raise ValueError(f"a queue name is at most {255 - _NAME_ROOM} bytes long")
     return path
-
-
-def _flock(fd: int, cmd: int, kind: int) -> bytes:
-    start, length = _OWNER_LOCK
-    arg = struct.pack("hhqqi4x", kind, os.SEEK_SET, start, length, 0)
-    return fcntl.fcntl(fd, cmd, arg)
-
-
-def _owner_alive(fd: int) -> bool:
-    """Whether some open file description holds the owner's lock (its process is alive)."""
-    res = _flock(fd, fcntl.F_OFD_GETLK, fcntl.F_WRLCK)
-    return bool(struct.unpack("hhqqi4x", res)[0] != fcntl.F_UNLCK)
 
 
 def _view(buffer: Any, fmt: Any, shape: tuple[int, ...]) -> Any:
@@ -363,12 +352,61 @@ def _async_timeout(block: bool, timeout: Optional[float]) -> Optional[float]:
     return timeout
 
 
-# Open queues. A fork child keeps using them, but gives up what is the parent's: the
-# owner's lock and name (it must not remove the queue when it exits), and the busy counts of
-# calls that the parent's other threads had in progress (none of them runs in the child).
-_open_queues: weakref.WeakSet[Queue] = _core.given_up_in_child("_forked")
+_DELIVERED = """
+def {name}({params}):
+    held = [_NOTHING]
+    try:
+        return {this}.{take}(held, {rest})
+    except BaseException:
+        if held[0] is not _NOTHING:
+            {this}._pending[:0] = ((held[0], kind),)
+        raise
+"""
 
-class Queue(Handle):
+
+def _delivering(take: str, kind: int) -> Callable[[_F], _F]:
+    """Make a get-method of the signature and docstring of the stub it decorates: it calls
+    the taking method ``take`` with ``held`` and its arguments, by position; when an
+    exception is raised into that call as it returns (a signal handler's), what it took
+    (in ``held``) is kept in front of _pending, as ``kind``, for the next get."""
+
+    def make(stub: _F) -> _F:
+        return _core.generated(stub, _DELIVERED, {"_NOTHING": _NOTHING, "kind": kind},
+                               take=take)
+
+    return make
+
+
+_TAKEN = """
+def {name}({params}):
+    {this}._enter()
+    try:
+        got = held[0] = {this}.{take}({pass_on})
+        return got
+    finally:
+        {this}._leave()
+"""
+
+
+def _taking(take: str) -> Callable[[_F], _F]:
+    """Make a pure taking method (``_get``...) of the signature of the stub it decorates,
+    ``(self, held, ...)``: ``take(...)`` counted busy, what it delivers stored in ``held``
+    before the count is left (a plain call, no frame of a helper, no ``*args``: a call with
+    unpacked arguments would run the signal handlers as it returns, before the store)."""
+
+    def make(stub: _F) -> _F:
+        pass_on = ", ".join(list(inspect.signature(stub).parameters)[2:])
+        return _core.generated(stub, _TAKEN, {}, take=take, pass_on=pass_on)
+
+    return make
+
+
+def _unpark() -> None:
+    """Nothing to undo after a park: the waiting flag is shared by every sleeper of a side
+    (a blocking one in another process too), so only the other side's commit lowers it."""
+
+
+class Queue(SegmentEnd):
     """A multiprocessing.Queue in shared memory (see the module docstring).
 
     ``Queue(maxsize=0)`` makes an anonymous queue, owned by this process (its close
@@ -384,11 +422,9 @@ class Queue(Handle):
 
     _what = "Queue"
     _handle_type = "QueueHandle"  # csrc/py/queue.c: put, put_bytes, the taking calls of gets
-    _name = ""
-    _path = ""
     _owner = False  # this object created the queue (and holds the liveness lock)
     _anonymous = False  # no name was given: the queue is this object's, removed at close
-    _lock_fd = -1
+    _ops: QueueOps
     _uid = -1  # the segment's owner (pickling carries it: the receiver trusts it too)
     _finalizer: Optional[weakref.finalize[Any, Any]] = None
 
@@ -419,59 +455,40 @@ class Queue(Handle):
             create = False
         else:
             check_bool(create, "create")
-        self._path = _path(name)
-        self._name = name  # as given (validated): "x" and "/x" name the same queue
+        self._set_name(name)  # as given (validated): "x" and "/x" name the same queue
         self._mode = mode
-        fd = lock_fd = -1
-        try:
-            if create:
-                size = L.HEADER + capacity
-                fd = create_segment(self._path, size, mode)  # every page backed
-                self._owner = True
-                self._uid = os.geteuid()
-                # a second open file description holds the owner's lock: the mapping (which
-                # a fork child inherits) must not keep it alive
-                lock_fd = open_segment(self._path, 0)
-                _flock(lock_fd, fcntl.F_OFD_SETLK, fcntl.F_WRLCK)
-                self._mm = mmap.mmap(fd, size)
-                format_fn: FormatFn = impl.format
-                _core.check(format_fn(self._mm, size, self._max_message, maxsize, os.getpid()),
+        if create:
+            size = L.HEADER + capacity
+
+            def build(fd: int, mm: mmap.mmap) -> QueueOps:
+                _core.check(impl.format(mm, size, self._max_message, maxsize, os.getpid()),
                             self._name)
-            else:
-                got = open_existing(self._path)
-                if got is None:
-                    raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT),
-                                            self._path)
-                fd, st = got
-                check_owner(st, uid, self._path)
+                return self._new_ops(impl, mm, size, mode)
+
+            fd, self._mm, self._ops = self._publish(size, mode, build, _free_ops)
+            self._owner = True
+            self._uid = os.geteuid()
+        else:
+            fd, st = self._attach_or_raise(uid)
+            try:
                 self._uid = st.st_uid
                 size = st.st_size
                 self._mode = mode = st.st_mode & 0o777  # the creator's, for the files it adds
                 if size < L.HEADER + L.MIN_CAPACITY:
                     raise OSError(errno.EBADMSG, "not a fastipc queue", self._name)
-                self._mm = mmap.mmap(fd, size)
-            ops_cls: type[QueueOps] = impl.Ops
-            try:
-                self._ops: QueueOps = ops_cls(self._mm, size, self._spin,
-                                              f"{self._path}.s", mode)
-            except OSError as exc:
-                raise OSError(exc.errno, "not a fastipc queue, or a corrupted header",
-                              self._name) from None
-        except BaseException:
-            if hasattr(self, "_mm"):
-                self._mm.close()
-            for f in (fd, lock_fd):
-                if f >= 0:
-                    os.close(f)
-            if self._owner:
-                _unlink_quietly(self._path)
-                self._owner = False
-            raise
+                self._mm = map_segment(fd, size)
+                try:
+                    self._ops = self._new_ops(impl, self._mm, size, mode)
+                except BaseException:
+                    self._mm.close()
+                    raise
+            except BaseException:
+                os.close(fd)
+                raise
         self._size = size
         self._capacity = size - L.HEADER
         self._ring_max = self._capacity // 2 - L.FRAME - 8  # payloads the ring takes
         self._hot_max = min(self._ring_max, self._max_message)
-        self._lock_fd = lock_fd
         self._spin_async = _aio.Spin(min(self._spin, DEFAULT_SPIN))  # on the loop thread
         # (pure backend) staging buffers and get_many's output buffers, one per concurrent
         # call: a thread pops one (list.pop and append are atomic) and puts it back after
@@ -491,32 +508,49 @@ class Queue(Handle):
             self._finalizer = weakref.finalize(self, _remove_queue, self._path)
         elif self._owner:  # the name stays: the header says the creator closed it
             self._finalizer = weakref.finalize(self, L.mark_kept, self._mm)
-        _open_queues.add(self)
+        self._track()
         self._open_handle(which, fd)
+
+    def _set_name(self, name: Any) -> None:
+        """SegmentEnd's, with room left in the name for its messages' segments."""
+        self._path = _path(name)
+        self._name = name
+
+    def _new_ops(self, impl: Any, mm: mmap.mmap, size: int, mode: int) -> QueueOps:
+        """The backend's view of the queue in ``mm`` (it checks the header)."""
+        ops_cls: type[QueueOps] = impl.Ops
+        try:
+            return ops_cls(mm, size, self._spin, f"{self._path}.s", mode)
+        except OSError as exc:
+            raise OSError(exc.errno, "not a fastipc queue, or a corrupted header",
+                          self._name) from None
 
     # ---------------------------------------------------------------- life cycle
     def _forked(self) -> None:
-        """In a fork child: no call of the parent's other threads is in progress here (so a
-        queue closed while one was, and not freed yet, is freed now)."""
-        self._ops.forked()
-        self._disown()
+        """In a child made by fork(), which keeps using the queue but gives up what is the
+        parent's: the creator's liveness lock (the child's fd gets an open file description
+        of its own) and name (the child must not remove the queue when it exits), and the
+        calls the parent's other threads had in progress (none of them runs here: a queue
+        closed while one was, and not freed yet, is freed now)."""
+        if self._owner:
+            self._owner = False
+            self._renew_fd()
+        if self._finalizer is not None:
+            self._finalizer.detach()
+            self._finalizer = None
         self._forget_calls()
+
+    def _orphaned(self, fd: int) -> bool:
+        """Never, from one handle's view: a named queue whose creator closed it is kept,
+        and the files of its messages beyond the ring may be another handle's to take;
+        ``fastipc rm --stale``, which sees them all, removes what a dead creator left."""
+        return False
 
     def _forget_calls(self) -> None:
         """Count no call in progress (the native handle's C method of the same name does
         this for its count), and free now if closed."""
         self._calls[:] = [None]
         self._leave()
-
-    def _disown(self) -> None:
-        """In a fork child: the parent owns the name and the liveness lock, not us."""
-        self._owner = False
-        if self._finalizer is not None:
-            self._finalizer.detach()
-            self._finalizer = None
-        if self._lock_fd >= 0:
-            os.close(self._lock_fd)
-            self._lock_fd = -1
 
     def _wake(self) -> None:
         if self._backend == "pure":  # the native handle's wake did it in C
@@ -532,10 +566,7 @@ class Queue(Handle):
             except BufferError:  # a view of it lives on: in a fork child, in the frame of
                 pass  # a parent's thread that was in a call (it never runs here); GC unmaps
         os.close(self._fd)
-        if self._lock_fd >= 0:
-            os.close(self._lock_fd)
-            self._lock_fd = -1
-        _open_queues.discard(self)
+        self._untrack()
         while self._pending:  # kept messages no one will take: their segments go too
             for item, kind in self._unheld(0):
                 if kind == KIND_BLOB:
@@ -662,7 +693,7 @@ class Queue(Handle):
                    kind: int) -> bytes:
         """Lock and write the segment open in ``f``; the reference to put in the ring."""
         fd = f.fileno()
-        _flock(fd, fcntl.F_OFD_SETLK, fcntl.F_WRLCK)
+        hold_lock(fd, LOCK_CREATOR)  # (a file of its own: nobody else holds it)
         _write_all(fd, [byte_view(p) for p in [_BLOB_HEAD.pack(_BLOB_MAGIC, total), *parts]])
         return _BLOB_REF.pack(total, kind) + suffix.encode()
 
@@ -937,33 +968,26 @@ class Queue(Handle):
     # backend's below). A signal handler runs when a call into C returns, before its result
     # reaches the caller (not when a Python function returns): the taking call stores what
     # it delivers in `held` too, and an exception raised as it returns keeps that in
-    # _pending, in front (no call before), for the next get.
+    # _pending, in front (no call before), for the next get. Each is made from its stub
+    # below and _DELIVERED (see _delivering): one body, and no frame more than a hand-written
+    # one.
 
+    @_delivering("_get", _DECODED)
     def get(self, block: bool = True, timeout: Optional[float] = None) -> Any:
         """Take the next object. ``queue.Empty`` (also a TimeoutError) if none comes before
         the timeout (``block=False``: at once). An exception raised into the call (a
         signal handler's, Ctrl-C) loses nothing: what it took, the next get returns."""
-        held = [_NOTHING]
-        try:
-            return self._get(held, block, timeout)
-        except BaseException:
-            if held[0] is not _NOTHING:
-                self._pending[:0] = ((held[0], _DECODED),)
-            raise
+        raise NotImplementedError  # (made by _delivering)
 
+    @_delivering("_get_bytes", _DECODED)
     def get_bytes(self, timeout: Optional[float] = None, *, block: bool = True) -> bytes:
         """Take the next message as bytes (one put with ``put_bytes``, or an object that is
         a bytes-like object; anything else raises TypeError, the message is consumed).
         ``block=False``: try once (timeout ignored). An exception raised into the call loses
         nothing, as for :meth:`get`."""
-        held = [_NOTHING]
-        try:
-            return self._get_bytes(held, timeout, block)
-        except BaseException:
-            if held[0] is not _NOTHING:
-                self._pending[:0] = ((held[0], _DECODED),)
-            raise
+        raise NotImplementedError  # (made by _delivering)
 
+    @_delivering("_get_many", _LIST)
     def get_many(self, max_messages: int = 1024, timeout: Optional[float] = None, *,
                  block: bool = True) -> list[Any]:
         """Take up to ``max_messages`` objects at once (at least one: waits for the first
@@ -974,49 +998,41 @@ class Queue(Handle):
         other messages of the batch, those before it and after it, are kept in order by
         this handle for its next gets (``qsize()`` counts them). So is the whole batch when
         an exception is raised into the call (a signal handler's, Ctrl-C)."""
-        held = [_NOTHING]
-        try:
-            return self._get_many(held, max_messages, timeout, block)
-        except BaseException:
-            if held[0] is not _NOTHING:
-                self._pending[:0] = ((held[0], _LIST),)
-            raise
+        raise NotImplementedError  # (made by _delivering)
 
     # The pure backend's taking calls (_get, _get_bytes, _get_many) count themselves busy
     # around the take, and store what it delivers in `held` before they leave: an exception
     # raised into _leave (a signal handler's, at its call) then keeps it for the next get,
     # as when the native handle's C method returns. (`x = held[0] = self._take(...)` has no
-    # call between the take's return and the store.)
+    # call between the take's return and the store.) Each is made from its stub below and
+    # _TAKEN (see _taking).
 
+    @_taking("_take")
     def _get(self, held: list[Any], block: bool = True, timeout: Optional[float] = None
              ) -> Any:
         """get() of the pure backend."""
-        self._enter()
-        try:
-            obj = held[0] = self._take(block, timeout)
-            return obj
-        finally:
-            self._leave()
+        raise NotImplementedError  # (made by _taking)
 
+    @_taking("_take_bytes")
     def _get_bytes(self, held: list[Any], timeout: Optional[float] = None,
                    block: bool = True) -> bytes:
         """get_bytes() of the pure backend."""
-        self._enter()
-        try:
-            data = held[0] = self._take_bytes(timeout, block)
-            return data
-        finally:
-            self._leave()
+        raise NotImplementedError  # (made by _taking)
 
+    @_taking("_take_many")
     def _get_many(self, held: list[Any], max_messages: int = 1024,
                   timeout: Optional[float] = None, block: bool = True) -> list[Any]:
         """get_many() of the pure backend."""
-        self._enter()
-        try:
-            objs = held[0] = self._take_many(max_messages, timeout, block)
-            return objs
-        finally:
-            self._leave()
+        raise NotImplementedError  # (made by _taking)
+
+    def _staging(self, block: bool, timeout: Optional[float]
+                 ) -> tuple[float, Optional[float], list[tuple[Any, Any, Any]], Any]:
+        """What a pure take starts with: its C timeout, its start time (for a retry's
+        deadline), and a staging buffer with the list it goes back to."""
+        t = -1.0 if timeout is None and block else _timeout(block, timeout)
+        stages = self._stages
+        return (t, _monotonic() if t > 0.0 else None, stages,
+                stages.pop() if stages else self._ops.new_stage())
 
     def _take(self, block: bool, timeout: Optional[float]) -> Any:
         """The take of the pure get (its stage marks what it took: see above)."""
@@ -1024,10 +1040,7 @@ class Queue(Handle):
             got = self._many_from_pending(1, False)
             if got:
                 return got[0]
-        t = -1.0 if timeout is None and block else _timeout(block, timeout)
-        start = _monotonic() if t > 0.0 else None
-        stages = self._stages
-        stage = stages.pop() if stages else self._ops.new_stage()
+        t, start, stages, stage = self._staging(block, timeout)
         try:
             rc = self._ops.get_staged(stage[0], STAGE, t, KIND_PICKLE)
             if 0 <= rc <= _LEN:  # the hot path: a small object, staged (rc: its length)
@@ -1123,10 +1136,7 @@ class Queue(Handle):
             got = self._many_from_pending(1, True)
             if got:
                 return got[0]  # type: ignore[no-any-return]
-        t = -1.0 if timeout is None and block else _timeout(block, timeout)
-        start = _monotonic() if t > 0.0 else None
-        stages = self._stages
-        stage = stages.pop() if stages else self._ops.new_stage()
+        t, start, stages, stage = self._staging(block, timeout)
         try:
             rc = self._ops.get_staged(stage[0], STAGE, t, KIND_BYTES)
             if 0 <= rc <= _LEN:  # the hot path: bytes, staged (rc: the length)
@@ -1361,7 +1371,7 @@ class Queue(Handle):
 
         # (a producer parks until the queue holds fewer than maxsize messages: room in the
         # ring is not waited for, what does not fit it spills)
-        await self._awaited(attempt, len(batch[0]), deadline)
+        await self._awaited_room(attempt, len(batch[0]), deadline)
         batch.clear()
 
     async def _put_async(self, parts: list[Any], total: int, kind: int,
@@ -1374,7 +1384,7 @@ class Queue(Handle):
                     return _aio.NOT_READY
                 return True
 
-            await self._awaited(attempt, total, deadline)
+            await self._awaited_room(attempt, total, deadline)
             return
         # its own segment now (see _put_blob), the reference when there is room
         suffix, path = self._blob_file()
@@ -1390,7 +1400,7 @@ class Queue(Handle):
                         return _aio.NOT_READY
                     return True
 
-                await self._awaited(put_ref, len(ref), deadline)
+                await self._awaited_room(put_ref, len(ref), deadline)
         except BaseException:
             if not committed[0]:
                 _unlink_quietly(path)
@@ -1443,16 +1453,16 @@ class Queue(Handle):
             return True
 
         while True:
-            await self._awaited(attempt, -1, deadline)
+            await self._awaited_room(attempt, -1, deadline)
             got = self._many_from_pending(many or 1, as_bytes)
             if got:
                 return got if many else got[0]
 
-    async def _awaited(self, attempt: Callable[[], Any], room: int,
-                       deadline: Deadline) -> Any:
-        """Await ``attempt()`` (see :func:`fastipc._aio.wait`): a consumer (``room < 0``)
-        or a producer of a ``room``-byte payload, until ``deadline``. Counted busy while it
-        awaits, so close() wakes it (ValueError) and unmaps only after it has left."""
+    async def _awaited_room(self, attempt: Callable[[], Any], room: int,
+                            deadline: Deadline) -> Any:
+        """SegmentEnd's await of ``attempt()``, parked as a consumer (``room < 0``) or a
+        producer of a ``room``-byte payload, until ``deadline``; its timeout is
+        ``queue.Empty`` or ``queue.Full``."""
         ops = self._ops
         name = self._name
 
@@ -1463,21 +1473,16 @@ class Queue(Handle):
             _core.check(rc, name)
             return address, expected
 
-        self._enter()
         try:
-            return await _aio.wait(attempt, park, _unpark, deadline, spin=self._spin_async,
-                                   name=name)
+            return await self._awaited(attempt, deadline, park=park)
         except TimeoutError as exc:
             if isinstance(exc, (Full, Empty)):
                 raise
             if room < 0:
                 raise Empty(errno.ETIMEDOUT, "the queue is empty") from None
             raise Full(errno.ETIMEDOUT, "the queue is full") from None
-        except OSError:
-            self._check_open()  # closed while it awaited: ValueError
-            raise
-        finally:
-            self._leave()
+
+    _unpark = staticmethod(_unpark)  # the await hook: nothing to undo after a park
 
     # ---------------------------------------------------------------- state
     @uses_handle
@@ -1505,9 +1510,9 @@ class Queue(Handle):
         """No-op: there is no feeder thread."""
 
 
-def _unpark() -> None:
-    """Nothing to undo after a park: the waiting flag is shared by every sleeper of a side
-    (a blocking one in another process too), so only the other side's commit lowers it."""
+def _free_ops(ops: QueueOps) -> None:
+    """Let go of the backend's view of a queue that could not be created."""
+    ops.free()
 
 
 def _write_all(fd: int, views: list[memoryview]) -> None:
@@ -1586,7 +1591,7 @@ def describe(path: str) -> Optional[QueueInfo]:
         count = (tail - head_w) & 0xFFFFFFFF
         kept = owner == L.KEPT_PID  # its creator closed it: kept until unlink()/rm NAME
         try:
-            alive = kept or _owner_alive(fd)
+            alive = kept or lock_held(fd, LOCK_CREATOR)
         except OSError:
             alive = False
         limit = f", maxsize {maxsize}" if maxsize else ""
@@ -1619,7 +1624,7 @@ def _describe_headless(fd: int, path: str, name: str, st: os.stat_result
             not os.path.basename(parent).startswith(ANONYMOUS_PREFIX) or os.path.exists(parent)):
         return None  # not beside a queue: not ours to judge
     try:
-        locked = _owner_alive(fd)
+        locked = lock_held(fd, LOCK_CREATOR)
     except OSError:
         locked = True
     young = time.time() - st.st_mtime < HEADLESS_AGE
@@ -1633,7 +1638,7 @@ def _describe_headless(fd: int, path: str, name: str, st: os.stat_result
 def _describe_blob(fd: int, path: str, name: str, size: int) -> QueueInfo:
     parent, _, suffix = path.rpartition(".")
     try:
-        locked = _owner_alive(fd)  # the producer's lock, until it committed the reference
+        locked = lock_held(fd, LOCK_CREATOR)  # the producer's, until it committed the reference
     except OSError:
         locked = True
     if locked:

@@ -20,7 +20,6 @@ import errno
 import mmap
 import os
 import secrets
-import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Optional
@@ -30,7 +29,6 @@ from fastipc import _shm_layout as _layout
 from fastipc._backend import shm as _contract
 from fastipc._core import Deadline, Handle, check_int, check_timeout, uses_handle
 from fastipc._segment import (
-    SHM_DIR,
     ReceivingEnd,
     SegmentEnd,
     View,
@@ -42,7 +40,6 @@ from fastipc._segment import (
     joined_messages,
     listed_messages,
     map_segment,
-    open_existing,
     open_segment,
     owner_uid,
     same_file,
@@ -290,58 +287,8 @@ class _End(SegmentEnd):
     def _let_go(self) -> None:
         self._detach()  # type: ignore[attr-defined]  # (the native handle's)
 
-    def _creator_alive(self, fd: int) -> bool:
-        return _layout.lock_held(fd, _layout.LOCK_WRITER)
-
     def _describe(self) -> str:
         return f"{self._name!r} capacity={self._size - HEADER}"
-
-
-def _publish_segment(path: str, size: int, mode: int, build: Callable[[int, mmap.mmap], Any],
-                     undo: Callable[[Any], None]) -> tuple[int, mmap.mmap, Any]:
-    """Create a channel segment under a temporary name, take the writer's liveness lock,
-    let ``build(fd, mapping)`` write its header, then link it under ``path``: the segment
-    appears under its name only once it is whole, and a writer that dies half-way leaves a
-    temporary that ``fastipc rm --stale`` recognises (its lock is free). ``undo(ops)`` lets
-    go of what ``build`` made when the segment cannot be published. FileExistsError if
-    ``path`` is taken."""
-    for _ in range(8):
-        temp = f"{path[:SHM_PATH_MAX]}.{secrets.token_hex(6)}{_layout.TEMP_SUFFIX}"
-        fd = create_segment(temp, size, mode)
-        mm: Optional[mmap.mmap] = None
-        ops: Any = None
-        try:
-            _layout.hold_lock(fd, _layout.LOCK_WRITER)
-            mm = map_segment(fd, size)
-            ops = build(fd, mm)
-            try:
-                os.link(temp, path)
-            except FileNotFoundError:  # `rm --stale` took the temporary: build another
-                undo(ops)
-                ops = None
-                mm.close()
-                os.close(fd)
-                continue
-        except BaseException:
-            if ops is not None:
-                undo(ops)
-            if mm is not None:
-                mm.close()
-            os.close(fd)
-            try:
-                os.unlink(temp)
-            except FileNotFoundError:
-                pass
-            raise
-        try:
-            os.unlink(temp)
-        except FileNotFoundError:
-            pass
-        return fd, mm, ops
-    raise OSError(errno.EAGAIN, "the channel's temporary segment kept disappearing", path)
-
-
-SHM_PATH_MAX = len(SHM_DIR) + 1 + 200  # room for the temporary's suffix within NAME_MAX
 
 
 class Writer(_End):
@@ -374,8 +321,7 @@ class Writer(_End):
         def build(fd: int, mm: mmap.mmap) -> Any:
             return self._make_ops(mm, fd, max_message_size, spin)
 
-        fd, self._mmap, ops = _publish_segment(self._path, self._size, mode, build,
-                                               self._undo_ops)
+        fd, self._mmap, ops = self._publish(self._size, mode, build, self._undo_ops)
         self._max = max_message_size
         self._start(fd, ops)
 
@@ -490,16 +436,16 @@ class Writer(_End):
         """Wait until the reader has taken every message sent so far out of the ring (it has
         read them, or is waiting for more). TimeoutError after ``timeout`` seconds (also
         while no reader has attached); BrokenPipeError if the reader closes or dies first."""
-        deadline = Deadline.of(timeout)
-        delay = 0.0002
-        while not self._ops.flushed():
+        flushed = self._ops.flushed
+
+        def done() -> Optional[bool]:
+            if flushed():
+                return True
             if self._closed:
                 raise self._closed_error()
-            left = deadline.left()
-            if left == 0:
-                raise deadline.error(self._name)
-            time.sleep(delay if left < 0 else min(delay, left))
-            delay = min(delay * 2, 0.01)
+            return None
+
+        wait_for(done, Deadline.of(timeout), self._name, 0.0002, 0.01)
 
     def _ops_freed(self) -> None:
         if same_file(self._fd, self._path):
@@ -520,21 +466,15 @@ class _View(View):
     the hold lasts until the last of them goes, whatever still names the memoryview; the
     reader's next call then hands the space back (``_backend.ring.Holds``)."""
 
-    __slots__ = ("__weakref__", "_reader")
+    __slots__ = ()
+    _end: Reader
 
-    def __init__(self, reader: Reader, mv: memoryview, pos: Optional[int]) -> None:
-        self._reader = reader
-        self._mv = mv
-        self.pos = pos
-        if pos is not None:
-            reader._enter()  # a live view is a call in progress: the mapping stays
-            reader._views.add(self)
+    def _hold(self) -> None:
+        self._end._enter()  # a live view is a call in progress: the mapping stays
+        self._end._views.add(self)
 
-    def release(self) -> None:
-        mv, self._mv = self._mv, None
-        if mv is None:
-            return
-        reader = self._reader
+    def _let_go_of(self, mv: memoryview) -> None:
+        reader = self._end
         if self.pos is None:  # a copy: nothing held
             reader._ops.release_view(mv, None)
             return
@@ -575,13 +515,12 @@ class Reader(_End, ReceivingEnd):
         self._start(got[0], got[1])
 
     def _attach(self, max_message_size: int, spin: float, uid: int) -> Optional[tuple[int, Any]]:
-        got = open_existing(self._path)
+        got = self._open_attached(uid)
         if got is None:
             return None
-        fd, st = got
+        fd = got[0]
         ops: Any = None
         try:
-            check_owner(st, uid, self._path)
             if not _layout.hold_lock(fd, _layout.LOCK_READER):
                 raise OSError(errno.EBUSY, "the channel already has a reader", self._name)
             self._map_segment(fd)

@@ -165,12 +165,6 @@ class QueueOps(Protocol):
     def wake(self) -> None:
         """Mark this handle closed; blocked calls of it return ``-EBADF`` promptly."""
 
-    def forked(self) -> None:
-        """In a child made by fork(): what the backend must forget of the parent's calls in
-        progress (nothing on either backend: the calls are counted above the seam, by the
-        native handle or by the public class's ``fastipc._core.Handle`` count, which Queue
-        resets)."""
-
     def free(self) -> bool:
         """Close this handle and let go of the mapping. Called once no call of it is inside
         (both backends count their calls above the seam: the native handle, or the public

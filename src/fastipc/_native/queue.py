@@ -110,9 +110,6 @@ class Ops:
     def wake(self) -> None:
         lib.fipc_queue_close(self._q)
 
-    def forked(self) -> None:
-        """Nothing: the native handle counts the calls in progress."""
-
     def free(self) -> bool:
         # the native handle calls this once no call of it is busy (csrc/py/handle.c)
         lib.fipc_queue_close(self._q)

@@ -718,9 +718,6 @@ class Ops:
             self._w32[off // 4] = (self._w32[off // 4] + 1) & 0xFFFFFFFF
             _futex_wake(self._addr + off)
 
-    def forked(self) -> None:
-        """Nothing: the public class counts the calls in progress (its Handle's count)."""
-
     def free(self) -> bool:
         # the public class calls this once no call of it is busy (fastipc._core.Handle)
         self.wake()
