@@ -944,7 +944,9 @@ class Queue(SegmentEnd):
             buf = _new_bytearray(total)
             view = memoryview(buf)
             done = 0
-            while done < total:
+            while True:
+                if done >= total:
+                    break
                 got = os.preadv(fd, [view[done:]], _BLOB_HEAD.size + done)
                 if got <= 0:
                     raise OSError(errno.EBADMSG, "truncated message segment", path)
@@ -1265,7 +1267,9 @@ class Queue(SegmentEnd):
         i = 0
         path: Optional[str] = None  # a segment read, to remove once its entry holds the payload
         try:
-            while i < len(claimed):
+            while True:
+                if i >= len(claimed):
+                    break
                 item, kind = claimed[i]
                 if kind == KIND_BLOB:  # its payload kept before its segment goes
                     buf, inner, path = self._read_blob(item)

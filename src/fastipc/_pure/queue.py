@@ -526,8 +526,10 @@ class Ops:
                         sw = w64[_SW]
                         queued = count + self._spill_count()
                         try:
-                            while sent < len(lens) and not (self._maxsize
-                                                             and queued >= self._maxsize):
+                            while True:
+                                if sent >= len(lens) or (self._maxsize
+                                                         and queued >= self._maxsize):
+                                    break
                                 n = lens[sent]
                                 if source is not None:
                                     parts = [source[pos:pos + n]]
