@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -57,6 +59,16 @@ PREFIX = f"fastipc-test-{os.getpid()}-"
 def name() -> str:
     """A fresh name for a named object (shm segment, queue, semaphore)."""
     return PREFIX + uuid.uuid4().hex[:12]
+
+
+@pytest.fixture
+def sock_path() -> Iterator[str]:
+    """A short Unix socket path (pytest's tmp_path can pass the 107-byte limit)."""
+    d = tempfile.mkdtemp(prefix="fipc-")
+    try:
+        yield os.path.join(d, "s.sock")
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def _open_fds() -> dict[int, str]:

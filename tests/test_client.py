@@ -5,23 +5,22 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import socket
-import struct
-import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from pathlib import Path
 from typing import TypeVar
 
 import pytest
 import uvloop
 
 from fastipc import client, server
-from helpers import run_on, run_python, start_python
+from helpers import frame, gather_cut_short, run_on, run_python, start_python
+from test_server import serving
 
 T = TypeVar("T")
 WAIT = 10.0
+HERE = Path(__file__).resolve().parent  # a child started here imports helpers
 
 _warm = uvloop.new_event_loop()  # uvloop's process-wide pipe, opened outside the leak check
 _warm.close()
@@ -30,28 +29,13 @@ _warm.close()
 run = run_on
 
 
-@pytest.fixture
-def sock_path() -> Iterator[str]:
-    d = tempfile.mkdtemp(prefix="fipc-")
-    try:
-        yield os.path.join(d, "s.sock")
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
-
-
 class Echo(server.Handler):
     def on_message(self, conn: server.Connection, data: bytes) -> None:
         conn.send(data)
 
 
-def frame(data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + data
-
-
 def test_connect_async_echo(backend: str, loop_kind: str, sock_path: str) -> None:
     srv = server.Server(Echo(), tcp=("127.0.0.1", 0), unix=sock_path, backend=backend)
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
-    t.start()
 
     async def main() -> None:
         for address in (srv.tcp_address, sock_path):
@@ -72,12 +56,8 @@ def test_connect_async_echo(backend: str, loop_kind: str, sock_path: str) -> Non
                 got += await raw.recv(timeout=WAIT)
             assert got == frame(b"abc")
 
-    try:
+    with serving(srv):
         run(loop_kind, main())
-    finally:
-        srv.stop()
-        t.join(WAIT)
-        srv.close()
 
 
 def test_connect_async_errors(backend: str, loop_kind: str, sock_path: str) -> None:
@@ -128,15 +108,9 @@ def test_async_client_timeouts_cancel_rounds_and_dead_peer(
 
             feeder = threading.Thread(target=feed)
             feeder.start()
-            got = cancels = 0
-            while got < n or cancels < 1000:
-                try:
-                    m = await asyncio.wait_for(c.recv(), 0.0002)
-                except TimeoutError:
-                    cancels += 1
-                    continue
-                assert m[:4] == got.to_bytes(4, "big") and len(set(m[i::4] for i in range(4))) <= 4
-                got += 1
+            got, _ = await gather_cut_short(lambda got: c.recv(), lambda got: len(got) >= n, 1000)
+            for j, m in enumerate(got):
+                assert m[:4] == j.to_bytes(4, "big") and len(set(m[i::4] for i in range(4))) <= 4
             feeder.join()
             peer.close()  # the server goes away
             with pytest.raises(EOFError):
@@ -173,8 +147,9 @@ def test_async_client_close_while_awaiting(backend: str, loop_kind: str, sock_pa
 
 
 CLOSE_BLOCKED_CLIENT = r"""
-import os, socket, sys, threading, time
+import socket, sys
 from fastipc import client
+from helpers import close_ends_call
 backend, op, path = sys.argv[1], sys.argv[2], sys.argv[3]
 listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
 listener.bind(path)
@@ -185,23 +160,8 @@ if op == "send":
     call = lambda: [c.send(b"x" * 1_000_000) for _ in range(1000)]  # fills the socket
 else:
     call = c.recv
-out = []
-def blocked():
-    try:
-        call()
-        out.append("returned")
-    except ValueError:
-        out.append("ValueError")
-    except BaseException as exc:
-        out.append(repr(exc))
-t = threading.Thread(target=blocked)
-t.start()
-time.sleep(0.3)
-t0 = time.monotonic()
-c.close()
-t.join(5)
-assert out == ["ValueError"], out
-assert time.monotonic() - t0 < 1
+error = close_ends_call(call, c.close, settle=0.3, within=1)
+assert isinstance(error, ValueError), repr(error)
 peer.close()
 listener.close()
 print("ok")
@@ -212,7 +172,7 @@ print("ok")
 def test_client_close_from_another_thread(backend: str, op: str, sock_path: str) -> None:
     """Closing a blocking client while another thread is blocked in it: that call ends
     promptly with ValueError (in a child process, so that a crash fails the test)."""
-    proc = run_python(CLOSE_BLOCKED_CLIENT, backend, op, sock_path, timeout=30)
+    proc = run_python(CLOSE_BLOCKED_CLIENT, backend, op, sock_path, timeout=30, cwd=HERE)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "ok"
 
@@ -222,8 +182,6 @@ def test_async_client_across_processes(cross: tuple[str, str], loop_kind: str,
     """A blocking client in another process talks to an awaiting one through a server."""
     sender, receiver = cross
     srv = server.Server(_Relay(), unix=sock_path, backend=receiver)
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
-    t.start()
     code = """
 import sys, time
 from fastipc import client
@@ -245,12 +203,8 @@ with client.connect(sys.argv[1], timeout=10, backend=sys.argv[2]) as c:
                 None, lambda: proc.communicate(timeout=WAIT))
             assert proc.returncode == 0, err
 
-    try:
+    with serving(srv):
         run(loop_kind, main())
-    finally:
-        srv.stop()
-        t.join(WAIT)
-        srv.close()
 
 
 class _Relay(server.Handler):

@@ -14,6 +14,7 @@ import pytest
 
 from fastipc import _core
 from fastipc._core import Handle, uses_handle
+from helpers import InThread
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,18 +53,14 @@ class Resource(Handle):
 
 def test_a_woken_call_leaving_does_not_free_under_wake(backend: str) -> None:
     r = Resource(backend=backend)
-    errors: list[BaseException] = []
 
     def blocked() -> None:
         try:
             r.wait()
-        except BaseException as exc:
-            errors.append(exc)
         finally:
             r.left.set()
 
-    t = threading.Thread(target=blocked)
-    t.start()
+    t = InThread(blocked)
     while not r.busy():
         threading.Event().wait(0.001)
     r.close()

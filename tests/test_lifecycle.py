@@ -91,26 +91,25 @@ def _shared_memory(backend: str, name: str) -> Made:
     return Made(m, None, lambda: m.size, [], [])
 
 
-def _reader(backend: str, name: str) -> Made:
-    w = shm.Writer(name, 4096, backend=backend)
-    r = shm.Reader(name, backend=backend)
-    return Made(r, r.recv, _nothing_yet(r.recv), [w], [])
+def _receiving(sender: type, receiver: type) -> Callable[[str, str], Made]:
+    """The receiving end of a ring whose sending end is a ``sender``."""
+
+    def make(backend: str, name: str) -> Made:
+        w = sender(name, 4096, backend=backend)
+        r = receiver(name, backend=backend)
+        return Made(r, r.recv, _nothing_yet(r.recv), [w], [])
+
+    return make
 
 
-def _writer(backend: str, name: str) -> Made:
-    w = shm.Writer(name, 4096, backend=backend)
-    return Made(w, None, lambda: w.send(b"x"), [], [name])
+def _sending(sender: type) -> Callable[[str, str], Made]:
+    """The sending end of a ring, which creates it."""
 
+    def make(backend: str, name: str) -> Made:
+        w = sender(name, 4096, backend=backend)
+        return Made(w, None, lambda: w.send(b"x"), [], [name])
 
-def _subscriber(backend: str, name: str) -> Made:
-    p = shm.Publisher(name, 4096, backend=backend)
-    s = shm.Subscriber(name, backend=backend)
-    return Made(s, s.recv, _nothing_yet(s.recv), [p], [])
-
-
-def _publisher(backend: str, name: str) -> Made:
-    p = shm.Publisher(name, 4096, backend=backend)
-    return Made(p, None, lambda: p.send(b"x"), [], [name])
+    return make
 
 
 def _queue(kind: type) -> Callable[[str, str], Made]:
@@ -138,10 +137,10 @@ FACTORIES: dict[str, Callable[[str, str], Made]] = {
     "MessageQueue": _mq,
     "Semaphore": _sem,
     "SharedMemory": _shared_memory,
-    "Reader": _reader,
-    "Writer": _writer,
-    "Subscriber": _subscriber,
-    "Publisher": _publisher,
+    "Reader": _receiving(shm.Writer, shm.Reader),
+    "Writer": _sending(shm.Writer),
+    "Subscriber": _receiving(shm.Publisher, shm.Subscriber),
+    "Publisher": _sending(shm.Publisher),
     "Queue": _queue(fastipc.Queue),
     "JoinableQueue": _queue(fastipc.JoinableQueue),
     "SimpleQueue": _queue(fastipc.SimpleQueue),

@@ -19,7 +19,7 @@ from typing import Any, Optional
 import pytest
 
 from fastipc import mq
-from helpers import run_python, start_python
+from helpers import close_ends_call, closed_and_unlinked, later, run_python, start_python
 from interrupts import (
     Stop,
     alarms,
@@ -33,12 +33,9 @@ SMALL = {"max_messages": 8, "max_message_size": 256}
 
 @pytest.fixture
 def queue(backend: str, name: str) -> Iterator[mq.MessageQueue]:
-    q = mq.MessageQueue(name, create=True, backend=backend, **SMALL)
-    try:
+    with closed_and_unlinked(mq.MessageQueue(name, create=True, backend=backend, **SMALL),
+                             lambda: mq.unlink(name)) as q:
         yield q
-    finally:
-        q.close()
-        mq.unlink(name)
 
 
 # ---------------------------------------------------------------------------- basics
@@ -173,20 +170,12 @@ def test_send_timeout_when_full(queue: mq.MessageQueue) -> None:
 @pytest.mark.parametrize("forever", [None, float("inf"), 1e12, 10**6])
 def test_timeouts_that_never_expire(queue: mq.MessageQueue, forever: Optional[float]) -> None:
     """None, infinity and very long timeouts wait as long as it takes, ints as floats."""
-    timer = threading.Timer(0.1, queue.send, (b"late", 1))
-    timer.start()
-    try:
+    with later(0.1, queue.send, b"late", 1):
         assert queue.receive(timeout=forever) == (b"late", 1)
-    finally:
-        timer.join()
     for _ in range(8):
         queue.send(b"full", timeout=forever)
-    timer = threading.Timer(0.1, queue.receive, (0,))
-    timer.start()
-    try:
+    with later(0.1, queue.receive, 0):
         queue.send(b"room", 2, timeout=forever)
-    finally:
-        timer.join()
     assert queue.receive(timeout=0) == (b"room", 2)
     assert queue.receive(timeout=1) == (b"full", 0)
 
@@ -208,23 +197,15 @@ def test_timeout_types(queue: mq.MessageQueue, bad: object) -> None:
 
 
 def test_blocking_receive_waits_for_a_thread(queue: mq.MessageQueue) -> None:
-    timer = threading.Timer(0.1, queue.send, (b"late", 3))
-    timer.start()
-    try:
+    with later(0.1, queue.send, b"late", 3):
         assert queue.receive(timeout=10) == (b"late", 3)
-    finally:
-        timer.join()
 
 
 def test_blocking_send_waits_for_room(queue: mq.MessageQueue) -> None:
     for _ in range(8):
         queue.send(b"fill")
-    timer = threading.Timer(0.1, queue.receive, kwargs={"timeout": 5})
-    timer.start()
-    try:
+    with later(0.1, queue.receive, timeout=5):
         queue.send(b"last", timeout=10)
-    finally:
-        timer.join()
     assert queue.attributes.current_messages == 8
     got = [queue.receive(0)[0] for _ in range(8)]
     assert got == [b"fill"] * 7 + [b"last"]
@@ -260,12 +241,8 @@ def test_spin(backend: str, name: str) -> None:
     """A spinning queue behaves as a sleeping one: same results, same timeouts."""
     with mq.MessageQueue(name, create=True, spin=0.001, backend=backend, **SMALL) as q:
         assert q.spin == 0.001
-        timer = threading.Timer(0.05, q.send, (b"spun", 1))
-        timer.start()
-        try:
+        with later(0.05, q.send, b"spun", 1):
             assert q.receive(timeout=10) == (b"spun", 1)
-        finally:
-            timer.join()
         q.spin = 0.2  # longer than the timeout: the deadline wins
         t0 = time.monotonic()
         with pytest.raises(TimeoutError):
@@ -593,21 +570,8 @@ def test_subclass_methods_stay_in_charge(backend: str, name: str) -> None:
     q.send(b"x", 2)
     assert q.receive() == (b"x", 2)
     assert q.calls == 2
-    errors: list[BaseException] = []
-
-    def wait() -> None:
-        try:
-            q.receive()
-        except BaseException as exc:
-            errors.append(exc)
-
-    t = threading.Thread(target=wait)
-    t.start()
-    time.sleep(0.05)
-    q.close()
-    t.join(5)
-    assert not t.is_alive()
-    assert len(errors) == 1 and isinstance(errors[0], ValueError), errors
+    error = close_ends_call(q.receive, q.close, settle=0.05)
+    assert isinstance(error, ValueError), error
 
 
 def test_unlink_after_close(backend: str, name: str) -> None:

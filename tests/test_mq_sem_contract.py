@@ -17,7 +17,7 @@ from typing import Any, Optional, TypeVar
 import pytest
 
 from fastipc import mq, sem
-from helpers import run_on, run_python
+from helpers import close_ends_call, run_on, run_python
 from test_mq import SMALL, queue
 
 __all__ = ["queue"]  # the fixture: a fresh queue of 8 x 256 bytes, closed and unlinked after
@@ -143,21 +143,7 @@ def _close_while_receiving(
     queue: mq.MessageQueue, after: float = 0.05, timeout: Optional[float] = 30
 ) -> BaseException:
     """Close ``queue`` while a thread waits in receive(); what that receive raised."""
-    errors: list[BaseException] = []
-
-    def wait() -> None:
-        try:
-            queue.receive(timeout=timeout)
-        except BaseException as exc:
-            errors.append(exc)
-
-    t = threading.Thread(target=wait)
-    t.start()
-    time.sleep(after)
-    queue.close()
-    t.join(5)
-    assert not t.is_alive() and len(errors) == 1
-    return errors[0]
+    return close_ends_call(lambda: queue.receive(timeout=timeout), queue.close, settle=after)
 
 
 @pytest.mark.parametrize("timeout", [30, None])

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from fastipc import pipe
-from helpers import run_python, start_python
+from helpers import close_ends_call, run_python, start_python
 
 # ---------------------------------------------------------------- basics
 
@@ -803,22 +803,10 @@ print("ok")
 @pytest.mark.parametrize("side", ["reader", "writer"])
 def test_close_ends_a_fifo_waiting_for_its_peer(backend: str, side: str, tmp_path: Path) -> None:
     fifo = pipe.FIFO(tmp_path / "f", create=True, backend=backend)
-    outcome: list[str] = []
-
-    def wait() -> None:
-        try:
-            (fifo.open_reader if side == "reader" else fifo.open_writer)(timeout=10)
-            outcome.append("opened")
-        except ValueError:
-            outcome.append("ValueError")
-
-    t = threading.Thread(target=wait)
-    t.start()
-    time.sleep(0.2)
-    t0 = time.monotonic()
-    fifo.close()
-    t.join(5)
-    assert outcome == ["ValueError"] and time.monotonic() - t0 < 1
+    error = close_ends_call(
+        lambda: (fifo.open_reader if side == "reader" else fifo.open_writer)(timeout=10),
+        fifo.close, settle=0.2, within=1)
+    assert isinstance(error, ValueError), error
     fifo.unlink()
 
 

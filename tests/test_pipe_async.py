@@ -8,6 +8,7 @@ import asyncio
 import os
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -15,7 +16,7 @@ import pytest
 import uvloop
 
 from fastipc import pipe
-from helpers import run_on, start_python
+from helpers import gather_cut_short, run_on, start_python
 
 T = TypeVar("T")
 
@@ -150,6 +151,30 @@ def test_timeouts(backend: str, loop_kind: str) -> None:
         run(loop_kind, main())
 
 
+def _cut_short_while_sending(loop_kind: str, r: pipe.PipeReader, w: pipe.PipeWriter,
+                            sender: Callable[[], None], receive: Callable[[], Awaitable[int]],
+                            leftover: Callable[..., Awaitable[Any]], at_least: int,
+                            done: Callable[[], None] = lambda: None) -> None:
+    """``receive()`` (it returns how many of its calls were cut short: at least
+    ``at_least``) while a thread runs ``sender()``, then ``done()``; then ``leftover()``
+    finds nothing: nothing duplicated, nothing left over. Closes both ends."""
+
+    async def main() -> int:
+        t = threading.Thread(target=sender)
+        t.start()
+        try:
+            cancels = await receive()
+        finally:
+            done()
+            t.join()
+        with pytest.raises(TimeoutError):
+            await leftover(timeout=0.05)
+        return cancels
+
+    with r, w:
+        assert run(loop_kind, main()) >= at_least
+
+
 def test_recv_cancel_and_retry_loses_nothing(backend: str, loop_kind: str) -> None:
     """1,000 receives cancelled while they wait (mid-message too: some messages are larger
     than the pipe), each retried, while a thread sends numbered messages at its own pace:
@@ -165,27 +190,14 @@ def test_recv_cancel_and_retry_loses_nothing(backend: str, loop_kind: str) -> No
             w.send(message(i))
             time.sleep(0.0005)
 
-    async def main() -> int:
-        cancels = got = 0
-        t = threading.Thread(target=sender)
-        t.start()
-        try:
-            while got < n or cancels < 1000:
-                try:
-                    m = await asyncio.wait_for(r.recv_async(), 0.0002)
-                except TimeoutError:
-                    cancels += 1
-                    continue
-                assert m == message(got), (got, len(m))
-                got += 1
-        finally:
-            t.join()
-        with pytest.raises(TimeoutError):
-            await r.recv_async(timeout=0.05)  # nothing duplicated, nothing left over
+    async def receive() -> int:
+        got, cancels = await gather_cut_short(lambda got: r.recv_async(),
+                                              lambda got: len(got) >= n, 1000)
+        for i, m in enumerate(got):
+            assert m == message(i), (i, len(m))
         return cancels
 
-    with r, w:
-        assert run(loop_kind, main()) >= 1000
+    _cut_short_while_sending(loop_kind, r, w, sender, receive, r.recv_async, 1000)
 
 
 def test_send_cancel_and_retry_loses_nothing(backend: str, loop_kind: str) -> None:
@@ -439,35 +451,21 @@ def test_read_and_recv_many_cancel_and_retry_lose_nothing(backend: str,
             w.send_many([message(j) for j in range(i, min(i + 3, n))])
             time.sleep(0.0005)
 
-    async def main() -> int:
-        cancels = 0
-        data = bytearray()
-        msgs: list[bytes] = []
-        t = threading.Thread(target=sender)
-        t.start()
-        try:
-            while len(data) < len(raw) or cancels < 300:
-                try:
-                    data += await asyncio.wait_for(r.read_async(len(raw) - len(data) or 1), 0.0002)
-                except TimeoutError:
-                    cancels += 1
-            assert data == raw
-            go.set()
-            while len(msgs) < n or cancels < 600:
-                try:
-                    msgs += await asyncio.wait_for(r.recv_many_async(5), 0.0002)
-                except TimeoutError:
-                    cancels += 1
-            assert msgs == [message(i) for i in range(n)]
-        finally:
-            go.set()
-            t.join()
-        with pytest.raises(TimeoutError):
-            await r.read_async(timeout=0.05)  # nothing duplicated, nothing left over
+    def size(chunks: list[Any]) -> int:
+        return sum(map(len, chunks))
+
+    async def receive() -> int:
+        data, cancels = await gather_cut_short(
+            lambda got: r.read_async(len(raw) - size(got) or 1),
+            lambda got: size(got) >= len(raw), 300)
+        assert b"".join(data) == raw
+        go.set()
+        batches, cancels = await gather_cut_short(
+            lambda got: r.recv_many_async(5), lambda got: size(got) >= n, 600, cancels)
+        assert [m for batch in batches for m in batch] == [message(i) for i in range(n)]
         return cancels
 
-    with r, w:
-        assert run(loop_kind, main()) >= 600
+    _cut_short_while_sending(loop_kind, r, w, sender, receive, r.read_async, 600, go.set)
 
 
 def test_cancelled_write_reports_what_went(backend: str, loop_kind: str) -> None:

@@ -27,7 +27,16 @@ import test_aio
 from fastipc import _core, pubsub
 from fastipc._backend import pubsub as layout
 from fastipc._cli import pubsub as cli
-from helpers import run_on, run_python, send_with_cancels, start_python
+from helpers import (
+    close_ends_awaits,
+    close_ends_call,
+    killed_at_end,
+    run_on,
+    run_python,
+    send_with_cancels,
+    start_python,
+)
+from test_shm import running
 from test_shm_faults import KEPT, _keep, _pattern, _read_kept
 
 SHM = Path("/dev/shm")
@@ -342,21 +351,8 @@ def test_describe(backend: str, name: str) -> None:
 def test_close_from_another_thread_wakes_recv(backend: str, name: str) -> None:
     with pubsub.Publisher(name, backend=backend):
         sub = pubsub.Subscriber(name, timeout=1, backend=backend)
-        errors: list[BaseException] = []
-
-        def blocked() -> None:
-            try:
-                sub.recv()
-            except BaseException as exc:
-                errors.append(exc)
-
-        t = threading.Thread(target=blocked)
-        t.start()
-        time.sleep(0.1)
-        sub.close()
-        t.join(2)
-        assert not t.is_alive()
-        assert len(errors) == 1 and isinstance(errors[0], ValueError)
+        error = close_ends_call(sub.recv, sub.close, join=2)
+        assert isinstance(error, ValueError)
 
 
 def test_close_from_another_thread_wakes_send(backend: str, name: str) -> None:
@@ -367,21 +363,8 @@ def test_close_from_another_thread_wakes_send(backend: str, name: str) -> None:
                 pub.send(b"x" * 100, timeout=0)
             except TimeoutError:
                 break
-        errors: list[BaseException] = []
-
-        def blocked() -> None:
-            try:
-                pub.send(b"y" * 100)
-            except BaseException as exc:
-                errors.append(exc)
-
-        t = threading.Thread(target=blocked)
-        t.start()
-        time.sleep(0.1)
-        pub.close()
-        t.join(2)
-        assert not t.is_alive()
-        assert len(errors) == 1 and isinstance(errors[0], ValueError)
+        error = close_ends_call(lambda: pub.send(b"y" * 100), pub.close, join=2)
+        assert isinstance(error, ValueError)
         n = len(list(sub))  # what was published whole is still delivered, then EOF
         assert n > 0
 
@@ -720,8 +703,7 @@ def test_killed_publisher_ends_the_stream(backend: str, name: str) -> None:
 
 
 def test_forked_child_does_not_keep_a_dead_subscriber_alive(backend: str, name: str) -> None:
-    with pubsub.Publisher(name, capacity=4096, backend=backend) as pub:
-        proc = start_python("""
+    with pubsub.Publisher(name, capacity=4096, backend=backend) as pub, running("""
             import os, sys, time
             from fastipc import pubsub
             sub = pubsub.Subscriber(sys.argv[1], timeout=20, backend=sys.argv[2])
@@ -735,26 +717,19 @@ def test_forked_child_does_not_keep_a_dead_subscriber_alive(backend: str, name: 
                 os._exit(0)
             os.write(1, b"ready %d\\n" % child)
             time.sleep(60)
-        """, name, backend)
-        child = 0
-        try:
-            assert proc.stdout is not None
-            lines = sorted(proc.stdout.readline().strip() for _ in range(2))
-            assert lines[0] == "child: closed" and lines[1].startswith("ready "), lines
-            child = int(lines[1].split()[1])
+        """, name, backend) as proc:
+        assert proc.stdout is not None
+        lines = sorted(proc.stdout.readline().strip() for _ in range(2))
+        assert lines[0] == "child: closed" and lines[1].startswith("ready "), lines
+        with killed_at_end(int(lines[1].split()[1])):
             _fill(pub)
             proc.kill()
             proc.wait()
             pub.send(b"resumed", timeout=1.0)  # the lingering child holds nothing back
-        finally:
-            proc.kill()
-            if child:
-                os.kill(child, signal.SIGKILL)
-            proc.communicate()
 
 
 def test_forked_child_does_not_keep_a_dead_publisher_alive(backend: str, name: str) -> None:
-    proc = start_python("""
+    with running("""
         import os, sys, time
         from fastipc import pubsub
         pub = pubsub.Publisher(sys.argv[1], backend=sys.argv[2])
@@ -767,25 +742,18 @@ def test_forked_child_does_not_keep_a_dead_publisher_alive(backend: str, name: s
             os._exit(0)
         print("ready", child, flush=True)
         time.sleep(60)
-    """, name, backend)
-    child = 0
-    try:
+    """, name, backend) as proc:
         sub = pubsub.Subscriber(name, timeout=10, backend=backend)
         assert proc.stdout is not None
         line = proc.stdout.readline().split()
         assert line[0] == "ready", line
-        child = int(line[1])
-        proc.kill()
-        proc.wait()
-        assert sub.recv(timeout=1) == b"last"
-        with pytest.raises(EOFError):
-            sub.recv(timeout=2)
-        sub.close()
-    finally:
-        proc.kill()
-        if child:
-            os.kill(child, signal.SIGKILL)
-        proc.communicate()
+        with killed_at_end(int(line[1])):
+            proc.kill()
+            proc.wait()
+            assert sub.recv(timeout=1) == b"last"
+            with pytest.raises(EOFError):
+                sub.recv(timeout=2)
+            sub.close()
 
 
 def test_liveness_does_not_trust_pids(backend: str, name: str) -> None:
@@ -1315,13 +1283,9 @@ def test_close_from_another_thread_ends_every_await(backend: str, name: str,
             await asyncio.sleep(0.5)
             done = [t for t in tasks if t.done()]
             assert sorted(check_message(t.result()) for t in done) == list(range(100))
-            closer = threading.Thread(target=sub.close)  # joined: closed before the end
-            closer.start()
-            rest = await asyncio.wait_for(
-                asyncio.gather(*(t for t in tasks if t not in done), return_exceptions=True),
-                10)
-            closer.join(5)
-            assert len(rest) == 200 and all(isinstance(r, ValueError) for r in rest), rest
+            rest = [t for t in tasks if t not in done]
+            assert len(rest) == 200
+            await close_ends_awaits(sub.close, rest)
             # the publisher, full (a second subscriber that does not read), closed under it
             with pubsub.Subscriber(name, backend=backend):
                 while True:
@@ -1331,11 +1295,7 @@ def test_close_from_another_thread_ends_every_await(backend: str, name: str,
                         break
                 sends = [asyncio.ensure_future(pub.send_async(b"z" * 500)) for _ in range(5)]
                 await asyncio.sleep(0.1)
-                closer = threading.Thread(target=pub.close)  # joined: closed before the end
-                closer.start()
-                got = await asyncio.wait_for(asyncio.gather(*sends, return_exceptions=True), 10)
-                closer.join(5)
-                assert all(isinstance(g, ValueError) for g in got), got
+                await close_ends_awaits(pub.close, sends)
 
         run_on(loop_kind, main())
     finally:
@@ -1431,24 +1391,8 @@ def test_close_from_another_thread_frees_only_after_the_blocked_call_left(
     with pubsub.Publisher(name, capacity=4096, backend=backend) as pub:
         sub = pubsub.Subscriber(name, timeout=1, backend=backend)
         fd = sub.fileno()
-        errors: list[BaseException] = []
-        entered = threading.Event()
-
-        def blocked() -> None:
-            entered.set()
-            try:
-                sub.recv_many(8)
-            except BaseException as exc:
-                errors.append(exc)
-
-        t = threading.Thread(target=blocked)
-        t.start()
-        entered.wait()
-        time.sleep(0.1)
-        sub.close()
-        t.join(2)
-        assert not t.is_alive()
-        assert len(errors) == 1 and isinstance(errors[0], ValueError), errors
+        error = close_ends_call(lambda: sub.recv_many(8), sub.close, join=2)
+        assert isinstance(error, ValueError), error
         assert not os.path.exists(f"/proc/self/fd/{fd}") or fd != sub._fd
         assert pub.subscribers == 0
 

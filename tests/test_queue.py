@@ -29,7 +29,7 @@ from fastipc import _core
 from fastipc import queue as fq
 from fastipc._backend import queue as layout
 from fastipc.queue import Empty, Full, NamedQueue, Queue, describe
-from helpers import run_python, start_python
+from helpers import close_ends_call, run_python, start_python
 
 SMALL = 1 << 16  # a small ring: wraps and fills quickly
 
@@ -657,26 +657,9 @@ def test_close_from_another_thread_wakes_a_blocked_call(backend: str, op: str) -
     q = Queue(1, capacity=SMALL, backend=backend)
     if op == "put":
         q.put(0)
-    errors: list[BaseException] = []
-
-    def blocked() -> None:
-        try:
-            if op == "put":
-                q.put(1)
-            else:
-                getattr(q, op)()
-        except BaseException as exc:
-            errors.append(exc)
-
-    t = threading.Thread(target=blocked)
-    t.start()
-    time.sleep(0.2)
-    t0 = time.monotonic()
-    q.close()
-    t.join(2)
-    assert not t.is_alive()
-    assert time.monotonic() - t0 < 1
-    assert len(errors) == 1 and isinstance(errors[0], ValueError)
+    error = close_ends_call(lambda: q.put(1) if op == "put" else getattr(q, op)(), q.close,
+                            settle=0.2, join=2, within=1)
+    assert isinstance(error, ValueError)
 
 
 @pytest.mark.parametrize("op", ["get", "get_many"])

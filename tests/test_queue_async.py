@@ -12,7 +12,8 @@ import queue as stdqueue
 import random
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import pytest
@@ -21,7 +22,14 @@ import test_aio
 from conftest import PREFIX, SHM_DIR
 from fastipc import queue as fq
 from fastipc.queue import Empty, Full, NamedQueue, Queue
-from helpers import receive_with_cancels, send_with_cancels
+from helpers import (
+    close_ends_awaits,
+    producing,
+    receive_with_cancels,
+    send_with_cancels,
+    trickling_in,
+    while_consumed,
+)
 from test_shm import running
 
 loops_ready = test_aio.loops_ready
@@ -51,17 +59,25 @@ def _blobs(name: str) -> list[str]:
     return [n for n in os.listdir(SHM_DIR) if n.startswith(name + ".")]
 
 
-def _producing(p: Queue, count: int, rng: random.Random) -> threading.Thread:
-    """A started thread that puts messages 0 to count - 1 (raw bytes), pausing at random."""
-    def produce() -> None:
-        for i in range(count):
-            p.put_bytes(_msg(i), timeout=30)
-            if rng.random() < 0.3:
-                time.sleep(rng.random() * 0.0005)
+@contextmanager
+def _both_ends(cross: tuple[str, str]) -> Iterator[tuple[Queue, Queue]]:
+    """A queue of 8 on the receiving backend, and the same queue on the sending one."""
+    sender, receiver = cross
+    with Queue(8, capacity=SMALL, backend=receiver) as q, \
+            Queue(name=q.name, backend=sender) as p:
+        yield q, p
 
-    t = threading.Thread(target=produce)
-    t.start()
-    return t
+
+async def _received_with_cancels(q: Queue, p: Queue, get: Callable[[], Awaitable[Any]],
+                                 count: int, rng: random.Random, batches: bool = False) -> None:
+    """Messages 0 to count - 1, put (raw bytes) through ``p`` by a thread that pauses at
+    random, each taken from ``q`` by a ``get()`` in a task cancelled at random and retried
+    (helpers.receive_with_cancels): all of them, in order; some cancelled; none left."""
+    t = producing(lambda i: p.put_bytes(_msg(i), timeout=30), count, rng)
+    cancels = await receive_with_cancels(get, count, rng, _check, batches=batches)
+    t.join(30)
+    assert cancels > 0
+    assert q.qsize() == 0
 
 
 async def put_batches_with_cancels(put_many: Callable[[list[int]], Awaitable[None]],
@@ -126,17 +142,33 @@ async def _ready(proc: Any) -> None:
     assert line.strip() == "ready"
 
 
+PEER_COUNT = 600  # messages between this process and the blocking peer
+
+
+@asynccontextmanager
+async def _with_peer(name: str, cross: tuple[str, str],
+                     awaiting: str) -> AsyncIterator[tuple[NamedQueue, Any]]:
+    """The test's named queue, awaited here by the ``awaiting`` end ("consumer" or
+    "producer"), and the other end blocking in another process, ready; once the peer is
+    gone, no blob is left, and the name is unlinked (close() leaves it)."""
+    sender, receiver = cross
+    if awaiting == "consumer":
+        mine, peer, code, maxsize = receiver, sender, BLOCKING_PRODUCER, 8
+    else:
+        mine, peer, code, maxsize = sender, receiver, BLOCKING_CONSUMER, 4
+    with NamedQueue(name, create=True, capacity=SMALL, maxsize=maxsize, backend=mine) as q:
+        with running(code, name, peer, str(PEER_COUNT)) as proc:
+            await _ready(proc)
+            yield q, proc
+        assert _blobs(name) == []
+        q.unlink()
+
+
 def test_awaiting_consumer_blocking_producer(cross: tuple[str, str], name: str,
                                              run: Any) -> None:
-    sender, receiver = cross
-    count = 600
-
     async def main() -> None:
-        with NamedQueue(name, create=True, capacity=SMALL, maxsize=8,
-                        backend=receiver) as q, \
-                running(BLOCKING_PRODUCER, name, sender, str(count)) as proc:
-            await _ready(proc)
-            for i in range(count):
+        async with _with_peer(name, cross, "consumer") as (q, proc):
+            for i in range(PEER_COUNT):
                 if i % 2:
                     _check(i, await q.get_bytes_async(timeout=30))
                 else:
@@ -145,33 +177,21 @@ def test_awaiting_consumer_blocking_producer(cross: tuple[str, str], name: str,
                     _check(i, m)
             assert await asyncio.get_running_loop().run_in_executor(None, proc.wait, 30) == 0
             assert q.qsize() == 0
-            assert _blobs(name) == []
-            q.unlink()  # close() leaves a named queue
 
     run(main())
 
 
 def test_awaiting_producer_blocking_consumer(cross: tuple[str, str], name: str,
                                              run: Any) -> None:
-    sender, receiver = cross
-    count = 600
-
     async def main() -> None:
-        with NamedQueue(name, create=True, capacity=SMALL, maxsize=4,
-                        backend=sender) as q:
-            with running(BLOCKING_CONSUMER, name, receiver, str(count)) as proc:
-                await _ready(proc)
-                for i in range(count):
-                    if i % 2:
-                        await q.put_bytes_async(bytearray(_msg(i)), timeout=30)
-                    else:
-                        await q.put_async((i, _msg(i)), timeout=30)
-                out, err = await asyncio.get_running_loop().run_in_executor(
-                    None, lambda: proc.communicate(timeout=60))
-                assert proc.returncode == 0, err
-                assert out.strip() == "ok"
-            assert _blobs(name) == []
-            q.unlink()  # close() leaves a named queue
+        async with _with_peer(name, cross, "producer") as (q, proc):
+            for i in range(PEER_COUNT):  # raw bytes and objects, alternately
+                message = bytearray(_msg(i)) if i % 2 else (i, _msg(i))
+                await (q.put_bytes_async if i % 2 else q.put_async)(message, timeout=30)
+            out, err = await asyncio.get_running_loop().run_in_executor(
+                None, lambda: proc.communicate(timeout=60))
+            assert proc.returncode == 0, err
+            assert out.strip() == "ok"
 
     run(main())
 
@@ -227,43 +247,18 @@ def test_get_bytes_async_of_an_object_is_a_type_error(backend: str, run: Any) ->
 def test_cancel_and_retry_loses_nothing(cross: tuple[str, str], run: Any) -> None:
     """1,000 rounds of a get_async cancelled at a random moment, then retried, while a thread
     puts; and the same for put_async: every message arrives once, whole, in order."""
-    sender, receiver = cross
     count = 1000
     rng = random.Random(7)
 
     async def main() -> None:
-        with Queue(8, capacity=SMALL, backend=receiver) as q, \
-                Queue(name=q.name, backend=sender) as p:
-            t = _producing(p, count, rng)
-            cancels = await receive_with_cancels(lambda: q.get_async(timeout=30), count, rng,
-                                                 _check)
-            t.join(30)
-            assert cancels > 0
-            assert q.qsize() == 0
+        with _both_ends(cross) as (q, p):
+            await _received_with_cancels(q, p, lambda: q.get_async(timeout=30), count, rng)
 
             # putting: a cancelled put_async put the whole message or nothing
-            sent: list[int] = []
-            received: list[bytes] = []
-            stop = threading.Event()
-
-            pauses = random.Random(11)  # this thread's own: the queue must fill now and then
-
-            def consume() -> None:
-                while not stop.is_set() or len(received) < len(sent):
-                    try:
-                        received.append(q.get_bytes(timeout=0.2))
-                    except Empty:
-                        continue
-                    if pauses.random() < 0.3:  # else a fast consumer leaves no put waiting
-                        time.sleep(pauses.random() * 0.0005)
-
-            c = threading.Thread(target=consume)
-            c.start()
-            sent[:], cancels = await send_with_cancels(
-                lambda i: p.put_bytes_async(_msg(i), timeout=30), count, rng)
-            stop.set()
-            await asyncio.get_running_loop().run_in_executor(None, c.join, 30)
-            assert not c.is_alive()
+            pauses = random.Random(11)  # the consumer's own: the queue must fill now and then
+            sent, cancels, received = await while_consumed(
+                send_with_cancels(lambda i: p.put_bytes_async(_msg(i), timeout=30), count, rng),
+                lambda: [q.get_bytes(timeout=0.2)], Empty, pauses)
             assert cancels > 0
             numbers = [int.from_bytes(m[:4], "little") for m in received]
             for i, m in zip(numbers, received, strict=False):
@@ -279,13 +274,7 @@ def test_close_while_awaiting(backend: str, run: Any) -> None:
         q = Queue(capacity=SMALL, backend=backend)
         task = asyncio.ensure_future(q.get_async())
         await asyncio.sleep(0.05)
-        t0 = time.monotonic()
-        closer = threading.Thread(target=q.close)  # joined: closed before the end
-        closer.start()
-        with pytest.raises(ValueError):
-            await task
-        closer.join(5)
-        assert time.monotonic() - t0 < 1
+        await close_ends_awaits(q.close, [task], within=1)
         assert q.closed
 
         q = Queue(1, capacity=SMALL, backend=backend)
@@ -310,11 +299,6 @@ def test_the_loop_is_never_blocked(backend: str, run: Any) -> None:
     wake-up, not on the periodic re-check."""
     async def main() -> tuple[float, float]:
         with Queue(1, capacity=SMALL, backend=backend) as q:
-            def trickle() -> None:
-                for i in range(20):
-                    time.sleep(0.03)
-                    q.put_bytes(_msg(i), timeout=5)
-
             def drain() -> None:
                 for i in range(20):
                     time.sleep(0.03)
@@ -322,11 +306,8 @@ def test_the_loop_is_never_blocked(backend: str, run: Any) -> None:
 
             tick = test_aio.Ticker()
             t0 = time.monotonic()
-            t = threading.Thread(target=trickle)
-            t.start()
-            for i in range(20):
-                _check(i, await q.get_bytes_async(timeout=5))
-            t.join()
+            await trickling_in(lambda i: q.put_bytes(_msg(i), timeout=5),
+                               lambda: q.get_bytes_async(timeout=5), _check)
             t = threading.Thread(target=drain)
             t.start()
             for i in range(20):
@@ -413,54 +394,20 @@ def test_many_async_cancelled_at_random_loses_nothing(cross: tuple[str, str], ru
     message arrives once, whole, in order. Then put_many_async batches cancelled at random
     moments while a thread gets: what arrives is, batch after batch, exactly the first
     ``messages_put`` objects of each (all of a batch that completed), each once."""
-    sender, receiver = cross
     count = 1500
     rng = random.Random(5)
 
     async def main() -> None:
-        with Queue(8, capacity=SMALL, backend=receiver) as q, \
-                Queue(name=q.name, backend=sender) as p:
-            t = _producing(p, count, rng)
-            got: list[bytes] = []
-            cancels = 0
-            while len(got) < count:
-                task = asyncio.ensure_future(q.get_many_async(rng.randint(1, 6), timeout=30))
-                done, _ = await asyncio.wait([task], timeout=rng.random() * 0.0003)
-                if not done:
-                    task.cancel()
-                    cancels += 1
-                try:
-                    got += await task
-                except asyncio.CancelledError:
-                    continue
-            t.join(30)
-            assert cancels > 0
-            for i, m in enumerate(got):
-                _check(i, m)
-            assert q.qsize() == 0
+        with _both_ends(cross) as (q, p):
+            await _received_with_cancels(
+                q, p, lambda: q.get_many_async(rng.randint(1, 6), timeout=30), count, rng,
+                batches=True)
 
-            sent: list[int] = []
-            received: list[Any] = []
-            stop = threading.Event()
-            pauses = random.Random(13)
-
-            def consume() -> None:
-                while not stop.is_set() or len(received) < len(sent):
-                    try:
-                        received.extend(q.get_many(4, timeout=0.2))
-                    except Empty:
-                        continue
-                    if pauses.random() < 0.3:
-                        time.sleep(pauses.random() * 0.0005)
-
-            c = threading.Thread(target=consume)
-            c.start()
-            sent[:], cancels = await put_batches_with_cancels(
-                lambda batch: p.put_many_async([(j, _msg(j)) for j in batch], timeout=30),
-                count, rng)
-            stop.set()
-            await asyncio.get_running_loop().run_in_executor(None, c.join, 30)
-            assert not c.is_alive()
+            sent, cancels, received = await while_consumed(
+                put_batches_with_cancels(
+                    lambda batch: p.put_many_async([(j, _msg(j)) for j in batch], timeout=30),
+                    count, rng),
+                lambda: q.get_many(4, timeout=0.2), Empty, random.Random(13))
             assert cancels > 0
             assert [j for j, _ in received] == sent  # each once, in order
             for j, m in received:

@@ -16,7 +16,15 @@ import pytest
 import test_aio
 from conftest import PREFIX
 from fastipc import sem
-from helpers import receive_with_cancels, run_on, run_python, start_python
+from helpers import (
+    close_ends_awaits,
+    closed_and_unlinked,
+    later,
+    receive_with_cancels,
+    run_on,
+    run_python,
+    start_python,
+)
 from interrupts import check_raising_handler_ends, check_retries_with_remaining_time
 
 loops_ready = test_aio.loops_ready
@@ -48,12 +56,9 @@ def _mapped(name: str) -> bool:
 
 @pytest.fixture
 def s(backend: str, name: str) -> Iterator[sem.Semaphore]:
-    obj = sem.Semaphore(name, create=True, value=0, backend=backend)
-    try:
+    with closed_and_unlinked(sem.Semaphore(name, create=True, value=0, backend=backend),
+                             lambda: sem.unlink(name)) as obj:
         yield obj
-    finally:
-        obj.close()
-        sem.unlink(name)
 
 
 # ---------------------------------------------------------------------------- basics
@@ -215,12 +220,8 @@ def test_timeout_types(s: sem.Semaphore, bad: object) -> None:
 
 
 def test_release_from_another_thread(s: sem.Semaphore) -> None:
-    timer = threading.Timer(0.1, s.release)
-    timer.start()
-    try:
+    with later(0.1, s.release):
         assert s.acquire(timeout=10)
-    finally:
-        timer.join()
 
 
 def test_signal_retries_with_remaining_time(s: sem.Semaphore) -> None:
@@ -494,11 +495,7 @@ def test_acquire_async_many_coroutines_each_token_once(
         # close from another thread ends every wait
         tasks = [asyncio.ensure_future(s.acquire_async()) for _ in range(50)]
         await asyncio.sleep(0.2)
-        closer = threading.Thread(target=s.close)  # joined: closed before the end
-        closer.start()
-        got = await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 10)
-        closer.join(5)
-        assert all(isinstance(g, ValueError) for g in got), got
+        await close_ends_awaits(s.close, tasks)
 
     run_on(loop_kind, main())
     assert _waiters(name) == 0

@@ -27,23 +27,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fastipc import server
-from helpers import run_python, start_python
+from helpers import close_ends_call, frame, run_python, start_python
 
 WAIT = 10.0  # every wait in this module is bounded
-
-
-def frame(data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + data
-
-
-@pytest.fixture
-def sock_path() -> Iterator[str]:
-    """A short Unix socket path (pytest's tmp_path can pass the 107-byte limit)."""
-    d = tempfile.mkdtemp(prefix="fipc-")
-    try:
-        yield os.path.join(d, "s.sock")
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
 
 
 class Recorder(server.Handler):
@@ -1089,23 +1075,12 @@ def test_close_from_another_thread_ends_serve_with_valueerror(
     h = Recorder()
     srv = server.Server(h, unix=sock_path, backend=backend)
     c = server.connect(sock_path, backend=backend)
-    result: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            srv.serve_forever()
-        except BaseException as exc:
-            result.append(exc)
-
-    t = threading.Thread(target=run)
-    t.start()
+    connected: list[server.Connection] = []
     try:
-        _, conn = h.next("connect")
-        t0 = time.monotonic()
-        srv.close()
-        t.join(WAIT)
-        assert not t.is_alive() and time.monotonic() - t0 < 1.0
-        assert len(result) == 1 and isinstance(result[0], ValueError)
+        error = close_ends_call(srv.serve_forever, srv.close, join=WAIT, within=1.0,
+                                settle=lambda: connected.append(h.next("connect")[1]))
+        assert isinstance(error, ValueError)
+        conn = connected[0]
         assert h.next("close")[1] is conn and conn.closed
         assert srv.closed and not os.path.exists(sock_path)
         with pytest.raises(EOFError):

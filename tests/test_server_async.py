@@ -14,12 +14,10 @@ from typing import Any, TypeVar
 
 import pytest
 
-import test_server
 from fastipc import server
 from helpers import start_python
 
 WAIT = 10.0
-sock_path = test_server.sock_path  # the fixture: a short Unix socket path
 T = TypeVar("T")
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from fastipc import shm
-from helpers import run_python, start_python
+from helpers import close_ends_call, run_python, start_python
 
 SHM = Path("/dev/shm")
 
@@ -101,25 +101,26 @@ def test_shared_memory_errors(backend: str, name: str) -> None:
         seg.fileno()
 
 
+def _refused_everywhere(backend: str, bad: Any, error: type[Exception]) -> None:
+    """``bad`` as the name of a SharedMemory (but None, for which SharedMemory makes a name
+    up, as the stdlib's), a Writer and a Reader: ``error`` each time."""
+    if bad is not None:
+        with pytest.raises(error):
+            shm.SharedMemory(bad, size=10, create=True, backend=backend)
+    with pytest.raises(error):
+        shm.Writer(bad, backend=backend)
+    with pytest.raises(error):
+        shm.Reader(bad, timeout=0, backend=backend)
+
+
 @pytest.mark.parametrize("bad", [b"x", 3, None])
 def test_bad_name_types(backend: str, bad: Any) -> None:
-    if bad is not None:  # (None: SharedMemory makes a name up, as the stdlib's)
-        with pytest.raises(TypeError):
-            shm.SharedMemory(bad, size=10, create=True, backend=backend)
-    with pytest.raises(TypeError):
-        shm.Writer(bad, backend=backend)
-    with pytest.raises(TypeError):
-        shm.Reader(bad, timeout=0, backend=backend)
+    _refused_everywhere(backend, bad, TypeError)
 
 
 @pytest.mark.parametrize("bad", ["", "/", "a/b", "a\0b", "x" * 256, "..", "/../etc"])
 def test_bad_names(backend: str, bad: str) -> None:
-    with pytest.raises(ValueError):
-        shm.SharedMemory(bad, size=10, create=True, backend=backend)
-    with pytest.raises(ValueError):
-        shm.Writer(bad, backend=backend)
-    with pytest.raises(ValueError):
-        shm.Reader(bad, timeout=0, backend=backend)
+    _refused_everywhere(backend, bad, ValueError)
 
 
 def test_shared_memory_across_processes(backend: str, name: str) -> None:
@@ -839,23 +840,8 @@ def test_close_from_another_thread_wakes_a_blocked_call(backend: str, name: str)
     (the end is closed), promptly, and never unmaps memory under a running call."""
     with shm.Writer(name, capacity=4096, spin=0, backend=backend) as w:
         r = shm.Reader(name, timeout=5, spin=0, backend=backend)
-        errors: list[BaseException] = []
-
-        def wait(call: Any) -> None:
-            try:
-                call()
-            except BaseException as exc:  # inspected below
-                errors.append(exc)
-
-        t = threading.Thread(target=wait, args=(lambda: r.recv(timeout=30),))
-        t.start()
-        time.sleep(0.1)
-        t0 = time.monotonic()
-        r.close()
-        t.join(5)
-        assert not t.is_alive()
-        assert time.monotonic() - t0 < 2
-        assert len(errors) == 1 and isinstance(errors[0], ValueError), errors
+        error = close_ends_call(lambda: r.recv(timeout=30), r.close, within=2)
+        assert isinstance(error, ValueError), error
 
     w = shm.Writer(name, capacity=4096, spin=0, backend=backend)
     r = shm.Reader(name, timeout=5, backend=backend)
@@ -865,14 +851,8 @@ def test_close_from_another_thread_wakes_a_blocked_call(backend: str, name: str)
                 w.send(b"x" * 500, timeout=0)
             except TimeoutError:
                 break
-        errors.clear()
-        t = threading.Thread(target=wait, args=(lambda: w.send(b"y" * 500, timeout=30),))
-        t.start()
-        time.sleep(0.1)
-        w.close()
-        t.join(5)
-        assert not t.is_alive()
-        assert len(errors) == 1 and isinstance(errors[0], ValueError), errors
+        error = close_ends_call(lambda: w.send(b"y" * 500, timeout=30), w.close)
+        assert isinstance(error, ValueError), error
     finally:
         r.close()
         w.close()

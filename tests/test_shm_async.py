@@ -19,7 +19,17 @@ import pytest
 
 import test_aio
 from fastipc import pubsub, shm
-from helpers import receive_with_cancels, send_with_cancels, start_python
+from helpers import (
+    close_ends_awaits,
+    ends_with,
+    producing,
+    receive_with_cancels,
+    send_with_cancels,
+    start_python,
+    times_out,
+    trickling_in,
+    while_consumed,
+)
 from test_shm import running
 
 # the same event loops as test_aio: asyncio and uvloop
@@ -122,10 +132,7 @@ def test_timeouts(backend: str, name: str, run: Any) -> None:
     async def main() -> None:
         with shm.Writer(name, capacity=4096, backend=backend) as w, \
                 shm.Reader(name, timeout=5, backend=backend) as r:
-            t0 = time.monotonic()
-            with pytest.raises(TimeoutError):
-                await r.recv_async(timeout=0.2)
-            assert 0.15 < time.monotonic() - t0 < 2
+            await times_out(r.recv_async(timeout=0.2), 0.15)
             with pytest.raises(TimeoutError):
                 await r.recv_many_async(timeout=0)
             while True:
@@ -133,10 +140,7 @@ def test_timeouts(backend: str, name: str, run: Any) -> None:
                     await w.send_async(b"x" * 900, timeout=0)
                 except TimeoutError:
                     break
-            t0 = time.monotonic()
-            with pytest.raises(TimeoutError):
-                await w.send_async(b"y" * 900, timeout=0.2)
-            assert 0.15 < time.monotonic() - t0 < 2
+            await times_out(w.send_async(b"y" * 900, timeout=0.2), 0.15)
             with pytest.raises(ValueError):
                 await r.recv_async(timeout=-1)
             with pytest.raises(TypeError):
@@ -155,39 +159,22 @@ def test_cancel_and_retry_loses_nothing(cross: tuple[str, str], name: str, run: 
     async def main() -> None:
         with shm.Writer(name, capacity=4096, backend=sender) as w, \
                 shm.Reader(name, timeout=5, backend=receiver) as r:
-            def produce() -> None:
-                for i in range(count):
-                    w.send(_msg(i), timeout=30)
-                    if rng.random() < 0.3:
-                        time.sleep(rng.random() * 0.0005)
-
-            t = threading.Thread(target=produce)
-            t.start()
+            t = producing(lambda i: w.send(_msg(i), timeout=30), count, rng)
             cancels = await receive_with_cancels(lambda: r.recv_async(timeout=30), count, rng,
                                                  _check)
             t.join(30)
             assert cancels > 0
 
             # sending: a cancelled send_async sent the whole message or nothing
-            sent: list[int] = []
-            received: list[bytes] = []
-            stop = threading.Event()
+            async def send_all() -> tuple[list[int], int]:
+                went = await send_with_cancels(
+                    lambda i: w.send_async(_msg(i), timeout=30), count, rng)
+                await w.send_async(b"end", timeout=5)
+                return went
 
-            def consume() -> None:
-                while not stop.is_set() or len(received) < len(sent):
-                    try:
-                        received.append(r.recv(timeout=0.2))
-                    except TimeoutError:
-                        continue
-
-            c = threading.Thread(target=consume)
-            c.start()
-            sent[:], _ = await send_with_cancels(
-                lambda i: w.send_async(_msg(i), timeout=30), count, rng)
-            await w.send_async(b"end", timeout=5)
+            sent, _, received = await while_consumed(
+                send_all(), lambda: [r.recv(timeout=0.2)], TimeoutError)
             sent_end = len(sent)
-            stop.set()
-            await asyncio.get_running_loop().run_in_executor(None, c.join, 30)
             numbers = []
             for m in received:
                 if m == b"end":
@@ -219,13 +206,7 @@ def test_dead_writer_ends_the_awaiting_reader(backend: str, name: str, run: Any)
         async def main() -> None:
             with shm.Reader(name, timeout=5, backend=backend) as r:
                 assert await r.recv_async(timeout=5) == b"last"
-                task = asyncio.ensure_future(r.recv_async(timeout=30))
-                await asyncio.sleep(0.1)
-                proc.kill()
-                t0 = time.monotonic()
-                with pytest.raises(EOFError):
-                    await task
-                assert time.monotonic() - t0 < 1.5
+                await ends_with(r.recv_async(timeout=30), proc.kill, EOFError, within=1.5)
 
         run(main())
 
@@ -246,13 +227,7 @@ def test_dead_reader_breaks_the_awaiting_writer(backend: str, name: str, run: An
             line = await asyncio.get_running_loop().run_in_executor(
                 None, proc.stdout.readline)
             assert line.strip() == "ready"
-            task = asyncio.ensure_future(_fill(w))
-            await asyncio.sleep(0.1)
-            proc.kill()
-            t0 = time.monotonic()
-            with pytest.raises(BrokenPipeError):
-                await task
-            assert time.monotonic() - t0 < 1.5
+            await ends_with(_fill(w), proc.kill, BrokenPipeError, within=1.5)
 
     run(main())
 
@@ -268,13 +243,7 @@ def test_close_while_awaiting(backend: str, name: str, run: Any) -> None:
             r = shm.Reader(name, timeout=5, backend=backend)
             task = asyncio.ensure_future(r.recv_async())
             await asyncio.sleep(0.05)
-            t0 = time.monotonic()
-            closer = threading.Thread(target=r.close)  # joined: closed before the end
-            closer.start()
-            with pytest.raises(ValueError):
-                await task
-            closer.join(5)
-            assert time.monotonic() - t0 < 1
+            await close_ends_awaits(r.close, [task], within=1)
             assert r.closed
         w = shm.Writer(name, capacity=4096, backend=backend)
         r = shm.Reader(name, timeout=5, backend=backend)
@@ -296,17 +265,9 @@ def test_the_loop_is_never_blocked(backend: str, name: str, run: Any) -> None:
     async def main() -> float:
         with shm.Writer(name, capacity=4096, backend=backend) as w, \
                 shm.Reader(name, timeout=5, backend=backend) as r:
-            def trickle() -> None:
-                for i in range(20):
-                    time.sleep(0.03)
-                    w.send(_msg(i), timeout=5)
-
             tick = test_aio.Ticker()
-            t = threading.Thread(target=trickle)
-            t.start()
-            for i in range(20):
-                _check(i, await r.recv_async(timeout=5))
-            t.join()
+            await trickling_in(lambda i: w.send(_msg(i), timeout=5),
+                               lambda: r.recv_async(timeout=5), _check)
             return tick.stop()
 
     gap = run(main())

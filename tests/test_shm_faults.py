@@ -23,7 +23,7 @@ import pytest
 
 from fastipc import _shm_layout as layout
 from fastipc import shm
-from helpers import run_python, start_python
+from helpers import killed_at_end, run_python, start_python
 from test_shm import _send_later, running
 
 SHM = Path("/dev/shm")
@@ -613,12 +613,9 @@ def test_forked_child_does_not_keep_a_dead_writer_alive(cross: tuple[str, str],
     sender, receiver = cross
     with running(SLEEPING_WRITER, name, sender, "fork") as proc:
         assert proc.stdout is not None
-        child = int(proc.stdout.readline())
-        try:
+        with killed_at_end(int(proc.stdout.readline())):
             assert proc.stdout.readline().strip() == "ready"
             _writer_dies(name, receiver, proc, fake_pid=False)
-        finally:
-            os.kill(child, signal.SIGKILL)
 
 
 # ---------------------------------------------------------------------------- 7. foreign
