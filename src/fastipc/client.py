@@ -9,12 +9,13 @@ returns ``b""`` there. ``fastipc.server`` re-exports them."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
 import select
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Optional, TypeVar
 
 from fastipc import _core
@@ -152,14 +153,9 @@ def _client(kind: Callable[..., _C], sock: socket.socket, backend: str, *args: A
         raise
 
 
-def connect(
-    address: Address,
-    *,
-    framing: str = "length",
-    timeout: Optional[float] = None,
-    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
-    backend: Optional[str] = None,
-) -> Client:
+def connect(address: Address, *, framing: str = "length", timeout: Optional[float] = None,
+            max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE, backend: Optional[str] = None
+            ) -> Client:
     """Connect to a server: ``(host, port)`` for TCP, a path (str, bytes, PathLike) for a
     Unix socket. TimeoutError if it does not answer within ``timeout`` seconds;
     ConnectionRefusedError if nobody listens there."""
@@ -172,14 +168,10 @@ def connect(
     return _client(Client, sock, which, framing, mms, address)
 
 
-async def connect_async(
-    address: Address,
-    *,
-    framing: str = "length",
-    timeout: Optional[float] = None,
-    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
-    backend: Optional[str] = None,
-) -> AsyncClient:
+async def connect_async(address: Address, *, framing: str = "length",
+                        timeout: Optional[float] = None,
+                        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+                        backend: Optional[str] = None) -> AsyncClient:
     """Awaitable :func:`connect` on the running loop: an :class:`AsyncClient`."""
     framing, deadline, mms, which = _checked(framing, timeout, max_message_size, backend)
     loop = asyncio.get_running_loop()
@@ -193,10 +185,10 @@ async def connect_async(
         ]
     else:
         targets = [(socket.AF_UNIX, socket.SOCK_STREAM, 0, unix_path(address))]
-    last: Optional[BaseException] = None
+    tried: list[OSError] = []
     for family, kind, proto, sockaddr in targets:
         sock = socket.socket(family, kind, proto)
-        try:
+        with _trying(sock, tried):
             sock.setblocking(False)
             left = deadline.left()
             try:
@@ -206,19 +198,28 @@ async def connect_async(
                 raise deadline.error() from None
             if family != socket.AF_UNIX:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except TimeoutError:
-            sock.close()
-            raise
-        except OSError as exc:
-            sock.close()
-            last = exc
-            continue
-        except BaseException:
-            sock.close()
-            raise
-        return _client(AsyncClient, sock, which, framing, mms, address)
-    assert last is not None
-    raise last
+            break
+    else:
+        raise tried[-1]
+    return _client(AsyncClient, sock, which, framing, mms, address)
+
+
+@contextlib.contextmanager
+def _trying(sock: socket.socket, tried: list[OSError]) -> Iterator[None]:
+    """Around an attempt to connect ``sock`` to one of a server's addresses: ``sock`` is
+    closed if the attempt raises; an OSError (other than a timeout) is added to ``tried``
+    and the caller goes on to the next address, anything else propagates."""
+    try:
+        yield
+    except TimeoutError:
+        sock.close()
+        raise
+    except OSError as exc:
+        sock.close()
+        tried.append(exc)
+    except BaseException:
+        sock.close()
+        raise
 
 
 def _wait_connected(sock: socket.socket, deadline: Deadline) -> None:
@@ -238,10 +239,10 @@ def _wait_connected(sock: socket.socket, deadline: Deadline) -> None:
 
 def _connect_tcp(host: str, port: int, deadline: Deadline) -> socket.socket:
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    last: Optional[BaseException] = None
+    tried: list[OSError] = []
     for family, kind, proto, _, sockaddr in infos:
         sock = socket.socket(family, kind, proto)
-        try:
+        with _trying(sock, tried):
             sock.setblocking(False)
             err = sock.connect_ex(sockaddr)
             if err in (errno.EINPROGRESS, errno.EAGAIN):
@@ -250,17 +251,7 @@ def _connect_tcp(host: str, port: int, deadline: Deadline) -> socket.socket:
                 raise OSError(err, os.strerror(err))
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             return sock
-        except TimeoutError:
-            sock.close()
-            raise
-        except OSError as exc:
-            sock.close()
-            last = exc
-        except BaseException:
-            sock.close()
-            raise
-    assert last is not None
-    raise last
+    raise tried[-1]
 
 
 def _connect_unix(raw: bytes, deadline: Deadline) -> socket.socket:
