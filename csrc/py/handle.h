@@ -225,6 +225,21 @@ extern PyGetSetDef fipc_h_no_getset[];
 /* Make a type from a spec whose base is the handle type, and add it to fastipc._fastipc. */
 int fipc_h_add_type(PyObject *module, PyType_Spec *spec, PyObject **out);
 
+/* Define the one handle type of mechanism `m` (csrc/py/<m>.c) and its init: the method
+ * table m##_methods, whose first entry is the type's `_open` (the function m##_open_method,
+ * METH_VARARGS: opening is not per-message) and the others the entries given (FIPC_H_...),
+ * the spec m##_spec (FIPC_H_SPEC: fastipc._fastipc.<pyname>, struct `type`, its docstring
+ * and getset table), and fipc_py_<m>_init, which evaluates `setup` (an int: 0, or -1 with
+ * an exception set; 0 if there is nothing to set up) and adds the type. */
+#define FIPC_H_TYPE(m, pyname, type, doc, getset, setup, ...)                             \
+    static PyMethodDef m##_methods[] = {                                                 \
+        FIPC_H_VARARGS("_open", m##_open_method, NULL), __VA_ARGS__, FIPC_H_END};        \
+    FIPC_H_SPEC(m##_spec, pyname, type, doc, m##_methods, getset);                       \
+    int fipc_py_##m##_init(PyObject *module)                                             \
+    {                                                                                    \
+        return (setup) < 0 ? -1 : fipc_h_add_type(module, &m##_spec, NULL);              \
+    }
+
 /* The handle base type (fastipc._fastipc.Handle): close, _enter, _leave, _closed. Each
  * mechanism's type lists it as its base and puts FIPC_HANDLE_SLOTS... in its own slots. */
 extern PyObject *fipc_h_base;

@@ -268,8 +268,19 @@ static PyObject *mq_keep_last(MqHandle *self, PyObject *Py_UNUSED(ignored))
     Py_RETURN_NONE;
 }
 
-static PyMethodDef mq_methods[] = {
-    FIPC_H_VARARGS("_open", mq_open_method, NULL),
+/* The module's constants, once (fipc_py_mq_init): 0, or -1 with an exception set. */
+static int mq_setup(void)
+{
+    prio_max = sysconf(_SC_MQ_PRIO_MAX);
+    if (prio_max <= 0 || prio_max > 1 << FIPC_MQ_PRIO_BITS)
+        prio_max = 1 << FIPC_MQ_PRIO_BITS >> 1; /* Linux's 32768 */
+    if (zero == NULL && (zero = PyLong_FromLong(0)) == NULL)
+        return -1;
+    return 0;
+}
+
+FIPC_H_TYPE(mq, "MqHandle", MqHandle, "The native handle of a POSIX message queue.",
+            fipc_h_no_getset, mq_setup(),
     FIPC_H_FASTCALL("send", mq_send,
                     "send(data, priority=0, timeout=None)\n--\n\n"
                     "Send ``data`` (bytes-like) as one message with ``priority`` (0 to "
@@ -283,19 +294,4 @@ static PyMethodDef mq_methods[] = {
                     "priority)``: exactly the bytes that were sent. Waits while the queue is "
                     "empty: TimeoutError after ``timeout`` seconds (None: forever, 0: do not "
                     "wait)."),
-    FIPC_H_NOARGS("_keep_last", mq_keep_last, NULL),
-    FIPC_H_END,
-};
-
-FIPC_H_SPEC(mq_spec, "MqHandle", MqHandle, "The native handle of a POSIX message queue.",
-            mq_methods, fipc_h_no_getset);
-
-int fipc_py_mq_init(PyObject *module)
-{
-    prio_max = sysconf(_SC_MQ_PRIO_MAX);
-    if (prio_max <= 0 || prio_max > 1 << FIPC_MQ_PRIO_BITS)
-        prio_max = 1 << FIPC_MQ_PRIO_BITS >> 1; /* Linux's 32768 */
-    if (zero == NULL && (zero = PyLong_FromLong(0)) == NULL)
-        return -1;
-    return fipc_h_add_type(module, &mq_spec, NULL);
-}
+    FIPC_H_NOARGS("_keep_last", mq_keep_last, NULL))

@@ -720,8 +720,8 @@ end:
     return result;
 }
 
-static PyMethodDef queue_methods[] = {
-    FIPC_H_VARARGS("_open", queue_open_method, NULL),
+FIPC_H_TYPE(queue, "QueueHandle", QueueHandle, "The native handle of a fastipc Queue.",
+            fipc_h_no_getset, 0,
     FIPC_H_FASTCALL("put", queue_put,
                     "put($self, obj, block=True, timeout=None)\n--\n\n"
                     "Put ``obj`` (pickled, protocol 5, buffers out of band). ``queue.Full`` "
@@ -744,14 +744,4 @@ static PyMethodDef queue_methods[] = {
     FIPC_H_FASTCALL("_get_many", queue_get_many,
                     "_get_many($self, held, max_messages=1024, timeout=None, "
                     "block=True)\n--\n\n"
-                    "The taking call of get_many: the list, also stored in held[0]."),
-    FIPC_H_END,
-};
-
-FIPC_H_SPEC(queue_spec, "QueueHandle", QueueHandle, "The native handle of a fastipc Queue.",
-            queue_methods, fipc_h_no_getset);
-
-int fipc_py_queue_init(PyObject *module)
-{
-    return fipc_h_add_type(module, &queue_spec, NULL);
-}
+                    "The taking call of get_many: the list, also stored in held[0]."))
