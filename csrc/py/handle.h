@@ -33,6 +33,7 @@
 #define Py_LIMITED_API 0x030B0000
 #include <Python.h>
 #include <errno.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdint.h>
 
@@ -184,6 +185,21 @@ static inline double fipc_h_slice(fipc_h_slicer *s, double timeout, double slice
 static inline int64_t fipc_h_sliced(const fipc_h_slicer *s, int64_t rc)
 {
     return (s->first && rc == -EAGAIN) || (s->sliced && rc == -ETIMEDOUT) ? -EINTR : rc;
+}
+
+/* A lock held for a few pointer moves by any thread, with or without the GIL (so it never
+ * waits in the kernel): it spins, and yields the CPU once its holder seems preempted. */
+static inline void fipc_h_lock(atomic_flag *lock)
+{
+    for (unsigned spins = 0; atomic_flag_test_and_set_explicit(lock, memory_order_acquire);)
+        if (++spins < 100)
+            fipc_cpu_relax();
+        else
+            sched_yield();
+}
+static inline void fipc_h_unlock(atomic_flag *lock)
+{
+    atomic_flag_clear_explicit(lock, memory_order_release);
 }
 
 /* ------------------------------------------------------------------------ opening */
