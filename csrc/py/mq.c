@@ -189,7 +189,8 @@ fail:
 typedef struct {
     MqHandle *m;
     char *buf;   /* where the message is: the handle's buffer, or `own` */
-    char *own;   /* this call's buffer, made for its first attempt without the GIL */
+    char *own;   /* this call's buffer (a call buffer), made for its first attempt without
+                    the GIL */
     int first;   /* the next attempt is the first: fipc_h_wait holds the GIL for it */
 } receive_ctx;
 
@@ -199,7 +200,7 @@ static int64_t receive_attempt(void *ctx, double timeout)
     if (c->first)
         c->first = 0;
     else if (c->own == NULL) { /* other threads may use the handle's buffer meanwhile */
-        c->own = malloc((size_t)c->m->q->max_message_size);
+        c->own = fipc_h_buf_alloc(&c->m->h, (size_t)c->m->q->max_message_size);
         if (c->own == NULL)
             return -ENOMEM;
         c->buf = c->own;
@@ -258,7 +259,7 @@ static PyObject *mq_receive(MqHandle *self, PyObject *const *args, Py_ssize_t na
         receive_ctx c = {self, self->buf, NULL, 1};
         int64_t rc = fipc_h_wait(&self->h, receive_attempt, &c, timeout, -ETIMEDOUT);
         msg = rc < 0 ? NULL : message(c.buf, rc);
-        free(c.own);
+        fipc_h_buf_free(&self->h, c.own);
         if (rc < 0)
             fipc_h_raise(&self->h, rc, timeout);
         if (msg == NULL)
