@@ -47,17 +47,23 @@ void *fipc_h_buf_alloc(fipc_handle *h, size_t n)
     return b + 1;
 }
 
-/* Take buffer `p` off the handle's list: its header. */
-static fipc_h_buf *buf_unlink(fipc_handle *h, void *p)
+/* Take `b` off the handle's list (its lock held). */
+static void unlink_locked(fipc_handle *h, fipc_h_buf *b)
 {
-    fipc_h_buf *b = (fipc_h_buf *)p - 1;
-    fipc_h_lock(&h->bufs_lock);
     if (b->prev != NULL)
         b->prev->next = b->next;
     else
         h->bufs = b->next;
     if (b->next != NULL)
         b->next->prev = b->prev;
+}
+
+/* Take buffer `p` off the handle's list: its header. */
+static fipc_h_buf *buf_unlink(fipc_handle *h, void *p)
+{
+    fipc_h_buf *b = (fipc_h_buf *)p - 1;
+    fipc_h_lock(&h->bufs_lock);
+    unlink_locked(h, b);
     fipc_h_unlock(&h->bufs_lock);
     return b;
 }
@@ -74,10 +80,10 @@ void fipc_h_buf_keep(fipc_handle *h, void *p)
         free(atomic_exchange(&h->spare, buf_unlink(h, p)));
 }
 
-/* Free the call buffers of the calls of other threads than this one (all of them: this
- * thread is in no call of a handle that it releases or forks), which no thread of this
- * process will touch: in a fork child, the parent's other threads'; at release, none (no
- * call is busy). Only where the list is whole: if a thread held its lock when the process
+/* Free the call buffers of other threads' calls, which no thread of this process will
+ * touch: in a fork child, the parent's other threads'; at release, none (no call is busy).
+ * This thread's stay: a call of its own that ran Python code, and forked there, goes on
+ * using them. Only where the list is whole: if a thread held its lock when the process
  * forked, the child leaves the list as it was (lost, not freed wrongly) and starts anew. */
 static void free_call_buffers(fipc_handle *h)
 {
@@ -91,12 +97,7 @@ static void free_call_buffers(fipc_handle *h)
         next = b->next;
         if (pthread_equal(b->thread, me))
             continue; /* a call of this thread's that runs Python code (and forked there) */
-        if (b->prev != NULL)
-            b->prev->next = b->next;
-        else
-            h->bufs = b->next;
-        if (b->next != NULL)
-            b->next->prev = b->prev;
+        unlink_locked(h, b);
         free(b);
     }
     fipc_h_unlock(&h->bufs_lock);
