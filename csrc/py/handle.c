@@ -4,14 +4,13 @@
 
 #include <errno.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 PyObject *fipc_h_base;
 static PyObject *core_raise_errno;    /* fastipc._core.raise_errno(code, name, timeout) */
 static PyObject *core_check_timeout;  /* fastipc._core.check_timeout(obj) */
-
-/* ------------------------------------------------------------------------ life cycle */
 
 static PyObject *closed_error(fipc_handle *h)
 {
@@ -23,6 +22,97 @@ static PyObject *closed_error(fipc_handle *h)
     return NULL;
 }
 
+/* ------------------------------------------------------------------------ call buffers */
+
+void *fipc_h_buf_alloc(fipc_handle *h, size_t n)
+{
+    fipc_h_buf *b = atomic_exchange(&h->spare, NULL);
+    if (b != NULL && (b->size < n || b->size / 2 > n)) { /* not this call's size: left */
+        free(atomic_exchange(&h->spare, b));
+        b = NULL;
+    }
+    if (b == NULL) {
+        if (n > SIZE_MAX - sizeof *b || (b = malloc(sizeof *b + n)) == NULL)
+            return NULL;
+        b->size = n;
+    }
+    b->thread = pthread_self();
+    b->prev = NULL;
+    fipc_h_lock(&h->bufs_lock);
+    b->next = h->bufs;
+    if (b->next != NULL)
+        b->next->prev = b;
+    h->bufs = b;
+    fipc_h_unlock(&h->bufs_lock);
+    return b + 1;
+}
+
+/* Take `b` off the handle's list (its lock held). */
+static void unlink_locked(fipc_handle *h, fipc_h_buf *b)
+{
+    if (b->prev != NULL)
+        b->prev->next = b->next;
+    else
+        h->bufs = b->next;
+    if (b->next != NULL)
+        b->next->prev = b->prev;
+}
+
+/* Take buffer `p` off the handle's list: its header. */
+static fipc_h_buf *buf_unlink(fipc_handle *h, void *p)
+{
+    fipc_h_buf *b = (fipc_h_buf *)p - 1;
+    fipc_h_lock(&h->bufs_lock);
+    unlink_locked(h, b);
+    fipc_h_unlock(&h->bufs_lock);
+    return b;
+}
+
+void fipc_h_buf_free(fipc_handle *h, void *p)
+{
+    if (p != NULL)
+        free(buf_unlink(h, p));
+}
+
+void fipc_h_buf_keep(fipc_handle *h, void *p)
+{
+    if (p != NULL)
+        free(atomic_exchange(&h->spare, buf_unlink(h, p)));
+}
+
+/* Free the call buffers of other threads' calls, which no thread of this process will
+ * touch: in a fork child, the parent's other threads'; at release, none (no call is busy).
+ * This thread's stay: a call of its own that ran Python code, and forked there, goes on
+ * using them. Only where the list is whole: if a thread held its lock when the process
+ * forked, the child leaves the list as it was (lost, not freed wrongly) and starts anew. */
+static void free_call_buffers(fipc_handle *h)
+{
+    if (atomic_flag_test_and_set(&h->bufs_lock)) {
+        h->bufs = NULL;
+        fipc_h_unlock(&h->bufs_lock);
+        return;
+    }
+    pthread_t me = pthread_self();
+    for (fipc_h_buf *b = h->bufs, *next; b != NULL; b = next) {
+        next = b->next;
+        if (pthread_equal(b->thread, me))
+            continue; /* a call of this thread's that runs Python code (and forked there) */
+        unlink_locked(h, b);
+        free(b);
+    }
+    fipc_h_unlock(&h->bufs_lock);
+}
+
+/* What the base frees when it releases a handle: the call buffers left (none, but in a fork
+ * child that did not run _forget_calls) and the spare. */
+static void release_buffers(fipc_handle *h)
+{
+    free_call_buffers(h);
+    free(atomic_exchange(&h->spare, NULL));
+}
+
+/* ------------------------------------------------------------------------ life cycle */
+
 /* Release once: C's part, then the object's _free (Python). -1 if _free raised. */
 int fipc_h_release(fipc_handle *h)
 {
@@ -31,6 +121,7 @@ int fipc_h_release(fipc_handle *h)
         return 0;
     if (h->kind != NULL && h->kind->release != NULL)
         h->kind->release(h);
+    release_buffers(h);
     PyObject *r = PyObject_CallMethod((PyObject *)h, "_free", NULL);
     if (r == NULL)
         return -1;
@@ -131,9 +222,10 @@ static PyObject *h_leave_method(fipc_handle *h, PyObject *Py_UNUSED(ignored))
 
 /* _forget_calls(): in a child made by fork(), the calls counted busy are the parent's
  * threads', which the child does not have: forgotten, so that close() releases at once (and
- * releases now if the object was closed already). */
+ * releases now if the object was closed already), and their call buffers freed. */
 static PyObject *h_forget_calls(fipc_handle *h, PyObject *Py_UNUSED(ignored))
 {
+    free_call_buffers(h);
     atomic_store(&h->busy, 1);
     if (fipc_h_leave(h) < 0)
         return NULL;
@@ -171,8 +263,11 @@ static void h_dealloc(PyObject *self)
     PyTypeObject *tp = Py_TYPE(self);
     /* dropped without close() (a failed __init__): release C's part, without Python */
     int32_t state = atomic_exchange(&h->state, FIPC_H_RELEASED);
-    if (state != FIPC_H_RELEASED && h->kind != NULL && h->kind->release != NULL)
-        h->kind->release(h);
+    if (state != FIPC_H_RELEASED) {
+        if (h->kind != NULL && h->kind->release != NULL)
+            h->kind->release(h);
+        release_buffers(h);
+    }
     freefunc tp_free = (freefunc)PyType_GetSlot(tp, Py_tp_free);
     tp_free(self);
     Py_DECREF(tp);

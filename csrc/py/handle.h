@@ -21,7 +21,10 @@
  *   the signal handlers (a handler that raises ends the call) and waits again for the time
  *   left (PEP 475), a closed handle ends the wait with ValueError;
  * - fork: `_forget_calls()` (a method of the base) forgets, in a child made by fork(), the
- *   calls counted busy by the parent's threads.
+ *   calls counted busy by the parent's threads, and frees their call buffers;
+ * - the call buffers (fipc_h_buf_alloc): the heap memory a call holds while it waits, on a
+ *   list of the handle, so that a fork() child, which has none of the threads that were in
+ *   those calls, frees it (see "Call buffers" below).
  *
  * A method of a kind is shaped: fipc_h_begin (or fipc_h_enter), the kind's attempt through
  * fipc_h_wait, then fipc_h_end (a status), fipc_h_done (a result) or fipc_h_fail (an
@@ -33,7 +36,10 @@
 #define Py_LIMITED_API 0x030B0000
 #include <Python.h>
 #include <errno.h>
+#include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "../fastipc.h"
@@ -56,11 +62,23 @@ enum {
     FIPC_H_RELEASED = 3
 };
 
+/* The header in front of each call buffer (fipc_h_buf_alloc): its links in the handle's list,
+ * its size and its thread; as aligned as malloc's memory, so the buffer after it is too. */
+typedef struct fipc_h_buf {
+    _Alignas(max_align_t) struct fipc_h_buf *prev;
+    struct fipc_h_buf *next;
+    size_t size;
+    pthread_t thread;  /* the thread whose call holds it */
+} fipc_h_buf;
+
 struct fipc_handle {
     PyObject_HEAD
     _Atomic int32_t state;
     _Atomic int32_t busy;    /* calls of this handle running (in C, or awaiting in Python) */
     const fipc_handle_kind *kind;
+    atomic_flag bufs_lock;   /* guards `bufs` (taken without the GIL) */
+    fipc_h_buf *bufs;        /* the call buffers in use: a doubly linked list */
+    fipc_h_buf *_Atomic spare; /* one buffer a call kept for the next (fipc_h_buf_keep) */
 };
 
 /* The per-message functions below marked `static inline` are defined at the end of this file:
@@ -186,6 +204,52 @@ static inline int64_t fipc_h_sliced(const fipc_h_slicer *s, int64_t rc)
     return (s->first && rc == -EAGAIN) || (s->sliced && rc == -ETIMEDOUT) ? -EINTR : rc;
 }
 
+/* ------------------------------------------------------------------------ call buffers */
+
+/* Heap memory that a call holds while it may wait with the GIL released (a batch, a
+ * receive's own buffer): allocate it with fipc_h_buf_alloc and give it back with
+ * fipc_h_buf_free (or fipc_h_buf_keep), never with malloc/free. The handle lists the
+ * buffers in use, so that in a child made by fork(), which has none of the parent's other
+ * threads and so none of the calls they were in, `_forget_calls()` frees them (else each
+ * would be lost: valgrind's "definitely lost" in every such child). The buffers of the
+ * thread that forked stay (its call may be running Python code, the fork among it, and goes
+ * on using them). What the handle owns for its whole life (freed by the kind's release) is
+ * not a call buffer; nor is a Python object a call holds across a wait (the interpreter
+ * loses those of the vanished threads' frames alike). Every buffer a blocking call mallocs
+ * is one: mq receive's own buffer and Queue.get_many's and _put_batch's use them; shm
+ * send_many's blob and the fan-out's batch are to.
+ *
+ * All three take any thread, with or without the GIL, and cost O(1): a short lock of the
+ * handle around two pointer moves, and malloc/free themselves. A buffer is as aligned as
+ * malloc's. Usage, in an attempt or around fipc_h_wait:
+ *     char *out = fipc_h_buf_alloc(&self->h, n);   (NULL: no memory, no exception set)
+ *     ... wait and fill it ...
+ *     fipc_h_buf_free(&self->h, out);              (or fipc_h_buf_keep: reused next call)
+ */
+void *fipc_h_buf_alloc(fipc_handle *h, size_t n);
+/* Free a buffer of fipc_h_buf_alloc of this handle (NULL: nothing). */
+void fipc_h_buf_free(fipc_handle *h, void *p);
+/* Done with a buffer of fipc_h_buf_alloc, and keep it as the handle's spare: the next
+ * fipc_h_buf_alloc of its size (at most, and more than half) takes it instead of calling
+ * malloc (one spare per handle: an older one is freed; the base frees the spare at
+ * release). For a buffer a hot call needs each time (Queue.get_many's). NULL: nothing. */
+void fipc_h_buf_keep(fipc_handle *h, void *p);
+
+/* A lock held for a few pointer moves by any thread, with or without the GIL (so it never
+ * waits in the kernel): it spins, and yields the CPU once its holder seems preempted. */
+static inline void fipc_h_lock(atomic_flag *lock)
+{
+    for (unsigned spins = 0; atomic_flag_test_and_set_explicit(lock, memory_order_acquire);)
+        if (++spins < 100)
+            fipc_cpu_relax();
+        else
+            sched_yield();
+}
+static inline void fipc_h_unlock(atomic_flag *lock)
+{
+    atomic_flag_clear_explicit(lock, memory_order_release);
+}
+
 /* ------------------------------------------------------------------------ opening */
 
 /* The start of a kind's `_open`: 0 if the handle was never opened, else -1 with
@@ -224,6 +288,21 @@ extern PyGetSetDef fipc_h_no_getset[];
 
 /* Make a type from a spec whose base is the handle type, and add it to fastipc._fastipc. */
 int fipc_h_add_type(PyObject *module, PyType_Spec *spec, PyObject **out);
+
+/* Define the one handle type of mechanism `m` (csrc/py/<m>.c) and its init: the method
+ * table m##_methods, whose first entry is the type's `_open` (the function m##_open_method,
+ * METH_VARARGS: opening is not per-message) and the others the entries given (FIPC_H_...),
+ * the spec m##_spec (FIPC_H_SPEC: fastipc._fastipc.<pyname>, struct `type`, its docstring
+ * and getset table), and fipc_py_<m>_init, which evaluates `setup` (an int: 0, or -1 with
+ * an exception set; 0 if there is nothing to set up) and adds the type. */
+#define FIPC_H_TYPE(m, pyname, type, doc, getset, setup, ...)                             \
+    static PyMethodDef m##_methods[] = {                                                 \
+        FIPC_H_VARARGS("_open", m##_open_method, NULL), __VA_ARGS__, FIPC_H_END};        \
+    FIPC_H_SPEC(m##_spec, pyname, type, doc, m##_methods, getset);                       \
+    int fipc_py_##m##_init(PyObject *module)                                             \
+    {                                                                                    \
+        return (setup) < 0 ? -1 : fipc_h_add_type(module, &m##_spec, NULL);              \
+    }
 
 /* The handle base type (fastipc._fastipc.Handle): close, _enter, _leave, _closed. Each
  * mechanism's type lists it as its base and puts FIPC_HANDLE_SLOTS... in its own slots. */

@@ -8,9 +8,11 @@
  *
  * A message taken from the queue is not lost to an exception raised as the receive returns
  * it (a signal handler: Python runs handlers as calls into C return, before the caller
- * has the result): receive remembers the message it returned last, and the public
- * receive (fastipc.mq) catches such an exception and calls _keep_last(), which keeps that
- * message for the next receive of this object. */
+ * has the result): receive remembers the message it returned last and the thread it
+ * returned it to, and the public receive (fastipc.mq) catches such an exception and calls
+ * _keep_last(), which keeps that message for the next receive of this object. Receives of
+ * several threads return at once: that pair changes under a lock, and each receive
+ * releases the message it replaces (none stays referenced but the last). */
 #include "handle.h"
 
 #include <errno.h>
@@ -25,12 +27,30 @@ typedef struct {
     PyObject *owner;  /* the cffi object owning *q */
     char *buf;        /* max_message_size bytes, for a receive's attempt holding the GIL */
     PyObject *kept;   /* list of (bytes, priority) kept by interrupted receives, or NULL */
+    atomic_flag last_lock;     /* guards the pair below (receives return in any thread) */
     PyObject *last;   /* the message receive returned last (for _keep_last), or NULL */
     unsigned long last_thread; /* the thread it was returned to */
 } MqHandle;
 
 static long prio_max;   /* MQ_PRIO_MAX: priorities are below it */
 static PyObject *zero;  /* send's default priority */
+
+/* Put `msg` (a new reference, or NULL) as the message receive returned last to this thread:
+ * if `any` or the last one is this thread's; what it replaces, which the caller releases
+ * (a new reference, or NULL). */
+static PyObject *swap_last(MqHandle *self, PyObject *msg, int any)
+{
+    unsigned long thread = PyThread_get_thread_ident();
+    fipc_h_lock(&self->last_lock);
+    PyObject *old = msg; /* not put: given back */
+    if (any || self->last_thread == thread) {
+        old = self->last;
+        self->last = msg;
+        self->last_thread = thread;
+    }
+    fipc_h_unlock(&self->last_lock);
+    return old;
+}
 
 static void mq_wake(fipc_handle *h)
 {
@@ -51,7 +71,7 @@ static void mq_release(fipc_handle *h)
     free(m->buf);
     m->buf = NULL;
     Py_CLEAR(m->kept);
-    Py_CLEAR(m->last);
+    Py_XDECREF(swap_last(m, NULL, 1));
     Py_CLEAR(m->owner);
 }
 
@@ -167,9 +187,10 @@ fail:
 /* ------------------------------------------------------------------------ receive */
 
 typedef struct {
-    fipc_mq *q;
+    MqHandle *m;
     char *buf;   /* where the message is: the handle's buffer, or `own` */
-    char *own;   /* this call's buffer, made for its first attempt without the GIL */
+    char *own;   /* this call's buffer (a call buffer), made for its first attempt without
+                    the GIL */
     int first;   /* the next attempt is the first: fipc_h_wait holds the GIL for it */
 } receive_ctx;
 
@@ -179,12 +200,12 @@ static int64_t receive_attempt(void *ctx, double timeout)
     if (c->first)
         c->first = 0;
     else if (c->own == NULL) { /* other threads may use the handle's buffer meanwhile */
-        c->own = malloc((size_t)c->q->max_message_size);
+        c->own = fipc_h_buf_alloc(&c->m->h, (size_t)c->m->q->max_message_size);
         if (c->own == NULL)
             return -ENOMEM;
         c->buf = c->own;
     }
-    return fipc_mq_receive(c->q, c->buf, timeout);
+    return fipc_mq_receive(c->m->q, c->buf, timeout);
 }
 
 /* (bytes, priority) of a message received into buf, as fipc_mq_receive said. */
@@ -214,7 +235,8 @@ static PyObject *mq_receive(MqHandle *self, PyObject *const *args, Py_ssize_t na
 {
     PyObject *arg[1], *msg;
     double timeout;
-    Py_CLEAR(self->last); /* returned, and the caller has it: an exception now is not its */
+    /* the last message this thread had is the caller's: an exception now is not its */
+    Py_XDECREF(swap_last(self, NULL, 0));
     if (fipc_h_begin(&self->h, "MessageQueue.receive", args, nargs, kwnames, receive_names, 0,
                      arg, 0, &timeout) < 0)
         return NULL;
@@ -234,17 +256,16 @@ static PyObject *mq_receive(MqHandle *self, PyObject *const *args, Py_ssize_t na
                 return fipc_h_fail(&self->h);
             }
         }
-        receive_ctx c = {self->q, self->buf, NULL, 1};
+        receive_ctx c = {self, self->buf, NULL, 1};
         int64_t rc = fipc_h_wait(&self->h, receive_attempt, &c, timeout, -ETIMEDOUT);
         msg = rc < 0 ? NULL : message(c.buf, rc);
-        free(c.own);
+        fipc_h_buf_free(&self->h, c.own);
         if (rc < 0)
             fipc_h_raise(&self->h, rc, timeout);
         if (msg == NULL)
             return fipc_h_fail(&self->h);
     }
-    self->last = Py_NewRef(msg);
-    self->last_thread = PyThread_get_thread_ident();
+    Py_XDECREF(swap_last(self, Py_NewRef(msg), 1));
     return fipc_h_done(&self->h, msg);
 }
 
@@ -253,23 +274,35 @@ static PyObject *mq_receive(MqHandle *self, PyObject *const *args, Py_ssize_t na
  * that receive returned in this thread goes back, first of those the next receive returns. */
 static PyObject *mq_keep_last(MqHandle *self, PyObject *Py_UNUSED(ignored))
 {
-    PyObject *msg = self->last;
-    if (msg == NULL || self->last_thread != PyThread_get_thread_ident())
-        Py_RETURN_NONE;
-    self->last = NULL;
-    if (self->kept == NULL && (self->kept = PyList_New(0)) == NULL) {
+    /* counted busy, so that the handle is not released meanwhile, but not refused when
+     * closed (the exception being raised is the one to see): a closed queue keeps nothing */
+    atomic_fetch_add(&self->h.busy, 1);
+    PyObject *msg = fipc_h_closed(&self->h) ? NULL : swap_last(self, NULL, 0);
+    int rc = 0;
+    if (msg != NULL) {
+        if (self->kept == NULL)
+            self->kept = PyList_New(0);
+        rc = self->kept == NULL ? -1 : PyList_Insert(self->kept, 0, msg);
         Py_DECREF(msg);
-        return NULL;
     }
-    int rc = PyList_Insert(self->kept, 0, msg);
-    Py_DECREF(msg);
-    if (rc < 0)
+    if (fipc_h_leave(&self->h) < 0 || rc < 0)
         return NULL;
     Py_RETURN_NONE;
 }
 
-static PyMethodDef mq_methods[] = {
-    FIPC_H_VARARGS("_open", mq_open_method, NULL),
+/* The module's constants, once (fipc_py_mq_init): 0, or -1 with an exception set. */
+static int mq_setup(void)
+{
+    prio_max = sysconf(_SC_MQ_PRIO_MAX);
+    if (prio_max <= 0 || prio_max > 1 << FIPC_MQ_PRIO_BITS)
+        prio_max = 1 << FIPC_MQ_PRIO_BITS >> 1; /* Linux's 32768 */
+    if (zero == NULL && (zero = PyLong_FromLong(0)) == NULL)
+        return -1;
+    return 0;
+}
+
+FIPC_H_TYPE(mq, "MqHandle", MqHandle, "The native handle of a POSIX message queue.",
+            fipc_h_no_getset, mq_setup(),
     FIPC_H_FASTCALL("send", mq_send,
                     "send(data, priority=0, timeout=None)\n--\n\n"
                     "Send ``data`` (bytes-like) as one message with ``priority`` (0 to "
@@ -283,19 +316,4 @@ static PyMethodDef mq_methods[] = {
                     "priority)``: exactly the bytes that were sent. Waits while the queue is "
                     "empty: TimeoutError after ``timeout`` seconds (None: forever, 0: do not "
                     "wait)."),
-    FIPC_H_NOARGS("_keep_last", mq_keep_last, NULL),
-    FIPC_H_END,
-};
-
-FIPC_H_SPEC(mq_spec, "MqHandle", MqHandle, "The native handle of a POSIX message queue.",
-            mq_methods, fipc_h_no_getset);
-
-int fipc_py_mq_init(PyObject *module)
-{
-    prio_max = sysconf(_SC_MQ_PRIO_MAX);
-    if (prio_max <= 0 || prio_max > 1 << FIPC_MQ_PRIO_BITS)
-        prio_max = 1 << FIPC_MQ_PRIO_BITS >> 1; /* Linux's 32768 */
-    if (zero == NULL && (zero = PyLong_FromLong(0)) == NULL)
-        return -1;
-    return fipc_h_add_type(module, &mq_spec, NULL);
-}
+    FIPC_H_NOARGS("_keep_last", mq_keep_last, NULL))

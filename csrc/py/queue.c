@@ -39,8 +39,7 @@ typedef struct {
     PyObject *pending;   /* Queue._pending (a list) */
     uint64_t hot_max;    /* payloads up to this travel through the ring */
     uint64_t max_message;
-    uint64_t out_size;   /* get_many's buffer */
-    char *_Atomic spare; /* one get_many buffer kept for the next call */
+    uint64_t out_size;   /* get_many's buffer (a call buffer the handle keeps as its spare) */
 } QueueHandle;
 
 /* Module-wide, set by the first _open (fastipc.queue is loaded by then). */
@@ -62,7 +61,6 @@ static void queue_release_c(fipc_handle *h)
         fipc_queue_release(s->q);
         s->q = NULL;
     }
-    free(atomic_exchange(&s->spare, NULL));
     Py_CLEAR(s->owner);
     Py_CLEAR(s->pending);
 }
@@ -309,14 +307,13 @@ static PyObject *queue_put_batch(QueueHandle *self, PyObject *args)
     }
     if (count == 0)
         return fipc_h_done(&self->h, PyLong_FromLong(0));
-    uint64_t *lens = malloc(sizeof *lens * (size_t)count);
-    char *blob = malloc(total ? total : 1);
-    if (lens == NULL || blob == NULL) {
-        free(lens);
-        free(blob);
+    /* one call buffer: the lengths, then the pickles one after the other */
+    uint64_t *lens = fipc_h_buf_alloc(&self->h, sizeof *lens * (size_t)count + total);
+    if (lens == NULL) {
         PyErr_NoMemory();
         return fipc_h_fail(&self->h);
     }
+    char *blob = (char *)(lens + count);
     uint64_t off = 0;
     for (Py_ssize_t i = 0; i < count; i++) {
         PyObject *b = PyList_GetItem(batch, i);
@@ -327,8 +324,7 @@ static PyObject *queue_put_batch(QueueHandle *self, PyObject *args)
     put_ctx c = {.self = self, .data = blob, .lens = lens, .count = (uint64_t)count,
                  .kind = KIND_PICKLE};
     int64_t rc = fipc_h_wait(&self->h, put_attempt, &c, timeout, -ETIMEDOUT);
-    free(lens);
-    free(blob);
+    fipc_h_buf_free(&self->h, lens);
     if (rc < 0) {
         raise_status(self, rc, timeout, 1);
         if (rc == -ETIMEDOUT) { /* the contract's name, and the older one the queues keep */
@@ -642,12 +638,12 @@ static PyObject *get_many_held(QueueHandle *self, PyObject *const *arg)
     uint32_t kinds_s[BATCH_STACK];
     uint64_t *lens = lens_s;
     uint32_t *kinds = kinds_s;
-    char *out = atomic_exchange(&self->spare, NULL);
-    if (out == NULL)
-        out = malloc(self->out_size);
+    /* call buffers: the messages (the handle's spare, kept for the next call), and the
+     * lengths then the kinds of more than fit on the stack */
+    char *out = fipc_h_buf_alloc(&self->h, self->out_size);
     if (max > BATCH_STACK) {
-        lens = malloc(sizeof *lens * (size_t)max);
-        kinds = malloc(sizeof *kinds * (size_t)max);
+        lens = fipc_h_buf_alloc(&self->h, (sizeof *lens + sizeof *kinds) * (size_t)max);
+        kinds = lens == NULL ? NULL : (uint32_t *)(lens + max);
     }
     PyObject *result = NULL;
     if (out == NULL || lens == NULL || kinds == NULL) {
@@ -709,19 +705,14 @@ static PyObject *get_many_held(QueueHandle *self, PyObject *const *arg)
         Py_DECREF(obj);
     }
 end:
-    if (lens != lens_s) {
-        free(lens);
-        free(kinds);
-    }
-    if (out != NULL) {
-        out = atomic_exchange(&self->spare, out);
-        free(out);
-    }
+    if (lens != lens_s)
+        fipc_h_buf_free(&self->h, lens);
+    fipc_h_buf_keep(&self->h, out);
     return result;
 }
 
-static PyMethodDef queue_methods[] = {
-    FIPC_H_VARARGS("_open", queue_open_method, NULL),
+FIPC_H_TYPE(queue, "QueueHandle", QueueHandle, "The native handle of a fastipc Queue.",
+            fipc_h_no_getset, 0,
     FIPC_H_FASTCALL("put", queue_put,
                     "put($self, obj, block=True, timeout=None)\n--\n\n"
                     "Put ``obj`` (pickled, protocol 5, buffers out of band). ``queue.Full`` "
@@ -744,14 +735,4 @@ static PyMethodDef queue_methods[] = {
     FIPC_H_FASTCALL("_get_many", queue_get_many,
                     "_get_many($self, held, max_messages=1024, timeout=None, "
                     "block=True)\n--\n\n"
-                    "The taking call of get_many: the list, also stored in held[0]."),
-    FIPC_H_END,
-};
-
-FIPC_H_SPEC(queue_spec, "QueueHandle", QueueHandle, "The native handle of a fastipc Queue.",
-            queue_methods, fipc_h_no_getset);
-
-int fipc_py_queue_init(PyObject *module)
-{
-    return fipc_h_add_type(module, &queue_spec, NULL);
-}
+                    "The taking call of get_many: the list, also stored in held[0]."))

@@ -136,8 +136,14 @@ static PyObject *sem_pass(SemHandle *self, PyObject *Py_UNUSED(ignored))
     Py_RETURN_NONE;
 }
 
-static PyMethodDef sem_methods[] = {
-    FIPC_H_VARARGS("_open", sem_open_method, NULL),
+static PyGetSetDef sem_getset[] = {
+    {"value", (getter)sem_value, NULL,
+     "The current value (a snapshot: other processes may change it at once).", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+FIPC_H_TYPE(sem, "SemHandle", SemHandle, "The native handle of a POSIX named semaphore.",
+            sem_getset, 0,
     FIPC_H_FASTCALL("acquire", sem_acquire,
                     "acquire(timeout=None)\n--\n\n"
                     "Decrement the value, waiting while it is 0: TimeoutError after "
@@ -149,20 +155,4 @@ static PyMethodDef sem_methods[] = {
                   "SEM_VALUE_MAX."),
     FIPC_H_NOARGS("_try", sem_try, NULL),
     FIPC_H_O("_waiters", sem_waiters, NULL),
-    FIPC_H_NOARGS("_pass_wake", sem_pass, NULL),
-    FIPC_H_END,
-};
-
-static PyGetSetDef sem_getset[] = {
-    {"value", (getter)sem_value, NULL,
-     "The current value (a snapshot: other processes may change it at once).", NULL},
-    {NULL, NULL, NULL, NULL, NULL},
-};
-
-FIPC_H_SPEC(sem_spec, "SemHandle", SemHandle, "The native handle of a POSIX named semaphore.",
-            sem_methods, sem_getset);
-
-int fipc_py_sem_init(PyObject *module)
-{
-    return fipc_h_add_type(module, &sem_spec, NULL);
-}
+    FIPC_H_NOARGS("_pass_wake", sem_pass, NULL))
