@@ -70,9 +70,9 @@ def generate() -> str:
         kind, _, name = key.partition(" ")
         tp = decls[key][0]
         if kind == "function":
-            args = ", ".join(f"__a{i}: {_py(a)}" for i, a in enumerate(tp.args))
-            result = _py(tp.result, True)
-            functions.append(f"    @staticmethod\n    def {name}({args}) -> {result}: ...")
+            # an attribute, not a method: a call of `lib` passes no self
+            args = ", ".join(_py(a) for a in tp.args)
+            functions.append(f"    {name}: Callable[[{args}], {_py(tp.result, True)}]")
         elif kind in ("constant", "macro"):
             constants.append(f"    {name}: int")
         elif kind == "anonymous" and isinstance(tp, model.EnumType):
