@@ -557,7 +557,7 @@ static PyObject *recv_done(PubHandle *self, PyObject *r, int64_t status, double 
 static PyObject *many(PubHandle *self, double timeout, long max, int64_t *status);
 
 /* recv(timeout=None); recv_many(max_messages=1024, timeout=None): max > 0. */
-static PyObject *recv_body(fipc_handle *h, fipc_ring_args *a)
+FIPC_RING_INLINE PyObject *recv_body(fipc_handle *h, fipc_ring_args *a)
 {
     PubHandle *self = (PubHandle *)h;
     if (unstick(self) < 0)

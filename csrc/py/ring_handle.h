@@ -201,8 +201,10 @@ typedef int (*fipc_ring_begin)(fipc_handle *h, const char *func, PyObject *const
 typedef int (*fipc_ring_view)(PyObject *x, Py_buffer *view);
 typedef PyObject *(*fipc_ring_body)(fipc_handle *h, fipc_ring_args *a);
 
-/* The rest of a call (entered, a's arguments parsed): x's view, the body. */
-static inline PyObject *fipc_ring_run(fipc_handle *h, fipc_ring_args *a, fipc_ring_view view,
+/* The rest of a call (entered, a's arguments parsed): x's view, the body. Always inlined, as
+ * fipc_ring_call: `view` and `body` are then direct calls, or inlined themselves. */
+#define FIPC_RING_INLINE static inline __attribute__((always_inline))
+FIPC_RING_INLINE PyObject *fipc_ring_run(fipc_handle *h, fipc_ring_args *a, fipc_ring_view view,
                                       fipc_ring_body body)
 {
     if (view != NULL && view(a->x, &a->view) < 0)
@@ -213,14 +215,15 @@ static inline PyObject *fipc_ring_run(fipc_handle *h, fipc_ring_args *a, fipc_ri
     return out;
 }
 
-static inline PyObject *fipc_ring_call(fipc_handle *h, const char *func, PyObject *const *args,
+FIPC_RING_INLINE PyObject *fipc_ring_call(fipc_handle *h, const char *func, PyObject *const *args,
                                        Py_ssize_t nargs, PyObject *kwnames,
                                        const char *const *names, int required,
                                        fipc_ring_begin begin, fipc_ring_view view,
                                        fipc_ring_body body)
 {
-    PyObject *arg[2] = {NULL, NULL};
-    fipc_ring_args a = {.max = 0};
+    PyObject *arg[2];
+    fipc_ring_args a; /* (not zeroed: its view is made only for a body that has one) */
+    a.max = 0;
     int t = names[1] == NULL ? 0 : 1; /* the timeout is the last parameter */
     int many = required == FIPC_RING_MANY;
     if (begin(h, func, args, nargs, kwnames, names, many ? 0 : required, arg, many ? -1 : t,

@@ -319,7 +319,7 @@ static int64_t recv_message(ShmHandle *s, double timeout, int may_wait, PyObject
 static PyObject *more(ShmHandle *s, PyObject *first, long max);
 
 /* recv(timeout=None); recv_many(max_messages=1024, timeout=None): max > 0. */
-static PyObject *recv_body(fipc_handle *h, fipc_ring_args *a)
+FIPC_RING_INLINE PyObject *recv_body(fipc_handle *h, fipc_ring_args *a)
 {
     ShmHandle *self = (ShmHandle *)h;
     PyObject *msg = NULL;
