@@ -19,10 +19,8 @@
 #include "pubsub.h"
 
 #define FIPC_RING_T fipc_pub
-#define FIPC_RING_DATA ((uint64_t)FIPC_PUB_HEADER)
+#define FIPC_RING_LAYOUT FIPC_PUB_
 #define FIPC_RING_ALIGN 16u
-#define FIPC_RING_FR_HDR ((uint64_t)FIPC_PUB_FR_HDR)
-#define FIPC_RING_FIRST_HDR ((uint64_t)FIPC_PUB_FIRST_HDR)
 #include "ring.h"
 
 #include <errno.h>
@@ -32,17 +30,8 @@
 #include <unistd.h>
 
 #define HDR ((uint64_t)FIPC_PUB_HEADER)
-_Static_assert(FIPC_PUB_FR_WHOLE == FIPC_FR_WHOLE && FIPC_PUB_FR_FIRST == FIPC_FR_FIRST &&
-                   FIPC_PUB_FR_NEXT == FIPC_FR_NEXT && FIPC_PUB_FR_PAD == FIPC_FR_PAD,
-               "frame kinds as ring.h parses them");
-#define ST_OPEN 1u
-#define ST_CLOSED 2u
-#define ROLE_PUB FIPC_RING_WRITER
-#define ROLE_SUB FIPC_RING_READER
 #define BLOCK 1
 #define DROP 2
-#define SLICE_NS 100000000LL /* sleep at most this long between liveness checks */
-#define MAX_CHUNK (256u << 10)
 
 #define SLOT(i, field) (FIPC_PUB_OFF_SLOTS + (size_t)(i) * FIPC_PUB_SLOT_SIZE + (field))
 
@@ -75,23 +64,10 @@ int fipc_pub_init(fipc_pub *h, char *base, uint64_t map_size, int32_t fd, int32_
     if (base == NULL || !fipc_ring_fits(map_size, HDR, FIPC_PUB_MIN_CAPACITY) || pid <= 0 ||
         (overflow != BLOCK && overflow != DROP))
         return -EINVAL;
-    memset(h, 0, sizeof *h);
-    h->base = base;
-    h->map_size = map_size;
-    h->capacity = map_size - HDR;
-    h->max_message = max_message;
-    h->role = ROLE_PUB;
+    ring_setup(h, base, map_size, fd, FIPC_RING_WRITER, max_message, spin);
     h->overflow = overflow;
-    h->fd = fd;
     h->slot = -1;
-    h->chunk = h->capacity / 16 < MAX_CHUNK ? h->capacity / 16 : MAX_CHUNK;
-    fipc_spin_set(&h->spin, spin);
-
-    memset(base, 0, HDR);
-    fipc_wr32(base + FIPC_PUB_OFF_VERSION, FIPC_PUB_VERSION);
-    fipc_wr64(base + FIPC_PUB_OFF_CAPACITY, h->capacity);
-    fipc_wr64(base + FIPC_PUB_OFF_DATA, HDR);
-    fipc_wr64(base + FIPC_PUB_OFF_MAXMSG, max_message);
+    ring_write_header(h, FIPC_PUB_VERSION);
     fipc_wr32(base + FIPC_PUB_OFF_PID, (uint32_t)pid);
     fipc_wr32(base + FIPC_PUB_OFF_STATE, ST_OPEN);
     fipc_wr32(base + FIPC_PUB_OFF_OVERFLOW, (uint32_t)overflow);
@@ -116,24 +92,18 @@ int fipc_sub_init(fipc_pub *h, char *base, uint64_t map_size, int32_t fd, int32_
         return FIPC_PUB_NOTREADY;
     if (magic != (uint32_t)FIPC_PUB_MAGIC || !fipc_ring_fits(map_size, HDR, FIPC_PUB_MIN_CAPACITY))
         return FIPC_CORRUPT;
-    uint64_t cap = fipc_rd64(base + FIPC_PUB_OFF_CAPACITY);
+    ring_setup(h, base, map_size, fd, FIPC_RING_READER, max_message, spin);
+    uint64_t cap = h->capacity;
     uint32_t overflow = fipc_rd32(base + FIPC_PUB_OFF_OVERFLOW);
-    if (fipc_rd32(base + FIPC_PUB_OFF_VERSION) != FIPC_PUB_VERSION || cap != map_size - HDR ||
-        fipc_rd64(base + FIPC_PUB_OFF_DATA) != HDR ||
+    if (!ring_header_ok(h, FIPC_PUB_VERSION) ||
         fipc_rd32(base + FIPC_PUB_OFF_NSLOTS) != FIPC_PUB_SLOTS ||
         (overflow != BLOCK && overflow != DROP))
         return FIPC_CORRUPT;
     uint32_t state = LOAD(A32(h, FIPC_PUB_OFF_STATE), acquire);
     if (state != ST_OPEN && state != ST_CLOSED)
         return FIPC_CORRUPT;
-    h->capacity = cap;
-    h->max_message = max_message;
-    h->role = ROLE_SUB;
     h->overflow = (int32_t)overflow;
-    h->fd = fd;
     h->slot = slot;
-    h->hold = UINT64_MAX;
-    fipc_spin_set(&h->spin, spin);
     /* Join at the head: store a cursor no later than any the publisher can still be
      * reserving against, then read head again (both seq_cst: the publisher stores head and
      * then loads the cursors, so a reservation that missed our cursor started at or before
@@ -216,6 +186,11 @@ static void release_cursor(fipc_pub *h)
     }
 }
 
+static inline void give_back(fipc_pub *h)
+{
+    release_cursor(h);
+}
+
 static inline void lazy_release(fipc_pub *h)
 {
     if (h->overflow == BLOCK && (h->release - h->published >= (h->capacity >> 4) ||
@@ -290,7 +265,7 @@ static int pub_gone(fipc_pub *h, int check_lock)
 
 static inline int spin_check(fipc_pub *h)
 {
-    return h->role == ROLE_SUB && pub_gone(h, 0);
+    return h->role == FIPC_RING_READER && pub_gone(h, 0);
 }
 
 /* Raise this end's waiting flag and look once more, as the step before every sleep
@@ -301,7 +276,7 @@ static inline int spin_check(fipc_pub *h)
  * publisher's to clear). */
 static int raise_and_look(fipc_pub *h, uint64_t need, int deep, uint32_t *seq)
 {
-    int sub = h->role == ROLE_SUB;
+    int sub = h->role == FIPC_RING_READER;
     size_t wait_off = sub ? FIPC_PUB_OFF_SWAIT : FIPC_PUB_OFF_PWAIT;
     *seq = LOAD(A32(h, sub ? FIPC_PUB_OFF_DSEQ : FIPC_PUB_OFF_SSEQ), acquire);
     atomic_exchange_explicit(A32(h, wait_off), 1u, memory_order_seq_cst);
@@ -331,7 +306,7 @@ static inline void want_room(fipc_pub *h, uint64_t need)
 static int wait_ring(fipc_pub *h, uint64_t need, double timeout, int64_t *deadline)
 {
     int rc;
-    int sub = h->role == ROLE_SUB;
+    int sub = h->role == FIPC_RING_READER;
     int64_t start = 0;
     fipc_deadline_lazy(deadline, timeout);
     if (sub)
@@ -350,19 +325,12 @@ static int wait_ring(fipc_pub *h, uint64_t need, double timeout, int64_t *deadli
         uint32_t seq;
         rc = raise_and_look(h, need, slept || timeout == 0, &seq);
         int64_t left = 0;
-        if (rc == 0)
-            rc = fipc_wait_left(*deadline, SLICE_NS, &left);
-        if (rc != 0) {
+        if ((rc = ring_looked(h, rc, *deadline, slept, start, &left)) != 1) {
             if (!sub)
                 STORE(A32(h, wait_off), 0u, relaxed);
-            if (rc > 0) {
-                fipc_wait_done(&h->spin, &h->spins, &h->sleeps, slept, start);
-                return 0;
-            }
             return rc;
         }
-        int64_t slice = sub && h->recheck ? SLICE_NS / 10 : SLICE_NS;
-        rc = fipc_futex_wait(A32(h, seq_off), seq, left < slice ? left : slice);
+        rc = ring_nap(h, seq_off, seq, left);
         if (!sub)
             STORE(A32(h, wait_off), 0u, relaxed);
         slept = 1;
@@ -375,7 +343,7 @@ static int wait_ring(fipc_pub *h, uint64_t need, double timeout, int64_t *deadli
 
 static int pub_park(fipc_pub *h, uint64_t *offset, uint32_t *expected)
 {
-    int sub = h->role == ROLE_SUB;
+    int sub = h->role == FIPC_RING_READER;
     uint64_t need = sub ? 0 : h->want;
     if (sub) {
         release_cursor(h); /* never park on space we could give back */
@@ -405,9 +373,9 @@ static int advance_oldest(fipc_pub *h, uint64_t target)
         uint64_t room = h->capacity - (o & (h->capacity - 1));
         char *p = ring(h, o);
         uint32_t kind = fipc_rd32(p + 4);
-        uint64_t size = (kind == FIPC_PUB_FR_FIRST ? FIPC_RING_FIRST_HDR : FIPC_RING_FR_HDR) +
+        uint64_t size = (kind == FIPC_FR_FIRST ? FIPC_RING_FIRST_HDR : FIPC_RING_FR_HDR) +
                         fipc_round_up(fipc_rd32(p), FIPC_RING_ALIGN);
-        if (kind < FIPC_PUB_FR_WHOLE || kind > FIPC_PUB_FR_PAD || size > room ||
+        if (kind < FIPC_FR_WHOLE || kind > FIPC_FR_PAD || size > room ||
             size > h->pos - o)
             return FIPC_CORRUPT; /* our own frames, changed by someone else */
         o += size;
@@ -450,14 +418,10 @@ static inline int streams(fipc_pub *h)
     return h->overflow != DROP;
 }
 
-static inline int refuse(fipc_pub *h, const uint64_t *lens, uint64_t count)
+static inline int refuse(fipc_pub *h)
 {
-    if (h->role != ROLE_PUB)
-        return -EBADF;
-    for (uint64_t i = 0; i < count; i++)
-        if (lens[i] > h->max_message)
-            return FIPC_TOOBIG;
-    return 0;
+    (void)h;
+    return 0; /* a subscriber that has gone is no reason not to publish */
 }
 
 /* ---------------------------------------------------------------- subscriber */
@@ -552,18 +516,11 @@ static int64_t sub_recv(fipc_pub *h, char *dest, uint64_t cap, double timeout, c
         }
         if (rc < 0)
             return rc;
-        if (kind == FIPC_PUB_FR_PAD) {
-            consume(h, size);
-            continue;
-        }
-        if (kind == FIPC_PUB_FR_NEXT) {
-            int64_t n = ring_next(h, dest, cap, len, data, size, FIPC_NEED);
-            if (n < 0)
-                return n;
-            release_cursor(h);
+        int64_t n;
+        if (ring_continued(h, kind, dest, cap, len, data, size, &n)) {
             if (n > 0 && (rc = account(h, seq)) < 0)
                 return rc;
-            if (n > 0)
+            if (n != 0)
                 return n;
             continue;
         }
@@ -573,11 +530,11 @@ static int64_t sub_recv(fipc_pub *h, char *dest, uint64_t cap, double timeout, c
                 return FIPC_NEED; /* for the next call to report */
             h->last_len = total;
             consume(h, size);
-            if (kind == FIPC_PUB_FR_WHOLE && (rc = account(h, seq)) < 0)
+            if (kind == FIPC_FR_WHOLE && (rc = account(h, seq)) < 0)
                 return rc;
             return FIPC_TOOBIG;
         }
-        if (kind == FIPC_PUB_FR_WHOLE) {
+        if (kind == FIPC_FR_WHOLE) {
             h->last_len = len;
             h->last_pos = h->pos;
             if (dest == NULL) {
@@ -607,7 +564,7 @@ static int64_t sub_recv(fipc_pub *h, char *dest, uint64_t cap, double timeout, c
             return FIPC_CORRUPT;
         if (dest == NULL || cap < total || take != TAKE_ANY)
             return FIPC_NEED;
-        int64_t n = ring_first(h, dest, len, total, data, size);
+        n = ring_first(h, dest, len, total, data, size);
         release_cursor(h);
         if (n > 0 && (rc = account(h, seq)) < 0)
             return rc;
@@ -623,7 +580,7 @@ static int64_t sub_recv(fipc_pub *h, char *dest, uint64_t cap, double timeout, c
 
 int64_t fipc_pub_send(fipc_pub *h, const char *buf, uint64_t len, double timeout)
 {
-    if (h->role != ROLE_PUB)
+    if (h->role != FIPC_RING_WRITER)
         return -EBADF;
     return ring_send(h, buf, len, timeout, &h->progress);
 }
@@ -637,7 +594,7 @@ int64_t fipc_pub_send_vec(fipc_pub *h, const char *const *bufs, const uint64_t *
 int64_t fipc_sub_recv(fipc_pub *h, char *dest, uint64_t cap, double timeout, char **ptr,
                       int more)
 {
-    if (h->role != ROLE_SUB)
+    if (h->role != FIPC_RING_READER)
         return -EBADF;
     return sub_recv(h, dest, cap, timeout, ptr, more ? TAKE_MORE : TAKE_ANY);
 }
@@ -654,7 +611,7 @@ void fipc_sub_done(fipc_pub *h)
 
 void fipc_sub_release(fipc_pub *h)
 {
-    if (h->role == ROLE_SUB)
+    if (h->role == FIPC_RING_READER)
         release_cursor(h);
 }
 
@@ -665,7 +622,7 @@ int fipc_pub_park(fipc_pub *h, uint64_t *offset, uint32_t *expected)
 
 void fipc_pub_unpark(fipc_pub *h)
 {
-    if (h->role == ROLE_PUB)
+    if (h->role == FIPC_RING_WRITER)
         STORE(A32(h, FIPC_PUB_OFF_PWAIT), 0u, relaxed);
 }
 
@@ -674,16 +631,16 @@ void fipc_pub_unpark(fipc_pub *h)
 void fipc_pub_wake(fipc_pub *h)
 {
     atomic_store_explicit((_Atomic int32_t *)&h->closed, 1, memory_order_seq_cst);
-    ring_bell(h, h->role == ROLE_SUB ? FIPC_PUB_OFF_DSEQ : FIPC_PUB_OFF_SSEQ);
+    ring_bell(h, h->role == FIPC_RING_READER ? FIPC_PUB_OFF_DSEQ : FIPC_PUB_OFF_SSEQ);
 }
 
 void fipc_pub_close(fipc_pub *h)
 {
     atomic_store_explicit((_Atomic int32_t *)&h->closed, 1, memory_order_seq_cst);
-    if (h->role == ROLE_PUB) {
+    if (h->role == FIPC_RING_WRITER) {
         STORE(A32(h, FIPC_PUB_OFF_STATE), ST_CLOSED, seq_cst);
         ring_bell(h, FIPC_PUB_OFF_DSEQ);
-    } else if (h->role == ROLE_SUB) {
+    } else if (h->role == FIPC_RING_READER) {
         STORE(A32(h, SLOT(h->slot, FIPC_PUB_SLOT_STATE)), 0u, seq_cst);
         ring_bell(h, FIPC_PUB_OFF_SSEQ); /* we may have been the slowest */
     }

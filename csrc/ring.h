@@ -188,9 +188,10 @@ static inline void fipc_wait_done(fipc_spin *spin, uint64_t *spins, uint64_t *sl
 /* ---------------------------------------------------------------- one ring's code
  *
  * Written once for both rings' handles: the file that includes this header first defines
- * FIPC_RING_T (its handle type, with the fields named below), FIPC_RING_DATA (where the ring
- * starts in the mapping), FIPC_RING_ALIGN (frames start at multiples of it), FIPC_RING_FR_HDR
- * and FIPC_RING_FIRST_HDR (its frame headers' sizes), and defines the functions declared
+ * FIPC_RING_T (its handle type, with the fields named below), FIPC_RING_LAYOUT (the prefix of
+ * its layout's constants: HEADER, where the ring starts in the mapping, FR_HDR and FIRST_HDR,
+ * its frame headers' sizes, the frame kinds and the header's first fields) and
+ * FIPC_RING_ALIGN (frames start at multiples of it), and defines the functions declared
  * here, which say what differs: the SPSC channel's peer and SIGBUS checks, the fan-out's
  * message numbers and drop_oldest. Each .c file includes this once, so these are its own
  * static functions and inline as if written there. */
@@ -198,6 +199,35 @@ static inline void fipc_wait_done(fipc_spin *spin, uint64_t *spins, uint64_t *sl
 #define FIPC_RING_CODE
 
 typedef FIPC_RING_T fipc_ring_h;
+
+/* The ring's layout constants, FIPC_RING_LAYOUT (FIPC_SHM_, FIPC_PUB_) + their name. */
+#define FIPC_RING_CAT_(a, b) a##b
+#define FIPC_RING_CAT(a, b) FIPC_RING_CAT_(a, b)
+#define LAYOUT(name) FIPC_RING_CAT(FIPC_RING_LAYOUT, name)
+#define FIPC_RING_DATA ((uint64_t)LAYOUT(HEADER))
+#define FIPC_RING_FR_HDR ((uint64_t)LAYOUT(FR_HDR))
+#define FIPC_RING_FIRST_HDR ((uint64_t)LAYOUT(FIRST_HDR))
+
+/* What both rings' files share: a wait sleeps at most a slice at a time (and looks at the
+ * peer between slices), a streamed message goes in chunks of at most MAX_CHUNK bytes, and
+ * an end's state in the header is open or closed. */
+#define SLICE_NS 100000000LL
+#define MAX_CHUNK ((uint64_t)256u << 10)
+#define ST_OPEN 1u
+#define ST_CLOSED 2u
+
+/* Both headers start alike: u32 magic (written last), u32 version, u64 capacity, u64 where
+ * the ring starts, u64 the writer's max_message_size. */
+#define RING_OFF_MAGIC 0
+#define RING_OFF_VERSION 4
+#define RING_OFF_CAPACITY 8
+#define RING_OFF_DATA 16
+#define RING_OFF_MAXMSG 24
+_Static_assert(LAYOUT(OFF_VERSION) == RING_OFF_VERSION && LAYOUT(OFF_CAPACITY) == RING_OFF_CAPACITY &&
+                   LAYOUT(OFF_DATA) == RING_OFF_DATA && LAYOUT(OFF_MAXMSG) == RING_OFF_MAXMSG &&
+                   LAYOUT(FR_WHOLE) == FIPC_FR_WHOLE && LAYOUT(FR_FIRST) == FIPC_FR_FIRST &&
+                   LAYOUT(FR_NEXT) == FIPC_FR_NEXT && LAYOUT(FR_PAD) == FIPC_FR_PAD,
+               "the layout as this code reads and writes it");
 
 /* Refresh the cached position of the other side (peer): a reader's head, the writer's tail
  * (the lowest reader's cursor): 0, or FIPC_CORRUPT. */
@@ -215,10 +245,71 @@ static inline void stamp(fipc_ring_h *h, char *p);
 static inline void sent_one(fipc_ring_h *h);
 /* Writer: 1 if a message too large to be stored whole may be streamed in chunks. */
 static inline int streams(fipc_ring_h *h);
-/* Writer: 0 if these messages may be sent now, else why not. */
-static inline int refuse(fipc_ring_h *h, const uint64_t *lens, uint64_t count);
+/* Writer: 0 if messages may be sent now (their sizes are checked already), else why not. */
+static inline int refuse(fipc_ring_h *h);
 /* In the spin of a wait, every 256 turns: 0 go on, 1 stop spinning (sleep), < 0 end. */
 static inline int spin_check(fipc_ring_h *h);
+
+/* Reader: give the space of the frames consumed back to the writer. */
+static inline void give_back(fipc_ring_h *h);
+
+/* An end of the ring in the mapping base (map_size bytes, checked to fit a ring already):
+ * the fields both rings set alike. */
+static void ring_setup(fipc_ring_h *h, char *base, uint64_t map_size, int32_t fd, int32_t role,
+                       uint64_t max_message, double spin)
+{
+    memset(h, 0, sizeof *h);
+    h->base = base;
+    h->map_size = map_size;
+    h->capacity = map_size - FIPC_RING_DATA;
+    h->fd = fd;
+    h->role = role;
+    h->max_message = max_message;
+    h->hold = UINT64_MAX;
+    h->chunk = h->capacity / 16 < MAX_CHUNK ? h->capacity / 16 : MAX_CHUNK;
+    fipc_spin_set(&h->spin, spin);
+}
+
+/* Writer: the start of the header (zeros elsewhere), without its magic. */
+static void ring_write_header(fipc_ring_h *h, uint32_t version)
+{
+    memset(h->base, 0, FIPC_RING_DATA);
+    fipc_wr32(h->base + RING_OFF_VERSION, version);
+    fipc_wr64(h->base + RING_OFF_CAPACITY, h->capacity);
+    fipc_wr64(h->base + RING_OFF_DATA, FIPC_RING_DATA);
+    fipc_wr64(h->base + RING_OFF_MAXMSG, h->max_message);
+}
+
+/* Reader: 1 if the start of the header (its magic read already, the mapping checked to fit a
+ * ring) is a ring of this kind that fills the mapping. */
+static int ring_header_ok(fipc_ring_h *h, uint32_t version)
+{
+    return fipc_rd32(h->base + RING_OFF_VERSION) == version &&
+           fipc_rd64(h->base + RING_OFF_CAPACITY) == h->map_size - FIPC_RING_DATA &&
+           fipc_rd64(h->base + RING_OFF_DATA) == FIPC_RING_DATA;
+}
+
+/* The end of one look of a wait, which found rc (ready(): > 0 ready, 0 not, < 0 an error):
+ * 1 to sleep (*left: at most how long), else what the wait returns (0 ready, counted). */
+static inline int ring_looked(fipc_ring_h *h, int rc, int64_t deadline, int slept,
+                              int64_t start, int64_t *left)
+{
+    if (rc == 0)
+        rc = fipc_wait_left(deadline, SLICE_NS, left);
+    if (rc == 0)
+        return 1;
+    if (rc > 0)
+        fipc_wait_done(&h->spin, &h->spins, &h->sleeps, slept, start);
+    return rc > 0 ? 0 : rc;
+}
+
+/* One sleep of a wait on the futex word at seq_off (its value seq), at most `left` ns and a
+ * slice (a tenth while views are stuck, for Python to look at them): fipc_futex_wait's. */
+static inline int ring_nap(fipc_ring_h *h, size_t seq_off, uint32_t seq, int64_t left)
+{
+    int64_t slice = h->recheck ? SLICE_NS / 10 : SLICE_NS;
+    return fipc_futex_wait(A32(h, seq_off), seq, left < slice ? left : slice);
+}
 
 /* Is what a wait waits for there (a reader: a frame past pos; the writer: `need` free
  * bytes)? 1 yes, 0 no, < 0 corrupt. */
@@ -352,11 +443,22 @@ static int64_t ring_put(fipc_ring_h *h, const char *buf, uint64_t len, double ti
     return 0;
 }
 
+/* 0 if these messages may be sent now, else why not: not the writer, one too large, refuse. */
+static inline int ring_refuse(fipc_ring_h *h, const uint64_t *lens, uint64_t count)
+{
+    if (h->role != FIPC_RING_WRITER)
+        return -EBADF;
+    for (uint64_t i = 0; i < count; i++)
+        if (lens[i] > h->max_message)
+            return FIPC_TOOBIG;
+    return refuse(h);
+}
+
 static int64_t ring_send(fipc_ring_h *h, const char *buf, uint64_t len, double timeout,
                          uint64_t *progress)
 {
     int64_t deadline = FIPC_DEADLINE_UNSET;
-    int64_t rc = refuse(h, &len, 1);
+    int64_t rc = ring_refuse(h, &len, 1);
     if (rc == 0)
         rc = ring_put(h, buf, len, timeout, &deadline, progress);
     if (rc < 0)
@@ -375,7 +477,7 @@ static int64_t ring_send_many(fipc_ring_h *h, const char *const *bufs, const uin
 {
     int64_t deadline = FIPC_DEADLINE_UNSET;
     *sent = 0;
-    int64_t rc = refuse(h, lens, count);
+    int64_t rc = ring_refuse(h, lens, count);
     if (rc < 0)
         return rc;
     uint64_t i = 0;
@@ -411,6 +513,11 @@ static inline void consume(fipc_ring_h *h, uint64_t size)
     h->pos += size;
     h->release = h->pos;
 }
+
+/* Reader: a frame that does not start a message (its kind, ...): 0 if it does; else 1 with
+ * *n: 0 consumed (a PAD, a chunk: go on), the message's length once whole, or < 0. */
+static inline int ring_continued(fipc_ring_h *h, uint32_t kind, char *dest, uint64_t cap,
+                                 uint64_t len, const char *data, uint64_t size, int64_t *n);
 
 /* Reader, a streamed message: assembled chunk by chunk in the caller's buffer, each chunk
  * at the offset reached (msg_done), and only in the buffer that holds its start (msg_dest):
@@ -461,6 +568,19 @@ static inline int64_t ring_next(fipc_ring_h *h, char *dest, uint64_t cap, uint64
     int64_t n = (int64_t)h->msg_total;
     h->msg_total = h->msg_done = 0;
     return n;
+}
+
+static inline int ring_continued(fipc_ring_h *h, uint32_t kind, char *dest, uint64_t cap,
+                                 uint64_t len, const char *data, uint64_t size, int64_t *n)
+{
+    *n = 0;
+    if (kind == FIPC_FR_PAD)
+        consume(h, size);
+    else if (kind != FIPC_FR_NEXT)
+        return 0;
+    else if ((*n = ring_next(h, dest, cap, len, data, size, FIPC_NEED)) >= 0)
+        give_back(h);
+    return 1;
 }
 
 #endif /* FIPC_RING_T */

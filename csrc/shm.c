@@ -13,10 +13,8 @@
 #include "shm.h"
 
 #define FIPC_RING_T fipc_shm
-#define FIPC_RING_DATA ((uint64_t)FIPC_SHM_HEADER)
+#define FIPC_RING_LAYOUT FIPC_SHM_
 #define FIPC_RING_ALIGN 8u
-#define FIPC_RING_FR_HDR ((uint64_t)FIPC_SHM_FR_HDR)       /* u32 length, u32 kind */
-#define FIPC_RING_FIRST_HDR ((uint64_t)FIPC_SHM_FIRST_HDR) /* ... then u64 total length */
 #include "ring.h"
 
 #include <errno.h>
@@ -36,10 +34,6 @@
 #define MIN_CAPACITY ((uint64_t)FIPC_SHM_MIN_CAPACITY)
 
 #define OFF_MAGIC FIPC_SHM_OFF_MAGIC
-#define OFF_VERSION FIPC_SHM_OFF_VERSION
-#define OFF_CAPACITY FIPC_SHM_OFF_CAPACITY
-#define OFF_DATA FIPC_SHM_OFF_DATA
-#define OFF_MAXMSG FIPC_SHM_OFF_MAXMSG
 #define OFF_WPID FIPC_SHM_OFF_WPID
 #define OFF_WSTATE FIPC_SHM_OFF_WSTATE
 #define OFF_RPID FIPC_SHM_OFF_RPID
@@ -51,23 +45,11 @@
 #define OFF_SSEQ FIPC_SHM_OFF_SSEQ
 #define OFF_WWAIT FIPC_SHM_OFF_WWAIT
 
-#define ST_OPEN ((uint32_t)FIPC_SHM_ST_OPEN)
-#define ST_CLOSED ((uint32_t)FIPC_SHM_ST_CLOSED)
 
-#define FR_WHOLE ((uint32_t)FIPC_SHM_FR_WHOLE)
-#define FR_FIRST ((uint32_t)FIPC_SHM_FR_FIRST)
-#define FR_NEXT ((uint32_t)FIPC_SHM_FR_NEXT)
-#define FR_PAD ((uint32_t)FIPC_SHM_FR_PAD)
-_Static_assert(FIPC_SHM_FR_WHOLE == FIPC_FR_WHOLE && FIPC_SHM_FR_FIRST == FIPC_FR_FIRST &&
-                   FIPC_SHM_FR_NEXT == FIPC_FR_NEXT && FIPC_SHM_FR_PAD == FIPC_FR_PAD,
-               "frame kinds as ring.h parses them");
 
-#define ROLE_WRITER FIPC_RING_WRITER
-#define ROLE_READER FIPC_RING_READER
-
-#define SLICE_NS 100000000LL /* sleep at most this long between checks on the peer */
+_Static_assert(FIPC_SHM_ST_OPEN == ST_OPEN && FIPC_SHM_ST_CLOSED == ST_CLOSED &&
+                   FIPC_SHM_MAX_CHUNK == MAX_CHUNK, "as ring.h has them");
 #define PROBE_NS 10000000LL  /* a try-once call probes the peer's lock at most this often */
-#define MAX_CHUNK ((uint64_t)FIPC_SHM_MAX_CHUNK)
 
 
 /* ---------------------------------------------------------------- peers */
@@ -177,22 +159,8 @@ int fipc_shm_writer_init(fipc_shm *h, char *base, uint64_t map_size, int32_t fd,
 {
     if (base == NULL || !fipc_ring_fits(map_size, HDR, MIN_CAPACITY) || pid <= 0)
         return -EINVAL;
-    memset(h, 0, sizeof *h);
-    h->fd = fd;
-    h->base = base;
-    h->map_size = map_size;
-    h->capacity = map_size - HDR;
-    h->max_message = max_message;
-    h->role = ROLE_WRITER;
-    h->hold = UINT64_MAX;
-    h->chunk = h->capacity / 16 < MAX_CHUNK ? h->capacity / 16 : MAX_CHUNK;
-    fipc_spin_set(&h->spin, spin);
-
-    memset(base, 0, HDR);
-    fipc_wr32(base + OFF_VERSION, VERSION);
-    fipc_wr64(base + OFF_CAPACITY, h->capacity);
-    fipc_wr64(base + OFF_DATA, HDR);
-    fipc_wr64(base + OFF_MAXMSG, max_message);
+    ring_setup(h, base, map_size, fd, FIPC_RING_WRITER, max_message, spin);
+    ring_write_header(h, VERSION);
     STORE(A32(h, OFF_WPID), (uint32_t)pid, relaxed);
     STORE(A32(h, OFF_WSTATE), ST_OPEN, relaxed);
     STORE(A32(h, OFF_MAGIC), MAGIC, release); /* last: the header is complete */
@@ -205,18 +173,12 @@ int fipc_shm_reader_init(fipc_shm *h, char *base, uint64_t map_size, int32_t fd,
 {
     if (base == NULL || pid <= 0)
         return -EINVAL;
-    memset(h, 0, sizeof *h);
-    h->base = base;
-    h->map_size = map_size;
-    h->fd = fd;
     if (!fipc_ring_fits(map_size, HDR, MIN_CAPACITY))
         return FIPC_CORRUPT;
-    uint32_t magic = LOAD(A32(h, OFF_MAGIC), acquire);
-    if (magic != MAGIC || fipc_rd32(base + OFF_VERSION) != VERSION)
+    ring_setup(h, base, map_size, fd, FIPC_RING_READER, max_message, spin);
+    if (LOAD(A32(h, OFF_MAGIC), acquire) != MAGIC || !ring_header_ok(h, VERSION))
         return FIPC_CORRUPT;
-    uint64_t cap = fipc_rd64(base + OFF_CAPACITY);
-    if (cap != map_size - HDR || fipc_rd64(base + OFF_DATA) != HDR)
-        return FIPC_CORRUPT;
+    uint64_t cap = h->capacity;
     int32_t wpid = (int32_t)LOAD(A32(h, OFF_WPID), relaxed);
     uint32_t wstate = LOAD(A32(h, OFF_WSTATE), acquire);
     if (wpid <= 0 || (wstate != ST_OPEN && wstate != ST_CLOSED))
@@ -228,13 +190,8 @@ int fipc_shm_reader_init(fipc_shm *h, char *base, uint64_t map_size, int32_t fd,
     if ((tail & 7u) || (head & 7u) || head - tail > cap)
         return FIPC_CORRUPT;
 
-    h->capacity = cap;
-    h->max_message = max_message;
-    h->role = ROLE_READER;
-    h->hold = UINT64_MAX;
     h->pos = h->release = h->published = tail;
     h->peer = head;
-    fipc_spin_set(&h->spin, spin);
     STORE(A32(h, OFF_RPID), (uint32_t)pid, relaxed);
     STORE(A32(h, OFF_RSTATE), ST_OPEN, release);
     bus_register(h);
@@ -285,7 +242,7 @@ static inline void publish_head(fipc_shm *h)
  * tail only ever moves forward (compare-and-swap), whichever thread stores it. */
 static int release_tail(fipc_shm *h)
 {
-    if (h->role != ROLE_READER)
+    if (h->role != FIPC_RING_READER)
         return 0;
     uint64_t hold = atomic_load_explicit((_Atomic uint64_t *)&h->hold, memory_order_acquire);
     uint64_t t = h->release < hold ? h->release : hold;
@@ -306,6 +263,11 @@ static int release_tail(fipc_shm *h)
     return 0;
 }
 
+static inline void give_back(fipc_shm *h)
+{
+    release_tail(h);
+}
+
 /* Hand consumed space back in batches of a sixteenth of the ring (or at once when the
  * writer waits for it): the tail's cache line then crosses cores rarely. Every wait
  * releases everything first, so the writer never waits for space we hold. */
@@ -322,7 +284,7 @@ static inline void lazy_release(fipc_shm *h)
  * reader whose writer never held its lock (no writer at all) finds it dead. */
 static int peer_gone(fipc_shm *h, int probe)
 {
-    int reader = h->role == ROLE_READER;
+    int reader = h->role == FIPC_RING_READER;
     if (LOAD(A32(h, reader ? OFF_WSTATE : OFF_RSTATE), acquire) == ST_CLOSED)
         return 1;
     if (!probe)
@@ -341,7 +303,7 @@ static int peer_gone(fipc_shm *h, int probe)
  * broken pipe. */
 static int gone_code(fipc_shm *h)
 {
-    return h->role == ROLE_READER ? FIPC_EOF : -EPIPE;
+    return h->role == FIPC_RING_READER ? FIPC_EOF : -EPIPE;
 }
 
 static inline int spin_check(fipc_shm *h)
@@ -356,7 +318,7 @@ static int wait_ring(fipc_shm *h, uint64_t need, double timeout, int64_t *deadli
 {
     int rc;
     int64_t start = 0;
-    if (h->role == ROLE_READER)
+    if (h->role == FIPC_RING_READER)
         release_tail(h); /* never sleep on space we could give back */
     if (timeout == 0) {
         /* One look, no sleep: no flag to raise (a raised flag would make the peer's every
@@ -374,8 +336,8 @@ static int wait_ring(fipc_shm *h, uint64_t need, double timeout, int64_t *deadli
     int64_t end = fipc_spin_until(&h->spin, timeout, *deadline, &start);
     if (end && (rc = ring_spin(h, need, end)) != 0)
         return rc < 0 ? rc : 0;
-    size_t wait_off = h->role == ROLE_READER ? OFF_RWAIT : OFF_WWAIT;
-    size_t seq_off = h->role == ROLE_READER ? OFF_DSEQ : OFF_SSEQ;
+    size_t wait_off = h->role == FIPC_RING_READER ? OFF_RWAIT : OFF_WWAIT;
+    size_t seq_off = h->role == FIPC_RING_READER ? OFF_DSEQ : OFF_SSEQ;
     int slept = 0;
     for (;;) {
         if (fipc_is_closed(&h->closed))
@@ -385,7 +347,7 @@ static int wait_ring(fipc_shm *h, uint64_t need, double timeout, int64_t *deadli
         uint32_t seq = LOAD(A32(h, seq_off), acquire);
         atomic_exchange_explicit(A32(h, wait_off), 1u, memory_order_seq_cst);
         rc = ready(h, need);
-        if (h->role == ROLE_READER)
+        if (h->role == FIPC_RING_READER)
             release_tail(h); /* a hold dropped by another thread meanwhile */
         if (rc == 0 && peer_gone(h, slept)) {
             /* the writer publishes its last head before it says closed: look once more */
@@ -394,18 +356,11 @@ static int wait_ring(fipc_shm *h, uint64_t need, double timeout, int64_t *deadli
                 rc = gone_code(h);
         }
         int64_t left = 0;
-        if (rc == 0)
-            rc = fipc_wait_left(*deadline, SLICE_NS, &left);
-        if (rc != 0) {
+        if ((rc = ring_looked(h, rc, *deadline, slept, start, &left)) != 1) {
             STORE(A32(h, wait_off), 0u, relaxed);
-            if (rc > 0) {
-                fipc_wait_done(&h->spin, &h->spins, &h->sleeps, slept, start);
-                return 0;
-            }
             return rc;
         }
-        int64_t slice = h->recheck ? SLICE_NS / 10 : SLICE_NS;
-        rc = fipc_futex_wait(A32(h, seq_off), seq, left < slice ? left : slice);
+        rc = ring_nap(h, seq_off, seq, left);
         STORE(A32(h, wait_off), 0u, relaxed);
         slept = 1;
         if (rc < 0)
@@ -444,13 +399,8 @@ static inline int streams(fipc_shm *h)
     return 1;
 }
 
-static inline int refuse(fipc_shm *h, const uint64_t *lens, uint64_t count)
+static inline int refuse(fipc_shm *h)
 {
-    if (h->role != ROLE_WRITER)
-        return -EBADF;
-    for (uint64_t i = 0; i < count; i++)
-        if (lens[i] > h->max_message)
-            return FIPC_TOOBIG;
     return peer_gone(h, 0) ? -EPIPE : 0;
 }
 
@@ -479,7 +429,7 @@ static inline int next_frame(fipc_shm *h, int may_wait, double timeout, int64_t 
 
 static int64_t shm_recv(fipc_shm *h, char *dest, uint64_t cap, double timeout, char **ptr)
 {
-    if (h->role != ROLE_READER)
+    if (h->role != FIPC_RING_READER)
         return -EBADF;
     int64_t deadline = FIPC_DEADLINE_UNSET;
     int rc;
@@ -494,16 +444,9 @@ static int64_t shm_recv(fipc_shm *h, char *dest, uint64_t cap, double timeout, c
                 h->msg_total = h->msg_done = 0; /* a message cut short is dropped */
             return rc;
         }
-        if (kind == FR_PAD) {
-            consume(h, size);
-            continue;
-        }
-        if (kind == FR_NEXT) {
-            int64_t n = ring_next(h, dest, cap, len, data, size, FIPC_NEED);
-            if (n < 0)
-                return n;
-            release_tail(h);
-            if (n > 0)
+        int64_t n;
+        if (ring_continued(h, kind, dest, cap, len, data, size, &n)) {
+            if (n != 0)
                 return n;
             continue;
         }
@@ -516,7 +459,7 @@ static int64_t shm_recv(fipc_shm *h, char *dest, uint64_t cap, double timeout, c
             release_tail(h);
             return FIPC_TOOBIG;
         }
-        if (kind == FR_WHOLE) {
+        if (kind == FIPC_FR_WHOLE) {
             h->last_len = len;
             h->last_pos = h->pos;
             if (dest == NULL) {
@@ -531,11 +474,11 @@ static int64_t shm_recv(fipc_shm *h, char *dest, uint64_t cap, double timeout, c
             lazy_release(h);
             return (int64_t)len;
         }
-        /* FR_FIRST */
+        /* FIPC_FR_FIRST */
         h->last_len = total;
         if (dest == NULL || cap < total)
             return FIPC_NEED;
-        int64_t n = ring_first(h, dest, len, total, data, size);
+        n = ring_first(h, dest, len, total, data, size);
         release_tail(h);
         if (n > 0)
             return n;
@@ -545,8 +488,8 @@ static int64_t shm_recv(fipc_shm *h, char *dest, uint64_t cap, double timeout, c
 /* The next message if it is whole in the ring already, in place (see shm.h). */
 static int64_t shm_recv_next(fipc_shm *h, char **ptr)
 {
-    if (h->role != ROLE_READER || h->msg_total)
-        return h->role != ROLE_READER ? -EBADF : FIPC_NEED;
+    if (h->role != FIPC_RING_READER || h->msg_total)
+        return h->role != FIPC_RING_READER ? -EBADF : FIPC_NEED;
     for (;;) {
         uint32_t kind;
         uint64_t len, total, size = 0; /* set whenever next_frame returns 1 (gcc -O1 cannot see it) */
@@ -554,11 +497,11 @@ static int64_t shm_recv_next(fipc_shm *h, char **ptr)
         int rc = next_frame(h, 0, 0.0, NULL, &kind, &len, &total, &data, &size);
         if (rc <= 0)
             return rc == 0 ? -EAGAIN : rc;
-        if (kind == FR_PAD || kind == FR_NEXT) {
+        if (kind == FIPC_FR_PAD || kind == FIPC_FR_NEXT) {
             consume(h, size); /* a NEXT here belongs to an abandoned message */
             continue;
         }
-        if (kind != FR_WHOLE || total > h->max_message)
+        if (kind != FIPC_FR_WHOLE || total > h->max_message)
             return FIPC_NEED;
         h->last_len = len;
         h->last_pos = h->pos;
@@ -585,9 +528,9 @@ void fipc_shm_close(fipc_shm *h)
     atomic_store_explicit((_Atomic int32_t *)&h->closed, 1, memory_order_seq_cst);
     if (is_broken(h)) {
         /* the header may be gone: nothing to tell */
-    } else if (h->role == ROLE_WRITER) {
+    } else if (h->role == FIPC_RING_WRITER) {
         STORE(A32(h, OFF_WSTATE), ST_CLOSED, release);
-    } else if (h->role == ROLE_READER) {
+    } else if (h->role == FIPC_RING_READER) {
         h->hold = UINT64_MAX; /* no call is in progress: these fields are ours */
         release_tail(h);
         STORE(A32(h, OFF_RSTATE), ST_CLOSED, release);
@@ -648,7 +591,7 @@ int64_t fipc_shm_recv_next(fipc_shm *h, char **ptr)
 
 void fipc_shm_consumed(fipc_shm *h)
 {
-    if (h->role == ROLE_READER && !fipc_is_closed(&h->closed) && !is_broken(h))
+    if (h->role == FIPC_RING_READER && !fipc_is_closed(&h->closed) && !is_broken(h))
         lazy_release(h);
 }
 
@@ -656,7 +599,7 @@ void fipc_shm_consumed(fipc_shm *h)
 
 static int shm_park(fipc_shm *h, uint64_t *offset, uint32_t *expected)
 {
-    int reader = h->role == ROLE_READER;
+    int reader = h->role == FIPC_RING_READER;
     size_t wait_off = reader ? OFF_RWAIT : OFF_WWAIT;
     size_t seq_off = reader ? OFF_DSEQ : OFF_SSEQ;
     uint64_t need = reader ? 0 : h->want;
@@ -685,7 +628,7 @@ int fipc_shm_park(fipc_shm *h, uint64_t *offset, uint32_t *expected)
 
 static int shm_unpark(fipc_shm *h)
 {
-    STORE(A32(h, h->role == ROLE_READER ? OFF_RWAIT : OFF_WWAIT), 0u, relaxed);
+    STORE(A32(h, h->role == FIPC_RING_READER ? OFF_RWAIT : OFF_WWAIT), 0u, relaxed);
     return 0;
 }
 
@@ -699,7 +642,7 @@ void fipc_shm_unpark(fipc_shm *h)
 
 static int shm_flushed(fipc_shm *h)
 {
-    if (h->role != ROLE_WRITER)
+    if (h->role != FIPC_RING_WRITER)
         return -EBADF;
     publish_head(h);
     if (LOAD(A64(h, OFF_TAIL), acquire) == h->pos)

@@ -4,7 +4,10 @@ constants and struct fields, read from the cffi cdef of ``csrc/*.h`` (the part b
 CDEF markers). The hand-written part of the stub (the native handle types of ``csrc/py/``)
 is kept as it is, and checked against the built extension: every type the module has, with
 the same base, methods and properties (and nothing it lacks), and each method whose C
-docstring gives a signature with the same parameters and defaults.
+docstring gives a signature with the same parameters and defaults. A stub-only class (a
+private name the module lacks, such as ``_RingReader``) declares once the methods that types
+of different bases have alike (one C macro's entries); a type's methods are its own and
+those of its stub-only bases.
 
     python scripts/gen_pyi.py          # rewrite the stub
     python scripts/gen_pyi.py --check  # exit 1 if the stub is out of date (the tests run this)
@@ -70,9 +73,9 @@ def generate() -> str:
         kind, _, name = key.partition(" ")
         tp = decls[key][0]
         if kind == "function":
-            args = ", ".join(f"__a{i}: {_py(a)}" for i, a in enumerate(tp.args))
-            result = _py(tp.result, True)
-            functions.append(f"    @staticmethod\n    def {name}({args}) -> {result}: ...")
+            # an attribute, not a method: a call of `lib` passes no self
+            args = ", ".join(_py(a) for a in tp.args)
+            functions.append(f"    {name}: Callable[[{args}], {_py(tp.result, True)}]")
         elif kind in ("constant", "macro"):
             constants.append(f"    {name}: int")
         elif kind == "anonymous" and isinstance(tp, model.EnumType):
@@ -126,19 +129,22 @@ def handle_problems(text: str, module: ModuleType) -> list[str]:
             top.add(node.target.id)
     problems = []
     names = {n for n in vars(module) if not (n.startswith("__") and n.endswith("__"))}
+    mixins = {n for n in classes if n.startswith("_") and n not in names}
     problems += [f"the module has {n}, the stub does not" for n in sorted(names - top)]
-    problems += [f"the stub has {n}, the module does not" for n in sorted(top - names - {"_Lib"})]
+    problems += [f"the stub has {n}, the module does not" for n in sorted(top - names - mixins)]
     for name in sorted(names & top):
         tp = getattr(module, name)
         if not isinstance(tp, type) or name not in classes:
             continue
         cls = classes[name]
         bases = [ast.unparse(b) for b in cls.bases]
-        want = [] if tp.__base__ is object else [tp.__base__.__name__]
-        if bases != want:
+        base = tp.__base__
+        want = [] if base is None or base is object else [base.__name__]
+        if [b for b in bases if b not in mixins] != want:
             problems.append(f"{name}: bases {bases} in the stub, {want} in the module")
         stub: dict[str, ast.stmt] = {}
-        for item in cls.body:
+        body = [item for b in bases if b in mixins for item in classes[b].body] + cls.body
+        for item in body:
             if isinstance(item, ast.FunctionDef):
                 stub[item.name] = item
             elif isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name):

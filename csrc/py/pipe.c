@@ -2,11 +2,12 @@
  * FIFO ends of fastipc.pipe and the socket clients of fastipc.client, which share one framed
  * stream (csrc/pipe.c, embedded in the handle).
  *
- * One struct, four types: the methods of a handle type come first in the public class's MRO,
- * so each type holds exactly the per-message names of its class: PipeWriterHandle (write,
- * send, send_many), PipeReaderHandle (read, recv, recv_many), ClientHandle (send and recv,
- * framed or raw as the client's framing says, and read) and AsyncClientHandle (none: its send and recv
- * are coroutines, which call the no-wait steps that every type has).
+ * One struct, one base type (StreamHandle: _open), four types: the methods of a handle type
+ * come first in the public class's MRO, so each type holds exactly the per-message names of
+ * its class: PipeWriterHandle (write, send, send_many and the writing steps),
+ * PipeReaderHandle (read, recv, recv_many and the reading steps), AsyncClientHandle (the
+ * no-wait steps of both sides, which its coroutines call) and ClientHandle, a subtype of
+ * AsyncClientHandle (send and recv, framed or raw as the client's framing says, and read).
  *
  * A call claims its side of the stream (reading or writing) for its whole duration, waits
  * included: a second thread in the same side gets OSError(EBUSY). What a read returns is
@@ -54,10 +55,8 @@ static PyObject *stream_open(StreamHandle *self, PyObject *args)
     unsigned int max_size;
     if (!PyArg_ParseTuple(args, "ippIp:_open", &fd, &reading, &sock, &max_size, &framed))
         return NULL;
-    if (self->ready || atomic_load(&self->h.state) != FIPC_H_UNOPENED) {
-        PyErr_SetString(PyExc_ValueError, "the stream handle is open already");
+    if (fipc_h_unopened(&self->h, "stream") < 0)
         return NULL;
-    }
     int flags = (reading ? FIPC_PIPE_READ : 0) | (sock ? FIPC_PIPE_SOCK : 0);
     int rc = fipc_pipe_init(&self->p, fd, flags, FIPC_GUARD_CHECK);
     if (rc < 0) {
@@ -102,16 +101,6 @@ static int claim(StreamHandle *s, _Atomic int32_t *side)
         return 0;
     fipc_h_raise(&s->h, -EBUSY, -1);
     return -1;
-}
-
-/* Seconds left of `timeout` (C convention) for a call that began at t0 (fipc_now_ns, taken
- * only for timeout > 0). */
-static double time_left(double timeout, int64_t t0)
-{
-    if (timeout <= 0)
-        return timeout;
-    double left = timeout - (double)(fipc_now_ns() - t0) / 1e9;
-    return left > 0 ? left : 0.0;
 }
 
 /* ------------------------------------------------------------------------ writing */
@@ -409,7 +398,7 @@ static PyObject *get_failed(StreamHandle *s, int64_t rc, double timeout, int ste
 /* The payload of a large frame (the caller saw FIPC_NEED), received straight into a bytes
  * object of its own, kept across timeouts and interruptions (C keeps how much arrived) and
  * handed out only once complete: a new reference. */
-static PyObject *get_large(StreamHandle *s, double timeout, int64_t t0, int step)
+static PyObject *get_large(StreamHandle *s, double timeout, int64_t deadline, int step)
 {
     size_t n = s->p.large;
     if (s->pending == NULL || (size_t)PyBytes_Size(s->pending) != n) {
@@ -419,7 +408,7 @@ static PyObject *get_large(StreamHandle *s, double timeout, int64_t t0, int step
             return NULL;
     }
     get_ctx c = {s, PyBytes_AsString(s->pending), n, 0};
-    int64_t rc = fipc_h_wait(&s->h, large_attempt, &c, time_left(timeout, t0), -ETIMEDOUT);
+    int64_t rc = fipc_h_wait(&s->h, large_attempt, &c, fipc_h_left(deadline), -ETIMEDOUT);
     if (rc < 0)
         return get_failed(s, rc, timeout, step);
     Py_INCREF(s->pending);
@@ -430,11 +419,11 @@ static PyObject *get_large(StreamHandle *s, double timeout, int64_t t0, int step
  * NOT_READY for a step. */
 static PyObject *get_frame(StreamHandle *s, double timeout, int step)
 {
-    int64_t t0 = timeout > 0 ? fipc_now_ns() : 0;
+    int64_t deadline = fipc_h_deadline(timeout);
     get_ctx c = {s, NULL, 0, 0};
     int64_t rc = fipc_h_wait(&s->h, frame_attempt, &c, timeout, -ETIMEDOUT);
     if (rc == FIPC_NEED)
-        return get_large(s, timeout, t0, step);
+        return get_large(s, timeout, deadline, step);
     if (rc < 0)
         return get_failed(s, rc, timeout, step);
     return PyBytes_FromStringAndSize(c.data, (Py_ssize_t)rc);
@@ -639,88 +628,87 @@ static int s_set_limit(StreamHandle *self, PyObject *value, void *Py_UNUSED(clos
 
 /* ------------------------------------------------------------------------ the types */
 
-#define FASTCALL(f) (PyCFunction)(void (*)(void))(f), METH_FASTCALL | METH_KEYWORDS
-#define OPEN_METHOD {"_open", (PyCFunction)stream_open, METH_VARARGS, NULL}
-#define SEND_STEP {"_send_step", FASTCALL(s_send_step), NULL}
-#define WRITE_STEP {"_write_step", FASTCALL(s_write_step), NULL}
-#define RECV_STEP {"_recv_step", (PyCFunction)s_recv_step, METH_NOARGS, NULL}
-#define READ_STEP {"_read_step", (PyCFunction)s_read_step, METH_O, NULL}
+#define SEND_STEP FIPC_H_FASTCALL("_send_step", s_send_step, NULL)
+#define WRITE_STEP FIPC_H_FASTCALL("_write_step", s_write_step, NULL)
+#define RECV_STEP FIPC_H_NOARGS("_recv_step", s_recv_step, NULL)
+#define READ_STEP FIPC_H_O("_read_step", s_read_step, NULL)
+#define READ_METHOD                                                                          \
+    FIPC_H_FASTCALL("read", r_read,                                                          \
+                    "read(n=65536, timeout=None)\n--\n\n"                                    \
+                    "Up to ``n`` raw bytes, as soon as any are there; ``b\"\"`` at end of "  \
+                    "stream.")
 
-#define SEND_DOC \
-    "send(data, timeout=None)\n--\n\n" \
-    "Send ``data`` as one message: a 4-byte big-endian length, then the bytes.\n\n" \
-    "A message that was cut short (a timeout or an error after part of it was written) " \
-    "would desynchronise the stream, so the writer then closes itself: the reader sees the " \
-    "end of the stream, never half a message."
-#define READ_DOC \
-    "read(n=65536, timeout=None)\n--\n\n" \
-    "Up to ``n`` raw bytes, as soon as any are there; ``b\"\"`` at end of stream."
-#define RECV_DOC \
-    "recv(timeout=None)\n--\n\n" \
-    "The next whole message. EOFError at end of stream; a message cut short by the " \
-    "writer's end is dropped, never returned. OSError(EMSGSIZE) for a frame announcing more " \
-    "than ``max_message_size`` bytes."
+static PyMethodDef stream_methods[] = {
+    FIPC_H_VARARGS("_open", stream_open, NULL),
+    FIPC_H_END,
+};
 
 static PyMethodDef writer_methods[] = {
-    OPEN_METHOD,
     SEND_STEP,
     WRITE_STEP,
-    {"write", FASTCALL(w_write),
-     "write(data, timeout=None)\n--\n\n"
-     "Write all of ``data`` (raw bytes, no framing) and return its length.\n\n"
-     "TimeoutError if the pipe stays full for ``timeout`` seconds; its "
-     "``characters_written`` says how much went. BrokenPipeError if no reader is left."},
-    {"send", FASTCALL(w_send), SEND_DOC},
-    {"send_many", FASTCALL(w_send_many),
-     "send_many(messages, timeout=None)\n--\n\n"
-     "Send each of ``messages`` as one message, all in one write (or as few as the pipe "
-     "allows): far cheaper per message than ``send`` for a stream of small ones. Timeouts "
-     "and errors as for :meth:`send`; the receiver may take them with ``recv`` or "
-     "``recv_many``. A batch that stopped part way (a timeout, an error, an exception "
-     "raised into the call) raises with ``messages_sent``: how many of the messages went "
-     "whole, which the reader gets (a message cut short closes the writer, as for "
-     ":meth:`send`)."},
-    {NULL, NULL, 0, NULL},
+    FIPC_H_FASTCALL("write", w_write,
+                    "write(data, timeout=None)\n--\n\n"
+                    "Write all of ``data`` (raw bytes, no framing) and return its length.\n\n"
+                    "TimeoutError if the pipe stays full for ``timeout`` seconds; its "
+                    "``characters_written`` says how much went. BrokenPipeError if no reader "
+                    "is left."),
+    FIPC_H_FASTCALL("send", w_send,
+                    "send(data, timeout=None)\n--\n\n"
+                    "Send ``data`` as one message: a 4-byte big-endian length, then the "
+                    "bytes.\n\n"
+                    "A message that was cut short (a timeout or an error after part of it was "
+                    "written) would desynchronise the stream, so the writer then closes "
+                    "itself: the reader sees the end of the stream, never half a message."),
+    FIPC_H_FASTCALL("send_many", w_send_many,
+                    "send_many(messages, timeout=None)\n--\n\n"
+                    "Send each of ``messages`` as one message, all in one write (or as few as "
+                    "the pipe allows): far cheaper per message than ``send`` for a stream of "
+                    "small ones. Timeouts and errors as for :meth:`send`; the receiver may "
+                    "take them with ``recv`` or ``recv_many``. A batch that stopped part way "
+                    "(a timeout, an error, an exception raised into the call) raises with "
+                    "``messages_sent``: how many of the messages went whole, which the reader "
+                    "gets (a message cut short closes the writer, as for :meth:`send`)."),
+    FIPC_H_END,
 };
 
 static PyMethodDef reader_methods[] = {
-    OPEN_METHOD,
     RECV_STEP,
     READ_STEP,
-    {"read", FASTCALL(r_read), READ_DOC},
-    {"recv", FASTCALL(r_recv), RECV_DOC},
-    {"recv_many", FASTCALL(r_recv_many),
-     "recv_many(max_messages=1024, timeout=None)\n--\n\n"
-     "Wait like :meth:`recv` for the next message, then take every further whole message "
-     "already read ahead, up to ``max_messages`` in all, without waiting again."},
-    {NULL, NULL, 0, NULL},
+    READ_METHOD,
+    FIPC_H_FASTCALL("recv", r_recv,
+                    "recv(timeout=None)\n--\n\n"
+                    "The next whole message. EOFError at end of stream; a message cut short "
+                    "by the writer's end is dropped, never returned. OSError(EMSGSIZE) for a "
+                    "frame announcing more than ``max_message_size`` bytes."),
+    FIPC_H_FASTCALL("recv_many", r_recv_many,
+                    "recv_many(max_messages=1024, timeout=None)\n--\n\n"
+                    "Wait like :meth:`recv` for the next message, then take every further "
+                    "whole message already read ahead, up to ``max_messages`` in all, without "
+                    "waiting again."),
+    FIPC_H_END,
+};
+
+/* An AsyncClient's: the no-wait steps its coroutines call. A Client's type is a subtype of
+ * it, adding the blocking calls: the steps are written (and declared) once. */
+static PyMethodDef async_client_methods[] = {
+    SEND_STEP, WRITE_STEP, RECV_STEP, READ_STEP, FIPC_H_END,
 };
 
 static PyMethodDef client_methods[] = {
-    OPEN_METHOD,
-    SEND_STEP,
-    WRITE_STEP,
-    RECV_STEP,
-    READ_STEP,
-    {"send", FASTCALL(c_send),
-     "send(data, timeout=None)\n--\n\n"
-     "Send ``data`` (bytes-like) whole; TimeoutError if the server does not take it within "
-     "``timeout`` seconds, BrokenPipeError / ConnectionResetError once it is gone. A framed "
-     "message cut short would desynchronise the stream, so the client then closes itself."},
-    {"recv", FASTCALL(c_recv),
-     "recv(timeout=None)\n--\n\n"
-     "The next message (length framing; OSError(EMSGSIZE) for a frame over "
-     "``max_message_size``), or the bytes that arrived (raw framing). EOFError at the end "
-     "of the stream, whatever the framing."},
-    {"read", FASTCALL(r_read), READ_DOC},
-    {NULL, NULL, 0, NULL},
+    FIPC_H_FASTCALL("send", c_send,
+                    "send(data, timeout=None)\n--\n\n"
+                    "Send ``data`` (bytes-like) whole; TimeoutError if the server does not "
+                    "take it within ``timeout`` seconds, BrokenPipeError / "
+                    "ConnectionResetError once it is gone. A framed message cut short would "
+                    "desynchronise the stream, so the client then closes itself."),
+    FIPC_H_FASTCALL("recv", c_recv,
+                    "recv(timeout=None)\n--\n\n"
+                    "The next message (length framing; OSError(EMSGSIZE) for a frame over "
+                    "``max_message_size``), or the bytes that arrived (raw framing). EOFError "
+                    "at the end of the stream, whatever the framing."),
+    READ_METHOD,
+    FIPC_H_END,
 };
-
-static PyMethodDef async_client_methods[] = {
-    OPEN_METHOD, SEND_STEP, WRITE_STEP, RECV_STEP, READ_STEP, {NULL, NULL, 0, NULL},
-};
-
-static PyGetSetDef no_getset[] = {{NULL, NULL, NULL, NULL, NULL}};
 
 static PyGetSetDef limit_getset[] = {
     {"_limit", (getter)s_get_limit, (setter)s_set_limit,
@@ -728,31 +716,40 @@ static PyGetSetDef limit_getset[] = {
     {NULL, NULL, NULL, NULL, NULL},
 };
 
-#define STREAM_SPEC(var, pyname, doc, methods, getset)                                    \
-    static PyType_Slot var##_slots[] = {                                                 \
-        {Py_tp_doc, doc}, {Py_tp_methods, methods}, {Py_tp_getset, getset}, {0, NULL}};  \
-    static PyType_Spec var = {                                                           \
-        .name = "fastipc._fastipc." pyname,                                              \
-        .basicsize = sizeof(StreamHandle),                                               \
-        .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,                               \
-        .slots = var##_slots,                                                            \
-    };
-
-STREAM_SPEC(writer_spec, "PipeWriterHandle", "The native handle of a pipe's or FIFO's write end.",
-            writer_methods, no_getset)
-STREAM_SPEC(reader_spec, "PipeReaderHandle", "The native handle of a pipe's or FIFO's read end.",
-            reader_methods, limit_getset)
-STREAM_SPEC(client_spec, "ClientHandle", "The native handle of a blocking socket client.",
-            client_methods, limit_getset)
-STREAM_SPEC(async_client_spec, "AsyncClientHandle",
+FIPC_H_SPEC(stream_spec, "StreamHandle", StreamHandle,
+            "The base of the stream ends' handles: one struct (a framed stream), one _open.",
+            stream_methods, fipc_h_no_getset);
+FIPC_H_SPEC(writer_spec, "PipeWriterHandle", StreamHandle,
+            "The native handle of a pipe's or FIFO's write end.", writer_methods,
+            fipc_h_no_getset);
+FIPC_H_SPEC(reader_spec, "PipeReaderHandle", StreamHandle,
+            "The native handle of a pipe's or FIFO's read end.", reader_methods, limit_getset);
+FIPC_H_SPEC(async_client_spec, "AsyncClientHandle", StreamHandle,
             "The native handle of an awaiting socket client (its no-wait steps).",
-            async_client_methods, limit_getset)
+            async_client_methods, limit_getset);
+FIPC_H_SPEC(client_spec, "ClientHandle", StreamHandle,
+            "The native handle of a blocking socket client: an AsyncClientHandle's steps and "
+            "the blocking calls.",
+            client_methods, fipc_h_no_getset);
+
+/* Make the type of `spec` with the base `base` and add it to the module: the type (a
+ * reference the module keeps), or NULL. fipc_h_add_type for a subtype of a handle type. */
+static PyObject *add_subtype(PyObject *module, PyType_Spec *spec, PyObject *base)
+{
+    PyObject *type = PyType_FromSpecWithBases(spec, base);
+    if (type != NULL && PyModule_AddObject(module, strrchr(spec->name, '.') + 1, type) < 0)
+        Py_CLEAR(type);
+    return type;
+}
 
 int fipc_py_pipe_init(PyObject *module)
 {
-    PyType_Spec *specs[] = {&writer_spec, &reader_spec, &client_spec, &async_client_spec};
-    for (size_t i = 0; i < sizeof specs / sizeof *specs; i++)
-        if (fipc_h_add_type(module, specs[i], NULL) < 0)
-            return -1;
-    return 0;
+    PyObject *stream, *async_client = NULL;
+    if (fipc_h_add_type(module, &stream_spec, &stream) < 0)
+        return -1;
+    int ok = add_subtype(module, &writer_spec, stream) && add_subtype(module, &reader_spec, stream) &&
+             (async_client = add_subtype(module, &async_client_spec, stream)) != NULL &&
+             add_subtype(module, &client_spec, async_client);
+    Py_DECREF(stream);
+    return ok ? 0 : -1;
 }

@@ -25,8 +25,6 @@ typedef struct {
     PyObject *partial;  /* subscriber: the bytes object a streamed message is assembled in */
 } PubHandle;
 
-static PyObject *core_check_int; /* fastipc._core.check_int(value, name, low, high) */
-static PyObject *core_byte_view; /* fastipc._core.byte_view(data) */
 static PyObject *core_raise_errno; /* fastipc._core.raise_errno(code, name) */
 
 static void pub_wake(fipc_handle *h)
@@ -56,11 +54,7 @@ static const fipc_handle_kind pub_kind = {pub_wake, pub_release};
 
 static int take_map(PubHandle *self, PyObject *mm, unsigned long long size)
 {
-    if (self->mapped || atomic_load(&self->h.state) != FIPC_H_UNOPENED) {
-        PyErr_SetString(PyExc_ValueError, "the handle is open already");
-        return -1;
-    }
-    if (PyObject_GetBuffer(mm, &self->map, PyBUF_WRITABLE) < 0)
+    if (fipc_ring_map(&self->h, "fan-out", mm, &self->map) < 0)
         return -1;
     if ((unsigned long long)self->map.len != size) {
         PyBuffer_Release(&self->map);
@@ -142,15 +136,6 @@ static PyObject *pub_forsake(PubHandle *self, PyObject *Py_UNUSED(ignored))
 
 /* ------------------------------------------------------------------------ shared */
 
-/* Seconds left until deadline (ns; < 0: none). */
-static double left_of(int64_t deadline)
-{
-    if (deadline < 0)
-        return -1.0;
-    int64_t ns = deadline - fipc_now_ns();
-    return ns > 0 ? (double)ns / 1e9 : 0.0;
-}
-
 static PyObject *call_hook(PubHandle *self, const char *name)
 {
     return PyObject_CallMethod((PyObject *)self, name, NULL);
@@ -193,15 +178,15 @@ static int parse(PubHandle *self, const char *func, PyObject *const *args, Py_ss
 
 /* The start of a method taking arguments: enter (ValueError if closed), parse them, and the
  * timeout arg[t] (t < 0: none). 0, or -1 with the call failed and left. */
-static int begin(PubHandle *self, const char *func, PyObject *const *args, Py_ssize_t nargs,
+static int begin(fipc_handle *h, const char *func, PyObject *const *args, Py_ssize_t nargs,
                  PyObject *kwnames, const char *const *names, int required, PyObject **arg,
                  int t, double *timeout)
 {
-    if (fipc_h_enter(&self->h) < 0)
+    if (fipc_h_enter(h) < 0)
         return -1;
-    if (parse(self, func, args, nargs, kwnames, names, required, arg) < 0 ||
+    if (parse((PubHandle *)h, func, args, nargs, kwnames, names, required, arg) < 0 ||
         (t >= 0 && fipc_h_timeout(arg[t], timeout) < 0)) {
-        fipc_h_fail(&self->h);
+        fipc_h_fail(h);
         return -1;
     }
     return 0;
@@ -260,21 +245,6 @@ static PyObject *pub_stats(PubHandle *self, PyObject *Py_UNUSED(ignored))
 
 /* ------------------------------------------------------------------------ publisher */
 
-/* A message's buffer, no copy: 0, or -1 with the TypeError of _core.byte_view (the pure
- * backend's message: fipc_h_buffer words some cases differently). */
-static int data_buffer(PyObject *data, Py_buffer *view)
-{
-    if (!PyUnicode_Check(data) && PyObject_GetBuffer(data, view, PyBUF_SIMPLE) == 0)
-        return 0;
-    PyErr_Clear();
-    PyObject *r = PyObject_CallFunctionObjArgs(core_byte_view, data, NULL);
-    if (r != NULL) {
-        Py_DECREF(r);
-        PyErr_SetString(PyExc_TypeError, "a contiguous bytes-like object is required");
-    }
-    return -1;
-}
-
 typedef struct {
     PubHandle *p;
     const char *const *bufs;
@@ -318,42 +288,31 @@ static void send_failed(PubHandle *self, int64_t rc, uint64_t n, double timeout)
     fipc_h_raise(&self->h, rc, timeout);
 }
 
-/* One message, data, sent as send_messages says (its return value). */
-static int send_one(PubHandle *self, PyObject *data, double timeout, int nowait)
+/* One message (view), sent as send_messages says (its return value). */
+static int send_one(PubHandle *self, Py_buffer *view, double timeout, int nowait)
 {
-    Py_buffer view;
-    if (data_buffer(data, &view) < 0)
-        return -1;
-    const char *buf = view.buf;
-    uint64_t len = (uint64_t)view.len;
+    const char *buf = view->buf;
+    uint64_t len = (uint64_t)view->len;
     send_ctx c = {self, &buf, &len, 1, 0};
-    int rc = send_messages(self, &c, timeout, nowait, 0);
-    PyBuffer_Release(&view);
-    return rc;
+    return send_messages(self, &c, timeout, nowait, 0);
 }
 
-static const char *const send_names[] = {"data", "timeout", NULL};
-
-static PyObject *pub_send(PubHandle *self, PyObject *const *args, Py_ssize_t nargs,
-                          PyObject *kwnames)
+static PyObject *send_body(fipc_handle *h, fipc_ring_args *a)
 {
-    PyObject *arg[2];
-    double timeout;
-    if (begin(self, "send", args, nargs, kwnames, send_names, 1, arg, 1, &timeout) < 0)
-        return NULL;
-    int rc = send_one(self, arg[0], timeout, 0);
-    return fipc_h_done(&self->h, rc < 0 ? NULL : Py_NewRef(Py_None));
+    int rc = send_one((PubHandle *)h, &a->view, a->timeout, 0);
+    return fipc_h_done(h, rc < 0 ? NULL : Py_NewRef(Py_None));
 }
+FIPC_RING_METHOD(pub_send, PubHandle, "send", ("data", "timeout"), 1, begin, fipc_ring_buffer,
+                 send_body)
 
 /* _send_nowait(data): True if it went, False if it has to wait (a message streamed in part
  * keeps its progress, for the next attempt to resume). */
-static PyObject *pub_send_nowait(PubHandle *self, PyObject *data)
+static PyObject *send_nowait_body(fipc_handle *h, fipc_ring_args *a)
 {
-    if (fipc_h_enter(&self->h) < 0)
-        return NULL;
-    int rc = send_one(self, data, 0.0, 1);
-    return fipc_h_done(&self->h, rc < 0 ? NULL : PyBool_FromLong(rc));
+    int rc = send_one((PubHandle *)h, &a->view, 0.0, 1);
+    return fipc_h_done(h, rc < 0 ? NULL : PyBool_FromLong(rc));
 }
+FIPC_RING_NOWAIT(pub_send_nowait, PubHandle, fipc_ring_buffer, send_nowait_body)
 
 /* _give_up(): an awaited send ended early: what was streamed of its message is abandoned. */
 static PyObject *pub_give_up(PubHandle *self, PyObject *Py_UNUSED(ignored))
@@ -361,87 +320,6 @@ static PyObject *pub_give_up(PubHandle *self, PyObject *Py_UNUSED(ignored))
     if (still_mapped(self))
         self->core.progress = 0;
     Py_RETURN_NONE;
-}
-
-/* The messages of send_many: a list or tuple of bytes-like objects (anything else iterable
- * is made a list first), their buffers and lengths. 0, or -1 with the pure backend's
- * TypeError. */
-typedef struct {
-    PyObject *seq;
-    Py_buffer *views;
-    const char **bufs;
-    uint64_t *lens;
-    Py_ssize_t n, got;
-} batch;
-
-static void batch_free(batch *b)
-{
-    for (Py_ssize_t i = 0; i < b->got; i++)
-        PyBuffer_Release(&b->views[i]);
-    PyMem_Free(b->views);
-    PyMem_Free(b->bufs);
-    PyMem_Free(b->lens);
-    Py_CLEAR(b->seq);
-}
-
-static int batch_of(PyObject *messages, batch *b)
-{
-    memset(b, 0, sizeof *b);
-    if (PyBytes_Check(messages) || PyByteArray_Check(messages) ||
-        PyMemoryView_Check(messages) || PyUnicode_Check(messages)) {
-        PyErr_SetString(PyExc_TypeError,
-                        "send_many takes an iterable of messages, not one message");
-        return -1;
-    }
-    if (PyList_CheckExact(messages) || PyTuple_CheckExact(messages)) {
-        Py_INCREF(messages);
-        b->seq = messages;
-    }
-    else if ((b->seq = PySequence_List(messages)) == NULL)
-        return -1;
-    b->n = PySequence_Size(b->seq);
-    if (b->n < 0)
-        goto fail;
-    if (b->n == 0)
-        return 0;
-    b->views = PyMem_Calloc((size_t)b->n, sizeof *b->views);
-    b->bufs = PyMem_Calloc((size_t)b->n, sizeof *b->bufs);
-    b->lens = PyMem_Calloc((size_t)b->n, sizeof *b->lens);
-    if (b->views == NULL || b->bufs == NULL || b->lens == NULL) {
-        PyErr_NoMemory();
-        goto fail;
-    }
-    for (Py_ssize_t i = 0; i < b->n; i++) {
-        PyObject *item = PySequence_GetItem(b->seq, i);
-        if (item == NULL)
-            goto fail;
-        int rc = data_buffer(item, &b->views[i]);
-        Py_DECREF(item);
-        if (rc < 0)
-            goto fail;
-        b->got = i + 1;
-        b->bufs[i] = b->views[i].buf;
-        b->lens[i] = (uint64_t)b->views[i].len;
-    }
-    return 0;
-fail:
-    batch_free(b);
-    return -1;
-}
-
-/* Say how many messages went on the exception being raised (OSError, ValueError). */
-static void tell_sent(uint64_t sent)
-{
-    if (!PyErr_ExceptionMatches(PyExc_OSError) && !PyErr_ExceptionMatches(PyExc_ValueError))
-        return;
-    PyObject *type, *value, *tb;
-    PyErr_Fetch(&type, &value, &tb);
-    PyErr_NormalizeException(&type, &value, &tb);
-    PyObject *n = PyLong_FromUnsignedLongLong(sent);
-    if (n == NULL || value == NULL || PyObject_SetAttrString(value, "messages_sent", n) < 0)
-        PyErr_Clear();
-    Py_XDECREF(n);
-    PyErr_Restore(type, value, tb);
 }
 
 /* Send c's messages from c->done on, waiting up to timeout (nowait: one attempt that
@@ -464,7 +342,7 @@ static int send_messages(PubHandle *self, send_ctx *c, double timeout, int nowai
         largest = c->lens[i] > largest ? c->lens[i] : largest;
     send_failed(self, rc, largest, timeout);
     if (many)
-        tell_sent(c->done);
+        fipc_ring_note_sent(c->done);
     return -1;
 }
 
@@ -472,35 +350,29 @@ static int send_messages(PubHandle *self, send_ctx *c, double timeout, int nowai
 static int send_batch(PubHandle *self, PyObject *messages, Py_ssize_t first, double timeout,
                       int nowait, uint64_t *sent)
 {
-    batch b;
-    if (batch_of(messages, &b) < 0)
+    fipc_ring_batch b;
+    if (fipc_ring_batch_of(messages, &b) < 0)
         return -1;
     if (first < 0 || first > b.n) {
-        batch_free(&b);
+        fipc_ring_batch_free(&b);
         PyErr_SetString(PyExc_ValueError, "first is out of range");
         return -1;
     }
     send_ctx c = {self, b.bufs, b.lens, (uint64_t)b.n, (uint64_t)first};
     int rc = send_messages(self, &c, timeout, nowait, 1);
-    batch_free(&b);
+    fipc_ring_batch_free(&b);
     *sent = c.done - (uint64_t)first;
     return rc;
 }
 
-static const char *const send_many_names[] = {"messages", "timeout", NULL};
-
-static PyObject *pub_send_many(PubHandle *self, PyObject *const *args, Py_ssize_t nargs,
-                               PyObject *kwnames)
+static PyObject *send_many_body(fipc_handle *h, fipc_ring_args *a)
 {
-    PyObject *arg[2];
-    double timeout;
     uint64_t sent;
-    if (begin(self, "send_many", args, nargs, kwnames, send_many_names, 1, arg, 1,
-              &timeout) < 0)
-        return NULL;
-    int rc = send_batch(self, arg[0], 0, timeout, 0, &sent);
-    return fipc_h_done(&self->h, rc < 0 ? NULL : Py_NewRef(Py_None));
+    int rc = send_batch((PubHandle *)h, a->x, 0, a->timeout, 0, &sent);
+    return fipc_h_done(h, rc < 0 ? NULL : Py_NewRef(Py_None));
 }
+FIPC_RING_METHOD(pub_send_many, PubHandle, "send_many", ("messages", "timeout"), 1, begin, NULL,
+                 send_many_body)
 
 /* _send_many_nowait(messages, first): how many of messages[first:] went without waiting. */
 static PyObject *pub_send_many_nowait(PubHandle *self, PyObject *args)
@@ -549,7 +421,7 @@ static int64_t recv_wait(PubHandle *self, recv_ctx *c, double timeout, int64_t d
                          int first)
 {
     for (;;) {
-        double t = first || timeout <= 0 ? timeout : left_of(deadline);
+        double t = first ? timeout : fipc_h_left(deadline);
         int64_t rc = fipc_h_wait(&self->h, recv_attempt, c, t, -ETIMEDOUT);
         if (rc != FIPC_PUB_RECHECK)
             return rc;
@@ -618,7 +490,7 @@ static PyObject *assemble(PubHandle *self, double timeout, int64_t deadline, int
  * message the batch does not take is FIPC_NEED). */
 static PyObject *take(PubHandle *self, double timeout, int more, int64_t *status)
 {
-    int64_t deadline = timeout > 0 ? fipc_deadline(timeout) : -1;
+    int64_t deadline = fipc_h_deadline(timeout);
     if (self->partial != NULL)
         return assemble(self, timeout, deadline, 1, status);
     recv_ctx c = {self, NULL, 0, NULL, more ? TAKE_MORE : TAKE_ANY};
@@ -682,21 +554,20 @@ static PyObject *recv_done(PubHandle *self, PyObject *r, int64_t status, double 
     return r;
 }
 
-static const char *const recv_names[] = {"timeout", NULL};
+static PyObject *many(PubHandle *self, double timeout, long max, int64_t *status);
 
-static PyObject *sub_recv(PubHandle *self, PyObject *const *args, Py_ssize_t nargs,
-                          PyObject *kwnames)
+/* recv(timeout=None); recv_many(max_messages=1024, timeout=None): max > 0. */
+FIPC_RING_INLINE PyObject *recv_body(fipc_handle *h, fipc_ring_args *a)
 {
-    PyObject *arg[1];
-    double timeout;
-    if (begin(self, "recv", args, nargs, kwnames, recv_names, 0, arg, 0, &timeout) < 0)
-        return NULL;
+    PubHandle *self = (PubHandle *)h;
     if (unstick(self) < 0)
-        return fipc_h_fail(&self->h);
+        return fipc_h_fail(h);
     int64_t status = 0;
-    PyObject *r = take(self, timeout, 0, &status);
-    return recv_done(self, r, status, timeout);
+    PyObject *r = a->max ? many(self, a->timeout, a->max, &status)
+                         : take(self, a->timeout, 0, &status);
+    return recv_done(self, r, status, a->timeout);
 }
+FIPC_RING_METHOD(sub_recv, PubHandle, "recv", ("timeout"), 0, begin, NULL, recv_body)
 
 /* _recv_nowait(): the next message, or None if there is none yet (for awaiting). */
 static PyObject *sub_recv_nowait(PubHandle *self, PyObject *Py_UNUSED(ignored))
@@ -712,14 +583,6 @@ static PyObject *sub_recv_nowait(PubHandle *self, PyObject *Py_UNUSED(ignored))
         Py_INCREF(r);
     }
     return recv_done(self, r, status, 0.0);
-}
-
-static PyObject *too_small(uint64_t cap, uint64_t n)
-{
-    PyErr_Format(PyExc_ValueError, "buffer of %llu bytes is too small for the next message "
-                 "(%llu bytes); it stays queued", (unsigned long long)cap,
-                 (unsigned long long)n);
-    return NULL;
 }
 
 static int writable_buffer(PyObject *buffer, Py_buffer *view)
@@ -742,45 +605,32 @@ static int writable_buffer(PyObject *buffer, Py_buffer *view)
     return -1;
 }
 
-static const char *const recv_into_names[] = {"buffer", "timeout", NULL};
-
-static PyObject *sub_recv_into(PubHandle *self, PyObject *const *args, Py_ssize_t nargs,
-                               PyObject *kwnames)
+static PyObject *recv_into_body(fipc_handle *h, fipc_ring_args *a)
 {
-    PyObject *arg[2];
-    double timeout;
-    Py_buffer view;
-    if (begin(self, "recv_into", args, nargs, kwnames, recv_into_names, 1, arg, 1,
-              &timeout) < 0)
-        return NULL;
-    if (writable_buffer(arg[0], &view) < 0)
-        return fipc_h_fail(&self->h);
-    if (unstick(self) < 0) {
-        PyBuffer_Release(&view);
-        return fipc_h_fail(&self->h);
-    }
-    uint64_t cap = (uint64_t)view.len;
+    PubHandle *self = (PubHandle *)h;
+    double timeout = a->timeout;
+    if (unstick(self) < 0)
+        return fipc_h_fail(h);
+    uint64_t cap = (uint64_t)a->view.len;
     int64_t n;
     if (self->partial != NULL) { /* a streamed message under way: finished in its buffer */
         if (cap < (uint64_t)PyBytes_Size(self->partial)) {
-            too_small(cap, (uint64_t)PyBytes_Size(self->partial));
-            PyBuffer_Release(&view);
+            fipc_ring_too_small(cap, (uint64_t)PyBytes_Size(self->partial));
             return fipc_h_fail(&self->h);
         }
         int64_t status = 0;
         PyObject *r = take(self, timeout, 0, &status);
         if (r == NULL) {
-            PyBuffer_Release(&view);
             recv_failed(self, status, timeout);
             return fipc_h_fail(&self->h);
         }
         n = PyBytes_Size(r);
-        memcpy(view.buf, PyBytes_AsString(r), (size_t)n);
+        memcpy(a->view.buf, PyBytes_AsString(r), (size_t)n);
         Py_DECREF(r);
     }
     else {
-        recv_ctx c = {self, view.buf, cap, NULL, TAKE_ANY};
-        int64_t deadline = timeout > 0 ? fipc_deadline(timeout) : -1;
+        recv_ctx c = {self, a->view.buf, cap, NULL, TAKE_ANY};
+        int64_t deadline = fipc_h_deadline(timeout);
         n = recv_wait(self, &c, timeout, deadline, 1);
         fipc_pub *core = &self->core;
         if (n < 0 && n != FIPC_NEED && core->msg_total && core->msg_dest == c.dest) {
@@ -798,21 +648,18 @@ static PyObject *sub_recv_into(PubHandle *self, PyObject *const *args, Py_ssize_
                 PyErr_Clear(); /* the message is dropped whole */
         }
         if (n == FIPC_NEED) {
-            PyBuffer_Release(&view);
-            too_small(cap, core->last_len);
+            fipc_ring_too_small(cap, core->last_len);
             return fipc_h_fail(&self->h);
         }
         if (n < 0) {
-            PyBuffer_Release(&view);
             recv_failed(self, n, timeout);
             return fipc_h_fail(&self->h);
         }
     }
-    PyBuffer_Release(&view);
-    if (fipc_h_leave(&self->h) < 0)
-        return NULL;
-    return PyLong_FromLongLong(n);
+    return fipc_h_done(h, PyLong_FromLongLong(n));
 }
+FIPC_RING_METHOD(sub_recv_into, PubHandle, "recv_into", ("buffer", "timeout"), 1, begin,
+                 writable_buffer, recv_into_body)
 
 /* Up to max messages: the first as recv takes it (waiting), then those already there that
  * a batch takes, without waiting. */
@@ -821,13 +668,11 @@ static PyObject *many(PubHandle *self, double timeout, long max, int64_t *status
     PyObject *first = take(self, timeout, 0, status);
     if (first == NULL)
         return NULL;
-    PyObject *list = PyList_New(1);
+    PyObject *list = fipc_ring_list(first);
     if (list == NULL) {
-        Py_DECREF(first);
         *status = FIPC_H_RAISED;
         return NULL;
     }
-    PyList_SetItem(list, 0, first);
     for (long count = 1; count < max && self->partial == NULL; count++) {
         if (fipc_sub_more(&self->core) <= 0)
             break; /* nothing more there (an error is left for the next call) */
@@ -852,45 +697,8 @@ static PyObject *many(PubHandle *self, double timeout, long max, int64_t *status
     return list;
 }
 
-static const char *const recv_many_names[] = {"max_messages", "timeout", NULL};
-
-static int max_messages_of(PyObject *obj, long *out)
-{
-    if (obj == NULL) {
-        *out = 1024;
-        return 0;
-    }
-    if (PyLong_CheckExact(obj)) {
-        long v = PyLong_AsLong(obj);
-        if (v >= 1 && v <= (1L << 20)) {
-            *out = v;
-            return 0;
-        }
-        PyErr_Clear();
-    }
-    PyObject *r = PyObject_CallFunction(core_check_int, "Osii", obj, "max_messages", 1, 1 << 20);
-    if (r == NULL)
-        return -1;
-    *out = PyLong_AsLong(r);
-    Py_DECREF(r);
-    return *out == -1 && PyErr_Occurred() ? -1 : 0;
-}
-
-static PyObject *sub_recv_many(PubHandle *self, PyObject *const *args, Py_ssize_t nargs,
-                               PyObject *kwnames)
-{
-    PyObject *arg[2];
-    double timeout;
-    long max;
-    if (begin(self, "recv_many", args, nargs, kwnames, recv_many_names, 0, arg, -1, NULL) < 0)
-        return NULL;
-    if (max_messages_of(arg[0], &max) < 0 || fipc_h_timeout(arg[1], &timeout) < 0 ||
-        unstick(self) < 0)
-        return fipc_h_fail(&self->h);
-    int64_t status = 0;
-    PyObject *r = many(self, timeout, max, &status);
-    return recv_done(self, r, status, timeout);
-}
+FIPC_RING_METHOD(sub_recv_many, PubHandle, "recv_many", ("max_messages", "timeout"),
+                 FIPC_RING_MANY, begin, NULL, recv_body)
 
 /* _recv_many_nowait(max_messages): recv_many without waiting, or None (for awaiting). */
 static PyObject *sub_recv_many_nowait(PubHandle *self, PyObject *arg)
@@ -898,7 +706,7 @@ static PyObject *sub_recv_many_nowait(PubHandle *self, PyObject *arg)
     long max;
     if (fipc_h_enter(&self->h) < 0)
         return NULL;
-    if (max_messages_of(arg, &max) < 0 || unstick(self) < 0)
+    if (fipc_ring_max_messages(arg, &max) < 0 || unstick(self) < 0)
         return fipc_h_fail(&self->h);
     int64_t status = 0;
     PyObject *r = many(self, 0.0, max, &status);
@@ -929,7 +737,7 @@ static PyObject *sub_view(PubHandle *self, PyObject *arg)
         copy = take(self, timeout, 0, &status);
     else {
         recv_ctx c = {self, NULL, 0, NULL, TAKE_ANY};
-        int64_t deadline = timeout > 0 ? fipc_deadline(timeout) : -1;
+        int64_t deadline = fipc_h_deadline(timeout);
         int64_t n = recv_wait(self, &c, timeout, deadline, 1);
         if (n == FIPC_NEED) /* a streamed message: assembled, so a copy */
             copy = assemble(self, timeout, deadline, 0, &status);
@@ -995,72 +803,46 @@ static PyObject *sub_missed(PubHandle *self, PyObject *Py_UNUSED(ignored))
 
 /* ------------------------------------------------------------------------ the types */
 
-#define FASTCALL(f) (PyCFunction)(void (*)(void))(f), METH_FASTCALL | METH_KEYWORDS
-/* what both ends have (and the end of the table) */
-#define BOTH_ENDS                                                       \
-    {"_forsake", (PyCFunction)pub_forsake, METH_NOARGS, NULL},          \
-    {"_park", (PyCFunction)pub_park, METH_NOARGS, NULL},                \
-    {"_unpark", (PyCFunction)pub_unpark, METH_NOARGS, NULL},            \
-    {"_stats", (PyCFunction)pub_stats, METH_NOARGS, NULL},              \
-    {NULL, NULL, 0, NULL}
+/* (the hooks without a docstring: two a line) */
+static PyMethodDef fan_out_methods[] = {
+    FIPC_H_NOARGS("_forsake", pub_forsake, NULL), FIPC_H_NOARGS("_park", pub_park, NULL),
+    FIPC_H_NOARGS("_unpark", pub_unpark, NULL), FIPC_H_NOARGS("_stats", pub_stats, NULL),
+    FIPC_H_END,
+};
 
 static PyMethodDef pub_methods[] = {
-    {"_open", (PyCFunction)pub_open, METH_VARARGS, NULL},
-    {"send", FASTCALL(pub_send),
-     "send(data, timeout=None)\n--\n\n"
-     "Publish one message (any bytes-like object). Under ``\"block\"``, waits up to "
-     "``timeout`` seconds for the slowest subscriber (TimeoutError; a message streamed in "
-     "part is then dropped by the subscribers, never delivered in part)."},
-    {"send_many", FASTCALL(pub_send_many),
-     "send_many(messages, timeout=None)\n--\n\n"
-     "Publish several messages in one call. On an error after some went, the exception's "
-     "``messages_sent`` says how many."},
-    {"_send_nowait", (PyCFunction)pub_send_nowait, METH_O, NULL},
-    {"_send_many_nowait", (PyCFunction)pub_send_many_nowait, METH_VARARGS, NULL},
-    {"_give_up", (PyCFunction)pub_give_up, METH_NOARGS, NULL},
-    BOTH_ENDS,
+    FIPC_H_VARARGS("_open", pub_open, NULL),
+    FIPC_RING_SEND_METHODS(pub_send, pub_send_many, pub_send_nowait,
+                           "the slowest subscriber under ``\"block\"``"),
+    FIPC_H_VARARGS("_send_many_nowait", pub_send_many_nowait, NULL),
+    FIPC_H_NOARGS("_give_up", pub_give_up, NULL), FIPC_H_END,
 };
 
 static PyMethodDef sub_methods[] = {
-    {"_open", (PyCFunction)sub_open, METH_VARARGS, NULL},
-    {"recv", FASTCALL(sub_recv),
-     "recv(timeout=None)\n--\n\n"
-     "The next message. EOFError once the publisher has gone and all was read."},
-    {"recv_into", FASTCALL(sub_recv_into),
-     "recv_into(buffer, timeout=None)\n--\n\n"
-     "Copy the next message into ``buffer`` and return its length. ValueError if it does "
-     "not fit (the message stays queued)."},
-    {"recv_many", FASTCALL(sub_recv_many),
-     "recv_many(max_messages=1024, timeout=None)\n--\n\n"
-     "Up to ``max_messages`` messages: waits up to ``timeout`` for the first, then takes "
-     "what is there without waiting."},
-    {"_recv_nowait", (PyCFunction)sub_recv_nowait, METH_NOARGS, NULL},
-    {"_recv_many_nowait", (PyCFunction)sub_recv_many_nowait, METH_O, NULL},
-    {"_view", (PyCFunction)sub_view, METH_O, NULL},
-    {"set_hold", (PyCFunction)sub_set_hold, METH_O, NULL},
-    {"_recheck", (PyCFunction)sub_recheck, METH_O, NULL},
-    {"_missed", (PyCFunction)sub_missed, METH_NOARGS, NULL},
-    BOTH_ENDS,
+    FIPC_H_VARARGS("_open", sub_open, NULL),
+    FIPC_RING_RECV_METHODS(sub_recv, sub_recv_into, sub_recv_many, sub_recv_nowait,
+                           sub_recv_many_nowait, "publisher"),
+    FIPC_H_O("_view", sub_view, NULL),
+    FIPC_H_O("set_hold", sub_set_hold, NULL), FIPC_H_O("_recheck", sub_recheck, NULL),
+    FIPC_H_NOARGS("_missed", sub_missed, NULL), FIPC_H_END,
 };
 
-FIPC_RING_HANDLE_TYPE(pub, "fastipc._fastipc.PublisherHandle", PubHandle,
-                      {Py_tp_doc, "The native handle of a fan-out publisher."},
-                      {Py_tp_methods, pub_methods});
-
-FIPC_RING_HANDLE_TYPE(sub, "fastipc._fastipc.SubscriberHandle", PubHandle,
-                      {Py_tp_doc, "The native handle of a fan-out subscriber."},
-                      {Py_tp_methods, sub_methods});
+FIPC_H_SPEC(fan_out_spec, "FanOutHandle", PubHandle,
+            "The base of a fan-out's ends' handles: the await hooks and counters.",
+            fan_out_methods, fipc_h_no_getset);
+FIPC_H_SPEC(pub_spec, "PublisherHandle", PubHandle, "The native handle of a fan-out publisher.",
+            pub_methods, fipc_h_no_getset);
+FIPC_H_SPEC(sub_spec, "SubscriberHandle", PubHandle, "The native handle of a fan-out subscriber.",
+            sub_methods, fipc_h_no_getset);
 
 int fipc_py_pubsub_init(PyObject *module)
 {
     PyObject *core = PyImport_ImportModule("fastipc._core");
     if (core == NULL)
         return -1;
-    core_check_int = PyObject_GetAttrString(core, "check_int");
-    core_byte_view = PyObject_GetAttrString(core, "byte_view");
     core_raise_errno = PyObject_GetAttrString(core, "raise_errno");
     Py_DECREF(core);
-    if (core_check_int == NULL || core_byte_view == NULL || core_raise_errno == NULL)
+    if (core_raise_errno == NULL)
         return -1;
-    return fipc_ring_add_types(module, &pub_spec, &sub_spec);
+    return fipc_ring_add_types(module, &fan_out_spec, &pub_spec, &sub_spec);
 }

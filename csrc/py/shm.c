@@ -7,7 +7,6 @@
 #include "ring_handle.h"
 
 #include <errno.h>
-#include <stdlib.h>
 #include <string.h>
 
 #include "../shm.h"
@@ -64,11 +63,7 @@ static PyObject *shm_open(ShmHandle *self, PyObject *args, int writer)
     double spin;
     if (!PyArg_ParseTuple(args, "OiiKd:_open", &mm, &fd, &pid, &max_message, &spin))
         return NULL;
-    if (self->mapped || atomic_load(&self->h.state) != FIPC_H_UNOPENED) {
-        PyErr_SetString(PyExc_ValueError, "the channel handle is open already");
-        return NULL;
-    }
-    if (PyObject_GetBuffer(mm, &self->map, PyBUF_WRITABLE) < 0)
+    if (fipc_ring_map(&self->h, "channel", mm, &self->map) < 0)
         return NULL;
     int rc = (writer ? fipc_shm_writer_init : fipc_shm_reader_init)(
         &self->core, self->map.buf, (uint64_t)self->map.len, fd, pid, max_message, spin);
@@ -99,6 +94,8 @@ static PyObject *shm_detach(ShmHandle *self, PyObject *Py_UNUSED(ignored))
     atomic_compare_exchange_strong(&self->h.state, &open, FIPC_H_RELEASED);
     if (self->mapped)
         forget(self);
+    if (atomic_load(&self->h.state) == FIPC_H_UNOPENED)
+        self->h.kind = NULL; /* never opened: _open may set it up again (fipc_h_unopened) */
     Py_RETURN_NONE;
 }
 
@@ -112,18 +109,6 @@ static PyObject *shm_get_core(ShmHandle *self, void *Py_UNUSED(closure))
 }
 
 /* ------------------------------------------------------------------------ helpers */
-
-/* Seconds left of `timeout` (C convention) for a call that began at *deadline's making:
- * the deadline is made the first time this is asked. */
-static double time_left(double timeout, int64_t *deadline)
-{
-    if (timeout <= 0)
-        return timeout;
-    if (*deadline == 0)
-        *deadline = fipc_deadline(timeout);
-    int64_t ns = *deadline - fipc_now_ns();
-    return ns > 0 ? (double)ns / 1e9 : 0.0;
-}
 
 /* A message's bytes, copied once out of the ring; FIPC_CORRUPT if a page was lost under
  * the copy (the SIGBUS guard of csrc/shm.c gave it zeros). */
@@ -141,36 +126,6 @@ static int64_t copy_out(ShmHandle *s, const char *ptr, int64_t n, PyObject **out
 }
 
 
-/* The end of a call that failed with status rc (< 0). */
-static PyObject *failed(ShmHandle *self, int64_t rc, double timeout)
-{
-    fipc_h_raise(&self->h, rc, timeout);
-    return fipc_h_fail(&self->h);
-}
-
-static int check_count(PyObject *obj, const char *what, long low, long high, long *out)
-{
-    if (obj == NULL)
-        return 0;
-    if (!PyLong_Check(obj) || PyBool_Check(obj)) {
-        PyObject *name = PyType_GetName(Py_TYPE(obj));
-        PyErr_Format(PyExc_TypeError, "%s must be an int, not %U", what, name);
-        Py_XDECREF(name);
-        return -1;
-    }
-    int overflow = 0;
-    long v = PyLong_AsLongAndOverflow(obj, &overflow);
-    if (v == -1 && PyErr_Occurred())
-        return -1;
-    if (overflow || v < low || v > high) {
-        PyErr_Format(PyExc_ValueError, "%s must be between %ld and %ld, not %S", what, low,
-                     high, obj);
-        return -1;
-    }
-    *out = v;
-    return 0;
-}
-
 /* ------------------------------------------------------------------------ writer */
 
 typedef struct {
@@ -186,28 +141,18 @@ static int64_t send_attempt(void *ctx, double timeout)
     return fipc_shm_send(&x->s->core, x->buf, x->len, timeout, x->progress);
 }
 
-static const char *const send_names[] = {"data", "timeout", NULL};
-
-static PyObject *writer_send(ShmHandle *self, PyObject *const *args, Py_ssize_t nargs,
-                             PyObject *kwnames)
+static PyObject *send_body(fipc_handle *h, fipc_ring_args *a)
 {
-    PyObject *arg[2];
-    double timeout;
-    Py_buffer v;
-    if (fipc_h_begin(&self->h, "send", args, nargs, kwnames, send_names, 1, arg, 1, &timeout) < 0)
-        return NULL;
-    if (fipc_h_buffer(arg[0], &v, 0) < 0)
-        return fipc_h_fail(&self->h);
-    send_ctx x = {self, v.buf, (uint64_t)v.len, &self->progress};
+    ShmHandle *self = (ShmHandle *)h;
+    send_ctx x = {self, a->view.buf, (uint64_t)a->view.len, &self->progress};
     self->progress = 0;
-    int64_t rc = fipc_h_wait(&self->h, send_attempt, &x, timeout, -ETIMEDOUT);
-    PyBuffer_Release(&v);
-    if (rc < 0) {
+    int64_t rc = fipc_h_wait(h, send_attempt, &x, a->timeout, -ETIMEDOUT);
+    if (rc < 0)
         self->progress = 0; /* a message cut short is abandoned: the reader drops it */
-        return failed(self, rc, timeout);
-    }
-    return fipc_h_done(&self->h, Py_NewRef(Py_None));
+    return fipc_h_end(h, rc, a->timeout, rc < 0 ? NULL : Py_NewRef(Py_None));
 }
+FIPC_RING_METHOD(writer_send, ShmHandle, "send", ("data", "timeout"), 1, fipc_h_begin,
+                 fipc_ring_buffer, send_body)
 
 typedef struct {
     ShmHandle *s;
@@ -226,140 +171,45 @@ static int64_t many_attempt(void *ctx, double timeout)
     return rc;
 }
 
-/* The messages of send_many back to back in one buffer (*blob, malloc'd) and their lengths
- * (*lens, malloc'd): a list or tuple of bytes here; anything else through the Python rules
- * (Writer._join), which raise the errors the pure backend raises. Returns the count, or -1
- * with an exception set. */
-static Py_ssize_t join_messages(ShmHandle *self, PyObject *messages, char **blob,
-                                uint64_t **lens)
+static PyObject *send_many_body(fipc_handle *h, fipc_ring_args *a)
 {
-    PyObject *joined = NULL, *seq = messages, *lenlist = NULL;
-    int list = PyList_CheckExact(messages), tuple = PyTuple_CheckExact(messages);
-    Py_ssize_t count = list ? PyList_Size(messages) : tuple ? PyTuple_Size(messages) : -1;
-    uint64_t total = 0;
-    for (Py_ssize_t i = 0; i < count; i++) {
-        PyObject *m = list ? PyList_GetItem(seq, i) : PyTuple_GetItem(seq, i);
-        if (!PyBytes_CheckExact(m)) {
-            count = -1; /* not only bytes: the general rules */
-            break;
-        }
-        total += (uint64_t)PyBytes_Size(m);
-    }
-    if (count < 0) {
-        joined = PyObject_CallMethod((PyObject *)self, "_join", "(O)", messages);
-        if (joined == NULL)
-            return -1;
-        PyObject *b = PyTuple_GetItem(joined, 0);
-        lenlist = PyTuple_GetItem(joined, 1);
-        if (b == NULL || lenlist == NULL || !PyBytes_Check(b) || !PyList_Check(lenlist)) {
-            Py_DECREF(joined);
-            if (!PyErr_Occurred())
-                PyErr_SetString(PyExc_TypeError, "_join must return (bytes, list)");
-            return -1;
-        }
-        count = PyList_Size(lenlist);
-        total = (uint64_t)PyBytes_Size(b);
-        seq = b;
-    }
-    *blob = malloc(total ? total : 1);
-    *lens = malloc(sizeof(uint64_t) * (size_t)(count ? count : 1));
-    if (*blob == NULL || *lens == NULL) {
-        free(*blob);
-        free(*lens);
-        Py_XDECREF(joined);
-        PyErr_NoMemory();
-        return -1;
-    }
-    if (joined != NULL) {
-        memcpy(*blob, PyBytes_AsString(seq), total);
-        for (Py_ssize_t i = 0; i < count; i++) {
-            (*lens)[i] = (uint64_t)PyLong_AsUnsignedLongLong(PyList_GetItem(lenlist, i));
-        }
-        Py_DECREF(joined);
-        if (PyErr_Occurred()) {
-            free(*blob);
-            free(*lens);
-            return -1;
-        }
-        return count;
-    }
-    uint64_t off = 0;
-    for (Py_ssize_t i = 0; i < count; i++) {
-        PyObject *m = list ? PyList_GetItem(messages, i) : PyTuple_GetItem(messages, i);
-        uint64_t n = (uint64_t)PyBytes_Size(m);
-        memcpy(*blob + off, PyBytes_AsString(m), n);
-        (*lens)[i] = n;
-        off += n;
-    }
-    return count;
-}
-
-static PyObject *writer_send_many(ShmHandle *self, PyObject *const *args, Py_ssize_t nargs,
-                                  PyObject *kwnames)
-{
-    static const char *const names[] = {"messages", "timeout", NULL};
-    PyObject *arg[2];
-    double timeout;
-    char *blob;
-    uint64_t *lens;
-    if (fipc_h_begin(&self->h, "send_many", args, nargs, kwnames, names, 1, arg, 1, &timeout) < 0)
-        return NULL;
-    Py_ssize_t count = join_messages(self, arg[0], &blob, &lens);
-    if (count < 0)
-        return fipc_h_fail(&self->h);
+    ShmHandle *self = (ShmHandle *)h;
+    double timeout = a->timeout;
+    fipc_ring_batch b;
+    if (fipc_ring_batch_of(a->x, &b) < 0)
+        return fipc_h_fail(h);
+    many_ctx x = {self, b.bufs, b.lens, (uint64_t)b.n, 0};
     int64_t rc = 0;
-    const char **bufs = malloc(sizeof(char *) * (size_t)(count ? count : 1));
-    if (bufs == NULL) {
-        free(blob);
-        free(lens);
-        PyErr_NoMemory();
-        return fipc_h_fail(&self->h);
-    }
-    for (Py_ssize_t i = 0, off = 0; i < count; off += (Py_ssize_t)lens[i++])
-        bufs[i] = blob + off;
-    many_ctx x = {self, bufs, lens, (uint64_t)count, 0};
     self->progress = 0;
-    if (count > 0)
-        rc = fipc_h_wait(&self->h, many_attempt, &x, timeout, -ETIMEDOUT);
-    free(bufs);
-    free(blob);
-    free(lens);
+    if (b.n > 0)
+        rc = fipc_h_wait(h, many_attempt, &x, timeout, -ETIMEDOUT);
+    fipc_ring_batch_free(&b);
     if (rc < 0) {
         self->progress = 0; /* a message cut short is abandoned: the reader drops it */
-        fipc_h_raise(&self->h, rc, timeout);
-        if (PyErr_ExceptionMatches(PyExc_OSError)) { /* how many went */
-            PyObject *type, *value, *tb;
-            PyErr_Fetch(&type, &value, &tb);
-            PyErr_NormalizeException(&type, &value, &tb);
-            PyObject *sent = PyLong_FromUnsignedLongLong(x.done);
-            if (sent == NULL || PyObject_SetAttrString(value, "messages_sent", sent) < 0)
-                PyErr_Clear();
-            Py_XDECREF(sent);
-            PyErr_Restore(type, value, tb);
-        }
-        return fipc_h_fail(&self->h);
+        fipc_h_raise(h, rc, timeout);
+        fipc_ring_note_sent(x.done);
+        return fipc_h_fail(h);
     }
-    return fipc_h_done(&self->h, Py_NewRef(Py_None));
+    return fipc_h_done(h, Py_NewRef(Py_None));
 }
+FIPC_RING_METHOD(writer_send_many, ShmHandle, "send_many", ("messages", "timeout"), 1,
+                 fipc_h_begin, NULL, send_many_body)
 
 /* _send_nowait(data): one attempt at sending data whole, without waiting: True once it is
  * all in the ring, False while the ring is full (a streamed message keeps its progress for
  * the next attempt with the same data, until _abandon). For send_async. */
-static PyObject *writer_send_nowait(ShmHandle *self, PyObject *data)
+static PyObject *send_nowait_body(fipc_handle *h, fipc_ring_args *a)
 {
-    Py_buffer v;
-    if (fipc_h_enter(&self->h) < 0)
-        return NULL;
-    if (fipc_h_buffer(data, &v, 0) < 0)
-        return fipc_h_fail(&self->h);
-    int64_t rc = fipc_shm_send(&self->core, v.buf, (uint64_t)v.len, 0.0, &self->nowait);
-    PyBuffer_Release(&v);
+    ShmHandle *self = (ShmHandle *)h;
+    int64_t rc = fipc_shm_send(&self->core, a->view.buf, (uint64_t)a->view.len, 0.0,
+                               &self->nowait);
     if (rc < 0 && rc != -ETIMEDOUT && rc != -EINTR) {
         self->nowait = 0;
-        return failed(self, rc, 0.0);
+        return fipc_h_end(h, rc, 0.0, NULL);
     }
-    return fipc_h_done(&self->h, PyBool_FromLong(rc == 0));
+    return fipc_h_done(h, PyBool_FromLong(rc == 0));
 }
+FIPC_RING_NOWAIT(writer_send_nowait, ShmHandle, fipc_ring_buffer, send_nowait_body)
 
 /* _abandon(): give up a message _send_nowait left half-streamed (the reader drops it). */
 static PyObject *writer_abandon(ShmHandle *self, PyObject *Py_UNUSED(ignored))
@@ -394,10 +244,12 @@ static int unstick(ShmHandle *s)
     return r == NULL ? -1 : 0;
 }
 
-/* The wait of every receiving call: fipc_h_wait, and between its waits the views' recheck. */
-static int64_t recv_wait(ShmHandle *s, recv_ctx *x, double timeout, int may_wait)
+/* The wait of every receiving call: fipc_h_wait, and between its waits the views' recheck.
+ * timeout: this wait's; deadline: the call's (fipc_h_deadline), for the time left after a
+ * recheck. */
+static int64_t recv_wait(ShmHandle *s, recv_ctx *x, double timeout, int64_t deadline,
+                         int may_wait)
 {
-    int64_t deadline = 0;
     double left = timeout;
     for (;;) {
         if (s->core.recheck && unstick(s) < 0)
@@ -410,7 +262,7 @@ static int64_t recv_wait(ShmHandle *s, recv_ctx *x, double timeout, int may_wait
             return -ETIMEDOUT;
         if (PyErr_CheckSignals() < 0)
             return FIPC_H_RAISED;
-        left = time_left(timeout, &deadline);
+        left = fipc_h_left(deadline);
     }
 }
 
@@ -421,7 +273,7 @@ static int64_t recv_wait(ShmHandle *s, recv_ctx *x, double timeout, int may_wait
  * may_wait 0: one attempt with the GIL held (-ETIMEDOUT: none yet). */
 static int64_t recv_message(ShmHandle *s, double timeout, int may_wait, PyObject **out)
 {
-    int64_t deadline = 0;
+    int64_t deadline = fipc_h_deadline(may_wait ? timeout : 0.0);
     double left = timeout;
     for (;;) {
         recv_ctx x = {s, NULL, 0, NULL};
@@ -429,7 +281,7 @@ static int64_t recv_message(ShmHandle *s, double timeout, int may_wait, PyObject
             x.dest = PyBytes_AsString(s->pending);
             x.cap = (uint64_t)PyBytes_Size(s->pending);
         }
-        int64_t rc = recv_wait(s, &x, left, may_wait);
+        int64_t rc = recv_wait(s, &x, left, deadline, may_wait);
         if (rc >= 0) {
             if (x.dest == NULL) {
                 rc = copy_out(s, x.ptr, rc, out);
@@ -460,30 +312,23 @@ static int64_t recv_message(ShmHandle *s, double timeout, int may_wait, PyObject
                 return FIPC_H_RAISED;
         }
         if (may_wait)
-            left = time_left(timeout, &deadline);
+            left = fipc_h_left(deadline);
     }
 }
 
-static PyObject *reader_recv(ShmHandle *self, PyObject *const *args, Py_ssize_t nargs,
-                             PyObject *kwnames)
-{
-    static const char *const names[] = {"timeout", NULL};
-    PyObject *arg[1], *msg = NULL;
-    double timeout;
-    if (fipc_h_begin(&self->h, "recv", args, nargs, kwnames, names, 0, arg, 0, &timeout) < 0)
-        return NULL;
-    int64_t rc = recv_message(self, timeout, 1, &msg);
-    if (rc < 0)
-        return failed(self, rc, timeout);
-    return fipc_h_done(&self->h, msg);
-}
+static PyObject *more(ShmHandle *s, PyObject *first, long max);
 
-static void too_small(uint64_t cap, uint64_t n)
+/* recv(timeout=None); recv_many(max_messages=1024, timeout=None): max > 0. */
+FIPC_RING_INLINE PyObject *recv_body(fipc_handle *h, fipc_ring_args *a)
 {
-    PyErr_Format(PyExc_ValueError,
-                 "buffer of %llu bytes is too small for the next message (%llu bytes); it "
-                 "stays queued", (unsigned long long)cap, (unsigned long long)n);
+    ShmHandle *self = (ShmHandle *)h;
+    PyObject *msg = NULL;
+    int64_t rc = recv_message(self, a->timeout, 1, &msg);
+    if (rc < 0)
+        return fipc_h_end(h, rc, a->timeout, NULL);
+    return fipc_h_done(h, a->max ? more(self, msg, a->max) : msg);
 }
+FIPC_RING_METHOD(reader_recv, ShmHandle, "recv", ("timeout"), 0, fipc_h_begin, NULL, recv_body)
 
 /* The next message copied into dest (cap bytes): its length, or a status. */
 static int64_t recv_into(ShmHandle *s, char *dest, uint64_t cap, double timeout)
@@ -491,7 +336,7 @@ static int64_t recv_into(ShmHandle *s, char *dest, uint64_t cap, double timeout)
     if (s->pending != NULL) { /* a streamed message half-way in its own buffer: finish it */
         uint64_t n = (uint64_t)PyBytes_Size(s->pending);
         if (n > cap) {
-            too_small(cap, n);
+            fipc_ring_too_small(cap, n);
             return FIPC_H_RAISED;
         }
         PyObject *msg = NULL;
@@ -503,9 +348,9 @@ static int64_t recv_into(ShmHandle *s, char *dest, uint64_t cap, double timeout)
         return rc;
     }
     recv_ctx x = {s, dest, cap, NULL};
-    int64_t rc = recv_wait(s, &x, timeout, 1);
+    int64_t rc = recv_wait(s, &x, timeout, fipc_h_deadline(timeout), 1);
     if (rc == FIPC_NEED) {
-        too_small(cap, s->core.last_len);
+        fipc_ring_too_small(cap, s->core.last_len);
         return FIPC_H_RAISED;
     }
     if (rc < 0 && s->core.msg_total) {
@@ -523,42 +368,30 @@ static int64_t recv_into(ShmHandle *s, char *dest, uint64_t cap, double timeout)
     return rc;
 }
 
-static PyObject *reader_recv_into(ShmHandle *self, PyObject *const *args, Py_ssize_t nargs,
-                                  PyObject *kwnames)
+/* recv_into's buffer: writable and contiguous, else the TypeError of the pure backend's rule
+ * (fastipc._segment.check_writable). */
+static int writable_buffer(PyObject *buffer, Py_buffer *view)
 {
-    static const char *const names[] = {"buffer", "timeout", NULL};
-    PyObject *arg[2];
-    double timeout;
-    Py_buffer v;
-    if (fipc_h_begin(&self->h, "recv_into", args, nargs, kwnames, names, 1, arg, 1, &timeout) < 0)
-        return NULL;
-    if (PyUnicode_Check(arg[0]) || PyObject_GetBuffer(arg[0], &v, PyBUF_WRITABLE) < 0) {
-        /* the Python rules say what is wrong with it */
-        PyErr_Clear();
-        PyObject *r = PyObject_CallMethod((PyObject *)self, "_writable", "(O)", arg[0]);
-        if (r != NULL) {
-            Py_DECREF(r);
-            PyErr_SetString(PyExc_TypeError, "recv_into needs a writable contiguous buffer");
-        }
-        return fipc_h_fail(&self->h);
-    }
-    int64_t rc = recv_into(self, v.buf, (uint64_t)v.len, timeout);
-    PyBuffer_Release(&v);
-    if (rc < 0)
-        return failed(self, rc, timeout);
-    return fipc_h_done(&self->h, PyLong_FromLongLong(rc));
+    static PyObject *check;
+    return fipc_ring_view_of(buffer, view, PyBUF_WRITABLE, "fastipc._segment", "check_writable",
+                             &check, "recv_into needs a writable contiguous buffer");
 }
+
+static PyObject *recv_into_body(fipc_handle *h, fipc_ring_args *a)
+{
+    int64_t rc = recv_into((ShmHandle *)h, a->view.buf, (uint64_t)a->view.len, a->timeout);
+    return fipc_h_end(h, rc, a->timeout, rc < 0 ? NULL : PyLong_FromLongLong(rc));
+}
+FIPC_RING_METHOD(reader_recv_into, ShmHandle, "recv_into", ("buffer", "timeout"), 1, fipc_h_begin,
+                 writable_buffer, recv_into_body)
 
 /* `first` and what else is queued whole, up to max messages, without waiting, as a list;
  * anything else (a streamed message, an error) is left for the next call. */
 static PyObject *more(ShmHandle *s, PyObject *first, long max)
 {
-    PyObject *out = PyList_New(1);
-    if (out == NULL) {
-        Py_DECREF(first);
+    PyObject *out = fipc_ring_list(first);
+    if (out == NULL)
         return NULL;
-    }
-    PyList_SetItem(out, 0, first);
     for (long i = 1; i < max && s->pending == NULL; i++) {
         char *ptr;
         int64_t n = fipc_shm_recv_next(&s->core, &ptr);
@@ -579,23 +412,8 @@ static PyObject *more(ShmHandle *s, PyObject *first, long max)
     return out;
 }
 
-static PyObject *reader_recv_many(ShmHandle *self, PyObject *const *args, Py_ssize_t nargs,
-                                  PyObject *kwnames)
-{
-    static const char *const names[] = {"max_messages", "timeout", NULL};
-    PyObject *arg[2], *msg = NULL;
-    double timeout;
-    long max = 1024;
-    if (fipc_h_begin(&self->h, "recv_many", args, nargs, kwnames, names, 0, arg, -1, NULL) < 0)
-        return NULL;
-    if (check_count(arg[0], "max_messages", 1, 1L << 20, &max) < 0 ||
-        fipc_h_timeout(arg[1], &timeout) < 0)
-        return fipc_h_fail(&self->h);
-    int64_t rc = recv_message(self, timeout, 1, &msg);
-    if (rc < 0)
-        return failed(self, rc, timeout);
-    return fipc_h_done(&self->h, more(self, msg, max));
-}
+FIPC_RING_METHOD(reader_recv_many, ShmHandle, "recv_many", ("max_messages", "timeout"),
+                 FIPC_RING_MANY, fipc_h_begin, NULL, recv_body)
 
 /* _recv_nowait(): the next message if one is there, else None (nothing consumed). */
 static PyObject *reader_recv_nowait(ShmHandle *self, PyObject *Py_UNUSED(ignored))
@@ -605,7 +423,7 @@ static PyObject *reader_recv_nowait(ShmHandle *self, PyObject *Py_UNUSED(ignored
         return NULL;
     int64_t rc = recv_message(self, 0.0, 0, &msg);
     if (rc < 0 && rc != -ETIMEDOUT && rc != -EINTR)
-        return failed(self, rc, 0.0);
+        return fipc_h_end(&self->h, rc, 0.0, NULL);
     return fipc_h_done(&self->h, rc < 0 ? Py_NewRef(Py_None) : msg);
 }
 
@@ -620,7 +438,7 @@ static PyObject *reader_recv_many_nowait(ShmHandle *self, PyObject *arg)
         return NULL;
     int64_t rc = recv_message(self, 0.0, 0, &msg);
     if (rc < 0 && rc != -ETIMEDOUT && rc != -EINTR)
-        return failed(self, rc, 0.0);
+        return fipc_h_end(&self->h, rc, 0.0, NULL);
     return fipc_h_done(&self->h, rc < 0 ? Py_NewRef(Py_None) : more(self, msg, max));
 }
 
@@ -639,11 +457,11 @@ static PyObject *reader_take_view(ShmHandle *self, PyObject *arg)
     int64_t rc = FIPC_NEED;
     recv_ctx x = {self, NULL, 0, NULL};
     if (self->pending == NULL)
-        rc = recv_wait(self, &x, timeout, 1);
+        rc = recv_wait(self, &x, timeout, fipc_h_deadline(timeout), 1);
     if (rc >= 0) {
         uint64_t off = (uint64_t)(x.ptr - (char *)self->map.buf);
         if (x.ptr < (char *)self->map.buf || off > (uint64_t)self->map.len - (uint64_t)rc)
-            return failed(self, FIPC_CORRUPT, timeout);
+            return fipc_h_end(&self->h, FIPC_CORRUPT, timeout, NULL);
         PyObject *ops = PyObject_GetAttrString((PyObject *)self, "_ops");
         if (ops != NULL) {
             out = PyObject_CallMethod(ops, "_export", "KLK", (unsigned long long)off,
@@ -663,67 +481,45 @@ static PyObject *reader_take_view(ShmHandle *self, PyObject *arg)
         }
     }
     if (rc < 0)
-        return failed(self, rc, timeout);
+        return fipc_h_end(&self->h, rc, timeout, NULL);
     return fipc_h_done(&self->h, out);
 }
 
 /* ------------------------------------------------------------------------ types */
 
-#define SHM_COMMON_METHODS \
-    {"_detach", (PyCFunction)shm_detach, METH_NOARGS, NULL}
+/* (the hooks without a docstring: two a line) */
+static PyMethodDef channel_methods[] = {
+    FIPC_H_NOARGS("_detach", shm_detach, NULL), FIPC_H_END,
+};
 
 static PyMethodDef writer_methods[] = {
-    {"_open", (PyCFunction)writer_open, METH_VARARGS, NULL},
-    SHM_COMMON_METHODS,
-    {"send", (PyCFunction)(void (*)(void))writer_send, METH_FASTCALL | METH_KEYWORDS,
-     "send(data, timeout=None)\n--\n\n"
-     "Send one message (any bytes-like object). Waits up to ``timeout`` seconds for room; "
-     "TimeoutError if the ring stays full (a message streamed in chunks that was cut short "
-     "is dropped by the reader, never delivered in part)."},
-    {"send_many", (PyCFunction)(void (*)(void))writer_send_many, METH_FASTCALL | METH_KEYWORDS,
-     "send_many(messages, timeout=None)\n--\n\n"
-     "Send several messages in one call. On an error after some went, the exception's "
-     "``messages_sent`` says how many."},
-    {"_send_nowait", (PyCFunction)writer_send_nowait, METH_O, NULL},
-    {"_abandon", (PyCFunction)writer_abandon, METH_NOARGS, NULL},
-    {NULL, NULL, 0, NULL},
+    FIPC_H_VARARGS("_open", writer_open, NULL),
+    FIPC_RING_SEND_METHODS(writer_send, writer_send_many, writer_send_nowait, "room"),
+    FIPC_H_NOARGS("_abandon", writer_abandon, NULL), FIPC_H_END,
 };
 
 static PyMethodDef reader_methods[] = {
-    {"_open", (PyCFunction)reader_open, METH_VARARGS, NULL},
-    SHM_COMMON_METHODS,
-    {"recv", (PyCFunction)(void (*)(void))reader_recv, METH_FASTCALL | METH_KEYWORDS,
-     "recv(timeout=None)\n--\n\n"
-     "The next message. EOFError once the writer has gone and all was read."},
-    {"recv_into", (PyCFunction)(void (*)(void))reader_recv_into, METH_FASTCALL | METH_KEYWORDS,
-     "recv_into(buffer, timeout=None)\n--\n\n"
-     "Copy the next message into ``buffer`` and return its length. ValueError if it does "
-     "not fit (the message stays queued)."},
-    {"recv_many", (PyCFunction)(void (*)(void))reader_recv_many, METH_FASTCALL | METH_KEYWORDS,
-     "recv_many(max_messages=1024, timeout=None)\n--\n\n"
-     "Up to ``max_messages`` messages in one call: waits up to ``timeout`` for the first, "
-     "then takes what is queued without waiting."},
-    {"_recv_nowait", (PyCFunction)reader_recv_nowait, METH_NOARGS, NULL},
-    {"_recv_many_nowait", (PyCFunction)reader_recv_many_nowait, METH_O, NULL},
-    {"_take_view", (PyCFunction)reader_take_view, METH_O, NULL},
-    {NULL, NULL, 0, NULL},
+    FIPC_H_VARARGS("_open", reader_open, NULL),
+    FIPC_RING_RECV_METHODS(reader_recv, reader_recv_into, reader_recv_many, reader_recv_nowait,
+                           reader_recv_many_nowait, "writer"),
+    FIPC_H_O("_take_view", reader_take_view, NULL), FIPC_H_END,
 };
 
-static PyGetSetDef shm_getset[] = {
+static PyGetSetDef channel_getset[] = {
     {"_core", (getter)shm_get_core, NULL, "The address of this end's fipc_shm (for cffi).",
      NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
-FIPC_RING_HANDLE_TYPE(writer, "fastipc._fastipc.ShmWriterHandle", ShmHandle,
-                      {Py_tp_doc, "The native handle of a channel's Writer."},
-                      {Py_tp_methods, writer_methods}, {Py_tp_getset, shm_getset});
-
-FIPC_RING_HANDLE_TYPE(reader, "fastipc._fastipc.ShmReaderHandle", ShmHandle,
-                      {Py_tp_doc, "The native handle of a channel's Reader."},
-                      {Py_tp_methods, reader_methods}, {Py_tp_getset, shm_getset});
+FIPC_H_SPEC(channel_spec, "ChannelHandle", ShmHandle,
+            "The base of a channel's ends' handles: its fipc_shm, _detach.", channel_methods,
+            channel_getset);
+FIPC_H_SPEC(writer_spec, "ShmWriterHandle", ShmHandle, "The native handle of a channel's Writer.",
+            writer_methods, fipc_h_no_getset);
+FIPC_H_SPEC(reader_spec, "ShmReaderHandle", ShmHandle, "The native handle of a channel's Reader.",
+            reader_methods, fipc_h_no_getset);
 
 int fipc_py_shm_init(PyObject *module)
 {
-    return fipc_ring_add_types(module, &writer_spec, &reader_spec);
+    return fipc_ring_add_types(module, &channel_spec, &writer_spec, &reader_spec);
 }

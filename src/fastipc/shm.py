@@ -339,7 +339,7 @@ class Writer(_End):
         """Send several messages in one call. On an error after some went, the exception's
         ``messages_sent`` says how many."""
         t = check_timeout(timeout)
-        blob, lens = self._join(messages)
+        blob, lens = joined_messages(messages)
         if lens:
             self._ops.send_many(blob, lens, t)
 
@@ -454,8 +454,6 @@ class Writer(_End):
             except FileNotFoundError:
                 pass
 
-    _join = staticmethod(joined_messages)  # (the native handle's send_many calls it)
-
 
 class _View(View):
     """A zero-copy view of one received message; released when its ``with`` block ends.
@@ -548,8 +546,6 @@ class Reader(_End, ReceivingEnd):
         t = check_timeout(timeout)
         check_writable(buffer)
         return self._ops.recv_into(buffer, t)
-
-    _writable = staticmethod(check_writable)
 
     @uses_handle
     def recv_many(self, max_messages: int = 1024, timeout: Optional[float] = None
