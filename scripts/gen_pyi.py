@@ -105,7 +105,8 @@ def _stub_params(fn: ast.FunctionDef) -> list[tuple[str, str, str | None]]:
 
 def _c_params(method: object) -> list[tuple[str, str, str | None]] | None:
     """The same of a C method, from the signature its docstring gives (None: it gives none)."""
-    if getattr(method, "__text_signature__", None) is None:
+    signature = getattr(method, "__text_signature__", None)
+    if signature is None or signature == "($self, object, /)":  # 3.13+: METH_O's own
         return None
     params = list(inspect.signature(method).parameters.values())  # type: ignore[arg-type]
     if params and params[0].name == "self":

@@ -182,3 +182,34 @@ def test_a_fork_child_frees_the_buffers_of_receives_blocked_in_other_threads(
         q.receive(timeout=0)
     lost = _lost_by_a_fork_child(q, lambda: q.receive(timeout=10), 8)
     assert lost < 4 * 8192, f"the child holds {lost} bytes of the 8 blocked receives"
+
+
+def _blocked_sender(kind: str, backend: str, name: str) -> tuple[Any, Any, list[Any]]:
+    """(the sending end, what else to close, its peers): a send_many of this end waits, the
+    ring (or pipe) full and nobody reading."""
+    from fastipc import pipe, pubsub, shm
+
+    if kind == "pipe":
+        reader, writer = pipe.pipe(backend=backend)
+        return writer, writer, [reader]
+    if kind == "shm":
+        writer = shm.Writer(name, capacity=64 << 10, backend=backend)
+        return writer, writer, [shm.Reader(name, timeout=5, backend=backend)]
+    publisher = pubsub.Publisher(name, capacity=64 << 10, backend=backend)
+    return publisher, publisher, [pubsub.Subscriber(name, timeout=5, backend=backend)]
+
+
+@needs_mallinfo2
+@pytest.mark.parametrize("kind", ["shm", "pubsub", "pipe"])
+def test_a_fork_child_frees_the_batch_of_a_send_many_blocked_in_another_thread(
+        backend: str, name: str, kind: str) -> None:
+    """send_many's views of 20,000 messages (and the pipe's frames), held by a thread blocked
+    in it, the ring or pipe full, as the process forks: gone in the child."""
+    sender, _, peers = _blocked_sender(kind, backend, name)
+    messages = [b"m" * 64] * 20000
+    try:
+        lost = _lost_by_a_fork_child(sender, lambda: sender.send_many(messages, timeout=10), 1)
+    finally:
+        for peer in peers:
+            peer.close()
+    assert lost < 64 << 10, f"the child holds {lost} bytes of the blocked send_many"

@@ -251,8 +251,9 @@ static PyObject *w_send_many(StreamHandle *self, PyObject *const *args, Py_ssize
             return NULL;
         Py_RETURN_NONE;
     }
-    Py_buffer *views = PyMem_Malloc((size_t)count * sizeof *views);
-    struct iovec *msgs = PyMem_Malloc((size_t)count * sizeof *msgs);
+    /* call buffers: the call may wait holding them (handle.h) */
+    Py_buffer *views = fipc_h_buf_alloc(&self->h, (size_t)count * sizeof *views);
+    struct iovec *msgs = fipc_h_buf_alloc(&self->h, (size_t)count * sizeof *msgs);
     char small[4096], *frames = NULL;
     put_ctx c = {.offset = 0};
     int64_t rc = FIPC_H_RAISED;
@@ -272,7 +273,7 @@ static PyObject *w_send_many(StreamHandle *self, PyObject *const *args, Py_ssize
         fipc_h_raise(&self->h, -EMSGSIZE, -1);
         goto done;
     }
-    frames = c.len <= sizeof small ? small : PyMem_Malloc(c.len);
+    frames = c.len <= sizeof small ? small : fipc_h_buf_alloc(&self->h, c.len);
     if (frames == NULL) {
         PyErr_NoMemory();
         goto done;
@@ -287,15 +288,15 @@ done:
     while (held > 0)
         PyBuffer_Release(&views[--held]);
     if (frames != small)
-        PyMem_Free(frames);
-    PyMem_Free(views);
+        fipc_h_buf_free(&self->h, frames);
+    fipc_h_buf_free(&self->h, views);
     Py_DECREF(batch);
     if (rc < 0 && wrote) {
         put_failed(self, &c, rc, timeout, 1);
         fipc_h_note(PyExc_BaseException, "messages_sent",
                     frames_within(msgs, (size_t)count, c.offset));
     }
-    PyMem_Free(msgs);
+    fipc_h_buf_free(&self->h, msgs);
     if (rc < 0)
         return wrote ? NULL : fipc_h_fail(&self->h);
     if (fipc_h_leave(&self->h) < 0)

@@ -351,7 +351,7 @@ static int send_batch(PubHandle *self, PyObject *messages, Py_ssize_t first, dou
                       int nowait, uint64_t *sent)
 {
     fipc_ring_batch b;
-    if (fipc_ring_batch_of(messages, &b) < 0)
+    if (fipc_ring_batch_of(messages, &self->h, &b) < 0)
         return -1;
     if (first < 0 || first > b.n) {
         fipc_ring_batch_free(&b);

@@ -108,13 +108,15 @@ static inline int fipc_ring_buffer(PyObject *data, Py_buffer *view)
 }
 
 /* The messages of send_many: a list or tuple of bytes-like objects (anything else iterable
- * is made a list first), their buffers (no copy) and lengths. fipc_ring_batch_of: 0, or -1
- * with the pure backends' TypeError; fipc_ring_batch_free releases them. */
+ * is made a list first), their buffers (no copy) and lengths, in one call buffer of the
+ * handle `h` (the call may wait holding it). fipc_ring_batch_of: 0, or -1 with the pure
+ * backends' TypeError; fipc_ring_batch_free releases them. */
 typedef struct {
+    fipc_handle *h;
     PyObject *seq;
     Py_buffer *views;
-    const char **bufs;
     uint64_t *lens;
+    const char **bufs;
     Py_ssize_t n, got;
 } fipc_ring_batch;
 
@@ -122,15 +124,14 @@ static inline void fipc_ring_batch_free(fipc_ring_batch *b)
 {
     for (Py_ssize_t i = 0; i < b->got; i++)
         PyBuffer_Release(&b->views[i]);
-    PyMem_Free(b->views);
-    PyMem_Free(b->bufs);
-    PyMem_Free(b->lens);
+    fipc_h_buf_free(b->h, b->views);
     Py_CLEAR(b->seq);
 }
 
-static inline int fipc_ring_batch_of(PyObject *messages, fipc_ring_batch *b)
+static inline int fipc_ring_batch_of(PyObject *messages, fipc_handle *h, fipc_ring_batch *b)
 {
     memset(b, 0, sizeof *b);
+    b->h = h;
     if (PyBytes_Check(messages) || PyByteArray_Check(messages) ||
         PyMemoryView_Check(messages) || PyUnicode_Check(messages)) {
         PyErr_SetString(PyExc_TypeError,
@@ -148,13 +149,18 @@ static inline int fipc_ring_batch_of(PyObject *messages, fipc_ring_batch *b)
         goto fail;
     if (b->n == 0)
         return 0;
-    b->views = PyMem_Calloc((size_t)b->n, sizeof *b->views);
-    b->bufs = PyMem_Calloc((size_t)b->n, sizeof *b->bufs);
-    b->lens = PyMem_Calloc((size_t)b->n, sizeof *b->lens);
-    if (b->views == NULL || b->bufs == NULL || b->lens == NULL) {
+    size_t n = (size_t)b->n, each = sizeof *b->views + sizeof *b->lens + sizeof *b->bufs;
+    if (n > SIZE_MAX / each) {
         PyErr_NoMemory();
         goto fail;
     }
+    b->views = fipc_h_buf_alloc(h, n * each); /* views, then lens, then bufs: all aligned */
+    if (b->views == NULL) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    b->lens = (uint64_t *)(b->views + n);
+    b->bufs = (const char **)(b->lens + n);
     for (Py_ssize_t i = 0; i < b->n; i++) {
         PyObject *item = PySequence_GetItem(b->seq, i);
         if (item == NULL)

@@ -176,7 +176,7 @@ static PyObject *send_many_body(fipc_handle *h, fipc_ring_args *a)
     ShmHandle *self = (ShmHandle *)h;
     double timeout = a->timeout;
     fipc_ring_batch b;
-    if (fipc_ring_batch_of(a->x, &b) < 0)
+    if (fipc_ring_batch_of(a->x, h, &b) < 0)
         return fipc_h_fail(h);
     many_ctx x = {self, b.bufs, b.lens, (uint64_t)b.n, 0};
     int64_t rc = 0;

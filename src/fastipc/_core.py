@@ -319,6 +319,12 @@ def given_up_in_child(method: str) -> weakref.WeakSet[Any]:
     return objs
 
 
+# Every native handle: a child made by fork() has none of the parent's other threads, so it
+# forgets their calls (the busy count, the call buffers they held) before anything else runs
+# there; a mechanism's own fork hook (_forked) comes after.
+_native_handles: weakref.WeakSet[Any] = given_up_in_child("_forget_calls")
+
+
 def messages(end: Any) -> Iterator[bytes]:
     """``end.recv()`` until the stream ends (EOFError): the ``__iter__`` of every receiving
     end (a subclass's own ``recv`` is the one called; a closed end raises ValueError)."""
@@ -413,6 +419,8 @@ class Handle:
         self._calls = []
         self._unfreed = [True]
         self._closed = False
+        if backend == "native":
+            _native_handles.add(self)
 
     # ---- what subclasses provide
     def _wake(self) -> None:
