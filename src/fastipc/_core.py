@@ -311,9 +311,15 @@ def given_up_in_child(method: str) -> weakref.WeakSet[Any]:
     objs: weakref.WeakSet[Any] = weakref.WeakSet()
 
     def after_fork_in_child() -> None:
+        failed: list[Exception] = []
         for obj in list(objs):
-            getattr(obj, method)()
+            try:
+                getattr(obj, method)()
+            except Exception as exc:  # one object's failure is not the others'
+                failed.append(exc)
         objs.clear()
+        if failed:
+            raise failed[0]  # reported by Python as an exception of a fork hook
 
     os.register_at_fork(after_in_child=after_fork_in_child)
     return objs
@@ -419,7 +425,7 @@ class Handle:
         self._calls = []
         self._unfreed = [True]
         self._closed = False
-        if backend == "native":
+        if backend == "native" and hasattr(type(self), "_forget_calls"):  # a native handle
             _native_handles.add(self)
 
     # ---- what subclasses provide
