@@ -331,10 +331,27 @@ static inline int fipc_h_leave(fipc_handle *h)
     return 0;
 }
 
+/* The common call, its arguments by position only and as many as allowed: 0 with out[]
+ * filled as fipc_h_args_kw fills it; else 1 (fipc_h_args_kw then parses them, or raises).
+ * Inlined with the caller's static `names`, the loop is a few moves. */
+static inline int fipc_h_args_fast(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+                                   const char *const *names, int required, int positional,
+                                   PyObject **out)
+{
+    if (kwnames != NULL || nargs < required)
+        return 1;
+    int n = 0;
+    for (; names[n] != NULL; n++)
+        out[n] = n < nargs ? args[n] : NULL;
+    return nargs > (positional < 0 || positional > n ? n : positional);
+}
+
 static inline int fipc_h_args(const char *func, PyObject *const *args, Py_ssize_t nargs,
                               PyObject *kwnames, const char *const *names, int required,
                               PyObject **out)
 {
+    if (fipc_h_args_fast(args, nargs, kwnames, names, required, -1, out) == 0)
+        return 0;
     return fipc_h_args_kw(func, args, nargs, kwnames, names, required, -1, out);
 }
 
@@ -345,8 +362,10 @@ static inline int fipc_h_begin_kw(fipc_handle *h, const char *func, PyObject *co
 {
     if (fipc_h_enter(h) < 0)
         return -1;
-    if (fipc_h_args_kw(func, args, nargs, kwnames, names, required, positional, arg) < 0 ||
-        (t >= 0 && fipc_h_timeout(arg[t], timeout) < 0)) {
+    if ((fipc_h_args_fast(args, nargs, kwnames, names, required, positional, arg) != 0 &&
+         fipc_h_args_kw(func, args, nargs, kwnames, names, required, positional, arg) < 0) ||
+        (t >= 0 && (arg[t] == NULL || arg[t] == Py_None ? (*timeout = -1.0, 0)
+                                                         : fipc_h_timeout(arg[t], timeout)) < 0)) {
         fipc_h_fail(h);
         return -1;
     }
