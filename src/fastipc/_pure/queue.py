@@ -425,6 +425,28 @@ class Ops:
         finally:
             self._release(L.OFF_PUT_LOCK)
 
+    def _tidy_spill(self) -> None:
+        """At close: a spill read to its end whose removal an exception cut short (a signal
+        handler's, raised into _spill_drained between the read cursor's commit and the
+        unlink) goes now, if no other consumer or producer holds its lock."""
+        w64 = self._w64
+        if w64 is None or self._closed:
+            return
+        r = w64[_SR]
+        if r != w64[_SW] or not r & 0xFFFFFFFF:
+            return
+        m = self._addr + L.OFF_GET_LOCK
+        rc = _trylock(m)
+        if rc == errno.EOWNERDEAD:
+            rc = _consistent(m)
+        if rc:
+            return
+        try:
+            if w64[_SR] == r:
+                self._spill_drained(r)
+        finally:
+            self._release(L.OFF_GET_LOCK)
+
     def release(self) -> None:
         for fd in (self._wfd, self._rfd):
             if fd >= 0:
@@ -722,6 +744,7 @@ class Ops:
 
     def free(self) -> bool:
         # the public class calls this once no call of it is busy (fastipc._core.Handle)
+        self._tidy_spill()
         self.wake()
         self.release()
         self._data.release()
