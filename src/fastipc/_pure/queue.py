@@ -405,14 +405,17 @@ class Ops:
                 self._spill_drained(r)
         return rc if not lens else 0
 
+    def _trylock(self, off: int) -> int:
+        """Take the lock at ``off`` if it is free (its dead holder's state is consistent as
+        it is): 0, or the errno of a lock someone holds."""
+        m = self._addr + off
+        rc = int(_trylock(m))
+        return int(_consistent(m)) if rc == errno.EOWNERDEAD else rc
+
     def _spill_drained(self, r: int) -> None:
         """Under get_lock, the spill read up to its write cursor r: if no producer holds
         put_lock, remove the drained file and start both cursors at the next one."""
-        m = self._addr + L.OFF_PUT_LOCK
-        rc = _trylock(m)
-        if rc == errno.EOWNERDEAD:
-            rc = _consistent(m)
-        if rc:
+        if self._trylock(L.OFF_PUT_LOCK):
             return
         try:
             seq = r >> 32
@@ -435,11 +438,7 @@ class Ops:
         r = w64[_SR]
         if r != w64[_SW] or not r & 0xFFFFFFFF:
             return
-        m = self._addr + L.OFF_GET_LOCK
-        rc = _trylock(m)
-        if rc == errno.EOWNERDEAD:
-            rc = _consistent(m)
-        if rc:
+        if self._trylock(L.OFF_GET_LOCK):
             return
         try:
             if w64[_SR] == r:
