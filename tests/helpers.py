@@ -26,6 +26,58 @@ _F = TypeVar("_F", bound=Callable[..., None])
 _T = TypeVar("_T")
 
 
+def _run_delay() -> float:
+    """Seconds this thread has spent runnable but not running (waiting for a CPU), from the
+    scheduler's own count (/proc/thread-self/schedstat); 0 where the kernel keeps none."""
+    try:
+        with open("/proc/thread-self/schedstat", "rb") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def loop_clock() -> float:
+    """A clock for "was the loop blocked": wall time less the time the calling thread waited
+    for a CPU. A wait in a system call or for the GIL counts, as does work holding the
+    thread; the scheduler giving the CPU to another process (a loaded 2-CPU machine) does
+    not."""
+    return time.monotonic() - _run_delay()
+
+
+class Ticker:
+    """A coroutine ticking every ``period`` seconds on the running loop; ``gap`` is the
+    largest time between two ticks on :func:`loop_clock`: what a call that blocked the loop
+    shows. Use ``stop()`` (returns the gap) or ``async with`` (then read ``gap``)."""
+
+    def __init__(self, period: float = 0.002) -> None:
+        self.period = period
+        self.gap = 0.0
+        self.task = asyncio.ensure_future(self._run())
+
+    async def _run(self) -> None:
+        last = loop_clock()
+        while True:
+            await asyncio.sleep(self.period)
+            now = loop_clock()
+            self.gap = max(self.gap, now - last)
+            last = now
+
+    def stop(self) -> float:
+        self.task.cancel()
+        return self.gap
+
+    async def __aenter__(self) -> Ticker:
+        await asyncio.sleep(0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.task.cancel()
+        try:
+            await self.task
+        except asyncio.CancelledError:
+            pass
+
+
 def run_python(
     code: str, *args: str, timeout: float = 60, **kwargs: Any
 ) -> subprocess.CompletedProcess[str]:

@@ -9,6 +9,7 @@ import mmap
 import os
 import platform
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,7 +22,7 @@ from conftest import PREFIX
 from fastipc import _aio, _core, shm
 from fastipc import queue as fq
 from fastipc._core import Deadline
-from helpers import run_on, run_python
+from helpers import Ticker, run_on, run_python
 
 _SYS_FUTEX = {"x86_64": 202, "aarch64": 98}.get(platform.machine(), 202)
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -98,28 +99,6 @@ def run(request: pytest.FixtureRequest, loops_ready: None) -> Callable[[Any], An
     return asyncio.run
 
 
-class Ticker:
-    """A coroutine that ticks every ``period`` seconds on the running loop and keeps the
-    largest gap between two ticks: what a blocked loop shows."""
-
-    def __init__(self, period: float = 0.002) -> None:
-        self.period = period
-        self.gap = 0.0
-        self.task = asyncio.ensure_future(self._run())
-
-    async def _run(self) -> None:
-        last = time.monotonic()
-        while True:
-            await asyncio.sleep(self.period)
-            now = time.monotonic()
-            self.gap = max(self.gap, now - last)
-            last = now
-
-    def stop(self) -> float:
-        self.task.cancel()
-        return self.gap
-
-
 def _shared(size: int = 4096) -> mmap.mmap:
     return mmap.mmap(-1, size, mmap.MAP_SHARED)
 
@@ -132,6 +111,35 @@ def test_ready_at_once_never_parks(waitv: str, run: Any) -> None:
     assert word.parks == 0
     word.close()
     mm.close()
+
+
+def test_the_ticker_sees_a_loop_blocked_by_a_sleep_a_busy_loop_or_the_gil(run: Any) -> None:
+    """The check every "the loop is never blocked" test relies on: a system call that
+    sleeps, bytecode that runs, and a wait for the GIL another thread holds all show as a
+    gap (only time spent waiting for a CPU is left out)."""
+    def busy(seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            pass
+
+    async def blocked(block: Callable[[], object]) -> float:
+        tick = Ticker()
+        await asyncio.sleep(0.02)
+        block()
+        await asyncio.sleep(0.02)
+        return tick.stop()
+
+    assert run(blocked(lambda: time.sleep(0.1))) >= 0.09
+    assert run(blocked(lambda: busy(0.1))) >= 0.09
+    holder = threading.Thread(target=busy, args=(0.3,))
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(0.1)  # the holder keeps the GIL 0.1 s at a time
+    try:
+        assert run(blocked(holder.start)) >= 0.05
+    finally:
+        holder.join()
+        sys.setswitchinterval(old)
+    assert run(blocked(lambda: None)) < 0.05
 
 
 def test_woken_by_a_thread_without_blocking_the_loop(waitv: str, run: Any) -> None:

@@ -17,7 +17,7 @@ from typing import Any, Optional, TypeVar
 import pytest
 
 from fastipc import mq, sem
-from helpers import close_ends_call, run_on, run_python
+from helpers import Ticker, close_ends_call, run_on, run_python
 from test_mq import SMALL, queue
 
 __all__ = ["queue"]  # the fixture: a fresh queue of 8 x 256 bytes, closed and unlinked after
@@ -314,18 +314,7 @@ def test_async_waits_do_not_block_the_loop(
     of more than 50 ms between the ticks of a 5 ms ticker."""
 
     async def main() -> float:
-        gaps: list[float] = []
-        stop = False
-
-        async def ticker() -> None:
-            last = time.monotonic()
-            while not stop:
-                await asyncio.sleep(0.005)
-                now = time.monotonic()
-                gaps.append(now - last)
-                last = now
-
-        tick = asyncio.ensure_future(ticker())
+        tick = Ticker(0.005)
         await asyncio.sleep(0.01)
         with pytest.raises(TimeoutError):
             await queue.receive_async(timeout=0.3)
@@ -338,9 +327,7 @@ def test_async_waits_do_not_block_the_loop(
             await queue.send_async(b"over", timeout=0.3)
         for _ in range(8):
             queue.receive(0)
-        stop = True
-        await tick
-        return max(gaps)
+        return tick.stop()
 
     assert run(main()) < 0.05
 

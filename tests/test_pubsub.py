@@ -28,6 +28,7 @@ from fastipc import _core, pubsub
 from fastipc._backend import pubsub as layout
 from fastipc._cli import pubsub as cli
 from helpers import (
+    Ticker,
     close_ends_awaits,
     close_ends_call,
     killed_at_end,
@@ -1121,7 +1122,7 @@ def test_recv_async_from_another_process(cross: tuple[str, str], name: str, loop
     sub = pubsub.Subscriber(name, timeout=10, backend=cross[1])
 
     async def main() -> None:
-        tick = test_aio.Ticker()
+        tick = Ticker()
         for i in range(count):
             m = await sub.recv_async(timeout=10) if i % 2 else \
                 (await sub.recv_many_async(1, timeout=10))[0]
@@ -1202,7 +1203,7 @@ def test_send_async_wakes_on_room_from_another_process(cross: tuple[str, str], n
     count = 400
 
     async def main() -> None:
-        tick = test_aio.Ticker()
+        tick = Ticker()
         for i in range(0, count, 4):
             await pub.send_async(message(i, 6000 if i % 100 == 0 else None), timeout=20)
             await pub.send_many_async([message(j) for j in range(i + 1, i + 4)], timeout=20)

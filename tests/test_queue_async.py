@@ -23,6 +23,7 @@ from conftest import PREFIX, SHM_DIR
 from fastipc import queue as fq
 from fastipc.queue import Empty, Full, NamedQueue, Queue
 from helpers import (
+    Ticker,
     close_ends_awaits,
     producing,
     receive_with_cancels,
@@ -304,7 +305,7 @@ def test_the_loop_is_never_blocked(backend: str, run: Any) -> None:
                     time.sleep(0.03)
                     _check(i, q.get_bytes(timeout=5))
 
-            tick = test_aio.Ticker()
+            tick = Ticker()
             t0 = time.monotonic()
             await trickling_in(lambda i: q.put_bytes(_msg(i), timeout=5),
                                lambda: q.get_bytes_async(timeout=5), _check)

@@ -17,6 +17,7 @@ import test_aio
 from conftest import PREFIX
 from fastipc import sem
 from helpers import (
+    Ticker,
     close_ends_awaits,
     closed_and_unlinked,
     later,
@@ -462,7 +463,7 @@ def test_acquire_async_woken_by_sem_post_of_another_process(
         s: sem.Semaphore, loop_kind: str, loops_ready: None, name: str) -> None:
     """The peer is glibc's sem_post itself, as a C program calls it; the loop stays free."""
     async def main() -> None:
-        tick = test_aio.Ticker()
+        tick = Ticker()
         task = asyncio.ensure_future(s.acquire_async(10))
         await asyncio.sleep(0.1)
         assert _waiters(name) == 1  # counted as a waiter: sem_post will wake

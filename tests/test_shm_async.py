@@ -20,6 +20,7 @@ import pytest
 import test_aio
 from fastipc import pubsub, shm
 from helpers import (
+    Ticker,
     close_ends_awaits,
     ends_with,
     producing,
@@ -265,7 +266,7 @@ def test_the_loop_is_never_blocked(backend: str, name: str, run: Any) -> None:
     async def main() -> float:
         with shm.Writer(name, capacity=4096, backend=backend) as w, \
                 shm.Reader(name, timeout=5, backend=backend) as r:
-            tick = test_aio.Ticker()
+            tick = Ticker()
             await trickling_in(lambda i: w.send(_msg(i), timeout=5),
                                lambda: r.recv_async(timeout=5), _check)
             return tick.stop()
@@ -411,7 +412,7 @@ def test_flush_async(backend: str, name: str, run: Any) -> None:
                 with pytest.raises(TimeoutError):
                     r.recv(timeout=0.1)  # a reader waiting for more has handed all back
 
-            tick = test_aio.Ticker()
+            tick = Ticker()
             t = threading.Thread(target=slow_reader)
             t.start()
             t0 = time.monotonic()
@@ -492,7 +493,7 @@ def test_recv_into_and_view_async(kind: str, backend: str, name: str, run: Any) 
                     if i % 17 == 0:
                         time.sleep(0.01)
 
-            tick = test_aio.Ticker()
+            tick = Ticker()
             t = threading.Thread(target=produce)
             t.start()
             for i in range(count):

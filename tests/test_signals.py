@@ -12,9 +12,14 @@ from typing import Any
 
 import pytest
 
-import test_aio
 from fastipc import signals
-from helpers import in_forked_child, receive_with_cancels, run_on, start_python
+from helpers import (
+    Ticker,
+    in_forked_child,
+    receive_with_cancels,
+    run_on,
+    start_python,
+)
 
 USR1, USR2 = signal.SIGUSR1, signal.SIGUSR2
 
@@ -182,7 +187,7 @@ def test_wait_async_from_another_process(backend: str, loop_kind: str) -> None:
 
     async def main() -> list[int]:
         peer = start_python(_SENDER, str(os.getpid()), str(rt), "3", backend)
-        tick = test_aio.Ticker()
+        tick = Ticker()
         got = [(await signals.wait_async(rt, timeout=10, backend=backend)) for _ in range(3)]
         assert tick.stop() < 0.1  # the loop went on meanwhile
         assert peer.communicate(timeout=10)[0] == "" and peer.returncode == 0
