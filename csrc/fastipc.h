@@ -13,6 +13,7 @@
 #ifndef FASTIPC_H
 #define FASTIPC_H
 
+#include <errno.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -57,6 +58,14 @@ static inline void fipc_cpu_relax(void)
     atomic_signal_fence(memory_order_seq_cst);
 #endif
 }
+
+/* What a wait returns once it has slept a whole slice without what it waits for (the peer
+ * still there, the deadline not reached), instead of sleeping again: the caller runs the
+ * signal handlers and calls again, as after a signal. A signal caught while the wait was
+ * not in a system call (spinning, between two sleeps) interrupts nothing: this bounds how
+ * long its handler waits to one slice. Every wait that sleeps in slices (rings, Queue, mq,
+ * semaphores, pipes) does this. */
+#define FIPC_SLEPT_A_SLICE (-EINTR)
 
 /* Sleep on a futex word in shared memory while it holds val, at most ns nanoseconds:
  * 0 (woken, changed, or timed out: the caller looks again) or -EINTR / -errno. */

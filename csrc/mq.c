@@ -177,10 +177,15 @@ static int64_t transfer(fipc_mq *h, char *buf, size_t len, unsigned int priority
                 n = try_transfer(h, buf, len, priority, prio);
             }
         }
-        /* -ETIMEDOUT before the deadline: a slice ended; look at `closed`, sleep again */
-        while (n == -EAGAIN || (n == -ETIMEDOUT && (deadline < 0 || fipc_now_ns() < deadline))) {
+        /* -ETIMEDOUT before the deadline: a slice ended; look at `closed`, and go back to
+         * the caller (FIPC_SLEPT_A_SLICE) rather than sleep again */
+        for (int slept = 0;
+             n == -EAGAIN || (n == -ETIMEDOUT && (deadline < 0 || fipc_now_ns() < deadline));
+             slept = 1) {
             if (atomic_load(ATOMIC(h->closed)))
                 return -ECANCELED;
+            if (slept)
+                return FIPC_SLEPT_A_SLICE;
             n = sleep_transfer(h, buf, len, priority, prio, deadline);
         }
     }

@@ -99,6 +99,8 @@ int fipc_sem_acquire(void *sem, double timeout, int *closing)
             return rc; /* 0, -EINTR or an error */
         if (deadline >= 0 && fipc_now_ns() >= deadline)
             return -ETIMEDOUT;
+        if (!__atomic_load_n(closing, __ATOMIC_ACQUIRE))
+            return FIPC_SLEPT_A_SLICE;
     }
 }
 

@@ -26,6 +26,7 @@ F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
 SPLICE_F_NONBLOCK = 2
 PIPE_BUF = select.PIPE_BUF
+_SLICE_MS = 100  # a wait's longest sleep between two looks (as pipe.c)
 RBUF = 64 * 1024
 _HEADER = struct.Struct(">I")
 _SIGPIPE = {signal.SIGPIPE}
@@ -123,12 +124,15 @@ class PureStream:
 
     def _wait(self, event: int, deadline: Deadline) -> None:
         """Wait for ``event`` on the fd: TimeoutError past the deadline, ValueError once
-        woken. (poll retries EINTR itself with the time left, after the handlers ran.)"""
+        woken. (poll retries EINTR itself with the time left, after the handlers ran; it
+        sleeps a slice at a time, so that a signal another thread took still has its
+        handler run here within one.)"""
         self._poll.register(self.fd, event)
         try:
             while True:
                 left = deadline.left()
-                ready = self._poll.poll(None if left < 0 else int(left * 1000 + 0.999))
+                ms = _SLICE_MS if left < 0 else min(_SLICE_MS, int(left * 1000 + 0.999))
+                ready = self._poll.poll(ms)
                 if any(fd == self._wake_r for fd, _ in ready):
                     if self._woken:
                         raise closed_error(self._what)
