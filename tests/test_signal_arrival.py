@@ -12,6 +12,8 @@ that returned late), not as a hang.
 from __future__ import annotations
 
 import signal
+import socket
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,7 +23,7 @@ from typing import Any
 import pytest
 
 import fastipc
-from fastipc import mq, pipe, pubsub, sem, shm
+from fastipc import client, mq, pipe, pubsub, sem, shm
 from helpers import closed_and_unlinked
 
 
@@ -36,6 +38,7 @@ def _interrupt(signum: int, frame: Any) -> None:
 #: when the signal is sent, in seconds into the blocked call: on the 100 ms slices' ends
 #: (the 20 ms ones of a semaphore end there too), and between them
 DELAYS = (0.1, 0.2, 0.3, 0.15)
+KINDS = ["shm", "shm-send", "pubsub", "mq", "sem", "queue", "pipe", "client"]
 #: how late after the signal the call may end: a slice, and a loaded machine's margin
 LATE = 0.6
 
@@ -84,11 +87,19 @@ def _blocked(kind: str, backend: str, name: str) -> Iterator[Callable[[float], o
             stack.enter_context(r)
             stack.enter_context(w)
             yield lambda t: r.recv(timeout=t)
+        elif kind == "client":  # connected to a listener that never answers
+            path = stack.enter_context(tempfile.TemporaryDirectory(prefix="fipc-")) + "/s"
+            listener = stack.enter_context(socket.socket(socket.AF_UNIX))
+            listener.bind(path)
+            listener.listen()
+            c = stack.enter_context(client.connect(path, timeout=5, backend=backend))
+            stack.enter_context(listener.accept()[0])
+            yield lambda t: c.recv(timeout=t)
         else:
             raise AssertionError(kind)
 
 
-@pytest.mark.parametrize("kind", ["shm", "shm-send", "pubsub", "mq", "sem", "queue", "pipe"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_a_signal_between_two_sleeps_ends_the_call(kind: str, backend: str, name: str) -> None:
     main = threading.main_thread().ident
     assert threading.get_ident() == main
@@ -112,7 +123,7 @@ def test_a_signal_between_two_sleeps_ends_the_call(kind: str, backend: str, name
         signal.signal(signal.SIGALRM, old)
 
 
-@pytest.mark.parametrize("kind", ["shm", "shm-send", "pubsub", "mq", "sem", "queue", "pipe"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_a_signal_delivered_to_another_thread_ends_the_main_threads_call(
         kind: str, backend: str, name: str) -> None:
     """The kernel gives a process-directed signal to any thread that does not block it: here
