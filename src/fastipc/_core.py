@@ -259,7 +259,11 @@ class Deadline:
 
     @classmethod
     def of(cls, timeout: Optional[float]) -> Deadline:
-        """A Deadline for a user's ``timeout`` argument (validated: ValueError if negative)."""
+        """A Deadline for a user's ``timeout`` argument (validated: ValueError if negative).
+        No timeout gives the one shared Deadline that never expires (a Deadline does not
+        change once made)."""
+        if timeout is None and cls is Deadline:
+            return _FOREVER
         return cls(check_timeout(timeout))
 
     def left(self) -> float:
@@ -285,6 +289,9 @@ class Deadline:
         if left == 0:
             raise self.error(name)
         return left
+
+
+_FOREVER = Deadline(-1.0)
 
 
 def retry(rc: int, again: Callable[[float], int], deadline: Deadline,

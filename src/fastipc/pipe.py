@@ -321,7 +321,7 @@ class StreamEnd(Awaiter):
         each time the fd is readable."""
         deadline = Deadline.of(timeout)
         if step is None:
-            step = cast(Callable[[], Optional[_T]], self._recv_step)
+            step = cast("Callable[[], Optional[_T]]", self._recv_step)
         while True:
             out = step()
             if out is not None:
