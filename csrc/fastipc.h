@@ -67,6 +67,10 @@ static inline void fipc_cpu_relax(void)
  * semaphores, pipes) does this. */
 #define FIPC_SLEPT_A_SLICE (-EINTR)
 
+/* The longest sleep of a wait between two looks (at the peer, at `closed`, for signal
+ * handlers): the rings', the Queue's and the pipes' (mq.h and sem.h name their own). */
+#define FIPC_SLICE_NS 100000000LL
+
 /* Sleep on a futex word in shared memory while it holds val, at most ns nanoseconds:
  * 0 (woken, changed, or timed out: the caller looks again) or -EINTR / -errno. */
 int fipc_futex_wait(_Atomic uint32_t *addr, uint32_t val, int64_t ns);

@@ -120,13 +120,12 @@ int fipc_pipe_wake(fipc_pipe *p)
  * woken (-ECANCELED); -EINTR goes back to Python, as does a slice slept without either
  * (FIPC_SLEPT_A_SLICE). POLLERR/POLLHUP count as ready: the next read or write says what
  * happened. */
-#define PIPE_SLICE_NS 100000000LL
 static int wait_ready(fipc_pipe *p, short events, int64_t deadline)
 {
     for (;;) {
         struct pollfd f[2] = {{.fd = p->fd, .events = events},
                               {.fd = p->wake, .events = POLLIN}};
-        int64_t slice_end = fipc_now_ns() + PIPE_SLICE_NS;
+        int64_t slice_end = fipc_now_ns() + FIPC_SLICE_NS;
         int sliced = deadline < 0 || deadline > slice_end;
         struct timespec ts;
         int rc = ppoll(f, 2, fipc_remaining(sliced ? slice_end : deadline, &ts), NULL);

@@ -34,7 +34,7 @@
 #define HDR ((uint64_t)FIPC_Q_HEADER)
 #define FRAME ((uint64_t)FIPC_Q_FRAME)
 #define KIND_MAX 15u
-#define SLICE_NS 100000000LL     /* sleep at most this long between looks at `closed` */
+#define SLICE_NS FIPC_SLICE_NS   /* sleep at most this long between looks at `closed` */
 #define LOCK_GRACE_NS 100000000LL /* a try-once call waits this long for a busy mutex */
 /* The deadline of an attempt that never waits (the native handle's, which holds the GIL):
  * a busy mutex, a spill, a grace or a full ring make it return -EAGAIN having done nothing. */

@@ -211,7 +211,7 @@ typedef FIPC_RING_T fipc_ring_h;
 /* What both rings' files share: a wait sleeps at most a slice at a time (and looks at the
  * peer between slices), a streamed message goes in chunks of at most MAX_CHUNK bytes, and
  * an end's state in the header is open or closed. */
-#define SLICE_NS 100000000LL
+#define SLICE_NS FIPC_SLICE_NS
 #define MAX_CHUNK ((uint64_t)256u << 10)
 #define ST_OPEN 1u
 #define ST_CLOSED 2u

@@ -88,20 +88,18 @@ int fipc_sem_acquire(void *sem, double timeout, int *closing)
         if (sem_trywait(s) == 0)
             return 0;
     } while (errno == EAGAIN && fipc_now_ns() < spin_end);
-    for (;;) {
-        if (__atomic_load_n(closing, __ATOMIC_ACQUIRE))
-            return -ECANCELED;
-        int64_t until = fipc_now_ns() + (int64_t)FIPC_SEM_SLICE_MS * 1000000;
-        if (deadline >= 0 && deadline < until)
-            until = deadline;
-        int rc = wait_until(s, until);
-        if (rc != -ETIMEDOUT)
-            return rc; /* 0, -EINTR or an error */
-        if (deadline >= 0 && fipc_now_ns() >= deadline)
-            return -ETIMEDOUT;
-        if (!__atomic_load_n(closing, __ATOMIC_ACQUIRE))
-            return FIPC_SLEPT_A_SLICE;
-    }
+    /* one slice of sleep, then back to the caller (FIPC_SLEPT_A_SLICE), which calls again */
+    if (__atomic_load_n(closing, __ATOMIC_ACQUIRE))
+        return -ECANCELED;
+    int64_t until = fipc_now_ns() + (int64_t)FIPC_SEM_SLICE_MS * 1000000;
+    if (deadline >= 0 && deadline < until)
+        until = deadline;
+    int rc = wait_until(s, until);
+    if (rc != -ETIMEDOUT)
+        return rc; /* 0, -EINTR or an error */
+    if (deadline >= 0 && fipc_now_ns() >= deadline)
+        return -ETIMEDOUT;
+    return __atomic_load_n(closing, __ATOMIC_ACQUIRE) ? -ECANCELED : FIPC_SLEPT_A_SLICE;
 }
 
 int fipc_sem_release(void *sem)
