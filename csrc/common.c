@@ -133,6 +133,11 @@ int fipc_futex_wait(_Atomic uint32_t *addr, uint32_t val, int64_t ns)
     return 0;
 }
 
+int fipc_runs_signal_handlers(void)
+{
+    return syscall(SYS_gettid) == getpid();
+}
+
 void fipc_futex_wake(_Atomic uint32_t *addr)
 {
     /* Cannot fail on a valid shared mapping; a failure would only cost the sleeper one

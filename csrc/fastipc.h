@@ -59,13 +59,19 @@ static inline void fipc_cpu_relax(void)
 #endif
 }
 
-/* What a wait returns once it has slept a whole slice without what it waits for (the peer
- * still there, the deadline not reached), instead of sleeping again: the caller runs the
- * signal handlers and calls again, as after a signal. A signal caught while the wait was
- * not in a system call (spinning, between two sleeps) interrupts nothing: this bounds how
- * long its handler waits to one slice. Every wait that sleeps in slices (rings, Queue, mq,
- * semaphores, pipes) does this. */
+/* What a wait in the process's main thread returns once it has slept a whole slice without
+ * what it waits for (the peer still there, the deadline not reached), instead of sleeping
+ * again: the caller runs the signal handlers and calls again, as after a signal. A signal
+ * caught while the wait was not in a system call (spinning, between two sleeps) interrupts
+ * nothing: this bounds how long its handler waits to one slice. Every wait that sleeps in
+ * slices (rings, Queue, mq, semaphores, pipes) asks fipc_runs_signal_handlers() first:
+ * Python runs signal handlers only in the main thread, so a wait in another thread sleeps
+ * on (a thousand idle waiters cost no CPU). */
 #define FIPC_SLEPT_A_SLICE (-EINTR)
+
+/* 1 in the thread that runs Python's signal handlers: the process's main thread (its
+ * thread id is the process id; after a fork, the forking thread's in the child). */
+int fipc_runs_signal_handlers(void);
 
 /* The longest sleep of a wait between two looks (at the peer, at `closed`, for signal
  * handlers): the rings', the Queue's and the pipes' (mq.h and sem.h name their own). */

@@ -157,8 +157,8 @@ static inline ssize_t try_transfer(const fipc_mq *h, char *buf, size_t len,
 }
 
 /* The one send/receive loop: try at once; while the queue is full (receive: empty), try
- * again for up to h->spin seconds, then sleep in the kernel's send/receive for one slice
- * (at most until the deadline). prio == NULL sends len bytes with priority `priority`; else
+ * again for up to h->spin seconds, then sleep in the kernel's send/receive, a slice at a
+ * time, until the deadline. prio == NULL sends len bytes with priority `priority`; else
  * receives into buf (cap len). The sent 0 or the received length, or -ETIMEDOUT /
  * -ECANCELED / -EINTR / -errno. */
 static int64_t transfer(fipc_mq *h, char *buf, size_t len, unsigned int priority,
@@ -177,14 +177,16 @@ static int64_t transfer(fipc_mq *h, char *buf, size_t len, unsigned int priority
                 n = try_transfer(h, buf, len, priority, prio);
             }
         }
-        /* one slice of sleep; -ETIMEDOUT before the deadline: the slice ended, so look at
-         * `closed` and go back to the caller (FIPC_SLEPT_A_SLICE), which calls again */
-        if (n == -EAGAIN) {
+        /* -ETIMEDOUT before the deadline: a slice ended; look at `closed`, then sleep again
+         * (the main thread: go back to the caller, FIPC_SLEPT_A_SLICE, which calls again) */
+        for (int slept = 0;
+             n == -EAGAIN || (n == -ETIMEDOUT && (deadline < 0 || fipc_now_ns() < deadline));
+             slept = 1) {
             if (atomic_load(ATOMIC(h->closed)))
                 return -ECANCELED;
+            if (slept && fipc_runs_signal_handlers())
+                return FIPC_SLEPT_A_SLICE;
             n = sleep_transfer(h, buf, len, priority, prio, deadline);
-            if (n == -ETIMEDOUT && (deadline < 0 || fipc_now_ns() < deadline))
-                return atomic_load(ATOMIC(h->closed)) ? -ECANCELED : FIPC_SLEPT_A_SLICE;
         }
     }
     if (n < 0)

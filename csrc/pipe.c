@@ -118,7 +118,7 @@ int fipc_pipe_wake(fipc_pipe *p)
 
 /* Wait until the fd is ready for `events`, the deadline passes (-ETIMEDOUT) or the object is
  * woken (-ECANCELED); -EINTR goes back to Python, as does a slice slept without either
- * (FIPC_SLEPT_A_SLICE). POLLERR/POLLHUP count as ready: the next read or write says what
+ * in the main thread (FIPC_SLEPT_A_SLICE). POLLERR/POLLHUP count as ready: the next read or write says what
  * happened. */
 static int wait_ready(fipc_pipe *p, short events, int64_t deadline)
 {
@@ -139,8 +139,13 @@ static int wait_ready(fipc_pipe *p, short events, int64_t deadline)
                 return rc;
             continue;
         }
-        if (rc == 0)
-            return sliced ? FIPC_SLEPT_A_SLICE : -ETIMEDOUT;
+        if (rc == 0 && !sliced)
+            return -ETIMEDOUT;
+        if (rc == 0) {
+            if (fipc_runs_signal_handlers())
+                return FIPC_SLEPT_A_SLICE;
+            continue;
+        }
         if (f[0].revents & POLLNVAL)
             return -EBADF;
         return 0;

@@ -307,7 +307,7 @@ static int wait_change(fipc_queue *q, size_t word_off, uint64_t seen, size_t wor
             if (left <= 0)
                 return -ETIMEDOUT;
         }
-        if (slept)
+        if (slept && fipc_runs_signal_handlers())
             return FIPC_SLEPT_A_SLICE;
         int rc = fipc_futex_wait(A32(q, seq_off), seq, left < SLICE_NS ? left : SLICE_NS);
         if (rc < 0)

@@ -291,15 +291,15 @@ static int ring_header_ok(fipc_ring_h *h, uint32_t version)
 
 /* The end of one look of a wait, which found rc (ready(): > 0 ready, 0 not, < 0 an error):
  * 1 to sleep (*left: at most how long), else what the wait returns (0 ready, counted).
- * After a sleep that found nothing (a slice passed, the peer alive) the wait returns -EINTR
- * (FIPC_SLEPT_A_SLICE, fastipc.h) instead of sleeping again. */
+ * After a sleep that found nothing (a slice passed, the peer alive) a wait in the main
+ * thread returns -EINTR (FIPC_SLEPT_A_SLICE, fastipc.h) instead of sleeping again. */
 static inline int ring_looked(fipc_ring_h *h, int rc, int64_t deadline, int slept,
                               int64_t start, int64_t *left)
 {
     if (rc == 0)
         rc = fipc_wait_left(deadline, SLICE_NS, left);
     if (rc == 0)
-        return slept ? FIPC_SLEPT_A_SLICE : 1;
+        return slept && fipc_runs_signal_handlers() ? FIPC_SLEPT_A_SLICE : 1;
     if (rc > 0)
         fipc_wait_done(&h->spin, &h->spins, &h->sleeps, slept, start);
     return rc > 0 ? 0 : rc;

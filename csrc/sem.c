@@ -88,18 +88,20 @@ int fipc_sem_acquire(void *sem, double timeout, int *closing)
         if (sem_trywait(s) == 0)
             return 0;
     } while (errno == EAGAIN && fipc_now_ns() < spin_end);
-    /* one slice of sleep, then back to the caller (FIPC_SLEPT_A_SLICE), which calls again */
-    if (__atomic_load_n(closing, __ATOMIC_ACQUIRE))
-        return -ECANCELED;
-    int64_t until = fipc_now_ns() + (int64_t)FIPC_SEM_SLICE_MS * 1000000;
-    if (deadline >= 0 && deadline < until)
-        until = deadline;
-    int rc = wait_until(s, until);
-    if (rc != -ETIMEDOUT)
-        return rc; /* 0, -EINTR or an error */
-    if (deadline >= 0 && fipc_now_ns() >= deadline)
-        return -ETIMEDOUT;
-    return __atomic_load_n(closing, __ATOMIC_ACQUIRE) ? -ECANCELED : FIPC_SLEPT_A_SLICE;
+    for (int slept = 0;; slept = 1) {
+        if (__atomic_load_n(closing, __ATOMIC_ACQUIRE))
+            return -ECANCELED;
+        if (slept && fipc_runs_signal_handlers())
+            return FIPC_SLEPT_A_SLICE;
+        int64_t until = fipc_now_ns() + (int64_t)FIPC_SEM_SLICE_MS * 1000000;
+        if (deadline >= 0 && deadline < until)
+            until = deadline;
+        int rc = wait_until(s, until);
+        if (rc != -ETIMEDOUT)
+            return rc; /* 0, -EINTR or an error */
+        if (deadline >= 0 && fipc_now_ns() >= deadline)
+            return -ETIMEDOUT;
+    }
 }
 
 int fipc_sem_release(void *sem)
